@@ -1,0 +1,392 @@
+import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
+import { MuxError } from './errors.js';
+import {
+  describeHeader,
+  encodeHeader,
+  Flag,
+  type FrameHeader,
+  FrameType,
+  GoAwayCode,
+  INITIAL_WINDOW,
+  MAX_WINDOW,
+  PROTOCOL_VERSION,
+} from './frame.js';
+import { FrameDecoder } from './frame-decoder.js';
+import { Stream, type StreamHost } from './stream.js';
+
+export interface SessionOptions {
+  /** True on the side that dialed the connection: it opens odd stream ids, the other side even ones. */
+  client: boolean;
+  /** Receive window announced per stream, in bytes (at least 256 KiB). */
+  maxStreamWindow?: number;
+  /** Milliseconds between keepalive pings; 0 disables them. */
+  keepAliveInterval?: number;
+  /** Milliseconds a keepalive ping may go unanswered before the session is closed. */
+  keepAliveTimeout?: number;
+  /** Concurrent streams in both directions; an incoming SYN beyond it is answered with RST. */
+  maxStreams?: number;
+  /** Milliseconds to wait for the peer's ACK of a stream we opened; 0 waits forever. */
+  openTimeout?: number;
+}
+
+export const DEFAULT_MAX_STREAM_WINDOW = 16 * 1024 * 1024;
+const CLOSE_GRACE_MS = 2000;
+
+const defaults = {
+  maxStreamWindow: DEFAULT_MAX_STREAM_WINDOW,
+  keepAliveInterval: 30_000,
+  keepAliveTimeout: 10_000,
+  maxStreams: 4096,
+  openTimeout: 30_000,
+};
+
+interface PendingPing {
+  started: bigint;
+  resolve: (rttMs: number) => void;
+  reject: (err: Error) => void;
+}
+
+const goAwayNames: Record<number, string> = {
+  [GoAwayCode.Normal]: 'normal',
+  [GoAwayCode.ProtocolError]: 'protocol error',
+  [GoAwayCode.InternalError]: 'internal error',
+};
+
+/**
+ * A yamux session over any byte-stream Duplex. Events: 'stream' (a peer-opened Stream), 'goaway' (code),
+ * 'error' (emitted only when someone listens), 'close' (err?: the reason, absent on an orderly end).
+ */
+export class Session extends EventEmitter {
+  readonly maxStreamWindow: number;
+  private readonly conn: Duplex;
+  private readonly options: Required<Omit<SessionOptions, 'client'>>;
+  private readonly isClient: boolean;
+  private readonly streams = new Map<number, Stream>();
+  private readonly decoder: FrameDecoder;
+  private readonly host: StreamHost;
+  private nextStreamId: number;
+  private bodyTarget: Stream | undefined;
+  private localGoAway = false;
+  private remoteGoAway = false;
+  private isClosed = false;
+  private corked = false;
+  private drainWaiters: (() => void)[] = [];
+  private readonly pings = new Map<number, PendingPing>();
+  private nextPingId = 1;
+  private keepAliveTimer: NodeJS.Timeout | undefined;
+  private keepAliveInFlight = false;
+
+  constructor(conn: Duplex, options: SessionOptions) {
+    super();
+    this.conn = conn;
+    this.isClient = options.client;
+    this.options = { ...defaults, ...stripUndefined(options) };
+    this.maxStreamWindow = Math.max(this.options.maxStreamWindow, INITIAL_WINDOW);
+    if (this.maxStreamWindow > MAX_WINDOW) throw new RangeError('maxStreamWindow must fit in 32 bits');
+    this.nextStreamId = options.client ? 1 : 2;
+    this.host = {
+      maxStreamWindow: this.maxStreamWindow,
+      writeFrame: (type, flags, id, length, body) => this.writeFrame(type, flags, id, length, body),
+      whenWritable: (callback) => this.whenWritable(callback),
+      releaseStream: (stream) => this.releaseStream(stream),
+    };
+    this.decoder = new FrameDecoder({
+      onHeader: (header) => this.onHeader(header),
+      onData: (piece) => this.bodyTarget?.onData(piece),
+      onDataEnd: (header) => this.onDataEnd(header),
+    });
+
+    conn.on('data', (chunk: Buffer) => this.decoder.push(chunk));
+    conn.on('end', () => this.onConnEnded());
+    conn.on('close', () => this.onConnEnded());
+    conn.on('error', (err: Error) =>
+      this.terminate(new MuxError('ERR_SESSION_CLOSED', `connection error: ${err.message}`, { cause: err })),
+    );
+    conn.on('drain', () => this.flushDrainWaiters());
+
+    if (this.options.keepAliveInterval > 0) {
+      this.keepAliveTimer = setInterval(() => this.keepAlive(), this.options.keepAliveInterval);
+      this.keepAliveTimer.unref();
+    }
+  }
+
+  get closed(): boolean {
+    return this.isClosed;
+  }
+
+  get streamCount(): number {
+    return this.streams.size;
+  }
+
+  /** Opens a stream. It is usable at once: data may follow the SYN before the peer's ACK. */
+  open(): Stream {
+    const id = this.nextStreamId;
+    const stream = new Stream(this, this.host, id);
+    const refusal = this.openRefusal(id);
+    if (refusal) {
+      stream.failBeforeOpen(refusal);
+      return stream;
+    }
+    this.nextStreamId += 2;
+    this.streams.set(id, stream);
+    stream.announce(Flag.SYN);
+    stream.startOpenTimer(this.options.openTimeout);
+    return stream;
+  }
+
+  /** Round-trip time in milliseconds. */
+  ping(): Promise<number> {
+    if (this.isClosed) return Promise.reject(new MuxError('ERR_SESSION_CLOSED', 'session is closed'));
+    const id = this.nextPingId;
+    this.nextPingId = (this.nextPingId % MAX_WINDOW) + 1;
+    return new Promise((resolve, reject) => {
+      this.pings.set(id, { started: process.hrtime.bigint(), resolve, reject });
+      this.writeFrame(FrameType.Ping, Flag.SYN, 0, id);
+    });
+  }
+
+  /** Tells the peer to open no more streams; streams already open carry on. */
+  goAway(code: GoAwayCode = GoAwayCode.Normal): void {
+    if (this.localGoAway || this.isClosed) return;
+    this.localGoAway = true;
+    this.writeFrame(FrameType.GoAway, 0, 0, code);
+  }
+
+  /** Ends the session: GoAway, then the connection is closed once written; every open stream is destroyed. */
+  close(err?: Error): void {
+    if (this.isClosed) return;
+    this.goAway(err ? GoAwayCode.InternalError : GoAwayCode.Normal);
+    this.terminate(err);
+  }
+
+  private openRefusal(id: number): MuxError | undefined {
+    if (this.isClosed) return new MuxError('ERR_SESSION_CLOSED', 'session is closed');
+    if (this.remoteGoAway) return new MuxError('ERR_SESSION_GOAWAY', 'peer sent GoAway: no new streams');
+    if (this.streams.size >= this.options.maxStreams)
+      return new MuxError('ERR_TOO_MANY_STREAMS', `already ${this.streams.size} streams (maxStreams)`);
+    if (id > MAX_WINDOW) return new MuxError('ERR_SESSION_GOAWAY', 'stream ids exhausted');
+    return undefined;
+  }
+
+  private onHeader(header: FrameHeader): void {
+    this.bodyTarget = undefined;
+    if (header.version !== PROTOCOL_VERSION) {
+      this.protocolError(`unsupported version ${header.version} (${describeHeader(header)})`);
+      return;
+    }
+    switch (header.type) {
+      case FrameType.Data:
+      case FrameType.WindowUpdate:
+        this.onStreamFrame(header);
+        return;
+      case FrameType.Ping:
+        this.onPing(header);
+        return;
+      case FrameType.GoAway:
+        this.onGoAway(header.length);
+        return;
+      default:
+        this.protocolError(`unknown frame type ${header.type} (${describeHeader(header)})`);
+    }
+  }
+
+  private onStreamFrame(header: FrameHeader): void {
+    const { streamId: id, flags, type } = header;
+    if (id === 0) {
+      this.protocolError(`stream frame on stream 0 (${describeHeader(header)})`);
+      return;
+    }
+    let stream = this.streams.get(id);
+    if (flags & Flag.SYN) {
+      if (stream) {
+        this.protocolError(`duplicate SYN for stream ${id}`);
+        return;
+      }
+      if ((id % 2 === 1) === this.isClient) {
+        this.protocolError(`peer opened stream ${id}, an id of our parity`);
+        return;
+      }
+      stream = this.acceptStream(id);
+      if (!stream) return;
+    }
+    if (!stream) {
+      // A frame for a stream that is gone: late frames after a close are normal, data is discarded and
+      // the sender is told (once per frame) that nobody is listening.
+      if (type === FrameType.Data && header.length > 0 && !(flags & Flag.RST))
+        this.writeFrame(FrameType.WindowUpdate, Flag.RST, id, 0);
+      return;
+    }
+    if (flags & Flag.ACK) stream.onAck();
+    if (type === FrameType.WindowUpdate) {
+      if (!stream.onWindowUpdate(header.length)) {
+        this.protocolError(`stream ${id}: window update of ${header.length} overflows the send window`);
+        return;
+      }
+      this.applyCloseFlags(stream, flags);
+      return;
+    }
+    if (!stream.reserveReceive(header.length)) {
+      this.protocolError(
+        `stream ${id}: ${header.length} bytes of data beyond the receive window of ${stream.receiveWindow}`,
+      );
+      return;
+    }
+    this.bodyTarget = stream;
+  }
+
+  private onDataEnd(header: FrameHeader): void {
+    const stream = this.bodyTarget;
+    this.bodyTarget = undefined;
+    if (!stream) return;
+    stream.onDataFrameEnd();
+    this.applyCloseFlags(stream, header.flags);
+  }
+
+  private applyCloseFlags(stream: Stream, flags: number): void {
+    if (flags & Flag.RST) stream.onRemoteReset();
+    else if (flags & Flag.FIN) stream.onRemoteFin();
+  }
+
+  private acceptStream(id: number): Stream | undefined {
+    if (
+      this.localGoAway ||
+      this.streams.size >= this.options.maxStreams ||
+      this.listenerCount('stream') === 0
+    ) {
+      this.writeFrame(FrameType.WindowUpdate, Flag.RST, id, 0);
+      return undefined;
+    }
+    const stream = new Stream(this, this.host, id);
+    this.streams.set(id, stream);
+    stream.announce(Flag.ACK);
+    this.emit('stream', stream);
+    return stream;
+  }
+
+  private onPing(header: FrameHeader): void {
+    if (header.flags & Flag.SYN) {
+      this.writeFrame(FrameType.Ping, Flag.ACK, 0, header.length);
+      return;
+    }
+    const pending = this.pings.get(header.length);
+    if (!pending) return;
+    this.pings.delete(header.length);
+    pending.resolve(Number(process.hrtime.bigint() - pending.started) / 1e6);
+  }
+
+  private onGoAway(code: number): void {
+    this.remoteGoAway = true;
+    this.emit('goaway', code);
+    if (code !== GoAwayCode.Normal) {
+      const name = goAwayNames[code] ?? `code ${code}`;
+      this.terminate(new MuxError('ERR_SESSION_GOAWAY', `peer ended the session: GoAway (${name})`));
+    }
+  }
+
+  private keepAlive(): void {
+    if (this.keepAliveInFlight || this.isClosed) return;
+    this.keepAliveInFlight = true;
+    const timeout = this.options.keepAliveTimeout;
+    const timer = setTimeout(() => {
+      this.terminate(new MuxError('ERR_KEEPALIVE_TIMEOUT', `keepalive ping unanswered for ${timeout} ms`));
+    }, timeout);
+    timer.unref();
+    this.ping().then(
+      () => {
+        clearTimeout(timer);
+        this.keepAliveInFlight = false;
+      },
+      () => clearTimeout(timer),
+    );
+  }
+
+  private protocolError(message: string): void {
+    this.goAway(GoAwayCode.ProtocolError);
+    this.terminate(new MuxError('ERR_MUX_PROTOCOL', `yamux protocol error: ${message}`));
+  }
+
+  private onConnEnded(): void {
+    if (this.isClosed) return;
+    const orderly = this.remoteGoAway && this.streams.size === 0;
+    this.terminate(orderly ? undefined : new MuxError('ERR_SESSION_CLOSED', 'connection closed by peer'));
+  }
+
+  private terminate(err?: Error): void {
+    if (this.isClosed) return;
+    this.isClosed = true;
+    this.decoder.stop();
+    this.bodyTarget = undefined;
+    if (this.keepAliveTimer) clearInterval(this.keepAliveTimer);
+    const closedError =
+      err instanceof MuxError
+        ? err
+        : new MuxError('ERR_SESSION_CLOSED', err?.message ?? 'session closed', { cause: err });
+    for (const pending of this.pings.values()) pending.reject(closedError);
+    this.pings.clear();
+    for (const stream of [...this.streams.values()]) stream.abort(closedError);
+    this.streams.clear();
+    this.flushDrainWaiters();
+    if (this.corked) {
+      this.corked = false;
+      this.conn.uncork();
+    }
+    this.closeConn(err);
+    if (err && this.listenerCount('error') > 0) this.emit('error', err);
+    this.emit('close', err);
+  }
+
+  /** Lets a final GoAway reach the peer, but never waits long on a peer that stopped reading. */
+  private closeConn(err: Error | undefined): void {
+    const conn = this.conn;
+    if (conn.destroyed) return;
+    if (conn.writableEnded || (err instanceof MuxError && err.code === 'ERR_KEEPALIVE_TIMEOUT')) {
+      conn.destroy();
+      return;
+    }
+    const grace = setTimeout(() => conn.destroy(), CLOSE_GRACE_MS);
+    grace.unref();
+    conn.end(() => {
+      clearTimeout(grace);
+      conn.destroy();
+    });
+  }
+
+  private writeFrame(type: FrameType, flags: number, streamId: number, length: number, body?: Buffer): void {
+    if (this.isClosed && type !== FrameType.GoAway) return;
+    if (this.conn.writableEnded || this.conn.destroyed) return;
+    // Frames written in one tick leave as one writev (one WebSocket message, one syscall).
+    if (!this.corked) {
+      this.corked = true;
+      this.conn.cork();
+      process.nextTick(() => this.uncork());
+    }
+    this.conn.write(encodeHeader(type, flags, streamId, length));
+    if (body) this.conn.write(body);
+  }
+
+  private uncork(): void {
+    if (!this.corked) return;
+    this.corked = false;
+    this.conn.uncork();
+  }
+
+  private whenWritable(callback: () => void): void {
+    if (this.isClosed || !this.conn.writableNeedDrain) callback();
+    else this.drainWaiters.push(callback);
+  }
+
+  private flushDrainWaiters(): void {
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const waiter of waiters) waiter();
+  }
+
+  private releaseStream(stream: Stream): void {
+    if (this.streams.get(stream.id) === stream) this.streams.delete(stream.id);
+  }
+}
+
+function stripUndefined<T extends object>(value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>;
+}

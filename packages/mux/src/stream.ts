@@ -1,0 +1,198 @@
+import { Duplex } from 'node:stream';
+import { MuxError } from './errors.js';
+import { Flag, FrameType, INITIAL_WINDOW, MAX_WINDOW } from './frame.js';
+import type { Session } from './session.js';
+
+/** What a stream needs from its session; kept narrow so the stream cannot reach into session state. */
+export interface StreamHost {
+  readonly maxStreamWindow: number;
+  writeFrame(type: FrameType, flags: number, streamId: number, length: number, body?: Buffer): void;
+  whenWritable(callback: () => void): void;
+  releaseStream(stream: Stream): void;
+}
+
+/** Big frames keep header overhead negligible; the cap keeps one stream from monopolising a turn. */
+const MAX_DATA_FRAME = 128 * 1024;
+
+interface BlockedWrite {
+  rest: Buffer;
+  callback: (err?: Error | null) => void;
+}
+
+/**
+ * One yamux stream as a Node Duplex. Flow control follows the spec: the peer may send at most
+ * `recvWindow` more bytes, and window is granted back only as the application consumes data (measured
+ * as what left our readable buffer), so a reader that stops reading holds at most its window.
+ */
+export class Stream extends Duplex {
+  readonly id: number;
+  readonly session: Session;
+  private readonly host: StreamHost;
+  /** Bytes the peer still lets us send. */
+  private sendWindow = INITIAL_WINDOW;
+  /** Bytes we still let the peer send. */
+  private recvWindow = INITIAL_WINDOW;
+  private localFin = false;
+  private remoteFin = false;
+  /** An RST was sent or received, or the stream never made it onto the wire. */
+  private reset = false;
+  private blocked: BlockedWrite | undefined;
+  private openTimer: NodeJS.Timeout | undefined;
+
+  /** @internal Streams are made by Session.open() and arrive via Session's 'stream' event. */
+  constructor(session: Session, host: StreamHost, id: number) {
+    super({ allowHalfOpen: true, readableHighWaterMark: 256 * 1024, writableHighWaterMark: 256 * 1024 });
+    this.session = session;
+    this.host = host;
+    this.id = id;
+  }
+
+  /** @internal Sends SYN or ACK along with the window we announce beyond the initial 256 KiB. */
+  announce(flags: number): void {
+    this.grantWindow(flags);
+  }
+
+  /** @internal */
+  startOpenTimer(ms: number): void {
+    if (ms <= 0) return;
+    this.openTimer = setTimeout(() => {
+      this.destroy(
+        new MuxError(
+          'ERR_STREAM_OPEN_TIMEOUT',
+          `stream ${this.id}: peer did not acknowledge within ${ms} ms`,
+        ),
+      );
+    }, ms);
+    this.openTimer.unref();
+  }
+
+  /** @internal A stream that could not be opened: fails asynchronously, sends nothing. */
+  failBeforeOpen(err: MuxError): void {
+    this.reset = true;
+    process.nextTick(() => this.destroy(err));
+  }
+
+  /** @internal */
+  onAck(): void {
+    if (this.openTimer) {
+      clearTimeout(this.openTimer);
+      this.openTimer = undefined;
+    }
+  }
+
+  /** @internal Returns false when the update would overflow the window (a protocol error). */
+  onWindowUpdate(delta: number): boolean {
+    if (this.sendWindow + delta > MAX_WINDOW) return false;
+    this.sendWindow += delta;
+    const blocked = this.blocked;
+    if (blocked && this.sendWindow > 0) {
+      this.blocked = undefined;
+      this.sendChunk(blocked.rest, blocked.callback);
+    }
+    return true;
+  }
+
+  /** @internal Returns false when the frame exceeds the window we granted (a protocol error). */
+  reserveReceive(length: number): boolean {
+    if (length > this.recvWindow) return false;
+    this.recvWindow -= length;
+    return true;
+  }
+
+  /** @internal */
+  get receiveWindow(): number {
+    return this.recvWindow;
+  }
+
+  /** @internal A piece of a Data frame's body, a view into the session's input chunk. */
+  onData(piece: Buffer): void {
+    if (this.reset || this.remoteFin || this.destroyed) return;
+    this.push(piece);
+  }
+
+  /** @internal */
+  onDataFrameEnd(): void {
+    if (!this.reset && !this.remoteFin) this.grantWindow(0);
+  }
+
+  /** @internal */
+  onRemoteFin(): void {
+    if (this.remoteFin || this.reset) return;
+    this.remoteFin = true;
+    this.push(null);
+    if (this.localFin) this.host.releaseStream(this);
+  }
+
+  /** @internal */
+  onRemoteReset(): void {
+    if (this.reset) return;
+    this.reset = true;
+    this.destroy(new MuxError('ERR_STREAM_RESET', `stream ${this.id} reset by peer`));
+  }
+
+  /** @internal The session ended under this stream. */
+  abort(err: MuxError): void {
+    this.reset = true;
+    this.destroy(err);
+  }
+
+  override _read(): void {
+    if (!this.reset && !this.remoteFin) this.grantWindow(0);
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
+    this.sendChunk(chunk, callback);
+  }
+
+  override _final(callback: (err?: Error | null) => void): void {
+    if (!this.reset) {
+      this.localFin = true;
+      this.host.writeFrame(FrameType.WindowUpdate, Flag.FIN, this.id, 0);
+      if (this.remoteFin) this.host.releaseStream(this);
+    }
+    callback();
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    if (this.openTimer) clearTimeout(this.openTimer);
+    this.blocked = undefined;
+    if (!this.reset && !(this.localFin && this.remoteFin)) {
+      this.reset = true;
+      this.host.writeFrame(FrameType.WindowUpdate, Flag.RST, this.id, 0);
+    }
+    this.host.releaseStream(this);
+    callback(err);
+  }
+
+  private sendChunk(chunk: Buffer, callback: (err?: Error | null) => void): void {
+    let rest = chunk;
+    while (rest.length > 0) {
+      if (this.reset) {
+        callback(new MuxError('ERR_STREAM_RESET', `stream ${this.id} was reset`));
+        return;
+      }
+      if (this.sendWindow === 0) {
+        this.blocked = { rest, callback };
+        return;
+      }
+      const n = Math.min(rest.length, this.sendWindow, MAX_DATA_FRAME);
+      this.host.writeFrame(FrameType.Data, 0, this.id, n, n === rest.length ? rest : rest.subarray(0, n));
+      this.sendWindow -= n;
+      rest = rest.subarray(n);
+    }
+    this.host.whenWritable(callback);
+  }
+
+  /**
+   * Tops the peer's allowance back up to maxStreamWindow minus what still sits unread in our buffer.
+   * Updates are batched (sent once at least half a window is owed) unless flags must go out now.
+   */
+  private grantWindow(flags: number): void {
+    const max = this.host.maxStreamWindow;
+    const delta = max - this.readableLength - this.recvWindow;
+    if (flags === 0 && delta < max / 2) return;
+    const grant = Math.max(delta, 0);
+    this.recvWindow += grant;
+    this.host.writeFrame(FrameType.WindowUpdate, flags, this.id, grant);
+  }
+}
