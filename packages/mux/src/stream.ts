@@ -107,7 +107,10 @@ export class Stream extends Duplex {
   /** @internal A piece of a Data frame's body, a view into the session's input chunk. */
   onData(piece: Buffer): void {
     if (this.reset || this.remoteFin || this.destroyed) return;
-    this.push(piece);
+    // A view pins its whole input chunk. When the piece will sit in our buffer (reader paused or behind),
+    // copy small pieces out, so a stalled reader pins at most its window, not every message it touched.
+    const willBuffer = this.readableFlowing !== true || this.readableLength > 0;
+    this.push(willBuffer && piece.length < piece.buffer.byteLength / 2 ? Buffer.from(piece) : piece);
   }
 
   /** @internal */
