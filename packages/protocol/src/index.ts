@@ -1,1 +1,12 @@
-export {};
+export * from './config-file.js';
+export * from './control-messages.js';
+export * from './duration.js';
+export * from './host-port.js';
+export * from './logger.js';
+export * from './message-codec.js';
+export * from './pipe-bidirectional.js';
+export * from './port-ranges.js';
+export * from './rules.js';
+export * from './stream-header.js';
+export * from './token.js';
+export * from './version.js';

@@ -1,0 +1,153 @@
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { parse as parseToml, TomlError } from 'smol-toml';
+import { type ZodError, z } from 'zod';
+import { parseDuration } from './duration.js';
+import { parseHostPort } from './host-port.js';
+import { PortRanges } from './port-ranges.js';
+
+/**
+ * A configuration problem. `message` holds one line per problem, each "<file>: <key>: <reason>";
+ * the CLIs print it to stderr and exit with status 2.
+ */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  constructor(readonly problems: readonly string[]) {
+    super(problems.join('\n'));
+  }
+
+  static at(file: string, key: string, reason: string): ConfigError {
+    return new ConfigError([`${file}: ${key}: ${reason}`]);
+  }
+}
+
+/** Exit status for a bad config or bad command line. */
+export const EXIT_CONFIG = 2;
+
+function keyPath(path: ReadonlyArray<PropertyKey>): string {
+  let out = '';
+  for (const part of path) {
+    if (typeof part === 'number') out += `[${part}]`;
+    else out += out === '' ? String(part) : `.${String(part)}`;
+  }
+  return out === '' ? '(top level)' : out;
+}
+
+function reasonOf(issue: ZodError['issues'][number]): string {
+  if (issue.code === 'invalid_type') {
+    if (/received undefined$/.test(issue.message)) return 'required';
+    return issue.message.replace(/^Invalid input: /, '');
+  }
+  return issue.message.replace(/^Invalid input: /, '');
+}
+
+/** One "<file>: <key>: <reason>" line per zod issue (unknown keys get one line each). */
+export function formatConfigIssues(file: string, error: ZodError): string[] {
+  const lines: string[] = [];
+  for (const issue of error.issues) {
+    if (issue.code === 'unrecognized_keys') {
+      for (const key of issue.keys) lines.push(`${file}: ${keyPath([...issue.path, key])}: unknown key`);
+    } else {
+      lines.push(`${file}: ${keyPath(issue.path)}: ${reasonOf(issue)}`);
+    }
+  }
+  return lines;
+}
+
+/** Validates a plain object (from TOML or from command-line flags) against a schema. */
+export function validateConfig<S extends z.ZodType>(file: string, raw: unknown, schema: S): z.output<S> {
+  const result = schema.safeParse(raw);
+  if (!result.success) throw new ConfigError(formatConfigIssues(file, result.error));
+  return result.data;
+}
+
+/** Reads, parses and validates a TOML config file; every problem becomes a ConfigError line. */
+export function loadTomlConfig<S extends z.ZodType>(file: string, schema: S): z.output<S> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw ConfigError.at(file, '(file)', `cannot read: ${(err as Error).message}`);
+  }
+  let raw: unknown;
+  try {
+    raw = parseToml(text);
+  } catch (err) {
+    if (err instanceof TomlError) {
+      const reason = err.message.split('\n')[0]!.replace(/^Invalid TOML document: /, '');
+      throw ConfigError.at(file, `line ${err.line}, column ${err.column}`, `invalid TOML: ${reason}`);
+    }
+    throw err;
+  }
+  return validateConfig(file, raw, schema);
+}
+
+/** Resolves a path written in a config file relative to that file's directory. */
+export function resolveConfigPath(configFile: string, path: string): string {
+  return resolve(dirname(configFile), path);
+}
+
+/** Reads a secret (token, HMAC key) from a file, trimming the trailing newline editors add. */
+export function readSecretFile(configFile: string, key: string, path: string): string {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8').trim();
+  } catch (err) {
+    throw ConfigError.at(
+      configFile,
+      key,
+      `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`,
+    );
+  }
+  if (text === '') throw ConfigError.at(configFile, key, `${path} is empty`);
+  return text;
+}
+
+/* Field schemas both ends' config files use. */
+
+/** A zod `error` option: "required" for a missing key, otherwise what was expected. */
+export function expected(what: string) {
+  return (issue: { input?: unknown }) => (issue.input === undefined ? 'required' : `expected ${what}`);
+}
+
+/** "10s" -> 10000 (ms). */
+export const durationField = z
+  .string({ error: expected('a duration string like "10s"') })
+  .transform((text, ctx) => {
+    try {
+      return parseDuration(text);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      return z.NEVER;
+    }
+  });
+
+/** "127.0.0.1:7000", "[::1]:22"; `allowZero` for listen addresses where port 0 means "pick one". */
+export function hostPortField(opts: { allowZero?: boolean } = {}) {
+  return z.string({ error: expected('"host:port"') }).transform((text, ctx) => {
+    try {
+      return parseHostPort(text, { allowZeroPort: opts.allowZero ?? false });
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      return z.NEVER;
+    }
+  });
+}
+
+/** ["2000-2999", "8080"] or "2000-2999,8080" -> PortRanges. */
+export const portRangesField = z
+  .union([z.string(), z.array(z.union([z.string(), z.number().int()]))], {
+    error: expected('port ranges like ["2000-2999", "8080"]'),
+  })
+  .transform((spec, ctx) => {
+    try {
+      return PortRanges.parse(spec);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      return z.NEVER;
+    }
+  });
+
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+export const logLevelField = z.enum(LOG_LEVELS, { error: expected(`one of ${LOG_LEVELS.join(', ')}`) });
+export type LogLevel = (typeof LOG_LEVELS)[number];

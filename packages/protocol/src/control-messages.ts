@@ -1,0 +1,73 @@
+import { z } from 'zod';
+import { PROXY_TYPES } from './rules.js';
+
+/** Proxy names: what logs, results and the admin API use to talk about one proxy. */
+export const PROXY_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+export const PROXY_NAME_RULE =
+  'letters, digits, ".", "_" or "-", starting with a letter or digit, at most 64';
+
+export const proxyNameSchema = z.string().regex(PROXY_NAME, `must be ${PROXY_NAME_RULE} characters`);
+const port = z.number().int().min(1).max(65535);
+
+export const proxySpecSchema = z.object({
+  name: proxyNameSchema,
+  type: z.enum(PROXY_TYPES as [string, ...string[]]),
+  remote_port: port,
+});
+export type ProxySpec = z.infer<typeof proxySpecSchema>;
+
+const hello = z.object({
+  type: z.literal('hello'),
+  version: z.number().int(),
+  instance_id: z.string().min(1).max(128),
+  client_version: z.string().max(64),
+});
+const helloOk = z.object({
+  type: z.literal('hello_ok'),
+  client: z.string(),
+  session_id: z.string(),
+  server_version: z.string(),
+});
+const register = z.object({ type: z.literal('register'), proxies: z.array(proxySpecSchema).max(1024) });
+const proxyResult = z.object({
+  proxy: z.string(),
+  ok: z.boolean(),
+  remote_addr: z.string().optional(),
+  reason: z.string().optional(),
+});
+export type ProxyResult = z.infer<typeof proxyResult>;
+const registerResult = z.object({ type: z.literal('register_result'), results: z.array(proxyResult) });
+const unregister = z.object({ type: z.literal('unregister'), proxies: z.array(z.string()).max(1024) });
+const notice = z.object({
+  type: z.literal('notice'),
+  level: z.enum(['info', 'warn', 'error']),
+  message: z.string(),
+  /** Machine-readable cause, e.g. "replaced" when another session of the same client took over. */
+  code: z.string().optional(),
+});
+
+export const controlMessageSchema = z.discriminatedUnion('type', [
+  hello,
+  helloOk,
+  register,
+  registerResult,
+  unregister,
+  notice,
+]);
+export type ControlMessage = z.infer<typeof controlMessageSchema>;
+export type ControlMessageOf<T extends ControlMessage['type']> = Extract<ControlMessage, { type: T }>;
+
+/** The peer sent something that is not a valid control message. */
+export class ProtocolError extends Error {
+  override readonly name = 'ProtocolError';
+}
+
+/** Validates a decoded control message; unknown fields are dropped so newer peers can add some. */
+export function parseControlMessage(raw: unknown): ControlMessage {
+  const result = controlMessageSchema.safeParse(raw);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0]!;
+  const where = issue.path.length > 0 ? ` at ${issue.path.join('.')}` : '';
+  const type = typeof raw === 'object' && raw !== null && 'type' in raw ? String(raw.type) : '?';
+  throw new ProtocolError(`invalid control message (type ${type})${where}: ${issue.message}`);
+}

@@ -1,0 +1,31 @@
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+/** Parses a TCP/UDP port number (1-65535, or 0 when `allowZero`). */
+export function parsePort(text: string, allowZero = false): number {
+  if (!/^\d{1,5}$/.test(text)) throw new Error(`invalid port "${text}"`);
+  const port = Number(text);
+  if (port > 65535 || (port === 0 && !allowZero))
+    throw new Error(`port ${port} is outside ${allowZero ? 0 : 1}-65535`);
+  return port;
+}
+
+/** Parses "127.0.0.1:22", "localhost:22", "[::1]:22"; throws with the reason. */
+export function parseHostPort(text: string, opts: { allowZeroPort?: boolean } = {}): HostPort {
+  const bracketed = /^\[([0-9A-Fa-f:.%\w]+)\]:([^:]*)$/.exec(text);
+  const plain = /^([^:[\]\s]+):([^:]*)$/.exec(text);
+  const match = bracketed ?? plain;
+  if (!match) {
+    throw new Error(`invalid address "${text}" (expected host:port, e.g. 127.0.0.1:22 or [::1]:22)`);
+  }
+  const host = match[1]!;
+  if (!bracketed && !/^[A-Za-z0-9.-]+$/.test(host)) throw new Error(`invalid host "${host}" in "${text}"`);
+  return { host, port: parsePort(match[2]!, opts.allowZeroPort) };
+}
+
+/** Formats a host and port for humans and for `parseHostPort`, bracketing IPv6 literals. */
+export function formatHostPort(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}

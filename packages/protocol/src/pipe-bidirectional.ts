@@ -1,0 +1,98 @@
+import { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+
+export interface PipeResult {
+  /** Bytes read from `a` and written towards `b`. */
+  bytesAtoB: number;
+  /** Bytes read from `b` and written towards `a`. */
+  bytesBtoA: number;
+  ms: number;
+  /** "closed" when both directions ended with FIN; otherwise which side failed and how. */
+  reason: string;
+  error?: Error;
+}
+
+export interface PipeOptions {
+  /** Names of the two sides for the reason text, e.g. ["visitor", "tunnel"]. */
+  labels?: readonly [string, string];
+}
+
+function describe(err: Error & { code?: string }): string {
+  if (err.code === 'ERR_STREAM_RESET') return 'reset';
+  if (err.code === 'ECONNRESET') return 'reset (ECONNRESET)';
+  if (err.code === 'ERR_SESSION_CLOSED') return 'session closed';
+  return err.code ? `${err.message} (${err.code})` : err.message;
+}
+
+/**
+ * Aborts a side: a TCP socket gets a real RST (so an aborted tunnel connection looks aborted to the
+ * peer, not finished), anything else (a mux stream) is destroyed, which sends a yamux RST.
+ */
+function abort(side: Duplex): void {
+  if (side.destroyed) return;
+  if (side instanceof Socket && !side.connecting && side.readyState !== 'closed') side.resetAndDestroy();
+  else side.destroy();
+}
+
+/**
+ * Carries one connection between two byte streams (a TCP socket and a mux stream): bytes both ways with
+ * backpressure (pipe pauses the source while the destination is full), half-close both ways (an 'end' on
+ * one side ends the other's writable side, the opposite direction keeps flowing), and abort both ways
+ * (an error or premature close on one side resets the other). `done` is called once, after both sides closed.
+ * Sockets must have been created with `allowHalfOpen: true`.
+ */
+export function pipeBidirectional(
+  a: Duplex,
+  b: Duplex,
+  optsOrDone: PipeOptions | ((result: PipeResult) => void),
+  maybeDone?: (result: PipeResult) => void,
+): void {
+  const opts = typeof optsOrDone === 'function' ? {} : optsOrDone;
+  const done = typeof optsOrDone === 'function' ? optsOrDone : maybeDone!;
+  const [labelA, labelB] = opts.labels ?? ['a', 'b'];
+  const started = performance.now();
+  let bytesAtoB = 0;
+  let bytesBtoA = 0;
+  let failure: { label: string; error?: Error; text: string } | undefined;
+  let open = 2;
+
+  const fail = (label: string, text: string, error?: Error) => {
+    if (!failure) failure = error ? { label, error, text } : { label, text };
+  };
+  const watch = (self: Duplex, other: Duplex, label: string) => {
+    self.on('error', (err: Error) => {
+      fail(label, describe(err), err);
+      abort(other);
+    });
+    const onClose = () => {
+      const clean = self.readableEnded && self.writableFinished;
+      if (!clean) {
+        fail(label, 'closed early');
+        abort(other);
+      }
+      if (--open === 0) {
+        const result: PipeResult = {
+          bytesAtoB,
+          bytesBtoA,
+          ms: Math.round(performance.now() - started),
+          reason: failure ? `${failure.label} ${failure.text}` : 'closed',
+        };
+        if (failure?.error) result.error = failure.error;
+        done(result);
+      }
+    };
+    // A side that closed before we got it still counts (its 'close' event has already gone by).
+    if (self.closed) process.nextTick(onClose);
+    else self.once('close', onClose);
+  };
+  watch(a, b, labelA);
+  watch(b, a, labelB);
+  a.on('data', (chunk: Buffer) => {
+    bytesAtoB += chunk.length;
+  });
+  b.on('data', (chunk: Buffer) => {
+    bytesBtoA += chunk.length;
+  });
+  a.pipe(b);
+  b.pipe(a);
+}

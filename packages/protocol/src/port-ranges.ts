@@ -1,0 +1,40 @@
+/** A set of TCP/UDP ports written as "2000-2999,8080" (also an array of such parts). */
+export class PortRanges {
+  private constructor(
+    private readonly ranges: ReadonlyArray<readonly [number, number]>,
+    private readonly text: string,
+  ) {}
+
+  /** Parses "2000-2999,8080" or ["2000-2999", "8080", 9000]; throws with the offending part on error. */
+  static parse(spec: string | ReadonlyArray<string | number>): PortRanges {
+    const parts = typeof spec === 'string' ? spec.split(',') : spec.flatMap((p) => String(p).split(','));
+    const ranges: Array<[number, number]> = [];
+    for (const raw of parts) {
+      const part = raw.trim();
+      if (part === '') throw new Error(`empty port range in "${String(spec)}"`);
+      const match = /^(\d{1,5})(?:-(\d{1,5}))?$/.exec(part);
+      if (!match)
+        throw new Error(`invalid port range "${part}" (expected a port like 8080 or a range like 2000-2999)`);
+      const low = Number(match[1]);
+      const high = match[2] === undefined ? low : Number(match[2]);
+      if (low < 1 || high > 65535) throw new Error(`port range "${part}" is outside 1-65535`);
+      if (low > high) throw new Error(`port range "${part}" is reversed`);
+      ranges.push([low, high]);
+    }
+    return new PortRanges(ranges, ranges.map(([l, h]) => (l === h ? `${l}` : `${l}-${h}`)).join(','));
+  }
+
+  /** Every port 1-65535. */
+  static all(): PortRanges {
+    return new PortRanges([[1, 65535]], '1-65535');
+  }
+
+  contains(port: number): boolean {
+    return this.ranges.some(([low, high]) => port >= low && port <= high);
+  }
+
+  /** Canonical text, e.g. "2222,8000-8099"; parses back to the same set. */
+  toString(): string {
+    return this.text;
+  }
+}

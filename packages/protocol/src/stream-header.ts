@@ -1,0 +1,33 @@
+import type { Readable, Writable } from 'node:stream';
+import { z } from 'zod';
+import { MessageReader, writeMessage } from './message-codec.js';
+
+/** Headers are small; a peer that announces more is misbehaving. */
+export const MAX_STREAM_HEADER_BYTES = 8 * 1024;
+
+export const streamHeaderSchema = z.object({
+  /** Name of the proxy whose public listener accepted the connection. */
+  proxy: z.string(),
+  /** Server-side connection id, so both ends' logs can be matched. */
+  conn: z.number().int().nonnegative().optional(),
+  /** Address and port of the public peer (the visitor). */
+  remote_addr: z.string(),
+  remote_port: z.number().int().min(0).max(65535),
+  /** The public address:port the visitor connected to. */
+  public_addr: z.string(),
+});
+export type StreamHeader = z.infer<typeof streamHeaderSchema>;
+
+/** Writes the header that precedes the raw bytes on a server-opened stream. */
+export function writeStreamHeader(stream: Writable, header: StreamHeader): boolean {
+  return writeMessage(stream, header, MAX_STREAM_HEADER_BYTES);
+}
+
+/** Reads and validates the header of a server-opened stream; leaves the bytes after it in the stream. */
+export async function readStreamHeader(stream: Readable): Promise<StreamHeader> {
+  const raw = await new MessageReader(stream, MAX_STREAM_HEADER_BYTES).read();
+  if (raw === null) throw new Error('stream ended before its header');
+  const result = streamHeaderSchema.safeParse(raw);
+  if (!result.success) throw new Error(`invalid stream header: ${result.error.issues[0]!.message}`);
+  return result.data;
+}

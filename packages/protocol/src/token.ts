@@ -1,0 +1,127 @@
+import { randomUUID } from 'node:crypto';
+import { errors, jwtVerify, SignJWT } from 'jose';
+import { PROXY_NAME, PROXY_NAME_RULE } from './control-messages.js';
+import { PortRanges } from './port-ranges.js';
+
+/** Client names follow the same rule as proxy names (they appear in logs and in the admin API). */
+export const CLIENT_NAME = PROXY_NAME;
+export const MIN_SECRET_LENGTH = 32;
+
+export interface TokenGrants {
+  /** Ports the client may open, "2222,8000-8099"; absent: any port the server's allow_ports permits. */
+  ports?: string;
+  /** Hostnames (exact or "*.suffix") the client may claim for http/tls proxies. */
+  hosts?: string[];
+  /** Private services the client may visit. */
+  visit?: string[];
+}
+
+export interface TokenClaims extends TokenGrants {
+  /** Client name. */
+  sub: string;
+  /** Token id, what `revoked_tokens` lists. */
+  jti: string;
+  iat: number;
+  /** Expiry (seconds since the epoch); absent for tokens issued with `--expires never`. */
+  exp?: number;
+}
+
+export interface IssueOptions extends TokenGrants {
+  name: string;
+  /** Lifetime in ms; `null` for a token that never expires. */
+  expiresInMs: number | null;
+  /** For tests: the issue time in ms since the epoch. */
+  now?: number;
+}
+
+/** A token was refused; `message` is the short reason sent to the client and logged ("token expired"). */
+export class TokenError extends Error {
+  override readonly name = 'TokenError';
+}
+
+function keyOf(secret: string): Uint8Array {
+  if (secret.length < MIN_SECRET_LENGTH)
+    throw new Error(`secret must be at least ${MIN_SECRET_LENGTH} characters`);
+  return new TextEncoder().encode(secret);
+}
+
+function checkName(name: string): void {
+  if (!CLIENT_NAME.test(name))
+    throw new Error(`invalid client name "${name}": must be ${PROXY_NAME_RULE} characters`);
+}
+
+/** Signs a client token (HS256) carrying its grants. */
+export async function issueToken(secret: string, opts: IssueOptions): Promise<string> {
+  checkName(opts.name);
+  const nowSeconds = Math.floor((opts.now ?? Date.now()) / 1000);
+  const grants: TokenGrants = {};
+  if (opts.ports !== undefined) grants.ports = PortRanges.parse(opts.ports).toString();
+  if (opts.hosts !== undefined) grants.hosts = opts.hosts;
+  if (opts.visit !== undefined) grants.visit = opts.visit;
+  const jwt = new SignJWT({ ...grants })
+    .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+    .setSubject(opts.name)
+    .setJti(randomUUID())
+    .setIssuedAt(nowSeconds);
+  if (opts.expiresInMs !== null) jwt.setExpirationTime(nowSeconds + Math.ceil(opts.expiresInMs / 1000));
+  return jwt.sign(keyOf(secret));
+}
+
+export interface VerifyOptions {
+  /** Token ids (`jti`) that are no longer accepted. */
+  revoked?: ReadonlySet<string>;
+  /** For tests: the current time in ms since the epoch. */
+  now?: number;
+}
+
+const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
+
+function isStringArray(value: unknown): value is string[] {
+  return Array.isArray(value) && value.every((v) => typeof v === 'string');
+}
+
+/**
+ * Verifies a client token and returns its claims. Throws a TokenError whose message is one of:
+ * "missing token", "malformed token", "bad signature", "token expired", "token revoked".
+ */
+export async function verifyToken(
+  secret: string,
+  jwt: string | undefined,
+  opts: VerifyOptions = {},
+): Promise<TokenClaims> {
+  if (jwt === undefined || jwt.trim() === '') throw new TokenError('missing token');
+  if (!JWT_SHAPE.test(jwt.trim())) throw new TokenError('malformed token');
+  let payload: Record<string, unknown>;
+  try {
+    const verified = await jwtVerify(jwt.trim(), keyOf(secret), {
+      algorithms: ['HS256'],
+      ...(opts.now === undefined ? {} : { currentDate: new Date(opts.now) }),
+    });
+    payload = verified.payload;
+  } catch (err) {
+    if (err instanceof errors.JWTExpired) throw new TokenError('token expired');
+    if (err instanceof errors.JWSSignatureVerificationFailed) throw new TokenError('bad signature');
+    throw new TokenError('malformed token');
+  }
+  const { sub, jti, iat, exp, ports, hosts, visit } = payload;
+  if (typeof sub !== 'string' || !CLIENT_NAME.test(sub)) throw new TokenError('malformed token');
+  if (typeof jti !== 'string' || typeof iat !== 'number') throw new TokenError('malformed token');
+  if (exp !== undefined && typeof exp !== 'number') throw new TokenError('malformed token');
+  if (ports !== undefined) {
+    if (typeof ports !== 'string') throw new TokenError('malformed token');
+    try {
+      PortRanges.parse(ports);
+    } catch {
+      throw new TokenError('malformed token');
+    }
+  }
+  if (hosts !== undefined && !isStringArray(hosts)) throw new TokenError('malformed token');
+  if (visit !== undefined && !isStringArray(visit)) throw new TokenError('malformed token');
+  if (opts.revoked?.has(jti)) throw new TokenError('token revoked');
+  const claims: TokenClaims = { sub, jti, iat };
+  if (exp !== undefined) claims.exp = exp;
+  if (ports !== undefined) claims.ports = ports;
+  if (hosts !== undefined) claims.hosts = hosts;
+  if (visit !== undefined) claims.visit = visit;
+  return claims;
+}

@@ -1,0 +1,74 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { z } from 'zod';
+import {
+  ConfigError,
+  durationField,
+  hostPortField,
+  loadTomlConfig,
+  portRangesField,
+} from '../src/config-file.js';
+
+const schema = z.strictObject({
+  listen: hostPortField({ allowZero: true }),
+  timeout: durationField.default(10_000),
+  ports: portRangesField.optional(),
+  list: z.array(z.strictObject({ name: z.string() })).default([]),
+});
+
+function configFile(text: string): string {
+  const file = join(mkdtempSync(join(tmpdir(), 'porthole-config-')), 'c.toml');
+  writeFileSync(file, text);
+  return file;
+}
+
+function problems(text: string): string[] {
+  const file = configFile(text);
+  try {
+    loadTomlConfig(file, schema);
+  } catch (err) {
+    assert.ok(err instanceof ConfigError);
+    return err.problems.map((p) => p.replace(`${file}: `, ''));
+  }
+  assert.fail('expected a ConfigError');
+}
+
+test('a valid file gives typed values', () => {
+  const config = loadTomlConfig(
+    configFile('listen = "127.0.0.1:0"\ntimeout = "5m"\nports = ["80", 81]\n'),
+    schema,
+  );
+  assert.deepEqual(config.listen, { host: '127.0.0.1', port: 0 });
+  assert.equal(config.timeout, 300_000);
+  assert.equal(config.ports?.toString(), '80,81');
+});
+
+test('every problem names the key and the reason', () => {
+  assert.deepEqual(problems('listen = "nope"\n'), [
+    'listen: invalid address "nope" (expected host:port, e.g. 127.0.0.1:22 or [::1]:22)',
+  ]);
+  assert.deepEqual(problems('timeout = "5m"\n'), ['listen: required']);
+  assert.deepEqual(problems('listen = "a:1"\ntimeout = 10\n'), [
+    'timeout: expected a duration string like "10s"',
+  ]);
+  assert.deepEqual(problems('listen = "a:1"\nextra = 1\n[[list]]\nname = "x"\nnam = "y"\n'), [
+    'list[0].nam: unknown key',
+    'extra: unknown key',
+  ]);
+  assert.deepEqual(problems('listen = "a:1"\nports = ["9-1"]\n'), ['ports: port range "9-1" is reversed']);
+  assert.deepEqual(problems('listen = = 1\n'), ['line 1, column 10: invalid TOML: invalid value']);
+  assert.match(
+    (() => {
+      try {
+        loadTomlConfig('/nonexistent/x.toml', schema);
+      } catch (err) {
+        return (err as Error).message;
+      }
+      return '';
+    })(),
+    /^\/nonexistent\/x.toml: \(file\): cannot read: ENOENT/,
+  );
+});

@@ -1,0 +1,122 @@
+import assert from 'node:assert/strict';
+import { PassThrough } from 'node:stream';
+import { test } from 'node:test';
+import { ProtocolError, parseControlMessage } from '../src/control-messages.js';
+import { encodeMessage, MessageFramingError, MessageReader } from '../src/message-codec.js';
+import { readStreamHeader, writeStreamHeader } from '../src/stream-header.js';
+
+/** Feeds `bytes` into a PassThrough in pieces of the given sizes, one event-loop turn apart. */
+async function feed(stream: PassThrough, bytes: Buffer, sizes: number[]): Promise<void> {
+  let offset = 0;
+  let i = 0;
+  while (offset < bytes.length) {
+    const size = Math.max(1, sizes[i++ % sizes.length]!);
+    stream.write(bytes.subarray(offset, offset + size));
+    offset += size;
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
+test('messages survive any chunking, one byte at a time or many per chunk', async () => {
+  const messages = [{ type: 'hello', n: 1 }, { big: 'x'.repeat(100_000) }, [1, 2, 3], 'ünïcödé'];
+  const bytes = Buffer.concat(messages.map((m) => encodeMessage(m)));
+  for (const sizes of [[1], [3, 7], [bytes.length], [4096, 1, 2]]) {
+    const stream = new PassThrough();
+    const reader = new MessageReader(stream);
+    const fed = feed(stream, bytes, sizes).then(() => stream.end());
+    const got: unknown[] = [];
+    for (let m = await reader.read(); m !== null; m = await reader.read()) got.push(m);
+    await fed;
+    assert.deepEqual(got, messages, `sizes ${sizes.join(',')}`);
+  }
+});
+
+test('the reader leaves the bytes after a message in the stream', async () => {
+  const stream = new PassThrough();
+  stream.end(Buffer.concat([encodeMessage({ a: 1 }), Buffer.from('raw tail')]));
+  assert.deepEqual(await new MessageReader(stream).read(), { a: 1 });
+  const rest: Buffer[] = [];
+  for await (const chunk of stream) rest.push(chunk as Buffer);
+  assert.equal(Buffer.concat(rest).toString(), 'raw tail');
+});
+
+test('oversize, empty, truncated and non-JSON messages are framing errors', async () => {
+  const oversize = new PassThrough();
+  const prefix = Buffer.alloc(4);
+  prefix.writeUInt32BE(1024 * 1024 + 1);
+  oversize.write(prefix);
+  await assert.rejects(new MessageReader(oversize).read(), /exceeds the limit of 1048576/);
+
+  const empty = new PassThrough();
+  empty.end(Buffer.alloc(4));
+  await assert.rejects(new MessageReader(empty).read(), MessageFramingError);
+
+  const truncated = new PassThrough();
+  truncated.end(encodeMessage({ a: 'long enough' }).subarray(0, 10));
+  await assert.rejects(new MessageReader(truncated).read(), /stream ended/);
+
+  const halfPrefix = new PassThrough();
+  halfPrefix.end(Buffer.from([0, 0]));
+  await assert.rejects(new MessageReader(halfPrefix).read(), /stream ended after 2 of 4/);
+
+  const notJson = new PassThrough();
+  const body = Buffer.from('{nope');
+  const frame = Buffer.alloc(4 + body.length);
+  frame.writeUInt32BE(body.length);
+  body.copy(frame, 4);
+  notJson.end(frame);
+  await assert.rejects(new MessageReader(notJson).read(), /not valid JSON/);
+
+  const clean = new PassThrough();
+  clean.end();
+  assert.equal(await new MessageReader(clean).read(), null);
+
+  const destroyed = new PassThrough();
+  const pending = new MessageReader(destroyed).read();
+  destroyed.destroy(new Error('boom'));
+  await assert.rejects(pending, /boom/);
+
+  assert.throws(() => encodeMessage('x'.repeat(2_000_000)), /exceeds 1048576/);
+});
+
+test('control messages are validated with a reason naming the field', () => {
+  assert.deepEqual(
+    parseControlMessage({
+      type: 'register',
+      proxies: [{ name: 'ssh', type: 'tcp', remote_port: 2222, x: 1 }],
+    }),
+    { type: 'register', proxies: [{ name: 'ssh', type: 'tcp', remote_port: 2222 }] },
+  );
+  assert.throws(() => parseControlMessage({ type: 'nope' }), ProtocolError);
+  assert.throws(
+    () => parseControlMessage({ type: 'register', proxies: [{ name: 'ssh', type: 'tcp', remote_port: 0 }] }),
+    /at proxies.0.remote_port/,
+  );
+  assert.throws(
+    () => parseControlMessage({ type: 'register', proxies: [{ name: '../x', type: 'tcp', remote_port: 1 }] }),
+    /at proxies.0.name/,
+  );
+  assert.throws(() => parseControlMessage(null), ProtocolError);
+});
+
+test('stream headers round-trip and are bounded', async () => {
+  const stream = new PassThrough();
+  const header = {
+    proxy: 'ssh',
+    conn: 7,
+    remote_addr: '::1',
+    remote_port: 5555,
+    public_addr: '0.0.0.0:2222',
+  };
+  writeStreamHeader(stream, header);
+  stream.end('payload');
+  assert.deepEqual(await readStreamHeader(stream), header);
+
+  const big = new PassThrough();
+  big.end(encodeMessage({ proxy: 'x'.repeat(10_000) }));
+  await assert.rejects(readStreamHeader(big), /exceeds the limit of 8192/);
+
+  const wrong = new PassThrough();
+  wrong.end(encodeMessage({ proxy: 'ssh' }));
+  await assert.rejects(readStreamHeader(wrong), /invalid stream header/);
+});

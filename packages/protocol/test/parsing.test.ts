@@ -1,0 +1,65 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { formatDuration, parseDuration } from '../src/duration.js';
+import { formatHostPort, parseHostPort } from '../src/host-port.js';
+import { PortRanges } from '../src/port-ranges.js';
+import { parseRule } from '../src/rules.js';
+
+test('durations parse every unit and reject junk with the reason', () => {
+  assert.equal(parseDuration('250ms'), 250);
+  assert.equal(parseDuration('10s'), 10_000);
+  assert.equal(parseDuration('5m'), 300_000);
+  assert.equal(parseDuration('2h'), 7_200_000);
+  assert.equal(parseDuration('90d'), 90 * 86_400_000);
+  assert.equal(parseDuration('1.5s'), 1500);
+  for (const bad of ['', '10', 's', '10 s', '-1s', '10x', '1e3s']) {
+    assert.throws(() => parseDuration(bad), /invalid duration/, bad);
+  }
+  assert.equal(formatDuration(30_000), '30s');
+  assert.equal(formatDuration(1500), '1500ms');
+  assert.equal(formatDuration(90 * 86_400_000), '90d');
+});
+
+test('port ranges parse lists and ranges, contain what they say and print canonically', () => {
+  const ranges = PortRanges.parse('2000-2999, 8080');
+  assert.ok(ranges.contains(2000));
+  assert.ok(ranges.contains(2999));
+  assert.ok(ranges.contains(8080));
+  assert.ok(!ranges.contains(1999));
+  assert.ok(!ranges.contains(3000));
+  assert.ok(!ranges.contains(8081));
+  assert.equal(ranges.toString(), '2000-2999,8080');
+  assert.equal(PortRanges.parse(['2000-2999', 8080, '9000,9001']).toString(), '2000-2999,8080,9000,9001');
+  assert.ok(PortRanges.all().contains(65535));
+  assert.throws(() => PortRanges.parse('3000-2000'), /reversed/);
+  assert.throws(() => PortRanges.parse('0'), /outside 1-65535/);
+  assert.throws(() => PortRanges.parse('70000'), /outside/);
+  assert.throws(() => PortRanges.parse('80,,81'), /empty port range/);
+  assert.throws(() => PortRanges.parse('http'), /invalid port range "http"/);
+});
+
+test('host:port accepts names, IPv4 and bracketed IPv6', () => {
+  assert.deepEqual(parseHostPort('127.0.0.1:22'), { host: '127.0.0.1', port: 22 });
+  assert.deepEqual(parseHostPort('localhost:8080'), { host: 'localhost', port: 8080 });
+  assert.deepEqual(parseHostPort('[::1]:22'), { host: '::1', port: 22 });
+  assert.deepEqual(parseHostPort('0.0.0.0:0', { allowZeroPort: true }), { host: '0.0.0.0', port: 0 });
+  assert.throws(() => parseHostPort('0.0.0.0:0'), /port 0 is outside 1-65535/);
+  assert.throws(() => parseHostPort('::1:22'), /invalid address/);
+  assert.throws(() => parseHostPort('127.0.0.1'), /invalid address/);
+  assert.throws(() => parseHostPort('127.0.0.1:99999'), /outside/);
+  assert.throws(() => parseHostPort('bad host:22'), /invalid/);
+  assert.equal(formatHostPort('::1', 22), '[::1]:22');
+  assert.equal(formatHostPort('127.0.0.1', 22), '127.0.0.1:22');
+});
+
+test('rules accept the plain and the typed form', () => {
+  const expected = { type: 'tcp', remotePort: 2222, local: { host: '127.0.0.1', port: 22 } };
+  assert.deepEqual(parseRule('2222:127.0.0.1:22'), expected);
+  assert.deepEqual(parseRule('tcp:2222:127.0.0.1:22'), expected);
+  assert.deepEqual(parseRule('2222:[::1]:22'), { ...expected, local: { host: '::1', port: 22 } });
+  assert.throws(() => parseRule('udp:53:127.0.0.1:53'), /unsupported proxy type "udp"/);
+  assert.throws(() => parseRule('2222'), /invalid rule "2222"/);
+  assert.throws(() => parseRule('x:127.0.0.1:22'), /unsupported proxy type "x"/);
+  assert.throws(() => parseRule('2222:127.0.0.1'), /invalid rule "2222:127.0.0.1": invalid address/);
+  assert.throws(() => parseRule('0:127.0.0.1:22'), /port 0 is outside/);
+});

@@ -1,0 +1,62 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { issueToken, TokenError, verifyToken } from '../src/token.js';
+
+const SECRET = 'a-test-secret-that-is-long-enough-0123456789';
+
+test('an issued token verifies and carries its grants', async () => {
+  const jwt = await issueToken(SECRET, {
+    name: 'homelab',
+    ports: '8000-8099,2222',
+    hosts: ['app.example.com'],
+    expiresInMs: 90 * 86_400_000,
+  });
+  const claims = await verifyToken(SECRET, jwt);
+  assert.equal(claims.sub, 'homelab');
+  assert.equal(claims.ports, '8000-8099,2222');
+  assert.deepEqual(claims.hosts, ['app.example.com']);
+  assert.equal(claims.visit, undefined);
+  assert.match(claims.jti, /^[0-9a-f-]{36}$/);
+  assert.ok(claims.exp! - claims.iat === 90 * 86_400);
+});
+
+test('every refusal has its short reason', async () => {
+  const reason = async (jwt: string | undefined, opts = {}) => {
+    try {
+      await verifyToken(SECRET, jwt, opts);
+    } catch (err) {
+      assert.ok(err instanceof TokenError);
+      return err.message;
+    }
+    return 'accepted';
+  };
+  const good = await issueToken(SECRET, { name: 'a', expiresInMs: 60_000 });
+  assert.equal(await reason(undefined), 'missing token');
+  assert.equal(await reason(''), 'missing token');
+  assert.equal(await reason('not-a-jwt'), 'malformed token');
+  assert.equal(await reason('a.b.c'), 'malformed token');
+  const other = await issueToken(`${SECRET}-other`, { name: 'a', expiresInMs: 60_000 });
+  assert.equal(await reason(other), 'bad signature');
+  const old = await issueToken(SECRET, { name: 'a', expiresInMs: 1000, now: Date.now() - 10_000 });
+  assert.equal(await reason(old), 'token expired');
+  const { jti } = await verifyToken(SECRET, good);
+  assert.equal(await reason(good, { revoked: new Set([jti]) }), 'token revoked');
+  assert.equal(await reason(good), 'accepted');
+  const never = await issueToken(SECRET, { name: 'a', expiresInMs: null });
+  assert.equal((await verifyToken(SECRET, never)).exp, undefined);
+  // alg "none" and tampered payloads never pass.
+  const [, payload] = good.split('.');
+  const none = `${Buffer.from('{"alg":"none"}').toString('base64url')}.${payload}.`;
+  assert.equal(await reason(none), 'malformed token');
+  const tampered = good.replace(
+    /\.([^.]+)\./,
+    `.${Buffer.from('{"sub":"root","jti":"x","iat":1}').toString('base64url')}.`,
+  );
+  assert.equal(await reason(tampered), 'bad signature');
+});
+
+test('issuing checks the name, the ports and the secret', async () => {
+  await assert.rejects(issueToken(SECRET, { name: 'bad name', expiresInMs: null }), /invalid client name/);
+  await assert.rejects(issueToken(SECRET, { name: 'a', ports: '9-1', expiresInMs: null }), /reversed/);
+  await assert.rejects(issueToken('short', { name: 'a', expiresInMs: null }), /at least 32/);
+});
