@@ -1,0 +1,47 @@
+// A small CLI run inside network namespaces (`ip netns exec NS node netprobe.js ...`), where the test
+// process itself cannot go. Prints one JSON object per line.
+//   echo-server --host H --port P [--banner TEXT]     serve echo; prints {"msg":"listening"} and {"msg":"accepted"}
+//   connect --host H --port P --timeout MS             prints {"result":"connected"|"refused"|"timeout"|...}
+//   echo --host H --port P --bytes N [--banner] [--timeout MS]   one verified echo round trip (EchoResult)
+import { parseArgs } from 'node:util';
+import { echoRoundTrip, startEchoServer, tryConnect } from './services.js';
+
+const { positionals, values } = parseArgs({
+  allowPositionals: true,
+  options: {
+    host: { type: 'string', default: '127.0.0.1' },
+    port: { type: 'string', default: '0' },
+    banner: { type: 'string' },
+    'expect-banner': { type: 'boolean', default: false },
+    bytes: { type: 'string', default: '0' },
+    timeout: { type: 'string', default: '5000' },
+    seed: { type: 'string' },
+  },
+});
+
+const print = (o: Record<string, unknown>) => process.stdout.write(`${JSON.stringify(o)}\n`);
+const mode = positionals[0];
+const host = values.host;
+const port = Number(values.port);
+const timeoutMs = Number(values.timeout);
+
+if (mode === 'echo-server') {
+  const srv = await startEchoServer(host, port, values.banner);
+  srv.server.on('connection', (sock) =>
+    print({ msg: 'accepted', remote: `${sock.remoteAddress}:${sock.remotePort}` }),
+  );
+  print({ msg: 'listening', addr: `${host}:${srv.port}`, port: srv.port });
+  process.on('SIGTERM', () => srv.close().then(() => process.exit(0)));
+} else if (mode === 'connect') {
+  print({ result: await tryConnect(host, port, timeoutMs) });
+} else if (mode === 'echo') {
+  const r = await echoRoundTrip(host, port, Number(values.bytes), {
+    timeoutMs,
+    banner: values['expect-banner'],
+    seed: values.seed,
+  });
+  print({ ...r });
+} else {
+  process.stderr.write(`netprobe: unknown mode ${mode}\n`);
+  process.exit(2);
+}
