@@ -1,4 +1,6 @@
+export * from './cli-support.js';
 export * from './config-file.js';
+export * from './connection-tracker.js';
 export * from './control-messages.js';
 export * from './duration.js';
 export * from './host-port.js';

@@ -1,1 +1,119 @@
-export {};
+import { parseArgs } from 'node:util';
+import {
+  createLogger,
+  exitOnSignals,
+  issueToken,
+  PROTOCOL_VERSION,
+  packageVersion,
+  parseDuration,
+  runCli,
+  splitList,
+  UsageError,
+} from '@porthole/protocol';
+import { loadServerConfig } from './config.js';
+import { PortholeServer } from './server.js';
+
+const PROGRAM = 'porthole-server';
+const VERSION = packageVersion(import.meta.url);
+
+const USAGE = `Usage:
+  ${PROGRAM} [run] --config server.toml        run the server
+  ${PROGRAM} check --config server.toml        validate the config (exit 0 valid, 2 invalid)
+  ${PROGRAM} token issue --config server.toml --name NAME [--ports 2222,8000-8099]
+        [--hosts 'app.example.com,*.home.example.com'] [--visit svc1,svc2] [--expires 90d|never]
+                                                print a client token (JWT) on stdout
+  ${PROGRAM} --help | --version
+
+Options:
+  -c, --config FILE   server config (TOML); see examples/server.toml
+  --name NAME         token: the client's name
+  --ports SPEC        token: ports the client may open (default: any the server's allow_ports permits)
+  --hosts LIST        token: hostnames the client may claim
+  --visit LIST        token: private services the client may visit
+  --expires DURATION  token: lifetime, e.g. 90d, 12h, or "never" (default 365d)
+`;
+
+const TOKEN_OPTIONS = ['name', 'ports', 'hosts', 'visit', 'expires'] as const;
+const DEFAULT_TOKEN_LIFETIME = '365d';
+
+async function main(): Promise<number | undefined> {
+  let parsed: ReturnType<typeof parse>;
+  try {
+    parsed = parse();
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (values.version) {
+    process.stdout.write(`${PROGRAM} ${VERSION} (protocol ${PROTOCOL_VERSION})\n`);
+    return 0;
+  }
+  const command = positionals.join(' ') || 'run';
+  if (!['run', 'check', 'token issue'].includes(command))
+    throw new UsageError(`unknown command "${command}"`);
+  if (command !== 'token issue') {
+    const stray = TOKEN_OPTIONS.find((option) => values[option] !== undefined);
+    if (stray) throw new UsageError(`--${stray} is only for "token issue"`);
+  }
+  if (!values.config) throw new UsageError('--config FILE is required');
+  const config = loadServerConfig(values.config);
+
+  if (command === 'check') {
+    process.stdout.write(`${values.config}: ok\n`);
+    return 0;
+  }
+  if (command === 'token issue') {
+    if (!values.name) throw new UsageError('token issue: --name is required');
+    const expires = values.expires ?? DEFAULT_TOKEN_LIFETIME;
+    let expiresInMs: number | null;
+    try {
+      expiresInMs = expires === 'never' ? null : parseDuration(expires);
+      const jwt = await issueToken(config.auth.secret, {
+        name: values.name,
+        expiresInMs,
+        ...(values.ports === undefined ? {} : { ports: values.ports }),
+        ...(values.hosts === undefined ? {} : { hosts: splitList(values.hosts) }),
+        ...(values.visit === undefined ? {} : { visit: splitList(values.visit) }),
+      });
+      process.stdout.write(`${jwt}\n`);
+    } catch (err) {
+      throw new UsageError(`token issue: ${(err as Error).message}`);
+    }
+    return 0;
+  }
+
+  const logger = createLogger({ level: config.logLevel });
+  const server = new PortholeServer(config, logger, VERSION);
+  try {
+    await server.start();
+  } catch (err) {
+    logger.fatal({ reason: (err as Error).message }, 'cannot start');
+    return 1;
+  }
+  exitOnSignals(() => server.shutdown());
+  return undefined;
+}
+
+function parse() {
+  return parseArgs({
+    args: process.argv.slice(2),
+    allowPositionals: true,
+    strict: true,
+    options: {
+      config: { type: 'string', short: 'c' },
+      help: { type: 'boolean', short: 'h' },
+      version: { type: 'boolean', short: 'V' },
+      name: { type: 'string' },
+      ports: { type: 'string' },
+      hosts: { type: 'string' },
+      visit: { type: 'string' },
+      expires: { type: 'string' },
+    },
+  });
+}
+
+runCli(PROGRAM, main);

@@ -1,0 +1,211 @@
+import { readFileSync } from 'node:fs';
+import {
+  ConfigError,
+  durationField,
+  expected,
+  formatHostPort,
+  type HostPort,
+  hostPortField,
+  type LogLevel,
+  loadTomlConfig,
+  logLevelField,
+  PROXY_TYPES,
+  type ProxyType,
+  parseRule,
+  proxyNameSchema,
+  readSecretFile,
+  resolveConfigPath,
+  validateConfig,
+} from '@porthole/protocol';
+import { z } from 'zod';
+
+const proxySchema = z.strictObject({
+  name: proxyNameSchema,
+  type: z.enum(PROXY_TYPES as [ProxyType, ...ProxyType[]], {
+    error: expected(`one of ${PROXY_TYPES.join(', ')}`),
+  }),
+  local: hostPortField(),
+  remote_port: z
+    .number({ error: expected('a port number') })
+    .int()
+    .min(1)
+    .max(65535),
+});
+
+const clientSchema = z
+  .strictObject({
+    server: z
+      .string({ error: expected('a URL like "wss://vps.example.com/_porthole"') })
+      .refine(
+        (text) => /^wss?:\/\/[^\s/]+/.test(text) && URL.canParse(text),
+        'must be a ws:// or wss:// URL',
+      ),
+    token: z.string({ error: expected('a string') }).optional(),
+    token_file: z.string({ error: expected('a file path') }).optional(),
+    ca_file: z.string({ error: expected('a file path') }).optional(),
+    heartbeat_interval: durationField.prefault('10s'),
+    heartbeat_timeout: durationField.prefault('30s'),
+    reconnect_initial: durationField.prefault('500ms'),
+    reconnect_max: durationField.prefault('30s'),
+    shutdown_timeout: durationField.prefault('10s'),
+    exit_on_auth_failure: z.boolean({ error: expected('true or false') }).default(false),
+    log_level: logLevelField.default('info'),
+    proxies: z.array(proxySchema, { error: expected('[[proxies]] tables') }).default([]),
+  })
+  .superRefine((config, ctx) => {
+    if ((config.token === undefined) === (config.token_file === undefined)) {
+      ctx.addIssue({ code: 'custom', path: ['token'], message: 'set exactly one of token or token_file' });
+    }
+    if (config.heartbeat_timeout <= config.heartbeat_interval) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['heartbeat_timeout'],
+        message: 'must be longer than heartbeat_interval',
+      });
+    }
+    if (config.reconnect_max < config.reconnect_initial) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['reconnect_max'],
+        message: 'must not be shorter than reconnect_initial',
+      });
+    }
+    const names = new Map<string, number>();
+    const ports = new Map<number, number>();
+    config.proxies.forEach((proxy, i) => {
+      if (names.has(proxy.name)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['proxies', i, 'name'],
+          message: `"${proxy.name}" is already the name of proxies[${names.get(proxy.name)}]`,
+        });
+      }
+      if (ports.has(proxy.remote_port)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['proxies', i, 'remote_port'],
+          message: `${proxy.remote_port} is already the remote_port of proxies[${ports.get(proxy.remote_port)}]`,
+        });
+      }
+      names.set(proxy.name, i);
+      ports.set(proxy.remote_port, i);
+    });
+  });
+
+export interface ProxyConfig {
+  name: string;
+  type: ProxyType;
+  local: HostPort;
+  remotePort: number;
+}
+
+export interface ClientConfig {
+  /** The config file, or "command line" for quick flags. */
+  source: string;
+  server: string;
+  token: string;
+  ca?: Buffer;
+  heartbeatInterval: number;
+  heartbeatTimeout: number;
+  reconnectInitial: number;
+  reconnectMax: number;
+  shutdownTimeout: number;
+  exitOnAuthFailure: boolean;
+  logLevel: LogLevel;
+  proxies: ProxyConfig[];
+}
+
+/** Where relative paths (token_file, ca_file) are resolved: next to the file, or the working directory. */
+function resolvePath(source: string, path: string): string {
+  return source === COMMAND_LINE
+    ? resolveConfigPath(`${process.cwd()}/.`, path)
+    : resolveConfigPath(source, path);
+}
+
+/** Validates a raw config (from TOML or flags) and reads the files it points at. */
+function finish(source: string, rawInput: unknown): ClientConfig {
+  const raw = validateConfig(source, rawInput, clientSchema);
+  const token = raw.token ?? readSecretFile(source, 'token_file', resolvePath(source, raw.token_file!));
+  const config: ClientConfig = {
+    source,
+    server: raw.server,
+    token,
+    heartbeatInterval: raw.heartbeat_interval,
+    heartbeatTimeout: raw.heartbeat_timeout,
+    reconnectInitial: raw.reconnect_initial,
+    reconnectMax: raw.reconnect_max,
+    shutdownTimeout: raw.shutdown_timeout,
+    exitOnAuthFailure: raw.exit_on_auth_failure,
+    logLevel: raw.log_level,
+    proxies: raw.proxies.map((p) => ({
+      name: p.name,
+      type: p.type,
+      local: p.local,
+      remotePort: p.remote_port,
+    })),
+  };
+  if (raw.ca_file !== undefined) {
+    const path = resolvePath(source, raw.ca_file);
+    try {
+      config.ca = readFileSync(path);
+    } catch (err) {
+      throw ConfigError.at(
+        source,
+        'ca_file',
+        `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`,
+      );
+    }
+  }
+  return config;
+}
+
+export const COMMAND_LINE = 'command line';
+
+/** Quick flags; any set here overrides the config file (and `tcp` rules add proxies). */
+export interface ClientFlags {
+  server?: string;
+  token?: string;
+  tokenFile?: string;
+  caFile?: string;
+  tcp?: string[];
+  exitOnAuthFailure?: boolean;
+  logLevel?: string;
+}
+
+/**
+ * Loads client.toml (if given) and applies quick flags on top (flags override keys, `tcp` rules add
+ * proxies), then validates the result once; throws ConfigError naming source, key and reason.
+ */
+export function loadClientConfig(file: string | undefined, flags: ClientFlags = {}): ClientConfig {
+  const raw: Record<string, unknown> =
+    file === undefined ? {} : { ...loadTomlConfig(file, z.record(z.string(), z.unknown())) };
+  if (flags.server !== undefined) raw.server = flags.server;
+  if (flags.token !== undefined || flags.tokenFile !== undefined) {
+    delete raw.token;
+    delete raw.token_file;
+    if (flags.token !== undefined) raw.token = flags.token;
+    if (flags.tokenFile !== undefined) raw.token_file = flags.tokenFile;
+  }
+  if (flags.caFile !== undefined) raw.ca_file = flags.caFile;
+  if (flags.exitOnAuthFailure) raw.exit_on_auth_failure = true;
+  if (flags.logLevel !== undefined) raw.log_level = flags.logLevel;
+  if (flags.tcp && flags.tcp.length > 0) {
+    const proxies = Array.isArray(raw.proxies) ? [...(raw.proxies as unknown[])] : [];
+    for (const rule of flags.tcp) {
+      let parsed: ReturnType<typeof parseRule>;
+      try {
+        parsed = parseRule(rule);
+      } catch (err) {
+        throw ConfigError.at(COMMAND_LINE, '--tcp', (err as Error).message);
+      }
+      proxies.push({
+        name: `${parsed.type}-${parsed.remotePort}`,
+        type: parsed.type,
+        local: formatHostPort(parsed.local.host, parsed.local.port),
+        remote_port: parsed.remotePort,
+      });
+    }
+    raw.proxies = proxies;
+  }
+  return finish(file ?? COMMAND_LINE, raw);
+}

@@ -1,0 +1,89 @@
+import { connect, type Socket } from 'node:net';
+import type { Stream } from '@porthole/mux';
+import {
+  type ConnectionTracker,
+  formatHostPort,
+  type Logger,
+  readStreamHeader,
+  type StreamHeader,
+} from '@porthole/protocol';
+import type { ProxyConfig } from './config.js';
+
+/** A stream whose header has not arrived by then is dropped. */
+const HEADER_TIMEOUT_MS = 10_000;
+/** A local service that does not accept within this time counts as a failed connect. */
+const LOCAL_CONNECT_TIMEOUT_MS = 10_000;
+
+function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+function connectLocal(local: ProxyConfig['local']): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: local.host, port: local.port, allowHalfOpen: true });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`connect to ${formatHostPort(local.host, local.port)} timed out`));
+    }, LOCAL_CONNECT_TIMEOUT_MS);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.removeAllListeners('error');
+      socket.setNoDelay(true);
+      resolve(socket);
+    });
+    socket.once('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      reject(new Error(err.code ? `${err.code}` : err.message));
+    });
+  });
+}
+
+/**
+ * Serves one server-opened stream: reads its header, connects to the proxy's local service and carries
+ * bytes both ways. A failed local connect resets the stream at once, so the public connection closes.
+ */
+export async function serveStream(
+  stream: Stream,
+  proxies: ReadonlyMap<string, ProxyConfig>,
+  tracker: ConnectionTracker,
+  logger: Logger,
+): Promise<void> {
+  // Until the pipe owns the stream, an RST or session loss must not become an uncaught error.
+  const swallow = () => {};
+  stream.on('error', swallow);
+  let header: StreamHeader;
+  try {
+    header = await withTimeout(readStreamHeader(stream), HEADER_TIMEOUT_MS, 'stream header');
+  } catch (err) {
+    logger.warn({ reason: (err as Error).message }, 'bad stream from server');
+    stream.destroy();
+    return;
+  }
+  const remoteAddr = formatHostPort(header.remote_addr, header.remote_port);
+  const fields = { proxy: header.proxy, conn: header.conn, remote_addr: remoteAddr };
+  const proxy = proxies.get(header.proxy);
+  if (!proxy) {
+    logger.warn({ ...fields, reason: 'no such proxy on this client' }, 'local connect failed');
+    stream.destroy();
+    return;
+  }
+  const local = formatHostPort(proxy.local.host, proxy.local.port);
+  let socket: Socket;
+  try {
+    socket = await connectLocal(proxy.local);
+  } catch (err) {
+    logger.warn({ ...fields, local, reason: (err as Error).message }, 'local connect failed');
+    stream.destroy();
+    return;
+  }
+  stream.off('error', swallow);
+  if (stream.destroyed) {
+    socket.destroy();
+    return;
+  }
+  tracker.carry(stream, socket, { labels: ['tunnel', 'local'], logger, fields: { ...fields, local } });
+}

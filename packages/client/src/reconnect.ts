@@ -1,0 +1,24 @@
+/**
+ * Exponential backoff with full jitter: attempt n waits a random time in [0, min(max, initial * 2^n)),
+ * so many clients cut off together do not come back in lockstep. `reset()` after a stable session.
+ */
+export class Backoff {
+  private attempt = 0;
+
+  constructor(
+    private readonly initialMs: number,
+    private readonly maxMs: number,
+    private readonly random: () => number = Math.random,
+  ) {}
+
+  /** The delay before the next attempt, in ms. */
+  next(): number {
+    const ceiling = Math.min(this.maxMs, this.initialMs * 2 ** Math.min(this.attempt, 30));
+    this.attempt += 1;
+    return Math.round(this.random() * ceiling);
+  }
+
+  reset(): void {
+    this.attempt = 0;
+  }
+}

@@ -1,0 +1,58 @@
+import { ConfigError, EXIT_CONFIG } from './config-file.js';
+
+/** A bad command line; printed with the program's usage hint, exit status 2. */
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+}
+
+/**
+ * Runs a CLI's main function: ConfigError and UsageError print their message and exit 2, anything else
+ * exits 1 with its message; a returned number is the exit status (undefined: keep running).
+ */
+export function runCli(program: string, main: () => Promise<number | undefined>): void {
+  main().then(
+    (status) => {
+      if (status !== undefined) process.exitCode = status;
+    },
+    (err: unknown) => {
+      if (err instanceof ConfigError) {
+        process.stderr.write(`${err.message}\n`);
+        process.exit(EXIT_CONFIG);
+      }
+      if (err instanceof UsageError) {
+        process.stderr.write(`${program}: ${err.message}\n(see ${program} --help)\n`);
+        process.exit(EXIT_CONFIG);
+      }
+      process.stderr.write(`${program}: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exit(1);
+    },
+  );
+}
+
+/**
+ * SIGTERM or SIGINT drains (`drain` resolves when done) and exits 0; a second signal exits at once.
+ */
+export function exitOnSignals(drain: () => Promise<void>): void {
+  let draining = false;
+  const onSignal = () => {
+    if (draining) process.exit(1);
+    draining = true;
+    drain().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        process.stderr.write(`shutdown failed: ${err instanceof Error ? err.message : String(err)}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+}
+
+/** Splits "a,b, c" into ["a","b","c"], dropping empty parts. */
+export function splitList(text: string): string[] {
+  return text
+    .split(',')
+    .map((part) => part.trim())
+    .filter((part) => part !== '');
+}

@@ -1,0 +1,92 @@
+import type { IncomingMessage } from 'node:http';
+import { type TokenClaims, TokenError, verifyToken } from '@porthole/protocol';
+
+export interface AuthSettings {
+  secret: string;
+  revoked: ReadonlySet<string>;
+  /** Failed attempts one source address may make per window before it gets 429s. */
+  failureLimit: number;
+  failureWindow: number;
+}
+
+export type AuthOutcome =
+  | { ok: true; claims: TokenClaims }
+  | {
+      ok: false;
+      status: 401 | 429;
+      reason: string /** false once this source is over its limit */;
+      log: boolean;
+    };
+
+/** How many source addresses we remember; beyond it the oldest are forgotten (memory stays bounded). */
+const MAX_TRACKED_SOURCES = 10_000;
+
+/**
+ * Counts failed attempts per source address in fixed windows. A source over its limit is answered 429
+ * without its failures being logged one by one; a valid token from the same address still gets in
+ * (verifying HS256 costs microseconds, so refusing good clients would protect nothing).
+ */
+export class FailureLimiter {
+  private readonly windows = new Map<string, { start: number; count: number }>();
+
+  constructor(
+    private readonly limit: number,
+    private readonly windowMs: number,
+  ) {}
+
+  /** Records a failure; returns true while the source is within its limit. */
+  fail(source: string, now = Date.now()): boolean {
+    let entry = this.windows.get(source);
+    if (!entry || now - entry.start >= this.windowMs) {
+      this.windows.delete(source);
+      if (this.windows.size >= MAX_TRACKED_SOURCES) this.windows.delete(this.windows.keys().next().value!);
+      entry = { start: now, count: 0 };
+      this.windows.set(source, entry);
+    }
+    entry.count += 1;
+    return entry.count <= this.limit;
+  }
+
+  /** True when this failure is the first one over the limit (worth one log line). */
+  justExceeded(source: string): boolean {
+    return this.windows.get(source)?.count === this.limit + 1;
+  }
+}
+
+/** The token from "Authorization: Bearer <jwt>"; undefined when absent; other schemes come back whole (malformed). */
+export function bearerToken(req: IncomingMessage): string | undefined {
+  const header = req.headers.authorization;
+  if (!header) return undefined;
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+  return match ? match[1] : header;
+}
+
+/** Verifies the Bearer token of an upgrade request before the WebSocket is accepted. */
+export class UpgradeAuthenticator {
+  private settings: AuthSettings;
+  private limiter: FailureLimiter;
+
+  constructor(settings: AuthSettings) {
+    this.settings = settings;
+    this.limiter = new FailureLimiter(settings.failureLimit, settings.failureWindow);
+  }
+
+  async authenticate(req: IncomingMessage): Promise<AuthOutcome> {
+    const source = req.socket.remoteAddress ?? 'unknown';
+    try {
+      const claims = await verifyToken(this.settings.secret, bearerToken(req), {
+        revoked: this.settings.revoked,
+      });
+      return { ok: true, claims };
+    } catch (err) {
+      const reason = err instanceof TokenError ? err.message : 'malformed token';
+      if (this.limiter.fail(source)) return { ok: false, status: 401, reason, log: true };
+      return {
+        ok: false,
+        status: 429,
+        reason: `${reason} (too many failed attempts from ${source}, slow down)`,
+        log: this.limiter.justExceeded(source),
+      };
+    }
+  }
+}

@@ -1,0 +1,261 @@
+import { randomUUID } from 'node:crypto';
+import type { Session, Stream } from '@porthole/mux';
+import {
+  type ControlMessage,
+  type ControlMessageOf,
+  type Logger,
+  MessageReader,
+  PortRanges,
+  PROTOCOL_VERSION,
+  ProtocolError,
+  type ProxyResult,
+  type ProxySpec,
+  parseControlMessage,
+  type TokenClaims,
+  writeMessage,
+} from '@porthole/protocol';
+import type { ServerContext } from './server-context.js';
+import { TcpProxyListener } from './tcp-proxy-listener.js';
+
+/** A client that opens a session must say hello within this time. */
+const HELLO_TIMEOUT_MS = 10_000;
+
+/**
+ * One connected client: reads its control stream (the first stream it opens), answers hello, binds
+ * and frees its proxies' public listeners, and frees everything when the session ends. A client name
+ * that connects again takes over: the older session is closed and its ports freed before the new
+ * registrations are bound.
+ */
+export class ClientSession {
+  readonly sessionId = randomUUID().slice(0, 8);
+  readonly name: string;
+  private readonly logger: Logger;
+  private readonly grant: PortRanges | undefined;
+  private readonly proxies = new Map<string, { listener: TcpProxyListener; port: number }>();
+  private control: Stream | undefined;
+  private helloDone = false;
+  private instanceId = '';
+  private closed = false;
+  private readonly helloTimer: NodeJS.Timeout;
+
+  constructor(
+    private readonly ctx: ServerContext,
+    private readonly session: Session,
+    claims: TokenClaims,
+    private readonly remoteAddr: string,
+  ) {
+    this.name = claims.sub;
+    this.grant = claims.ports === undefined ? undefined : PortRanges.parse(claims.ports);
+    this.logger = ctx.logger.child({ client: this.name, session_id: this.sessionId });
+    ctx.sessions.add(this);
+    session.on('stream', (stream: Stream) => this.onStream(stream));
+    session.on('close', (err?: Error) => this.close(err ? err.message : 'session closed'));
+    this.helloTimer = setTimeout(
+      () => this.close(`no hello within ${HELLO_TIMEOUT_MS} ms`),
+      HELLO_TIMEOUT_MS,
+    );
+    this.helloTimer.unref();
+  }
+
+  /** Stops taking new connections for this client (SIGTERM drain); open ones continue. */
+  drain(reason: string): void {
+    this.closeProxies([...this.proxies.keys()], reason);
+    this.notice('warn', reason, 'shutdown');
+    this.session.goAway();
+  }
+
+  /** Ends the session and frees every port it holds. Idempotent. */
+  close(reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.helloTimer);
+    this.closeProxies([...this.proxies.keys()], reason);
+    this.ctx.sessions.delete(this);
+    if (this.ctx.clients.get(this.name) === this) this.ctx.clients.delete(this.name);
+    this.session.close();
+    if (this.helloDone) this.logger.info({ remote_addr: this.remoteAddr, reason }, 'client disconnected');
+    else this.logger.debug({ remote_addr: this.remoteAddr, reason }, 'session ended before hello');
+  }
+
+  private onStream(stream: Stream): void {
+    if (this.control) {
+      // Only the control stream is client-opened in this protocol version.
+      stream.destroy();
+      return;
+    }
+    this.control = stream;
+    // Errors surface through the reader; this keeps a write to a dying stream from being unhandled.
+    stream.on('error', () => {});
+    this.readControl(stream).catch((err: Error) => this.close(`control stream: ${err.message}`));
+  }
+
+  private async readControl(stream: Stream): Promise<void> {
+    const reader = new MessageReader(stream);
+    while (!this.closed) {
+      const raw = await reader.read();
+      if (raw === null) {
+        this.close('control stream closed by client');
+        return;
+      }
+      await this.handle(parseControlMessage(raw));
+    }
+  }
+
+  private send(message: ControlMessage): void {
+    if (this.control && !this.control.destroyed && !this.control.writableEnded)
+      writeMessage(this.control, message);
+  }
+
+  private notice(level: 'info' | 'warn' | 'error', message: string, code?: string): void {
+    this.send(
+      code === undefined ? { type: 'notice', level, message } : { type: 'notice', level, message, code },
+    );
+  }
+
+  private async handle(message: ControlMessage): Promise<void> {
+    if (!this.helloDone && message.type !== 'hello') {
+      throw new ProtocolError(`expected hello, got ${message.type}`);
+    }
+    switch (message.type) {
+      case 'hello':
+        return this.onHello(message);
+      case 'register':
+        return this.onRegister(message);
+      case 'unregister':
+        this.closeProxies(message.proxies, 'unregistered by client');
+        return;
+      default:
+        throw new ProtocolError(`unexpected ${message.type} from a client`);
+    }
+  }
+
+  private onHello(hello: ControlMessageOf<'hello'>): void {
+    if (this.helloDone) throw new ProtocolError('second hello');
+    clearTimeout(this.helloTimer);
+    this.instanceId = hello.instance_id;
+    if (hello.version !== PROTOCOL_VERSION) {
+      const reason = `protocol version ${hello.version} is not supported (server ${this.ctx.serverVersion} speaks ${PROTOCOL_VERSION})`;
+      this.notice('error', reason, 'version');
+      this.close(reason);
+      return;
+    }
+    const previous = this.ctx.clients.get(this.name);
+    if (previous && previous !== this) {
+      this.logger.info(
+        { old_session_id: previous.sessionId, instance_id: hello.instance_id },
+        'client replaced',
+      );
+      previous.replacedBy(this);
+    }
+    this.ctx.clients.set(this.name, this);
+    this.helloDone = true;
+    this.send({
+      type: 'hello_ok',
+      client: this.name,
+      session_id: this.sessionId,
+      server_version: this.ctx.serverVersion,
+    });
+    this.logger.info(
+      { remote_addr: this.remoteAddr, instance_id: hello.instance_id, client_version: hello.client_version },
+      'client connected',
+    );
+  }
+
+  /** Another session of the same client said hello: this one gives way at once. */
+  private replacedBy(next: ClientSession): void {
+    const sameInstance = next.instanceId === this.instanceId;
+    this.notice(
+      'warn',
+      sameInstance
+        ? 'replaced by a newer session of this client'
+        : `replaced by another instance of client "${this.name}" (instance ${next.instanceId}); are two clients using one token?`,
+      'replaced',
+    );
+    this.close(`replaced by session ${next.sessionId}`);
+  }
+
+  private async onRegister(register: ControlMessageOf<'register'>): Promise<void> {
+    const results: ProxyResult[] = [];
+    const seen = new Set<string>();
+    for (const spec of register.proxies) {
+      if (seen.has(spec.name)) {
+        results.push({
+          proxy: spec.name,
+          ok: false,
+          reason: `proxy "${spec.name}" appears twice in one request`,
+        });
+        continue;
+      }
+      seen.add(spec.name);
+      results.push(await this.registerOne(spec));
+      if (this.closed) return;
+    }
+    this.send({ type: 'register_result', results });
+  }
+
+  private refusal(spec: ProxySpec): string | undefined {
+    const port = spec.remote_port;
+    if (spec.type !== 'tcp') return `proxy type "${spec.type}" is not supported by this server`;
+    if (this.grant && !this.grant.contains(port)) {
+      return `port ${port} is outside the token's grant (${this.grant})`;
+    }
+    if (!this.ctx.config.allowPorts.contains(port)) {
+      return `port ${port} is outside the server's allow_ports (${this.ctx.config.allowPorts})`;
+    }
+    const holder = this.ctx.ports.get(port);
+    if (holder && holder.owner !== this) return `port ${port} is in use by another client`;
+    if (holder && holder.proxy !== spec.name)
+      return `port ${port} is already used by proxy "${holder.proxy}"`;
+    return undefined;
+  }
+
+  private async registerOne(spec: ProxySpec): Promise<ProxyResult> {
+    const existing = this.proxies.get(spec.name);
+    if (existing && existing.port === spec.remote_port) {
+      return { proxy: spec.name, ok: true, remote_addr: existing.listener.address };
+    }
+    const reason = this.refusal(spec);
+    if (reason) {
+      this.logger.warn({ proxy: spec.name, reason }, 'proxy refused');
+      return { proxy: spec.name, ok: false, reason };
+    }
+    if (existing) this.closeProxies([spec.name], 'replaced by a new registration');
+    const listener = new TcpProxyListener({
+      client: this.name,
+      proxy: spec,
+      bindHost: this.ctx.config.proxyBind,
+      session: this.session,
+      logger: this.ctx.logger,
+      tracker: this.ctx.tracker,
+    });
+    // Hold the port before the asynchronous bind, so two registrations cannot race for it.
+    this.ctx.ports.set(spec.remote_port, { owner: this, proxy: spec.name });
+    try {
+      await listener.listen();
+    } catch (err) {
+      this.ctx.ports.delete(spec.remote_port);
+      const reason = (err as Error).message;
+      this.logger.warn({ proxy: spec.name, reason }, 'proxy refused');
+      return { proxy: spec.name, ok: false, reason };
+    }
+    if (this.closed) {
+      listener.close();
+      this.ctx.ports.delete(spec.remote_port);
+      return { proxy: spec.name, ok: false, reason: 'session closed' };
+    }
+    this.proxies.set(spec.name, { listener, port: spec.remote_port });
+    this.logger.info({ proxy: spec.name, remote_addr: listener.address }, 'proxy listening');
+    return { proxy: spec.name, ok: true, remote_addr: listener.address };
+  }
+
+  private closeProxies(names: readonly string[], reason: string): void {
+    for (const name of names) {
+      const entry = this.proxies.get(name);
+      if (!entry) continue;
+      this.proxies.delete(name);
+      entry.listener.close();
+      if (this.ctx.ports.get(entry.port)?.owner === this) this.ctx.ports.delete(entry.port);
+      this.logger.info({ proxy: name, reason }, 'proxy closed');
+    }
+  }
+}

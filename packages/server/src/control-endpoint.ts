@@ -1,0 +1,136 @@
+import { createServer as createHttpServer, type IncomingMessage, type Server, STATUS_CODES } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { formatHostPort, type HostPort, type Logger, type TokenClaims } from '@porthole/protocol';
+import { type WebSocket, WebSocketServer } from 'ws';
+import type { UpgradeAuthenticator } from './auth.js';
+
+/**
+ * Largest WebSocket message accepted. The mux coalesces one event-loop turn of frames into a message
+ * (normally up to its 4 MiB queue limit plus one frame per busy stream), so this is a sanity bound that
+ * stops a peer from making us buffer without limit, not a tight one.
+ */
+export const MAX_WS_MESSAGE_BYTES = 64 * 1024 * 1024;
+
+export interface ControlEndpointOptions {
+  listen: HostPort;
+  path: string;
+  tls?: { cert: Buffer; key: Buffer };
+  authenticator: UpgradeAuthenticator;
+  logger: Logger;
+  /** Called with each authenticated WebSocket. */
+  onClient(ws: WebSocket, claims: TokenClaims, remoteAddr: string): void;
+}
+
+function remoteOf(socket: Socket | Duplex): string {
+  const s = socket as Socket;
+  return s.remoteAddress ? formatHostPort(s.remoteAddress, s.remotePort ?? 0) : 'unknown';
+}
+
+/** Answers an upgrade request with a plain HTTP error and closes the connection. */
+function refuseUpgrade(socket: Duplex, status: number, body: string): void {
+  if (socket.destroyed) return;
+  const text = `${body}\n`;
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n` +
+      'Content-Type: text/plain; charset=utf-8\r\n' +
+      `Content-Length: ${Buffer.byteLength(text)}\r\n` +
+      'Connection: close\r\n\r\n' +
+      text,
+  );
+}
+
+/**
+ * The server's control endpoint: an HTTP(S) server whose only job is the WebSocket upgrade on `path`.
+ * The Bearer token is verified before the upgrade is accepted; a failure is a 401 with the reason.
+ */
+export class ControlEndpoint {
+  private readonly server: Server;
+  private readonly wss: WebSocketServer;
+
+  constructor(private readonly opts: ControlEndpointOptions) {
+    this.server = opts.tls
+      ? createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key })
+      : createHttpServer();
+    this.server.headersTimeout = 10_000;
+    this.server.requestTimeout = 15_000;
+    this.wss = new WebSocketServer({
+      noServer: true,
+      perMessageDeflate: false,
+      maxPayload: MAX_WS_MESSAGE_BYTES,
+      clientTracking: false,
+    });
+    this.server.on('request', (req, res) => {
+      const onPath = this.pathOf(req) === opts.path;
+      res.writeHead(onPath ? 426 : 404, { 'Content-Type': 'text/plain; charset=utf-8', Connection: 'close' });
+      res.end(onPath ? 'porthole control endpoint: WebSocket upgrade required\n' : 'not found\n');
+    });
+    this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
+      this.onUpgrade(req, socket, head),
+    );
+    this.server.on('tlsClientError', (err, socket) => {
+      opts.logger.debug({ remote_addr: remoteOf(socket), reason: err.message }, 'tls handshake failed');
+    });
+  }
+
+  /** Starts listening; resolves with the bound address ("127.0.0.1:40123"). */
+  listen(): Promise<string> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.opts.listen.port, this.opts.listen.host, () => {
+        this.server.off('error', reject);
+        const address = this.server.address() as AddressInfo;
+        resolve(formatHostPort(address.address, address.port));
+      });
+    });
+  }
+
+  /** Stops accepting new connections (established sessions are closed by their owners). */
+  stopAccepting(): void {
+    this.server.close();
+    this.server.closeIdleConnections();
+  }
+
+  /** Drops every connection still open on the endpoint. */
+  closeAll(): void {
+    this.server.closeAllConnections();
+  }
+
+  private pathOf(req: IncomingMessage): string {
+    try {
+      return new URL(req.url ?? '/', 'http://x').pathname;
+    } catch {
+      return '';
+    }
+  }
+
+  private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on('error', () => socket.destroy());
+    const remoteAddr = remoteOf(socket);
+    if (this.pathOf(req) !== this.opts.path) {
+      refuseUpgrade(socket, 404, 'not found');
+      return;
+    }
+    if (req.headers.upgrade?.toLowerCase() !== 'websocket') {
+      refuseUpgrade(socket, 400, 'expected a WebSocket upgrade');
+      return;
+    }
+    this.opts.authenticator.authenticate(req).then(
+      (outcome) => {
+        if (!outcome.ok) {
+          if (outcome.log)
+            this.opts.logger.warn({ remote_addr: remoteAddr, reason: outcome.reason }, 'auth failed');
+          refuseUpgrade(socket, outcome.status, outcome.reason);
+          return;
+        }
+        if (socket.destroyed) return;
+        this.wss.handleUpgrade(req, socket, head, (ws) => this.opts.onClient(ws, outcome.claims, remoteAddr));
+      },
+      (err: Error) => {
+        this.opts.logger.error({ remote_addr: remoteAddr, reason: err.message }, 'auth error');
+        refuseUpgrade(socket, 500, 'internal error');
+      },
+    );
+  }
+}

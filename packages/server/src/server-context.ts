@@ -1,0 +1,17 @@
+import type { ConnectionTracker, Logger } from '@porthole/protocol';
+import type { ClientSession } from './client-session.js';
+import type { ServerConfig } from './config.js';
+
+/** What every client session shares: settings, the registry of clients and ports, the connection count. */
+export interface ServerContext {
+  readonly config: ServerConfig;
+  readonly logger: Logger;
+  readonly tracker: ConnectionTracker;
+  readonly serverVersion: string;
+  /** Sessions that completed hello, by client name (one per name: a new one takes over). */
+  readonly clients: Map<string, ClientSession>;
+  /** Every live session, including those that have not said hello yet. */
+  readonly sessions: Set<ClientSession>;
+  /** Public port -> the session and proxy that hold it. */
+  readonly ports: Map<number, { owner: ClientSession; proxy: string }>;
+}

@@ -1,0 +1,90 @@
+import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
+import type { Session } from '@porthole/mux';
+import {
+  type ConnectionTracker,
+  formatHostPort,
+  type Logger,
+  type ProxySpec,
+  writeStreamHeader,
+} from '@porthole/protocol';
+
+export interface TcpProxyListenerOptions {
+  client: string;
+  proxy: ProxySpec;
+  bindHost: string;
+  session: Session;
+  logger: Logger;
+  tracker: ConnectionTracker;
+}
+
+/** Why a listen failed, in words a client user can act on. */
+function describeListenError(err: NodeJS.ErrnoException, address: string): string {
+  if (err.code === 'EADDRINUSE') return `address ${address} is already in use on the server`;
+  if (err.code === 'EACCES') return `the server may not bind ${address} (permission denied)`;
+  if (err.code === 'EADDRNOTAVAIL') return `address ${address} is not available on the server`;
+  return `cannot listen on ${address}: ${err.message}`;
+}
+
+/**
+ * The public side of one tcp proxy: a listener on proxy_bind:remote_port whose every accepted
+ * connection becomes a server-opened stream (header first, then raw bytes both ways).
+ */
+export class TcpProxyListener {
+  readonly address: string;
+  private readonly server: Server;
+
+  constructor(private readonly opts: TcpProxyListenerOptions) {
+    this.address = formatHostPort(opts.bindHost, opts.proxy.remote_port);
+    this.server = createServer({ allowHalfOpen: true }, (socket) => this.onConnection(socket));
+  }
+
+  /** Binds the port; rejects with an Error whose message is the reason to send to the client. */
+  listen(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException) =>
+        reject(new Error(describeListenError(err, this.address)));
+      this.server.once('error', onError);
+      this.server.listen({ port: this.opts.proxy.remote_port, host: this.opts.bindHost }, () => {
+        this.server.off('error', onError);
+        this.server.on('error', (err) =>
+          this.opts.logger.error(
+            { proxy: this.opts.proxy.name, reason: err.message },
+            'proxy listener error',
+          ),
+        );
+        resolve();
+      });
+    });
+  }
+
+  /** The port actually bound (differs from the spec only in tests that bind port 0). */
+  get boundPort(): number {
+    return (this.server.address() as AddressInfo | null)?.port ?? this.opts.proxy.remote_port;
+  }
+
+  /** Stops accepting at once (the port is free when this returns); open connections carry on. */
+  close(): void {
+    if (this.server.listening) this.server.close();
+  }
+
+  private onConnection(socket: Socket): void {
+    const { client, proxy, session, tracker, logger } = this.opts;
+    const conn = tracker.nextId();
+    const remoteHost = socket.remoteAddress ?? '';
+    const remotePort = socket.remotePort ?? 0;
+    socket.setNoDelay(true);
+    const stream = session.open();
+    writeStreamHeader(stream, {
+      proxy: proxy.name,
+      conn,
+      remote_addr: remoteHost,
+      remote_port: remotePort,
+      public_addr: this.address,
+    });
+    tracker.carry(socket, stream, {
+      labels: ['visitor', 'tunnel'],
+      logger,
+      fields: { client, proxy: proxy.name, conn, remote_addr: formatHostPort(remoteHost, remotePort) },
+    });
+  }
+}
