@@ -57,6 +57,28 @@ export class NatTopology {
     await runOk('ip', ['-n', this.rtr, 'link', 'set', 'lan0', 'up']);
   }
 
+  /**
+   * Silently drop, in the router, every packet of the NATed TCP flow whose public-side port is `natPort`
+   * (both directions, forever): the flow becomes truly half-open, no FIN or RST can ever get through,
+   * while new flows pass.
+   */
+  async blackholeFlow(natPort: number): Promise<void> {
+    await this.exec(this.rtr, 'iptables', [
+      '-w',
+      '-I',
+      'FORWARD',
+      '1',
+      '-p',
+      'tcp',
+      '-m',
+      'conntrack',
+      '--ctrepldstport',
+      String(natPort),
+      '-j',
+      'DROP',
+    ]);
+  }
+
   /** Start the netprobe helper (a compiled script of this suite) inside a namespace. */
   spawnProbe(h: Harness, name: string, ns: string, args: string[]): Proc {
     return h.spawn(name, process.execPath, [netprobeScript, ...args], { netns: ns });
@@ -143,7 +165,8 @@ export async function createNatTopology(h: Harness): Promise<NatTopology> {
   }
   await ip('-n', topo.lan, 'route', 'add', 'default', 'via', RTR_LAN_ADDR);
   await ip('-n', topo.pub, 'route', 'add', LAN_NET, 'via', RTR_PUB_ADDR);
-  await topo.exec(topo.rtr, 'sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1']);
+  // /proc/sys/net belongs to the namespace of the process that writes it (no dependency on procps).
+  await topo.exec(topo.rtr, 'sh', ['-c', 'echo 1 > /proc/sys/net/ipv4/ip_forward']);
   const ipt = (...args: string[]) => topo.exec(topo.rtr, 'iptables', ['-w', ...args]);
   await ipt('-t', 'nat', '-A', 'POSTROUTING', '-s', LAN_NET, '-o', 'pub0', '-j', 'MASQUERADE');
   await ipt('-A', 'FORWARD', '-i', 'lan0', '-o', 'pub0', '-j', 'ACCEPT');

@@ -1,0 +1,240 @@
+// Faults: the server killed and restarted; the wire cut for longer (and for shorter) than the keepalive.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { createNatTopology, LAN_ADDR, type NatTopology, netnsUnavailable, PUB_ADDR } from './lib/netns.js';
+import { eventually, freePort, type Harness, sleep, withHarness } from './lib/processes.js';
+import { echoRoundTrip, startEchoServer, tryConnect } from './lib/services.js';
+import {
+  issueToken,
+  type RunningClient,
+  type RunningServer,
+  startClient,
+  startServer,
+  writeServerConfig,
+} from './lib/tunnel.js';
+
+test(
+  'kill -9 the server and start it again on the same port: the tunnel serves again within 5 s',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startEchoServer();
+      h.onCleanup(() => echo.close());
+      const remotePort = await freePort();
+      const first = await startServer(h, { allowPorts: [String(remotePort)] }, 'server#1');
+      const token = await issueToken(first.config, { name: 'restart', ports: String(remotePort) });
+      const client = await startClient(h, {
+        server: first.url,
+        token,
+        proxies: [{ name: 'svc', local: `127.0.0.1:${echo.port}`, remotePort }],
+        reconnectInitial: '100ms',
+        reconnectMax: '500ms',
+      });
+      const publicPort = client.ports.get('svc')!;
+      assert.equal(
+        (await echoRoundTrip('127.0.0.1', publicPort, 10_000)).ok,
+        true,
+        'tunnel works before the kill',
+      );
+
+      const mark = client.proc.mark();
+      first.proc.kill('SIGKILL');
+      await first.proc.exited;
+      assert.equal(
+        await tryConnect('127.0.0.1', publicPort, 2000),
+        'refused',
+        'the public port died with the server',
+      );
+      const failed = await client.proc.waitForMsg('connect failed', 10_000, { from: mark });
+      t.diagnostic(
+        `client while the server is down: connect failed: ${failed.reason} (retry in ${failed.retry_ms} ms)`,
+      );
+      await sleep(1500); // let the client's backoff grow to its cap
+
+      // Same secret, same ws port.
+      const config = await writeServerConfig(h, {
+        ...first.config.options,
+        listen: `127.0.0.1:${first.port}`,
+        secretFile: first.config.secretFile,
+      });
+      const second = await startServer(h, config, 'server#2');
+      const upAt = Date.now();
+      await eventually(
+        'an echo through the restarted tunnel',
+        async () => (await echoRoundTrip('127.0.0.1', publicPort, 10_000, { timeoutMs: 2000 })).ok,
+        10_000,
+        100,
+      );
+      const servedMs = Date.now() - upAt;
+      t.diagnostic(`tunnel served again ${servedMs} ms after the restarted server was up`);
+      assert.ok(servedMs < 5000, `served again after ${servedMs} ms (limit 5000)`);
+      await client.proc.waitForMsg('session established', 1000, { from: mark });
+      await second.proc.waitForMsg('proxy listening', 1000, { fields: { proxy: 'svc' } });
+    }),
+);
+
+interface NatTunnel {
+  topo: NatTopology;
+  server: RunningServer;
+  client: RunningClient;
+  publicPort: number;
+}
+
+const PUBLIC_PORT = 8000;
+
+async function natTunnel(
+  h: Harness,
+  heartbeat: { server: [string, string]; client: [string, string] },
+): Promise<NatTunnel> {
+  const topo = await createNatTopology(h);
+  const service = topo.spawnProbe(h, 'lan-service', topo.lan, [
+    'echo-server',
+    '--host',
+    LAN_ADDR,
+    '--port',
+    '9000',
+  ]);
+  await service.waitForMsg('listening', 10_000);
+  const server = await startServer(h, {
+    listen: `${PUB_ADDR}:7000`,
+    proxyBind: '0.0.0.0',
+    allowPorts: [String(PUBLIC_PORT)],
+    heartbeatInterval: heartbeat.server[0],
+    heartbeatTimeout: heartbeat.server[1],
+    netns: topo.pub,
+  });
+  const token = await issueToken(server.config, { name: 'homelab', ports: String(PUBLIC_PORT) });
+  const client = await startClient(h, {
+    server: `ws://${PUB_ADDR}:7000/_porthole`,
+    token,
+    proxies: [{ name: 'web', local: `${LAN_ADDR}:9000`, remotePort: PUBLIC_PORT }],
+    heartbeatInterval: heartbeat.client[0],
+    heartbeatTimeout: heartbeat.client[1],
+    reconnectInitial: '200ms',
+    reconnectMax: '1s',
+    netns: topo.lan,
+  });
+  return { topo, server, client, publicPort: client.ports.get('web')! };
+}
+
+async function echoFromPub(n: NatTunnel, what: string): Promise<void> {
+  const r = await n.topo.probe(n.topo.pub, [
+    'echo',
+    '--host',
+    PUB_ADDR,
+    '--port',
+    String(n.publicPort),
+    '--bytes',
+    '100000',
+    '--timeout',
+    '5000',
+  ]);
+  assert.equal(r.ok, true, `${what}: ${JSON.stringify(r)}`);
+}
+
+test('link cut longer than the heartbeat timeout: the server frees the port; the client comes back by itself', {
+  timeout: 90_000,
+}, async (t) => {
+  const why = await netnsUnavailable();
+  if (why) {
+    t.skip(why);
+    return;
+  }
+  await withHarness(t, async (h) => {
+    const n = await natTunnel(h, { server: ['500ms', '2s'], client: ['500ms', '2s'] });
+    await echoFromPub(n, 'tunnel works before the cut');
+
+    const serverMark = n.server.proc.mark();
+    const clientMark = n.client.proc.mark();
+    await n.topo.linkDown();
+    const downAt = Date.now();
+    const gone = await n.server.proc.waitForMsg('client disconnected', 8000, { from: serverMark });
+    const goneMs = Date.now() - downAt;
+    t.diagnostic(`server noticed the dead client after ${goneMs} ms: ${gone.reason}`);
+    // The port is freed: a connection in pub to it is refused (not accepted and dropped).
+    const refused = await eventually(
+      'the public port refuses connections',
+      async () =>
+        (
+          await n.topo.probe(n.topo.pub, [
+            'connect',
+            '--host',
+            PUB_ADDR,
+            '--port',
+            String(n.publicPort),
+            '--timeout',
+            '1000',
+          ])
+        ).result === 'refused',
+      3000,
+      200,
+    );
+    assert.ok(refused);
+    const freedMs = Date.now() - downAt;
+    await sleep(Math.max(0, 5000 - (Date.now() - downAt))); // keep the wire cut for 5 s in all
+
+    await n.topo.linkUp();
+    const upAt = Date.now();
+    await n.client.proc.waitForMsg('proxy registered', 20_000, {
+      from: clientMark,
+      fields: { proxy: 'web' },
+    });
+    const backMs = Date.now() - upAt;
+    await n.server.proc.waitForMsg('proxy listening', 5000, { from: serverMark, fields: { proxy: 'web' } });
+    await echoFromPub(n, 'tunnel works after the link returns');
+    t.diagnostic(
+      `port refused ${freedMs} ms after the cut; client re-registered ${backMs} ms after the link returned`,
+    );
+    assert.equal(
+      n.client.proc.logsWithMsg('proxy refused', clientMark).length,
+      0,
+      'no "proxy refused" on the way back',
+    );
+  });
+});
+
+test('half-open session: the reconnecting client takes its port over at once, no "already in use"', {
+  timeout: 90_000,
+}, async (t) => {
+  const why = await netnsUnavailable();
+  if (why) {
+    t.skip(why);
+    return;
+  }
+  await withHarness(t, async (h) => {
+    // The client notices a dead session within 2 s; the server would need 60 s. The old flow is
+    // blackholed in the router (no FIN or RST can ever arrive), so when the client comes back on a new
+    // flow the server still holds the old session: the new session must take the port over.
+    const n = await natTunnel(h, { server: ['20s', '60s'], client: ['500ms', '2s'] });
+    await echoFromPub(n, 'tunnel works before the blackhole');
+    const peers = await n.topo.exec(n.topo.pub, 'ss', ['-Htn', 'state', 'established', '( sport = :7000 )']);
+    const natPorts = [...peers.matchAll(/198\.18\.0\.2:(\d+)/g)].map((m) => Number(m[1]));
+    assert.equal(natPorts.length, 1, `one control connection at the server:\n${peers}`);
+    const serverMark = n.server.proc.mark();
+    const clientMark = n.client.proc.mark();
+    await n.topo.blackholeFlow(natPorts[0]!);
+    const cutAt = Date.now();
+    await n.client.proc.waitForMsg('session established', 15_000, { from: clientMark });
+    await n.client.proc.waitForMsg('proxy registered', 5000, { from: clientMark, fields: { proxy: 'web' } });
+    const backMs = Date.now() - cutAt;
+    assert.equal(
+      n.client.proc.logsWithMsg('proxy refused', clientMark).length,
+      0,
+      'no "proxy refused" on the way back',
+    );
+    await echoFromPub(n, 'tunnel works through the new session');
+    t.diagnostic(
+      `client took its port over ${backMs} ms after its old flow went dark (server heartbeat timeout 60 s)`,
+    );
+    assert.ok(backMs < 10_000, `took over after ${backMs} ms`);
+    // The server had not noticed on its own: the takeover is what ended the old session.
+    const disconnects = n.server.proc.logsWithMsg('client disconnected', serverMark);
+    t.diagnostic(
+      `server on the old session: ${disconnects.map((l) => l.reason).join('; ') || '(no disconnect logged)'}`,
+    );
+    assert.ok(
+      disconnects.every((l) => !/keepalive|timeout/i.test(String(l.reason))),
+      `the old session ended by takeover, not by the server's keepalive: ${JSON.stringify(disconnects)}`,
+    );
+  });
+});
