@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { test } from 'node:test';
-import { clientBin, freePorts, type Harness, type Proc, sleep, withHarness } from './lib/processes.js';
+import { clientBin, freePorts, type Harness, sleep, withHarness } from './lib/processes.js';
 import { EchoPinger, echoRoundTrip, startEchoServer } from './lib/services.js';
 import {
   issueToken,
@@ -138,7 +138,6 @@ test(
       };
       await assertGoodWorks('before the bad clients');
 
-      const bad: Proc[] = [];
       // 1. No token at all: the upgrade is refused with 401 before any WebSocket exists.
       const noToken = await upgradeStatus(server.url, {});
       assert.equal(
@@ -167,7 +166,6 @@ test(
           reconnectMax: '2s',
         });
         const proc = h.spawn('client-empty-token', clientBin, ['--config', configPath]);
-        bad.push(proc);
         const outcome = await proc.waitForMsg('connect failed', 15_000).then(
           (l) => ({ kind: 'log' as const, reason: String(l.reason), code: null }),
           async (err) => {
@@ -193,7 +191,6 @@ test(
       ];
       for (const c of cases) {
         const { proc, line } = await expectConnectFailed(h, server, c.token, `client-${c.name}`, spare);
-        bad.push(proc);
         assert.match(String(line.reason), c.reason, `${c.name}: reason of "connect failed"`);
         assert.ok(
           Number(line.retry_ms) > 0,
@@ -208,7 +205,6 @@ test(
       await sleep(Math.max(0, expiresAt - Date.now() + 1200));
       {
         const { proc, line } = await expectConnectFailed(h, server, expiringToken, 'client-expired', spare);
-        bad.push(proc);
         assert.match(
           String(line.reason),
           /401.*expired|expired.*401/i,

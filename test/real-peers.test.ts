@@ -2,17 +2,17 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { runIperfClient, startIperfServer } from './lib/iperf3.js';
-import { freePort, withHarness } from './lib/processes.js';
+import { freePort, withHarness, withTimeout } from './lib/processes.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
 import { sshRun, startSshd } from './lib/sshd.js';
-import { issueToken, startClient, startServer } from './lib/tunnel.js';
+import { issueToken, type RunningClient, startClient, startServer } from './lib/tunnel.js';
 
 const SECONDS = 3;
 
 test('iperf3 forward and reverse through the tunnel, beside direct loopback', { timeout: 110_000 }, (t) =>
   withHarness(t, async (h) => {
-    // One tunnel for all four runs: each iperf3 server serves one test (-1) on a new port, so the
-    // client gets one proxy per run.
+    // One server for both tunnel runs. Each iperf3 server serves one test (-1) on a new local port, so
+    // each tunnel run has its own client (started for it, stopped after it, so it costs no CPU later).
     const runs = ['direct', 'direct -R', 'tunnel', 'tunnel -R'] as const;
     const remotePorts = [await freePort(), await freePort()];
     const server = await startServer(h, { allowPorts: remotePorts.map(String) });
@@ -23,10 +23,11 @@ test('iperf3 forward and reverse through the tunnel, beside direct loopback', { 
       const reverse = run.endsWith('-R');
       const iperf = await startIperfServer(h, `iperf3-server ${run}`);
       let port = iperf.port;
+      let client: RunningClient | undefined;
       if (run.startsWith('tunnel')) {
         const remotePort = remotePorts[tunnelIndex]!;
         tunnelIndex += 1;
-        const client = await startClient(
+        client = await startClient(
           h,
           {
             server: server.url,
@@ -44,9 +45,8 @@ test('iperf3 forward and reverse through the tunnel, beside direct loopback', { 
       t.diagnostic(
         `iperf3 ${run.padEnd(10)} ${r.gbits.toFixed(2)} Gbit/s (${(r.bytes / 1048576).toFixed(0)} MiB in ${r.seconds.toFixed(1)} s)`,
       );
-      await iperf.proc.exited;
-      // The client of this run is no longer needed; stopping it frees the CPU for the next run.
-      if (run.startsWith('tunnel')) await h.procs.find((p) => p.name === `client ${run}`)?.stop();
+      await withTimeout(iperf.proc.exited, 10_000, () => `iperf3 -s -1 did not exit after the ${run} test`);
+      await client?.proc.stop();
     }
     t.diagnostic(
       `iperf3 summary: forward tunnel ${results.tunnel?.toFixed(2)} vs direct ${results.direct?.toFixed(2)} Gbit/s; ` +
