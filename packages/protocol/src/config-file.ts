@@ -34,10 +34,9 @@ function keyPath(path: ReadonlyArray<PropertyKey>): string {
 }
 
 function reasonOf(issue: ZodError['issues'][number]): string {
-  if (issue.code === 'invalid_type') {
-    if (/received undefined$/.test(issue.message)) return 'required';
-    return issue.message.replace(/^Invalid input: /, '');
-  }
+  if (issue.code === 'invalid_type' && /received undefined$/.test(issue.message)) return 'required';
+  if (issue.code === 'too_big' && issue.origin === 'number') return `must be at most ${issue.maximum}`;
+  if (issue.code === 'too_small' && issue.origin === 'number') return `must be at least ${issue.minimum}`;
   return issue.message.replace(/^Invalid input: /, '');
 }
 
@@ -107,7 +106,12 @@ export function readSecretFile(configFile: string, key: string, path: string): s
 
 /** A zod `error` option: "required" for a missing key, otherwise what was expected. */
 export function expected(what: string) {
-  return (issue: { input?: unknown }) => (issue.input === undefined ? 'required' : `expected ${what}`);
+  return (issue: { code?: string; input?: unknown }) => {
+    if (issue.code !== 'invalid_type' && issue.code !== 'invalid_union' && issue.code !== 'invalid_value') {
+      return undefined;
+    }
+    return issue.input === undefined ? 'required' : `expected ${what}`;
+  };
 }
 
 /** "10s" -> 10000 (ms). */

@@ -37,6 +37,8 @@ export interface LoggerOptions {
   level?: LogLevel;
   /** Force JSON (true) or pretty (false); default: JSON unless stdout is a TTY. */
   json?: boolean;
+  /** Where JSON lines go instead of stdout (tests read them back). */
+  destination?: NodeJS.WritableStream;
 }
 
 /**
@@ -51,5 +53,39 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
     timestamp: pino.stdTimeFunctions.isoTime,
     formatters: { level: (label: string) => ({ level: label }) },
   };
+  if (opts.destination) return pino(options, opts.destination);
   return json ? pino(options, pino.destination({ fd: 1, sync: true })) : pino(options, new PrettyStream());
+}
+
+export type LogLine = Record<string, unknown> & { msg: string };
+
+export interface CapturedLogs {
+  logger: Logger;
+  lines: LogLine[];
+  /** Resolves with the first line with this `msg` and these field values; rejects after `timeoutMs`. */
+  waitFor(msg: string, fields?: Record<string, unknown>, timeoutMs?: number): Promise<LogLine>;
+}
+
+/** A logger that keeps its lines in memory, for tests of code that logs (both ends' unit tests use it). */
+export function captureLogs(level: LogLevel = 'debug'): CapturedLogs {
+  const lines: LogLine[] = [];
+  const destination = new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      for (const text of chunk.toString('utf8').split('\n'))
+        if (text) lines.push(JSON.parse(text) as LogLine);
+      callback();
+    },
+  });
+  const find = (msg: string, fields: Record<string, unknown>) =>
+    lines.find((line) => line.msg === msg && Object.entries(fields).every(([k, v]) => line[k] === v));
+  const waitFor = async (msg: string, fields: Record<string, unknown> = {}, timeoutMs = 5000) => {
+    const deadline = Date.now() + timeoutMs;
+    for (let line = find(msg, fields); Date.now() < deadline; line = find(msg, fields)) {
+      if (line) return line;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    const seen = lines.map((line) => JSON.stringify(line)).join('\n');
+    throw new Error(`no log line "${msg}" ${JSON.stringify(fields)} within ${timeoutMs} ms; seen:\n${seen}`);
+  };
+  return { logger: createLogger({ level, destination }), lines, waitFor };
 }

@@ -1,0 +1,96 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { ConfigError } from '@porthole/protocol';
+import { type ClientFlags, loadClientConfig } from '../src/config.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'porthole-client-config-'));
+writeFileSync(join(dir, 'token'), 'a.b.c\n');
+
+function write(text: string): string {
+  const file = join(dir, `c${Math.random().toString(36).slice(2)}.toml`);
+  writeFileSync(file, text);
+  return file;
+}
+
+function problems(text: string | undefined, flags: ClientFlags = {}): string[] {
+  const file = text === undefined ? undefined : write(text);
+  try {
+    loadClientConfig(file, flags);
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, String(err));
+    return err.problems.map((line) => (file ? line.replace(`${file}: `, '') : line));
+  }
+  assert.fail('expected a ConfigError');
+}
+
+const HEAD = 'server = "wss://vps.example.com/_porthole"\ntoken_file = "token"\n';
+
+test('a config file gives proxies and defaults; token_file is read relative to it', () => {
+  const config = loadClientConfig(
+    write(`${HEAD}[[proxies]]\nname = "ssh"\ntype = "tcp"\nlocal = "127.0.0.1:22"\nremote_port = 2222\n`),
+  );
+  assert.equal(config.token, 'a.b.c');
+  assert.deepEqual(config.proxies, [
+    { name: 'ssh', type: 'tcp', local: { host: '127.0.0.1', port: 22 }, remotePort: 2222 },
+  ]);
+  assert.equal(config.reconnectInitial, 500);
+  assert.equal(config.reconnectMax, 30_000);
+  assert.equal(config.exitOnAuthFailure, false);
+});
+
+test('quick flags alone make a config; both rule forms work; flags override the file', () => {
+  const config = loadClientConfig(undefined, {
+    server: 'ws://127.0.0.1:7000/_porthole',
+    tokenFile: join(dir, 'token'),
+    tcp: ['2222:127.0.0.1:22', 'tcp:2223:[::1]:80'],
+  });
+  assert.equal(config.source, 'command line');
+  assert.deepEqual(
+    config.proxies.map((p) => [p.name, p.remotePort, p.local.host, p.local.port]),
+    [
+      ['tcp-2222', 2222, '127.0.0.1', 22],
+      ['tcp-2223', 2223, '::1', 80],
+    ],
+  );
+  const merged = loadClientConfig(write(HEAD), { token: 'x.y.z', tcp: ['9000:localhost:9000'] });
+  assert.equal(merged.token, 'x.y.z');
+  assert.equal(merged.proxies[0]?.name, 'tcp-9000');
+});
+
+test('every mistake is reported as source: key: reason', () => {
+  assert.deepEqual(problems('server = "http://x"\ntoken = "t"\n'), ['server: must be a ws:// or wss:// URL']);
+  assert.deepEqual(problems('server = "ws://x"\n'), ['token: set exactly one of token or token_file']);
+  assert.deepEqual(problems(`${HEAD}colour = "blue"\n`), ['colour: unknown key']);
+  assert.deepEqual(
+    problems(
+      `${HEAD}[[proxies]]\nname = "ssh"\ntype = "tcp"\nlocal = "127.0.0.1"\nremote_port = 70000\nx = 1\n`,
+    ),
+    [
+      'proxies[0].local: invalid address "127.0.0.1" (expected host:port, e.g. 127.0.0.1:22 or [::1]:22)',
+      'proxies[0].remote_port: must be at most 65535',
+      'proxies[0].x: unknown key',
+    ],
+  );
+  const twice = '[[proxies]]\nname = "a"\ntype = "tcp"\nlocal = "127.0.0.1:1"\nremote_port = 5\n';
+  assert.deepEqual(problems(`${HEAD}${twice}${twice}`), [
+    'proxies[1].name: "a" is already the name of proxies[0]',
+    'proxies[1].remote_port: 5 is already the remote_port of proxies[0]',
+  ]);
+  assert.deepEqual(
+    problems(`${HEAD}[[proxies]]\nname = "u"\ntype = "udp"\nlocal = "127.0.0.1:1"\nremote_port = 5\n`),
+    ['proxies[0].type: expected one of tcp'],
+  );
+  assert.deepEqual(problems(`${HEAD}reconnect_initial = "1m"\nreconnect_max = "1s"\n`), [
+    'reconnect_max: must not be shorter than reconnect_initial',
+  ]);
+  assert.deepEqual(problems(undefined, { server: 'ws://x', token: 't', tcp: ['22'] }), [
+    'command line: --tcp: invalid rule "22" (expected [tcp:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT)',
+  ]);
+  assert.match(
+    problems(`server = "ws://x"\ntoken_file = "nope"\n`)[0]!,
+    /^token_file: cannot read .*nope: ENOENT$/,
+  );
+});

@@ -1,0 +1,53 @@
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { createServer as createHttpServer } from 'node:http';
+import { type AddressInfo, createServer } from 'node:net';
+import { test } from 'node:test';
+import { WebSocketServer } from 'ws';
+import { DialError, dial } from '../src/dialer.js';
+
+test('the token goes in Authorization: Bearer; a refusal surfaces status and body as the reason', async (t) => {
+  const seen: (string | undefined)[] = [];
+  const http = createHttpServer();
+  const wss = new WebSocketServer({ noServer: true });
+  http.on('upgrade', (req, socket, head) => {
+    seen.push(req.headers.authorization);
+    if (req.headers.authorization === 'Bearer good') {
+      wss.handleUpgrade(req, socket, head, (ws) => ws.close());
+      return;
+    }
+    socket.end('HTTP/1.1 401 Unauthorized\r\nContent-Length: 14\r\nConnection: close\r\n\r\ntoken expired\n');
+  });
+  http.listen(0, '127.0.0.1');
+  await once(http, 'listening');
+  t.after(() => http.close());
+  const server = `ws://127.0.0.1:${(http.address() as AddressInfo).port}/_porthole`;
+
+  const ws = await dial({ server, token: 'good', timeoutMs: 2000 });
+  ws.terminate();
+  await assert.rejects(dial({ server, token: 'old', timeoutMs: 2000 }), (err: unknown) => {
+    assert.ok(err instanceof DialError);
+    assert.equal(err.message, '401: token expired');
+    assert.equal(err.isAuthFailure, true);
+    return true;
+  });
+  assert.deepEqual(seen, ['Bearer good', 'Bearer old']);
+});
+
+test('an unreachable server is a DialError naming the address, not an auth failure', async () => {
+  const closedPort = await new Promise<number>((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+  await assert.rejects(
+    dial({ server: `ws://127.0.0.1:${closedPort}/x`, token: 't', timeoutMs: 2000 }),
+    (err) => {
+      assert.ok(err instanceof DialError);
+      assert.match(err.message, new RegExp(`ECONNREFUSED 127.0.0.1:${closedPort}`));
+      assert.equal(err.isAuthFailure, false);
+      return true;
+    },
+  );
+});

@@ -1,0 +1,96 @@
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
+import { test } from 'node:test';
+import { Session, type Stream } from '@porthole/mux';
+import { ConnectionTracker, captureLogs, writeStreamHeader } from '@porthole/protocol';
+import type { ProxyConfig } from '../src/config.js';
+import { serveStream } from '../src/local-connector.js';
+
+/** A mux session pair over a real loopback TCP connection; `client` serves streams with serveStream. */
+async function sessionPair(proxies: ProxyConfig[]) {
+  const logs = captureLogs();
+  const tracker = new ConnectionTracker();
+  const listener = createServer();
+  listener.listen(0, '127.0.0.1');
+  await once(listener, 'listening');
+  const accepted = once(listener, 'connection') as Promise<[Socket]>;
+  const dialed = connect((listener.address() as AddressInfo).port, '127.0.0.1');
+  const [serverSocket] = await accepted;
+  listener.close();
+  const server = new Session(serverSocket, { client: false, keepAliveInterval: 0 });
+  const client = new Session(dialed, { client: true, keepAliveInterval: 0 });
+  const byName = new Map(proxies.map((p) => [p.name, p]));
+  client.on('stream', (stream: Stream) => void serveStream(stream, byName, tracker, logs.logger));
+  return { server, client, logs, tracker };
+}
+
+function header(proxy: string) {
+  return { proxy, conn: 1, remote_addr: '198.51.100.7', remote_port: 4242, public_addr: '0.0.0.0:2222' };
+}
+
+test('a stream is connected to the local service, bytes flow both ways, half-close carried', async (t) => {
+  const service = createServer({ allowHalfOpen: true }, (socket) => {
+    const chunks: Buffer[] = [];
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('end', () => socket.end(`got ${Buffer.concat(chunks).length}`));
+  });
+  service.listen(0, '127.0.0.1');
+  await once(service, 'listening');
+  t.after(() => service.close());
+  const proxy: ProxyConfig = {
+    name: 'web',
+    type: 'tcp',
+    local: { host: '127.0.0.1', port: (service.address() as AddressInfo).port },
+    remotePort: 2222,
+  };
+  const { server, client, logs } = await sessionPair([proxy]);
+  const stream = server.open();
+  writeStreamHeader(stream, header('web'));
+  stream.end(Buffer.alloc(1_000_000, 1));
+  const reply: Buffer[] = [];
+  stream.on('data', (c: Buffer) => reply.push(c));
+  await once(stream, 'end');
+  assert.equal(Buffer.concat(reply).toString(), 'got 1000000');
+  const line = await logs.waitFor('connection closed', { proxy: 'web' });
+  assert.equal(line.bytes_in, 1_000_000);
+  assert.equal(line.bytes_out, 'got 1000000'.length);
+  assert.equal(line.remote_addr, '198.51.100.7:4242');
+  assert.equal(line.reason, 'closed');
+  server.close();
+  client.close();
+});
+
+test('a failed local connect resets the stream at once and is logged with the reason', async () => {
+  const closedPort = await new Promise<number>((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+  const proxy: ProxyConfig = {
+    name: 'db',
+    type: 'tcp',
+    local: { host: '127.0.0.1', port: closedPort },
+    remotePort: 1,
+  };
+  const { server, client, logs } = await sessionPair([proxy]);
+  const started = Date.now();
+  const stream = server.open();
+  stream.on('error', () => {});
+  writeStreamHeader(stream, header('db'));
+  await new Promise((resolve) => stream.once('close', resolve));
+  assert.equal((stream.errored as NodeJS.ErrnoException | null)?.code, 'ERR_STREAM_RESET');
+  assert.ok(Date.now() - started < 1000, 'reset promptly');
+  const line = await logs.waitFor('local connect failed', { proxy: 'db' });
+  assert.equal(line.reason, 'ECONNREFUSED');
+  assert.equal(line.local, `127.0.0.1:${closedPort}`);
+
+  const unknown = server.open();
+  writeStreamHeader(unknown, header('nope'));
+  unknown.on('error', () => {});
+  await new Promise((resolve) => unknown.once('close', resolve));
+  assert.equal((unknown.errored as NodeJS.ErrnoException | null)?.code, 'ERR_STREAM_RESET');
+  server.close();
+  client.close();
+});

@@ -1,0 +1,69 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { issueToken } from '@porthole/protocol';
+import { WebSocket } from 'ws';
+import { FailureLimiter } from '../src/auth.js';
+import { SECRET, startServer, token } from './harness.js';
+
+/** Attempts the upgrade; resolves "open" or "<status>: <body>". */
+function attempt(url: string, authorization?: string): Promise<string> {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(url, authorization ? { headers: { Authorization: authorization } } : {});
+    ws.once('open', () => {
+      ws.close();
+      resolve('open');
+    });
+    ws.once('unexpected-response', (_req, res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => {
+        body += c.toString();
+      });
+      res.on('end', () => resolve(`${res.statusCode}: ${body.trim()}`));
+    });
+    ws.once('error', (err) => resolve(`error: ${err.message}`));
+  });
+}
+
+test('every bad token gets 401 with its reason before any upgrade; logged as auth failed', async (t) => {
+  const { server, url, logs, config } = await startServer({
+    auth: { secret: SECRET, revoked: new Set(['revoked-id']), failureLimit: 20, failureWindow: 60_000 },
+  });
+  t.after(() => server.shutdown());
+  assert.equal(await attempt(url), '401: missing token');
+  assert.equal(await attempt(url, 'Bearer nonsense'), '401: malformed token');
+  assert.equal(await attempt(url, 'Basic dXNlcjpwYXNz'), '401: malformed token');
+  const foreign = await issueToken(`${SECRET}x`, { name: 'a', expiresInMs: 60_000 });
+  assert.equal(await attempt(url, `Bearer ${foreign}`), '401: bad signature');
+  const expired = await issueToken(SECRET, { name: 'a', expiresInMs: 1000, now: Date.now() - 5000 });
+  assert.equal(await attempt(url, `Bearer ${expired}`), '401: token expired');
+  assert.equal(await attempt(url, `Bearer ${await token('a')}`), 'open');
+  const line = await logs.waitFor('auth failed', { reason: 'token expired' });
+  assert.match(String(line.remote_addr), /^127\.0\.0\.1:\d+$/);
+  assert.ok(!JSON.stringify(logs.lines).includes(expired), 'tokens never reach the log');
+  const wrongPath = url.replace(config.path, '/elsewhere');
+  assert.equal(await attempt(wrongPath, `Bearer ${await token('a')}`), '404: not found');
+});
+
+test('a source over its failure limit gets 429, logged once; a valid token from it still gets in', async (t) => {
+  const { server, url, logs } = await startServer({
+    auth: { secret: SECRET, revoked: new Set(), failureLimit: 3, failureWindow: 60_000 },
+  });
+  t.after(() => server.shutdown());
+  for (let i = 0; i < 3; i++) assert.equal(await attempt(url, 'Bearer x'), '401: malformed token');
+  assert.match(await attempt(url, 'Bearer x'), /^429: malformed token \(too many failed attempts/);
+  assert.match(await attempt(url, 'Bearer x'), /^429/);
+  assert.equal(await attempt(url, `Bearer ${await token('good')}`), 'open');
+  assert.equal(logs.lines.filter((l) => l.msg === 'auth failed').length, 4);
+});
+
+test('the failure limiter counts per source, forgets after its window, and stays bounded', () => {
+  const limiter = new FailureLimiter(2, 1000);
+  assert.equal(limiter.fail('a', 0), true);
+  assert.equal(limiter.fail('a', 10), true);
+  assert.equal(limiter.fail('a', 20), false);
+  assert.equal(limiter.justExceeded('a'), true);
+  assert.equal(limiter.fail('b', 20), true);
+  assert.equal(limiter.fail('a', 1500), true);
+  for (let i = 0; i < 20_000; i++) limiter.fail(`s${i}`, 2000);
+  assert.ok((limiter as unknown as { windows: Map<string, unknown> }).windows.size <= 10_000);
+});

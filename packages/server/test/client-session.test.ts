@@ -1,0 +1,155 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { Stream } from '@porthole/mux';
+import { PortRanges, readStreamHeader } from '@porthole/protocol';
+import { freePort, RawClient, startRelay, startServer, token, visit } from './harness.js';
+
+test('hello, register, and a public connection arrives as a stream with its header; half-close both ways', async (t) => {
+  const { server, url } = await startServer();
+  t.after(() => server.shutdown());
+  const port = await freePort();
+  const client = await RawClient.connect(url, await token('homelab'));
+  const hello = await client.hello();
+  assert.equal(hello?.type, 'hello_ok');
+  assert.equal(hello?.type === 'hello_ok' && hello.client, 'homelab');
+  assert.deepEqual(await client.register([{ name: 'web', port }]), {
+    type: 'register_result',
+    results: [{ proxy: 'web', ok: true, remote_addr: `127.0.0.1:${port}` }],
+  });
+  client.session.on('stream', async (stream: Stream) => {
+    const header = await readStreamHeader(stream);
+    assert.equal(header.proxy, 'web');
+    assert.equal(header.remote_addr, '127.0.0.1');
+    assert.equal(header.public_addr, `127.0.0.1:${port}`);
+    const chunks: Buffer[] = [];
+    stream.on('data', (c: Buffer) => chunks.push(c));
+    // The visitor's FIN arrives as 'end'; our reply still travels back afterwards.
+    stream.on('end', () => stream.end(`echo:${Buffer.concat(chunks)}`));
+  });
+  assert.deepEqual(await visit(port, 'ping'), { data: 'echo:ping' });
+  client.session.close();
+});
+
+test('refusals name the proxy and the reason; the other proxies still register', async (t) => {
+  const [inGrant, outsideGrant, outsideAllow] = [await freePort(), 1, await freePort()];
+  const { server, url } = await startServer({ allowPorts: PortRanges.parse([inGrant, 1, 2]) });
+  t.after(() => server.shutdown());
+  const client = await RawClient.connect(url, await token('a', `${inGrant},${outsideAllow}`));
+  await client.hello();
+  const result = await client.register([
+    { name: 'ok', port: inGrant },
+    { name: 'grant', port: outsideGrant },
+    { name: 'allow', port: outsideAllow },
+  ]);
+  assert.deepEqual(result, {
+    type: 'register_result',
+    results: [
+      { proxy: 'ok', ok: true, remote_addr: `127.0.0.1:${inGrant}` },
+      {
+        proxy: 'grant',
+        ok: false,
+        reason: `port 1 is outside the token's grant (${inGrant},${outsideAllow})`,
+      },
+      {
+        proxy: 'allow',
+        ok: false,
+        reason: `port ${outsideAllow} is outside the server's allow_ports (${PortRanges.parse([inGrant, 1, 2])})`,
+      },
+    ],
+  });
+  // Another client cannot take a port this one holds.
+  const other = await RawClient.connect(url, await token('b'));
+  await other.hello();
+  const taken = await other.register([{ name: 'web', port: inGrant }]);
+  assert.equal(
+    taken?.type === 'register_result' && taken.results[0]?.reason,
+    `port ${inGrant} is in use by another client`,
+  );
+  client.session.close();
+  other.session.close();
+});
+
+test('a client that connects again takes over at once: old session closed, its port bound anew', async (t) => {
+  const { server, url, logs } = await startServer();
+  t.after(() => server.shutdown());
+  const port = await freePort();
+  const jwt = await token('homelab');
+  const old = await RawClient.connect(url, jwt);
+  await old.hello('instance-1');
+  await old.register([{ name: 'ssh', port }]);
+  const oldClosed = new Promise((resolve) => old.session.once('close', resolve));
+
+  const fresh = await RawClient.connect(url, jwt);
+  assert.equal((await fresh.hello('instance-1'))?.type, 'hello_ok');
+  const notice = await old.next();
+  assert.equal(notice?.type === 'notice' && notice.code, 'replaced');
+  await oldClosed;
+  assert.deepEqual(await fresh.register([{ name: 'ssh', port }]), {
+    type: 'register_result',
+    results: [{ proxy: 'ssh', ok: true, remote_addr: `127.0.0.1:${port}` }],
+  });
+  await logs.waitFor('client replaced', { client: 'homelab' });
+  fresh.session.close();
+});
+
+test('a half-open session (network gone dark) is replaced by the reconnecting client without "in use"', async (t) => {
+  const { server, url, config } = await startServer();
+  t.after(() => server.shutdown());
+  const relay = await startRelay({ host: '127.0.0.1', port: Number(new URL(url).port) });
+  t.after(() => relay.close());
+  const viaRelay = `ws://127.0.0.1:${relay.port}${config.path}`;
+  const port = await freePort();
+  const jwt = await token('homelab');
+  const old = await RawClient.connect(viaRelay, jwt);
+  await old.hello('instance-1');
+  await old.register([{ name: 'ssh', port }]);
+  relay.darkenExisting();
+  const fresh = await RawClient.connect(viaRelay, jwt);
+  await fresh.hello('instance-1');
+  const result = await fresh.register([{ name: 'ssh', port }]);
+  assert.equal(result?.type === 'register_result' && result.results[0]?.ok, true);
+  old.session.close();
+  fresh.session.close();
+});
+
+test('the server notices a dead client by keepalive and frees its ports', async (t) => {
+  const { server, url, config, logs } = await startServer({ heartbeatInterval: 100, heartbeatTimeout: 400 });
+  t.after(() => server.shutdown());
+  const relay = await startRelay({ host: '127.0.0.1', port: Number(new URL(url).port) });
+  t.after(() => relay.close());
+  const port = await freePort();
+  const client = await RawClient.connect(`ws://127.0.0.1:${relay.port}${config.path}`, await token('gone'));
+  await client.hello();
+  await client.register([{ name: 'ssh', port }]);
+  const started = Date.now();
+  relay.darkenExisting();
+  const line = await logs.waitFor('client disconnected', { client: 'gone' }, 3000);
+  assert.match(String(line.reason), /keepalive/);
+  assert.ok(
+    Date.now() - started <= 400 + 300,
+    `noticed within heartbeat_timeout (${Date.now() - started} ms)`,
+  );
+  await logs.waitFor('proxy closed', { proxy: 'ssh' });
+  assert.equal((await visit(port, 'x')).error, 'ECONNREFUSED');
+  client.session.close();
+});
+
+test('protocol misuse ends only that session: register before hello, wrong version', async (t) => {
+  const { server, url, logs } = await startServer();
+  t.after(() => server.shutdown());
+  const early = await RawClient.connect(url, await token('early'));
+  const earlyClosed = new Promise((resolve) => early.session.once('close', resolve));
+  early.send({ type: 'register', proxies: [] });
+  await earlyClosed;
+  await logs.waitFor('session ended before hello', { client: 'early' });
+
+  const old = await RawClient.connect(url, await token('old'));
+  old.send({ type: 'hello', version: 99, instance_id: 'x', client_version: '9' });
+  const notice = await old.next();
+  assert.equal(notice?.type === 'notice' && notice.level, 'error');
+  assert.match(notice?.type === 'notice' ? notice.message : '', /protocol version 99 is not supported/);
+
+  const fine = await RawClient.connect(url, await token('fine'));
+  assert.equal((await fine.hello())?.type, 'hello_ok');
+  fine.session.close();
+});
