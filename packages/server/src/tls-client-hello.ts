@@ -59,8 +59,11 @@ export function peekClientHello(buf: Buffer, options: PeekOptions = {}): ClientH
   }
 }
 
-function peek(buf: Buffer, maxBytes: number): ClientHelloPeek {
-  if (buf.length === 0) return { state: 'need-more', atLeast: RECORD_HEADER + 1 };
+function peek(input: Buffer, maxBytes: number): ClientHelloPeek {
+  // Only the first maxBytes bytes can belong to an acceptable ClientHello; looking at no more than those
+  // makes every answer independent of how many extra bytes the caller happened to have.
+  const buf = input.length > maxBytes ? input.subarray(0, maxBytes) : input;
+  if (buf.length === 0) return needMore(0, undefined, -1, 0, maxBytes);
   const first = buf[0]!;
   if (first !== CONTENT_TYPE_HANDSHAKE) {
     if (first & 0x80) return invalid('SSLv2-style ClientHello is not supported');
@@ -77,7 +80,7 @@ function peek(buf: Buffer, maxBytes: number): ClientHelloPeek {
     const headerProblem = checkRecordHeader(buf, offset, headerBytes);
     if (headerProblem) return headerProblem;
     if (headerBytes < RECORD_HEADER)
-      return needMore(buf.length, offset, undefined, messageLength, gathered, maxBytes);
+      return needMore(buf.length, undefined, messageLength, gathered, maxBytes);
     const recordLength = buf.readUInt16BE(offset + 3);
     if (recordLength === 0) return invalid('empty TLS handshake record');
     if (recordLength > MAX_RECORD_PAYLOAD) return invalid(`TLS record of ${recordLength} bytes exceeds 2^14`);
@@ -118,8 +121,7 @@ function peek(buf: Buffer, maxBytes: number): ClientHelloPeek {
       if (result.state === 'ok') result.bytes = payloadStart + fragments.at(-1)!.length;
       return result;
     }
-    if (recordEnd > buf.length)
-      return needMore(buf.length, offset, recordEnd, messageLength, gathered, maxBytes);
+    if (recordEnd > buf.length) return needMore(buf.length, recordEnd, messageLength, gathered, maxBytes);
     offset = recordEnd;
   }
 }
@@ -137,35 +139,34 @@ function checkRecordHeader(buf: Buffer, offset: number, have: number): ClientHel
   if (have >= 1 && buf[offset] !== CONTENT_TYPE_HANDSHAKE) {
     return invalid(`record of content type ${buf[offset]} before the ClientHello was complete`);
   }
+  // Only the major version is checked: OpenSSL accepts any minor here, and so must a passthrough.
   if (have >= 2 && buf[offset + 1] !== 3)
     return invalid(`unsupported TLS record version ${buf[offset + 1]}.x`);
-  if (have >= 3 && buf[offset + 2]! > 4)
-    return invalid(`unsupported TLS record version 3.${buf[offset + 2]}`);
   return undefined;
 }
 
 /**
- * A 'need-more' whose `atLeast` is a true lower bound on the buffer length at which the verdict can change
- * (overshooting would make a reader wait for bytes the client never sends).
+ * A 'need-more' whose `atLeast` is a true lower bound on the buffer length at which the answer can change
+ * (overshooting would make a reader wait for bytes the client never sends). The answer can change with
+ * each record-header byte, when the handshake header is whole, when the message is whole, and with the
+ * first byte of the next record; never in between.
  */
 function needMore(
   have: number,
-  offset: number,
   recordEnd: number | undefined,
   messageLength: number,
   gathered: number,
   maxBytes: number,
 ): ClientHelloPeek {
-  // ClientHello bytes still missing; while its length is unknown, at least the rest of the handshake header.
-  const missing = messageLength >= 0 ? messageLength - gathered : HANDSHAKE_HEADER - gathered;
   let atLeast: number;
   if (recordEnd === undefined) {
-    // Inside a record header: the header, then the missing bytes in (at best) this one record.
-    atLeast = offset + RECORD_HEADER + Math.max(1, missing);
+    atLeast = have + 1; // inside a record header
   } else {
-    const leftInRecord = recordEnd - have;
-    atLeast = missing <= leftInRecord ? have + missing : recordEnd + RECORD_HEADER + (missing - leftInRecord);
+    // ClientHello bytes still missing; while its length is unknown, the rest of the handshake header.
+    const missing = messageLength >= 0 ? messageLength - gathered : HANDSHAKE_HEADER - gathered;
+    atLeast = missing <= recordEnd - have ? have + missing : recordEnd + 1;
   }
+  // Bytes past maxBytes are never looked at, so needing them is the verdict.
   if (atLeast > maxBytes) return tooLarge(maxBytes);
   return { state: 'need-more', atLeast };
 }
@@ -197,9 +198,8 @@ class Reader {
 
 function parseClientHelloBody(body: Buffer): ClientHelloResult & { bytes?: number } {
   const r = new Reader(body);
-  const legacyVersion = r.u16();
-  if (legacyVersion === undefined) return invalid('ClientHello truncated in legacy_version');
-  if (legacyVersion >> 8 !== 3) return invalid(`ClientHello legacy_version 0x${legacyVersion.toString(16)}`);
+  // legacy_version is not checked: TLS 1.3 servers ignore it when supported_versions is present (OpenSSL does).
+  if (r.u16() === undefined) return invalid('ClientHello truncated in legacy_version');
   if (r.bytes(32) === undefined) return invalid('ClientHello truncated in random');
   const sessionIdLength = r.u8();
   if (sessionIdLength === undefined) return invalid('ClientHello truncated in legacy_session_id');
