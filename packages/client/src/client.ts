@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { once } from 'node:events';
 import { Session, type Stream, webSocketDuplex } from '@porthole/mux';
 import {
   ConnectionTracker,
@@ -7,6 +6,7 @@ import {
   formatHostPort,
   type Logger,
   MessageReader,
+  nextClose,
   PROTOCOL_VERSION,
   ProtocolError,
   parseControlMessage,
@@ -81,7 +81,16 @@ export class PortholeClient {
         ws.close(1001);
         break;
       }
-      const { reason, establishedAt } = await this.runSession(ws);
+      let outcome: { reason: string; establishedAt: number | undefined };
+      try {
+        outcome = await this.runSession(ws);
+      } catch (err) {
+        // A bug in session handling must cost a reconnect, not the process.
+        this.logger.error({ reason: err instanceof Error ? err.message : String(err) }, 'session failed');
+        ws.terminate();
+        outcome = { reason: 'session failed', establishedAt: undefined };
+      }
+      const { reason, establishedAt } = outcome;
       if (this.stopping) break;
       if (establishedAt !== undefined && Date.now() - establishedAt >= STABLE_SESSION_MS)
         this.backoff.reset();
@@ -111,11 +120,13 @@ export class PortholeClient {
           { open_connections: this.tracker.size },
           'shutdown timeout: closing open connections',
         );
-      const closed = once(session, 'close');
+      const closed = nextClose(session);
       // FIN on the control stream first: the server reads it as an orderly goodbye.
       this.control?.end();
       session.close();
       await Promise.race([closed, new Promise((r) => setTimeout(r, CLOSE_FLUSH_MS).unref())]);
+      // Connections cut by the close still get their "connection closed" line.
+      await this.tracker.waitIdle(CLOSE_FLUSH_MS);
     }
     this.logger.info({}, 'client stopped');
   }
@@ -147,9 +158,7 @@ export class PortholeClient {
       keepAliveTimeout: heartbeatTimeout - heartbeatInterval,
     });
     this.session = session;
-    const closed = once(session, 'close').then(
-      ([err]) => (err as Error | undefined)?.message ?? 'session closed',
-    );
+    const closed = nextClose<Error>(session).then((err) => err?.message ?? 'session closed');
     session.on('stream', (stream: Stream) => {
       serveStream(stream, this.proxies, this.tracker, this.logger).catch((err: Error) => {
         this.logger.error({ reason: err.message }, 'stream failed');

@@ -1,4 +1,5 @@
 export * from './cli-support.js';
+export * from './close-event.js';
 export * from './config-file.js';
 export * from './connection-tracker.js';
 export * from './control-messages.js';

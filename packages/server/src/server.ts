@@ -1,6 +1,5 @@
-import { once } from 'node:events';
 import { Session, webSocketDuplex } from '@porthole/mux';
-import { ConnectionTracker, type Logger, type TokenClaims } from '@porthole/protocol';
+import { ConnectionTracker, type Logger, nextClose, type TokenClaims } from '@porthole/protocol';
 import type { WebSocket } from 'ws';
 import { UpgradeAuthenticator } from './auth.js';
 import { ClientSession } from './client-session.js';
@@ -83,9 +82,11 @@ export class PortholeServer {
     if (!drained)
       logger.warn({ open_connections: tracker.size }, 'shutdown timeout: closing open connections');
     for (const session of [...this.ctx.sessions]) session.close('server shutting down');
-    const closing = [...this.sockets].map((ws) => once(ws, 'close'));
+    const closing = [...this.sockets].map((ws) => nextClose(ws));
     await Promise.race([Promise.all(closing), new Promise((r) => setTimeout(r, CLOSE_FLUSH_MS).unref())]);
     this.endpoint.closeAll();
+    // Connections cut by the close still get their "connection closed" line.
+    await tracker.waitIdle(CLOSE_FLUSH_MS);
     logger.info({}, 'server stopped');
   }
 }

@@ -1,0 +1,246 @@
+// Fast end-to-end smoke tests: the real porthole-server and porthole-client programs, real config files,
+// real sockets on loopback. (The heavy end-to-end suite lives in /test.)
+import assert from 'node:assert/strict';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { type AddressInfo, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { type TestContext, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { freePort, startRelay, visit } from './harness.js';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '../../../..');
+const serverBin = join(root, 'packages/server/bin/porthole-server.js');
+const clientBin = join(root, 'packages/client/bin/porthole-client.js');
+
+function run(bin: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [bin, ...args], { timeout: 20_000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+type Line = Record<string, unknown>;
+
+/** A running CLI whose JSON log lines can be awaited; killed when the test ends. */
+class Program {
+  readonly lines: Line[] = [];
+  readonly exited: Promise<number | null>;
+  private readonly child: ChildProcess;
+
+  constructor(t: TestContext, bin: string, args: string[]) {
+    this.child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.exited = once(this.child, 'exit').then(([code]) => code as number | null);
+    createInterface({ input: this.child.stdout! }).on('line', (text) =>
+      this.lines.push(JSON.parse(text) as Line),
+    );
+    t.after(() => this.child.kill('SIGKILL'));
+  }
+
+  async waitFor(msg: string, fields: Line = {}, timeoutMs = 10_000, from = 0): Promise<Line> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      const line = this.lines
+        .slice(from)
+        .find((l) => l.msg === msg && Object.entries(fields).every(([k, v]) => l[k] === v));
+      if (line) return line;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    throw new Error(
+      `no "${msg}" ${JSON.stringify(fields)} in ${timeoutMs} ms:\n${this.lines.map((l) => JSON.stringify(l)).join('\n')}`,
+    );
+  }
+
+  async stop(): Promise<number | null> {
+    this.child.kill('SIGTERM');
+    return this.exited;
+  }
+}
+
+async function echoService(t: TestContext): Promise<number> {
+  const service = createServer({ allowHalfOpen: true }, (socket) => {
+    const chunks: Buffer[] = [];
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('end', () => socket.end(`echo:${Buffer.concat(chunks)}`));
+  });
+  service.listen(0, '127.0.0.1');
+  await once(service, 'listening');
+  t.after(() => service.close());
+  return (service.address() as AddressInfo).port;
+}
+
+function setup(serverToml: string) {
+  const dir = mkdtempSync(join(tmpdir(), 'porthole-smoke-'));
+  writeFileSync(join(dir, 'secret'), `${'s3cr3t'.repeat(8)}\n`);
+  writeFileSync(join(dir, 'server.toml'), `${serverToml}\n[auth]\nsecret_file = "secret"\n`);
+  return dir;
+}
+
+test('token issue prints one JWT line; check and bad flags exit 0 / 2 with file: key: reason', async () => {
+  const dir = setup('listen = "127.0.0.1:0"');
+  const config = join(dir, 'server.toml');
+  const issued = await run(serverBin, [
+    'token',
+    'issue',
+    '--config',
+    config,
+    '--name',
+    'homelab',
+    '--ports',
+    '2222,8000-8099',
+  ]);
+  assert.equal(issued.code, 0, issued.stderr);
+  assert.match(issued.stdout, /^[\w-]+\.[\w-]+\.[\w-]+\n$/);
+  assert.deepEqual(await run(serverBin, ['check', '--config', config]), {
+    code: 0,
+    stdout: `${config}: ok\n`,
+    stderr: '',
+  });
+  writeFileSync(
+    join(dir, 'bad.toml'),
+    'listen = "127.0.0.1:0"\nallow_ports = ["x"]\n[auth]\nsecret_file = "secret"\n',
+  );
+  const bad = await run(serverBin, ['check', '--config', join(dir, 'bad.toml')]);
+  assert.equal(bad.code, 2);
+  assert.equal(
+    bad.stderr,
+    `${join(dir, 'bad.toml')}: allow_ports: invalid port range "x" (expected a port like 8080 or a range like 2000-2999)\n`,
+  );
+  assert.equal((await run(clientBin, ['--server', 'ws://x', '--tcp', 'nope'])).code, 2);
+  assert.equal((await run(clientBin, ['--bogus'])).code, 2);
+  assert.match(
+    (await run(clientBin, ['--version'])).stdout,
+    /^porthole-client \d+\.\d+\.\d+ \(protocol 1\)\n$/,
+  );
+  assert.match((await run(serverBin, ['--help'])).stdout, /token issue --config server.toml --name NAME/);
+});
+
+test('the examples are valid configs (with their file paths pointed at real files)', async () => {
+  const dir = setup('');
+  writeFileSync(join(dir, 'token'), 'a.b.c\n');
+  const rewrite = (name: string) => {
+    const text = readFileSync(join(root, 'examples', name), 'utf8')
+      .replaceAll('/etc/porthole/secret', join(dir, 'secret'))
+      .replaceAll('/etc/porthole/token', join(dir, 'token'));
+    writeFileSync(join(dir, name), text);
+    return join(dir, name);
+  };
+  const server = await run(serverBin, ['check', '--config', rewrite('server.toml')]);
+  assert.equal(server.code, 0, server.stderr);
+  const client = await run(clientBin, ['check', '--config', rewrite('client.toml')]);
+  assert.equal(client.code, 0, client.stderr);
+});
+
+test('a tcp tunnel end to end: bytes and half-close through it, a bad token refused with its reason, SIGTERM exits 0', async (t) => {
+  const servicePort = await echoService(t);
+  const publicPort = await freePort();
+  const dir = setup(
+    `listen = "127.0.0.1:0"\nproxy_bind = "127.0.0.1"\nallow_ports = ["${publicPort}"]\nshutdown_timeout = "2s"`,
+  );
+  const server = new Program(t, serverBin, ['--config', join(dir, 'server.toml')]);
+  const { addr } = await server.waitFor('server listening');
+  const url = `ws://${addr}/_porthole`;
+  const issued = await run(serverBin, [
+    'token',
+    'issue',
+    '--config',
+    join(dir, 'server.toml'),
+    '--name',
+    'smoke',
+    '--ports',
+    String(publicPort),
+  ]);
+  writeFileSync(join(dir, 'token'), issued.stdout);
+  writeFileSync(
+    join(dir, 'client.toml'),
+    `server = "${url}"\ntoken_file = "token"\nreconnect_initial = "100ms"\nreconnect_max = "500ms"\n` +
+      `[[proxies]]\nname = "echo"\ntype = "tcp"\nlocal = "127.0.0.1:${servicePort}"\nremote_port = ${publicPort}\n`,
+  );
+  const client = new Program(t, clientBin, ['--config', join(dir, 'client.toml')]);
+  const registered = await client.waitFor('proxy registered', { proxy: 'echo' });
+  assert.equal(registered.remote_addr, `127.0.0.1:${publicPort}`);
+
+  assert.deepEqual(await visit(publicPort, 'hello'), { data: 'echo:hello' });
+  const closed = await server.waitFor('connection closed', { proxy: 'echo' });
+  assert.equal(closed.bytes_in, 5);
+  assert.equal(closed.bytes_out, 10);
+  assert.equal(closed.reason, 'closed');
+
+  // A client with a token signed by another secret: a clear reason, retried; the tunnel keeps working.
+  writeFileSync(join(dir, 'forged'), `${issued.stdout.trim().slice(0, -4)}AAAA\n`);
+  const forged = new Program(t, clientBin, [
+    '--server',
+    url,
+    '--token-file',
+    join(dir, 'forged'),
+    '--tcp',
+    `${publicPort}:127.0.0.1:1`,
+  ]);
+  const failed = await forged.waitFor('connect failed');
+  assert.equal(failed.reason, '401: bad signature');
+  assert.ok(typeof failed.retry_ms === 'number');
+  await forged.waitFor('connect failed', {}, 5000, forged.lines.indexOf(failed) + 1);
+  assert.deepEqual(await visit(publicPort, 'still'), { data: 'echo:still' });
+
+  assert.equal(await forged.stop(), 0);
+  assert.equal(await client.stop(), 0);
+  await server.waitFor('proxy closed', { proxy: 'echo', reason: 'unregistered by client' });
+  assert.equal(await server.stop(), 0);
+});
+
+test('the client notices a dead network by keepalive, reconnects and takes its port back from its half-open session', async (t) => {
+  const servicePort = await echoService(t);
+  const publicPort = await freePort();
+  // The server's heartbeat is slow, so on the server the old session is still there (half-open).
+  const dir = setup(
+    `listen = "127.0.0.1:0"\nproxy_bind = "127.0.0.1"\nheartbeat_interval = "10s"\nheartbeat_timeout = "60s"`,
+  );
+  const server = new Program(t, serverBin, ['--config', join(dir, 'server.toml')]);
+  const { addr } = await server.waitFor('server listening');
+  const relay = await startRelay({ host: '127.0.0.1', port: Number(String(addr).split(':')[1]) });
+  t.after(() => relay.close());
+  const issued = await run(serverBin, [
+    'token',
+    'issue',
+    '--config',
+    join(dir, 'server.toml'),
+    '--name',
+    'nat',
+  ]);
+  writeFileSync(join(dir, 'token'), issued.stdout);
+  writeFileSync(
+    join(dir, 'client.toml'),
+    `server = "ws://127.0.0.1:${relay.port}/_porthole"\ntoken_file = "token"\n` +
+      'heartbeat_interval = "200ms"\nheartbeat_timeout = "800ms"\nreconnect_initial = "100ms"\nreconnect_max = "300ms"\n' +
+      `[[proxies]]\nname = "echo"\ntype = "tcp"\nlocal = "127.0.0.1:${servicePort}"\nremote_port = ${publicPort}\n`,
+  );
+  const client = new Program(t, clientBin, ['--config', join(dir, 'client.toml')]);
+  await client.waitFor('proxy registered', { proxy: 'echo' });
+  const darkAt = Date.now();
+  relay.darkenExisting();
+  const lost = await client.waitFor('session lost', {}, 5000);
+  assert.match(String(lost.reason), /keepalive/);
+  const from = client.lines.indexOf(lost);
+  await client.waitFor('proxy registered', { proxy: 'echo' }, 5000, from);
+  assert.ok(Date.now() - darkAt < 3000, `back within ${Date.now() - darkAt} ms`);
+  await server.waitFor('client replaced', { client: 'nat' });
+  assert.deepEqual(await visit(publicPort, 'back'), { data: 'echo:back' });
+  assert.equal(await client.stop(), 0);
+  assert.equal(await server.stop(), 0);
+});
+
+test('npm run demo: the demo script reaches the service through the tunnel and exits 0 with --once', async () => {
+  const demo = await run(join(root, 'examples/demo.mjs'), ['--once']);
+  assert.equal(demo.code, 0, demo.stdout + demo.stderr);
+  assert.match(demo.stdout, /curl http:\/\/127\.0\.0\.1:\d+\/through-the-tunnel/);
+  assert.match(
+    demo.stdout,
+    /Reply through the tunnel \(HTTP 200\): hello from the service behind the tunnel/,
+  );
+  assert.match(demo.stdout, /stopped: server exited 0, client exited 0/);
+});
