@@ -2,9 +2,9 @@ import { parseArgs } from 'node:util';
 import {
   createLogger,
   exitOnSignals,
-  PROTOCOL_VERSION,
   packageVersion,
   runCli,
+  startCli,
   UsageError,
 } from '@porthole/protocol';
 import { PortholeClient } from './client.js';
@@ -34,23 +34,16 @@ Options (they override the config file's keys; --tcp adds proxies):
 `;
 
 async function main(): Promise<number | undefined> {
-  let parsed: ReturnType<typeof parse>;
-  try {
-    parsed = parse();
-  } catch (err) {
-    throw new UsageError((err as Error).message);
-  }
-  const { values, positionals } = parsed;
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  if (values.version) {
-    process.stdout.write(`${PROGRAM} ${VERSION} (protocol ${PROTOCOL_VERSION})\n`);
-    return 0;
-  }
-  const command = positionals.join(' ') || 'run';
-  if (command !== 'run' && command !== 'check') throw new UsageError(`unknown command "${command}"`);
+  const started = startCli({
+    program: PROGRAM,
+    version: VERSION,
+    usage: USAGE,
+    commands: ['run', 'check'],
+    parse,
+  });
+  if (!started) return 0;
+  const { values } = started.parsed;
+  const command = started.command;
   if (values.config === undefined && values.server === undefined) {
     throw new UsageError('--config FILE or --server URL is required');
   }

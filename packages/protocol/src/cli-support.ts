@@ -1,4 +1,5 @@
 import { ConfigError, EXIT_CONFIG } from './config-file.js';
+import { PROTOCOL_VERSION } from './version.js';
 
 /** A bad command line; printed with the program's usage hint, exit status 2. */
 export class UsageError extends Error {
@@ -55,4 +56,40 @@ export function splitList(text: string): string[] {
     .split(',')
     .map((part) => part.trim())
     .filter((part) => part !== '');
+}
+
+export interface CliStart<T> {
+  program: string;
+  version: string;
+  usage: string;
+  /** Accepted commands ("run", "check", "token issue"); no positional words means "run". */
+  commands: readonly string[];
+  /** parseArgs with the program's options. */
+  parse: () => T;
+}
+
+/**
+ * The part every CLI shares: parse the arguments (a parse failure is a UsageError), answer --help and
+ * --version, and name the command. Returns undefined when --help or --version was answered.
+ */
+export function startCli<T extends { values: { help?: boolean; version?: boolean }; positionals: string[] }>(
+  spec: CliStart<T>,
+): { parsed: T; command: string } | undefined {
+  let parsed: T;
+  try {
+    parsed = spec.parse();
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (parsed.values.help) {
+    process.stdout.write(spec.usage);
+    return undefined;
+  }
+  if (parsed.values.version) {
+    process.stdout.write(`${spec.program} ${spec.version} (protocol ${PROTOCOL_VERSION})\n`);
+    return undefined;
+  }
+  const command = parsed.positionals.join(' ') || 'run';
+  if (!spec.commands.includes(command)) throw new UsageError(`unknown command "${command}"`);
+  return { parsed, command };
 }

@@ -3,11 +3,11 @@ import {
   createLogger,
   exitOnSignals,
   issueToken,
-  PROTOCOL_VERSION,
   packageVersion,
   parseDuration,
   runCli,
   splitList,
+  startCli,
   UsageError,
 } from '@porthole/protocol';
 import { loadServerConfig } from './config.js';
@@ -37,24 +37,16 @@ const TOKEN_OPTIONS = ['name', 'ports', 'hosts', 'visit', 'expires'] as const;
 const DEFAULT_TOKEN_LIFETIME = '365d';
 
 async function main(): Promise<number | undefined> {
-  let parsed: ReturnType<typeof parse>;
-  try {
-    parsed = parse();
-  } catch (err) {
-    throw new UsageError((err as Error).message);
-  }
-  const { values, positionals } = parsed;
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  if (values.version) {
-    process.stdout.write(`${PROGRAM} ${VERSION} (protocol ${PROTOCOL_VERSION})\n`);
-    return 0;
-  }
-  const command = positionals.join(' ') || 'run';
-  if (!['run', 'check', 'token issue'].includes(command))
-    throw new UsageError(`unknown command "${command}"`);
+  const started = startCli({
+    program: PROGRAM,
+    version: VERSION,
+    usage: USAGE,
+    commands: ['run', 'check', 'token issue'],
+    parse,
+  });
+  if (!started) return 0;
+  const { values } = started.parsed;
+  const command = started.command;
   if (command !== 'token issue') {
     const stray = TOKEN_OPTIONS.find((option) => values[option] !== undefined);
     if (stray) throw new UsageError(`--${stray} is only for "token issue"`);

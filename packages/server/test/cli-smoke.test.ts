@@ -81,6 +81,18 @@ function setup(serverToml: string) {
   return dir;
 }
 
+/** Starts porthole-server on a config made by setup(); issues a token for `name` into dir/token. */
+async function serverWithToken(t: TestContext, serverToml: string, name: string, ports?: number) {
+  const dir = setup(serverToml);
+  const config = join(dir, 'server.toml');
+  const server = new Program(t, serverBin, ['--config', config]);
+  const { addr } = await server.waitFor('server listening');
+  const portArgs = ports === undefined ? [] : ['--ports', String(ports)];
+  const issued = await run(serverBin, ['token', 'issue', '--config', config, '--name', name, ...portArgs]);
+  writeFileSync(join(dir, 'token'), issued.stdout);
+  return { dir, server, addr: String(addr), jwt: issued.stdout.trim() };
+}
+
 test('token issue prints one JWT line; check and bad flags exit 0 / 2 with file: key: reason', async () => {
   const dir = setup('listen = "127.0.0.1:0"');
   const config = join(dir, 'server.toml');
@@ -139,23 +151,13 @@ test('the examples are valid configs (with their file paths pointed at real file
 test('a tcp tunnel end to end: bytes and half-close through it, a bad token refused with its reason, SIGTERM exits 0', async (t) => {
   const servicePort = await echoService(t);
   const publicPort = await freePort();
-  const dir = setup(
+  const { dir, server, addr, jwt } = await serverWithToken(
+    t,
     `listen = "127.0.0.1:0"\nproxy_bind = "127.0.0.1"\nallow_ports = ["${publicPort}"]\nshutdown_timeout = "2s"`,
-  );
-  const server = new Program(t, serverBin, ['--config', join(dir, 'server.toml')]);
-  const { addr } = await server.waitFor('server listening');
-  const url = `ws://${addr}/_porthole`;
-  const issued = await run(serverBin, [
-    'token',
-    'issue',
-    '--config',
-    join(dir, 'server.toml'),
-    '--name',
     'smoke',
-    '--ports',
-    String(publicPort),
-  ]);
-  writeFileSync(join(dir, 'token'), issued.stdout);
+    publicPort,
+  );
+  const url = `ws://${addr}/_porthole`;
   writeFileSync(
     join(dir, 'client.toml'),
     `server = "${url}"\ntoken_file = "token"\nreconnect_initial = "100ms"\nreconnect_max = "500ms"\n` +
@@ -172,7 +174,7 @@ test('a tcp tunnel end to end: bytes and half-close through it, a bad token refu
   assert.equal(closed.reason, 'closed');
 
   // A client with a token signed by another secret: a clear reason, retried; the tunnel keeps working.
-  writeFileSync(join(dir, 'forged'), `${issued.stdout.trim().slice(0, -4)}AAAA\n`);
+  writeFileSync(join(dir, 'forged'), `${jwt.slice(0, -4)}AAAA\n`);
   const forged = new Program(t, clientBin, [
     '--server',
     url,
@@ -197,22 +199,13 @@ test('the client notices a dead network by keepalive, reconnects and takes its p
   const servicePort = await echoService(t);
   const publicPort = await freePort();
   // The server's heartbeat is slow, so on the server the old session is still there (half-open).
-  const dir = setup(
+  const { dir, server, addr } = await serverWithToken(
+    t,
     `listen = "127.0.0.1:0"\nproxy_bind = "127.0.0.1"\nheartbeat_interval = "10s"\nheartbeat_timeout = "60s"`,
-  );
-  const server = new Program(t, serverBin, ['--config', join(dir, 'server.toml')]);
-  const { addr } = await server.waitFor('server listening');
-  const relay = await startRelay({ host: '127.0.0.1', port: Number(String(addr).split(':')[1]) });
-  t.after(() => relay.close());
-  const issued = await run(serverBin, [
-    'token',
-    'issue',
-    '--config',
-    join(dir, 'server.toml'),
-    '--name',
     'nat',
-  ]);
-  writeFileSync(join(dir, 'token'), issued.stdout);
+  );
+  const relay = await startRelay({ host: '127.0.0.1', port: Number(addr.split(':')[1]) });
+  t.after(() => relay.close());
   writeFileSync(
     join(dir, 'client.toml'),
     `server = "ws://127.0.0.1:${relay.port}/_porthole"\ntoken_file = "token"\n` +
