@@ -227,6 +227,69 @@ test('the client notices a dead network by keepalive, reconnects and takes its p
   assert.equal(await server.stop(), 0);
 });
 
+test('wss: the server serves TLS from [tls]; the client trusts a private CA only through ca_file', async (t) => {
+  const dir = setup('');
+  await new Promise<void>((resolve, reject) =>
+    execFile(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-days',
+        '1',
+        '-subj',
+        '/CN=localhost',
+        '-addext',
+        'subjectAltName=IP:127.0.0.1',
+        '-keyout',
+        'key.pem',
+        '-out',
+        'cert.pem',
+      ],
+      { cwd: dir },
+      (err) => (err ? reject(err) : resolve()),
+    ),
+  );
+  const tls = '\n[tls]\ncert_file = "cert.pem"\nkey_file = "key.pem"\n';
+  writeFileSync(
+    join(dir, 'server.toml'),
+    `listen = "127.0.0.1:0"\nproxy_bind = "127.0.0.1"\n[auth]\nsecret_file = "secret"${tls}`,
+  );
+  const server = new Program(t, serverBin, ['--config', join(dir, 'server.toml')]);
+  const { addr, tls: served } = await server.waitFor('server listening');
+  assert.equal(served, true);
+  const issued = await run(serverBin, [
+    'token',
+    'issue',
+    '--config',
+    join(dir, 'server.toml'),
+    '--name',
+    'tls',
+  ]);
+  writeFileSync(join(dir, 'token'), issued.stdout);
+  const servicePort = await echoService(t);
+  const publicPort = await freePort();
+  const args = [
+    '--server',
+    `wss://${addr}/_porthole`,
+    '--token-file',
+    join(dir, 'token'),
+    '--tcp',
+    `${publicPort}:127.0.0.1:${servicePort}`,
+  ];
+  const untrusting = new Program(t, clientBin, args);
+  assert.equal((await untrusting.waitFor('connect failed')).reason, 'self-signed certificate');
+  assert.equal(await untrusting.stop(), 0);
+  const trusting = new Program(t, clientBin, [...args, '--ca-file', join(dir, 'cert.pem')]);
+  await trusting.waitFor('proxy registered');
+  assert.deepEqual(await visit(publicPort, 'over tls'), { data: 'echo:over tls' });
+});
+
 test('npm run demo: the demo script reaches the service through the tunnel and exits 0 with --once', async () => {
   const demo = await run(join(root, 'examples/demo.mjs'), ['--once']);
   assert.equal(demo.code, 0, demo.stdout + demo.stderr);
