@@ -51,78 +51,105 @@ function invalid(reason: string): { state: 'invalid'; reason: string } {
  * Bytes after the ClientHello are ignored. Never throws.
  */
 export function peekClientHello(buf: Buffer, options: PeekOptions = {}): ClientHelloPeek {
-  try {
-    return peek(buf, options.maxBytes ?? DEFAULT_MAX_CLIENT_HELLO_BYTES);
-  } catch (err) {
-    // Unreachable by construction (every read is bounds-checked); kept so a bug here cannot crash the listener.
-    return invalid(`ClientHello parser failed: ${(err as Error).message}`);
-  }
+  return new ClientHelloAssembler(options).peek(buf);
 }
 
-function peek(input: Buffer, maxBytes: number): ClientHelloPeek {
-  // Only the first maxBytes bytes can belong to an acceptable ClientHello; looking at no more than those
-  // makes every answer independent of how many extra bytes the caller happened to have.
-  const buf = input.length > maxBytes ? input.subarray(0, maxBytes) : input;
-  if (buf.length === 0) return needMore(0, undefined, -1, 0, maxBytes);
-  const first = buf[0]!;
-  if (first !== CONTENT_TYPE_HANDSHAKE) {
-    if (first & 0x80) return invalid('SSLv2-style ClientHello is not supported');
-    return invalid(`not a TLS handshake record (first byte 0x${hex2(first)})`);
+/**
+ * peekClientHello for a growing buffer: each peek() continues from the last whole record it saw, so
+ * re-peeking after every small chunk costs O(new bytes), not O(everything so far) (a stranger sending
+ * 1-byte records in 1-byte chunks must not buy quadratic CPU). Each peek() must be given the previous
+ * buffer's bytes plus possibly more (the same prefix); the answers are those of peekClientHello.
+ */
+export class ClientHelloAssembler {
+  private readonly maxBytes: number;
+  // Progress over whole records already walked (handshake records that did not finish the ClientHello).
+  private offset = 0; // start of the first record not yet walked
+  private readonly fragments: Buffer[] = []; // ClientHello bytes from walked records
+  private gathered = 0;
+  private messageLength = -1; // ClientHello length incl. its 4-byte handshake header, once known
+
+  constructor(options: PeekOptions = {}) {
+    this.maxBytes = options.maxBytes ?? DEFAULT_MAX_CLIENT_HELLO_BYTES;
   }
 
-  // Walk the records, gathering handshake payload until the ClientHello message is complete.
-  const fragments: Buffer[] = [];
-  let gathered = 0; // ClientHello bytes (handshake header included) gathered so far
-  let messageLength = -1; // ClientHello length incl. its 4-byte handshake header, once known
-  let offset = 0; // start of the current record
-  for (;;) {
-    const headerBytes = Math.min(RECORD_HEADER, buf.length - offset);
-    const headerProblem = checkRecordHeader(buf, offset, headerBytes);
-    if (headerProblem) return headerProblem;
-    if (headerBytes < RECORD_HEADER)
-      return needMore(buf.length, undefined, messageLength, gathered, maxBytes);
-    const recordLength = buf.readUInt16BE(offset + 3);
-    if (recordLength === 0) return invalid('empty TLS handshake record');
-    if (recordLength > MAX_RECORD_PAYLOAD) return invalid(`TLS record of ${recordLength} bytes exceeds 2^14`);
-    const payloadStart = offset + RECORD_HEADER;
-    const recordEnd = payloadStart + recordLength;
-    const payload = buf.subarray(payloadStart, Math.min(recordEnd, buf.length));
+  peek(buf: Buffer): ClientHelloPeek {
+    try {
+      return this.walk(buf);
+    } catch (err) {
+      // Unreachable by construction (every read is bounds-checked); kept so a bug cannot crash a listener.
+      return invalid(`ClientHello parser failed: ${(err as Error).message}`);
+    }
+  }
 
-    // Only the part of this record's payload that belongs to the ClientHello counts.
-    const take = messageLength < 0 ? payload.length : Math.min(payload.length, messageLength - gathered);
-    // Refuse as soon as the rest of the message cannot end within maxBytes (even if all in this record).
-    if (messageLength >= 0 && payloadStart + (messageLength - gathered) > maxBytes) return tooLarge(maxBytes);
-    fragments.push(payload.subarray(0, take));
-    gathered += take;
-
-    if (messageLength < 0 && gathered >= HANDSHAKE_HEADER) {
-      const head = fragments.length === 1 ? fragments[0]! : Buffer.concat(fragments, gathered);
-      if (head[0] !== HANDSHAKE_CLIENT_HELLO) {
-        return invalid(`first handshake message is type ${head[0]}, not ClientHello`);
-      }
-      messageLength = HANDSHAKE_HEADER + head.readUIntBE(1, 3);
-      // Refuse at once what cannot fit: the rest of the message needs at least its own bytes on the wire.
-      const before = gathered - take; // ClientHello bytes from earlier records
-      if (payloadStart + (messageLength - before) > maxBytes) return tooLarge(maxBytes);
-      if (gathered > messageLength) {
-        // This record carries more than the ClientHello: keep only the ClientHello's bytes.
-        fragments[fragments.length - 1] = fragments[fragments.length - 1]!.subarray(
-          0,
-          messageLength - before,
-        );
-        gathered = messageLength;
-      }
+  private walk(input: Buffer): ClientHelloPeek {
+    const maxBytes = this.maxBytes;
+    // Only the first maxBytes bytes can belong to an acceptable ClientHello; looking at no more than those
+    // makes every answer independent of how many extra bytes the caller happened to have.
+    const buf = input.length > maxBytes ? input.subarray(0, maxBytes) : input;
+    if (buf.length === 0) return needMore(0, undefined, -1, 0, maxBytes);
+    const first = buf[0]!;
+    if (first !== CONTENT_TYPE_HANDSHAKE) {
+      if (first & 0x80) return invalid('SSLv2-style ClientHello is not supported');
+      return invalid(`not a TLS handshake record (first byte 0x${hex2(first)})`);
     }
 
-    if (messageLength >= 0 && gathered === messageLength) {
-      const message = fragments.length === 1 ? fragments[0]! : Buffer.concat(fragments, gathered);
-      const result = parseClientHelloBody(message.subarray(HANDSHAKE_HEADER));
-      // The last fragment is this record's share of the ClientHello.
-      if (result.state === 'ok') result.bytes = payloadStart + fragments.at(-1)!.length;
-      return result;
+    // Walk the records, gathering handshake payload until the ClientHello message is complete. The
+    // record in progress works on local state; it is committed only once the record is whole.
+    const fragments = this.fragments;
+    let { offset, gathered, messageLength } = this;
+    for (;;) {
+      const headerBytes = Math.min(RECORD_HEADER, buf.length - offset);
+      const headerProblem = checkRecordHeader(buf, offset, headerBytes);
+      if (headerProblem) return headerProblem;
+      if (headerBytes < RECORD_HEADER)
+        return needMore(buf.length, undefined, messageLength, gathered, maxBytes);
+      const recordLength = buf.readUInt16BE(offset + 3);
+      if (recordLength === 0) return invalid('empty TLS handshake record');
+      if (recordLength > MAX_RECORD_PAYLOAD)
+        return invalid(`TLS record of ${recordLength} bytes exceeds 2^14`);
+      const payloadStart = offset + RECORD_HEADER;
+      const recordEnd = payloadStart + recordLength;
+      const payload = buf.subarray(payloadStart, Math.min(recordEnd, buf.length));
+
+      // Only the part of this record's payload that belongs to the ClientHello counts.
+      const take = messageLength < 0 ? payload.length : Math.min(payload.length, messageLength - gathered);
+      // Refuse as soon as the rest of the message cannot end within maxBytes (even if all in this record).
+      if (messageLength >= 0 && payloadStart + (messageLength - gathered) > maxBytes)
+        return tooLarge(maxBytes);
+      const before = gathered; // ClientHello bytes from earlier records
+      let share = payload.subarray(0, take);
+      gathered += take;
+
+      if (messageLength < 0 && gathered >= HANDSHAKE_HEADER) {
+        // Earlier records hold fewer than 4 bytes here; the handshake header is all that is needed.
+        const head = Buffer.concat([...fragments, share.subarray(0, HANDSHAKE_HEADER)]);
+        if (head[0] !== HANDSHAKE_CLIENT_HELLO) {
+          return invalid(`first handshake message is type ${head[0]}, not ClientHello`);
+        }
+        messageLength = HANDSHAKE_HEADER + head.readUIntBE(1, 3);
+        // Refuse at once what cannot fit: the rest of the message needs at least its own bytes on the wire.
+        if (payloadStart + (messageLength - before) > maxBytes) return tooLarge(maxBytes);
+        if (gathered > messageLength) {
+          // This record carries more than the ClientHello: keep only the ClientHello's bytes.
+          share = share.subarray(0, messageLength - before);
+          gathered = messageLength;
+        }
+      }
+
+      if (messageLength >= 0 && gathered === messageLength) {
+        const message = fragments.length === 0 ? share : Buffer.concat([...fragments, share], gathered);
+        const result = parseClientHelloBody(message.subarray(HANDSHAKE_HEADER));
+        if (result.state === 'ok') result.bytes = payloadStart + share.length;
+        return result;
+      }
+      if (recordEnd > buf.length) return needMore(buf.length, recordEnd, messageLength, gathered, maxBytes);
+      // A whole record that did not finish the ClientHello: commit it.
+      fragments.push(share);
+      offset = recordEnd;
+      this.offset = offset;
+      this.gathered = gathered;
+      this.messageLength = messageLength;
     }
-    if (recordEnd > buf.length) return needMore(buf.length, recordEnd, messageLength, gathered, maxBytes);
-    offset = recordEnd;
   }
 }
 
@@ -341,6 +368,7 @@ export function readClientHello(
     let joinedLength = 0;
     let atLeast = 1;
     let done = false;
+    const assembler = new ClientHelloAssembler({ maxBytes });
 
     const finish = (hello: ClientHelloResult): void => {
       if (done) return;
@@ -368,13 +396,13 @@ export function readClientHello(
       chunk.copy(joined, joinedLength, 0, copy);
       joinedLength += copy;
       if (joinedLength < atLeast) return;
-      const peeked = peekClientHello(joined.subarray(0, joinedLength), { maxBytes });
+      const peeked = assembler.peek(joined.subarray(0, joinedLength));
       if (peeked.state !== 'need-more') {
         finish(peeked);
         return;
       }
       atLeast = peeked.atLeast;
-      // Unreachable while peekClientHello keeps atLeast <= maxBytes; a guard, because this bound is the point.
+      // Unreachable while peek() keeps atLeast <= maxBytes; a guard, because this bound is the point.
       if (joinedLength >= maxBytes) finish(tooLarge(maxBytes));
     };
     const onEnd = (): void =>
