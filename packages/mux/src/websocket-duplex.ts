@@ -21,6 +21,8 @@ export interface WebSocketDuplexOptions {
 }
 
 const OPEN = 1;
+/** A message is sent as soon as this much is pending (one data frame may take it a little past). */
+export const MAX_MESSAGE_BYTES = 1024 * 1024;
 
 /**
  * A WebSocket as a byte stream: incoming binary messages are concatenated (message boundaries mean
@@ -97,9 +99,17 @@ class WebSocketDuplex extends Duplex {
   private enqueue(chunk: Buffer): void {
     this.pending.push(chunk);
     this.pendingBytes += chunk.length;
+    // Many streams writing in one turn must not build one giant message: peers cap message sizes.
+    if (this.pendingBytes >= MAX_MESSAGE_BYTES) {
+      this.flush();
+      return;
+    }
     if (!this.flushScheduled) {
       this.flushScheduled = true;
-      setImmediate(() => this.flush());
+      setImmediate(() => {
+        this.flushScheduled = false;
+        this.flush();
+      });
     }
   }
 
@@ -109,7 +119,6 @@ class WebSocketDuplex extends Duplex {
   }
 
   private flush(): void {
-    this.flushScheduled = false;
     if (this.pendingBytes === 0) return;
     const message =
       this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingBytes);
