@@ -1,0 +1,381 @@
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import net from 'node:net';
+import { pipeline, Readable, Writable } from 'node:stream';
+import { pipeline as pipelineAsync } from 'node:stream/promises';
+import { afterEach, describe, test } from 'node:test';
+import { Session, type Stream } from '../src/index.js';
+import { receiveAll, sendPattern, sha256 } from './payload.js';
+import { Prng } from './prng.js';
+import { sleep, waitFor, withTimeout } from './timeouts.js';
+import { type SessionPair, sessionPair } from './transports.js';
+import { encodeFrame, F, FrameParser, T } from './wire.js';
+
+/** Stream and session semantics between two of our sessions (and against silent raw-socket peers). */
+
+type CodedError = Error & { code?: string };
+
+let cleanup: (() => void)[] = [];
+afterEach(() => {
+  for (const fn of cleanup) fn();
+  cleanup = [];
+});
+
+async function pair(
+  clientOpts: Parameters<typeof sessionPair>[1] = {},
+  serverOpts: Parameters<typeof sessionPair>[2] = {},
+): Promise<SessionPair> {
+  const p = await sessionPair('tcp', clientOpts, serverOpts);
+  cleanup.push(() => p.close());
+  return p;
+}
+
+function nextStream(session: Session): Promise<Stream> {
+  return withTimeout(
+    new Promise<Stream>((resolve) => session.once('stream', resolve)),
+    5000,
+    'a stream from the peer',
+  );
+}
+
+function errorOf(stream: Stream, ms = 5000): Promise<CodedError> {
+  return withTimeout(
+    once(stream, 'error').then(([err]) => err as CodedError),
+    ms,
+    `an error on stream ${stream.id}`,
+  );
+}
+
+/** Reads to 'end'. (Not `for await`: finishing the iteration destroys the stream, which sends RST.) */
+function text(stream: Stream): Promise<string> {
+  return withTimeout(
+    new Promise<string>((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      stream.on('data', (chunk: Buffer) => chunks.push(chunk));
+      stream.once('end', () => resolve(Buffer.concat(chunks).toString()));
+      stream.once('error', reject);
+    }),
+    5000,
+    `stream ${stream.id} to end`,
+  );
+}
+
+/** Streams still open when a test's sessions are closed get destroyed with an error; expected here. */
+function quiet<T extends Stream>(stream: T): T {
+  stream.on('error', () => {});
+  return stream;
+}
+
+/** A raw TCP peer for our client session: it reads everything and, unless told to, never writes. */
+async function rawPeer(answerPings = false) {
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const accepted = once(server, 'connection') as Promise<[net.Socket]>;
+  const conn = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+  const [[peer]] = await Promise.all([accepted, once(conn, 'connect')]);
+  server.close();
+  const frames = new FrameParser();
+  let ended = false;
+  peer.on('data', (chunk: Buffer) => {
+    for (const f of frames.push(chunk)) {
+      if (answerPings && f.type === T.Ping && f.flags & F.SYN)
+        peer.write(encodeFrame(T.Ping, F.ACK, 0, f.length));
+    }
+  });
+  peer.on('error', () => {});
+  peer.on('close', () => {
+    ended = true;
+  });
+  cleanup.push(() => {
+    peer.destroy();
+    conn.destroy();
+  });
+  return { conn, peer, frames, ended: () => ended };
+}
+
+describe('streams', () => {
+  test('half-close: the opener ends first, the other side still sends, then ends', async () => {
+    const { client, server } = await pair();
+    const arriving = nextStream(server);
+    const a = quiet(client.open());
+    a.end('hello');
+    const b = quiet(await arriving);
+    const bothClosed = Promise.all([once(a, 'close'), once(b, 'close')]);
+    assert.equal(await text(b), 'hello', "the acceptor reads to 'end' (our FIN)");
+    const aText = text(a);
+    b.end('world'); // after the peer's FIN, this direction still flows
+    assert.equal(await aText, 'world');
+    await withTimeout(bothClosed, 5000, "both streams 'close'");
+    await waitFor(() => client.streamCount === 0 && server.streamCount === 0, 5000, 'streams released');
+  });
+
+  test('half-close: the acceptor ends first, the opener still sends, then ends', async () => {
+    const { client, server } = await pair();
+    const arriving = nextStream(server);
+    const a = quiet(client.open());
+    a.write('ping');
+    const b = quiet(await arriving);
+    const [first] = (await withTimeout(once(b, 'data'), 5000, 'data')) as [Buffer];
+    assert.equal(first.toString(), 'ping');
+    const aText = text(a);
+    b.end('pong');
+    assert.equal(await aText, 'pong');
+    const rest = text(b);
+    a.end('more after your FIN');
+    assert.equal(await rest, 'more after your FIN');
+    await waitFor(() => client.streamCount === 0 && server.streamCount === 0, 5000, 'streams released');
+  });
+
+  test("destroy() sends RST: the peer's stream fails with ERR_STREAM_RESET, both ways", async () => {
+    const { client, server } = await pair();
+    for (const destroyer of ['opener', 'acceptor'] as const) {
+      const arriving = nextStream(server);
+      const a = client.open();
+      a.write('x');
+      const b = await arriving;
+      const [local, remote] = destroyer === 'opener' ? [a, b] : [b, a];
+      const failed = errorOf(remote);
+      local.destroy();
+      const err = await failed;
+      assert.equal(err.code, 'ERR_STREAM_RESET', err.message);
+      assert.ok(remote.destroyed);
+    }
+    await waitFor(() => client.streamCount === 0 && server.streamCount === 0, 5000, 'streams released');
+  });
+
+  test('no "stream" listener: the peer gets RST', async () => {
+    const { client } = await pair();
+    const s = client.open();
+    s.write('anyone?');
+    assert.equal((await errorOf(s)).code, 'ERR_STREAM_RESET');
+  });
+
+  test('pipeline() relays between two sessions (8 MiB each way, FIN propagates)', {
+    timeout: 30_000,
+  }, async () => {
+    const front = await pair();
+    const back = await pair();
+    back.server.on('stream', (s: Stream) => pipeline(s, s, () => {})); // echo (pipeline handles errors)
+    const relayDone: Promise<(Error | null | undefined)[]> = new Promise((resolve) => {
+      front.server.on('stream', (inbound: Stream) => {
+        const outbound = back.client.open();
+        const results: (Error | null | undefined)[] = [];
+        const done = (err?: Error | null) => {
+          results.push(err);
+          if (results.length === 2) resolve(results);
+        };
+        pipeline(inbound, outbound, done);
+        pipeline(outbound, inbound, done);
+      });
+    });
+    const s = front.client.open();
+    const echoed = receiveAll(s);
+    const sent = await sendPattern(s, 8 * 1024 * 1024, 42);
+    const got = await withTimeout(echoed, 20_000, 'the echo through the relay');
+    assert.equal(got.sha256, sent);
+    assert.deepEqual(await withTimeout(relayDone, 5000, 'both relay pipelines to complete'), [
+      undefined,
+      undefined,
+    ]);
+  });
+
+  test('stream/promises pipeline from an async source into a stream, and out to a Writable', async () => {
+    const { client, server } = await pair();
+    const parts = Array.from({ length: 100 }, (_, i) => new Prng(i).bytes(1000 + i));
+    const collected: Buffer[] = [];
+    const sinkDone = new Promise<void>((resolve, reject) => {
+      server.once('stream', (s: Stream) => {
+        // A Writable sink, not an async function: async iteration destroys its source when done (RST).
+        const sink = new Writable({
+          write(chunk: Buffer, _enc, callback) {
+            collected.push(chunk);
+            callback();
+          },
+        });
+        pipelineAsync(s, sink)
+          .then(() => {
+            s.end(); // our side of the stream: FIN too, so the stream closes cleanly
+          })
+          .then(resolve, reject);
+      });
+    });
+    const out = client.open();
+    const outClosed = once(out, 'close');
+    out.resume(); // read to the peer's FIN
+    await withTimeout(pipelineAsync(Readable.from(parts), out), 5000, 'writing pipeline');
+    await withTimeout(sinkDone, 5000, 'reading pipeline');
+    await withTimeout(outClosed, 5000, 'the stream closed after FIN both ways');
+    assert.equal(sha256(Buffer.concat(collected)), sha256(Buffer.concat(parts)));
+  });
+});
+
+describe('limits and timeouts', () => {
+  test('maxStreams: an incoming SYN over the limit gets RST; a slot freed is usable again', async () => {
+    const { client, server } = await pair({}, { maxStreams: 2 });
+    const accepted: Stream[] = [];
+    server.on('stream', (s: Stream) => {
+      accepted.push(s);
+      s.on('error', () => {});
+      s.resume();
+    });
+    const streams = [quiet(client.open()), quiet(client.open()), quiet(client.open())];
+    for (const s of streams) s.write('hi');
+    const third = await errorOf(streams[2]!);
+    assert.equal(third.code, 'ERR_STREAM_RESET');
+    assert.equal(accepted.length, 2);
+    assert.equal(streams[0]!.destroyed, false);
+    streams[0]!.destroy();
+    await waitFor(() => server.streamCount < 2, 5000, 'a slot to free up');
+    const fourth = quiet(client.open());
+    fourth.write('again');
+    await waitFor(() => accepted.length === 3, 5000, 'the next stream accepted');
+    assert.equal(fourth.destroyed, false);
+  });
+
+  test('maxStreams on the opening side: open() over the limit fails with ERR_TOO_MANY_STREAMS', async () => {
+    const { client, server } = await pair({ maxStreams: 1 });
+    server.on('stream', (s: Stream) => quiet(s).resume());
+    quiet(client.open()).write('one');
+    const second = client.open();
+    assert.equal((await errorOf(second)).code, 'ERR_TOO_MANY_STREAMS');
+  });
+
+  test('openTimeout: a peer that never ACKs fails the stream with ERR_STREAM_OPEN_TIMEOUT', async () => {
+    const raw = await rawPeer();
+    const session = new Session(raw.conn, { client: true, openTimeout: 300, keepAliveInterval: 0 });
+    session.on('error', () => {});
+    cleanup.push(() => session.close());
+    const started = Date.now();
+    const s = session.open();
+    s.write('hello?');
+    const err = await errorOf(s, 3000);
+    assert.equal(err.code, 'ERR_STREAM_OPEN_TIMEOUT', err.message);
+    assert.ok(Date.now() - started >= 250, 'not before the timeout');
+    assert.ok(
+      raw.frames.frames.some((f) => f.streamId === s.id && f.flags & F.SYN),
+      'the SYN reached the peer',
+    );
+  });
+
+  test('keepalive: pings unanswered within keepAliveTimeout close the session', async () => {
+    const raw = await rawPeer();
+    const session = new Session(raw.conn, { client: true, keepAliveInterval: 100, keepAliveTimeout: 300 });
+    const errors: CodedError[] = [];
+    session.on('error', (err: Error) => errors.push(err));
+    const started = Date.now();
+    const closed = new Promise<CodedError | undefined>((resolve) => session.once('close', resolve));
+    const reason = await withTimeout(closed, 3000, "the session's 'close'");
+    assert.ok(Date.now() - started >= 300);
+    assert.equal(reason?.code, 'ERR_KEEPALIVE_TIMEOUT');
+    assert.equal(errors[0]?.code, 'ERR_KEEPALIVE_TIMEOUT');
+    assert.ok(
+      raw.frames.frames.some((f) => f.type === T.Ping && f.flags & F.SYN),
+      'a ping was sent',
+    );
+    await waitFor(raw.ended, 3000, 'the connection to be closed');
+  });
+
+  test('keepalive: answered pings keep the session alive (raw peer and session pair)', async () => {
+    const raw = await rawPeer(true);
+    const session = new Session(raw.conn, { client: true, keepAliveInterval: 50, keepAliveTimeout: 200 });
+    session.on('error', () => {});
+    cleanup.push(() => session.close());
+    const { client, server } = await pair(
+      { keepAliveInterval: 50, keepAliveTimeout: 200 },
+      { keepAliveInterval: 50, keepAliveTimeout: 200 },
+    );
+    await sleep(1000);
+    assert.equal(session.closed, false);
+    assert.equal(client.closed, false);
+    assert.equal(server.closed, false);
+    const pings = raw.frames.frames.filter((f) => f.type === T.Ping && f.flags & F.SYN).length;
+    assert.ok(pings >= 5, `only ${pings} keepalive pings in 1 s at a 50 ms interval`);
+  });
+});
+
+describe('session lifecycle', () => {
+  test('goAway: the peer gets "goaway", its open() fails with ERR_SESSION_GOAWAY, open streams carry on', async () => {
+    const { client, server } = await pair();
+    const arriving = nextStream(server);
+    const before = quiet(client.open());
+    before.write('opened before');
+    const b = quiet(await arriving);
+    const goaway = withTimeout(once(client, 'goaway'), 5000, "'goaway' at the client");
+    server.goAway();
+    assert.deepEqual(await goaway, [0]);
+    let err: CodedError | undefined;
+    try {
+      const refused = client.open();
+      err = await errorOf(refused);
+    } catch (thrown) {
+      err = thrown as CodedError;
+    }
+    assert.equal(err?.code, 'ERR_SESSION_GOAWAY', err?.message);
+    // The stream opened before the GoAway still works both ways.
+    const bText = text(b);
+    before.end(' and after');
+    assert.equal(await bText, 'opened before and after');
+    const aText = text(before);
+    b.end('reply');
+    assert.equal(await aText, 'reply');
+  });
+
+  test('ping() resolves with the RTT in ms, also many at once', async () => {
+    const { client, server } = await pair();
+    const rtt = await withTimeout(client.ping(), 5000, 'ping');
+    assert.equal(typeof rtt, 'number');
+    assert.ok(Number.isFinite(rtt) && rtt >= 0, String(rtt));
+    const many = await withTimeout(
+      Promise.all(Array.from({ length: 20 }, () => server.ping())),
+      5000,
+      '20 pings',
+    );
+    assert.ok(many.every((r) => typeof r === 'number' && r >= 0));
+  });
+
+  test("close(): 'close' once on both sides, streams destroyed, open() afterwards fails", async () => {
+    const { client, server } = await pair();
+    const arriving = nextStream(server);
+    const a = client.open();
+    a.write('x');
+    const b = await arriving;
+    const aFailed = errorOf(a);
+    const bFailed = errorOf(b);
+    const closes = { client: 0, server: 0 };
+    client.on('close', () => closes.client++);
+    server.on('close', () => closes.server++);
+    server.on('error', () => {});
+    client.close();
+    await withTimeout(Promise.all([aFailed, bFailed]), 5000, 'both streams destroyed');
+    await waitFor(() => closes.server === 1, 5000, "the peer's 'close'");
+    assert.equal(closes.client, 1);
+    assert.equal(client.closed, true);
+    assert.equal(server.closed, true);
+    let err: CodedError | undefined;
+    try {
+      err = await errorOf(client.open());
+    } catch (thrown) {
+      err = thrown as CodedError;
+    }
+    assert.equal(err?.code, 'ERR_SESSION_CLOSED');
+    client.close();
+    await sleep(50);
+    assert.equal(closes.client, 1, "'close' exactly once");
+  });
+
+  test('close() with no streams open is an orderly end for the peer (no error)', async () => {
+    const { client, server } = await pair();
+    const serverClosed = withTimeout(
+      new Promise<Error | undefined>((resolve) => server.once('close', resolve)),
+      5000,
+      "the peer's 'close'",
+    );
+    const errors: Error[] = [];
+    server.on('error', (err: Error) => errors.push(err));
+    client.close();
+    const reason = await serverClosed;
+    assert.equal(reason, undefined, `orderly close, got ${reason}`);
+    assert.deepEqual(errors, []);
+  });
+});
