@@ -1,0 +1,66 @@
+// `node bench/dist/run.js tunnel-profile [--reverse] [--seconds N]`: the single-stream iperf3 case through
+// porthole over ws, with porthole-server and porthole-client under `--cpu-prof` (via NODE_OPTIONS), then
+// a self-time summary of both profiles. The .cpuprofile files stay in a temp dir for flame graphs
+// (Chrome DevTools or speedscope open them).
+import { mkdtemp, readdir } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { Harness } from '@porthole/e2e/lib/processes';
+import { renderProfileSummary, summariseProfileFile } from './cpu-profile-summary.js';
+import { iperfClient, startIperfDaemon } from './tunnel-iperf.js';
+import { portholePeers } from './tunnel-peers.js';
+
+/** Run `start` with extra NODE_OPTIONS in the environment the harness hands to the processes it spawns. */
+async function withNodeOptions<T>(options: string, start: () => Promise<T>): Promise<T> {
+  const saved = process.env.NODE_OPTIONS;
+  process.env.NODE_OPTIONS = `${saved ?? ''} ${options}`.trim();
+  try {
+    return await start();
+  } finally {
+    if (saved === undefined) delete process.env.NODE_OPTIONS;
+    else process.env.NODE_OPTIONS = saved;
+  }
+}
+
+export async function main(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: { reverse: { type: 'boolean' }, seconds: { type: 'string' } },
+  });
+  const seconds = Number(values.seconds ?? 8);
+  const profileDir = await mkdtemp(path.join(os.tmpdir(), 'porthole-cpuprof-'));
+  const h = await Harness.create();
+  const peerHarnesses: Harness[] = [];
+  try {
+    const iperf = await startIperfDaemon(h);
+    const [peer] = await withNodeOptions(`--cpu-prof --cpu-prof-dir=${profileDir}`, () =>
+      portholePeers({ iperf: iperf.port, http: iperf.port, echo: iperf.port }, 'ws', {
+        udp: 'not needed here',
+        http: 'not needed here',
+      }),
+    );
+    if (!peer) throw new Error('porthole did not start');
+    if (peer.harness) peerHarnesses.push(peer.harness);
+    const figures = await iperfClient(peer.ports.iperf!, { seconds, reverse: values.reverse });
+    process.stdout.write(
+      `iperf3 ${values.reverse ? '-R ' : ''}-t ${seconds} through porthole ws: ${figures.gbits.toFixed(2)} Gbit/s\n\n`,
+    );
+    // SIGTERM: both drain and exit 0, which is when V8 writes the profile.
+    for (const proc of peer.procs) await proc.stop(10_000);
+    const files = await readdir(profileDir);
+    for (const proc of peer.procs) {
+      const file = files.find((f) => f.includes(`.${proc.pid}.`) && f.endsWith('.cpuprofile'));
+      if (!file) {
+        process.stdout.write(`${proc.name}: no profile written (exit ${proc.exitCode ?? proc.exitSignal})\n`);
+        continue;
+      }
+      const summary = await summariseProfileFile(path.join(profileDir, file));
+      process.stdout.write(`${renderProfileSummary(`${proc.name} (${file})`, summary)}\n\n`);
+    }
+    process.stdout.write(`profiles kept in ${profileDir}\n`);
+  } finally {
+    await Promise.all(peerHarnesses.map((ph) => ph.cleanup()));
+    await h.cleanup();
+  }
+}

@@ -1,0 +1,200 @@
+// `npm run bench` (and `-- --quick`): porthole over ws and wss beside direct loopback, a socat relay and
+// ssh -R, every case interleaved across the peers for several rounds, within a fixed time budget.
+import os from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { Harness } from '@porthole/e2e/lib/processes';
+import { type BenchCase, benchCases, type CaseEnv, type SuiteSettings } from './tunnel-cases.js';
+import { startIperfDaemon } from './tunnel-iperf.js';
+import {
+  detectPortholeFeatures,
+  directPeer,
+  type Peer,
+  portholePeers,
+  SSH_AES_CIPHER,
+  SSH_DEFAULT_CIPHER,
+  socatPeer,
+  sshPeer,
+  type Targets,
+} from './tunnel-peers.js';
+import { CostMeter } from './tunnel-proc-stats.js';
+import { renderReport, writeResults } from './tunnel-report.js';
+import { type Sample, type SuiteResult, summarise } from './tunnel-results.js';
+import { formatFigure } from './tunnel-stats.js';
+
+interface Mode {
+  settings: SuiteSettings;
+  /** the whole run, set-up included, stays under this */
+  budgetSeconds: number;
+}
+
+const FULL: Mode = {
+  settings: {
+    rounds: 3,
+    iperfSeconds: 2,
+    wrkSeconds: 2,
+    rateSeconds: 2,
+    fixedRates: [1000, 5000],
+    connectSeconds: 2,
+    udpSeconds: 2,
+    idleConnections: 10_000,
+  },
+  budgetSeconds: 345,
+};
+
+const QUICK: Mode = {
+  settings: {
+    rounds: 1,
+    iperfSeconds: 1,
+    wrkSeconds: 1,
+    rateSeconds: 1,
+    fixedRates: [1000],
+    connectSeconds: 1,
+    udpSeconds: 1,
+    idleConnections: 1000,
+  },
+  budgetSeconds: 55,
+};
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const resultsDir = path.join(here, '..', 'results');
+
+function progress(text: string): void {
+  process.stderr.write(`${text}\n`);
+}
+
+async function startTargets(h: Harness): Promise<{ targets: Targets; pids: number[] }> {
+  const iperf = await startIperfDaemon(h);
+  const services = h.spawn('targets', process.execPath, [path.join(here, 'tunnel-targets.js')]);
+  const line = await services.waitForMsg('targets listening', 10_000);
+  return {
+    targets: { iperf: iperf.port, http: Number(line.http), echo: Number(line.echo) },
+    pids: [services.pid!],
+  };
+}
+
+async function measure(c: BenchCase, peer: Peer, round: number, env: CaseEnv): Promise<Sample> {
+  const sample: Sample = { round, caseId: c.id, peerId: peer.id, ms: 0 };
+  const skipped = c.skip?.(peer);
+  if (skipped) return { ...sample, skipped };
+  const dead = peer.procs.find((p) => !p.alive);
+  if (dead)
+    return { ...sample, error: `${dead.name} is not running (exit ${dead.exitCode ?? dead.exitSignal})` };
+  const meter = peer.roots.length > 0 ? new CostMeter(peer.roots.map((r) => r.pid)) : undefined;
+  const started = performance.now();
+  try {
+    const result = await c.run(peer, env);
+    const cost = meter?.stop();
+    return { ...sample, ms: performance.now() - started, ...result, ...(cost ? { cost } : {}) };
+  } catch (err) {
+    meter?.stop();
+    return { ...sample, ms: performance.now() - started, error: (err as Error).message };
+  }
+}
+
+function describe(c: BenchCase, s: Sample): string {
+  if (s.skipped) return `skipped: ${s.skipped}`;
+  if (s.error) return `ERROR ${s.error.split('\n')[0]}`;
+  const figures = c.metrics.map((m) => `${formatFigure(s.values?.[m.id] ?? Number.NaN)} ${m.unit}`);
+  const cost = s.cost ? ` [${s.cost.cpuSeconds.toFixed(2)} CPU s, ${s.cost.peakRssMiB.toFixed(0)} MiB]` : '';
+  return `${figures.join(', ')}${cost}`;
+}
+
+/** Rotate the peer order per round and case, so no peer always runs first or right after another. */
+function rotate<T>(items: T[], by: number): T[] {
+  const k = items.length === 0 ? 0 : by % items.length;
+  return [...items.slice(k), ...items.slice(0, k)];
+}
+
+async function startPeers(targets: Targets, quick: boolean): Promise<Peer[]> {
+  const features = await detectPortholeFeatures();
+  if (features.udp !== true) progress(`skipped: no udp proxy yet (${features.udp})`);
+  if (features.http !== true) progress(`no http proxy yet: HTTP goes through a tcp proxy (${features.http})`);
+  const peers = [directPeer(targets)];
+  if (!quick) peers.push(await socatPeer(targets));
+  peers.push(await sshPeer(targets, SSH_DEFAULT_CIPHER));
+  if (!quick) peers.push(await sshPeer(targets, SSH_AES_CIPHER));
+  peers.push(...(await portholePeers(targets, 'ws', features)));
+  peers.push(...(await portholePeers(targets, 'wss', features)));
+  return peers;
+}
+
+export async function main(args: string[]): Promise<void> {
+  const quick = args.includes('--quick');
+  const mode = quick ? QUICK : FULL;
+  const { settings } = mode;
+  const startedAt = new Date();
+  const t0 = performance.now();
+  const elapsedS = () => (performance.now() - t0) / 1000;
+  const loadBefore = os
+    .loadavg()
+    .map((l) => l.toFixed(2))
+    .join(' ');
+  const h = await Harness.create();
+  const peers: Peer[] = [];
+  try {
+    const { targets, pids } = await startTargets(h);
+    peers.push(...(await startPeers(targets, quick)));
+    progress(`peers up in ${elapsedS().toFixed(1)} s: ${peers.map((p) => p.id).join(', ')}`);
+    const env: CaseEnv = { settings, endpoints: [process.pid, ...pids] };
+    const cases = benchCases(settings);
+    const carriers = (c: BenchCase) => peers.filter((p) => p.ports[c.service] !== undefined);
+    const samples: Sample[] = [];
+    const record = (c: BenchCase, s: Sample, round: number) => {
+      samples.push(s);
+      const label = peers.find((p) => p.id === s.peerId)?.label ?? s.peerId;
+      progress(
+        `[${elapsedS().toFixed(0).padStart(3)} s] r${round} ${c.id.padEnd(10)} ${label.padEnd(28)} ${describe(c, s)}`,
+      );
+    };
+
+    // First, while every tunnel process is fresh (its memory not yet shaped by throughput runs).
+    for (const c of cases.filter((x) => x.schedule === 'once')) {
+      for (const peer of carriers(c)) record(c, await measure(c, peer, 0, env), 0);
+    }
+    let roundsRun = 0;
+    for (let round = 1; round <= settings.rounds; round++) {
+      const roundStart = elapsedS();
+      for (const [ci, c] of cases.filter((x) => x.schedule === 'rounds').entries()) {
+        for (const peer of rotate(carriers(c), round + ci))
+          record(c, await measure(c, peer, round, env), round);
+      }
+      roundsRun = round;
+      const roundSeconds = elapsedS() - roundStart;
+      if (elapsedS() + roundSeconds > mode.budgetSeconds && round < settings.rounds) {
+        progress(`stopping after ${round} rounds: another would pass the ${mode.budgetSeconds} s budget`);
+        break;
+      }
+    }
+    const cpu = os.cpus();
+    const result: SuiteResult = summarise(
+      {
+        startedAt: startedAt.toISOString(),
+        seconds: elapsedS(),
+        mode: quick ? 'quick' : 'full',
+        settings,
+        roundsRun,
+        machine: {
+          cpus: cpu.length,
+          cpuModel: cpu[0]?.model.trim(),
+          kernel: os.release(),
+          node: process.version,
+          loadBefore,
+          loadAfter: os
+            .loadavg()
+            .map((l) => l.toFixed(2))
+            .join(' '),
+        },
+        peers: peers.map((p) => ({ id: p.id, label: p.label, notes: p.notes })),
+        samples,
+      },
+      cases,
+    );
+    const files = await writeResults(result, resultsDir);
+    process.stdout.write(`${renderReport(result)}\nwritten: ${files.join(', ')}\n`);
+  } finally {
+    await Promise.all(peers.map((p) => p.harness?.cleanup()));
+    await h.cleanup();
+  }
+}
