@@ -296,7 +296,9 @@ for (const t of transports) {
     test('Go client -> our echo server: 1 stream, 64 MiB (FIN after the echo)', opts, () =>
       goClientAgainstOurEcho(t, 1, 64 * MiB, ['-fin', 'late']),
     );
-    test('Go client -> our echo server: 50 streams x 1 MiB', opts, () => goClientAgainstOurEcho(t, 50, MiB));
+    test('Go client -> our echo server: 50 streams x 1 MiB (FIN after the echo)', opts, () =>
+      goClientAgainstOurEcho(t, 50, MiB, ['-fin', 'late']),
+    );
     test(
       'Go client -> our echo server: FIN early (Go half-closes before reading the echo)',
       opts,

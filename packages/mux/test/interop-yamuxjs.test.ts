@@ -172,7 +172,7 @@ describe('yamux-js 0.2.0 interop over loopback TCP', () => {
     assert.equal(ack?.length, 16 * MiB - WINDOW, 'the ACK carries the window beyond the initial 256 KiB');
   });
 
-  test('several streams each way at once', { timeout: 30_000 }, async () => {
+  test('4 concurrent yamux-js streams, 512 KiB echo each', { timeout: 30_000 }, async () => {
     const w = await wire('server');
     w.ours.on('stream', echo);
     const theirs = w.theirs as YamuxJsClient;
