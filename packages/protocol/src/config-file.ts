@@ -86,6 +86,33 @@ export function resolveConfigPath(configFile: string, path: string): string {
   return resolve(dirname(configFile), path);
 }
 
+const ENV_REFERENCE = /\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g;
+
+/**
+ * A file path from a config key: `${NAME}` references to environment variables are expanded (so
+ * `secret_file = "${CREDENTIALS_DIRECTORY}/secret"` finds what systemd's LoadCredential= provides), then
+ * the result is resolved relative to the config file. An unset or empty variable is a config error.
+ */
+export function expandConfigPath(
+  configFile: string,
+  key: string,
+  path: string,
+  env: NodeJS.ProcessEnv = process.env,
+): string {
+  const expanded = path.replace(ENV_REFERENCE, (_match, name: string) => {
+    const value = env[name];
+    if (value === undefined || value === '') {
+      const hint =
+        name === 'CREDENTIALS_DIRECTORY'
+          ? ' (systemd sets it for units with LoadCredential=; outside systemd, set it or use a plain path)'
+          : '';
+      throw ConfigError.at(configFile, key, `\${${name}} in "${path}" is not set${hint}`);
+    }
+    return value;
+  });
+  return resolveConfigPath(configFile, expanded);
+}
+
 /** Reads a secret (token, HMAC key) from a file, trimming the trailing newline editors add. */
 export function readSecretFile(configFile: string, key: string, path: string): string {
   let text: string;

@@ -1,6 +1,6 @@
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import { pipeBidirectional } from './pipe-bidirectional.js';
+import { type PipeProgress, type PipeResult, pipeBidirectional } from './pipe-bidirectional.js';
 
 export interface CarryOptions {
   /** Names of `a` and `b` in close reasons, e.g. ["visitor", "tunnel"]. */
@@ -10,18 +10,31 @@ export interface CarryOptions {
   fields: Record<string, unknown>;
 }
 
+/** A connection being carried: what the admin API lists and the metrics count while it is open. */
+export interface TrackedConnection {
+  /** The fields of its "connection closed" line (client, proxy, conn, remote_addr...). */
+  readonly fields: Readonly<Record<string, unknown>>;
+  /** Date.now() when carrying began. */
+  readonly startedAt: number;
+  /** Live byte counts: `bytesAtoB` towards the local service (bytes_in), `bytesBtoA` the reply. */
+  readonly progress: PipeProgress;
+}
+
+export type ConnectionClosedListener = (connection: TrackedConnection, result: PipeResult) => void;
+
 /**
- * The tunnelled connections one process carries: ids for logs, a count for draining on SIGTERM, and one
- * "connection closed" log line per connection. `bytes_in` is what flowed from `a` to `b` (towards the
- * local service on both ends), `bytes_out` the reply direction.
+ * The tunnelled connections one process carries: ids for logs, the open ones (for draining on SIGTERM
+ * and for the admin API), and one "connection closed" log line per connection. `bytes_in` is what flowed
+ * from `a` to `b` (towards the local service on both ends), `bytes_out` the reply direction.
  */
 export class ConnectionTracker {
-  private open = 0;
+  private readonly live = new Set<TrackedConnection>();
   private lastId = 0;
   private idleWaiters: (() => void)[] = [];
+  private closedListeners: ConnectionClosedListener[] = [];
 
   get size(): number {
-    return this.open;
+    return this.live.size;
   }
 
   nextId(): number {
@@ -29,10 +42,25 @@ export class ConnectionTracker {
     return this.lastId;
   }
 
-  carry(a: Duplex, b: Duplex, opts: CarryOptions): void {
-    this.open += 1;
-    pipeBidirectional(a, b, { labels: opts.labels }, (result) => {
-      this.open -= 1;
+  /** The connections open right now. */
+  connections(): IterableIterator<TrackedConnection> {
+    return this.live.values();
+  }
+
+  /** Calls `listener` after each connection closed (after its log line); returns an unsubscribe function. */
+  onClosed(listener: ConnectionClosedListener): () => void {
+    this.closedListeners.push(listener);
+    return () => {
+      this.closedListeners = this.closedListeners.filter((l) => l !== listener);
+    };
+  }
+
+  carry(a: Duplex, b: Duplex, opts: CarryOptions): TrackedConnection {
+    const startedAt = Date.now();
+    let connection: TrackedConnection | undefined;
+    const progress = pipeBidirectional(a, b, { labels: opts.labels }, (result) => {
+      // The pipe may finish in a later tick only, so `connection` is always set here.
+      if (connection) this.live.delete(connection);
       opts.logger.info(
         {
           ...opts.fields,
@@ -43,17 +71,21 @@ export class ConnectionTracker {
         },
         'connection closed',
       );
-      if (this.open === 0) {
+      if (connection) for (const listener of this.closedListeners) listener(connection, result);
+      if (this.live.size === 0) {
         const waiters = this.idleWaiters;
         this.idleWaiters = [];
         for (const waiter of waiters) waiter();
       }
     });
+    connection = { fields: opts.fields, startedAt, progress };
+    this.live.add(connection);
+    return connection;
   }
 
   /** Resolves true once no connection is open, or false after `timeoutMs`. */
   waitIdle(timeoutMs: number): Promise<boolean> {
-    if (this.open === 0) return Promise.resolve(true);
+    if (this.live.size === 0) return Promise.resolve(true);
     return new Promise((resolve) => {
       const waiter = () => {
         clearTimeout(timer);

@@ -44,6 +44,8 @@ const notice = z.object({
   message: z.string(),
   /** Machine-readable cause, e.g. "replaced" when another session of the same client took over. */
   code: z.string().optional(),
+  /** Proxies the notice is about; with code "proxies_closed" the server has closed these. */
+  proxies: z.array(z.string()).max(1024).optional(),
 });
 
 export const controlMessageSchema = z.discriminatedUnion('type', [

@@ -12,6 +12,12 @@ export interface PipeResult {
   error?: Error;
 }
 
+/** Live byte counts of a connection being carried (read by the admin API and metrics while it runs). */
+export interface PipeProgress {
+  readonly bytesAtoB: number;
+  readonly bytesBtoA: number;
+}
+
 export interface PipeOptions {
   /** Names of the two sides for the reason text, e.g. ["visitor", "tunnel"]. */
   labels?: readonly [string, string];
@@ -39,20 +45,19 @@ function abort(side: Duplex): void {
  * backpressure (pipe pauses the source while the destination is full), half-close both ways (an 'end' on
  * one side ends the other's writable side, the opposite direction keeps flowing), and abort both ways
  * (an error or premature close on one side resets the other). `done` is called once, after both sides closed.
- * Sockets must have been created with `allowHalfOpen: true`.
+ * Sockets must have been created with `allowHalfOpen: true`. Returns the live byte counts.
  */
 export function pipeBidirectional(
   a: Duplex,
   b: Duplex,
   optsOrDone: PipeOptions | ((result: PipeResult) => void),
   maybeDone?: (result: PipeResult) => void,
-): void {
+): PipeProgress {
   const opts = typeof optsOrDone === 'function' ? {} : optsOrDone;
   const done = typeof optsOrDone === 'function' ? optsOrDone : maybeDone!;
   const [labelA, labelB] = opts.labels ?? ['a', 'b'];
   const started = performance.now();
-  let bytesAtoB = 0;
-  let bytesBtoA = 0;
+  const progress = { bytesAtoB: 0, bytesBtoA: 0 };
   let failure: { label: string; error?: Error; text: string } | undefined;
   let open = 2;
 
@@ -72,8 +77,8 @@ export function pipeBidirectional(
       }
       if (--open === 0) {
         const result: PipeResult = {
-          bytesAtoB,
-          bytesBtoA,
+          bytesAtoB: progress.bytesAtoB,
+          bytesBtoA: progress.bytesBtoA,
           ms: Math.round(performance.now() - started),
           reason: failure ? `${failure.label} ${failure.text}` : 'closed',
         };
@@ -88,11 +93,12 @@ export function pipeBidirectional(
   watch(a, b, labelA);
   watch(b, a, labelB);
   a.on('data', (chunk: Buffer) => {
-    bytesAtoB += chunk.length;
+    progress.bytesAtoB += chunk.length;
   });
   b.on('data', (chunk: Buffer) => {
-    bytesBtoA += chunk.length;
+    progress.bytesBtoA += chunk.length;
   });
   a.pipe(b);
   b.pipe(a);
+  return progress;
 }
