@@ -1,6 +1,7 @@
 // Start real porthole-server / porthole-client processes from real TOML files (the pinned CLI contract,
 // notes/CLI_CONTRACT.md), issue tokens with `porthole-server token issue`, and read ports from their logs.
 import { randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
 import { clientBin, type Harness, type LogLine, type Proc, runOk, serverBin } from './processes.js';
 
 type TomlValue = string | number | boolean | string[];
@@ -51,6 +52,10 @@ export interface ServerOptions {
   secretFile?: string;
   netns?: string;
   logLevel?: string;
+  /** An [admin] table: listen (default 127.0.0.1:0) and the admin token (written to a file). */
+  admin?: { listen?: string; token: string };
+  /** The program to run instead of node_modules/.bin/porthole-server (e.g. the bundled file). */
+  bin?: string;
 }
 
 export interface ServerConfigFile {
@@ -59,9 +64,22 @@ export interface ServerConfigFile {
   options: ServerOptions;
 }
 
-export async function writeServerConfig(h: Harness, options: ServerOptions): Promise<ServerConfigFile> {
-  const secretFile = options.secretFile ?? (await writeSecret(h));
-  const body = [
+/** The text of a server.toml for these options (an admin token is written to its own file). */
+export async function serverConfigText(
+  h: Harness,
+  options: ServerOptions,
+  secretFile: string,
+): Promise<string> {
+  const admin = options.admin
+    ? [
+        '[admin]',
+        toml({
+          listen: options.admin.listen ?? '127.0.0.1:0',
+          token_file: await h.file(unique('admin-token'), `${options.admin.token}\n`),
+        }),
+      ]
+    : [];
+  return [
     toml({
       listen: options.listen ?? '127.0.0.1:0',
       path: options.path,
@@ -74,9 +92,20 @@ export async function writeServerConfig(h: Harness, options: ServerOptions): Pro
     }),
     '[auth]',
     toml({ secret_file: secretFile, revoked_tokens: options.revokedTokens }),
+    ...admin,
     '',
   ].join('\n');
-  const configPath = await h.file(`${unique('server')}.toml`, body);
+}
+
+/** Overwrites a running server's config file (then SIGHUP it to reload). */
+export async function rewriteServerConfig(h: Harness, config: ServerConfigFile, options: ServerOptions) {
+  await writeFile(config.configPath, await serverConfigText(h, options, config.secretFile));
+  config.options = options;
+}
+
+export async function writeServerConfig(h: Harness, options: ServerOptions): Promise<ServerConfigFile> {
+  const secretFile = options.secretFile ?? (await writeSecret(h));
+  const configPath = await h.file(`${unique('server')}.toml`, await serverConfigText(h, options, secretFile));
   return { configPath, secretFile, options };
 }
 
@@ -115,6 +144,8 @@ export interface RunningServer {
   port: number;
   /** ws://addr/path */
   url: string;
+  /** http://host:port of the admin listener, when the config has [admin] */
+  adminUrl?: string;
 }
 
 export async function startServer(
@@ -124,15 +155,20 @@ export async function startServer(
   timeoutMs = 15_000,
 ): Promise<RunningServer> {
   const config = 'configPath' in options ? options : await writeServerConfig(h, options);
-  const proc = h.spawn(name, serverBin, ['--config', config.configPath], { netns: config.options.netns });
+  const proc = h.spawn(name, config.options.bin ?? serverBin, ['--config', config.configPath], {
+    netns: config.options.netns,
+  });
   const line = await proc.waitForMsg('server listening', timeoutMs);
+  const adminLine = config.options.admin ? await proc.waitForMsg('admin listening', timeoutMs) : undefined;
   const addr = String(line.addr);
   const port = portOf(addr);
   const host = addr.slice(0, addr.lastIndexOf(':')).replace(/^\[|\]$/g, '');
   const urlHost = host === '0.0.0.0' || host === '::' || host === '' ? '127.0.0.1' : host;
   const pathPart = String(line.path ?? config.options.path ?? '/_porthole');
   const url = `ws://${urlHost.includes(':') ? `[${urlHost}]` : urlHost}:${port}${pathPart}`;
-  return { proc, config, addr, port, url };
+  const running: RunningServer = { proc, config, addr, port, url };
+  if (adminLine) running.adminUrl = `http://${String(adminLine.addr)}`;
+  return running;
 }
 
 export interface ProxySpec {
@@ -153,9 +189,15 @@ export interface ClientOptions {
   exitOnAuthFailure?: boolean;
   netns?: string;
   logLevel?: string;
+  shutdownTimeout?: string;
+  /** [admin] listen of the client (loopback), for `porthole-client status`. */
+  adminListen?: string;
+  /** The program to run instead of node_modules/.bin/porthole-client. */
+  bin?: string;
 }
 
-export async function writeClientConfig(h: Harness, options: ClientOptions): Promise<string> {
+/** The text of a client.toml for these options (the token is written to its own file). */
+export async function clientConfigText(h: Harness, options: ClientOptions): Promise<string> {
   const tokenFile = await h.file(unique('token'), `${options.token}\n`);
   const parts = [
     toml({
@@ -166,9 +208,11 @@ export async function writeClientConfig(h: Harness, options: ClientOptions): Pro
       reconnect_initial: options.reconnectInitial ?? '200ms',
       reconnect_max: options.reconnectMax ?? '2s',
       exit_on_auth_failure: options.exitOnAuthFailure,
+      shutdown_timeout: options.shutdownTimeout,
       log_level: options.logLevel ?? 'info',
     }),
   ];
+  if (options.adminListen !== undefined) parts.push('', '[admin]', toml({ listen: options.adminListen }));
   for (const p of options.proxies) {
     parts.push(
       '',
@@ -177,7 +221,16 @@ export async function writeClientConfig(h: Harness, options: ClientOptions): Pro
     );
   }
   parts.push('');
-  return h.file(`${unique('client')}.toml`, parts.join('\n'));
+  return parts.join('\n');
+}
+
+export async function writeClientConfig(h: Harness, options: ClientOptions): Promise<string> {
+  return h.file(`${unique('client')}.toml`, await clientConfigText(h, options));
+}
+
+/** Overwrites a running client's config file (then SIGHUP it to reload). */
+export async function rewriteClientConfig(h: Harness, configPath: string, options: ClientOptions) {
+  await writeFile(configPath, await clientConfigText(h, options));
 }
 
 export interface RunningClient {
@@ -197,7 +250,9 @@ export async function startClient(
   opts: { name?: string; waitFor?: 'registered' | 'none'; timeoutMs?: number } = {},
 ): Promise<RunningClient> {
   const configPath = await writeClientConfig(h, options);
-  const proc = h.spawn(opts.name ?? 'client', clientBin, ['--config', configPath], { netns: options.netns });
+  const proc = h.spawn(opts.name ?? 'client', options.bin ?? clientBin, ['--config', configPath], {
+    netns: options.netns,
+  });
   const ports = new Map<string, number>();
   if ((opts.waitFor ?? 'registered') === 'registered') {
     for (const p of options.proxies) {

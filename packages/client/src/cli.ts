@@ -1,14 +1,19 @@
 import { parseArgs } from 'node:util';
 import {
+  ConfigError,
   createLogger,
   exitOnSignals,
+  type HostPort,
   packageVersion,
+  parseHostPort,
   runCli,
   startCli,
   UsageError,
 } from '@porthole/protocol';
 import { PortholeClient } from './client.js';
+import { ClientAdmin } from './client-admin.js';
 import { type ClientFlags, loadClientConfig } from './config.js';
+import { adminAddressOf, fetchStatus, formatStatus, STATUS_EXIT } from './status-command.js';
 
 const PROGRAM = 'porthole-client';
 const VERSION = packageVersion(import.meta.url);
@@ -18,6 +23,9 @@ const USAGE = `Usage:
   ${PROGRAM} --server wss://vps.example.com/_porthole --token-file FILE --tcp 2222:127.0.0.1:22
                                               run without a config file
   ${PROGRAM} check --config client.toml       validate the config (exit 0 valid, 2 invalid)
+  ${PROGRAM} status --config client.toml      show the running client's session and proxies (from its
+                                              [admin] listen; or --admin HOST:PORT); exit 0 established,
+                                              1 unreachable, 3 not established; --json for the raw answer
   ${PROGRAM} --help | --version
 
 Options (they override the config file's keys; --tcp adds proxies):
@@ -31,6 +39,10 @@ Options (they override the config file's keys; --tcp adds proxies):
                              the proxy is named tcp-REMOTE_PORT
   --exit-on-auth-failure     exit with status 1 when the server refuses the token, instead of retrying
   --log-level LEVEL          trace, debug, info, warn, error, fatal or silent
+  --admin HOST:PORT          status: the client's admin address (default: [admin] listen of --config)
+  --json                     status: print the JSON the client answered
+
+Signals: SIGHUP reloads the config file (proxies change over the live session); SIGTERM drains and exits 0.
 `;
 
 async function main(): Promise<number | undefined> {
@@ -38,12 +50,15 @@ async function main(): Promise<number | undefined> {
     program: PROGRAM,
     version: VERSION,
     usage: USAGE,
-    commands: ['run', 'check'],
+    commands: ['run', 'check', 'status'],
     parse,
   });
   if (!started) return 0;
   const { values } = started.parsed;
   const command = started.command;
+  if (command === 'status') return status(values.config, values.admin, values.json ?? false);
+  if (values.admin !== undefined || values.json)
+    throw new UsageError('--admin and --json are only for "status"');
   if (values.config === undefined && values.server === undefined) {
     throw new UsageError('--config FILE or --server URL is required');
   }
@@ -63,9 +78,57 @@ async function main(): Promise<number | undefined> {
 
   const logger = createLogger({ level: config.logLevel });
   const client = new PortholeClient(config, logger, VERSION);
-  exitOnSignals(() => client.shutdown());
+  let admin: ClientAdmin | undefined;
+  if (config.admin) {
+    admin = new ClientAdmin(config.admin.listen, () => client.status(), logger);
+    try {
+      logger.info({ addr: await admin.listen() }, 'admin listening');
+    } catch (err) {
+      logger.fatal({ reason: (err as Error).message }, 'cannot start the admin endpoint');
+      return 1;
+    }
+  }
+  exitOnSignals(async () => {
+    await client.shutdown();
+    admin?.close();
+  });
+  process.on('SIGHUP', () => {
+    try {
+      client.reload(loadClientConfig(values.config, flags));
+    } catch (err) {
+      const reason = err instanceof ConfigError ? err.message : (err as Error).message;
+      logger.error({ reason }, 'reload failed: keeping the running configuration');
+    }
+  });
   const outcome = await client.run();
+  admin?.close();
   return outcome === 'auth failed' ? 1 : undefined;
+}
+
+async function status(configFile: string | undefined, adminFlag: string | undefined, json: boolean) {
+  let admin: HostPort;
+  if (adminFlag !== undefined) {
+    try {
+      admin = parseHostPort(adminFlag);
+    } catch (err) {
+      throw new UsageError(`--admin: ${(err as Error).message}`);
+    }
+  } else if (configFile !== undefined) {
+    admin = adminAddressOf(configFile);
+  } else {
+    throw new UsageError('status: --config FILE or --admin HOST:PORT is required');
+  }
+  let answer: Awaited<ReturnType<typeof fetchStatus>>;
+  try {
+    answer = await fetchStatus(admin);
+  } catch (err) {
+    process.stderr.write(
+      `${PROGRAM} status: cannot reach the client at ${adminFlag ?? `[admin] listen of ${configFile}`}: ${(err as Error).message}\n`,
+    );
+    return STATUS_EXIT.unreachable;
+  }
+  process.stdout.write(json ? `${JSON.stringify(answer, null, 2)}\n` : formatStatus(answer));
+  return answer.state === 'established' ? STATUS_EXIT.established : STATUS_EXIT.notEstablished;
 }
 
 function parse() {
@@ -82,6 +145,8 @@ function parse() {
       tcp: { type: 'string', multiple: true },
       'exit-on-auth-failure': { type: 'boolean' },
       'log-level': { type: 'string' },
+      admin: { type: 'string' },
+      json: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
       version: { type: 'boolean', short: 'V' },
     },

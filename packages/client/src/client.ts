@@ -9,6 +9,7 @@ import {
   nextClose,
   PROTOCOL_VERSION,
   ProtocolError,
+  type ProxySpec,
   parseControlMessage,
   writeMessage,
 } from '@porthole/protocol';
@@ -16,6 +17,8 @@ import type { ClientConfig, ProxyConfig } from './config.js';
 import { DialError, dial } from './dialer.js';
 import { serveStream } from './local-connector.js';
 import { Backoff } from './reconnect.js';
+import { diffProxies, needsReconnect } from './reload.js';
+import { type ClientStatus, type ProxyState, SessionStatus } from './session-status.js';
 
 /** Time for TCP + TLS + upgrade, and for the server's hello_ok. */
 const DIAL_TIMEOUT_MS = 10_000;
@@ -27,27 +30,94 @@ const CLOSE_FLUSH_MS = 1000;
 
 export type RunOutcome = 'stopped' | 'auth failed';
 
+/** What the server is told about a proxy; a change here means re-registering it. */
+export function proxySpecOf(proxy: ProxyConfig): ProxySpec {
+  return { name: proxy.name, type: proxy.type, remote_port: proxy.remotePort };
+}
+
 /**
  * porthole-client: dials the server, says hello on the control stream, registers every proxy and serves
  * the streams the server opens; on session loss it reconnects with backoff and registers again.
  */
 export class PortholeClient {
   readonly instanceId = randomUUID();
-  private readonly backoff: Backoff;
+  private backoff: Backoff;
   private readonly tracker = new ConnectionTracker();
+  /** Mutated in place by reload(): the stream handler reads it for every new connection. */
   private readonly proxies: Map<string, ProxyConfig>;
   private session: Session | undefined;
   private control: Stream | undefined;
+  private established = false;
   private stopping = false;
+  /** A reload changed server, token or CA: redial at once, without backoff. */
+  private redialNow = false;
   private wakeSleeper: (() => void) | undefined;
+  private readonly sessionStatus: SessionStatus;
 
   constructor(
-    private readonly config: ClientConfig,
+    private config: ClientConfig,
     private readonly logger: Logger,
     private readonly clientVersion: string,
   ) {
     this.backoff = new Backoff(config.reconnectInitial, config.reconnectMax);
     this.proxies = new Map(config.proxies.map((proxy) => [proxy.name, proxy]));
+    this.sessionStatus = new SessionStatus(config.server);
+  }
+
+  /** Session state and proxies, for the admin endpoint and `porthole-client status`. */
+  status(): ClientStatus {
+    return this.sessionStatus.view(this.proxies, this.tracker);
+  }
+
+  /**
+   * SIGHUP: apply a freshly loaded config. Proxies added, removed or changed are registered/unregistered
+   * over the live session; connections on unchanged proxies keep flowing; a changed `local` applies to
+   * the next connection. A new server, token or CA redials. Other settings apply to the next session.
+   */
+  reload(next: ClientConfig): void {
+    if (this.stopping) return;
+    const previous = this.config;
+    const diff = diffProxies(this.proxies, next.proxies, proxySpecOf);
+    const redial = needsReconnect(previous, next);
+    this.config = next;
+    this.backoff = new Backoff(next.reconnectInitial, next.reconnectMax);
+    this.logger.level = next.logLevel;
+    for (const name of diff.removed) {
+      this.proxies.delete(name);
+      this.sessionStatus.forget(name);
+    }
+    for (const proxy of next.proxies) this.proxies.set(proxy.name, proxy);
+    this.sessionStatus.server = next.server;
+    this.logger.info(
+      {
+        added: diff.added,
+        removed: diff.removed,
+        changed: diff.changed,
+        local_changed: diff.localChanged,
+        reconnect: redial,
+      },
+      'config reloaded',
+    );
+    if (redial) {
+      this.redialNow = true;
+      this.wakeSleeper?.();
+      if (this.session && !this.session.closed) {
+        this.control?.end();
+        this.session.close(new Error('reconnecting: server, token or CA changed by a reload'));
+      }
+      return;
+    }
+    if (!this.established) return;
+    const unregister = [...diff.removed, ...diff.changed];
+    if (unregister.length > 0) this.sendControl({ type: 'unregister', proxies: unregister });
+    const register = [...diff.changed, ...diff.added];
+    if (register.length > 0) {
+      for (const name of register) this.sessionStatus.set(name, { state: 'pending' });
+      this.sendControl({
+        type: 'register',
+        proxies: register.map((name) => proxySpecOf(this.proxies.get(name)!)),
+      });
+    }
   }
 
   /** Runs until shutdown() (resolves "stopped") or an auth failure with exit_on_auth_failure. */
@@ -55,6 +125,7 @@ export class PortholeClient {
     if (this.proxies.size === 0) this.logger.warn({}, 'no proxies configured');
     while (!this.stopping) {
       let ws: Awaited<ReturnType<typeof dial>>;
+      this.sessionStatus.connecting();
       try {
         ws = await dial({
           server: this.config.server,
@@ -73,6 +144,7 @@ export class PortholeClient {
           return 'auth failed';
         }
         const retryMs = this.backoff.next();
+        this.sessionStatus.failed(reason, retryMs);
         this.logger.warn({ server: this.config.server, reason, retry_ms: retryMs }, 'connect failed');
         await this.sleep(retryMs);
         continue;
@@ -92,9 +164,16 @@ export class PortholeClient {
       }
       const { reason, establishedAt } = outcome;
       if (this.stopping) break;
+      if (this.redialNow) {
+        this.redialNow = false;
+        this.backoff.reset();
+        this.logger.info({ server: this.config.server, reason }, 'reconnecting');
+        continue;
+      }
       if (establishedAt !== undefined && Date.now() - establishedAt >= STABLE_SESSION_MS)
         this.backoff.reset();
       const retryMs = this.backoff.next();
+      this.sessionStatus.failed(reason, retryMs);
       this.logger.warn({ server: this.config.server, reason, retry_ms: retryMs }, 'session lost');
       await this.sleep(retryMs);
     }
@@ -108,6 +187,7 @@ export class PortholeClient {
   async shutdown(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    this.sessionStatus.stopping();
     this.wakeSleeper?.();
     const session = this.session;
     if (session && !session.closed) {
@@ -175,6 +255,7 @@ export class PortholeClient {
     const reason = await closed;
     this.session = undefined;
     this.control = undefined;
+    this.established = false;
     return { reason, establishedAt };
   }
 
@@ -201,15 +282,22 @@ export class PortholeClient {
         }
         const message = parseControlMessage(raw);
         if (message.type === 'notice') {
-          const fields =
-            message.code === undefined
-              ? { reason: message.message }
-              : { reason: message.message, code: message.code };
+          const fields = {
+            reason: message.message,
+            ...(message.code === undefined ? {} : { code: message.code }),
+            ...(message.proxies === undefined ? {} : { proxies: message.proxies }),
+          };
           this.logger[message.level](fields, 'server notice');
+          if (message.code === 'proxies_closed' && message.proxies) {
+            for (const name of message.proxies)
+              this.sessionStatus.set(name, { state: 'closed', reason: message.message });
+          }
         } else if (message.type === 'hello_ok' && !established) {
           established = true;
           clearTimeout(helloTimer);
           onEstablished();
+          this.established = true;
+          this.sessionStatus.established(message.client, message.session_id);
           this.logger.info(
             {
               server: this.config.server,
@@ -233,14 +321,8 @@ export class PortholeClient {
 
   private register(): void {
     if (this.proxies.size === 0) return;
-    this.sendControl({
-      type: 'register',
-      proxies: [...this.proxies.values()].map((proxy) => ({
-        name: proxy.name,
-        type: proxy.type,
-        remote_port: proxy.remotePort,
-      })),
-    });
+    for (const name of this.proxies.keys()) this.sessionStatus.set(name, { state: 'pending' });
+    this.sendControl({ type: 'register', proxies: [...this.proxies.values()].map(proxySpecOf) });
   }
 
   private logResults(
@@ -249,6 +331,10 @@ export class PortholeClient {
     for (const result of results) {
       const proxy = this.proxies.get(result.proxy);
       const local = proxy ? formatHostPort(proxy.local.host, proxy.local.port) : undefined;
+      const state: ProxyState = result.ok
+        ? { state: 'registered', ...(result.remote_addr ? { remoteAddr: result.remote_addr } : {}) }
+        : { state: 'refused', reason: result.reason ?? 'refused' };
+      if (proxy) this.sessionStatus.set(result.proxy, state);
       if (result.ok) {
         this.logger.info({ proxy: result.proxy, remote_addr: result.remote_addr, local }, 'proxy registered');
       } else {

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import {
   ConfigError,
   durationField,
+  expandConfigPath,
   expected,
   formatHostPort,
   type HostPort,
@@ -14,7 +15,6 @@ import {
   parseRule,
   proxyNameSchema,
   readSecretFile,
-  resolveConfigPath,
   validateConfig,
 } from '@porthole/protocol';
 import { z } from 'zod';
@@ -51,6 +51,17 @@ const clientSchema = z
     exit_on_auth_failure: z.boolean({ error: expected('true or false') }).default(false),
     log_level: logLevelField.default('info'),
     proxies: z.array(proxySchema, { error: expected('[[proxies]] tables') }).default([]),
+    admin: z
+      .strictObject(
+        {
+          listen: hostPortField({ allowZero: true }).refine(
+            (hp) => isLoopback(hp.host),
+            'must be a loopback address (127.0.0.1, ::1 or localhost): the client admin API has no token',
+          ),
+        },
+        { error: expected('an [admin] table') },
+      )
+      .optional(),
   })
   .superRefine((config, ctx) => {
     if ((config.token === undefined) === (config.token_file === undefined)) {
@@ -113,19 +124,30 @@ export interface ClientConfig {
   exitOnAuthFailure: boolean;
   logLevel: LogLevel;
   proxies: ProxyConfig[];
+  /** Where `porthole-client status` finds this client: a loopback HTTP listener. */
+  admin?: { listen: HostPort };
 }
 
-/** Where relative paths (token_file, ca_file) are resolved: next to the file, or the working directory. */
-function resolvePath(source: string, path: string): string {
+/** 127.0.0.0/8, ::1 and localhost. */
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
+
+/**
+ * Where paths (token_file, ca_file) lead: `${VAR}` expanded (e.g. `${CREDENTIALS_DIRECTORY}`), then
+ * resolved next to the config file, or in the working directory for flags.
+ */
+function resolvePath(source: string, key: string, path: string): string {
   return source === COMMAND_LINE
-    ? resolveConfigPath(`${process.cwd()}/.`, path)
-    : resolveConfigPath(source, path);
+    ? expandConfigPath(`${process.cwd()}/.`, key, path)
+    : expandConfigPath(source, key, path);
 }
 
 /** Validates a raw config (from TOML or flags) and reads the files it points at. */
 function finish(source: string, rawInput: unknown): ClientConfig {
   const raw = validateConfig(source, rawInput, clientSchema);
-  const token = raw.token ?? readSecretFile(source, 'token_file', resolvePath(source, raw.token_file!));
+  const token =
+    raw.token ?? readSecretFile(source, 'token_file', resolvePath(source, 'token_file', raw.token_file!));
   const config: ClientConfig = {
     source,
     server: raw.server,
@@ -144,8 +166,9 @@ function finish(source: string, rawInput: unknown): ClientConfig {
       remotePort: p.remote_port,
     })),
   };
+  if (raw.admin) config.admin = { listen: raw.admin.listen };
   if (raw.ca_file !== undefined) {
-    const path = resolvePath(source, raw.ca_file);
+    const path = resolvePath(source, 'ca_file', raw.ca_file);
     try {
       config.ca = readFileSync(path);
     } catch (err) {

@@ -8,6 +8,7 @@ import {
   type FrameHeader,
   FrameType,
   GoAwayCode,
+  HEADER_SIZE,
   INITIAL_WINDOW,
   MAX_WINDOW,
   PROTOCOL_VERSION,
@@ -32,6 +33,7 @@ export interface SessionOptions {
 
 export const DEFAULT_MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 const CLOSE_GRACE_MS = 2000;
+const MAX_QUEUED_ANSWER_BYTES = 64 * 1024;
 
 const defaults = {
   maxStreamWindow: DEFAULT_MAX_STREAM_WINDOW,
@@ -70,6 +72,10 @@ export class Session extends EventEmitter {
   private localGoAway = false;
   private remoteGoAway = false;
   private isClosed = false;
+  private closedLocally = false;
+  /** Bytes of answers (ping ACKs, RSTs) queued while the peer is not reading what we send. */
+  private queuedAnswerBytes = 0;
+  private pausedForAnswers = false;
   private corked = false;
   private drainWaiters: (() => void)[] = [];
   private readonly pings = new Map<number, PendingPing>();
@@ -103,7 +109,7 @@ export class Session extends EventEmitter {
     conn.on('error', (err: Error) =>
       this.terminate(new MuxError('ERR_SESSION_CLOSED', `connection error: ${err.message}`, { cause: err })),
     );
-    conn.on('drain', () => this.flushDrainWaiters());
+    conn.on('drain', () => this.onConnDrain());
 
     if (this.options.keepAliveInterval > 0) {
       this.keepAliveTimer = setInterval(() => this.keepAlive(), this.options.keepAliveInterval);
@@ -157,6 +163,7 @@ export class Session extends EventEmitter {
   close(err?: Error): void {
     if (this.isClosed) return;
     this.goAway(err ? GoAwayCode.InternalError : GoAwayCode.Normal);
+    this.closedLocally = true;
     this.terminate(err);
   }
 
@@ -214,7 +221,7 @@ export class Session extends EventEmitter {
       // A frame for a stream that is gone: late frames after a close are normal, data is discarded and
       // the sender is told (once per frame) that nobody is listening.
       if (type === FrameType.Data && header.length > 0 && !(flags & Flag.RST))
-        this.writeFrame(FrameType.WindowUpdate, Flag.RST, id, 0);
+        this.writeAnswer(FrameType.WindowUpdate, Flag.RST, id, 0);
       return;
     }
     if (flags & Flag.ACK) stream.onAck();
@@ -254,19 +261,20 @@ export class Session extends EventEmitter {
       this.streams.size >= this.options.maxStreams ||
       this.listenerCount('stream') === 0
     ) {
-      this.writeFrame(FrameType.WindowUpdate, Flag.RST, id, 0);
+      this.writeAnswer(FrameType.WindowUpdate, Flag.RST, id, 0);
       return undefined;
     }
     const stream = new Stream(this, this.host, id);
     this.streams.set(id, stream);
     stream.announce(Flag.ACK);
+    this.noteAnswerQueued();
     this.emit('stream', stream);
     return stream;
   }
 
   private onPing(header: FrameHeader): void {
     if (header.flags & Flag.SYN) {
-      this.writeFrame(FrameType.Ping, Flag.ACK, 0, header.length);
+      this.writeAnswer(FrameType.Ping, Flag.ACK, 0, header.length);
       return;
     }
     const pending = this.pings.get(header.length);
@@ -324,7 +332,9 @@ export class Session extends EventEmitter {
         : new MuxError('ERR_SESSION_CLOSED', err?.message ?? 'session closed', { cause: err });
     for (const pending of this.pings.values()) pending.reject(closedError);
     this.pings.clear();
-    for (const stream of [...this.streams.values()]) stream.abort(closedError);
+    // A close we asked for closes streams like sockets closed by their owner; anything else is their error.
+    const streamError = err || !this.closedLocally ? closedError : undefined;
+    for (const stream of [...this.streams.values()]) stream.abort(streamError);
     this.streams.clear();
     this.flushDrainWaiters();
     if (this.corked) {
@@ -350,6 +360,34 @@ export class Session extends EventEmitter {
       clearTimeout(grace);
       conn.destroy();
     });
+  }
+
+  /**
+   * Writes a frame the peer's own input asked for. Those cost us memory per frame the peer sends, so while the
+   * peer is not reading, we stop reading too once a bounded amount is queued (TCP pushes back on the peer).
+   * Only answers count: pausing on data backpressure would deadlock two peers that both send bulk data.
+   */
+  private writeAnswer(type: FrameType, flags: number, streamId: number, length: number): void {
+    this.writeFrame(type, flags, streamId, length);
+    this.noteAnswerQueued();
+  }
+
+  private noteAnswerQueued(): void {
+    if (!this.conn.writableNeedDrain) return;
+    this.queuedAnswerBytes += HEADER_SIZE;
+    if (this.queuedAnswerBytes > MAX_QUEUED_ANSWER_BYTES && !this.pausedForAnswers) {
+      this.pausedForAnswers = true;
+      this.conn.pause();
+    }
+  }
+
+  private onConnDrain(): void {
+    this.queuedAnswerBytes = 0;
+    if (this.pausedForAnswers) {
+      this.pausedForAnswers = false;
+      this.conn.resume();
+    }
+    this.flushDrainWaiters();
   }
 
   private writeFrame(type: FrameType, flags: number, streamId: number, length: number, body?: Buffer): void {

@@ -133,14 +133,23 @@ export class Stream extends Duplex {
     this.destroy(new MuxError('ERR_STREAM_RESET', `stream ${this.id} reset by peer`));
   }
 
-  /** @internal The session ended under this stream. */
-  abort(err: MuxError): void {
+  /** @internal The session ended under this stream; without an error (a local close) it just closes. */
+  abort(err: MuxError | undefined): void {
     this.reset = true;
     this.destroy(err);
   }
 
   override _read(): void {
     if (!this.reset && !this.remoteFin) this.grantWindow(0);
+  }
+
+  // Node calls _read() before it takes a chunk out and then not again until the next push(), so _read alone
+  // can miss the consumption that frees the window: a peer then waits forever on a window we never grant.
+  // Every way of consuming (flowing mode, pipe, async iteration, read()) goes through read(), so grant here.
+  override read(size?: number): ReturnType<Duplex['read']> {
+    const chunk = super.read(size);
+    if (chunk !== null && !this.reset && !this.remoteFin) this.grantWindow(0);
+    return chunk;
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {

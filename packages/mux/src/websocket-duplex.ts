@@ -13,6 +13,7 @@ export interface WebSocketLike {
   on(event: 'message', listener: (data: Buffer, isBinary: boolean) => void): this;
   on(event: 'close', listener: (code: number, reason: Buffer) => void): this;
   on(event: 'error', listener: (err: Error) => void): this;
+  once(event: 'open', listener: () => void): this;
 }
 
 export interface WebSocketDuplexOptions {
@@ -20,13 +21,16 @@ export interface WebSocketDuplexOptions {
   highWaterMark?: number;
 }
 
+const CONNECTING = 0;
 const OPEN = 1;
 /** A message is sent as soon as this much is pending (one data frame may take it a little past). */
 export const MAX_MESSAGE_BYTES = 1024 * 1024;
 
 /**
  * A WebSocket as a byte stream: incoming binary messages are concatenated (message boundaries mean
- * nothing), and everything written in one event-loop turn leaves as one binary message.
+ * nothing), and everything written in one event-loop turn leaves as one binary message (up to 1 MiB).
+ * Wrap the socket while it is still connecting or inside its 'open' handler: `ws` emits messages that came
+ * with the handshake before a later `await` resumes, and those would be lost.
  */
 export function webSocketDuplex(ws: WebSocketLike, options: WebSocketDuplexOptions = {}): Duplex {
   return new WebSocketDuplex(ws, options.highWaterMark ?? 4 * 1024 * 1024);
@@ -60,6 +64,8 @@ class WebSocketDuplex extends Duplex {
       if (!this.writableFinished) this.destroy();
     });
     ws.on('error', (err) => this.destroy(err));
+    // Writes made before the handshake completes wait for it.
+    if (ws.readyState === CONNECTING) ws.once('open', () => this.flush());
   }
 
   override _read(): void {
@@ -119,7 +125,7 @@ class WebSocketDuplex extends Duplex {
   }
 
   private flush(): void {
-    if (this.pendingBytes === 0) return;
+    if (this.pendingBytes === 0 || this.ws.readyState === CONNECTING) return;
     const message =
       this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingBytes);
     this.pending = [];

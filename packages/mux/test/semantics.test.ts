@@ -341,14 +341,26 @@ describe('session lifecycle', () => {
     const a = client.open();
     a.write('x');
     const b = await arriving;
-    const aFailed = errorOf(a);
+    // No error listener on `a`: a close we asked for must not crash a program with an uncaught 'error'.
+    let aError: Error | undefined;
+    const aClosed = new Promise<void>((resolve) => a.once('close', () => resolve()));
+    a.once('error', (e) => {
+      aError = e;
+    });
     const bFailed = errorOf(b);
     const closes = { client: 0, server: 0 };
     client.on('close', () => closes.client++);
     server.on('close', () => closes.server++);
     server.on('error', () => {});
     client.close();
-    await withTimeout(Promise.all([aFailed, bFailed]), 5000, 'both streams destroyed');
+    await withTimeout(Promise.all([aClosed, bFailed]), 5000, 'both streams destroyed');
+    assert.equal(aError, undefined, 'the closing side closes its streams without an error');
+    assert.equal(a.destroyed, true);
+    assert.equal(
+      (await bFailed).code,
+      'ERR_SESSION_CLOSED',
+      "the peer's streams fail: the session went away",
+    );
     await waitFor(() => closes.server === 1, 5000, "the peer's 'close'");
     assert.equal(closes.client, 1);
     assert.equal(client.closed, true);

@@ -65,10 +65,21 @@ export function bearerToken(req: IncomingMessage): string | undefined {
 export class UpgradeAuthenticator {
   private settings: AuthSettings;
   private limiter: FailureLimiter;
+  /** Refused attempts by reason ("token expired", ...), for the metrics. */
+  readonly failures = new Map<string, number>();
 
   constructor(settings: AuthSettings) {
     this.settings = settings;
     this.limiter = new FailureLimiter(settings.failureLimit, settings.failureWindow);
+  }
+
+  /** SIGHUP: new revocations and limits apply to the next attempt (the failure counts start over). */
+  update(settings: AuthSettings): void {
+    const limitsChanged =
+      settings.failureLimit !== this.settings.failureLimit ||
+      settings.failureWindow !== this.settings.failureWindow;
+    this.settings = settings;
+    if (limitsChanged) this.limiter = new FailureLimiter(settings.failureLimit, settings.failureWindow);
   }
 
   async authenticate(req: IncomingMessage): Promise<AuthOutcome> {
@@ -80,6 +91,7 @@ export class UpgradeAuthenticator {
       return { ok: true, claims };
     } catch (err) {
       const reason = err instanceof TokenError ? err.message : 'malformed token';
+      this.failures.set(reason, (this.failures.get(reason) ?? 0) + 1);
       if (this.limiter.fail(source)) return { ok: false, status: 401, reason, log: true };
       return {
         ok: false,

@@ -87,6 +87,7 @@ async function main(): Promise<number | undefined> {
     return 1;
   }
   exitOnSignals(() => server.shutdown());
+  process.on('SIGHUP', () => server.reload());
   return undefined;
 }
 

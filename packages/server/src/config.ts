@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import {
   ConfigError,
   durationField,
+  expandConfigPath,
   expected,
   type HostPort,
   hostPortField,
@@ -12,9 +13,12 @@ import {
   PortRanges,
   portRangesField,
   readSecretFile,
-  resolveConfigPath,
 } from '@porthole/protocol';
 import { z } from 'zod';
+
+/** Loopback only unless the operator says otherwise: the admin API shows every client and connection. */
+export const DEFAULT_ADMIN_LISTEN = '127.0.0.1:7500';
+const MIN_ADMIN_TOKEN_LENGTH = 16;
 
 const HOST = /^(?:[A-Za-z0-9.-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$/;
 
@@ -54,6 +58,16 @@ const serverSchema = z
         key_file: z.string({ error: expected('a file path') }),
       })
       .optional(),
+    admin: z
+      .strictObject(
+        {
+          listen: hostPortField({ allowZero: true }).prefault(DEFAULT_ADMIN_LISTEN),
+          token: z.string({ error: expected('a string') }).optional(),
+          token_file: z.string({ error: expected('a file path') }).optional(),
+        },
+        { error: expected('an [admin] table') },
+      )
+      .optional(),
   })
   .superRefine((config, ctx) => {
     if (config.heartbeat_timeout <= config.heartbeat_interval) {
@@ -66,6 +80,13 @@ const serverSchema = z
     const { secret, secret_file } = config.auth;
     if ((secret === undefined) === (secret_file === undefined)) {
       ctx.addIssue({ code: 'custom', path: ['auth'], message: 'set exactly one of secret or secret_file' });
+    }
+    if (config.admin && (config.admin.token === undefined) === (config.admin.token_file === undefined)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['admin'],
+        message: 'set exactly one of token or token_file (the admin API is Bearer-protected)',
+      });
     }
   });
 
@@ -87,6 +108,8 @@ export interface ServerConfig {
     failureWindow: number;
   };
   tls?: { cert: Buffer; key: Buffer };
+  /** The admin listener (JSON API, /metrics, status page); absent when there is no [admin] table. */
+  admin?: { listen: HostPort; token: string };
 }
 
 function readPemFile(file: string, key: string, path: string): Buffer {
@@ -102,7 +125,11 @@ export function loadServerConfig(file: string): ServerConfig {
   const raw = loadTomlConfig(file, serverSchema);
   const secret =
     raw.auth.secret ??
-    readSecretFile(file, 'auth.secret_file', resolveConfigPath(file, raw.auth.secret_file!));
+    readSecretFile(
+      file,
+      'auth.secret_file',
+      expandConfigPath(file, 'auth.secret_file', raw.auth.secret_file!),
+    );
   if (secret.length < MIN_SECRET_LENGTH) {
     const key = raw.auth.secret === undefined ? 'auth.secret_file' : 'auth.secret';
     throw ConfigError.at(
@@ -130,9 +157,27 @@ export function loadServerConfig(file: string): ServerConfig {
   };
   if (raw.tls) {
     config.tls = {
-      cert: readPemFile(file, 'tls.cert_file', resolveConfigPath(file, raw.tls.cert_file)),
-      key: readPemFile(file, 'tls.key_file', resolveConfigPath(file, raw.tls.key_file)),
+      cert: readPemFile(file, 'tls.cert_file', expandConfigPath(file, 'tls.cert_file', raw.tls.cert_file)),
+      key: readPemFile(file, 'tls.key_file', expandConfigPath(file, 'tls.key_file', raw.tls.key_file)),
     };
+  }
+  if (raw.admin) {
+    const token =
+      raw.admin.token ??
+      readSecretFile(
+        file,
+        'admin.token_file',
+        expandConfigPath(file, 'admin.token_file', raw.admin.token_file!),
+      );
+    if (token.length < MIN_ADMIN_TOKEN_LENGTH) {
+      const key = raw.admin.token === undefined ? 'admin.token_file' : 'admin.token';
+      throw ConfigError.at(
+        file,
+        key,
+        `the admin token must be at least ${MIN_ADMIN_TOKEN_LENGTH} characters (make one with: openssl rand -hex 24)`,
+      );
+    }
+    config.admin = { listen: raw.admin.listen, token };
   }
   return config;
 }

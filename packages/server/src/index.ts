@@ -1,6 +1,10 @@
+export { AdminServer } from './admin-server.js';
 export { FailureLimiter, UpgradeAuthenticator } from './auth.js';
 export { ClientSession } from './client-session.js';
 export { loadServerConfig, type ServerConfig } from './config.js';
 export { ControlEndpoint } from './control-endpoint.js';
+export { Exposition, Histogram } from './metrics.js';
+export { reloadServer } from './reload.js';
 export { PortholeServer } from './server.js';
+export { ServerStatus } from './server-status.js';
 export { TcpProxyListener } from './tcp-proxy-listener.js';

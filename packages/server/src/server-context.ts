@@ -4,7 +4,8 @@ import type { ServerConfig } from './config.js';
 
 /** What every client session shares: settings, the registry of clients and ports, the connection count. */
 export interface ServerContext {
-  readonly config: ServerConfig;
+  /** Replaced as a whole by a reload (SIGHUP); read it at use time, do not keep a copy. */
+  config: ServerConfig;
   readonly logger: Logger;
   readonly tracker: ConnectionTracker;
   readonly serverVersion: string;

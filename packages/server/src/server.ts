@@ -1,11 +1,16 @@
 import { Session, webSocketDuplex } from '@porthole/mux';
-import { ConnectionTracker, type Logger, nextClose, type TokenClaims } from '@porthole/protocol';
+import { ConfigError, ConnectionTracker, type Logger, nextClose, type TokenClaims } from '@porthole/protocol';
 import type { WebSocket } from 'ws';
+import { AdminServer } from './admin-server.js';
 import { UpgradeAuthenticator } from './auth.js';
 import { ClientSession } from './client-session.js';
 import type { ServerConfig } from './config.js';
 import { ControlEndpoint } from './control-endpoint.js';
+import { Histogram, timeStreamOpens } from './metrics.js';
+import { ProxyTraffic } from './proxy-traffic.js';
+import { reloadServer } from './reload.js';
 import type { ServerContext } from './server-context.js';
+import { type ServerCounters, ServerStatus } from './server-status.js';
 
 /** How long to let final GoAway/close frames reach clients before the process exits. */
 const CLOSE_FLUSH_MS = 1000;
@@ -18,8 +23,12 @@ const CLOSE_FLUSH_MS = 1000;
 export class PortholeServer {
   readonly ctx: ServerContext;
   private readonly endpoint: ControlEndpoint;
+  private readonly authenticator: UpgradeAuthenticator;
   private readonly sockets = new Set<WebSocket>();
   private stopping = false;
+  readonly counters: ServerCounters;
+  readonly status: ServerStatus;
+  private admin: AdminServer | undefined;
 
   constructor(config: ServerConfig, logger: Logger, serverVersion: string) {
     this.ctx = {
@@ -31,24 +40,81 @@ export class PortholeServer {
       sessions: new Set(),
       ports: new Map(),
     };
+    this.authenticator = new UpgradeAuthenticator(config.auth);
+    this.counters = {
+      streamOpen: new Histogram(),
+      authFailures: this.authenticator.failures,
+      adminAuthFailures: 0,
+      reloads: { ok: 0, failed: 0 },
+    };
+    this.status = new ServerStatus(this.ctx, new ProxyTraffic(this.ctx.tracker), this.counters);
     this.endpoint = new ControlEndpoint({
       listen: config.listen,
       path: config.path,
       ...(config.tls ? { tls: config.tls } : {}),
-      authenticator: new UpgradeAuthenticator(config.auth),
+      authenticator: this.authenticator,
       logger,
       onClient: (ws, claims, remoteAddr) => this.onClient(ws, claims, remoteAddr),
     });
   }
 
-  /** Starts the control endpoint; resolves with its bound address. */
+  /** Starts the control endpoint (and the admin listener, if configured); resolves with its bound address. */
   async start(): Promise<string> {
-    const address = await this.endpoint.listen();
+    const admin = this.ctx.config.admin;
+    if (admin) {
+      this.admin = new AdminServer({
+        listen: admin.listen,
+        token: () => this.ctx.config.admin?.token ?? admin.token,
+        status: this.status,
+        logger: this.ctx.logger,
+        draining: () => this.stopping,
+        onAuthFailure: () => {
+          this.counters.adminAuthFailures += 1;
+        },
+      });
+      const adminAddress = await this.admin.listen();
+      this.ctx.logger.info({ addr: adminAddress }, 'admin listening');
+    }
+    let address: string;
+    try {
+      address = await this.endpoint.listen();
+    } catch (err) {
+      this.admin?.close();
+      throw err;
+    }
     this.ctx.logger.info(
       { addr: address, path: this.ctx.config.path, tls: !!this.ctx.config.tls },
       'server listening',
     );
     return address;
+  }
+
+  /**
+   * SIGHUP: re-read the config file and apply what can change in place (see reload.ts). An invalid
+   * file is logged with its reason and changes nothing.
+   */
+  reload(): void {
+    const { logger } = this.ctx;
+    if (this.stopping) return;
+    try {
+      const summary = reloadServer(this.ctx, this.authenticator);
+      this.counters.reloads.ok += 1;
+      if (summary.needRestart.length > 0)
+        logger.warn({ keys: summary.needRestart }, 'reload: these settings take effect after a restart');
+      logger.info(
+        {
+          allow_ports: this.ctx.config.allowPorts.toString(),
+          revoked_tokens: this.ctx.config.auth.revoked.size,
+          clients_revoked: summary.revoked,
+          proxies_closed: summary.closed,
+        },
+        'config reloaded',
+      );
+    } catch (err) {
+      this.counters.reloads.failed += 1;
+      const reason = err instanceof ConfigError ? err.message : (err as Error).message;
+      logger.error({ reason }, 'reload failed: keeping the running configuration');
+    }
   }
 
   private onClient(ws: WebSocket, claims: TokenClaims, remoteAddr: string): void {
@@ -64,6 +130,7 @@ export class PortholeServer {
       keepAliveInterval: heartbeatInterval,
       keepAliveTimeout: heartbeatTimeout - heartbeatInterval,
     });
+    timeStreamOpens(session, this.counters.streamOpen);
     new ClientSession(this.ctx, session, claims, remoteAddr);
   }
 
@@ -87,6 +154,7 @@ export class PortholeServer {
     this.endpoint.closeAll();
     // Connections cut by the close still get their "connection closed" line.
     await tracker.waitIdle(CLOSE_FLUSH_MS);
+    this.admin?.close();
     logger.info({}, 'server stopped');
   }
 }

@@ -1,0 +1,58 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { formatHostPort, type HostPort, type Logger } from '@porthole/protocol';
+import type { ClientStatus } from './session-status.js';
+
+/**
+ * The client's own admin endpoint (loopback only, enforced by the config): GET /api/status with the session
+ * state and proxies, what `porthole-client status` prints; GET /healthz.
+ */
+export class ClientAdmin {
+  private readonly server: Server;
+
+  constructor(
+    private readonly listenOn: HostPort,
+    status: () => ClientStatus,
+    logger: Logger,
+  ) {
+    this.server = createServer((req, res) => {
+      const path = (req.url ?? '/').split('?')[0];
+      const reply = (code: number, value: unknown) => {
+        const body = `${JSON.stringify(value)}\n`;
+        res.writeHead(code, {
+          'Content-Type': 'application/json; charset=utf-8',
+          'Content-Length': Buffer.byteLength(body),
+          'Cache-Control': 'no-store',
+          'X-Content-Type-Options': 'nosniff',
+        });
+        res.end(body);
+      };
+      if (req.method !== 'GET') return reply(405, { error: 'method not allowed' });
+      if (path === '/api/status') return reply(200, status());
+      if (path === '/healthz') {
+        const state = status().state;
+        return reply(state === 'established' ? 200 : 503, { status: state });
+      }
+      reply(404, { error: 'not found' });
+    });
+    this.server.headersTimeout = 10_000;
+    this.server.requestTimeout = 15_000;
+    this.server.on('error', (err) => logger.error({ reason: err.message }, 'admin listener error'));
+  }
+
+  listen(): Promise<string> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.listenOn.port, this.listenOn.host, () => {
+        this.server.off('error', reject);
+        const address = this.server.address() as AddressInfo;
+        resolve(formatHostPort(address.address, address.port));
+      });
+    });
+  }
+
+  close(): void {
+    this.server.close();
+    this.server.closeAllConnections();
+  }
+}

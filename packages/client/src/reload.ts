@@ -1,0 +1,44 @@
+import type { ProxySpec } from '@porthole/protocol';
+import type { ClientConfig, ProxyConfig } from './config.js';
+
+export interface ProxyDiff {
+  /** In the new config only: register. */
+  added: string[];
+  /** In the old config only: unregister. */
+  removed: string[];
+  /** What the server sees changed (type, remote_port...): unregister, then register again. */
+  changed: string[];
+  /** Only the local address changed: nothing to tell the server, new connections go to the new address. */
+  localChanged: string[];
+}
+
+function sameSpec(a: ProxySpec, b: ProxySpec): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/** Compares the running proxies with a new config's, by name. */
+export function diffProxies(
+  running: ReadonlyMap<string, ProxyConfig>,
+  next: readonly ProxyConfig[],
+  specOf: (proxy: ProxyConfig) => ProxySpec,
+): ProxyDiff {
+  const diff: ProxyDiff = { added: [], removed: [], changed: [], localChanged: [] };
+  const nextNames = new Set(next.map((p) => p.name));
+  for (const name of running.keys()) if (!nextNames.has(name)) diff.removed.push(name);
+  for (const proxy of next) {
+    const old = running.get(proxy.name);
+    if (!old) diff.added.push(proxy.name);
+    else if (!sameSpec(specOf(old), specOf(proxy))) diff.changed.push(proxy.name);
+    else if (JSON.stringify(old.local) !== JSON.stringify(proxy.local)) diff.localChanged.push(proxy.name);
+  }
+  return diff;
+}
+
+function sameBuffer(a: Buffer | undefined, b: Buffer | undefined): boolean {
+  return a === undefined || b === undefined ? a === b : a.equals(b);
+}
+
+/** A new server URL, token or CA means a new session (the token names the client and its grants). */
+export function needsReconnect(running: ClientConfig, next: ClientConfig): boolean {
+  return running.server !== next.server || running.token !== next.token || !sameBuffer(running.ca, next.ca);
+}

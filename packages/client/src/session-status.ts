@@ -1,0 +1,120 @@
+import { type ConnectionTracker, formatHostPort } from '@porthole/protocol';
+import type { ProxyConfig } from './config.js';
+
+export type ProxyState =
+  | { state: 'pending' }
+  | { state: 'registered'; remoteAddr?: string }
+  | { state: 'refused'; reason: string }
+  | { state: 'closed'; reason: string };
+
+export type SessionState = 'connecting' | 'established' | 'reconnecting' | 'stopping';
+
+/** What `porthole-client status` prints and the client's admin endpoint serves. */
+export interface ClientStatus {
+  state: SessionState;
+  server: string;
+  /** The name the server knows us by (the token's subject), once established. */
+  client?: string;
+  session_id?: string;
+  /** ISO time the current state began. */
+  since: string;
+  /** Why the last dial or session failed. */
+  last_error?: string;
+  /** ISO time of the next dial while reconnecting. */
+  retry_at?: string;
+  open_connections: number;
+  proxies: {
+    name: string;
+    type: string;
+    local: string;
+    remote_port: number;
+    state: ProxyState['state'];
+    remote_addr?: string;
+    reason?: string;
+    open_connections: number;
+  }[];
+}
+
+/** The client's session state as it changes (dialling, established, lost), and each proxy's registration. */
+export class SessionStatus {
+  private state: SessionState = 'connecting';
+  private since = Date.now();
+  private client: string | undefined;
+  private sessionId: string | undefined;
+  private lastError: string | undefined;
+  private retryAt: number | undefined;
+  private readonly proxyStates = new Map<string, ProxyState>();
+
+  constructor(public server: string) {}
+
+  private enter(state: SessionState): void {
+    if (this.state !== state) this.since = Date.now();
+    this.state = state;
+  }
+
+  connecting(): void {
+    this.enter(this.state === 'connecting' ? 'connecting' : 'reconnecting');
+    this.retryAt = undefined;
+    this.sessionId = undefined;
+    this.proxyStates.clear();
+  }
+
+  failed(reason: string, retryMs: number): void {
+    this.enter('reconnecting');
+    this.lastError = reason;
+    this.retryAt = Date.now() + retryMs;
+    this.sessionId = undefined;
+    this.proxyStates.clear();
+  }
+
+  established(client: string, sessionId: string): void {
+    this.enter('established');
+    this.client = client;
+    this.sessionId = sessionId;
+    this.retryAt = undefined;
+  }
+
+  stopping(): void {
+    this.enter('stopping');
+  }
+
+  set(proxy: string, state: ProxyState): void {
+    this.proxyStates.set(proxy, state);
+  }
+
+  forget(proxy: string): void {
+    this.proxyStates.delete(proxy);
+  }
+
+  view(proxies: ReadonlyMap<string, ProxyConfig>, tracker: ConnectionTracker): ClientStatus {
+    const open = new Map<string, number>();
+    for (const c of tracker.connections()) {
+      const name = String(c.fields.proxy ?? '');
+      open.set(name, (open.get(name) ?? 0) + 1);
+    }
+    const status: ClientStatus = {
+      state: this.state,
+      server: this.server,
+      since: new Date(this.since).toISOString(),
+      open_connections: tracker.size,
+      proxies: [...proxies.values()].map((proxy) => {
+        const state = this.proxyStates.get(proxy.name) ?? { state: 'pending' as const };
+        return {
+          name: proxy.name,
+          type: proxy.type,
+          local: formatHostPort(proxy.local.host, proxy.local.port),
+          remote_port: proxy.remotePort,
+          state: state.state,
+          ...('remoteAddr' in state && state.remoteAddr ? { remote_addr: state.remoteAddr } : {}),
+          ...('reason' in state ? { reason: state.reason } : {}),
+          open_connections: open.get(proxy.name) ?? 0,
+        };
+      }),
+    };
+    if (this.client !== undefined) status.client = this.client;
+    if (this.sessionId !== undefined) status.session_id = this.sessionId;
+    if (this.lastError !== undefined) status.last_error = this.lastError;
+    if (this.retryAt !== undefined) status.retry_at = new Date(this.retryAt).toISOString();
+    return status;
+  }
+}

@@ -1,0 +1,111 @@
+import { get } from 'node:http';
+import { formatHostPort, type HostPort, hostPortField, loadTomlConfig, UsageError } from '@porthole/protocol';
+import { z } from 'zod';
+import type { ClientStatus } from './session-status.js';
+
+const STATUS_TIMEOUT_MS = 5000;
+
+/** Exit statuses of `porthole-client status`. */
+export const STATUS_EXIT = { established: 0, unreachable: 1, notEstablished: 3 } as const;
+
+/**
+ * The admin address from client.toml without validating the rest: `status` must work for a user who
+ * cannot read the token (e.g. a config that points at ${CREDENTIALS_DIRECTORY}).
+ */
+export function adminAddressOf(file: string): HostPort {
+  const config = loadTomlConfig(
+    file,
+    z.looseObject({ admin: z.looseObject({ listen: hostPortField({ allowZero: false }) }).optional() }),
+  );
+  if (!config.admin) {
+    throw new UsageError(
+      `${file} has no [admin] table; add  [admin] listen = "127.0.0.1:7401"  and reload the client`,
+    );
+  }
+  return config.admin.listen;
+}
+
+/** GET /api/status from a running client. */
+export function fetchStatus(admin: HostPort): Promise<ClientStatus> {
+  return new Promise((resolve, reject) => {
+    const req = get(
+      { host: admin.host, port: admin.port, path: '/api/status', timeout: STATUS_TIMEOUT_MS },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('end', () => {
+          if (res.statusCode !== 200) {
+            reject(new Error(`HTTP ${res.statusCode} from ${formatHostPort(admin.host, admin.port)}`));
+            return;
+          }
+          try {
+            resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as ClientStatus);
+          } catch {
+            reject(new Error('the admin endpoint answered something other than JSON'));
+          }
+        });
+        res.on('error', reject);
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`no answer within ${STATUS_TIMEOUT_MS} ms`)));
+    req.on('error', reject);
+  });
+}
+
+/** "45s", "2m 5s", "3h 2m", "4d 1h". */
+export function humanAge(ms: number): string {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  if (s < 60) return `${s}s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m ${s % 60}s`;
+  const h = Math.floor(m / 60);
+  if (h < 48) return `${h}h ${m % 60}m`;
+  return `${Math.floor(h / 24)}d ${h % 24}h`;
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows
+    .map((r) =>
+      r
+        .map((cellText, i) => (i === r.length - 1 ? cellText : cellText.padEnd(widths[i]!)))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
+}
+
+/** The human form of a status: the session line, then one row per proxy. */
+export function formatStatus(status: ClientStatus, now = Date.now()): string {
+  const age = humanAge(now - Date.parse(status.since));
+  const lines = [`server:   ${status.server}`];
+  if (status.state === 'established') {
+    lines.push(`session:  established as "${status.client}" (session ${status.session_id}), for ${age}`);
+  } else {
+    const retry =
+      status.retry_at === undefined
+        ? ''
+        : `, next attempt in ${humanAge(Date.parse(status.retry_at) - now + 999)}`;
+    lines.push(`session:  ${status.state} for ${age}${retry}`);
+    if (status.last_error) lines.push(`last error: ${status.last_error}`);
+  }
+  lines.push(`open connections: ${status.open_connections}`, '');
+  if (status.proxies.length === 0) {
+    lines.push('no proxies configured');
+  } else {
+    const rows = [['PROXY', 'TYPE', 'LOCAL', 'REMOTE PORT', 'STATE', 'OPEN', 'DETAIL']];
+    for (const p of status.proxies) {
+      rows.push([
+        p.name,
+        p.type,
+        p.local,
+        String(p.remote_port),
+        p.state,
+        String(p.open_connections),
+        p.state === 'registered' ? `public ${p.remote_addr ?? '?'}` : (p.reason ?? ''),
+      ]);
+    }
+    lines.push(table(rows));
+  }
+  return `${lines.join('\n')}\n`;
+}

@@ -1,0 +1,112 @@
+import type { ConnectionTracker, TrackedConnection } from '@porthole/protocol';
+
+export interface ProxyTotals {
+  client: string;
+  proxy: string;
+  /** Connections closed so far plus those open now. */
+  connections: number;
+  /** Open now. */
+  open: number;
+  /** Bytes from visitors towards the client's service (closed connections plus what open ones moved). */
+  bytesIn: number;
+  /** Bytes from the service back to visitors. */
+  bytesOut: number;
+}
+
+interface ClosedTotals {
+  connections: number;
+  bytesIn: number;
+  bytesOut: number;
+  /** Date.now() when this proxy was last registered or carrying a connection. */
+  lastActive: number;
+}
+
+/** Totals of a proxy that is gone (client left, proxy removed) are forgotten after this long. */
+const RETAIN_INACTIVE_MS = 10 * 60_000;
+
+function keyOf(client: string, proxy: string): string {
+  return `${client}\u0000${proxy}`;
+}
+
+function countsOf(closed: ClosedTotals): { connections: number; bytesIn: number; bytesOut: number } {
+  return { connections: closed.connections, bytesIn: closed.bytesIn, bytesOut: closed.bytesOut };
+}
+
+function namesOf(connection: TrackedConnection): { client: string; proxy: string } {
+  return { client: String(connection.fields.client ?? ''), proxy: String(connection.fields.proxy ?? '') };
+}
+
+/**
+ * Per-proxy traffic counters for the admin API and /metrics: closed connections are folded into totals
+ * as they end, open ones are added live, so every number only grows while its proxy exists (a Prometheus
+ * counter). Totals survive a client's reconnect; a proxy inactive for 10 minutes is forgotten, so memory
+ * stays bounded however many names come and go.
+ */
+export class ProxyTraffic {
+  private readonly closed = new Map<string, ClosedTotals>();
+
+  constructor(private readonly tracker: ConnectionTracker) {
+    tracker.onClosed((connection, result) => {
+      const { client, proxy } = namesOf(connection);
+      const totals = this.entry(client, proxy);
+      totals.connections += 1;
+      totals.bytesIn += result.bytesAtoB;
+      totals.bytesOut += result.bytesBtoA;
+      totals.lastActive = Date.now();
+    });
+  }
+
+  private entry(client: string, proxy: string): ClosedTotals {
+    const key = keyOf(client, proxy);
+    let totals = this.closed.get(key);
+    if (!totals) {
+      totals = { connections: 0, bytesIn: 0, bytesOut: 0, lastActive: Date.now() };
+      this.closed.set(key, totals);
+    }
+    return totals;
+  }
+
+  /**
+   * Totals for every registered proxy (listed in `registered`, zeros if it has carried nothing) and every
+   * proxy with open connections or recent history.
+   */
+  snapshot(registered: Iterable<{ client: string; proxy: string }>): Map<string, ProxyTotals> {
+    const now = Date.now();
+    const out = new Map<string, ProxyTotals>();
+    const row = (client: string, proxy: string): ProxyTotals => {
+      const key = keyOf(client, proxy);
+      let totals = out.get(key);
+      if (!totals) {
+        const closed = this.entry(client, proxy);
+        totals = { client, proxy, ...countsOf(closed), open: 0 };
+        out.set(key, totals);
+      }
+      return totals;
+    };
+    for (const { client, proxy } of registered) {
+      row(client, proxy);
+      this.entry(client, proxy).lastActive = now;
+    }
+    for (const connection of this.tracker.connections()) {
+      const { client, proxy } = namesOf(connection);
+      const totals = row(client, proxy);
+      totals.open += 1;
+      totals.connections += 1;
+      totals.bytesIn += connection.progress.bytesAtoB;
+      totals.bytesOut += connection.progress.bytesBtoA;
+      this.entry(client, proxy).lastActive = now;
+    }
+    for (const [key, closed] of this.closed) {
+      if (out.has(key)) continue;
+      if (now - closed.lastActive > RETAIN_INACTIVE_MS) {
+        this.closed.delete(key);
+        continue;
+      }
+      const [client, proxy] = key.split('\u0000') as [string, string];
+      out.set(key, { client, proxy, ...countsOf(closed), open: 0 });
+    }
+    return out;
+  }
+}
+
+export { keyOf as proxyKey };

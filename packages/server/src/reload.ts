@@ -1,0 +1,86 @@
+import { formatHostPort } from '@porthole/protocol';
+import type { UpgradeAuthenticator } from './auth.js';
+import { loadServerConfig, type ServerConfig } from './config.js';
+import type { ServerContext } from './server-context.js';
+
+export interface ServerReloadSummary {
+  /** Clients disconnected because their token is now revoked. */
+  revoked: string[];
+  /** Proxies closed because the new rules refuse them, "client/proxy". */
+  closed: string[];
+  /** Keys that changed in the file but only take effect after a restart. */
+  needRestart: string[];
+}
+
+function sameBuffer(a: Buffer | undefined, b: Buffer | undefined): boolean {
+  return a === undefined || b === undefined ? a === b : a.equals(b);
+}
+
+/**
+ * The settings a running server cannot change in place (they belong to listeners and keys bound at
+ * start); a reload keeps the running values for these and names them in its log line.
+ */
+function restartOnlyChanges(running: ServerConfig, next: ServerConfig): string[] {
+  const changed: string[] = [];
+  const addr = (hp: { host: string; port: number }) => formatHostPort(hp.host, hp.port);
+  if (addr(running.listen) !== addr(next.listen)) changed.push('listen');
+  if (running.path !== next.path) changed.push('path');
+  if (running.proxyBind !== next.proxyBind) changed.push('proxy_bind');
+  if (running.auth.secret !== next.auth.secret) changed.push('auth.secret');
+  if (!sameBuffer(running.tls?.cert, next.tls?.cert) || !sameBuffer(running.tls?.key, next.tls?.key))
+    changed.push('tls');
+  const runningAdmin = running.admin ? addr(running.admin.listen) : '';
+  const nextAdmin = next.admin ? addr(next.admin.listen) : '';
+  if (runningAdmin !== nextAdmin) changed.push('admin.listen');
+  if (running.heartbeatInterval !== next.heartbeatInterval) changed.push('heartbeat_interval');
+  if (running.heartbeatTimeout !== next.heartbeatTimeout) changed.push('heartbeat_timeout');
+  return changed;
+}
+
+/**
+ * SIGHUP on the server: re-read the config file. Revocations, allow_ports, auth limits, shutdown_timeout,
+ * log_level and the admin token apply at once: a client whose token is now revoked is told so and
+ * disconnected; a proxy the new rules refuse is closed and its client told which and why; everything
+ * else is untouched. An invalid file changes nothing (the reason is logged). Throws the ConfigError.
+ */
+export function reloadServer(
+  ctx: ServerContext,
+  authenticator: UpgradeAuthenticator,
+  load: (file: string) => ServerConfig = loadServerConfig,
+): ServerReloadSummary {
+  const running = ctx.config;
+  const loaded = load(running.file);
+  const needRestart = restartOnlyChanges(running, loaded);
+  const next: ServerConfig = {
+    ...loaded,
+    listen: running.listen,
+    path: running.path,
+    proxyBind: running.proxyBind,
+    heartbeatInterval: running.heartbeatInterval,
+    heartbeatTimeout: running.heartbeatTimeout,
+    auth: { ...loaded.auth, secret: running.auth.secret },
+  };
+  if (running.tls) next.tls = running.tls;
+  else delete next.tls;
+  if (running.admin)
+    next.admin = { listen: running.admin.listen, token: loaded.admin?.token ?? running.admin.token };
+  else delete next.admin;
+  ctx.config = next;
+  authenticator.update(next.auth);
+  ctx.logger.level = next.logLevel;
+
+  const summary: ServerReloadSummary = { revoked: [], closed: [], needRestart };
+  for (const session of [...ctx.sessions]) {
+    if (next.auth.revoked.has(session.tokenId)) {
+      summary.revoked.push(session.name);
+      ctx.logger.warn(
+        { client: session.name, session_id: session.sessionId, reason: 'token revoked' },
+        'client revoked',
+      );
+      session.disconnect('token revoked by the server operator', 'revoked');
+      continue;
+    }
+    for (const { proxy } of session.enforceRules()) summary.closed.push(`${session.name}/${proxy}`);
+  }
+  return summary;
+}

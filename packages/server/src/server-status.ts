@@ -1,0 +1,203 @@
+import { PROTOCOL_VERSION } from '@porthole/protocol';
+import { Exposition, type Histogram, writeProcessMetrics } from './metrics.js';
+import { type ProxyTotals, type ProxyTraffic, proxyKey } from './proxy-traffic.js';
+import type { ServerContext } from './server-context.js';
+
+export interface ProxyView {
+  client: string;
+  name: string;
+  type: string;
+  /** tcp/udp: the public port; null for proxies reached by hostname. */
+  remote_port: number | null;
+  /** Where visitors connect, e.g. "0.0.0.0:2222". */
+  public_addr: string;
+  open_connections: number;
+  connections_total: number;
+  /** Visitors -> the client's service. */
+  bytes_in: number;
+  /** The service -> visitors. */
+  bytes_out: number;
+}
+
+export interface ClientView {
+  name: string;
+  session_id: string;
+  instance_id: string;
+  client_version: string;
+  remote_addr: string;
+  connected_at: string;
+  proxies: ProxyView[];
+}
+
+export interface ConnectionView {
+  client: string;
+  proxy: string;
+  conn: number | null;
+  remote_addr: string;
+  started_at: string;
+  age_ms: number;
+  bytes_in: number;
+  bytes_out: number;
+}
+
+/** Counters the server keeps for /metrics beside what the sessions and the tracker know. */
+export interface ServerCounters {
+  /** SYN -> ACK time of every stream the server opened, in seconds. */
+  readonly streamOpen: Histogram;
+  /** Refused client authentications by reason. */
+  readonly authFailures: ReadonlyMap<string, number>;
+  /** Refused admin API requests (missing or wrong token). */
+  adminAuthFailures: number;
+  reloads: { ok: number; failed: number };
+}
+
+/** What the admin API and /metrics report, computed from the live server state on each request. */
+export class ServerStatus {
+  constructor(
+    private readonly ctx: ServerContext,
+    private readonly traffic: ProxyTraffic,
+    private readonly counters: ServerCounters,
+  ) {}
+
+  private registered(): { client: string; proxy: string }[] {
+    const out: { client: string; proxy: string }[] = [];
+    for (const session of this.ctx.clients.values()) {
+      for (const p of session.listProxies()) out.push({ client: session.name, proxy: p.name });
+    }
+    return out;
+  }
+
+  private totals(): Map<string, ProxyTotals> {
+    return this.traffic.snapshot(this.registered());
+  }
+
+  clients(totals = this.totals()): ClientView[] {
+    return [...this.ctx.clients.values()]
+      .filter((session) => session.established)
+      .sort((a, b) => a.name.localeCompare(b.name))
+      .map((session) => ({
+        name: session.name,
+        session_id: session.sessionId,
+        instance_id: session.peer.instanceId,
+        client_version: session.peer.clientVersion,
+        remote_addr: session.remoteAddr,
+        connected_at: new Date(session.connectedAt).toISOString(),
+        proxies: session
+          .listProxies()
+          .sort((a, b) => a.name.localeCompare(b.name))
+          .map((p) => {
+            const t = totals.get(proxyKey(session.name, p.name));
+            return {
+              client: session.name,
+              name: p.name,
+              type: p.type,
+              remote_port: p.remotePort ?? null,
+              public_addr: p.publicAddr,
+              open_connections: t?.open ?? 0,
+              connections_total: t?.connections ?? 0,
+              bytes_in: t?.bytesIn ?? 0,
+              bytes_out: t?.bytesOut ?? 0,
+            };
+          }),
+      }));
+  }
+
+  proxies(): ProxyView[] {
+    return this.clients().flatMap((client) => client.proxies);
+  }
+
+  connections(): ConnectionView[] {
+    const now = Date.now();
+    const out: ConnectionView[] = [];
+    for (const c of this.ctx.tracker.connections()) {
+      out.push({
+        client: String(c.fields.client ?? ''),
+        proxy: String(c.fields.proxy ?? ''),
+        conn: typeof c.fields.conn === 'number' ? c.fields.conn : null,
+        remote_addr: String(c.fields.remote_addr ?? ''),
+        started_at: new Date(c.startedAt).toISOString(),
+        age_ms: now - c.startedAt,
+        bytes_in: c.progress.bytesAtoB,
+        bytes_out: c.progress.bytesBtoA,
+      });
+    }
+    return out.sort((a, b) => (a.conn ?? 0) - (b.conn ?? 0));
+  }
+
+  /** The Prometheus text exposition. */
+  metrics(): string {
+    const totals = this.totals();
+    const clients = this.clients(totals);
+    const out = new Exposition();
+    out
+      .family('porthole_build_info', 'gauge', 'Version of this server and of the control protocol it speaks.')
+      .sample('porthole_build_info', 1, {
+        version: this.ctx.serverVersion,
+        protocol: String(PROTOCOL_VERSION),
+      });
+    out.single('porthole_clients', 'gauge', 'Connected clients (sessions past hello).', clients.length);
+    const byType = new Map<string, number>();
+    for (const client of clients)
+      for (const p of client.proxies) byType.set(p.type, (byType.get(p.type) ?? 0) + 1);
+    out.family('porthole_proxies', 'gauge', 'Registered proxies, by type.');
+    for (const [type, count] of [...byType].sort()) out.sample('porthole_proxies', count, { type });
+    out.single(
+      'porthole_open_connections',
+      'gauge',
+      'Tunnelled connections open right now, all proxies.',
+      this.ctx.tracker.size,
+    );
+    const rows = [...totals.values()].sort(
+      (a, b) => a.client.localeCompare(b.client) || a.proxy.localeCompare(b.proxy),
+    );
+    const perProxy = (
+      name: string,
+      type: 'counter' | 'gauge',
+      help: string,
+      pick: (t: ProxyTotals) => number,
+    ) => {
+      out.family(name, type, help);
+      for (const t of rows) out.sample(name, pick(t), { client: t.client, proxy: t.proxy });
+    };
+    perProxy('porthole_proxy_open_connections', 'gauge', 'Connections open, per proxy.', (t) => t.open);
+    perProxy(
+      'porthole_proxy_connections_total',
+      'counter',
+      'Connections accepted, per proxy.',
+      (t) => t.connections,
+    );
+    perProxy(
+      'porthole_proxy_bytes_in_total',
+      'counter',
+      "Bytes from visitors towards the client's service, per proxy.",
+      (t) => t.bytesIn,
+    );
+    perProxy(
+      'porthole_proxy_bytes_out_total',
+      'counter',
+      'Bytes from the service back to visitors, per proxy.',
+      (t) => t.bytesOut,
+    );
+    out.family('porthole_auth_failures_total', 'counter', 'Refused client authentications, by reason.');
+    for (const [reason, count] of [...this.counters.authFailures].sort()) {
+      out.sample('porthole_auth_failures_total', count, { reason });
+    }
+    out.single(
+      'porthole_admin_auth_failures_total',
+      'counter',
+      'Admin API requests refused for a missing or wrong token.',
+      this.counters.adminAuthFailures,
+    );
+    out.histogram(
+      'porthole_stream_open_seconds',
+      "Time from opening a tunnel stream to the client's acknowledgement.",
+      this.counters.streamOpen,
+    );
+    out
+      .family('porthole_reloads_total', 'counter', 'Configuration reloads (SIGHUP), by result.')
+      .sample('porthole_reloads_total', this.counters.reloads.ok, { result: 'ok' })
+      .sample('porthole_reloads_total', this.counters.reloads.failed, { result: 'failed' });
+    writeProcessMetrics(out);
+    return out.toString();
+  }
+}

@@ -1,0 +1,249 @@
+// SIGHUP on both ends with real processes: the client adds/removes proxies over its live session while a
+// long transfer on an unchanged proxy keeps flowing; the server revokes a token and narrows allow_ports,
+// and exactly the affected client/proxies lose out. Invalid new configs are refused and change nothing.
+import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import { test } from 'node:test';
+import { freePorts, sleep, withHarness, withTimeout } from './lib/processes.js';
+import { EchoPinger, echoRoundTrip, startEchoServer, tryConnect } from './lib/services.js';
+import { patternBytes, sha256Hex } from './lib/sha-stream.js';
+import {
+  type ClientOptions,
+  issueToken,
+  jwtClaims,
+  rewriteClientConfig,
+  rewriteServerConfig,
+  type ServerOptions,
+  startClient,
+  startServer,
+} from './lib/tunnel.js';
+
+/**
+ * Sends `total` pattern bytes in `chunk`-sized writes every `everyMs` through an echo proxy and checks the
+ * echo; resolves with the result. A transfer paced like this spans the reload it is meant to survive.
+ */
+function pacedEcho(port: number, total: number, chunk: number, everyMs: number) {
+  const payload = patternBytes(total, 'paced');
+  const received: Buffer[] = [];
+  let receivedBytes = 0;
+  const sock = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+  const done = new Promise<{ ok: boolean; received: number; error?: string }>((resolve) => {
+    sock.on('data', (d: Buffer) => {
+      received.push(d);
+      receivedBytes += d.length;
+    });
+    sock.on('error', (err) => resolve({ ok: false, received: receivedBytes, error: err.message }));
+    sock.on('end', () => {
+      const echo = Buffer.concat(received);
+      resolve({ ok: sha256Hex(echo) === sha256Hex(payload), received: echo.length });
+    });
+  });
+  let offset = 0;
+  const timer = setInterval(() => {
+    if (sock.destroyed) return clearInterval(timer);
+    const piece = payload.subarray(offset, offset + chunk);
+    offset += piece.length;
+    if (offset >= total) {
+      clearInterval(timer);
+      sock.end(piece);
+    } else sock.write(piece);
+  }, everyMs);
+  return { done, sent: () => offset, sock };
+}
+
+test(
+  'client SIGHUP: add B and remove C over the live session while a transfer on A keeps flowing; a bad config is refused',
+  {
+    timeout: 90_000,
+  },
+  (t) =>
+    withHarness(t, async (h) => {
+      const [svcA, svcB, svcC] = await Promise.all([
+        startEchoServer('127.0.0.1', 0),
+        startEchoServer('127.0.0.1', 0, 'B'),
+        startEchoServer('127.0.0.1', 0, 'C'),
+      ]);
+      h.onCleanup(() => Promise.all([svcA.close(), svcB.close(), svcC.close()]));
+      const [portA, portB, portC] = await freePorts(3);
+      const ports = [portA!, portB!, portC!].map(String);
+      const server = await startServer(h, { allowPorts: ports });
+      const token = await issueToken(server.config, { name: 'homelab', ports: ports.join(',') });
+      const proxyA = { name: 'A', local: `127.0.0.1:${svcA.port}`, remotePort: portA! };
+      const proxyB = { name: 'B', local: `127.0.0.1:${svcB.port}`, remotePort: portB! };
+      const proxyC = { name: 'C', local: `127.0.0.1:${svcC.port}`, remotePort: portC! };
+      const base: ClientOptions = { server: server.url, token, proxies: [proxyA, proxyC] };
+      const client = await startClient(h, base);
+      assert.equal((await echoRoundTrip('127.0.0.1', portC!, 1000, { banner: true })).banner, 'C');
+      assert.equal(await tryConnect('127.0.0.1', portB!, 2000), 'refused');
+
+      // ~12 MiB over ~4 s: the reload lands in the middle of it.
+      const transfer = pacedEcho(portA!, 12 * 1024 * 1024, 64 * 1024, 20);
+      await sleep(800);
+      assert.ok(transfer.sent() > 0 && transfer.sent() < 12 * 1024 * 1024, 'transfer under way at reload');
+      const clientMark = client.proc.mark();
+      const serverMark = server.proc.mark();
+      await rewriteClientConfig(h, client.configPath, { ...base, proxies: [proxyA, proxyB] });
+      client.proc.kill('SIGHUP');
+      const reloaded = await client.proc.waitForMsg('config reloaded', 10_000, { from: clientMark });
+      assert.deepEqual(reloaded.added, ['B']);
+      assert.deepEqual(reloaded.removed, ['C']);
+      assert.equal(reloaded.reconnect, false);
+      await client.proc.waitForMsg('proxy registered', 10_000, { from: clientMark, fields: { proxy: 'B' } });
+      await server.proc.waitForMsg('proxy closed', 10_000, {
+        from: serverMark,
+        fields: { proxy: 'C', reason: 'unregistered by client' },
+      });
+      const sentAtReload = transfer.sent();
+      assert.ok(sentAtReload < 12 * 1024 * 1024, 'the transfer was still running when B was registered');
+
+      assert.equal((await echoRoundTrip('127.0.0.1', portB!, 1000, { banner: true })).banner, 'B');
+      assert.equal(await tryConnect('127.0.0.1', portC!, 2000), 'refused');
+      const result = await withTimeout(
+        transfer.done,
+        30_000,
+        () => `paced transfer: sent ${transfer.sent()}`,
+      );
+      assert.deepEqual(result, { ok: true, received: 12 * 1024 * 1024 });
+      const closedA = client.proc.logsWithMsg('connection closed').filter((l) => l.proxy === 'A');
+      assert.equal(closedA.length, 1);
+      assert.equal(closedA[0]!.reason, 'closed');
+      // One session throughout: nothing was dropped or redialled.
+      assert.equal(client.proc.logsWithMsg('session lost').length, 0);
+      assert.equal(server.proc.logsWithMsg('client connected').length, 1);
+
+      // Changing only `local` applies to the next connection without telling the server.
+      const mark2 = client.proc.mark();
+      await rewriteClientConfig(h, client.configPath, {
+        ...base,
+        proxies: [proxyA, { ...proxyB, local: `127.0.0.1:${svcC.port}` }],
+      });
+      client.proc.kill('SIGHUP');
+      const localOnly = await client.proc.waitForMsg('config reloaded', 10_000, { from: mark2 });
+      assert.deepEqual(localOnly.local_changed, ['B']);
+      assert.equal((await echoRoundTrip('127.0.0.1', portB!, 1000, { banner: true })).banner, 'C');
+
+      // An invalid file: refused with file, key and reason; the running proxies stay as they are.
+      const mark3 = client.proc.mark();
+      await writeFile(
+        client.configPath,
+        `server = "${server.url}"\ntoken = "${token}"\n[[proxies]]\nname = "A"\ntype = "tcp"\nlocal = "127.0.0.1:1"\nremote_port = 70000\n`,
+      );
+      client.proc.kill('SIGHUP');
+      const failed = await client.proc.waitForMsg(
+        'reload failed: keeping the running configuration',
+        10_000,
+        {
+          from: mark3,
+        },
+      );
+      assert.match(
+        String(failed.reason),
+        /client-\d+\.toml: proxies\[0\]\.remote_port: must be at most 65535/,
+      );
+      assert.ok(
+        (await echoRoundTrip('127.0.0.1', portA!, 100_000)).ok,
+        'A still works after a refused reload',
+      );
+      assert.equal((await echoRoundTrip('127.0.0.1', portB!, 1000, { banner: true })).banner, 'C');
+      assert.ok(client.proc.alive && server.proc.alive);
+    }),
+);
+
+test(
+  'server SIGHUP: a revoked token is disconnected with the reason; proxies now outside allow_ports are closed and named; the rest untouched',
+  {
+    timeout: 90_000,
+  },
+  (t) =>
+    withHarness(t, async (h) => {
+      const svc = await startEchoServer('127.0.0.1', 0);
+      h.onCleanup(() => svc.close());
+      const [portA, portB, portY] = await freePorts(3);
+      const all = [portA!, portB!, portY!].map(String);
+      const serverOptions: ServerOptions = { allowPorts: all };
+      const server = await startServer(h, serverOptions);
+      const tokenX = await issueToken(server.config, { name: 'x', ports: all.join(',') });
+      const tokenY = await issueToken(server.config, { name: 'y', ports: all.join(',') });
+      const local = `127.0.0.1:${svc.port}`;
+      const clientX = await startClient(
+        h,
+        {
+          server: server.url,
+          token: tokenX,
+          proxies: [
+            { name: 'A', local, remotePort: portA! },
+            { name: 'B', local, remotePort: portB! },
+          ],
+        },
+        { name: 'client-x' },
+      );
+      const clientY = await startClient(
+        h,
+        { server: server.url, token: tokenY, proxies: [{ name: 'Y', local, remotePort: portY! }] },
+        { name: 'client-y' },
+      );
+      const pinger = await EchoPinger.connect('127.0.0.1', portA!);
+      h.onCleanup(() => pinger.close());
+      assert.ok(await pinger.ping());
+
+      const serverMark = server.proc.mark();
+      const xMark = clientX.proc.mark();
+      const yMark = clientY.proc.mark();
+      await rewriteServerConfig(h, server.config, {
+        ...serverOptions,
+        allowPorts: [String(portA), String(portY)],
+        revokedTokens: [String(jwtClaims(tokenY).jti)],
+      });
+      server.proc.kill('SIGHUP');
+      const reloaded = await server.proc.waitForMsg('config reloaded', 10_000, { from: serverMark });
+      assert.deepEqual(reloaded.clients_revoked, ['y']);
+      assert.deepEqual(reloaded.proxies_closed, ['x/B']);
+      await server.proc.waitForMsg('client revoked', 5000, { from: serverMark, fields: { client: 'y' } });
+
+      // y is told why, and its reconnects are refused with the reason.
+      const yNotice = await clientY.proc.waitForMsg('server notice', 5000, {
+        from: yMark,
+        fields: { code: 'revoked' },
+      });
+      assert.match(String(yNotice.reason), /token revoked/);
+      const yRefused = await clientY.proc.waitForMsg('connect failed', 10_000, { from: yMark });
+      assert.equal(yRefused.reason, '401: token revoked');
+      assert.equal(await tryConnect('127.0.0.1', portY!, 2000), 'refused');
+
+      // x loses exactly B, is told which and why, and keeps its session and A's open connection.
+      const xNotice = await clientX.proc.waitForMsg('server notice', 5000, {
+        from: xMark,
+        fields: { code: 'proxies_closed' },
+      });
+      assert.deepEqual(xNotice.proxies, ['B']);
+      assert.match(
+        String(xNotice.reason),
+        new RegExp(`"B" \\(port ${portB} is outside the server's allow_ports`),
+      );
+      await server.proc.waitForMsg('proxy closed', 5000, {
+        from: serverMark,
+        fields: { client: 'x', proxy: 'B' },
+      });
+      assert.equal(await tryConnect('127.0.0.1', portB!, 2000), 'refused');
+      assert.ok(await pinger.ping(), 'the open connection on A still echoes');
+      assert.deepEqual(pinger.failures, []);
+      assert.ok((await echoRoundTrip('127.0.0.1', portA!, 50_000)).ok, 'new connections on A work');
+      assert.equal(clientX.proc.logsWithMsg('session lost', xMark).length, 0);
+
+      // An invalid file is refused with its reason; nothing changes.
+      const badMark = server.proc.mark();
+      await writeFile(server.config.configPath, 'allow_ports = ["nope"]\n[auth]\n');
+      server.proc.kill('SIGHUP');
+      const failed = await server.proc.waitForMsg(
+        'reload failed: keeping the running configuration',
+        10_000,
+        {
+          from: badMark,
+        },
+      );
+      assert.match(String(failed.reason), /allow_ports: invalid port range "nope"/);
+      assert.ok(await pinger.ping(), 'A still echoes after a refused reload');
+      assert.ok(server.proc.alive);
+    }),
+);
