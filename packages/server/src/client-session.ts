@@ -14,7 +14,6 @@ import {
   type TokenClaims,
   writeMessage,
 } from '@porthole/protocol';
-import { type BoundProxy, bindRoutedProxy, type ProxyOwner, routedRefusal } from './proxy-routing.js';
 import type { ServerContext } from './server-context.js';
 import { TcpProxyListener } from './tcp-proxy-listener.js';
 
@@ -32,12 +31,7 @@ export class ClientSession {
   readonly name: string;
   private readonly logger: Logger;
   private readonly grant: PortRanges | undefined;
-  private readonly proxies = new Map<
-    string,
-    { listener: BoundProxy; port: number | undefined; spec: ProxySpec }
-  >();
-  /** Hostnames the token lets this client claim (undefined: any). */
-  private readonly hostGrant: readonly string[] | undefined;
+  private readonly proxies = new Map<string, { listener: TcpProxyListener; port: number; spec: ProxySpec }>();
   private control: Stream | undefined;
   private helloDone = false;
   private instanceId = '';
@@ -57,7 +51,6 @@ export class ClientSession {
     this.name = claims.sub;
     this.tokenId = claims.jti;
     this.grant = claims.ports === undefined ? undefined : PortRanges.parse(claims.ports);
-    this.hostGrant = claims.hosts;
     this.logger = ctx.logger.child({ client: this.name, session_id: this.sessionId });
     ctx.sessions.add(this);
     session.on('stream', (stream: Stream) => this.onStream(stream));
@@ -265,9 +258,8 @@ export class ClientSession {
   }
 
   private refusal(spec: ProxySpec): string | undefined {
-    if (spec.type !== 'tcp') return routedRefusal(this.ctx, this.owner, spec);
     const port = spec.remote_port;
-    if (port === undefined) return 'a tcp proxy needs remote_port';
+    if (spec.type !== 'tcp') return `proxy type "${spec.type}" is not supported by this server`;
     if (this.grant && !this.grant.contains(port)) {
       return `port ${port} is outside the token's grant (${this.grant})`;
     }
@@ -281,21 +273,10 @@ export class ClientSession {
     return undefined;
   }
 
-  /** This session as the routed proxies (udp, http, tls) see it. */
-  private get owner(): ProxyOwner {
-    return {
-      self: this,
-      name: this.name,
-      session: this.session,
-      portGrant: this.grant,
-      hostGrant: this.hostGrant,
-    };
-  }
-
   private async registerOne(spec: ProxySpec): Promise<ProxyResult> {
     const existing = this.proxies.get(spec.name);
-    if (existing && JSON.stringify(existing.spec) === JSON.stringify(spec)) {
-      return this.registered(spec.name, existing.listener);
+    if (existing && existing.port === spec.remote_port) {
+      return { proxy: spec.name, ok: true, remote_addr: existing.listener.address };
     }
     const reason = this.refusal(spec);
     if (reason) {
@@ -303,61 +284,32 @@ export class ClientSession {
       return { proxy: spec.name, ok: false, reason };
     }
     if (existing) this.closeProxies([spec.name], 'replaced by a new registration');
-    let listener: BoundProxy;
-    let port: number | undefined;
-    try {
-      if (spec.type === 'tcp') {
-        port = spec.remote_port!;
-        listener = await this.bindTcp(spec, port);
-      } else {
-        listener = await bindRoutedProxy(this.ctx, this.owner, spec);
-      }
-    } catch (err) {
-      const reason = (err as Error).message;
-      this.logger.warn({ proxy: spec.name, reason }, 'proxy refused');
-      return { proxy: spec.name, ok: false, reason };
-    }
-    if (this.closed) {
-      listener.close();
-      if (port !== undefined && this.ctx.ports.get(port)?.owner === this) this.ctx.ports.delete(port);
-      return { proxy: spec.name, ok: false, reason: 'session closed' };
-    }
-    this.proxies.set(spec.name, { listener, port, spec });
-    this.logger.info(
-      { proxy: spec.name, type: spec.type, remote_addr: listener.address, urls: listener.urls },
-      'proxy listening',
-    );
-    return this.registered(spec.name, listener);
-  }
-
-  private registered(proxy: string, listener: BoundProxy): ProxyResult {
-    return {
-      proxy,
-      ok: true,
-      remote_addr: listener.address,
-      ...(listener.urls === undefined ? {} : { urls: listener.urls }),
-    };
-  }
-
-  /** Binds a tcp proxy's public port; rejects with the reason for the client. */
-  private async bindTcp(spec: ProxySpec, port: number): Promise<TcpProxyListener> {
     const listener = new TcpProxyListener({
       client: this.name,
-      proxy: { ...spec, remote_port: port },
+      proxy: spec,
       bindHost: this.ctx.config.proxyBind,
       session: this.session,
       logger: this.ctx.logger,
       tracker: this.ctx.tracker,
     });
     // Hold the port before the asynchronous bind, so two registrations cannot race for it.
-    this.ctx.ports.set(port, { owner: this, proxy: spec.name });
+    this.ctx.ports.set(spec.remote_port, { owner: this, proxy: spec.name });
     try {
       await listener.listen();
     } catch (err) {
-      this.ctx.ports.delete(port);
-      throw err;
+      this.ctx.ports.delete(spec.remote_port);
+      const reason = (err as Error).message;
+      this.logger.warn({ proxy: spec.name, reason }, 'proxy refused');
+      return { proxy: spec.name, ok: false, reason };
     }
-    return listener;
+    if (this.closed) {
+      listener.close();
+      this.ctx.ports.delete(spec.remote_port);
+      return { proxy: spec.name, ok: false, reason: 'session closed' };
+    }
+    this.proxies.set(spec.name, { listener, port: spec.remote_port, spec });
+    this.logger.info({ proxy: spec.name, remote_addr: listener.address }, 'proxy listening');
+    return { proxy: spec.name, ok: true, remote_addr: listener.address };
   }
 
   private closeProxies(names: readonly string[], reason: string): void {
@@ -366,8 +318,7 @@ export class ClientSession {
       if (!entry) continue;
       this.proxies.delete(name);
       entry.listener.close();
-      if (entry.port !== undefined && this.ctx.ports.get(entry.port)?.owner === this)
-        this.ctx.ports.delete(entry.port);
+      if (this.ctx.ports.get(entry.port)?.owner === this) this.ctx.ports.delete(entry.port);
       this.logger.info({ proxy: name, reason }, 'proxy closed');
     }
   }
