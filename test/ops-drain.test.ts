@@ -1,0 +1,183 @@
+// SIGTERM drain with real processes: stop accepting, GoAway, let open connections finish within
+// shutdown_timeout, cut the rest when it runs out, and exit 0 either way.
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { test } from 'node:test';
+import { freePort, type Harness, withHarness, withTimeout } from './lib/processes.js';
+import { EchoPinger, startEchoServer, tryConnect } from './lib/services.js';
+import { patternBytes, sha256Hex } from './lib/sha-stream.js';
+import { startTunnel } from './lib/tunnel.js';
+
+const REPLY_BYTES = 1024 * 1024;
+
+/** A service that answers a visitor's first bytes `delayMs` later with REPLY_BYTES pattern bytes, then FIN. */
+async function startDelayedReplyService(h: Harness, delayMs: number) {
+  const reply = patternBytes(REPLY_BYTES, 'drain-reply');
+  const state = { accepted: 0 };
+  const server = net.createServer({ allowHalfOpen: true }, (sock) => {
+    state.accepted += 1;
+    sock.on('error', () => {});
+    sock.once('data', () => {
+      const timer = setTimeout(() => sock.end(reply), delayMs);
+      sock.on('close', () => clearTimeout(timer));
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  h.onCleanup(() => new Promise((resolve) => server.close(resolve)));
+  return { port: (server.address() as net.AddressInfo).port, state, sha: sha256Hex(reply) };
+}
+
+/** Connects, sends a request, and collects the reply until the service's FIN. */
+function request(port: number) {
+  const sock = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+  const chunks: Buffer[] = [];
+  const reply = new Promise<{ bytes: number; sha: string; error?: string }>((resolve) => {
+    sock.on('data', (d: Buffer) => chunks.push(d));
+    sock.on('end', () => {
+      const all = Buffer.concat(chunks);
+      resolve({ bytes: all.length, sha: sha256Hex(all) });
+      sock.end();
+    });
+    sock.on('error', (err) => resolve({ bytes: -1, sha: '', error: err.message }));
+  });
+  sock.on('connect', () => sock.write('GO'));
+  return { sock, reply };
+}
+
+async function waitFor(what: string, check: () => boolean, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+test(
+  'server SIGTERM: a connection that finishes within shutdown_timeout completes, new ones are refused, exit 0',
+  {
+    timeout: 60_000,
+  },
+  (t) =>
+    withHarness(t, async (h) => {
+      const service = await startDelayedReplyService(h, 1500);
+      const remotePort = await freePort();
+      const { server, client, publicPort } = await startTunnel(
+        h,
+        [{ name: 'slow', local: `127.0.0.1:${service.port}`, remotePort }],
+        { server: { shutdownTimeout: '6s' } },
+      );
+      const visitor = request(publicPort);
+      await waitFor(
+        'the service to accept the tunnelled connection',
+        () => service.state.accepted === 1,
+        10_000,
+      );
+      const clientMark = client.proc.mark();
+      const sigtermAt = Date.now();
+      server.proc.kill('SIGTERM');
+      const shutting = await server.proc.waitForMsg('shutting down', 5000);
+      assert.equal(shutting.open_connections, 1);
+      // Draining: the public listener is closed at once, while the open connection carries on.
+      await server.proc.waitForMsg('proxy closed', 5000, { fields: { proxy: 'slow' } });
+      assert.equal(await tryConnect('127.0.0.1', publicPort, 2000), 'refused');
+      const notice = await client.proc.waitForMsg('server notice', 5000, {
+        from: clientMark,
+        fields: { code: 'shutdown' },
+      });
+      assert.match(String(notice.reason), /shutting down/);
+
+      const reply = await withTimeout(visitor.reply, 10_000, () => 'the delayed reply');
+      assert.deepEqual(reply, { bytes: REPLY_BYTES, sha: service.sha });
+      const exit = await withTimeout(server.proc.exited, 10_000, () => 'server exit');
+      const elapsed = Date.now() - sigtermAt;
+      assert.deepEqual(exit, { code: 0, signal: null });
+      assert.ok(elapsed >= 1400, `the server waited for the open connection (exited after ${elapsed} ms)`);
+      assert.ok(
+        elapsed < 5000,
+        `the server exited once it was idle, well before shutdown_timeout (${elapsed} ms)`,
+      );
+      assert.equal(server.proc.logsWithMsg('shutdown timeout: closing open connections').length, 0);
+      const closed = await server.proc.waitForMsg('connection closed', 1000, { fields: { proxy: 'slow' } });
+      assert.equal(closed.reason, 'closed');
+    }),
+);
+
+test(
+  'server SIGTERM: a connection still open when shutdown_timeout runs out is closed, exit 0',
+  {
+    timeout: 60_000,
+  },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startEchoServer('127.0.0.1', 0);
+      h.onCleanup(() => echo.close());
+      const remotePort = await freePort();
+      const { server, publicPort } = await startTunnel(
+        h,
+        [{ name: 'idle', local: `127.0.0.1:${echo.port}`, remotePort }],
+        { server: { shutdownTimeout: '2s' } },
+      );
+      const pinger = await EchoPinger.connect('127.0.0.1', publicPort);
+      h.onCleanup(() => pinger.close());
+      assert.ok(await pinger.ping());
+      const sigtermAt = Date.now();
+      server.proc.kill('SIGTERM');
+      await server.proc.waitForMsg('shutting down', 5000);
+      // Still carried during the drain.
+      assert.ok(await pinger.ping(), 'the open connection keeps working while the server drains');
+      const timeoutLine = await server.proc.waitForMsg('shutdown timeout: closing open connections', 5000);
+      assert.equal(timeoutLine.open_connections, 1);
+      const exit = await withTimeout(server.proc.exited, 10_000, () => 'server exit');
+      const elapsed = Date.now() - sigtermAt;
+      assert.deepEqual(exit, { code: 0, signal: null });
+      assert.ok(elapsed >= 1900 && elapsed < 6000, `exit after the 2 s shutdown_timeout (${elapsed} ms)`);
+      await waitFor(
+        'the visitor connection to be closed',
+        () => pinger.failures.includes('socket closed'),
+        5000,
+      );
+    }),
+);
+
+test(
+  'client SIGTERM: unregisters, lets an open connection finish, exit 0; the server frees the port',
+  {
+    timeout: 60_000,
+  },
+  (t) =>
+    withHarness(t, async (h) => {
+      const service = await startDelayedReplyService(h, 1500);
+      const remotePort = await freePort();
+      const { server, client, publicPort } = await startTunnel(
+        h,
+        [{ name: 'slow', local: `127.0.0.1:${service.port}`, remotePort }],
+        { client: { shutdownTimeout: '6s' } },
+      );
+      const visitor = request(publicPort);
+      await waitFor(
+        'the service to accept the tunnelled connection',
+        () => service.state.accepted === 1,
+        10_000,
+      );
+      const serverMark = server.proc.mark();
+      const sigtermAt = Date.now();
+      client.proc.kill('SIGTERM');
+      await client.proc.waitForMsg('shutting down', 5000);
+      await server.proc.waitForMsg('proxy closed', 5000, {
+        from: serverMark,
+        fields: { proxy: 'slow', reason: 'unregistered by client' },
+      });
+      assert.equal(await tryConnect('127.0.0.1', publicPort, 2000), 'refused');
+      const reply = await withTimeout(visitor.reply, 10_000, () => 'the delayed reply');
+      assert.deepEqual(reply, { bytes: REPLY_BYTES, sha: service.sha });
+      const exit = await withTimeout(client.proc.exited, 10_000, () => 'client exit');
+      const elapsed = Date.now() - sigtermAt;
+      assert.deepEqual(exit, { code: 0, signal: null });
+      assert.ok(
+        elapsed >= 1400 && elapsed < 5000,
+        `the client waited for its open connection (${elapsed} ms)`,
+      );
+      await server.proc.waitForMsg('client disconnected', 5000, { from: serverMark });
+      assert.ok(server.proc.alive);
+    }),
+);
