@@ -28,7 +28,7 @@ const USAGE = `Usage:
                                               1 unreachable, 3 not established; --json for the raw answer
   ${PROGRAM} --help | --version
 
-Options (they override the config file's keys; --tcp adds proxies):
+Options (they override the config file's keys; --tcp and --udp add proxies):
   -c, --config FILE          client config (TOML); see examples/client.toml
   -s, --server URL           ws:// or wss:// URL of the server's control endpoint
   --token JWT                the client token (prefer --token-file: arguments show up in ps)
@@ -37,6 +37,9 @@ Options (they override the config file's keys; --tcp adds proxies):
   --tcp [tcp:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT
                              expose a local TCP service on the server's REMOTE_PORT (repeatable);
                              the proxy is named tcp-REMOTE_PORT
+  --udp REMOTE_PORT:LOCAL_HOST:LOCAL_PORT
+                             expose a local UDP service on the server's UDP REMOTE_PORT (repeatable);
+                             the proxy is named udp-REMOTE_PORT
   --exit-on-auth-failure     exit with status 1 when the server refuses the token, instead of retrying
   --log-level LEVEL          trace, debug, info, warn, error, fatal or silent
   --admin HOST:PORT          status: the client's admin address (default: [admin] listen of --config)
@@ -68,6 +71,7 @@ async function main(): Promise<number | undefined> {
   if (values['token-file'] !== undefined) flags.tokenFile = values['token-file'];
   if (values['ca-file'] !== undefined) flags.caFile = values['ca-file'];
   if (values.tcp !== undefined) flags.tcp = values.tcp;
+  if (values.udp !== undefined) flags.udp = values.udp;
   if (values['exit-on-auth-failure']) flags.exitOnAuthFailure = true;
   if (values['log-level'] !== undefined) flags.logLevel = values['log-level'];
   const config = loadClientConfig(values.config, flags);
@@ -143,6 +147,7 @@ function parse() {
       'token-file': { type: 'string' },
       'ca-file': { type: 'string' },
       tcp: { type: 'string', multiple: true },
+      udp: { type: 'string', multiple: true },
       'exit-on-auth-failure': { type: 'boolean' },
       'log-level': { type: 'string' },
       admin: { type: 'string' },

@@ -16,6 +16,7 @@ import {
 import type { ClientConfig, ProxyConfig } from './config.js';
 import { DialError, dial } from './dialer.js';
 import { serveStream } from './local-connector.js';
+import { proxySpecFields } from './proxy-config.js';
 import { Backoff } from './reconnect.js';
 import { diffProxies, needsReconnect } from './reload.js';
 import { type ClientStatus, type ProxyState, SessionStatus } from './session-status.js';
@@ -32,7 +33,7 @@ export type RunOutcome = 'stopped' | 'auth failed';
 
 /** What the server is told about a proxy; a change here means re-registering it. */
 export function proxySpecOf(proxy: ProxyConfig): ProxySpec {
-  return { name: proxy.name, type: proxy.type, remote_port: proxy.remotePort };
+  return proxySpecFields(proxy);
 }
 
 /**
@@ -326,7 +327,13 @@ export class PortholeClient {
   }
 
   private logResults(
-    results: ReadonlyArray<{ proxy: string; ok: boolean; remote_addr?: string; reason?: string }>,
+    results: ReadonlyArray<{
+      proxy: string;
+      ok: boolean;
+      remote_addr?: string;
+      urls?: string[];
+      reason?: string;
+    }>,
   ) {
     for (const result of results) {
       const proxy = this.proxies.get(result.proxy);
@@ -336,7 +343,10 @@ export class PortholeClient {
         : { state: 'refused', reason: result.reason ?? 'refused' };
       if (proxy) this.sessionStatus.set(result.proxy, state);
       if (result.ok) {
-        this.logger.info({ proxy: result.proxy, remote_addr: result.remote_addr, local }, 'proxy registered');
+        this.logger.info(
+          { proxy: result.proxy, remote_addr: result.remote_addr, urls: result.urls, local },
+          'proxy registered',
+        );
       } else {
         this.logger.warn({ proxy: result.proxy, reason: result.reason ?? 'refused' }, 'proxy refused');
       }

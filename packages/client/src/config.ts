@@ -18,19 +18,9 @@ import {
   validateConfig,
 } from '@porthole/protocol';
 import { z } from 'zod';
+import { type ProxyConfig, portKey, proxySchema, toProxyConfig } from './proxy-config.js';
 
-const proxySchema = z.strictObject({
-  name: proxyNameSchema,
-  type: z.enum(PROXY_TYPES as [ProxyType, ...ProxyType[]], {
-    error: expected(`one of ${PROXY_TYPES.join(', ')}`),
-  }),
-  local: hostPortField(),
-  remote_port: z
-    .number({ error: expected('a port number') })
-    .int()
-    .min(1)
-    .max(65535),
-});
+export type { ProxyConfig } from './proxy-config.js';
 
 const clientSchema = z
   .strictObject({
@@ -82,7 +72,7 @@ const clientSchema = z
       });
     }
     const names = new Map<string, number>();
-    const ports = new Map<number, number>();
+    const ports = new Map<string, number>();
     config.proxies.forEach((proxy, i) => {
       if (names.has(proxy.name)) {
         ctx.addIssue({
@@ -91,24 +81,19 @@ const clientSchema = z
           message: `"${proxy.name}" is already the name of proxies[${names.get(proxy.name)}]`,
         });
       }
-      if (ports.has(proxy.remote_port)) {
+      // tcp and udp ports are separate spaces (iperf3 -u, DNS and others use both on one port number).
+      const port = portKey(proxy);
+      if (port !== undefined && ports.has(port)) {
         ctx.addIssue({
           code: 'custom',
           path: ['proxies', i, 'remote_port'],
-          message: `${proxy.remote_port} is already the remote_port of proxies[${ports.get(proxy.remote_port)}]`,
+          message: `${proxy.remote_port} is already the remote_port of proxies[${ports.get(port)}]`,
         });
       }
       names.set(proxy.name, i);
-      ports.set(proxy.remote_port, i);
+      if (port !== undefined) ports.set(port, i);
     });
   });
-
-export interface ProxyConfig {
-  name: string;
-  type: ProxyType;
-  local: HostPort;
-  remotePort: number;
-}
 
 export interface ClientConfig {
   /** The config file, or "command line" for quick flags. */
@@ -159,12 +144,7 @@ function finish(source: string, rawInput: unknown): ClientConfig {
     shutdownTimeout: raw.shutdown_timeout,
     exitOnAuthFailure: raw.exit_on_auth_failure,
     logLevel: raw.log_level,
-    proxies: raw.proxies.map((p) => ({
-      name: p.name,
-      type: p.type,
-      local: p.local,
-      remotePort: p.remote_port,
-    })),
+    proxies: raw.proxies.map(toProxyConfig),
   };
   if (raw.admin) config.admin = { listen: raw.admin.listen };
   if (raw.ca_file !== undefined) {
@@ -191,6 +171,8 @@ export interface ClientFlags {
   tokenFile?: string;
   caFile?: string;
   tcp?: string[];
+  /** `--udp 5353:127.0.0.1:53` rules (udp proxies named udp-REMOTE_PORT). */
+  udp?: string[];
   exitOnAuthFailure?: boolean;
   logLevel?: string;
 }
@@ -212,14 +194,18 @@ export function loadClientConfig(file: string | undefined, flags: ClientFlags = 
   if (flags.caFile !== undefined) raw.ca_file = flags.caFile;
   if (flags.exitOnAuthFailure) raw.exit_on_auth_failure = true;
   if (flags.logLevel !== undefined) raw.log_level = flags.logLevel;
-  if (flags.tcp && flags.tcp.length > 0) {
+  const rules = [
+    ...(flags.tcp ?? []).map((rule) => ({ rule, type: 'tcp' as const })),
+    ...(flags.udp ?? []).map((rule) => ({ rule, type: 'udp' as const })),
+  ];
+  if (rules.length > 0) {
     const proxies = Array.isArray(raw.proxies) ? [...(raw.proxies as unknown[])] : [];
-    for (const rule of flags.tcp) {
+    for (const { rule, type } of rules) {
       let parsed: ReturnType<typeof parseRule>;
       try {
-        parsed = parseRule(rule);
+        parsed = parseRule(rule, type);
       } catch (err) {
-        throw ConfigError.at(COMMAND_LINE, '--tcp', (err as Error).message);
+        throw ConfigError.at(COMMAND_LINE, `--${type}`, (err as Error).message);
       }
       proxies.push({
         name: `${parsed.type}-${parsed.remotePort}`,

@@ -2,12 +2,36 @@ import { connect, type Socket } from 'node:net';
 import type { Stream } from '@porthole/mux';
 import {
   type ConnectionTracker,
+  encodeProxyHeader,
   formatHostPort,
   type Logger,
+  type ProxyEndpoints,
+  parseHostPort,
   readStreamHeader,
   type StreamHeader,
 } from '@porthole/protocol';
 import type { ProxyConfig } from './config.js';
+import { serveUdpFlow } from './udp-forwarder.js';
+
+/** The PROXY header's endpoints: the visitor, and the server address it connected to. */
+export function proxyEndpoints(header: StreamHeader): ProxyEndpoints {
+  let destinationAddress = header.dest_addr;
+  let destinationPort = header.dest_port;
+  if (destinationAddress === undefined) {
+    // Older servers: the public listener's address (its bind address may be a wildcard, then unknown).
+    try {
+      const parsed = parseHostPort(header.public_addr);
+      destinationAddress = parsed.host;
+      destinationPort = parsed.port;
+    } catch {}
+  }
+  return {
+    sourceAddress: header.remote_addr,
+    sourcePort: header.remote_port,
+    destinationAddress,
+    destinationPort,
+  };
+}
 
 /** A stream whose header has not arrived by then is dropped. */
 const HEADER_TIMEOUT_MS = 10_000;
@@ -72,6 +96,11 @@ export async function serveStream(
     return;
   }
   const local = formatHostPort(proxy.local.host, proxy.local.port);
+  if (proxy.type === 'udp') {
+    stream.off('error', swallow);
+    await serveUdpFlow(stream, header, proxy, logger);
+    return;
+  }
   let socket: Socket;
   try {
     socket = await connectLocal(proxy.local);
@@ -84,6 +113,10 @@ export async function serveStream(
   if (stream.destroyed) {
     socket.destroy();
     return;
+  }
+  if (proxy.proxyProtocol !== undefined && proxy.type !== 'http') {
+    // The visitor's real address, for services that read PROXY headers (nginx, HAProxy, Postfix...).
+    socket.write(encodeProxyHeader(proxy.proxyProtocol, proxyEndpoints(header)));
   }
   tracker.carry(stream, socket, { labels: ['tunnel', 'local'], logger, fields: { ...fields, local } });
 }

@@ -27,7 +27,7 @@ export interface ClientStatus {
     name: string;
     type: string;
     local: string;
-    remote_port: number;
+    remote_port: number | undefined;
     state: ProxyState['state'];
     remote_addr?: string;
     reason?: string;

@@ -80,8 +80,8 @@ test('every mistake is reported as source: key: reason', () => {
     'proxies[1].remote_port: 5 is already the remote_port of proxies[0]',
   ]);
   assert.deepEqual(
-    problems(`${HEAD}[[proxies]]\nname = "u"\ntype = "udp"\nlocal = "127.0.0.1:1"\nremote_port = 5\n`),
-    ['proxies[0].type: expected one of tcp'],
+    problems(`${HEAD}[[proxies]]\nname = "u"\ntype = "ftp"\nlocal = "127.0.0.1:1"\nremote_port = 5\n`),
+    ['proxies[0].type: expected one of tcp, udp, http, tls'],
   );
   assert.deepEqual(problems(`${HEAD}reconnect_initial = "1m"\nreconnect_max = "1s"\n`), [
     'reconnect_max: must not be shorter than reconnect_initial',
@@ -93,4 +93,54 @@ test('every mistake is reported as source: key: reason', () => {
     problems(`server = "ws://x"\ntoken_file = "nope"\n`)[0]!,
     /^token_file: cannot read .*nope: ENOENT$/,
   );
+});
+
+test('udp, http and tls proxies take their own keys, and say which key is wrong', () => {
+  const file = write(
+    `${HEAD}[[proxies]]\nname = "dns"\ntype = "udp"\nlocal = "127.0.0.1:53"\nremote_port = 5353\nudp_idle_timeout = "30s"\nmax_flows = 10\n` +
+      `[[proxies]]\nname = "dns-tcp"\ntype = "tcp"\nlocal = "127.0.0.1:53"\nremote_port = 5353\nproxy_protocol = "v2"\n` +
+      `[[proxies]]\nname = "web"\ntype = "http"\nlocal = "127.0.0.1:3000"\nhosts = ["App.Example.com", "*.home.example.com"]\n` +
+      `subdomain = "app"\nlocations = ["/", "/api"]\nhttp_user = "u"\nhttp_password = "p"\nhost_header_rewrite = "internal.lan"\n` +
+      `request_headers = { "X-From" = "porthole" }\n` +
+      `[[proxies]]\nname = "vault"\ntype = "tls"\nlocal = "127.0.0.1:8200"\nhosts = ["vault.example.com"]\nproxy_protocol = "v1"\n`,
+  );
+  const config = loadClientConfig(file);
+  assert.deepEqual(config.proxies[0], {
+    name: 'dns',
+    type: 'udp',
+    local: { host: '127.0.0.1', port: 53 },
+    remotePort: 5353,
+    udpIdleTimeout: 30_000,
+    maxFlows: 10,
+  });
+  assert.equal(config.proxies[1]?.proxyProtocol, 'v2');
+  assert.deepEqual(config.proxies[2]?.hosts, ['app.example.com', '*.home.example.com']);
+  assert.deepEqual(config.proxies[2]?.requestHeaders, { 'X-From': 'porthole' });
+  assert.equal(config.proxies[3]?.type, 'tls');
+
+  const http = '[[proxies]]\nname = "w"\ntype = "http"\nlocal = "127.0.0.1:1"\n';
+  assert.deepEqual(problems(`${HEAD}${http}`), ['proxies[0].hosts: a http proxy needs hosts or subdomain']);
+  assert.deepEqual(problems(`${HEAD}${http}hosts = ["a.test"]\nremote_port = 80\nproxy_protocol = "v1"\n`), [
+    'proxies[0].remote_port: applies to tcp and udp proxies, not http',
+    'proxies[0].proxy_protocol: applies to tcp and tls proxies, not http',
+  ]);
+  assert.deepEqual(problems(`${HEAD}${http}hosts = ["bad host"]\n`), [
+    'proxies[0].hosts[0]: invalid hostname "bad host" (labels are letters, digits and "-", not starting or ending with "-")',
+  ]);
+  assert.deepEqual(problems(`${HEAD}${http}hosts = ["a.test"]\nhttp_user = "u"\nlocations = ["api"]\n`), [
+    'proxies[0].locations[0]: must start with "/" and contain no spaces, "?" or "#"',
+    'proxies[0].http_password: http_user and http_password go together',
+  ]);
+  assert.deepEqual(problems(`${HEAD}${http}hosts = ["a.test"]\nrequest_headers = { Host = "x" }\n`), [
+    'proxies[0].request_headers.Host: cannot be set here (use host_header_rewrite)',
+  ]);
+  const udp = '[[proxies]]\nname = "u"\ntype = "udp"\nlocal = "127.0.0.1:1"\n';
+  assert.deepEqual(problems(`${HEAD}${udp}`), ['proxies[0].remote_port: required']);
+  const quick = loadClientConfig(undefined, { server: 'ws://x', token: 't', udp: ['5353:127.0.0.1:53'] });
+  assert.deepEqual(quick.proxies[0], {
+    name: 'udp-5353',
+    type: 'udp',
+    local: { host: '127.0.0.1', port: 53 },
+    remotePort: 5353,
+  });
 });

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { PROXY_TYPES } from './rules.js';
+import { PROXY_TYPES, type ProxyType } from './rules.js';
 
 /** Proxy names: what logs, results and the admin API use to talk about one proxy. */
 export const PROXY_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -9,10 +9,34 @@ export const PROXY_NAME_RULE =
 export const proxyNameSchema = z.string().regex(PROXY_NAME, `must be ${PROXY_NAME_RULE} characters`);
 const port = z.number().int().min(1).max(65535);
 
+/**
+ * A proxy as the client registers it. tcp and udp proxies carry `remote_port`; http and tls proxies carry
+ * `hosts` and/or `subdomain`. Which fields a type requires is checked by the server (with reasons the
+ * client prints), not here: a malformed register must not end the session.
+ */
 export const proxySpecSchema = z.object({
   name: proxyNameSchema,
-  type: z.enum(PROXY_TYPES as [string, ...string[]]),
-  remote_port: port,
+  type: z.enum(PROXY_TYPES as [ProxyType, ...ProxyType[]]),
+  remote_port: port.optional(),
+  /** http/tls: hostnames, exact or "*.suffix". */
+  hosts: z.array(z.string().max(255)).max(64).optional(),
+  /** http/tls: a name in front of the server's subdomain_host. */
+  subdomain: z.string().max(63).optional(),
+  /** http: path prefixes this proxy serves on its hosts (longest wins); default ["/"]. */
+  locations: z.array(z.string().max(1024)).max(64).optional(),
+  /** http: basic auth the server asks visitors for. */
+  http_user: z.string().max(256).optional(),
+  http_password: z.string().max(256).optional(),
+  /** http: the Host header the local service receives. */
+  host_header_rewrite: z.string().max(255).optional(),
+  /** http: headers set on every request forwarded to the local service. */
+  request_headers: z.record(z.string().max(256), z.string().max(8192)).optional(),
+  /** tcp/tls: the client writes a PROXY protocol header to the local service (informational here). */
+  proxy_protocol: z.enum(['v1', 'v2']).optional(),
+  /** udp: a flow without datagrams for this long ends (both ends); the server's default otherwise. */
+  udp_idle_timeout_ms: z.number().int().min(100).max(86_400_000).optional(),
+  /** udp: concurrent flows (remote address:port) this proxy accepts; capped by the server. */
+  max_flows: z.number().int().min(1).max(1_000_000).optional(),
 });
 export type ProxySpec = z.infer<typeof proxySpecSchema>;
 
@@ -33,6 +57,8 @@ const proxyResult = z.object({
   proxy: z.string(),
   ok: z.boolean(),
   remote_addr: z.string().optional(),
+  /** http/tls: where visitors reach the proxy, e.g. "http://app.example.com:8080/api". */
+  urls: z.array(z.string()).max(1024).optional(),
   reason: z.string().optional(),
 });
 export type ProxyResult = z.infer<typeof proxyResult>;

@@ -1,33 +1,42 @@
 import { type HostPort, parseHostPort, parsePort } from './host-port.js';
 
-export type ProxyType = 'tcp';
-export const PROXY_TYPES: readonly ProxyType[] = ['tcp'];
+/** tcp and udp proxies own a public port; http and tls proxies are reached by hostname on shared ports. */
+export type ProxyType = 'tcp' | 'udp' | 'http' | 'tls';
+export const PROXY_TYPES: readonly ProxyType[] = ['tcp', 'udp', 'http', 'tls'];
+/** The types a quick-flag rule (REMOTE_PORT:LOCAL) can express. */
+export type PortProxyType = 'tcp' | 'udp';
+export const PORT_PROXY_TYPES: readonly PortProxyType[] = ['tcp', 'udp'];
+
+export function isPortProxyType(type: string): type is PortProxyType {
+  return (PORT_PROXY_TYPES as readonly string[]).includes(type);
+}
 
 export interface ProxyRule {
-  type: ProxyType;
+  type: PortProxyType;
   remotePort: number;
   local: HostPort;
 }
 
 /**
- * Parses a quick-flag rule: "2222:127.0.0.1:22", "tcp:2222:127.0.0.1:22", "2222:[::1]:22".
- * The remote port comes first (the port opened on the server), then the local address it reaches.
+ * Parses a quick-flag rule: "2222:127.0.0.1:22", "tcp:2222:127.0.0.1:22", "udp:5353:127.0.0.1:53",
+ * "2222:[::1]:22". The remote port comes first (the port opened on the server), then the local address.
  */
-export function parseRule(text: string): ProxyRule {
+export function parseRule(text: string, defaultType: PortProxyType = 'tcp'): ProxyRule {
   let rest = text.trim();
-  let type: ProxyType = 'tcp';
+  let type: PortProxyType = defaultType;
   const typed = /^([a-z]+):/.exec(rest);
   if (typed) {
-    if (!(PROXY_TYPES as readonly string[]).includes(typed[1]!)) {
+    if (!isPortProxyType(typed[1]!)) {
       throw new Error(
-        `unsupported proxy type "${typed[1]}" in rule "${text}" (supported: ${PROXY_TYPES.join(', ')})`,
+        `unsupported proxy type "${typed[1]}" in rule "${text}" (supported: ${PORT_PROXY_TYPES.join(', ')})`,
       );
     }
-    type = typed[1] as ProxyType;
+    type = typed[1];
     rest = rest.slice(typed[0].length);
   }
   const colon = rest.indexOf(':');
-  if (colon < 0) throw new Error(`invalid rule "${text}" (expected [tcp:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT)`);
+  if (colon < 0)
+    throw new Error(`invalid rule "${text}" (expected [${type}:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT)`);
   try {
     return { type, remotePort: parsePort(rest.slice(0, colon)), local: parseHostPort(rest.slice(colon + 1)) };
   } catch (err) {

@@ -15,6 +15,11 @@ export const streamHeaderSchema = z.object({
   remote_port: z.number().int().min(0).max(65535),
   /** The public address:port the visitor connected to. */
   public_addr: z.string(),
+  /** The server's own address and port of the visitor's connection (a PROXY header's destination). */
+  dest_addr: z.string().optional(),
+  dest_port: z.number().int().min(0).max(65535).optional(),
+  /** udp flows: the idle time after which the flow ends, so both ends use the server's value. */
+  udp_idle_timeout_ms: z.number().int().positive().optional(),
 });
 export type StreamHeader = z.infer<typeof streamHeaderSchema>;
 

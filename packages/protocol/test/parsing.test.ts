@@ -57,7 +57,13 @@ test('rules accept the plain and the typed form', () => {
   assert.deepEqual(parseRule('2222:127.0.0.1:22'), expected);
   assert.deepEqual(parseRule('tcp:2222:127.0.0.1:22'), expected);
   assert.deepEqual(parseRule('2222:[::1]:22'), { ...expected, local: { host: '::1', port: 22 } });
-  assert.throws(() => parseRule('udp:53:127.0.0.1:53'), /unsupported proxy type "udp"/);
+  assert.deepEqual(parseRule('udp:5353:127.0.0.1:53'), {
+    type: 'udp',
+    remotePort: 5353,
+    local: { host: '127.0.0.1', port: 53 },
+  });
+  assert.equal(parseRule('5353:127.0.0.1:53', 'udp').type, 'udp');
+  assert.throws(() => parseRule('http:80:127.0.0.1:3000'), /unsupported proxy type "http"/);
   assert.throws(() => parseRule('2222'), /invalid rule "2222"/);
   assert.throws(() => parseRule('x:127.0.0.1:22'), /unsupported proxy type "x"/);
   assert.throws(() => parseRule('2222:127.0.0.1'), /invalid rule "2222:127.0.0.1": invalid address/);

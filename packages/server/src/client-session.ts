@@ -14,6 +14,7 @@ import {
   type TokenClaims,
   writeMessage,
 } from '@porthole/protocol';
+import { type BoundProxy, bindRoutedProxy, type ProxyOwner, routedRefusal } from './proxy-routing.js';
 import type { ServerContext } from './server-context.js';
 import { TcpProxyListener } from './tcp-proxy-listener.js';
 
@@ -31,7 +32,12 @@ export class ClientSession {
   readonly name: string;
   private readonly logger: Logger;
   private readonly grant: PortRanges | undefined;
-  private readonly proxies = new Map<string, { listener: TcpProxyListener; port: number; spec: ProxySpec }>();
+  private readonly proxies = new Map<
+    string,
+    { listener: BoundProxy; port: number | undefined; spec: ProxySpec }
+  >();
+  /** Hostnames the token lets this client claim (undefined: any). */
+  private readonly hostGrant: readonly string[] | undefined;
   private control: Stream | undefined;
   private helloDone = false;
   private instanceId = '';
@@ -51,6 +57,7 @@ export class ClientSession {
     this.name = claims.sub;
     this.tokenId = claims.jti;
     this.grant = claims.ports === undefined ? undefined : PortRanges.parse(claims.ports);
+    this.hostGrant = claims.hosts;
     this.logger = ctx.logger.child({ client: this.name, session_id: this.sessionId });
     ctx.sessions.add(this);
     session.on('stream', (stream: Stream) => this.onStream(stream));
@@ -258,8 +265,9 @@ export class ClientSession {
   }
 
   private refusal(spec: ProxySpec): string | undefined {
+    if (spec.type !== 'tcp') return routedRefusal(this.ctx, this.owner, spec);
     const port = spec.remote_port;
-    if (spec.type !== 'tcp') return `proxy type "${spec.type}" is not supported by this server`;
+    if (port === undefined) return 'a tcp proxy needs remote_port';
     if (this.grant && !this.grant.contains(port)) {
       return `port ${port} is outside the token's grant (${this.grant})`;
     }
@@ -273,10 +281,21 @@ export class ClientSession {
     return undefined;
   }
 
+  /** This session as the routed proxies (udp, http, tls) see it. */
+  private get owner(): ProxyOwner {
+    return {
+      self: this,
+      name: this.name,
+      session: this.session,
+      portGrant: this.grant,
+      hostGrant: this.hostGrant,
+    };
+  }
+
   private async registerOne(spec: ProxySpec): Promise<ProxyResult> {
     const existing = this.proxies.get(spec.name);
-    if (existing && existing.port === spec.remote_port) {
-      return { proxy: spec.name, ok: true, remote_addr: existing.listener.address };
+    if (existing && JSON.stringify(existing.spec) === JSON.stringify(spec)) {
+      return this.registered(spec.name, existing.listener);
     }
     const reason = this.refusal(spec);
     if (reason) {
@@ -284,32 +303,61 @@ export class ClientSession {
       return { proxy: spec.name, ok: false, reason };
     }
     if (existing) this.closeProxies([spec.name], 'replaced by a new registration');
-    const listener = new TcpProxyListener({
-      client: this.name,
-      proxy: spec,
-      bindHost: this.ctx.config.proxyBind,
-      session: this.session,
-      logger: this.ctx.logger,
-      tracker: this.ctx.tracker,
-    });
-    // Hold the port before the asynchronous bind, so two registrations cannot race for it.
-    this.ctx.ports.set(spec.remote_port, { owner: this, proxy: spec.name });
+    let listener: BoundProxy;
+    let port: number | undefined;
     try {
-      await listener.listen();
+      if (spec.type === 'tcp') {
+        port = spec.remote_port!;
+        listener = await this.bindTcp(spec, port);
+      } else {
+        listener = await bindRoutedProxy(this.ctx, this.owner, spec);
+      }
     } catch (err) {
-      this.ctx.ports.delete(spec.remote_port);
       const reason = (err as Error).message;
       this.logger.warn({ proxy: spec.name, reason }, 'proxy refused');
       return { proxy: spec.name, ok: false, reason };
     }
     if (this.closed) {
       listener.close();
-      this.ctx.ports.delete(spec.remote_port);
+      if (port !== undefined && this.ctx.ports.get(port)?.owner === this) this.ctx.ports.delete(port);
       return { proxy: spec.name, ok: false, reason: 'session closed' };
     }
-    this.proxies.set(spec.name, { listener, port: spec.remote_port, spec });
-    this.logger.info({ proxy: spec.name, remote_addr: listener.address }, 'proxy listening');
-    return { proxy: spec.name, ok: true, remote_addr: listener.address };
+    this.proxies.set(spec.name, { listener, port, spec });
+    this.logger.info(
+      { proxy: spec.name, type: spec.type, remote_addr: listener.address, urls: listener.urls },
+      'proxy listening',
+    );
+    return this.registered(spec.name, listener);
+  }
+
+  private registered(proxy: string, listener: BoundProxy): ProxyResult {
+    return {
+      proxy,
+      ok: true,
+      remote_addr: listener.address,
+      ...(listener.urls === undefined ? {} : { urls: listener.urls }),
+    };
+  }
+
+  /** Binds a tcp proxy's public port; rejects with the reason for the client. */
+  private async bindTcp(spec: ProxySpec, port: number): Promise<TcpProxyListener> {
+    const listener = new TcpProxyListener({
+      client: this.name,
+      proxy: { ...spec, remote_port: port },
+      bindHost: this.ctx.config.proxyBind,
+      session: this.session,
+      logger: this.ctx.logger,
+      tracker: this.ctx.tracker,
+    });
+    // Hold the port before the asynchronous bind, so two registrations cannot race for it.
+    this.ctx.ports.set(port, { owner: this, proxy: spec.name });
+    try {
+      await listener.listen();
+    } catch (err) {
+      this.ctx.ports.delete(port);
+      throw err;
+    }
+    return listener;
   }
 
   private closeProxies(names: readonly string[], reason: string): void {
@@ -318,7 +366,8 @@ export class ClientSession {
       if (!entry) continue;
       this.proxies.delete(name);
       entry.listener.close();
-      if (this.ctx.ports.get(entry.port)?.owner === this) this.ctx.ports.delete(entry.port);
+      if (entry.port !== undefined && this.ctx.ports.get(entry.port)?.owner === this)
+        this.ctx.ports.delete(entry.port);
       this.logger.info({ proxy: name, reason }, 'proxy closed');
     }
   }

@@ -15,6 +15,7 @@ import {
   readSecretFile,
 } from '@porthole/protocol';
 import { z } from 'zod';
+import { loadRoutingConfig, type RoutingConfig, routingConfigShape } from './routing-config.js';
 
 /** Loopback only unless the operator says otherwise: the admin API shows every client and connection. */
 export const DEFAULT_ADMIN_LISTEN = '127.0.0.1:7500';
@@ -52,6 +53,7 @@ const serverSchema = z
       },
       { error: expected('an [auth] table with secret or secret_file') },
     ),
+    ...routingConfigShape,
     tls: z
       .strictObject({
         cert_file: z.string({ error: expected('a file path') }),
@@ -108,6 +110,8 @@ export interface ServerConfig {
     failureWindow: number;
   };
   tls?: { cert: Buffer; key: Buffer };
+  /** subdomain_host, trusted_proxies, udp_*, [http], [https]; absent: defaults (no vhost ports). */
+  routing?: RoutingConfig;
   /** The admin listener (JSON API, /metrics, status page); absent when there is no [admin] table. */
   admin?: { listen: HostPort; token: string };
 }
@@ -161,6 +165,7 @@ export function loadServerConfig(file: string): ServerConfig {
       key: readPemFile(file, 'tls.key_file', expandConfigPath(file, 'tls.key_file', raw.tls.key_file)),
     };
   }
+  config.routing = loadRoutingConfig(file, raw, config.tls);
   if (raw.admin) {
     const token =
       raw.admin.token ??

@@ -67,7 +67,7 @@ export class ControlEndpoint {
       res.end(onPath ? 'porthole control endpoint: WebSocket upgrade required\n' : 'not found\n');
     });
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
-      this.onUpgrade(req, socket, head),
+      this.handleUpgrade(req, socket, head),
     );
     this.server.on('tlsClientError', (err, socket) => {
       opts.logger.debug({ remote_addr: remoteOf(socket), reason: err.message }, 'tls handshake failed');
@@ -105,7 +105,8 @@ export class ControlEndpoint {
     }
   }
 
-  private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+  /** An upgrade request on the control path (also called by the vhost ports for their upgrades). */
+  handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => socket.destroy());
     const remoteAddr = remoteOf(socket);
     if (this.pathOf(req) !== this.opts.path) {

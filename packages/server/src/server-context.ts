@@ -1,6 +1,7 @@
 import type { ConnectionTracker, Logger } from '@porthole/protocol';
 import type { ClientSession } from './client-session.js';
 import type { ServerConfig } from './config.js';
+import type { RoutingState } from './proxy-routing.js';
 
 /** What every client session shares: settings, the registry of clients and ports, the connection count. */
 export interface ServerContext {
@@ -15,4 +16,6 @@ export interface ServerContext {
   readonly sessions: Set<ClientSession>;
   /** Public port -> the session and proxy that hold it. */
   readonly ports: Map<number, { owner: ClientSession; proxy: string }>;
+  /** UDP ports, hostname routes and the vhost ports' addresses (udp, http and tls proxies). */
+  readonly routing: RoutingState;
 }

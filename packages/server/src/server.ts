@@ -7,10 +7,12 @@ import { ClientSession } from './client-session.js';
 import type { ServerConfig } from './config.js';
 import { ControlEndpoint } from './control-endpoint.js';
 import { Histogram, timeStreamOpens } from './metrics.js';
+import { createRoutingState } from './proxy-routing.js';
 import { ProxyTraffic } from './proxy-traffic.js';
 import { reloadServer } from './reload.js';
 import type { ServerContext } from './server-context.js';
 import { type ServerCounters, ServerStatus } from './server-status.js';
+import { VhostPorts } from './vhost-ports.js';
 
 /** How long to let final GoAway/close frames reach clients before the process exits. */
 const CLOSE_FLUSH_MS = 1000;
@@ -23,6 +25,7 @@ const CLOSE_FLUSH_MS = 1000;
 export class PortholeServer {
   readonly ctx: ServerContext;
   private readonly endpoint: ControlEndpoint;
+  private readonly vhostPorts: VhostPorts;
   private readonly authenticator: UpgradeAuthenticator;
   private readonly sockets = new Set<WebSocket>();
   private stopping = false;
@@ -39,6 +42,7 @@ export class PortholeServer {
       clients: new Map(),
       sessions: new Set(),
       ports: new Map(),
+      routing: createRoutingState(),
     };
     this.authenticator = new UpgradeAuthenticator(config.auth);
     this.counters = {
@@ -56,6 +60,9 @@ export class PortholeServer {
       logger,
       onClient: (ws, claims, remoteAddr) => this.onClient(ws, claims, remoteAddr),
     });
+    this.vhostPorts = new VhostPorts(this.ctx, (req, socket, head) =>
+      this.endpoint.handleUpgrade(req, socket, head),
+    );
   }
 
   /** Starts the control endpoint (and the admin listener, if configured); resolves with its bound address. */
@@ -80,6 +87,14 @@ export class PortholeServer {
       address = await this.endpoint.listen();
     } catch (err) {
       this.admin?.close();
+      throw err;
+    }
+    try {
+      await this.vhostPorts.start();
+    } catch (err) {
+      this.admin?.close();
+      this.endpoint.stopAccepting();
+      this.vhostPorts.stopAccepting();
       throw err;
     }
     this.ctx.logger.info(
@@ -144,6 +159,7 @@ export class PortholeServer {
     const { logger, tracker, config } = this.ctx;
     logger.info({ open_connections: tracker.size, timeout_ms: config.shutdownTimeout }, 'shutting down');
     this.endpoint.stopAccepting();
+    this.vhostPorts.stopAccepting();
     for (const session of this.ctx.sessions) session.drain('server shutting down');
     const drained = await tracker.waitIdle(config.shutdownTimeout);
     if (!drained)
@@ -152,6 +168,7 @@ export class PortholeServer {
     const closing = [...this.sockets].map((ws) => nextClose(ws));
     await Promise.race([Promise.all(closing), new Promise((r) => setTimeout(r, CLOSE_FLUSH_MS).unref())]);
     this.endpoint.closeAll();
+    this.vhostPorts.closeAll();
     // Connections cut by the close still get their "connection closed" line.
     await tracker.waitIdle(CLOSE_FLUSH_MS);
     this.admin?.close();

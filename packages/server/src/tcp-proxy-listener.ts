@@ -10,7 +10,7 @@ import {
 
 export interface TcpProxyListenerOptions {
   client: string;
-  proxy: ProxySpec;
+  proxy: ProxySpec & { remote_port: number };
   bindHost: string;
   session: Session;
   logger: Logger;
@@ -80,6 +80,9 @@ export class TcpProxyListener {
       remote_addr: remoteHost,
       remote_port: remotePort,
       public_addr: this.address,
+      ...(socket.localAddress === undefined
+        ? {}
+        : { dest_addr: socket.localAddress, dest_port: socket.localPort ?? 0 }),
     });
     tracker.carry(socket, stream, {
       labels: ['visitor', 'tunnel'],

@@ -1,0 +1,214 @@
+// One [[proxies]] table of client.toml: the keys each proxy type takes, their checks, and what the
+// server is told at registration.
+import {
+  durationField,
+  expected,
+  type HostPort,
+  hostPortField,
+  PROXY_TYPES,
+  type ProxySpec,
+  type ProxyType,
+  parseHostPattern,
+  parseSubdomain,
+  proxyNameSchema,
+} from '@porthole/protocol';
+import { z } from 'zod';
+
+const hostField = z.string({ error: expected('a hostname') }).transform((text, ctx) => {
+  try {
+    return parseHostPattern(text);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message });
+    return z.NEVER;
+  }
+});
+
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+/** Headers the tunnel itself sets or that would break the framing; request_headers may not set them. */
+const RESERVED_HEADERS = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'upgrade']);
+
+const portField = z
+  .number({ error: expected('a port number') })
+  .int()
+  .min(1)
+  .max(65535);
+
+/** Keys only some types take: [type that may use it, ...]. */
+const KEY_TYPES: Record<string, readonly ProxyType[]> = {
+  remote_port: ['tcp', 'udp'],
+  hosts: ['http', 'tls'],
+  subdomain: ['http', 'tls'],
+  locations: ['http'],
+  http_user: ['http'],
+  http_password: ['http'],
+  host_header_rewrite: ['http'],
+  request_headers: ['http'],
+  proxy_protocol: ['tcp', 'tls'],
+  udp_idle_timeout: ['udp'],
+  max_flows: ['udp'],
+};
+
+export const proxySchema = z
+  .strictObject({
+    name: proxyNameSchema,
+    type: z.enum(PROXY_TYPES as [ProxyType, ...ProxyType[]], {
+      error: expected(`one of ${PROXY_TYPES.join(', ')}`),
+    }),
+    local: hostPortField(),
+    remote_port: portField.optional(),
+    hosts: z
+      .array(hostField, { error: expected('a list of hostnames') })
+      .max(64)
+      .optional(),
+    subdomain: z
+      .string({ error: expected('a name like "app"') })
+      .transform((text, ctx) => {
+        try {
+          return parseSubdomain(text);
+        } catch (err) {
+          ctx.addIssue({ code: 'custom', message: (err as Error).message });
+          return z.NEVER;
+        }
+      })
+      .optional(),
+    locations: z
+      .array(
+        z
+          .string({ error: expected('a path like "/api"') })
+          .regex(/^\/[^\s?#]*$/, 'must start with "/" and contain no spaces, "?" or "#"'),
+        { error: expected('a list of paths like ["/", "/api"]') },
+      )
+      .min(1)
+      .max(64)
+      .optional(),
+    http_user: z
+      .string({ error: expected('a string') })
+      .min(1)
+      .max(256)
+      .optional(),
+    http_password: z
+      .string({ error: expected('a string') })
+      .min(1)
+      .max(256)
+      .optional(),
+    host_header_rewrite: hostField
+      .refine((host) => !host.startsWith('*.'), 'must be a plain hostname')
+      .optional(),
+    request_headers: z
+      .record(
+        z.string().regex(HEADER_NAME, 'must be an HTTP header name'),
+        z.string({ error: expected('a header value') }).regex(/^[^\r\n]*$/, 'must be one line'),
+        { error: expected('a table of header = "value"') },
+      )
+      .optional(),
+    proxy_protocol: z.enum(['v1', 'v2'], { error: expected('"v1" or "v2"') }).optional(),
+    udp_idle_timeout: durationField.optional(),
+    max_flows: z
+      .number({ error: expected('a number of flows') })
+      .int()
+      .min(1)
+      .max(1_000_000)
+      .optional(),
+  })
+  .superRefine((proxy, ctx) => {
+    for (const [key, types] of Object.entries(KEY_TYPES)) {
+      if ((proxy as Record<string, unknown>)[key] !== undefined && !types.includes(proxy.type)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: [key],
+          message: `applies to ${types.join(' and ')} proxies, not ${proxy.type}`,
+        });
+      }
+    }
+    if ((proxy.type === 'tcp' || proxy.type === 'udp') && proxy.remote_port === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['remote_port'], message: 'required' });
+    }
+    if ((proxy.type === 'http' || proxy.type === 'tls') && !proxy.hosts?.length && !proxy.subdomain) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['hosts'],
+        message: `a ${proxy.type} proxy needs hosts or subdomain`,
+      });
+    }
+    if ((proxy.http_user === undefined) !== (proxy.http_password === undefined)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['http_password'],
+        message: 'http_user and http_password go together',
+      });
+    }
+    for (const name of Object.keys(proxy.request_headers ?? {})) {
+      if (RESERVED_HEADERS.has(name.toLowerCase())) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['request_headers', name],
+          message: `cannot be set here${name.toLowerCase() === 'host' ? ' (use host_header_rewrite)' : ''}`,
+        });
+      }
+    }
+    if (proxy.udp_idle_timeout !== undefined && proxy.udp_idle_timeout < 100) {
+      ctx.addIssue({ code: 'custom', path: ['udp_idle_timeout'], message: 'must be at least 100ms' });
+    }
+  });
+
+export type RawProxy = z.output<typeof proxySchema>;
+
+export interface ProxyConfig {
+  name: string;
+  type: ProxyType;
+  local: HostPort;
+  /** tcp, udp: the public port on the server. */
+  remotePort?: number;
+  /** http, tls: hostnames (exact or "*.suffix") and/or a subdomain of the server's subdomain_host. */
+  hosts?: string[];
+  subdomain?: string;
+  /** http: path prefixes served (longest wins at the server). */
+  locations?: string[];
+  httpUser?: string;
+  httpPassword?: string;
+  hostHeaderRewrite?: string;
+  requestHeaders?: Record<string, string>;
+  /** tcp, tls: write a PROXY protocol header to the local service before the visitor's bytes. */
+  proxyProtocol?: 'v1' | 'v2';
+  /** udp: ms without datagrams before a flow ends (the server's setting when absent). */
+  udpIdleTimeout?: number;
+  maxFlows?: number;
+}
+
+export function toProxyConfig(raw: RawProxy): ProxyConfig {
+  const proxy: ProxyConfig = { name: raw.name, type: raw.type, local: raw.local };
+  if (raw.remote_port !== undefined) proxy.remotePort = raw.remote_port;
+  if (raw.hosts !== undefined) proxy.hosts = raw.hosts;
+  if (raw.subdomain !== undefined) proxy.subdomain = raw.subdomain;
+  if (raw.locations !== undefined) proxy.locations = raw.locations;
+  if (raw.http_user !== undefined) proxy.httpUser = raw.http_user;
+  if (raw.http_password !== undefined) proxy.httpPassword = raw.http_password;
+  if (raw.host_header_rewrite !== undefined) proxy.hostHeaderRewrite = raw.host_header_rewrite;
+  if (raw.request_headers !== undefined) proxy.requestHeaders = raw.request_headers;
+  if (raw.proxy_protocol !== undefined) proxy.proxyProtocol = raw.proxy_protocol;
+  if (raw.udp_idle_timeout !== undefined) proxy.udpIdleTimeout = raw.udp_idle_timeout;
+  if (raw.max_flows !== undefined) proxy.maxFlows = raw.max_flows;
+  return proxy;
+}
+
+/** What the server is told about a proxy at registration. */
+export function proxySpecFields(proxy: ProxyConfig): ProxySpec {
+  const spec: ProxySpec = { name: proxy.name, type: proxy.type };
+  if (proxy.remotePort !== undefined) spec.remote_port = proxy.remotePort;
+  if (proxy.hosts !== undefined) spec.hosts = proxy.hosts;
+  if (proxy.subdomain !== undefined) spec.subdomain = proxy.subdomain;
+  if (proxy.locations !== undefined) spec.locations = proxy.locations;
+  if (proxy.httpUser !== undefined) spec.http_user = proxy.httpUser;
+  if (proxy.httpPassword !== undefined) spec.http_password = proxy.httpPassword;
+  if (proxy.hostHeaderRewrite !== undefined) spec.host_header_rewrite = proxy.hostHeaderRewrite;
+  if (proxy.requestHeaders !== undefined) spec.request_headers = proxy.requestHeaders;
+  if (proxy.proxyProtocol !== undefined) spec.proxy_protocol = proxy.proxyProtocol;
+  if (proxy.udpIdleTimeout !== undefined) spec.udp_idle_timeout_ms = proxy.udpIdleTimeout;
+  if (proxy.maxFlows !== undefined) spec.max_flows = proxy.maxFlows;
+  return spec;
+}
+
+/** The key a proxy's public port is unique under: tcp and udp ports are separate spaces. */
+export function portKey(proxy: { type: ProxyType; remote_port?: number | undefined }): string | undefined {
+  return proxy.remote_port === undefined ? undefined : `${proxy.type}/${proxy.remote_port}`;
+}

@@ -1,0 +1,155 @@
+// The client side of one UDP flow: a server-opened stream carrying u16-framed datagrams from one remote
+// address:port, relayed to the local UDP service through a socket of its own (so the service's replies
+// come back to this flow). The flow ends after the idle timeout (the server's, from the stream header),
+// when the server ends it, or when the stream breaks. Lossy like UDP: drops are counted, never fatal.
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { isIPv6 } from 'node:net';
+import type { Stream } from '@porthole/mux';
+import {
+  DatagramDecoder,
+  DatagramWriter,
+  formatHostPort,
+  type Logger,
+  type StreamHeader,
+} from '@porthole/protocol';
+import type { ProxyConfig } from './proxy-config.js';
+
+export const DEFAULT_UDP_IDLE_TIMEOUT_MS = 60_000;
+/** Datagrams held while the local socket is still connecting. */
+const MAX_PENDING_DATAGRAMS = 64;
+/** Datagrams are dropped while this many bytes wait in the local socket's send queue. */
+const MAX_SEND_QUEUE_BYTES = 1024 * 1024;
+const MAX_UDP_PAYLOAD = { udp4: 65_507, udp6: 65_527 } as const;
+const FLOW_CLOSE_GRACE_MS = 5_000;
+
+export interface UdpFlowCounts {
+  datagramsIn: number;
+  datagramsOut: number;
+  bytesIn: number;
+  bytesOut: number;
+  dropped: number;
+}
+
+/** Serves one UDP flow stream (its header already read). Resolves when the flow is over. */
+export function serveUdpFlow(
+  stream: Stream,
+  header: StreamHeader,
+  proxy: ProxyConfig,
+  logger: Logger,
+): Promise<UdpFlowCounts> {
+  const family = isIPv6(proxy.local.host) ? 'udp6' : 'udp4';
+  const local = formatHostPort(proxy.local.host, proxy.local.port);
+  const idleMs = header.udp_idle_timeout_ms ?? proxy.udpIdleTimeout ?? DEFAULT_UDP_IDLE_TIMEOUT_MS;
+  const socket: UdpSocket = createSocket(family);
+  const decoder = new DatagramDecoder({ maxDatagramBytes: MAX_UDP_PAYLOAD[family] });
+  const writer = new DatagramWriter(stream);
+  const counts: UdpFlowCounts = { datagramsIn: 0, datagramsOut: 0, bytesIn: 0, bytesOut: 0, dropped: 0 };
+  const started = performance.now();
+  let lastActivity = started;
+  let connected = false;
+  let pending: Buffer[] = [];
+  let reason: string | undefined;
+  let socketClosed = false;
+  let timer: NodeJS.Timeout | undefined;
+
+  return new Promise((resolve) => {
+    const closeSocket = () => {
+      if (socketClosed) return;
+      socketClosed = true;
+      socket.close();
+    };
+    const end = (why: string) => {
+      reason ??= why;
+      clearTimeout(timer);
+      closeSocket();
+      if (!stream.destroyed && !stream.writableEnded) {
+        stream.end();
+        // The server answers our FIN with its own; a stream it never finishes is reset.
+        const grace = setTimeout(() => stream.destroy(), FLOW_CLOSE_GRACE_MS);
+        grace.unref();
+        stream.once('close', () => clearTimeout(grace));
+      }
+    };
+    const arm = (ms: number) => {
+      timer = setTimeout(() => {
+        const idle = performance.now() - lastActivity;
+        if (idle >= idleMs) end('idle timeout');
+        else arm(idleMs - idle);
+      }, ms);
+      timer.unref();
+    };
+    const sendLocal = (datagram: Buffer) => {
+      if (socketClosed || socket.getSendQueueSize() > MAX_SEND_QUEUE_BYTES) {
+        counts.dropped++;
+        return;
+      }
+      counts.datagramsIn++;
+      counts.bytesIn += datagram.length;
+      socket.send(datagram, (err) => {
+        if (err) counts.dropped++;
+      });
+    };
+
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      // ICMP port unreachable on a connected socket: the service is down for now; UDP carries on.
+      if (err.code === 'ECONNREFUSED') {
+        counts.dropped++;
+        return;
+      }
+      logger.warn({ proxy: proxy.name, conn: header.conn, local, reason: err.message }, 'udp local error');
+      end(`local socket: ${err.code ?? err.message}`);
+    });
+    socket.on('message', (msg) => {
+      lastActivity = performance.now();
+      if (writer.write(msg) === 'sent') {
+        counts.datagramsOut++;
+        counts.bytesOut += msg.length;
+      } else counts.dropped++;
+    });
+    socket.connect(proxy.local.port, proxy.local.host, () => {
+      connected = true;
+      const queued = pending;
+      pending = [];
+      for (const datagram of queued) sendLocal(datagram);
+    });
+
+    stream.on('data', (chunk: Buffer) => {
+      const before = decoder.stats.droppedOversize;
+      const datagrams = decoder.push(chunk);
+      counts.dropped += decoder.stats.droppedOversize - before;
+      if (datagrams.length > 0) lastActivity = performance.now();
+      for (const datagram of datagrams) {
+        if (connected) sendLocal(datagram);
+        else if (pending.length < MAX_PENDING_DATAGRAMS) pending.push(Buffer.from(datagram));
+        else counts.dropped++;
+      }
+    });
+    stream.on('end', () => end('server ended the flow'));
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      reason ??= err.code === 'ERR_STREAM_RESET' ? 'reset' : err.message;
+    });
+    stream.on('close', () => {
+      clearTimeout(timer);
+      closeSocket();
+      if (!decoder.end()) counts.dropped++;
+      logger.info(
+        {
+          proxy: proxy.name,
+          conn: header.conn,
+          remote_addr: formatHostPort(header.remote_addr, header.remote_port),
+          local,
+          datagrams_in: counts.datagramsIn,
+          datagrams_out: counts.datagramsOut,
+          bytes_in: counts.bytesIn,
+          bytes_out: counts.bytesOut,
+          dropped: counts.dropped,
+          ms: Math.round(performance.now() - started),
+          reason: reason ?? 'closed',
+        },
+        'udp flow closed',
+      );
+      resolve(counts);
+    });
+    arm(idleMs);
+  });
+}

@@ -1,0 +1,91 @@
+// Hostnames that http and tls proxies claim, the patterns tokens grant (`--hosts`), and the names visitors
+// send (Host header, SNI). Everything is compared lowercased without a trailing dot.
+
+const LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+const MAX_HOST_LENGTH = 253;
+
+function checkName(name: string, whole: string): void {
+  if (name.length === 0 || name.length > MAX_HOST_LENGTH) {
+    throw new Error(`invalid hostname "${whole}" (1-${MAX_HOST_LENGTH} characters)`);
+  }
+  for (const label of name.split('.')) {
+    if (!LABEL.test(label)) {
+      throw new Error(
+        `invalid hostname "${whole}" (labels are letters, digits and "-", not starting or ending with "-")`,
+      );
+    }
+  }
+}
+
+/**
+ * Validates and normalizes a hostname pattern: an exact name ("app.example.com") or a wildcard
+ * ("*.home.example.com", which matches names at any depth below home.example.com, not the name itself).
+ */
+export function parseHostPattern(text: string): string {
+  const lower = text.trim().toLowerCase().replace(/\.$/, '');
+  if (lower.startsWith('*.')) {
+    checkName(lower.slice(2), text);
+    return lower;
+  }
+  checkName(lower, text);
+  return lower;
+}
+
+/** Validates a `subdomain` (one or more labels, put in front of the server's subdomain_host). */
+export function parseSubdomain(text: string): string {
+  const lower = text.trim().toLowerCase();
+  if (lower.includes('*')) throw new Error(`invalid subdomain "${text}" (no wildcards)`);
+  checkName(lower, text);
+  return lower;
+}
+
+export function isWildcardHost(pattern: string): boolean {
+  return pattern.startsWith('*.');
+}
+
+/** True when the (exact, normalized) `host` is `pattern` or lies below a wildcard `pattern`. */
+export function hostMatchesPattern(host: string, pattern: string): boolean {
+  if (!isWildcardHost(pattern)) return host === pattern;
+  return host.endsWith(pattern.slice(1)) && host.length > pattern.length - 1;
+}
+
+/**
+ * Whether a token's host grant lets a client claim `requested` (an exact name or a wildcard). Absent
+ * grant: any name (as an absent port grant means any port). A wildcard grant covers the names below it
+ * and the narrower wildcards below it ("*.example.com" covers "a.example.com" and "*.home.example.com").
+ */
+export function hostGrantAllows(grant: readonly string[] | undefined, requested: string): boolean {
+  if (grant === undefined) return true;
+  for (const raw of grant) {
+    let pattern: string;
+    try {
+      pattern = parseHostPattern(raw);
+    } catch {
+      continue;
+    }
+    if (pattern === requested) return true;
+    if (!isWildcardHost(pattern)) continue;
+    // An exact name below the wildcard, or a narrower wildcard: both end with ".suffix".
+    const target = isWildcardHost(requested) ? requested.slice(2) : requested;
+    if (hostMatchesPattern(target, pattern)) return true;
+  }
+  return false;
+}
+
+/**
+ * The hostname a visitor asked for, from a Host header ("App.Example.com:8080", "[::1]:80") or an SNI
+ * name: lowercased, port and trailing dot removed. Undefined when it is not a usable name.
+ */
+export function normalizeRequestHost(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  let host = value.trim().toLowerCase();
+  if (host.startsWith('[')) {
+    const end = host.indexOf(']');
+    return end > 0 ? host.slice(1, end) : undefined;
+  }
+  const colon = host.indexOf(':');
+  if (colon >= 0) host = host.slice(0, colon);
+  host = host.replace(/\.$/, '');
+  if (host === '' || host.length > MAX_HOST_LENGTH || !/^[a-z0-9._-]+$/.test(host)) return undefined;
+  return host;
+}

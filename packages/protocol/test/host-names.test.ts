@@ -1,0 +1,62 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import {
+  hostGrantAllows,
+  hostMatchesPattern,
+  normalizeRequestHost,
+  parseHostPattern,
+  parseSubdomain,
+} from '../src/host-names.js';
+
+test('host patterns normalize and reject what cannot be a hostname', () => {
+  assert.equal(parseHostPattern('App.Example.COM.'), 'app.example.com');
+  assert.equal(parseHostPattern('*.Home.example.com'), '*.home.example.com');
+  assert.equal(parseHostPattern('localhost'), 'localhost');
+  for (const bad of [
+    '',
+    '*',
+    '*.',
+    'a..b',
+    '-a.com',
+    'a-.com',
+    'a b.com',
+    'a.*.com',
+    'app.com:80',
+    'x'.repeat(64),
+  ]) {
+    assert.throws(() => parseHostPattern(bad), /invalid hostname/, bad);
+  }
+  assert.equal(parseSubdomain('App'), 'app');
+  assert.throws(() => parseSubdomain('*.app'), /no wildcards/);
+});
+
+test('wildcards match names at any depth below them, never the name itself', () => {
+  assert.ok(hostMatchesPattern('a.example.com', '*.example.com'));
+  assert.ok(hostMatchesPattern('b.a.example.com', '*.example.com'));
+  assert.ok(!hostMatchesPattern('example.com', '*.example.com'));
+  assert.ok(!hostMatchesPattern('badexample.com', '*.example.com'));
+  assert.ok(hostMatchesPattern('example.com', 'example.com'));
+  assert.ok(!hostMatchesPattern('a.example.com', 'example.com'));
+});
+
+test('a host grant allows exactly its names and what its wildcards cover', () => {
+  const grant = ['app.example.com', '*.home.example.com'];
+  assert.ok(hostGrantAllows(undefined, 'anything.test'));
+  assert.ok(hostGrantAllows(grant, 'app.example.com'));
+  assert.ok(hostGrantAllows(grant, 'nas.home.example.com'));
+  assert.ok(hostGrantAllows(grant, '*.home.example.com'));
+  assert.ok(hostGrantAllows(grant, '*.media.home.example.com'));
+  assert.ok(!hostGrantAllows(grant, 'home.example.com'));
+  assert.ok(!hostGrantAllows(grant, '*.example.com'));
+  assert.ok(!hostGrantAllows(grant, 'other.example.com'));
+  assert.ok(!hostGrantAllows([], 'app.example.com'));
+});
+
+test('request hosts lose their port, case and trailing dot; junk is undefined', () => {
+  assert.equal(normalizeRequestHost('App.Example.com:8080'), 'app.example.com');
+  assert.equal(normalizeRequestHost('app.example.com.'), 'app.example.com');
+  assert.equal(normalizeRequestHost('[::1]:80'), '::1');
+  assert.equal(normalizeRequestHost(undefined), undefined);
+  assert.equal(normalizeRequestHost(''), undefined);
+  assert.equal(normalizeRequestHost('a/b'), undefined);
+});

@@ -1,0 +1,155 @@
+// Which proxy serves a hostname (and, for http, a path): the table behind the http vhost port and the TLS
+// port. Lookup order: exact names, then wildcards (the most specific first), then subdomains of
+// subdomain_host; within a name, the longest matching location prefix wins.
+export type RouteTier = 'exact' | 'wildcard' | 'subdomain';
+
+/** One name (and location) a proxy claims. */
+export interface HostClaim {
+  /** Normalized pattern: "app.example.com", "*.example.com", or the full name of a subdomain. */
+  host: string;
+  tier: RouteTier;
+  /** Path prefix, "/" for everything (tls routes always use "/"). */
+  location: string;
+}
+
+export interface RouteEntry<T> extends HostClaim {
+  client: string;
+  proxy: string;
+  /** Where requests go; undefined once the proxy's client went away (visitors then get 502, not 404). */
+  target: T | undefined;
+  offlineSince: number;
+}
+
+/** How long a route whose client left keeps answering 502 before its name is forgotten (404). */
+export const OFFLINE_ROUTE_TTL_MS = 24 * 3600_000;
+/** At most this many offline routes are remembered (the oldest are forgotten first). */
+export const MAX_OFFLINE_ROUTES = 10_000;
+
+/** True when `path` (a URL pathname) is under `location`: "/api" covers "/api" and "/api/x", not "/apix". */
+export function locationMatches(path: string, location: string): boolean {
+  if (location === '/' || path === location) return true;
+  if (!path.startsWith(location)) return false;
+  return location.endsWith('/') || path.charCodeAt(location.length) === 0x2f;
+}
+
+export class HostRoutes<T> {
+  /** Pattern -> the entries claiming it (one per location). */
+  private readonly byHost = new Map<string, RouteEntry<T>[]>();
+  private offlineCount = 0;
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  /**
+   * Why `client`'s proxy cannot claim these names, or undefined. A name held (online) by another client
+   * is refused; one (name, location) pair belongs to one proxy. Offline routes never block a claim.
+   */
+  conflict(client: string, proxy: string, claims: readonly HostClaim[]): string | undefined {
+    for (const claim of claims) {
+      for (const entry of this.byHost.get(claim.host) ?? []) {
+        if (entry.target === undefined) continue;
+        if (entry.client !== client) return `hostname ${claim.host} is in use by another client`;
+        if (entry.proxy !== proxy && entry.location === claim.location) {
+          return `hostname ${claim.host}${claim.location === '/' ? '' : ` location ${claim.location}`} is already used by proxy "${entry.proxy}"`;
+        }
+      }
+    }
+    return undefined;
+  }
+
+  /** True when another client holds `host` (online) in this table. */
+  heldByOther(client: string, host: string): boolean {
+    return (this.byHost.get(host) ?? []).some((e) => e.target !== undefined && e.client !== client);
+  }
+
+  /** Adds a proxy's claims (check conflict() first); offline entries for the same name and location go. */
+  add(client: string, proxy: string, claims: readonly HostClaim[], target: T): void {
+    for (const claim of claims) {
+      const list = (this.byHost.get(claim.host) ?? []).filter((e) => {
+        const replaced = e.location === claim.location && (e.target === undefined || e.proxy === proxy);
+        if (replaced && e.target === undefined) this.offlineCount--;
+        return !replaced;
+      });
+      list.push({ ...claim, client, proxy, target, offlineSince: 0 });
+      this.byHost.set(claim.host, list);
+    }
+  }
+
+  /**
+   * The proxy stopped serving: its entries stay as offline routes (502 for visitors) until another
+   * proxy claims the name or OFFLINE_ROUTE_TTL_MS passes. With `forget`, they are removed (404).
+   */
+  release(target: T, opts: { forget?: boolean } = {}): void {
+    const now = this.now();
+    for (const [host, list] of this.byHost) {
+      const kept: RouteEntry<T>[] = [];
+      for (const entry of list) {
+        if (entry.target !== target) kept.push(entry);
+        else if (!opts.forget) {
+          kept.push({ ...entry, target: undefined, offlineSince: now });
+          this.offlineCount++;
+        }
+      }
+      if (kept.length === 0) this.byHost.delete(host);
+      else this.byHost.set(host, kept);
+    }
+    this.sweep(now);
+  }
+
+  /** The route for a request to `host` (normalized) and `path`, online or offline; undefined: no such name. */
+  lookup(host: string, path = '/'): RouteEntry<T> | undefined {
+    const exact = this.byHost.get(host);
+    const found = this.best(exact, 'exact', path);
+    if (found) return this.fresh(found);
+    const labels = host.split('.');
+    for (let i = 1; i < labels.length; i++) {
+      const wildcard = this.best(this.byHost.get(`*.${labels.slice(i).join('.')}`), 'wildcard', path);
+      if (wildcard) return this.fresh(wildcard);
+    }
+    const sub = this.best(exact, 'subdomain', path);
+    return sub ? this.fresh(sub) : undefined;
+  }
+
+  /** Every entry, for the admin API and tests. */
+  entries(): RouteEntry<T>[] {
+    return [...this.byHost.values()].flat();
+  }
+
+  private best(list: RouteEntry<T>[] | undefined, tier: RouteTier, path: string): RouteEntry<T> | undefined {
+    let best: RouteEntry<T> | undefined;
+    for (const entry of list ?? []) {
+      if (entry.tier !== tier || !locationMatches(path, entry.location)) continue;
+      if (!best || entry.location.length > best.location.length) best = entry;
+    }
+    return best;
+  }
+
+  /** An offline entry past its TTL is forgotten on the way out. */
+  private fresh(entry: RouteEntry<T>): RouteEntry<T> | undefined {
+    if (entry.target !== undefined || this.now() - entry.offlineSince < OFFLINE_ROUTE_TTL_MS) return entry;
+    this.sweep(this.now());
+    return undefined;
+  }
+
+  private sweep(now: number): void {
+    if (this.offlineCount === 0) return;
+    const offline: RouteEntry<T>[] = [];
+    for (const list of this.byHost.values())
+      for (const e of list) if (e.target === undefined) offline.push(e);
+    const expired = new Set(offline.filter((e) => now - e.offlineSince >= OFFLINE_ROUTE_TTL_MS));
+    const excess = offline.length - expired.size - MAX_OFFLINE_ROUTES;
+    if (excess > 0) {
+      const oldest = offline
+        .filter((e) => !expired.has(e))
+        .sort((a, b) => a.offlineSince - b.offlineSince)
+        .slice(0, excess);
+      for (const e of oldest) expired.add(e);
+    }
+    if (expired.size === 0) return;
+    for (const [host, list] of this.byHost) {
+      const kept = list.filter((e) => !expired.has(e));
+      if (kept.length === 0) this.byHost.delete(host);
+      else if (kept.length !== list.length) this.byHost.set(host, kept);
+    }
+    this.offlineCount -= expired.size;
+  }
+}

@@ -1,0 +1,332 @@
+// Requests on the http vhost port (and on the TLS port once terminated): routed by Host and path to the
+// http proxy that claimed them, forwarded over tunnel streams with X-Forwarded-* headers. WebSocket (and
+// other) upgrades are passed through raw on a stream of their own.
+import { timingSafeEqual } from 'node:crypto';
+import {
+  type ClientRequest,
+  type IncomingMessage,
+  request,
+  type ServerResponse,
+  STATUS_CODES,
+} from 'node:http';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
+import {
+  type ConnectionTracker,
+  formatHostPort,
+  type Logger,
+  normalizeRequestHost,
+} from '@porthole/protocol';
+import type { HostRoutes, RouteEntry } from './host-routes.js';
+import { type TunnelAgent, VISITOR_OPTION, type Visitor } from './http-tunnel-agent.js';
+import { plainAddress, type TrustedProxies } from './trusted-proxies.js';
+
+/** What an http proxy's routes lead to. */
+export interface HttpTarget {
+  client: string;
+  proxy: string;
+  /** Pooled tunnel streams for ordinary requests. */
+  agent: TunnelAgent;
+  /** A fresh tunnel stream (for an upgrade, which keeps its connection) and its connection id. */
+  openStream(visitor: Visitor): { stream: Duplex; conn: number };
+  /** Basic auth visitors must present. */
+  auth: { user: Buffer; password: Buffer } | undefined;
+  hostHeaderRewrite: string | undefined;
+  /** Set on every forwarded request (names lowercased). */
+  requestHeaders: ReadonlyArray<readonly [string, string]>;
+}
+
+export interface HttpVhostRouterOptions {
+  routes: HostRoutes<HttpTarget>;
+  trusted: TrustedProxies;
+  logger: Logger;
+  tracker: ConnectionTracker;
+  /** Upgrades on this path go to the control endpoint (so clients can dial the vhost ports). */
+  controlPath: string;
+  onControlUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+}
+
+/** Headers that describe one hop, never forwarded (RFC 9110 7.6.1), plus ones we set ourselves. */
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'proxy-authenticate',
+  'proxy-authorization',
+]);
+const FORWARDED = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
+/** Methods safe to send again when a pooled stream turned out to be closed. */
+const RETRYABLE = new Set(['GET', 'HEAD', 'OPTIONS']);
+
+function plainPage(status: number, text: string): { head: Record<string, string>; body: string } {
+  const body = `${status} ${STATUS_CODES[status] ?? ''}\n\n${text}\n`;
+  return {
+    head: {
+      'Content-Type': 'text/plain; charset=utf-8',
+      'Content-Length': String(Buffer.byteLength(body)),
+      'Cache-Control': 'no-store',
+      'X-Content-Type-Options': 'nosniff',
+    },
+    body,
+  };
+}
+
+const NOT_FOUND = 'No site is served under this name here.';
+const OFFLINE = 'The tunnel serving this site is offline.';
+const UNREACHABLE = 'The service behind this tunnel did not answer.';
+const AUTH_REQUIRED = 'This site requires a user name and password.';
+
+function pathOf(url: string | undefined): string {
+  if (url === undefined) return '/';
+  try {
+    return new URL(url, 'http://x').pathname;
+  } catch {
+    return '/';
+  }
+}
+
+function isEncrypted(socket: Socket): boolean {
+  return (socket as TLSSocket).encrypted === true;
+}
+
+function sameSecret(given: Buffer, expected: Buffer): boolean {
+  return given.length === expected.length && timingSafeEqual(given, expected);
+}
+
+/** True when the request carries the target's basic-auth credentials. */
+function authorized(req: IncomingMessage, auth: NonNullable<HttpTarget['auth']>): boolean {
+  const header = req.headers.authorization;
+  const match = header === undefined ? null : /^Basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(header);
+  if (!match) return false;
+  const decoded = Buffer.from(match[1]!, 'base64');
+  const colon = decoded.indexOf(0x3a);
+  if (colon < 0) return false;
+  // Both compared in full, so the time taken does not say which one was wrong.
+  const userOk = sameSecret(decoded.subarray(0, colon), auth.user);
+  const passwordOk = sameSecret(decoded.subarray(colon + 1), auth.password);
+  return userOk && passwordOk;
+}
+
+export class HttpVhostRouter {
+  constructor(private readonly opts: HttpVhostRouterOptions) {}
+
+  /** The route for a request, or the error page to answer with. */
+  private resolve(
+    req: IncomingMessage,
+  ):
+    | { target: HttpTarget; entry: RouteEntry<HttpTarget>; host: string }
+    | { status: number; text: string; extra?: Record<string, string> } {
+    const host = normalizeRequestHost(req.headers.host);
+    const entry = host === undefined ? undefined : this.opts.routes.lookup(host, pathOf(req.url));
+    if (!entry || host === undefined) return { status: 404, text: NOT_FOUND };
+    if (!entry.target) return { status: 502, text: OFFLINE };
+    if (entry.target.auth && !authorized(req, entry.target.auth)) {
+      return {
+        status: 401,
+        text: AUTH_REQUIRED,
+        extra: { 'WWW-Authenticate': 'Basic realm="porthole", charset="UTF-8"' },
+      };
+    }
+    return { target: entry.target, entry, host };
+  }
+
+  /** The headers the local service receives, as a flat [name, value, ...] list. */
+  private forwardHeaders(req: IncomingMessage, target: HttpTarget, upgrade: boolean): string[] {
+    const raw = req.rawHeaders;
+    const drop = new Set<string>(FORWARDED);
+    for (const [name] of target.requestHeaders) drop.add(name);
+    if (target.auth) drop.add('authorization');
+    drop.add('expect'); // Node answered 100-continue to the visitor already
+    if (!upgrade) {
+      for (const name of HOP_BY_HOP) if (name !== 'transfer-encoding') drop.add(name);
+      // Headers the visitor marked as hop-by-hop in Connection go too.
+      for (const token of String(req.headers.connection ?? '').split(','))
+        if (token.trim()) drop.add(token.trim().toLowerCase());
+      drop.delete('transfer-encoding');
+    }
+    const out: string[] = [];
+    let originalHost = '';
+    for (let i = 0; i + 1 < raw.length; i += 2) {
+      const name = raw[i]!;
+      const lower = name.toLowerCase();
+      if (lower === 'host') {
+        originalHost = raw[i + 1]!;
+        continue;
+      }
+      if (drop.has(lower)) continue;
+      out.push(name, raw[i + 1]!);
+    }
+    const peer = plainAddress(req.socket.remoteAddress);
+    const trusted = this.opts.trusted.contains(req.socket.remoteAddress);
+    const incomingFor = req.headers['x-forwarded-for'];
+    const incomingProto = req.headers['x-forwarded-proto'];
+    const incomingHost = req.headers['x-forwarded-host'];
+    const forwardedFor =
+      trusted && incomingFor
+        ? `${Array.isArray(incomingFor) ? incomingFor.join(', ') : incomingFor}, ${peer}`
+        : peer;
+    const proto =
+      trusted && typeof incomingProto === 'string'
+        ? incomingProto
+        : isEncrypted(req.socket)
+          ? 'https'
+          : 'http';
+    const forwardedHost = trusted && typeof incomingHost === 'string' ? incomingHost : originalHost;
+    out.unshift('Host', target.hostHeaderRewrite ?? originalHost);
+    out.push('X-Forwarded-For', forwardedFor, 'X-Forwarded-Proto', proto);
+    if (forwardedHost) out.push('X-Forwarded-Host', forwardedHost);
+    for (const [name, value] of target.requestHeaders) out.push(name, value);
+    return out;
+  }
+
+  private visitorOf(req: IncomingMessage): Visitor {
+    return {
+      address: req.socket.remoteAddress ?? '',
+      port: req.socket.remotePort ?? 0,
+      destAddress: req.socket.localAddress,
+      destPort: req.socket.localPort,
+    };
+  }
+
+  handleRequest(req: IncomingMessage, res: ServerResponse): void {
+    const started = performance.now();
+    const resolved = this.resolve(req);
+    const remoteAddr = formatHostPort(plainAddress(req.socket.remoteAddress), req.socket.remotePort ?? 0);
+    if (!('target' in resolved)) {
+      this.answer(res, resolved.status, resolved.text, resolved.extra);
+      this.opts.logger.debug(
+        { remote_addr: remoteAddr, host: req.headers.host, status: resolved.status },
+        'http request refused',
+      );
+      return;
+    }
+    const { target } = resolved;
+    const headers = this.forwardHeaders(req, target, false);
+    const hasBody =
+      req.headers['transfer-encoding'] !== undefined ||
+      (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
+    const fields = { client: target.client, proxy: target.proxy, remote_addr: remoteAddr };
+    let responded = false;
+    let current: ClientRequest | undefined;
+
+    const attempt = (retriesLeft: number): void => {
+      const upstream = request({
+        agent: target.agent,
+        method: req.method,
+        path: req.url,
+        headers,
+        // Carried to the agent's createConnection: who the stream's first request is for.
+        [VISITOR_OPTION]: this.visitorOf(req),
+      } as unknown as Parameters<typeof request>[0]);
+      current = upstream;
+      upstream.on('response', (upRes) => {
+        responded = true;
+        const out: string[] = [];
+        const raw = upRes.rawHeaders;
+        for (let i = 0; i + 1 < raw.length; i += 2) {
+          if (!HOP_BY_HOP.has(raw[i]!.toLowerCase())) out.push(raw[i]!, raw[i + 1]!);
+        }
+        res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, out);
+        upRes.pipe(res);
+        upRes.on('error', () => res.destroy());
+        upRes.on('aborted', () => res.destroy());
+      });
+      upstream.on('error', (err: NodeJS.ErrnoException) => {
+        if (responded) {
+          res.destroy();
+          return;
+        }
+        if (retriesLeft > 0 && upstream.reusedSocket && !hasBody && RETRYABLE.has(req.method ?? '')) {
+          attempt(retriesLeft - 1);
+          return;
+        }
+        this.opts.logger.warn(
+          { ...fields, reason: err.code === 'ERR_STREAM_RESET' ? 'local service unreachable' : err.message },
+          'http forward failed',
+        );
+        if (!res.headersSent) this.answer(res, 502, UNREACHABLE);
+        else res.destroy();
+      });
+      if (hasBody) req.pipe(upstream);
+      else upstream.end();
+    };
+    attempt(1);
+    // The visitor left before the answer was complete: stop the upstream request too.
+    res.on('close', () => {
+      if (!res.writableFinished) current?.destroy();
+      this.opts.logger.info(
+        {
+          ...fields,
+          method: req.method,
+          host: req.headers.host,
+          path: pathOf(req.url),
+          status: res.statusCode,
+          ms: Math.round(performance.now() - started),
+          reason: res.writableFinished ? 'done' : 'visitor closed early',
+        },
+        'http request',
+      );
+    });
+  }
+
+  handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on('error', () => socket.destroy());
+    if (pathOf(req.url) === this.opts.controlPath) {
+      this.opts.onControlUpgrade(req, socket, head);
+      return;
+    }
+    const resolved = this.resolve(req);
+    if (!('target' in resolved)) {
+      this.answerRaw(socket, resolved.status, resolved.text, resolved.extra);
+      return;
+    }
+    const { target } = resolved;
+    const headers = this.forwardHeaders(req, target, true);
+    let text = `${req.method} ${req.url} HTTP/${req.httpVersion}\r\n`;
+    for (let i = 0; i + 1 < headers.length; i += 2) text += `${headers[i]}: ${headers[i + 1]}\r\n`;
+    text += '\r\n';
+    const visitor = this.visitorOf(req);
+    const { stream, conn } = target.openStream(visitor);
+    stream.write(text);
+    if (head.length > 0) stream.write(head);
+    const netSocket = socket as Socket;
+    netSocket.setTimeout?.(0);
+    netSocket.setNoDelay?.(true);
+    this.opts.tracker.carry(socket, stream, {
+      labels: ['visitor', 'tunnel'],
+      logger: this.opts.logger,
+      fields: {
+        client: target.client,
+        proxy: target.proxy,
+        conn,
+        remote_addr: formatHostPort(plainAddress(visitor.address), visitor.port),
+        upgrade: req.headers.upgrade,
+      },
+    });
+  }
+
+  private answer(
+    res: ServerResponse,
+    status: number,
+    text: string,
+    extra: Record<string, string> = {},
+  ): void {
+    const page = plainPage(status, text);
+    res.writeHead(status, { ...page.head, ...extra });
+    res.end(page.body);
+  }
+
+  private answerRaw(socket: Duplex, status: number, text: string, extra: Record<string, string> = {}): void {
+    if (socket.destroyed) return;
+    const page = plainPage(status, text);
+    let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n`;
+    for (const [name, value] of Object.entries({ ...page.head, ...extra, Connection: 'close' }))
+      head += `${name}: ${value}\r\n`;
+    socket.end(`${head}\r\n${page.body}`);
+  }
+}

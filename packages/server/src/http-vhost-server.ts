@@ -1,0 +1,163 @@
+// The Node HTTP servers behind the vhost ports: one listening on [http] listen, and one that never
+// listens but is handed the connections the TLS port terminates. Both parse with Node's HTTP stack, under
+// the same limits, and hand requests and upgrades to the HttpVhostRouter.
+import { createServer as createHttpServer, type IncomingMessage, type Server, STATUS_CODES } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { formatHostPort, type HostPort, type Logger } from '@porthole/protocol';
+import type { HttpVhostRouter } from './http-vhost-router.js';
+import type { TlsCertStore } from './tls-cert-store.js';
+
+export interface HttpLimits {
+  /** Time a visitor has to send a request's headers (slowloris ends here, with 408). */
+  headersTimeout: number;
+  /** Time for a whole request (headers and body); 0: no limit. */
+  requestTimeout: number;
+  /** Idle time between requests on a kept-alive connection. */
+  keepAliveTimeout: number;
+  /** A connection with no request in progress and no traffic for this long is closed. */
+  idleTimeout: number;
+  /** Largest request head (request line + headers); beyond it: 431. */
+  maxHeaderSize: number;
+}
+
+export interface HttpVhostServerOptions {
+  router: HttpVhostRouter;
+  limits: HttpLimits;
+  logger: Logger;
+  /** [http] listen; absent: no plain HTTP port. */
+  httpListen?: HostPort;
+  /** Certificates for connections the TLS port terminates; absent: nothing is terminated. */
+  certs?: TlsCertStore;
+  /** Which certificate answers a handshake without SNI. */
+  defaultHost?: string;
+  /** Time for a terminated TLS handshake. */
+  handshakeTimeout: number;
+}
+
+type HttpSocket = Socket & { _httpMessage?: unknown };
+
+function remoteOf(socket: Duplex): string {
+  const s = socket as Socket;
+  return s.remoteAddress ? formatHostPort(s.remoteAddress, s.remotePort ?? 0) : 'unknown';
+}
+
+export class HttpVhostServer {
+  private readonly httpServer: Server | undefined;
+  private readonly httpsServer: HttpsServer | undefined;
+
+  constructor(private readonly opts: HttpVhostServerOptions) {
+    const { limits } = opts;
+    const common = {
+      maxHeaderSize: limits.maxHeaderSize,
+      headersTimeout: limits.headersTimeout,
+      requestTimeout: limits.requestTimeout,
+      keepAliveTimeout: limits.keepAliveTimeout,
+      // How often Node checks the header/request timeouts; the default 30 s would let slowloris
+      // connections live up to 30 s past their timeout.
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(limits.headersTimeout / 4))),
+    };
+    if (opts.httpListen) {
+      this.httpServer = createHttpServer(common);
+      this.setUp(this.httpServer);
+    }
+    if (opts.certs && opts.certs.size > 0) {
+      const fallback = opts.certs.defaultPair(opts.defaultHost)!;
+      this.httpsServer = createHttpsServer({
+        ...common,
+        cert: fallback.cert,
+        key: fallback.key,
+        SNICallback: opts.certs.sniCallback,
+        ALPNProtocols: ['http/1.1'],
+        handshakeTimeout: opts.handshakeTimeout,
+      });
+      this.setUp(this.httpsServer);
+      this.httpsServer.on('tlsClientError', (err, socket) =>
+        opts.logger.debug({ remote_addr: remoteOf(socket), reason: err.message }, 'tls handshake failed'),
+      );
+    }
+  }
+
+  private setUp(server: Server | HttpsServer): void {
+    const { router, limits, logger } = this.opts;
+    server.keepAliveTimeout = limits.keepAliveTimeout;
+    // Idle connections (no request in progress) are closed; a request waiting for its answer is not.
+    server.setTimeout(limits.idleTimeout, (socket: HttpSocket) => {
+      if (!socket._httpMessage) socket.destroy();
+    });
+    server.on('request', (req, res) => router.handleRequest(req, res));
+    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
+      router.handleUpgrade(req, socket, head),
+    );
+    server.on('clientError', (err: NodeJS.ErrnoException, socket: HttpSocket) => {
+      const status =
+        err.code === 'HPE_HEADER_OVERFLOW'
+          ? 431
+          : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+            ? 408
+            : err.code === 'ECONNRESET'
+              ? 0
+              : 400;
+      logger.debug(
+        { remote_addr: remoteOf(socket), reason: err.code ?? err.message, status },
+        'http client error',
+      );
+      if (status === 0 || !socket.writable || socket._httpMessage) {
+        socket.destroy();
+        return;
+      }
+      const body = `${status} ${STATUS_CODES[status]}\n`;
+      socket.end(
+        `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n` +
+          `Content-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
+      );
+      // A peer that does not read its answer must not hold the socket.
+      setTimeout(() => socket.destroy(), 1000).unref();
+    });
+  }
+
+  /** Starts the plain HTTP port (if configured); resolves with its bound address. */
+  listenHttp(): Promise<string | undefined> {
+    const server = this.httpServer;
+    const listen = this.opts.httpListen;
+    if (!server || !listen) return Promise.resolve(undefined);
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(listen.port, listen.host, () => {
+        server.off('error', reject);
+        server.on('error', (err) => this.opts.logger.error({ reason: err.message }, 'http listener error'));
+        const address = server.address() as AddressInfo;
+        resolve(formatHostPort(address.address, address.port));
+      });
+    });
+  }
+
+  /** True when the TLS port can terminate connections here. */
+  get terminates(): boolean {
+    return this.httpsServer !== undefined;
+  }
+
+  /** A connection from the TLS port whose ClientHello was already put back (socket.unshift). */
+  terminate(socket: Socket): void {
+    if (!this.httpsServer) {
+      socket.destroy();
+      return;
+    }
+    this.httpsServer.emit('connection', socket);
+  }
+
+  /** Stops accepting and closes idle connections. */
+  stopAccepting(): void {
+    for (const server of [this.httpServer, this.httpsServer]) {
+      if (!server) continue;
+      if (server.listening) server.close();
+      server.closeIdleConnections();
+    }
+  }
+
+  closeAll(): void {
+    this.httpServer?.closeAllConnections();
+    this.httpsServer?.closeAllConnections();
+  }
+}

@@ -1,0 +1,270 @@
+// Registering udp, http and tls proxies: what a client may claim (ports, hostnames, locations) and the
+// listeners and routes each one gets. tcp proxies are bound by ClientSession itself.
+import type { Session } from '@porthole/mux';
+import {
+  hostGrantAllows,
+  isWildcardHost,
+  type PortRanges,
+  type ProxySpec,
+  parseHostPattern,
+  parseSubdomain,
+  writeStreamHeader,
+} from '@porthole/protocol';
+import { type HostClaim, HostRoutes } from './host-routes.js';
+import { TunnelAgent, type Visitor } from './http-tunnel-agent.js';
+import type { HttpTarget } from './http-vhost-router.js';
+import { defaultRoutingConfig, type RoutingConfig } from './routing-config.js';
+import type { ServerContext } from './server-context.js';
+import type { TlsTarget } from './tls-sni-listener.js';
+import { UdpProxyListener } from './udp-proxy-listener.js';
+
+/** Idle pooled streams kept per http proxy. */
+const MAX_FREE_STREAMS = 32;
+
+/** Shared state of the routed proxies: UDP ports, the host tables, where the vhost ports listen. */
+export interface RoutingState {
+  /** UDP port -> the client and proxy that hold it (TCP ports are in ServerContext.ports). */
+  readonly udpPorts: Map<number, { owner: object; proxy: string }>;
+  readonly httpRoutes: HostRoutes<HttpTarget>;
+  readonly tlsRoutes: HostRoutes<TlsTarget>;
+  /** Bound addresses, once listening ("0.0.0.0:80"); undefined when the port is not configured. */
+  httpAddress: string | undefined;
+  httpsAddress: string | undefined;
+}
+
+export function createRoutingState(): RoutingState {
+  return {
+    udpPorts: new Map(),
+    httpRoutes: new HostRoutes(),
+    tlsRoutes: new HostRoutes(),
+    httpAddress: undefined,
+    httpsAddress: undefined,
+  };
+}
+
+/** The registering client, as far as routing needs it. */
+export interface ProxyOwner {
+  /** Identity for port holding (the ClientSession). */
+  readonly self: object;
+  readonly name: string;
+  readonly session: Session;
+  readonly portGrant: PortRanges | undefined;
+  readonly hostGrant: readonly string[] | undefined;
+}
+
+/** A registered proxy's public side. */
+export interface BoundProxy {
+  /** Where visitors reach it: "0.0.0.0:5353", or the vhost port's address. */
+  readonly address: string;
+  readonly urls?: string[];
+  close(): void;
+}
+
+function routingOf(ctx: ServerContext): RoutingConfig {
+  return ctx.config.routing ?? defaultRoutingConfig();
+}
+
+function portOf(address: string | undefined): number | undefined {
+  if (address === undefined) return undefined;
+  return Number(address.slice(address.lastIndexOf(':') + 1));
+}
+
+/** The names (and locations) an http or tls spec claims, or the reason it cannot claim them. */
+export function claimsOf(
+  spec: ProxySpec,
+  routing: RoutingConfig,
+  hostGrant: readonly string[] | undefined,
+): HostClaim[] | string {
+  const names: { host: string; tier: HostClaim['tier'] }[] = [];
+  for (const raw of spec.hosts ?? []) {
+    let host: string;
+    try {
+      host = parseHostPattern(raw);
+    } catch (err) {
+      return (err as Error).message;
+    }
+    names.push({ host, tier: isWildcardHost(host) ? 'wildcard' : 'exact' });
+  }
+  if (spec.subdomain !== undefined) {
+    if (routing.subdomainHost === undefined) {
+      return `subdomain "${spec.subdomain}" needs subdomain_host in the server's config, which is not set`;
+    }
+    let sub: string;
+    try {
+      sub = parseSubdomain(spec.subdomain);
+    } catch (err) {
+      return (err as Error).message;
+    }
+    names.push({ host: `${sub}.${routing.subdomainHost}`, tier: 'subdomain' });
+  }
+  if (names.length === 0) return `a ${spec.type} proxy needs hosts or subdomain`;
+  for (const { host } of names) {
+    if (!hostGrantAllows(hostGrant, host)) {
+      return `hostname ${host} is outside the token's grant (${(hostGrant ?? []).join(',') || 'no hostnames'})`;
+    }
+  }
+  if (spec.type === 'tls' && spec.locations !== undefined) return 'locations apply to http proxies only';
+  const locations = spec.type === 'http' ? (spec.locations ?? ['/']) : ['/'];
+  for (const location of locations) {
+    if (!/^\/[^\s?#]*$/.test(location)) {
+      return `location "${location}" must start with "/" and contain no spaces, "?" or "#"`;
+    }
+  }
+  return names.flatMap(({ host, tier }) =>
+    [...new Set(locations)].map((location) => ({ host, tier, location })),
+  );
+}
+
+/** Why this udp, http or tls proxy cannot be registered for `owner`, or undefined. */
+export function routedRefusal(ctx: ServerContext, owner: ProxyOwner, spec: ProxySpec): string | undefined {
+  const routing = routingOf(ctx);
+  const state = ctx.routing;
+  if (spec.type === 'udp') {
+    const port = spec.remote_port;
+    if (port === undefined) return 'a udp proxy needs remote_port';
+    if (owner.portGrant && !owner.portGrant.contains(port))
+      return `port ${port} is outside the token's grant (${owner.portGrant})`;
+    if (!ctx.config.allowPorts.contains(port))
+      return `port ${port} is outside the server's allow_ports (${ctx.config.allowPorts})`;
+    const holder = state.udpPorts.get(port);
+    if (holder && holder.owner !== owner.self) return `udp port ${port} is in use by another client`;
+    if (holder && holder.proxy !== spec.name)
+      return `udp port ${port} is already used by proxy "${holder.proxy}"`;
+    return undefined;
+  }
+  if (spec.type !== 'http' && spec.type !== 'tls') return `proxy type "${spec.type}" is not routed here`;
+  if (spec.type === 'http' && routing.httpListen === undefined && routing.https === undefined) {
+    return 'this server has no [http] or [https] listener for http proxies';
+  }
+  if (spec.type === 'tls' && routing.https === undefined) {
+    return 'this server has no [https] listener for tls proxies';
+  }
+  if (spec.type === 'http' && (spec.http_user === undefined) !== (spec.http_password === undefined)) {
+    return 'http_user and http_password go together';
+  }
+  const claims = claimsOf(spec, routing, owner.hostGrant);
+  if (typeof claims === 'string') return claims;
+  const own = spec.type === 'http' ? state.httpRoutes : state.tlsRoutes;
+  const other = spec.type === 'http' ? state.tlsRoutes : state.httpRoutes;
+  const conflict = own.conflict(owner.name, spec.name, claims);
+  if (conflict) return conflict;
+  for (const { host } of claims) {
+    if (other.heldByOther(owner.name, host)) return `hostname ${host} is in use by another client`;
+    if (spec.type === 'tls' && routing.https?.certs.hasExact(host)) {
+      return `hostname ${host} is served by the server itself (https.certs)`;
+    }
+  }
+  return undefined;
+}
+
+/** Binds a udp, http or tls proxy (check routedRefusal first); rejects with the reason for the client. */
+export async function bindRoutedProxy(
+  ctx: ServerContext,
+  owner: ProxyOwner,
+  spec: ProxySpec,
+): Promise<BoundProxy> {
+  const routing = routingOf(ctx);
+  const state = ctx.routing;
+  if (spec.type === 'udp') {
+    const port = spec.remote_port!;
+    const listener = new UdpProxyListener({
+      client: owner.name,
+      proxy: { ...spec, remote_port: port },
+      bindHost: ctx.config.proxyBind,
+      session: owner.session,
+      logger: ctx.logger,
+      idleTimeoutMs: spec.udp_idle_timeout_ms ?? routing.udpIdleTimeout,
+      maxFlows: Math.min(spec.max_flows ?? routing.udpMaxFlows, routing.udpMaxFlows),
+      nextId: () => ctx.tracker.nextId(),
+    });
+    // Hold the port before the asynchronous bind, so two registrations cannot race for it.
+    state.udpPorts.set(port, { owner: owner.self, proxy: spec.name });
+    const free = () => {
+      if (state.udpPorts.get(port)?.owner === owner.self) state.udpPorts.delete(port);
+    };
+    try {
+      await listener.listen();
+    } catch (err) {
+      free();
+      throw err;
+    }
+    return {
+      address: listener.address,
+      close: () => {
+        listener.close();
+        free();
+      },
+    };
+  }
+
+  const claims = claimsOf(spec, routing, owner.hostGrant) as HostClaim[];
+  const header = (visitor: Visitor | undefined, publicAddr: string | undefined) => {
+    const conn = ctx.tracker.nextId();
+    const stream = owner.session.open();
+    writeStreamHeader(stream, {
+      proxy: spec.name,
+      conn,
+      remote_addr: visitor?.address ?? '',
+      remote_port: visitor?.port ?? 0,
+      public_addr: publicAddr ?? '',
+      ...(visitor?.destAddress === undefined
+        ? {}
+        : { dest_addr: visitor.destAddress, dest_port: visitor.destPort ?? 0 }),
+    });
+    return { stream, conn };
+  };
+
+  if (spec.type === 'tls') {
+    const target: TlsTarget = { client: owner.name, proxy: spec.name, session: owner.session };
+    state.tlsRoutes.add(owner.name, spec.name, claims, target);
+    const httpsPort = portOf(state.httpsAddress);
+    return {
+      address: state.httpsAddress ?? '',
+      urls: claims.map((c) => `tls://${c.host}${httpsPort === 443 || !httpsPort ? '' : `:${httpsPort}`}`),
+      close: () => state.tlsRoutes.release(target),
+    };
+  }
+
+  const publicAddr = state.httpAddress ?? state.httpsAddress;
+  const agent = new TunnelAgent({
+    openStream: (visitor) => header(visitor, publicAddr).stream,
+    maxStreams: routing.maxStreamsPerProxy,
+    maxFreeStreams: MAX_FREE_STREAMS,
+  });
+  const target: HttpTarget = {
+    client: owner.name,
+    proxy: spec.name,
+    agent,
+    openStream: (visitor) => header(visitor, publicAddr),
+    auth:
+      spec.http_user === undefined || spec.http_password === undefined
+        ? undefined
+        : { user: Buffer.from(spec.http_user), password: Buffer.from(spec.http_password) },
+    hostHeaderRewrite: spec.host_header_rewrite,
+    requestHeaders: Object.entries(spec.request_headers ?? {}).map(([k, v]) => [k.toLowerCase(), v] as const),
+  };
+  state.httpRoutes.add(owner.name, spec.name, claims, target);
+  return {
+    address: publicAddr ?? '',
+    urls: httpUrls(claims, state, routing),
+    close: () => {
+      state.httpRoutes.release(target);
+      agent.destroy();
+    },
+  };
+}
+
+function httpUrls(claims: readonly HostClaim[], state: RoutingState, routing: RoutingConfig): string[] {
+  const urls: string[] = [];
+  const httpPort = portOf(state.httpAddress);
+  const httpsPort = portOf(state.httpsAddress);
+  for (const { host, location } of claims) {
+    if (httpPort !== undefined)
+      urls.push(`http://${host}${httpPort === 80 ? '' : `:${httpPort}`}${location}`);
+    const name = host.startsWith('*.') ? `x${host.slice(1)}` : host;
+    if (httpsPort !== undefined && routing.https?.certs.covers(name)) {
+      urls.push(`https://${host}${httpsPort === 443 ? '' : `:${httpsPort}`}${location}`);
+    }
+  }
+  return urls;
+}

@@ -1,0 +1,197 @@
+// The server.toml keys of hostname routing and UDP: subdomain_host, trusted_proxies, udp_*, [http] and
+// [https]. Kept apart from config.ts so that file only spreads these in.
+import { readFileSync } from 'node:fs';
+import {
+  ConfigError,
+  durationField,
+  expandConfigPath,
+  expected,
+  type HostPort,
+  hostPortField,
+  parseHostPattern,
+} from '@porthole/protocol';
+import { z } from 'zod';
+import type { HttpLimits } from './http-vhost-server.js';
+import { type CertPair, TlsCertStore } from './tls-cert-store.js';
+import { TrustedProxies } from './trusted-proxies.js';
+
+const hostnameField = z.string({ error: expected('a hostname') }).transform((text, ctx) => {
+  try {
+    const host = parseHostPattern(text);
+    if (host.startsWith('*.')) throw new Error(`"${text}" must be a plain hostname, not a wildcard`);
+    return host;
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message });
+    return z.NEVER;
+  }
+});
+
+const networksField = z
+  .array(z.string(), { error: expected('a list of networks like ["10.0.0.0/8", "127.0.0.1"]') })
+  .superRefine((networks, ctx) => {
+    networks.forEach((network, i) => {
+      try {
+        TrustedProxies.check(network);
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', path: [i], message: (err as Error).message });
+      }
+    });
+  });
+
+const positiveInt = (what: string) =>
+  z
+    .number({ error: expected(what) })
+    .int()
+    .min(1);
+
+/** Spread into the server schema's top level. */
+export const routingConfigShape = {
+  subdomain_host: hostnameField.optional(),
+  trusted_proxies: networksField.default([]),
+  udp_idle_timeout: durationField.prefault('60s'),
+  udp_max_flows: positiveInt('a number of flows').max(1_000_000).default(1024),
+  http: z
+    .strictObject(
+      {
+        listen: hostPortField({ allowZero: true }).optional(),
+        headers_timeout: durationField.prefault('10s'),
+        request_timeout: z.union([z.literal(0), durationField]).prefault('5m'),
+        keep_alive_timeout: durationField.prefault('5s'),
+        idle_timeout: durationField.prefault('60s'),
+        max_header_size: positiveInt('a number of bytes')
+          .min(1024)
+          .max(1024 * 1024)
+          .default(16 * 1024),
+        max_streams_per_proxy: positiveInt('a number of streams').max(65_536).default(256),
+      },
+      { error: expected('an [http] table') },
+    )
+    .optional(),
+  https: z
+    .strictObject(
+      {
+        listen: hostPortField({ allowZero: true }),
+        default_host: hostnameField.optional(),
+        handshake_timeout: durationField.prefault('10s'),
+        max_client_hello_size: positiveInt('a number of bytes')
+          .min(512)
+          .max(64 * 1024)
+          .default(16 * 1024),
+        certs: z
+          .array(
+            z.strictObject({
+              cert_file: z.string({ error: expected('a file path') }),
+              key_file: z.string({ error: expected('a file path') }),
+            }),
+            { error: expected('[[https.certs]] tables with cert_file and key_file') },
+          )
+          .default([]),
+      },
+      { error: expected('an [https] table with listen') },
+    )
+    .optional(),
+};
+
+type RawRouting = z.output<z.ZodObject<typeof routingConfigShape>>;
+
+export interface RoutingConfig {
+  subdomainHost: string | undefined;
+  trustedProxies: string[];
+  udpIdleTimeout: number;
+  udpMaxFlows: number;
+  /** The plain HTTP vhost port; absent: none. */
+  httpListen: HostPort | undefined;
+  /** Limits for the http port and for connections the TLS port terminates. */
+  httpLimits: HttpLimits;
+  maxStreamsPerProxy: number;
+  https:
+    | {
+        listen: HostPort;
+        defaultHost: string | undefined;
+        handshakeTimeout: number;
+        maxClientHelloSize: number;
+        /** [[https.certs]] (and the control endpoint's [tls] certificate). */
+        certs: TlsCertStore;
+      }
+    | undefined;
+}
+
+export function defaultRoutingConfig(): RoutingConfig {
+  return {
+    subdomainHost: undefined,
+    trustedProxies: [],
+    udpIdleTimeout: 60_000,
+    udpMaxFlows: 1024,
+    httpListen: undefined,
+    httpLimits: {
+      headersTimeout: 10_000,
+      requestTimeout: 300_000,
+      keepAliveTimeout: 5_000,
+      idleTimeout: 60_000,
+      maxHeaderSize: 16 * 1024,
+    },
+    maxStreamsPerProxy: 256,
+    https: undefined,
+  };
+}
+
+function readPem(file: string, key: string, path: string): Buffer {
+  const resolved = expandConfigPath(file, key, path);
+  try {
+    return readFileSync(resolved);
+  } catch (err) {
+    throw ConfigError.at(file, key, `cannot read ${resolved}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+  }
+}
+
+/** Turns the validated keys into a RoutingConfig, reading certificate files; `tls` is the [tls] pair. */
+export function loadRoutingConfig(
+  file: string,
+  raw: RawRouting,
+  tls: { cert: Buffer; key: Buffer } | undefined,
+): RoutingConfig {
+  const config = defaultRoutingConfig();
+  config.subdomainHost = raw.subdomain_host;
+  config.trustedProxies = raw.trusted_proxies;
+  config.udpIdleTimeout = raw.udp_idle_timeout;
+  config.udpMaxFlows = raw.udp_max_flows;
+  if (raw.http) {
+    config.httpListen = raw.http.listen;
+    const requestTimeout = raw.http.request_timeout;
+    if (requestTimeout !== 0 && requestTimeout < raw.http.headers_timeout) {
+      throw ConfigError.at(file, 'http.request_timeout', 'must not be shorter than http.headers_timeout');
+    }
+    config.httpLimits = {
+      headersTimeout: raw.http.headers_timeout,
+      requestTimeout,
+      keepAliveTimeout: raw.http.keep_alive_timeout,
+      idleTimeout: raw.http.idle_timeout,
+      maxHeaderSize: raw.http.max_header_size,
+    };
+    config.maxStreamsPerProxy = raw.http.max_streams_per_proxy;
+  }
+  if (raw.https) {
+    const pairs: CertPair[] = raw.https.certs.map((pair, i) => ({
+      cert: readPem(file, `https.certs[${i}].cert_file`, pair.cert_file),
+      key: readPem(file, `https.certs[${i}].key_file`, pair.key_file),
+      source: `https.certs[${i}]`,
+    }));
+    if (tls) pairs.push({ ...tls, source: 'tls' });
+    let certs: TlsCertStore;
+    try {
+      certs = new TlsCertStore(pairs);
+    } catch (err) {
+      const message = (err as Error).message;
+      const key = /^(https\.certs\[\d+\]|tls)/.exec(message)?.[1] ?? 'https.certs';
+      throw ConfigError.at(file, key, message.slice(key.length + 2) || message);
+    }
+    config.https = {
+      listen: raw.https.listen,
+      defaultHost: raw.https.default_host,
+      handshakeTimeout: raw.https.handshake_timeout,
+      maxClientHelloSize: raw.https.max_client_hello_size,
+      certs,
+    };
+  }
+  return config;
+}

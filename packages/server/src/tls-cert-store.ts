@@ -1,0 +1,100 @@
+// The certificates the server terminates TLS with on its TLS port ([[https.certs]], and the control
+// endpoint's [tls] cert), chosen by SNI from the DNS names each certificate covers.
+
+import { X509Certificate } from 'node:crypto';
+import { createSecureContext, type SecureContext } from 'node:tls';
+
+export interface CertPair {
+  cert: Buffer;
+  key: Buffer;
+  /** For messages: where it came from ("https.certs[0]"). */
+  source: string;
+}
+
+interface LoadedCert {
+  pair: CertPair;
+  context: SecureContext;
+  names: string[];
+}
+
+/** The DNS names a certificate covers: its subjectAltName DNS entries, else its subject CN. */
+export function certificateNames(pem: Buffer): string[] {
+  const x509 = new X509Certificate(pem);
+  const names: string[] = [];
+  for (const part of (x509.subjectAltName ?? '').split(',')) {
+    const match = /^\s*DNS:(.+)$/.exec(part);
+    if (match) names.push(match[1]!.trim().toLowerCase());
+  }
+  if (names.length === 0) {
+    const cn = /(?:^|\n)CN=([^\n]+)/.exec(x509.subject);
+    if (cn) names.push(cn[1]!.trim().toLowerCase());
+  }
+  return names;
+}
+
+export class TlsCertStore {
+  private readonly exact = new Map<string, LoadedCert>();
+  /** "example.com" for a "*.example.com" certificate (TLS wildcards cover exactly one label). */
+  private readonly wildcard = new Map<string, LoadedCert>();
+  private readonly all: LoadedCert[] = [];
+
+  /** Throws (with the pair's source) when a certificate or key cannot be used. */
+  constructor(pairs: readonly CertPair[]) {
+    for (const pair of pairs) {
+      let loaded: LoadedCert;
+      try {
+        loaded = {
+          pair,
+          context: createSecureContext({ cert: pair.cert, key: pair.key }),
+          names: certificateNames(pair.cert),
+        };
+      } catch (err) {
+        throw new Error(`${pair.source}: ${(err as Error).message}`);
+      }
+      this.all.push(loaded);
+      for (const name of loaded.names) {
+        if (name.startsWith('*.')) {
+          if (!this.wildcard.has(name.slice(2))) this.wildcard.set(name.slice(2), loaded);
+        } else if (!this.exact.has(name)) this.exact.set(name, loaded);
+      }
+    }
+  }
+
+  get size(): number {
+    return this.all.length;
+  }
+
+  /** Every name covered, for logs. */
+  get names(): string[] {
+    return [...this.exact.keys(), ...[...this.wildcard.keys()].map((n) => `*.${n}`)];
+  }
+
+  /** A certificate names `host` itself (not through a wildcard). */
+  hasExact(host: string): boolean {
+    return this.exact.has(host);
+  }
+
+  private find(host: string): LoadedCert | undefined {
+    const exact = this.exact.get(host);
+    if (exact) return exact;
+    const dot = host.indexOf('.');
+    return dot > 0 ? this.wildcard.get(host.slice(dot + 1)) : undefined;
+  }
+
+  /** Some certificate covers `host` (exactly or by a wildcard). */
+  covers(host: string): boolean {
+    return this.find(host) !== undefined;
+  }
+
+  /** The certificate a handshake without SNI (or with an unknown name) is answered with. */
+  defaultPair(host: string | undefined): CertPair | undefined {
+    return (host === undefined ? undefined : this.find(host))?.pair ?? this.all[0]?.pair;
+  }
+
+  /** For tls.Server's SNICallback. */
+  readonly sniCallback = (servername: string, callback: (err: Error | null, ctx?: SecureContext) => void) => {
+    const found = this.find(servername.toLowerCase());
+    if (found) callback(null, found.context);
+    else callback(new Error(`no certificate for "${servername}"`));
+  };
+}

@@ -1,0 +1,150 @@
+// The TLS port: peek each connection's ClientHello and decide by SNI. A tls proxy's name: every byte is
+// passed through to its client untouched (the visitor talks TLS with the local service). A name the
+// server holds a certificate for: terminated here and served like the http port (http proxies over https,
+// and the control endpoint for wss:// clients). Anything else is closed.
+import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
+import type { Session } from '@porthole/mux';
+import {
+  type ConnectionTracker,
+  formatHostPort,
+  type HostPort,
+  type Logger,
+  normalizeRequestHost,
+  writeStreamHeader,
+} from '@porthole/protocol';
+import type { HostRoutes } from './host-routes.js';
+import type { HttpVhostServer } from './http-vhost-server.js';
+import type { TlsCertStore } from './tls-cert-store.js';
+import { readClientHello } from './tls-client-hello.js';
+import { plainAddress } from './trusted-proxies.js';
+
+/** What a tls proxy's routes lead to. */
+export interface TlsTarget {
+  client: string;
+  proxy: string;
+  session: Session;
+}
+
+export interface TlsSniListenerOptions {
+  listen: HostPort;
+  routes: HostRoutes<TlsTarget>;
+  certs: TlsCertStore | undefined;
+  /** The name used for a ClientHello without SNI; absent: such connections are closed. */
+  defaultHost: string | undefined;
+  vhost: HttpVhostServer;
+  logger: Logger;
+  tracker: ConnectionTracker;
+  helloTimeoutMs: number;
+  helloMaxBytes: number;
+}
+
+export type SniDecision =
+  | { action: 'passthrough'; target: TlsTarget }
+  | { action: 'terminate' }
+  | { action: 'close'; reason: string };
+
+export class TlsSniListener {
+  private readonly server: Server;
+  private address = '';
+
+  constructor(private readonly opts: TlsSniListenerOptions) {
+    this.server = createServer({ allowHalfOpen: true }, (socket) => this.onConnection(socket));
+  }
+
+  listen(): Promise<string> {
+    const { listen, logger } = this.opts;
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(listen.port, listen.host, () => {
+        this.server.off('error', reject);
+        this.server.on('error', (err) => logger.error({ reason: err.message }, 'https listener error'));
+        const address = this.server.address() as AddressInfo;
+        this.address = formatHostPort(address.address, address.port);
+        resolve(this.address);
+      });
+    });
+  }
+
+  stopAccepting(): void {
+    if (this.server.listening) this.server.close();
+  }
+
+  /**
+   * Where a connection for `serverName` goes. A name a tls proxy claims exactly (or by subdomain) wins,
+   * then a certificate naming it exactly, then a wildcard tls proxy, then a wildcard certificate.
+   */
+  decide(serverName: string | undefined): SniDecision {
+    const name = normalizeRequestHost(serverName ?? this.opts.defaultHost);
+    if (name === undefined) {
+      return { action: 'close', reason: serverName === undefined ? 'no SNI and no default_host' : 'bad SNI' };
+    }
+    const route = this.opts.routes.lookup(name);
+    const certs = this.opts.certs;
+    const terminates = this.opts.vhost.terminates && certs !== undefined;
+    const pass = (): SniDecision =>
+      route?.target
+        ? { action: 'passthrough', target: route.target }
+        : { action: 'close', reason: `the tunnel for ${name} is offline` };
+    if (route && route.tier !== 'wildcard') return pass();
+    if (terminates && certs.hasExact(name)) return { action: 'terminate' };
+    if (route) return pass();
+    if (terminates && certs.covers(name)) return { action: 'terminate' };
+    return { action: 'close', reason: 'no tls proxy or certificate for this name' };
+  }
+
+  private async onConnection(socket: Socket): Promise<void> {
+    socket.on('error', () => {});
+    const remoteAddr = formatHostPort(plainAddress(socket.remoteAddress), socket.remotePort ?? 0);
+    const { hello, buffered } = await readClientHello(socket, {
+      maxBytes: this.opts.helloMaxBytes,
+      timeoutMs: this.opts.helloTimeoutMs,
+    });
+    if (hello.state !== 'ok') {
+      this.opts.logger.debug({ remote_addr: remoteAddr, reason: hello.reason }, 'tls connection refused');
+      socket.destroy();
+      return;
+    }
+    const decision = this.decide(hello.serverName);
+    if (decision.action === 'close') {
+      this.opts.logger.debug(
+        { remote_addr: remoteAddr, sni: hello.serverName, reason: decision.reason },
+        'tls connection refused',
+      );
+      socket.destroy();
+      return;
+    }
+    if (decision.action === 'terminate') {
+      socket.unshift(Buffer.concat(buffered));
+      this.opts.vhost.terminate(socket);
+      return;
+    }
+    const { target } = decision;
+    const { tracker, logger } = this.opts;
+    const conn = tracker.nextId();
+    socket.setNoDelay(true);
+    const stream = target.session.open();
+    writeStreamHeader(stream, {
+      proxy: target.proxy,
+      conn,
+      remote_addr: socket.remoteAddress ?? '',
+      remote_port: socket.remotePort ?? 0,
+      public_addr: this.address,
+      ...(socket.localAddress === undefined
+        ? {}
+        : { dest_addr: socket.localAddress, dest_port: socket.localPort ?? 0 }),
+    });
+    // The ClientHello goes first, exactly as it came; then the rest of the connection.
+    for (const chunk of buffered) stream.write(chunk);
+    tracker.carry(socket, stream, {
+      labels: ['visitor', 'tunnel'],
+      logger,
+      fields: {
+        client: target.client,
+        proxy: target.proxy,
+        conn,
+        remote_addr: remoteAddr,
+        sni: hello.serverName,
+      },
+    });
+  }
+}

@@ -1,0 +1,316 @@
+// The public side of a udp proxy: one UDP socket on proxy_bind:remote_port. Each remote address:port is a
+// flow carried on its own tunnel stream (header first, then u16-framed datagrams both ways); replies from
+// the stream go back to that flow's sender. Lossy like UDP: what cannot be carried is dropped and counted.
+import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
+import { isIPv6 } from 'node:net';
+import type { Session, Stream } from '@porthole/mux';
+import {
+  DatagramDecoder,
+  DatagramWriter,
+  formatHostPort,
+  type Logger,
+  type ProxySpec,
+  writeStreamHeader,
+} from '@porthole/protocol';
+
+/** Largest UDP payload per family (what a datagram from the tunnel may be and still be sent). */
+const MAX_UDP_PAYLOAD = { udp4: 65_507, udp6: 65_527 } as const;
+/** Datagrams are dropped while this many bytes wait in the socket's send queue. */
+const MAX_SEND_QUEUE_BYTES = 1024 * 1024;
+/** After an idle FIN, a stream the peer never finishes is reset this much later. */
+const FLOW_CLOSE_GRACE_MS = 5_000;
+/** At most one "flow limit" warning per proxy per this many ms (a flood must not flood the log). */
+const FLOW_LIMIT_LOG_INTERVAL_MS = 10_000;
+
+export interface UdpProxyStats {
+  flowsOpened: number;
+  datagramsIn: number;
+  datagramsOut: number;
+  bytesIn: number;
+  bytesOut: number;
+  /** New flows refused because max_flows were open. */
+  droppedFlowLimit: number;
+  /** Datagrams from the tunnel longer than a UDP payload can be. */
+  droppedOversize: number;
+  /** Datagrams towards the tunnel dropped because the stream's reader is behind. */
+  droppedBackpressure: number;
+  /** Datagrams that could not be sent (socket send queue full, send error, flow closing). */
+  droppedSend: number;
+  /** Streams that ended inside a datagram. */
+  droppedTruncated: number;
+}
+
+export interface UdpProxyListenerOptions {
+  client: string;
+  proxy: ProxySpec & { remote_port: number };
+  bindHost: string;
+  session: Session;
+  logger: Logger;
+  idleTimeoutMs: number;
+  maxFlows: number;
+  /** Ids for log lines, shared with the tcp connections (the ConnectionTracker's counter). */
+  nextId: () => number;
+}
+
+interface Flow {
+  key: string;
+  conn: number;
+  address: string;
+  port: number;
+  stream: Stream;
+  writer: DatagramWriter;
+  decoder: DatagramDecoder;
+  startedAt: number;
+  lastActivity: number;
+  timer: NodeJS.Timeout | undefined;
+  datagramsIn: number;
+  datagramsOut: number;
+  bytesIn: number;
+  bytesOut: number;
+  dropped: number;
+  reason: string | undefined;
+}
+
+function describeBindError(err: NodeJS.ErrnoException, address: string): string {
+  if (err.code === 'EADDRINUSE') return `udp address ${address} is already in use on the server`;
+  if (err.code === 'EACCES') return `the server may not bind udp ${address} (permission denied)`;
+  if (err.code === 'EADDRNOTAVAIL') return `udp address ${address} is not available on the server`;
+  return `cannot bind udp ${address}: ${err.message}`;
+}
+
+export class UdpProxyListener {
+  readonly address: string;
+  readonly stats: UdpProxyStats = {
+    flowsOpened: 0,
+    datagramsIn: 0,
+    datagramsOut: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    droppedFlowLimit: 0,
+    droppedOversize: 0,
+    droppedBackpressure: 0,
+    droppedSend: 0,
+    droppedTruncated: 0,
+  };
+  private readonly socket: UdpSocket;
+  private readonly family: 'udp4' | 'udp6';
+  private readonly flows = new Map<string, Flow>();
+  private closed = false;
+  private lastLimitLog = 0;
+  private limitDropsSinceLog = 0;
+
+  constructor(private readonly opts: UdpProxyListenerOptions) {
+    this.address = formatHostPort(opts.bindHost, opts.proxy.remote_port);
+    this.family = isIPv6(opts.bindHost) ? 'udp6' : 'udp4';
+    this.socket = createSocket({ type: this.family, reuseAddr: false });
+  }
+
+  get activeFlows(): number {
+    return this.flows.size;
+  }
+
+  /** Binds the port; rejects with an Error whose message is the reason to send to the client. */
+  listen(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException) => {
+        this.closed = true;
+        this.socket.close();
+        reject(new Error(describeBindError(err, this.address)));
+      };
+      this.socket.once('error', onError);
+      this.socket.bind({ port: this.opts.proxy.remote_port, address: this.opts.bindHost }, () => {
+        this.socket.off('error', onError);
+        this.socket.on('error', (err) =>
+          this.opts.logger.warn(
+            { client: this.opts.client, proxy: this.opts.proxy.name, reason: err.message },
+            'udp socket error',
+          ),
+        );
+        this.socket.on('message', (msg, rinfo) => this.onDatagram(msg, rinfo));
+        resolve();
+      });
+    });
+  }
+
+  /** The port actually bound. */
+  get boundPort(): number {
+    try {
+      return this.socket.address().port;
+    } catch {
+      return this.opts.proxy.remote_port;
+    }
+  }
+
+  /** Frees the port at once and ends every flow. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.socket.close();
+    for (const flow of [...this.flows.values()]) this.endFlow(flow, 'proxy closed');
+    if (this.limitDropsSinceLog > 0) this.logLimitDrops();
+  }
+
+  private onDatagram(msg: Buffer, rinfo: RemoteInfo): void {
+    if (this.closed) return;
+    const key = formatHostPort(rinfo.address, rinfo.port);
+    let flow = this.flows.get(key);
+    if (!flow) {
+      if (this.flows.size >= this.opts.maxFlows) {
+        this.stats.droppedFlowLimit++;
+        this.limitDropsSinceLog++;
+        if (Date.now() - this.lastLimitLog >= FLOW_LIMIT_LOG_INTERVAL_MS) this.logLimitDrops();
+        return;
+      }
+      flow = this.openFlow(key, rinfo);
+    }
+    flow.lastActivity = performance.now();
+    const result = flow.writer.write(msg);
+    if (result === 'sent') {
+      flow.datagramsIn++;
+      flow.bytesIn += msg.length;
+      this.stats.datagramsIn++;
+      this.stats.bytesIn += msg.length;
+    } else {
+      flow.dropped++;
+      if (result === 'dropped-backpressure') this.stats.droppedBackpressure++;
+      else this.stats.droppedSend++;
+    }
+  }
+
+  private logLimitDrops(): void {
+    this.opts.logger.warn(
+      {
+        client: this.opts.client,
+        proxy: this.opts.proxy.name,
+        max_flows: this.opts.maxFlows,
+        dropped: this.limitDropsSinceLog,
+        dropped_total: this.stats.droppedFlowLimit,
+      },
+      'udp flow limit reached: datagrams from new senders dropped',
+    );
+    this.lastLimitLog = Date.now();
+    this.limitDropsSinceLog = 0;
+  }
+
+  private openFlow(key: string, rinfo: RemoteInfo): Flow {
+    const { session, proxy } = this.opts;
+    const conn = this.opts.nextId();
+    const stream = session.open();
+    const now = performance.now();
+    const flow: Flow = {
+      key,
+      conn,
+      address: rinfo.address,
+      port: rinfo.port,
+      stream,
+      writer: new DatagramWriter(stream),
+      decoder: new DatagramDecoder({ maxDatagramBytes: MAX_UDP_PAYLOAD[this.family] }),
+      startedAt: now,
+      lastActivity: now,
+      timer: undefined,
+      datagramsIn: 0,
+      datagramsOut: 0,
+      bytesIn: 0,
+      bytesOut: 0,
+      dropped: 0,
+      reason: undefined,
+    };
+    this.flows.set(key, flow);
+    this.stats.flowsOpened++;
+    writeStreamHeader(stream, {
+      proxy: proxy.name,
+      conn,
+      remote_addr: rinfo.address,
+      remote_port: rinfo.port,
+      public_addr: this.address,
+      udp_idle_timeout_ms: this.opts.idleTimeoutMs,
+    });
+    stream.on('data', (chunk: Buffer) => this.onTunnelData(flow, chunk));
+    stream.on('end', () => this.endFlow(flow, 'client ended the flow'));
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      flow.reason ??= err.code === 'ERR_STREAM_RESET' ? 'reset' : err.message;
+    });
+    stream.on('close', () => this.onFlowClosed(flow));
+    this.armIdleTimer(flow, this.opts.idleTimeoutMs);
+    return flow;
+  }
+
+  private onTunnelData(flow: Flow, chunk: Buffer): void {
+    const before = flow.decoder.stats.droppedOversize;
+    const datagrams = flow.decoder.push(chunk);
+    const oversize = flow.decoder.stats.droppedOversize - before;
+    if (oversize > 0) {
+      flow.dropped += oversize;
+      this.stats.droppedOversize += oversize;
+    }
+    if (datagrams.length === 0) return;
+    flow.lastActivity = performance.now();
+    for (const datagram of datagrams) {
+      if (this.closed || this.socket.getSendQueueSize() > MAX_SEND_QUEUE_BYTES) {
+        flow.dropped++;
+        this.stats.droppedSend++;
+        continue;
+      }
+      flow.datagramsOut++;
+      flow.bytesOut += datagram.length;
+      this.stats.datagramsOut++;
+      this.stats.bytesOut += datagram.length;
+      this.socket.send(datagram, flow.port, flow.address, (err) => {
+        if (err) {
+          flow.dropped++;
+          this.stats.droppedSend++;
+        }
+      });
+    }
+  }
+
+  private armIdleTimer(flow: Flow, ms: number): void {
+    flow.timer = setTimeout(() => {
+      const idle = performance.now() - flow.lastActivity;
+      if (idle >= this.opts.idleTimeoutMs) this.endFlow(flow, 'idle timeout');
+      else this.armIdleTimer(flow, this.opts.idleTimeoutMs - idle);
+    }, ms);
+    flow.timer.unref();
+  }
+
+  /** Ends a flow: FIN on its stream (the client closes its side), a reset if the peer lingers. */
+  private endFlow(flow: Flow, reason: string): void {
+    if (this.flows.get(flow.key) !== flow) return;
+    this.flows.delete(flow.key);
+    flow.reason ??= reason;
+    clearTimeout(flow.timer);
+    if (!flow.stream.destroyed) {
+      flow.stream.end();
+      const grace = setTimeout(() => flow.stream.destroy(), FLOW_CLOSE_GRACE_MS);
+      grace.unref();
+      flow.stream.once('close', () => clearTimeout(grace));
+    }
+  }
+
+  private onFlowClosed(flow: Flow): void {
+    if (this.flows.get(flow.key) === flow) {
+      this.flows.delete(flow.key);
+      clearTimeout(flow.timer);
+    }
+    if (!flow.decoder.end()) {
+      flow.dropped++;
+      this.stats.droppedTruncated++;
+    }
+    this.opts.logger.info(
+      {
+        client: this.opts.client,
+        proxy: this.opts.proxy.name,
+        conn: flow.conn,
+        remote_addr: flow.key,
+        datagrams_in: flow.datagramsIn,
+        datagrams_out: flow.datagramsOut,
+        bytes_in: flow.bytesIn,
+        bytes_out: flow.bytesOut,
+        dropped: flow.dropped,
+        ms: Math.round(performance.now() - flow.startedAt),
+        reason: flow.reason ?? 'closed',
+      },
+      'udp flow closed',
+    );
+  }
+}

@@ -1,0 +1,77 @@
+// The shared public ports of a server: [http] listen (virtual hosts) and [https] listen (SNI passthrough
+// or termination). Wires the route tables, the HTTP router and the two listeners together.
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { HttpVhostRouter } from './http-vhost-router.js';
+import { HttpVhostServer } from './http-vhost-server.js';
+import { defaultRoutingConfig } from './routing-config.js';
+import type { ServerContext } from './server-context.js';
+import { TlsSniListener } from './tls-sni-listener.js';
+import { TrustedProxies } from './trusted-proxies.js';
+
+export class VhostPorts {
+  private readonly vhost: HttpVhostServer;
+  private readonly sni: TlsSniListener | undefined;
+
+  constructor(
+    private readonly ctx: ServerContext,
+    onControlUpgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void,
+  ) {
+    const routing = ctx.config.routing ?? defaultRoutingConfig();
+    const router = new HttpVhostRouter({
+      routes: ctx.routing.httpRoutes,
+      trusted: new TrustedProxies(routing.trustedProxies),
+      logger: ctx.logger,
+      tracker: ctx.tracker,
+      controlPath: ctx.config.path,
+      onControlUpgrade,
+    });
+    this.vhost = new HttpVhostServer({
+      router,
+      limits: routing.httpLimits,
+      logger: ctx.logger,
+      ...(routing.httpListen ? { httpListen: routing.httpListen } : {}),
+      ...(routing.https ? { certs: routing.https.certs } : {}),
+      ...(routing.https?.defaultHost ? { defaultHost: routing.https.defaultHost } : {}),
+      handshakeTimeout: routing.https?.handshakeTimeout ?? 10_000,
+    });
+    if (routing.https) {
+      this.sni = new TlsSniListener({
+        listen: routing.https.listen,
+        routes: ctx.routing.tlsRoutes,
+        certs: routing.https.certs,
+        defaultHost: routing.https.defaultHost,
+        vhost: this.vhost,
+        logger: ctx.logger,
+        tracker: ctx.tracker,
+        helloTimeoutMs: routing.https.handshakeTimeout,
+        helloMaxBytes: routing.https.maxClientHelloSize,
+      });
+    }
+  }
+
+  /** Opens the configured ports (logging "http listening" / "https listening" with the bound address). */
+  async start(): Promise<void> {
+    const { logger } = this.ctx;
+    const httpAddress = await this.vhost.listenHttp();
+    if (httpAddress !== undefined) {
+      this.ctx.routing.httpAddress = httpAddress;
+      logger.info({ addr: httpAddress }, 'http listening');
+    }
+    if (this.sni) {
+      const httpsAddress = await this.sni.listen();
+      this.ctx.routing.httpsAddress = httpsAddress;
+      const certs = this.ctx.config.routing?.https?.certs.names ?? [];
+      logger.info({ addr: httpsAddress, certs }, 'https listening');
+    }
+  }
+
+  stopAccepting(): void {
+    this.sni?.stopAccepting();
+    this.vhost.stopAccepting();
+  }
+
+  closeAll(): void {
+    this.vhost.closeAll();
+  }
+}
