@@ -1,0 +1,235 @@
+// The admin listener of a real server (JSON API, Prometheus /metrics, /healthz, Bearer protection) and
+// `porthole-client status` against a real client's admin endpoint.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { WebSocket } from 'ws';
+import { clientBin, eventually, freePort, run, serverBin, withHarness } from './lib/processes.js';
+import { EchoPinger, startEchoServer } from './lib/services.js';
+import { startTunnel } from './lib/tunnel.js';
+
+const ADMIN_TOKEN = 'admin-token-for-e2e-0123456789abcdef';
+
+/** GET with `Authorization: Bearer token`; `null` sends no Authorization header. */
+async function api(base: string, path: string, token: string | null = ADMIN_TOKEN) {
+  const res = await fetch(`${base}${path}`, {
+    headers: token === null ? {} : { Authorization: `Bearer ${token}` },
+  });
+  const text = await res.text();
+  return { status: res.status, headers: res.headers, text, json: () => JSON.parse(text) };
+}
+
+/** Checks the text exposition line by line: HELP and TYPE before each family's samples, sample syntax. */
+function parseExposition(text: string): Map<string, number> {
+  const samples = new Map<string, number>();
+  const typed = new Set<string>();
+  assert.ok(text.endsWith('\n'), 'the exposition ends with a newline');
+  for (const line of text.trimEnd().split('\n')) {
+    const meta = /^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*) (.+)$/.exec(line);
+    if (meta) {
+      if (meta[1] === 'TYPE') {
+        assert.match(meta[3]!, /^(counter|gauge|histogram)$/, line);
+        typed.add(meta[2]!);
+      }
+      continue;
+    }
+    const sample =
+      /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*",?)*\})? (\S+)$/.exec(line);
+    assert.ok(sample, `not a valid sample line: ${line}`);
+    const family = sample[1]!.replace(/_(bucket|sum|count)$/, '');
+    assert.ok(typed.has(sample[1]!) || typed.has(family), `sample before its TYPE: ${line}`);
+    const value = Number(sample[3] === '+Inf' ? Number.POSITIVE_INFINITY : sample[3]);
+    assert.ok(!Number.isNaN(value), `value of ${line}`);
+    samples.set(`${sample[1]}${sample[2] ?? ''}`, value);
+  }
+  return samples;
+}
+
+test(
+  'admin API: Bearer-protected JSON and Prometheus metrics that follow a live connection; healthz; client status',
+  {
+    timeout: 90_000,
+  },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startEchoServer('127.0.0.1', 0);
+      h.onCleanup(() => echo.close());
+      const remotePort = await freePort();
+      const clientAdminPort = await freePort();
+      const { server, client, publicPort } = await startTunnel(
+        h,
+        [{ name: 'web', local: `127.0.0.1:${echo.port}`, remotePort }],
+        {
+          tokenName: 'homelab',
+          server: { admin: { token: ADMIN_TOKEN }, shutdownTimeout: '3s' },
+          client: { adminListen: `127.0.0.1:${clientAdminPort}` },
+        },
+      );
+      const base = server.adminUrl!;
+      assert.match(base, /^http:\/\/127\.0\.0\.1:\d+$/, 'the admin listener is on loopback');
+
+      // healthz needs no token; everything else does.
+      const health = await api(base, '/healthz', null);
+      assert.equal(health.status, 200);
+      assert.deepEqual(health.json(), { status: 'ok' });
+      for (const path of ['/api/clients', '/api/proxies', '/api/connections', '/metrics']) {
+        const anonymous = await api(base, path, null);
+        assert.equal(anonymous.status, 401, `${path} without a token`);
+        assert.match(anonymous.headers.get('www-authenticate') ?? '', /^Bearer/);
+        assert.equal(
+          (await api(base, path, 'wrong-token-wrong-token-wrong')).status,
+          401,
+          `${path} wrong token`,
+        );
+      }
+      assert.ok(!server.proc.outputContains(ADMIN_TOKEN), 'the admin token is never logged');
+
+      const clients = (await api(base, '/api/clients')).json().clients;
+      assert.equal(clients.length, 1);
+      assert.equal(clients[0].name, 'homelab');
+      assert.match(clients[0].remote_addr, /^127\.0\.0\.1:\d+$/);
+      assert.deepEqual(
+        clients[0].proxies.map((p: Record<string, unknown>) => [
+          p.name,
+          p.type,
+          p.public_addr,
+          p.open_connections,
+        ]),
+        [['web', 'tcp', `127.0.0.1:${publicPort}`, 0]],
+      );
+
+      // A live connection shows up with growing byte counts, then goes away and is counted.
+      const pinger = await EchoPinger.connect('127.0.0.1', publicPort);
+      h.onCleanup(() => pinger.close());
+      for (let i = 0; i < 5; i++) assert.ok(await pinger.ping());
+      const live = await eventually(
+        'the connection listed with bytes',
+        async () => {
+          const list = (await api(base, '/api/connections')).json().connections;
+          return list.length === 1 && list[0].bytes_in > 0 ? list : undefined;
+        },
+        5000,
+      );
+      assert.equal(live[0].client, 'homelab');
+      assert.equal(live[0].proxy, 'web');
+      assert.match(live[0].remote_addr, /^127\.0\.0\.1:\d+$/);
+      const firstBytes = live[0].bytes_in;
+      for (let i = 0; i < 5; i++) assert.ok(await pinger.ping());
+      const later = (await api(base, '/api/connections')).json().connections;
+      assert.ok(later[0].bytes_in > firstBytes, 'bytes_in grows while the connection is used');
+      const proxies = (await api(base, '/api/proxies')).json().proxies;
+      assert.equal(proxies[0].open_connections, 1);
+      assert.equal(proxies[0].bytes_in, later[0].bytes_in);
+
+      // A refused client authentication is counted by reason.
+      await new Promise<void>((resolve) => {
+        const ws = new WebSocket(server.url, { headers: { Authorization: 'Bearer not-a-jwt' } });
+        ws.on('unexpected-response', (_req, res) => {
+          assert.equal(res.statusCode, 401);
+          res.resume();
+          resolve();
+        });
+        ws.on('error', () => resolve());
+      });
+
+      const metricsRes = await api(base, '/metrics');
+      assert.equal(metricsRes.status, 200);
+      assert.match(metricsRes.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
+      const m = parseExposition(metricsRes.text);
+      const label = '{client="homelab",proxy="web"}';
+      assert.equal(m.get('porthole_clients'), 1);
+      assert.equal(m.get('porthole_proxies{type="tcp"}'), 1);
+      assert.equal(m.get('porthole_open_connections'), 1);
+      assert.equal(m.get(`porthole_proxy_open_connections${label}`), 1);
+      assert.ok(m.get(`porthole_proxy_bytes_in_total${label}`)! >= later[0].bytes_in);
+      assert.ok(m.get(`porthole_proxy_bytes_out_total${label}`)! > 0);
+      assert.equal(m.get('porthole_auth_failures_total{reason="malformed token"}'), 1);
+      assert.equal(m.get('porthole_admin_auth_failures_total'), 8);
+      assert.ok(m.get('porthole_stream_open_seconds_count')! >= 1, 'stream opens are timed');
+      assert.equal(
+        m.get('porthole_stream_open_seconds_bucket{le="+Inf"}'),
+        m.get('porthole_stream_open_seconds_count'),
+      );
+      assert.ok(m.get('process_resident_memory_bytes')! > 10e6);
+      assert.ok(m.get('process_open_fds')! > 5);
+
+      pinger.close();
+      await eventually(
+        'the closed connection to be counted',
+        async () => {
+          const p = (await api(base, '/api/proxies')).json().proxies[0];
+          return p.open_connections === 0 && p.connections_total === 1 ? p : undefined;
+        },
+        5000,
+      );
+      assert.deepEqual((await api(base, '/api/connections')).json(), { connections: [] });
+
+      // porthole-client status reads the client's own admin endpoint.
+      const status = await run(clientBin, ['status', '--config', client.configPath], { timeoutMs: 15_000 });
+      assert.equal(status.code, 0, status.stderr);
+      assert.match(status.stdout, /session: +established as "homelab" \(session [0-9a-f]{8}\)/);
+      assert.match(
+        status.stdout,
+        new RegExp(
+          `web +tcp +127\\.0\\.0\\.1:${echo.port} +${remotePort} +registered +0 +public 127\\.0\\.0\\.1:${publicPort}`,
+        ),
+      );
+      const json = await run(clientBin, ['status', '--admin', `127.0.0.1:${clientAdminPort}`, '--json'], {
+        timeoutMs: 15_000,
+      });
+      assert.equal(json.code, 0, json.stderr);
+      assert.equal(JSON.parse(json.stdout).proxies[0].state, 'registered');
+      const unreachable = await run(clientBin, ['status', '--admin', `127.0.0.1:${await freePort()}`], {
+        timeoutMs: 15_000,
+      });
+      assert.equal(unreachable.code, 1);
+      assert.match(unreachable.stderr, /cannot reach the client/);
+
+      // While the server drains, healthz says so; the client reports that its session is gone.
+      const holder = await EchoPinger.connect('127.0.0.1', publicPort);
+      h.onCleanup(() => holder.close());
+      assert.ok(await holder.ping());
+      server.proc.kill('SIGTERM');
+      await server.proc.waitForMsg('shutting down', 5000);
+      const draining = await api(base, '/healthz', null);
+      assert.equal(draining.status, 503);
+      assert.deepEqual(draining.json(), { status: 'draining' });
+      await server.proc.exited;
+      const down = await eventually(
+        'the client status to leave "established"',
+        async () => {
+          const r = await run(clientBin, ['status', '--config', client.configPath], { timeoutMs: 15_000 });
+          return r.code === 3 ? r : undefined;
+        },
+        10_000,
+      );
+      assert.match(down.stdout, /session: +reconnecting for \d+s, next attempt in/);
+      assert.match(down.stdout, /last error: /);
+    }),
+);
+
+test(
+  'admin config: a missing token is refused by check; the token must be long enough',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const secret = await h.file('secret', `${'s'.repeat(40)}\n`);
+      const noToken = await h.file(
+        'a.toml',
+        `[auth]\nsecret_file = "${secret}"\n[admin]\nlisten = "127.0.0.1:0"\n`,
+      );
+      const r1 = await run(serverBin, ['check', '--config', noToken]);
+      assert.equal(r1.code, 2);
+      assert.match(r1.stderr, /a\.toml: admin: set exactly one of token or token_file/);
+      const short = await h.file('b.toml', `[auth]\nsecret_file = "${secret}"\n[admin]\ntoken = "short"\n`);
+      const r2 = await run(serverBin, ['check', '--config', short]);
+      assert.equal(r2.code, 2);
+      assert.match(r2.stderr, /b\.toml: admin\.token: the admin token must be at least 16 characters/);
+      const clientToml = await h.file(
+        'c.toml',
+        `server = "ws://127.0.0.1:1/_porthole"\ntoken = "x"\n[admin]\nlisten = "0.0.0.0:7401"\n`,
+      );
+      const r3 = await run(clientBin, ['check', '--config', clientToml]);
+      assert.equal(r3.code, 2);
+      assert.match(r3.stderr, /c\.toml: admin\.listen: must be a loopback address/);
+    }),
+);
