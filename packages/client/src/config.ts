@@ -10,10 +10,7 @@ import {
   type LogLevel,
   loadTomlConfig,
   logLevelField,
-  PROXY_TYPES,
-  type ProxyType,
   parseRule,
-  proxyNameSchema,
   readSecretFile,
   validateConfig,
 } from '@porthole/protocol';

@@ -24,8 +24,18 @@ const hostField = z.string({ error: expected('a hostname') }).transform((text, c
 });
 
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
-/** Headers the tunnel itself sets or that would break the framing; request_headers may not set them. */
-const RESERVED_HEADERS = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'upgrade']);
+/** Headers the tunnel itself sets or that would break the framing; request_headers may not set them
+ * (the server ignores them there too). */
+const RESERVED_HEADERS = new Set([
+  'host',
+  'content-length',
+  'transfer-encoding',
+  'connection',
+  'upgrade',
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+]);
 
 const portField = z
   .number({ error: expected('a port number') })

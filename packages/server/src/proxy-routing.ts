@@ -18,6 +18,7 @@ import type { ServerContext } from './server-context.js';
 import type { TlsTarget } from './tls-sni-listener.js';
 import { UdpProxyListener } from './udp-proxy-listener.js';
 
+const FORWARDED_HEADERS = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
 /** Idle pooled streams kept per http proxy. */
 const MAX_FREE_STREAMS = 32;
 
@@ -241,7 +242,10 @@ export async function bindRoutedProxy(
         ? undefined
         : { user: Buffer.from(spec.http_user), password: Buffer.from(spec.http_password) },
     hostHeaderRewrite: spec.host_header_rewrite,
-    requestHeaders: Object.entries(spec.request_headers ?? {}).map(([k, v]) => [k.toLowerCase(), v] as const),
+    // The X-Forwarded-* headers are the server's to set: a client cannot forge them for its visitors.
+    requestHeaders: Object.entries(spec.request_headers ?? {})
+      .map(([k, v]) => [k.toLowerCase(), v] as const)
+      .filter(([k]) => !FORWARDED_HEADERS.has(k) && k !== 'host'),
   };
   state.httpRoutes.add(owner.name, spec.name, claims, target);
   return {

@@ -1,0 +1,346 @@
+// HTTP virtual hosts through real processes, with curl and a ws client as visitors: routing by Host and
+// path, X-Forwarded-*, basic auth, header rewrites, streaming bodies, keep-alive reuse of tunnel
+// streams, WebSocket upgrades, and the 404/502 pages.
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { Agent, request } from 'node:http';
+import { test } from 'node:test';
+import { WebSocket } from 'ws';
+import { curl } from './lib/curl.js';
+import { startHttpBackend } from './lib/http-backend.js';
+import { freePort, run, withHarness, withTimeout } from './lib/processes.js';
+import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
+import { patternBytes, sha256Hex } from './lib/sha-stream.js';
+
+function json(body: string): Record<string, unknown> {
+  try {
+    return JSON.parse(body) as Record<string, unknown>;
+  } catch {
+    throw new Error(`not JSON: ${body.slice(0, 300)}`);
+  }
+}
+
+test(
+  'requests are routed by Host (exact, wildcard, subdomain) and the longest location',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backends = await Promise.all(['web', 'api', 'wild', 'sub'].map((n) => startHttpBackend(n)));
+      h.onCleanup(() => Promise.all(backends.map((b) => b.close())));
+      const [web, api, wild, sub] = backends as [
+        (typeof backends)[0],
+        (typeof backends)[0],
+        (typeof backends)[0],
+        (typeof backends)[0],
+      ];
+      const server = await startRoutedServer(h, { top: { subdomain_host: 'sub.test' } });
+      const token = await issueRoutedToken(server, {
+        name: 'routes',
+        hosts: ['app.test', '*.wild.test', 'x.sub.test'],
+      });
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          { name: 'web', type: 'http', local: `127.0.0.1:${web.port}`, hosts: ['app.test'] },
+          {
+            name: 'api',
+            type: 'http',
+            local: `127.0.0.1:${api.port}`,
+            hosts: ['app.test'],
+            locations: ['/api'],
+          },
+          { name: 'wild', type: 'http', local: `127.0.0.1:${wild.port}`, hosts: ['*.wild.test'] },
+          { name: 'exact', type: 'http', local: `127.0.0.1:${web.port}`, hosts: ['exact.wild.test'] },
+          { name: 'sub', type: 'http', local: `127.0.0.1:${sub.port}`, subdomain: 'x' },
+        ],
+      });
+      const port = server.httpPort!;
+      assert.deepEqual(client.registered.get('sub')?.urls, [`http://x.sub.test:${port}/`]);
+      const base = `http://127.0.0.1:${port}`;
+      const cases: [host: string, path: string, backend: string][] = [
+        ['app.test', '/', 'web'],
+        ['App.Test', '/index.html', 'web'],
+        ['app.test', '/api', 'api'],
+        ['app.test', '/api/v1/users?x=1', 'api'],
+        ['app.test', '/apix', 'web'],
+        ['a.wild.test', '/', 'wild'],
+        ['b.c.wild.test', '/api', 'wild'],
+        ['exact.wild.test', '/', 'web'],
+        ['x.sub.test', '/', 'sub'],
+      ];
+      for (const [host, path, expected] of cases) {
+        const r = await curl(['-H', `Host: ${host}`], `${base}${path}`);
+        assert.equal(r.status, 200, `${host}${path}: status ${r.status} ${r.stderr} ${r.body}`);
+        const seen = json(r.body);
+        assert.equal(seen.backend, expected, `${host}${path} went to ${seen.backend}`);
+        assert.equal(seen.url, path, `${host}${path}: the path reaches the service unchanged`);
+      }
+      // The real Host header, as a browser sends it (with the port), via --resolve.
+      const resolved = await curl(
+        ['--resolve', `app.test:${port}:127.0.0.1`],
+        `http://app.test:${port}/api/x`,
+      );
+      assert.equal(json(resolved.body).backend, 'api');
+
+      // Unknown names: a plain 404 that names no host this server serves.
+      for (const host of ['nope.test', 'wild.test', 'sub.test', 'y.sub.test']) {
+        const r = await curl(['-H', `Host: ${host}`], `${base}/`);
+        assert.equal(r.status, 404, `${host}: ${r.status}`);
+        assert.match(r.headers['content-type'] ?? '', /^text\/plain/);
+        for (const name of ['app.test', 'wild.test', 'sub.test', 'x.sub', host]) {
+          assert.ok(!r.body.includes(name), `the 404 page mentions ${name}: ${r.body}`);
+        }
+      }
+    }),
+);
+
+test(
+  'X-Forwarded-* (appended only for trusted_proxies), basic auth, host rewrite, request headers',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('secure');
+      h.onCleanup(() => backend.close());
+      const server = await startRoutedServer(h, { top: { trusted_proxies: ['127.0.0.2'] } });
+      const token = await issueRoutedToken(server, { name: 'auth', hosts: ['secure.test', 'open.test'] });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          {
+            name: 'secure',
+            type: 'http',
+            local: `127.0.0.1:${backend.port}`,
+            hosts: ['secure.test'],
+            http_user: 'alice',
+            http_password: 's3cret pass',
+            host_header_rewrite: 'internal.lan',
+            request_headers: { 'X-From': 'porthole' },
+          },
+          { name: 'open', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['open.test'] },
+        ],
+      });
+      const base = `http://127.0.0.1:${server.httpPort}`;
+      const noAuth = await curl(['-H', 'Host: secure.test'], `${base}/`);
+      assert.equal(noAuth.status, 401);
+      assert.match(noAuth.headers['www-authenticate'] ?? '', /^Basic realm="porthole"/);
+      const wrong = await curl(['-H', 'Host: secure.test', '-u', 'alice:wrong'], `${base}/`);
+      assert.equal(wrong.status, 401);
+      assert.equal(backend.requests.length, 0, 'unauthorized requests never reach the service');
+
+      // From 127.0.0.1 (not trusted): the visitor's X-Forwarded-* are replaced, not believed.
+      const r = await curl(
+        [
+          '-H',
+          'Host: secure.test',
+          '-u',
+          'alice:s3cret pass',
+          '-H',
+          'X-Forwarded-For: 6.6.6.6',
+          '-H',
+          'X-Forwarded-Proto: https',
+          '-H',
+          'X-Forwarded-Host: evil.test',
+        ],
+        `${base}/who`,
+      );
+      assert.equal(r.status, 200, r.body);
+      const seen = json(r.body).headers as Record<string, string>;
+      assert.equal(seen.host, 'internal.lan');
+      assert.equal(seen['x-forwarded-for'], '127.0.0.1');
+      assert.equal(seen['x-forwarded-proto'], 'http');
+      assert.equal(seen['x-forwarded-host'], 'secure.test');
+      assert.equal(seen['x-from'], 'porthole');
+      assert.equal(seen.authorization, undefined, 'the edge credentials are not passed on');
+
+      // From 127.0.0.2 (a trusted proxy): its X-Forwarded-For is appended to, its proto/host kept.
+      const trusted = await curl(
+        [
+          '--interface',
+          '127.0.0.2',
+          '-H',
+          'Host: open.test',
+          '-H',
+          'X-Forwarded-For: 203.0.113.9',
+          '-H',
+          'X-Forwarded-Proto: https',
+          '-H',
+          'X-Forwarded-Host: open.example.org',
+        ],
+        `${base}/`,
+      );
+      assert.equal(trusted.status, 200, trusted.stderr);
+      const fromTrusted = json(trusted.body).headers as Record<string, string>;
+      assert.equal(fromTrusted['x-forwarded-for'], '203.0.113.9, 127.0.0.2');
+      assert.equal(fromTrusted['x-forwarded-proto'], 'https');
+      assert.equal(fromTrusted['x-forwarded-host'], 'open.example.org');
+      assert.equal(fromTrusted.host, 'open.test', "without host_header_rewrite the Host is the visitor's");
+    }),
+);
+
+test(
+  'bodies stream both ways, tunnel streams are reused across requests, WebSockets pass through',
+  { timeout: 90_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, { name: 'stream', hosts: ['app.test'] });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [{ name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
+      });
+      const port = server.httpPort!;
+      const base = `http://127.0.0.1:${port}`;
+
+      // An 8 MiB upload (chunked and with Content-Length) is hashed by the service.
+      const upload = patternBytes(8 * 1024 * 1024, 'upload');
+      const file = await h.file('upload.bin', '');
+      await import('node:fs/promises').then((fs) => fs.writeFile(file, upload));
+      for (const extra of [[], ['-H', 'Transfer-Encoding: chunked']]) {
+        const r = await curl(
+          ['-H', 'Host: app.test', '--data-binary', `@${file}`, ...extra],
+          `${base}/sha256`,
+          60_000,
+        );
+        assert.equal(r.status, 200, r.stderr);
+        assert.deepEqual(json(r.body), { bytes: upload.length, sha256: sha256Hex(upload), backend: 'app' });
+      }
+      // A download that arrives in 50 pieces over ~1 s is passed on as it comes, byte-exact.
+      const out = h.path('download.bin');
+      const down = await run(
+        'curl',
+        ['-sS', '-H', 'Host: app.test', '-o', out, `${base}/stream?bytes=${2 * 1024 * 1024}&chunks=50`],
+        { timeoutMs: 30_000 },
+      );
+      assert.equal(down.code, 0, down.stderr);
+      const got = await readFile(out);
+      assert.equal(sha256Hex(got), sha256Hex(patternBytes(2 * 1024 * 1024, 'stream')));
+
+      // Keep-alive: 30 requests from 30 separate visitor connections ride a pooled tunnel stream, so the
+      // local service sees far fewer connections than requests.
+      const before = backend.connections;
+      for (let i = 0; i < 30; i++) {
+        const r = await new Promise<number>((resolve, reject) => {
+          const req = request(
+            { host: '127.0.0.1', port, path: `/k${i}`, headers: { Host: 'app.test' }, agent: false },
+            (res) => {
+              res.resume();
+              res.on('end', () => resolve(res.statusCode ?? 0));
+            },
+          );
+          req.on('error', reject);
+          req.end();
+        });
+        assert.equal(r, 200);
+      }
+      const used = backend.connections - before;
+      t.diagnostic(`30 requests on 30 visitor connections used ${used} local connection(s)`);
+      assert.ok(
+        used <= 3,
+        `expected pooled tunnel streams, the service saw ${used} connections for 30 requests`,
+      );
+      // And a visitor's own keep-alive connection carries many requests.
+      const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+      for (let i = 0; i < 10; i++) {
+        const status = await new Promise<number>((resolve, reject) => {
+          const req = request(
+            { host: '127.0.0.1', port, path: '/', headers: { Host: 'app.test' }, agent },
+            (res) => {
+              res.resume();
+              res.on('end', () => resolve(res.statusCode ?? 0));
+            },
+          );
+          req.on('error', reject);
+          req.end();
+        });
+        assert.equal(status, 200);
+      }
+      agent.destroy();
+
+      // A WebSocket through the proxy: greeting (with the visitor's address), text and 1 MiB binary echo.
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { Host: 'app.test' } });
+      const messages: Buffer[] = [];
+      let waiter: (() => void) | undefined;
+      ws.on('message', (data: Buffer) => {
+        messages.push(Buffer.from(data));
+        waiter?.();
+      });
+      const next = (n: number) =>
+        withTimeout(
+          new Promise<void>((resolve) => {
+            const check = () => {
+              if (messages.length >= n) resolve();
+            };
+            waiter = check;
+            check();
+          }),
+          10_000,
+          () => `WebSocket message ${n} (got ${messages.length})`,
+        );
+      await withTimeout(
+        new Promise((resolve, reject) => {
+          ws.once('open', resolve);
+          ws.once('error', reject);
+        }),
+        10_000,
+        () => 'WebSocket open through the tunnel',
+      );
+      await next(1);
+      assert.equal(messages[0]!.toString(), 'hello from app xff=127.0.0.1');
+      ws.send('ping');
+      await next(2);
+      assert.equal(messages[1]!.toString(), 'echo:ping');
+      const blob = patternBytes(1024 * 1024, 'ws');
+      ws.send(blob);
+      await next(3);
+      assert.equal(createHash('sha256').update(messages[2]!).digest('hex'), sha256Hex(blob));
+      ws.close();
+    }),
+);
+
+test(
+  'a client that went away answers 502; an unknown host 404; a dead local service 502',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, { name: 'offline', hosts: ['app.test', 'dead.test'] });
+      const deadPort = await freePort();
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          { name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] },
+          { name: 'dead', type: 'http', local: `127.0.0.1:${deadPort}`, hosts: ['dead.test'] },
+        ],
+      });
+      const base = `http://127.0.0.1:${server.httpPort}`;
+      assert.equal((await curl(['-H', 'Host: app.test'], `${base}/`)).status, 200);
+      const dead = await curl(['-H', 'Host: dead.test'], `${base}/`);
+      assert.equal(dead.status, 502, dead.body);
+      assert.match(dead.body, /did not answer/);
+
+      await client.proc.stop();
+      await server.proc.waitForMsg('client disconnected', 10_000, { fields: { client: 'offline' } });
+      const offline = await curl(['-H', 'Host: app.test'], `${base}/`);
+      assert.equal(offline.status, 502, offline.body);
+      assert.match(offline.body, /offline/);
+      assert.equal((await curl(['-H', 'Host: other.test'], `${base}/`)).status, 404);
+
+      // The client comes back: the same name is served again at once.
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        name: 'client again',
+        proxies: [{ name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
+      });
+      assert.equal((await curl(['-H', 'Host: app.test'], `${base}/`)).status, 200);
+    }),
+);

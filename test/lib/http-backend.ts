@@ -1,0 +1,145 @@
+// Local services behind http/udp proxies: an HTTP server that reports what it received (and hashes
+// uploads, streams downloads, echoes WebSocket messages), and a UDP echo that tags each reply.
+import { createHash } from 'node:crypto';
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { WebSocketServer } from 'ws';
+import { patternBytes } from './sha-stream.js';
+
+export interface SeenRequest {
+  method: string;
+  url: string;
+  headers: IncomingHttpHeaders;
+  /** Which TCP connection (1, 2, ...) of this backend carried it. */
+  conn: number;
+  /** The backend's own name, so a test can tell which proxy answered. */
+  backend: string;
+}
+
+export interface HttpBackend {
+  server: Server;
+  port: number;
+  /** TCP connections accepted so far. */
+  connections: number;
+  requests: SeenRequest[];
+  close(): Promise<void>;
+}
+
+/**
+ * GET /anything: JSON of what arrived (SeenRequest). POST /sha256: {bytes, sha256} of the body.
+ * GET /stream?bytes=N&chunks=K: N pattern bytes ("stream" seed) in K chunks, 20 ms apart, chunked.
+ * Upgrade on /ws: a WebSocket echo that prefixes "echo:".
+ */
+export async function startHttpBackend(name: string): Promise<HttpBackend> {
+  let connections = 0;
+  const requests: SeenRequest[] = [];
+  const server = createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://x');
+    const conn = (req.socket as unknown as { backendConn: number }).backendConn;
+    const seen: SeenRequest = {
+      method: req.method ?? '',
+      url: req.url ?? '',
+      headers: req.headers,
+      conn,
+      backend: name,
+    };
+    requests.push(seen);
+    if (req.method === 'POST' && url.pathname === '/sha256') {
+      const hash = createHash('sha256');
+      let bytes = 0;
+      req.on('data', (chunk: Buffer) => {
+        hash.update(chunk);
+        bytes += chunk.length;
+      });
+      req.on('end', () => {
+        res.writeHead(200, { 'Content-Type': 'application/json' });
+        res.end(JSON.stringify({ bytes, sha256: hash.digest('hex'), backend: name }));
+      });
+      return;
+    }
+    if (url.pathname === '/stream') {
+      const total = Number(url.searchParams.get('bytes') ?? 1024);
+      const chunks = Number(url.searchParams.get('chunks') ?? 4);
+      const data = patternBytes(total, 'stream');
+      res.writeHead(200, { 'Content-Type': 'application/octet-stream' });
+      let sent = 0;
+      let i = 0;
+      const step = Math.ceil(total / chunks);
+      const timer = setInterval(() => {
+        const piece = data.subarray(sent, Math.min(total, sent + step));
+        sent += piece.length;
+        i += 1;
+        if (sent >= total || i >= chunks) {
+          clearInterval(timer);
+          res.end(piece);
+        } else res.write(piece);
+      }, 20);
+      res.on('close', () => clearInterval(timer));
+      return;
+    }
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(200, { 'Content-Type': 'application/json', 'X-Backend': name });
+      res.end(JSON.stringify(seen));
+    });
+  });
+  server.on('connection', (socket) => {
+    connections += 1;
+    (socket as unknown as { backendConn: number }).backendConn = connections;
+  });
+  const wss = new WebSocketServer({ server, path: '/ws' });
+  wss.on('connection', (ws, req) => {
+    ws.send(`hello from ${name} xff=${req.headers['x-forwarded-for']}`);
+    ws.on('message', (data, isBinary) => {
+      if (isBinary) ws.send(data, { binary: true });
+      else ws.send(`echo:${data.toString()}`);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const state: HttpBackend = {
+    server,
+    port: (server.address() as AddressInfo).port,
+    get connections() {
+      return connections;
+    },
+    requests,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const client of wss.clients) client.terminate();
+        wss.close();
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+  return state;
+}
+
+export interface UdpEcho {
+  socket: UdpSocket;
+  port: number;
+  /** Distinct sender address:port pairs seen. */
+  senders: Set<string>;
+  received: number;
+  close(): Promise<void>;
+}
+
+/** A UDP echo: replies `${tag}|${payload}` to whoever sent the datagram. */
+export async function startUdpEcho(tag = 'echo'): Promise<UdpEcho> {
+  const socket = createSocket('udp4');
+  const state: UdpEcho = {
+    socket,
+    port: 0,
+    senders: new Set(),
+    received: 0,
+    close: () => new Promise<void>((resolve) => socket.close(() => resolve())),
+  };
+  socket.on('message', (msg, rinfo) => {
+    state.received += 1;
+    state.senders.add(`${rinfo.address}:${rinfo.port}`);
+    socket.send(Buffer.concat([Buffer.from(`${tag}|`), msg]), rinfo.port, rinfo.address);
+  });
+  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+  state.port = socket.address().port;
+  return state;
+}

@@ -1,0 +1,228 @@
+// Servers with vhost ports ([http], [https]) and clients with udp/http/tls proxies, from real TOML files;
+// tokens with host grants; certificates made with openssl in the test's temp dir.
+import type { Harness, LogLine, Proc } from './processes.js';
+import { clientBin, runOk, serverBin } from './processes.js';
+import { portOf, type RunningServer, type ServerConfigFile, startServer, writeSecret } from './tunnel.js';
+
+export type TomlScalar = string | number | boolean | string[];
+export type TomlValue = TomlScalar | Record<string, string>;
+
+let serial = 0;
+function unique(prefix: string): string {
+  serial += 1;
+  return `${prefix}-${serial}`;
+}
+
+function tomlValue(value: TomlValue): string {
+  if (Array.isArray(value)) return `[${value.map((s) => JSON.stringify(s)).join(', ')}]`;
+  if (typeof value === 'object') {
+    return `{ ${Object.entries(value)
+      .map(([k, v]) => `${JSON.stringify(k)} = ${JSON.stringify(v)}`)
+      .join(', ')} }`;
+  }
+  return JSON.stringify(value);
+}
+
+/** key = value lines (inline tables for objects); undefined values are left out. */
+export function tomlLines(entries: Record<string, TomlValue | undefined>): string {
+  return Object.entries(entries)
+    .filter((e): e is [string, TomlValue] => e[1] !== undefined)
+    .map(([k, v]) => `${k} = ${tomlValue(v)}`)
+    .join('\n');
+}
+
+export interface CertFiles {
+  cert: string;
+  key: string;
+}
+
+/** A private CA (EC P-256) in the harness dir. */
+export async function makeCa(h: Harness, name = 'porthole test CA'): Promise<CertFiles> {
+  const id = unique('ca');
+  const cert = h.path(`${id}.pem`);
+  const key = h.path(`${id}.key`);
+  await runOk('openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    key,
+    '-out',
+    cert,
+    '-days',
+    '2',
+    '-subj',
+    `/CN=${name}`,
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  ]);
+  return { cert, key };
+}
+
+/** A server certificate signed by `ca`, subject CN=`commonName`, for the DNS names `names`. */
+export async function makeCert(
+  h: Harness,
+  ca: CertFiles,
+  commonName: string,
+  names: string[],
+): Promise<CertFiles> {
+  const id = unique('cert');
+  const key = h.path(`${id}.key`);
+  const csr = h.path(`${id}.csr`);
+  const cert = h.path(`${id}.pem`);
+  const ext = await h.file(
+    `${id}.ext`,
+    `subjectAltName=${names.map((n) => `DNS:${n}`).join(',')}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`,
+  );
+  await runOk('openssl', [
+    'req',
+    '-new',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    key,
+    '-out',
+    csr,
+    '-subj',
+    `/CN=${commonName}`,
+  ]);
+  await runOk('openssl', [
+    'x509',
+    '-req',
+    '-in',
+    csr,
+    '-CA',
+    ca.cert,
+    '-CAkey',
+    ca.key,
+    '-CAcreateserial',
+    '-out',
+    cert,
+    '-days',
+    '2',
+    '-extfile',
+    ext,
+  ]);
+  return { cert, key };
+}
+
+export interface RoutedServerOptions {
+  allowPorts?: string[];
+  /** Top-level keys: subdomain_host, trusted_proxies, udp_idle_timeout, udp_max_flows... */
+  top?: Record<string, TomlValue | undefined>;
+  /** The [http] table; listen defaults to 127.0.0.1:0. `false`: no [http] table. */
+  http?: Record<string, TomlValue | undefined> | false;
+  /** The [https] table (listen defaults to 127.0.0.1:0) and its [[https.certs]]. */
+  https?: { certs: CertFiles[]; keys?: Record<string, TomlValue | undefined> };
+  /** The control endpoint's own [tls] certificate. */
+  tls?: CertFiles;
+  logLevel?: string;
+  name?: string;
+}
+
+export interface RoutedServer extends RunningServer {
+  httpPort: number | undefined;
+  httpsPort: number | undefined;
+}
+
+export async function startRoutedServer(h: Harness, opts: RoutedServerOptions = {}): Promise<RoutedServer> {
+  const secretFile = await writeSecret(h);
+  const parts = [
+    tomlLines({
+      listen: '127.0.0.1:0',
+      proxy_bind: '127.0.0.1',
+      allow_ports: opts.allowPorts ?? ['1024-65535'],
+      shutdown_timeout: '2s',
+      log_level: opts.logLevel ?? 'info',
+      ...opts.top,
+    }),
+    '[auth]',
+    tomlLines({ secret_file: secretFile }),
+  ];
+  if (opts.http !== false) parts.push('[http]', tomlLines({ listen: '127.0.0.1:0', ...opts.http }));
+  if (opts.https) {
+    parts.push('[https]', tomlLines({ listen: '127.0.0.1:0', ...opts.https.keys }));
+    for (const pair of opts.https.certs) {
+      parts.push('[[https.certs]]', tomlLines({ cert_file: pair.cert, key_file: pair.key }));
+    }
+  }
+  if (opts.tls) parts.push('[tls]', tomlLines({ cert_file: opts.tls.cert, key_file: opts.tls.key }));
+  parts.push('');
+  const configPath = await h.file(`${unique('server')}.toml`, parts.join('\n'));
+  const config: ServerConfigFile = { configPath, secretFile, options: { allowPorts: opts.allowPorts ?? [] } };
+  const running = await startServer(h, config, opts.name ?? 'server');
+  const httpLine = running.proc.logsWithMsg('http listening')[0];
+  const httpsLine = running.proc.logsWithMsg('https listening')[0];
+  return {
+    ...running,
+    httpPort: httpLine ? portOf(httpLine.addr) : undefined,
+    httpsPort: httpsLine ? portOf(httpsLine.addr) : undefined,
+  };
+}
+
+/** `porthole-server token issue` with port and host grants. */
+export async function issueRoutedToken(
+  server: RunningServer,
+  token: { name: string; ports?: string; hosts?: string[] },
+): Promise<string> {
+  const args = ['token', 'issue', '--config', server.config.configPath, '--name', token.name];
+  if (token.ports !== undefined) args.push('--ports', token.ports);
+  if (token.hosts !== undefined) args.push('--hosts', token.hosts.join(','));
+  return (await runOk(serverBin, args, { timeoutMs: 20_000 })).trim();
+}
+
+/** One [[proxies]] table: name, type, local and any other keys. */
+export type RoutedProxy = { name: string; type: 'tcp' | 'udp' | 'http' | 'tls'; local: string } & Record<
+  string,
+  TomlValue
+>;
+
+export interface RoutedClientOptions {
+  server: string;
+  token: string;
+  proxies: RoutedProxy[];
+  caFile?: string;
+  logLevel?: string;
+  name?: string;
+  /** Wait for these proxies' "proxy registered" (default: all of them); [] to return at once. */
+  waitFor?: string[];
+}
+
+export interface RoutedClient {
+  proc: Proc;
+  configPath: string;
+  /** proxy name -> its "proxy registered" log line */
+  registered: Map<string, LogLine>;
+}
+
+export async function startRoutedClient(h: Harness, opts: RoutedClientOptions): Promise<RoutedClient> {
+  const tokenFile = await h.file(unique('token'), `${opts.token}\n`);
+  const parts = [
+    tomlLines({
+      server: opts.server,
+      token_file: tokenFile,
+      ca_file: opts.caFile,
+      reconnect_initial: '200ms',
+      reconnect_max: '2s',
+      log_level: opts.logLevel ?? 'info',
+    }),
+  ];
+  for (const proxy of opts.proxies) parts.push('', '[[proxies]]', tomlLines(proxy));
+  parts.push('');
+  const configPath = await h.file(`${unique('client')}.toml`, parts.join('\n'));
+  const proc = h.spawn(opts.name ?? 'client', clientBin, ['--config', configPath]);
+  const registered = new Map<string, LogLine>();
+  for (const name of opts.waitFor ?? opts.proxies.map((p) => p.name)) {
+    registered.set(name, await proc.waitForMsg('proxy registered', 15_000, { fields: { proxy: name } }));
+  }
+  return { proc, configPath, registered };
+}
