@@ -1,0 +1,49 @@
+#!/usr/bin/env node
+// npm run bundle: one self-contained ES module per program (ws, pino, jose, zod and smol-toml inside), for
+// installing on a machine with nothing but Node 20: `install -m 755 dist-bundle/porthole-server.mjs
+// /usr/local/bin/porthole-server`. bufferutil (a native addon that speeds up ws) stays outside: it is used
+// when require() can find it next to the bundle, and ws falls back to plain JavaScript when it cannot.
+// Usage: node scripts/bundle.mjs [--outdir DIR]   (after `tsc -b packages/server packages/client`)
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { build } from 'esbuild';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const { values } = parseArgs({ options: { outdir: { type: 'string', default: `${root}dist-bundle` } } });
+
+const programs = [
+  { name: 'porthole-server', pkg: 'packages/server' },
+  { name: 'porthole-client', pkg: 'packages/client' },
+];
+
+for (const { name, pkg } of programs) {
+  const version = JSON.parse(readFileSync(`${root}${pkg}/package.json`, 'utf8')).version;
+  const outfile = `${values.outdir}/${name}.mjs`;
+  const result = await build({
+    entryPoints: [`${root}${pkg}/dist/src/cli.js`],
+    outfile,
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    // Optional native speed-ups of ws: required at run time if present, skipped if not.
+    external: ['bufferutil', 'utf-8-validate'],
+    // packageVersion() reads package.json next to the module; a bundle has none, so the version is baked in.
+    define: { PORTHOLE_BUNDLE_VERSION: JSON.stringify(version) },
+    // CommonJS dependencies (ws, pino) call require() for Node built-ins; give the ES module a real one.
+    banner: {
+      js: [
+        '#!/usr/bin/env node',
+        `// ${name} ${version}: bundled by scripts/bundle.mjs; source: packages/ in the porthole repository`,
+        "import { createRequire as __portholeCreateRequire } from 'node:module';",
+        'const require = __portholeCreateRequire(import.meta.url);',
+      ].join('\n'),
+    },
+    legalComments: 'eof',
+    logLevel: 'warning',
+    metafile: true,
+  });
+  const bytes = Object.values(result.metafile.outputs)[0].bytes;
+  process.stdout.write(`${outfile}  ${(bytes / 1024).toFixed(0)} KiB\n`);
+}
