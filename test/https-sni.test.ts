@@ -1,0 +1,165 @@
+// The TLS port with real TLS peers: openssl s_client reaches a tls proxy by SNI and sees the LOCAL
+// service's certificate (passthrough, the server holds no key for it); curl reaches an http proxy over
+// https terminated by the server; the client itself dials wss:// on the same port; unknown names are
+// closed and a ClientHello without SNI goes to default_host.
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import { test } from 'node:test';
+import tls from 'node:tls';
+import { curl } from './lib/curl.js';
+import { startHttpBackend } from './lib/http-backend.js';
+import { run, withHarness } from './lib/processes.js';
+import { issueRoutedToken, makeCa, makeCert, startRoutedClient, startRoutedServer } from './lib/routing.js';
+
+/** `openssl s_client` with stdin as input; returns everything it printed. */
+async function sClient(args: string[], input = ''): Promise<{ code: number | null; out: string }> {
+  const r = await run('openssl', ['s_client', ...args], { timeoutMs: 15_000, input });
+  return { code: r.code, out: `${r.stdout}\n${r.stderr}` };
+}
+
+test(
+  'SNI decides: passthrough to a tls proxy, termination for http proxies and wss control, else closed',
+  { timeout: 90_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const ca = await makeCa(h);
+      const edge = await makeCert(h, ca, 'porthole edge', ['localhost', 'edge.test', '*.edge.test']);
+      const vault = await makeCert(h, ca, 'vault.test', ['vault.test']);
+      const caPem = await readFile(ca.cert);
+
+      // The local TLS service: its own certificate, answers each line with "vault-service:<line>".
+      const vaultService = tls.createServer(
+        { cert: await readFile(vault.cert), key: await readFile(vault.key) },
+        (socket) => {
+          socket.on('error', () => {});
+          socket.setEncoding('utf8');
+          let buffered = '';
+          socket.on('data', (d: string) => {
+            buffered += d;
+            let nl = buffered.indexOf('\n');
+            while (nl >= 0) {
+              socket.write(`vault-service:${buffered.slice(0, nl)}\n`);
+              buffered = buffered.slice(nl + 1);
+              nl = buffered.indexOf('\n');
+            }
+          });
+        },
+      );
+      await new Promise<void>((resolve) => vaultService.listen(0, '127.0.0.1', resolve));
+      h.onCleanup(() => new Promise((resolve) => vaultService.close(resolve)));
+      const vaultPort = (vaultService.address() as AddressInfo).port;
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+
+      const server = await startRoutedServer(h, {
+        https: { certs: [edge], keys: { default_host: 'app.edge.test' } },
+      });
+      const port = server.httpsPort!;
+      const token = await issueRoutedToken(server, { name: 'edge', hosts: ['vault.test', 'app.edge.test'] });
+      // The client dials the control endpoint over wss:// on the TLS port (terminated with the edge cert).
+      const client = await startRoutedClient(h, {
+        server: `wss://localhost:${port}/_porthole`,
+        caFile: ca.cert,
+        token,
+        proxies: [
+          { name: 'vault', type: 'tls', local: `127.0.0.1:${vaultPort}`, hosts: ['vault.test'] },
+          { name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.edge.test'] },
+        ],
+      });
+      assert.deepEqual(client.registered.get('vault')?.urls, [`tls://vault.test:${port}`]);
+      assert.ok(
+        (client.registered.get('app')?.urls as string[]).includes(`https://app.edge.test:${port}/`),
+        JSON.stringify(client.registered.get('app')),
+      );
+
+      // Passthrough: the certificate openssl sees is the local service's, verified against the CA.
+      const pass = await sClient(
+        [
+          '-connect',
+          `127.0.0.1:${port}`,
+          '-servername',
+          'vault.test',
+          '-CAfile',
+          ca.cert,
+          '-verify_return_error',
+        ],
+        'Q\n',
+      );
+      assert.match(pass.out, /subject=CN\s?=\s?vault\.test/, pass.out);
+      assert.match(pass.out, /Verify return code: 0 \(ok\)/);
+      assert.doesNotMatch(pass.out, /porthole edge/, 'the server did not terminate this connection');
+      // And bytes both ways through the passthrough (Node's TLS client, verifying the same way).
+      const reply = await new Promise<string>((resolve, reject) => {
+        const socket = tls.connect({
+          host: '127.0.0.1',
+          port,
+          servername: 'vault.test',
+          ca: caPem,
+        });
+        let text = '';
+        const timer = setTimeout(() => reject(new Error(`no reply through passthrough: ${text}`)), 10_000);
+        socket.setEncoding('utf8');
+        socket.on('secureConnect', () => socket.write('hello through sni\n'));
+        socket.on('data', (d: string) => {
+          text += d;
+          if (text.includes('\n')) {
+            clearTimeout(timer);
+            socket.end();
+            resolve(text);
+          }
+        });
+        socket.on('error', (err) => {
+          clearTimeout(timer);
+          reject(err);
+        });
+      });
+      assert.equal(reply, 'vault-service:hello through sni\n');
+
+      // Termination: an http proxy over https, with the server's certificate.
+      const https = await curl(
+        ['--resolve', `app.edge.test:${port}:127.0.0.1`, '--cacert', ca.cert],
+        `https://app.edge.test:${port}/over-tls`,
+      );
+      assert.equal(https.status, 200, `${https.stderr} ${https.body}`);
+      const seen = JSON.parse(https.body) as { headers: Record<string, string>; backend: string };
+      assert.equal(seen.backend, 'app');
+      assert.equal(seen.headers['x-forwarded-proto'], 'https');
+      assert.equal(seen.headers['x-forwarded-for'], '127.0.0.1');
+      // A name the certificate covers but no proxy serves: TLS is terminated, then a plain 404.
+      const noSite = await curl(
+        ['--resolve', `nosite.edge.test:${port}:127.0.0.1`, '--cacert', ca.cert],
+        `https://nosite.edge.test:${port}/`,
+      );
+      assert.equal(noSite.status, 404);
+
+      // Unknown names are closed before any certificate is shown.
+      const unknown = await sClient(['-connect', `127.0.0.1:${port}`, '-servername', 'unknown.test'], 'Q\n');
+      assert.doesNotMatch(unknown.out, /subject=/, unknown.out);
+      const curlUnknown = await curl(
+        ['--resolve', `unknown.test:${port}:127.0.0.1`, '--cacert', ca.cert],
+        `https://unknown.test:${port}/`,
+      );
+      assert.notEqual(curlUnknown.code, 0);
+      assert.equal(curlUnknown.status, 0);
+
+      // No SNI: default_host (app.edge.test) decides, so the edge certificate answers.
+      const noSni = await sClient(
+        ['-connect', `127.0.0.1:${port}`, '-noservername', '-CAfile', ca.cert],
+        'Q\n',
+      );
+      assert.match(noSni.out, /subject=CN\s?=\s?porthole edge/, noSni.out);
+
+      // Garbage instead of a ClientHello is closed, and the port keeps working.
+      const garbage = await run('curl', ['-sS', '--max-time', '5', `http://127.0.0.1:${port}/`], {
+        timeoutMs: 10_000,
+      });
+      assert.notEqual(garbage.code, 0);
+      const again = await sClient(
+        ['-connect', `127.0.0.1:${port}`, '-servername', 'vault.test', '-CAfile', ca.cert],
+        'Q\n',
+      );
+      assert.match(again.out, /subject=CN\s?=\s?vault\.test/);
+      assert.ok(server.proc.logsWithMsg('client connected').length >= 1);
+    }),
+);

@@ -1,0 +1,299 @@
+// UDP through the tunnel with real peers: dig against dnsmasq, iperf3 -u both ways, and a UDP echo with
+// several senders (replies reach the right one), max_flows, and idle timeouts seen on both ends.
+import assert from 'node:assert/strict';
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { test } from 'node:test';
+import { startUdpEcho } from './lib/http-backend.js';
+import { startIperfServer } from './lib/iperf3.js';
+import { freePort, type Harness, run, sleep, withHarness } from './lib/processes.js';
+import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
+import { patternBytes, sha256Hex } from './lib/sha-stream.js';
+import { portOf } from './lib/tunnel.js';
+
+async function startDnsmasq(h: Harness): Promise<number> {
+  let lastError = '';
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const port = await freePort();
+    const proc = h.spawn(`dnsmasq#${attempt}`, 'dnsmasq', [
+      '--no-daemon',
+      `--port=${port}`,
+      '--listen-address=127.0.0.1',
+      '--bind-interfaces',
+      '--no-resolv',
+      '--no-hosts',
+      '--address=/test.example/10.1.2.3',
+      '--conf-file=/dev/null',
+      `--pid-file=${h.path(`dnsmasq-${attempt}.pid`)}`,
+      '--log-queries',
+    ]);
+    try {
+      await proc.waitForOutput(/started, version/, 10_000);
+      // Ask it directly once, so a failure later is the tunnel's.
+      const direct = await run('dig', [
+        '@127.0.0.1',
+        '-p',
+        String(port),
+        '+short',
+        '+tries=1',
+        '+time=2',
+        'ok.test.example',
+      ]);
+      if (direct.stdout.trim() === '10.1.2.3') return port;
+      lastError = `direct dig answered ${JSON.stringify(direct.stdout)} ${direct.stderr}`;
+    } catch (err) {
+      lastError = (err as Error).message;
+    }
+    await proc.stop(1000);
+  }
+  throw new Error(`dnsmasq did not start: ${lastError}`);
+}
+
+test(
+  "dig through a udp proxy gets dnsmasq's answers; each query is a flow that ends when idle",
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const dnsPort = await startDnsmasq(h);
+      const remotePort = await freePort();
+      const server = await startRoutedServer(h, { top: { udp_idle_timeout: '1s' } });
+      const token = await issueRoutedToken(server, { name: 'dns', ports: String(remotePort) });
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [{ name: 'dns', type: 'udp', local: `127.0.0.1:${dnsPort}`, remote_port: remotePort }],
+      });
+      assert.equal(portOf(client.registered.get('dns')?.remote_addr), remotePort);
+      const names = ['a.test.example', 'b.c.test.example', 'test.example'];
+      for (let i = 0; i < 12; i++) {
+        const name = names[i % names.length]!;
+        const r = await run('dig', [
+          '@127.0.0.1',
+          '-p',
+          String(remotePort),
+          '+short',
+          '+tries=1',
+          '+time=3',
+          name,
+        ]);
+        assert.equal(r.stdout.trim(), '10.1.2.3', `dig ${name}: ${r.stdout} ${r.stderr}`);
+      }
+      // A name dnsmasq has no answer for gets its NXDOMAIN/REFUSED, proving it is dnsmasq talking.
+      const other = await run('dig', [
+        '@127.0.0.1',
+        '-p',
+        String(remotePort),
+        '+tries=1',
+        '+time=3',
+        'example.org',
+      ]);
+      assert.match(other.stdout, /status: (REFUSED|NXDOMAIN)/, other.stdout);
+
+      // Each dig used its own source port: a flow each, ended by the 1 s idle timeout on both ends.
+      const flowsServer = await server.proc.waitForLog(
+        () => server.proc.logsWithMsg('udp flow closed').length >= 13,
+        10_000,
+        0,
+        '13 "udp flow closed" lines on the server',
+      );
+      assert.ok(flowsServer);
+      await client.proc.waitForLog(
+        () => client.proc.logsWithMsg('udp flow closed').length >= 13,
+        10_000,
+        0,
+        '13 "udp flow closed" lines on the client',
+      );
+      const serverLines = server.proc.logsWithMsg('udp flow closed');
+      assert.ok(serverLines.every((l) => l.datagrams_in === 1 && l.datagrams_out === 1 && l.dropped === 0));
+      assert.ok(serverLines.some((l) => l.reason === 'idle timeout' || l.reason === 'client ended the flow'));
+      t.diagnostic(`server flow lines: ${serverLines.length}, first: ${JSON.stringify(serverLines[0])}`);
+    }),
+);
+
+interface IperfUdp {
+  bitsPerSecond: number;
+  lostPercent: number;
+  packets: number;
+}
+
+async function iperfUdp(port: number, reverse: boolean): Promise<IperfUdp> {
+  const args = [
+    '-c',
+    '127.0.0.1',
+    '-p',
+    String(port),
+    '-u',
+    '-b',
+    '20M',
+    '-l',
+    '1400',
+    '-t',
+    '3',
+    '-J',
+    '--connect-timeout',
+    '5000',
+  ];
+  if (reverse) args.push('-R');
+  const r = await run('iperf3', args, { timeoutMs: 30_000 });
+  const json = JSON.parse(r.stdout || '{}') as {
+    error?: string;
+    end?: { sum?: { bits_per_second: number; lost_percent: number; packets: number } };
+  };
+  if (json.error || r.code !== 0 || !json.end?.sum)
+    throw new Error(`iperf3 ${args.join(' ')}: code ${r.code} ${json.error ?? ''} ${r.stderr}`);
+  return {
+    bitsPerSecond: json.end.sum.bits_per_second,
+    lostPercent: json.end.sum.lost_percent,
+    packets: json.end.sum.packets,
+  };
+}
+
+test(
+  'iperf3 -u (20 Mbit/s of 1400-byte datagrams, both directions) through udp + tcp proxies on one port',
+  { timeout: 90_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const remotePort = await freePort();
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, { name: 'iperf', ports: String(remotePort) });
+      for (const reverse of [false, true]) {
+        const iperf = await startIperfServer(h, `iperf3-server${reverse ? ' -R' : ''}`);
+        const iperfPort = iperf.port;
+        // iperf3 runs its control connection over TCP and the test over UDP, on the same port number.
+        const client = await startRoutedClient(h, {
+          server: server.url,
+          token,
+          name: `client${reverse ? ' -R' : ''}`,
+          proxies: [
+            { name: 'ctl', type: 'tcp', local: `127.0.0.1:${iperfPort}`, remote_port: remotePort },
+            { name: 'data', type: 'udp', local: `127.0.0.1:${iperfPort}`, remote_port: remotePort },
+          ],
+        });
+        const result = await iperfUdp(remotePort, reverse);
+        t.diagnostic(
+          `iperf3 -u${reverse ? ' -R' : ''}: ${(result.bitsPerSecond / 1e6).toFixed(1)} Mbit/s, ${result.packets} packets, ${result.lostPercent.toFixed(2)}% lost`,
+        );
+        assert.ok(result.packets > 1000, `only ${result.packets} packets`);
+        assert.ok(result.lostPercent < 5, `${result.lostPercent}% of UDP datagrams lost`);
+        await iperf.proc.exited;
+        await client.proc.stop();
+      }
+    }),
+);
+
+function udpClient(): Promise<{ socket: UdpSocket; replies: Buffer[] }> {
+  const socket = createSocket('udp4');
+  const replies: Buffer[] = [];
+  socket.on('message', (msg) => replies.push(msg));
+  return new Promise((resolve) => socket.bind(0, '127.0.0.1', () => resolve({ socket, replies })));
+}
+
+async function waitFor(what: string, fn: () => boolean, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms: ${what}`);
+    await sleep(20);
+  }
+}
+
+test(
+  'replies go to the right sender; max_flows bounds flows; big datagrams keep their boundaries',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startUdpEcho('echo');
+      h.onCleanup(() => echo.close());
+      const remotePort = await freePort();
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, { name: 'udp', ports: String(remotePort) });
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          {
+            name: 'echo',
+            type: 'udp',
+            local: `127.0.0.1:${echo.port}`,
+            remote_port: remotePort,
+            max_flows: 3,
+            udp_idle_timeout: '1500ms',
+          },
+        ],
+      });
+      const senders = await Promise.all([udpClient(), udpClient(), udpClient(), udpClient()]);
+      h.onCleanup(() => {
+        for (const s of senders) s.socket.close();
+      });
+      const [a, b, c, d] = senders as [
+        (typeof senders)[0],
+        (typeof senders)[0],
+        (typeof senders)[0],
+        (typeof senders)[0],
+      ];
+      for (let round = 0; round < 5; round++) {
+        for (const [i, s] of [a, b, c].entries()) s.socket.send(`s${i}-r${round}`, remotePort, '127.0.0.1');
+        await waitFor(
+          `round ${round} replies`,
+          () => [a, b, c].every((s) => s.replies.length === round + 1),
+          5000,
+        );
+      }
+      for (const [i, s] of [a, b, c].entries()) {
+        assert.deepEqual(
+          s.replies.map((r) => r.toString()),
+          [0, 1, 2, 3, 4].map((round) => `echo|s${i}-r${round}`),
+          `sender ${i} got exactly its own replies, in order`,
+        );
+      }
+      // A fourth sender is over max_flows: dropped (and counted), not queued.
+      d.socket.send('over the limit', remotePort, '127.0.0.1');
+      await sleep(500);
+      assert.equal(d.replies.length, 0);
+      await server.proc.waitForMsg('udp flow limit reached: datagrams from new senders dropped', 5000, {
+        fields: { proxy: 'echo', max_flows: 3 },
+      });
+
+      // Once the three flows are idle for 1.5 s they end on both ends, and the fourth sender gets in.
+      await server.proc.waitForLog(
+        () => server.proc.logsWithMsg('udp flow closed').length >= 3,
+        10_000,
+        0,
+        'flows end',
+      );
+      await client.proc.waitForLog(
+        () => client.proc.logsWithMsg('udp flow closed').length >= 3,
+        10_000,
+        0,
+        'flows end (client)',
+      );
+      const ended = [
+        ...server.proc.logsWithMsg('udp flow closed'),
+        ...client.proc.logsWithMsg('udp flow closed'),
+      ];
+      assert.ok(
+        ended.some((l) => l.reason === 'idle timeout'),
+        JSON.stringify(ended),
+      );
+      assert.ok(
+        ended.every((l) => l.datagrams_in === 5 && l.datagrams_out === 5),
+        JSON.stringify(ended),
+      );
+      d.socket.send('now there is room', remotePort, '127.0.0.1');
+      await waitFor('the fourth sender is answered', () => d.replies.length === 1, 5000);
+      assert.equal(d.replies[0]!.toString(), 'echo|now there is room');
+
+      // Datagram boundaries survive, up to near the IPv4 maximum; zero-length datagrams too.
+      const sizes = [1, 1400, 9000, 60_000, 0];
+      for (const size of sizes) a.socket.send(patternBytes(size, `dgram-${size}`), remotePort, '127.0.0.1');
+      await waitFor('big datagram replies', () => a.replies.length === 5 + sizes.length, 10_000);
+      const got = a.replies.slice(5);
+      for (const [i, size] of sizes.entries()) {
+        assert.equal(got[i]!.length, size + 5, `datagram ${i} of ${size} bytes came back whole`);
+        assert.equal(sha256Hex(got[i]!.subarray(5)), sha256Hex(patternBytes(size, `dgram-${size}`)));
+      }
+      assert.equal(
+        echo.senders.size,
+        4 + 1,
+        'the service saw one local socket per flow (a came back as a new flow)',
+      );
+    }),
+);
