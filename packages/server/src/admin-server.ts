@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { formatHostPort, type HostPort, type Logger } from '@porthole/protocol';
 import type { ServerStatus } from './server-status.js';
-import { STATUS_PAGE_CSS, STATUS_PAGE_HTML, STATUS_PAGE_JS } from './status-page.js';
+import { STATUS_PAGE_CSS, STATUS_PAGE_HTML, STATUS_PAGE_ICON, STATUS_PAGE_JS } from './status-page.js';
 
 export interface AdminServerOptions {
   listen: HostPort;
@@ -30,6 +30,7 @@ const ASSETS: Record<string, { type: string; body: string }> = {
   '/': { type: 'text/html; charset=utf-8', body: STATUS_PAGE_HTML },
   '/status.js': { type: 'text/javascript; charset=utf-8', body: STATUS_PAGE_JS },
   '/status.css': { type: 'text/css; charset=utf-8', body: STATUS_PAGE_CSS },
+  '/favicon.svg': { type: 'image/svg+xml', body: STATUS_PAGE_ICON },
 };
 
 function digest(text: string): Buffer {

@@ -11,6 +11,7 @@ export const STATUS_PAGE_HTML = `<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>porthole status</title>
 <link rel="stylesheet" href="/status.css">
+<link rel="icon" href="/favicon.svg" type="image/svg+xml">
 <script src="/status.js" defer></script>
 </head>
 <body>
@@ -212,7 +213,7 @@ export const STATUS_PAGE_JS = `'use strict';
       var key = p.client + '/' + p.name;
       var moved = p.bytes_in + p.bytes_out;
       counts[key] = moved;
-      var before = previous && previous.counts[key];
+      var before = previous ? previous.counts[key] : undefined;
       if (before !== undefined && now > previous.at) {
         var rate = Math.max(0, (moved - before) * 1000 / (now - previous.at));
         rates[key] = rate;
@@ -284,4 +285,12 @@ export const STATUS_PAGE_JS = `'use strict';
     else showLogin('');
   });
 })();
+`;
+
+/** A porthole: a ring with a bolt at each quarter. */
+export const STATUS_PAGE_ICON = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">
+<circle cx="16" cy="16" r="12" fill="#9fc3ff" stroke="#1d2330" stroke-width="5"/>
+<circle cx="16" cy="3.5" r="1.6" fill="#fff"/><circle cx="16" cy="28.5" r="1.6" fill="#fff"/>
+<circle cx="3.5" cy="16" r="1.6" fill="#fff"/><circle cx="28.5" cy="16" r="1.6" fill="#fff"/>
+</svg>
 `;
