@@ -1,0 +1,314 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createSocket } from 'node:dgram';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { Session, type Stream } from '@porthole/mux';
+import { ConfigError, ConnectionTracker, captureLogs, readStreamHeader } from '@porthole/protocol';
+import { loadServerConfig } from '../src/config.js';
+import { HostRoutes, locationMatches, OFFLINE_ROUTE_TTL_MS } from '../src/host-routes.js';
+import type { HttpVhostServer } from '../src/http-vhost-server.js';
+import { TlsCertStore } from '../src/tls-cert-store.js';
+import { TlsSniListener, type TlsTarget } from '../src/tls-sni-listener.js';
+import { TrustedProxies } from '../src/trusted-proxies.js';
+import { UdpProxyListener } from '../src/udp-proxy-listener.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'porthole-routing-'));
+
+/** A self-signed certificate for these DNS names (openssl, as an operator would make one). */
+function selfSigned(
+  name: string,
+  names: string[],
+): { cert: Buffer; key: Buffer; certFile: string; keyFile: string } {
+  const certFile = join(dir, `${name}.pem`);
+  const keyFile = join(dir, `${name}.key`);
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-days',
+      '1',
+      '-keyout',
+      keyFile,
+      '-out',
+      certFile,
+      '-subj',
+      `/CN=${name}`,
+      '-addext',
+      `subjectAltName=${names.map((n) => `DNS:${n}`).join(',')}`,
+    ],
+    { stdio: 'ignore' },
+  );
+  return { cert: readFileSync(certFile), key: readFileSync(keyFile), certFile, keyFile };
+}
+
+test('routes: exact beats wildcard beats subdomain; the longest location wins, on path segments', () => {
+  const routes = new HostRoutes<string>();
+  routes.add('a', 'web', [{ host: 'app.test', tier: 'exact', location: '/' }], 'web');
+  routes.add('a', 'api', [{ host: 'app.test', tier: 'exact', location: '/api' }], 'api');
+  routes.add('a', 'api2', [{ host: 'app.test', tier: 'exact', location: '/api/v2/' }], 'api2');
+  routes.add('b', 'wild', [{ host: '*.test', tier: 'wildcard', location: '/' }], 'wild');
+  routes.add('b', 'deeper', [{ host: '*.x.test', tier: 'wildcard', location: '/' }], 'deeper');
+  routes.add('c', 'sub', [{ host: 's.test', tier: 'subdomain', location: '/' }], 'sub');
+  const at = (host: string, path = '/') => routes.lookup(host, path)?.target;
+  assert.equal(at('app.test', '/'), 'web');
+  assert.equal(at('app.test', '/api'), 'api');
+  assert.equal(at('app.test', '/api/users'), 'api');
+  assert.equal(at('app.test', '/apix'), 'web');
+  assert.equal(at('app.test', '/api/v2/x'), 'api2');
+  assert.equal(at('app.test', '/api/v2'), 'api', '"/api/v2/" covers only what is below it');
+  assert.equal(at('other.test'), 'wild');
+  assert.equal(at('a.x.test'), 'deeper', 'the most specific wildcard first');
+  assert.equal(at('s.test'), 'wild', 'a wildcard wins over a subdomain of the same name');
+  assert.equal(at('test'), undefined);
+  assert.ok(locationMatches('/a/b', '/a'));
+  assert.ok(!locationMatches('/ab', '/a'));
+});
+
+test('routes: conflicts are by client and by (name, location); offline routes answer until claimed or expired', () => {
+  let now = 1_000;
+  const routes = new HostRoutes<string>(() => now);
+  const claim = [{ host: 'app.test', tier: 'exact' as const, location: '/' }];
+  routes.add('alpha', 'web', claim, 'alpha-web');
+  assert.equal(routes.conflict('beta', 'web', claim), 'hostname app.test is in use by another client');
+  assert.equal(routes.conflict('alpha', 'other', claim), 'hostname app.test is already used by proxy "web"');
+  assert.equal(routes.conflict('alpha', 'api', [{ ...claim[0]!, location: '/api' }]), undefined);
+  assert.equal(routes.conflict('alpha', 'web', claim), undefined, 'a proxy does not conflict with itself');
+  assert.ok(routes.heldByOther('beta', 'app.test'));
+
+  routes.release('alpha-web');
+  const offline = routes.lookup('app.test');
+  assert.ok(offline && offline.target === undefined, 'an offline route, not a missing one');
+  assert.equal(routes.conflict('beta', 'web', claim), undefined, 'offline routes do not block');
+  routes.add('beta', 'web', claim, 'beta-web');
+  assert.equal(routes.lookup('app.test')?.target, 'beta-web');
+  assert.equal(routes.entries().length, 1, 'the offline entry was replaced');
+
+  routes.release('beta-web');
+  now += OFFLINE_ROUTE_TTL_MS;
+  assert.equal(routes.lookup('app.test'), undefined, 'forgotten after the TTL');
+  routes.add('beta', 'web', claim, 'again');
+  routes.release('again', { forget: true });
+  assert.equal(routes.lookup('app.test'), undefined);
+});
+
+test('trusted_proxies match CIDRs, single addresses and IPv4-mapped peers', () => {
+  const trusted = new TrustedProxies(['10.0.0.0/8', '127.0.0.2', 'fd00::/8']);
+  assert.ok(trusted.contains('10.1.2.3'));
+  assert.ok(trusted.contains('::ffff:10.9.9.9'));
+  assert.ok(trusted.contains('127.0.0.2'));
+  assert.ok(!trusted.contains('127.0.0.1'));
+  assert.ok(trusted.contains('fd12::1'));
+  assert.ok(!trusted.contains('fe80::1'));
+  assert.ok(!new TrustedProxies([]).contains('10.0.0.1'));
+  assert.throws(() => TrustedProxies.check('10.0.0.0/33'), /prefix length/);
+  assert.throws(() => TrustedProxies.check('example.com'), /expected an IP address/);
+});
+
+test('SNI decisions: tls proxies by exact name, then exact certificates, then wildcards; else closed', () => {
+  const edge = selfSigned('edge', ['vps.example.test', '*.example.test']);
+  const certs = new TlsCertStore([{ cert: edge.cert, key: edge.key, source: 'https.certs[0]' }]);
+  assert.deepEqual(certs.names.sort(), ['*.example.test', 'vps.example.test']);
+  const routes = new HostRoutes<TlsTarget>();
+  const target = (proxy: string) => ({ client: 'c', proxy, session: {} as Session });
+  routes.add('c', 'vault', [{ host: 'vault.example.test', tier: 'exact', location: '/' }], target('vault'));
+  routes.add('c', 'wild', [{ host: '*.tls.test', tier: 'wildcard', location: '/' }], target('wild'));
+  routes.add('c', 'wild2', [{ host: '*.example.test', tier: 'wildcard', location: '/' }], target('wild2'));
+  const listener = (defaultHost?: string) =>
+    new TlsSniListener({
+      listen: { host: '127.0.0.1', port: 0 },
+      routes,
+      certs,
+      defaultHost,
+      vhost: { terminates: true } as HttpVhostServer,
+      logger: captureLogs().logger,
+      tracker: new ConnectionTracker(),
+      helloTimeoutMs: 1000,
+      helloMaxBytes: 16384,
+    });
+  const decide = (name: string | undefined, defaultHost?: string) => {
+    const d = listener(defaultHost).decide(name);
+    return d.action === 'passthrough' ? `pass:${d.target.proxy}` : d.action;
+  };
+  assert.equal(decide('vault.example.test'), 'pass:vault');
+  assert.equal(decide('VPS.example.test'), 'terminate');
+  assert.equal(decide('a.tls.test'), 'pass:wild');
+  assert.equal(decide('other.example.test'), 'pass:wild2', 'a wildcard proxy before a wildcard certificate');
+  assert.equal(decide('unknown.test'), 'close');
+  assert.equal(decide(undefined), 'close');
+  assert.equal(decide(undefined, 'vps.example.test'), 'terminate');
+  routes.release(routes.lookup('vault.example.test')!.target!);
+  assert.equal(decide('vault.example.test'), 'close', 'an offline passthrough name is closed');
+});
+
+/** Two ends of a mux session over a loopback TCP connection. */
+async function sessionPair(): Promise<{ server: Session; client: Session; close(): void }> {
+  const listener = createServer();
+  await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve));
+  const accepted = new Promise<Socket>((resolve) => listener.once('connection', resolve));
+  const dialed = connect((listener.address() as AddressInfo).port, '127.0.0.1');
+  const serverSocket = await accepted;
+  listener.close();
+  const server = new Session(serverSocket, { client: false, keepAliveInterval: 0 });
+  const client = new Session(dialed, { client: true, keepAliveInterval: 0 });
+  return {
+    server,
+    client,
+    close: () => {
+      server.close();
+      client.close();
+    },
+  };
+}
+
+test('udp listener: a flow per sender, oversize and truncated datagrams from the tunnel dropped and counted', async () => {
+  const pair = await sessionPair();
+  const logs = captureLogs();
+  const listener = new UdpProxyListener({
+    client: 'c',
+    proxy: { name: 'dns', type: 'udp', remote_port: 0 },
+    bindHost: '127.0.0.1',
+    session: pair.server,
+    logger: logs.logger,
+    idleTimeoutMs: 60_000,
+    maxFlows: 1,
+    nextId: (() => {
+      let id = 0;
+      return () => ++id;
+    })(),
+  });
+  await listener.listen();
+  const port = listener.boundPort;
+  const visitor = createSocket('udp4');
+  const replies: string[] = [];
+  visitor.on('message', (m) => replies.push(m.toString()));
+  await new Promise<void>((resolve) => visitor.bind(0, '127.0.0.1', resolve));
+  try {
+    const streamArrived = new Promise<Stream>((resolve) => pair.client.once('stream', resolve));
+    visitor.send('q1', port, '127.0.0.1');
+    const stream = await streamArrived;
+    const header = await readStreamHeader(stream);
+    assert.equal(header.proxy, 'dns');
+    assert.equal(header.remote_port, visitor.address().port);
+    assert.equal(header.udp_idle_timeout_ms, 60_000);
+    const first = await new Promise<Buffer>((resolve) => {
+      const chunks: Buffer[] = [];
+      const onData = (chunk: Buffer) => {
+        chunks.push(chunk);
+        if (Buffer.concat(chunks).length >= 4) {
+          stream.off('data', onData);
+          resolve(Buffer.concat(chunks));
+        }
+      };
+      stream.on('data', onData);
+    });
+    assert.deepEqual(first, Buffer.from([0, 2, ...Buffer.from('q1')]));
+
+    // A second sender is over max_flows (1): dropped and counted.
+    const other = createSocket('udp4');
+    other.send('over', port, '127.0.0.1');
+    const frame = (payload: Buffer) =>
+      Buffer.concat([Buffer.from([payload.length >> 8, payload.length & 0xff]), payload]);
+    // From the tunnel: a reply, an oversize frame (65535 > 65507), another reply, then a cut-off frame.
+    stream.write(frame(Buffer.from('r1')));
+    stream.write(frame(Buffer.alloc(65_535, 1)));
+    stream.write(frame(Buffer.from('r2')));
+    const deadline = Date.now() + 5000;
+    while (replies.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(replies, ['r1', 'r2']);
+    stream.end(Buffer.from([0, 10, 1, 2, 3]));
+    await logs.waitFor('udp flow closed', { proxy: 'dns' });
+    other.close();
+    const closed = logs.lines.find((l) => l.msg === 'udp flow closed')!;
+    assert.equal(closed.datagrams_in, 1);
+    assert.equal(closed.datagrams_out, 2);
+    assert.equal(closed.dropped, 2, 'the oversize and the truncated datagram');
+    assert.equal(listener.stats.droppedOversize, 1);
+    assert.equal(listener.stats.droppedTruncated, 1);
+    assert.equal(listener.stats.droppedFlowLimit, 1);
+    assert.equal(listener.activeFlows, 0);
+  } finally {
+    visitor.close();
+    listener.close();
+    pair.close();
+  }
+});
+
+test('server.toml: routing keys parse with defaults, and mistakes name their key', () => {
+  writeFileSync(join(dir, 'secret'), `${'f'.repeat(64)}\n`);
+  const edge = selfSigned('cfg', ['vps.example.test']);
+  const write = (text: string) => {
+    const file = join(dir, `c${Math.random().toString(36).slice(2)}.toml`);
+    writeFileSync(file, `[auth]\nsecret_file = "secret"\n${text}`);
+    return file;
+  };
+  const minimal = loadServerConfig(write(''));
+  assert.equal(minimal.routing?.httpListen, undefined);
+  assert.equal(minimal.routing?.https, undefined);
+  assert.equal(minimal.routing?.udpIdleTimeout, 60_000);
+  const full = loadServerConfig(
+    write(
+      `[http]\nlisten = "127.0.0.1:0"\nheaders_timeout = "3s"\nmax_header_size = 8192\n` +
+        `[https]\nlisten = "127.0.0.1:0"\ndefault_host = "vps.example.test"\n` +
+        `[[https.certs]]\ncert_file = "${edge.certFile}"\nkey_file = "${edge.keyFile}"\n`,
+    ).replace(/$/, ''),
+  );
+  assert.equal(full.routing?.httpLimits.headersTimeout, 3000);
+  assert.equal(full.routing?.httpLimits.maxHeaderSize, 8192);
+  assert.ok(full.routing?.https?.certs.hasExact('vps.example.test'));
+  const problems = (text: string) => {
+    const file = write(text);
+    try {
+      loadServerConfig(file);
+    } catch (err) {
+      assert.ok(err instanceof ConfigError, String(err));
+      return err.problems.map((line) => line.replace(`${file}: `, ''));
+    }
+    assert.fail('expected a ConfigError');
+  };
+  // Top-level keys must come before the [auth] table in TOML, so these use dotted keys at the top.
+  const top = (text: string) => {
+    const file = join(dir, `t${Math.random().toString(36).slice(2)}.toml`);
+    writeFileSync(file, `${text}\n[auth]\nsecret_file = "secret"\n`);
+    try {
+      loadServerConfig(file);
+    } catch (err) {
+      assert.ok(err instanceof ConfigError, String(err));
+      return err.problems.map((line) => line.replace(`${file}: `, ''));
+    }
+    assert.fail('expected a ConfigError');
+  };
+  assert.deepEqual(top('trusted_proxies = ["10.0.0.0/40"]'), [
+    'trusted_proxies[0]: invalid prefix length in "10.0.0.0/40" (0-32)',
+  ]);
+  assert.deepEqual(top('subdomain_host = "*.example.com"'), [
+    'subdomain_host: "*.example.com" must be a plain hostname, not a wildcard',
+  ]);
+  assert.deepEqual(problems('[http]\nheaders_timeout = "10s"\nrequest_timeout = "5s"\n'), [
+    'http.request_timeout: must not be shorter than http.headers_timeout',
+  ]);
+  assert.deepEqual(
+    problems(
+      '[https]\nlisten = "127.0.0.1:0"\n[[https.certs]]\ncert_file = "nope.pem"\nkey_file = "nope.key"\n',
+    ).length,
+    1,
+  );
+  assert.match(
+    problems(
+      '[https]\nlisten = "127.0.0.1:0"\n[[https.certs]]\ncert_file = "nope.pem"\nkey_file = "nope.key"\n',
+    )[0]!,
+    /^https\.certs\[0\]\.cert_file: cannot read .*nope\.pem: ENOENT$/,
+  );
+  assert.deepEqual(problems('[http]\nlisten = "x"\n'), [
+    'http.listen: invalid address "x" (expected host:port, e.g. 127.0.0.1:22 or [::1]:22)',
+  ]);
+});
