@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { test } from 'node:test';
+import { WebSocket } from 'ws';
 import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
 import { sleep, withHarness } from './lib/processes.js';
@@ -63,6 +64,13 @@ test(
         proxies: [{ name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
       });
       const port = server.httpPort!;
+      // A WebSocket opened now must outlive idle_timeout and headers_timeout: once upgraded it is not
+      // an idle HTTP connection any more.
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { Host: 'app.test' } });
+      const wsMessages: string[] = [];
+      ws.on('message', (d: Buffer) => wsMessages.push(d.toString()));
+      ws.on('error', () => {});
+      h.onCleanup(() => ws.terminate());
       const loris = Array.from({ length: 40 }, (_, i) => slowloris(port, i % 8 === 0));
       h.onCleanup(() => {
         for (const l of loris) l.socket.destroy();
@@ -99,6 +107,13 @@ test(
         0,
         'no slow request reached the service',
       );
+
+      // The WebSocket, silent for ~8 s (twice idle_timeout), still works.
+      assert.equal(ws.readyState, WebSocket.OPEN, 'the WebSocket was closed by an HTTP timeout');
+      ws.send('still here');
+      const wsDeadline = Date.now() + 5000;
+      while (wsMessages.length < 2 && Date.now() < wsDeadline) await sleep(20);
+      assert.deepEqual(wsMessages.slice(1), ['echo:still here']);
 
       // Still responsive afterwards.
       const after = await curl(['-H', 'Host: app.test'], `http://127.0.0.1:${port}/after`);

@@ -334,9 +334,10 @@ test(
       assert.match(offline.body, /offline/);
       assert.equal((await curl(['-H', 'Host: other.test'], `${base}/`)).status, 404);
 
-      // The client comes back: the same name is served again at once.
+      // The client comes back, this time dialing the control endpoint on the http vhost port itself:
+      // the same name is served again at once.
       await startRoutedClient(h, {
-        server: server.url,
+        server: `ws://127.0.0.1:${server.httpPort}/_porthole`,
         token,
         name: 'client again',
         proxies: [{ name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
