@@ -39,7 +39,8 @@ export interface HttpTarget {
 
 export interface HttpVhostRouterOptions {
   routes: HostRoutes<HttpTarget>;
-  trusted: TrustedProxies;
+  /** Read per request: a reload may change trusted_proxies. */
+  trusted(): TrustedProxies;
   logger: Logger;
   tracker: ConnectionTracker;
   /** Upgrades on this path go to the control endpoint (so clients can dial the vhost ports). */
@@ -162,7 +163,7 @@ export class HttpVhostRouter {
       out.push(name, raw[i + 1]!);
     }
     const peer = plainAddress(req.socket.remoteAddress);
-    const trusted = this.opts.trusted.contains(req.socket.remoteAddress);
+    const trusted = this.opts.trusted().contains(req.socket.remoteAddress);
     const incomingFor = req.headers['x-forwarded-for'];
     const incomingProto = req.headers['x-forwarded-proto'];
     const incomingHost = req.headers['x-forwarded-host'];

@@ -18,9 +18,20 @@ export class VhostPorts {
     onControlUpgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void,
   ) {
     const routing = ctx.config.routing ?? defaultRoutingConfig();
+    // trusted_proxies follow reloads (ctx.config is replaced as a whole); rebuilt only when they change.
+    let trustedList = routing.trustedProxies;
+    let trusted = new TrustedProxies(trustedList);
+    const currentTrusted = () => {
+      const list = ctx.config.routing?.trustedProxies ?? [];
+      if (list !== trustedList) {
+        trustedList = list;
+        trusted = new TrustedProxies(list);
+      }
+      return trusted;
+    };
     const router = new HttpVhostRouter({
       routes: ctx.routing.httpRoutes,
-      trusted: new TrustedProxies(routing.trustedProxies),
+      trusted: currentTrusted,
       logger: ctx.logger,
       tracker: ctx.tracker,
       controlPath: ctx.config.path,
