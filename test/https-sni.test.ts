@@ -69,7 +69,7 @@ test(
       });
       assert.deepEqual(client.registered.get('vault')?.urls, [`tls://vault.test:${port}`]);
       assert.ok(
-        (client.registered.get('app')?.urls as string[]).includes(`https://app.edge.test:${port}/`),
+        ((client.registered.get('app')?.urls ?? []) as string[]).includes(`https://app.edge.test:${port}/`),
         JSON.stringify(client.registered.get('app')),
       );
 
