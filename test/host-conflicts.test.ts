@@ -90,6 +90,8 @@ test(
       await alpha.proc.stop();
       await server.proc.waitForMsg('client disconnected', 10_000, { fields: { client: 'alpha' } });
       assert.equal((await curl(['-H', 'Host: app.test'], `${base}/`)).status, 502);
+      // (beta's first process would take its session back if left running: one token, one client.)
+      await beta.proc.stop();
       const takeover = await startRoutedClient(h, {
         server: server.url,
         token: tokenB,
