@@ -16,7 +16,7 @@ import type { HttpTarget } from './http-vhost-router.js';
 import { defaultRoutingConfig, type RoutingConfig } from './routing-config.js';
 import type { ServerContext } from './server-context.js';
 import type { TlsTarget } from './tls-sni-listener.js';
-import { UdpProxyListener } from './udp-proxy-listener.js';
+import { UdpProxyListener, type UdpProxyStats } from './udp-proxy-listener.js';
 
 const FORWARDED_HEADERS = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
 /** Idle pooled streams kept per http proxy. */
@@ -58,6 +58,8 @@ export interface BoundProxy {
   /** Where visitors reach it: "0.0.0.0:5353", or the vhost port's address. */
   readonly address: string;
   readonly urls?: string[];
+  /** udp proxies: live counters (flows, datagrams, drops by cause) for the admin API and metrics. */
+  readonly udpStats?: Readonly<UdpProxyStats>;
   close(): void;
 }
 
@@ -191,6 +193,7 @@ export async function bindRoutedProxy(
     }
     return {
       address: listener.address,
+      udpStats: listener.stats,
       close: () => {
         listener.close();
         free();
