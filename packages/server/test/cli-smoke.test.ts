@@ -1,7 +1,7 @@
 // Fast end-to-end smoke tests: the real porthole-server and porthole-client programs, real config files,
 // real sockets on loopback. (The heavy end-to-end suite lives in /test.)
 import assert from 'node:assert/strict';
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { type AddressInfo, createServer } from 'node:net';
@@ -135,10 +135,19 @@ test('token issue prints one JWT line; check and bad flags exit 0 / 2 with file:
 test('the examples are valid configs (with their file paths pointed at real files)', async () => {
   const dir = setup('');
   writeFileSync(join(dir, 'token'), 'a.b.c\n');
+  // The [[https.certs]] pair of the example: a real self-signed certificate for example.com.
+  execFileSync(
+    'openssl',
+    ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1']
+      .concat(['-keyout', join(dir, 'privkey.pem'), '-out', join(dir, 'fullchain.pem')])
+      .concat(['-subj', '/CN=example.com', '-addext', 'subjectAltName=DNS:example.com,DNS:*.example.com']),
+    { stdio: 'ignore' },
+  );
   const rewrite = (name: string) => {
     const text = readFileSync(join(root, 'examples', name), 'utf8')
       .replaceAll('/etc/porthole/secret', join(dir, 'secret'))
-      .replaceAll('/etc/porthole/token', join(dir, 'token'));
+      .replaceAll('/etc/porthole/token', join(dir, 'token'))
+      .replaceAll('/etc/porthole/example.com/', `${dir}/`);
     writeFileSync(join(dir, name), text);
     return join(dir, name);
   };
