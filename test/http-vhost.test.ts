@@ -345,3 +345,32 @@ test(
       assert.equal((await curl(['-H', 'Host: app.test'], `${base}/`)).status, 200);
     }),
 );
+
+test(
+  'a pooled stream whose local keep-alive ends is retired with FIN, and the next request gets a new one',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('short');
+      backend.server.keepAliveTimeout = 300;
+      h.onCleanup(() => backend.close());
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, { name: 'retire', hosts: ['app.test'] });
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [{ name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
+      });
+      const url = `http://127.0.0.1:${server.httpPort}/`;
+      assert.equal((await curl(['-H', 'Host: app.test'], url)).status, 200);
+      // The service drops its idle connection after 300 ms; the tunnel stream behind it ends cleanly.
+      const closed = await client.proc.waitForMsg('connection closed', 5000, { fields: { proxy: 'app' } });
+      assert.equal(closed.reason, 'closed', JSON.stringify(closed));
+      for (let i = 0; i < 3; i++) {
+        const r = await curl(['-H', 'Host: app.test'], url);
+        assert.equal(r.status, 200, `request ${i} after the retire: ${r.status} ${r.body}`);
+      }
+      assert.ok(backend.connections >= 2, 'a new local connection was opened');
+      assert.equal(server.proc.logsWithMsg('http forward failed').length, 0);
+    }),
+);

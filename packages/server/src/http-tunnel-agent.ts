@@ -42,6 +42,18 @@ function asSocketLike(stream: Duplex): Duplex {
   return stream;
 }
 
+/**
+ * Takes an idle stream out of the pool and closes it with FIN, not RST: the local connection behind it
+ * ends as cleanly as a keep-alive connection timing out (a reset would read as an error in both logs).
+ */
+function retire(stream: PooledStream): void {
+  clearTimeout(stream[idleTimer]);
+  stream.emit('agentRemove');
+  if (!stream.writableEnded) stream.end();
+  // A peer that never finishes its side does not keep the stream.
+  setTimeout(() => stream.destroy(), FREE_STREAM_IDLE_MS).unref();
+}
+
 export class TunnelAgent extends Agent {
   constructor(private readonly tunnel: TunnelAgentOptions) {
     super({
@@ -60,7 +72,7 @@ export class TunnelAgent extends Agent {
     const stream = asSocketLike(this.tunnel.openStream(visitor)) as PooledStream;
     // The local service closed a pooled stream (its keep-alive ended): it must not be handed out again.
     stream.on('end', () => {
-      if (!stream._httpMessage) stream.destroy();
+      if (!stream._httpMessage) retire(stream);
     });
     stream.on('close', () => clearTimeout(stream[idleTimer]));
     return stream;
@@ -71,7 +83,7 @@ export class TunnelAgent extends Agent {
     const stream = socket as PooledStream;
     if (stream.destroyed || stream.readableEnded || stream.writableEnded) return false;
     clearTimeout(stream[idleTimer]);
-    stream[idleTimer] = setTimeout(() => stream.destroy(), FREE_STREAM_IDLE_MS);
+    stream[idleTimer] = setTimeout(() => retire(stream), FREE_STREAM_IDLE_MS);
     stream[idleTimer].unref();
     return true;
   }
