@@ -19,6 +19,8 @@ import type { TlsTarget } from './tls-sni-listener.js';
 import { UdpProxyListener, type UdpProxyStats } from './udp-proxy-listener.js';
 
 const FORWARDED_HEADERS = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
+/** Routes (name x location pairs) one proxy may add: the route table is server memory a client grows. */
+const MAX_CLAIMS_PER_PROXY = 256;
 /** Idle pooled streams kept per http proxy. */
 const MAX_FREE_STREAMS = 32;
 
@@ -113,9 +115,11 @@ export function claimsOf(
       return `location "${location}" must start with "/" and contain no spaces, "?" or "#"`;
     }
   }
-  return names.flatMap(({ host, tier }) =>
-    [...new Set(locations)].map((location) => ({ host, tier, location })),
-  );
+  const unique = [...new Set(locations)];
+  if (names.length * unique.length > MAX_CLAIMS_PER_PROXY) {
+    return `${names.length} names x ${unique.length} locations is more than ${MAX_CLAIMS_PER_PROXY} routes for one proxy`;
+  }
+  return names.flatMap(({ host, tier }) => unique.map((location) => ({ host, tier, location })));
 }
 
 /** Why this udp, http or tls proxy cannot be registered for `owner`, or undefined. */
