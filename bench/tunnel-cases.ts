@@ -6,13 +6,15 @@ import { run, sleep } from '@porthole/e2e/lib/processes';
 import { closeAll, ensureOpenFiles, openIdleConnections } from './tunnel-idle.js';
 import { iperfClient } from './tunnel-iperf.js';
 import type { Peer, Service } from './tunnel-peers.js';
-import { processTree, treeRssMiB } from './tunnel-proc-stats.js';
+import { processTree, treeRssMiB, waitUntilQuiet } from './tunnel-proc-stats.js';
 
 export interface Metric {
   id: string;
   title: string;
   unit: string;
   higherIsBetter: boolean;
+  /** measured, but not a fair ratio between peers (e.g. they held different numbers of connections) */
+  noRatio?: boolean;
 }
 
 export interface CaseResult {
@@ -30,6 +32,8 @@ export interface SuiteSettings {
   connectSeconds: number;
   udpSeconds: number;
   idleConnections: number;
+  /** time allowed to open them (ssh -R slows down as its channels grow) */
+  idleSeconds: number;
 }
 
 export interface CaseEnv {
@@ -184,7 +188,9 @@ const udp: BenchCase = {
   service: 'udp',
   schedule: 'rounds',
   metrics: [
-    { id: 'udp-loss', title: `UDP loss @ ${UDP_RATE}`, unit: '%', higherIsBetter: false },
+    { id: 'udp-delivered', title: `UDP delivered @ ${UDP_RATE}`, unit: 'Mbit/s', higherIsBetter: true },
+    // A ratio of two small loss figures (0.07% vs 2%) says little; the delivered rate carries it.
+    { id: 'udp-loss', title: `UDP loss @ ${UDP_RATE}`, unit: '%', higherIsBetter: false, noRatio: true },
     { id: 'udp-jitter', title: `UDP jitter @ ${UDP_RATE}`, unit: 'ms', higherIsBetter: false },
   ],
   async run(peer, env) {
@@ -193,13 +199,16 @@ const udp: BenchCase = {
       udpBitrate: UDP_RATE,
     });
     return {
-      values: { 'udp-loss': num(r.lostPercent, 'lost_percent'), 'udp-jitter': num(r.jitterMs, 'jitter_ms') },
-      detail: { receivedGbits: r.gbits },
+      values: {
+        'udp-delivered': r.gbits * 1000,
+        'udp-loss': num(r.lostPercent, 'lost_percent'),
+        'udp-jitter': num(r.jitterMs, 'jitter_ms'),
+      },
     };
   },
 };
 
-const MIB = 1024 * 1024;
+const KIB = 1024;
 
 function rssByRole(peer: Peer): Record<string, number> {
   const out: Record<string, number> = {};
@@ -215,8 +224,25 @@ const idle: BenchCase = {
   service: 'echo',
   schedule: 'once',
   metrics: [
-    { id: 'idle-bytes-per-conn', title: 'idle: KiB per conn', unit: 'KiB', higherIsBetter: false },
-    { id: 'idle-server-mib', title: 'idle: server RSS', unit: 'MiB', higherIsBetter: false },
+    {
+      id: 'idle-kib-per-conn',
+      title: 'idle: KiB per conn (server + client)',
+      unit: 'KiB',
+      higherIsBetter: false,
+    },
+    {
+      id: 'idle-server-kib-per-conn',
+      title: 'idle: server KiB per conn',
+      unit: 'KiB',
+      higherIsBetter: false,
+    },
+    {
+      id: 'idle-server-mib',
+      title: 'idle: server RSS holding them',
+      unit: 'MiB',
+      higherIsBetter: false,
+      noRatio: true,
+    },
   ],
   skip(peer) {
     if (peer.roots.length === 0) return 'no tunnel processes to weigh';
@@ -235,27 +261,30 @@ const idle: BenchCase = {
     const before = rssByRole(peer);
     const held = await openIdleConnections(port(peer, 'echo'), count, {
       concurrency: 128,
-      deadlineMs: 60_000,
+      deadlineMs: env.settings.idleSeconds * 1000,
     });
     try {
       await sleep(1000);
       const after = rssByRole(peer);
       const established = held.sockets.length;
-      const grownMiB = Object.keys(after).reduce(
-        (sum, role) => sum + (after[role]! - (before[role] ?? 0)),
-        0,
-      );
       if (established === 0) throw new Error(`no connection established: ${JSON.stringify(held.errors)}`);
+      const grownMiB = Object.keys(after).reduce((sum, role) => sum + after[role]! - (before[role] ?? 0), 0);
+      const serverGrownMiB = (after.server ?? 0) - (before.server ?? 0);
       return {
         values: {
-          'idle-bytes-per-conn': (grownMiB * MIB) / established / 1024,
-          'idle-server-mib': after.server ?? after.relay ?? 0,
+          'idle-kib-per-conn': (grownMiB * KIB) / established,
+          'idle-server-kib-per-conn': (serverGrownMiB * KIB) / established,
+          'idle-server-mib': after.server ?? 0,
         },
         detail: { attempted: count, established, failed: held.failed, errors: held.errors, before, after },
       };
     } finally {
       closeAll(held.sockets);
-      await sleep(1000);
+      // Let the tunnel finish tearing them down before the next peer is measured.
+      await waitUntilQuiet(
+        peer.roots.map((r) => r.pid),
+        20_000,
+      );
     }
   },
 };

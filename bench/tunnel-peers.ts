@@ -1,27 +1,18 @@
 // The ways of reaching the local services that the bench compares, each started by the harness itself
 // on loopback: direct (the limit), a socat relay, `ssh -N -R` into a private sshd (default cipher and
-// aes128-gcm), and porthole over ws and over wss (TLS with a self-signed cert the client trusts via
-// ca_file). Every peer keeps running for the whole suite so that the cases can be interleaved.
-import { appendFile, readFile } from 'node:fs/promises';
+// aes128-gcm), and porthole over ws and over wss (TLS with a certificate from a private CA made by
+// openssl, which the client trusts via ca_file). Every peer keeps running for the whole suite so that the cases can be interleaved.
+import { readFile } from 'node:fs/promises';
+import { freePorts, Harness, type Proc, sleep } from '@porthole/e2e/lib/processes';
 import {
-  clientBin,
-  freePorts,
-  Harness,
-  type Proc,
-  run,
-  runOk,
-  serverBin,
-  sleep,
-} from '@porthole/e2e/lib/processes';
+  issueRoutedToken,
+  makeCa,
+  makeCert,
+  type RoutedProxy,
+  startRoutedClient,
+  startRoutedServer,
+} from '@porthole/e2e/lib/routing';
 import { startSshd } from '@porthole/e2e/lib/sshd';
-import {
-  issueToken,
-  startServer,
-  toml,
-  writeClientConfig,
-  writeServerConfig,
-} from '@porthole/e2e/lib/tunnel';
-import { makeLoopbackCert } from './tunnel-cert.js';
 
 /** The local services (127.0.0.1 ports) every peer forwards to. iperf3 serves TCP and UDP on one port. */
 export interface Targets {
@@ -186,153 +177,69 @@ export async function sshPeer(targets: Targets, cipher: string): Promise<Peer> {
   };
 }
 
-export interface PortholeFeatures {
-  /** `type = "udp"` proxies are accepted (else: why not) */
-  udp: true | string;
-  /** `type = "http"` proxies and the server's [http] vhost listener are accepted (else: why not) */
-  http: true | string;
-}
-
 const HTTP_VHOST = 'bench.porthole.test';
 
-async function checkConfig(bin: string, h: Harness, name: string, body: string): Promise<true | string> {
-  const file = await h.file(name, body);
-  const r = await run(bin, ['check', '--config', file], { timeoutMs: 20_000 });
-  return r.code === 0 ? true : (r.stderr.trim() || r.stdout.trim()).split('\n')[0] || `exit ${r.code}`;
-}
-
 /**
- * Which proxy types this build of porthole accepts, asked of the real CLIs' `check` (issue 4 adds udp and
- * http while this bench is written; the bench uses them as soon as they validate).
+ * porthole-server + porthole-client from real TOML files (the e2e harness's routed server and client),
+ * over ws or, with [tls] and a private CA the client trusts through ca_file, wss. Proxies: tcp for iperf3,
+ * HTTP and echo; udp on the iperf3 port (iperf3 -u needs TCP control and UDP data on one port); http
+ * (vhost) for the HTTP service. Returns two peers over the same processes: the tcp/udp proxies, and the
+ * HTTP service reached through the server's [http] listener.
  */
-export async function detectPortholeFeatures(): Promise<PortholeFeatures> {
+export async function portholePeers(targets: Targets, transport: 'ws' | 'wss'): Promise<Peer[]> {
   const h = await Harness.create();
-  try {
-    const secret = await h.file('probe-secret', `${'s'.repeat(64)}\n`);
-    const server = (extra: string) =>
-      `listen = "127.0.0.1:0"\n[auth]\nsecret_file = ${JSON.stringify(secret)}\n${extra}`;
-    const client = (proxy: Record<string, string | number | string[]>) =>
-      `server = "ws://127.0.0.1:1/_porthole"\ntoken = "x.y.z"\n[[proxies]]\n${toml(proxy)}\n`;
-    const udp = await checkConfig(
-      clientBin,
-      h,
-      'udp-client.toml',
-      client({ name: 'u', type: 'udp', local: '127.0.0.1:9', remote_port: 2000 }),
-    );
-    let http = await checkConfig(
-      serverBin,
-      h,
-      'http-server.toml',
-      server('[http]\nlisten = "127.0.0.1:0"\n'),
-    );
-    if (http === true) {
-      http = await checkConfig(
-        clientBin,
-        h,
-        'http-client.toml',
-        client({ name: 'w', type: 'http', local: '127.0.0.1:9', hosts: [HTTP_VHOST] }),
-      );
-    }
-    return { udp, http };
-  } finally {
-    await h.cleanup();
-  }
-}
-
-interface ProxyTable {
-  name: string;
-  type: 'tcp' | 'udp' | 'http';
-  local: string;
-  remote_port?: number;
-  hosts?: string[];
-}
-
-/**
- * porthole-server + porthole-client from real TOML files (the e2e harness's writers, with [tls], ca_file
- * and non-tcp proxies appended), over ws or wss. Returns the tcp-proxy peer and, when http proxies
- * exist, a second peer for the same processes reached through the server's http vhost listener.
- */
-export async function portholePeers(
-  targets: Targets,
-  transport: 'ws' | 'wss',
-  features: PortholeFeatures,
-): Promise<Peer[]> {
-  const h = await Harness.create();
-  const [iperf, http, echo, vhost] = (await freePorts(4)) as [number, number, number, number];
-  const notes: string[] = [];
-  const proxies: ProxyTable[] = [
-    { name: 'iperf', type: 'tcp', local: `127.0.0.1:${targets.iperf}`, remote_port: iperf },
-    { name: 'http', type: 'tcp', local: `127.0.0.1:${targets.http}`, remote_port: http },
-    { name: 'echo', type: 'tcp', local: `127.0.0.1:${targets.echo}`, remote_port: echo },
+  const [iperf, http, echo] = (await freePorts(3)) as [number, number, number];
+  const local = (port: number) => `127.0.0.1:${port}`;
+  const proxies: RoutedProxy[] = [
+    { name: 'iperf', type: 'tcp', local: local(targets.iperf), remote_port: iperf },
+    { name: 'iperf-udp', type: 'udp', local: local(targets.iperf), remote_port: iperf },
+    { name: 'http', type: 'tcp', local: local(targets.http), remote_port: http },
+    { name: 'echo', type: 'tcp', local: local(targets.echo), remote_port: echo },
+    { name: 'web', type: 'http', local: local(targets.http), hosts: [HTTP_VHOST] },
   ];
-  if (features.udp === true)
-    proxies.push({ name: 'iperf-udp', type: 'udp', local: `127.0.0.1:${targets.iperf}`, remote_port: iperf });
-  else notes.push(`no udp proxy yet (${features.udp})`);
-  if (features.http === true)
-    proxies.push({ name: 'web', type: 'http', local: `127.0.0.1:${targets.http}`, hosts: [HTTP_VHOST] });
-  else notes.push(`no http proxy yet: HTTP measured through a tcp proxy only (${features.http})`);
-
   const ports = [iperf, http, echo].map(String);
-  const serverConfig = await writeServerConfig(h, { allowPorts: ports });
-  const cert = transport === 'wss' ? await makeLoopbackCert(h) : undefined;
-  const serverExtra = [
-    cert ? `[tls]\n${toml({ cert_file: cert.certFile, key_file: cert.keyFile })}` : '',
-    features.http === true ? `[http]\n${toml({ listen: `127.0.0.1:${vhost}` })}` : '',
-  ];
-  await appendFile(serverConfig.configPath, `${serverExtra.join('\n')}\n`);
-  const server = await startServer(h, serverConfig, `porthole-server-${transport}`);
-  const url = cert ? server.url.replace(/^ws:/, 'wss:') : server.url;
-  const token =
-    features.http === true
-      ? (
-          await runOk(serverBin, [
-            'token',
-            'issue',
-            '--config',
-            serverConfig.configPath,
-            '--name',
-            'bench',
-            '--ports',
-            ports.join(','),
-            '--hosts',
-            HTTP_VHOST,
-          ])
-        ).trim()
-      : await issueToken(serverConfig, { name: 'bench', ports: ports.join(',') });
-  // The harness's writer puts the top-level keys first; ca_file and the [[proxies]] tables follow them.
-  const clientConfig = await writeClientConfig(h, { server: url, token, proxies: [] });
-  const clientExtra = [
-    cert ? toml({ ca_file: cert.certFile }) : '',
-    ...proxies.map((p) => `\n[[proxies]]\n${toml({ ...p })}`),
-  ];
-  await appendFile(clientConfig, `${clientExtra.join('\n')}\n`);
-  const client = h.spawn(`porthole-client-${transport}`, clientBin, ['--config', clientConfig]);
-  for (const p of proxies)
-    await client.waitForMsg('proxy registered', READY_TIMEOUT_MS, { fields: { proxy: p.name } });
-
-  const procs = [server.proc, client];
+  // wss: the certificate names "localhost" (the CA helper makes DNS names), so the client dials that.
+  const ca = transport === 'wss' ? await makeCa(h, 'porthole bench CA') : undefined;
+  const tls = ca ? await makeCert(h, ca, 'localhost', ['localhost']) : undefined;
+  const server = await startRoutedServer(h, {
+    allowPorts: ports,
+    http: {},
+    ...(tls ? { tls } : {}),
+    name: `porthole-server-${transport}`,
+  });
+  if (server.httpPort === undefined) throw new Error('porthole-server logged no "http listening" line');
+  const token = await issueRoutedToken(server, {
+    name: 'bench',
+    ports: ports.join(','),
+    hosts: [HTTP_VHOST],
+  });
+  const client = await startRoutedClient(h, {
+    server: tls ? server.url.replace(/^ws:\/\/127\.0\.0\.1:/, 'wss://localhost:') : server.url,
+    token,
+    proxies,
+    ...(ca ? { caFile: ca.cert } : {}),
+    name: `porthole-client-${transport}`,
+  });
+  const procs = [server.proc, client.proc];
   const roots: TunnelProcess[] = [
     { role: 'server', pid: server.proc.pid! },
-    { role: 'client', pid: client.pid! },
+    { role: 'client', pid: client.proc.pid! },
   ];
-  const tcpPeer: Peer = {
-    id: `porthole-${transport}`,
-    label: `porthole ${transport}`,
-    ports: { iperf, http, echo, ...(features.udp === true ? { udp: iperf } : {}) },
-    roots,
-    procs,
-    notes,
-    harness: h,
-  };
-  if (features.http !== true) return [tcpPeer];
-  const vhostPeer: Peer = {
-    id: `porthole-${transport}-http`,
-    label: `porthole ${transport} (http proxy)`,
-    ports: { http: vhost },
-    httpHost: HTTP_VHOST,
-    roots,
-    procs,
-    notes: [],
-  };
-  return [tcpPeer, vhostPeer];
+  const shared = { roots, procs, notes: [] };
+  return [
+    {
+      id: `porthole-${transport}`,
+      label: `porthole ${transport}`,
+      ports: { iperf, udp: iperf, http, echo },
+      ...shared,
+      harness: h,
+    },
+    {
+      id: `porthole-${transport}-http`,
+      label: `porthole ${transport} (http proxy)`,
+      ports: { http: server.httpPort },
+      httpHost: HTTP_VHOST,
+      ...shared,
+    },
+  ];
 }

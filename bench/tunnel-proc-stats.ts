@@ -1,6 +1,7 @@
 // What the tunnel processes cost, read from /proc: resident memory (now and peak) and CPU seconds of a
 // process and every descendant (sshd's per-session children, socat's per-connection forks).
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 /** USER_HZ: the unit of utime/stime in /proc/PID/stat; 100 on every mainstream Linux build. */
 const CLOCK_TICKS_PER_SECOND = 100;
@@ -119,5 +120,21 @@ export class CostMeter {
       cpuSeconds: treeCpuSeconds(this.roots) - this.cpuAtStart,
       peakRssMiB: Math.max(hwmMiB, this.sampledPeakMiB),
     };
+  }
+}
+
+const QUIET_INTERVAL_MS = 500;
+/** CPU seconds per interval below which the processes count as quiet (10% of a core). */
+const QUIET_CPU_SECONDS = 0.05;
+
+/** Wait (at most timeoutMs) until the trees use less than 10% of a core, e.g. after closing connections. */
+export async function waitUntilQuiet(roots: number[], timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = treeCpuSeconds(roots);
+  while (Date.now() < deadline) {
+    await sleep(QUIET_INTERVAL_MS);
+    const now = treeCpuSeconds(roots);
+    if (now - last < QUIET_CPU_SECONDS) return;
+    last = now;
   }
 }

@@ -1,25 +1,34 @@
 // `node bench/dist/run.js tunnel-profile [--reverse] [--seconds N]`: the single-stream iperf3 case through
-// porthole over ws, with porthole-server and porthole-client under `--cpu-prof` (via NODE_OPTIONS), then
-// a self-time summary of both profiles. The .cpuprofile files stay in a temp dir for flame graphs
+// porthole over ws, with porthole-server and porthole-client under V8's CPU profiler (cpu-profile-preload,
+// through NODE_OPTIONS), then a self-time summary of both profiles. The .cpuprofile files stay in a temp dir for flame graphs
 // (Chrome DevTools or speedscope open them).
 import { mkdtemp, readdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Harness } from '@porthole/e2e/lib/processes';
 import { renderProfileSummary, summariseProfileFile } from './cpu-profile-summary.js';
 import { iperfClient, startIperfDaemon } from './tunnel-iperf.js';
 import { portholePeers } from './tunnel-peers.js';
 
-/** Run `start` with extra NODE_OPTIONS in the environment the harness hands to the processes it spawns. */
-async function withNodeOptions<T>(options: string, start: () => Promise<T>): Promise<T> {
-  const saved = process.env.NODE_OPTIONS;
-  process.env.NODE_OPTIONS = `${saved ?? ''} ${options}`.trim();
+const preload = fileURLToPath(new URL('./cpu-profile-preload.js', import.meta.url));
+
+/** Run `start` with the profiler preloaded into every process the harness spawns meanwhile. */
+async function withProfiler<T>(dir: string, start: () => Promise<T>): Promise<T> {
+  const saved = { options: process.env.NODE_OPTIONS, dir: process.env.PORTHOLE_CPU_PROF_DIR };
+  process.env.NODE_OPTIONS = `${saved.options ?? ''} --import=${preload}`.trim();
+  process.env.PORTHOLE_CPU_PROF_DIR = dir;
   try {
     return await start();
   } finally {
-    if (saved === undefined) delete process.env.NODE_OPTIONS;
-    else process.env.NODE_OPTIONS = saved;
+    for (const [key, value] of [
+      ['NODE_OPTIONS', saved.options],
+      ['PORTHOLE_CPU_PROF_DIR', saved.dir],
+    ] as const) {
+      if (value === undefined) delete process.env[key];
+      else process.env[key] = value;
+    }
   }
 }
 
@@ -34,11 +43,8 @@ export async function main(args: string[]): Promise<void> {
   const peerHarnesses: Harness[] = [];
   try {
     const iperf = await startIperfDaemon(h);
-    const [peer] = await withNodeOptions(`--cpu-prof --cpu-prof-dir=${profileDir}`, () =>
-      portholePeers({ iperf: iperf.port, http: iperf.port, echo: iperf.port }, 'ws', {
-        udp: 'not needed here',
-        http: 'not needed here',
-      }),
+    const [peer] = await withProfiler(profileDir, () =>
+      portholePeers({ iperf: iperf.port, http: iperf.port, echo: iperf.port }, 'ws'),
     );
     if (!peer) throw new Error('porthole did not start');
     if (peer.harness) peerHarnesses.push(peer.harness);
@@ -50,7 +56,7 @@ export async function main(args: string[]): Promise<void> {
     for (const proc of peer.procs) await proc.stop(10_000);
     const files = await readdir(profileDir);
     for (const proc of peer.procs) {
-      const file = files.find((f) => f.includes(`.${proc.pid}.`) && f.endsWith('.cpuprofile'));
+      const file = files.find((f) => f === `CPU.${proc.pid}.cpuprofile` && f.endsWith('.cpuprofile'));
       if (!file) {
         process.stdout.write(`${proc.name}: no profile written (exit ${proc.exitCode ?? proc.exitSignal})\n`);
         continue;

@@ -21,7 +21,7 @@ function headline(r: SuiteResult): string {
   const references = r.peers.filter((p) => !isPorthole(p.id));
   const rows: string[][] = [];
   for (const c of r.cases) {
-    for (const m of c.metrics) {
+    for (const m of c.metrics.filter((x) => !x.noRatio)) {
       const figures = r.figures[m.id] ?? {};
       for (const p of r.peers.filter((peer) => isPorthole(peer.id) && figures[peer.id])) {
         const own = figures[p.id];
