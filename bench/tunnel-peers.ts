@@ -132,25 +132,11 @@ export async function sshPeer(targets: Targets, cipher: string): Promise<Peer> {
     [http, targets.http],
     [echo, targets.echo],
   ].flatMap(([from, to]) => ['-R', `127.0.0.1:${from}:127.0.0.1:${to}`]);
+  const options = ['StrictHostKeyChecking=no', 'UserKnownHostsFile=/dev/null', 'BatchMode=yes'];
+  options.push('ExitOnForwardFailure=yes', 'LogLevel=ERROR');
   const ssh = h.spawn('ssh', 'ssh', [
-    '-N',
-    '-T',
-    '-i',
-    sshd.keyPath,
-    '-p',
-    `${sshd.port}`,
-    '-c',
-    cipher,
-    '-o',
-    'StrictHostKeyChecking=no',
-    '-o',
-    'UserKnownHostsFile=/dev/null',
-    '-o',
-    'BatchMode=yes',
-    '-o',
-    'ExitOnForwardFailure=yes',
-    '-o',
-    'LogLevel=ERROR',
+    ...['-N', '-T', '-i', sshd.keyPath, '-p', `${sshd.port}`, '-c', cipher],
+    ...options.flatMap((o) => ['-o', o]),
     ...forwards,
     'root@127.0.0.1',
   ]);

@@ -1,5 +1,5 @@
 // A bar chart of every metric, written by hand as SVG (no dependency): one panel per metric, one bar per
-// peer at its median with a whisker from min to max, each panel scaled to its own largest value.
+// peer at its median with a whisker from min to max, each panel scaled to its own largest median.
 import type { SuiteResult } from './tunnel-results.js';
 import { formatFigure } from './tunnel-stats.js';
 
@@ -29,8 +29,9 @@ export function renderChart(r: SuiteResult): string {
       const figures = r.figures[m.id] ?? {};
       const peers = r.peers.filter((p) => figures[p.id]);
       if (peers.length === 0) continue;
-      const top = Math.max(...peers.map((p) => figures[p.id]!.max)) || 1;
-      const scale = (v: number) => (v / top) * barSpace;
+      // Scaled to the largest median (plus room for whiskers); a whisker beyond the panel is clipped.
+      const top = 1.2 * Math.max(...peers.map((p) => figures[p.id]!.median)) || 1;
+      const scale = (v: number) => Math.min(barSpace, (v / top) * barSpace);
       parts.push(
         `<text x="10" y="${y + 16}" font-size="13" font-weight="bold">${escapeXml(`${m.title} (${m.unit}, ${m.higherIsBetter ? 'higher' : 'lower'} is better)`)}</text>`,
       );
