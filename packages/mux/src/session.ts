@@ -39,7 +39,8 @@ const defaults = {
   maxStreamWindow: DEFAULT_MAX_STREAM_WINDOW,
   keepAliveInterval: 30_000,
   keepAliveTimeout: 10_000,
-  maxStreams: 4096,
+  // Every tunnelled connection is a stream: tens of thousands of idle connections through one tunnel must fit.
+  maxStreams: 65_536,
   openTimeout: 30_000,
 };
 
