@@ -67,7 +67,7 @@ export class PortholeClient {
 
   /** Session state and proxies, for the admin endpoint and `porthole-client status`. */
   status(): ClientStatus {
-    return this.sessionStatus.view(this.proxies, this.tracker);
+    return this.sessionStatus.view(this.proxies, this.tracker, this.session?.streamCount ?? 0);
   }
 
   /**

@@ -1,4 +1,9 @@
-import { type ConnectionTracker, formatHostPort } from '@porthole/protocol';
+import {
+  type ConnectionTracker,
+  formatHostPort,
+  type ProcessResources,
+  processResources,
+} from '@porthole/protocol';
 import type { ProxyConfig } from './config.js';
 
 export type ProxyState =
@@ -23,6 +28,10 @@ export interface ClientStatus {
   /** ISO time of the next dial while reconnecting. */
   retry_at?: string;
   open_connections: number;
+  /** Mux streams open on the current session (the control stream included). */
+  streams: number;
+  /** Memory, descriptors and event-loop resources of the client process. */
+  process: ProcessResources;
   proxies: {
     name: string;
     type: string;
@@ -86,7 +95,7 @@ export class SessionStatus {
     this.proxyStates.delete(proxy);
   }
 
-  view(proxies: ReadonlyMap<string, ProxyConfig>, tracker: ConnectionTracker): ClientStatus {
+  view(proxies: ReadonlyMap<string, ProxyConfig>, tracker: ConnectionTracker, streams: number): ClientStatus {
     const open = new Map<string, number>();
     for (const c of tracker.connections()) {
       const name = String(c.fields.proxy ?? '');
@@ -97,6 +106,8 @@ export class SessionStatus {
       server: this.server,
       since: new Date(this.since).toISOString(),
       open_connections: tracker.size,
+      streams,
+      process: processResources(),
       proxies: [...proxies.values()].map((proxy) => {
         const state = this.proxyStates.get(proxy.name) ?? { state: 'pending' as const };
         return {

@@ -10,6 +10,7 @@ export * from './logger.js';
 export * from './message-codec.js';
 export * from './pipe-bidirectional.js';
 export * from './port-ranges.js';
+export * from './process-resources.js';
 export * from './proxy-protocol.js';
 export * from './rules.js';
 export * from './stream-header.js';

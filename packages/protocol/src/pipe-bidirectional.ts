@@ -33,11 +33,16 @@ function describe(err: Error & { code?: string }): string {
 /**
  * Aborts a side: a TCP socket gets a real RST (so an aborted tunnel connection looks aborted to the
  * peer, not finished), anything else (a mux stream) is destroyed, which sends a yamux RST.
+ * Not while the socket's FIN is still being sent: libuv refuses to reset a stream that is shutting down
+ * (uv_tcp_close_reset: EINVAL), and Node has then already dropped the handle, so the descriptor would
+ * leak and 'close' would never come (found by the soak test). A plain destroy() closes it.
  */
 function abort(side: Duplex): void {
   if (side.destroyed) return;
-  if (side instanceof Socket && !side.connecting && side.readyState !== 'closed') side.resetAndDestroy();
-  else side.destroy();
+  const shuttingDown = side.writableEnded && !side.writableFinished;
+  if (side instanceof Socket && !side.connecting && side.readyState !== 'closed' && !shuttingDown) {
+    side.resetAndDestroy();
+  } else side.destroy();
 }
 
 /**

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
+import { Duplex } from 'node:stream';
 import { test } from 'node:test';
 import { type PipeResult, pipeBidirectional } from '../src/pipe-bidirectional.js';
 
@@ -107,4 +108,32 @@ test('a paused reader stops the writer (backpressure), and nothing is lost when 
   serviceSocket!.end();
   await relay.waitResult();
   relay.close();
+});
+
+test('an abort while the socket is still sending its FIN closes it anyway (libuv cannot reset a shutting-down stream)', {
+  timeout: 10_000,
+}, async () => {
+  const service = createServer({ allowHalfOpen: true }, (s) => s.resume());
+  service.listen(0, '127.0.0.1');
+  await once(service, 'listening');
+  const socket = connect({
+    port: (service.address() as AddressInfo).port,
+    host: '127.0.0.1',
+    allowHalfOpen: true,
+  });
+  await once(socket, 'connect');
+  const tunnel = new Duplex({ read() {}, write: (_chunk, _encoding, callback) => callback() });
+  let result: PipeResult | undefined;
+  pipeBidirectional(tunnel, socket, { labels: ['tunnel', 'local'] }, (r) => {
+    result = r;
+  });
+  // The tunnel's FIN reaches the socket (shutdown begins) and the tunnel is reset in the same tick: the
+  // way a yamux FIN followed by an RST in one WebSocket message arrives.
+  socket.end();
+  tunnel.destroy(Object.assign(new Error('reset by peer'), { code: 'ERR_STREAM_RESET' }));
+  for (let i = 0; i < 200 && result === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+  service.close();
+  assert.ok(result, 'the pipe finished: both sides closed');
+  assert.equal(result.reason, 'tunnel reset');
+  assert.equal(socket.destroyed, true);
 });

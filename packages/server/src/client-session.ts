@@ -138,6 +138,11 @@ export class ClientSession {
     return this.helloDone && !this.closed;
   }
 
+  /** Mux streams open on this session (the control stream included). */
+  get streamCount(): number {
+    return this.session.streamCount;
+  }
+
   /** What the client said about itself in hello, for the admin API. */
   get peer(): { instanceId: string; clientVersion: string } {
     return { instanceId: this.instanceId, clientVersion: this.clientVersion };

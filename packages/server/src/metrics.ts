@@ -1,5 +1,5 @@
-import { readdirSync } from 'node:fs';
 import type { Session, Stream } from '@porthole/mux';
+import { processResources } from '@porthole/protocol';
 
 /** Label values are client and proxy names, reasons and versions; escaped per the text format anyway. */
 function escapeLabel(value: string): string {
@@ -103,31 +103,6 @@ export function timeStreamOpens(session: Session, histogram: Histogram): void {
     };
     return stream;
   };
-}
-
-/** Open file descriptors of this process (what `ls /proc/self/fd | wc -l` shows, minus the listing's own). */
-export function openFileDescriptors(): number {
-  try {
-    return readdirSync('/proc/self/fd').length - 1;
-  } catch {
-    return Number.NaN;
-  }
-}
-
-/**
- * What the process holds: memory, descriptors and libuv/Node resources by type (TCPWRAP, Timeout...),
- * the numbers the soak test compares against its baseline to find leaks.
- */
-export function processResources(): {
-  rss: number;
-  heapUsed: number;
-  openFds: number;
-  resources: Record<string, number>;
-} {
-  const memory = process.memoryUsage();
-  const resources: Record<string, number> = {};
-  for (const type of process.getActiveResourcesInfo()) resources[type] = (resources[type] ?? 0) + 1;
-  return { rss: memory.rss, heapUsed: memory.heapUsed, openFds: openFileDescriptors(), resources };
 }
 
 /** The process_* and nodejs_* families every exporter has, written into `out`. */

@@ -34,12 +34,29 @@ function restartOnlyChanges(running: ServerConfig, next: ServerConfig): string[]
   if (runningAdmin !== nextAdmin) changed.push('admin.listen');
   if (running.heartbeatInterval !== next.heartbeatInterval) changed.push('heartbeat_interval');
   if (running.heartbeatTimeout !== next.heartbeatTimeout) changed.push('heartbeat_timeout');
+  const r = running.routing;
+  const n = next.routing;
+  const listenOf = (hp: { host: string; port: number } | undefined) => (hp ? addr(hp) : '');
+  if (listenOf(r?.httpListen) !== listenOf(n?.httpListen)) changed.push('http.listen');
+  if (JSON.stringify(r?.httpLimits) !== JSON.stringify(n?.httpLimits)) changed.push('http limits');
+  const httpsOf = (h: NonNullable<ServerConfig['routing']>['https']) =>
+    h
+      ? JSON.stringify([
+          listenOf(h.listen),
+          h.defaultHost,
+          h.handshakeTimeout,
+          h.maxClientHelloSize,
+          h.certs.names,
+        ])
+      : '';
+  if (httpsOf(r?.https) !== httpsOf(n?.https)) changed.push('https');
   return changed;
 }
 
 /**
- * SIGHUP on the server: re-read the config file. Revocations, allow_ports, auth limits, shutdown_timeout,
- * log_level and the admin token apply at once: a client whose token is now revoked is told so and
+ * SIGHUP on the server: re-read the config file. Revocations, allow_ports, auth limits, udp limits,
+ * max_streams_per_proxy, subdomain_host, trusted_proxies, shutdown_timeout, log_level and the admin token
+ * apply at once: a client whose token is now revoked is told so and
  * disconnected; a proxy the new rules refuse is closed and its client told which and why; everything
  * else is untouched. An invalid file changes nothing (the reason is logged). Throws the ConfigError.
  */
@@ -60,6 +77,16 @@ export function reloadServer(
     heartbeatTimeout: running.heartbeatTimeout,
     auth: { ...loaded.auth, secret: running.auth.secret },
   };
+  // The vhost ports were bound (and certificates loaded) at start; their names and limits, the udp limits
+  // and trusted_proxies apply from the new file.
+  if (loaded.routing && running.routing) {
+    next.routing = {
+      ...loaded.routing,
+      httpListen: running.routing.httpListen,
+      httpLimits: running.routing.httpLimits,
+      https: running.routing.https,
+    };
+  } else if (running.routing) next.routing = running.routing;
   if (running.tls) next.tls = running.tls;
   else delete next.tls;
   if (running.admin)

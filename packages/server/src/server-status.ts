@@ -147,6 +147,9 @@ export class ServerStatus {
       'Tunnelled connections open right now, all proxies.',
       this.ctx.tracker.size,
     );
+    let streams = 0;
+    for (const session of this.ctx.sessions) streams += session.streamCount;
+    out.single('porthole_session_streams', 'gauge', 'Mux streams open across all client sessions.', streams);
     const rows = [...totals.values()].sort(
       (a, b) => a.client.localeCompare(b.client) || a.proxy.localeCompare(b.proxy),
     );
