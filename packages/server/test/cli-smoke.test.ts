@@ -135,6 +135,7 @@ test('token issue prints one JWT line; check and bad flags exit 0 / 2 with file:
 test('the examples are valid configs (with their file paths pointed at real files)', async () => {
   const dir = setup('');
   writeFileSync(join(dir, 'token'), 'a.b.c\n');
+  writeFileSync(join(dir, 'admin-token'), `${'a'.repeat(32)}\n`);
   // The [[https.certs]] pair of the example: a real self-signed certificate for example.com.
   execFileSync(
     'openssl',
@@ -147,6 +148,7 @@ test('the examples are valid configs (with their file paths pointed at real file
     const text = readFileSync(join(root, 'examples', name), 'utf8')
       .replaceAll('/etc/porthole/secret', join(dir, 'secret'))
       .replaceAll('/etc/porthole/token', join(dir, 'token'))
+      .replaceAll('/etc/porthole/admin-token', join(dir, 'admin-token'))
       .replaceAll('/etc/porthole/example.com/', `${dir}/`);
     writeFileSync(join(dir, name), text);
     return join(dir, name);
