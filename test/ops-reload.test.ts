@@ -146,6 +146,29 @@ test(
       );
       assert.equal((await echoRoundTrip('127.0.0.1', portB!, 1000, { banner: true })).banner, 'C');
       assert.ok(client.proc.alive && server.proc.alive);
+
+      // Token rotation: a new token in the file and a reload redial at once with it.
+      const rotated = await issueToken(server.config, { name: 'homelab', ports: ports.join(',') });
+      assert.notEqual(rotated, token);
+      const mark4 = client.proc.mark();
+      const serverMark4 = server.proc.mark();
+      await rewriteClientConfig(h, client.configPath, { ...base, token: rotated, proxies: [proxyA] });
+      client.proc.kill('SIGHUP');
+      const redial = await client.proc.waitForMsg('config reloaded', 10_000, { from: mark4 });
+      assert.equal(redial.reconnect, true);
+      await client.proc.waitForMsg('session established', 10_000, { from: mark4 });
+      await client.proc.waitForMsg('proxy registered', 10_000, { from: mark4, fields: { proxy: 'A' } });
+      await server.proc.waitForMsg('client connected', 10_000, {
+        from: serverMark4,
+        fields: { client: 'homelab' },
+      });
+      assert.ok((await echoRoundTrip('127.0.0.1', portA!, 10_000)).ok, 'A works over the new session');
+      assert.equal(
+        await tryConnect('127.0.0.1', portB!, 2000),
+        'refused',
+        'B was dropped with the same reload',
+      );
+      assert.ok(!client.proc.outputContains(rotated), 'the new token is not logged');
     }),
 );
 
