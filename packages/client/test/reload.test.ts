@@ -1,0 +1,85 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { proxySpecOf } from '../src/client.js';
+import type { ClientConfig, ProxyConfig } from '../src/config.js';
+import { diffProxies, needsReconnect } from '../src/reload.js';
+import type { ClientStatus } from '../src/session-status.js';
+import { formatStatus } from '../src/status-command.js';
+
+const tcp = (name: string, remotePort: number, localPort = 22): ProxyConfig =>
+  ({ name, type: 'tcp', local: { host: '127.0.0.1', port: localPort }, remotePort }) as ProxyConfig;
+
+test('diffProxies: added, removed, changed for the server, changed only locally', () => {
+  const running = new Map([
+    ['keep', tcp('keep', 2000)],
+    ['gone', tcp('gone', 2001)],
+    ['moved', tcp('moved', 2002)],
+    ['relocal', tcp('relocal', 2003)],
+  ]);
+  const diff = diffProxies(
+    running,
+    [tcp('keep', 2000), tcp('moved', 2102), tcp('relocal', 2003, 8080), tcp('new', 2004)],
+    proxySpecOf,
+  );
+  assert.deepEqual(diff, {
+    added: ['new'],
+    removed: ['gone'],
+    changed: ['moved'],
+    localChanged: ['relocal'],
+  });
+});
+
+test('needsReconnect: server, token or CA', () => {
+  const base = { server: 'ws://a/_porthole', token: 't1' } as ClientConfig;
+  assert.equal(needsReconnect(base, { ...base }), false);
+  assert.equal(needsReconnect(base, { ...base, token: 't2' }), true);
+  assert.equal(needsReconnect(base, { ...base, server: 'ws://b/_porthole' }), true);
+  assert.equal(needsReconnect(base, { ...base, ca: Buffer.from('x') }), true);
+});
+
+test('formatStatus: the session line and one row per proxy', () => {
+  const now = Date.parse('2026-01-01T12:00:00Z');
+  const status = {
+    state: 'established',
+    server: 'wss://vps.example.com/_porthole',
+    client: 'homelab',
+    session_id: 'abcd1234',
+    since: '2026-01-01T10:54:30Z',
+    open_connections: 1,
+    streams: 2,
+    process: { rss: 1, heapUsed: 1, openFds: 1, resources: {} },
+    proxies: [
+      {
+        name: 'ssh',
+        type: 'tcp',
+        local: '127.0.0.1:22',
+        remote_port: 2222,
+        state: 'registered',
+        remote_addr: '0.0.0.0:2222',
+        open_connections: 1,
+      },
+      {
+        name: 'web',
+        type: 'tcp',
+        local: '127.0.0.1:80',
+        remote_port: 9999,
+        state: 'refused',
+        reason: 'port 9999 is outside the grant',
+        open_connections: 0,
+      },
+    ],
+  } as ClientStatus;
+  assert.equal(
+    formatStatus(status, now),
+    [
+      'server:   wss://vps.example.com/_porthole',
+      'session:  established as "homelab" (session abcd1234), for 1h 5m',
+      'open connections: 1',
+      '',
+      'PROXY  TYPE  LOCAL         REMOTE PORT  STATE       OPEN  DETAIL',
+      'ssh    tcp   127.0.0.1:22  2222         registered  1     public 0.0.0.0:2222',
+      'web    tcp   127.0.0.1:80  9999         refused     0     port 9999 is outside the grant',
+      '',
+    ].join('\n'),
+  );
+});
