@@ -2,10 +2,13 @@
 // long transfer on an unchanged proxy keeps flowing; the server revokes a token and narrows allow_ports,
 // and exactly the affected client/proxies lose out. Invalid new configs are refused and change nothing.
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { test } from 'node:test';
+import { curl } from './lib/curl.js';
+import { startHttpBackend } from './lib/http-backend.js';
 import { freePorts, sleep, withHarness, withTimeout } from './lib/processes.js';
+import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
 import { EchoPinger, echoRoundTrip, startEchoServer, tryConnect } from './lib/services.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
 import {
@@ -267,5 +270,55 @@ test(
       assert.match(String(failed.reason), /allow_ports: invalid port range "nope"/);
       assert.ok(await pinger.ping(), 'A still echoes after a refused reload');
       assert.ok(server.proc.alive);
+    }),
+);
+
+test(
+  'server SIGHUP with http proxies: a new subdomain_host closes exactly the proxy it no longer admits; the others keep routing',
+  {
+    timeout: 60_000,
+  },
+  (t) =>
+    withHarness(t, async (h) => {
+      const [web, sub] = await Promise.all([startHttpBackend('web'), startHttpBackend('sub')]);
+      h.onCleanup(() => Promise.all([web.close(), sub.close()]));
+      const server = await startRoutedServer(h, { top: { subdomain_host: 'sub.test' } });
+      const token = await issueRoutedToken(server, { name: 'routes', hosts: ['app.test', 'x.sub.test'] });
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          { name: 'web', type: 'http', local: `127.0.0.1:${web.port}`, hosts: ['app.test'] },
+          { name: 'sub', type: 'http', local: `127.0.0.1:${sub.port}`, subdomain: 'x' },
+        ],
+      });
+      const base = `http://127.0.0.1:${server.httpPort}`;
+      const backendOf = async (host: string) => {
+        const r = await curl(['-H', `Host: ${host}`], `${base}/`);
+        return r.status === 200 ? String(JSON.parse(r.body).backend) : `HTTP ${r.status}`;
+      };
+      assert.equal(await backendOf('app.test'), 'web');
+      assert.equal(await backendOf('x.sub.test'), 'sub');
+
+      const serverMark = server.proc.mark();
+      const clientMark = client.proc.mark();
+      const text = await readFile(server.config.configPath, 'utf8');
+      assert.match(text, /subdomain_host = "sub\.test"/);
+      await writeFile(server.config.configPath, text.replace('"sub.test"', '"other.test"'));
+      server.proc.kill('SIGHUP');
+      const reloaded = await server.proc.waitForMsg('config reloaded', 10_000, { from: serverMark });
+      assert.deepEqual(reloaded.proxies_closed, ['routes/sub']);
+      assert.equal(
+        server.proc.logsWithMsg('reload: these settings take effect after a restart', serverMark).length,
+        0,
+      );
+      const notice = await client.proc.waitForMsg('server notice', 5000, {
+        from: clientMark,
+        fields: { code: 'proxies_closed' },
+      });
+      assert.deepEqual(notice.proxies, ['sub']);
+      assert.equal(await backendOf('app.test'), 'web', 'the untouched proxy keeps routing');
+      assert.notEqual(await backendOf('x.sub.test'), 'sub', 'the closed one no longer does');
+      assert.equal(client.proc.logsWithMsg('session lost', clientMark).length, 0);
     }),
 );
