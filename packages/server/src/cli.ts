@@ -31,6 +31,9 @@ Options:
   --hosts LIST        token: hostnames the client may claim
   --visit LIST        token: private services the client may visit
   --expires DURATION  token: lifetime, e.g. 90d, 12h, or "never" (default 365d)
+
+Signals: SIGHUP reloads the config file (allow_ports, revoked_tokens, limits); SIGTERM drains and exits 0.
+Admin: an [admin] table serves /api/*, /metrics, /healthz and a status page (see examples/server.toml).
 `;
 
 const TOKEN_OPTIONS = ['name', 'ports', 'hosts', 'visit', 'expires'] as const;
