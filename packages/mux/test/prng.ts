@@ -1,6 +1,7 @@
 /**
  * A small seeded PRNG (sfc32) for reproducible tests: the same seed gives the same bytes, frames and
- * chunkings, so a failure message that prints the seed is a reproducer.
+ * chunkings, so a failure message that prints the seed is a reproducer. The other packages' tests use it
+ * too, as `@porthole/mux/test/prng`.
  */
 export class Prng {
   private a: number;

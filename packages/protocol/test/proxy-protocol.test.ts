@@ -6,6 +6,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { Prng, runSeed } from '@porthole/mux/test/prng';
 import {
   encodeProxyHeader,
   encodeProxyV1,
@@ -14,7 +15,6 @@ import {
   type ProxyEndpoints,
   parseIp,
 } from '../src/proxy-protocol.js';
-import { Prng, runSeed } from './seeded-prng.js';
 
 const v4: ProxyEndpoints = {
   sourceAddress: '203.0.113.7',

@@ -4,13 +4,13 @@ import net from 'node:net';
 import { Writable } from 'node:stream';
 import { describe, it, type TestContext } from 'node:test';
 import { Session } from '@porthole/mux';
+import { Prng, runSeed } from '@porthole/mux/test/prng';
 import {
   DatagramDecoder,
   DatagramWriter,
   frameDatagram,
   MAX_DATAGRAM_BYTES,
 } from '../src/udp-datagram-codec.js';
-import { Prng, runSeed } from './seeded-prng.js';
 
 /** A Writable that records what reaches _write/_writev, calling back at once (or never, when stalled). */
 class RecordingWritable extends Writable {

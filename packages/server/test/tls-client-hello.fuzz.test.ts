@@ -6,6 +6,7 @@ import net from 'node:net';
 import { PassThrough } from 'node:stream';
 import { describe, it, type TestContext } from 'node:test';
 import tls from 'node:tls';
+import { Prng, runSeed } from '@porthole/mux/test/prng';
 import {
   ClientHelloAssembler,
   type ClientHelloPeek,
@@ -13,7 +14,6 @@ import {
   peekClientHello,
   readClientHello,
 } from '../src/tls-client-hello.js';
-import { Prng, runSeed } from './seeded-prng.js';
 import { alpnExtension, clientHelloMessage, inRecords, serverNameExtension } from './tls-hello-builder.js';
 import { captureFromNode, captureFromOpenssl, makeCertificate } from './tls-hello-capture.js';
 
