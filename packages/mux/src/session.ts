@@ -57,8 +57,9 @@ const goAwayNames: Record<number, string> = {
 };
 
 /**
- * A yamux session over any byte-stream Duplex. Events: 'stream' (a peer-opened Stream), 'goaway' (code),
- * 'error' (emitted only when someone listens), 'close' (err?: the reason, absent on an orderly end).
+ * A yamux session over any byte-stream Duplex. Events: 'stream' (a peer-opened Stream), 'ack' (stream, ms: the
+ * peer acknowledged a stream we opened, ms after our SYN), 'goaway' (code), 'error' (emitted only when someone
+ * listens), 'close' (err?: the reason, absent on an orderly end).
  */
 export class Session extends EventEmitter {
   readonly maxStreamWindow: number;
@@ -225,7 +226,10 @@ export class Session extends EventEmitter {
         this.writeAnswer(FrameType.WindowUpdate, Flag.RST, id, 0);
       return;
     }
-    if (flags & Flag.ACK) stream.onAck();
+    if (flags & Flag.ACK) {
+      const openMs = stream.onAck();
+      if (openMs !== undefined) this.emit('ack', stream, openMs);
+    }
     if (type === FrameType.WindowUpdate) {
       if (!stream.onWindowUpdate(header.length)) {
         this.protocolError(`stream ${id}: window update of ${header.length} overflows the send window`);

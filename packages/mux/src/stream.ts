@@ -38,6 +38,8 @@ export class Stream extends Duplex {
   private reset = false;
   private blocked: BlockedWrite | undefined;
   private openTimer: NodeJS.Timeout | undefined;
+  /** When our SYN left, until the peer's ACK arrives. */
+  private synSentAt: number | undefined;
 
   /** @internal Streams are made by Session.open() and arrive via Session's 'stream' event. */
   constructor(session: Session, host: StreamHost, id: number) {
@@ -49,6 +51,7 @@ export class Stream extends Duplex {
 
   /** @internal Sends SYN or ACK along with the window we announce beyond the initial 256 KiB. */
   announce(flags: number): void {
+    if (flags & Flag.SYN) this.synSentAt = performance.now();
     this.grantWindow(flags);
   }
 
@@ -72,12 +75,16 @@ export class Stream extends Duplex {
     process.nextTick(() => this.destroy(err));
   }
 
-  /** @internal */
-  onAck(): void {
+  /** @internal Returns the ms from our SYN to this ACK the first time a stream we opened is acknowledged. */
+  onAck(): number | undefined {
     if (this.openTimer) {
       clearTimeout(this.openTimer);
       this.openTimer = undefined;
     }
+    const sentAt = this.synSentAt;
+    if (sentAt === undefined) return undefined;
+    this.synSentAt = undefined;
+    return performance.now() - sentAt;
   }
 
   /** @internal Returns false when the update would overflow the window (a protocol error). */

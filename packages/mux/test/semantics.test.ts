@@ -335,6 +335,25 @@ describe('session lifecycle', () => {
     assert.ok(many.every((r) => typeof r === 'number' && r >= 0));
   });
 
+  test("'ack': once per stream we opened, with the ms from SYN to ACK; never for streams the peer opened", async () => {
+    const { client, server } = await pair();
+    const acks: { id: number; ms: number }[] = [];
+    client.on('ack', (stream: Stream, ms: number) => acks.push({ id: stream.id, ms }));
+    let serverAcks = 0;
+    server.on('ack', () => serverAcks++);
+    const arriving = nextStream(server);
+    const a = client.open();
+    a.write('x');
+    await arriving;
+    await waitFor(() => acks.length === 1, 5000, "the client's 'ack'");
+    a.write('y'); // later frames carry no ACK and must not count again
+    await sleep(50);
+    assert.equal(acks.length, 1);
+    assert.equal(acks[0]?.id, a.id);
+    assert.ok(Number.isFinite(acks[0]?.ms) && (acks[0]?.ms ?? -1) >= 0, String(acks[0]?.ms));
+    assert.equal(serverAcks, 0, 'accepting a stream is not an ack of ours');
+  });
+
   test("close(): 'close' once on both sides, streams destroyed, open() afterwards fails", async () => {
     const { client, server } = await pair();
     const arriving = nextStream(server);

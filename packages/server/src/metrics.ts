@@ -87,22 +87,10 @@ export class Histogram {
 /**
  * Times every stream the server opens on `session`, from SYN to the client's ACK (the client ACKs as it
  * accepts the stream, so this is the tunnel's round trip plus the client's event-loop delay), into
- * `histogram`. The mux has no public "acknowledged" event, so this wraps the instance's open() and the
- * stream's onAck hook; both are per-object, nothing global is patched.
+ * `histogram`.
  */
 export function timeStreamOpens(session: Session, histogram: Histogram): void {
-  const open = session.open.bind(session);
-  session.open = (): Stream => {
-    const stream = open();
-    const started = performance.now();
-    const onAck = stream.onAck.bind(stream);
-    stream.onAck = () => {
-      histogram.observe((performance.now() - started) / 1000);
-      stream.onAck = onAck;
-      onAck();
-    };
-    return stream;
-  };
+  session.on('ack', (_stream: Stream, ms: number) => histogram.observe(ms / 1000));
 }
 
 /** The process_* and nodejs_* families every exporter has, written into `out`. */
