@@ -124,24 +124,37 @@ function readPemFile(file: string, key: string, path: string): Buffer {
   }
 }
 
+/**
+ * A secret set inline (`key`) or read from a file (`key`_file; the schema lets exactly one through), at least
+ * `minLength` characters; errors name whichever key it came from.
+ */
+function secretSetting(
+  file: string,
+  key: string,
+  inline: string | undefined,
+  path: string | undefined,
+  rule: { what: string; minLength: number; howToMake: string },
+): string {
+  const fileKey = `${key}_file`;
+  const value = inline ?? readSecretFile(file, fileKey, expandConfigPath(file, fileKey, path!));
+  if (value.length < rule.minLength) {
+    throw ConfigError.at(
+      file,
+      inline === undefined ? fileKey : key,
+      `${rule.what} must be at least ${rule.minLength} characters (make one with: ${rule.howToMake})`,
+    );
+  }
+  return value;
+}
+
 /** Loads and checks server.toml; throws ConfigError naming file, key and reason. */
 export function loadServerConfig(file: string): ServerConfig {
   const raw = loadTomlConfig(file, serverSchema);
-  const secret =
-    raw.auth.secret ??
-    readSecretFile(
-      file,
-      'auth.secret_file',
-      expandConfigPath(file, 'auth.secret_file', raw.auth.secret_file!),
-    );
-  if (secret.length < MIN_SECRET_LENGTH) {
-    const key = raw.auth.secret === undefined ? 'auth.secret_file' : 'auth.secret';
-    throw ConfigError.at(
-      file,
-      key,
-      `the secret must be at least ${MIN_SECRET_LENGTH} characters (make one with: openssl rand -hex 32)`,
-    );
-  }
+  const secret = secretSetting(file, 'auth.secret', raw.auth.secret, raw.auth.secret_file, {
+    what: 'the secret',
+    minLength: MIN_SECRET_LENGTH,
+    howToMake: 'openssl rand -hex 32',
+  });
   const config: ServerConfig = {
     file,
     listen: raw.listen,
@@ -167,21 +180,11 @@ export function loadServerConfig(file: string): ServerConfig {
   }
   config.routing = loadRoutingConfig(file, raw, config.tls);
   if (raw.admin) {
-    const token =
-      raw.admin.token ??
-      readSecretFile(
-        file,
-        'admin.token_file',
-        expandConfigPath(file, 'admin.token_file', raw.admin.token_file!),
-      );
-    if (token.length < MIN_ADMIN_TOKEN_LENGTH) {
-      const key = raw.admin.token === undefined ? 'admin.token_file' : 'admin.token';
-      throw ConfigError.at(
-        file,
-        key,
-        `the admin token must be at least ${MIN_ADMIN_TOKEN_LENGTH} characters (make one with: openssl rand -hex 24)`,
-      );
-    }
+    const token = secretSetting(file, 'admin.token', raw.admin.token, raw.admin.token_file, {
+      what: 'the admin token',
+      minLength: MIN_ADMIN_TOKEN_LENGTH,
+      howToMake: 'openssl rand -hex 24',
+    });
     config.admin = { listen: raw.admin.listen, token };
   }
   return config;
