@@ -1,7 +1,7 @@
 // Fast end-to-end smoke tests: the real porthole-server and porthole-client programs, real config files,
 // real sockets on loopback. (The heavy end-to-end suite lives in /test.)
 import assert from 'node:assert/strict';
-import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { type AddressInfo, createServer } from 'node:net';
@@ -11,6 +11,7 @@ import { createInterface } from 'node:readline';
 import { type TestContext, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { freePort, startRelay, visit } from './harness.js';
+import { selfSignedCert } from './self-signed-cert.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../../../..');
 const serverBin = join(root, 'packages/server/bin/porthole-server.js');
@@ -137,13 +138,12 @@ test('the examples are valid configs (with their file paths pointed at real file
   writeFileSync(join(dir, 'token'), 'a.b.c\n');
   writeFileSync(join(dir, 'admin-token'), `${'a'.repeat(32)}\n`);
   // The [[https.certs]] pair of the example: a real self-signed certificate for example.com.
-  execFileSync(
-    'openssl',
-    ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1']
-      .concat(['-keyout', join(dir, 'privkey.pem'), '-out', join(dir, 'fullchain.pem')])
-      .concat(['-subj', '/CN=example.com', '-addext', 'subjectAltName=DNS:example.com,DNS:*.example.com']),
-    { stdio: 'ignore' },
-  );
+  selfSignedCert({
+    certFile: join(dir, 'fullchain.pem'),
+    keyFile: join(dir, 'privkey.pem'),
+    commonName: 'example.com',
+    altNames: ['DNS:example.com', 'DNS:*.example.com'],
+  });
   const rewrite = (name: string) => {
     const text = readFileSync(join(root, 'examples', name), 'utf8')
       .replaceAll('/etc/porthole/secret', join(dir, 'secret'))
@@ -240,32 +240,12 @@ test('the client notices a dead network by keepalive, reconnects and takes its p
 
 test('wss: the server serves TLS from [tls]; the client trusts a private CA only through ca_file', async (t) => {
   const dir = setup('');
-  await new Promise<void>((resolve, reject) =>
-    execFile(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:P-256',
-        '-nodes',
-        '-days',
-        '1',
-        '-subj',
-        '/CN=localhost',
-        '-addext',
-        'subjectAltName=IP:127.0.0.1',
-        '-keyout',
-        'key.pem',
-        '-out',
-        'cert.pem',
-      ],
-      { cwd: dir },
-      (err) => (err ? reject(err) : resolve()),
-    ),
-  );
+  selfSignedCert({
+    certFile: join(dir, 'cert.pem'),
+    keyFile: join(dir, 'key.pem'),
+    commonName: 'localhost',
+    altNames: ['IP:127.0.0.1'],
+  });
   const tls = '\n[tls]\ncert_file = "cert.pem"\nkey_file = "key.pem"\n';
   writeFileSync(
     join(dir, 'server.toml'),

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,40 +14,18 @@ import { TlsCertStore } from '../src/tls-cert-store.js';
 import { TlsSniListener, type TlsTarget } from '../src/tls-sni-listener.js';
 import { TrustedProxies } from '../src/trusted-proxies.js';
 import { UdpProxyListener } from '../src/udp-proxy-listener.js';
+import { type SelfSignedCert, selfSignedCert } from './self-signed-cert.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'porthole-routing-'));
 
-/** A self-signed certificate for these DNS names (openssl, as an operator would make one). */
-function selfSigned(
-  name: string,
-  names: string[],
-): { cert: Buffer; key: Buffer; certFile: string; keyFile: string } {
-  const certFile = join(dir, `${name}.pem`);
-  const keyFile = join(dir, `${name}.key`);
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-days',
-      '1',
-      '-keyout',
-      keyFile,
-      '-out',
-      certFile,
-      '-subj',
-      `/CN=${name}`,
-      '-addext',
-      `subjectAltName=${names.map((n) => `DNS:${n}`).join(',')}`,
-    ],
-    { stdio: 'ignore' },
-  );
-  return { cert: readFileSync(certFile), key: readFileSync(keyFile), certFile, keyFile };
+/** A self-signed certificate for these DNS names, in this test's directory. */
+function selfSigned(name: string, names: string[]): SelfSignedCert {
+  return selfSignedCert({
+    certFile: join(dir, `${name}.pem`),
+    keyFile: join(dir, `${name}.key`),
+    commonName: name,
+    altNames: names.map((n) => `DNS:${n}`),
+  });
 }
 
 test('routes: exact beats wildcard beats subdomain; the longest location wins, on path segments', () => {
