@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { test } from 'node:test';
-import { freePort, type Harness, withHarness, withTimeout } from './lib/processes.js';
+import { freePort, type Harness, waitFor, withHarness, withTimeout } from './lib/processes.js';
 import { EchoPinger, startEchoServer, tryConnect } from './lib/services.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
 import { startTunnel } from './lib/tunnel.js';
@@ -42,14 +42,6 @@ function request(port: number) {
   });
   sock.on('connect', () => sock.write('GO'));
   return { sock, reply };
-}
-
-async function waitFor(what: string, check: () => boolean, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
 }
 
 test(

@@ -5,7 +5,7 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { test } from 'node:test';
 import { startUdpEcho } from './lib/http-backend.js';
 import { startIperfServer } from './lib/iperf3.js';
-import { freePort, type Harness, run, sleep, withHarness } from './lib/processes.js';
+import { freePort, type Harness, run, sleep, waitFor, withHarness } from './lib/processes.js';
 import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
 import { portOf } from './lib/tunnel.js';
@@ -185,14 +185,6 @@ function udpClient(): Promise<{ socket: UdpSocket; replies: Buffer[] }> {
   const replies: Buffer[] = [];
   socket.on('message', (msg) => replies.push(msg));
   return new Promise((resolve) => socket.bind(0, '127.0.0.1', () => resolve({ socket, replies })));
-}
-
-async function waitFor(what: string, fn: () => boolean, ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms: ${what}`);
-    await sleep(20);
-  }
 }
 
 test(
