@@ -75,7 +75,7 @@ export class Session extends EventEmitter {
   private remoteGoAway = false;
   private isClosed = false;
   private closedLocally = false;
-  /** Bytes of answers (ping ACKs, RSTs) queued while the peer is not reading what we send. */
+  /** Bytes of answers (ping ACKs, RSTs, stream ACKs) queued while the peer is not reading what we send. */
   private queuedAnswerBytes = 0;
   private pausedForAnswers = false;
   private corked = false;
