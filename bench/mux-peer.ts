@@ -1,10 +1,13 @@
 // One side of the mux benchmark, in its own process (forked by mux.ts, results over IPC):
 //   node mux-peer.js receiver '<json config>'   listens on 127.0.0.1:0, counts what arrives, reports when done
 //   node mux-peer.js sender '<json config>'     connects, sends for `seconds`, ends, reports what it sent
-// Raw mode sends payload-sized ws messages, backpressure from ws.bufferedAmount; mux mode writes the same
-// payload to `streams` streams of one Session over webSocketDuplex. Each process reports its own peak RSS.
+// Raw mode sends payload-sized messages with the `ws` library, backpressure from ws.bufferedAmount; mux mode
+// writes the same payload to `streams` streams of one Session over our WebSocketStream (what porthole runs).
+// Each process reports its own peak RSS.
 import { performance } from 'node:perf_hooks';
-import { Session, type Stream, webSocketDuplex } from '@porthole/mux';
+import { createServer } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { acceptWebSocket, checkUpgradeRequest, openWebSocket, Session, type Stream } from '@porthole/mux';
 import { WebSocket, WebSocketServer } from 'ws';
 
 export interface PeerConfig {
@@ -12,7 +15,7 @@ export interface PeerConfig {
   streams: number;
   seconds: number;
   payload: number;
-  /** Bytes queued in the WebSocket before the sender waits (raw: bufferedAmount; mux: webSocketDuplex). */
+  /** Bytes queued in the WebSocket before the sender waits (raw: bufferedAmount; mux: WebSocketStream). */
   highWaterMark: number;
   /** maxStreamWindow on both sessions; absent = the implementation's default. */
   window?: number;
@@ -46,13 +49,10 @@ function sessionOptions(cfg: PeerConfig, client: boolean) {
 }
 
 async function receiver(cfg: PeerConfig): Promise<void> {
-  const wss = new WebSocketServer({
-    host: '127.0.0.1',
-    port: 0,
-    perMessageDeflate: false,
-    maxPayload: 1 << 30,
-  });
-  await new Promise<void>((resolve) => wss.once('listening', () => resolve()));
+  const http = createServer();
+  const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 1 << 30 });
+  http.listen(0, '127.0.0.1');
+  await new Promise<void>((resolve) => http.once('listening', () => resolve()));
   let received = 0;
   let firstAt = 0;
   let lastAt = 0;
@@ -64,14 +64,18 @@ async function receiver(cfg: PeerConfig): Promise<void> {
     received += n;
   };
   const done = new Promise<void>((resolve) => {
-    wss.once('connection', (ws) => {
-      ws.on('error', (err) => errors.push(`ws: ${err.message}`));
+    http.once('upgrade', (req, socket: Duplex, head: Buffer) => {
       if (cfg.mode === 'raw') {
-        ws.on('message', (data: Buffer) => count(data.length));
-        ws.once('close', () => resolve());
+        wss.handleUpgrade(req, socket, head, (ws) => {
+          ws.on('error', (err) => errors.push(`ws: ${err.message}`));
+          ws.on('message', (data: Buffer) => count(data.length));
+          ws.once('close', () => resolve());
+        });
         return;
       }
-      const session = new Session(webSocketDuplex(ws), sessionOptions(cfg, false));
+      const check = checkUpgradeRequest(req);
+      if (!check.ok) throw new Error(`bad upgrade: ${check.reason}`);
+      const session = new Session(acceptWebSocket(socket, head, check.key), sessionOptions(cfg, false));
       session.on('error', (err: Error) => errors.push(`session: ${err.message}`));
       session.on('stream', (s: Stream) => {
         s.on('data', (chunk: Buffer) => count(chunk.length));
@@ -81,9 +85,9 @@ async function receiver(cfg: PeerConfig): Promise<void> {
       session.once('close', () => resolve());
     });
   });
-  await send({ type: 'listening', port: (wss.address() as { port: number }).port });
+  await send({ type: 'listening', port: (http.address() as { port: number }).port });
   await done;
-  wss.close();
+  http.close();
   await send({
     type: 'result',
     role: 'receiver',
@@ -100,11 +104,12 @@ async function sender(cfg: PeerConfig): Promise<void> {
   const errors: string[] = [];
   let sent = 0;
   let stopped = false;
-  const ws = new WebSocket(`ws://127.0.0.1:${cfg.port}/`, { perMessageDeflate: false });
-  ws.on('error', (err) => errors.push(`ws: ${err.message}`));
-  const closed = new Promise<void>((resolve) => ws.once('close', () => resolve()));
+  const url = `ws://127.0.0.1:${cfg.port}/`;
 
   if (cfg.mode === 'raw') {
+    const ws = new WebSocket(url, { perMessageDeflate: false });
+    ws.on('error', (err) => errors.push(`ws: ${err.message}`));
+    const closed = new Promise<void>((resolve) => ws.once('close', () => resolve()));
     await new Promise<void>((resolve) => ws.once('open', () => resolve()));
     setTimeout(() => {
       stopped = true;
@@ -127,15 +132,11 @@ async function sender(cfg: PeerConfig): Promise<void> {
       pump();
     });
     ws.close(1000);
+    await closed;
   } else {
-    // Wrap inside 'open' itself: a message arriving with the 101 would otherwise be lost.
-    const session = await new Promise<Session>((resolve) =>
-      ws.once('open', () =>
-        resolve(
-          new Session(webSocketDuplex(ws, { highWaterMark: cfg.highWaterMark }), sessionOptions(cfg, true)),
-        ),
-      ),
-    );
+    const conn = await openWebSocket(url, { timeoutMs: 10_000, highWaterMark: cfg.highWaterMark });
+    const closed = new Promise<void>((resolve) => conn.once('close', () => resolve()));
+    const session = new Session(conn, sessionOptions(cfg, true));
     session.on('error', (err: Error) => errors.push(`session: ${err.message}`));
     setTimeout(() => {
       stopped = true;
@@ -166,8 +167,8 @@ async function sender(cfg: PeerConfig): Promise<void> {
     };
     await Promise.all(Array.from({ length: cfg.streams }, () => pumpStream(session.open())));
     session.close();
+    await closed;
   }
-  await closed;
   await send({ type: 'result', role: 'sender', sent, ...usage(), errors });
 }
 

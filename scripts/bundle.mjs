@@ -1,8 +1,8 @@
 #!/usr/bin/env node
-// npm run bundle: one self-contained ES module per program (ws, pino, jose, zod and smol-toml inside), for
+// npm run bundle: one self-contained ES module per program (pino, jose, zod and smol-toml inside), for
 // installing on a machine with nothing but Node 20: `install -m 755 dist-bundle/porthole-server.mjs
-// /usr/local/bin/porthole-server`. bufferutil (a native addon that speeds up ws) stays outside: it is used
-// when require() can find it next to the bundle, and ws falls back to plain JavaScript when it cannot.
+// /usr/local/bin/porthole-server`. bufferutil (a native addon that speeds up WebSocket masking) stays
+// outside: it is used when require() can find it next to the bundle; the mux masks in JavaScript otherwise.
 // Usage: node scripts/bundle.mjs [--outdir DIR]   (after `tsc -b packages/server packages/client`)
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -27,11 +27,11 @@ for (const { name, pkg } of programs) {
     platform: 'node',
     format: 'esm',
     target: 'node20',
-    // Optional native speed-ups of ws: required at run time if present, skipped if not.
+    // Optional native speed-up of WebSocket masking: required at run time if present, skipped if not.
     external: ['bufferutil', 'utf-8-validate'],
     // packageVersion() reads package.json next to the module; a bundle has none, so the version is baked in.
     define: { PORTHOLE_BUNDLE_VERSION: JSON.stringify(version) },
-    // CommonJS dependencies (ws, pino) call require() for Node built-ins; give the ES module a real one.
+    // CommonJS dependencies (pino) call require() for Node built-ins; give the ES module a real one.
     banner: {
       js: [
         '#!/usr/bin/env node',

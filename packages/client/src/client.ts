@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { Session, type Stream, webSocketDuplex } from '@porthole/mux';
+import { CloseCode, Session, type Stream } from '@porthole/mux';
 import {
   ConnectionTracker,
   type ControlMessage,
@@ -151,7 +151,7 @@ export class PortholeClient {
         continue;
       }
       if (this.stopping) {
-        ws.close(1001);
+        ws.close(CloseCode.GoingAway);
         break;
       }
       let outcome: { reason: string; establishedAt: number | undefined };
@@ -160,7 +160,7 @@ export class PortholeClient {
       } catch (err) {
         // A bug in session handling must cost a reconnect, not the process.
         this.logger.error({ reason: err instanceof Error ? err.message : String(err) }, 'session failed');
-        ws.terminate();
+        ws.destroy();
         outcome = { reason: 'session failed', establishedAt: undefined };
       }
       const { reason, establishedAt } = outcome;
@@ -233,7 +233,7 @@ export class PortholeClient {
     ws: Awaited<ReturnType<typeof dial>>,
   ): Promise<{ reason: string; establishedAt: number | undefined }> {
     const { heartbeatInterval, heartbeatTimeout } = this.config;
-    const session = new Session(webSocketDuplex(ws), {
+    const session = new Session(ws, {
       client: true,
       keepAliveInterval: heartbeatInterval,
       keepAliveTimeout: heartbeatTimeout - heartbeatInterval,

@@ -24,7 +24,7 @@ test('the token goes in Authorization: Bearer; a refusal surfaces status and bod
   const server = `ws://127.0.0.1:${(http.address() as AddressInfo).port}/_porthole`;
 
   const ws = await dial({ server, token: 'good', timeoutMs: 2000 });
-  ws.terminate();
+  ws.destroy();
   await assert.rejects(dial({ server, token: 'old', timeoutMs: 2000 }), (err: unknown) => {
     assert.ok(err instanceof DialError);
     assert.equal(err.message, '401: token expired');

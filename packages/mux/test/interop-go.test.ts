@@ -3,12 +3,11 @@ import { once } from 'node:events';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { before, describe, test } from 'node:test';
-import { WebSocketServer } from 'ws';
-import { Session, type Stream, webSocketDuplex } from '../src/index.js';
+import { Session, type Stream } from '../src/index.js';
 import { describeRun, type PeerServer, runPeer, startPeerServer, yamuxPeerBinary } from './go-peer.js';
 import { receiveAll, sendPattern } from './payload.js';
 import { waitFor, withTimeout } from './timeouts.js';
-import { dialWebSocket } from './transports.js';
+import { dialWebSocket, listenWebSocket } from './transports.js';
 
 /**
  * Wire compatibility with the reference implementation: hashicorp/yamux (Debian's df201c7) in Go, in both
@@ -33,7 +32,7 @@ const transports: Transport[] = [
 ];
 
 async function dial(t: Transport, port: number): Promise<Duplex> {
-  if (t.ws) return (await dialWebSocket(`ws://127.0.0.1:${port}/`)).conn;
+  if (t.ws) return dialWebSocket(`ws://127.0.0.1:${port}/`);
   const socket = net.connect(port, '127.0.0.1');
   await withTimeout(once(socket, 'connect'), 10_000, 'tcp connect to yamuxpeer');
   socket.setNoDelay(true);
@@ -46,18 +45,7 @@ interface Listener {
 }
 
 async function listen(t: Transport, onConn: (conn: Duplex) => void): Promise<Listener> {
-  if (t.ws) {
-    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false });
-    await once(wss, 'listening');
-    wss.on('connection', (ws) => onConn(webSocketDuplex(ws)));
-    return {
-      port: (wss.address() as net.AddressInfo).port,
-      close() {
-        for (const ws of wss.clients) ws.terminate();
-        wss.close();
-      },
-    };
-  }
+  if (t.ws) return listenWebSocket((conn) => onConn(conn));
   const sockets = new Set<net.Socket>();
   const server = net.createServer((socket) => {
     sockets.add(socket);

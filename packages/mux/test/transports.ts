@@ -1,8 +1,15 @@
 import { once } from 'node:events';
+import { createServer as createHttpServer } from 'node:http';
 import net from 'node:net';
 import { Duplex } from 'node:stream';
-import { WebSocket, WebSocketServer } from 'ws';
-import { Session, type SessionOptions, webSocketDuplex } from '../src/index.js';
+import {
+  acceptWebSocket,
+  checkUpgradeRequest,
+  openWebSocket,
+  Session,
+  type SessionOptions,
+  type WebSocketStream,
+} from '../src/index.js';
 import { withTimeout } from './timeouts.js';
 
 /** A connected pair of loopback TCP sockets: [dialer, acceptor]. */
@@ -21,39 +28,67 @@ export async function tcpPair(): Promise<[net.Socket, net.Socket]> {
 }
 
 export interface WsPair {
-  client: WebSocket;
-  server: WebSocket;
-  /** webSocketDuplex of each side, attached as soon as the socket opened. */
-  clientConn: Duplex;
-  serverConn: Duplex;
+  /** Our WebSocketStream on each side. */
+  clientConn: WebSocketStream;
+  serverConn: WebSocketStream;
   /** The raw TCP socket under the server side (bytesRead counts what it pulled off the wire). */
   serverSocket: net.Socket;
   close(): void;
 }
 
-/** A connected pair of loopback `ws` WebSockets (perMessageDeflate off, as porthole runs them). */
+export interface WebSocketListener {
+  port: number;
+  /** Drops every accepted connection and stops listening. */
+  close(): void;
+}
+
+/** A loopback HTTP server that accepts WebSocket upgrades on any path with our own handshake. */
+export async function listenWebSocket(
+  onConn: (conn: WebSocketStream, socket: net.Socket) => void,
+): Promise<WebSocketListener> {
+  const sockets = new Set<net.Socket>();
+  const server = createHttpServer();
+  server.on('upgrade', (req, socket: net.Socket, head: Buffer) => {
+    const check = checkUpgradeRequest(req);
+    if (!check.ok) {
+      socket.end(`HTTP/1.1 ${check.status} Bad Request\r\nConnection: close\r\n\r\n`);
+      return;
+    }
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    onConn(acceptWebSocket(socket, head, check.key), socket);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    close() {
+      for (const socket of sockets) socket.destroy();
+      server.close();
+    },
+  };
+}
+
+/** A connected pair of our WebSocketStreams over loopback. */
 export async function wsPair(): Promise<WsPair> {
-  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false });
-  await once(wss, 'listening');
-  const { port } = wss.address() as net.AddressInfo;
-  const accepted = new Promise<[WebSocket, Duplex, net.Socket]>((resolve) =>
-    wss.once('connection', (ws, req) => resolve([ws, webSocketDuplex(ws), req.socket as net.Socket])),
-  );
-  const [[server, serverConn, serverSocket], { ws: client, conn: clientConn }] = await withTimeout(
-    Promise.all([accepted, dialWebSocket(`ws://127.0.0.1:${port}/`)]),
+  let onAccepted!: (value: [WebSocketStream, net.Socket]) => void;
+  const accepted = new Promise<[WebSocketStream, net.Socket]>((resolve) => {
+    onAccepted = resolve;
+  });
+  const listener = await listenWebSocket((conn, socket) => onAccepted([conn, socket]));
+  const [[serverConn, serverSocket], clientConn] = await withTimeout(
+    Promise.all([accepted, dialWebSocket(`ws://127.0.0.1:${listener.port}/`)]),
     5000,
     'websocket pair',
   );
-  wss.close();
   return {
-    client,
-    server,
     clientConn,
     serverConn,
     serverSocket,
     close() {
-      client.terminate();
-      server.terminate();
+      clientConn.destroy();
+      serverConn.destroy();
+      listener.close();
     },
   };
 }
@@ -138,19 +173,7 @@ export async function sessionPair(
   };
 }
 
-/**
- * Dials a WebSocket and wraps it with webSocketDuplex inside the 'open' handler itself. Attaching later
- * (after `await once(ws, 'open')`) loses any message that arrived together with the 101 response: ws
- * starts emitting 'message' on the next tick, before a promise continuation runs.
- */
-export function dialWebSocket(url: string, timeoutMs = 10_000): Promise<{ ws: WebSocket; conn: Duplex }> {
-  const ws = new WebSocket(url, { perMessageDeflate: false });
-  return withTimeout(
-    new Promise((resolve, reject) => {
-      ws.once('open', () => resolve({ ws, conn: webSocketDuplex(ws) }));
-      ws.once('error', reject);
-    }),
-    timeoutMs,
-    `websocket open to ${url}`,
-  );
+/** Dials a WebSocket with our own client handshake. */
+export function dialWebSocket(url: string, timeoutMs = 10_000): Promise<WebSocketStream> {
+  return openWebSocket(url, { timeoutMs });
 }

@@ -2,16 +2,9 @@ import { createServer as createHttpServer, type IncomingMessage, type Server, ST
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { acceptWebSocket, checkUpgradeRequest, type WebSocketStream } from '@porthole/mux';
 import { formatHostPort, type HostPort, type Logger, type TokenClaims } from '@porthole/protocol';
-import { type WebSocket, WebSocketServer } from 'ws';
 import type { UpgradeAuthenticator } from './auth.js';
-
-/**
- * Largest WebSocket message accepted. The mux coalesces one event-loop turn of frames into a message
- * (normally up to its 4 MiB queue limit plus one frame per busy stream), so this is a sanity bound that
- * stops a peer from making us buffer without limit, not a tight one.
- */
-export const MAX_WS_MESSAGE_BYTES = 64 * 1024 * 1024;
 
 export interface ControlEndpointOptions {
   listen: HostPort;
@@ -20,7 +13,7 @@ export interface ControlEndpointOptions {
   authenticator: UpgradeAuthenticator;
   logger: Logger;
   /** Called with each authenticated WebSocket. */
-  onClient(ws: WebSocket, claims: TokenClaims, remoteAddr: string): void;
+  onClient(ws: WebSocketStream, claims: TokenClaims, remoteAddr: string): void;
 }
 
 function remoteOf(socket: Socket | Duplex): string {
@@ -47,7 +40,6 @@ function refuseUpgrade(socket: Duplex, status: number, body: string): void {
  */
 export class ControlEndpoint {
   private readonly server: Server;
-  private readonly wss: WebSocketServer;
 
   constructor(private readonly opts: ControlEndpointOptions) {
     this.server = opts.tls
@@ -55,12 +47,6 @@ export class ControlEndpoint {
       : createHttpServer();
     this.server.headersTimeout = 10_000;
     this.server.requestTimeout = 15_000;
-    this.wss = new WebSocketServer({
-      noServer: true,
-      perMessageDeflate: false,
-      maxPayload: MAX_WS_MESSAGE_BYTES,
-      clientTracking: false,
-    });
     this.server.on('request', (req, res) => {
       const onPath = this.pathOf(req) === opts.path;
       res.writeHead(onPath ? 426 : 404, { 'Content-Type': 'text/plain; charset=utf-8', Connection: 'close' });
@@ -113,8 +99,9 @@ export class ControlEndpoint {
       refuseUpgrade(socket, 404, 'not found');
       return;
     }
-    if (req.headers.upgrade?.toLowerCase() !== 'websocket') {
-      refuseUpgrade(socket, 400, 'expected a WebSocket upgrade');
+    const handshake = checkUpgradeRequest(req);
+    if (!handshake.ok) {
+      refuseUpgrade(socket, handshake.status, handshake.reason);
       return;
     }
     this.opts.authenticator.authenticate(req).then(
@@ -126,7 +113,7 @@ export class ControlEndpoint {
           return;
         }
         if (socket.destroyed) return;
-        this.wss.handleUpgrade(req, socket, head, (ws) => this.opts.onClient(ws, outcome.claims, remoteAddr));
+        this.opts.onClient(acceptWebSocket(socket, head, handshake.key), outcome.claims, remoteAddr);
       },
       (err: Error) => {
         this.opts.logger.error({ remote_addr: remoteAddr, reason: err.message }, 'auth error');

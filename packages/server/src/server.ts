@@ -1,6 +1,5 @@
-import { Session, webSocketDuplex } from '@porthole/mux';
+import { CloseCode, Session, type WebSocketStream } from '@porthole/mux';
 import { ConfigError, ConnectionTracker, type Logger, nextClose, type TokenClaims } from '@porthole/protocol';
-import type { WebSocket } from 'ws';
 import { AdminServer } from './admin-server.js';
 import { UpgradeAuthenticator } from './auth.js';
 import { ClientSession } from './client-session.js';
@@ -27,7 +26,7 @@ export class PortholeServer {
   private readonly endpoint: ControlEndpoint;
   private readonly vhostPorts: VhostPorts;
   private readonly authenticator: UpgradeAuthenticator;
-  private readonly sockets = new Set<WebSocket>();
+  private readonly sockets = new Set<WebSocketStream>();
   private stopping = false;
   readonly counters: ServerCounters;
   readonly status: ServerStatus;
@@ -132,15 +131,15 @@ export class PortholeServer {
     }
   }
 
-  private onClient(ws: WebSocket, claims: TokenClaims, remoteAddr: string): void {
+  private onClient(ws: WebSocketStream, claims: TokenClaims, remoteAddr: string): void {
     if (this.stopping) {
-      ws.close(1012, 'server shutting down');
+      ws.close(CloseCode.ServiceRestart, 'server shutting down');
       return;
     }
     this.sockets.add(ws);
     ws.once('close', () => this.sockets.delete(ws));
     const { heartbeatInterval, heartbeatTimeout } = this.ctx.config;
-    const session = new Session(webSocketDuplex(ws), {
+    const session = new Session(ws, {
       client: false,
       keepAliveInterval: heartbeatInterval,
       keepAliveTimeout: heartbeatTimeout - heartbeatInterval,

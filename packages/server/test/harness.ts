@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
-import { Session, type Stream, webSocketDuplex } from '@porthole/mux';
+import { openWebSocket, Session, type Stream, type WebSocketStream } from '@porthole/mux';
 import {
   type ControlMessage,
   captureLogs,
@@ -10,7 +10,6 @@ import {
   parseControlMessage,
   writeMessage,
 } from '@porthole/protocol';
-import { WebSocket } from 'ws';
 import type { ServerConfig } from '../src/config.js';
 import { PortholeServer } from '../src/server.js';
 
@@ -49,7 +48,7 @@ export class RawClient {
   private readonly reader: MessageReader;
 
   private constructor(
-    readonly ws: WebSocket,
+    readonly ws: WebSocketStream,
     readonly session: Session,
   ) {
     this.control = session.open();
@@ -58,12 +57,8 @@ export class RawClient {
   }
 
   static async connect(url: string, jwt: string): Promise<RawClient> {
-    const ws = new WebSocket(url, { headers: { Authorization: `Bearer ${jwt}` }, perMessageDeflate: false });
-    await new Promise((resolve, reject) => {
-      ws.once('open', resolve);
-      ws.once('error', reject);
-    });
-    return new RawClient(ws, new Session(webSocketDuplex(ws), { client: true, keepAliveInterval: 0 }));
+    const ws = await openWebSocket(url, { headers: { Authorization: `Bearer ${jwt}` }, timeoutMs: 10_000 });
+    return new RawClient(ws, new Session(ws, { client: true, keepAliveInterval: 0 }));
   }
 
   send(message: ControlMessage): void {

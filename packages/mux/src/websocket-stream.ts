@@ -1,0 +1,299 @@
+import { randomFillSync } from 'node:crypto';
+import { Duplex } from 'node:stream';
+import {
+  CloseCode,
+  MAX_HEADER_SIZE,
+  maskInto,
+  maskRotations,
+  Opcode,
+  writeFrameHeader,
+} from './websocket-frame.js';
+import { WebSocketFrameParser } from './websocket-frame-parser.js';
+
+export interface WebSocketStreamOptions {
+  /** 'client' masks what it sends and accepts only unmasked frames; 'server' the reverse (RFC 6455 §5.1). */
+  role: 'client' | 'server';
+  /** Bytes the peer sent right behind the handshake, read along with it. */
+  head?: Buffer;
+  /** Bytes buffered for writing before write() reports backpressure (default 4 MiB). */
+  highWaterMark?: number;
+}
+
+/** Frames carry at most this much, for peers that assemble whole messages before handing them on. */
+export const MAX_FRAME_PAYLOAD = 1024 * 1024;
+/** How long a close handshake may take before the socket is dropped. */
+const CLOSE_TIMEOUT_MS = 2000;
+/** Masked frames at least this big are built in reused buffers (see FrameBufferPool). */
+const POOLED_FRAME_MIN = 64 * 1024;
+const POOLED_FRAME_SIZE = MAX_HEADER_SIZE + MAX_FRAME_PAYLOAD;
+const POOL_KEEP = 4;
+const MASK_KEY_BATCH = 1024;
+
+type Callback = (err?: Error | null) => void;
+
+interface TcpOptions {
+  setNoDelay?(noDelay?: boolean): unknown;
+  setTimeout?(ms: number): unknown;
+}
+
+/**
+ * A WebSocket connection after its handshake, as a byte stream: everything written leaves as binary frames
+ * (one frame per write batch, up to 1 MiB), and the payload of every binary frame received is pushed as
+ * it arrives, in pieces that are views of the socket's reads. Message boundaries carry no meaning for us,
+ * so nothing is reassembled and, on the server, nothing is copied: this is the tunnel's hot path.
+ *
+ * Pings are answered; a close frame is answered and ends the readable side; close() starts a close
+ * handshake; end() sends close 1000. A protocol violation sends the matching close code and destroys the
+ * stream with an error saying what the peer did.
+ */
+export class WebSocketStream extends Duplex {
+  /** The close code and reason the peer sent, once its close frame arrived. */
+  remoteClose: { code: number; reason: string } | undefined;
+  private readonly socket: Duplex;
+  private readonly parser: WebSocketFrameParser;
+  private readonly masking: boolean;
+  private readonly pool = new FrameBufferPool();
+  private readonly rotations = Buffer.allocUnsafe(16);
+  private maskKeys = Buffer.allocUnsafe(0);
+  private maskKeyOffset = 0;
+  private closeSent = false;
+  private closeReceived = false;
+  private closeTimer: NodeJS.Timeout | undefined;
+  /** A write callback held until the socket drains. */
+  private heldCallback: Callback | undefined;
+
+  constructor(socket: Duplex, options: WebSocketStreamOptions) {
+    const limit = options.highWaterMark ?? 4 * 1024 * 1024;
+    super({ allowHalfOpen: false, writableHighWaterMark: limit, readableHighWaterMark: limit });
+    this.socket = socket;
+    this.masking = options.role === 'client';
+    this.parser = new WebSocketFrameParser(options.role === 'server', {
+      onPayload: (piece) => this.onPayload(piece),
+      onControl: (opcode, payload) => this.onControl(opcode, payload),
+      onProtocolError: (code, message) => this.onProtocolError(code, message),
+    });
+    const tcp = socket as Duplex & TcpOptions;
+    // Frames are written whole, in batches: Nagle would only add latency.
+    tcp.setNoDelay?.(true);
+    tcp.setTimeout?.(0);
+    socket.on('data', (chunk: Buffer) => this.parser.push(chunk));
+    socket.on('end', () => this.onSocketEnd());
+    socket.on('close', () => this.onSocketClose());
+    socket.on('error', (err: Error) => this.destroy(err));
+    socket.on('drain', () => this.releaseHeld());
+    if (options.head && options.head.length > 0) this.parser.push(options.head);
+  }
+
+  /** Starts the close handshake: no data is sent after it; the stream ends when the peer answers. */
+  close(code: number = CloseCode.Normal, reason = ''): void {
+    if (this.closeSent || !this.socket.writable) return;
+    this.closeSent = true;
+    const text = Buffer.from(reason, 'utf8');
+    // A close frame holds 125 bytes: the code and 123 bytes of reason (ours are short ASCII).
+    const payload = Buffer.allocUnsafe(2 + Math.min(text.length, 123));
+    payload.writeUInt16BE(code, 0);
+    text.copy(payload, 2, 0, payload.length - 2);
+    this.sendControl(Opcode.Close, payload);
+    if (this.closeReceived) {
+      this.socket.end();
+      return;
+    }
+    this.closeTimer = setTimeout(() => this.socket.destroy(), CLOSE_TIMEOUT_MS);
+    this.closeTimer.unref();
+  }
+
+  override _read(): void {
+    if (this.socket.isPaused()) this.socket.resume();
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: Callback): void {
+    this.sendData([chunk], chunk.length, callback);
+  }
+
+  override _writev(chunks: { chunk: Buffer; encoding: BufferEncoding }[], callback: Callback): void {
+    const buffers: Buffer[] = new Array(chunks.length);
+    let total = 0;
+    for (let i = 0; i < chunks.length; i++) {
+      const chunk = chunks[i]!.chunk;
+      buffers[i] = chunk;
+      total += chunk.length;
+    }
+    this.sendData(buffers, total, callback);
+  }
+
+  override _final(callback: Callback): void {
+    this.close(CloseCode.Normal);
+    callback();
+  }
+
+  override _destroy(err: Error | null, callback: Callback): void {
+    this.releaseHeld(err ?? new Error('WebSocket destroyed'));
+    if (!this.socket.destroyed) {
+      // An error drops the connection at once; an orderly destroy still says goodbye.
+      if (err && !this.closeSent) this.socket.destroy();
+      else this.close(CloseCode.Normal);
+    }
+    callback(err);
+  }
+
+  private sendData(chunks: Buffer[], total: number, callback: Callback): void {
+    if (this.closeSent) {
+      callback(new Error('WebSocket is closing: nothing can be sent after the close frame'));
+      return;
+    }
+    if (total > 0) {
+      if (this.masking) this.sendMasked(chunks, total);
+      else this.sendUnmasked(chunks, total);
+    }
+    if (this.socket.writableNeedDrain) this.heldCallback = callback;
+    else callback();
+  }
+
+  /** Server side: frame headers between the caller's own buffers, all in one writev. */
+  private sendUnmasked(chunks: Buffer[], total: number): void {
+    const socket = this.socket;
+    socket.cork();
+    let remaining = total;
+    let frameLeft = 0;
+    for (let chunk of chunks) {
+      while (chunk.length > 0) {
+        if (frameLeft === 0) {
+          frameLeft = Math.min(remaining, MAX_FRAME_PAYLOAD);
+          const header = Buffer.allocUnsafe(MAX_HEADER_SIZE);
+          socket.write(header.subarray(0, writeFrameHeader(header, 0, Opcode.Binary, frameLeft)));
+        }
+        const n = Math.min(frameLeft, chunk.length);
+        socket.write(n === chunk.length ? chunk : chunk.subarray(0, n));
+        chunk = chunk.subarray(n);
+        frameLeft -= n;
+        remaining -= n;
+      }
+    }
+    socket.uncork();
+  }
+
+  /** Client side: masking needs a copy anyway, so each frame is built whole, masked as it is copied in. */
+  private sendMasked(chunks: Buffer[], total: number): void {
+    let index = 0;
+    let chunkOffset = 0;
+    let remaining = total;
+    while (remaining > 0) {
+      const payload = Math.min(remaining, MAX_FRAME_PAYLOAD);
+      const frame = this.pool.take(MAX_HEADER_SIZE + payload);
+      const key = this.nextMaskKey();
+      maskRotations(key, 0, this.rotations);
+      let at = writeFrameHeader(frame, 0, Opcode.Binary, payload, key);
+      let done = 0;
+      while (done < payload) {
+        const chunk = chunks[index]!;
+        const n = Math.min(chunk.length - chunkOffset, payload - done);
+        maskInto(chunk.subarray(chunkOffset, chunkOffset + n), this.rotations, done, frame, at);
+        at += n;
+        done += n;
+        chunkOffset += n;
+        if (chunkOffset === chunk.length) {
+          index++;
+          chunkOffset = 0;
+        }
+      }
+      remaining -= payload;
+      this.socket.write(frame.subarray(0, at), () => this.pool.give(frame));
+    }
+  }
+
+  private sendControl(opcode: number, payload: Buffer): void {
+    const frame = Buffer.allocUnsafe(MAX_HEADER_SIZE + payload.length);
+    let at: number;
+    if (this.masking) {
+      const key = this.nextMaskKey();
+      maskRotations(key, 0, this.rotations);
+      at = writeFrameHeader(frame, 0, opcode, payload.length, key);
+      maskInto(payload, this.rotations, 0, frame, at);
+    } else {
+      at = writeFrameHeader(frame, 0, opcode, payload.length);
+      payload.copy(frame, at);
+    }
+    this.socket.write(frame.subarray(0, at + payload.length));
+  }
+
+  /** A fresh random key per frame (RFC 6455 §5.3), drawn from a batch to keep the syscall off the path. */
+  private nextMaskKey(): Buffer {
+    if (this.maskKeyOffset + 4 > this.maskKeys.length) {
+      this.maskKeys = randomFillSync(Buffer.allocUnsafe(4 * MASK_KEY_BATCH));
+      this.maskKeyOffset = 0;
+    }
+    const key = this.maskKeys.subarray(this.maskKeyOffset, this.maskKeyOffset + 4);
+    this.maskKeyOffset += 4;
+    return key;
+  }
+
+  private onPayload(piece: Buffer): void {
+    if (this.destroyed || this.readableEnded) return;
+    if (!this.push(piece)) this.socket.pause();
+  }
+
+  private onControl(opcode: number, payload: Buffer): void {
+    if (opcode === Opcode.Ping) {
+      if (!this.closeSent) this.sendControl(Opcode.Pong, payload);
+      return;
+    }
+    if (opcode !== Opcode.Close) return;
+    const code = payload.length >= 2 ? payload.readUInt16BE(0) : CloseCode.NoStatus;
+    if (payload.length === 1 || (payload.length >= 2 && !isValidCloseCode(code))) {
+      this.onProtocolError(CloseCode.ProtocolError, `invalid close frame (code ${code})`);
+      return;
+    }
+    this.closeReceived = true;
+    this.remoteClose = { code, reason: payload.toString('utf8', 2) };
+    this.parser.stop();
+    if (this.closeSent) this.socket.end();
+    else this.close(code === CloseCode.NoStatus ? CloseCode.Normal : code);
+    this.push(null);
+  }
+
+  private onProtocolError(code: number, message: string): void {
+    this.parser.stop();
+    this.close(code, message);
+    this.destroy(new Error(`WebSocket protocol error: ${message}`));
+  }
+
+  private onSocketEnd(): void {
+    this.push(null);
+    if (!this.socket.writableEnded) this.socket.end();
+  }
+
+  private onSocketClose(): void {
+    if (this.closeTimer) clearTimeout(this.closeTimer);
+    this.releaseHeld(new Error('WebSocket closed'));
+    if (!this.destroyed) this.destroy();
+  }
+
+  private releaseHeld(err?: Error): void {
+    const callback = this.heldCallback;
+    this.heldCallback = undefined;
+    callback?.(err);
+  }
+}
+
+/** Codes a peer may send (RFC 6455 §7.4): 1004–1006 and 1015 are reserved for local use. */
+function isValidCloseCode(code: number): boolean {
+  if (code >= 3000 && code <= 4999) return true;
+  return code >= 1000 && code <= 1014 && code !== 1004 && code !== 1005 && code !== 1006;
+}
+
+/**
+ * Buffers for masked frames, reused once the socket has written them: at bulk rates a fresh 1 MiB per frame
+ * is external memory that V8 answers with a full GC every few dozen milliseconds.
+ */
+class FrameBufferPool {
+  private readonly free: Buffer[] = [];
+
+  take(size: number): Buffer {
+    if (size < POOLED_FRAME_MIN) return Buffer.allocUnsafe(size);
+    return this.free.pop() ?? Buffer.allocUnsafe(POOLED_FRAME_SIZE);
+  }
+
+  give(buffer: Buffer): void {
+    if (buffer.length === POOLED_FRAME_SIZE && this.free.length < POOL_KEEP) this.free.push(buffer);
+  }
+}

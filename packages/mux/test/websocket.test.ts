@@ -1,0 +1,254 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import net from 'node:net';
+import { describe, test } from 'node:test';
+import { WebSocket, WebSocketServer } from 'ws';
+import { MAX_FRAME_PAYLOAD, openWebSocket, WebSocketUpgradeError } from '../src/index.js';
+import { Opcode, writeFrameHeader } from '../src/websocket-frame.js';
+import { WebSocketFrameParser } from '../src/websocket-frame-parser.js';
+import { Prng } from './prng.js';
+import { withTimeout } from './timeouts.js';
+import { listenWebSocket } from './transports.js';
+
+/** One frame as a peer would send it; `mask` as clients must (RFC 6455 §5.3). */
+function frame(opcode: number, payload: Buffer, opts: { fin?: boolean; mask?: boolean; rsv?: number } = {}) {
+  const key = opts.mask ? randomBytes(4) : undefined;
+  const out = Buffer.alloc(14 + payload.length);
+  let at = writeFrameHeader(out, 0, opcode, payload.length, key);
+  if (opts.fin === false) out[0]! &= 0x7f;
+  if (opts.rsv) out[0]! |= opts.rsv;
+  for (let i = 0; i < payload.length; i++) out[at + i] = payload[i]! ^ (key ? key[i & 3]! : 0);
+  at += payload.length;
+  return out.subarray(0, at);
+}
+
+interface Parsed {
+  payload: Buffer;
+  controls: [number, string][];
+  error?: [number, string];
+}
+
+function parse(expectMasked: boolean, original: Buffer, chunkSizes: () => number): Parsed {
+  const wire = Buffer.from(original); // the parser unmasks in place
+  const pieces: Buffer[] = [];
+  const result: Parsed = { payload: Buffer.alloc(0), controls: [] };
+  const parser = new WebSocketFrameParser(expectMasked, {
+    onPayload: (piece) => pieces.push(Buffer.from(piece)),
+    onControl: (opcode, payload) => result.controls.push([opcode, payload.toString('hex')]),
+    onProtocolError: (code, message) => {
+      result.error = [code, message];
+    },
+  });
+  for (let at = 0; at < wire.length; ) {
+    const n = Math.min(chunkSizes(), wire.length - at);
+    parser.push(wire.subarray(at, at + n));
+    at += n;
+  }
+  result.payload = Buffer.concat(pieces);
+  return result;
+}
+
+describe('frame parser', () => {
+  const sizes = [0, 1, 125, 126, 127, 65_535, 65_536, 200_003];
+  const bodies = sizes.map((n) => randomBytes(n));
+  const expected = Buffer.concat(bodies);
+
+  for (const masked of [true, false]) {
+    // Fragmented messages, pings between fragments, every length encoding (7, 16 and 64 bit).
+    const wire = Buffer.concat([
+      frame(Opcode.Binary, bodies[0]!, { mask: masked, fin: false }),
+      frame(Opcode.Ping, Buffer.from('are you there'), { mask: masked }),
+      ...bodies.slice(1, -1).map((b) => frame(Opcode.Continuation, b, { mask: masked, fin: false })),
+      frame(Opcode.Continuation, bodies.at(-1)!, { mask: masked }),
+      frame(Opcode.Pong, Buffer.alloc(0), { mask: masked }),
+      frame(Opcode.Close, Buffer.from([0x03, 0xe8, 0x6f, 0x6b]), { mask: masked }),
+    ]);
+    for (const [name, chunkSizes] of [
+      ['one chunk', () => wire.length],
+      ['byte by byte', () => 1],
+      [
+        'random chunks',
+        (
+          (prng) => () =>
+            prng.int(1, 9000)
+        )(new Prng(7)),
+      ],
+    ] as const) {
+      test(`${masked ? 'masked' : 'unmasked'} frames, ${name}: payload and control frames intact`, () => {
+        const parsed = parse(masked, wire, chunkSizes);
+        assert.equal(parsed.error, undefined);
+        assert.ok(parsed.payload.equals(expected), 'payload bytes differ');
+        assert.deepEqual(parsed.controls, [
+          [Opcode.Ping, Buffer.from('are you there').toString('hex')],
+          [Opcode.Pong, ''],
+          [Opcode.Close, '03e86f6b'],
+        ]);
+      });
+    }
+  }
+
+  const violations: [string, boolean, Buffer, number, RegExp][] = [
+    ['a text message', true, frame(Opcode.Text, Buffer.from('hi'), { mask: true }), 1003, /text message/],
+    ['an unmasked client frame', true, frame(Opcode.Binary, Buffer.from('x')), 1002, /unmasked/],
+    [
+      'a masked server frame',
+      false,
+      frame(Opcode.Binary, Buffer.from('x'), { mask: true }),
+      1002,
+      /masked frame/,
+    ],
+    ['reserved bits', false, frame(Opcode.Binary, Buffer.from('x'), { rsv: 0x40 }), 1002, /reserved bits/],
+    ['a stray continuation', false, frame(Opcode.Continuation, Buffer.from('x')), 1002, /continuation/],
+    ['an oversized ping', false, frame(Opcode.Ping, Buffer.alloc(126)), 1002, /125 bytes/],
+    ['opcode 3', false, frame(3, Buffer.alloc(1)), 1002, /unknown opcode 3/],
+  ];
+  for (const [name, expectMasked, wire, code, message] of violations) {
+    test(`${name} is a protocol error (close ${code}) and nothing is delivered after it`, () => {
+      const parsed = parse(
+        expectMasked,
+        Buffer.concat([wire, frame(Opcode.Binary, Buffer.from('late'))]),
+        () => 3,
+      );
+      assert.equal(parsed.error?.[0], code);
+      assert.match(parsed.error?.[1] ?? '', message);
+      assert.equal(parsed.payload.length, 0);
+    });
+  }
+});
+
+describe('against the ws library as the peer', () => {
+  test('ws client -> our server: fragments, ping, 3 MiB each way, close code echoed', async (t) => {
+    const payloadUp = randomBytes(3 * 1024 * 1024);
+    const payloadDown = randomBytes(3 * 1024 * 1024 + 5);
+    let serverSide!: {
+      remoteClose: () => { code: number; reason: string } | undefined;
+      received: Promise<Buffer>;
+    };
+    const listener = await listenWebSocket((conn) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      const received = new Promise<Buffer>((resolve) => {
+        conn.on('data', (chunk: Buffer) => {
+          chunks.push(Buffer.from(chunk));
+          size += chunk.length;
+          if (size === payloadUp.length + 6) resolve(Buffer.concat(chunks));
+        });
+      });
+      conn.on('error', () => {});
+      serverSide = { remoteClose: () => conn.remoteClose, received };
+      conn.write(payloadDown);
+    });
+    t.after(() => listener.close());
+
+    const ws = new WebSocket(`ws://127.0.0.1:${listener.port}/`, { perMessageDeflate: false });
+    const downChunks: Buffer[] = [];
+    let largest = 0;
+    let downSize = 0;
+    const down = new Promise<void>((resolve) =>
+      ws.on('message', (data: Buffer) => {
+        downChunks.push(data);
+        largest = Math.max(largest, data.length);
+        downSize += data.length;
+        if (downSize === payloadDown.length) resolve();
+      }),
+    );
+    await once(ws, 'open');
+    ws.send(Buffer.from('fra'), { fin: false });
+    ws.send(Buffer.from('gme'), { fin: true });
+    ws.send(payloadUp);
+    const pong = once(ws, 'pong');
+    ws.ping(Buffer.from('hello'));
+    assert.equal(String((await withTimeout(pong, 5000, 'pong'))[0]), 'hello');
+    const up = await withTimeout(serverSide.received, 10_000, 'upload');
+    assert.ok(up.equals(Buffer.concat([Buffer.from('fragme'), payloadUp])), 'upload bytes differ');
+    await withTimeout(down, 10_000, 'download');
+    assert.ok(Buffer.concat(downChunks).equals(payloadDown), 'download bytes differ');
+    assert.ok(largest <= MAX_FRAME_PAYLOAD, `messages stay under the cap (${largest})`);
+
+    const closed = once(ws, 'close');
+    ws.close(4001, 'bye');
+    const [code] = await withTimeout(closed, 5000, 'close');
+    assert.equal(code, 4001);
+    assert.deepEqual(serverSide.remoteClose(), { code: 4001, reason: 'bye' });
+  });
+
+  test('our client -> ws server: pings answered, a text message closes with 1003 and an error', async (t) => {
+    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false });
+    t.after(() => wss.close());
+    await once(wss, 'listening');
+    const serverClosed = new Promise<number>((resolve) =>
+      wss.once('connection', (ws) => {
+        ws.once('pong', (data) => {
+          assert.equal(String(data), 'ping-1');
+          ws.send('a text message');
+        });
+        ws.on('close', (code) => resolve(code));
+        ws.ping('ping-1');
+      }),
+    );
+    const conn = await openWebSocket(`ws://127.0.0.1:${(wss.address() as net.AddressInfo).port}/`, {
+      timeoutMs: 5000,
+    });
+    const [err] = (await withTimeout(once(conn, 'error'), 5000, 'stream error')) as [Error];
+    assert.match(err.message, /WebSocket protocol error: text message/);
+    assert.equal(await withTimeout(serverClosed, 5000, 'server close'), 1003);
+  });
+});
+
+describe('client handshake', () => {
+  async function rawServer(answer: (socket: net.Socket) => void): Promise<number> {
+    const server = net.createServer((socket) => socket.once('data', () => answer(socket)));
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    server.unref();
+    return (server.address() as net.AddressInfo).port;
+  }
+
+  test('a 101 with the wrong Sec-WebSocket-Accept is refused', async () => {
+    const port = await rawServer((s) =>
+      s.write(
+        'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+          'Sec-WebSocket-Accept: bm90IHRoZSByaWdodCBrZXk=\r\n\r\n',
+      ),
+    );
+    await assert.rejects(
+      openWebSocket(`ws://127.0.0.1:${port}/`, { timeoutMs: 5000 }),
+      /wrong Sec-WebSocket-Accept/,
+    );
+  });
+
+  test('an HTTP error carries status and the body as the reason', async () => {
+    const port = await rawServer((s) =>
+      s.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 12\r\nConnection: close\r\n\r\nnot for you\n'),
+    );
+    await assert.rejects(openWebSocket(`ws://127.0.0.1:${port}/`, { timeoutMs: 5000 }), (err) => {
+      assert.ok(err instanceof WebSocketUpgradeError);
+      assert.equal(err.status, 403);
+      assert.equal(err.message, '403: not for you');
+      return true;
+    });
+  });
+
+  test('a server that never answers times out', async () => {
+    const port = await rawServer(() => {});
+    const started = Date.now();
+    await assert.rejects(
+      openWebSocket(`ws://127.0.0.1:${port}/`, { timeoutMs: 300 }),
+      /timed out after 300 ms/,
+    );
+    assert.ok(Date.now() - started < 3000);
+  });
+
+  test('the server side refuses a request without a valid key', async (t) => {
+    const listener = await listenWebSocket(() => assert.fail('accepted a bad handshake'));
+    t.after(() => listener.close());
+    const socket = net.connect(listener.port, '127.0.0.1');
+    socket.write(
+      'GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n',
+    );
+    const [answer] = await withTimeout(once(socket, 'data'), 5000, 'answer');
+    assert.match(String(answer), /^HTTP\/1.1 400/);
+    socket.destroy();
+  });
+});
