@@ -4,8 +4,9 @@
 // Raw mode sends payload-sized messages with the `ws` library, backpressure from ws.bufferedAmount; mux mode
 // writes the same payload to `streams` streams of one Session over our WebSocketStream (what porthole runs).
 // Each process reports its own peak RSS.
-import { performance } from 'node:perf_hooks';
+
 import { createServer } from 'node:http';
+import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import { acceptWebSocket, checkUpgradeRequest, openWebSocket, Session, type Stream } from '@porthole/mux';
 import { WebSocket, WebSocketServer } from 'ws';
