@@ -19,7 +19,7 @@ async function dispatch(argv: string[]): Promise<void> {
   const [first, ...rest] = argv;
   if (first === '--help' || first === '-h') {
     process.stdout.write(
-      `Usage: node bench/dist/run.js [name] [--quick]\n  names: ${Object.keys(benchmarks).join(', ')} (default ${DEFAULT})\n`,
+      `Usage: node bench/dist/run.js [name] [--quick] [--only CASE,...]\n  names: ${Object.keys(benchmarks).join(', ')} (default ${DEFAULT})\n`,
     );
     return;
   }

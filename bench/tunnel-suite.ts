@@ -118,6 +118,19 @@ async function startPeers(targets: Targets, quick: boolean): Promise<Peer[]> {
   return peers;
 }
 
+/** `--only tcp-1,tcp-8`: just those cases (for iterating on one figure; the full run is the record). */
+function selectCases(all: BenchCase[], args: string[]): BenchCase[] {
+  const at = args.indexOf('--only');
+  if (at < 0) return all;
+  const wanted = (args[at + 1] ?? '').split(',').filter(Boolean);
+  const unknown = wanted.filter((id) => !all.some((c) => c.id === id));
+  if (wanted.length === 0 || unknown.length > 0)
+    throw new Error(
+      `--only: unknown case ${unknown.join(', ') || '(none given)'}; cases: ${all.map((c) => c.id).join(', ')}`,
+    );
+  return all.filter((c) => wanted.includes(c.id));
+}
+
 export async function main(args: string[]): Promise<void> {
   const quick = args.includes('--quick');
   const mode = quick ? QUICK : FULL;
@@ -134,7 +147,7 @@ export async function main(args: string[]): Promise<void> {
   try {
     const { targets, pids } = await startTargets(h);
     const env: CaseEnv = { settings, endpoints: [process.pid, ...pids] };
-    const cases = benchCases(settings);
+    const cases = selectCases(benchCases(settings), args);
     const carriers = (c: BenchCase, among: Peer[]) => among.filter((p) => p.ports[c.service] !== undefined);
     const samples: Sample[] = [];
     const record = (c: BenchCase, s: Sample, round: number, among: Peer[]) => {

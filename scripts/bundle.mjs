@@ -19,6 +19,8 @@ const programs = [
 
 for (const { name, pkg } of programs) {
   const version = JSON.parse(readFileSync(`${root}${pkg}/package.json`, 'utf8')).version;
+  // The same interpreter line as the package's bin script (it carries the malloc setting explained there).
+  const shebang = readFileSync(`${root}${pkg}/bin/${name}.js`, 'utf8').split('\n')[0];
   const outfile = `${values.outdir}/${name}.mjs`;
   const result = await build({
     entryPoints: [`${root}${pkg}/dist/src/cli.js`],
@@ -34,7 +36,7 @@ for (const { name, pkg } of programs) {
     // CommonJS dependencies (pino) call require() for Node built-ins; give the ES module a real one.
     banner: {
       js: [
-        '#!/usr/bin/env node',
+        shebang,
         `// ${name} ${version}: bundled by scripts/bundle.mjs; source: packages/ in the porthole repository`,
         "import { createRequire as __portholeCreateRequire } from 'node:module';",
         'const require = __portholeCreateRequire(import.meta.url);',

@@ -35,7 +35,10 @@ test(
         programs[name] = path.join(bin, name);
         await symlink(file, programs[name]);
         const text = await readFile(file, 'utf8');
-        assert.ok(text.startsWith('#!/usr/bin/env node\n'), `${name} starts with a shebang`);
+        assert.ok(
+          text.startsWith('#!/usr/bin/env -S MALLOC_TRIM_THRESHOLD_=268435456 node\n'),
+          `${name} starts with the bin scripts' shebang`,
+        );
         // Self-contained: nothing is imported from the repository or a node_modules beside it.
         assert.doesNotMatch(text, /from ["']@porthole\//);
         assert.doesNotMatch(text, /from ["'](ws|pino|jose|zod|smol-toml)["']/);
@@ -70,6 +73,11 @@ test(
       );
       const server = h.spawn('server', programs['porthole-server']!, ['--config', serverToml], { env });
       const listening = await server.waitForMsg('server listening', 15_000);
+      const environ = await readFile(`/proc/${server.pid}/environ`, 'utf8');
+      assert.ok(
+        environ.split('\0').includes('MALLOC_TRIM_THRESHOLD_=268435456'),
+        'the shebang set the malloc tuning',
+      );
       const jwt = (
         await runOk(
           programs['porthole-server']!,
