@@ -36,7 +36,7 @@ test(
         await symlink(file, programs[name]);
         const text = await readFile(file, 'utf8');
         assert.ok(
-          text.startsWith('#!/usr/bin/env -S MALLOC_TRIM_THRESHOLD_=268435456 node\n'),
+          text.startsWith('#!/usr/bin/env -S MALLOC_TRIM_THRESHOLD_=268435456 node --single-threaded-gc\n'),
           `${name} starts with the bin scripts' shebang`,
         );
         // Self-contained: nothing is imported from the repository or a node_modules beside it.
@@ -78,6 +78,8 @@ test(
         environ.split('\0').includes('MALLOC_TRIM_THRESHOLD_=268435456'),
         'the shebang set the malloc tuning',
       );
+      const cmdline = await readFile(`/proc/${server.pid}/cmdline`, 'utf8');
+      assert.ok(cmdline.split('\0').includes('--single-threaded-gc'), 'the shebang passed the GC flag');
       const jwt = (
         await runOk(
           programs['porthole-server']!,
