@@ -13,6 +13,8 @@ export interface StreamHost {
 
 /** Big frames keep header overhead negligible; the cap keeps one stream from monopolising a turn. */
 const MAX_DATA_FRAME = 128 * 1024;
+/** How long data that arrived before the session ended stays readable before the stream fails anyway. */
+const ABORT_DRAIN_MS = 2000;
 
 interface BlockedWrite {
   rest: Buffer;
@@ -40,6 +42,9 @@ export class Stream extends Duplex {
   private openTimer: NodeJS.Timeout | undefined;
   /** When our SYN left, until the peer's ACK arrives. */
   private synSentAt: number | undefined;
+  /** The session ended with data still unread: the error raised once that data has been read. */
+  private failAfterDrain: MuxError | undefined;
+  private drainTimer: NodeJS.Timeout | undefined;
 
   /** @internal Streams are made by Session.open() and arrive via Session's 'stream' event. */
   constructor(session: Session, host: StreamHost, id: number) {
@@ -143,6 +148,14 @@ export class Stream extends Duplex {
   /** @internal The session ended under this stream; without an error (a local close) it just closes. */
   abort(err: MuxError | undefined): void {
     this.reset = true;
+    // What arrived before the end is the application's: a peer's last message before it closed the
+    // connection (a notice, an unregister) must still be readable. The error follows once it is read.
+    if (err && this.readableLength > 0 && !this.destroyed) {
+      this.failAfterDrain = err;
+      this.drainTimer = setTimeout(() => this.destroy(err), ABORT_DRAIN_MS);
+      this.drainTimer.unref();
+      return;
+    }
     this.destroy(err);
   }
 
@@ -156,6 +169,7 @@ export class Stream extends Duplex {
   override read(size?: number): ReturnType<Duplex['read']> {
     const chunk = super.read(size);
     if (chunk !== null && !this.reset && !this.remoteFin) this.grantWindow(0);
+    if (this.failAfterDrain && this.readableLength === 0) this.destroy(this.failAfterDrain);
     return chunk;
   }
 
@@ -174,6 +188,7 @@ export class Stream extends Duplex {
 
   override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
     if (this.openTimer) clearTimeout(this.openTimer);
+    if (this.drainTimer) clearTimeout(this.drainTimer);
     this.blocked = undefined;
     if (!this.reset && !(this.localFin && this.remoteFin)) {
       this.reset = true;

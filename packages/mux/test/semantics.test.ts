@@ -396,6 +396,33 @@ describe('session lifecycle', () => {
     assert.equal(closes.client, 1, "'close' exactly once");
   });
 
+  test('what arrived before the peer closed the session is still readable, then the stream fails', async () => {
+    for (const transport of ['tcp', 'ws'] as const) {
+      const p = await sessionPair(transport);
+      cleanup.push(() => p.close());
+      const accepted = nextStream(p.server);
+      const opener = p.client.open();
+      opener.write('hello');
+      const stream = await accepted;
+      stream.on('error', () => {});
+      stream.pause(); // a reader that is busy elsewhere when the last words and the close arrive
+      await waitFor(() => stream.readableLength === 5, 5000, 'the first bytes');
+      opener.write('last words');
+      p.client.close();
+      const ended = new Promise((resolve) => p.server.once('close', resolve));
+      await withTimeout(ended, 5000, `${transport}: the session ending`);
+      await sleep(20);
+      assert.ok(!stream.destroyed, `${transport}: not destroyed while it holds unread data`);
+      assert.equal(String(stream.read()), 'hellolast words', `${transport}: the data is still there`);
+      await withTimeout(new Promise((resolve) => stream.once('close', resolve)), 5000, 'the stream closing');
+      assert.equal(
+        (stream.errored as CodedError | null)?.code,
+        'ERR_SESSION_CLOSED',
+        `${transport}: then it fails`,
+      );
+    }
+  });
+
   test('close() with no streams open is an orderly end for the peer (no error)', async () => {
     const { client, server } = await pair();
     const serverClosed = withTimeout(
