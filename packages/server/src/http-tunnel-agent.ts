@@ -88,7 +88,10 @@ export class TunnelAgent extends Agent {
     return true;
   }
 
-  override reuseSocket(socket: Duplex, _request: ClientRequest): void {
+  override reuseSocket(socket: Duplex, request: ClientRequest): void {
     clearTimeout((socket as PooledStream)[idleTimer]);
+    // Agent's own: drops the idle socket's error listener (else one more per request) and marks the
+    // request as sent on a reused connection, which is what lets a failed idempotent request be retried.
+    super.reuseSocket(socket, request);
   }
 }
