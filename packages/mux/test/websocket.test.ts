@@ -7,7 +7,7 @@ import { WebSocket, WebSocketServer } from 'ws';
 import { MAX_FRAME_PAYLOAD, openWebSocket, WebSocketUpgradeError } from '../src/index.js';
 import { Opcode, writeFrameHeader } from '../src/websocket-frame.js';
 import { WebSocketFrameParser } from '../src/websocket-frame-parser.js';
-import { Prng } from './prng.js';
+import { Prng, runSeed } from './prng.js';
 import { withTimeout } from './timeouts.js';
 import { listenWebSocket } from './transports.js';
 
@@ -27,16 +27,25 @@ interface Parsed {
   payload: Buffer;
   controls: [number, string][];
   error?: [number, string];
+  /** Callbacks that came after the protocol error (there must be none). */
+  afterError: number;
 }
 
 function parse(expectMasked: boolean, original: Buffer, chunkSizes: () => number): Parsed {
   const wire = Buffer.from(original); // the parser unmasks in place
   const pieces: Buffer[] = [];
-  const result: Parsed = { payload: Buffer.alloc(0), controls: [] };
+  const result: Parsed = { payload: Buffer.alloc(0), controls: [], afterError: 0 };
   const parser = new WebSocketFrameParser(expectMasked, {
-    onPayload: (piece) => pieces.push(Buffer.from(piece)),
-    onControl: (opcode, payload) => result.controls.push([opcode, payload.toString('hex')]),
+    onPayload: (piece) => {
+      if (result.error) result.afterError++;
+      pieces.push(Buffer.from(piece));
+    },
+    onControl: (opcode, payload) => {
+      if (result.error) result.afterError++;
+      result.controls.push([opcode, payload.toString('hex')]);
+    },
     onProtocolError: (code, message) => {
+      if (result.error) result.afterError++;
       result.error = [code, message];
     },
   });
@@ -113,8 +122,49 @@ describe('frame parser', () => {
       assert.equal(parsed.error?.[0], code);
       assert.match(parsed.error?.[1] ?? '', message);
       assert.equal(parsed.payload.length, 0);
+      assert.equal(parsed.afterError, 0);
     });
   }
+});
+
+describe('frame parser fuzz', () => {
+  const seed = runSeed();
+  test(`random frames, mutated bytes, any chunking: payload intact or one protocol error, never a throw [seed=${seed}]`, () => {
+    const prng = new Prng(seed);
+    for (let round = 0; round < 300; round++) {
+      const masked = prng.chance(0.5);
+      const frames: Buffer[] = [];
+      const bodies: Buffer[] = [];
+      let open = false;
+      for (let i = prng.int(1, 12); i > 0; i--) {
+        if (prng.chance(0.2)) {
+          frames.push(
+            frame(prng.pick([Opcode.Ping, Opcode.Pong]), prng.bytes(prng.int(0, 125)), { mask: masked }),
+          );
+          continue;
+        }
+        const body = prng.bytes(prng.pick([0, 1, 125, 126, prng.int(0, 70_000)]));
+        const fin = prng.chance(0.6);
+        frames.push(frame(open ? Opcode.Continuation : Opcode.Binary, body, { mask: masked, fin }));
+        bodies.push(body);
+        open = !fin;
+      }
+      const wire = Buffer.concat(frames);
+      const mutated = prng.chance(0.3);
+      if (mutated)
+        for (let n = prng.int(1, 4); n > 0; n--) wire[prng.int(0, wire.length - 1)] = prng.int(0, 255);
+      // A mutated stream may be refused or, where the bytes still form frames, read: but never throw.
+      const parsed = parse(masked, wire, () => prng.int(1, 20_000));
+      assert.equal(parsed.afterError, 0, `round ${round}: delivery after the protocol error [seed=${seed}]`);
+      if (!mutated) {
+        assert.equal(parsed.error, undefined, `round ${round}: ${parsed.error?.[1]} [seed=${seed}]`);
+        assert.ok(
+          parsed.payload.equals(Buffer.concat(bodies)),
+          `round ${round}: payload differs [seed=${seed}]`,
+        );
+      }
+    }
+  });
 });
 
 describe('against the ws library as the peer', () => {
