@@ -2,7 +2,7 @@ import {
   CloseCode,
   MAX_CONTROL_PAYLOAD,
   MAX_HEADER_SIZE,
-  maskRotations,
+  MaskKey,
   Opcode,
   unmaskInPlace,
 } from './websocket-frame.js';
@@ -30,7 +30,7 @@ export class WebSocketFrameParser {
   private headerFill = 0;
   private opcode = 0;
   private masked = false;
-  private readonly rotations = Buffer.allocUnsafe(16);
+  private readonly mask = new MaskKey();
   private payloadLeft = 0;
   /** Payload bytes of the current frame already handled: where the masking key stands. */
   private payloadDone = 0;
@@ -109,7 +109,7 @@ export class WebSocketFrameParser {
       this.handler.onProtocolError(problem.code, problem.message);
       return;
     }
-    if (masked) maskRotations(h, at, this.rotations);
+    if (masked) this.mask.set(h, at);
     this.control = isControl(opcode) ? Buffer.allocUnsafe(length) : undefined;
     this.opcode = opcode;
     this.masked = masked;
@@ -149,7 +149,7 @@ export class WebSocketFrameParser {
   }
 
   private onPayloadPiece(piece: Buffer): void {
-    if (this.masked) unmaskInPlace(piece, this.rotations, this.payloadDone);
+    if (this.masked) unmaskInPlace(piece, this.mask.at(this.payloadDone));
     const control = this.control;
     if (control) piece.copy(control, this.payloadDone);
     this.payloadDone += piece.length;

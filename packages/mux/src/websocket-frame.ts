@@ -55,12 +55,22 @@ export function writeFrameHeader(
 }
 
 /**
- * The four rotations of a masking key, so a payload handled in pieces can be (un)masked from any offset:
- * rotation `n` starts at key byte `n`.
+ * A masking key in its four rotations, so a payload handled in pieces can be (un)masked from any offset:
+ * `at(n)` is the key as it stands `n` bytes into the frame's payload (`at(0)` is the key itself).
  */
-export function maskRotations(key: Buffer, keyOffset: number, into: Buffer): void {
-  for (let rotation = 0; rotation < 4; rotation++)
-    for (let i = 0; i < 4; i++) into[rotation * 4 + i] = key[keyOffset + ((rotation + i) & 3)]!;
+export class MaskKey {
+  private readonly rotations = Buffer.allocUnsafe(16);
+  private readonly views = [0, 1, 2, 3].map((r) => this.rotations.subarray(r * 4, r * 4 + 4));
+
+  /** Takes the 4 key bytes at `offset` of `source`. */
+  set(source: Buffer, offset: number): void {
+    for (let rotation = 0; rotation < 4; rotation++)
+      for (let i = 0; i < 4; i++) this.rotations[rotation * 4 + i] = source[offset + ((rotation + i) & 3)]!;
+  }
+
+  at(payloadOffset: number): Buffer {
+    return this.views[payloadOffset & 3]!;
+  }
 }
 
 interface BufferUtil {
@@ -85,9 +95,8 @@ function loadBufferUtil(): BufferUtil | undefined {
 /** Below this, a JS loop beats the call into the native helper. */
 const NATIVE_MASK_MIN = 32;
 
-/** XORs `data` in place with the key rotation for a piece starting `payloadOffset` bytes into its frame. */
-export function unmaskInPlace(data: Buffer, rotations: Buffer, payloadOffset: number): void {
-  const mask = rotations.subarray((payloadOffset & 3) * 4, (payloadOffset & 3) * 4 + 4);
+/** XORs `data` in place with `mask` (a MaskKey's `at()` for where the piece starts). */
+export function unmaskInPlace(data: Buffer, mask: Buffer): void {
   if (native && data.length >= NATIVE_MASK_MIN) {
     native.unmask(data, mask);
     return;
@@ -95,15 +104,8 @@ export function unmaskInPlace(data: Buffer, rotations: Buffer, payloadOffset: nu
   for (let i = 0; i < data.length; i++) data[i]! ^= mask[i & 3]!;
 }
 
-/** Writes `source` XOR the key into `target` at `targetOffset`, continuing the mask at `payloadOffset`. */
-export function maskInto(
-  source: Buffer,
-  rotations: Buffer,
-  payloadOffset: number,
-  target: Buffer,
-  targetOffset: number,
-): void {
-  const mask = rotations.subarray((payloadOffset & 3) * 4, (payloadOffset & 3) * 4 + 4);
+/** Writes `source` XOR `mask` (a MaskKey's `at()` for where the piece starts) into `target` at `targetOffset`. */
+export function maskInto(source: Buffer, mask: Buffer, target: Buffer, targetOffset: number): void {
   if (native && source.length >= NATIVE_MASK_MIN) {
     native.mask(source, mask, target, targetOffset, source.length);
     return;

@@ -34,17 +34,12 @@ export function checkUpgradeRequest(req: IncomingMessage): UpgradeCheck {
 }
 
 /** Completes a handshake that passed checkUpgradeRequest: writes the 101 answer, returns the stream. */
-export function acceptWebSocket(
-  socket: Duplex,
-  head: Buffer,
-  key: string,
-  highWaterMark?: number,
-): WebSocketStream {
+export function acceptWebSocket(socket: Duplex, head: Buffer, key: string): WebSocketStream {
   socket.write(
     'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
       `Sec-WebSocket-Accept: ${webSocketAccept(key)}\r\n\r\n`,
   );
-  return new WebSocketStream(socket, { role: 'server', head, ...(highWaterMark ? { highWaterMark } : {}) });
+  return new WebSocketStream(socket, { role: 'server', head });
 }
 
 /** The server answered the upgrade with an HTTP error; `message` is "STATUS: reason from the body". */

@@ -3,8 +3,8 @@ import { Duplex } from 'node:stream';
 import {
   CloseCode,
   MAX_HEADER_SIZE,
+  MaskKey,
   maskInto,
-  maskRotations,
   Opcode,
   writeFrameHeader,
 } from './websocket-frame.js';
@@ -53,7 +53,7 @@ export class WebSocketStream extends Duplex {
   private readonly parser: WebSocketFrameParser;
   private readonly masking: boolean;
   private readonly pool = new FrameBufferPool();
-  private readonly rotations = Buffer.allocUnsafe(16);
+  private readonly mask = new MaskKey();
   private maskKeys = Buffer.allocUnsafe(0);
   private maskKeyOffset = 0;
   private closeSent = false;
@@ -93,7 +93,7 @@ export class WebSocketStream extends Duplex {
     const payload = Buffer.allocUnsafe(2 + Math.min(text.length, 123));
     payload.writeUInt16BE(code, 0);
     text.copy(payload, 2, 0, payload.length - 2);
-    this.sendControl(Opcode.Close, payload);
+    this.sendFrames(Opcode.Close, [payload], payload.length);
     if (this.closeReceived) {
       this.socket.end();
       return;
@@ -141,90 +141,59 @@ export class WebSocketStream extends Duplex {
       callback(new Error('WebSocket is closing: nothing can be sent after the close frame'));
       return;
     }
-    if (total > 0) {
-      if (this.masking) this.sendMasked(chunks, total);
-      else this.sendUnmasked(chunks, total);
-    }
+    if (total > 0) this.sendFrames(Opcode.Binary, chunks, total);
     if (this.socket.writableNeedDrain) this.heldCallback = callback;
     else callback();
   }
 
-  /** Server side: frame headers between the caller's own buffers, all in one writev. */
-  private sendUnmasked(chunks: Buffer[], total: number): void {
+  /**
+   * Sends `total` bytes of `chunks` as frames of at most MAX_FRAME_PAYLOAD (one frame when `total` is 0),
+   * all in one writev. Server: each frame header goes between the caller's own buffers. Client: masking
+   * needs a copy anyway, so each frame is built whole, masked as it is copied in.
+   */
+  private sendFrames(opcode: number, chunks: Buffer[], total: number): void {
     const socket = this.socket;
+    const mask = this.masking ? this.mask : undefined;
     socket.cork();
-    let remaining = total;
-    let frameLeft = 0;
-    for (let chunk of chunks) {
-      while (chunk.length > 0) {
-        if (frameLeft === 0) {
-          frameLeft = Math.min(remaining, MAX_FRAME_PAYLOAD);
-          const header = Buffer.allocUnsafe(MAX_HEADER_SIZE);
-          socket.write(header.subarray(0, writeFrameHeader(header, 0, Opcode.Binary, frameLeft)));
-        }
-        const n = Math.min(frameLeft, chunk.length);
-        socket.write(n === chunk.length ? chunk : chunk.subarray(0, n));
-        chunk = chunk.subarray(n);
-        frameLeft -= n;
-        remaining -= n;
-      }
-    }
-    socket.uncork();
-  }
-
-  /** Client side: masking needs a copy anyway, so each frame is built whole, masked as it is copied in. */
-  private sendMasked(chunks: Buffer[], total: number): void {
     let index = 0;
     let chunkOffset = 0;
     let remaining = total;
-    while (remaining > 0) {
+    do {
       const payload = Math.min(remaining, MAX_FRAME_PAYLOAD);
-      const frame = this.pool.take(MAX_HEADER_SIZE + payload);
-      const key = this.nextMaskKey();
-      maskRotations(key, 0, this.rotations);
-      let at = writeFrameHeader(frame, 0, Opcode.Binary, payload, key);
-      let done = 0;
-      while (done < payload) {
+      const frame = mask ? this.pool.take(MAX_HEADER_SIZE + payload) : Buffer.allocUnsafe(MAX_HEADER_SIZE);
+      if (mask) this.nextMaskKey();
+      let at = writeFrameHeader(frame, 0, opcode, payload, mask?.at(0));
+      if (!mask) socket.write(frame.subarray(0, at));
+      for (let done = 0; done < payload; ) {
         const chunk = chunks[index]!;
         const n = Math.min(chunk.length - chunkOffset, payload - done);
-        maskInto(chunk.subarray(chunkOffset, chunkOffset + n), this.rotations, done, frame, at);
-        at += n;
-        done += n;
-        chunkOffset += n;
+        if (n > 0) {
+          const piece = n === chunk.length ? chunk : chunk.subarray(chunkOffset, chunkOffset + n);
+          if (mask) maskInto(piece, mask.at(done), frame, at);
+          else socket.write(piece);
+          at += n;
+          done += n;
+          chunkOffset += n;
+        }
         if (chunkOffset === chunk.length) {
           index++;
           chunkOffset = 0;
         }
       }
+      if (mask) socket.write(frame.subarray(0, at), () => this.pool.give(frame));
       remaining -= payload;
-      this.socket.write(frame.subarray(0, at), () => this.pool.give(frame));
-    }
-  }
-
-  private sendControl(opcode: number, payload: Buffer): void {
-    const frame = Buffer.allocUnsafe(MAX_HEADER_SIZE + payload.length);
-    let at: number;
-    if (this.masking) {
-      const key = this.nextMaskKey();
-      maskRotations(key, 0, this.rotations);
-      at = writeFrameHeader(frame, 0, opcode, payload.length, key);
-      maskInto(payload, this.rotations, 0, frame, at);
-    } else {
-      at = writeFrameHeader(frame, 0, opcode, payload.length);
-      payload.copy(frame, at);
-    }
-    this.socket.write(frame.subarray(0, at + payload.length));
+    } while (remaining > 0);
+    socket.uncork();
   }
 
   /** A fresh random key per frame (RFC 6455 §5.3), drawn from a batch to keep the syscall off the path. */
-  private nextMaskKey(): Buffer {
+  private nextMaskKey(): void {
     if (this.maskKeyOffset + 4 > this.maskKeys.length) {
       this.maskKeys = randomFillSync(Buffer.allocUnsafe(4 * MASK_KEY_BATCH));
       this.maskKeyOffset = 0;
     }
-    const key = this.maskKeys.subarray(this.maskKeyOffset, this.maskKeyOffset + 4);
+    this.mask.set(this.maskKeys, this.maskKeyOffset);
     this.maskKeyOffset += 4;
-    return key;
   }
 
   private onPayload(piece: Buffer): void {
@@ -234,7 +203,7 @@ export class WebSocketStream extends Duplex {
 
   private onControl(opcode: number, payload: Buffer): void {
     if (opcode === Opcode.Ping) {
-      if (!this.closeSent) this.sendControl(Opcode.Pong, payload);
+      if (!this.closeSent) this.sendFrames(Opcode.Pong, [payload], payload.length);
       return;
     }
     if (opcode !== Opcode.Close) return;
