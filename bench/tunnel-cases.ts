@@ -27,7 +27,11 @@ export interface SuiteSettings {
   rounds: number;
   iperfSeconds: number;
   wrkSeconds: number;
+  /** shortest fixed-rate run */
   rateSeconds: number;
+  /** a fixed-rate run lasts long enough to schedule this many requests: p99 is its 1% worst, so 3000
+   *  requests put 30 behind it where 1.5 s at 1k req/s put 13 (and one stall decided the figure) */
+  rateRequests: number;
   fixedRates: number[];
   connectSeconds: number;
   udpSeconds: number;
@@ -142,7 +146,7 @@ function httpFixedRate(rate: number): BenchCase {
       { id: `http-${k}-p99`, title: `HTTP p99 @ ${k} req/s`, unit: 'ms', higherIsBetter: false },
     ],
     async run(peer, env) {
-      const seconds = env.settings.rateSeconds;
+      const seconds = Math.max(env.settings.rateSeconds, env.settings.rateRequests / rate);
       const args = ['http-rate', '--port', `${port(peer, 'http')}`, '--rate', `${rate}`];
       args.push('--seconds', `${seconds}`, '--connections', `${RATE_CONNECTIONS}`);
       if (peer.httpHost) args.push('--host', peer.httpHost);
