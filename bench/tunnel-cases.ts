@@ -29,8 +29,8 @@ export interface SuiteSettings {
   wrkSeconds: number;
   /** shortest fixed-rate run */
   rateSeconds: number;
-  /** a fixed-rate run lasts long enough to schedule this many requests: p99 is its 1% worst, so 3000
-   *  requests put 30 behind it where 1.5 s at 1k req/s put 13 (and one stall decided the figure) */
+  /** a fixed-rate run lasts long enough to schedule this many requests: p99 is its 1% worst, and 3000
+   *  (2700 recorded after the warm-up) put 27 behind it where 1.5 s at 1k req/s put 13 (one stall decided) */
   rateRequests: number;
   fixedRates: number[];
   connectSeconds: number;
