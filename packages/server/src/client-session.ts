@@ -39,6 +39,8 @@ export class ClientSession {
   /** Hostnames the token lets this client claim (undefined: any). */
   private readonly hostGrant: readonly string[] | undefined;
   private control: Stream | undefined;
+  /** Set when the session ended while client messages were still unread on the control stream. */
+  private sessionEndReason: string | undefined;
   private helloDone = false;
   private instanceId = '';
   private clientVersion = '';
@@ -61,7 +63,7 @@ export class ClientSession {
     this.logger = ctx.logger.child({ client: this.name, session_id: this.sessionId });
     ctx.sessions.add(this);
     session.on('stream', (stream: Stream) => this.onStream(stream));
-    session.on('close', (err?: Error) => this.close(err ? err.message : 'session closed'));
+    session.on('close', (err?: Error) => this.onSessionClose(err ? err.message : 'session closed'));
     this.helloTimer = setTimeout(
       () => this.close(`no hello within ${HELLO_TIMEOUT_MS} ms`),
       HELLO_TIMEOUT_MS,
@@ -98,18 +100,43 @@ export class ClientSession {
     this.control = stream;
     // Errors surface through the reader; this keeps a write to a dying stream from being unhandled.
     stream.on('error', () => {});
-    this.readControl(stream).catch((err: Error) => this.close(`control stream: ${err.message}`));
+    void this.readControl(stream);
+  }
+
+  /**
+   * A client that stops sends unregister and FIN, then closes the connection in the same turn, so the
+   * connection's end can overtake those messages still buffered on the control stream (the mux keeps them
+   * readable). Read them first: proxies then close for the client's own reason, not "connection closed".
+   */
+  private onSessionClose(reason: string): void {
+    const control = this.control;
+    if (this.closed || !control || control.destroyed || control.readableLength === 0) {
+      this.close(reason);
+      return;
+    }
+    this.sessionEndReason = reason;
+    this.logger.debug(
+      { reason, bytes: control.readableLength },
+      'session ended: reading what the client sent first',
+    );
   }
 
   private async readControl(stream: Stream): Promise<void> {
     const reader = new MessageReader(stream);
-    while (!this.closed) {
-      const raw = await reader.read();
-      if (raw === null) {
-        this.close('control stream closed by client');
-        return;
+    try {
+      while (!this.closed) {
+        const raw = await reader.read();
+        if (raw === null) {
+          this.close('control stream closed by client');
+          return;
+        }
+        const message = parseControlMessage(raw);
+        // With the session gone only a goodbye still means something; a register would bind for nobody.
+        if (this.sessionEndReason !== undefined && message.type !== 'unregister') continue;
+        await this.handle(message);
       }
-      await this.handle(parseControlMessage(raw));
+    } catch (err) {
+      this.close(this.sessionEndReason ?? `control stream: ${(err as Error).message}`);
     }
   }
 

@@ -92,6 +92,23 @@ test('a client that connects again takes over at once: old session closed, its p
   fresh.session.close();
 });
 
+test('a goodbye sent just before the connection closes is still read: proxies close as unregistered', async (t) => {
+  const { server, url, logs } = await startServer();
+  t.after(() => server.shutdown());
+  const port = await freePort();
+  const client = await RawClient.connect(url, await token('leaving'));
+  await client.hello();
+  await client.register([{ name: 'ssh', port }]);
+  // What a stopping client does when nothing is open: unregister, FIN, close, all in one turn.
+  client.send({ type: 'unregister', proxies: ['ssh'] });
+  client.control.end();
+  client.session.close();
+  const closed = await logs.waitFor('proxy closed', { proxy: 'ssh' });
+  assert.equal(closed.reason, 'unregistered by client');
+  await logs.waitFor('client disconnected', { client: 'leaving' });
+  assert.equal((await visit(port, 'x')).error, 'ECONNREFUSED');
+});
+
 test('a half-open session (network gone dark) is replaced by the reconnecting client without "in use"', async (t) => {
   const { server, url, config } = await startServer();
   t.after(() => server.shutdown());
