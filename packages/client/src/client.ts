@@ -202,10 +202,13 @@ export class PortholeClient {
           'shutdown timeout: closing open connections',
         );
       const closed = nextClose(session);
-      // FIN on the control stream first: the server reads it as an orderly goodbye.
+      const flushed = () => Promise.race([closed, new Promise((r) => setTimeout(r, CLOSE_FLUSH_MS).unref())]);
+      // FIN on the control stream: the server reads our unregister, then this, and closes the session
+      // itself. Closing first would race our last messages to the server against the connection's end.
       this.control?.end();
+      await flushed();
       session.close();
-      await Promise.race([closed, new Promise((r) => setTimeout(r, CLOSE_FLUSH_MS).unref())]);
+      await flushed();
       // Connections cut by the close still get their "connection closed" line.
       await this.tracker.waitIdle(CLOSE_FLUSH_MS);
     }
