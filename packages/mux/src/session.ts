@@ -398,15 +398,20 @@ export class Session extends EventEmitter {
   private writeFrame(type: FrameType, flags: number, streamId: number, length: number, body?: Buffer): void {
     if (this.isClosed && type !== FrameType.GoAway) return;
     if (this.conn.writableEnded || this.conn.destroyed) return;
-    // Frames written in one tick leave as one writev (one WebSocket message, one syscall).
+    // Frames written in one event-loop turn leave as one writev (one WebSocket message, one syscall).
+    // The turn, not the tick: one poll phase runs a callback per ready socket, and uncorking after each
+    // cost a syscall per request under load. setImmediate runs right after that poll phase, so a lone
+    // frame leaves as soon as it did with nextTick; many streams' frames share one write.
     if (!this.corked) {
       this.corked = true;
       this.conn.cork();
-      process.nextTick(() => this.uncork());
+      setImmediate(this.uncorkAtTurnEnd);
     }
     this.conn.write(encodeHeader(type, flags, streamId, length));
     if (body) this.conn.write(body);
   }
+
+  private readonly uncorkAtTurnEnd = (): void => this.uncork();
 
   private uncork(): void {
     if (!this.corked) return;
