@@ -1,6 +1,7 @@
 import { Writable } from 'node:stream';
 import { type Logger, pino } from 'pino';
 import type { LogLevel } from './config-file.js';
+import { TurnBatchedDestination } from './turn-batched-destination.js';
 
 export type { Logger } from 'pino';
 
@@ -42,8 +43,8 @@ export interface LoggerOptions {
 }
 
 /**
- * The logger both programs use: pino JSON lines on stdout (for journald and for tests), written
- * synchronously so nothing is lost on exit; a compact human format when stdout is a terminal.
+ * The logger both programs use: pino JSON lines on stdout (for journald and for tests), each turn's lines
+ * written together and synchronously, so nothing is lost on exit; a compact human format on a terminal.
  */
 export function createLogger(opts: LoggerOptions = {}): Logger {
   const json = opts.json ?? !process.stdout.isTTY;
@@ -54,7 +55,8 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
     formatters: { level: (label: string) => ({ level: label }) },
   };
   if (opts.destination) return pino(options, opts.destination);
-  return json ? pino(options, pino.destination({ fd: 1, sync: true })) : pino(options, new PrettyStream());
+  if (!json) return pino(options, new PrettyStream());
+  return pino(options, new TurnBatchedDestination(pino.destination({ fd: 1, sync: true })));
 }
 
 export type LogLine = Record<string, unknown> & { msg: string };
