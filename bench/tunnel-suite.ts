@@ -17,7 +17,7 @@ import {
   sshPeer,
   type Targets,
 } from './tunnel-peers.js';
-import { CostMeter } from './tunnel-proc-stats.js';
+import { CostMeter, waitUntilQuiet } from './tunnel-proc-stats.js';
 import { renderReport, writeResults } from './tunnel-report.js';
 import { type Sample, type SuiteResult, summarise } from './tunnel-results.js';
 import { formatFigure } from './tunnel-stats.js';
@@ -59,6 +59,10 @@ const QUICK: Mode = {
   },
   budgetSeconds: 55,
 };
+
+/** How long a latency run waits for the machine to settle, and the window it judges that over. */
+const SETTLE_TIMEOUT_MS = 3000;
+const SETTLE_INTERVAL_MS = 200;
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const resultsDir = path.join(here, '..', 'results');
@@ -104,10 +108,23 @@ function describe(c: BenchCase, s: Sample): string {
   return `${figures.join(', ')}${cost}`;
 }
 
-/** Rotate the peer order per round and case, so no peer always runs first or right after another. */
-function rotate<T>(items: T[], by: number): T[] {
-  const k = items.length === 0 ? 0 : by % items.length;
-  return [...items.slice(k), ...items.slice(0, k)];
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
+}
+
+/**
+ * The peer order for one case in one round: a stride permutation (start + i * stride, with a stride coprime
+ * to the count), the start moving with round and case and the stride with the round. So no peer always runs
+ * first, and each round a peer follows a different one: a plain rotation kept every peer right after the
+ * same neighbour (porthole ws always ran in the wake of ssh -R's teardown).
+ */
+function peerOrder<T>(items: T[], round: number, caseIndex: number): T[] {
+  const n = items.length;
+  if (n < 2) return [...items];
+  const strides = [...Array(n).keys()].filter((s) => s > 0 && gcd(s, n) === 1);
+  const stride = strides[(round - 1) % strides.length]!;
+  const start = (round + caseIndex) % n;
+  return items.map((_, i) => items[(start + i * stride) % n]!);
 }
 
 async function startPeers(targets: Targets, quick: boolean): Promise<Peer[]> {
@@ -172,12 +189,16 @@ export async function main(args: string[]): Promise<void> {
     }
     peers.push(...(await startPeers(targets, quick)));
     progress(`peers for the rounds up at ${elapsedS().toFixed(1)} s: ${peers.map((p) => p.id).join(', ')}`);
+    const everyPid = [...pids, ...peers.flatMap((p) => p.roots.map((r) => r.pid))];
     let roundsRun = 0;
     for (let round = 1; round <= settings.rounds; round++) {
       const roundStart = elapsedS();
       for (const [ci, c] of cases.filter((x) => x.schedule === 'rounds').entries()) {
-        for (const peer of rotate(carriers(c, peers), round + ci))
+        for (const peer of peerOrder(carriers(c, peers), round, ci)) {
+          // A latency run starts once every process is quiet, not in the previous run's teardown.
+          if (c.settle) await waitUntilQuiet(everyPid, SETTLE_TIMEOUT_MS, SETTLE_INTERVAL_MS);
           record(c, await measure(c, peer, round, env), round, peers);
+        }
       }
       roundsRun = round;
       const roundSeconds = elapsedS() - roundStart;
