@@ -53,8 +53,6 @@ export interface BenchCase {
   metrics: Metric[];
   /** 'rounds': once per round, interleaved with the others; 'once': once per peer, before the rounds */
   schedule: 'rounds' | 'once';
-  /** a latency case: each run waits until every tunnel and target process is quiet */
-  settle?: boolean;
   /** why this case does not run through a peer that carries its service, or undefined if it does */
   skip?(peer: Peer): string | undefined;
   run(peer: Peer, env: CaseEnv): Promise<CaseResult>;
@@ -143,7 +141,6 @@ function httpFixedRate(rate: number): BenchCase {
     title: `HTTP latency at ${rate} req/s (open loop, ${RATE_CONNECTIONS} keep-alive conns)`,
     service: 'http',
     schedule: 'rounds',
-    settle: true,
     metrics: [
       { id: `http-${k}-p50`, title: `HTTP p50 @ ${k} req/s`, unit: 'ms', higherIsBetter: false },
       { id: `http-${k}-p99`, title: `HTTP p99 @ ${k} req/s`, unit: 'ms', higherIsBetter: false },

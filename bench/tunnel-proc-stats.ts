@@ -123,21 +123,18 @@ export class CostMeter {
   }
 }
 
-/** Below this share of one core over an interval the processes count as quiet. */
-const QUIET_CORE_SHARE = 0.1;
+const QUIET_INTERVAL_MS = 500;
+/** CPU seconds per interval below which the processes count as quiet (10% of a core). */
+const QUIET_CPU_SECONDS = 0.05;
 
-/**
- * Wait (at most timeoutMs) until the trees use less than 10% of a core over one interval, e.g. after
- * closing connections. CPU time comes in USER_HZ ticks (10 ms), so intervals much shorter than 200 ms
- * cannot tell quiet from busy.
- */
-export async function waitUntilQuiet(roots: number[], timeoutMs: number, intervalMs = 500): Promise<void> {
+/** Wait (at most timeoutMs) until the trees use less than 10% of a core, e.g. after closing connections. */
+export async function waitUntilQuiet(roots: number[], timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last = treeCpuSeconds(roots);
   while (Date.now() < deadline) {
-    await sleep(intervalMs);
+    await sleep(QUIET_INTERVAL_MS);
     const now = treeCpuSeconds(roots);
-    if (now - last < (QUIET_CORE_SHARE * intervalMs) / 1000) return;
+    if (now - last < QUIET_CPU_SECONDS) return;
     last = now;
   }
 }

@@ -17,7 +17,7 @@ import {
   sshPeer,
   type Targets,
 } from './tunnel-peers.js';
-import { CostMeter, waitUntilQuiet } from './tunnel-proc-stats.js';
+import { CostMeter } from './tunnel-proc-stats.js';
 import { renderReport, writeResults } from './tunnel-report.js';
 import { type Sample, type SuiteResult, summarise } from './tunnel-results.js';
 import { formatFigure } from './tunnel-stats.js';
@@ -59,10 +59,6 @@ const QUICK: Mode = {
   },
   budgetSeconds: 55,
 };
-
-/** How long a latency run waits for the machine to settle, and the window it judges that over. */
-const SETTLE_TIMEOUT_MS = 3000;
-const SETTLE_INTERVAL_MS = 200;
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const resultsDir = path.join(here, '..', 'results');
@@ -189,16 +185,12 @@ export async function main(args: string[]): Promise<void> {
     }
     peers.push(...(await startPeers(targets, quick)));
     progress(`peers for the rounds up at ${elapsedS().toFixed(1)} s: ${peers.map((p) => p.id).join(', ')}`);
-    const everyPid = [...pids, ...peers.flatMap((p) => p.roots.map((r) => r.pid))];
     let roundsRun = 0;
     for (let round = 1; round <= settings.rounds; round++) {
       const roundStart = elapsedS();
       for (const [ci, c] of cases.filter((x) => x.schedule === 'rounds').entries()) {
-        for (const peer of peerOrder(carriers(c, peers), round, ci)) {
-          // A latency run starts once every process is quiet, not in the previous run's teardown.
-          if (c.settle) await waitUntilQuiet(everyPid, SETTLE_TIMEOUT_MS, SETTLE_INTERVAL_MS);
+        for (const peer of peerOrder(carriers(c, peers), round, ci))
           record(c, await measure(c, peer, round, env), round, peers);
-        }
       }
       roundsRun = round;
       const roundSeconds = elapsedS() - roundStart;
