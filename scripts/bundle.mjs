@@ -19,7 +19,7 @@ const programs = [
 
 for (const { name, pkg } of programs) {
   const version = JSON.parse(readFileSync(`${root}${pkg}/package.json`, 'utf8')).version;
-  // The same interpreter line as the package's bin script (it carries the malloc setting explained there).
+  // The same interpreter line as the package's bin script (it carries the malloc and GC settings explained there).
   const shebang = readFileSync(`${root}${pkg}/bin/${name}.js`, 'utf8').split('\n')[0];
   const outfile = `${values.outdir}/${name}.mjs`;
   const result = await build({
