@@ -14,6 +14,11 @@ const port = z.number().int().min(1).max(65535);
  * `hosts` and/or `subdomain`. Which fields a type requires is checked by the server (with reasons the
  * client prints), not here: a malformed register must not end the session.
  */
+/** The server writes these into request heads itself: nothing may end a line or the head early. */
+const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+const HOST_HEADER_VALUE = /^[\x21-\x7e]+$/;
+
 export const proxySpecSchema = z.object({
   name: proxyNameSchema,
   type: z.enum(PROXY_TYPES as [ProxyType, ...ProxyType[]]),
@@ -28,9 +33,11 @@ export const proxySpecSchema = z.object({
   http_user: z.string().max(256).optional(),
   http_password: z.string().max(256).optional(),
   /** http: the Host header the local service receives. */
-  host_header_rewrite: z.string().max(255).optional(),
+  host_header_rewrite: z.string().max(255).regex(HOST_HEADER_VALUE).optional(),
   /** http: headers set on every request forwarded to the local service. */
-  request_headers: z.record(z.string().max(256), z.string().max(8192)).optional(),
+  request_headers: z
+    .record(z.string().max(256).regex(HEADER_NAME), z.string().max(8192).regex(HEADER_VALUE))
+    .optional(),
   /** tcp/tls: the client writes a PROXY protocol header to the local service (informational here). */
   proxy_protocol: z.enum(['v1', 'v2']).optional(),
   /** udp: a flow without datagrams for this long ends (both ends); the server's default otherwise. */

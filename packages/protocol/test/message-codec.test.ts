@@ -97,6 +97,30 @@ test('control messages are validated with a reason naming the field', () => {
     /at proxies.0.name/,
   );
   assert.throws(() => parseControlMessage(null), ProtocolError);
+  // The server writes these into request heads: nothing in them may end a line.
+  const http = { name: 'web', type: 'http', hosts: ['app.test'] };
+  for (const [field, value] of [
+    ['request_headers', { 'X-A': 'one\r\nX-Injected: two' }],
+    ['request_headers', { 'X A': 'spaced name' }],
+    ['host_header_rewrite', 'evil.test\r\nX-Injected: 1'],
+    ['host_header_rewrite', 'two words'],
+  ] as const) {
+    assert.throws(
+      () => parseControlMessage({ type: 'register', proxies: [{ ...http, [field]: value }] }),
+      new RegExp(`at proxies.0.${field}`),
+      JSON.stringify(value),
+    );
+  }
+  assert.deepEqual(
+    parseControlMessage({
+      type: 'register',
+      proxies: [{ ...http, request_headers: { 'X-Tab': 'a\tb' }, host_header_rewrite: 'local:8080' }],
+    }),
+    {
+      type: 'register',
+      proxies: [{ ...http, request_headers: { 'X-Tab': 'a\tb' }, host_header_rewrite: 'local:8080' }],
+    },
+  );
 });
 
 test('stream headers round-trip and are bounded', async () => {
