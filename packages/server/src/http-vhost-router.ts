@@ -2,13 +2,7 @@
 // http proxy that claimed them, forwarded over tunnel streams with X-Forwarded-* headers. WebSocket (and
 // other) upgrades are passed through raw on a stream of their own.
 import { timingSafeEqual } from 'node:crypto';
-import {
-  type ClientRequest,
-  type IncomingMessage,
-  request,
-  type ServerResponse,
-  STATUS_CODES,
-} from 'node:http';
+import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
@@ -19,7 +13,9 @@ import {
   normalizeRequestHost,
 } from '@porthole/protocol';
 import type { HostRoutes, RouteEntry } from './host-routes.js';
-import { type TunnelAgent, VISITOR_OPTION, type Visitor } from './http-tunnel-agent.js';
+import type { ResponseHead } from './http-response-head.js';
+import type { ResponseSink, UpstreamConnection } from './http-upstream-connection.js';
+import type { UpstreamPool, Visitor } from './http-upstream-pool.js';
 import { plainAddress, type TrustedProxies } from './trusted-proxies.js';
 
 /** What an http proxy's routes lead to. */
@@ -27,7 +23,7 @@ export interface HttpTarget {
   client: string;
   proxy: string;
   /** Pooled tunnel streams for ordinary requests. */
-  agent: TunnelAgent;
+  pool: UpstreamPool;
   /** A fresh tunnel stream (for an upgrade, which keeps its connection) and its connection id. */
   openStream(visitor: Visitor): { stream: Duplex; conn: number };
   /** Basic auth visitors must present. */
@@ -113,6 +109,29 @@ function authorized(req: IncomingMessage, auth: NonNullable<HttpTarget['auth']>)
   return userOk && passwordOk;
 }
 
+/** Request line and fields as the local service receives them, blank line included. */
+function requestHead(method: string, url: string, headers: readonly string[], version = '1.1'): string {
+  let head = `${method} ${url} HTTP/${version}\r\n`;
+  for (let i = 0; i + 1 < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
+  return `${head}\r\n`;
+}
+
+/** The local service's response fields without the ones that describe its hop (or that it named so). */
+function responseHeaders(raw: readonly string[]): string[] {
+  let named: Set<string> | undefined;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    if (raw[i]!.toLowerCase() !== 'connection') continue;
+    named ??= new Set();
+    for (const token of raw[i + 1]!.split(',')) named.add(token.trim().toLowerCase());
+  }
+  const out: string[] = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const lower = raw[i]!.toLowerCase();
+    if (!HOP_BY_HOP.has(lower) && !named?.has(lower)) out.push(raw[i]!, raw[i + 1]!);
+  }
+  return out;
+}
+
 export class HttpVhostRouter {
   constructor(private readonly opts: HttpVhostRouterOptions) {}
 
@@ -149,6 +168,8 @@ export class HttpVhostRouter {
       for (const token of String(req.headers.connection ?? '').split(','))
         if (token.trim()) drop.add(token.trim().toLowerCase());
       drop.delete('transfer-encoding');
+      // A body is framed one way only: it is re-chunked, so a length beside the chunks would lie.
+      if (req.headers['transfer-encoding'] !== undefined) drop.add('content-length');
     }
     const out: string[] = [];
     let originalHost = '';
@@ -207,63 +228,78 @@ export class HttpVhostRouter {
       return;
     }
     const { target } = resolved;
-    const headers = this.forwardHeaders(req, target, false);
+    const method = req.method ?? 'GET';
+    const chunkedBody = req.headers['transfer-encoding'] !== undefined;
     const hasBody =
-      req.headers['transfer-encoding'] !== undefined ||
-      (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
+      chunkedBody || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
+    const head = requestHead(method, req.url ?? '/', this.forwardHeaders(req, target, false));
+    const visitor = this.visitorOf(req);
     const fields = { client: target.client, proxy: target.proxy, remote_addr: remoteAddr };
     let responded = false;
-    let current: ClientRequest | undefined;
+    let current: UpstreamConnection | undefined;
+    let cancelWait: (() => void) | undefined;
+    let retriesLeft = 1;
 
-    const attempt = (retriesLeft: number): void => {
-      const upstream = request({
-        agent: target.agent,
-        method: req.method,
-        path: req.url,
-        headers,
-        // Carried to the agent's createConnection: who the stream's first request is for.
-        [VISITOR_OPTION]: this.visitorOf(req),
-      } as unknown as Parameters<typeof request>[0]);
-      current = upstream;
-      upstream.on('response', (upRes) => {
+    const failed = (reason: string): void => {
+      this.opts.logger.warn({ ...fields, reason }, 'http forward failed');
+      if (!res.headersSent) this.answer(res, 502, UNREACHABLE);
+      else res.destroy();
+    };
+    const resumeUpstream = (): void => current?.resume();
+    const sink: ResponseSink = {
+      onHead: (upstream: ResponseHead) => {
         responded = true;
-        const out: string[] = [];
-        const raw = upRes.rawHeaders;
-        for (let i = 0; i + 1 < raw.length; i += 2) {
-          if (!HOP_BY_HOP.has(raw[i]!.toLowerCase())) out.push(raw[i]!, raw[i + 1]!);
-        }
-        res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, out);
-        upRes.pipe(res);
-        upRes.on('error', () => res.destroy());
-        upRes.on('aborted', () => res.destroy());
-      });
-      upstream.on('error', (err: NodeJS.ErrnoException) => {
+        res.writeHead(upstream.statusCode, upstream.statusMessage, responseHeaders(upstream.rawHeaders));
+      },
+      onBody: (data) => {
+        if (res.write(data)) return true;
+        res.once('drain', resumeUpstream);
+        return false;
+      },
+      onEnd: () => {
+        current = undefined;
+        res.end();
+      },
+      onError: (err, retryable) => {
+        current = undefined;
         if (responded) {
           res.destroy();
           return;
         }
-        if (retriesLeft > 0 && upstream.reusedSocket && !hasBody && RETRYABLE.has(req.method ?? '')) {
-          attempt(retriesLeft - 1);
+        if (retryable && retriesLeft > 0 && !hasBody && RETRYABLE.has(method)) {
+          retriesLeft -= 1;
+          attempt();
           return;
         }
-        this.opts.logger.warn(
-          { ...fields, reason: err.code === 'ERR_STREAM_RESET' ? 'local service unreachable' : err.message },
-          'http forward failed',
+        failed(
+          (err as NodeJS.ErrnoException).code === 'ERR_STREAM_RESET'
+            ? 'local service unreachable'
+            : err.message,
         );
-        if (!res.headersSent) this.answer(res, 502, UNREACHABLE);
-        else res.destroy();
-      });
-      if (hasBody) req.pipe(upstream);
-      else upstream.end();
+      },
     };
-    attempt(1);
+    const attempt = (): void => {
+      cancelWait = target.pool.acquire(visitor, (err, conn) => {
+        cancelWait = undefined;
+        if (!conn) {
+          failed(err?.message ?? 'no tunnel stream');
+          return;
+        }
+        current = conn;
+        conn.send(method, head, hasBody ? req : undefined, chunkedBody, sink);
+      });
+    };
+    attempt();
     // The visitor left before the answer was complete: stop the upstream request too.
     res.on('close', () => {
-      if (!res.writableFinished) current?.destroy();
+      if (!res.writableFinished) {
+        cancelWait?.();
+        current?.abort();
+      }
       this.opts.logger.info(
         {
           ...fields,
-          method: req.method,
+          method,
           host: req.headers.host,
           path: pathOf(req.url),
           status: res.statusCode,
@@ -288,12 +324,10 @@ export class HttpVhostRouter {
     }
     const { target } = resolved;
     const headers = this.forwardHeaders(req, target, true);
-    let text = `${req.method} ${req.url} HTTP/${req.httpVersion}\r\n`;
-    for (let i = 0; i + 1 < headers.length; i += 2) text += `${headers[i]}: ${headers[i + 1]}\r\n`;
-    text += '\r\n';
     const visitor = this.visitorOf(req);
     const { stream, conn } = target.openStream(visitor);
-    stream.write(text);
+    // Node read the fields as latin1: written back the same way, every byte is the visitor's own.
+    stream.write(requestHead(req.method ?? 'GET', req.url ?? '/', headers, req.httpVersion), 'latin1');
     if (head.length > 0) stream.write(head);
     const netSocket = socket as Socket;
     netSocket.setTimeout?.(0);

@@ -11,7 +11,7 @@ import {
   writeStreamHeader,
 } from '@porthole/protocol';
 import { type HostClaim, HostRoutes } from './host-routes.js';
-import { TunnelAgent, type Visitor } from './http-tunnel-agent.js';
+import { UpstreamPool, type Visitor } from './http-upstream-pool.js';
 import type { HttpTarget } from './http-vhost-router.js';
 import { defaultRoutingConfig, type RoutingConfig } from './routing-config.js';
 import type { ServerContext } from './server-context.js';
@@ -234,7 +234,7 @@ export async function bindRoutedProxy(
   }
 
   const publicAddr = state.httpAddress ?? state.httpsAddress;
-  const agent = new TunnelAgent({
+  const pool = new UpstreamPool({
     openStream: (visitor) => header(visitor, publicAddr).stream,
     maxStreams: routing.maxStreamsPerProxy,
     maxFreeStreams: MAX_FREE_STREAMS,
@@ -242,7 +242,7 @@ export async function bindRoutedProxy(
   const target: HttpTarget = {
     client: owner.name,
     proxy: spec.name,
-    agent,
+    pool,
     openStream: (visitor) => header(visitor, publicAddr),
     auth:
       spec.http_user === undefined || spec.http_password === undefined
@@ -260,7 +260,7 @@ export async function bindRoutedProxy(
     urls: httpUrls(claims, state, routing),
     close: () => {
       state.httpRoutes.release(target);
-      agent.destroy();
+      pool.destroy();
     },
   };
 }

@@ -1,0 +1,92 @@
+// A chunked response body (RFC 9112 7.1) decoded as it arrives: the data comes out as views of the
+// input, chunk extensions and trailer fields are read past, and every line has a length limit.
+import { UpstreamProtocolError } from './http-response-head.js';
+
+/** Longest chunk-size line (with extensions) or trailer line; beyond it the body is refused. */
+const MAX_LINE = 4096;
+/** Largest trailer section. */
+const MAX_TRAILERS = 16 * 1024;
+const HEX_SIZE = /^[0-9a-fA-F]{1,13}$/;
+
+enum State {
+  SizeLine,
+  Data,
+  DataEnd,
+  TrailerLine,
+  Done,
+}
+
+export class ChunkedDecoder {
+  private state = State.SizeLine;
+  /** Bytes left in the current chunk. */
+  private remaining = 0;
+  /** The line being read (size or trailer), latin1. */
+  private line = '';
+  private trailerBytes = 0;
+
+  get done(): boolean {
+    return this.state === State.Done;
+  }
+
+  /**
+   * Reads `input`, handing body bytes to `onData`. Returns how many bytes of `input` belonged to the
+   * body: all of them unless the body ended inside `input`.
+   */
+  push(input: Buffer, onData: (data: Buffer) => void): number {
+    let at = 0;
+    while (at < input.length && this.state !== State.Done) {
+      if (this.state === State.Data) {
+        const take = Math.min(this.remaining, input.length - at);
+        onData(input.subarray(at, at + take));
+        at += take;
+        this.remaining -= take;
+        if (this.remaining === 0) this.state = State.DataEnd;
+      } else {
+        at = this.readLine(input, at);
+      }
+    }
+    return at;
+  }
+
+  /** Reads up to the end of a line (or of `input`); acts on the line once it is whole. */
+  private readLine(input: Buffer, at: number): number {
+    const lf = input.indexOf(0x0a, at);
+    const end = lf < 0 ? input.length : lf;
+    this.line += input.toString('latin1', at, end);
+    if (this.line.length > MAX_LINE) throw new UpstreamProtocolError('chunked body: line too long');
+    if (lf < 0) return input.length;
+    const line = this.line.endsWith('\r') ? this.line.slice(0, -1) : this.line;
+    this.line = '';
+    this.onLine(line);
+    return lf + 1;
+  }
+
+  private onLine(line: string): void {
+    switch (this.state) {
+      case State.DataEnd:
+        if (line !== '') throw new UpstreamProtocolError('chunked body: chunk data longer than its size');
+        this.state = State.SizeLine;
+        return;
+      case State.SizeLine: {
+        const semicolon = line.indexOf(';');
+        const size = (semicolon < 0 ? line : line.slice(0, semicolon)).trim();
+        if (!HEX_SIZE.test(size))
+          throw new UpstreamProtocolError(
+            `chunked body: bad chunk size ${JSON.stringify(size.slice(0, 20))}`,
+          );
+        this.remaining = Number.parseInt(size, 16);
+        this.state = this.remaining === 0 ? State.TrailerLine : State.Data;
+        return;
+      }
+      case State.TrailerLine:
+        if (line === '') {
+          this.state = State.Done;
+          return;
+        }
+        this.trailerBytes += line.length + 2;
+        if (this.trailerBytes > MAX_TRAILERS)
+          throw new UpstreamProtocolError('chunked body: trailers too large');
+        return;
+    }
+  }
+}

@@ -1,0 +1,127 @@
+// The head of a response from a local service (status line and header fields) as an http proxy reads it
+// off a tunnel stream, and what it says about the body after it (RFC 9112 6.3) and about the connection.
+
+/** The local service broke HTTP/1.1: the exchange fails (502 when nothing was sent to the visitor yet). */
+export class UpstreamProtocolError extends Error {
+  readonly code = 'ERR_UPSTREAM_PROTOCOL';
+}
+
+/** How the body after a head ends. */
+export type BodyFraming =
+  | { kind: 'none' }
+  | { kind: 'length'; length: number }
+  | { kind: 'chunked' }
+  /** Until the local service closes its side: the stream cannot carry another request. */
+  | { kind: 'close' };
+
+export interface ResponseHead {
+  statusCode: number;
+  statusMessage: string;
+  /** [name, value, name, value, ...] as the service sent them. */
+  rawHeaders: string[];
+  body: BodyFraming;
+  /** The stream may carry another request once this response is complete. */
+  keepAlive: boolean;
+}
+
+const STATUS_LINE = /^HTTP\/1\.([01]) ([0-9]{3})(?: (.*))?$/s;
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** What Node's own header check refuses in a value (and so writeHead would throw on). */
+const INVALID_VALUE_CHAR = /[^\t\x20-\x7e\x80-\xff]/;
+const DECIMAL = /^[0-9]{1,15}$/;
+const NO_BODY: BodyFraming = { kind: 'none' };
+const CHUNKED: BodyFraming = { kind: 'chunked' };
+const UNTIL_CLOSE: BodyFraming = { kind: 'close' };
+
+/** Index just past the blank line that ends a head in `buf`, searching from `from`; -1 if not there yet. */
+export function headEnd(buf: Buffer, from = 0): number {
+  let at = buf.indexOf(0x0a, from);
+  while (at >= 0) {
+    const next = buf[at + 1];
+    if (next === 0x0a) return at + 2;
+    if (next === 0x0d && buf[at + 2] === 0x0a) return at + 3;
+    at = buf.indexOf(0x0a, at + 1);
+  }
+  return -1;
+}
+
+function headerTokens(value: string): string[] {
+  return value
+    .split(',')
+    .map((t) => t.trim().toLowerCase())
+    .filter((t) => t !== '');
+}
+
+/**
+ * Parses a complete head (`head` ends with its blank line). `requestMethod` decides whether a body can
+ * follow at all. Throws UpstreamProtocolError on anything a careful proxy must not pass on.
+ */
+export function parseResponseHead(head: Buffer, requestMethod: string): ResponseHead {
+  const lines = head.toString('latin1').split('\n');
+  // The blank line (and the empty string after it) are not fields.
+  lines.length -= 2;
+  const statusLine = stripCr(lines[0] ?? '');
+  const status = STATUS_LINE.exec(statusLine);
+  if (!status) throw new UpstreamProtocolError(`bad status line ${JSON.stringify(statusLine.slice(0, 80))}`);
+  const http10 = status[1] === '0';
+  const statusCode = Number(status[2]);
+  const statusMessage = status[3] ?? '';
+  if (statusCode < 100) throw new UpstreamProtocolError(`bad status code ${statusCode}`);
+  if (INVALID_VALUE_CHAR.test(statusMessage)) throw new UpstreamProtocolError('bad character in status line');
+
+  const rawHeaders: string[] = [];
+  let contentLength: number | undefined;
+  let transferEncoding: string[] | undefined;
+  let connection: string[] = [];
+  for (let i = 1; i < lines.length; i++) {
+    const line = stripCr(lines[i]!);
+    const colon = line.indexOf(':');
+    // A line starting with whitespace continues the previous field (obsolete folding): refused, as
+    // RFC 9112 5.2 allows, rather than guessed at.
+    if (colon <= 0 || !TOKEN.test(line.slice(0, colon)))
+      throw new UpstreamProtocolError(`bad header line ${JSON.stringify(line.slice(0, 80))}`);
+    const name = line.slice(0, colon);
+    const value = line.slice(colon + 1).trim();
+    if (INVALID_VALUE_CHAR.test(value)) throw new UpstreamProtocolError(`bad character in header ${name}`);
+    rawHeaders.push(name, value);
+    switch (name.toLowerCase()) {
+      case 'content-length':
+        for (const part of value.split(',')) {
+          const n = part.trim();
+          if (!DECIMAL.test(n))
+            throw new UpstreamProtocolError(`bad content-length ${JSON.stringify(value)}`);
+          if (contentLength !== undefined && contentLength !== Number(n))
+            throw new UpstreamProtocolError('conflicting content-length headers');
+          contentLength = Number(n);
+        }
+        break;
+      case 'transfer-encoding':
+        transferEncoding = [...(transferEncoding ?? []), ...headerTokens(value)];
+        break;
+      case 'connection':
+        connection = [...connection, ...headerTokens(value)];
+        break;
+    }
+  }
+
+  let keepAlive = http10 ? connection.includes('keep-alive') : !connection.includes('close');
+  let body: BodyFraming;
+  if (requestMethod === 'HEAD' || statusCode < 200 || statusCode === 204 || statusCode === 304) {
+    body = NO_BODY;
+  } else if (transferEncoding !== undefined) {
+    // Both framings at once is how responses are smuggled: transfer-encoding wins, and the stream is
+    // not trusted with another request (RFC 9112 6.3).
+    if (contentLength !== undefined) keepAlive = false;
+    body = transferEncoding.at(-1) === 'chunked' && !http10 ? CHUNKED : UNTIL_CLOSE;
+  } else if (contentLength !== undefined) {
+    body = { kind: 'length', length: contentLength };
+  } else {
+    body = UNTIL_CLOSE;
+  }
+  if (body.kind === 'close') keepAlive = false;
+  return { statusCode, statusMessage, rawHeaders, body, keepAlive };
+}
+
+function stripCr(line: string): string {
+  return line.endsWith('\r') ? line.slice(0, -1) : line;
+}

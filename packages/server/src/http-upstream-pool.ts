@@ -1,0 +1,141 @@
+// The tunnel streams one http proxy forwards requests on: a stream carries request after request (HTTP
+// keep-alive to the local service), the most recently used idle one is handed out first, at most
+// `maxStreams` carry requests at once (more wait their turn) and idle ones are closed after a while.
+import type { Duplex } from 'node:stream';
+import { type ConnectionOwner, UpstreamConnection } from './http-upstream-connection.js';
+
+/** A pooled stream unused for this long is closed (the local service's keep-alive is often 5 s). */
+export const FREE_STREAM_IDLE_MS = 15_000;
+
+/** Who opened a connection, as the stream header tells the client. */
+export interface Visitor {
+  address: string;
+  port: number;
+  /** The server's side of the visitor's connection. */
+  destAddress: string | undefined;
+  destPort: number | undefined;
+}
+
+export interface UpstreamPoolOptions {
+  /** Opens a new tunnel stream to the owning client (its header already written). */
+  openStream(visitor: Visitor): Duplex;
+  /** Streams carrying requests at once for this proxy; more requests wait for one to be free. */
+  maxStreams: number;
+  /** Idle streams kept for reuse. */
+  maxFreeStreams: number;
+}
+
+/** Called with a connection to send one request on, or with why there will be none. */
+export type Acquired = (err: Error | undefined, conn: UpstreamConnection | undefined) => void;
+
+interface Waiter {
+  visitor: Visitor;
+  then: Acquired;
+}
+
+export class UpstreamPool implements ConnectionOwner {
+  /** Idle connections, oldest first: handed out from the end. */
+  private readonly free: UpstreamConnection[] = [];
+  private readonly all = new Set<UpstreamConnection>();
+  private busy = 0;
+  private readonly waiting: Waiter[] = [];
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  constructor(private readonly opts: UpstreamPoolOptions) {}
+
+  /** Streams open now (busy and idle), for tests and status. */
+  get size(): number {
+    return this.all.size;
+  }
+
+  /**
+   * A connection for one request: an idle one, a new one, or (with `maxStreams` busy) the next to come
+   * free. Returns a cancel function for a visitor that leaves while waiting.
+   */
+  acquire(visitor: Visitor, then: Acquired): () => void {
+    if (this.closed) {
+      then(new Error('the proxy is closed'), undefined);
+      return noop;
+    }
+    if (this.busy < this.opts.maxStreams) {
+      this.busy += 1;
+      then(undefined, this.free.pop() ?? this.open(visitor));
+      return noop;
+    }
+    const waiter = { visitor, then };
+    this.waiting.push(waiter);
+    return () => {
+      const at = this.waiting.indexOf(waiter);
+      if (at >= 0) this.waiting.splice(at, 1);
+    };
+  }
+
+  /** Closes every stream, busy or idle; waiting requests fail. */
+  destroy(): void {
+    this.closed = true;
+    clearInterval(this.sweepTimer);
+    for (const conn of this.all) conn.destroy();
+    for (const waiter of this.waiting.splice(0)) waiter.then(new Error('the proxy is closed'), undefined);
+  }
+
+  exchangeDone(conn: UpstreamConnection, reusable: boolean): void {
+    this.busy -= 1;
+    if (reusable && !this.closed) {
+      const waiter = this.waiting.shift();
+      if (waiter) {
+        this.busy += 1;
+        waiter.then(undefined, conn);
+        return;
+      }
+      if (this.free.length < this.opts.maxFreeStreams) {
+        conn.idleSince = performance.now();
+        this.free.push(conn);
+        this.startSweeping();
+        return;
+      }
+    }
+    conn.retire();
+    this.serveWaiter();
+  }
+
+  gone(conn: UpstreamConnection): void {
+    if (!this.all.delete(conn)) return;
+    const at = this.free.indexOf(conn);
+    if (at >= 0) this.free.splice(at, 1);
+  }
+
+  private open(visitor: Visitor): UpstreamConnection {
+    const conn = new UpstreamConnection(this.opts.openStream(visitor), this);
+    this.all.add(conn);
+    return conn;
+  }
+
+  private serveWaiter(): void {
+    if (this.closed || this.busy >= this.opts.maxStreams) return;
+    const waiter = this.waiting.shift();
+    if (!waiter) return;
+    this.busy += 1;
+    waiter.then(undefined, this.free.pop() ?? this.open(waiter.visitor));
+  }
+
+  /** One timer per pool, not one per request: idle streams are closed within 1.5x FREE_STREAM_IDLE_MS. */
+  private startSweeping(): void {
+    if (this.sweepTimer) return;
+    this.sweepTimer = setInterval(() => {
+      const cutoff = performance.now() - FREE_STREAM_IDLE_MS;
+      while (this.free.length > 0 && this.free[0]!.idleSince <= cutoff) {
+        const conn = this.free.shift()!;
+        this.all.delete(conn);
+        conn.retire();
+      }
+      if (this.free.length === 0) {
+        clearInterval(this.sweepTimer);
+        this.sweepTimer = undefined;
+      }
+    }, FREE_STREAM_IDLE_MS / 2);
+    this.sweepTimer.unref();
+  }
+}
+
+function noop(): void {}
