@@ -138,11 +138,12 @@ export class HttpVhostRouter {
   /** The route for a request, or the error page to answer with. */
   private resolve(
     req: IncomingMessage,
+    path: string,
   ):
     | { target: HttpTarget; entry: RouteEntry<HttpTarget>; host: string }
     | { status: number; text: string; extra?: Record<string, string> } {
     const host = normalizeRequestHost(req.headers.host);
-    const entry = host === undefined ? undefined : this.opts.routes.lookup(host, pathOf(req.url));
+    const entry = host === undefined ? undefined : this.opts.routes.lookup(host, path);
     if (!entry || host === undefined) return { status: 404, text: NOT_FOUND };
     if (!entry.target) return { status: 502, text: OFFLINE };
     if (entry.target.auth && !authorized(req, entry.target.auth)) {
@@ -217,7 +218,8 @@ export class HttpVhostRouter {
 
   handleRequest(req: IncomingMessage, res: ServerResponse): void {
     const started = performance.now();
-    const resolved = this.resolve(req);
+    const path = pathOf(req.url);
+    const resolved = this.resolve(req, path);
     const remoteAddr = formatHostPort(plainAddress(req.socket.remoteAddress), req.socket.remotePort ?? 0);
     if (!('target' in resolved)) {
       this.answer(res, resolved.status, resolved.text, resolved.extra);
@@ -301,7 +303,7 @@ export class HttpVhostRouter {
           ...fields,
           method,
           host: req.headers.host,
-          path: pathOf(req.url),
+          path,
           status: res.statusCode,
           ms: Math.round(performance.now() - started),
           reason: res.writableFinished ? 'done' : 'visitor closed early',
@@ -313,11 +315,12 @@ export class HttpVhostRouter {
 
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => socket.destroy());
-    if (pathOf(req.url) === this.opts.controlPath) {
+    const path = pathOf(req.url);
+    if (path === this.opts.controlPath) {
       this.opts.onControlUpgrade(req, socket, head);
       return;
     }
-    const resolved = this.resolve(req);
+    const resolved = this.resolve(req, path);
     if (!('target' in resolved)) {
       this.answerRaw(socket, resolved.status, resolved.text, resolved.extra);
       return;
