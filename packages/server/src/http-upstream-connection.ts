@@ -69,6 +69,7 @@ export class UpstreamConnection {
   private body: Readable | undefined;
   private chunkedBody = false;
   private requestDone = true;
+  private retireTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly stream: Duplex,
@@ -130,10 +131,12 @@ export class UpstreamConnection {
   retire(): void {
     if (this.state === State.Closed) return;
     this.state = State.Closed;
+    if (this.stream.destroyed) return;
     if (!this.stream.writableEnded) this.stream.end();
     this.stream.resume();
     // A peer that never finishes its side does not keep the stream.
-    setTimeout(() => this.stream.destroy(), RETIRE_GRACE_MS).unref();
+    this.retireTimer = setTimeout(() => this.stream.destroy(), RETIRE_GRACE_MS);
+    this.retireTimer.unref();
   }
 
   destroy(): void {
@@ -321,6 +324,7 @@ export class UpstreamConnection {
   };
 
   private readonly onClose = (): void => {
+    clearTimeout(this.retireTimer);
     this.fail(new Error('tunnel stream closed'));
     this.state = State.Closed;
     this.owner.gone(this);

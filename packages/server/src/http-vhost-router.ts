@@ -247,7 +247,11 @@ export class HttpVhostRouter {
       if (!res.headersSent) this.answer(res, 502, UNREACHABLE);
       else res.destroy();
     };
-    const resumeUpstream = (): void => current?.resume();
+    let awaitingDrain = false;
+    const resumeUpstream = (): void => {
+      awaitingDrain = false;
+      current?.resume();
+    };
     const sink: ResponseSink = {
       onHead: (upstream: ResponseHead) => {
         responded = true;
@@ -255,7 +259,10 @@ export class HttpVhostRouter {
       },
       onBody: (data) => {
         if (res.write(data)) return true;
-        res.once('drain', resumeUpstream);
+        if (!awaitingDrain) {
+          awaitingDrain = true;
+          res.once('drain', resumeUpstream);
+        }
         return false;
       },
       onEnd: () => {
