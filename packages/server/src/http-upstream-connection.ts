@@ -204,9 +204,9 @@ export class UpstreamConnection {
     let buf = chunk;
     if (prior > 0) buf = this.gatherHead(chunk.subarray(0, MAX_RESPONSE_HEAD + 1 - prior));
     const end = headEnd(buf, Math.max(0, prior - 2));
+    if (end > MAX_RESPONSE_HEAD || (end < 0 && buf.length > MAX_RESPONSE_HEAD))
+      throw new UpstreamProtocolError(`response head larger than ${MAX_RESPONSE_HEAD} bytes`);
     if (end < 0) {
-      if (buf.length > MAX_RESPONSE_HEAD)
-        throw new UpstreamProtocolError(`response head larger than ${MAX_RESPONSE_HEAD} bytes`);
       if (prior === 0) this.gatherHead(chunk);
       return EMPTY;
     }

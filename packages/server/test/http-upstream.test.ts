@@ -305,3 +305,36 @@ test('a reused stream that fails before any answer is marked retryable, a new on
   const late = await get(pool, '/5');
   assert.match(late.error?.message ?? '', /closed/);
 });
+
+test('a response head over 64 KiB is refused, whether it comes in one piece or many', async () => {
+  const { Duplex } = await import('node:stream');
+  const { MAX_RESPONSE_HEAD } = await import('../src/http-upstream-connection.js');
+  const big = Buffer.from(
+    `HTTP/1.1 200 OK\r\nX-Big: ${'a'.repeat(MAX_RESPONSE_HEAD)}\r\nContent-Length: 2\r\n\r\nok`,
+  );
+  const justFits = Buffer.from(
+    `HTTP/1.1 200 OK\r\nX-Big: ${'a'.repeat(MAX_RESPONSE_HEAD - 64)}\r\nContent-Length: 2\r\n\r\nok`,
+  );
+  for (const [answer, pieces, expected] of [
+    [big, 1, 'refused'],
+    [big, 1000, 'refused'],
+    [justFits, 1, 'ok'],
+    [justFits, 1000, 'ok'],
+  ] as const) {
+    // An in-memory stream stands in for the tunnel stream: what is pushed is what the service sent.
+    const stream = new Duplex({
+      read() {},
+      write(_chunk, _encoding, callback) {
+        callback();
+        const size = Math.ceil(answer.length / pieces);
+        for (let at = 0; at < answer.length; at += size) this.push(answer.subarray(at, at + size));
+      },
+    });
+    const pool = new UpstreamPool({ openStream: () => stream, maxStreams: 1, maxFreeStreams: 1 });
+    const r = await get(pool, '/');
+    pool.destroy();
+    const outcome = r.error ? 'refused' : r.body;
+    assert.equal(outcome, expected, `${answer.length} bytes in ${pieces} pieces: ${r.error?.message}`);
+    if (r.error) assert.match(r.error.message, /response head larger than 65536 bytes/);
+  }
+});
