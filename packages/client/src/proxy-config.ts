@@ -4,6 +4,7 @@ import {
   durationField,
   expected,
   type HostPort,
+  HTTP_TOKEN,
   hostPortField,
   PROXY_TYPES,
   type ProxySpec,
@@ -23,7 +24,6 @@ const hostField = z.string({ error: expected('a hostname') }).transform((text, c
   }
 });
 
-const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 /** Headers the tunnel itself sets or that would break the framing; request_headers may not set them
  * (the server ignores them there too). */
 const RESERVED_HEADERS = new Set([
@@ -106,7 +106,7 @@ export const proxySchema = z
       .optional(),
     request_headers: z
       .record(
-        z.string().regex(HEADER_NAME, 'must be an HTTP header name'),
+        z.string().regex(HTTP_TOKEN, 'must be an HTTP header name'),
         z.string({ error: expected('a header value') }).regex(/^[^\r\n]*$/, 'must be one line'),
         { error: expected('a table of header = "value"') },
       )

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { HTTP_FIELD_VALUE, HTTP_TOKEN } from './http-field-syntax.js';
 import { PROXY_TYPES, type ProxyType } from './rules.js';
 
 /** Proxy names: what logs, results and the admin API use to talk about one proxy. */
@@ -9,16 +10,14 @@ export const PROXY_NAME_RULE =
 export const proxyNameSchema = z.string().regex(PROXY_NAME, `must be ${PROXY_NAME_RULE} characters`);
 const port = z.number().int().min(1).max(65535);
 
+/** The server writes these into request heads itself: nothing may end a line or the head early. */
+const HOST_HEADER_VALUE = /^[\x21-\x7e]+$/;
+
 /**
  * A proxy as the client registers it. tcp and udp proxies carry `remote_port`; http and tls proxies carry
  * `hosts` and/or `subdomain`. Which fields a type requires is checked by the server (with reasons the
  * client prints), not here: a malformed register must not end the session.
  */
-/** The server writes these into request heads itself: nothing may end a line or the head early. */
-const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
-const HOST_HEADER_VALUE = /^[\x21-\x7e]+$/;
-
 export const proxySpecSchema = z.object({
   name: proxyNameSchema,
   type: z.enum(PROXY_TYPES as [ProxyType, ...ProxyType[]]),
@@ -36,7 +35,7 @@ export const proxySpecSchema = z.object({
   host_header_rewrite: z.string().max(255).regex(HOST_HEADER_VALUE).optional(),
   /** http: headers set on every request forwarded to the local service. */
   request_headers: z
-    .record(z.string().max(256).regex(HEADER_NAME), z.string().max(8192).regex(HEADER_VALUE))
+    .record(z.string().max(256).regex(HTTP_TOKEN), z.string().max(8192).regex(HTTP_FIELD_VALUE))
     .optional(),
   /** tcp/tls: the client writes a PROXY protocol header to the local service (informational here). */
   proxy_protocol: z.enum(['v1', 'v2']).optional(),

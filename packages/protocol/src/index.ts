@@ -6,6 +6,7 @@ export * from './control-messages.js';
 export * from './duration.js';
 export * from './host-names.js';
 export * from './host-port.js';
+export * from './http-field-syntax.js';
 export * from './logger.js';
 export * from './message-codec.js';
 export * from './pipe-bidirectional.js';

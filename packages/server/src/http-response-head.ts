@@ -1,5 +1,6 @@
 // The head of a response from a local service (status line and header fields) as an http proxy reads it
 // off a tunnel stream, and what it says about the body after it (RFC 9112 6.3) and about the connection.
+import { HTTP_FIELD_VALUE, HTTP_TOKEN } from '@porthole/protocol';
 
 /** The local service broke HTTP/1.1: the exchange fails (502 when nothing was sent to the visitor yet). */
 export class UpstreamProtocolError extends Error {
@@ -25,9 +26,6 @@ export interface ResponseHead {
 }
 
 const STATUS_LINE = /^HTTP\/1\.([01]) ([0-9]{3})(?: (.*))?$/s;
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-/** What Node's own header check refuses in a value (and so writeHead would throw on). */
-const INVALID_VALUE_CHAR = /[^\t\x20-\x7e\x80-\xff]/;
 const DECIMAL = /^[0-9]{1,15}$/;
 const NO_BODY: BodyFraming = { kind: 'none' };
 const CHUNKED: BodyFraming = { kind: 'chunked' };
@@ -67,7 +65,8 @@ export function parseResponseHead(head: Buffer, requestMethod: string): Response
   const statusCode = Number(status[2]);
   const statusMessage = status[3] ?? '';
   if (statusCode < 100) throw new UpstreamProtocolError(`bad status code ${statusCode}`);
-  if (INVALID_VALUE_CHAR.test(statusMessage)) throw new UpstreamProtocolError('bad character in status line');
+  // Node's own header check refuses the same characters (writeHead would throw on them).
+  if (!HTTP_FIELD_VALUE.test(statusMessage)) throw new UpstreamProtocolError('bad character in status line');
 
   const rawHeaders: string[] = [];
   let contentLength: number | undefined;
@@ -78,11 +77,11 @@ export function parseResponseHead(head: Buffer, requestMethod: string): Response
     const colon = line.indexOf(':');
     // A line starting with whitespace continues the previous field (obsolete folding): refused, as
     // RFC 9112 5.2 allows, rather than guessed at.
-    if (colon <= 0 || !TOKEN.test(line.slice(0, colon)))
+    if (colon <= 0 || !HTTP_TOKEN.test(line.slice(0, colon)))
       throw new UpstreamProtocolError(`bad header line ${JSON.stringify(line.slice(0, 80))}`);
     const name = line.slice(0, colon);
     const value = line.slice(colon + 1).trim();
-    if (INVALID_VALUE_CHAR.test(value)) throw new UpstreamProtocolError(`bad character in header ${name}`);
+    if (!HTTP_FIELD_VALUE.test(value)) throw new UpstreamProtocolError(`bad character in header ${name}`);
     rawHeaders.push(name, value);
     switch (name.toLowerCase()) {
       case 'content-length':
