@@ -23,6 +23,8 @@ export interface ResponseHead {
   body: BodyFraming;
   /** The stream may carry another request once this response is complete. */
   keepAlive: boolean;
+  /** The Connection field's options, lowercased: the fields they name describe this hop only. */
+  connection: readonly string[];
 }
 
 const STATUS_LINE = /^HTTP\/1\.([01]) ([0-9]{3})(?: (.*))?$/s;
@@ -43,7 +45,8 @@ export function headEnd(buf: Buffer, from = 0): number {
   return -1;
 }
 
-function headerTokens(value: string): string[] {
+/** A comma-separated field value as lowercased tokens, empty ones dropped. */
+export function headerTokens(value: string): string[] {
   return value
     .split(',')
     .map((t) => t.trim().toLowerCase())
@@ -118,7 +121,7 @@ export function parseResponseHead(head: Buffer, requestMethod: string): Response
     body = UNTIL_CLOSE;
   }
   if (body.kind === 'close') keepAlive = false;
-  return { statusCode, statusMessage, rawHeaders, body, keepAlive };
+  return { statusCode, statusMessage, rawHeaders, body, keepAlive, connection };
 }
 
 function stripCr(line: string): string {

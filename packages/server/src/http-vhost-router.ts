@@ -13,7 +13,7 @@ import {
   normalizeRequestHost,
 } from '@porthole/protocol';
 import type { HostRoutes, RouteEntry } from './host-routes.js';
-import type { ResponseHead } from './http-response-head.js';
+import { headerTokens, type ResponseHead } from './http-response-head.js';
 import type { ResponseSink, UpstreamConnection } from './http-upstream-connection.js';
 import type { UpstreamPool, Visitor } from './http-upstream-pool.js';
 import { plainAddress, type TrustedProxies } from './trusted-proxies.js';
@@ -117,17 +117,12 @@ function requestHead(method: string, url: string, headers: readonly string[], ve
 }
 
 /** The local service's response fields without the ones that describe its hop (or that it named so). */
-function responseHeaders(raw: readonly string[]): string[] {
-  let named: Set<string> | undefined;
-  for (let i = 0; i + 1 < raw.length; i += 2) {
-    if (raw[i]!.toLowerCase() !== 'connection') continue;
-    named ??= new Set();
-    for (const token of raw[i + 1]!.split(',')) named.add(token.trim().toLowerCase());
-  }
+function responseHeaders(head: ResponseHead): string[] {
+  const raw = head.rawHeaders;
   const out: string[] = [];
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const lower = raw[i]!.toLowerCase();
-    if (!HOP_BY_HOP.has(lower) && !named?.has(lower)) out.push(raw[i]!, raw[i + 1]!);
+    if (!HOP_BY_HOP.has(lower) && !head.connection.includes(lower)) out.push(raw[i]!, raw[i + 1]!);
   }
   return out;
 }
@@ -166,8 +161,7 @@ export class HttpVhostRouter {
     if (!upgrade) {
       for (const name of HOP_BY_HOP) if (name !== 'transfer-encoding') drop.add(name);
       // Headers the visitor marked as hop-by-hop in Connection go too.
-      for (const token of String(req.headers.connection ?? '').split(','))
-        if (token.trim()) drop.add(token.trim().toLowerCase());
+      for (const token of headerTokens(String(req.headers.connection ?? ''))) drop.add(token);
       drop.delete('transfer-encoding');
       // A body is framed one way only: it is re-chunked, so a length beside the chunks would lie.
       if (req.headers['transfer-encoding'] !== undefined) drop.add('content-length');
@@ -257,7 +251,7 @@ export class HttpVhostRouter {
     const sink: ResponseSink = {
       onHead: (upstream: ResponseHead) => {
         responded = true;
-        res.writeHead(upstream.statusCode, upstream.statusMessage, responseHeaders(upstream.rawHeaders));
+        res.writeHead(upstream.statusCode, upstream.statusMessage, responseHeaders(upstream));
       },
       onBody: (data) => {
         if (res.write(data)) return true;

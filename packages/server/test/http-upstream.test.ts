@@ -49,6 +49,13 @@ test('a head says how its body is framed and whether the stream may be reused', 
   assert.equal(parsed.statusCode, 404);
   assert.equal(parsed.statusMessage, 'Not Here');
   assert.deepEqual(parsed.rawHeaders, ['X-A', 'spaced', 'x-b', '']);
+  // Connection options are read once, for the framing and for the fields they name as hop-by-hop.
+  const named = parseResponseHead(
+    head('HTTP/1.1 200 OK\nConnection: Keep-Alive, X-Hop\nConnection: ,close\n\n'),
+    'GET',
+  );
+  assert.deepEqual(named.connection, ['keep-alive', 'x-hop', 'close']);
+  assert.equal(named.keepAlive, false);
   // Bare LF line ends are read too.
   assert.equal(parseResponseHead(Buffer.from('HTTP/1.1 200\nContent-Length: 1\n\n'), 'GET').statusCode, 200);
 });
