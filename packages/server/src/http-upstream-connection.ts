@@ -14,7 +14,7 @@ import {
 /** Largest response head (status line and fields) taken from a local service. */
 export const MAX_RESPONSE_HEAD = 64 * 1024;
 /** A retired stream whose far side never finishes is reset after this long. */
-export const RETIRE_GRACE_MS = 15_000;
+const RETIRE_GRACE_MS = 15_000;
 
 /** Where a response goes as it arrives (the visitor's side of the exchange). */
 export interface ResponseSink {
@@ -79,10 +79,6 @@ export class UpstreamConnection {
     stream.on('end', this.onEnd);
     stream.on('error', this.onStreamError);
     stream.on('close', this.onClose);
-  }
-
-  get idle(): boolean {
-    return this.state === State.Idle;
   }
 
   /**

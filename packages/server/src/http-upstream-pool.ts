@@ -5,7 +5,7 @@ import type { Duplex } from 'node:stream';
 import { type ConnectionOwner, UpstreamConnection } from './http-upstream-connection.js';
 
 /** A pooled stream unused for this long is closed (the local service's keep-alive is often 5 s). */
-export const FREE_STREAM_IDLE_MS = 15_000;
+const FREE_STREAM_IDLE_MS = 15_000;
 
 /** Who opened a connection, as the stream header tells the client. */
 export interface Visitor {

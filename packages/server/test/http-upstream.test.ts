@@ -5,10 +5,15 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import { type AddressInfo, connect, createServer as createRawServer } from 'node:net';
-import { test } from 'node:test';
+import { Duplex } from 'node:stream';
+import { type TestContext, test } from 'node:test';
 import { ChunkedDecoder } from '../src/http-chunked-decoder.js';
 import { headEnd, parseResponseHead, UpstreamProtocolError } from '../src/http-response-head.js';
-import type { ResponseSink, UpstreamConnection } from '../src/http-upstream-connection.js';
+import {
+  MAX_RESPONSE_HEAD,
+  type ResponseSink,
+  type UpstreamConnection,
+} from '../src/http-upstream-connection.js';
 import { UpstreamPool, type Visitor } from '../src/http-upstream-pool.js';
 
 const head = (text: string) => Buffer.from(text.replaceAll('\n', '\r\n'), 'latin1');
@@ -187,6 +192,21 @@ function get(pool: UpstreamPool, path: string, method = 'GET'): Promise<Collecte
   });
 }
 
+/** A pool whose streams are plain connections to `port`, closed after the test; counts what it opened. */
+function poolTo(t: TestContext, port: number, streams: number): { pool: UpstreamPool; opened: () => number } {
+  let opened = 0;
+  const pool = new UpstreamPool({
+    openStream: () => {
+      opened++;
+      return connect(port, '127.0.0.1');
+    },
+    maxStreams: streams,
+    maxFreeStreams: streams,
+  });
+  t.after(() => pool.destroy());
+  return { pool, opened: () => opened };
+}
+
 test('the pool carries request after request on one stream, opens more only when all are busy', async (t) => {
   let active = 0;
   let peak = 0;
@@ -202,23 +222,14 @@ test('the pool carries request after request on one stream, opens more only when
     else reply();
   });
   t.after(() => backend.server.close());
-  let opened = 0;
-  const pool = new UpstreamPool({
-    openStream: () => {
-      opened++;
-      return connect(backend.port, '127.0.0.1');
-    },
-    maxStreams: 2,
-    maxFreeStreams: 2,
-  });
-  t.after(() => pool.destroy());
+  const { pool, opened } = poolTo(t, backend.port, 2);
 
   for (let i = 0; i < 30; i++) {
     const r = await get(pool, `/${i}`);
     assert.equal(r.error, undefined);
     assert.deepEqual([r.status, r.body], [200, `ok /${i}`]);
   }
-  assert.equal(opened, 1, 'one stream for 30 sequential requests');
+  assert.equal(opened(), 1, 'one stream for 30 sequential requests');
   assert.equal(backend.connections(), 1);
 
   // Five at once with two streams allowed: all answered, never more than two at the service.
@@ -228,13 +239,13 @@ test('the pool carries request after request on one stream, opens more only when
     [1, 2, 3, 4, 5].map((i) => `ok /slow${i}`),
   );
   assert.equal(peak, 2, 'at most maxStreams requests at the service at once');
-  assert.equal(opened, 2);
+  assert.equal(opened(), 2);
 
   // A response that says Connection: close retires its stream; the next request opens another.
   assert.equal((await get(pool, '/close')).body, 'ok /close');
   assert.equal((await get(pool, '/after')).body, 'ok /after');
   assert.equal((await get(pool, '/after')).body, 'ok /after');
-  assert.equal(opened, 2, 'the other pooled stream served after the close');
+  assert.equal(opened(), 2, 'the other pooled stream served after the close');
   assert.ok(pool.size <= 2, `${pool.size} streams open`);
 
   // HEAD: no body is waited for, and the stream stays usable.
@@ -247,23 +258,14 @@ test('a stream the service closed while idle is not handed out again', async (t)
   const backend = await startBackend((req, res) => res.end(`ok ${req.url}`));
   backend.server.keepAliveTimeout = 100;
   t.after(() => backend.server.close());
-  let opened = 0;
-  const pool = new UpstreamPool({
-    openStream: () => {
-      opened++;
-      return connect(backend.port, '127.0.0.1');
-    },
-    maxStreams: 4,
-    maxFreeStreams: 4,
-  });
-  t.after(() => pool.destroy());
+  const { pool, opened } = poolTo(t, backend.port, 4);
   assert.equal((await get(pool, '/1')).body, 'ok /1');
   // Node's server ends an idle keep-alive connection within about a second of the timeout.
   for (let waited = 0; pool.size > 0 && waited < 5000; waited += 50)
     await new Promise((resolve) => setTimeout(resolve, 50));
   assert.equal(pool.size, 0, 'the closed stream left the pool');
   assert.equal((await get(pool, '/2')).body, 'ok /2');
-  assert.equal(opened, 2);
+  assert.equal(opened(), 2);
 
   pool.destroy();
   const late = await get(pool, '/5');
@@ -285,12 +287,7 @@ test('a reused stream that fails before any answer is marked retryable, a new on
   await once(raw, 'listening');
   t.after(() => raw.close());
   const port = (raw.address() as AddressInfo).port;
-  const pool = new UpstreamPool({
-    openStream: () => connect(port, '127.0.0.1'),
-    maxStreams: 1,
-    maxFreeStreams: 1,
-  });
-  t.after(() => pool.destroy());
+  const { pool } = poolTo(t, port, 1);
   assert.equal((await get(pool, '/1')).body, 'ok');
   const failed = await get(pool, '/2');
   assert.ok(failed.error, 'the request on the reset stream failed');
@@ -298,12 +295,7 @@ test('a reused stream that fails before any answer is marked retryable, a new on
   // The failed stream left the pool: the next request has a new one, and works.
   assert.equal((await get(pool, '/3')).body, 'ok');
   // On a stream that carried nothing before, a failure proves nothing about resending.
-  const fresh = new UpstreamPool({
-    openStream: () => connect(port, '127.0.0.1'),
-    maxStreams: 1,
-    maxFreeStreams: 1,
-  });
-  t.after(() => fresh.destroy());
+  const { pool: fresh } = poolTo(t, port, 1);
   const first = await get(fresh, '/reset-at-once');
   assert.ok(first.error, 'the first request on a new stream failed');
   assert.equal(first.retryable, false);
@@ -314,8 +306,6 @@ test('a reused stream that fails before any answer is marked retryable, a new on
 });
 
 test('a response head over 64 KiB is refused, whether it comes in one piece or many', async () => {
-  const { Duplex } = await import('node:stream');
-  const { MAX_RESPONSE_HEAD } = await import('../src/http-upstream-connection.js');
   const big = Buffer.from(
     `HTTP/1.1 200 OK\r\nX-Big: ${'a'.repeat(MAX_RESPONSE_HEAD)}\r\nContent-Length: 2\r\n\r\nok`,
   );
