@@ -11,6 +11,7 @@ import { type PipeResult, pipeBidirectional } from '../src/pipe-bidirectional.js
  */
 async function relayTo(onService: (socket: Socket) => void) {
   const results: PipeResult[] = [];
+  const upstreams: Socket[] = [];
   const service = createServer({ allowHalfOpen: true }, onService);
   service.listen(0, '127.0.0.1');
   await once(service, 'listening');
@@ -20,6 +21,7 @@ async function relayTo(onService: (socket: Socket) => void) {
       host: '127.0.0.1',
       allowHalfOpen: true,
     });
+    upstreams.push(upstream);
     upstream.once('connect', () =>
       pipeBidirectional(visitor, upstream, { labels: ['visitor', 'service'] }, (r) => results.push(r)),
     );
@@ -37,7 +39,7 @@ async function relayTo(onService: (socket: Socket) => void) {
     assert.equal(results.length, 1, 'pipe finished');
     return results[0]!;
   };
-  return { dial, close, waitResult };
+  return { dial, close, waitResult, upstreams };
 }
 
 test('half-close: the visitor ends its side and still receives the reply; bytes are counted', async () => {
@@ -76,13 +78,17 @@ test('a reset on one side resets the other', async () => {
   relay.close();
 });
 
-test('a paused reader stops the writer (backpressure), and nothing is lost when it resumes', async () => {
+test('a paused reader stops the writer (backpressure), and nothing is lost when it resumes', async (t) => {
   let serviceSocket: Socket | undefined;
   const relay = await relayTo((socket) => {
     serviceSocket = socket;
     socket.pause();
   });
   const visitor = relay.dial();
+  t.after(() => {
+    for (const socket of [visitor, serviceSocket, ...relay.upstreams]) socket?.destroy();
+    relay.close();
+  });
   const chunk = Buffer.alloc(64 * 1024, 1);
   let written = 0;
   // Write until the kernel buffers and the relay's buffers are full; bounded in count.
@@ -97,6 +103,10 @@ test('a paused reader stops the writer (backpressure), and nothing is lost when 
     }
   }
   assert.ok(written < 4096 * chunk.length, `the writer was stopped after ${written} bytes`);
+  // What the relay holds for the stalled service: at most what it gathers for a socket (1 MiB) and one more
+  // read; without that cap, one turn's reads (2 MiB).
+  const held = relay.upstreams[0]!.writableLength;
+  assert.ok(held <= 1024 * 1024 + 64 * 1024, `the relay holds ${held} bytes for the stalled service`);
   let received = 0;
   serviceSocket!.on('data', (c: Buffer) => {
     received += c.length;
@@ -108,6 +118,54 @@ test('a paused reader stops the writer (backpressure), and nothing is lost when 
   serviceSocket!.end();
   await relay.waitResult();
   relay.close();
+});
+
+test('large pieces that reach a socket in one turn leave in one writev; a small one leaves at once', async (t) => {
+  const received: Buffer[] = [];
+  const service = createServer({ allowHalfOpen: true }, (s) => {
+    s.on('data', (c: Buffer) => received.push(c));
+    s.on('end', () => s.end());
+  });
+  service.listen(0, '127.0.0.1');
+  await once(service, 'listening');
+  const socket = connect({
+    port: (service.address() as AddressInfo).port,
+    host: '127.0.0.1',
+    allowHalfOpen: true,
+  });
+  t.after(() => {
+    socket.destroy();
+    service.close();
+  });
+  await once(socket, 'connect');
+  const writes: number[] = [];
+  const writeOne = socket._write.bind(socket);
+  const writeMany = socket._writev!.bind(socket);
+  socket._write = (chunk, encoding, callback) => {
+    writes.push(1);
+    writeOne(chunk, encoding, callback);
+  };
+  socket._writev = (chunks, callback) => {
+    writes.push(chunks.length);
+    writeMany(chunks, callback);
+  };
+  const tunnel = new Duplex({ read() {}, write: (_chunk, _encoding, callback) => callback() });
+  let result: PipeResult | undefined;
+  pipeBidirectional(tunnel, socket, { labels: ['tunnel', 'local'] }, (r) => {
+    result = r;
+  });
+  // Four 16 KiB pieces in one go, the way TLS passes on one read's records.
+  const pieces = [1, 2, 3, 4].map((n) => Buffer.alloc(16 * 1024, n));
+  for (const piece of pieces) tunnel.push(piece);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.deepEqual(writes, [4], 'one writev carried the four pieces');
+  tunnel.push(Buffer.from('bye'));
+  assert.deepEqual(writes, [4, 1], 'the small piece was written at once');
+  tunnel.push(null);
+  for (let i = 0; i < 200 && result === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(Buffer.concat(received).equals(Buffer.concat([...pieces, Buffer.from('bye')])), 'bytes in order');
+  assert.equal(result?.reason, 'closed');
+  assert.equal(result?.bytesAtoB, 4 * 16 * 1024 + 3);
 });
 
 test('an abort while the socket is still sending its FIN closes it anyway (libuv cannot reset a shutting-down stream)', {
