@@ -1,5 +1,5 @@
-// `node bench/dist/run.js tunnel-profile [--reverse] [--seconds N]`: the single-stream iperf3 case through
-// porthole over ws, with porthole-server and porthole-client under V8's CPU profiler (cpu-profile-preload,
+// `node bench/dist/run.js tunnel-profile [--reverse] [--wss] [--seconds N]`: the single-stream iperf3 case
+// through porthole over ws (or wss), with porthole-server and porthole-client under V8's CPU profiler (cpu-profile-preload,
 // through NODE_OPTIONS), then a self-time summary of both profiles. The .cpuprofile files stay in a temp dir for flame graphs
 // (Chrome DevTools or speedscope open them).
 import { mkdtemp, readdir } from 'node:fs/promises';
@@ -35,22 +35,23 @@ async function withProfiler<T>(dir: string, start: () => Promise<T>): Promise<T>
 export async function main(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
-    options: { reverse: { type: 'boolean' }, seconds: { type: 'string' } },
+    options: { reverse: { type: 'boolean' }, wss: { type: 'boolean' }, seconds: { type: 'string' } },
   });
   const seconds = Number(values.seconds ?? 8);
+  const transport = values.wss ? 'wss' : 'ws';
   const profileDir = await mkdtemp(path.join(os.tmpdir(), 'porthole-cpuprof-'));
   const h = await Harness.create();
   const peerHarnesses: Harness[] = [];
   try {
     const iperf = await startIperfDaemon(h);
     const [peer] = await withProfiler(profileDir, () =>
-      portholePeers({ iperf: iperf.port, http: iperf.port, echo: iperf.port }, 'ws'),
+      portholePeers({ iperf: iperf.port, http: iperf.port, echo: iperf.port }, transport),
     );
     if (!peer) throw new Error('porthole did not start');
     if (peer.harness) peerHarnesses.push(peer.harness);
     const figures = await iperfClient(peer.ports.iperf!, { seconds, reverse: values.reverse });
     process.stdout.write(
-      `iperf3 ${values.reverse ? '-R ' : ''}-t ${seconds} through porthole ws: ${figures.gbits.toFixed(2)} Gbit/s\n\n`,
+      `iperf3 ${values.reverse ? '-R ' : ''}-t ${seconds} through porthole ${transport}: ${figures.gbits.toFixed(2)} Gbit/s\n\n`,
     );
     // SIGTERM: both drain and exit 0, which is when V8 writes the profile.
     for (const proc of peer.procs) await proc.stop(10_000);
