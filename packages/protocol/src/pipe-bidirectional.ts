@@ -160,5 +160,9 @@ function pump(src: Duplex, dest: Duplex, count: (bytes: number) => void): void {
     }
     if (!dest.write(chunk) && dest.writableLength >= MAX_GATHERED) waitForDrain();
   });
-  src.once('end', () => dest.end());
+  // As pipe() does: a source that already ended still ends the destination, and a source paused while its
+  // first bytes were inspected (a TLS ClientHello) flows now.
+  if (src.readableEnded) process.nextTick(() => dest.end());
+  else src.once('end', () => dest.end());
+  src.resume();
 }

@@ -168,6 +168,40 @@ test('large pieces that reach a socket in one turn leave in one writev; a small 
   assert.equal(result?.bytesAtoB, 4 * 16 * 1024 + 3);
 });
 
+test('a source paused while its first bytes were inspected flows once piped, those bytes first', async () => {
+  const echo = createServer({ allowHalfOpen: true }, (socket) => {
+    socket.on('data', (c: Buffer) => socket.write(c));
+    socket.on('end', () => socket.end());
+  });
+  echo.listen(0, '127.0.0.1');
+  await once(echo, 'listening');
+  const echoPort = (echo.address() as AddressInfo).port;
+  const sni = createServer({ allowHalfOpen: true }, (visitor) => {
+    // The way the tls listener reads a ClientHello: take the first bytes, pause, put them back, carry on.
+    visitor.once('data', (first: Buffer) => {
+      visitor.pause();
+      visitor.unshift(first);
+      const upstream = connect({ port: echoPort, host: '127.0.0.1', allowHalfOpen: true });
+      upstream.once('connect', () => pipeBidirectional(visitor, upstream, () => {}));
+    });
+  });
+  sni.listen(0, '127.0.0.1');
+  await once(sni, 'listening');
+  const visitor = connect({ port: (sni.address() as AddressInfo).port, host: '127.0.0.1' });
+  visitor.end('hello, then the rest');
+  const reply: Buffer[] = [];
+  visitor.on('data', (c: Buffer) => reply.push(c));
+  const ended = await Promise.race([
+    once(visitor, 'end').then(() => true),
+    new Promise((r) => setTimeout(() => r(false), 3000)),
+  ]);
+  visitor.destroy();
+  sni.close();
+  echo.close();
+  assert.ok(ended, 'the reply ended');
+  assert.equal(Buffer.concat(reply).toString(), 'hello, then the rest');
+});
+
 test('an abort while the socket is still sending its FIN closes it anyway (libuv cannot reset a shutting-down stream)', {
   timeout: 10_000,
 }, async () => {
