@@ -16,5 +16,6 @@ export * from './proxy-protocol.js';
 export * from './rules.js';
 export * from './stream-header.js';
 export * from './token.js';
+export * from './turn-gathered-writes.js';
 export * from './udp-datagram-codec.js';
 export * from './version.js';

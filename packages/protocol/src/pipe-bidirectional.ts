@@ -1,5 +1,6 @@
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { TurnGatheredWrites } from './turn-gathered-writes.js';
 
 export interface PipeResult {
   /** Bytes read from `a` and written towards `b`. */
@@ -107,58 +108,21 @@ export function pipeBidirectional(
 }
 
 /**
- * A socket gathers at most this much before its source pauses. Without a cap, a source resumed after 'drain'
- * would hand over everything it had buffered (up to a mux window, 16 MiB) in one go; 256 KiB measured
- * 3-10% slower than 1 MiB through iperf3.
- */
-const MAX_GATHERED = 1024 * 1024;
-
-/**
- * Pieces smaller than this go out at once: most are a whole message (a request, a reply, a keystroke) with
- * nothing behind them in the same read, and corking them would cost a timer and buy nothing.
- */
-const GATHER_FROM = 8 * 1024;
-
-/**
- * `src.pipe(dest)`, except that what arrives for a socket within one event-loop turn leaves in one writev.
- * The tunnel hands a connection its bytes in pieces: TLS decrypts in 16 KiB records and a WebSocket frame
- * can span reads, so one read of the tunnel used to cost a connection several write() calls. The socket is
- * corked for the rest of the turn (setImmediate runs right after the poll phase that delivered the pieces).
- * Backpressure as pipe's, judged once per turn: when the kernel did not take the batch (the socket still
- * holds its high-water mark), the source pauses until 'drain', and within a turn once MAX_GATHERED is
- * waiting; so a stalled reader costs the relay about MAX_GATHERED, and the mux window keeps the rest.
+ * `src.pipe(dest)`, except that a socket's writes are gathered per event-loop turn (TurnGatheredWrites).
  */
 function pump(src: Duplex, dest: Duplex, count: (bytes: number) => void): void {
-  const gather = dest instanceof Socket;
-  let corked = false;
+  const out = dest instanceof Socket ? new TurnGatheredWrites(dest) : dest;
   let waiting = false;
   const resume = () => {
     waiting = false;
     src.resume();
   };
-  const waitForDrain = () => {
-    if (waiting) return;
+  src.on('data', (chunk: Buffer) => {
+    count(chunk.length);
+    if (out.write(chunk) || waiting) return;
     waiting = true;
     src.pause();
     dest.once('drain', resume);
-  };
-  const flush = () => {
-    corked = false;
-    dest.uncork();
-    if (dest.writableLength >= dest.writableHighWaterMark) waitForDrain();
-  };
-  src.on('data', (chunk: Buffer) => {
-    count(chunk.length);
-    if (!corked && (!gather || chunk.length < GATHER_FROM)) {
-      if (!dest.write(chunk)) waitForDrain();
-      return;
-    }
-    if (!corked) {
-      corked = true;
-      dest.cork();
-      setImmediate(flush);
-    }
-    if (!dest.write(chunk) && dest.writableLength >= MAX_GATHERED) waitForDrain();
   });
   // As pipe() does: a source that already ended still ends the destination, and a source paused while its
   // first bytes were inspected (a TLS ClientHello) flows now.

@@ -11,6 +11,7 @@ import {
   formatHostPort,
   type Logger,
   normalizeRequestHost,
+  TurnGatheredWrites,
 } from '@porthole/protocol';
 import type { HostRoutes, RouteEntry } from './host-routes.js';
 import { headerTokens, type ResponseHead } from './http-response-head.js';
@@ -244,6 +245,7 @@ export class HttpVhostRouter {
       else res.destroy();
     };
     let awaitingDrain = false;
+    const body = new TurnGatheredWrites(res);
     const resumeUpstream = (): void => {
       awaitingDrain = false;
       current?.resume();
@@ -254,7 +256,7 @@ export class HttpVhostRouter {
         res.writeHead(upstream.statusCode, upstream.statusMessage, responseHeaders(upstream));
       },
       onBody: (data) => {
-        if (res.write(data)) return true;
+        if (body.write(data)) return true;
         if (!awaitingDrain) {
           awaitingDrain = true;
           res.once('drain', resumeUpstream);
