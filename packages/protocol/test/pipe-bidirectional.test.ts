@@ -4,6 +4,7 @@ import { type AddressInfo, connect, createServer, type Server, type Socket } fro
 import { Duplex } from 'node:stream';
 import { test } from 'node:test';
 import { type PipeResult, pipeBidirectional } from '../src/pipe-bidirectional.js';
+import { countSocketWrites } from './count-socket-writes.js';
 
 /**
  * A relay on loopback built from real sockets: visitor -> [relay: accepted socket <-> socket to service]
@@ -138,17 +139,7 @@ test('large pieces that reach a socket in one turn leave in one writev; a small 
     service.close();
   });
   await once(socket, 'connect');
-  const writes: number[] = [];
-  const writeOne = socket._write.bind(socket);
-  const writeMany = socket._writev!.bind(socket);
-  socket._write = (chunk, encoding, callback) => {
-    writes.push(1);
-    writeOne(chunk, encoding, callback);
-  };
-  socket._writev = (chunks, callback) => {
-    writes.push(chunks.length);
-    writeMany(chunks, callback);
-  };
+  const writes = countSocketWrites(socket);
   const tunnel = new Duplex({ read() {}, write: (_chunk, _encoding, callback) => callback() });
   let result: PipeResult | undefined;
   pipeBidirectional(tunnel, socket, { labels: ['tunnel', 'local'] }, (r) => {

@@ -4,26 +4,11 @@ import { createServer, get, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { test } from 'node:test';
 import { TurnGatheredWrites } from '../src/turn-gathered-writes.js';
-
-/** Counts the socket's writes: 1 per write(), the number of buffers per writev(). */
-function countWrites(socket: Socket): number[] {
-  const writes: number[] = [];
-  const writeOne = socket._write.bind(socket);
-  const writeMany = socket._writev!.bind(socket);
-  socket._write = (chunk, encoding, callback) => {
-    writes.push(1);
-    writeOne(chunk, encoding, callback);
-  };
-  socket._writev = (chunks, callback) => {
-    writes.push(chunks.length);
-    writeMany(chunks, callback);
-  };
-  return writes;
-}
+import { countSocketWrites } from './count-socket-writes.js';
 
 /** An HTTP server whose one response is written by `respond`; returns the body the client read. */
 async function serve(respond: (res: ServerResponse, writes: number[]) => void): Promise<Buffer> {
-  const server = createServer((_req, res) => respond(res, countWrites(res.socket as Socket)));
+  const server = createServer((_req, res) => respond(res, countSocketWrites(res.socket as Socket)));
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   try {
