@@ -82,10 +82,13 @@ export function formatStatus(status: ClientStatus, now = Date.now()): string {
   if (status.state === 'established') {
     lines.push(`session:  established as "${status.client}" (session ${status.session_id}), for ${age}`);
   } else {
+    // Between attempts the client waits (retry_at); without one, an attempt is under way or it is stopping.
     const retry =
-      status.retry_at === undefined
-        ? ''
-        : `, next attempt in ${humanAge(Date.parse(status.retry_at) - now + 999)}`;
+      status.retry_at !== undefined
+        ? `, next attempt in ${humanAge(Date.parse(status.retry_at) - now + 999)}`
+        : status.state === 'stopping'
+          ? ''
+          : ', connecting now';
     lines.push(`session:  ${status.state} for ${age}${retry}`);
     if (status.last_error) lines.push(`last error: ${status.last_error}`);
   }

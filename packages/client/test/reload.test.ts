@@ -82,4 +82,10 @@ test('formatStatus: the session line and one row per proxy', () => {
       '',
     ].join('\n'),
   );
+  const waiting = { ...status, state: 'reconnecting', since: '2026-01-01T11:59:58Z', last_error: 'refused' };
+  const between = formatStatus({ ...waiting, retry_at: '2026-01-01T12:00:03Z' } as ClientStatus, now);
+  assert.match(between, /^session: {2}reconnecting for 2s, next attempt in 3s$/m);
+  const during = formatStatus(waiting as ClientStatus, now);
+  assert.match(during, /^session: {2}reconnecting for 2s, connecting now$/m);
+  assert.match(during, /^last error: refused$/m);
 });
