@@ -43,6 +43,20 @@ async function relayTo(onService: (socket: Socket) => void) {
   return { dial, close, waitResult, upstreams };
 }
 
+/** A loopback service (half-open allowed) and a socket connected to it. */
+async function dialService(onConnection: (socket: Socket) => void) {
+  const service = createServer({ allowHalfOpen: true }, onConnection);
+  service.listen(0, '127.0.0.1');
+  await once(service, 'listening');
+  const socket = connect({
+    port: (service.address() as AddressInfo).port,
+    host: '127.0.0.1',
+    allowHalfOpen: true,
+  });
+  await once(socket, 'connect');
+  return { service, socket };
+}
+
 test('half-close: the visitor ends its side and still receives the reply; bytes are counted', async () => {
   const relay = await relayTo((socket) => {
     let received = 0;
@@ -123,22 +137,14 @@ test('a paused reader stops the writer (backpressure), and nothing is lost when 
 
 test('large pieces that reach a socket in one turn leave in one writev; a small one leaves at once', async (t) => {
   const received: Buffer[] = [];
-  const service = createServer({ allowHalfOpen: true }, (s) => {
+  const { service, socket } = await dialService((s) => {
     s.on('data', (c: Buffer) => received.push(c));
     s.on('end', () => s.end());
-  });
-  service.listen(0, '127.0.0.1');
-  await once(service, 'listening');
-  const socket = connect({
-    port: (service.address() as AddressInfo).port,
-    host: '127.0.0.1',
-    allowHalfOpen: true,
   });
   t.after(() => {
     socket.destroy();
     service.close();
   });
-  await once(socket, 'connect');
   const writes = countSocketWrites(socket);
   const tunnel = new Duplex({ read() {}, write: (_chunk, _encoding, callback) => callback() });
   let result: PipeResult | undefined;
@@ -196,15 +202,7 @@ test('a source paused while its first bytes were inspected flows once piped, tho
 test('an abort while the socket is still sending its FIN closes it anyway (libuv cannot reset a shutting-down stream)', {
   timeout: 10_000,
 }, async () => {
-  const service = createServer({ allowHalfOpen: true }, (s) => s.resume());
-  service.listen(0, '127.0.0.1');
-  await once(service, 'listening');
-  const socket = connect({
-    port: (service.address() as AddressInfo).port,
-    host: '127.0.0.1',
-    allowHalfOpen: true,
-  });
-  await once(socket, 'connect');
+  const { service, socket } = await dialService((s) => s.resume());
   const tunnel = new Duplex({ read() {}, write: (_chunk, _encoding, callback) => callback() });
   let result: PipeResult | undefined;
   pipeBidirectional(tunnel, socket, { labels: ['tunnel', 'local'] }, (r) => {
