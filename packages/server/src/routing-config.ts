@@ -8,6 +8,7 @@ import {
   expected,
   type HostPort,
   hostPortField,
+  parseDuration,
   parseHostPattern,
 } from '@porthole/protocol';
 import { z } from 'zod';
@@ -44,6 +45,20 @@ const positiveInt = (what: string) =>
     .int()
     .min(1);
 
+/** A duration, or 0 (written 0 or "0") for no limit; anything else is named in the error. */
+const durationOrOffField = z
+  .union([z.number(), z.string()], { error: expected('a duration like "60s", or 0 for no limit') })
+  .transform((value, ctx) => {
+    if (value === 0 || value === '0') return 0;
+    try {
+      if (typeof value === 'number') throw new Error('expected a duration like "60s", or 0 for no limit');
+      return parseDuration(value);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      return z.NEVER;
+    }
+  });
+
 /** Spread into the server schema's top level. */
 export const routingConfigShape = {
   subdomain_host: hostnameField.optional(),
@@ -55,7 +70,7 @@ export const routingConfigShape = {
       {
         listen: hostPortField({ allowZero: true }).optional(),
         headers_timeout: durationField.prefault('10s'),
-        request_timeout: z.union([z.literal(0), durationField]).prefault('5m'),
+        request_timeout: durationOrOffField.prefault('5m'),
         keep_alive_timeout: durationField.prefault('5s'),
         idle_timeout: durationField.prefault('60s'),
         max_header_size: positiveInt('a number of bytes')

@@ -273,6 +273,17 @@ test('server.toml: routing keys parse with defaults, and mistakes name their key
   assert.deepEqual(problems('[http]\nheaders_timeout = "10s"\nrequest_timeout = "5s"\n'), [
     'http.request_timeout: must not be shorter than http.headers_timeout',
   ]);
+  // request_timeout: a duration, or 0 (either spelling) for none.
+  const httpLimits = (text: string) => loadServerConfig(write(`[http]\n${text}\n`)).routing?.httpLimits;
+  for (const off of ['0', '"0"', '"0s"']) {
+    assert.equal(httpLimits(`request_timeout = ${off}`)?.requestTimeout, 0, `request_timeout = ${off}`);
+  }
+  assert.deepEqual(problems('[http]\nrequest_timeout = "-5s"\n'), [
+    'http.request_timeout: invalid duration "-5s" (expected a number and a unit: 250ms, 10s, 5m, 2h, 90d)',
+  ]);
+  assert.deepEqual(problems('[http]\nrequest_timeout = 30\n'), [
+    'http.request_timeout: expected a duration like "60s", or 0 for no limit',
+  ]);
   assert.deepEqual(
     problems(
       '[https]\nlisten = "127.0.0.1:0"\n[[https.certs]]\ncert_file = "nope.pem"\nkey_file = "nope.key"\n',
