@@ -1,13 +1,16 @@
 // Limits on the http vhost port against hostile visitors: slowloris (headers trickling in a byte a
 // second) is cut at headers_timeout, silent connections at idle_timeout, oversize heads get 431, and a
-// normal visitor is served throughout.
+// normal visitor is served throughout. And against a local service that never answers: 504 at
+// response_timeout.
 import assert from 'node:assert/strict';
+import { readFile, writeFile } from 'node:fs/promises';
+import { createServer, type ServerResponse } from 'node:http';
 import net from 'node:net';
 import { test } from 'node:test';
 import { WebSocket } from 'ws';
 import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
-import { sleep, withHarness } from './lib/processes.js';
+import { run, sleep, waitFor, withHarness } from './lib/processes.js';
 import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
 
 interface Loris {
@@ -145,4 +148,193 @@ test('a request head over max_header_size gets 431 and the port keeps serving', 
     assert.equal(backend.requests.length, 1, 'only the request that fitted reached the service');
     assert.equal((await curl(['-H', 'Host: app.test'], url)).status, 200);
   }),
+);
+
+interface StuckRequest {
+  method: string;
+  url: string;
+  /** Which TCP connection (1, 2, ...) of the service carried it. */
+  conn: number;
+  bodyBytes: number;
+  /** When the head and the last byte of the body arrived (Date.now()). */
+  headAt: number;
+  endedAt: number;
+}
+
+/** A local HTTP service that reads every request in full and answers only while `answering` is set. */
+async function startStuckService() {
+  const state = {
+    answering: false,
+    requests: [] as StuckRequest[],
+    connections: 0,
+    closedConnections: 0,
+    port: 0,
+    held: [] as ServerResponse[],
+  };
+  const server = createServer((req, res) => {
+    const seen: StuckRequest = {
+      method: req.method ?? '',
+      url: req.url ?? '',
+      conn: (req.socket as unknown as { conn: number }).conn,
+      bodyBytes: 0,
+      headAt: Date.now(),
+      endedAt: 0,
+    };
+    state.requests.push(seen);
+    req.on('data', (d: Buffer) => {
+      seen.bodyBytes += d.length;
+    });
+    req.on('end', () => {
+      seen.endedAt = Date.now();
+      if (!state.answering) {
+        state.held.push(res);
+        return;
+      }
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end(JSON.stringify(seen));
+    });
+  });
+  server.on('connection', (socket) => {
+    state.connections += 1;
+    (socket as unknown as { conn: number }).conn = state.connections;
+    socket.on('close', () => {
+      state.closedConnections += 1;
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  state.port = (server.address() as net.AddressInfo).port;
+  const close = () =>
+    new Promise<void>((resolve) => {
+      server.closeAllConnections();
+      server.close(() => resolve());
+    });
+  return Object.assign(state, { close });
+}
+
+test(
+  'a local service that never answers: 504 at response_timeout, its stream is dropped, other requests are served',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const [app, stuck] = await Promise.all([startHttpBackend('app'), startStuckService()]);
+      h.onCleanup(() => Promise.all([app.close(), stuck.close()]));
+      const server = await startRoutedServer(h, { http: { response_timeout: '1s' } });
+      const token = await issueRoutedToken(server, { name: 'slow', hosts: ['app.test', 'stuck.test'] });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          { name: 'app', type: 'http', local: `127.0.0.1:${app.port}`, hosts: ['app.test'] },
+          { name: 'stuck', type: 'http', local: `127.0.0.1:${stuck.port}`, hosts: ['stuck.test'] },
+        ],
+      });
+      const base = `http://127.0.0.1:${server.httpPort}`;
+      const timed = async (args: string[], path: string) => {
+        const started = Date.now();
+        const r = await curl(args, `${base}${path}`);
+        return { ...r, ms: Date.now() - started };
+      };
+
+      // A GET the service reads and never answers; meanwhile another route answers at once.
+      const mark = server.proc.mark();
+      const hung = timed(['-H', 'Host: stuck.test'], '/hang');
+      await waitFor('the service to receive /hang', () => stuck.requests.length === 1, 5000);
+      const during = await timed(['-H', 'Host: app.test'], '/during');
+      assert.equal(during.status, 200, during.stderr);
+      assert.ok(during.ms < 900, `app.test took ${during.ms} ms while stuck.test hung`);
+      const first = await hung;
+      assert.equal(first.status, 504, `${first.status} ${first.stderr}`);
+      assert.match(first.body, /did not answer within 1 s\./);
+      assert.ok(first.ms >= 1000 && first.ms < 10_000, `504 after ${first.ms} ms`);
+      t.diagnostic(`504 after ${first.ms} ms`);
+      const failed = await server.proc.waitForMsg('http forward failed', 5000, {
+        from: mark,
+        fields: { proxy: 'stuck' },
+      });
+      assert.equal(failed.reason, 'no response head within 1000 ms');
+      assert.equal(failed.client, 'slow');
+      assert.match(String(failed.remote_addr), /^127\.0\.0\.1:\d+$/);
+      const logged = await server.proc.waitForMsg('http request', 5000, {
+        from: mark,
+        fields: { path: '/hang' },
+      });
+      assert.equal(logged.status, 504);
+      // The tunnel stream was reset, so the service's connection (with the answer still owed) is closed.
+      await waitFor('the stuck connection to close', () => stuck.closedConnections === 1, 5000);
+
+      // With a body, the time counts from its last byte: 60 KB uploaded at 20 KB/s (longer than the
+      // timeout, so a timer counted from the head would cut it) is read in full, and the 504 comes a second
+      // after its end.
+      const posted = await timed(
+        [
+          '-H',
+          'Host: stuck.test',
+          '--limit-rate',
+          '20K',
+          '--data-binary',
+          `@${await h.file('body', 'x'.repeat(60_000))}`,
+        ],
+        '/upload',
+      );
+      const postedAt = Date.now();
+      assert.equal(posted.status, 504, `${posted.status} ${posted.stderr}`);
+      const upload = stuck.requests.find((r) => r.url === '/upload')!;
+      assert.equal(upload.bodyBytes, 60_000, 'the service read the whole body');
+      const uploadMs = upload.endedAt - upload.headAt;
+      assert.ok(uploadMs >= 1200, `the upload took only ${uploadMs} ms`);
+      // The server's timer starts a moment before the service sees the last byte: a little slack.
+      const afterBody = postedAt - upload.endedAt;
+      assert.ok(afterBody >= 900 && afterBody < 5000, `504 ${afterBody} ms after the body's end`);
+      t.diagnostic(`504 ${afterBody} ms after a ${uploadMs} ms upload`);
+
+      // A head in time and a body slower than the timeout (100 chunks 20 ms apart): passed on whole.
+      const slowStarted = Date.now();
+      const slowBody = await run('curl', [
+        '-sS',
+        '-o',
+        '/dev/null',
+        '-w',
+        '%{http_code} %{size_download}',
+        '-H',
+        'Host: app.test',
+        `${base}/stream?bytes=4000&chunks=100`,
+      ]);
+      const slowMs = Date.now() - slowStarted;
+      assert.equal(slowBody.code, 0, slowBody.stderr);
+      assert.equal(slowBody.stdout, '200 4000', `after ${slowMs} ms`);
+      assert.ok(slowMs >= 1500, `the body took ${slowMs} ms`);
+
+      // The service answers again: the next request gets through on a fresh connection, none of the
+      // timed-out exchanges' streams was handed out again.
+      stuck.answering = true;
+      const after = await timed(['-H', 'Host: stuck.test'], '/after');
+      assert.equal(after.status, 200, `${after.status} ${after.stderr}`);
+      const seen = JSON.parse(after.body) as StuckRequest;
+      assert.equal(seen.url, '/after');
+      assert.ok(
+        stuck.requests.filter((r) => r.url !== '/after').every((r) => r.conn !== seen.conn),
+        `/after came on connection ${seen.conn}, which carried a timed-out request`,
+      );
+      assert.equal(stuck.held.length, 2, 'both timed-out requests had reached the service');
+
+      // Like the other [http] limits, response_timeout is fixed at start: a reload says so and the
+      // running value stays.
+      const reloadMark = server.proc.mark();
+      const text = await readFile(server.config.configPath, 'utf8');
+      assert.match(text, /response_timeout = "1s"/);
+      await writeFile(server.config.configPath, text.replace('"1s"', '"30s"'));
+      server.proc.kill('SIGHUP');
+      const restart = await server.proc.waitForMsg(
+        'reload: these settings take effect after a restart',
+        10_000,
+        {
+          from: reloadMark,
+        },
+      );
+      assert.deepEqual(restart.keys, ['http limits']);
+      stuck.answering = false;
+      const again = await timed(['-H', 'Host: stuck.test'], '/again');
+      assert.equal(again.status, 504, `${again.status} ${again.stderr}`);
+      assert.ok(again.ms >= 1000 && again.ms < 5000, `504 after ${again.ms} ms: still the running 1 s`);
+    }),
 );

@@ -43,6 +43,8 @@ export interface HttpVhostRouterOptions {
   /** Upgrades on this path go to the control endpoint (so clients can dial the vhost ports). */
   controlPath: string;
   onControlUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  /** [http] response_timeout: ms from a request's last byte to the response head, else 504; 0: none. */
+  responseTimeout: number;
 }
 
 /** Headers that describe one hop, never forwarded (RFC 9110 7.6.1), plus ones we set ourselves. */
@@ -129,7 +131,12 @@ function responseHeaders(head: ResponseHead): string[] {
 }
 
 export class HttpVhostRouter {
-  constructor(private readonly opts: HttpVhostRouterOptions) {}
+  /** The 504 page's text, written once. */
+  private readonly noAnswerText: string;
+
+  constructor(private readonly opts: HttpVhostRouterOptions) {
+    this.noAnswerText = `The service behind this tunnel did not answer within ${opts.responseTimeout / 1000} s.`;
+  }
 
   /** The route for a request, or the error page to answer with. */
   private resolve(
@@ -235,13 +242,16 @@ export class HttpVhostRouter {
     let current: UpstreamConnection | undefined;
     let cancelWait: (() => void) | undefined;
     let retriesLeft = 1;
+    // response_timeout: one timer per request, armed once the request is in (not per attempt).
+    let noAnswerTimer: NodeJS.Timeout | undefined;
 
-    const failed = (reason: string): void => {
+    const failed = (reason: string, status = 502, text = UNREACHABLE): void => {
+      clearTimeout(noAnswerTimer);
       this.opts.logger.warn(
         { client: target.client, proxy: target.proxy, remote_addr: remoteAddr, reason },
         'http forward failed',
       );
-      if (!res.headersSent) this.answer(res, 502, UNREACHABLE);
+      if (!res.headersSent) this.answer(res, status, text);
       else res.destroy();
     };
     let awaitingDrain = false;
@@ -253,6 +263,7 @@ export class HttpVhostRouter {
     const sink: ResponseSink = {
       onHead: (upstream: ResponseHead) => {
         responded = true;
+        clearTimeout(noAnswerTimer);
         res.writeHead(upstream.statusCode, upstream.statusMessage, responseHeaders(upstream));
       },
       onBody: (data) => {
@@ -296,9 +307,29 @@ export class HttpVhostRouter {
         conn.send(method, head, hasBody ? req : undefined, chunkedBody, sink);
       });
     };
+    const timeout = this.opts.responseTimeout;
+    if (timeout > 0) {
+      // The service did not answer in time: give up on it, and on its stream, which would carry the
+      // late answer into the next request if it were reused.
+      const noAnswer = (): void => {
+        cancelWait?.();
+        cancelWait = undefined;
+        const conn = current;
+        current = undefined;
+        conn?.abort();
+        failed(`no response head within ${timeout} ms`, 504, this.noAnswerText);
+      };
+      // Counted from the request's last byte: now without a body (or with one already read in full).
+      if (!hasBody || req.complete) noAnswerTimer = setTimeout(noAnswer, timeout);
+      else
+        req.once('end', () => {
+          if (!responded && !res.headersSent && !res.destroyed) noAnswerTimer = setTimeout(noAnswer, timeout);
+        });
+    }
     attempt();
     // The visitor left before the answer was complete: stop the upstream request too.
     res.on('close', () => {
+      clearTimeout(noAnswerTimer);
       if (!res.writableFinished) {
         cancelWait?.();
         current?.abort();

@@ -14,6 +14,11 @@ export interface HttpLimits {
   headersTimeout: number;
   /** Time for a whole request (headers and body); 0: no limit. */
   requestTimeout: number;
+  /**
+   * Time from a request's last byte (its head, when it has no body) to the local service's response
+   * head; then the visitor gets 504 and the tunnel stream is reset. 0: no limit. Upgrades are exempt.
+   */
+  responseTimeout: number;
   /** Idle time between requests on a kept-alive connection. */
   keepAliveTimeout: number;
   /** A connection with no request in progress and no traffic for this long is closed. */

@@ -71,6 +71,7 @@ export const routingConfigShape = {
         listen: hostPortField({ allowZero: true }).optional(),
         headers_timeout: durationField.prefault('10s'),
         request_timeout: durationOrOffField.prefault('5m'),
+        response_timeout: durationOrOffField.prefault('60s'),
         keep_alive_timeout: durationField.prefault('5s'),
         idle_timeout: durationField.prefault('60s'),
         max_header_size: positiveInt('a number of bytes')
@@ -141,6 +142,7 @@ export function defaultRoutingConfig(): RoutingConfig {
     httpLimits: {
       headersTimeout: 10_000,
       requestTimeout: 300_000,
+      responseTimeout: 60_000,
       keepAliveTimeout: 5_000,
       idleTimeout: 60_000,
       maxHeaderSize: 16 * 1024,
@@ -179,6 +181,7 @@ export function loadRoutingConfig(
     config.httpLimits = {
       headersTimeout: raw.http.headers_timeout,
       requestTimeout,
+      responseTimeout: raw.http.response_timeout,
       keepAliveTimeout: raw.http.keep_alive_timeout,
       idleTimeout: raw.http.idle_timeout,
       maxHeaderSize: raw.http.max_header_size,

@@ -36,6 +36,8 @@ export class VhostPorts {
       tracker: ctx.tracker,
       controlPath: ctx.config.path,
       onControlUpgrade,
+      // Like the other http limits, fixed at start: a reload names a change as needing a restart.
+      responseTimeout: routing.httpLimits.responseTimeout,
     });
     this.vhost = new HttpVhostServer({
       router,

@@ -273,16 +273,27 @@ test('server.toml: routing keys parse with defaults, and mistakes name their key
   assert.deepEqual(problems('[http]\nheaders_timeout = "10s"\nrequest_timeout = "5s"\n'), [
     'http.request_timeout: must not be shorter than http.headers_timeout',
   ]);
-  // request_timeout: a duration, or 0 (either spelling) for none.
+  // response_timeout: a duration, or 0 (either spelling) for none; the same field as request_timeout.
+  assert.equal(minimal.routing?.httpLimits.responseTimeout, 60_000, 'the default without an [http] table');
   const httpLimits = (text: string) => loadServerConfig(write(`[http]\n${text}\n`)).routing?.httpLimits;
+  assert.equal(httpLimits('')?.responseTimeout, 60_000);
+  assert.equal(httpLimits('response_timeout = "1500ms"')?.responseTimeout, 1500);
   for (const off of ['0', '"0"', '"0s"']) {
+    assert.equal(httpLimits(`response_timeout = ${off}`)?.responseTimeout, 0, `response_timeout = ${off}`);
     assert.equal(httpLimits(`request_timeout = ${off}`)?.requestTimeout, 0, `request_timeout = ${off}`);
   }
-  assert.deepEqual(problems('[http]\nrequest_timeout = "-5s"\n'), [
-    'http.request_timeout: invalid duration "-5s" (expected a number and a unit: 250ms, 10s, 5m, 2h, 90d)',
+  assert.deepEqual(problems('[http]\nresponse_timeout = "soon"\n'), [
+    'http.response_timeout: invalid duration "soon" (expected a number and a unit: 250ms, 10s, 5m, 2h, 90d)',
+  ]);
+  assert.deepEqual(problems('[http]\nresponse_timeout = 30\n'), [
+    'http.response_timeout: expected a duration like "60s", or 0 for no limit',
   ]);
   assert.deepEqual(problems('[http]\nrequest_timeout = 30\n'), [
     'http.request_timeout: expected a duration like "60s", or 0 for no limit',
+  ]);
+  assert.deepEqual(problems('[http]\nresponse_timeout = false\nrequest_timeout = "-5s"\n'), [
+    'http.request_timeout: invalid duration "-5s" (expected a number and a unit: 250ms, 10s, 5m, 2h, 90d)',
+    'http.response_timeout: expected a duration like "60s", or 0 for no limit',
   ]);
   assert.deepEqual(
     problems(
