@@ -70,11 +70,28 @@ export function pipeBidirectional(
   const fail = (label: string, text: string, error?: Error) => {
     if (!failure) failure = error ? { label, error, text } : { label, text };
   };
+  const errorListeners: [Duplex, (err: Error) => void][] = [];
+  let stopPumps: (() => void) | undefined;
+  /**
+   * Node keeps a closed socket reachable from its handle's wrapper until a full GC, so anything a listener
+   * still holds (the other side, the mux stream, this closure's state) would be promoted along with it.
+   * Letting go once both sides closed keeps a connection's objects young: under connection churn the
+   * scavenges then promote less (1.8 -> 1.2 MB each on the server at ~4k connections/s).
+   */
+  const letGo = () => {
+    stopPumps?.();
+    for (const [side, listener] of errorListeners) {
+      side.off('error', listener);
+      side.on('error', ignore);
+    }
+  };
   const watch = (self: Duplex, other: Duplex, label: string) => {
-    self.on('error', (err: Error) => {
+    const onError = (err: Error) => {
       fail(label, describe(err), err);
       abort(other);
-    });
+    };
+    self.on('error', onError);
+    errorListeners.push([self, onError]);
     const onClose = () => {
       const clean = self.readableEnded && self.writableFinished;
       if (!clean) {
@@ -82,6 +99,7 @@ export function pipeBidirectional(
         abort(other);
       }
       if (--open === 0) {
+        letGo();
         const result: PipeResult = {
           bytesAtoB: progress.bytesAtoB,
           bytesBtoA: progress.bytesBtoA,
@@ -98,35 +116,50 @@ export function pipeBidirectional(
   };
   watch(a, b, labelA);
   watch(b, a, labelB);
-  pump(a, b, (n) => {
+  const stopAtoB = pump(a, b, (n) => {
     progress.bytesAtoB += n;
   });
-  pump(b, a, (n) => {
+  const stopBtoA = pump(b, a, (n) => {
     progress.bytesBtoA += n;
   });
+  stopPumps = () => {
+    stopAtoB();
+    stopBtoA();
+  };
   return progress;
 }
 
+/** Stands in for a finished connection's error listeners: an 'error' without any listener would throw. */
+function ignore(): void {}
+
 /**
  * `src.pipe(dest)`, except that a socket's writes are gathered per event-loop turn (TurnGatheredWrites).
+ * Returns what removes its listeners.
  */
-function pump(src: Duplex, dest: Duplex, count: (bytes: number) => void): void {
+function pump(src: Duplex, dest: Duplex, count: (bytes: number) => void): () => void {
   const out = dest instanceof Socket ? new TurnGatheredWrites(dest) : dest;
   let waiting = false;
   const resume = () => {
     waiting = false;
     src.resume();
   };
-  src.on('data', (chunk: Buffer) => {
+  const onData = (chunk: Buffer) => {
     count(chunk.length);
     if (out.write(chunk) || waiting) return;
     waiting = true;
     src.pause();
     dest.once('drain', resume);
-  });
+  };
+  const onEnd = () => dest.end();
+  src.on('data', onData);
   // As pipe() does: a source that already ended still ends the destination, and a source paused while its
   // first bytes were inspected (a TLS ClientHello) flows now.
-  if (src.readableEnded) process.nextTick(() => dest.end());
-  else src.once('end', () => dest.end());
+  if (src.readableEnded) process.nextTick(onEnd);
+  else src.once('end', onEnd);
   src.resume();
+  return () => {
+    src.off('data', onData);
+    src.off('end', onEnd);
+    dest.off('drain', resume);
+  };
 }

@@ -10,9 +10,17 @@ import { countSocketWrites } from './count-socket-writes.js';
  * A relay on loopback built from real sockets: visitor -> [relay: accepted socket <-> socket to service]
  * -> service. The relay uses pipeBidirectional exactly as server and client do.
  */
+const PIPE_EVENTS = ['data', 'end', 'drain', 'close', 'error'] as const;
+
+function listenerCounts(side: Duplex): Record<string, number> {
+  return Object.fromEntries(PIPE_EVENTS.map((event) => [event, side.listenerCount(event)]));
+}
+
 async function relayTo(onService: (socket: Socket) => void) {
   const results: PipeResult[] = [];
   const upstreams: Socket[] = [];
+  /** Both relay sockets' listener counts before the pipe, and when it reported done. */
+  const listeners: { before: Record<string, number>[]; atDone: Record<string, number>[] }[] = [];
   const service = createServer({ allowHalfOpen: true }, onService);
   service.listen(0, '127.0.0.1');
   await once(service, 'listening');
@@ -23,9 +31,13 @@ async function relayTo(onService: (socket: Socket) => void) {
       allowHalfOpen: true,
     });
     upstreams.push(upstream);
-    upstream.once('connect', () =>
-      pipeBidirectional(visitor, upstream, { labels: ['visitor', 'service'] }, (r) => results.push(r)),
-    );
+    upstream.once('connect', () => {
+      const before = [listenerCounts(visitor), listenerCounts(upstream)];
+      pipeBidirectional(visitor, upstream, { labels: ['visitor', 'service'] }, (r) => {
+        listeners.push({ before, atDone: [listenerCounts(visitor), listenerCounts(upstream)] });
+        results.push(r);
+      });
+    });
   });
   relay.listen(0, '127.0.0.1');
   await once(relay, 'listening');
@@ -40,7 +52,14 @@ async function relayTo(onService: (socket: Socket) => void) {
     assert.equal(results.length, 1, 'pipe finished');
     return results[0]!;
   };
-  return { dial, close, waitResult, upstreams };
+  return { dial, close, waitResult, upstreams, listeners };
+}
+
+/** The pipe let go of both sockets: only a no-op 'error' listener is left in place of its own. */
+function assertLetGo(snapshot: { before: Record<string, number>[]; atDone: Record<string, number>[] }) {
+  for (const [i, before] of snapshot.before.entries()) {
+    assert.deepEqual(snapshot.atDone[i], { ...before, error: before.error! + 1 }, `socket ${i}'s listeners`);
+  }
 }
 
 /** A loopback service (half-open allowed) and a socket connected to it. */
@@ -78,6 +97,7 @@ test('half-close: the visitor ends its side and still receives the reply; bytes 
   assert.equal(result.bytesBtoA, `got ${payload.length}`.length);
   visitor.destroy();
   relay.close();
+  assertLetGo(relay.listeners[0]!);
 });
 
 test('a reset on one side resets the other', async () => {
@@ -91,6 +111,7 @@ test('a reset on one side resets the other', async () => {
   const result = await relay.waitResult();
   assert.match(result.reason, /^service reset/);
   relay.close();
+  assertLetGo(relay.listeners[0]!);
 });
 
 test('a paused reader stops the writer (backpressure), and nothing is lost when it resumes', async (t) => {
