@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { test } from 'node:test';
+import { parseCurlHeads } from './lib/curl.js';
 import { type Harness, run, sleep, waitFor, withHarness, withTimeout } from './lib/processes.js';
 import { issueRoutedToken, type RoutedServer, startRoutedClient, startRoutedServer } from './lib/routing.js';
 import { patternBytes } from './lib/sha-stream.js';
@@ -420,17 +421,8 @@ async function visit(h: Harness, port: number, path: string, args: string[] = []
     ],
     { timeoutMs: 15_000 },
   );
-  const headText = await readFile(headFile, 'latin1').catch(() => '');
+  const { status, statusLines, headers } = parseCurlHeads(await readFile(headFile, 'latin1').catch(() => ''));
   const body = await readFile(bodyFile).catch(() => Buffer.alloc(0));
-  const blocks = headText.split('\r\n\r\n').filter((b) => b.startsWith('HTTP/'));
-  const statusLines = blocks.map((b) => b.split('\r\n')[0]!);
-  const final = blocks.filter((b) => !/^HTTP\/[\d.]+ 1\d\d/.test(b)).at(-1) ?? '';
-  const headers = new Map<string, string>();
-  for (const line of final.split('\r\n').slice(1)) {
-    const colon = line.indexOf(':');
-    if (colon > 0) headers.set(line.slice(0, colon).toLowerCase(), line.slice(colon + 1).trim());
-  }
-  const status = Number(/^HTTP\/[\d.]+ (\d{3})/.exec(final)?.[1] ?? 0);
   return { code: r.code, status, statusLines, headers, body, stderr: r.stderr };
 }
 

@@ -18,22 +18,52 @@ export async function curl(args: string[], url: string, timeoutMs = 20_000): Pro
       timeoutMs: timeoutMs + 5000,
     },
   );
-  const text = r.stdout;
-  // With 100-continue or upgrades curl prints several heads; the last one precedes the body.
-  let headEnd = text.indexOf('\r\n\r\n');
+  const heads = parseCurlHeads(r.stdout);
+  const body = r.stdout.slice(heads.bodyStart);
+  return {
+    code: r.code,
+    status: heads.status,
+    headers: Object.fromEntries(heads.headers),
+    body,
+    stderr: r.stderr,
+  };
+}
+
+export interface CurlHeads {
+  /** every status line, 1xx included */
+  statusLines: string[];
+  /** the final (non-1xx) head's status, 0 when there is none */
+  status: number;
+  /** the final head's fields, names lowercased */
+  headers: Map<string, string>;
+  /** where the body starts (the length of the text when no head was found) */
+  bodyStart: number;
+}
+
+/**
+ * The heads curl wrote (`-i` before the body, or `-D` into a file): with 100-continue or an upgrade there
+ * are several, and the last one, the first that is not 1xx, precedes the body.
+ */
+export function parseCurlHeads(text: string): CurlHeads {
+  const statusLines: string[] = [];
   let start = 0;
-  while (headEnd >= 0 && /^HTTP\/[\d.]+ 1\d\d/.test(text.slice(start, headEnd))) {
-    start = headEnd + 4;
-    headEnd = text.indexOf('\r\n\r\n', start);
+  let final = '';
+  for (;;) {
+    const end = text.indexOf('\r\n\r\n', start);
+    if (end < 0 || !text.startsWith('HTTP/', start)) break;
+    const head = text.slice(start, end);
+    statusLines.push(head.split('\r\n')[0]!);
+    start = end + 4;
+    if (!/^HTTP\/[\d.]+ 1\d\d/.test(head)) {
+      final = head;
+      break;
+    }
   }
-  const head = headEnd >= 0 ? text.slice(start, headEnd) : '';
-  const body = headEnd >= 0 ? text.slice(headEnd + 4) : '';
-  const [statusLine = '', ...lines] = head.split('\r\n');
-  const headers: Record<string, string> = {};
-  for (const line of lines) {
+  const headers = new Map<string, string>();
+  for (const line of final.split('\r\n').slice(1)) {
     const colon = line.indexOf(':');
-    if (colon > 0) headers[line.slice(0, colon).toLowerCase()] = line.slice(colon + 1).trim();
+    if (colon > 0) headers.set(line.slice(0, colon).toLowerCase(), line.slice(colon + 1).trim());
   }
-  const status = Number(/^HTTP\/[\d.]+ (\d{3})/.exec(statusLine)?.[1] ?? 0);
-  return { code: r.code, status, headers, body, stderr: r.stderr };
+  const status = Number(/^HTTP\/[\d.]+ (\d{3})/.exec(final)?.[1] ?? 0);
+  return { statusLines, status, headers, bodyStart: statusLines.length > 0 ? start : text.length };
 }
