@@ -141,16 +141,31 @@ export function expected(what: string) {
   };
 }
 
+/** parseDuration's result, or its complaint as the field's issue. */
+function durationOrIssue(text: string, ctx: z.core.$RefinementCtx): number {
+  try {
+    return parseDuration(text);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message });
+    return z.NEVER;
+  }
+}
+
 /** "10s" -> 10000 (ms). */
 export const durationField = z
   .string({ error: expected('a duration string like "10s"') })
-  .transform((text, ctx) => {
-    try {
-      return parseDuration(text);
-    } catch (err) {
-      ctx.addIssue({ code: 'custom', message: (err as Error).message });
-      return z.NEVER;
-    }
+  .transform(durationOrIssue);
+
+const DURATION_OR_OFF = 'a duration like "60s", or 0 for no limit';
+
+/** A duration, or 0 (written 0 or "0") for no limit; anything else is named in the error. */
+export const durationOrOffField = z
+  .union([z.number(), z.string()], { error: expected(DURATION_OR_OFF) })
+  .transform((value, ctx) => {
+    if (value === 0 || value === '0') return 0;
+    if (typeof value === 'string') return durationOrIssue(value, ctx);
+    ctx.addIssue({ code: 'custom', message: `expected ${DURATION_OR_OFF}` });
+    return z.NEVER;
   });
 
 /** "127.0.0.1:7000", "[::1]:22"; `allowZero` for listen addresses where port 0 means "pick one". */

@@ -4,11 +4,11 @@ import { readFileSync } from 'node:fs';
 import {
   ConfigError,
   durationField,
+  durationOrOffField,
   expandConfigPath,
   expected,
   type HostPort,
   hostPortField,
-  parseDuration,
   parseHostPattern,
 } from '@porthole/protocol';
 import { z } from 'zod';
@@ -44,20 +44,6 @@ const positiveInt = (what: string) =>
     .number({ error: expected(what) })
     .int()
     .min(1);
-
-/** A duration, or 0 (written 0 or "0") for no limit; anything else is named in the error. */
-const durationOrOffField = z
-  .union([z.number(), z.string()], { error: expected('a duration like "60s", or 0 for no limit') })
-  .transform((value, ctx) => {
-    if (value === 0 || value === '0') return 0;
-    try {
-      if (typeof value === 'number') throw new Error('expected a duration like "60s", or 0 for no limit');
-      return parseDuration(value);
-    } catch (err) {
-      ctx.addIssue({ code: 'custom', message: (err as Error).message });
-      return z.NEVER;
-    }
-  });
 
 /** Spread into the server schema's top level. */
 export const routingConfigShape = {
