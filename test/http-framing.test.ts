@@ -320,6 +320,13 @@ function script(req: SeenRequest): Reply {
           req.method === 'HEAD' ? Buffer.alloc(0) : HEAD_BODY,
         ]),
       };
+    case '/bad-trailers':
+      // Trailer fields a proxy must not pass on (framing, a malformed name, a folded line) beside good ones.
+      return {
+        bytes:
+          'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n' +
+          'X-Digest: sha-256=abc\r\nContent-Length: 99\r\nBad Name: 1\r\n folded\r\nX-Late: \xe9t\xe9\r\n\r\n',
+      };
     case '/head-chunked':
       // A HEAD answer announcing a chunked body, which it does not have.
       if (req.method !== 'HEAD') throw new Error('/head-chunked is for HEAD only');
@@ -393,6 +400,8 @@ interface Visit {
   /** every status line curl saw, 1xx included */
   statusLines: string[];
   headers: Map<string, string>;
+  /** trailer fields after a chunked body, as curl wrote them after the head ("Name: value") */
+  trailers: string[];
   body: Buffer;
   stderr: string;
 }
@@ -421,9 +430,11 @@ async function visit(h: Harness, port: number, path: string, args: string[] = []
     ],
     { timeoutMs: 15_000 },
   );
-  const { status, statusLines, headers } = parseCurlHeads(await readFile(headFile, 'latin1').catch(() => ''));
+  const heads = await readFile(headFile, 'latin1').catch(() => '');
+  const { status, statusLines, headers, bodyStart } = parseCurlHeads(heads);
+  const trailers = heads.slice(bodyStart).split('\r\n').filter(Boolean);
   const body = await readFile(bodyFile).catch(() => Buffer.alloc(0));
-  return { code: r.code, status, statusLines, headers, body, stderr: r.stderr };
+  return { code: r.code, status, statusLines, headers, trailers, body, stderr: r.stderr };
 }
 
 interface RawResponse {
@@ -432,6 +443,8 @@ interface RawResponse {
   /** interim (1xx) heads before it */
   interim: Head[];
   body: Buffer;
+  /** trailer lines after a chunked body */
+  trailers: string[];
 }
 
 /** A visitor on one raw keep-alive connection, reading answers with the framing rules of RFC 9112. */
@@ -477,6 +490,7 @@ class RawVisitor {
           continue;
         }
         let body: Buffer = Buffer.alloc(0);
+        let trailers: string[] = [];
         const te = headerOf(head, 'transfer-encoding');
         const cl = headerOf(head, 'content-length');
         if (method === 'HEAD' || status === 204 || status === 304) {
@@ -485,6 +499,7 @@ class RawVisitor {
           const chunked = await readChunked(this.reader);
           if (!chunked) throw new Error(`${what}: closed inside a chunked body (got ${this.leftover()})`);
           body = chunked.body;
+          trailers = chunked.trailers;
         } else if (cl !== undefined) {
           const data = await this.reader.take(Number(cl));
           if (!data) throw new Error(`${what}: closed before ${cl} body bytes (got ${this.leftover()})`);
@@ -492,7 +507,7 @@ class RawVisitor {
         } else {
           body = await this.reader.rest();
         }
-        return { status, head, interim, body };
+        return { status, head, interim, body, trailers };
       }
     };
     return withTimeout(read(), 10_000, () => `${what}: no complete answer (have ${this.leftover()})`);
@@ -571,6 +586,7 @@ test(
       assert.equal(chunked.code, 0, chunked.stderr);
       assert.equal(chunked.status, 200);
       assert.equal(chunked.body.toString('latin1'), 'hello, chunked end');
+      assert.deepEqual(chunked.trailers, ['X-Checksum: c0ffee'], 'the trailer reached curl');
       t.diagnostic(
         `chunked answer as the visitor got it: content-length=${chunked.headers.get('content-length')} ` +
           `transfer-encoding=${chunked.headers.get('transfer-encoding')} trailer=${chunked.headers.get('trailer')}`,
@@ -583,6 +599,23 @@ test(
       const rc = await rawChunked.response('GET', 'raw GET /chunked');
       assert.equal(rc.status, 200);
       assert.equal(rc.body.toString('latin1'), 'hello, chunked end');
+      assert.equal(headerOf(rc.head, 'transfer-encoding'), 'chunked');
+      assert.deepEqual(rc.trailers, ['X-Checksum: c0ffee']);
+      // Only the trailer fields that may travel: framing fields and malformed lines stay behind, logged.
+      const trailerMark = server.proc.mark();
+      await rawChunked.send('GET /bad-trailers HTTP/1.1\r\nHost: app.test\r\n\r\n');
+      const bad = await rawChunked.response('GET', 'raw GET /bad-trailers');
+      assert.equal(bad.body.toString('latin1'), 'body');
+      assert.deepEqual(bad.trailers, ['X-Digest: sha-256=abc', 'X-Late: \xe9t\xe9']);
+      const dropped = await server.proc.waitForMsg(
+        'http trailer fields not passed on (malformed, or framing fields)',
+        5000,
+        {
+          from: trailerMark,
+        },
+      );
+      assert.equal(dropped.dropped, 3);
+      assert.equal(dropped.proxy, 'app');
       rawChunked.close();
 
       // 3. Close-delimited: the whole body; the closed local connection is not used again.
@@ -843,6 +876,7 @@ test(
       assert.equal(rawUp.body.toString(), 'got 7');
       const rawSeen = lastRequest(service, '/upload');
       assert.equal(rawSeen.body.toString(), 'abcdefg');
+      assert.deepEqual(rawSeen.chunked?.trailers, ['X-Sum: 7'], "the visitor's trailer reached the service");
       t.diagnostic(
         `raw chunked upload at the service: chunk lines ${JSON.stringify(rawSeen.chunked?.sizeLines)} ` +
           `trailers ${JSON.stringify(rawSeen.chunked?.trailers)}`,

@@ -1,5 +1,6 @@
 // A chunked response body (RFC 9112 7.1) decoded as it arrives: the data comes out as views of the
-// input, chunk extensions and trailer fields are read past, and every line has a length limit.
+// input, chunk extensions are read past, trailer fields are kept as received, and every line has a
+// length limit.
 import { UpstreamProtocolError } from './http-response-head.js';
 
 /** Longest chunk-size line (with extensions) or trailer line; beyond it the body is refused. */
@@ -23,6 +24,8 @@ export class ChunkedDecoder {
   /** The line being read (size or trailer), latin1. */
   private line = '';
   private trailerBytes = 0;
+  /** The trailer section as received, a flat [name, value, ...] list (a line without a colon: name ''). */
+  readonly trailers: string[] = [];
 
   get done(): boolean {
     return this.state === State.Done;
@@ -86,7 +89,15 @@ export class ChunkedDecoder {
         this.trailerBytes += line.length + 2;
         if (this.trailerBytes > MAX_TRAILERS)
           throw new UpstreamProtocolError('chunked body: trailers too large');
+        this.keepTrailer(line);
         return;
     }
+  }
+
+  /** `name: value`; a folded continuation line (leading space) has no name of its own and is kept as such. */
+  private keepTrailer(line: string): void {
+    const colon = line.indexOf(':');
+    if (colon <= 0 || line[0] === ' ' || line[0] === '\t') this.trailers.push('', line);
+    else this.trailers.push(line.slice(0, colon), line.slice(colon + 1).trim());
   }
 }

@@ -3,6 +3,7 @@
 // arrives. Between requests it sits in the pool; whether it may go back there is decided here.
 import type { Duplex, Readable } from 'node:stream';
 import { ChunkedDecoder } from './http-chunked-decoder.js';
+import { forwardableTrailers } from './http-fields.js';
 import {
   type BodyFraming,
   headEnd,
@@ -22,7 +23,8 @@ export interface ResponseSink {
   onHead(head: ResponseHead): void;
   /** A piece of the body; false: the visitor is behind, call resume() once it has drained. */
   onBody(data: Buffer): boolean;
-  onEnd(): void;
+  /** The body is whole; `trailers`: the fields after a chunked body, as received (flat [name, value, ...]). */
+  onEnd(trailers: readonly string[]): void;
   /**
    * The exchange failed and its stream is gone. `retryable`: the stream had carried earlier requests and
    * not a byte of this response came back, so the service never saw this request or dropped it unread.
@@ -46,7 +48,13 @@ enum State {
   Closed,
 }
 
+/** A visitor's request body: an IncomingMessage, whose trailer fields are known once it has ended. */
+export interface RequestBody extends Readable {
+  readonly rawTrailers?: readonly string[];
+}
+
 const EMPTY = Buffer.alloc(0);
+const NO_TRAILERS: readonly string[] = [];
 const CHUNKED_END = Buffer.from('0\r\n\r\n');
 const CRLF = Buffer.from('\r\n');
 
@@ -66,7 +74,7 @@ export class UpstreamConnection {
   /** A head that arrived in pieces, gathered here (only then). */
   private headBuf: Buffer | undefined;
   private headLen = 0;
-  private body: Readable | undefined;
+  private body: RequestBody | undefined;
   private chunkedBody = false;
   private requestDone = true;
   private retireTimer: NodeJS.Timeout | undefined;
@@ -88,7 +96,7 @@ export class UpstreamConnection {
   send(
     method: string,
     head: string,
-    body: Readable | undefined,
+    body: RequestBody | undefined,
     chunkedBody: boolean,
     sink: ResponseSink,
   ): void {
@@ -161,7 +169,7 @@ export class UpstreamConnection {
   };
 
   private readonly onBodyEnd = (): void => {
-    if (this.chunkedBody) this.stream.write(CHUNKED_END);
+    if (this.chunkedBody) this.stream.write(lastChunk(this.body?.rawTrailers ?? NO_TRAILERS));
     this.requestDone = true;
     this.detachBody();
   };
@@ -271,6 +279,7 @@ export class UpstreamConnection {
   /** The response is whole; `clean`: nothing came after it. */
   private complete(clean: boolean): void {
     const sink = this.sink;
+    const trailers = this.chunked?.trailers ?? NO_TRAILERS;
     const reusable = clean && this.keepAlive && this.requestDone && !this.stream.readableEnded;
     this.state = State.Idle;
     this.sink = undefined;
@@ -279,7 +288,7 @@ export class UpstreamConnection {
     this.exchanges += 1;
     // Read on while idle: a FIN (keep-alive over) or stray bytes must be seen before the next request.
     this.stream.resume();
-    sink?.onEnd();
+    sink?.onEnd(trailers);
     this.owner.exchangeDone(this, reusable);
   }
 
@@ -325,4 +334,13 @@ export class UpstreamConnection {
     this.state = State.Closed;
     this.owner.gone(this);
   };
+}
+
+/** The last chunk of a re-chunked request body, with the visitor's trailer fields that may go on. */
+function lastChunk(rawTrailers: readonly string[]): Buffer {
+  const { fields } = forwardableTrailers(rawTrailers);
+  if (fields.length === 0) return CHUNKED_END;
+  let section = '0\r\n';
+  for (let i = 0; i + 1 < fields.length; i += 2) section += `${fields[i]}: ${fields[i + 1]}\r\n`;
+  return Buffer.from(`${section}\r\n`, 'latin1'); // as Node read them
 }

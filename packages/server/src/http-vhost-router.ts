@@ -14,6 +14,7 @@ import {
   TurnGatheredWrites,
 } from '@porthole/protocol';
 import type { HostRoutes, RouteEntry } from './host-routes.js';
+import { forwardableTrailers, HOP_BY_HOP } from './http-fields.js';
 import { headerTokens, type ResponseHead } from './http-response-head.js';
 import type { ResponseSink, UpstreamConnection } from './http-upstream-connection.js';
 import type { UpstreamPool, Visitor } from './http-upstream-pool.js';
@@ -47,18 +48,6 @@ export interface HttpVhostRouterOptions {
   responseTimeout: number;
 }
 
-/** Headers that describe one hop, never forwarded (RFC 9110 7.6.1), plus ones we set ourselves. */
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'proxy-authenticate',
-  'proxy-authorization',
-]);
 const FORWARDED = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
 /** Methods safe to send again when a pooled stream turned out to be closed. */
 const RETRYABLE = new Set(['GET', 'HEAD', 'OPTIONS']);
@@ -209,6 +198,27 @@ export class HttpVhostRouter {
     return out;
   }
 
+  /**
+   * The service's trailer fields go to the visitor after the body (Node sends them when the answer is
+   * chunked, i.e. to HTTP/1.1 visitors; HTTP/1.0 cannot carry them).
+   */
+  private passTrailers(
+    res: ServerResponse,
+    raw: readonly string[],
+    target: HttpTarget,
+    remoteAddr: string,
+  ): void {
+    const { fields, dropped } = forwardableTrailers(raw);
+    const pairs: [string, string][] = [];
+    for (let i = 0; i + 1 < fields.length; i += 2) pairs.push([fields[i]!, fields[i + 1]!]);
+    if (pairs.length > 0) res.addTrailers(pairs);
+    if (dropped > 0)
+      this.opts.logger.warn(
+        { client: target.client, proxy: target.proxy, remote_addr: remoteAddr, dropped },
+        'http trailer fields not passed on (malformed, or framing fields)',
+      );
+  }
+
   private visitorOf(req: IncomingMessage): Visitor {
     return {
       address: req.socket.remoteAddress ?? '',
@@ -274,8 +284,9 @@ export class HttpVhostRouter {
         }
         return false;
       },
-      onEnd: () => {
+      onEnd: (trailers) => {
         current = undefined;
+        if (trailers.length > 0) this.passTrailers(res, trailers, target, remoteAddr);
         res.end();
       },
       onError: (err, retryable) => {

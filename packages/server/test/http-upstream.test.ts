@@ -8,6 +8,7 @@ import { type AddressInfo, connect, createServer as createRawServer } from 'node
 import { Duplex } from 'node:stream';
 import { type TestContext, test } from 'node:test';
 import { ChunkedDecoder } from '../src/http-chunked-decoder.js';
+import { forwardableTrailers } from '../src/http-fields.js';
 import { headEnd, parseResponseHead, UpstreamProtocolError } from '../src/http-response-head.js';
 import {
   MAX_RESPONSE_HEAD,
@@ -138,6 +139,53 @@ test('malformed chunked bodies are refused', () => {
       JSON.stringify(text.slice(0, 30)),
     );
   }
+});
+
+test('trailer fields are kept as received, then sorted into what may be passed on', () => {
+  const body = Buffer.from(
+    '3\r\nabc\r\n0\r\nX-Sum:  7 \r\nContent-Length: 3\r\nno colon\r\n continued\r\nBad Name: 1\r\nX-Two:a:b\r\n\r\n',
+    'latin1',
+  );
+  for (const size of [1, 5, body.length]) {
+    const decoder = new ChunkedDecoder();
+    for (let at = 0; at < body.length; at += size) decoder.push(body.subarray(at, at + size), () => {});
+    assert.ok(decoder.done, `pieces of ${size}`);
+    assert.deepEqual(decoder.trailers, [
+      'X-Sum',
+      '7',
+      'Content-Length',
+      '3',
+      '',
+      'no colon',
+      '',
+      ' continued',
+      'Bad Name',
+      '1',
+      'X-Two',
+      'a:b',
+    ]);
+    assert.deepEqual(forwardableTrailers(decoder.trailers), {
+      fields: ['X-Sum', '7', 'X-Two', 'a:b'],
+      dropped: 4,
+    });
+  }
+  // Framing and routing fields never travel, in any case; values must be ones Node would write.
+  assert.deepEqual(
+    forwardableTrailers([
+      'HOST',
+      'x',
+      'Transfer-Encoding',
+      'chunked',
+      'Trailer',
+      'X',
+      'X-Bad',
+      'a\u0000b',
+      'X-Ok',
+      '\u00e9',
+    ]),
+    { fields: ['X-Ok', '\u00e9'], dropped: 4 },
+  );
+  assert.deepEqual(forwardableTrailers([]), { fields: [], dropped: 0 });
 });
 
 interface Collected {
