@@ -18,11 +18,11 @@ export const HOP_BY_HOP = new Set([
 /** Fields that frame or route a message: they mean nothing once the body is over (RFC 9110 6.5.1). */
 const NOT_IN_TRAILERS = new Set([...HOP_BY_HOP, 'content-length', 'host']);
 
-const NONE: readonly string[] = [];
+const NONE: readonly [string, string][] = [];
 
 export interface Trailers {
-  /** the fields to pass on, as a flat [name, value, ...] list */
-  fields: readonly string[];
+  /** the fields to pass on, as [name, value] pairs (what res.addTrailers takes) */
+  fields: readonly [string, string][];
   /** fields left out: malformed, or framing and routing fields */
   dropped: number;
 }
@@ -30,13 +30,13 @@ export interface Trailers {
 /** Sorts a trailer section (a flat [name, value, ...] list, as received) into what may be passed on. */
 export function forwardableTrailers(raw: readonly string[]): Trailers {
   if (raw.length === 0) return { fields: NONE, dropped: 0 };
-  const fields: string[] = [];
+  const fields: [string, string][] = [];
   let dropped = 0;
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i]!;
     const value = raw[i + 1]!;
     if (NOT_IN_TRAILERS.has(name.toLowerCase()) || !isValidField(name, value)) dropped += 1;
-    else fields.push(name, value);
+    else fields.push([name, value]);
   }
   return { fields, dropped };
 }

@@ -341,6 +341,6 @@ function lastChunk(rawTrailers: readonly string[]): Buffer {
   const { fields } = forwardableTrailers(rawTrailers);
   if (fields.length === 0) return CHUNKED_END;
   let section = '0\r\n';
-  for (let i = 0; i + 1 < fields.length; i += 2) section += `${fields[i]}: ${fields[i + 1]}\r\n`;
+  for (const [name, value] of fields) section += `${name}: ${value}\r\n`;
   return Buffer.from(`${section}\r\n`, 'latin1'); // as Node read them
 }

@@ -209,9 +209,7 @@ export class HttpVhostRouter {
     remoteAddr: string,
   ): void {
     const { fields, dropped } = forwardableTrailers(raw);
-    const pairs: [string, string][] = [];
-    for (let i = 0; i + 1 < fields.length; i += 2) pairs.push([fields[i]!, fields[i + 1]!]);
-    if (pairs.length > 0) res.addTrailers(pairs);
+    if (fields.length > 0) res.addTrailers(fields);
     if (dropped > 0)
       this.opts.logger.warn(
         { client: target.client, proxy: target.proxy, remote_addr: remoteAddr, dropped },
