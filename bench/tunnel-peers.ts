@@ -207,6 +207,10 @@ export async function portholePeers(targets: Targets, transport: 'ws' | 'wss'): 
     name: `porthole-client-${transport}`,
   });
   const procs = [server.proc, client.proc];
+  // Both now log a line per HTTP request and per connection, hundreds of thousands in a run; the bench reads
+  // no more of them. Parsed and kept, they grew the bench's own heap, and its collections (up to 39 ms, on
+  // helper threads too) took CPU from whatever was being measured, most often right after a wrk run.
+  for (const proc of procs) proc.stopCollectingLogs();
   const roots: TunnelProcess[] = [
     { role: 'server', pid: server.proc.pid! },
     { role: 'client', pid: client.proc.pid! },
