@@ -44,6 +44,11 @@ export interface Peer {
   procs: Proc[];
   /** why a service is not carried, for the report */
   notes: string[];
+  /**
+   * Its processes compile their code as they run (V8's JIT): the rounds measure it after an unrecorded
+   * warm-up pass, as a tunnel that has been up for a while, not one started a minute ago.
+   */
+  compilesAsItRuns?: boolean;
   harness?: Harness;
 }
 
@@ -215,7 +220,7 @@ export async function portholePeers(targets: Targets, transport: 'ws' | 'wss'): 
     { role: 'server', pid: server.proc.pid! },
     { role: 'client', pid: client.proc.pid! },
   ];
-  const shared = { roots, procs, notes: [] };
+  const shared = { roots, procs, notes: [], compilesAsItRuns: true };
   return [
     {
       id: `porthole-${transport}`,

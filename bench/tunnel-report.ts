@@ -59,6 +59,12 @@ function costs(r: SuiteResult): string {
 
 function notes(r: SuiteResult): string {
   const lines: string[] = [];
+  if (r.warmUp)
+    lines.push(
+      `- porthole ws and wss: ${r.warmUp.passes} unrecorded warm-up pass of every case before round 1 ` +
+        `(${Math.round(r.warmUp.seconds)} s; V8 compiles their code as they run), its figures in the JSON as warmUp`,
+    );
+  else if (r.mode === 'quick') lines.push('- porthole ws and wss: no warm-up pass (--quick), measured cold');
   for (const p of r.peers) for (const n of p.notes) lines.push(`- ${p.label}: ${n}`);
   for (const s of r.samples.filter((x) => x.caseId === 'idle' && x.detail)) {
     const d = s.detail as { attempted?: number; established?: number; errors?: Record<string, number> };

@@ -42,6 +42,8 @@ export interface SuiteResult {
   mode: 'full' | 'quick';
   settings: SuiteSettings;
   roundsRun: number;
+  /** the unrecorded warm-up before round 1 (full mode): its samples are not in the figures */
+  warmUp?: { passes: number; seconds: number; samples: Sample[] };
   machine: Record<string, unknown>;
   peers: PeerInfo[];
   cases: CaseInfo[];
