@@ -101,6 +101,16 @@ async function measure(c: BenchCase, peer: Peer, round: number, env: CaseEnv): P
   }
 }
 
+/** The peers that carry the service a case measures. */
+function carriers(c: BenchCase, among: Peer[]): Peer[] {
+  return among.filter((p) => p.ports[c.service] !== undefined);
+}
+
+/** One progress line per measurement: `[ 93 s] r2 http-1k    porthole ws  0.83 ms, 1.94 ms [...]`. */
+function progressLine(elapsedS: number, tag: string, c: BenchCase, label: string, s: Sample): string {
+  return `[${elapsedS.toFixed(0).padStart(3)} s] ${tag} ${c.id.padEnd(10)} ${label.padEnd(28)} ${describe(c, s)}`;
+}
+
 function describe(c: BenchCase, s: Sample): string {
   if (s.skipped) return `skipped: ${s.skipped}`;
   if (s.error) return `ERROR ${s.error.split('\n')[0]}`;
@@ -152,7 +162,7 @@ function warmUpSettings(settings: SuiteSettings): SuiteSettings {
  */
 async function warmUpPass(
   mode: Mode,
-  cases: BenchCase[],
+  roundCases: BenchCase[],
   peers: Peer[],
   env: CaseEnv,
   elapsedS: () => number,
@@ -162,13 +172,11 @@ async function warmUpPass(
   const warmEnv: CaseEnv = { ...env, settings: warmUpSettings(mode.settings) };
   const samples: Sample[] = [];
   for (let pass = 1; pass <= mode.warmUpPasses; pass++) {
-    for (const c of cases.filter((x) => x.schedule === 'rounds')) {
-      for (const peer of peers.filter((p) => p.compilesAsItRuns && p.ports[c.service] !== undefined)) {
+    for (const c of roundCases) {
+      for (const peer of carriers(c, peers).filter((p) => p.compilesAsItRuns)) {
         const sample = await measure(c, peer, 0, warmEnv);
         samples.push(sample);
-        progress(
-          `[${elapsedS().toFixed(0).padStart(3)} s] warm-up ${c.id.padEnd(10)} ${peer.label.padEnd(28)} ${describe(c, sample)}`,
-        );
+        progress(progressLine(elapsedS(), 'warm-up', c, peer.label, sample));
       }
     }
   }
@@ -205,14 +213,12 @@ export async function main(args: string[]): Promise<void> {
     const { targets, pids } = await startTargets(h);
     const env: CaseEnv = { settings, endpoints: [process.pid, ...pids] };
     const cases = selectCases(benchCases(settings), args);
-    const carriers = (c: BenchCase, among: Peer[]) => among.filter((p) => p.ports[c.service] !== undefined);
+    const roundCases = cases.filter((x) => x.schedule === 'rounds');
     const samples: Sample[] = [];
     const record = (c: BenchCase, s: Sample, round: number, among: Peer[]) => {
       samples.push(s);
       const label = among.find((p) => p.id === s.peerId)?.label ?? s.peerId;
-      progress(
-        `[${elapsedS().toFixed(0).padStart(3)} s] r${round} ${c.id.padEnd(10)} ${label.padEnd(28)} ${describe(c, s)}`,
-      );
+      progress(progressLine(elapsedS(), `r${round}`, c, label, s));
     };
 
     // The cases that run once get tunnels of their own, fresh and then gone: 10,000 connections neither
@@ -227,11 +233,11 @@ export async function main(args: string[]): Promise<void> {
     }
     peers.push(...(await startPeers(targets, quick)));
     progress(`peers for the rounds up at ${elapsedS().toFixed(1)} s: ${peers.map((p) => p.id).join(', ')}`);
-    const warmUp = await warmUpPass(mode, cases, peers, env, elapsedS);
+    const warmUp = await warmUpPass(mode, roundCases, peers, env, elapsedS);
     let roundsRun = 0;
     for (let round = 1; round <= settings.rounds; round++) {
       const roundStart = elapsedS();
-      for (const [ci, c] of cases.filter((x) => x.schedule === 'rounds').entries()) {
+      for (const [ci, c] of roundCases.entries()) {
         for (const peer of peerOrder(carriers(c, peers), round, ci))
           record(c, await measure(c, peer, round, env), round, peers);
       }
