@@ -175,7 +175,7 @@ function httpFixedRate(rate: number): BenchCase {
         );
       return {
         values: { [`http-${k}-p50`]: num(r.p50Ms, 'p50'), [`http-${k}-p99`]: num(r.p99Ms, 'p99') },
-        detail: r,
+        detail: { ...r, generatorNodeFlags: QUIET_GENERATOR_FLAGS },
       };
     },
   };

@@ -65,6 +65,13 @@ function notes(r: SuiteResult): string {
         `(${Math.round(r.warmUp.seconds)} s; V8 compiles their code as they run), its figures in the JSON as warmUp`,
     );
   else if (r.mode === 'quick') lines.push('- porthole ws and wss: no warm-up pass (--quick), measured cold');
+  const generatorFlags = r.samples.find((s) => Array.isArray(s.detail?.generatorNodeFlags))?.detail
+    ?.generatorNodeFlags as string[] | undefined;
+  if (generatorFlags)
+    lines.push(
+      `- fixed-rate HTTP generator: node ${generatorFlags.join(' ')} (a fresh process each run: ` +
+        'no optimising compiles or GC helper threads taking a core while it times)',
+    );
   for (const p of r.peers) for (const n of p.notes) lines.push(`- ${p.label}: ${n}`);
   for (const s of r.samples.filter((x) => x.caseId === 'idle' && x.detail)) {
     const d = s.detail as { attempted?: number; established?: number; errors?: Record<string, number> };
