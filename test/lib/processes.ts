@@ -1,7 +1,7 @@
 // Real child processes for the end-to-end tests: spawn the CLIs (optionally inside a network namespace),
 // parse their pino JSON lines, wait for log lines, and always kill them when a test ends.
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -434,17 +434,55 @@ export async function waitFor(what: string, check: () => boolean, timeoutMs: num
   }
 }
 
-/** An ephemeral port that was free a moment ago (bind port 0, read it, close). */
-export async function freePort(host = '127.0.0.1'): Promise<number> {
+/** Lowest port picked at random for a test: above the usual services, below the kernel's ephemeral range. */
+const LOWEST_PICKED_PORT = 10_000;
+/** Ports this process has handed out: a random pick must not repeat one that is not bound yet. */
+const handedOut = new Set<number>();
+
+/** Where the kernel picks ports for bind(0) and connect(): [low, high], from /proc. */
+async function ephemeralRange(): Promise<[number, number]> {
+  try {
+    const text = await readFile('/proc/sys/net/ipv4/ip_local_port_range', 'utf8');
+    const [low, high] = text.trim().split(/\s+/).map(Number);
+    if (Number.isInteger(low) && Number.isInteger(high)) return [low!, high!];
+  } catch {
+    // not Linux, or no /proc: fall back to bind(0) below
+  }
+  return [0, 0];
+}
+
+/** Binds `port` (or 0: any) on `host` and closes again; resolves with the port, or undefined if taken. */
+function bindAndRelease(port: number, host: string): Promise<number | undefined> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.unref();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
+    srv.once('error', (err: NodeJS.ErrnoException) =>
+      port !== 0 && (err.code === 'EADDRINUSE' || err.code === 'EACCES') ? resolve(undefined) : reject(err),
+    );
+    srv.listen(port, host, () => {
+      const bound = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(bound));
     });
   });
+}
+
+/**
+ * A port that was free a moment ago, for a program under test to bind. Picked at random below the kernel's
+ * ephemeral range: a port from bind(0) goes back into that range when released, and the next bind(0) or
+ * connect() anywhere on the machine may take it before the program binds it (in CI a client's admin listener
+ * once failed with EADDRINUSE on such a port). Outside the range only an explicit bind can take it.
+ */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  const [low] = await ephemeralRange();
+  for (let attempt = 0; low - LOWEST_PICKED_PORT >= 1000 && attempt < 100; attempt++) {
+    const port = LOWEST_PICKED_PORT + Math.floor(Math.random() * (low - LOWEST_PICKED_PORT));
+    if (handedOut.has(port) || (await bindAndRelease(port, host)) === undefined) continue;
+    handedOut.add(port);
+    return port;
+  }
+  const port = await bindAndRelease(0, host);
+  if (port === undefined) throw new Error(`no free port on ${host}`);
+  return port;
 }
 
 /** Several distinct free ports (each checked free at the time). */
