@@ -439,16 +439,16 @@ const LOWEST_PICKED_PORT = 10_000;
 /** Ports this process has handed out: a random pick must not repeat one that is not bound yet. */
 const handedOut = new Set<number>();
 
-/** Where the kernel picks ports for bind(0) and connect(): [low, high], from /proc. */
-async function ephemeralRange(): Promise<[number, number]> {
+/** The lowest port the kernel picks for bind(0) and connect() (ip_local_port_range), or 0 if unknown. */
+async function ephemeralRangeStart(): Promise<number> {
   try {
-    const text = await readFile('/proc/sys/net/ipv4/ip_local_port_range', 'utf8');
-    const [low, high] = text.trim().split(/\s+/).map(Number);
-    if (Number.isInteger(low) && Number.isInteger(high)) return [low!, high!];
+    const low = Number(
+      (await readFile('/proc/sys/net/ipv4/ip_local_port_range', 'utf8')).trim().split(/\s+/)[0],
+    );
+    return Number.isInteger(low) ? low : 0;
   } catch {
-    // not Linux, or no /proc: fall back to bind(0) below
+    return 0; // not Linux, or no /proc: freePort falls back to bind(0)
   }
-  return [0, 0];
 }
 
 /** Binds `port` (or 0: any) on `host` and closes again; resolves with the port, or undefined if taken. */
@@ -473,7 +473,7 @@ function bindAndRelease(port: number, host: string): Promise<number | undefined>
  * once failed with EADDRINUSE on such a port). Outside the range only an explicit bind can take it.
  */
 export async function freePort(host = '127.0.0.1'): Promise<number> {
-  const [low] = await ephemeralRange();
+  const low = await ephemeralRangeStart();
   for (let attempt = 0; low - LOWEST_PICKED_PORT >= 1000 && attempt < 100; attempt++) {
     const port = LOWEST_PICKED_PORT + Math.floor(Math.random() * (low - LOWEST_PICKED_PORT));
     if (handedOut.has(port) || (await bindAndRelease(port, host)) === undefined) continue;
