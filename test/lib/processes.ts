@@ -440,7 +440,7 @@ const LOWEST_PICKED_PORT = 10_000;
 const handedOut = new Set<number>();
 
 /** The lowest port the kernel picks for bind(0) and connect() (ip_local_port_range), or 0 if unknown. */
-async function ephemeralRangeStart(): Promise<number> {
+async function readEphemeralRangeStart(): Promise<number> {
   try {
     const low = Number(
       (await readFile('/proc/sys/net/ipv4/ip_local_port_range', 'utf8')).trim().split(/\s+/)[0],
@@ -450,6 +450,8 @@ async function ephemeralRangeStart(): Promise<number> {
     return 0; // not Linux, or no /proc: freePort falls back to bind(0)
   }
 }
+/** Read once per process: freePorts asks for it once per port. */
+let ephemeralRangeStart: Promise<number> | undefined;
 
 /** Binds `port` (or 0: any) on `host` and closes again; resolves with the port, or undefined if taken. */
 function bindAndRelease(port: number, host: string): Promise<number | undefined> {
@@ -473,7 +475,8 @@ function bindAndRelease(port: number, host: string): Promise<number | undefined>
  * once failed with EADDRINUSE on such a port). Outside the range only an explicit bind can take it.
  */
 export async function freePort(host = '127.0.0.1'): Promise<number> {
-  const low = await ephemeralRangeStart();
+  ephemeralRangeStart ??= readEphemeralRangeStart();
+  const low = await ephemeralRangeStart;
   for (let attempt = 0; low - LOWEST_PICKED_PORT >= 1000 && attempt < 100; attempt++) {
     const port = LOWEST_PICKED_PORT + Math.floor(Math.random() * (low - LOWEST_PICKED_PORT));
     if (handedOut.has(port) || (await bindAndRelease(port, host)) === undefined) continue;
