@@ -19,8 +19,13 @@ import { Stream, type StreamHost } from './stream.js';
 export interface SessionOptions {
   /** True on the side that dialed the connection: it opens odd stream ids, the other side even ones. */
   client: boolean;
-  /** Receive window announced per stream, in bytes (at least 256 KiB). */
+  /** Receive window a busy stream may grow to, in bytes (at least 256 KiB, where every stream starts). */
   maxStreamWindow?: number;
+  /**
+   * Window growth shared by all streams, in bytes: the streams' windows beyond their first 256 KiB each
+   * add up to at most this. What a peer can make us buffer is bounded by this plus 256 KiB per stream.
+   */
+  maxSessionWindow?: number;
   /** Milliseconds between keepalive pings; 0 disables them. */
   keepAliveInterval?: number;
   /** Milliseconds a keepalive ping may go unanswered before the session is closed. */
@@ -32,11 +37,15 @@ export interface SessionOptions {
 }
 
 export const DEFAULT_MAX_STREAM_WINDOW = 16 * 1024 * 1024;
+export const DEFAULT_MAX_SESSION_WINDOW = 64 * 1024 * 1024;
 const CLOSE_GRACE_MS = 2000;
 const MAX_QUEUED_ANSWER_BYTES = 64 * 1024;
 
 const defaults = {
   maxStreamWindow: DEFAULT_MAX_STREAM_WINDOW,
+  // Four streams at full window: bulk transfers keep their speed, while readers that stop reading (a
+  // visitor who never reads a download) cannot make the server hold 16 MiB each.
+  maxSessionWindow: DEFAULT_MAX_SESSION_WINDOW,
   keepAliveInterval: 30_000,
   keepAliveTimeout: 10_000,
   // Every tunnelled connection is a stream: tens of thousands of idle connections through one tunnel must fit.
@@ -80,6 +89,8 @@ export class Session extends EventEmitter {
   private pausedForAnswers = false;
   private corked = false;
   private drainWaiters: (() => void)[] = [];
+  /** Sum of the open streams' grownWindow, at most options.maxSessionWindow. */
+  private grownWindow = 0;
   private readonly pings = new Map<number, PendingPing>();
   private nextPingId = 1;
   private keepAliveTimer: NodeJS.Timeout | undefined;
@@ -92,9 +103,11 @@ export class Session extends EventEmitter {
     this.options = { ...defaults, ...stripUndefined(options) };
     this.maxStreamWindow = Math.max(this.options.maxStreamWindow, INITIAL_WINDOW);
     if (this.maxStreamWindow > MAX_WINDOW) throw new RangeError('maxStreamWindow must fit in 32 bits');
+    if (!(this.options.maxSessionWindow >= 0)) throw new RangeError('maxSessionWindow must be at least 0');
     this.nextStreamId = options.client ? 1 : 2;
     this.host = {
       maxStreamWindow: this.maxStreamWindow,
+      claimWindowGrowth: (wanted) => this.claimWindowGrowth(wanted),
       writeFrame: (type, flags, id, length, body) => this.writeFrame(type, flags, id, length, body),
       whenWritable: (callback) => this.whenWritable(callback),
       releaseStream: (stream) => this.releaseStream(stream),
@@ -341,6 +354,7 @@ export class Session extends EventEmitter {
     const streamError = err || !this.closedLocally ? closedError : undefined;
     for (const stream of [...this.streams.values()]) stream.abort(streamError);
     this.streams.clear();
+    this.grownWindow = 0;
     this.flushDrainWaiters();
     if (this.corked) {
       this.corked = false;
@@ -430,8 +444,18 @@ export class Session extends EventEmitter {
     for (const waiter of waiters) waiter();
   }
 
+  private claimWindowGrowth(wanted: number): number {
+    const granted = Math.max(0, Math.min(wanted, this.options.maxSessionWindow - this.grownWindow));
+    this.grownWindow += granted;
+    return granted;
+  }
+
+  // A released stream can receive nothing more (both sides finished, or it was reset), so its growth
+  // returns to the shared allowance even if the application has yet to read what it holds.
   private releaseStream(stream: Stream): void {
-    if (this.streams.get(stream.id) === stream) this.streams.delete(stream.id);
+    if (this.streams.get(stream.id) !== stream) return;
+    this.streams.delete(stream.id);
+    this.grownWindow -= stream.grownWindow;
   }
 }
 

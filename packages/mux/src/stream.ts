@@ -6,6 +6,8 @@ import type { Session } from './session.js';
 /** What a stream needs from its session; kept narrow so the stream cannot reach into session state. */
 export interface StreamHost {
   readonly maxStreamWindow: number;
+  /** Takes up to `wanted` bytes of window growth from the session's shared allowance; returns how much. */
+  claimWindowGrowth(wanted: number): number;
   writeFrame(type: FrameType, flags: number, streamId: number, length: number, body?: Buffer): void;
   whenWritable(callback: () => void): void;
   releaseStream(stream: Stream): void;
@@ -15,6 +17,12 @@ export interface StreamHost {
 const MAX_DATA_FRAME = 128 * 1024;
 /** How long data that arrived before the session ended stays readable before the stream fails anyway. */
 const ABORT_DRAIN_MS = 2000;
+/**
+ * A stream whose reader consumed half its window within this long of the previous update gets its window
+ * doubled. Windows settle near twice this much data at the stream's rate, which covers round trips up to
+ * twice this long, while streams that trickle (a shell, small requests) keep the initial 256 KiB.
+ */
+const WINDOW_GROWTH_PERIOD_MS = 200;
 
 interface BlockedWrite {
   rest: Buffer;
@@ -24,7 +32,9 @@ interface BlockedWrite {
 /**
  * One yamux stream as a Node Duplex. Flow control follows the spec: the peer may send at most
  * `recvWindow` more bytes, and window is granted back only as the application consumes data (measured
- * as what left our readable buffer), so a reader that stops reading holds at most its window.
+ * as what left our readable buffer), so a reader that stops reading holds at most its window. The window
+ * starts at yamux's 256 KiB and grows only while the reader keeps up with a fast sender, up to
+ * maxStreamWindow and as far as the session's shared allowance lets it.
  */
 export class Stream extends Duplex {
   readonly id: number;
@@ -34,6 +44,10 @@ export class Stream extends Duplex {
   private sendWindow = INITIAL_WINDOW;
   /** Bytes we still let the peer send. */
   private recvWindow = INITIAL_WINDOW;
+  /** What unread bytes plus recvWindow are topped back up to: the most this stream can make us hold. */
+  private windowTarget = INITIAL_WINDOW;
+  /** When the last window update was due (or the stream began): the start of the growth measurement. */
+  private windowEpoch = performance.now();
   private localFin = false;
   private remoteFin = false;
   /** An RST was sent or received, or the stream never made it onto the wire. */
@@ -54,10 +68,10 @@ export class Stream extends Duplex {
     this.id = id;
   }
 
-  /** @internal Sends SYN or ACK along with the window we announce beyond the initial 256 KiB. */
+  /** @internal Sends SYN or ACK. It grants nothing beyond yamux's initial 256 KiB: windows grow with use. */
   announce(flags: number): void {
     if (flags & Flag.SYN) this.synSentAt = performance.now();
-    this.grantWindow(flags);
+    this.host.writeFrame(FrameType.WindowUpdate, flags, this.id, 0);
   }
 
   /** @internal */
@@ -114,6 +128,11 @@ export class Stream extends Duplex {
   /** @internal */
   get receiveWindow(): number {
     return this.recvWindow;
+  }
+
+  /** @internal Window this stream holds beyond the initial 256 KiB, taken from the session's allowance. */
+  get grownWindow(): number {
+    return this.windowTarget - INITIAL_WINDOW;
   }
 
   /** @internal A piece of a Data frame's body, a view into the session's input chunk. */
@@ -218,15 +237,26 @@ export class Stream extends Duplex {
   }
 
   /**
-   * Tops the peer's allowance back up to maxStreamWindow minus what still sits unread in our buffer.
-   * Updates are batched (sent once at least half a window is owed) unless flags must go out now.
+   * Tops the peer's allowance back up to the window target minus what still sits unread in our buffer.
+   * Updates are batched (sent once at least half the target is owed) unless flags must go out now.
    */
   private grantWindow(flags: number): void {
-    const max = this.host.maxStreamWindow;
-    const delta = max - this.readableLength - this.recvWindow;
-    if (flags === 0 && delta < max / 2) return;
-    const grant = Math.max(delta, 0);
+    if (flags === 0) {
+      if (this.windowTarget - this.readableLength - this.recvWindow < this.windowTarget / 2) return;
+      this.growWindowIfBusy();
+    }
+    const grant = Math.max(this.windowTarget - this.readableLength - this.recvWindow, 0);
     this.recvWindow += grant;
     this.host.writeFrame(FrameType.WindowUpdate, flags, this.id, grant);
+  }
+
+  /** Called when an update is due: half the target was consumed since the last one. */
+  private growWindowIfBusy(): void {
+    const now = performance.now();
+    const busy = now - this.windowEpoch < WINDOW_GROWTH_PERIOD_MS;
+    this.windowEpoch = now;
+    const room = this.host.maxStreamWindow - this.windowTarget;
+    if (!busy || room <= 0) return;
+    this.windowTarget += this.host.claimWindowGrowth(Math.min(this.windowTarget, room));
   }
 }

@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { afterEach, describe, test } from 'node:test';
 import type { Stream } from '../src/index.js';
 import { knownBugs } from './known-bugs.js';
-import { receiveAll } from './payload.js';
+import { type Received, receiveAll } from './payload.js';
 import { Prng } from './prng.js';
 import { sleep, waitFor, withTimeout } from './timeouts.js';
 import { type SessionPair, sessionPair } from './transports.js';
@@ -17,6 +17,8 @@ import { type SessionPair, sessionPair } from './transports.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
+/** yamux's initial window: where every stream starts, and what it keeps when the session has no more. */
+const INITIAL = 256 * KiB;
 /** Frame headers, WebSocket framing and the HTTP upgrade: far below one 64 KiB chunk. */
 const WIRE_OVERHEAD = 64 * KiB;
 
@@ -40,6 +42,99 @@ async function settle(value: () => number, quietMs: number, maxMs: number): Prom
     } else if (Date.now() - since >= quietMs) return now;
   }
   throw new Error(`value still changing after ${maxMs} ms`);
+}
+
+/** Reads a stream, hashing what it got, until paused. */
+class Consumer {
+  bytes = 0;
+  private readonly hash = createHash('sha256');
+  readonly ended: Promise<Received>;
+  constructor(readonly stream: Stream) {
+    stream.on('error', () => {}); // a failed test closes the pair under it
+    stream.on('data', (chunk: Buffer) => {
+      this.hash.update(chunk);
+      this.bytes += chunk.length;
+    });
+    this.ended = new Promise((resolve) =>
+      stream.once('end', () => resolve({ bytes: this.bytes, sha256: this.hash.digest('hex') })),
+    );
+    this.ended.catch(() => {});
+  }
+}
+
+/** Writes a seeded pattern to a stream, keeping count and hash of what it wrote. */
+class Writer {
+  private written = 0;
+  private readonly hash = createHash('sha256');
+  private readonly rng: Prng;
+  constructor(
+    readonly stream: Stream,
+    seed: number,
+  ) {
+    stream.on('error', () => {});
+    this.rng = new Prng(seed);
+  }
+  private next(): Buffer {
+    const chunk = this.rng.bytes(64 * KiB);
+    this.hash.update(chunk);
+    this.written += chunk.length;
+    return chunk;
+  }
+  /** Writes `bytes` more, waiting for drain whenever write() says so. */
+  async write(bytes: number): Promise<void> {
+    const until = this.written + bytes;
+    while (this.written < until) {
+      if (!this.stream.write(this.next())) await withTimeout(once(this.stream, 'drain'), 10_000, 'drain');
+    }
+  }
+  /** Writes until the stream stays blocked for `quietMs` (the peer's window is used up); bounded. */
+  async fillWindow(limit: number, quietMs: number): Promise<void> {
+    const until = this.written + limit;
+    while (this.written < until) {
+      if (this.stream.write(this.next())) continue;
+      const drained = await Promise.race([
+        once(this.stream, 'drain').then(() => true),
+        sleep(quietMs).then(() => false),
+      ]);
+      if (!drained) return;
+    }
+    throw new Error(`stream ${this.stream.id}: ${limit} bytes written and still no backpressure`);
+  }
+  async finish(more: number): Promise<void> {
+    await this.write(more);
+    this.stream.end();
+  }
+  sent(): Received {
+    return { bytes: this.written, sha256: this.hash.copy().digest('hex') };
+  }
+}
+
+/**
+ * Every writer sends 2 MiB that its reader consumes at once (so windows grow), then the readers pause and the
+ * writers write until blocked. Returns what the readers hold, counted two ways: their buffers, and the
+ * bytes their side pulled off the wire minus what they consumed (so nothing can hide in another buffer).
+ */
+async function fastStartThenStall(
+  writers: Writer[],
+  consumers: Map<number, Consumer>,
+  pair: SessionPair,
+): Promise<{ buffered: number; wire: number }> {
+  const consumedBefore = [...consumers.values()].reduce((n, c) => n + c.bytes, 0);
+  const wireBefore = pair.serverSocket.bytesRead;
+  await Promise.all(writers.map((w) => w.write(2 * MiB)));
+  const mine = () => writers.map((w) => consumers.get(w.stream.id)).filter((c) => c !== undefined);
+  await waitFor(
+    () => mine().length === writers.length && mine().every((c) => c.bytes >= 2 * MiB),
+    10_000,
+    'the fast start consumed',
+  );
+  for (const c of mine()) c.stream.pause();
+  await Promise.all(writers.map((w) => w.fillWindow(64 * MiB, 500)));
+  const wire = await settle(() => pair.serverSocket.bytesRead, 300, 10_000);
+  const consumed = [...consumers.values()].reduce((n, c) => n + c.bytes, 0) - consumedBefore;
+  const buffered = mine().reduce((n, c) => n + c.stream.readableLength, 0);
+  for (const c of mine()) c.stream.resume();
+  return { buffered, wire: wire - wireBefore - consumed };
 }
 
 for (const transport of ['tcp', 'ws'] as const) {
@@ -104,6 +199,54 @@ for (const transport of ['tcp', 'ws'] as const) {
         assert.equal(got.sha256, sent.digest('hex'));
       });
     }
+
+    test('readers that stall after a fast start hold at most maxSessionWindow + 256 KiB each; then all arrives', {
+      timeout: 60_000,
+    }, async () => {
+      const count = 8;
+      const streamWindow = 4 * MiB;
+      const sessionWindow = 8 * MiB;
+      const bound = sessionWindow + count * INITIAL;
+      const pair = await sessionPair(
+        transport,
+        {},
+        { maxStreamWindow: streamWindow, maxSessionWindow: sessionWindow },
+      );
+      pairs.push(pair);
+      const consumers = new Map<number, Consumer>();
+      pair.server.on('stream', (s: Stream) => consumers.set(s.id, new Consumer(s)));
+      const writers = Array.from({ length: count }, (_, i) => new Writer(pair.client.open(), i + 1));
+
+      const held = await fastStartThenStall(writers, consumers, pair);
+      assert.ok(held.buffered <= bound, `readers hold ${held.buffered} bytes, bound ${bound}`);
+      assert.ok(
+        held.wire <= bound + WIRE_OVERHEAD,
+        `${held.wire} bytes off the wire and unread, bound ${bound}`,
+      );
+      // Without growth every stream would stop at 256 KiB: the fast start must have grown some windows.
+      assert.ok(
+        held.buffered > count * INITIAL,
+        `windows grew: ${held.buffered} bytes held by ${count} streams`,
+      );
+
+      // The readers resume: every byte arrives intact, and the streams close (returning their growth).
+      await Promise.all(writers.map((w) => w.finish(2 * MiB)));
+      for (const w of writers) {
+        const c = consumers.get(w.stream.id)!;
+        const got = await withTimeout(c.ended, 20_000, `stream ${w.stream.id} to its end`);
+        assert.deepEqual(got, w.sent(), `stream ${w.stream.id}: bytes and sha256`);
+        c.stream.end();
+      }
+      await waitFor(() => pair.server.streamCount === 0, 5000, 'the finished streams released');
+
+      // What those streams had grown is free again: a new stream's window grows past 256 KiB.
+      const again = await fastStartThenStall([new Writer(pair.client.open(), 99)], consumers, pair);
+      assert.ok(
+        again.buffered > INITIAL,
+        `a new stream grew its window again (${again.buffered} bytes held)`,
+      );
+      assert.ok(again.buffered <= streamWindow, `within its own window (${again.buffered} bytes held)`);
+    });
 
     test('a reader that attaches late (data buffered before it flows) gets everything, window 256 KiB', {
       timeout: 30_000,
