@@ -3,11 +3,11 @@
 // RSS, file descriptors, listeners, timers and mux streams of both processes are back near the baseline
 // taken after a warm-up of the same load.
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { get } from 'node:http';
 import net from 'node:net';
 import { test } from 'node:test';
-import { eventually, freePort, type Harness, sleep, withHarness } from './lib/processes.js';
+import { eventually, freePort, type Harness, procMemory, sleep, withHarness } from './lib/processes.js';
 import { startEchoServer } from './lib/services.js';
 import { patternBytes } from './lib/sha-stream.js';
 import { issueToken, startClient, startServer } from './lib/tunnel.js';
@@ -148,13 +148,6 @@ interface Snapshot {
   open: number;
 }
 
-function procRss(pid: number): number {
-  const line = readFileSync(`/proc/${pid}/status`, 'utf8')
-    .split('\n')
-    .find((l) => l.startsWith('VmRSS:'));
-  return Number(/(\d+)/.exec(line ?? '')![1]) * 1024;
-}
-
 function procFds(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;
 }
@@ -213,14 +206,14 @@ test(
         };
         return {
           server: {
-            rss: procRss(serverPid),
+            rss: procMemory('VmRSS', serverPid),
             fds: procFds(serverPid),
             resources: resourcesFromMetrics(metrics),
             streams: metric(metrics, 'porthole_session_streams'),
             open: metric(metrics, 'porthole_open_connections'),
           },
           client: {
-            rss: procRss(clientPid),
+            rss: procMemory('VmRSS', clientPid),
             fds: procFds(clientPid),
             resources: status.process.resources,
             streams: status.streams,
@@ -278,7 +271,7 @@ test(
         for (let i = 0; i < 100 && Date.now() < soakUntil; i++) {
           await sleep(8000);
           rssSamples.push(
-            `${(procRss(serverPid) / MIB).toFixed(0)}/${(procRss(clientPid) / MIB).toFixed(0)}`,
+            `${(procMemory('VmRSS', serverPid) / MIB).toFixed(0)}/${(procMemory('VmRSS', clientPid) / MIB).toFixed(0)}`,
           );
         }
       })();

@@ -1,6 +1,7 @@
 // Real child processes for the end-to-end tests: spawn the CLIs (optionally inside a network namespace),
 // parse their pino JSON lines, wait for log lines, and always kill them when a test ends.
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -423,6 +424,16 @@ export async function runOk(
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A process's resident memory now (VmRSS) or at its peak so far (VmHWM), in bytes, from /proc. */
+export function procMemory(field: 'VmRSS' | 'VmHWM', pid: number): number {
+  const line = readFileSync(`/proc/${pid}/status`, 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith(`${field}:`));
+  const kib = /(\d+)/.exec(line ?? '')?.[1];
+  if (kib === undefined) throw new Error(`no ${field} in /proc/${pid}/status`);
+  return Number(kib) * 1024;
 }
 
 /** Polls `check` every 20 ms until it holds; throws naming `what` after `timeoutMs`. */

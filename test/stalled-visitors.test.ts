@@ -1,0 +1,133 @@
+// Visitors who open a download and never read it: the server must hold a bounded amount for them (not a
+// full stream window each), the service behind the tunnel must be held back, and reading must resume.
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { test } from 'node:test';
+import { freePort, procMemory, sleep, waitFor, withHarness, withTimeout } from './lib/processes.js';
+import { startTunnel } from './lib/tunnel.js';
+
+const MiB = 1024 * 1024;
+const VISITORS = 100;
+/** The mux's defaults: window growth shared per session, and the 256 KiB every stream starts with. */
+const SESSION_WINDOW = 64 * MiB;
+const INITIAL_WINDOW = 256 * 1024;
+/**
+ * What the server may add to its peak RSS: the data it can be made to hold, twice (a buffered piece may
+ * pin the socket read it is a view of), plus room for sockets, streams and the allocator. A fixed 16 MiB
+ * window per stream would let these visitors take it past 1.5 GiB.
+ */
+const SERVER_GROWTH_LIMIT = 2 * (SESSION_WINDOW + VISITORS * INITIAL_WINDOW) + 128 * MiB;
+
+/** A download that never ends: writes while the socket takes it, counting what it handed over. */
+function startEndlessDownload() {
+  const chunk = Buffer.alloc(64 * 1024, 0x61);
+  const stats = { written: 0, connections: 0 };
+  const server = net.createServer((sock) => {
+    stats.connections += 1;
+    sock.on('error', () => {});
+    const pump = () => {
+      while (!sock.destroyed) {
+        const more = sock.write(chunk);
+        stats.written += chunk.length;
+        if (!more) return;
+      }
+    };
+    sock.on('drain', pump);
+    pump();
+  });
+  return { server, stats };
+}
+
+/** Resolves once `value()` has not changed for `quietMs`, returning it. */
+async function settled(
+  value: () => number,
+  quietMs: number,
+  timeoutMs: number,
+  what: string,
+): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  let last = value();
+  let since = Date.now();
+  while (Date.now() - since < quietMs) {
+    if (Date.now() > deadline) throw new Error(`${what} still changing after ${timeoutMs} ms (now ${last})`);
+    await sleep(100);
+    const now = value();
+    if (now !== last) {
+      last = now;
+      since = Date.now();
+    }
+  }
+  return last;
+}
+
+test(
+  `${VISITORS} visitors who never read a download: the server's memory stays bounded, the service is held back, then every visitor gets data`,
+  { timeout: 120_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const download = startEndlessDownload();
+      await new Promise<void>((resolve) => download.server.listen(0, '127.0.0.1', resolve));
+      h.onCleanup(() => download.server.close());
+      const localPort = (download.server.address() as net.AddressInfo).port;
+      const remotePort = await freePort();
+      const { server, publicPort } = await startTunnel(h, [
+        { name: 'download', local: `127.0.0.1:${localPort}`, remotePort },
+      ]);
+      const serverPid = server.proc.pid!;
+      const baseline = procMemory('VmRSS', serverPid);
+
+      const visitors: net.Socket[] = [];
+      h.onCleanup(() => {
+        for (const v of visitors) v.destroy();
+      });
+      for (let i = 0; i < VISITORS; i++) {
+        const v = net.connect(publicPort, '127.0.0.1');
+        v.pause(); // never reads: what the tunnel sends piles up behind it
+        v.on('error', () => {});
+        visitors.push(v);
+      }
+      await waitFor(
+        'every visitor reaching the service',
+        () => download.stats.connections === VISITORS,
+        20_000,
+      );
+      // Backpressure all the way back: the service's writes stop, nothing keeps taking data.
+      const written = await settled(() => download.stats.written, 1500, 30_000, 'bytes the service wrote');
+      const peak = procMemory('VmHWM', serverPid);
+      t.diagnostic(
+        `service wrote ${(written / MiB).toFixed(0)} MiB before backpressure stopped it; server RSS ` +
+          `${(baseline / MiB).toFixed(0)} MiB before, peak ${(peak / MiB).toFixed(0)} MiB`,
+      );
+      assert.ok(written > VISITORS * INITIAL_WINDOW, `the download flowed (${written} bytes written)`);
+      assert.ok(
+        peak - baseline <= SERVER_GROWTH_LIMIT,
+        `server RSS grew ${((peak - baseline) / MiB).toFixed(0)} MiB, limit ${(SERVER_GROWTH_LIMIT / MiB).toFixed(0)} MiB`,
+      );
+
+      // The visitors read again. Each must get more than the kernel's socket buffers and the tunnel could
+      // have held for it, so every stream carries data again, not just what was waiting.
+      const wanted = 16 * MiB;
+      await withTimeout(
+        Promise.all(
+          visitors.map(
+            (v) =>
+              new Promise<void>((resolve, reject) => {
+                let got = 0;
+                v.on('data', (c: Buffer) => {
+                  got += c.length;
+                  if (got >= wanted) {
+                    v.pause();
+                    resolve();
+                  }
+                });
+                v.once('close', () => reject(new Error(`visitor closed after ${got} bytes`)));
+                v.resume();
+              }),
+          ),
+        ),
+        60_000,
+        () => `${VISITORS} visitors reading ${wanted} bytes each`,
+      );
+      assert.ok(download.stats.written > written, 'the service was writing again');
+    }),
+);
