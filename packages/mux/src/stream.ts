@@ -146,7 +146,7 @@ export class Stream extends Duplex {
 
   /** @internal */
   onDataFrameEnd(): void {
-    if (!this.reset && !this.remoteFin) this.grantWindow(0);
+    if (!this.reset && !this.remoteFin) this.grantWindow();
   }
 
   /** @internal */
@@ -179,7 +179,7 @@ export class Stream extends Duplex {
   }
 
   override _read(): void {
-    if (!this.reset && !this.remoteFin) this.grantWindow(0);
+    if (!this.reset && !this.remoteFin) this.grantWindow();
   }
 
   // Node calls _read() before it takes a chunk out and then not again until the next push(), so _read alone
@@ -187,7 +187,7 @@ export class Stream extends Duplex {
   // Every way of consuming (flowing mode, pipe, async iteration, read()) goes through read(), so grant here.
   override read(size?: number): ReturnType<Duplex['read']> {
     const chunk = super.read(size);
-    if (chunk !== null && !this.reset && !this.remoteFin) this.grantWindow(0);
+    if (chunk !== null && !this.reset && !this.remoteFin) this.grantWindow();
     if (this.failAfterDrain && this.readableLength === 0) this.destroy(this.failAfterDrain);
     return chunk;
   }
@@ -238,16 +238,14 @@ export class Stream extends Duplex {
 
   /**
    * Tops the peer's allowance back up to the window target minus what still sits unread in our buffer.
-   * Updates are batched (sent once at least half the target is owed) unless flags must go out now.
+   * Updates are batched: one goes out once at least half the target is owed.
    */
-  private grantWindow(flags: number): void {
-    if (flags === 0) {
-      if (this.windowTarget - this.readableLength - this.recvWindow < this.windowTarget / 2) return;
-      this.growWindowIfBusy();
-    }
-    const grant = Math.max(this.windowTarget - this.readableLength - this.recvWindow, 0);
+  private grantWindow(): void {
+    if (this.windowTarget - this.readableLength - this.recvWindow < this.windowTarget / 2) return;
+    this.growWindowIfBusy();
+    const grant = this.windowTarget - this.readableLength - this.recvWindow;
     this.recvWindow += grant;
-    this.host.writeFrame(FrameType.WindowUpdate, flags, this.id, grant);
+    this.host.writeFrame(FrameType.WindowUpdate, 0, this.id, grant);
   }
 
   /** Called when an update is due: half the target was consumed since the last one. */
