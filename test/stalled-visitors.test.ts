@@ -3,20 +3,18 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { test } from 'node:test';
+import { DEFAULT_MAX_SESSION_WINDOW, INITIAL_WINDOW } from '@porthole/mux';
 import { freePort, procMemory, sleep, waitFor, withHarness, withTimeout } from './lib/processes.js';
 import { startTunnel } from './lib/tunnel.js';
 
 const MiB = 1024 * 1024;
 const VISITORS = 100;
-/** The mux's defaults: window growth shared per session, and the 256 KiB every stream starts with. */
-const SESSION_WINDOW = 64 * MiB;
-const INITIAL_WINDOW = 256 * 1024;
 /**
  * What the server may add to its peak RSS: the data it can be made to hold, twice (a buffered piece may
  * pin the socket read it is a view of), plus room for sockets, streams and the allocator. A fixed 16 MiB
  * window per stream would let these visitors take it past 1.5 GiB.
  */
-const SERVER_GROWTH_LIMIT = 2 * (SESSION_WINDOW + VISITORS * INITIAL_WINDOW) + 128 * MiB;
+const SERVER_GROWTH_LIMIT = 2 * (DEFAULT_MAX_SESSION_WINDOW + VISITORS * INITIAL_WINDOW) + 128 * MiB;
 
 /** A download that never ends: writes while the socket takes it, counting what it handed over. */
 function startEndlessDownload() {
