@@ -2,6 +2,7 @@
 // process and every descendant (sshd's per-session children, socat's per-connection forks).
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { procMemory } from '@porthole/e2e/lib/processes';
 
 /** USER_HZ: the unit of utime/stime in /proc/PID/stat; 100 on every mainstream Linux build. */
 const CLOCK_TICKS_PER_SECOND = 100;
@@ -38,9 +39,11 @@ export function processTree(rootPid: number): number[] {
 }
 
 function statusKiB(pid: number, field: 'VmRSS' | 'VmHWM'): number {
-  const status = readText(`/proc/${pid}/status`) ?? '';
-  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status);
-  return m ? Number(m[1]) : 0;
+  try {
+    return procMemory(field, pid) / 1024;
+  } catch {
+    return 0; // ended between listing and reading, or a zombie (no memory lines): it no longer counts
+  }
 }
 
 /** utime + stime + cutime + cstime: its own CPU and that of children it already reaped. */
