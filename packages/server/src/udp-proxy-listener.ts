@@ -12,6 +12,7 @@ import {
   type ProxySpec,
   writeStreamHeader,
 } from '@porthole/protocol';
+import { LimitWarning } from './limit-warning.js';
 
 /** Largest UDP payload per family (what a datagram from the tunnel may be and still be sent). */
 const MAX_UDP_PAYLOAD = { udp4: 65_507, udp6: 65_527 } as const;
@@ -19,8 +20,6 @@ const MAX_UDP_PAYLOAD = { udp4: 65_507, udp6: 65_527 } as const;
 const MAX_SEND_QUEUE_BYTES = 1024 * 1024;
 /** After an idle FIN, a stream the peer never finishes is reset this much later. */
 const FLOW_CLOSE_GRACE_MS = 5_000;
-/** At most one "flow limit" warning per proxy per this many ms (a flood must not flood the log). */
-const FLOW_LIMIT_LOG_INTERVAL_MS = 10_000;
 
 export interface UdpProxyStats {
   flowsOpened: number;
@@ -96,13 +95,24 @@ export class UdpProxyListener {
   private readonly family: 'udp4' | 'udp6';
   private readonly flows = new Map<string, Flow>();
   private closed = false;
-  private lastLimitLog = 0;
-  private limitDropsSinceLog = 0;
+  private readonly flowLimitWarning: LimitWarning;
 
   constructor(private readonly opts: UdpProxyListenerOptions) {
     this.address = formatHostPort(opts.bindHost, opts.proxy.remote_port);
     this.family = isIPv6(opts.bindHost) ? 'udp6' : 'udp4';
     this.socket = createSocket({ type: this.family, reuseAddr: false });
+    this.flowLimitWarning = new LimitWarning((dropped) =>
+      opts.logger.warn(
+        {
+          client: opts.client,
+          proxy: opts.proxy.name,
+          max_flows: opts.maxFlows,
+          dropped,
+          dropped_total: this.stats.droppedFlowLimit,
+        },
+        'udp flow limit reached: datagrams from new senders dropped',
+      ),
+    );
   }
 
   get activeFlows(): number {
@@ -147,7 +157,7 @@ export class UdpProxyListener {
     this.closed = true;
     this.socket.close();
     for (const flow of [...this.flows.values()]) this.endFlow(flow, 'proxy closed');
-    if (this.limitDropsSinceLog > 0) this.logLimitDrops();
+    this.flowLimitWarning.flush();
   }
 
   private onDatagram(msg: Buffer, rinfo: RemoteInfo): void {
@@ -157,8 +167,7 @@ export class UdpProxyListener {
     if (!flow) {
       if (this.flows.size >= this.opts.maxFlows) {
         this.stats.droppedFlowLimit++;
-        this.limitDropsSinceLog++;
-        if (Date.now() - this.lastLimitLog >= FLOW_LIMIT_LOG_INTERVAL_MS) this.logLimitDrops();
+        this.flowLimitWarning.count();
         return;
       }
       flow = this.openFlow(key, rinfo);
@@ -175,21 +184,6 @@ export class UdpProxyListener {
       if (result === 'dropped-backpressure') this.stats.droppedBackpressure++;
       else this.stats.droppedSend++;
     }
-  }
-
-  private logLimitDrops(): void {
-    this.opts.logger.warn(
-      {
-        client: this.opts.client,
-        proxy: this.opts.proxy.name,
-        max_flows: this.opts.maxFlows,
-        dropped: this.limitDropsSinceLog,
-        dropped_total: this.stats.droppedFlowLimit,
-      },
-      'udp flow limit reached: datagrams from new senders dropped',
-    );
-    this.lastLimitLog = Date.now();
-    this.limitDropsSinceLog = 0;
   }
 
   private openFlow(key: string, rinfo: RemoteInfo): Flow {

@@ -1,0 +1,43 @@
+/** At most one warning per limit per this many ms: a flood must not flood the log. */
+export const LIMIT_WARNING_INTERVAL_MS = 10_000;
+
+/**
+ * Counts what a limit turned away and reports it through `warn` at most once per interval: the first at
+ * once, the rest of a burst when the interval is over (or at `flush()`). A flood costs one log line per
+ * interval, and the tail of a burst that stopped is still reported.
+ */
+export class LimitWarning {
+  private pending = 0;
+  private lastWarned = Number.NEGATIVE_INFINITY;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly warn: (count: number) => void,
+    private readonly intervalMs = LIMIT_WARNING_INTERVAL_MS,
+  ) {}
+
+  count(): void {
+    this.pending += 1;
+    if (this.timer) return;
+    const wait = this.lastWarned + this.intervalMs - performance.now();
+    if (wait <= 0) {
+      this.flush();
+      return;
+    }
+    this.timer = setTimeout(() => this.flush(), wait);
+    this.timer.unref();
+  }
+
+  /** Reports what is pending now (the limit's owner is closing). */
+  flush(): void {
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    if (this.pending === 0) return;
+    const count = this.pending;
+    this.pending = 0;
+    this.lastWarned = performance.now();
+    this.warn(count);
+  }
+}

@@ -1,0 +1,29 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { LimitWarning } from '../src/limit-warning.js';
+
+test('a limit warning: the first refusal at once, a burst after it in one line when the interval ends', async () => {
+  const lines: number[] = [];
+  let tail: (() => void) | undefined;
+  const warning = new LimitWarning((count) => {
+    lines.push(count);
+    tail?.();
+  }, 200);
+  warning.count();
+  assert.deepEqual(lines, [1], 'the first is reported at once');
+  const burstReported = new Promise<void>((resolve) => {
+    tail = resolve;
+  });
+  for (let i = 0; i < 5; i++) warning.count();
+  assert.deepEqual(lines, [1], 'the burst waits for the interval');
+  // The warning's timer does not hold a process open; this one holds the test's.
+  const keepAlive = setTimeout(() => {}, 10_000);
+  await burstReported;
+  clearTimeout(keepAlive);
+  assert.deepEqual(lines, [1, 5], 'the burst is one line, even though nothing was refused after it');
+  warning.flush();
+  assert.deepEqual(lines, [1, 5], 'nothing pending, nothing reported');
+  warning.count();
+  warning.flush();
+  assert.deepEqual(lines, [1, 5, 1], 'flush reports what is pending at once (the proxy is closing)');
+});
