@@ -54,6 +54,7 @@ const KEY_TYPES: Record<string, readonly ProxyType[]> = {
   host_header_rewrite: ['http'],
   request_headers: ['http'],
   proxy_protocol: ['tcp', 'tls'],
+  max_connections: ['tcp', 'tls'],
   udp_idle_timeout: ['udp'],
   max_flows: ['udp'],
 };
@@ -112,6 +113,12 @@ export const proxySchema = z
       )
       .optional(),
     proxy_protocol: z.enum(['v1', 'v2'], { error: expected('"v1" or "v2"') }).optional(),
+    max_connections: z
+      .number({ error: expected('a number of connections') })
+      .int()
+      .min(1)
+      .max(1_000_000)
+      .optional(),
     udp_idle_timeout: durationField.optional(),
     max_flows: z
       .number({ error: expected('a number of flows') })
@@ -180,6 +187,8 @@ export interface ProxyConfig {
   requestHeaders?: Record<string, string>;
   /** tcp, tls: write a PROXY protocol header to the local service before the visitor's bytes. */
   proxyProtocol?: 'v1' | 'v2';
+  /** tcp, tls: visitor connections open at once (the server caps it with proxy_max_connections). */
+  maxConnections?: number;
   /** udp: ms without datagrams before a flow ends (the server's setting when absent). */
   udpIdleTimeout?: number;
   maxFlows?: number;
@@ -196,6 +205,7 @@ export function toProxyConfig(raw: RawProxy): ProxyConfig {
   if (raw.host_header_rewrite !== undefined) proxy.hostHeaderRewrite = raw.host_header_rewrite;
   if (raw.request_headers !== undefined) proxy.requestHeaders = raw.request_headers;
   if (raw.proxy_protocol !== undefined) proxy.proxyProtocol = raw.proxy_protocol;
+  if (raw.max_connections !== undefined) proxy.maxConnections = raw.max_connections;
   if (raw.udp_idle_timeout !== undefined) proxy.udpIdleTimeout = raw.udp_idle_timeout;
   if (raw.max_flows !== undefined) proxy.maxFlows = raw.max_flows;
   return proxy;
@@ -213,6 +223,7 @@ export function proxySpecFields(proxy: ProxyConfig): ProxySpec {
   if (proxy.hostHeaderRewrite !== undefined) spec.host_header_rewrite = proxy.hostHeaderRewrite;
   if (proxy.requestHeaders !== undefined) spec.request_headers = proxy.requestHeaders;
   if (proxy.proxyProtocol !== undefined) spec.proxy_protocol = proxy.proxyProtocol;
+  if (proxy.maxConnections !== undefined) spec.max_connections = proxy.maxConnections;
   if (proxy.udpIdleTimeout !== undefined) spec.udp_idle_timeout_ms = proxy.udpIdleTimeout;
   if (proxy.maxFlows !== undefined) spec.max_flows = proxy.maxFlows;
   return spec;

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { ConfigError } from '@porthole/protocol';
 import { type ClientFlags, loadClientConfig } from '../src/config.js';
+import { proxySpecFields } from '../src/proxy-config.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'porthole-client-config-'));
 writeFileSync(join(dir, 'token'), 'a.b.c\n');
@@ -98,7 +99,7 @@ test('every mistake is reported as source: key: reason', () => {
 test('udp, http and tls proxies take their own keys, and say which key is wrong', () => {
   const file = write(
     `${HEAD}[[proxies]]\nname = "dns"\ntype = "udp"\nlocal = "127.0.0.1:53"\nremote_port = 5353\nudp_idle_timeout = "30s"\nmax_flows = 10\n` +
-      `[[proxies]]\nname = "dns-tcp"\ntype = "tcp"\nlocal = "127.0.0.1:53"\nremote_port = 5353\nproxy_protocol = "v2"\n` +
+      `[[proxies]]\nname = "dns-tcp"\ntype = "tcp"\nlocal = "127.0.0.1:53"\nremote_port = 5353\nproxy_protocol = "v2"\nmax_connections = 64\n` +
       `[[proxies]]\nname = "web"\ntype = "http"\nlocal = "127.0.0.1:3000"\nhosts = ["App.Example.com", "*.home.example.com"]\n` +
       `subdomain = "app"\nlocations = ["/", "/api"]\nhttp_user = "u"\nhttp_password = "p"\nhost_header_rewrite = "internal.lan"\n` +
       `request_headers = { "X-From" = "porthole" }\n` +
@@ -114,6 +115,8 @@ test('udp, http and tls proxies take their own keys, and say which key is wrong'
     maxFlows: 10,
   });
   assert.equal(config.proxies[1]?.proxyProtocol, 'v2');
+  assert.equal(config.proxies[1]?.maxConnections, 64);
+  assert.equal(proxySpecFields(config.proxies[1]!).max_connections, 64, 'the server is told');
   assert.deepEqual(config.proxies[2]?.hosts, ['app.example.com', '*.home.example.com']);
   assert.deepEqual(config.proxies[2]?.requestHeaders, { 'X-From': 'porthole' });
   assert.equal(config.proxies[3]?.type, 'tls');
@@ -136,6 +139,13 @@ test('udp, http and tls proxies take their own keys, and say which key is wrong'
   ]);
   const udp = '[[proxies]]\nname = "u"\ntype = "udp"\nlocal = "127.0.0.1:1"\n';
   assert.deepEqual(problems(`${HEAD}${udp}`), ['proxies[0].remote_port: required']);
+  assert.deepEqual(problems(`${HEAD}${udp}remote_port = 53\nmax_connections = 5\n`), [
+    'proxies[0].max_connections: applies to tcp and tls proxies, not udp',
+  ]);
+  const tcp = '[[proxies]]\nname = "t"\ntype = "tcp"\nlocal = "127.0.0.1:1"\nremote_port = 2222\n';
+  assert.deepEqual(problems(`${HEAD}${tcp}max_connections = 0\n`), [
+    'proxies[0].max_connections: must be at least 1',
+  ]);
   const quick = loadClientConfig(undefined, { server: 'ws://x', token: 't', udp: ['5353:127.0.0.1:53'] });
   assert.deepEqual(quick.proxies[0], {
     name: 'udp-5353',

@@ -39,6 +39,8 @@ export const proxySpecSchema = z.object({
     .optional(),
   /** tcp/tls: the client writes a PROXY protocol header to the local service (informational here). */
   proxy_protocol: z.enum(['v1', 'v2']).optional(),
+  /** tcp/tls: visitor connections open at once; more are refused. Capped by the server. */
+  max_connections: z.number().int().min(1).max(1_000_000).optional(),
   /** udp: a flow without datagrams for this long ends (both ends); the server's default otherwise. */
   udp_idle_timeout_ms: z.number().int().min(100).max(86_400_000).optional(),
   /** udp: concurrent flows (remote address:port) this proxy accepts; capped by the server. */
