@@ -14,7 +14,13 @@ import {
   type TokenClaims,
   writeMessage,
 } from '@porthole/protocol';
-import { type BoundProxy, bindRoutedProxy, type ProxyOwner, routedRefusal } from './proxy-routing.js';
+import {
+  type BoundProxy,
+  bindRoutedProxy,
+  connectionLimitFor,
+  type ProxyOwner,
+  routedRefusal,
+} from './proxy-routing.js';
 import type { ServerContext } from './server-context.js';
 import { TcpProxyListener } from './tcp-proxy-listener.js';
 
@@ -380,6 +386,7 @@ export class ClientSession {
       session: this.session,
       logger: this.ctx.logger,
       tracker: this.ctx.tracker,
+      limit: connectionLimitFor(this.ctx, this.name, spec),
     });
     // Hold the port before the asynchronous bind, so two registrations cannot race for it.
     this.ctx.ports.set(port, { owner: this, proxy: spec.name });

@@ -20,6 +20,12 @@ import { loadRoutingConfig, type RoutingConfig, routingConfigShape } from './rou
 /** Loopback only unless the operator says otherwise: the admin API shows every client and connection. */
 export const DEFAULT_ADMIN_LISTEN = '127.0.0.1:7500';
 const MIN_ADMIN_TOKEN_LENGTH = 16;
+/**
+ * Above what any homelab service meets (the bench holds 10,000 idle connections through one proxy), below
+ * the 65,536 streams of a client's tunnel: a flood on one public port cannot take the streams of its
+ * client's other proxies.
+ */
+export const DEFAULT_PROXY_MAX_CONNECTIONS = 16_384;
 
 const HOST = /^(?:[A-Za-z0-9.-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$/;
 
@@ -35,6 +41,12 @@ const serverSchema = z
       .regex(HOST, 'must be an IP address or a host name')
       .default('0.0.0.0'),
     allow_ports: portRangesField.optional(),
+    proxy_max_connections: z
+      .number({ error: expected('a number of connections') })
+      .int()
+      .min(1)
+      .max(1_000_000)
+      .default(DEFAULT_PROXY_MAX_CONNECTIONS),
     heartbeat_interval: durationField.prefault('10s'),
     heartbeat_timeout: durationField.prefault('30s'),
     shutdown_timeout: durationField.prefault('10s'),
@@ -99,6 +111,8 @@ export interface ServerConfig {
   path: string;
   proxyBind: string;
   allowPorts: PortRanges;
+  /** Visitor connections a tcp or tls proxy may have open at once; a client's max_connections can only lower it. */
+  proxyMaxConnections: number;
   heartbeatInterval: number;
   heartbeatTimeout: number;
   shutdownTimeout: number;
@@ -161,6 +175,7 @@ export function loadServerConfig(file: string): ServerConfig {
     path: raw.path,
     proxyBind: raw.proxy_bind,
     allowPorts: raw.allow_ports ?? PortRanges.all(),
+    proxyMaxConnections: raw.proxy_max_connections,
     heartbeatInterval: raw.heartbeat_interval,
     heartbeatTimeout: raw.heartbeat_timeout,
     shutdownTimeout: raw.shutdown_timeout,

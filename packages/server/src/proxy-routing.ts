@@ -10,6 +10,7 @@ import {
   parseSubdomain,
   writeStreamHeader,
 } from '@porthole/protocol';
+import { ConnectionLimit } from './connection-limit.js';
 import { type HostClaim, HostRoutes } from './host-routes.js';
 import { UpstreamPool, type Visitor } from './http-upstream-pool.js';
 import type { HttpTarget } from './http-vhost-router.js';
@@ -63,6 +64,20 @@ export interface BoundProxy {
   /** udp proxies: live counters (flows, datagrams, drops by cause) for the admin API and metrics. */
   readonly udpStats?: Readonly<UdpProxyStats>;
   close(): void;
+}
+
+/**
+ * A tcp or tls proxy's limit on open visitor connections: its own max_connections, capped by the server's
+ * proxy_max_connections as the running config has it (a reload applies at once).
+ */
+export function connectionLimitFor(ctx: ServerContext, client: string, spec: ProxySpec): ConnectionLimit {
+  return new ConnectionLimit({
+    client,
+    proxy: spec.name,
+    max: () => Math.min(spec.max_connections ?? Number.POSITIVE_INFINITY, ctx.config.proxyMaxConnections),
+    logger: ctx.logger,
+    onRefused: () => ctx.traffic.countRefused(client, spec.name),
+  });
 }
 
 function routingOf(ctx: ServerContext): RoutingConfig {
@@ -223,13 +238,21 @@ export async function bindRoutedProxy(
   };
 
   if (spec.type === 'tls') {
-    const target: TlsTarget = { client: owner.name, proxy: spec.name, session: owner.session };
+    const target: TlsTarget = {
+      client: owner.name,
+      proxy: spec.name,
+      session: owner.session,
+      limit: connectionLimitFor(ctx, owner.name, spec),
+    };
     state.tlsRoutes.add(owner.name, spec.name, claims, target);
     const httpsPort = portOf(state.httpsAddress);
     return {
       address: state.httpsAddress ?? '',
       urls: claims.map((c) => `tls://${c.host}${httpsPort === 443 || !httpsPort ? '' : `:${httpsPort}`}`),
-      close: () => state.tlsRoutes.release(target),
+      close: () => {
+        state.tlsRoutes.release(target);
+        target.limit.close();
+      },
     };
   }
 

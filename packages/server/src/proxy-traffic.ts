@@ -11,12 +11,15 @@ export interface ProxyTotals {
   bytesIn: number;
   /** Bytes from the service back to visitors. */
   bytesOut: number;
+  /** Visitors turned away because the proxy had max_connections open. */
+  refused: number;
 }
 
 interface ClosedTotals {
   connections: number;
   bytesIn: number;
   bytesOut: number;
+  refused: number;
   /** Date.now() when this proxy was last registered or carrying a connection. */
   lastActive: number;
 }
@@ -28,8 +31,13 @@ function keyOf(client: string, proxy: string): string {
   return `${client}\u0000${proxy}`;
 }
 
-function countsOf(closed: ClosedTotals): { connections: number; bytesIn: number; bytesOut: number } {
-  return { connections: closed.connections, bytesIn: closed.bytesIn, bytesOut: closed.bytesOut };
+function countsOf(closed: ClosedTotals): Omit<ProxyTotals, 'client' | 'proxy' | 'open'> {
+  return {
+    connections: closed.connections,
+    bytesIn: closed.bytesIn,
+    bytesOut: closed.bytesOut,
+    refused: closed.refused,
+  };
 }
 
 function namesOf(connection: TrackedConnection): { client: string; proxy: string } {
@@ -56,11 +64,18 @@ export class ProxyTraffic {
     });
   }
 
+  /** One visitor of `proxy` turned away by its connection limit. */
+  countRefused(client: string, proxy: string): void {
+    const totals = this.entry(client, proxy);
+    totals.refused += 1;
+    totals.lastActive = Date.now();
+  }
+
   private entry(client: string, proxy: string): ClosedTotals {
     const key = keyOf(client, proxy);
     let totals = this.closed.get(key);
     if (!totals) {
-      totals = { connections: 0, bytesIn: 0, bytesOut: 0, lastActive: Date.now() };
+      totals = { connections: 0, bytesIn: 0, bytesOut: 0, refused: 0, lastActive: Date.now() };
       this.closed.set(key, totals);
     }
     return totals;

@@ -2,6 +2,7 @@ import type { ConnectionTracker, Logger } from '@porthole/protocol';
 import type { ClientSession } from './client-session.js';
 import type { ServerConfig } from './config.js';
 import type { RoutingState } from './proxy-routing.js';
+import type { ProxyTraffic } from './proxy-traffic.js';
 
 /** What every client session shares: settings, the registry of clients and ports, the connection count. */
 export interface ServerContext {
@@ -9,6 +10,8 @@ export interface ServerContext {
   config: ServerConfig;
   readonly logger: Logger;
   readonly tracker: ConnectionTracker;
+  /** Per-proxy totals (connections, bytes, refusals) for the admin API and /metrics. */
+  readonly traffic: ProxyTraffic;
   readonly serverVersion: string;
   /** Sessions that completed hello, by client name (one per name: a new one takes over). */
   readonly clients: Map<string, ClientSession>;

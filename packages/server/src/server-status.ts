@@ -1,6 +1,6 @@
 import { PROTOCOL_VERSION } from '@porthole/protocol';
 import { Exposition, type Histogram, writeProcessMetrics } from './metrics.js';
-import { type ProxyTotals, type ProxyTraffic, proxyKey } from './proxy-traffic.js';
+import { type ProxyTotals, proxyKey } from './proxy-traffic.js';
 import type { ServerContext } from './server-context.js';
 
 export interface ProxyView {
@@ -17,6 +17,8 @@ export interface ProxyView {
   bytes_in: number;
   /** The service -> visitors. */
   bytes_out: number;
+  /** Visitors turned away because max_connections were open (tcp and tls proxies). */
+  refused_connections: number;
 }
 
 export interface ClientView {
@@ -55,7 +57,6 @@ export interface ServerCounters {
 export class ServerStatus {
   constructor(
     private readonly ctx: ServerContext,
-    private readonly traffic: ProxyTraffic,
     private readonly counters: ServerCounters,
   ) {}
 
@@ -68,7 +69,7 @@ export class ServerStatus {
   }
 
   private totals(): Map<string, ProxyTotals> {
-    return this.traffic.snapshot(this.registered());
+    return this.ctx.traffic.snapshot(this.registered());
   }
 
   clients(totals = this.totals()): ClientView[] {
@@ -97,6 +98,7 @@ export class ServerStatus {
               connections_total: t?.connections ?? 0,
               bytes_in: t?.bytesIn ?? 0,
               bytes_out: t?.bytesOut ?? 0,
+              refused_connections: t?.refused ?? 0,
             };
           }),
       }));
@@ -168,6 +170,12 @@ export class ServerStatus {
       'counter',
       'Connections accepted, per proxy.',
       (t) => t.connections,
+    );
+    perProxy(
+      'porthole_proxy_connections_refused_total',
+      'counter',
+      'Visitors refused because the proxy had max_connections open, per proxy.',
+      (t) => t.refused,
     );
     perProxy(
       'porthole_proxy_bytes_in_total',

@@ -33,10 +33,12 @@ export class PortholeServer {
   private admin: AdminServer | undefined;
 
   constructor(config: ServerConfig, logger: Logger, serverVersion: string) {
+    const tracker = new ConnectionTracker();
     this.ctx = {
       config,
       logger,
-      tracker: new ConnectionTracker(),
+      tracker,
+      traffic: new ProxyTraffic(tracker),
       serverVersion,
       clients: new Map(),
       sessions: new Set(),
@@ -50,7 +52,7 @@ export class PortholeServer {
       adminAuthFailures: 0,
       reloads: { ok: 0, failed: 0 },
     };
-    this.status = new ServerStatus(this.ctx, new ProxyTraffic(this.ctx.tracker), this.counters);
+    this.status = new ServerStatus(this.ctx, this.counters);
     this.endpoint = new ControlEndpoint({
       listen: config.listen,
       path: config.path,

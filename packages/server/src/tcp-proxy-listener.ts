@@ -7,6 +7,7 @@ import {
   type ProxySpec,
   writeStreamHeader,
 } from '@porthole/protocol';
+import type { ConnectionLimit } from './connection-limit.js';
 
 export interface TcpProxyListenerOptions {
   client: string;
@@ -15,6 +16,8 @@ export interface TcpProxyListenerOptions {
   session: Session;
   logger: Logger;
   tracker: ConnectionTracker;
+  /** This proxy's max_connections: a visitor over it is reset before a stream is opened. */
+  limit: ConnectionLimit;
 }
 
 /** Why a listen failed, in words a client user can act on. */
@@ -65,10 +68,12 @@ export class TcpProxyListener {
   /** Stops accepting at once (the port is free when this returns); open connections carry on. */
   close(): void {
     if (this.server.listening) this.server.close();
+    this.opts.limit.close();
   }
 
   private onConnection(socket: Socket): void {
-    const { client, proxy, session, tracker, logger } = this.opts;
+    const { client, proxy, session, tracker, logger, limit } = this.opts;
+    if (!limit.admit(socket)) return;
     const conn = tracker.nextId();
     const remoteHost = socket.remoteAddress ?? '';
     const remotePort = socket.remotePort ?? 0;

@@ -12,6 +12,7 @@ import {
   normalizeRequestHost,
   writeStreamHeader,
 } from '@porthole/protocol';
+import type { ConnectionLimit } from './connection-limit.js';
 import type { HostRoutes } from './host-routes.js';
 import type { HttpVhostServer } from './http-vhost-server.js';
 import type { TlsCertStore } from './tls-cert-store.js';
@@ -23,6 +24,8 @@ export interface TlsTarget {
   client: string;
   proxy: string;
   session: Session;
+  /** The proxy's max_connections: a visitor over it is reset before a stream is opened. */
+  limit: ConnectionLimit;
 }
 
 export interface TlsSniListenerOptions {
@@ -119,6 +122,7 @@ export class TlsSniListener {
       return;
     }
     const { target } = decision;
+    if (!target.limit.admit(socket)) return;
     const { tracker, logger } = this.opts;
     const conn = tracker.nextId();
     socket.setNoDelay(true);

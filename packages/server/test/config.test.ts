@@ -36,6 +36,7 @@ test('the minimal config gets documented defaults; secret_file is read relative 
   assert.equal(config.heartbeatInterval, 10_000);
   assert.equal(config.heartbeatTimeout, 30_000);
   assert.equal(config.shutdownTimeout, 10_000);
+  assert.equal(config.proxyMaxConnections, 16_384);
   assert.equal(config.auth.secret, secret);
   assert.equal(config.tls, undefined);
 });
@@ -71,6 +72,12 @@ test('every mistake is reported as file: key: reason', () => {
   );
   assert.deepEqual(problems('[auth]\nsecret_file = "secret"\n[tls]\ncert_file = "c.pem"\n'), [
     'tls.key_file: required',
+  ]);
+  assert.deepEqual(problems('proxy_max_connections = 0\n[auth]\nsecret_file = "secret"\n'), [
+    'proxy_max_connections: must be at least 1',
+  ]);
+  assert.deepEqual(problems('proxy_max_connections = "many"\n[auth]\nsecret_file = "secret"\n'), [
+    'proxy_max_connections: expected a number of connections',
   ]);
   assert.deepEqual(problems('path = "no-slash"\n[auth]\nsecret_file = "secret"\n'), [
     'path: must start with "/" and contain no spaces, "?" or "#"',

@@ -10,7 +10,7 @@ import {
   parseControlMessage,
   writeMessage,
 } from '@porthole/protocol';
-import type { ServerConfig } from '../src/config.js';
+import { DEFAULT_PROXY_MAX_CONNECTIONS, type ServerConfig } from '../src/config.js';
 import { PortholeServer } from '../src/server.js';
 
 export const SECRET = randomBytes(32).toString('hex');
@@ -22,6 +22,7 @@ export async function startServer(overrides: Partial<ServerConfig> = {}) {
     path: '/_porthole',
     proxyBind: '127.0.0.1',
     allowPorts: PortRanges.all(),
+    proxyMaxConnections: DEFAULT_PROXY_MAX_CONNECTIONS,
     heartbeatInterval: 10_000,
     heartbeatTimeout: 30_000,
     shutdownTimeout: 1000,

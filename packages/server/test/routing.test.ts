@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import { Session, type Stream } from '@porthole/mux';
 import { ConfigError, ConnectionTracker, captureLogs, readStreamHeader } from '@porthole/protocol';
 import { loadServerConfig } from '../src/config.js';
+import { ConnectionLimit } from '../src/connection-limit.js';
 import { HostRoutes, locationMatches, OFFLINE_ROUTE_TTL_MS } from '../src/host-routes.js';
 import type { HttpVhostServer } from '../src/http-vhost-server.js';
 import { TlsCertStore } from '../src/tls-cert-store.js';
@@ -96,7 +97,18 @@ test('SNI decisions: tls proxies by exact name, then exact certificates, then wi
   const certs = new TlsCertStore([{ cert: edge.cert, key: edge.key, source: 'https.certs[0]' }]);
   assert.deepEqual(certs.names.sort(), ['*.example.test', 'vps.example.test']);
   const routes = new HostRoutes<TlsTarget>();
-  const target = (proxy: string) => ({ client: 'c', proxy, session: {} as Session });
+  const target = (proxy: string): TlsTarget => ({
+    client: 'c',
+    proxy,
+    session: {} as Session,
+    limit: new ConnectionLimit({
+      client: 'c',
+      proxy,
+      max: () => 1,
+      logger: captureLogs().logger,
+      onRefused: () => {},
+    }),
+  });
   routes.add('c', 'vault', [{ host: 'vault.example.test', tier: 'exact', location: '/' }], target('vault'));
   routes.add('c', 'wild', [{ host: '*.tls.test', tier: 'wildcard', location: '/' }], target('wild'));
   routes.add('c', 'wild2', [{ host: '*.example.test', tier: 'wildcard', location: '/' }], target('wild2'));

@@ -1,0 +1,63 @@
+import type { Socket } from 'node:net';
+import type { Logger } from '@porthole/protocol';
+import { LimitWarning } from './limit-warning.js';
+
+export interface ConnectionLimitOptions {
+  client: string;
+  proxy: string;
+  /** Read at each new connection, so that a reload's new cap applies at once. */
+  max: () => number;
+  logger: Logger;
+  /** Counts one refusal where the admin API and /metrics read it. */
+  onRefused: () => void;
+}
+
+/**
+ * The visitor connections one tcp or tls proxy has open, against its max_connections. A connection over
+ * the limit is reset before a tunnel stream is opened for it: it costs the server a socket for an instant
+ * and the client nothing, so a flood on one public port cannot take the streams (or the server memory) that
+ * its client's other proxies need.
+ */
+export class ConnectionLimit {
+  private open = 0;
+  private readonly warning: LimitWarning;
+
+  constructor(private readonly opts: ConnectionLimitOptions) {
+    this.warning = new LimitWarning((refused) =>
+      opts.logger.warn(
+        {
+          client: opts.client,
+          proxy: opts.proxy,
+          max_connections: opts.max(),
+          open: this.open,
+          refused,
+        },
+        'connection limit reached: new visitors refused',
+      ),
+    );
+  }
+
+  get openConnections(): number {
+    return this.open;
+  }
+
+  /** Counts `socket` until it closes and returns true; or resets it (RST) and returns false. */
+  admit(socket: Socket): boolean {
+    if (this.open >= this.opts.max()) {
+      socket.resetAndDestroy();
+      this.opts.onRefused();
+      this.warning.count();
+      return false;
+    }
+    this.open += 1;
+    socket.once('close', () => {
+      this.open -= 1;
+    });
+    return true;
+  }
+
+  /** The proxy is closing: reports the refusals not logged yet. */
+  close(): void {
+    this.warning.flush();
+  }
+}
