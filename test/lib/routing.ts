@@ -2,7 +2,15 @@
 // tokens with host grants; certificates made with openssl in the test's temp dir.
 import type { Harness, LogLine, Proc } from './processes.js';
 import { clientBin, runOk, serverBin } from './processes.js';
-import { portOf, type RunningServer, type ServerConfigFile, startServer, writeSecret } from './tunnel.js';
+import {
+  adminTableLines,
+  portOf,
+  type RunningServer,
+  type ServerConfigFile,
+  type ServerOptions,
+  startServer,
+  writeSecret,
+} from './tunnel.js';
 
 export type TomlScalar = string | number | boolean | string[];
 export type TomlValue = TomlScalar | Record<string, string>;
@@ -125,6 +133,8 @@ export interface RoutedServerOptions {
   https?: { certs: CertFiles[]; keys?: Record<string, TomlValue | undefined> };
   /** The control endpoint's own [tls] certificate. */
   tls?: CertFiles;
+  /** An [admin] table (JSON API and /metrics); the server's `adminUrl` says where. */
+  admin?: ServerOptions['admin'];
   logLevel?: string;
   name?: string;
 }
@@ -156,9 +166,13 @@ export async function startRoutedServer(h: Harness, opts: RoutedServerOptions = 
     }
   }
   if (opts.tls) parts.push('[tls]', tomlLines({ cert_file: opts.tls.cert, key_file: opts.tls.key }));
-  parts.push('');
+  parts.push(...(await adminTableLines(h, opts.admin)), '');
   const configPath = await h.file(`${unique('server')}.toml`, parts.join('\n'));
-  const config: ServerConfigFile = { configPath, secretFile, options: { allowPorts: opts.allowPorts ?? [] } };
+  const config: ServerConfigFile = {
+    configPath,
+    secretFile,
+    options: { allowPorts: opts.allowPorts ?? [], ...(opts.admin ? { admin: opts.admin } : {}) },
+  };
   const running = await startServer(h, config, opts.name ?? 'server');
   const httpLine = running.proc.logsWithMsg('http listening')[0];
   const httpsLine = running.proc.logsWithMsg('https listening')[0];

@@ -64,21 +64,25 @@ export interface ServerConfigFile {
   options: ServerOptions;
 }
 
+/** The lines of an [admin] table (its token written to a file of its own); none without `admin`. */
+export async function adminTableLines(h: Harness, admin: ServerOptions['admin']): Promise<string[]> {
+  if (!admin) return [];
+  return [
+    '[admin]',
+    toml({
+      listen: admin.listen ?? '127.0.0.1:0',
+      token_file: await h.file(unique('admin-token'), `${admin.token}\n`),
+    }),
+  ];
+}
+
 /** The text of a server.toml for these options (an admin token is written to its own file). */
 export async function serverConfigText(
   h: Harness,
   options: ServerOptions,
   secretFile: string,
 ): Promise<string> {
-  const admin = options.admin
-    ? [
-        '[admin]',
-        toml({
-          listen: options.admin.listen ?? '127.0.0.1:0',
-          token_file: await h.file(unique('admin-token'), `${options.admin.token}\n`),
-        }),
-      ]
-    : [];
+  const admin = await adminTableLines(h, options.admin);
   return [
     toml({
       listen: options.listen ?? '127.0.0.1:0',
