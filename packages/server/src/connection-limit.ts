@@ -37,10 +37,6 @@ export class ConnectionLimit {
     );
   }
 
-  get openConnections(): number {
-    return this.open;
-  }
-
   /** Counts `socket` until it closes and returns true; or resets it (RST) and returns false. */
   admit(socket: Socket): boolean {
     if (this.open >= this.opts.max()) {
