@@ -39,6 +39,16 @@ export interface SessionOptions {
 export const DEFAULT_MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 export const DEFAULT_MAX_SESSION_WINDOW = 64 * 1024 * 1024;
 const CLOSE_GRACE_MS = 2000;
+/**
+ * A stream whose reader consumed half its window within the growth period of the previous update gets its
+ * window doubled, so a window settles near twice the period's worth of data at the stream's rate; all that
+ * data is queued ahead of every other stream when the path is slow. The period is four round trips of the
+ * tunnel (the fastest ping seen): enough for a window to cover the round trip on a long path, while on a slow
+ * link with a short path a bulk stream stays near 256 KiB. Before a ping has come back, and at most: 200 ms.
+ */
+const MAX_WINDOW_GROWTH_PERIOD_MS = 200;
+/** Event-loop turns, not the wire, dominate a loopback or LAN round trip: never shorter than this. */
+const MIN_WINDOW_GROWTH_PERIOD_MS = 5;
 const MAX_QUEUED_ANSWER_BYTES = 64 * 1024;
 
 const defaults = {
@@ -93,6 +103,8 @@ export class Session extends EventEmitter {
   private grownWindow = 0;
   private readonly pings = new Map<number, PendingPing>();
   private nextPingId = 1;
+  /** The fastest ping round trip so far, in ms; undefined until one came back. */
+  private minRtt: number | undefined;
   private keepAliveTimer: NodeJS.Timeout | undefined;
   private keepAliveInFlight = false;
 
@@ -107,6 +119,7 @@ export class Session extends EventEmitter {
     this.nextStreamId = options.client ? 1 : 2;
     this.host = {
       maxStreamWindow: this.maxStreamWindow,
+      windowGrowthPeriod: () => this.windowGrowthPeriod(),
       claimWindowGrowth: (wanted) => this.claimWindowGrowth(wanted),
       writeFrame: (type, flags, id, length, body) => this.writeFrame(type, flags, id, length, body),
       whenWritable: (callback) => this.whenWritable(callback),
@@ -129,6 +142,8 @@ export class Session extends EventEmitter {
     if (this.options.keepAliveInterval > 0) {
       this.keepAliveTimer = setInterval(() => this.keepAlive(), this.options.keepAliveInterval);
       this.keepAliveTimer.unref();
+      // The first round trip, measured before any bulk data queues up in front of it.
+      setImmediate(() => this.keepAlive());
     }
   }
 
@@ -298,7 +313,9 @@ export class Session extends EventEmitter {
     const pending = this.pings.get(header.length);
     if (!pending) return;
     this.pings.delete(header.length);
-    pending.resolve(Number(process.hrtime.bigint() - pending.started) / 1e6);
+    const rtt = Number(process.hrtime.bigint() - pending.started) / 1e6;
+    if (this.minRtt === undefined || rtt < this.minRtt) this.minRtt = rtt;
+    pending.resolve(rtt);
   }
 
   private onGoAway(code: number): void {
@@ -442,6 +459,11 @@ export class Session extends EventEmitter {
     const waiters = this.drainWaiters;
     this.drainWaiters = [];
     for (const waiter of waiters) waiter();
+  }
+
+  private windowGrowthPeriod(): number {
+    if (this.minRtt === undefined) return MAX_WINDOW_GROWTH_PERIOD_MS;
+    return Math.min(MAX_WINDOW_GROWTH_PERIOD_MS, Math.max(MIN_WINDOW_GROWTH_PERIOD_MS, 4 * this.minRtt));
   }
 
   private claimWindowGrowth(wanted: number): number {

@@ -6,6 +6,8 @@ import type { Session } from './session.js';
 /** What a stream needs from its session; kept narrow so the stream cannot reach into session state. */
 export interface StreamHost {
   readonly maxStreamWindow: number;
+  /** How soon after the previous update a consumed half-window counts as busy (see growWindowIfBusy). */
+  windowGrowthPeriod(): number;
   /** Takes up to `wanted` bytes of window growth from the session's shared allowance; returns how much. */
   claimWindowGrowth(wanted: number): number;
   writeFrame(type: FrameType, flags: number, streamId: number, length: number, body?: Buffer): void;
@@ -17,12 +19,6 @@ export interface StreamHost {
 const MAX_DATA_FRAME = 128 * 1024;
 /** How long data that arrived before the session ended stays readable before the stream fails anyway. */
 const ABORT_DRAIN_MS = 2000;
-/**
- * A stream whose reader consumed half its window within this long of the previous update gets its window
- * doubled. Windows settle near twice this much data at the stream's rate, which covers round trips up to
- * twice this long, while streams that trickle (a shell, small requests) keep the initial 256 KiB.
- */
-const WINDOW_GROWTH_PERIOD_MS = 200;
 
 interface BlockedWrite {
   rest: Buffer;
@@ -251,7 +247,7 @@ export class Stream extends Duplex {
   /** Called when an update is due: half the target was consumed since the last one. */
   private growWindowIfBusy(): void {
     const now = performance.now();
-    const busy = now - this.windowEpoch < WINDOW_GROWTH_PERIOD_MS;
+    const busy = now - this.windowEpoch < this.host.windowGrowthPeriod();
     this.windowEpoch = now;
     const room = this.host.maxStreamWindow - this.windowTarget;
     if (!busy || room <= 0) return;

@@ -267,3 +267,39 @@ for (const transport of ['tcp', 'ws'] as const) {
     });
   });
 }
+
+/**
+ * A writer that always has data, a reader that takes 16 KiB every 8 ms (2 MB/s, a slow link's pace) for
+ * 1.5 s and then stops. Returns what the reader holds once the writer is blocked: its stream window.
+ */
+async function pacedThenStall(pair: SessionPair): Promise<number> {
+  const accepted = once(pair.server, 'stream');
+  const writer = new Writer(pair.client.open(), 7);
+  const filling = writer.fillWindow(64 * MiB, 1500);
+  const [stream] = (await accepted) as [Stream];
+  stream.pause();
+  const reading = setInterval(() => stream.read(16 * KiB), 8);
+  await sleep(1500);
+  clearInterval(reading);
+  await withTimeout(filling, 10_000, 'the writer blocked');
+  return stream.readableLength;
+}
+
+describe('window growth and the round trip (tcp)', () => {
+  test('a steady 2 MB/s reader on a short path keeps 256 KiB once a ping measured the round trip; unmeasured, it grows', {
+    timeout: 30_000,
+  }, async () => {
+    // keepAliveInterval > 0: the session pings once at start, before any data queues up.
+    const measured = await sessionPair('tcp', {}, { keepAliveInterval: 60_000 });
+    pairs.push(measured);
+    await sleep(200);
+    const held = await pacedThenStall(measured);
+    assert.ok(held <= INITIAL, `with the round trip known the window stayed at 256 KiB: ${held} bytes held`);
+
+    // No ping yet: the 200 ms default lets the same pace grow the window, as a long path would need.
+    const unmeasured = await sessionPair('tcp');
+    pairs.push(unmeasured);
+    const grown = await pacedThenStall(unmeasured);
+    assert.ok(grown > INITIAL, `without a round trip the window grew: ${grown} bytes held`);
+  });
+});
