@@ -46,11 +46,14 @@ export class ConnectionLimit {
       return false;
     }
     this.open += 1;
-    socket.once('close', () => {
-      this.open -= 1;
-    });
+    socket.once('close', this.release);
     return true;
   }
+
+  // One function for every connection, not a closure each.
+  private readonly release = (): void => {
+    this.open -= 1;
+  };
 
   /** The proxy is closing: reports the refusals not logged yet. */
   close(): void {
