@@ -4,7 +4,7 @@
 // /usr/local/bin/porthole-server`. bufferutil (a native addon that speeds up WebSocket masking) stays
 // outside: it is used when require() can find it next to the bundle; the mux masks in JavaScript otherwise.
 // Usage: node scripts/bundle.mjs [--outdir DIR]   (after `tsc -b packages/server packages/client`)
-import { readFileSync } from 'node:fs';
+import { chmodSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { build } from 'esbuild';
@@ -46,6 +46,8 @@ for (const { name, pkg } of programs) {
     logLevel: 'warning',
     metafile: true,
   });
+  // Runnable as it is, through its interpreter line, like the bin scripts (`install -m 755` sets it too).
+  chmodSync(outfile, 0o755);
   const bytes = Object.values(result.metafile.outputs)[0].bytes;
   process.stdout.write(`${outfile}  ${(bytes / 1024).toFixed(0)} KiB\n`);
 }

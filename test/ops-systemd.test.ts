@@ -3,7 +3,7 @@
 // reading their secrets from $CREDENTIALS_DIRECTORY as under systemd's LoadCredential=; and both example
 // units pass `systemd-analyze verify` without a word and score well in `systemd-analyze security`.
 import assert from 'node:assert/strict';
-import { chmod, copyFile, mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import { freePort, repoRoot, run, runOk, serverBin, withHarness } from './lib/processes.js';
@@ -31,7 +31,7 @@ test(
       const programs: Record<string, string> = {};
       for (const name of ['porthole-server', 'porthole-client']) {
         const file = path.join(lib, `${name}.mjs`);
-        await chmod(file, 0o755);
+        assert.equal((await stat(file)).mode & 0o777, 0o755, `${name}.mjs is executable as built`);
         programs[name] = path.join(bin, name);
         await symlink(file, programs[name]);
         const text = await readFile(file, 'utf8');
