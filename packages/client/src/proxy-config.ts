@@ -11,6 +11,7 @@ import {
   type ProxyType,
   parseHostPattern,
   parseSubdomain,
+  positiveIntField,
   proxyNameSchema,
 } from '@porthole/protocol';
 import { z } from 'zod';
@@ -113,19 +114,9 @@ export const proxySchema = z
       )
       .optional(),
     proxy_protocol: z.enum(['v1', 'v2'], { error: expected('"v1" or "v2"') }).optional(),
-    max_connections: z
-      .number({ error: expected('a number of connections') })
-      .int()
-      .min(1)
-      .max(1_000_000)
-      .optional(),
+    max_connections: positiveIntField('a number of connections').max(1_000_000).optional(),
     udp_idle_timeout: durationField.optional(),
-    max_flows: z
-      .number({ error: expected('a number of flows') })
-      .int()
-      .min(1)
-      .max(1_000_000)
-      .optional(),
+    max_flows: positiveIntField('a number of flows').max(1_000_000).optional(),
   })
   .superRefine((proxy, ctx) => {
     for (const [key, types] of Object.entries(KEY_TYPES)) {

@@ -141,6 +141,14 @@ export function expected(what: string) {
   };
 }
 
+/** A count of at least 1 (connections, flows, bytes): `what` names it in the error for a wrong type. */
+export function positiveIntField(what: string) {
+  return z
+    .number({ error: expected(what) })
+    .int()
+    .min(1);
+}
+
 /** parseDuration's result, or its complaint as the field's issue. */
 function durationOrIssue(text: string, ctx: z.core.$RefinementCtx): number {
   try {

@@ -12,6 +12,7 @@ import {
   MIN_SECRET_LENGTH,
   PortRanges,
   portRangesField,
+  positiveIntField,
   readSecretFile,
 } from '@porthole/protocol';
 import { z } from 'zod';
@@ -41,10 +42,7 @@ const serverSchema = z
       .regex(HOST, 'must be an IP address or a host name')
       .default('0.0.0.0'),
     allow_ports: portRangesField.optional(),
-    proxy_max_connections: z
-      .number({ error: expected('a number of connections') })
-      .int()
-      .min(1)
+    proxy_max_connections: positiveIntField('a number of connections')
       .max(1_000_000)
       .default(DEFAULT_PROXY_MAX_CONNECTIONS),
     heartbeat_interval: durationField.prefault('10s'),
@@ -56,11 +54,7 @@ const serverSchema = z
         secret: z.string({ error: expected('a string') }).optional(),
         secret_file: z.string({ error: expected('a file path') }).optional(),
         revoked_tokens: z.array(z.string(), { error: expected('a list of token ids (jti)') }).default([]),
-        failure_limit: z
-          .number({ error: expected('a number') })
-          .int()
-          .min(1)
-          .default(20),
+        failure_limit: positiveIntField('a number').default(20),
         failure_window: durationField.prefault('1m'),
       },
       { error: expected('an [auth] table with secret or secret_file') },

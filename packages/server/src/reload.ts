@@ -55,8 +55,8 @@ function restartOnlyChanges(running: ServerConfig, next: ServerConfig): string[]
 
 /**
  * SIGHUP on the server: re-read the config file. Revocations, allow_ports, auth limits, udp limits,
- * proxy_max_connections, max_streams_per_proxy, subdomain_host, trusted_proxies, shutdown_timeout, log_level and the admin token
- * apply at once: a client whose token is now revoked is told so and
+ * proxy_max_connections, max_streams_per_proxy, subdomain_host, trusted_proxies, shutdown_timeout,
+ * log_level and the admin token apply at once: a client whose token is now revoked is told so and
  * disconnected; a proxy the new rules refuse is closed and its client told which and why; everything
  * else is untouched. An invalid file changes nothing (the reason is logged). Throws the ConfigError.
  */

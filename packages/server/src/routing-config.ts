@@ -10,6 +10,7 @@ import {
   type HostPort,
   hostPortField,
   parseHostPattern,
+  positiveIntField,
 } from '@porthole/protocol';
 import { z } from 'zod';
 import type { HttpLimits } from './http-vhost-server.js';
@@ -39,18 +40,12 @@ const networksField = z
     });
   });
 
-const positiveInt = (what: string) =>
-  z
-    .number({ error: expected(what) })
-    .int()
-    .min(1);
-
 /** Spread into the server schema's top level. */
 export const routingConfigShape = {
   subdomain_host: hostnameField.optional(),
   trusted_proxies: networksField.default([]),
   udp_idle_timeout: durationField.prefault('60s'),
-  udp_max_flows: positiveInt('a number of flows').max(1_000_000).default(1024),
+  udp_max_flows: positiveIntField('a number of flows').max(1_000_000).default(1024),
   http: z
     .strictObject(
       {
@@ -60,11 +55,11 @@ export const routingConfigShape = {
         response_timeout: durationOrOffField.prefault('60s'),
         keep_alive_timeout: durationField.prefault('5s'),
         idle_timeout: durationField.prefault('60s'),
-        max_header_size: positiveInt('a number of bytes')
+        max_header_size: positiveIntField('a number of bytes')
           .min(1024)
           .max(1024 * 1024)
           .default(16 * 1024),
-        max_streams_per_proxy: positiveInt('a number of streams').max(65_536).default(256),
+        max_streams_per_proxy: positiveIntField('a number of streams').max(65_536).default(256),
       },
       { error: expected('an [http] table') },
     )
@@ -75,7 +70,7 @@ export const routingConfigShape = {
         listen: hostPortField({ allowZero: true }),
         default_host: hostnameField.optional(),
         handshake_timeout: durationField.prefault('10s'),
-        max_client_hello_size: positiveInt('a number of bytes')
+        max_client_hello_size: positiveIntField('a number of bytes')
           .min(512)
           .max(64 * 1024)
           .default(16 * 1024),
