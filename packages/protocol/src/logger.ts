@@ -1,7 +1,7 @@
 import { Writable } from 'node:stream';
 import { type Logger, pino } from 'pino';
+import { BatchedLineDestination } from './batched-line-destination.js';
 import type { LogLevel } from './config-file.js';
-import { TurnBatchedDestination } from './turn-batched-destination.js';
 
 export type { Logger } from 'pino';
 
@@ -43,8 +43,8 @@ export interface LoggerOptions {
 }
 
 /**
- * The logger both programs use: pino JSON lines on stdout (for journald and for tests), each turn's lines
- * written together and synchronously, so nothing is lost on exit; a compact human format on a terminal.
+ * The logger both programs use: pino JSON lines on stdout (for journald and for tests), the lines of each
+ * 50 ms written together and synchronously, the rest on exit; a compact human format on a terminal.
  */
 export function createLogger(opts: LoggerOptions = {}): Logger {
   const json = opts.json ?? !process.stdout.isTTY;
@@ -56,7 +56,7 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
   };
   if (opts.destination) return pino(options, opts.destination);
   if (!json) return pino(options, new PrettyStream());
-  return pino(options, new TurnBatchedDestination(pino.destination({ fd: 1, sync: true })));
+  return pino(options, new BatchedLineDestination(pino.destination({ fd: 1, sync: true })));
 }
 
 export type LogLine = Record<string, unknown> & { msg: string };

@@ -2,40 +2,44 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { TurnBatchedDestination } from '../src/turn-batched-destination.js';
+import { BatchedLineDestination, FLUSH_DELAY_MS } from '../src/batched-line-destination.js';
 
 const loggerModule = fileURLToPath(new URL('../src/logger.js', import.meta.url));
 const nextTurn = () => new Promise((resolve) => setImmediate(resolve));
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function recordingSink() {
   const writes: string[] = [];
   return { writes, sink: { write: (data: string) => writes.push(data) > 0 } };
 }
 
-test("one turn's lines leave in one write at the end of the turn; the next turn's in another", async () => {
+test('lines logged within the delay leave in one write when the first is due; later lines in another', async () => {
   const { writes, sink } = recordingSink();
-  const destination = new TurnBatchedDestination(sink);
+  const destination = new BatchedLineDestination(sink, 40);
   destination.write('a\n');
-  destination.write('b\n');
-  destination.write('c\n');
-  assert.deepEqual(writes, []);
   await nextTurn();
+  destination.write('b\n');
+  await sleep(5);
+  destination.write('c\n');
+  await nextTurn();
+  assert.deepEqual(writes, [], 'held past the end of the turn');
+  await sleep(80);
   assert.deepEqual(writes, ['a\nb\nc\n']);
   destination.write('d\n');
-  await nextTurn();
+  await sleep(80);
   assert.deepEqual(writes, ['a\nb\nc\n', 'd\n']);
-  await nextTurn();
+  await sleep(80);
   assert.equal(writes.length, 2, 'no empty writes');
 });
 
-test('a turn that logs more than 64 KiB writes as it goes, holding at most that much', async () => {
+test('more than 64 KiB of lines are written as they come, holding at most that much', async () => {
   const { writes, sink } = recordingSink();
-  const destination = new TurnBatchedDestination(sink);
+  const destination = new BatchedLineDestination(sink);
   const line = `${'x'.repeat(1023)}\n`;
   for (let i = 0; i < 200; i++) destination.write(line);
   assert.equal(writes.length, 3, 'written at 64, 128 and 192 KiB');
   assert.ok(writes.every((data) => data.length === 64 * 1024));
-  await nextTurn();
+  await sleep(FLUSH_DELAY_MS + 30);
   assert.equal(writes.join('').length, 200 * 1024);
 });
 
@@ -63,6 +67,7 @@ for (const [how, ending, code] of [
   ['process.exit() in the same turn', 'process.exit(3);', 3],
   ['an uncaught exception in the same turn', "throw new Error('boom');", 1],
   ['an unhandled rejection', "Promise.reject(new Error('boom'));", 1],
+  ['the end of the program, with nothing left to do', '', 0],
 ] as const) {
   test(`lines logged just before ${how} still reach stdout`, async () => {
     const result = await logThenEnd(ending);
