@@ -74,7 +74,11 @@ async function expectConnectFailed(
     { name, waitFor: 'none' },
   );
   const line = await proc.waitForMsg('connect failed', 15_000);
-  assert.equal(proc.logsWithMsg('session established').length, 0, `${name}: no session may be established`);
+  assert.equal(
+    (await proc.settledLogsWithMsg('session established')).length,
+    0,
+    `${name}: no session may be established`,
+  );
   return { proc, line };
 }
 

@@ -186,7 +186,7 @@ test('link cut longer than the heartbeat timeout: the server frees the port; the
       `port refused ${freedMs} ms after the cut; client re-registered ${backMs} ms after the link returned`,
     );
     assert.equal(
-      n.client.proc.logsWithMsg('proxy refused', clientMark).length,
+      (await n.client.proc.settledLogsWithMsg('proxy refused', clientMark)).length,
       0,
       'no "proxy refused" on the way back',
     );
@@ -218,7 +218,7 @@ test('half-open session: the reconnecting client takes its port over at once, no
     await n.client.proc.waitForMsg('proxy registered', 5000, { from: clientMark, fields: { proxy: 'web' } });
     const backMs = Date.now() - cutAt;
     assert.equal(
-      n.client.proc.logsWithMsg('proxy refused', clientMark).length,
+      (await n.client.proc.settledLogsWithMsg('proxy refused', clientMark)).length,
       0,
       'no "proxy refused" on the way back',
     );

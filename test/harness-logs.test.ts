@@ -55,3 +55,22 @@ test(
       );
     }),
 );
+
+/**
+ * Logs "ready" through the programs' own logger, then "late" once that batch has been written, and stays
+ * alive until killed: when "ready" arrives, "late" is logged or about to be, and held for up to 50 ms.
+ */
+const batchedProgram = `
+const { createLogger } = await import(${JSON.stringify(import.meta.resolve('@porthole/protocol'))});
+const logger = createLogger({ json: true });
+logger.info({}, 'ready');
+setTimeout(() => logger.info({}, 'late'), 60);
+setInterval(() => {}, 1000);
+`;
+
+test('settledLogsWithMsg sees a line the programs logged just before, which their batching still held', (t) =>
+  withHarness(t, async (h) => {
+    const proc = h.spawn('batched', process.execPath, ['--input-type=module', '-e', batchedProgram]);
+    await proc.waitForMsg('ready', 10_000);
+    assert.equal((await proc.settledLogsWithMsg('late')).length, 1);
+  }));

@@ -101,7 +101,7 @@ test(
           { name: 'dns', type: 'udp', local: '127.0.0.1:9', remote_port: udpPort },
         ],
       });
-      assert.equal(takeover.proc.logsWithMsg('proxy refused').length, 0);
+      assert.equal((await takeover.proc.settledLogsWithMsg('proxy refused')).length, 0);
       assert.equal(JSON.parse((await curl(['-H', 'Host: app.test'], `${base}/`)).body).backend, 'second');
     }),
 );

@@ -706,7 +706,7 @@ test(
 
       assert.deepEqual(service.errors, []);
       assert.deepEqual(
-        server.proc.logsWithMsg('http forward failed', mark).map((l) => l.reason),
+        (await server.proc.settledLogsWithMsg('http forward failed', mark)).map((l) => l.reason),
         [],
         'no forward failed for answers that are fine',
       );
@@ -741,7 +741,7 @@ test(
       const after8 = await plainGet(h, world, '/after-http10');
       assert.notEqual(after8, oldConn, 'an HTTP/1.0 connection without keep-alive is not used again');
       assert.deepEqual(
-        server.proc.logsWithMsg('http forward failed', mark).map((l) => l.reason),
+        (await server.proc.settledLogsWithMsg('http forward failed', mark)).map((l) => l.reason),
         [],
         'no forward failed for Connection: close or HTTP/1.0',
       );
@@ -900,7 +900,7 @@ test(
       assert.deepEqual(service.errors, [], 'every request reached the service correctly framed');
       assert.ok(service.connections <= 2, `${service.connections} local connections for 5 requests`);
       assert.deepEqual(
-        server.proc.logsWithMsg('http forward failed', mark).map((l) => l.reason),
+        (await server.proc.settledLogsWithMsg('http forward failed', mark)).map((l) => l.reason),
         [],
       );
     }),

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { LOG_FLUSH_DELAY_MS } from '@porthole/protocol';
 
 /** /work/main (the repository root), from test/dist/lib/processes.js. */
 export const repoRoot = fileURLToPath(new URL('../../../', import.meta.url));
@@ -58,6 +59,8 @@ export function onProcessExit(fn: () => void): () => void {
 }
 
 const MAX_KEPT_LINES = 20_000;
+/** How long a written line may take to reach us through the pipe on a loaded machine, beyond the batching. */
+const PIPE_DELIVERY_MARGIN_MS = 100;
 
 export class Proc {
   readonly output: OutputLine[] = [];
@@ -132,6 +135,15 @@ export class Proc {
   /** All JSON log lines (from index `from`) whose msg equals `msg`. */
   logsWithMsg(msg: string, from = 0): LogLine[] {
     return this.logs.slice(from).filter((l) => l.msg === msg);
+  }
+
+  /**
+   * logsWithMsg once the lines the process logged before this call have had time to arrive: the programs
+   * write their lines in batches, up to LOG_FLUSH_DELAY_MS late. For asserting that a line was not logged.
+   */
+  async settledLogsWithMsg(msg: string, from = 0): Promise<LogLine[]> {
+    await new Promise((resolve) => setTimeout(resolve, LOG_FLUSH_DELAY_MS + PIPE_DELIVERY_MARGIN_MS));
+    return this.logsWithMsg(msg, from);
   }
 
   waitForLog(

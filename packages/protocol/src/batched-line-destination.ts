@@ -1,5 +1,5 @@
 /** How long the first line of a batch waits for company before the batch is written. */
-export const FLUSH_DELAY_MS = 50;
+export const LOG_FLUSH_DELAY_MS = 50;
 /** Lines gathered beyond this many characters are written at once, without waiting. */
 const MAX_PENDING_CHARS = 64 * 1024;
 
@@ -12,12 +12,12 @@ const unflushed = new Set<BatchedLineDestination>();
 let exitHooked = false;
 
 /**
- * A pino destination that writes the lines logged within FLUSH_DELAY_MS of each other with one write. The
+ * A pino destination that writes the lines logged within LOG_FLUSH_DELAY_MS of each other with one write. The
  * server logs a line per HTTP request and both programs one per connection; a write() per line, to a pipe
  * whose reader (journald) it wakes, was a sixth of the http proxy's CPU under load, and at 1k req/s, where
- * each request has its own event-loop turn, a tenth of it. A line waits at most FLUSH_DELAY_MS, at most
+ * each request has its own event-loop turn, a tenth of it. A line waits at most LOG_FLUSH_DELAY_MS, at most
  * MAX_PENDING_CHARS are held, and 'exit' (process.exit, an uncaught exception, the end of the program)
- * writes what is left: only a SIGKILL or a crash of Node itself can lose the last FLUSH_DELAY_MS of lines.
+ * writes what is left: only a SIGKILL or a crash of Node itself can lose the last LOG_FLUSH_DELAY_MS of lines.
  */
 export class BatchedLineDestination {
   private pending = '';
@@ -29,7 +29,7 @@ export class BatchedLineDestination {
 
   constructor(
     private readonly sink: LineSink,
-    private readonly delayMs = FLUSH_DELAY_MS,
+    private readonly delayMs = LOG_FLUSH_DELAY_MS,
   ) {
     if (!exitHooked) {
       exitHooked = true;

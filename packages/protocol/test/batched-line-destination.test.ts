@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { BatchedLineDestination, FLUSH_DELAY_MS } from '../src/batched-line-destination.js';
+import { BatchedLineDestination, LOG_FLUSH_DELAY_MS } from '../src/batched-line-destination.js';
 
 const loggerModule = fileURLToPath(new URL('../src/logger.js', import.meta.url));
 const nextTurn = () => new Promise((resolve) => setImmediate(resolve));
@@ -39,7 +39,7 @@ test('more than 64 KiB of lines are written as they come, holding at most that m
   for (let i = 0; i < 200; i++) destination.write(line);
   assert.equal(writes.length, 3, 'written at 64, 128 and 192 KiB');
   assert.ok(writes.every((data) => data.length === 64 * 1024));
-  await sleep(FLUSH_DELAY_MS + 30);
+  await sleep(LOG_FLUSH_DELAY_MS + 30);
   assert.equal(writes.join('').length, 200 * 1024);
 });
 
