@@ -1,12 +1,10 @@
 import { Writable } from 'node:stream';
 import { type Logger, pino } from 'pino';
 import { BatchedLineDestination } from './batched-line-destination.js';
-
-export { LOG_FLUSH_DELAY_MS } from './batched-line-destination.js';
-
 import type { LogLevel } from './config-file.js';
 
 export type { Logger } from 'pino';
+export { LOG_FLUSH_DELAY_MS } from './batched-line-destination.js';
 
 const LEVEL_WIDTH = 5;
 const FIXED_KEYS = new Set(['level', 'time', 'msg', 'name']);

@@ -14,8 +14,10 @@ function recordingSink() {
 }
 
 test('lines logged within the delay leave in one write when the first is due; later lines in another', async () => {
+  // A long delay, so that a busy machine stretching the short sleeps below cannot reach it.
+  const delayMs = 300;
   const { writes, sink } = recordingSink();
-  const destination = new BatchedLineDestination(sink, 40);
+  const destination = new BatchedLineDestination(sink, delayMs);
   destination.write('a\n');
   await nextTurn();
   destination.write('b\n');
@@ -23,12 +25,12 @@ test('lines logged within the delay leave in one write when the first is due; la
   destination.write('c\n');
   await nextTurn();
   assert.deepEqual(writes, [], 'held past the end of the turn');
-  await sleep(80);
+  await sleep(delayMs + 200);
   assert.deepEqual(writes, ['a\nb\nc\n']);
   destination.write('d\n');
-  await sleep(80);
+  await sleep(delayMs + 200);
   assert.deepEqual(writes, ['a\nb\nc\n', 'd\n']);
-  await sleep(80);
+  await sleep(delayMs);
   assert.equal(writes.length, 2, 'no empty writes');
 });
 
