@@ -145,7 +145,7 @@ export class Proc {
    * write their lines in batches, up to LOG_FLUSH_DELAY_MS late. For asserting that a line was not logged.
    */
   async settledLogsWithMsg(msg: string, from = 0): Promise<LogLine[]> {
-    await new Promise((resolve) => setTimeout(resolve, LOG_FLUSH_DELAY_MS + DELIVERY_MARGIN_MS));
+    await sleep(LOG_FLUSH_DELAY_MS + DELIVERY_MARGIN_MS);
     return this.logsWithMsg(msg, from);
   }
 

@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { BatchedLineDestination, LOG_FLUSH_DELAY_MS } from '../src/batched-line-destination.js';
 
 const loggerModule = fileURLToPath(new URL('../src/logger.js', import.meta.url));
 const nextTurn = () => new Promise((resolve) => setImmediate(resolve));
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function recordingSink() {
   const writes: string[] = [];
