@@ -120,7 +120,7 @@ export class Session extends EventEmitter {
     this.host = {
       maxStreamWindow: this.maxStreamWindow,
       windowGrowthPeriod: () => this.windowGrowthPeriod(),
-      claimWindowGrowth: (wanted) => this.claimWindowGrowth(wanted),
+      claimWindowGrowth: (wanted, force) => this.claimWindowGrowth(wanted, force),
       writeFrame: (type, flags, id, length, body) => this.writeFrame(type, flags, id, length, body),
       whenWritable: (callback) => this.whenWritable(callback),
       releaseStream: (stream) => this.releaseStream(stream),
@@ -466,8 +466,10 @@ export class Session extends EventEmitter {
     return Math.min(MAX_WINDOW_GROWTH_PERIOD_MS, Math.max(MIN_WINDOW_GROWTH_PERIOD_MS, 4 * this.minRtt));
   }
 
-  private claimWindowGrowth(wanted: number): number {
-    const granted = Math.max(0, Math.min(wanted, this.options.maxSessionWindow - this.grownWindow));
+  private claimWindowGrowth(wanted: number, force = false): number {
+    const granted = force
+      ? wanted
+      : Math.max(0, Math.min(wanted, this.options.maxSessionWindow - this.grownWindow));
     this.grownWindow += granted;
     return granted;
   }

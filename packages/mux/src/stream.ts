@@ -8,8 +8,11 @@ export interface StreamHost {
   readonly maxStreamWindow: number;
   /** How soon after the previous update a consumed half-window counts as busy (see growWindowIfBusy). */
   windowGrowthPeriod(): number;
-  /** Takes up to `wanted` bytes of window growth from the session's shared allowance; returns how much. */
-  claimWindowGrowth(wanted: number): number;
+  /**
+   * Takes up to `wanted` bytes of window growth from the session's shared allowance; returns how much.
+   * `force`: all of it, even past the allowance (for a read(n) the application bounds itself).
+   */
+  claimWindowGrowth(wanted: number, force?: boolean): number;
   writeFrame(type: FrameType, flags: number, streamId: number, length: number, body?: Buffer): void;
   whenWritable(callback: () => void): void;
   releaseStream(stream: Stream): void;
@@ -40,6 +43,8 @@ export class Stream extends Duplex {
   private sendWindow = INITIAL_WINDOW;
   /** Bytes we still let the peer send. */
   private recvWindow = INITIAL_WINDOW;
+  /** Bytes of the Data frame being received that have not arrived yet (already out of recvWindow). */
+  private bodyInFlight = 0;
   /** What unread bytes plus recvWindow are topped back up to: the most this stream can make us hold. */
   private windowTarget = INITIAL_WINDOW;
   /** When the last window update was due (or the stream began): the start of the growth measurement. */
@@ -118,6 +123,7 @@ export class Stream extends Duplex {
   reserveReceive(length: number): boolean {
     if (length > this.recvWindow) return false;
     this.recvWindow -= length;
+    this.bodyInFlight = length;
     return true;
   }
 
@@ -133,6 +139,7 @@ export class Stream extends Duplex {
 
   /** @internal A piece of a Data frame's body, a view into the session's input chunk. */
   onData(piece: Buffer): void {
+    this.bodyInFlight -= piece.length;
     if (this.reset || this.remoteFin || this.destroyed) return;
     // A view pins its whole input chunk. When the piece will sit in our buffer (reader paused or behind),
     // copy small pieces out, so a stalled reader pins at most its window, not every message it touched.
@@ -142,6 +149,7 @@ export class Stream extends Duplex {
 
   /** @internal */
   onDataFrameEnd(): void {
+    this.bodyInFlight = 0;
     if (!this.reset && !this.remoteFin) this.grantWindow();
   }
 
@@ -183,7 +191,10 @@ export class Stream extends Duplex {
   // Every way of consuming (flowing mode, pipe, async iteration, read()) goes through read(), so grant here.
   override read(size?: number): ReturnType<Duplex['read']> {
     const chunk = super.read(size);
-    if (chunk !== null && !this.reset && !this.remoteFin) this.grantWindow();
+    if (!this.reset && !this.remoteFin) {
+      if (chunk !== null) this.grantWindow();
+      else if (size !== undefined && size > this.readableLength) this.widenFor(size);
+    }
     if (this.failAfterDrain && this.readableLength === 0) this.destroy(this.failAfterDrain);
     return chunk;
   }
@@ -204,7 +215,10 @@ export class Stream extends Duplex {
   override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
     if (this.openTimer) clearTimeout(this.openTimer);
     if (this.drainTimer) clearTimeout(this.drainTimer);
+    // A write waiting for window fails now: Node errors the writes queued behind it only once it has.
+    const blocked = this.blocked;
     this.blocked = undefined;
+    blocked?.callback(err ?? new MuxError('ERR_STREAM_RESET', `stream ${this.id} was destroyed`));
     if (!this.reset && !(this.localFin && this.remoteFin)) {
       this.reset = true;
       this.host.writeFrame(FrameType.WindowUpdate, Flag.RST, this.id, 0);
@@ -237,11 +251,33 @@ export class Stream extends Duplex {
    * Updates are batched: one goes out once at least half the target is owed.
    */
   private grantWindow(): void {
-    if (this.windowTarget - this.readableLength - this.recvWindow < this.windowTarget / 2) return;
+    if (this.owed() < this.windowTarget / 2) return;
     this.growWindowIfBusy();
-    const grant = this.windowTarget - this.readableLength - this.recvWindow;
+    this.sendGrant(this.owed());
+  }
+
+  /** What the reader consumed since the last update: bytes still on their way are not consumed yet. */
+  private owed(): number {
+    return this.windowTarget - this.readableLength - this.recvWindow - this.bodyInFlight;
+  }
+
+  private sendGrant(grant: number): void {
     this.recvWindow += grant;
     this.host.writeFrame(FrameType.WindowUpdate, 0, this.id, grant);
+  }
+
+  /**
+   * A read(n) waits for more than the window lets the peer send (a message longer than the window): the
+   * window grows to cover n, or the peer could never send the rest and the reader would wait for good.
+   */
+  private widenFor(size: number): void {
+    const short = size - this.readableLength - this.recvWindow - this.bodyInFlight;
+    if (short <= 0) return;
+    const room = this.host.maxStreamWindow - this.windowTarget;
+    if (size > this.windowTarget && room > 0)
+      this.windowTarget += this.host.claimWindowGrowth(Math.min(size - this.windowTarget, room), true);
+    const grant = this.owed();
+    if (grant > 0) this.sendGrant(grant);
   }
 
   /** Called when an update is due: half the target was consumed since the last one. */

@@ -210,6 +210,76 @@ describe('streams', () => {
   });
 });
 
+describe('flow control at the edges', () => {
+  test('read(n) for more than the window waits for n bytes and gets them (a 1 MiB message)', async () => {
+    const { client, server } = await pair();
+    const accepted = nextStream(server);
+    const out = quiet(client.open());
+    const message = new Prng(7).bytes(1024 * 1024);
+    out.write(message);
+    const inbound = quiet(await accepted);
+    const got = await withTimeout(
+      new Promise<Buffer>((resolve) => {
+        const attempt = () => {
+          const chunk = inbound.read(message.length) as Buffer | null;
+          if (chunk) resolve(chunk);
+        };
+        inbound.on('readable', attempt);
+        attempt();
+      }),
+      5000,
+      'read(1 MiB) on a stream whose window starts at 256 KiB',
+    );
+    assert.ok(got.equals(message), 'the message arrived whole');
+  });
+
+  test('window is given back for bytes read, not for bytes of a frame still on the way', async () => {
+    const raw = await rawPeer();
+    const session = new Session(raw.conn, { client: true, keepAliveInterval: 0 });
+    session.on('error', () => {});
+    cleanup.push(() => session.close());
+    let received = 0;
+    session.on('stream', (stream: Stream) => {
+      quiet(stream).on('data', (chunk: Buffer) => {
+        received += chunk.length;
+      });
+    });
+    const updates = () =>
+      raw.frames.frames
+        .filter((f) => f.type === T.WindowUpdate && f.streamId === 2 && !(f.flags & (F.SYN | F.ACK)))
+        .reduce((sum, f) => sum + f.length, 0);
+    // The peer opens stream 2 and announces a 200 KiB frame, of which only the first half arrives.
+    const body = Buffer.alloc(200 * 1024, 7);
+    raw.peer.write(encodeFrame(T.WindowUpdate, F.SYN, 2, 0));
+    raw.peer.write(encodeFrame(T.Data, 0, 2, body.length));
+    raw.peer.write(body.subarray(0, 100 * 1024));
+    await waitFor(() => received === 100 * 1024, 3000, 'the first half to be read');
+    await sleep(200);
+    assert.ok(updates() <= received, `granted ${updates()} bytes of window for ${received} bytes read`);
+    raw.peer.write(body.subarray(100 * 1024));
+    await waitFor(() => received === body.length, 3000, 'the second half to be read');
+    // Now it is owed (granted in half-window batches, so at least 128 KiB of the 200).
+    await waitFor(() => updates() >= 128 * 1024, 3000, 'window for the whole frame');
+  });
+
+  test('a write waiting for window fails when its stream is destroyed, and so do the writes behind it', async () => {
+    const { client, server } = await pair();
+    const accepted = nextStream(server);
+    const out = quiet(client.open());
+    out.write('x');
+    quiet(await accepted).pause(); // reads nothing: the 256 KiB window runs out
+    const results: string[] = [];
+    out.write(Buffer.alloc(1024 * 1024), (err) => results.push(`write: ${err ? 'failed' : 'ok'}`));
+    out.write(Buffer.alloc(1024), (err) => results.push(`queued: ${err ? 'failed' : 'ok'}`));
+    out.end(() => results.push('end'));
+    await sleep(200);
+    assert.deepEqual(results, [], 'the writes wait for window');
+    out.destroy();
+    await waitFor(() => results.length >= 2, 3000, 'the write callbacks');
+    assert.deepEqual(results.slice(0, 2), ['write: failed', 'queued: failed']);
+  });
+});
+
 describe('limits and timeouts', () => {
   test('maxStreams: an incoming SYN over the limit gets RST; a slot freed is usable again', async () => {
     const { client, server } = await pair({}, { maxStreams: 2 });
