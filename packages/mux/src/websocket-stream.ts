@@ -61,6 +61,8 @@ export class WebSocketStream extends Duplex {
   private closeTimer: NodeJS.Timeout | undefined;
   /** A write callback held until the socket drains. */
   private heldCallback: Callback | undefined;
+  /** The latest ping's payload, answered once the socket drains (pings while it is full are not queued). */
+  private pendingPong: Buffer | undefined;
 
   constructor(socket: Duplex, options: WebSocketStreamOptions) {
     const limit = options.highWaterMark ?? 4 * 1024 * 1024;
@@ -80,7 +82,10 @@ export class WebSocketStream extends Duplex {
     socket.on('end', () => this.onSocketEnd());
     socket.on('close', () => this.onSocketClose());
     socket.on('error', (err: Error) => this.destroy(err));
-    socket.on('drain', () => this.releaseHeld());
+    socket.on('drain', () => {
+      this.sendPendingPong();
+      this.releaseHeld();
+    });
     if (options.head && options.head.length > 0) this.parser.push(options.head);
   }
 
@@ -203,7 +208,11 @@ export class WebSocketStream extends Duplex {
 
   private onControl(opcode: number, payload: Buffer): void {
     if (opcode === Opcode.Ping) {
-      if (!this.closeSent) this.sendFrames(Opcode.Pong, [payload], payload.length);
+      if (this.closeSent) return;
+      // A peer that pings faster than it reads would otherwise queue a pong per ping without limit; the
+      // latest ping is the one to answer (RFC 6455 §5.5.3). Copied: it is a view into a socket read.
+      if (this.socket.writableNeedDrain) this.pendingPong = Buffer.from(payload);
+      else this.sendFrames(Opcode.Pong, [payload], payload.length);
       return;
     }
     if (opcode !== Opcode.Close) return;
@@ -235,6 +244,13 @@ export class WebSocketStream extends Duplex {
     if (this.closeTimer) clearTimeout(this.closeTimer);
     this.releaseHeld(new Error('WebSocket closed'));
     if (!this.destroyed) this.destroy();
+  }
+
+  private sendPendingPong(): void {
+    const payload = this.pendingPong;
+    this.pendingPong = undefined;
+    if (payload && !this.closeSent && this.socket.writable)
+      this.sendFrames(Opcode.Pong, [payload], payload.length);
   }
 
   private releaseHeld(err?: Error): void {

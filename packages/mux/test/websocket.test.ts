@@ -246,6 +246,83 @@ describe('against the ws library as the peer', () => {
   });
 });
 
+describe('a peer that pings and never reads', () => {
+  test('gets its latest ping answered, and the pongs it does not read do not pile up', async (t) => {
+    let serverSocket!: net.Socket;
+    const listener = await listenWebSocket((conn, socket) => {
+      conn.on('error', () => {});
+      serverSocket = socket;
+    });
+    t.after(() => listener.close());
+    const client = net.connect({ host: '127.0.0.1', port: listener.port });
+    t.after(() => client.destroy());
+    await once(client, 'connect');
+    client.pause(); // reads nothing: pongs back up in the server
+    client.write(
+      'GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+    );
+    // 200,000 pings of 125 bytes: ~26 MB of pongs owed, far beyond what the kernel's buffers hold.
+    const PINGS = 200_000;
+    let sent = 0;
+    let lastPayload = Buffer.alloc(0);
+    const batch: Buffer[] = [];
+    for (let i = 0; i < PINGS; i++) {
+      const payload = Buffer.alloc(125, 0x61);
+      payload.write(String(i));
+      const ping = frame(Opcode.Ping, payload, { mask: true });
+      batch.push(ping);
+      sent += ping.length;
+      lastPayload = payload;
+      if (batch.length === 1000) {
+        if (!client.write(Buffer.concat(batch.splice(0)))) await once(client, 'drain');
+      }
+    }
+    await withTimeout(
+      (async () => {
+        while (serverSocket === undefined || serverSocket.bytesRead < sent)
+          await new Promise((r) => setTimeout(r, 20));
+      })(),
+      20_000,
+      'the server to read every ping',
+    );
+    const queued = serverSocket.writableLength;
+    t.diagnostic(`pongs queued in the server after ${PINGS} unread pings: ${queued} bytes`);
+    assert.ok(queued < 256 * 1024, `${queued} bytes of pongs queued for a peer that does not read`);
+
+    // Reading now: some pongs, fewer than the pings, and the last one answers the last ping.
+    const pongs: Buffer[] = [];
+    const parser = new WebSocketFrameParser(false, {
+      onPayload: () => {},
+      onControl: (opcode, payload) => {
+        if (opcode === Opcode.Pong) pongs.push(Buffer.from(payload));
+      },
+      onProtocolError: (code, message) => assert.fail(`protocol error ${code}: ${message}`),
+    });
+    let head = Buffer.alloc(0);
+    let inHead = true;
+    client.on('data', (chunk: Buffer) => {
+      if (inHead) {
+        head = Buffer.concat([head, chunk]);
+        const end = head.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        inHead = false;
+        parser.push(head.subarray(end + 4));
+      } else parser.push(chunk);
+    });
+    client.resume();
+    await withTimeout(
+      (async () => {
+        while (!pongs.at(-1)?.equals(lastPayload)) await new Promise((r) => setTimeout(r, 20));
+      })(),
+      20_000,
+      'the pong to the last ping',
+    );
+    t.diagnostic(`${pongs.length} pongs for ${PINGS} pings`);
+    assert.ok(pongs.length < PINGS, 'pings sent while the peer did not read were not each answered');
+  });
+});
+
 describe('client handshake', () => {
   async function rawServer(answer: (socket: net.Socket) => void): Promise<number> {
     const server = net.createServer((socket) => socket.once('data', () => answer(socket)));
