@@ -276,6 +276,7 @@ const HEAD_BODY = patternBytes(1234, 'head');
 const CLOSE_BODY = patternBytes(3000, 'close-delimited');
 const CUT_BODY = patternBytes(100, 'cut');
 const BIG_HEADER = 'a'.repeat(100 * 1024);
+const FORGED_CHUNK = 'abcHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged';
 
 function ok(text: string, extra = ''): string {
   return `HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ${text.length}\r\n${extra}\r\n${text}`;
@@ -384,6 +385,22 @@ function script(req: SeenRequest): Reply {
       return { bytes: ok('ok', `X-Big: ${BIG_HEADER}\r\n`), piece: 16 * 1024 };
     case '/upload':
       return { bytes: ok(`got ${req.body.length}`) };
+    case '/length-and-chunks':
+      // Both framings, the length a lie: a visitor told "3" would read the rest as its next answer.
+      return {
+        bytes:
+          'HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n' +
+          `${FORGED_CHUNK.length.toString(16)}\r\n${FORGED_CHUNK}\r\n0\r\n\r\n`,
+      };
+    case '/http10-chunked':
+      // HTTP/1.0 has no chunked coding: the chunk sizes would reach the visitor as body.
+      return {
+        bytes: 'HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n',
+        after: 'end',
+      };
+    case '/upgrade-ok':
+      // Switches protocols; what follows is parsed as requests again, which makes its echo visible.
+      return { bytes: 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: x-test\r\nConnection: Upgrade\r\n\r\n' };
     default:
       return { bytes: ok(`ok ${req.method} ${req.path} conn=${req.conn}`) };
   }
@@ -903,5 +920,93 @@ test(
         (await server.proc.settledLogsWithMsg('http forward failed', mark)).map((l) => l.reason),
         [],
       );
+    }),
+);
+
+test(
+  'framing tricks from either side stay inside one exchange: Connection naming Content-Length, a length beside chunks, chunks in HTTP/1.0, an upgrade the service ignores',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const world = await startWorld(h);
+      const { service, port } = world;
+      await plainGet(h, world, '/warm-up');
+
+      // A visitor names Content-Length in Connection, hoping the proxy drops it and sends the body
+      // unframed, where the service would read it as a second request that routing and auth never saw.
+      const inner = 'GET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n';
+      const smuggler = await RawVisitor.open(h, port);
+      await smuggler.send(
+        `POST /smuggle HTTP/1.1\r\nHost: app.test\r\nConnection: keep-alive, content-length\r\nContent-Length: ${inner.length}\r\n\r\n${inner}`,
+      );
+      const posted = await smuggler.response('POST', 'POST /smuggle');
+      assert.equal(posted.status, 200);
+      const seenPost = lastRequest(service, '/smuggle');
+      assert.equal(seenPost.body.toString('latin1'), inner, 'the body reached the service as a body');
+      assert.equal(headerOf(seenPost.head, 'content-length'), String(inner.length));
+      smuggler.close();
+      await plainGet(h, world, '/after-smuggle');
+      assert.deepEqual(
+        service.requests.filter((r) => r.path === '/smuggled').length,
+        0,
+        'the body was never read as a request',
+      );
+
+      // The service sends a Content-Length beside chunks: the visitor gets the decoded body whole, framed
+      // one way only, and its next answer on the same connection is its own.
+      const visitor = await RawVisitor.open(h, port);
+      await visitor.send('GET /length-and-chunks HTTP/1.1\r\nHost: app.test\r\n\r\n');
+      const both = await visitor.response('GET', 'GET /length-and-chunks');
+      t.diagnostic(`a length beside chunks, as the visitor got it: ${JSON.stringify(both.head.raw)}`);
+      assert.equal(headerOf(both.head, 'content-length'), undefined, 'the lying length is not passed on');
+      assert.equal(both.body.toString('latin1'), FORGED_CHUNK);
+      await visitor.send('GET /next HTTP/1.1\r\nHost: app.test\r\n\r\n');
+      const next = await visitor.response('GET', 'GET /next');
+      assert.equal(next.body.toString(), `ok GET /next conn=${lastRequest(service, '/next').conn}`);
+      visitor.close();
+
+      // Chunks in an HTTP/1.0 answer: refused (502), not passed on with their sizes inside the body.
+      const old = await visit(h, port, '/http10-chunked');
+      assert.equal(old.status, 502, `status ${old.status}: ${old.body.toString('latin1')}`);
+
+      // An upgrade the service does not take (a 200, keep-alive): the visitor gets that answer and the
+      // connection closes; the request pipelined behind it never reaches the service.
+      const conns = service.connections;
+      const upgrader = await RawVisitor.open(h, port);
+      await upgrader.send(
+        'GET /plain HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: x-test\r\n\r\n' +
+          'GET /pipelined HTTP/1.1\r\nHost: app.test\r\n\r\n',
+      );
+      const plain = await upgrader.response('GET', 'GET /plain with Upgrade');
+      assert.equal(plain.status, 200);
+      assert.equal(plain.body.toString(), `ok GET /plain conn=${lastRequest(service, '/plain').conn}`);
+      assert.equal(headerOf(plain.head, 'connection'), 'close');
+      // rest() returns once the proxy ended the connection: nothing came after the answer.
+      const after = await withTimeout(upgrader.reader.rest(), 5000, () => 'the proxy to end the connection');
+      assert.equal(after.length, 0);
+      assert.equal(lastRequest(service, '/plain').head.line, 'GET /plain HTTP/1.1');
+      assert.equal(
+        headerOf(lastRequest(service, '/plain').head, 'upgrade'),
+        'x-test',
+        'Upgrade was passed on',
+      );
+      await plainGet(h, world, '/after-upgrade');
+      assert.equal(service.requests.filter((r) => r.path === '/pipelined').length, 0);
+      assert.ok(service.connections > conns, 'the upgrade had a local connection of its own');
+
+      // One it takes (101): the bytes sent behind the request reach the service after the switch.
+      const switcher = await RawVisitor.open(h, port);
+      await switcher.send(
+        'GET /upgrade-ok HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: x-test\r\n\r\n' +
+          'ECHO /raw HTTP/1.1\r\n\r\n',
+      );
+      const switched = await switcher.response('GET', 'GET /upgrade-ok');
+      assert.equal(switched.interim.length, 1);
+      assert.match(switched.interim[0]!.line, /^HTTP\/1\.1 101 /);
+      // The service's answer to the raw line it read after switching, passed back raw as well.
+      assert.equal(switched.status, 200);
+      assert.equal(switched.body.toString(), `ok ECHO /raw conn=${lastRequest(service, '/raw').conn}`);
+      switcher.close();
+      assert.deepEqual(service.errors, []);
     }),
 );

@@ -3,6 +3,7 @@
 // normal visitor is served throughout. And against a local service that never answers: 504 at
 // response_timeout.
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createServer, type ServerResponse } from 'node:http';
 import net from 'node:net';
@@ -10,7 +11,7 @@ import { test } from 'node:test';
 import { WebSocket } from 'ws';
 import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
-import { run, sleep, waitFor, withHarness } from './lib/processes.js';
+import { eventually, run, sleep, waitFor, withHarness } from './lib/processes.js';
 import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
 
 interface Loris {
@@ -336,5 +337,113 @@ test(
       const again = await timed(['-H', 'Host: stuck.test'], '/again');
       assert.equal(again.status, 504, `${again.status} ${again.stderr}`);
       assert.ok(again.ms >= 1000 && again.ms < 5000, `504 after ${again.ms} ms: still the running 1 s`);
+    }),
+);
+
+/** Opens a WebSocket through the vhost port; resolves "open" (and the socket) or the refusal's status. */
+function openWebSocket(port: number): Promise<{ outcome: string; ws: WebSocket }> {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { Host: 'app.test' } });
+  return new Promise((resolve) => {
+    ws.once('open', () => resolve({ outcome: 'open', ws }));
+    ws.once('unexpected-response', (_req, res) => {
+      resolve({ outcome: String(res.statusCode), ws });
+      res.resume();
+    });
+    ws.once('error', (err) => resolve({ outcome: err.message, ws }));
+  });
+}
+
+test(
+  "an http proxy's streams cannot be held: a visitor that stops reading is cut at idle_timeout, a queued request times out, upgrades stop at max_connections",
+  { timeout: 90_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+      const server = await startRoutedServer(h, {
+        http: { idle_timeout: '2s', response_timeout: '1500ms', max_streams_per_proxy: 1 },
+      });
+      const token = await issueRoutedToken(server, { name: 'held', hosts: ['app.test'] });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          {
+            name: 'app',
+            type: 'http',
+            local: `127.0.0.1:${backend.port}`,
+            hosts: ['app.test'],
+            max_connections: 1,
+          },
+        ],
+      });
+      const port = server.httpPort!;
+      const base = `http://127.0.0.1:${port}`;
+
+      // 1. A slow download holds the only stream for ~3 s. A POST queued behind it is not read (so its
+      // body never ends) and still gets its 504 at response_timeout, counted from when it arrived.
+      const slow = run(
+        'curl',
+        [
+          '-sS',
+          '-o',
+          '/dev/null',
+          '-w',
+          '%{http_code} %{size_download}',
+          '-H',
+          'Host: app.test',
+          `${base}/stream?bytes=4000&chunks=150`,
+        ],
+        { timeoutMs: 30_000 },
+      );
+      await waitFor(
+        'the slow download to start',
+        () => backend.requests.some((r) => r.url.startsWith('/stream')),
+        5000,
+      );
+      const queuedAt = Date.now();
+      const queued = await curl(['-H', 'Host: app.test', '--data-binary', 'queued body'], `${base}/sha256`);
+      const queuedMs = Date.now() - queuedAt;
+      t.diagnostic(`queued POST: ${queued.status} after ${queuedMs} ms`);
+      assert.equal(queued.status, 504, `queued POST: ${queued.status} ${queued.body}`);
+      assert.equal(backend.requests.filter((r) => r.url === '/sha256').length, 0);
+      assert.equal((await slow).stdout, '200 4000', 'the download that held the stream finished whole');
+
+      // 2. A visitor asks for 64 MiB and reads none of it: once no byte has moved for idle_timeout its
+      // connection is closed, and the stream it held serves the next visitor.
+      const stalled = net.connect({ host: '127.0.0.1', port });
+      h.onCleanup(() => stalled.destroy());
+      stalled.on('error', () => {});
+      stalled.pause();
+      const mark = server.proc.mark();
+      stalled.write(`GET /stream?bytes=${64 * 1024 * 1024}&chunks=4 HTTP/1.1\r\nHost: app.test\r\n\r\n`);
+      // (A paused socket does not notice its reset, so the cut is read from the server's log.)
+      const cut = await server.proc.waitForMsg('http request', 20_000, {
+        from: mark,
+        fields: { path: '/stream', reason: 'visitor closed early' },
+      });
+      t.diagnostic(`the visitor that stopped reading was cut after ${cut.ms} ms`);
+      assert.ok(Number(cut.ms) >= 2000, `cut after ${cut.ms} ms, before idle_timeout`);
+      const next = await curl(['-H', 'Host: app.test'], `${base}/next`);
+      assert.equal(next.status, 200, `the next visitor: ${next.status} ${next.body}`);
+
+      // 3. Upgrades count against the proxy's max_connections (1): a second WebSocket gets 503 while the
+      // first is open, and a third opens once it has closed.
+      const first = await openWebSocket(port);
+      assert.equal(first.outcome, 'open');
+      const second = await openWebSocket(port);
+      assert.equal(second.outcome, '503', 'a WebSocket over max_connections');
+      first.ws.close();
+      await once(first.ws, 'close');
+      const third = await eventually(
+        'a WebSocket after the first closed',
+        async () => {
+          const attempt = await openWebSocket(port);
+          if (attempt.outcome !== 'open') throw new Error(attempt.outcome);
+          return attempt;
+        },
+        5000,
+      );
+      third.ws.close();
     }),
 );

@@ -143,6 +143,10 @@ test(
           'X-Forwarded-Proto: https',
           '-H',
           'X-Forwarded-Host: evil.test',
+          '-H',
+          'Forwarded: for=6.6.6.6;proto=https',
+          '-H',
+          'X-Real-IP: 6.6.6.6',
         ],
         `${base}/who`,
       );
@@ -154,6 +158,8 @@ test(
       assert.equal(seen['x-forwarded-host'], 'secure.test');
       assert.equal(seen['x-from'], 'porthole');
       assert.equal(seen.authorization, undefined, 'the edge credentials are not passed on');
+      assert.equal(seen.forwarded, undefined, "an untrusted visitor's Forwarded is not passed on");
+      assert.equal(seen['x-real-ip'], undefined, "an untrusted visitor's X-Real-IP is not passed on");
 
       // From 127.0.0.2 (a trusted proxy): its X-Forwarded-For is appended to, its proto/host kept.
       const trusted = await curl(
@@ -168,6 +174,8 @@ test(
           'X-Forwarded-Proto: https',
           '-H',
           'X-Forwarded-Host: open.example.org',
+          '-H',
+          'X-Real-IP: 203.0.113.9',
         ],
         `${base}/`,
       );
@@ -177,6 +185,83 @@ test(
       assert.equal(fromTrusted['x-forwarded-proto'], 'https');
       assert.equal(fromTrusted['x-forwarded-host'], 'open.example.org');
       assert.equal(fromTrusted.host, 'open.test', "without host_header_rewrite the Host is the visitor's");
+      assert.equal(fromTrusted['x-real-ip'], '203.0.113.9', "a trusted proxy's X-Real-IP is kept");
+    }),
+);
+
+test(
+  "a location's basic auth holds however the path is written; the path reaches the service as sent",
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const [site, admin] = await Promise.all([startHttpBackend('site'), startHttpBackend('admin')]);
+      h.onCleanup(() => Promise.all([site.close(), admin.close()]));
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, { name: 'paths', hosts: ['app.test'] });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          { name: 'site', type: 'http', local: `127.0.0.1:${site.port}`, hosts: ['app.test'] },
+          {
+            name: 'admin',
+            type: 'http',
+            local: `127.0.0.1:${admin.port}`,
+            hosts: ['app.test'],
+            locations: ['/admin'],
+            http_user: 'root',
+            http_password: 'pw',
+          },
+        ],
+      });
+      const base = `http://127.0.0.1:${server.httpPort}`;
+      // Each is /admin/secret to a service that merges slashes, decodes escapes or resolves dot segments
+      // (nginx does all three); --path-as-is makes curl send them untouched.
+      const disguised = [
+        '//admin/secret',
+        '/%61dmin/secret',
+        '/x/../admin/secret',
+        '/admin%2Fsecret',
+        '/./admin',
+      ];
+      for (const path of disguised) {
+        const r = await curl(['--path-as-is', '-H', 'Host: app.test'], `${base}${path}`);
+        assert.equal(r.status, 401, `${path}: status ${r.status}, answered by ${r.body.slice(0, 80)}`);
+      }
+      assert.equal(site.requests.length + admin.requests.length, 0, 'no disguised path reached a service');
+      for (const path of disguised) {
+        const r = await curl(['--path-as-is', '-H', 'Host: app.test', '-u', 'root:pw'], `${base}${path}`);
+        assert.equal(r.status, 200, `${path} with credentials: ${r.status} ${r.stderr}`);
+        const seen = json(r.body);
+        assert.equal(seen.backend, 'admin', `${path} went to ${seen.backend}`);
+        assert.equal(seen.url, path, 'the request line is forwarded as the visitor sent it');
+      }
+      // Paths that only look alike stay with the site.
+      for (const path of ['/administrator', '/%2561dmin/secret', '/site/admin']) {
+        const r = await curl(['--path-as-is', '-H', 'Host: app.test'], `${base}${path}`);
+        assert.equal(r.status, 200, `${path}: ${r.status}`);
+        assert.equal(json(r.body).backend, 'site', path);
+      }
+      // A location the routing could never match is refused when the proxy registers.
+      const oddToken = await issueRoutedToken(server, { name: 'odd', hosts: ['odd.test'] });
+      const refused = await startRoutedClient(h, {
+        server: server.url,
+        token: oddToken,
+        name: 'odd-client',
+        waitFor: [],
+        proxies: [
+          {
+            name: 'odd',
+            type: 'http',
+            local: `127.0.0.1:${site.port}`,
+            hosts: ['odd.test'],
+            locations: ['/%7euser'],
+          },
+        ],
+      });
+      const line = await refused.proc.waitForMsg('proxy refused', 15_000, { fields: { proxy: 'odd' } });
+      t.diagnostic(`refused: ${line.reason}`);
+      assert.match(String(line.reason), /location "\/%7euser" is not in normal form: write it "\/~user"/);
     }),
 );
 

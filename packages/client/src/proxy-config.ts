@@ -55,10 +55,15 @@ const KEY_TYPES: Record<string, readonly ProxyType[]> = {
   host_header_rewrite: ['http'],
   request_headers: ['http'],
   proxy_protocol: ['tcp', 'tls'],
-  max_connections: ['tcp', 'tls'],
+  max_connections: ['tcp', 'tls', 'http'],
   udp_idle_timeout: ['udp'],
   max_flows: ['udp'],
 };
+
+/** "tcp", "tcp and tls", "tcp, tls and http". */
+function listed(words: readonly string[]): string {
+  return words.length < 2 ? words.join('') : `${words.slice(0, -1).join(', ')} and ${words.at(-1)}`;
+}
 
 export const proxySchema = z
   .strictObject({
@@ -124,7 +129,7 @@ export const proxySchema = z
         ctx.addIssue({
           code: 'custom',
           path: [key],
-          message: `applies to ${types.join(' and ')} proxies, not ${proxy.type}`,
+          message: `applies to ${listed(types)} proxies, not ${proxy.type}`,
         });
       }
     }
@@ -178,7 +183,10 @@ export interface ProxyConfig {
   requestHeaders?: Record<string, string>;
   /** tcp, tls: write a PROXY protocol header to the local service before the visitor's bytes. */
   proxyProtocol?: 'v1' | 'v2';
-  /** tcp, tls: visitor connections open at once (the server caps it with proxy_max_connections). */
+  /**
+   * tcp, tls: visitor connections open at once; http: upgraded (WebSocket) connections open at once. The
+   * server caps it with proxy_max_connections.
+   */
   maxConnections?: number;
   /** udp: ms without datagrams before a flow ends (the server's setting when absent). */
   udpIdleTimeout?: number;

@@ -140,7 +140,7 @@ test('udp, http and tls proxies take their own keys, and say which key is wrong'
   const udp = '[[proxies]]\nname = "u"\ntype = "udp"\nlocal = "127.0.0.1:1"\n';
   assert.deepEqual(problems(`${HEAD}${udp}`), ['proxies[0].remote_port: required']);
   assert.deepEqual(problems(`${HEAD}${udp}remote_port = 53\nmax_connections = 5\n`), [
-    'proxies[0].max_connections: applies to tcp and tls proxies, not udp',
+    'proxies[0].max_connections: applies to tcp, tls and http proxies, not udp',
   ]);
   const tcp = '[[proxies]]\nname = "t"\ntype = "tcp"\nlocal = "127.0.0.1:1"\nremote_port = 2222\n';
   assert.deepEqual(problems(`${HEAD}${tcp}max_connections = 0\n`), [

@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { Logger } from '@porthole/protocol';
 import { LimitWarning } from './limit-warning.js';
 
@@ -13,10 +14,10 @@ export interface ConnectionLimitOptions {
 }
 
 /**
- * The visitor connections one tcp or tls proxy has open, against its max_connections. A connection over
- * the limit is reset before a tunnel stream is opened for it: it costs the server a socket for an instant
- * and the client nothing, so a flood on one public port cannot take the streams (or the server memory) that
- * its client's other proxies need.
+ * The visitor connections one tcp or tls proxy (or an http proxy's upgraded connections) has open, against
+ * its max_connections. A connection over the limit is refused (reset, or answered 503) before a tunnel
+ * stream is opened for it: it costs the server a socket for an instant and the client nothing, so a flood on
+ * one public port cannot take the streams (or the server memory) that its client's other proxies need.
  */
 export class ConnectionLimit {
   private open = 0;
@@ -39,8 +40,14 @@ export class ConnectionLimit {
 
   /** Counts `socket` until it closes and returns true; or resets it (RST) and returns false. */
   admit(socket: Socket): boolean {
+    if (this.take(socket)) return true;
+    socket.resetAndDestroy();
+    return false;
+  }
+
+  /** Counts `socket` until it closes and returns true; or counts a refusal and returns false. */
+  take(socket: Duplex): boolean {
     if (this.open >= this.opts.max()) {
-      socket.resetAndDestroy();
       this.opts.onRefused();
       this.warning.count();
       return false;

@@ -111,10 +111,12 @@ export function parseResponseHead(head: Buffer, requestMethod: string): Response
   if (requestMethod === 'HEAD' || statusCode < 200 || statusCode === 204 || statusCode === 304) {
     body = NO_BODY;
   } else if (transferEncoding !== undefined) {
+    // HTTP/1.0 has no transfer codings: its framing is faulty and the response is discarded (RFC 9112 6.1).
+    if (http10) throw new UpstreamProtocolError('transfer-encoding in an HTTP/1.0 response');
     // Both framings at once is how responses are smuggled: transfer-encoding wins, and the stream is
     // not trusted with another request (RFC 9112 6.3).
     if (contentLength !== undefined) keepAlive = false;
-    body = transferEncoding.at(-1) === 'chunked' && !http10 ? CHUNKED : UNTIL_CLOSE;
+    body = transferEncoding.at(-1) === 'chunked' ? CHUNKED : UNTIL_CLOSE;
   } else if (contentLength !== undefined) {
     body = { kind: 'length', length: contentLength };
   } else {

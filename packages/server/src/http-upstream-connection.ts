@@ -30,6 +30,12 @@ export interface ResponseSink {
    * not a byte of this response came back, so the service never saw this request or dropped it unread.
    */
   onError(err: Error, retryable: boolean): void;
+  /**
+   * Given for a request that asks for an upgrade: the service switched protocols (101). The connection
+   * lets go of its stream, paused, with the head as the service sent it and any bytes after it; the
+   * stream is the caller's from here on.
+   */
+  onUpgrade?(head: Buffer, rest: Buffer): void;
 }
 
 /** What the pool hears from a connection. */
@@ -218,11 +224,13 @@ export class UpstreamConnection {
     this.headBuf = undefined;
     this.headLen = 0;
     const rest = chunk.subarray(end - prior);
-    if (head.statusCode < 200) {
-      if (head.statusCode === 101)
+    if (head.statusCode === 101) {
+      if (!this.sink?.onUpgrade)
         throw new UpstreamProtocolError('101 Switching Protocols to a plain request');
-      return rest; // informational: the final head follows
+      this.handOver(buf.subarray(0, end), rest);
+      return EMPTY;
     }
+    if (head.statusCode < 200) return rest; // informational: the final head follows
     this.state = State.Body;
     this.framing = head.body;
     this.keepAlive = head.keepAlive;
@@ -233,6 +241,21 @@ export class UpstreamConnection {
     if (head.body.kind === 'none' || (head.body.kind === 'length' && this.remaining === 0))
       this.complete(rest.length === 0);
     return rest;
+  }
+
+  /** The service switched protocols: the stream leaves this connection (and any pool) for good. */
+  private handOver(head: Buffer, rest: Buffer): void {
+    const sink = this.sink!;
+    this.state = State.Closed;
+    this.sink = undefined;
+    this.detachBody();
+    const stream = this.stream;
+    stream.pause();
+    stream.off('data', this.onData);
+    stream.off('end', this.onEnd);
+    stream.off('error', this.onStreamError);
+    stream.off('close', this.onClose);
+    sink.onUpgrade!(head, rest);
   }
 
   private gatherHead(piece: Buffer): Buffer {

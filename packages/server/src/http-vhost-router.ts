@@ -1,6 +1,6 @@
 // Requests on the http vhost port (and on the TLS port once terminated): routed by Host and path to the
 // http proxy that claimed them, forwarded over tunnel streams with X-Forwarded-* headers. WebSocket (and
-// other) upgrades are passed through raw on a stream of their own.
+// other) upgrades get a stream of their own, passed through raw once the service accepts them.
 import { timingSafeEqual } from 'node:crypto';
 import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
@@ -13,11 +13,13 @@ import {
   normalizeRequestHost,
   TurnGatheredWrites,
 } from '@porthole/protocol';
+import type { ConnectionLimit } from './connection-limit.js';
 import type { HostRoutes, RouteEntry } from './host-routes.js';
 import { forwardableTrailers, HOP_BY_HOP } from './http-fields.js';
 import { headerTokens, type ResponseHead } from './http-response-head.js';
-import type { ResponseSink, UpstreamConnection } from './http-upstream-connection.js';
+import { type ConnectionOwner, type ResponseSink, UpstreamConnection } from './http-upstream-connection.js';
 import type { UpstreamPool, Visitor } from './http-upstream-pool.js';
+import { routingPath } from './request-path.js';
 import { plainAddress, type TrustedProxies } from './trusted-proxies.js';
 
 /** What an http proxy's routes lead to. */
@@ -28,6 +30,8 @@ export interface HttpTarget {
   pool: UpstreamPool;
   /** A fresh tunnel stream (for an upgrade, which keeps its connection) and its connection id. */
   openStream(visitor: Visitor): { stream: Duplex; conn: number };
+  /** Upgraded connections (WebSockets) open at once, against max_connections. */
+  upgrades: ConnectionLimit;
   /** Basic auth visitors must present. */
   auth: { user: Buffer; password: Buffer } | undefined;
   hostHeaderRewrite: string | undefined;
@@ -49,6 +53,10 @@ export interface HttpVhostRouterOptions {
 }
 
 const FORWARDED = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
+/** Set by proxies in front (RFC 7239, nginx's convention): dropped unless the peer is trusted. */
+const CLIENT_ADDRESS_FIELDS = ['forwarded', 'x-real-ip'];
+/** Fields a visitor's Connection header cannot take away from the forwarded request. */
+const BODY_FRAMING = new Set(['content-length', 'transfer-encoding']);
 /** Methods safe to send again when a pooled stream turned out to be closed. */
 const RETRYABLE = new Set(['GET', 'HEAD', 'OPTIONS']);
 
@@ -69,15 +77,14 @@ const NOT_FOUND = 'No site is served under this name here.';
 const OFFLINE = 'The tunnel serving this site is offline.';
 const UNREACHABLE = 'The service behind this tunnel did not answer.';
 const AUTH_REQUIRED = 'This site requires a user name and password.';
+const UPGRADE_WITH_BODY = 'An upgrade request cannot carry a body here.';
+const TOO_MANY_UPGRADES = 'This site has as many open connections as it accepts; try again later.';
 
-function pathOf(url: string | undefined): string {
-  if (url === undefined) return '/';
-  try {
-    return new URL(url, 'http://x').pathname;
-  } catch {
-    return '/';
-  }
-}
+/** An upgrade's stream carries one exchange: whatever its end, it is not kept for another request. */
+const ONE_EXCHANGE: ConnectionOwner = {
+  exchangeDone: (conn) => conn.retire(),
+  gone: () => {},
+};
 
 function isEncrypted(socket: Socket): boolean {
   return (socket as TLSSocket).encrypted === true;
@@ -108,15 +115,33 @@ function requestHead(method: string, url: string, headers: readonly string[], ve
   return `${head}\r\n`;
 }
 
-/** The local service's response fields without the ones that describe its hop (or that it named so). */
+/**
+ * The local service's response fields without the ones that describe its hop (or that it named so). A
+ * Content-Length beside chunks (or before a body read until close) is dropped too: the body is passed on
+ * decoded, and a length the visitor trusted would leave the rest to be read as the next response.
+ */
 function responseHeaders(head: ResponseHead): string[] {
   const raw = head.rawHeaders;
+  const lengthLies = head.body.kind === 'chunked' || head.body.kind === 'close';
   const out: string[] = [];
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const lower = raw[i]!.toLowerCase();
-    if (!HOP_BY_HOP.has(lower) && !head.connection.includes(lower)) out.push(raw[i]!, raw[i + 1]!);
+    if (HOP_BY_HOP.has(lower) || head.connection.includes(lower)) continue;
+    if (lengthLies && lower === 'content-length') continue;
+    out.push(raw[i]!, raw[i + 1]!);
   }
   return out;
+}
+
+/**
+ * A service's answer to an upgrade it did not accept, for the visitor's raw socket: its fields, and the
+ * body (passed on decoded) ending with the connection.
+ */
+function rawResponseHead(head: ResponseHead): string {
+  let text = `HTTP/1.1 ${head.statusCode} ${head.statusMessage}\r\n`;
+  const fields = responseHeaders(head);
+  for (let i = 0; i + 1 < fields.length; i += 2) text += `${fields[i]}: ${fields[i + 1]}\r\n`;
+  return `${text}Connection: close\r\n\r\n`;
 }
 
 export class HttpVhostRouter {
@@ -151,15 +176,20 @@ export class HttpVhostRouter {
   /** The headers the local service receives, as a flat [name, value, ...] list. */
   private forwardHeaders(req: IncomingMessage, target: HttpTarget, upgrade: boolean): string[] {
     const raw = req.rawHeaders;
+    const trusted = this.opts.trusted().contains(req.socket.remoteAddress);
     const drop = new Set<string>(FORWARDED);
+    // Other ways of naming the client's address are believed from trusted proxies only, like X-Forwarded-*.
+    if (!trusted) for (const name of CLIENT_ADDRESS_FIELDS) drop.add(name);
     for (const [name] of target.requestHeaders) drop.add(name);
     if (target.auth) drop.add('authorization');
     drop.add('expect'); // Node answered 100-continue to the visitor already
     if (!upgrade) {
       for (const name of HOP_BY_HOP) if (name !== 'transfer-encoding') drop.add(name);
-      // Headers the visitor marked as hop-by-hop in Connection go too.
-      for (const token of headerTokens(String(req.headers.connection ?? ''))) drop.add(token);
-      drop.delete('transfer-encoding');
+      // Headers the visitor marked as hop-by-hop in Connection go too, except the ones that frame the
+      // body: "Connection: content-length" would otherwise send a body with no length, which the
+      // service would read as the next request (smuggled past routing and auth).
+      for (const token of headerTokens(String(req.headers.connection ?? '')))
+        if (!BODY_FRAMING.has(token)) drop.add(token);
       // A body is framed one way only: it is re-chunked, so a length beside the chunks would lie.
       if (req.headers['transfer-encoding'] !== undefined) drop.add('content-length');
     }
@@ -176,7 +206,6 @@ export class HttpVhostRouter {
       out.push(name, raw[i + 1]!);
     }
     const peer = plainAddress(req.socket.remoteAddress);
-    const trusted = this.opts.trusted().contains(req.socket.remoteAddress);
     const incomingFor = req.headers['x-forwarded-for'];
     const incomingProto = req.headers['x-forwarded-proto'];
     const incomingHost = req.headers['x-forwarded-host'];
@@ -228,7 +257,7 @@ export class HttpVhostRouter {
 
   handleRequest(req: IncomingMessage, res: ServerResponse): void {
     const started = performance.now();
-    const path = pathOf(req.url);
+    const path = routingPath(req.url);
     const resolved = this.resolve(req, path);
     const remoteAddr = formatHostPort(plainAddress(req.socket.remoteAddress), req.socket.remotePort ?? 0);
     if (!('target' in resolved)) {
@@ -250,6 +279,7 @@ export class HttpVhostRouter {
     let current: UpstreamConnection | undefined;
     let cancelWait: (() => void) | undefined;
     let retriesLeft = 1;
+    let bodyPending = hasBody && !req.complete;
     // response_timeout: one timer per request, armed once the request is in (not per attempt).
     let noAnswerTimer: NodeJS.Timeout | undefined;
 
@@ -313,6 +343,8 @@ export class HttpVhostRouter {
           return;
         }
         current = conn;
+        // The upload's own time does not count towards response_timeout: the timer restarts at its end.
+        if (bodyPending) clearTimeout(noAnswerTimer);
         conn.send(method, head, hasBody ? req : undefined, chunkedBody, sink);
       });
     };
@@ -328,10 +360,13 @@ export class HttpVhostRouter {
         conn?.abort();
         failed(`no response head within ${timeout} ms`, 504, this.noAnswerText);
       };
-      // Counted from the request's last byte: now without a body (or with one already read in full).
-      if (!hasBody || req.complete) noAnswerTimer = setTimeout(noAnswer, timeout);
-      else
+      // Counted while the request waits for a stream (a body is read only once it has one), then from the
+      // request's last byte.
+      noAnswerTimer = setTimeout(noAnswer, timeout);
+      if (bodyPending)
         req.once('end', () => {
+          bodyPending = false;
+          clearTimeout(noAnswerTimer);
           if (!responded && !res.headersSent && !res.destroyed) noAnswerTimer = setTimeout(noAnswer, timeout);
         });
     }
@@ -363,9 +398,16 @@ export class HttpVhostRouter {
     });
   }
 
+  /**
+   * An upgrade (WebSocket or other) gets a tunnel stream of its own. The request goes on as it came (with
+   * the X-Forwarded-* fields) and the connection turns raw only once the service answers 101; any other
+   * answer is passed on and the connection closed after it, so that a service that ignores Upgrade never
+   * sees the visitor's later requests unrouted and unchecked.
+   */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => socket.destroy());
-    const path = pathOf(req.url);
+    const started = performance.now();
+    const path = routingPath(req.url);
     if (path === this.opts.controlPath) {
       this.opts.onControlUpgrade(req, socket, head);
       return;
@@ -376,26 +418,120 @@ export class HttpVhostRouter {
       return;
     }
     const { target } = resolved;
-    const headers = this.forwardHeaders(req, target, true);
+    // A body would have to reach the service before its 101 while the visitor's later bytes must not:
+    // Node hands both over unparsed, so such requests (h2c with a body, nothing a browser sends) are refused.
+    if (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0) {
+      this.answerRaw(socket, 400, UPGRADE_WITH_BODY);
+      return;
+    }
+    if (!target.upgrades.take(socket)) {
+      this.answerRaw(socket, 503, TOO_MANY_UPGRADES);
+      return;
+    }
+    const method = req.method ?? 'GET';
     const visitor = this.visitorOf(req);
+    const remoteAddr = formatHostPort(plainAddress(visitor.address), visitor.port);
     const { stream, conn } = target.openStream(visitor);
-    // Node read the fields as latin1: written back the same way, every byte is the visitor's own.
-    stream.write(requestHead(req.method ?? 'GET', req.url ?? '/', headers, req.httpVersion), 'latin1');
-    if (head.length > 0) stream.write(head);
-    const netSocket = socket as Socket;
-    netSocket.setTimeout?.(0);
-    netSocket.setNoDelay?.(true);
-    this.opts.tracker.carry(socket, stream, {
-      labels: ['visitor', 'tunnel'],
-      logger: this.opts.logger,
-      fields: {
-        client: target.client,
-        proxy: target.proxy,
-        conn,
-        remote_addr: formatHostPort(plainAddress(visitor.address), visitor.port),
-        upgrade: req.headers.upgrade,
+    const upstream = new UpstreamConnection(stream, ONE_EXCHANGE);
+    let answered = false;
+    let awaitingDrain = false;
+    let noAnswerTimer: NodeJS.Timeout | undefined;
+    const logged = (status: number, reason: string): void =>
+      this.opts.logger.info(
+        {
+          client: target.client,
+          proxy: target.proxy,
+          conn,
+          remote_addr: remoteAddr,
+          method,
+          host: req.headers.host,
+          path,
+          status,
+          ms: Math.round(performance.now() - started),
+          reason,
+        },
+        'http request',
+      );
+    const visitorGone = (): void => {
+      clearTimeout(noAnswerTimer);
+      upstream.abort();
+    };
+    socket.once('close', visitorGone);
+    const sink: ResponseSink = {
+      onUpgrade: (responseHead, rest) => {
+        clearTimeout(noAnswerTimer);
+        socket.off('close', visitorGone);
+        socket.write(responseHead);
+        if (rest.length > 0) socket.write(rest);
+        // What the visitor sent after its request belongs to the new protocol: it goes on only now.
+        if (head.length > 0) stream.write(head);
+        const netSocket = socket as Socket;
+        netSocket.setTimeout?.(0);
+        netSocket.setNoDelay?.(true);
+        this.opts.tracker.carry(socket, stream, {
+          labels: ['visitor', 'tunnel'],
+          logger: this.opts.logger,
+          fields: {
+            client: target.client,
+            proxy: target.proxy,
+            conn,
+            remote_addr: remoteAddr,
+            upgrade: req.headers.upgrade,
+          },
+        });
       },
-    });
+      onHead: (responseHead) => {
+        answered = true;
+        clearTimeout(noAnswerTimer);
+        socket.write(rawResponseHead(responseHead), 'latin1');
+        logged(responseHead.statusCode, 'upgrade not accepted');
+      },
+      onBody: (data) => {
+        if (socket.write(data)) return true;
+        if (!awaitingDrain) {
+          awaitingDrain = true;
+          socket.once('drain', () => {
+            awaitingDrain = false;
+            upstream.resume();
+          });
+        }
+        return false;
+      },
+      onEnd: () => socket.end(),
+      onError: (err) => {
+        clearTimeout(noAnswerTimer);
+        this.opts.logger.warn(
+          { client: target.client, proxy: target.proxy, conn, remote_addr: remoteAddr, reason: err.message },
+          'http upgrade failed',
+        );
+        if (answered) socket.destroy();
+        else this.answerRaw(socket, 502, UNREACHABLE);
+      },
+    };
+    // Node read the fields as latin1: written back the same way, every byte is the visitor's own.
+    const requestLine = requestHead(
+      method,
+      req.url ?? '/',
+      this.forwardHeaders(req, target, true),
+      req.httpVersion,
+    );
+    upstream.send(method, requestLine, undefined, false, sink);
+    const timeout = this.opts.responseTimeout;
+    if (timeout > 0)
+      noAnswerTimer = setTimeout(() => {
+        upstream.abort();
+        this.opts.logger.warn(
+          {
+            client: target.client,
+            proxy: target.proxy,
+            conn,
+            remote_addr: remoteAddr,
+            reason: `no response head within ${timeout} ms`,
+          },
+          'http upgrade failed',
+        );
+        this.answerRaw(socket, 504, this.noAnswerText);
+      }, timeout);
   }
 
   private answer(

@@ -1,7 +1,13 @@
 // The Node HTTP servers behind the vhost ports: one listening on [http] listen, and one that never
 // listens but is handed the connections the TLS port terminates. Both parse with Node's HTTP stack, under
 // the same limits, and hand requests and upgrades to the HttpVhostRouter.
-import { createServer as createHttpServer, type IncomingMessage, type Server, STATUS_CODES } from 'node:http';
+import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+  STATUS_CODES,
+} from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -21,7 +27,7 @@ export interface HttpLimits {
   responseTimeout: number;
   /** Idle time between requests on a kept-alive connection. */
   keepAliveTimeout: number;
-  /** A connection with no request in progress and no traffic for this long is closed. */
+  /** A connection with no traffic for this long is closed, unless a request awaits its response head. */
   idleTimeout: number;
   /** Largest request head (request line + headers); beyond it: 431. */
   maxHeaderSize: number;
@@ -41,7 +47,7 @@ export interface HttpVhostServerOptions {
   handshakeTimeout: number;
 }
 
-type HttpSocket = Socket & { _httpMessage?: unknown };
+type HttpSocket = Socket & { _httpMessage?: ServerResponse | null };
 
 function remoteOf(socket: Duplex): string {
   const s = socket as Socket;
@@ -87,9 +93,13 @@ export class HttpVhostServer {
   private setUp(server: Server | HttpsServer): void {
     const { router, limits, logger } = this.opts;
     server.keepAliveTimeout = limits.keepAliveTimeout;
-    // Idle connections (no request in progress) are closed; a request waiting for its answer is not.
+    // Closed after idle_timeout without a byte moved: a connection with no request in progress, or one
+    // whose response has begun (a visitor that stopped reading, or a service stalled mid-body, would
+    // otherwise hold a tunnel stream of the proxy's pool for good). A request still waiting for its
+    // response head is response_timeout's to end.
     server.setTimeout(limits.idleTimeout, (socket: HttpSocket) => {
-      if (!socket._httpMessage) socket.destroy();
+      const response = socket._httpMessage;
+      if (!response || response.headersSent) socket.destroy();
     });
     server.on('request', (req, res) => router.handleRequest(req, res));
     server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>

@@ -14,6 +14,7 @@ import { ConnectionLimit } from './connection-limit.js';
 import { type HostClaim, HostRoutes } from './host-routes.js';
 import { UpstreamPool, type Visitor } from './http-upstream-pool.js';
 import type { HttpTarget } from './http-vhost-router.js';
+import { routingPath } from './request-path.js';
 import { defaultRoutingConfig, type RoutingConfig } from './routing-config.js';
 import type { ServerContext } from './server-context.js';
 import type { TlsTarget } from './tls-sni-listener.js';
@@ -67,8 +68,9 @@ export interface BoundProxy {
 }
 
 /**
- * A tcp or tls proxy's limit on open visitor connections: its own max_connections, capped by the server's
- * proxy_max_connections as the running config has it (a reload applies at once).
+ * A tcp or tls proxy's limit on open visitor connections (an http proxy's, on its upgraded ones): its own
+ * max_connections, capped by the server's proxy_max_connections as the running config has it (a reload
+ * applies at once).
  */
 export function connectionLimitFor(ctx: ServerContext, client: string, spec: ProxySpec): ConnectionLimit {
   return new ConnectionLimit({
@@ -129,6 +131,9 @@ export function claimsOf(
     if (!/^\/[^\s?#]*$/.test(location)) {
       return `location "${location}" must start with "/" and contain no spaces, "?" or "#"`;
     }
+    // Requests are routed by their normalized path, which a location in any other form would never match.
+    const normal = routingPath(location);
+    if (normal !== location) return `location "${location}" is not in normal form: write it "${normal}"`;
   }
   const unique = [...new Set(locations)];
   if (names.length * unique.length > MAX_CLAIMS_PER_PROXY) {
@@ -267,6 +272,7 @@ export async function bindRoutedProxy(
     proxy: spec.name,
     pool,
     openStream: (visitor) => header(visitor, publicAddr),
+    upgrades: connectionLimitFor(ctx, owner.name, spec),
     auth:
       spec.http_user === undefined || spec.http_password === undefined
         ? undefined
@@ -284,6 +290,7 @@ export async function bindRoutedProxy(
     close: () => {
       state.httpRoutes.release(target);
       pool.destroy();
+      target.upgrades.close();
     },
   };
 }

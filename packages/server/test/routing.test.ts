@@ -11,6 +11,7 @@ import { loadServerConfig } from '../src/config.js';
 import { ConnectionLimit } from '../src/connection-limit.js';
 import { HostRoutes, locationMatches, OFFLINE_ROUTE_TTL_MS } from '../src/host-routes.js';
 import type { HttpVhostServer } from '../src/http-vhost-server.js';
+import { routingPath } from '../src/request-path.js';
 import { TlsCertStore } from '../src/tls-cert-store.js';
 import { TlsSniListener, type TlsTarget } from '../src/tls-sni-listener.js';
 import { TrustedProxies } from '../src/trusted-proxies.js';
@@ -322,4 +323,29 @@ test('server.toml: routing keys parse with defaults, and mistakes name their key
   assert.deepEqual(problems('[http]\nlisten = "x"\n'), [
     'http.listen: invalid address "x" (expected host:port, e.g. 127.0.0.1:22 or [::1]:22)',
   ]);
+});
+
+test('requests are routed by their normalized path, whatever way the visitor wrote it', () => {
+  const cases: Array<[string | undefined, string]> = [
+    ['/admin/x?q=1', '/admin/x'],
+    ['//admin/x', '/admin/x'],
+    ['/\\admin/x', '/admin/x'],
+    ['///admin//x', '/admin/x'],
+    ['/%61dmin/x', '/admin/x'],
+    ['/%2e%2E/admin', '/admin'],
+    ['/x/../admin/x', '/admin/x'],
+    ['/x/%2e%2e/admin', '/admin'],
+    ['/./admin', '/admin'],
+    ['/admin%2Fx', '/admin/x'],
+    ['/admin%5cx', '/admin/x'],
+    ['/caf%c3%a9', '/caf%C3%A9'],
+    ['/%2561dmin', '/%2561dmin'],
+    ['/a#frag', '/a'],
+    ['http://app.test//admin/x?q', '/admin/x'],
+    ['HTTP://app.test/%61dmin', '/admin'],
+    ['*', '/'],
+    ['app.test:443', '/'],
+    [undefined, '/'],
+  ];
+  for (const [target, path] of cases) assert.equal(routingPath(target), path, JSON.stringify(target));
 });

@@ -1,0 +1,57 @@
+// The path an http request is routed by. A location decides which proxy serves a request and whether basic
+// auth guards it, so routing must read the path the way a local service may: "//admin/x", "/%61dmin/x",
+// "/\admin/x", "/admin%2Fx" and "/x/../admin/x" all reach /admin at a service that merges slashes or
+// decodes escapes, and must meet /admin's auth here. The request line itself is forwarded unchanged.
+
+const ESCAPE = /%([0-9A-Fa-f]{2})/g;
+const SLASHES = /[/\\]+/g;
+const ABSOLUTE_FORM = /^https?:\/\//i;
+
+/** Characters RFC 3986 lets a normalizer decode, plus the two that a service may take for a slash. */
+function decodedForRouting(code: number): boolean {
+  return (
+    (code >= 0x41 && code <= 0x5a) || // A-Z
+    (code >= 0x61 && code <= 0x7a) || // a-z
+    (code >= 0x30 && code <= 0x39) || // 0-9
+    code === 0x2d || // -
+    code === 0x2e || // .
+    code === 0x5f || // _
+    code === 0x7e || // ~
+    code === 0x2f || // /
+    code === 0x5c // backslash
+  );
+}
+
+function decodeEscape(sequence: string, hex: string): string {
+  const code = Number.parseInt(hex, 16);
+  return decodedForRouting(code) ? String.fromCharCode(code) : sequence.toUpperCase();
+}
+
+/**
+ * The normalized path of a request target (origin-form "/a/b?q" or absolute-form "http://h/a/b"):
+ * escapes of unreserved characters and of slashes decoded, other escapes uppercased, backslashes and runs
+ * of slashes made one "/", dot segments resolved. Anything else (such as "*") routes as "/".
+ */
+export function routingPath(target: string | undefined): string {
+  if (target === undefined) return '/';
+  let path: string;
+  if (target.startsWith('/')) {
+    const end = target.search(/[?#]/);
+    path = end < 0 ? target : target.slice(0, end);
+  } else if (ABSOLUTE_FORM.test(target)) {
+    try {
+      path = new URL(target).pathname;
+    } catch {
+      return '/';
+    }
+  } else {
+    return '/';
+  }
+  path = path.replace(ESCAPE, decodeEscape).replace(SLASHES, '/');
+  // One leading slash now, so URL cannot read the path as an authority; it resolves "." and "..".
+  try {
+    return new URL(path, 'http://x').pathname;
+  } catch {
+    return '/';
+  }
+}
