@@ -289,3 +289,38 @@ test(
       );
     }),
 );
+
+test(
+  'a udp proxy whose local address cannot be connected ends each flow with a warning; the client keeps serving',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startUdpEcho('echo');
+      h.onCleanup(() => echo.close());
+      const [badPort, goodPort] = [await freePort(), await freePort()];
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, { name: 'udp-bad', ports: `${badPort},${goodPort}` });
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          // connect() to a broadcast address without SO_BROADCAST fails (EACCES); nothing is sent.
+          { name: 'bad', type: 'udp', local: '255.255.255.255:9', remote_port: badPort },
+          { name: 'echo', type: 'udp', local: `127.0.0.1:${echo.port}`, remote_port: goodPort },
+        ],
+      });
+      const sender = await udpClient();
+      h.onCleanup(() => sender.socket.close());
+      sender.socket.send('to nowhere', badPort, '127.0.0.1');
+      const failed = await client.proc.waitForMsg('udp local connect failed', 10_000, {
+        fields: { proxy: 'bad' },
+      });
+      t.diagnostic(`local connect failed: ${failed.reason}`);
+      const closed = await client.proc.waitForMsg('udp flow closed', 10_000, { fields: { proxy: 'bad' } });
+      assert.match(String(closed.reason), /^local connect: /);
+      sender.socket.send('still there?', goodPort, '127.0.0.1');
+      await waitFor('the echo through the other proxy', () => sender.replies.length === 1, 5000);
+      assert.equal(sender.replies[0]!.toString(), 'echo|still there?');
+      assert.ok(client.proc.alive, 'the client is still running');
+    }),
+);

@@ -15,8 +15,9 @@ import {
 import type { ProxyConfig } from './proxy-config.js';
 
 export const DEFAULT_UDP_IDLE_TIMEOUT_MS = 60_000;
-/** Datagrams held while the local socket is still connecting. */
+/** Datagrams (and bytes of them) held while the local socket is still connecting (a DNS lookup). */
 const MAX_PENDING_DATAGRAMS = 64;
+const MAX_PENDING_BYTES = 256 * 1024;
 /** Datagrams are dropped while this many bytes wait in the local socket's send queue. */
 const MAX_SEND_QUEUE_BYTES = 1024 * 1024;
 const MAX_UDP_PAYLOAD = { udp4: 65_507, udp6: 65_527 } as const;
@@ -48,6 +49,7 @@ export function serveUdpFlow(
   let lastActivity = started;
   let connected = false;
   let pending: Buffer[] = [];
+  let pendingBytes = 0;
   let reason: string | undefined;
   let socketClosed = false;
   let timer: NodeJS.Timeout | undefined;
@@ -106,10 +108,22 @@ export function serveUdpFlow(
         counts.bytesOut += msg.length;
       } else counts.dropped++;
     });
-    socket.connect(proxy.local.port, proxy.local.host, () => {
-      connected = true;
+    // With a callback, a failed connect (the name does not resolve, the address is refused) comes here,
+    // not as 'error'.
+    socket.connect(proxy.local.port, proxy.local.host, (err?: Error) => {
       const queued = pending;
       pending = [];
+      pendingBytes = 0;
+      if (err) {
+        counts.dropped += queued.length;
+        logger.warn(
+          { proxy: proxy.name, conn: header.conn, local, reason: err.message },
+          'udp local connect failed',
+        );
+        end(`local connect: ${(err as NodeJS.ErrnoException).code ?? err.message}`);
+        return;
+      }
+      connected = true;
       for (const datagram of queued) sendLocal(datagram);
     });
 
@@ -120,8 +134,14 @@ export function serveUdpFlow(
       if (datagrams.length > 0) lastActivity = performance.now();
       for (const datagram of datagrams) {
         if (connected) sendLocal(datagram);
-        else if (pending.length < MAX_PENDING_DATAGRAMS) pending.push(Buffer.from(datagram));
-        else counts.dropped++;
+        else if (
+          !socketClosed &&
+          pending.length < MAX_PENDING_DATAGRAMS &&
+          pendingBytes + datagram.length <= MAX_PENDING_BYTES
+        ) {
+          pending.push(Buffer.from(datagram));
+          pendingBytes += datagram.length;
+        } else counts.dropped++;
       }
     });
     stream.on('end', () => end('server ended the flow'));
