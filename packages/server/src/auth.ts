@@ -88,6 +88,9 @@ export class UpgradeAuthenticator {
       const claims = await verifyToken(this.settings.secret, bearerToken(req), {
         revoked: this.settings.revoked,
       });
+      // Verification is asynchronous: a reload may have revoked the token meanwhile, after its sessions
+      // were checked, so the current list is asked again.
+      if (this.settings.revoked.has(claims.jti)) throw new TokenError('token revoked');
       return { ok: true, claims };
     } catch (err) {
       const reason = err instanceof TokenError ? err.message : 'malformed token';

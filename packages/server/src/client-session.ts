@@ -17,15 +17,24 @@ import {
 import {
   type BoundProxy,
   bindRoutedProxy,
+  claimsOf,
   connectionLimitFor,
   type ProxyOwner,
   routedRefusal,
+  routingOf,
 } from './proxy-routing.js';
 import type { ServerContext } from './server-context.js';
 import { TcpProxyListener } from './tcp-proxy-listener.js';
 
 /** A client that opens a session must say hello within this time. */
 const HELLO_TIMEOUT_MS = 10_000;
+/** The longest delay setTimeout keeps (2^31 - 1 ms); longer ones fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/**
+ * Host routes one client's http and tls proxies may claim together: registering and releasing routes walks
+ * the names' entries, so without a cap one token could make each registration cost seconds.
+ */
+export const MAX_ROUTES_PER_CLIENT = 4096;
 
 /**
  * One connected client: reads its control stream (the first stream it opens), answers hello, binds
@@ -40,8 +49,10 @@ export class ClientSession {
   private readonly grant: PortRanges | undefined;
   private readonly proxies = new Map<
     string,
-    { listener: BoundProxy; port: number | undefined; spec: ProxySpec }
+    { listener: BoundProxy; port: number | undefined; spec: ProxySpec; routes: number }
   >();
+  /** Host routes (name x location) the proxies above claim together, against MAX_ROUTES_PER_CLIENT. */
+  private routes = 0;
   /** Hostnames the token lets this client claim (undefined: any). */
   private readonly hostGrant: readonly string[] | undefined;
   private control: Stream | undefined;
@@ -54,7 +65,10 @@ export class ClientSession {
   readonly tokenId: string;
   readonly connectedAt = Date.now();
   private closed = false;
+  /** SIGTERM drain: no new registrations. */
+  private draining = false;
   private readonly helloTimer: NodeJS.Timeout;
+  private expiryTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly ctx: ServerContext,
@@ -75,10 +89,24 @@ export class ClientSession {
       HELLO_TIMEOUT_MS,
     );
     this.helloTimer.unref();
+    if (claims.exp !== undefined) this.endAtExpiry(claims.exp * 1000);
+  }
+
+  /** A token is checked when the session opens; one that expires while it is up ends it then. */
+  private endAtExpiry(expiresAt: number): void {
+    const left = expiresAt - Date.now();
+    if (left <= 0) {
+      this.disconnect('token expired', 'expired');
+      return;
+    }
+    // setTimeout takes at most ~24.8 days; a longer wait is taken in steps.
+    this.expiryTimer = setTimeout(() => this.endAtExpiry(expiresAt), Math.min(left, MAX_TIMER_MS));
+    this.expiryTimer.unref();
   }
 
   /** Stops taking new connections for this client (SIGTERM drain); open ones continue. */
   drain(reason: string): void {
+    this.draining = true;
     this.closeProxies([...this.proxies.keys()], reason);
     this.notice('warn', reason, 'shutdown');
     this.session.goAway();
@@ -89,6 +117,7 @@ export class ClientSession {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.helloTimer);
+    clearTimeout(this.expiryTimer);
     this.closeProxies([...this.proxies.keys()], reason);
     this.ctx.sessions.delete(this);
     if (this.ctx.clients.get(this.name) === this) this.ctx.clients.delete(this.name);
@@ -296,10 +325,32 @@ export class ClientSession {
         continue;
       }
       seen.add(spec.name);
+      if (this.draining) {
+        results.push({ proxy: spec.name, ok: false, reason: 'the server is shutting down' });
+        continue;
+      }
       results.push(await this.registerOne(spec));
       if (this.closed) return;
     }
     this.send({ type: 'register_result', results });
+  }
+
+  /** The host routes an http or tls proxy would add (refusal() has checked that its claims are valid). */
+  private routesOf(spec: ProxySpec): number {
+    if (spec.type !== 'http' && spec.type !== 'tls') return 0;
+    const claims = claimsOf(spec, routingOf(this.ctx), this.hostGrant);
+    return typeof claims === 'string' ? 0 : claims.length;
+  }
+
+  /** Why one more proxy (or this one replacing `existing`) would take the client past its limits. */
+  private overLimit(existing: { routes: number } | undefined, routes: number): string | undefined {
+    const max = this.ctx.config.maxProxiesPerClient;
+    if (!existing && this.proxies.size >= max)
+      return `this client already has ${this.proxies.size} proxies, the server's max_proxies_per_client`;
+    const total = this.routes - (existing?.routes ?? 0) + routes;
+    if (total > MAX_ROUTES_PER_CLIENT)
+      return `this proxy would bring the client to ${total} host routes (names x locations); the limit is ${MAX_ROUTES_PER_CLIENT}`;
+    return undefined;
   }
 
   private refusal(spec: ProxySpec): string | undefined {
@@ -335,7 +386,8 @@ export class ClientSession {
     if (existing && JSON.stringify(existing.spec) === JSON.stringify(spec)) {
       return this.registered(spec.name, existing.listener);
     }
-    const reason = this.refusal(spec);
+    const routes = this.routesOf(spec);
+    const reason = this.refusal(spec) ?? this.overLimit(existing, routes);
     if (reason) {
       this.logger.warn({ proxy: spec.name, reason }, 'proxy refused');
       return { proxy: spec.name, ok: false, reason };
@@ -360,7 +412,8 @@ export class ClientSession {
       if (port !== undefined && this.ctx.ports.get(port)?.owner === this) this.ctx.ports.delete(port);
       return { proxy: spec.name, ok: false, reason: 'session closed' };
     }
-    this.proxies.set(spec.name, { listener, port, spec });
+    this.proxies.set(spec.name, { listener, port, spec, routes });
+    this.routes += routes;
     this.logger.info(
       { proxy: spec.name, type: spec.type, remote_addr: listener.address, urls: listener.urls },
       'proxy listening',
@@ -404,6 +457,7 @@ export class ClientSession {
       const entry = this.proxies.get(name);
       if (!entry) continue;
       this.proxies.delete(name);
+      this.routes -= entry.routes;
       entry.listener.close();
       if (entry.port !== undefined && this.ctx.ports.get(entry.port)?.owner === this)
         this.ctx.ports.delete(entry.port);

@@ -27,6 +27,8 @@ const MIN_ADMIN_TOKEN_LENGTH = 16;
  * client's other proxies.
  */
 export const DEFAULT_PROXY_MAX_CONNECTIONS = 16_384;
+/** Enough for any homelab; a cap so that one token cannot make the route tables (and their upkeep) huge. */
+export const DEFAULT_MAX_PROXIES_PER_CLIENT = 256;
 
 const HOST = /^(?:[A-Za-z0-9.-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$/;
 
@@ -45,6 +47,9 @@ const serverSchema = z
     proxy_max_connections: positiveIntField('a number of connections')
       .max(1_000_000)
       .default(DEFAULT_PROXY_MAX_CONNECTIONS),
+    max_proxies_per_client: positiveIntField('a number of proxies')
+      .max(100_000)
+      .default(DEFAULT_MAX_PROXIES_PER_CLIENT),
     heartbeat_interval: durationField.prefault('10s'),
     heartbeat_timeout: durationField.prefault('30s'),
     shutdown_timeout: durationField.prefault('10s'),
@@ -107,6 +112,8 @@ export interface ServerConfig {
   allowPorts: PortRanges;
   /** Visitor connections a tcp or tls proxy may have open at once; a client's max_connections can only lower it. */
   proxyMaxConnections: number;
+  /** Proxies one client may have registered at once (each costs listeners, routes and table work). */
+  maxProxiesPerClient: number;
   heartbeatInterval: number;
   heartbeatTimeout: number;
   shutdownTimeout: number;
@@ -170,6 +177,7 @@ export function loadServerConfig(file: string): ServerConfig {
     proxyBind: raw.proxy_bind,
     allowPorts: raw.allow_ports ?? PortRanges.all(),
     proxyMaxConnections: raw.proxy_max_connections,
+    maxProxiesPerClient: raw.max_proxies_per_client,
     heartbeatInterval: raw.heartbeat_interval,
     heartbeatTimeout: raw.heartbeat_timeout,
     shutdownTimeout: raw.shutdown_timeout,

@@ -66,6 +66,10 @@ export class ControlEndpoint {
       this.server.once('error', reject);
       this.server.listen(this.opts.listen.port, this.opts.listen.host, () => {
         this.server.off('error', reject);
+        // A failed accept (EMFILE) is emitted here: without a listener it would end the process.
+        this.server.on('error', (err) =>
+          this.opts.logger.error({ reason: err.message }, 'control listener error'),
+        );
         const address = this.server.address() as AddressInfo;
         resolve(formatHostPort(address.address, address.port));
       });

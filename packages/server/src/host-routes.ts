@@ -35,7 +35,11 @@ export function locationMatches(path: string, location: string): boolean {
 export class HostRoutes<T> {
   /** Pattern -> the entries claiming it (one per location). */
   private readonly byHost = new Map<string, RouteEntry<T>[]>();
+  /** Target -> the patterns it claims, so that releasing a proxy touches its own names only. */
+  private readonly hostsOf = new Map<T, Set<string>>();
   private offlineCount = 0;
+  /** When the oldest offline entry expires; sweeping before then (and under the cap) finds nothing. */
+  private nextExpiry = Number.POSITIVE_INFINITY;
 
   constructor(private readonly now: () => number = Date.now) {}
 
@@ -71,6 +75,9 @@ export class HostRoutes<T> {
       });
       list.push({ ...claim, client, proxy, target, offlineSince: 0 });
       this.byHost.set(claim.host, list);
+      const hosts = this.hostsOf.get(target);
+      if (hosts) hosts.add(claim.host);
+      else this.hostsOf.set(target, new Set([claim.host]));
     }
   }
 
@@ -80,19 +87,24 @@ export class HostRoutes<T> {
    */
   release(target: T, opts: { forget?: boolean } = {}): void {
     const now = this.now();
-    for (const [host, list] of this.byHost) {
+    const hosts = this.hostsOf.get(target);
+    this.hostsOf.delete(target);
+    for (const host of hosts ?? []) {
+      const list = this.byHost.get(host);
+      if (!list) continue;
       const kept: RouteEntry<T>[] = [];
       for (const entry of list) {
         if (entry.target !== target) kept.push(entry);
         else if (!opts.forget) {
           kept.push({ ...entry, target: undefined, offlineSince: now });
           this.offlineCount++;
+          this.nextExpiry = Math.min(this.nextExpiry, now + OFFLINE_ROUTE_TTL_MS);
         }
       }
       if (kept.length === 0) this.byHost.delete(host);
       else this.byHost.set(host, kept);
     }
-    this.sweep(now);
+    if (this.offlineCount > MAX_OFFLINE_ROUTES || now >= this.nextExpiry) this.sweep(now);
   }
 
   /** The route for a request to `host` (normalized) and `path`, online or offline; undefined: no such name. */
@@ -131,10 +143,14 @@ export class HostRoutes<T> {
   }
 
   private sweep(now: number): void {
-    if (this.offlineCount === 0) return;
+    if (this.offlineCount === 0) {
+      this.nextExpiry = Number.POSITIVE_INFINITY;
+      return;
+    }
     const offline: RouteEntry<T>[] = [];
     for (const list of this.byHost.values())
       for (const e of list) if (e.target === undefined) offline.push(e);
+    let oldestKept = Number.POSITIVE_INFINITY;
     const expired = new Set(offline.filter((e) => now - e.offlineSince >= OFFLINE_ROUTE_TTL_MS));
     const excess = offline.length - expired.size - MAX_OFFLINE_ROUTES;
     if (excess > 0) {
@@ -144,6 +160,8 @@ export class HostRoutes<T> {
         .slice(0, excess);
       for (const e of oldest) expired.add(e);
     }
+    for (const e of offline) if (!expired.has(e)) oldestKept = Math.min(oldestKept, e.offlineSince);
+    this.nextExpiry = oldestKept + OFFLINE_ROUTE_TTL_MS;
     if (expired.size === 0) return;
     for (const [host, list] of this.byHost) {
       const kept = list.filter((e) => !expired.has(e));

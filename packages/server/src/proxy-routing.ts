@@ -82,7 +82,7 @@ export function connectionLimitFor(ctx: ServerContext, client: string, spec: Pro
   });
 }
 
-function routingOf(ctx: ServerContext): RoutingConfig {
+export function routingOf(ctx: ServerContext): RoutingConfig {
   return ctx.config.routing ?? defaultRoutingConfig();
 }
 

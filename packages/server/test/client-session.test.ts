@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Stream } from '@porthole/mux';
-import { PortRanges, readStreamHeader } from '@porthole/protocol';
-import { freePort, RawClient, startRelay, startServer, token, visit } from './harness.js';
+import { issueToken, PortRanges, readStreamHeader } from '@porthole/protocol';
+import { defaultRoutingConfig } from '../src/routing-config.js';
+import { freePort, RawClient, SECRET, startRelay, startServer, token, visit } from './harness.js';
 
 test('hello, register, and a public connection arrives as a stream with its header; half-close both ways', async (t) => {
   const { server, url } = await startServer();
@@ -169,4 +170,74 @@ test('protocol misuse ends only that session: register before hello, wrong versi
   const fine = await RawClient.connect(url, await token('fine'));
   assert.equal((await fine.hello())?.type, 'hello_ok');
   fine.session.close();
+});
+
+test('one client holds at most max_proxies_per_client proxies and 4096 host routes', {
+  timeout: 30_000,
+}, async (t) => {
+  const ports = [await freePort(), await freePort(), await freePort()];
+  const { server, url } = await startServer({
+    maxProxiesPerClient: 2,
+    routing: { ...defaultRoutingConfig(), httpListen: { host: '127.0.0.1', port: 0 } },
+  });
+  t.after(() => server.shutdown());
+  const client = await RawClient.connect(url, await token('many'));
+  t.after(() => client.session.close());
+  await client.hello();
+  const result = await client.register(ports.map((port, i) => ({ name: `p${i}`, port })));
+  assert.ok(result?.type === 'register_result');
+  assert.deepEqual(
+    result.results.map((r) => r.reason ?? 'ok'),
+    ['ok', 'ok', "this client already has 2 proxies, the server's max_proxies_per_client"],
+  );
+  // Registering one of its proxies again (changed) is not one more.
+  const again = await client.register([{ name: 'p1', port: ports[2]! }]);
+  assert.ok(again?.type === 'register_result' && again.results[0]?.ok, JSON.stringify(again));
+
+  // Routes: 16 names x 16 locations is 256 per proxy; 16 such proxies fill the 4096, a 17th is refused.
+  const routed = await startServer({
+    maxProxiesPerClient: 100,
+    routing: { ...defaultRoutingConfig(), httpListen: { host: '127.0.0.1', port: 0 } },
+  });
+  t.after(() => routed.server.shutdown());
+  const web = await RawClient.connect(routed.url, await token('web'));
+  t.after(() => web.session.close());
+  await web.hello();
+  const locations = Array.from({ length: 16 }, (_, i) => `/l${i}`);
+  const proxies = Array.from({ length: 17 }, (_, p) => ({
+    name: `web${p}`,
+    type: 'http' as const,
+    local: '127.0.0.1:8080',
+    hosts: Array.from({ length: 16 }, (_, i) => `h${i}.p${p}.test`),
+    locations,
+  }));
+  web.send({ type: 'register', proxies });
+  const answer = await web.next();
+  assert.ok(answer?.type === 'register_result');
+  assert.equal(answer.results.filter((r) => r.ok).length, 16);
+  assert.equal(
+    answer.results[16]?.reason,
+    'this proxy would bring the client to 4352 host routes (names x locations); the limit is 4096',
+  );
+});
+
+test('a session ends when its token expires, with a notice saying so', { timeout: 15_000 }, async (t) => {
+  const { server, url } = await startServer();
+  t.after(() => server.shutdown());
+  const jwt = await issueToken(SECRET, { name: 'brief', expiresInMs: 1500 });
+  const client = await RawClient.connect(url, jwt);
+  t.after(() => client.session.close());
+  await client.hello();
+  const started = Date.now();
+  let message = await client.next();
+  while (message && message.type !== 'notice') message = await client.next();
+  assert.ok(message?.type === 'notice', 'a notice before the end');
+  assert.equal(message.code, 'expired');
+  assert.equal(message.message, 'token expired');
+  const waited = Date.now() - started;
+  assert.ok(waited >= 500 && waited < 5000, `ended ${waited} ms after hello`);
+  await new Promise<void>((resolve) => {
+    if (client.session.closed) resolve();
+    else client.session.once('close', () => resolve());
+  });
 });

@@ -10,7 +10,11 @@ import {
   parseControlMessage,
   writeMessage,
 } from '@porthole/protocol';
-import { DEFAULT_PROXY_MAX_CONNECTIONS, type ServerConfig } from '../src/config.js';
+import {
+  DEFAULT_MAX_PROXIES_PER_CLIENT,
+  DEFAULT_PROXY_MAX_CONNECTIONS,
+  type ServerConfig,
+} from '../src/config.js';
 import { PortholeServer } from '../src/server.js';
 
 export const SECRET = randomBytes(32).toString('hex');
@@ -23,6 +27,7 @@ export async function startServer(overrides: Partial<ServerConfig> = {}) {
     proxyBind: '127.0.0.1',
     allowPorts: PortRanges.all(),
     proxyMaxConnections: DEFAULT_PROXY_MAX_CONNECTIONS,
+    maxProxiesPerClient: DEFAULT_MAX_PROXIES_PER_CLIENT,
     heartbeatInterval: 10_000,
     heartbeatTimeout: 30_000,
     shutdownTimeout: 1000,
