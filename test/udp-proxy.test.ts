@@ -2,6 +2,7 @@
 // several senders (replies reach the right one), max_flows, and idle timeouts seen on both ends.
 import assert from 'node:assert/strict';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { readFile, writeFile } from 'node:fs/promises';
 import { test } from 'node:test';
 import { startUdpEcho } from './lib/http-backend.js';
 import { startIperfServer } from './lib/iperf3.js';
@@ -322,5 +323,43 @@ test(
       await waitFor('the echo through the other proxy', () => sender.replies.length === 1, 5000);
       assert.equal(sender.replies[0]!.toString(), 'echo|still there?');
       assert.ok(client.proc.alive, 'the client is still running');
+    }),
+);
+
+test(
+  'a reload that raises udp_max_flows applies to a udp proxy already registered',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startUdpEcho('echo');
+      h.onCleanup(() => echo.close());
+      const remotePort = await freePort();
+      const server = await startRoutedServer(h, { top: { udp_max_flows: 1 } });
+      const token = await issueRoutedToken(server, { name: 'udp-reload', ports: String(remotePort) });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [{ name: 'echo', type: 'udp', local: `127.0.0.1:${echo.port}`, remote_port: remotePort }],
+      });
+      const [a, b] = [await udpClient(), await udpClient()];
+      h.onCleanup(() => {
+        a.socket.close();
+        b.socket.close();
+      });
+      a.socket.send('first', remotePort, '127.0.0.1');
+      await waitFor('the first sender’s echo', () => a.replies.length === 1, 5000);
+      b.socket.send('over the limit', remotePort, '127.0.0.1');
+      await sleep(500);
+      assert.equal(b.replies.length, 0, 'a second sender is over udp_max_flows = 1');
+
+      const mark = server.proc.mark();
+      const text = await readFile(server.config.configPath, 'utf8');
+      assert.match(text, /udp_max_flows = 1\n/);
+      await writeFile(server.config.configPath, text.replace('udp_max_flows = 1\n', 'udp_max_flows = 4\n'));
+      server.proc.kill('SIGHUP');
+      await server.proc.waitForMsg('config reloaded', 10_000, { from: mark });
+      b.socket.send('after the reload', remotePort, '127.0.0.1');
+      await waitFor('the second sender’s echo after the reload', () => b.replies.length === 1, 5000);
+      assert.equal(b.replies[0]!.toString(), 'echo|after the reload');
     }),
 );

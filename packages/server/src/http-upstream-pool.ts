@@ -19,8 +19,9 @@ export interface Visitor {
 export interface UpstreamPoolOptions {
   /** Opens a new tunnel stream to the owning client (its header already written). */
   openStream(visitor: Visitor): Duplex;
-  /** Streams carrying requests at once for this proxy; more requests wait for one to be free. */
-  maxStreams: number;
+  /** Streams carrying requests at once for this proxy; more requests wait for one to be free. Read each
+   * time, so that a reload applies at once. */
+  maxStreams: () => number;
   /** Idle streams kept for reuse. */
   maxFreeStreams: number;
 }
@@ -58,7 +59,7 @@ export class UpstreamPool implements ConnectionOwner {
       then(new Error('the proxy is closed'), undefined);
       return noop;
     }
-    if (this.busy < this.opts.maxStreams) {
+    if (this.busy < this.opts.maxStreams()) {
       this.busy += 1;
       then(undefined, this.free.pop() ?? this.open(visitor));
       return noop;
@@ -112,7 +113,7 @@ export class UpstreamPool implements ConnectionOwner {
   }
 
   private serveWaiter(): void {
-    if (this.closed || this.busy >= this.opts.maxStreams) return;
+    if (this.closed || this.busy >= this.opts.maxStreams()) return;
     const waiter = this.waiting.shift();
     if (!waiter) return;
     this.busy += 1;

@@ -200,8 +200,9 @@ export async function bindRoutedProxy(
       bindHost: ctx.config.proxyBind,
       session: owner.session,
       logger: ctx.logger,
-      idleTimeoutMs: spec.udp_idle_timeout_ms ?? routing.udpIdleTimeout,
-      maxFlows: Math.min(spec.max_flows ?? routing.udpMaxFlows, routing.udpMaxFlows),
+      // Read from the running config each time, so that a reload applies to proxies already registered.
+      idleTimeoutMs: () => spec.udp_idle_timeout_ms ?? routingOf(ctx).udpIdleTimeout,
+      maxFlows: () => Math.min(spec.max_flows ?? routingOf(ctx).udpMaxFlows, routingOf(ctx).udpMaxFlows),
       nextId: () => ctx.tracker.nextId(),
     });
     // Hold the port before the asynchronous bind, so two registrations cannot race for it.
@@ -264,7 +265,7 @@ export async function bindRoutedProxy(
   const publicAddr = state.httpAddress ?? state.httpsAddress;
   const pool = new UpstreamPool({
     openStream: (visitor) => header(visitor, publicAddr).stream,
-    maxStreams: routing.maxStreamsPerProxy,
+    maxStreams: () => routingOf(ctx).maxStreamsPerProxy,
     maxFreeStreams: MAX_FREE_STREAMS,
   });
   const target: HttpTarget = {

@@ -45,8 +45,10 @@ export interface UdpProxyListenerOptions {
   bindHost: string;
   session: Session;
   logger: Logger;
-  idleTimeoutMs: number;
-  maxFlows: number;
+  /** Read when a flow starts (and told to the client in its header), so a reload applies to new flows. */
+  idleTimeoutMs: () => number;
+  /** Read per new sender, so a reload applies at once. */
+  maxFlows: () => number;
   /** Ids for log lines, shared with the tcp connections (the ConnectionTracker's counter). */
   nextId: () => number;
 }
@@ -60,6 +62,8 @@ interface Flow {
   writer: DatagramWriter;
   decoder: DatagramDecoder;
   startedAt: number;
+  /** This flow's idle timeout, as its stream header told the client. */
+  idleMs: number;
   lastActivity: number;
   timer: NodeJS.Timeout | undefined;
   datagramsIn: number;
@@ -106,7 +110,7 @@ export class UdpProxyListener {
         {
           client: opts.client,
           proxy: opts.proxy.name,
-          max_flows: opts.maxFlows,
+          max_flows: opts.maxFlows(),
           dropped,
           dropped_total: this.stats.droppedFlowLimit,
         },
@@ -165,7 +169,7 @@ export class UdpProxyListener {
     const key = formatHostPort(rinfo.address, rinfo.port);
     let flow = this.flows.get(key);
     if (!flow) {
-      if (this.flows.size >= this.opts.maxFlows) {
+      if (this.flows.size >= this.opts.maxFlows()) {
         this.stats.droppedFlowLimit++;
         this.flowLimitWarning.count();
         return;
@@ -191,6 +195,7 @@ export class UdpProxyListener {
     const conn = this.opts.nextId();
     const stream = session.open();
     const now = performance.now();
+    const idleMs = this.opts.idleTimeoutMs();
     const flow: Flow = {
       key,
       conn,
@@ -200,6 +205,7 @@ export class UdpProxyListener {
       writer: new DatagramWriter(stream),
       decoder: new DatagramDecoder({ maxDatagramBytes: MAX_UDP_PAYLOAD[this.family] }),
       startedAt: now,
+      idleMs,
       lastActivity: now,
       timer: undefined,
       datagramsIn: 0,
@@ -217,7 +223,7 @@ export class UdpProxyListener {
       remote_addr: rinfo.address,
       remote_port: rinfo.port,
       public_addr: this.address,
-      udp_idle_timeout_ms: this.opts.idleTimeoutMs,
+      udp_idle_timeout_ms: idleMs,
     });
     stream.on('data', (chunk: Buffer) => this.onTunnelData(flow, chunk));
     stream.on('end', () => this.endFlow(flow, 'client ended the flow'));
@@ -225,7 +231,7 @@ export class UdpProxyListener {
       flow.reason ??= err.code === 'ERR_STREAM_RESET' ? 'reset' : err.message;
     });
     stream.on('close', () => this.onFlowClosed(flow));
-    this.armIdleTimer(flow, this.opts.idleTimeoutMs);
+    this.armIdleTimer(flow, idleMs);
     return flow;
   }
 
@@ -261,8 +267,8 @@ export class UdpProxyListener {
   private armIdleTimer(flow: Flow, ms: number): void {
     flow.timer = setTimeout(() => {
       const idle = performance.now() - flow.lastActivity;
-      if (idle >= this.opts.idleTimeoutMs) this.endFlow(flow, 'idle timeout');
-      else this.armIdleTimer(flow, this.opts.idleTimeoutMs - idle);
+      if (idle >= flow.idleMs) this.endFlow(flow, 'idle timeout');
+      else this.armIdleTimer(flow, flow.idleMs - idle);
     }, ms);
     flow.timer.unref();
   }

@@ -169,8 +169,8 @@ test('udp listener: a flow per sender, oversize and truncated datagrams from the
     bindHost: '127.0.0.1',
     session: pair.server,
     logger: logs.logger,
-    idleTimeoutMs: 60_000,
-    maxFlows: 1,
+    idleTimeoutMs: () => 60_000,
+    maxFlows: () => 1,
     nextId: (() => {
       let id = 0;
       return () => ++id;
