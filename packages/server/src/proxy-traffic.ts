@@ -52,6 +52,7 @@ function namesOf(connection: TrackedConnection): { client: string; proxy: string
  */
 export class ProxyTraffic {
   private readonly closed = new Map<string, ClosedTotals>();
+  private prunedAt = Date.now();
 
   constructor(private readonly tracker: ConnectionTracker) {
     tracker.onClosed((connection, result) => {
@@ -75,10 +76,19 @@ export class ProxyTraffic {
     const key = keyOf(client, proxy);
     let totals = this.closed.get(key);
     if (!totals) {
-      totals = { connections: 0, bytesIn: 0, bytesOut: 0, refused: 0, lastActive: Date.now() };
+      const now = Date.now();
+      // Without an admin API nobody calls snapshot(), which forgets old names: new ones do it here.
+      if (now - this.prunedAt > RETAIN_INACTIVE_MS) this.forgetInactive(now);
+      totals = { connections: 0, bytesIn: 0, bytesOut: 0, refused: 0, lastActive: now };
       this.closed.set(key, totals);
     }
     return totals;
+  }
+
+  private forgetInactive(now: number): void {
+    this.prunedAt = now;
+    for (const [key, closed] of this.closed)
+      if (now - closed.lastActive > RETAIN_INACTIVE_MS) this.closed.delete(key);
   }
 
   /**
