@@ -178,6 +178,18 @@ test(
       });
       assert.equal(json.code, 0, json.stderr);
       assert.equal(JSON.parse(json.stdout).proxies[0].state, 'registered');
+      // A page that rebound its name to 127.0.0.1 (DNS rebinding) arrives with that name as Host: refused.
+      const rebound = await run('curl', [
+        '-sS',
+        '-o',
+        '/dev/null',
+        '-w',
+        '%{http_code}',
+        '-H',
+        'Host: attacker.example:80',
+        `http://127.0.0.1:${clientAdminPort}/api/status`,
+      ]);
+      assert.equal(rebound.stdout, '421', "the client's status for another Host");
       const unreachable = await run(clientBin, ['status', '--admin', `127.0.0.1:${await freePort()}`], {
         timeoutMs: 15_000,
       });
