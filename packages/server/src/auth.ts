@@ -26,6 +26,28 @@ const MAX_TRACKED_SOURCES = 10_000;
  * without its failures being logged one by one; a valid token from the same address still gets in
  * (verifying HS256 costs microseconds, so refusing good clients would protect nothing).
  */
+/**
+ * Whose failures count together: an IPv4 address, or an IPv6 address's /64 (one host or site usually holds
+ * a whole /64, so counting per address would let it rotate through 2^64 fresh limits).
+ */
+export function failureSource(address: string): string {
+  const plain = address.split('%')[0]!.toLowerCase();
+  if (!plain.includes(':')) return plain;
+  if (plain.startsWith('::ffff:') && plain.includes('.')) return plain.slice(7);
+  const [head = '', tail] = plain.split('::');
+  const groupsIn = (part: string): string[] =>
+    part === '' ? [] : part.split(':').flatMap((g) => (g.includes('.') ? ['0', '0'] : [g]));
+  const left = groupsIn(head);
+  const right = tail === undefined ? [] : groupsIn(tail);
+  const zeros =
+    tail === undefined ? [] : new Array<string>(Math.max(0, 8 - left.length - right.length)).fill('0');
+  const groups = [...left, ...zeros, ...right];
+  return `${groups
+    .slice(0, 4)
+    .map((g) => Number.parseInt(g, 16).toString(16))
+    .join(':')}::/64`;
+}
+
 export class FailureLimiter {
   private readonly windows = new Map<string, { start: number; count: number }>();
 
@@ -83,7 +105,7 @@ export class UpgradeAuthenticator {
   }
 
   async authenticate(req: IncomingMessage): Promise<AuthOutcome> {
-    const source = req.socket.remoteAddress ?? 'unknown';
+    const source = failureSource(req.socket.remoteAddress ?? 'unknown');
     try {
       const claims = await verifyToken(this.settings.secret, bearerToken(req), {
         revoked: this.settings.revoked,

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { issueToken } from '@porthole/protocol';
 import { WebSocket } from 'ws';
-import { FailureLimiter } from '../src/auth.js';
+import { FailureLimiter, failureSource } from '../src/auth.js';
 import { SECRET, startServer, token } from './harness.js';
 
 /** Attempts the upgrade; resolves "open" or "<status>: <body>". */
@@ -66,4 +66,25 @@ test('the failure limiter counts per source, forgets after its window, and stays
   assert.equal(limiter.fail('a', 1500), true);
   for (let i = 0; i < 20_000; i++) limiter.fail(`s${i}`, 2000);
   assert.ok((limiter as unknown as { windows: Map<string, unknown> }).windows.size <= 10_000);
+});
+
+test('failures count per IPv4 address and per IPv6 /64, so rotating addresses in one /64 gains nothing', () => {
+  const cases: Array<[string, string]> = [
+    ['203.0.113.7', '203.0.113.7'],
+    ['::ffff:203.0.113.7', '203.0.113.7'],
+    ['2001:db8:1:2::1', '2001:db8:1:2::/64'],
+    ['2001:0DB8:0001:0002:ffff:1:2:3', '2001:db8:1:2::/64'],
+    ['2001:db8::1', '2001:db8:0:0::/64'],
+    ['2001:db8:1:2:3::', '2001:db8:1:2::/64'],
+    ['fe80::1%eth0', 'fe80:0:0:0::/64'],
+    ['64:ff9b::192.0.2.1', '64:ff9b:0:0::/64'],
+    ['::1', '0:0:0:0::/64'],
+  ];
+  for (const [address, source] of cases) assert.equal(failureSource(address), source, address);
+  const limiter = new FailureLimiter(2, 60_000);
+  const results = ['2001:db8:1:2::a', '2001:db8:1:2::b', '2001:db8:1:2::c'].map((a) =>
+    limiter.fail(failureSource(a), 0),
+  );
+  assert.deepEqual(results, [true, true, false], 'the third address of the /64 is over the shared limit');
+  assert.equal(limiter.fail(failureSource('2001:db8:1:3::a'), 0), true, 'the next /64 has its own');
 });
