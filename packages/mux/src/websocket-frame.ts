@@ -16,6 +16,7 @@ export const CloseCode = {
   ProtocolError: 1002,
   UnsupportedData: 1003,
   NoStatus: 1005,
+  InvalidPayload: 1007,
   ServiceRestart: 1012,
 } as const;
 

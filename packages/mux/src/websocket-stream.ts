@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { randomFillSync } from 'node:crypto';
 import { Duplex } from 'node:stream';
 import {
@@ -219,6 +220,10 @@ export class WebSocketStream extends Duplex {
     const code = payload.length >= 2 ? payload.readUInt16BE(0) : CloseCode.NoStatus;
     if (payload.length === 1 || (payload.length >= 2 && !isValidCloseCode(code))) {
       this.onProtocolError(CloseCode.ProtocolError, `invalid close frame (code ${code})`);
+      return;
+    }
+    if (payload.length > 2 && !isUtf8(payload.subarray(2))) {
+      this.onProtocolError(CloseCode.InvalidPayload, 'close reason is not valid UTF-8');
       return;
     }
     this.closeReceived = true;

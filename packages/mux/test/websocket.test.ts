@@ -246,6 +246,41 @@ describe('against the ws library as the peer', () => {
   });
 });
 
+/** A TCP connection that has sent a WebSocket upgrade request (the 101 is left for the caller to read). */
+async function rawUpgrade(port: number): Promise<net.Socket> {
+  const client = net.connect({ host: '127.0.0.1', port });
+  await once(client, 'connect');
+  client.write(
+    'GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+  );
+  return client;
+}
+
+describe('a close reason that is not UTF-8', () => {
+  test('is answered with close 1007 (RFC 6455 §8.1)', async (t) => {
+    const listener = await listenWebSocket((conn) => conn.on('error', () => {}));
+    t.after(() => listener.close());
+    const client = await rawUpgrade(listener.port);
+    t.after(() => client.destroy());
+    const payload = Buffer.from([0x03, 0xe8, 0xff, 0xfe, 0x41]); // 1000, then bytes UTF-8 never has
+    client.write(frame(Opcode.Close, payload, { mask: true }));
+    const received: Buffer[] = [];
+    client.on('data', (chunk: Buffer) => received.push(chunk));
+    await withTimeout(once(client, 'close'), 5000, 'the server to close');
+    const all = Buffer.concat(received);
+    const wire = all.subarray(all.indexOf('\r\n\r\n') + 4);
+    const controls: [number, Buffer][] = [];
+    new WebSocketFrameParser(false, {
+      onPayload: () => {},
+      onControl: (opcode, body) => controls.push([opcode, Buffer.from(body)]),
+      onProtocolError: (code, message) => assert.fail(`protocol error ${code}: ${message}`),
+    }).push(wire);
+    assert.equal(controls[0]?.[0], Opcode.Close);
+    assert.equal(controls[0]?.[1].readUInt16BE(0), 1007);
+  });
+});
+
 describe('a peer that pings and never reads', () => {
   test('gets its latest ping answered, and the pongs it does not read do not pile up', async (t) => {
     let serverSocket!: net.Socket;
@@ -254,14 +289,9 @@ describe('a peer that pings and never reads', () => {
       serverSocket = socket;
     });
     t.after(() => listener.close());
-    const client = net.connect({ host: '127.0.0.1', port: listener.port });
+    const client = await rawUpgrade(listener.port);
     t.after(() => client.destroy());
-    await once(client, 'connect');
     client.pause(); // reads nothing: pongs back up in the server
-    client.write(
-      'GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
-        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
-    );
     // 200,000 pings of 125 bytes: ~26 MB of pongs owed, far beyond what the kernel's buffers hold.
     const PINGS = 200_000;
     let sent = 0;
