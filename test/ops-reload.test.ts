@@ -2,7 +2,9 @@
 // long transfer on an unchanged proxy keeps flowing; the server revokes a token and narrows allow_ports,
 // and exactly the affected client/proxies lose out. Invalid new configs are refused and change nothing.
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { readFile, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
 import net from 'node:net';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
@@ -320,5 +322,56 @@ test(
       assert.equal(await backendOf('app.test'), 'web', 'the untouched proxy keeps routing');
       assert.notEqual(await backendOf('x.sub.test'), 'sub', 'the closed one no longer does');
       assert.equal((await client.proc.settledLogsWithMsg('session lost', clientMark)).length, 0);
+    }),
+);
+
+test(
+  'client SIGHUP while a dial is in flight: the dial to the old server is dropped, even its 401 with exit_on_auth_failure, and the new server is dialled at once',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const svc = await startEchoServer('127.0.0.1', 0);
+      h.onCleanup(() => svc.close());
+      const [remotePort] = await freePorts(1);
+      const server = await startServer(h, { allowPorts: [String(remotePort)] });
+      const token = await issueToken(server.config, { name: 'moving', ports: String(remotePort) });
+      // The old server: it takes its time over the upgrade, then refuses the (old, expired) token.
+      let upgrades = 0;
+      const old = createServer();
+      old.on('upgrade', (_req, socket: net.Socket) => {
+        upgrades += 1;
+        setTimeout(
+          () => socket.end('HTTP/1.1 401 Unauthorized\r\nContent-Length: 13\r\n\r\ntoken expired'),
+          1500,
+        );
+      });
+      old.listen(0, '127.0.0.1');
+      await once(old, 'listening');
+      h.onCleanup(() => old.close());
+      const oldUrl = `ws://127.0.0.1:${(old.address() as net.AddressInfo).port}/_porthole`;
+      const options = {
+        server: oldUrl,
+        token: 'expired-token-expired-token-expired',
+        exitOnAuthFailure: true,
+        proxies: [{ name: 'echo', local: `127.0.0.1:${svc.port}`, remotePort: remotePort! }],
+      };
+      const client = await startClient(h, options, { waitFor: 'none' });
+      await withTimeout(
+        (async () => {
+          while (upgrades === 0) await sleep(20);
+        })(),
+        10_000,
+        () => 'the first dial to reach the old server',
+      );
+      // While that dial waits for its answer: the new server and a valid token, and a reload.
+      await rewriteClientConfig(h, client.configPath, { ...options, server: server.url, token });
+      client.proc.kill('SIGHUP');
+      const registered = await client.proc.waitForMsg('proxy registered', 15_000, {
+        fields: { proxy: 'echo' },
+      });
+      t.diagnostic(`registered with the new server: ${registered.remote_addr}`);
+      assert.ok(client.proc.alive, 'the old dial’s 401 did not end the client');
+      const echoed = await echoRoundTrip('127.0.0.1', remotePort!, 1000);
+      assert.ok(echoed.ok, `the proxy works after the move: ${echoed.error ?? ''}`);
     }),
 );

@@ -127,6 +127,8 @@ export class PortholeClient {
     while (!this.stopping) {
       let ws: Awaited<ReturnType<typeof dial>>;
       this.sessionStatus.connecting();
+      // Set again by a reload that changes the server, token or CA while this dial is under way.
+      this.redialNow = false;
       try {
         ws = await dial({
           server: this.config.server,
@@ -137,6 +139,11 @@ export class PortholeClient {
       } catch (err) {
         if (this.stopping) break;
         const reason = err instanceof Error ? err.message : String(err);
+        if (this.redialNow) {
+          // The dial used what the reload replaced: its failure says nothing about the new settings.
+          this.logger.info({ server: this.config.server, reason }, 'reconnecting');
+          continue;
+        }
         if (err instanceof DialError && err.isAuthFailure && this.config.exitOnAuthFailure) {
           this.logger.error(
             { server: this.config.server, reason },
@@ -153,6 +160,14 @@ export class PortholeClient {
       if (this.stopping) {
         ws.close(CloseCode.GoingAway);
         break;
+      }
+      if (this.redialNow) {
+        ws.close(CloseCode.GoingAway);
+        this.logger.info(
+          { server: this.config.server, reason: 'server, token or CA changed by a reload' },
+          'reconnecting',
+        );
+        continue;
       }
       let outcome: { reason: string; establishedAt: number | undefined };
       try {
