@@ -93,6 +93,21 @@ test(
           assert.ok(!r.body.includes(name), `the 404 page mentions ${name}: ${r.body}`);
         }
       }
+
+      // Wildcards rank above subdomains: another client (its token allows any name) cannot claim
+      // *.sub.test over the subdomain x.sub.test, which keeps going to its owner.
+      const anyName = await issueRoutedToken(server, { name: 'wildcarder' });
+      const other = await startRoutedClient(h, {
+        server: server.url,
+        token: anyName,
+        name: 'wildcarder',
+        waitFor: [],
+        proxies: [{ name: 'grab', type: 'http', local: `127.0.0.1:${wild.port}`, hosts: ['*.sub.test'] }],
+      });
+      const refused = await other.proc.waitForMsg('proxy refused', 15_000, { fields: { proxy: 'grab' } });
+      assert.equal(refused.reason, '*.sub.test would take x.sub.test, a subdomain another client holds');
+      const still = await curl(['-H', 'Host: x.sub.test'], `${base}/`);
+      assert.equal(json(still.body).backend, 'sub');
     }),
 );
 

@@ -1,6 +1,8 @@
 // Which proxy serves a hostname (and, for http, a path): the table behind the http vhost port and the TLS
 // port. Lookup order: exact names, then wildcards (the most specific first), then subdomains of
 // subdomain_host; within a name, the longest matching location prefix wins.
+import { hostMatchesPattern } from '@porthole/protocol';
+
 export type RouteTier = 'exact' | 'wildcard' | 'subdomain';
 
 /** One name (and location) a proxy claims. */
@@ -55,6 +57,29 @@ export class HostRoutes<T> {
         if (entry.proxy !== proxy && entry.location === claim.location) {
           return `hostname ${claim.host}${claim.location === '/' ? '' : ` location ${claim.location}`} is already used by proxy "${entry.proxy}"`;
         }
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * Why `client` may not claim `claim` because of another client's subdomain route, or undefined. Lookup
+   * ranks wildcards above subdomains, so a wildcard over another client's subdomain would take its
+   * visitors, and a subdomain under another client's wildcard would never get any: both are refused.
+   */
+  subdomainShadow(client: string, claim: HostClaim): string | undefined {
+    if (claim.tier === 'wildcard') {
+      for (const [host, list] of this.byHost) {
+        if (!hostMatchesPattern(host, claim.host)) continue;
+        if (list.some((e) => e.target !== undefined && e.client !== client && e.tier === 'subdomain'))
+          return `${claim.host} would take ${host}, a subdomain another client holds`;
+      }
+    } else if (claim.tier === 'subdomain') {
+      const labels = claim.host.split('.');
+      for (let i = 1; i < labels.length; i++) {
+        const wildcard = `*.${labels.slice(i).join('.')}`;
+        if ((this.byHost.get(wildcard) ?? []).some((e) => e.target !== undefined && e.client !== client))
+          return `${claim.host} is covered by ${wildcard}, which another client holds`;
       }
     }
     return undefined;

@@ -175,6 +175,10 @@ export function routedRefusal(ctx: ServerContext, owner: ProxyOwner, spec: Proxy
   const other = spec.type === 'http' ? state.tlsRoutes : state.httpRoutes;
   const conflict = own.conflict(owner.name, spec.name, claims);
   if (conflict) return conflict;
+  for (const claim of claims) {
+    const shadow = own.subdomainShadow(owner.name, claim);
+    if (shadow) return shadow;
+  }
   for (const { host } of claims) {
     if (other.heldByOther(owner.name, host)) return `hostname ${host} is in use by another client`;
     if (spec.type === 'tls' && routing.https?.certs.hasExact(host)) {

@@ -53,6 +53,25 @@ test('routes: exact beats wildcard beats subdomain; the longest location wins, o
   assert.ok(!locationMatches('/ab', '/a'));
 });
 
+test("routes: a wildcard cannot take another client's subdomain, nor a subdomain sit under another's wildcard", () => {
+  const routes = new HostRoutes<string>();
+  routes.add('a', 'sub', [{ host: 'x.sub.test', tier: 'subdomain', location: '/' }], 'sub');
+  const wildcard = { host: '*.sub.test', tier: 'wildcard' as const, location: '/' };
+  assert.equal(
+    routes.subdomainShadow('b', wildcard),
+    '*.sub.test would take x.sub.test, a subdomain another client holds',
+  );
+  assert.equal(routes.subdomainShadow('a', wildcard), undefined, 'its own subdomain does not stop a client');
+  assert.equal(routes.subdomainShadow('b', { ...wildcard, host: '*.other.test' }), undefined);
+  routes.add('b', 'wild', [{ host: '*.w.test', tier: 'wildcard', location: '/' }], 'wild');
+  assert.equal(
+    routes.subdomainShadow('a', { host: 'y.w.test', tier: 'subdomain', location: '/' }),
+    'y.w.test is covered by *.w.test, which another client holds',
+  );
+  routes.release('sub');
+  assert.equal(routes.subdomainShadow('b', wildcard), undefined, 'an offline subdomain does not block');
+});
+
 test('routes: conflicts are by client and by (name, location); offline routes answer until claimed or expired', () => {
   let now = 1_000;
   const routes = new HostRoutes<string>(() => now);
