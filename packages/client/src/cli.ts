@@ -76,11 +76,16 @@ async function main(): Promise<number | undefined> {
   if (values['log-level'] !== undefined) flags.logLevel = values['log-level'];
   const config = loadClientConfig(values.config, flags);
   if (command === 'check') {
+    for (const warning of config.warnings) process.stderr.write(`warning: ${warning}\n`);
     process.stdout.write(`${config.source}: ok (${config.proxies.length} proxies)\n`);
     return 0;
   }
 
   const logger = createLogger({ level: config.logLevel });
+  const warn = (loaded: typeof config) => {
+    for (const reason of loaded.warnings) logger.warn({ reason }, 'config warning');
+  };
+  warn(config);
   const client = new PortholeClient(config, logger, VERSION);
   let admin: ClientAdmin | undefined;
   if (config.admin) {
@@ -98,7 +103,9 @@ async function main(): Promise<number | undefined> {
   });
   process.on('SIGHUP', () => {
     try {
-      client.reload(loadClientConfig(values.config, flags));
+      const next = loadClientConfig(values.config, flags);
+      warn(next);
+      client.reload(next);
     } catch (err) {
       const reason = err instanceof ConfigError ? err.message : (err as Error).message;
       logger.error({ reason }, 'reload failed: keeping the running configuration');

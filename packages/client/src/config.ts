@@ -12,6 +12,7 @@ import {
   logLevelField,
   parseRule,
   readSecretFile,
+  secretFileExposure,
   validateConfig,
 } from '@porthole/protocol';
 import { z } from 'zod';
@@ -106,6 +107,8 @@ export interface ClientConfig {
   exitOnAuthFailure: boolean;
   logLevel: LogLevel;
   proxies: ProxyConfig[];
+  /** Worth saying but not refusing (a token file others can read), for the log. */
+  warnings: string[];
   /** Where `porthole-client status` finds this client: a loopback HTTP listener. */
   admin?: { listen: HostPort };
 }
@@ -128,8 +131,10 @@ function resolvePath(source: string, key: string, path: string): string {
 /** Validates a raw config (from TOML or flags) and reads the files it points at. */
 function finish(source: string, rawInput: unknown): ClientConfig {
   const raw = validateConfig(source, rawInput, clientSchema);
-  const token =
-    raw.token ?? readSecretFile(source, 'token_file', resolvePath(source, 'token_file', raw.token_file!));
+  const tokenFile = raw.token === undefined ? resolvePath(source, 'token_file', raw.token_file!) : undefined;
+  const token = raw.token ?? readSecretFile(source, 'token_file', tokenFile!);
+  // The token sits in its file, or inline in the config file itself.
+  const exposed = secretFileExposure(tokenFile ?? source);
   const config: ClientConfig = {
     source,
     server: raw.server,
@@ -142,6 +147,7 @@ function finish(source: string, rawInput: unknown): ClientConfig {
     exitOnAuthFailure: raw.exit_on_auth_failure,
     logLevel: raw.log_level,
     proxies: raw.proxies.map(toProxyConfig),
+    warnings: exposed ? [`the token: ${exposed}`] : [],
   };
   if (raw.admin) config.admin = { listen: raw.admin.listen };
   if (raw.ca_file !== undefined) {

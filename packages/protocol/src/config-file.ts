@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { type ZodError, z } from 'zod';
@@ -127,6 +127,26 @@ export function readSecretFile(configFile: string, key: string, path: string): s
   }
   if (text === '') throw ConfigError.at(configFile, key, `${path} is empty`);
   return text;
+}
+
+/**
+ * Why a file that holds a secret (or a config file with one inline) is too open, or undefined: other users
+ * than its owner may read or write it. A warning, not an error (ssh refuses such key files): a group may
+ * be meant to share it.
+ */
+export function secretFileExposure(path: string): string | undefined {
+  // systemd's credentials are private to the service by their directory (and an ACL, which shows in the
+  // mode's group bits): nothing to warn about.
+  const credentials = process.env.CREDENTIALS_DIRECTORY;
+  if (credentials && resolve(path).startsWith(`${resolve(credentials)}/`)) return undefined;
+  let mode: number;
+  try {
+    mode = statSync(path).mode;
+  } catch {
+    return undefined;
+  }
+  if ((mode & 0o077) === 0) return undefined;
+  return `${path} is open to other users (mode ${(mode & 0o777).toString(8).padStart(3, '0')}); chmod 600 it`;
 }
 
 /* Field schemas both ends' config files use. */

@@ -58,6 +58,7 @@ async function main(): Promise<number | undefined> {
   const config = loadServerConfig(values.config);
 
   if (command === 'check') {
+    for (const warning of config.warnings) process.stderr.write(`warning: ${warning}\n`);
     process.stdout.write(`${values.config}: ok\n`);
     return 0;
   }

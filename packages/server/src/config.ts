@@ -14,6 +14,7 @@ import {
   portRangesField,
   positiveIntField,
   readSecretFile,
+  secretFileExposure,
 } from '@porthole/protocol';
 import { z } from 'zod';
 import { loadRoutingConfig, type RoutingConfig, routingConfigShape } from './routing-config.js';
@@ -129,6 +130,8 @@ export interface ServerConfig {
   routing?: RoutingConfig;
   /** The admin listener (JSON API, /metrics, status page); absent when there is no [admin] table. */
   admin?: { listen: HostPort; token: string };
+  /** Worth saying but not refusing (a secret file others can read), for the log. */
+  warnings: string[];
 }
 
 function readPemFile(file: string, key: string, path: string): Buffer {
@@ -149,9 +152,13 @@ function secretSetting(
   inline: string | undefined,
   path: string | undefined,
   rule: { what: string; minLength: number; howToMake: string },
+  warnings: string[],
 ): string {
   const fileKey = `${key}_file`;
-  const value = inline ?? readSecretFile(file, fileKey, expandConfigPath(file, fileKey, path!));
+  const secretPath = inline === undefined ? expandConfigPath(file, fileKey, path!) : file;
+  const value = inline ?? readSecretFile(file, fileKey, secretPath);
+  const exposed = secretFileExposure(secretPath);
+  if (exposed) warnings.push(`${inline === undefined ? fileKey : key}: ${exposed}`);
   if (value.length < rule.minLength) {
     throw ConfigError.at(
       file,
@@ -165,11 +172,15 @@ function secretSetting(
 /** Loads and checks server.toml; throws ConfigError naming file, key and reason. */
 export function loadServerConfig(file: string): ServerConfig {
   const raw = loadTomlConfig(file, serverSchema);
-  const secret = secretSetting(file, 'auth.secret', raw.auth.secret, raw.auth.secret_file, {
-    what: 'the secret',
-    minLength: MIN_SECRET_LENGTH,
-    howToMake: 'openssl rand -hex 32',
-  });
+  const warnings: string[] = [];
+  const secret = secretSetting(
+    file,
+    'auth.secret',
+    raw.auth.secret,
+    raw.auth.secret_file,
+    { what: 'the secret', minLength: MIN_SECRET_LENGTH, howToMake: 'openssl rand -hex 32' },
+    warnings,
+  );
   const config: ServerConfig = {
     file,
     listen: raw.listen,
@@ -188,20 +199,27 @@ export function loadServerConfig(file: string): ServerConfig {
       failureLimit: raw.auth.failure_limit,
       failureWindow: raw.auth.failure_window,
     },
+    warnings,
   };
   if (raw.tls) {
+    const keyFile = expandConfigPath(file, 'tls.key_file', raw.tls.key_file);
     config.tls = {
       cert: readPemFile(file, 'tls.cert_file', expandConfigPath(file, 'tls.cert_file', raw.tls.cert_file)),
-      key: readPemFile(file, 'tls.key_file', expandConfigPath(file, 'tls.key_file', raw.tls.key_file)),
+      key: readPemFile(file, 'tls.key_file', keyFile),
     };
+    const exposed = secretFileExposure(keyFile);
+    if (exposed) warnings.push(`tls.key_file: ${exposed}`);
   }
   config.routing = loadRoutingConfig(file, raw, config.tls);
   if (raw.admin) {
-    const token = secretSetting(file, 'admin.token', raw.admin.token, raw.admin.token_file, {
-      what: 'the admin token',
-      minLength: MIN_ADMIN_TOKEN_LENGTH,
-      howToMake: 'openssl rand -hex 24',
-    });
+    const token = secretSetting(
+      file,
+      'admin.token',
+      raw.admin.token,
+      raw.admin.token_file,
+      { what: 'the admin token', minLength: MIN_ADMIN_TOKEN_LENGTH, howToMake: 'openssl rand -hex 24' },
+      warnings,
+    );
     config.admin = { listen: raw.admin.listen, token };
   }
   return config;

@@ -68,6 +68,7 @@ export class PortholeServer {
 
   /** Starts the control endpoint (and the admin listener, if configured); resolves with its bound address. */
   async start(): Promise<string> {
+    this.logConfigWarnings();
     const admin = this.ctx.config.admin;
     if (admin) {
       this.admin = new AdminServer({
@@ -105,6 +106,10 @@ export class PortholeServer {
     return address;
   }
 
+  private logConfigWarnings(): void {
+    for (const reason of this.ctx.config.warnings) this.ctx.logger.warn({ reason }, 'config warning');
+  }
+
   /**
    * SIGHUP: re-read the config file and apply what can change in place (see reload.ts). An invalid
    * file is logged with its reason and changes nothing.
@@ -115,6 +120,7 @@ export class PortholeServer {
     try {
       const summary = reloadServer(this.ctx, this.authenticator);
       this.counters.reloads.ok += 1;
+      this.logConfigWarnings();
       if (summary.needRestart.length > 0)
         logger.warn({ keys: summary.needRestart }, 'reload: these settings take effect after a restart');
       logger.info(

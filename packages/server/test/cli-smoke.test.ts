@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -77,7 +77,7 @@ async function echoService(t: TestContext): Promise<number> {
 
 function setup(serverToml: string) {
   const dir = mkdtempSync(join(tmpdir(), 'porthole-smoke-'));
-  writeFileSync(join(dir, 'secret'), `${'s3cr3t'.repeat(8)}\n`);
+  writeFileSync(join(dir, 'secret'), `${'s3cr3t'.repeat(8)}\n`, { mode: 0o600 });
   writeFileSync(join(dir, 'server.toml'), `${serverToml}\n[auth]\nsecret_file = "secret"\n`);
   return dir;
 }
@@ -114,6 +114,28 @@ test('token issue prints one JWT line; check and bad flags exit 0 / 2 with file:
     stdout: `${config}: ok\n`,
     stderr: '',
   });
+  // A secret file others can read is worth a warning (not a refusal); so is a client's token file.
+  chmodSync(join(dir, 'secret'), 0o644);
+  assert.deepEqual(await run(serverBin, ['check', '--config', config]), {
+    code: 0,
+    stdout: `${config}: ok\n`,
+    stderr: `warning: auth.secret_file: ${join(dir, 'secret')} is open to other users (mode 644); chmod 600 it\n`,
+  });
+  writeFileSync(join(dir, 'token'), `${issued.stdout}`, { mode: 0o640 });
+  const clientCheck = await run(clientBin, [
+    'check',
+    '--server',
+    'ws://127.0.0.1:1/_porthole',
+    '--token-file',
+    join(dir, 'token'),
+    '--tcp',
+    '2222:127.0.0.1:22',
+  ]);
+  assert.equal(clientCheck.code, 0, clientCheck.stderr);
+  assert.equal(
+    clientCheck.stderr,
+    `warning: the token: ${join(dir, 'token')} is open to other users (mode 640); chmod 600 it\n`,
+  );
   writeFileSync(
     join(dir, 'bad.toml'),
     'listen = "127.0.0.1:0"\nallow_ports = ["x"]\n[auth]\nsecret_file = "secret"\n',

@@ -33,6 +33,7 @@ export async function startServer(overrides: Partial<ServerConfig> = {}) {
     shutdownTimeout: 1000,
     logLevel: 'debug',
     auth: { secret: SECRET, revoked: new Set(), failureLimit: 20, failureWindow: 60_000 },
+    warnings: [],
     ...overrides,
   };
   const logs = captureLogs();
