@@ -33,7 +33,7 @@ export interface UdpProxyStats {
   droppedOversize: number;
   /** Datagrams towards the tunnel dropped because the stream's reader is behind. */
   droppedBackpressure: number;
-  /** Datagrams that could not be sent (socket send queue full, send error, flow closing). */
+  /** Datagrams that could not be sent (socket send queue full, send error, flow closing), or that came from source port 0 (no one to answer). */
   droppedSend: number;
   /** Streams that ended inside a datagram. */
   droppedTruncated: number;
@@ -166,6 +166,11 @@ export class UdpProxyListener {
 
   private onDatagram(msg: Buffer, rinfo: RemoteInfo): void {
     if (this.closed) return;
+    // Source port 0 is not a sender anyone can answer (send() to port 0 throws): a spoofed packet.
+    if (rinfo.port === 0) {
+      this.stats.droppedSend++;
+      return;
+    }
     const key = formatHostPort(rinfo.address, rinfo.port);
     let flow = this.flows.get(key);
     if (!flow) {
@@ -255,12 +260,18 @@ export class UdpProxyListener {
       flow.bytesOut += datagram.length;
       this.stats.datagramsOut++;
       this.stats.bytesOut += datagram.length;
-      this.socket.send(datagram, flow.port, flow.address, (err) => {
-        if (err) {
-          flow.dropped++;
-          this.stats.droppedSend++;
-        }
-      });
+      try {
+        this.socket.send(datagram, flow.port, flow.address, (err) => {
+          if (err) {
+            flow.dropped++;
+            this.stats.droppedSend++;
+          }
+        });
+      } catch {
+        // Argument errors throw instead of reaching the callback; one datagram is lost, not the server.
+        flow.dropped++;
+        this.stats.droppedSend++;
+      }
     }
   }
 

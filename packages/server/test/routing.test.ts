@@ -252,6 +252,44 @@ test('udp listener: a flow per sender, oversize and truncated datagrams from the
   }
 });
 
+test('udp listener: a datagram from source port 0 (spoofed; no one could be answered) opens no flow', async () => {
+  const pair = await sessionPair();
+  const logs = captureLogs();
+  const listener = new UdpProxyListener({
+    client: 'c',
+    proxy: { name: 'dns', type: 'udp', remote_port: 0 },
+    bindHost: '127.0.0.1',
+    session: pair.server,
+    logger: logs.logger,
+    idleTimeoutMs: () => 60_000,
+    maxFlows: () => 8,
+    nextId: () => 1,
+  });
+  await listener.listen();
+  let streams = 0;
+  pair.client.on('stream', (stream: Stream) => {
+    streams += 1;
+    stream.resume();
+  });
+  try {
+    // A kernel hands such a packet over as it came; a socket cannot send one, so it is handed in the same way.
+    const socket = (listener as unknown as { socket: import('node:dgram').Socket }).socket;
+    socket.emit('message', Buffer.from('spoofed'), {
+      address: '127.0.0.1',
+      family: 'IPv4',
+      port: 0,
+      size: 7,
+    });
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(streams, 0, 'no tunnel stream for it');
+    assert.equal(listener.activeFlows, 0);
+    assert.equal(listener.stats.droppedSend, 1);
+  } finally {
+    listener.close();
+    pair.close();
+  }
+});
+
 test('server.toml: routing keys parse with defaults, and mistakes name their key', () => {
   writeFileSync(join(dir, 'secret'), `${'f'.repeat(64)}\n`);
   const edge = selfSigned('cfg', ['vps.example.test']);
