@@ -7,8 +7,20 @@ import type { Writable } from 'node:stream';
 /** Largest payload a u16 length can frame. (IPv4 UDP carries at most 65507; the sender's socket decides.) */
 export const MAX_DATAGRAM_BYTES = 0xffff;
 export const DATAGRAM_HEADER_BYTES = 2;
-/** Default bound on bytes a DatagramWriter lets queue in its stream before it drops. */
+/** Default bound on what a DatagramWriter lets queue in its stream before it drops (bytes, overhead included). */
 export const DEFAULT_MAX_BUFFERED_DATAGRAM_BYTES = 512 * 1024;
+/**
+ * What a queued datagram costs beyond its bytes (the stream's write entries, the header buffer), charged
+ * against the bounds: counted in bytes alone, a flood of empty datagrams (2 bytes each) would queue
+ * 262,144 writes, some 40 MiB of heap, under a 512 KiB bound.
+ */
+export const QUEUED_DATAGRAM_OVERHEAD = 256;
+
+/** A bound shared by several writers (all the flows of one udp proxy): what they have queued together. */
+export interface DatagramBudget {
+  used: number;
+  readonly limit: number;
+}
 
 /**
  * The frame for one datagram as two buffers, [length header, the payload itself] (the payload is not
@@ -26,7 +38,7 @@ export type DatagramWriteResult =
   | 'sent'
   /** Longer than MAX_DATAGRAM_BYTES: dropped. */
   | 'dropped-oversize'
-  /** The stream already holds maxBufferedBytes or more (its reader is slow): dropped, as UDP would. */
+  /** The writer (or the budget it shares) holds as much as it may (its reader is slow): dropped, as UDP would. */
   | 'dropped-backpressure'
   /** The stream is ended or destroyed: dropped. */
   | 'dropped-closed';
@@ -40,8 +52,10 @@ export interface DatagramWriterStats {
 }
 
 export interface DatagramWriterOptions {
-  /** Drop datagrams while the stream's writableLength is at least this. Default 512 KiB. */
+  /** Drop a datagram that would take what this writer has queued (bytes and overhead) past this. Default 512 KiB. */
   maxBufferedBytes?: number;
+  /** Drop a datagram that would take this shared budget past its limit. */
+  budget?: DatagramBudget;
 }
 
 /** Writes framed datagrams to a stream: header and payload in one writev where the stream supports it. */
@@ -54,13 +68,41 @@ export class DatagramWriter {
     droppedClosed: 0,
   };
   private readonly maxBufferedBytes: number;
+  private readonly budget: DatagramBudget | undefined;
+  /** What is queued and not yet written (bytes and overhead), and each datagram's share, oldest first. */
+  private queued = 0;
+  private costs: number[] = [];
+  private costsHead = 0;
 
   constructor(
     private readonly stream: Writable,
     options: DatagramWriterOptions = {},
   ) {
     this.maxBufferedBytes = options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED_DATAGRAM_BYTES;
+    this.budget = options.budget;
+    // Writes still queued when the stream goes are released with it, callbacks or not.
+    stream.once('close', this.releaseAll);
   }
+
+  /** A datagram's last write completed (or failed): its share is released, in queue order. */
+  private readonly written = (): void => {
+    const cost = this.costs[this.costsHead];
+    if (cost === undefined) return;
+    this.costsHead++;
+    this.queued -= cost;
+    if (this.budget) this.budget.used -= cost;
+    if (this.costsHead >= 1024 && this.costsHead * 2 >= this.costs.length) {
+      this.costs = this.costs.slice(this.costsHead);
+      this.costsHead = 0;
+    }
+  };
+
+  private readonly releaseAll = (): void => {
+    if (this.budget) this.budget.used -= this.queued;
+    this.queued = 0;
+    this.costs = [];
+    this.costsHead = 0;
+  };
 
   /** Frames and queues `payload`, or drops it and says why. Never throws, never waits. */
   write(payload: Uint8Array): DatagramWriteResult {
@@ -73,14 +115,21 @@ export class DatagramWriter {
       this.stats.droppedClosed++;
       return 'dropped-closed';
     }
-    if (this.stream.writableLength >= this.maxBufferedBytes) {
+    const cost = DATAGRAM_HEADER_BYTES + payload.length + QUEUED_DATAGRAM_OVERHEAD;
+    const budget = this.budget;
+    if (this.queued + cost > this.maxBufferedBytes || (budget && budget.used + cost > budget.limit)) {
       this.stats.droppedBackpressure++;
       return 'dropped-backpressure';
     }
+    this.queued += cost;
+    if (budget) budget.used += cost;
+    this.costs.push(cost);
     // Corked writes reach the stream's _writev together (one writev(2) on a net.Socket).
     this.stream.cork();
-    this.stream.write(frame[0]);
-    if (payload.length > 0) this.stream.write(frame[1]);
+    if (payload.length > 0) {
+      this.stream.write(frame[0]);
+      this.stream.write(frame[1], this.written);
+    } else this.stream.write(frame[0], this.written);
     this.stream.uncork();
     this.stats.sent++;
     this.stats.sentBytes += payload.length;

@@ -8,8 +8,10 @@ import { Prng, runSeed } from '@porthole/mux/test/prng';
 import {
   DatagramDecoder,
   DatagramWriter,
+  DEFAULT_MAX_BUFFERED_DATAGRAM_BYTES,
   frameDatagram,
   MAX_DATAGRAM_BYTES,
+  QUEUED_DATAGRAM_OVERHEAD,
 } from '../src/udp-datagram-codec.js';
 
 /** A Writable that records what reaches _write/_writev, calling back at once (or never, when stalled). */
@@ -107,6 +109,37 @@ describe('frameDatagram and DatagramWriter', () => {
     assert.ok(results.includes('dropped-backpressure'));
     assert.equal(writer.stats.sent + writer.stats.droppedBackpressure, 50);
     assert.ok(sink.writableLength < 10_000 + 1002, `queued ${sink.writableLength}`);
+  });
+
+  it('charges each queued datagram its overhead, so empty ones cannot pile up; a shared budget caps several writers', () => {
+    const stalled = new RecordingWritable(true);
+    const writer = new DatagramWriter(stalled);
+    let sent = 0;
+    for (let i = 0; i < 300_000 && writer.write(Buffer.alloc(0)) === 'sent'; i++) sent++;
+    // 512 KiB at 2 bytes and 256 of overhead each: about 2,000, not the 262,144 the bytes alone would allow.
+    assert.equal(sent, Math.floor(DEFAULT_MAX_BUFFERED_DATAGRAM_BYTES / (2 + QUEUED_DATAGRAM_OVERHEAD)));
+    const budget = { used: 0, limit: 100 * (2 + 1000 + QUEUED_DATAGRAM_OVERHEAD) };
+    const writers = [0, 1, 2].map(() => new DatagramWriter(new RecordingWritable(true), { budget }));
+    let shared = 0;
+    for (let i = 0; i < 200; i++) if (writers[i % 3]!.write(Buffer.alloc(1000)) === 'sent') shared++;
+    assert.equal(shared, 100, 'the three writers together queue what the budget holds');
+    assert.equal(budget.used, budget.limit);
+  });
+
+  it('releases what was queued as writes complete, and all of it when the stream closes', async () => {
+    const budget = { used: 0, limit: 10_000_000 };
+    const sink = new RecordingWritable();
+    const writer = new DatagramWriter(sink, { budget });
+    for (let i = 0; i < 10; i++) writer.write(Buffer.alloc(100));
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(budget.used, 0, 'every write completed');
+    const stalled = new RecordingWritable(true);
+    const held = new DatagramWriter(stalled, { budget });
+    for (let i = 0; i < 10; i++) held.write(Buffer.alloc(100));
+    assert.equal(budget.used, 10 * (2 + 100 + QUEUED_DATAGRAM_OVERHEAD));
+    stalled.destroy();
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(budget.used, 0, 'a closed stream gives back what it held');
   });
 
   it('drops, counts and does not throw on an ended or destroyed stream', async () => {

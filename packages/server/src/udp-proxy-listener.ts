@@ -5,6 +5,7 @@ import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dg
 import { isIPv6 } from 'node:net';
 import type { Session, Stream } from '@porthole/mux';
 import {
+  type DatagramBudget,
   DatagramDecoder,
   DatagramWriter,
   formatHostPort,
@@ -38,6 +39,12 @@ export interface UdpProxyStats {
   /** Streams that ended inside a datagram. */
   droppedTruncated: number;
 }
+
+/**
+ * Datagrams all of one proxy's flows may have queued towards a slow client together (bytes and overhead):
+ * each flow holds at most 512 KiB, and 1024 flows of that would be half a gigabyte.
+ */
+const QUEUED_DATAGRAMS_PER_PROXY = 16 * 1024 * 1024;
 
 export interface UdpProxyListenerOptions {
   client: string;
@@ -98,6 +105,7 @@ export class UdpProxyListener {
   private readonly socket: UdpSocket;
   private readonly family: 'udp4' | 'udp6';
   private readonly flows = new Map<string, Flow>();
+  private readonly queueBudget: DatagramBudget = { used: 0, limit: QUEUED_DATAGRAMS_PER_PROXY };
   private closed = false;
   private readonly flowLimitWarning: LimitWarning;
 
@@ -207,7 +215,7 @@ export class UdpProxyListener {
       address: rinfo.address,
       port: rinfo.port,
       stream,
-      writer: new DatagramWriter(stream),
+      writer: new DatagramWriter(stream, { budget: this.queueBudget }),
       decoder: new DatagramDecoder({ maxDatagramBytes: MAX_UDP_PAYLOAD[this.family] }),
       startedAt: now,
       idleMs,
