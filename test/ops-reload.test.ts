@@ -272,6 +272,26 @@ test(
       assert.match(String(failed.reason), /allow_ports: invalid port range "nope"/);
       assert.ok(await pinger.ping(), 'A still echoes after a refused reload');
       assert.ok(server.proc.alive);
+
+      // allow_ports widened again and the client reloaded (its file unchanged): B is asked for again and
+      // comes back without a new session.
+      await rewriteServerConfig(h, server.config, serverOptions);
+      const backMark = server.proc.mark();
+      server.proc.kill('SIGHUP');
+      await server.proc.waitForMsg('config reloaded', 10_000, { from: backMark });
+      const retryMark = clientX.proc.mark();
+      clientX.proc.kill('SIGHUP');
+      const asked = await clientX.proc.waitForMsg(
+        'asking again for proxies the server is not serving',
+        10_000,
+        {
+          from: retryMark,
+        },
+      );
+      assert.deepEqual(asked.proxies, ['B']);
+      await clientX.proc.waitForMsg('proxy registered', 10_000, { from: retryMark, fields: { proxy: 'B' } });
+      assert.ok((await echoRoundTrip('127.0.0.1', portB!, 1000)).ok, 'B works again');
+      assert.equal((await clientX.proc.settledLogsWithMsg('session lost', xMark)).length, 0);
     }),
 );
 

@@ -111,7 +111,13 @@ export class PortholeClient {
     if (!this.established) return;
     const unregister = [...diff.removed, ...diff.changed];
     if (unregister.length > 0) this.sendControl({ type: 'unregister', proxies: unregister });
-    const register = [...diff.changed, ...diff.added];
+    // Proxies the server refused or closed (a reload of its own narrowed allow_ports) are asked for again:
+    // a reload is how a user says "try now", and the server's rules may have changed back.
+    const asked = new Set([...diff.changed, ...diff.added]);
+    const retry = this.sessionStatus.notServed().filter((name) => this.proxies.has(name) && !asked.has(name));
+    if (retry.length > 0)
+      this.logger.info({ proxies: retry }, 'asking again for proxies the server is not serving');
+    const register = [...diff.changed, ...diff.added, ...retry];
     if (register.length > 0) {
       for (const name of register) this.sessionStatus.set(name, { state: 'pending' });
       this.sendControl({

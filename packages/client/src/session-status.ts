@@ -95,6 +95,14 @@ export class SessionStatus {
     this.proxyStates.delete(proxy);
   }
 
+  /** Proxies the server is not serving now: refused at registration, or closed by it since. */
+  notServed(): string[] {
+    const names: string[] = [];
+    for (const [name, state] of this.proxyStates)
+      if (state.state === 'refused' || state.state === 'closed') names.push(name);
+    return names;
+  }
+
   view(proxies: ReadonlyMap<string, ProxyConfig>, tracker: ConnectionTracker, streams: number): ClientStatus {
     const open = new Map<string, number>();
     for (const c of tracker.connections()) {
