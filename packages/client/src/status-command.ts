@@ -102,7 +102,7 @@ export function formatStatus(status: ClientStatus, now = Date.now()): string {
         p.name,
         p.type,
         p.local,
-        String(p.remote_port),
+        p.remote_port === undefined ? '-' : String(p.remote_port), // http and tls proxies have names, not ports
         p.state,
         String(p.open_connections),
         p.state === 'registered' ? `public ${p.remote_addr ?? '?'}` : (p.reason ?? ''),

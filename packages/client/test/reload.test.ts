@@ -67,6 +67,15 @@ test('formatStatus: the session line and one row per proxy', () => {
         reason: 'port 9999 is outside the grant',
         open_connections: 0,
       },
+      {
+        name: 'app',
+        type: 'http',
+        local: '127.0.0.1:3000',
+        remote_port: undefined,
+        state: 'registered',
+        remote_addr: '0.0.0.0:80',
+        open_connections: 0,
+      },
     ],
   } as ClientStatus;
   assert.equal(
@@ -76,9 +85,10 @@ test('formatStatus: the session line and one row per proxy', () => {
       'session:  established as "homelab" (session abcd1234), for 1h 5m',
       'open connections: 1',
       '',
-      'PROXY  TYPE  LOCAL         REMOTE PORT  STATE       OPEN  DETAIL',
-      'ssh    tcp   127.0.0.1:22  2222         registered  1     public 0.0.0.0:2222',
-      'web    tcp   127.0.0.1:80  9999         refused     0     port 9999 is outside the grant',
+      'PROXY  TYPE  LOCAL           REMOTE PORT  STATE       OPEN  DETAIL',
+      'ssh    tcp   127.0.0.1:22    2222         registered  1     public 0.0.0.0:2222',
+      'web    tcp   127.0.0.1:80    9999         refused     0     port 9999 is outside the grant',
+      'app    http  127.0.0.1:3000  -            registered  0     public 0.0.0.0:80',
       '',
     ].join('\n'),
   );
