@@ -26,6 +26,8 @@ interface ClosedTotals {
 
 /** Totals of a proxy that is gone (client left, proxy removed) are forgotten after this long. */
 const RETAIN_INACTIVE_MS = 10 * 60_000;
+/** Names whose totals are kept at most, when nothing reads them (snapshot() forgets the gone ones). */
+const MAX_REMEMBERED_PROXIES = 10_000;
 
 function keyOf(client: string, proxy: string): string {
   return `${client}\u0000${proxy}`;
@@ -52,24 +54,30 @@ function namesOf(connection: TrackedConnection): { client: string; proxy: string
  */
 export class ProxyTraffic {
   private readonly closed = new Map<string, ClosedTotals>();
-  private prunedAt = Date.now();
 
   constructor(private readonly tracker: ConnectionTracker) {
     tracker.onClosed((connection, result) => {
       const { client, proxy } = namesOf(connection);
-      const totals = this.entry(client, proxy);
+      const totals = this.active(client, proxy);
       totals.connections += 1;
       totals.bytesIn += result.bytesAtoB;
       totals.bytesOut += result.bytesBtoA;
-      totals.lastActive = Date.now();
     });
   }
 
   /** One visitor of `proxy` turned away by its connection limit. */
   countRefused(client: string, proxy: string): void {
+    this.active(client, proxy).refused += 1;
+  }
+
+  /** The totals of a proxy that just did something: moved to the end, so the map runs quietest first. */
+  private active(client: string, proxy: string): ClosedTotals {
+    const key = keyOf(client, proxy);
     const totals = this.entry(client, proxy);
-    totals.refused += 1;
+    this.closed.delete(key);
+    this.closed.set(key, totals);
     totals.lastActive = Date.now();
+    return totals;
   }
 
   private entry(client: string, proxy: string): ClosedTotals {
@@ -77,18 +85,24 @@ export class ProxyTraffic {
     let totals = this.closed.get(key);
     if (!totals) {
       const now = Date.now();
-      // Without an admin API nobody calls snapshot(), which forgets old names: new ones do it here.
-      if (now - this.prunedAt > RETAIN_INACTIVE_MS) this.forgetInactive(now);
+      // Without an admin API nobody calls snapshot(), which forgets old names; past a cap, new names do.
+      // (Only past it: a registered proxy's totals must not start over because nobody looked for a while.)
+      if (this.closed.size >= MAX_REMEMBERED_PROXIES) this.forgetInactive(now);
       totals = { connections: 0, bytesIn: 0, bytesOut: 0, refused: 0, lastActive: now };
       this.closed.set(key, totals);
     }
     return totals;
   }
 
+  /** Names quiet for RETAIN_INACTIVE_MS go; if that frees too little, the quietest tenth as well. */
   private forgetInactive(now: number): void {
-    this.prunedAt = now;
     for (const [key, closed] of this.closed)
       if (now - closed.lastActive > RETAIN_INACTIVE_MS) this.closed.delete(key);
+    let excess = this.closed.size - MAX_REMEMBERED_PROXIES + Math.ceil(MAX_REMEMBERED_PROXIES / 10);
+    for (const key of this.closed.keys()) {
+      if (excess-- <= 0) break;
+      this.closed.delete(key);
+    }
   }
 
   /**

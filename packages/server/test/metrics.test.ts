@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { ConnectionTracker } from '@porthole/protocol';
 import { tokenMatches } from '../src/admin-server.js';
 import { Exposition, Histogram } from '../src/metrics.js';
+import { ProxyTraffic, proxyKey } from '../src/proxy-traffic.js';
 
 test('Exposition writes HELP/TYPE once per family, escapes label values, and accumulates histogram buckets', () => {
   const h = new Histogram([0.01, 0.1, 1]);
@@ -38,4 +40,21 @@ test('tokenMatches accepts exactly "Bearer <token>"', () => {
   assert.equal(tokenMatches(token, token), false);
   assert.equal(tokenMatches('Bearer ', token), false);
   assert.equal(tokenMatches(undefined, token), false);
+});
+
+test('per-proxy totals stay bounded when nothing reads them, and the busiest names are kept', () => {
+  const traffic = new ProxyTraffic(new ConnectionTracker());
+  traffic.countRefused('c', 'kept');
+  for (let i = 0; i < 25_000; i++) {
+    traffic.countRefused('c', `p${i}`);
+    if (i % 1000 === 0) traffic.countRefused('c', 'kept');
+  }
+  const remembered = (traffic as unknown as { closed: Map<string, unknown> }).closed.size;
+  assert.ok(remembered <= 10_000, `${remembered} names remembered`);
+  const totals = traffic.snapshot([
+    { client: 'c', proxy: 'kept' },
+    { client: 'c', proxy: 'p24999' },
+  ]);
+  assert.equal(totals.get(proxyKey('c', 'p24999'))?.refused, 1, 'the newest name is there');
+  assert.equal(totals.get(proxyKey('c', 'kept'))?.refused, 26, 'a name in use keeps its count');
 });
