@@ -31,19 +31,33 @@ function describe(err: Error & { code?: string }): string {
   return err.code ? `${err.message} (${err.code})` : err.message;
 }
 
+/** How long a side that was already ending when the other failed may take to write out what it holds. */
+const FLUSH_GRACE_MS = 10_000;
+
 /**
  * Aborts a side: a TCP socket gets a real RST (so an aborted tunnel connection looks aborted to the
  * peer, not finished), anything else (a mux stream) is destroyed, which sends a yamux RST.
- * Not while the socket's FIN is still being sent: libuv refuses to reset a stream that is shutting down
- * (uv_tcp_close_reset: EINVAL), and Node has then already dropped the handle, so the descriptor would
- * leak and 'close' would never come (found by the soak test). A plain destroy() closes it.
+ * Not a side that is already ending (its source finished cleanly, so every byte queued on it arrived
+ * whole): what it holds is written out and its FIN follows, then it closes, within FLUSH_GRACE_MS. Such a
+ * socket could not be reset anyway: libuv refuses once its FIN is being sent (uv_tcp_close_reset: EINVAL),
+ * and Node has then already dropped the handle, so the descriptor would leak and 'close' would never come
+ * (found by the soak test).
  */
 function abort(side: Duplex): void {
   if (side.destroyed) return;
-  const shuttingDown = side.writableEnded && !side.writableFinished;
-  if (side instanceof Socket && !side.connecting && side.readyState !== 'closed' && !shuttingDown) {
-    side.resetAndDestroy();
-  } else side.destroy();
+  if (side.writableEnded && !side.writableFinished) {
+    // Nothing read from it can go anywhere now.
+    side.pause();
+    const timer = setTimeout(() => side.destroy(), FLUSH_GRACE_MS);
+    timer.unref();
+    side.once('finish', () => {
+      clearTimeout(timer);
+      side.destroy();
+    });
+    return;
+  }
+  if (side instanceof Socket && !side.connecting && side.readyState !== 'closed') side.resetAndDestroy();
+  else side.destroy();
 }
 
 /**

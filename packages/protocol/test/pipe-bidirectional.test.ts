@@ -239,3 +239,43 @@ test('an abort while the socket is still sending its FIN closes it anyway (libuv
   assert.equal(result.reason, 'tunnel reset');
   assert.equal(socket.destroyed, true);
 });
+
+test('bytes that arrived whole before the tunnel failed still reach a slow reader, then its FIN', {
+  timeout: 20_000,
+}, async () => {
+  let serviceSide!: Socket;
+  const { service, socket } = await dialService((s) => {
+    serviceSide = s;
+    s.pause(); // a slow reader: what the pipe writes stays queued
+  });
+  await new Promise((r) => setTimeout(r, 50));
+  const tunnel = new Duplex({ read() {}, write: (_chunk, _encoding, callback) => callback() });
+  let result: PipeResult | undefined;
+  pipeBidirectional(tunnel, socket, { labels: ['tunnel', 'local'] }, (r) => {
+    result = r;
+  });
+  // 16 MiB and the tunnel's FIN arrive, far more than the kernel takes at once; then the tunnel is reset
+  // (its session dropped) while most of it still waits in the socket's queue.
+  const total = 16 * 1024 * 1024;
+  tunnel.push(Buffer.alloc(total, 1));
+  tunnel.push(null);
+  await new Promise((r) => setTimeout(r, 100));
+  assert.ok(socket.writableLength > 0, 'bytes are still queued when the tunnel fails');
+  tunnel.destroy(Object.assign(new Error('reset by peer'), { code: 'ERR_STREAM_RESET' }));
+  let received = 0;
+  const outcome = await new Promise<string>((resolve) => {
+    serviceSide.on('data', (c: Buffer) => {
+      received += c.length;
+    });
+    serviceSide.on('end', () => resolve('end'));
+    serviceSide.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+    serviceSide.resume();
+  });
+  for (let i = 0; i < 300 && result === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+  service.close();
+  serviceSide.destroy();
+  assert.equal(outcome, 'end');
+  assert.equal(received, total, 'every byte the tunnel had delivered reached the reader');
+  assert.equal(result?.reason, 'tunnel reset');
+  assert.equal(socket.destroyed, true);
+});
