@@ -179,22 +179,25 @@ async function sessionPair(): Promise<{ server: Session; client: Session; close(
   };
 }
 
-test('udp listener: a flow per sender, oversize and truncated datagrams from the tunnel dropped and counted', async () => {
-  const pair = await sessionPair();
-  const logs = captureLogs();
-  const listener = new UdpProxyListener({
+/** A udp proxy "dns" on an ephemeral loopback port, its flows opened on `session`. */
+function udpListener(session: Session, logger: ReturnType<typeof captureLogs>['logger'], maxFlows: number) {
+  let id = 0;
+  return new UdpProxyListener({
     client: 'c',
     proxy: { name: 'dns', type: 'udp', remote_port: 0 },
     bindHost: '127.0.0.1',
-    session: pair.server,
-    logger: logs.logger,
+    session,
+    logger,
     idleTimeoutMs: () => 60_000,
-    maxFlows: () => 1,
-    nextId: (() => {
-      let id = 0;
-      return () => ++id;
-    })(),
+    maxFlows: () => maxFlows,
+    nextId: () => ++id,
   });
+}
+
+test('udp listener: a flow per sender, oversize and truncated datagrams from the tunnel dropped and counted', async () => {
+  const pair = await sessionPair();
+  const logs = captureLogs();
+  const listener = udpListener(pair.server, logs.logger, 1);
   await listener.listen();
   const port = listener.boundPort;
   const visitor = createSocket('udp4');
@@ -254,17 +257,7 @@ test('udp listener: a flow per sender, oversize and truncated datagrams from the
 
 test('udp listener: a datagram from source port 0 (spoofed; no one could be answered) opens no flow', async () => {
   const pair = await sessionPair();
-  const logs = captureLogs();
-  const listener = new UdpProxyListener({
-    client: 'c',
-    proxy: { name: 'dns', type: 'udp', remote_port: 0 },
-    bindHost: '127.0.0.1',
-    session: pair.server,
-    logger: logs.logger,
-    idleTimeoutMs: () => 60_000,
-    maxFlows: () => 8,
-    nextId: () => 1,
-  });
+  const listener = udpListener(pair.server, captureLogs().logger, 8);
   await listener.listen();
   let streams = 0;
   pair.client.on('stream', (stream: Stream) => {
