@@ -1,5 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import { type TokenClaims, TokenError, verifyToken } from '@porthole/protocol';
+import { plainAddress } from './trusted-proxies.js';
 
 export interface AuthSettings {
   secret: string;
@@ -31,9 +32,8 @@ const MAX_TRACKED_SOURCES = 10_000;
  * a whole /64, so counting per address would let it rotate through 2^64 fresh limits).
  */
 export function failureSource(address: string): string {
-  const plain = address.split('%')[0]!.toLowerCase();
+  const plain = plainAddress(address.split('%')[0]).toLowerCase();
   if (!plain.includes(':')) return plain;
-  if (plain.startsWith('::ffff:') && plain.includes('.')) return plain.slice(7);
   const [head = '', tail] = plain.split('::');
   const groupsIn = (part: string): string[] =>
     part === '' ? [] : part.split(':').flatMap((g) => (g.includes('.') ? ['0', '0'] : [g]));

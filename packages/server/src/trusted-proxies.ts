@@ -34,10 +34,9 @@ export class TrustedProxies {
   /** True when `address` (IPv4, IPv6 or IPv4-mapped IPv6) is in one of the networks. */
   contains(address: string | undefined): boolean {
     if (this.size === 0 || address === undefined) return false;
-    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-    if (mapped) return this.list.check(mapped[1]!, 'ipv4');
-    if (isIPv4(address)) return this.list.check(address, 'ipv4');
-    if (isIPv6(address)) return this.list.check(address, 'ipv6');
+    const plain = plainAddress(address);
+    if (isIPv4(plain)) return this.list.check(plain, 'ipv4');
+    if (isIPv6(plain)) return this.list.check(plain, 'ipv6');
     return false;
   }
 }
