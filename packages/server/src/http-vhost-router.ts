@@ -452,6 +452,15 @@ export class HttpVhostRouter {
         },
         'http request',
       );
+    const failed = (reason: string, status: number, text: string): void => {
+      clearTimeout(noAnswerTimer);
+      this.opts.logger.warn(
+        { client: target.client, proxy: target.proxy, conn, remote_addr: remoteAddr, reason },
+        'http upgrade failed',
+      );
+      if (answered) socket.destroy();
+      else this.answerRaw(socket, status, text);
+    };
     const visitorGone = (): void => {
       clearTimeout(noAnswerTimer);
       upstream.abort();
@@ -498,15 +507,7 @@ export class HttpVhostRouter {
         return false;
       },
       onEnd: () => socket.end(),
-      onError: (err) => {
-        clearTimeout(noAnswerTimer);
-        this.opts.logger.warn(
-          { client: target.client, proxy: target.proxy, conn, remote_addr: remoteAddr, reason: err.message },
-          'http upgrade failed',
-        );
-        if (answered) socket.destroy();
-        else this.answerRaw(socket, 502, UNREACHABLE);
-      },
+      onError: (err) => failed(err.message, 502, UNREACHABLE),
     };
     // Node read the fields as latin1: written back the same way, every byte is the visitor's own.
     const requestLine = requestHead(
@@ -520,17 +521,7 @@ export class HttpVhostRouter {
     if (timeout > 0)
       noAnswerTimer = setTimeout(() => {
         upstream.abort();
-        this.opts.logger.warn(
-          {
-            client: target.client,
-            proxy: target.proxy,
-            conn,
-            remote_addr: remoteAddr,
-            reason: `no response head within ${timeout} ms`,
-          },
-          'http upgrade failed',
-        );
-        this.answerRaw(socket, 504, this.noAnswerText);
+        failed(`no response head within ${timeout} ms`, 504, this.noAnswerText);
       }, timeout);
   }
 

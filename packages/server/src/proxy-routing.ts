@@ -206,7 +206,10 @@ export async function bindRoutedProxy(
       logger: ctx.logger,
       // Read from the running config each time, so that a reload applies to proxies already registered.
       idleTimeoutMs: () => spec.udp_idle_timeout_ms ?? routingOf(ctx).udpIdleTimeout,
-      maxFlows: () => Math.min(spec.max_flows ?? routingOf(ctx).udpMaxFlows, routingOf(ctx).udpMaxFlows),
+      maxFlows: () => {
+        const serverMax = routingOf(ctx).udpMaxFlows;
+        return Math.min(spec.max_flows ?? serverMax, serverMax);
+      },
       nextId: () => ctx.tracker.nextId(),
     });
     // Hold the port before the asynchronous bind, so two registrations cannot race for it.
