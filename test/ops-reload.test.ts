@@ -9,7 +9,7 @@ import net from 'node:net';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
-import { freePorts, sleep, withHarness, withTimeout } from './lib/processes.js';
+import { freePorts, sleep, waitFor, withHarness, withTimeout } from './lib/processes.js';
 import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
 import { EchoPinger, echoRoundTrip, startEchoServer, tryConnect } from './lib/services.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
@@ -376,13 +376,7 @@ test(
         proxies: [{ name: 'echo', local: `127.0.0.1:${svc.port}`, remotePort: remotePort! }],
       };
       const client = await startClient(h, options, { waitFor: 'none' });
-      await withTimeout(
-        (async () => {
-          while (upgrades === 0) await sleep(20);
-        })(),
-        10_000,
-        () => 'the first dial to reach the old server',
-      );
+      await waitFor('the first dial to reach the old server', () => upgrades > 0, 10_000);
       // While that dial waits for its answer: the new server and a valid token, and a reload.
       await rewriteClientConfig(h, client.configPath, { ...options, server: server.url, token });
       client.proc.kill('SIGHUP');

@@ -8,7 +8,7 @@ import { MAX_FRAME_PAYLOAD, openWebSocket, WebSocketUpgradeError } from '../src/
 import { Opcode, writeFrameHeader } from '../src/websocket-frame.js';
 import { WebSocketFrameParser } from '../src/websocket-frame-parser.js';
 import { Prng, runSeed } from './prng.js';
-import { withTimeout } from './timeouts.js';
+import { waitFor, withTimeout } from './timeouts.js';
 import { listenWebSocket } from './transports.js';
 
 /** One frame as a peer would send it; `mask` as clients must (RFC 6455 §5.3). */
@@ -308,13 +308,11 @@ describe('a peer that pings and never reads', () => {
         if (!client.write(Buffer.concat(batch.splice(0)))) await once(client, 'drain');
       }
     }
-    await withTimeout(
-      (async () => {
-        while (serverSocket === undefined || serverSocket.bytesRead < sent)
-          await new Promise((r) => setTimeout(r, 20));
-      })(),
+    await waitFor(
+      () => serverSocket !== undefined && serverSocket.bytesRead >= sent,
       20_000,
       'the server to read every ping',
+      20,
     );
     const queued = serverSocket.writableLength;
     t.diagnostic(`pongs queued in the server after ${PINGS} unread pings: ${queued} bytes`);
@@ -341,13 +339,7 @@ describe('a peer that pings and never reads', () => {
       } else parser.push(chunk);
     });
     client.resume();
-    await withTimeout(
-      (async () => {
-        while (!pongs.at(-1)?.equals(lastPayload)) await new Promise((r) => setTimeout(r, 20));
-      })(),
-      20_000,
-      'the pong to the last ping',
-    );
+    await waitFor(() => pongs.at(-1)?.equals(lastPayload) === true, 20_000, 'the pong to the last ping', 20);
     t.diagnostic(`${pongs.length} pongs for ${PINGS} pings`);
     assert.ok(pongs.length < PINGS, 'pings sent while the peer did not read were not each answered');
   });
