@@ -1,9 +1,14 @@
 // The admin listener of a real server (JSON API, Prometheus /metrics, /healthz, Bearer protection) and
 // `porthole-client status` against a real client's admin endpoint.
 import assert from 'node:assert/strict';
+import { createSocket } from 'node:dgram';
+import { request } from 'node:http';
 import { test } from 'node:test';
 import { WebSocket } from 'ws';
-import { clientBin, eventually, freePort, run, serverBin, withHarness } from './lib/processes.js';
+import { curl } from './lib/curl.js';
+import { startHttpBackend, startUdpEcho } from './lib/http-backend.js';
+import { clientBin, eventually, freePort, run, serverBin, waitFor, withHarness } from './lib/processes.js';
+import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
 import { EchoPinger, startEchoServer } from './lib/services.js';
 import { startTunnel } from './lib/tunnel.js';
 
@@ -217,6 +222,177 @@ test(
       // Sampled between attempts or during one (a refused connect takes a moment).
       assert.match(down.stdout, /session: +reconnecting for \d+s, (next attempt in|connecting now)/);
       assert.match(down.stdout, /last error: /);
+    }),
+);
+
+test(
+  'admin API: http requests and udp flows are counted like connections, live and once over; udp drops by cause',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const web = await startHttpBackend('web');
+      const echo = await startUdpEcho('echo');
+      h.onCleanup(() => Promise.all([web.close(), echo.close()]));
+      const udpPort = await freePort();
+      const server = await startRoutedServer(h, { admin: { token: ADMIN_TOKEN } });
+      const token = await issueRoutedToken(server, {
+        name: 'mixed',
+        ports: String(udpPort),
+        hosts: ['app.test'],
+      });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          { name: 'web', type: 'http', local: `127.0.0.1:${web.port}`, hosts: ['app.test'] },
+          {
+            name: 'echo',
+            type: 'udp',
+            local: `127.0.0.1:${echo.port}`,
+            remote_port: udpPort,
+            udp_idle_timeout: '1500ms',
+            max_flows: 1,
+          },
+        ],
+      });
+      const base = server.adminUrl!;
+      const proxy = async (name: string) =>
+        ((await api(base, '/api/proxies')).json().proxies as Record<string, number | string>[]).find(
+          (p) => p.name === name,
+        )!;
+
+      // Three uploads: each request's head and body went into the tunnel, each answer came back.
+      const body = 'x'.repeat(10_000);
+      let answered = 0;
+      for (let i = 0; i < 3; i++) {
+        const r = await curl(
+          ['-H', 'Host: app.test', '--data-binary', body],
+          `http://127.0.0.1:${server.httpPort}/sha256`,
+        );
+        assert.equal(r.status, 200, r.stderr);
+        answered += Buffer.byteLength(r.body);
+      }
+      const afterPosts = await proxy('web');
+      assert.equal(afterPosts.connections_total, 3, 'each request counts once');
+      assert.equal(afterPosts.open_connections, 0);
+      const bytesIn = afterPosts.bytes_in as number;
+      assert.ok(bytesIn > 3 * 10_000 && bytesIn < 3 * 12_000, `bytes_in ${bytesIn}: three heads and bodies`);
+      const bytesOut = afterPosts.bytes_out as number;
+      assert.ok(
+        bytesOut > answered && bytesOut < answered + 3 * 1000,
+        `bytes_out ${bytesOut} (bodies ${answered})`,
+      );
+      // Log lines leave the server in batches.
+      const logged = await eventually(
+        'three request log lines',
+        async () => {
+          const lines = server.proc.logsWithMsg('http request').filter((l) => l.proxy === 'web');
+          return lines.length === 3 ? lines : undefined;
+        },
+        5000,
+      );
+      assert.equal(
+        logged.reduce((sum, l) => sum + Number(l.bytes_in), 0),
+        bytesIn,
+        'the request log lines carry the same bytes',
+      );
+
+      // A download in progress is listed among the open connections, with its bytes growing.
+      const downloaded = new Promise<number>((resolve, reject) => {
+        const req = request(
+          {
+            host: '127.0.0.1',
+            port: server.httpPort,
+            path: '/stream?bytes=200000&chunks=100',
+            headers: { Host: 'app.test' },
+          },
+          (res) => {
+            let n = 0;
+            res.on('data', (chunk: Buffer) => {
+              n += chunk.length;
+            });
+            res.on('end', () => resolve(n));
+            res.on('error', reject);
+          },
+        );
+        req.on('error', reject);
+        req.end();
+      });
+      const live = await eventually(
+        'the download listed with bytes',
+        async () => {
+          const list = (await api(base, '/api/connections')).json().connections as Record<string, unknown>[];
+          const row = list.find((c) => c.proxy === 'web');
+          return row && (row.bytes_out as number) > 0 ? row : undefined;
+        },
+        5000,
+      );
+      assert.equal(live.client, 'mixed');
+      assert.equal(live.conn, null, 'a pooled request has no connection id of its own');
+      assert.match(String(live.remote_addr), /^127\.0\.0\.1:\d+$/);
+      assert.equal((await proxy('web')).open_connections, 1);
+      assert.equal(await downloaded, 200_000);
+      const afterDownload = await eventually(
+        'the download counted',
+        async () => {
+          const p = await proxy('web');
+          return p.open_connections === 0 ? p : undefined;
+        },
+        5000,
+      );
+      assert.equal(afterDownload.connections_total, 4);
+      assert.ok((afterDownload.bytes_out as number) > bytesOut + 200_000);
+
+      // A udp flow: listed while open with exact payload bytes, folded into the totals once idle.
+      const sender = createSocket('udp4');
+      h.onCleanup(() => sender.close());
+      const replies: Buffer[] = [];
+      sender.on('message', (msg) => replies.push(msg));
+      await new Promise<void>((resolve) => sender.bind(0, '127.0.0.1', resolve));
+      for (const word of ['one', 'two', 'three']) sender.send(word, udpPort, '127.0.0.1');
+      await waitFor('three echoes', () => replies.length === 3, 5000);
+      const flow = await eventually(
+        'the flow listed',
+        async () => {
+          const list = (await api(base, '/api/connections')).json().connections as Record<string, unknown>[];
+          return list.find((c) => c.proxy === 'echo');
+        },
+        5000,
+      );
+      assert.equal(flow.remote_addr, `127.0.0.1:${sender.address().port}`);
+      assert.equal(typeof flow.conn, 'number');
+      assert.equal(flow.bytes_in, 11, 'one + two + three');
+      assert.equal(flow.bytes_out, 11 + 3 * 'echo|'.length);
+      // A second sender is over max_flows: its datagram is dropped, and counted by cause.
+      const other = createSocket('udp4');
+      h.onCleanup(() => other.close());
+      other.send('over the limit', udpPort, '127.0.0.1');
+      const udpLabel = (extra: string) => `{client="mixed",proxy="echo",${extra}}`;
+      const m = await eventually(
+        'the dropped datagram counted',
+        async () => {
+          const sample = parseExposition((await api(base, '/metrics')).text);
+          return sample.get(`porthole_udp_datagrams_dropped_total${udpLabel('cause="flow_limit"')}`) === 1
+            ? sample
+            : undefined;
+        },
+        5000,
+      );
+      assert.equal(m.get('porthole_proxy_open_connections{client="mixed",proxy="echo"}'), 1);
+      assert.equal(m.get('porthole_open_connections'), 1);
+      assert.equal(m.get(`porthole_udp_datagrams_total${udpLabel('direction="in"')}`), 3);
+      assert.equal(m.get(`porthole_udp_datagrams_total${udpLabel('direction="out"')}`), 3);
+      assert.equal(m.get(`porthole_udp_datagrams_dropped_total${udpLabel('cause="send"')}`), 0);
+      const closed = await eventually(
+        'the idle flow counted',
+        async () => {
+          const p = await proxy('echo');
+          return p.open_connections === 0 ? p : undefined;
+        },
+        10_000,
+      );
+      assert.deepEqual([closed.connections_total, closed.bytes_in, closed.bytes_out], [1, 11, 26]);
+      assert.deepEqual((await api(base, '/api/connections')).json(), { connections: [] });
     }),
 );
 

@@ -25,6 +25,7 @@ import {
 } from './proxy-routing.js';
 import type { ServerContext } from './server-context.js';
 import { TcpProxyListener } from './tcp-proxy-listener.js';
+import type { UdpProxyStats } from './udp-proxy-listener.js';
 
 /** A client that opens a session must say hello within this time. */
 const HELLO_TIMEOUT_MS = 10_000;
@@ -211,12 +212,19 @@ export class ClientSession {
   }
 
   /** The proxies this session holds right now, for the admin API. */
-  listProxies(): { name: string; type: string; remotePort: number | undefined; publicAddr: string }[] {
+  listProxies(): {
+    name: string;
+    type: string;
+    remotePort: number | undefined;
+    publicAddr: string;
+    udpStats: Readonly<UdpProxyStats> | undefined;
+  }[] {
     return [...this.proxies.values()].map(({ spec, listener }) => ({
       name: spec.name,
       type: spec.type,
       remotePort: spec.remote_port,
       publicAddr: listener.address,
+      udpStats: listener.udpStats,
     }));
   }
 

@@ -38,6 +38,14 @@ export interface ResponseSink {
   onUpgrade?(head: Buffer, rest: Buffer): void;
 }
 
+/** An exchange's byte counts, added to as its bytes move (the admin API reads them live). */
+export interface ExchangeBytes {
+  /** The request as sent into the tunnel: its head, then its body (without any chunk framing). */
+  bytesIn: number;
+  /** The response as the service sent it, head and framing included. */
+  bytesOut: number;
+}
+
 /** What the pool hears from a connection. */
 export interface ConnectionOwner {
   /** An exchange ended; `reusable`: the stream is clean and may carry another request. */
@@ -73,6 +81,7 @@ export class UpstreamConnection {
   private sink: ResponseSink | undefined;
   private method = '';
   private responseBytes = 0;
+  private counts: ExchangeBytes | undefined;
   private framing: BodyFraming = { kind: 'none' };
   private keepAlive = false;
   private remaining = 0;
@@ -97,7 +106,8 @@ export class UpstreamConnection {
 
   /**
    * Sends a request: `head` is the request line and fields, blank line included; `body` (if any) is
-   * streamed after it, re-chunked when `chunkedBody`.
+   * streamed after it, re-chunked when `chunkedBody`. `counts`, if given, grows by the bytes this exchange
+   * moves until it ends.
    */
   send(
     method: string,
@@ -105,12 +115,15 @@ export class UpstreamConnection {
     body: RequestBody | undefined,
     chunkedBody: boolean,
     sink: ResponseSink,
+    counts?: ExchangeBytes,
   ): void {
     if (this.state !== State.Idle) throw new Error('an upstream connection carries one request at a time');
     this.state = State.Head;
     this.sink = sink;
     this.method = method;
     this.responseBytes = 0;
+    this.counts = counts;
+    if (counts) counts.bytesIn += head.length; // latin1: one byte per character
     this.stream.write(head, 'latin1');
     this.requestDone = body === undefined;
     if (body) {
@@ -132,6 +145,7 @@ export class UpstreamConnection {
     if (this.state !== State.Head && this.state !== State.Body) return;
     this.state = State.Closed;
     this.sink = undefined;
+    this.counts = undefined;
     this.detachBody();
     this.stream.destroy();
     this.owner.exchangeDone(this, false);
@@ -155,6 +169,7 @@ export class UpstreamConnection {
 
   private readonly onBodyData = (data: Buffer): void => {
     const stream = this.stream;
+    if (this.counts) this.counts.bytesIn += data.length;
     let ok: boolean;
     if (this.chunkedBody) {
       if (data.length === 0) return; // a zero-length chunk would end the body
@@ -199,6 +214,7 @@ export class UpstreamConnection {
       return;
     }
     this.responseBytes += chunk.length;
+    if (this.counts) this.counts.bytesOut += chunk.length;
     try {
       let rest = chunk;
       while (this.state === State.Head && rest.length > 0) rest = this.readHead(rest);
@@ -248,6 +264,7 @@ export class UpstreamConnection {
     const sink = this.sink!;
     this.state = State.Closed;
     this.sink = undefined;
+    this.counts = undefined;
     this.detachBody();
     const stream = this.stream;
     stream.pause();
@@ -306,6 +323,7 @@ export class UpstreamConnection {
     const reusable = clean && this.keepAlive && this.requestDone && !this.stream.readableEnded;
     this.state = State.Idle;
     this.sink = undefined;
+    this.counts = undefined;
     this.chunked = undefined;
     this.detachBody();
     this.exchanges += 1;
@@ -321,6 +339,7 @@ export class UpstreamConnection {
     const retryable = this.exchanges > 0 && this.responseBytes === 0 && this.state === State.Head;
     this.state = State.Closed;
     this.sink = undefined;
+    this.counts = undefined;
     this.detachBody();
     this.stream.destroy();
     sink?.onError(err, retryable);

@@ -211,6 +211,7 @@ export async function bindRoutedProxy(
         return Math.min(spec.max_flows ?? serverMax, serverMax);
       },
       nextId: () => ctx.tracker.nextId(),
+      traffic: ctx.traffic,
     });
     // Hold the port before the asynchronous bind, so two registrations cannot race for it.
     state.udpPorts.set(port, { owner: owner.self, proxy: spec.name });

@@ -29,6 +29,24 @@ const RETAIN_INACTIVE_MS = 10 * 60_000;
 /** Names whose totals are kept at most, when nothing reads them (snapshot() forgets the gone ones). */
 const MAX_REMEMBERED_PROXIES = 10_000;
 
+/**
+ * One http request or udp flow while it lasts, counted like a tcp connection: the http proxy and the udp
+ * listener add to its bytes as they move, the admin API reads them live.
+ */
+export interface Exchange {
+  readonly client: string;
+  readonly proxy: string;
+  /** The udp flow's id in the log lines; null for a pooled http request, which has none of its own. */
+  readonly conn: number | null;
+  readonly remoteAddr: string;
+  /** Date.now() at its start. */
+  readonly startedAt: number;
+  /** Towards the client's service: an http request's head and body, a udp flow's datagram payloads. */
+  bytesIn: number;
+  /** Back to the visitor: an http response as the service sent it, a udp flow's reply payloads. */
+  bytesOut: number;
+}
+
 function keyOf(client: string, proxy: string): string {
   return `${client}\u0000${proxy}`;
 }
@@ -47,22 +65,57 @@ function namesOf(connection: TrackedConnection): { client: string; proxy: string
 }
 
 /**
- * Per-proxy traffic counters for the admin API and /metrics: closed connections are folded into totals
- * as they end, open ones are added live, so every number only grows while its proxy exists (a Prometheus
- * counter). Totals survive a client's reconnect; a proxy inactive for 10 minutes is forgotten, so memory
+ * Per-proxy traffic counters for the admin API and /metrics. Closed connections (tcp and tls connections,
+ * http upgrades, and the http requests and udp flows counted as Exchanges) are folded into totals as they
+ * end, open ones are added live, so every number only grows while its proxy exists (a Prometheus counter). Totals survive a client's reconnect; a proxy inactive for 10 minutes is forgotten, so memory
  * stays bounded however many names come and go.
  */
 export class ProxyTraffic {
   private readonly closed = new Map<string, ClosedTotals>();
+  private readonly exchanges = new Set<Exchange>();
 
   constructor(private readonly tracker: ConnectionTracker) {
     tracker.onClosed((connection, result) => {
       const { client, proxy } = namesOf(connection);
-      const totals = this.active(client, proxy);
-      totals.connections += 1;
-      totals.bytesIn += result.bytesAtoB;
-      totals.bytesOut += result.bytesBtoA;
+      this.fold(client, proxy, result.bytesAtoB, result.bytesBtoA);
     });
+  }
+
+  /** Starts counting an http request or a udp flow; `end()` it when it is over. */
+  begin(client: string, proxy: string, conn: number | null, remoteAddr: string): Exchange {
+    const exchange: Exchange = {
+      client,
+      proxy,
+      conn,
+      remoteAddr,
+      startedAt: Date.now(),
+      bytesIn: 0,
+      bytesOut: 0,
+    };
+    this.exchanges.add(exchange);
+    return exchange;
+  }
+
+  /** Folds a finished exchange into its proxy's totals (once; later calls do nothing). */
+  end(exchange: Exchange): void {
+    if (this.exchanges.delete(exchange))
+      this.fold(exchange.client, exchange.proxy, exchange.bytesIn, exchange.bytesOut);
+  }
+
+  private fold(client: string, proxy: string, bytesIn: number, bytesOut: number): void {
+    const totals = this.active(client, proxy);
+    totals.connections += 1;
+    totals.bytesIn += bytesIn;
+    totals.bytesOut += bytesOut;
+  }
+
+  /** The http requests and udp flows open right now. */
+  openExchanges(): IterableIterator<Exchange> {
+    return this.exchanges.values();
+  }
+
+  get openExchangeCount(): number {
+    return this.exchanges.size;
   }
 
   /** One visitor of `proxy` turned away by its connection limit. */
@@ -126,15 +179,19 @@ export class ProxyTraffic {
       row(client, proxy);
       this.entry(client, proxy).lastActive = now;
     }
-    for (const connection of this.tracker.connections()) {
-      const { client, proxy } = namesOf(connection);
+    const addOpen = (client: string, proxy: string, bytesIn: number, bytesOut: number): void => {
       const totals = row(client, proxy);
       totals.open += 1;
       totals.connections += 1;
-      totals.bytesIn += connection.progress.bytesAtoB;
-      totals.bytesOut += connection.progress.bytesBtoA;
+      totals.bytesIn += bytesIn;
+      totals.bytesOut += bytesOut;
       this.entry(client, proxy).lastActive = now;
+    };
+    for (const connection of this.tracker.connections()) {
+      const { client, proxy } = namesOf(connection);
+      addOpen(client, proxy, connection.progress.bytesAtoB, connection.progress.bytesBtoA);
     }
+    for (const x of this.exchanges) addOpen(x.client, x.proxy, x.bytesIn, x.bytesOut);
     for (const [key, closed] of this.closed) {
       if (out.has(key)) continue;
       if (now - closed.lastActive > RETAIN_INACTIVE_MS) {

@@ -2,6 +2,7 @@ import { PROTOCOL_VERSION } from '@porthole/protocol';
 import { Exposition, type Histogram, writeProcessMetrics } from './metrics.js';
 import { type ProxyTotals, proxyKey } from './proxy-traffic.js';
 import type { ServerContext } from './server-context.js';
+import type { UdpProxyStats } from './udp-proxy-listener.js';
 
 export interface ProxyView {
   client: string;
@@ -11,7 +12,9 @@ export interface ProxyView {
   remote_port: number | null;
   /** Where visitors connect, e.g. "0.0.0.0:2222". */
   public_addr: string;
+  /** Open now: connections, and for http proxies requests in flight, for udp proxies flows. */
   open_connections: number;
+  /** Since the proxy first registered (kept across reconnects), counted as open_connections are. */
   connections_total: number;
   /** Visitors -> the client's service. */
   bytes_in: number;
@@ -31,9 +34,11 @@ export interface ClientView {
   proxies: ProxyView[];
 }
 
+/** An open tcp or tls connection, http upgrade, http request in flight, or udp flow. */
 export interface ConnectionView {
   client: string;
   proxy: string;
+  /** null for an http request: pooled tunnel streams carry many. */
   conn: number | null;
   remote_addr: string;
   started_at: string;
@@ -123,7 +128,47 @@ export class ServerStatus {
         bytes_out: c.progress.bytesBtoA,
       });
     }
+    for (const x of this.ctx.traffic.openExchanges()) {
+      out.push({
+        client: x.client,
+        proxy: x.proxy,
+        conn: x.conn,
+        remote_addr: x.remoteAddr,
+        started_at: new Date(x.startedAt).toISOString(),
+        age_ms: now - x.startedAt,
+        bytes_in: x.bytesIn,
+        bytes_out: x.bytesOut,
+      });
+    }
     return out.sort((a, b) => (a.conn ?? 0) - (b.conn ?? 0));
+  }
+
+  /** Datagrams each way and those dropped by cause, per udp proxy (from its registration: a reconnect resets them). */
+  private writeUdpMetrics(out: Exposition): void {
+    const rows: { client: string; proxy: string; stats: Readonly<UdpProxyStats> }[] = [];
+    for (const session of this.ctx.clients.values())
+      for (const p of session.listProxies())
+        if (p.udpStats) rows.push({ client: session.name, proxy: p.name, stats: p.udpStats });
+    rows.sort((a, b) => a.client.localeCompare(b.client) || a.proxy.localeCompare(b.proxy));
+    out.family('porthole_udp_datagrams_total', 'counter', 'Datagrams carried, per udp proxy and direction.');
+    for (const { client, proxy, stats } of rows) {
+      out.sample('porthole_udp_datagrams_total', stats.datagramsIn, { client, proxy, direction: 'in' });
+      out.sample('porthole_udp_datagrams_total', stats.datagramsOut, { client, proxy, direction: 'out' });
+    }
+    out.family(
+      'porthole_udp_datagrams_dropped_total',
+      'counter',
+      'Datagrams dropped, per udp proxy and cause (see the README).',
+    );
+    for (const { client, proxy, stats } of rows)
+      for (const [cause, count] of [
+        ['flow_limit', stats.droppedFlowLimit],
+        ['oversize', stats.droppedOversize],
+        ['backpressure', stats.droppedBackpressure],
+        ['send', stats.droppedSend],
+        ['truncated', stats.droppedTruncated],
+      ] as const)
+        out.sample('porthole_udp_datagrams_dropped_total', count, { client, proxy, cause });
   }
 
   /** The Prometheus text exposition. */
@@ -146,8 +191,8 @@ export class ServerStatus {
     out.single(
       'porthole_open_connections',
       'gauge',
-      'Tunnelled connections open right now, all proxies.',
-      this.ctx.tracker.size,
+      'Tunnelled connections open right now, all proxies (http requests and udp flows count as connections).',
+      this.ctx.tracker.size + this.ctx.traffic.openExchangeCount,
     );
     let streams = 0;
     for (const session of this.ctx.sessions) streams += session.streamCount;
@@ -168,7 +213,7 @@ export class ServerStatus {
     perProxy(
       'porthole_proxy_connections_total',
       'counter',
-      'Connections accepted, per proxy.',
+      'Connections accepted, per proxy (http: requests and upgraded connections; udp: flows).',
       (t) => t.connections,
     );
     perProxy(
@@ -189,6 +234,7 @@ export class ServerStatus {
       'Bytes from the service back to visitors, per proxy.',
       (t) => t.bytesOut,
     );
+    this.writeUdpMetrics(out);
     out.family('porthole_auth_failures_total', 'counter', 'Refused client authentications, by reason.');
     for (const [reason, count] of [...this.counters.authFailures].sort()) {
       out.sample('porthole_auth_failures_total', count, { reason });

@@ -256,7 +256,7 @@ export const STATUS_PAGE_JS = `'use strict';
     fill('connections', connections, function (c) {
       var tr = document.createElement('tr');
       tr.dataset.conn = String(c.conn);
-      cell(tr, String(c.conn), 'num');
+      cell(tr, c.conn === null ? '-' : String(c.conn), 'num');
       cell(tr, c.client);
       cell(tr, c.proxy);
       cell(tr, c.remote_addr, 'addr');

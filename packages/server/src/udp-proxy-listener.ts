@@ -14,6 +14,7 @@ import {
   writeStreamHeader,
 } from '@porthole/protocol';
 import { LimitWarning } from './limit-warning.js';
+import type { Exchange, ProxyTraffic } from './proxy-traffic.js';
 
 /** Largest UDP payload per family (what a datagram from the tunnel may be and still be sent). */
 const MAX_UDP_PAYLOAD = { udp4: 65_507, udp6: 65_527 } as const;
@@ -58,6 +59,8 @@ export interface UdpProxyListenerOptions {
   maxFlows: () => number;
   /** Ids for log lines, shared with the tcp connections (the ConnectionTracker's counter). */
   nextId: () => number;
+  /** Counts each flow with the proxy's traffic, as a connection. */
+  traffic: ProxyTraffic;
 }
 
 interface Flow {
@@ -75,8 +78,8 @@ interface Flow {
   timer: NodeJS.Timeout | undefined;
   datagramsIn: number;
   datagramsOut: number;
-  bytesIn: number;
-  bytesOut: number;
+  /** Payload bytes each way, read live by the admin API. */
+  counts: Exchange;
   dropped: number;
   reason: string | undefined;
 }
@@ -193,7 +196,7 @@ export class UdpProxyListener {
     const result = flow.writer.write(msg);
     if (result === 'sent') {
       flow.datagramsIn++;
-      flow.bytesIn += msg.length;
+      flow.counts.bytesIn += msg.length;
       this.stats.datagramsIn++;
       this.stats.bytesIn += msg.length;
     } else {
@@ -223,8 +226,7 @@ export class UdpProxyListener {
       timer: undefined,
       datagramsIn: 0,
       datagramsOut: 0,
-      bytesIn: 0,
-      bytesOut: 0,
+      counts: this.opts.traffic.begin(this.opts.client, proxy.name, conn, key),
       dropped: 0,
       reason: undefined,
     };
@@ -265,7 +267,7 @@ export class UdpProxyListener {
         continue;
       }
       flow.datagramsOut++;
-      flow.bytesOut += datagram.length;
+      flow.counts.bytesOut += datagram.length;
       this.stats.datagramsOut++;
       this.stats.bytesOut += datagram.length;
       try {
@@ -315,6 +317,7 @@ export class UdpProxyListener {
       flow.dropped++;
       this.stats.droppedTruncated++;
     }
+    this.opts.traffic.end(flow.counts);
     this.opts.logger.info(
       {
         client: this.opts.client,
@@ -323,8 +326,8 @@ export class UdpProxyListener {
         remote_addr: flow.key,
         datagrams_in: flow.datagramsIn,
         datagrams_out: flow.datagramsOut,
-        bytes_in: flow.bytesIn,
-        bytes_out: flow.bytesOut,
+        bytes_in: flow.counts.bytesIn,
+        bytes_out: flow.counts.bytesOut,
         dropped: flow.dropped,
         ms: Math.round(performance.now() - flow.startedAt),
         reason: flow.reason ?? 'closed',

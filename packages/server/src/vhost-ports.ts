@@ -34,6 +34,7 @@ export class VhostPorts {
       trusted: currentTrusted,
       logger: ctx.logger,
       tracker: ctx.tracker,
+      traffic: ctx.traffic,
       controlPath: ctx.config.path,
       onControlUpgrade,
       // Like the other http limits, fixed at start: a reload names a change as needing a restart.

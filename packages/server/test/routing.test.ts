@@ -11,6 +11,7 @@ import { loadServerConfig } from '../src/config.js';
 import { ConnectionLimit } from '../src/connection-limit.js';
 import { HostRoutes, locationMatches, OFFLINE_ROUTE_TTL_MS } from '../src/host-routes.js';
 import type { HttpVhostServer } from '../src/http-vhost-server.js';
+import { ProxyTraffic } from '../src/proxy-traffic.js';
 import { routingPath } from '../src/request-path.js';
 import { TlsCertStore } from '../src/tls-cert-store.js';
 import { TlsSniListener, type TlsTarget } from '../src/tls-sni-listener.js';
@@ -191,6 +192,7 @@ function udpListener(session: Session, logger: ReturnType<typeof captureLogs>['l
     idleTimeoutMs: () => 60_000,
     maxFlows: () => maxFlows,
     nextId: () => ++id,
+    traffic: new ProxyTraffic(new ConnectionTracker()),
   });
 }
 
