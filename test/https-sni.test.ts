@@ -4,12 +4,12 @@
 // closed and a ClientHello without SNI goes to default_host.
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { test } from 'node:test';
 import tls from 'node:tls';
 import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
-import { run, withHarness } from './lib/processes.js';
+import { eventually, run, withHarness } from './lib/processes.js';
 import { issueRoutedToken, makeCa, makeCert, startRoutedClient, startRoutedServer } from './lib/routing.js';
 
 /** `openssl s_client` with stdin as input; returns everything it printed. */
@@ -46,6 +46,9 @@ test(
           });
         },
       );
+      // What each connection's raw socket read: all the visitor sent, the ClientHello included.
+      const rawReads: number[] = [];
+      vaultService.on('connection', (raw: Socket) => raw.on('close', () => rawReads.push(raw.bytesRead)));
       await new Promise<void>((resolve) => vaultService.listen(0, '127.0.0.1', resolve));
       h.onCleanup(() => new Promise((resolve) => vaultService.close(resolve)));
       const vaultPort = (vaultService.address() as AddressInfo).port;
@@ -115,6 +118,19 @@ test(
         });
       });
       assert.equal(reply, 'vault-service:hello through sni\n');
+      // The server counts every byte of it in bytes_in, the ClientHello it peeked at included.
+      const closedLines = await eventually(
+        'both passthrough connections closed and logged',
+        async () => {
+          const lines = server.proc.logsWithMsg('connection closed').filter((l) => l.proxy === 'vault');
+          return lines.length === 2 && rawReads.length === 2 ? lines : undefined;
+        },
+        10_000,
+      );
+      assert.deepEqual(
+        closedLines.map((l) => Number(l.bytes_in)).sort((a, b) => a - b),
+        [...rawReads].sort((a, b) => a - b),
+      );
 
       // Termination: an http proxy over https, with the server's certificate.
       const https = await curl(

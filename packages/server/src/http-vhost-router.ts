@@ -478,9 +478,10 @@ export class HttpVhostRouter {
         clearTimeout(noAnswerTimer);
         socket.off('close', visitorGone);
         socket.write(responseHead);
-        if (rest.length > 0) socket.write(rest);
-        // What the visitor sent after its request belongs to the new protocol: it goes on only now.
-        if (head.length > 0) stream.write(head);
+        // What either side sent after the handshake belongs to the new protocol. It is put back where
+        // the pipe reads (the visitor's only now), so it is carried and counted like what follows.
+        if (rest.length > 0) stream.unshift(rest);
+        if (head.length > 0) socket.unshift(head);
         const netSocket = socket as Socket;
         netSocket.setTimeout?.(0);
         netSocket.setNoDelay?.(true);

@@ -137,8 +137,9 @@ export class TlsSniListener {
         ? {}
         : { dest_addr: socket.localAddress, dest_port: socket.localPort ?? 0 }),
     });
-    // The ClientHello goes first, exactly as it came; then the rest of the connection.
-    for (const chunk of buffered) stream.write(chunk);
+    // The ClientHello goes first, exactly as it came, then the rest of the connection: put back where the
+    // pipe reads, so that it is counted in bytes_in like every other byte.
+    for (let i = buffered.length - 1; i >= 0; i--) socket.unshift(buffered[i]!);
     tracker.carry(socket, stream, {
       labels: ['visitor', 'tunnel'],
       logger,
