@@ -1,3 +1,4 @@
+import { closestName } from './closest-name.js';
 import { ConfigError, EXIT_CONFIG } from './config-file.js';
 import { PROTOCOL_VERSION } from './version.js';
 
@@ -58,6 +59,31 @@ export function splitList(text: string): string[] {
     .filter((part) => part !== '');
 }
 
+/**
+ * parseArgs's complaint, said shortly and with the option the user likely meant (the options are read from
+ * the usage text, which lists every one).
+ */
+function argumentError(err: NodeJS.ErrnoException, usage: string): UsageError {
+  const quoted = /'([^']+)'/.exec(err.message)?.[1];
+  if (quoted === undefined) return new UsageError(err.message);
+  // "-c, --config <value>" names the option by both its names: the long one says it best.
+  const option = /--[a-z0-9-]+/.exec(quoted)?.[0] ?? quoted;
+  if (err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+    const known = new Set(usage.match(/--[a-z][a-z0-9-]*/g));
+    const guess = closestName(quoted, known);
+    return new UsageError(
+      `unknown option ${quoted}${guess === undefined ? '' : ` (did you mean ${guess}?)`}`,
+    );
+  }
+  if (err.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
+    if (/argument missing/.test(err.message)) return new UsageError(`${option} needs a value`);
+    if (/does not take an argument/.test(err.message)) return new UsageError(`${option} takes no value`);
+    if (/ambiguous/.test(err.message))
+      return new UsageError(`${option} needs a value (write ${option}=VALUE for one that starts with "-")`);
+  }
+  return new UsageError(err.message);
+}
+
 export interface CliStart<T> {
   program: string;
   version: string;
@@ -79,7 +105,7 @@ export function startCli<T extends { values: { help?: boolean; version?: boolean
   try {
     parsed = spec.parse();
   } catch (err) {
-    throw new UsageError((err as Error).message);
+    throw argumentError(err as NodeJS.ErrnoException, spec.usage);
   }
   if (parsed.values.help) {
     process.stdout.write(spec.usage);

@@ -2,6 +2,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { type ZodError, z } from 'zod';
+import { closestName } from './closest-name.js';
 import { parseDuration } from './duration.js';
 import { parseHostPort } from './host-port.js';
 import { PortRanges } from './port-ranges.js';
@@ -40,12 +41,53 @@ function reasonOf(issue: ZodError['issues'][number]): string {
   return issue.message.replace(/^Invalid input: /, '');
 }
 
-/** One "<file>: <key>: <reason>" line per zod issue (unknown keys get one line each). */
-export function formatConfigIssues(file: string, error: ZodError): string[] {
+/** Wrappers that leave the shape of what they wrap as it is (for finding a table's known keys). */
+const SHAPE_PRESERVING = new Set(['optional', 'default', 'prefault', 'nullable', 'readonly', 'catch']);
+
+function unwrapped(schema: z.core.$ZodType | undefined): z.core.$ZodType | undefined {
+  let current = schema;
+  for (let depth = 0; depth < 16 && current; depth++) {
+    const def = current._zod.def as z.core.$ZodTypeDef & {
+      innerType?: z.core.$ZodType;
+      in?: z.core.$ZodType;
+    };
+    if (SHAPE_PRESERVING.has(def.type)) current = def.innerType;
+    else if (def.type === 'pipe') current = def.in;
+    else return current;
+  }
+  return current;
+}
+
+/** The keys the table at `path` of `schema` accepts, or undefined where the schema is not that plain. */
+function knownKeysAt(schema: z.core.$ZodType, path: ReadonlyArray<PropertyKey>): string[] | undefined {
+  let current = unwrapped(schema);
+  for (const part of path) {
+    if (!current) return undefined;
+    const def = current._zod.def;
+    if (typeof part === 'number' && def.type === 'array')
+      current = unwrapped((def as z.core.$ZodArrayDef).element);
+    else if (typeof part === 'string' && def.type === 'object')
+      current = unwrapped((def as z.core.$ZodObjectDef).shape[part]);
+    else return undefined;
+  }
+  if (current?._zod.def.type !== 'object') return undefined;
+  return Object.keys((current._zod.def as z.core.$ZodObjectDef).shape);
+}
+
+/**
+ * One "<file>: <key>: <reason>" line per zod issue (unknown keys get one line each, with the known key
+ * they most likely stand for when `schema` is given).
+ */
+export function formatConfigIssues(file: string, error: ZodError, schema?: z.core.$ZodType): string[] {
   const lines: string[] = [];
   for (const issue of error.issues) {
     if (issue.code === 'unrecognized_keys') {
-      for (const key of issue.keys) lines.push(`${file}: ${keyPath([...issue.path, key])}: unknown key`);
+      const known = schema && knownKeysAt(schema, issue.path);
+      for (const key of issue.keys) {
+        const guess = known && closestName(key, known);
+        const hint = guess === undefined ? '' : ` (did you mean "${guess}"?)`;
+        lines.push(`${file}: ${keyPath([...issue.path, key])}: unknown key${hint}`);
+      }
     } else {
       lines.push(`${file}: ${keyPath(issue.path)}: ${reasonOf(issue)}`);
     }
@@ -56,7 +98,7 @@ export function formatConfigIssues(file: string, error: ZodError): string[] {
 /** Validates a plain object (from TOML or from command-line flags) against a schema. */
 export function validateConfig<S extends z.ZodType>(file: string, raw: unknown, schema: S): z.output<S> {
   const result = schema.safeParse(raw);
-  if (!result.success) throw new ConfigError(formatConfigIssues(file, result.error));
+  if (!result.success) throw new ConfigError(formatConfigIssues(file, result.error, schema));
   return result.data;
 }
 

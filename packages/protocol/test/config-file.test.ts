@@ -55,7 +55,7 @@ test('every problem names the key and the reason', () => {
     'timeout: expected a duration string like "10s"',
   ]);
   assert.deepEqual(problems('listen = "a:1"\nextra = 1\n[[list]]\nname = "x"\nnam = "y"\n'), [
-    'list[0].nam: unknown key',
+    'list[0].nam: unknown key (did you mean "name"?)',
     'extra: unknown key',
   ]);
   assert.deepEqual(problems('listen = "a:1"\nports = ["9-1"]\n'), ['ports: port range "9-1" is reversed']);

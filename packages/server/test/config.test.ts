@@ -48,7 +48,9 @@ test('every mistake is reported as file: key: reason', () => {
   assert.deepEqual(problems('allow_ports = ["80-70"]\n[auth]\nsecret_file = "secret"\n'), [
     'allow_ports: port range "80-70" is reversed',
   ]);
-  assert.deepEqual(problems('lisen = "1.2.3.4:5"\n[auth]\nsecret_file = "secret"\n'), ['lisen: unknown key']);
+  assert.deepEqual(problems('lisen = "1.2.3.4:5"\n[auth]\nsecret_file = "secret"\n'), [
+    'lisen: unknown key (did you mean "listen"?)',
+  ]);
   assert.deepEqual(problems('heartbeat_interval = "1m"\n[auth]\nsecret_file = "secret"\n'), [
     'heartbeat_timeout: must be longer than heartbeat_interval',
   ]);
