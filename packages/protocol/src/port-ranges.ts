@@ -33,6 +33,23 @@ export class PortRanges {
     return this.ranges.some(([low, high]) => port >= low && port <= high);
   }
 
+  /** The ports of this set that `other` does not have, as canonical text ("" when there are none). */
+  outside(other: PortRanges): string {
+    const cuts = [...other.ranges].sort((a, b) => a[0] - b[0]);
+    const left: string[] = [];
+    for (const [low, high] of this.ranges) {
+      let from = low;
+      for (const [cutLow, cutHigh] of cuts) {
+        if (cutHigh < from || cutLow > high) continue;
+        if (cutLow > from) left.push(cutLow - 1 === from ? `${from}` : `${from}-${cutLow - 1}`);
+        from = cutHigh + 1;
+        if (from > high) break;
+      }
+      if (from <= high) left.push(from === high ? `${from}` : `${from}-${high}`);
+    }
+    return left.join(',');
+  }
+
   /** Canonical text, e.g. "2222,8000-8099"; parses back to the same set. */
   toString(): string {
     return this.text;

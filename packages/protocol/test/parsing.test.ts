@@ -38,6 +38,20 @@ test('port ranges parse lists and ranges, contain what they say and print canoni
   assert.throws(() => PortRanges.parse('http'), /invalid port range "http"/);
 });
 
+test('the ports of one set outside another, in canonical text', () => {
+  const allowed = PortRanges.parse('2222,8000-8099');
+  const outside = (spec: string) => PortRanges.parse(spec).outside(allowed);
+  assert.equal(outside('2222'), '');
+  assert.equal(outside('8000-8099,2222'), '');
+  assert.equal(outside('2222,8000-8200'), '8100-8200');
+  assert.equal(outside('2221-2223'), '2221,2223');
+  assert.equal(outside('7990-8005,8095-8105'), '7990-7999,8100-8105');
+  assert.equal(outside('1-65535'), '1-2221,2223-7999,8100-65535');
+  assert.equal(PortRanges.parse('9000').outside(PortRanges.all()), '');
+  // The other set's ranges need not be in order.
+  assert.equal(PortRanges.parse('1-100').outside(PortRanges.parse('50-60,10-20')), '1-9,21-49,61-100');
+});
+
 test('host:port accepts names, IPv4 and bracketed IPv6', () => {
   assert.deepEqual(parseHostPort('127.0.0.1:22'), { host: '127.0.0.1', port: 22 });
   assert.deepEqual(parseHostPort('localhost:8080'), { host: 'localhost', port: 8080 });

@@ -3,6 +3,7 @@ import {
   createLogger,
   exitOnSignals,
   issueToken,
+  PortRanges,
   packageVersion,
   parseDuration,
   runCli,
@@ -76,6 +77,13 @@ async function main(): Promise<number | undefined> {
         ...(values.visit === undefined ? {} : { visit: splitList(values.visit) }),
       });
       process.stdout.write(`${jwt}\n`);
+      // Issued all the same: allow_ports may be widened later, and a reload applies it to this token.
+      const refused =
+        values.ports === undefined ? '' : PortRanges.parse(values.ports).outside(config.allowPorts);
+      if (refused !== '')
+        process.stderr.write(
+          `warning: ports ${refused} of --ports are outside this server's allow_ports (${config.allowPorts}): proxies on them will be refused\n`,
+        );
     } catch (err) {
       throw new UsageError(`token issue: ${(err as Error).message}`);
     }

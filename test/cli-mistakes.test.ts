@@ -1,0 +1,102 @@
+// What the real CLIs say to a user who mistypes: an option, a config key, or token ports the server
+// will refuse. Each names the likely intent and exits 2, or (for the token) warns and still issues it.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { clientBin, run, serverBin, withHarness } from './lib/processes.js';
+
+test('a mistyped option or config key is named with the one meant; exit status 2', { timeout: 30_000 }, (t) =>
+  withHarness(t, async (h) => {
+    const secret = await h.file('secret', `${'s'.repeat(40)}\n`);
+    const serverToml = await h.file(
+      'server.toml',
+      `listen = "127.0.0.1:0"\nalow_ports = ["2222"]\n[auth]\nsecret_file = "${secret}"\n`,
+    );
+    const badKey = await run(serverBin, ['check', '--config', serverToml]);
+    assert.equal(badKey.code, 2);
+    assert.match(badKey.stderr, /server\.toml: alow_ports: unknown key \(did you mean "allow_ports"\?\)/);
+
+    const clientToml = await h.file(
+      'client.toml',
+      [
+        'server = "ws://127.0.0.1:1/_porthole"',
+        'token = "x"',
+        '[[proxies]]',
+        'name = "ssh"',
+        'type = "tcp"',
+        'local = "127.0.0.1:22"',
+        'remote_port = 2222',
+        'proxy_protocl = "v2"',
+        '',
+      ].join('\n'),
+    );
+    const badProxyKey = await run(clientBin, ['check', '--config', clientToml]);
+    assert.equal(badProxyKey.code, 2);
+    assert.match(
+      badProxyKey.stderr,
+      /client\.toml: proxies\[0\]\.proxy_protocl: unknown key \(did you mean "proxy_protocol"\?\)/,
+    );
+
+    const cases: [bin: string, args: string[], message: RegExp][] = [
+      [
+        serverBin,
+        ['check', '--confg', serverToml],
+        /^porthole-server: unknown option --confg \(did you mean --config\?\)$/m,
+      ],
+      [serverBin, ['check', '--config'], /^porthole-server: --config needs a value$/m],
+      [serverBin, ['--version=2'], /^porthole-server: --version takes no value$/m],
+      [
+        clientBin,
+        ['--tokn-file', 'x'],
+        /^porthole-client: unknown option --tokn-file \(did you mean --token-file\?\)$/m,
+      ],
+      [clientBin, ['--frobnicate'], /^porthole-client: unknown option --frobnicate$/m],
+    ];
+    for (const [bin, args, message] of cases) {
+      const r = await run(bin, args);
+      assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, message, args.join(' '));
+      assert.match(r.stderr, /\(see porthole-(server|client) --help\)/);
+    }
+  }),
+);
+
+test(
+  'token issue warns about --ports the server refuses, and issues the token all the same',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const secret = await h.file('secret', `${'s'.repeat(40)}\n`);
+      const serverToml = await h.file(
+        'server.toml',
+        `listen = "127.0.0.1:0"\nallow_ports = ["2222", "8000-8099"]\n[auth]\nsecret_file = "${secret}"\n`,
+      );
+      const inside = await run(serverBin, [
+        'token',
+        'issue',
+        '--config',
+        serverToml,
+        '--name',
+        'a',
+        '--ports',
+        '2222,8000-8010',
+      ]);
+      assert.equal(inside.code, 0, inside.stderr);
+      assert.equal(inside.stderr, '');
+      const outside = await run(serverBin, [
+        'token',
+        'issue',
+        '--config',
+        serverToml,
+        '--name',
+        'b',
+        '--ports',
+        '2222,8050-8120,9000',
+      ]);
+      assert.equal(outside.code, 0, outside.stderr);
+      assert.match(outside.stdout, /^[\w-]+\.[\w-]+\.[\w-]+\n$/, 'the token is printed');
+      assert.equal(
+        outside.stderr,
+        "warning: ports 8100-8120,9000 of --ports are outside this server's allow_ports (2222,8000-8099): proxies on them will be refused\n",
+      );
+    }),
+);
