@@ -147,7 +147,7 @@ function finish(source: string, rawInput: unknown): ClientConfig {
     exitOnAuthFailure: raw.exit_on_auth_failure,
     logLevel: raw.log_level,
     proxies: raw.proxies.map(toProxyConfig),
-    warnings: exposed ? [`the token: ${exposed}`] : [],
+    warnings: exposed ? [`${tokenFile === undefined ? 'token' : 'token_file'}: ${exposed}`] : [],
   };
   if (raw.admin) config.admin = { listen: raw.admin.listen };
   if (raw.ca_file !== undefined) {

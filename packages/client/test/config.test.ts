@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -153,4 +153,21 @@ test('udp, http and tls proxies take their own keys, and say which key is wrong'
     local: { host: '127.0.0.1', port: 53 },
     remotePort: 5353,
   });
+});
+
+test('a token other users can read is warned about, under the key that holds it', () => {
+  const shared = join(dir, 'shared-token');
+  writeFileSync(shared, 'a.b.c\n', { mode: 0o644 });
+  const viaFile = loadClientConfig(write(`server = "ws://x"\ntoken_file = "shared-token"\n`));
+  assert.deepEqual(viaFile.warnings, [
+    `token_file: ${shared} is open to other users (mode 644); chmod 600 it`,
+  ]);
+  const inline = write(`server = "ws://x"\ntoken = "a.b.c"\n`);
+  chmodSync(inline, 0o640);
+  assert.deepEqual(loadClientConfig(inline).warnings, [
+    `token: ${inline} is open to other users (mode 640); chmod 600 it`,
+  ]);
+  const closed = write(`server = "ws://x"\ntoken = "a.b.c"\n`);
+  chmodSync(closed, 0o600);
+  assert.deepEqual(loadClientConfig(closed).warnings, []);
 });
