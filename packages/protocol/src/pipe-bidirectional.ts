@@ -34,6 +34,9 @@ function describe(err: Error & { code?: string }): string {
 /** How long a side that was already ending when the other failed may take to write out what it holds. */
 const FLUSH_GRACE_MS = 10_000;
 
+/** Sides abort() is letting finish: a second abort (an error, then the close that follows) leaves them be. */
+const flushing = new WeakSet<Duplex>();
+
 /**
  * Aborts a side: a TCP socket gets a real RST (so an aborted tunnel connection looks aborted to the
  * peer, not finished), anything else (a mux stream) is destroyed, which sends a yamux RST.
@@ -44,8 +47,9 @@ const FLUSH_GRACE_MS = 10_000;
  * (found by the soak test).
  */
 function abort(side: Duplex): void {
-  if (side.destroyed) return;
+  if (side.destroyed || flushing.has(side)) return;
   if (side.writableEnded && !side.writableFinished) {
+    flushing.add(side);
     // Nothing read from it can go anywhere now.
     side.pause();
     const timer = setTimeout(() => side.destroy(), FLUSH_GRACE_MS);

@@ -261,7 +261,10 @@ test('bytes that arrived whole before the tunnel failed still reach a slow reade
   tunnel.push(null);
   await new Promise((r) => setTimeout(r, 100));
   assert.ok(socket.writableLength > 0, 'bytes are still queued when the tunnel fails');
+  const finishListeners = socket.listenerCount('finish');
   tunnel.destroy(Object.assign(new Error('reset by peer'), { code: 'ERR_STREAM_RESET' }));
+  await new Promise((r) => setImmediate(r));
+  const finishListenersAdded = socket.listenerCount('finish') - finishListeners;
   let received = 0;
   const outcome = await new Promise<string>((resolve) => {
     serviceSide.on('data', (c: Buffer) => {
@@ -278,4 +281,6 @@ test('bytes that arrived whole before the tunnel failed still reach a slow reade
   assert.equal(received, total, 'every byte the tunnel had delivered reached the reader');
   assert.equal(result?.reason, 'tunnel reset');
   assert.equal(socket.destroyed, true);
+  // The reset came as an 'error' and then a 'close': the socket was let finish once, not twice.
+  assert.equal(finishListenersAdded, 1);
 });
