@@ -134,7 +134,7 @@ test('token issue prints one JWT line; check and bad flags exit 0 / 2 with file:
   assert.equal(clientCheck.code, 0, clientCheck.stderr);
   assert.equal(
     clientCheck.stderr,
-    `warning: the token: ${join(dir, 'token')} is open to other users (mode 640); chmod 600 it\n`,
+    `warning: token_file: ${join(dir, 'token')} is open to other users (mode 640); chmod 600 it\n`,
   );
   writeFileSync(
     join(dir, 'bad.toml'),
