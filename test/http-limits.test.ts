@@ -447,3 +447,55 @@ test(
       third.ws.close();
     }),
 );
+
+test(
+  'pipelined requests of a visitor who leaves are all ended: logged, counted, their service requests stopped',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('slow');
+      h.onCleanup(() => backend.close());
+      const server = await startRoutedServer(h, { admin: { token: 'admin-token-for-e2e-0123456789abcdef' } });
+      const token = await issueRoutedToken(server, { name: 'pipeliner', hosts: ['app.test'] });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [{ name: 'web', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
+      });
+      // Three downloads of 2 s each in one write; Node answers them in order, so the second and third
+      // wait queued behind the first when the visitor goes.
+      const visitor = net.connect({ host: '127.0.0.1', port: server.httpPort! });
+      await once(visitor, 'connect');
+      const get = (n: number) =>
+        `GET /stream?bytes=200000&chunks=100&n=${n} HTTP/1.1\r\nHost: app.test\r\n\r\n`;
+      visitor.write(get(1) + get(2) + get(3));
+      visitor.resume();
+      await waitFor('the service to see all three', () => backend.requests.length === 3, 5000);
+      await sleep(200);
+      visitor.destroy();
+
+      const lines = await eventually(
+        'a line for each request',
+        async () => {
+          const logged = server.proc.logsWithMsg('http request').filter((l) => l.proxy === 'web');
+          return logged.length === 3 ? logged : undefined;
+        },
+        5000,
+      );
+      assert.deepEqual(
+        lines.map((l) => l.reason),
+        ['visitor closed early', 'visitor closed early', 'visitor closed early'],
+      );
+      const api = async (path: string): Promise<Record<string, Record<string, number>[]>> => {
+        const res = await fetch(`${server.adminUrl}${path}`, {
+          headers: { Authorization: 'Bearer admin-token-for-e2e-0123456789abcdef' },
+        });
+        return (await res.json()) as Record<string, Record<string, number>[]>;
+      };
+      assert.deepEqual(await api('/api/connections'), { connections: [] });
+      const web = (await api('/api/proxies')).proxies?.[0];
+      assert.deepEqual([web?.open_connections, web?.connections_total], [0, 3]);
+      // None of the three downloads ran to its end at the service.
+      await waitFor('all three downloads cut at the service', () => backend.cutStreams === 3, 5000);
+    }),
+);

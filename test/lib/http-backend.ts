@@ -23,6 +23,8 @@ export interface HttpBackend {
   /** TCP connections accepted so far. */
   connections: number;
   requests: SeenRequest[];
+  /** /stream downloads whose connection closed before the last byte. */
+  cutStreams: number;
   close(): Promise<void>;
 }
 
@@ -33,6 +35,7 @@ export interface HttpBackend {
  */
 export async function startHttpBackend(name: string): Promise<HttpBackend> {
   let connections = 0;
+  let cutStreams = 0;
   const requests: SeenRequest[] = [];
   const server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://x');
@@ -75,7 +78,10 @@ export async function startHttpBackend(name: string): Promise<HttpBackend> {
           res.end(piece);
         } else res.write(piece);
       }, 20);
-      res.on('close', () => clearInterval(timer));
+      res.on('close', () => {
+        clearInterval(timer);
+        if (sent < total) cutStreams += 1;
+      });
       return;
     }
     req.resume();
@@ -102,6 +108,9 @@ export async function startHttpBackend(name: string): Promise<HttpBackend> {
     port: (server.address() as AddressInfo).port,
     get connections() {
       return connections;
+    },
+    get cutStreams() {
+      return cutStreams;
     },
     requests,
     close: () =>

@@ -8,6 +8,8 @@ export interface CarryOptions {
   logger: Logger;
   /** Fields for the "connection closed" line: proxy, conn, remote_addr, client... */
   fields: Record<string, unknown>;
+  /** Bytes the caller passed between `a` and `b` itself before carrying began (see PipeOptions). */
+  alreadyMoved?: PipeProgress;
 }
 
 /** A connection being carried: what the admin API lists and the metrics count while it is open. */
@@ -58,7 +60,10 @@ export class ConnectionTracker {
   carry(a: Duplex, b: Duplex, opts: CarryOptions): TrackedConnection {
     const startedAt = Date.now();
     let connection: TrackedConnection | undefined;
-    const progress = pipeBidirectional(a, b, { labels: opts.labels }, (result) => {
+    const pipeOptions = opts.alreadyMoved
+      ? { labels: opts.labels, alreadyMoved: opts.alreadyMoved }
+      : { labels: opts.labels };
+    const progress = pipeBidirectional(a, b, pipeOptions, (result) => {
       // The pipe may finish in a later tick only, so `connection` is always set here.
       if (connection) this.live.delete(connection);
       opts.logger.info(

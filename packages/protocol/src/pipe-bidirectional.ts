@@ -22,6 +22,11 @@ export interface PipeProgress {
 export interface PipeOptions {
   /** Names of the two sides for the reason text, e.g. ["visitor", "tunnel"]. */
   labels?: readonly [string, string];
+  /**
+   * Bytes of this connection the caller passed on itself before piping (a peeked ClientHello, what came
+   * after an upgrade's handshake): counted as if piped.
+   */
+  alreadyMoved?: PipeProgress;
 }
 
 function describe(err: Error & { code?: string }): string {
@@ -81,7 +86,10 @@ export function pipeBidirectional(
   const done = typeof optsOrDone === 'function' ? optsOrDone : maybeDone!;
   const [labelA, labelB] = opts.labels ?? ['a', 'b'];
   const started = performance.now();
-  const progress = { bytesAtoB: 0, bytesBtoA: 0 };
+  const progress = {
+    bytesAtoB: opts.alreadyMoved?.bytesAtoB ?? 0,
+    bytesBtoA: opts.alreadyMoved?.bytesBtoA ?? 0,
+  };
   let failure: { label: string; error?: Error; text: string } | undefined;
   let open = 2;
 

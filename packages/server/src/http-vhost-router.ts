@@ -13,6 +13,7 @@ import {
   normalizeRequestHost,
   TurnGatheredWrites,
 } from '@porthole/protocol';
+import { answerAndClose } from './answer-and-close.js';
 import type { ConnectionLimit } from './connection-limit.js';
 import type { HostRoutes, RouteEntry } from './host-routes.js';
 import { forwardableTrailers, HOP_BY_HOP } from './http-fields.js';
@@ -22,6 +23,7 @@ import type { UpstreamPool, Visitor } from './http-upstream-pool.js';
 import type { ProxyTraffic } from './proxy-traffic.js';
 import { routingPath } from './request-path.js';
 import { plainAddress, type TrustedProxies } from './trusted-proxies.js';
+import { VisitorSocketClose } from './visitor-socket-close.js';
 
 /** What an http proxy's routes lead to. */
 export interface HttpTarget {
@@ -150,6 +152,7 @@ function rawResponseHead(head: ResponseHead): string {
 export class HttpVhostRouter {
   /** The 504 page's text, written once. */
   private readonly noAnswerText: string;
+  private readonly socketClose = new VisitorSocketClose();
 
   constructor(private readonly opts: HttpVhostRouterOptions) {
     this.noAnswerText = `The service behind this tunnel did not answer within ${opts.responseTimeout / 1000} s.`;
@@ -376,7 +379,11 @@ export class HttpVhostRouter {
     }
     attempt();
     // The visitor left before the answer was complete: stop the upstream request too.
-    res.on('close', () => {
+    let over = false;
+    const finish = (): void => {
+      if (over) return;
+      over = true;
+      forgetSocketClose();
       clearTimeout(noAnswerTimer);
       if (!res.writableFinished) {
         cancelWait?.();
@@ -402,7 +409,9 @@ export class HttpVhostRouter {
         },
         'http request',
       );
-    });
+    };
+    res.on('close', finish);
+    const forgetSocketClose = this.socketClose.add(req.socket, finish);
   }
 
   /**
@@ -478,15 +487,19 @@ export class HttpVhostRouter {
         clearTimeout(noAnswerTimer);
         socket.off('close', visitorGone);
         socket.write(responseHead);
-        // What either side sent after the handshake belongs to the new protocol. It is put back where
-        // the pipe reads (the visitor's only now), so it is carried and counted like what follows.
-        if (rest.length > 0) stream.unshift(rest);
-        if (head.length > 0) socket.unshift(head);
+        if (rest.length > 0) socket.write(rest);
+        // What the visitor sent after its request belongs to the new protocol: it goes on only now.
+        if (head.length > 0) stream.write(head);
         const netSocket = socket as Socket;
         netSocket.setTimeout?.(0);
         netSocket.setNoDelay?.(true);
         this.opts.tracker.carry(socket, stream, {
           labels: ['visitor', 'tunnel'],
+          // The handshake (request and 101) and what followed it on either side, passed on above.
+          alreadyMoved: {
+            bytesAtoB: requestLine.length + head.length,
+            bytesBtoA: responseHead.length + rest.length,
+          },
           logger: this.opts.logger,
           fields: {
             client: target.client,
@@ -550,6 +563,6 @@ export class HttpVhostRouter {
     let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n`;
     for (const [name, value] of Object.entries({ ...page.head, ...extra, Connection: 'close' }))
       head += `${name}: ${value}\r\n`;
-    socket.end(`${head}\r\n${page.body}`);
+    answerAndClose(socket, `${head}\r\n${page.body}`);
   }
 }

@@ -137,11 +137,15 @@ export class TlsSniListener {
         ? {}
         : { dest_addr: socket.localAddress, dest_port: socket.localPort ?? 0 }),
     });
-    // The ClientHello goes first, exactly as it came, then the rest of the connection: put back where the
-    // pipe reads, so that it is counted in bytes_in like every other byte.
-    for (let i = buffered.length - 1; i >= 0; i--) socket.unshift(buffered[i]!);
+    // The ClientHello goes first, exactly as it came; then the rest of the connection.
+    let helloBytes = 0;
+    for (const chunk of buffered) {
+      stream.write(chunk);
+      helloBytes += chunk.length;
+    }
     tracker.carry(socket, stream, {
       labels: ['visitor', 'tunnel'],
+      alreadyMoved: { bytesAtoB: helloBytes, bytesBtoA: 0 },
       logger,
       fields: {
         client: target.client,
