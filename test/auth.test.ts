@@ -1,13 +1,16 @@
 // Auth failures give the client a clear reason; the server and its valid clients are unaffected.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import { test } from 'node:test';
-import { clientBin, freePorts, type Harness, sleep, withHarness } from './lib/processes.js';
+import { clientBin, freePorts, type Harness, sleep, waitFor, withHarness } from './lib/processes.js';
+import { startRoutedServer } from './lib/routing.js';
 import { EchoPinger, echoRoundTrip, startEchoServer } from './lib/services.js';
 import {
   issueToken,
   jwtClaims,
+  portOf,
   type RunningServer,
   startClient,
   startServer,
@@ -19,10 +22,12 @@ import {
 function upgradeStatus(
   url: string,
   headers: Record<string, string>,
+  localAddress?: string,
 ): Promise<{ status: number; body: string }> {
   const u = new URL(url.replace(/^ws/, 'http'));
   return new Promise((resolve, reject) => {
     const req = http.request({
+      ...(localAddress === undefined ? {} : { localAddress }),
       host: u.hostname,
       port: u.port,
       path: u.pathname,
@@ -297,3 +302,84 @@ test(
 function secretOf(server: RunningServer): string {
   return readFileSync(server.config.secretFile, 'utf8').trim();
 }
+
+test(
+  'refused upgrades (wrong path, bad token, unknown host) let go of their sockets though the peer never closes',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const server = await startRoutedServer(h);
+      const pid = server.proc.pid!;
+      const openFds = () => readdirSync(`/proc/${pid}/fd`).length;
+      const baseline = openFds();
+      const controlPort = portOf(new URL(server.url).host);
+      const upgrade = (path: string, host: string, extra = '') =>
+        `GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+        `Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n${extra}\r\n`;
+      const attempts: [port: number, request: string, status: RegExp][] = [];
+      for (let i = 0; i < 10; i++) {
+        attempts.push([controlPort, upgrade('/elsewhere', 'x'), /^HTTP\/1\.1 404 /]);
+        attempts.push([
+          controlPort,
+          upgrade('/_porthole', 'x', 'Authorization: Bearer a.b.c\r\n'),
+          /^HTTP\/1\.1 401 /,
+        ]);
+        attempts.push([server.httpPort!, upgrade('/', 'nobody.test'), /^HTTP\/1\.1 404 /]);
+      }
+      const peers = await Promise.all(
+        attempts.map(
+          ([port, request, status]) =>
+            new Promise<{ socket: net.Socket; ended: Promise<void> }>((resolve, reject) => {
+              // Half-open: the peer's side stays open after the server's FIN, as a hostile peer's would.
+              const socket = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true }, () =>
+                socket.write(request),
+              );
+              let text = '';
+              const ended = new Promise<void>((done) => socket.once('end', done));
+              socket.on('data', (d: Buffer) => {
+                text += d.toString('latin1');
+                if (/\r\n\r\n/.test(text)) {
+                  assert.match(text, status);
+                  resolve({ socket, ended });
+                }
+              });
+              socket.on('error', reject);
+            }),
+        ),
+      );
+      h.onCleanup(() => {
+        for (const { socket } of peers) socket.destroy();
+      });
+      // The peers keep their side open and never close: the server must close its own all the same.
+      await Promise.all(peers.map((p) => p.ended));
+      await waitFor(`the server back to its ${baseline} descriptors`, () => openFds() <= baseline + 2, 8000);
+    }),
+);
+
+test(
+  'auth failures from many sources at once are logged up to a budget, the rest summed up in one line',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const server = await startRoutedServer(h);
+      // 40 sources (127.0.0.0/8 is all loopback), one failure each: under every source's own limit.
+      for (let i = 0; i < 40; i++) {
+        const r = await upgradeStatus(server.url, { Authorization: 'Bearer a.b.c' }, `127.0.1.${i + 1}`);
+        assert.equal(r.status, 401);
+      }
+      const summary = await server.proc.waitForMsg(
+        'auth failures not logged one by one: too many sources are failing at once',
+        15_000,
+      );
+      const lines = server.proc.logsWithMsg('auth failed');
+      assert.equal(lines.length, 20, 'twenty lines, one per source, then the budget is spent');
+      assert.equal(new Set(lines.map((l) => l.remote_addr)).size, 20);
+      // The first summary comes at once, the rest of the burst at the end of the interval.
+      const summed = () =>
+        server.proc
+          .logsWithMsg('auth failures not logged one by one: too many sources are failing at once')
+          .reduce((n, l) => n + Number(l.unlogged), 0);
+      assert.ok(Number(summary.unlogged) >= 1);
+      await waitFor('the 20 unlogged failures summed up', () => summed() === 20, 15_000);
+    }),
+);

@@ -23,11 +23,6 @@ export type AuthOutcome =
 const MAX_TRACKED_SOURCES = 10_000;
 
 /**
- * Counts failed attempts per source address in fixed windows. A source over its limit is answered 429
- * without its failures being logged one by one; a valid token from the same address still gets in
- * (verifying HS256 costs microseconds, so refusing good clients would protect nothing).
- */
-/**
  * Whose failures count together: an IPv4 address, or an IPv6 address's /64 (one host or site usually holds
  * a whole /64, so counting per address would let it rotate through 2^64 fresh limits).
  */
@@ -48,6 +43,11 @@ export function failureSource(address: string): string {
     .join(':')}::/64`;
 }
 
+/**
+ * Counts failed attempts per source address in fixed windows. A source over its limit is answered 429
+ * without its failures being logged one by one; a valid token from the same address still gets in
+ * (verifying HS256 costs microseconds, so refusing good clients would protect nothing).
+ */
 export class FailureLimiter {
   private readonly windows = new Map<string, { start: number; count: number }>();
 

@@ -4,7 +4,9 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { acceptWebSocket, checkUpgradeRequest, type WebSocketStream } from '@porthole/mux';
 import { formatHostPort, type HostPort, type Logger, type TokenClaims } from '@porthole/protocol';
+import { answerAndClose } from './answer-and-close.js';
 import type { UpgradeAuthenticator } from './auth.js';
+import { LIMIT_WARNING_INTERVAL_MS, LimitWarning } from './limit-warning.js';
 
 export interface ControlEndpointOptions {
   listen: HostPort;
@@ -23,9 +25,9 @@ function remoteOf(socket: Socket | Duplex): string {
 
 /** Answers an upgrade request with a plain HTTP error and closes the connection. */
 function refuseUpgrade(socket: Duplex, status: number, body: string): void {
-  if (socket.destroyed) return;
   const text = `${body}\n`;
-  socket.end(
+  answerAndClose(
+    socket,
     `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n` +
       'Content-Type: text/plain; charset=utf-8\r\n' +
       `Content-Length: ${Buffer.byteLength(text)}\r\n` +
@@ -38,13 +40,37 @@ function refuseUpgrade(socket: Duplex, status: number, body: string): void {
  * The server's control endpoint: an HTTP(S) server whose only job is the WebSocket upgrade on `path`.
  * The Bearer token is verified before the upgrade is accepted; a failure is a 401 with the reason.
  */
+/**
+ * 'auth failed' lines per LIMIT_WARNING_INTERVAL_MS from all sources together. Each source is limited on its
+ * own (FailureLimiter), but one with a routed /48 holds 65,536 sources: past this, failures are counted
+ * and reported in one line per interval.
+ */
+const AUTH_FAILURE_LINES = 20;
+
 export class ControlEndpoint {
   private readonly server: Server;
+  private authLinesSince = Number.NEGATIVE_INFINITY;
+  private authLines = 0;
+  private readonly unloggedAuthFailures: LimitWarning;
 
   constructor(private readonly opts: ControlEndpointOptions) {
+    this.unloggedAuthFailures = new LimitWarning((count) =>
+      opts.logger.warn(
+        { unlogged: count },
+        'auth failures not logged one by one: too many sources are failing at once',
+      ),
+    );
+    // Nothing is owed to a peer before it has signed in: a TLS handshake or a request head that dawdles
+    // is cut after seconds (the checking interval makes headersTimeout hold to within 2 s, not 30).
+    const httpOptions = { connectionsCheckingInterval: 2_000 };
     this.server = opts.tls
-      ? createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key })
-      : createHttpServer();
+      ? createHttpsServer({
+          ...httpOptions,
+          cert: opts.tls.cert,
+          key: opts.tls.key,
+          handshakeTimeout: 10_000,
+        })
+      : createHttpServer(httpOptions);
     this.server.headersTimeout = 10_000;
     this.server.requestTimeout = 15_000;
     this.server.on('request', (req, res) => {
@@ -80,6 +106,17 @@ export class ControlEndpoint {
   stopAccepting(): void {
     this.server.close();
     this.server.closeIdleConnections();
+    this.unloggedAuthFailures.flush();
+  }
+
+  private authLineAllowed(): boolean {
+    const now = performance.now();
+    if (now - this.authLinesSince >= LIMIT_WARNING_INTERVAL_MS) {
+      this.authLinesSince = now;
+      this.authLines = 0;
+    }
+    this.authLines += 1;
+    return this.authLines <= AUTH_FAILURE_LINES;
   }
 
   /** Drops every connection still open on the endpoint. */
@@ -111,8 +148,11 @@ export class ControlEndpoint {
     this.opts.authenticator.authenticate(req).then(
       (outcome) => {
         if (!outcome.ok) {
-          if (outcome.log)
-            this.opts.logger.warn({ remote_addr: remoteAddr, reason: outcome.reason }, 'auth failed');
+          if (outcome.log) {
+            if (this.authLineAllowed())
+              this.opts.logger.warn({ remote_addr: remoteAddr, reason: outcome.reason }, 'auth failed');
+            else this.unloggedAuthFailures.count();
+          }
           refuseUpgrade(socket, outcome.status, outcome.reason);
           return;
         }
