@@ -195,6 +195,21 @@ test(
         `http://127.0.0.1:${clientAdminPort}/api/status`,
       ]);
       assert.equal(rebound.stdout, '421', "the client's status for another Host");
+      // The server's loopback admin listener too: neither its page nor its API for another Host.
+      for (const path of ['/', '/api/clients']) {
+        const page = await run('curl', [
+          '-sS',
+          '-o',
+          '/dev/null',
+          '-w',
+          '%{http_code}',
+          '-H',
+          'Host: attacker.example',
+          `${base}${path}`,
+        ]);
+        assert.equal(page.stdout, '421', `the server's ${path} for another Host`);
+      }
+      assert.equal((await api(base, '/healthz', null)).status, 200, 'healthz answers whatever the Host');
       const unreachable = await run(clientBin, ['status', '--admin', `127.0.0.1:${await freePort()}`], {
         timeoutMs: 15_000,
       });
@@ -397,7 +412,7 @@ test(
 );
 
 test(
-  'admin config: a missing token is refused by check; the token must be long enough',
+  'admin config: a missing token is refused by check; the token must be long enough and fit a header',
   { timeout: 30_000 },
   (t) =>
     withHarness(t, async (h) => {
@@ -413,6 +428,17 @@ test(
       const r2 = await run(serverBin, ['check', '--config', short]);
       assert.equal(r2.code, 2);
       assert.match(r2.stderr, /b\.toml: admin\.token: the admin token must be at least 16 characters/);
+      // A token with a space could never be presented: the Authorization header's parser splits on it.
+      const spaced = await h.file(
+        'd.toml',
+        `[auth]\nsecret_file = "${secret}"\n[admin]\ntoken = "correct horse battery staple"\n`,
+      );
+      const r4 = await run(serverBin, ['check', '--config', spaced]);
+      assert.equal(r4.code, 2);
+      assert.match(
+        r4.stderr,
+        /d\.toml: admin\.token: the admin token must be printable ASCII without spaces/,
+      );
       const clientToml = await h.file(
         'c.toml',
         `server = "ws://127.0.0.1:1/_porthole"\ntoken = "x"\n[admin]\nlisten = "0.0.0.0:7401"\n`,

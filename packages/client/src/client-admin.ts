@@ -1,7 +1,12 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { formatHostPort, type HostPort, type Logger, normalizeRequestHost } from '@porthole/protocol';
-import { isLoopback } from './config.js';
+import {
+  formatHostPort,
+  type HostPort,
+  isLoopback,
+  type Logger,
+  normalizeRequestHost,
+} from '@porthole/protocol';
 import type { ClientStatus } from './session-status.js';
 
 /**

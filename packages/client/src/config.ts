@@ -7,6 +7,7 @@ import {
   formatHostPort,
   type HostPort,
   hostPortField,
+  isLoopback,
   type LogLevel,
   loadTomlConfig,
   logLevelField,
@@ -111,11 +112,6 @@ export interface ClientConfig {
   warnings: string[];
   /** Where `porthole-client status` finds this client: a loopback HTTP listener. */
   admin?: { listen: HostPort };
-}
-
-/** 127.0.0.0/8, ::1 and localhost. */
-export function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
 }
 
 /**

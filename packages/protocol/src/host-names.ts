@@ -72,6 +72,11 @@ export function hostGrantAllows(grant: readonly string[] | undefined, requested:
   return false;
 }
 
+/** 127.0.0.0/8, ::1 and localhost (as normalizeRequestHost gives them, or as written in a listen address). */
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
+
 /**
  * The hostname a visitor asked for, from a Host header ("App.Example.com:8080", "[::1]:80") or an SNI
  * name: lowercased, port and trailing dot removed. Undefined when it is not a usable name.

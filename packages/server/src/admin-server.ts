@@ -1,7 +1,13 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { formatHostPort, type HostPort, type Logger } from '@porthole/protocol';
+import {
+  formatHostPort,
+  type HostPort,
+  isLoopback,
+  type Logger,
+  normalizeRequestHost,
+} from '@porthole/protocol';
 import type { ServerStatus } from './server-status.js';
 import { STATUS_PAGE_CSS, STATUS_PAGE_HTML, STATUS_PAGE_ICON, STATUS_PAGE_JS } from './status-page.js';
 
@@ -65,8 +71,10 @@ function sendJson(res: ServerResponse, status: number, value: unknown, extra = {
  */
 export class AdminServer {
   private readonly server: Server;
+  private readonly loopbackOnly: boolean;
 
   constructor(private readonly opts: AdminServerOptions) {
+    this.loopbackOnly = isLoopback(opts.listen.host);
     this.server = createServer((req, res) => this.handle(req, res));
     this.server.headersTimeout = 10_000;
     this.server.requestTimeout = 15_000;
@@ -109,6 +117,15 @@ export class AdminServer {
       const draining = this.opts.draining();
       sendJson(res, draining ? 503 : 200, { status: draining ? 'draining' : 'ok' });
       return;
+    }
+    // On a loopback listener (reached through ssh -L), a web page that rebinds its own name to 127.0.0.1
+    // arrives with that name as Host: it gets neither the page nor a chance to guess the token.
+    if (this.loopbackOnly) {
+      const host = normalizeRequestHost(req.headers.host);
+      if (host === undefined || !isLoopback(host)) {
+        sendJson(res, 421, { error: 'Host must be a loopback name or address' });
+        return;
+      }
     }
     const asset = ASSETS[path];
     if (asset) {

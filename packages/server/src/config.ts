@@ -151,7 +151,7 @@ function secretSetting(
   key: string,
   inline: string | undefined,
   path: string | undefined,
-  rule: { what: string; minLength: number; howToMake: string },
+  rule: { what: string; minLength: number; howToMake: string; sentAsHeader?: boolean },
   warnings: string[],
 ): string {
   const fileKey = `${key}_file`;
@@ -164,6 +164,15 @@ function secretSetting(
       file,
       inline === undefined ? fileKey : key,
       `${rule.what} must be at least ${rule.minLength} characters (make one with: ${rule.howToMake})`,
+    );
+  }
+  // A browser cannot send other characters in an Authorization header, nor can the header's parser
+  // tell a space inside the token from the one after "Bearer".
+  if (rule.sentAsHeader && !/^[\x21-\x7e]+$/.test(value)) {
+    throw ConfigError.at(
+      file,
+      inline === undefined ? fileKey : key,
+      `${rule.what} must be printable ASCII without spaces (make one with: ${rule.howToMake})`,
     );
   }
   return value;
@@ -217,7 +226,12 @@ export function loadServerConfig(file: string): ServerConfig {
       'admin.token',
       raw.admin.token,
       raw.admin.token_file,
-      { what: 'the admin token', minLength: MIN_ADMIN_TOKEN_LENGTH, howToMake: 'openssl rand -hex 24' },
+      {
+        what: 'the admin token',
+        minLength: MIN_ADMIN_TOKEN_LENGTH,
+        howToMake: 'openssl rand -hex 24',
+        sentAsHeader: true,
+      },
       warnings,
     );
     config.admin = { listen: raw.admin.listen, token };
