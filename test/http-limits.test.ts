@@ -8,11 +8,12 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { createServer, type ServerResponse } from 'node:http';
 import net from 'node:net';
 import { test } from 'node:test';
+import tls from 'node:tls';
 import { WebSocket } from 'ws';
 import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
 import { eventually, run, sleep, waitFor, withHarness } from './lib/processes.js';
-import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
+import { issueRoutedToken, makeCa, makeCert, startRoutedClient, startRoutedServer } from './lib/routing.js';
 
 interface Loris {
   socket: net.Socket;
@@ -445,6 +446,33 @@ test(
         5000,
       );
       third.ws.close();
+      await once(third.ws, 'close');
+
+      // 4. An upgrade the service turns down (its 400 passed on) from a visitor that keeps its side open
+      // and never closes: the socket, and with it the one upgrade place, is let go all the same.
+      const stubborn = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+      h.onCleanup(() => stubborn.destroy());
+      await once(stubborn, 'connect');
+      stubborn.write(
+        'GET /not-a-websocket HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+          'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+      );
+      let turnedDown = '';
+      stubborn.on('data', (d: Buffer) => {
+        turnedDown += d.toString('latin1');
+      });
+      await once(stubborn, 'end');
+      assert.match(turnedDown, /^HTTP\/1\.1 400 /);
+      const fourth = await eventually(
+        'a WebSocket once the turned-down upgrade let go of its place',
+        async () => {
+          const attempt = await openWebSocket(port);
+          if (attempt.outcome !== 'open') throw new Error(attempt.outcome);
+          return attempt;
+        },
+        8000,
+      );
+      fourth.ws.close();
     }),
 );
 
@@ -498,4 +526,42 @@ test(
       // None of the three downloads ran to its end at the service.
       await waitFor('all three downloads cut at the service', () => backend.cutStreams === 3, 5000);
     }),
+);
+
+test('slowloris over https (terminated here) is cut at headers_timeout too', { timeout: 30_000 }, (t) =>
+  withHarness(t, async (h) => {
+    const ca = await makeCa(h);
+    const edge = await makeCert(h, ca, 'porthole edge', ['app.test']);
+    const server = await startRoutedServer(h, {
+      http: { headers_timeout: '2s', idle_timeout: '30s', request_timeout: '30s' },
+      https: { certs: [edge], keys: {} },
+    });
+    const started = Date.now();
+    const socket = tls.connect({
+      host: '127.0.0.1',
+      port: server.httpsPort!,
+      servername: 'app.test',
+      ca: await readFile(ca.cert),
+    });
+    h.onCleanup(() => socket.destroy());
+    let reply = '';
+    socket.on('data', (d: Buffer) => {
+      reply += d.toString('latin1');
+    });
+    socket.on('error', () => {});
+    await once(socket, 'secureConnect');
+    socket.write('GET / HTTP/1.1\r\nHost: app.test\r\n');
+    // A field every 400 ms: never idle, never a whole head.
+    const trickle = setInterval(() => socket.write('X-Slow: a\r\n'), 400);
+    h.onCleanup(() => clearInterval(trickle));
+    const closed = await Promise.race([
+      once(socket, 'close').then(() => Date.now() - started),
+      sleep(8000).then(() => -1),
+    ]);
+    clearInterval(trickle);
+    t.diagnostic(`closed after ${closed} ms`);
+    assert.ok(closed > 0, 'the slow https head was still open after 8 s');
+    assert.ok(closed >= 1500, `closed after ${closed} ms, before headers_timeout`);
+    assert.match(reply, /^HTTP\/1\.1 408 /);
+  }),
 );

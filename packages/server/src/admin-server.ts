@@ -9,6 +9,7 @@ import {
   normalizeRequestHost,
 } from '@porthole/protocol';
 import type { ServerStatus } from './server-status.js';
+import { plainAddress } from './trusted-proxies.js';
 import { STATUS_PAGE_CSS, STATUS_PAGE_HTML, STATUS_PAGE_ICON, STATUS_PAGE_JS } from './status-page.js';
 
 export interface AdminServerOptions {
@@ -71,10 +72,10 @@ function sendJson(res: ServerResponse, status: number, value: unknown, extra = {
  */
 export class AdminServer {
   private readonly server: Server;
-  private readonly loopbackOnly: boolean;
+  /** Whether the bound address is loopback (decided once bound: "LOCALHOST", "[0:0:0:0:0:0:0:1]" are). */
+  private loopbackOnly = true;
 
   constructor(private readonly opts: AdminServerOptions) {
-    this.loopbackOnly = isLoopback(opts.listen.host);
     this.server = createServer((req, res) => this.handle(req, res));
     this.server.headersTimeout = 10_000;
     this.server.requestTimeout = 15_000;
@@ -91,6 +92,7 @@ export class AdminServer {
           this.opts.logger.error({ reason: err.message }, 'admin listener error'),
         );
         const address = this.server.address() as AddressInfo;
+        this.loopbackOnly = isLoopback(plainAddress(address.address));
         resolve(formatHostPort(address.address, address.port));
       });
     });

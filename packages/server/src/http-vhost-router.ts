@@ -55,6 +55,8 @@ export interface HttpVhostRouterOptions {
   onControlUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
   /** [http] response_timeout: ms from a request's last byte to the response head, else 504; 0: none. */
   responseTimeout: number;
+  /** [http] idle_timeout: for an upgrade request answered without a 101, whose socket Node no longer watches. */
+  idleTimeout: number;
 }
 
 const FORWARDED = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
@@ -513,6 +515,9 @@ export class HttpVhostRouter {
       onHead: (responseHead) => {
         answered = true;
         clearTimeout(noAnswerTimer);
+        // An ordinary answer after all: a visitor that stops reading it must not hold the socket and its
+        // stream (no HTTP timeout watches a socket handed over for an upgrade).
+        (socket as Socket).setTimeout?.(this.opts.idleTimeout, () => socket.destroy());
         socket.write(rawResponseHead(responseHead), 'latin1');
         logged(responseHead.statusCode, 'upgrade not accepted');
       },
@@ -527,7 +532,7 @@ export class HttpVhostRouter {
         }
         return false;
       },
-      onEnd: () => socket.end(),
+      onEnd: () => answerAndClose(socket),
       onError: (err) => failed(err.message, 502, UNREACHABLE),
     };
     // Node read the fields as latin1: written back the same way, every byte is the visitor's own.

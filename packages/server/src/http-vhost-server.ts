@@ -84,6 +84,10 @@ export class HttpVhostServer {
         handshakeTimeout: opts.handshakeTimeout,
       });
       this.setUp(this.httpsServer);
+      // This server never listens (the TLS port hands it its connections), and Node starts the checks
+      // behind headers_timeout and request_timeout, and the list closeIdleConnections() reads, only on
+      // 'listening': without this, a slowloris over https would never be cut.
+      this.httpsServer.emit('listening');
       this.httpsServer.on('tlsClientError', (err, socket) =>
         opts.logger.debug({ remote_addr: remoteOf(socket), reason: err.message }, 'tls handshake failed'),
       );

@@ -39,6 +39,7 @@ export class VhostPorts {
       onControlUpgrade,
       // Like the other http limits, fixed at start: a reload names a change as needing a restart.
       responseTimeout: routing.httpLimits.responseTimeout,
+      idleTimeout: routing.httpLimits.idleTimeout,
     });
     this.vhost = new HttpVhostServer({
       router,
