@@ -9,8 +9,8 @@ import {
   normalizeRequestHost,
 } from '@porthole/protocol';
 import type { ServerStatus } from './server-status.js';
-import { plainAddress } from './trusted-proxies.js';
 import { STATUS_PAGE_CSS, STATUS_PAGE_HTML, STATUS_PAGE_ICON, STATUS_PAGE_JS } from './status-page.js';
+import { plainAddress } from './trusted-proxies.js';
 
 export interface AdminServerOptions {
   listen: HostPort;
