@@ -383,3 +383,40 @@ test(
       await waitFor('the 20 unlogged failures summed up', () => summed() === 20, 15_000);
     }),
 );
+
+test(
+  'exit_on_auth_failure exits 4 on a refused token; two clients on one token do not trade the tunnel at once',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const [port] = await freePorts(1);
+      const server = await startServer(h, await writeServerConfig(h, { allowPorts: [String(port)] }));
+      const foreign = await writeServerConfig(h, { allowPorts: [String(port)] });
+      const refused = h.spawn('client-refused', clientBin, [
+        '--config',
+        await writeClientConfig(h, {
+          server: server.url,
+          token: await issueToken(foreign, { name: 'foreign' }),
+          proxies: [{ name: 'p', local: '127.0.0.1:9', remotePort: port! }],
+          exitOnAuthFailure: true,
+        }),
+      ]);
+      assert.equal((await refused.exited).code, 4, refused.tail(5));
+
+      const token = await issueToken(server.config, { name: 'shared' });
+      const spec = {
+        server: server.url,
+        token,
+        proxies: [{ name: 'p', local: '127.0.0.1:9', remotePort: port! }],
+        reconnectInitial: '100ms',
+        reconnectMax: '6s',
+      };
+      const first = await startClient(h, spec, { name: 'first' });
+      await startClient(h, spec, { name: 'second' });
+      const notice = await first.proc.waitForMsg('server notice', 10_000, { fields: { code: 'taken_over' } });
+      assert.match(String(notice.reason), /are two clients using one token\?/);
+      const lost = await first.proc.waitForMsg('session lost', 10_000);
+      assert.equal(lost.retry_ms, 6000, 'the first waits reconnect_max before taking the session back');
+      t.diagnostic(`taken over: ${notice.reason}; retry in ${lost.retry_ms} ms`);
+    }),
+);

@@ -113,8 +113,14 @@ async function main(): Promise<number | undefined> {
   });
   const outcome = await client.run();
   admin?.close();
-  return outcome === 'auth failed' ? 1 : undefined;
+  return outcome === 'auth failed' ? EXIT_AUTH_FAILED : undefined;
 }
+
+/**
+ * exit_on_auth_failure's exit status: one of its own, so that a systemd unit can keep from restarting into
+ * the same refusal (RestartPreventExitStatus) while still restarting after a crash (status 1).
+ */
+const EXIT_AUTH_FAILED = 4;
 
 async function status(configFile: string | undefined, adminFlag: string | undefined, json: boolean) {
   let admin: HostPort;

@@ -52,6 +52,8 @@ export class PortholeClient {
   private stopping = false;
   /** A reload changed server, token or CA: redial at once, without backoff. */
   private redialNow = false;
+  /** Another instance with this token took the session over: wait reconnect_max, not the usual backoff. */
+  private takenOver = false;
   private wakeSleeper: (() => void) | undefined;
   private readonly sessionStatus: SessionStatus;
 
@@ -192,9 +194,17 @@ export class PortholeClient {
         this.logger.info({ server: this.config.server, reason }, 'reconnecting');
         continue;
       }
-      if (establishedAt !== undefined && Date.now() - establishedAt >= STABLE_SESSION_MS)
-        this.backoff.reset();
-      const retryMs = this.backoff.next();
+      let retryMs: number;
+      if (this.takenOver) {
+        // Taking the session straight back would cut the other's connections, and it would do the same
+        // in turn: two clients on one token would trade the tunnel twice a second for good.
+        this.takenOver = false;
+        retryMs = this.config.reconnectMax;
+      } else {
+        if (establishedAt !== undefined && Date.now() - establishedAt >= STABLE_SESSION_MS)
+          this.backoff.reset();
+        retryMs = this.backoff.next();
+      }
       this.sessionStatus.failed(reason, retryMs);
       this.logger.warn({ server: this.config.server, reason, retry_ms: retryMs }, 'session lost');
       await this.sleep(retryMs);
@@ -313,6 +323,7 @@ export class PortholeClient {
             ...(message.proxies === undefined ? {} : { proxies: message.proxies }),
           };
           this.logger[message.level](fields, 'server notice');
+          if (message.code === 'taken_over') this.takenOver = true;
           if (message.code === 'proxies_closed' && message.proxies) {
             for (const name of message.proxies)
               this.sessionStatus.set(name, { state: 'closed', reason: message.message });

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import {
   ConfigError,
+  durationAtLeast,
   durationField,
   expandConfigPath,
   expected,
@@ -32,9 +33,9 @@ const clientSchema = z
     token: z.string({ error: expected('a string') }).optional(),
     token_file: z.string({ error: expected('a file path') }).optional(),
     ca_file: z.string({ error: expected('a file path') }).optional(),
-    heartbeat_interval: durationField.prefault('10s'),
+    heartbeat_interval: durationAtLeast(100, '100ms').prefault('10s'),
     heartbeat_timeout: durationField.prefault('30s'),
-    reconnect_initial: durationField.prefault('500ms'),
+    reconnect_initial: durationAtLeast(100, '100ms').prefault('500ms'),
     reconnect_max: durationField.prefault('30s'),
     shutdown_timeout: durationField.prefault('10s'),
     exit_on_auth_failure: z.boolean({ error: expected('true or false') }).default(false),

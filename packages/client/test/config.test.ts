@@ -171,3 +171,15 @@ test('a token other users can read is warned about, under the key that holds it'
   chmodSync(closed, 0o600);
   assert.deepEqual(loadClientConfig(closed).warnings, []);
 });
+
+test('intervals that would spin or switch themselves off, and waits no timer can take, are refused', () => {
+  assert.deepEqual(problems(`${HEAD}reconnect_initial = "0s"\n`), [
+    'reconnect_initial: must be at least 100ms',
+  ]);
+  assert.deepEqual(problems(`${HEAD}heartbeat_interval = "0s"\n`), [
+    'heartbeat_interval: must be at least 100ms',
+  ]);
+  assert.deepEqual(problems(`${HEAD}reconnect_max = "30d"\n`), [
+    'reconnect_max: 30d is longer than a timer can wait (at most 24d)',
+  ]);
+});

@@ -212,9 +212,17 @@ export function positiveIntField(what: string) {
 }
 
 /** parseDuration's result, or its complaint as the field's issue. */
+/** The longest wait a Node timer takes (2^31 - 1 ms, 24.8 days): a longer one would fire after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 function durationOrIssue(text: string, ctx: z.core.$RefinementCtx): number {
   try {
-    return parseDuration(text);
+    const ms = parseDuration(text);
+    if (ms > MAX_TIMER_MS) {
+      ctx.addIssue({ code: 'custom', message: `${text} is longer than a timer can wait (at most 24d)` });
+      return z.NEVER;
+    }
+    return ms;
   } catch (err) {
     ctx.addIssue({ code: 'custom', message: (err as Error).message });
     return z.NEVER;
@@ -225,6 +233,11 @@ function durationOrIssue(text: string, ctx: z.core.$RefinementCtx): number {
 export const durationField = z
   .string({ error: expected('a duration string like "10s"') })
   .transform(durationOrIssue);
+
+/** A duration of at least `floorMs` (an interval that would otherwise spin, or switch itself off at 0). */
+export function durationAtLeast(floorMs: number, floorText: string) {
+  return durationField.refine((ms) => ms >= floorMs, `must be at least ${floorText}`);
+}
 
 const DURATION_OR_OFF = 'a duration like "60s", or 0 for no limit';
 

@@ -315,7 +315,8 @@ export class ClientSession {
       sameInstance
         ? 'replaced by a newer session of this client'
         : `replaced by another instance of client "${this.name}" (instance ${next.instanceId}); are two clients using one token?`,
-      'replaced',
+      // The client tells the two apart: another instance taking over is not a blip to redial through.
+      sameInstance ? 'replaced' : 'taken_over',
     );
     this.close(`replaced by session ${next.sessionId}`);
   }

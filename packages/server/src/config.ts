@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import {
   ConfigError,
+  durationAtLeast,
   durationField,
   expandConfigPath,
   expected,
@@ -51,7 +52,7 @@ const serverSchema = z
     max_proxies_per_client: positiveIntField('a number of proxies')
       .max(100_000)
       .default(DEFAULT_MAX_PROXIES_PER_CLIENT),
-    heartbeat_interval: durationField.prefault('10s'),
+    heartbeat_interval: durationAtLeast(100, '100ms').prefault('10s'),
     heartbeat_timeout: durationField.prefault('30s'),
     shutdown_timeout: durationField.prefault('10s'),
     log_level: logLevelField.default('info'),
