@@ -1,7 +1,6 @@
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { Logger } from '@porthole/protocol';
-import { LimitWarning } from './limit-warning.js';
+import { LimitWarning, type Logger } from '@porthole/protocol';
 
 export interface ConnectionLimitOptions {
   client: string;

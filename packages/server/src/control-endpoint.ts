@@ -3,10 +3,9 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { acceptWebSocket, checkUpgradeRequest, type WebSocketStream } from '@porthole/mux';
-import { formatHostPort, type HostPort, type Logger, type TokenClaims } from '@porthole/protocol';
+import { formatHostPort, type HostPort, LineBudget, type Logger, type TokenClaims } from '@porthole/protocol';
 import { answerAndClose } from './answer-and-close.js';
 import type { UpgradeAuthenticator } from './auth.js';
-import { LIMIT_WARNING_INTERVAL_MS, LimitWarning } from './limit-warning.js';
 
 export interface ControlEndpointOptions {
   listen: HostPort;
@@ -49,12 +48,10 @@ const AUTH_FAILURE_LINES = 20;
 
 export class ControlEndpoint {
   private readonly server: Server;
-  private authLinesSince = Number.NEGATIVE_INFINITY;
-  private authLines = 0;
-  private readonly unloggedAuthFailures: LimitWarning;
+  private readonly authFailureLines: LineBudget;
 
   constructor(private readonly opts: ControlEndpointOptions) {
-    this.unloggedAuthFailures = new LimitWarning((count) =>
+    this.authFailureLines = new LineBudget(AUTH_FAILURE_LINES, (count) =>
       opts.logger.warn(
         { unlogged: count },
         'auth failures not logged one by one: too many sources are failing at once',
@@ -106,17 +103,7 @@ export class ControlEndpoint {
   stopAccepting(): void {
     this.server.close();
     this.server.closeIdleConnections();
-    this.unloggedAuthFailures.flush();
-  }
-
-  private authLineAllowed(): boolean {
-    const now = performance.now();
-    if (now - this.authLinesSince >= LIMIT_WARNING_INTERVAL_MS) {
-      this.authLinesSince = now;
-      this.authLines = 0;
-    }
-    this.authLines += 1;
-    return this.authLines <= AUTH_FAILURE_LINES;
+    this.authFailureLines.flush();
   }
 
   /** Drops every connection still open on the endpoint. */
@@ -149,9 +136,8 @@ export class ControlEndpoint {
       (outcome) => {
         if (!outcome.ok) {
           if (outcome.log) {
-            if (this.authLineAllowed())
+            if (this.authFailureLines.take())
               this.opts.logger.warn({ remote_addr: remoteAddr, reason: outcome.reason }, 'auth failed');
-            else this.unloggedAuthFailures.count();
           }
           refuseUpgrade(socket, outcome.status, outcome.reason);
           return;

@@ -9,11 +9,11 @@ import {
   DatagramDecoder,
   DatagramWriter,
   formatHostPort,
+  LimitWarning,
   type Logger,
   type ProxySpec,
   writeStreamHeader,
 } from '@porthole/protocol';
-import { LimitWarning } from './limit-warning.js';
 import type { Exchange, ProxyTraffic } from './proxy-traffic.js';
 
 /** Largest UDP payload per family (what a datagram from the tunnel may be and still be sent). */

@@ -41,3 +41,40 @@ export class LimitWarning {
     this.warn(count);
   }
 }
+
+/**
+ * Log lines of one kind, one per event up to `limit` per interval; past it the events are only counted and
+ * reported by `summary` (through a LimitWarning: at most once per interval). A flood of failures that each
+ * deserve a line (a refused sign-in, a local service that is down) costs `limit` lines per interval.
+ */
+export class LineBudget {
+  private windowStart = Number.NEGATIVE_INFINITY;
+  private used = 0;
+  private readonly unlogged: LimitWarning;
+
+  constructor(
+    private readonly limit: number,
+    summary: (unlogged: number) => void,
+    private readonly intervalMs = LIMIT_WARNING_INTERVAL_MS,
+  ) {
+    this.unlogged = new LimitWarning(summary, intervalMs);
+  }
+
+  /** True: write this event's line. False: it was counted for the summary instead. */
+  take(): boolean {
+    const now = performance.now();
+    if (now - this.windowStart >= this.intervalMs) {
+      this.windowStart = now;
+      this.used = 0;
+    }
+    this.used += 1;
+    if (this.used <= this.limit) return true;
+    this.unlogged.count();
+    return false;
+  }
+
+  /** Reports what is counted but not yet said (the owner is closing). */
+  flush(): void {
+    this.unlogged.flush();
+  }
+}
