@@ -225,6 +225,19 @@ test(
       const draining = await api(base, '/healthz', null);
       assert.equal(draining.status, 503);
       assert.deepEqual(draining.json(), { status: 'draining' });
+      // The client hears of it: its proxy shows closed while the open connection finishes.
+      const drained = await eventually(
+        'the client to show its proxy closed by the drain',
+        async () => {
+          const r = await run(clientBin, ['status', '--admin', `127.0.0.1:${clientAdminPort}`, '--json'], {
+            timeoutMs: 15_000,
+          });
+          const proxy = JSON.parse(r.stdout).proxies[0];
+          return proxy.state === 'closed' ? proxy : undefined;
+        },
+        2500,
+      );
+      assert.match(String(drained.reason), /shut/);
       await server.proc.exited;
       const down = await eventually(
         'the client status to leave "established"',

@@ -15,7 +15,7 @@ import {
 } from '@porthole/protocol';
 import type { ClientConfig, ProxyConfig } from './config.js';
 import { DialError, dial } from './dialer.js';
-import { serveStream } from './local-connector.js';
+import { LocalFailureLog, serveStream } from './local-connector.js';
 import { proxySpecFields } from './proxy-config.js';
 import { Backoff } from './reconnect.js';
 import { diffProxies, needsReconnect } from './reload.js';
@@ -44,6 +44,7 @@ export class PortholeClient {
   readonly instanceId = randomUUID();
   private backoff: Backoff;
   private readonly tracker = new ConnectionTracker();
+  private readonly localFailures: LocalFailureLog;
   /** Mutated in place by reload(): the stream handler reads it for every new connection. */
   private readonly proxies: Map<string, ProxyConfig>;
   private session: Session | undefined;
@@ -65,6 +66,7 @@ export class PortholeClient {
     this.backoff = new Backoff(config.reconnectInitial, config.reconnectMax);
     this.proxies = new Map(config.proxies.map((proxy) => [proxy.name, proxy]));
     this.sessionStatus = new SessionStatus(config.server);
+    this.localFailures = new LocalFailureLog(logger);
   }
 
   /** Session state and proxies, for the admin endpoint and `porthole-client status`. */
@@ -275,7 +277,7 @@ export class PortholeClient {
     this.session = session;
     const closed = nextClose<Error>(session).then((err) => err?.message ?? 'session closed');
     session.on('stream', (stream: Stream) => {
-      serveStream(stream, this.proxies, this.tracker, this.logger).catch((err: Error) => {
+      serveStream(stream, this.proxies, this.tracker, this.logger, this.localFailures).catch((err: Error) => {
         this.logger.error({ reason: err.message }, 'stream failed');
         stream.destroy();
       });
@@ -324,6 +326,10 @@ export class PortholeClient {
           };
           this.logger[message.level](fields, 'server notice');
           if (message.code === 'taken_over') this.takenOver = true;
+          // The server is draining: it closed every proxy before saying so (open connections go on).
+          if (message.code === 'shutdown')
+            for (const name of this.proxies.keys())
+              this.sessionStatus.set(name, { state: 'closed', reason: message.message });
           if (message.code === 'proxies_closed' && message.proxies) {
             for (const name of message.proxies)
               this.sessionStatus.set(name, { state: 'closed', reason: message.message });

@@ -4,6 +4,7 @@ import {
   type ConnectionTracker,
   encodeProxyHeader,
   formatHostPort,
+  LineBudget,
   type Logger,
   type ProxyEndpoints,
   parseHostPort,
@@ -31,6 +32,33 @@ export function proxyEndpoints(header: StreamHeader): ProxyEndpoints {
     destinationAddress,
     destinationPort,
   };
+}
+
+/** 'local connect failed' lines per proxy per 10 s; past it the failures are summed up. */
+const LOCAL_FAILURE_LINES = 20;
+
+/**
+ * The 'local connect failed' lines of every proxy. A line per visitor is worth having (its conn matches the
+ * server's line), but a scan of a port whose local service is down would write one per probe: past
+ * LOCAL_FAILURE_LINES in 10 s a proxy's failures are counted and reported in one line per 10 s.
+ */
+export class LocalFailureLog {
+  private readonly budgets = new Map<string, LineBudget>();
+
+  constructor(private readonly logger: Logger) {}
+
+  /** `known`: the proxy is configured here (any other name shares one budget, so the map stays small). */
+  failed(fields: { proxy: string; reason: string } & Record<string, unknown>, known: boolean): void {
+    const key = known ? fields.proxy : '';
+    let budget = this.budgets.get(key);
+    if (!budget) {
+      budget = new LineBudget(LOCAL_FAILURE_LINES, (unlogged) =>
+        this.logger.warn({ proxy: fields.proxy, unlogged }, 'local connect failures not logged one by one'),
+      );
+      this.budgets.set(key, budget);
+    }
+    if (budget.take()) this.logger.warn(fields, 'local connect failed');
+  }
 }
 
 /** A stream whose header has not arrived by then is dropped. */
@@ -75,6 +103,7 @@ export async function serveStream(
   proxies: ReadonlyMap<string, ProxyConfig>,
   tracker: ConnectionTracker,
   logger: Logger,
+  failures: LocalFailureLog,
 ): Promise<void> {
   // Until the pipe owns the stream, an RST or session loss must not become an uncaught error.
   const swallow = () => {};
@@ -91,7 +120,7 @@ export async function serveStream(
   const fields = { proxy: header.proxy, conn: header.conn, remote_addr: remoteAddr };
   const proxy = proxies.get(header.proxy);
   if (!proxy) {
-    logger.warn({ ...fields, reason: 'no such proxy on this client' }, 'local connect failed');
+    failures.failed({ ...fields, reason: 'no such proxy on this client' }, false);
     stream.destroy();
     return;
   }
@@ -105,7 +134,7 @@ export async function serveStream(
   try {
     socket = await connectLocal(proxy.local);
   } catch (err) {
-    logger.warn({ ...fields, local, reason: (err as Error).message }, 'local connect failed');
+    failures.failed({ ...fields, local, reason: (err as Error).message }, true);
     stream.destroy();
     return;
   }

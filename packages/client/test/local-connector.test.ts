@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import { Session, type Stream } from '@porthole/mux';
 import { ConnectionTracker, captureLogs, writeStreamHeader } from '@porthole/protocol';
 import type { ProxyConfig } from '../src/config.js';
-import { serveStream } from '../src/local-connector.js';
+import { LocalFailureLog, serveStream } from '../src/local-connector.js';
 
 /** A mux session pair over a real loopback TCP connection; `client` serves streams with serveStream. */
 async function sessionPair(proxies: ProxyConfig[]) {
@@ -21,7 +21,8 @@ async function sessionPair(proxies: ProxyConfig[]) {
   const server = new Session(serverSocket, { client: false, keepAliveInterval: 0 });
   const client = new Session(dialed, { client: true, keepAliveInterval: 0 });
   const byName = new Map(proxies.map((p) => [p.name, p]));
-  client.on('stream', (stream: Stream) => void serveStream(stream, byName, tracker, logs.logger));
+  const failures = new LocalFailureLog(logs.logger);
+  client.on('stream', (stream: Stream) => void serveStream(stream, byName, tracker, logs.logger, failures));
   return { server, client, logs, tracker };
 }
 
@@ -91,6 +92,19 @@ test('a failed local connect resets the stream at once and is logged with the re
   unknown.on('error', () => {});
   await new Promise((resolve) => unknown.once('close', resolve));
   assert.equal((unknown.errored as NodeJS.ErrnoException | null)?.code, 'ERR_STREAM_RESET');
+
+  // A scan of the port while the service is down: twenty lines, then the rest summed up.
+  const resets = [];
+  for (let i = 0; i < 40; i++) {
+    const probe = server.open();
+    probe.on('error', () => {});
+    writeStreamHeader(probe, header('db'));
+    resets.push(new Promise((resolve) => probe.once('close', resolve)));
+  }
+  await Promise.all(resets);
+  const summary = await logs.waitFor('local connect failures not logged one by one', { proxy: 'db' });
+  assert.ok(Number(summary.unlogged) >= 1);
+  assert.equal(logs.lines.filter((l) => l.msg === 'local connect failed' && l.proxy === 'db').length, 20);
   server.close();
   client.close();
 });
