@@ -288,6 +288,15 @@ test(
         ((await api(base, '/api/proxies')).json().proxies as Record<string, number | string>[]).find(
           (p) => p.name === name,
         )!;
+      const onceClosed = (name: string, what: string, timeoutMs: number) =>
+        eventually(
+          what,
+          async () => {
+            const p = await proxy(name);
+            return p.open_connections === 0 ? p : undefined;
+          },
+          timeoutMs,
+        );
 
       // Three uploads: each request's head and body went into the tunnel, each answer came back.
       const body = 'x'.repeat(10_000);
@@ -360,14 +369,7 @@ test(
       assert.match(String(live.remote_addr), /^127\.0\.0\.1:\d+$/);
       assert.equal((await proxy('web')).open_connections, 1);
       assert.equal(await downloaded, 200_000);
-      const afterDownload = await eventually(
-        'the download counted',
-        async () => {
-          const p = await proxy('web');
-          return p.open_connections === 0 ? p : undefined;
-        },
-        5000,
-      );
+      const afterDownload = await onceClosed('web', 'the download counted', 5000);
       assert.equal(afterDownload.connections_total, 4);
       assert.ok((afterDownload.bytes_out as number) > bytesOut + 200_000);
 
@@ -411,14 +413,7 @@ test(
       assert.equal(m.get(`porthole_udp_datagrams_total${udpLabel('direction="in"')}`), 3);
       assert.equal(m.get(`porthole_udp_datagrams_total${udpLabel('direction="out"')}`), 3);
       assert.equal(m.get(`porthole_udp_datagrams_dropped_total${udpLabel('cause="send"')}`), 0);
-      const closed = await eventually(
-        'the idle flow counted',
-        async () => {
-          const p = await proxy('echo');
-          return p.open_connections === 0 ? p : undefined;
-        },
-        10_000,
-      );
+      const closed = await onceClosed('echo', 'the idle flow counted', 10_000);
       assert.deepEqual([closed.connections_total, closed.bytes_in, closed.bytes_out], [1, 11, 26]);
       assert.deepEqual((await api(base, '/api/connections')).json(), { connections: [] });
     }),

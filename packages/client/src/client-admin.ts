@@ -1,12 +1,6 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import {
-  formatHostPort,
-  type HostPort,
-  isLoopback,
-  type Logger,
-  normalizeRequestHost,
-} from '@porthole/protocol';
+import { formatHostPort, type HostPort, type Logger, requestHostIsLoopback } from '@porthole/protocol';
 import type { ClientStatus } from './session-status.js';
 
 /**
@@ -34,9 +28,7 @@ export class ClientAdmin {
         res.end(body);
       };
       if (req.method !== 'GET') return reply(405, { error: 'method not allowed' });
-      // A web page that rebinds its own name to 127.0.0.1 reaches this port too, but with its name as Host.
-      const host = normalizeRequestHost(req.headers.host);
-      if (host === undefined || !isLoopback(host))
+      if (!requestHostIsLoopback(req.headers.host))
         return reply(421, { error: 'Host must be a loopback name or address' });
       if (path === '/api/status') return reply(200, status());
       if (path === '/healthz') {

@@ -78,6 +78,15 @@ export function isLoopback(host: string): boolean {
 }
 
 /**
+ * Whether a request's Host header names loopback. A web page that rebinds its own name to 127.0.0.1 reaches
+ * a loopback listener too, but still sends that name: a loopback-only endpoint refuses other Hosts.
+ */
+export function requestHostIsLoopback(hostHeader: string | undefined): boolean {
+  const host = normalizeRequestHost(hostHeader);
+  return host !== undefined && isLoopback(host);
+}
+
+/**
  * The hostname a visitor asked for, from a Host header ("App.Example.com:8080", "[::1]:80") or an SNI
  * name: lowercased, port and trailing dot removed. Undefined when it is not a usable name.
  */

@@ -6,7 +6,7 @@ import {
   type HostPort,
   isLoopback,
   type Logger,
-  normalizeRequestHost,
+  requestHostIsLoopback,
 } from '@porthole/protocol';
 import type { ServerStatus } from './server-status.js';
 import { STATUS_PAGE_CSS, STATUS_PAGE_HTML, STATUS_PAGE_ICON, STATUS_PAGE_JS } from './status-page.js';
@@ -122,12 +122,9 @@ export class AdminServer {
     }
     // On a loopback listener (reached through ssh -L), a web page that rebinds its own name to 127.0.0.1
     // arrives with that name as Host: it gets neither the page nor a chance to guess the token.
-    if (this.loopbackOnly) {
-      const host = normalizeRequestHost(req.headers.host);
-      if (host === undefined || !isLoopback(host)) {
-        sendJson(res, 421, { error: 'Host must be a loopback name or address' });
-        return;
-      }
+    if (this.loopbackOnly && !requestHostIsLoopback(req.headers.host)) {
+      sendJson(res, 421, { error: 'Host must be a loopback name or address' });
+      return;
     }
     const asset = ASSETS[path];
     if (asset) {
