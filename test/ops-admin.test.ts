@@ -184,30 +184,21 @@ test(
       assert.equal(json.code, 0, json.stderr);
       assert.equal(JSON.parse(json.stdout).proxies[0].state, 'registered');
       // A page that rebound its name to 127.0.0.1 (DNS rebinding) arrives with that name as Host: refused.
-      const rebound = await run('curl', [
-        '-sS',
-        '-o',
-        '/dev/null',
-        '-w',
-        '%{http_code}',
-        '-H',
-        'Host: attacker.example:80',
-        `http://127.0.0.1:${clientAdminPort}/api/status`,
-      ]);
-      assert.equal(rebound.stdout, '421', "the client's status for another Host");
+      const statusFor = async (host: string, url: string) =>
+        (await run('curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code}', '-H', `Host: ${host}`, url]))
+          .stdout;
+      assert.equal(
+        await statusFor('attacker.example:80', `http://127.0.0.1:${clientAdminPort}/api/status`),
+        '421',
+        "the client's status for another Host",
+      );
       // The server's loopback admin listener too: neither its page nor its API for another Host.
       for (const path of ['/', '/api/clients']) {
-        const page = await run('curl', [
-          '-sS',
-          '-o',
-          '/dev/null',
-          '-w',
-          '%{http_code}',
-          '-H',
-          'Host: attacker.example',
-          `${base}${path}`,
-        ]);
-        assert.equal(page.stdout, '421', `the server's ${path} for another Host`);
+        assert.equal(
+          await statusFor('attacker.example', `${base}${path}`),
+          '421',
+          `the server's ${path} for another Host`,
+        );
       }
       assert.equal((await api(base, '/healthz', null)).status, 200, 'healthz answers whatever the Host');
       const unreachable = await run(clientBin, ['status', '--admin', `127.0.0.1:${await freePort()}`], {
