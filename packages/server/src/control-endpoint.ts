@@ -36,16 +36,16 @@ function refuseUpgrade(socket: Duplex, status: number, body: string): void {
 }
 
 /**
- * The server's control endpoint: an HTTP(S) server whose only job is the WebSocket upgrade on `path`.
- * The Bearer token is verified before the upgrade is accepted; a failure is a 401 with the reason.
- */
-/**
- * 'auth failed' lines per LIMIT_WARNING_INTERVAL_MS from all sources together. Each source is limited on its
- * own (FailureLimiter), but one with a routed /48 holds 65,536 sources: past this, failures are counted
- * and reported in one line per interval.
+ * 'auth failed' lines per 10 s from all sources together. Each source is limited on its own
+ * (FailureLimiter), but one with a routed /48 holds 65,536 sources: past this, failures are counted and
+ * reported in one line per 10 s.
  */
 const AUTH_FAILURE_LINES = 20;
 
+/**
+ * The server's control endpoint: an HTTP(S) server whose only job is the WebSocket upgrade on `path`.
+ * The Bearer token is verified before the upgrade is accepted; a failure is a 401 with the reason.
+ */
 export class ControlEndpoint {
   private readonly server: Server;
   private readonly authFailureLines: LineBudget;
