@@ -4,6 +4,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { test } from 'node:test';
+import { rawUpgradeRequest } from './lib/http-backend.js';
 import { clientBin, freePorts, type Harness, sleep, waitFor, withHarness } from './lib/processes.js';
 import { startRoutedServer } from './lib/routing.js';
 import { EchoPinger, echoRoundTrip, startEchoServer } from './lib/services.js';
@@ -313,18 +314,15 @@ test(
       const openFds = () => readdirSync(`/proc/${pid}/fd`).length;
       const baseline = openFds();
       const controlPort = portOf(new URL(server.url).host);
-      const upgrade = (path: string, host: string, extra = '') =>
-        `GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
-        `Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n${extra}\r\n`;
       const attempts: [port: number, request: string, status: RegExp][] = [];
       for (let i = 0; i < 10; i++) {
-        attempts.push([controlPort, upgrade('/elsewhere', 'x'), /^HTTP\/1\.1 404 /]);
+        attempts.push([controlPort, rawUpgradeRequest('/elsewhere', 'x'), /^HTTP\/1\.1 404 /]);
         attempts.push([
           controlPort,
-          upgrade('/_porthole', 'x', 'Authorization: Bearer a.b.c\r\n'),
+          rawUpgradeRequest('/_porthole', 'x', 'Authorization: Bearer a.b.c\r\n'),
           /^HTTP\/1\.1 401 /,
         ]);
-        attempts.push([server.httpPort!, upgrade('/', 'nobody.test'), /^HTTP\/1\.1 404 /]);
+        attempts.push([server.httpPort!, rawUpgradeRequest('/', 'nobody.test'), /^HTTP\/1\.1 404 /]);
       }
       const peers = await Promise.all(
         attempts.map(

@@ -11,7 +11,7 @@ import { test } from 'node:test';
 import tls from 'node:tls';
 import { WebSocket } from 'ws';
 import { curl } from './lib/curl.js';
-import { startHttpBackend } from './lib/http-backend.js';
+import { rawUpgradeRequest, startHttpBackend } from './lib/http-backend.js';
 import { eventually, run, sleep, waitFor, withHarness } from './lib/processes.js';
 import { issueRoutedToken, makeCa, makeCert, startRoutedClient, startRoutedServer } from './lib/routing.js';
 
@@ -354,6 +354,19 @@ function openWebSocket(port: number): Promise<{ outcome: string; ws: WebSocket }
   });
 }
 
+/** Tries WebSockets until one opens (the last refusal's status in the error), or `timeoutMs` passes. */
+function webSocketOnceOpen(port: number, what: string, timeoutMs: number) {
+  return eventually(
+    what,
+    async () => {
+      const attempt = await openWebSocket(port);
+      if (attempt.outcome !== 'open') throw new Error(attempt.outcome);
+      return attempt;
+    },
+    timeoutMs,
+  );
+}
+
 test(
   "an http proxy's streams cannot be held: a visitor that stops reading is cut at idle_timeout, a queued request times out, upgrades stop at max_connections",
   { timeout: 90_000 },
@@ -436,15 +449,7 @@ test(
       assert.equal(second.outcome, '503', 'a WebSocket over max_connections');
       first.ws.close();
       await once(first.ws, 'close');
-      const third = await eventually(
-        'a WebSocket after the first closed',
-        async () => {
-          const attempt = await openWebSocket(port);
-          if (attempt.outcome !== 'open') throw new Error(attempt.outcome);
-          return attempt;
-        },
-        5000,
-      );
+      const third = await webSocketOnceOpen(port, 'a WebSocket after the first closed', 5000);
       third.ws.close();
       await once(third.ws, 'close');
 
@@ -453,23 +458,16 @@ test(
       const stubborn = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
       h.onCleanup(() => stubborn.destroy());
       await once(stubborn, 'connect');
-      stubborn.write(
-        'GET /not-a-websocket HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
-          'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
-      );
+      stubborn.write(rawUpgradeRequest('/not-a-websocket', 'app.test'));
       let turnedDown = '';
       stubborn.on('data', (d: Buffer) => {
         turnedDown += d.toString('latin1');
       });
       await once(stubborn, 'end');
       assert.match(turnedDown, /^HTTP\/1\.1 400 /);
-      const fourth = await eventually(
+      const fourth = await webSocketOnceOpen(
+        port,
         'a WebSocket once the turned-down upgrade let go of its place',
-        async () => {
-          const attempt = await openWebSocket(port);
-          if (attempt.outcome !== 'open') throw new Error(attempt.outcome);
-          return attempt;
-        },
         8000,
       );
       fourth.ws.close();

@@ -1,12 +1,11 @@
 // The admin listener of a real server (JSON API, Prometheus /metrics, /healthz, Bearer protection) and
 // `porthole-client status` against a real client's admin endpoint.
 import assert from 'node:assert/strict';
-import { createSocket } from 'node:dgram';
 import { request } from 'node:http';
 import { test } from 'node:test';
 import { WebSocket } from 'ws';
 import { curl } from './lib/curl.js';
-import { startHttpBackend, startUdpEcho } from './lib/http-backend.js';
+import { startHttpBackend, startUdpEcho, udpClient } from './lib/http-backend.js';
 import { clientBin, eventually, freePort, run, serverBin, waitFor, withHarness } from './lib/processes.js';
 import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
 import { EchoPinger, startEchoServer } from './lib/services.js';
@@ -365,11 +364,8 @@ test(
       assert.ok((afterDownload.bytes_out as number) > bytesOut + 200_000);
 
       // A udp flow: listed while open with exact payload bytes, folded into the totals once idle.
-      const sender = createSocket('udp4');
+      const { socket: sender, replies } = await udpClient();
       h.onCleanup(() => sender.close());
-      const replies: Buffer[] = [];
-      sender.on('message', (msg) => replies.push(msg));
-      await new Promise<void>((resolve) => sender.bind(0, '127.0.0.1', resolve));
       for (const word of ['one', 'two', 'three']) sender.send(word, udpPort, '127.0.0.1');
       await waitFor('three echoes', () => replies.length === 3, 5000);
       const flow = await eventually(
@@ -385,7 +381,7 @@ test(
       assert.equal(flow.bytes_in, 11, 'one + two + three');
       assert.equal(flow.bytes_out, 11 + 3 * 'echo|'.length);
       // A second sender is over max_flows: its datagram is dropped, and counted by cause.
-      const other = createSocket('udp4');
+      const { socket: other } = await udpClient();
       h.onCleanup(() => other.close());
       other.send('over the limit', udpPort, '127.0.0.1');
       const udpLabel = (extra: string) => `{client="mixed",proxy="echo",${extra}}`;

@@ -1,10 +1,9 @@
 // UDP through the tunnel with real peers: dig against dnsmasq, iperf3 -u both ways, and a UDP echo with
 // several senders (replies reach the right one), max_flows, and idle timeouts seen on both ends.
 import assert from 'node:assert/strict';
-import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { readFile, writeFile } from 'node:fs/promises';
 import { test } from 'node:test';
-import { startUdpEcho } from './lib/http-backend.js';
+import { startUdpEcho, udpClient } from './lib/http-backend.js';
 import { startIperfServer } from './lib/iperf3.js';
 import { freePort, type Harness, run, sleep, waitFor, withHarness } from './lib/processes.js';
 import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
@@ -180,13 +179,6 @@ test(
       }
     }),
 );
-
-function udpClient(): Promise<{ socket: UdpSocket; replies: Buffer[] }> {
-  const socket = createSocket('udp4');
-  const replies: Buffer[] = [];
-  socket.on('message', (msg) => replies.push(msg));
-  return new Promise((resolve) => socket.bind(0, '127.0.0.1', () => resolve({ socket, replies })));
-}
 
 test(
   'replies go to the right sender; max_flows bounds flows; big datagrams keep their boundaries',

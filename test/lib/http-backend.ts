@@ -152,3 +152,19 @@ export async function startUdpEcho(tag = 'echo'): Promise<UdpEcho> {
   state.port = socket.address().port;
   return state;
 }
+
+/** A UDP visitor on an ephemeral loopback port, keeping every reply it gets. */
+export function udpClient(): Promise<{ socket: UdpSocket; replies: Buffer[] }> {
+  const socket = createSocket('udp4');
+  const replies: Buffer[] = [];
+  socket.on('message', (msg) => replies.push(msg));
+  return new Promise((resolve) => socket.bind(0, '127.0.0.1', () => resolve({ socket, replies })));
+}
+
+/** The raw bytes of a WebSocket upgrade request for `path` on `host`; `extra`: more header lines, CRLF-ended. */
+export function rawUpgradeRequest(path: string, host: string, extra = ''): string {
+  return (
+    `GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+    `Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n${extra}\r\n`
+  );
+}
