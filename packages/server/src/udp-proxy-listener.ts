@@ -23,12 +23,10 @@ const MAX_SEND_QUEUE_BYTES = 1024 * 1024;
 /** After an idle FIN, a stream the peer never finishes is reset this much later. */
 const FLOW_CLOSE_GRACE_MS = 5_000;
 
+/** Datagram counts for /metrics; flows and bytes are counted with the proxy's traffic (ProxyTraffic). */
 export interface UdpProxyStats {
-  flowsOpened: number;
   datagramsIn: number;
   datagramsOut: number;
-  bytesIn: number;
-  bytesOut: number;
   /** New flows refused because max_flows were open. */
   droppedFlowLimit: number;
   /** Datagrams from the tunnel longer than a UDP payload can be. */
@@ -94,11 +92,8 @@ function describeBindError(err: NodeJS.ErrnoException, address: string): string 
 export class UdpProxyListener {
   readonly address: string;
   readonly stats: UdpProxyStats = {
-    flowsOpened: 0,
     datagramsIn: 0,
     datagramsOut: 0,
-    bytesIn: 0,
-    bytesOut: 0,
     droppedFlowLimit: 0,
     droppedOversize: 0,
     droppedBackpressure: 0,
@@ -198,7 +193,6 @@ export class UdpProxyListener {
       flow.datagramsIn++;
       flow.counts.bytesIn += msg.length;
       this.stats.datagramsIn++;
-      this.stats.bytesIn += msg.length;
     } else {
       flow.dropped++;
       if (result === 'dropped-backpressure') this.stats.droppedBackpressure++;
@@ -231,7 +225,6 @@ export class UdpProxyListener {
       reason: undefined,
     };
     this.flows.set(key, flow);
-    this.stats.flowsOpened++;
     writeStreamHeader(stream, {
       proxy: proxy.name,
       conn,
@@ -269,7 +262,6 @@ export class UdpProxyListener {
       flow.datagramsOut++;
       flow.counts.bytesOut += datagram.length;
       this.stats.datagramsOut++;
-      this.stats.bytesOut += datagram.length;
       try {
         this.socket.send(datagram, flow.port, flow.address, (err) => {
           if (err) {
