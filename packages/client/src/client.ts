@@ -15,7 +15,7 @@ import {
 } from '@porthole/protocol';
 import type { ClientConfig, ProxyConfig } from './config.js';
 import { DialError, dial } from './dialer.js';
-import { LocalFailureLog, serveStream } from './local-connector.js';
+import { LocalFailureLog, PendingLocalConnects, serveStream } from './local-connector.js';
 import { proxySpecFields } from './proxy-config.js';
 import { Backoff } from './reconnect.js';
 import { diffProxies, needsReconnect } from './reload.js';
@@ -45,6 +45,7 @@ export class PortholeClient {
   private backoff: Backoff;
   private readonly tracker = new ConnectionTracker();
   private readonly localFailures: LocalFailureLog;
+  private readonly pendingConnects = new PendingLocalConnects();
   /** Mutated in place by reload(): the stream handler reads it for every new connection. */
   private readonly proxies: Map<string, ProxyConfig>;
   private session: Session | undefined;
@@ -277,7 +278,14 @@ export class PortholeClient {
     this.session = session;
     const closed = nextClose<Error>(session).then((err) => err?.message ?? 'session closed');
     session.on('stream', (stream: Stream) => {
-      serveStream(stream, this.proxies, this.tracker, this.logger, this.localFailures).catch((err: Error) => {
+      serveStream(
+        stream,
+        this.proxies,
+        this.tracker,
+        this.logger,
+        this.localFailures,
+        this.pendingConnects,
+      ).catch((err: Error) => {
         this.logger.error({ reason: err.message }, 'stream failed');
         stream.destroy();
       });

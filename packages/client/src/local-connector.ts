@@ -61,6 +61,33 @@ export class LocalFailureLog {
   }
 }
 
+/** Connects to one proxy's local service that may be waiting for an answer at once; past it a stream is reset. */
+export const MAX_PENDING_LOCAL_CONNECTS = 256;
+
+/**
+ * Connects still waiting for a local service, per proxy. A service that drops SYNs (a full accept queue,
+ * a firewall, a host that is down) holds each connect for LOCAL_CONNECT_TIMEOUT_MS, and meanwhile each of
+ * those streams may hold a receive window of the visitor's bytes: without a bound, a flood of visitors
+ * against such a service grows the client by 256 KiB per visitor.
+ */
+export class PendingLocalConnects {
+  private readonly byProxy = new Map<string, number>();
+
+  /** False when `proxy` already has MAX_PENDING_LOCAL_CONNECTS connects pending. */
+  begin(proxy: string): boolean {
+    const pending = this.byProxy.get(proxy) ?? 0;
+    if (pending >= MAX_PENDING_LOCAL_CONNECTS) return false;
+    this.byProxy.set(proxy, pending + 1);
+    return true;
+  }
+
+  end(proxy: string): void {
+    const pending = (this.byProxy.get(proxy) ?? 1) - 1;
+    if (pending === 0) this.byProxy.delete(proxy);
+    else this.byProxy.set(proxy, pending);
+  }
+}
+
 /** A stream whose header has not arrived by then is dropped. */
 const HEADER_TIMEOUT_MS = 10_000;
 /** A local service that does not accept within this time counts as a failed connect. */
@@ -104,6 +131,7 @@ export async function serveStream(
   tracker: ConnectionTracker,
   logger: Logger,
   failures: LocalFailureLog,
+  pending: PendingLocalConnects,
 ): Promise<void> {
   // Until the pipe owns the stream, an RST or session loss must not become an uncaught error.
   const swallow = () => {};
@@ -130,6 +158,12 @@ export async function serveStream(
     await serveUdpFlow(stream, header, proxy, logger);
     return;
   }
+  if (!pending.begin(proxy.name)) {
+    const reason = `${MAX_PENDING_LOCAL_CONNECTS} connects to the local service already pending`;
+    failures.failed({ ...fields, local, reason }, true);
+    stream.destroy();
+    return;
+  }
   let socket: Socket;
   try {
     socket = await connectLocal(proxy.local);
@@ -137,6 +171,8 @@ export async function serveStream(
     failures.failed({ ...fields, local, reason: (err as Error).message }, true);
     stream.destroy();
     return;
+  } finally {
+    pending.end(proxy.name);
   }
   stream.off('error', swallow);
   if (stream.destroyed) {

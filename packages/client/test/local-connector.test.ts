@@ -1,11 +1,17 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { test } from 'node:test';
 import { Session, type Stream } from '@porthole/mux';
 import { ConnectionTracker, captureLogs, writeStreamHeader } from '@porthole/protocol';
 import type { ProxyConfig } from '../src/config.js';
-import { LocalFailureLog, serveStream } from '../src/local-connector.js';
+import {
+  LocalFailureLog,
+  MAX_PENDING_LOCAL_CONNECTS,
+  PendingLocalConnects,
+  serveStream,
+} from '../src/local-connector.js';
 
 /** A mux session pair over a real loopback TCP connection; `client` serves streams with serveStream. */
 async function sessionPair(proxies: ProxyConfig[]) {
@@ -22,7 +28,11 @@ async function sessionPair(proxies: ProxyConfig[]) {
   const client = new Session(dialed, { client: true, keepAliveInterval: 0 });
   const byName = new Map(proxies.map((p) => [p.name, p]));
   const failures = new LocalFailureLog(logs.logger);
-  client.on('stream', (stream: Stream) => void serveStream(stream, byName, tracker, logs.logger, failures));
+  const pending = new PendingLocalConnects();
+  client.on(
+    'stream',
+    (stream: Stream) => void serveStream(stream, byName, tracker, logs.logger, failures, pending),
+  );
   return { server, client, logs, tracker };
 }
 
@@ -107,4 +117,58 @@ test('a failed local connect resets the stream at once and is logged with the re
   assert.equal(logs.lines.filter((l) => l.msg === 'local connect failed' && l.proxy === 'db').length, 20);
   server.close();
   client.close();
+});
+
+/**
+ * A local service that drops SYNs: python listens with a backlog of 0 and never accepts, so once its
+ * accept queue holds one connection the kernel drops every further SYN and those connects hang.
+ */
+async function startSynDroppingService(t: { after: (fn: () => void) => void }): Promise<number> {
+  const script = [
+    'import socket, time',
+    'listener = socket.socket()',
+    'listener.bind(("127.0.0.1", 0))',
+    'listener.listen(0)',
+    'print(listener.getsockname()[1], flush=True)',
+    'time.sleep(120)',
+  ].join('\n');
+  const python = spawn('python3', ['-c', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.after(() => python.kill());
+  const [first] = (await once(python.stdout, 'data')) as [Buffer];
+  return Number(first.toString().trim());
+}
+
+test('connects pending on a local service that drops SYNs are bounded: past the bound a stream is reset at once', {
+  timeout: 30_000,
+}, async (t) => {
+  const port = await startSynDroppingService(t);
+  const proxy: ProxyConfig = {
+    name: 'stuck',
+    type: 'tcp',
+    local: { host: '127.0.0.1', port },
+    remotePort: 1,
+  };
+  const { server, client, logs } = await sessionPair([proxy]);
+  t.after(() => {
+    server.close();
+    client.close();
+  });
+  const extra = 40;
+  const resetAt: number[] = [];
+  const started = Date.now();
+  for (let i = 0; i < MAX_PENDING_LOCAL_CONNECTS + extra; i++) {
+    const stream = server.open();
+    stream.on('error', () => {});
+    writeStreamHeader(stream, header('stuck'));
+    stream.once('close', () => resetAt.push(Date.now() - started));
+  }
+  // The service's accept queue takes one or two; every other connect hangs for the 10 s connect timeout,
+  // so within 3 s the only resets are the streams past the bound.
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  assert.ok(
+    resetAt.length >= extra - 2 && resetAt.length <= extra,
+    `${resetAt.length} streams reset within 3 s`,
+  );
+  const line = await logs.waitFor('local connect failed', { proxy: 'stuck' });
+  assert.equal(line.reason, `${MAX_PENDING_LOCAL_CONNECTS} connects to the local service already pending`);
 });
