@@ -143,9 +143,10 @@ test('the server notices a dead client by keepalive and frees its ports', async 
   relay.darkenExisting();
   const line = await logs.waitFor('client disconnected', { client: 'gone' }, 3000);
   assert.match(String(line.reason), /keepalive/);
+  // heartbeat_timeout plus slack for a stalled machine; still far below the 30 s default it stands against.
   assert.ok(
-    Date.now() - started <= 400 + 300,
-    `noticed within heartbeat_timeout (${Date.now() - started} ms)`,
+    Date.now() - started <= 400 + 1500,
+    `noticed about heartbeat_timeout after the link went dark (${Date.now() - started} ms)`,
   );
   await logs.waitFor('proxy closed', { proxy: 'ssh' });
   assert.equal((await visit(port, 'x')).error, 'ECONNREFUSED');
@@ -228,14 +229,15 @@ test('a session ends when its token expires, with a notice saying so', { timeout
   const client = await RawClient.connect(url, jwt);
   t.after(() => client.session.close());
   await client.hello();
-  const started = Date.now();
   let message = await client.next();
   while (message && message.type !== 'notice') message = await client.next();
   assert.ok(message?.type === 'notice', 'a notice before the end');
   assert.equal(message.code, 'expired');
   assert.equal(message.message, 'token expired');
-  const waited = Date.now() - started;
-  assert.ok(waited >= 500 && waited < 5000, `ended ${waited} ms after hello`);
+  // Measured against the token's own exp (whole seconds), not against when the test got round to hello.
+  const { exp } = JSON.parse(Buffer.from(jwt.split('.')[1]!, 'base64url').toString()) as { exp: number };
+  const afterExp = Date.now() - exp * 1000;
+  assert.ok(afterExp >= -50 && afterExp < 3000, `the notice came ${afterExp} ms after the token's exp`);
   await new Promise<void>((resolve) => {
     if (client.session.closed) resolve();
     else client.session.once('close', () => resolve());
