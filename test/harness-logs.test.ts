@@ -57,14 +57,15 @@ test(
 );
 
 /**
- * Logs "ready" through the programs' own logger, then "late" once that batch has been written, and stays
- * alive until killed: when "ready" arrives, "late" is logged or about to be, and held for up to 50 ms.
+ * Logs "late" through the programs' own logger, which holds it for up to 50 ms in its batch, then writes
+ * "ready" straight to stdout, and stays alive until killed: when "ready" arrives, "late" was logged before
+ * it and may still be held.
  */
 const batchedProgram = `
 const { createLogger } = await import(${JSON.stringify(import.meta.resolve('@porthole/protocol'))});
 const logger = createLogger({ json: true });
-logger.info({}, 'ready');
-setTimeout(() => logger.info({}, 'late'), 60);
+logger.info({}, 'late');
+process.stdout.write(JSON.stringify({ level: 'info', time: new Date().toISOString(), msg: 'ready' }) + '\\n');
 setInterval(() => {}, 1000);
 `;
 

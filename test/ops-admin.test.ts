@@ -64,7 +64,8 @@ test(
         [{ name: 'web', local: `127.0.0.1:${echo.port}`, remotePort }],
         {
           tokenName: 'homelab',
-          server: { admin: { token: ADMIN_TOKEN }, shutdownTimeout: '3s' },
+          // Long enough for the checks during the drain; the held connection closes after them.
+          server: { admin: { token: ADMIN_TOKEN }, shutdownTimeout: '15s' },
           client: { adminListen: `127.0.0.1:${clientAdminPort}` },
         },
       );
@@ -225,9 +226,11 @@ test(
           const proxy = JSON.parse(r.stdout).proxies[0];
           return proxy.state === 'closed' ? proxy : undefined;
         },
-        2500,
+        10_000,
       );
       assert.match(String(drained.reason), /shut/);
+      // The last open connection goes, so the drain ends now rather than at shutdown_timeout.
+      holder.close();
       await server.proc.exited;
       const down = await eventually(
         'the client status to leave "established"',
@@ -268,7 +271,8 @@ test(
             type: 'udp',
             local: `127.0.0.1:${echo.port}`,
             remote_port: udpPort,
-            udp_idle_timeout: '1500ms',
+            // Long enough that the flow is still open through the checks below on a stalled machine.
+            udp_idle_timeout: '5s',
             max_flows: 1,
           },
         ],
@@ -400,7 +404,7 @@ test(
       assert.equal(m.get(`porthole_udp_datagrams_total${udpLabel('direction="in"')}`), 3);
       assert.equal(m.get(`porthole_udp_datagrams_total${udpLabel('direction="out"')}`), 3);
       assert.equal(m.get(`porthole_udp_datagrams_dropped_total${udpLabel('cause="send"')}`), 0);
-      const closed = await onceClosed('echo', 'the idle flow counted', 10_000);
+      const closed = await onceClosed('echo', 'the idle flow counted', 15_000);
       assert.deepEqual([closed.connections_total, closed.bytes_in, closed.bytes_out], [1, 11, 26]);
       assert.deepEqual((await api(base, '/api/connections')).json(), { connections: [] });
     }),

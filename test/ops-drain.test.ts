@@ -13,12 +13,15 @@ const REPLY_BYTES = 1024 * 1024;
 /** A service that answers a visitor's first bytes `delayMs` later with REPLY_BYTES pattern bytes, then FIN. */
 async function startDelayedReplyService(h: Harness, delayMs: number) {
   const reply = patternBytes(REPLY_BYTES, 'drain-reply');
-  const state = { accepted: 0 };
+  const state = { accepted: 0, repliedAt: Number.POSITIVE_INFINITY };
   const server = net.createServer({ allowHalfOpen: true }, (sock) => {
     state.accepted += 1;
     sock.on('error', () => {});
     sock.once('data', () => {
-      const timer = setTimeout(() => sock.end(reply), delayMs);
+      const timer = setTimeout(() => {
+        state.repliedAt = Date.now();
+        sock.end(reply);
+      }, delayMs);
       sock.on('close', () => clearTimeout(timer));
     });
   });
@@ -81,9 +84,13 @@ test(
       const reply = await withTimeout(visitor.reply, 10_000, () => 'the delayed reply');
       assert.deepEqual(reply, { bytes: REPLY_BYTES, sha: service.sha });
       const exit = await withTimeout(server.proc.exited, 10_000, () => 'server exit');
-      const elapsed = Date.now() - sigtermAt;
+      const exitedAt = Date.now();
+      const elapsed = exitedAt - sigtermAt;
       assert.deepEqual(exit, { code: 0, signal: null });
-      assert.ok(elapsed >= 1400, `the server waited for the open connection (exited after ${elapsed} ms)`);
+      assert.ok(
+        exitedAt >= service.state.repliedAt,
+        `the server waited for the open connection (exited ${exitedAt - service.state.repliedAt} ms after the reply)`,
+      );
       assert.ok(
         elapsed < 5000,
         `the server exited once it was idle, well before shutdown_timeout (${elapsed} ms)`,
@@ -163,11 +170,12 @@ test(
       const reply = await withTimeout(visitor.reply, 10_000, () => 'the delayed reply');
       assert.deepEqual(reply, { bytes: REPLY_BYTES, sha: service.sha });
       const exit = await withTimeout(client.proc.exited, 10_000, () => 'client exit');
-      const elapsed = Date.now() - sigtermAt;
+      const exitedAt = Date.now();
+      const elapsed = exitedAt - sigtermAt;
       assert.deepEqual(exit, { code: 0, signal: null });
       assert.ok(
-        elapsed >= 1400 && elapsed < 5000,
-        `the client waited for its open connection (${elapsed} ms)`,
+        exitedAt >= service.state.repliedAt && elapsed < 5000,
+        `the client waited for its open connection, and no longer (exited ${elapsed} ms after SIGTERM, ${exitedAt - service.state.repliedAt} ms after the reply)`,
       );
       await server.proc.waitForMsg('client disconnected', 5000, { from: serverMark });
       assert.ok(server.proc.alive);

@@ -111,12 +111,15 @@ test(
       // A connection opens and data flows: the page shows it and its bytes grow.
       const visitor = streamingVisitor(publicPort);
       h.onCleanup(() => visitor.stop());
+      // The page asks for clients and connections in two requests, so one refresh can fall between the
+      // connection's arrival at the two: wait for both to show it.
       await eventually(
         'the live connection to show',
-        async () => (await text(page, '#count-connections')) === '1',
+        async () =>
+          (await text(page, '#count-connections')) === '1' &&
+          (await proxyRow.locator('td.open').textContent()) === '1',
         10_000,
       );
-      assert.equal(await proxyRow.locator('td.open').textContent(), '1');
       const connRow = page.locator('#connections tbody tr').first();
       assert.match((await connRow.textContent()) ?? '', /homelab\s*web\s*127\.0\.0\.1:\d+/);
       const firstIn = parseBytes((await proxyRow.locator('td.bytes-in').textContent()) ?? '');
@@ -137,11 +140,12 @@ test(
       // The connection closes: the count drops back and the total counts it.
       visitor.stop();
       await eventually(
-        'the connection to go',
-        async () => (await text(page, '#count-connections')) === '0',
+        'the connection to go and the total to count it',
+        async () =>
+          (await text(page, '#count-connections')) === '0' &&
+          (await proxyRow.locator('td.total').textContent()) === '1',
         10_000,
       );
-      assert.equal(await proxyRow.locator('td.total').textContent(), '1');
       assert.ok(await page.locator('#connections-empty').isVisible());
 
       await page.click('#signout');
