@@ -285,15 +285,23 @@ test(
 );
 
 test(
-  'a udp proxy whose local address cannot be connected ends each flow with a warning; the client keeps serving',
+  'a udp proxy whose local address cannot be connected ends each flow with a warning; one whose service is down warns once per flow; the client keeps serving',
   { timeout: 60_000 },
   (t) =>
     withHarness(t, async (h) => {
       const echo = await startUdpEcho('echo');
       h.onCleanup(() => echo.close());
-      const [badPort, goodPort] = [await freePort(), await freePort()];
+      const [badPort, goodPort, downPort, closedLocalPort] = [
+        await freePort(),
+        await freePort(),
+        await freePort(),
+        await freePort(),
+      ];
       const server = await startRoutedServer(h);
-      const token = await issueRoutedToken(server, { name: 'udp-bad', ports: `${badPort},${goodPort}` });
+      const token = await issueRoutedToken(server, {
+        name: 'udp-bad',
+        ports: `${badPort},${goodPort},${downPort}`,
+      });
       const client = await startRoutedClient(h, {
         server: server.url,
         token,
@@ -301,6 +309,14 @@ test(
           // connect() to a broadcast address without SO_BROADCAST fails (EACCES); nothing is sent.
           { name: 'bad', type: 'udp', local: '255.255.255.255:9', remote_port: badPort },
           { name: 'echo', type: 'udp', local: `127.0.0.1:${echo.port}`, remote_port: goodPort },
+          // Nothing listens there: each datagram is answered by ICMP port unreachable.
+          {
+            name: 'down',
+            type: 'udp',
+            local: `127.0.0.1:${closedLocalPort}`,
+            remote_port: downPort,
+            udp_idle_timeout: '2s',
+          },
         ],
       });
       const sender = await udpClient();
@@ -315,6 +331,25 @@ test(
       sender.socket.send('still there?', goodPort, '127.0.0.1');
       await waitFor('the echo through the other proxy', () => sender.replies.length === 1, 5000);
       assert.equal(sender.replies[0]!.toString(), 'echo|still there?');
+
+      for (let i = 0; i < 4; i++) {
+        sender.socket.send(`anyone? ${i}`, downPort, '127.0.0.1');
+        await sleep(100);
+      }
+      const refused = await client.proc.waitForMsg('local connect failed', 10_000, {
+        fields: { proxy: 'down' },
+      });
+      assert.match(String(refused.reason), /^ECONNREFUSED/);
+      assert.equal(refused.local, `127.0.0.1:${closedLocalPort}`);
+      const downFlow = await client.proc.waitForMsg('udp flow closed', 10_000, { fields: { proxy: 'down' } });
+      assert.equal(downFlow.datagrams_in, 4, 'every datagram was sent, the flow outlived the refusals');
+      assert.ok(Number(downFlow.dropped) >= 1, `refusals counted: ${downFlow.dropped}`);
+      assert.equal(
+        (await client.proc.settledLogsWithMsg('local connect failed')).filter((l) => l.proxy === 'down')
+          .length,
+        1,
+        'one line per flow, not per datagram',
+      );
       assert.ok(client.proc.alive, 'the client is still running');
     }),
 );

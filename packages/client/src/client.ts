@@ -15,7 +15,8 @@ import {
 } from '@porthole/protocol';
 import type { ClientConfig, ProxyConfig } from './config.js';
 import { DialError, dial } from './dialer.js';
-import { LocalFailureLog, PendingLocalConnects, serveStream } from './local-connector.js';
+import { PendingLocalConnects, serveStream } from './local-connector.js';
+import { LocalFailureLog } from './local-failure-log.js';
 import { proxySpecFields } from './proxy-config.js';
 import { Backoff } from './reconnect.js';
 import { diffProxies, needsReconnect } from './reload.js';

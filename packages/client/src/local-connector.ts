@@ -4,7 +4,6 @@ import {
   type ConnectionTracker,
   encodeProxyHeader,
   formatHostPort,
-  LineBudget,
   type Logger,
   type ProxyEndpoints,
   parseHostPort,
@@ -12,6 +11,7 @@ import {
   type StreamHeader,
 } from '@porthole/protocol';
 import type { ProxyConfig } from './config.js';
+import type { LocalFailureLog } from './local-failure-log.js';
 import { serveUdpFlow } from './udp-forwarder.js';
 
 /** The PROXY header's endpoints: the visitor, and the server address it connected to. */
@@ -32,33 +32,6 @@ export function proxyEndpoints(header: StreamHeader): ProxyEndpoints {
     destinationAddress,
     destinationPort,
   };
-}
-
-/** 'local connect failed' lines per proxy per 10 s; past it the failures are summed up. */
-const LOCAL_FAILURE_LINES = 20;
-
-/**
- * The 'local connect failed' lines of every proxy. A line per visitor is worth having (its conn matches the
- * server's line), but a scan of a port whose local service is down would write one per probe: past
- * LOCAL_FAILURE_LINES in 10 s a proxy's failures are counted and reported in one line per 10 s.
- */
-export class LocalFailureLog {
-  private readonly budgets = new Map<string, LineBudget>();
-
-  constructor(private readonly logger: Logger) {}
-
-  /** `known`: the proxy is configured here (any other name shares one budget, so the map stays small). */
-  failed(fields: { proxy: string; reason: string } & Record<string, unknown>, known: boolean): void {
-    const key = known ? fields.proxy : '';
-    let budget = this.budgets.get(key);
-    if (!budget) {
-      budget = new LineBudget(LOCAL_FAILURE_LINES, (unlogged) =>
-        this.logger.warn({ proxy: fields.proxy, unlogged }, 'local connect failures not logged one by one'),
-      );
-      this.budgets.set(key, budget);
-    }
-    if (budget.take()) this.logger.warn(fields, 'local connect failed');
-  }
 }
 
 /** Connects to one proxy's local service that may be waiting for an answer at once; past it a stream is reset. */
@@ -155,7 +128,7 @@ export async function serveStream(
   const local = formatHostPort(proxy.local.host, proxy.local.port);
   if (proxy.type === 'udp') {
     stream.off('error', swallow);
-    await serveUdpFlow(stream, header, proxy, logger);
+    await serveUdpFlow(stream, header, proxy, logger, failures);
     return;
   }
   if (!pending.begin(proxy.name)) {

@@ -12,6 +12,7 @@ import {
   type Logger,
   type StreamHeader,
 } from '@porthole/protocol';
+import type { LocalFailureLog } from './local-failure-log.js';
 import type { ProxyConfig } from './proxy-config.js';
 
 export const DEFAULT_UDP_IDLE_TIMEOUT_MS = 60_000;
@@ -37,9 +38,11 @@ export function serveUdpFlow(
   header: StreamHeader,
   proxy: ProxyConfig,
   logger: Logger,
+  failures: LocalFailureLog,
 ): Promise<UdpFlowCounts> {
   const family = isIPv6(proxy.local.host) ? 'udp6' : 'udp4';
   const local = formatHostPort(proxy.local.host, proxy.local.port);
+  const remoteAddr = formatHostPort(header.remote_addr, header.remote_port);
   const idleMs = header.udp_idle_timeout_ms ?? proxy.udpIdleTimeout ?? DEFAULT_UDP_IDLE_TIMEOUT_MS;
   const socket: UdpSocket = createSocket(family);
   const decoder = new DatagramDecoder({ maxDatagramBytes: MAX_UDP_PAYLOAD[family] });
@@ -53,6 +56,7 @@ export function serveUdpFlow(
   let reason: string | undefined;
   let socketClosed = false;
   let timer: NodeJS.Timeout | undefined;
+  let refusalLogged = false;
 
   return new Promise((resolve) => {
     const closeSocket = () => {
@@ -87,15 +91,25 @@ export function serveUdpFlow(
       }
       counts.datagramsIn++;
       counts.bytesIn += datagram.length;
-      socket.send(datagram, (err) => {
-        if (err) counts.dropped++;
+      socket.send(datagram, (err?: NodeJS.ErrnoException | null) => {
+        if (err?.code === 'ECONNREFUSED') refused();
+        else if (err) counts.dropped++;
       });
+    };
+    // ICMP port unreachable on a connected socket, reported by a later send or by the socket: the service
+    // is down for now and UDP carries on. Said once per flow, like a refused tcp connect once per visitor,
+    // or a dead DNS service would only be a count.
+    const refused = () => {
+      counts.dropped++;
+      if (refusalLogged) return;
+      refusalLogged = true;
+      const reason = 'ECONNREFUSED (port unreachable: datagrams are dropped, the flow carries on)';
+      failures.failed({ proxy: proxy.name, conn: header.conn, remote_addr: remoteAddr, local, reason }, true);
     };
 
     socket.on('error', (err: NodeJS.ErrnoException) => {
-      // ICMP port unreachable on a connected socket: the service is down for now; UDP carries on.
       if (err.code === 'ECONNREFUSED') {
-        counts.dropped++;
+        refused();
         return;
       }
       logger.warn({ proxy: proxy.name, conn: header.conn, local, reason: err.message }, 'udp local error');
@@ -156,7 +170,7 @@ export function serveUdpFlow(
         {
           proxy: proxy.name,
           conn: header.conn,
-          remote_addr: formatHostPort(header.remote_addr, header.remote_port),
+          remote_addr: remoteAddr,
           local,
           datagrams_in: counts.datagramsIn,
           datagrams_out: counts.datagramsOut,

@@ -6,12 +6,8 @@ import { test } from 'node:test';
 import { Session, type Stream } from '@porthole/mux';
 import { ConnectionTracker, captureLogs, writeStreamHeader } from '@porthole/protocol';
 import type { ProxyConfig } from '../src/config.js';
-import {
-  LocalFailureLog,
-  MAX_PENDING_LOCAL_CONNECTS,
-  PendingLocalConnects,
-  serveStream,
-} from '../src/local-connector.js';
+import { MAX_PENDING_LOCAL_CONNECTS, PendingLocalConnects, serveStream } from '../src/local-connector.js';
+import { LocalFailureLog } from '../src/local-failure-log.js';
 
 /** A mux session pair over a real loopback TCP connection; `client` serves streams with serveStream. */
 async function sessionPair(proxies: ProxyConfig[]) {
