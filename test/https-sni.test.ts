@@ -9,13 +9,53 @@ import { test } from 'node:test';
 import tls from 'node:tls';
 import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
-import { eventually, run, withHarness } from './lib/processes.js';
-import { issueRoutedToken, makeCa, makeCert, startRoutedClient, startRoutedServer } from './lib/routing.js';
+import { eventually, type Harness, run, withHarness } from './lib/processes.js';
+import {
+  type CertFiles,
+  issueRoutedToken,
+  makeCa,
+  makeCert,
+  startRoutedClient,
+  startRoutedServer,
+} from './lib/routing.js';
 
 /** `openssl s_client` with stdin as input; returns everything it printed. */
 async function sClient(args: string[], input = ''): Promise<{ code: number | null; out: string }> {
   const r = await run('openssl', ['s_client', ...args], { timeoutMs: 15_000, input });
   return { code: r.code, out: `${r.stdout}\n${r.stderr}` };
+}
+
+/**
+ * A local TLS service with its own certificate that answers each line with "<tag>:<line>". `rawReads`:
+ * what each connection's raw socket read (all the visitor sent, the ClientHello included), once closed.
+ */
+async function startTlsLineService(
+  h: Harness,
+  pair: CertFiles,
+  tag: string,
+): Promise<{ port: number; rawReads: number[] }> {
+  const service = tls.createServer(
+    { cert: await readFile(pair.cert), key: await readFile(pair.key) },
+    (socket) => {
+      socket.on('error', () => {});
+      socket.setEncoding('utf8');
+      let buffered = '';
+      socket.on('data', (d: string) => {
+        buffered += d;
+        let nl = buffered.indexOf('\n');
+        while (nl >= 0) {
+          socket.write(`${tag}:${buffered.slice(0, nl)}\n`);
+          buffered = buffered.slice(nl + 1);
+          nl = buffered.indexOf('\n');
+        }
+      });
+    },
+  );
+  const rawReads: number[] = [];
+  service.on('connection', (raw: Socket) => raw.on('close', () => rawReads.push(raw.bytesRead)));
+  await new Promise<void>((resolve) => service.listen(0, '127.0.0.1', resolve));
+  h.onCleanup(() => new Promise((resolve) => service.close(resolve)));
+  return { port: (service.address() as AddressInfo).port, rawReads };
 }
 
 test(
@@ -28,30 +68,7 @@ test(
       const vault = await makeCert(h, ca, 'vault.test', ['vault.test']);
       const caPem = await readFile(ca.cert);
 
-      // The local TLS service: its own certificate, answers each line with "vault-service:<line>".
-      const vaultService = tls.createServer(
-        { cert: await readFile(vault.cert), key: await readFile(vault.key) },
-        (socket) => {
-          socket.on('error', () => {});
-          socket.setEncoding('utf8');
-          let buffered = '';
-          socket.on('data', (d: string) => {
-            buffered += d;
-            let nl = buffered.indexOf('\n');
-            while (nl >= 0) {
-              socket.write(`vault-service:${buffered.slice(0, nl)}\n`);
-              buffered = buffered.slice(nl + 1);
-              nl = buffered.indexOf('\n');
-            }
-          });
-        },
-      );
-      // What each connection's raw socket read: all the visitor sent, the ClientHello included.
-      const rawReads: number[] = [];
-      vaultService.on('connection', (raw: Socket) => raw.on('close', () => rawReads.push(raw.bytesRead)));
-      await new Promise<void>((resolve) => vaultService.listen(0, '127.0.0.1', resolve));
-      h.onCleanup(() => new Promise((resolve) => vaultService.close(resolve)));
-      const vaultPort = (vaultService.address() as AddressInfo).port;
+      const { port: vaultPort, rawReads } = await startTlsLineService(h, vault, 'vault-service');
       const backend = await startHttpBackend('app');
       h.onCleanup(() => backend.close());
 
@@ -177,5 +194,58 @@ test(
       );
       assert.match(again.out, /subject=CN\s?=\s?vault\.test/);
       assert.ok(server.proc.logsWithMsg('client connected').length >= 1);
+    }),
+);
+
+test(
+  "another client's wildcard tls proxy does not take an http proxy's name on the TLS port, online or offline",
+  { timeout: 90_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const ca = await makeCa(h);
+      const edge = await makeCert(h, ca, 'porthole edge', ['*.edge.test']);
+      const vault = await makeCert(h, ca, 'vault.edge.test', ['*.edge.test']);
+      const vaultService = await startTlsLineService(h, vault, 'vault-service');
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+      const server = await startRoutedServer(h, { https: { certs: [edge] } });
+      const port = server.httpsPort!;
+      await startRoutedClient(h, {
+        server: server.url,
+        token: await issueRoutedToken(server, { name: 'web' }),
+        name: 'web',
+        proxies: [
+          { name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.edge.test'] },
+        ],
+      });
+      const wild = await startRoutedClient(h, {
+        server: server.url,
+        token: await issueRoutedToken(server, { name: 'wild' }),
+        name: 'wild',
+        proxies: [
+          { name: 'all', type: 'tls', local: `127.0.0.1:${vaultService.port}`, hosts: ['*.edge.test'] },
+        ],
+      });
+      const appOverHttps = async () => {
+        const r = await curl(
+          ['--resolve', `app.edge.test:${port}:127.0.0.1`, '--cacert', ca.cert],
+          `https://app.edge.test:${port}/mine`,
+        );
+        assert.equal(r.status, 200, `${r.stderr} ${r.body}`);
+        assert.equal((JSON.parse(r.body) as { backend: string }).backend, 'app');
+      };
+      // The most specific name wins: app.edge.test is terminated here for the http proxy...
+      await appOverHttps();
+      // ...and the wildcard tls proxy gets the rest, passed through to its own service.
+      const other = await sClient(
+        ['-connect', `127.0.0.1:${port}`, '-servername', 'other.edge.test', '-CAfile', ca.cert],
+        'Q\n',
+      );
+      assert.match(other.out, /subject=CN\s?=\s?vault\.edge\.test/, other.out);
+      // With the wildcard's client gone (its route offline), app.edge.test is still served.
+      await wild.proc.stop();
+      await server.proc.waitForMsg('client disconnected', 10_000, { fields: { client: 'wild' } });
+      await appOverHttps();
+      t.diagnostic('app.edge.test served over https beside and after a wildcard tls proxy');
     }),
 );

@@ -134,6 +134,21 @@ export class HostRoutes<T> {
 
   /** The route for a request to `host` (normalized) and `path`, online or offline; undefined: no such name. */
   lookup(host: string, path = '/'): RouteEntry<T> | undefined {
+    return this.find(host, path);
+  }
+
+  /** The route the most specific name for `host` leads to, whatever its locations (the TLS port sees no path). */
+  lookupName(host: string): RouteEntry<T> | undefined {
+    return this.find(host, undefined);
+  }
+
+  /** Every entry, for the admin API and tests. */
+  entries(): RouteEntry<T>[] {
+    return [...this.byHost.values()].flat();
+  }
+
+  /** `path` undefined: any location. */
+  private find(host: string, path: string | undefined): RouteEntry<T> | undefined {
     const exact = this.byHost.get(host);
     const found = this.best(exact, 'exact', path);
     if (found) return this.fresh(found);
@@ -146,15 +161,14 @@ export class HostRoutes<T> {
     return sub ? this.fresh(sub) : undefined;
   }
 
-  /** Every entry, for the admin API and tests. */
-  entries(): RouteEntry<T>[] {
-    return [...this.byHost.values()].flat();
-  }
-
-  private best(list: RouteEntry<T>[] | undefined, tier: RouteTier, path: string): RouteEntry<T> | undefined {
+  private best(
+    list: RouteEntry<T>[] | undefined,
+    tier: RouteTier,
+    path: string | undefined,
+  ): RouteEntry<T> | undefined {
     let best: RouteEntry<T> | undefined;
     for (const entry of list ?? []) {
-      if (entry.tier !== tier || !locationMatches(path, entry.location)) continue;
+      if (entry.tier !== tier || (path !== undefined && !locationMatches(path, entry.location))) continue;
       if (!best || entry.location.length > best.location.length) best = entry;
     }
     return best;

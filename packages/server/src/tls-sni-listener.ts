@@ -31,6 +31,8 @@ export interface TlsTarget {
 export interface TlsSniListenerOptions {
   listen: HostPort;
   routes: HostRoutes<TlsTarget>;
+  /** The http proxies' names: one more specific than a wildcard tls proxy is terminated, not passed. */
+  httpRoutes: HostRoutes<unknown>;
   certs: TlsCertStore | undefined;
   /** The name used for a ClientHello without SNI; absent: such connections are closed. */
   defaultHost: string | undefined;
@@ -45,6 +47,10 @@ export type SniDecision =
   | { action: 'passthrough'; target: TlsTarget }
   | { action: 'terminate' }
   | { action: 'close'; reason: string };
+
+function labelCount(pattern: string): number {
+  return pattern.split('.').length;
+}
 
 export class TlsSniListener {
   private readonly server: Server;
@@ -74,7 +80,10 @@ export class TlsSniListener {
 
   /**
    * Where a connection for `serverName` goes. A name a tls proxy claims exactly (or by subdomain) wins,
-   * then a certificate naming it exactly, then a wildcard tls proxy, then a wildcard certificate.
+   * then a certificate naming it exactly, then a wildcard tls proxy, then a wildcard certificate. An http
+   * proxy's name under a wildcard certificate goes before a wildcard tls proxy that is less specific (the
+   * most specific name wins, as on the http port): else another client's `*.example.com` tls proxy would
+   * take the HTTPS visitors of `app.example.com`, and leave them closed once it went offline.
    */
   decide(serverName: string | undefined): SniDecision {
     const name = normalizeRequestHost(serverName ?? this.opts.defaultHost);
@@ -90,6 +99,12 @@ export class TlsSniListener {
         : { action: 'close', reason: `the tunnel for ${name} is offline` };
     if (route && route.tier !== 'wildcard') return pass();
     if (terminates && certs.hasExact(name)) return { action: 'terminate' };
+    if (route && terminates && certs.covers(name)) {
+      const http = this.opts.httpRoutes.lookupName(name);
+      if (http && (http.tier !== 'wildcard' || labelCount(http.host) > labelCount(route.host))) {
+        return { action: 'terminate' };
+      }
+    }
     if (route) return pass();
     if (terminates && certs.covers(name)) return { action: 'terminate' };
     return { action: 'close', reason: 'no tls proxy or certificate for this name' };

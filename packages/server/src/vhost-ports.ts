@@ -54,6 +54,7 @@ export class VhostPorts {
       this.sni = new TlsSniListener({
         listen: routing.https.listen,
         routes: ctx.routing.tlsRoutes,
+        httpRoutes: ctx.routing.httpRoutes,
         certs: routing.https.certs,
         defaultHost: routing.https.defaultHost,
         vhost: this.vhost,

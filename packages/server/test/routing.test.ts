@@ -114,9 +114,9 @@ test('trusted_proxies match CIDRs, single addresses and IPv4-mapped peers', () =
 });
 
 test('SNI decisions: tls proxies by exact name, then exact certificates, then wildcards; else closed', () => {
-  const edge = selfSigned('edge', ['vps.example.test', '*.example.test']);
+  const edge = selfSigned('edge', ['vps.example.test', '*.example.test', '*.team.example.test']);
   const certs = new TlsCertStore([{ cert: edge.cert, key: edge.key, source: 'https.certs[0]' }]);
-  assert.deepEqual(certs.names.sort(), ['*.example.test', 'vps.example.test']);
+  assert.deepEqual(certs.names.sort(), ['*.example.test', '*.team.example.test', 'vps.example.test']);
   const routes = new HostRoutes<TlsTarget>();
   const target = (proxy: string): TlsTarget => ({
     client: 'c',
@@ -133,10 +133,17 @@ test('SNI decisions: tls proxies by exact name, then exact certificates, then wi
   routes.add('c', 'vault', [{ host: 'vault.example.test', tier: 'exact', location: '/' }], target('vault'));
   routes.add('c', 'wild', [{ host: '*.tls.test', tier: 'wildcard', location: '/' }], target('wild'));
   routes.add('c', 'wild2', [{ host: '*.example.test', tier: 'wildcard', location: '/' }], target('wild2'));
+  // http proxies (terminated here, under the wildcard certificates): a subdomain and a wildcard more
+  // specific than the tls proxy's *.example.test; and a name no certificate covers.
+  const httpRoutes = new HostRoutes<string>();
+  httpRoutes.add('other', 'app', [{ host: 'app.example.test', tier: 'subdomain', location: '/api' }], 'app');
+  httpRoutes.add('other', 'team', [{ host: '*.team.example.test', tier: 'wildcard', location: '/' }], 'team');
+  httpRoutes.add('other', 'site', [{ host: 'site.tls.test', tier: 'exact', location: '/' }], 'site');
   const listener = (defaultHost?: string) =>
     new TlsSniListener({
       listen: { host: '127.0.0.1', port: 0 },
       routes,
+      httpRoutes,
       certs,
       defaultHost,
       vhost: { terminates: true } as HttpVhostServer,
@@ -156,8 +163,13 @@ test('SNI decisions: tls proxies by exact name, then exact certificates, then wi
   assert.equal(decide('unknown.test'), 'close');
   assert.equal(decide(undefined), 'close');
   assert.equal(decide(undefined, 'vps.example.test'), 'terminate');
+  assert.equal(decide('app.example.test'), 'terminate', "an http proxy's name before a wildcard tls proxy");
+  assert.equal(decide('x.team.example.test'), 'terminate', 'a more specific http wildcard too');
+  assert.equal(decide('site.tls.test'), 'pass:wild', 'not without a certificate to terminate it with');
   routes.release(routes.lookup('vault.example.test')!.target!);
   assert.equal(decide('vault.example.test'), 'close', 'an offline passthrough name is closed');
+  routes.release(routes.lookup('other.example.test')!.target!);
+  assert.equal(decide('app.example.test'), 'terminate', 'still, with the wildcard tls proxy offline');
 });
 
 /** Two ends of a mux session over a loopback TCP connection. */
