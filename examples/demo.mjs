@@ -179,7 +179,7 @@ try {
   say(`  curl http://${registered.remote_addr}/through-the-tunnel`);
   say('');
   say(`Reply through the tunnel (HTTP ${reply.status}): ${reply.body.trim()}`);
-  say(`Config files and the token are in ${dir}.`);
+  say(`Config files and the token are in ${dir} (removed when the demo stops).`);
   say('');
   if (reply.status !== 200 || !reply.body.includes('hello from the service'))
     throw new Error('unexpected reply');

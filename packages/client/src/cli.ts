@@ -40,7 +40,7 @@ Options (they override the config file's keys; --tcp and --udp add proxies):
   --udp REMOTE_PORT:LOCAL_HOST:LOCAL_PORT
                              expose a local UDP service on the server's UDP REMOTE_PORT (repeatable);
                              the proxy is named udp-REMOTE_PORT
-  --exit-on-auth-failure     exit with status 1 when the server refuses the token, instead of retrying
+  --exit-on-auth-failure     exit with status 4 when the server refuses the token, instead of retrying
   --log-level LEVEL          trace, debug, info, warn, error, fatal or silent
   --admin HOST:PORT          status: the client's admin address (default: [admin] listen of --config)
   --json                     status: print the JSON the client answered
