@@ -9,7 +9,16 @@ import net from 'node:net';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
-import { freePorts, sleep, waitFor, withHarness, withTimeout } from './lib/processes.js';
+import {
+  clientBin,
+  freePort,
+  freePorts,
+  run,
+  sleep,
+  waitFor,
+  withHarness,
+  withTimeout,
+} from './lib/processes.js';
 import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
 import { EchoPinger, echoRoundTrip, startEchoServer, tryConnect } from './lib/services.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
@@ -174,6 +183,63 @@ test(
         'B was dropped with the same reload',
       );
       assert.ok(!client.proc.outputContains(rotated), 'the new token is not logged');
+    }),
+);
+
+test(
+  'client SIGHUP: an [admin] table added, moved and removed opens, moves and closes the admin endpoint',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startEchoServer('127.0.0.1', 0);
+      h.onCleanup(() => echo.close());
+      const remotePort = await freePort();
+      const server = await startServer(h, { allowPorts: [String(remotePort)] });
+      const token = await issueToken(server.config, { name: 'homelab', ports: String(remotePort) });
+      const base: ClientOptions = {
+        server: server.url,
+        token,
+        proxies: [{ name: 'A', local: `127.0.0.1:${echo.port}`, remotePort }],
+      };
+      const client = await startClient(h, base);
+      const status = (admin: string) =>
+        run(clientBin, ['status', '--admin', admin, '--json'], { timeoutMs: 15_000 });
+      const [first, second] = [`127.0.0.1:${await freePort()}`, `127.0.0.1:${await freePort()}`];
+      const reloadWith = async (adminListen: string | undefined, expectMsg: string) => {
+        const mark = client.proc.mark();
+        await rewriteClientConfig(h, client.configPath, { ...base, adminListen });
+        client.proc.kill('SIGHUP');
+        await client.proc.waitForMsg('config reloaded', 10_000, { from: mark });
+        return client.proc.waitForMsg(expectMsg, 10_000, { from: mark });
+      };
+
+      // Added: the status command reaches it without a restart.
+      const opened = await reloadWith(first, 'admin listening');
+      assert.equal(opened.addr, first);
+      const atFirst = await status(first);
+      assert.equal(atFirst.code, 0, atFirst.stderr);
+      assert.equal(JSON.parse(atFirst.stdout).proxies[0].state, 'registered');
+      // Moved: the new address answers, the old one is closed.
+      assert.equal((await reloadWith(second, 'admin listening')).addr, second);
+      assert.equal((await status(second)).code, 0);
+      const oldGone = await status(first);
+      assert.equal(oldGone.code, 1, 'the old address no longer answers');
+      assert.match(oldGone.stderr, /cannot reach the client/);
+      // An address that cannot be bound: the running endpoint stays.
+      const taken = net.createServer();
+      await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+      h.onCleanup(() => new Promise((resolve) => taken.close(resolve)));
+      const takenAddr = `127.0.0.1:${(taken.address() as net.AddressInfo).port}`;
+      const refused = await reloadWith(
+        takenAddr,
+        'reload: cannot start the admin endpoint; keeping the running one',
+      );
+      assert.match(String(refused.reason), /EADDRINUSE/);
+      assert.equal((await status(second)).code, 0, 'the running endpoint kept serving');
+      // Removed: closed.
+      await reloadWith(undefined, 'admin endpoint closed');
+      assert.equal((await status(second)).code, 1);
+      assert.ok(client.proc.alive);
     }),
 );
 

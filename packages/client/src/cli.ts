@@ -88,8 +88,9 @@ async function main(): Promise<number | undefined> {
   warn(config);
   const client = new PortholeClient(config, logger, VERSION);
   let admin: ClientAdmin | undefined;
-  if (config.admin) {
-    admin = new ClientAdmin(config.admin.listen, () => client.status(), logger);
+  let adminListen = config.admin?.listen;
+  if (adminListen) {
+    admin = new ClientAdmin(adminListen, () => client.status(), logger);
     try {
       logger.info({ addr: await admin.listen() }, 'admin listening');
     } catch (err) {
@@ -97,6 +98,25 @@ async function main(): Promise<number | undefined> {
       return 1;
     }
   }
+  /** A reload that adds, moves or removes [admin]: the new listener first, so a failed one keeps the old. */
+  const reloadAdmin = async (next: HostPort | undefined): Promise<void> => {
+    if (next?.host === adminListen?.host && next?.port === adminListen?.port) return;
+    let started: ClientAdmin | undefined;
+    if (next) {
+      started = new ClientAdmin(next, () => client.status(), logger);
+      try {
+        logger.info({ addr: await started.listen() }, 'admin listening');
+      } catch (err) {
+        const reason = (err as Error).message;
+        logger.error({ reason }, 'reload: cannot start the admin endpoint; keeping the running one');
+        return;
+      }
+    }
+    admin?.close();
+    if (!next) logger.info({}, 'admin endpoint closed');
+    admin = started;
+    adminListen = next;
+  };
   exitOnSignals(async () => {
     await client.shutdown();
     admin?.close();
@@ -106,6 +126,7 @@ async function main(): Promise<number | undefined> {
       const next = loadClientConfig(values.config, flags);
       warn(next);
       client.reload(next);
+      void reloadAdmin(next.admin?.listen);
     } catch (err) {
       const reason = err instanceof ConfigError ? err.message : (err as Error).message;
       logger.error({ reason }, 'reload failed: keeping the running configuration');
