@@ -194,6 +194,7 @@ export interface ClientOptions {
   netns?: string;
   logLevel?: string;
   shutdownTimeout?: string;
+  proxyRetryInterval?: string;
   /** [admin] listen of the client (loopback), for `porthole-client status`. */
   adminListen?: string;
   /** The program to run instead of node_modules/.bin/porthole-client. */
@@ -213,6 +214,7 @@ export async function clientConfigText(h: Harness, options: ClientOptions): Prom
       reconnect_max: options.reconnectMax ?? '2s',
       exit_on_auth_failure: options.exitOnAuthFailure,
       shutdown_timeout: options.shutdownTimeout,
+      proxy_retry_interval: options.proxyRetryInterval,
       log_level: options.logLevel ?? 'info',
     }),
   ];

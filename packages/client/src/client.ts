@@ -59,6 +59,10 @@ export class PortholeClient {
   private takenOver = false;
   private wakeSleeper: (() => void) | undefined;
   private readonly sessionStatus: SessionStatus;
+  /** The server said it is draining: its refusals are final for this session, not worth asking again. */
+  private serverDraining = false;
+  /** Each proxy's refusal last logged at warn: the periodic retry's same refusal goes to debug. */
+  private readonly refusalsLogged = new Map<string, string>();
 
   constructor(
     private config: ClientConfig,
@@ -92,6 +96,7 @@ export class PortholeClient {
     for (const name of diff.removed) {
       this.proxies.delete(name);
       this.sessionStatus.forget(name);
+      this.refusalsLogged.delete(name);
     }
     for (const proxy of next.proxies) this.proxies.set(proxy.name, proxy);
     this.sessionStatus.server = next.server;
@@ -124,13 +129,31 @@ export class PortholeClient {
     if (retry.length > 0)
       this.logger.info({ proxies: retry }, 'asking again for proxies the server is not serving');
     const register = [...diff.changed, ...diff.added, ...retry];
-    if (register.length > 0) {
-      for (const name of register) this.sessionStatus.set(name, { state: 'pending' });
-      this.sendControl({
-        type: 'register',
-        proxies: register.map((name) => proxySpecOf(this.proxies.get(name)!)),
-      });
-    }
+    // Asked for by the user: the answer is worth a warn line again, even if it is the same refusal.
+    for (const name of register) this.refusalsLogged.delete(name);
+    this.registerAgain(register);
+  }
+
+  /**
+   * Every proxy_retry_interval over a live session: proxies the server refused (a port another client
+   * held, a name not yet free) or closed (its reload narrowed allow_ports) are asked for again, as frp
+   * does, so that one comes back by itself once the server would take it.
+   */
+  private retryNotServed(): void {
+    if (!this.established || this.stopping || this.serverDraining) return;
+    const retry = this.sessionStatus.notServed().filter((name) => this.proxies.has(name));
+    if (retry.length === 0) return;
+    this.logger.debug({ proxies: retry }, 'asking again for proxies the server is not serving');
+    this.registerAgain(retry);
+  }
+
+  private registerAgain(names: string[]): void {
+    if (names.length === 0) return;
+    for (const name of names) this.sessionStatus.set(name, { state: 'pending' });
+    this.sendControl({
+      type: 'register',
+      proxies: names.map((name) => proxySpecOf(this.proxies.get(name)!)),
+    });
   }
 
   /** Runs until shutdown() (resolves "stopped") or an auth failure with exit_on_auth_failure. */
@@ -295,10 +318,15 @@ export class PortholeClient {
     control.on('error', () => {});
     this.control = control;
     let establishedAt: number | undefined;
+    let retryTimer: NodeJS.Timeout | undefined;
+    this.serverDraining = false;
     this.converse(control, () => {
       establishedAt = Date.now();
+      retryTimer = setInterval(() => this.retryNotServed(), this.config.proxyRetryInterval);
+      retryTimer.unref();
     }).catch((err: Error) => session.close(err));
     const reason = await closed;
+    clearInterval(retryTimer);
     this.session = undefined;
     this.control = undefined;
     this.established = false;
@@ -336,9 +364,11 @@ export class PortholeClient {
           this.logger[message.level](fields, 'server notice');
           if (message.code === 'taken_over') this.takenOver = true;
           // The server is draining: it closed every proxy before saying so (open connections go on).
-          if (message.code === 'shutdown')
+          if (message.code === 'shutdown') {
+            this.serverDraining = true;
             for (const name of this.proxies.keys())
               this.sessionStatus.set(name, { state: 'closed', reason: message.message });
+          }
           if (message.code === 'proxies_closed' && message.proxies) {
             for (const name of message.proxies)
               this.sessionStatus.set(name, { state: 'closed', reason: message.message });
@@ -371,6 +401,8 @@ export class PortholeClient {
   }
 
   private register(): void {
+    // A new session: each proxy's result is worth its line again.
+    this.refusalsLogged.clear();
     if (this.proxies.size === 0) return;
     for (const name of this.proxies.keys()) this.sessionStatus.set(name, { state: 'pending' });
     this.sendControl({ type: 'register', proxies: [...this.proxies.values()].map(proxySpecOf) });
@@ -397,8 +429,12 @@ export class PortholeClient {
           { proxy: result.proxy, remote_addr: result.remote_addr, urls: result.urls, local },
           'proxy registered',
         );
+        this.refusalsLogged.delete(result.proxy);
       } else {
-        this.logger.warn({ proxy: result.proxy, reason: result.reason ?? 'refused' }, 'proxy refused');
+        const reason = result.reason ?? 'refused';
+        const level = this.refusalsLogged.get(result.proxy) === reason ? 'debug' : 'warn';
+        if (proxy) this.refusalsLogged.set(result.proxy, reason);
+        this.logger[level]({ proxy: result.proxy, reason }, 'proxy refused');
       }
     }
   }

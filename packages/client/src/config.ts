@@ -38,6 +38,7 @@ const clientSchema = z
     reconnect_initial: durationAtLeast(100, '100ms').prefault('500ms'),
     reconnect_max: durationField.prefault('30s'),
     shutdown_timeout: durationField.prefault('10s'),
+    proxy_retry_interval: durationAtLeast(1000, '1s').prefault('30s'),
     exit_on_auth_failure: z.boolean({ error: expected('true or false') }).default(false),
     log_level: logLevelField.default('info'),
     proxies: z.array(proxySchema, { error: expected('[[proxies]] tables') }).default([]),
@@ -106,6 +107,8 @@ export interface ClientConfig {
   reconnectInitial: number;
   reconnectMax: number;
   shutdownTimeout: number;
+  /** How often proxies the server refused or closed are asked for again, over the live session. */
+  proxyRetryInterval: number;
   exitOnAuthFailure: boolean;
   logLevel: LogLevel;
   proxies: ProxyConfig[];
@@ -141,6 +144,7 @@ function finish(source: string, rawInput: unknown): ClientConfig {
     reconnectInitial: raw.reconnect_initial,
     reconnectMax: raw.reconnect_max,
     shutdownTimeout: raw.shutdown_timeout,
+    proxyRetryInterval: raw.proxy_retry_interval,
     exitOnAuthFailure: raw.exit_on_auth_failure,
     logLevel: raw.log_level,
     proxies: raw.proxies.map(toProxyConfig),
