@@ -36,6 +36,24 @@ test('a mistyped option or config key is named with the one meant; exit status 2
       /client\.toml: proxies\[0\]\.proxy_protocl: unknown key \(did you mean "proxy_protocol"\?\)/,
     );
 
+    // A table array named in the singular.
+    const singular = await h.file(
+      'singular.toml',
+      'server = "ws://127.0.0.1:1/_porthole"\ntoken = "x"\n[[proxy]]\nname = "ssh"\n',
+    );
+    const singularTable = await run(clientBin, ['check', '--config', singular]);
+    assert.equal(singularTable.code, 2);
+    assert.match(singularTable.stderr, /singular\.toml: proxy: unknown key \(did you mean "proxies"\?\)/);
+    // Flags only, no token: the flag is named, not the file's key.
+    const noToken = await run(clientBin, [
+      '--server',
+      'ws://127.0.0.1:1/_porthole',
+      '--tcp',
+      '2222:127.0.0.1:22',
+    ]);
+    assert.equal(noToken.code, 2);
+    assert.match(noToken.stderr, /^command line: --token-file: the client token is needed/m);
+
     const cases: [bin: string, args: string[], message: RegExp][] = [
       [
         serverBin,

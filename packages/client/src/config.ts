@@ -220,5 +220,12 @@ export function loadClientConfig(file: string | undefined, flags: ClientFlags = 
     }
     raw.proxies = proxies;
   }
+  // Without a file the keys are flags: name the flag, not the file's key.
+  if (file === undefined && raw.token === undefined && raw.token_file === undefined)
+    throw ConfigError.at(
+      COMMAND_LINE,
+      '--token-file',
+      'the client token is needed (--token-file FILE or --token JWT)',
+    );
   return finish(file ?? COMMAND_LINE, raw);
 }

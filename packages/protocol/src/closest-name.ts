@@ -23,19 +23,29 @@ function editDistance(a: string, b: string, limit: number): number {
   return row[b.length]!;
 }
 
+/** "proxies" for "proxy", "certs" for "cert": the plural a table array's name usually has. */
+function pluralOf(word: string): string {
+  return /[^aeiou]y$/.test(word) ? `${word.slice(0, -1)}ies` : `${word}s`;
+}
+
 /**
- * The one name among `known` that `typed` is closest to: within two edits (one for names of four letters
- * or fewer), or the only name that starts with it. Undefined when nothing is close or two are equally so.
+ * The one name among `known` that `typed` is closest to: its plural (`[[proxy]]` for `[[proxies]]`), within
+ * two edits (one for names of four letters or fewer), or the only name that starts with it. Undefined when
+ * nothing is close or two are equally so.
  */
 export function closestName(typed: string, known: Iterable<string>): string | undefined {
   const word = typed.toLowerCase();
   const limit = word.length <= 4 ? 1 : 2;
+  const names = [...known];
+  if (names.includes(typed)) return undefined;
+  const plural = pluralOf(word);
+  const pluralName = names.find((name) => name.toLowerCase() === plural);
+  if (pluralName !== undefined) return pluralName;
   let best: string | undefined;
   let bestDistance = limit + 1;
   let tied = false;
   const prefixed: string[] = [];
-  for (const name of known) {
-    if (name === typed) return undefined;
+  for (const name of names) {
     if (word.length >= 3 && name.toLowerCase().startsWith(word)) prefixed.push(name);
     const distance = editDistance(word, name.toLowerCase(), limit);
     if (distance < bestDistance) {

@@ -35,6 +35,13 @@ test('nothing is offered for a word that is not close, nor for a tie', () => {
   assert.equal(closestName('listen', KEYS), undefined);
 });
 
+test('a singular stands for its plural', () => {
+  assert.equal(closestName('proxy', ['proxies', 'server', 'token']), 'proxies');
+  assert.equal(closestName('cert', ['certs', 'listen']), 'certs');
+  assert.equal(closestName('key', ['keys', 'token']), 'keys');
+  assert.equal(closestName('key', ['keys', 'key']), undefined, 'a known name is no typo, whatever the order');
+});
+
 test('a prefix of exactly one name is taken for it', () => {
   assert.equal(closestName('--ca', ['--config', '--ca-file', '--server']), '--ca-file');
   assert.equal(closestName('--con', ['--config', '--conn-limit']), undefined);
