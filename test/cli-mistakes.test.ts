@@ -79,7 +79,7 @@ test('a mistyped option or config key is named with the one meant; exit status 2
 );
 
 test(
-  'token issue warns about --ports the server refuses, and issues the token all the same',
+  'token issue warns about --ports the server refuses, and issues the token all the same; not one that expires at once',
   { timeout: 30_000 },
   (t) =>
     withHarness(t, async (h) => {
@@ -116,5 +116,19 @@ test(
         outside.stderr,
         "warning: ports 8100-8120,9000 of --ports are outside this server's allow_ports (2222,8000-8099): proxies on them will be refused\n",
       );
+      // A token dead on arrival is not issued.
+      const dead = await run(serverBin, [
+        'token',
+        'issue',
+        '--config',
+        serverToml,
+        '--name',
+        'c',
+        '--expires',
+        '0s',
+      ]);
+      assert.equal(dead.code, 2);
+      assert.equal(dead.stdout, '');
+      assert.match(dead.stderr, /token issue: --expires must be longer than 0/);
     }),
 );

@@ -69,6 +69,8 @@ async function main(): Promise<number | undefined> {
     let expiresInMs: number | null;
     try {
       expiresInMs = expires === 'never' ? null : parseDuration(expires);
+      // A token that expires as it is issued would be refused on its first use.
+      if (expiresInMs === 0) throw new Error('--expires must be longer than 0 (or "never")');
       const jwt = await issueToken(config.auth.secret, {
         name: values.name,
         expiresInMs,
