@@ -27,7 +27,24 @@ export class DialError extends Error {
 
 function describe(err: NodeJS.ErrnoException): string {
   // Node's connect errors read "connect ECONNREFUSED 127.0.0.1:7000"; keep that, it names the peer.
-  return err.message || err.code || String(err);
+  return (err.message || err.code || String(err)).trim();
+}
+
+/**
+ * What the usual mistakes in a server URL look like from here, said next to the error: TLS spoken to a
+ * plain port reads "wrong version number", plain HTTP to a TLS port "socket hang up", a wrong path 404.
+ */
+function hintFor(server: string, message: string, status?: number): string {
+  const secure = server.startsWith('wss:');
+  if (secure && /wrong version number|EPROTO/.test(message))
+    return ' (the server does not speak TLS on this port: is it ws:// there?)';
+  if (!secure && /socket hang up|ECONNRESET/.test(message))
+    return ' (the server closed the connection: does it expect wss:// here?)';
+  if (status === 404) {
+    const path = URL.canParse(server) ? new URL(server).pathname : server;
+    return ` (no control endpoint at ${path}: the URL's path must be the server's path, "/_porthole" unless set)`;
+  }
+  return '';
 }
 
 /**
@@ -42,7 +59,9 @@ export async function dial(opts: DialOptions): Promise<WebSocketStream> {
       ...(opts.ca ? { ca: opts.ca } : {}),
     });
   } catch (err) {
-    if (err instanceof WebSocketUpgradeError) throw new DialError(err.message, err.status);
-    throw new DialError(describe(err as NodeJS.ErrnoException));
+    if (err instanceof WebSocketUpgradeError)
+      throw new DialError(`${err.message}${hintFor(opts.server, err.message, err.status)}`, err.status);
+    const message = describe(err as NodeJS.ErrnoException);
+    throw new DialError(`${message}${hintFor(opts.server, message)}`);
   }
 }
