@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import tls from 'node:tls';
 import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
-import { eventually, type Harness, run, withHarness } from './lib/processes.js';
+import { clientBin, eventually, freePort, type Harness, run, withHarness } from './lib/processes.js';
 import {
   type CertFiles,
   issueRoutedToken,
@@ -82,6 +82,7 @@ test(
         server: `wss://localhost:${port}/_porthole`,
         caFile: ca.cert,
         token,
+        adminListen: `127.0.0.1:${await freePort()}`,
         proxies: [
           { name: 'vault', type: 'tls', local: `127.0.0.1:${vaultPort}`, hosts: ['vault.test'] },
           { name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.edge.test'] },
@@ -91,6 +92,14 @@ test(
       assert.ok(
         ((client.registered.get('app')?.urls ?? []) as string[]).includes(`https://app.edge.test:${port}/`),
         JSON.stringify(client.registered.get('app')),
+      );
+      // `status` says where visitors reach each named proxy.
+      const status = await run(clientBin, ['status', '--config', client.configPath], { timeoutMs: 15_000 });
+      assert.equal(status.code, 0, status.stderr);
+      assert.match(status.stdout, new RegExp(`^vault .* registered +0 +tls://vault\\.test:${port}$`, 'm'));
+      assert.match(
+        status.stdout,
+        new RegExp(`^app .* registered +0 +.*https://app\\.edge\\.test:${port}/`, 'm'),
       );
 
       // Passthrough: the certificate openssl sees is the local service's, verified against the CA.

@@ -207,6 +207,8 @@ export interface RoutedClientOptions {
   caFile?: string;
   logLevel?: string;
   name?: string;
+  /** [admin] listen of the client (loopback), for `porthole-client status`. */
+  adminListen?: string;
   /** Wait for these proxies' "proxy registered" (default: all of them); [] to return at once. */
   waitFor?: string[];
 }
@@ -230,6 +232,7 @@ export async function startRoutedClient(h: Harness, opts: RoutedClientOptions): 
       log_level: opts.logLevel ?? 'info',
     }),
   ];
+  if (opts.adminListen !== undefined) parts.push('', '[admin]', tomlLines({ listen: opts.adminListen }));
   for (const proxy of opts.proxies) parts.push('', '[[proxies]]', tomlLines(proxy));
   parts.push('');
   const configPath = await h.file(`${unique('client')}.toml`, parts.join('\n'));

@@ -421,7 +421,11 @@ export class PortholeClient {
       const proxy = this.proxies.get(result.proxy);
       const local = proxy ? formatHostPort(proxy.local.host, proxy.local.port) : undefined;
       const state: ProxyState = result.ok
-        ? { state: 'registered', ...(result.remote_addr ? { remoteAddr: result.remote_addr } : {}) }
+        ? {
+            state: 'registered',
+            ...(result.remote_addr ? { remoteAddr: result.remote_addr } : {}),
+            ...(result.urls?.length ? { urls: result.urls } : {}),
+          }
         : { state: 'refused', reason: result.reason ?? 'refused' };
       if (proxy) this.sessionStatus.set(result.proxy, state);
       if (result.ok) {

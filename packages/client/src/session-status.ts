@@ -8,7 +8,7 @@ import type { ProxyConfig } from './config.js';
 
 export type ProxyState =
   | { state: 'pending' }
-  | { state: 'registered'; remoteAddr?: string }
+  | { state: 'registered'; remoteAddr?: string; urls?: string[] }
   | { state: 'refused'; reason: string }
   | { state: 'closed'; reason: string };
 
@@ -39,6 +39,8 @@ export interface ClientStatus {
     remote_port: number | undefined;
     state: ProxyState['state'];
     remote_addr?: string;
+    /** Where visitors reach an http or tls proxy (its names on the vhost ports). */
+    urls?: string[];
     reason?: string;
     open_connections: number;
   }[];
@@ -125,6 +127,7 @@ export class SessionStatus {
           remote_port: proxy.remotePort,
           state: state.state,
           ...('remoteAddr' in state && state.remoteAddr ? { remote_addr: state.remoteAddr } : {}),
+          ...('urls' in state && state.urls ? { urls: state.urls } : {}),
           ...('reason' in state ? { reason: state.reason } : {}),
           open_connections: open.get(proxy.name) ?? 0,
         };

@@ -75,6 +75,11 @@ function table(rows: string[][]): string {
     .join('\n');
 }
 
+/** Where visitors reach a registered proxy: an http or tls proxy's URLs, else its public address. */
+function registeredDetail(p: ClientStatus['proxies'][number]): string {
+  return p.urls?.length ? p.urls.join(' ') : `public ${p.remote_addr ?? '?'}`;
+}
+
 /** The human form of a status: the session line, then one row per proxy. */
 export function formatStatus(status: ClientStatus, now = Date.now()): string {
   const age = humanAge(now - Date.parse(status.since));
@@ -105,7 +110,7 @@ export function formatStatus(status: ClientStatus, now = Date.now()): string {
         p.remote_port === undefined ? '-' : String(p.remote_port), // http and tls proxies have names, not ports
         p.state,
         String(p.open_connections),
-        p.state === 'registered' ? `public ${p.remote_addr ?? '?'}` : (p.reason ?? ''),
+        p.state === 'registered' ? registeredDetail(p) : (p.reason ?? ''),
       ]);
     }
     lines.push(table(rows));

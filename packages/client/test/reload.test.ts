@@ -74,6 +74,7 @@ test('formatStatus: the session line and one row per proxy', () => {
         remote_port: undefined,
         state: 'registered',
         remote_addr: '0.0.0.0:80',
+        urls: ['http://app.example.com/', 'https://app.example.com/'],
         open_connections: 0,
       },
     ],
@@ -88,7 +89,7 @@ test('formatStatus: the session line and one row per proxy', () => {
       'PROXY  TYPE  LOCAL           REMOTE PORT  STATE       OPEN  DETAIL',
       'ssh    tcp   127.0.0.1:22    2222         registered  1     public 0.0.0.0:2222',
       'web    tcp   127.0.0.1:80    9999         refused     0     port 9999 is outside the grant',
-      'app    http  127.0.0.1:3000  -            registered  0     public 0.0.0.0:80',
+      'app    http  127.0.0.1:3000  -            registered  0     http://app.example.com/ https://app.example.com/',
       '',
     ].join('\n'),
   );
