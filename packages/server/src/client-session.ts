@@ -36,6 +36,8 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
  * the names' entries, so without a cap one token could make each registration cost seconds.
  */
 export const MAX_ROUTES_PER_CLIENT = 4096;
+/** Refusals remembered per session for quieting repeats; past it the memory starts over. */
+const MAX_REFUSALS_REMEMBERED = 1024;
 
 /**
  * One connected client: reads its control stream (the first stream it opens), answers hello, binds
@@ -56,6 +58,11 @@ export class ClientSession {
   private routes = 0;
   /** Hostnames the token lets this client claim (undefined: any). */
   private readonly hostGrant: readonly string[] | undefined;
+  /**
+   * Each proxy's refusal last logged at warn: a client asks again for refused proxies every
+   * proxy_retry_interval, and the same answer again goes to debug. Bounded by the names a client sends.
+   */
+  private readonly refusalsLogged = new Map<string, string>();
   private control: Stream | undefined;
   /** Set when the session ended while client messages were still unread on the control stream. */
   private sessionEndReason: string | undefined;
@@ -397,10 +404,7 @@ export class ClientSession {
     }
     const routes = this.routesOf(spec);
     const reason = this.refusal(spec) ?? this.overLimit(existing, routes);
-    if (reason) {
-      this.logger.warn({ proxy: spec.name, reason }, 'proxy refused');
-      return { proxy: spec.name, ok: false, reason };
-    }
+    if (reason) return this.refused(spec.name, reason);
     if (existing) this.closeProxies([spec.name], 'replaced by a new registration');
     let listener: BoundProxy;
     let port: number | undefined;
@@ -412,9 +416,7 @@ export class ClientSession {
         listener = await bindRoutedProxy(this.ctx, this.owner, spec);
       }
     } catch (err) {
-      const reason = (err as Error).message;
-      this.logger.warn({ proxy: spec.name, reason }, 'proxy refused');
-      return { proxy: spec.name, ok: false, reason };
+      return this.refused(spec.name, (err as Error).message);
     }
     if (this.closed) {
       listener.close();
@@ -430,7 +432,16 @@ export class ClientSession {
     return this.registered(spec.name, listener);
   }
 
+  private refused(proxy: string, reason: string): ProxyResult {
+    const repeated = this.refusalsLogged.get(proxy) === reason;
+    if (!repeated && this.refusalsLogged.size >= MAX_REFUSALS_REMEMBERED) this.refusalsLogged.clear();
+    this.refusalsLogged.set(proxy, reason);
+    this.logger[repeated ? 'debug' : 'warn']({ proxy, reason }, 'proxy refused');
+    return { proxy, ok: false, reason };
+  }
+
   private registered(proxy: string, listener: BoundProxy): ProxyResult {
+    this.refusalsLogged.delete(proxy);
     return {
       proxy,
       ok: true,
