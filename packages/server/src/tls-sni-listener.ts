@@ -13,7 +13,7 @@ import {
   writeStreamHeader,
 } from '@porthole/protocol';
 import type { ConnectionLimit } from './connection-limit.js';
-import type { HostRoutes } from './host-routes.js';
+import type { HostRoutes, RouteEntry } from './host-routes.js';
 import type { HttpVhostServer } from './http-vhost-server.js';
 import type { TlsCertStore } from './tls-cert-store.js';
 import { readClientHello } from './tls-client-hello.js';
@@ -48,8 +48,15 @@ export type SniDecision =
   | { action: 'terminate' }
   | { action: 'close'; reason: string };
 
-function labelCount(pattern: string): number {
-  return pattern.split('.').length;
+/** How specific a route's name is: an exact name (or subdomain) above any wildcard, longer wildcards higher. */
+function specificity(route: RouteEntry<unknown>): number {
+  return route.tier === 'wildcard' ? route.host.split('.').length : Number.POSITIVE_INFINITY;
+}
+
+/** The http route is more specific than the tls one, or as specific and online while the tls one is not. */
+function httpGoesFirst(http: RouteEntry<unknown>, tls: RouteEntry<unknown>): boolean {
+  const [h, t] = [specificity(http), specificity(tls)];
+  return h > t || (h === t && tls.target === undefined && http.target !== undefined);
 }
 
 export class TlsSniListener {
@@ -81,9 +88,10 @@ export class TlsSniListener {
   /**
    * Where a connection for `serverName` goes. A name a tls proxy claims exactly (or by subdomain) wins,
    * then a certificate naming it exactly, then a wildcard tls proxy, then a wildcard certificate. An http
-   * proxy's name under a wildcard certificate goes before a wildcard tls proxy that is less specific (the
-   * most specific name wins, as on the http port): else another client's `*.example.com` tls proxy would
-   * take the HTTPS visitors of `app.example.com`, and leave them closed once it went offline.
+   * proxy's name that a certificate covers goes before a tls proxy that is less specific, or as specific
+   * and offline (the most specific name wins, as on the http port): else another client's `*.example.com`
+   * tls proxy would take the HTTPS visitors of `app.example.com`, and leave them closed once it went
+   * offline; and a tls proxy gone offline would keep an http proxy that took its name closed for a day.
    */
   decide(serverName: string | undefined): SniDecision {
     const name = normalizeRequestHost(serverName ?? this.opts.defaultHost);
@@ -93,18 +101,16 @@ export class TlsSniListener {
     const route = this.opts.routes.lookup(name);
     const certs = this.opts.certs;
     const terminates = this.opts.vhost.terminates && certs !== undefined;
+    if (route && terminates && certs.covers(name)) {
+      const http = this.opts.httpRoutes.lookupName(name);
+      if (http && httpGoesFirst(http, route)) return { action: 'terminate' };
+    }
     const pass = (): SniDecision =>
       route?.target
         ? { action: 'passthrough', target: route.target }
         : { action: 'close', reason: `the tunnel for ${name} is offline` };
     if (route && route.tier !== 'wildcard') return pass();
     if (terminates && certs.hasExact(name)) return { action: 'terminate' };
-    if (route && terminates && certs.covers(name)) {
-      const http = this.opts.httpRoutes.lookupName(name);
-      if (http && (http.tier !== 'wildcard' || labelCount(http.host) > labelCount(route.host))) {
-        return { action: 'terminate' };
-      }
-    }
     if (route) return pass();
     if (terminates && certs.covers(name)) return { action: 'terminate' };
     return { action: 'close', reason: 'no tls proxy or certificate for this name' };

@@ -170,6 +170,12 @@ test('SNI decisions: tls proxies by exact name, then exact certificates, then wi
   assert.equal(decide('vault.example.test'), 'close', 'an offline passthrough name is closed');
   routes.release(routes.lookup('other.example.test')!.target!);
   assert.equal(decide('app.example.test'), 'terminate', 'still, with the wildcard tls proxy offline');
+  // An offline tls name gives way to an online http proxy of another client that claimed the same name.
+  assert.equal(decide('zzz.example.test'), 'close', 'the offline wildcard tls proxy still holds its names');
+  httpRoutes.add('other', 'all', [{ host: '*.example.test', tier: 'wildcard', location: '/' }], 'all');
+  assert.equal(decide('zzz.example.test'), 'terminate');
+  httpRoutes.add('other', 'vault-http', [{ host: 'vault.example.test', tier: 'exact', location: '/' }], 'vh');
+  assert.equal(decide('vault.example.test'), 'terminate');
 });
 
 /** Two ends of a mux session over a loopback TCP connection. */
