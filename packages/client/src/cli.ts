@@ -98,9 +98,15 @@ async function main(): Promise<number | undefined> {
       return 1;
     }
   }
-  /** A reload that adds, moves or removes [admin]: the new listener first, so a failed one keeps the old. */
+  let stopping = false;
+  /**
+   * A reload that adds, moves or removes [admin]: the new listener first, so that one that cannot bind
+   * leaves the old in place (on the same port, the old one has to go first, and comes back on failure).
+   */
   const reloadAdmin = async (next: HostPort | undefined): Promise<void> => {
-    if (next?.host === adminListen?.host && next?.port === adminListen?.port) return;
+    if (stopping || (next?.host === adminListen?.host && next?.port === adminListen?.port)) return;
+    const samePort = next !== undefined && adminListen !== undefined && next.port === adminListen.port;
+    if (samePort) admin?.close();
     let started: ClientAdmin | undefined;
     if (next) {
       started = new ClientAdmin(next, () => client.status(), logger);
@@ -109,16 +115,30 @@ async function main(): Promise<number | undefined> {
       } catch (err) {
         const reason = (err as Error).message;
         logger.error({ reason }, 'reload: cannot start the admin endpoint; keeping the running one');
+        if (samePort && adminListen) {
+          admin = new ClientAdmin(adminListen, () => client.status(), logger);
+          await admin.listen().catch((again: Error) => {
+            logger.error({ reason: again.message }, 'cannot start the admin endpoint again');
+          });
+        }
         return;
       }
     }
-    admin?.close();
+    if (stopping) {
+      started?.close();
+      return;
+    }
+    if (!samePort) admin?.close();
     if (!next) logger.info({}, 'admin endpoint closed');
     admin = started;
     adminListen = next;
   };
+  // One reload's admin change at a time, in the order the reloads came.
+  let adminChange = Promise.resolve();
   exitOnSignals(async () => {
+    stopping = true;
     await client.shutdown();
+    await adminChange;
     admin?.close();
   });
   process.on('SIGHUP', () => {
@@ -126,13 +146,15 @@ async function main(): Promise<number | undefined> {
       const next = loadClientConfig(values.config, flags);
       warn(next);
       client.reload(next);
-      void reloadAdmin(next.admin?.listen);
+      adminChange = adminChange.then(() => reloadAdmin(next.admin?.listen));
     } catch (err) {
       const reason = err instanceof ConfigError ? err.message : (err as Error).message;
       logger.error({ reason }, 'reload failed: keeping the running configuration');
     }
   });
   const outcome = await client.run();
+  stopping = true;
+  await adminChange;
   admin?.close();
   return outcome === 'auth failed' ? EXIT_AUTH_FAILED : undefined;
 }
