@@ -318,12 +318,12 @@ export class PortholeClient {
     control.on('error', () => {});
     this.control = control;
     let establishedAt: number | undefined;
-    let retryTimer: NodeJS.Timeout | undefined;
     this.serverDraining = false;
+    // For this session only (retryNotServed waits for it to be established).
+    const retryTimer = setInterval(() => this.retryNotServed(), this.config.proxyRetryInterval);
+    retryTimer.unref();
     this.converse(control, () => {
       establishedAt = Date.now();
-      retryTimer = setInterval(() => this.retryNotServed(), this.config.proxyRetryInterval);
-      retryTimer.unref();
     }).catch((err: Error) => session.close(err));
     const reason = await closed;
     clearInterval(retryTimer);
@@ -419,7 +419,12 @@ export class PortholeClient {
   ) {
     for (const result of results) {
       const proxy = this.proxies.get(result.proxy);
-      const local = proxy ? formatHostPort(proxy.local.host, proxy.local.port) : undefined;
+      if (!proxy) {
+        // Removed by a reload while its registration was on the way (the reload unregistered it).
+        this.logger.debug({ proxy: result.proxy, ok: result.ok }, 'result for a proxy no longer configured');
+        continue;
+      }
+      const local = formatHostPort(proxy.local.host, proxy.local.port);
       const state: ProxyState = result.ok
         ? {
             state: 'registered',
@@ -427,7 +432,7 @@ export class PortholeClient {
             ...(result.urls?.length ? { urls: result.urls } : {}),
           }
         : { state: 'refused', reason: result.reason ?? 'refused' };
-      if (proxy) this.sessionStatus.set(result.proxy, state);
+      this.sessionStatus.set(result.proxy, state);
       if (result.ok) {
         this.logger.info(
           { proxy: result.proxy, remote_addr: result.remote_addr, urls: result.urls, local },
@@ -437,7 +442,7 @@ export class PortholeClient {
       } else {
         const reason = result.reason ?? 'refused';
         const level = this.refusalsLogged.get(result.proxy) === reason ? 'debug' : 'warn';
-        if (proxy) this.refusalsLogged.set(result.proxy, reason);
+        this.refusalsLogged.set(result.proxy, reason);
         this.logger[level]({ proxy: result.proxy, reason }, 'proxy refused');
       }
     }
