@@ -74,21 +74,40 @@ function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-function connectLocal(local: ProxyConfig['local']): Promise<Socket> {
+/** The stream went away (visitor left, session lost) before the local service answered. */
+class StreamGone extends Error {}
+
+/** Connects to the local service; given up when `stream` closes first, so its pending place is freed. */
+function connectLocal(local: ProxyConfig['local'], stream: Stream): Promise<Socket> {
   return new Promise((resolve, reject) => {
+    if (stream.destroyed) {
+      reject(new StreamGone());
+      return;
+    }
     const socket = connect({ host: local.host, port: local.port, allowHalfOpen: true });
+    const settle = () => {
+      clearTimeout(timer);
+      stream.off('close', gone);
+    };
+    const gone = () => {
+      settle();
+      socket.destroy();
+      reject(new StreamGone());
+    };
     const timer = setTimeout(() => {
+      settle();
       socket.destroy();
       reject(new Error(`connect to ${formatHostPort(local.host, local.port)} timed out`));
     }, LOCAL_CONNECT_TIMEOUT_MS);
+    stream.once('close', gone);
     socket.once('connect', () => {
-      clearTimeout(timer);
+      settle();
       socket.removeAllListeners('error');
       socket.setNoDelay(true);
       resolve(socket);
     });
     socket.once('error', (err: NodeJS.ErrnoException) => {
-      clearTimeout(timer);
+      settle();
       reject(new Error(err.code ? `${err.code}` : err.message));
     });
   });
@@ -139,9 +158,10 @@ export async function serveStream(
   }
   let socket: Socket;
   try {
-    socket = await connectLocal(proxy.local);
+    socket = await connectLocal(proxy.local, stream);
   } catch (err) {
-    failures.failed({ ...fields, local, reason: (err as Error).message }, true);
+    if (!(err instanceof StreamGone))
+      failures.failed({ ...fields, local, reason: (err as Error).message }, true);
     stream.destroy();
     return;
   } finally {
