@@ -35,11 +35,11 @@ function describe(err: NodeJS.ErrnoException): string {
  * plain port reads "wrong version number", plain HTTP to a TLS port "socket hang up", a wrong path 404.
  */
 function hintFor(server: string, message: string, status?: number): string {
-  const secure = server.startsWith('wss:');
-  if (secure && /wrong version number|EPROTO/.test(message))
+  const secure = URL.canParse(server) && new URL(server).protocol === 'wss:';
+  if (secure && /wrong version number|packet length too long/.test(message))
     return ' (the server does not speak TLS on this port: is it ws:// there?)';
-  if (!secure && /socket hang up|ECONNRESET/.test(message))
-    return ' (the server closed the connection: does it expect wss:// here?)';
+  if (!secure && /socket hang up/.test(message))
+    return ' (the server closed the connection unanswered: does it expect wss:// here?)';
   if (status === 404) {
     const path = URL.canParse(server) ? new URL(server).pathname : server;
     return ` (no control endpoint at ${path}: the URL's path must be the server's path, "/_porthole" unless set)`;
