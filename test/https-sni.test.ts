@@ -101,6 +101,17 @@ test(
         status.stdout,
         new RegExp(`^app .* registered +0 +.*https://app\\.edge\\.test:${port}/`, 'm'),
       );
+      // A client that dials this TLS port with ws:// is told what it most likely got wrong.
+      const wrongScheme = await startRoutedClient(h, {
+        server: `ws://127.0.0.1:${port}/_porthole`,
+        token,
+        name: 'wrong scheme',
+        proxies: [],
+        waitFor: [],
+      });
+      const failed = await wrongScheme.proc.waitForMsg('connect failed', 10_000);
+      assert.match(String(failed.reason), /socket hang up \(.*does it expect wss:\/\/ here\?\)$/);
+      await wrongScheme.proc.stop();
 
       // Passthrough: the certificate openssl sees is the local service's, verified against the CA.
       const pass = await sClient(
