@@ -49,7 +49,10 @@ test(
       assert.ok(asking().length >= 2, `asked again ${asking().length} times`);
       const warned = (lines: LogLine[]) => lines.filter((l) => l.level === 'warn' && l.proxy === 'svc');
       assert.equal(warned(waiting.proc.logsWithMsg('proxy refused')).length, 1);
-      assert.equal(warned(server.proc.logsWithMsg('proxy refused')).filter((l) => l.client === 'waiting').length, 1);
+      assert.equal(
+        warned(server.proc.logsWithMsg('proxy refused')).filter((l) => l.client === 'waiting').length,
+        1,
+      );
 
       // The holder leaves: within a retry interval the waiting client has the port.
       const mark = waiting.proc.mark();
@@ -64,6 +67,9 @@ test(
       const askedThen = asking().length;
       await sleep(2500);
       assert.equal(asking().length, askedThen);
-      assert.equal(server.proc.logsWithMsg('proxy listening').filter((l) => l.client === 'waiting').length, 1);
+      assert.equal(
+        server.proc.logsWithMsg('proxy listening').filter((l) => l.client === 'waiting').length,
+        1,
+      );
     }),
 );
