@@ -11,6 +11,7 @@ import {
   ProtocolError,
   type ProxySpec,
   parseControlMessage,
+  RepeatedReasons,
   writeMessage,
 } from '@porthole/protocol';
 import type { ClientConfig, ProxyConfig } from './config.js';
@@ -62,7 +63,7 @@ export class PortholeClient {
   /** The server said it is draining: its refusals are final for this session, not worth asking again. */
   private serverDraining = false;
   /** Each proxy's refusal last logged at warn: the periodic retry's same refusal goes to debug. */
-  private readonly refusalsLogged = new Map<string, string>();
+  private readonly refusals = new RepeatedReasons();
 
   constructor(
     private config: ClientConfig,
@@ -96,7 +97,7 @@ export class PortholeClient {
     for (const name of diff.removed) {
       this.proxies.delete(name);
       this.sessionStatus.forget(name);
-      this.refusalsLogged.delete(name);
+      this.refusals.forget(name);
     }
     for (const proxy of next.proxies) this.proxies.set(proxy.name, proxy);
     this.sessionStatus.server = next.server;
@@ -130,7 +131,7 @@ export class PortholeClient {
       this.logger.info({ proxies: retry }, 'asking again for proxies the server is not serving');
     const register = [...diff.changed, ...diff.added, ...retry];
     // Asked for by the user: the answer is worth a warn line again, even if it is the same refusal.
-    for (const name of register) this.refusalsLogged.delete(name);
+    for (const name of register) this.refusals.forget(name);
     this.registerAgain(register);
   }
 
@@ -402,7 +403,7 @@ export class PortholeClient {
 
   private register(): void {
     // A new session: each proxy's result is worth its line again.
-    this.refusalsLogged.clear();
+    this.refusals.clear();
     if (this.proxies.size === 0) return;
     for (const name of this.proxies.keys()) this.sessionStatus.set(name, { state: 'pending' });
     this.sendControl({ type: 'register', proxies: [...this.proxies.values()].map(proxySpecOf) });
@@ -438,11 +439,10 @@ export class PortholeClient {
           { proxy: result.proxy, remote_addr: result.remote_addr, urls: result.urls, local },
           'proxy registered',
         );
-        this.refusalsLogged.delete(result.proxy);
+        this.refusals.forget(result.proxy);
       } else {
         const reason = result.reason ?? 'refused';
-        const level = this.refusalsLogged.get(result.proxy) === reason ? 'debug' : 'warn';
-        this.refusalsLogged.set(result.proxy, reason);
+        const level = this.refusals.repeats(result.proxy, reason) ? 'debug' : 'warn';
         this.logger[level]({ proxy: result.proxy, reason }, 'proxy refused');
       }
     }

@@ -78,3 +78,30 @@ export class LineBudget {
     this.unlogged.flush();
   }
 }
+
+/**
+ * The reason last said for each key (a proxy's refusal), so that the same reason again can be logged at a
+ * quieter level: a client asks again for refused proxies every proxy_retry_interval, and both ends would
+ * otherwise warn each time. Past `maxKeys` keys the memory starts over (the keys come from a peer).
+ */
+export class RepeatedReasons {
+  private readonly last = new Map<string, string>();
+
+  constructor(private readonly maxKeys = 1024) {}
+
+  /** True when `reason` is what `key` last had; remembers it either way. */
+  repeats(key: string, reason: string): boolean {
+    if (this.last.get(key) === reason) return true;
+    if (this.last.size >= this.maxKeys) this.last.clear();
+    this.last.set(key, reason);
+    return false;
+  }
+
+  forget(key: string): void {
+    this.last.delete(key);
+  }
+
+  clear(): void {
+    this.last.clear();
+  }
+}

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { LimitWarning } from '../src/limit-warning.js';
+import { LimitWarning, RepeatedReasons } from '../src/limit-warning.js';
 
 test('a limit warning: the first refusal at once, a burst after it in one line when the interval ends', async () => {
   const lines: number[] = [];
@@ -26,4 +26,18 @@ test('a limit warning: the first refusal at once, a burst after it in one line w
   warning.count();
   warning.flush();
   assert.deepEqual(lines, [1, 5, 1], 'flush reports what is pending at once (the proxy is closing)');
+});
+
+test('repeated reasons: the same reason for a key repeats until it changes or is forgotten; the memory is bounded', () => {
+  const reasons = new RepeatedReasons(2);
+  assert.equal(reasons.repeats('a', 'port in use'), false);
+  assert.equal(reasons.repeats('a', 'port in use'), true);
+  assert.equal(reasons.repeats('a', 'outside the grant'), false);
+  assert.equal(reasons.repeats('a', 'outside the grant'), true);
+  reasons.forget('a');
+  assert.equal(reasons.repeats('a', 'outside the grant'), false);
+  assert.equal(reasons.repeats('b', 'x'), false);
+  // A third key starts the memory over: 'a' is news again.
+  assert.equal(reasons.repeats('c', 'x'), false);
+  assert.equal(reasons.repeats('a', 'outside the grant'), false);
 });

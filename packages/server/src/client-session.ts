@@ -11,6 +11,7 @@ import {
   type ProxyResult,
   type ProxySpec,
   parseControlMessage,
+  RepeatedReasons,
   type TokenClaims,
   writeMessage,
 } from '@porthole/protocol';
@@ -36,8 +37,6 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
  * the names' entries, so without a cap one token could make each registration cost seconds.
  */
 export const MAX_ROUTES_PER_CLIENT = 4096;
-/** Refusals remembered per session for quieting repeats; past it the memory starts over. */
-const MAX_REFUSALS_REMEMBERED = 1024;
 
 /**
  * One connected client: reads its control stream (the first stream it opens), answers hello, binds
@@ -58,11 +57,8 @@ export class ClientSession {
   private routes = 0;
   /** Hostnames the token lets this client claim (undefined: any). */
   private readonly hostGrant: readonly string[] | undefined;
-  /**
-   * Each proxy's refusal last logged at warn: a client asks again for refused proxies every
-   * proxy_retry_interval, and the same answer again goes to debug. Bounded by the names a client sends.
-   */
-  private readonly refusalsLogged = new Map<string, string>();
+  /** Each proxy's refusal last logged at warn: the same answer to a client asking again goes to debug. */
+  private readonly refusals = new RepeatedReasons();
   private control: Stream | undefined;
   /** Set when the session ended while client messages were still unread on the control stream. */
   private sessionEndReason: string | undefined;
@@ -433,15 +429,12 @@ export class ClientSession {
   }
 
   private refused(proxy: string, reason: string): ProxyResult {
-    const repeated = this.refusalsLogged.get(proxy) === reason;
-    if (!repeated && this.refusalsLogged.size >= MAX_REFUSALS_REMEMBERED) this.refusalsLogged.clear();
-    this.refusalsLogged.set(proxy, reason);
-    this.logger[repeated ? 'debug' : 'warn']({ proxy, reason }, 'proxy refused');
+    this.logger[this.refusals.repeats(proxy, reason) ? 'debug' : 'warn']({ proxy, reason }, 'proxy refused');
     return { proxy, ok: false, reason };
   }
 
   private registered(proxy: string, listener: BoundProxy): ProxyResult {
-    this.refusalsLogged.delete(proxy);
+    this.refusals.forget(proxy);
     return {
       proxy,
       ok: true,
