@@ -6,6 +6,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { freePort } from '@porthole/mux/test/free-port';
 import { Prng, runSeed } from '@porthole/mux/test/prng';
 import {
   encodeProxyHeader,
@@ -151,14 +152,6 @@ describe('HAProxy accepts our headers', () => {
   let haproxyLog = '';
   let port = 0;
   let dir = '';
-
-  async function freePort(): Promise<number> {
-    const server = net.createServer();
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const { port: free } = server.address() as net.AddressInfo;
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-    return free;
-  }
 
   async function canConnect(): Promise<boolean> {
     const socket = net.connect(port, '127.0.0.1');

@@ -91,14 +91,7 @@ export class RawClient {
   }
 }
 
-/** A port that was free a moment ago (bind 0, read, close). */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
+export { freePort } from '@porthole/mux/test/free-port';
 
 /** Connects to a public port and collects what comes back until the peer ends or resets. */
 export function visit(port: number, payload: string | Buffer): Promise<{ data: string; error?: string }> {
