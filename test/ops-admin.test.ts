@@ -229,6 +229,11 @@ test(
         10_000,
       );
       assert.match(String(drained.reason), /shut/);
+      // The session is still up for the open connection, but no proxy is served: status says so by its exit.
+      const unserved = await run(clientBin, ['status', '--config', client.configPath], { timeoutMs: 15_000 });
+      assert.equal(unserved.code, 5, unserved.stdout + unserved.stderr);
+      assert.match(unserved.stdout, /session: +established/);
+      assert.match(unserved.stdout, /^web +tcp .* closed +\d+ +.*shut/m);
       // The last open connection goes, so the drain ends now rather than at shutdown_timeout.
       holder.close();
       await server.proc.exited;

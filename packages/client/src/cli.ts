@@ -13,7 +13,7 @@ import {
 import { PortholeClient } from './client.js';
 import { ClientAdmin } from './client-admin.js';
 import { type ClientFlags, loadClientConfig } from './config.js';
-import { adminAddressOf, fetchStatus, formatStatus, STATUS_EXIT } from './status-command.js';
+import { adminAddressOf, fetchStatus, formatStatus, STATUS_EXIT, statusExitCode } from './status-command.js';
 
 const PROGRAM = 'porthole-client';
 const VERSION = packageVersion(import.meta.url);
@@ -25,7 +25,8 @@ const USAGE = `Usage:
   ${PROGRAM} check --config client.toml       validate the config (exit 0 valid, 2 invalid)
   ${PROGRAM} status --config client.toml      show the running client's session and proxies (from its
                                               [admin] listen; or --admin HOST:PORT); exit 0 established,
-                                              1 unreachable, 3 not established; --json for the raw answer
+                                              1 unreachable, 3 not established, 5 established but a proxy
+                                              refused or closed; --json for the raw answer
   ${PROGRAM} --help | --version
 
 Options (they override the config file's keys; --tcp and --udp add proxies):
@@ -188,7 +189,7 @@ async function status(configFile: string | undefined, adminFlag: string | undefi
     return STATUS_EXIT.unreachable;
   }
   process.stdout.write(json ? `${JSON.stringify(answer, null, 2)}\n` : formatStatus(answer));
-  return answer.state === 'established' ? STATUS_EXIT.established : STATUS_EXIT.notEstablished;
+  return statusExitCode(answer);
 }
 
 function parse() {

@@ -6,7 +6,23 @@ import type { ClientStatus } from './session-status.js';
 const STATUS_TIMEOUT_MS = 5000;
 
 /** Exit statuses of `porthole-client status`. */
-export const STATUS_EXIT = { established: 0, unreachable: 1, notEstablished: 3 } as const;
+export const STATUS_EXIT = {
+  established: 0,
+  unreachable: 1,
+  notEstablished: 3,
+  proxiesNotServed: 5,
+} as const;
+
+/**
+ * 0 only when the session is up and no proxy is refused or closed: a monitoring check that runs `status`
+ * must notice a proxy the server will not serve (a port taken, outside the token's grant), not just a
+ * session that is down.
+ */
+export function statusExitCode(status: ClientStatus): number {
+  if (status.state !== 'established') return STATUS_EXIT.notEstablished;
+  const unserved = status.proxies.some((p) => p.state === 'refused' || p.state === 'closed');
+  return unserved ? STATUS_EXIT.proxiesNotServed : STATUS_EXIT.established;
+}
 
 /**
  * The admin address from client.toml without validating the rest: `status` must work for a user who
