@@ -26,6 +26,11 @@ export interface RouteEntry<T> extends HostClaim {
 export const OFFLINE_ROUTE_TTL_MS = 24 * 3600_000;
 /** At most this many offline routes are remembered (the oldest are forgotten first). */
 export const MAX_OFFLINE_ROUTES = 10_000;
+/**
+ * Past the cap a sweep forgets down to this many, so the next sweep is a thousand releases away: trimmed to
+ * the cap exactly, every release (256 per client disconnect) would scan and sort the whole table again.
+ */
+const OFFLINE_ROUTES_AFTER_SWEEP = MAX_OFFLINE_ROUTES * 0.9;
 
 /** True when `path` (a URL pathname) is under `location`: "/api" covers "/api" and "/api/x", not "/apix". */
 export function locationMatches(path: string, location: string): boolean {
@@ -191,7 +196,8 @@ export class HostRoutes<T> {
       for (const e of list) if (e.target === undefined) offline.push(e);
     let oldestKept = Number.POSITIVE_INFINITY;
     const expired = new Set(offline.filter((e) => now - e.offlineSince >= OFFLINE_ROUTE_TTL_MS));
-    const excess = offline.length - expired.size - MAX_OFFLINE_ROUTES;
+    const remaining = offline.length - expired.size;
+    const excess = remaining > MAX_OFFLINE_ROUTES ? remaining - OFFLINE_ROUTES_AFTER_SWEEP : 0;
     if (excess > 0) {
       const oldest = offline
         .filter((e) => !expired.has(e))

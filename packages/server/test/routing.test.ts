@@ -9,7 +9,7 @@ import { Session, type Stream } from '@porthole/mux';
 import { ConfigError, ConnectionTracker, captureLogs, readStreamHeader } from '@porthole/protocol';
 import { loadServerConfig } from '../src/config.js';
 import { ConnectionLimit } from '../src/connection-limit.js';
-import { HostRoutes, locationMatches, OFFLINE_ROUTE_TTL_MS } from '../src/host-routes.js';
+import { HostRoutes, locationMatches, MAX_OFFLINE_ROUTES, OFFLINE_ROUTE_TTL_MS } from '../src/host-routes.js';
 import type { HttpVhostServer } from '../src/http-vhost-server.js';
 import { ProxyTraffic } from '../src/proxy-traffic.js';
 import { routingPath } from '../src/request-path.js';
@@ -71,6 +71,28 @@ test("routes: a wildcard cannot take another client's subdomain, nor a subdomain
   );
   routes.release('sub');
   assert.equal(routes.subdomainShadow('b', wildcard), undefined, 'an offline subdomain does not block');
+});
+
+test('routes: past the cap of offline routes the oldest are forgotten, with room left before the next sweep', () => {
+  let now = 1_000;
+  const routes = new HostRoutes<string>(() => now);
+  const offlineCount = () => routes.entries().filter((e) => e.target === undefined).length;
+  for (let i = 0; i <= MAX_OFFLINE_ROUTES; i++) {
+    now += 1;
+    routes.add('alpha', `p${i}`, [{ host: `h${i}.test`, tier: 'exact', location: '/' }], `t${i}`);
+    routes.release(`t${i}`);
+  }
+  const afterSweep = offlineCount();
+  assert.ok(afterSweep <= MAX_OFFLINE_ROUTES * 0.9, `${afterSweep} offline routes kept after the sweep`);
+  assert.equal(routes.lookup('h0.test'), undefined, 'the oldest is forgotten');
+  assert.equal(routes.lookup(`h${MAX_OFFLINE_ROUTES}.test`)?.target, undefined, 'the newest stays offline');
+  assert.ok(routes.lookup(`h${MAX_OFFLINE_ROUTES}.test`));
+  // The next releases below the cap forget nothing: no sweep per release.
+  for (let i = 0; i < 100; i++) {
+    routes.add('beta', `q${i}`, [{ host: `q${i}.test`, tier: 'exact', location: '/' }], `u${i}`);
+    routes.release(`u${i}`);
+  }
+  assert.equal(offlineCount(), afterSweep + 100);
 });
 
 test('routes: conflicts are by client and by (name, location); offline routes answer until claimed or expired', () => {
