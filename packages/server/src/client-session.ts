@@ -421,6 +421,12 @@ export class ClientSession {
     }
     this.proxies.set(spec.name, { listener, port, spec, routes });
     this.routes += routes;
+    // A drain or a reload may have come while the bind was under way; both only saw the proxies already here.
+    const lateRefusal = this.draining ? 'the server is shutting down' : this.refusal(spec);
+    if (lateRefusal) {
+      this.closeProxies([spec.name], lateRefusal);
+      return this.refused(spec.name, lateRefusal);
+    }
     this.logger.info(
       { proxy: spec.name, type: spec.type, remote_addr: listener.address, urls: listener.urls },
       'proxy listening',

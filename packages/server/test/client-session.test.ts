@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import type { Stream } from '@porthole/mux';
 import { issueToken, PortRanges, readStreamHeader } from '@porthole/protocol';
 import { defaultRoutingConfig } from '../src/routing-config.js';
+import { TcpProxyListener } from '../src/tcp-proxy-listener.js';
 import { freePort, RawClient, SECRET, startRelay, startServer, token, visit } from './harness.js';
 
 test('hello, register, and a public connection arrives as a stream with its header; half-close both ways', async (t) => {
@@ -242,4 +243,31 @@ test('a session ends when its token expires, with a notice saying so', { timeout
     if (client.session.closed) resolve();
     else client.session.once('close', () => resolve());
   });
+});
+
+test('a drain that comes while a proxy is still binding refuses it too: no port is left listening', async (t) => {
+  const { server, url } = await startServer();
+  t.after(() => server.shutdown());
+  const port = await freePort();
+  const client = await RawClient.connect(url, await token('homelab'));
+  await client.hello();
+  // The drain lands in the one moment the check before the bind cannot see: while listen() is under way.
+  const listen = TcpProxyListener.prototype.listen;
+  t.after(() => {
+    TcpProxyListener.prototype.listen = listen;
+  });
+  TcpProxyListener.prototype.listen = function (this: TcpProxyListener) {
+    const bound = listen.call(this);
+    for (const session of server.ctx.sessions) session.drain('server shutting down');
+    return bound;
+  };
+  let answer = await client.register([{ name: 'web', port }]);
+  assert.equal(answer?.type === 'notice' && answer.code, 'shutdown', 'the drain is told first');
+  answer = await client.next();
+  assert.deepEqual(answer, {
+    type: 'register_result',
+    results: [{ proxy: 'web', ok: false, reason: 'the server is shutting down' }],
+  });
+  assert.equal((await visit(port, 'ping')).error, 'ECONNREFUSED', 'the port it bound is closed again');
+  client.session.close();
 });
