@@ -533,6 +533,72 @@ test(
     }),
 );
 
+test(
+  'a visitor may pipeline up to 32 unanswered requests; one more closes its connection, and the service never sees the rest',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('slow');
+      h.onCleanup(() => backend.close());
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, { name: 'pipeliner', hosts: ['app.test'] });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [{ name: 'web', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
+      });
+      const pipeline = async (
+        requests: string[],
+      ): Promise<{ reply: string; closedBy: 'server' | 'test' }> => {
+        const visitor = net.connect({ host: '127.0.0.1', port: server.httpPort! });
+        await once(visitor, 'connect');
+        let reply = '';
+        visitor.on('data', (d: Buffer) => {
+          reply += d.toString('latin1');
+        });
+        visitor.on('error', () => {});
+        visitor.write(requests.join(''));
+        const closed = new Promise<'server'>((resolve) => visitor.once('close', () => resolve('server')));
+        const enough = eventually(
+          'every answer',
+          async () => (reply.split('HTTP/1.1 200').length - 1 === requests.length ? true : undefined),
+          10_000,
+        ).then(() => 'test' as const);
+        const closedBy = await Promise.race([closed, enough.catch(() => 'test' as const)]);
+        visitor.destroy();
+        return { reply, closedBy };
+      };
+      // Within the limit (apt pipelines 10): every request answered, in order.
+      const ten = Array.from(
+        { length: 10 },
+        (_, i) => `GET /anything?n=${i} HTTP/1.1\r\nHost: app.test\r\n\r\n`,
+      );
+      const polite = await pipeline(ten);
+      assert.equal(polite.closedBy, 'test', 'ten pipelined requests are served');
+      const order = [...polite.reply.matchAll(/"url":"\/anything\?n=(\d+)"/g)].map((m) => Number(m[1]));
+      assert.deepEqual(order, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+      // 5,000 one-second downloads in one write: the server closes the connection at the 33rd.
+      const before = backend.requests.length;
+      const flood = Array.from(
+        { length: 5000 },
+        (_, i) => `GET /stream?bytes=5000&chunks=50&n=${i} HTTP/1.1\r\nHost: app.test\r\n\r\n`,
+      );
+      const flooded = await pipeline(flood);
+      assert.equal(flooded.closedBy, 'server');
+      await server.proc.waitForMsg(
+        'http visitors closed for pipelining more unanswered requests than the limit',
+        5000,
+      );
+      await sleep(500);
+      const reached = backend.requests.length - before;
+      assert.ok(reached <= 32, `${reached} of the flood's requests reached the service`);
+      // The proxy serves the next visitor as usual.
+      const after = await curl(['-H', 'Host: app.test'], `http://127.0.0.1:${server.httpPort}/anything`);
+      assert.equal(after.status, 200, after.stderr);
+      assert.match(after.body, /"url":"\/anything"/);
+    }),
+);
+
 test('slowloris over https (terminated here) is cut at headers_timeout too', { timeout: 30_000 }, (t) =>
   withHarness(t, async (h) => {
     const ca = await makeCa(h);

@@ -6,6 +6,18 @@ import { type ConnectionOwner, UpstreamConnection } from './http-upstream-connec
 
 /** A pooled stream unused for this long is closed (the local service's keep-alive is often 5 s). */
 const FREE_STREAM_IDLE_MS = 15_000;
+/**
+ * Requests that wait for a stream at most, per proxy: this many, or four per stream if more. Past it a
+ * request is answered at once (503) rather than held with its visitor's connection and its timer.
+ */
+export const MIN_WAITING_REQUESTS = 1024;
+
+/** The proxy's streams are all busy and as many requests as it may hold wait for them already. */
+export class WaitingRequestsFull extends Error {
+  constructor(readonly limit: number) {
+    super(`${limit} requests already wait for one of the proxy's tunnel streams`);
+  }
+}
 
 /** Who opened a connection, as the stream header tells the client. */
 export interface Visitor {
@@ -39,7 +51,8 @@ export class UpstreamPool implements ConnectionOwner {
   private readonly free: UpstreamConnection[] = [];
   private readonly all = new Set<UpstreamConnection>();
   private busy = 0;
-  private readonly waiting: Waiter[] = [];
+  /** In arrival order; a Set, so that a visitor leaving its place is not a scan of the queue. */
+  private readonly waiting = new Set<Waiter>();
   private sweepTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
@@ -64,12 +77,24 @@ export class UpstreamPool implements ConnectionOwner {
       then(undefined, this.free.pop() ?? this.open(visitor));
       return noop;
     }
+    const limit = Math.max(MIN_WAITING_REQUESTS, 4 * this.opts.maxStreams());
+    if (this.waiting.size >= limit) {
+      then(new WaitingRequestsFull(limit), undefined);
+      return noop;
+    }
     const waiter = { visitor, then };
-    this.waiting.push(waiter);
+    this.waiting.add(waiter);
     return () => {
-      const at = this.waiting.indexOf(waiter);
-      if (at >= 0) this.waiting.splice(at, 1);
+      this.waiting.delete(waiter);
     };
+  }
+
+  private nextWaiter(): Waiter | undefined {
+    for (const waiter of this.waiting) {
+      this.waiting.delete(waiter);
+      return waiter;
+    }
+    return undefined;
   }
 
   /** Closes every stream, busy or idle; waiting requests fail. */
@@ -77,13 +102,15 @@ export class UpstreamPool implements ConnectionOwner {
     this.closed = true;
     clearInterval(this.sweepTimer);
     for (const conn of this.all) conn.destroy();
-    for (const waiter of this.waiting.splice(0)) waiter.then(new Error('the proxy is closed'), undefined);
+    const waiters = [...this.waiting];
+    this.waiting.clear();
+    for (const waiter of waiters) waiter.then(new Error('the proxy is closed'), undefined);
   }
 
   exchangeDone(conn: UpstreamConnection, reusable: boolean): void {
     this.busy -= 1;
     if (reusable && !this.closed) {
-      const waiter = this.waiting.shift();
+      const waiter = this.nextWaiter();
       if (waiter) {
         this.busy += 1;
         waiter.then(undefined, conn);
@@ -114,7 +141,7 @@ export class UpstreamPool implements ConnectionOwner {
 
   private serveWaiter(): void {
     if (this.closed || this.busy >= this.opts.maxStreams()) return;
-    const waiter = this.waiting.shift();
+    const waiter = this.nextWaiter();
     if (!waiter) return;
     this.busy += 1;
     waiter.then(undefined, this.free.pop() ?? this.open(waiter.visitor));

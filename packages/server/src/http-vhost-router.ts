@@ -19,7 +19,8 @@ import type { HostRoutes, RouteEntry } from './host-routes.js';
 import { forwardableTrailers, HOP_BY_HOP } from './http-fields.js';
 import { headerTokens, type ResponseHead } from './http-response-head.js';
 import { type ConnectionOwner, type ResponseSink, UpstreamConnection } from './http-upstream-connection.js';
-import type { UpstreamPool, Visitor } from './http-upstream-pool.js';
+import { type UpstreamPool, type Visitor, WaitingRequestsFull } from './http-upstream-pool.js';
+import { PipelinedRequests } from './pipelined-requests.js';
 import type { ProxyTraffic } from './proxy-traffic.js';
 import { routingPath } from './request-path.js';
 import { plainAddress, type TrustedProxies } from './trusted-proxies.js';
@@ -86,6 +87,7 @@ const UNREACHABLE = 'The service behind this tunnel did not answer.';
 const AUTH_REQUIRED = 'This site requires a user name and password.';
 const UPGRADE_WITH_BODY = 'An upgrade request cannot carry a body here.';
 const TOO_MANY_UPGRADES = 'This site has as many open connections as it accepts; try again later.';
+const TOO_MANY_WAITING = 'This site has as many requests waiting as it accepts; try again later.';
 
 /** An upgrade's stream carries one exchange: whatever its end, it is not kept for another request. */
 const ONE_EXCHANGE: ConnectionOwner = {
@@ -155,8 +157,10 @@ export class HttpVhostRouter {
   /** The 504 page's text, written once. */
   private readonly noAnswerText: string;
   private readonly socketClose = new VisitorSocketClose();
+  private readonly pipelined: PipelinedRequests;
 
   constructor(private readonly opts: HttpVhostRouterOptions) {
+    this.pipelined = new PipelinedRequests(opts.logger);
     this.noAnswerText = `The service behind this tunnel did not answer within ${opts.responseTimeout / 1000} s.`;
   }
 
@@ -264,11 +268,17 @@ export class HttpVhostRouter {
   }
 
   handleRequest(req: IncomingMessage, res: ServerResponse): void {
+    const socket = req.socket;
+    if (!this.pipelined.admit(socket)) {
+      res.destroy();
+      return;
+    }
     const started = performance.now();
     const path = routingPath(req.url);
     const resolved = this.resolve(req, path);
-    const remoteAddr = formatHostPort(plainAddress(req.socket.remoteAddress), req.socket.remotePort ?? 0);
+    const remoteAddr = formatHostPort(plainAddress(socket.remoteAddress), socket.remotePort ?? 0);
     if (!('target' in resolved)) {
+      res.once('close', () => this.pipelined.done(socket));
       this.answer(res, resolved.status, resolved.text, resolved.extra);
       this.opts.logger.debug(
         { remote_addr: remoteAddr, host: req.headers.host, status: resolved.status },
@@ -348,7 +358,8 @@ export class HttpVhostRouter {
       cancelWait = target.pool.acquire(visitor, (err, conn) => {
         cancelWait = undefined;
         if (!conn) {
-          failed(err?.message ?? 'no tunnel stream');
+          if (err instanceof WaitingRequestsFull) failed(err.message, 503, TOO_MANY_WAITING);
+          else failed(err?.message ?? 'no tunnel stream');
           return;
         }
         current = conn;
@@ -385,6 +396,7 @@ export class HttpVhostRouter {
     const finish = (): void => {
       if (over) return;
       over = true;
+      this.pipelined.done(socket);
       forgetSocketClose();
       clearTimeout(noAnswerTimer);
       if (!res.writableFinished) {
@@ -413,7 +425,7 @@ export class HttpVhostRouter {
       );
     };
     res.on('close', finish);
-    const forgetSocketClose = this.socketClose.add(req.socket, finish);
+    const forgetSocketClose = this.socketClose.add(socket, finish);
   }
 
   /**

@@ -15,7 +15,12 @@ import {
   type ResponseSink,
   type UpstreamConnection,
 } from '../src/http-upstream-connection.js';
-import { UpstreamPool, type Visitor } from '../src/http-upstream-pool.js';
+import {
+  MIN_WAITING_REQUESTS,
+  UpstreamPool,
+  type Visitor,
+  WaitingRequestsFull,
+} from '../src/http-upstream-pool.js';
 
 const head = (text: string) => Buffer.from(text.replaceAll('\n', '\r\n'), 'latin1');
 
@@ -306,6 +311,43 @@ test('the pool carries request after request on one stream, opens more only when
   assert.deepEqual([headed.status, headed.body], [200, '']);
   assert.equal((await get(pool, '/x')).body, 'ok /x');
 });
+
+test('requests wait in arrival order up to a bound; past it they are refused at once, and a leaver gives up its place', async (t) => {
+  const held: (() => void)[] = [];
+  const backend = await startBackend((req, res) => held.push(() => res.end(`ok ${req.url}`)));
+  t.after(() => backend.server.close());
+  const { pool } = poolTo(t, backend.port, 1);
+  const busy = get(pool, '/busy');
+  await waitUntil(() => held.length === 1);
+  const served: number[] = [];
+  const cancels: (() => void)[] = [];
+  for (let i = 0; i < MIN_WAITING_REQUESTS; i++)
+    cancels.push(
+      pool.acquire(VISITOR, (_err, conn) => {
+        served.push(i);
+        conn?.destroy();
+      }),
+    );
+  const refused = await get(pool, '/one-too-many');
+  assert.ok(refused.error instanceof WaitingRequestsFull, String(refused.error));
+  // Visitors leaving make room: the next request waits instead of being refused.
+  for (let i = 1; i < MIN_WAITING_REQUESTS; i += 2) cancels[i]!();
+  const late = get(pool, '/late');
+  held.shift()!();
+  assert.deepEqual((await busy).body, 'ok /busy');
+  await waitUntil(() => served.length > 0);
+  assert.equal(served[0], 0, 'the first to wait is served first');
+  pool.destroy();
+  assert.match((await late).error?.message ?? '', /the proxy is closed/, 'it had waited, not been refused');
+  for (const release of held) release();
+});
+
+async function waitUntil(check: () => boolean, timeoutMs = 5000): Promise<void> {
+  for (let waited = 0; !check(); waited += 10) {
+    if (waited >= timeoutMs) throw new Error(`not within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
 
 test('a stream the service closed while idle is not handed out again', async (t) => {
   const backend = await startBackend((req, res) => res.end(`ok ${req.url}`));
