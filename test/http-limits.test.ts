@@ -374,7 +374,7 @@ function webSocketOnceOpen(port: number, what: string, timeoutMs: number) {
 }
 
 test(
-  "an http proxy's streams cannot be held: a visitor that stops reading is cut at idle_timeout, a queued request times out, upgrades stop at max_connections",
+  "an http proxy's streams cannot be held: a visitor that stops reading or stops uploading is cut at idle_timeout, a queued request times out, upgrades stop at max_connections",
   { timeout: 90_000 },
   (t) =>
     withHarness(t, async (h) => {
@@ -447,6 +447,24 @@ test(
       assert.ok(Number(cut.ms) >= 2000, `cut after ${cut.ms} ms, before idle_timeout`);
       const next = await curl(['-H', 'Host: app.test'], `${base}/next`);
       assert.equal(next.status, 200, `the next visitor: ${next.status} ${next.body}`);
+
+      // 2b. A visitor starts an upload the service reads whole before answering, and stops sending
+      // mid-body: cut at idle_timeout too (not at request_timeout, minutes later), freeing the stream.
+      const uploader = net.connect({ host: '127.0.0.1', port });
+      h.onCleanup(() => uploader.destroy());
+      uploader.on('error', () => {});
+      const uploadMark = server.proc.mark();
+      uploader.write(
+        'POST /sha256 HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100000\r\n\r\nthe first bytes',
+      );
+      const uploadCut = await server.proc.waitForMsg('http request', 20_000, {
+        from: uploadMark,
+        fields: { path: '/sha256', reason: 'visitor closed early' },
+      });
+      t.diagnostic(`the upload that stopped was cut after ${uploadCut.ms} ms`);
+      assert.ok(Number(uploadCut.ms) >= 2000, `cut after ${uploadCut.ms} ms, before idle_timeout`);
+      const afterUpload = await curl(['-H', 'Host: app.test'], `${base}/after-upload`);
+      assert.equal(afterUpload.status, 200, `after the upload: ${afterUpload.status} ${afterUpload.body}`);
 
       // 3. Upgrades count against the proxy's max_connections (1): a second WebSocket gets 503 while the
       // first is open, and a third opens once it has closed.

@@ -27,7 +27,10 @@ export interface HttpLimits {
   responseTimeout: number;
   /** Idle time between requests on a kept-alive connection. */
   keepAliveTimeout: number;
-  /** A connection with no traffic for this long is closed, unless a request awaits its response head. */
+  /**
+   * A connection with no traffic for this long is closed, unless a request (its body all in) awaits its
+   * response head.
+   */
   idleTimeout: number;
   /** Largest request head (request line + headers); beyond it: 431. */
   maxHeaderSize: number;
@@ -97,13 +100,17 @@ export class HttpVhostServer {
   private setUp(server: Server | HttpsServer): void {
     const { router, limits, logger } = this.opts;
     server.keepAliveTimeout = limits.keepAliveTimeout;
-    // Closed after idle_timeout without a byte moved: a connection with no request in progress, or one
+    // Closed after idle_timeout without a byte moved: a connection with no request in progress, one
     // whose response has begun (a visitor that stopped reading, or a service stalled mid-body, would
-    // otherwise hold a tunnel stream of the proxy's pool for good). A request still waiting for its
-    // response head is response_timeout's to end.
+    // otherwise hold a tunnel stream of the proxy's pool for good), or one whose body stopped coming while
+    // it was being forwarded (a stalled upload holds its stream too; one paused by backpressure, or still
+    // waiting for a stream, is not the visitor's doing). A request waiting for its response head is
+    // response_timeout's to end.
     server.setTimeout(limits.idleTimeout, (socket: HttpSocket) => {
       const response = socket._httpMessage;
-      if (!response || response.headersSent) socket.destroy();
+      const request = response?.req;
+      const uploadStalled = request !== undefined && !request.complete && request.readableFlowing === true;
+      if (!response || response.headersSent || uploadStalled) socket.destroy();
     });
     server.on('request', (req, res) => router.handleRequest(req, res));
     server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
