@@ -33,6 +33,11 @@ const HELLO_TIMEOUT_MS = 10_000;
 /** The longest delay setTimeout keeps (2^31 - 1 ms); longer ones fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /**
+ * Answers and notices the client has not read, at most; past it the session ends. Reading of its requests
+ * stops as soon as answers wait (see readControl), so only notices can go past one answer's worth.
+ */
+const MAX_UNREAD_CONTROL_BYTES = 4 * 1024 * 1024;
+/**
  * Host routes one client's http and tls proxies may claim together: registering and releasing routes walks
  * the names' entries, so without a cap one token could make each registration cost seconds.
  */
@@ -173,6 +178,9 @@ export class ClientSession {
         // With the session gone only a goodbye still means something; a register would bind for nobody.
         if (this.sessionEndReason !== undefined && message.type !== 'unregister') continue;
         await this.handle(message);
+        // A client that sends requests and does not read the answers must not make the server hold them:
+        // its next request is read once it has taken the answers (the mux window then holds it back).
+        if (stream.writableNeedDrain) await drainedOrClosed(stream);
       }
     } catch (err) {
       this.close(this.sessionEndReason ?? `control stream: ${(err as Error).message}`);
@@ -180,8 +188,13 @@ export class ClientSession {
   }
 
   private send(message: ControlMessage): void {
-    if (this.control && !this.control.destroyed && !this.control.writableEnded)
-      writeMessage(this.control, message);
+    const control = this.control;
+    if (!control || control.destroyed || control.writableEnded) return;
+    if (control.writableLength > MAX_UNREAD_CONTROL_BYTES) {
+      this.close(`the client left ${control.writableLength} bytes of the control stream unread`);
+      return;
+    }
+    writeMessage(control, message);
   }
 
   private notice(
@@ -483,4 +496,17 @@ export class ClientSession {
       this.logger.info({ proxy: name, reason }, 'proxy closed');
     }
   }
+}
+
+/** Resolves at the stream's next 'drain', or once it closes (a closed stream will not drain). */
+function drainedOrClosed(stream: Stream): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      stream.off('drain', done);
+      stream.off('close', done);
+      resolve();
+    };
+    stream.on('drain', done);
+    stream.on('close', done);
+  });
 }

@@ -271,3 +271,28 @@ test('a drain that comes while a proxy is still binding refuses it too: no port 
   assert.equal((await visit(port, 'ping')).error, 'ECONNREFUSED', 'the port it bound is closed again');
   client.session.close();
 });
+
+test('a client that does not read its answers is not answered ahead: the server reads its next request once it has', async (t) => {
+  const { server, url } = await startServer({ allowPorts: PortRanges.parse([2]) });
+  t.after(() => server.shutdown());
+  const client = await RawClient.connect(url, await token('homelab'));
+  await client.hello();
+  // Each answer refuses 1024 proxies (~90 KB); forty of them unread would be 3.6 MB held by the server.
+  const proxies = Array.from({ length: 1024 }, (_, i) => ({
+    name: `p${i}`,
+    type: 'tcp' as const,
+    remote_port: 1,
+  }));
+  for (let i = 0; i < 40; i++) client.send({ type: 'register', proxies });
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  const [session] = [...server.ctx.sessions];
+  const unread = (session as unknown as { control: Stream }).control.writableLength;
+  assert.ok(unread < 1024 * 1024, `${unread} bytes of answers held for a client that does not read`);
+  // Once the client reads, every request is answered, none lost.
+  for (let i = 0; i < 40; i++) {
+    const answer = await client.next();
+    assert.equal(answer?.type, 'register_result', `answer ${i}`);
+    assert.equal(answer?.type === 'register_result' && answer.results.length, 1024);
+  }
+  client.session.close();
+});
