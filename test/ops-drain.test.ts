@@ -3,7 +3,9 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { test } from 'node:test';
-import { freePort, type Harness, waitFor, withHarness, withTimeout } from './lib/processes.js';
+import { startHttpBackend } from './lib/http-backend.js';
+import { freePort, type Harness, run, waitFor, withHarness, withTimeout } from './lib/processes.js';
+import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
 import { EchoPinger, startEchoServer, tryConnect } from './lib/services.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
 import { startTunnel } from './lib/tunnel.js';
@@ -179,5 +181,64 @@ test(
       );
       await server.proc.waitForMsg('client disconnected', 5000, { from: serverMark });
       assert.ok(server.proc.alive);
+    }),
+);
+
+test(
+  'SIGTERM to the server, or to the client, lets an http request under way finish whole, then exits 0',
+  { timeout: 90_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+      for (const stopping of ['server', 'client'] as const) {
+        const server = await startRoutedServer(h, {
+          top: { shutdown_timeout: '10s' },
+          name: `server-${stopping}`,
+        });
+        const token = await issueRoutedToken(server, { name: `drain-${stopping}`, hosts: ['app.test'] });
+        const client = await startRoutedClient(h, {
+          server: server.url,
+          token,
+          name: `client-${stopping}`,
+          proxies: [{ name: 'web', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
+        });
+        // 200 kB in 100 chunks 20 ms apart: two seconds under way.
+        const path = `/stream?bytes=200000&chunks=100&drain=${stopping}`;
+        const download = run(
+          'curl',
+          [
+            '-sS',
+            '-o',
+            '/dev/null',
+            '-w',
+            '%{http_code} %{size_download}',
+            '-H',
+            'Host: app.test',
+            `http://127.0.0.1:${server.httpPort}${path}`,
+          ],
+          { timeoutMs: 30_000 },
+        );
+        await waitFor('the download to start', () => backend.requests.some((r) => r.url === path), 5000);
+        const proc = stopping === 'server' ? server.proc : client.proc;
+        const sigtermAt = Date.now();
+        proc.kill('SIGTERM');
+        const result = await download;
+        const downloadedAt = Date.now();
+        assert.equal(
+          result.stdout,
+          '200 200000',
+          `the download with the ${stopping} stopping: ${result.stderr}`,
+        );
+        const exit = await withTimeout(proc.exited, 15_000, () => `${stopping} exit`);
+        assert.deepEqual(exit, { code: 0, signal: null });
+        const exitedAt = Date.now();
+        assert.ok(
+          exitedAt >= downloadedAt - 500 && exitedAt - sigtermAt < 8000,
+          `the ${stopping} waited for the request, and no longer (exited ${exitedAt - sigtermAt} ms after SIGTERM, ${exitedAt - downloadedAt} ms after the download)`,
+        );
+        if (stopping === 'server') await client.proc.kill('SIGTERM');
+        else await server.proc.kill('SIGTERM');
+      }
     }),
 );

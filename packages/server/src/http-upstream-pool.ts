@@ -97,14 +97,28 @@ export class UpstreamPool implements ConnectionOwner {
     return undefined;
   }
 
-  /** Closes every stream, busy or idle; waiting requests fail. */
-  destroy(): void {
+  /**
+   * The proxy is gone (unregistered, or the server drains): no more requests are taken and waiting ones
+   * fail, idle streams close now, and busy ones once their exchange is over, as a tcp proxy's open
+   * connections outlive its listener.
+   */
+  close(): void {
+    if (this.closed) return;
     this.closed = true;
     clearInterval(this.sweepTimer);
-    for (const conn of this.all) conn.destroy();
+    for (const conn of this.free.splice(0)) {
+      this.all.delete(conn);
+      conn.retire();
+    }
     const waiters = [...this.waiting];
     this.waiting.clear();
     for (const waiter of waiters) waiter.then(new Error('the proxy is closed'), undefined);
+  }
+
+  /** Closes every stream, busy or idle; waiting requests fail. */
+  destroy(): void {
+    this.close();
+    for (const conn of this.all) conn.destroy();
   }
 
   exchangeDone(conn: UpstreamConnection, reusable: boolean): void {

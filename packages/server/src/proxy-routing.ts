@@ -298,7 +298,7 @@ export async function bindRoutedProxy(
     urls: httpUrls(claims, state, routing),
     close: () => {
       state.httpRoutes.release(target);
-      pool.destroy();
+      pool.close();
       target.upgrades.close();
     },
   };

@@ -73,6 +73,9 @@ function namesOf(connection: TrackedConnection): { client: string; proxy: string
 export class ProxyTraffic {
   private readonly closed = new Map<string, ClosedTotals>();
   private readonly exchanges = new Set<Exchange>();
+  /** Open http requests (the exchanges without a conn id): a draining server waits for them. */
+  private httpRequests = 0;
+  private httpIdleWaiters: (() => void)[] = [];
 
   constructor(private readonly tracker: ConnectionTracker) {
     tracker.onClosed((connection, result) => {
@@ -93,13 +96,39 @@ export class ProxyTraffic {
       bytesOut: 0,
     };
     this.exchanges.add(exchange);
+    if (conn === null) this.httpRequests += 1;
     return exchange;
   }
 
   /** Folds a finished exchange into its proxy's totals (once; later calls do nothing). */
   end(exchange: Exchange): void {
-    if (this.exchanges.delete(exchange))
-      this.fold(exchange.client, exchange.proxy, exchange.bytesIn, exchange.bytesOut);
+    if (!this.exchanges.delete(exchange)) return;
+    this.fold(exchange.client, exchange.proxy, exchange.bytesIn, exchange.bytesOut);
+    if (exchange.conn === null && --this.httpRequests === 0) {
+      const waiters = this.httpIdleWaiters;
+      this.httpIdleWaiters = [];
+      for (const waiter of waiters) waiter();
+    }
+  }
+
+  get openHttpRequests(): number {
+    return this.httpRequests;
+  }
+
+  /** Resolves true once no http request is open, false if `timeoutMs` passes first. */
+  waitHttpIdle(timeoutMs: number): Promise<boolean> {
+    if (this.httpRequests === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const waiter = (): void => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      const timer = setTimeout(() => {
+        this.httpIdleWaiters = this.httpIdleWaiters.filter((w) => w !== waiter);
+        resolve(false);
+      }, timeoutMs);
+      this.httpIdleWaiters.push(waiter);
+    });
   }
 
   private fold(client: string, proxy: string, bytesIn: number, bytesOut: number): void {

@@ -163,14 +163,27 @@ export class PortholeServer {
   async shutdown(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
-    const { logger, tracker, config } = this.ctx;
-    logger.info({ open_connections: tracker.size, timeout_ms: config.shutdownTimeout }, 'shutting down');
+    const { logger, tracker, traffic, config } = this.ctx;
+    logger.info(
+      {
+        open_connections: tracker.size,
+        open_http_requests: traffic.openHttpRequests,
+        timeout_ms: config.shutdownTimeout,
+      },
+      'shutting down',
+    );
     this.endpoint.stopAccepting();
     this.vhostPorts.stopAccepting();
     for (const session of this.ctx.sessions) session.drain('server shutting down');
-    const drained = await tracker.waitIdle(config.shutdownTimeout);
+    const deadline = performance.now() + config.shutdownTimeout;
+    const drained =
+      (await tracker.waitIdle(config.shutdownTimeout)) &&
+      (await traffic.waitHttpIdle(Math.max(0, deadline - performance.now())));
     if (!drained)
-      logger.warn({ open_connections: tracker.size }, 'shutdown timeout: closing open connections');
+      logger.warn(
+        { open_connections: tracker.size, open_http_requests: traffic.openHttpRequests },
+        'shutdown timeout: closing open connections',
+      );
     for (const session of [...this.ctx.sessions]) session.close('server shutting down');
     const closing = [...this.sockets].map((ws) => nextClose(ws));
     await Promise.race([Promise.all(closing), new Promise((r) => setTimeout(r, CLOSE_FLUSH_MS).unref())]);
