@@ -311,7 +311,7 @@ export class PortholeClient {
         this.localFailures,
         this.pendingConnects,
       ).catch((err: Error) => {
-        this.logger.error({ reason: err.message }, 'stream failed');
+        this.logger.error({ stream: stream.id, reason: err.message }, 'stream failed');
         stream.destroy();
       });
     });
