@@ -474,3 +474,36 @@ test(
       assert.equal((await server.proc.settledLogsWithMsg('http forward failed')).length, 0);
     }),
 );
+
+test(
+  'a visitor that half-closes after its request (socat, HTTP/1.0 tools) still gets the answer',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, { name: 'halfclose', hosts: ['app.test'] });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [{ name: 'web', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
+      });
+      // socat sends stdin, shuts down its write side at stdin's end, and prints what comes back.
+      for (const [version, connection] of [
+        ['1.1', 'Connection: close\r\n'],
+        ['1.1', ''],
+        ['1.0', ''],
+      ] as const) {
+        const path = `/anything?v=${version}&close=${connection !== ''}`;
+        const r = await run('socat', ['-t', '10', '-', `TCP:127.0.0.1:${server.httpPort}`], {
+          input: `GET ${path} HTTP/${version}\r\nHost: app.test\r\n${connection}\r\n`,
+          timeoutMs: 20_000,
+        });
+        assert.equal(r.code, 0, r.stderr);
+        assert.match(r.stdout, /^HTTP\/1\.1 200 OK\r\n/, `HTTP/${version} ${connection.trim()}: ${r.stdout}`);
+        assert.ok(r.stdout.includes(`"url":${JSON.stringify(path)}`), r.stdout);
+      }
+      assert.equal(server.proc.logsWithMsg('http request').filter((l) => l.reason !== 'done').length, 0);
+    }),
+);
