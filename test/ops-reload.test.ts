@@ -412,6 +412,39 @@ test(
 );
 
 test(
+  "client SIGHUP: an http proxy's new local is where the very next request goes, though the tunnel streams were kept alive",
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const [before, after] = await Promise.all([startHttpBackend('before'), startHttpBackend('after')]);
+      h.onCleanup(() => Promise.all([before.close(), after.close()]));
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, { name: 'relocal', hosts: ['app.test'] });
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [{ name: 'web', type: 'http', local: `127.0.0.1:${before.port}`, hosts: ['app.test'] }],
+      });
+      const backendOf = async () => {
+        const r = await curl(['-H', 'Host: app.test'], `http://127.0.0.1:${server.httpPort}/`);
+        return r.status === 200 ? String(JSON.parse(r.body).backend) : `HTTP ${r.status}`;
+      };
+      // A few requests, so the server's pool holds a kept-alive stream to the first service.
+      for (let i = 0; i < 3; i++) assert.equal(await backendOf(), 'before');
+      const clientMark = client.proc.mark();
+      const text = await readFile(client.configPath, 'utf8');
+      await writeFile(client.configPath, text.replace(`127.0.0.1:${before.port}`, `127.0.0.1:${after.port}`));
+      client.proc.kill('SIGHUP');
+      await client.proc.waitForMsg('config reloaded', 10_000, { from: clientMark });
+      await client.proc.waitForMsg('proxy registered', 10_000, {
+        from: clientMark,
+        fields: { proxy: 'web' },
+      });
+      for (let i = 0; i < 3; i++) assert.equal(await backendOf(), 'after', `request ${i} after the reload`);
+    }),
+);
+
+test(
   'client SIGHUP while a dial is in flight: the dial to the old server is dropped, even its 401 with exit_on_auth_failure, and the new server is dialled at once',
   { timeout: 60_000 },
   (t) =>

@@ -6,7 +6,11 @@ export interface ProxyDiff {
   added: string[];
   /** In the old config only: unregister. */
   removed: string[];
-  /** What the server sees changed (type, remote_port...): unregister, then register again. */
+  /**
+   * What the server sees changed (type, remote_port...): unregister, then register again. Also an http
+   * proxy's local address: the server keeps its tunnel streams alive between requests, and only a new
+   * registration lets those to the old service go.
+   */
   changed: string[];
   /** Only the local address changed: nothing to tell the server, new connections go to the new address. */
   localChanged: string[];
@@ -29,7 +33,8 @@ export function diffProxies(
     const old = running.get(proxy.name);
     if (!old) diff.added.push(proxy.name);
     else if (!sameSpec(specOf(old), specOf(proxy))) diff.changed.push(proxy.name);
-    else if (JSON.stringify(old.local) !== JSON.stringify(proxy.local)) diff.localChanged.push(proxy.name);
+    else if (JSON.stringify(old.local) !== JSON.stringify(proxy.local))
+      (proxy.type === 'http' ? diff.changed : diff.localChanged).push(proxy.name);
   }
   return diff;
 }

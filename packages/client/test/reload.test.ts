@@ -29,6 +29,13 @@ test('diffProxies: added, removed, changed for the server, changed only locally'
   });
 });
 
+test("diffProxies: an http proxy's new local is registered anew (the server keeps streams to the old one)", () => {
+  const web = (port: number) =>
+    ({ name: 'web', type: 'http', local: { host: '127.0.0.1', port }, hosts: ['app.test'] }) as ProxyConfig;
+  const diff = diffProxies(new Map([['web', web(3000)]]), [web(3001)], proxySpecOf);
+  assert.deepEqual(diff, { added: [], removed: [], changed: ['web'], localChanged: [] });
+});
+
 test('needsReconnect: server, token or CA', () => {
   const base = { server: 'ws://a/_porthole', token: 't1' } as ClientConfig;
   assert.equal(needsReconnect(base, { ...base }), false);
