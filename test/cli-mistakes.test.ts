@@ -53,6 +53,20 @@ test('a mistyped option or config key is named with the one meant; exit status 2
     ]);
     assert.equal(noToken.code, 2);
     assert.match(noToken.stderr, /^command line: --token-file: the client token is needed/m);
+    // A rule's own type prefix does not quietly turn a --tcp proxy into a udp one.
+    const crossed = await run(clientBin, [
+      '--server',
+      'ws://127.0.0.1:1/_porthole',
+      '--token',
+      'x',
+      '--tcp',
+      'udp:5353:127.0.0.1:53',
+    ]);
+    assert.equal(crossed.code, 2);
+    assert.match(
+      crossed.stderr,
+      /^command line: --tcp: "udp:5353:127\.0\.0\.1:53" is a udp rule: give it to --udp$/m,
+    );
 
     const cases: [bin: string, args: string[], message: RegExp][] = [
       [
@@ -68,6 +82,11 @@ test('a mistyped option or config key is named with the one meant; exit status 2
         /^porthole-client: unknown option --tokn-file \(did you mean --token-file\?\)$/m,
       ],
       [clientBin, ['--frobnicate'], /^porthole-client: unknown option --frobnicate$/m],
+      [
+        serverBin,
+        ['token', '--config', serverToml, '--name', 'x'],
+        /^porthole-server: "token" needs a subcommand: "token issue"$/m,
+      ],
     ];
     for (const [bin, args, message] of cases) {
       const r = await run(bin, args);
@@ -130,5 +149,43 @@ test(
       assert.equal(dead.code, 2);
       assert.equal(dead.stdout, '');
       assert.match(dead.stderr, /token issue: --expires must be longer than 0/);
+      // Host grants are checked as the server will read them: a token no name could ever match is not issued.
+      for (const [hosts, message] of [
+        ['bad host', /token issue: invalid hostname "bad host"/],
+        ['*', /token issue: invalid hostname "\*"/],
+        ['http://app.example.com', /token issue: invalid hostname "http:\/\/app\.example\.com"/],
+        ['', /token issue: --hosts needs at least one name \(leave it out to allow any name\)/],
+      ] as const) {
+        const r = await run(serverBin, [
+          'token',
+          'issue',
+          '--config',
+          serverToml,
+          '--name',
+          'd',
+          '--hosts',
+          hosts,
+        ]);
+        assert.equal(r.code, 2, `--hosts '${hosts}': ${r.stdout}`);
+        assert.equal(r.stdout, '');
+        assert.match(r.stderr, message);
+      }
+      const fine = await run(serverBin, [
+        'token',
+        'issue',
+        '--config',
+        serverToml,
+        '--name',
+        'e',
+        '--hosts',
+        'App.Example.com, *.home.example.com',
+      ]);
+      assert.equal(fine.code, 0, fine.stderr);
+      const claims = JSON.parse(Buffer.from(fine.stdout.trim().split('.')[1]!, 'base64url').toString());
+      assert.deepEqual(
+        claims.hosts,
+        ['app.example.com', '*.home.example.com'],
+        'normalized as the server compares them',
+      );
     }),
 );

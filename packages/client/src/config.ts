@@ -208,6 +208,8 @@ export function loadClientConfig(file: string | undefined, flags: ClientFlags = 
       let parsed: ReturnType<typeof parseRule>;
       try {
         parsed = parseRule(rule, type);
+        if (parsed.type !== type)
+          throw new Error(`"${rule}" is a ${parsed.type} rule: give it to --${parsed.type}`);
       } catch (err) {
         throw ConfigError.at(COMMAND_LINE, `--${type}`, (err as Error).message);
       }

@@ -116,6 +116,12 @@ export function startCli<T extends { values: { help?: boolean; version?: boolean
     return undefined;
   }
   const command = parsed.positionals.join(' ') || 'run';
-  if (!spec.commands.includes(command)) throw new UsageError(`unknown command "${command}"`);
+  if (!spec.commands.includes(command)) {
+    // "token" alone is the first word of "token issue": name what follows rather than call it unknown.
+    const longer = spec.commands.filter((c) => c.startsWith(`${command} `));
+    if (longer.length > 0)
+      throw new UsageError(`"${command}" needs a subcommand: ${longer.map((c) => `"${c}"`).join(', ')}`);
+    throw new UsageError(`unknown command "${command}"`);
+  }
   return { parsed, command };
 }

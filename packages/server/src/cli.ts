@@ -6,6 +6,7 @@ import {
   PortRanges,
   packageVersion,
   parseDuration,
+  parseHostPattern,
   runCli,
   splitList,
   startCli,
@@ -29,8 +30,10 @@ Options:
   -c, --config FILE   server config (TOML); see examples/server.toml
   --name NAME         token: the client's name
   --ports SPEC        token: ports the client may open (default: any the server's allow_ports permits)
-  --hosts LIST        token: hostnames the client may claim
-  --visit LIST        token: private services the client may visit
+  --hosts LIST        token: hostnames the client may claim ("*.home.example.com" covers the names below
+                      it); default: any name
+  --visit LIST        token: private services the client may visit (recorded in the token for a later
+                      version; this one has no private services)
   --expires DURATION  token: lifetime, e.g. 90d, 12h, or "never" (default 365d)
 
 Signals: SIGHUP reloads the config file (allow_ports, revoked_tokens, limits); SIGTERM drains and exits 0.
@@ -75,7 +78,7 @@ async function main(): Promise<number | undefined> {
         name: values.name,
         expiresInMs,
         ...(values.ports === undefined ? {} : { ports: values.ports }),
-        ...(values.hosts === undefined ? {} : { hosts: splitList(values.hosts) }),
+        ...(values.hosts === undefined ? {} : { hosts: hostGrant(values.hosts) }),
         ...(values.visit === undefined ? {} : { visit: splitList(values.visit) }),
       });
       process.stdout.write(`${jwt}\n`);
@@ -124,3 +127,10 @@ function parse() {
 }
 
 runCli(PROGRAM, main);
+
+/** --hosts as the server will compare it: each pattern valid and normalized, at least one. */
+function hostGrant(list: string): string[] {
+  const hosts = splitList(list).map(parseHostPattern);
+  if (hosts.length === 0) throw new Error('--hosts needs at least one name (leave it out to allow any name)');
+  return hosts;
+}
