@@ -25,8 +25,8 @@ const USAGE = `Usage:
   ${PROGRAM} check --config client.toml       validate the config (exit 0 valid, 2 invalid)
   ${PROGRAM} status --config client.toml      show the running client's session and proxies (from its
                                               [admin] listen; or --admin HOST:PORT); exit 0 established,
-                                              1 unreachable, 3 not established, 5 established but a proxy
-                                              refused or closed; --json for the raw answer
+                                              1 unreachable, 2 usage (no [admin] table), 3 not established,
+                                              5 established but a proxy refused or closed; --json: raw answer
   ${PROGRAM} --help | --version
 
 Options (they override the config file's keys; --tcp and --udp add proxies):
