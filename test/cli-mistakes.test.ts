@@ -14,6 +14,17 @@ test('a mistyped option or config key is named with the one meant; exit status 2
     const badKey = await run(serverBin, ['check', '--config', serverToml]);
     assert.equal(badKey.code, 2);
     assert.match(badKey.stderr, /server\.toml: alow_ports: unknown key \(did you mean "allow_ports"\?\)/);
+    // Two listeners on one port: refused by check, not left for the start to fail on.
+    const samePort = await h.file(
+      'same-port.toml',
+      `listen = "127.0.0.1:7000"\n[auth]\nsecret_file = "${secret}"\n[http]\nlisten = "0.0.0.0:7000"\n`,
+    );
+    const collision = await run(serverBin, ['check', '--config', samePort]);
+    assert.equal(collision.code, 2, collision.stdout);
+    assert.match(
+      collision.stderr,
+      /same-port\.toml: http\.listen: port 7000 is listen's too; each listener needs a port of its own/,
+    );
 
     const clientToml = await h.file(
       'client.toml',

@@ -237,5 +237,34 @@ export function loadServerConfig(file: string): ServerConfig {
     );
     config.admin = { listen: raw.admin.listen, token };
   }
+  checkListenersApart(file, config);
   return config;
+}
+
+const ANY_ADDRESS = new Set(['0.0.0.0', '::', '']);
+
+/**
+ * Two listeners on one port would pass `check` and fail at start (EADDRINUSE, exit 1, and systemd
+ * restarting it every 2 s): refused here, naming both keys.
+ */
+function checkListenersApart(file: string, config: ServerConfig): void {
+  const listeners: [key: string, at: HostPort | undefined][] = [
+    ['listen', config.listen],
+    ['http.listen', config.routing?.httpListen],
+    ['https.listen', config.routing?.https?.listen],
+    ['admin.listen', config.admin?.listen],
+  ];
+  for (let i = 0; i < listeners.length; i++) {
+    const [key, at] = listeners[i]!;
+    if (!at || at.port === 0) continue;
+    for (const [earlierKey, earlier] of listeners.slice(0, i)) {
+      if (!earlier || earlier.port !== at.port) continue;
+      if (earlier.host === at.host || ANY_ADDRESS.has(earlier.host) || ANY_ADDRESS.has(at.host))
+        throw ConfigError.at(
+          file,
+          key,
+          `port ${at.port} is ${earlierKey}'s too; each listener needs a port of its own`,
+        );
+    }
+  }
 }
