@@ -1,5 +1,6 @@
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
+import { IdleWaiters } from './idle-waiters.js';
 import { type PipeProgress, type PipeResult, pipeBidirectional } from './pipe-bidirectional.js';
 
 export interface CarryOptions {
@@ -32,7 +33,7 @@ export type ConnectionClosedListener = (connection: TrackedConnection, result: P
 export class ConnectionTracker {
   private readonly live = new Set<TrackedConnection>();
   private lastId = 0;
-  private idleWaiters: (() => void)[] = [];
+  private readonly idleWaiters = new IdleWaiters();
   private closedListeners: ConnectionClosedListener[] = [];
 
   get size(): number {
@@ -77,11 +78,7 @@ export class ConnectionTracker {
         'connection closed',
       );
       if (connection) for (const listener of this.closedListeners) listener(connection, result);
-      if (this.live.size === 0) {
-        const waiters = this.idleWaiters;
-        this.idleWaiters = [];
-        for (const waiter of waiters) waiter();
-      }
+      if (this.live.size === 0) this.idleWaiters.idle();
     });
     connection = { fields: opts.fields, startedAt, progress };
     this.live.add(connection);
@@ -90,17 +87,6 @@ export class ConnectionTracker {
 
   /** Resolves true once no connection is open, or false after `timeoutMs`. */
   waitIdle(timeoutMs: number): Promise<boolean> {
-    if (this.live.size === 0) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const waiter = () => {
-        clearTimeout(timer);
-        resolve(true);
-      };
-      const timer = setTimeout(() => {
-        this.idleWaiters = this.idleWaiters.filter((w) => w !== waiter);
-        resolve(false);
-      }, timeoutMs);
-      this.idleWaiters.push(waiter);
-    });
+    return this.idleWaiters.wait(this.live.size === 0, timeoutMs);
   }
 }

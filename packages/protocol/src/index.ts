@@ -7,6 +7,7 @@ export * from './duration.js';
 export * from './host-names.js';
 export * from './host-port.js';
 export * from './http-field-syntax.js';
+export * from './idle-waiters.js';
 export * from './limit-warning.js';
 export * from './logger.js';
 export * from './message-codec.js';

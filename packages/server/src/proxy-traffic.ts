@@ -1,4 +1,4 @@
-import type { ConnectionTracker, TrackedConnection } from '@porthole/protocol';
+import { type ConnectionTracker, IdleWaiters, type TrackedConnection } from '@porthole/protocol';
 
 export interface ProxyTotals {
   client: string;
@@ -75,7 +75,7 @@ export class ProxyTraffic {
   private readonly exchanges = new Set<Exchange>();
   /** Open http requests (the exchanges without a conn id): a draining server waits for them. */
   private httpRequests = 0;
-  private httpIdleWaiters: (() => void)[] = [];
+  private readonly httpIdle = new IdleWaiters();
 
   constructor(private readonly tracker: ConnectionTracker) {
     tracker.onClosed((connection, result) => {
@@ -104,11 +104,7 @@ export class ProxyTraffic {
   end(exchange: Exchange): void {
     if (!this.exchanges.delete(exchange)) return;
     this.fold(exchange.client, exchange.proxy, exchange.bytesIn, exchange.bytesOut);
-    if (exchange.conn === null && --this.httpRequests === 0) {
-      const waiters = this.httpIdleWaiters;
-      this.httpIdleWaiters = [];
-      for (const waiter of waiters) waiter();
-    }
+    if (exchange.conn === null && --this.httpRequests === 0) this.httpIdle.idle();
   }
 
   get openHttpRequests(): number {
@@ -117,18 +113,7 @@ export class ProxyTraffic {
 
   /** Resolves true once no http request is open, false if `timeoutMs` passes first. */
   waitHttpIdle(timeoutMs: number): Promise<boolean> {
-    if (this.httpRequests === 0) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const waiter = (): void => {
-        clearTimeout(timer);
-        resolve(true);
-      };
-      const timer = setTimeout(() => {
-        this.httpIdleWaiters = this.httpIdleWaiters.filter((w) => w !== waiter);
-        resolve(false);
-      }, timeoutMs);
-      this.httpIdleWaiters.push(waiter);
-    });
+    return this.httpIdle.wait(this.httpRequests === 0, timeoutMs);
   }
 
   private fold(client: string, proxy: string, bytesIn: number, bytesOut: number): void {
