@@ -13,7 +13,14 @@ import { WebSocket } from 'ws';
 import { curl } from './lib/curl.js';
 import { rawUpgradeRequest, startHttpBackend } from './lib/http-backend.js';
 import { eventually, run, sleep, waitFor, withHarness } from './lib/processes.js';
-import { issueRoutedToken, makeCa, makeCert, startRoutedClient, startRoutedServer } from './lib/routing.js';
+import {
+  issueRoutedToken,
+  makeCa,
+  makeCert,
+  startAppTunnel,
+  startRoutedClient,
+  startRoutedServer,
+} from './lib/routing.js';
 
 interface Loris {
   socket: net.Socket;
@@ -59,14 +66,16 @@ test(
     withHarness(t, async (h) => {
       const backend = await startHttpBackend('app');
       h.onCleanup(() => backend.close());
-      const server = await startRoutedServer(h, {
-        http: { headers_timeout: '3s', idle_timeout: '4s', keep_alive_timeout: '2s', request_timeout: '10s' },
-      });
-      const token = await issueRoutedToken(server, { name: 'limits', hosts: ['app.test'] });
-      await startRoutedClient(h, {
-        server: server.url,
-        token,
-        proxies: [{ name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
+      const { server } = await startAppTunnel(h, backend.port, {
+        client: 'limits',
+        server: {
+          http: {
+            headers_timeout: '3s',
+            idle_timeout: '4s',
+            keep_alive_timeout: '2s',
+            request_timeout: '10s',
+          },
+        },
       });
       const port = server.httpPort!;
       // A WebSocket opened now must outlive idle_timeout and headers_timeout: once upgraded it is not
@@ -130,12 +139,9 @@ test('a request head over max_header_size gets 431 and the port keeps serving', 
   withHarness(t, async (h) => {
     const backend = await startHttpBackend('app');
     h.onCleanup(() => backend.close());
-    const server = await startRoutedServer(h, { http: { max_header_size: 8192 } });
-    const token = await issueRoutedToken(server, { name: 'big', hosts: ['app.test'] });
-    await startRoutedClient(h, {
-      server: server.url,
-      token,
-      proxies: [{ name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
+    const { server } = await startAppTunnel(h, backend.port, {
+      client: 'big',
+      server: { http: { max_header_size: 8192 } },
     });
     const url = `http://127.0.0.1:${server.httpPort}/`;
     const fits = await curl(['-H', 'Host: app.test', '-H', `X-Big: ${'a'.repeat(6000)}`], url);
@@ -506,12 +512,10 @@ test(
     withHarness(t, async (h) => {
       const backend = await startHttpBackend('slow');
       h.onCleanup(() => backend.close());
-      const server = await startRoutedServer(h, { admin: { token: 'admin-token-for-e2e-0123456789abcdef' } });
-      const token = await issueRoutedToken(server, { name: 'pipeliner', hosts: ['app.test'] });
-      await startRoutedClient(h, {
-        server: server.url,
-        token,
-        proxies: [{ name: 'web', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
+      const { server } = await startAppTunnel(h, backend.port, {
+        client: 'pipeliner',
+        proxy: 'web',
+        server: { admin: { token: 'admin-token-for-e2e-0123456789abcdef' } },
       });
       // Three downloads of 2 s each in one write; Node answers them in order, so the second and third
       // wait queued behind the first when the visitor goes.
@@ -558,13 +562,7 @@ test(
     withHarness(t, async (h) => {
       const backend = await startHttpBackend('slow');
       h.onCleanup(() => backend.close());
-      const server = await startRoutedServer(h);
-      const token = await issueRoutedToken(server, { name: 'pipeliner', hosts: ['app.test'] });
-      await startRoutedClient(h, {
-        server: server.url,
-        token,
-        proxies: [{ name: 'web', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
-      });
+      const { server } = await startAppTunnel(h, backend.port, { client: 'pipeliner', proxy: 'web' });
       const pipeline = async (
         requests: string[],
       ): Promise<{ reply: string; closedBy: 'server' | 'test' }> => {

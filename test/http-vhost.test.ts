@@ -10,7 +10,7 @@ import { WebSocket } from 'ws';
 import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
 import { freePort, run, withHarness, withTimeout } from './lib/processes.js';
-import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
+import { issueRoutedToken, startAppTunnel, startRoutedClient, startRoutedServer } from './lib/routing.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
 
 function json(body: string): Record<string, unknown> {
@@ -287,13 +287,7 @@ test(
     withHarness(t, async (h) => {
       const backend = await startHttpBackend('app');
       h.onCleanup(() => backend.close());
-      const server = await startRoutedServer(h);
-      const token = await issueRoutedToken(server, { name: 'stream', hosts: ['app.test'] });
-      await startRoutedClient(h, {
-        server: server.url,
-        token,
-        proxies: [{ name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
-      });
+      const { server } = await startAppTunnel(h, backend.port, { client: 'stream' });
       const port = server.httpPort!;
       const base = `http://127.0.0.1:${port}`;
 
@@ -454,13 +448,7 @@ test(
       const backend = await startHttpBackend('short');
       backend.server.keepAliveTimeout = 300;
       h.onCleanup(() => backend.close());
-      const server = await startRoutedServer(h);
-      const token = await issueRoutedToken(server, { name: 'retire', hosts: ['app.test'] });
-      const client = await startRoutedClient(h, {
-        server: server.url,
-        token,
-        proxies: [{ name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
-      });
+      const { server, client } = await startAppTunnel(h, backend.port, { client: 'retire' });
       const url = `http://127.0.0.1:${server.httpPort}/`;
       assert.equal((await curl(['-H', 'Host: app.test'], url)).status, 200);
       // The service drops its idle connection after 300 ms; the tunnel stream behind it ends cleanly.
@@ -482,13 +470,7 @@ test(
     withHarness(t, async (h) => {
       const backend = await startHttpBackend('app');
       h.onCleanup(() => backend.close());
-      const server = await startRoutedServer(h);
-      const token = await issueRoutedToken(server, { name: 'halfclose', hosts: ['app.test'] });
-      await startRoutedClient(h, {
-        server: server.url,
-        token,
-        proxies: [{ name: 'web', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
-      });
+      const { server } = await startAppTunnel(h, backend.port, { client: 'halfclose', proxy: 'web' });
       // socat sends stdin, shuts down its write side at stdin's end, and prints what comes back.
       for (const [version, connection] of [
         ['1.1', 'Connection: close\r\n'],

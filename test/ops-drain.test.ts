@@ -5,7 +5,7 @@ import net from 'node:net';
 import { test } from 'node:test';
 import { startHttpBackend } from './lib/http-backend.js';
 import { freePort, type Harness, run, waitFor, withHarness, withTimeout } from './lib/processes.js';
-import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
+import { startAppTunnel } from './lib/routing.js';
 import { EchoPinger, startEchoServer, tryConnect } from './lib/services.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
 import { startTunnel } from './lib/tunnel.js';
@@ -192,16 +192,11 @@ test(
       const backend = await startHttpBackend('app');
       h.onCleanup(() => backend.close());
       for (const stopping of ['server', 'client'] as const) {
-        const server = await startRoutedServer(h, {
-          top: { shutdown_timeout: '10s' },
-          name: `server-${stopping}`,
-        });
-        const token = await issueRoutedToken(server, { name: `drain-${stopping}`, hosts: ['app.test'] });
-        const client = await startRoutedClient(h, {
-          server: server.url,
-          token,
-          name: `client-${stopping}`,
-          proxies: [{ name: 'web', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
+        const { server, client } = await startAppTunnel(h, backend.port, {
+          client: `drain-${stopping}`,
+          proxy: 'web',
+          server: { top: { shutdown_timeout: '10s' }, name: `server-${stopping}` },
+          clientProcess: `client-${stopping}`,
         });
         // 200 kB in 100 chunks 20 ms apart: two seconds under way.
         const path = `/stream?bytes=200000&chunks=100&drain=${stopping}`;

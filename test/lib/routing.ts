@@ -243,3 +243,32 @@ export async function startRoutedClient(h: Harness, opts: RoutedClientOptions): 
   }
   return { proc, configPath, registered };
 }
+
+export interface AppTunnelOptions {
+  /** The token's (and so the client's) name. */
+  client: string;
+  /** The http proxy's name (default "app"). */
+  proxy?: string;
+  server?: RoutedServerOptions;
+  /** The client process's name in the logs. */
+  clientProcess?: string;
+}
+
+/** A routed server and a client whose one http proxy serves app.test from `backendPort`. */
+export async function startAppTunnel(
+  h: Harness,
+  backendPort: number,
+  opts: AppTunnelOptions,
+): Promise<{ server: RoutedServer; client: RoutedClient; token: string }> {
+  const server = await startRoutedServer(h, opts.server);
+  const token = await issueRoutedToken(server, { name: opts.client, hosts: ['app.test'] });
+  const client = await startRoutedClient(h, {
+    server: server.url,
+    token,
+    ...(opts.clientProcess === undefined ? {} : { name: opts.clientProcess }),
+    proxies: [
+      { name: opts.proxy ?? 'app', type: 'http', local: `127.0.0.1:${backendPort}`, hosts: ['app.test'] },
+    ],
+  });
+  return { server, client, token };
+}
