@@ -5,11 +5,12 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { Agent, request } from 'node:http';
+import net from 'node:net';
 import { test } from 'node:test';
 import { WebSocket } from 'ws';
 import { curl } from './lib/curl.js';
-import { startHttpBackend } from './lib/http-backend.js';
-import { freePort, run, withHarness, withTimeout } from './lib/processes.js';
+import { rawUpgradeRequest, startHttpBackend } from './lib/http-backend.js';
+import { eventually, freePort, run, withHarness, withTimeout } from './lib/processes.js';
 import { issueRoutedToken, startAppTunnel, startRoutedClient, startRoutedServer } from './lib/routing.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
 
@@ -487,5 +488,93 @@ test(
         assert.ok(r.stdout.includes(`"url":${JSON.stringify(path)}`), r.stdout);
       }
       assert.equal(server.proc.logsWithMsg('http request').filter((l) => l.reason !== 'done').length, 0);
+    }),
+);
+
+test(
+  'an upgrade answered without a 101 is an http request: an access line with its status and bytes, counted once; an accepted one is counted once, as a connection',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('ws');
+      h.onCleanup(() => backend.close());
+      const adminToken = 'admin-token-for-e2e-0123456789abcdef';
+      const { server } = await startAppTunnel(h, backend.port, {
+        client: 'upgrader',
+        proxy: 'web',
+        server: { admin: { token: adminToken } },
+      });
+      const port = server.httpPort!;
+      const totals = async (): Promise<[number, number]> => {
+        const res = await fetch(`${server.adminUrl}/api/proxies`, {
+          headers: { Authorization: `Bearer ${adminToken}` },
+        });
+        const web = ((await res.json()) as { proxies: Record<string, number>[] }).proxies[0];
+        return [web?.open_connections ?? -1, web?.connections_total ?? -1];
+      };
+      const rawUpgrade = async (path: string): Promise<string> => {
+        const visitor = net.connect({ host: '127.0.0.1', port });
+        let reply = '';
+        visitor.on('data', (d: Buffer) => {
+          reply += d.toString('latin1');
+        });
+        visitor.on('error', () => {});
+        const closed = new Promise<void>((resolve) => visitor.once('close', () => resolve()));
+        visitor.write(rawUpgradeRequest(path, 'app.test'));
+        await withTimeout(closed, 5000, () => `the answer to the upgrade of ${path}`);
+        return reply;
+      };
+      const accessLine = (path: string) =>
+        eventually(
+          `the access line of ${path}`,
+          async () =>
+            server.proc.logsWithMsg('http request').find((l) => l.proxy === 'web' && l.path === path),
+          5000,
+        );
+
+      // The service has no WebSocket on this path: its 400 is passed on and the connection closed.
+      assert.match(await rawUpgrade('/not-a-websocket'), /^HTTP\/1\.1 400 /);
+      const declined = await accessLine('/not-a-websocket');
+      assert.equal(declined.status, 400, JSON.stringify(declined));
+      assert.equal(declined.reason, 'upgrade not accepted');
+      assert.equal(declined.method, 'GET');
+      assert.ok(Number(declined.bytes_in) > 100, `bytes_in ${declined.bytes_in}: the request head went on`);
+      assert.ok(Number(declined.bytes_out) > 10, `bytes_out ${declined.bytes_out}: the 400 came back`);
+      assert.deepEqual(await totals(), [0, 1]);
+
+      // Accepted: one connection, counted when it closes, not a request as well.
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { Host: 'app.test' } });
+      const greeting = await withTimeout(
+        new Promise<string>((resolve, reject) => {
+          ws.once('message', (data) => resolve(String(data)));
+          ws.once('error', reject);
+        }),
+        5000,
+        () => 'the greeting through the tunnel',
+      );
+      assert.match(greeting, /^hello from ws/);
+      // Totals count open connections live: the WebSocket is in it now, and stays counted once it closes.
+      assert.deepEqual(await totals(), [1, 2]);
+      ws.close();
+      await eventually(
+        'the WebSocket closed',
+        async () => ((await totals())[0] === 0 ? true : undefined),
+        5000,
+      );
+      assert.deepEqual(await totals(), [0, 2]);
+
+      // The service is gone: a 502, with an access line that says so.
+      await backend.close();
+      assert.match(await rawUpgrade('/ws'), /^HTTP\/1\.1 502 /);
+      const failed = await eventually(
+        'the access line of the failed upgrade',
+        async () =>
+          server.proc
+            .logsWithMsg('http request')
+            .find((l) => l.proxy === 'web' && l.path === '/ws' && l.status === 502),
+        5000,
+      );
+      assert.equal(failed.reason, 'local service unreachable', JSON.stringify(failed));
+      assert.deepEqual(await totals(), [0, 3]);
     }),
 );

@@ -89,6 +89,13 @@ const UPGRADE_WITH_BODY = 'An upgrade request cannot carry a body here.';
 const TOO_MANY_UPGRADES = 'This site has as many open connections as it accepts; try again later.';
 const TOO_MANY_WAITING = 'This site has as many requests waiting as it accepts; try again later.';
 
+/** Why a forward failed, for the log: the client resets the stream when it cannot reach the service. */
+function forwardFailure(err: Error): string {
+  return (err as NodeJS.ErrnoException).code === 'ERR_STREAM_RESET'
+    ? 'local service unreachable'
+    : err.message;
+}
+
 /** An upgrade's stream carries one exchange: whatever its end, it is not kept for another request. */
 const ONE_EXCHANGE: ConnectionOwner = {
   exchangeDone: (conn) => conn.retire(),
@@ -347,11 +354,7 @@ export class HttpVhostRouter {
           attempt();
           return;
         }
-        failed(
-          (err as NodeJS.ErrnoException).code === 'ERR_STREAM_RESET'
-            ? 'local service unreachable'
-            : err.message,
-        );
+        failed(forwardFailure(err));
       },
     };
     const attempt = (): void => {
@@ -463,10 +466,30 @@ export class HttpVhostRouter {
     const remoteAddr = formatHostPort(plainAddress(visitor.address), visitor.port);
     const { stream, conn } = target.openStream(visitor);
     const upstream = new UpstreamConnection(stream, ONE_EXCHANGE);
-    let answered = false;
+    // Until a 101 the upgrade is an http request like any other: counted, waited for by a draining server,
+    // and given an access line when it ends. Upgraded, it is a connection, which the tracker counts and logs.
+    const counts = this.opts.traffic.begin(target.client, target.proxy, null, remoteAddr);
+    let answered: { status: number; reason: string } | undefined;
     let awaitingDrain = false;
     let noAnswerTimer: NodeJS.Timeout | undefined;
-    const logged = (status: number, reason: string): void =>
+    const failed = (reason: string, status: number, text: string): void => {
+      clearTimeout(noAnswerTimer);
+      this.opts.logger.warn(
+        { client: target.client, proxy: target.proxy, conn, remote_addr: remoteAddr, reason },
+        'http upgrade failed',
+      );
+      if (answered) {
+        answered.reason = reason;
+        socket.destroy();
+      } else {
+        answered = { status, reason };
+        this.answerRaw(socket, status, text);
+      }
+    };
+    const visitorGone = (): void => {
+      clearTimeout(noAnswerTimer);
+      upstream.abort();
+      this.opts.traffic.end(counts);
       this.opts.logger.info(
         {
           client: target.client,
@@ -476,30 +499,21 @@ export class HttpVhostRouter {
           method,
           host: req.headers.host,
           path,
-          status,
+          status: answered?.status,
+          bytes_in: counts.bytesIn,
+          bytes_out: counts.bytesOut,
           ms: Math.round(performance.now() - started),
-          reason,
+          reason: answered?.reason ?? 'visitor closed early',
         },
         'http request',
       );
-    const failed = (reason: string, status: number, text: string): void => {
-      clearTimeout(noAnswerTimer);
-      this.opts.logger.warn(
-        { client: target.client, proxy: target.proxy, conn, remote_addr: remoteAddr, reason },
-        'http upgrade failed',
-      );
-      if (answered) socket.destroy();
-      else this.answerRaw(socket, status, text);
-    };
-    const visitorGone = (): void => {
-      clearTimeout(noAnswerTimer);
-      upstream.abort();
     };
     socket.once('close', visitorGone);
     const sink: ResponseSink = {
       onUpgrade: (responseHead, rest) => {
         clearTimeout(noAnswerTimer);
         socket.off('close', visitorGone);
+        this.opts.traffic.handOver(counts);
         socket.write(responseHead);
         if (rest.length > 0) socket.write(rest);
         // What the visitor sent after its request belongs to the new protocol: it goes on only now.
@@ -525,13 +539,12 @@ export class HttpVhostRouter {
         });
       },
       onHead: (responseHead) => {
-        answered = true;
+        answered = { status: responseHead.statusCode, reason: 'upgrade not accepted' };
         clearTimeout(noAnswerTimer);
         // An ordinary answer after all: a visitor that stops reading it must not hold the socket and its
         // stream (no HTTP timeout watches a socket handed over for an upgrade).
         (socket as Socket).setTimeout?.(this.opts.idleTimeout, () => socket.destroy());
         socket.write(rawResponseHead(responseHead), 'latin1');
-        logged(responseHead.statusCode, 'upgrade not accepted');
       },
       onBody: (data) => {
         if (socket.write(data)) return true;
@@ -545,7 +558,7 @@ export class HttpVhostRouter {
         return false;
       },
       onEnd: () => answerAndClose(socket),
-      onError: (err) => failed(err.message, 502, UNREACHABLE),
+      onError: (err) => failed(forwardFailure(err), 502, UNREACHABLE),
     };
     // Node read the fields as latin1: written back the same way, every byte is the visitor's own.
     const requestLine = requestHead(
@@ -554,7 +567,7 @@ export class HttpVhostRouter {
       this.forwardHeaders(req, target, true),
       req.httpVersion,
     );
-    upstream.send(method, requestLine, undefined, false, sink);
+    upstream.send(method, requestLine, undefined, false, sink, counts);
     const timeout = this.opts.responseTimeout;
     if (timeout > 0)
       noAnswerTimer = setTimeout(() => {

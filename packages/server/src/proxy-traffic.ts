@@ -102,9 +102,22 @@ export class ProxyTraffic {
 
   /** Folds a finished exchange into its proxy's totals (once; later calls do nothing). */
   end(exchange: Exchange): void {
-    if (!this.exchanges.delete(exchange)) return;
-    this.fold(exchange.client, exchange.proxy, exchange.bytesIn, exchange.bytesOut);
+    if (this.release(exchange))
+      this.fold(exchange.client, exchange.proxy, exchange.bytesIn, exchange.bytesOut);
+  }
+
+  /**
+   * Stops counting an exchange that goes on as a tracked connection (an http upgrade answered 101), without
+   * folding it: the tracker counts that connection, its handshake included, when it closes.
+   */
+  handOver(exchange: Exchange): void {
+    this.release(exchange);
+  }
+
+  private release(exchange: Exchange): boolean {
+    if (!this.exchanges.delete(exchange)) return false;
     if (exchange.conn === null && --this.httpRequests === 0) this.httpIdle.idle();
+    return true;
   }
 
   get openHttpRequests(): number {
