@@ -23,7 +23,8 @@ export interface SessionOptions {
   maxStreamWindow?: number;
   /**
    * Window growth shared by all streams, in bytes: the streams' windows beyond their first 256 KiB each
-   * add up to at most this. What a peer can make us buffer is bounded by this plus 256 KiB per stream.
+   * add up to at most this. What a peer can make us buffer is bounded by this plus 256 KiB per stream
+   * (a finished stream counts until its data has been read).
    */
   maxSessionWindow?: number;
   /** Milliseconds between keepalive pings; 0 disables them. */
@@ -101,6 +102,8 @@ export class Session extends EventEmitter {
   private drainWaiters: (() => void)[] = [];
   /** Sum of the open streams' grownWindow, at most options.maxSessionWindow. */
   private grownWindow = 0;
+  /** Released streams whose growth still counts in grownWindow: their data is not read yet. */
+  private readonly releasedUnread = new Set<Stream>();
   private readonly pings = new Map<number, PendingPing>();
   private nextPingId = 1;
   /** The fastest ping round trip so far, in ms; undefined until one came back. */
@@ -372,6 +375,7 @@ export class Session extends EventEmitter {
     for (const stream of [...this.streams.values()]) stream.abort(streamError);
     this.streams.clear();
     this.grownWindow = 0;
+    this.releasedUnread.clear();
     this.flushDrainWaiters();
     if (this.corked) {
       this.corked = false;
@@ -474,12 +478,24 @@ export class Session extends EventEmitter {
     return granted;
   }
 
-  // A released stream can receive nothing more (both sides finished, or it was reset), so its growth
-  // returns to the shared allowance even if the application has yet to read what it holds.
+  // A released stream can receive nothing more (both sides finished, or it was reset). Its growth returns to
+  // the shared allowance once the application has read what it holds (or destroyed it): until then those
+  // bytes are in memory, and returning it early would let the next stream grow into the same allowance.
   private releaseStream(stream: Stream): void {
     if (this.streams.get(stream.id) !== stream) return;
     this.streams.delete(stream.id);
-    this.grownWindow -= stream.grownWindow;
+    const grown = stream.grownWindow;
+    if (grown === 0) return;
+    if (stream.destroyed || stream.readableLength === 0) {
+      this.grownWindow -= grown;
+      return;
+    }
+    this.releasedUnread.add(stream);
+    const giveBack = (): void => {
+      if (this.releasedUnread.delete(stream)) this.grownWindow -= grown;
+    };
+    stream.once('end', giveBack);
+    stream.once('close', giveBack);
   }
 }
 

@@ -243,6 +243,61 @@ for (const transport of ['tcp', 'ws'] as const) {
       assert.ok(again.buffered <= streamWindow, `within its own window (${again.buffered} bytes held)`);
     });
 
+    test('streams finished both ways with their data unread keep their growth counted until it is read', {
+      timeout: 60_000,
+    }, async () => {
+      // A visitor that half-closes, reads fast, then stops, while the service sends a last burst and closes:
+      // the stream is finished both ways but its buffer is full. Its growth must stay counted, or each next
+      // stream grows into the same allowance again and the session holds a window per such stream.
+      const rounds = 4;
+      const window = 4 * MiB;
+      const burst = 3 * MiB;
+      const bound = window + rounds * INITIAL;
+      const pair = await sessionPair(transport, {}, { maxStreamWindow: window, maxSessionWindow: window });
+      pairs.push(pair);
+      const consumers = new Map<number, Consumer>();
+      pair.server.on('stream', (s: Stream) => {
+        s.end(); // this side has nothing to send: finished as soon as the peer is
+        consumers.set(s.id, new Consumer(s));
+      });
+      const writers: Writer[] = [];
+      const finished: boolean[] = [];
+      for (let round = 0; round < rounds; round++) {
+        const writer = new Writer(pair.client.open(), round + 1);
+        writers.push(writer);
+        await writer.write(8 * MiB);
+        await waitFor(
+          () => (consumers.get(writer.stream.id)?.bytes ?? 0) >= 8 * MiB,
+          10_000,
+          `round ${round}: the fast start consumed`,
+        );
+        consumers.get(writer.stream.id)!.stream.pause();
+        const done = once(writer.stream, 'finish').then(() => true);
+        done.catch(() => {});
+        void writer.finish(burst).catch(() => {});
+        finished.push(await Promise.race([done, sleep(1500).then(() => false)]));
+      }
+      assert.equal(finished[0], true, 'the first burst fit in its grown window and the stream finished');
+      await settle(() => pair.serverSocket.bytesRead, 300, 10_000);
+      const held = [...consumers.values()].reduce((n, c) => n + c.stream.readableLength, 0);
+      assert.ok(held >= burst, `the first stream holds its burst (${held} bytes held)`);
+      assert.ok(held <= bound, `${rounds} streams hold ${held} bytes unread, bound ${bound}`);
+
+      // Read at last: every byte arrives, and the growth is free again for a new stream.
+      for (const w of writers) {
+        const c = consumers.get(w.stream.id)!;
+        c.stream.resume();
+        const got = await withTimeout(c.ended, 20_000, `stream ${w.stream.id} to its end`);
+        assert.deepEqual(got, w.sent(), `stream ${w.stream.id}: bytes and sha256`);
+      }
+      await waitFor(() => pair.server.streamCount === 0, 5000, 'the finished streams released');
+      const again = await fastStartThenStall([new Writer(pair.client.open(), 99)], consumers, pair);
+      assert.ok(
+        again.buffered > INITIAL,
+        `a new stream grew its window again (${again.buffered} bytes held)`,
+      );
+    });
+
     test('a reader that attaches late (data buffered before it flows) gets everything, window 256 KiB', {
       timeout: 30_000,
       todo: knownBugs.windowStall,
