@@ -183,6 +183,9 @@ test(
         'B was dropped with the same reload',
       );
       assert.ok(!client.proc.outputContains(rotated), 'the new token is not logged');
+      // A reconnect the client chose ends its old session in an orderly way, not as an internal error.
+      const left = await server.proc.waitForMsg('client disconnected', 5000, { from: serverMark4 });
+      assert.doesNotMatch(String(left.reason), /internal error/, JSON.stringify(left));
     }),
 );
 

@@ -116,6 +116,8 @@ export class PortholeClient {
       this.wakeSleeper?.();
       if (this.session && !this.session.closed) {
         this.control?.end();
+        // A reconnect we chose: the server is told Normal, not the InternalError that close(err) sends.
+        this.session.goAway();
         this.session.close(new Error('reconnecting: server, token or CA changed by a reload'));
       }
       return;
