@@ -19,9 +19,12 @@ export class DialError extends Error {
     super(message);
   }
 
-  /** The server refused our token (as opposed to being unreachable or busy). */
+  /**
+   * The server refused our token (as opposed to being unreachable or busy). 429 too: the server limits only
+   * sources whose tokens fail (a valid one is never refused by it), and its body says why ours did.
+   */
   get isAuthFailure(): boolean {
-    return this.status === 401;
+    return this.status === 401 || this.status === 429;
   }
 }
 

@@ -16,6 +16,11 @@ test('the token goes in Authorization: Bearer; a refusal surfaces status and bod
       wss.handleUpgrade(req, socket, head, (ws) => ws.close());
       return;
     }
+    if (req.headers.authorization === 'Bearer revoked') {
+      const body = 'token revoked (too many failed attempts from 127.0.0.1, slow down)\n';
+      socket.end(`HTTP/1.1 429 Too Many Requests\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+      return;
+    }
     socket.end('HTTP/1.1 401 Unauthorized\r\nContent-Length: 14\r\nConnection: close\r\n\r\ntoken expired\n');
   });
   http.listen(0, '127.0.0.1');
@@ -31,7 +36,14 @@ test('the token goes in Authorization: Bearer; a refusal surfaces status and bod
     assert.equal(err.isAuthFailure, true);
     return true;
   });
-  assert.deepEqual(seen, ['Bearer good', 'Bearer old']);
+  // Rate-limited for failing: the server limits only sources whose tokens fail, so this is one too.
+  await assert.rejects(dial({ server, token: 'revoked', timeoutMs: 2000 }), (err: unknown) => {
+    assert.ok(err instanceof DialError);
+    assert.match(err.message, /^429: token revoked/);
+    assert.equal(err.isAuthFailure, true);
+    return true;
+  });
+  assert.deepEqual(seen, ['Bearer good', 'Bearer old', 'Bearer revoked']);
 });
 
 test('an unreachable server is a DialError naming the address, not an auth failure', async () => {
