@@ -23,7 +23,7 @@ export interface ClientStatus {
   session_id?: string;
   /** ISO time the current state began. */
   since: string;
-  /** Why the last dial or session failed. */
+  /** Why the last dial or session failed; cleared once a session is established. */
   last_error?: string;
   /** ISO time of the next dial while reconnecting. */
   retry_at?: string;
@@ -83,6 +83,8 @@ export class SessionStatus {
     this.client = client;
     this.sessionId = sessionId;
     this.retryAt = undefined;
+    // An error from before the session is history: a monitor reading the JSON must not see it as current.
+    this.lastError = undefined;
   }
 
   stopping(): void {
