@@ -389,7 +389,10 @@ test(
       assert.equal(typeof flow.conn, 'number');
       assert.equal(flow.bytes_in, 11, 'one + two + three');
       assert.equal(flow.bytes_out, 11 + 3 * 'echo|'.length);
-      // A second sender is over max_flows: its datagram is dropped, and counted by cause.
+      // A second sender is over max_flows: its datagram is dropped, and counted by cause. (The flow has just
+      // been busy: one silent for a second would give its place to the new sender instead.)
+      sender.send('four', udpPort, '127.0.0.1');
+      await waitFor('the fourth echo', () => replies.length === 4, 5000);
       const { socket: other } = await udpClient();
       h.onCleanup(() => other.close());
       other.send('over the limit', udpPort, '127.0.0.1');
@@ -406,11 +409,12 @@ test(
       );
       assert.equal(m.get('porthole_proxy_open_connections{client="mixed",proxy="echo"}'), 1);
       assert.equal(m.get('porthole_open_connections'), 1);
-      assert.equal(m.get(`porthole_udp_datagrams_total${udpLabel('direction="in"')}`), 3);
-      assert.equal(m.get(`porthole_udp_datagrams_total${udpLabel('direction="out"')}`), 3);
+      assert.equal(m.get(`porthole_udp_datagrams_total${udpLabel('direction="in"')}`), 4);
+      assert.equal(m.get(`porthole_udp_datagrams_total${udpLabel('direction="out"')}`), 4);
+      assert.equal(m.get(`porthole_udp_flows_evicted_total{client="mixed",proxy="echo"}`), 0);
       assert.equal(m.get(`porthole_udp_datagrams_dropped_total${udpLabel('cause="send"')}`), 0);
       const closed = await onceClosed('echo', 'the idle flow counted', 15_000);
-      assert.deepEqual([closed.connections_total, closed.bytes_in, closed.bytes_out], [1, 11, 26]);
+      assert.deepEqual([closed.connections_total, closed.bytes_in, closed.bytes_out], [1, 15, 35]);
       assert.deepEqual((await api(base, '/api/connections')).json(), { connections: [] });
     }),
 );

@@ -322,7 +322,7 @@ test(
       const sender = await udpClient();
       h.onCleanup(() => sender.socket.close());
       sender.socket.send('to nowhere', badPort, '127.0.0.1');
-      const failed = await client.proc.waitForMsg('udp local connect failed', 10_000, {
+      const failed = await client.proc.waitForMsg('local connect failed', 10_000, {
         fields: { proxy: 'bad' },
       });
       t.diagnostic(`local connect failed: ${failed.reason}`);
@@ -355,6 +355,86 @@ test(
 );
 
 test(
+  'at max_flows a new sender takes the place of a flow silent for a second (a resolver asks from a new port each time); busy flows keep theirs',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startUdpEcho('echo');
+      h.onCleanup(() => echo.close());
+      const remotePort = await freePort();
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, { name: 'dns', ports: String(remotePort) });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          {
+            name: 'dns',
+            type: 'udp',
+            local: `127.0.0.1:${echo.port}`,
+            remote_port: remotePort,
+            max_flows: 3,
+            udp_idle_timeout: '60s',
+          },
+        ],
+      });
+      const senders = await Promise.all(Array.from({ length: 6 }, () => udpClient()));
+      h.onCleanup(() => {
+        for (const s of senders) s.socket.close();
+      });
+      const [busy, quiet1, quiet2, new1, new2, late] = senders as [
+        (typeof senders)[0],
+        (typeof senders)[0],
+        (typeof senders)[0],
+        (typeof senders)[0],
+        (typeof senders)[0],
+        (typeof senders)[0],
+      ];
+      const ask = async (s: (typeof senders)[0], what: string) => {
+        const before = s.replies.length;
+        s.socket.send(what, remotePort, '127.0.0.1');
+        await waitFor(`the answer to ${what}`, () => s.replies.length > before, 5000);
+      };
+      for (const [s, name] of [
+        [busy, 'busy'],
+        [quiet1, 'quiet1'],
+        [quiet2, 'quiet2'],
+      ] as const)
+        await ask(s, name);
+      // One flow keeps talking; the other two fall silent for more than a second.
+      let ticks = 0;
+      const talking = setInterval(() => {
+        ticks += 1;
+        busy.socket.send(`tick${ticks}`, remotePort, '127.0.0.1');
+      }, 150);
+      h.onCleanup(() => clearInterval(talking));
+      await sleep(1400);
+      // Two new senders at the limit: each takes the place of a silent flow, and is answered.
+      await ask(new1, 'new1');
+      await ask(new2, 'new2');
+      // A third at once: every flow has just talked, so its datagram is dropped.
+      late.socket.send('late', remotePort, '127.0.0.1');
+      await server.proc.waitForMsg('udp flow limit reached: datagrams from new senders dropped', 5000, {
+        fields: { proxy: 'dns', max_flows: 3 },
+      });
+      assert.equal(late.replies.length, 0);
+      clearInterval(talking);
+      await waitFor('the busy sender answered each tick', () => busy.replies.length === 1 + ticks, 5000);
+
+      const evicted = server.proc
+        .logsWithMsg('udp flow closed')
+        .filter((l) => /max_flows reached/.test(String(l.reason)))
+        .map((l) => l.remote_addr)
+        .sort();
+      const addr = (s: (typeof senders)[0]) => `127.0.0.1:${s.socket.address().port}`;
+      assert.deepEqual(evicted, [addr(quiet1), addr(quiet2)].sort(), 'the two silent flows gave way');
+      // The evicted senders are not shut out: asking again opens a flow, by the same rule.
+      await sleep(1100);
+      await ask(quiet1, 'quiet1 again');
+    }),
+);
+
+test(
   'a reload that raises udp_max_flows applies to a udp proxy already registered',
   { timeout: 60_000 },
   (t) =>
@@ -376,8 +456,12 @@ test(
       });
       a.socket.send('first', remotePort, '127.0.0.1');
       await waitFor('the first sender’s echo', () => a.replies.length === 1, 5000);
+      // The first flow stays busy throughout, so that it never gives its place to the second sender: only
+      // the raised limit can let that one in.
+      const busy = setInterval(() => a.socket.send('busy', remotePort, '127.0.0.1'), 200);
+      h.onCleanup(() => clearInterval(busy));
       b.socket.send('over the limit', remotePort, '127.0.0.1');
-      await sleep(500);
+      await sleep(1500);
       assert.equal(b.replies.length, 0, 'a second sender is over udp_max_flows = 1');
 
       const mark = server.proc.mark();
@@ -389,5 +473,7 @@ test(
       b.socket.send('after the reload', remotePort, '127.0.0.1');
       await waitFor('the second sender’s echo after the reload', () => b.replies.length === 1, 5000);
       assert.equal(b.replies[0]!.toString(), 'echo|after the reload');
+      clearInterval(busy);
+      assert.equal(server.proc.logsWithMsg('udp flow closed').length, 0, 'no flow was evicted');
     }),
 );

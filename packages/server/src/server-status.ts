@@ -169,6 +169,13 @@ export class ServerStatus {
         ['truncated', stats.droppedTruncated],
       ] as const)
         out.sample('porthole_udp_datagrams_dropped_total', count, { client, proxy, cause });
+    out.family(
+      'porthole_udp_flows_evicted_total',
+      'counter',
+      'Flows silent for 1 s or more ended at max_flows to make room for a new sender, per udp proxy.',
+    );
+    for (const { client, proxy, stats } of rows)
+      out.sample('porthole_udp_flows_evicted_total', stats.evictedIdle, { client, proxy });
   }
 
   /** The Prometheus text exposition. */

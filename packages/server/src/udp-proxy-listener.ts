@@ -22,13 +22,19 @@ const MAX_UDP_PAYLOAD = { udp4: 65_507, udp6: 65_527 } as const;
 const MAX_SEND_QUEUE_BYTES = 1024 * 1024;
 /** After an idle FIN, a stream the peer never finishes is reset this much later. */
 const FLOW_CLOSE_GRACE_MS = 5_000;
+/** At max_flows, a flow silent this long gives its place to a new sender. */
+const EVICTABLE_IDLE_MS = 1_000;
+/** Flows looked at (oldest first) for one to give way, per datagram from a new sender at max_flows. */
+const EVICTION_PROBES = 8;
 
 /** Datagram counts for /metrics; flows and bytes are counted with the proxy's traffic (ProxyTraffic). */
 export interface UdpProxyStats {
   datagramsIn: number;
   datagramsOut: number;
-  /** New flows refused because max_flows were open. */
+  /** New flows refused because max_flows were open and none of them was silent enough to give way. */
   droppedFlowLimit: number;
+  /** Flows ended to make room for a new sender at max_flows (each silent for at least 1 s). */
+  evictedIdle: number;
   /** Datagrams from the tunnel longer than a UDP payload can be. */
   droppedOversize: number;
   /** Datagrams towards the tunnel dropped because the stream's reader is behind. */
@@ -95,6 +101,7 @@ export class UdpProxyListener {
     datagramsIn: 0,
     datagramsOut: 0,
     droppedFlowLimit: 0,
+    evictedIdle: 0,
     droppedOversize: 0,
     droppedBackpressure: 0,
     droppedSend: 0,
@@ -180,7 +187,7 @@ export class UdpProxyListener {
     const key = formatHostPort(rinfo.address, rinfo.port);
     let flow = this.flows.get(key);
     if (!flow) {
-      if (this.flows.size >= this.opts.maxFlows()) {
+      if (this.flows.size >= this.opts.maxFlows() && !this.evictIdleFlow()) {
         this.stats.droppedFlowLimit++;
         this.flowLimitWarning.count();
         return;
@@ -198,6 +205,29 @@ export class UdpProxyListener {
       if (result === 'dropped-backpressure') this.stats.droppedBackpressure++;
       else this.stats.droppedSend++;
     }
+  }
+
+  /**
+   * At max_flows a new sender takes the place of a flow silent for EVICTABLE_IDLE_MS: a resolver asks each
+   * query from a port of its own, and without this a DNS proxy would answer max_flows queries per
+   * udp_idle_timeout and drop the rest. Flows still talking are kept (a burst of new senders does not push
+   * out a game's players). A second-chance sweep from the oldest flow: a busy one moves to the back, at
+   * most EVICTION_PROBES looked at per new sender, so a full table of busy flows costs little per datagram.
+   */
+  private evictIdleFlow(): boolean {
+    const now = performance.now();
+    let probes = 0;
+    for (const flow of this.flows.values()) {
+      if (now - flow.lastActivity >= EVICTABLE_IDLE_MS) {
+        this.stats.evictedIdle++;
+        this.endFlow(flow, 'max_flows reached: the longest silent flow made room for a new sender');
+        return true;
+      }
+      if (++probes >= EVICTION_PROBES) return false;
+      this.flows.delete(flow.key);
+      this.flows.set(flow.key, flow);
+    }
+    return false;
   }
 
   private openFlow(key: string, rinfo: RemoteInfo): Flow {
