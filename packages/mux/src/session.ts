@@ -110,6 +110,8 @@ export class Session extends EventEmitter {
   private minRtt: number | undefined;
   private keepAliveTimer: NodeJS.Timeout | undefined;
   private keepAliveInFlight = false;
+  /** When a keepalive ping was last answered (the session's start before the first). */
+  private keepAliveAnsweredAt = performance.now();
 
   constructor(conn: Duplex, options: SessionOptions) {
     super();
@@ -333,15 +335,20 @@ export class Session extends EventEmitter {
   private keepAlive(): void {
     if (this.keepAliveInFlight || this.isClosed) return;
     this.keepAliveInFlight = true;
-    const timeout = this.options.keepAliveTimeout;
     const timer = setTimeout(() => {
-      this.terminate(new MuxError('ERR_KEEPALIVE_TIMEOUT', `keepalive ping unanswered for ${timeout} ms`));
-    }, timeout);
+      // The silence since the last answer, not this ping's wait alone: the programs set the timeout to
+      // heartbeat_timeout minus the interval, and the user knows the former.
+      const silent = Math.round(performance.now() - this.keepAliveAnsweredAt);
+      this.terminate(
+        new MuxError('ERR_KEEPALIVE_TIMEOUT', `keepalive ping unanswered: no ping answered for ${silent} ms`),
+      );
+    }, this.options.keepAliveTimeout);
     timer.unref();
     this.ping().then(
       () => {
         clearTimeout(timer);
         this.keepAliveInFlight = false;
+        this.keepAliveAnsweredAt = performance.now();
       },
       () => clearTimeout(timer),
     );

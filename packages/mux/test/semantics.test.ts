@@ -68,6 +68,7 @@ function quiet<T extends Stream>(stream: T): T {
 
 /** A raw TCP peer for our client session: it reads everything and, unless told to, never writes. */
 async function rawPeer(answerPings = false) {
+  let answering = answerPings;
   const server = net.createServer();
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -79,7 +80,7 @@ async function rawPeer(answerPings = false) {
   let ended = false;
   peer.on('data', (chunk: Buffer) => {
     for (const f of frames.push(chunk)) {
-      if (answerPings && f.type === T.Ping && f.flags & F.SYN)
+      if (answering && f.type === T.Ping && f.flags & F.SYN)
         peer.write(encodeFrame(T.Ping, F.ACK, 0, f.length));
     }
   });
@@ -91,7 +92,15 @@ async function rawPeer(answerPings = false) {
     peer.destroy();
     conn.destroy();
   });
-  return { conn, peer, frames, ended: () => ended };
+  return {
+    conn,
+    peer,
+    frames,
+    ended: () => ended,
+    stopAnswering: () => {
+      answering = false;
+    },
+  };
 }
 
 describe('streams', () => {
@@ -344,6 +353,23 @@ describe('limits and timeouts', () => {
       'a ping was sent',
     );
     await waitFor(raw.ended, 3000, 'the connection to be closed');
+  });
+
+  test('keepalive: the reason gives the silence since the last answered ping, not the last ping alone', async () => {
+    const raw = await rawPeer(true);
+    const session = new Session(raw.conn, { client: true, keepAliveInterval: 200, keepAliveTimeout: 300 });
+    session.on('error', () => {});
+    cleanup.push(() => session.close());
+    await sleep(250); // the pings at 0 and 200 ms are answered
+    raw.stopAnswering();
+    const closed = new Promise<CodedError | undefined>((resolve) => session.once('close', resolve));
+    const reason = await withTimeout(closed, 3000, "the session's 'close'");
+    assert.equal(reason?.code, 'ERR_KEEPALIVE_TIMEOUT');
+    // Answered at ~200 ms, the ping at ~400 unanswered until ~700: about 500 ms of silence, more than the
+    // 300 ms the last ping waited (what a heartbeat_timeout of interval + timeout means to the user).
+    const silence = /no ping answered for (\d+) ms/.exec(reason?.message ?? '');
+    assert.ok(silence, reason?.message);
+    assert.ok(Number(silence[1]) >= 400, reason?.message);
   });
 
   test('keepalive: answered pings keep the session alive (raw peer and session pair)', async () => {
