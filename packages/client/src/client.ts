@@ -22,6 +22,7 @@ import { proxySpecFields } from './proxy-config.js';
 import { Backoff } from './reconnect.js';
 import { diffProxies, needsReconnect } from './reload.js';
 import { type ClientStatus, type ProxyState, SessionStatus } from './session-status.js';
+import { OpenUdpFlows } from './udp-forwarder.js';
 
 /** Time for TCP + TLS + upgrade, and for the server's hello_ok. */
 const DIAL_TIMEOUT_MS = 10_000;
@@ -48,6 +49,7 @@ export class PortholeClient {
   private readonly tracker = new ConnectionTracker();
   private readonly localFailures: LocalFailureLog;
   private readonly pendingConnects = new PendingLocalConnects();
+  private readonly udpFlows = new OpenUdpFlows();
   /** Mutated in place by reload(): the stream handler reads it for every new connection. */
   private readonly proxies: Map<string, ProxyConfig>;
   private session: Session | undefined;
@@ -78,13 +80,14 @@ export class PortholeClient {
 
   /** Session state and proxies, for the admin endpoint and `porthole-client status`. */
   status(): ClientStatus {
-    return this.sessionStatus.view(this.proxies, this.tracker, this.session?.streamCount ?? 0);
+    return this.sessionStatus.view(this.proxies, this.tracker, this.udpFlows, this.session?.streamCount ?? 0);
   }
 
   /**
    * SIGHUP: apply a freshly loaded config. Proxies added, removed or changed are registered/unregistered
    * over the live session; connections on unchanged proxies keep flowing; a changed `local` applies to
-   * the next connection. A new server, token or CA redials. Other settings apply to the next session.
+   * the next connection (a udp proxy's open flows end, so a sender's next datagram starts one). A new
+   * server, token or CA redials. Other settings apply to the next session.
    */
   reload(next: ClientConfig): void {
     if (this.stopping) return;
@@ -100,6 +103,10 @@ export class PortholeClient {
       this.refusals.forget(name);
     }
     for (const proxy of next.proxies) this.proxies.set(proxy.name, proxy);
+    // A flow's socket is connected to the local it started with, and a sender that keeps talking (a
+    // WireGuard keepalive, a game) never lets it go idle: ended, its next datagram opens a flow to the new one.
+    for (const name of diff.localChanged)
+      if (this.proxies.get(name)?.type === 'udp') this.udpFlows.endAll(name, 'local changed by a reload');
     this.sessionStatus.server = next.server;
     this.logger.info(
       {
@@ -312,6 +319,7 @@ export class PortholeClient {
         this.logger,
         this.localFailures,
         this.pendingConnects,
+        this.udpFlows,
       ).catch((err: Error) => {
         this.logger.error({ stream: stream.id, reason: err.message }, 'stream failed');
         stream.destroy();

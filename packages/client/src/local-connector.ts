@@ -12,7 +12,7 @@ import {
 } from '@porthole/protocol';
 import type { ProxyConfig } from './config.js';
 import type { LocalFailureLog } from './local-failure-log.js';
-import { serveUdpFlow } from './udp-forwarder.js';
+import { type OpenUdpFlows, serveUdpFlow } from './udp-forwarder.js';
 
 /** The PROXY header's endpoints: the visitor, and the server address it connected to. */
 export function proxyEndpoints(header: StreamHeader): ProxyEndpoints {
@@ -124,6 +124,7 @@ export async function serveStream(
   logger: Logger,
   failures: LocalFailureLog,
   pending: PendingLocalConnects,
+  udpFlows: OpenUdpFlows,
 ): Promise<void> {
   // Until the pipe owns the stream, an RST or session loss must not become an uncaught error.
   const swallow = () => {};
@@ -147,7 +148,7 @@ export async function serveStream(
   const local = formatHostPort(proxy.local.host, proxy.local.port);
   if (proxy.type === 'udp') {
     stream.off('error', swallow);
-    await serveUdpFlow(stream, header, proxy, logger, failures);
+    await serveUdpFlow(stream, header, proxy, logger, failures, udpFlows);
     return;
   }
   if (!pending.begin(proxy.name)) {

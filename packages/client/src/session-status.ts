@@ -5,6 +5,7 @@ import {
   processResources,
 } from '@porthole/protocol';
 import type { ProxyConfig } from './config.js';
+import type { OpenUdpFlows } from './udp-forwarder.js';
 
 export type ProxyState =
   | { state: 'pending' }
@@ -107,7 +108,13 @@ export class SessionStatus {
     return names;
   }
 
-  view(proxies: ReadonlyMap<string, ProxyConfig>, tracker: ConnectionTracker, streams: number): ClientStatus {
+  /** A udp proxy's open flows are its connections, as on the server. */
+  view(
+    proxies: ReadonlyMap<string, ProxyConfig>,
+    tracker: ConnectionTracker,
+    udpFlows: OpenUdpFlows,
+    streams: number,
+  ): ClientStatus {
     const open = new Map<string, number>();
     for (const c of tracker.connections()) {
       const name = String(c.fields.proxy ?? '');
@@ -117,7 +124,7 @@ export class SessionStatus {
       state: this.state,
       server: this.server,
       since: new Date(this.since).toISOString(),
-      open_connections: tracker.size,
+      open_connections: tracker.size + udpFlows.size,
       streams,
       process: processResources(),
       proxies: [...proxies.values()].map((proxy) => {
@@ -131,7 +138,7 @@ export class SessionStatus {
           ...('remoteAddr' in state && state.remoteAddr ? { remote_addr: state.remoteAddr } : {}),
           ...('urls' in state && state.urls ? { urls: state.urls } : {}),
           ...('reason' in state ? { reason: state.reason } : {}),
-          open_connections: open.get(proxy.name) ?? 0,
+          open_connections: (open.get(proxy.name) ?? 0) + udpFlows.count(proxy.name),
         };
       }),
     };

@@ -1,7 +1,8 @@
 // The client side of one UDP flow: a server-opened stream carrying u16-framed datagrams from one remote
 // address:port, relayed to the local UDP service through a socket of its own (so the service's replies
 // come back to this flow). The flow ends after the idle timeout (the server's, from the stream header),
-// when the server ends it, or when the stream breaks. Lossy like UDP: drops are counted, never fatal.
+// when the server ends it, when a reload moves its proxy's local, or when the stream breaks. Lossy like
+// UDP: drops are counted, never fatal.
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv6 } from 'node:net';
 import type { Stream } from '@porthole/mux';
@@ -24,6 +25,46 @@ const MAX_SEND_QUEUE_BYTES = 1024 * 1024;
 const MAX_UDP_PAYLOAD = { udp4: 65_507, udp6: 65_527 } as const;
 const FLOW_CLOSE_GRACE_MS = 5_000;
 
+/**
+ * The udp flows open now, by proxy: a flow is a udp proxy's connection, so the status counts them with the
+ * tcp ones (as the server's admin API does); and a flow's socket stays connected to the local it started
+ * with, so a reload that moves a proxy's local ends its flows for the next datagram to open one to the new.
+ */
+export class OpenUdpFlows {
+  private readonly byProxy = new Map<string, Set<(reason: string) => void>>();
+  private total = 0;
+
+  get size(): number {
+    return this.total;
+  }
+
+  count(proxy: string): number {
+    return this.byProxy.get(proxy)?.size ?? 0;
+  }
+
+  /** `end` ends the flow; the returned function forgets it (once its stream has closed). */
+  add(proxy: string, end: (reason: string) => void): () => void {
+    let flows = this.byProxy.get(proxy);
+    if (!flows) {
+      flows = new Set();
+      this.byProxy.set(proxy, flows);
+    }
+    flows.add(end);
+    this.total += 1;
+    return () => {
+      const current = this.byProxy.get(proxy);
+      if (!current?.delete(end)) return;
+      this.total -= 1;
+      if (current.size === 0) this.byProxy.delete(proxy);
+    };
+  }
+
+  /** Ends every open flow of `proxy` as the idle timeout does: FIN on its stream, answered by the server's. */
+  endAll(proxy: string, reason: string): void {
+    for (const end of [...(this.byProxy.get(proxy) ?? [])]) end(reason);
+  }
+}
+
 export interface UdpFlowCounts {
   datagramsIn: number;
   datagramsOut: number;
@@ -39,6 +80,7 @@ export function serveUdpFlow(
   proxy: ProxyConfig,
   logger: Logger,
   failures: LocalFailureLog,
+  openFlows: OpenUdpFlows,
 ): Promise<UdpFlowCounts> {
   const family = isIPv6(proxy.local.host) ? 'udp6' : 'udp4';
   const local = formatHostPort(proxy.local.host, proxy.local.port);
@@ -76,6 +118,7 @@ export function serveUdpFlow(
         stream.once('close', () => clearTimeout(grace));
       }
     };
+    const forget = openFlows.add(proxy.name, end);
     const arm = (ms: number) => {
       timer = setTimeout(() => {
         const idle = performance.now() - lastActivity;
@@ -92,8 +135,12 @@ export function serveUdpFlow(
       counts.datagramsIn++;
       counts.bytesIn += datagram.length;
       socket.send(datagram, (err?: NodeJS.ErrnoException | null) => {
-        if (err?.code === 'ECONNREFUSED') refused();
-        else if (err) counts.dropped++;
+        if (!err) return;
+        // This datagram was not sent (an earlier one's ICMP refusal fails the next send): dropped, not in.
+        counts.datagramsIn--;
+        counts.bytesIn -= datagram.length;
+        if (err.code === 'ECONNREFUSED') refused();
+        else counts.dropped++;
       });
     };
     // ICMP port unreachable on a connected socket, reported by a later send or by the socket: the service
@@ -130,9 +177,10 @@ export function serveUdpFlow(
       pendingBytes = 0;
       if (err) {
         counts.dropped += queued.length;
-        logger.warn(
-          { proxy: proxy.name, conn: header.conn, local, reason: err.message },
-          'udp local connect failed',
+        // One per flow, and a flow per sender: a name that does not resolve would log a line per sender.
+        failures.failed(
+          { proxy: proxy.name, conn: header.conn, remote_addr: remoteAddr, local, reason: err.message },
+          true,
         );
         end(`local connect: ${(err as NodeJS.ErrnoException).code ?? err.message}`);
         return;
@@ -163,6 +211,7 @@ export function serveUdpFlow(
       reason ??= err.code === 'ERR_STREAM_RESET' ? 'reset' : err.message;
     });
     stream.on('close', () => {
+      forget();
       clearTimeout(timer);
       closeSocket();
       if (!decoder.end()) counts.dropped++;

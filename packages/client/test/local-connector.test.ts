@@ -9,6 +9,7 @@ import { ConnectionTracker, captureLogs, writeStreamHeader } from '@porthole/pro
 import type { ProxyConfig } from '../src/config.js';
 import { MAX_PENDING_LOCAL_CONNECTS, PendingLocalConnects, serveStream } from '../src/local-connector.js';
 import { LocalFailureLog } from '../src/local-failure-log.js';
+import { OpenUdpFlows } from '../src/udp-forwarder.js';
 
 /** A mux session pair over a real loopback TCP connection; `client` serves streams with serveStream. */
 async function sessionPair(proxies: ProxyConfig[]) {
@@ -26,9 +27,10 @@ async function sessionPair(proxies: ProxyConfig[]) {
   const byName = new Map(proxies.map((p) => [p.name, p]));
   const failures = new LocalFailureLog(logs.logger);
   const pending = new PendingLocalConnects();
+  const udpFlows = new OpenUdpFlows();
   client.on(
     'stream',
-    (stream: Stream) => void serveStream(stream, byName, tracker, logs.logger, failures, pending),
+    (stream: Stream) => void serveStream(stream, byName, tracker, logs.logger, failures, pending, udpFlows),
   );
   return { server, client, logs, tracker };
 }

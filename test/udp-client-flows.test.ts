@@ -1,0 +1,241 @@
+// The client's side of udp flows, with the real CLIs and real UDP sockets: its connect failures share the
+// tcp proxies' rate limit, its status counts open flows, a reload that moves a udp proxy's local reaches a
+// sender that never falls silent, and a datagram its socket refused to send is counted once, as dropped.
+import assert from 'node:assert/strict';
+import { readFile, writeFile } from 'node:fs/promises';
+import { test } from 'node:test';
+import { startUdpEcho, udpClient } from './lib/http-backend.js';
+import { clientBin, eventually, freePort, run, waitFor, withHarness } from './lib/processes.js';
+import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
+
+type Sender = Awaited<ReturnType<typeof udpClient>>;
+
+test(
+  'a udp proxy whose local name does not resolve: at most 20 "local connect failed" lines per 10 s, the rest summed up',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const remotePort = await freePort();
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, { name: 'udp-nxdomain', ports: String(remotePort) });
+      const local = 'nonexistent.invalid:31201';
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [{ name: 'nowhere', type: 'udp', local, remote_port: remotePort }],
+      });
+      // A flow per sender, and each flow's connect fails (the name does not resolve).
+      const senders: Sender[] = await Promise.all(Array.from({ length: 30 }, () => udpClient()));
+      h.onCleanup(() => {
+        for (const s of senders) s.socket.close();
+      });
+      for (const [i, s] of senders.entries()) s.socket.send(`probe ${i}`, remotePort, '127.0.0.1');
+      await client.proc.waitForLog(
+        () => client.proc.logsWithMsg('udp flow closed').filter((l) => l.proxy === 'nowhere').length >= 30,
+        20_000,
+        0,
+        '30 "udp flow closed" lines for proxy nowhere',
+      );
+      // The message udp flows used before they shared the tcp proxies' budget counts too.
+      const failures = [
+        ...(await client.proc.settledLogsWithMsg('local connect failed')),
+        ...client.proc.logsWithMsg('udp local connect failed'),
+      ].filter((l) => l.proxy === 'nowhere');
+      assert.equal(failures.length, 20, `${failures.length} connect failure lines for 30 flows`);
+      const first = failures[0]!;
+      assert.equal(first.local, local);
+      assert.match(String(first.remote_addr), /^127\.0\.0\.1:\d+$/);
+      assert.ok(Number(first.conn) >= 1, JSON.stringify(first));
+      assert.match(String(first.reason), /ENOTFOUND|EAI_AGAIN/);
+      const summary = await client.proc.waitForMsg('local connect failures not logged one by one', 5000, {
+        fields: { proxy: 'nowhere' },
+      });
+      assert.ok(Number(summary.unlogged) >= 1, JSON.stringify(summary));
+      assert.ok(client.proc.alive);
+    }),
+);
+
+test(
+  "porthole-client status counts a udp proxy's open flows in its open_connections and in the total",
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startUdpEcho('echo');
+      h.onCleanup(() => echo.close());
+      const remotePort = await freePort();
+      const adminListen = `127.0.0.1:${await freePort()}`;
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, { name: 'udp-status', ports: String(remotePort) });
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        adminListen,
+        proxies: [
+          {
+            name: 'echo',
+            type: 'udp',
+            local: `127.0.0.1:${echo.port}`,
+            remote_port: remotePort,
+            udp_idle_timeout: '1500ms',
+          },
+        ],
+      });
+      const status = async () => {
+        const r = await run(clientBin, ['status', '--admin', adminListen, '--json'], { timeoutMs: 15_000 });
+        assert.equal(r.code, 0, r.stderr);
+        const view = JSON.parse(r.stdout) as {
+          open_connections: number;
+          proxies: { name: string; open_connections: number }[];
+        };
+        return {
+          total: view.open_connections,
+          echo: view.proxies.find((p) => p.name === 'echo')?.open_connections,
+        };
+      };
+      const [a, b] = [await udpClient(), await udpClient()];
+      h.onCleanup(() => {
+        a.socket.close();
+        b.socket.close();
+      });
+      // Two senders keep their flows busy (well inside the idle timeout) while the status is read.
+      let sent = 0;
+      const talk = () => {
+        sent += 1;
+        for (const s of [a, b]) s.socket.send(`tick ${sent}`, remotePort, '127.0.0.1');
+      };
+      talk();
+      await waitFor('both senders answered', () => a.replies.length === 1 && b.replies.length === 1, 5000);
+      const ticking = setInterval(talk, 300);
+      h.onCleanup(() => clearInterval(ticking));
+      const open = await status();
+      clearInterval(ticking);
+      assert.deepEqual(open, { total: 2, echo: 2 }, 'two open flows');
+      // Silent, both flows end by the idle timeout, and the count goes back to 0.
+      await client.proc.waitForLog(
+        () => client.proc.logsWithMsg('udp flow closed').length >= 2,
+        10_000,
+        0,
+        'both flows closed on the client',
+      );
+      assert.deepEqual(await status(), { total: 0, echo: 0 }, 'no open flows');
+    }),
+);
+
+test(
+  "client SIGHUP: a udp proxy's new local reaches a sender that keeps sending (its flow ends, the next datagram opens one); a removed proxy's flows end",
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const [before, after, other] = [
+        await startUdpEcho('before'),
+        await startUdpEcho('after'),
+        await startUdpEcho('other'),
+      ];
+      h.onCleanup(() => Promise.all([before.close(), after.close(), other.close()]));
+      const [wgPort, otherPort] = [await freePort(), await freePort()];
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, { name: 'udp-relocal', ports: `${wgPort},${otherPort}` });
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          // The default idle timeout (60 s): a sender with a keepalive never lets its flow end by itself.
+          { name: 'wg', type: 'udp', local: `127.0.0.1:${before.port}`, remote_port: wgPort },
+          { name: 'other', type: 'udp', local: `127.0.0.1:${other.port}`, remote_port: otherPort },
+        ],
+      });
+      const peer = await udpClient();
+      h.onCleanup(() => peer.socket.close());
+      let sent = 0;
+      const keepalive = setInterval(() => {
+        sent += 1;
+        if (sent <= 200) peer.socket.send(`keepalive ${sent}`, wgPort, '127.0.0.1');
+      }, 100);
+      h.onCleanup(() => clearInterval(keepalive));
+      const replyFrom = (tag: string) => peer.replies.some((r) => r.toString().startsWith(`${tag}|`));
+      await waitFor('replies from the first local', () => replyFrom('before'), 5000);
+
+      const mark = client.proc.mark();
+      const text = await readFile(client.configPath, 'utf8');
+      await writeFile(client.configPath, text.replace(`127.0.0.1:${before.port}`, `127.0.0.1:${after.port}`));
+      client.proc.kill('SIGHUP');
+      const reloaded = await client.proc.waitForMsg('config reloaded', 10_000, { from: mark });
+      assert.deepEqual(reloaded.local_changed, ['wg']);
+      await waitFor(
+        'replies from the new local, the sender never having paused',
+        () => replyFrom('after'),
+        5000,
+      );
+      const moved = await client.proc.waitForMsg('udp flow closed', 5000, {
+        from: mark,
+        fields: { proxy: 'wg' },
+      });
+      assert.equal(moved.reason, 'local changed by a reload');
+      const receivedBefore = before.received;
+      await eventually('the sender keeps reaching the new local', async () => after.received >= 3, 5000);
+      assert.equal(before.received, receivedBefore, 'nothing more reaches the old local');
+
+      // Removed by a reload: the flow open now ends at once, not after its idle timeout.
+      const removeMark = client.proc.mark();
+      const withoutWg = (await readFile(client.configPath, 'utf8'))
+        .split('\n\n')
+        .filter((part) => !part.includes('name = "wg"'))
+        .join('\n\n');
+      await writeFile(client.configPath, withoutWg);
+      client.proc.kill('SIGHUP');
+      const removed = await client.proc.waitForMsg('config reloaded', 10_000, { from: removeMark });
+      assert.deepEqual(removed.removed, ['wg']);
+      const ended = await client.proc.waitForMsg('udp flow closed', 5000, {
+        from: removeMark,
+        fields: { proxy: 'wg' },
+      });
+      t.diagnostic(`a removed proxy's flow: ${ended.reason}`);
+      clearInterval(keepalive);
+      await server.proc.waitForMsg('udp flow closed', 5000, { fields: { proxy: 'wg', conn: ended.conn } });
+    }),
+);
+
+test(
+  'a datagram whose send the local socket refuses (ECONNREFUSED) is counted as dropped, not in datagrams_in',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const [remotePort, closedPort] = [await freePort(), await freePort()];
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, { name: 'udp-down', ports: String(remotePort) });
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          {
+            name: 'down',
+            type: 'udp',
+            local: `127.0.0.1:${closedPort}`,
+            remote_port: remotePort,
+            udp_idle_timeout: '1s',
+          },
+        ],
+      });
+      const sender = await udpClient();
+      h.onCleanup(() => sender.socket.close());
+      // A burst: the client sends them back to back, so an ICMP refusal of one fails the send of the next
+      // (that one is not sent), alternately.
+      const burst = 40;
+      for (let i = 0; i < burst; i++)
+        sender.socket.send(`dgram ${String(i).padStart(2, '0')}`, remotePort, '127.0.0.1');
+      const serverFlow = await server.proc.waitForMsg('udp flow closed', 10_000, {
+        fields: { proxy: 'down' },
+      });
+      assert.equal(serverFlow.datagrams_in, burst, 'every datagram reached the client');
+      const flow = await client.proc.waitForMsg('udp flow closed', 10_000, { fields: { proxy: 'down' } });
+      t.diagnostic(JSON.stringify(flow));
+      const sentLocally = Number(flow.datagrams_in);
+      assert.ok(sentLocally < burst, `datagrams_in ${sentLocally}: the refused sends are not counted in`);
+      assert.ok(sentLocally >= 1, 'the first datagram was sent');
+      assert.ok(
+        Number(flow.dropped) >= burst - sentLocally,
+        `each unsent datagram is dropped: ${flow.dropped}`,
+      );
+      assert.equal(flow.bytes_in, sentLocally * 'dgram 00'.length, 'bytes_in counts the sent ones only');
+    }),
+);
