@@ -6,7 +6,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { test } from 'node:test';
 import { startUdpEcho, udpClient } from './lib/http-backend.js';
 import { clientBin, eventually, freePort, run, waitFor, withHarness } from './lib/processes.js';
-import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
+import { issueRoutedToken, startRoutedClient, startRoutedServer, startUdpTunnel } from './lib/routing.js';
 
 type Sender = Awaited<ReturnType<typeof udpClient>>;
 
@@ -15,14 +15,10 @@ test(
   { timeout: 60_000 },
   (t) =>
     withHarness(t, async (h) => {
-      const remotePort = await freePort();
-      const server = await startRoutedServer(h);
-      const token = await issueRoutedToken(server, { name: 'udp-nxdomain', ports: String(remotePort) });
       const local = 'nonexistent.invalid:31201';
-      const client = await startRoutedClient(h, {
-        server: server.url,
-        token,
-        proxies: [{ name: 'nowhere', type: 'udp', local, remote_port: remotePort }],
+      const { client, remotePort } = await startUdpTunnel(h, {
+        client: 'udp-nxdomain',
+        proxy: { name: 'nowhere', local },
       });
       // A flow per sender, and each flow's connect fails (the name does not resolve).
       const senders: Sender[] = await Promise.all(Array.from({ length: 30 }, () => udpClient()));
@@ -62,23 +58,11 @@ test(
     withHarness(t, async (h) => {
       const echo = await startUdpEcho('echo');
       h.onCleanup(() => echo.close());
-      const remotePort = await freePort();
       const adminListen = `127.0.0.1:${await freePort()}`;
-      const server = await startRoutedServer(h);
-      const token = await issueRoutedToken(server, { name: 'udp-status', ports: String(remotePort) });
-      const client = await startRoutedClient(h, {
-        server: server.url,
-        token,
+      const { client, remotePort } = await startUdpTunnel(h, {
+        client: 'udp-status',
         adminListen,
-        proxies: [
-          {
-            name: 'echo',
-            type: 'udp',
-            local: `127.0.0.1:${echo.port}`,
-            remote_port: remotePort,
-            udp_idle_timeout: '1500ms',
-          },
-        ],
+        proxy: { name: 'echo', local: `127.0.0.1:${echo.port}`, udp_idle_timeout: '1500ms' },
       });
       const status = async () => {
         const r = await run(clientBin, ['status', '--admin', adminListen, '--json'], { timeoutMs: 15_000 });
@@ -200,21 +184,10 @@ test(
   { timeout: 60_000 },
   (t) =>
     withHarness(t, async (h) => {
-      const [remotePort, closedPort] = [await freePort(), await freePort()];
-      const server = await startRoutedServer(h);
-      const token = await issueRoutedToken(server, { name: 'udp-down', ports: String(remotePort) });
-      const client = await startRoutedClient(h, {
-        server: server.url,
-        token,
-        proxies: [
-          {
-            name: 'down',
-            type: 'udp',
-            local: `127.0.0.1:${closedPort}`,
-            remote_port: remotePort,
-            udp_idle_timeout: '1s',
-          },
-        ],
+      const closedPort = await freePort();
+      const { server, client, remotePort } = await startUdpTunnel(h, {
+        client: 'udp-down',
+        proxy: { name: 'down', local: `127.0.0.1:${closedPort}`, udp_idle_timeout: '1s' },
       });
       const sender = await udpClient();
       h.onCleanup(() => sender.socket.close());

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import { startUdpEcho, udpClient } from './lib/http-backend.js';
 import { startIperfServer } from './lib/iperf3.js';
 import { freePort, type Harness, type LogLine, run, sleep, waitFor, withHarness } from './lib/processes.js';
-import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
+import { issueRoutedToken, startRoutedClient, startRoutedServer, startUdpTunnel } from './lib/routing.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
 import { portOf } from './lib/tunnel.js';
 
@@ -54,13 +54,10 @@ test(
   (t) =>
     withHarness(t, async (h) => {
       const dnsPort = await startDnsmasq(h);
-      const remotePort = await freePort();
-      const server = await startRoutedServer(h, { top: { udp_idle_timeout: '1s' } });
-      const token = await issueRoutedToken(server, { name: 'dns', ports: String(remotePort) });
-      const client = await startRoutedClient(h, {
-        server: server.url,
-        token,
-        proxies: [{ name: 'dns', type: 'udp', local: `127.0.0.1:${dnsPort}`, remote_port: remotePort }],
+      const { server, client, remotePort } = await startUdpTunnel(h, {
+        client: 'dns',
+        server: { top: { udp_idle_timeout: '1s' } },
+        proxy: { name: 'dns', local: `127.0.0.1:${dnsPort}` },
       });
       assert.equal(portOf(client.registered.get('dns')?.remote_addr), remotePort);
       const names = ['a.test.example', 'b.c.test.example', 'test.example'];
@@ -190,22 +187,9 @@ test(
     withHarness(t, async (h) => {
       const echo = await startUdpEcho('echo');
       h.onCleanup(() => echo.close());
-      const remotePort = await freePort();
-      const server = await startRoutedServer(h);
-      const token = await issueRoutedToken(server, { name: 'udp', ports: String(remotePort) });
-      const client = await startRoutedClient(h, {
-        server: server.url,
-        token,
-        proxies: [
-          {
-            name: 'echo',
-            type: 'udp',
-            local: `127.0.0.1:${echo.port}`,
-            remote_port: remotePort,
-            max_flows: 3,
-            udp_idle_timeout: '1500ms',
-          },
-        ],
+      const { server, client, remotePort } = await startUdpTunnel(h, {
+        client: 'udp',
+        proxy: { name: 'echo', local: `127.0.0.1:${echo.port}`, max_flows: 3, udp_idle_timeout: '1500ms' },
       });
       const senders = await Promise.all([udpClient(), udpClient(), udpClient(), udpClient()]);
       h.onCleanup(() => {
@@ -361,22 +345,9 @@ test(
     withHarness(t, async (h) => {
       const echo = await startUdpEcho('echo');
       h.onCleanup(() => echo.close());
-      const remotePort = await freePort();
-      const server = await startRoutedServer(h);
-      const token = await issueRoutedToken(server, { name: 'dns', ports: String(remotePort) });
-      await startRoutedClient(h, {
-        server: server.url,
-        token,
-        proxies: [
-          {
-            name: 'dns',
-            type: 'udp',
-            local: `127.0.0.1:${echo.port}`,
-            remote_port: remotePort,
-            max_flows: 3,
-            udp_idle_timeout: '60s',
-          },
-        ],
+      const { server, remotePort } = await startUdpTunnel(h, {
+        client: 'dns',
+        proxy: { name: 'dns', local: `127.0.0.1:${echo.port}`, max_flows: 3, udp_idle_timeout: '60s' },
       });
       const senders = await Promise.all(Array.from({ length: 6 }, () => udpClient()));
       h.onCleanup(() => {
@@ -441,13 +412,10 @@ test(
     withHarness(t, async (h) => {
       const echo = await startUdpEcho('echo');
       h.onCleanup(() => echo.close());
-      const remotePort = await freePort();
-      const server = await startRoutedServer(h, { top: { udp_max_flows: 1 } });
-      const token = await issueRoutedToken(server, { name: 'udp-reload', ports: String(remotePort) });
-      await startRoutedClient(h, {
-        server: server.url,
-        token,
-        proxies: [{ name: 'echo', type: 'udp', local: `127.0.0.1:${echo.port}`, remote_port: remotePort }],
+      const { server, remotePort } = await startUdpTunnel(h, {
+        client: 'udp-reload',
+        server: { top: { udp_max_flows: 1 } },
+        proxy: { name: 'echo', local: `127.0.0.1:${echo.port}` },
       });
       const [a, b] = [await udpClient(), await udpClient()];
       h.onCleanup(() => {

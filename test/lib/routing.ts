@@ -1,7 +1,7 @@
 // Servers with vhost ports ([http], [https]) and clients with udp/http/tls proxies, from real TOML files;
 // tokens with host grants; certificates made with openssl in the test's temp dir.
 import type { Harness, LogLine, Proc } from './processes.js';
-import { clientBin, runOk, serverBin } from './processes.js';
+import { clientBin, freePort, runOk, serverBin } from './processes.js';
 import {
   adminTableLines,
   portOf,
@@ -271,4 +271,31 @@ export async function startAppTunnel(
     ],
   });
   return { server, client, token };
+}
+
+export interface UdpTunnelOptions {
+  /** The token's (and so the client's) name. */
+  client: string;
+  /** The one udp proxy: its name, local and any other keys; its remote_port is a free port picked here. */
+  proxy: { name: string; local: string } & Record<string, TomlValue>;
+  server?: RoutedServerOptions;
+  /** [admin] listen of the client (loopback), for `porthole-client status`. */
+  adminListen?: string;
+}
+
+/** A routed server and a client whose one udp proxy listens on `remotePort`, a free port. */
+export async function startUdpTunnel(
+  h: Harness,
+  opts: UdpTunnelOptions,
+): Promise<{ server: RoutedServer; client: RoutedClient; token: string; remotePort: number }> {
+  const remotePort = await freePort();
+  const server = await startRoutedServer(h, opts.server);
+  const token = await issueRoutedToken(server, { name: opts.client, ports: String(remotePort) });
+  const client = await startRoutedClient(h, {
+    server: server.url,
+    token,
+    ...(opts.adminListen === undefined ? {} : { adminListen: opts.adminListen }),
+    proxies: [{ ...opts.proxy, type: 'udp', remote_port: remotePort }],
+  });
+  return { server, client, token, remotePort };
 }
