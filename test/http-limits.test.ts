@@ -10,9 +10,9 @@ import net from 'node:net';
 import { test } from 'node:test';
 import tls from 'node:tls';
 import { WebSocket } from 'ws';
-import { curl } from './lib/curl.js';
+import { curl, curlDownloadSize } from './lib/curl.js';
 import { rawUpgradeRequest, startHttpBackend } from './lib/http-backend.js';
-import { eventually, run, sleep, waitFor, withHarness } from './lib/processes.js';
+import { eventually, sleep, waitFor, withHarness } from './lib/processes.js';
 import {
   issueRoutedToken,
   makeCa,
@@ -303,16 +303,7 @@ test(
 
       // A head in time and a body slower than the timeout (100 chunks 20 ms apart): passed on whole.
       const slowStarted = Date.now();
-      const slowBody = await run('curl', [
-        '-sS',
-        '-o',
-        '/dev/null',
-        '-w',
-        '%{http_code} %{size_download}',
-        '-H',
-        'Host: app.test',
-        `${base}/stream?bytes=4000&chunks=100`,
-      ]);
+      const slowBody = await curlDownloadSize('app.test', `${base}/stream?bytes=4000&chunks=100`);
       const slowMs = Date.now() - slowStarted;
       assert.equal(slowBody.code, 0, slowBody.stderr);
       assert.equal(slowBody.stdout, '200 4000', `after ${slowMs} ms`);
@@ -409,20 +400,7 @@ test(
       // 1. A slow download holds the only stream for ~6 s (long enough that a POST started by a slow curl
       // still queues behind it). The POST is not read (so its body never ends) and still gets its 504 at
       // response_timeout, counted from when it arrived.
-      const slow = run(
-        'curl',
-        [
-          '-sS',
-          '-o',
-          '/dev/null',
-          '-w',
-          '%{http_code} %{size_download}',
-          '-H',
-          'Host: app.test',
-          `${base}/stream?bytes=6000&chunks=300`,
-        ],
-        { timeoutMs: 30_000 },
-      );
+      const slow = curlDownloadSize('app.test', `${base}/stream?bytes=6000&chunks=300`, 30_000);
       await waitFor(
         'the slow download to start',
         () => backend.requests.some((r) => r.url.startsWith('/stream')),

@@ -3,8 +3,9 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { test } from 'node:test';
+import { curlDownloadSize } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
-import { freePort, type Harness, run, waitFor, withHarness, withTimeout } from './lib/processes.js';
+import { freePort, type Harness, waitFor, withHarness, withTimeout } from './lib/processes.js';
 import { startAppTunnel } from './lib/routing.js';
 import { EchoPinger, startEchoServer, tryConnect } from './lib/services.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
@@ -200,20 +201,7 @@ test(
         });
         // 200 kB in 100 chunks 20 ms apart: two seconds under way.
         const path = `/stream?bytes=200000&chunks=100&drain=${stopping}`;
-        const download = run(
-          'curl',
-          [
-            '-sS',
-            '-o',
-            '/dev/null',
-            '-w',
-            '%{http_code} %{size_download}',
-            '-H',
-            'Host: app.test',
-            `http://127.0.0.1:${server.httpPort}${path}`,
-          ],
-          { timeoutMs: 30_000 },
-        );
+        const download = curlDownloadSize('app.test', `http://127.0.0.1:${server.httpPort}${path}`, 30_000);
         await waitFor('the download to start', () => backend.requests.some((r) => r.url === path), 5000);
         const proc = stopping === 'server' ? server.proc : client.proc;
         const sigtermAt = Date.now();

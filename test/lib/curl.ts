@@ -1,5 +1,5 @@
 // curl as the visitor: status, headers and body of one request (never throws on HTTP errors).
-import { run } from './processes.js';
+import { type RunResult, run } from './processes.js';
 
 export interface CurlResult {
   code: number | null;
@@ -27,6 +27,18 @@ export async function curl(args: string[], url: string, timeoutMs = 20_000): Pro
     body,
     stderr: r.stderr,
   };
+}
+
+/**
+ * A download counted, not kept: `curl -sS -o /dev/null -w '%{http_code} %{size_download}'` with `Host: host`,
+ * so its stdout reads "200 4000" (status and body bytes) once the body has ended.
+ */
+export function curlDownloadSize(host: string, url: string, timeoutMs?: number): Promise<RunResult> {
+  return run(
+    'curl',
+    ['-sS', '-o', '/dev/null', '-w', '%{http_code} %{size_download}', '-H', `Host: ${host}`, url],
+    timeoutMs === undefined ? {} : { timeoutMs },
+  );
 }
 
 export interface CurlHeads {
