@@ -32,10 +32,11 @@ const FLOW_CLOSE_GRACE_MS = 5_000;
  */
 export class OpenUdpFlows {
   private readonly byProxy = new Map<string, Set<(reason: string) => void>>();
-  private total = 0;
 
   get size(): number {
-    return this.total;
+    let total = 0;
+    for (const flows of this.byProxy.values()) total += flows.size;
+    return total;
   }
 
   count(proxy: string): number {
@@ -50,12 +51,9 @@ export class OpenUdpFlows {
       this.byProxy.set(proxy, flows);
     }
     flows.add(end);
-    this.total += 1;
     return () => {
       const current = this.byProxy.get(proxy);
-      if (!current?.delete(end)) return;
-      this.total -= 1;
-      if (current.size === 0) this.byProxy.delete(proxy);
+      if (current?.delete(end) && current.size === 0) this.byProxy.delete(proxy);
     };
   }
 
