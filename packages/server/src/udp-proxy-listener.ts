@@ -220,7 +220,7 @@ export class UdpProxyListener {
     for (const flow of this.flows.values()) {
       if (now - flow.lastActivity >= EVICTABLE_IDLE_MS) {
         this.stats.evictedIdle++;
-        this.endFlow(flow, 'max_flows reached: the longest silent flow made room for a new sender');
+        this.endFlow(flow, 'max_flows reached: silent for a second, it made room for a new sender');
         return true;
       }
       if (++probes >= EVICTION_PROBES) return false;
