@@ -5,6 +5,13 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { test } from 'node:test';
 import { startUdpEcho, udpClient } from './lib/http-backend.js';
 import { startIperfServer } from './lib/iperf3.js';
+import {
+  createLoopbackNamespace,
+  netnsUnavailable,
+  probe,
+  spawnProbe,
+  UNREACHABLE_LOOPBACK_ADDR,
+} from './lib/netns.js';
 import { freePort, type Harness, type LogLine, run, sleep, waitFor, withHarness } from './lib/processes.js';
 import { issueRoutedToken, startRoutedClient, startRoutedServer, startUdpTunnel } from './lib/routing.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
@@ -445,3 +452,50 @@ test(
       assert.equal(server.proc.logsWithMsg('udp flow closed').length, 0, 'no flow was evicted');
     }),
 );
+
+test('a visitor the server cannot answer (its sends fail with EACCES): each reply is counted dropped, not sent, and the server carries on', {
+  timeout: 60_000,
+}, async (t) => {
+  const why = await netnsUnavailable();
+  if (why) {
+    t.skip(why);
+    return;
+  }
+  await withHarness(t, async (h) => {
+    const ns = await createLoopbackNamespace(h);
+    const echo = spawnProbe(h, 'udp-echo', ns, ['udp-echo-server', '--host', '127.0.0.1', '--port', '9053']);
+    await echo.waitForMsg('listening', 10_000);
+    const { server, remotePort } = await startUdpTunnel(h, {
+      client: 'unanswerable',
+      netns: ns,
+      proxy: { name: 'echo', local: '127.0.0.1:9053', udp_idle_timeout: '1s' },
+    });
+    const send = (from: string, count: number) =>
+      probe(ns, [
+        'udp-send',
+        '--bind',
+        from,
+        '--host',
+        '127.0.0.1',
+        '--port',
+        String(remotePort),
+        '--count',
+        String(count),
+        '--timeout',
+        '1000',
+      ]);
+    const unanswerable = await send(UNREACHABLE_LOOPBACK_ADDR, 5);
+    assert.equal(unanswerable.replies, 0, 'no reply can reach the unanswerable visitor');
+    const answered = await send('127.0.0.1', 3);
+    assert.equal(answered.replies, 3, 'a visitor the server can reach is answered all along');
+
+    const closed = await server.proc.waitForMsg('udp flow closed', 10_000, {
+      fields: { proxy: 'echo', remote_addr: String(unanswerable.from) },
+    });
+    t.diagnostic(`the unanswerable flow: ${JSON.stringify(closed)}`);
+    assert.equal(closed.datagrams_in, 5);
+    assert.equal(closed.datagrams_out, 0, 'replies that could not be sent are not counted as sent');
+    assert.equal(closed.bytes_out, 0);
+    assert.equal(closed.dropped, 5, 'each reply that could not be sent is counted dropped');
+  });
+});

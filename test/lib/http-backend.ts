@@ -134,7 +134,7 @@ export interface UdpEcho {
 }
 
 /** A UDP echo: replies `${tag}|${payload}` to whoever sent the datagram. */
-export async function startUdpEcho(tag = 'echo'): Promise<UdpEcho> {
+export async function startUdpEcho(tag = 'echo', host = '127.0.0.1', port = 0): Promise<UdpEcho> {
   const socket = createSocket('udp4');
   const state: UdpEcho = {
     socket,
@@ -148,17 +148,17 @@ export async function startUdpEcho(tag = 'echo'): Promise<UdpEcho> {
     state.senders.add(`${rinfo.address}:${rinfo.port}`);
     socket.send(Buffer.concat([Buffer.from(`${tag}|`), msg]), rinfo.port, rinfo.address);
   });
-  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+  await new Promise<void>((resolve) => socket.bind(port, host, resolve));
   state.port = socket.address().port;
   return state;
 }
 
-/** A UDP visitor on an ephemeral loopback port, keeping every reply it gets. */
-export function udpClient(): Promise<{ socket: UdpSocket; replies: Buffer[] }> {
+/** A UDP visitor on an ephemeral port of `host`, keeping every reply it gets. */
+export function udpClient(host = '127.0.0.1'): Promise<{ socket: UdpSocket; replies: Buffer[] }> {
   const socket = createSocket('udp4');
   const replies: Buffer[] = [];
   socket.on('message', (msg) => replies.push(msg));
-  return new Promise((resolve) => socket.bind(0, '127.0.0.1', () => resolve({ socket, replies })));
+  return new Promise((resolve) => socket.bind(0, host, () => resolve({ socket, replies })));
 }
 
 /** The raw bytes of a WebSocket upgrade request for `path` on `host`; `extra`: more header lines, CRLF-ended. */

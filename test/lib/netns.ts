@@ -29,6 +29,58 @@ export async function netnsUnavailable(): Promise<string | undefined> {
   return undefined;
 }
 
+/** Start the netprobe helper (a compiled script of this suite) inside a namespace. */
+export function spawnProbe(h: Harness, name: string, ns: string, args: string[]): Proc {
+  return h.spawn(name, process.execPath, [netprobeScript, ...args], { netns: ns });
+}
+
+/** Run one netprobe command inside a namespace and return its JSON result line. */
+export async function probe(
+  ns: string,
+  args: string[],
+  timeoutMs = 30_000,
+): Promise<Record<string, unknown>> {
+  const r = await run(process.execPath, [netprobeScript, ...args], { netns: ns, timeoutMs });
+  const last = r.stdout.trim().split('\n').pop() ?? '';
+  try {
+    return JSON.parse(last) as Record<string, unknown>;
+  } catch {
+    throw new Error(
+      `netprobe ${args.join(' ')} in ${ns}: no JSON result (code ${r.code}): ${r.stdout} ${r.stderr}`,
+    );
+  }
+}
+
+/** The loopback address of `createLoopbackNamespace` that nothing can send to. */
+export const UNREACHABLE_LOOPBACK_ADDR = '127.0.0.5';
+
+/**
+ * A namespace with only loopback, in which sending to UNREACHABLE_LOOPBACK_ADDR fails with EACCES (a
+ * `prohibit` rule ahead of the local table) while datagrams from it still arrive: a visitor whose
+ * replies cannot be sent. Destroyed like the NAT topology.
+ */
+export async function createLoopbackNamespace(h: Harness): Promise<string> {
+  const ns = `ph-${randomBytes(3).toString('hex')}-lo`;
+  const destroy = () => {
+    try {
+      execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore', timeout: 10_000 });
+    } catch {}
+  };
+  const removeExitHook = onProcessExit(destroy);
+  h.onCleanup(() => {
+    destroy();
+    removeExitHook();
+  });
+  const ip = (...args: string[]) => runOk('ip', ['-n', ns, ...args]);
+  await runOk('ip', ['netns', 'add', ns]);
+  await ip('link', 'set', 'lo', 'up');
+  // The local table is looked up at priority 0, before any rule can be; move it behind the prohibit.
+  await ip('rule', 'add', 'pref', '100', 'lookup', 'local');
+  await ip('rule', 'del', 'pref', '0');
+  await ip('rule', 'add', 'pref', '10', 'to', UNREACHABLE_LOOPBACK_ADDR, 'prohibit');
+  return ns;
+}
+
 export class NatTopology {
   readonly pub: string;
   readonly lan: string;
@@ -79,22 +131,12 @@ export class NatTopology {
     ]);
   }
 
-  /** Start the netprobe helper (a compiled script of this suite) inside a namespace. */
   spawnProbe(h: Harness, name: string, ns: string, args: string[]): Proc {
-    return h.spawn(name, process.execPath, [netprobeScript, ...args], { netns: ns });
+    return spawnProbe(h, name, ns, args);
   }
 
-  /** Run one netprobe command inside a namespace and return its JSON result line. */
-  async probe(ns: string, args: string[], timeoutMs = 30_000): Promise<Record<string, unknown>> {
-    const r = await run(process.execPath, [netprobeScript, ...args], { netns: ns, timeoutMs });
-    const last = r.stdout.trim().split('\n').pop() ?? '';
-    try {
-      return JSON.parse(last) as Record<string, unknown>;
-    } catch {
-      throw new Error(
-        `netprobe ${args.join(' ')} in ${ns}: no JSON result (code ${r.code}): ${r.stdout} ${r.stderr}`,
-      );
-    }
+  probe(ns: string, args: string[], timeoutMs = 30_000): Promise<Record<string, unknown>> {
+    return probe(ns, args, timeoutMs);
   }
 
   destroySync(): void {

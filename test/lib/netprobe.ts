@@ -3,7 +3,12 @@
 //   echo-server --host H --port P [--banner TEXT]     serve echo; prints {"msg":"listening"} and {"msg":"accepted"}
 //   connect --host H --port P --timeout MS             prints {"result":"connected"|"refused"|"timeout"|...}
 //   echo --host H --port P --bytes N [--banner] [--timeout MS]   one verified echo round trip (EchoResult)
+//   udp-echo-server --host H --port P                  serve a UDP echo; prints {"msg":"listening"}
+//   udp-send --bind B --host H --port P --count N [--timeout MS]   send N datagrams from an ephemeral port
+//                                                      of B, then wait MS for replies; prints {sent, replies}
+import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
+import { startUdpEcho, udpClient } from './http-backend.js';
 import { echoRoundTrip, startEchoServer, tryConnect } from './services.js';
 
 const { positionals, values } = parseArgs({
@@ -16,6 +21,8 @@ const { positionals, values } = parseArgs({
     bytes: { type: 'string', default: '0' },
     timeout: { type: 'string', default: '5000' },
     seed: { type: 'string' },
+    bind: { type: 'string', default: '127.0.0.1' },
+    count: { type: 'string', default: '1' },
   },
 });
 
@@ -41,6 +48,18 @@ if (mode === 'echo-server') {
     seed: values.seed,
   });
   print({ ...r });
+} else if (mode === 'udp-echo-server') {
+  const echo = await startUdpEcho('echo', host, port);
+  print({ msg: 'listening', addr: `${host}:${echo.port}`, port: echo.port });
+  process.on('SIGTERM', () => echo.close().then(() => process.exit(0)));
+} else if (mode === 'udp-send') {
+  const { socket, replies } = await udpClient(values.bind);
+  const count = Number(values.count);
+  for (let i = 0; i < count; i++) socket.send(`datagram ${i}`, port, host);
+  await sleep(timeoutMs);
+  const from = socket.address();
+  socket.close();
+  print({ sent: count, replies: replies.length, from: `${from.address}:${from.port}` });
 } else {
   process.stderr.write(`netprobe: unknown mode ${mode}\n`);
   process.exit(2);

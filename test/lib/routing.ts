@@ -137,6 +137,8 @@ export interface RoutedServerOptions {
   admin?: ServerOptions['admin'];
   logLevel?: string;
   name?: string;
+  /** Run inside this network namespace. */
+  netns?: string;
 }
 
 export interface RoutedServer extends RunningServer {
@@ -171,7 +173,11 @@ export async function startRoutedServer(h: Harness, opts: RoutedServerOptions = 
   const config: ServerConfigFile = {
     configPath,
     secretFile,
-    options: { allowPorts: opts.allowPorts ?? [], ...(opts.admin ? { admin: opts.admin } : {}) },
+    options: {
+      allowPorts: opts.allowPorts ?? [],
+      ...(opts.admin ? { admin: opts.admin } : {}),
+      ...(opts.netns ? { netns: opts.netns } : {}),
+    },
   };
   const running = await startServer(h, config, opts.name ?? 'server');
   const httpLine = running.proc.logsWithMsg('http listening')[0];
@@ -211,6 +217,8 @@ export interface RoutedClientOptions {
   adminListen?: string;
   /** Wait for these proxies' "proxy registered" (default: all of them); [] to return at once. */
   waitFor?: string[];
+  /** Run inside this network namespace. */
+  netns?: string;
 }
 
 export interface RoutedClient {
@@ -236,7 +244,7 @@ export async function startRoutedClient(h: Harness, opts: RoutedClientOptions): 
   for (const proxy of opts.proxies) parts.push('', '[[proxies]]', tomlLines(proxy));
   parts.push('');
   const configPath = await h.file(`${unique('client')}.toml`, parts.join('\n'));
-  const proc = h.spawn(opts.name ?? 'client', clientBin, ['--config', configPath]);
+  const proc = h.spawn(opts.name ?? 'client', clientBin, ['--config', configPath], { netns: opts.netns });
   const registered = new Map<string, LogLine>();
   for (const name of opts.waitFor ?? opts.proxies.map((p) => p.name)) {
     registered.set(name, await proc.waitForMsg('proxy registered', 15_000, { fields: { proxy: name } }));
@@ -281,6 +289,8 @@ export interface UdpTunnelOptions {
   server?: RoutedServerOptions;
   /** [admin] listen of the client (loopback), for `porthole-client status`. */
   adminListen?: string;
+  /** Run the server and the client inside this network namespace. */
+  netns?: string;
 }
 
 /** A routed server and a client whose one udp proxy listens on `remotePort`, a free port. */
@@ -289,11 +299,12 @@ export async function startUdpTunnel(
   opts: UdpTunnelOptions,
 ): Promise<{ server: RoutedServer; client: RoutedClient; token: string; remotePort: number }> {
   const remotePort = await freePort();
-  const server = await startRoutedServer(h, opts.server);
+  const server = await startRoutedServer(h, { ...opts.server, netns: opts.netns });
   const token = await issueRoutedToken(server, { name: opts.client, ports: String(remotePort) });
   const client = await startRoutedClient(h, {
     server: server.url,
     token,
+    netns: opts.netns,
     ...(opts.adminListen === undefined ? {} : { adminListen: opts.adminListen }),
     proxies: [{ ...opts.proxy, type: 'udp', remote_port: remotePort }],
   });

@@ -294,17 +294,25 @@ export class UdpProxyListener {
       this.stats.datagramsOut++;
       try {
         this.socket.send(datagram, flow.port, flow.address, (err) => {
-          if (err) {
-            flow.dropped++;
-            this.stats.droppedSend++;
-          }
+          if (!err) return;
+          // Not sent after all: dropped, not out.
+          this.uncountOut(flow, datagram.length);
+          flow.dropped++;
+          this.stats.droppedSend++;
         });
       } catch {
         // Argument errors throw instead of reaching the callback; one datagram is lost, not the server.
+        this.uncountOut(flow, datagram.length);
         flow.dropped++;
         this.stats.droppedSend++;
       }
     }
+  }
+
+  private uncountOut(flow: Flow, bytes: number): void {
+    flow.datagramsOut--;
+    flow.counts.bytesOut -= bytes;
+    this.stats.datagramsOut--;
   }
 
   private armIdleTimer(flow: Flow, ms: number): void {
