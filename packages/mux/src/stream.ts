@@ -22,6 +22,7 @@ export interface StreamHost {
 const MAX_DATA_FRAME = 128 * 1024;
 /** How long data that arrived before the session ended stays readable before the stream fails anyway. */
 const ABORT_DRAIN_MS = 2000;
+const EMPTY = Buffer.alloc(0);
 
 interface BlockedWrite {
   rest: Buffer;
@@ -171,9 +172,24 @@ export class Stream extends Duplex {
   /** @internal The session ended under this stream; without an error (a local close) it just closes. */
   abort(err: MuxError | undefined): void {
     this.reset = true;
+    if (!err || this.destroyed) {
+      this.destroy(err);
+      return;
+    }
     // What arrived before the end is the application's: a peer's last message before it closed the
-    // connection (a notice, an unregister) must still be readable. The error follows once it is read.
-    if (err && this.readableLength > 0 && !this.destroyed) {
+    // connection (a notice, an unregister) must still be readable. The error follows once it is read;
+    // writes meanwhile wait and fail with it.
+    if (this.remoteFin) {
+      // The peer had finished: everything it sent is here, whole. It reads to its 'end' like any
+      // finished stream, however slow the reader (a visitor downloading the last of a response); only
+      // the write half is broken. Memory stays what the window let in.
+      this.failAfterDrain = err;
+      if (this.readableEnded) this.destroy(err);
+      else this.once('end', () => this.destroy(err));
+      return;
+    }
+    if (this.readableLength > 0) {
+      // Unfinished: the data is cut short anyway, so a reader that does not come for it soon is not waited for.
       this.failAfterDrain = err;
       this.drainTimer = setTimeout(() => this.destroy(err), ABORT_DRAIN_MS);
       this.drainTimer.unref();
@@ -195,7 +211,9 @@ export class Stream extends Duplex {
       if (chunk !== null) this.grantWindow();
       else if (size !== undefined && size > this.readableLength) this.widenFor(size);
     }
-    if (this.failAfterDrain && this.readableLength === 0) this.destroy(this.failAfterDrain);
+    // A finished stream fails at its 'end' instead: destroyed here, it would never emit it.
+    if (this.failAfterDrain && !this.remoteFin && this.readableLength === 0)
+      this.destroy(this.failAfterDrain);
     return chunk;
   }
 
@@ -204,6 +222,11 @@ export class Stream extends Duplex {
   }
 
   override _final(callback: (err?: Error | null) => void): void {
+    if (this.failAfterDrain) {
+      // No FIN can leave any more; like a write (sendChunk), the end fails when the stream closes.
+      this.blocked = { rest: EMPTY, callback };
+      return;
+    }
     if (!this.reset) {
       this.localFin = true;
       this.host.writeFrame(FrameType.WindowUpdate, Flag.FIN, this.id, 0);
@@ -230,6 +253,12 @@ export class Stream extends Duplex {
   private sendChunk(chunk: Buffer, callback: (err?: Error | null) => void): void {
     let rest = chunk;
     while (rest.length > 0) {
+      if (this.failAfterDrain) {
+        // The session is gone but its last data is still being read: failing this write now would
+        // destroy the stream and that data with it. It fails when the stream closes.
+        this.blocked = { rest, callback };
+        return;
+      }
       if (this.reset) {
         callback(new MuxError('ERR_STREAM_RESET', `stream ${this.id} was reset`));
         return;

@@ -519,6 +519,62 @@ describe('session lifecycle', () => {
     }
   });
 
+  test('a stream the peer had finished before the session died reads to its end however long the reader waits; writes meanwhile fail only at the close', async () => {
+    for (const transport of ['tcp', 'ws'] as const) {
+      const p = await sessionPair(transport);
+      cleanup.push(() => p.close());
+      const accepted = nextStream(p.server);
+      const opener = p.client.open();
+      opener.on('error', () => {}); // the tunnel dies under it too
+      const response = Buffer.alloc(100_000, 'r');
+      opener.end(response); // the service answered in full and finished...
+      const stream = await accepted;
+      const errors: CodedError[] = [];
+      stream.on('error', (err: CodedError) => errors.push(err));
+      stream.pause(); // ...while the visitor is slow to read it
+      await waitFor(() => stream.readableLength === response.length, 5000, 'the whole response');
+      p.serverSocket.destroy(); // then the tunnel dies
+      await withTimeout(
+        new Promise((resolve) => p.server.once('close', resolve)),
+        5000,
+        `${transport}: the session ending`,
+      );
+      let lateWrite: Error | null | undefined;
+      const lateWriteDone = new Promise<void>((resolve) =>
+        stream.write('the visitor says more', (err) => {
+          lateWrite = err;
+          resolve();
+        }),
+      );
+      await sleep(2500); // longer than an unfinished stream's data is kept
+      assert.ok(!stream.destroyed, `${transport}: still readable`);
+      // (Not events.once: it rejects on the 'error' that follows.)
+      const ended = withTimeout(
+        new Promise((resolve) => stream.once('end', resolve)),
+        5000,
+        `${transport}: 'end'`,
+      );
+      const closed = withTimeout(
+        new Promise((resolve) => stream.once('close', resolve)),
+        5000,
+        `${transport}: 'close'`,
+      );
+      const reading = receiveAll(stream);
+      stream.resume();
+      const received = await reading;
+      await ended;
+      assert.equal(received.bytes, response.length, `${transport}: every byte`);
+      await closed;
+      await lateWriteDone;
+      assert.equal(
+        (lateWrite as CodedError | undefined)?.code,
+        'ERR_SESSION_CLOSED',
+        `${transport}: the write failed`,
+      );
+      assert.equal(errors[0]?.code, 'ERR_SESSION_CLOSED', `${transport}: then the stream fails`);
+    }
+  });
+
   test('close() with no streams open is an orderly end for the peer (no error)', async () => {
     const { client, server } = await pair();
     const serverClosed = withTimeout(
