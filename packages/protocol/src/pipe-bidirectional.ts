@@ -53,7 +53,13 @@ const flushing = new WeakSet<Duplex>();
  */
 function abort(side: Duplex): void {
   if (side.destroyed || flushing.has(side)) return;
-  if (side.writableEnded && !side.writableFinished) {
+  if (side.writableFinished) {
+    // Its FIN is out: what the kernel still holds for the peer is whole and is delivered on a plain
+    // close, where a reset would throw it away.
+    side.destroy();
+    return;
+  }
+  if (side.writableEnded) {
     flushing.add(side);
     // Nothing read from it can go anywhere now.
     side.pause();

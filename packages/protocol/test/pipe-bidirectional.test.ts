@@ -284,3 +284,42 @@ test('bytes that arrived whole before the tunnel failed still reach a slow reade
   // The reset came as an 'error' and then a 'close': the socket was let finish once, not twice.
   assert.equal(finishListenersAdded, 1);
 });
+
+test('a socket whose FIN is already out is closed, not reset, when the tunnel fails: what the kernel holds still arrives', {
+  timeout: 20_000,
+}, async () => {
+  let serviceSide!: Socket;
+  const { service, socket } = await dialService((s) => {
+    serviceSide = s;
+    s.pause(); // a slow reader: the bytes wait in the kernel
+  });
+  await new Promise((r) => setTimeout(r, 50));
+  const tunnel = new Duplex({ read() {}, write: (_chunk, _encoding, callback) => callback() });
+  let result: PipeResult | undefined;
+  pipeBidirectional(tunnel, socket, { labels: ['tunnel', 'local'] }, (r) => {
+    result = r;
+  });
+  // Little enough for the kernel to take it all: the socket finishes (its FIN sent) with the bytes unread.
+  const total = 512 * 1024;
+  tunnel.push(Buffer.alloc(total, 1));
+  tunnel.push(null);
+  await new Promise((resolve) => socket.once('finish', resolve));
+  tunnel.destroy(Object.assign(new Error('reset by peer'), { code: 'ERR_STREAM_RESET' }));
+  await new Promise((r) => setTimeout(r, 100));
+  let received = 0;
+  const outcome = await new Promise<string>((resolve) => {
+    serviceSide.on('data', (c: Buffer) => {
+      received += c.length;
+    });
+    serviceSide.on('end', () => resolve('end'));
+    serviceSide.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+    serviceSide.resume();
+  });
+  for (let i = 0; i < 300 && result === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+  service.close();
+  serviceSide.destroy();
+  assert.equal(outcome, 'end');
+  assert.equal(received, total, 'every byte the tunnel had delivered reached the reader');
+  assert.equal(result?.reason, 'tunnel reset');
+  assert.equal(socket.destroyed, true);
+});
