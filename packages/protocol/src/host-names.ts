@@ -1,5 +1,6 @@
 // Hostnames that http and tls proxies claim, the patterns tokens grant (`--hosts`), and the names visitors
 // send (Host header, SNI). Everything is compared lowercased without a trailing dot.
+import { isIPv6 } from 'node:net';
 
 const LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 const MAX_HOST_LENGTH = 253;
@@ -86,20 +87,20 @@ export function requestHostIsLoopback(hostHeader: string | undefined): boolean {
   return host !== undefined && isLoopback(host);
 }
 
+/** A Host value (RFC 9110 7.2: uri-host [":" port]): a name or IPv4 address, or an IPv6 literal in brackets. */
+const HOST_FIELD = /^(?:\[([0-9a-f:.]+)\]|([a-z0-9._-]+))(?::\d{0,5})?$/;
+
 /**
  * The hostname a visitor asked for, from a Host header ("App.Example.com:8080", "[::1]:80") or an SNI
- * name: lowercased, port and trailing dot removed. Undefined when it is not a usable name.
+ * name: lowercased, port and trailing dot removed. Undefined when it is not a usable name, and when anything
+ * but a port follows it ("app.example.com:x@evil"): a service handed that Host may read another name in it.
  */
 export function normalizeRequestHost(value: string | undefined): string | undefined {
   if (value === undefined) return undefined;
-  let host = value.trim().toLowerCase();
-  if (host.startsWith('[')) {
-    const end = host.indexOf(']');
-    return end > 0 ? host.slice(1, end) : undefined;
-  }
-  const colon = host.indexOf(':');
-  if (colon >= 0) host = host.slice(0, colon);
-  host = host.replace(/\.$/, '');
-  if (host === '' || host.length > MAX_HOST_LENGTH || !/^[a-z0-9._-]+$/.test(host)) return undefined;
+  const match = HOST_FIELD.exec(value.trim().toLowerCase());
+  if (!match) return undefined;
+  if (match[1] !== undefined) return isIPv6(match[1]) ? match[1] : undefined;
+  const host = match[2]!.replace(/\.$/, '');
+  if (host === '' || host.length > MAX_HOST_LENGTH) return undefined;
   return host;
 }

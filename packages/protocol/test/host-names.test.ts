@@ -59,4 +59,16 @@ test('request hosts lose their port, case and trailing dot; junk is undefined', 
   assert.equal(normalizeRequestHost(undefined), undefined);
   assert.equal(normalizeRequestHost(''), undefined);
   assert.equal(normalizeRequestHost('a/b'), undefined);
+  assert.equal(normalizeRequestHost('app.example.com:'), 'app.example.com', 'an empty port is allowed');
+  // Anything but a port after the name: a service may read the name after "@" (or after the "]").
+  for (const junk of [
+    'app.example.com:x@evil',
+    'app.example.com:80:81',
+    'a:123456',
+    '[::1]x',
+    '[::1]:8x',
+    '[evil]',
+    '.',
+  ])
+    assert.equal(normalizeRequestHost(junk), undefined, junk);
 });
