@@ -22,6 +22,27 @@ function json(body: string): Record<string, unknown> {
   }
 }
 
+/** `request` as raw bytes to the http port, then a half-close: everything that comes back before it closes. */
+function rawExchange(port: number, request: string): Promise<string> {
+  const visitor = net.connect({ host: '127.0.0.1', port });
+  let reply = '';
+  visitor.on('data', (d: Buffer) => {
+    reply += d.toString('latin1');
+  });
+  visitor.on('error', () => {});
+  visitor.end(request, 'latin1');
+  return withTimeout(
+    new Promise<string>((resolve) => visitor.once('close', () => resolve(reply))),
+    10_000,
+    () => `the answer to ${JSON.stringify(request.split('\r\n')[0])}`,
+  );
+}
+
+/** What the test backend saw, from its JSON answer in a raw reply (one chunk, or a Content-Length body). */
+function seenIn(reply: string): Record<string, unknown> {
+  return json(reply.slice(reply.indexOf('{'), reply.lastIndexOf('}') + 1));
+}
+
 test(
   'requests are routed by Host (exact, wildcard, subdomain) and the longest location',
   { timeout: 60_000 },
@@ -576,5 +597,39 @@ test(
       );
       assert.equal(failed.reason, 'local service unreachable', JSON.stringify(failed));
       assert.deepEqual(await totals(), [0, 3]);
+    }),
+);
+
+test(
+  'a request with two Host headers is refused (400): routed by one, it would reach the service with the other',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+      const { server } = await startAppTunnel(h, backend.port, { client: 'twohosts' });
+      const port = server.httpPort!;
+      // Node's req.headers keeps the first Host, the raw list the request is forwarded from has both.
+      for (const [first, second] of [
+        ['app.test', 'internal.test'],
+        ['internal.test', 'app.test'],
+        ['app.test', 'app.test'],
+      ]) {
+        const reply = await rawExchange(
+          port,
+          `GET /who HTTP/1.1\r\nHost: ${first}\r\nhost: ${second}\r\nConnection: close\r\n\r\n`,
+        );
+        assert.match(reply, /^HTTP\/1\.1 400 /, `${first} then ${second}: ${reply}`);
+      }
+      assert.equal(backend.requests.length, 0, 'no request with two Hosts reached the service');
+      // One Host: the service gets the very one the request was routed (and its auth checked) by.
+      const reply = await rawExchange(
+        port,
+        'GET /who HTTP/1.1\r\nHOST: App.Test:80\r\nConnection: close\r\n\r\n',
+      );
+      assert.match(reply, /^HTTP\/1\.1 200 /, reply);
+      const seen = seenIn(reply).headers as Record<string, string>;
+      assert.equal(seen.host, 'App.Test:80');
+      assert.equal(seen['x-forwarded-host'], 'App.Test:80');
     }),
 );

@@ -6,13 +6,7 @@ import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:ht
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
-import {
-  type ConnectionTracker,
-  formatHostPort,
-  type Logger,
-  normalizeRequestHost,
-  TurnGatheredWrites,
-} from '@porthole/protocol';
+import { type ConnectionTracker, formatHostPort, type Logger, TurnGatheredWrites } from '@porthole/protocol';
 import { answerAndClose } from './answer-and-close.js';
 import type { ConnectionLimit } from './connection-limit.js';
 import type { HostRoutes, RouteEntry } from './host-routes.js';
@@ -23,6 +17,7 @@ import { type UpstreamPool, type Visitor, WaitingRequestsFull } from './http-ups
 import { PipelinedRequests } from './pipelined-requests.js';
 import type { ProxyTraffic } from './proxy-traffic.js';
 import { routingPath } from './request-path.js';
+import { type RequestTarget, readRequestTarget } from './request-target.js';
 import { plainAddress, type TrustedProxies } from './trusted-proxies.js';
 import { VisitorSocketClose } from './visitor-socket-close.js';
 
@@ -82,6 +77,7 @@ function plainPage(status: number, text: string): { head: Record<string, string>
 }
 
 const NOT_FOUND = 'No site is served under this name here.';
+const BAD_TARGET = 'This request does not name one host and path in a form this server accepts.';
 const OFFLINE = 'The tunnel serving this site is offline.';
 const UNREACHABLE = 'The service behind this tunnel did not answer.';
 const AUTH_REQUIRED = 'This site requires a user name and password.';
@@ -176,11 +172,12 @@ export class HttpVhostRouter {
     req: IncomingMessage,
     path: string,
   ):
-    | { target: HttpTarget; entry: RouteEntry<HttpTarget>; host: string }
-    | { status: number; text: string; extra?: Record<string, string> } {
-    const host = normalizeRequestHost(req.headers.host);
-    const entry = host === undefined ? undefined : this.opts.routes.lookup(host, path);
-    if (!entry || host === undefined) return { status: 404, text: NOT_FOUND };
+    | { target: HttpTarget; entry: RouteEntry<HttpTarget>; asked: RequestTarget }
+    | { status: number; text: string; extra?: Record<string, string>; reason?: string } {
+    const asked = readRequestTarget(req.rawHeaders);
+    if ('refused' in asked) return { status: 400, text: BAD_TARGET, reason: asked.refused };
+    const entry = asked.name === undefined ? undefined : this.opts.routes.lookup(asked.name, path);
+    if (!entry) return { status: 404, text: NOT_FOUND };
     if (!entry.target) return { status: 502, text: OFFLINE };
     if (entry.target.auth && !authorized(req, entry.target.auth)) {
       return {
@@ -189,11 +186,14 @@ export class HttpVhostRouter {
         extra: { 'WWW-Authenticate': 'Basic realm="porthole", charset="UTF-8"' },
       };
     }
-    return { target: entry.target, entry, host };
+    return { target: entry.target, entry, asked };
   }
 
-  /** The headers the local service receives, as a flat [name, value, ...] list. */
-  private forwardHeaders(req: IncomingMessage, target: HttpTarget, upgrade: boolean): string[] {
+  /**
+   * The headers the local service receives, as a flat [name, value, ...] list; its Host is `host`, the one
+   * the request was routed by.
+   */
+  private forwardHeaders(req: IncomingMessage, target: HttpTarget, host: string, upgrade: boolean): string[] {
     const raw = req.rawHeaders;
     const trusted = this.opts.trusted().contains(req.socket.remoteAddress);
     const drop = new Set<string>(FORWARDED);
@@ -213,15 +213,10 @@ export class HttpVhostRouter {
       if (req.headers['transfer-encoding'] !== undefined) drop.add('content-length');
     }
     const out: string[] = [];
-    let originalHost = '';
     for (let i = 0; i + 1 < raw.length; i += 2) {
       const name = raw[i]!;
       const lower = name.toLowerCase();
-      if (lower === 'host') {
-        originalHost = raw[i + 1]!;
-        continue;
-      }
-      if (drop.has(lower)) continue;
+      if (lower === 'host' || drop.has(lower)) continue;
       out.push(name, raw[i + 1]!);
     }
     const peer = plainAddress(req.socket.remoteAddress);
@@ -238,8 +233,8 @@ export class HttpVhostRouter {
         : isEncrypted(req.socket)
           ? 'https'
           : 'http';
-    const forwardedHost = trusted && typeof incomingHost === 'string' ? incomingHost : originalHost;
-    out.unshift('Host', target.hostHeaderRewrite ?? originalHost);
+    const forwardedHost = trusted && typeof incomingHost === 'string' ? incomingHost : host;
+    out.unshift('Host', target.hostHeaderRewrite ?? host);
     out.push('X-Forwarded-For', forwardedFor, 'X-Forwarded-Proto', proto);
     if (forwardedHost) out.push('X-Forwarded-Host', forwardedHost);
     for (const [name, value] of target.requestHeaders) out.push(name, value);
@@ -288,17 +283,17 @@ export class HttpVhostRouter {
       res.once('close', () => this.pipelined.done(socket));
       this.answer(res, resolved.status, resolved.text, resolved.extra);
       this.opts.logger.debug(
-        { remote_addr: remoteAddr, host: req.headers.host, status: resolved.status },
+        { remote_addr: remoteAddr, host: req.headers.host, status: resolved.status, reason: resolved.reason },
         'http request refused',
       );
       return;
     }
-    const { target } = resolved;
+    const { target, asked } = resolved;
     const method = req.method ?? 'GET';
     const chunkedBody = req.headers['transfer-encoding'] !== undefined;
     const hasBody =
       chunkedBody || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
-    const head = requestHead(method, req.url ?? '/', this.forwardHeaders(req, target, false));
+    const head = requestHead(method, req.url ?? '/', this.forwardHeaders(req, target, asked.host, false));
     const visitor = this.visitorOf(req);
     let responded = false;
     let current: UpstreamConnection | undefined;
@@ -416,7 +411,7 @@ export class HttpVhostRouter {
           proxy: target.proxy,
           remote_addr: remoteAddr,
           method,
-          host: req.headers.host,
+          host: asked.host,
           path,
           status: res.statusCode,
           bytes_in: counts.bytesIn,
@@ -450,7 +445,7 @@ export class HttpVhostRouter {
       this.answerRaw(socket, resolved.status, resolved.text, resolved.extra);
       return;
     }
-    const { target } = resolved;
+    const { target, asked } = resolved;
     // A body would have to reach the service before its 101 while the visitor's later bytes must not:
     // Node hands both over unparsed, so such requests (h2c with a body, nothing a browser sends) are refused.
     if (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0) {
@@ -497,7 +492,7 @@ export class HttpVhostRouter {
           conn,
           remote_addr: remoteAddr,
           method,
-          host: req.headers.host,
+          host: asked.host,
           path,
           status: answered?.status,
           bytes_in: counts.bytesIn,
@@ -564,7 +559,7 @@ export class HttpVhostRouter {
     const requestLine = requestHead(
       method,
       req.url ?? '/',
-      this.forwardHeaders(req, target, true),
+      this.forwardHeaders(req, target, asked.host, true),
       req.httpVersion,
     );
     upstream.send(method, requestLine, undefined, false, sink, counts);
