@@ -633,3 +633,76 @@ test(
       assert.equal(seen['x-forwarded-host'], 'App.Test:80');
     }),
 );
+
+test(
+  'an absolute-form target is routed by its own host and reaches the service in origin-form; a Host that is not host[:port] is refused (400)',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, {
+        name: 'absolute',
+        hosts: ['app.test', 'internal.test'],
+      });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          { name: 'public', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] },
+          {
+            name: 'internal',
+            type: 'http',
+            local: `127.0.0.1:${backend.port}`,
+            hosts: ['internal.test'],
+            http_user: 'ops',
+            http_password: 'pw',
+          },
+        ],
+      });
+      const port = server.httpPort!;
+      const get = (target: string, host: string, extra = '') =>
+        rawExchange(port, `GET ${target} HTTP/1.1\r\nHost: ${host}\r\n${extra}Connection: close\r\n\r\n`);
+
+      // The service reads the target's host, not Host (RFC 9112 3.2.2): so does the routing, and its auth.
+      const sneaked = await get('http://internal.test/who', 'app.test');
+      assert.match(sneaked, /^HTTP\/1\.1 401 /, sneaked);
+      assert.equal(backend.requests.length, 0, 'the absolute-form target passed the auth of another name');
+      const authorized = await get(
+        'http://internal.test/who',
+        'app.test',
+        `Authorization: Basic ${Buffer.from('ops:pw').toString('base64')}\r\n`,
+      );
+      assert.match(authorized, /^HTTP\/1\.1 200 /, authorized);
+      const inside = seenIn(authorized);
+      assert.equal(inside.url, '/who', 'the service gets origin-form');
+      assert.equal((inside.headers as Record<string, string>).host, 'internal.test');
+      for (const [target, url] of [
+        ['http://app.test/who?x=1', '/who?x=1'],
+        ['HTTP://App.Test:80', '/'],
+        ['http://app.test?q', '/?q'],
+      ] as const) {
+        const reply = await get(target, 'whatever.test');
+        assert.match(reply, /^HTTP\/1\.1 200 /, `${target}: ${reply}`);
+        assert.equal(seenIn(reply).url, url, target);
+      }
+
+      // Refused before routing: a Host or an authority a service may read another name in, and targets
+      // that are neither origin-form nor http(s) absolute-form.
+      const before = backend.requests.length;
+      for (const [target, host] of [
+        ['/who', 'app.test:x@internal.test'],
+        ['/who', 'app.test:80:81'],
+        ['/who', '[::1]app.test'],
+        ['http://x@app.test/who', 'app.test'],
+        ['http://app.test:x@internal.test/who', 'app.test'],
+        ['http:///who', 'app.test'],
+        ['ftp://app.test/who', 'app.test'],
+      ] as const) {
+        const reply = await get(target, host);
+        assert.match(reply, /^HTTP\/1\.1 400 /, `${target} with Host ${host}: ${reply}`);
+      }
+      assert.equal(backend.requests.length, before, 'no refused request reached the service');
+    }),
+);

@@ -167,15 +167,15 @@ export class HttpVhostRouter {
     this.noAnswerText = `The service behind this tunnel did not answer within ${opts.responseTimeout / 1000} s.`;
   }
 
-  /** The route for a request, or the error page to answer with. */
+  /** The route for a request (and the host, target and path it was routed by), or the error page to answer with. */
   private resolve(
     req: IncomingMessage,
-    path: string,
   ):
-    | { target: HttpTarget; entry: RouteEntry<HttpTarget>; asked: RequestTarget }
+    | { target: HttpTarget; entry: RouteEntry<HttpTarget>; asked: RequestTarget; path: string }
     | { status: number; text: string; extra?: Record<string, string>; reason?: string } {
-    const asked = readRequestTarget(req.rawHeaders);
+    const asked = readRequestTarget(req.url, req.rawHeaders);
     if ('refused' in asked) return { status: 400, text: BAD_TARGET, reason: asked.refused };
+    const path = routingPath(asked.target);
     const entry = asked.name === undefined ? undefined : this.opts.routes.lookup(asked.name, path);
     if (!entry) return { status: 404, text: NOT_FOUND };
     if (!entry.target) return { status: 502, text: OFFLINE };
@@ -186,7 +186,7 @@ export class HttpVhostRouter {
         extra: { 'WWW-Authenticate': 'Basic realm="porthole", charset="UTF-8"' },
       };
     }
-    return { target: entry.target, entry, asked };
+    return { target: entry.target, entry, asked, path };
   }
 
   /**
@@ -276,8 +276,7 @@ export class HttpVhostRouter {
       return;
     }
     const started = performance.now();
-    const path = routingPath(req.url);
-    const resolved = this.resolve(req, path);
+    const resolved = this.resolve(req);
     const remoteAddr = formatHostPort(plainAddress(socket.remoteAddress), socket.remotePort ?? 0);
     if (!('target' in resolved)) {
       res.once('close', () => this.pipelined.done(socket));
@@ -288,12 +287,12 @@ export class HttpVhostRouter {
       );
       return;
     }
-    const { target, asked } = resolved;
+    const { target, asked, path } = resolved;
     const method = req.method ?? 'GET';
     const chunkedBody = req.headers['transfer-encoding'] !== undefined;
     const hasBody =
       chunkedBody || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
-    const head = requestHead(method, req.url ?? '/', this.forwardHeaders(req, target, asked.host, false));
+    const head = requestHead(method, asked.target, this.forwardHeaders(req, target, asked.host, false));
     const visitor = this.visitorOf(req);
     let responded = false;
     let current: UpstreamConnection | undefined;
@@ -435,17 +434,16 @@ export class HttpVhostRouter {
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => socket.destroy());
     const started = performance.now();
-    const path = routingPath(req.url);
-    if (path === this.opts.controlPath) {
+    if (routingPath(req.url) === this.opts.controlPath) {
       this.opts.onControlUpgrade(req, socket, head);
       return;
     }
-    const resolved = this.resolve(req, path);
+    const resolved = this.resolve(req);
     if (!('target' in resolved)) {
       this.answerRaw(socket, resolved.status, resolved.text, resolved.extra);
       return;
     }
-    const { target, asked } = resolved;
+    const { target, asked, path } = resolved;
     // A body would have to reach the service before its 101 while the visitor's later bytes must not:
     // Node hands both over unparsed, so such requests (h2c with a body, nothing a browser sends) are refused.
     if (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0) {
@@ -558,7 +556,7 @@ export class HttpVhostRouter {
     // Node read the fields as latin1: written back the same way, every byte is the visitor's own.
     const requestLine = requestHead(
       method,
-      req.url ?? '/',
+      asked.target,
       this.forwardHeaders(req, target, asked.host, true),
       req.httpVersion,
     );

@@ -1,11 +1,13 @@
 // The path an http request is routed by. A location decides which proxy serves a request and whether basic
 // auth guards it, so routing must read the path the way a local service may: "//admin/x", "/%61dmin/x",
 // "/\admin/x", "/admin%2Fx" and "/x/../admin/x" all reach /admin at a service that merges slashes or
-// decodes escapes, and must meet /admin's auth here. The request line itself is forwarded unchanged.
+// decodes escapes, and must meet /admin's auth here. The request line itself is forwarded unchanged (an
+// absolute-form target in its origin-form, see splitAbsoluteForm).
 
 const ESCAPE = /%([0-9A-Fa-f]{2})/g;
 const SLASHES = /[/\\]+/g;
-const ABSOLUTE_FORM = /^https?:\/\//i;
+/** "http://authority/path?query": the authority ends at the first "/", "?" or "#". */
+const ABSOLUTE_FORM = /^https?:\/\/([^/?#]*)(.*)$/is;
 
 /** Characters RFC 3986 lets a normalizer decode, plus the two that a service may take for a slash. */
 function decodedForRouting(code: number): boolean {
@@ -28,25 +30,27 @@ function decodeEscape(sequence: string, hex: string): string {
 }
 
 /**
+ * An absolute-form target ("http://app.example.com:8080/a?q", what proxies are sent) as its authority and
+ * its origin-form ("/a?q"; "/" when it has no path); undefined for any other form.
+ */
+export function splitAbsoluteForm(target: string): { authority: string; originForm: string } | undefined {
+  const match = ABSOLUTE_FORM.exec(target);
+  if (!match) return undefined;
+  const rest = match[2]!;
+  return { authority: match[1]!, originForm: rest.startsWith('/') ? rest : `/${rest}` };
+}
+
+/**
  * The normalized path of a request target (origin-form "/a/b?q" or absolute-form "http://h/a/b"):
  * escapes of unreserved characters and of slashes decoded, other escapes uppercased, backslashes and runs
  * of slashes made one "/", dot segments resolved. Anything else (such as "*") routes as "/".
  */
 export function routingPath(target: string | undefined): string {
   if (target === undefined) return '/';
-  let path: string;
-  if (target.startsWith('/')) {
-    const end = target.search(/[?#]/);
-    path = end < 0 ? target : target.slice(0, end);
-  } else if (ABSOLUTE_FORM.test(target)) {
-    try {
-      path = new URL(target).pathname;
-    } catch {
-      return '/';
-    }
-  } else {
-    return '/';
-  }
+  const origin = target.startsWith('/') ? target : splitAbsoluteForm(target)?.originForm;
+  if (origin === undefined) return '/';
+  const end = origin.search(/[?#]/);
+  let path = end < 0 ? origin : origin.slice(0, end);
   path = path.replace(ESCAPE, decodeEscape).replace(SLASHES, '/');
   // One leading slash now, so URL cannot read the path as an authority; it resolves "." and "..".
   try {

@@ -13,6 +13,7 @@ import { HostRoutes, locationMatches, MAX_OFFLINE_ROUTES, OFFLINE_ROUTE_TTL_MS }
 import type { HttpVhostServer } from '../src/http-vhost-server.js';
 import { ProxyTraffic } from '../src/proxy-traffic.js';
 import { routingPath } from '../src/request-path.js';
+import { readRequestTarget } from '../src/request-target.js';
 import { TlsCertStore } from '../src/tls-cert-store.js';
 import { TlsSniListener, type TlsTarget } from '../src/tls-sni-listener.js';
 import { TrustedProxies } from '../src/trusted-proxies.js';
@@ -440,4 +441,41 @@ test('requests are routed by their normalized path, whatever way the visitor wro
     [undefined, '/'],
   ];
   for (const [target, path] of cases) assert.equal(routingPath(target), path, JSON.stringify(target));
+});
+
+test('a request is routed by one host[:port] and forwarded in origin-form', () => {
+  assert.deepEqual(readRequestTarget('/a?b', ['Host', ' App.Test:8080 ']), {
+    host: 'App.Test:8080',
+    name: 'app.test',
+    target: '/a?b',
+  });
+  assert.deepEqual(readRequestTarget('/', []), { host: '', name: undefined, target: '/' }, 'HTTP/1.0');
+  // Absolute-form: its authority replaces Host (RFC 9112 3.2.2).
+  assert.deepEqual(readRequestTarget('http://Inner.Test:81/x?y', ['Host', 'app.test']), {
+    host: 'Inner.Test:81',
+    name: 'inner.test',
+    target: '/x?y',
+  });
+  assert.deepEqual(readRequestTarget('https://inner.test?y', ['Host', 'app.test']), {
+    host: 'inner.test',
+    name: 'inner.test',
+    target: '/?y',
+  });
+  assert.deepEqual(readRequestTarget('*', ['Host', 'app.test']), {
+    host: 'app.test',
+    name: 'app.test',
+    target: '*',
+  });
+  const refused: Array<[string, string[]]> = [
+    ['/', ['Host', 'a.test', 'host', 'b.test']],
+    ['/', ['Host', 'a.test', 'HOST', 'a.test']],
+    ['/', ['Host', 'a.test:x@b.test']],
+    ['http://u@a.test/', ['Host', 'a.test']],
+    ['http:///x', ['Host', 'a.test']],
+    ['http://a.test/', ['Host', 'a.test', 'Host', 'b.test']],
+    ['ftp://a.test/', ['Host', 'a.test']],
+    ['a.test:443', ['Host', 'a.test']],
+  ];
+  for (const [url, raw] of refused)
+    assert.ok('refused' in readRequestTarget(url, raw), `${url} ${JSON.stringify(raw)}`);
 });
