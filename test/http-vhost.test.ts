@@ -253,13 +253,18 @@ test(
       });
       const base = `http://127.0.0.1:${server.httpPort}`;
       // Each is /admin/secret to a service that merges slashes, decodes escapes or resolves dot segments
-      // (nginx does all three); --path-as-is makes curl send them untouched.
+      // (nginx does all three), or that drops ";parameters" before resolving them (Tomcat, Jetty, Spring);
+      // --path-as-is makes curl send them untouched.
       const disguised = [
         '//admin/secret',
         '/%61dmin/secret',
         '/x/../admin/secret',
         '/admin%2Fsecret',
         '/./admin',
+        '/x/..;/admin/secret',
+        '/admin;v=1/secret',
+        '/;x/admin/secret',
+        '/x/..%3B/admin/secret',
       ];
       for (const path of disguised) {
         const r = await curl(['--path-as-is', '-H', 'Host: app.test'], `${base}${path}`);
@@ -274,7 +279,7 @@ test(
         assert.equal(seen.url, path, 'the request line is forwarded as the visitor sent it');
       }
       // Paths that only look alike stay with the site.
-      for (const path of ['/administrator', '/%2561dmin/secret', '/site/admin']) {
+      for (const path of ['/administrator', '/%2561dmin/secret', '/site/admin', '/administrator;x/..']) {
         const r = await curl(['--path-as-is', '-H', 'Host: app.test'], `${base}${path}`);
         assert.equal(r.status, 200, `${path}: ${r.status}`);
         assert.equal(json(r.body).backend, 'site', path);

@@ -1,15 +1,22 @@
 // The path an http request is routed by. A location decides which proxy serves a request and whether basic
 // auth guards it, so routing must read the path the way a local service may: "//admin/x", "/%61dmin/x",
 // "/\admin/x", "/admin%2Fx" and "/x/../admin/x" all reach /admin at a service that merges slashes or
-// decodes escapes, and must meet /admin's auth here. The request line itself is forwarded unchanged (an
-// absolute-form target in its origin-form, see splitAbsoluteForm).
+// decodes escapes, and "/admin;v=1/x" and "/x/..;/admin/x" at one that drops ";parameters" from each
+// segment before it resolves dot segments (Tomcat, Jetty, Spring): all must meet /admin's auth here. The
+// request line itself is forwarded unchanged (an absolute-form target in its origin-form, see
+// splitAbsoluteForm).
 
 const ESCAPE = /%([0-9A-Fa-f]{2})/g;
 const SLASHES = /[/\\]+/g;
+/** A segment's parameters (RFC 2396 3.3): from ";" to the end of the segment. */
+const SEGMENT_PARAMETERS = /;[^/\\]*/g;
 /** "http://authority/path?query": the authority ends at the first "/", "?" or "#". */
 const ABSOLUTE_FORM = /^https?:\/\/([^/?#]*)(.*)$/is;
 
-/** Characters RFC 3986 lets a normalizer decode, plus the two that a service may take for a slash. */
+/**
+ * Characters RFC 3986 lets a normalizer decode, plus the two that a service may take for a slash, and ";",
+ * which a service behind a proxy that decodes paths before passing them on receives as a parameter start.
+ */
 function decodedForRouting(code: number): boolean {
   return (
     (code >= 0x41 && code <= 0x5a) || // A-Z
@@ -20,7 +27,8 @@ function decodedForRouting(code: number): boolean {
     code === 0x5f || // _
     code === 0x7e || // ~
     code === 0x2f || // /
-    code === 0x5c // backslash
+    code === 0x5c || // backslash
+    code === 0x3b // ;
   );
 }
 
@@ -42,8 +50,9 @@ export function splitAbsoluteForm(target: string): { authority: string; originFo
 
 /**
  * The normalized path of a request target (origin-form "/a/b?q" or absolute-form "http://h/a/b"):
- * escapes of unreserved characters and of slashes decoded, other escapes uppercased, backslashes and runs
- * of slashes made one "/", dot segments resolved. Anything else (such as "*") routes as "/".
+ * escapes of unreserved characters, of slashes and of ";" decoded, other escapes uppercased, ";parameters"
+ * dropped from each segment (so "..;" is ".."), backslashes and runs of slashes made one "/", dot segments
+ * resolved. Anything else (such as "*") routes as "/".
  */
 export function routingPath(target: string | undefined): string {
   if (target === undefined) return '/';
@@ -51,7 +60,7 @@ export function routingPath(target: string | undefined): string {
   if (origin === undefined) return '/';
   const end = origin.search(/[?#]/);
   let path = end < 0 ? origin : origin.slice(0, end);
-  path = path.replace(ESCAPE, decodeEscape).replace(SLASHES, '/');
+  path = path.replace(ESCAPE, decodeEscape).replace(SEGMENT_PARAMETERS, '').replace(SLASHES, '/');
   // One leading slash now, so URL cannot read the path as an authority; it resolves "." and "..".
   try {
     return new URL(path, 'http://x').pathname;
