@@ -253,8 +253,9 @@ test(
       });
       const base = `http://127.0.0.1:${server.httpPort}`;
       // Each is /admin/secret to a service that merges slashes, decodes escapes or resolves dot segments
-      // (nginx does all three), or that drops ";parameters" before resolving them (Tomcat, Jetty, Spring);
-      // --path-as-is makes curl send them untouched.
+      // (nginx does all three), that drops ";parameters" before resolving them (Tomcat, Jetty, Spring), or
+      // that reads paths without regard to case (Express, ASP.NET, IIS); --path-as-is makes curl send them
+      // untouched.
       const disguised = [
         '//admin/secret',
         '/%61dmin/secret',
@@ -265,6 +266,9 @@ test(
         '/admin;v=1/secret',
         '/;x/admin/secret',
         '/x/..%3B/admin/secret',
+        '/ADMIN/secret',
+        '/%41dmin/secret',
+        '/x/..;/Admin;v=1/secret',
       ];
       for (const path of disguised) {
         const r = await curl(['--path-as-is', '-H', 'Host: app.test'], `${base}${path}`);

@@ -1,6 +1,6 @@
 // Which proxy serves a hostname (and, for http, a path): the table behind the http vhost port and the TLS
 // port. Lookup order: exact names, then wildcards (the most specific first), then subdomains of
-// subdomain_host; within a name, the longest matching location prefix wins.
+// subdomain_host; within a name, the longest matching location prefix wins, whatever the case of its letters.
 import { hostMatchesPattern } from '@porthole/protocol';
 
 export type RouteTier = 'exact' | 'wildcard' | 'subdomain';
@@ -32,11 +32,22 @@ export const MAX_OFFLINE_ROUTES = 10_000;
  */
 const OFFLINE_ROUTES_AFTER_SWEEP = MAX_OFFLINE_ROUTES * 0.9;
 
-/** True when `path` (a URL pathname) is under `location`: "/api" covers "/api" and "/api/x", not "/apix". */
+/** True when two locations name the same paths (see locationMatches). */
+function sameLocation(a: string, b: string): boolean {
+  return a === b || a.toLowerCase() === b.toLowerCase();
+}
+
+/**
+ * True when `path` (a URL pathname) is under `location`: "/api" covers "/api" and "/api/x", not "/apix".
+ * Letters match whatever their case: Express, ASP.NET and IIS serve "/ADMIN/x" as "/admin/x", and a
+ * location behind basic auth must cover every path its service takes for its own.
+ */
 export function locationMatches(path: string, location: string): boolean {
-  if (location === '/' || path === location) return true;
-  if (!path.startsWith(location)) return false;
-  return location.endsWith('/') || path.charCodeAt(location.length) === 0x2f;
+  if (location === '/') return true;
+  if (path.length < location.length || !sameLocation(path.slice(0, location.length), location)) return false;
+  return (
+    path.length === location.length || location.endsWith('/') || path.charCodeAt(location.length) === 0x2f
+  );
 }
 
 export class HostRoutes<T> {
@@ -59,7 +70,7 @@ export class HostRoutes<T> {
       for (const entry of this.byHost.get(claim.host) ?? []) {
         if (entry.target === undefined) continue;
         if (entry.client !== client) return `hostname ${claim.host} is in use by another client`;
-        if (entry.proxy !== proxy && entry.location === claim.location) {
+        if (entry.proxy !== proxy && sameLocation(entry.location, claim.location)) {
           return `hostname ${claim.host}${claim.location === '/' ? '' : ` location ${claim.location}`} is already used by proxy "${entry.proxy}"`;
         }
       }
@@ -99,7 +110,8 @@ export class HostRoutes<T> {
   add(client: string, proxy: string, claims: readonly HostClaim[], target: T): void {
     for (const claim of claims) {
       const list = (this.byHost.get(claim.host) ?? []).filter((e) => {
-        const replaced = e.location === claim.location && (e.target === undefined || e.proxy === proxy);
+        const replaced =
+          sameLocation(e.location, claim.location) && (e.target === undefined || e.proxy === proxy);
         if (replaced && e.target === undefined) this.offlineCount--;
         return !replaced;
       });

@@ -53,6 +53,18 @@ test('routes: exact beats wildcard beats subdomain; the longest location wins, o
   assert.equal(at('test'), undefined);
   assert.ok(locationMatches('/a/b', '/a'));
   assert.ok(!locationMatches('/ab', '/a'));
+  // Whatever the case of its letters, as Express, ASP.NET and IIS read a path.
+  assert.equal(at('app.test', '/API/users'), 'api');
+  assert.equal(at('app.test', '/Api/V2/x'), 'api2');
+  assert.ok(locationMatches('/ADMIN', '/admin'));
+  assert.ok(locationMatches('/admin/x', '/Admin'));
+  assert.ok(!locationMatches('/ADMINX', '/admin'));
+  assert.ok(locationMatches('/CAF%C3%A9/x', '/caf%c3%a9'));
+  assert.equal(
+    routes.conflict('a', 'other', [{ host: 'app.test', tier: 'exact', location: '/API' }]),
+    'hostname app.test location /API is already used by proxy "api"',
+    'a location that differs in case only names the same paths',
+  );
 });
 
 test("routes: a wildcard cannot take another client's subdomain, nor a subdomain sit under another's wildcard", () => {
