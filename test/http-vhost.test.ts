@@ -184,6 +184,24 @@ test(
           'Forwarded: for=6.6.6.6;proto=https',
           '-H',
           'X-Real-IP: 6.6.6.6',
+          // What a service may believe as much: the rest of X-Forwarded-*, and names that CGI, WSGI, Rack
+          // and PHP read as the ones above (X_Forwarded_For is HTTP_X_FORWARDED_FOR there too).
+          '-H',
+          'X-Forwarded-Port: 443',
+          '-H',
+          'X-Forwarded-Prefix: /evil',
+          '-H',
+          'X-Forwarded-Server: evil.test',
+          '-H',
+          'X_Forwarded_For: 6.6.6.6',
+          '-H',
+          'X-Forwarded_Host: evil.test',
+          '-H',
+          'X_Real_IP: 6.6.6.6',
+          '-H',
+          'X_From: visitor',
+          '-H',
+          'X_Custom_Thing: kept',
         ],
         `${base}/who`,
       );
@@ -197,6 +215,17 @@ test(
       assert.equal(seen.authorization, undefined, 'the edge credentials are not passed on');
       assert.equal(seen.forwarded, undefined, "an untrusted visitor's Forwarded is not passed on");
       assert.equal(seen['x-real-ip'], undefined, "an untrusted visitor's X-Real-IP is not passed on");
+      for (const name of [
+        'x-forwarded-port',
+        'x-forwarded-prefix',
+        'x-forwarded-server',
+        'x_forwarded_for',
+        'x-forwarded_host',
+        'x_real_ip',
+        'x_from',
+      ])
+        assert.equal(seen[name], undefined, `an untrusted visitor's ${name} is not passed on`);
+      assert.equal(seen.x_custom_thing, 'kept', 'other names with "_" are passed on');
 
       // From 127.0.0.2 (a trusted proxy): its X-Forwarded-For is appended to, its proto/host kept.
       const trusted = await curl(
@@ -213,6 +242,10 @@ test(
           'X-Forwarded-Host: open.example.org',
           '-H',
           'X-Real-IP: 203.0.113.9',
+          '-H',
+          'X-Forwarded-Port: 443',
+          '-H',
+          'X_Forwarded_For: 6.6.6.6',
         ],
         `${base}/`,
       );
@@ -223,6 +256,8 @@ test(
       assert.equal(fromTrusted['x-forwarded-host'], 'open.example.org');
       assert.equal(fromTrusted.host, 'open.test', "without host_header_rewrite the Host is the visitor's");
       assert.equal(fromTrusted['x-real-ip'], '203.0.113.9', "a trusted proxy's X-Real-IP is kept");
+      assert.equal(fromTrusted['x-forwarded-port'], '443', "a trusted proxy's X-Forwarded-Port is kept");
+      assert.equal(fromTrusted.x_forwarded_for, undefined, 'X_Forwarded_For would stand for X-Forwarded-For');
     }),
 );
 

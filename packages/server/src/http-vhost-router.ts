@@ -57,7 +57,7 @@ export interface HttpVhostRouterOptions {
 
 const FORWARDED = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
 /** Set by proxies in front (RFC 7239, nginx's convention): dropped unless the peer is trusted. */
-const CLIENT_ADDRESS_FIELDS = ['forwarded', 'x-real-ip'];
+const CLIENT_ADDRESS_FIELDS = new Set(['forwarded', 'x-real-ip']);
 /** Fields a visitor's Connection header cannot take away from the forwarded request. */
 const BODY_FRAMING = new Set(['content-length', 'transfer-encoding']);
 /** Methods safe to send again when a pooled stream turned out to be closed. */
@@ -97,6 +97,27 @@ const ONE_EXCHANGE: ConnectionOwner = {
   exchangeDone: (conn) => conn.retire(),
   gone: () => {},
 };
+
+/**
+ * Fields that say who the visitor is or how it came, which a service may believe as it believes
+ * X-Forwarded-For: every X-Forwarded-* (-Port, -Prefix, -Server, -Ssl...), Forwarded and X-Real-IP.
+ */
+function describesVisitor(lower: string): boolean {
+  return lower.startsWith('x-forwarded-') || CLIENT_ADDRESS_FIELDS.has(lower);
+}
+
+/**
+ * True when a visitor's field (`lower`, its name lowercased) is not passed on: a field in `drop`, one that
+ * describes the visitor unless the peer is a trusted proxy, and, from anyone, one whose name with "_" for
+ * "-" would be either of those: CGI, WSGI, Rack and PHP read "X_Forwarded_For" and "X-Forwarded-For" as the
+ * same variable (HTTP_X_FORWARDED_FOR), so it would stand in for the one the server set or scrubbed.
+ */
+function droppedField(lower: string, drop: ReadonlySet<string>, trusted: boolean): boolean {
+  if (lower === 'host' || drop.has(lower) || (!trusted && describesVisitor(lower))) return true;
+  if (!lower.includes('_')) return false;
+  const dashed = lower.replaceAll('_', '-');
+  return drop.has(dashed) || describesVisitor(dashed);
+}
 
 function isEncrypted(socket: Socket): boolean {
   return (socket as TLSSocket).encrypted === true;
@@ -196,9 +217,9 @@ export class HttpVhostRouter {
   private forwardHeaders(req: IncomingMessage, target: HttpTarget, host: string, upgrade: boolean): string[] {
     const raw = req.rawHeaders;
     const trusted = this.opts.trusted().contains(req.socket.remoteAddress);
+    // Set here, never passed on as sent: X-Forwarded-For/-Proto/-Host (a trusted proxy's are appended to or
+    // kept below) and the proxy's request_headers.
     const drop = new Set<string>(FORWARDED);
-    // Other ways of naming the client's address are believed from trusted proxies only, like X-Forwarded-*.
-    if (!trusted) for (const name of CLIENT_ADDRESS_FIELDS) drop.add(name);
     for (const [name] of target.requestHeaders) drop.add(name);
     if (target.auth) drop.add('authorization');
     drop.add('expect'); // Node answered 100-continue to the visitor already
@@ -216,7 +237,7 @@ export class HttpVhostRouter {
     for (let i = 0; i + 1 < raw.length; i += 2) {
       const name = raw[i]!;
       const lower = name.toLowerCase();
-      if (lower === 'host' || drop.has(lower)) continue;
+      if (droppedField(lower, drop, trusted)) continue;
       out.push(name, raw[i + 1]!);
     }
     const peer = plainAddress(req.socket.remoteAddress);
