@@ -78,7 +78,10 @@ const notice = z.object({
   message: z.string(),
   /** Machine-readable cause, e.g. "replaced" when another session of the same client took over. */
   code: z.string().optional(),
-  /** Proxies the notice is about; with code "proxies_closed" the server has closed these. */
+  /**
+   * Proxies the notice is about; with code "proxies_closed" the server has closed these, with
+   * "proxies_moved" it routes them by new names (a register_result with their urls follows).
+   */
   proxies: z.array(z.string()).max(1024).optional(),
 });
 

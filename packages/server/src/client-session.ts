@@ -15,6 +15,7 @@ import {
   type TokenClaims,
   writeMessage,
 } from '@porthole/protocol';
+import type { HostClaim } from './host-routes.js';
 import {
   type BoundProxy,
   bindRoutedProxy,
@@ -245,26 +246,80 @@ export class ClientSession {
   }
 
   /**
-   * After a reload: closes each proxy the current rules (allow_ports...) would now refuse, and tells the
-   * client which and why. Returns what was closed.
+   * After a reload: closes each proxy the current rules (allow_ports...) would now refuse, and moves the
+   * routes of each http or tls proxy whose names changed (subdomain_host) to what registering it now would
+   * give; one that cannot take its new names is closed too. The client is told which and why, and given
+   * the moved proxies' new urls. Returns what was closed and what moved.
    */
-  enforceRules(): { proxy: string; reason: string }[] {
+  enforceRules(): { closed: { proxy: string; reason: string }[]; moved: string[] } {
     const closed: { proxy: string; reason: string }[] = [];
+    const moved: { proxy: string; claims: readonly HostClaim[] }[] = [];
     for (const [name, entry] of this.proxies) {
-      const reason = this.refusal(entry.spec);
+      const claims = this.changedClaims(entry);
+      const reason = this.refusal(entry.spec) ?? (claims && this.overLimit(entry, claims.length));
       if (reason) closed.push({ proxy: name, reason });
+      else if (claims) moved.push({ proxy: name, claims });
     }
-    if (closed.length === 0) return closed;
+    this.closeForRules(closed);
+    this.tellMoved(moved.map(({ proxy, claims }) => this.moveRoutes(proxy, claims)));
+    return { closed, moved: moved.map((m) => m.proxy) };
+  }
+
+  /**
+   * The claims an http or tls proxy would get if it registered now, when they differ from the routes it
+   * holds: the names come from the running config (subdomain_host), which a reload may have changed.
+   */
+  private changedClaims(entry: { listener: BoundProxy; spec: ProxySpec }): HostClaim[] | undefined {
+    if (entry.listener.claims === undefined) return undefined;
+    const claims = claimsOf(entry.spec, routingOf(this.ctx), this.hostGrant);
+    // A string is a refusal, which refusal() reports.
+    if (typeof claims === 'string') return undefined;
+    return JSON.stringify(claims) === JSON.stringify(entry.listener.claims) ? undefined : claims;
+  }
+
+  private closeForRules(closed: readonly { proxy: string; reason: string }[]): void {
+    if (closed.length === 0) return;
     for (const { proxy, reason } of closed)
       this.closeProxies([proxy], `server configuration changed: ${reason}`);
-    const names = closed.map((c) => c.proxy);
     this.notice(
       'warn',
       `the server's configuration changed; closed ${closed.map((c) => `"${c.proxy}" (${c.reason})`).join(', ')}`,
       'proxies_closed',
-      names,
+      closed.map((c) => c.proxy),
     );
-    return closed;
+  }
+
+  /** Routes a proxy by `claims` instead of the names it registered with (refusal() allowed them). */
+  private moveRoutes(proxy: string, claims: readonly HostClaim[]): RoutesMove {
+    const entry = this.proxies.get(proxy)!;
+    const move = { proxy, oldHosts: hostsOf(entry.listener.claims ?? []), newHosts: hostsOf(claims) };
+    entry.listener.reroute?.(claims);
+    this.routes += claims.length - entry.routes;
+    entry.routes = claims.length;
+    this.logger.info(
+      { proxy, old_hosts: move.oldHosts, new_hosts: move.newHosts, urls: entry.listener.urls },
+      'proxy routes moved',
+    );
+    return move;
+  }
+
+  /**
+   * A notice says what moved and why; a register_result gives the new urls, as registering would have, so
+   * the client's status shows where visitors reach the proxies now.
+   */
+  private tellMoved(moves: readonly RoutesMove[]): void {
+    if (moves.length === 0) return;
+    const described = moves.map((m) => `"${m.proxy}" (${m.oldHosts.join(', ')} -> ${m.newHosts.join(', ')})`);
+    this.notice(
+      'info',
+      `the server's configuration changed; moved ${described.join(', ')}`,
+      'proxies_moved',
+      moves.map((m) => m.proxy),
+    );
+    this.send({
+      type: 'register_result',
+      results: moves.map((m) => this.registered(m.proxy, this.proxies.get(m.proxy)!.listener)),
+    });
   }
 
   /** Tells the client why (a notice with `code`), then ends the session. */
@@ -408,6 +463,7 @@ export class ClientSession {
 
   private async registerOne(spec: ProxySpec): Promise<ProxyResult> {
     const existing = this.proxies.get(spec.name);
+    // Nothing to change: a reload keeps each proxy's routes what its spec would get now (enforceRules).
     if (existing && JSON.stringify(existing.spec) === JSON.stringify(spec)) {
       return this.registered(spec.name, existing.listener);
     }
@@ -496,6 +552,18 @@ export class ClientSession {
       this.logger.info({ proxy: name, reason }, 'proxy closed');
     }
   }
+}
+
+/** A proxy whose routes a reload moved: the names it answered to, and those it answers to now. */
+interface RoutesMove {
+  proxy: string;
+  oldHosts: string[];
+  newHosts: string[];
+}
+
+/** The names of these claims, each once (a name with several locations has a claim per location). */
+function hostsOf(claims: readonly HostClaim[]): string[] {
+  return [...new Set(claims.map((c) => c.host))];
 }
 
 /** Resolves at the stream's next 'drain', or once it closes (a closed stream will not drain). */

@@ -64,6 +64,14 @@ export interface BoundProxy {
   readonly urls?: string[];
   /** udp proxies: live counters (flows, datagrams, drops by cause) for the admin API and metrics. */
   readonly udpStats?: Readonly<UdpProxyStats>;
+  /** http and tls proxies: the names (and locations) it is routed by, as claimsOf gave them. */
+  readonly claims?: readonly HostClaim[];
+  /**
+   * http and tls proxies: routes `claims` instead (check routedRefusal first), keeping its target, so
+   * requests under way go on. A reload that changes subdomain_host changes what a spec claims; the old
+   * names are no longer this proxy's, so they are forgotten (404), not left offline (502).
+   */
+  reroute?(claims: readonly HostClaim[]): void;
   close(): void;
 }
 
@@ -258,16 +266,18 @@ export async function bindRoutedProxy(
       session: owner.session,
       limit: connectionLimitFor(ctx, owner.name, spec),
     };
-    state.tlsRoutes.add(owner.name, spec.name, claims, target);
     const httpsPort = portOf(state.httpsAddress);
-    return {
+    return bindHostRoutes({
+      table: state.tlsRoutes,
+      owner,
+      spec,
+      target,
+      claims,
       address: state.httpsAddress ?? '',
-      urls: claims.map((c) => `tls://${c.host}${httpsPort === 443 || !httpsPort ? '' : `:${httpsPort}`}`),
-      close: () => {
-        state.tlsRoutes.release(target);
-        target.limit.close();
-      },
-    };
+      urlsOf: (routed) =>
+        routed.map((c) => `tls://${c.host}${httpsPort === 443 || !httpsPort ? '' : `:${httpsPort}`}`),
+      free: () => target.limit.close(),
+    });
   }
 
   const publicAddr = state.httpAddress ?? state.httpsAddress;
@@ -292,16 +302,51 @@ export async function bindRoutedProxy(
       .map(([k, v]) => [k.toLowerCase(), v] as const)
       .filter(([k]) => !FORWARDED_HEADERS.has(k) && k !== 'host'),
   };
-  state.httpRoutes.add(owner.name, spec.name, claims, target);
-  return {
+  return bindHostRoutes({
+    table: state.httpRoutes,
+    owner,
+    spec,
+    target,
+    claims,
     address: publicAddr ?? '',
-    urls: httpUrls(claims, state, routing),
-    close: () => {
-      state.httpRoutes.release(target);
+    urlsOf: (routed) => httpUrls(routed, state, routingOf(ctx)),
+    free: () => {
       pool.close();
       target.upgrades.close();
     },
+  });
+}
+
+/** An http or tls proxy's routes in its table, and what else it holds (`free`). */
+function bindHostRoutes<T>(opts: {
+  table: HostRoutes<T>;
+  owner: ProxyOwner;
+  spec: ProxySpec;
+  target: T;
+  claims: readonly HostClaim[];
+  address: string;
+  /** Where visitors reach these claims, for the client. */
+  urlsOf: (claims: readonly HostClaim[]) => string[];
+  free: () => void;
+}): BoundProxy {
+  const { table, owner, spec, target } = opts;
+  table.add(owner.name, spec.name, opts.claims, target);
+  const bound = {
+    address: opts.address,
+    claims: opts.claims,
+    urls: opts.urlsOf(opts.claims),
+    reroute: (claims: readonly HostClaim[]) => {
+      table.release(target, { forget: true });
+      table.add(owner.name, spec.name, claims, target);
+      bound.claims = claims;
+      bound.urls = opts.urlsOf(claims);
+    },
+    close: () => {
+      table.release(target);
+      opts.free();
+    },
   };
+  return bound;
 }
 
 function httpUrls(claims: readonly HostClaim[], state: RoutingState, routing: RoutingConfig): string[] {

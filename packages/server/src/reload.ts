@@ -6,8 +6,10 @@ import type { ServerContext } from './server-context.js';
 export interface ServerReloadSummary {
   /** Clients disconnected because their token is now revoked. */
   revoked: string[];
-  /** Proxies closed because the new rules refuse them, "client/proxy". */
+  /** Proxies closed because the new rules refuse them (or their new names are taken), "client/proxy". */
   closed: string[];
+  /** http and tls proxies routed by new names (subdomain_host changed), "client/proxy". */
+  moved: string[];
   /** Keys that changed in the file but only take effect after a restart. */
   needRestart: string[];
 }
@@ -57,8 +59,10 @@ function restartOnlyChanges(running: ServerConfig, next: ServerConfig): string[]
  * SIGHUP on the server: re-read the config file. Revocations, allow_ports, auth limits, udp limits,
  * proxy_max_connections, max_streams_per_proxy, subdomain_host, trusted_proxies, shutdown_timeout,
  * log_level and the admin token apply at once: a client whose token is now revoked is told so and
- * disconnected; a proxy the new rules refuse is closed and its client told which and why; everything
- * else is untouched. An invalid file changes nothing (the reason is logged). Throws the ConfigError.
+ * disconnected; a proxy the new rules refuse is closed and its client told which and why; an http or tls
+ * proxy whose names come from a changed subdomain_host is routed by the new names, as if it registered
+ * now (closed, if another client holds them), and its client told; everything else is untouched. An
+ * invalid file changes nothing (the reason is logged). Throws the ConfigError.
  */
 export function reloadServer(
   ctx: ServerContext,
@@ -96,7 +100,7 @@ export function reloadServer(
   authenticator.update(next.auth);
   ctx.logger.level = next.logLevel;
 
-  const summary: ServerReloadSummary = { revoked: [], closed: [], needRestart };
+  const summary: ServerReloadSummary = { revoked: [], closed: [], moved: [], needRestart };
   for (const session of [...ctx.sessions]) {
     if (next.auth.revoked.has(session.tokenId)) {
       summary.revoked.push(session.name);
@@ -107,7 +111,9 @@ export function reloadServer(
       session.disconnect('token revoked by the server operator', 'revoked');
       continue;
     }
-    for (const { proxy } of session.enforceRules()) summary.closed.push(`${session.name}/${proxy}`);
+    const { closed, moved } = session.enforceRules();
+    for (const { proxy } of closed) summary.closed.push(`${session.name}/${proxy}`);
+    for (const proxy of moved) summary.moved.push(`${session.name}/${proxy}`);
   }
   return summary;
 }

@@ -129,6 +129,7 @@ export class PortholeServer {
           revoked_tokens: this.ctx.config.auth.revoked.size,
           clients_revoked: summary.revoked,
           proxies_closed: summary.closed,
+          proxies_moved: summary.moved,
         },
         'config reloaded',
       );

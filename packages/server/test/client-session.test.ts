@@ -1,9 +1,13 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import type { Stream } from '@porthole/mux';
 import { issueToken, PortRanges, readStreamHeader } from '@porthole/protocol';
-import { defaultRoutingConfig } from '../src/routing-config.js';
+import { defaultRoutingConfig, type RoutingConfig } from '../src/routing-config.js';
 import { TcpProxyListener } from '../src/tcp-proxy-listener.js';
+import { TlsCertStore } from '../src/tls-cert-store.js';
 import { freePort, RawClient, SECRET, startRelay, startServer, token, visit } from './harness.js';
 
 test('hello, register, and a public connection arrives as a stream with its header; half-close both ways', async (t) => {
@@ -221,6 +225,102 @@ test('one client holds at most max_proxies_per_client proxies and 4096 host rout
     answer.results[16]?.reason,
     'this proxy would bring the client to 4352 host routes (names x locations); the limit is 4096',
   );
+});
+
+test('a reload that changes subdomain_host moves http and tls subdomain routes as registering now would; a name another client holds closes the proxy', {
+  timeout: 30_000,
+}, async (t) => {
+  const file = join(mkdtempSync(join(tmpdir(), 'porthole-reload-')), 'server.toml');
+  const routing: RoutingConfig = {
+    ...defaultRoutingConfig(),
+    subdomainHost: 'old.test',
+    httpListen: { host: '127.0.0.1', port: 0 },
+    https: {
+      listen: { host: '127.0.0.1', port: 0 },
+      defaultHost: undefined,
+      handshakeTimeout: 10_000,
+      maxClientHelloSize: 16 * 1024,
+      certs: new TlsCertStore([]),
+    },
+  };
+  const { server, url, logs } = await startServer({ file, routing });
+  t.after(() => server.shutdown());
+  const { httpRoutes, tlsRoutes } = server.ctx.routing;
+  const client = await RawClient.connect(url, await token('moving'));
+  t.after(() => client.session.close());
+  await client.hello();
+  const proxies = [
+    { name: 'web', type: 'http' as const, subdomain: 'app', locations: ['/', '/api'] },
+    { name: 'vault', type: 'tls' as const, subdomain: 'vault' },
+    { name: 'docs', type: 'http' as const, subdomain: 'docs' },
+  ];
+  client.send({ type: 'register', proxies });
+  const first = await client.next();
+  assert.ok(first?.type === 'register_result' && first.results.every((r) => r.ok), JSON.stringify(first));
+  // Another client's http proxy already holds the name docs would move to.
+  const other = await RawClient.connect(url, await token('other'));
+  t.after(() => other.session.close());
+  await other.hello();
+  other.send({ type: 'register', proxies: [{ name: 'site', type: 'http', hosts: ['docs.new.test'] }] });
+  assert.ok((await other.next())?.type === 'register_result');
+
+  writeFileSync(
+    file,
+    [
+      'subdomain_host = "new.test"',
+      '[auth]',
+      `secret = "${SECRET}"`,
+      '[http]',
+      'listen = "127.0.0.1:0"',
+      '[https]',
+      'listen = "127.0.0.1:0"',
+      '',
+    ].join('\n'),
+  );
+  server.reload();
+  for (const path of ['/', '/api/x']) {
+    assert.equal(httpRoutes.lookup('app.new.test', path)?.proxy, 'web');
+    assert.ok(httpRoutes.lookup('app.new.test', path)?.target, 'online');
+    assert.equal(httpRoutes.lookup('app.old.test', path), undefined, 'the old name is forgotten');
+  }
+  assert.equal(tlsRoutes.lookupName('vault.new.test')?.proxy, 'vault');
+  assert.equal(tlsRoutes.lookupName('vault.old.test'), undefined);
+  assert.equal(httpRoutes.lookup('docs.new.test')?.client, 'other');
+  const reloaded = await logs.waitFor('config reloaded');
+  assert.deepEqual(reloaded.proxies_moved, ['moving/web', 'moving/vault']);
+  assert.deepEqual(reloaded.proxies_closed, ['moving/docs']);
+  const moved = await logs.waitFor('proxy routes moved', { client: 'moving', proxy: 'web' });
+  assert.deepEqual([moved.old_hosts, moved.new_hosts], [['app.old.test'], ['app.new.test']]);
+
+  const closed = await client.next();
+  assert.ok(closed?.type === 'notice' && closed.code === 'proxies_closed', JSON.stringify(closed));
+  assert.deepEqual(closed.proxies, ['docs']);
+  assert.match(closed.message, /"docs" \(hostname docs\.new\.test is in use by another client\)/);
+  const told = await client.next();
+  assert.ok(told?.type === 'notice' && told.code === 'proxies_moved', JSON.stringify(told));
+  assert.deepEqual(told.proxies, ['web', 'vault']);
+  const httpPort = Number(server.ctx.routing.httpAddress?.split(':').pop());
+  const httpsPort = Number(server.ctx.routing.httpsAddress?.split(':').pop());
+  const newUrls = [
+    { proxy: 'web', urls: [`http://app.new.test:${httpPort}/`, `http://app.new.test:${httpPort}/api`] },
+    { proxy: 'vault', urls: [`tls://vault.new.test:${httpsPort}`] },
+  ];
+  const results = await client.next();
+  assert.ok(results?.type === 'register_result');
+  assert.deepEqual(
+    results.results.map((r) => ({ proxy: r.proxy, urls: r.urls })),
+    newUrls,
+  );
+
+  // The same specs again: nothing left to change, the same answer.
+  client.send({ type: 'register', proxies: proxies.slice(0, 2) });
+  const again = await client.next();
+  assert.ok(again?.type === 'register_result');
+  assert.deepEqual(
+    again.results.map((r) => ({ proxy: r.proxy, urls: r.urls })),
+    newUrls,
+  );
+  assert.equal(httpRoutes.lookup('app.new.test')?.proxy, 'web');
 });
 
 test('a session ends when its token expires, with a notice saying so', { timeout: 15_000 }, async (t) => {
