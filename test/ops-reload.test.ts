@@ -415,6 +415,95 @@ test(
 );
 
 test(
+  'server SIGHUP with http proxies: a new subdomain_host moves the subdomain routes it still admits (the old name 404, the new one routes, the client told); one whose new name another client holds is closed',
+  {
+    timeout: 60_000,
+  },
+  (t) =>
+    withHarness(t, async (h) => {
+      const [web, blog, other] = await Promise.all([
+        startHttpBackend('web'),
+        startHttpBackend('blog'),
+        startHttpBackend('other'),
+      ]);
+      h.onCleanup(() => Promise.all([web.close(), blog.close(), other.close()]));
+      const server = await startRoutedServer(h, { top: { subdomain_host: 'old.test' } });
+      const tokenX = await issueRoutedToken(server, { name: 'x', hosts: ['*.old.test', '*.new.test'] });
+      const tokenY = await issueRoutedToken(server, { name: 'y', hosts: ['blog.new.test'] });
+      const clientX = await startRoutedClient(h, {
+        server: server.url,
+        token: tokenX,
+        name: 'client-x',
+        proxies: [
+          { name: 'web', type: 'http', local: `127.0.0.1:${web.port}`, subdomain: 'app' },
+          { name: 'blog', type: 'http', local: `127.0.0.1:${blog.port}`, subdomain: 'blog' },
+        ],
+      });
+      await startRoutedClient(h, {
+        server: server.url,
+        token: tokenY,
+        name: 'client-y',
+        proxies: [{ name: 'blog', type: 'http', local: `127.0.0.1:${other.port}`, hosts: ['blog.new.test'] }],
+      });
+      const base = `http://127.0.0.1:${server.httpPort}`;
+      const backendOf = async (host: string) => {
+        const r = await curl(['-H', `Host: ${host}`], `${base}/`);
+        return r.status === 200 ? String(JSON.parse(r.body).backend) : `HTTP ${r.status}`;
+      };
+      assert.equal(await backendOf('app.old.test'), 'web');
+      assert.equal(await backendOf('blog.old.test'), 'blog');
+      assert.equal(await backendOf('blog.new.test'), 'other');
+      assert.equal(await backendOf('app.new.test'), 'HTTP 404');
+
+      const serverMark = server.proc.mark();
+      const clientMark = clientX.proc.mark();
+      const text = await readFile(server.config.configPath, 'utf8');
+      await writeFile(server.config.configPath, text.replace('"old.test"', '"new.test"'));
+      server.proc.kill('SIGHUP');
+      const reloaded = await server.proc.waitForMsg('config reloaded', 10_000, { from: serverMark });
+      assert.deepEqual(reloaded.proxies_closed, ['x/blog']);
+      // Routing follows the new name at once; the old one is forgotten, not kept as an offline route.
+      assert.equal(await backendOf('app.new.test'), 'web');
+      assert.equal(await backendOf('app.old.test'), 'HTTP 404');
+      // blog.new.test stays y's; x's blog could not take it and is closed, as a refused proxy is.
+      assert.equal(await backendOf('blog.new.test'), 'other');
+      assert.notEqual(await backendOf('blog.old.test'), 'blog');
+
+      // The server says what moved, from where to where.
+      assert.deepEqual(reloaded.proxies_moved, ['x/web']);
+      const moved = await server.proc.waitForMsg('proxy routes moved', 5000, {
+        from: serverMark,
+        fields: { client: 'x', proxy: 'web' },
+      });
+      assert.deepEqual(moved.old_hosts, ['app.old.test']);
+      assert.deepEqual(moved.new_hosts, ['app.new.test']);
+
+      // x is told both, and its status shows where web is reached now; its session goes on.
+      const movedNotice = await clientX.proc.waitForMsg('server notice', 5000, {
+        from: clientMark,
+        fields: { code: 'proxies_moved' },
+      });
+      assert.deepEqual(movedNotice.proxies, ['web']);
+      assert.match(String(movedNotice.reason), /"web" \(app\.old\.test -> app\.new\.test\)/);
+      const closedNotice = await clientX.proc.waitForMsg('server notice', 5000, {
+        from: clientMark,
+        fields: { code: 'proxies_closed' },
+      });
+      assert.deepEqual(closedNotice.proxies, ['blog']);
+      assert.match(
+        String(closedNotice.reason),
+        /"blog" \(hostname blog\.new\.test is in use by another client\)/,
+      );
+      const again = await clientX.proc.waitForMsg('proxy registered', 5000, {
+        from: clientMark,
+        fields: { proxy: 'web' },
+      });
+      assert.deepEqual(again.urls, [`http://app.new.test:${server.httpPort}/`]);
+      assert.equal((await clientX.proc.settledLogsWithMsg('session lost', clientMark)).length, 0);
+    }),
+);
+
+test(
   "client SIGHUP: an http proxy's new local is where the very next request goes, though the tunnel streams were kept alive",
   { timeout: 60_000 },
   (t) =>
