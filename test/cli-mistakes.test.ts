@@ -2,7 +2,8 @@
 // will refuse. Each names the likely intent and exits 2, or (for the token) warns and still issues it.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { clientBin, run, serverBin, withHarness } from './lib/processes.js';
+import { clientBin, run, runOk, serverBin, withHarness } from './lib/processes.js';
+import { makeCa, makeCert } from './lib/routing.js';
 
 test('a mistyped option or config key is named with the one meant; exit status 2', { timeout: 30_000 }, (t) =>
   withHarness(t, async (h) => {
@@ -198,5 +199,71 @@ test(
         ['app.example.com', '*.home.example.com'],
         'normalized as the server compares them',
       );
+    }),
+);
+
+test(
+  "a [tls] key that is not its certificate's, or the two files swapped, fails check and the start with exit 2 naming the key; an expired certificate is a warning",
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const secret = await h.file('secret', `${'s'.repeat(40)}\n`);
+      const ca = await makeCa(h);
+      const one = await makeCert(h, ca, 'vps.test', ['vps.test']);
+      const other = await makeCert(h, ca, 'other.test', ['other.test']);
+      // No [https] table: before, only one of those had the pair checked, so check said ok and the start
+      // failed with exit 1 and OpenSSL's bare "key values mismatch" / "no start line".
+      const withTls = (name: string, cert: string, key: string) =>
+        h.file(
+          name,
+          `listen = "127.0.0.1:0"\n[auth]\nsecret_file = "${secret}"\n[tls]\ncert_file = "${cert}"\nkey_file = "${key}"\n`,
+        );
+      const cases: [toml: string, message: RegExp][] = [
+        [
+          await withTls('mismatched.toml', one.cert, other.key),
+          /^\S+mismatched\.toml: tls\.key_file: the key in \S+ does not match the certificate in \S+ \(tls\.cert_file\)$/m,
+        ],
+        [
+          await withTls('swapped.toml', one.key, one.cert),
+          /^\S+swapped\.toml: tls\.cert_file: \S+ is not a PEM certificate \(it holds a private key: are cert_file and key_file swapped\?\)$/m,
+        ],
+      ];
+      for (const [toml, message] of cases) {
+        for (const args of [
+          ['check', '--config', toml],
+          ['--config', toml],
+        ]) {
+          const r = await run(serverBin, args, { timeoutMs: 20_000 });
+          assert.equal(r.code, 2, `${args.join(' ')}: exit ${r.code}\n${r.stdout}${r.stderr}`);
+          assert.match(r.stderr, message, args.join(' '));
+        }
+      }
+
+      // Expired: still a certificate the server can serve (a renewal may be on its way), so only a warning.
+      const csr = h.path('expired.csr');
+      const expired = h.path('expired.pem');
+      await runOk('openssl', ['req', '-new', '-key', one.key, '-subj', '/CN=vps.test', '-out', csr]);
+      await runOk('openssl', [
+        'x509',
+        '-req',
+        '-in',
+        csr,
+        '-signkey',
+        one.key,
+        '-days',
+        '-1',
+        '-out',
+        expired,
+      ]);
+      const expiredToml = await withTls('expired.toml', expired, one.key);
+      const warning =
+        /tls\.cert_file: the certificate in \S+expired\.pem expired on \w{3} +\d+ [\d:]+ \d{4} GMT/;
+      const check = await run(serverBin, ['check', '--config', expiredToml]);
+      assert.equal(check.code, 0, check.stderr);
+      assert.match(check.stderr, new RegExp(`^warning: ${warning.source}`, 'm'));
+      const server = h.spawn('server', serverBin, ['--config', expiredToml]);
+      const logged = await server.waitForLog((l) => l.msg === 'config warning', 15_000);
+      assert.match(String(logged.reason), warning);
+      await server.waitForLog((l) => l.msg === 'server listening', 15_000);
     }),
 );

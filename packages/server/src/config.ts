@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import {
   ConfigError,
   durationAtLeast,
@@ -19,6 +18,7 @@ import {
 } from '@porthole/protocol';
 import { z } from 'zod';
 import { loadRoutingConfig, type RoutingConfig, routingConfigShape } from './routing-config.js';
+import { loadCertFiles } from './tls-cert-files.js';
 
 /** Loopback only unless the operator says otherwise: the admin API shows every client and connection. */
 export const DEFAULT_ADMIN_LISTEN = '127.0.0.1:7500';
@@ -135,14 +135,6 @@ export interface ServerConfig {
   warnings: string[];
 }
 
-function readPemFile(file: string, key: string, path: string): Buffer {
-  try {
-    return readFileSync(path);
-  } catch (err) {
-    throw ConfigError.at(file, key, `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`);
-  }
-}
-
 /**
  * A secret set inline (`key`) or read from a file (`key`_file; the schema lets exactly one through), at least
  * `minLength` characters; errors name whichever key it came from.
@@ -212,12 +204,8 @@ export function loadServerConfig(file: string): ServerConfig {
     warnings,
   };
   if (raw.tls) {
-    const keyFile = expandConfigPath(file, 'tls.key_file', raw.tls.key_file);
-    config.tls = {
-      cert: readPemFile(file, 'tls.cert_file', expandConfigPath(file, 'tls.cert_file', raw.tls.cert_file)),
-      key: readPemFile(file, 'tls.key_file', keyFile),
-    };
-    const exposed = secretFileExposure(keyFile);
+    config.tls = loadCertFiles(file, 'tls', raw.tls, warnings);
+    const exposed = secretFileExposure(expandConfigPath(file, 'tls.key_file', raw.tls.key_file));
     if (exposed) warnings.push(`tls.key_file: ${exposed}`);
   }
   config.routing = loadRoutingConfig(file, raw, config.tls);

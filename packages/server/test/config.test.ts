@@ -1,10 +1,14 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { ConfigError } from '@porthole/protocol';
 import { loadServerConfig } from '../src/config.js';
+import { loadCertFiles } from '../src/tls-cert-files.js';
+import { selfSignedCert } from './self-signed-cert.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'porthole-server-config-'));
 const secret = 'f'.repeat(64);
@@ -84,4 +88,97 @@ test('every mistake is reported as file: key: reason', () => {
   assert.deepEqual(problems('path = "no-slash"\n[auth]\nsecret_file = "secret"\n'), [
     'path: must start with "/" and contain no spaces, "?" or "#"',
   ]);
+});
+
+/** A one-day self-signed certificate for `name`, as name.pem and name.key in the test directory. */
+function certFiles(name: string) {
+  return selfSignedCert({
+    certFile: join(dir, `${name}.pem`),
+    keyFile: join(dir, `${name}.key`),
+    commonName: name,
+    altNames: [`DNS:${name}.test`],
+  });
+}
+
+function withTls(certFile: string, keyFile: string): string {
+  return `[auth]\nsecret_file = "secret"\n[tls]\ncert_file = "${certFile}"\nkey_file = "${keyFile}"\n`;
+}
+
+test('a [tls] pair TLS cannot use is refused at load, naming the key at fault and why', () => {
+  const a = certFiles('a');
+  const b = certFiles('b');
+  // Before, only an [https] table had these checked (by OpenSSL, in its words); without one, check said ok
+  // and the start failed with exit 1: "key values mismatch", "no start line", naming no file.
+  assert.deepEqual(problems(withTls(a.certFile, b.keyFile)), [
+    `tls.key_file: the key in ${b.keyFile} does not match the certificate in ${a.certFile} (tls.cert_file)`,
+  ]);
+  assert.deepEqual(problems(withTls(a.keyFile, a.certFile)), [
+    `tls.cert_file: ${a.keyFile} is not a PEM certificate (it holds a private key: are cert_file and key_file swapped?)`,
+  ]);
+  assert.deepEqual(problems(withTls(a.certFile, a.certFile)), [
+    `tls.key_file: ${a.certFile} is not a PEM private key (it holds a certificate: are cert_file and key_file swapped?)`,
+  ]);
+  assert.deepEqual(problems(withTls(join(dir, 'secret'), a.keyFile)), [
+    `tls.cert_file: ${join(dir, 'secret')} is not a PEM certificate`,
+  ]);
+  // A key of another type than the certificate's: createSecureContext takes it, every handshake would fail.
+  const rsaKey = write(
+    'rsa.key',
+    generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({
+      type: 'pkcs8',
+      format: 'pem',
+    }) as string,
+  );
+  assert.deepEqual(problems(withTls(a.certFile, rsaKey)), [
+    `tls.key_file: the key in ${rsaKey} does not match the certificate in ${a.certFile} (tls.cert_file)`,
+  ]);
+  const encrypted = write(
+    'encrypted.key',
+    generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({
+      type: 'pkcs8',
+      format: 'pem',
+      cipher: 'aes-256-cbc',
+      passphrase: 'x',
+    }) as string,
+  );
+  assert.deepEqual(problems(withTls(a.certFile, encrypted)), [
+    `tls.key_file: ${encrypted} is encrypted (has a passphrase); the server needs the key unencrypted`,
+  ]);
+  const good = loadServerConfig(write('tls.toml', withTls(a.certFile, a.keyFile)));
+  assert.deepEqual(good.tls, { cert: a.cert, key: a.key });
+  assert.deepEqual(
+    good.warnings.filter((w) => w.startsWith('tls.cert_file')),
+    [],
+    'in its dates: no warning',
+  );
+});
+
+test('a [tls] certificate out of its dates is a warning naming the date, not an error', () => {
+  const a = certFiles('dated');
+  const csr = join(dir, 'expired.csr');
+  const expired = join(dir, 'expired.pem');
+  const openssl = (args: string[]) => execFileSync('openssl', args, { stdio: 'ignore' });
+  openssl(['req', '-new', '-key', a.keyFile, '-subj', '/CN=expired', '-out', csr]);
+  // -days -1: valid until a day ago.
+  openssl(['x509', '-req', '-in', csr, '-signkey', a.keyFile, '-days', '-1', '-out', expired]);
+  const config = loadServerConfig(write('expired.toml', withTls(expired, a.keyFile)));
+  const dateWarnings = config.warnings.filter((w) => w.startsWith('tls.cert_file'));
+  assert.equal(dateWarnings.length, 1, config.warnings.join('\n'));
+  assert.match(
+    dateWarnings[0]!,
+    /^tls\.cert_file: the certificate in \S+\/expired\.pem expired on \w{3} +\d+ [\d:]+ \d{4} GMT \(clients will refuse it\)$/,
+  );
+  const validFrom = Date.parse(new X509Certificate(a.cert).validFrom);
+  const warnings: string[] = [];
+  loadCertFiles(
+    write('x.toml', ''),
+    'tls',
+    { cert_file: a.certFile, key_file: a.keyFile },
+    warnings,
+    validFrom - 1,
+  );
+  assert.match(
+    warnings[0]!,
+    /^tls\.cert_file: the certificate in .* is not valid until \w{3} .* GMT \(clients will refuse it until then\)$/,
+  );
 });

@@ -1,0 +1,108 @@
+// The certificate and key files server.toml names ([tls], [[https.certs]]), read and checked as the config
+// is loaded, so that `check` and the start refuse a pair TLS cannot use (exit 2, naming the key). Left to
+// createSecureContext, a bad pair is refused only where one is built, in OpenSSL's words that name no file
+// ("key values mismatch", "no start line"), and a key of another type than the certificate's (an RSA key
+// beside an EC certificate) is not refused at all: every handshake fails instead.
+import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createSecureContext } from 'node:tls';
+import { ConfigError, expandConfigPath } from '@porthole/protocol';
+
+export interface CertFiles {
+  cert_file: string;
+  key_file: string;
+}
+
+export interface PemPair {
+  cert: Buffer;
+  key: Buffer;
+}
+
+/** Reads a PEM file that `key` names; a file that cannot be read is a ConfigError naming it. */
+export function readPemFile(file: string, key: string, path: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw ConfigError.at(file, key, `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+  }
+}
+
+/** Said when a file holds what its partner key should: the two keys were most likely written crosswise. */
+function swappedHint(pem: Buffer, holds: 'PRIVATE KEY' | 'CERTIFICATE'): string {
+  if (!pem.includes(`${holds}-----`)) return '';
+  return ` (it holds a ${holds === 'CERTIFICATE' ? 'certificate' : 'private key'}: are cert_file and key_file swapped?)`;
+}
+
+function certificateIn(file: string, key: string, path: string, pem: Buffer): X509Certificate {
+  // X509Certificate takes DER too, which TLS (PEM only) would refuse later.
+  if (pem.includes('-----BEGIN CERTIFICATE-----')) {
+    try {
+      return new X509Certificate(pem);
+    } catch {}
+  }
+  throw ConfigError.at(file, key, `${path} is not a PEM certificate${swappedHint(pem, 'PRIVATE KEY')}`);
+}
+
+function privateKeyIn(file: string, key: string, path: string, pem: Buffer): KeyObject {
+  if (pem.includes('ENCRYPTED')) {
+    throw ConfigError.at(
+      file,
+      key,
+      `${path} is encrypted (has a passphrase); the server needs the key unencrypted`,
+    );
+  }
+  try {
+    return createPrivateKey(pem);
+  } catch {
+    throw ConfigError.at(file, key, `${path} is not a PEM private key${swappedHint(pem, 'CERTIFICATE')}`);
+  }
+}
+
+/** "error:0A00018F:SSL routines::ee key too small" -> "ee key too small". */
+function openSslReason(err: Error): string {
+  return err.message.replace(/^error:[0-9A-F]+:[^:]*:[^:]*:/, '');
+}
+
+/**
+ * Reads `prefix`.cert_file and `prefix`.key_file ("tls", "https.certs[0]") and checks that TLS can use
+ * them: a PEM certificate (its chain may follow), a PEM private key, and the key the certificate's.
+ * Throws ConfigError naming the key at fault. A certificate out of its dates is only a warning: a renewal
+ * may be on its way, and until then the server still runs for clients told to accept it.
+ */
+export function loadCertFiles(
+  file: string,
+  prefix: string,
+  files: CertFiles,
+  warnings: string[],
+  now = Date.now(),
+): PemPair {
+  const certKey = `${prefix}.cert_file`;
+  const keyKey = `${prefix}.key_file`;
+  const certPath = expandConfigPath(file, certKey, files.cert_file);
+  const keyPath = expandConfigPath(file, keyKey, files.key_file);
+  const pair = { cert: readPemFile(file, certKey, certPath), key: readPemFile(file, keyKey, keyPath) };
+  const certificate = certificateIn(file, certKey, certPath, pair.cert);
+  const privateKey = privateKeyIn(file, keyKey, keyPath, pair.key);
+  if (!certificate.checkPrivateKey(privateKey)) {
+    throw ConfigError.at(
+      file,
+      keyKey,
+      `the key in ${keyPath} does not match the certificate in ${certPath} (${certKey})`,
+    );
+  }
+  try {
+    createSecureContext(pair);
+  } catch (err) {
+    throw ConfigError.at(file, certKey, `TLS cannot use ${certPath}: ${openSslReason(err as Error)}`);
+  }
+  if (Date.parse(certificate.validTo) < now) {
+    warnings.push(
+      `${certKey}: the certificate in ${certPath} expired on ${certificate.validTo} (clients will refuse it)`,
+    );
+  } else if (Date.parse(certificate.validFrom) > now) {
+    warnings.push(
+      `${certKey}: the certificate in ${certPath} is not valid until ${certificate.validFrom} (clients will refuse it until then)`,
+    );
+  }
+  return pair;
+}
