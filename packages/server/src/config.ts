@@ -208,7 +208,7 @@ export function loadServerConfig(file: string): ServerConfig {
     const exposed = secretFileExposure(expandConfigPath(file, 'tls.key_file', raw.tls.key_file));
     if (exposed) warnings.push(`tls.key_file: ${exposed}`);
   }
-  config.routing = loadRoutingConfig(file, raw, config.tls);
+  config.routing = loadRoutingConfig(file, raw, config.tls, warnings);
   if (raw.admin) {
     const token = secretSetting(
       file,

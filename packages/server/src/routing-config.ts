@@ -1,11 +1,9 @@
 // The server.toml keys of hostname routing and UDP: subdomain_host, trusted_proxies, udp_*, [http] and
 // [https]. Kept apart from config.ts so that file only spreads these in.
-import { readFileSync } from 'node:fs';
 import {
   ConfigError,
   durationField,
   durationOrOffField,
-  expandConfigPath,
   expected,
   type HostPort,
   hostPortField,
@@ -14,6 +12,7 @@ import {
 } from '@porthole/protocol';
 import { z } from 'zod';
 import type { HttpLimits } from './http-vhost-server.js';
+import { loadCertFiles, type PemPair } from './tls-cert-files.js';
 import { type CertPair, TlsCertStore } from './tls-cert-store.js';
 import { TrustedProxies } from './trusted-proxies.js';
 
@@ -133,20 +132,15 @@ export function defaultRoutingConfig(): RoutingConfig {
   };
 }
 
-function readPem(file: string, key: string, path: string): Buffer {
-  const resolved = expandConfigPath(file, key, path);
-  try {
-    return readFileSync(resolved);
-  } catch (err) {
-    throw ConfigError.at(file, key, `cannot read ${resolved}: ${(err as NodeJS.ErrnoException).code ?? err}`);
-  }
-}
-
-/** Turns the validated keys into a RoutingConfig, reading certificate files; `tls` is the [tls] pair. */
+/**
+ * Turns the validated keys into a RoutingConfig, reading and checking certificate files; `tls` is the
+ * [tls] pair (checked already). A certificate out of its dates is added to `warnings`.
+ */
 export function loadRoutingConfig(
   file: string,
   raw: RawRouting,
-  tls: { cert: Buffer; key: Buffer } | undefined,
+  tls: PemPair | undefined,
+  warnings: string[],
 ): RoutingConfig {
   const config = defaultRoutingConfig();
   config.subdomainHost = raw.subdomain_host;
@@ -170,9 +164,8 @@ export function loadRoutingConfig(
     config.maxStreamsPerProxy = raw.http.max_streams_per_proxy;
   }
   if (raw.https) {
-    const pairs: CertPair[] = raw.https.certs.map((pair, i) => ({
-      cert: readPem(file, `https.certs[${i}].cert_file`, pair.cert_file),
-      key: readPem(file, `https.certs[${i}].key_file`, pair.key_file),
+    const pairs: CertPair[] = raw.https.certs.map((files, i) => ({
+      ...loadCertFiles(file, `https.certs[${i}]`, files, warnings),
       source: `https.certs[${i}]`,
     }));
     if (tls) pairs.push({ ...tls, source: 'tls' });

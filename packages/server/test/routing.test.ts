@@ -425,6 +425,25 @@ test('server.toml: routing keys parse with defaults, and mistakes name their key
     )[0]!,
     /^https\.certs\[0\]\.cert_file: cannot read .*nope\.pem: ENOENT$/,
   );
+  // Checked as [tls] is: before, OpenSSL's bare "key values mismatch" ("no start line" when swapped).
+  const other = selfSigned('cfg-other', ['other.example.test']);
+  assert.deepEqual(
+    problems(
+      `[https]\nlisten = "127.0.0.1:0"\n[[https.certs]]\ncert_file = "${edge.certFile}"\nkey_file = "${edge.keyFile}"\n` +
+        `[[https.certs]]\ncert_file = "${edge.certFile}"\nkey_file = "${other.keyFile}"\n`,
+    ),
+    [
+      `https.certs[1].key_file: the key in ${other.keyFile} does not match the certificate in ${edge.certFile} (https.certs[1].cert_file)`,
+    ],
+  );
+  assert.deepEqual(
+    problems(
+      `[https]\nlisten = "127.0.0.1:0"\n[[https.certs]]\ncert_file = "${edge.keyFile}"\nkey_file = "${edge.certFile}"\n`,
+    ),
+    [
+      `https.certs[0].cert_file: ${edge.keyFile} is not a PEM certificate (it holds a private key: are cert_file and key_file swapped?)`,
+    ],
+  );
   assert.deepEqual(problems('[http]\nlisten = "x"\n'), [
     'http.listen: invalid address "x" (expected host:port, e.g. 127.0.0.1:22 or [::1]:22)',
   ]);
