@@ -1,3 +1,4 @@
+import { isIPv4, isIPv6 } from 'node:net';
 import {
   ConfigError,
   durationAtLeast,
@@ -11,6 +12,7 @@ import {
   logLevelField,
   MIN_SECRET_LENGTH,
   PortRanges,
+  parseHostPort,
   portRangesField,
   positiveIntField,
   readSecretFile,
@@ -32,7 +34,28 @@ export const DEFAULT_PROXY_MAX_CONNECTIONS = 16_384;
 /** Enough for any homelab; a cap so that one token cannot make the route tables (and their upkeep) huge. */
 export const DEFAULT_MAX_PROXIES_PER_CLIENT = 256;
 
-const HOST = /^(?:[A-Za-z0-9.-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$/;
+/**
+ * Why `text` cannot be proxy_bind (an IPv4 or IPv6 address, or a host name), or undefined when it can. A
+ * pattern for IPv6 took "127.0.0.1:80" for one, check passed it, and every proxy then failed to bind
+ * (getaddrinfo ENOTFOUND 127.0.0.1:80).
+ */
+function bindHostProblem(text: string): string | undefined {
+  if (isIPv4(text) || isIPv6(text) || /^[A-Za-z0-9.-]+$/.test(text)) return undefined;
+  const unbracketed = /^\[(.*)\]$/.exec(text)?.[1];
+  if (unbracketed !== undefined && isIPv6(unbracketed))
+    return `write an IPv6 address without brackets: "${unbracketed}"`;
+  try {
+    const { host } = parseHostPort(text);
+    return `must be a host without a port, e.g. "${host}" (each proxy binds its own remote_port)`;
+  } catch {
+    return 'must be an IP address or a host name';
+  }
+}
+
+const bindHostField = z.string({ error: expected('an address like "0.0.0.0"') }).superRefine((text, ctx) => {
+  const problem = bindHostProblem(text);
+  if (problem) ctx.addIssue({ code: 'custom', message: problem });
+});
 
 const serverSchema = z
   .strictObject({
@@ -41,10 +64,7 @@ const serverSchema = z
       .string({ error: expected('a path like "/_porthole"') })
       .regex(/^\/[A-Za-z0-9._~!$&'()*+,;=:@/%-]*$/, 'must start with "/" and contain no spaces, "?" or "#"')
       .default('/_porthole'),
-    proxy_bind: z
-      .string({ error: expected('an address like "0.0.0.0"') })
-      .regex(HOST, 'must be an IP address or a host name')
-      .default('0.0.0.0'),
+    proxy_bind: bindHostField.default('0.0.0.0'),
     allow_ports: portRangesField.optional(),
     proxy_max_connections: positiveIntField('a number of connections')
       .max(1_000_000)

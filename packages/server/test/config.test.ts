@@ -90,6 +90,39 @@ test('every mistake is reported as file: key: reason', () => {
   ]);
 });
 
+test('proxy_bind is an IPv4 or IPv6 address or a host name, never with a port', () => {
+  const proxyBind = (value: string) =>
+    loadServerConfig(write('bind.toml', `proxy_bind = "${value}"\n[auth]\nsecret_file = "secret"\n`))
+      .proxyBind;
+  // "127.0.0.1:80" passed for an IPv6 address; every proxy was then refused: getaddrinfo ENOTFOUND 127.0.0.1:80.
+  const bad = (value: string) => problems(`proxy_bind = "${value}"\n[auth]\nsecret_file = "secret"\n`);
+  assert.deepEqual(bad('127.0.0.1:80'), [
+    'proxy_bind: must be a host without a port, e.g. "127.0.0.1" (each proxy binds its own remote_port)',
+  ]);
+  assert.deepEqual(bad('[::1]:80'), [
+    'proxy_bind: must be a host without a port, e.g. "::1" (each proxy binds its own remote_port)',
+  ]);
+  assert.deepEqual(bad('localhost:8080'), [
+    'proxy_bind: must be a host without a port, e.g. "localhost" (each proxy binds its own remote_port)',
+  ]);
+  assert.deepEqual(bad('[::1]'), ['proxy_bind: write an IPv6 address without brackets: "::1"']);
+  for (const value of ['1:2:3', ':::', 'a b', '', '1.2.3.4:']) {
+    assert.deepEqual(bad(value), ['proxy_bind: must be an IP address or a host name'], value);
+  }
+  for (const good of [
+    '0.0.0.0',
+    '127.0.0.1',
+    '::',
+    '::1',
+    '::ffff:127.0.0.1',
+    'fe80::1%eth0',
+    'localhost',
+    'vps.example.com',
+  ]) {
+    assert.equal(proxyBind(good), good);
+  }
+});
+
 /** A one-day self-signed certificate for `name`, as name.pem and name.key in the test directory. */
 function certFiles(name: string) {
   return selfSignedCert({
