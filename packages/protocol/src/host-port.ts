@@ -1,3 +1,5 @@
+import { isIPv6 } from 'node:net';
+
 export interface HostPort {
   host: string;
   port: number;
@@ -21,7 +23,10 @@ export function parseHostPort(text: string, opts: { allowZeroPort?: boolean } = 
     throw new Error(`invalid address "${text}" (expected host:port, e.g. 127.0.0.1:22 or [::1]:22)`);
   }
   const host = match[1]!;
-  if (!bracketed && !/^[A-Za-z0-9.-]+$/.test(host)) throw new Error(`invalid host "${host}" in "${text}"`);
+  // Brackets are for IPv6; what else they hold must pass as a name (the pattern above let
+  // "[127.0.0.1:80]:7000" through, and the listen then failed: getaddrinfo ENOTFOUND 127.0.0.1:80).
+  if (!(bracketed && isIPv6(host)) && !/^[A-Za-z0-9.-]+$/.test(host))
+    throw new Error(`invalid host "${host}" in "${text}"`);
   return { host, port: parsePort(match[2]!, opts.allowZeroPort) };
 }
 

@@ -62,6 +62,14 @@ test('host:port accepts names, IPv4 and bracketed IPv6', () => {
   assert.throws(() => parseHostPort('127.0.0.1'), /invalid address/);
   assert.throws(() => parseHostPort('127.0.0.1:99999'), /outside/);
   assert.throws(() => parseHostPort('bad host:22'), /invalid/);
+  assert.deepEqual(parseHostPort('[fe80::1%eth0]:22'), { host: 'fe80::1%eth0', port: 22 });
+  // Brackets around something that is not IPv6: a host:port inside passed, and the listen failed later.
+  assert.throws(
+    () => parseHostPort('[127.0.0.1:80]:7000'),
+    /^Error: invalid host "127\.0\.0\.1:80" in "\[127\.0\.0\.1:80\]:7000"$/,
+  );
+  assert.throws(() => parseHostPort('[1:2:3]:22'), /invalid host "1:2:3"/);
+  assert.throws(() => parseHostPort('[a_b]:22'), /invalid host "a_b"/);
   assert.equal(formatHostPort('::1', 22), '[::1]:22');
   assert.equal(formatHostPort('127.0.0.1', 22), '127.0.0.1:22');
 });
