@@ -239,6 +239,14 @@ export function durationAtLeast(floorMs: number, floorText: string) {
   return durationField.refine((ms) => ms >= floorMs, `must be at least ${floorText}`);
 }
 
+/**
+ * A duration for which 0 is no setting at all: it would switch off what the key is for, unasked (keys where
+ * 0 means "none" say so and take durationOrOffField). `zeroWould` says what 0 would do, for the message.
+ */
+export function durationAboveZero(zeroWould: string) {
+  return durationField.refine((ms) => ms > 0, `must be longer than 0 ("0s" would ${zeroWould})`);
+}
+
 const DURATION_OR_OFF = 'a duration like "60s", or 0 for no limit';
 
 /** A duration, or 0 (written 0 or "0") for no limit; anything else is named in the error. */

@@ -1,6 +1,7 @@
 import { isIPv4, isIPv6 } from 'node:net';
 import {
   ConfigError,
+  durationAboveZero,
   durationAtLeast,
   durationField,
   expandConfigPath,
@@ -82,7 +83,9 @@ const serverSchema = z
         secret_file: z.string({ error: expected('a file path') }).optional(),
         revoked_tokens: z.array(z.string(), { error: expected('a list of token ids (jti)') }).default([]),
         failure_limit: positiveIntField('a number').default(20),
-        failure_window: durationField.prefault('1m'),
+        failure_window: durationAboveZero(
+          'start a new window at every failure, so failure_limit would never be reached',
+        ).prefault('1m'),
       },
       { error: expected('an [auth] table with secret or secret_file') },
     ),

@@ -2,6 +2,7 @@
 // [https]. Kept apart from config.ts so that file only spreads these in.
 import {
   ConfigError,
+  durationAboveZero,
   durationField,
   durationOrOffField,
   expected,
@@ -49,11 +50,18 @@ export const routingConfigShape = {
     .strictObject(
       {
         listen: hostPortField({ allowZero: true }).optional(),
-        headers_timeout: durationField.prefault('10s'),
+        headers_timeout: durationAboveZero('let a visitor trickle its headers for ever (slowloris)').prefault(
+          '10s',
+        ),
         request_timeout: durationOrOffField.prefault('5m'),
         response_timeout: durationOrOffField.prefault('60s'),
-        keep_alive_timeout: durationField.prefault('5s'),
-        idle_timeout: durationField.prefault('60s'),
+        // Not "no keep-alive" (nginx's keepalive_timeout 0): Node would keep idle connections for idle_timeout.
+        keep_alive_timeout: durationAboveZero(
+          'not turn keep-alive off but keep idle connections open until idle_timeout',
+        ).prefault('5s'),
+        idle_timeout: durationAboveZero(
+          'let a visitor that stops reading hold its tunnel stream for good',
+        ).prefault('60s'),
         max_header_size: positiveIntField('a number of bytes')
           .min(1024)
           .max(1024 * 1024)

@@ -90,6 +90,30 @@ test('every mistake is reported as file: key: reason', () => {
   ]);
 });
 
+test('"0s" where it would switch off what the key is for, unasked, is refused with what it would do', () => {
+  const auth = '[auth]\nsecret_file = "secret"\n';
+  // Before, each was taken: the failure limit never applied, slowloris was never cut, an idle visitor
+  // connection was kept for idle_timeout, and a stalled visitor kept its tunnel stream.
+  assert.deepEqual(problems(`${auth}failure_window = "0s"\n`), [
+    'auth.failure_window: must be longer than 0 ("0s" would start a new window at every failure, so failure_limit would never be reached)',
+  ]);
+  assert.deepEqual(problems(`${auth}[http]\nheaders_timeout = "0s"\n`), [
+    'http.headers_timeout: must be longer than 0 ("0s" would let a visitor trickle its headers for ever (slowloris))',
+  ]);
+  assert.deepEqual(problems(`${auth}[http]\nkeep_alive_timeout = "0ms"\n`), [
+    'http.keep_alive_timeout: must be longer than 0 ("0s" would not turn keep-alive off but keep idle connections open until idle_timeout)',
+  ]);
+  assert.deepEqual(problems(`${auth}[http]\nidle_timeout = "0s"\n`), [
+    'http.idle_timeout: must be longer than 0 ("0s" would let a visitor that stops reading hold its tunnel stream for good)',
+  ]);
+  // The keys where 0 is documented as "no limit" keep it.
+  const config = loadServerConfig(
+    write('off.toml', `${auth}[http]\nrequest_timeout = "0s"\nresponse_timeout = 0\n`),
+  );
+  assert.equal(config.routing?.httpLimits.requestTimeout, 0);
+  assert.equal(config.routing?.httpLimits.responseTimeout, 0);
+});
+
 test('proxy_bind is an IPv4 or IPv6 address or a host name, never with a port', () => {
   const proxyBind = (value: string) =>
     loadServerConfig(write('bind.toml', `proxy_bind = "${value}"\n[auth]\nsecret_file = "secret"\n`))
