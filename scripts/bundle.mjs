@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // npm run bundle: one self-contained ES module per program (pino, jose, zod and smol-toml inside), for
-// installing on a machine with nothing but Node 20: `install -m 755 dist-bundle/porthole-server.mjs
-// /usr/local/bin/porthole-server`. bufferutil (a native addon that speeds up WebSocket masking) stays
+// installing on a machine with nothing but Node 20 (README "Run it as a service", step 1: the files keep their
+// .mjs name, which makes Node load them as ES modules, and /usr/local/bin gets symlinks). bufferutil (a native addon that speeds up WebSocket masking) stays
 // outside: it is used when require() can find it next to the bundle; the mux masks in JavaScript otherwise.
 // Usage: node scripts/bundle.mjs [--outdir DIR]   (after `tsc -b packages/server packages/client`)
 import { chmodSync, readFileSync } from 'node:fs';
