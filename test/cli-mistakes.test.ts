@@ -267,3 +267,32 @@ test(
       await server.waitForLog((l) => l.msg === 'server listening', 15_000);
     }),
 );
+
+test(
+  'a user or password in the server URL is refused by check and at the start, exit 2, and never printed',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      // Before, the URL was taken, the user and password never sent, and the whole URL printed in the
+      // `server` field of every log line and in `status`.
+      const token = await h.file('token', 'a.b.c\n');
+      const refusal =
+        'server: must not hold a user or password ("user:password@"): the client signs in with its token alone, which goes in token_file';
+      for (const url of ['ws://u:PWSECRET@[::1]:1/_porthole', 'wss://PWSECRET@vps.example.com/_porthole']) {
+        const clientToml = await h.file('client.toml', `server = "${url}"\ntoken_file = "${token}"\n`);
+        const flags = ['--server', url, '--token-file', token, '--tcp', '2222:127.0.0.1:22'];
+        const cases: [args: string[], source: string][] = [
+          [['check', '--config', clientToml], clientToml],
+          [['--config', clientToml], clientToml],
+          [['check', ...flags], 'command line'],
+          [flags, 'command line'],
+        ];
+        for (const [args, source] of cases) {
+          const r = await run(clientBin, args, { timeoutMs: 5000 });
+          assert.equal(r.code, 2, `${args.join(' ')}: exit ${r.code}\n${r.stdout}${r.stderr}`);
+          assert.equal(r.stderr, `${source}: ${refusal}\n`, args.join(' '));
+          assert.ok(!`${r.stdout}${r.stderr}`.includes('PWSECRET'), 'the password is not printed');
+        }
+      }
+    }),
+);

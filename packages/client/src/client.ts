@@ -15,7 +15,7 @@ import {
   writeMessage,
 } from '@porthole/protocol';
 import type { ClientConfig, ProxyConfig } from './config.js';
-import { DialError, dial } from './dialer.js';
+import { DialError, dial, urlWithoutUserinfo } from './dialer.js';
 import { PendingLocalConnects, serveStream } from './local-connector.js';
 import { LocalFailureLog } from './local-failure-log.js';
 import { proxySpecFields } from './proxy-config.js';
@@ -76,6 +76,11 @@ export class PortholeClient {
     this.proxies = new Map(config.proxies.map((proxy) => [proxy.name, proxy]));
     this.sessionStatus = new SessionStatus(config.server);
     this.localFailures = new LocalFailureLog(logger);
+  }
+
+  /** The `server` of log lines. */
+  private get serverForLogs(): string {
+    return urlWithoutUserinfo(this.config.server);
   }
 
   /** Session state and proxies, for the admin endpoint and `porthole-client status`. */
@@ -186,19 +191,19 @@ export class PortholeClient {
         const reason = err instanceof Error ? err.message : String(err);
         if (this.redialNow) {
           // The dial used what the reload replaced: its failure says nothing about the new settings.
-          this.logger.info({ server: this.config.server, reason }, 'reconnecting');
+          this.logger.info({ server: this.serverForLogs, reason }, 'reconnecting');
           continue;
         }
         if (err instanceof DialError && err.isAuthFailure && this.config.exitOnAuthFailure) {
           this.logger.error(
-            { server: this.config.server, reason },
+            { server: this.serverForLogs, reason },
             'connect failed: giving up (exit_on_auth_failure)',
           );
           return 'auth failed';
         }
         const retryMs = this.backoff.next();
         this.sessionStatus.failed(reason, retryMs);
-        this.logger.warn({ server: this.config.server, reason, retry_ms: retryMs }, 'connect failed');
+        this.logger.warn({ server: this.serverForLogs, reason, retry_ms: retryMs }, 'connect failed');
         await this.sleep(retryMs);
         continue;
       }
@@ -209,7 +214,7 @@ export class PortholeClient {
       if (this.redialNow) {
         ws.close(CloseCode.GoingAway);
         this.logger.info(
-          { server: this.config.server, reason: 'server, token or CA changed by a reload' },
+          { server: this.serverForLogs, reason: 'server, token or CA changed by a reload' },
           'reconnecting',
         );
         continue;
@@ -228,7 +233,7 @@ export class PortholeClient {
       if (this.redialNow) {
         this.redialNow = false;
         this.backoff.reset();
-        this.logger.info({ server: this.config.server, reason }, 'reconnecting');
+        this.logger.info({ server: this.serverForLogs, reason }, 'reconnecting');
         continue;
       }
       let retryMs: number;
@@ -243,7 +248,7 @@ export class PortholeClient {
         retryMs = this.backoff.next();
       }
       this.sessionStatus.failed(reason, retryMs);
-      this.logger.warn({ server: this.config.server, reason, retry_ms: retryMs }, 'session lost');
+      this.logger.warn({ server: this.serverForLogs, reason, retry_ms: retryMs }, 'session lost');
       await this.sleep(retryMs);
     }
     return 'stopped';
@@ -392,7 +397,7 @@ export class PortholeClient {
           this.sessionStatus.established(message.client, message.session_id);
           this.logger.info(
             {
-              server: this.config.server,
+              server: this.serverForLogs,
               client: message.client,
               session_id: message.session_id,
               server_version: message.server_version,

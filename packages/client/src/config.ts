@@ -22,13 +22,24 @@ import { type ProxyConfig, portKey, proxySchema, toProxyConfig } from './proxy-c
 
 export type { ProxyConfig } from './proxy-config.js';
 
+/**
+ * A user or password in the server URL ("ws://u:secret@host/..."): never sent (the token is what signs in),
+ * and it would be printed wherever the server URL is (log lines, `status`).
+ */
+function hasUserinfo(server: string): boolean {
+  if (!URL.canParse(server)) return false;
+  const url = new URL(server);
+  return url.username !== '' || url.password !== '';
+}
+
 const clientSchema = z
   .strictObject({
     server: z
       .string({ error: expected('a URL like "wss://vps.example.com/_porthole"') })
+      .refine((text) => /^wss?:\/\/[^\s/]+/.test(text) && URL.canParse(text), 'must be a ws:// or wss:// URL')
       .refine(
-        (text) => /^wss?:\/\/[^\s/]+/.test(text) && URL.canParse(text),
-        'must be a ws:// or wss:// URL',
+        (text) => !hasUserinfo(text),
+        'must not hold a user or password ("user:password@"): the client signs in with its token alone, which goes in token_file',
       ),
     token: z.string({ error: expected('a string') }).optional(),
     token_file: z.string({ error: expected('a file path') }).optional(),

@@ -28,6 +28,15 @@ export class DialError extends Error {
   }
 }
 
+/**
+ * The server URL as log lines and `status` show it: without a user or password. The config refuses them, but a
+ * ClientConfig built in code may carry one, and logs must never hold a secret. A plain pattern, not URL:
+ * it must also clean what URL cannot parse.
+ */
+export function urlWithoutUserinfo(server: string): string {
+  return server.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#\\]*@/i, '$1');
+}
+
 function describe(err: NodeJS.ErrnoException): string {
   // Node's connect errors read "connect ECONNREFUSED 127.0.0.1:7000"; keep that, it names the peer.
   return (err.message || err.code || String(err)).trim();

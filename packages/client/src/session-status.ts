@@ -5,6 +5,7 @@ import {
   processResources,
 } from '@porthole/protocol';
 import type { ProxyConfig } from './config.js';
+import { urlWithoutUserinfo } from './dialer.js';
 import type { OpenUdpFlows } from './udp-forwarder.js';
 
 export type ProxyState =
@@ -122,7 +123,7 @@ export class SessionStatus {
     }
     const status: ClientStatus = {
       state: this.state,
-      server: this.server,
+      server: urlWithoutUserinfo(this.server),
       since: new Date(this.since).toISOString(),
       open_connections: tracker.size + udpFlows.size,
       streams,

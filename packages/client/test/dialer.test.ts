@@ -4,7 +4,7 @@ import { createServer as createHttpServer } from 'node:http';
 import { type AddressInfo, createServer } from 'node:net';
 import { test } from 'node:test';
 import { WebSocketServer } from 'ws';
-import { DialError, dial } from '../src/dialer.js';
+import { DialError, dial, urlWithoutUserinfo } from '../src/dialer.js';
 
 test('the token goes in Authorization: Bearer; a refusal surfaces status and body as the reason', async (t) => {
   const seen: (string | undefined)[] = [];
@@ -92,4 +92,15 @@ test('the usual mistakes in the server URL are named next to the error (ws:// to
     await reason(`ws://127.0.0.1:${plainPort}/`),
     /^404: not found \(no control endpoint at \/: the URL's path must be the server's path/,
   );
+});
+
+test('the server URL in logs and status leaves out a user and password, even where URL cannot parse it', () => {
+  assert.equal(urlWithoutUserinfo('ws://u:secret@[::1]:41020/_porthole'), 'ws://[::1]:41020/_porthole');
+  assert.equal(
+    urlWithoutUserinfo('wss://secret@vps.example.com/_porthole'),
+    'wss://vps.example.com/_porthole',
+  );
+  assert.equal(urlWithoutUserinfo('wss://u:p@ss@vps.example.com/x?a=b@c'), 'wss://vps.example.com/x?a=b@c');
+  assert.equal(urlWithoutUserinfo('ws://u:secret@bad host/'), 'ws://bad host/');
+  assert.equal(urlWithoutUserinfo('ws://127.0.0.1:7000/a@b'), 'ws://127.0.0.1:7000/a@b');
 });

@@ -70,16 +70,17 @@ export interface OpenWebSocketOptions {
  */
 export function openWebSocket(url: string, options: OpenWebSocketOptions): Promise<WebSocketStream> {
   return new Promise((resolve, reject) => {
+    // The errors leave the URL out: a user or password in it must not reach a log line.
     let target: URL;
     try {
       target = new URL(url);
     } catch {
-      reject(new Error(`not a URL: ${url}`));
+      reject(new Error('not a URL'));
       return;
     }
     const secure = target.protocol === 'wss:';
     if (!secure && target.protocol !== 'ws:') {
-      reject(new Error(`not a ws:// or wss:// URL: ${url}`));
+      reject(new Error(`not a ws:// or wss:// URL (${target.protocol})`));
       return;
     }
     const host = target.hostname.replace(/^\[(.*)\]$/, '$1');
