@@ -3,10 +3,10 @@
 // reading their secrets from $CREDENTIALS_DIRECTORY as under systemd's LoadCredential=; and both example
 // units pass `systemd-analyze verify` without a word and score well in `systemd-analyze security`.
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
-import { freePort, repoRoot, run, runOk, serverBin, withHarness } from './lib/processes.js';
+import { clientBin, freePort, repoRoot, run, runOk, serverBin, withHarness } from './lib/processes.js';
 import { echoRoundTrip, startEchoServer } from './lib/services.js';
 import { portOf } from './lib/tunnel.js';
 
@@ -197,5 +197,50 @@ test(
         { env: { CREDENTIALS_DIRECTORY: creds } },
       );
       assert.equal(clientCheck.code, 0, clientCheck.stderr);
+    }),
+);
+
+test(
+  "check with CREDENTIALS_DIRECTORY=/etc/porthole, as the README's setup runs it, warns about a secret others can read; systemd's own copies are not flagged",
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      // /etc/porthole as the README fills it, before the chmod 600 / install -m 600 steps.
+      const etc = h.path('etc-porthole');
+      await mkdir(etc);
+      const secrets = {
+        secret: `${'s'.repeat(64)}\n`,
+        'admin-token': `${'a'.repeat(48)}\n`,
+        token: 'x.y.z\n',
+      };
+      for (const [name, text] of Object.entries(secrets))
+        await writeFile(path.join(etc, name), text, { mode: 0o644 });
+      const serverToml = path.join(etc, 'server.toml');
+      const clientToml = path.join(etc, 'client.toml');
+      await copyFile(path.join(unitsDir, 'server.toml'), serverToml);
+      await copyFile(path.join(unitsDir, 'client.toml'), clientToml);
+      const env = { CREDENTIALS_DIRECTORY: etc };
+      const check = async () => ({
+        server: await run(serverBin, ['check', '--config', serverToml], { env }),
+        client: await run(clientBin, ['check', '--config', clientToml], { env }),
+      });
+      const open = (key: string, file: string) =>
+        `warning: ${key}: ${path.join(etc, file)} is open to other users (mode 644); chmod 600 it\n`;
+      const shared = await check();
+      assert.equal(shared.server.code, 0, shared.server.stderr);
+      assert.equal(
+        shared.server.stderr,
+        open('auth.secret_file', 'secret') + open('admin.token_file', 'admin-token'),
+      );
+      assert.equal(shared.client.code, 0, shared.client.stderr);
+      assert.equal(shared.client.stderr, open('token_file', 'token'));
+
+      // As systemd leaves its copies: root's, 0400 and an ACL for the service's user, which stat shows as 0440.
+      for (const name of Object.keys(secrets)) await chmod(path.join(etc, name), 0o440);
+      const copies = await check();
+      assert.equal(copies.server.code, 0, copies.server.stderr);
+      assert.equal(copies.server.stderr, '', 'no warning for the group bits of an ACL');
+      assert.equal(copies.client.code, 0, copies.client.stderr);
+      assert.equal(copies.client.stderr, '');
     }),
 );

@@ -171,23 +171,32 @@ export function readSecretFile(configFile: string, key: string, path: string): s
   return text;
 }
 
+/** Whether `path` is inside $CREDENTIALS_DIRECTORY (systemd's LoadCredential=, or one named by hand). */
+function inCredentialsDirectory(path: string, env: NodeJS.ProcessEnv): boolean {
+  const credentials = env.CREDENTIALS_DIRECTORY;
+  return (
+    credentials !== undefined && credentials !== '' && resolve(path).startsWith(`${resolve(credentials)}/`)
+  );
+}
+
 /**
  * Why a file that holds a secret (or a config file with one inline) is too open, or undefined: other users
  * than its owner may read or write it. A warning, not an error (ssh refuses such key files): a group may
  * be meant to share it.
  */
-export function secretFileExposure(path: string): string | undefined {
-  // systemd's credentials are private to the service by their directory (and an ACL, which shows in the
-  // mode's group bits): nothing to warn about.
-  const credentials = process.env.CREDENTIALS_DIRECTORY;
-  if (credentials && resolve(path).startsWith(`${resolve(credentials)}/`)) return undefined;
+export function secretFileExposure(path: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
   let mode: number;
   try {
     mode = statSync(path).mode;
   } catch {
     return undefined;
   }
-  if ((mode & 0o077) === 0) return undefined;
+  // systemd's copy of a credential is root's, mode 0400 plus an ACL that lets the service's user read it, and
+  // an ACL shows in the mode's group bits (0440): there, only the bits for others say the file is open. Not
+  // the whole directory, though: the README's `CREDENTIALS_DIRECTORY=/etc/porthole porthole-server check`
+  // points it at the real files, and a world-readable one of those is what this warning is for.
+  const openBits = inCredentialsDirectory(path, env) ? 0o007 : 0o077;
+  if ((mode & openBits) === 0) return undefined;
   return `${path} is open to other users (mode ${(mode & 0o777).toString(8).padStart(3, '0')}); chmod 600 it`;
 }
 

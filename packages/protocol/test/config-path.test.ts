@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict';
+import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
-import { ConfigError, expandConfigPath } from '../src/config-file.js';
+import { ConfigError, expandConfigPath, secretFileExposure } from '../src/config-file.js';
 
 /** "${NAME}", spelled so that linters do not take it for a template literal gone wrong. */
 const ref = (name: string) => `\${${name}}`;
@@ -37,4 +40,26 @@ test('expandConfigPath names file, key and variable when the variable is unset o
         ),
     );
   }
+});
+
+test('secretFileExposure: in $CREDENTIALS_DIRECTORY only the bits for others count, elsewhere the group bits too', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'porthole-credentials-'));
+  const secret = join(dir, 'secret');
+  writeFileSync(secret, 'x\n');
+  const credentials = { CREDENTIALS_DIRECTORY: dir };
+  const exposure = (mode: number, env: NodeJS.ProcessEnv) => {
+    chmodSync(secret, mode);
+    return secretFileExposure(secret, env);
+  };
+  const open = (mode: string) => `${secret} is open to other users (mode ${mode}); chmod 600 it`;
+  // The README's `CREDENTIALS_DIRECTORY=/etc/porthole ... check` reads the real files: a world-readable one is
+  // flagged (it was skipped for being in the directory).
+  assert.equal(exposure(0o644, credentials), open('644'));
+  assert.equal(exposure(0o604, credentials), open('604'));
+  // systemd's copy: 0400 and an ACL for the service's user, which stat shows in the group bits.
+  assert.equal(exposure(0o440, credentials), undefined);
+  assert.equal(exposure(0o400, credentials), undefined);
+  assert.equal(exposure(0o440, {}), open('440'));
+  assert.equal(exposure(0o440, { CREDENTIALS_DIRECTORY: '' }), open('440'));
+  assert.equal(exposure(0o600, {}), undefined);
 });
