@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import tls from 'node:tls';
 import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
-import { clientBin, eventually, freePort, type Harness, run, withHarness } from './lib/processes.js';
+import { clientBin, eventually, freePort, type Harness, run, runOk, withHarness } from './lib/processes.js';
 import {
   type CertFiles,
   issueRoutedToken,
@@ -267,5 +267,84 @@ test(
       await server.proc.waitForMsg('client disconnected', 10_000, { fields: { client: 'wild' } });
       await appOverHttps();
       t.diagnostic('app.edge.test served over https beside and after a wildcard tls proxy');
+    }),
+);
+
+test(
+  "a wss:// server whose certificate the client refuses: connect failed says what to check (ca_file, or the URL's host)",
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const ca = await makeCa(h);
+      const otherCa = await makeCa(h, 'another CA');
+      const selfSigned = { cert: h.path('self-signed.pem'), key: h.path('self-signed.key') };
+      await runOk('openssl', [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-keyout',
+        selfSigned.key,
+        '-out',
+        selfSigned.cert,
+        '-days',
+        '2',
+        '-subj',
+        '/CN=localhost',
+        '-addext',
+        'subjectAltName=DNS:localhost',
+      ]);
+      const privateCa = await startRoutedServer(h, {
+        http: false,
+        tls: await makeCert(h, ca, 'vps.test', ['localhost']),
+      });
+      const selfSignedServer = await startRoutedServer(h, { http: false, tls: selfSigned, name: 'server 2' });
+      const token = await issueRoutedToken(privateCa, { name: 'homelab' });
+      const reasonFor = async (name: string, server: string, caFile?: string) => {
+        const client = await startRoutedClient(h, {
+          server,
+          token,
+          name,
+          proxies: [],
+          waitFor: [],
+          ...(caFile === undefined ? {} : { caFile }),
+        });
+        const failed = await client.proc.waitForMsg('connect failed', 10_000);
+        await client.proc.stop();
+        return String(failed.reason);
+      };
+      const wss = (host: string, port: number) => `wss://${host}:${port}/_porthole`;
+      // Before, each was Node's reason alone: nothing said that a private CA needs ca_file.
+      const noCaFile =
+        " (the server's certificate is not signed by a CA this machine trusts: for a private CA, set ca_file (--ca-file) to the CA's certificate)";
+      assert.equal(
+        await reasonFor('no ca_file', wss('localhost', privateCa.port)),
+        `unable to verify the first certificate${noCaFile}`,
+      );
+      assert.equal(
+        await reasonFor('self-signed', wss('localhost', selfSignedServer.port)),
+        `self-signed certificate${noCaFile}`,
+      );
+      assert.equal(
+        await reasonFor('wrong ca_file', wss('localhost', privateCa.port), otherCa.cert),
+        "unable to verify the first certificate (the server's certificate is not signed by the CA in ca_file: is that the CA that issued it?)",
+      );
+      assert.equal(
+        await reasonFor('by address', wss('127.0.0.1', privateCa.port), ca.cert),
+        "Hostname/IP does not match certificate's altnames: IP: 127.0.0.1 is not in the cert's list: (the server URL's host must be one of the certificate's names: dial it by one of them, or give it a certificate for this one)",
+      );
+      // With the right CA and a name the certificate holds, it connects.
+      const right = await startRoutedClient(h, {
+        server: wss('localhost', privateCa.port),
+        token,
+        caFile: ca.cert,
+        name: 'right',
+        proxies: [],
+        waitFor: [],
+      });
+      await right.proc.waitForMsg('session established', 10_000);
     }),
 );

@@ -60,6 +60,31 @@ function hintFor(server: string, message: string, status?: number): string {
 }
 
 /**
+ * Node's codes for a server certificate that no CA the client trusts has signed, and how each comes about
+ * with a private CA or none.
+ */
+const UNTRUSTED_CERTIFICATE = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE', // "unable to verify the first certificate": the server sent its own alone
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', // it sent an intermediate too, but the root is not trusted here
+  'SELF_SIGNED_CERT_IN_CHAIN', // it sent the private CA's certificate along
+  'DEPTH_ZERO_SELF_SIGNED_CERT', // its certificate is self-signed
+]);
+
+/**
+ * What to check when the server's certificate was refused, said next to Node's terse reason: the CA (ca_file,
+ * which a private CA needs and nothing else names), or the URL's host (the names are in Node's message).
+ */
+function certificateHint(code: string | undefined, caFileSet: boolean): string {
+  if (code !== undefined && UNTRUSTED_CERTIFICATE.has(code))
+    return caFileSet
+      ? " (the server's certificate is not signed by the CA in ca_file: is that the CA that issued it?)"
+      : " (the server's certificate is not signed by a CA this machine trusts: for a private CA, set ca_file (--ca-file) to the CA's certificate)";
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID')
+    return " (the server URL's host must be one of the certificate's names: dial it by one of them, or give it a certificate for this one)";
+  return '';
+}
+
+/**
  * Opens the WebSocket to the server with the token in `Authorization: Bearer`. Resolves when the
  * upgrade succeeded; rejects with a DialError carrying the server's status and reason otherwise.
  */
@@ -73,7 +98,9 @@ export async function dial(opts: DialOptions): Promise<WebSocketStream> {
   } catch (err) {
     if (err instanceof WebSocketUpgradeError)
       throw new DialError(`${err.message}${hintFor(opts.server, err.message, err.status)}`, err.status);
-    const message = describe(err as NodeJS.ErrnoException);
-    throw new DialError(`${message}${hintFor(opts.server, message)}`);
+    const error = err as NodeJS.ErrnoException;
+    const message = describe(error);
+    const hint = hintFor(opts.server, message) || certificateHint(error.code, opts.ca !== undefined);
+    throw new DialError(`${message}${hint}`);
   }
 }
