@@ -225,3 +225,44 @@ test(
       }
     }),
 );
+
+test(
+  'a second SIGTERM or SIGINT during the drain exits 1 at once, after a warn line saying what it did not wait for',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startEchoServer('127.0.0.1', 0);
+      h.onCleanup(() => echo.close());
+      // Before, the second signal ended the program with no line at all: the log just stopped.
+      for (const [program, signal, openWork] of [
+        ['server', 'SIGTERM', { open_connections: 1, open_http_requests: 0 }],
+        ['client', 'SIGINT', { open_connections: 1 }],
+      ] as const) {
+        // A tunnel of its own each: either program's exit ends the other's connection.
+        const remotePort = await freePort();
+        const tunnel = await startTunnel(h, [{ name: 'held', local: `127.0.0.1:${echo.port}`, remotePort }], {
+          server: { shutdownTimeout: '20s' },
+          client: { shutdownTimeout: '20s' },
+        });
+        const pinger = await EchoPinger.connect('127.0.0.1', tunnel.publicPort);
+        h.onCleanup(() => pinger.close());
+        assert.ok(await pinger.ping());
+        const proc = tunnel[program].proc;
+        proc.kill(signal);
+        await proc.waitForMsg('shutting down', 5000);
+        const secondAt = Date.now();
+        proc.kill(signal);
+        const exit = await withTimeout(proc.exited, 5000, () => `${program} exit`);
+        assert.deepEqual(exit, { code: 1, signal: null }, program);
+        assert.ok(Date.now() - secondAt < 3000, `${program}: at once, not after shutdown_timeout`);
+        const lines = proc.logsWithMsg('second signal: exiting without waiting for open connections');
+        assert.equal(lines.length, 1, program);
+        const line = lines[0]!;
+        assert.equal(line.level, 'warn');
+        assert.equal(line.signal, signal);
+        for (const [key, value] of Object.entries(openWork))
+          assert.equal(line[key], value, `${program}: ${key}`);
+        pinger.close();
+      }
+    }),
+);

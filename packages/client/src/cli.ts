@@ -136,12 +136,15 @@ async function main(): Promise<number | undefined> {
   };
   // One reload's admin change at a time, in the order the reloads came.
   let adminChange = Promise.resolve();
-  exitOnSignals(async () => {
-    stopping = true;
-    await client.shutdown();
-    await adminChange;
-    admin?.close();
-  });
+  exitOnSignals(
+    async () => {
+      stopping = true;
+      await client.shutdown();
+      await adminChange;
+      admin?.close();
+    },
+    { logger, openWork: () => client.openWork() },
+  );
   process.on('SIGHUP', () => {
     try {
       const next = loadClientConfig(values.config, flags);

@@ -254,6 +254,11 @@ export class PortholeClient {
     return 'stopped';
   }
 
+  /** What a drain waits for, as log fields. */
+  openWork(): { open_connections: number } {
+    return { open_connections: this.tracker.size };
+  }
+
   /**
    * SIGTERM: unregister our proxies (the server stops accepting for us), GoAway, wait up to
    * shutdown_timeout for open connections, then close the session.
@@ -265,15 +270,11 @@ export class PortholeClient {
     this.wakeSleeper?.();
     const session = this.session;
     if (session && !session.closed) {
-      this.logger.info({ open_connections: this.tracker.size }, 'shutting down');
+      this.logger.info(this.openWork(), 'shutting down');
       this.sendControl({ type: 'unregister', proxies: [...this.proxies.keys()] });
       session.goAway();
       const drained = await this.tracker.waitIdle(this.config.shutdownTimeout);
-      if (!drained)
-        this.logger.warn(
-          { open_connections: this.tracker.size },
-          'shutdown timeout: closing open connections',
-        );
+      if (!drained) this.logger.warn(this.openWork(), 'shutdown timeout: closing open connections');
       const closed = nextClose(session);
       const flushed = () => Promise.race([closed, new Promise((r) => setTimeout(r, CLOSE_FLUSH_MS).unref())]);
       // FIN on the control stream: the server reads our unregister, then this, and closes the session

@@ -1,5 +1,6 @@
 import { closestName } from './closest-name.js';
 import { ConfigError, EXIT_CONFIG } from './config-file.js';
+import type { Logger } from './logger.js';
 import { PROTOCOL_VERSION } from './version.js';
 
 /** A bad command line; printed with the program's usage hint, exit status 2. */
@@ -31,13 +32,26 @@ export function runCli(program: string, main: () => Promise<number | undefined>)
   );
 }
 
+/** What a second signal needs to say what it cuts short. */
+export interface SignalExitOptions {
+  logger: Logger;
+  /** The work a drain waits for, as log fields (`open_connections`...). */
+  openWork: () => Record<string, number>;
+}
+
 /**
- * SIGTERM or SIGINT drains (`drain` resolves when done) and exits 0; a second signal exits at once.
+ * SIGTERM or SIGINT drains (`drain` resolves when done) and exits 0; a second signal exits at once (status 1),
+ * after a line saying what it did not wait for: the drain's own lines (`connection closed`, `... stopped`)
+ * will never come, and without it the log would just stop.
  */
-export function exitOnSignals(drain: () => Promise<void>): void {
+export function exitOnSignals(drain: () => Promise<void>, { logger, openWork }: SignalExitOptions): void {
   let draining = false;
-  const onSignal = () => {
-    if (draining) process.exit(1);
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (draining) {
+      logger.warn({ signal, ...openWork() }, 'second signal: exiting without waiting for open connections');
+      logger.flush();
+      process.exit(1);
+    }
     draining = true;
     drain().then(
       () => process.exit(0),

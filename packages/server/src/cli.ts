@@ -103,7 +103,7 @@ async function main(): Promise<number | undefined> {
     logger.fatal({ reason: (err as Error).message }, 'cannot start');
     return 1;
   }
-  exitOnSignals(() => server.shutdown());
+  exitOnSignals(() => server.shutdown(), { logger, openWork: () => server.openWork() });
   process.on('SIGHUP', () => server.reload());
   return undefined;
 }

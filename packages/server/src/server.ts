@@ -157,6 +157,11 @@ export class PortholeServer {
     new ClientSession(this.ctx, session, claims, remoteAddr);
   }
 
+  /** What a drain waits for, as log fields. */
+  openWork(): { open_connections: number; open_http_requests: number } {
+    return { open_connections: this.ctx.tracker.size, open_http_requests: this.ctx.traffic.openHttpRequests };
+  }
+
   /**
    * SIGTERM: stop accepting clients and public connections, tell every client (GoAway + notice), wait up
    * to shutdown_timeout for open connections to finish, then close what is left.
@@ -165,14 +170,7 @@ export class PortholeServer {
     if (this.stopping) return;
     this.stopping = true;
     const { logger, tracker, traffic, config } = this.ctx;
-    logger.info(
-      {
-        open_connections: tracker.size,
-        open_http_requests: traffic.openHttpRequests,
-        timeout_ms: config.shutdownTimeout,
-      },
-      'shutting down',
-    );
+    logger.info({ ...this.openWork(), timeout_ms: config.shutdownTimeout }, 'shutting down');
     this.endpoint.stopAccepting();
     this.vhostPorts.stopAccepting();
     for (const session of this.ctx.sessions) session.drain('server shutting down');
@@ -180,11 +178,7 @@ export class PortholeServer {
     const drained =
       (await tracker.waitIdle(config.shutdownTimeout)) &&
       (await traffic.waitHttpIdle(Math.max(0, deadline - performance.now())));
-    if (!drained)
-      logger.warn(
-        { open_connections: tracker.size, open_http_requests: traffic.openHttpRequests },
-        'shutdown timeout: closing open connections',
-      );
+    if (!drained) logger.warn(this.openWork(), 'shutdown timeout: closing open connections');
     for (const session of [...this.ctx.sessions]) session.close('server shutting down');
     const closing = [...this.sockets].map((ws) => nextClose(ws));
     await Promise.race([Promise.all(closing), new Promise((r) => setTimeout(r, CLOSE_FLUSH_MS).unref())]);
