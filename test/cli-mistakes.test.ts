@@ -45,7 +45,7 @@ test('a mistyped option or config key is named with the one meant; exit status 2
     assert.equal(badProxyKey.code, 2);
     assert.match(
       badProxyKey.stderr,
-      /client\.toml: proxies\[0\]\.proxy_protocl: unknown key \(did you mean "proxy_protocol"\?\)/,
+      /client\.toml: proxies\[0\] \("ssh"\)\.proxy_protocl: unknown key \(did you mean "proxy_protocol"\?\)/,
     );
 
     // A table array named in the singular.
@@ -293,6 +293,55 @@ test(
           assert.equal(r.stderr, `${source}: ${refusal}\n`, args.join(' '));
           assert.ok(!`${r.stdout}${r.stderr}`.includes('PWSECRET'), 'the password is not printed');
         }
+      }
+    }),
+);
+
+test(
+  "check names a proxy by its name, says '1 proxy', and a --tcp rule on a taken port is one line naming both",
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const token = await h.file('token', 'a.b.c\n');
+      const proxy = (name: string, remotePort: number) =>
+        `[[proxies]]\nname = "${name}"\ntype = "tcp"\nlocal = "127.0.0.1:22"\nremote_port = ${remotePort}\n`;
+      const head = `server = "ws://127.0.0.1:1/_porthole"\ntoken_file = "${token}"\n`;
+      const one = await h.file('one.toml', `${head}${proxy('ssh', 2222)}`);
+      const ok = await run(clientBin, ['check', '--config', one]);
+      assert.equal(ok.code, 0, ok.stderr);
+      assert.equal(ok.stdout, `${one}: ok (1 proxy)\n`);
+      assert.equal(
+        (await run(clientBin, ['check', '--config', one, '--tcp', '2223:127.0.0.1:22'])).stdout,
+        `${one}: ok (2 proxies)\n`,
+      );
+
+      // Before, "proxies[3].remote_port": the user had to count tables to find which.
+      const four = await h.file(
+        'four.toml',
+        `${head}${proxy('ssh', 2222)}${proxy('dns', 2223)}${proxy('git', 2224)}${proxy('web', 70000)}`,
+      );
+      const bad = await run(clientBin, ['check', '--config', four]);
+      assert.equal(bad.code, 2);
+      assert.equal(bad.stderr, `${four}: proxies[3] ("web").remote_port: must be at most 65535\n`);
+
+      // Before, two lines about a proxies[1] the user never wrote (its name "tcp-2222", then its remote_port).
+      for (const [args, taken] of [
+        [['--tcp', '2222:127.0.0.1:22', '--tcp', '2222:127.0.0.1:23'], '--tcp "2222:127.0.0.1:22"'],
+        [['--config', one, '--tcp', '2222:127.0.0.1:23'], `proxies[0] ("ssh") in ${one}`],
+      ] as const) {
+        const r = await run(clientBin, [
+          'check',
+          '--server',
+          'ws://127.0.0.1:1/_porthole',
+          '--token-file',
+          token,
+          ...args,
+        ]);
+        assert.equal(r.code, 2, r.stdout);
+        assert.equal(
+          r.stderr,
+          `command line: --tcp: "2222:127.0.0.1:23": tcp port 2222 is already taken by ${taken}\n`,
+        );
       }
     }),
 );

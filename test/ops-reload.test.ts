@@ -152,7 +152,7 @@ test(
       );
       assert.match(
         String(failed.reason),
-        /client-\d+\.toml: proxies\[0\]\.remote_port: must be at most 65535/,
+        /client-\d+\.toml: proxies\[0\] \("A"\)\.remote_port: must be at most 65535/,
       );
       assert.ok(
         (await echoRoundTrip('127.0.0.1', portA!, 100_000)).ok,

@@ -78,7 +78,8 @@ async function main(): Promise<number | undefined> {
   const config = loadClientConfig(values.config, flags);
   if (command === 'check') {
     for (const warning of config.warnings) process.stderr.write(`warning: ${warning}\n`);
-    process.stdout.write(`${config.source}: ok (${config.proxies.length} proxies)\n`);
+    const count = config.proxies.length;
+    process.stdout.write(`${config.source}: ok (${count} ${count === 1 ? 'proxy' : 'proxies'})\n`);
     return 0;
   }
 

@@ -3,6 +3,7 @@ import {
   ConfigError,
   durationAtLeast,
   durationField,
+  elementLabel,
   expandConfigPath,
   expected,
   formatHostPort,
@@ -95,11 +96,12 @@ const clientSchema = z
       }
       // tcp and udp ports are separate spaces (iperf3 -u, DNS and others use both on one port number).
       const port = portKey(proxy);
-      if (port !== undefined && ports.has(port)) {
+      const holder = port === undefined ? undefined : ports.get(port);
+      if (holder !== undefined) {
         ctx.addIssue({
           code: 'custom',
           path: ['proxies', i, 'remote_port'],
-          message: `${proxy.remote_port} is already the remote_port of proxies[${ports.get(port)}]`,
+          message: `${proxy.remote_port} is already the remote_port of proxies${elementLabel(holder, config.proxies[holder])}`,
         });
       }
       names.set(proxy.name, i);
@@ -193,6 +195,60 @@ export interface ClientFlags {
 }
 
 /**
+ * The file's proxies and then one per `--tcp`/`--udp` rule. A rule whose port or name another proxy already
+ * has is refused here, in one line naming both: checked with the file's, it read as two problems of a
+ * "proxies[N]" the user never wrote.
+ */
+function withRuleProxies(
+  fileProxies: unknown[],
+  file: string | undefined,
+  rules: { rule: string; type: 'tcp' | 'udp' }[],
+): unknown[] {
+  const proxies = [...fileProxies];
+  const owners = fileProxies.map((proxy, i) => `proxies${elementLabel(i, proxy)} in ${file}`);
+  for (const { rule, type } of rules) {
+    let parsed: ReturnType<typeof parseRule>;
+    try {
+      parsed = parseRule(rule, type);
+      if (parsed.type !== type)
+        throw new Error(`"${rule}" is a ${parsed.type} rule: give it to --${parsed.type}`);
+    } catch (err) {
+      throw ConfigError.at(COMMAND_LINE, `--${type}`, (err as Error).message);
+    }
+    const proxy = {
+      name: `${parsed.type}-${parsed.remotePort}`,
+      type: parsed.type,
+      local: formatHostPort(parsed.local.host, parsed.local.port),
+      remote_port: parsed.remotePort,
+    };
+    // The same port space, as portKey has it (the file's tables are not validated yet).
+    const samePort = proxies.findIndex(
+      (other) => isRecord(other) && other.type === proxy.type && other.remote_port === proxy.remote_port,
+    );
+    if (samePort !== -1)
+      throw ConfigError.at(
+        COMMAND_LINE,
+        `--${type}`,
+        `"${rule}": ${type} port ${proxy.remote_port} is already taken by ${owners[samePort]}`,
+      );
+    const sameName = proxies.findIndex((other) => isRecord(other) && other.name === proxy.name);
+    if (sameName !== -1)
+      throw ConfigError.at(
+        COMMAND_LINE,
+        `--${type}`,
+        `"${rule}": its proxy's name, "${proxy.name}", is already that of ${owners[sameName]}`,
+      );
+    proxies.push(proxy);
+    owners.push(`--${type} "${rule}"`);
+  }
+  return proxies;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null;
+}
+
+/**
  * Loads client.toml (if given) and applies quick flags on top (flags override keys, `tcp` rules add
  * proxies), then validates the result once; throws ConfigError naming source, key and reason.
  */
@@ -213,26 +269,8 @@ export function loadClientConfig(file: string | undefined, flags: ClientFlags = 
     ...(flags.tcp ?? []).map((rule) => ({ rule, type: 'tcp' as const })),
     ...(flags.udp ?? []).map((rule) => ({ rule, type: 'udp' as const })),
   ];
-  if (rules.length > 0) {
-    const proxies = Array.isArray(raw.proxies) ? [...(raw.proxies as unknown[])] : [];
-    for (const { rule, type } of rules) {
-      let parsed: ReturnType<typeof parseRule>;
-      try {
-        parsed = parseRule(rule, type);
-        if (parsed.type !== type)
-          throw new Error(`"${rule}" is a ${parsed.type} rule: give it to --${parsed.type}`);
-      } catch (err) {
-        throw ConfigError.at(COMMAND_LINE, `--${type}`, (err as Error).message);
-      }
-      proxies.push({
-        name: `${parsed.type}-${parsed.remotePort}`,
-        type: parsed.type,
-        local: formatHostPort(parsed.local.host, parsed.local.port),
-        remote_port: parsed.remotePort,
-      });
-    }
-    raw.proxies = proxies;
-  }
+  if (rules.length > 0)
+    raw.proxies = withRuleProxies(Array.isArray(raw.proxies) ? raw.proxies : [], file, rules);
   // Without a file the keys are flags: name the flag, not the file's key.
   if (file === undefined && raw.token === undefined && raw.token_file === undefined)
     throw ConfigError.at(

@@ -16,15 +16,21 @@ function write(text: string): string {
   return file;
 }
 
-function problems(text: string | undefined, flags: ClientFlags = {}): string[] {
-  const file = text === undefined ? undefined : write(text);
+/** The lines of the ConfigError that loading `file` with `flags` throws. */
+function problemsOf(file: string | undefined, flags: ClientFlags): readonly string[] {
   try {
     loadClientConfig(file, flags);
   } catch (err) {
     assert.ok(err instanceof ConfigError, String(err));
-    return err.problems.map((line) => (file ? line.replace(`${file}: `, '') : line));
+    return err.problems;
   }
   assert.fail('expected a ConfigError');
+}
+
+/** The problems of a config file with this text, without the file's name in front. */
+function problems(text: string | undefined, flags: ClientFlags = {}): string[] {
+  const file = text === undefined ? undefined : write(text);
+  return problemsOf(file, flags).map((line) => (file ? line.replace(`${file}: `, '') : line));
 }
 
 const HEAD = 'server = "wss://vps.example.com/_porthole"\ntoken_file = "token"\n';
@@ -70,19 +76,19 @@ test('every mistake is reported as source: key: reason', () => {
       `${HEAD}[[proxies]]\nname = "ssh"\ntype = "tcp"\nlocal = "127.0.0.1"\nremote_port = 70000\nx = 1\n`,
     ),
     [
-      'proxies[0].local: invalid address "127.0.0.1" (expected host:port, e.g. 127.0.0.1:22 or [::1]:22)',
-      'proxies[0].remote_port: must be at most 65535',
-      'proxies[0].x: unknown key',
+      'proxies[0] ("ssh").local: invalid address "127.0.0.1" (expected host:port, e.g. 127.0.0.1:22 or [::1]:22)',
+      'proxies[0] ("ssh").remote_port: must be at most 65535',
+      'proxies[0] ("ssh").x: unknown key',
     ],
   );
   const twice = '[[proxies]]\nname = "a"\ntype = "tcp"\nlocal = "127.0.0.1:1"\nremote_port = 5\n';
   assert.deepEqual(problems(`${HEAD}${twice}${twice}`), [
-    'proxies[1].name: "a" is already the name of proxies[0]',
-    'proxies[1].remote_port: 5 is already the remote_port of proxies[0]',
+    'proxies[1] ("a").name: "a" is already the name of proxies[0]',
+    'proxies[1] ("a").remote_port: 5 is already the remote_port of proxies[0] ("a")',
   ]);
   assert.deepEqual(
     problems(`${HEAD}[[proxies]]\nname = "u"\ntype = "ftp"\nlocal = "127.0.0.1:1"\nremote_port = 5\n`),
-    ['proxies[0].type: expected one of tcp, udp, http, tls'],
+    ['proxies[0] ("u").type: expected one of tcp, udp, http, tls'],
   );
   assert.deepEqual(problems(`${HEAD}reconnect_initial = "1m"\nreconnect_max = "1s"\n`), [
     'reconnect_max: must not be shorter than reconnect_initial',
@@ -94,6 +100,31 @@ test('every mistake is reported as source: key: reason', () => {
     problems(`server = "ws://x"\ntoken_file = "nope"\n`)[0]!,
     /^token_file: cannot read .*nope: ENOENT$/,
   );
+});
+
+test('a problem names its proxy by name; a --tcp/--udp rule whose port or name is taken is one line naming both', () => {
+  assert.deepEqual(problems(`${HEAD}[[proxies]]\ntype = "tcp"\nlocal = "127.0.0.1:1"\nremote_port = 5\n`), [
+    'proxies[0].name: required',
+  ]);
+  const quick = { server: 'ws://x', token: 't' };
+  // Before, two lines about a proxies[1] the user never wrote: its name, then its remote_port.
+  assert.deepEqual(problems(undefined, { ...quick, tcp: ['2222:127.0.0.1:22', '2222:127.0.0.1:23'] }), [
+    'command line: --tcp: "2222:127.0.0.1:23": tcp port 2222 is already taken by --tcp "2222:127.0.0.1:22"',
+  ]);
+  const ssh = write(
+    `${HEAD}[[proxies]]\nname = "ssh"\ntype = "tcp"\nlocal = "127.0.0.1:22"\nremote_port = 2222\n`,
+  );
+  assert.deepEqual(problemsOf(ssh, { tcp: ['2222:127.0.0.1:23'] }), [
+    `command line: --tcp: "2222:127.0.0.1:23": tcp port 2222 is already taken by proxies[0] ("ssh") in ${ssh}`,
+  ]);
+  // tcp and udp ports are separate spaces.
+  assert.equal(loadClientConfig(ssh, { udp: ['2222:127.0.0.1:53'] }).proxies.length, 2);
+  const named = write(
+    `${HEAD}[[proxies]]\nname = "tcp-2222"\ntype = "tcp"\nlocal = "127.0.0.1:22"\nremote_port = 2223\n`,
+  );
+  assert.deepEqual(problemsOf(named, { tcp: ['2222:127.0.0.1:23'] }), [
+    `command line: --tcp: "2222:127.0.0.1:23": its proxy's name, "tcp-2222", is already that of proxies[0] ("tcp-2222") in ${named}`,
+  ]);
 });
 
 test('udp, http and tls proxies take their own keys, and say which key is wrong', () => {
@@ -122,29 +153,31 @@ test('udp, http and tls proxies take their own keys, and say which key is wrong'
   assert.equal(config.proxies[3]?.type, 'tls');
 
   const http = '[[proxies]]\nname = "w"\ntype = "http"\nlocal = "127.0.0.1:1"\n';
-  assert.deepEqual(problems(`${HEAD}${http}`), ['proxies[0].hosts: a http proxy needs hosts or subdomain']);
+  assert.deepEqual(problems(`${HEAD}${http}`), [
+    'proxies[0] ("w").hosts: a http proxy needs hosts or subdomain',
+  ]);
   assert.deepEqual(problems(`${HEAD}${http}hosts = ["a.test"]\nremote_port = 80\nproxy_protocol = "v1"\n`), [
-    'proxies[0].remote_port: applies to tcp and udp proxies, not http',
-    'proxies[0].proxy_protocol: applies to tcp and tls proxies, not http',
+    'proxies[0] ("w").remote_port: applies to tcp and udp proxies, not http',
+    'proxies[0] ("w").proxy_protocol: applies to tcp and tls proxies, not http',
   ]);
   assert.deepEqual(problems(`${HEAD}${http}hosts = ["bad host"]\n`), [
-    'proxies[0].hosts[0]: invalid hostname "bad host" (labels are letters, digits and "-", not starting or ending with "-")',
+    'proxies[0] ("w").hosts[0]: invalid hostname "bad host" (labels are letters, digits and "-", not starting or ending with "-")',
   ]);
   assert.deepEqual(problems(`${HEAD}${http}hosts = ["a.test"]\nhttp_user = "u"\nlocations = ["api"]\n`), [
-    'proxies[0].locations[0]: must start with "/" and contain no spaces, "?" or "#"',
-    'proxies[0].http_password: http_user and http_password go together',
+    'proxies[0] ("w").locations[0]: must start with "/" and contain no spaces, "?" or "#"',
+    'proxies[0] ("w").http_password: http_user and http_password go together',
   ]);
   assert.deepEqual(problems(`${HEAD}${http}hosts = ["a.test"]\nrequest_headers = { Host = "x" }\n`), [
-    'proxies[0].request_headers.Host: cannot be set here (use host_header_rewrite)',
+    'proxies[0] ("w").request_headers.Host: cannot be set here (use host_header_rewrite)',
   ]);
   const udp = '[[proxies]]\nname = "u"\ntype = "udp"\nlocal = "127.0.0.1:1"\n';
-  assert.deepEqual(problems(`${HEAD}${udp}`), ['proxies[0].remote_port: required']);
+  assert.deepEqual(problems(`${HEAD}${udp}`), ['proxies[0] ("u").remote_port: required']);
   assert.deepEqual(problems(`${HEAD}${udp}remote_port = 53\nmax_connections = 5\n`), [
-    'proxies[0].max_connections: applies to tcp, tls and http proxies, not udp',
+    'proxies[0] ("u").max_connections: applies to tcp, tls and http proxies, not udp',
   ]);
   const tcp = '[[proxies]]\nname = "t"\ntype = "tcp"\nlocal = "127.0.0.1:1"\nremote_port = 2222\n';
   assert.deepEqual(problems(`${HEAD}${tcp}max_connections = 0\n`), [
-    'proxies[0].max_connections: must be at least 1',
+    'proxies[0] ("t").max_connections: must be at least 1',
   ]);
   const quick = loadClientConfig(undefined, { server: 'ws://x', token: 't', udp: ['5353:127.0.0.1:53'] });
   assert.deepEqual(quick.proxies[0], {

@@ -25,10 +25,24 @@ export class ConfigError extends Error {
 /** Exit status for a bad config or bad command line. */
 export const EXIT_CONFIG = 2;
 
-function keyPath(path: ReadonlyArray<PropertyKey>): string {
+/**
+ * An element of an array by its index, and by its name when it is a table with one (`[3] ("web")`): a user
+ * finds [[proxies]] by name, not by counting them.
+ */
+export function elementLabel(index: number, element: unknown): string {
+  const name =
+    typeof element === 'object' && element !== null ? (element as { name?: unknown }).name : undefined;
+  return typeof name === 'string' ? `[${index}] (${JSON.stringify(name)})` : `[${index}]`;
+}
+
+/** "proxies[3] ("web").remote_port": the issue's path, read along `input` for the names of tables. */
+function keyPath(path: ReadonlyArray<PropertyKey>, input: unknown): string {
   let out = '';
+  let value = input;
   for (const part of path) {
-    if (typeof part === 'number') out += `[${part}]`;
+    value =
+      typeof value === 'object' && value !== null ? (value as Record<PropertyKey, unknown>)[part] : undefined;
+    if (typeof part === 'number') out += elementLabel(part, value);
     else out += out === '' ? String(part) : `.${String(part)}`;
   }
   return out === '' ? '(top level)' : out;
@@ -76,9 +90,15 @@ function knownKeysAt(schema: z.core.$ZodType, path: ReadonlyArray<PropertyKey>):
 
 /**
  * One "<file>: <key>: <reason>" line per zod issue (unknown keys get one line each, with the known key
- * they most likely stand for when `schema` is given).
+ * they most likely stand for when `schema` is given; tables in arrays are named by their `name` when
+ * `input`, what was validated, is given).
  */
-export function formatConfigIssues(file: string, error: ZodError, schema?: z.core.$ZodType): string[] {
+export function formatConfigIssues(
+  file: string,
+  error: ZodError,
+  schema?: z.core.$ZodType,
+  input?: unknown,
+): string[] {
   const lines: string[] = [];
   for (const issue of error.issues) {
     if (issue.code === 'unrecognized_keys') {
@@ -86,10 +106,10 @@ export function formatConfigIssues(file: string, error: ZodError, schema?: z.cor
       for (const key of issue.keys) {
         const guess = known && closestName(key, known);
         const hint = guess === undefined ? '' : ` (did you mean "${guess}"?)`;
-        lines.push(`${file}: ${keyPath([...issue.path, key])}: unknown key${hint}`);
+        lines.push(`${file}: ${keyPath([...issue.path, key], input)}: unknown key${hint}`);
       }
     } else {
-      lines.push(`${file}: ${keyPath(issue.path)}: ${reasonOf(issue)}`);
+      lines.push(`${file}: ${keyPath(issue.path, input)}: ${reasonOf(issue)}`);
     }
   }
   return lines;
@@ -98,7 +118,7 @@ export function formatConfigIssues(file: string, error: ZodError, schema?: z.cor
 /** Validates a plain object (from TOML or from command-line flags) against a schema. */
 export function validateConfig<S extends z.ZodType>(file: string, raw: unknown, schema: S): z.output<S> {
   const result = schema.safeParse(raw);
-  if (!result.success) throw new ConfigError(formatConfigIssues(file, result.error, schema));
+  if (!result.success) throw new ConfigError(formatConfigIssues(file, result.error, schema, raw));
   return result.data;
 }
 

@@ -54,9 +54,15 @@ test('every problem names the key and the reason', () => {
   assert.deepEqual(problems('listen = "a:1"\ntimeout = 10\n'), [
     'timeout: expected a duration string like "10s"',
   ]);
+  // A table in an array is named by its name, when it has one: users find [[proxies]] by name, not by index.
   assert.deepEqual(problems('listen = "a:1"\nextra = 1\n[[list]]\nname = "x"\nnam = "y"\n'), [
-    'list[0].nam: unknown key (did you mean "name"?)',
+    'list[0] ("x").nam: unknown key (did you mean "name"?)',
     'extra: unknown key',
+  ]);
+  assert.deepEqual(problems('listen = "a:1"\n[[list]]\nnam = "y"\n[[list]]\nname = "a \\"b\\""\nnam = 1\n'), [
+    'list[0].name: required',
+    'list[0].nam: unknown key (did you mean "name"?)',
+    'list[1] ("a \\"b\\"").nam: unknown key (did you mean "name"?)',
   ]);
   assert.deepEqual(problems('listen = "a:1"\nports = ["9-1"]\n'), ['ports: port range "9-1" is reversed']);
   assert.deepEqual(problems('listen = = 1\n'), ['line 1, column 10: invalid TOML: invalid value']);
