@@ -23,7 +23,7 @@ for (const { name, pkg } of programs) {
   const shebang = readFileSync(`${root}${pkg}/bin/${name}.js`, 'utf8').split('\n')[0];
   const outfile = `${values.outdir}/${name}.mjs`;
   const result = await build({
-    entryPoints: [`${root}${pkg}/dist/src/cli.js`],
+    entryPoints: [`${root}${pkg}/dist/src/main.js`],
     outfile,
     bundle: true,
     platform: 'node',

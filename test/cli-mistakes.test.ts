@@ -345,3 +345,29 @@ test(
       }
     }),
 );
+
+test(
+  'a Node.js older than 20 is refused before anything else loads: one line naming both versions, exit 2',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      // No old Node here: a preload makes this one say it is Debian 12's 18.20.4 before the program starts.
+      const preload = await h.file(
+        'node-18.mjs',
+        "Object.defineProperty(process, 'versions', { value: { ...process.versions, node: '18.20.4' } });\n",
+      );
+      for (const [program, bin] of [
+        ['porthole-server', serverBin],
+        ['porthole-client', clientBin],
+      ] as const) {
+        // --version needs nothing but the program's own modules: had they loaded first, it would answer.
+        const r = await run(process.execPath, ['--import', preload, bin, '--version']);
+        assert.equal(r.code, 2, `${program}: ${r.stdout}${r.stderr}`);
+        assert.equal(r.stdout, '');
+        assert.equal(
+          r.stderr,
+          `${program}: Node.js 18.20.4 (${process.execPath}) is too old: it needs Node.js 20 or later\n`,
+        );
+      }
+    }),
+);

@@ -8,4 +8,4 @@
 // - --single-threaded-gc: our heap is small (~10 MiB) and the work is one event loop; V8's helper threads for
 //   parallel and concurrent GC cost more in coordination and in CPU taken from the other tunnel process than
 //   they save (user time halved without them).
-import '../dist/src/cli.js';
+import '../dist/src/main.js';

@@ -1,0 +1,6 @@
+// porthole-server's entry: the Node.js version is checked before anything that needs Node 20 is loaded. A
+// module's static imports all load before its first line runs, so the program itself comes by import().
+import { exitUnlessNodeIsRecentEnough } from '@porthole/protocol/node-version';
+
+exitUnlessNodeIsRecentEnough('porthole-server');
+await import('./cli.js');
