@@ -251,6 +251,76 @@ test(
     }),
 );
 
+/** One request with its own Host header (fetch would not send another), for the admin endpoints' rules. */
+function ask(
+  url: string,
+  opts: { method?: string; host?: string; token?: string } = {},
+): Promise<{ status: number; allow: string | undefined; body: string }> {
+  const headers: Record<string, string> = {};
+  if (opts.host !== undefined) headers.Host = opts.host;
+  if (opts.token !== undefined) headers.Authorization = `Bearer ${opts.token}`;
+  return new Promise((resolve, reject) => {
+    const req = request(url, { method: opts.method ?? 'GET', headers, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        body += chunk;
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, allow: res.headers.allow, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+test(
+  "the client's admin endpoint answers as the server's: /healthz for any Host, HEAD, 405 with Allow, every way of writing loopback",
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startEchoServer('127.0.0.1', 0);
+      h.onCleanup(() => echo.close());
+      const clientAdminPort = await freePort();
+      const { server } = await startTunnel(
+        h,
+        [{ name: 'web', local: `127.0.0.1:${echo.port}`, remotePort: await freePort() }],
+        {
+          server: { admin: { token: ADMIN_TOKEN } },
+          client: { adminListen: `127.0.0.1:${clientAdminPort}` },
+        },
+      );
+      const endpoints = [
+        { name: 'server', base: server.adminUrl!, data: '/api/clients', token: ADMIN_TOKEN },
+        {
+          name: 'client',
+          base: `http://127.0.0.1:${clientAdminPort}`,
+          data: '/api/status',
+          token: undefined,
+        },
+      ];
+      // Before, the client answered 421 to /healthz for another Host, 405 to HEAD (without Allow), and both
+      // took [::ffff:127.0.0.1] for a foreign name.
+      for (const { name, base, data, token } of endpoints) {
+        const port = new URL(base).port;
+        const cases: [what: string, path: string, opts: Parameters<typeof ask>[1], status: number][] = [
+          ['GET /healthz, a foreign Host', '/healthz', { host: 'vps.example.com' }, 200],
+          ['HEAD /healthz', '/healthz', { method: 'HEAD' }, 200],
+          [`HEAD ${data}`, data, { method: 'HEAD' }, 200],
+          ['an IPv4-mapped loopback Host', data, { host: `[::ffff:127.0.0.1]:${port}` }, 200],
+          ['::1 written out', data, { host: `[0:0:0:0:0:0:0:1]:${port}` }, 200],
+          ['a rebinding page', data, { host: `attacker.example:${port}` }, 421],
+          ['POST /healthz', '/healthz', { method: 'POST' }, 405],
+        ];
+        for (const [what, path, opts, status] of cases) {
+          const answer = await ask(`${base}${path}`, { ...opts, ...(token === undefined ? {} : { token }) });
+          assert.equal(answer.status, status, `${name}: ${what}: ${answer.body}`);
+          if (opts?.method === 'HEAD') assert.equal(answer.body, '', `${name}: ${what} has no body`);
+          if (status === 405) assert.equal(answer.allow, 'GET, HEAD', `${name}: ${what}`);
+        }
+      }
+    }),
+);
+
 test(
   'admin API: http requests and udp flows are counted like connections, live and once over; udp drops by cause',
   { timeout: 60_000 },

@@ -1,11 +1,12 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { formatHostPort, type HostPort, type Logger, requestHostIsLoopback } from '@porthole/protocol';
+import { formatHostPort, type HostPort, type Logger, screenAdminRequest } from '@porthole/protocol';
 import type { ClientStatus } from './session-status.js';
 
 /**
  * The client's own admin endpoint (loopback only, enforced by the config): GET /api/status with the session
- * state and proxies, what `porthole-client status` prints; GET /healthz.
+ * state and proxies, what `porthole-client status` prints; GET /healthz. Methods and Host are screened as on
+ * the server's admin listener.
  */
 export class ClientAdmin {
   private readonly server: Server;
@@ -16,20 +17,24 @@ export class ClientAdmin {
     logger: Logger,
   ) {
     this.server = createServer((req, res) => {
-      const path = (req.url ?? '/').split('?')[0];
-      const reply = (code: number, value: unknown) => {
+      const reply = (code: number, value: unknown, headers: Record<string, string> = {}) => {
         const body = `${JSON.stringify(value)}\n`;
         res.writeHead(code, {
           'Content-Type': 'application/json; charset=utf-8',
           'Content-Length': Buffer.byteLength(body),
           'Cache-Control': 'no-store',
           'X-Content-Type-Options': 'nosniff',
+          ...headers,
         });
         res.end(body);
       };
-      if (req.method !== 'GET') return reply(405, { error: 'method not allowed' });
-      if (!requestHostIsLoopback(req.headers.host))
-        return reply(421, { error: 'Host must be a loopback name or address' });
+      // The listener is loopback (the config allows nothing else): the server's admin rules for one apply.
+      const screened = screenAdminRequest(req, true);
+      if ('refusal' in screened) {
+        const { refusal } = screened;
+        return reply(refusal.status, { error: refusal.error }, refusal.headers);
+      }
+      const { path } = screened;
       if (path === '/api/status') return reply(200, status());
       if (path === '/healthz') {
         const state = status().state;

@@ -1,6 +1,6 @@
 // Hostnames that http and tls proxies claim, the patterns tokens grant (`--hosts`), and the names visitors
 // send (Host header, SNI). Everything is compared lowercased without a trailing dot.
-import { isIPv6 } from 'node:net';
+import { BlockList, isIP, isIPv6 } from 'node:net';
 
 const LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 const MAX_HOST_LENGTH = 253;
@@ -73,9 +73,18 @@ export function hostGrantAllows(grant: readonly string[] | undefined, requested:
   return false;
 }
 
-/** 127.0.0.0/8, ::1 and localhost (as normalizeRequestHost gives them, or as written in a listen address). */
+const LOOPBACK_ADDRESSES = new BlockList();
+LOOPBACK_ADDRESSES.addSubnet('127.0.0.0', 8, 'ipv4');
+LOOPBACK_ADDRESSES.addAddress('::1', 'ipv6');
+
+/**
+ * 127.0.0.0/8, ::1 and localhost (as normalizeRequestHost gives them, or as written in a listen address),
+ * whichever way an address is written: "[::ffff:127.0.0.1]" or "[0:0:0:0:0:0:0:1]" in a Host header too.
+ */
 export function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+  if (host === 'localhost') return true;
+  const family = isIP(host);
+  return family !== 0 && LOOPBACK_ADDRESSES.check(host, family === 4 ? 'ipv4' : 'ipv6');
 }
 
 /**

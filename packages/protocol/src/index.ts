@@ -1,3 +1,4 @@
+export * from './admin-requests.js';
 export * from './cli-support.js';
 export * from './close-event.js';
 export * from './config-file.js';

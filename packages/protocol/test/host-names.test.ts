@@ -3,9 +3,11 @@ import { test } from 'node:test';
 import {
   hostGrantAllows,
   hostMatchesPattern,
+  isLoopback,
   normalizeRequestHost,
   parseHostPattern,
   parseSubdomain,
+  requestHostIsLoopback,
 } from '../src/host-names.js';
 
 test('host patterns normalize and reject what cannot be a hostname', () => {
@@ -71,4 +73,24 @@ test('request hosts lose their port, case and trailing dot; junk is undefined', 
     '.',
   ])
     assert.equal(normalizeRequestHost(junk), undefined, junk);
+});
+
+test('loopback is 127.0.0.0/8, ::1 and localhost however the address is written; nothing else', () => {
+  for (const host of ['localhost', '127.0.0.1', '127.9.8.7', '::1', '0:0:0:0:0:0:0:1', '::ffff:127.0.0.1'])
+    assert.equal(isLoopback(host), true, host);
+  for (const host of [
+    '127.0.0.999',
+    '10.0.0.1',
+    '::2',
+    '::ffff:10.0.0.1',
+    'localhost.evil',
+    '127.0.0.1.nip.io',
+  ])
+    assert.equal(isLoopback(host), false, host);
+  // As a Host header carries them (normalized first).
+  assert.equal(requestHostIsLoopback('[::ffff:127.0.0.1]:7500'), true);
+  assert.equal(requestHostIsLoopback('[0:0:0:0:0:0:0:1]'), true);
+  assert.equal(requestHostIsLoopback('[::ffff:7f00:1]:7500'), true);
+  assert.equal(requestHostIsLoopback('attacker.example:7500'), false);
+  assert.equal(requestHostIsLoopback(undefined), false);
 });

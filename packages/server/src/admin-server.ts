@@ -6,7 +6,7 @@ import {
   type HostPort,
   isLoopback,
   type Logger,
-  requestHostIsLoopback,
+  screenAdminRequest,
 } from '@porthole/protocol';
 import type { ServerStatus } from './server-status.js';
 import { STATUS_PAGE_CSS, STATUS_PAGE_HTML, STATUS_PAGE_ICON, STATUS_PAGE_JS } from './status-page.js';
@@ -104,26 +104,16 @@ export class AdminServer {
   }
 
   private handle(req: IncomingMessage, res: ServerResponse): void {
-    let path: string;
-    try {
-      path = new URL(req.url ?? '/', 'http://admin').pathname;
-    } catch {
-      sendJson(res, 400, { error: 'bad request' });
+    const screened = screenAdminRequest(req, this.loopbackOnly);
+    if ('refusal' in screened) {
+      const { refusal } = screened;
+      sendJson(res, refusal.status, { error: refusal.error }, refusal.headers);
       return;
     }
-    if (req.method !== 'GET' && req.method !== 'HEAD') {
-      sendJson(res, 405, { error: 'method not allowed' }, { Allow: 'GET, HEAD' });
-      return;
-    }
+    const { path } = screened;
     if (path === '/healthz') {
       const draining = this.opts.draining();
       sendJson(res, draining ? 503 : 200, { status: draining ? 'draining' : 'ok' });
-      return;
-    }
-    // On a loopback listener (reached through ssh -L), a web page that rebinds its own name to 127.0.0.1
-    // arrives with that name as Host: it gets neither the page nor a chance to guess the token.
-    if (this.loopbackOnly && !requestHostIsLoopback(req.headers.host)) {
-      sendJson(res, 421, { error: 'Host must be a loopback name or address' });
       return;
     }
     const asset = ASSETS[path];
