@@ -338,7 +338,8 @@ export class ClientSession {
       case 'register':
         return this.onRegister(message);
       case 'unregister':
-        this.closeProxies(message.proxies, 'unregistered by client');
+        // Removed on purpose (a reload, or SIGTERM): its names are not kept for its return.
+        this.closeProxies(message.proxies, 'unregistered by client', { forgetRoutes: true });
         return;
       default:
         throw new ProtocolError(`unexpected ${message.type} from a client`);
@@ -470,7 +471,8 @@ export class ClientSession {
     const routes = this.routesOf(spec);
     const reason = this.refusal(spec) ?? this.overLimit(existing, routes);
     if (reason) return this.refused(spec.name, reason);
-    if (existing) this.closeProxies([spec.name], 'replaced by a new registration');
+    // The new spec's routes replace the old ones; names it no longer claims are let go, not kept offline.
+    if (existing) this.closeProxies([spec.name], 'replaced by a new registration', { forgetRoutes: true });
     let listener: BoundProxy;
     let port: number | undefined;
     try {
@@ -540,13 +542,21 @@ export class ClientSession {
     return listener;
   }
 
-  private closeProxies(names: readonly string[], reason: string): void {
+  /**
+   * `forgetRoutes`: the client removed these proxies itself, so their names are free at once (see
+   * BoundProxy.close); otherwise they answer as offline until the client comes back.
+   */
+  private closeProxies(
+    names: readonly string[],
+    reason: string,
+    opts: { forgetRoutes?: boolean } = {},
+  ): void {
     for (const name of names) {
       const entry = this.proxies.get(name);
       if (!entry) continue;
       this.proxies.delete(name);
       this.routes -= entry.routes;
-      entry.listener.close();
+      entry.listener.close(opts);
       if (entry.port !== undefined && this.ctx.ports.get(entry.port)?.owner === this)
         this.ctx.ports.delete(entry.port);
       this.logger.info({ proxy: name, reason }, 'proxy closed');

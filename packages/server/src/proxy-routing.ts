@@ -72,7 +72,13 @@ export interface BoundProxy {
    * names are no longer this proxy's, so they are forgotten (404), not left offline (502).
    */
   reroute?(claims: readonly HostClaim[]): void;
-  close(): void;
+  /**
+   * Stops serving. An http or tls proxy's routes stay behind as offline routes (502, TLS closed) for a
+   * client that is gone and may come back; with `forgetRoutes` (its client removed it on purpose) they go
+   * at once, so the name answers 404 or falls through to what else covers it (a wildcard proxy, the
+   * server's own certificate), as before the proxy existed.
+   */
+  close(opts?: { forgetRoutes?: boolean }): void;
 }
 
 /**
@@ -341,8 +347,8 @@ function bindHostRoutes<T>(opts: {
       bound.claims = claims;
       bound.urls = opts.urlsOf(claims);
     },
-    close: () => {
-      table.release(target);
+    close: ({ forgetRoutes = false } = {}) => {
+      table.release(target, { forget: forgetRoutes });
       opts.free();
     },
   };
