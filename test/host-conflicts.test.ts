@@ -86,8 +86,9 @@ test(
       assert.equal(JSON.parse((await curl(['-H', 'Host: app.test'], `${base}/`)).body).backend, 'first');
       assert.equal(JSON.parse((await curl(['-H', 'Host: other.test'], `${base}/`)).body).backend, 'second');
 
-      // alpha leaves: its names answer 502 (offline) until someone with the grant claims them.
-      await alpha.proc.stop();
+      // alpha is gone (killed, not stopped): its names answer 502 (offline) until someone with the grant
+      // claims them.
+      alpha.proc.kill('SIGKILL');
       await server.proc.waitForMsg('client disconnected', 10_000, { fields: { client: 'alpha' } });
       assert.equal((await curl(['-H', 'Host: app.test'], `${base}/`)).status, 502);
       // (beta's first process would take its session back if left running: one token, one client.)

@@ -11,7 +11,14 @@ import { WebSocket } from 'ws';
 import { curl } from './lib/curl.js';
 import { rawUpgradeRequest, startHttpBackend } from './lib/http-backend.js';
 import { eventually, freePort, run, withHarness, withTimeout } from './lib/processes.js';
-import { issueRoutedToken, startAppTunnel, startRoutedClient, startRoutedServer } from './lib/routing.js';
+import {
+  issueRoutedToken,
+  type RoutedProxy,
+  rewriteRoutedClientProxies,
+  startAppTunnel,
+  startRoutedClient,
+  startRoutedServer,
+} from './lib/routing.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
 
 function json(body: string): Record<string, unknown> {
@@ -487,7 +494,8 @@ test(
       assert.equal(dead.status, 502, dead.body);
       assert.match(dead.body, /did not answer/);
 
-      await client.proc.stop();
+      // Killed, not stopped: a client that is gone may come back, so its names answer as offline.
+      client.proc.kill('SIGKILL');
       await server.proc.waitForMsg('client disconnected', 10_000, { fields: { client: 'offline' } });
       const offline = await curl(['-H', 'Host: app.test'], `${base}/`);
       assert.equal(offline.status, 502, offline.body);
@@ -503,6 +511,56 @@ test(
         proxies: [{ name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
       });
       assert.equal((await curl(['-H', 'Host: app.test'], `${base}/`)).status, 200);
+    }),
+);
+
+test(
+  'a proxy its client removes (reload, SIGTERM) is forgotten at once: 404, or the wildcard under it serves the name again',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const names = { wild: '*.site.test', app: 'app.site.test', solo: 'solo.test' };
+      const proxies: RoutedProxy[] = [];
+      for (const [name, host] of Object.entries(names)) {
+        const backend = await startHttpBackend(name);
+        h.onCleanup(() => backend.close());
+        proxies.push({ name, type: 'http', local: `127.0.0.1:${backend.port}`, hosts: [host] });
+      }
+      const [wild, app, solo] = proxies as [RoutedProxy, RoutedProxy, RoutedProxy];
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, { name: 'owner' });
+      const client = await startRoutedClient(h, { server: server.url, token, proxies: [wild, app, solo] });
+      const base = `http://127.0.0.1:${server.httpPort}`;
+      const servedBy = async (host: string) => {
+        const r = await curl(['-H', `Host: ${host}`], `${base}/`);
+        return r.status === 200 ? String(json(r.body).backend) : `HTTP ${r.status}`;
+      };
+      assert.equal(await servedBy('app.site.test'), 'app');
+      assert.equal(await servedBy('solo.test'), 'solo');
+      assert.equal(await servedBy('other.site.test'), 'wild');
+
+      // A reload drops app and solo: not offline (502) but gone, as if they had never been registered.
+      let mark = server.proc.mark();
+      await rewriteRoutedClientProxies(client.configPath, [wild]);
+      client.proc.kill('SIGHUP');
+      for (const proxy of ['app', 'solo'])
+        await server.proc.waitForMsg('proxy closed', 10_000, {
+          from: mark,
+          fields: { proxy, reason: 'unregistered by client' },
+        });
+      assert.equal(await servedBy('app.site.test'), 'wild');
+      assert.equal(await servedBy('solo.test'), 'HTTP 404');
+
+      // SIGTERM: the client unregisters everything on its way out, and its names are free.
+      mark = server.proc.mark();
+      await client.proc.stop();
+      await server.proc.waitForMsg('client disconnected', 10_000, {
+        from: mark,
+        fields: { client: 'owner' },
+      });
+      assert.equal(await servedBy('other.site.test'), 'HTTP 404');
+      assert.equal(await servedBy('app.site.test'), 'HTTP 404');
+      t.diagnostic('removed proxies: 404, or the wildcard; never 502 offline');
     }),
 );
 

@@ -15,6 +15,8 @@ import {
   issueRoutedToken,
   makeCa,
   makeCert,
+  type RoutedProxy,
+  rewriteRoutedClientProxies,
   startRoutedClient,
   startRoutedServer,
 } from './lib/routing.js';
@@ -262,8 +264,8 @@ test(
         'Q\n',
       );
       assert.match(other.out, /subject=CN\s?=\s?vault\.edge\.test/, other.out);
-      // With the wildcard's client gone (its route offline), app.edge.test is still served.
-      await wild.proc.stop();
+      // With the wildcard's client gone (killed: its route offline), app.edge.test is still served.
+      wild.proc.kill('SIGKILL');
       await server.proc.waitForMsg('client disconnected', 10_000, { fields: { client: 'wild' } });
       await appOverHttps();
       t.diagnostic('app.edge.test served over https beside and after a wildcard tls proxy');
@@ -346,5 +348,84 @@ test(
         waitFor: [],
       });
       await right.proc.waitForMsg('session established', 10_000);
+    }),
+);
+
+test(
+  "a wildcard tls proxy its client removes (reload, SIGTERM) gives the name back to the server's certificate at once; a killed client's keeps it closed",
+  { timeout: 90_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const ca = await makeCa(h);
+      const edge = await makeCert(h, ca, 'porthole edge', ['*.edge.test']);
+      const vault = await makeCert(h, ca, 'vault.edge.test', ['*.edge.test']);
+      const vaultService = await startTlsLineService(h, vault, 'vault-service');
+      const server = await startRoutedServer(h, { https: { certs: [edge] } });
+      const port = server.httpsPort!;
+      const token = await issueRoutedToken(server, { name: 'wild' });
+      const all: RoutedProxy = {
+        name: 'all',
+        type: 'tls',
+        local: `127.0.0.1:${vaultService.port}`,
+        hosts: ['*.edge.test'],
+      };
+      const startWild = (name: string) =>
+        startRoutedClient(h, { server: server.url, token, name, proxies: [all] });
+      /** Whose certificate foo.edge.test shows: the tls proxy's service, the server's, or none (closed). */
+      const certOfFoo = async () => {
+        const r = await sClient(
+          ['-connect', `127.0.0.1:${port}`, '-servername', 'foo.edge.test', '-CAfile', ca.cert],
+          'Q\n',
+        );
+        return /subject=CN\s?=\s?vault\.edge\.test/.test(r.out)
+          ? 'proxy'
+          : /subject=CN\s?=\s?porthole edge/.test(r.out)
+            ? 'server'
+            : 'closed';
+      };
+      const unregistered = async (from: number) =>
+        server.proc.waitForMsg('proxy closed', 10_000, {
+          from,
+          fields: { proxy: 'all', reason: 'unregistered by client' },
+        });
+
+      let client = await startWild('wild');
+      assert.equal(await certOfFoo(), 'proxy');
+      // Killed: the client is gone, not done; its name stays its own (closed) until it comes back.
+      let mark = server.proc.mark();
+      client.proc.kill('SIGKILL');
+      await server.proc.waitForMsg('client disconnected', 10_000, { from: mark, fields: { client: 'wild' } });
+      assert.equal(await certOfFoo(), 'closed');
+      client = await startWild('wild again');
+      assert.equal(await certOfFoo(), 'proxy');
+
+      // A reload that drops the proxy: the server's wildcard certificate serves the name again at once.
+      mark = server.proc.mark();
+      await rewriteRoutedClientProxies(client.configPath, []);
+      client.proc.kill('SIGHUP');
+      await unregistered(mark);
+      assert.equal(await certOfFoo(), 'server');
+      const https = await curl(
+        ['--resolve', `foo.edge.test:${port}:127.0.0.1`, '--cacert', ca.cert],
+        `https://foo.edge.test:${port}/`,
+      );
+      assert.equal(https.status, 404, `${https.stderr} ${https.body}`);
+
+      // Added back, then the client stopped with SIGTERM: the same.
+      const clientMark = client.proc.mark();
+      await rewriteRoutedClientProxies(client.configPath, [all]);
+      client.proc.kill('SIGHUP');
+      await client.proc.waitForMsg('proxy registered', 10_000, {
+        from: clientMark,
+        fields: { proxy: 'all' },
+      });
+      assert.equal(await certOfFoo(), 'proxy');
+      mark = server.proc.mark();
+      await client.proc.stop();
+      await unregistered(mark);
+      assert.equal(await certOfFoo(), 'server');
+      t.diagnostic(
+        'foo.edge.test: the proxy, closed while its client was killed, the certificate once removed',
+      );
     }),
 );

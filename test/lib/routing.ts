@@ -1,5 +1,6 @@
 // Servers with vhost ports ([http], [https]) and clients with udp/http/tls proxies, from real TOML files;
 // tokens with host grants; certificates made with openssl in the test's temp dir.
+import { readFile, writeFile } from 'node:fs/promises';
 import type { Harness, LogLine, Proc } from './processes.js';
 import { clientBin, freePort, runOk, serverBin } from './processes.js';
 import {
@@ -250,6 +251,16 @@ export async function startRoutedClient(h: Harness, opts: RoutedClientOptions): 
     registered.set(name, await proc.waitForMsg('proxy registered', 15_000, { fields: { proxy: name } }));
   }
   return { proc, configPath, registered };
+}
+
+/** Overwrites a routed client's [[proxies]] (its other settings kept); then SIGHUP it to reload. */
+export async function rewriteRoutedClientProxies(configPath: string, proxies: RoutedProxy[]): Promise<void> {
+  const text = await readFile(configPath, 'utf8');
+  const first = text.indexOf('\n[[proxies]]');
+  const parts = [first < 0 ? text.trimEnd() : text.slice(0, first)];
+  for (const proxy of proxies) parts.push('', '[[proxies]]', tomlLines(proxy));
+  parts.push('');
+  await writeFile(configPath, parts.join('\n'));
 }
 
 export interface AppTunnelOptions {
