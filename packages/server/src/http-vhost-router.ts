@@ -119,6 +119,37 @@ function droppedField(lower: string, drop: ReadonlySet<string>, trusted: boolean
   return drop.has(dashed) || describesVisitor(dashed);
 }
 
+/**
+ * The fields the peer named in Connection, but the ones that frame the body: they were meant for its hop
+ * only, so they are neither passed on (a request that is not an upgrade) nor believed from a trusted proxy.
+ */
+function namedInConnection(req: IncomingMessage): Set<string> {
+  const named = new Set<string>();
+  for (const token of headerTokens(String(req.headers.connection ?? '')))
+    if (!BODY_FRAMING.has(token)) named.add(token);
+  return named;
+}
+
+/**
+ * What a trusted proxy said in X-Forwarded-For, -Proto and -Host (each undefined when not to be taken from
+ * it: the peer is not trusted, did not send it, or named it in Connection).
+ */
+function forwardedByTrustedPeer(
+  req: IncomingMessage,
+  trusted: boolean,
+  hopOnly: ReadonlySet<string>,
+): { for: string | undefined; proto: string | undefined; host: string | undefined } {
+  const taken = (name: string) => (trusted && !hopOnly.has(name) ? req.headers[name] : undefined);
+  const incomingFor = taken('x-forwarded-for');
+  const proto = taken('x-forwarded-proto');
+  const host = taken('x-forwarded-host');
+  return {
+    for: Array.isArray(incomingFor) ? incomingFor.join(', ') : incomingFor || undefined,
+    proto: typeof proto === 'string' ? proto : undefined,
+    host: typeof host === 'string' ? host : undefined,
+  };
+}
+
 function isEncrypted(socket: Socket): boolean {
   return (socket as TLSSocket).encrypted === true;
 }
@@ -217,6 +248,7 @@ export class HttpVhostRouter {
   private forwardHeaders(req: IncomingMessage, target: HttpTarget, host: string, upgrade: boolean): string[] {
     const raw = req.rawHeaders;
     const trusted = this.opts.trusted().contains(req.socket.remoteAddress);
+    const hopOnly = namedInConnection(req);
     // Set here, never passed on as sent: X-Forwarded-For/-Proto/-Host (a trusted proxy's are appended to or
     // kept below) and the proxy's request_headers.
     const drop = new Set<string>(FORWARDED);
@@ -228,8 +260,7 @@ export class HttpVhostRouter {
       // Headers the visitor marked as hop-by-hop in Connection go too, except the ones that frame the
       // body: "Connection: content-length" would otherwise send a body with no length, which the
       // service would read as the next request (smuggled past routing and auth).
-      for (const token of headerTokens(String(req.headers.connection ?? '')))
-        if (!BODY_FRAMING.has(token)) drop.add(token);
+      for (const name of hopOnly) drop.add(name);
       // A body is framed one way only: it is re-chunked, so a length beside the chunks would lie.
       if (req.headers['transfer-encoding'] !== undefined) drop.add('content-length');
     }
@@ -241,20 +272,10 @@ export class HttpVhostRouter {
       out.push(name, raw[i + 1]!);
     }
     const peer = plainAddress(req.socket.remoteAddress);
-    const incomingFor = req.headers['x-forwarded-for'];
-    const incomingProto = req.headers['x-forwarded-proto'];
-    const incomingHost = req.headers['x-forwarded-host'];
-    const forwardedFor =
-      trusted && incomingFor
-        ? `${Array.isArray(incomingFor) ? incomingFor.join(', ') : incomingFor}, ${peer}`
-        : peer;
-    const proto =
-      trusted && typeof incomingProto === 'string'
-        ? incomingProto
-        : isEncrypted(req.socket)
-          ? 'https'
-          : 'http';
-    const forwardedHost = trusted && typeof incomingHost === 'string' ? incomingHost : host;
+    const incoming = forwardedByTrustedPeer(req, trusted, hopOnly);
+    const forwardedFor = incoming.for ? `${incoming.for}, ${peer}` : peer;
+    const proto = incoming.proto ?? (isEncrypted(req.socket) ? 'https' : 'http');
+    const forwardedHost = incoming.host ?? host;
     out.unshift('Host', target.hostHeaderRewrite ?? host);
     out.push('X-Forwarded-For', forwardedFor, 'X-Forwarded-Proto', proto);
     if (forwardedHost) out.push('X-Forwarded-Host', forwardedHost);
