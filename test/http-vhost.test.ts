@@ -265,6 +265,36 @@ test(
       assert.equal(fromTrusted['x-real-ip'], '203.0.113.9', "a trusted proxy's X-Real-IP is kept");
       assert.equal(fromTrusted['x-forwarded-port'], '443', "a trusted proxy's X-Forwarded-Port is kept");
       assert.equal(fromTrusted.x_forwarded_for, undefined, 'X_Forwarded_For would stand for X-Forwarded-For');
+
+      // What even a trusted proxy names in Connection was meant for its hop only: not taken from it.
+      const hopOnly = await curl(
+        [
+          '--interface',
+          '127.0.0.2',
+          '-H',
+          'Host: open.test',
+          '-H',
+          'Connection: X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, Forwarded, X-Real-IP',
+          '-H',
+          'X-Forwarded-For: 6.6.6.6',
+          '-H',
+          'X-Forwarded-Proto: https',
+          '-H',
+          'X-Forwarded-Host: evil.test',
+          '-H',
+          'Forwarded: for=6.6.6.6',
+          '-H',
+          'X-Real-IP: 6.6.6.6',
+        ],
+        `${base}/`,
+      );
+      assert.equal(hopOnly.status, 200, hopOnly.stderr);
+      const fromHop = json(hopOnly.body).headers as Record<string, string>;
+      assert.equal(fromHop['x-forwarded-for'], '127.0.0.2');
+      assert.equal(fromHop['x-forwarded-proto'], 'http');
+      assert.equal(fromHop['x-forwarded-host'], 'open.test');
+      assert.equal(fromHop.forwarded, undefined);
+      assert.equal(fromHop['x-real-ip'], undefined);
     }),
 );
 
