@@ -1,6 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import { type TokenClaims, TokenError, verifyToken } from '@porthole/protocol';
-import { plainAddress } from './trusted-proxies.js';
+import { formatIp, parseIp, type TokenClaims, TokenError, verifyToken } from '@porthole/protocol';
 
 export interface AuthSettings {
   secret: string;
@@ -24,23 +23,17 @@ const MAX_TRACKED_SOURCES = 10_000;
 
 /**
  * Whose failures count together: an IPv4 address, or an IPv6 address's /64 (one host or site usually holds
- * a whole /64, so counting per address would let it rotate through 2^64 fresh limits).
+ * a whole /64, so counting per address would let it rotate through 2^64 fresh limits). Written as logs and
+ * the 429 text show it: an IPv4-mapped address as IPv4, an IPv6 prefix in RFC 5952 form ("2001:db8::/64").
  */
 export function failureSource(address: string): string {
-  const plain = plainAddress(address.split('%')[0]).toLowerCase();
-  if (!plain.includes(':')) return plain;
-  const [head = '', tail] = plain.split('::');
-  const groupsIn = (part: string): string[] =>
-    part === '' ? [] : part.split(':').flatMap((g) => (g.includes('.') ? ['0', '0'] : [g]));
-  const left = groupsIn(head);
-  const right = tail === undefined ? [] : groupsIn(tail);
-  const zeros =
-    tail === undefined ? [] : new Array<string>(Math.max(0, 8 - left.length - right.length)).fill('0');
-  const groups = [...left, ...zeros, ...right];
-  return `${groups
-    .slice(0, 4)
-    .map((g) => Number.parseInt(g, 16).toString(16))
-    .join(':')}::/64`;
+  const ip = parseIp(address);
+  // Not an address (a socket already gone): counted under what was given.
+  if (ip === undefined) return address;
+  if (ip.family === 4) return formatIp(ip);
+  const prefix = Buffer.alloc(16);
+  ip.bytes.copy(prefix, 0, 0, 8);
+  return `${formatIp({ family: 6, bytes: prefix })}/64`;
 }
 
 /**

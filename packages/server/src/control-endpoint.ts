@@ -1,11 +1,12 @@
 import { createServer as createHttpServer, type IncomingMessage, type Server, STATUS_CODES } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import type { AddressInfo, Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { acceptWebSocket, checkUpgradeRequest, type WebSocketStream } from '@porthole/mux';
 import { formatHostPort, type HostPort, LineBudget, type Logger, type TokenClaims } from '@porthole/protocol';
 import { answerAndClose } from './answer-and-close.js';
 import type { UpgradeAuthenticator } from './auth.js';
+import { peerAddress } from './peer-address.js';
 
 export interface ControlEndpointOptions {
   listen: HostPort;
@@ -15,11 +16,6 @@ export interface ControlEndpointOptions {
   logger: Logger;
   /** Called with each authenticated WebSocket. */
   onClient(ws: WebSocketStream, claims: TokenClaims, remoteAddr: string): void;
-}
-
-function remoteOf(socket: Socket | Duplex): string {
-  const s = socket as Socket;
-  return s.remoteAddress ? formatHostPort(s.remoteAddress, s.remotePort ?? 0) : 'unknown';
 }
 
 /** Answers an upgrade request with a plain HTTP error and closes the connection. */
@@ -79,7 +75,7 @@ export class ControlEndpoint {
       this.handleUpgrade(req, socket, head),
     );
     this.server.on('tlsClientError', (err, socket) => {
-      opts.logger.debug({ remote_addr: remoteOf(socket), reason: err.message }, 'tls handshake failed');
+      opts.logger.debug({ remote_addr: peerAddress(socket), reason: err.message }, 'tls handshake failed');
     });
   }
 
@@ -122,7 +118,7 @@ export class ControlEndpoint {
   /** An upgrade request on the control path (also called by the vhost ports for their upgrades). */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => socket.destroy());
-    const remoteAddr = remoteOf(socket);
+    const remoteAddr = peerAddress(socket);
     if (this.pathOf(req) !== this.opts.path) {
       refuseUpgrade(socket, 404, 'not found');
       return;

@@ -14,6 +14,7 @@ import { forwardableTrailers, HOP_BY_HOP } from './http-fields.js';
 import { headerTokens, type ResponseHead } from './http-response-head.js';
 import { type ConnectionOwner, type ResponseSink, UpstreamConnection } from './http-upstream-connection.js';
 import { type UpstreamPool, type Visitor, WaitingRequestsFull } from './http-upstream-pool.js';
+import { peerAddress } from './peer-address.js';
 import { PipelinedRequests } from './pipelined-requests.js';
 import type { ProxyTraffic } from './proxy-traffic.js';
 import { routingPath } from './request-path.js';
@@ -319,7 +320,7 @@ export class HttpVhostRouter {
     }
     const started = performance.now();
     const resolved = this.resolve(req);
-    const remoteAddr = formatHostPort(plainAddress(socket.remoteAddress), socket.remotePort ?? 0);
+    const remoteAddr = peerAddress(socket);
     if (!('target' in resolved)) {
       res.once('close', () => this.pipelined.done(socket));
       this.answer(res, resolved.status, resolved.text, resolved.extra);

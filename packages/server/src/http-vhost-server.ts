@@ -13,6 +13,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { formatHostPort, type HostPort, type Logger } from '@porthole/protocol';
 import type { HttpVhostRouter } from './http-vhost-router.js';
+import { peerAddress } from './peer-address.js';
 import type { TlsCertStore } from './tls-cert-store.js';
 
 export interface HttpLimits {
@@ -52,11 +53,6 @@ export interface HttpVhostServerOptions {
 
 type HttpSocket = Socket & { _httpMessage?: ServerResponse | null };
 
-function remoteOf(socket: Duplex): string {
-  const s = socket as Socket;
-  return s.remoteAddress ? formatHostPort(s.remoteAddress, s.remotePort ?? 0) : 'unknown';
-}
-
 export class HttpVhostServer {
   private readonly httpServer: Server | undefined;
   private readonly httpsServer: HttpsServer | undefined;
@@ -92,7 +88,7 @@ export class HttpVhostServer {
       // 'listening': without this, a slowloris over https would never be cut.
       this.httpsServer.emit('listening');
       this.httpsServer.on('tlsClientError', (err, socket) =>
-        opts.logger.debug({ remote_addr: remoteOf(socket), reason: err.message }, 'tls handshake failed'),
+        opts.logger.debug({ remote_addr: peerAddress(socket), reason: err.message }, 'tls handshake failed'),
       );
     }
   }
@@ -131,7 +127,7 @@ export class HttpVhostServer {
               ? 0
               : 400;
       logger.debug(
-        { remote_addr: remoteOf(socket), reason: err.code ?? err.message, status },
+        { remote_addr: peerAddress(socket), reason: err.code ?? err.message, status },
         'http client error',
       );
       if (status === 0 || !socket.writable || socket._httpMessage) {

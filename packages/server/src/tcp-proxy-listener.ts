@@ -8,6 +8,7 @@ import {
   writeStreamHeader,
 } from '@porthole/protocol';
 import type { ConnectionLimit } from './connection-limit.js';
+import { peerAddress } from './peer-address.js';
 
 export interface TcpProxyListenerOptions {
   client: string;
@@ -92,7 +93,7 @@ export class TcpProxyListener {
     tracker.carry(socket, stream, {
       labels: ['visitor', 'tunnel'],
       logger,
-      fields: { client, proxy: proxy.name, conn, remote_addr: formatHostPort(remoteHost, remotePort) },
+      fields: { client, proxy: proxy.name, conn, remote_addr: peerAddress(socket) },
     });
   }
 }

@@ -15,9 +15,9 @@ import {
 import type { ConnectionLimit } from './connection-limit.js';
 import type { HostRoutes, RouteEntry } from './host-routes.js';
 import type { HttpVhostServer } from './http-vhost-server.js';
+import { peerAddress } from './peer-address.js';
 import type { TlsCertStore } from './tls-cert-store.js';
 import { readClientHello } from './tls-client-hello.js';
-import { plainAddress } from './trusted-proxies.js';
 
 /** What a tls proxy's routes lead to. */
 export interface TlsTarget {
@@ -118,7 +118,7 @@ export class TlsSniListener {
 
   private async onConnection(socket: Socket): Promise<void> {
     socket.on('error', () => {});
-    const remoteAddr = formatHostPort(plainAddress(socket.remoteAddress), socket.remotePort ?? 0);
+    const remoteAddr = peerAddress(socket);
     const { hello, buffered } = await readClientHello(socket, {
       maxBytes: this.opts.helloMaxBytes,
       timeoutMs: this.opts.helloTimeoutMs,

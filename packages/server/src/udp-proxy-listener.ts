@@ -15,6 +15,7 @@ import {
   writeStreamHeader,
 } from '@porthole/protocol';
 import type { Exchange, ProxyTraffic } from './proxy-traffic.js';
+import { plainAddress } from './trusted-proxies.js';
 
 /** Largest UDP payload per family (what a datagram from the tunnel may be and still be sent). */
 const MAX_UDP_PAYLOAD = { udp4: 65_507, udp6: 65_527 } as const;
@@ -184,7 +185,8 @@ export class UdpProxyListener {
       this.stats.droppedSend++;
       return;
     }
-    const key = formatHostPort(rinfo.address, rinfo.port);
+    // Also the flow's remote_addr in logs and the admin API: an IPv4 sender is written as IPv4 there.
+    const key = formatHostPort(plainAddress(rinfo.address), rinfo.port);
     let flow = this.flows.get(key);
     if (!flow) {
       if (this.flows.size >= this.opts.maxFlows() && !this.evictIdleFlow()) {

@@ -74,11 +74,14 @@ test('failures count per IPv4 address and per IPv6 /64, so rotating addresses in
     ['::ffff:203.0.113.7', '203.0.113.7'],
     ['2001:db8:1:2::1', '2001:db8:1:2::/64'],
     ['2001:0DB8:0001:0002:ffff:1:2:3', '2001:db8:1:2::/64'],
-    ['2001:db8::1', '2001:db8:0:0::/64'],
     ['2001:db8:1:2:3::', '2001:db8:1:2::/64'],
-    ['fe80::1%eth0', 'fe80:0:0:0::/64'],
-    ['64:ff9b::192.0.2.1', '64:ff9b:0:0::/64'],
-    ['::1', '0:0:0:0::/64'],
+    // The /64 in RFC 5952 form, as the 429 text gives it: the longest run of zero groups as "::".
+    ['2001:db8::1', '2001:db8::/64'],
+    ['fe80::1%eth0', 'fe80::/64'],
+    ['64:ff9b::192.0.2.1', '64:ff9b::/64'],
+    ['::1', '::/64'],
+    ['2001:0:0:1::5', '2001:0:0:1::/64'],
+    ['0:0:0:1::5', '0:0:0:1::/64'],
   ];
   for (const [address, source] of cases) assert.equal(failureSource(address), source, address);
   const limiter = new FailureLimiter(2, 60_000);
