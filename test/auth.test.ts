@@ -418,3 +418,41 @@ test(
       t.diagnostic(`taken over: ${notice.reason}; retry in ${lost.retry_ms} ms`);
     }),
 );
+
+test(
+  'on a dual-stack listener an IPv4 peer is logged as IPv4 in every line: client connected, auth failed, connection closed',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startEchoServer('127.0.0.1', 0);
+      h.onCleanup(() => echo.close());
+      const [port] = await freePorts(1);
+      // An IPv6 socket bound to an IPv4-mapped address takes IPv4 peers as "::ffff:127.0.0.1", as one
+      // bound to "::" does, on loopback only.
+      const server = await startServer(h, {
+        listen: '[::ffff:127.0.0.1]:0',
+        proxyBind: '::ffff:127.0.0.1',
+        allowPorts: [String(port)],
+      });
+      const url = `ws://127.0.0.1:${server.port}/_porthole`;
+      const client = await startClient(h, {
+        server: url,
+        token: await issueToken(server.config, { name: 'dual' }),
+        proxies: [{ name: 'echo', local: `127.0.0.1:${echo.port}`, remotePort: port! }],
+      });
+      const r = await echoRoundTrip('127.0.0.1', client.ports.get('echo')!, 1000, { timeoutMs: 5000 });
+      assert.ok(r.ok, r.error);
+      assert.equal((await upgradeStatus(url, { Authorization: 'Bearer a.b.c' })).status, 401);
+      const hosts: Record<string, string> = {};
+      for (const msg of ['client connected', 'connection closed', 'auth failed']) {
+        const line = await server.proc.waitForMsg(msg, 10_000);
+        hosts[msg] = String(line.remote_addr).replace(/:\d+$/, '');
+      }
+      assert.deepEqual(hosts, {
+        'client connected': '127.0.0.1',
+        'connection closed': '127.0.0.1',
+        'auth failed': '127.0.0.1',
+      });
+      t.diagnostic('every line names the IPv4 peer 127.0.0.1');
+    }),
+);
