@@ -1,12 +1,12 @@
 import { createServer as createHttpServer, type IncomingMessage, type Server, STATUS_CODES } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { acceptWebSocket, checkUpgradeRequest, type WebSocketStream } from '@porthole/mux';
 import { formatHostPort, type HostPort, LineBudget, type Logger, type TokenClaims } from '@porthole/protocol';
 import { answerAndClose } from './answer-and-close.js';
 import type { UpgradeAuthenticator } from './auth.js';
-import { peerAddress } from './peer-address.js';
+import { peerAddress, peersOnArrival } from './peer-address.js';
 
 export interface ControlEndpointOptions {
   listen: HostPort;
@@ -74,9 +74,12 @@ export class ControlEndpoint {
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
       this.handleUpgrade(req, socket, head),
     );
-    this.server.on('tlsClientError', (err, socket) => {
-      opts.logger.debug({ remote_addr: peerAddress(socket), reason: err.message }, 'tls handshake failed');
-    });
+    if (opts.tls) {
+      const peerOf = peersOnArrival(this.server as HttpsServer);
+      this.server.on('tlsClientError', (err, socket) => {
+        opts.logger.debug({ remote_addr: peerOf(socket), reason: err.message }, 'tls handshake failed');
+      });
+    }
   }
 
   /** Starts listening; resolves with the bound address ("127.0.0.1:40123"). */

@@ -13,7 +13,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { formatHostPort, type HostPort, type Logger } from '@porthole/protocol';
 import type { HttpVhostRouter } from './http-vhost-router.js';
-import { peerAddress } from './peer-address.js';
+import { peerAddress, peersOnArrival } from './peer-address.js';
 import type { TlsCertStore } from './tls-cert-store.js';
 
 export interface HttpLimits {
@@ -87,8 +87,9 @@ export class HttpVhostServer {
       // behind headers_timeout and request_timeout, and the list closeIdleConnections() reads, only on
       // 'listening': without this, a slowloris over https would never be cut.
       this.httpsServer.emit('listening');
+      const peerOf = peersOnArrival(this.httpsServer);
       this.httpsServer.on('tlsClientError', (err, socket) =>
-        opts.logger.debug({ remote_addr: peerAddress(socket), reason: err.message }, 'tls handshake failed'),
+        opts.logger.debug({ remote_addr: peerOf(socket), reason: err.message }, 'tls handshake failed'),
       );
     }
   }

@@ -3,6 +3,7 @@
 // visitor reads the same in every line.
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import type { Server as TlsServer } from 'node:tls';
 import { formatHostPort } from '@porthole/protocol';
 import { plainAddress } from './trusted-proxies.js';
 
@@ -10,4 +11,20 @@ import { plainAddress } from './trusted-proxies.js';
 export function peerAddress(socket: Socket | Duplex): string {
   const s = socket as Socket;
   return s.remoteAddress ? formatHostPort(plainAddress(s.remoteAddress), s.remotePort ?? 0) : 'unknown';
+}
+
+/** A server-side TLSSocket keeps the connection it wraps as _parent (Node's own field; no public way there). */
+type WrappingTlsSocket = Duplex & { _parent?: object | null };
+
+/**
+ * The peers of `server`'s connections, taken as each arrives, for its 'tlsClientError': a peer that aborted
+ * its handshake has taken the socket down by then, and the TLSSocket no longer knows the address.
+ */
+export function peersOnArrival(server: TlsServer): (tlsSocket: Duplex) => string {
+  const peers = new WeakMap<object, string>();
+  server.on('connection', (socket: Socket) => peers.set(socket, peerAddress(socket)));
+  return (tlsSocket) => {
+    const connection = (tlsSocket as WrappingTlsSocket)._parent;
+    return (connection && peers.get(connection)) ?? peerAddress(tlsSocket);
+  };
 }
