@@ -4,7 +4,7 @@
 // closed and a ClientHello without SNI goes to default_host.
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import type { AddressInfo, Socket } from 'node:net';
+import net, { type AddressInfo, type Socket } from 'node:net';
 import { test } from 'node:test';
 import tls from 'node:tls';
 import { curl } from './lib/curl.js';
@@ -426,6 +426,70 @@ test(
       assert.equal(await certOfFoo(), 'server');
       t.diagnostic(
         'foo.edge.test: the proxy, closed while its client was killed, the certificate once removed',
+      );
+    }),
+);
+
+/** The ClientHello Node's TLS client sends for `servername`, caught by a plain TCP listener. */
+async function capturedClientHello(servername: string): Promise<Buffer> {
+  const catcher = net.createServer();
+  await new Promise<void>((resolve) => catcher.listen(0, '127.0.0.1', resolve));
+  try {
+    const hello = new Promise<Buffer>((resolve) =>
+      catcher.once('connection', (socket) => socket.once('data', (d: Buffer) => resolve(d))),
+    );
+    const client = tls.connect({
+      host: '127.0.0.1',
+      port: (catcher.address() as AddressInfo).port,
+      servername,
+      rejectUnauthorized: false,
+    });
+    client.on('error', () => {});
+    const bytes = await hello;
+    client.destroy();
+    return bytes;
+  } finally {
+    catcher.close();
+  }
+}
+
+/**
+ * Sends `bytes` to the port and leaves in the middle of the handshake: at once, or with a reset at the first
+ * answer (a FIN alone would leave the server waiting for the rest until its handshake timeout).
+ */
+function abortHandshake(port: number, bytes: Buffer, waitForAnswer: boolean): Promise<void> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port }, () => {
+      socket.write(bytes);
+      if (!waitForAnswer) socket.destroy();
+    });
+    socket.on('error', () => {});
+    socket.once('data', () => socket.resetAndDestroy());
+    socket.once('close', () => resolve());
+  });
+}
+
+test(
+  "a handshake the peer aborts is logged with the peer's address, on the control endpoint's [tls] and the https port",
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const ca = await makeCa(h);
+      const edge = await makeCert(h, ca, 'porthole edge', ['localhost', '*.edge.test']);
+      const server = await startRoutedServer(h, { tls: edge, https: { certs: [edge] }, logLevel: 'debug' });
+      const failures = () => server.proc.logsWithMsg('tls handshake failed');
+      // The control endpoint: the first bytes of a handshake record, then gone.
+      await abortHandshake(server.port, Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01]), false);
+      await server.proc.waitForLog(() => failures().length >= 1, 10_000, 0, 'the control endpoint’s line');
+      // The https port: a whole ClientHello for a name it terminates, then gone when the server answers.
+      await abortHandshake(server.httpsPort!, await capturedClientHello('app.edge.test'), true);
+      await server.proc.waitForLog(() => failures().length >= 2, 10_000, 0, 'the https port’s line');
+      for (const line of failures())
+        assert.match(String(line.remote_addr), /^127\.0\.0\.1:\d+$/, JSON.stringify(line));
+      t.diagnostic(
+        failures()
+          .map((l) => `${l.remote_addr}: ${l.reason}`)
+          .join('; '),
       );
     }),
 );
