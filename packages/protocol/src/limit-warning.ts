@@ -62,15 +62,29 @@ export class LineBudget {
 
   /** True: write this event's line. False: it was counted for the summary instead. */
   take(): boolean {
+    if (this.useLine()) return true;
+    this.unlogged.count();
+    return false;
+  }
+
+  /**
+   * True: one of this interval's lines is left, and now used. False: none is left, and nothing is counted
+   * (the caller says what it counts, with countUnlogged, once its own tally for the summary is up to date).
+   */
+  useLine(): boolean {
     const now = performance.now();
     if (now - this.windowStart >= this.intervalMs) {
       this.windowStart = now;
       this.used = 0;
     }
+    if (this.used >= this.limit) return false;
     this.used += 1;
-    if (this.used <= this.limit) return true;
+    return true;
+  }
+
+  /** Counts an event without a line of its own for the summary, whether or not lines are left. */
+  countUnlogged(): void {
     this.unlogged.count();
-    return false;
   }
 
   /** Reports what is counted but not yet said (the owner is closing). */

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { LimitWarning, RepeatedReasons } from '../src/limit-warning.js';
+import { LimitWarning, LineBudget, RepeatedReasons } from '../src/limit-warning.js';
 
 test('a limit warning: the first refusal at once, a burst after it in one line when the interval ends', async () => {
   const lines: number[] = [];
@@ -26,6 +26,21 @@ test('a limit warning: the first refusal at once, a burst after it in one line w
   warning.count();
   warning.flush();
   assert.deepEqual(lines, [1, 5, 1], 'flush reports what is pending at once (the proxy is closing)');
+});
+
+test('a line budget: lines while they last, then counted; useLine counts nothing and countUnlogged needs no line', () => {
+  const summaries: number[] = [];
+  const budget = new LineBudget(2, (unlogged) => summaries.push(unlogged), 60_000);
+  assert.equal(budget.useLine(), true);
+  assert.equal(budget.take(), true);
+  assert.equal(budget.useLine(), false, 'both lines of the interval are used');
+  assert.deepEqual(summaries, [], 'useLine counted nothing');
+  assert.equal(budget.take(), false);
+  assert.deepEqual(summaries, [1], 'take counts what gets no line (the first at once)');
+  budget.countUnlogged();
+  budget.countUnlogged();
+  budget.flush();
+  assert.deepEqual(summaries, [1, 2], 'what the caller counts goes to the same summary');
 });
 
 test('repeated reasons: the same reason for a key repeats until it changes or is forgotten; the memory is bounded', () => {
