@@ -14,7 +14,10 @@ export type AuthOutcome =
   | {
       ok: false;
       status: 401 | 429;
-      reason: string /** false once this source is over its limit */;
+      reason: string;
+      /** Whose failures count together (failureSource). */
+      source: string;
+      /** False once this source is over its limit (its first 429 is logged, the rest are counted). */
       log: boolean;
     };
 
@@ -110,11 +113,12 @@ export class UpgradeAuthenticator {
     } catch (err) {
       const reason = err instanceof TokenError ? err.message : 'malformed token';
       this.failures.set(reason, (this.failures.get(reason) ?? 0) + 1);
-      if (this.limiter.fail(source)) return { ok: false, status: 401, reason, log: true };
+      if (this.limiter.fail(source)) return { ok: false, status: 401, reason, source, log: true };
       return {
         ok: false,
         status: 429,
         reason: `${reason} (too many failed attempts from ${source}, slow down)`,
+        source,
         log: this.limiter.justExceeded(source),
       };
     }

@@ -3,9 +3,10 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { acceptWebSocket, checkUpgradeRequest, type WebSocketStream } from '@porthole/mux';
-import { formatHostPort, type HostPort, LineBudget, type Logger, type TokenClaims } from '@porthole/protocol';
+import { formatHostPort, type HostPort, type Logger, type TokenClaims } from '@porthole/protocol';
 import { answerAndClose } from './answer-and-close.js';
 import type { UpgradeAuthenticator } from './auth.js';
+import { AuthFailureLines } from './auth-failure-lines.js';
 import { peerAddress, peersOnArrival } from './peer-address.js';
 
 export interface ControlEndpointOptions {
@@ -32,27 +33,15 @@ function refuseUpgrade(socket: Duplex, status: number, body: string): void {
 }
 
 /**
- * 'auth failed' lines per 10 s from all sources together. Each source is limited on its own
- * (FailureLimiter), but one with a routed /48 holds 65,536 sources: past this, failures are counted and
- * reported in one line per 10 s.
- */
-const AUTH_FAILURE_LINES = 20;
-
-/**
  * The server's control endpoint: an HTTP(S) server whose only job is the WebSocket upgrade on `path`.
  * The Bearer token is verified before the upgrade is accepted; a failure is a 401 with the reason.
  */
 export class ControlEndpoint {
   private readonly server: Server;
-  private readonly authFailureLines: LineBudget;
+  private readonly authFailureLines: AuthFailureLines;
 
   constructor(private readonly opts: ControlEndpointOptions) {
-    this.authFailureLines = new LineBudget(AUTH_FAILURE_LINES, (count) =>
-      opts.logger.warn(
-        { unlogged: count },
-        'auth failures not logged one by one: too many sources are failing at once',
-      ),
-    );
+    this.authFailureLines = new AuthFailureLines(opts.logger);
     // Nothing is owed to a peer before it has signed in: a TLS handshake or a request head that dawdles
     // is cut after seconds (the checking interval makes headersTimeout hold to within 2 s, not 30).
     const httpOptions = { connectionsCheckingInterval: 2_000 };
@@ -134,10 +123,12 @@ export class ControlEndpoint {
     this.opts.authenticator.authenticate(req).then(
       (outcome) => {
         if (!outcome.ok) {
-          if (outcome.log) {
-            if (this.authFailureLines.take())
-              this.opts.logger.warn({ remote_addr: remoteAddr, reason: outcome.reason }, 'auth failed');
-          }
+          this.authFailureLines.record({
+            remoteAddr,
+            source: outcome.source,
+            reason: outcome.reason,
+            ownLine: outcome.log,
+          });
           refuseUpgrade(socket, outcome.status, outcome.reason);
           return;
         }
