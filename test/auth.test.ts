@@ -365,22 +365,52 @@ test(
         const r = await upgradeStatus(server.url, { Authorization: 'Bearer a.b.c' }, `127.0.1.${i + 1}`);
         assert.equal(r.status, 401);
       }
-      const summary = await server.proc.waitForMsg(
-        'auth failures not logged one by one: too many sources are failing at once',
-        15_000,
-      );
+      const summary = await server.proc.waitForMsg('auth failures not logged one by one', 15_000);
       const lines = server.proc.logsWithMsg('auth failed');
       assert.equal(lines.length, 20, 'twenty lines, one per source, then the budget is spent');
       assert.equal(new Set(lines.map((l) => l.remote_addr)).size, 20);
       // The first summary comes at once, the rest of the burst at the end of the interval.
-      const summed = () =>
-        server.proc
-          .logsWithMsg('auth failures not logged one by one: too many sources are failing at once')
-          .reduce((n, l) => n + Number(l.unlogged), 0);
       assert.ok(Number(summary.unlogged) >= 1);
-      await waitFor('the 20 unlogged failures summed up', () => summed() === 20, 15_000);
+      const totals = await summedUp(server, 20);
+      assert.deepEqual(totals, { unlogged: 20, over_line_budget: 20, over_failure_limit: 0 });
     }),
 );
+
+test(
+  'one source past its failure_limit once the line budget is spent: every unlogged attempt counted, and the summary names it',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const server = await startRoutedServer(h);
+      // failure_limit is 20 by default, as many as the lines of 10 s: 20 lines, then two 429s without one.
+      const statuses: number[] = [];
+      for (let i = 0; i < 22; i++)
+        statuses.push((await upgradeStatus(server.url, { Authorization: 'Bearer a.b.c' })).status);
+      assert.deepEqual(statuses, [...new Array<number>(20).fill(401), 429, 429]);
+      assert.equal((await server.proc.settledLogsWithMsg('auth failed')).length, 20);
+      // The first 429, whose line would say the source is over its limit, is past the budget; the second
+      // is a source over its limit, never logged one by one.
+      const totals = await summedUp(server, 2);
+      assert.deepEqual(totals, { unlogged: 2, over_line_budget: 1, over_failure_limit: 1 });
+      for (const line of server.proc.logsWithMsg('auth failures not logged one by one')) {
+        assert.equal(line.sources, 1, JSON.stringify(line));
+        assert.equal(line.source, '127.0.0.1');
+      }
+    }),
+);
+
+/** The summary lines' counts added up, once `unlogged` reaches `expected` (a burst's tail comes 10 s later). */
+async function summedUp(server: RunningServer, expected: number): Promise<Record<string, number>> {
+  const totals = () => {
+    const sum = { unlogged: 0, over_line_budget: 0, over_failure_limit: 0 };
+    for (const line of server.proc.logsWithMsg('auth failures not logged one by one'))
+      for (const key of Object.keys(sum) as (keyof typeof sum)[]) sum[key] += Number(line[key]);
+    return sum;
+  };
+  await waitFor(`${expected} unlogged failures summed up`, () => totals().unlogged >= expected, 15_000);
+  await server.proc.settledLogsWithMsg('auth failures not logged one by one');
+  return totals();
+}
 
 test(
   'exit_on_auth_failure exits 4 on a refused token; two clients on one token do not trade the tunnel at once',
