@@ -5,7 +5,7 @@ import { once } from 'node:events';
 import net from 'node:net';
 import { test } from 'node:test';
 import { createNatTopology, LAN_ADDR, type NatTopology, netnsUnavailable, PUB_ADDR } from './lib/netns.js';
-import { eventually, freePort, type Harness, sleep, waitFor, withHarness } from './lib/processes.js';
+import { eventually, freePort, type Harness, sleep, withHarness } from './lib/processes.js';
 import { echoRoundTrip, startEchoServer, tryConnect } from './lib/services.js';
 import { PatternSource } from './lib/sha-stream.js';
 import {
@@ -14,7 +14,6 @@ import {
   type RunningServer,
   startClient,
   startServer,
-  startTunnel,
   writeServerConfig,
 } from './lib/tunnel.js';
 

@@ -1,13 +1,13 @@
 import assert from 'node:assert/strict';
-import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { scratchDir } from '@porthole/mux/test/scratch-dir';
 import { ConfigError } from '@porthole/protocol';
 import { type ClientFlags, loadClientConfig } from '../src/config.js';
 import { proxySpecFields } from '../src/proxy-config.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'porthole-client-config-'));
+const dir = scratchDir('porthole-client-config-');
 writeFileSync(join(dir, 'token'), 'a.b.c\n');
 
 function write(text: string): string {

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { scratchDir } from '@porthole/mux/test/scratch-dir';
 import { z } from 'zod';
 import {
   ConfigError,
@@ -20,7 +20,7 @@ const schema = z.strictObject({
 });
 
 function configFile(text: string): string {
-  const file = join(mkdtempSync(join(tmpdir(), 'porthole-config-')), 'c.toml');
+  const file = join(scratchDir('porthole-config-'), 'c.toml');
   writeFileSync(file, text);
   return file;
 }

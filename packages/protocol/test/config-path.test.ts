@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
-import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { scratchDir } from '@porthole/mux/test/scratch-dir';
 import { ConfigError, expandConfigPath, secretFileExposure } from '../src/config-file.js';
 
 /** "${NAME}", spelled so that linters do not take it for a template literal gone wrong. */
@@ -43,7 +43,7 @@ test('expandConfigPath names file, key and variable when the variable is unset o
 });
 
 test('secretFileExposure: in $CREDENTIALS_DIRECTORY only the bits for others count, elsewhere the group bits too', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'porthole-credentials-'));
+  const dir = scratchDir('porthole-credentials-');
   const secret = join(dir, 'secret');
   writeFileSync(secret, 'x\n');
   const credentials = { CREDENTIALS_DIRECTORY: dir };

@@ -3,13 +3,13 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { type AddressInfo, createServer } from 'node:net';
-import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { type TestContext, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { scratchDir } from '@porthole/mux/test/scratch-dir';
 import { freePort, startRelay, visit } from './harness.js';
 import { selfSignedCert } from './self-signed-cert.js';
 
@@ -76,7 +76,7 @@ async function echoService(t: TestContext): Promise<number> {
 }
 
 function setup(serverToml: string) {
-  const dir = mkdtempSync(join(tmpdir(), 'porthole-smoke-'));
+  const dir = scratchDir('porthole-smoke-');
   writeFileSync(join(dir, 'secret'), `${'s3cr3t'.repeat(8)}\n`, { mode: 0o600 });
   writeFileSync(join(dir, 'server.toml'), `${serverToml}\n[auth]\nsecret_file = "secret"\n`);
   return dir;

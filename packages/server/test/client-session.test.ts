@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import type { Stream } from '@porthole/mux';
+import { scratchDir } from '@porthole/mux/test/scratch-dir';
 import { issueToken, PortRanges, readStreamHeader } from '@porthole/protocol';
 import { defaultRoutingConfig, type RoutingConfig } from '../src/routing-config.js';
 import { TcpProxyListener } from '../src/tcp-proxy-listener.js';
@@ -230,7 +230,7 @@ test('one client holds at most max_proxies_per_client proxies and 4096 host rout
 test('a reload that changes subdomain_host moves http and tls subdomain routes as registering now would; a name another client holds closes the proxy', {
   timeout: 30_000,
 }, async (t) => {
-  const file = join(mkdtempSync(join(tmpdir(), 'porthole-reload-')), 'server.toml');
+  const file = join(scratchDir('porthole-reload-'), 'server.toml');
   const routing: RoutingConfig = {
     ...defaultRoutingConfig(),
     subdomainHost: 'old.test',

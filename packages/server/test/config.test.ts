@@ -1,16 +1,16 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { generateKeyPairSync, X509Certificate } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { scratchDir } from '@porthole/mux/test/scratch-dir';
 import { ConfigError } from '@porthole/protocol';
 import { loadServerConfig } from '../src/config.js';
 import { loadCertFiles } from '../src/tls-cert-files.js';
 import { selfSignedCert } from './self-signed-cert.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'porthole-server-config-'));
+const dir = scratchDir('porthole-server-config-');
 const secret = 'f'.repeat(64);
 writeFileSync(join(dir, 'secret'), `${secret}\n`);
 

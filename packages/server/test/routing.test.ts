@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { createSocket } from 'node:dgram';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { Session, type Stream } from '@porthole/mux';
+import { scratchDir } from '@porthole/mux/test/scratch-dir';
 import { ConfigError, ConnectionTracker, captureLogs, readStreamHeader } from '@porthole/protocol';
 import { loadServerConfig } from '../src/config.js';
 import { ConnectionLimit } from '../src/connection-limit.js';
@@ -20,7 +20,7 @@ import { TrustedProxies } from '../src/trusted-proxies.js';
 import { UdpProxyListener } from '../src/udp-proxy-listener.js';
 import { type SelfSignedCert, selfSignedCert } from './self-signed-cert.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'porthole-routing-'));
+const dir = scratchDir('porthole-routing-');
 
 /** A self-signed certificate for these DNS names, in this test's directory. */
 function selfSigned(name: string, names: string[]): SelfSignedCert {
