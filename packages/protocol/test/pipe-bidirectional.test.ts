@@ -220,6 +220,21 @@ test('a source paused while its first bytes were inspected flows once piped, tho
   assert.equal(Buffer.concat(reply).toString(), 'hello, then the rest');
 });
 
+/** Reads a paused socket to its end: 'end', or the error's code, and how many bytes came before it. */
+function readToTheEnd(socket: Socket): Promise<{ outcome: string; received: number }> {
+  let received = 0;
+  return new Promise((resolve) => {
+    socket.on('data', (c: Buffer) => {
+      received += c.length;
+    });
+    socket.on('end', () => resolve({ outcome: 'end', received }));
+    socket.on('error', (err: NodeJS.ErrnoException) =>
+      resolve({ outcome: err.code ?? err.message, received }),
+    );
+    socket.resume();
+  });
+}
+
 test('an abort while the socket is still sending its FIN closes it anyway (libuv cannot reset a shutting-down stream)', {
   timeout: 10_000,
 }, async () => {
@@ -265,15 +280,7 @@ test('bytes that arrived whole before the tunnel failed still reach a slow reade
   tunnel.destroy(Object.assign(new Error('reset by peer'), { code: 'ERR_STREAM_RESET' }));
   await new Promise((r) => setImmediate(r));
   const finishListenersAdded = socket.listenerCount('finish') - finishListeners;
-  let received = 0;
-  const outcome = await new Promise<string>((resolve) => {
-    serviceSide.on('data', (c: Buffer) => {
-      received += c.length;
-    });
-    serviceSide.on('end', () => resolve('end'));
-    serviceSide.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
-    serviceSide.resume();
-  });
+  const { outcome, received } = await readToTheEnd(serviceSide);
   for (let i = 0; i < 300 && result === undefined; i++) await new Promise((r) => setTimeout(r, 10));
   service.close();
   serviceSide.destroy();
@@ -306,15 +313,7 @@ test('a socket whose FIN is already out is closed, not reset, when the tunnel fa
   await new Promise((resolve) => socket.once('finish', resolve));
   tunnel.destroy(Object.assign(new Error('reset by peer'), { code: 'ERR_STREAM_RESET' }));
   await new Promise((r) => setTimeout(r, 100));
-  let received = 0;
-  const outcome = await new Promise<string>((resolve) => {
-    serviceSide.on('data', (c: Buffer) => {
-      received += c.length;
-    });
-    serviceSide.on('end', () => resolve('end'));
-    serviceSide.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
-    serviceSide.resume();
-  });
+  const { outcome, received } = await readToTheEnd(serviceSide);
   for (let i = 0; i < 300 && result === undefined; i++) await new Promise((r) => setTimeout(r, 10));
   service.close();
   serviceSide.destroy();
