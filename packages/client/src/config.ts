@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import {
   ConfigError,
   durationAtLeast,
@@ -14,6 +13,7 @@ import {
   loadTomlConfig,
   logLevelField,
   parseRule,
+  readConfigFile,
   readSecretFile,
   secretFileExposure,
   validateConfig,
@@ -165,16 +165,7 @@ function finish(source: string, rawInput: unknown): ClientConfig {
   };
   if (raw.admin) config.admin = { listen: raw.admin.listen };
   if (raw.ca_file !== undefined) {
-    const path = resolvePath(source, 'ca_file', raw.ca_file);
-    try {
-      config.ca = readFileSync(path);
-    } catch (err) {
-      throw ConfigError.at(
-        source,
-        'ca_file',
-        `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`,
-      );
-    }
+    config.ca = readConfigFile(source, 'ca_file', resolvePath(source, 'ca_file', raw.ca_file));
   }
   return config;
 }

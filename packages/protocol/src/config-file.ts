@@ -175,11 +175,10 @@ export function expandConfigPath(
   return resolveConfigPath(configFile, expanded);
 }
 
-/** Reads a secret (token, HMAC key) from a file, trimming the trailing newline editors add. */
-export function readSecretFile(configFile: string, key: string, path: string): string {
-  let text: string;
+/** Reads a file that `key` names (a certificate, a CA); one that cannot be read is a ConfigError naming both. */
+export function readConfigFile(configFile: string, key: string, path: string): Buffer {
   try {
-    text = readFileSync(path, 'utf8').trim();
+    return readFileSync(path);
   } catch (err) {
     throw ConfigError.at(
       configFile,
@@ -187,6 +186,11 @@ export function readSecretFile(configFile: string, key: string, path: string): s
       `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`,
     );
   }
+}
+
+/** Reads a secret (token, HMAC key) from a file, trimming the trailing newline editors add. */
+export function readSecretFile(configFile: string, key: string, path: string): string {
+  const text = readConfigFile(configFile, key, path).toString('utf8').trim();
   if (text === '') throw ConfigError.at(configFile, key, `${path} is empty`);
   return text;
 }

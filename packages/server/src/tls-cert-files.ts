@@ -4,9 +4,8 @@
 // ("key values mismatch", "no start line"), and a key of another type than the certificate's (an RSA key
 // beside an EC certificate) is not refused at all: every handshake fails instead.
 import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
-import { ConfigError, expandConfigPath } from '@porthole/protocol';
+import { ConfigError, expandConfigPath, readConfigFile } from '@porthole/protocol';
 
 export interface CertFiles {
   cert_file: string;
@@ -16,15 +15,6 @@ export interface CertFiles {
 export interface PemPair {
   cert: Buffer;
   key: Buffer;
-}
-
-/** Reads a PEM file that `key` names; a file that cannot be read is a ConfigError naming it. */
-export function readPemFile(file: string, key: string, path: string): Buffer {
-  try {
-    return readFileSync(path);
-  } catch (err) {
-    throw ConfigError.at(file, key, `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`);
-  }
 }
 
 /** Said when a file holds what its partner key should: the two keys were most likely written crosswise. */
@@ -80,7 +70,7 @@ export function loadCertFiles(
   const keyKey = `${prefix}.key_file`;
   const certPath = expandConfigPath(file, certKey, files.cert_file);
   const keyPath = expandConfigPath(file, keyKey, files.key_file);
-  const pair = { cert: readPemFile(file, certKey, certPath), key: readPemFile(file, keyKey, keyPath) };
+  const pair = { cert: readConfigFile(file, certKey, certPath), key: readConfigFile(file, keyKey, keyPath) };
   const certificate = certificateIn(file, certKey, certPath, pair.cert);
   const privateKey = privateKeyIn(file, keyKey, keyPath, pair.key);
   if (!certificate.checkPrivateKey(privateKey)) {
