@@ -9,12 +9,13 @@ import { test } from 'node:test';
 import tls from 'node:tls';
 import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
-import { clientBin, eventually, freePort, type Harness, run, runOk, withHarness } from './lib/processes.js';
+import { clientBin, eventually, freePort, type Harness, run, withHarness } from './lib/processes.js';
 import {
   type CertFiles,
   issueRoutedToken,
   makeCa,
   makeCert,
+  makeSelfSignedCert,
   type RoutedProxy,
   rewriteRoutedClientProxies,
   startRoutedClient,
@@ -279,26 +280,7 @@ test(
     withHarness(t, async (h) => {
       const ca = await makeCa(h);
       const otherCa = await makeCa(h, 'another CA');
-      const selfSigned = { cert: h.path('self-signed.pem'), key: h.path('self-signed.key') };
-      await runOk('openssl', [
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:P-256',
-        '-nodes',
-        '-keyout',
-        selfSigned.key,
-        '-out',
-        selfSigned.cert,
-        '-days',
-        '2',
-        '-subj',
-        '/CN=localhost',
-        '-addext',
-        'subjectAltName=DNS:localhost',
-      ]);
+      const selfSigned = await makeSelfSignedCert(h, 'localhost');
       const privateCa = await startRoutedServer(h, {
         http: false,
         tls: await makeCert(h, ca, 'vps.test', ['localhost']),

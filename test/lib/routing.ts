@@ -45,9 +45,9 @@ export interface CertFiles {
   key: string;
 }
 
-/** A private CA (EC P-256) in the harness dir. */
-export async function makeCa(h: Harness, name = 'porthole test CA'): Promise<CertFiles> {
-  const id = unique('ca');
+/** A self-signed certificate (EC P-256) in the harness dir: CN=`commonName`, with these `-addext` extensions. */
+async function makeSelfSigned(h: Harness, commonName: string, extensions: string[]): Promise<CertFiles> {
+  const id = unique('self-signed');
   const cert = h.path(`${id}.pem`);
   const key = h.path(`${id}.key`);
   await runOk('openssl', [
@@ -65,13 +65,23 @@ export async function makeCa(h: Harness, name = 'porthole test CA'): Promise<Cer
     '-days',
     '2',
     '-subj',
-    `/CN=${name}`,
-    '-addext',
-    'basicConstraints=critical,CA:TRUE',
-    '-addext',
-    'keyUsage=critical,keyCertSign,cRLSign',
+    `/CN=${commonName}`,
+    ...extensions.flatMap((e) => ['-addext', e]),
   ]);
   return { cert, key };
+}
+
+/** A private CA in the harness dir. */
+export function makeCa(h: Harness, name = 'porthole test CA'): Promise<CertFiles> {
+  return makeSelfSigned(h, name, [
+    'basicConstraints=critical,CA:TRUE',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  ]);
+}
+
+/** A server certificate that vouches for itself (no CA), for the DNS name `name`. */
+export function makeSelfSignedCert(h: Harness, name: string): Promise<CertFiles> {
+  return makeSelfSigned(h, name, [`subjectAltName=DNS:${name}`]);
 }
 
 /** A server certificate signed by `ca`, subject CN=`commonName`, for the DNS names `names`. */
