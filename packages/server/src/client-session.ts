@@ -279,8 +279,10 @@ export class ClientSession {
 
   private closeForRules(closed: readonly { proxy: string; reason: string }[]): void {
     if (closed.length === 0) return;
+    // The server no longer admits these (a new subdomain_host, or the new name is another client's): their
+    // names answer as if never claimed, not as offline routes kept for a client that is away.
     for (const { proxy, reason } of closed)
-      this.closeProxies([proxy], `server configuration changed: ${reason}`);
+      this.closeProxies([proxy], `server configuration changed: ${reason}`, { forgetRoutes: true });
     this.notice(
       'warn',
       `the server's configuration changed; closed ${closed.map((c) => `"${c.proxy}" (${c.reason})`).join(', ')}`,
@@ -495,7 +497,8 @@ export class ClientSession {
     // A drain or a reload may have come while the bind was under way; both only saw the proxies already here.
     const lateRefusal = this.draining ? 'the server is shutting down' : this.refusal(spec);
     if (lateRefusal) {
-      this.closeProxies([spec.name], lateRefusal);
+      // Refused, never reported registered: nobody was told these names route here.
+      this.closeProxies([spec.name], lateRefusal, { forgetRoutes: true });
       return this.refused(spec.name, lateRefusal);
     }
     this.logger.info(
@@ -543,8 +546,9 @@ export class ClientSession {
   }
 
   /**
-   * `forgetRoutes`: the client removed these proxies itself, so their names are free at once (see
-   * BoundProxy.close); otherwise they answer as offline until the client comes back.
+   * `forgetRoutes`: the client removed these proxies itself, or the server's rules no longer admit them, so
+   * their names are free at once (see BoundProxy.close); otherwise they answer as offline until the client
+   * comes back.
    */
   private closeProxies(
     names: readonly string[],
