@@ -286,6 +286,7 @@ test('a reload that changes subdomain_host moves http and tls subdomain routes a
   assert.equal(tlsRoutes.lookupName('vault.new.test')?.proxy, 'vault');
   assert.equal(tlsRoutes.lookupName('vault.old.test'), undefined);
   assert.equal(httpRoutes.lookup('docs.new.test')?.client, 'other');
+  assert.equal(httpRoutes.lookup('docs.old.test'), undefined, 'closed by the reload: forgotten, not offline');
   const reloaded = await logs.waitFor('config reloaded');
   assert.deepEqual(reloaded.proxies_moved, ['moving/web', 'moving/vault']);
   assert.deepEqual(reloaded.proxies_closed, ['moving/docs']);
