@@ -149,6 +149,17 @@ export class HostRoutes<T> {
     if (this.offlineCount > MAX_OFFLINE_ROUTES || now >= this.nextExpiry) this.sweep(now);
   }
 
+  /**
+   * Forgets every offline route of `tier`. A reload that changes subdomain_host uses it for the subdomain
+   * routes of clients that are away: their names are under the old domain, which no proxy claims now (one
+   * that is connected moves to the new name), so they would answer 502 for a day. Returns how many went.
+   */
+  forgetOffline(tier: RouteTier): number {
+    const gone = new Set(this.entries().filter((e) => e.target === undefined && e.tier === tier));
+    this.drop(gone);
+    return gone.size;
+  }
+
   /** The route for a request to `host` (normalized) and `path`, online or offline; undefined: no such name. */
   lookup(host: string, path = '/'): RouteEntry<T> | undefined {
     return this.find(host, path);
@@ -219,12 +230,17 @@ export class HostRoutes<T> {
     }
     for (const e of offline) if (!expired.has(e)) oldestKept = Math.min(oldestKept, e.offlineSince);
     this.nextExpiry = oldestKept + OFFLINE_ROUTE_TTL_MS;
-    if (expired.size === 0) return;
+    this.drop(expired);
+  }
+
+  /** Removes these offline entries. */
+  private drop(offline: ReadonlySet<RouteEntry<T>>): void {
+    if (offline.size === 0) return;
     for (const [host, list] of this.byHost) {
-      const kept = list.filter((e) => !expired.has(e));
+      const kept = list.filter((e) => !offline.has(e));
       if (kept.length === 0) this.byHost.delete(host);
       else if (kept.length !== list.length) this.byHost.set(host, kept);
     }
-    this.offlineCount -= expired.size;
+    this.offlineCount -= offline.size;
   }
 }

@@ -61,8 +61,9 @@ function restartOnlyChanges(running: ServerConfig, next: ServerConfig): string[]
  * log_level and the admin token apply at once: a client whose token is now revoked is told so and
  * disconnected; a proxy the new rules refuse is closed and its client told which and why; an http or tls
  * proxy whose names come from a changed subdomain_host is routed by the new names, as if it registered
- * now (closed, if another client holds them), and its client told; everything else is untouched. An
- * invalid file changes nothing (the reason is logged). Throws the ConfigError.
+ * now (closed, if another client holds them), and its client told, while the offline subdomain routes of
+ * clients that are away are forgotten (they register the new names when they come back); everything
+ * else is untouched. An invalid file changes nothing (the reason is logged). Throws the ConfigError.
  */
 export function reloadServer(
   ctx: ServerContext,
@@ -114,6 +115,11 @@ export function reloadServer(
     const { closed, moved } = session.enforceRules();
     for (const { proxy } of closed) summary.closed.push(`${session.name}/${proxy}`);
     for (const proxy of moved) summary.moved.push(`${session.name}/${proxy}`);
+  }
+  // After the sessions: a revoked client's routes have just gone offline under the old name too.
+  if (running.routing?.subdomainHost !== next.routing?.subdomainHost) {
+    ctx.routing.httpRoutes.forgetOffline('subdomain');
+    ctx.routing.tlsRoutes.forgetOffline('subdomain');
   }
   return summary;
 }
