@@ -19,7 +19,14 @@ import {
   withHarness,
   withTimeout,
 } from './lib/processes.js';
-import { issueRoutedToken, makeCa, makeCert, startRoutedClient, startRoutedServer } from './lib/routing.js';
+import {
+  issueRoutedToken,
+  makeCa,
+  makeCert,
+  type RoutedClientOptions,
+  startRoutedClient,
+  startRoutedServer,
+} from './lib/routing.js';
 import { EchoPinger, echoRoundTrip, startEchoServer, tryConnect } from './lib/services.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
 import {
@@ -517,6 +524,66 @@ test(
       });
       assert.deepEqual(again.urls, [`http://app.new.test:${server.httpPort}/`]);
       assert.equal((await clientX.proc.settledLogsWithMsg('session lost', clientMark)).length, 0);
+    }),
+);
+
+test(
+  'server SIGHUP: a new subdomain_host forgets the offline subdomain routes of a client that is away (404, as a moved name), keeps its offline exact names; back, it has the new name',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const [web, site] = await Promise.all([startHttpBackend('web'), startHttpBackend('site')]);
+      h.onCleanup(() => Promise.all([web.close(), site.close()]));
+      const server = await startRoutedServer(h, { top: { subdomain_host: 'old.test' } });
+      const token = await issueRoutedToken(server, {
+        name: 'away',
+        hosts: ['*.old.test', '*.new.test', 'site.test'],
+      });
+      const options: RoutedClientOptions = {
+        server: server.url,
+        token,
+        proxies: [
+          { name: 'web', type: 'http', local: `127.0.0.1:${web.port}`, subdomain: 'app' },
+          { name: 'site', type: 'http', local: `127.0.0.1:${site.port}`, hosts: ['site.test'] },
+        ],
+      };
+      const client = await startRoutedClient(h, options);
+      const base = `http://127.0.0.1:${server.httpPort}`;
+      const backendOf = async (host: string) => {
+        const r = await curl(['-H', `Host: ${host}`], `${base}/`);
+        return r.status === 200 ? String(JSON.parse(r.body).backend) : `HTTP ${r.status}`;
+      };
+      assert.equal(await backendOf('app.old.test'), 'web');
+
+      // Killed: gone, not done; its names answer as offline.
+      let serverMark = server.proc.mark();
+      client.proc.kill('SIGKILL');
+      await server.proc.waitForMsg('client disconnected', 10_000, {
+        from: serverMark,
+        fields: { client: 'away' },
+      });
+      assert.equal(await backendOf('app.old.test'), 'HTTP 502');
+      assert.equal(await backendOf('site.test'), 'HTTP 502');
+
+      serverMark = server.proc.mark();
+      const text = await readFile(server.config.configPath, 'utf8');
+      await writeFile(server.config.configPath, text.replace('"old.test"', '"new.test"'));
+      server.proc.kill('SIGHUP');
+      await server.proc.waitForMsg('config reloaded', 10_000, { from: serverMark });
+      // No proxy will claim app.old.test under this config: forgotten, as a connected client's moved name is.
+      assert.equal(await backendOf('app.old.test'), 'HTTP 404');
+      assert.equal(
+        await backendOf('site.test'),
+        'HTTP 502',
+        'an exact name does not depend on subdomain_host',
+      );
+
+      // Back with the same config: the new name routes, the old one stays 404.
+      const back = await startRoutedClient(h, { ...options, name: 'client again' });
+      assert.deepEqual(back.registered.get('web')?.urls, [`http://app.new.test:${server.httpPort}/`]);
+      assert.equal(await backendOf('app.new.test'), 'web');
+      assert.equal(await backendOf('site.test'), 'site');
+      assert.equal(await backendOf('app.old.test'), 'HTTP 404');
     }),
 );
 

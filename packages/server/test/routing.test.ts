@@ -135,6 +135,29 @@ test('routes: conflicts are by client and by (name, location); offline routes an
   assert.equal(routes.lookup('app.test'), undefined);
 });
 
+test('routes: forgetOffline drops the offline routes of one tier only', () => {
+  const routes = new HostRoutes<string>();
+  const sub = { host: 'app.old.test', tier: 'subdomain' as const, location: '/' };
+  const exact = { host: 'site.test', tier: 'exact' as const, location: '/' };
+  routes.add('away', 'web', [sub, { ...sub, location: '/api' }], 'away-web');
+  routes.add('away', 'site', [exact], 'away-site');
+  routes.add('here', 'blog', [{ ...sub, host: 'blog.old.test' }], 'here-blog');
+  routes.release('away-web');
+  routes.release('away-site');
+  assert.equal(routes.forgetOffline('subdomain'), 2, 'both locations of app.old.test');
+  assert.equal(routes.lookup('app.old.test'), undefined);
+  assert.equal(routes.lookup('app.old.test', '/api'), undefined);
+  assert.equal(routes.lookup('site.test')?.target, undefined, 'the exact name stays offline');
+  assert.ok(routes.lookup('site.test'));
+  assert.equal(routes.lookup('blog.old.test')?.target, 'here-blog', 'an online route is not touched');
+  assert.equal(routes.forgetOffline('subdomain'), 0);
+  assert.equal(routes.forgetOffline('exact'), 1);
+  assert.deepEqual(
+    routes.entries().map((e) => e.host),
+    ['blog.old.test'],
+  );
+});
+
 test('trusted_proxies match CIDRs, single addresses and IPv4-mapped peers', () => {
   const trusted = new TrustedProxies(['10.0.0.0/8', '127.0.0.2', 'fd00::/8']);
   assert.ok(trusted.contains('10.1.2.3'));
