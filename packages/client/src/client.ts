@@ -45,7 +45,7 @@ export function proxySpecOf(proxy: ProxyConfig): ProxySpec {
  */
 export class PortholeClient {
   readonly instanceId = randomUUID();
-  private backoff: Backoff;
+  private readonly backoff: Backoff;
   private readonly tracker = new ConnectionTracker();
   private readonly localFailures: LocalFailureLog;
   private readonly pendingConnects = new PendingLocalConnects();
@@ -100,7 +100,9 @@ export class PortholeClient {
     const diff = diffProxies(this.proxies, next.proxies, proxySpecOf);
     const redial = needsReconnect(previous, next);
     this.config = next;
-    this.backoff = new Backoff(next.reconnectInitial, next.reconnectMax);
+    // Not a new Backoff: an unchanged server that is down keeps its growing delays through any number of
+    // reloads. A new server, token or CA starts over (below), and is dialled at once.
+    this.backoff.setLimits(next.reconnectInitial, next.reconnectMax);
     this.logger.level = next.logLevel;
     for (const name of diff.removed) {
       this.proxies.delete(name);
@@ -125,6 +127,7 @@ export class PortholeClient {
     );
     if (redial) {
       this.redialNow = true;
+      this.backoff.reset();
       this.wakeSleeper?.();
       if (this.session && !this.session.closed) {
         this.control?.end();

@@ -6,10 +6,19 @@ export class Backoff {
   private attempt = 0;
 
   constructor(
-    private readonly initialMs: number,
-    private readonly maxMs: number,
+    private initialMs: number,
+    private maxMs: number,
     private readonly random: () => number = Math.random,
   ) {}
+
+  /**
+   * New bounds from a reload, for the next delay on; the attempt count stays, so that reloads while the
+   * server is down (config management every few seconds) do not bring the delays back to the shortest.
+   */
+  setLimits(initialMs: number, maxMs: number): void {
+    this.initialMs = initialMs;
+    this.maxMs = maxMs;
+  }
 
   /** The delay before the next attempt, in ms. */
   next(): number {
