@@ -664,3 +664,62 @@ test(
       assert.ok(echoed.ok, `the proxy works after the move: ${echoed.error ?? ''}`);
     }),
 );
+
+test(
+  'client SIGHUP while the server is down: reloads of an unchanged config keep the backoff (no dial storm); a new server is dialled at once, not after the old backoff',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const svc = await startEchoServer('127.0.0.1', 0);
+      h.onCleanup(() => svc.close());
+      const [remotePort, downPort] = await freePorts(2);
+      const server = await startServer(h, { allowPorts: [String(remotePort)] });
+      const token = await issueToken(server.config, { name: 'patient', ports: String(remotePort) });
+      // Nothing listens on downPort: every dial is refused at once, as with a server that is down.
+      const options: ClientOptions = {
+        server: `ws://127.0.0.1:${downPort}/_porthole`,
+        token,
+        reconnectInitial: '100ms',
+        reconnectMax: '30s',
+        proxies: [{ name: 'echo', local: `127.0.0.1:${svc.port}`, remotePort: remotePort! }],
+      };
+      const client = await startClient(h, options, { waitFor: 'none' });
+      // Six failures: the next delays are drawn below 6.4 s, 12.8 s, 25.6 s, then 30 s.
+      await waitFor('six failed dials', () => client.proc.logsWithMsg('connect failed').length >= 6, 20_000);
+
+      // Config management reloading the same file every 250 ms for 6 s.
+      const mark = client.proc.mark();
+      const reloads = 24;
+      for (let i = 0; i < reloads; i++) {
+        client.proc.kill('SIGHUP');
+        await sleep(250);
+      }
+      await waitFor(
+        'every reload applied',
+        () => client.proc.logsWithMsg('config reloaded', mark).length === reloads,
+        5000,
+      );
+      assert.ok(client.proc.logsWithMsg('config reloaded', mark).every((l) => l.reconnect === false));
+      const dials = (await client.proc.settledLogsWithMsg('connect failed', mark)).length;
+      t.diagnostic(`${dials} dials in ${reloads} reloads over 6 s`);
+      // Kept, the backoff dials a few times (when the wait under way ends, then after waits drawn below 6.4 s,
+      // 12.8 s, 25.6 s...): six times only by a chance under 1 in 10,000. Reset by each reload, it dialled 36
+      // and 48 times.
+      assert.ok(dials <= 5, `${dials} dials while reloading an unchanged config`);
+
+      // The server moved: the new one is dialled at once, whatever is left of the old one's backoff.
+      const last = client.proc.logsWithMsg('connect failed').at(-1)!;
+      const backoffEnds = Date.parse(String(last.time)) + Number(last.retry_ms);
+      const moveMark = client.proc.mark();
+      await rewriteClientConfig(h, client.configPath, { ...options, server: server.url });
+      const reloadedAt = Date.now();
+      client.proc.kill('SIGHUP');
+      await client.proc.waitForMsg('proxy registered', 10_000, { from: moveMark, fields: { proxy: 'echo' } });
+      const tookMs = Date.now() - reloadedAt;
+      t.diagnostic(
+        `registered ${tookMs} ms after the reload; the old backoff had ${backoffEnds - reloadedAt} ms left`,
+      );
+      assert.ok(tookMs < 3000, `registered ${tookMs} ms after the reload`);
+      assert.ok((await echoRoundTrip('127.0.0.1', remotePort!, 1000)).ok);
+    }),
+);

@@ -18,3 +18,17 @@ test('backoff doubles its ceiling up to the cap, jitters below it, and resets', 
     assert.ok(delay >= 0 && delay <= 1000, `${delay}`);
   }
 });
+
+test('new limits apply to the next delay and keep the attempt count', () => {
+  const backoff = new Backoff(100, 10_000, () => 0.999_999);
+  assert.deepEqual(
+    Array.from({ length: 4 }, () => backoff.next()),
+    [100, 200, 400, 800],
+  );
+  backoff.setLimits(100, 10_000);
+  assert.equal(backoff.next(), 1600, 'the same limits again: the delays go on growing');
+  backoff.setLimits(200, 1000);
+  assert.equal(backoff.next(), 1000, 'capped by the new max from the next delay on');
+  backoff.setLimits(200, 60_000);
+  assert.equal(backoff.next(), 200 * 2 ** 6);
+});
