@@ -8,7 +8,7 @@ import { createServer } from 'node:http';
 import net from 'node:net';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
-import { startHttpBackend } from './lib/http-backend.js';
+import { backendServing, startHttpBackend } from './lib/http-backend.js';
 import {
   clientBin,
   freePort,
@@ -400,11 +400,7 @@ test(
           { name: 'vault', type: 'tls', local: `127.0.0.1:${sub.port}`, subdomain: 'v' },
         ],
       });
-      const base = `http://127.0.0.1:${server.httpPort}`;
-      const backendOf = async (host: string) => {
-        const r = await curl(['-H', `Host: ${host}`], `${base}/`);
-        return r.status === 200 ? String(JSON.parse(r.body).backend) : `HTTP ${r.status}`;
-      };
+      const backendOf = (host: string) => backendServing(server.httpPort, host);
       assert.equal(await backendOf('app.test'), 'web');
       assert.equal(await backendOf('x.sub.test'), 'sub');
 
@@ -469,11 +465,7 @@ test(
         name: 'client-y',
         proxies: [{ name: 'blog', type: 'http', local: `127.0.0.1:${other.port}`, hosts: ['blog.new.test'] }],
       });
-      const base = `http://127.0.0.1:${server.httpPort}`;
-      const backendOf = async (host: string) => {
-        const r = await curl(['-H', `Host: ${host}`], `${base}/`);
-        return r.status === 200 ? String(JSON.parse(r.body).backend) : `HTTP ${r.status}`;
-      };
+      const backendOf = (host: string) => backendServing(server.httpPort, host);
       assert.equal(await backendOf('app.old.test'), 'web');
       assert.equal(await backendOf('blog.old.test'), 'blog');
       assert.equal(await backendOf('blog.new.test'), 'other');
@@ -548,11 +540,7 @@ test(
         ],
       };
       const client = await startRoutedClient(h, options);
-      const base = `http://127.0.0.1:${server.httpPort}`;
-      const backendOf = async (host: string) => {
-        const r = await curl(['-H', `Host: ${host}`], `${base}/`);
-        return r.status === 200 ? String(JSON.parse(r.body).backend) : `HTTP ${r.status}`;
-      };
+      const backendOf = (host: string) => backendServing(server.httpPort, host);
       assert.equal(await backendOf('app.old.test'), 'web');
 
       // Killed: gone, not done; its names answer as offline.
@@ -601,10 +589,7 @@ test(
         token,
         proxies: [{ name: 'web', type: 'http', local: `127.0.0.1:${before.port}`, hosts: ['app.test'] }],
       });
-      const backendOf = async () => {
-        const r = await curl(['-H', 'Host: app.test'], `http://127.0.0.1:${server.httpPort}/`);
-        return r.status === 200 ? String(JSON.parse(r.body).backend) : `HTTP ${r.status}`;
-      };
+      const backendOf = () => backendServing(server.httpPort, 'app.test');
       // A few requests, so the server's pool holds a kept-alive stream to the first service.
       for (let i = 0; i < 3; i++) assert.equal(await backendOf(), 'before');
       const clientMark = client.proc.mark();

@@ -5,6 +5,7 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer } from 'ws';
+import { curl } from './curl.js';
 import { patternBytes } from './sha-stream.js';
 
 export interface SeenRequest {
@@ -122,6 +123,15 @@ export async function startHttpBackend(name: string): Promise<HttpBackend> {
       }),
   };
   return state;
+}
+
+/**
+ * Which startHttpBackend served `GET /` for `host` through the http vhost port `httpPort`, curl as the
+ * visitor: its name, or "HTTP <status>" when none did (404: no route, 502: offline...).
+ */
+export async function backendServing(httpPort: number | undefined, host: string): Promise<string> {
+  const r = await curl(['-H', `Host: ${host}`], `http://127.0.0.1:${httpPort}/`);
+  return r.status === 200 ? String(JSON.parse(r.body).backend) : `HTTP ${r.status}`;
 }
 
 export interface UdpEcho {
