@@ -9,7 +9,7 @@ import net from 'node:net';
 import { test } from 'node:test';
 import { WebSocket } from 'ws';
 import { curl } from './lib/curl.js';
-import { rawUpgradeRequest, startHttpBackend } from './lib/http-backend.js';
+import { backendServing, rawUpgradeRequest, startHttpBackend } from './lib/http-backend.js';
 import { eventually, freePort, run, withHarness, withTimeout } from './lib/processes.js';
 import {
   issueRoutedToken,
@@ -560,11 +560,7 @@ test(
       const server = await startRoutedServer(h);
       const token = await issueRoutedToken(server, { name: 'owner' });
       const client = await startRoutedClient(h, { server: server.url, token, proxies: [wild, app, solo] });
-      const base = `http://127.0.0.1:${server.httpPort}`;
-      const servedBy = async (host: string) => {
-        const r = await curl(['-H', `Host: ${host}`], `${base}/`);
-        return r.status === 200 ? String(json(r.body).backend) : `HTTP ${r.status}`;
-      };
+      const servedBy = (host: string) => backendServing(server.httpPort, host);
       assert.equal(await servedBy('app.site.test'), 'app');
       assert.equal(await servedBy('solo.test'), 'solo');
       assert.equal(await servedBy('other.site.test'), 'wild');

@@ -75,8 +75,8 @@ export interface BoundProxy {
   /**
    * Stops serving. An http or tls proxy's routes stay behind as offline routes (502, TLS closed) for a
    * client that is gone and may come back; with `forgetRoutes` (its client removed it on purpose, or the
-   * server's rules no longer admit it) they go at once, so the name answers 404 or falls through to what else covers it (a wildcard proxy, the
-   * server's own certificate), as before the proxy existed.
+   * server's rules no longer admit it) they go at once, so the name answers 404 or falls through to what
+   * else covers it (a wildcard proxy, the server's own certificate), as before the proxy existed.
    */
   close(opts?: { forgetRoutes?: boolean }): void;
 }
