@@ -16,6 +16,7 @@ export * from './pipe-bidirectional.js';
 export * from './port-ranges.js';
 export * from './process-resources.js';
 export * from './proxy-protocol.js';
+export * from './reset-connection.js';
 export * from './rules.js';
 export * from './stream-header.js';
 export * from './token.js';

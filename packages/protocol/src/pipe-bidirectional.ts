@@ -1,5 +1,6 @@
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { resetConnection } from './reset-connection.js';
 import { TurnGatheredWrites } from './turn-gathered-writes.js';
 
 export interface PipeResult {
@@ -43,8 +44,8 @@ const FLUSH_GRACE_MS = 10_000;
 const flushing = new WeakSet<Duplex>();
 
 /**
- * Aborts a side: a TCP socket gets a real RST (so an aborted tunnel connection looks aborted to the
- * peer, not finished), anything else (a mux stream) is destroyed, which sends a yamux RST.
+ * Aborts a side (resetConnection: a TCP socket gets a real RST, so an aborted tunnel connection looks
+ * aborted to the peer, not finished; a TLS socket goes without close_notify; a mux stream sends a yamux RST).
  * Not a side that is already ending (its source finished cleanly, so every byte queued on it arrived
  * whole): what it holds is written out and its FIN follows, then it closes, within FLUSH_GRACE_MS. Such a
  * socket could not be reset anyway: libuv refuses once its FIN is being sent (uv_tcp_close_reset: EINVAL),
@@ -71,8 +72,7 @@ function abort(side: Duplex): void {
     });
     return;
   }
-  if (side instanceof Socket && !side.connecting && side.readyState !== 'closed') side.resetAndDestroy();
-  else side.destroy();
+  resetConnection(side);
 }
 
 /**
