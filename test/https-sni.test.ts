@@ -7,9 +7,19 @@ import { readFile } from 'node:fs/promises';
 import net, { type AddressInfo, type Socket } from 'node:net';
 import { test } from 'node:test';
 import tls from 'node:tls';
+import { type ClientOptions, WebSocket } from 'ws';
 import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
-import { clientBin, eventually, freePort, type Harness, run, withHarness } from './lib/processes.js';
+import {
+  clientBin,
+  eventually,
+  freePort,
+  type Harness,
+  run,
+  sleep,
+  withHarness,
+  withTimeout,
+} from './lib/processes.js';
 import {
   type CertFiles,
   issueRoutedToken,
@@ -217,6 +227,71 @@ test(
       );
       assert.match(again.out, /subject=CN\s?=\s?vault\.test/);
       assert.ok(server.proc.logsWithMsg('client connected').length >= 1);
+    }),
+);
+
+test(
+  'a WebSocket over the https port whose client is lost ends for its visitor alone: the server keeps serving',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const ca = await makeCa(h);
+      const edge = await makeCert(h, ca, 'porthole edge', ['app.edge.test']);
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+      const server = await startRoutedServer(h, { https: { certs: [edge] } });
+      const port = server.httpsPort!;
+      const token = await issueRoutedToken(server, { name: 'edge', hosts: ['app.edge.test'] });
+      const proxies: RoutedProxy[] = [
+        { name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.edge.test'] },
+      ];
+      const client = await startRoutedClient(h, { server: server.url, token, proxies });
+
+      // A WebSocket through the TLS the server terminates, working both ways.
+      // (ws passes servername on to tls.connect; its types leave it out.)
+      const options: ClientOptions & Pick<tls.ConnectionOptions, 'servername'> = {
+        ca: await readFile(ca.cert),
+        servername: 'app.edge.test',
+        headers: { Host: 'app.edge.test' },
+      };
+      const ws = new WebSocket(`wss://127.0.0.1:${port}/ws`, options);
+      h.onCleanup(() => ws.terminate());
+      ws.on('error', () => {});
+      const closed = new Promise<number>((resolve) => ws.once('close', (code: number) => resolve(code)));
+      // The service greets first, then echoes.
+      const messages: string[] = [];
+      const echoed = new Promise<void>((resolve) =>
+        ws.on('message', (d: Buffer) => {
+          messages.push(d.toString());
+          if (messages.length === 2) resolve();
+        }),
+      );
+      ws.once('open', () => ws.send('over tls'));
+      await withTimeout(echoed, 10_000, () => `the echo over wss (got ${JSON.stringify(messages)})`);
+      assert.equal(messages[1], 'echo:over tls');
+
+      // The client is gone at once (killed: its session, and the WebSocket's tunnel stream, fail). Only the
+      // visitor's connection is cut; it used to take the server down (resetAndDestroy threw on a TLS socket).
+      const mark = server.proc.mark();
+      client.proc.kill('SIGKILL');
+      const code = await withTimeout(closed, 10_000, () => 'the WebSocket to close once its client was lost');
+      t.diagnostic(`the visitor's WebSocket closed with ${code} once its client was killed`);
+      assert.equal(code, 1006, 'closed without a close frame: cut short, not ended');
+      const line = await server.proc.waitForMsg('connection closed', 10_000, {
+        from: mark,
+        fields: { proxy: 'app', upgrade: 'websocket' },
+      });
+      assert.match(String(line.reason), /^tunnel /, `reason ${line.reason}`);
+      await sleep(500);
+      assert.ok(server.proc.alive, `the server exited:\n${server.proc.tail(20)}`);
+
+      // It still serves: the client comes back and the name answers over https again.
+      await startRoutedClient(h, { server: server.url, token, proxies, name: 'client again' });
+      const again = await curl(
+        ['--resolve', `app.edge.test:${port}:127.0.0.1`, '--cacert', ca.cert],
+        `https://app.edge.test:${port}/after`,
+      );
+      assert.equal(again.status, 200, `${again.stderr} ${again.body}`);
     }),
 );
 
