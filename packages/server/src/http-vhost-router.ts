@@ -6,7 +6,13 @@ import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:ht
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
-import { type ConnectionTracker, formatHostPort, type Logger, TurnGatheredWrites } from '@porthole/protocol';
+import {
+  type ConnectionTracker,
+  formatHostPort,
+  type Logger,
+  resetConnection,
+  TurnGatheredWrites,
+} from '@porthole/protocol';
 import { answerAndClose } from './answer-and-close.js';
 import type { ConnectionLimit } from './connection-limit.js';
 import type { HostRoutes, RouteEntry } from './host-routes.js';
@@ -149,6 +155,16 @@ function forwardedByTrustedPeer(
     proto: typeof proto === 'string' ? proto : undefined,
     host: typeof host === 'string' ? host : undefined,
   };
+}
+
+/**
+ * Ends the visitor's connection of a response cut short once its head went out: reset, not finished with a
+ * FIN, which would end a body delimited by the connection's close (what an HTTP/1.0 visitor is sent for a
+ * chunked answer) as if it were whole.
+ */
+function cutShort(res: ServerResponse): void {
+  if (res.socket) resetConnection(res.socket);
+  res.destroy();
 }
 
 function isEncrypted(socket: Socket): boolean {
@@ -353,7 +369,7 @@ export class HttpVhostRouter {
         'http forward failed',
       );
       if (!res.headersSent) this.answer(res, status, text);
-      else res.destroy();
+      else cutShort(res);
     };
     let awaitingDrain = false;
     const body = new TurnGatheredWrites(res);
@@ -383,7 +399,7 @@ export class HttpVhostRouter {
       onError: (err, retryable) => {
         current = undefined;
         if (responded) {
-          res.destroy();
+          cutShort(res);
           return;
         }
         if (retryable && retriesLeft > 0 && !hasBody && RETRYABLE.has(method)) {
@@ -516,7 +532,8 @@ export class HttpVhostRouter {
       );
       if (answered) {
         answered.reason = reason;
-        socket.destroy();
+        // Its body goes on until the connection closes: a FIN would end it as if it were whole.
+        resetConnection(socket);
       } else {
         answered = { status, reason };
         this.answerRaw(socket, status, text);
@@ -579,7 +596,7 @@ export class HttpVhostRouter {
         clearTimeout(noAnswerTimer);
         // An ordinary answer after all: a visitor that stops reading it must not hold the socket and its
         // stream (no HTTP timeout watches a socket handed over for an upgrade).
-        (socket as Socket).setTimeout?.(this.opts.idleTimeout, () => socket.destroy());
+        (socket as Socket).setTimeout?.(this.opts.idleTimeout, () => resetConnection(socket));
         socket.write(rawResponseHead(responseHead), 'latin1');
       },
       onBody: (data) => {

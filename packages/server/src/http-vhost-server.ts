@@ -11,7 +11,7 @@ import {
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { formatHostPort, type HostPort, type Logger } from '@porthole/protocol';
+import { formatHostPort, type HostPort, type Logger, resetConnection } from '@porthole/protocol';
 import type { HttpVhostRouter } from './http-vhost-router.js';
 import { peerAddress, peersOnArrival } from './peer-address.js';
 import type { TlsCertStore } from './tls-cert-store.js';
@@ -107,12 +107,14 @@ export class HttpVhostServer {
     // otherwise hold a tunnel stream of the proxy's pool for good), or one whose body stopped coming while
     // it was being forwarded (a stalled upload holds its stream too; one paused by backpressure, or still
     // waiting for a stream, is not the visitor's doing). A request waiting for its response head is
-    // response_timeout's to end.
+    // response_timeout's to end. A response cut here is reset, not ended with a FIN that would end a body
+    // delimited by the close (an HTTP/1.0 visitor's) as if it were whole.
     server.setTimeout(limits.idleTimeout, (socket: HttpSocket) => {
       const response = socket._httpMessage;
       const request = response?.req;
       const uploadStalled = request !== undefined && !request.complete && request.readableFlowing === true;
-      if (!response || response.headersSent || uploadStalled) socket.destroy();
+      if (response?.headersSent) resetConnection(socket);
+      else if (!response || uploadStalled) socket.destroy();
     });
     server.on('request', (req, res) => router.handleRequest(req, res));
     server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
