@@ -275,6 +275,12 @@ const ALPHABET = 'abcdefghijklmnopqrstuvwxyz';
 const HEAD_BODY = patternBytes(1234, 'head');
 const CLOSE_BODY = patternBytes(3000, 'close-delimited');
 const CUT_BODY = patternBytes(100, 'cut');
+/** A chunked answer's head and a first chunk of CUT_BODY, and no more. */
+const FIRST_CHUNK = Buffer.concat([
+  Buffer.from('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n'),
+  CUT_BODY,
+  Buffer.from('\r\n'),
+]);
 const BIG_HEADER = 'a'.repeat(100 * 1024);
 const FORGED_CHUNK = 'abcHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged';
 
@@ -372,14 +378,10 @@ function script(req: SeenRequest): Reply {
       };
     case '/cut-chunked':
       // Chunked, a 100-byte chunk, then a clean close without the last-chunk.
-      return {
-        bytes: Buffer.concat([
-          Buffer.from('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n'),
-          CUT_BODY,
-          Buffer.from('\r\n'),
-        ]),
-        after: 'end',
-      };
+      return { bytes: FIRST_CHUNK, after: 'end' };
+    case '/stall-chunked':
+      // The same 100-byte chunk, then nothing more: the service stalls mid-body with its connection open.
+      return { bytes: FIRST_CHUNK };
     case '/big-head':
       // 12. A ~100 KiB header section.
       return { bytes: ok('ok', `X-Big: ${BIG_HEADER}\r\n`), piece: 16 * 1024 };
@@ -547,10 +549,11 @@ interface World {
   port: number;
 }
 
-async function startWorld(h: Harness): Promise<World> {
+/** `http`: keys of the server's [http] table. */
+async function startWorld(h: Harness, http?: Record<string, string>): Promise<World> {
   const service = await startFakeService(script);
   h.onCleanup(() => service.close());
-  const server = await startRoutedServer(h);
+  const server = await startRoutedServer(h, http ? { http } : {});
   const token = await issueRoutedToken(server, { name: 'framing', hosts: ['app.test'] });
   await startRoutedClient(h, {
     server: server.url,
@@ -1008,5 +1011,42 @@ test(
       assert.equal(switched.body.toString(), `ok ECHO /raw conn=${lastRequest(service, '/raw').conn}`);
       switcher.close();
       assert.deepEqual(service.errors, []);
+    }),
+);
+
+test(
+  'a body cut short never looks whole to a visitor who reads it to the close (HTTP/1.0, an upgrade the service turned down): its connection is reset, not ended',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const world = await startWorld(h, { idle_timeout: '2s' });
+      await plainGet(h, world, '/warm-up');
+      const upgrade = ['-H', 'Connection: Upgrade', '-H', 'Upgrade: x-test'];
+      // The service's chunks reach these visitors without chunk framing, their end being the connection's.
+      const cases: Array<[string, string, string[]]> = [
+        ['HTTP/1.0, the service closed mid-body', '/cut-chunked', ['--http1.0']],
+        ['upgrade turned down, the service closed mid-body', '/cut-chunked', upgrade],
+        ['HTTP/1.0, the service stalled mid-body (cut at idle_timeout)', '/stall-chunked', ['--http1.0']],
+        [
+          'upgrade turned down, the service stalled mid-body (cut at idle_timeout)',
+          '/stall-chunked',
+          upgrade,
+        ],
+      ];
+      const cuts = [];
+      for (const [what, path, args] of cases) {
+        const cut = await visit(h, world.port, path, args);
+        t.diagnostic(
+          `${what}: curl exit ${cut.code}, status ${cut.status}, ${cut.body.length} bytes, ${cut.stderr.trim()}`,
+        );
+        cuts.push({ what, cut });
+      }
+      for (const { what, cut } of cuts) {
+        assert.equal(cut.status, 200, `${what}: status ${cut.status}`);
+        assert.notEqual(cut.code, 0, `${what}: curl took ${cut.body.length} bytes for the whole body`);
+        assert.ok(CUT_BODY.subarray(0, cut.body.length).equals(cut.body), `${what}: the bytes that came`);
+      }
+      await plainGet(h, world, '/after-cuts');
+      assert.deepEqual(world.service.errors, []);
     }),
 );
