@@ -97,6 +97,10 @@ export class HttpVhostServer {
   private setUp(server: Server | HttpsServer): void {
     const { router, limits, logger } = this.opts;
     server.keepAliveTimeout = limits.keepAliveTimeout;
+    // No count of fields: max_header_size bounds them (431). Node's default keeps the first thousand or so
+    // (maxHeadersCount 2000 counts names and values) and drops the rest without a word, so a request
+    // reached the service with some of its fields missing and the visitor never knew.
+    server.maxHeadersCount = 0;
     // A visitor may half-close once its request is sent (`nc`, `socat`, HTTP/1.0 tools): Node's default
     // then aborts the requests under way and ends the socket, so an answer that has to come through the
     // tunnel would be lost after the service acted on the request. With this, the answers are written and
