@@ -158,6 +158,32 @@ test('a request head over max_header_size gets 431 and the port keeps serving', 
   }),
 );
 
+test(
+  'a request with more than a thousand header fields, within max_header_size, reaches the service with every one',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+      // The service keeps every field too (Node's own default would drop them past a thousand).
+      backend.server.maxHeadersCount = 0;
+      const { server } = await startAppTunnel(h, backend.port, { client: 'fields' });
+      const url = `http://127.0.0.1:${server.httpPort}/many-fields`;
+      // 1,200 short fields (11 KB, under the default 16 KiB), the last one after them.
+      const lines = Array.from({ length: 1200 }, (_, i) => `f${i}:v`);
+      const file = await h.file('fields.txt', `${[...lines, 'X-Last: here'].join('\n')}\n`);
+      const r = await curl(['-H', 'Host: app.test', '-H', `@${file}`], url);
+      assert.equal(r.status, 200, `${r.stderr} ${r.body}`);
+      const seen = backend.requests.at(-1)!;
+      const kept = Object.keys(seen.headers).filter((name) => /^f\d+$/.test(name)).length;
+      t.diagnostic(
+        `the service got ${kept} of the 1200 fields, x-last ${JSON.stringify(seen.headers['x-last'])}`,
+      );
+      assert.equal(kept, 1200, 'every field reached the service');
+      assert.equal(seen.headers['x-last'], 'here');
+    }),
+);
+
 interface StuckRequest {
   method: string;
   url: string;
