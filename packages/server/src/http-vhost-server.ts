@@ -79,7 +79,9 @@ export class HttpVhostServer {
         cert: fallback.cert,
         key: fallback.key,
         SNICallback: opts.certs.sniCallback,
-        ALPNProtocols: ['http/1.1'],
+        // HTTP/1.0 too: a client offering only "http/1.0" (curl --http1.0) would get a fatal
+        // no_application_protocol alert.
+        ALPNProtocols: ['http/1.1', 'http/1.0'],
         handshakeTimeout: opts.handshakeTimeout,
       });
       this.setUp(this.httpsServer);
