@@ -192,6 +192,12 @@ test(
       assert.equal(seen.backend, 'app');
       assert.equal(seen.headers['x-forwarded-proto'], 'https');
       assert.equal(seen.headers['x-forwarded-for'], '127.0.0.1');
+      // An HTTP/1.0 visitor offers ALPN "http/1.0" (curl --http1.0 does): served, not refused by a fatal alert.
+      const http10 = await curl(
+        ['--http1.0', '--resolve', `app.edge.test:${port}:127.0.0.1`, '--cacert', ca.cert],
+        `https://app.edge.test:${port}/over-tls-http10`,
+      );
+      assert.equal(http10.status, 200, `${http10.stderr} ${http10.body}`);
       // A name the certificate covers but no proxy serves: TLS is terminated, then a plain 404.
       const noSite = await curl(
         ['--resolve', `nosite.edge.test:${port}:127.0.0.1`, '--cacert', ca.cert],
