@@ -37,6 +37,23 @@ export function urlWithoutUserinfo(server: string): string {
   return server.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#\\]*@/i, '$1');
 }
 
+/** The shortest start of a cut-off token worth hiding: a shorter one says nothing (every JWT starts "eyJ"). */
+const MIN_TOKEN_PART = 8;
+
+/**
+ * `text` with our token hidden. A server URL that leads somewhere other than porthole's endpoint, say a
+ * traefik/whoami or an httpbin that answers with the request it got, sends our Authorization header back in
+ * its body, and the body is the reason `connect failed` logs and `status` shows. The body is cut at 512 bytes,
+ * so it may end with the token's start: that is hidden too.
+ */
+function withoutToken(text: string, token: string): string {
+  if (token.length < MIN_TOKEN_PART) return text;
+  const hidden = text.split(token).join('[token]');
+  for (let length = Math.min(token.length - 1, hidden.length); length >= MIN_TOKEN_PART; length--)
+    if (hidden.endsWith(token.slice(0, length))) return `${hidden.slice(0, -length)}[token]`;
+  return hidden;
+}
+
 function describe(err: NodeJS.ErrnoException): string {
   // Node's connect errors read "connect ECONNREFUSED 127.0.0.1:7000"; keep that, it names the peer.
   return (err.message || err.code || String(err)).trim();
@@ -96,10 +113,12 @@ export async function dial(opts: DialOptions): Promise<WebSocketStream> {
       ...(opts.ca ? { ca: opts.ca } : {}),
     });
   } catch (err) {
-    if (err instanceof WebSocketUpgradeError)
-      throw new DialError(`${err.message}${hintFor(opts.server, err.message, err.status)}`, err.status);
+    if (err instanceof WebSocketUpgradeError) {
+      const message = withoutToken(err.message, opts.token);
+      throw new DialError(`${message}${hintFor(opts.server, message, err.status)}`, err.status);
+    }
     const error = err as NodeJS.ErrnoException;
-    const message = describe(error);
+    const message = withoutToken(describe(error), opts.token);
     const hint = hintFor(opts.server, message) || certificateHint(error.code, opts.ca !== undefined);
     throw new DialError(`${message}${hint}`);
   }
