@@ -46,6 +46,43 @@ test('the token goes in Authorization: Bearer; a refusal surfaces status and bod
   assert.deepEqual(seen, ['Bearer good', 'Bearer old', 'Bearer revoked']);
 });
 
+test('a URL that leads to a service echoing our request (a whoami, httpbin) gets a reason without the token', async (t) => {
+  const token = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJob21lbGFiIn0.bm90LWEtcmVhbC1zaWduYXR1cmUtYnV0LWxvbmc';
+  // As traefik/whoami answers: the request's head as the body. ?before=N puts N bytes ahead of it, so that
+  // the reason's 512-byte cut falls inside the token.
+  const http = createHttpServer();
+  http.on('upgrade', (req, socket) => {
+    const before = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('before') ?? 0);
+    const head = Object.entries(req.headers).map(([name, value]) => `${name}: ${value}`);
+    const body = `${'.'.repeat(before)}GET ${req.url} HTTP/1.1\n${head.join('\n')}\n`;
+    socket.end(`HTTP/1.1 200 OK\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  });
+  http.listen(0, '127.0.0.1');
+  await once(http, 'listening');
+  t.after(() => http.close());
+  const base = `ws://127.0.0.1:${(http.address() as AddressInfo).port}/_porthole`;
+  const reason = async (server: string) => {
+    try {
+      (await dial({ server, token, timeoutMs: 5000 })).destroy();
+      return 'open';
+    } catch (err) {
+      assert.ok(err instanceof DialError);
+      return err.message;
+    }
+  };
+
+  const whole = await reason(base);
+  assert.match(whole, /^200: GET \/_porthole HTTP\/1\.1\n/);
+  assert.ok(!whole.includes(token), whole);
+  assert.match(whole, /authorization: Bearer \[token\]\n/);
+  // Cut 30 characters into the token: its start is hidden too, not only the whole.
+  const cut = await reason(
+    `${base}?before=${512 - 'GET /_porthole?before=NNN HTTP/1.1\nauthorization: Bearer '.length - 30}`,
+  );
+  assert.ok(cut.endsWith('authorization: Bearer [token]'), cut);
+  assert.ok(!cut.includes(token.slice(0, 8)), cut);
+});
+
 test('an unreachable server is a DialError naming the address, not an auth failure', async () => {
   const closedPort = await new Promise<number>((resolve) => {
     const s = createServer().listen(0, '127.0.0.1', () => {
