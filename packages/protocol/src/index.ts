@@ -1,6 +1,7 @@
 export * from './admin-requests.js';
 export * from './cli-support.js';
 export * from './close-event.js';
+export * from './close-hooks.js';
 export * from './config-file.js';
 export * from './connection-tracker.js';
 export * from './control-messages.js';

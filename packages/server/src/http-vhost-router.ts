@@ -7,6 +7,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import {
+  CloseHooks,
   type ConnectionTracker,
   formatHostPort,
   type Logger,
@@ -26,7 +27,6 @@ import type { ProxyTraffic } from './proxy-traffic.js';
 import { routingPath } from './request-path.js';
 import { type RequestTarget, readRequestTarget } from './request-target.js';
 import { plainAddress, type TrustedProxies } from './trusted-proxies.js';
-import { VisitorSocketClose } from './visitor-socket-close.js';
 
 /** What an http proxy's routes lead to. */
 export interface HttpTarget {
@@ -228,7 +228,13 @@ function rawResponseHead(head: ResponseHead): string {
 export class HttpVhostRouter {
   /** The 504 page's text, written once. */
   private readonly noAnswerText: string;
-  private readonly socketClose = new VisitorSocketClose();
+  /**
+   * A request's cleanup when its visitor's connection closes, for the requests whose responses never hear of
+   * it: Node 20 emits no 'close' on a pipelined request's response still queued behind another when the socket
+   * goes (nodejs/node#62534), so without this such a request would keep its tunnel stream and its place among
+   * the open connections for good.
+   */
+  private readonly socketClose = new CloseHooks();
   private readonly pipelined: PipelinedRequests;
 
   constructor(private readonly opts: HttpVhostRouterOptions) {
