@@ -1,6 +1,7 @@
 import { connect, type Socket } from 'node:net';
 import type { Stream } from '@porthole/mux';
 import {
+  CloseHooks,
   type ConnectionTracker,
   encodeProxyHeader,
   formatHostPort,
@@ -77,7 +78,17 @@ function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<
 /** The stream went away (visitor left, session lost) before the local service answered. */
 class StreamGone extends Error {}
 
-/** Connects to the local service; given up when `stream` closes first, so its pending place is freed. */
+/**
+ * The sessions that streams waiting on a local connect came on. A lost session leaves a stream whose visitor
+ * had sent its end (a request, then FIN, waiting for the answer) open for its reader, so that stream's own
+ * 'close' does not come, while its visitor is already cut off.
+ */
+const sessionClose = new CloseHooks();
+
+/**
+ * Connects to the local service; given up when `stream` or its session closes first, so its pending place is
+ * freed and the service never gets a request whose answer cannot reach the visitor.
+ */
 function connectLocal(local: ProxyConfig['local'], stream: Stream): Promise<Socket> {
   return new Promise((resolve, reject) => {
     if (stream.destroyed) {
@@ -88,6 +99,7 @@ function connectLocal(local: ProxyConfig['local'], stream: Stream): Promise<Sock
     const settle = () => {
       clearTimeout(timer);
       stream.off('close', gone);
+      forgetSession();
     };
     const gone = () => {
       settle();
@@ -100,6 +112,7 @@ function connectLocal(local: ProxyConfig['local'], stream: Stream): Promise<Sock
       reject(new Error(`connect to ${formatHostPort(local.host, local.port)} timed out`));
     }, LOCAL_CONNECT_TIMEOUT_MS);
     stream.once('close', gone);
+    const forgetSession = sessionClose.add(stream.session, gone);
     socket.once('connect', () => {
       settle();
       socket.removeAllListeners('error');
