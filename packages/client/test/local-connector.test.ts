@@ -5,7 +5,7 @@ import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Session, type Stream } from '@porthole/mux';
-import { ConnectionTracker, captureLogs, writeStreamHeader } from '@porthole/protocol';
+import { ConnectionTracker, captureLogs, nextClose, writeStreamHeader } from '@porthole/protocol';
 import type { ProxyConfig } from '../src/config.js';
 import { MAX_PENDING_LOCAL_CONNECTS, PendingLocalConnects, serveStream } from '../src/local-connector.js';
 import { LocalFailureLog } from '../src/local-failure-log.js';
@@ -120,27 +120,60 @@ test('a failed local connect resets the stream at once and is logged with the re
 
 /**
  * A local service that drops SYNs: python listens with a backlog of 0 and never accepts, so once its
- * accept queue holds one connection the kernel drops every further SYN and those connects hang.
+ * accept queue holds one connection the kernel drops every further SYN and those connects hang. With
+ * `acceptAfterMs`, it fills its accept queue itself, so that SYNs are dropped from the start, and after that
+ * long empties it and accepts every connection; `received()` is what they sent (up to 1 KiB each).
  */
-async function startSynDroppingService(t: { after: (fn: () => void) => void }): Promise<number> {
+async function startSynDroppingService(
+  t: { after: (fn: () => void) => void },
+  acceptAfterMs?: number,
+): Promise<{ port: number; received: () => string }> {
   const script = [
-    'import socket, time',
+    'import socket, sys, time',
+    'accept_after = float(sys.argv[1])',
     'listener = socket.socket()',
     'listener.bind(("127.0.0.1", 0))',
     'listener.listen(0)',
-    'print(listener.getsockname()[1], flush=True)',
-    'time.sleep(120)',
+    'port = listener.getsockname()[1]',
+    'fillers = []',
+    'for _ in range(2 if accept_after >= 0 else 0):',
+    '    filler = socket.socket()',
+    '    filler.setblocking(False)',
+    '    filler.connect_ex(("127.0.0.1", port))',
+    '    fillers.append(filler)',
+    'print(port, flush=True)',
+    'time.sleep(accept_after if accept_after >= 0 else 120)',
+    'for filler in fillers: filler.close()',
+    'listener.settimeout(0.1)',
+    'deadline = time.time() + 60',
+    'while time.time() < deadline:',
+    '    try: conn, _ = listener.accept()',
+    '    except socket.timeout: continue',
+    '    conn.settimeout(1)',
+    '    try: data = conn.recv(1024)',
+    '    except OSError: data = b""',
+    '    if data: print(data.decode(errors="replace"), end="", flush=True)',
+    '    conn.close()',
   ].join('\n');
-  const python = spawn('python3', ['-c', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const python = spawn('python3', ['-c', script, String((acceptAfterMs ?? -1000) / 1000)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   t.after(() => python.kill());
-  const [first] = (await once(python.stdout, 'data')) as [Buffer];
-  return Number(first.toString().trim());
+  // Its port on the first line, then what it received: read as text, since a line may come in two chunks.
+  let output = '';
+  python.stdout.setEncoding('utf8');
+  python.stdout.on('data', (chunk: string) => {
+    output += chunk;
+  });
+  while (!output.includes('\n')) await once(python.stdout, 'data');
+  const firstLine = output.indexOf('\n') + 1;
+  return { port: Number(output.slice(0, firstLine)), received: () => output.slice(firstLine) };
 }
 
 test('connects pending on a local service that drops SYNs are bounded: past the bound a stream is reset at once', {
   timeout: 30_000,
 }, async (t) => {
-  const port = await startSynDroppingService(t);
+  const { port } = await startSynDroppingService(t);
   const proxy: ProxyConfig = {
     name: 'stuck',
     type: 'tcp',
@@ -182,4 +215,40 @@ test('connects pending on a local service that drops SYNs are bounded: past the 
   await sleep(1500);
   const lateResets = opened.slice(before).filter((stream) => reset.has(stream)).length;
   assert.equal(lateResets, 0, 'new visitors wait for the service instead of being turned away');
+});
+
+test('a connect pending when the session is lost is given up: the service never gets the request of a visitor it cannot answer', {
+  timeout: 20_000,
+}, async (t) => {
+  // SYNs dropped until 0.5 s; the connector's first SYN is dropped and the kernel sends it again 1 s later.
+  const service = await startSynDroppingService(t, 500);
+  const proxy: ProxyConfig = {
+    name: 'late',
+    type: 'tcp',
+    local: { host: '127.0.0.1', port: service.port },
+    remotePort: 1,
+  };
+  const { server, client, logs } = await sessionPair([proxy]);
+  t.after(() => client.close());
+  const served: Stream[] = [];
+  client.on('stream', (stream: Stream) => served.push(stream));
+  const stream = server.open();
+  stream.on('error', () => {});
+  writeStreamHeader(stream, header('late'));
+  // A visitor that sends its request and half-closes to wait for the answer (printf ... | nc -N, HTTP/1.0).
+  stream.end('POST /transfer\n');
+  await sleep(300);
+  // The session is lost (the server's end of it goes) while the connect is pending.
+  server.close(new Error('network gone'));
+  await nextClose(client);
+  // Past the SYN sent again at 1 s (and at 3 s, should the first one come before the queue was emptied).
+  await sleep(3700);
+  assert.equal(service.received(), '', 'the request reached the service after its session was lost');
+  assert.equal(served.length, 1);
+  assert.ok(served[0]!.destroyed, 'the stream is let go');
+  assert.deepEqual(
+    logs.lines.filter((line) => line.msg === 'local connect failed'),
+    [],
+    'a lost session is not a failure of the local service',
+  );
 });
