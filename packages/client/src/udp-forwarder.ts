@@ -7,10 +7,12 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv6 } from 'node:net';
 import type { Stream } from '@porthole/mux';
 import {
+  type DatagramBudget,
   DatagramDecoder,
   DatagramWriter,
   formatHostPort,
   type Logger,
+  proxyDatagramBudget,
   type StreamHeader,
 } from '@porthole/protocol';
 import type { LocalFailureLog } from './local-failure-log.js';
@@ -25,41 +27,52 @@ const MAX_SEND_QUEUE_BYTES = 1024 * 1024;
 const MAX_UDP_PAYLOAD = { udp4: 65_507, udp6: 65_527 } as const;
 const FLOW_CLOSE_GRACE_MS = 5_000;
 
+/** The open flows of one udp proxy: how to end each, and what they have queued for the tunnel together. */
+interface ProxyFlows {
+  ends: Set<(reason: string) => void>;
+  budget: DatagramBudget;
+}
+
 /**
  * The udp flows open now, by proxy: a flow is a udp proxy's connection, so the status counts them with the
- * tcp ones (as the server's admin API does); and a flow's socket stays connected to the local it started
- * with, so a reload that moves a proxy's local ends its flows for the next datagram to open one to the new.
+ * tcp ones (as the server's admin API does); a flow's socket stays connected to the local it started
+ * with, so a reload that moves a proxy's local ends its flows for the next datagram to open one to the new;
+ * and a proxy's flows share one bound on the datagrams they queue for a slow tunnel, as on the server.
  */
 export class OpenUdpFlows {
-  private readonly byProxy = new Map<string, Set<(reason: string) => void>>();
+  private readonly byProxy = new Map<string, ProxyFlows>();
 
   get size(): number {
     let total = 0;
-    for (const flows of this.byProxy.values()) total += flows.size;
+    for (const flows of this.byProxy.values()) total += flows.ends.size;
     return total;
   }
 
   count(proxy: string): number {
-    return this.byProxy.get(proxy)?.size ?? 0;
+    return this.byProxy.get(proxy)?.ends.size ?? 0;
   }
 
-  /** `end` ends the flow; the returned function forgets it (once its stream has closed). */
-  add(proxy: string, end: (reason: string) => void): () => void {
+  /**
+   * `end` ends the flow; `forget` forgets it (once its stream has closed); `budget` is shared by the
+   * proxy's open flows.
+   */
+  add(proxy: string, end: (reason: string) => void): { forget: () => void; budget: DatagramBudget } {
     let flows = this.byProxy.get(proxy);
     if (!flows) {
-      flows = new Set();
+      flows = { ends: new Set(), budget: proxyDatagramBudget() };
       this.byProxy.set(proxy, flows);
     }
-    flows.add(end);
-    return () => {
+    flows.ends.add(end);
+    const forget = () => {
       const current = this.byProxy.get(proxy);
-      if (current?.delete(end) && current.size === 0) this.byProxy.delete(proxy);
+      if (current?.ends.delete(end) && current.ends.size === 0) this.byProxy.delete(proxy);
     };
+    return { forget, budget: flows.budget };
   }
 
   /** Ends every open flow of `proxy` as the idle timeout does: FIN on its stream, answered by the server's. */
   endAll(proxy: string, reason: string): void {
-    for (const end of [...(this.byProxy.get(proxy) ?? [])]) end(reason);
+    for (const end of [...(this.byProxy.get(proxy)?.ends ?? [])]) end(reason);
   }
 }
 
@@ -86,7 +99,6 @@ export function serveUdpFlow(
   const idleMs = header.udp_idle_timeout_ms ?? proxy.udpIdleTimeout ?? DEFAULT_UDP_IDLE_TIMEOUT_MS;
   const socket: UdpSocket = createSocket(family);
   const decoder = new DatagramDecoder({ maxDatagramBytes: MAX_UDP_PAYLOAD[family] });
-  const writer = new DatagramWriter(stream);
   const counts: UdpFlowCounts = { datagramsIn: 0, datagramsOut: 0, bytesIn: 0, bytesOut: 0, dropped: 0 };
   const started = performance.now();
   let lastActivity = started;
@@ -116,7 +128,10 @@ export function serveUdpFlow(
         stream.once('close', () => clearTimeout(grace));
       }
     };
-    const forget = openFlows.add(proxy.name, end);
+    const { forget, budget } = openFlows.add(proxy.name, end);
+    // The proxy's flows share what they may queue for a slow tunnel (a writer gives its share back as its
+    // stream closes).
+    const writer = new DatagramWriter(stream, { budget });
     const arm = (ms: number) => {
       timer = setTimeout(() => {
         const idle = performance.now() - lastActivity;

@@ -23,6 +23,18 @@ export interface DatagramBudget {
 }
 
 /**
+ * What all the flows of one udp proxy may have queued towards the tunnel together (bytes and overhead), on
+ * either end: each flow holds at most DEFAULT_MAX_BUFFERED_DATAGRAM_BYTES, and 1024 flows of that would be
+ * half a gigabyte.
+ */
+export const PROXY_DATAGRAM_BUDGET_BYTES = 16 * 1024 * 1024;
+
+/** A fresh, empty budget for the flows of one udp proxy. */
+export function proxyDatagramBudget(): DatagramBudget {
+  return { used: 0, limit: PROXY_DATAGRAM_BUDGET_BYTES };
+}
+
+/**
  * The frame for one datagram as two buffers, [length header, the payload itself] (the payload is not
  * copied), or undefined when the payload is longer than MAX_DATAGRAM_BYTES. A zero-length datagram is valid.
  */

@@ -12,6 +12,7 @@ import {
   LimitWarning,
   type Logger,
   type ProxySpec,
+  proxyDatagramBudget,
   writeStreamHeader,
 } from '@porthole/protocol';
 import type { Exchange, ProxyTraffic } from './proxy-traffic.js';
@@ -45,12 +46,6 @@ export interface UdpProxyStats {
   /** Streams that ended inside a datagram. */
   droppedTruncated: number;
 }
-
-/**
- * Datagrams all of one proxy's flows may have queued towards a slow client together (bytes and overhead):
- * each flow holds at most 512 KiB, and 1024 flows of that would be half a gigabyte.
- */
-const QUEUED_DATAGRAMS_PER_PROXY = 16 * 1024 * 1024;
 
 export interface UdpProxyListenerOptions {
   client: string;
@@ -111,7 +106,8 @@ export class UdpProxyListener {
   private readonly socket: UdpSocket;
   private readonly family: 'udp4' | 'udp6';
   private readonly flows = new Map<string, Flow>();
-  private readonly queueBudget: DatagramBudget = { used: 0, limit: QUEUED_DATAGRAMS_PER_PROXY };
+  /** What this proxy's flows have queued towards a slow client, together. */
+  private readonly queueBudget: DatagramBudget = proxyDatagramBudget();
   private closed = false;
   private readonly flowLimitWarning: LimitWarning;
 
