@@ -1,11 +1,21 @@
 // The client's side of udp flows, with the real CLIs and real UDP sockets: its connect failures share the
 // tcp proxies' rate limit, its status counts open flows, a reload that moves a udp proxy's local reaches a
-// sender that never falls silent, and a datagram its socket refused to send is counted once, as dropped.
+// sender that never falls silent, a datagram its socket refused to send is counted once, as dropped, and a
+// proxy's flows share one bound on what they queue for a slow tunnel.
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { test } from 'node:test';
 import { startUdpEcho, udpClient } from './lib/http-backend.js';
-import { clientBin, eventually, freePort, run, waitFor, withHarness } from './lib/processes.js';
+import {
+  clientBin,
+  eventually,
+  freePort,
+  procMemory,
+  run,
+  sleep,
+  waitFor,
+  withHarness,
+} from './lib/processes.js';
 import { issueRoutedToken, startRoutedClient, startRoutedServer, startUdpTunnel } from './lib/routing.js';
 
 type Sender = Awaited<ReturnType<typeof udpClient>>;
@@ -210,5 +220,63 @@ test(
         `each unsent datagram is dropped: ${flow.dropped}`,
       );
       assert.equal(flow.bytes_in, sentLocally * 'dgram 00'.length, 'bytes_in counts the sent ones only');
+    }),
+);
+
+test(
+  "a udp proxy's flows share one 16 MiB bound on what they queue for a tunnel that takes nothing (before: 512 KiB each, 80 MiB for 200 flows)",
+  { timeout: 90_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const service = await startUdpEcho('svc');
+      h.onCleanup(() => service.close());
+      const { server, client, remotePort } = await startUdpTunnel(h, {
+        client: 'udp-chatty',
+        proxy: { name: 'chatty', local: `127.0.0.1:${service.port}`, udp_idle_timeout: '4s' },
+      });
+      // 200 visitors, a flow each: the service learns the address of each flow's local socket.
+      const visitors: Sender[] = await Promise.all(Array.from({ length: 200 }, () => udpClient()));
+      h.onCleanup(() => {
+        for (const v of visitors) v.socket.close();
+      });
+      for (const v of visitors) v.socket.send('hi', remotePort, '127.0.0.1');
+      await waitFor('every visitor answered', () => visitors.every((v) => v.replies.length >= 1), 10_000);
+      assert.equal(service.senders.size, visitors.length);
+
+      // The tunnel takes nothing more (the server is stopped) while the service talks to every flow:
+      // 300 datagrams of 1400 bytes each, 80 MiB in all, each flow's share under its own 512 KiB bound.
+      server.proc.kill('SIGSTOP');
+      h.onCleanup(() => server.proc.kill('SIGCONT'));
+      const flows = [...service.senders].map((address) => {
+        const colon = address.lastIndexOf(':');
+        return { host: address.slice(0, colon), port: Number(address.slice(colon + 1)) };
+      });
+      const payload = Buffer.alloc(1400, 0x61);
+      for (let round = 0; round < 300; round++) {
+        for (const { host, port } of flows) service.socket.send(payload, port, host);
+        // The client reads its sockets between rounds, as with a service that talks steadily.
+        await sleep(5);
+      }
+      await sleep(1000);
+      t.diagnostic(`client rss: ${(procMemory('VmRSS', client.proc.pid!) / 2 ** 20).toFixed(0)} MiB`);
+      server.proc.kill('SIGCONT');
+
+      await client.proc.waitForLog(
+        () => client.proc.logsWithMsg('udp flow closed').length >= flows.length,
+        30_000,
+        0,
+        `${flows.length} "udp flow closed" lines on the client`,
+      );
+      const closed = client.proc.logsWithMsg('udp flow closed');
+      const taken = closed.reduce((sum, l) => sum + Number(l.bytes_out), 0);
+      const dropped = closed.reduce((sum, l) => sum + Number(l.dropped), 0);
+      t.diagnostic(`taken into the tunnel: ${(taken / 2 ** 20).toFixed(1)} MiB; dropped: ${dropped}`);
+      // 16 MiB of queue (13.5 MiB of payload, the rest overhead), and what the kernel's socket buffers
+      // between client and stopped server took (some 8 MiB here).
+      assert.ok(
+        taken < 40 * 2 ** 20,
+        `${(taken / 2 ** 20).toFixed(1)} MiB taken for a tunnel that took nothing`,
+      );
+      assert.ok(dropped > 0, 'the rest was dropped');
     }),
 );
