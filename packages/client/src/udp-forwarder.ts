@@ -26,6 +26,19 @@ const MAX_PENDING_BYTES = 256 * 1024;
 const MAX_SEND_QUEUE_BYTES = 1024 * 1024;
 const MAX_UDP_PAYLOAD = { udp4: 65_507, udp6: 65_527 } as const;
 const FLOW_CLOSE_GRACE_MS = 5_000;
+/**
+ * What a connected UDP socket reports, on a later send or as an error of its own, for a datagram an ICMP
+ * error answered: the service (or its host, or the way there) cannot be reached for now. UDP carries on:
+ * the flow stays, its datagrams are dropped until the service is back.
+ */
+const UNREACHABLE: ReadonlyMap<string | undefined, string> = new Map<string | undefined, string>([
+  ['ECONNREFUSED', 'port unreachable'],
+  // ICMP host unreachable, and what a firewall there answers for a port it has not opened (firewalld's
+  // host-prohibited, admin-prohibited).
+  ['EHOSTUNREACH', 'host unreachable or prohibited'],
+  ['ENETUNREACH', 'network unreachable'],
+  ['EHOSTDOWN', 'host down'],
+]);
 
 /** The open flows of one udp proxy: how to end each, and what they have queued for the tunnel together. */
 interface ProxyFlows {
@@ -108,7 +121,7 @@ export function serveUdpFlow(
   let reason: string | undefined;
   let socketClosed = false;
   let timer: NodeJS.Timeout | undefined;
-  let refusalLogged = false;
+  let unreachableLogged = false;
 
   return new Promise((resolve) => {
     const closeSocket = () => {
@@ -152,26 +165,25 @@ export function serveUdpFlow(
         // This datagram was not sent (an earlier one's ICMP refusal fails the next send): dropped, not in.
         counts.datagramsIn--;
         counts.bytesIn -= datagram.length;
-        if (err.code === 'ECONNREFUSED') refused();
-        else counts.dropped++;
+        if (!unreachable(err)) counts.dropped++;
       });
     };
-    // ICMP port unreachable on a connected socket, reported by a later send or by the socket: the service
-    // is down for now and UDP carries on. Said once per flow, like a refused tcp connect once per visitor,
-    // or a dead DNS service would only be a count.
-    const refused = () => {
+    // An ICMP error for an earlier datagram (UNREACHABLE): counted as a drop, and said once per flow, like a
+    // refused tcp connect once per visitor, or a dead DNS service would only be a count. Ending the flow
+    // instead would open one, and write a line, per datagram of a sender that goes on. False for others.
+    const unreachable = (err: NodeJS.ErrnoException): boolean => {
+      const why = UNREACHABLE.get(err.code);
+      if (why === undefined) return false;
       counts.dropped++;
-      if (refusalLogged) return;
-      refusalLogged = true;
-      const reason = 'ECONNREFUSED (port unreachable: datagrams are dropped, the flow carries on)';
+      if (unreachableLogged) return true;
+      unreachableLogged = true;
+      const reason = `${err.code} (${why}: datagrams are dropped, the flow carries on)`;
       failures.failed({ proxy: proxy.name, conn: header.conn, remote_addr: remoteAddr, local, reason }, true);
+      return true;
     };
 
     socket.on('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'ECONNREFUSED') {
-        refused();
-        return;
-      }
+      if (unreachable(err)) return;
       logger.warn({ proxy: proxy.name, conn: header.conn, local, reason: err.message }, 'udp local error');
       end(`local socket: ${err.code ?? err.message}`);
     });
