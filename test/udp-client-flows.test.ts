@@ -6,12 +6,14 @@ import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { test } from 'node:test';
 import { startUdpEcho, udpClient } from './lib/http-backend.js';
+import { createLoopbackNamespace, netnsUnavailable, probe } from './lib/netns.js';
 import {
   clientBin,
   eventually,
   freePort,
   procMemory,
   run,
+  runOk,
   sleep,
   waitFor,
   withHarness,
@@ -280,3 +282,55 @@ test(
       assert.ok(dropped > 0, 'the rest was dropped');
     }),
 );
+
+test('a local service whose host refuses with ICMP host-prohibited (firewalld): one line, and the flow carries on, not a flow and a line per datagram', {
+  timeout: 60_000,
+}, async (t) => {
+  const why = await netnsUnavailable();
+  if (why) {
+    t.skip(why);
+    return;
+  }
+  await withHarness(t, async (h) => {
+    const ns = await createLoopbackNamespace(h);
+    // firewalld's default for a port it has not opened: the datagram arrives, an ICMP error answers it.
+    const localPort = 9054;
+    await runOk(
+      'iptables',
+      [
+        ...['-A', 'INPUT', '-p', 'udp', '--dport', String(localPort)],
+        ...['-j', 'REJECT', '--reject-with', 'icmp-host-prohibited'],
+      ],
+      { netns: ns },
+    );
+    const { server, client, remotePort } = await startUdpTunnel(h, {
+      client: 'udp-prohibited',
+      netns: ns,
+      proxy: { name: 'fw', local: `127.0.0.1:${localPort}`, udp_idle_timeout: '2s' },
+    });
+    // A game client: one source port, a datagram every 100 ms.
+    const sent = await probe(ns, [
+      ...['udp-send', '--host', '127.0.0.1', '--port', String(remotePort)],
+      ...['--count', '10', '--interval', '100', '--timeout', '100'],
+    ]);
+    assert.equal(sent.replies, 0);
+    // The sender's flow ends 2 s after its last datagram, on both ends.
+    await server.proc.waitForMsg('udp flow closed', 10_000, {
+      fields: { proxy: 'fw', reason: 'idle timeout' },
+    });
+    const flows = await client.proc.settledLogsWithMsg('udp flow closed');
+    t.diagnostic(`client flows: ${flows.length}, first: ${JSON.stringify(flows[0])}`);
+    const lines = [
+      ...client.proc.logsWithMsg('local connect failed'),
+      ...client.proc.logsWithMsg('udp local error'),
+    ];
+    assert.equal(flows.length, 1, 'one flow for the one sender');
+    assert.equal(server.proc.logsWithMsg('udp flow closed').length, 1);
+    assert.equal(lines.length, 1, 'one line for the flow');
+    assert.equal(lines[0]!.msg, 'local connect failed');
+    assert.match(String(lines[0]!.reason), /^EHOSTUNREACH /);
+    const flow = flows[0]!;
+    assert.equal(flow.reason, 'idle timeout', 'the flow outlived the ICMP errors');
+    assert.equal(flow.datagrams_in, 10, 'every datagram was sent to the service');
+  });
+});

@@ -4,8 +4,8 @@
 //   connect --host H --port P --timeout MS             prints {"result":"connected"|"refused"|"timeout"|...}
 //   echo --host H --port P --bytes N [--banner] [--timeout MS]   one verified echo round trip (EchoResult)
 //   udp-echo-server --host H --port P                  serve a UDP echo; prints {"msg":"listening"}
-//   udp-send --bind B --host H --port P --count N [--timeout MS]   send N datagrams from an ephemeral port
-//                                                      of B, then wait MS for replies; prints {sent, replies}
+//   udp-send --bind B --host H --port P --count N [--interval MS] [--timeout MS]   send N datagrams (MS
+//                      apart) from an ephemeral port of B, then wait MS for replies; prints {sent, replies}
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { startUdpEcho, udpClient } from './http-backend.js';
@@ -23,6 +23,7 @@ const { positionals, values } = parseArgs({
     seed: { type: 'string' },
     bind: { type: 'string', default: '127.0.0.1' },
     count: { type: 'string', default: '1' },
+    interval: { type: 'string', default: '0' },
   },
 });
 
@@ -55,7 +56,10 @@ if (mode === 'echo-server') {
 } else if (mode === 'udp-send') {
   const { socket, replies } = await udpClient(values.bind);
   const count = Number(values.count);
-  for (let i = 0; i < count; i++) socket.send(`datagram ${i}`, port, host);
+  for (let i = 0; i < count; i++) {
+    if (i > 0 && Number(values.interval) > 0) await sleep(Number(values.interval));
+    socket.send(`datagram ${i}`, port, host);
+  }
   await sleep(timeoutMs);
   const from = socket.address();
   socket.close();
