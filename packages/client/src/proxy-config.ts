@@ -3,6 +3,7 @@
 import {
   durationField,
   expected,
+  formatDuration,
   type HostPort,
   HTTP_TOKEN,
   hostPortField,
@@ -13,6 +14,8 @@ import {
   parseSubdomain,
   positiveIntField,
   proxyNameSchema,
+  UDP_IDLE_TIMEOUT_MAX_MS,
+  UDP_IDLE_TIMEOUT_MIN_MS,
 } from '@porthole/protocol';
 import { z } from 'zod';
 
@@ -159,8 +162,14 @@ export const proxySchema = z
         });
       }
     }
-    if (proxy.udp_idle_timeout !== undefined && proxy.udp_idle_timeout < 100) {
-      ctx.addIssue({ code: 'custom', path: ['udp_idle_timeout'], message: 'must be at least 100ms' });
+    // The bounds of the server's register message: past them it would close the session, every proxy's.
+    if (proxy.udp_idle_timeout !== undefined && proxy.udp_idle_timeout < UDP_IDLE_TIMEOUT_MIN_MS) {
+      const least = formatDuration(UDP_IDLE_TIMEOUT_MIN_MS);
+      ctx.addIssue({ code: 'custom', path: ['udp_idle_timeout'], message: `must be at least ${least}` });
+    }
+    if (proxy.udp_idle_timeout !== undefined && proxy.udp_idle_timeout > UDP_IDLE_TIMEOUT_MAX_MS) {
+      const most = formatDuration(UDP_IDLE_TIMEOUT_MAX_MS);
+      ctx.addIssue({ code: 'custom', path: ['udp_idle_timeout'], message: `must be at most ${most}` });
     }
   });
 

@@ -10,6 +10,10 @@ export const PROXY_NAME_RULE =
 export const proxyNameSchema = z.string().regex(PROXY_NAME, `must be ${PROXY_NAME_RULE} characters`);
 const port = z.number().int().min(1).max(65535);
 
+/** A udp flow's idle timeout, on either end: what a register may ask for, and what a config may set. */
+export const UDP_IDLE_TIMEOUT_MIN_MS = 100;
+export const UDP_IDLE_TIMEOUT_MAX_MS = 86_400_000;
+
 /** The server writes these into request heads itself: nothing may end a line or the head early. */
 const HOST_HEADER_VALUE = /^[\x21-\x7e]+$/;
 
@@ -42,7 +46,7 @@ export const proxySpecSchema = z.object({
   /** tcp/tls: visitor connections open at once; more are refused. Capped by the server. */
   max_connections: z.number().int().min(1).max(1_000_000).optional(),
   /** udp: a flow without datagrams for this long ends (both ends); the server's default otherwise. */
-  udp_idle_timeout_ms: z.number().int().min(100).max(86_400_000).optional(),
+  udp_idle_timeout_ms: z.number().int().min(UDP_IDLE_TIMEOUT_MIN_MS).max(UDP_IDLE_TIMEOUT_MAX_MS).optional(),
   /** udp: concurrent flows (remote address:port) this proxy accepts; capped by the server. */
   max_flows: z.number().int().min(1).max(1_000_000).optional(),
 });

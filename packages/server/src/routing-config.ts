@@ -3,13 +3,16 @@
 import {
   ConfigError,
   durationAboveZero,
+  durationAtLeast,
   durationField,
   durationOrOffField,
   expected,
+  formatDuration,
   type HostPort,
   hostPortField,
   parseHostPattern,
   positiveIntField,
+  UDP_IDLE_TIMEOUT_MIN_MS,
 } from '@porthole/protocol';
 import { z } from 'zod';
 import type { HttpLimits } from './http-vhost-server.js';
@@ -44,7 +47,11 @@ const networksField = z
 export const routingConfigShape = {
   subdomain_host: hostnameField.optional(),
   trusted_proxies: networksField.default([]),
-  udp_idle_timeout: durationField.prefault('60s'),
+  // The floor a client's own udp_idle_timeout has: 0 ended each flow at once, and its stream header was refused.
+  udp_idle_timeout: durationAtLeast(
+    UDP_IDLE_TIMEOUT_MIN_MS,
+    formatDuration(UDP_IDLE_TIMEOUT_MIN_MS),
+  ).prefault('60s'),
   udp_max_flows: positiveIntField('a number of flows').max(1_000_000).default(1024),
   http: z
     .strictObject(
