@@ -1,6 +1,7 @@
 // What the real CLIs say to a user who mistypes: an option, a config key, or token ports the server
 // will refuse. Each names the likely intent and exits 2, or (for the token) warns and still issues it.
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { test } from 'node:test';
 import { clientBin, run, runOk, serverBin, withHarness } from './lib/processes.js';
 import { makeCa, makeCert } from './lib/routing.js';
@@ -368,6 +369,59 @@ test(
           r.stderr,
           `${program}: Node.js 18.20.4 (${process.execPath}) is too old: it needs Node.js 20 or later\n`,
         );
+      }
+    }),
+);
+
+test(
+  "a udp_idle_timeout the other end cannot take is refused by check and at the start, exit 2: a client proxy's over 1d, a server's under 100ms",
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      // Before, both passed check. The server closed the whole session at each registration of a client
+      // whose udp proxy asked for 2d (its other proxies down too, the client saying only "connection closed
+      // by peer"); a server set to 0s ended each flow at once, and the client refused its stream header.
+      const token = await h.file('token', 'a.b.c\n');
+      const client = await h.file(
+        'client.toml',
+        [
+          'server = "ws://127.0.0.1:1/_porthole"',
+          `token_file = "${token}"`,
+          '[[proxies]]',
+          'name = "wg"',
+          'type = "udp"',
+          'local = "127.0.0.1:51820"',
+          'remote_port = 51820',
+          'udp_idle_timeout = "2d"',
+          '',
+        ].join('\n'),
+      );
+      const clientProblem = `${client}: proxies[0] ("wg").udp_idle_timeout: must be at most 1d\n`;
+      for (const args of [
+        ['check', '--config', client],
+        ['--config', client],
+      ]) {
+        const r = await run(clientBin, args, { timeoutMs: 15_000 });
+        assert.equal(r.code, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+        assert.equal(r.stderr, clientProblem);
+      }
+      const longest = await h.file('longest.toml', (await readFile(client, 'utf8')).replace('"2d"', '"24h"'));
+      assert.equal((await run(clientBin, ['check', '--config', longest])).code, 0);
+
+      const secret = await h.file('secret', `${'s'.repeat(40)}\n`);
+      for (const value of ['0s', '50ms']) {
+        const server = await h.file(
+          `server-${value}.toml`,
+          `listen = "127.0.0.1:0"\nudp_idle_timeout = "${value}"\n[auth]\nsecret_file = "${secret}"\n`,
+        );
+        for (const args of [
+          ['check', '--config', server],
+          ['--config', server],
+        ]) {
+          const r = await run(serverBin, args, { timeoutMs: 15_000 });
+          assert.equal(r.code, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+          assert.match(r.stderr, /server-\w+\.toml: udp_idle_timeout: must be at least 100ms\n$/);
+        }
       }
     }),
 );
