@@ -247,21 +247,23 @@ test(
 
       // The tunnel takes nothing more (the server is stopped) while the service talks to every flow:
       // 300 datagrams of 1400 bytes each, 80 MiB in all, each flow's share under its own 512 KiB bound.
-      server.proc.kill('SIGSTOP');
-      h.onCleanup(() => server.proc.kill('SIGCONT'));
       const flows = [...service.senders].map((address) => {
         const colon = address.lastIndexOf(':');
         return { host: address.slice(0, colon), port: Number(address.slice(colon + 1)) };
       });
       const payload = Buffer.alloc(1400, 0x61);
-      for (let round = 0; round < 300; round++) {
-        for (const { host, port } of flows) service.socket.send(payload, port, host);
-        // The client reads its sockets between rounds, as with a service that talks steadily.
-        await sleep(5);
+      server.proc.kill('SIGSTOP');
+      try {
+        for (let round = 0; round < 300; round++) {
+          for (const { host, port } of flows) service.socket.send(payload, port, host);
+          // The client reads its sockets between rounds, as with a service that talks steadily.
+          await sleep(5);
+        }
+        await sleep(1000);
+        t.diagnostic(`client rss: ${(procMemory('VmRSS', client.proc.pid!) / 2 ** 20).toFixed(0)} MiB`);
+      } finally {
+        server.proc.kill('SIGCONT');
       }
-      await sleep(1000);
-      t.diagnostic(`client rss: ${(procMemory('VmRSS', client.proc.pid!) / 2 ** 20).toFixed(0)} MiB`);
-      server.proc.kill('SIGCONT');
 
       await client.proc.waitForLog(
         () => client.proc.logsWithMsg('udp flow closed').length >= flows.length,
@@ -314,10 +316,13 @@ test('a local service whose host refuses with ICMP host-prohibited (firewalld): 
       ...['--count', '10', '--interval', '100', '--timeout', '100'],
     ]);
     assert.equal(sent.replies, 0);
-    // The sender's flow ends 2 s after its last datagram, on both ends.
-    await server.proc.waitForMsg('udp flow closed', 10_000, {
-      fields: { proxy: 'fw', reason: 'idle timeout' },
-    });
+    // The sender's flow ends 2 s after its last datagram (by either end's idle timer), 2.9 s after its first.
+    await server.proc.waitForLog(
+      (l) => l.msg === 'udp flow closed' && l.proxy === 'fw' && Number(l.ms) >= 2000,
+      10_000,
+      0,
+      'the flow closed after outliving the ICMP errors',
+    );
     const flows = await client.proc.settledLogsWithMsg('udp flow closed');
     t.diagnostic(`client flows: ${flows.length}, first: ${JSON.stringify(flows[0])}`);
     const lines = [
@@ -330,7 +335,7 @@ test('a local service whose host refuses with ICMP host-prohibited (firewalld): 
     assert.equal(lines[0]!.msg, 'local connect failed');
     assert.match(String(lines[0]!.reason), /^EHOSTUNREACH /);
     const flow = flows[0]!;
-    assert.equal(flow.reason, 'idle timeout', 'the flow outlived the ICMP errors');
+    assert.ok(['idle timeout', 'server ended the flow'].includes(String(flow.reason)), JSON.stringify(flow));
     assert.equal(flow.datagrams_in, 10, 'every datagram was sent to the service');
   });
 });
