@@ -182,8 +182,27 @@ export function serveUdpFlow(
       return true;
     };
 
+    // The flow has no socket to the service: its datagrams are dropped, and it ends. One line per flow, and a
+    // flow per sender, so within the proxy's budget: a name that does not resolve, or a client out of file
+    // descriptors, would log a line per sender.
+    const connectFailed = (err: NodeJS.ErrnoException) => {
+      counts.dropped += pending.length;
+      pending = [];
+      pendingBytes = 0;
+      failures.failed(
+        { proxy: proxy.name, conn: header.conn, remote_addr: remoteAddr, local, reason: err.message },
+        true,
+      );
+      end(`local connect: ${err.code ?? err.message}`);
+    };
+
     socket.on('error', (err: NodeJS.ErrnoException) => {
       if (unreachable(err)) return;
+      // Before the connect, the bind it starts with failed (EMFILE): the connect's callback is never called.
+      if (!connected) {
+        connectFailed(err);
+        return;
+      }
       logger.warn({ proxy: proxy.name, conn: header.conn, local, reason: err.message }, 'udp local error');
       end(`local socket: ${err.code ?? err.message}`);
     });
@@ -196,20 +215,14 @@ export function serveUdpFlow(
     });
     // With a callback, a failed connect (the name does not resolve, the address is refused) comes here,
     // not as 'error'.
-    socket.connect(proxy.local.port, proxy.local.host, (err?: Error) => {
+    socket.connect(proxy.local.port, proxy.local.host, (err?: NodeJS.ErrnoException) => {
+      if (err) {
+        connectFailed(err);
+        return;
+      }
       const queued = pending;
       pending = [];
       pendingBytes = 0;
-      if (err) {
-        counts.dropped += queued.length;
-        // One per flow, and a flow per sender: a name that does not resolve would log a line per sender.
-        failures.failed(
-          { proxy: proxy.name, conn: header.conn, remote_addr: remoteAddr, local, reason: err.message },
-          true,
-        );
-        end(`local connect: ${(err as NodeJS.ErrnoException).code ?? err.message}`);
-        return;
-      }
       connected = true;
       for (const datagram of queued) sendLocal(datagram);
     });
