@@ -3,6 +3,7 @@
 // sender that never falls silent, a datagram its socket refused to send is counted once, as dropped, and a
 // proxy's flows share one bound on what they queue for a slow tunnel.
 import assert from 'node:assert/strict';
+import { readdirSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { test } from 'node:test';
 import { startUdpEcho, udpClient } from './lib/http-backend.js';
@@ -339,3 +340,53 @@ test('a local service whose host refuses with ICMP host-prohibited (firewalld): 
     assert.equal(flow.datagrams_in, 10, 'every datagram was sent to the service');
   });
 });
+
+test(
+  'a client out of file descriptors: each udp flow that cannot get a socket is a local connect failure, at most 20 lines per 10 s, not a warning each',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startUdpEcho('echo');
+      h.onCleanup(() => echo.close());
+      const { client, remotePort } = await startUdpTunnel(h, {
+        client: 'udp-emfile',
+        proxy: { name: 'echo', local: `127.0.0.1:${echo.port}` },
+      });
+      const pid = client.proc.pid!;
+      const nofile = async (soft: number | string) =>
+        runOk('prlimit', ['--pid', String(pid), `--nofile=${soft}:`]);
+      const hard = (
+        await runOk('prlimit', ['--pid', String(pid), '--nofile', '--output=HARD', '--noheadings'])
+      ).trim();
+      // No descriptor above those open now: a flow's socket gets one only where an earlier one was freed.
+      await nofile(readdirSync(`/proc/${pid}/fd`).length);
+      const senders: Sender[] = await Promise.all(Array.from({ length: 30 }, () => udpClient()));
+      h.onCleanup(() => {
+        for (const s of senders) s.socket.close();
+      });
+      for (const [i, s] of senders.entries()) s.socket.send(`probe ${i}`, remotePort, '127.0.0.1');
+      const ended = () =>
+        client.proc.logsWithMsg('udp flow closed').filter((l) => String(l.reason).endsWith(': EMFILE'));
+      await client.proc.waitForLog(() => ended().length >= 25, 20_000, 0, '25 flows ended for EMFILE');
+      const lines = [
+        ...(await client.proc.settledLogsWithMsg('local connect failed')),
+        ...client.proc.logsWithMsg('udp local error'),
+      ];
+      t.diagnostic(
+        `${ended().length} flows ended for EMFILE; ${lines.length} lines, first: ${JSON.stringify(lines[0])}`,
+      );
+      assert.equal(client.proc.logsWithMsg('udp local error').length, 0, 'not a warning of its own per flow');
+      assert.equal(lines.length, 20, 'the local connect failures budget');
+      assert.match(String(lines[0]!.reason), /EMFILE/);
+      await client.proc.waitForMsg('local connect failures not logged one by one', 15_000, {
+        fields: { proxy: 'echo' },
+      });
+
+      // Descriptors back, the next sender is served.
+      await nofile(hard);
+      const late = await udpClient();
+      h.onCleanup(() => late.socket.close());
+      late.socket.send('after', remotePort, '127.0.0.1');
+      await waitFor('the echo once descriptors are back', () => late.replies.length === 1, 5000);
+    }),
+);
