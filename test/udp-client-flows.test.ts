@@ -1,7 +1,8 @@
-// The client's side of udp flows, with the real CLIs and real UDP sockets: its connect failures share the
-// tcp proxies' rate limit, its status counts open flows, a reload that moves a udp proxy's local reaches a
-// sender that never falls silent, a datagram its socket refused to send is counted once, as dropped, and a
-// proxy's flows share one bound on what they queue for a slow tunnel.
+// The client's side of udp flows, with the real CLIs and real UDP sockets: its connect failures (a name
+// that does not resolve, no file descriptor left) share the tcp proxies' rate limit, its status counts open
+// flows, a reload that moves a udp proxy's local reaches a sender that never falls silent, a datagram its
+// socket refused to send is counted once, as dropped, an ICMP host-prohibited is one line and the flow
+// carries on, and a proxy's flows share one bound on what they queue for a slow tunnel.
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
