@@ -8,7 +8,7 @@ import { readdirSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { test } from 'node:test';
 import { startUdpEcho, udpClient } from './lib/http-backend.js';
-import { createLoopbackNamespace, netnsUnavailable, probe } from './lib/netns.js';
+import { createLoopbackNamespace, probe, skippedWithoutNetns } from './lib/netns.js';
 import {
   clientBin,
   eventually,
@@ -290,11 +290,7 @@ test(
 test('a local service whose host refuses with ICMP host-prohibited (firewalld): one line, and the flow carries on, not a flow and a line per datagram', {
   timeout: 60_000,
 }, async (t) => {
-  const why = await netnsUnavailable();
-  if (why) {
-    t.skip(why);
-    return;
-  }
+  if (await skippedWithoutNetns(t)) return;
   await withHarness(t, async (h) => {
     const ns = await createLoopbackNamespace(h);
     // firewalld's default for a port it has not opened: the datagram arrives, an ICMP error answers it.

@@ -7,8 +7,8 @@ import { startUdpEcho, udpClient } from './lib/http-backend.js';
 import { startIperfServer } from './lib/iperf3.js';
 import {
   createLoopbackNamespace,
-  netnsUnavailable,
   probe,
+  skippedWithoutNetns,
   spawnProbe,
   UNREACHABLE_LOOPBACK_ADDR,
 } from './lib/netns.js';
@@ -456,11 +456,7 @@ test(
 test('a visitor the server cannot answer (its sends fail with EACCES): each reply is counted dropped, not sent, and the server carries on', {
   timeout: 60_000,
 }, async (t) => {
-  const why = await netnsUnavailable();
-  if (why) {
-    t.skip(why);
-    return;
-  }
+  if (await skippedWithoutNetns(t)) return;
   await withHarness(t, async (h) => {
     const ns = await createLoopbackNamespace(h);
     const echo = spawnProbe(h, 'udp-echo', ns, ['udp-echo-server', '--host', '127.0.0.1', '--port', '9053']);

@@ -8,6 +8,7 @@
 
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import type { TestContext } from 'node:test';
 import { type Harness, netprobeScript, onProcessExit, type Proc, run, runOk } from './processes.js';
 
 export const PUB_ADDR = '198.18.0.1';
@@ -27,6 +28,13 @@ export async function netnsUnavailable(): Promise<string | undefined> {
   const ipt = await run('iptables', ['--version'], { timeoutMs: 10_000 });
   if (ipt.code !== 0) return `iptables is not available: ${ipt.stderr.trim()}`;
   return undefined;
+}
+
+/** Skips `t`, saying why, where network namespaces cannot be used; true if it did (the test returns). */
+export async function skippedWithoutNetns(t: TestContext): Promise<boolean> {
+  const why = await netnsUnavailable();
+  if (why) t.skip(why);
+  return why !== undefined;
 }
 
 /** Start the netprobe helper (a compiled script of this suite) inside a namespace. */
