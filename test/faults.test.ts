@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import net from 'node:net';
 import { test } from 'node:test';
-import { createNatTopology, LAN_ADDR, type NatTopology, netnsUnavailable, PUB_ADDR } from './lib/netns.js';
+import { createNatTopology, LAN_ADDR, type NatTopology, PUB_ADDR, skippedWithoutNetns } from './lib/netns.js';
 import { eventually, freePort, type Harness, sleep, withHarness } from './lib/processes.js';
 import { echoRoundTrip, startEchoServer, tryConnect } from './lib/services.js';
 import { PatternSource } from './lib/sha-stream.js';
@@ -139,11 +139,7 @@ async function echoFromPub(n: NatTunnel, what: string): Promise<void> {
 test('link cut longer than the heartbeat timeout: the server frees the port; the client comes back by itself', {
   timeout: 90_000,
 }, async (t) => {
-  const why = await netnsUnavailable();
-  if (why) {
-    t.skip(why);
-    return;
-  }
+  if (await skippedWithoutNetns(t)) return;
   await withHarness(t, async (h) => {
     const n = await natTunnel(h, { server: ['500ms', '2s'], client: ['500ms', '2s'] });
     await echoFromPub(n, 'tunnel works before the cut');
@@ -200,11 +196,7 @@ test('link cut longer than the heartbeat timeout: the server frees the port; the
 test('half-open session: the reconnecting client takes its port over at once, no "already in use"', {
   timeout: 90_000,
 }, async (t) => {
-  const why = await netnsUnavailable();
-  if (why) {
-    t.skip(why);
-    return;
-  }
+  if (await skippedWithoutNetns(t)) return;
   await withHarness(t, async (h) => {
     // The client notices a dead session within 2 s; the server would need 60 s. The old flow is
     // blackholed in the router (no FIN or RST can ever arrive), so when the client comes back on a new

@@ -2,7 +2,7 @@
 // MASQUERADEs lan -> pub and drops new connections pub -> lan.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { createNatTopology, LAN_ADDR, netnsUnavailable, PUB_ADDR, RTR_PUB_ADDR } from './lib/netns.js';
+import { createNatTopology, LAN_ADDR, PUB_ADDR, RTR_PUB_ADDR, skippedWithoutNetns } from './lib/netns.js';
 import { withHarness } from './lib/processes.js';
 import { issueToken, startClient, startServer } from './lib/tunnel.js';
 
@@ -13,11 +13,7 @@ const PUBLIC_PORT = 8000;
 test('client behind NAT: pub cannot reach lan, yet the tunnel serves pub from the lan service', {
   timeout: 90_000,
 }, async (t) => {
-  const why = await netnsUnavailable();
-  if (why) {
-    t.skip(why);
-    return;
-  }
+  if (await skippedWithoutNetns(t)) return;
   await withHarness(t, async (h) => {
     const net = await createNatTopology(h);
 
