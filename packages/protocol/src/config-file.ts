@@ -88,10 +88,38 @@ function knownKeysAt(schema: z.core.$ZodType, path: ReadonlyArray<PropertyKey>):
   return Object.keys((current._zod.def as z.core.$ZodObjectDef).shape);
 }
 
+/** The header line of the table at `path`: "[http]", "[[proxies]]", "[[https.certs]]". */
+function tableHeader(path: ReadonlyArray<PropertyKey>): string {
+  const names = path.filter((part) => typeof part === 'string').join('.');
+  return typeof path[path.length - 1] === 'number' ? `[[${names}]]` : `[${names}]`;
+}
+
+/**
+ * Why `key`, unknown in the table at `path`, is a key of a table around it. TOML reads every key below a
+ * table's header line as that table's, so a top-level key added at the end of a file (`subdomain_host`
+ * after `[http]`, `log_level` after the last `[[proxies]]`) lands in the last table; without this its
+ * line said only "unknown key" of a key the user had spelt right.
+ */
+function misplacedKeyHint(
+  schema: z.core.$ZodType,
+  path: ReadonlyArray<PropertyKey>,
+  key: string,
+): string | undefined {
+  for (let depth = path.length - 1; depth >= 0; depth--) {
+    const outer = path.slice(0, depth);
+    if (!knownKeysAt(schema, outer)?.includes(key)) continue;
+    const header = tableHeader(path);
+    const owner = depth === 0 ? 'a top-level key' : `a key of ${tableHeader(outer)}`;
+    const where = depth === 0 ? 'above the first table' : `up, under ${tableHeader(outer)}`;
+    return `${owner}, but TOML puts every key below the ${header} line into ${header}: move it ${where}`;
+  }
+  return undefined;
+}
+
 /**
  * One "<file>: <key>: <reason>" line per zod issue (unknown keys get one line each, with the known key
- * they most likely stand for when `schema` is given; tables in arrays are named by their `name` when
- * `input`, what was validated, is given).
+ * they most likely stand for when `schema` is given, or the table around it they belong to; tables in
+ * arrays are named by their `name` when `input`, what was validated, is given).
  */
 export function formatConfigIssues(
   file: string,
@@ -104,9 +132,12 @@ export function formatConfigIssues(
     if (issue.code === 'unrecognized_keys') {
       const known = schema && knownKeysAt(schema, issue.path);
       for (const key of issue.keys) {
+        const misplaced = schema && misplacedKeyHint(schema, issue.path, key);
         const guess = known && closestName(key, known);
-        const hint = guess === undefined ? '' : ` (did you mean "${guess}"?)`;
-        lines.push(`${file}: ${keyPath([...issue.path, key], input)}: unknown key${hint}`);
+        const hint = misplaced ?? (guess === undefined ? undefined : `did you mean "${guess}"?`);
+        lines.push(
+          `${file}: ${keyPath([...issue.path, key], input)}: unknown key${hint === undefined ? '' : ` (${hint})`}`,
+        );
       }
     } else {
       lines.push(`${file}: ${keyPath(issue.path, input)}: ${reasonOf(issue)}`);
