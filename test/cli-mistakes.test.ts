@@ -111,6 +111,66 @@ test('a mistyped option or config key is named with the one meant; exit status 2
 );
 
 test(
+  "a key spelt right but written below a table (TOML gives it to that table) is named as the outer table's, with where to move it",
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const secret = await h.file('secret', `${'s'.repeat(40)}\n`);
+      // What a user appending to the end of the example files writes: subdomain_host after [http], and
+      // default_host (an [https] key) after [[https.certs]].
+      const serverToml = await h.file(
+        'server.toml',
+        [
+          'listen = "127.0.0.1:0"',
+          '[auth]',
+          `secret_file = "${secret}"`,
+          '[http]',
+          'listen = "127.0.0.1:0"',
+          'subdomain_host = "example.com"',
+          '[https]',
+          'listen = "127.0.0.1:0"',
+          '[[https.certs]]',
+          'cert_file = "cert.pem"',
+          'key_file = "key.pem"',
+          'default_host = "vps.example.com"',
+          '',
+        ].join('\n'),
+      );
+      const server = await run(serverBin, ['check', '--config', serverToml]);
+      assert.equal(server.code, 2, server.stdout);
+      assert.match(
+        server.stderr,
+        /server\.toml: http\.subdomain_host: unknown key \(a top-level key, but TOML puts every key below the \[http\] line into \[http\]: move it above the first table\)$/m,
+      );
+      assert.match(
+        server.stderr,
+        /server\.toml: https\.certs\[0\]\.default_host: unknown key \(a key of \[https\], but TOML puts every key below the \[\[https\.certs\]\] line into \[\[https\.certs\]\]: move it up, under \[https\]\)$/m,
+      );
+
+      const clientToml = await h.file(
+        'client.toml',
+        [
+          'server = "ws://127.0.0.1:1/_porthole"',
+          'token = "x"',
+          '[[proxies]]',
+          'name = "ssh"',
+          'type = "tcp"',
+          'local = "127.0.0.1:22"',
+          'remote_port = 2222',
+          'log_level = "debug"',
+          '',
+        ].join('\n'),
+      );
+      const client = await run(clientBin, ['check', '--config', clientToml]);
+      assert.equal(client.code, 2, client.stdout);
+      assert.match(
+        client.stderr,
+        /client\.toml: proxies\[0\] \("ssh"\)\.log_level: unknown key \(a top-level key, but TOML puts every key below the \[\[proxies\]\] line into \[\[proxies\]\]: move it above the first table\)$/m,
+      );
+    }),
+);
+
+test(
   'token issue warns about --ports the server refuses, and issues the token all the same; not one that expires at once',
   { timeout: 30_000 },
   (t) =>
