@@ -38,9 +38,17 @@ function freePort() {
   });
 }
 
-/** Starts a porthole program; resolves lines as they come, prints them compactly, prefixed. */
+/**
+ * Starts a porthole program; resolves lines as they come, prints them compactly, prefixed. Each runs in a
+ * process group of its own (detached): a terminal's Ctrl-C signals its whole foreground group, so the
+ * programs got that SIGINT and then the demo's SIGTERM, read it as a second signal ("exiting without
+ * waiting for open connections") and exited 1. Now only the demo hears Ctrl-C and stops them once each.
+ */
 function start(name, bin, args) {
-  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [bin, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
   const waiters = [];
   const lines = createInterface({ input: child.stdout });
   lines.on('line', (text) => {
@@ -96,13 +104,23 @@ function get(port, path) {
   });
 }
 
-async function stopAll() {
-  for (const { child } of children) if (child.exitCode === null) child.kill('SIGTERM');
-  const codes = await Promise.all(children.map(async ({ name, exited }) => [name, await exited]));
-  service.close();
-  rmSync(dir, { recursive: true, force: true });
-  return codes;
+let stopping;
+/** Stops every program once, whichever asks first (--once, Ctrl-C, SIGTERM, the terminal closing, a failure). */
+function stopAll() {
+  stopping ??= (async () => {
+    for (const { child } of children) if (child.exitCode === null) child.kill('SIGTERM');
+    const codes = await Promise.all(children.map(async ({ name, exited }) => [name, await exited]));
+    service.close();
+    rmSync(dir, { recursive: true, force: true });
+    return codes;
+  })();
+  return stopping;
 }
+
+// In groups of their own the programs no longer share the demo's fate: whatever ends the demo stops them.
+process.on('exit', () => {
+  for (const { child } of children) if (child.exitCode === null) child.kill('SIGKILL');
+});
 
 // 1. The local service: what the tunnel exposes.
 const service = createServer((req, res) => {
@@ -111,6 +129,12 @@ const service = createServer((req, res) => {
 });
 await new Promise((resolve) => service.listen(0, '127.0.0.1', resolve));
 const servicePort = service.address().port;
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'])
+  process.once(signal, async () => {
+    const codes = await stopAll();
+    say(`stopped: ${codes.map(([name, code]) => `${name} exited ${code}`).join(', ')}`);
+    process.exit(0);
+  });
 const publicPort = await freePort();
 
 try {
@@ -189,12 +213,6 @@ try {
     process.exit(codes.every(([, code]) => code === 0) ? 0 : 1);
   }
   say('Running; press Ctrl-C to stop.');
-  process.once('SIGINT', async () => {
-    const codes = await stopAll();
-    say(`stopped: ${codes.map(([name, code]) => `${name} exited ${code}`).join(', ')}`);
-    process.exit(0);
-  });
-  process.once('SIGTERM', () => process.emit('SIGINT'));
 } catch (err) {
   say(`demo failed: ${err.message}`);
   await stopAll();
