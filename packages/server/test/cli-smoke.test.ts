@@ -318,3 +318,36 @@ test('npm run demo: the demo script reaches the service through the tunnel and e
   );
   assert.match(demo.stdout, /stopped: server exited 0, client exited 0/);
 });
+
+test('npm run demo: Ctrl-C in its terminal (SIGINT to the whole process group) stops the server and client once each, all exit 0', async (t) => {
+  // A process group of its own stands for the terminal's foreground group, which Ctrl-C signals whole.
+  const demo = spawn(process.execPath, [join(root, 'examples/demo.mjs')], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
+  const exited = once(demo, 'exit').then(([code]) => code as number | null);
+  t.after(async () => {
+    if (demo.exitCode !== null || demo.signalCode !== null) return;
+    process.kill(-demo.pid!, 'SIGTERM');
+    const timer = setTimeout(() => process.kill(-demo.pid!, 'SIGKILL'), 10_000);
+    await exited;
+    clearTimeout(timer);
+  });
+  let output = '';
+  demo.stdout!.on('data', (chunk: Buffer) => {
+    output += chunk;
+  });
+  demo.stderr!.on('data', (chunk: Buffer) => {
+    output += chunk;
+  });
+  const deadline = Date.now() + 30_000;
+  while (!output.includes('press Ctrl-C to stop') && Date.now() < deadline && demo.exitCode === null)
+    await new Promise((r) => setTimeout(r, 50));
+  assert.match(output, /press Ctrl-C to stop/);
+
+  process.kill(-demo.pid!, 'SIGINT');
+  const code = await Promise.race([exited, new Promise((r) => setTimeout(() => r('timed out'), 15_000))]);
+  assert.equal(code, 0, output);
+  assert.match(output, /stopped: server exited 0, client exited 0/);
+  assert.doesNotMatch(output, /second signal/);
+});
