@@ -8,6 +8,7 @@ import {
   MessageReader,
   nextClose,
   PROTOCOL_VERSION,
+  PROXY_NAME,
   ProtocolError,
   type ProxySpec,
   parseControlMessage,
@@ -439,6 +440,13 @@ export class PortholeClient {
   ) {
     for (const result of results) {
       const proxy = this.proxies.get(result.proxy);
+      // An entry the server could not read has a name no proxy can have ("register entry 2 (...)").
+      if (!proxy && !result.ok && !PROXY_NAME.test(result.proxy)) {
+        const reason = result.reason ?? 'refused';
+        const level = this.refusals.repeats(result.proxy, reason) ? 'debug' : 'warn';
+        this.logger[level]({ proxy: result.proxy, reason }, 'proxy refused');
+        continue;
+      }
       if (!proxy) {
         // Removed by a reload while its registration was on the way (the reload unregistered it).
         this.logger.debug({ proxy: result.proxy, ok: result.ok }, 'result for a proxy no longer configured');

@@ -20,11 +20,15 @@ const HOST_HEADER_VALUE = /^[\x21-\x7e]+$/;
 /**
  * A proxy as the client registers it. tcp and udp proxies carry `remote_port`; http and tls proxies carry
  * `hosts` and/or `subdomain`. Which fields a type requires is checked by the server (with reasons the
- * client prints), not here: a malformed register must not end the session.
+ * client prints), not here. Each entry of a register is checked on its own (parseRegisterEntry): one the
+ * server cannot take is refused with its reason, and the others register.
  */
 export const proxySpecSchema = z.object({
   name: proxyNameSchema,
-  type: z.enum(PROXY_TYPES as [ProxyType, ...ProxyType[]]),
+  type: z.enum(PROXY_TYPES as [ProxyType, ...ProxyType[]], {
+    // A newer client's new type reaches an older server: say what this one knows.
+    error: () => `not a proxy type this server knows (${PROXY_TYPES.join(', ')})`,
+  }),
   remote_port: port.optional(),
   /** http/tls: hostnames, exact or "*.suffix". */
   hosts: z.array(z.string().max(255)).max(64).optional(),
@@ -64,7 +68,8 @@ const helloOk = z.object({
   session_id: z.string(),
   server_version: z.string(),
 });
-const register = z.object({ type: z.literal('register'), proxies: z.array(proxySpecSchema).max(1024) });
+/** The entries are checked one by one by parseRegisterEntry, so that one bad entry costs only itself. */
+const register = z.object({ type: z.literal('register'), proxies: z.array(z.unknown()).max(1024) });
 const proxyResult = z.object({
   proxy: z.string(),
   ok: z.boolean(),
@@ -109,8 +114,33 @@ export class ProtocolError extends Error {
 export function parseControlMessage(raw: unknown): ControlMessage {
   const result = controlMessageSchema.safeParse(raw);
   if (result.success) return result.data;
-  const issue = result.error.issues[0]!;
-  const where = issue.path.length > 0 ? ` at ${issue.path.join('.')}` : '';
+  const { at, message } = firstIssue(result.error);
+  const where = at === '' ? '' : ` at ${at}`;
   const type = typeof raw === 'object' && raw !== null && 'type' in raw ? String(raw.type) : '?';
-  throw new ProtocolError(`invalid control message (type ${type})${where}: ${issue.message}`);
+  throw new ProtocolError(`invalid control message (type ${type})${where}: ${message}`);
+}
+
+/** One entry of a register: a proxy the server can take, or the name to refuse it by and why. */
+export type RegisterEntry = { ok: true; spec: ProxySpec } | { ok: false; proxy: string; reason: string };
+
+/**
+ * Validates entry `index` (from 0) of a register. A refused entry is named by its name when that is a valid
+ * proxy name, otherwise by a placeholder that no proxy name can be (it has spaces), which says so.
+ */
+export function parseRegisterEntry(raw: unknown, index: number): RegisterEntry {
+  const result = proxySpecSchema.safeParse(raw);
+  if (result.success) return { ok: true, spec: result.data };
+  const name = typeof raw === 'object' && raw !== null && 'name' in raw ? raw.name : undefined;
+  const named = proxyNameSchema.safeParse(name);
+  const proxy = named.success
+    ? named.data
+    : `register entry ${index + 1} (${name === undefined ? 'without a name' : 'without a valid name'})`;
+  const { at, message } = firstIssue(result.error);
+  return { ok: false, proxy, reason: at === '' ? message : `${at}: ${message}` };
+}
+
+/** Where the first thing wrong is ("" for the value as a whole, else e.g. "hosts.3") and what it is. */
+function firstIssue(error: z.ZodError): { at: string; message: string } {
+  const issue = error.issues[0]!;
+  return { at: issue.path.join('.'), message: issue.message };
 }

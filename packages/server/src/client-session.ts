@@ -11,6 +11,7 @@ import {
   type ProxyResult,
   type ProxySpec,
   parseControlMessage,
+  parseRegisterEntry,
   RepeatedReasons,
   type TokenClaims,
   writeMessage,
@@ -398,7 +399,15 @@ export class ClientSession {
   private async onRegister(register: ControlMessageOf<'register'>): Promise<void> {
     const results: ProxyResult[] = [];
     const seen = new Set<string>();
-    for (const spec of register.proxies) {
+    for (const [index, raw] of register.proxies.entries()) {
+      // An entry this server cannot take (a newer client's proxy type or range) costs only itself.
+      const entry = parseRegisterEntry(raw, index);
+      if (!entry.ok) {
+        seen.add(entry.proxy);
+        results.push(this.refused(entry.proxy, entry.reason));
+        continue;
+      }
+      const spec = entry.spec;
       if (seen.has(spec.name)) {
         results.push({
           proxy: spec.name,
