@@ -3,6 +3,7 @@ import { CloseCode, Session, type Stream } from '@porthole/mux';
 import {
   ConnectionTracker,
   type ControlMessage,
+  FirstSightings,
   formatHostPort,
   type Logger,
   MessageReader,
@@ -363,6 +364,8 @@ export class PortholeClient {
       client_version: this.clientVersion,
     });
     const reader = new MessageReader(control);
+    // What this client cannot read from the server (a newer one's), said once per kind in this session.
+    const unreadable = new FirstSightings();
     let established = false;
     const helloTimer = setTimeout(
       () => control.session.close(new Error(`no hello_ok from the server within ${HELLO_TIMEOUT_MS} ms`)),
@@ -375,7 +378,8 @@ export class PortholeClient {
           control.session.close(new Error('server closed the control stream'));
           return;
         }
-        const message = parseControlMessage(raw);
+        const message = this.readServerMessage(raw, unreadable);
+        if (message === undefined) continue;
         if (message.type === 'notice') {
           const fields = {
             reason: message.message,
@@ -419,6 +423,25 @@ export class PortholeClient {
     } finally {
       clearTimeout(helloTimer);
     }
+  }
+
+  /**
+   * A server message, or undefined for one to read past (parseControlMessage's rule): a newer server's
+   * message type, or a message this client cannot validate. Ending the session over it would not help: the
+   * server would send it again after the reconnect, and every proxy would go down each time.
+   */
+  private readServerMessage(raw: unknown, unreadable: FirstSightings): ControlMessage | undefined {
+    try {
+      const message = parseControlMessage(raw);
+      if (message.type !== 'unknown') return message;
+      const level = unreadable.first(`type ${message.unknownType}`) ? 'warn' : 'debug';
+      this.logger[level]({ type: message.unknownType }, 'unknown control message from the server ignored');
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err;
+      const level = unreadable.first(err.message) ? 'warn' : 'debug';
+      this.logger[level]({ reason: err.message }, 'control message from the server ignored');
+    }
+    return undefined;
   }
 
   private register(): void {

@@ -104,20 +104,46 @@ export const controlMessageSchema = z.discriminatedUnion('type', [
 ]);
 export type ControlMessage = z.infer<typeof controlMessageSchema>;
 export type ControlMessageOf<T extends ControlMessage['type']> = Extract<ControlMessage, { type: T }>;
+const KNOWN_TYPES: ReadonlySet<string> = new Set(controlMessageSchema.options.map((o) => o.shape.type.value));
+
+/** A message of a type this version does not know: a newer peer's, ignored (see parseControlMessage). */
+export interface UnknownControlMessage {
+  readonly type: 'unknown';
+  /** The type the peer sent, cut to 64 characters: it goes into log lines. */
+  readonly unknownType: string;
+}
 
 /** The peer sent something that is not a valid control message. */
 export class ProtocolError extends Error {
   override readonly name = 'ProtocolError';
 }
 
-/** Validates a decoded control message; unknown fields are dropped so newer peers can add some. */
-export function parseControlMessage(raw: unknown): ControlMessage {
+/**
+ * Validates a decoded control message. Compatibility within one protocol version (hello's `version`; a
+ * peer speaking another is refused at hello, so hello must keep its shape and come first):
+ * - a newer peer may add fields: unknown ones are dropped;
+ * - it may add message types: one of a type this version does not know comes back as an
+ *   UnknownControlMessage, which the receiver ignores with one warn line per type and session (the server
+ *   also tells the client in a notice with code `unknown_message`). Such a message must be one an older
+ *   peer can leave unanswered;
+ * - a client may register proxies an older server cannot take (a new type, a wider range): each entry is
+ *   checked on its own (parseRegisterEntry) and refused with its reason; the others register.
+ * A change an older peer cannot safely ignore (a reply it must send, a field that changes what another
+ * means) needs a new PROTOCOL_VERSION. A message of a known type that does not validate throws
+ * ProtocolError: the server ends that client's session over it; the client logs it and reads on (a server
+ * that sends one will send it again to a client that reconnects).
+ */
+export function parseControlMessage(raw: unknown): ControlMessage | UnknownControlMessage {
+  const type = typeof raw === 'object' && raw !== null && 'type' in raw ? raw.type : undefined;
+  if (typeof type === 'string' && !KNOWN_TYPES.has(type))
+    return { type: 'unknown', unknownType: type.slice(0, 64) };
   const result = controlMessageSchema.safeParse(raw);
   if (result.success) return result.data;
   const { at, message } = firstIssue(result.error);
   const where = at === '' ? '' : ` at ${at}`;
-  const type = typeof raw === 'object' && raw !== null && 'type' in raw ? String(raw.type) : '?';
-  throw new ProtocolError(`invalid control message (type ${type})${where}: ${message}`);
+  throw new ProtocolError(
+    `invalid control message (type ${String(type ?? '?').slice(0, 64)})${where}: ${message}`,
+  );
 }
 
 /** One entry of a register: a proxy the server can take, or the name to refuse it by and why. */

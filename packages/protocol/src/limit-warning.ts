@@ -119,3 +119,20 @@ export class RepeatedReasons {
     this.last.clear();
   }
 }
+
+/**
+ * Keys to be said once each, e.g. the message types a peer sent that this version does not know: `first`
+ * is true the first time a key comes, for at most `maxKeys` keys; past them it is false for new keys too
+ * (the keys come from a peer, which must not buy a log line per message by varying them).
+ */
+export class FirstSightings {
+  private readonly seen = new Set<string>();
+
+  constructor(private readonly maxKeys = 16) {}
+
+  first(key: string): boolean {
+    if (this.seen.has(key) || this.seen.size >= this.maxKeys) return false;
+    this.seen.add(key);
+    return true;
+  }
+}

@@ -3,6 +3,7 @@ import type { Session, Stream } from '@porthole/mux';
 import {
   type ControlMessage,
   type ControlMessageOf,
+  FirstSightings,
   type Logger,
   MessageReader,
   PortRanges,
@@ -14,6 +15,7 @@ import {
   parseRegisterEntry,
   RepeatedReasons,
   type TokenClaims,
+  type UnknownControlMessage,
   writeMessage,
 } from '@porthole/protocol';
 import type { HostClaim } from './host-routes.js';
@@ -66,6 +68,8 @@ export class ClientSession {
   private readonly hostGrant: readonly string[] | undefined;
   /** Each proxy's refusal last logged at warn: the same answer to a client asking again goes to debug. */
   private readonly refusals = new RepeatedReasons();
+  /** Message types from a newer client that this server ignored: each is said once. */
+  private readonly unknownTypes = new FirstSightings();
   private control: Stream | undefined;
   /** Set when the session ended while client messages were still unread on the control stream. */
   private sessionEndReason: string | undefined;
@@ -331,11 +335,15 @@ export class ClientSession {
     this.close(reason);
   }
 
-  private async handle(message: ControlMessage): Promise<void> {
+  private async handle(message: ControlMessage | UnknownControlMessage): Promise<void> {
     if (!this.helloDone && message.type !== 'hello') {
-      throw new ProtocolError(`expected hello, got ${message.type}`);
+      throw new ProtocolError(
+        `expected hello, got ${message.type === 'unknown' ? message.unknownType : message.type}`,
+      );
     }
     switch (message.type) {
+      case 'unknown':
+        return this.ignoreUnknown(message.unknownType);
       case 'hello':
         return this.onHello(message);
       case 'register':
@@ -347,6 +355,23 @@ export class ClientSession {
       default:
         throw new ProtocolError(`unexpected ${message.type} from a client`);
     }
+  }
+
+  /**
+   * A newer client's message type (parseControlMessage): ignored, and said once per type to both this log
+   * and the client's, whose operator is the one who can see what it asked for.
+   */
+  private ignoreUnknown(type: string): void {
+    if (!this.unknownTypes.first(type)) {
+      this.logger.debug({ type }, 'unknown control message ignored');
+      return;
+    }
+    this.logger.warn({ type, client_version: this.clientVersion }, 'unknown control message ignored');
+    this.notice(
+      'warn',
+      `server ${this.ctx.serverVersion} does not know control message type "${type}"; ignored`,
+      'unknown_message',
+    );
   }
 
   private onHello(hello: ControlMessageOf<'hello'>): void {
