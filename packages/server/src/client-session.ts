@@ -189,7 +189,11 @@ export class ClientSession {
         if (stream.writableNeedDrain) await drainedOrClosed(stream);
       }
     } catch (err) {
-      this.close(this.sessionEndReason ?? `control stream: ${(err as Error).message}`);
+      const reason = this.sessionEndReason ?? `control stream: ${(err as Error).message}`;
+      // The client's log then says what it sent wrong, not only that the connection closed.
+      if (err instanceof ProtocolError && this.sessionEndReason === undefined)
+        this.notice('error', reason, 'protocol');
+      this.close(reason);
     }
   }
 
