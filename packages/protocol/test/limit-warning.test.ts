@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { LimitWarning, LineBudget, RepeatedReasons } from '../src/limit-warning.js';
+import { FirstSightings, LimitWarning, LineBudget, RepeatedReasons } from '../src/limit-warning.js';
 
 test('a limit warning: the first refusal at once, a burst after it in one line when the interval ends', async () => {
   const lines: number[] = [];
@@ -55,4 +55,13 @@ test('repeated reasons: the same reason for a key repeats until it changes or is
   // A third key starts the memory over: 'a' is news again.
   assert.equal(reasons.repeats('c', 'x'), false);
   assert.equal(reasons.repeats('a', 'outside the grant'), false);
+});
+
+test('first sightings: each key is first once; past maxKeys no new key is (a peer varying keys buys no lines)', () => {
+  const sightings = new FirstSightings(2);
+  assert.equal(sightings.first('a'), true);
+  assert.equal(sightings.first('a'), false);
+  assert.equal(sightings.first('b'), true);
+  assert.equal(sightings.first('c'), false);
+  assert.equal(sightings.first('a'), false);
 });

@@ -1,7 +1,12 @@
 import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
-import { ProtocolError, parseControlMessage } from '../src/control-messages.js';
+import {
+  PROXY_NAME_RULE,
+  ProtocolError,
+  parseControlMessage,
+  parseRegisterEntry,
+} from '../src/control-messages.js';
 import { encodeMessage, MessageFramingError, MessageReader } from '../src/message-codec.js';
 import { readStreamHeader, writeStreamHeader } from '../src/stream-header.js';
 
@@ -79,24 +84,61 @@ test('oversize, empty, truncated and non-JSON messages are framing errors', asyn
   assert.throws(() => encodeMessage('x'.repeat(2_000_000)), /exceeds 1048576/);
 });
 
-test('control messages are validated with a reason naming the field', () => {
-  assert.deepEqual(
-    parseControlMessage({
-      type: 'register',
-      proxies: [{ name: 'ssh', type: 'tcp', remote_port: 2222, x: 1 }],
-    }),
-    { type: 'register', proxies: [{ name: 'ssh', type: 'tcp', remote_port: 2222 }] },
-  );
-  assert.throws(() => parseControlMessage({ type: 'nope' }), ProtocolError);
+test("control messages are validated with a reason naming the field; a type not known here is a newer peer's", () => {
+  assert.deepEqual(parseControlMessage({ type: 'unregister', proxies: ['ssh'], x: 1 }), {
+    type: 'unregister',
+    proxies: ['ssh'],
+  });
+  assert.throws(() => parseControlMessage({ type: 'unregister', proxies: 'ssh' }), /at proxies: /);
+  assert.throws(() => parseControlMessage({ type: 'register', proxies: {} }), /at proxies: /);
   assert.throws(
-    () => parseControlMessage({ type: 'register', proxies: [{ name: 'ssh', type: 'tcp', remote_port: 0 }] }),
-    /at proxies.0.remote_port/,
-  );
-  assert.throws(
-    () => parseControlMessage({ type: 'register', proxies: [{ name: '../x', type: 'tcp', remote_port: 1 }] }),
-    /at proxies.0.name/,
+    () => parseControlMessage({ type: 'register', proxies: Array(1025).fill({}) }),
+    /at proxies: /,
   );
   assert.throws(() => parseControlMessage(null), ProtocolError);
+  assert.throws(() => parseControlMessage({ type: 7 }), ProtocolError);
+  assert.deepEqual(parseControlMessage({ type: 'nope', x: 1 }), { type: 'unknown', unknownType: 'nope' });
+  assert.deepEqual(parseControlMessage({ type: 'n'.repeat(1000) }), {
+    type: 'unknown',
+    unknownType: 'n'.repeat(64),
+  });
+});
+
+test('register entries are validated one by one: unknown fields dropped, a refusal names the field and the proxy', () => {
+  assert.deepEqual(parseRegisterEntry({ name: 'ssh', type: 'tcp', remote_port: 2222, x: 1 }, 0), {
+    ok: true,
+    spec: { name: 'ssh', type: 'tcp', remote_port: 2222 },
+  });
+  const refused = (raw: unknown, index = 0) => {
+    const entry = parseRegisterEntry(raw, index);
+    assert.equal(entry.ok, false, JSON.stringify(raw));
+    return entry.ok ? undefined : { proxy: entry.proxy, reason: entry.reason };
+  };
+  assert.deepEqual(refused({ name: 'ssh', type: 'tcp', remote_port: 0 }), {
+    proxy: 'ssh',
+    reason: 'remote_port: Too small: expected number to be >=1',
+  });
+  assert.deepEqual(refused({ name: 'q', type: 'quic', remote_port: 443 }), {
+    proxy: 'q',
+    reason: 'type: not a proxy type this server knows (tcp, udp, http, tls)',
+  });
+  assert.deepEqual(refused({ name: 'dns', type: 'udp', remote_port: 53, udp_idle_timeout_ms: 172_800_000 }), {
+    proxy: 'dns',
+    reason: 'udp_idle_timeout_ms: Too big: expected number to be <=86400000',
+  });
+  // Without a valid name, a placeholder that no proxy name can be stands in for it.
+  assert.deepEqual(refused({ name: '../x', type: 'tcp', remote_port: 1 }, 2), {
+    proxy: 'register entry 3 (without a valid name)',
+    reason: `name: must be ${PROXY_NAME_RULE} characters`,
+  });
+  assert.deepEqual(refused({ name: 42, type: 'tcp', remote_port: 1 }), {
+    proxy: 'register entry 1 (without a valid name)',
+    reason: 'name: Invalid input: expected string, received number',
+  });
+  assert.deepEqual(refused('ssh', 1), {
+    proxy: 'register entry 2 (without a name)',
+    reason: 'Invalid input: expected object, received string',
+  });
   // The server writes these into request heads: nothing in them may end a line.
   const http = { name: 'web', type: 'http', hosts: ['app.test'] };
   for (const [field, value] of [
@@ -105,21 +147,18 @@ test('control messages are validated with a reason naming the field', () => {
     ['host_header_rewrite', 'evil.test\r\nX-Injected: 1'],
     ['host_header_rewrite', 'two words'],
   ] as const) {
-    assert.throws(
-      () => parseControlMessage({ type: 'register', proxies: [{ ...http, [field]: value }] }),
-      new RegExp(`at proxies.0.${field}`),
+    assert.match(
+      refused({ ...http, [field]: value })?.reason ?? '',
+      new RegExp(`^${field}`),
       JSON.stringify(value),
     );
   }
   assert.deepEqual(
-    parseControlMessage({
-      type: 'register',
-      proxies: [{ ...http, request_headers: { 'X-Tab': 'a\tb' }, host_header_rewrite: 'local:8080' }],
-    }),
-    {
-      type: 'register',
-      proxies: [{ ...http, request_headers: { 'X-Tab': 'a\tb' }, host_header_rewrite: 'local:8080' }],
-    },
+    parseRegisterEntry(
+      { ...http, request_headers: { 'X-Tab': 'a\tb' }, host_header_rewrite: 'local:8080' },
+      0,
+    ),
+    { ok: true, spec: { ...http, request_headers: { 'X-Tab': 'a\tb' }, host_header_rewrite: 'local:8080' } },
   );
 });
 

@@ -75,6 +75,98 @@ test('refusals name the proxy and the reason; the other proxies still register',
   other.session.close();
 });
 
+/** Answers each stream the server opens on `client`'s session with "echo:" and what the visitor sent. */
+function echoStreams(client: RawClient): void {
+  client.session.on('stream', async (stream: Stream) => {
+    await readStreamHeader(stream);
+    const chunks: Buffer[] = [];
+    stream.on('data', (c: Buffer) => chunks.push(c));
+    stream.on('end', () => stream.end(`echo:${Buffer.concat(chunks)}`));
+  });
+}
+
+test("a register entry the server cannot take (a newer client's type, a range past its limit, no name) is refused with its reason; the others serve and the session stays up", async (t) => {
+  const { server, url, logs } = await startServer();
+  t.after(() => server.shutdown());
+  const [port, other] = [await freePort(), await freePort()];
+  const client = await RawClient.connect(url, await token('skewed'));
+  assert.equal((await client.hello())?.type, 'hello_ok');
+  client.sendRaw({
+    type: 'register',
+    proxies: [
+      { name: 'web', type: 'tcp', remote_port: port },
+      { name: 'quic', type: 'quic', remote_port: other },
+      { name: 'dns', type: 'udp', remote_port: other, udp_idle_timeout_ms: 172_800_000 },
+      { name: 42, type: 'tcp', remote_port: other },
+    ],
+  });
+  assert.deepEqual(await client.next(), {
+    type: 'register_result',
+    results: [
+      { proxy: 'web', ok: true, remote_addr: `127.0.0.1:${port}` },
+      { proxy: 'quic', ok: false, reason: 'type: not a proxy type this server knows (tcp, udp, http, tls)' },
+      { proxy: 'dns', ok: false, reason: 'udp_idle_timeout_ms: Too big: expected number to be <=86400000' },
+      {
+        proxy: 'register entry 4 (without a valid name)',
+        ok: false,
+        reason: 'name: Invalid input: expected string, received number',
+      },
+    ],
+  });
+  echoStreams(client);
+  assert.deepEqual(await visit(port, 'ping'), { data: 'echo:ping' });
+  await logs.waitFor('proxy refused', { proxy: 'quic' });
+  assert.equal((await visit(other, 'x')).error, 'ECONNREFUSED', 'no refused entry listens');
+  // Still the same session: it answers a register of its own.
+  assert.equal(logs.lines.filter((l) => l.msg === 'client disconnected').length, 0);
+  assert.deepEqual(await client.register([{ name: 'ssh', port: other }]), {
+    type: 'register_result',
+    results: [{ proxy: 'ssh', ok: true, remote_addr: `127.0.0.1:${other}` }],
+  });
+  client.session.close();
+});
+
+test('a message type the server does not know is ignored with one warn line per type and a notice; a malformed known one ends the session with a notice saying why', async (t) => {
+  const { server, url, logs } = await startServer();
+  t.after(() => server.shutdown());
+  const port = await freePort();
+  const client = await RawClient.connect(url, await token('newer'));
+  assert.equal((await client.hello())?.type, 'hello_ok');
+  client.sendRaw({ type: 'subscribe', topics: ['metrics'] });
+  client.sendRaw({ type: 'subscribe', topics: ['logs'] });
+  assert.deepEqual(await client.register([{ name: 'web', port }]), {
+    type: 'notice',
+    level: 'warn',
+    message: 'server 0.0.0-test does not know control message type "subscribe"; ignored',
+    code: 'unknown_message',
+  });
+  assert.deepEqual(await client.next(), {
+    type: 'register_result',
+    results: [{ proxy: 'web', ok: true, remote_addr: `127.0.0.1:${port}` }],
+  });
+  const ignored = logs.lines.filter((l) => l.msg === 'unknown control message ignored');
+  assert.deepEqual(
+    ignored.map((l) => [l.level, l.type]),
+    [
+      ['warn', 'subscribe'],
+      ['debug', 'subscribe'],
+    ],
+  );
+  echoStreams(client);
+  assert.deepEqual(await visit(port, 'ping'), { data: 'echo:ping' });
+
+  const closed = new Promise((resolve) => client.session.once('close', resolve));
+  client.sendRaw({ type: 'unregister', proxies: 'web' });
+  const notice = await client.next();
+  assert.equal(notice?.type === 'notice' && notice.code, 'protocol');
+  assert.match(
+    notice?.type === 'notice' ? notice.message : '',
+    /invalid control message \(type unregister\) at proxies: /,
+  );
+  await closed;
+  await logs.waitFor('client disconnected', { client: 'newer' });
+});
+
 test('a client that connects again takes over at once: old session closed, its port bound anew', async (t) => {
   const { server, url, logs } = await startServer();
   t.after(() => server.shutdown());

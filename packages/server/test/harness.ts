@@ -72,17 +72,22 @@ export class RawClient {
     writeMessage(this.control, message);
   }
 
-  async next(): Promise<ControlMessage | null> {
+  /** Anything at all, e.g. what a newer client or a broken one would send. */
+  sendRaw(message: unknown): void {
+    writeMessage(this.control, message);
+  }
+
+  async next(): Promise<ReturnType<typeof parseControlMessage> | null> {
     const raw = await this.reader.read();
     return raw === null ? null : parseControlMessage(raw);
   }
 
-  async hello(instanceId = 'test-instance'): Promise<ControlMessage | null> {
+  async hello(instanceId = 'test-instance') {
     this.send({ type: 'hello', version: 1, instance_id: instanceId, client_version: 'test' });
     return this.next();
   }
 
-  async register(proxies: { name: string; port: number }[]): Promise<ControlMessage | null> {
+  async register(proxies: { name: string; port: number }[]) {
     this.send({
       type: 'register',
       proxies: proxies.map((p) => ({ name: p.name, type: 'tcp', remote_port: p.port })),

@@ -1,0 +1,163 @@
+// A newer server talking to this client (the other direction, a newer client registering with this server,
+// is in packages/server/test/client-session.test.ts): a message type the client does not know, or one whose
+// shape it cannot validate, is read past with one warn line each, and a register entry the server could not
+// read is printed as a refusal; the session and its proxies stay up.
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { test } from 'node:test';
+import { acceptWebSocket, checkUpgradeRequest, Session, type Stream } from '@porthole/mux';
+import { MessageReader, writeMessage, writeStreamHeader } from '@porthole/protocol';
+import { waitFor, withHarness, withTimeout } from './lib/processes.js';
+import { startEchoServer } from './lib/services.js';
+import { startClient } from './lib/tunnel.js';
+
+/** The client's control stream on a server peer written from the wire contract (no auth: not under test). */
+interface RawControl {
+  session: Session;
+  stream: Stream;
+  reader: MessageReader;
+}
+
+/** A server peer that accepts WebSocket sessions and hands over each one's control stream. */
+async function startRawServer(): Promise<{ url: string; controls: RawControl[]; close(): void }> {
+  const controls: RawControl[] = [];
+  const sessions: Session[] = [];
+  const server = http.createServer((_req, res) => res.writeHead(404).end());
+  server.on('upgrade', (req, socket, head) => {
+    const handshake = checkUpgradeRequest(req);
+    if (!handshake.ok) {
+      socket.destroy();
+      return;
+    }
+    const session = new Session(acceptWebSocket(socket, head, handshake.key), {
+      client: false,
+      keepAliveInterval: 0,
+    });
+    sessions.push(session);
+    session.once('stream', (stream: Stream) => {
+      stream.on('error', () => {});
+      controls.push({ session, stream, reader: new MessageReader(stream) });
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}/_porthole`,
+    controls,
+    close() {
+      for (const session of sessions) session.close();
+      server.close();
+    },
+  };
+}
+
+/** Reads one message, or fails after 5 s. */
+async function next(control: RawControl, what: string): Promise<Record<string, unknown>> {
+  const message = await withTimeout(control.reader.read(), 5000, () => `no ${what} from the client`);
+  assert.ok(message !== null && typeof message === 'object', `${what}: the control stream ended`);
+  return message as Record<string, unknown>;
+}
+
+/** Opens a stream to the client for `proxy` as a visitor's would be, sends `payload` and FIN, returns the reply. */
+async function visitThrough(
+  session: Session,
+  proxy: string,
+  publicPort: number,
+  payload: string,
+): Promise<string> {
+  const stream = session.open();
+  writeStreamHeader(stream, {
+    proxy,
+    conn: 1,
+    remote_addr: '127.0.0.1',
+    remote_port: 40000,
+    public_addr: `127.0.0.1:${publicPort}`,
+  });
+  stream.end(payload);
+  const chunks: Buffer[] = [];
+  stream.on('data', (c: Buffer) => chunks.push(c));
+  await withTimeout(
+    new Promise((resolve, reject) => {
+      stream.on('end', resolve);
+      stream.on('error', reject);
+    }),
+    5000,
+    () => `no reply through proxy ${proxy}`,
+  );
+  return Buffer.concat(chunks).toString();
+}
+
+test(
+  'a server message the client cannot read (a newer type, a new shape) is read past with one warn line; a register entry the server could not read is printed as refused',
+  {
+    timeout: 30_000,
+  },
+  (t) =>
+    withHarness(t, async (h) => {
+      const server = await startRawServer();
+      h.onCleanup(() => server.close());
+      const echo = await startEchoServer();
+      h.onCleanup(() => echo.close());
+      const { proc } = await startClient(
+        h,
+        {
+          server: server.url,
+          token: 'not.checked.here',
+          proxies: [{ name: 'ssh', local: `127.0.0.1:${echo.port}`, remotePort: 2222 }],
+        },
+        { waitFor: 'none' },
+      );
+      await waitFor("the client's control stream", () => server.controls.length > 0, 10_000);
+      const control = server.controls[0]!;
+      assert.equal((await next(control, 'hello')).type, 'hello');
+      writeMessage(control.stream, {
+        type: 'hello_ok',
+        client: 'skew',
+        session_id: 's1',
+        server_version: '9.0.0',
+      });
+      // What a newer server might send: a message type of its own, twice, and a notice at a level of its own.
+      writeMessage(control.stream, { type: 'stats', streams: 1 });
+      writeMessage(control.stream, { type: 'stats', streams: 2 });
+      writeMessage(control.stream, { type: 'notice', level: 'debug', message: 'hello from the future' });
+      const register = await next(control, 'register');
+      assert.equal(register.type, 'register');
+      assert.deepEqual(
+        (register.proxies as { name: string }[]).map((p) => p.name),
+        ['ssh'],
+      );
+      writeMessage(control.stream, {
+        type: 'register_result',
+        results: [
+          { proxy: 'ssh', ok: true, remote_addr: '127.0.0.1:2222' },
+          {
+            proxy: 'register entry 2 (without a valid name)',
+            ok: false,
+            reason: 'name: Invalid input: expected string, received number',
+          },
+        ],
+      });
+      await proc.waitForMsg('proxy registered', 5000, { fields: { proxy: 'ssh' } });
+      const refused = await proc.waitForMsg('proxy refused', 5000, {
+        fields: { proxy: 'register entry 2 (without a valid name)' },
+      });
+      assert.equal(refused.level, 'warn');
+      assert.equal(refused.reason, 'name: Invalid input: expected string, received number');
+      // The session is the one it was: a visitor's stream on it reaches the local service.
+      assert.equal(await visitThrough(control.session, 'ssh', 2222, 'ping'), 'ping');
+
+      const unknown = proc.logs.filter((l) => l.msg === 'unknown control message from the server ignored');
+      assert.deepEqual(
+        unknown.map((l) => [l.level, l.type]),
+        [['warn', 'stats']],
+      );
+      const unreadable = proc.logs.filter((l) => l.msg === 'control message from the server ignored');
+      assert.equal(unreadable.length, 1);
+      assert.match(String(unreadable[0]!.reason), /invalid control message \(type notice\) at level: /);
+      assert.equal(server.controls.length, 1, 'one session, never redialled');
+      assert.deepEqual(
+        proc.logs.filter((l) => l.msg === 'session lost' || l.msg === 'reconnecting'),
+        [],
+      );
+    }),
+);
