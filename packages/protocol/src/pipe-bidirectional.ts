@@ -1,5 +1,6 @@
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { whenEndIsFin } from './end-is-fin.js';
 import { resetConnection } from './reset-connection.js';
 import { TurnGatheredWrites } from './turn-gathered-writes.js';
 
@@ -182,7 +183,9 @@ function pump(src: Duplex, dest: Duplex, count: (bytes: number) => void): () => 
     src.pause();
     dest.once('drain', resume);
   };
-  const onEnd = () => dest.end();
+  const endDest = () => dest.end();
+  // A socket's end is passed on only once it is known to be a FIN: libuv may report a reset as an end.
+  const onEnd = () => whenEndIsFin(src, endDest);
   src.on('data', onData);
   // As pipe() does: a source that already ended still ends the destination, and a source paused while its
   // first bytes were inspected (a TLS ClientHello) flows now.

