@@ -220,17 +220,21 @@ test('a source paused while its first bytes were inspected flows once piped, tho
   assert.equal(Buffer.concat(reply).toString(), 'hello, then the rest');
 });
 
-/** Reads a paused socket to its end: 'end', or the error's code, and how many bytes came before it. */
+/**
+ * Reads a paused socket (allowHalfOpen) to its end: 'end', or the error's code, and how many bytes came
+ * before it. An 'end' is checked with an empty write, which a socket the peer reset refuses: libuv reports
+ * a reset that landed behind unread bytes as an ordinary end, so the event alone cannot tell FIN from RST.
+ */
 function readToTheEnd(socket: Socket): Promise<{ outcome: string; received: number }> {
   let received = 0;
   return new Promise((resolve) => {
+    const settle = (err?: NodeJS.ErrnoException | null) =>
+      resolve({ outcome: err ? (err.code ?? err.message) : 'end', received });
     socket.on('data', (c: Buffer) => {
       received += c.length;
     });
-    socket.on('end', () => resolve({ outcome: 'end', received }));
-    socket.on('error', (err: NodeJS.ErrnoException) =>
-      resolve({ outcome: err.code ?? err.message, received }),
-    );
+    socket.on('end', () => socket.write(Buffer.alloc(0), settle));
+    socket.on('error', settle);
     socket.resume();
   });
 }
@@ -321,4 +325,80 @@ test('a socket whose FIN is already out is closed, not reset, when the tunnel fa
   assert.equal(received, total, 'every byte the tunnel had delivered reached the reader');
   assert.equal(result?.reason, 'tunnel reset');
   assert.equal(socket.destroyed, true);
+});
+
+/** A listener whose connections wait unread (pauseOnConnect) until the test hands them to a pipe. */
+async function listenPaused() {
+  const server = createServer({ allowHalfOpen: true, pauseOnConnect: true });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const accepted = once(server, 'connection') as Promise<[Socket]>;
+  const dial = () =>
+    connect({ port: (server.address() as AddressInfo).port, host: '127.0.0.1', allowHalfOpen: true });
+  return { server, dial, accepted: accepted.then(([socket]) => socket) };
+}
+
+/** Less than one 64 KiB read: the read that takes it is short, which is when libuv reports a reset as an end. */
+const UNDER_ONE_READ = 50_000;
+
+test('a visitor reset behind bytes not yet read resets the service, not a FIN after a cut upload', {
+  timeout: 10_000,
+}, async () => {
+  let serviceSide!: Socket;
+  const { service, socket: upstream } = await dialService((s) => {
+    serviceSide = s;
+    s.pause();
+  });
+  const relay = await listenPaused();
+  const visitor = relay.dial();
+  visitor.on('error', () => {});
+  await once(visitor, 'connect');
+  // The visitor sends part of an upload and aborts it: its bytes and its RST wait unread at the relay.
+  visitor.write(Buffer.alloc(UNDER_ONE_READ, 3));
+  await new Promise((r) => setTimeout(r, 50));
+  visitor.resetAndDestroy();
+  await new Promise((r) => setTimeout(r, 50));
+  const relaySide = await relay.accepted;
+  let result: PipeResult | undefined;
+  pipeBidirectional(relaySide, upstream, { labels: ['visitor', 'service'] }, (r) => {
+    result = r;
+  });
+  const { outcome } = await readToTheEnd(serviceSide);
+  for (let i = 0; i < 200 && result === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+  service.close();
+  relay.server.close();
+  serviceSide.destroy();
+  assert.equal(outcome, 'ECONNRESET', 'the service sees the upload aborted');
+  assert.equal(result?.reason, 'visitor reset (ECONNRESET)');
+});
+
+test('a service reset behind bytes not yet read resets the visitor, not a FIN after a cut download', {
+  timeout: 10_000,
+}, async () => {
+  const { server: service, dial: dialServicePaused, accepted } = await listenPaused();
+  const upstream = dialServicePaused();
+  upstream.pause(); // read nothing until the pipe does
+  await once(upstream, 'connect');
+  const serviceSide = await accepted;
+  // The service sends part of a download and aborts it: its bytes and its RST wait unread at the relay.
+  await new Promise((r) => serviceSide.write(Buffer.alloc(UNDER_ONE_READ, 4), r));
+  await new Promise((r) => setTimeout(r, 50));
+  serviceSide.resetAndDestroy();
+  await new Promise((r) => setTimeout(r, 50));
+  const relay = await listenPaused();
+  const visitor = relay.dial();
+  visitor.pause();
+  await once(visitor, 'connect');
+  const relaySide = await relay.accepted;
+  let result: PipeResult | undefined;
+  pipeBidirectional(relaySide, upstream, { labels: ['visitor', 'service'] }, (r) => {
+    result = r;
+  });
+  const { outcome } = await readToTheEnd(visitor);
+  for (let i = 0; i < 200 && result === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+  service.close();
+  relay.server.close();
+  visitor.destroy();
+  assert.equal(outcome, 'ECONNRESET', 'the visitor sees the download aborted');
+  assert.equal(result?.reason, 'service reset (ECONNRESET)');
 });
