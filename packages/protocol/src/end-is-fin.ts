@@ -9,14 +9,17 @@ const EMPTY = Buffer.alloc(0);
  * instead (its 'error', ECONNRESET), and `then` is not called.
  *
  * libuv reports a reset that lands behind bytes not yet read as an end: a short read while the poll says
- * hung up ends the stream without the read that would return ECONNRESET. A peer that aborted an upload, or
- * a service that crashed mid-download, then looks finished, and passing that end on as a FIN handed the
- * other side a cut transfer that looked whole (8 in 10 visitor resets mid-upload reached the service as a
- * FIN). An empty write tells them apart: a reset socket refuses it, a half-closed one takes it and nothing
- * goes on the wire. Bytes already queued on the socket fail the same way in the libuv callback that
- * reported the end, so one turn later the socket has failed if it was reset, and the empty write, queued
- * behind them, holds nothing back. A socket whose FIN is out takes no more writes (its end is passed on as
- * it comes), nor does a TLS socket's empty write reach TCP.
+ * hung up ends the stream without the read that would return ECONNRESET (Node 20's libuv 1.46; libuv PR
+ * #4997 reads on while POLLIN is set). A peer that aborted an upload, or a service that crashed
+ * mid-download, then looked finished, and passing that end on as a FIN handed the other side a cut transfer
+ * that looked whole (8 in 10 visitor resets mid-upload reached the service as a FIN). An empty write tells
+ * them apart: a reset socket refuses it, a half-closed one takes it and nothing goes on the wire. Bytes
+ * already queued on the socket fail the same way in the libuv callback that reported the end, so one turn
+ * later the socket has failed if it was reset, and the empty write, queued behind them, holds nothing back.
+ *
+ * Not told apart: a socket whose FIN is out takes no more writes, so a service that resets behind unread
+ * bytes after the visitor's FIN still looks finished. A TLS socket is left as it was: its writes are TLS
+ * records, not TCP's, and its resets came as ECONNRESET when tried.
  */
 export function whenEndIsFin(src: Duplex, then: () => void): void {
   if (!(src instanceof Socket) || src instanceof TLSSocket || src.writableEnded) {
