@@ -67,10 +67,10 @@ function abort(side: Duplex): void {
     side.pause();
     const timer = setTimeout(() => side.destroy(), FLUSH_GRACE_MS);
     timer.unref();
-    side.once('finish', () => {
-      clearTimeout(timer);
-      side.destroy();
-    });
+    side.once('finish', () => side.destroy());
+    // Closed however it ends, so one that closes before it finishes (its reader reset it) is not kept alive
+    // by the timer until the grace is over.
+    side.once('close', () => clearTimeout(timer));
     return;
   }
   resetConnection(side);
