@@ -3,6 +3,8 @@ import { once } from 'node:events';
 import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import { test } from 'node:test';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import { type PipeResult, pipeBidirectional } from '../src/pipe-bidirectional.js';
 import { countSocketWrites } from './count-socket-writes.js';
 
@@ -401,4 +403,49 @@ test('a service reset behind bytes not yet read resets the visitor, not a FIN af
   visitor.destroy();
   assert.equal(outcome, 'ECONNRESET', 'the visitor sees the download aborted');
   assert.equal(result?.reason, 'service reset (ECONNRESET)');
+});
+
+const gc = (() => {
+  v8.setFlagsFromString('--expose-gc');
+  return vm.runInNewContext('gc') as () => void;
+})();
+
+/**
+ * A socket left to write out what it holds (its source had ended when the tunnel failed) whose slow reader
+ * then resets it: returns a weak reference to it once the pipe is done, and the pipe's reason.
+ */
+async function flushingSocketResetByItsReader(): Promise<{ socket: WeakRef<Socket>; reason?: string }> {
+  let serviceSide!: Socket;
+  const { service, socket } = await dialService((s) => {
+    serviceSide = s;
+    s.pause();
+  });
+  await new Promise((r) => setTimeout(r, 50));
+  const tunnel = new Duplex({ read() {}, write: (_chunk, _encoding, callback) => callback() });
+  let result: PipeResult | undefined;
+  pipeBidirectional(tunnel, socket, { labels: ['tunnel', 'local'] }, (r) => {
+    result = r;
+  });
+  tunnel.push(Buffer.alloc(16 * 1024 * 1024, 1));
+  tunnel.push(null);
+  await new Promise((r) => setTimeout(r, 100));
+  tunnel.destroy(Object.assign(new Error('reset by peer'), { code: 'ERR_STREAM_RESET' }));
+  await new Promise((r) => setTimeout(r, 50));
+  serviceSide.resetAndDestroy();
+  for (let i = 0; i < 200 && result === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+  service.close();
+  return result ? { socket: new WeakRef(socket), reason: result.reason } : { socket: new WeakRef(socket) };
+}
+
+test('a side left to flush that closes before it finishes is let go at once, not kept until its grace ends', {
+  timeout: 10_000,
+}, async () => {
+  const { socket, reason } = await flushingSocketResetByItsReader();
+  assert.equal(reason, 'tunnel reset');
+  await new Promise((r) => setTimeout(r, 50));
+  gc();
+  await new Promise((r) => setImmediate(r));
+  gc();
+  // Held by the 10 s grace timer before the fix, and by nothing else.
+  assert.equal(socket.deref(), undefined, 'the closed socket was collected');
 });
