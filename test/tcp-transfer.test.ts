@@ -198,3 +198,91 @@ test('200 concurrent connections through one proxy, each echo verified', { timeo
     );
   }),
 );
+
+/**
+ * How a connection ended for a reader, as the kernel knows it: 'end' for a FIN, else the error's code. An
+ * 'end' is checked with an empty write, which a socket its peer reset refuses: Node 20's libuv reports a
+ * reset that landed behind unread bytes as an ordinary end.
+ */
+function howItEnded(sock: net.Socket): Promise<string> {
+  return new Promise((resolve) => {
+    sock.on('data', () => {});
+    sock.on('end', () =>
+      sock.write(Buffer.alloc(0), (err?: NodeJS.ErrnoException | null) =>
+        resolve(err ? String(err.code) : 'end'),
+      ),
+    );
+    sock.on('error', (err: NodeJS.ErrnoException) => resolve(String(err.code)));
+    sock.on('close', () => setImmediate(() => resolve('closed without end or error')));
+  });
+}
+
+const ROUNDS = 10;
+/** Less than one 64 KiB read, sent with the reset right behind it: they land together, unread. */
+const CUT = 50_000;
+
+test(
+  'an upload the visitor resets and a download the service resets reach the other end as resets, never as a FIN',
+  { timeout: 150_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      // 'U': answer 'k', then read the upload to its end and report how it ended. 'D': send CUT bytes and
+      // reset at once.
+      const uploadEnds: ((outcome: string) => void)[] = [];
+      const service = net.createServer({ allowHalfOpen: true }, (sock) => {
+        sock.on('error', () => {});
+        sock.once('data', (first: Buffer) => {
+          if (first[0] === 0x55) {
+            const report = uploadEnds.shift();
+            void howItEnded(sock).then((outcome) => report?.(outcome));
+            sock.write('k');
+            return;
+          }
+          sock.write(Buffer.alloc(CUT, 1));
+          sock.resetAndDestroy();
+        });
+      });
+      await new Promise<void>((resolve) => service.listen(0, '127.0.0.1', resolve));
+      h.onCleanup(() => service.close());
+      const localPort = (service.address() as net.AddressInfo).port;
+      const remotePort = await freePort();
+      const { publicPort } = await startTunnel(h, [
+        { name: 'aborts', local: `127.0.0.1:${localPort}`, remotePort },
+      ]);
+      const dial = async () => {
+        const sock = net.connect({ host: '127.0.0.1', port: publicPort, allowHalfOpen: true });
+        sock.on('error', () => {});
+        await new Promise((resolve) => sock.once('connect', resolve));
+        return sock;
+      };
+
+      const uploads: string[] = [];
+      for (let i = 0; i < ROUNDS; i++) {
+        const seen = new Promise<string>((resolve) => uploadEnds.push(resolve));
+        const visitor = await dial();
+        visitor.write('U');
+        await withTimeout(
+          new Promise((resolve) => visitor.once('data', resolve)),
+          10_000,
+          () => `upload ${i}: the service never answered`,
+        );
+        visitor.write(Buffer.alloc(CUT, 2));
+        visitor.resetAndDestroy();
+        uploads.push(await withTimeout(seen, 10_000, () => `upload ${i}: the service never saw it end`));
+      }
+      const downloads: string[] = [];
+      for (let i = 0; i < ROUNDS; i++) {
+        const visitor = await dial();
+        const ended = howItEnded(visitor);
+        visitor.write('D');
+        downloads.push(await withTimeout(ended, 10_000, () => `download ${i}: the visitor never saw it end`));
+        visitor.destroy();
+      }
+      t.diagnostic(`uploads: ${uploads.join(' ')}; downloads: ${downloads.join(' ')}`);
+      assert.ok(!uploads.includes('end'), `the service saw a reset upload as finished: ${uploads.join(' ')}`);
+      assert.ok(
+        !downloads.includes('end'),
+        `the visitor saw a reset download as finished: ${downloads.join(' ')}`,
+      );
+    }),
+);
