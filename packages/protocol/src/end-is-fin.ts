@@ -15,7 +15,8 @@ const EMPTY = Buffer.alloc(0);
  * that looked whole (8 in 10 visitor resets mid-upload reached the service as a FIN). An empty write tells
  * them apart: a reset socket refuses it, a half-closed one takes it and nothing goes on the wire. Bytes
  * already queued on the socket fail the same way in the libuv callback that reported the end, so one turn
- * later the socket has failed if it was reset, and the empty write, queued behind them, holds nothing back.
+ * later the socket has failed if it was reset. The empty write's own completion is not waited for: queued
+ * behind bytes for a peer that has stopped reading, it would hold the FIN back for good.
  *
  * Not told apart: a socket whose FIN is out takes no more writes, so a service that resets behind unread
  * bytes after the visitor's FIN still looks finished. A TLS socket is left as it was: its writes are TLS
