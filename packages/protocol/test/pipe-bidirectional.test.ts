@@ -405,6 +405,39 @@ test('a service reset behind bytes not yet read resets the visitor, not a FIN af
   assert.equal(result?.reason, 'service reset (ECONNRESET)');
 });
 
+test('a visitor reset behind unread bytes while its download is queued resets the service too', {
+  timeout: 10_000,
+}, async () => {
+  let serviceSide!: Socket;
+  const { service, socket: upstream } = await dialService((s) => {
+    serviceSide = s;
+    s.pause();
+  });
+  const relay = await listenPaused();
+  const visitor = relay.dial();
+  visitor.on('error', () => {});
+  visitor.pause(); // it reads none of its download: the relay's writes to it stay queued
+  await once(visitor, 'connect');
+  const relaySide = await relay.accepted;
+  let result: PipeResult | undefined;
+  pipeBidirectional(relaySide, upstream, { labels: ['visitor', 'service'] }, (r) => {
+    result = r;
+  });
+  serviceSide.write(Buffer.alloc(8 * 1024 * 1024, 5));
+  await new Promise((r) => setTimeout(r, 100));
+  assert.ok(relaySide.writableLength > 0, 'the download is queued at the relay');
+  // Bytes and reset in one go: they land together, and are read while the relay's writes wait.
+  visitor.write(Buffer.alloc(UNDER_ONE_READ, 3));
+  visitor.resetAndDestroy();
+  const { outcome } = await readToTheEnd(serviceSide);
+  for (let i = 0; i < 200 && result === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+  service.close();
+  relay.server.close();
+  serviceSide.destroy();
+  assert.equal(outcome, 'ECONNRESET', 'the service sees the upload aborted');
+  assert.equal(result?.reason, 'visitor reset (ECONNRESET)');
+});
+
 const gc = (() => {
   v8.setFlagsFromString('--expose-gc');
   return vm.runInNewContext('gc') as () => void;
