@@ -3,6 +3,7 @@ import { once } from 'node:events';
 import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { type PipeResult, pipeBidirectional } from '../src/pipe-bidirectional.js';
@@ -16,6 +17,16 @@ const PIPE_EVENTS = ['data', 'end', 'drain', 'close', 'error'] as const;
 
 function listenerCounts(side: Duplex): Record<string, number> {
   return Object.fromEntries(PIPE_EVENTS.map((event) => [event, side.listenerCount(event)]));
+}
+
+/**
+ * Pipes `a` and `b`; the function returned waits up to `ms` for how the pipe ended (undefined: it had not
+ * by then).
+ */
+function pipeWatched(a: Duplex, b: Duplex, labels: [string, string]) {
+  const finished = new Promise<PipeResult>((resolve) => pipeBidirectional(a, b, { labels }, resolve));
+  return (ms: number): Promise<PipeResult | undefined> =>
+    Promise.race([finished, sleep(ms, undefined, { ref: false })]);
 }
 
 async function relayTo(onService: (socket: Socket) => void) {
@@ -50,7 +61,7 @@ async function relayTo(onService: (socket: Socket) => void) {
     service.close();
   };
   const waitResult = async () => {
-    for (let i = 0; i < 200 && results.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    for (let i = 0; i < 200 && results.length === 0; i++) await sleep(10);
     assert.equal(results.length, 1, 'pipe finished');
     return results[0]!;
   };
@@ -170,19 +181,16 @@ test('large pieces that reach a socket in one turn leave in one writev; a small 
   });
   const writes = countSocketWrites(socket);
   const tunnel = new Duplex({ read() {}, write: (_chunk, _encoding, callback) => callback() });
-  let result: PipeResult | undefined;
-  pipeBidirectional(tunnel, socket, { labels: ['tunnel', 'local'] }, (r) => {
-    result = r;
-  });
+  const pipeResult = pipeWatched(tunnel, socket, ['tunnel', 'local']);
   // Four 16 KiB pieces in one go, the way TLS passes on one read's records.
   const pieces = [1, 2, 3, 4].map((n) => Buffer.alloc(16 * 1024, n));
   for (const piece of pieces) tunnel.push(piece);
-  await new Promise((r) => setTimeout(r, 50));
+  await sleep(50);
   assert.deepEqual(writes, [4], 'one writev carried the four pieces');
   tunnel.push(Buffer.from('bye'));
   assert.deepEqual(writes, [4, 1], 'the small piece was written at once');
   tunnel.push(null);
-  for (let i = 0; i < 200 && result === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+  const result = await pipeResult(2_000);
   assert.ok(Buffer.concat(received).equals(Buffer.concat([...pieces, Buffer.from('bye')])), 'bytes in order');
   assert.equal(result?.reason, 'closed');
   assert.equal(result?.bytesAtoB, 4 * 16 * 1024 + 3);
@@ -246,15 +254,12 @@ test('an abort while the socket is still sending its FIN closes it anyway (libuv
 }, async () => {
   const { service, socket } = await dialService((s) => s.resume());
   const tunnel = new Duplex({ read() {}, write: (_chunk, _encoding, callback) => callback() });
-  let result: PipeResult | undefined;
-  pipeBidirectional(tunnel, socket, { labels: ['tunnel', 'local'] }, (r) => {
-    result = r;
-  });
+  const pipeResult = pipeWatched(tunnel, socket, ['tunnel', 'local']);
   // The tunnel's FIN reaches the socket (shutdown begins) and the tunnel is reset in the same tick: the
   // way a yamux FIN followed by an RST in one WebSocket message arrives.
   socket.end();
   tunnel.destroy(Object.assign(new Error('reset by peer'), { code: 'ERR_STREAM_RESET' }));
-  for (let i = 0; i < 200 && result === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+  const result = await pipeResult(2_000);
   service.close();
   assert.ok(result, 'the pipe finished: both sides closed');
   assert.equal(result.reason, 'tunnel reset');
@@ -269,25 +274,22 @@ test('bytes that arrived whole before the tunnel failed still reach a slow reade
     serviceSide = s;
     s.pause(); // a slow reader: what the pipe writes stays queued
   });
-  await new Promise((r) => setTimeout(r, 50));
+  await sleep(50);
   const tunnel = new Duplex({ read() {}, write: (_chunk, _encoding, callback) => callback() });
-  let result: PipeResult | undefined;
-  pipeBidirectional(tunnel, socket, { labels: ['tunnel', 'local'] }, (r) => {
-    result = r;
-  });
+  const pipeResult = pipeWatched(tunnel, socket, ['tunnel', 'local']);
   // 16 MiB and the tunnel's FIN arrive, far more than the kernel takes at once; then the tunnel is reset
   // (its session dropped) while most of it still waits in the socket's queue.
   const total = 16 * 1024 * 1024;
   tunnel.push(Buffer.alloc(total, 1));
   tunnel.push(null);
-  await new Promise((r) => setTimeout(r, 100));
+  await sleep(100);
   assert.ok(socket.writableLength > 0, 'bytes are still queued when the tunnel fails');
   const finishListeners = socket.listenerCount('finish');
   tunnel.destroy(Object.assign(new Error('reset by peer'), { code: 'ERR_STREAM_RESET' }));
   await new Promise((r) => setImmediate(r));
   const finishListenersAdded = socket.listenerCount('finish') - finishListeners;
   const { outcome, received } = await readToTheEnd(serviceSide);
-  for (let i = 0; i < 300 && result === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+  const result = await pipeResult(3_000);
   service.close();
   serviceSide.destroy();
   assert.equal(outcome, 'end');
@@ -306,21 +308,18 @@ test('a socket whose FIN is already out is closed, not reset, when the tunnel fa
     serviceSide = s;
     s.pause(); // a slow reader: the bytes wait in the kernel
   });
-  await new Promise((r) => setTimeout(r, 50));
+  await sleep(50);
   const tunnel = new Duplex({ read() {}, write: (_chunk, _encoding, callback) => callback() });
-  let result: PipeResult | undefined;
-  pipeBidirectional(tunnel, socket, { labels: ['tunnel', 'local'] }, (r) => {
-    result = r;
-  });
+  const pipeResult = pipeWatched(tunnel, socket, ['tunnel', 'local']);
   // Little enough for the kernel to take it all: the socket finishes (its FIN sent) with the bytes unread.
   const total = 512 * 1024;
   tunnel.push(Buffer.alloc(total, 1));
   tunnel.push(null);
   await new Promise((resolve) => socket.once('finish', resolve));
   tunnel.destroy(Object.assign(new Error('reset by peer'), { code: 'ERR_STREAM_RESET' }));
-  await new Promise((r) => setTimeout(r, 100));
+  await sleep(100);
   const { outcome, received } = await readToTheEnd(serviceSide);
-  for (let i = 0; i < 300 && result === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+  const result = await pipeResult(3_000);
   service.close();
   serviceSide.destroy();
   assert.equal(outcome, 'end');
@@ -357,16 +356,13 @@ test('a visitor reset behind bytes not yet read resets the service, not a FIN af
   await once(visitor, 'connect');
   // The visitor sends part of an upload and aborts it: its bytes and its RST wait unread at the relay.
   visitor.write(Buffer.alloc(UNDER_ONE_READ, 3));
-  await new Promise((r) => setTimeout(r, 50));
+  await sleep(50);
   visitor.resetAndDestroy();
-  await new Promise((r) => setTimeout(r, 50));
+  await sleep(50);
   const relaySide = await relay.accepted;
-  let result: PipeResult | undefined;
-  pipeBidirectional(relaySide, upstream, { labels: ['visitor', 'service'] }, (r) => {
-    result = r;
-  });
+  const pipeResult = pipeWatched(relaySide, upstream, ['visitor', 'service']);
   const { outcome } = await readToTheEnd(serviceSide);
-  for (let i = 0; i < 200 && result === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+  const result = await pipeResult(2_000);
   service.close();
   relay.server.close();
   serviceSide.destroy();
@@ -384,20 +380,17 @@ test('a service reset behind bytes not yet read resets the visitor, not a FIN af
   const serviceSide = await accepted;
   // The service sends part of a download and aborts it: its bytes and its RST wait unread at the relay.
   await new Promise((r) => serviceSide.write(Buffer.alloc(UNDER_ONE_READ, 4), r));
-  await new Promise((r) => setTimeout(r, 50));
+  await sleep(50);
   serviceSide.resetAndDestroy();
-  await new Promise((r) => setTimeout(r, 50));
+  await sleep(50);
   const relay = await listenPaused();
   const visitor = relay.dial();
   visitor.pause();
   await once(visitor, 'connect');
   const relaySide = await relay.accepted;
-  let result: PipeResult | undefined;
-  pipeBidirectional(relaySide, upstream, { labels: ['visitor', 'service'] }, (r) => {
-    result = r;
-  });
+  const pipeResult = pipeWatched(relaySide, upstream, ['visitor', 'service']);
   const { outcome } = await readToTheEnd(visitor);
-  for (let i = 0; i < 200 && result === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+  const result = await pipeResult(2_000);
   service.close();
   relay.server.close();
   visitor.destroy();
@@ -419,18 +412,15 @@ test('a visitor reset behind unread bytes while its download is queued resets th
   visitor.pause(); // it reads none of its download: the relay's writes to it stay queued
   await once(visitor, 'connect');
   const relaySide = await relay.accepted;
-  let result: PipeResult | undefined;
-  pipeBidirectional(relaySide, upstream, { labels: ['visitor', 'service'] }, (r) => {
-    result = r;
-  });
+  const pipeResult = pipeWatched(relaySide, upstream, ['visitor', 'service']);
   serviceSide.write(Buffer.alloc(8 * 1024 * 1024, 5));
-  await new Promise((r) => setTimeout(r, 100));
+  await sleep(100);
   assert.ok(relaySide.writableLength > 0, 'the download is queued at the relay');
   // Bytes and reset in one go: they land together, and are read while the relay's writes wait.
   visitor.write(Buffer.alloc(UNDER_ONE_READ, 3));
   visitor.resetAndDestroy();
   const { outcome } = await readToTheEnd(serviceSide);
-  for (let i = 0; i < 200 && result === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+  const result = await pipeResult(2_000);
   service.close();
   relay.server.close();
   serviceSide.destroy();
@@ -453,19 +443,16 @@ async function flushingSocketResetByItsReader(): Promise<{ socket: WeakRef<Socke
     serviceSide = s;
     s.pause();
   });
-  await new Promise((r) => setTimeout(r, 50));
+  await sleep(50);
   const tunnel = new Duplex({ read() {}, write: (_chunk, _encoding, callback) => callback() });
-  let result: PipeResult | undefined;
-  pipeBidirectional(tunnel, socket, { labels: ['tunnel', 'local'] }, (r) => {
-    result = r;
-  });
+  const pipeResult = pipeWatched(tunnel, socket, ['tunnel', 'local']);
   tunnel.push(Buffer.alloc(16 * 1024 * 1024, 1));
   tunnel.push(null);
-  await new Promise((r) => setTimeout(r, 100));
+  await sleep(100);
   tunnel.destroy(Object.assign(new Error('reset by peer'), { code: 'ERR_STREAM_RESET' }));
-  await new Promise((r) => setTimeout(r, 50));
+  await sleep(50);
   serviceSide.resetAndDestroy();
-  for (let i = 0; i < 200 && result === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+  const result = await pipeResult(2_000);
   service.close();
   return result ? { socket: new WeakRef(socket), reason: result.reason } : { socket: new WeakRef(socket) };
 }
@@ -475,7 +462,7 @@ test('a side left to flush that closes before it finishes is let go at once, not
 }, async () => {
   const { socket, reason } = await flushingSocketResetByItsReader();
   assert.equal(reason, 'tunnel reset');
-  await new Promise((r) => setTimeout(r, 50));
+  await sleep(50);
   gc();
   await new Promise((r) => setImmediate(r));
   gc();
