@@ -465,9 +465,7 @@ export class PortholeClient {
       const proxy = this.proxies.get(result.proxy);
       // An entry the server could not read has a name no proxy can have ("register entry 2 (...)").
       if (!proxy && !result.ok && !PROXY_NAME.test(result.proxy)) {
-        const reason = result.reason ?? 'refused';
-        const level = this.refusals.repeats(result.proxy, reason) ? 'debug' : 'warn';
-        this.logger[level]({ proxy: result.proxy, reason }, 'proxy refused');
+        this.logRefused(result.proxy, result.reason);
         continue;
       }
       if (!proxy) {
@@ -490,11 +488,13 @@ export class PortholeClient {
           'proxy registered',
         );
         this.refusals.forget(result.proxy);
-      } else {
-        const reason = result.reason ?? 'refused';
-        const level = this.refusals.repeats(result.proxy, reason) ? 'debug' : 'warn';
-        this.logger[level]({ proxy: result.proxy, reason }, 'proxy refused');
-      }
+      } else this.logRefused(result.proxy, result.reason);
     }
+  }
+
+  /** A refusal at warn, or at debug when it is the one this proxy last had (the retries' answers). */
+  private logRefused(proxy: string, reason = 'refused'): void {
+    const level = this.refusals.repeats(proxy, reason) ? 'debug' : 'warn';
+    this.logger[level]({ proxy, reason }, 'proxy refused');
   }
 }
