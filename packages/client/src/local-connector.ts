@@ -5,6 +5,7 @@ import {
   type ConnectionTracker,
   encodeProxyHeader,
   formatHostPort,
+  formatPeerAddress,
   type Logger,
   type ProxyEndpoints,
   parseHostPort,
@@ -150,7 +151,8 @@ export async function serveStream(
     stream.destroy();
     return;
   }
-  const remoteAddr = formatHostPort(header.remote_addr, header.remote_port);
+  // As the server's lines write this visitor (an IPv4 one of a dual-stack listener as IPv4, not ::ffff:).
+  const remoteAddr = formatPeerAddress(header.remote_addr, header.remote_port);
   const fields = { proxy: header.proxy, conn: header.conn, remote_addr: remoteAddr };
   const proxy = proxies.get(header.proxy);
   if (!proxy) {

@@ -11,6 +11,7 @@ import {
   DatagramDecoder,
   DatagramWriter,
   formatHostPort,
+  formatPeerAddress,
   type Logger,
   proxyDatagramBudget,
   type StreamHeader,
@@ -108,7 +109,7 @@ export function serveUdpFlow(
 ): Promise<UdpFlowCounts> {
   const family = isIPv6(proxy.local.host) ? 'udp6' : 'udp4';
   const local = formatHostPort(proxy.local.host, proxy.local.port);
-  const remoteAddr = formatHostPort(header.remote_addr, header.remote_port);
+  const remoteAddr = formatPeerAddress(header.remote_addr, header.remote_port);
   const idleMs = header.udp_idle_timeout_ms ?? proxy.udpIdleTimeout ?? DEFAULT_UDP_IDLE_TIMEOUT_MS;
   const socket: UdpSocket = createSocket(family);
   const decoder = new DatagramDecoder({ maxDatagramBytes: MAX_UDP_PAYLOAD[family] });

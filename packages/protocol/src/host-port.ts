@@ -34,3 +34,21 @@ export function parseHostPort(text: string, opts: { allowZeroPort?: boolean } = 
 export function formatHostPort(host: string, port: number): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
+
+/**
+ * A peer's address as headers and log lines give it: an IPv4-mapped IPv6 address ("::ffff:127.0.0.1", as Node
+ * reports an IPv4 peer of a dual-stack socket) as the IPv4 address it is.
+ */
+export function plainAddress(address: string | undefined): string {
+  if (address === undefined) return 'unknown';
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  return mapped ? mapped[1]! : address;
+}
+
+/**
+ * A visitor as every log line of both programs writes it ("127.0.0.1:40312", "[2001:db8::7]:40312"), so one
+ * visitor reads the same on the server and on the client, whatever the listener it came in on.
+ */
+export function formatPeerAddress(address: string, port: number): string {
+  return formatHostPort(plainAddress(address), port);
+}

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { formatDuration, parseDuration } from '../src/duration.js';
-import { formatHostPort, parseHostPort } from '../src/host-port.js';
+import { formatHostPort, formatPeerAddress, parseHostPort } from '../src/host-port.js';
 import { PortRanges } from '../src/port-ranges.js';
 import { parseRule } from '../src/rules.js';
 
@@ -72,6 +72,13 @@ test('host:port accepts names, IPv4 and bracketed IPv6', () => {
   assert.throws(() => parseHostPort('[a_b]:22'), /invalid host "a_b"/);
   assert.equal(formatHostPort('::1', 22), '[::1]:22');
   assert.equal(formatHostPort('127.0.0.1', 22), '127.0.0.1:22');
+});
+
+test('a peer is written one way: an IPv4-mapped address as IPv4, IPv6 in brackets', () => {
+  assert.equal(formatPeerAddress('::ffff:127.0.0.1', 40312), '127.0.0.1:40312');
+  assert.equal(formatPeerAddress('::FFFF:192.0.2.7', 1), '192.0.2.7:1');
+  assert.equal(formatPeerAddress('127.0.0.1', 40312), '127.0.0.1:40312');
+  assert.equal(formatPeerAddress('2001:db8::7', 40312), '[2001:db8::7]:40312');
 });
 
 test('rules accept the plain and the typed form', () => {

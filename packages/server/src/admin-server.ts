@@ -6,11 +6,11 @@ import {
   type HostPort,
   isLoopback,
   type Logger,
+  plainAddress,
   screenAdminRequest,
 } from '@porthole/protocol';
 import type { ServerStatus } from './server-status.js';
 import { STATUS_PAGE_CSS, STATUS_PAGE_HTML, STATUS_PAGE_ICON, STATUS_PAGE_JS } from './status-page.js';
-import { plainAddress } from './trusted-proxies.js';
 
 export interface AdminServerOptions {
   listen: HostPort;

@@ -9,8 +9,9 @@ import type { TLSSocket } from 'node:tls';
 import {
   CloseHooks,
   type ConnectionTracker,
-  formatHostPort,
+  formatPeerAddress,
   type Logger,
+  plainAddress,
   resetConnection,
   TurnGatheredWrites,
 } from '@porthole/protocol';
@@ -26,7 +27,7 @@ import { PipelinedRequests } from './pipelined-requests.js';
 import type { ProxyTraffic } from './proxy-traffic.js';
 import { routingPath } from './request-path.js';
 import { type RequestTarget, readRequestTarget } from './request-target.js';
-import { plainAddress, type TrustedProxies } from './trusted-proxies.js';
+import type { TrustedProxies } from './trusted-proxies.js';
 
 /** What an http proxy's routes lead to. */
 export interface HttpTarget {
@@ -521,7 +522,7 @@ export class HttpVhostRouter {
     }
     const method = req.method ?? 'GET';
     const visitor = this.visitorOf(req);
-    const remoteAddr = formatHostPort(plainAddress(visitor.address), visitor.port);
+    const remoteAddr = formatPeerAddress(visitor.address, visitor.port);
     const { stream, conn } = target.openStream(visitor);
     const upstream = new UpstreamConnection(stream, ONE_EXCHANGE);
     // Until a 101 the upgrade is an http request like any other: counted, waited for by a draining server,

@@ -4,13 +4,12 @@
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Server as TlsServer } from 'node:tls';
-import { formatHostPort } from '@porthole/protocol';
-import { plainAddress } from './trusted-proxies.js';
+import { formatPeerAddress } from '@porthole/protocol';
 
 /** "127.0.0.1:40000", "[2001:db8::1]:40000"; "unknown" once the socket is gone. */
 export function peerAddress(socket: Socket | Duplex): string {
   const s = socket as Socket;
-  return s.remoteAddress ? formatHostPort(plainAddress(s.remoteAddress), s.remotePort ?? 0) : 'unknown';
+  return s.remoteAddress ? formatPeerAddress(s.remoteAddress, s.remotePort ?? 0) : 'unknown';
 }
 
 /** A server-side TLSSocket keeps the connection it wraps as _parent (Node's own field; no public way there). */

@@ -1,5 +1,6 @@
 // trusted_proxies: the peers whose X-Forwarded-* headers are believed (appended to, not replaced).
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
+import { plainAddress } from '@porthole/protocol';
 
 /** Parses "10.0.0.0/8", "192.168.1.7", "fd00::/8"; throws with the reason. */
 function addEntry(list: BlockList, text: string): void {
@@ -39,11 +40,4 @@ export class TrustedProxies {
     if (isIPv6(plain)) return this.list.check(plain, 'ipv6');
     return false;
   }
-}
-
-/** The visitor address as it appears in headers: IPv4-mapped IPv6 shown as IPv4. */
-export function plainAddress(address: string | undefined): string {
-  if (address === undefined) return 'unknown';
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  return mapped ? mapped[1]! : address;
 }

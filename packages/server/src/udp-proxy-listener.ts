@@ -9,6 +9,7 @@ import {
   DatagramDecoder,
   DatagramWriter,
   formatHostPort,
+  formatPeerAddress,
   LimitWarning,
   type Logger,
   type ProxySpec,
@@ -16,7 +17,6 @@ import {
   writeStreamHeader,
 } from '@porthole/protocol';
 import type { Exchange, ProxyTraffic } from './proxy-traffic.js';
-import { plainAddress } from './trusted-proxies.js';
 
 /** Largest UDP payload per family (what a datagram from the tunnel may be and still be sent). */
 const MAX_UDP_PAYLOAD = { udp4: 65_507, udp6: 65_527 } as const;
@@ -182,7 +182,7 @@ export class UdpProxyListener {
       return;
     }
     // Also the flow's remote_addr in logs and the admin API: an IPv4 sender is written as IPv4 there.
-    const key = formatHostPort(plainAddress(rinfo.address), rinfo.port);
+    const key = formatPeerAddress(rinfo.address, rinfo.port);
     let flow = this.flows.get(key);
     if (!flow) {
       if (this.flows.size >= this.opts.maxFlows() && !this.evictIdleFlow()) {
