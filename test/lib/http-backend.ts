@@ -3,7 +3,7 @@
 import { createHash } from 'node:crypto';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, isIPv6 } from 'node:net';
 import { WebSocketServer } from 'ws';
 import { curl } from './curl.js';
 import { patternBytes } from './sha-stream.js';
@@ -145,7 +145,7 @@ export interface UdpEcho {
 
 /** A UDP echo: replies `${tag}|${payload}` to whoever sent the datagram. */
 export async function startUdpEcho(tag = 'echo', host = '127.0.0.1', port = 0): Promise<UdpEcho> {
-  const socket = createSocket('udp4');
+  const socket = createSocket(isIPv6(host) ? 'udp6' : 'udp4');
   const state: UdpEcho = {
     socket,
     port: 0,
