@@ -13,6 +13,7 @@ import {
 import { PortholeClient } from './client.js';
 import { ClientAdmin } from './client-admin.js';
 import { type ClientFlags, loadClientConfig } from './config.js';
+import { describeConnectError } from './connect-error.js';
 import { adminAddressOf, fetchStatus, formatStatus, STATUS_EXIT, statusExitCode } from './status-command.js';
 
 const PROGRAM = 'porthole-client';
@@ -188,7 +189,7 @@ async function status(configFile: string | undefined, adminFlag: string | undefi
     answer = await fetchStatus(admin);
   } catch (err) {
     process.stderr.write(
-      `${PROGRAM} status: cannot reach the client at ${adminFlag ?? `[admin] listen of ${configFile}`}: ${(err as Error).message}\n`,
+      `${PROGRAM} status: cannot reach the client at ${adminFlag ?? `[admin] listen of ${configFile}`}: ${describeConnectError(err as Error)}\n`,
     );
     return STATUS_EXIT.unreachable;
   }

@@ -1,4 +1,5 @@
 import { openWebSocket, type WebSocketStream, WebSocketUpgradeError } from '@porthole/mux';
+import { describeConnectError } from './connect-error.js';
 
 export interface DialOptions {
   server: string;
@@ -52,11 +53,6 @@ function withoutToken(text: string, token: string): string {
   for (let length = Math.min(token.length - 1, hidden.length); length >= MIN_TOKEN_PART; length--)
     if (hidden.endsWith(token.slice(0, length))) return `${hidden.slice(0, -length)}[token]`;
   return hidden;
-}
-
-function describe(err: NodeJS.ErrnoException): string {
-  // Node's connect errors read "connect ECONNREFUSED 127.0.0.1:7000"; keep that, it names the peer.
-  return (err.message || err.code || String(err)).trim();
 }
 
 /**
@@ -118,7 +114,7 @@ export async function dial(opts: DialOptions): Promise<WebSocketStream> {
       throw new DialError(`${message}${hintFor(opts.server, message, err.status)}`, err.status);
     }
     const error = err as NodeJS.ErrnoException;
-    const message = withoutToken(describe(error), opts.token);
+    const message = withoutToken(describeConnectError(error), opts.token);
     const hint = hintFor(opts.server, message) || certificateHint(error.code, opts.ca !== undefined);
     throw new DialError(`${message}${hint}`);
   }
