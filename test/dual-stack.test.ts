@@ -7,8 +7,8 @@ import { createSocket } from 'node:dgram';
 import net from 'node:net';
 import { test } from 'node:test';
 import { startUdpEcho } from './lib/http-backend.js';
-import { freePorts, withHarness, withTimeout } from './lib/processes.js';
-import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
+import { clientBin, freePorts, run, withHarness, withTimeout } from './lib/processes.js';
+import { issueRoutedToken, startRoutedClient, startRoutedServer, tomlLines } from './lib/routing.js';
 import { startEchoServer } from './lib/services.js';
 
 /** One TCP round trip from `host` to `port`; resolves with the visitor's own port once the tunnel closed it. */
@@ -98,5 +98,54 @@ test(
       }
       t.diagnostic(`client's lines: ${clientSaw.join('; ')}`);
       assert.deepEqual(clientSaw, serverSaw);
+    }),
+);
+
+test(
+  "a name with an IPv6 and an IPv4 address that both refuse: the client's connect failed line and status name both attempts",
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      // The name resolves as a dual-stack VPS's does (AAAA and A) through a hosts file of the test's own,
+      // mounted over /etc/hosts in a mount namespace that only the client's processes run in.
+      if ((await run('unshare', ['-m', 'true'], { timeoutMs: 10_000 })).code !== 0) {
+        t.skip('unshare -m is not permitted here (needs root)');
+        return;
+      }
+      const hosts = await h.file('hosts', '::1 dual.test\n127.0.0.1 dual.test\n', 0o644);
+      const withHosts = (args: string[]) => [
+        '-m',
+        'sh',
+        '-c',
+        'mount --bind "$0" /etc/hosts && exec "$@"',
+        hosts,
+        clientBin,
+        ...args,
+      ];
+      const [port] = (await freePorts(1)) as [number];
+      const bothRefused = `connect ECONNREFUSED ::1:${port}; connect ECONNREFUSED 127.0.0.1:${port}`;
+      const config = await h.file(
+        'client.toml',
+        `${tomlLines({
+          server: `ws://dual.test:${port}/_porthole`,
+          token_file: await h.file('token', 'not.a.token\n'),
+          reconnect_initial: '200ms',
+        })}\n[[proxies]]\n${tomlLines({ name: 'p', type: 'tcp', local: '127.0.0.1:9', remote_port: 2222 })}\n`,
+      );
+      const client = h.spawn('client', 'unshare', withHosts(['--config', config]));
+      const line = await client.waitForMsg('connect failed', 10_000);
+      t.diagnostic(`connect failed: ${String(line.reason)}`);
+
+      const status = await run('unshare', withHosts(['status', '--admin', `dual.test:${port}`]), {
+        timeoutMs: 10_000,
+      });
+      t.diagnostic(`status (exit ${status.code}): ${status.stderr.trim()}`);
+      assert.deepEqual(
+        { connectFailed: line.reason, status: status.stderr.trim().split(': ').slice(1).join(': ') },
+        {
+          connectFailed: bothRefused,
+          status: `cannot reach the client at dual.test:${port}: ${bothRefused}`,
+        },
+      );
     }),
 );
