@@ -37,6 +37,13 @@ export function parseRule(text: string, defaultType: PortProxyType = 'tcp'): Pro
   const colon = rest.indexOf(':');
   if (colon < 0)
     throw new Error(`invalid rule "${text}" (expected [${type}:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT)`);
+  // An address before the port, as ssh -R's [bind_address:]port takes ("[::]:2222:...", "0.0.0.0:2222:..."),
+  // would otherwise read as 'invalid port "["': the server picks that address itself.
+  const remote = rest.startsWith('[') ? rest.slice(0, rest.indexOf(']') + 1) || rest : rest.slice(0, colon);
+  if (!/^\d+$/.test(remote))
+    throw new Error(
+      `invalid rule "${text}": "${remote}" is not a port; a rule starts with the remote port alone (the server binds it on its proxy_bind address), e.g. ${type}:2222:[::1]:22`,
+    );
   try {
     return { type, remotePort: parsePort(rest.slice(0, colon)), local: parseHostPort(rest.slice(colon + 1)) };
   } catch (err) {

@@ -98,3 +98,22 @@ test('rules accept the plain and the typed form', () => {
   assert.throws(() => parseRule('2222:127.0.0.1'), /invalid rule "2222:127.0.0.1": invalid address/);
   assert.throws(() => parseRule('0:127.0.0.1:22'), /port 0 is outside/);
 });
+
+test('a rule with an address before its remote port says the remote side is a port alone', () => {
+  const alone = 'a rule starts with the remote port alone (the server binds it on its proxy_bind address)';
+  for (const [rule, remote] of [
+    ['tcp:[::1]:2222:22', '[::1]'],
+    ['[::]:2222:127.0.0.1:22', '[::]'],
+    ['udp:0.0.0.0:5353:127.0.0.1:53', '0.0.0.0'],
+    ['[::1:2222:22', '[::1:2222:22'],
+  ] as const) {
+    const type = rule.startsWith('udp') ? 'udp' : 'tcp';
+    assert.throws(
+      () => parseRule(rule),
+      (err: Error) =>
+        err.message ===
+        `invalid rule "${rule}": "${remote}" is not a port; ${alone}, e.g. ${type}:2222:[::1]:22`,
+      rule,
+    );
+  }
+});
