@@ -33,10 +33,17 @@ function hasUserinfo(server: string): boolean {
   return url.username !== '' || url.password !== '';
 }
 
+/** "ws://::1:7000/...", "wss://2001:db8::1/...": a host with two colons or more, not in brackets. */
+const UNBRACKETED_IPV6_URL = /^wss?:\/\/[0-9a-f]*:[0-9a-f]*:[^/[\]]*(?:[/?#]|$)/i;
+
 const clientSchema = z
   .strictObject({
     server: z
       .string({ error: expected('a URL like "wss://vps.example.com/_porthole"') })
+      .refine((text) => !UNBRACKETED_IPV6_URL.test(text), {
+        error: 'an IPv6 address in a URL goes in brackets: "ws://[2001:db8::1]:7000/_porthole"',
+        abort: true,
+      })
       .refine((text) => /^wss?:\/\/[^\s/]+/.test(text) && URL.canParse(text), 'must be a ws:// or wss:// URL')
       .refine(
         (text) => !hasUserinfo(text),

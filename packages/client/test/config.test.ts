@@ -69,6 +69,15 @@ test('quick flags alone make a config; both rule forms work; flags override the 
 
 test('every mistake is reported as source: key: reason', () => {
   assert.deepEqual(problems('server = "http://x"\ntoken = "t"\n'), ['server: must be a ws:// or wss:// URL']);
+  for (const server of ['ws://::1:7000/_porthole', 'wss://2001:db8::1/_porthole', 'ws://fe80::1']) {
+    assert.deepEqual(
+      problems(`server = "${server}"\ntoken = "t"\n`),
+      ['server: an IPv6 address in a URL goes in brackets: "ws://[2001:db8::1]:7000/_porthole"'],
+      server,
+    );
+  }
+  const bracketed = 'ws://[::1]:7000/_porthole';
+  assert.equal(loadClientConfig(write(`server = "${bracketed}"\ntoken = "t"\n`), {}).server, bracketed);
   assert.deepEqual(problems('server = "ws://x"\n'), ['token: set exactly one of token or token_file']);
   assert.deepEqual(problems(`${HEAD}colour = "blue"\n`), ['colour: unknown key']);
   assert.deepEqual(
