@@ -485,3 +485,34 @@ test(
       }
     }),
 );
+
+test(
+  'an [https] handshake_timeout of 0 is refused by check and at the start, exit 2, naming the key and what 0 would do',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      // Before, "0s" passed check, and the TLS port then gave each visitor's ClientHello 1 ms: with it 5 or
+      // 50 ms late every connection was closed ("no complete ClientHello within 0 ms").
+      const secret = await h.file('secret', `${'s'.repeat(40)}\n`);
+      const server = await h.file(
+        'server.toml',
+        `listen = "127.0.0.1:0"\n[auth]\nsecret_file = "${secret}"\n[https]\nlisten = "127.0.0.1:0"\nhandshake_timeout = "0s"\n`,
+      );
+      for (const args of [
+        ['check', '--config', server],
+        ['--config', server],
+      ]) {
+        const r = await run(serverBin, args, { timeoutMs: 15_000 });
+        assert.equal(r.code, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+        assert.equal(
+          r.stderr,
+          `${server}: https.handshake_timeout: must be longer than 0 ("0s" would close every connection whose ClientHello is not there within 1 ms)\n`,
+        );
+      }
+      const shortest = await h.file(
+        'shortest.toml',
+        (await readFile(server, 'utf8')).replace('"0s"', '"1ms"'),
+      );
+      assert.equal((await run(serverBin, ['check', '--config', shortest])).code, 0);
+    }),
+);
