@@ -1,7 +1,8 @@
 // What the real CLIs say to a user who mistypes: an option, a config key, or token ports the server
 // will refuse. Each names the likely intent and exits 2, or (for the token) warns and still issues it.
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
 import { test } from 'node:test';
 import { clientBin, run, runOk, serverBin, withHarness } from './lib/processes.js';
 import { makeCa, makeCert } from './lib/routing.js';
@@ -338,20 +339,20 @@ test(
       // `server` field of every log line and in `status`.
       const token = await h.file('token', 'a.b.c\n');
       const refusal =
-        'server: must not hold a user or password ("user:password@"): the client signs in with its token alone, which goes in token_file';
+        'must not hold a user or password ("user:password@"): the client signs in with its token alone, which goes in token_file';
       for (const url of ['ws://u:PWSECRET@[::1]:1/_porthole', 'wss://PWSECRET@vps.example.com/_porthole']) {
         const clientToml = await h.file('client.toml', `server = "${url}"\ntoken_file = "${token}"\n`);
         const flags = ['--server', url, '--token-file', token, '--tcp', '2222:127.0.0.1:22'];
-        const cases: [args: string[], source: string][] = [
-          [['check', '--config', clientToml], clientToml],
-          [['--config', clientToml], clientToml],
-          [['check', ...flags], 'command line'],
-          [flags, 'command line'],
+        const cases: [args: string[], where: string][] = [
+          [['check', '--config', clientToml], `${clientToml}: server`],
+          [['--config', clientToml], `${clientToml}: server`],
+          [['check', ...flags], 'command line: --server'],
+          [flags, 'command line: --server'],
         ];
-        for (const [args, source] of cases) {
+        for (const [args, where] of cases) {
           const r = await run(clientBin, args, { timeoutMs: 5000 });
           assert.equal(r.code, 2, `${args.join(' ')}: exit ${r.code}\n${r.stdout}${r.stderr}`);
-          assert.equal(r.stderr, `${source}: ${refusal}\n`, args.join(' '));
+          assert.equal(r.stderr, `${where}: ${refusal}\n`, args.join(' '));
           assert.ok(!`${r.stdout}${r.stderr}`.includes('PWSECRET'), 'the password is not printed');
         }
       }
@@ -514,5 +515,45 @@ test(
         (await readFile(server, 'utf8')).replace('"0s"', '"1ms"'),
       );
       assert.equal((await run(serverBin, ['check', '--config', shortest])).code, 0);
+    }),
+);
+
+test(
+  "a flag's bad value is named as the flag, also beside --config; a flag's path is the working directory's, as with any command",
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      // Before, flags were merged into the file's keys and checked as them: `--config conf/client.toml
+      // --log-level loud` said "conf/client.toml: log_level", and `--token-file token` was read from
+      // conf/token ("conf/client.toml: token_file: cannot read .../conf/token: ENOENT").
+      await mkdir(h.path('conf'));
+      const clientToml = await h.file(
+        'conf/client.toml',
+        'server = "ws://127.0.0.1:1/_porthole"\ntoken = "a.b.c"\n',
+      );
+      await h.file('token', 'd.e.f\n');
+      const relative = path.relative(h.dir, clientToml);
+      const ok = await run(clientBin, ['check', '--config', relative, '--token-file', 'token'], {
+        cwd: h.dir,
+      });
+      assert.equal(ok.code, 0, ok.stderr);
+      assert.equal(ok.stdout, `${relative}: ok (0 proxies)\n`);
+      const cases: [flags: string[], line: string][] = [
+        [
+          ['--log-level', 'loud'],
+          'command line: --log-level: expected one of trace, debug, info, warn, error, fatal, silent',
+        ],
+        [['--server', 'http://vps.example.com/'], 'command line: --server: must be a ws:// or wss:// URL'],
+        [['--token-file', 'nope'], `command line: --token-file: cannot read ${h.path('nope')}: ENOENT`],
+        [['--ca-file', 'ca.pem'], `command line: --ca-file: cannot read ${h.path('ca.pem')}: ENOENT`],
+      ];
+      for (const [flags, line] of cases) {
+        for (const command of [['check'], []]) {
+          const args = [...command, '--config', relative, ...flags];
+          const r = await run(clientBin, args, { cwd: h.dir, timeoutMs: 15_000 });
+          assert.equal(r.code, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+          assert.equal(r.stderr, `${line}\n`, args.join(' '));
+        }
+      }
     }),
 );

@@ -36,85 +36,85 @@ function hasUserinfo(server: string): boolean {
 /** "ws://::1:7000/...", "wss://2001:db8::1/...": a host with two colons or more, not in brackets. */
 const UNBRACKETED_IPV6_URL = /^wss?:\/\/[0-9a-f]*:[0-9a-f]*:[^/[\]]*(?:[/?#]|$)/i;
 
-const clientSchema = z
-  .strictObject({
-    server: z
-      .string({ error: expected('a URL like "wss://vps.example.com/_porthole"') })
-      .refine((text) => !UNBRACKETED_IPV6_URL.test(text), {
-        error: 'an IPv6 address in a URL goes in brackets: "ws://[2001:db8::1]:7000/_porthole"',
-        abort: true,
-      })
-      .refine((text) => /^wss?:\/\/[^\s/]+/.test(text) && URL.canParse(text), 'must be a ws:// or wss:// URL')
-      .refine(
-        (text) => !hasUserinfo(text),
-        'must not hold a user or password ("user:password@"): the client signs in with its token alone, which goes in token_file',
-      ),
-    token: z.string({ error: expected('a string') }).optional(),
-    token_file: z.string({ error: expected('a file path') }).optional(),
-    ca_file: z.string({ error: expected('a file path') }).optional(),
-    heartbeat_interval: durationAtLeast(100, '100ms').prefault('10s'),
-    heartbeat_timeout: durationField.prefault('30s'),
-    reconnect_initial: durationAtLeast(100, '100ms').prefault('500ms'),
-    reconnect_max: durationField.prefault('30s'),
-    shutdown_timeout: durationField.prefault('10s'),
-    proxy_retry_interval: durationAtLeast(1000, '1s').prefault('30s'),
-    exit_on_auth_failure: z.boolean({ error: expected('true or false') }).default(false),
-    log_level: logLevelField.default('info'),
-    proxies: z.array(proxySchema, { error: expected('[[proxies]] tables') }).default([]),
-    admin: z
-      .strictObject(
-        {
-          listen: hostPortField({ allowZero: true }).refine(
-            (hp) => isLoopback(hp.host),
-            'must be a loopback address (127.0.0.1, ::1 or localhost): the client admin API has no token',
-          ),
-        },
-        { error: expected('an [admin] table') },
-      )
-      .optional(),
-  })
-  .superRefine((config, ctx) => {
-    if ((config.token === undefined) === (config.token_file === undefined)) {
-      ctx.addIssue({ code: 'custom', path: ['token'], message: 'set exactly one of token or token_file' });
-    }
-    if (config.heartbeat_timeout <= config.heartbeat_interval) {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['heartbeat_timeout'],
-        message: 'must be longer than heartbeat_interval',
-      });
-    }
-    if (config.reconnect_max < config.reconnect_initial) {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['reconnect_max'],
-        message: 'must not be shorter than reconnect_initial',
-      });
-    }
-    const names = new Map<string, number>();
-    const ports = new Map<string, number>();
-    config.proxies.forEach((proxy, i) => {
-      if (names.has(proxy.name)) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['proxies', i, 'name'],
-          message: `"${proxy.name}" is already the name of proxies[${names.get(proxy.name)}]`,
-        });
-      }
-      // tcp and udp ports are separate spaces (iperf3 -u, DNS and others use both on one port number).
-      const port = portKey(proxy);
-      const holder = port === undefined ? undefined : ports.get(port);
-      if (holder !== undefined) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['proxies', i, 'remote_port'],
-          message: `${proxy.remote_port} is already the remote_port of proxies${elementLabel(holder, config.proxies[holder])}`,
-        });
-      }
-      names.set(proxy.name, i);
-      if (port !== undefined) ports.set(port, i);
+const clientShape = {
+  server: z
+    .string({ error: expected('a URL like "wss://vps.example.com/_porthole"') })
+    .refine((text) => !UNBRACKETED_IPV6_URL.test(text), {
+      error: 'an IPv6 address in a URL goes in brackets: "ws://[2001:db8::1]:7000/_porthole"',
+      abort: true,
+    })
+    .refine((text) => /^wss?:\/\/[^\s/]+/.test(text) && URL.canParse(text), 'must be a ws:// or wss:// URL')
+    .refine(
+      (text) => !hasUserinfo(text),
+      'must not hold a user or password ("user:password@"): the client signs in with its token alone, which goes in token_file',
+    ),
+  token: z.string({ error: expected('a string') }).optional(),
+  token_file: z.string({ error: expected('a file path') }).optional(),
+  ca_file: z.string({ error: expected('a file path') }).optional(),
+  heartbeat_interval: durationAtLeast(100, '100ms').prefault('10s'),
+  heartbeat_timeout: durationField.prefault('30s'),
+  reconnect_initial: durationAtLeast(100, '100ms').prefault('500ms'),
+  reconnect_max: durationField.prefault('30s'),
+  shutdown_timeout: durationField.prefault('10s'),
+  proxy_retry_interval: durationAtLeast(1000, '1s').prefault('30s'),
+  exit_on_auth_failure: z.boolean({ error: expected('true or false') }).default(false),
+  log_level: logLevelField.default('info'),
+  proxies: z.array(proxySchema, { error: expected('[[proxies]] tables') }).default([]),
+  admin: z
+    .strictObject(
+      {
+        listen: hostPortField({ allowZero: true }).refine(
+          (hp) => isLoopback(hp.host),
+          'must be a loopback address (127.0.0.1, ::1 or localhost): the client admin API has no token',
+        ),
+      },
+      { error: expected('an [admin] table') },
+    )
+    .optional(),
+};
+
+const clientSchema = z.strictObject(clientShape).superRefine((config, ctx) => {
+  if ((config.token === undefined) === (config.token_file === undefined)) {
+    ctx.addIssue({ code: 'custom', path: ['token'], message: 'set exactly one of token or token_file' });
+  }
+  if (config.heartbeat_timeout <= config.heartbeat_interval) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['heartbeat_timeout'],
+      message: 'must be longer than heartbeat_interval',
     });
+  }
+  if (config.reconnect_max < config.reconnect_initial) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['reconnect_max'],
+      message: 'must not be shorter than reconnect_initial',
+    });
+  }
+  const names = new Map<string, number>();
+  const ports = new Map<string, number>();
+  config.proxies.forEach((proxy, i) => {
+    if (names.has(proxy.name)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['proxies', i, 'name'],
+        message: `"${proxy.name}" is already the name of proxies[${names.get(proxy.name)}]`,
+      });
+    }
+    // tcp and udp ports are separate spaces (iperf3 -u, DNS and others use both on one port number).
+    const port = portKey(proxy);
+    const holder = port === undefined ? undefined : ports.get(port);
+    if (holder !== undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['proxies', i, 'remote_port'],
+        message: `${proxy.remote_port} is already the remote_port of proxies${elementLabel(holder, config.proxies[holder])}`,
+      });
+    }
+    names.set(proxy.name, i);
+    if (port !== undefined) ports.set(port, i);
   });
+});
 
 export interface ClientConfig {
   /** The config file, or "command line" for quick flags. */
@@ -142,17 +142,34 @@ export interface ClientConfig {
  * Where paths (token_file, ca_file) lead: `${VAR}` expanded (e.g. `${CREDENTIALS_DIRECTORY}`), then
  * resolved next to the config file, or in the working directory for flags.
  */
-function resolvePath(source: string, key: string, path: string): string {
-  return source === COMMAND_LINE
-    ? expandConfigPath(`${process.cwd()}/.`, key, path)
-    : expandConfigPath(source, key, path);
+function resolvePath(at: KeyOrigin, path: string): string {
+  return expandConfigPath(at.source === COMMAND_LINE ? `${process.cwd()}/.` : at.source, at.key, path);
+}
+
+/** The flag that sets each key a flag can set. */
+const FLAG_OF_KEY = {
+  server: '--server',
+  token: '--token',
+  token_file: '--token-file',
+  ca_file: '--ca-file',
+  log_level: '--log-level',
+} as const;
+type FlagKey = keyof typeof FLAG_OF_KEY;
+
+/** Where a key's value came from, for messages and relative paths: the file's key, or the flag that set it. */
+interface KeyOrigin {
+  source: string;
+  key: string;
 }
 
 /** Validates a raw config (from TOML or flags) and reads the files it points at. */
-function finish(source: string, rawInput: unknown): ClientConfig {
+function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagKey>): ClientConfig {
   const raw = validateConfig(source, rawInput, clientSchema);
-  const tokenFile = raw.token === undefined ? resolvePath(source, 'token_file', raw.token_file!) : undefined;
-  const token = raw.token ?? readSecretFile(source, 'token_file', tokenFile!);
+  const originOf = (key: FlagKey): KeyOrigin =>
+    setByFlags.has(key) ? { source: COMMAND_LINE, key: FLAG_OF_KEY[key] } : { source, key };
+  const tokenAt = originOf('token_file');
+  const tokenFile = raw.token === undefined ? resolvePath(tokenAt, raw.token_file!) : undefined;
+  const token = raw.token ?? readSecretFile(tokenAt.source, tokenAt.key, tokenFile!);
   // The token sits in its file, or inline in the config file itself.
   const exposed = secretFileExposure(tokenFile ?? source);
   const config: ClientConfig = {
@@ -172,7 +189,8 @@ function finish(source: string, rawInput: unknown): ClientConfig {
   };
   if (raw.admin) config.admin = { listen: raw.admin.listen };
   if (raw.ca_file !== undefined) {
-    config.ca = readConfigFile(source, 'ca_file', resolvePath(source, 'ca_file', raw.ca_file));
+    const caAt = originOf('ca_file');
+    config.ca = readConfigFile(caAt.source, caAt.key, resolvePath(caAt, raw.ca_file));
   }
   return config;
 }
@@ -242,6 +260,27 @@ function withRuleProxies(
   return proxies;
 }
 
+/**
+ * The keys the flags set, each checked on its own first: a bad one is named as the flag, not as a key of a
+ * config file that may not even have it (before, `--config c.toml --log-level loud` said "c.toml: log_level").
+ */
+function flagValues(flags: ClientFlags): Partial<Record<FlagKey, string>> {
+  const given: Partial<Record<FlagKey, string>> = {};
+  if (flags.server !== undefined) given.server = flags.server;
+  if (flags.token !== undefined) given.token = flags.token;
+  if (flags.tokenFile !== undefined) given.token_file = flags.tokenFile;
+  if (flags.caFile !== undefined) given.ca_file = flags.caFile;
+  if (flags.logLevel !== undefined) given.log_level = flags.logLevel;
+  const keys = Object.keys(given) as FlagKey[];
+  const asFlags = z.strictObject(Object.fromEntries(keys.map((key) => [FLAG_OF_KEY[key], clientShape[key]])));
+  validateConfig(
+    COMMAND_LINE,
+    Object.fromEntries(keys.map((key) => [FLAG_OF_KEY[key], given[key]])),
+    asFlags,
+  );
+  return given;
+}
+
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null;
 }
@@ -253,16 +292,13 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 export function loadClientConfig(file: string | undefined, flags: ClientFlags = {}): ClientConfig {
   const raw: Record<string, unknown> =
     file === undefined ? {} : { ...loadTomlConfig(file, z.record(z.string(), z.unknown())) };
-  if (flags.server !== undefined) raw.server = flags.server;
-  if (flags.token !== undefined || flags.tokenFile !== undefined) {
+  const given = flagValues(flags);
+  if (given.token !== undefined || given.token_file !== undefined) {
     delete raw.token;
     delete raw.token_file;
-    if (flags.token !== undefined) raw.token = flags.token;
-    if (flags.tokenFile !== undefined) raw.token_file = flags.tokenFile;
   }
-  if (flags.caFile !== undefined) raw.ca_file = flags.caFile;
+  Object.assign(raw, given);
   if (flags.exitOnAuthFailure) raw.exit_on_auth_failure = true;
-  if (flags.logLevel !== undefined) raw.log_level = flags.logLevel;
   const rules = [
     ...(flags.tcp ?? []).map((rule) => ({ rule, type: 'tcp' as const })),
     ...(flags.udp ?? []).map((rule) => ({ rule, type: 'udp' as const })),
@@ -276,5 +312,5 @@ export function loadClientConfig(file: string | undefined, flags: ClientFlags = 
       '--token-file',
       'the client token is needed (--token-file FILE or --token JWT)',
     );
-  return finish(file ?? COMMAND_LINE, raw);
+  return finish(file ?? COMMAND_LINE, raw, new Set(Object.keys(given) as FlagKey[]));
 }
