@@ -557,3 +557,29 @@ test(
       }
     }),
 );
+
+test('--help names every option the parser takes, short forms too, and no option it refuses', {
+  timeout: 60_000,
+}, async () => {
+  // Before, -h and -V were taken but --help named only --help and --version.
+  for (const bin of [serverBin, clientBin]) {
+    const help = await run(bin, ['-h']);
+    assert.equal(help.code, 0, help.stderr);
+    assert.equal((await run(bin, ['--help'])).stdout, help.stdout);
+    assert.match(help.stdout, /-h, --help \| -V, --version/);
+    assert.match(
+      (await run(bin, ['-V'])).stdout,
+      /^porthole-(server|client) \d+\.\d+\.\d+ \(protocol \d+\)\n$/,
+    );
+    // Each option the help text names parses: "--help" after it is answered, or it is a switch that takes
+    // no value. An option the parser does not know would be "unknown option".
+    const options = new Set(help.stdout.match(/(?<![\w-])--?[a-zA-Z][\w-]*/g));
+    assert.ok(options.size >= 8, [...options].join(' '));
+    for (const option of options) {
+      // A short option cannot take "=x"; a switch before "x" leaves it a word, which --help outranks.
+      const r = await run(bin, option.startsWith('--') ? [`${option}=x`, '--help'] : [option, 'x', '--help']);
+      const takesNoValue = new RegExp(`^porthole-\\w+: ${option} takes no value$`, 'm');
+      assert.ok(r.code === 0 || takesNoValue.test(r.stderr), `${option}: ${r.stderr}`);
+    }
+  }
+});

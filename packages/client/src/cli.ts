@@ -28,7 +28,7 @@ const USAGE = `Usage:
                                               [admin] listen; or --admin HOST:PORT); exit 0 established,
                                               1 unreachable, 2 usage (no [admin] table), 3 not established,
                                               5 established but a proxy refused or closed; --json: raw answer
-  ${PROGRAM} --help | --version
+  ${PROGRAM} -h, --help | -V, --version
 
 Options (they override the config file's keys; --tcp and --udp add proxies):
   -c, --config FILE          client config (TOML); see examples/client.toml

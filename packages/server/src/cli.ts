@@ -24,7 +24,7 @@ const USAGE = `Usage:
   ${PROGRAM} token issue --config server.toml --name NAME [--ports 2222,8000-8099]
         [--hosts 'app.example.com,*.home.example.com'] [--visit svc1,svc2] [--expires 90d|never]
                                                 print a client token (JWT) on stdout
-  ${PROGRAM} --help | --version
+  ${PROGRAM} -h, --help | -V, --version
 
 Options:
   -c, --config FILE   server config (TOML); see examples/server.toml
