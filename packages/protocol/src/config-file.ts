@@ -48,10 +48,28 @@ function keyPath(path: ReadonlyArray<PropertyKey>, input: unknown): string {
   return out === '' ? '(top level)' : out;
 }
 
+/** "64 entries", "1 character": a bound on a list's or a string's length, in words. */
+function lengthBound(origin: string, bound: number | bigint): string | undefined {
+  const unit = origin === 'array' ? 'entr' : origin === 'string' ? 'character' : undefined;
+  if (unit === undefined) return undefined;
+  const plural = origin === 'array' ? (bound === 1 ? 'y' : 'ies') : bound === 1 ? '' : 's';
+  return `${bound} ${unit}${plural}`;
+}
+
 function reasonOf(issue: ZodError['issues'][number]): string {
   if (issue.code === 'invalid_type' && /received undefined$/.test(issue.message)) return 'required';
   if (issue.code === 'too_big' && issue.origin === 'number') return `must be at most ${issue.maximum}`;
   if (issue.code === 'too_small' && issue.origin === 'number') return `must be at least ${issue.minimum}`;
+  // zod's own words ("Too big: expected array to have <=64 items") for lists and strings, said as the rest.
+  if (issue.code === 'too_big') {
+    const bound = lengthBound(issue.origin, issue.maximum);
+    if (bound !== undefined) return `must have at most ${bound}`;
+  }
+  if (issue.code === 'too_small') {
+    if (issue.origin === 'string' && issue.minimum === 1) return 'must not be empty';
+    const bound = lengthBound(issue.origin, issue.minimum);
+    if (bound !== undefined) return `must have at least ${bound}`;
+  }
   return issue.message.replace(/^Invalid input: /, '');
 }
 

@@ -78,3 +78,31 @@ test('every problem names the key and the reason', () => {
     /^\/nonexistent\/x.toml: \(file\): cannot read: ENOENT/,
   );
 });
+
+test('a list or a string of the wrong length is said in words, as a number out of range is', () => {
+  // Before, zod's own: "Too small: expected array to have >=1 items" (client.toml's `locations = []`).
+  const lengths = z.strictObject({
+    paths: z.array(z.string()).min(1).max(2).optional(),
+    user: z.string().min(1).max(3).optional(),
+    name: z.string().min(2).optional(),
+  });
+  const said = (text: string) => {
+    const file = configFile(text);
+    try {
+      loadTomlConfig(file, lengths);
+    } catch (err) {
+      assert.ok(err instanceof ConfigError);
+      return err.problems.map((p) => p.replace(`${file}: `, ''));
+    }
+    assert.fail('expected a ConfigError');
+  };
+  assert.deepEqual(said('paths = []\nuser = ""\nname = "a"\n'), [
+    'paths: must have at least 1 entry',
+    'user: must not be empty',
+    'name: must have at least 2 characters',
+  ]);
+  assert.deepEqual(said('paths = ["/a", "/b", "/c"]\nuser = "abcd"\n'), [
+    'paths: must have at most 2 entries',
+    'user: must have at most 3 characters',
+  ]);
+});
