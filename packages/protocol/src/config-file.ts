@@ -134,6 +134,42 @@ function misplacedKeyHint(
   return undefined;
 }
 
+/** The paths of every table `schema` has below `path` ([auth], [[proxies]], [[https.certs]]), a few levels deep. */
+function tablePaths(schema: z.core.$ZodType, path: PropertyKey[] = []): PropertyKey[][] {
+  const keys = path.length < 4 ? knownKeysAt(schema, path) : undefined;
+  if (keys === undefined) return [];
+  return keys.flatMap((key) => {
+    for (const inner of [
+      [...path, key],
+      [...path, key, 0],
+    ]) {
+      if (knownKeysAt(schema, inner) !== undefined) return [inner, ...tablePaths(schema, inner)];
+    }
+    return [];
+  });
+}
+
+/**
+ * Why `key`, unknown in the table at `path`, belongs in another table that is not around it: written at the
+ * top (`failure_limit` for [auth], `remote_port` for [[proxies]]) or under a neighbour, its line said only
+ * "unknown key", or guessed a key of the wrong table.
+ */
+function otherTableHint(
+  schema: z.core.$ZodType,
+  path: ReadonlyArray<PropertyKey>,
+  key: string,
+): string | undefined {
+  const here = tableHeader(path);
+  const owners = tablePaths(schema)
+    .filter((table) => knownKeysAt(schema, table)?.includes(key))
+    .map(tableHeader)
+    .filter((header) => header !== here);
+  if (owners.length === 0) return undefined;
+  return owners.length === 1
+    ? `a key of ${owners[0]}: write it below the ${owners[0]} line`
+    : `a key of ${owners.join(' or ')}: write it below one of those lines`;
+}
+
 /**
  * One "<file>: <key>: <reason>" line per zod issue (unknown keys get one line each, with the known key
  * they most likely stand for when `schema` is given, or the table around it they belong to; tables in
@@ -152,7 +188,8 @@ export function formatConfigIssues(
       for (const key of issue.keys) {
         const misplaced = schema && misplacedKeyHint(schema, issue.path, key);
         const guess = known && closestName(key, known);
-        const hint = misplaced ?? (guess === undefined ? undefined : `did you mean "${guess}"?`);
+        const elsewhere = schema && otherTableHint(schema, issue.path, key);
+        const hint = misplaced ?? elsewhere ?? (guess === undefined ? undefined : `did you mean "${guess}"?`);
         lines.push(
           `${file}: ${keyPath([...issue.path, key], input)}: unknown key${hint === undefined ? '' : ` (${hint})`}`,
         );

@@ -106,3 +106,35 @@ test('a list or a string of the wrong length is said in words, as a number out o
     'user: must have at most 3 characters',
   ]);
 });
+
+test('a key of another table, written outside it, is named with the table it belongs to', () => {
+  // Before, "failure_limit: unknown key" for [auth]'s key written at the top, and a guess among the
+  // wrong table's keys for one written under a neighbour.
+  const tables = z.strictObject({
+    listen: z.string().optional(),
+    auth: z.strictObject({ secret: z.string().optional(), limit: z.number().optional() }).optional(),
+    admin: z.strictObject({ token: z.string().optional(), secret: z.string().optional() }).optional(),
+    list: z.array(z.strictObject({ name: z.string(), port: z.number().optional() })).optional(),
+  });
+  const said = (text: string) => {
+    const file = configFile(text);
+    try {
+      loadTomlConfig(file, tables);
+    } catch (err) {
+      assert.ok(err instanceof ConfigError);
+      return err.problems.map((p) => p.replace(`${file}: `, ''));
+    }
+    assert.fail('expected a ConfigError');
+  };
+  assert.deepEqual(said('limit = 5\nport = 1\nsecret = "x"\n[auth]\ntoken = "t"\n'), [
+    'auth.token: unknown key (a key of [admin]: write it below the [admin] line)',
+    'limit: unknown key (a key of [auth]: write it below the [auth] line)',
+    'port: unknown key (a key of [[list]]: write it below the [[list]] line)',
+    'secret: unknown key (a key of [auth] or [admin]: write it below one of those lines)',
+  ]);
+  // A key of a table around it, and a misspelling, are named as before.
+  assert.deepEqual(said('[auth]\nlisten = "x"\nsecrt = "y"\n'), [
+    'auth.listen: unknown key (a top-level key, but TOML puts every key below the [auth] line into [auth]: move it above the first table)',
+    'auth.secrt: unknown key (did you mean "secret"?)',
+  ]);
+});
