@@ -7,6 +7,25 @@ import { test } from 'node:test';
 import { clientBin, run, runOk, serverBin, withHarness } from './lib/processes.js';
 import { makeCa, makeCert } from './lib/routing.js';
 
+/**
+ * `check` and a start both refuse `args` (a --config and maybe flags): exit 2 and `problem` on stderr
+ * (the whole of it, or matching it), so a start never gets as far as listening or dialling.
+ */
+async function assertRefusedByCheckAndStart(
+  bin: string,
+  args: string[],
+  problem: string | RegExp,
+  opts: { cwd?: string } = {},
+): Promise<void> {
+  for (const command of [['check'], []]) {
+    const r = await run(bin, [...command, ...args], { timeoutMs: 20_000, ...opts });
+    const what = [...command, ...args].join(' ');
+    assert.equal(r.code, 2, `${what}: exit ${r.code}\n${r.stdout}${r.stderr}`);
+    if (typeof problem === 'string') assert.equal(r.stderr, problem, what);
+    else assert.match(r.stderr, problem, what);
+  }
+}
+
 test('a mistyped option or config key is named with the one meant; exit status 2', { timeout: 30_000 }, (t) =>
   withHarness(t, async (h) => {
     const secret = await h.file('secret', `${'s'.repeat(40)}\n`);
@@ -291,14 +310,7 @@ test(
         ],
       ];
       for (const [toml, message] of cases) {
-        for (const args of [
-          ['check', '--config', toml],
-          ['--config', toml],
-        ]) {
-          const r = await run(serverBin, args, { timeoutMs: 20_000 });
-          assert.equal(r.code, 2, `${args.join(' ')}: exit ${r.code}\n${r.stdout}${r.stderr}`);
-          assert.match(r.stderr, message, args.join(' '));
-        }
+        await assertRefusedByCheckAndStart(serverBin, ['--config', toml], message);
       }
 
       // Expired: still a certificate the server can serve (a renewal may be on its way), so only a warning.
@@ -458,14 +470,7 @@ test(
         ].join('\n'),
       );
       const clientProblem = `${client}: proxies[0] ("wg").udp_idle_timeout: must be at most 1d\n`;
-      for (const args of [
-        ['check', '--config', client],
-        ['--config', client],
-      ]) {
-        const r = await run(clientBin, args, { timeoutMs: 15_000 });
-        assert.equal(r.code, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
-        assert.equal(r.stderr, clientProblem);
-      }
+      await assertRefusedByCheckAndStart(clientBin, ['--config', client], clientProblem);
       const longest = await h.file('longest.toml', (await readFile(client, 'utf8')).replace('"2d"', '"24h"'));
       assert.equal((await run(clientBin, ['check', '--config', longest])).code, 0);
 
@@ -475,14 +480,11 @@ test(
           `server-${value}.toml`,
           `listen = "127.0.0.1:0"\nudp_idle_timeout = "${value}"\n[auth]\nsecret_file = "${secret}"\n`,
         );
-        for (const args of [
-          ['check', '--config', server],
+        await assertRefusedByCheckAndStart(
+          serverBin,
           ['--config', server],
-        ]) {
-          const r = await run(serverBin, args, { timeoutMs: 15_000 });
-          assert.equal(r.code, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
-          assert.match(r.stderr, /server-\w+\.toml: udp_idle_timeout: must be at least 100ms\n$/);
-        }
+          /server-\w+\.toml: udp_idle_timeout: must be at least 100ms\n$/,
+        );
       }
     }),
 );
@@ -499,17 +501,11 @@ test(
         'server.toml',
         `listen = "127.0.0.1:0"\n[auth]\nsecret_file = "${secret}"\n[https]\nlisten = "127.0.0.1:0"\nhandshake_timeout = "0s"\n`,
       );
-      for (const args of [
-        ['check', '--config', server],
+      await assertRefusedByCheckAndStart(
+        serverBin,
         ['--config', server],
-      ]) {
-        const r = await run(serverBin, args, { timeoutMs: 15_000 });
-        assert.equal(r.code, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
-        assert.equal(
-          r.stderr,
-          `${server}: https.handshake_timeout: must be longer than 0 ("0s" would close every connection whose ClientHello is not there within 1 ms)\n`,
-        );
-      }
+        `${server}: https.handshake_timeout: must be longer than 0 ("0s" would close every connection whose ClientHello is not there within 1 ms)\n`,
+      );
       const shortest = await h.file(
         'shortest.toml',
         (await readFile(server, 'utf8')).replace('"0s"', '"1ms"'),
@@ -547,14 +543,10 @@ test(
         [['--token-file', 'nope'], `command line: --token-file: cannot read ${h.path('nope')}: ENOENT`],
         [['--ca-file', 'ca.pem'], `command line: --ca-file: cannot read ${h.path('ca.pem')}: ENOENT`],
       ];
-      for (const [flags, line] of cases) {
-        for (const command of [['check'], []]) {
-          const args = [...command, '--config', relative, ...flags];
-          const r = await run(clientBin, args, { cwd: h.dir, timeoutMs: 15_000 });
-          assert.equal(r.code, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
-          assert.equal(r.stderr, `${line}\n`, args.join(' '));
-        }
-      }
+      for (const [flags, line] of cases)
+        await assertRefusedByCheckAndStart(clientBin, ['--config', relative, ...flags], `${line}\n`, {
+          cwd: h.dir,
+        });
     }),
 );
 
