@@ -115,6 +115,12 @@ test('a mistyped option or config key is named with the one meant; exit status 2
         /^porthole-client: unknown option --tokn-file \(did you mean --token-file\?\)$/m,
       ],
       [clientBin, ['--frobnicate'], /^porthole-client: unknown option --frobnicate$/m],
+      // status reads only [admin] listen; before, a run option beside it was taken and ignored.
+      [
+        clientBin,
+        ['status', '--admin', '127.0.0.1:1', '--tcp', '2222:127.0.0.1:22'],
+        /^porthole-client: --tcp is not for "status" \(it asks the running client\)$/m,
+      ],
       [
         serverBin,
         ['token', '--config', serverToml, '--name', 'x'],

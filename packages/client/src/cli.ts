@@ -50,6 +50,18 @@ Options (they override the config file's keys; --tcp and --udp add proxies):
 Signals: SIGHUP reloads the config file (proxies change over the live session); SIGTERM drains and exits 0.
 `;
 
+/** The options that set up a client to run (and check), which `status` has no use for. */
+const RUN_OPTIONS = [
+  'server',
+  'token',
+  'token-file',
+  'ca-file',
+  'tcp',
+  'udp',
+  'exit-on-auth-failure',
+  'log-level',
+] as const;
+
 async function main(): Promise<number | undefined> {
   const started = startCli({
     program: PROGRAM,
@@ -61,7 +73,12 @@ async function main(): Promise<number | undefined> {
   if (!started) return 0;
   const { values } = started.parsed;
   const command = started.command;
-  if (command === 'status') return status(values.config, values.admin, values.json ?? false);
+  if (command === 'status') {
+    // It reads only [admin] listen: a run option here would be ignored, as if it had been applied.
+    const stray = RUN_OPTIONS.find((option) => values[option] !== undefined);
+    if (stray) throw new UsageError(`--${stray} is not for "status" (it asks the running client)`);
+    return status(values.config, values.admin, values.json ?? false);
+  }
   if (values.admin !== undefined || values.json)
     throw new UsageError('--admin and --json are only for "status"');
   if (values.config === undefined && values.server === undefined) {
