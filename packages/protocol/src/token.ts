@@ -82,7 +82,8 @@ function isStringArray(value: unknown): value is string[] {
 
 /**
  * Verifies a client token and returns its claims. Throws a TokenError whose message is one of:
- * "missing token", "malformed token", "bad signature", "token expired", "token revoked".
+ * "missing token", "malformed token", "bad signature", "token expired", "token not yet valid",
+ * "token algorithm not accepted (HS256 only)", "token revoked".
  */
 export async function verifyToken(
   secret: string,
@@ -101,6 +102,13 @@ export async function verifyToken(
   } catch (err) {
     if (err instanceof errors.JWTExpired) throw new TokenError('token expired');
     if (err instanceof errors.JWSSignatureVerificationFailed) throw new TokenError('bad signature');
+    // Tokens signed elsewhere with the secret (a script, another JWT library) may carry nbf or another alg:
+    // "malformed" would send their user to the token's format instead of a clock or the signing call.
+    // Fixed texts only: the reason is a metrics label, so nothing from the token goes into it.
+    if (err instanceof errors.JWTClaimValidationFailed && err.claim === 'nbf')
+      throw new TokenError('token not yet valid');
+    if (err instanceof errors.JOSEAlgNotAllowed)
+      throw new TokenError('token algorithm not accepted (HS256 only)');
     throw new TokenError('malformed token');
   }
   const { sub, jti, iat, exp, ports, hosts, visit } = payload;

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { generateKeyPair, SignJWT } from 'jose';
 import { issueToken, TokenError, verifyToken } from '../src/token.js';
 
 const SECRET = 'a-test-secret-that-is-long-enough-0123456789';
@@ -53,6 +54,36 @@ test('every refusal has its short reason', async () => {
     `.${Buffer.from('{"sub":"root","jti":"x","iat":1}').toString('base64url')}.`,
   );
   assert.equal(await reason(tampered), 'bad signature');
+});
+
+test('a token signed with the secret but not valid yet, or signed with another algorithm, says so rather than "malformed"', async () => {
+  const reason = async (jwt: string) => {
+    try {
+      await verifyToken(SECRET, jwt);
+    } catch (err) {
+      assert.ok(err instanceof TokenError);
+      return err.message;
+    }
+    return 'accepted';
+  };
+  const now = Math.floor(Date.now() / 1000);
+  const claims = () => new SignJWT({}).setSubject('a').setJti('j').setIssuedAt(now);
+  const key = new TextEncoder().encode(SECRET);
+  const early = await claims()
+    .setProtectedHeader({ alg: 'HS256' })
+    .setNotBefore(now + 3600)
+    .sign(key);
+  assert.equal(await reason(early), 'token not yet valid');
+  const started = await claims()
+    .setProtectedHeader({ alg: 'HS256' })
+    .setNotBefore(now - 60)
+    .sign(key);
+  assert.equal(await reason(started), 'accepted');
+  const hs512 = await claims().setProtectedHeader({ alg: 'HS512' }).sign(key);
+  assert.equal(await reason(hs512), 'token algorithm not accepted (HS256 only)');
+  const { privateKey } = await generateKeyPair('ES256');
+  const es256 = await claims().setProtectedHeader({ alg: 'ES256' }).sign(privateKey);
+  assert.equal(await reason(es256), 'token algorithm not accepted (HS256 only)');
 });
 
 test('issuing checks the name, the ports and the secret', async () => {

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { issueToken } from '@porthole/protocol';
+import { SignJWT } from 'jose';
 import { WebSocket } from 'ws';
 import { FailureLimiter, failureSource } from '../src/auth.js';
 import { SECRET, startServer, token } from './harness.js';
@@ -42,6 +43,22 @@ test('every bad token gets 401 with its reason before any upgrade; logged as aut
   assert.ok(!JSON.stringify(logs.lines).includes(expired), 'tokens never reach the log');
   const wrongPath = url.replace(config.path, '/elsewhere');
   assert.equal(await attempt(wrongPath, `Bearer ${await token('a')}`), '404: not found');
+});
+
+test('a correctly signed token that is not valid yet gets 401 saying so, not "malformed token"', async (t) => {
+  const { server, url, logs } = await startServer();
+  t.after(() => server.shutdown());
+  // What a script holding the secret signs: HS256 with nbf an hour ahead (jose, as verifyToken uses).
+  const now = Math.floor(Date.now() / 1000);
+  const early = await new SignJWT({})
+    .setProtectedHeader({ alg: 'HS256' })
+    .setSubject('early')
+    .setJti('early-1')
+    .setIssuedAt(now)
+    .setNotBefore(now + 3600)
+    .sign(new TextEncoder().encode(SECRET));
+  assert.equal(await attempt(url, `Bearer ${early}`), '401: token not yet valid');
+  await logs.waitFor('auth failed', { reason: 'token not yet valid' });
 });
 
 test('a source over its failure limit gets 429, logged once; a valid token from it still gets in', async (t) => {
