@@ -106,3 +106,57 @@ test(
       assert.equal(JSON.parse((await curl(['-H', 'Host: app.test'], `${base}/`)).body).backend, 'second');
     }),
 );
+
+test(
+  "a name claimed while another client is away is served by its new holder, not left behind that client's offline routes",
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const first = await startHttpBackend('first');
+      const second = await startHttpBackend('second');
+      h.onCleanup(() => Promise.all([first.close(), second.close()]));
+      const server = await startRoutedServer(h, { top: { subdomain_host: 'sub.test' } });
+      const away = await startRoutedClient(h, {
+        server: server.url,
+        token: await issueRoutedToken(server, { name: 'away', hosts: ['*.sub.test', 'app.test'] }),
+        name: 'away',
+        proxies: [
+          { name: 'wild', type: 'http', local: `127.0.0.1:${second.port}`, hosts: ['*.sub.test'] },
+          {
+            name: 'api',
+            type: 'http',
+            local: `127.0.0.1:${second.port}`,
+            hosts: ['app.test'],
+            locations: ['/api'],
+          },
+        ],
+      });
+      // Gone without a goodbye (killed): its routes stay behind as offline ones, answering 502.
+      away.proc.kill('SIGKILL');
+      await server.proc.waitForMsg('client disconnected', 10_000, { fields: { client: 'away' } });
+      const base = `http://127.0.0.1:${server.httpPort}`;
+      const served = async (host: string, path: string) => {
+        const r = await curl(['-H', `Host: ${host}`], `${base}${path}`);
+        return r.status === 200 ? String(JSON.parse(r.body).backend) : `HTTP ${r.status}`;
+      };
+      assert.equal(await served('x.sub.test', '/'), 'HTTP 502');
+      assert.equal(await served('app.test', '/api/users'), 'HTTP 502');
+
+      // Another client claims a subdomain under the offline wildcard, and the offline location's name. Both
+      // are registered (offline routes never block a claim), and the away client could not take either back
+      // while they are held (its wildcard would take a subdomain another client holds; app.test is in use).
+      const here = await startRoutedClient(h, {
+        server: server.url,
+        token: await issueRoutedToken(server, { name: 'here', hosts: ['x.sub.test', 'app.test'] }),
+        name: 'here',
+        proxies: [
+          { name: 'x', type: 'http', local: `127.0.0.1:${first.port}`, subdomain: 'x' },
+          { name: 'app', type: 'http', local: `127.0.0.1:${first.port}`, hosts: ['app.test'] },
+        ],
+      });
+      assert.equal((await here.proc.settledLogsWithMsg('proxy refused')).length, 0);
+      assert.equal(await served('x.sub.test', '/'), 'first', "the subdomain's visitors reach its holder");
+      assert.equal(await served('app.test', '/api/users'), 'first', 'so do those of every path of app.test');
+      assert.equal(await served('app.test', '/'), 'first');
+    }),
+);

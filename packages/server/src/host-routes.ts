@@ -106,9 +106,14 @@ export class HostRoutes<T> {
     return (this.byHost.get(host) ?? []).some((e) => e.target !== undefined && e.client !== client);
   }
 
-  /** Adds a proxy's claims (check conflict() first); offline entries for the same name and location go. */
+  /**
+   * Adds a proxy's claims (check conflict() first). Offline entries for the same name and location go, and
+   * so do the offline entries of other clients that would still answer before these claims and that their
+   * clients could not take back while the claims stand (see forgetShadowingOffline).
+   */
   add(client: string, proxy: string, claims: readonly HostClaim[], target: T): void {
     for (const claim of claims) {
+      this.forgetShadowingOffline(client, claim);
       const list = (this.byHost.get(claim.host) ?? []).filter((e) => {
         const replaced =
           sameLocation(e.location, claim.location) && (e.target === undefined || e.proxy === proxy);
@@ -121,6 +126,35 @@ export class HostRoutes<T> {
       if (hosts) hosts.add(claim.host);
       else this.hostsOf.set(target, new Set([claim.host]));
     }
+  }
+
+  /**
+   * An away client's offline routes answer 502 until someone claims the name; once `client` does, those
+   * that lookup would still put first would keep its visitors at 502 for a day: another client's other
+   * locations of the name (`/api` before the new `/`), and, for a subdomain, another client's wildcard
+   * over it (wildcards rank first). Neither could come back while the claim stands (the name is in use; a
+   * wildcard over another client's subdomain is refused), so they are forgotten. The client's own offline
+   * routes stay: it can take them back.
+   */
+  private forgetShadowingOffline(client: string, claim: HostClaim): void {
+    const ofOthers = (e: RouteEntry<T>) => e.target === undefined && e.client !== client;
+    this.forgetWhere(claim.host, ofOthers);
+    if (claim.tier !== 'subdomain') return;
+    const labels = claim.host.split('.');
+    for (let i = 1; i < labels.length; i++) {
+      this.forgetWhere(`*.${labels.slice(i).join('.')}`, (e) => ofOthers(e) && e.tier === 'wildcard');
+    }
+  }
+
+  /** Removes the offline entries of `host` that `match`. */
+  private forgetWhere(host: string, match: (entry: RouteEntry<T>) => boolean): void {
+    const list = this.byHost.get(host);
+    if (!list) return;
+    const kept = list.filter((e) => !match(e));
+    if (kept.length === list.length) return;
+    this.offlineCount -= list.length - kept.length;
+    if (kept.length === 0) this.byHost.delete(host);
+    else this.byHost.set(host, kept);
   }
 
   /**

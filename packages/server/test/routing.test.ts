@@ -135,6 +135,30 @@ test('routes: conflicts are by client and by (name, location); offline routes an
   assert.equal(routes.lookup('app.test'), undefined);
 });
 
+test("routes: a claim forgets the offline routes of another client that lookup would put first; the claimer's own stay", () => {
+  const routes = new HostRoutes<string>();
+  routes.add('away', 'wild', [{ host: '*.sub.test', tier: 'wildcard', location: '/' }], 'away-wild');
+  routes.add('away', 'api', [{ host: 'app.test', tier: 'exact', location: '/api' }], 'away-api');
+  routes.add('here', 'old', [{ host: 'app.test', tier: 'exact', location: '/old' }], 'here-old');
+  routes.release('away-wild');
+  routes.release('away-api');
+  routes.release('here-old');
+  routes.add('here', 'x', [{ host: 'x.sub.test', tier: 'subdomain', location: '/' }], 'here-x');
+  routes.add('here', 'app', [{ host: 'app.test', tier: 'exact', location: '/' }], 'here-app');
+  assert.equal(routes.lookup('x.sub.test')?.target, 'here-x', 'not the offline wildcard over it');
+  assert.equal(routes.lookup('y.sub.test'), undefined, 'the wildcard could not come back: forgotten');
+  assert.equal(routes.lookup('app.test', '/api/users')?.target, 'here-app', "not the other's offline /api");
+  const own = routes.lookup('app.test', '/old');
+  assert.ok(own && own.target === undefined && own.client === 'here', 'its own offline location stays');
+  assert.equal(routes.entries().filter((e) => e.target === undefined).length, 1);
+  // A wildcard claim does not touch subdomains' offline routes: it ranks before them anyway.
+  routes.add('away', 'sub', [{ host: 'z.w.test', tier: 'subdomain', location: '/' }], 'away-z');
+  routes.release('away-z');
+  routes.add('here', 'w', [{ host: '*.w.test', tier: 'wildcard', location: '/' }], 'here-w');
+  assert.equal(routes.lookup('z.w.test')?.target, 'here-w');
+  assert.equal(routes.entries().filter((e) => e.target === undefined).length, 2);
+});
+
 test('routes: forgetOffline drops the offline routes of one tier only', () => {
   const routes = new HostRoutes<string>();
   const sub = { host: 'app.old.test', tier: 'subdomain' as const, location: '/' };
