@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
-import { startHttpBackend } from './lib/http-backend.js';
+import { backendServing, startHttpBackend } from './lib/http-backend.js';
 import { freePort, withHarness } from './lib/processes.js';
 import { issueRoutedToken, makeCa, makeCert, startRoutedClient, startRoutedServer } from './lib/routing.js';
 
@@ -134,11 +134,7 @@ test(
       // Gone without a goodbye (killed): its routes stay behind as offline ones, answering 502.
       away.proc.kill('SIGKILL');
       await server.proc.waitForMsg('client disconnected', 10_000, { fields: { client: 'away' } });
-      const base = `http://127.0.0.1:${server.httpPort}`;
-      const served = async (host: string, path: string) => {
-        const r = await curl(['-H', `Host: ${host}`], `${base}${path}`);
-        return r.status === 200 ? String(JSON.parse(r.body).backend) : `HTTP ${r.status}`;
-      };
+      const served = (host: string, path: string) => backendServing(server.httpPort, host, path);
       assert.equal(await served('x.sub.test', '/'), 'HTTP 502');
       assert.equal(await served('app.test', '/api/users'), 'HTTP 502');
 

@@ -126,11 +126,15 @@ export async function startHttpBackend(name: string): Promise<HttpBackend> {
 }
 
 /**
- * Which startHttpBackend served `GET /` for `host` through the http vhost port `httpPort`, curl as the
+ * Which startHttpBackend served `GET path` for `host` through the http vhost port `httpPort`, curl as the
  * visitor: its name, or "HTTP <status>" when none did (404: no route, 502: offline...).
  */
-export async function backendServing(httpPort: number | undefined, host: string): Promise<string> {
-  const r = await curl(['-H', `Host: ${host}`], `http://127.0.0.1:${httpPort}/`);
+export async function backendServing(
+  httpPort: number | undefined,
+  host: string,
+  path = '/',
+): Promise<string> {
+  const r = await curl(['-H', `Host: ${host}`], `http://127.0.0.1:${httpPort}${path}`);
   return r.status === 200 ? String(JSON.parse(r.body).backend) : `HTTP ${r.status}`;
 }
 
