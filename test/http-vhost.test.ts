@@ -834,3 +834,34 @@ test(
       assert.equal(backend.requests.length, before, 'no refused request reached the service');
     }),
 );
+
+test(
+  'CONNECT gets a 400 (this is no forward proxy) and the connection closes after it; the port keeps serving',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+      const { server } = await startAppTunnel(h, backend.port, { client: 'connect' });
+      const port = server.httpPort!;
+      // A request after the CONNECT on the same connection is never read: the connection ends with the 400.
+      for (const target of ['app.test:443', '127.0.0.1:22']) {
+        const reply = await rawExchange(
+          port,
+          `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\nGET /after HTTP/1.1\r\nHost: app.test\r\n\r\n`,
+        );
+        assert.match(reply, /^HTTP\/1\.1 400 Bad Request\r\n/, `CONNECT ${target}: ${JSON.stringify(reply)}`);
+        assert.match(reply, /\r\nConnection: close\r\n/i, reply);
+        assert.equal(reply.split('HTTP/1.1 ').length - 1, 1, `one answer only: ${reply}`);
+      }
+      // curl as a client of a forward proxy: it reports the refusal, not a connection closed unanswered.
+      const viaProxy = await run(
+        'curl',
+        ['-sS', '--max-time', '10', '-p', '-x', `http://127.0.0.1:${port}`, 'http://app.test/'],
+        { timeoutMs: 15_000 },
+      );
+      assert.match(viaProxy.stderr, /CONNECT tunnel failed, response 400/, viaProxy.stderr);
+      assert.equal(backend.requests.length, 0, 'nothing reached the service');
+      assert.equal((await curl(['-H', 'Host: app.test'], `http://127.0.0.1:${port}/anything`)).status, 200);
+    }),
+);

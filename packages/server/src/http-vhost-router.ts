@@ -92,6 +92,7 @@ const AUTH_REQUIRED = 'This site requires a user name and password.';
 const UPGRADE_WITH_BODY = 'An upgrade request cannot carry a body here.';
 const TOO_MANY_UPGRADES = 'This site has as many open connections as it accepts; try again later.';
 const TOO_MANY_WAITING = 'This site has as many requests waiting as it accepts; try again later.';
+const NO_TUNNELS = 'This server serves sites by name; it does not open connections to host:port (CONNECT).';
 
 /** Why a forward failed, for the log: the client resets the stream when it cannot reach the service. */
 function forwardFailure(err: Error): string {
@@ -634,6 +635,20 @@ export class HttpVhostRouter {
         upstream.abort();
         failed(`no response head within ${timeout} ms`, 504, this.noAnswerText);
       }, timeout);
+  }
+
+  /**
+   * CONNECT asks for a connection to host:port, which a reverse proxy does not open: refused with 400, as
+   * nginx does. Node hands the socket over unanswered when nobody takes 'connect' (the visitor saw a bare
+   * close), and parses nothing more on it, so the connection closes after the answer.
+   */
+  refuseConnect(req: IncomingMessage, socket: Duplex): void {
+    socket.on('error', () => socket.destroy());
+    this.opts.logger.debug(
+      { remote_addr: peerAddress(socket), target: req.url, status: 400, reason: 'CONNECT' },
+      'http request refused',
+    );
+    this.answerRaw(socket, 400, NO_TUNNELS);
   }
 
   private answer(

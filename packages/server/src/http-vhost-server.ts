@@ -126,6 +126,7 @@ export class HttpVhostServer {
     server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
       router.handleUpgrade(req, socket, head),
     );
+    server.on('connect', (req: IncomingMessage, socket: Duplex) => router.refuseConnect(req, socket));
     server.on('clientError', (err: NodeJS.ErrnoException, socket: HttpSocket) => {
       const status =
         err.code === 'HPE_HEADER_OVERFLOW'
