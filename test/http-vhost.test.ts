@@ -865,3 +865,41 @@ test(
       assert.equal((await curl(['-H', 'Host: app.test'], `http://127.0.0.1:${port}/anything`)).status, 200);
     }),
 );
+
+test(
+  'a request whose Transfer-Encoding does not end in chunked gets a 400 and never reaches the service; "gzip, chunked" reaches it intact',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+      const { server } = await startAppTunnel(h, backend.port, { client: 'codings' });
+      const port = server.httpPort!;
+      // RFC 9112 6.3: such a body has no length the proxy could forward it by.
+      for (const codings of ['gzip', 'identity', 'chunked, gzip']) {
+        const reply = await rawExchange(
+          port,
+          `POST /anything HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: ${codings}\r\n\r\nhello`,
+        );
+        assert.match(reply, /^HTTP\/1\.1 400 /, `Transfer-Encoding: ${codings}: ${JSON.stringify(reply)}`);
+        assert.match(reply, /\r\nConnection: close\r\n/i, reply);
+      }
+      const body = await h.file('upload.bin', 'x'.repeat(300_000));
+      const upload = await curl(
+        ['-H', 'Host: app.test', '-H', 'Transfer-Encoding: gzip', '--data-binary', `@${body}`],
+        `http://127.0.0.1:${port}/anything`,
+      );
+      assert.equal(upload.status, 400, `${upload.code} ${upload.stderr}`);
+      assert.equal(backend.requests.length, 0, 'no request without a length reached the service');
+      // A coding before chunked is the service's to decode: passed on as sent, the chunks framed anew.
+      const reply = await rawExchange(
+        port,
+        'POST /anything HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n' +
+          '5\r\nhello\r\n0\r\n\r\n',
+      );
+      assert.match(reply, /^HTTP\/1\.1 200 /, reply);
+      const seen = seenIn(reply).headers as Record<string, string>;
+      assert.equal(seen['transfer-encoding'], 'gzip, chunked');
+      assert.equal(seen['content-length'], undefined);
+    }),
+);

@@ -92,6 +92,8 @@ const AUTH_REQUIRED = 'This site requires a user name and password.';
 const UPGRADE_WITH_BODY = 'An upgrade request cannot carry a body here.';
 const TOO_MANY_UPGRADES = 'This site has as many open connections as it accepts; try again later.';
 const TOO_MANY_WAITING = 'This site has as many requests waiting as it accepts; try again later.';
+const BAD_FRAMING =
+  'This request body is not framed in a way this server can read (Transfer-Encoding must end in chunked).';
 const NO_TUNNELS = 'This server serves sites by name; it does not open connections to host:port (CONNECT).';
 
 /** Why a forward failed, for the log: the client resets the stream when it cannot reach the service. */
@@ -252,6 +254,17 @@ export class HttpVhostRouter {
     | { status: number; text: string; extra?: Record<string, string>; reason?: string } {
     const asked = readRequestTarget(req.url, req.rawHeaders);
     if ('refused' in asked) return { status: 400, text: BAD_TARGET, reason: asked.refused };
+    // A request body whose last coding is not chunked has no length (RFC 9112 6.3: 400). Node's parser
+    // fails on it only after handing the request over: it would reach the service cut off, unanswered.
+    const codings = req.headers['transfer-encoding'];
+    if (codings !== undefined && headerTokens(codings).at(-1) !== 'chunked')
+      return {
+        status: 400,
+        text: BAD_FRAMING,
+        // The parser stops here: nothing more is read on this connection.
+        extra: { Connection: 'close' },
+        reason: 'Transfer-Encoding does not end in chunked',
+      };
     const path = routingPath(asked.target);
     const entry = asked.name === undefined ? undefined : this.opts.routes.lookup(asked.name, path);
     if (!entry) return { status: 404, text: NOT_FOUND };
