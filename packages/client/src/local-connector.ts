@@ -1,4 +1,4 @@
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { Stream } from '@porthole/mux';
 import {
   CloseHooks,
@@ -14,6 +14,7 @@ import {
 } from '@porthole/protocol';
 import type { ProxyConfig } from './config.js';
 import type { LocalFailureLog } from './local-failure-log.js';
+import { LocalSocket } from './local-socket.js';
 import { type OpenUdpFlows, serveUdpFlow } from './udp-forwarder.js';
 
 /** The PROXY header's endpoints: the visitor, and the server address it connected to. */
@@ -96,7 +97,7 @@ function connectLocal(local: ProxyConfig['local'], stream: Stream): Promise<Sock
       reject(new StreamGone());
       return;
     }
-    const socket = connect({ host: local.host, port: local.port, allowHalfOpen: true });
+    const socket = new LocalSocket({ allowHalfOpen: true }).connect({ host: local.host, port: local.port });
     const settle = () => {
       clearTimeout(timer);
       stream.off('close', gone);
