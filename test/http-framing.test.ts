@@ -370,6 +370,11 @@ function script(req: SeenRequest): Reply {
       return { bytes: '\x00\x01\x02 this is not http at all\r\n\r\n' };
     case '/bad-length':
       return { bytes: 'HTTP/1.1 200 OK\r\nContent-Length: 12x\r\n\r\nhello world!' };
+    case '/gzip-chunked':
+      // A transfer coding besides chunked (nobody asked for it): the visitor would get gzip bytes as plain.
+      return { bytes: 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n' };
+    case '/gzip-close':
+      return { bytes: 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhello', after: 'end' };
     case '/cut':
       // 10. Content-Length 1000, 100 bytes, then a clean close.
       return {
@@ -789,7 +794,7 @@ test(
       await plainGet(h, world, '/after-cut');
 
       // 9. Malformed answers: 502, the broken local connection is dropped, the port keeps serving.
-      for (const path of ['/bad-status', '/garbage', '/bad-length']) {
+      for (const path of ['/bad-status', '/garbage', '/bad-length', '/gzip-chunked', '/gzip-close']) {
         const from = server.proc.mark();
         const count = service.requests.length;
         const bad = await visit(h, port, path);

@@ -116,7 +116,15 @@ export function parseResponseHead(head: Buffer, requestMethod: string): Response
     // Both framings at once is how responses are smuggled: transfer-encoding wins, and the stream is
     // not trusted with another request (RFC 9112 6.3).
     if (contentLength !== undefined) keepAlive = false;
-    body = transferEncoding.at(-1) === 'chunked' ? CHUNKED : UNTIL_CLOSE;
+    // Chunked is the only coding undone here, and Transfer-Encoding is this hop's: a body under another
+    // coding (gzip...) would reach the visitor with that coding's name gone and its bytes read as plain
+    // (the visitor never asked for one: TE is not passed on). Refused with a 502, as nginx has since 1.23
+    // and HAProxy since 2.5; nginx 1.22 dropped the coding's name as this did.
+    if (transferEncoding.length !== 1 || transferEncoding[0] !== 'chunked')
+      throw new UpstreamProtocolError(
+        `unsupported transfer-encoding ${JSON.stringify(transferEncoding.join(', '))}`,
+      );
+    body = CHUNKED;
   } else if (contentLength !== undefined) {
     body = { kind: 'length', length: contentLength };
   } else {

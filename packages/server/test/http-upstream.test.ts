@@ -33,7 +33,8 @@ test('a head says how its body is framed and whether the stream may be reused', 
     ['HTTP/1.1 304 Not Modified\nContent-Length: 40\n\n', 'GET', { kind: 'none' }, true],
     ['HTTP/1.1 103 Early Hints\nLink: </a.css>\n\n', 'GET', { kind: 'none' }, true],
     ['HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n', 'GET', { kind: 'chunked' }, true],
-    ['HTTP/1.1 200 OK\nTransfer-Encoding: gzip\n\n', 'GET', { kind: 'close' }, false],
+    // A coding on a response that has no body does not matter.
+    ['HTTP/1.1 200 OK\nTransfer-Encoding: gzip, chunked\n\n', 'HEAD', { kind: 'none' }, true],
     // Both framings: chunks win, and the stream is not trusted again.
     ['HTTP/1.1 200 OK\nContent-Length: 3\nTransfer-Encoding: chunked\n\n', 'GET', { kind: 'chunked' }, false],
     ['HTTP/1.1 200 OK\n\n', 'GET', { kind: 'close' }, false],
@@ -85,6 +86,13 @@ test('heads a proxy must not pass on are refused', () => {
     'HTTP/1.1 200 OK\nX-Ctl: a\u0001b\n\n',
     // HTTP/1.0 has no transfer codings: the chunk sizes would reach the visitor as body.
     'HTTP/1.0 200 OK\nTransfer-Encoding: chunked\n\n',
+    // A coding other than chunked would reach the visitor unnamed (its bytes read as plain), and chunks
+    // within chunks as body.
+    'HTTP/1.1 200 OK\nTransfer-Encoding: gzip\n\n',
+    'HTTP/1.1 200 OK\nTransfer-Encoding: gzip, chunked\n\n',
+    'HTTP/1.1 200 OK\nTransfer-Encoding: gzip\nTransfer-Encoding: chunked\n\n',
+    'HTTP/1.1 200 OK\nTransfer-Encoding: chunked, chunked\n\n',
+    'HTTP/1.1 200 OK\nTransfer-Encoding: identity\n\n',
   ]) {
     assert.throws(() => parseResponseHead(head(text), 'GET'), UpstreamProtocolError, JSON.stringify(text));
   }
