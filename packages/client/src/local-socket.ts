@@ -18,7 +18,13 @@ type SocketWithHandle = { _handle?: { fd?: number } | null };
 
 export class LocalSocket extends Socket {
   override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
-    if ((err as NodeJS.ErrnoException | null)?.syscall === 'write' && this.listenerCount('data') > 0)
+    // Only behind an empty buffer: bytes read from the descriptor now would pass ahead of what is buffered
+    // (the pipe paused the socket), which destroy() drops, and the visitor would get a hole, not an answer.
+    if (
+      (err as NodeJS.ErrnoException | null)?.syscall === 'write' &&
+      this.readableLength === 0 &&
+      this.listenerCount('data') > 0
+    )
       this.passOnUnread();
     super._destroy(err, callback);
   }
