@@ -237,6 +237,50 @@ test(
 );
 
 test(
+  'an SNI name in capitals or fully qualified (trailing dot) is served like the name itself, passed through or terminated',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const ca = await makeCa(h);
+      const edge = await makeCert(h, ca, 'porthole edge', ['*.edge.test']);
+      const vault = await makeCert(h, ca, 'vault.test', ['vault.test']);
+      const { port: vaultPort } = await startTlsLineService(h, vault, 'vault-service');
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+      const server = await startRoutedServer(h, { https: { certs: [edge] } });
+      const port = server.httpsPort!;
+      const token = await issueRoutedToken(server, { name: 'edge' });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          { name: 'vault', type: 'tls', local: `127.0.0.1:${vaultPort}`, hosts: ['vault.test'] },
+          { name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.edge.test'] },
+        ],
+      });
+      // openssl sends -servername as written; RFC 6066 wants it without the dot, but the TLS port reads the
+      // name as a Host header is read, so the dot must not change where the connection goes, or whether
+      // it gets there.
+      const request = 'GET /fqdn HTTP/1.1\r\nHost: app.edge.test\r\nConnection: close\r\n\r\n';
+      for (const name of ['vault.test.', 'VAULT.TEST', 'app.edge.test.', 'APP.EDGE.TEST.']) {
+        const passthrough = name.toLowerCase().startsWith('vault');
+        const r = await sClient(
+          ['-connect', `127.0.0.1:${port}`, '-servername', name, '-CAfile', ca.cert, '-ign_eof'],
+          passthrough ? 'ping\n' : request,
+        );
+        if (passthrough) {
+          assert.match(r.out, /subject=CN\s?=\s?vault\.test/, `${name}: ${r.out}`);
+          assert.match(r.out, /^vault-service:ping$/m, `${name}: ${r.out}`);
+        } else {
+          assert.match(r.out, /subject=CN\s?=\s?porthole edge/, `${name}: ${r.out}`);
+          assert.match(r.out, /^HTTP\/1\.1 200 /m, `${name}: ${r.out}`);
+        }
+        assert.match(r.out, /Verify return code: 0 \(ok\)/, `${name}: ${r.out}`);
+      }
+    }),
+);
+
+test(
   'a WebSocket over the https port whose client is lost ends for its visitor alone: the server keeps serving',
   { timeout: 60_000 },
   (t) =>

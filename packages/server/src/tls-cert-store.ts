@@ -3,6 +3,7 @@
 
 import { X509Certificate } from 'node:crypto';
 import { createSecureContext, type SecureContext } from 'node:tls';
+import { normalizeRequestHost } from '@porthole/protocol';
 
 export interface CertPair {
   cert: Buffer;
@@ -91,9 +92,14 @@ export class TlsCertStore {
     return (host === undefined ? undefined : this.find(host))?.pair ?? this.all[0]?.pair;
   }
 
-  /** For tls.Server's SNICallback. */
+  /**
+   * For tls.Server's SNICallback. The name is read as the TLS port decided by it (normalizeRequestHost):
+   * a client that sends the fully qualified "app.example.com." (openssl s_client -servername does) was
+   * sent here to be terminated, and must get the certificate for "app.example.com", not a failed handshake.
+   */
   readonly sniCallback = (servername: string, callback: (err: Error | null, ctx?: SecureContext) => void) => {
-    const found = this.find(servername.toLowerCase());
+    const name = normalizeRequestHost(servername);
+    const found = name === undefined ? undefined : this.find(name);
     if (found) callback(null, found.context);
     else callback(new Error(`no certificate for "${servername}"`));
   };
