@@ -3,7 +3,9 @@
 // https terminated by the server; the client itself dials wss:// on the same port; unknown names are
 // closed and a ClientHello without SNI goes to default_host.
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { X509Certificate } from 'node:crypto';
+import { once } from 'node:events';
+import { readFile, writeFile } from 'node:fs/promises';
 import net, { type AddressInfo, type Socket } from 'node:net';
 import { test } from 'node:test';
 import tls from 'node:tls';
@@ -277,6 +279,83 @@ test(
         }
         assert.match(r.out, /Verify return code: 0 \(ok\)/, `${name}: ${r.out}`);
       }
+    }),
+);
+
+test(
+  'a certificate renewed in place and a SIGHUP: the reload says it needs a restart (the running one is still served); a broken pair is refused naming its file',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const ca = await makeCa(h);
+      const edge = await makeCert(h, ca, 'porthole edge', ['*.edge.test']);
+      const server = await startRoutedServer(h, { https: { certs: [edge] } });
+      const port = server.httpsPort!;
+      const servedSerial = async () => {
+        const r = await sClient([
+          '-connect',
+          `127.0.0.1:${port}`,
+          '-servername',
+          'x.edge.test',
+          '-showcerts',
+        ]);
+        const pem = /-----BEGIN CERTIFICATE-----[^]*?-----END CERTIFICATE-----/.exec(r.out)?.[0];
+        assert.ok(pem, r.out);
+        return new X509Certificate(pem).serialNumber;
+      };
+      const before = await servedSerial();
+      assert.equal(before, new X509Certificate(await readFile(edge.cert)).serialNumber);
+      // A connection open across the reload.
+      const open = tls.connect({
+        host: '127.0.0.1',
+        port,
+        servername: 'x.edge.test',
+        ca: await readFile(ca.cert),
+      });
+      open.on('error', () => {});
+      await once(open, 'secureConnect');
+
+      // A renewal, as certbot does it: new files for the same names, written over the old paths.
+      const renewed = await makeCert(h, ca, 'porthole edge', ['*.edge.test']);
+      const [oldCert, oldKey] = [await readFile(edge.cert), await readFile(edge.key)];
+      await writeFile(edge.cert, await readFile(renewed.cert));
+      await writeFile(edge.key, await readFile(renewed.key));
+      let mark = server.proc.mark();
+      server.proc.kill('SIGHUP');
+      await server.proc.waitForMsg('config reloaded', 10_000, { from: mark });
+      const restart = await server.proc.waitForMsg(
+        'reload: these settings take effect after a restart',
+        5000,
+        {
+          from: mark,
+        },
+      );
+      assert.deepEqual(restart.keys, ['https.certs']);
+      assert.equal(await servedSerial(), before, 'the running certificate is served until a restart');
+      assert.ok(!open.destroyed, 'the open connection was left alone');
+      open.destroy();
+
+      // Half a renewal (the key of the new pair beside the old certificate): refused, naming the file.
+      await writeFile(edge.cert, oldCert);
+      mark = server.proc.mark();
+      server.proc.kill('SIGHUP');
+      const failed = await server.proc.waitForMsg(
+        'reload failed: keeping the running configuration',
+        10_000,
+        {
+          from: mark,
+        },
+      );
+      assert.match(String(failed.reason), new RegExp(`does not match the certificate in ${edge.cert}`));
+      // Back as at start: nothing to restart for.
+      await writeFile(edge.key, oldKey);
+      mark = server.proc.mark();
+      server.proc.kill('SIGHUP');
+      await server.proc.waitForMsg('config reloaded', 10_000, { from: mark });
+      assert.equal(
+        server.proc.logsWithMsg('reload: these settings take effect after a restart', mark).length,
+        0,
+      );
     }),
 );
 

@@ -42,16 +42,21 @@ function restartOnlyChanges(running: ServerConfig, next: ServerConfig): string[]
   if (listenOf(r?.httpListen) !== listenOf(n?.httpListen)) changed.push('http.listen');
   if (JSON.stringify(r?.httpLimits) !== JSON.stringify(n?.httpLimits)) changed.push('http limits');
   const httpsOf = (h: NonNullable<ServerConfig['routing']>['https']) =>
-    h
-      ? JSON.stringify([
-          listenOf(h.listen),
-          h.defaultHost,
-          h.handshakeTimeout,
-          h.maxClientHelloSize,
-          h.certs.names,
-        ])
-      : '';
+    h ? JSON.stringify([listenOf(h.listen), h.defaultHost, h.handshakeTimeout, h.maxClientHelloSize]) : '';
   if (httpsOf(r?.https) !== httpsOf(n?.https)) changed.push('https');
+  // Compared by their bytes, not their names: a renewal (certbot's) rewrites the files in place with the
+  // same names, and a reload that said nothing would leave the old certificate served until it expired.
+  // The [tls] pair the https port uses too is named by 'tls' above.
+  const certsOf = (h: NonNullable<ServerConfig['routing']>['https']) =>
+    (h?.certs.pairs ?? []).filter((pair) => pair.source !== 'tls');
+  const [runningCerts, nextCerts] = [certsOf(r?.https), certsOf(n?.https)];
+  if (
+    runningCerts.length !== nextCerts.length ||
+    runningCerts.some(
+      (pair, i) => !sameBuffer(pair.cert, nextCerts[i]!.cert) || !sameBuffer(pair.key, nextCerts[i]!.key),
+    )
+  )
+    changed.push('https.certs');
   return changed;
 }
 

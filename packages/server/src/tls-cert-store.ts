@@ -65,6 +65,11 @@ export class TlsCertStore {
     return this.all.length;
   }
 
+  /** The pairs loaded, in the order given. */
+  get pairs(): readonly CertPair[] {
+    return this.all.map((loaded) => loaded.pair);
+  }
+
   /** Every name covered, for logs. */
   get names(): string[] {
     return [...this.exact.keys(), ...[...this.wildcard.keys()].map((n) => `*.${n}`)];
