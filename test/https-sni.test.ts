@@ -299,7 +299,7 @@ test(
           'x.edge.test',
           '-showcerts',
         ]);
-        const pem = /-----BEGIN CERTIFICATE-----[^]*?-----END CERTIFICATE-----/.exec(r.out)?.[0];
+        const pem = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/.exec(r.out)?.[0];
         assert.ok(pem, r.out);
         return new X509Certificate(pem).serialNumber;
       };
