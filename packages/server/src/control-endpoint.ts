@@ -87,6 +87,11 @@ export class ControlEndpoint {
     });
   }
 
+  /** A renewed [tls] pair: new handshakes get it, connections already open keep theirs. */
+  useCertificate(pair: { cert: Buffer; key: Buffer }): void {
+    if (this.opts.tls) (this.server as HttpsServer).setSecureContext({ cert: pair.cert, key: pair.key });
+  }
+
   /** Stops accepting new connections (established sessions are closed by their owners). */
   stopAccepting(): void {
     this.server.close();

@@ -43,8 +43,11 @@ export interface HttpVhostServerOptions {
   logger: Logger;
   /** [http] listen; absent: no plain HTTP port. */
   httpListen?: HostPort;
-  /** Certificates for connections the TLS port terminates; absent: nothing is terminated. */
-  certs?: TlsCertStore;
+  /**
+   * Certificates for connections the TLS port terminates, read at each handshake (a reload may renew
+   * them); absent: nothing is terminated.
+   */
+  certs?: () => TlsCertStore;
   /** Which certificate answers a handshake without SNI. */
   defaultHost?: string;
   /** Time for a terminated TLS handshake. */
@@ -72,13 +75,14 @@ export class HttpVhostServer {
       this.httpServer = createHttpServer(common);
       this.setUp(this.httpServer);
     }
-    if (opts.certs && opts.certs.size > 0) {
-      const fallback = opts.certs.defaultPair(opts.defaultHost)!;
+    const certs = opts.certs;
+    if (certs && certs().size > 0) {
+      const fallback = certs().defaultPair(opts.defaultHost)!;
       this.httpsServer = createHttpsServer({
         ...common,
         cert: fallback.cert,
         key: fallback.key,
-        SNICallback: opts.certs.sniCallback,
+        SNICallback: (servername, callback) => certs().sniCallback(servername, callback),
         // HTTP/1.0 too: a client offering only "http/1.0" (curl --http1.0) would get a fatal
         // no_application_protocol alert.
         ALPNProtocols: ['http/1.1', 'http/1.0'],
@@ -168,6 +172,12 @@ export class HttpVhostServer {
         resolve(formatHostPort(address.address, address.port));
       });
     });
+  }
+
+  /** Certificates renewed by a reload: the fallback (no SNI) follows them; the SNI callback reads them itself. */
+  useRenewedCertificates(): void {
+    const fallback = this.opts.certs?.().defaultPair(this.opts.defaultHost);
+    if (fallback) this.httpsServer?.setSecureContext({ cert: fallback.cert, key: fallback.key });
   }
 
   /** True when the TLS port can terminate connections here. */

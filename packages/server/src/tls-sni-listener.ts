@@ -33,7 +33,8 @@ export interface TlsSniListenerOptions {
   routes: HostRoutes<TlsTarget>;
   /** The http proxies' names: one more specific than a wildcard tls proxy is terminated, not passed. */
   httpRoutes: HostRoutes<unknown>;
-  certs: TlsCertStore | undefined;
+  /** Read at each connection: a reload may renew them. */
+  certs: () => TlsCertStore | undefined;
   /** The name used for a ClientHello without SNI; absent: such connections are closed. */
   defaultHost: string | undefined;
   vhost: HttpVhostServer;
@@ -99,7 +100,7 @@ export class TlsSniListener {
       return { action: 'close', reason: serverName === undefined ? 'no SNI and no default_host' : 'bad SNI' };
     }
     const route = this.opts.routes.lookup(name);
-    const certs = this.opts.certs;
+    const certs = this.opts.certs();
     const terminates = this.opts.vhost.terminates && certs !== undefined;
     if (route && terminates && certs.covers(name)) {
       const http = this.opts.httpRoutes.lookupName(name);

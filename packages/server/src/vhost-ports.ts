@@ -6,6 +6,7 @@ import { HttpVhostRouter } from './http-vhost-router.js';
 import { HttpVhostServer } from './http-vhost-server.js';
 import { defaultRoutingConfig } from './routing-config.js';
 import type { ServerContext } from './server-context.js';
+import type { TlsCertStore } from './tls-cert-store.js';
 import { TlsSniListener } from './tls-sni-listener.js';
 import { TrustedProxies } from './trusted-proxies.js';
 
@@ -46,7 +47,7 @@ export class VhostPorts {
       limits: routing.httpLimits,
       logger: ctx.logger,
       ...(routing.httpListen ? { httpListen: routing.httpListen } : {}),
-      ...(routing.https ? { certs: routing.https.certs } : {}),
+      ...(routing.https ? { certs: () => this.certs() } : {}),
       ...(routing.https?.defaultHost ? { defaultHost: routing.https.defaultHost } : {}),
       handshakeTimeout: routing.https?.handshakeTimeout ?? 10_000,
     });
@@ -55,7 +56,7 @@ export class VhostPorts {
         listen: routing.https.listen,
         routes: ctx.routing.tlsRoutes,
         httpRoutes: ctx.routing.httpRoutes,
-        certs: routing.https.certs,
+        certs: () => this.certs(),
         defaultHost: routing.https.defaultHost,
         vhost: this.vhost,
         logger: ctx.logger,
@@ -80,6 +81,16 @@ export class VhostPorts {
       const certs = this.ctx.config.routing?.https?.certs.names ?? [];
       logger.info({ addr: httpsAddress, certs }, 'https listening');
     }
+  }
+
+  /** Read at use: a reload (SIGHUP) renews them in ctx.config, while the [https] table is fixed at start. */
+  private certs(): TlsCertStore {
+    return this.ctx.config.routing!.https!.certs;
+  }
+
+  /** After a reload renewed the certificates: new handshakes get them. */
+  useRenewedCertificates(): void {
+    this.vhost.useRenewedCertificates();
   }
 
   stopAccepting(): void {

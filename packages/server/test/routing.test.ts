@@ -226,7 +226,7 @@ test('SNI decisions: tls proxies by exact name, then exact certificates, then wi
       listen: { host: '127.0.0.1', port: 0 },
       routes,
       httpRoutes,
-      certs,
+      certs: () => certs,
       defaultHost,
       vhost: { terminates: true } as HttpVhostServer,
       logger: captureLogs().logger,
