@@ -283,79 +283,96 @@ test(
 );
 
 test(
-  'a certificate renewed in place and a SIGHUP: the reload says it needs a restart (the running one is still served); a broken pair is refused naming its file',
+  'certificates renewed in place and a SIGHUP: new handshakes get them (the TLS port and the wss endpoint), open connections stay; a half-written pair or other names are not taken',
   { timeout: 60_000 },
   (t) =>
     withHarness(t, async (h) => {
       const ca = await makeCa(h);
       const edge = await makeCert(h, ca, 'porthole edge', ['*.edge.test']);
-      const server = await startRoutedServer(h, { https: { certs: [edge] } });
-      const port = server.httpsPort!;
-      const servedSerial = async () => {
-        const r = await sClient([
-          '-connect',
-          `127.0.0.1:${port}`,
-          '-servername',
-          'x.edge.test',
-          '-showcerts',
-        ]);
+      const control = await makeCert(h, ca, 'porthole control', ['control.test']);
+      // default_host: a handshake without SNI is terminated with the fallback certificate.
+      const server = await startRoutedServer(h, {
+        https: { certs: [edge], keys: { default_host: 'x.edge.test' } },
+        tls: control,
+      });
+      const servedSerial = async (port: number, servername: string | undefined) => {
+        const sni = servername === undefined ? ['-noservername'] : ['-servername', servername];
+        const r = await sClient(['-connect', `127.0.0.1:${port}`, ...sni, '-showcerts']);
         const pem = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/.exec(r.out)?.[0];
         assert.ok(pem, r.out);
         return new X509Certificate(pem).serialNumber;
       };
-      const before = await servedSerial();
-      assert.equal(before, new X509Certificate(await readFile(edge.cert)).serialNumber);
+      const serialOf = async (files: { cert: string }) =>
+        new X509Certificate(await readFile(files.cert)).serialNumber;
+      const edgeSerial = () => servedSerial(server.httpsPort!, 'x.edge.test');
+      const controlSerial = () => servedSerial(server.port, 'control.test');
+      assert.equal(await edgeSerial(), await serialOf(edge));
+      assert.equal(await controlSerial(), await serialOf(control));
       // A connection open across the reload.
       const open = tls.connect({
         host: '127.0.0.1',
-        port,
+        port: server.httpsPort!,
         servername: 'x.edge.test',
         ca: await readFile(ca.cert),
       });
       open.on('error', () => {});
       await once(open, 'secureConnect');
+      const restartWarning = 'reload: these settings take effect after a restart';
+      const reload = async (outcome: string) => {
+        const mark = server.proc.mark();
+        server.proc.kill('SIGHUP');
+        return { line: await server.proc.waitForMsg(outcome, 10_000, { from: mark }), mark };
+      };
 
       // A renewal, as certbot does it: new files for the same names, written over the old paths.
-      const renewed = await makeCert(h, ca, 'porthole edge', ['*.edge.test']);
-      const [oldCert, oldKey] = [await readFile(edge.cert), await readFile(edge.key)];
-      await writeFile(edge.cert, await readFile(renewed.cert));
-      await writeFile(edge.key, await readFile(renewed.key));
-      let mark = server.proc.mark();
-      server.proc.kill('SIGHUP');
-      await server.proc.waitForMsg('config reloaded', 10_000, { from: mark });
-      const restart = await server.proc.waitForMsg(
-        'reload: these settings take effect after a restart',
-        5000,
-        {
-          from: mark,
-        },
+      const renewFiles = async (files: { cert: string; key: string }, by: { cert: string; key: string }) => {
+        await writeFile(files.cert, await readFile(by.cert));
+        await writeFile(files.key, await readFile(by.key));
+      };
+      const newEdge = await makeCert(h, ca, 'porthole edge', ['*.edge.test']);
+      const newControl = await makeCert(h, ca, 'porthole control', ['control.test']);
+      await renewFiles(edge, newEdge);
+      await renewFiles(control, newControl);
+      const renewed = await reload('reload: certificates renewed');
+      await server.proc.waitForMsg('config reloaded', 10_000, { from: renewed.mark });
+      assert.deepEqual(
+        (renewed.line.certs as { key: string; notAfter: string }[]).map((c) => c.key),
+        ['tls', 'https.certs[0]'],
       );
-      assert.deepEqual(restart.keys, ['https.certs']);
-      assert.equal(await servedSerial(), before, 'the running certificate is served until a restart');
-      assert.ok(!open.destroyed, 'the open connection was left alone');
+      assert.equal(server.proc.logsWithMsg(restartWarning, renewed.mark).length, 0);
+      assert.equal(
+        await edgeSerial(),
+        await serialOf(newEdge),
+        'the TLS port serves the renewed certificate',
+      );
+      assert.equal(await controlSerial(), await serialOf(newControl), 'the wss endpoint serves it too');
+      assert.equal(
+        await servedSerial(server.httpsPort!, undefined),
+        await serialOf(newEdge),
+        'and so does a handshake without SNI',
+      );
+      // The connection opened before the reload still works (the router answers its request).
+      const answer = new Promise<string>((resolve) =>
+        open.once('data', (d: Buffer) => resolve(d.toString())),
+      );
+      open.write('GET / HTTP/1.1\r\nHost: x.edge.test\r\nConnection: close\r\n\r\n');
+      assert.match(await withTimeout(answer, 5000, () => 'an answer on the open connection'), /^HTTP\/1\.1 /);
       open.destroy();
 
-      // Half a renewal (the key of the new pair beside the old certificate): refused, naming the file.
-      await writeFile(edge.cert, oldCert);
-      mark = server.proc.mark();
-      server.proc.kill('SIGHUP');
-      const failed = await server.proc.waitForMsg(
-        'reload failed: keeping the running configuration',
-        10_000,
-        {
-          from: mark,
-        },
-      );
-      assert.match(String(failed.reason), new RegExp(`does not match the certificate in ${edge.cert}`));
-      // Back as at start: nothing to restart for.
-      await writeFile(edge.key, oldKey);
-      mark = server.proc.mark();
-      server.proc.kill('SIGHUP');
-      await server.proc.waitForMsg('config reloaded', 10_000, { from: mark });
-      assert.equal(
-        server.proc.logsWithMsg('reload: these settings take effect after a restart', mark).length,
-        0,
-      );
+      // Half a renewal (a new certificate beside the running key): refused, naming the file; still served.
+      const half = await makeCert(h, ca, 'porthole edge', ['*.edge.test']);
+      await writeFile(edge.cert, await readFile(half.cert));
+      const failed = await reload('reload failed: keeping the running configuration');
+      assert.match(String(failed.line.reason), new RegExp(`does not match the certificate in ${edge.cert}`));
+      assert.equal(await edgeSerial(), await serialOf(newEdge), 'the running certificate is kept');
+
+      // Other names: routes were decided by the old ones, so that takes a restart.
+      const other = await makeCert(h, ca, 'porthole edge', ['*.edge.test', 'more.test']);
+      await renewFiles(edge, other);
+      const restart = await reload(restartWarning);
+      assert.deepEqual(restart.line.keys, ['https.certs']);
+      assert.equal(server.proc.logsWithMsg('reload: certificates renewed', restart.mark).length, 0);
+      assert.equal(await edgeSerial(), await serialOf(newEdge), 'served until a restart');
     }),
 );
 

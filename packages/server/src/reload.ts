@@ -1,7 +1,9 @@
+import { X509Certificate } from 'node:crypto';
 import { formatHostPort } from '@porthole/protocol';
 import type { UpgradeAuthenticator } from './auth.js';
 import { loadServerConfig, type ServerConfig } from './config.js';
 import type { ServerContext } from './server-context.js';
+import { certificateNames, type TlsCertStore } from './tls-cert-store.js';
 
 export interface ServerReloadSummary {
   /** Clients disconnected because their token is now revoked. */
@@ -12,6 +14,8 @@ export interface ServerReloadSummary {
   moved: string[];
   /** Keys that changed in the file but only take effect after a restart. */
   needRestart: string[];
+  /** Certificates renewed in place ("tls", "https.certs[0]"), with the new one's notAfter. */
+  renewed: { key: string; notAfter: string }[];
 }
 
 function sameBuffer(a: Buffer | undefined, b: Buffer | undefined): boolean {
@@ -29,8 +33,6 @@ function restartOnlyChanges(running: ServerConfig, next: ServerConfig): string[]
   if (running.path !== next.path) changed.push('path');
   if (running.proxyBind !== next.proxyBind) changed.push('proxy_bind');
   if (running.auth.secret !== next.auth.secret) changed.push('auth.secret');
-  if (!sameBuffer(running.tls?.cert, next.tls?.cert) || !sameBuffer(running.tls?.key, next.tls?.key))
-    changed.push('tls');
   const runningAdmin = running.admin ? addr(running.admin.listen) : '';
   const nextAdmin = next.admin ? addr(next.admin.listen) : '';
   if (runningAdmin !== nextAdmin) changed.push('admin.listen');
@@ -44,20 +46,51 @@ function restartOnlyChanges(running: ServerConfig, next: ServerConfig): string[]
   const httpsOf = (h: NonNullable<ServerConfig['routing']>['https']) =>
     h ? JSON.stringify([listenOf(h.listen), h.defaultHost, h.handshakeTimeout, h.maxClientHelloSize]) : '';
   if (httpsOf(r?.https) !== httpsOf(n?.https)) changed.push('https');
-  // Compared by their bytes, not their names: a renewal (certbot's) rewrites the files in place with the
-  // same names, and a reload that said nothing would leave the old certificate served until it expired.
-  // The [tls] pair the https port uses too is named by 'tls' above.
-  const certsOf = (h: NonNullable<ServerConfig['routing']>['https']) =>
-    (h?.certs.pairs ?? []).filter((pair) => pair.source !== 'tls');
-  const [runningCerts, nextCerts] = [certsOf(r?.https), certsOf(n?.https)];
-  if (
-    runningCerts.length !== nextCerts.length ||
-    runningCerts.some(
-      (pair, i) => !sameBuffer(pair.cert, nextCerts[i]!.cert) || !sameBuffer(pair.key, nextCerts[i]!.key),
-    )
-  )
-    changed.push('https.certs');
   return changed;
+}
+
+type HttpsConfig = NonNullable<ServerConfig['routing']>['https'];
+
+/** Each certificate's names, in order: the routes and refusals of the TLS port were decided by them. */
+function namesOf(store: TlsCertStore | undefined): string {
+  return JSON.stringify(store?.pairs.map((pair) => certificateNames(pair.cert)) ?? []);
+}
+
+/**
+ * The [tls] and [[https.certs]] pairs whose files changed, compared by their bytes: a renewal (certbot's)
+ * rewrites them in place under the same names. They are taken in place when every certificate still
+ * names what it named (and none came or went); otherwise the routes decided by those names would be
+ * wrong, and they are named as needing a restart.
+ */
+function certificateChanges(
+  running: ServerConfig,
+  next: ServerConfig,
+): { renewed: ServerReloadSummary['renewed']; needRestart: string[] } {
+  const changed: { key: string; cert: Buffer }[] = [];
+  if (!sameBuffer(running.tls?.cert, next.tls?.cert) || !sameBuffer(running.tls?.key, next.tls?.key))
+    changed.push({ key: 'tls', cert: next.tls?.cert ?? Buffer.alloc(0) });
+  // The [tls] pair the https port uses too is named by 'tls' above.
+  const certsOf = (h: HttpsConfig) => (h?.certs.pairs ?? []).filter((pair) => pair.source !== 'tls');
+  const [runningCerts, nextCerts] = [certsOf(running.routing?.https), certsOf(next.routing?.https)];
+  nextCerts.forEach((pair, i) => {
+    const was = runningCerts[i];
+    if (!was || !sameBuffer(was.cert, pair.cert) || !sameBuffer(was.key, pair.key))
+      changed.push({ key: pair.source, cert: pair.cert });
+  });
+  const sameNames =
+    (running.tls === undefined) === (next.tls === undefined) &&
+    (running.routing?.https === undefined) === (next.routing?.https === undefined) &&
+    runningCerts.length === nextCerts.length &&
+    namesOf(running.routing?.https?.certs) === namesOf(next.routing?.https?.certs);
+  if (sameNames) {
+    return {
+      renewed: changed.map(({ key, cert }) => ({ key, notAfter: new X509Certificate(cert).validTo })),
+      needRestart: [],
+    };
+  }
+  const keys = changed.map(({ key }) => (key === 'tls' ? 'tls' : 'https.certs'));
+  if (runningCerts.length !== nextCerts.length) keys.push('https.certs');
+  return { renewed: [], needRestart: [...new Set(keys)] };
 }
 
 /**
@@ -67,8 +100,9 @@ function restartOnlyChanges(running: ServerConfig, next: ServerConfig): string[]
  * disconnected; a proxy the new rules refuse is closed and its client told which and why; an http or tls
  * proxy whose names come from a changed subdomain_host is routed by the new names, as if it registered
  * now (closed, if another client holds them), and its client told, while the offline subdomain routes of
- * clients that are away are forgotten (they register the new names when they come back); everything
- * else is untouched. An invalid file changes nothing (the reason is logged). Throws the ConfigError.
+ * clients that are away are forgotten (they register the new names when they come back); certificates
+ * renewed in place (summary.renewed) replace the running ones in ctx.config, for the caller to hand to
+ * its TLS servers; everything else is untouched. An invalid file changes nothing (the reason is logged). Throws the ConfigError.
  */
 export function reloadServer(
   ctx: ServerContext,
@@ -77,7 +111,9 @@ export function reloadServer(
 ): ServerReloadSummary {
   const running = ctx.config;
   const loaded = load(running.file);
-  const needRestart = restartOnlyChanges(running, loaded);
+  const certificates = certificateChanges(running, loaded);
+  const needRestart = [...restartOnlyChanges(running, loaded), ...certificates.needRestart];
+  const renewing = certificates.renewed.length > 0;
   const next: ServerConfig = {
     ...loaded,
     listen: running.listen,
@@ -94,10 +130,14 @@ export function reloadServer(
       ...loaded.routing,
       httpListen: running.routing.httpListen,
       httpLimits: running.routing.httpLimits,
-      https: running.routing.https,
+      https:
+        renewing && running.routing.https && loaded.routing.https
+          ? { ...running.routing.https, certs: loaded.routing.https.certs }
+          : running.routing.https,
     };
   } else if (running.routing) next.routing = running.routing;
-  if (running.tls) next.tls = running.tls;
+  const tlsPair = renewing ? loaded.tls : running.tls;
+  if (tlsPair) next.tls = tlsPair;
   else delete next.tls;
   if (running.admin)
     next.admin = { listen: running.admin.listen, token: loaded.admin?.token ?? running.admin.token };
@@ -106,7 +146,13 @@ export function reloadServer(
   authenticator.update(next.auth);
   ctx.logger.level = next.logLevel;
 
-  const summary: ServerReloadSummary = { revoked: [], closed: [], moved: [], needRestart };
+  const summary: ServerReloadSummary = {
+    revoked: [],
+    closed: [],
+    moved: [],
+    needRestart,
+    renewed: certificates.renewed,
+  };
   for (const session of [...ctx.sessions]) {
     if (next.auth.revoked.has(session.tokenId)) {
       summary.revoked.push(session.name);

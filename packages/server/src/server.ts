@@ -121,6 +121,11 @@ export class PortholeServer {
       const summary = reloadServer(this.ctx, this.authenticator);
       this.counters.reloads.ok += 1;
       this.logConfigWarnings();
+      if (summary.renewed.length > 0) {
+        if (this.ctx.config.tls) this.endpoint.useCertificate(this.ctx.config.tls);
+        this.vhostPorts.useRenewedCertificates();
+        logger.info({ certs: summary.renewed }, 'reload: certificates renewed');
+      }
       if (summary.needRestart.length > 0)
         logger.warn({ keys: summary.needRestart }, 'reload: these settings take effect after a restart');
       logger.info(
