@@ -713,4 +713,64 @@ describe('memory stays bounded under 64 MiB of hostile input', () => {
       `retained memory grew by ${mib(growth)} after ${mib(fed)} of frames (stalled=${stalled})`,
     );
   });
+
+  // A Readable's buffer counts bytes, while each chunk in it costs ~100 bytes more: a window of 1-byte
+  // frames held as 256 Ki chunks was 27 MiB of heap per stream, so a client (whose visitors do not read)
+  // made the server hold 100 times what flow control promises.
+  test('a window of 1-byte data frames on streams whose readers stopped is held as bytes, then read intact', {
+    timeout: 60_000,
+  }, async () => {
+    const v = await victim(false);
+    const ids = [1, 3, 5, 7];
+    const firstChunks = new Map<number, Buffer>();
+    v.session.on('stream', (s: Stream) => {
+      // Half never read; half pause after their first chunk, as a pipe does when its destination is full.
+      if (s.id % 4 === 3) {
+        s.once('data', (chunk: Buffer) => {
+          firstChunks.set(s.id, chunk);
+          s.pause();
+        });
+      }
+    });
+    v.attacker.write(Buffer.concat(ids.map((id) => windowUpdate(F.SYN, id, 0))));
+    const FRAMES_PER_BLOCK = 5041; // 13-byte frames: 64 KiB a block
+    const blocks: { id: number; from: number }[] = [];
+    for (const id of ids)
+      for (let from = 0; from < WINDOW; from += FRAMES_PER_BLOCK) blocks.push({ id, from });
+    let next = 0;
+    const total = ids.length * WINDOW * 13;
+    const base = retained();
+    const flooded = await flood(v.attacker, total, () => {
+      const { id, from } = blocks[next++]!;
+      const count = Math.min(FRAMES_PER_BLOCK, WINDOW - from);
+      return Buffer.concat(
+        Array.from({ length: count }, (_, i) => dataFrame(0, id, Buffer.from([(from + i) & 0xff]))),
+      );
+    });
+    // flood() stops early once memory is over the limit.
+    if (flooded.fed === total)
+      await waitFor(() => v.conn.bytesRead === total + ids.length * 12, 10_000, 'every frame taken in');
+    const growth = Math.max(flooded.growth, retained() - base);
+    assert.ok(
+      growth < LIMIT,
+      `retained memory grew by ${mib(growth)} after ${mib(flooded.fed / 13)} of data in 1-byte frames`,
+    );
+    assert.equal(flooded.fed, total);
+    assert.equal(v.session.closed, false, 'a full window is within the rules');
+
+    const contents = await Promise.all(
+      v.streams.map(async (s) => {
+        const chunks = firstChunks.has(s.id) ? [firstChunks.get(s.id)!] : [];
+        s.on('data', (chunk: Buffer) => chunks.push(chunk));
+        s.resume();
+        await waitFor(() => Buffer.concat(chunks).length >= WINDOW, 5000, `stream ${s.id} read whole`);
+        return Buffer.concat(chunks);
+      }),
+    );
+    for (const content of contents) {
+      assert.equal(content.length, WINDOW);
+      for (let i = 0; i < WINDOW; i++)
+        if (content[i] !== (i & 0xff)) assert.fail(`byte ${i} is ${content[i]}`);
+    }
+  });
 });
