@@ -1,6 +1,7 @@
-import { Duplex, Readable } from 'node:stream';
+import { Duplex } from 'node:stream';
 import { MuxError } from './errors.js';
 import { Flag, FrameType, INITIAL_WINDOW, MAX_WINDOW } from './frame.js';
+import { countGatheredAsUnread, PieceGatherer } from './piece-gatherer.js';
 import type { Session } from './session.js';
 
 /** What a stream needs from its session; kept narrow so the stream cannot reach into session state. */
@@ -22,15 +23,7 @@ export interface StreamHost {
 const MAX_DATA_FRAME = 128 * 1024;
 /** How long data that arrived before the session ended stays readable before the stream fails anyway. */
 const ABORT_DRAIN_MS = 2000;
-/**
- * Small pieces that arrive while data waits unread are copied together into buffers of this size: each
- * chunk in a Readable's buffer costs ~100 bytes of bookkeeping, so a window's worth of 1-byte Data frames
- * held as 256 Ki chunks cost 27 MiB of heap instead of 256 KiB.
- */
-const GATHER_SIZE = 16 * 1024;
 const EMPTY = Buffer.alloc(0);
-/** Readable's own readableLength: the bytes pushed and not yet read. */
-const pushedLength = Object.getOwnPropertyDescriptor(Readable.prototype, 'readableLength')!.get!;
 
 interface BlockedWrite {
   rest: Buffer;
@@ -69,19 +62,11 @@ export class Stream extends Duplex {
   /** The session ended with data still unread: the error raised once that data has been read. */
   private failAfterDrain: MuxError | undefined;
   private drainTimer: NodeJS.Timeout | undefined;
-  /** Where small pieces are gathered while the reader is not taking data (see onData); not yet pushed. */
-  private gatherBuffer: Buffer | undefined;
-  private gathered = 0;
-  /** Bytes the reader's last read() waited for and did not get (0: it is not waiting). */
-  private awaited = 0;
+  /** Small pieces that arrived while the reader was not taking data (see onData); not yet pushed. */
+  private readonly gatherer = new PieceGatherer(this);
 
   static {
-    // What was gathered is unread data this stream holds like any other: readableLength counts it.
-    Object.defineProperty(Stream.prototype, 'readableLength', {
-      get(this: Stream): number {
-        return (pushedLength.call(this) as number) + this.gathered;
-      },
-    });
+    countGatheredAsUnread(Stream.prototype, (stream) => stream.gatherer);
   }
 
   /** @internal Streams are made by Session.open() and arrive via Session's 'stream' event. */
@@ -164,41 +149,16 @@ export class Stream extends Duplex {
   onData(piece: Buffer): void {
     this.bodyInFlight -= piece.length;
     if (this.reset || this.remoteFin || this.destroyed) return;
-    if (piece.length >= GATHER_SIZE || this.readableLength === 0) {
-      this.pushGathered();
+    if (!this.gatherer.wants(piece)) {
+      this.gatherer.flush();
       // A view pins its whole input chunk. When the piece will sit in our buffer (reader paused or behind),
       // copy small pieces out, so a stalled reader pins at most its window, not every message it touched.
       const willBuffer = this.readableFlowing !== true || this.readableLength > 0;
       this.push(willBuffer && piece.length < piece.buffer.byteLength / 2 ? Buffer.from(piece) : piece);
       return;
     }
-    // Data already waits unread: the reader is paused or behind. Small pieces are gathered until it reads,
-    // or until what a read(n) waits for is here.
-    this.gather(piece);
-    if (this.awaited > 0 && this.readableLength >= this.awaited) this.pushGathered();
-  }
-
-  private gather(piece: Buffer): void {
-    let rest = piece;
-    while (rest.length > 0) {
-      this.gatherBuffer ??= Buffer.allocUnsafe(GATHER_SIZE);
-      const n = rest.copy(this.gatherBuffer, this.gathered);
-      this.gathered += n;
-      rest = rest.subarray(n);
-      if (this.gathered === GATHER_SIZE) this.pushGathered();
-    }
-  }
-
-  /** Hands what was gathered to the Readable: a reader is taking data, or the stream is ending. */
-  private pushGathered(): void {
-    const buffer = this.gatherBuffer;
-    const n = this.gathered;
-    if (!buffer || n === 0) return;
-    this.gatherBuffer = undefined;
-    this.gathered = 0;
-    if (this.destroyed) return;
-    // A short one is copied out, so that it does not pin the whole gathering buffer.
-    this.push(n < GATHER_SIZE / 2 ? Buffer.from(buffer.subarray(0, n)) : buffer.subarray(0, n));
+    // Data already waits unread: the reader is paused or behind.
+    this.gatherer.add(piece);
   }
 
   /** @internal */
@@ -211,7 +171,7 @@ export class Stream extends Duplex {
   onRemoteFin(): void {
     if (this.remoteFin || this.reset) return;
     this.remoteFin = true;
-    this.pushGathered();
+    this.gatherer.flush();
     this.push(null);
     if (this.localFin) this.host.releaseStream(this);
   }
@@ -225,7 +185,7 @@ export class Stream extends Duplex {
 
   /** @internal The session ended under this stream; without an error (a local close) it just closes. */
   abort(err: MuxError | undefined): void {
-    this.pushGathered();
+    this.gatherer.flush();
     this.reset = true;
     if (!err || this.destroyed) {
       this.destroy(err);
@@ -261,11 +221,9 @@ export class Stream extends Duplex {
   // can miss the consumption that frees the window: a peer then waits forever on a window we never grant.
   // Every way of consuming (flowing mode, pipe, async iteration, read()) goes through read(), so grant here.
   override read(size?: number): ReturnType<Duplex['read']> {
-    // read(0) is Node refilling its buffer, not a reader taking data; any other read is, so it gets what was
-    // gathered.
-    if (size !== 0) this.pushGathered();
+    this.gatherer.beforeRead(size);
     const chunk = super.read(size);
-    if (size !== 0) this.awaited = chunk === null ? (size ?? 1) : 0;
+    this.gatherer.afterRead(size, chunk);
     if (!this.reset && !this.remoteFin) {
       if (chunk !== null) this.grantWindow();
       else if (size !== undefined && size > this.readableLength) this.widenFor(size);
@@ -276,9 +234,8 @@ export class Stream extends Duplex {
     return chunk;
   }
 
-  // A pipe pauses its source when the destination is full: the reader no longer waits for data.
   override pause(): this {
-    this.awaited = 0;
+    this.gatherer.readerPaused();
     return super.pause();
   }
 
@@ -303,8 +260,7 @@ export class Stream extends Duplex {
   override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
     if (this.openTimer) clearTimeout(this.openTimer);
     if (this.drainTimer) clearTimeout(this.drainTimer);
-    this.gatherBuffer = undefined;
-    this.gathered = 0;
+    this.gatherer.drop();
     // A write waiting for window fails now: Node errors the writes queued behind it only once it has.
     const blocked = this.blocked;
     this.blocked = undefined;
