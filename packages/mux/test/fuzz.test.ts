@@ -2,12 +2,11 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import type net from 'node:net';
 import { after, afterEach, before, describe, test } from 'node:test';
-import v8 from 'node:v8';
-import vm from 'node:vm';
 import { Session, type SessionOptions, type Stream } from '../src/index.js';
 import { knownBugs } from './known-bugs.js';
 import { receiveAll, sendPattern } from './payload.js';
 import { Prng, runSeed } from './prng.js';
+import { retained } from './retained-memory.js';
 import { nextTurn, sleep, waitFor, withTimeout } from './timeouts.js';
 import { type MemoryEnd, memoryPair, tcpPair } from './transports.js';
 import {
@@ -555,17 +554,6 @@ describe(`malformed input ends the session cleanly [seed=${SEED}]`, () => {
 
 // ---------------------------------------------------------------------------------------------------
 // Memory: 64 MiB of hostile input over a real socket; what the session keeps must stay small.
-
-const gc = (() => {
-  v8.setFlagsFromString('--expose-gc');
-  return vm.runInNewContext('gc') as () => void;
-})();
-
-function retained(): number {
-  gc();
-  const m = process.memoryUsage();
-  return m.heapUsed + m.arrayBuffers;
-}
 
 /**
  * Writes `total` bytes made by `next` into `socket` with backpressure, sampling retained memory every 4 MiB

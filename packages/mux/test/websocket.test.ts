@@ -4,10 +4,16 @@ import { once } from 'node:events';
 import net from 'node:net';
 import { describe, test } from 'node:test';
 import { WebSocket, WebSocketServer } from 'ws';
-import { MAX_FRAME_PAYLOAD, openWebSocket, WebSocketUpgradeError } from '../src/index.js';
+import {
+  MAX_FRAME_PAYLOAD,
+  openWebSocket,
+  type WebSocketStream,
+  WebSocketUpgradeError,
+} from '../src/index.js';
 import { Opcode, writeFrameHeader } from '../src/websocket-frame.js';
 import { WebSocketFrameParser } from '../src/websocket-frame-parser.js';
 import { Prng, runSeed } from './prng.js';
+import { retained } from './retained-memory.js';
 import { waitFor, withTimeout } from './timeouts.js';
 import { listenWebSocket } from './transports.js';
 
@@ -342,6 +348,58 @@ describe('a peer that pings and never reads', () => {
     await waitFor(() => pongs.at(-1)?.equals(lastPayload) === true, 20_000, 'the pong to the last ping', 20);
     t.diagnostic(`${pongs.length} pongs for ${PINGS} pings`);
     assert.ok(pongs.length < PINGS, 'pings sent while the peer did not read were not each answered');
+  });
+});
+
+describe('a reader that stopped reading', () => {
+  // The mux session pauses its WebSocket while the peer does not read the answers it is owed. A peer that
+  // then sends 1-byte frames had each byte held as a chunk of its own: 100 MiB of heap per million.
+  test('holds a million 1-byte frames as their bytes, then reads them intact', {
+    timeout: 60_000,
+  }, async (t) => {
+    let server!: { conn: WebSocketStream; socket: net.Socket };
+    const listener = await listenWebSocket((conn, socket) => {
+      conn.on('error', () => {});
+      conn.pause();
+      server = { conn, socket };
+    });
+    t.after(() => listener.close());
+    const client = await rawUpgrade(listener.port);
+    t.after(() => client.destroy());
+    client.resume(); // the 101 response
+    await waitFor(() => server !== undefined, 5000, 'the upgrade');
+    const FRAMES = 1_000_000;
+    const BATCH = 10_000;
+    const base = retained();
+    let sent = 0;
+    for (let from = 0; from < FRAMES; from += BATCH) {
+      // Masked with a zero key: the payload byte is on the wire as it is.
+      const batch = Buffer.alloc(7 * BATCH);
+      for (let i = 0; i < BATCH; i++) {
+        batch[7 * i] = 0x80 | Opcode.Binary;
+        batch[7 * i + 1] = 0x81;
+        batch[7 * i + 6] = (from + i) & 0xff;
+      }
+      sent += batch.length;
+      if (!client.write(batch)) await once(client, 'drain');
+    }
+    await waitFor(() => server.socket.bytesRead >= sent, 20_000, 'the server to read every frame', 20);
+    const growth = retained() - base;
+    t.diagnostic(`retained growth: ${(growth / 2 ** 20).toFixed(1)} MiB`);
+    assert.equal(server.conn.readableLength, FRAMES);
+    assert.ok(growth < 16 * 2 ** 20, `retained memory grew by ${(growth / 2 ** 20).toFixed(1)} MiB`);
+
+    const chunks: Buffer[] = [];
+    let received = 0;
+    server.conn.on('data', (chunk: Buffer) => {
+      chunks.push(chunk);
+      received += chunk.length;
+    });
+    server.conn.resume();
+    await waitFor(() => received >= FRAMES, 5000, 'every byte read');
+    const all = Buffer.concat(chunks);
+    assert.equal(all.length, FRAMES);
+    for (let i = 0; i < FRAMES; i++) if (all[i] !== (i & 0xff)) assert.fail(`byte ${i} is ${all[i]}`);
   });
 });
 
