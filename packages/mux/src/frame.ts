@@ -26,14 +26,20 @@ export interface FrameHeader {
   length: number;
 }
 
-export function encodeHeader(type: FrameType, flags: number, streamId: number, length: number): Buffer {
-  const header = Buffer.allocUnsafe(HEADER_SIZE);
-  header[0] = PROTOCOL_VERSION;
-  header[1] = type;
-  header.writeUInt16BE(flags, 2);
-  header.writeUInt32BE(streamId, 4);
-  header.writeUInt32BE(length, 8);
-  return header;
+/** Encodes a header into `target` at `offset` (HEADER_SIZE bytes). */
+export function writeHeader(
+  target: Buffer,
+  offset: number,
+  type: FrameType,
+  flags: number,
+  streamId: number,
+  length: number,
+): void {
+  target[offset] = PROTOCOL_VERSION;
+  target[offset + 1] = type;
+  target.writeUInt16BE(flags, offset + 2);
+  target.writeUInt32BE(streamId, offset + 4);
+  target.writeUInt32BE(length, offset + 8);
 }
 
 export function decodeHeader(buf: Buffer, offset: number): FrameHeader {
