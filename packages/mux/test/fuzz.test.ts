@@ -3,12 +3,13 @@ import { once } from 'node:events';
 import type net from 'node:net';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { Session, type SessionOptions, type Stream } from '../src/index.js';
+import { Opcode, writeFrameHeader } from '../src/websocket-frame.js';
 import { knownBugs } from './known-bugs.js';
 import { receiveAll, sendPattern } from './payload.js';
 import { Prng, runSeed } from './prng.js';
 import { retained } from './retained-memory.js';
 import { nextTurn, sleep, waitFor, withTimeout } from './timeouts.js';
-import { type MemoryEnd, memoryPair, tcpPair } from './transports.js';
+import { listenWebSocket, type MemoryEnd, memoryPair, rawUpgrade, tcpPair } from './transports.js';
 import {
   dataFrame,
   describeFrame,
@@ -699,6 +700,36 @@ describe('memory stays bounded under 64 MiB of hostile input', () => {
     assert.ok(
       growth < LIMIT,
       `retained memory grew by ${mib(growth)} after ${mib(fed)} of frames (stalled=${stalled})`,
+    );
+  });
+
+  // Over a WebSocket the answers wait in the WebSocketStream, whose buffer takes 4 MiB before the session
+  // sees backpressure: 4 MiB of 12-byte answers, a chunk each, was ~90 MiB of heap.
+  test('64 MiB of pings over a WebSocket from a peer that never reads the answers', {
+    timeout: 60_000,
+  }, async () => {
+    const sessions: Session[] = [];
+    const listener = await listenWebSocket((conn) => {
+      conn.on('error', () => {});
+      const session = new Session(conn, { client: false, keepAliveInterval: 0 });
+      session.on('error', () => {});
+      sessions.push(session);
+    });
+    const attacker = await rawUpgrade(listener.port);
+    attacker.pause(); // reads nothing, not even the 101
+    cleanup.push(() => {
+      for (const session of sessions) session.close();
+      attacker.destroy();
+      listener.close();
+    });
+    const pings = Buffer.concat(Array.from({ length: 5000 }, (_, i) => ping(F.SYN, i)));
+    const header = Buffer.alloc(14);
+    const headerSize = writeFrameHeader(header, 0, Opcode.Binary, pings.length, Buffer.alloc(4)); // zero mask
+    const message = Buffer.concat([header.subarray(0, headerSize), pings]);
+    const { growth, fed, stalled } = await flood(attacker, 64 * MiB, () => message);
+    assert.ok(
+      growth < LIMIT,
+      `retained memory grew by ${mib(growth)} answering ${mib(fed)} of pings (stalled=${stalled})`,
     );
   });
 

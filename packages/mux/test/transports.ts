@@ -42,6 +42,17 @@ export interface WebSocketListener {
   close(): void;
 }
 
+/** A raw TCP client that has sent an upgrade request (its 101 and what follows are left to the caller). */
+export async function rawUpgrade(port: number): Promise<net.Socket> {
+  const client = net.connect({ host: '127.0.0.1', port });
+  await once(client, 'connect');
+  client.write(
+    'GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+  );
+  return client;
+}
+
 /** A loopback HTTP server that accepts WebSocket upgrades on any path with our own handshake. */
 export async function listenWebSocket(
   onConn: (conn: WebSocketStream, socket: net.Socket) => void,

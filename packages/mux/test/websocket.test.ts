@@ -15,7 +15,7 @@ import { WebSocketFrameParser } from '../src/websocket-frame-parser.js';
 import { Prng, runSeed } from './prng.js';
 import { retained } from './retained-memory.js';
 import { waitFor, withTimeout } from './timeouts.js';
-import { listenWebSocket } from './transports.js';
+import { listenWebSocket, rawUpgrade } from './transports.js';
 
 /** One frame as a peer would send it; `mask` as clients must (RFC 6455 §5.3). */
 function frame(opcode: number, payload: Buffer, opts: { fin?: boolean; mask?: boolean; rsv?: number } = {}) {
@@ -253,16 +253,6 @@ describe('against the ws library as the peer', () => {
 });
 
 /** A TCP connection that has sent a WebSocket upgrade request (the 101 is left for the caller to read). */
-async function rawUpgrade(port: number): Promise<net.Socket> {
-  const client = net.connect({ host: '127.0.0.1', port });
-  await once(client, 'connect');
-  client.write(
-    'GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
-      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
-  );
-  return client;
-}
-
 describe('a close reason that is not UTF-8', () => {
   test('is answered with close 1007 (RFC 6455 §8.1)', async (t) => {
     const listener = await listenWebSocket((conn) => conn.on('error', () => {}));
