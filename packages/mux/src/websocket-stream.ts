@@ -30,6 +30,12 @@ const POOLED_FRAME_MIN = 64 * 1024;
 const POOLED_FRAME_SIZE = MAX_HEADER_SIZE + MAX_FRAME_PAYLOAD;
 const POOL_KEEP = 4;
 const MASK_KEY_BATCH = 1024;
+/**
+ * How long one connection's input may hold the event loop in one turn before the others get theirs. libuv
+ * reads a ready socket up to 32 times (2 MiB) a turn, and each WebSocket and mux frame costs about a
+ * microsecond: a peer sending 1-byte frames held the loop ~300 ms a turn, and every other tunnel waited.
+ */
+const TURN_BUDGET_MS = 10;
 
 type Callback = (err?: Error | null) => void;
 
@@ -65,6 +71,12 @@ export class WebSocketStream extends Duplex {
   private heldCallback: Callback | undefined;
   /** The latest ping's payload, answered once the socket drains (pings while it is full are not queued). */
   private pendingPong: Buffer | undefined;
+  /** When this turn's first read came (performance.now()), or -1 outside a turn with reads. */
+  private turnStart = -1;
+  /** The socket is paused until the next turn: this turn's budget is spent. */
+  private yielding = false;
+  /** The socket is paused until the reader wants more: push() said the buffer is full. */
+  private readerFull = false;
   /** Small payload pieces that arrived while the reader (the mux session) had stopped reading. */
   private readonly gatherer = new PieceGatherer(this);
 
@@ -86,7 +98,7 @@ export class WebSocketStream extends Duplex {
     // Frames are written whole, in batches: Nagle would only add latency.
     tcp.setNoDelay?.(true);
     tcp.setTimeout?.(0);
-    socket.on('data', (chunk: Buffer) => this.parser.push(chunk));
+    socket.on('data', (chunk: Buffer) => this.onSocketData(chunk));
     socket.on('end', () => this.onSocketEnd());
     socket.on('close', () => this.onSocketClose());
     socket.on('error', (err: Error) => this.destroy(err));
@@ -116,7 +128,8 @@ export class WebSocketStream extends Duplex {
   }
 
   override _read(): void {
-    if (this.socket.isPaused()) this.socket.resume();
+    this.readerFull = false;
+    if (!this.yielding && this.socket.isPaused()) this.socket.resume();
   }
 
   override read(size?: number): ReturnType<Duplex['read']> {
@@ -233,8 +246,30 @@ export class WebSocketStream extends Duplex {
       this.gatherer.flush();
       more = this.push(piece);
     }
-    if (!more) this.socket.pause();
+    if (!more) {
+      this.readerFull = true;
+      this.socket.pause();
+    }
   }
+
+  private onSocketData(chunk: Buffer): void {
+    if (this.turnStart < 0) {
+      this.turnStart = performance.now();
+      setImmediate(this.endTurn);
+    }
+    this.parser.push(chunk);
+    if (!this.yielding && performance.now() - this.turnStart > TURN_BUDGET_MS) {
+      this.yielding = true;
+      this.socket.pause();
+    }
+  }
+
+  private readonly endTurn = (): void => {
+    this.turnStart = -1;
+    if (!this.yielding) return;
+    this.yielding = false;
+    if (!this.readerFull) this.socket.resume();
+  };
 
   private onControl(opcode: number, payload: Buffer): void {
     if (opcode === Opcode.Ping) {
