@@ -556,6 +556,12 @@ describe(`malformed input ends the session cleanly [seed=${SEED}]`, () => {
 // ---------------------------------------------------------------------------------------------------
 // Memory: 64 MiB of hostile input over a real socket; what the session keeps must stay small.
 
+interface Flooded {
+  fed: number;
+  growth: number;
+  stalled: boolean;
+}
+
 /**
  * Writes `total` bytes made by `next` into `socket` with backpressure, sampling retained memory every 4 MiB
  * (stopping early once over `limit`). A victim that stops reading (backpressure on us) for 2 s ends the
@@ -566,7 +572,7 @@ async function flood(
   total: number,
   next: () => Buffer,
   limit = 16 * MiB,
-): Promise<{ fed: number; growth: number; stalled: boolean }> {
+): Promise<Flooded> {
   const base = retained();
   let growth = 0;
   let fed = 0;
@@ -637,6 +643,18 @@ describe('memory stays bounded under 64 MiB of hostile input', () => {
     return `${(n / MiB).toFixed(1)} MiB`;
   }
 
+  function assertBounded({ growth, fed, stalled }: Flooded, what: string): void {
+    assert.ok(
+      growth < LIMIT,
+      `retained memory grew by ${mib(growth)} after ${mib(fed)} of ${what} (stalled=${stalled})`,
+    );
+  }
+
+  /** 64 KiB - 4 of pings. */
+  function pingBlock(): Buffer {
+    return Buffer.concat(Array.from({ length: 5461 }, (_, i) => ping(F.SYN, i)));
+  }
+
   test('64 MiB of random garbage', { timeout: 60_000 }, async () => {
     const v = await victim(true);
     const block = new Prng(SEED).bytes(64 * KiB);
@@ -677,12 +695,8 @@ describe('memory stays bounded under 64 MiB of hostile input', () => {
     todo: knownBugs.unboundedAnswers,
   }, async () => {
     const v = await victim(true);
-    const block = Buffer.concat(Array.from({ length: 5461 }, (_, i) => ping(F.SYN, i))); // 64 KiB - 4
-    const { growth, fed, stalled } = await flood(v.attacker, 64 * MiB, () => block);
-    assert.ok(
-      growth < LIMIT,
-      `retained memory grew by ${mib(growth)} answering ${mib(fed)} of pings (stalled=${stalled})`,
-    );
+    const block = pingBlock();
+    assertBounded(await flood(v.attacker, 64 * MiB, () => block), 'pings');
   });
 
   test('64 MiB of 1-byte data frames for unknown streams (each answered with RST) from a peer that never reads', {
@@ -693,14 +707,11 @@ describe('memory stays bounded under 64 MiB of hostile input', () => {
     const block = Buffer.concat(
       Array.from({ length: 5041 }, (_, i) => dataFrame(0, 1001 + 2 * i, Buffer.from([i & 0xff]))),
     );
-    const { growth, fed, stalled } = await flood(v.attacker, 64 * MiB, () => block);
+    const flooded = await flood(v.attacker, 64 * MiB, () => block);
     t.diagnostic(
-      `fed ${mib(fed)}, retained growth ${mib(growth)}, stalled=${stalled}, closed=${v.session.closed}`,
+      `fed ${mib(flooded.fed)}, retained growth ${mib(flooded.growth)}, stalled=${flooded.stalled}, closed=${v.session.closed}`,
     );
-    assert.ok(
-      growth < LIMIT,
-      `retained memory grew by ${mib(growth)} after ${mib(fed)} of frames (stalled=${stalled})`,
-    );
+    assertBounded(flooded, 'frames');
   });
 
   // Over a WebSocket the answers wait in the WebSocketStream, whose buffer takes 4 MiB before the session
@@ -722,15 +733,11 @@ describe('memory stays bounded under 64 MiB of hostile input', () => {
       attacker.destroy();
       listener.close();
     });
-    const pings = Buffer.concat(Array.from({ length: 5000 }, (_, i) => ping(F.SYN, i)));
+    const pings = pingBlock();
     const header = Buffer.alloc(14);
     const headerSize = writeFrameHeader(header, 0, Opcode.Binary, pings.length, Buffer.alloc(4)); // zero mask
     const message = Buffer.concat([header.subarray(0, headerSize), pings]);
-    const { growth, fed, stalled } = await flood(attacker, 64 * MiB, () => message);
-    assert.ok(
-      growth < LIMIT,
-      `retained memory grew by ${mib(growth)} answering ${mib(fed)} of pings (stalled=${stalled})`,
-    );
+    assertBounded(await flood(attacker, 64 * MiB, () => message), 'pings');
   });
 
   // A Readable's buffer counts bytes, while each chunk in it costs ~100 bytes more: a window of 1-byte
