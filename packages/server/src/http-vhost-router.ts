@@ -414,6 +414,7 @@ export class HttpVhostRouter {
       },
       onEnd: (trailers) => {
         current = undefined;
+        body.flush();
         if (trailers.length > 0) this.passTrailers(res, trailers, target, remoteAddr);
         res.end();
       },
