@@ -183,10 +183,7 @@ function pump(src: Duplex, dest: Duplex, count: (bytes: number) => void): () => 
     src.pause();
     dest.once('drain', resume);
   };
-  const endDest = () => {
-    if (out instanceof TurnGatheredWrites) out.flush();
-    dest.end();
-  };
+  const endDest = () => dest.end();
   // A socket's end is passed on only once it is known to be a FIN: libuv may report a reset as an end.
   const onEnd = () => whenEndIsFin(src, endDest);
   src.on('data', onData);

@@ -14,13 +14,6 @@ const GATHER_FROM = 8 * 1024;
 const MAX_GATHERED = 1024 * 1024;
 
 /**
- * Small pieces for a destination that is already behind are copied together into buffers of this size: they
- * wait anyway, and queued one by one each cost ~170 bytes of bookkeeping, so a tunnel peer sending 1-byte
- * frames to a visitor that does not read made 16 KiB of them cost 2.7 MiB of heap per connection.
- */
-const SMALL_BATCH = 16 * 1024;
-
-/**
  * Writes into a socket (or an HTTP response) from the tunnel, where what arrives within one event-loop turn
  * leaves in one writev. The tunnel hands a connection its bytes in pieces: TLS decrypts in 16 KiB records
  * and a WebSocket frame can span reads, so one read of the tunnel used to cost a connection a write() per
@@ -29,10 +22,6 @@ const SMALL_BATCH = 16 * 1024;
  */
 export class TurnGatheredWrites {
   private corked = false;
-  private small: Buffer | undefined;
-  private smallFill = 0;
-  /** The turn's end is scheduled (to uncork, or to write the small pieces). */
-  private turnEndDue = false;
 
   constructor(private readonly dest: Writable) {}
 
@@ -41,55 +30,23 @@ export class TurnGatheredWrites {
    * as usual, but while gathering only once MAX_GATHERED waits, so that a turn's pieces are not cut short.
    */
   write(chunk: Buffer): boolean {
-    if (chunk.length < GATHER_FROM && (this.smallFill > 0 || this.dest.writableLength > 0))
-      return this.gatherSmall(chunk);
-    this.flush();
     if (!this.corked && chunk.length >= GATHER_FROM) {
       this.corked = true;
       this.dest.cork();
-      this.endTurnLater();
+      setImmediate(uncork, this);
     }
     if (this.dest.write(chunk)) return true;
     return this.corked && this.dest.writableLength < MAX_GATHERED;
   }
 
-  /** Writes the small pieces gathered so far; call it before ending the destination. */
-  flush(): void {
-    const small = this.small;
-    const n = this.smallFill;
-    this.small = undefined;
-    this.smallFill = 0;
-    if (!small || n === 0 || this.dest.writableEnded || this.dest.destroyed) return;
-    this.dest.write(small.subarray(0, n));
-  }
-
-  private gatherSmall(chunk: Buffer): boolean {
-    if (this.smallFill + chunk.length > SMALL_BATCH) this.flush();
-    this.small ??= Buffer.allocUnsafe(SMALL_BATCH);
-    chunk.copy(this.small, this.smallFill);
-    this.smallFill += chunk.length;
-    this.endTurnLater();
-    // 'drain' comes only after a write said no: the source waits only then.
-    return !this.dest.writableNeedDrain;
-  }
-
-  private endTurnLater(): void {
-    if (this.turnEndDue) return;
-    this.turnEndDue = true;
-    setImmediate(endTurn, this);
-  }
-
   /** @internal The end of the turn. */
-  endTurn(): void {
-    this.turnEndDue = false;
-    this.flush();
-    if (!this.corked) return;
+  uncork(): void {
     this.corked = false;
     this.dest.uncork();
   }
 }
 
 // One function for every instance, not a closure each: HTTP responses make one of these per request.
-function endTurn(writes: TurnGatheredWrites): void {
-  writes.endTurn();
+function uncork(writes: TurnGatheredWrites): void {
+  writes.uncork();
 }

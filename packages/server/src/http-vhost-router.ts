@@ -414,7 +414,6 @@ export class HttpVhostRouter {
       },
       onEnd: (trailers) => {
         current = undefined;
-        body.flush();
         if (trailers.length > 0) this.passTrailers(res, trailers, target, remoteAddr);
         res.end();
       },
