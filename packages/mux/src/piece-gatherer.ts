@@ -7,6 +7,12 @@ import { Readable } from 'node:stream';
  * frames held for a paused session cost 100 MiB per million.
  */
 export const GATHER_SIZE = 16 * 1024;
+/**
+ * Only pieces under this size are gathered: above it a chunk's bookkeeping is at most a tenth of its bytes.
+ * The pieces of a bulk transfer (TLS hands them over in 16 KiB records) are pushed as they are, not copied:
+ * their bookkeeping is under 1%, and a copy of each would only add to the bulk path's work.
+ */
+const GATHER_BELOW = 1024;
 
 /** Readable's own readableLength: the bytes pushed and not yet read. */
 const pushedLength = Object.getOwnPropertyDescriptor(Readable.prototype, 'readableLength')!.get!;
@@ -30,9 +36,9 @@ export class PieceGatherer {
     return this.filled;
   }
 
-  /** Whether `piece` should wait here rather than be pushed: data already waits unread, and it is small. */
+  /** Whether `piece` should wait here rather than be pushed: it is small, and data already waits unread. */
   wants(piece: Buffer): boolean {
-    return piece.length < GATHER_SIZE && this.readable.readableLength > 0;
+    return piece.length < GATHER_BELOW && this.readable.readableLength > 0;
   }
 
   /**
