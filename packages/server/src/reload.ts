@@ -3,7 +3,7 @@ import { formatHostPort } from '@porthole/protocol';
 import type { UpgradeAuthenticator } from './auth.js';
 import { loadServerConfig, type ServerConfig } from './config.js';
 import type { ServerContext } from './server-context.js';
-import { certificateNames, type TlsCertStore } from './tls-cert-store.js';
+import type { TlsCertStore } from './tls-cert-store.js';
 
 export interface ServerReloadSummary {
   /** Clients disconnected because their token is now revoked. */
@@ -53,7 +53,7 @@ type HttpsConfig = NonNullable<ServerConfig['routing']>['https'];
 
 /** Each certificate's names, in order: the routes and refusals of the TLS port were decided by them. */
 function namesOf(store: TlsCertStore | undefined): string {
-  return JSON.stringify(store?.pairs.map((pair) => certificateNames(pair.cert)) ?? []);
+  return JSON.stringify(store?.namesByPair ?? []);
 }
 
 /**

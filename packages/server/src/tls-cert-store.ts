@@ -70,6 +70,11 @@ export class TlsCertStore {
     return this.all.map((loaded) => loaded.pair);
   }
 
+  /** The names each pair's certificate covers, in the order given (read once, when the pairs were loaded). */
+  get namesByPair(): readonly (readonly string[])[] {
+    return this.all.map((loaded) => loaded.names);
+  }
+
   /** Every name covered, for logs. */
   get names(): string[] {
     return [...this.exact.keys(), ...[...this.wildcard.keys()].map((n) => `*.${n}`)];
