@@ -146,7 +146,7 @@ export class HostRoutes<T> {
     }
   }
 
-  /** Removes the offline entries of `host` that `match`. */
+  /** Removes the offline entries of `host` that `match` (every entry `match` takes must be offline). */
   private forgetWhere(host: string, match: (entry: RouteEntry<T>) => boolean): void {
     const list = this.byHost.get(host);
     if (!list) return;
@@ -270,11 +270,6 @@ export class HostRoutes<T> {
   /** Removes these offline entries. */
   private drop(offline: ReadonlySet<RouteEntry<T>>): void {
     if (offline.size === 0) return;
-    for (const [host, list] of this.byHost) {
-      const kept = list.filter((e) => !offline.has(e));
-      if (kept.length === 0) this.byHost.delete(host);
-      else if (kept.length !== list.length) this.byHost.set(host, kept);
-    }
-    this.offlineCount -= offline.size;
+    for (const host of this.byHost.keys()) this.forgetWhere(host, (e) => offline.has(e));
   }
 }
