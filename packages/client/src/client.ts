@@ -4,7 +4,7 @@ import {
   ConnectionTracker,
   type ControlMessage,
   FirstSightings,
-  formatHostPort,
+  formatLocalAddress,
   type Logger,
   MessageReader,
   nextClose,
@@ -473,7 +473,7 @@ export class PortholeClient {
         this.logger.debug({ proxy: result.proxy, ok: result.ok }, 'result for a proxy no longer configured');
         continue;
       }
-      const local = formatHostPort(proxy.local.host, proxy.local.port);
+      const local = formatLocalAddress(proxy.local);
       const state: ProxyState = result.ok
         ? {
             state: 'registered',

@@ -5,10 +5,11 @@ import {
   elementLabel,
   expandConfigPath,
   expected,
-  formatHostPort,
+  formatLocalAddress,
   type HostPort,
   hostPortField,
   isLoopback,
+  isUnixSocketAddress,
   type LogLevel,
   loadTomlConfig,
   logLevelField,
@@ -16,10 +17,11 @@ import {
   readConfigFile,
   readSecretFile,
   secretFileExposure,
+  UNIX_SOCKET_PATH_MAX_BYTES,
   validateConfig,
 } from '@porthole/protocol';
 import { z } from 'zod';
-import { type ProxyConfig, portKey, proxySchema, toProxyConfig } from './proxy-config.js';
+import { type ProxyConfig, portKey, proxySchema, type RawProxy, toProxyConfig } from './proxy-config.js';
 
 export type { ProxyConfig } from './proxy-config.js';
 
@@ -146,6 +148,32 @@ function resolvePath(at: KeyOrigin, path: string): string {
   return expandConfigPath(at.source === COMMAND_LINE ? `${process.cwd()}/.` : at.source, at.key, path);
 }
 
+/**
+ * A proxy's `local = "unix:PATH"`: resolved as the other paths are (so `${RUNTIME_DIRECTORY}/app.sock` or a
+ * socket next to the config file work), then checked against the size of a socket address.
+ */
+function resolveSocketPath(at: KeyOrigin, path: string): string {
+  const resolved = resolvePath(at, path);
+  const bytes = Buffer.byteLength(resolved);
+  if (bytes > UNIX_SOCKET_PATH_MAX_BYTES)
+    throw ConfigError.at(
+      at.source,
+      at.key,
+      `the socket path ${resolved} is ${bytes} bytes, and a Unix socket's path holds at most ${UNIX_SOCKET_PATH_MAX_BYTES} (name a symlink to its directory instead)`,
+    );
+  return resolved;
+}
+
+/** A validated [[proxies]] table of `source`, its socket path (if any) resolved next to the file. */
+function fileProxy(source: string, raw: RawProxy, index: number): ProxyConfig {
+  const proxy = toProxyConfig(raw);
+  if (isUnixSocketAddress(proxy.local)) {
+    const at = { source, key: `proxies${elementLabel(index, raw)}.local` };
+    proxy.local = { path: resolveSocketPath(at, proxy.local.path) };
+  }
+  return proxy;
+}
+
 /** The flag that sets each key a flag can set. */
 const FLAG_OF_KEY = {
   server: '--server',
@@ -184,7 +212,7 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
     proxyRetryInterval: raw.proxy_retry_interval,
     exitOnAuthFailure: raw.exit_on_auth_failure,
     logLevel: raw.log_level,
-    proxies: raw.proxies.map(toProxyConfig),
+    proxies: raw.proxies.map((proxy, i) => fileProxy(source, proxy, i)),
     warnings: exposed ? [`${tokenFile === undefined ? 'token' : 'token_file'}: ${exposed}`] : [],
   };
   if (raw.admin) config.admin = { listen: raw.admin.listen };
@@ -231,10 +259,17 @@ function withRuleProxies(
     } catch (err) {
       throw ConfigError.at(COMMAND_LINE, `--${type}`, (err as Error).message);
     }
+    let local = parsed.local;
+    if (isUnixSocketAddress(local)) {
+      if (type === 'udp')
+        throw ConfigError.at(COMMAND_LINE, '--udp', `"${rule}": a udp proxy cannot reach a Unix socket`);
+      // Relative to the working directory, as the other flags' paths are.
+      local = { path: resolveSocketPath({ source: COMMAND_LINE, key: `--${type}` }, local.path) };
+    }
     const proxy = {
       name: `${parsed.type}-${parsed.remotePort}`,
       type: parsed.type,
-      local: formatHostPort(parsed.local.host, parsed.local.port),
+      local: formatLocalAddress(local),
       remote_port: parsed.remotePort,
     };
     // The same port space, as portKey has it (the file's tables are not validated yet).

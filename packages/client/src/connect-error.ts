@@ -1,4 +1,6 @@
-// A failed connect in words that name the peer, for the dial's `connect failed` line and `status`.
+// A failed connect in words that name the peer: the dial's `connect failed` line and `status`, and a local
+// service's `local connect failed` line.
+import { isUnixSocketAddress, type LocalAddress } from '@porthole/protocol';
 
 /**
  * Node's own message, "connect ECONNREFUSED 127.0.0.1:7000", which names the address. A name with several
@@ -11,4 +13,29 @@ export function describeConnectError(err: NodeJS.ErrnoException): string {
   if (err instanceof AggregateError && err.errors.length > 0)
     return err.errors.map((inner: NodeJS.ErrnoException) => describeConnectError(inner)).join('; ');
   return (err.message || err.code || String(err)).trim();
+}
+
+/**
+ * Why a connect to a proxy's local service failed, for its `local connect failed` line. A TCP service's code
+ * says enough (the line's `local` names the address); a Unix socket's failures each have a usual cause a
+ * user switching from `ssh -R` would not guess (a stale socket file, its permissions, a systemd unit's
+ * PrivateTmp), so they are named along with the path.
+ */
+export function describeLocalConnectError(local: LocalAddress, err: NodeJS.ErrnoException): string {
+  if (!err.code) return err.message;
+  if (!isUnixSocketAddress(local)) return err.code;
+  const path = local.path;
+  switch (err.code) {
+    case 'ENOENT':
+      return `ENOENT: no socket at ${path} (is the service running? a socket under /tmp is invisible to a unit with PrivateTmp=yes)`;
+    case 'ECONNREFUSED':
+      return `ECONNREFUSED: nothing accepts connections on ${path} (a socket file left by a service that stopped, or not a socket)`;
+    case 'EACCES':
+    case 'EPERM':
+      return `${err.code}: this user may not connect to ${path} (it needs write permission on the socket and search permission on its directories)`;
+    case 'ENOTDIR':
+      return `ENOTDIR: a part of ${path} is not a directory`;
+    default:
+      return `${err.code}: ${path}`;
+  }
 }

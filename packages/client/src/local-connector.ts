@@ -4,8 +4,9 @@ import {
   CloseHooks,
   type ConnectionTracker,
   encodeProxyHeader,
-  formatHostPort,
+  formatLocalAddress,
   formatPeerAddress,
+  isUnixSocketAddress,
   type Logger,
   type ProxyEndpoints,
   parseHostPort,
@@ -13,6 +14,7 @@ import {
   type StreamHeader,
 } from '@porthole/protocol';
 import type { ProxyConfig } from './config.js';
+import { describeLocalConnectError } from './connect-error.js';
 import type { LocalFailureLog } from './local-failure-log.js';
 import { LocalSocket } from './local-socket.js';
 import { type OpenUdpFlows, serveUdpFlow } from './udp-forwarder.js';
@@ -97,7 +99,9 @@ function connectLocal(local: ProxyConfig['local'], stream: Stream): Promise<Sock
       reject(new StreamGone());
       return;
     }
-    const socket = new LocalSocket({ allowHalfOpen: true }).connect({ host: local.host, port: local.port });
+    const socket = new LocalSocket({ allowHalfOpen: true }).connect(
+      isUnixSocketAddress(local) ? { path: local.path } : { host: local.host, port: local.port },
+    );
     const settle = () => {
       clearTimeout(timer);
       stream.off('close', gone);
@@ -111,7 +115,7 @@ function connectLocal(local: ProxyConfig['local'], stream: Stream): Promise<Sock
     const timer = setTimeout(() => {
       settle();
       socket.destroy();
-      reject(new Error(`connect to ${formatHostPort(local.host, local.port)} timed out`));
+      reject(new Error(`connect to ${formatLocalAddress(local)} timed out`));
     }, LOCAL_CONNECT_TIMEOUT_MS);
     stream.once('close', gone);
     const forgetSession = sessionClose.add(stream.session, gone);
@@ -123,7 +127,7 @@ function connectLocal(local: ProxyConfig['local'], stream: Stream): Promise<Sock
     });
     socket.once('error', (err: NodeJS.ErrnoException) => {
       settle();
-      reject(new Error(err.code ? `${err.code}` : err.message));
+      reject(new Error(describeLocalConnectError(local, err)));
     });
   });
 }
@@ -161,7 +165,7 @@ export async function serveStream(
     stream.destroy();
     return;
   }
-  const local = formatHostPort(proxy.local.host, proxy.local.port);
+  const local = formatLocalAddress(proxy.local);
   if (proxy.type === 'udp') {
     stream.off('error', swallow);
     await serveUdpFlow(stream, header, proxy, logger, failures, udpFlows);

@@ -4,13 +4,14 @@ import {
   durationField,
   expected,
   formatDuration,
-  type HostPort,
   HTTP_TOKEN,
-  hostPortField,
+  isUnixSocketAddress,
+  type LocalAddress,
   PROXY_TYPES,
   type ProxySpec,
   type ProxyType,
   parseHostPattern,
+  parseLocalAddress,
   parseSubdomain,
   positiveIntField,
   proxyNameSchema,
@@ -40,6 +41,18 @@ const RESERVED_HEADERS = new Set([
   'x-forwarded-proto',
   'x-forwarded-host',
 ]);
+
+/** "host:port" or "unix:PATH" (a relative PATH is resolved later, where the config file is known). */
+const localField = z
+  .string({ error: expected('"host:port" or "unix:/path/to.sock"') })
+  .transform((text, ctx): LocalAddress => {
+    try {
+      return parseLocalAddress(text);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      return z.NEVER;
+    }
+  });
 
 const portField = z
   .number({ error: expected('a port number') })
@@ -74,7 +87,7 @@ export const proxySchema = z
     type: z.enum(PROXY_TYPES as [ProxyType, ...ProxyType[]], {
       error: expected(`one of ${PROXY_TYPES.join(', ')}`),
     }),
-    local: hostPortField(),
+    local: localField,
     remote_port: portField.optional(),
     hosts: z
       .array(hostField, { error: expected('a list of hostnames') })
@@ -136,6 +149,13 @@ export const proxySchema = z
         });
       }
     }
+    if (proxy.type === 'udp' && isUnixSocketAddress(proxy.local)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['local'],
+        message: 'a udp proxy cannot reach a Unix socket: give its service as "host:port"',
+      });
+    }
     if ((proxy.type === 'tcp' || proxy.type === 'udp') && proxy.remote_port === undefined) {
       ctx.addIssue({ code: 'custom', path: ['remote_port'], message: 'required' });
     }
@@ -178,7 +198,8 @@ export type RawProxy = z.output<typeof proxySchema>;
 export interface ProxyConfig {
   name: string;
   type: ProxyType;
-  local: HostPort;
+  /** A Unix socket's path is absolute here (tcp, http and tls proxies only). */
+  local: LocalAddress;
   /** tcp, udp: the public port on the server. */
   remotePort?: number;
   /** http, tls: hostnames (exact or "*.suffix") and/or a subdomain of the server's subdomain_host. */

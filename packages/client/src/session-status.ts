@@ -1,6 +1,6 @@
 import {
   type ConnectionTracker,
-  formatHostPort,
+  formatLocalAddress,
   type ProcessResources,
   processResources,
 } from '@porthole/protocol';
@@ -133,7 +133,7 @@ export class SessionStatus {
         return {
           name: proxy.name,
           type: proxy.type,
-          local: formatHostPort(proxy.local.host, proxy.local.port),
+          local: formatLocalAddress(proxy.local),
           remote_port: proxy.remotePort,
           state: state.state,
           ...('remoteAddr' in state && state.remoteAddr ? { remote_addr: state.remoteAddr } : {}),

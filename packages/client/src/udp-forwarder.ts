@@ -12,6 +12,7 @@ import {
   DatagramWriter,
   formatHostPort,
   formatPeerAddress,
+  isUnixSocketAddress,
   type Logger,
   proxyDatagramBudget,
   type StreamHeader,
@@ -107,8 +108,11 @@ export function serveUdpFlow(
   failures: LocalFailureLog,
   openFlows: OpenUdpFlows,
 ): Promise<UdpFlowCounts> {
-  const family = isIPv6(proxy.local.host) ? 'udp6' : 'udp4';
-  const local = formatHostPort(proxy.local.host, proxy.local.port);
+  const target = proxy.local;
+  // Refused by the config's checks: a udp proxy's local is host:port.
+  if (isUnixSocketAddress(target)) throw new Error(`udp proxy ${proxy.name} has a Unix socket as its local`);
+  const family = isIPv6(target.host) ? 'udp6' : 'udp4';
+  const local = formatHostPort(target.host, target.port);
   const remoteAddr = formatPeerAddress(header.remote_addr, header.remote_port);
   const idleMs = header.udp_idle_timeout_ms ?? proxy.udpIdleTimeout ?? DEFAULT_UDP_IDLE_TIMEOUT_MS;
   const socket: UdpSocket = createSocket(family);
@@ -216,7 +220,7 @@ export function serveUdpFlow(
     });
     // With a callback, a failed connect (the name does not resolve, the address is refused) comes here,
     // not as 'error'.
-    socket.connect(proxy.local.port, proxy.local.host, (err?: NodeJS.ErrnoException) => {
+    socket.connect(target.port, target.host, (err?: NodeJS.ErrnoException) => {
       if (err) {
         connectFailed(err);
         return;

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
-import { chmodSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { scratchDir } from '@porthole/mux/test/scratch-dir';
-import { ConfigError } from '@porthole/protocol';
+import { ConfigError, formatLocalAddress } from '@porthole/protocol';
 import { type ClientFlags, loadClientConfig } from '../src/config.js';
 import { proxySpecFields } from '../src/proxy-config.js';
 
@@ -56,10 +56,10 @@ test('quick flags alone make a config; both rule forms work; flags override the 
   });
   assert.equal(config.source, 'command line');
   assert.deepEqual(
-    config.proxies.map((p) => [p.name, p.remotePort, p.local.host, p.local.port]),
+    config.proxies.map((p) => [p.name, p.remotePort, formatLocalAddress(p.local)]),
     [
-      ['tcp-2222', 2222, '127.0.0.1', 22],
-      ['tcp-2223', 2223, '::1', 80],
+      ['tcp-2222', 2222, '127.0.0.1:22'],
+      ['tcp-2223', 2223, '[::1]:80'],
     ],
   );
   const merged = loadClientConfig(write(HEAD), { token: 'x.y.z', tcp: ['9000:localhost:9000'] });
@@ -103,7 +103,7 @@ test('every mistake is reported as source: key: reason', () => {
     'reconnect_max: must not be shorter than reconnect_initial',
   ]);
   assert.deepEqual(problems(undefined, { server: 'ws://x', token: 't', tcp: ['22'] }), [
-    'command line: --tcp: invalid rule "22" (expected [tcp:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT)',
+    'command line: --tcp: invalid rule "22" (expected [tcp:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT or [tcp:]REMOTE_PORT:unix:PATH)',
   ]);
   assert.match(
     problems(`server = "ws://x"\ntoken_file = "nope"\n`)[0]!,
@@ -224,4 +224,53 @@ test('intervals that would spin or switch themselves off, and waits no timer can
   assert.deepEqual(problems(`${HEAD}reconnect_max = "30d"\n`), [
     'reconnect_max: 30d is longer than a timer can wait (at most 24d)',
   ]);
+});
+
+test('local = "unix:PATH": resolved next to the file (flags: the working directory), refused for udp and past 107 bytes', () => {
+  const sub = join(dir, 'sub');
+  mkdirSync(sub, { recursive: true });
+  const file = join(sub, 'client.toml');
+  writeFileSync(
+    file,
+    `server = "wss://vps.example.com/_porthole"\ntoken = "a.b.c"\n` +
+      `[[proxies]]\nname = "fpm"\ntype = "tcp"\nlocal = "unix:run/fpm.sock"\nremote_port = 9000\n` +
+      `[[proxies]]\nname = "web"\ntype = "http"\nlocal = "unix:\${SOCKET_DIR}/web.sock"\nsubdomain = "web"\n` +
+      `[[proxies]]\nname = "docker"\ntype = "tls"\nlocal = "unix:/run/docker.sock"\nhosts = ["docker.example.com"]\nproxy_protocol = "v2"\n`,
+  );
+  process.env.SOCKET_DIR = '/run/web';
+  try {
+    const config = loadClientConfig(file, { tcp: ['8080:unix:app.sock'] });
+    assert.deepEqual(
+      config.proxies.map((p) => [p.name, formatLocalAddress(p.local)]),
+      [
+        ['fpm', `unix:${join(sub, 'run/fpm.sock')}`],
+        ['web', 'unix:/run/web/web.sock'],
+        ['docker', 'unix:/run/docker.sock'],
+        ['tcp-8080', `unix:${join(process.cwd(), 'app.sock')}`],
+      ],
+    );
+  } finally {
+    delete process.env.SOCKET_DIR;
+  }
+  assert.deepEqual(
+    problems(
+      `${HEAD}[[proxies]]\nname = "dns"\ntype = "udp"\nlocal = "unix:/run/dns.sock"\nremote_port = 53\n`,
+    ),
+    ['proxies[0] ("dns").local: a udp proxy cannot reach a Unix socket: give its service as "host:port"'],
+  );
+  assert.deepEqual(
+    problems(`${HEAD}[[proxies]]\nname = "a"\ntype = "tcp"\nlocal = "/run/a.sock"\nremote_port = 80\n`),
+    ['proxies[0] ("a").local: "/run/a.sock" looks like a path: a Unix socket is written "unix:/run/a.sock"'],
+  );
+  const long = `/run/${'d'.repeat(100)}/a.sock`;
+  assert.deepEqual(
+    problems(`${HEAD}[[proxies]]\nname = "a"\ntype = "tcp"\nlocal = "unix:${long}"\nremote_port = 80\n`),
+    [
+      `proxies[0] ("a").local: the socket path ${long} is 112 bytes, and a Unix socket's path holds at most 107 (name a symlink to its directory instead)`,
+    ],
+  );
+  assert.deepEqual(
+    problems(undefined, { token: 'a.b.c', server: 'ws://127.0.0.1:1/x', udp: ['53:unix:/run/dns.sock'] }),
+    ['command line: --udp: "53:unix:/run/dns.sock": a udp proxy cannot reach a Unix socket'],
+  );
 });

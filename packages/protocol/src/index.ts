@@ -11,6 +11,7 @@ export * from './host-port.js';
 export * from './http-field-syntax.js';
 export * from './idle-waiters.js';
 export * from './limit-warning.js';
+export * from './local-address.js';
 export * from './logger.js';
 export * from './message-codec.js';
 export * from './pipe-bidirectional.js';

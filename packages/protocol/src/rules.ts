@@ -1,4 +1,5 @@
-import { type HostPort, parseHostPort, parsePort } from './host-port.js';
+import { parsePort } from './host-port.js';
+import { type LocalAddress, parseLocalAddress } from './local-address.js';
 
 /** tcp and udp proxies own a public port; http and tls proxies are reached by hostname on shared ports. */
 export type ProxyType = 'tcp' | 'udp' | 'http' | 'tls';
@@ -14,12 +15,13 @@ export function isPortProxyType(type: string): type is PortProxyType {
 export interface ProxyRule {
   type: PortProxyType;
   remotePort: number;
-  local: HostPort;
+  local: LocalAddress;
 }
 
 /**
  * Parses a quick-flag rule: "2222:127.0.0.1:22", "tcp:2222:127.0.0.1:22", "udp:5353:127.0.0.1:53",
- * "2222:[::1]:22". The remote port comes first (the port opened on the server), then the local address.
+ * "2222:[::1]:22", "8080:unix:/run/app.sock". The remote port comes first (the port opened on the server), then
+ * the local address.
  */
 export function parseRule(text: string, defaultType: PortProxyType = 'tcp'): ProxyRule {
   let rest = text.trim();
@@ -35,8 +37,10 @@ export function parseRule(text: string, defaultType: PortProxyType = 'tcp'): Pro
     rest = rest.slice(typed[0].length);
   }
   const colon = rest.indexOf(':');
-  if (colon < 0)
-    throw new Error(`invalid rule "${text}" (expected [${type}:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT)`);
+  if (colon < 0) {
+    const socket = type === 'tcp' ? ' or [tcp:]REMOTE_PORT:unix:PATH' : '';
+    throw new Error(`invalid rule "${text}" (expected [${type}:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT${socket})`);
+  }
   // An address before the port, as ssh -R's [bind_address:]port takes ("[::]:2222:...", "0.0.0.0:2222:..."),
   // would otherwise read as 'invalid port "["': the server picks that address itself.
   const remote = rest.startsWith('[') ? rest.slice(0, rest.indexOf(']') + 1) || rest : rest.slice(0, colon);
@@ -45,7 +49,11 @@ export function parseRule(text: string, defaultType: PortProxyType = 'tcp'): Pro
       `invalid rule "${text}": "${remote}" is not a port; a rule starts with the remote port alone (the server binds it on its proxy_bind address), e.g. ${type}:2222:[::1]:22`,
     );
   try {
-    return { type, remotePort: parsePort(rest.slice(0, colon)), local: parseHostPort(rest.slice(colon + 1)) };
+    return {
+      type,
+      remotePort: parsePort(rest.slice(0, colon)),
+      local: parseLocalAddress(rest.slice(colon + 1)),
+    };
   } catch (err) {
     throw new Error(`invalid rule "${text}": ${(err as Error).message}`);
   }

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { formatDuration, parseDuration } from '../src/duration.js';
 import { formatHostPort, formatPeerAddress, parseHostPort } from '../src/host-port.js';
+import { formatLocalAddress, parseLocalAddress } from '../src/local-address.js';
 import { PortRanges } from '../src/port-ranges.js';
 import { parseRule } from '../src/rules.js';
 
@@ -116,4 +117,27 @@ test('a rule with an address before its remote port says the remote side is a po
       rule,
     );
   }
+});
+
+test('a local address is host:port or unix:PATH, and a bare path is told how to write it', () => {
+  assert.deepEqual(parseLocalAddress('127.0.0.1:22'), { host: '127.0.0.1', port: 22 });
+  assert.deepEqual(parseLocalAddress('unix:/run/app.sock'), { path: '/run/app.sock' });
+  assert.deepEqual(parseLocalAddress('unix:app.sock'), { path: 'app.sock' });
+  for (const text of ['127.0.0.1:22', '[::1]:22', 'unix:/run/app.sock'])
+    assert.equal(formatLocalAddress(parseLocalAddress(text)), text);
+  assert.throws(() => parseLocalAddress('unix:'), /"unix:" names no socket/);
+  assert.throws(
+    () => parseLocalAddress('/run/app.sock'),
+    /looks like a path: a Unix socket is written "unix:\/run\/app.sock"/,
+  );
+  assert.throws(() => parseLocalAddress('./app.sock'), /looks like a path/);
+  assert.deepEqual(parseRule('8080:unix:/run/app.sock'), {
+    type: 'tcp',
+    remotePort: 8080,
+    local: { path: '/run/app.sock' },
+  });
+  assert.throws(
+    () => parseRule('8080:/run/app.sock'),
+    /invalid rule "8080:\/run\/app.sock": "\/run\/app.sock" looks like a path/,
+  );
 });
