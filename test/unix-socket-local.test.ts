@@ -1,0 +1,393 @@
+// A Unix socket as a proxy's local service (`local = "unix:PATH"`), as `ssh -R 8080:/run/app.sock` and frp's
+// unix_domain_socket plugin allow: a tcp proxy to socat on a socket (bytes both ways, half-close), an http
+// proxy to a Node server on a socket (curl through the vhost, a reload moving it from a port to the socket),
+// PROXY headers to HAProxy bound on sockets, a missing or stale socket, and what the config refuses.
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { connect, createServer } from 'node:net';
+import { test } from 'node:test';
+import { curl } from './lib/curl.js';
+import {
+  clientBin,
+  freePort,
+  freePorts,
+  type Harness,
+  run,
+  sleep,
+  waitFor,
+  withHarness,
+} from './lib/processes.js';
+import {
+  issueRoutedToken,
+  rewriteRoutedClientProxies,
+  startRoutedClient,
+  startRoutedServer,
+} from './lib/routing.js';
+
+/** What a visitor got back after sending `payload` and its FIN: the bytes, and whether the answer ended cleanly. */
+interface Exchange {
+  data: Buffer;
+  ended: boolean;
+  error?: string;
+}
+
+/** Connects to the public port, sends `payload`, half-closes, and reads until the other side closes. */
+function exchange(port: number, payload: Buffer, opts: { localAddress?: string } = {}): Promise<Exchange> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port, ...opts });
+    const chunks: Buffer[] = [];
+    let ended = false;
+    let error: string | undefined;
+    const timer = setTimeout(() => socket.destroy(new Error('no close within 15 s')), 15_000);
+    socket.on('connect', () => socket.end(payload));
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.on('end', () => {
+      ended = true;
+    });
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      error = err.code ?? err.message;
+    });
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve({ data: Buffer.concat(chunks), ended, ...(error === undefined ? {} : { error }) });
+    });
+  });
+}
+
+/** Waits (10 s at most) until something accepts connections on the socket at `path`. */
+async function socketAccepting(path: string, what: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect({ path }, () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.on('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`${what} did not listen on ${path}`);
+    await sleep(50);
+  }
+}
+
+/** A Node HTTP server that says which listener served it, on `where` (a socket path or a TCP port). */
+async function startTaggedHttp(h: Harness, tag: string, where: string | number): Promise<HttpServer> {
+  const server = createHttpServer((req, res) => {
+    res.end(`${tag} ${req.method} ${req.url} xff=${req.headers['x-forwarded-for']}\n`);
+  });
+  await new Promise<void>((resolve) =>
+    typeof where === 'number' ? server.listen(where, '127.0.0.1', resolve) : server.listen(where, resolve),
+  );
+  h.onCleanup(() => {
+    server.closeAllConnections();
+    server.close();
+  });
+  return server;
+}
+
+test(
+  'a tcp proxy to socat on a Unix socket carries bytes both ways with half-close; status shows the socket',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const socketPath = h.path('sha.sock');
+      // sha256sum answers only once it has read to EOF: the visitor's FIN must reach the service as one.
+      h.spawn('socat', 'socat', [`UNIX-LISTEN:${socketPath},fork`, 'SYSTEM:sha256sum']);
+      await socketAccepting(socketPath, 'socat');
+      const [remotePort, adminPort] = (await freePorts(2)) as [number, number];
+      const server = await startRoutedServer(h, { http: false });
+      const token = await issueRoutedToken(server, { name: 'unix', ports: String(remotePort) });
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        adminListen: `127.0.0.1:${adminPort}`,
+        // Relative: resolved next to the config file, which the harness writes in its own directory.
+        proxies: [{ name: 'sha', type: 'tcp', local: 'unix:sha.sock', remote_port: remotePort }],
+      });
+      assert.equal(client.registered.get('sha')?.local, `unix:${socketPath}`);
+
+      const payload = randomBytes(1024 * 1024 + 7);
+      const expected = `${createHash('sha256').update(payload).digest('hex')}  -\n`;
+      for (let i = 0; i < 3; i++) {
+        const got = await exchange(remotePort, payload);
+        assert.equal(got.error, undefined);
+        assert.equal(got.data.toString(), expected, `exchange ${i}`);
+        assert.ok(got.ended, 'the service closed its side with a FIN');
+      }
+      t.diagnostic(`3 x ${payload.length} bytes in, sha256 out through unix:${socketPath}`);
+
+      // The other way round: the service ends its side first, and the visitor's bytes still reach it.
+      const bannerPath = h.path('banner.sock');
+      let heard = -1;
+      const banner = createServer({ allowHalfOpen: true }, (socket) => {
+        let bytes = 0;
+        socket.on('data', (chunk: Buffer) => {
+          bytes += chunk.length;
+        });
+        socket.on('end', () => {
+          heard = bytes;
+          socket.destroy();
+        });
+        socket.end('banner\n');
+      });
+      await new Promise<void>((resolve) => banner.listen(bannerPath, resolve));
+      h.onCleanup(() => banner.close());
+      const bannerPort = await freePort();
+      const bannerToken = await issueRoutedToken(server, { name: 'banner', ports: String(bannerPort) });
+      await startRoutedClient(h, {
+        server: server.url,
+        token: bannerToken,
+        name: 'banner-client',
+        proxies: [{ name: 'banner', type: 'tcp', local: `unix:${bannerPath}`, remote_port: bannerPort }],
+      });
+      const upload = randomBytes(256 * 1024);
+      const afterFin = await new Promise<{ got: string; error?: string }>((resolve) => {
+        const socket = connect({ host: '127.0.0.1', port: bannerPort });
+        let got = '';
+        const timer = setTimeout(() => socket.destroy(new Error('no close within 15 s')), 15_000);
+        socket.on('data', (chunk: Buffer) => {
+          got += chunk.toString();
+        });
+        // Only once the service's FIN is here does the visitor send: the tunnel is half-closed by then.
+        socket.on('end', () => socket.end(upload));
+        socket.on('error', (err) => resolve({ got, error: err.message }));
+        socket.on('close', () => {
+          clearTimeout(timer);
+          resolve({ got });
+        });
+      });
+      assert.deepEqual(afterFin, { got: 'banner\n' });
+      await waitFor('the service to read the upload to its end', () => heard !== -1, 10_000);
+      assert.equal(heard, upload.length);
+
+      const status = await run(clientBin, ['status', '--config', client.configPath], { timeoutMs: 15_000 });
+      assert.equal(status.code, 0, status.stderr);
+      assert.match(status.stdout, new RegExp(`unix:${socketPath.replace(/[.]/g, '\\.')}`));
+      const json = await run(clientBin, ['status', '--admin', `127.0.0.1:${adminPort}`, '--json'], {
+        timeoutMs: 15_000,
+      });
+      const proxies = (JSON.parse(json.stdout) as { proxies: { name: string; local: string }[] }).proxies;
+      assert.deepEqual(
+        proxies.map((p) => [p.name, p.local]),
+        [['sha', `unix:${socketPath}`]],
+      );
+    }),
+);
+
+test(
+  'an http proxy reaches a Node server on a Unix socket through the vhost, also after a reload moves it there from a port',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const socketPath = h.path('web.sock');
+      const tcpPort = await freePort();
+      await startTaggedHttp(h, 'tcp', tcpPort);
+      const onSocket = await startTaggedHttp(h, 'socket', socketPath);
+      let connections = 0;
+      onSocket.on('connection', () => connections++);
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, { name: 'unix', hosts: ['app.test'] });
+      const proxy = { name: 'app', type: 'http' as const, hosts: ['app.test'] };
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [{ ...proxy, local: `127.0.0.1:${tcpPort}` }],
+      });
+      const url = `http://127.0.0.1:${server.httpPort}`;
+      const before = await curl(['-H', 'Host: app.test'], `${url}/before`);
+      assert.equal(before.body, 'tcp GET /before xff=127.0.0.1\n');
+
+      const mark = client.proc.mark();
+      await rewriteRoutedClientProxies(client.configPath, [{ ...proxy, local: `unix:${socketPath}` }]);
+      client.proc.kill('SIGHUP');
+      await client.proc.waitForMsg('config reloaded', 10_000, { from: mark });
+      const registered = await client.proc.waitForMsg('proxy registered', 10_000, {
+        from: mark,
+        fields: { proxy: 'app' },
+      });
+      assert.equal(registered.local, `unix:${socketPath}`);
+
+      // Two requests on one curl connection: the server's pooled tunnel stream to the socket serves both.
+      const r = await run(
+        'curl',
+        ['-sS', '--max-time', '10', '-H', 'Host: app.test', `${url}/one`, `${url}/two`],
+        { timeoutMs: 15_000 },
+      );
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout, 'socket GET /one xff=127.0.0.1\nsocket GET /two xff=127.0.0.1\n');
+      t.diagnostic(`socket server saw ${connections} connection(s) for 2 requests`);
+      assert.ok(connections >= 1 && connections <= 2);
+      const post = await curl(['-H', 'Host: app.test', '--data-binary', 'x'.repeat(100_000)], `${url}/post`);
+      assert.equal(post.status, 200);
+      assert.equal(post.body, 'socket POST /post xff=127.0.0.1\n');
+    }),
+);
+
+test(
+  "PROXY v1 and v2 headers reach HAProxy bound on Unix sockets with the visitor's address",
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const v1Socket = h.path('v1.sock');
+      const v2Socket = h.path('v2.sock');
+      const report = 'src=%[src] sport=%[src_port] dst=%[dst] dport=%[dst_port]';
+      const config = [
+        'defaults',
+        '  mode http',
+        '  timeout connect 5s',
+        '  timeout client 10s',
+        '  timeout server 10s',
+        'frontend v1',
+        `  bind unix@${v1Socket} accept-proxy`,
+        `  http-request return status 200 content-type text/plain lf-string "v1 ${report}\\n"`,
+        'frontend v2',
+        `  bind unix@${v2Socket} accept-proxy`,
+        `  http-request return status 200 content-type text/plain lf-string "v2 ${report}\\n"`,
+        '',
+      ].join('\n');
+      h.spawn('haproxy', 'haproxy', ['-db', '-f', await h.file('haproxy.cfg', config)]);
+      await socketAccepting(v1Socket, 'haproxy');
+      await socketAccepting(v2Socket, 'haproxy');
+      const [remoteV1, remoteV2] = (await freePorts(2)) as [number, number];
+      const server = await startRoutedServer(h, { http: false });
+      const token = await issueRoutedToken(server, { name: 'pp', ports: `${remoteV1},${remoteV2}` });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          { name: 'v1', type: 'tcp', local: `unix:${v1Socket}`, remote_port: remoteV1, proxy_protocol: 'v1' },
+          { name: 'v2', type: 'tcp', local: `unix:${v2Socket}`, remote_port: remoteV2, proxy_protocol: 'v2' },
+        ],
+      });
+      for (const [name, port] of [
+        ['v1', remoteV1],
+        ['v2', remoteV2],
+      ] as const) {
+        const r = await run(
+          'curl',
+          [
+            '-sS',
+            '--max-time',
+            '10',
+            '--interface',
+            '127.0.0.2',
+            '-w',
+            '|%{local_port}',
+            `http://127.0.0.1:${port}/`,
+          ],
+          { timeoutMs: 15_000 },
+        );
+        assert.equal(r.code, 0, `${name}: ${r.stderr}`);
+        const [body = '', localPort = ''] = r.stdout.split('|');
+        t.diagnostic(`${name}: haproxy says "${body.trim()}"`);
+        assert.equal(body.trim(), `${name} src=127.0.0.2 sport=${localPort} dst=127.0.0.1 dport=${port}`);
+      }
+    }),
+);
+
+test(
+  'a missing or stale socket: the visitor is reset (tcp) or answered 502 (http), and the log names the path and why',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const missing = h.path('missing.sock');
+      // A file where a socket should be, as a service that stopped leaves its socket: connect is refused.
+      const stale = h.path('stale.sock');
+      writeFileSync(stale, '');
+      const [remoteMissing, remoteStale] = (await freePorts(2)) as [number, number];
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, {
+        name: 'gone',
+        ports: `${remoteMissing},${remoteStale}`,
+        hosts: ['gone.test'],
+      });
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          { name: 'missing', type: 'tcp', local: `unix:${missing}`, remote_port: remoteMissing },
+          { name: 'stale', type: 'tcp', local: `unix:${stale}`, remote_port: remoteStale },
+          { name: 'web', type: 'http', local: `unix:${missing}`, hosts: ['gone.test'] },
+        ],
+      });
+
+      for (const [proxy, port, reason] of [
+        ['missing', remoteMissing, `ENOENT: no socket at ${missing} `],
+        ['stale', remoteStale, `ECONNREFUSED: nothing accepts connections on ${stale} `],
+      ] as const) {
+        const mark = client.proc.mark();
+        const got = await exchange(port, Buffer.from('hello\n'));
+        assert.equal(got.data.length, 0, `${proxy}: no bytes come back`);
+        assert.equal(got.error, 'ECONNRESET', `${proxy}: the visitor is reset`);
+        const line = await client.proc.waitForMsg('local connect failed', 10_000, {
+          from: mark,
+          fields: { proxy },
+        });
+        t.diagnostic(
+          `${proxy}: visitor ${got.error ?? (got.ended ? 'FIN' : 'closed')}; log reason "${line.reason}"`,
+        );
+        assert.equal(line.local, `unix:${proxy === 'missing' ? missing : stale}`);
+        assert.ok(String(line.reason).startsWith(reason), String(line.reason));
+      }
+
+      const mark = client.proc.mark();
+      const r = await curl(['-H', 'Host: gone.test'], `http://127.0.0.1:${server.httpPort}/`);
+      assert.equal(r.status, 502);
+      const line = await client.proc.waitForMsg('local connect failed', 10_000, {
+        from: mark,
+        fields: { proxy: 'web' },
+      });
+      assert.ok(String(line.reason).startsWith(`ENOENT: no socket at ${missing} `), String(line.reason));
+      assert.ok(existsSync(stale));
+    }),
+);
+
+test(
+  'the config refuses a socket for udp, a bare path, and a path too long for a socket address',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const base = ['--server', 'ws://127.0.0.1:9/_porthole', '--token', 'a.b.c'];
+      const cases: [string[], RegExp][] = [
+        [
+          ['--udp', '5353:unix:/run/dns.sock'],
+          /command line: --udp: "5353:unix:\/run\/dns.sock": a udp proxy cannot reach a Unix socket/,
+        ],
+        [
+          ['--tcp', '8080:/run/app.sock'],
+          /"\/run\/app.sock" looks like a path: a Unix socket is written "unix:\/run\/app.sock"/,
+        ],
+        [
+          ['--tcp', `8080:unix:/run/${'d'.repeat(110)}.sock`],
+          /command line: --tcp: the socket path \/run\/d+\.sock is 120 bytes, and a Unix socket's path holds at most 107/,
+        ],
+      ];
+      for (const [flags, message] of cases) {
+        const r = await run(clientBin, ['check', ...base, ...flags], { timeoutMs: 15_000 });
+        assert.equal(r.code, 2, `${flags.join(' ')}: ${r.stdout}${r.stderr}`);
+        assert.match(r.stderr, message);
+      }
+      const file = await h.file(
+        'udp.toml',
+        [
+          'server = "ws://127.0.0.1:9/_porthole"',
+          'token = "a.b.c"',
+          '[[proxies]]',
+          'name = "dns"',
+          'type = "udp"',
+          'local = "unix:/run/dns.sock"',
+          'remote_port = 5353',
+          '',
+        ].join('\n'),
+      );
+      const r = await run(clientBin, ['check', '--config', file], { timeoutMs: 15_000 });
+      assert.equal(r.code, 2);
+      assert.match(
+        r.stderr,
+        /proxies\[0\] \("dns"\)\.local: a udp proxy cannot reach a Unix socket: give its service as "host:port"/,
+      );
+    }),
+);
