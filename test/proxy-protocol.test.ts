@@ -4,22 +4,14 @@
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { test } from 'node:test';
-import { freePorts, type Harness, run, sleep, withHarness } from './lib/processes.js';
+import {
+  assertVisitorReported,
+  curlFromSecondLoopback,
+  PEER_REPORT,
+  startReportingHaproxy,
+} from './lib/haproxy.js';
+import { freePorts, withHarness } from './lib/processes.js';
 import { issueRoutedToken, makeCa, makeCert, startRoutedClient, startRoutedServer } from './lib/routing.js';
-import { tryConnect } from './lib/services.js';
-
-async function startHaproxy(h: Harness, config: string, ports: number[]): Promise<void> {
-  const file = await h.file('haproxy.cfg', config);
-  const proc = h.spawn('haproxy', 'haproxy', ['-db', '-f', file]);
-  const deadline = Date.now() + 10_000;
-  for (const port of ports) {
-    while ((await tryConnect('127.0.0.1', port, 500)) !== 'connected') {
-      if (!proc.alive || Date.now() > deadline)
-        throw new Error(`haproxy did not listen on ${port}\n${proc.tail(20)}`);
-      await sleep(100);
-    }
-  }
-}
 
 test(
   "PROXY v1 and v2 headers give HAProxy the visitor's real address, over tcp and tls proxies",
@@ -37,28 +29,16 @@ test(
         number,
         number,
       ];
-      const report = 'src=%[src] sport=%[src_port] dst=%[dst] dport=%[dst_port]';
-      await startHaproxy(
-        h,
-        [
-          'defaults',
-          '  mode http',
-          '  timeout connect 5s',
-          '  timeout client 10s',
-          '  timeout server 10s',
-          'frontend v1',
-          `  bind 127.0.0.1:${v1Port} accept-proxy`,
-          `  http-request return status 200 content-type text/plain lf-string "${report}\\n"`,
-          'frontend v2',
-          `  bind 127.0.0.1:${v2Port} accept-proxy`,
-          `  http-request return status 200 content-type text/plain lf-string "${report}\\n"`,
-          'frontend tls',
-          `  bind 127.0.0.1:${tlsPort} accept-proxy ssl crt ${combined}`,
-          `  http-request return status 200 content-type text/plain lf-string "tls ${report} sni=%[ssl_fc_sni]\\n"`,
-          '',
-        ].join('\n'),
-        [v1Port, v2Port, tlsPort],
-      );
+      await startReportingHaproxy(h, [
+        { name: 'v1', bind: `127.0.0.1:${v1Port} accept-proxy`, answer: PEER_REPORT, at: { port: v1Port } },
+        { name: 'v2', bind: `127.0.0.1:${v2Port} accept-proxy`, answer: PEER_REPORT, at: { port: v2Port } },
+        {
+          name: 'tls',
+          bind: `127.0.0.1:${tlsPort} accept-proxy ssl crt ${combined}`,
+          answer: `tls ${PEER_REPORT} sni=%[ssl_fc_sni]`,
+          at: { port: tlsPort },
+        },
+      ]);
       const server = await startRoutedServer(h, { http: false, https: { certs: [] } });
       const token = await issueRoutedToken(server, {
         name: 'pp',
@@ -97,51 +77,19 @@ test(
         ['v1', remoteV1],
         ['v2', remoteV2],
       ] as const) {
-        const r = await run(
-          'curl',
-          [
-            '-sS',
-            '--max-time',
-            '10',
-            '--interface',
-            '127.0.0.2',
-            '-w',
-            '|%{local_port}',
-            `http://127.0.0.1:${port}/`,
-          ],
-          { timeoutMs: 15_000 },
-        );
-        assert.equal(r.code, 0, `${name}: ${r.stderr}`);
-        const [body = '', localPort = ''] = r.stdout.split('|');
-        t.diagnostic(`${name}: haproxy says "${body.trim()}" (curl's port ${localPort})`);
-        assert.equal(body.trim(), `src=127.0.0.2 sport=${localPort} dst=127.0.0.1 dport=${port}`);
+        t.diagnostic(`${name}: haproxy says "${await assertVisitorReported(port)}"`);
       }
 
       const httpsPort = server.httpsPort!;
-      const r = await run(
-        'curl',
-        [
-          '-sS',
-          '--max-time',
-          '10',
-          '--interface',
-          '127.0.0.2',
-          '--resolve',
-          `haproxy.test:${httpsPort}:127.0.0.1`,
-          '--cacert',
-          ca.cert,
-          '-w',
-          '|%{local_port}',
-          `https://haproxy.test:${httpsPort}/`,
-        ],
-        { timeoutMs: 15_000 },
+      const r = await curlFromSecondLoopback(
+        ['--resolve', `haproxy.test:${httpsPort}:127.0.0.1`, '--cacert', ca.cert],
+        `https://haproxy.test:${httpsPort}/`,
       );
       assert.equal(r.code, 0, `tls: ${r.stderr}`);
-      const [body = '', localPort = ''] = r.stdout.split('|');
-      t.diagnostic(`tls: haproxy says "${body.trim()}"`);
+      t.diagnostic(`tls: haproxy says "${r.body}"`);
       assert.equal(
-        body.trim(),
-        `tls src=127.0.0.2 sport=${localPort} dst=127.0.0.1 dport=${httpsPort} sni=haproxy.test`,
+        r.body,
+        `tls src=127.0.0.2 sport=${r.localPort} dst=127.0.0.1 dport=${httpsPort} sni=haproxy.test`,
       );
     }),
 );

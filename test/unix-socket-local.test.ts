@@ -9,22 +9,15 @@ import { createServer as createHttpServer, type Server as HttpServer } from 'nod
 import { connect, createServer } from 'node:net';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
-import {
-  clientBin,
-  freePort,
-  freePorts,
-  type Harness,
-  run,
-  sleep,
-  waitFor,
-  withHarness,
-} from './lib/processes.js';
+import { assertVisitorReported, PEER_REPORT, startReportingHaproxy } from './lib/haproxy.js';
+import { clientBin, freePort, freePorts, type Harness, run, waitFor, withHarness } from './lib/processes.js';
 import {
   issueRoutedToken,
   rewriteRoutedClientProxies,
   startRoutedClient,
   startRoutedServer,
 } from './lib/routing.js';
+import { waitUntilAccepting } from './lib/services.js';
 
 /** What a visitor got back after sending `payload` and its FIN: the bytes, and whether the answer ended cleanly. */
 interface Exchange {
@@ -56,23 +49,6 @@ function exchange(port: number, payload: Buffer, opts: { localAddress?: string }
   });
 }
 
-/** Waits (10 s at most) until something accepts connections on the socket at `path`. */
-async function socketAccepting(path: string, what: string): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = connect({ path }, () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.on('error', () => resolve(false));
-    });
-    if (ok) return;
-    if (Date.now() > deadline) throw new Error(`${what} did not listen on ${path}`);
-    await sleep(50);
-  }
-}
-
 /** A Node HTTP server that says which listener served it, on `where` (a socket path or a TCP port). */
 async function startTaggedHttp(h: Harness, tag: string, where: string | number): Promise<HttpServer> {
   const server = createHttpServer((req, res) => {
@@ -96,7 +72,7 @@ test(
       const socketPath = h.path('sha.sock');
       // sha256sum answers only once it has read to EOF: the visitor's FIN must reach the service as one.
       h.spawn('socat', 'socat', [`UNIX-LISTEN:${socketPath},fork`, 'SYSTEM:sha256sum']);
-      await socketAccepting(socketPath, 'socat');
+      await waitUntilAccepting({ path: socketPath }, 'socat');
       const [remotePort, adminPort] = (await freePorts(2)) as [number, number];
       const server = await startRoutedServer(h, { http: false });
       const token = await issueRoutedToken(server, { name: 'unix', ports: String(remotePort) });
@@ -233,24 +209,20 @@ test(
     withHarness(t, async (h) => {
       const v1Socket = h.path('v1.sock');
       const v2Socket = h.path('v2.sock');
-      const report = 'src=%[src] sport=%[src_port] dst=%[dst] dport=%[dst_port]';
-      const config = [
-        'defaults',
-        '  mode http',
-        '  timeout connect 5s',
-        '  timeout client 10s',
-        '  timeout server 10s',
-        'frontend v1',
-        `  bind unix@${v1Socket} accept-proxy`,
-        `  http-request return status 200 content-type text/plain lf-string "v1 ${report}\\n"`,
-        'frontend v2',
-        `  bind unix@${v2Socket} accept-proxy`,
-        `  http-request return status 200 content-type text/plain lf-string "v2 ${report}\\n"`,
-        '',
-      ].join('\n');
-      h.spawn('haproxy', 'haproxy', ['-db', '-f', await h.file('haproxy.cfg', config)]);
-      await socketAccepting(v1Socket, 'haproxy');
-      await socketAccepting(v2Socket, 'haproxy');
+      await startReportingHaproxy(h, [
+        {
+          name: 'v1',
+          bind: `unix@${v1Socket} accept-proxy`,
+          answer: `v1 ${PEER_REPORT}`,
+          at: { path: v1Socket },
+        },
+        {
+          name: 'v2',
+          bind: `unix@${v2Socket} accept-proxy`,
+          answer: `v2 ${PEER_REPORT}`,
+          at: { path: v2Socket },
+        },
+      ]);
       const [remoteV1, remoteV2] = (await freePorts(2)) as [number, number];
       const server = await startRoutedServer(h, { http: false });
       const token = await issueRoutedToken(server, { name: 'pp', ports: `${remoteV1},${remoteV2}` });
@@ -266,24 +238,7 @@ test(
         ['v1', remoteV1],
         ['v2', remoteV2],
       ] as const) {
-        const r = await run(
-          'curl',
-          [
-            '-sS',
-            '--max-time',
-            '10',
-            '--interface',
-            '127.0.0.2',
-            '-w',
-            '|%{local_port}',
-            `http://127.0.0.1:${port}/`,
-          ],
-          { timeoutMs: 15_000 },
-        );
-        assert.equal(r.code, 0, `${name}: ${r.stderr}`);
-        const [body = '', localPort = ''] = r.stdout.split('|');
-        t.diagnostic(`${name}: haproxy says "${body.trim()}"`);
-        assert.equal(body.trim(), `${name} src=127.0.0.2 sport=${localPort} dst=127.0.0.1 dport=${port}`);
+        t.diagnostic(`${name}: haproxy says "${await assertVisitorReported(port, `${name} `)}"`);
       }
     }),
 );

@@ -198,3 +198,23 @@ export class EchoPinger {
     this.sock.destroy();
   }
 }
+
+/** Waits (10 s at most) until something accepts connections at `target`: a TCP port or a Unix socket's path. */
+export async function waitUntilAccepting(
+  target: { host: string; port: number } | { path: string },
+  what: string,
+): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const accepted = await new Promise<boolean>((resolve) => {
+      const sock = net.connect(target, () => {
+        sock.destroy();
+        resolve(true);
+      });
+      sock.once('error', () => resolve(false));
+    });
+    if (accepted) return;
+    if (Date.now() > deadline) throw new Error(`${what} did not listen on ${JSON.stringify(target)}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
