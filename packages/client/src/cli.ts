@@ -40,7 +40,7 @@ Options (they override the config file's keys; --tcp and --udp add proxies):
                              expose a local TCP service on the server's REMOTE_PORT (repeatable);
                              the proxy is named tcp-REMOTE_PORT
   --tcp [tcp:]REMOTE_PORT:unix:PATH
-                             the same for a service on a Unix socket (as ssh -R 8080:/run/app.sock)
+                             the same for a service listening on a Unix socket at PATH
   --udp REMOTE_PORT:LOCAL_HOST:LOCAL_PORT
                              expose a local UDP service on the server's UDP REMOTE_PORT (repeatable);
                              the proxy is named udp-REMOTE_PORT
