@@ -8,6 +8,7 @@ import { answerAndClose } from './answer-and-close.js';
 import type { UpgradeAuthenticator } from './auth.js';
 import { AuthFailureLines } from './auth-failure-lines.js';
 import { peerAddress, peersOnArrival } from './peer-address.js';
+import { isControlPath } from './request-path.js';
 
 export interface ControlEndpointOptions {
   listen: HostPort;
@@ -56,7 +57,7 @@ export class ControlEndpoint {
     this.server.headersTimeout = 10_000;
     this.server.requestTimeout = 15_000;
     this.server.on('request', (req, res) => {
-      const onPath = this.pathOf(req) === opts.path;
+      const onPath = isControlPath(req.url, opts.path);
       res.writeHead(onPath ? 426 : 404, { 'Content-Type': 'text/plain; charset=utf-8', Connection: 'close' });
       res.end(onPath ? 'porthole control endpoint: WebSocket upgrade required\n' : 'not found\n');
     });
@@ -104,19 +105,11 @@ export class ControlEndpoint {
     this.server.closeAllConnections();
   }
 
-  private pathOf(req: IncomingMessage): string {
-    try {
-      return new URL(req.url ?? '/', 'http://x').pathname;
-    } catch {
-      return '';
-    }
-  }
-
   /** An upgrade request on the control path (also called by the vhost ports for their upgrades). */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => socket.destroy());
     const remoteAddr = peerAddress(socket);
-    if (this.pathOf(req) !== this.opts.path) {
+    if (!isControlPath(req.url, this.opts.path)) {
       refuseUpgrade(socket, 404, 'not found');
       return;
     }

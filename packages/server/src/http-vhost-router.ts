@@ -25,7 +25,7 @@ import { type UpstreamPool, type Visitor, WaitingRequestsFull } from './http-ups
 import { peerAddress } from './peer-address.js';
 import { PipelinedRequests } from './pipelined-requests.js';
 import type { ProxyTraffic } from './proxy-traffic.js';
-import { routingPath } from './request-path.js';
+import { isControlPath, routingPath } from './request-path.js';
 import { type RequestTarget, readRequestTarget } from './request-target.js';
 import type { TrustedProxies } from './trusted-proxies.js';
 
@@ -514,7 +514,7 @@ export class HttpVhostRouter {
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => socket.destroy());
     const started = performance.now();
-    if (routingPath(req.url) === this.opts.controlPath) {
+    if (isControlPath(req.url, this.opts.controlPath)) {
       this.opts.onControlUpgrade(req, socket, head);
       return;
     }

@@ -68,3 +68,14 @@ export function routingPath(target: string | undefined): string {
     return '/';
   }
 }
+
+/**
+ * Whether a request target asks for the control endpoint at `controlPath`, the one rule for every port
+ * that serves it. Both are read as routingPath reads them: a proxy in front (nginx, Caddy) picks its location
+ * by the normalized path and forwards the target as it came, so "//_porthole" or "/%5Fporthole" that it sent
+ * here as the control path must be the control path here too; the vhost ports must not route them to an
+ * http proxy either. The path guards nothing (the token does), so reading it loosely lets nothing in.
+ */
+export function isControlPath(target: string | undefined, controlPath: string): boolean {
+  return routingPath(target) === routingPath(controlPath);
+}
