@@ -5,7 +5,7 @@ import type { Duplex } from 'node:stream';
 import { acceptWebSocket, checkUpgradeRequest, type WebSocketStream } from '@porthole/mux';
 import { formatHostPort, type HostPort, type Logger, type TokenClaims } from '@porthole/protocol';
 import { answerAndClose } from './answer-and-close.js';
-import type { UpgradeAuthenticator } from './auth.js';
+import { bearerToken, type UpgradeAuthenticator } from './auth.js';
 import { AuthFailureLines } from './auth-failure-lines.js';
 import { peerAddress, peersOnArrival } from './peer-address.js';
 import { isControlPath } from './request-path.js';
@@ -20,17 +20,27 @@ export interface ControlEndpointOptions {
   onClient(ws: WebSocketStream, claims: TokenClaims, remoteAddr: string): void;
 }
 
-/** Answers an upgrade request with a plain HTTP error and closes the connection. */
-function refuseUpgrade(socket: Duplex, status: number, body: string): void {
+/** Answers an upgrade request with a plain HTTP error (and `fields`, "Name: value" lines) and closes the connection. */
+function refuseUpgrade(socket: Duplex, status: number, body: string, fields: string[] = []): void {
   const text = `${body}\n`;
   answerAndClose(
     socket,
     `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n` +
+      fields.map((field) => `${field}\r\n`).join('') +
       'Content-Type: text/plain; charset=utf-8\r\n' +
       `Content-Length: ${Buffer.byteLength(text)}\r\n` +
       'Connection: close\r\n\r\n' +
       text,
   );
+}
+
+/**
+ * The challenge a 401 must carry (RFC 9110 15.5.2). RFC 6750 3.1: a request that sent no credentials is
+ * told only the scheme; one whose token failed gets error="invalid_token", and the body says which way.
+ */
+function bearerChallenge(req: IncomingMessage): string {
+  const challenge = `WWW-Authenticate: Bearer realm="porthole"`;
+  return bearerToken(req) === undefined ? challenge : `${challenge}, error="invalid_token"`;
 }
 
 /**
@@ -57,9 +67,18 @@ export class ControlEndpoint {
     this.server.headersTimeout = 10_000;
     this.server.requestTimeout = 15_000;
     this.server.on('request', (req, res) => {
-      const onPath = isControlPath(req.url, opts.path);
-      res.writeHead(onPath ? 426 : 404, { 'Content-Type': 'text/plain; charset=utf-8', Connection: 'close' });
-      res.end(onPath ? 'porthole control endpoint: WebSocket upgrade required\n' : 'not found\n');
+      if (!isControlPath(req.url, opts.path)) {
+        res.writeHead(404, { 'Content-Type': 'text/plain; charset=utf-8', Connection: 'close' });
+        res.end('not found\n');
+        return;
+      }
+      // RFC 9110 15.5.22: a 426 names the protocol to switch to, in Upgrade (which Connection must list).
+      res.writeHead(426, {
+        'Content-Type': 'text/plain; charset=utf-8',
+        Upgrade: 'websocket',
+        Connection: 'Upgrade, close',
+      });
+      res.end('porthole control endpoint: WebSocket upgrade required\n');
     });
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
       this.handleUpgrade(req, socket, head),
@@ -127,7 +146,12 @@ export class ControlEndpoint {
             reason: outcome.reason,
             ownLine: outcome.log,
           });
-          refuseUpgrade(socket, outcome.status, outcome.reason);
+          refuseUpgrade(
+            socket,
+            outcome.status,
+            outcome.reason,
+            outcome.status === 401 ? [bearerChallenge(req)] : [],
+          );
           return;
         }
         if (socket.destroyed) return;
