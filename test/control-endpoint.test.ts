@@ -1,11 +1,14 @@
-// The control endpoint as strangers meet it, through curl: what its refusals say, and which paths it is
-// on, on its own listener and on the [http] vhost port alike.
+// The control endpoint as strangers meet it: what its refusals say, which paths it is on (on its own
+// listener and on the [http] vhost port alike), and how many connections that have not signed in (or been
+// routed, on the vhost ports) one source and all sources may hold.
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
-import { withHarness } from './lib/processes.js';
-import { startRoutedServer } from './lib/routing.js';
-import { portOf } from './lib/tunnel.js';
+import { eventually, freePorts, type Harness, procMemory, sleep, withHarness } from './lib/processes.js';
+import { makeSelfSignedCert, startRoutedServer } from './lib/routing.js';
+import { echoRoundTrip, startEchoServer } from './lib/services.js';
+import { issueToken, portOf, type RunningServer, startClient } from './lib/tunnel.js';
 
 /** The upgrade request curl sends with these flags (a WebSocket handshake, as a client's). */
 const UPGRADE = [
@@ -63,5 +66,136 @@ test(
         const other = await curl(['--path-as-is', ...UPGRADE], `${base}/_portholes`);
         assert.equal(other.status, 404, `${port} /_portholes`);
       }
+    }),
+);
+
+const ADMIN_TOKEN = 'admin-token-for-e2e-0123456789abcdef';
+/** A request head of ~15 KiB (under max_header_size) that never ends: what a slow stranger sends. */
+const SLOW_HEAD = `GET /_porthole HTTP/1.1\r\nHost: x\r\nX-Pad: ${'a'.repeat(15 * 1024)}`;
+/** The start of a TLS handshake record announcing 512 bytes that never come: a ClientHello still on its way. */
+const SLOW_HELLO = Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]);
+
+/**
+ * Opens `count` connections from `from` to `port`, each sending `data` and then nothing; resolves once each
+ * has sent it or been closed, and the server has had a moment to reset the ones over its caps.
+ */
+async function slowPeers(h: Harness, port: number, from: string, count: number, data: string | Buffer) {
+  const sockets: net.Socket[] = [];
+  h.onCleanup(() => {
+    for (const socket of sockets) socket.destroy();
+  });
+  await Promise.all(
+    Array.from(
+      { length: count },
+      () =>
+        new Promise<void>((resolve) => {
+          const socket = net.connect({ host: '127.0.0.1', port, localAddress: from });
+          sockets.push(socket);
+          socket.on('connect', () => socket.write(data, () => resolve()));
+          socket.on('error', () => {});
+          socket.on('close', () => resolve());
+          setTimeout(resolve, 10_000).unref();
+        }),
+    ),
+  );
+  await sleep(1000);
+  return {
+    /** The connections the server still holds open. */
+    kept: () => sockets.filter((socket) => !socket.destroyed).length,
+    end: () => {
+      for (const socket of sockets) socket.destroy();
+    },
+  };
+}
+
+/** One sample of the server's /metrics, by its full name. */
+async function metric(server: RunningServer, name: string): Promise<number> {
+  const r = await curl(['-H', `Authorization: Bearer ${ADMIN_TOKEN}`], `${server.adminUrl}/metrics`);
+  const line = r.body.split('\n').find((l) => l.startsWith(`${name} `));
+  assert.ok(line, `${name} in /metrics`);
+  return Number(line.split(' ')[1]);
+}
+
+/** A porthole-client dialing from 127.0.0.1 whose tcp proxy carries an echo round trip. */
+async function clientGetsThrough(h: Harness, server: RunningServer, name: string): Promise<void> {
+  const echo = await startEchoServer('127.0.0.1', 0);
+  h.onCleanup(() => echo.close());
+  const [port] = await freePorts(1);
+  const client = await startClient(
+    h,
+    {
+      server: server.url,
+      token: await issueToken(server.config, { name }),
+      proxies: [{ name: 'echo', local: `127.0.0.1:${echo.port}`, remotePort: port! }],
+    },
+    { name },
+  );
+  const r = await echoRoundTrip('127.0.0.1', client.ports.get('echo')!, 1000, { timeoutMs: 5000 });
+  assert.ok(r.ok, r.error);
+}
+
+test(
+  'a flood of slow request heads and ClientHellos from one source holds 256 connections, and clients still get in',
+  { timeout: 90_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const cert = await makeSelfSignedCert(h, 'localhost');
+      const server = await startRoutedServer(h, {
+        allowPorts: ['1024-65535'],
+        https: { certs: [cert] },
+        admin: { token: ADMIN_TOKEN },
+      });
+      const pid = server.proc.pid!;
+      const controlPort = portOf(new URL(server.url).host);
+      const before = procMemory('VmRSS', pid);
+      const control = await slowPeers(h, controlPort, '127.0.0.2', 2000, SLOW_HEAD);
+      const grown = (procMemory('VmRSS', pid) - before) / 2 ** 20;
+      t.diagnostic(
+        `2000 slow heads from 127.0.0.2: ${control.kept()} kept open, RSS +${grown.toFixed(1)} MiB`,
+      );
+      assert.ok(control.kept() <= 256, `${control.kept()} slow heads kept open from one source`);
+      assert.ok(grown < 32, `RSS grew ${grown.toFixed(1)} MiB`);
+
+      // The source's other connections count with those, whichever port they come to.
+      const vhost = await slowPeers(h, server.httpPort!, '127.0.0.2', 50, SLOW_HEAD);
+      assert.equal(vhost.kept(), 0, 'the [http] port adds none to a source at its cap');
+      const tls = await slowPeers(h, server.httpsPort!, '127.0.0.3', 300, SLOW_HELLO);
+      assert.equal(tls.kept(), 256, 'ClientHellos still on their way, from another source');
+
+      // A client from another address signs in meanwhile, and its session no longer counts.
+      await clientGetsThrough(h, server, 'during-flood');
+      assert.equal(await metric(server, 'porthole_pending_connections'), 512);
+      assert.ok((await metric(server, 'porthole_pending_connections_refused_total')) >= 2000 - 256 + 50 + 44);
+      assert.match(
+        server.proc.logsWithMsg('pending connection limit reached: new connections refused')[0]
+          ?.source as string,
+        /^127\.0\.0\.[23]$/,
+      );
+
+      for (const flood of [control, vhost, tls]) flood.end();
+      await eventually(
+        'no pending connections once the floods end',
+        async () => (await metric(server, 'porthole_pending_connections')) === 0,
+        10_000,
+      );
+    }),
+);
+
+test(
+  'max_pending_per_source and max_pending_connections from server.toml; signed-in clients do not count',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const server = await startRoutedServer(h, {
+        allowPorts: ['1024-65535'],
+        top: { max_pending_per_source: 2, max_pending_connections: 5 },
+      });
+      const controlPort = portOf(new URL(server.url).host);
+      for (const name of ['one', 'two', 'three']) await clientGetsThrough(h, server, name);
+      const kept: number[] = [];
+      for (const from of ['127.0.0.2', '127.0.0.3', '127.0.0.4']) {
+        kept.push((await slowPeers(h, controlPort, from, 10, SLOW_HEAD)).kept());
+      }
+      assert.deepEqual(kept, [2, 2, 1], 'two a source, five in all');
     }),
 );

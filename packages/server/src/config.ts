@@ -20,6 +20,7 @@ import {
   secretFileExposure,
 } from '@porthole/protocol';
 import { z } from 'zod';
+import type { PendingLimits } from './pending-connections.js';
 import { loadRoutingConfig, type RoutingConfig, routingConfigShape } from './routing-config.js';
 import { loadCertFiles } from './tls-cert-files.js';
 
@@ -34,6 +35,17 @@ const MIN_ADMIN_TOKEN_LENGTH = 16;
 export const DEFAULT_PROXY_MAX_CONNECTIONS = 16_384;
 /** Enough for any homelab; a cap so that one token cannot make the route tables (and their upkeep) huge. */
 export const DEFAULT_MAX_PROXIES_PER_CLIENT = 256;
+/**
+ * Connections one source address (IPv4; IPv6 by /64, as auth failures are counted) may have open before
+ * they sign in or are routed. A stranger's slow request head costs ~25 KiB for up to headers_timeout: this
+ * is ~6 MiB a source. A client is pending for a round trip or three (its TLS handshake and upgrade), and
+ * clients cut off together come back spread by full jitter over reconnect_initial (500 ms) and then
+ * doubling windows: a thousand behind one NAT at ~100 ms a handshake have ~200 pending at once, and one
+ * refused tries again at its next backoff.
+ */
+export const DEFAULT_MAX_PENDING_PER_SOURCE = 256;
+/** The same from all sources together (~100 MiB at most), so that many sources cannot exhaust memory. */
+export const DEFAULT_MAX_PENDING_CONNECTIONS = 4096;
 
 /**
  * Why `text` cannot be proxy_bind (an IPv4 or IPv6 address, or a host name), or undefined when it can. A
@@ -73,6 +85,12 @@ const serverSchema = z
     max_proxies_per_client: positiveIntField('a number of proxies')
       .max(100_000)
       .default(DEFAULT_MAX_PROXIES_PER_CLIENT),
+    max_pending_per_source: positiveIntField('a number of connections')
+      .max(1_000_000)
+      .default(DEFAULT_MAX_PENDING_PER_SOURCE),
+    max_pending_connections: positiveIntField('a number of connections')
+      .max(1_000_000)
+      .default(DEFAULT_MAX_PENDING_CONNECTIONS),
     heartbeat_interval: durationAtLeast(100, '100ms').prefault('10s'),
     heartbeat_timeout: durationField.prefault('30s'),
     shutdown_timeout: durationField.prefault('10s'),
@@ -139,6 +157,11 @@ export interface ServerConfig {
   proxyMaxConnections: number;
   /** Proxies one client may have registered at once (each costs listeners, routes and table work). */
   maxProxiesPerClient: number;
+  /**
+   * Connections not signed in (control endpoint) or routed (vhost ports) yet, per source and in all; over
+   * either, a new one is reset at once.
+   */
+  pending: PendingLimits;
   heartbeatInterval: number;
   heartbeatTimeout: number;
   shutdownTimeout: number;
@@ -214,6 +237,7 @@ export function loadServerConfig(file: string): ServerConfig {
     allowPorts: raw.allow_ports ?? PortRanges.all(),
     proxyMaxConnections: raw.proxy_max_connections,
     maxProxiesPerClient: raw.max_proxies_per_client,
+    pending: { perSource: raw.max_pending_per_source, total: raw.max_pending_connections },
     heartbeatInterval: raw.heartbeat_interval,
     heartbeatTimeout: raw.heartbeat_timeout,
     shutdownTimeout: raw.shutdown_timeout,

@@ -1,6 +1,6 @@
 import { createServer as createHttpServer, type IncomingMessage, type Server, STATUS_CODES } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { acceptWebSocket, checkUpgradeRequest, type WebSocketStream } from '@porthole/mux';
 import { formatHostPort, type HostPort, type Logger, type TokenClaims } from '@porthole/protocol';
@@ -8,6 +8,7 @@ import { answerAndClose } from './answer-and-close.js';
 import { bearerToken, type UpgradeAuthenticator } from './auth.js';
 import { AuthFailureLines } from './auth-failure-lines.js';
 import { peerAddress, peersOnArrival } from './peer-address.js';
+import type { PendingConnections } from './pending-connections.js';
 import { isControlPath } from './request-path.js';
 
 export interface ControlEndpointOptions {
@@ -15,6 +16,8 @@ export interface ControlEndpointOptions {
   path: string;
   tls?: { cert: Buffer; key: Buffer };
   authenticator: UpgradeAuthenticator;
+  /** Caps the connections that have not signed in yet (the vhost ports' too); one signed in counts no longer. */
+  pending: PendingConnections;
   logger: Logger;
   /** Called with each authenticated WebSocket. */
   onClient(ws: WebSocketStream, claims: TokenClaims, remoteAddr: string): void;
@@ -64,6 +67,8 @@ export class ControlEndpoint {
           handshakeTimeout: 10_000,
         })
       : createHttpServer(httpOptions);
+    // Before Node's own listener: one refused costs no TLS handshake and no parser.
+    this.server.prependListener('connection', (socket: Socket) => opts.pending.admit(socket));
     this.server.headersTimeout = 10_000;
     this.server.requestTimeout = 15_000;
     this.server.on('request', (req, res) => {
@@ -155,6 +160,7 @@ export class ControlEndpoint {
           return;
         }
         if (socket.destroyed) return;
+        this.opts.pending.settle(socket);
         this.opts.onClient(acceptWebSocket(socket, head, handshake.key), outcome.claims, remoteAddr);
       },
       (err: Error) => {

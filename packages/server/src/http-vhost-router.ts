@@ -23,6 +23,7 @@ import { headerTokens, type ResponseHead } from './http-response-head.js';
 import { type ConnectionOwner, type ResponseSink, UpstreamConnection } from './http-upstream-connection.js';
 import { type UpstreamPool, type Visitor, WaitingRequestsFull } from './http-upstream-pool.js';
 import { peerAddress } from './peer-address.js';
+import type { PendingConnections } from './pending-connections.js';
 import { PipelinedRequests } from './pipelined-requests.js';
 import type { ProxyTraffic } from './proxy-traffic.js';
 import { isControlPath, routingPath } from './request-path.js';
@@ -57,6 +58,8 @@ export interface HttpVhostRouterOptions {
   /** Upgrades on this path go to the control endpoint (so clients can dial the vhost ports). */
   controlPath: string;
   onControlUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  /** A connection whose request is routed here no longer counts as pending (the control endpoint settles its own). */
+  pending: PendingConnections;
   /** [http] response_timeout: ms from a request's last byte to the response head, else 504; 0: none. */
   responseTimeout: number;
   /** [http] idle_timeout: for an upgrade request answered without a 101, whose socket Node no longer watches. */
@@ -351,6 +354,7 @@ export class HttpVhostRouter {
 
   handleRequest(req: IncomingMessage, res: ServerResponse): void {
     const socket = req.socket;
+    this.opts.pending.settle(socket);
     if (!this.pipelined.admit(socket)) {
       res.destroy();
       return;
@@ -518,6 +522,7 @@ export class HttpVhostRouter {
       this.opts.onControlUpgrade(req, socket, head);
       return;
     }
+    this.opts.pending.settle(socket);
     const resolved = this.resolve(req);
     if (!('target' in resolved)) {
       this.answerRaw(socket, resolved.status, resolved.text, resolved.extra);

@@ -14,6 +14,7 @@ import type { Duplex } from 'node:stream';
 import { formatHostPort, type HostPort, type Logger, resetConnection } from '@porthole/protocol';
 import type { HttpVhostRouter } from './http-vhost-router.js';
 import { peerAddress, peersOnArrival } from './peer-address.js';
+import type { PendingConnections } from './pending-connections.js';
 import type { TlsCertStore } from './tls-cert-store.js';
 
 export interface HttpLimits {
@@ -52,6 +53,11 @@ export interface HttpVhostServerOptions {
   defaultHost?: string;
   /** Time for a terminated TLS handshake. */
   handshakeTimeout: number;
+  /**
+   * Caps the [http] port's connections until their first request is routed (the TLS port's are counted
+   * from their ClientHello on, by the TLS port).
+   */
+  pending: PendingConnections;
 }
 
 type HttpSocket = Socket & { _httpMessage?: ServerResponse | null };
@@ -73,6 +79,8 @@ export class HttpVhostServer {
     };
     if (opts.httpListen) {
       this.httpServer = createHttpServer(common);
+      // Before Node's own listener: one refused costs no parser.
+      this.httpServer.prependListener('connection', (socket: Socket) => opts.pending.admit(socket));
       this.setUp(this.httpServer);
     }
     const certs = opts.certs;

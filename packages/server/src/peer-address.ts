@@ -13,7 +13,12 @@ export function peerAddress(socket: Socket | Duplex): string {
 }
 
 /** A server-side TLSSocket keeps the connection it wraps as _parent (Node's own field; no public way there). */
-type WrappingTlsSocket = Duplex & { _parent?: object | null };
+type WrappingTlsSocket = Duplex & { _parent?: Duplex | null };
+
+/** The TCP connection under `socket`: the one a TLSSocket wraps, or `socket` itself. */
+export function connectionOf(socket: Duplex): Duplex {
+  return (socket as WrappingTlsSocket)._parent ?? socket;
+}
 
 /**
  * The peers of `server`'s connections, taken as each arrives, for its 'tlsClientError': a peer that aborted
@@ -23,7 +28,6 @@ export function peersOnArrival(server: TlsServer): (tlsSocket: Duplex) => string
   const peers = new WeakMap<object, string>();
   server.on('connection', (socket: Socket) => peers.set(socket, peerAddress(socket)));
   return (tlsSocket) => {
-    const connection = (tlsSocket as WrappingTlsSocket)._parent;
-    return (connection && peers.get(connection)) ?? peerAddress(tlsSocket);
+    return peers.get(connectionOf(tlsSocket)) ?? peerAddress(tlsSocket);
   };
 }

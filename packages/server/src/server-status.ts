@@ -55,6 +55,8 @@ export interface ServerCounters {
   readonly authFailures: ReadonlyMap<string, number>;
   /** Refused admin API requests (missing or wrong token). */
   adminAuthFailures: number;
+  /** Connections not signed in or routed yet, and those refused over their caps. */
+  readonly pending: { readonly open: number; readonly refused: number };
   reloads: { ok: number; failed: number };
 }
 
@@ -251,6 +253,18 @@ export class ServerStatus {
       'counter',
       'Admin API requests refused for a missing or wrong token.',
       this.counters.adminAuthFailures,
+    );
+    out.single(
+      'porthole_pending_connections',
+      'gauge',
+      'Connections open that have not signed in (control) or been routed (http, https ports) yet.',
+      this.counters.pending.open,
+    );
+    out.single(
+      'porthole_pending_connections_refused_total',
+      'counter',
+      'Connections reset at once for max_pending_per_source or max_pending_connections.',
+      this.counters.pending.refused,
     );
     out.histogram(
       'porthole_stream_open_seconds',

@@ -6,6 +6,7 @@ import { ClientSession } from './client-session.js';
 import type { ServerConfig } from './config.js';
 import { ControlEndpoint } from './control-endpoint.js';
 import { Histogram, timeStreamOpens } from './metrics.js';
+import { PendingConnections } from './pending-connections.js';
 import { createRoutingState } from './proxy-routing.js';
 import { ProxyTraffic } from './proxy-traffic.js';
 import { reloadServer } from './reload.js';
@@ -26,6 +27,7 @@ export class PortholeServer {
   private readonly endpoint: ControlEndpoint;
   private readonly vhostPorts: VhostPorts;
   private readonly authenticator: UpgradeAuthenticator;
+  private readonly pending: PendingConnections;
   private readonly sockets = new Set<WebSocketStream>();
   private stopping = false;
   readonly counters: ServerCounters;
@@ -46,10 +48,12 @@ export class PortholeServer {
       routing: createRoutingState(),
     };
     this.authenticator = new UpgradeAuthenticator(config.auth);
+    this.pending = new PendingConnections(() => this.ctx.config.pending, logger);
     this.counters = {
       streamOpen: new Histogram(),
       authFailures: this.authenticator.failures,
       adminAuthFailures: 0,
+      pending: this.pending,
       reloads: { ok: 0, failed: 0 },
     };
     this.status = new ServerStatus(this.ctx, this.counters);
@@ -58,11 +62,14 @@ export class PortholeServer {
       path: config.path,
       ...(config.tls ? { tls: config.tls } : {}),
       authenticator: this.authenticator,
+      pending: this.pending,
       logger,
       onClient: (ws, claims, remoteAddr) => this.onClient(ws, claims, remoteAddr),
     });
-    this.vhostPorts = new VhostPorts(this.ctx, (req, socket, head) =>
-      this.endpoint.handleUpgrade(req, socket, head),
+    this.vhostPorts = new VhostPorts(
+      this.ctx,
+      (req, socket, head) => this.endpoint.handleUpgrade(req, socket, head),
+      this.pending,
     );
   }
 
@@ -178,6 +185,7 @@ export class PortholeServer {
     logger.info({ ...this.openWork(), timeout_ms: config.shutdownTimeout }, 'shutting down');
     this.endpoint.stopAccepting();
     this.vhostPorts.stopAccepting();
+    this.pending.flush();
     for (const session of this.ctx.sessions) session.drain('server shutting down');
     const deadline = performance.now() + config.shutdownTimeout;
     const drained =

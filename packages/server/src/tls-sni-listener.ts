@@ -16,6 +16,7 @@ import type { ConnectionLimit } from './connection-limit.js';
 import type { HostRoutes, RouteEntry } from './host-routes.js';
 import type { HttpVhostServer } from './http-vhost-server.js';
 import { peerAddress } from './peer-address.js';
+import type { PendingConnections } from './pending-connections.js';
 import type { TlsCertStore } from './tls-cert-store.js';
 import { readClientHello } from './tls-client-hello.js';
 
@@ -42,6 +43,11 @@ export interface TlsSniListenerOptions {
   tracker: ConnectionTracker;
   helloTimeoutMs: number;
   helloMaxBytes: number;
+  /**
+   * Caps the connections still sending their ClientHello; one passed through no longer counts, one
+   * terminated counts on until its first request is routed.
+   */
+  pending: PendingConnections;
 }
 
 export type SniDecision =
@@ -118,6 +124,7 @@ export class TlsSniListener {
   }
 
   private async onConnection(socket: Socket): Promise<void> {
+    if (!this.opts.pending.admit(socket)) return;
     socket.on('error', () => {});
     const remoteAddr = peerAddress(socket);
     const { hello, buffered } = await readClientHello(socket, {
@@ -144,6 +151,7 @@ export class TlsSniListener {
       return;
     }
     const { target } = decision;
+    this.opts.pending.settle(socket);
     if (!target.limit.admit(socket)) return;
     const { tracker, logger } = this.opts;
     const conn = tracker.nextId();

@@ -4,6 +4,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { HttpVhostRouter } from './http-vhost-router.js';
 import { HttpVhostServer } from './http-vhost-server.js';
+import type { PendingConnections } from './pending-connections.js';
 import { defaultRoutingConfig } from './routing-config.js';
 import type { ServerContext } from './server-context.js';
 import type { TlsCertStore } from './tls-cert-store.js';
@@ -17,6 +18,7 @@ export class VhostPorts {
   constructor(
     private readonly ctx: ServerContext,
     onControlUpgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void,
+    pending: PendingConnections,
   ) {
     const routing = ctx.config.routing ?? defaultRoutingConfig();
     // trusted_proxies follow reloads (ctx.config is replaced as a whole); rebuilt only when they change.
@@ -38,6 +40,7 @@ export class VhostPorts {
       traffic: ctx.traffic,
       controlPath: ctx.config.path,
       onControlUpgrade,
+      pending,
       // Like the other http limits, fixed at start: a reload names a change as needing a restart.
       responseTimeout: routing.httpLimits.responseTimeout,
       idleTimeout: routing.httpLimits.idleTimeout,
@@ -50,6 +53,7 @@ export class VhostPorts {
       ...(routing.https ? { certs: () => this.certs() } : {}),
       ...(routing.https?.defaultHost ? { defaultHost: routing.https.defaultHost } : {}),
       handshakeTimeout: routing.https?.handshakeTimeout ?? 10_000,
+      pending,
     });
     if (routing.https) {
       this.sni = new TlsSniListener({
@@ -63,6 +67,7 @@ export class VhostPorts {
         tracker: ctx.tracker,
         helloTimeoutMs: routing.https.handshakeTimeout,
         helloMaxBytes: routing.https.maxClientHelloSize,
+        pending,
       });
     }
   }

@@ -11,6 +11,8 @@ import {
   writeMessage,
 } from '@porthole/protocol';
 import {
+  DEFAULT_MAX_PENDING_CONNECTIONS,
+  DEFAULT_MAX_PENDING_PER_SOURCE,
   DEFAULT_MAX_PROXIES_PER_CLIENT,
   DEFAULT_PROXY_MAX_CONNECTIONS,
   type ServerConfig,
@@ -28,6 +30,7 @@ export async function startServer(overrides: Partial<ServerConfig> = {}) {
     allowPorts: PortRanges.all(),
     proxyMaxConnections: DEFAULT_PROXY_MAX_CONNECTIONS,
     maxProxiesPerClient: DEFAULT_MAX_PROXIES_PER_CLIENT,
+    pending: { perSource: DEFAULT_MAX_PENDING_PER_SOURCE, total: DEFAULT_MAX_PENDING_CONNECTIONS },
     heartbeatInterval: 10_000,
     heartbeatTimeout: 30_000,
     shutdownTimeout: 1000,

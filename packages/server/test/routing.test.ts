@@ -11,6 +11,7 @@ import { loadServerConfig } from '../src/config.js';
 import { ConnectionLimit } from '../src/connection-limit.js';
 import { HostRoutes, locationMatches, MAX_OFFLINE_ROUTES, OFFLINE_ROUTE_TTL_MS } from '../src/host-routes.js';
 import type { HttpVhostServer } from '../src/http-vhost-server.js';
+import { PendingConnections } from '../src/pending-connections.js';
 import { ProxyTraffic } from '../src/proxy-traffic.js';
 import { routingPath } from '../src/request-path.js';
 import { readRequestTarget } from '../src/request-target.js';
@@ -233,6 +234,7 @@ test('SNI decisions: tls proxies by exact name, then exact certificates, then wi
       tracker: new ConnectionTracker(),
       helloTimeoutMs: 1000,
       helloMaxBytes: 16384,
+      pending: new PendingConnections(() => ({ perSource: 1, total: 1 }), captureLogs().logger),
     });
   const decide = (name: string | undefined, defaultHost?: string) => {
     const d = listener(defaultHost).decide(name);

@@ -1,0 +1,107 @@
+// The connections strangers can open for free: those that have not signed in (the control endpoint) or
+// been routed (a vhost port's first request head, the TLS port's ClientHello). Each costs the server its
+// buffers (~25 KiB with a request head under max_header_size) until a timeout cuts it, so they are capped
+// per source and in all, as nginx's limit_conn would; a connection that signed in or was routed no longer
+// counts, and nothing is counted per frame or per byte.
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { LimitWarning, type Logger } from '@porthole/protocol';
+import { failureSource } from './auth.js';
+import { connectionOf } from './peer-address.js';
+
+export interface PendingLimits {
+  /** Pending connections one source (an IPv4 address, an IPv6 /64) may have at once. */
+  perSource: number;
+  /** Pending connections from every source together. */
+  total: number;
+}
+
+/** Counts the pending connections of every public port of a server, by source. */
+export class PendingConnections {
+  private readonly bySource = new Map<string, number>();
+  /** Each pending connection's source; a connection that is not here does not count. */
+  private readonly sourceOf = new WeakMap<object, string>();
+  private pending = 0;
+  private refusedTotal = 0;
+  private lastRefusedSource = '';
+  private readonly warning: LimitWarning;
+  // One listener for every connection, not a closure each: an emitter calls it with itself as `this`.
+  private readonly onClose: (this: Duplex) => void;
+
+  /** `limits` is read at each new connection, so that a reload's new caps apply at once. */
+  constructor(
+    private readonly limits: () => PendingLimits,
+    logger: Logger,
+  ) {
+    this.warning = new LimitWarning((refused) => {
+      const { perSource, total } = this.limits();
+      logger.warn(
+        {
+          refused,
+          source: this.lastRefusedSource,
+          max_pending_per_source: perSource,
+          max_pending_connections: total,
+          pending: this.pending,
+        },
+        'pending connection limit reached: new connections refused',
+      );
+    });
+    const pending = this;
+    this.onClose = function (this: Duplex) {
+      pending.settle(this);
+    };
+  }
+
+  /** Connections pending now. */
+  get open(): number {
+    return this.pending;
+  }
+
+  /** Connections refused since start. */
+  get refused(): number {
+    return this.refusedTotal;
+  }
+
+  /**
+   * A new connection: counted until settle() or its close, and true; or, over a cap, reset at once (no TLS
+   * handshake, nothing parsed), counted as refused, and false.
+   */
+  admit(socket: Socket): boolean {
+    const source = failureSource(socket.remoteAddress ?? 'unknown');
+    const { perSource, total } = this.limits();
+    const count = this.bySource.get(source) ?? 0;
+    if (count >= perSource || this.pending >= total) {
+      this.refusedTotal += 1;
+      this.lastRefusedSource = source;
+      this.warning.count();
+      socket.resetAndDestroy();
+      return false;
+    }
+    this.bySource.set(source, count + 1);
+    this.pending += 1;
+    this.sourceOf.set(socket, source);
+    socket.once('close', this.onClose);
+    return true;
+  }
+
+  /**
+   * The connection under `socket` (a TLS socket's too) signed in or was routed: it counts no longer. Nothing
+   * for one that is not pending.
+   */
+  settle(socket: Duplex): void {
+    const connection = connectionOf(socket);
+    const source = this.sourceOf.get(connection);
+    if (source === undefined) return;
+    this.sourceOf.delete(connection);
+    connection.off('close', this.onClose);
+    this.pending -= 1;
+    const count = (this.bySource.get(source) ?? 1) - 1;
+    if (count === 0) this.bySource.delete(source);
+    else this.bySource.set(source, count);
+  }
+
+  /** The server is stopping: reports the refusals not logged yet. */
+  flush(): void {
+    this.warning.flush();
+  }
+}
