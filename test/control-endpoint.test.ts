@@ -6,7 +6,7 @@ import net from 'node:net';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
 import { eventually, freePorts, type Harness, procMemory, sleep, withHarness } from './lib/processes.js';
-import { makeSelfSignedCert, startRoutedServer } from './lib/routing.js';
+import { makeSelfSignedCert, startRoutedClient, startRoutedServer } from './lib/routing.js';
 import { echoRoundTrip, startEchoServer } from './lib/services.js';
 import { issueToken, portOf, type RunningServer, startClient } from './lib/tunnel.js';
 
@@ -182,20 +182,46 @@ test(
 );
 
 test(
-  'max_pending_per_source and max_pending_connections from server.toml; signed-in clients do not count',
-  { timeout: 60_000 },
+  'max_pending_per_source and max_pending_connections from server.toml; signed-in clients do not count, on any port',
+  { timeout: 90_000 },
   (t) =>
     withHarness(t, async (h) => {
+      const cert = await makeSelfSignedCert(h, 'localhost');
       const server = await startRoutedServer(h, {
-        allowPorts: ['1024-65535'],
         top: { max_pending_per_source: 2, max_pending_connections: 5 },
+        tls: cert,
+        https: { certs: [cert] },
+        admin: { token: ADMIN_TOKEN },
       });
       const controlPort = portOf(new URL(server.url).host);
-      for (const name of ['one', 'two', 'three']) await clientGetsThrough(h, server, name);
+      // Three clients from 127.0.0.1 on each way in: wss on [tls] listen, wss terminated on the [https]
+      // port, ws on the [http] port. Each stops counting once signed in, so none is refused.
+      const urls = [
+        `wss://localhost:${controlPort}/_porthole`,
+        `wss://localhost:${server.httpsPort}/_porthole`,
+        `ws://127.0.0.1:${server.httpPort}/_porthole`,
+      ];
+      let n = 0;
+      for (const url of urls) {
+        for (let i = 0; i < 3; i++) {
+          n += 1;
+          const name = `c${n}`;
+          await startRoutedClient(h, {
+            server: url,
+            caFile: cert.cert,
+            token: await issueToken(server.config, { name }),
+            proxies: [],
+            name,
+          });
+          await server.proc.waitForMsg('client connected', 15_000, { fields: { client: name } });
+        }
+      }
+      assert.equal(await metric(server, 'porthole_pending_connections'), 0);
       const kept: number[] = [];
       for (const from of ['127.0.0.2', '127.0.0.3', '127.0.0.4']) {
-        kept.push((await slowPeers(h, controlPort, from, 10, SLOW_HEAD)).kept());
+        kept.push((await slowPeers(h, server.httpPort!, from, 10, SLOW_HEAD)).kept());
       }
       assert.deepEqual(kept, [2, 2, 1], 'two a source, five in all');
+      t.diagnostic(`refused: ${await metric(server, 'porthole_pending_connections_refused_total')}`);
     }),
 );
