@@ -490,7 +490,7 @@ test(
 );
 
 test(
-  'admin config: a missing token is refused by check; the token must be long enough and fit a header',
+  'admin config: a missing token is refused by check; the token must be long enough and fit a header; the client admin listens on loopback, on a port of its own',
   { timeout: 30_000 },
   (t) =>
     withHarness(t, async (h) => {
@@ -524,5 +524,17 @@ test(
       const r3 = await run(clientBin, ['check', '--config', clientToml]);
       assert.equal(r3.code, 2);
       assert.match(r3.stderr, /c\.toml: admin\.listen: must be a loopback address/);
+      // Port 0 would bind somewhere `porthole-client status --config` cannot know: check refuses it as
+      // status does (before, check and run took it, and status then refused the same file).
+      const anyPort = await h.file(
+        'c0.toml',
+        `server = "ws://127.0.0.1:1/_porthole"\ntoken = "x"\n[admin]\nlisten = "127.0.0.1:0"\n`,
+      );
+      const r5 = await run(clientBin, ['check', '--config', anyPort]);
+      assert.equal(r5.code, 2, r5.stdout);
+      assert.match(r5.stderr, /c0\.toml: admin\.listen: port 0 is outside 1-65535/);
+      const status = await run(clientBin, ['status', '--config', anyPort]);
+      assert.equal(status.code, 2);
+      assert.match(status.stderr, /c0\.toml: admin\.listen: port 0 is outside 1-65535/);
     }),
 );

@@ -65,7 +65,8 @@ const clientShape = {
   admin: z
     .strictObject(
       {
-        listen: hostPortField({ allowZero: true }).refine(
+        // No port 0: `porthole-client status` finds the client at the port written here.
+        listen: hostPortField().refine(
           (hp) => isLoopback(hp.host),
           'must be a loopback address (127.0.0.1, ::1 or localhost): the client admin API has no token',
         ),
