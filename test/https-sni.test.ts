@@ -239,6 +239,43 @@ test(
 );
 
 test(
+  'an IP address as SNI is read as no SNI: default_host decides, as for a ClientHello without one',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const ca = await makeCa(h);
+      const edge = await makeCert(h, ca, 'porthole edge', ['*.edge.test']);
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+      const server = await startRoutedServer(h, {
+        https: { certs: [edge], keys: { default_host: 'app.edge.test' } },
+      });
+      const port = server.httpsPort!;
+      const token = await issueRoutedToken(server, { name: 'edge' });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          { name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.edge.test'] },
+        ],
+      });
+      // RFC 6066 allows only host names in SNI, but old Java, some IoT stacks and openssl send the address
+      // they dialled; such a client must get what one sending no SNI gets (before: closed, "no tls proxy
+      // or certificate for this name").
+      const request = 'GET /by-ip HTTP/1.1\r\nHost: app.edge.test\r\nConnection: close\r\n\r\n';
+      for (const sni of ['127.0.0.1', '::1']) {
+        const r = await sClient(
+          ['-connect', `127.0.0.1:${port}`, '-servername', sni, '-CAfile', ca.cert, '-ign_eof'],
+          request,
+        );
+        assert.match(r.out, /subject=CN\s?=\s?porthole edge/, `${sni}: ${r.out}`);
+        assert.match(r.out, /^HTTP\/1\.1 200 /m, `${sni}: ${r.out}`);
+        assert.match(r.out, /"backend":\s*"app"/, `${sni}: ${r.out}`);
+      }
+    }),
+);
+
+test(
   'an SNI name in capitals or fully qualified (trailing dot) is served like the name itself, passed through or terminated',
   { timeout: 60_000 },
   (t) =>

@@ -15,6 +15,7 @@ import {
   parseSubdomain,
   positiveIntField,
   proxyNameSchema,
+  tlsNameRefusal,
   UDP_IDLE_TIMEOUT_MAX_MS,
   UDP_IDLE_TIMEOUT_MIN_MS,
 } from '@porthole/protocol';
@@ -165,6 +166,12 @@ export const proxySchema = z
         path: ['hosts'],
         message: `a ${proxy.type} proxy needs hosts or subdomain`,
       });
+    }
+    if (proxy.type === 'tls') {
+      for (const [i, host] of (proxy.hosts ?? []).entries()) {
+        const refusal = tlsNameRefusal(host);
+        if (refusal) ctx.addIssue({ code: 'custom', path: ['hosts', i], message: refusal });
+      }
     }
     if ((proxy.http_user === undefined) !== (proxy.http_password === undefined)) {
       ctx.addIssue({

@@ -274,3 +274,10 @@ test('local = "unix:PATH": resolved next to the file (flags: the working directo
     ['command line: --udp: "53:unix:/run/dns.sock": a udp proxy cannot reach a Unix socket'],
   );
 });
+
+test('hosts: a tls proxy is not named by an IP address (SNI carries none)', () => {
+  const tls = '[[proxies]]\nname = "v"\ntype = "tls"\nlocal = "127.0.0.1:1"\n';
+  assert.deepEqual(problems(`${HEAD}${tls}hosts = ["vault.test", "127.0.0.1"]\n`), [
+    'proxies[0] ("v").hosts[1]: 127.0.0.1 is an IP address, which SNI does not carry (RFC 6066): a tls proxy is found by a hostname',
+  ]);
+});

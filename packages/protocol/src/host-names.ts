@@ -96,6 +96,25 @@ export function requestHostIsLoopback(hostHeader: string | undefined): boolean {
   return host !== undefined && isLoopback(host);
 }
 
+/**
+ * True when an SNI value is an IP address ("1.2.3.4", "::1", "[::1]"). RFC 6066 3 allows only host names
+ * there, yet old Java, some IoT stacks and `openssl s_client -servername 1.2.3.4` send the address they
+ * dialled: the TLS port reads it as no SNI (default_host decides), since it names no proxy or certificate.
+ */
+export function isIpAddressSni(serverName: string): boolean {
+  const bare = serverName.trim().replace(/^\[(.*)\]$/, '$1');
+  return isIP(bare) !== 0;
+}
+
+/**
+ * Why a tls proxy cannot be named `host` (a normalized pattern), or undefined. An IP address as SNI is read
+ * as no SNI (isIpAddressSni), so a tls proxy named by one would never be reached.
+ */
+export function tlsNameRefusal(host: string): string | undefined {
+  if (isIP(host) === 0) return undefined;
+  return `${host} is an IP address, which SNI does not carry (RFC 6066): a tls proxy is found by a hostname`;
+}
+
 /** A Host value (RFC 9110 7.2: uri-host [":" port]): a name or IPv4 address, or an IPv6 literal in brackets. */
 const HOST_FIELD = /^(?:\[([0-9a-f:.]+)\]|([a-z0-9._-]+))(?::\d{0,5})?$/;
 

@@ -8,6 +8,7 @@ import {
   type ProxySpec,
   parseHostPattern,
   parseSubdomain,
+  tlsNameRefusal,
   writeStreamHeader,
 } from '@porthole/protocol';
 import { ConnectionLimit } from './connection-limit.js';
@@ -119,6 +120,8 @@ export function claimsOf(
     } catch (err) {
       return (err as Error).message;
     }
+    const notTls = spec.type === 'tls' ? tlsNameRefusal(host) : undefined;
+    if (notTls) return notTls;
     names.push({ host, tier: isWildcardHost(host) ? 'wildcard' : 'exact' });
   }
   if (spec.subdomain !== undefined) {

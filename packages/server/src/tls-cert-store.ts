@@ -3,7 +3,7 @@
 
 import { X509Certificate } from 'node:crypto';
 import { createSecureContext, type SecureContext } from 'node:tls';
-import { normalizeRequestHost } from '@porthole/protocol';
+import { isIpAddressSni, normalizeRequestHost } from '@porthole/protocol';
 
 export interface CertPair {
   cert: Buffer;
@@ -108,6 +108,8 @@ export class TlsCertStore {
    * sent here to be terminated, and must get the certificate for "app.example.com", not a failed handshake.
    */
   readonly sniCallback = (servername: string, callback: (err: Error | null, ctx?: SecureContext) => void) => {
+    // An IP address was read as no SNI (default_host's decision): the server's default certificate answers.
+    if (isIpAddressSni(servername)) return callback(null);
     const name = normalizeRequestHost(servername);
     const found = name === undefined ? undefined : this.find(name);
     if (found) callback(null, found.context);

@@ -313,7 +313,8 @@ function isHostNameByte(b: number): boolean {
     (b >= 0x30 && b <= 0x39) || // 0-9
     b === 0x2d || // -
     b === 0x2e || // .
-    b === 0x5f // _ (not a valid hostname character, but seen in the wild in internal names)
+    b === 0x5f || // _ (not a valid hostname character, but seen in the wild in internal names)
+    b === 0x3a // : (an IPv6 address, which some clients send though RFC 6066 forbids it; read as no SNI)
   );
 }
 

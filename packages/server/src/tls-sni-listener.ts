@@ -8,6 +8,7 @@ import {
   type ConnectionTracker,
   formatHostPort,
   type HostPort,
+  isIpAddressSni,
   type Logger,
   normalizeRequestHost,
   writeStreamHeader,
@@ -101,9 +102,13 @@ export class TlsSniListener {
    * offline; and a tls proxy gone offline would keep an http proxy that took its name closed for a day.
    */
   decide(serverName: string | undefined): SniDecision {
-    const name = normalizeRequestHost(serverName ?? this.opts.defaultHost);
+    // An IP address names no proxy or certificate here: read as no SNI (see isIpAddressSni).
+    const asked = serverName !== undefined && isIpAddressSni(serverName) ? undefined : serverName;
+    const name = normalizeRequestHost(asked ?? this.opts.defaultHost);
     if (name === undefined) {
-      return { action: 'close', reason: serverName === undefined ? 'no SNI and no default_host' : 'bad SNI' };
+      if (asked !== undefined) return { action: 'close', reason: 'bad SNI' };
+      const sni = serverName === undefined ? 'no SNI' : 'an IP address as SNI';
+      return { action: 'close', reason: `${sni} and no default_host` };
     }
     const route = this.opts.routes.lookup(name);
     const certs = this.opts.certs();

@@ -489,3 +489,42 @@ test('a client that does not read its answers is not answered ahead: the server 
   }
   client.session.close();
 });
+
+test('a tls proxy named by an IP address is refused (the TLS port reads such an SNI as none); an http proxy takes one', async (t) => {
+  const routing: RoutingConfig = {
+    ...defaultRoutingConfig(),
+    httpListen: { host: '127.0.0.1', port: 0 },
+    https: {
+      listen: { host: '127.0.0.1', port: 0 },
+      defaultHost: undefined,
+      handshakeTimeout: 10_000,
+      maxClientHelloSize: 16 * 1024,
+      certs: new TlsCertStore([]),
+    },
+  };
+  const { server, url } = await startServer({ routing });
+  t.after(() => server.shutdown());
+  const client = await RawClient.connect(url, await token('by-address'));
+  t.after(() => client.session.close());
+  await client.hello();
+  client.send({
+    type: 'register',
+    proxies: [
+      { name: 'vault', type: 'tls', hosts: ['127.0.0.1'] },
+      { name: 'web', type: 'http', hosts: ['127.0.0.1'] },
+    ],
+  });
+  const answer = await client.next();
+  assert.ok(answer?.type === 'register_result', JSON.stringify(answer));
+  assert.deepEqual(
+    answer.results.map((r) => [r.proxy, r.ok, r.reason]),
+    [
+      [
+        'vault',
+        false,
+        '127.0.0.1 is an IP address, which SNI does not carry (RFC 6066): a tls proxy is found by a hostname',
+      ],
+      ['web', true, undefined],
+    ],
+  );
+});

@@ -43,7 +43,7 @@ function checkAnswer(input: Buffer, answer: ClientHelloPeek, maxBytes: number): 
       `bytes ${answer.bytes}`,
     );
     assert.ok(Array.isArray(answer.alpn));
-    if (answer.serverName !== undefined) assert.match(answer.serverName, /^[a-z0-9._-]{1,255}$/);
+    if (answer.serverName !== undefined) assert.match(answer.serverName, /^[a-z0-9._:-]{1,255}$/);
     // The verdict depends only on the hello's own bytes.
     assert.deepEqual(peekClientHello(input.subarray(0, answer.bytes), { maxBytes }), answer);
   } else {
@@ -436,7 +436,7 @@ describe('peekClientHello agrees with OpenSSL', () => {
         } finally {
           client.destroy();
         }
-        if (seen.serverName !== undefined && !/^[A-Za-z0-9._-]+$/.test(seen.serverName)) {
+        if (seen.serverName !== undefined && !/^[A-Za-z0-9._:-]+$/.test(seen.serverName)) {
           // OpenSSL passes any bytes but NUL; we refuse names no hostname rule could match (on purpose).
           assert.equal(
             ours.state,
