@@ -11,6 +11,7 @@ import { curl } from './lib/curl.js';
 import { backendServing, startHttpBackend } from './lib/http-backend.js';
 import {
   clientBin,
+  eventually,
   freePort,
   freePorts,
   run,
@@ -24,6 +25,7 @@ import {
   makeCa,
   makeCert,
   type RoutedClientOptions,
+  type RoutedProxy,
   startRoutedClient,
   startRoutedServer,
 } from './lib/routing.js';
@@ -431,6 +433,83 @@ test(
       );
       assert.equal(vault.status, 404, `the server's own certificate serves v.sub.test: ${vault.stderr}`);
       assert.equal((await client.proc.settledLogsWithMsg('session lost', clientMark)).length, 0);
+    }),
+);
+
+test(
+  "server SIGHUP revoking tokens: their clients' http and tls names are forgotten at once (404, or what else covers them), whether the client was connected or already gone; another token of the same name keeps its own",
+  { timeout: 90_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backends = await Promise.all(['wild', 'alpha', 'gamma', 'delta'].map((n) => startHttpBackend(n)));
+      h.onCleanup(() => Promise.all(backends.map((b) => b.close())));
+      const [wild, alpha, gamma, delta] = backends.map((b) => `127.0.0.1:${b.port}`) as [
+        string,
+        string,
+        string,
+        string,
+      ];
+      const ca = await makeCa(h);
+      const edge = await makeCert(h, ca, 'porthole edge', ['*.edge.test']);
+      const server = await startRoutedServer(h, { https: { certs: [edge] } });
+      const start = async (name: string, token: string, proxies: RoutedProxy[]) =>
+        startRoutedClient(h, { server: server.url, token, name, proxies });
+      const token = (name: string) => issueRoutedToken(server, { name });
+      // What covers the names once their own proxies are gone.
+      await start('client-wild', await token('wild'), [
+        { name: 'all', type: 'http', local: wild, hosts: ['*.test'] },
+      ]);
+      const tokenAlpha = await token('alpha');
+      await start('client-alpha', tokenAlpha, [
+        { name: 'app', type: 'http', local: alpha, hosts: ['app.test'] },
+        { name: 'vault', type: 'tls', local: alpha, hosts: ['v.edge.test'] },
+      ]);
+      // gamma is gone before the reload: its name answers 502, kept for its return.
+      const tokenGamma = await token('gamma');
+      const gammaClient = await start('client-gamma', tokenGamma, [
+        { name: 'site', type: 'http', local: gamma, hosts: ['gone.test'] },
+      ]);
+      gammaClient.proc.kill('SIGKILL');
+      await eventually(
+        'gone.test offline',
+        async () => (await backendServing(server.httpPort, 'gone.test')) === 'HTTP 502',
+        10_000,
+      );
+      // delta rotates its token (README: issue a new one, restart the client, revoke the old one).
+      const oldDelta = await token('delta');
+      const deltaOld = await start('client-delta-old', oldDelta, [
+        { name: 'blog', type: 'http', local: delta, hosts: ['blog.test'] },
+      ]);
+      deltaOld.proc.kill('SIGKILL');
+      await start('client-delta-new', await token('delta'), [
+        { name: 'blog', type: 'http', local: delta, hosts: ['blog.test'] },
+      ]);
+      const backendOf = (host: string) => backendServing(server.httpPort, host);
+      assert.equal(await backendOf('app.test'), 'alpha');
+      assert.equal(await backendOf('blog.test'), 'delta');
+
+      const mark = server.proc.mark();
+      const revoked = [tokenAlpha, tokenGamma, oldDelta].map((jwt) => JSON.stringify(jwtClaims(jwt).jti));
+      const text = await readFile(server.config.configPath, 'utf8');
+      await writeFile(
+        server.config.configPath,
+        text.replace(/^secret_file = .*$/m, `$&\nrevoked_tokens = [${revoked.join(', ')}]`),
+      );
+      server.proc.kill('SIGHUP');
+      const reloaded = await server.proc.waitForMsg('config reloaded', 10_000, { from: mark });
+      assert.deepEqual(reloaded.clients_revoked, ['alpha']);
+      // Neither client can come back with its token: their names are no one's now, not offline for a day
+      // (before: app.test and gone.test 502, v.edge.test closed).
+      assert.equal(await backendOf('app.test'), 'wild', 'the revoked connected client: forgotten');
+      assert.equal(await backendOf('gone.test'), 'wild', 'the revoked client already gone: forgotten');
+      const vault = await curl(
+        ['--resolve', `v.edge.test:${server.httpsPort}:127.0.0.1`, '--cacert', ca.cert],
+        `https://v.edge.test:${server.httpsPort}/`,
+      );
+      assert.equal(vault.status, 200, `the certificate covers it again, then *.test: ${vault.stderr}`);
+      assert.equal(JSON.parse(vault.body).backend, 'wild');
+      // Names are per client, not per token: delta's new token registered blog.test and keeps it.
+      assert.equal(await backendOf('blog.test'), 'delta');
     }),
 );
 

@@ -496,6 +496,7 @@ export class ClientSession {
     return {
       self: this,
       name: this.name,
+      tokenId: this.tokenId,
       session: this.session,
       portGrant: this.grant,
       hostGrant: this.hostGrant,

@@ -17,6 +17,8 @@ export interface HostClaim {
 export interface RouteEntry<T> extends HostClaim {
   client: string;
   proxy: string;
+  /** The token (jti) its client signed in with, so a reload that revokes it can forget the route. */
+  token: string | undefined;
   /** Where requests go; undefined once the proxy's client went away (visitors then get 502, not 404). */
   target: T | undefined;
   offlineSince: number;
@@ -111,7 +113,7 @@ export class HostRoutes<T> {
    * so do the offline entries of other clients that would still answer before these claims and that their
    * clients could not take back while the claims stand (see forgetShadowingOffline).
    */
-  add(client: string, proxy: string, claims: readonly HostClaim[], target: T): void {
+  add(client: string, proxy: string, claims: readonly HostClaim[], target: T, token?: string): void {
     for (const claim of claims) {
       this.forgetShadowingOffline(client, claim);
       const list = (this.byHost.get(claim.host) ?? []).filter((e) => {
@@ -120,7 +122,7 @@ export class HostRoutes<T> {
         if (replaced && e.target === undefined) this.offlineCount--;
         return !replaced;
       });
-      list.push({ ...claim, client, proxy, target, offlineSince: 0 });
+      list.push({ ...claim, client, proxy, token, target, offlineSince: 0 });
       this.byHost.set(claim.host, list);
       const hosts = this.hostsOf.get(target);
       if (hosts) hosts.add(claim.host);
@@ -184,12 +186,13 @@ export class HostRoutes<T> {
   }
 
   /**
-   * Forgets every offline route of `tier`. A reload that changes subdomain_host uses it for the subdomain
-   * routes of clients that are away: their names are under the old domain, which no proxy claims now (one
-   * that is connected moves to the new name), so they would answer 502 for a day. Returns how many went.
+   * Forgets the offline routes that `match`, routes no client can take back, which would answer 502 for a
+   * day: a reload forgets those of revoked tokens, and, when it changes subdomain_host, the subdomain routes
+   * of clients that are away (their names are under the old domain, which no proxy claims now; one that is
+   * connected moves to the new name). Returns how many went.
    */
-  forgetOffline(tier: RouteTier): number {
-    const gone = new Set(this.entries().filter((e) => e.target === undefined && e.tier === tier));
+  forgetOffline(match: (entry: RouteEntry<T>) => boolean): number {
+    const gone = new Set(this.entries().filter((e) => e.target === undefined && match(e)));
     this.drop(gone);
     return gone.size;
   }

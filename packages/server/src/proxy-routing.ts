@@ -53,6 +53,8 @@ export interface ProxyOwner {
   /** Identity for port holding (the ClientSession). */
   readonly self: object;
   readonly name: string;
+  /** The token (jti) it signed in with; its routes are forgotten when a reload revokes it. */
+  readonly tokenId: string;
   readonly session: Session;
   readonly portGrant: PortRanges | undefined;
   readonly hostGrant: readonly string[] | undefined;
@@ -339,14 +341,14 @@ function bindHostRoutes<T>(opts: {
   free: () => void;
 }): BoundProxy {
   const { table, owner, spec, target } = opts;
-  table.add(owner.name, spec.name, opts.claims, target);
+  table.add(owner.name, spec.name, opts.claims, target, owner.tokenId);
   const bound = {
     address: opts.address,
     claims: opts.claims,
     urls: opts.urlsOf(opts.claims),
     reroute: (claims: readonly HostClaim[]) => {
       table.release(target, { forget: true });
-      table.add(owner.name, spec.name, claims, target);
+      table.add(owner.name, spec.name, claims, target, owner.tokenId);
       bound.claims = claims;
       bound.urls = opts.urlsOf(claims);
     },

@@ -2,6 +2,7 @@ import { X509Certificate } from 'node:crypto';
 import { formatHostPort } from '@porthole/protocol';
 import type { UpgradeAuthenticator } from './auth.js';
 import { loadServerConfig, type ServerConfig } from './config.js';
+import type { RouteEntry } from './host-routes.js';
 import type { ServerContext } from './server-context.js';
 import type { TlsCertStore } from './tls-cert-store.js';
 
@@ -97,7 +98,7 @@ function certificateChanges(
  * SIGHUP on the server: re-read the config file. Revocations, allow_ports, auth limits, udp limits,
  * proxy_max_connections, max_streams_per_proxy, max_pending_per_source, max_pending_connections, subdomain_host, trusted_proxies, shutdown_timeout,
  * log_level and the admin token apply at once: a client whose token is now revoked is told so and
- * disconnected; a proxy the new rules refuse is closed and its client told which and why; an http or tls
+ * disconnected, and its routes, offline ones of earlier sessions too, forgotten; a proxy the new rules refuse is closed and its client told which and why; an http or tls
  * proxy whose names come from a changed subdomain_host is routed by the new names, as if it registered
  * now (closed, if another client holds them), and its client told, while the offline subdomain routes of
  * clients that are away are forgotten (they register the new names when they come back); certificates
@@ -167,10 +168,14 @@ export function reloadServer(
     for (const { proxy } of closed) summary.closed.push(`${session.name}/${proxy}`);
     for (const proxy of moved) summary.moved.push(`${session.name}/${proxy}`);
   }
-  // After the sessions: a revoked client's routes have just gone offline under the old name too.
-  if (running.routing?.subdomainHost !== next.routing?.subdomainHost) {
-    ctx.routing.httpRoutes.forgetOffline('subdomain');
-    ctx.routing.tlsRoutes.forgetOffline('subdomain');
-  }
+  // After the sessions, whose routes have just gone offline. A revoked token's client cannot come back
+  // with it, so its routes are forgotten as if unregistered, whether its session ended now or before (names
+  // belong to clients, not tokens: another token of the same name keeps the routes it registered). A
+  // changed subdomain_host leaves the subdomain routes of clients that are away under the old name.
+  const subdomainMoved = running.routing?.subdomainHost !== next.routing?.subdomainHost;
+  const unclaimable = (e: Pick<RouteEntry<unknown>, 'token' | 'tier'>) =>
+    (e.token !== undefined && next.auth.revoked.has(e.token)) || (subdomainMoved && e.tier === 'subdomain');
+  ctx.routing.httpRoutes.forgetOffline(unclaimable);
+  ctx.routing.tlsRoutes.forgetOffline(unclaimable);
   return summary;
 }

@@ -160,7 +160,7 @@ test("routes: a claim forgets the offline routes of another client that lookup w
   assert.equal(routes.entries().filter((e) => e.target === undefined).length, 2);
 });
 
-test('routes: forgetOffline drops the offline routes of one tier only', () => {
+test('routes: forgetOffline drops the offline routes that match only', () => {
   const routes = new HostRoutes<string>();
   const sub = { host: 'app.old.test', tier: 'subdomain' as const, location: '/' };
   const exact = { host: 'site.test', tier: 'exact' as const, location: '/' };
@@ -169,14 +169,24 @@ test('routes: forgetOffline drops the offline routes of one tier only', () => {
   routes.add('here', 'blog', [{ ...sub, host: 'blog.old.test' }], 'here-blog');
   routes.release('away-web');
   routes.release('away-site');
-  assert.equal(routes.forgetOffline('subdomain'), 2, 'both locations of app.old.test');
+  assert.equal(
+    routes.forgetOffline((e) => e.tier === 'subdomain'),
+    2,
+    'both locations of app.old.test',
+  );
   assert.equal(routes.lookup('app.old.test'), undefined);
   assert.equal(routes.lookup('app.old.test', '/api'), undefined);
   assert.equal(routes.lookup('site.test')?.target, undefined, 'the exact name stays offline');
   assert.ok(routes.lookup('site.test'));
   assert.equal(routes.lookup('blog.old.test')?.target, 'here-blog', 'an online route is not touched');
-  assert.equal(routes.forgetOffline('subdomain'), 0);
-  assert.equal(routes.forgetOffline('exact'), 1);
+  assert.equal(
+    routes.forgetOffline((e) => e.tier === 'subdomain'),
+    0,
+  );
+  assert.equal(
+    routes.forgetOffline((e) => e.tier === 'exact'),
+    1,
+  );
   assert.deepEqual(
     routes.entries().map((e) => e.host),
     ['blog.old.test'],
