@@ -903,3 +903,49 @@ test(
       assert.equal(seen['content-length'], undefined);
     }),
 );
+
+test(
+  'hosts takes IP addresses as a Host header carries them: an IPv6 one in brackets (or not), matched however the visitor writes it',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const [v4, v6] = await Promise.all([startHttpBackend('v4'), startHttpBackend('v6')]);
+      h.onCleanup(() => Promise.all([v4.close(), v6.close()]));
+      const server = await startRoutedServer(h);
+      const port = server.httpPort!;
+      // The token's grant is written as the client's hosts are; the client sends them normalized.
+      const token = await issueRoutedToken(server, {
+        name: 'by-address',
+        hosts: ['127.0.0.1', '[::1]', '2001:db8::1'],
+      });
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          { name: 'v4', type: 'http', local: `127.0.0.1:${v4.port}`, hosts: ['127.0.0.1'] },
+          { name: 'v6', type: 'http', local: `127.0.0.1:${v6.port}`, hosts: ['[::1]', '[2001:DB8:0::1]'] },
+        ],
+      });
+      assert.deepEqual(client.registered.get('v6')?.urls, [
+        `http://[::1]:${port}/`,
+        `http://[2001:db8::1]:${port}/`,
+      ]);
+      const backendOf = (host: string) => backendServing(port, host);
+      assert.equal(await backendOf('127.0.0.1'), 'v4');
+      assert.equal(await backendOf(`127.0.0.1:${port}`), 'v4');
+      for (const host of [
+        '[::1]',
+        `[::1]:${port}`,
+        '[0:0:0:0:0:0:0:1]',
+        '[2001:db8::1]',
+        '[2001:0DB8::0:1]:80',
+      ]) {
+        assert.equal(await backendOf(host), 'v6', host);
+      }
+      assert.equal(await backendOf('[::2]'), 'HTTP 404');
+      // curl's own Host for a URL naming the address (what a browser sends too).
+      const direct = await curl(['--connect-to', `::127.0.0.1:${port}`], `http://[::1]:${port}/`);
+      assert.equal(direct.status, 200, direct.stderr);
+      assert.equal(JSON.parse(direct.body).backend, 'v6');
+    }),
+);

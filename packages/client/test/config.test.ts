@@ -277,7 +277,8 @@ test('local = "unix:PATH": resolved next to the file (flags: the working directo
 
 test('hosts: a tls proxy is not named by an IP address (SNI carries none)', () => {
   const tls = '[[proxies]]\nname = "v"\ntype = "tls"\nlocal = "127.0.0.1:1"\n';
-  assert.deepEqual(problems(`${HEAD}${tls}hosts = ["vault.test", "127.0.0.1"]\n`), [
+  assert.deepEqual(problems(`${HEAD}${tls}hosts = ["vault.test", "127.0.0.1", "[::1]"]\n`), [
     'proxies[0] ("v").hosts[1]: 127.0.0.1 is an IP address, which SNI does not carry (RFC 6066): a tls proxy is found by a hostname',
+    'proxies[0] ("v").hosts[2]: ::1 is an IP address, which SNI does not carry (RFC 6066): a tls proxy is found by a hostname',
   ]);
 });

@@ -1,6 +1,7 @@
 // Hostnames that http and tls proxies claim, the patterns tokens grant (`--hosts`), and the names visitors
 // send (Host header, SNI). Everything is compared lowercased without a trailing dot.
 import { BlockList, isIP, isIPv6 } from 'node:net';
+import { formatIp, parseIp } from './proxy-protocol.js';
 
 const LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 const MAX_HOST_LENGTH = 253;
@@ -19,11 +20,23 @@ function checkName(name: string, whole: string): void {
 }
 
 /**
+ * An IPv6 address as names are compared: RFC 5952 text without brackets ("2001:db8::1"), so that a claim and
+ * a Host header match however either writes it; undefined when it is not one.
+ */
+function canonicalIPv6(text: string): string | undefined {
+  const ip = /^[0-9a-f:.]+$/.test(text) && isIPv6(text) ? parseIp(text) : undefined;
+  return ip && formatIp(ip);
+}
+
+/**
  * Validates and normalizes a hostname pattern: an exact name ("app.example.com") or a wildcard
  * ("*.home.example.com", which matches names at any depth below home.example.com, not the name itself).
+ * An IP address is taken as a Host header carries it (an IPv6 one in brackets, or bare as this returns it).
  */
 export function parseHostPattern(text: string): string {
   const lower = text.trim().toLowerCase().replace(/\.$/, '');
+  const ipv6 = canonicalIPv6(/^\[(.*)\]$/.exec(lower)?.[1] ?? lower);
+  if (ipv6 !== undefined) return ipv6;
   if (lower.startsWith('*.')) {
     checkName(lower.slice(2), text);
     return lower;
@@ -127,7 +140,7 @@ export function normalizeRequestHost(value: string | undefined): string | undefi
   if (value === undefined) return undefined;
   const match = HOST_FIELD.exec(value.trim().toLowerCase());
   if (!match) return undefined;
-  if (match[1] !== undefined) return isIPv6(match[1]) ? match[1] : undefined;
+  if (match[1] !== undefined) return canonicalIPv6(match[1]);
   const host = match[2]!.replace(/\.$/, '');
   if (host === '' || host.length > MAX_HOST_LENGTH) return undefined;
   return host;

@@ -28,6 +28,15 @@ test('host patterns normalize and reject what cannot be a hostname', () => {
   ]) {
     assert.throws(() => parseHostPattern(bad), /invalid hostname/, bad);
   }
+  // IP addresses as a Host header carries them; an IPv6 one compared in RFC 5952 form, brackets or not
+  // (a token's --hosts holds the normalized form, read again here).
+  assert.equal(parseHostPattern('127.0.0.1'), '127.0.0.1');
+  assert.equal(parseHostPattern('[::1]'), '::1');
+  assert.equal(parseHostPattern('[2001:DB8:0:0::1]'), '2001:db8::1');
+  assert.equal(parseHostPattern('2001:db8::1'), '2001:db8::1');
+  for (const bad of ['[127.0.0.1]', '*.[::1]', '[fe80::1%eth0]', '[::1]:80', '[::g]'])
+    assert.throws(() => parseHostPattern(bad), /invalid hostname/, bad);
+  assert.ok(hostGrantAllows([parseHostPattern('[::1]')], parseHostPattern('[0:0::1]')));
   assert.equal(parseSubdomain('App'), 'app');
   assert.throws(() => parseSubdomain('*.app'), /no wildcards/);
 });
@@ -58,6 +67,8 @@ test('request hosts lose their port, case and trailing dot; junk is undefined', 
   assert.equal(normalizeRequestHost('App.Example.com:8080'), 'app.example.com');
   assert.equal(normalizeRequestHost('app.example.com.'), 'app.example.com');
   assert.equal(normalizeRequestHost('[::1]:80'), '::1');
+  assert.equal(normalizeRequestHost('[0:0:0:0:0:0:0:1]'), '::1', 'as parseHostPattern writes it');
+  assert.equal(normalizeRequestHost('[2001:DB8::0:1]:8080'), '2001:db8::1');
   assert.equal(normalizeRequestHost(undefined), undefined);
   assert.equal(normalizeRequestHost(''), undefined);
   assert.equal(normalizeRequestHost('a/b'), undefined);

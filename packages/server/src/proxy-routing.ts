@@ -2,6 +2,7 @@
 // listeners and routes each one gets. tcp proxies are bound by ClientSession itself.
 import type { Session } from '@porthole/mux';
 import {
+  formatHostPort,
   hostGrantAllows,
   isWildcardHost,
   type PortRanges,
@@ -365,12 +366,17 @@ function httpUrls(claims: readonly HostClaim[], state: RoutingState, routing: Ro
   const httpPort = portOf(state.httpAddress);
   const httpsPort = portOf(state.httpsAddress);
   for (const { host, location } of claims) {
-    if (httpPort !== undefined)
-      urls.push(`http://${host}${httpPort === 80 ? '' : `:${httpPort}`}${location}`);
+    if (httpPort !== undefined) urls.push(`http://${urlAuthority(host, httpPort, 80)}${location}`);
     const name = host.startsWith('*.') ? `x${host.slice(1)}` : host;
     if (httpsPort !== undefined && routing.https?.certs.covers(name)) {
-      urls.push(`https://${host}${httpsPort === 443 ? '' : `:${httpsPort}`}${location}`);
+      urls.push(`https://${urlAuthority(host, httpsPort, 443)}${location}`);
     }
   }
   return urls;
+}
+
+/** host[:port] in a URL: the port left out when it is the scheme's `defaultPort`, an IPv6 address in brackets. */
+function urlAuthority(host: string, port: number, defaultPort: number): string {
+  const authority = formatHostPort(host, port);
+  return port === defaultPort ? authority.slice(0, authority.lastIndexOf(':')) : authority;
 }
