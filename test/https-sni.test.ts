@@ -32,6 +32,7 @@ import {
   rewriteRoutedClientProxies,
   startRoutedClient,
   startRoutedServer,
+  type TomlValue,
 } from './lib/routing.js';
 
 /** `openssl s_client` with stdin as input; returns everything it printed. */
@@ -71,6 +72,24 @@ async function startTlsLineService(
   await new Promise<void>((resolve) => service.listen(0, '127.0.0.1', resolve));
   h.onCleanup(() => new Promise((resolve) => service.close(resolve)));
   return { port: (service.address() as AddressInfo).port, rawReads };
+}
+
+/**
+ * A server whose TLS port terminates with a CA-signed "porthole edge" certificate for `edgeNames` (with
+ * these [https] keys), and a client whose http proxy "app" serves app.edge.test from a test backend ("app").
+ */
+async function startEdgeApp(h: Harness, edgeNames: string[], httpsKeys: Record<string, TomlValue> = {}) {
+  const ca = await makeCa(h);
+  const edge = await makeCert(h, ca, 'porthole edge', edgeNames);
+  const backend = await startHttpBackend('app');
+  h.onCleanup(() => backend.close());
+  const server = await startRoutedServer(h, { https: { certs: [edge], keys: httpsKeys } });
+  const token = await issueRoutedToken(server, { name: 'edge', hosts: ['app.edge.test'] });
+  const proxies: RoutedProxy[] = [
+    { name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.edge.test'] },
+  ];
+  const client = await startRoutedClient(h, { server: server.url, token, proxies });
+  return { ca, server, port: server.httpsPort!, token, proxies, client };
 }
 
 test(
@@ -243,22 +262,7 @@ test(
   { timeout: 60_000 },
   (t) =>
     withHarness(t, async (h) => {
-      const ca = await makeCa(h);
-      const edge = await makeCert(h, ca, 'porthole edge', ['*.edge.test']);
-      const backend = await startHttpBackend('app');
-      h.onCleanup(() => backend.close());
-      const server = await startRoutedServer(h, {
-        https: { certs: [edge], keys: { default_host: 'app.edge.test' } },
-      });
-      const port = server.httpsPort!;
-      const token = await issueRoutedToken(server, { name: 'edge' });
-      await startRoutedClient(h, {
-        server: server.url,
-        token,
-        proxies: [
-          { name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.edge.test'] },
-        ],
-      });
+      const { ca, port } = await startEdgeApp(h, ['*.edge.test'], { default_host: 'app.edge.test' });
       // RFC 6066 allows only host names in SNI, but old Java, some IoT stacks and openssl send the address
       // they dialled; such a client must get what one sending no SNI gets (before: closed, "no tls proxy
       // or certificate for this name").
@@ -418,17 +422,7 @@ test(
   { timeout: 60_000 },
   (t) =>
     withHarness(t, async (h) => {
-      const ca = await makeCa(h);
-      const edge = await makeCert(h, ca, 'porthole edge', ['app.edge.test']);
-      const backend = await startHttpBackend('app');
-      h.onCleanup(() => backend.close());
-      const server = await startRoutedServer(h, { https: { certs: [edge] } });
-      const port = server.httpsPort!;
-      const token = await issueRoutedToken(server, { name: 'edge', hosts: ['app.edge.test'] });
-      const proxies: RoutedProxy[] = [
-        { name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.edge.test'] },
-      ];
-      const client = await startRoutedClient(h, { server: server.url, token, proxies });
+      const { ca, server, port, token, proxies, client } = await startEdgeApp(h, ['app.edge.test']);
 
       // A WebSocket through the TLS the server terminates, working both ways.
       // (ws passes servername on to tls.connect; its types leave it out.)

@@ -319,13 +319,10 @@ test('one client holds at most max_proxies_per_client proxies and 4096 host rout
   );
 });
 
-test('a reload that changes subdomain_host moves http and tls subdomain routes as registering now would; a name another client holds closes the proxy', {
-  timeout: 30_000,
-}, async (t) => {
-  const file = join(scratchDir('porthole-reload-'), 'server.toml');
-  const routing: RoutingConfig = {
+/** An [http] and an [https] port on loopback (no certificates): http and tls proxies can register. */
+function vhostRouting(): RoutingConfig {
+  return {
     ...defaultRoutingConfig(),
-    subdomainHost: 'old.test',
     httpListen: { host: '127.0.0.1', port: 0 },
     https: {
       listen: { host: '127.0.0.1', port: 0 },
@@ -335,6 +332,13 @@ test('a reload that changes subdomain_host moves http and tls subdomain routes a
       certs: new TlsCertStore([]),
     },
   };
+}
+
+test('a reload that changes subdomain_host moves http and tls subdomain routes as registering now would; a name another client holds closes the proxy', {
+  timeout: 30_000,
+}, async (t) => {
+  const file = join(scratchDir('porthole-reload-'), 'server.toml');
+  const routing: RoutingConfig = { ...vhostRouting(), subdomainHost: 'old.test' };
   const { server, url, logs } = await startServer({ file, routing });
   t.after(() => server.shutdown());
   const { httpRoutes, tlsRoutes } = server.ctx.routing;
@@ -491,18 +495,7 @@ test('a client that does not read its answers is not answered ahead: the server 
 });
 
 test('a tls proxy named by an IP address is refused (the TLS port reads such an SNI as none); an http proxy takes one', async (t) => {
-  const routing: RoutingConfig = {
-    ...defaultRoutingConfig(),
-    httpListen: { host: '127.0.0.1', port: 0 },
-    https: {
-      listen: { host: '127.0.0.1', port: 0 },
-      defaultHost: undefined,
-      handshakeTimeout: 10_000,
-      maxClientHelloSize: 16 * 1024,
-      certs: new TlsCertStore([]),
-    },
-  };
-  const { server, url } = await startServer({ routing });
+  const { server, url } = await startServer({ routing: vhostRouting() });
   t.after(() => server.shutdown());
   const client = await RawClient.connect(url, await token('by-address'));
   t.after(() => client.session.close());
