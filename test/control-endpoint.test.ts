@@ -182,13 +182,13 @@ test(
 );
 
 test(
-  'max_pending_per_source and max_pending_connections from server.toml; signed-in clients do not count, on any port',
+  'max_pending_per_source and max_pending_connections from server.toml; signed-in clients do not count, on any port; trusted_proxies are held to the total only',
   { timeout: 90_000 },
   (t) =>
     withHarness(t, async (h) => {
       const cert = await makeSelfSignedCert(h, 'localhost');
       const server = await startRoutedServer(h, {
-        top: { max_pending_per_source: 2, max_pending_connections: 5 },
+        top: { max_pending_per_source: 2, max_pending_connections: 5, trusted_proxies: ['127.0.0.4'] },
         tls: cert,
         https: { certs: [cert] },
         admin: { token: ADMIN_TOKEN },
@@ -218,10 +218,11 @@ test(
       }
       assert.equal(await metric(server, 'porthole_pending_connections'), 0);
       const kept: number[] = [];
-      for (const from of ['127.0.0.2', '127.0.0.3', '127.0.0.4']) {
+      // 127.0.0.4 is a trusted proxy (a load balancer, every visitor behind one address): the total alone.
+      for (const from of ['127.0.0.2', '127.0.0.4', '127.0.0.3']) {
         kept.push((await slowPeers(h, server.httpPort!, from, 10, SLOW_HEAD)).kept());
       }
-      assert.deepEqual(kept, [2, 2, 1], 'two a source, five in all');
+      assert.deepEqual(kept, [2, 3, 0], 'two a source (a trusted one: any), five in all');
       t.diagnostic(`refused: ${await metric(server, 'porthole_pending_connections_refused_total')}`);
     }),
 );

@@ -8,6 +8,7 @@ import type { Duplex } from 'node:stream';
 import { LimitWarning, type Logger } from '@porthole/protocol';
 import { failureSource } from './auth.js';
 import { connectionOf } from './peer-address.js';
+import type { TrustedProxies } from './trusted-proxies.js';
 
 export interface PendingLimits {
   /** Pending connections one source (an IPv4 address, an IPv6 /64) may have at once. */
@@ -28,9 +29,14 @@ export class PendingConnections {
   // One listener for every connection, not a closure each: an emitter calls it with itself as `this`.
   private readonly onClose: (this: Duplex) => void;
 
-  /** `limits` is read at each new connection, so that a reload's new caps apply at once. */
+  /**
+   * `limits` is read at each new connection, so that a reload's new caps apply at once. A source in
+   * `trusted` (trusted_proxies: a load balancer or CDN in front, every visitor behind one address) is held to
+   * the total cap only.
+   */
   constructor(
     private readonly limits: () => PendingLimits,
+    private readonly trusted: () => TrustedProxies,
     logger: Logger,
   ) {
     this.warning = new LimitWarning((refused) => {
@@ -70,7 +76,8 @@ export class PendingConnections {
     const source = failureSource(socket.remoteAddress ?? 'unknown');
     const { perSource, total } = this.limits();
     const count = this.bySource.get(source) ?? 0;
-    if (count >= perSource || this.pending >= total) {
+    const overSourceCap = count >= perSource && !this.trusted().contains(socket.remoteAddress);
+    if (overSourceCap || this.pending >= total) {
       this.refusedTotal += 1;
       this.lastRefusedSource = source;
       this.warning.count();

@@ -12,6 +12,7 @@ import { ProxyTraffic } from './proxy-traffic.js';
 import { reloadServer } from './reload.js';
 import type { ServerContext } from './server-context.js';
 import { type ServerCounters, ServerStatus } from './server-status.js';
+import { currentTrustedProxies } from './trusted-proxies.js';
 import { VhostPorts } from './vhost-ports.js';
 
 /** How long to let final GoAway/close frames reach clients before the process exits. */
@@ -48,7 +49,8 @@ export class PortholeServer {
       routing: createRoutingState(),
     };
     this.authenticator = new UpgradeAuthenticator(config.auth);
-    this.pending = new PendingConnections(() => this.ctx.config.pending, logger);
+    const trusted = currentTrustedProxies(() => this.ctx.config.routing?.trustedProxies);
+    this.pending = new PendingConnections(() => this.ctx.config.pending, trusted, logger);
     this.counters = {
       streamOpen: new Histogram(),
       authFailures: this.authenticator.failures,
@@ -70,6 +72,7 @@ export class PortholeServer {
       this.ctx,
       (req, socket, head) => this.endpoint.handleUpgrade(req, socket, head),
       this.pending,
+      trusted,
     );
   }
 

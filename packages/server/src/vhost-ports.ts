@@ -9,7 +9,7 @@ import { defaultRoutingConfig } from './routing-config.js';
 import type { ServerContext } from './server-context.js';
 import type { TlsCertStore } from './tls-cert-store.js';
 import { TlsSniListener } from './tls-sni-listener.js';
-import { TrustedProxies } from './trusted-proxies.js';
+import type { TrustedProxies } from './trusted-proxies.js';
 
 export class VhostPorts {
   private readonly vhost: HttpVhostServer;
@@ -19,22 +19,12 @@ export class VhostPorts {
     private readonly ctx: ServerContext,
     onControlUpgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void,
     pending: PendingConnections,
+    trusted: () => TrustedProxies,
   ) {
     const routing = ctx.config.routing ?? defaultRoutingConfig();
-    // trusted_proxies follow reloads (ctx.config is replaced as a whole); rebuilt only when they change.
-    let trustedList = routing.trustedProxies;
-    let trusted = new TrustedProxies(trustedList);
-    const currentTrusted = () => {
-      const list = ctx.config.routing?.trustedProxies ?? [];
-      if (list !== trustedList) {
-        trustedList = list;
-        trusted = new TrustedProxies(list);
-      }
-      return trusted;
-    };
     const router = new HttpVhostRouter({
       routes: ctx.routing.httpRoutes,
-      trusted: currentTrusted,
+      trusted,
       logger: ctx.logger,
       tracker: ctx.tracker,
       traffic: ctx.traffic,

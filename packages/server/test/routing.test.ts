@@ -244,7 +244,11 @@ test('SNI decisions: tls proxies by exact name, then exact certificates, then wi
       tracker: new ConnectionTracker(),
       helloTimeoutMs: 1000,
       helloMaxBytes: 16384,
-      pending: new PendingConnections(() => ({ perSource: 1, total: 1 }), captureLogs().logger),
+      pending: new PendingConnections(
+        () => ({ perSource: 1, total: 1 }),
+        () => new TrustedProxies([]),
+        captureLogs().logger,
+      ),
     });
   const decide = (name: string | undefined, defaultHost?: string) => {
     const d = listener(defaultHost).decide(name);
