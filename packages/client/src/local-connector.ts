@@ -1,4 +1,4 @@
-import type { Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import type { Stream } from '@porthole/mux';
 import {
   CloseHooks,
@@ -16,7 +16,6 @@ import {
 import type { ProxyConfig } from './config.js';
 import { describeLocalConnectError } from './connect-error.js';
 import type { LocalFailureLog } from './local-failure-log.js';
-import { LocalSocket } from './local-socket.js';
 import { type OpenUdpFlows, serveUdpFlow } from './udp-forwarder.js';
 
 /** The PROXY header's endpoints: the visitor, and the server address it connected to. */
@@ -99,9 +98,10 @@ function connectLocal(local: ProxyConfig['local'], stream: Stream): Promise<Sock
       reject(new StreamGone());
       return;
     }
-    const socket = new LocalSocket({ allowHalfOpen: true }).connect(
-      isUnixSocketAddress(local) ? { path: local.path } : { host: local.host, port: local.port },
-    );
+    const socket = connect({
+      ...(isUnixSocketAddress(local) ? { path: local.path } : { host: local.host, port: local.port }),
+      allowHalfOpen: true,
+    });
     const settle = () => {
       clearTimeout(timer);
       stream.off('close', gone);

@@ -3,6 +3,7 @@ import type { Duplex } from 'node:stream';
 import { whenEndIsFin } from './end-is-fin.js';
 import { resetConnection } from './reset-connection.js';
 import { TurnGatheredWrites } from './turn-gathered-writes.js';
+import { passOnUnreadAfterFailedWrite } from './unread-after-failed-write.js';
 
 export interface PipeResult {
   /** Bytes read from `a` and written towards `b`. */
@@ -149,6 +150,9 @@ export function pipeBidirectional(
   };
   watch(a, b, labelA);
   watch(b, a, labelB);
+  // A peer's last bytes before its reset reach the other side even when the reset fails a write to it.
+  if (a instanceof Socket) passOnUnreadAfterFailedWrite(a);
+  if (b instanceof Socket) passOnUnreadAfterFailedWrite(b);
   const stopAtoB = pump(a, b, (n) => {
     progress.bytesAtoB += n;
   });
