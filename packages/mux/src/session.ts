@@ -261,11 +261,15 @@ export class Session extends EventEmitter {
         return;
       }
       stream = this.acceptStream(id);
-      if (!stream) return;
+      if (!stream) {
+        this.bodyBeyondAnyWindow(header);
+        return;
+      }
     }
     if (!stream) {
       // A frame for a stream that is gone: late frames after a close are normal, data is discarded and
       // the sender is told (once per frame) that nobody is listening.
+      if (this.bodyBeyondAnyWindow(header)) return;
       if (type === FrameType.Data && header.length > 0 && !(flags & Flag.RST))
         this.writeAnswer(FrameType.WindowUpdate, Flag.RST, id, 0);
       return;
@@ -289,6 +293,20 @@ export class Session extends EventEmitter {
       return;
     }
     this.bodyTarget = stream;
+  }
+
+  /**
+   * The body of a Data frame for a stream we do not hold (gone, refused, never opened) is read and
+   * discarded. A peer keeping to the protocol has no more of it in flight than the window we granted that
+   * stream, and no window we grant exceeds maxStreamWindow: a longer frame is a protocol error, as for a
+   * stream we hold, rather than up to 4 GiB of what follows read and thrown away. True when it was one.
+   */
+  private bodyBeyondAnyWindow(header: FrameHeader): boolean {
+    if (header.type !== FrameType.Data || header.length <= this.maxStreamWindow) return false;
+    this.protocolError(
+      `stream ${header.streamId}: ${header.length} bytes of data for a stream we do not hold, beyond the largest window we grant (${this.maxStreamWindow})`,
+    );
+    return true;
   }
 
   private onDataEnd(header: FrameHeader): void {

@@ -9,7 +9,7 @@ import { receiveAll, sendPattern, sha256 } from './payload.js';
 import { Prng } from './prng.js';
 import { sleep, waitFor, withTimeout } from './timeouts.js';
 import { type SessionPair, sessionPair } from './transports.js';
-import { encodeFrame, F, FrameParser, T } from './wire.js';
+import { encodeFrame, F, FrameParser, INITIAL_WINDOW, T } from './wire.js';
 
 /** Stream and session semantics between two of our sessions (and against silent raw-socket peers). */
 
@@ -286,6 +286,75 @@ describe('flow control at the edges', () => {
     out.destroy();
     await waitFor(() => results.length >= 2, 3000, 'the write callbacks');
     assert.deepEqual(results.slice(0, 2), ['write: failed', 'queued: failed']);
+  });
+});
+
+describe('data for a stream we do not hold', () => {
+  const MAX_FRAME = 0xffffffff;
+
+  /** A raw peer and our client session over it; the peer opens stream 2 and waits for our ACK. */
+  async function sessionWithPeerStream(accept: boolean) {
+    const raw = await rawPeer(true);
+    const session = new Session(raw.conn, { client: true, keepAliveInterval: 0 });
+    const errors: CodedError[] = [];
+    session.on('error', (err: Error) => errors.push(err));
+    cleanup.push(() => session.close());
+    const closed = new Promise<CodedError | undefined>((resolve) => session.once('close', resolve));
+    const arriving = accept ? nextStream(session) : undefined;
+    raw.peer.write(encodeFrame(T.WindowUpdate, F.SYN, 2, 0));
+    await waitFor(() => raw.frames.frames.some((f) => f.streamId === 2), 5000, 'our answer to the SYN');
+    return { raw, session, errors, closed, stream: await arriving };
+  }
+
+  /** Sends a ping from the peer and waits for our answer: everything the peer sent before it was read. */
+  async function answered(raw: Awaited<ReturnType<typeof rawPeer>>, opaque: number): Promise<void> {
+    raw.peer.write(encodeFrame(T.Ping, F.SYN, 0, opaque));
+    await waitFor(
+      () => raw.frames.frames.some((f) => f.type === T.Ping && f.flags & F.ACK && f.length === opaque),
+      5000,
+      `our answer to ping ${opaque}`,
+    );
+  }
+
+  test('late data for a stream we reset, within its window, is discarded quietly (RST answered); the session carries on', async () => {
+    const { raw, session, errors, stream } = await sessionWithPeerStream(true);
+    quiet(stream!).destroy();
+    await waitFor(
+      () => raw.frames.frames.some((f) => f.streamId === 2 && f.flags & F.RST),
+      5000,
+      'our RST for stream 2',
+    );
+    // The whole window we granted, in flight when the RST left.
+    raw.peer.write(encodeFrame(T.Data, 0, 2, INITIAL_WINDOW, Buffer.alloc(INITIAL_WINDOW, 7)));
+    await answered(raw, 1);
+    assert.equal(session.closed, false);
+    assert.deepEqual(errors, []);
+    assert.ok(!raw.frames.frames.some((f) => f.type === T.GoAway), 'no GoAway');
+  });
+
+  test('a Data frame longer than any window we grant, for a stream we do not hold, is a protocol error (GoAway), not 4 GiB read and thrown away', async () => {
+    for (const kind of ['never opened', 'reset by us', 'refused at its SYN'] as const) {
+      const { raw, errors, closed, stream } = await sessionWithPeerStream(kind === 'reset by us');
+      let header: Buffer;
+      if (kind === 'never opened') header = encodeFrame(T.Data, 0, 4, MAX_FRAME);
+      else if (kind === 'refused at its SYN') header = encodeFrame(T.Data, F.SYN, 4, MAX_FRAME);
+      else {
+        quiet(stream!).destroy();
+        header = encodeFrame(T.Data, 0, 2, MAX_FRAME);
+      }
+      // The ping after it would be eaten as part of the body if the header were believed.
+      raw.peer.write(Buffer.concat([header, Buffer.alloc(1024), encodeFrame(T.Ping, F.SYN, 0, 9)]));
+      const reason = await withTimeout(closed, 3000, `the session's close (${kind})`);
+      assert.equal(reason?.code, 'ERR_MUX_PROTOCOL', `${kind}: ${reason?.message}`);
+      assert.match(reason.message, /window/);
+      assert.equal(errors.length, 1, kind);
+      await waitFor(raw.ended, 3000, `the connection to be closed (${kind})`);
+      assert.deepEqual(
+        raw.frames.frames.filter((f) => f.type === T.GoAway).map((f) => f.length),
+        [1],
+        `${kind}: GoAway(protocol error)`,
+      );
+    }
   });
 });
 
