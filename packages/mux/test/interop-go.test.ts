@@ -160,6 +160,66 @@ async function ourClientAgainstGoEcho(t: Transport, streams: number, bytes: numb
   assertQuietGo(peer.stderr());
 }
 
+/**
+ * Our client resets streams while the Go echo-server is still echoing into them, beside streams that run
+ * whole: the echo already in flight arrives for streams we no longer hold and is discarded (each frame within
+ * the window we granted), quietly, and the session and its other streams carry on.
+ */
+async function ourResetsAgainstGoEcho(t: Transport) {
+  const RESET = 20;
+  const WHOLE = 10;
+  const peer: PeerServer = await startPeerServer('echo-server', t.goFlags);
+  let session: Session | undefined;
+  const resetIds: number[] = [];
+  try {
+    session = new Session(await dial(t, peer.port), { client: true });
+    const sessionErrors: Error[] = [];
+    session.on('error', (err) => sessionErrors.push(err));
+    const s = session;
+    const reset = Array.from({ length: RESET }, async (_, i) => {
+      const stream = s.open();
+      resetIds.push(stream.id);
+      stream.on('error', () => {});
+      const echoing = new Promise<void>((resolve) => stream.once('data', () => resolve()));
+      stream.write(Buffer.alloc(MiB, i));
+      await echoing;
+      stream.destroy(); // RST while the rest of the echo is on its way
+    });
+    const whole = Array.from({ length: WHOLE }, async (_, i) => {
+      const stream = s.open();
+      const echo = receiveAll(stream);
+      const sent = await sendPattern(stream, MiB, 2000 + i);
+      return { id: stream.id, sent, got: await echo };
+    });
+    const [, results] = await withTimeout(
+      Promise.all([Promise.all(reset), Promise.all(whole)]),
+      TEST_TIMEOUT - 10_000,
+      `${RESET} streams reset and ${WHOLE} echoed whole through the Go echo-server`,
+    );
+    for (const r of results) assert.equal(r.got.sha256, r.sent, `stream ${r.id}: sha256 of the echo`);
+    await waitFor(() => s.streamCount === 0, 10_000, 'every stream released');
+    assert.deepEqual(sessionErrors, []);
+    assert.equal(s.closed, false);
+    assert.equal(typeof (await withTimeout(s.ping(), 5000, 'ping to Go')), 'number');
+    // And the session still carries a stream whole.
+    const after = s.open();
+    const echo = receiveAll(after);
+    const sent = await sendPattern(after, MiB, 3000);
+    assert.equal((await withTimeout(echo, 10_000, 'an echo after the resets')).sha256, sent);
+  } finally {
+    session?.close();
+    await peer.stop();
+  }
+  // The Go side reports the streams we reset, and nothing else.
+  const stderr = peer.stderr();
+  assert.doesNotMatch(stderr, /NO FIN|protocol error|invalid|unexpected/i, `Go peer complained:\n${stderr}`);
+  for (const m of stderr.matchAll(/stream (\d+): echo error/g))
+    assert.ok(
+      resetIds.includes(Number(m[1])),
+      `Go peer complained about a stream we did not reset:\n${stderr}`,
+    );
+}
+
 /** (b) The Go `client` against our echo server. */
 async function goClientAgainstOurEcho(t: Transport, streams: number, bytes: number, goArgs: string[] = []) {
   const sessions: Session[] = [];
@@ -300,6 +360,12 @@ for (const t of transports) {
     );
     test('Go open-server -> our echo client: 50 streams x 1 MiB', opts, () =>
       goOpenServerAgainstOurEcho(t, 50, MiB),
+    );
+
+    test(
+      'our client -> Go echo-server: streams reset while their echo is on its way, beside streams echoed whole',
+      opts,
+      () => ourResetsAgainstGoEcho(t),
     );
 
     test('Go side with a 16 MiB window: our client -> echo-server, 64 MiB', opts, () =>
