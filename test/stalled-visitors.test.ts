@@ -4,8 +4,16 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { test } from 'node:test';
 import { DEFAULT_MAX_SESSION_WINDOW, INITIAL_WINDOW } from '@porthole/mux';
-import { freePort, procMemory, sleep, waitFor, withHarness, withTimeout } from './lib/processes.js';
-import { startTunnel } from './lib/tunnel.js';
+import {
+  freePort,
+  type Harness,
+  procMemory,
+  sleep,
+  waitFor,
+  withHarness,
+  withTimeout,
+} from './lib/processes.js';
+import { startTunnel, type Tunnel } from './lib/tunnel.js';
 
 const MiB = 1024 * 1024;
 const VISITORS = 100;
@@ -36,6 +44,15 @@ function startEndlessDownload() {
   return { server, stats };
 }
 
+/** Listens `service` on loopback and tunnels a tcp proxy "download" to it. */
+async function tunnelTo(h: Harness, service: net.Server): Promise<Tunnel> {
+  await new Promise<void>((resolve) => service.listen(0, '127.0.0.1', resolve));
+  h.onCleanup(() => service.close());
+  const localPort = (service.address() as net.AddressInfo).port;
+  const remotePort = await freePort();
+  return startTunnel(h, [{ name: 'download', local: `127.0.0.1:${localPort}`, remotePort }]);
+}
+
 /** Resolves once `value()` has not changed for `quietMs`, returning it. */
 async function settled(
   value: () => number,
@@ -64,13 +81,7 @@ test(
   (t) =>
     withHarness(t, async (h) => {
       const download = startEndlessDownload();
-      await new Promise<void>((resolve) => download.server.listen(0, '127.0.0.1', resolve));
-      h.onCleanup(() => download.server.close());
-      const localPort = (download.server.address() as net.AddressInfo).port;
-      const remotePort = await freePort();
-      const { server, publicPort } = await startTunnel(h, [
-        { name: 'download', local: `127.0.0.1:${localPort}`, remotePort },
-      ]);
+      const { server, publicPort } = await tunnelTo(h, download.server);
       const serverPid = server.proc.pid!;
       const baseline = procMemory('VmRSS', serverPid);
 
@@ -180,14 +191,8 @@ test(
   (t) =>
     withHarness(t, async (h) => {
       const service = startListeningDownload();
-      await new Promise<void>((resolve) => service.server.listen(0, '127.0.0.1', resolve));
-      h.onCleanup(() => service.server.close());
-      const localPort = (service.server.address() as net.AddressInfo).port;
-      const remotePort = await freePort();
-      const { publicPort } = await startTunnel(h, [
-        { name: 'download', local: `127.0.0.1:${localPort}`, remotePort },
-      ]);
-      // Before the fix the server lost the line in about 1 try in 20 (6 of 120).
+      const { publicPort } = await tunnelTo(h, service.server);
+      // Before the fix the server lost the line in about 1 try in 6 (8, 9 and 15 of 60 in three runs).
       const TRIES = 60;
       const lost: number[] = [];
       for (let i = 0; i < TRIES; i++) {
