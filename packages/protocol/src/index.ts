@@ -14,6 +14,7 @@ export * from './limit-warning.js';
 export * from './local-address.js';
 export * from './logger.js';
 export * from './message-codec.js';
+export * from './network-list.js';
 export * from './pipe-bidirectional.js';
 export * from './port-ranges.js';
 export * from './process-resources.js';
