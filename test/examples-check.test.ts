@@ -12,7 +12,8 @@ import { makeCa, makeCert } from './lib/routing.js';
 const EXAMPLES = path.join(repoRoot, 'examples');
 
 /**
- * /etc/porthole as the README fills it (secret, admin-token, token, certificates for example.com), in the
+ * /etc/porthole as the README fills it (secret, admin-token, token, socks-password, certificates for
+ * example.com), in the
  * harness dir, each file 0600. Returns the directory.
  */
 async function etcPorthole(h: Harness): Promise<string> {
@@ -24,6 +25,7 @@ async function etcPorthole(h: Harness): Promise<string> {
     ['secret', { text: `${'s'.repeat(64)}\n` }],
     ['admin-token', { text: `${'a'.repeat(48)}\n` }],
     ['token', { text: 'x.y.z\n' }],
+    ['socks-password', { text: 'a long random password\n' }],
     ['fullchain.pem', pair.cert],
     ['privkey.pem', pair.key],
     ['example.com/fullchain.pem', pair.cert],

@@ -4,7 +4,6 @@ import {
   ConnectionTracker,
   type ControlMessage,
   FirstSightings,
-  formatLocalAddress,
   type Logger,
   MessageReader,
   nextClose,
@@ -20,7 +19,7 @@ import type { ClientConfig, ProxyConfig } from './config.js';
 import { DialError, dial, urlWithoutUserinfo } from './dialer.js';
 import { PendingLocalConnects, serveStream } from './local-connector.js';
 import { LocalFailureLog } from './local-failure-log.js';
-import { proxySpecFields } from './proxy-config.js';
+import { describeLocal, proxySpecFields } from './proxy-config.js';
 import { Backoff } from './reconnect.js';
 import { diffProxies, needsReconnect } from './reload.js';
 import { type ClientStatus, type ProxyState, SessionStatus } from './session-status.js';
@@ -473,7 +472,7 @@ export class PortholeClient {
         this.logger.debug({ proxy: result.proxy, ok: result.ok }, 'result for a proxy no longer configured');
         continue;
       }
-      const local = formatLocalAddress(proxy.local);
+      const local = describeLocal(proxy.local);
       const state: ProxyState = result.ok
         ? {
             state: 'registered',

@@ -21,7 +21,14 @@ import {
   validateConfig,
 } from '@porthole/protocol';
 import { z } from 'zod';
-import { type ProxyConfig, portKey, proxySchema, type RawProxy, toProxyConfig } from './proxy-config.js';
+import {
+  isSocks5Local,
+  type ProxyConfig,
+  portKey,
+  proxySchema,
+  type RawProxy,
+  toProxyConfig,
+} from './proxy-config.js';
 
 export type { ProxyConfig } from './proxy-config.js';
 
@@ -165,10 +172,27 @@ function resolveSocketPath(at: KeyOrigin, path: string): string {
   return resolved;
 }
 
-/** A validated [[proxies]] table of `source`, its socket path (if any) resolved next to the file. */
-function fileProxy(source: string, raw: RawProxy, index: number): ProxyConfig {
+/**
+ * A validated [[proxies]] table of `source`, its socket path (if any) resolved next to the file and its
+ * socks_password_file read; a password file others can read goes to `warnings`.
+ */
+function fileProxy(source: string, raw: RawProxy, index: number, warnings: string[]): ProxyConfig {
   const proxy = toProxyConfig(raw);
-  if (isUnixSocketAddress(proxy.local)) {
+  if (raw.socks_password_file !== undefined && raw.socks_user !== undefined && proxy.socks) {
+    const key = `proxies${elementLabel(index, raw)}.socks_password_file`;
+    const path = resolvePath({ source, key }, raw.socks_password_file);
+    const password = readSecretFile(source, key, path);
+    if (Buffer.byteLength(password) > 255)
+      throw ConfigError.at(
+        source,
+        key,
+        `the password in ${path} is over 255 bytes, the most RFC 1929 carries`,
+      );
+    proxy.socks.credentials = { user: raw.socks_user, password };
+    const exposed = secretFileExposure(path);
+    if (exposed) warnings.push(`${key}: ${exposed}`);
+  }
+  if (!isSocks5Local(proxy.local) && isUnixSocketAddress(proxy.local)) {
     const at = { source, key: `proxies${elementLabel(index, raw)}.local` };
     proxy.local = { path: resolveSocketPath(at, proxy.local.path) };
   }
@@ -213,9 +237,10 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
     proxyRetryInterval: raw.proxy_retry_interval,
     exitOnAuthFailure: raw.exit_on_auth_failure,
     logLevel: raw.log_level,
-    proxies: raw.proxies.map((proxy, i) => fileProxy(source, proxy, i)),
+    proxies: [],
     warnings: exposed ? [`${tokenFile === undefined ? 'token' : 'token_file'}: ${exposed}`] : [],
   };
+  config.proxies = raw.proxies.map((proxy, i) => fileProxy(source, proxy, i, config.warnings));
   if (raw.admin) config.admin = { listen: raw.admin.listen };
   if (raw.ca_file !== undefined) {
     const caAt = originOf('ca_file');
@@ -252,6 +277,13 @@ function withRuleProxies(
   const proxies = [...fileProxies];
   const owners = fileProxies.map((proxy, i) => `proxies${elementLabel(i, proxy)} in ${file}`);
   for (const { rule, type } of rules) {
+    // A socks5 proxy needs its password (or allow list) too, which a rule has no room for.
+    if (/:socks5$/.test(rule.trim()))
+      throw ConfigError.at(
+        COMMAND_LINE,
+        `--${type}`,
+        `"${rule}": a socks5 proxy is written in a config file, with its socks_user and socks_password_file (see examples/client.toml)`,
+      );
     let parsed: ReturnType<typeof parseRule>;
     try {
       parsed = parseRule(rule, type);

@@ -1,12 +1,9 @@
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { Stream } from '@porthole/mux';
 import {
-  CloseHooks,
   type ConnectionTracker,
   encodeProxyHeader,
-  formatLocalAddress,
   formatPeerAddress,
-  isUnixSocketAddress,
   type Logger,
   type ProxyEndpoints,
   parseHostPort,
@@ -14,8 +11,10 @@ import {
   type StreamHeader,
 } from '@porthole/protocol';
 import type { ProxyConfig } from './config.js';
-import { describeLocalConnectError } from './connect-error.js';
+import { connectLocal, StreamGone, withTimeout } from './local-connect.js';
 import type { LocalFailureLog } from './local-failure-log.js';
+import { describeLocal, isSocks5Local } from './proxy-config.js';
+import { openSocksDestination, SocksRequestFailed } from './socks-connector.js';
 import { type OpenUdpFlows, serveUdpFlow } from './udp-forwarder.js';
 
 /** The PROXY header's endpoints: the visitor, and the server address it connected to. */
@@ -65,72 +64,21 @@ export class PendingLocalConnects {
   }
 }
 
+/** How long a refused SOCKS visitor has to read its reply and close, before its stream is reset. */
+const REFUSED_SOCKS_LINGER_MS = 5_000;
+
+/**
+ * Ends a stream whose SOCKS reply (a refusal) is on its way, so the visitor reads it before the close. What
+ * the visitor sent past the handshake is read and dropped: unread, it would hold the stream's end back.
+ */
+function endAfterReply(stream: Stream): void {
+  stream.resume();
+  stream.end();
+  setTimeout(() => stream.destroy(), REFUSED_SOCKS_LINGER_MS).unref();
+}
+
 /** A stream whose header has not arrived by then is dropped. */
 const HEADER_TIMEOUT_MS = 10_000;
-/** A local service that does not accept within this time counts as a failed connect. */
-const LOCAL_CONNECT_TIMEOUT_MS = 10_000;
-
-function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-/** The stream went away (visitor left, session lost) before the local service answered. */
-class StreamGone extends Error {}
-
-/**
- * The sessions that streams waiting on a local connect came on. A lost session leaves a stream whose visitor
- * had sent its end (a request, then FIN, waiting for the answer) open for its reader, so that stream's own
- * 'close' does not come, while its visitor is already cut off.
- */
-const sessionClose = new CloseHooks();
-
-/**
- * Connects to the local service; given up when `stream` or its session closes first, so its pending place is
- * freed and the service never gets a request whose answer cannot reach the visitor.
- */
-function connectLocal(local: ProxyConfig['local'], stream: Stream): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    if (stream.destroyed) {
-      reject(new StreamGone());
-      return;
-    }
-    const socket = connect({
-      ...(isUnixSocketAddress(local) ? { path: local.path } : { host: local.host, port: local.port }),
-      allowHalfOpen: true,
-    });
-    const settle = () => {
-      clearTimeout(timer);
-      stream.off('close', gone);
-      forgetSession();
-    };
-    const gone = () => {
-      settle();
-      socket.destroy();
-      reject(new StreamGone());
-    };
-    const timer = setTimeout(() => {
-      settle();
-      socket.destroy();
-      reject(new Error(`connect to ${formatLocalAddress(local)} timed out`));
-    }, LOCAL_CONNECT_TIMEOUT_MS);
-    stream.once('close', gone);
-    const forgetSession = sessionClose.add(stream.session, gone);
-    socket.once('connect', () => {
-      settle();
-      socket.removeAllListeners('error');
-      socket.setNoDelay(true);
-      resolve(socket);
-    });
-    socket.once('error', (err: NodeJS.ErrnoException) => {
-      settle();
-      reject(new Error(describeLocalConnectError(local, err)));
-    });
-  });
-}
 
 /**
  * Serves one server-opened stream: reads its header, connects to the proxy's local service and carries
@@ -165,7 +113,7 @@ export async function serveStream(
     stream.destroy();
     return;
   }
-  const local = formatLocalAddress(proxy.local);
+  const local = describeLocal(proxy.local);
   if (proxy.type === 'udp') {
     stream.off('error', swallow);
     await serveUdpFlow(stream, header, proxy, logger, failures, udpFlows);
@@ -178,9 +126,23 @@ export async function serveStream(
     return;
   }
   let socket: Socket;
+  // A socks5 proxy's line names where each visitor went.
+  let destination: Record<string, string> = {};
   try {
-    socket = await connectLocal(proxy.local, stream);
+    if (isSocks5Local(proxy.local)) {
+      // Never without its settings: none would make an open proxy of it.
+      if (!proxy.socks) throw new Error('socks5 proxy without its socks settings');
+      const opened = await openSocksDestination(stream, proxy.socks);
+      socket = opened.socket;
+      destination = { dest: opened.dest, ...(opened.destAddr ? { dest_addr: opened.destAddr } : {}) };
+    } else socket = await connectLocal(proxy.local, stream);
   } catch (err) {
+    if (err instanceof SocksRequestFailed) {
+      const dest = err.dest === undefined ? {} : { dest: err.dest };
+      failures.failed({ ...fields, local, ...dest, reason: err.message }, true, 'socks request failed');
+      endAfterReply(stream);
+      return;
+    }
     if (!(err instanceof StreamGone))
       failures.failed({ ...fields, local, reason: (err as Error).message }, true);
     stream.destroy();
@@ -197,5 +159,9 @@ export async function serveStream(
     // The visitor's real address, for services that read PROXY headers (nginx, HAProxy, Postfix...).
     socket.write(encodeProxyHeader(proxy.proxyProtocol, proxyEndpoints(header)));
   }
-  tracker.carry(stream, socket, { labels: ['tunnel', 'local'], logger, fields: { ...fields, local } });
+  tracker.carry(stream, socket, {
+    labels: ['tunnel', 'local'],
+    logger,
+    fields: { ...fields, local, ...destination },
+  });
 }

@@ -13,8 +13,15 @@ export class LocalFailureLog {
 
   constructor(private readonly logger: Logger) {}
 
-  /** `known`: the proxy is configured here (any other name shares one budget, so the map stays small). */
-  failed(fields: { proxy: string; reason: string } & Record<string, unknown>, known: boolean): void {
+  /**
+   * `known`: the proxy is configured here (any other name shares one budget, so the map stays small). A socks5
+   * proxy's refusals (wrong password, a destination not allowed) share its budget, under their own `msg`.
+   */
+  failed(
+    fields: { proxy: string; reason: string } & Record<string, unknown>,
+    known: boolean,
+    msg = 'local connect failed',
+  ): void {
     const key = known ? fields.proxy : '';
     let budget = this.budgets.get(key);
     if (!budget) {
@@ -23,6 +30,6 @@ export class LocalFailureLog {
       );
       this.budgets.set(key, budget);
     }
-    if (budget.take()) this.logger.warn(fields, 'local connect failed');
+    if (budget.take()) this.logger.warn(fields, msg);
   }
 }

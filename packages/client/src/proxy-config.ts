@@ -4,15 +4,19 @@ import {
   durationField,
   expected,
   formatDuration,
+  formatLocalAddress,
   HTTP_TOKEN,
   isUnixSocketAddress,
   type LocalAddress,
+  NetworkList,
+  type PortRanges,
   PROXY_TYPES,
   type ProxySpec,
   type ProxyType,
   parseHostPattern,
   parseLocalAddress,
   parseSubdomain,
+  portRangesField,
   positiveIntField,
   proxyNameSchema,
   tlsNameRefusal,
@@ -20,6 +24,7 @@ import {
   UDP_IDLE_TIMEOUT_MIN_MS,
 } from '@porthole/protocol';
 import { z } from 'zod';
+import type { SocksCredentials } from './socks5.js';
 
 const hostField = z.string({ error: expected('a hostname') }).transform((text, ctx) => {
   try {
@@ -43,10 +48,30 @@ const RESERVED_HEADERS = new Set([
   'x-forwarded-host',
 ]);
 
-/** "host:port" or "unix:PATH" (a relative PATH is resolved later, where the config file is known). */
+/**
+ * `local = "socks5"`: a tcp proxy whose visitors name their destination with SOCKS5 and the client connects
+ * there (chisel's R:socks, ssh -R's dynamic forward). A value of `local`, not a proxy type: the server sees a
+ * tcp proxy like any other (it only carries bytes), and the other keys of a tcp proxy mean what they mean.
+ */
+export const SOCKS5_LOCAL = 'socks5';
+
+/** A proxy's `local`: one service, or SOCKS5 (the visitor's choice of destination). */
+export type ProxyLocal = LocalAddress | typeof SOCKS5_LOCAL;
+
+export function isSocks5Local(local: ProxyLocal): local is typeof SOCKS5_LOCAL {
+  return local === SOCKS5_LOCAL;
+}
+
+/** The `local` of log lines and status: "127.0.0.1:22", "unix:/run/app.sock", "socks5". */
+export function describeLocal(local: ProxyLocal): string {
+  return isSocks5Local(local) ? SOCKS5_LOCAL : formatLocalAddress(local);
+}
+
+/** "host:port", "unix:PATH" (a relative PATH is resolved later, where the config file is known) or "socks5". */
 const localField = z
-  .string({ error: expected('"host:port" or "unix:/path/to.sock"') })
-  .transform((text, ctx): LocalAddress => {
+  .string({ error: expected('"host:port", "unix:/path/to.sock" or "socks5"') })
+  .transform((text, ctx): ProxyLocal => {
+    if (text === SOCKS5_LOCAL) return SOCKS5_LOCAL;
     try {
       return parseLocalAddress(text);
     } catch (err) {
@@ -76,6 +101,22 @@ const KEY_TYPES: Record<string, readonly ProxyType[]> = {
   udp_idle_timeout: ['udp'],
   max_flows: ['udp'],
 };
+
+/** A SOCKS user name or password: RFC 1929 carries each in at most 255 bytes. */
+const socksCredentialField = z
+  .string({ error: expected('a string') })
+  .min(1)
+  .refine((text) => Buffer.byteLength(text) <= 255, 'must be at most 255 bytes (RFC 1929)');
+
+/** Keys only a `local = "socks5"` proxy takes. */
+const SOCKS_KEYS = [
+  'socks_user',
+  'socks_password',
+  'socks_password_file',
+  'socks_no_auth',
+  'socks_allow',
+  'socks_allow_ports',
+] as const;
 
 /** "tcp", "tcp and tls", "tcp, tls and http". */
 function listed(words: readonly string[]): string {
@@ -139,6 +180,29 @@ export const proxySchema = z
     max_connections: positiveIntField('a number of connections').max(1_000_000).optional(),
     udp_idle_timeout: durationField.optional(),
     max_flows: positiveIntField('a number of flows').max(1_000_000).optional(),
+    socks_user: socksCredentialField.optional(),
+    socks_password: socksCredentialField.optional(),
+    socks_password_file: z.string({ error: expected('a file path') }).optional(),
+    socks_no_auth: z.boolean({ error: expected('true or false') }).optional(),
+    socks_allow: z
+      .array(
+        z.string({ error: expected('a network like "192.168.1.0/24"') }).refine(
+          (text) => {
+            try {
+              NetworkList.check(text);
+              return true;
+            } catch {
+              return false;
+            }
+          },
+          { error: (issue) => `"${issue.input}" is not an IP address or CIDR network like "192.168.1.0/24"` },
+        ),
+        { error: expected('a list of networks like ["192.168.1.0/24", "fd00::/8"]') },
+      )
+      .min(1)
+      .max(1024)
+      .optional(),
+    socks_allow_ports: portRangesField.optional(),
   })
   .superRefine((proxy, ctx) => {
     for (const [key, types] of Object.entries(KEY_TYPES)) {
@@ -150,7 +214,8 @@ export const proxySchema = z
         });
       }
     }
-    if (proxy.type === 'udp' && isUnixSocketAddress(proxy.local)) {
+    checkSocks(proxy, ctx);
+    if (proxy.type === 'udp' && !isSocks5Local(proxy.local) && isUnixSocketAddress(proxy.local)) {
       ctx.addIssue({
         code: 'custom',
         path: ['local'],
@@ -202,11 +267,52 @@ export const proxySchema = z
 
 export type RawProxy = z.output<typeof proxySchema>;
 
+/**
+ * A socks5 proxy's keys. The server's public port is open to the internet (unless its proxy_bind is
+ * loopback), so a SOCKS5 port without a password and without a list of destinations would be an open proxy
+ * into the client's network: refused. With socks_no_auth, socks_allow must say where visitors may go.
+ */
+function checkSocks(
+  proxy: Record<string, unknown> & { type: ProxyType; local: ProxyLocal },
+  ctx: z.RefinementCtx,
+): void {
+  const issue = (key: string, message: string) => ctx.addIssue({ code: 'custom', path: [key], message });
+  if (!isSocks5Local(proxy.local)) {
+    for (const key of SOCKS_KEYS)
+      if (proxy[key] !== undefined) issue(key, 'applies to proxies with local = "socks5" only');
+    return;
+  }
+  if (proxy.type !== 'tcp') {
+    issue('local', `"socks5" is for tcp proxies, not ${proxy.type}`);
+    return;
+  }
+  if (proxy.proxy_protocol !== undefined)
+    issue('proxy_protocol', 'a socks5 proxy has no one local service to send a PROXY header to');
+  const passwords = [proxy.socks_password, proxy.socks_password_file].filter((v) => v !== undefined);
+  if (passwords.length > 1) issue('socks_password', 'set socks_password or socks_password_file, not both');
+  if ((proxy.socks_user === undefined) !== (passwords.length === 0))
+    issue('socks_user', 'socks_user and socks_password (or socks_password_file) go together');
+  if (proxy.socks_no_auth === true) {
+    if (proxy.socks_user !== undefined)
+      issue('socks_no_auth', 'set socks_user or socks_no_auth = true, not both');
+    if (proxy.socks_allow === undefined)
+      issue(
+        'socks_allow',
+        "required with socks_no_auth = true: without a password, list the networks visitors may reach, or anyone who finds the server's port could use your network as an open proxy",
+      );
+  } else if (proxy.socks_user === undefined) {
+    issue(
+      'socks_user',
+      'a socks5 proxy needs socks_user and socks_password_file: its port on the server can be reached from the internet (or set socks_no_auth = true with socks_allow, e.g. on a server whose proxy_bind is 127.0.0.1)',
+    );
+  }
+}
+
 export interface ProxyConfig {
   name: string;
   type: ProxyType;
-  /** A Unix socket's path is absolute here (tcp, http and tls proxies only). */
-  local: LocalAddress;
+  /** A Unix socket's path is absolute here (tcp, http and tls proxies only); "socks5" for tcp only. */
+  local: ProxyLocal;
   /** tcp, udp: the public port on the server. */
   remotePort?: number;
   /** http, tls: hostnames (exact or "*.suffix") and/or a subdomain of the server's subdomain_host. */
@@ -228,6 +334,16 @@ export interface ProxyConfig {
   /** udp: ms without datagrams before a flow ends (the server's setting when absent). */
   udpIdleTimeout?: number;
   maxFlows?: number;
+  /** local = "socks5": who may use it and where to. */
+  socks?: SocksSettings;
+}
+
+export interface SocksSettings {
+  /** Absent with socks_no_auth = true. */
+  credentials?: SocksCredentials;
+  /** Destinations it may connect to; absent: any. */
+  allow?: NetworkList;
+  allowPorts?: PortRanges;
 }
 
 export function toProxyConfig(raw: RawProxy): ProxyConfig {
@@ -244,6 +360,15 @@ export function toProxyConfig(raw: RawProxy): ProxyConfig {
   if (raw.max_connections !== undefined) proxy.maxConnections = raw.max_connections;
   if (raw.udp_idle_timeout !== undefined) proxy.udpIdleTimeout = raw.udp_idle_timeout;
   if (raw.max_flows !== undefined) proxy.maxFlows = raw.max_flows;
+  if (isSocks5Local(raw.local)) {
+    const socks: SocksSettings = {};
+    // socks_password_file is read by the config loader, which knows where the file is.
+    if (raw.socks_user !== undefined && raw.socks_password !== undefined)
+      socks.credentials = { user: raw.socks_user, password: raw.socks_password };
+    if (raw.socks_allow !== undefined) socks.allow = new NetworkList(raw.socks_allow);
+    if (raw.socks_allow_ports !== undefined) socks.allowPorts = raw.socks_allow_ports;
+    proxy.socks = socks;
+  }
   return proxy;
 }
 

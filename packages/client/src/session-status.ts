@@ -1,11 +1,7 @@
-import {
-  type ConnectionTracker,
-  formatLocalAddress,
-  type ProcessResources,
-  processResources,
-} from '@porthole/protocol';
+import { type ConnectionTracker, type ProcessResources, processResources } from '@porthole/protocol';
 import type { ProxyConfig } from './config.js';
 import { urlWithoutUserinfo } from './dialer.js';
+import { describeLocal } from './proxy-config.js';
 import type { OpenUdpFlows } from './udp-forwarder.js';
 
 export type ProxyState =
@@ -133,7 +129,7 @@ export class SessionStatus {
         return {
           name: proxy.name,
           type: proxy.type,
-          local: formatLocalAddress(proxy.local),
+          local: describeLocal(proxy.local),
           remote_port: proxy.remotePort,
           state: state.state,
           ...('remoteAddr' in state && state.remoteAddr ? { remote_addr: state.remoteAddr } : {}),

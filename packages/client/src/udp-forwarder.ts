@@ -18,7 +18,7 @@ import {
   type StreamHeader,
 } from '@porthole/protocol';
 import type { LocalFailureLog } from './local-failure-log.js';
-import type { ProxyConfig } from './proxy-config.js';
+import { isSocks5Local, type ProxyConfig } from './proxy-config.js';
 
 export const DEFAULT_UDP_IDLE_TIMEOUT_MS = 60_000;
 /** Datagrams (and bytes of them) held while the local socket is still connecting (a DNS lookup). */
@@ -110,7 +110,8 @@ export function serveUdpFlow(
 ): Promise<UdpFlowCounts> {
   const target = proxy.local;
   // Refused by the config's checks: a udp proxy's local is host:port.
-  if (isUnixSocketAddress(target)) throw new Error(`udp proxy ${proxy.name} has a Unix socket as its local`);
+  if (isSocks5Local(target) || isUnixSocketAddress(target))
+    throw new Error(`udp proxy ${proxy.name} has a Unix socket as its local`);
   const family = isIPv6(target.host) ? 'udp6' : 'udp4';
   const local = formatHostPort(target.host, target.port);
   const remoteAddr = formatPeerAddress(header.remote_addr, header.remote_port);

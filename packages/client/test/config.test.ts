@@ -3,9 +3,9 @@ import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { scratchDir } from '@porthole/mux/test/scratch-dir';
-import { ConfigError, formatLocalAddress } from '@porthole/protocol';
+import { ConfigError } from '@porthole/protocol';
 import { type ClientFlags, loadClientConfig } from '../src/config.js';
-import { proxySpecFields } from '../src/proxy-config.js';
+import { describeLocal, proxySpecFields } from '../src/proxy-config.js';
 
 const dir = scratchDir('porthole-client-config-');
 writeFileSync(join(dir, 'token'), 'a.b.c\n');
@@ -56,7 +56,7 @@ test('quick flags alone make a config; both rule forms work; flags override the 
   });
   assert.equal(config.source, 'command line');
   assert.deepEqual(
-    config.proxies.map((p) => [p.name, p.remotePort, formatLocalAddress(p.local)]),
+    config.proxies.map((p) => [p.name, p.remotePort, describeLocal(p.local)]),
     [
       ['tcp-2222', 2222, '127.0.0.1:22'],
       ['tcp-2223', 2223, '[::1]:80'],
@@ -241,7 +241,7 @@ test('local = "unix:PATH": resolved next to the file (flags: the working directo
   try {
     const config = loadClientConfig(file, { tcp: ['8080:unix:app.sock'] });
     assert.deepEqual(
-      config.proxies.map((p) => [p.name, formatLocalAddress(p.local)]),
+      config.proxies.map((p) => [p.name, describeLocal(p.local)]),
       [
         ['fpm', `unix:${join(sub, 'run/fpm.sock')}`],
         ['web', 'unix:/run/web/web.sock'],
@@ -281,4 +281,56 @@ test('hosts: a tls proxy is not named by an IP address (SNI carries none)', () =
     'proxies[0] ("v").hosts[1]: 127.0.0.1 is an IP address, which SNI does not carry (RFC 6066): a tls proxy is found by a hostname',
     'proxies[0] ("v").hosts[2]: ::1 is an IP address, which SNI does not carry (RFC 6066): a tls proxy is found by a hostname',
   ]);
+});
+
+test('a socks5 proxy reads socks_password_file next to the config file, warns when others can read it, and parses socks_allow', () => {
+  const sub = join(dir, 'socks');
+  mkdirSync(sub, { recursive: true });
+  writeFileSync(join(sub, 'socks-password'), 'from the file\n', { mode: 0o600 });
+  const file = join(sub, 'client.toml');
+  const write = (extra: string) =>
+    writeFileSync(
+      file,
+      `server = "wss://vps.example.com/_porthole"\ntoken = "a.b.c"\n` +
+        `[[proxies]]\nname = "socks"\ntype = "tcp"\nlocal = "socks5"\nremote_port = 1080\n${extra}`,
+      { mode: 0o600 },
+    );
+  write(
+    'socks_user = "lab"\nsocks_password_file = "socks-password"\nsocks_allow = ["192.168.1.0/24", "fd00::/8"]\nsocks_allow_ports = "22,8000-8999"\n',
+  );
+  const config = loadClientConfig(file);
+  const socks = config.proxies[0]!.socks!;
+  assert.equal(describeLocal(config.proxies[0]!.local), 'socks5');
+  assert.deepEqual(socks.credentials, { user: 'lab', password: 'from the file' });
+  assert.ok(socks.allow?.contains('192.168.1.20') && socks.allow.contains('fd00::1'));
+  assert.ok(!socks.allow?.contains('192.168.2.1') && !socks.allow?.contains('127.0.0.1'));
+  assert.ok(socks.allowPorts?.contains(8080) && !socks.allowPorts.contains(80));
+  assert.deepEqual(config.warnings, []);
+  // What the server is told: a tcp proxy like any other.
+  assert.deepEqual(proxySpecFields(config.proxies[0]!), { name: 'socks', type: 'tcp', remote_port: 1080 });
+
+  chmodSync(join(sub, 'socks-password'), 0o644);
+  assert.match(
+    loadClientConfig(file).warnings.join('\n'),
+    /socks_password_file: .*open to other users \(mode 644\)/,
+  );
+
+  write('socks_user = "lab"\nsocks_password = "x"\nsocks_allow = ["192.168.1.0/33"]\n');
+  assert.throws(
+    () => loadClientConfig(file),
+    /socks_allow.*"192\.168\.1\.0\/33" is not an IP address or CIDR/,
+  );
+  write('socks_no_auth = true\nsocks_allow = ["10.0.0.0/8"]\nproxy_protocol = "v1"\n');
+  assert.throws(() => loadClientConfig(file), /proxy_protocol: a socks5 proxy has no one local service/);
+  write('');
+  assert.throws(() => loadClientConfig(file), /needs socks_user and socks_password_file/);
+  assert.throws(
+    () =>
+      loadClientConfig(undefined, {
+        token: 'a.b.c',
+        server: 'wss://vps.example.com/_porthole',
+        tcp: ['1080:socks5'],
+      }),
+    /--tcp: "1080:socks5": a socks5 proxy is written in a config file/,
+  );
 });

@@ -159,6 +159,7 @@ test('the examples are valid configs (with their file paths pointed at real file
   const dir = setup('');
   writeFileSync(join(dir, 'token'), 'a.b.c\n');
   writeFileSync(join(dir, 'admin-token'), `${'a'.repeat(32)}\n`);
+  writeFileSync(join(dir, 'socks-password'), 'a long random password\n', { mode: 0o600 });
   // The [[https.certs]] pair of the example: a real self-signed certificate for example.com.
   selfSignedCert({
     certFile: join(dir, 'fullchain.pem'),
@@ -171,6 +172,7 @@ test('the examples are valid configs (with their file paths pointed at real file
       .replaceAll('/etc/porthole/secret', join(dir, 'secret'))
       .replaceAll('/etc/porthole/token', join(dir, 'token'))
       .replaceAll('/etc/porthole/admin-token', join(dir, 'admin-token'))
+      .replaceAll('/etc/porthole/socks-password', join(dir, 'socks-password'))
       .replaceAll('/etc/porthole/example.com/', `${dir}/`);
     writeFileSync(join(dir, name), text);
     return join(dir, name);
