@@ -252,3 +252,36 @@ test('a connect pending when the session is lost is given up: the service never 
     'a lost session is not a failure of the local service',
   );
 });
+
+test('SOCKS visitors stalled in the handshake hold pending places of their proxy: past the bound a stream is reset at once', {
+  timeout: 30_000,
+}, async (t) => {
+  const proxy: ProxyConfig = {
+    name: 'socks',
+    type: 'tcp',
+    local: 'socks5',
+    remotePort: 1,
+    socks: { credentials: { user: 'u', password: 'p' } },
+  };
+  const { server, client, logs } = await sessionPair([proxy]);
+  t.after(() => {
+    server.close();
+    client.close();
+  });
+  const extra = 10;
+  const closed = new Set<Stream>();
+  for (let i = 0; i < MAX_PENDING_LOCAL_CONNECTS + extra; i++) {
+    const stream = server.open();
+    stream.on('error', () => {});
+    writeStreamHeader(stream, header('socks'));
+    // A greeting's first byte, then nothing.
+    stream.write(Buffer.from([0x05]));
+    stream.once('close', () => closed.add(stream));
+  }
+  const deadline = Date.now() + 5000;
+  while (closed.size < extra && Date.now() < deadline) await sleep(50);
+  await sleep(200);
+  assert.equal(closed.size, extra, 'only the streams past the bound are reset before the handshake timeout');
+  const line = await logs.waitFor('local connect failed', { proxy: 'socks' });
+  assert.equal(line.reason, `${MAX_PENDING_LOCAL_CONNECTS} connects to the local service already pending`);
+});
