@@ -8,7 +8,7 @@ import { curl } from './lib/curl.js';
 import { eventually, freePorts, type Harness, procMemory, sleep, withHarness } from './lib/processes.js';
 import { makeSelfSignedCert, startRoutedClient, startRoutedServer } from './lib/routing.js';
 import { echoRoundTrip, startEchoServer } from './lib/services.js';
-import { issueToken, portOf, type RunningServer, startClient } from './lib/tunnel.js';
+import { issueToken, portOf, type RunningServer, startClient, startServer } from './lib/tunnel.js';
 
 /** The upgrade request curl sends with these flags (a WebSocket handshake, as a client's). */
 const UPGRADE = [
@@ -42,6 +42,77 @@ test('a 401 carries a Bearer challenge and a 426 names websocket in Upgrade', { 
     assert.equal(plain.headers.upgrade, 'websocket');
     assert.match(plain.headers.connection ?? '', /\bupgrade\b/i);
   }),
+);
+
+test(
+  "a 429 carries Retry-After: the seconds until the source's failure window ends",
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const server = await startServer(h, { allowPorts: [], failureLimit: 1, failureWindow: '1m' });
+      const control = `http://127.0.0.1:${server.port}/_porthole`;
+      const badToken = [...UPGRADE, '-H', 'Authorization: Bearer a.b.c'];
+
+      const first = await curl(badToken, control);
+      assert.equal(first.status, 401, first.stderr);
+      assert.equal(first.headers['retry-after'], undefined, 'a 401 is not told to wait');
+
+      const limited = await curl(badToken, control);
+      assert.equal(limited.status, 429, limited.stderr);
+      const retryAfter = limited.headers['retry-after'];
+      assert.match(retryAfter ?? '', /^\d+$/, 'Retry-After in delay-seconds (RFC 9110 10.2.3)');
+      // The window began with the first attempt, under a second ago: 59 or 60 s of it are left.
+      const seconds = Number(retryAfter);
+      assert.ok(seconds >= 58 && seconds <= 60, `Retry-After ${seconds} s of a 60 s window`);
+    }),
+);
+
+test(
+  "the client waits out a 429's Retry-After before its next attempt, and logs the wait",
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const windowMs = 4000;
+      const server = await startServer(h, {
+        allowPorts: [],
+        failureLimit: 1,
+        failureWindow: `${windowMs}ms`,
+      });
+      // Backoff alone would try again within 300 ms, and meet the 429 again and again.
+      const { proc } = await startClient(
+        h,
+        {
+          server: server.url,
+          token: 'a.b.c',
+          proxies: [],
+          reconnectInitial: '100ms',
+          reconnectMax: '300ms',
+        },
+        { waitFor: 'none' },
+      );
+      const limited = await proc.waitForLog(
+        (l) => l.msg === 'connect failed' && /^429/.test(String(l.reason)),
+        10_000,
+        0,
+        'a connect failed line with a 429',
+      );
+      const at = proc.logs.indexOf(limited);
+      const next = await proc.waitForMsg('connect failed', windowMs + 5000, { from: at + 1 });
+      const waited = Date.parse(String(next.time)) - Date.parse(String(limited.time));
+      // The 429 came within a second of the window's start (the 401 before it, then at most 300 ms).
+      assert.ok(waited >= windowMs - 1000, `the next attempt came ${waited} ms after the 429`);
+      const retryAfterMs = Number(limited.retry_after_ms);
+      assert.ok(
+        retryAfterMs > 0 && retryAfterMs <= windowMs,
+        `the line says how long Retry-After asked for: ${limited.retry_after_ms}`,
+      );
+      assert.ok(Number(limited.retry_ms) >= retryAfterMs, `it waits that long: retry_ms ${limited.retry_ms}`);
+      assert.ok(
+        waited >= retryAfterMs,
+        `the next attempt came ${waited} ms after the 429, before its Retry-After`,
+      );
+      assert.match(String(next.reason), /^401/, 'once the window is over the server reads the token again');
+    }),
 );
 
 test(

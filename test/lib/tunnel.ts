@@ -48,6 +48,9 @@ export interface ServerOptions {
   heartbeatTimeout?: string;
   shutdownTimeout?: string;
   revokedTokens?: string[];
+  /** [auth] failure_limit and failure_window (the server's defaults when omitted). */
+  failureLimit?: number;
+  failureWindow?: string;
   /** path of the secret file; a new random secret when omitted */
   secretFile?: string;
   netns?: string;
@@ -95,7 +98,12 @@ export async function serverConfigText(
       log_level: options.logLevel ?? 'info',
     }),
     '[auth]',
-    toml({ secret_file: secretFile, revoked_tokens: options.revokedTokens }),
+    toml({
+      secret_file: secretFile,
+      revoked_tokens: options.revokedTokens,
+      failure_limit: options.failureLimit,
+      failure_window: options.failureWindow,
+    }),
     ...admin,
     '',
   ].join('\n');

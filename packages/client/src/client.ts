@@ -205,9 +205,20 @@ export class PortholeClient {
           );
           return 'auth failed';
         }
-        const retryMs = this.backoff.next();
+        // The server's Retry-After (a 429: this address failed too often) is the earliest an attempt can
+        // succeed; the backoff may ask for longer.
+        const retryAfter = err instanceof DialError ? err.retryAfterMs : undefined;
+        const retryMs = Math.max(this.backoff.next(), retryAfter ?? 0);
         this.sessionStatus.failed(reason, retryMs);
-        this.logger.warn({ server: this.serverForLogs, reason, retry_ms: retryMs }, 'connect failed');
+        this.logger.warn(
+          {
+            server: this.serverForLogs,
+            reason,
+            retry_ms: retryMs,
+            ...(retryAfter === undefined ? {} : { retry_after_ms: retryAfter }),
+          },
+          'connect failed',
+        );
         await this.sleep(retryMs);
         continue;
       }

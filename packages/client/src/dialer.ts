@@ -1,5 +1,6 @@
 import { openWebSocket, type WebSocketStream, WebSocketUpgradeError } from '@porthole/mux';
 import { describeConnectError } from './connect-error.js';
+import { retryAfterMs } from './reconnect.js';
 
 export interface DialOptions {
   server: string;
@@ -16,6 +17,8 @@ export class DialError extends Error {
     message: string,
     /** HTTP status when the server answered the upgrade with an error. */
     readonly status?: number,
+    /** How long the server asked us to wait before the next attempt (its Retry-After), in ms. */
+    readonly retryAfterMs?: number,
   ) {
     super(message);
   }
@@ -111,7 +114,11 @@ export async function dial(opts: DialOptions): Promise<WebSocketStream> {
   } catch (err) {
     if (err instanceof WebSocketUpgradeError) {
       const message = withoutToken(err.message, opts.token);
-      throw new DialError(`${message}${hintFor(opts.server, message, err.status)}`, err.status);
+      throw new DialError(
+        `${message}${hintFor(opts.server, message, err.status)}`,
+        err.status,
+        retryAfterMs(err.retryAfter),
+      );
     }
     const error = err as NodeJS.ErrnoException;
     const message = withoutToken(describeConnectError(error), opts.token);

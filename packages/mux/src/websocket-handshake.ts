@@ -48,6 +48,8 @@ export class WebSocketUpgradeError extends Error {
   constructor(
     readonly status: number,
     readonly reason: string,
+    /** The answer's Retry-After field as sent (a 429's or 503's: when to try again), if it had one. */
+    readonly retryAfter?: string,
   ) {
     super(`${status}: ${reason}`);
   }
@@ -117,7 +119,13 @@ export function openWebSocket(url: string, options: OpenWebSocketOptions): Promi
     req.on('error', fail);
     req.on('response', (res: IncomingMessage) => {
       readReason(res).then((body) =>
-        fail(new WebSocketUpgradeError(res.statusCode ?? 0, body || res.statusMessage || 'no reason given')),
+        fail(
+          new WebSocketUpgradeError(
+            res.statusCode ?? 0,
+            body || res.statusMessage || 'no reason given',
+            res.headers['retry-after'],
+          ),
+        ),
       );
     });
     req.on('upgrade', (res: IncomingMessage, socket: Duplex, head: Buffer) => {

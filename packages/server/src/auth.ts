@@ -19,6 +19,8 @@ export type AuthOutcome =
       source: string;
       /** False once this source is over its limit (its first 429 is logged, the rest are counted). */
       log: boolean;
+      /** A 429's Retry-After: whole seconds until this source's window ends and it may try again. */
+      retryAfterSeconds?: number;
     };
 
 /** How many source addresses we remember; beyond it the oldest are forgotten (memory stays bounded). */
@@ -63,6 +65,17 @@ export class FailureLimiter {
     }
     entry.count += 1;
     return entry.count <= this.limit;
+  }
+
+  /**
+   * Whole seconds until `source`'s window ends and its failures count from zero again (at least 1): what a
+   * 429 tells it in Retry-After. Rounded up, so a client that waits that long is not refused again for
+   * coming a fraction of a second early.
+   */
+  retryAfterSeconds(source: string, now = Date.now()): number {
+    const entry = this.windows.get(source);
+    const leftMs = entry ? entry.start + this.windowMs - now : 0;
+    return Math.max(1, Math.ceil(leftMs / 1000));
   }
 
   /** True when this failure is the first one over the limit (worth one log line). */
@@ -120,6 +133,7 @@ export class UpgradeAuthenticator {
         reason: `${reason} (too many failed attempts from ${source}, slow down)`,
         source,
         log: this.limiter.justExceeded(source),
+        retryAfterSeconds: this.limiter.retryAfterSeconds(source),
       };
     }
   }

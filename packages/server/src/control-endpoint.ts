@@ -47,6 +47,16 @@ function bearerChallenge(req: IncomingMessage): string {
 }
 
 /**
+ * The fields a refused sign-in carries: a 401 its challenge; a 429 Retry-After (RFC 6585 4, RFC 9110
+ * 10.2.3), the seconds until the source's failure window ends, so a client waits that long rather than
+ * hitting the limit again with each backoff step.
+ */
+function refusalFields(req: IncomingMessage, outcome: { status: 401 | 429; retryAfterSeconds?: number }) {
+  if (outcome.status === 401) return [bearerChallenge(req)];
+  return outcome.retryAfterSeconds === undefined ? [] : [`Retry-After: ${outcome.retryAfterSeconds}`];
+}
+
+/**
  * The server's control endpoint: an HTTP(S) server whose only job is the WebSocket upgrade on `path`.
  * The Bearer token is verified before the upgrade is accepted; a failure is a 401 with the reason.
  */
@@ -151,12 +161,7 @@ export class ControlEndpoint {
             reason: outcome.reason,
             ownLine: outcome.log,
           });
-          refuseUpgrade(
-            socket,
-            outcome.status,
-            outcome.reason,
-            outcome.status === 401 ? [bearerChallenge(req)] : [],
-          );
+          refuseUpgrade(socket, outcome.status, outcome.reason, refusalFields(req, outcome));
           return;
         }
         if (socket.destroyed) return;

@@ -81,6 +81,13 @@ test('the failure limiter counts per source, forgets after its window, and stays
   assert.equal(limiter.justExceeded('a'), true);
   assert.equal(limiter.fail('b', 20), true);
   assert.equal(limiter.fail('a', 1500), true);
+  assert.equal(limiter.retryAfterSeconds('a', 1500), 1, "a's new window began at 1500 and ends at 2500");
+  assert.equal(limiter.retryAfterSeconds('b', 21), 1, 'rounded up, never 0');
+  const minute = new FailureLimiter(1, 60_000);
+  minute.fail('c', 0);
+  minute.fail('c', 100);
+  assert.equal(minute.retryAfterSeconds('c', 100), 60, '59.9 s left: 60');
+  assert.equal(minute.retryAfterSeconds('c', 30_000), 30);
   for (let i = 0; i < 20_000; i++) limiter.fail(`s${i}`, 2000);
   assert.ok((limiter as unknown as { windows: Map<string, unknown> }).windows.size <= 10_000);
 });
