@@ -4,20 +4,11 @@
 // them. (Its TOML blocks are checked by examples-check.test.ts.)
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import { createServer, type Server } from 'node:http';
 import path from 'node:path';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
-import { startUdpEcho } from './lib/http-backend.js';
-import {
-  clientBin,
-  eventually,
-  freePorts,
-  type Harness,
-  repoRoot,
-  run,
-  withHarness,
-} from './lib/processes.js';
+import { startTaggedHttp, startUdpEcho } from './lib/http-backend.js';
+import { clientBin, eventually, freePorts, repoRoot, run, withHarness } from './lib/processes.js';
 import { issueToken, startServer } from './lib/tunnel.js';
 
 const SECTION = '## Coming from frp, rathole, chisel or ssh -R';
@@ -91,7 +82,11 @@ function localized(
           proxy: `${udp ? 'udp' : 'tcp'}-${port}`,
           kind: udp ? 'udp' : 'http',
           port,
-          expect: unix ? 'hello from the unix socket' : udp ? 'guide|ping\n' : 'hello from the tcp port',
+          expect: unix
+            ? 'unix-socket GET / xff=undefined\n'
+            : udp
+              ? 'guide|ping\n'
+              : 'tcp-port GET / xff=undefined\n',
         });
       }
       i++;
@@ -102,18 +97,6 @@ function localized(
   return { args, visits };
 }
 
-/** An HTTP server answering every request with `text`, on a port of 127.0.0.1 or on a socket path. */
-async function helloServer(h: Harness, text: string, at: number | string): Promise<Server> {
-  const server = createServer((_req, res) => res.end(text));
-  h.onCleanup(() => new Promise((resolve) => server.close(resolve)));
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    if (typeof at === 'string') server.listen(at, resolve);
-    else server.listen(at, '127.0.0.1', resolve);
-  });
-  return server;
-}
-
 test(
   "the switching guide's porthole-client lines run as written: curl and socat reach the services through them",
   { timeout: 60_000 },
@@ -122,9 +105,9 @@ test(
       const commands = guideCommands(await readFile(path.join(repoRoot, 'README.md'), 'utf8'));
       assert.ok(commands.length >= 3, `the guide has its ssh -R and chisel lines (${commands.length})`);
 
-      const tcp = await helloServer(h, 'hello from the tcp port', 0);
+      const tcp = await startTaggedHttp(h, 'tcp-port', 0);
       const socketPath = h.path('app.sock');
-      await helloServer(h, 'hello from the unix socket', socketPath);
+      await startTaggedHttp(h, 'unix-socket', socketPath);
       const udp = await startUdpEcho('guide');
       h.onCleanup(() => udp.close());
       const services = { tcpPort: (tcp.address() as { port: number }).port, socketPath, udpPort: udp.port };

@@ -5,12 +5,12 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, writeFileSync } from 'node:fs';
-import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { connect, createServer } from 'node:net';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
 import { assertVisitorReported, PEER_REPORT, startReportingHaproxy } from './lib/haproxy.js';
-import { clientBin, freePort, freePorts, type Harness, run, waitFor, withHarness } from './lib/processes.js';
+import { startTaggedHttp } from './lib/http-backend.js';
+import { clientBin, freePort, freePorts, run, waitFor, withHarness } from './lib/processes.js';
 import {
   issueRoutedToken,
   rewriteRoutedClientProxies,
@@ -47,21 +47,6 @@ function exchange(port: number, payload: Buffer, opts: { localAddress?: string }
       resolve({ data: Buffer.concat(chunks), ended, ...(error === undefined ? {} : { error }) });
     });
   });
-}
-
-/** A Node HTTP server that says which listener served it, on `where` (a socket path or a TCP port). */
-async function startTaggedHttp(h: Harness, tag: string, where: string | number): Promise<HttpServer> {
-  const server = createHttpServer((req, res) => {
-    res.end(`${tag} ${req.method} ${req.url} xff=${req.headers['x-forwarded-for']}\n`);
-  });
-  await new Promise<void>((resolve) =>
-    typeof where === 'number' ? server.listen(where, '127.0.0.1', resolve) : server.listen(where, resolve),
-  );
-  h.onCleanup(() => {
-    server.closeAllConnections();
-    server.close();
-  });
-  return server;
 }
 
 test(

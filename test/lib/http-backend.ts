@@ -6,6 +6,7 @@ import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import { type AddressInfo, isIPv6 } from 'node:net';
 import { WebSocketServer } from 'ws';
 import { curl } from './curl.js';
+import type { Harness } from './processes.js';
 import { patternBytes } from './sha-stream.js';
 
 export interface SeenRequest {
@@ -181,4 +182,19 @@ export function rawUpgradeRequest(path: string, host: string, extra = ''): strin
     `GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
     `Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n${extra}\r\n`
   );
+}
+
+/** A Node HTTP server that says which listener served it, on `where` (a socket path or a TCP port). */
+export async function startTaggedHttp(h: Harness, tag: string, where: string | number): Promise<Server> {
+  const server = createServer((req, res) => {
+    res.end(`${tag} ${req.method} ${req.url} xff=${req.headers['x-forwarded-for']}\n`);
+  });
+  await new Promise<void>((resolve) =>
+    typeof where === 'number' ? server.listen(where, '127.0.0.1', resolve) : server.listen(where, resolve),
+  );
+  h.onCleanup(() => {
+    server.closeAllConnections();
+    server.close();
+  });
+  return server;
 }
