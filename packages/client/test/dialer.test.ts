@@ -18,7 +18,9 @@ test('the token goes in Authorization: Bearer; a refusal surfaces status and bod
     }
     if (req.headers.authorization === 'Bearer revoked') {
       const body = 'token revoked (too many failed attempts from 127.0.0.1, slow down)\n';
-      socket.end(`HTTP/1.1 429 Too Many Requests\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+      socket.end(
+        `HTTP/1.1 429 Too Many Requests\r\nRetry-After: 42\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+      );
       return;
     }
     socket.end('HTTP/1.1 401 Unauthorized\r\nContent-Length: 14\r\nConnection: close\r\n\r\ntoken expired\n');
@@ -34,6 +36,7 @@ test('the token goes in Authorization: Bearer; a refusal surfaces status and bod
     assert.ok(err instanceof DialError);
     assert.equal(err.message, '401: token expired');
     assert.equal(err.isAuthFailure, true);
+    assert.equal(err.retryAfterMs, undefined, 'no Retry-After: backoff alone decides');
     return true;
   });
   // Rate-limited for failing: the server limits only sources whose tokens fail, so this is one too.
@@ -41,6 +44,7 @@ test('the token goes in Authorization: Bearer; a refusal surfaces status and bod
     assert.ok(err instanceof DialError);
     assert.match(err.message, /^429: token revoked/);
     assert.equal(err.isAuthFailure, true);
+    assert.equal(err.retryAfterMs, 42_000, "the 429's Retry-After, for the next attempt to wait out");
     return true;
   });
   assert.deepEqual(seen, ['Bearer good', 'Bearer old', 'Bearer revoked']);
