@@ -22,7 +22,7 @@ import {
 } from '@porthole/protocol';
 import { z } from 'zod';
 import {
-  isSocks5Local,
+  isUnixSocketLocal,
   type ProxyConfig,
   portKey,
   proxySchema,
@@ -192,7 +192,7 @@ function fileProxy(source: string, raw: RawProxy, index: number, warnings: strin
     const exposed = secretFileExposure(path);
     if (exposed) warnings.push(`${key}: ${exposed}`);
   }
-  if (!isSocks5Local(proxy.local) && isUnixSocketAddress(proxy.local)) {
+  if (isUnixSocketLocal(proxy.local)) {
     const at = { source, key: `proxies${elementLabel(index, raw)}.local` };
     proxy.local = { path: resolveSocketPath(at, proxy.local.path) };
   }

@@ -22,6 +22,7 @@ import {
   tlsNameRefusal,
   UDP_IDLE_TIMEOUT_MAX_MS,
   UDP_IDLE_TIMEOUT_MIN_MS,
+  type UnixSocketAddress,
 } from '@porthole/protocol';
 import { z } from 'zod';
 import type { SocksCredentials } from './socks5.js';
@@ -60,6 +61,11 @@ export type ProxyLocal = LocalAddress | typeof SOCKS5_LOCAL;
 
 export function isSocks5Local(local: ProxyLocal): local is typeof SOCKS5_LOCAL {
   return local === SOCKS5_LOCAL;
+}
+
+/** A Unix socket's path as the one local service (not SOCKS5's visitor-chosen ones, not host:port). */
+export function isUnixSocketLocal(local: ProxyLocal): local is UnixSocketAddress {
+  return !isSocks5Local(local) && isUnixSocketAddress(local);
 }
 
 /** The `local` of log lines and status: "127.0.0.1:22", "unix:/run/app.sock", "socks5". */
@@ -215,7 +221,7 @@ export const proxySchema = z
       }
     }
     checkSocks(proxy, ctx);
-    if (proxy.type === 'udp' && !isSocks5Local(proxy.local) && isUnixSocketAddress(proxy.local)) {
+    if (proxy.type === 'udp' && isUnixSocketLocal(proxy.local)) {
       ctx.addIssue({
         code: 'custom',
         path: ['local'],

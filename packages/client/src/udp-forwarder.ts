@@ -111,7 +111,7 @@ export function serveUdpFlow(
   const target = proxy.local;
   // Refused by the config's checks: a udp proxy's local is host:port.
   if (isSocks5Local(target) || isUnixSocketAddress(target))
-    throw new Error(`udp proxy ${proxy.name} has a Unix socket as its local`);
+    throw new Error(`udp proxy ${proxy.name}: its local is not host:port`);
   const family = isIPv6(target.host) ? 'udp6' : 'udp4';
   const local = formatHostPort(target.host, target.port);
   const remoteAddr = formatPeerAddress(header.remote_addr, header.remote_port);
