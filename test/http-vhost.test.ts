@@ -501,6 +501,58 @@ test(
 );
 
 test(
+  'more visitors at once than any idle cap: each pooled stream is kept for the next request, not reopened',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+      const { server } = await startAppTunnel(h, backend.port, { client: 'crowd' });
+      const port = server.httpPort!;
+      // 96 keep-alive visitors, 20 requests each, all in flight together: the proxy needs up to 96
+      // streams at once, and each that comes back clean should carry a later request. A pool that closed
+      // streams past an idle cap below that reopened one (and a local connection) per request.
+      const visitors = 96;
+      const perVisitor = 20;
+      const agent = new Agent({ keepAlive: true, maxSockets: visitors });
+      h.onCleanup(() => agent.destroy());
+      const before = backend.connections;
+      const one = (path: string) =>
+        new Promise<number>((resolve, reject) => {
+          const req = request(
+            { host: '127.0.0.1', port, path, headers: { Host: 'app.test' }, agent },
+            (res) => {
+              res.resume();
+              res.on('end', () => resolve(res.statusCode ?? 0));
+            },
+          );
+          req.on('error', reject);
+          req.end();
+        });
+      const statuses = await withTimeout(
+        Promise.all(
+          Array.from({ length: visitors }, async (_, v) => {
+            const seen: number[] = [];
+            for (let i = 0; i < perVisitor; i++) seen.push(await one(`/crowd/${v}/${i}`));
+            return seen;
+          }),
+        ),
+        45_000,
+        () => `${visitors} x ${perVisitor} requests through the http proxy`,
+      );
+      assert.deepEqual(new Set(statuses.flat()), new Set([200]));
+      const used = backend.connections - before;
+      t.diagnostic(
+        `${visitors * perVisitor} requests from ${visitors} visitors used ${used} local connection(s)`,
+      );
+      assert.ok(
+        used <= visitors,
+        `the service saw ${used} connections for ${visitors * perVisitor} requests from ${visitors} visitors`,
+      );
+    }),
+);
+
+test(
   'a client that went away answers 502; an unknown host 404; a dead local service 502',
   { timeout: 60_000 },
   (t) =>

@@ -1,6 +1,9 @@
 // The tunnel streams one http proxy forwards requests on: a stream carries request after request (HTTP
 // keep-alive to the local service), the most recently used idle one is handed out first, at most
 // `maxStreams` carry requests at once (more wait their turn) and idle ones are closed after a while.
+// A stream that comes back clean is always kept: the busy cap already bounds how many exist, and a cap
+// on idle ones below it would close streams that the very next requests reopen (with more visitors than
+// that cap, a stream and a local connection per request).
 import type { Duplex } from 'node:stream';
 import { type ConnectionOwner, UpstreamConnection } from './http-upstream-connection.js';
 
@@ -34,8 +37,6 @@ export interface UpstreamPoolOptions {
   /** Streams carrying requests at once for this proxy; more requests wait for one to be free. Read each
    * time, so that a reload applies at once. */
   maxStreams: () => number;
-  /** Idle streams kept for reuse. */
-  maxFreeStreams: number;
 }
 
 /** Called with a connection to send one request on, or with why there will be none. */
@@ -130,7 +131,8 @@ export class UpstreamPool implements ConnectionOwner {
         waiter.then(undefined, conn);
         return;
       }
-      if (this.free.length < this.opts.maxFreeStreams) {
+      // Past the cap only after a reload lowered it: the surplus closes as it comes free.
+      if (this.free.length < this.opts.maxStreams()) {
         conn.idleSince = performance.now();
         this.free.push(conn);
         this.startSweeping();

@@ -25,8 +25,6 @@ import { UdpProxyListener, type UdpProxyStats } from './udp-proxy-listener.js';
 const FORWARDED_HEADERS = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
 /** Routes (name x location pairs) one proxy may add: the route table is server memory a client grows. */
 const MAX_CLAIMS_PER_PROXY = 256;
-/** Idle pooled streams kept per http proxy. */
-const MAX_FREE_STREAMS = 32;
 
 /** Shared state of the routed proxies: UDP ports, the host tables, where the vhost ports listen. */
 export interface RoutingState {
@@ -296,7 +294,6 @@ export async function bindRoutedProxy(
   const pool = new UpstreamPool({
     openStream: (visitor) => header(visitor, publicAddr).stream,
     maxStreams: () => routingOf(ctx).maxStreamsPerProxy,
-    maxFreeStreams: MAX_FREE_STREAMS,
   });
   const target: HttpTarget = {
     client: owner.name,

@@ -267,7 +267,6 @@ function poolTo(t: TestContext, port: number, streams: number): { pool: Upstream
       return connect(port, '127.0.0.1');
     },
     maxStreams: () => streams,
-    maxFreeStreams: streams,
   });
   t.after(() => pool.destroy());
   return { pool, opened: () => opened };
@@ -430,7 +429,7 @@ test('a response head over 64 KiB is refused, whether it comes in one piece or m
         for (let at = 0; at < answer.length; at += size) this.push(answer.subarray(at, at + size));
       },
     });
-    const pool = new UpstreamPool({ openStream: () => stream, maxStreams: () => 1, maxFreeStreams: 1 });
+    const pool = new UpstreamPool({ openStream: () => stream, maxStreams: () => 1 });
     const r = await get(pool, '/');
     pool.destroy();
     const outcome = r.error ? 'refused' : r.body;
