@@ -6,7 +6,7 @@ import { CloseHooks, formatLocalAddress, isUnixSocketAddress, type LocalAddress 
 import { describeLocalConnectError } from './connect-error.js';
 
 /** A local service that does not accept within this time counts as a failed connect. */
-const LOCAL_CONNECT_TIMEOUT_MS = 10_000;
+export const LOCAL_CONNECT_TIMEOUT_MS = 10_000;
 
 export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -38,9 +38,15 @@ const sessionClose = new CloseHooks();
 
 /**
  * Connects to the local service; given up when `stream` or its session closes first, so its pending place is
- * freed and the service never gets a request whose answer cannot reach the visitor.
+ * freed and the service never gets a request whose answer cannot reach the visitor. `why`, if given, is
+ * added to a timeout's message.
  */
-export function connectLocal(local: LocalAddress, stream: Stream): Promise<Socket> {
+export function connectLocal(
+  local: LocalAddress,
+  stream: Stream,
+  timeoutMs = LOCAL_CONNECT_TIMEOUT_MS,
+  why = '',
+): Promise<Socket> {
   return new Promise((resolve, reject) => {
     if (stream.destroyed) {
       reject(new StreamGone());
@@ -63,8 +69,10 @@ export function connectLocal(local: LocalAddress, stream: Stream): Promise<Socke
     const timer = setTimeout(() => {
       settle();
       socket.destroy();
-      reject(new LocalConnectError(`connect to ${formatLocalAddress(local)} timed out`, 'ETIMEDOUT'));
-    }, LOCAL_CONNECT_TIMEOUT_MS);
+      const after = timeoutMs % 1000 === 0 ? `${timeoutMs / 1000} s` : `${timeoutMs} ms`;
+      const message = `connect to ${formatLocalAddress(local)} timed out after ${after}${why}`;
+      reject(new LocalConnectError(message, 'ETIMEDOUT'));
+    }, timeoutMs);
     stream.once('close', gone);
     const forgetSession = sessionClose.add(stream.session, gone);
     socket.once('connect', () => {

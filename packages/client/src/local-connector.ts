@@ -11,7 +11,7 @@ import {
   type StreamHeader,
 } from '@porthole/protocol';
 import type { ProxyConfig } from './config.js';
-import { connectLocal, StreamGone, withTimeout } from './local-connect.js';
+import { connectLocal, LOCAL_CONNECT_TIMEOUT_MS, StreamGone, withTimeout } from './local-connect.js';
 import type { LocalFailureLog } from './local-failure-log.js';
 import { describeLocal, isSocks5Local } from './proxy-config.js';
 import { openSocksDestination, SocksRequestFailed } from './socks-connector.js';
@@ -37,24 +37,39 @@ export function proxyEndpoints(header: StreamHeader): ProxyEndpoints {
   };
 }
 
-/** Connects to one proxy's local service that may be waiting for an answer at once; past it a stream is reset. */
+/** Connects to one proxy's local service that may wait the whole connect timeout at once. */
 export const MAX_PENDING_LOCAL_CONNECTS = 256;
+/**
+ * Past those, a burst of visitors (a page load, `wrk -c1000`, players rejoining) may add connects up to this
+ * many in all, each given BURST_CONNECT_TIMEOUT_MS only; past it a stream is reset at once.
+ */
+export const MAX_BURST_LOCAL_CONNECTS = 1024;
+/**
+ * A service that answers accepts within milliseconds (or within the kernel's first SYN resend at 1 s, if its
+ * accept queue overflowed in the burst); one that does not holds a burst's streams this long, not 10 s.
+ */
+export const BURST_CONNECT_TIMEOUT_MS = 2_000;
 
 /**
  * Connects still waiting for a local service, per proxy. A service that drops SYNs (a full accept queue,
  * a firewall, a host that is down) holds each connect for LOCAL_CONNECT_TIMEOUT_MS, and meanwhile each of
- * those streams may hold a receive window of the visitor's bytes: without a bound, a flood of visitors
- * against such a service grows the client by 256 KiB per visitor.
+ * those streams may hold a receive window of the visitor's bytes (256 KiB): without a bound, a flood of
+ * visitors against such a service grows the client by that much per visitor. Only so many may wait that
+ * long; a burst past them gets a short timeout, so it is served by a service that answers and costs little
+ * against one that does not.
  */
 export class PendingLocalConnects {
   private readonly byProxy = new Map<string, number>();
 
-  /** False when `proxy` already has MAX_PENDING_LOCAL_CONNECTS connects pending. */
-  begin(proxy: string): boolean {
+  /**
+   * The time the connect may take, or undefined when `proxy` already has as many connects pending as it
+   * may. `burst`: the connect may be one of a burst's, past MAX_PENDING_LOCAL_CONNECTS.
+   */
+  begin(proxy: string, burst: boolean): number | undefined {
     const pending = this.byProxy.get(proxy) ?? 0;
-    if (pending >= MAX_PENDING_LOCAL_CONNECTS) return false;
+    if (pending >= (burst ? MAX_BURST_LOCAL_CONNECTS : MAX_PENDING_LOCAL_CONNECTS)) return undefined;
     this.byProxy.set(proxy, pending + 1);
-    return true;
+    return pending < MAX_PENDING_LOCAL_CONNECTS ? LOCAL_CONNECT_TIMEOUT_MS : BURST_CONNECT_TIMEOUT_MS;
   }
 
   end(proxy: string): void {
@@ -119,8 +134,12 @@ export async function serveStream(
     await serveUdpFlow(stream, header, proxy, logger, failures, udpFlows);
     return;
   }
-  if (!pending.begin(proxy.name)) {
-    const reason = `${MAX_PENDING_LOCAL_CONNECTS} connects to the local service already pending`;
+  // A SOCKS visitor's handshake is its own to stall, under the handshake's own timeouts: no burst places.
+  const socks = isSocks5Local(proxy.local);
+  const timeoutMs = pending.begin(proxy.name, !socks);
+  if (timeoutMs === undefined) {
+    const limit = socks ? MAX_PENDING_LOCAL_CONNECTS : MAX_BURST_LOCAL_CONNECTS;
+    const reason = `${limit} connects to the local service already pending`;
     failures.failed({ ...fields, local, reason }, true);
     stream.destroy();
     return;
@@ -135,7 +154,13 @@ export async function serveStream(
       const opened = await openSocksDestination(stream, proxy.socks);
       socket = opened.socket;
       destination = { dest: opened.dest, ...(opened.destAddr ? { dest_addr: opened.destAddr } : {}) };
-    } else socket = await connectLocal(proxy.local, stream);
+    } else {
+      const why =
+        timeoutMs === LOCAL_CONNECT_TIMEOUT_MS
+          ? ''
+          : ` (a connect past ${MAX_PENDING_LOCAL_CONNECTS} pending ones, as in a burst of visitors)`;
+      socket = await connectLocal(proxy.local, stream, timeoutMs, why);
+    }
   } catch (err) {
     if (err instanceof SocksRequestFailed) {
       const dest = err.dest === undefined ? {} : { dest: err.dest };

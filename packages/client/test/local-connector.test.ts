@@ -7,7 +7,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Session, type Stream } from '@porthole/mux';
 import { ConnectionTracker, captureLogs, nextClose, writeStreamHeader } from '@porthole/protocol';
 import type { ProxyConfig } from '../src/config.js';
-import { MAX_PENDING_LOCAL_CONNECTS, PendingLocalConnects, serveStream } from '../src/local-connector.js';
+import { connectLocal, LOCAL_CONNECT_TIMEOUT_MS } from '../src/local-connect.js';
+import {
+  BURST_CONNECT_TIMEOUT_MS,
+  MAX_BURST_LOCAL_CONNECTS,
+  MAX_PENDING_LOCAL_CONNECTS,
+  PendingLocalConnects,
+  serveStream,
+} from '../src/local-connector.js';
 import { LocalFailureLog } from '../src/local-failure-log.js';
 import { OpenUdpFlows } from '../src/udp-forwarder.js';
 
@@ -170,7 +177,7 @@ async function startSynDroppingService(
   return { port: Number(output.slice(0, firstLine)), received: () => output.slice(firstLine) };
 }
 
-test('connects pending on a local service that drops SYNs are bounded: past the bound a stream is reset at once', {
+test('connects pending on a local service that drops SYNs are bounded: 256 wait the connect timeout, a burst past them 2 s, past 1024 a stream is reset at once', {
   timeout: 30_000,
 }, async (t) => {
   const { port } = await startSynDroppingService(t);
@@ -187,34 +194,119 @@ test('connects pending on a local service that drops SYNs are bounded: past the 
   });
   const extra = 40;
   const opened: Stream[] = [];
-  const reset = new Set<Stream>();
+  const resetAt = new Map<Stream, number>();
   const open = (n: number) => {
     for (let i = 0; i < n; i++) {
       const stream = server.open();
       stream.on('error', () => {});
       writeStreamHeader(stream, header('stuck'));
-      stream.once('close', () => reset.add(stream));
+      stream.once('close', () => resetAt.set(stream, Date.now()));
       opened.push(stream);
     }
   };
-  open(MAX_PENDING_LOCAL_CONNECTS + extra);
-  // The service's accept queue takes one or two; every other connect hangs for the 10 s connect timeout,
-  // so before then the only resets are the streams past the bound.
-  const deadline = Date.now() + 8000;
-  while (reset.size < extra - 2 && Date.now() < deadline) await sleep(50);
-  await sleep(200);
-  assert.ok(reset.size >= extra - 2 && reset.size <= extra, `${reset.size} streams reset at once`);
-  const line = await logs.waitFor('local connect failed', { proxy: 'stuck' });
-  assert.equal(line.reason, `${MAX_PENDING_LOCAL_CONNECTS} connects to the local service already pending`);
+  const start = Date.now();
+  open(MAX_BURST_LOCAL_CONNECTS + extra);
+  // The service's accept queue takes one or two; every other connect hangs. Past the burst bound the
+  // streams are reset at once, long before any connect's timeout.
+  const waitForResets = async (n: number, ms: number) => {
+    const deadline = Date.now() + ms;
+    while (resetAt.size < n && Date.now() < deadline) await sleep(50);
+  };
+  await waitForResets(extra - 2, 1500);
+  assert.ok(Date.now() - start < BURST_CONNECT_TIMEOUT_MS, 'the refusals came before any connect timed out');
+  assert.ok(resetAt.size >= extra - 2 && resetAt.size <= extra, `${resetAt.size} streams reset at once`);
+  const refused = await logs.waitFor('local connect failed', { proxy: 'stuck' });
+  assert.equal(refused.reason, `${MAX_BURST_LOCAL_CONNECTS} connects to the local service already pending`);
 
+  // The burst's connects (past the first 256) give up at their short timeout; the first 256 wait on.
+  const burst = MAX_BURST_LOCAL_CONNECTS - MAX_PENDING_LOCAL_CONNECTS;
+  await waitForResets(extra + burst - 2, 6000);
+  await sleep(300);
+  const early = [...resetAt.values()].filter((at) => at - start < LOCAL_CONNECT_TIMEOUT_MS).length;
+  assert.ok(
+    early >= extra + burst - 2 && early <= extra + burst,
+    `${early} streams reset before the connect timeout; expected ${extra} refused and ${burst} timed out`,
+  );
+  assert.ok(
+    Date.now() - start < LOCAL_CONNECT_TIMEOUT_MS - 1000,
+    'checked before the first 256 could time out',
+  );
   // Visitors that leave while their connect is pending give their places back at once.
-  for (const stream of opened) if (!reset.has(stream)) stream.destroy();
+  for (const stream of opened) if (!resetAt.has(stream)) stream.destroy();
   await sleep(500);
   const before = opened.length;
   open(extra);
   await sleep(1500);
-  const lateResets = opened.slice(before).filter((stream) => reset.has(stream)).length;
+  const lateResets = opened.slice(before).filter((stream) => resetAt.has(stream)).length;
   assert.equal(lateResets, 0, 'new visitors wait for the service instead of being turned away');
+});
+
+test('a burst of 1,000 visitors at once reaches a service that answers: none is turned away', {
+  timeout: 30_000,
+}, async (t) => {
+  const service = createServer((socket) => {
+    socket.on('error', () => {}); // the visitor's stream is reset once it has its answer
+    socket.pipe(socket);
+  });
+  service.listen({ port: 0, host: '127.0.0.1', backlog: 2048 });
+  await once(service, 'listening');
+  t.after(() => service.close());
+  const proxy: ProxyConfig = {
+    name: 'echo',
+    type: 'tcp',
+    local: { host: '127.0.0.1', port: (service.address() as AddressInfo).port },
+    remotePort: 1,
+  };
+  const { server, client, logs } = await sessionPair([proxy]);
+  t.after(() => {
+    server.close();
+    client.close();
+  });
+  const visitors = 1000;
+  const answered = await Promise.all(
+    Array.from({ length: visitors }, (_, i) => {
+      const stream = server.open();
+      stream.on('error', () => {});
+      writeStreamHeader(stream, header('echo'));
+      const ping = `ping ${i}`;
+      stream.write(ping);
+      return new Promise<boolean>((resolve) => {
+        let got = '';
+        stream.on('data', (d: Buffer) => {
+          got += d.toString();
+          if (got === ping) {
+            stream.destroy();
+            resolve(true);
+          }
+        });
+        stream.once('close', () => resolve(got === ping));
+      });
+    }),
+  );
+  const failed = answered.filter((ok) => !ok).length;
+  assert.equal(failed, 0, `${failed} of ${visitors} visitors were not answered`);
+  assert.deepEqual(
+    logs.lines.filter((line) => line.msg === 'local connect failed'),
+    [],
+  );
+});
+
+test('a connect that times out says after how long, and why it had that long', {
+  timeout: 10_000,
+}, async (t) => {
+  const { port } = await startSynDroppingService(t, 5000); // its queue filled: our SYN is dropped until then
+  const { server, client } = await sessionPair([]);
+  t.after(() => {
+    server.close();
+    client.close();
+  });
+  const stream = server.open();
+  stream.on('error', () => {});
+  await assert.rejects(connectLocal({ host: '127.0.0.1', port }, stream, 300, ' (a burst)'), (err: Error) => {
+    assert.equal(err.message, `connect to 127.0.0.1:${port} timed out after 300 ms (a burst)`);
+    return true;
+  });
+  stream.destroy();
 });
 
 test('a connect pending when the session is lost is given up: the service never gets the request of a visitor it cannot answer', {
