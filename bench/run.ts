@@ -9,6 +9,7 @@ export interface BenchModule {
 const benchmarks: Record<string, () => Promise<BenchModule>> = {
   tunnel: () => import('./tunnel-suite.js'),
   'tunnel-profile': () => import('./tunnel-profile.js'),
+  'http-concurrency': () => import('./tunnel-concurrency.js'),
   'cpu-profile-summary': () => import('./cpu-profile-summary.js'),
   mux: () => import('./mux.js'), // @porthole/mux vs raw ws (packages/mux proof helper)
 };

@@ -112,7 +112,7 @@ function iperfCase(id: string, title: string, opts: { reverse?: boolean; paralle
 }
 
 /** wrk's "12.34ms" / "850.00us" / "1.02s" in milliseconds. */
-function wrkMs(text: string | undefined): number | undefined {
+export function wrkMs(text: string | undefined): number | undefined {
   const m = /^([\d.]+)(us|ms|s)$/.exec(text ?? '');
   if (!m) return undefined;
   return Number(m[1]) * { us: 0.001, ms: 1, s: 1000 }[m[2] as 'us' | 'ms' | 's'];

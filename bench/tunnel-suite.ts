@@ -72,7 +72,7 @@ function progress(text: string): void {
   process.stderr.write(`${text}\n`);
 }
 
-async function startTargets(h: Harness): Promise<{ targets: Targets; pids: number[] }> {
+export async function startTargets(h: Harness): Promise<{ targets: Targets; pids: number[] }> {
   const iperf = await startIperfDaemon(h);
   const services = h.spawn('targets', process.execPath, [path.join(here, 'tunnel-targets.js')]);
   const line = await services.waitForMsg('targets listening', 10_000);
