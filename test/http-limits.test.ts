@@ -423,13 +423,14 @@ test(
       const port = server.httpPort!;
       const base = `http://127.0.0.1:${port}`;
 
-      // 1. A slow download holds the only stream for ~6 s (long enough that a POST started by a slow curl
-      // still queues behind it). The POST is not read (so its body never ends) and still gets its 504 at
-      // response_timeout, counted from when it arrived.
+      // 1. Two slow downloads hold the only stream and the one place for a held request (max_connections)
+      // for ~6 s (long enough that a POST started by a slow curl still queues behind them). The POST is not
+      // read (so its body never ends) and still gets its 504 at response_timeout, counted from when it arrived.
       const slow = curlDownloadSize('app.test', `${base}/stream?bytes=6000&chunks=300`, 30_000);
+      const slowToo = curlDownloadSize('app.test', `${base}/stream?bytes=6000&chunks=300`, 30_000);
       await waitFor(
-        'the slow download to start',
-        () => backend.requests.some((r) => r.url.startsWith('/stream')),
+        'both slow downloads to start',
+        () => backend.requests.filter((r) => r.url.startsWith('/stream')).length === 2,
         5000,
       );
       const queuedAt = Date.now();
@@ -439,6 +440,7 @@ test(
       assert.equal(queued.status, 504, `queued POST: ${queued.status} ${queued.body}`);
       assert.equal(backend.requests.filter((r) => r.url === '/sha256').length, 0);
       assert.equal((await slow).stdout, '200 6000', 'the download that held the stream finished whole');
+      assert.equal((await slowToo).stdout, '200 6000', 'the held download finished whole');
 
       // 2. A visitor asks for 64 MiB and reads none of it: once no byte has moved for idle_timeout its
       // connection is closed, and the stream it held serves the next visitor.
@@ -506,6 +508,59 @@ test(
         8000,
       );
       fourth.ws.close();
+    }),
+);
+
+test(
+  'long-held responses (event streams) do not stall a site at max_streams_per_proxy: held ones are bounded by max_connections',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+      const server = await startRoutedServer(h, {
+        http: { response_timeout: '3s', max_streams_per_proxy: 2 },
+      });
+      const token = await issueRoutedToken(server, { name: 'held', hosts: ['app.test'] });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          {
+            name: 'app',
+            type: 'http',
+            local: `127.0.0.1:${backend.port}`,
+            hosts: ['app.test'],
+            max_connections: 3,
+          },
+        ],
+      });
+      const base = `http://127.0.0.1:${server.httpPort!}`;
+      const streams = () => backend.requests.filter((r) => r.url.startsWith('/stream')).length;
+      // ~12 s each: 600 chunks, one per 20 ms.
+      const hold = () => curlDownloadSize('app.test', `${base}/stream?bytes=6000&chunks=600`, 40_000);
+
+      // 1. Three downloads, more than max_streams_per_proxy (2), as many as max_connections (3): all
+      // start, and ordinary requests are answered meanwhile, not queued behind them until a 504.
+      const held = [hold(), hold(), hold()];
+      await waitFor('three held downloads at the service', () => streams() === 3, 5000);
+      for (let i = 0; i < 5; i++) {
+        const startedAt = Date.now();
+        const r = await curl(['-H', 'Host: app.test'], `${base}/ordinary-${i}`);
+        const ms = Date.now() - startedAt;
+        t.diagnostic(`ordinary request ${i} beside 3 held streams: ${r.status} after ${ms} ms`);
+        assert.equal(r.status, 200, `ordinary request ${i}: ${r.status} ${r.body}`);
+        assert.ok(ms < 2500, `ordinary request ${i} waited ${ms} ms`);
+      }
+
+      // 2. Held streams are bounded: with max_connections (3) held and both streams of the cap taken by two
+      // more downloads, the next request waits, and gets its 504 at response_timeout.
+      const more = [hold(), hold()];
+      await waitFor('two more downloads at the service', () => streams() === 5, 5000);
+      const queued = await curl(['-H', 'Host: app.test'], `${base}/queued`);
+      assert.equal(queued.status, 504, `a request past both bounds: ${queued.status} ${queued.body}`);
+      for (const r of await Promise.all([...held, ...more]))
+        assert.equal(r.stdout, '200 6000', 'every held download finished whole');
     }),
 );
 

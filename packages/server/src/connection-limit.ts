@@ -37,6 +37,9 @@ export class ConnectionLimit {
     );
   }
 
+  /** The limit now (a reload may change it). */
+  readonly max = (): number => this.opts.max();
+
   /** Counts `socket` until it closes and returns true; or resets it (RST) and returns false. */
   admit(socket: Socket): boolean {
     if (this.take(socket)) return true;

@@ -4,9 +4,17 @@
 // A stream that comes back clean is always kept: the busy cap already bounds how many exist, and a cap
 // on idle ones below it would close streams that the very next requests reopen (with more visitors than
 // that cap, a stream and a local connection per request).
+// A request whose stream has been busy for HELD_AFTER_MS stops counting against `maxStreams` once another
+// request would have to wait: Server-Sent Events and long-polls hold their stream for minutes, and with
+// `maxStreams` of them every other visitor of the site waited (256 held event streams: ordinary requests
+// waited 8.5 s, until one ended, where direct they took 0.4 ms). Held streams are bounded on their own, by
+// `maxHeld` (the proxy's connection limit, as its WebSockets are), so the cap still meters bursts of short
+// requests onto few local connections, and a proxy still holds a bounded number of streams.
 import type { Duplex } from 'node:stream';
 import { type ConnectionOwner, UpstreamConnection } from './http-upstream-connection.js';
 
+/** A stream busy this long with one request is held (SSE, a long-poll, a slow upload or download). */
+export const HELD_AFTER_MS = 1000;
 /** A pooled stream unused for this long is closed (the local service's keep-alive is often 5 s). */
 const FREE_STREAM_IDLE_MS = 15_000;
 /**
@@ -37,6 +45,8 @@ export interface UpstreamPoolOptions {
   /** Streams carrying requests at once for this proxy; more requests wait for one to be free. Read each
    * time, so that a reload applies at once. */
   maxStreams: () => number;
+  /** Streams held by long requests, past `maxStreams`, at most; read each time too. */
+  maxHeld: () => number;
 }
 
 /** Called with a connection to send one request on, or with why there will be none. */
@@ -51,7 +61,11 @@ export class UpstreamPool implements ConnectionOwner {
   /** Idle connections, oldest first: handed out from the end. */
   private readonly free: UpstreamConnection[] = [];
   private readonly all = new Set<UpstreamConnection>();
-  private busy = 0;
+  /** Streams counted against `maxStreams`, each with when its request began, oldest first. */
+  private readonly busySince = new Map<UpstreamConnection, number>();
+  /** Streams busy for HELD_AFTER_MS that no longer count against `maxStreams`. */
+  private readonly held = new Set<UpstreamConnection>();
+  private heldTimer: NodeJS.Timeout | undefined;
   /** In arrival order; a Set, so that a visitor leaving its place is not a scan of the queue. */
   private readonly waiting = new Set<Waiter>();
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -73,9 +87,8 @@ export class UpstreamPool implements ConnectionOwner {
       then(new Error('the proxy is closed'), undefined);
       return noop;
     }
-    if (this.busy < this.opts.maxStreams()) {
-      this.busy += 1;
-      then(undefined, this.free.pop() ?? this.open(visitor));
+    if (this.busy < this.opts.maxStreams() || this.moveHeld()) {
+      then(undefined, this.take(this.free.pop() ?? this.open(visitor)));
       return noop;
     }
     const limit = Math.max(MIN_WAITING_REQUESTS, 4 * this.opts.maxStreams());
@@ -85,9 +98,48 @@ export class UpstreamPool implements ConnectionOwner {
     }
     const waiter = { visitor, then };
     this.waiting.add(waiter);
+    this.armHeldTimer();
     return () => {
       this.waiting.delete(waiter);
     };
+  }
+
+  private get busy(): number {
+    return this.busySince.size;
+  }
+
+  private take(conn: UpstreamConnection): UpstreamConnection {
+    this.busySince.set(conn, performance.now());
+    return conn;
+  }
+
+  /**
+   * Moves the streams busy for HELD_AFTER_MS out of the count against `maxStreams`, as many as `maxHeld`
+   * allows; true if that freed a place.
+   */
+  private moveHeld(): boolean {
+    const cutoff = performance.now() - HELD_AFTER_MS;
+    const before = this.busy;
+    for (const [conn, since] of this.busySince) {
+      if (since > cutoff || this.held.size >= this.opts.maxHeld()) break;
+      this.busySince.delete(conn);
+      this.held.add(conn);
+    }
+    return this.busy < before;
+  }
+
+  /** While requests wait, one timer for when the oldest busy stream turns held. */
+  private armHeldTimer(): void {
+    if (this.heldTimer || this.waiting.size === 0 || this.closed) return;
+    const oldest = this.busySince.values().next().value;
+    if (oldest === undefined || this.held.size >= this.opts.maxHeld()) return;
+    const delay = Math.max(0, oldest + HELD_AFTER_MS - performance.now());
+    this.heldTimer = setTimeout(() => {
+      this.heldTimer = undefined;
+      this.moveHeld();
+      while (this.waiting.size > 0 && this.busy < this.opts.maxStreams()) this.serveWaiter();
+      this.armHeldTimer();
+    }, delay + 1);
   }
 
   private nextWaiter(): Waiter | undefined {
@@ -107,6 +159,7 @@ export class UpstreamPool implements ConnectionOwner {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.sweepTimer);
+    clearTimeout(this.heldTimer);
     for (const conn of this.free.splice(0)) {
       this.all.delete(conn);
       conn.retire();
@@ -123,12 +176,11 @@ export class UpstreamPool implements ConnectionOwner {
   }
 
   exchangeDone(conn: UpstreamConnection, reusable: boolean): void {
-    this.busy -= 1;
+    if (!this.held.delete(conn)) this.busySince.delete(conn);
     if (reusable && !this.closed) {
       const waiter = this.nextWaiter();
       if (waiter) {
-        this.busy += 1;
-        waiter.then(undefined, conn);
+        waiter.then(undefined, this.take(conn));
         return;
       }
       // Past the cap only after a reload lowered it: the surplus closes as it comes free.
@@ -159,8 +211,7 @@ export class UpstreamPool implements ConnectionOwner {
     if (this.closed || this.busy >= this.opts.maxStreams()) return;
     const waiter = this.nextWaiter();
     if (!waiter) return;
-    this.busy += 1;
-    waiter.then(undefined, this.free.pop() ?? this.open(waiter.visitor));
+    waiter.then(undefined, this.take(this.free.pop() ?? this.open(waiter.visitor)));
   }
 
   /** One timer per pool, not one per request: idle streams are closed within 1.5x FREE_STREAM_IDLE_MS. */

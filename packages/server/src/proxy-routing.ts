@@ -291,16 +291,18 @@ export async function bindRoutedProxy(
   }
 
   const publicAddr = state.httpAddress ?? state.httpsAddress;
+  const upgrades = connectionLimitFor(ctx, owner.name, spec);
   const pool = new UpstreamPool({
     openStream: (visitor) => header(visitor, publicAddr).stream,
     maxStreams: () => routingOf(ctx).maxStreamsPerProxy,
+    maxHeld: upgrades.max,
   });
   const target: HttpTarget = {
     client: owner.name,
     proxy: spec.name,
     pool,
     openStream: (visitor) => header(visitor, publicAddr),
-    upgrades: connectionLimitFor(ctx, owner.name, spec),
+    upgrades,
     auth:
       spec.http_user === undefined || spec.http_password === undefined
         ? undefined

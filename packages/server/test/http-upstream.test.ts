@@ -259,7 +259,12 @@ function get(pool: UpstreamPool, path: string, method = 'GET'): Promise<Collecte
 }
 
 /** A pool whose streams are plain connections to `port`, closed after the test; counts what it opened. */
-function poolTo(t: TestContext, port: number, streams: number): { pool: UpstreamPool; opened: () => number } {
+function poolTo(
+  t: TestContext,
+  port: number,
+  streams: number,
+  held = 0,
+): { pool: UpstreamPool; opened: () => number } {
   let opened = 0;
   const pool = new UpstreamPool({
     openStream: () => {
@@ -267,6 +272,7 @@ function poolTo(t: TestContext, port: number, streams: number): { pool: Upstream
       return connect(port, '127.0.0.1');
     },
     maxStreams: () => streams,
+    maxHeld: () => held,
   });
   t.after(() => pool.destroy());
   return { pool, opened: () => opened };
@@ -429,7 +435,7 @@ test('a response head over 64 KiB is refused, whether it comes in one piece or m
         for (let at = 0; at < answer.length; at += size) this.push(answer.subarray(at, at + size));
       },
     });
-    const pool = new UpstreamPool({ openStream: () => stream, maxStreams: () => 1 });
+    const pool = new UpstreamPool({ openStream: () => stream, maxStreams: () => 1, maxHeld: () => 0 });
     const r = await get(pool, '/');
     pool.destroy();
     const outcome = r.error ? 'refused' : r.body;
