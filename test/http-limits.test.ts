@@ -615,7 +615,7 @@ test(
 );
 
 test(
-  'a visitor may pipeline up to 32 unanswered requests; one more closes its connection, and the service never sees the rest',
+  'a visitor may pipeline 32 requests served at once and 256 more waiting their turn; a flood closes its connection, and the service never sees the rest',
   { timeout: 30_000 },
   (t) =>
     withHarness(t, async (h) => {
@@ -652,7 +652,20 @@ test(
       assert.equal(polite.closedBy, 'test', 'ten pipelined requests are served');
       const order = [...polite.reply.matchAll(/"url":"\/anything\?n=(\d+)"/g)].map((m) => Number(m[1]));
       assert.deepEqual(order, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
-      // 5,000 one-second downloads in one write: the server closes the connection at the 33rd.
+      // 50 in one write (past the 32 served at once): the rest wait their turn, and all are answered in order.
+      const fifty = Array.from(
+        { length: 50 },
+        (_, i) => `GET /anything?n=${i} HTTP/1.1\r\nHost: app.test\r\n\r\n`,
+      );
+      const burst = await pipeline(fifty);
+      assert.equal(burst.closedBy, 'test', 'fifty pipelined requests are served');
+      const burstOrder = [...burst.reply.matchAll(/"url":"\/anything\?n=(\d+)"/g)].map((m) => Number(m[1]));
+      assert.deepEqual(
+        burstOrder,
+        Array.from({ length: 50 }, (_, i) => i),
+      );
+      // 5,000 one-second downloads in one write: past 32 served and 256 waiting, the server closes the
+      // connection.
       const before = backend.requests.length;
       const flood = Array.from(
         { length: 5000 },

@@ -355,10 +355,11 @@ export class HttpVhostRouter {
   handleRequest(req: IncomingMessage, res: ServerResponse): void {
     const socket = req.socket;
     this.opts.pending.settle(socket);
-    if (!this.pipelined.admit(socket)) {
-      res.destroy();
-      return;
-    }
+    this.pipelined.admit(socket, () => this.serve(req, res));
+  }
+
+  private serve(req: IncomingMessage, res: ServerResponse): void {
+    const socket = req.socket;
     const started = performance.now();
     const resolved = this.resolve(req);
     const remoteAddr = peerAddress(socket);
