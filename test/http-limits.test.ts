@@ -559,6 +559,11 @@ test(
       await waitFor('two more downloads at the service', () => streams() === 5, 5000);
       const queued = await curl(['-H', 'Host: app.test'], `${base}/queued`);
       assert.equal(queued.status, 504, `a request past both bounds: ${queued.status} ${queued.body}`);
+      // Waiting requests are worth a warn line, naming the limits to raise.
+      const waited = await server.proc.waitForMsg('http requests wait for a free tunnel stream', 5000);
+      assert.equal(waited.proxy, 'app');
+      assert.equal(waited.max_streams_per_proxy, 2);
+      assert.equal(waited.max_connections, 3);
       for (const r of await Promise.all([...held, ...more]))
         assert.equal(r.stdout, '200 6000', 'every held download finished whole');
     }),

@@ -47,6 +47,8 @@ export interface UpstreamPoolOptions {
   maxStreams: () => number;
   /** Streams held by long requests, past `maxStreams`, at most; read each time too. */
   maxHeld: () => number;
+  /** A request has to wait for a stream (every one busy, and held ones at `maxHeld` or too young). */
+  onWait?: () => void;
 }
 
 /** Called with a connection to send one request on, or with why there will be none. */
@@ -98,6 +100,7 @@ export class UpstreamPool implements ConnectionOwner {
     }
     const waiter = { visitor, then };
     this.waiting.add(waiter);
+    this.opts.onWait?.();
     this.armHeldTimer();
     return () => {
       this.waiting.delete(waiter);

@@ -5,6 +5,7 @@ import {
   formatHostPort,
   hostGrantAllows,
   isWildcardHost,
+  LimitWarning,
   type PortRanges,
   type ProxySpec,
   parseHostPattern,
@@ -292,10 +293,25 @@ export async function bindRoutedProxy(
 
   const publicAddr = state.httpAddress ?? state.httpsAddress;
   const upgrades = connectionLimitFor(ctx, owner.name, spec);
+  // Requests that had to wait are worth an operator's look (raise max_streams_per_proxy, or the proxy's
+  // max_connections if held requests took their place): a line per 10 s at most.
+  const waits = new LimitWarning((waited) =>
+    ctx.logger.warn(
+      {
+        client: owner.name,
+        proxy: spec.name,
+        max_streams_per_proxy: routingOf(ctx).maxStreamsPerProxy,
+        max_connections: upgrades.max(),
+        waited,
+      },
+      'http requests wait for a free tunnel stream',
+    ),
+  );
   const pool = new UpstreamPool({
     openStream: (visitor) => header(visitor, publicAddr).stream,
     maxStreams: () => routingOf(ctx).maxStreamsPerProxy,
     maxHeld: upgrades.max,
+    onWait: () => waits.count(),
   });
   const target: HttpTarget = {
     client: owner.name,
@@ -323,6 +339,7 @@ export async function bindRoutedProxy(
     urlsOf: (routed) => httpUrls(routed, state, routingOf(ctx)),
     free: () => {
       pool.close();
+      waits.flush();
       target.upgrades.close();
     },
   });
