@@ -154,6 +154,52 @@ async function iperfUdp(port: number, reverse: boolean): Promise<IperfUdp> {
   };
 }
 
+test('a pause of the server (256 game players opening their flows at once stalled it 200 ms) does not lose the datagrams sent meanwhile', {
+  timeout: 60_000,
+}, async (t) => {
+  // The proxy socket asks for a 4 MiB receive buffer, which the kernel caps at net.core.rmem_max.
+  const rmemMax = Number((await readFile('/proc/sys/net/core/rmem_max', 'utf8')).trim());
+  if (rmemMax < 2 * 1024 * 1024) {
+    t.skip(`net.core.rmem_max is ${rmemMax}: the kernel keeps the proxy socket's receive buffer small`);
+    return;
+  }
+  await withHarness(t, async (h) => {
+    const echo = await startUdpEcho('e');
+    // The echo takes the burst at once, so what it misses is the tunnel's.
+    echo.socket.setRecvBufferSize(8 * 1024 * 1024);
+    const { server, remotePort } = await startUdpTunnel(h, {
+      client: 'players',
+      proxy: { name: 'game', local: `127.0.0.1:${echo.port}` },
+    });
+    const players = await Promise.all(Array.from({ length: 8 }, () => udpClient()));
+    // Each player's flow is open before the pause: what follows is only the socket's buffer.
+    for (const p of players) p.socket.send(Buffer.from('hello'), remotePort, '127.0.0.1');
+    await waitFor('every flow answered', () => players.every((p) => p.replies.length === 1), 10_000);
+    const pid = server.proc.pid!;
+    const perPlayer = 250;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      for (let i = 0; i < perPlayer; i++) {
+        for (const p of players) p.socket.send(patternBytes(100, `${i}`), remotePort, '127.0.0.1');
+      }
+      await sleep(200);
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    const expected = players.length * (1 + perPlayer);
+    await waitFor(`${expected} datagrams at the echo`, () => echo.received >= expected, 5_000).catch(
+      () => {},
+    );
+    assert.equal(
+      echo.received,
+      expected,
+      `${expected - echo.received} of ${players.length * perPlayer} datagrams sent while the server was paused were lost`,
+    );
+    for (const p of players) p.socket.close();
+    await echo.close();
+  });
+});
+
 test(
   'iperf3 -u (20 Mbit/s of 1400-byte datagrams, both directions) through udp + tcp proxies on one port',
   { timeout: 90_000 },
