@@ -403,22 +403,10 @@ test(
     withHarness(t, async (h) => {
       const backend = await startHttpBackend('app');
       h.onCleanup(() => backend.close());
-      const server = await startRoutedServer(h, {
-        http: { idle_timeout: '2s', response_timeout: '1500ms', max_streams_per_proxy: 1 },
-      });
-      const token = await issueRoutedToken(server, { name: 'held', hosts: ['app.test'] });
-      await startRoutedClient(h, {
-        server: server.url,
-        token,
-        proxies: [
-          {
-            name: 'app',
-            type: 'http',
-            local: `127.0.0.1:${backend.port}`,
-            hosts: ['app.test'],
-            max_connections: 1,
-          },
-        ],
+      const { server } = await startAppTunnel(h, backend.port, {
+        client: 'held',
+        server: { http: { idle_timeout: '2s', response_timeout: '1500ms', max_streams_per_proxy: 1 } },
+        proxyKeys: { max_connections: 1 },
       });
       const port = server.httpPort!;
       const base = `http://127.0.0.1:${port}`;
@@ -518,22 +506,10 @@ test(
     withHarness(t, async (h) => {
       const backend = await startHttpBackend('app');
       h.onCleanup(() => backend.close());
-      const server = await startRoutedServer(h, {
-        http: { response_timeout: '3s', max_streams_per_proxy: 2 },
-      });
-      const token = await issueRoutedToken(server, { name: 'held', hosts: ['app.test'] });
-      await startRoutedClient(h, {
-        server: server.url,
-        token,
-        proxies: [
-          {
-            name: 'app',
-            type: 'http',
-            local: `127.0.0.1:${backend.port}`,
-            hosts: ['app.test'],
-            max_connections: 3,
-          },
-        ],
+      const { server } = await startAppTunnel(h, backend.port, {
+        client: 'held',
+        server: { http: { response_timeout: '3s', max_streams_per_proxy: 2 } },
+        proxyKeys: { max_connections: 3 },
       });
       const base = `http://127.0.0.1:${server.httpPort!}`;
       const streams = () => backend.requests.filter((r) => r.url.startsWith('/stream')).length;

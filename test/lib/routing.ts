@@ -278,6 +278,8 @@ export interface AppTunnelOptions {
   client: string;
   /** The http proxy's name (default "app"). */
   proxy?: string;
+  /** More keys of the http proxy (max_connections...). */
+  proxyKeys?: Record<string, TomlValue>;
   server?: RoutedServerOptions;
   /** The client process's name in the logs. */
   clientProcess?: string;
@@ -296,7 +298,13 @@ export async function startAppTunnel(
     token,
     ...(opts.clientProcess === undefined ? {} : { name: opts.clientProcess }),
     proxies: [
-      { name: opts.proxy ?? 'app', type: 'http', local: `127.0.0.1:${backendPort}`, hosts: ['app.test'] },
+      {
+        name: opts.proxy ?? 'app',
+        type: 'http',
+        local: `127.0.0.1:${backendPort}`,
+        hosts: ['app.test'],
+        ...opts.proxyKeys,
+      },
     ],
   });
   return { server, client, token };
