@@ -2,7 +2,13 @@
 // up when the stream or its session goes first.
 import { connect, type Socket } from 'node:net';
 import type { Stream } from '@porthole/mux';
-import { CloseHooks, formatLocalAddress, isUnixSocketAddress, type LocalAddress } from '@porthole/protocol';
+import {
+  CloseHooks,
+  formatDuration,
+  formatLocalAddress,
+  isUnixSocketAddress,
+  type LocalAddress,
+} from '@porthole/protocol';
 import { describeLocalConnectError } from './connect-error.js';
 
 /** A local service that does not accept within this time counts as a failed connect. */
@@ -69,8 +75,7 @@ export function connectLocal(
     const timer = setTimeout(() => {
       settle();
       socket.destroy();
-      const after = timeoutMs % 1000 === 0 ? `${timeoutMs / 1000} s` : `${timeoutMs} ms`;
-      const message = `connect to ${formatLocalAddress(local)} timed out after ${after}${why}`;
+      const message = `connect to ${formatLocalAddress(local)} timed out after ${formatDuration(timeoutMs)}${why}`;
       reject(new LocalConnectError(message, 'ETIMEDOUT'));
     }, timeoutMs);
     stream.once('close', gone);

@@ -303,7 +303,7 @@ test('a connect that times out says after how long, and why it had that long', {
   const stream = server.open();
   stream.on('error', () => {});
   await assert.rejects(connectLocal({ host: '127.0.0.1', port }, stream, 300, ' (a burst)'), (err: Error) => {
-    assert.equal(err.message, `connect to 127.0.0.1:${port} timed out after 300 ms (a burst)`);
+    assert.equal(err.message, `connect to 127.0.0.1:${port} timed out after 300ms (a burst)`);
     return true;
   });
   stream.destroy();
