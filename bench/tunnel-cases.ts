@@ -106,7 +106,7 @@ function iperfCase(id: string, title: string, opts: { reverse?: boolean; paralle
     metrics: [{ id, title, unit: 'Gbit/s', higherIsBetter: true }],
     async run(peer, env) {
       const r = await iperfClient(port(peer, 'iperf'), { seconds: env.settings.iperfSeconds, ...opts });
-      return { values: { [id]: r.gbits } };
+      return { values: { [id]: r.gbits }, detail: { bytes: r.bytes } };
     },
   };
 }

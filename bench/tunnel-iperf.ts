@@ -45,6 +45,8 @@ export interface IperfRun {
 export interface IperfFigures {
   /** what the receiving side got, Gbit/s */
   gbits: number;
+  /** and in all, bytes */
+  bytes: number;
   /** UDP only */
   lostPercent?: number;
   jitterMs?: number;
@@ -52,6 +54,7 @@ export interface IperfFigures {
 
 interface IperfSum {
   bits_per_second: number;
+  bytes: number;
   lost_percent?: number;
   jitter_ms?: number;
 }
@@ -90,5 +93,10 @@ export async function iperfClient(port: number, opts: IperfRun): Promise<IperfFi
     const why = report.error ?? (result.stderr.trim() || result.stdout.slice(0, 300));
     throw new Error(`iperf3 ${args.join(' ')} (exit ${result.code ?? result.signal}): ${why}`);
   }
-  return { gbits: sum.bits_per_second / 1e9, lostPercent: sum.lost_percent, jitterMs: sum.jitter_ms };
+  return {
+    gbits: sum.bits_per_second / 1e9,
+    bytes: sum.bytes,
+    lostPercent: sum.lost_percent,
+    jitterMs: sum.jitter_ms,
+  };
 }

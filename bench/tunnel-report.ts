@@ -3,7 +3,7 @@
 import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { SuiteResult } from './tunnel-results.js';
-import { formatFigure, formatRatio, formatSpread, ratio } from './tunnel-stats.js';
+import { formatFigure, formatRatio, formatSpread, ratio, spread } from './tunnel-stats.js';
 import { renderChart } from './tunnel-svg.js';
 
 function table(header: string[], rows: string[][]): string {
@@ -55,6 +55,30 @@ function costs(r: SuiteResult): string {
     }),
   ]);
   return table(['case (CPU s per run / peak RSS)', ...tunnels.map((p) => p.label)], rows);
+}
+
+/**
+ * CPU seconds of the tunnel processes per GB they carried, for the cases that report bytes (iperf3 over
+ * TCP). With both cores busy a relay's throughput follows this figure: a peer that needs less CPU per GB
+ * moves more of them, so the throughput ratios can be read against it.
+ */
+function cpuPerGigabyte(r: SuiteResult): string | undefined {
+  const tunnels = r.peers.filter((p) => p.id !== 'direct' && !p.id.endsWith('-http'));
+  const rows: string[][] = [];
+  for (const c of r.cases) {
+    const perPeer = tunnels.map((p) => {
+      const values = r.samples.flatMap((s) => {
+        const bytes = s.detail?.bytes;
+        if (s.caseId !== c.id || s.peerId !== p.id || !s.cost || typeof bytes !== 'number' || bytes <= 0)
+          return [];
+        return [s.cost.cpuSeconds / (bytes / 1e9)];
+      });
+      return formatSpread(spread(values));
+    });
+    if (perPeer.some((cell) => cell !== '–')) rows.push([c.id, ...perPeer]);
+  }
+  if (rows.length === 0) return undefined;
+  return table(['case (CPU s per GB)', ...tunnels.map((p) => p.label)], rows);
 }
 
 function notes(r: SuiteResult): string {
@@ -111,11 +135,23 @@ export function renderReport(r: SuiteResult): string {
     '',
     costs(r),
     '',
+    ...perGigabyteSection(r),
     '### Notes',
     '',
     notes(r),
     '',
   ].join('\n');
+}
+
+function perGigabyteSection(r: SuiteResult): string[] {
+  const rendered = cpuPerGigabyte(r);
+  if (!rendered) return [];
+  return [
+    '### Tunnel processes: CPU seconds per GB carried (median, min–max over the rounds)',
+    '',
+    rendered,
+    '',
+  ];
 }
 
 /** bench/results/<stamp>.{json,md,svg}; JSON written to .tmp first so a crash leaves no half file. */
