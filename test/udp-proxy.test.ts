@@ -433,10 +433,13 @@ test(
       }, 150);
       h.onCleanup(() => clearInterval(talking));
       await sleep(1400);
-      // Two new senders at the limit: each takes the place of a silent flow, and is answered.
+      // Two new senders at the limit: each takes the place of a silent flow, and is answered. Each asks twice:
+      // a flow that was a single answered query gives its place after 100 ms, one that talked more does not.
       await ask(new1, 'new1');
+      await ask(new1, 'new1 again');
       await ask(new2, 'new2');
-      // A third at once: every flow has just talked, so its datagram is dropped.
+      await ask(new2, 'new2 again');
+      // A third at once: every flow has talked more than once within the second, so its datagram is dropped.
       late.socket.send('late', remotePort, '127.0.0.1');
       await server.proc.waitForMsg('udp flow limit reached: datagrams from new senders dropped', 5000, {
         fields: { proxy: 'dns', max_flows: 3 },
@@ -455,6 +458,44 @@ test(
       // The evicted senders are not shut out: asking again opens a flow, by the same rule.
       await sleep(1100);
       await ask(quiet1, 'quiet1 again');
+    }),
+);
+
+test(
+  'at max_flows a flow that was one answered query (a dig) gives its place after 100 ms of silence: lookups a few hundred ms apart are all answered',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const dnsPort = await startDnsmasq(h);
+      const { server, remotePort } = await startUdpTunnel(h, {
+        client: 'dns',
+        proxy: { name: 'dns', local: `127.0.0.1:${dnsPort}`, max_flows: 2, udp_idle_timeout: '60s' },
+      });
+      // With the 1 s rule alone the third dig, well within a second of the first, found both flows taken.
+      const started = performance.now();
+      for (let i = 0; i < 6; i++) {
+        const r = await run('dig', [
+          '@127.0.0.1',
+          '-p',
+          String(remotePort),
+          '+short',
+          '+tries=1',
+          '+time=2',
+          `q${i}.test.example`,
+        ]);
+        assert.equal(r.stdout.trim(), '10.1.2.3', `dig ${i}: ${r.stdout} ${r.stderr}`);
+        await sleep(150);
+      }
+      t.diagnostic(`6 digs in ${Math.round(performance.now() - started)} ms`);
+      const gaveWay = () =>
+        server.proc.logsWithMsg('udp flow closed').filter((l) => /one query answered/.test(String(l.reason)));
+      // Digs 3 to 6 each took a lookup's place (fewer only if the kernel gave two digs the same port).
+      await server.proc.waitForLog(() => gaveWay().length >= 3, 5000, 0, 'flows that gave way to a newcomer');
+      assert.ok(gaveWay().every((l) => l.datagrams_in === 1 && l.datagrams_out === 1));
+      assert.equal(
+        server.proc.logsWithMsg('udp flow limit reached: datagrams from new senders dropped').length,
+        0,
+      );
     }),
 );
 

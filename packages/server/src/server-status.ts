@@ -174,7 +174,7 @@ export class ServerStatus {
     out.family(
       'porthole_udp_flows_evicted_total',
       'counter',
-      'Flows silent for 1 s or more ended at max_flows to make room for a new sender, per udp proxy.',
+      'Flows ended at max_flows to make room for a new sender (silent for 1 s or more, or 100 ms after a single answered query), per udp proxy.',
     );
     for (const { client, proxy, stats } of rows)
       out.sample('porthole_udp_flows_evicted_total', stats.evictedIdle, { client, proxy });

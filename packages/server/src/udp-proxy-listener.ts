@@ -32,6 +32,13 @@ const MAX_SEND_QUEUE_BYTES = 1024 * 1024;
 const FLOW_CLOSE_GRACE_MS = 5_000;
 /** At max_flows, a flow silent this long gives its place to a new sender. */
 const EVICTABLE_IDLE_MS = 1_000;
+/**
+ * At max_flows, a flow that was one question and its answer (one datagram in, one or more out: a DNS or NTP
+ * query) gives its place once silent this long. A resolver asks each query from a port of its own, and with
+ * only the 1 s rule a DNS proxy answered about max_flows queries a second and dropped the rest (2,000 q/s
+ * at the default 1024: 46% unanswered); a game or VPN sender talks more than once and keeps the 1 s rule.
+ */
+const ANSWERED_QUERY_IDLE_MS = 100;
 /** Flows looked at (oldest first) for one to give way, per datagram from a new sender at max_flows. */
 const EVICTION_PROBES = 8;
 
@@ -41,7 +48,7 @@ export interface UdpProxyStats {
   datagramsOut: number;
   /** New flows refused because max_flows were open and none of them was silent enough to give way. */
   droppedFlowLimit: number;
-  /** Flows ended to make room for a new sender at max_flows (each silent for at least 1 s). */
+  /** Flows ended to make room for a new sender at max_flows (silent for 1 s, or 100 ms after one answered query). */
   evictedIdle: number;
   /** Datagrams from the tunnel longer than a UDP payload can be. */
   droppedOversize: number;
@@ -212,9 +219,10 @@ export class UdpProxyListener {
   }
 
   /**
-   * At max_flows a new sender takes the place of a flow silent for EVICTABLE_IDLE_MS: a resolver asks each
-   * query from a port of its own, and without this a DNS proxy would answer max_flows queries per
-   * udp_idle_timeout and drop the rest. Flows still talking are kept (a burst of new senders does not push
+   * At max_flows a new sender takes the place of a flow silent for EVICTABLE_IDLE_MS, or of one that was a
+   * single answered query silent for ANSWERED_QUERY_IDLE_MS: a resolver asks each query from a port of its
+   * own, and without this a DNS proxy would answer max_flows queries per udp_idle_timeout and drop the rest
+   * (with the 1 s rule alone, about max_flows a second). Flows still talking are kept (a burst of new senders does not push
    * out a game's players). A second-chance sweep from the oldest flow: a busy one moves to the back, at
    * most EVICTION_PROBES looked at per new sender, so a full table of busy flows costs little per datagram.
    */
@@ -222,9 +230,15 @@ export class UdpProxyListener {
     const now = performance.now();
     let probes = 0;
     for (const flow of this.flows.values()) {
-      if (now - flow.lastActivity >= EVICTABLE_IDLE_MS) {
+      const silentMs = now - flow.lastActivity;
+      if (silentMs >= EVICTABLE_IDLE_MS) {
         this.stats.evictedIdle++;
         this.endFlow(flow, 'max_flows reached: silent for a second, it made room for a new sender');
+        return true;
+      }
+      if (silentMs >= ANSWERED_QUERY_IDLE_MS && flow.datagramsIn === 1 && flow.datagramsOut > 0) {
+        this.stats.evictedIdle++;
+        this.endFlow(flow, 'max_flows reached: one query answered, it made room for a new sender');
         return true;
       }
       if (++probes >= EVICTION_PROBES) return false;
