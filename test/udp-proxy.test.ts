@@ -17,6 +17,20 @@ import { issueRoutedToken, startRoutedClient, startRoutedServer, startUdpTunnel 
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
 import { portOf } from './lib/tunnel.js';
 
+/** One try of `dig` for `name` at 127.0.0.1:`port`; `+short` unless asked for the whole answer. */
+function dig(port: number, name: string, opts: { timeSeconds: number; short?: boolean }) {
+  const short = opts.short ?? true;
+  return run('dig', [
+    '@127.0.0.1',
+    '-p',
+    String(port),
+    ...(short ? ['+short'] : []),
+    '+tries=1',
+    `+time=${opts.timeSeconds}`,
+    name,
+  ]);
+}
+
 async function startDnsmasq(h: Harness): Promise<number> {
   let lastError = '';
   for (let attempt = 0; attempt < 5; attempt++) {
@@ -36,15 +50,7 @@ async function startDnsmasq(h: Harness): Promise<number> {
     try {
       await proc.waitForOutput(/started, version/, 10_000);
       // Ask it directly once, so a failure later is the tunnel's.
-      const direct = await run('dig', [
-        '@127.0.0.1',
-        '-p',
-        String(port),
-        '+short',
-        '+tries=1',
-        '+time=2',
-        'ok.test.example',
-      ]);
+      const direct = await dig(port, 'ok.test.example', { timeSeconds: 2 });
       if (direct.stdout.trim() === '10.1.2.3') return port;
       lastError = `direct dig answered ${JSON.stringify(direct.stdout)} ${direct.stderr}`;
     } catch (err) {
@@ -70,26 +76,11 @@ test(
       const names = ['a.test.example', 'b.c.test.example', 'test.example'];
       for (let i = 0; i < 12; i++) {
         const name = names[i % names.length]!;
-        const r = await run('dig', [
-          '@127.0.0.1',
-          '-p',
-          String(remotePort),
-          '+short',
-          '+tries=1',
-          '+time=3',
-          name,
-        ]);
+        const r = await dig(remotePort, name, { timeSeconds: 3 });
         assert.equal(r.stdout.trim(), '10.1.2.3', `dig ${name}: ${r.stdout} ${r.stderr}`);
       }
       // A name dnsmasq has no answer for gets its NXDOMAIN/REFUSED, proving it is dnsmasq talking.
-      const other = await run('dig', [
-        '@127.0.0.1',
-        '-p',
-        String(remotePort),
-        '+tries=1',
-        '+time=3',
-        'example.org',
-      ]);
+      const other = await dig(remotePort, 'example.org', { timeSeconds: 3, short: false });
       assert.match(other.stdout, /status: (REFUSED|NXDOMAIN)/, other.stdout);
 
       // Each dig's query is one datagram each way, ended by the 1 s idle timeout on both ends. Digs usually
@@ -474,15 +465,7 @@ test(
       // With the 1 s rule alone the third dig, well within a second of the first, found both flows taken.
       const started = performance.now();
       for (let i = 0; i < 6; i++) {
-        const r = await run('dig', [
-          '@127.0.0.1',
-          '-p',
-          String(remotePort),
-          '+short',
-          '+tries=1',
-          '+time=2',
-          `q${i}.test.example`,
-        ]);
+        const r = await dig(remotePort, `q${i}.test.example`, { timeSeconds: 2 });
         assert.equal(r.stdout.trim(), '10.1.2.3', `dig ${i}: ${r.stdout} ${r.stderr}`);
         await sleep(150);
       }

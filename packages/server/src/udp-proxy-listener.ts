@@ -48,7 +48,7 @@ export interface UdpProxyStats {
   datagramsOut: number;
   /** New flows refused because max_flows were open and none of them was silent enough to give way. */
   droppedFlowLimit: number;
-  /** Flows ended to make room for a new sender at max_flows (silent for 1 s, or 100 ms after one answered query). */
+  /** Flows ended at max_flows for a new sender (silent for 1 s, or for 100 ms after one answered query). */
   evictedIdle: number;
   /** Datagrams from the tunnel longer than a UDP payload can be. */
   droppedOversize: number;
@@ -222,9 +222,10 @@ export class UdpProxyListener {
    * At max_flows a new sender takes the place of a flow silent for EVICTABLE_IDLE_MS, or of one that was a
    * single answered query silent for ANSWERED_QUERY_IDLE_MS: a resolver asks each query from a port of its
    * own, and without this a DNS proxy would answer max_flows queries per udp_idle_timeout and drop the rest
-   * (with the 1 s rule alone, about max_flows a second). Flows still talking are kept (a burst of new senders does not push
-   * out a game's players). A second-chance sweep from the oldest flow: a busy one moves to the back, at
-   * most EVICTION_PROBES looked at per new sender, so a full table of busy flows costs little per datagram.
+   * (with the 1 s rule alone, about max_flows a second). Flows still talking are kept (a burst of new
+   * senders does not push out a game's players). A second-chance sweep from the oldest flow: a busy one
+   * moves to the back, at most EVICTION_PROBES looked at per new sender, so a full table of busy flows costs
+   * little per datagram.
    */
   private evictIdleFlow(): boolean {
     const now = performance.now();
