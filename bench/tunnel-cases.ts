@@ -112,10 +112,42 @@ function iperfCase(id: string, title: string, opts: { reverse?: boolean; paralle
 }
 
 /** wrk's "12.34ms" / "850.00us" / "1.02s" in milliseconds. */
-export function wrkMs(text: string | undefined): number | undefined {
+function wrkMs(text: string | undefined): number | undefined {
   const m = /^([\d.]+)(us|ms|s)$/.exec(text ?? '');
   if (!m) return undefined;
   return Number(m[1]) * { us: 0.001, ms: 1, s: 1000 }[m[2] as 'us' | 'ms' | 's'];
+}
+
+/** What one wrk run at saturation reported. */
+export interface WrkFigures {
+  rps: number;
+  p50Ms: number | undefined;
+  p99Ms: number | undefined;
+  non2xx: number;
+  /** wrk's "Socket errors: connect 0, read 3, ..." line, when it printed one */
+  socketErrorsLine: string | undefined;
+  /** the sum of that line's counts */
+  socketErrors: number;
+}
+
+/** `wrk -t1 -c<conns> -d<seconds>s --latency` to `peer`'s HTTP port (with its Host, for a vhost). */
+export async function runWrk(peer: Peer, conns: number, seconds: number): Promise<WrkFigures> {
+  const args = ['-t1', `-c${conns}`, `-d${seconds}s`, '--latency'];
+  if (peer.httpHost) args.push('-H', `Host: ${peer.httpHost}`);
+  args.push(`http://127.0.0.1:${port(peer, 'http')}/`);
+  const r = await run('wrk', args, { timeoutMs: (seconds + 30) * 1000 });
+  const rps = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout);
+  if (r.code !== 0 || !rps)
+    throw new Error(`wrk ${args.join(' ')} (exit ${r.code}): ${r.stderr || r.stdout}`);
+  const errors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(r.stdout);
+  return {
+    rps: Number(rps[1]),
+    p50Ms: wrkMs(/^\s+50%\s+(\S+)/m.exec(r.stdout)?.[1]),
+    p99Ms: wrkMs(/^\s+99%\s+(\S+)/m.exec(r.stdout)?.[1]),
+    non2xx: Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(r.stdout)?.[1] ?? 0),
+    socketErrorsLine: /Socket errors:[^\n]*/.exec(r.stdout)?.[0],
+    socketErrors: errors ? errors.slice(1).reduce((sum, n) => sum + Number(n), 0) : 0,
+  };
 }
 
 const WRK_CONNECTIONS = 32;
@@ -127,23 +159,14 @@ const httpSaturation: BenchCase = {
   schedule: 'rounds',
   metrics: [{ id: 'http-rps', title: 'HTTP req/s (wrk)', unit: 'req/s', higherIsBetter: true }],
   async run(peer, env) {
-    const seconds = env.settings.wrkSeconds;
-    const args = ['-t1', `-c${WRK_CONNECTIONS}`, `-d${seconds}s`, '--latency'];
-    if (peer.httpHost) args.push('-H', `Host: ${peer.httpHost}`);
-    args.push(`http://127.0.0.1:${port(peer, 'http')}/`);
-    const r = await run('wrk', args, { timeoutMs: (seconds + 30) * 1000 });
-    const rps = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout);
-    if (r.code !== 0 || !rps)
-      throw new Error(`wrk ${args.join(' ')} (exit ${r.code}): ${r.stderr || r.stdout}`);
-    const non2xx = Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(r.stdout)?.[1] ?? 0);
-    const socketErrors = /Socket errors:[^\n]*/.exec(r.stdout)?.[0];
-    if (non2xx > 0) throw new Error(`wrk through ${peer.id}: ${non2xx} non-2xx responses`);
+    const wrk = await runWrk(peer, WRK_CONNECTIONS, env.settings.wrkSeconds);
+    if (wrk.non2xx > 0) throw new Error(`wrk through ${peer.id}: ${wrk.non2xx} non-2xx responses`);
     return {
-      values: { 'http-rps': Number(rps[1]) },
+      values: { 'http-rps': wrk.rps },
       detail: {
-        p50Ms: wrkMs(/^\s+50%\s+(\S+)/m.exec(r.stdout)?.[1]),
-        p99Ms: wrkMs(/^\s+99%\s+(\S+)/m.exec(r.stdout)?.[1]),
-        ...(socketErrors ? { socketErrors } : {}),
+        p50Ms: wrk.p50Ms,
+        p99Ms: wrk.p99Ms,
+        ...(wrk.socketErrorsLine ? { socketErrors: wrk.socketErrorsLine } : {}),
       },
     };
   },

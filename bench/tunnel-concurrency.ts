@@ -5,40 +5,15 @@
 // row per count and peer: req/s, p50, p99, wrk's socket errors and non-2xx responses. Peers run one after
 // another; repeat the command for a spread, and compare rows of one run.
 import { parseArgs } from 'node:util';
-import { Harness, run } from '@porthole/e2e/lib/processes';
-import { wrkMs } from './tunnel-cases.js';
+import { Harness } from '@porthole/e2e/lib/processes';
+import { runWrk, type WrkFigures } from './tunnel-cases.js';
 import { ensureOpenFiles } from './tunnel-idle.js';
-import { directPeer, type Peer, portholePeers } from './tunnel-peers.js';
+import { directPeer, portholePeers } from './tunnel-peers.js';
 import { startTargets } from './tunnel-suite.js';
 
-interface Row {
+interface Row extends WrkFigures {
   conns: number;
   peer: string;
-  rps: number;
-  p50Ms: number | undefined;
-  p99Ms: number | undefined;
-  socketErrors: number;
-  non2xx: number;
-}
-
-async function wrkThrough(peer: Peer, conns: number, seconds: number): Promise<Row> {
-  const args = ['-t1', `-c${conns}`, `-d${seconds}s`, '--latency'];
-  if (peer.httpHost) args.push('-H', `Host: ${peer.httpHost}`);
-  args.push(`http://127.0.0.1:${peer.ports.http}/`);
-  const r = await run('wrk', args, { timeoutMs: (seconds + 30) * 1000 });
-  const rps = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout);
-  if (r.code !== 0 || !rps)
-    throw new Error(`wrk ${args.join(' ')} (exit ${r.code}): ${r.stderr || r.stdout}`);
-  const errors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(r.stdout);
-  return {
-    conns,
-    peer: peer.label,
-    rps: Number(rps[1]),
-    p50Ms: wrkMs(/^\s+50%\s+(\S+)/m.exec(r.stdout)?.[1]),
-    p99Ms: wrkMs(/^\s+99%\s+(\S+)/m.exec(r.stdout)?.[1]),
-    socketErrors: errors ? errors.slice(1).reduce((sum, n) => sum + Number(n), 0) : 0,
-    non2xx: Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(r.stdout)?.[1] ?? 0),
-  };
 }
 
 function renderRows(rows: Row[]): string {
@@ -77,7 +52,7 @@ export async function main(args: string[]): Promise<void> {
     const rows: Row[] = [];
     for (const conns of counts) {
       for (const peer of peers) {
-        const row = await wrkThrough(peer, conns, seconds);
+        const row: Row = { conns, peer: peer.label, ...(await runWrk(peer, conns, seconds)) };
         rows.push(row);
         process.stderr.write(`c=${conns} ${peer.label}: ${Math.round(row.rps)} req/s\n`);
       }
