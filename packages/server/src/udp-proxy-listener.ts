@@ -104,6 +104,15 @@ function describeBindError(err: NodeJS.ErrnoException, address: string): string 
   return `cannot bind udp ${address}: ${err.message}`;
 }
 
+/** Why `flow` may give its place to a new sender at max_flows `now`; undefined while it may not. */
+function evictionReason(flow: Flow, now: number): string | undefined {
+  const silentMs = now - flow.lastActivity;
+  if (silentMs >= EVICTABLE_IDLE_MS) return 'silent for a second';
+  if (silentMs >= ANSWERED_QUERY_IDLE_MS && flow.datagramsIn === 1 && flow.datagramsOut > 0)
+    return 'one query answered';
+  return undefined;
+}
+
 export class UdpProxyListener {
   readonly address: string;
   readonly stats: UdpProxyStats = {
@@ -231,15 +240,10 @@ export class UdpProxyListener {
     const now = performance.now();
     let probes = 0;
     for (const flow of this.flows.values()) {
-      const silentMs = now - flow.lastActivity;
-      if (silentMs >= EVICTABLE_IDLE_MS) {
+      const why = evictionReason(flow, now);
+      if (why) {
         this.stats.evictedIdle++;
-        this.endFlow(flow, 'max_flows reached: silent for a second, it made room for a new sender');
-        return true;
-      }
-      if (silentMs >= ANSWERED_QUERY_IDLE_MS && flow.datagramsIn === 1 && flow.datagramsOut > 0) {
-        this.stats.evictedIdle++;
-        this.endFlow(flow, 'max_flows reached: one query answered, it made room for a new sender');
+        this.endFlow(flow, `max_flows reached: ${why}, it made room for a new sender`);
         return true;
       }
       if (++probes >= EVICTION_PROBES) return false;
