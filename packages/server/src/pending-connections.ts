@@ -37,8 +37,8 @@ export class PendingConnections {
   // One listener for every connection, not a closure each: an emitter calls it with itself as `this`.
   private readonly onClose: (this: Duplex) => void;
   private readonly expireBurst = (socket: Socket): void => {
-    if (!this.sourceOf.has(socket)) return;
-    this.refuse(this.sourceOf.get(socket)!, socket);
+    const source = this.sourceOf.get(socket);
+    if (source !== undefined) this.refuse(source, socket);
   };
 
   /**
