@@ -44,8 +44,13 @@ function allFigures(r: SuiteResult): string {
   return table(['metric', ...r.peers.map((p) => p.label)], rows);
 }
 
+/** The peers that run relay processes of their own: not direct, and the http proxy rows share porthole's. */
+function tunnelPeers(r: SuiteResult): SuiteResult['peers'] {
+  return r.peers.filter((p) => p.id !== 'direct' && !p.id.endsWith('-http'));
+}
+
 function costs(r: SuiteResult): string {
-  const tunnels = r.peers.filter((p) => p.id !== 'direct' && !p.id.endsWith('-http'));
+  const tunnels = tunnelPeers(r);
   const rows = r.cases.map((c) => [
     c.id,
     ...tunnels.map((p) => {
@@ -62,8 +67,8 @@ function costs(r: SuiteResult): string {
  * TCP). With both cores busy a relay's throughput follows this figure: a peer that needs less CPU per GB
  * moves more of them, so the throughput ratios can be read against it.
  */
-function cpuPerGigabyte(r: SuiteResult): string | undefined {
-  const tunnels = r.peers.filter((p) => p.id !== 'direct' && !p.id.endsWith('-http'));
+function cpuPerGigabyteSection(r: SuiteResult): string[] {
+  const tunnels = tunnelPeers(r);
   const rows: string[][] = [];
   for (const c of r.cases) {
     const perPeer = tunnels.map((p) => {
@@ -77,8 +82,13 @@ function cpuPerGigabyte(r: SuiteResult): string | undefined {
     });
     if (perPeer.some((cell) => cell !== '–')) rows.push([c.id, ...perPeer]);
   }
-  if (rows.length === 0) return undefined;
-  return table(['case (CPU s per GB)', ...tunnels.map((p) => p.label)], rows);
+  if (rows.length === 0) return [];
+  return [
+    '### Tunnel processes: CPU seconds per GB carried (median, min–max over the rounds)',
+    '',
+    table(['case (CPU s per GB)', ...tunnels.map((p) => p.label)], rows),
+    '',
+  ];
 }
 
 function notes(r: SuiteResult): string {
@@ -135,23 +145,12 @@ export function renderReport(r: SuiteResult): string {
     '',
     costs(r),
     '',
-    ...perGigabyteSection(r),
+    ...cpuPerGigabyteSection(r),
     '### Notes',
     '',
     notes(r),
     '',
   ].join('\n');
-}
-
-function perGigabyteSection(r: SuiteResult): string[] {
-  const rendered = cpuPerGigabyte(r);
-  if (!rendered) return [];
-  return [
-    '### Tunnel processes: CPU seconds per GB carried (median, min–max over the rounds)',
-    '',
-    rendered,
-    '',
-  ];
 }
 
 /** bench/results/<stamp>.{json,md,svg}; JSON written to .tmp first so a crash leaves no half file. */
