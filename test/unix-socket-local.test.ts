@@ -138,6 +138,97 @@ test(
     }),
 );
 
+/** What a visitor that never half-closes got: how many bytes, and how its connection ended. */
+interface Download {
+  bytes: number;
+  ended: boolean;
+  error?: string;
+}
+
+/** Counts what the service sends to a visitor that sends `hello` (if given) and never half-closes. */
+function download(port: number, hello?: string): Promise<Download> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    let bytes = 0;
+    let ended = false;
+    let error: string | undefined;
+    const timer = setTimeout(() => socket.destroy(new Error('no close within 15 s')), 15_000);
+    if (hello !== undefined) socket.on('connect', () => socket.write(hello));
+    socket.on('data', (chunk: Buffer) => {
+      bytes += chunk.length;
+    });
+    socket.on('end', () => {
+      ended = true;
+    });
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      error = err.code ?? err.message;
+    });
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve({ bytes, ended, ...(error === undefined ? {} : { error }) });
+    });
+  });
+}
+
+test(
+  'a service on a Unix socket that answers and closes gets its whole answer to the visitor; one that closes on unread bytes resets it',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      // A Unix peer that closes (not a half-close) fails every write after it with EPIPE, an empty one
+      // too: the tunnel took each such close for a reset and cut the answer short (5 of 5 here).
+      const answer = Buffer.alloc(2 * 1024 * 1024, 'x');
+      const closingPath = h.path('closing.sock');
+      const closing = createServer({ pauseOnConnect: true }, (socket) => {
+        socket.on('error', () => {});
+        socket.write(answer, () => socket.destroy());
+      });
+      // The visitor says hello and the service closes without reading it: a Unix socket's reset.
+      const unreadPath = h.path('unread.sock');
+      const unread = createServer({ pauseOnConnect: true }, (socket) => {
+        socket.on('error', () => {});
+        setTimeout(() => socket.write('bye\n', () => socket.destroy()), 300);
+      });
+      for (const [service, path] of [
+        [closing, closingPath],
+        [unread, unreadPath],
+      ] as const) {
+        await new Promise<void>((resolve) => service.listen(path, resolve));
+        h.onCleanup(() => service.close());
+      }
+      const [closingPort, unreadPort] = (await freePorts(2)) as [number, number];
+      const server = await startRoutedServer(h, { http: false });
+      const token = await issueRoutedToken(server, { name: 'unix', ports: `${closingPort},${unreadPort}` });
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          { name: 'closing', type: 'tcp', local: `unix:${closingPath}`, remote_port: closingPort },
+          { name: 'unread', type: 'tcp', local: `unix:${unreadPath}`, remote_port: unreadPort },
+        ],
+      });
+
+      for (let i = 0; i < 5; i++) {
+        assert.deepEqual(await download(closingPort), { bytes: answer.length, ended: true }, `download ${i}`);
+      }
+      const closed = () => client.proc.logsWithMsg('connection closed').filter((l) => l.proxy === 'closing');
+      await waitFor('the client to log the five downloads', () => closed().length === 5, 10_000);
+      assert.deepEqual(
+        closed().map((l) => l.reason),
+        Array(5).fill('closed'),
+      );
+
+      const reset = await download(unreadPort, 'hello\n');
+      assert.deepEqual({ ended: reset.ended, error: reset.error }, { ended: false, error: 'ECONNRESET' });
+      await client.proc.waitForMsg('connection closed', 10_000, {
+        fields: { proxy: 'unread', reason: 'local reset (ECONNRESET)' },
+      });
+      t.diagnostic(
+        `5 x ${answer.length} bytes whole with a clean end; a close on unread bytes reset the visitor`,
+      );
+    }),
+);
+
 test(
   'an http proxy reaches a Node server on a Unix socket through the vhost, also after a reload moves it there from a port',
   { timeout: 60_000 },

@@ -1,8 +1,13 @@
+import { readSync } from 'node:fs';
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
 
 const EMPTY = Buffer.alloc(0);
+const PROBE = Buffer.alloc(1);
+
+/** Node's handle of a connected socket: its class says TCP or Unix ('Pipe'), fd its descriptor. */
+type SocketWithHandle = { _handle?: { fd?: number; constructor: { name: string } } | null };
 
 /**
  * Calls `then` once `src`'s 'end' is known to be its peer's FIN, not a reset; a reset fails the socket
@@ -21,14 +26,42 @@ const EMPTY = Buffer.alloc(0);
  * Not told apart: a socket whose FIN is out takes no more writes, so a service that resets behind unread
  * bytes after the visitor's FIN still looks finished. A TLS socket is left as it was: its writes are TLS
  * records, not TCP's, and its resets came as ECONNRESET when tried.
+ *
+ * A Unix socket cannot be asked with a write: a peer that closed (rather than shut down its sending side)
+ * makes every write fail with EPIPE, an empty one too, so each service that answers and closes looked
+ * reset, and the visitor lost the end of the answer. Its reset, a close with our bytes unread, waits as
+ * the socket's error behind the end libuv reported, so one read of the descriptor tells them apart.
  */
 export function whenEndIsFin(src: Duplex, then: () => void): void {
   if (!(src instanceof Socket) || src instanceof TLSSocket || src.writableEnded) {
     then();
     return;
   }
+  const handle = (src as unknown as SocketWithHandle)._handle;
+  if (handle?.constructor.name === 'Pipe') {
+    whenUnixEndIsClose(src, handle.fd ?? -1, then);
+    return;
+  }
   src.write(EMPTY);
   setImmediate(() => {
     if (!src.errored) then();
   });
+}
+
+/**
+ * The read returns 0 after a close, fails with ECONNRESET after a close that left our bytes unread; the
+ * descriptor is non-blocking, and nothing can follow the peer's end, so it never waits or takes data.
+ */
+function whenUnixEndIsClose(src: Socket, fd: number, then: () => void): void {
+  if (fd >= 0) {
+    try {
+      readSync(fd, PROBE, 0, 1, null);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ECONNRESET') {
+        src.destroy(err as Error);
+        return;
+      }
+    }
+  }
+  then();
 }
