@@ -172,12 +172,21 @@ function resolveSocketPath(at: KeyOrigin, path: string): string {
   return resolved;
 }
 
+/** The proxy keys that hold a password inline, in the config file itself. */
+const INLINE_PASSWORD_KEYS = ['http_password', 'socks_password'] as const;
+
 /**
  * A validated [[proxies]] table of `source`, its socket path (if any) resolved next to the file and its
- * socks_password_file read; a password file others can read goes to `warnings`.
+ * socks_password_file read; a password file (or a config file holding one inline) that others can read
+ * goes to `warnings`.
  */
 function fileProxy(source: string, raw: RawProxy, index: number, warnings: string[]): ProxyConfig {
   const proxy = toProxyConfig(raw);
+  for (const key of INLINE_PASSWORD_KEYS) {
+    if (raw[key] === undefined) continue;
+    const exposed = secretFileExposure(source);
+    if (exposed) warnings.push(`proxies${elementLabel(index, raw)}.${key}: ${exposed}`);
+  }
   if (raw.socks_password_file !== undefined && raw.socks_user !== undefined && proxy.socks) {
     const key = `proxies${elementLabel(index, raw)}.socks_password_file`;
     const path = resolvePath({ source, key }, raw.socks_password_file);

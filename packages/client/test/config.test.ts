@@ -214,6 +214,25 @@ test('a token other users can read is warned about, under the key that holds it'
   assert.deepEqual(loadClientConfig(closed).warnings, []);
 });
 
+test('passwords written inline in a config file others can read are warned about, each under its key', () => {
+  const proxies =
+    '[[proxies]]\nname = "web"\ntype = "http"\nlocal = "127.0.0.1:80"\nhosts = ["app.example.com"]\n' +
+    'http_user = "me"\nhttp_password = "inline-http"\n' +
+    '[[proxies]]\nname = "socks"\ntype = "tcp"\nlocal = "socks5"\nremote_port = 1080\n' +
+    'socks_user = "lab"\nsocks_password = "inline-socks"\n';
+  chmodSync(join(dir, 'token'), 0o600);
+  const open = write(`server = "ws://x"\ntoken_file = "token"\n${proxies}`);
+  chmodSync(open, 0o644);
+  const warnings = loadClientConfig(open).warnings;
+  assert.deepEqual(warnings, [
+    `proxies[0] ("web").http_password: ${open} is open to other users (mode 644); chmod 600 it`,
+    `proxies[1] ("socks").socks_password: ${open} is open to other users (mode 644); chmod 600 it`,
+  ]);
+  assert.ok(!warnings.join('\n').includes('inline-'), 'no password in a warning');
+  chmodSync(open, 0o600);
+  assert.deepEqual(loadClientConfig(open).warnings, []);
+});
+
 test('intervals that would spin or switch themselves off, and waits no timer can take, are refused', () => {
   assert.deepEqual(problems(`${HEAD}reconnect_initial = "0s"\n`), [
     'reconnect_initial: must be at least 100ms',
