@@ -5,7 +5,16 @@ import net from 'node:net';
 import { test } from 'node:test';
 import { curlDownloadSize } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
-import { freePort, type Harness, waitFor, withHarness, withTimeout } from './lib/processes.js';
+import {
+  clientBin,
+  freePort,
+  freePorts,
+  type Harness,
+  run,
+  waitFor,
+  withHarness,
+  withTimeout,
+} from './lib/processes.js';
 import { startAppTunnel } from './lib/routing.js';
 import { EchoPinger, startEchoServer, tryConnect } from './lib/services.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
@@ -148,12 +157,12 @@ test(
   },
   (t) =>
     withHarness(t, async (h) => {
-      const service = await startDelayedReplyService(h, 1500);
-      const remotePort = await freePort();
+      const service = await startDelayedReplyService(h, 2500);
+      const [remotePort, adminPort] = (await freePorts(2)) as [number, number];
       const { server, client, publicPort } = await startTunnel(
         h,
         [{ name: 'slow', local: `127.0.0.1:${service.port}`, remotePort }],
-        { client: { shutdownTimeout: '6s' } },
+        { client: { shutdownTimeout: '6s', adminListen: `127.0.0.1:${adminPort}` } },
       );
       const visitor = request(publicPort);
       await waitFor(
@@ -170,6 +179,22 @@ test(
         fields: { proxy: 'slow', reason: 'unregistered by client' },
       });
       assert.equal(await tryConnect('127.0.0.1', publicPort, 2000), 'refused');
+      // What `status` says while the open connection finishes: stopping, and the proxy no longer served
+      // (it said "registered" until the client exited).
+      const status = await run(clientBin, ['status', '--admin', `127.0.0.1:${adminPort}`, '--json'], {
+        timeoutMs: 5000,
+      });
+      assert.equal(status.code, 3, status.stdout + status.stderr);
+      const stopping = JSON.parse(status.stdout) as {
+        state: string;
+        proxies: { state: string; reason?: string }[];
+      };
+      assert.equal(stopping.state, 'stopping');
+      assert.deepEqual(
+        stopping.proxies.map((p) => [p.state, p.reason]),
+        [['closed', 'unregistered: the client is shutting down']],
+      );
+      assert.ok(service.state.repliedAt === Number.POSITIVE_INFINITY, 'status was asked before the reply');
       const reply = await withTimeout(visitor.reply, 10_000, () => 'the delayed reply');
       assert.deepEqual(reply, { bytes: REPLY_BYTES, sha: service.sha });
       const exit = await withTimeout(client.proc.exited, 10_000, () => 'client exit');

@@ -287,6 +287,11 @@ export class PortholeClient {
     if (session && !session.closed) {
       this.logger.info(this.openWork(), 'shutting down');
       this.sendControl({ type: 'unregister', proxies: [...this.proxies.keys()] });
+      for (const name of this.proxies.keys())
+        this.sessionStatus.set(name, {
+          state: 'closed',
+          reason: 'unregistered: the client is shutting down',
+        });
       session.goAway();
       const drained = await this.tracker.waitIdle(this.config.shutdownTimeout);
       if (!drained) this.logger.warn(this.openWork(), 'shutdown timeout: closing open connections');
