@@ -263,7 +263,7 @@ export class ServerStatus {
     out.single(
       'porthole_pending_connections_refused_total',
       'counter',
-      'Connections reset at once for max_pending_per_source or max_pending_connections.',
+      'Connections reset for max_pending_per_source or max_pending_connections: at once, or past the cap after 3 s still pending.',
       this.counters.pending.refused,
     );
     out.histogram(
