@@ -58,9 +58,13 @@ function withoutToken(text: string, token: string): string {
   return hidden;
 }
 
+/** The server's control path unless its config sets another. */
+const DEFAULT_PATH = '/_porthole';
+
 /**
  * What the usual mistakes in a server URL look like from here, said next to the error: TLS spoken to a
- * plain port reads "wrong version number", plain HTTP to a TLS port "socket hang up", a wrong path 404.
+ * plain port reads "wrong version number", plain HTTP to a TLS port "socket hang up", a wrong path or port 404,
+ * an [https] port without a certificate for the name a handshake cut short.
  */
 function hintFor(server: string, message: string, status?: number): string {
   const secure = URL.canParse(server) && new URL(server).protocol === 'wss:';
@@ -68,9 +72,14 @@ function hintFor(server: string, message: string, status?: number): string {
     return ' (the server does not speak TLS on this port: is it ws:// there?)';
   if (!secure && /socket hang up/.test(message))
     return ' (the server closed the connection unanswered: does it expect wss:// here?)';
+  if (secure && /disconnected before secure TLS connection/.test(message))
+    return " (the server closed the connection in the TLS handshake: on its [https] port, dial a name it has a certificate for; an IP address sends no SNI, which is served only with https's default_host)";
   if (status === 404) {
     const path = URL.canParse(server) ? new URL(server).pathname : server;
-    return ` (no control endpoint at ${path}: the URL's path must be the server's path, "/_porthole" unless set)`;
+    // The default path already: the URL's port (or host) is what leads elsewhere.
+    if (path === DEFAULT_PATH)
+      return ` (no control endpoint at ${path}: is this porthole-server's port, its listen or [http]/[https] port? A server whose path is set otherwise needs that path in the URL)`;
+    return ` (no control endpoint at ${path}: the URL's path must be the server's path, "${DEFAULT_PATH}" unless set)`;
   }
   return '';
 }

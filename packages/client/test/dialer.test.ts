@@ -133,6 +133,21 @@ test('the usual mistakes in the server URL are named next to the error (ws:// to
     await reason(`ws://127.0.0.1:${plainPort}/`),
     /^404: not found \(no control endpoint at \/: the URL's path must be the server's path/,
   );
+  // The default path on a port that is not porthole's: the port is what to check, not the path.
+  assert.match(
+    await reason(`ws://127.0.0.1:${plainPort}/_porthole`),
+    /^404: not found \(no control endpoint at \/_porthole: is this porthole-server's port/,
+  );
+
+  // A TLS port that closes the handshake, as an [https] port does for a name it has no certificate for.
+  const cutter = createServer((socket) => socket.once('data', () => socket.destroy()));
+  cutter.listen(0, '127.0.0.1');
+  await once(cutter, 'listening');
+  t.after(() => cutter.close());
+  assert.match(
+    await reason(`wss://127.0.0.1:${(cutter.address() as AddressInfo).port}/_porthole`),
+    /disconnected before secure TLS connection was established \(the server closed the connection in the TLS handshake: .*default_host\)/,
+  );
 });
 
 test('the server URL in logs and status leaves out a user and password, even where URL cannot parse it', () => {
