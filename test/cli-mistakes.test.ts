@@ -540,7 +540,22 @@ test(
       });
       assert.equal(ok.code, 0, ok.stderr);
       assert.equal(ok.stdout, `${relative}: ok (0 proxies)\n`);
+      // ca_file must hold a certificate: a key or any other file failed every dial as "not signed by the CA".
+      const ca = await makeCa(h);
+      const withCa = await run(clientBin, ['check', '--config', relative, '--ca-file', ca.cert], {
+        cwd: h.dir,
+      });
+      assert.equal(withCa.code, 0, withCa.stderr);
+      await h.file('secret.hex', 'aa'.repeat(32));
       const cases: [flags: string[], line: string][] = [
+        [
+          ['--ca-file', ca.key],
+          `command line: --ca-file: ${ca.key} is not a PEM certificate (it holds a private key: ca_file is the certificate of the CA that signed the server's)`,
+        ],
+        [
+          ['--ca-file', 'secret.hex'],
+          `command line: --ca-file: ${h.path('secret.hex')} is not a PEM certificate`,
+        ],
         [
           ['--log-level', 'loud'],
           'command line: --log-level: expected one of trace, debug, info, warn, error, fatal, silent',

@@ -5,6 +5,7 @@ import {
   elementLabel,
   expandConfigPath,
   expected,
+  firstPemCertificate,
   formatLocalAddress,
   type HostPort,
   hostPortField,
@@ -14,6 +15,7 @@ import {
   loadTomlConfig,
   logLevelField,
   parseRule,
+  privateKeyHint,
   readConfigFile,
   readSecretFile,
   secretFileExposure,
@@ -253,7 +255,15 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
   if (raw.admin) config.admin = { listen: raw.admin.listen };
   if (raw.ca_file !== undefined) {
     const caAt = originOf('ca_file');
-    config.ca = readConfigFile(caAt.source, caAt.key, resolvePath(caAt, raw.ca_file));
+    const caPath = resolvePath(caAt, raw.ca_file);
+    config.ca = readConfigFile(caAt.source, caAt.key, caPath);
+    // Given to TLS unchecked, any other file failed each dial as "not signed by the CA in ca_file".
+    if (!firstPemCertificate(config.ca))
+      throw ConfigError.at(
+        caAt.source,
+        caAt.key,
+        `${caPath} is not a PEM certificate${privateKeyHint(config.ca, "ca_file is the certificate of the CA that signed the server's")}`,
+      );
   }
   return config;
 }

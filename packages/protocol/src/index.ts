@@ -15,6 +15,7 @@ export * from './local-address.js';
 export * from './logger.js';
 export * from './message-codec.js';
 export * from './network-list.js';
+export * from './pem-certificate.js';
 export * from './pipe-bidirectional.js';
 export * from './port-ranges.js';
 export * from './process-resources.js';

@@ -3,9 +3,15 @@
 // createSecureContext, a bad pair is refused only where one is built, in OpenSSL's words that name no file
 // ("key values mismatch", "no start line"), and a key of another type than the certificate's (an RSA key
 // beside an EC certificate) is not refused at all: every handshake fails instead.
-import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto';
+import { createPrivateKey, type KeyObject, type X509Certificate } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
-import { ConfigError, expandConfigPath, readConfigFile } from '@porthole/protocol';
+import {
+  ConfigError,
+  expandConfigPath,
+  firstPemCertificate,
+  privateKeyHint,
+  readConfigFile,
+} from '@porthole/protocol';
 
 export interface CertFiles {
   cert_file: string;
@@ -17,20 +23,12 @@ export interface PemPair {
   key: Buffer;
 }
 
-/** Said when a file holds what its partner key should: the two keys were most likely written crosswise. */
-function swappedHint(pem: Buffer, holds: 'PRIVATE KEY' | 'CERTIFICATE'): string {
-  if (!pem.includes(`${holds}-----`)) return '';
-  return ` (it holds a ${holds === 'CERTIFICATE' ? 'certificate' : 'private key'}: are cert_file and key_file swapped?)`;
-}
+const SWAPPED = 'are cert_file and key_file swapped?';
 
 function certificateIn(file: string, key: string, path: string, pem: Buffer): X509Certificate {
-  // X509Certificate takes DER too, which TLS (PEM only) would refuse later.
-  if (pem.includes('-----BEGIN CERTIFICATE-----')) {
-    try {
-      return new X509Certificate(pem);
-    } catch {}
-  }
-  throw ConfigError.at(file, key, `${path} is not a PEM certificate${swappedHint(pem, 'PRIVATE KEY')}`);
+  const certificate = firstPemCertificate(pem);
+  if (certificate) return certificate;
+  throw ConfigError.at(file, key, `${path} is not a PEM certificate${privateKeyHint(pem, SWAPPED)}`);
 }
 
 function privateKeyIn(file: string, key: string, path: string, pem: Buffer): KeyObject {
@@ -44,7 +42,8 @@ function privateKeyIn(file: string, key: string, path: string, pem: Buffer): Key
   try {
     return createPrivateKey(pem);
   } catch {
-    throw ConfigError.at(file, key, `${path} is not a PEM private key${swappedHint(pem, 'CERTIFICATE')}`);
+    const swapped = pem.includes('CERTIFICATE-----') ? ` (it holds a certificate: ${SWAPPED})` : '';
+    throw ConfigError.at(file, key, `${path} is not a PEM private key${swapped}`);
   }
 }
 
