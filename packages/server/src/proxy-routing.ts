@@ -358,16 +358,18 @@ function bindHostRoutes<T>(opts: {
   free: () => void;
 }): BoundProxy {
   const { table, owner, spec, target } = opts;
+  // A name given twice (in hosts, and again as subdomain) is one URL.
+  const urlsOf = (claims: readonly HostClaim[]) => [...new Set(opts.urlsOf(claims))];
   table.add(owner.name, spec.name, opts.claims, target, owner.tokenId);
   const bound = {
     address: opts.address,
     claims: opts.claims,
-    urls: opts.urlsOf(opts.claims),
+    urls: urlsOf(opts.claims),
     reroute: (claims: readonly HostClaim[]) => {
       table.release(target, { forget: true });
       table.add(owner.name, spec.name, claims, target, owner.tokenId);
       bound.claims = claims;
-      bound.urls = opts.urlsOf(claims);
+      bound.urls = urlsOf(claims);
     },
     close: ({ forgetRoutes = false } = {}) => {
       table.release(target, { forget: forgetRoutes });

@@ -334,6 +334,38 @@ function vhostRouting(): RoutingConfig {
   };
 }
 
+test('a name a proxy gives twice, in hosts and as its subdomain, is one URL', {
+  timeout: 30_000,
+}, async (t) => {
+  const routing: RoutingConfig = { ...vhostRouting(), subdomainHost: 'home.test' };
+  const { server, url } = await startServer({
+    file: join(scratchDir('porthole-twice-'), 'server.toml'),
+    routing,
+  });
+  t.after(() => server.shutdown());
+  const client = await RawClient.connect(url, await token('twice'));
+  t.after(() => client.session.close());
+  await client.hello();
+  client.send({
+    type: 'register',
+    proxies: [
+      { name: 'blog', type: 'http', hosts: ['blog.home.test', 'Blog.Home.Test'], subdomain: 'blog' },
+      { name: 'vault', type: 'tls', hosts: ['vault.home.test'], subdomain: 'vault' },
+    ],
+  });
+  const result = await client.next();
+  assert.ok(result?.type === 'register_result', JSON.stringify(result));
+  const httpPort = Number(server.ctx.routing.httpAddress?.split(':').pop());
+  const httpsPort = Number(server.ctx.routing.httpsAddress?.split(':').pop());
+  assert.deepEqual(
+    result.results.map((r) => [r.proxy, r.ok, r.urls]),
+    [
+      ['blog', true, [`http://blog.home.test:${httpPort}/`]],
+      ['vault', true, [`tls://vault.home.test:${httpsPort}`]],
+    ],
+  );
+});
+
 test('a reload that changes subdomain_host moves http and tls subdomain routes as registering now would; a name another client holds closes the proxy', {
   timeout: 30_000,
 }, async (t) => {
