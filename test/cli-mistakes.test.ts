@@ -126,6 +126,17 @@ test('a mistyped option or config key is named with the one meant; exit status 2
         ['token', '--config', serverToml, '--name', 'x'],
         /^porthole-server: "token" needs a subcommand: "token issue"$/m,
       ],
+      // parseArgs kept the last: a token for 8080 alone was issued without a word.
+      [
+        serverBin,
+        ['token', 'issue', '--config', serverToml, '--name', 'x', '--ports', '2222', '--ports', '8080'],
+        /^porthole-server: --ports is given twice, and only the second would count: give it once$/m,
+      ],
+      [
+        clientBin,
+        ['check', '-c', 'a.toml', '--config', 'b.toml'],
+        /^porthole-client: --config is given twice, and only the second would count: give it once$/m,
+      ],
     ];
     for (const [bin, args, message] of cases) {
       const r = await run(bin, args);

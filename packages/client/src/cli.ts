@@ -221,6 +221,8 @@ function parse() {
     args: process.argv.slice(2),
     allowPositionals: true,
     strict: true,
+    // For startCli's check of an option given twice.
+    tokens: true,
     options: {
       config: { type: 'string', short: 'c' },
       server: { type: 'string', short: 's' },

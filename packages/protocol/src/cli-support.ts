@@ -98,6 +98,24 @@ function argumentError(err: NodeJS.ErrnoException, usage: string): UsageError {
   return new UsageError(err.message);
 }
 
+/**
+ * parseArgs keeps the last of an option given twice: `token issue --ports 2222 --ports 8080` issued a token
+ * for 8080 alone, without a word. Only the options that collect (--tcp, --udp) may repeat.
+ */
+function refuseRepeatedOptions(parsed: {
+  values: Record<string, unknown>;
+  tokens?: { kind: string; name?: string }[];
+}): void {
+  const seen = new Set<string>();
+  for (const token of parsed.tokens ?? []) {
+    if (token.kind !== 'option' || token.name === undefined || Array.isArray(parsed.values[token.name]))
+      continue;
+    if (seen.has(token.name))
+      throw new UsageError(`--${token.name} is given twice, and only the second would count: give it once`);
+    seen.add(token.name);
+  }
+}
+
 export interface CliStart<T> {
   program: string;
   version: string;
@@ -112,15 +130,20 @@ export interface CliStart<T> {
  * The part every CLI shares: parse the arguments (a parse failure is a UsageError), answer --help and
  * --version, and name the command. Returns undefined when --help or --version was answered.
  */
-export function startCli<T extends { values: { help?: boolean; version?: boolean }; positionals: string[] }>(
-  spec: CliStart<T>,
-): { parsed: T; command: string } | undefined {
+export function startCli<
+  T extends {
+    values: { help?: boolean; version?: boolean };
+    positionals: string[];
+    tokens?: { kind: string; name?: string }[];
+  },
+>(spec: CliStart<T>): { parsed: T; command: string } | undefined {
   let parsed: T;
   try {
     parsed = spec.parse();
   } catch (err) {
     throw argumentError(err as NodeJS.ErrnoException, spec.usage);
   }
+  refuseRepeatedOptions(parsed);
   if (parsed.values.help) {
     process.stdout.write(spec.usage);
     return undefined;
