@@ -99,17 +99,18 @@ function argumentError(err: NodeJS.ErrnoException, usage: string): UsageError {
 }
 
 /**
- * parseArgs keeps the last of an option given twice: `token issue --ports 2222 --ports 8080` issued a token
- * for 8080 alone, without a word. Only the options that collect (--tcp, --udp) may repeat.
+ * parseArgs keeps the last value of an option given twice: `token issue --ports 2222 --ports 8080` issued a
+ * token for 8080 alone, without a word. Only the options that collect (--tcp, --udp) may repeat, and
+ * switches (-h and --help), which have no value to lose.
  */
 function refuseRepeatedOptions(parsed: {
   values: Record<string, unknown>;
-  tokens?: { kind: string; name?: string }[];
+  tokens?: { kind: string; name?: string; value?: string }[];
 }): void {
   const seen = new Set<string>();
   for (const token of parsed.tokens ?? []) {
-    if (token.kind !== 'option' || token.name === undefined || Array.isArray(parsed.values[token.name]))
-      continue;
+    if (token.kind !== 'option' || token.name === undefined || token.value === undefined) continue;
+    if (Array.isArray(parsed.values[token.name])) continue;
     if (seen.has(token.name))
       throw new UsageError(`--${token.name} is given twice, and only the second would count: give it once`);
     seen.add(token.name);
@@ -134,7 +135,7 @@ export function startCli<
   T extends {
     values: { help?: boolean; version?: boolean };
     positionals: string[];
-    tokens?: { kind: string; name?: string }[];
+    tokens?: { kind: string; name?: string; value?: string }[];
   },
 >(spec: CliStart<T>): { parsed: T; command: string } | undefined {
   let parsed: T;
