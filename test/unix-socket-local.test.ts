@@ -26,15 +26,18 @@ interface Exchange {
   error?: string;
 }
 
-/** Connects to the public port, sends `payload`, half-closes, and reads until the other side closes. */
-function exchange(port: number, payload: Buffer, opts: { localAddress?: string } = {}): Promise<Exchange> {
+/**
+ * Connects to the public port, sends `payload`, half-closes (unless `keepOpen`), and reads until the other
+ * side closes.
+ */
+function exchange(port: number, payload: Buffer, opts: { keepOpen?: boolean } = {}): Promise<Exchange> {
   return new Promise((resolve) => {
-    const socket = connect({ host: '127.0.0.1', port, ...opts });
+    const socket = connect({ host: '127.0.0.1', port });
     const chunks: Buffer[] = [];
     let ended = false;
     let error: string | undefined;
     const timer = setTimeout(() => socket.destroy(new Error('no close within 15 s')), 15_000);
-    socket.on('connect', () => socket.end(payload));
+    socket.on('connect', () => (opts.keepOpen ? socket.write(payload) : socket.end(payload)));
     socket.on('data', (chunk: Buffer) => chunks.push(chunk));
     socket.on('end', () => {
       ended = true;
@@ -138,38 +141,6 @@ test(
     }),
 );
 
-/** What a visitor that never half-closes got: how many bytes, and how its connection ended. */
-interface Download {
-  bytes: number;
-  ended: boolean;
-  error?: string;
-}
-
-/** Counts what the service sends to a visitor that sends `hello` (if given) and never half-closes. */
-function download(port: number, hello?: string): Promise<Download> {
-  return new Promise((resolve) => {
-    const socket = connect({ host: '127.0.0.1', port });
-    let bytes = 0;
-    let ended = false;
-    let error: string | undefined;
-    const timer = setTimeout(() => socket.destroy(new Error('no close within 15 s')), 15_000);
-    if (hello !== undefined) socket.on('connect', () => socket.write(hello));
-    socket.on('data', (chunk: Buffer) => {
-      bytes += chunk.length;
-    });
-    socket.on('end', () => {
-      ended = true;
-    });
-    socket.on('error', (err: NodeJS.ErrnoException) => {
-      error = err.code ?? err.message;
-    });
-    socket.on('close', () => {
-      clearTimeout(timer);
-      resolve({ bytes, ended, ...(error === undefined ? {} : { error }) });
-    });
-  });
-}
-
 test(
   'a service on a Unix socket that answers and closes gets its whole answer to the visitor; one that closes on unread bytes resets it',
   { timeout: 60_000 },
@@ -209,7 +180,12 @@ test(
       });
 
       for (let i = 0; i < 5; i++) {
-        assert.deepEqual(await download(closingPort), { bytes: answer.length, ended: true }, `download ${i}`);
+        const got = await exchange(closingPort, Buffer.alloc(0), { keepOpen: true });
+        assert.deepEqual(
+          { ...got, data: got.data.length },
+          { data: answer.length, ended: true },
+          `download ${i}`,
+        );
       }
       const closed = () => client.proc.logsWithMsg('connection closed').filter((l) => l.proxy === 'closing');
       await waitFor('the client to log the five downloads', () => closed().length === 5, 10_000);
@@ -218,7 +194,7 @@ test(
         Array(5).fill('closed'),
       );
 
-      const reset = await download(unreadPort, 'hello\n');
+      const reset = await exchange(unreadPort, Buffer.from('hello\n'), { keepOpen: true });
       assert.deepEqual({ ended: reset.ended, error: reset.error }, { ended: false, error: 'ECONNRESET' });
       await client.proc.waitForMsg('connection closed', 10_000, {
         fields: { proxy: 'unread', reason: 'local reset (ECONNRESET)' },
