@@ -142,7 +142,7 @@ test(
 );
 
 test(
-  'a service on a Unix socket that answers and closes gets its whole answer to the visitor; one that closes on unread bytes resets it',
+  'a service on a Unix socket that answers and closes gets its whole answer to the visitor; one that closes on unread bytes resets it; a visitor reset closes it',
   { timeout: 60_000 },
   (t) =>
     withHarness(t, async (h) => {
@@ -156,7 +156,9 @@ test(
       });
       // The visitor says hello and the service closes without reading it: a Unix socket's reset.
       const unreadPath = h.path('unread.sock');
+      let unreadAccepted = 0;
       const unread = createServer({ pauseOnConnect: true }, (socket) => {
+        unreadAccepted += 1;
         socket.on('error', () => {});
         setTimeout(() => socket.write('bye\n', () => socket.destroy()), 300);
       });
@@ -199,8 +201,21 @@ test(
       await client.proc.waitForMsg('connection closed', 10_000, {
         fields: { proxy: 'unread', reason: 'local reset (ECONNRESET)' },
       });
+
+      // The other way round: a visitor resets while the service's socket is open. A Unix socket has no
+      // reset to pass on, and resetAndDestroy() threw on it in the pipe's error handler: the client exited.
+      const mark = client.proc.mark();
+      const visitor = connect({ host: '127.0.0.1', port: unreadPort });
+      visitor.on('error', () => {});
+      visitor.write('hello\n');
+      await waitFor('the service to accept the visitor', () => unreadAccepted === 2, 10_000);
+      visitor.resetAndDestroy();
+      await client.proc.waitForMsg('connection closed', 10_000, { from: mark, fields: { proxy: 'unread' } });
+      const after = await exchange(closingPort, Buffer.alloc(0), { keepOpen: true });
+      assert.deepEqual({ ...after, data: after.data.length }, { data: answer.length, ended: true });
+      assert.ok(client.proc.alive, 'the client outlived the reset');
       t.diagnostic(
-        `5 x ${answer.length} bytes whole with a clean end; a close on unread bytes reset the visitor`,
+        `5 x ${answer.length} bytes whole with a clean end; a close on unread bytes reset the visitor; a visitor's reset left the client up`,
       );
     }),
 );

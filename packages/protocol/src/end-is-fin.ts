@@ -2,12 +2,10 @@ import { readSync } from 'node:fs';
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
+import { isUnixSocket, socketDescriptor } from './socket-handle.js';
 
 const EMPTY = Buffer.alloc(0);
 const PROBE = Buffer.alloc(1);
-
-/** Node's handle of a connected socket: its class says TCP or Unix ('Pipe'), fd its descriptor. */
-type SocketWithHandle = { _handle?: { fd?: number; constructor: { name: string } } | null };
 
 /**
  * Calls `then` once `src`'s 'end' is known to be its peer's FIN, not a reset; a reset fails the socket
@@ -37,9 +35,8 @@ export function whenEndIsFin(src: Duplex, then: () => void): void {
     then();
     return;
   }
-  const handle = (src as unknown as SocketWithHandle)._handle;
-  if (handle?.constructor.name === 'Pipe') {
-    whenUnixEndIsClose(src, handle.fd ?? -1, then);
+  if (isUnixSocket(src)) {
+    whenUnixEndIsClose(src, socketDescriptor(src), then);
     return;
   }
   src.write(EMPTY);

@@ -7,6 +7,7 @@
 import { readSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
+import { socketDescriptor } from './socket-handle.js';
 
 /**
  * At most this much is read after a failed write. Last words are short; longer ones are cut here, as they
@@ -15,8 +16,6 @@ import { TLSSocket } from 'node:tls';
 const LAST_WORDS_MAX = 1024 * 1024;
 const READ_SIZE = 64 * 1024;
 
-/** Node's handle of a connected socket: fd is its descriptor (not in Node's types; -1 where there is none). */
-type SocketWithHandle = { _handle?: { fd?: number } | null };
 type DestroyMethod = (this: Socket, err: Error | null, callback: (err?: Error | null) => void) => void;
 
 const plainDestroy = (Socket.prototype as unknown as { _destroy: DestroyMethod })._destroy;
@@ -55,8 +54,8 @@ function destroyPassingOnUnread(
  * non-blocking: an empty queue ends the loop with EAGAIN, the peer's close with 0 or ECONNRESET.
  */
 function passOnUnread(socket: Socket): void {
-  const fd = (socket as unknown as SocketWithHandle)._handle?.fd;
-  if (fd === undefined || fd < 0) return;
+  const fd = socketDescriptor(socket);
+  if (fd < 0) return;
   let total = 0;
   while (total < LAST_WORDS_MAX) {
     const buf = Buffer.allocUnsafe(READ_SIZE);
