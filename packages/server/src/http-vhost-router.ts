@@ -64,6 +64,8 @@ export interface HttpVhostRouterOptions {
   responseTimeout: number;
   /** [http] idle_timeout: for an upgrade request answered without a 101, whose socket Node no longer watches. */
   idleTimeout: number;
+  /** A request with more header fields gets 431 (the server keeps one more than this: maxHeaderFields). */
+  maxHeaderFields: number;
 }
 
 const FORWARDED = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
@@ -255,6 +257,14 @@ export class HttpVhostRouter {
   ):
     | { target: HttpTarget; entry: RouteEntry<HttpTarget>; asked: RequestTarget; path: string }
     | { status: number; text: string; extra?: Record<string, string>; reason?: string } {
+    if (req.rawHeaders.length > 2 * this.opts.maxHeaderFields)
+      return {
+        status: 431,
+        text: `A request may have at most ${this.opts.maxHeaderFields} header fields.`,
+        // Node kept only the first ones: the request cannot be passed on whole.
+        extra: { Connection: 'close' },
+        reason: `more than ${this.opts.maxHeaderFields} header fields`,
+      };
     const asked = readRequestTarget(req.url, req.rawHeaders);
     if ('refused' in asked) return { status: 400, text: BAD_TARGET, reason: asked.refused };
     // A request body whose last coding is not chunked has no length (RFC 9112 6.3: 400). Node's parser

@@ -62,6 +62,16 @@ export interface HttpVhostServerOptions {
 
 type HttpSocket = Socket & { _httpMessage?: ServerResponse | null };
 
+/**
+ * The most header fields a request may have: one per 8 bytes of max_header_size (2,048 at the default).
+ * Node counts a field's name and value towards maxHeaderSize, not its ": " and CRLF, so 16,000 empty
+ * fields fit in 16 KiB; each costs the parser's arrays ~24 bytes while the head is held, and 1,000 such
+ * heads from a few addresses took the server from 75 to 459 MB. Past this many the request gets 431.
+ */
+export function maxHeaderFields(maxHeaderSize: number): number {
+  return Math.floor(maxHeaderSize / 8);
+}
+
 export class HttpVhostServer {
   private readonly httpServer: Server | undefined;
   private readonly httpsServer: HttpsServer | undefined;
@@ -111,10 +121,11 @@ export class HttpVhostServer {
   private setUp(server: Server | HttpsServer): void {
     const { router, limits, logger } = this.opts;
     server.keepAliveTimeout = limits.keepAliveTimeout;
-    // No count of fields: max_header_size bounds them (431). Node's default keeps the first thousand or so
-    // (maxHeadersCount 2000 counts names and values) and drops the rest without a word, so a request
-    // reached the service with some of its fields missing and the visitor never knew.
-    server.maxHeadersCount = 0;
+    // Node keeps the first maxHeadersCount fields and drops the rest without a word (so a request reached
+    // the service with some of its fields missing): one more than a request may have is kept, and the
+    // router answers a request with that many 431. Node's own default (2,000) is above what the default
+    // max_header_size lets through, and 0 would keep every field a head holds.
+    server.maxHeadersCount = maxHeaderFields(limits.maxHeaderSize) + 1;
     // A visitor may half-close once its request is sent (`nc`, `socat`, HTTP/1.0 tools): Node's default
     // then aborts the requests under way and ends the socket, so an answer that has to come through the
     // tunnel would be lost after the service acted on the request. With this, the answers are written and

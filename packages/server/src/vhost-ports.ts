@@ -3,7 +3,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { HttpVhostRouter } from './http-vhost-router.js';
-import { HttpVhostServer } from './http-vhost-server.js';
+import { HttpVhostServer, maxHeaderFields } from './http-vhost-server.js';
 import type { PendingConnections } from './pending-connections.js';
 import { defaultRoutingConfig } from './routing-config.js';
 import type { ServerContext } from './server-context.js';
@@ -34,6 +34,7 @@ export class VhostPorts {
       // Like the other http limits, fixed at start: a reload names a change as needing a restart.
       responseTimeout: routing.httpLimits.responseTimeout,
       idleTimeout: routing.httpLimits.idleTimeout,
+      maxHeaderFields: maxHeaderFields(routing.httpLimits.maxHeaderSize),
     });
     this.vhost = new HttpVhostServer({
       router,
