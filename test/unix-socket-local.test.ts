@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, writeFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
 import { assertVisitorReported, PEER_REPORT, startReportingHaproxy } from './lib/haproxy.js';
@@ -28,11 +28,12 @@ interface Exchange {
 
 /**
  * Connects to the public port, sends `payload`, half-closes (unless `keepOpen`), and reads until the other
- * side closes.
+ * side closes. A `keepOpen` visitor checks an 'end' with an empty write, which a socket its peer reset
+ * refuses: Node 20's libuv reports a reset that lands behind unread bytes as an end.
  */
 function exchange(port: number, payload: Buffer, opts: { keepOpen?: boolean } = {}): Promise<Exchange> {
   return new Promise((resolve) => {
-    const socket = connect({ host: '127.0.0.1', port });
+    const socket = connect({ host: '127.0.0.1', port, allowHalfOpen: true });
     const chunks: Buffer[] = [];
     let ended = false;
     let error: string | undefined;
@@ -40,7 +41,15 @@ function exchange(port: number, payload: Buffer, opts: { keepOpen?: boolean } = 
     socket.on('connect', () => (opts.keepOpen ? socket.write(payload) : socket.end(payload)));
     socket.on('data', (chunk: Buffer) => chunks.push(chunk));
     socket.on('end', () => {
-      ended = true;
+      if (!opts.keepOpen) {
+        ended = true;
+        return;
+      }
+      socket.write(Buffer.alloc(0), (err?: NodeJS.ErrnoException | null) => {
+        if (err) error = err.code ?? err.message;
+        else ended = true;
+        socket.end();
+      });
     });
     socket.on('error', (err: NodeJS.ErrnoException) => {
       error = err.code ?? err.message;
@@ -141,6 +150,28 @@ test(
     }),
 );
 
+/**
+ * A service on the Unix socket argv[1] that, once a visitor's bytes wait in its socket unread (select, no
+ * read), answers "bye" and closes: the close of a Unix socket with bytes unread, which its peer reads as
+ * ECONNRESET.
+ */
+const UNREAD_SERVICE = `
+import select, socket, sys, threading
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(sys.argv[1])
+server.listen(16)
+def serve(conn):
+    try:
+        select.select([conn], [], [], 30)
+        conn.sendall(b"bye\\n")
+    except OSError:
+        pass
+    conn.close()
+while True:
+    conn, _ = server.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+`;
+
 test(
   'a service on a Unix socket that answers and closes gets its whole answer to the visitor; one that closes on unread bytes resets it; a visitor reset closes it',
   { timeout: 60_000 },
@@ -154,30 +185,38 @@ test(
         socket.on('error', () => {});
         socket.write(answer, () => socket.destroy());
       });
-      // The visitor says hello and the service closes without reading it: a Unix socket's reset.
+      await new Promise<void>((resolve) => closing.listen(closingPath, resolve));
+      h.onCleanup(() => closing.close());
+      // The visitor says hello and the service closes without reading it: a Unix socket's reset. Python's
+      // select tells when the bytes wait unread, which Node cannot without reading them.
       const unreadPath = h.path('unread.sock');
-      let unreadAccepted = 0;
-      const unread = createServer({ pauseOnConnect: true }, (socket) => {
-        unreadAccepted += 1;
+      h.spawn('unread-service', 'python3', ['-c', UNREAD_SERVICE, unreadPath]);
+      await waitUntilAccepting({ path: unreadPath }, 'the unread service');
+      // A service that holds its connections open, for a visitor that resets first.
+      const holdingPath = h.path('holding.sock');
+      const held = new Set<Socket>();
+      const holding = createServer({ pauseOnConnect: true }, (socket) => {
+        held.add(socket);
         socket.on('error', () => {});
-        setTimeout(() => socket.write('bye\n', () => socket.destroy()), 300);
       });
-      for (const [service, path] of [
-        [closing, closingPath],
-        [unread, unreadPath],
-      ] as const) {
-        await new Promise<void>((resolve) => service.listen(path, resolve));
-        h.onCleanup(() => service.close());
-      }
-      const [closingPort, unreadPort] = (await freePorts(2)) as [number, number];
+      await new Promise<void>((resolve) => holding.listen(holdingPath, resolve));
+      h.onCleanup(() => {
+        for (const socket of held) socket.destroy();
+        holding.close();
+      });
+      const [closingPort, unreadPort, holdingPort] = (await freePorts(3)) as [number, number, number];
       const server = await startRoutedServer(h, { http: false });
-      const token = await issueRoutedToken(server, { name: 'unix', ports: `${closingPort},${unreadPort}` });
+      const token = await issueRoutedToken(server, {
+        name: 'unix',
+        ports: `${closingPort},${unreadPort},${holdingPort}`,
+      });
       const client = await startRoutedClient(h, {
         server: server.url,
         token,
         proxies: [
           { name: 'closing', type: 'tcp', local: `unix:${closingPath}`, remote_port: closingPort },
           { name: 'unread', type: 'tcp', local: `unix:${unreadPath}`, remote_port: unreadPort },
+          { name: 'holding', type: 'tcp', local: `unix:${holdingPath}`, remote_port: holdingPort },
         ],
       });
 
@@ -197,20 +236,20 @@ test(
       );
 
       const reset = await exchange(unreadPort, Buffer.from('hello\n'), { keepOpen: true });
-      assert.deepEqual({ ended: reset.ended, error: reset.error }, { ended: false, error: 'ECONNRESET' });
+      assert.equal(reset.ended, false, 'not a clean end');
+      assert.match(String(reset.error), /^(ECONNRESET|EPIPE)$/);
       await client.proc.waitForMsg('connection closed', 10_000, {
         fields: { proxy: 'unread', reason: 'local reset (ECONNRESET)' },
       });
 
       // The other way round: a visitor resets while the service's socket is open. A Unix socket has no
       // reset to pass on, and resetAndDestroy() threw on it in the pipe's error handler: the client exited.
-      const mark = client.proc.mark();
-      const visitor = connect({ host: '127.0.0.1', port: unreadPort });
+      const visitor = connect({ host: '127.0.0.1', port: holdingPort });
       visitor.on('error', () => {});
       visitor.write('hello\n');
-      await waitFor('the service to accept the visitor', () => unreadAccepted === 2, 10_000);
+      await waitFor('the service to accept the visitor', () => held.size === 1, 10_000);
       visitor.resetAndDestroy();
-      await client.proc.waitForMsg('connection closed', 10_000, { from: mark, fields: { proxy: 'unread' } });
+      await client.proc.waitForMsg('connection closed', 10_000, { fields: { proxy: 'holding' } });
       const after = await exchange(closingPort, Buffer.alloc(0), { keepOpen: true });
       assert.deepEqual({ ...after, data: after.data.length }, { data: answer.length, ended: true });
       assert.ok(client.proc.alive, 'the client outlived the reset');
