@@ -32,10 +32,16 @@ export interface PipeOptions {
   alreadyMoved?: PipeProgress;
 }
 
-function describe(err: Error & { code?: string }): string {
+/**
+ * `side`'s failure in the words of the `connection closed` line. A session that closed after a stream's end
+ * (the client's FIN, then the client gone) says so: what the visitor got was whole, where a session closed
+ * before the end cut it short.
+ */
+function describe(err: Error & { code?: string }, side: Duplex): string {
   if (err.code === 'ERR_STREAM_RESET') return 'reset';
   if (err.code === 'ECONNRESET') return 'reset (ECONNRESET)';
-  if (err.code === 'ERR_SESSION_CLOSED') return 'session closed';
+  if (err.code === 'ERR_SESSION_CLOSED')
+    return side.readableEnded ? 'session closed after the end' : 'session closed';
   return err.code ? `${err.message} (${err.code})` : err.message;
 }
 
@@ -121,7 +127,7 @@ export function pipeBidirectional(
   };
   const watch = (self: Duplex, other: Duplex, label: string) => {
     const onError = (err: Error) => {
-      fail(label, describe(err), err);
+      fail(label, describe(err, self), err);
       abort(other);
     };
     self.on('error', onError);
