@@ -1,4 +1,5 @@
 import { openWebSocket, type WebSocketStream, WebSocketUpgradeError } from '@porthole/mux';
+import { DEFAULT_CONTROL_PATH } from '@porthole/protocol';
 import { describeConnectError } from './connect-error.js';
 import { retryAfterMs } from './reconnect.js';
 
@@ -58,9 +59,6 @@ function withoutToken(text: string, token: string): string {
   return hidden;
 }
 
-/** The server's control path unless its config sets another. */
-const DEFAULT_PATH = '/_porthole';
-
 /**
  * What the usual mistakes in a server URL look like from here, said next to the error: TLS spoken to a
  * plain port reads "wrong version number", plain HTTP to a TLS port "socket hang up", a wrong path or port 404,
@@ -77,9 +75,9 @@ function hintFor(server: string, message: string, status?: number): string {
   if (status === 404) {
     const path = URL.canParse(server) ? new URL(server).pathname : server;
     // The default path already: the URL's port (or host) is what leads elsewhere.
-    if (path === DEFAULT_PATH)
+    if (path === DEFAULT_CONTROL_PATH)
       return ` (no control endpoint at ${path}: is this porthole-server's port, its listen or [http]/[https] port? A server whose path is set otherwise needs that path in the URL)`;
-    return ` (no control endpoint at ${path}: the URL's path must be the server's path, "${DEFAULT_PATH}" unless set)`;
+    return ` (no control endpoint at ${path}: the URL's path must be the server's path, "${DEFAULT_CONTROL_PATH}" unless set)`;
   }
   return '';
 }

@@ -2,6 +2,9 @@ import { z } from 'zod';
 import { HTTP_FIELD_VALUE, HTTP_TOKEN } from './http-field-syntax.js';
 import { PROXY_TYPES, type ProxyType } from './rules.js';
 
+/** The HTTP path of the server's control endpoint unless its config sets another (`path`). */
+export const DEFAULT_CONTROL_PATH = '/_porthole';
+
 /** Proxy names: what logs, results and the admin API use to talk about one proxy. */
 export const PROXY_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 export const PROXY_NAME_RULE =

@@ -1,6 +1,7 @@
 import { isIPv4, isIPv6 } from 'node:net';
 import {
   ConfigError,
+  DEFAULT_CONTROL_PATH,
   durationAboveZero,
   durationAtLeast,
   durationField,
@@ -76,7 +77,7 @@ const serverSchema = z
     path: z
       .string({ error: expected('a path like "/_porthole"') })
       .regex(/^\/[A-Za-z0-9._~!$&'()*+,;=:@/%-]*$/, 'must start with "/" and contain no spaces, "?" or "#"')
-      .default('/_porthole'),
+      .default(DEFAULT_CONTROL_PATH),
     proxy_bind: bindHostField.default('0.0.0.0'),
     allow_ports: portRangesField.optional(),
     proxy_max_connections: positiveIntField('a number of connections')
