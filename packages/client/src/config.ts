@@ -8,6 +8,7 @@ import {
   firstPemCertificate,
   formatLocalAddress,
   type HostPort,
+  heldInsteadHint,
   hostPortField,
   isLoopback,
   isUnixSocketAddress,
@@ -15,7 +16,6 @@ import {
   loadTomlConfig,
   logLevelField,
   parseRule,
-  privateKeyHint,
   readConfigFile,
   readSecretFile,
   secretFileExposure,
@@ -262,7 +262,7 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
       throw ConfigError.at(
         caAt.source,
         caAt.key,
-        `${caPath} is not a PEM certificate${privateKeyHint(config.ca, "ca_file is the certificate of the CA that signed the server's")}`,
+        `${caPath} is not a PEM certificate${heldInsteadHint(config.ca, 'PRIVATE KEY', "ca_file is the certificate of the CA that signed the server's")}`,
       );
   }
   return config;

@@ -14,7 +14,11 @@ export function firstPemCertificate(pem: Buffer): X509Certificate | undefined {
   }
 }
 
-/** Said after "is not a PEM certificate" when the file holds a private key instead. */
-export function privateKeyHint(pem: Buffer, whatToGive: string): string {
-  return pem.includes('PRIVATE KEY-----') ? ` (it holds a private key: ${whatToGive})` : '';
+/**
+ * Said after "is not a PEM certificate" (or "private key") when the file holds the other kind instead, most
+ * likely the file meant for another key: " (it holds a private key: `advice`)", or nothing.
+ */
+export function heldInsteadHint(pem: Buffer, holds: 'PRIVATE KEY' | 'CERTIFICATE', advice: string): string {
+  if (!pem.includes(`${holds}-----`)) return '';
+  return ` (it holds a ${holds === 'CERTIFICATE' ? 'certificate' : 'private key'}: ${advice})`;
 }

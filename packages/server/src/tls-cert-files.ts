@@ -9,7 +9,7 @@ import {
   ConfigError,
   expandConfigPath,
   firstPemCertificate,
-  privateKeyHint,
+  heldInsteadHint,
   readConfigFile,
 } from '@porthole/protocol';
 
@@ -28,7 +28,11 @@ const SWAPPED = 'are cert_file and key_file swapped?';
 function certificateIn(file: string, key: string, path: string, pem: Buffer): X509Certificate {
   const certificate = firstPemCertificate(pem);
   if (certificate) return certificate;
-  throw ConfigError.at(file, key, `${path} is not a PEM certificate${privateKeyHint(pem, SWAPPED)}`);
+  throw ConfigError.at(
+    file,
+    key,
+    `${path} is not a PEM certificate${heldInsteadHint(pem, 'PRIVATE KEY', SWAPPED)}`,
+  );
 }
 
 function privateKeyIn(file: string, key: string, path: string, pem: Buffer): KeyObject {
@@ -42,8 +46,11 @@ function privateKeyIn(file: string, key: string, path: string, pem: Buffer): Key
   try {
     return createPrivateKey(pem);
   } catch {
-    const swapped = pem.includes('CERTIFICATE-----') ? ` (it holds a certificate: ${SWAPPED})` : '';
-    throw ConfigError.at(file, key, `${path} is not a PEM private key${swapped}`);
+    throw ConfigError.at(
+      file,
+      key,
+      `${path} is not a PEM private key${heldInsteadHint(pem, 'CERTIFICATE', SWAPPED)}`,
+    );
   }
 }
 
