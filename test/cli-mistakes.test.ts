@@ -301,6 +301,63 @@ test(
 );
 
 test(
+  'client check warns, exit 0, about a token the server will refuse or end soon: not a JWT, near its expiry, a port outside its grant',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const secret = await h.file('secret', `${'s'.repeat(40)}\n`);
+      const serverToml = await h.file(
+        'server.toml',
+        `listen = "127.0.0.1:0"\nallow_ports = ["2222-2230"]\n[auth]\nsecret_file = "${secret}"\n`,
+      );
+      const issue = ['token', 'issue', '--config', serverToml, '--name', 'lab', '--ports', '2222'];
+      const token = (await runOk(serverBin, [...issue, '--expires', '1d'])).trim();
+      await h.file('token', `${token}\n`);
+      const clientToml = await h.file(
+        'client.toml',
+        [
+          'server = "ws://127.0.0.1:1/_porthole"',
+          'token_file = "token"',
+          '[[proxies]]',
+          'name = "ssh"',
+          'type = "tcp"',
+          'local = "127.0.0.1:22"',
+          'remote_port = 2222',
+          '[[proxies]]',
+          'name = "web"',
+          'type = "tcp"',
+          'local = "127.0.0.1:80"',
+          'remote_port = 2223',
+          '',
+        ].join('\n'),
+      );
+      const check = await run(clientBin, ['check', '--config', clientToml]);
+      assert.equal(check.code, 0, check.stderr);
+      assert.match(check.stdout, /client\.toml: ok \(2 proxies\)/);
+      const lines = check.stderr.trimEnd().split('\n');
+      assert.equal(lines.length, 2, check.stderr);
+      assert.match(
+        lines[0]!,
+        /^warning: token_file: the token expires at \S+Z, in 24 hours, and the server ends the session then: issue a new one/,
+      );
+      assert.equal(
+        lines[1],
+        'warning: proxies[1] ("web").remote_port: port 2223 is outside the token\'s grant (2222); the server will refuse this proxy',
+      );
+      assert.ok(!check.stderr.includes(token), 'the token is never printed');
+
+      // What a user pastes by mistake: the command, not the token it prints.
+      await h.file('token', 'porthole-server token issue --name lab\n');
+      const pasted = await run(clientBin, ['check', '--config', clientToml]);
+      assert.equal(pasted.code, 0, pasted.stderr);
+      assert.match(
+        pasted.stderr,
+        /^warning: token_file: this is not a porthole token \(a JWT: three base64url parts joined by dots, as "porthole-server token issue" prints it\); the server will refuse it as "malformed token"\n$/,
+      );
+    }),
+);
+
+test(
   "a [tls] key that is not its certificate's, or the two files swapped, fails check and the start with exit 2 naming the key; an expired certificate is a warning",
   { timeout: 60_000 },
   (t) =>

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { chmod, copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
+import { issueToken } from '@porthole/protocol';
 import { clientBin, type Harness, repoRoot, run, serverBin, withHarness } from './lib/processes.js';
 import { makeCa, makeCert } from './lib/routing.js';
 
@@ -24,7 +25,7 @@ async function etcPorthole(h: Harness): Promise<string> {
   const files: [name: string, from: string | { text: string }][] = [
     ['secret', { text: `${'s'.repeat(64)}\n` }],
     ['admin-token', { text: `${'a'.repeat(48)}\n` }],
-    ['token', { text: 'x.y.z\n' }],
+    ['token', { text: `${await issueToken('s'.repeat(64), { name: 'homelab', expiresInMs: null })}\n` }],
     ['socks-password', { text: 'a long random password\n' }],
     ['fullchain.pem', pair.cert],
     ['privkey.pem', pair.key],

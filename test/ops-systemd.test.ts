@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { chmod, copyFile, mkdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
+import { issueToken } from '@porthole/protocol';
 import { clientBin, freePort, repoRoot, run, runOk, serverBin, withHarness } from './lib/processes.js';
 import { echoRoundTrip, startEchoServer } from './lib/services.js';
 import { portOf } from './lib/tunnel.js';
@@ -185,7 +186,10 @@ test(
       await mkdir(creds);
       await writeFile(path.join(creds, 'secret'), `${'s'.repeat(40)}\n`);
       await writeFile(path.join(creds, 'admin-token'), `${'a'.repeat(32)}\n`);
-      await writeFile(path.join(creds, 'token'), 'x.y.z\n');
+      await writeFile(
+        path.join(creds, 'token'),
+        `${await issueToken('s'.repeat(40), { name: 'lab', expiresInMs: null })}\n`,
+      );
       await copyFile(path.join(unitsDir, 'server.toml'), h.path('server.toml'));
       const check = await run(serverBin, ['check', '--config', h.path('server.toml')], {
         env: { CREDENTIALS_DIRECTORY: creds },
@@ -211,7 +215,7 @@ test(
       const secrets = {
         secret: `${'s'.repeat(64)}\n`,
         'admin-token': `${'a'.repeat(48)}\n`,
-        token: 'x.y.z\n',
+        token: `${await issueToken('s'.repeat(64), { name: 'lab', expiresInMs: null })}\n`,
       };
       for (const [name, text] of Object.entries(secrets))
         await writeFile(path.join(etc, name), text, { mode: 0o644 });

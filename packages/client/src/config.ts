@@ -31,6 +31,7 @@ import {
   type RawProxy,
   toProxyConfig,
 } from './proxy-config.js';
+import { tokenWarnings } from './token-warnings.js';
 
 export type { ProxyConfig } from './proxy-config.js';
 
@@ -252,6 +253,8 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
     warnings: exposed ? [`${tokenFile === undefined ? 'token' : 'token_file'}: ${exposed}`] : [],
   };
   config.proxies = raw.proxies.map((proxy, i) => fileProxy(source, proxy, i, config.warnings));
+  const tokenKey = raw.token === undefined ? tokenAt.key : originOf('token').key;
+  config.warnings.push(...tokenWarnings(tokenKey, token, config.proxies));
   if (raw.admin) config.admin = { listen: raw.admin.listen };
   if (raw.ca_file !== undefined) {
     const caAt = originOf('ca_file');

@@ -3,12 +3,14 @@ import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { scratchDir } from '@porthole/mux/test/scratch-dir';
-import { ConfigError } from '@porthole/protocol';
+import { ConfigError, issueToken } from '@porthole/protocol';
 import { type ClientFlags, loadClientConfig } from '../src/config.js';
 import { describeLocal, proxySpecFields } from '../src/proxy-config.js';
 
 const dir = scratchDir('porthole-client-config-');
-writeFileSync(join(dir, 'token'), 'a.b.c\n');
+/** A token as the server issues it (the client never checks its signature). */
+const TOKEN = await issueToken('s'.repeat(32), { name: 'homelab', expiresInMs: null });
+writeFileSync(join(dir, 'token'), `${TOKEN}\n`);
 
 function write(text: string): string {
   const file = join(dir, `c${Math.random().toString(36).slice(2)}.toml`);
@@ -39,7 +41,7 @@ test('a config file gives proxies and defaults; token_file is read relative to i
   const config = loadClientConfig(
     write(`${HEAD}[[proxies]]\nname = "ssh"\ntype = "tcp"\nlocal = "127.0.0.1:22"\nremote_port = 2222\n`),
   );
-  assert.equal(config.token, 'a.b.c');
+  assert.equal(config.token, TOKEN);
   assert.deepEqual(config.proxies, [
     { name: 'ssh', type: 'tcp', local: { host: '127.0.0.1', port: 22 }, remotePort: 2222 },
   ]);
@@ -199,19 +201,72 @@ test('udp, http and tls proxies take their own keys, and say which key is wrong'
 
 test('a token other users can read is warned about, under the key that holds it', () => {
   const shared = join(dir, 'shared-token');
-  writeFileSync(shared, 'a.b.c\n', { mode: 0o644 });
+  writeFileSync(shared, `${TOKEN}\n`, { mode: 0o644 });
   const viaFile = loadClientConfig(write(`server = "ws://x"\ntoken_file = "shared-token"\n`));
   assert.deepEqual(viaFile.warnings, [
     `token_file: ${shared} is open to other users (mode 644); chmod 600 it`,
   ]);
-  const inline = write(`server = "ws://x"\ntoken = "a.b.c"\n`);
+  const inline = write(`server = "ws://x"\ntoken = "${TOKEN}"\n`);
   chmodSync(inline, 0o640);
   assert.deepEqual(loadClientConfig(inline).warnings, [
     `token: ${inline} is open to other users (mode 640); chmod 600 it`,
   ]);
-  const closed = write(`server = "ws://x"\ntoken = "a.b.c"\n`);
+  const closed = write(`server = "ws://x"\ntoken = "${TOKEN}"\n`);
   chmodSync(closed, 0o600);
   assert.deepEqual(loadClientConfig(closed).warnings, []);
+});
+
+test('a token the server will refuse, or end soon, is warned about before the dial: its shape, expiry and grants', async () => {
+  const secret = 's'.repeat(32);
+  const day = 86_400_000;
+  const warningsOf = (text: string): string[] => {
+    const file = write(text);
+    chmodSync(file, 0o600);
+    return loadClientConfig(file).warnings;
+  };
+  const withToken = (token: string, proxies = '') =>
+    warningsOf(`server = "ws://x"\ntoken = "${token}"\n${proxies}`);
+
+  const notJwt = withToken('paste-the-token-here');
+  assert.equal(notJwt.length, 1);
+  assert.match(
+    notJwt[0]!,
+    /^token: this is not a porthole token .* the server will refuse it as "malformed token"$/,
+  );
+  assert.ok(!notJwt[0]!.includes('paste-the-token-here'), 'the token itself is never repeated');
+
+  const expired = await issueToken(secret, { name: 'lab', expiresInMs: day, now: Date.now() - 3 * day });
+  assert.deepEqual(
+    withToken(expired).map((w) => w.replace(/at \S+Z/, 'at T')),
+    [
+      'token: the token expired at T, 2 days ago; the server will refuse it: issue a new one with "porthole-server token issue"',
+    ],
+  );
+  const soon = await issueToken(secret, { name: 'lab', expiresInMs: 5 * 3_600_000 });
+  assert.match(
+    withToken(soon)[0]!,
+    /^token: the token expires at \S+Z, in 5 hours, and the server ends the session then/,
+  );
+  assert.deepEqual(withToken(await issueToken(secret, { name: 'lab', expiresInMs: 30 * day })), []);
+
+  const granted = await issueToken(secret, {
+    name: 'lab',
+    expiresInMs: null,
+    ports: '2222,8000-8099',
+    hosts: ['*.home.example.com', 'app.example.com'],
+  });
+  const proxies =
+    '[[proxies]]\nname = "ssh"\ntype = "tcp"\nlocal = "127.0.0.1:22"\nremote_port = 2222\n' +
+    '[[proxies]]\nname = "dns"\ntype = "udp"\nlocal = "127.0.0.1:53"\nremote_port = 5353\n' +
+    '[[proxies]]\nname = "web"\ntype = "http"\nlocal = "127.0.0.1:80"\n' +
+    'hosts = ["app.example.com", "nas.home.example.com", "App.Example.org."]\n' +
+    '[[proxies]]\nname = "sub"\ntype = "http"\nlocal = "127.0.0.1:80"\nsubdomain = "anything"\n';
+  assert.deepEqual(withToken(granted, proxies), [
+    `proxies[1] ("dns").remote_port: port 5353 is outside the token's grant (2222,8000-8099); the server will refuse this proxy`,
+    `proxies[2] ("web").hosts: hostname app.example.org is outside the token's grant (*.home.example.com,app.example.com); the server will refuse this proxy`,
+  ]);
+  // No grants in the token: any port and any name.
+  assert.deepEqual(withToken(TOKEN, proxies), []);
 });
 
 test('passwords written inline in a config file others can read are warned about, each under its key', () => {
@@ -251,7 +306,7 @@ test('local = "unix:PATH": resolved next to the file (flags: the working directo
   const file = join(sub, 'client.toml');
   writeFileSync(
     file,
-    `server = "wss://vps.example.com/_porthole"\ntoken = "a.b.c"\n` +
+    `server = "wss://vps.example.com/_porthole"\ntoken = "${TOKEN}"\n` +
       `[[proxies]]\nname = "fpm"\ntype = "tcp"\nlocal = "unix:run/fpm.sock"\nremote_port = 9000\n` +
       `[[proxies]]\nname = "web"\ntype = "http"\nlocal = "unix:\${SOCKET_DIR}/web.sock"\nsubdomain = "web"\n` +
       `[[proxies]]\nname = "docker"\ntype = "tls"\nlocal = "unix:/run/docker.sock"\nhosts = ["docker.example.com"]\nproxy_protocol = "v2"\n`,
@@ -289,7 +344,7 @@ test('local = "unix:PATH": resolved next to the file (flags: the working directo
     ],
   );
   assert.deepEqual(
-    problems(undefined, { token: 'a.b.c', server: 'ws://127.0.0.1:1/x', udp: ['53:unix:/run/dns.sock'] }),
+    problems(undefined, { token: TOKEN, server: 'ws://127.0.0.1:1/x', udp: ['53:unix:/run/dns.sock'] }),
     ['command line: --udp: "53:unix:/run/dns.sock": a udp proxy cannot reach a Unix socket'],
   );
 });
@@ -310,7 +365,7 @@ test('a socks5 proxy reads socks_password_file next to the config file, warns wh
   const write = (extra: string) =>
     writeFileSync(
       file,
-      `server = "wss://vps.example.com/_porthole"\ntoken = "a.b.c"\n` +
+      `server = "wss://vps.example.com/_porthole"\ntoken = "${TOKEN}"\n` +
         `[[proxies]]\nname = "socks"\ntype = "tcp"\nlocal = "socks5"\nremote_port = 1080\n${extra}`,
       { mode: 0o600 },
     );
@@ -346,7 +401,7 @@ test('a socks5 proxy reads socks_password_file next to the config file, warns wh
   assert.throws(
     () =>
       loadClientConfig(undefined, {
-        token: 'a.b.c',
+        token: TOKEN,
         server: 'wss://vps.example.com/_porthole',
         tcp: ['1080:socks5'],
       }),

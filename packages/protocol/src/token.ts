@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import { errors, jwtVerify, SignJWT } from 'jose';
+import { decodeJwt, errors, jwtVerify, SignJWT } from 'jose';
 import { PROXY_NAME, PROXY_NAME_RULE } from './control-messages.js';
+import { hostGrantAllows } from './host-names.js';
 import { PortRanges } from './port-ranges.js';
 
 /** Client names follow the same rule as proxy names (they appear in logs and in the admin API). */
@@ -32,6 +33,17 @@ export interface IssueOptions extends TokenGrants {
   expiresInMs: number | null;
   /** For tests: the issue time in ms since the epoch. */
   now?: number;
+}
+
+/** Why a token's port grant refuses `port` (an absent grant: any port), as the server refuses the proxy. */
+export function portGrantRefusal(grant: PortRanges | undefined, port: number): string | undefined {
+  return grant && !grant.contains(port) ? `port ${port} is outside the token's grant (${grant})` : undefined;
+}
+
+/** Why a token's host grant refuses `host` (normalized; an absent grant: any name), as the server says it. */
+export function hostGrantRefusal(grant: readonly string[] | undefined, host: string): string | undefined {
+  if (hostGrantAllows(grant, host)) return undefined;
+  return `hostname ${host} is outside the token's grant (${(grant ?? []).join(',') || 'no hostnames'})`;
 }
 
 /** A token was refused; `message` is the short reason sent to the client and logged ("token expired"). */
@@ -78,6 +90,28 @@ const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
 
 function isStringArray(value: unknown): value is string[] {
   return Array.isArray(value) && value.every((v) => typeof v === 'string');
+}
+
+/**
+ * What a token says of itself, read without checking its signature (a client has no secret): enough to
+ * warn before the server refuses it. Undefined when it is not a JWT at all; a claim of the wrong type is
+ * left out, as the server would refuse it anyway.
+ */
+export function readUnverifiedClaims(jwt: string): Partial<TokenClaims> | undefined {
+  const text = jwt.trim();
+  if (!JWT_SHAPE.test(text)) return undefined;
+  let payload: Record<string, unknown>;
+  try {
+    payload = decodeJwt(text);
+  } catch {
+    return undefined;
+  }
+  const claims: Partial<TokenClaims> = {};
+  if (typeof payload.sub === 'string') claims.sub = payload.sub;
+  if (typeof payload.exp === 'number') claims.exp = payload.exp;
+  if (typeof payload.ports === 'string') claims.ports = payload.ports;
+  if (isStringArray(payload.hosts)) claims.hosts = payload.hosts;
+  return claims;
 }
 
 /**

@@ -13,6 +13,7 @@ import {
   type ProxySpec,
   parseControlMessage,
   parseRegisterEntry,
+  portGrantRefusal,
   RepeatedReasons,
   type TokenClaims,
   type UnknownControlMessage,
@@ -478,9 +479,8 @@ export class ClientSession {
     if (spec.type !== 'tcp') return routedRefusal(this.ctx, this.owner, spec);
     const port = spec.remote_port;
     if (port === undefined) return 'a tcp proxy needs remote_port';
-    if (this.grant && !this.grant.contains(port)) {
-      return `port ${port} is outside the token's grant (${this.grant})`;
-    }
+    const refused = portGrantRefusal(this.grant, port);
+    if (refused) return refused;
     if (!this.ctx.config.allowPorts.contains(port)) {
       return `port ${port} is outside the server's allow_ports (${this.ctx.config.allowPorts})`;
     }

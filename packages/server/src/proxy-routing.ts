@@ -3,13 +3,14 @@
 import type { Session } from '@porthole/mux';
 import {
   formatHostPort,
-  hostGrantAllows,
+  hostGrantRefusal,
   isWildcardHost,
   LimitWarning,
   type PortRanges,
   type ProxySpec,
   parseHostPattern,
   parseSubdomain,
+  portGrantRefusal,
   tlsNameRefusal,
   writeStreamHeader,
 } from '@porthole/protocol';
@@ -140,9 +141,8 @@ export function claimsOf(
   }
   if (names.length === 0) return `a ${spec.type} proxy needs hosts or subdomain`;
   for (const { host } of names) {
-    if (!hostGrantAllows(hostGrant, host)) {
-      return `hostname ${host} is outside the token's grant (${(hostGrant ?? []).join(',') || 'no hostnames'})`;
-    }
+    const refused = hostGrantRefusal(hostGrant, host);
+    if (refused) return refused;
   }
   if (spec.type === 'tls' && spec.locations !== undefined) return 'locations apply to http proxies only';
   const locations = spec.type === 'http' ? (spec.locations ?? ['/']) : ['/'];
@@ -168,8 +168,8 @@ export function routedRefusal(ctx: ServerContext, owner: ProxyOwner, spec: Proxy
   if (spec.type === 'udp') {
     const port = spec.remote_port;
     if (port === undefined) return 'a udp proxy needs remote_port';
-    if (owner.portGrant && !owner.portGrant.contains(port))
-      return `port ${port} is outside the token's grant (${owner.portGrant})`;
+    const refused = portGrantRefusal(owner.portGrant, port);
+    if (refused) return refused;
     if (!ctx.config.allowPorts.contains(port))
       return `port ${port} is outside the server's allow_ports (${ctx.config.allowPorts})`;
     const holder = state.udpPorts.get(port);

@@ -1,0 +1,81 @@
+// What can be said of the client's token before the server is asked: the client has no secret, so it reads
+// the token unverified, and says only what the server would refuse (or end) for certain.
+import {
+  elementLabel,
+  hostGrantRefusal,
+  PortRanges,
+  parseHostPattern,
+  portGrantRefusal,
+  readUnverifiedClaims,
+} from '@porthole/protocol';
+import type { ProxyConfig } from './proxy-config.js';
+
+/** A token this close to its expiry is worth a warning: the server ends the session when it expires. */
+export const TOKEN_EXPIRY_WARNING_MS = 7 * 86_400_000;
+
+const REISSUE = 'issue a new one with "porthole-server token issue"';
+
+/** "3 days", "5 hours", "12 minutes": how far off a moment is, roughly, for a person to read. */
+function roughly(ms: number): string {
+  const minutes = Math.max(1, Math.round(ms / 60_000));
+  if (minutes < 120) return `${minutes} minute${minutes === 1 ? '' : 's'}`;
+  const hours = Math.round(minutes / 60);
+  if (hours < 48) return `${hours} hours`;
+  return `${Math.round(hours / 24)} days`;
+}
+
+/**
+ * Warnings about `token` (set by `tokenKey`: "token_file", "--token", ...) and what `proxies` ask of its
+ * grants: not a JWT, expired or about to, a remote_port or hostname the server will refuse this token.
+ * A subdomain is not checked: its full name depends on the server's subdomain_host.
+ */
+export function tokenWarnings(
+  tokenKey: string,
+  token: string,
+  proxies: readonly ProxyConfig[],
+  now = Date.now(),
+): string[] {
+  const claims = readUnverifiedClaims(token);
+  if (claims === undefined) {
+    return [
+      `${tokenKey}: this is not a porthole token (a JWT: three base64url parts joined by dots, as "porthole-server token issue" prints it); the server will refuse it as "malformed token"`,
+    ];
+  }
+  const warnings: string[] = [];
+  if (claims.exp !== undefined) {
+    const expiresAt = claims.exp * 1000;
+    const when = new Date(expiresAt).toISOString();
+    if (expiresAt <= now) {
+      warnings.push(
+        `${tokenKey}: the token expired at ${when}, ${roughly(now - expiresAt)} ago; the server will refuse it: ${REISSUE}`,
+      );
+    } else if (expiresAt - now <= TOKEN_EXPIRY_WARNING_MS) {
+      warnings.push(
+        `${tokenKey}: the token expires at ${when}, in ${roughly(expiresAt - now)}, and the server ends the session then: ${REISSUE}`,
+      );
+    }
+  }
+  let portGrant: PortRanges | undefined;
+  try {
+    portGrant = claims.ports === undefined ? undefined : PortRanges.parse(claims.ports);
+  } catch {
+    // A grant the server cannot read refuses the whole token ("malformed token"), said at the dial.
+  }
+  for (const [index, proxy] of proxies.entries()) {
+    const label = `proxies${elementLabel(index, proxy)}`;
+    const portRefused =
+      proxy.remotePort === undefined ? undefined : portGrantRefusal(portGrant, proxy.remotePort);
+    if (portRefused) warnings.push(`${label}.remote_port: ${portRefused}; the server will refuse this proxy`);
+    for (const host of proxy.hosts ?? []) {
+      let name: string;
+      try {
+        name = parseHostPattern(host);
+      } catch {
+        continue;
+      }
+      const refused = hostGrantRefusal(claims.hosts, name);
+      if (refused) warnings.push(`${label}.hosts: ${refused}; the server will refuse this proxy`);
+    }
+  }
+  return warnings;
+}
