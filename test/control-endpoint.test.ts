@@ -2,11 +2,13 @@
 // listener and on the [http] vhost port alike), and how many connections that have not signed in (or been
 // routed, on the vhost ports) one source and all sources may hold.
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import net from 'node:net';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
-import { eventually, freePorts, type Harness, procMemory, sleep, withHarness } from './lib/processes.js';
-import { makeSelfSignedCert, startRoutedClient, startRoutedServer } from './lib/routing.js';
+import { startHttpBackend } from './lib/http-backend.js';
+import { eventually, freePorts, type Harness, procMemory, run, sleep, withHarness } from './lib/processes.js';
+import { makeSelfSignedCert, startAppTunnel, startRoutedClient, startRoutedServer } from './lib/routing.js';
 import { echoRoundTrip, startEchoServer } from './lib/services.js';
 import { issueToken, portOf, type RunningServer, startClient, startServer } from './lib/tunnel.js';
 
@@ -313,5 +315,93 @@ test(
       assert.equal(burst, 5, 'a burst of eight from one source, held to the five in all');
       assert.deepEqual(kept, [2, 3, 0], 'two a source (a trusted one: any), five in all');
       t.diagnostic(`refused: ${await metric(server, 'porthole_pending_connections_refused_total')}`);
+    }),
+);
+
+/**
+ * A kept-alive connection from `from` to the vhost port `port`: one whole request for app.test, its answer
+ * read, then the start of a second head (15 KiB) that never ends. Resolves once that second head is sent.
+ */
+async function slowSecondHead(h: Harness, port: number, from: string): Promise<net.Socket> {
+  const socket = net.connect({ host: '127.0.0.1', port, localAddress: from });
+  h.onCleanup(() => socket.destroy());
+  socket.on('error', () => {});
+  await once(socket, 'connect');
+  socket.write('GET / HTTP/1.1\r\nHost: app.test\r\n\r\n');
+  let answer = '';
+  await new Promise<void>((resolve, reject) => {
+    const onData = (d: Buffer) => {
+      answer += d.toString('latin1');
+      // Whole once its body is in: by Content-Length, or chunked to its last chunk.
+      const headEnd = answer.indexOf('\r\n\r\n');
+      const length = /\r\ncontent-length: *(\d+)/i.exec(answer.slice(0, headEnd))?.[1];
+      const whole =
+        headEnd >= 0 &&
+        (length === undefined
+          ? answer.endsWith('\r\n0\r\n\r\n')
+          : answer.length - headEnd - 4 >= Number(length));
+      if (whole) {
+        socket.off('data', onData);
+        resolve();
+      }
+    };
+    socket.on('data', onData);
+    socket.once('close', () => reject(new Error(`closed before its first answer: ${answer}`)));
+  });
+  socket.write(`GET / HTTP/1.1\r\nHost: app.test\r\nX-Pad: ${'a'.repeat(15 * 1024)}`);
+  return socket;
+}
+
+test(
+  "a kept-alive connection's slow second head counts as pending: a source keeps its cap's worth, the oldest closed to make room; a request under way is never closed, a new visitor is served",
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+      const { server } = await startAppTunnel(h, backend.port, {
+        client: 'resting',
+        server: {
+          top: { max_pending_per_source: 4, max_pending_connections: 64 },
+          // Neither timeout may cut the held heads within the test: the caps alone must.
+          http: { keep_alive_timeout: '60s', headers_timeout: '60s' },
+          admin: { token: ADMIN_TOKEN },
+        },
+      });
+      const port = server.httpPort!;
+      const url = `http://127.0.0.1:${port}`;
+      // 2 s of answer (100 pieces, 20 ms apart), from the same source, under way throughout.
+      const underWay = run('curl', [
+        ...['-sS', '-o', '/dev/null', '-w', '%{http_code} %{size_download}'],
+        ...['--interface', '127.0.0.2', '-H', 'Host: app.test', `${url}/stream?bytes=200000&chunks=100`],
+      ]);
+      await sleep(200);
+      const held: net.Socket[] = [];
+      for (let i = 0; i < 12; i++) held.push(await slowSecondHead(h, port, '127.0.0.2'));
+      await sleep(500);
+      const open = held.map((socket) => !socket.destroyed);
+      t.diagnostic(`second heads held open, oldest first: ${open.map(Number).join('')}`);
+      assert.deepEqual(
+        open,
+        [...Array(8).fill(false), ...Array(4).fill(true)],
+        'a source holds max_pending_per_source of them, the newest',
+      );
+      const answer = await underWay;
+      assert.equal(answer.stdout, '200 200000', `the request under way was not closed: ${answer.stderr}`);
+      // Another visitor from the same source is served, not refused: one more held head makes room.
+      const next = await curl(['--interface', '127.0.0.2', '-H', 'Host: app.test'], `${url}/`);
+      assert.equal(next.status, 200, next.stderr);
+      assert.equal(held.filter((socket) => !socket.destroyed).length, 3);
+      assert.equal(await metric(server, 'porthole_pending_connections_refused_total'), 0);
+      assert.ok((await metric(server, 'porthole_http_connections_closed_between_requests_total')) >= 9);
+      await server.proc.waitForMsg(
+        'kept-alive http connections closed between requests to make room under the pending connection limits',
+        5_000,
+      );
+      // Another source is not held to 127.0.0.2's count.
+      const other = await slowSecondHead(h, port, '127.0.0.3');
+      await sleep(300);
+      assert.ok(!other.destroyed);
+      assert.equal(held.filter((socket) => !socket.destroyed).length, 3);
     }),
 );

@@ -368,13 +368,21 @@ export class HttpVhostRouter {
     this.pipelined.admit(socket, () => this.serve(req, res));
   }
 
+  /**
+   * A request on `socket` is over: the next pipelined one may be served, and a kept-alive connection left
+   * with none counts as pending again (its next head is parsed out of our sight) until that one comes.
+   */
+  private requestDone(socket: Duplex): void {
+    if (this.pipelined.done(socket)) this.opts.pending.rest(socket);
+  }
+
   private serve(req: IncomingMessage, res: ServerResponse): void {
     const socket = req.socket;
     const started = performance.now();
     const resolved = this.resolve(req);
     const remoteAddr = peerAddress(socket);
     if (!('target' in resolved)) {
-      res.once('close', () => this.pipelined.done(socket));
+      res.once('close', () => this.requestDone(socket));
       this.answer(res, resolved.status, resolved.text, resolved.extra);
       this.opts.logger.debug(
         { remote_addr: remoteAddr, host: req.headers.host, status: resolved.status, reason: resolved.reason },
@@ -488,7 +496,7 @@ export class HttpVhostRouter {
     const finish = (): void => {
       if (over) return;
       over = true;
-      this.pipelined.done(socket);
+      this.requestDone(socket);
       forgetSocketClose();
       clearTimeout(noAnswerTimer);
       if (!res.writableFinished) {

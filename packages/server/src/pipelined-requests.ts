@@ -67,16 +67,19 @@ export class PipelinedRequests {
     socket.pause();
   }
 
-  /** A request admitted on `socket` has been answered (or given up): the next waiting one is served. */
-  done(socket: Duplex): void {
+  /**
+   * A request admitted on `socket` has been answered (or given up): the next waiting one is served. True
+   * when the connection has no request left, answered or waiting.
+   */
+  done(socket: Duplex): boolean {
     const pipeline = this.pipelines.get(socket);
-    if (!pipeline) return;
+    if (!pipeline) return false;
     pipeline.open -= 1;
     if (socket.destroyed) {
       // Its waiting requests are never served: nothing of theirs has begun.
       if (pipeline.open <= 0) this.pipelines.delete(socket);
       pipeline.deferred.length = 0;
-      return;
+      return false;
     }
     const next = pipeline.deferred.shift();
     if (next) {
@@ -86,8 +89,10 @@ export class PipelinedRequests {
       queueMicrotask(() => {
         if (!socket.destroyed) next();
       });
-      return;
+      return false;
     }
-    if (pipeline.open <= 0) this.pipelines.delete(socket);
+    if (pipeline.open > 0) return false;
+    this.pipelines.delete(socket);
+    return true;
   }
 }
