@@ -370,9 +370,9 @@ export class HttpVhostRouter {
 
   /**
    * A request on `socket` is over: the next pipelined one may be served, and a kept-alive connection left
-   * with none counts as pending again (its next head is parsed out of our sight) until that one comes.
+   * with none is watched for its next head, which Node parses out of our sight and which counts as pending.
    */
-  private requestDone(socket: Duplex): void {
+  private requestDone(socket: Socket): void {
     if (this.pipelined.done(socket)) this.opts.pending.rest(socket);
   }
 

@@ -6,13 +6,13 @@
 // one NAT reconnecting, a page load, a load test) is let in up to BURST_PER_SOURCE_FACTOR times the cap, but
 // each of those gets BURST_DEADLINE_MS to settle, not a whole timeout: a source that answers is served, one
 // that stalls holds its cap's worth of connections for long, as before.
-// A kept-alive visitor connection between requests counts too: Node parses its next head out of sight, so
-// a slow second head looks like an idle connection, and one source could hold thousands of them (2,500
-// took a server from 71 to 227 MiB) where its first heads were capped. Such connections are not refused
-// but closed, the oldest first, to make room under the caps, as nginx reuses its keepalive connections.
+// A kept-alive http connection's next head counts too, from its first bytes to its end: Node parses it
+// out of sight, so a slow second head looked like an idle connection, and one source held 2,500 of them
+// (70 -> 221 MiB) where its first heads were capped at 256. An idle connection between requests does not
+// count, nor does a next request that arrives whole (a load test's busy connections).
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { LimitWarning, type Logger } from '@porthole/protocol';
+import { LimitWarning, type Logger, resetConnection } from '@porthole/protocol';
 import { failureSource } from './auth.js';
 import { connectionOf } from './peer-address.js';
 import type { TrustedProxies } from './trusted-proxies.js';
@@ -29,36 +29,28 @@ export const BURST_PER_SOURCE_FACTOR = 4;
 /** A connection past its source's cap is reset if it is still pending this long after it came. */
 export const BURST_DEADLINE_MS = 3_000;
 
-/** How a counted connection counts: before its first request (sign-in, ClientHello), or between requests. */
-interface Counted {
-  source: string;
-  resting: boolean;
-}
-
 /** Counts the pending connections of every public port of a server, by source. */
 export class PendingConnections {
-  /** Pending and resting connections of each source. */
   private readonly bySource = new Map<string, number>();
-  /** Each counted connection; a connection that is not here does not count. */
-  private readonly countedOf = new WeakMap<object, Counted>();
-  /** Kept-alive connections between requests, the oldest first: all of them, and each source's. */
-  private readonly resting = new Set<Duplex>();
-  private readonly restingBySource = new Map<string, Set<Duplex>>();
+  /** Each pending connection's source, and the socket to reset when it is refused. */
+  private readonly countedOf = new WeakMap<object, { source: string; socket: Duplex }>();
+  /** Kept-alive connections between requests (the TCP socket under a TLS one). */
+  private readonly betweenRequests = new WeakSet<object>();
+  /** The sockets (a TLS one's, not its TCP socket's) watched for the bytes of a next head. */
+  private readonly watchedForNextHead = new WeakSet<object>();
   /** Connections whose close is listened for (once each, for its lifetime). */
   private readonly watched = new WeakSet<object>();
   private pending = 0;
   private refusedTotal = 0;
-  private closedRestingTotal = 0;
   private lastRefusedSource = '';
-  private lastClosedSource = '';
   private readonly warning: LimitWarning;
-  private readonly restingWarning: LimitWarning;
   // One listener for every connection, not a closure each: an emitter calls it with itself as `this`.
   private readonly onClose: (this: Duplex) => void;
-  private readonly expireBurst = (socket: Socket): void => {
-    const counted = this.countedOf.get(socket);
-    if (counted !== undefined && !counted.resting) this.refuse(counted.source, socket);
+  private readonly expireBurst = (connection: Duplex): void => {
+    const counted = this.countedOf.get(connection);
+    if (counted !== undefined) this.refuse(counted.source, counted.socket);
   };
+  private readonly onNextHeadBytes: (this: Duplex) => void;
 
   /**
    * `limits` is read at each new connection, so that a reload's new caps apply at once. A source in
@@ -83,33 +75,21 @@ export class PendingConnections {
         'pending connection limit reached: new connections refused',
       );
     });
-    this.restingWarning = new LimitWarning((closed) => {
-      const { perSource, total } = this.limits();
-      logger.info(
-        {
-          closed,
-          source: this.lastClosedSource,
-          max_pending_per_source: perSource,
-          max_pending_connections: total,
-          between_requests: this.resting.size,
-        },
-        'kept-alive http connections closed between requests to make room under the pending connection limits',
-      );
-    });
     const pending = this;
     this.onClose = function (this: Duplex) {
       pending.settle(this);
     };
+    this.onNextHeadBytes = function (this: Duplex) {
+      const connection = connectionOf(this);
+      if (!pending.betweenRequests.has(connection)) return;
+      pending.betweenRequests.delete(connection);
+      pending.enter(connection, this);
+    };
   }
 
-  /** Connections pending now (not counting those between requests). */
+  /** Connections pending now. */
   get open(): number {
     return this.pending;
-  }
-
-  /** Kept-alive connections between requests now. */
-  get betweenRequests(): number {
-    return this.resting.size;
   }
 
   /** Connections refused since start. */
@@ -117,91 +97,64 @@ export class PendingConnections {
     return this.refusedTotal;
   }
 
-  /** Kept-alive connections closed between requests to make room, since start. */
-  get closedBetweenRequests(): number {
-    return this.closedRestingTotal;
-  }
-
   /**
    * A new connection: counted until settle() or its close, and true; or, over a cap, reset at once (no TLS
-   * handshake, nothing parsed), counted as refused, and false. A cap reached with connections between
-   * requests closes the oldest of them instead (the source's own for its cap). One past its source's cap
-   * but within a burst's allowance is admitted, and reset (and counted as refused) if it is still pending
-   * at BURST_DEADLINE_MS.
+   * handshake, nothing parsed), counted as refused, and false. One past its source's cap but within a burst's
+   * allowance is admitted, and reset (and counted as refused) if it is still pending at BURST_DEADLINE_MS.
    */
   admit(socket: Socket): boolean {
-    const source = failureSource(socket.remoteAddress ?? 'unknown');
-    const { perSource, total } = this.limits();
-    const trusted = this.trusted().contains(socket.remoteAddress);
-    if (!trusted && (this.bySource.get(source) ?? 0) >= perSource)
-      this.closeOldest(this.restingBySource.get(source));
-    if (this.pending + this.resting.size >= total) this.closeOldest(this.resting);
-    const count = this.bySource.get(source) ?? 0;
-    const overSourceCap = count >= perSource && !trusted;
-    if (
-      (overSourceCap && count >= perSource * BURST_PER_SOURCE_FACTOR) ||
-      this.pending + this.resting.size >= total
-    ) {
-      this.refuse(source, socket);
-      return false;
-    }
-    this.count(socket, { source, resting: false });
-    this.pending += 1;
-    if (overSourceCap) setTimeout(this.expireBurst, BURST_DEADLINE_MS, socket).unref();
-    return true;
+    return this.enter(socket, socket);
   }
 
   /**
-   * The kept-alive connection under `socket` has answered every request it had and waits for the next: it
-   * counts again, as one that can be closed to make room, until its next request (settle()) or its close.
-   * Over its source's cap or the total, the oldest such connection is closed at once.
+   * The kept-alive connection under `socket` (a TLS socket's too) has answered every request it had and
+   * waits for the next. Bytes that arrive and are not a whole request are the start of a next head: from
+   * then it is pending again, as a new connection would be (counted, or reset over the caps), until that
+   * request comes.
    */
   rest(socket: Duplex): void {
     const connection = connectionOf(socket);
     if (!socket.writable || connection.destroyed || this.countedOf.has(connection)) return;
-    const source = failureSource((connection as Socket).remoteAddress ?? 'unknown');
-    this.count(connection, { source, resting: true });
-    this.resting.add(connection);
-    let ofSource = this.restingBySource.get(source);
-    if (!ofSource) {
-      ofSource = new Set();
-      this.restingBySource.set(source, ofSource);
-    }
-    ofSource.add(connection);
-    const { perSource, total } = this.limits();
-    if (
-      (this.bySource.get(source) ?? 0) > perSource &&
-      !this.trusted().contains((connection as Socket).remoteAddress)
-    )
-      this.closeOldest(ofSource);
-    if (this.pending + this.resting.size > total) this.closeOldest(this.resting);
+    this.betweenRequests.add(connection);
+    this.watch(connection);
+    if (this.watchedForNextHead.has(socket)) return;
+    this.watchedForNextHead.add(socket);
+    // After Node's own 'data' listener, which parses each chunk first: a chunk that holds the whole next
+    // request has settled it by the time this one runs. (A 'data' listener makes Node parse a plain socket's
+    // bytes in JavaScript from then on, as it does a TLS socket's: ~2 us per request.)
+    socket.on('data', this.onNextHeadBytes);
   }
 
-  private count(connection: Duplex, counted: Counted): void {
-    this.countedOf.set(connection, counted);
-    this.bySource.set(counted.source, (this.bySource.get(counted.source) ?? 0) + 1);
+  /** Counts `connection` as pending (resetting `socket` over the caps); false when it was refused. */
+  private enter(connection: Duplex, socket: Duplex): boolean {
+    const address = (connection as Socket).remoteAddress;
+    const source = failureSource(address ?? 'unknown');
+    const { perSource, total } = this.limits();
+    const count = this.bySource.get(source) ?? 0;
+    const overSourceCap = count >= perSource && !this.trusted().contains(address);
+    if ((overSourceCap && count >= perSource * BURST_PER_SOURCE_FACTOR) || this.pending >= total) {
+      this.refuse(source, socket);
+      return false;
+    }
+    this.bySource.set(source, count + 1);
+    this.pending += 1;
+    this.countedOf.set(connection, { source, socket });
+    this.watch(connection);
+    if (overSourceCap) setTimeout(this.expireBurst, BURST_DEADLINE_MS, connection).unref();
+    return true;
+  }
+
+  private watch(connection: Duplex): void {
     if (this.watched.has(connection)) return;
     this.watched.add(connection);
     connection.once('close', this.onClose);
   }
 
-  /** Closes the oldest connection between requests in `resting`, if there is one. */
-  private closeOldest(resting: ReadonlySet<Duplex> | undefined): void {
-    const oldest = resting?.values().next().value;
-    if (oldest === undefined) return;
-    const source = this.countedOf.get(oldest)?.source ?? '';
-    this.settle(oldest);
-    this.closedRestingTotal += 1;
-    this.lastClosedSource = source;
-    this.restingWarning.count();
-    oldest.destroy();
-  }
-
-  private refuse(source: string, socket: Socket): void {
+  private refuse(source: string, socket: Duplex): void {
     this.refusedTotal += 1;
     this.lastRefusedSource = source;
     this.warning.count();
-    socket.resetAndDestroy();
+    resetConnection(socket);
   }
 
   /**
@@ -210,17 +163,12 @@ export class PendingConnections {
    */
   settle(socket: Duplex): void {
     const connection = connectionOf(socket);
+    this.betweenRequests.delete(connection);
+    if (this.watchedForNextHead.delete(socket)) socket.off('data', this.onNextHeadBytes);
     const counted = this.countedOf.get(connection);
     if (counted === undefined) return;
     this.countedOf.delete(connection);
-    if (counted.resting) {
-      this.resting.delete(connection);
-      const ofSource = this.restingBySource.get(counted.source);
-      ofSource?.delete(connection);
-      if (ofSource?.size === 0) this.restingBySource.delete(counted.source);
-    } else {
-      this.pending -= 1;
-    }
+    this.pending -= 1;
     const count = (this.bySource.get(counted.source) ?? 1) - 1;
     if (count === 0) this.bySource.delete(counted.source);
     else this.bySource.set(counted.source, count);
@@ -229,6 +177,5 @@ export class PendingConnections {
   /** The server is stopping: reports the refusals not logged yet. */
   flush(): void {
     this.warning.flush();
-    this.restingWarning.flush();
   }
 }

@@ -1,6 +1,5 @@
 import { PROTOCOL_VERSION } from '@porthole/protocol';
 import { Exposition, type Histogram, writeProcessMetrics } from './metrics.js';
-import type { PendingConnections } from './pending-connections.js';
 import { type ProxyTotals, proxyKey } from './proxy-traffic.js';
 import type { ServerContext } from './server-context.js';
 import type { UdpProxyStats } from './udp-proxy-listener.js';
@@ -57,10 +56,7 @@ export interface ServerCounters {
   /** Refused admin API requests (missing or wrong token). */
   adminAuthFailures: number;
   /** Connections not signed in or routed yet, and those refused over their caps. */
-  readonly pending: Pick<
-    PendingConnections,
-    'open' | 'refused' | 'betweenRequests' | 'closedBetweenRequests'
-  >;
+  readonly pending: { readonly open: number; readonly refused: number };
   reloads: { ok: number; failed: number };
 }
 
@@ -269,18 +265,6 @@ export class ServerStatus {
       'counter',
       'Connections reset for max_pending_per_source or max_pending_connections: at once, or past the cap after 3 s still pending.',
       this.counters.pending.refused,
-    );
-    out.single(
-      'porthole_http_connections_between_requests',
-      'gauge',
-      'Kept-alive visitor connections (http, https ports) that answered every request and wait for the next; they count towards the pending caps.',
-      this.counters.pending.betweenRequests,
-    );
-    out.single(
-      'porthole_http_connections_closed_between_requests_total',
-      'counter',
-      'Kept-alive visitor connections closed between requests, the oldest first, to make room under max_pending_per_source or max_pending_connections.',
-      this.counters.pending.closedBetweenRequests,
     );
     out.histogram(
       'porthole_stream_open_seconds',
