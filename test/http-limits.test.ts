@@ -681,6 +681,61 @@ test(
     }),
 );
 
+test(
+  "request_timeout, when set, ends an upload still arriving with 408 and Connection: close, logged as such; the service's stream is given up and the site serves on",
+  { timeout: 45_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('app');
+      h.onCleanup(() => backend.close());
+      const { server } = await startAppTunnel(h, backend.port, {
+        client: 'slow-upload',
+        server: { http: { headers_timeout: '2s', request_timeout: '3s', idle_timeout: '30s' } },
+      });
+      const port = server.httpPort!;
+      const uploader = net.connect({ host: '127.0.0.1', port });
+      h.onCleanup(() => uploader.destroy());
+      uploader.on('error', () => {});
+      let reply = '';
+      uploader.on('data', (d: Buffer) => {
+        reply += d.toString('latin1');
+      });
+      await once(uploader, 'connect');
+      const mark = server.proc.mark();
+      const started = Date.now();
+      uploader.write('POST /sha256 HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100000\r\n\r\nfirst bytes');
+      // Never idle, never whole: 100 bytes every 300 ms.
+      const trickle = setInterval(() => uploader.write('x'.repeat(100)), 300);
+      h.onCleanup(() => clearInterval(trickle));
+      const line = await server.proc.waitForMsg('http request', 15_000, {
+        from: mark,
+        fields: { path: '/sha256' },
+      });
+      clearInterval(trickle);
+      t.diagnostic(`cut after ${Date.now() - started} ms: ${JSON.stringify(line)}`);
+      assert.equal(line.reason, 'request_timeout');
+      assert.equal(line.status, 408);
+      assert.ok(Number(line.ms) >= 2500, `cut after ${line.ms} ms, before request_timeout`);
+      await eventually('the 408 reaches the visitor', async () => /\r\n\r\n/.test(reply), 5_000);
+      assert.match(reply, /^HTTP\/1\.1 408 Request Timeout\r\n/);
+      assert.match(reply, /\r\nConnection: close\r\n/i);
+      assert.match(reply, /request_timeout/);
+      assert.equal(
+        backend.requests.filter((r) => r.url === '/sha256').length,
+        1,
+        'the service saw the request begin',
+      );
+      // The upload's stream was given up, not handed to the next request with a half body in it.
+      const upload = await h.file('after.bin', 'y'.repeat(5000));
+      const next = await curl(
+        ['-H', 'Host: app.test', '--data-binary', `@${upload}`],
+        `http://127.0.0.1:${port}/sha256`,
+      );
+      assert.equal(next.status, 200, next.body);
+      assert.match(next.body, /"bytes":5000/);
+    }),
+);
+
 test('slowloris over https (terminated here) is cut at headers_timeout too', { timeout: 30_000 }, (t) =>
   withHarness(t, async (h) => {
     const ca = await makeCa(h);

@@ -97,6 +97,8 @@ const AUTH_REQUIRED = 'This site requires a user name and password.';
 const UPGRADE_WITH_BODY = 'An upgrade request cannot carry a body here.';
 const TOO_MANY_UPGRADES = 'This site has as many open connections as it accepts; try again later.';
 const TOO_MANY_WAITING = 'This site has as many requests waiting as it accepts; try again later.';
+const REQUEST_TOO_SLOW =
+  'The request did not arrive whole within the time this server allows (request_timeout).';
 const BAD_FRAMING =
   'This request body is not framed in a way this server can read (Transfer-Encoding must end in chunked).';
 const NO_TUNNELS = 'This server serves sites by name; it does not open connections to host:port (CONNECT).';
@@ -244,6 +246,8 @@ export class HttpVhostRouter {
    * the open connections for good.
    */
   private readonly socketClose = new CloseHooks();
+  /** Requests that request_timeout ended, for their log line. */
+  private readonly timedOut = new WeakSet<ServerResponse>();
   private readonly pipelined: PipelinedRequests;
 
   constructor(private readonly opts: HttpVhostRouterOptions) {
@@ -366,6 +370,21 @@ export class HttpVhostRouter {
     const socket = req.socket;
     this.opts.pending.settle(socket);
     this.pipelined.admit(socket, () => this.serve(req, res));
+  }
+
+  /**
+   * request_timeout passed before the request `res` answers was all in (Node says so with a 'clientError'):
+   * the visitor gets 408 and the connection closes, and the service's stream is given up with the upload;
+   * an answer already begun is cut short.
+   */
+  requestTimedOut(res: ServerResponse): void {
+    this.timedOut.add(res);
+    if (res.headersSent) {
+      cutShort(res);
+      return;
+    }
+    res.shouldKeepAlive = false;
+    this.answer(res, 408, REQUEST_TOO_SLOW);
   }
 
   /**
@@ -499,7 +518,8 @@ export class HttpVhostRouter {
       this.requestDone(socket);
       forgetSocketClose();
       clearTimeout(noAnswerTimer);
-      if (!res.writableFinished) {
+      // A visitor that left, or an answer of our own (408 for request_timeout) while the service still had it.
+      if (!res.writableFinished || !responded) {
         cancelWait?.();
         current?.abort();
       }
@@ -515,11 +535,16 @@ export class HttpVhostRouter {
           method,
           host: asked.host,
           path,
-          status: res.statusCode,
+          // None when no answer began (JSON leaves an undefined field out): Node's default 200 was never sent.
+          status: res.headersSent ? res.statusCode : undefined,
           bytes_in: counts.bytesIn,
           bytes_out: counts.bytesOut,
           ms: Math.round(performance.now() - started),
-          reason: res.writableFinished ? 'done' : 'visitor closed early',
+          reason: this.timedOut.has(res)
+            ? 'request_timeout'
+            : res.writableFinished
+              ? 'done'
+              : 'visitor closed early',
         },
         'http request',
       );

@@ -163,7 +163,13 @@ export class HttpVhostServer {
         { remote_addr: peerAddress(socket), reason: err.code ?? err.message, status },
         'http client error',
       );
-      if (status === 0 || !socket.writable || socket._httpMessage) {
+      const pendingAnswer = socket._httpMessage;
+      if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' && pendingAnswer && socket.writable) {
+        router.requestTimedOut(pendingAnswer);
+        setTimeout(() => socket.destroy(), 1000).unref();
+        return;
+      }
+      if (status === 0 || !socket.writable || pendingAnswer) {
         socket.destroy();
         return;
       }

@@ -59,7 +59,7 @@ export const routingConfigShape = {
         headers_timeout: durationAboveZero('let a visitor trickle its headers for ever (slowloris)').prefault(
           '10s',
         ),
-        request_timeout: durationOrOffField.prefault('5m'),
+        request_timeout: durationOrOffField.prefault('0s'),
         response_timeout: durationOrOffField.prefault('60s'),
         // Not "no keep-alive" (nginx's keepalive_timeout 0): Node would keep idle connections for idle_timeout.
         keep_alive_timeout: durationAboveZero(
@@ -138,7 +138,7 @@ export function defaultRoutingConfig(): RoutingConfig {
     httpListen: undefined,
     httpLimits: {
       headersTimeout: 10_000,
-      requestTimeout: 300_000,
+      requestTimeout: 0,
       responseTimeout: 60_000,
       keepAliveTimeout: 5_000,
       idleTimeout: 60_000,

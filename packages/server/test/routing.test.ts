@@ -458,6 +458,10 @@ test('server.toml: routing keys parse with defaults, and mistakes name their key
   assert.equal(minimal.routing?.httpLimits.responseTimeout, 60_000, 'the default without an [http] table');
   const httpLimits = (text: string) => loadServerConfig(write(`[http]\n${text}\n`)).routing?.httpLimits;
   assert.equal(httpLimits('')?.responseTimeout, 60_000);
+  // No limit on a whole request unless one is set: a 50 MB upload at 100 KB/s was cut at the 5 minutes
+  // this once defaulted to; idle_timeout still ends an upload that stalls.
+  assert.equal(httpLimits('')?.requestTimeout, 0);
+  assert.equal(minimal.routing?.httpLimits.requestTimeout, 0);
   assert.equal(httpLimits('response_timeout = "1500ms"')?.responseTimeout, 1500);
   for (const off of ['0', '"0"', '"0s"']) {
     assert.equal(httpLimits(`response_timeout = ${off}`)?.responseTimeout, 0, `response_timeout = ${off}`);
