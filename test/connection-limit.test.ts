@@ -209,3 +209,45 @@ test(
       assert.equal(sample(after, 'porthole_proxy_connections_refused_total', 'capped'), 2, after);
     }),
 );
+
+test(
+  "a client's reload that changes a proxy's max_connections keeps counting the connections already open on it",
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startEchoServer('127.0.0.1', 0);
+      h.onCleanup(() => echo.close());
+      const [port] = await freePorts(1);
+      const server = await startRoutedServer(h, { http: false });
+      const token = await issueRoutedToken(server, { name: 'relimit', ports: `${port}` });
+      const proxy = { name: 'a', type: 'tcp' as const, local: `127.0.0.1:${echo.port}`, remote_port: port! };
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [{ ...proxy, max_connections: 1 }],
+      });
+      const visitors: Visitor[] = [];
+      h.onCleanup(() => {
+        for (const v of visitors) v.destroy();
+      });
+      const tcp = () => net.connect(port!, '127.0.0.1');
+      visitors.push(await admitted(tcp, 'first'));
+      assert.equal(await refused(tcp, 'over 1'), 'ECONNRESET');
+
+      // max_connections 1 -> 2: the client unregisters the proxy and registers it again.
+      const text = await readFile(client.configPath, 'utf8');
+      assert.match(text, /^max_connections = 1$/m);
+      await writeFile(client.configPath, text.replace(/^max_connections = 1$/m, 'max_connections = 2'));
+      const mark = client.proc.mark();
+      client.proc.kill('SIGHUP');
+      await client.proc.waitForMsg('proxy registered', 10_000, { from: mark, fields: { proxy: 'a' } });
+      // The first visitor is still open and counts: one more fits, not two.
+      visitors.push(await admitted(tcp, 'second'));
+      const code = await refused(tcp, 'over 2');
+      t.diagnostic(`the third visitor after the reload: ${code}`);
+      assert.equal(code, 'ECONNRESET');
+      const reply = new Promise<string>((resolve) => visitors[0]!.once('data', (d: string) => resolve(d)));
+      visitors[0]!.write('first again\n');
+      assert.equal(await withTimeout(reply, 5000, () => 'no echo on the first visitor'), 'first again\n');
+    }),
+);

@@ -19,6 +19,7 @@ import {
   type UnknownControlMessage,
   writeMessage,
 } from '@porthole/protocol';
+import { ConnectionLimit, ConnectionLimits } from './connection-limit.js';
 import type { HostClaim } from './host-routes.js';
 import {
   type BoundProxy,
@@ -67,6 +68,7 @@ export class ClientSession {
   private routes = 0;
   /** Hostnames the token lets this client claim (undefined: any). */
   private readonly hostGrant: readonly string[] | undefined;
+  private readonly connectionLimits: ConnectionLimits;
   /** Each proxy's refusal last logged at warn: the same answer to a client asking again goes to debug. */
   private readonly refusals = new RepeatedReasons();
   /** Message types from a newer client that this server ignored: each is said once. */
@@ -96,6 +98,16 @@ export class ClientSession {
     this.tokenId = claims.jti;
     this.grant = claims.ports === undefined ? undefined : PortRanges.parse(claims.ports);
     this.hostGrant = claims.hosts;
+    this.connectionLimits = new ConnectionLimits(
+      (proxy, max) =>
+        new ConnectionLimit({
+          client: this.name,
+          proxy,
+          max,
+          logger: ctx.logger,
+          onRefused: () => ctx.traffic.countRefused(this.name, proxy),
+        }),
+    );
     this.logger = ctx.logger.child({ client: this.name, session_id: this.sessionId });
     ctx.sessions.add(this);
     session.on('stream', (stream: Stream) => this.onStream(stream));
@@ -500,6 +512,7 @@ export class ClientSession {
       session: this.session,
       portGrant: this.grant,
       hostGrant: this.hostGrant,
+      limits: this.connectionLimits,
     };
   }
 
@@ -571,7 +584,7 @@ export class ClientSession {
       session: this.session,
       logger: this.ctx.logger,
       tracker: this.ctx.tracker,
-      limit: connectionLimitFor(this.ctx, this.name, spec),
+      limit: connectionLimitFor(this.ctx, this.owner, spec),
     });
     // Hold the port before the asynchronous bind, so two registrations cannot race for it.
     this.ctx.ports.set(port, { owner: this, proxy: spec.name });

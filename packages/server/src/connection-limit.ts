@@ -20,15 +20,17 @@ export interface ConnectionLimitOptions {
  */
 export class ConnectionLimit {
   private open = 0;
+  private maxNow: () => number;
   private readonly warning: LimitWarning;
 
   constructor(private readonly opts: ConnectionLimitOptions) {
+    this.maxNow = opts.max;
     this.warning = new LimitWarning((refused) =>
       opts.logger.warn(
         {
           client: opts.client,
           proxy: opts.proxy,
-          max_connections: opts.max(),
+          max_connections: this.maxNow(),
           open: this.open,
           refused,
         },
@@ -38,7 +40,17 @@ export class ConnectionLimit {
   }
 
   /** The limit now (a reload may change it). */
-  readonly max = (): number => this.opts.max();
+  readonly max = (): number => this.maxNow();
+
+  /** Connections open now. */
+  get openConnections(): number {
+    return this.open;
+  }
+
+  /** The proxy registered again with a new spec: its cap from now on, over the connections still open. */
+  capAt(max: () => number): void {
+    this.maxNow = max;
+  }
 
   /** Counts `socket` until it closes and returns true; or resets it (RST) and returns false. */
   admit(socket: Socket): boolean {
@@ -49,7 +61,7 @@ export class ConnectionLimit {
 
   /** Counts `socket` until it closes and returns true; or counts a refusal and returns false. */
   take(socket: Duplex): boolean {
-    if (this.open >= this.opts.max()) {
+    if (this.open >= this.maxNow()) {
       this.opts.onRefused();
       this.warning.count();
       return false;
@@ -67,5 +79,30 @@ export class ConnectionLimit {
   /** The proxy is closing: reports the refusals not logged yet. */
   close(): void {
     this.warning.flush();
+  }
+}
+
+/**
+ * One client session's connection limits, by proxy name. A proxy registered again under its name (a
+ * client's reload unregisters and registers a changed one) takes over its old limit, with the connections
+ * still open on it: counting from 0 again let a lowered max_connections admit as many more as were open.
+ */
+export class ConnectionLimits {
+  private readonly byProxy = new Map<string, ConnectionLimit>();
+
+  constructor(private readonly create: (proxy: string, max: () => number) => ConnectionLimit) {}
+
+  /** The limit of `proxy`, capped at `max` from now on. */
+  for(proxy: string, max: () => number): ConnectionLimit {
+    // A limit with nothing open holds nothing worth carrying over: the map keeps only those that do.
+    for (const [name, limit] of this.byProxy) if (limit.openConnections === 0) this.byProxy.delete(name);
+    const kept = this.byProxy.get(proxy);
+    if (kept) {
+      kept.capAt(max);
+      return kept;
+    }
+    const limit = this.create(proxy, max);
+    this.byProxy.set(proxy, limit);
+    return limit;
   }
 }

@@ -14,7 +14,7 @@ import {
   tlsNameRefusal,
   writeStreamHeader,
 } from '@porthole/protocol';
-import { ConnectionLimit } from './connection-limit.js';
+import type { ConnectionLimit, ConnectionLimits } from './connection-limit.js';
 import { type HostClaim, HostRoutes } from './host-routes.js';
 import { UpstreamPool, type Visitor } from './http-upstream-pool.js';
 import type { HttpTarget } from './http-vhost-router.js';
@@ -59,6 +59,8 @@ export interface ProxyOwner {
   readonly session: Session;
   readonly portGrant: PortRanges | undefined;
   readonly hostGrant: readonly string[] | undefined;
+  /** Its proxies' connection limits, kept across a proxy's registrations. */
+  readonly limits: ConnectionLimits;
 }
 
 /** A registered proxy's public side. */
@@ -90,14 +92,10 @@ export interface BoundProxy {
  * max_connections, capped by the server's proxy_max_connections as the running config has it (a reload
  * applies at once).
  */
-export function connectionLimitFor(ctx: ServerContext, client: string, spec: ProxySpec): ConnectionLimit {
-  return new ConnectionLimit({
-    client,
-    proxy: spec.name,
-    max: () => Math.min(spec.max_connections ?? Number.POSITIVE_INFINITY, ctx.config.proxyMaxConnections),
-    logger: ctx.logger,
-    onRefused: () => ctx.traffic.countRefused(client, spec.name),
-  });
+export function connectionLimitFor(ctx: ServerContext, owner: ProxyOwner, spec: ProxySpec): ConnectionLimit {
+  return owner.limits.for(spec.name, () =>
+    Math.min(spec.max_connections ?? Number.POSITIVE_INFINITY, ctx.config.proxyMaxConnections),
+  );
 }
 
 export function routingOf(ctx: ServerContext): RoutingConfig {
@@ -275,7 +273,7 @@ export async function bindRoutedProxy(
       client: owner.name,
       proxy: spec.name,
       session: owner.session,
-      limit: connectionLimitFor(ctx, owner.name, spec),
+      limit: connectionLimitFor(ctx, owner, spec),
     };
     const httpsPort = portOf(state.httpsAddress);
     return bindHostRoutes({
@@ -292,7 +290,7 @@ export async function bindRoutedProxy(
   }
 
   const publicAddr = state.httpAddress ?? state.httpsAddress;
-  const upgrades = connectionLimitFor(ctx, owner.name, spec);
+  const upgrades = connectionLimitFor(ctx, owner, spec);
   // Requests that had to wait are worth an operator's look (raise max_streams_per_proxy, or the proxy's
   // max_connections if held requests took their place): a line per 10 s at most.
   const waits = new LimitWarning((waited) =>
