@@ -7,6 +7,7 @@ import {
   packageVersion,
   parseDuration,
   parseHostPattern,
+  readUnverifiedClaims,
   runCli,
   splitList,
   startCli,
@@ -82,6 +83,13 @@ async function main(): Promise<number | undefined> {
         ...(values.visit === undefined ? {} : { visit: splitList(values.visit) }),
       });
       process.stdout.write(`${jwt}\n`);
+      // What revoking it takes, and when it ends, said where a redirect of the token to a file leaves it.
+      const issued = readUnverifiedClaims(jwt);
+      const until =
+        issued?.exp === undefined ? 'never expires' : `expires ${new Date(issued.exp * 1000).toISOString()}`;
+      process.stderr.write(
+        `token for "${values.name}": id ${issued?.jti} (what [auth] revoked_tokens lists to revoke it), ${until}\n`,
+      );
       // Issued all the same: allow_ports may be widened later, and a reload applies it to this token.
       const refused =
         values.ports === undefined ? '' : PortRanges.parse(values.ports).outside(config.allowPorts);

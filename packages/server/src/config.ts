@@ -18,6 +18,7 @@ import {
   portRangesField,
   positiveIntField,
   readSecretFile,
+  readUnverifiedClaims,
   secretFileExposure,
 } from '@porthole/protocol';
 import { z } from 'zod';
@@ -71,6 +72,20 @@ const bindHostField = z.string({ error: expected('an address like "0.0.0.0"') })
   if (problem) ctx.addIssue({ code: 'custom', message: problem });
 });
 
+/**
+ * A whole token pasted into revoked_tokens would be compared with token ids and match none: the token it
+ * was meant to revoke stayed valid, and the file now held it.
+ */
+function notAWholeToken(entry: string, ctx: z.RefinementCtx): void {
+  const claims = readUnverifiedClaims(entry);
+  if (claims === undefined) return;
+  const id = claims.jti === undefined ? 'its id (jti)' : `its id (jti) "${claims.jti}"`;
+  ctx.addIssue({
+    code: 'custom',
+    message: `this is a whole token, not a token id: write ${id} here instead, and keep the token itself out of this file`,
+  });
+}
+
 const serverSchema = z
   .strictObject({
     listen: hostPortField({ allowZero: true }).prefault('0.0.0.0:7000'),
@@ -100,7 +115,9 @@ const serverSchema = z
       {
         secret: z.string({ error: expected('a string') }).optional(),
         secret_file: z.string({ error: expected('a file path') }).optional(),
-        revoked_tokens: z.array(z.string(), { error: expected('a list of token ids (jti)') }).default([]),
+        revoked_tokens: z
+          .array(z.string().superRefine(notAWholeToken), { error: expected('a list of token ids (jti)') })
+          .default([]),
         failure_limit: positiveIntField('a number').default(20),
         failure_window: durationAboveZero(
           'start a new window at every failure, so failure_limit would never be reached',

@@ -5,7 +5,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { scratchDir } from '@porthole/mux/test/scratch-dir';
-import { ConfigError } from '@porthole/protocol';
+import { ConfigError, issueToken } from '@porthole/protocol';
 import { loadServerConfig } from '../src/config.js';
 import { loadCertFiles } from '../src/tls-cert-files.js';
 import { selfSignedCert } from './self-signed-cert.js';
@@ -88,6 +88,19 @@ test('every mistake is reported as file: key: reason', () => {
   assert.deepEqual(problems('path = "no-slash"\n[auth]\nsecret_file = "secret"\n'), [
     'path: must start with "/" and contain no spaces, "?" or "#"',
   ]);
+});
+
+test('a whole token in revoked_tokens is refused with its id to write instead, and the token is not repeated', async () => {
+  const token = await issueToken(secret, { name: 'lab', expiresInMs: null });
+  const { jti } = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as { jti: string };
+  const refused = problems(`[auth]\nsecret_file = "secret"\nrevoked_tokens = ["${jti}", "${token}"]\n`);
+  assert.deepEqual(refused, [
+    `auth.revoked_tokens[1]: this is a whole token, not a token id: write its id (jti) "${jti}" here instead, and keep the token itself out of this file`,
+  ]);
+  const config = loadServerConfig(
+    write('ids.toml', `[auth]\nsecret_file = "secret"\nrevoked_tokens = ["${jti}", "other-id"]\n`),
+  );
+  assert.deepEqual([...config.auth.revoked], [jti, 'other-id']);
 });
 
 test('"0s" where it would switch off what the key is for, unasked, is refused with what it would do', () => {
