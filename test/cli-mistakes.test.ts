@@ -361,7 +361,7 @@ test(
       assert.equal(pasted.code, 0, pasted.stderr);
       assert.match(
         pasted.stderr,
-        /^warning: token_file: this is not a porthole token \(a JWT: three base64url parts joined by dots, as "porthole-server token issue" prints it\); the server will refuse it as "malformed token"\n$/,
+        /^warning: token_file: the token is not a porthole token \(a JWT: three base64url parts joined by dots, as "porthole-server token issue" prints it\); the server will refuse it as "malformed token"\n$/,
       );
     }),
 );

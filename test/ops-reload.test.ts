@@ -199,6 +199,50 @@ test(
 );
 
 test(
+  'client SIGHUP with a token the server is sure to refuse (not a JWT, expired) keeps the running session and says why',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startEchoServer('127.0.0.1', 0);
+      h.onCleanup(() => echo.close());
+      const remotePort = await freePort();
+      const server = await startServer(h, { allowPorts: [String(remotePort)] });
+      const token = await issueToken(server.config, { name: 'homelab', ports: String(remotePort) });
+      const client = await startClient(h, {
+        server: server.url,
+        token,
+        proxies: [{ name: 'A', local: `127.0.0.1:${echo.port}`, remotePort }],
+      });
+      const tokenFile = /^token_file = "(.*)"$/m.exec(await readFile(client.configPath, 'utf8'))?.[1];
+      assert.ok(tokenFile, 'the client config names its token file');
+      const expired = await issueToken(server.config, { name: 'homelab', expires: '1s' });
+      await sleep(1500);
+      for (const [bad, reason] of [
+        ['paste the token here', /^the new token is not a porthole token/],
+        [expired, /^the new token expired at \S+Z, under a minute ago; the server will refuse it/],
+      ] as const) {
+        await writeFile(tokenFile, `${bad}\n`);
+        const mark = client.proc.mark();
+        client.proc.kill('SIGHUP');
+        const line = await client.proc.waitForMsg(
+          'reload failed: keeping the running configuration',
+          10_000,
+          {
+            from: mark,
+          },
+        );
+        t.diagnostic(String(line.reason));
+        assert.match(String(line.reason), reason);
+        assert.ok(!String(line.reason).includes(expired), 'the token is not logged');
+      }
+      // Still the first session: no redial, and the tunnel carries a round trip.
+      assert.equal(client.proc.logsWithMsg('session established').length, 1);
+      const trip = await echoRoundTrip('127.0.0.1', remotePort, 4096);
+      assert.ok(trip.ok, trip.error);
+    }),
+);
+
+test(
   'client SIGHUP: an [admin] table added, moved and removed opens, moves and closes the admin endpoint',
   { timeout: 60_000 },
   (t) =>

@@ -23,6 +23,7 @@ import { describeLocal, proxySpecFields } from './proxy-config.js';
 import { Backoff } from './reconnect.js';
 import { diffProxies, needsReconnect } from './reload.js';
 import { type ClientStatus, type ProxyState, SessionStatus } from './session-status.js';
+import { certainTokenRefusal } from './token-warnings.js';
 import { OpenUdpFlows } from './udp-forwarder.js';
 
 /** Time for TCP + TLS + upgrade, and for the server's hello_ok. */
@@ -98,6 +99,10 @@ export class PortholeClient {
   reload(next: ClientConfig): void {
     if (this.stopping) return;
     const previous = this.config;
+    // A new token redials at once and ends the running session: one the server is sure to refuse (a bad
+    // paste during a rotation) would turn a working tunnel into an outage.
+    const refusal = next.token === previous.token ? undefined : certainTokenRefusal(next.token);
+    if (refusal) throw new Error(`the new token ${refusal}`);
     const diff = diffProxies(this.proxies, next.proxies, proxySpecOf);
     const redial = needsReconnect(previous, next);
     this.config = next;

@@ -7,6 +7,7 @@ import {
   parseHostPattern,
   portGrantRefusal,
   readUnverifiedClaims,
+  type TokenClaims,
 } from '@porthole/protocol';
 import type { ProxyConfig } from './proxy-config.js';
 
@@ -15,13 +16,37 @@ export const TOKEN_EXPIRY_WARNING_MS = 7 * 86_400_000;
 
 const REISSUE = 'issue a new one with "porthole-server token issue"';
 
-/** "3 days", "5 hours", "12 minutes": how far off a moment is, roughly, for a person to read. */
+/** "3 days", "5 hours", "12 minutes", "under a minute": how far off a moment is, roughly, for a person to read. */
 function roughly(ms: number): string {
-  const minutes = Math.max(1, Math.round(ms / 60_000));
+  if (ms < 60_000) return 'under a minute';
+  const minutes = Math.round(ms / 60_000);
   if (minutes < 120) return `${minutes} minute${minutes === 1 ? '' : 's'}`;
   const hours = Math.round(minutes / 60);
   if (hours < 48) return `${hours} hours`;
   return `${Math.round(hours / 24)} days`;
+}
+
+/** What `token` says of itself, or why the server will refuse it whatever it holds. */
+function readToken(token: string, now: number): { claims: Partial<TokenClaims> } | { refusal: string } {
+  const claims = readUnverifiedClaims(token);
+  if (claims === undefined) {
+    return {
+      refusal: `is not a porthole token (a JWT: three base64url parts joined by dots, as "porthole-server token issue" prints it); the server will refuse it as "malformed token"`,
+    };
+  }
+  if (claims.exp !== undefined && claims.exp * 1000 <= now) {
+    const ago = roughly(now - claims.exp * 1000);
+    return {
+      refusal: `expired at ${new Date(claims.exp * 1000).toISOString()}, ${ago} ago; the server will refuse it: ${REISSUE}`,
+    };
+  }
+  return { claims };
+}
+
+/** Why the server will refuse `token` whatever it holds ("expired at ..."), or undefined. */
+export function certainTokenRefusal(token: string, now = Date.now()): string | undefined {
+  const read = readToken(token, now);
+  return 'refusal' in read ? read.refusal : undefined;
 }
 
 /**
@@ -35,25 +60,15 @@ export function tokenWarnings(
   proxies: readonly ProxyConfig[],
   now = Date.now(),
 ): string[] {
-  const claims = readUnverifiedClaims(token);
-  if (claims === undefined) {
-    return [
-      `${tokenKey}: this is not a porthole token (a JWT: three base64url parts joined by dots, as "porthole-server token issue" prints it); the server will refuse it as "malformed token"`,
-    ];
-  }
+  const read = readToken(token, now);
+  if ('refusal' in read) return [`${tokenKey}: the token ${read.refusal}`];
+  const { claims } = read;
   const warnings: string[] = [];
-  if (claims.exp !== undefined) {
-    const expiresAt = claims.exp * 1000;
-    const when = new Date(expiresAt).toISOString();
-    if (expiresAt <= now) {
-      warnings.push(
-        `${tokenKey}: the token expired at ${when}, ${roughly(now - expiresAt)} ago; the server will refuse it: ${REISSUE}`,
-      );
-    } else if (expiresAt - now <= TOKEN_EXPIRY_WARNING_MS) {
-      warnings.push(
-        `${tokenKey}: the token expires at ${when}, in ${roughly(expiresAt - now)}, and the server ends the session then: ${REISSUE}`,
-      );
-    }
+  if (claims.exp !== undefined && claims.exp * 1000 - now <= TOKEN_EXPIRY_WARNING_MS) {
+    const when = new Date(claims.exp * 1000).toISOString();
+    warnings.push(
+      `${tokenKey}: the token expires at ${when}, in ${roughly(claims.exp * 1000 - now)}, and the server ends the session then: ${REISSUE}`,
+    );
   }
   let portGrant: PortRanges | undefined;
   try {

@@ -231,7 +231,7 @@ test('a token the server will refuse, or end soon, is warned about before the di
   assert.equal(notJwt.length, 1);
   assert.match(
     notJwt[0]!,
-    /^token: this is not a porthole token .* the server will refuse it as "malformed token"$/,
+    /^token: the token is not a porthole token .* the server will refuse it as "malformed token"$/,
   );
   assert.ok(!notJwt[0]!.includes('paste-the-token-here'), 'the token itself is never repeated');
 
