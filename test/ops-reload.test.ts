@@ -2,10 +2,12 @@
 // long transfer on an unchanged proxy keeps flowing; the server revokes a token and narrows allow_ports,
 // and exactly the affected client/proxies lose out. Invalid new configs are refused and change nothing.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import net from 'node:net';
+import path from 'node:path';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
 import { backendServing, startHttpBackend } from './lib/http-backend.js';
@@ -15,6 +17,7 @@ import {
   freePort,
   freePorts,
   run,
+  serverBin,
   sleep,
   waitFor,
   withHarness,
@@ -195,6 +198,57 @@ test(
       // A reconnect the client chose ends its old session in an orderly way, not as an internal error.
       const left = await server.proc.waitForMsg('client disconnected', 5000, { from: serverMark4 });
       assert.doesNotMatch(String(left.reason), /internal error/, JSON.stringify(left));
+    }),
+);
+
+/** True once `pid` catches SIGHUP (SigCgt in /proc/PID/status: bit N-1 for signal N). */
+async function catchesSighup(pid: number): Promise<boolean> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+  const mask = /^SigCgt:\s*([0-9a-f]+)$/m.exec(status)?.[1];
+  return mask !== undefined && (BigInt(`0x${mask}`) & 1n) === 1n;
+}
+
+test(
+  'a SIGHUP while either program is still starting is held and done once it has started; it used to end the program',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const [serverPort, adminPort] = await freePorts(2);
+      const secret = await h.file('secret', `${'s'.repeat(40)}\n`);
+      const serverToml = await h.file(
+        'early.toml',
+        `listen = "127.0.0.1:${serverPort}"\n[auth]\nsecret_file = "${secret}"\n`,
+      );
+      await h.file('early-token', 'a.b.c\n');
+      const clientToml = await h.file(
+        'early-client.toml',
+        `server = "ws://127.0.0.1:1/_porthole"\ntoken_file = "early-token"\n[admin]\nlisten = "127.0.0.1:${adminPort}"\n`,
+      );
+      // Each program listens on its port once started (the server's control port, the client's admin port).
+      for (const [bin, config, port] of [
+        [serverBin, serverToml, serverPort!],
+        [clientBin, clientToml, adminPort!],
+      ] as const) {
+        const child = spawn(bin, ['--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+        h.onCleanup(() => child.kill('SIGKILL'));
+        let out = '';
+        child.stdout.on('data', (d: Buffer) => {
+          out += d.toString();
+        });
+        const exited = once(child, 'exit');
+        // As soon as SIGHUP is caught at all: is the program still starting then?
+        await eventually(`${bin} to catch SIGHUP`, () => catchesSighup(child.pid!), 10_000, 2);
+        const starting = (await tryConnect('127.0.0.1', port, 1000)) === 'refused';
+        child.kill('SIGHUP');
+        await waitFor('a reload', () => out.includes('config reloaded') || child.exitCode !== null, 10_000);
+        t.diagnostic(
+          `${path.basename(bin)}: SIGHUP while starting: ${starting}; exit code ${child.exitCode}`,
+        );
+        assert.equal(child.exitCode, null, `${bin} ended by the SIGHUP`);
+        assert.ok(starting, `${bin} caught SIGHUP only once started`);
+        child.kill('SIGTERM');
+        await exited;
+      }
     }),
 );
 

@@ -8,6 +8,7 @@ import {
   parseHostPort,
   runCli,
   startCli,
+  takeHeldReload,
   UsageError,
 } from '@porthole/protocol';
 import { PortholeClient } from './client.js';
@@ -166,7 +167,7 @@ async function main(): Promise<number | undefined> {
     },
     { logger, openWork: () => client.openWork() },
   );
-  process.on('SIGHUP', () => {
+  const reload = (): void => {
     try {
       const next = loadClientConfig(values.config, flags);
       warn(next);
@@ -176,7 +177,9 @@ async function main(): Promise<number | undefined> {
       const reason = err instanceof ConfigError ? err.message : (err as Error).message;
       logger.error({ reason }, 'reload failed: keeping the running configuration');
     }
-  });
+  };
+  process.on('SIGHUP', reload);
+  if (takeHeldReload()) reload();
   const outcome = await client.run();
   stopping = true;
   await adminChange;

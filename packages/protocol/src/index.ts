@@ -6,6 +6,7 @@ export * from './config-file.js';
 export * from './connection-tracker.js';
 export * from './control-messages.js';
 export * from './duration.js';
+export * from './early-reloads.js';
 export * from './host-names.js';
 export * from './host-port.js';
 export * from './http-field-syntax.js';

@@ -11,6 +11,7 @@ import {
   runCli,
   splitList,
   startCli,
+  takeHeldReload,
   UsageError,
 } from '@porthole/protocol';
 import { loadServerConfig } from './config.js';
@@ -113,6 +114,7 @@ async function main(): Promise<number | undefined> {
   }
   exitOnSignals(() => server.shutdown(), { logger, openWork: () => server.openWork() });
   process.on('SIGHUP', () => server.reload());
+  if (takeHeldReload()) server.reload();
   return undefined;
 }
 
