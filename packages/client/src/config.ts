@@ -253,6 +253,13 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
     warnings: exposed ? [`${tokenFile === undefined ? 'token' : 'token_file'}: ${exposed}`] : [],
   };
   config.proxies = raw.proxies.map((proxy, i) => fileProxy(source, proxy, i, config.warnings));
+  const serverUrl = new URL(raw.server);
+  // The URL's hostname keeps an IPv6 address's brackets.
+  if (serverUrl.protocol === 'ws:' && !isLoopback(serverUrl.hostname.replace(/^\[(.*)\]$/, '$1'))) {
+    config.warnings.push(
+      `${originOf('server').key}: ws:// carries the token and every tunnelled byte in clear across the network; use wss:// (a [tls] table on the server, or nginx/Caddy in front of it)`,
+    );
+  }
   const tokenKey = raw.token === undefined ? tokenAt.key : originOf('token').key;
   config.warnings.push(...tokenWarnings(tokenKey, token, config.proxies));
   if (raw.admin) config.admin = { listen: raw.admin.listen };

@@ -80,7 +80,9 @@ test('every mistake is reported as source: key: reason', () => {
   }
   const bracketed = 'ws://[::1]:7000/_porthole';
   assert.equal(loadClientConfig(write(`server = "${bracketed}"\ntoken = "t"\n`), {}).server, bracketed);
-  assert.deepEqual(problems('server = "ws://x"\n'), ['token: set exactly one of token or token_file']);
+  assert.deepEqual(problems('server = "ws://127.0.0.1"\n'), [
+    'token: set exactly one of token or token_file',
+  ]);
   assert.deepEqual(problems(`${HEAD}colour = "blue"\n`), ['colour: unknown key']);
   assert.deepEqual(
     problems(
@@ -104,11 +106,11 @@ test('every mistake is reported as source: key: reason', () => {
   assert.deepEqual(problems(`${HEAD}reconnect_initial = "1m"\nreconnect_max = "1s"\n`), [
     'reconnect_max: must not be shorter than reconnect_initial',
   ]);
-  assert.deepEqual(problems(undefined, { server: 'ws://x', token: 't', tcp: ['22'] }), [
+  assert.deepEqual(problems(undefined, { server: 'ws://127.0.0.1', token: 't', tcp: ['22'] }), [
     'command line: --tcp: invalid rule "22" (expected [tcp:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT or [tcp:]REMOTE_PORT:unix:PATH)',
   ]);
   assert.match(
-    problems(`server = "ws://x"\ntoken_file = "nope"\n`)[0]!,
+    problems(`server = "ws://127.0.0.1"\ntoken_file = "nope"\n`)[0]!,
     /^token_file: cannot read .*nope: ENOENT$/,
   );
 });
@@ -117,7 +119,7 @@ test('a problem names its proxy by name; a --tcp/--udp rule whose port or name i
   assert.deepEqual(problems(`${HEAD}[[proxies]]\ntype = "tcp"\nlocal = "127.0.0.1:1"\nremote_port = 5\n`), [
     'proxies[0].name: required',
   ]);
-  const quick = { server: 'ws://x', token: 't' };
+  const quick = { server: 'ws://127.0.0.1', token: 't' };
   // Before, two lines about a proxies[1] the user never wrote: its name, then its remote_port.
   assert.deepEqual(problems(undefined, { ...quick, tcp: ['2222:127.0.0.1:22', '2222:127.0.0.1:23'] }), [
     'command line: --tcp: "2222:127.0.0.1:23": tcp port 2222 is already taken by --tcp "2222:127.0.0.1:22"',
@@ -190,7 +192,11 @@ test('udp, http and tls proxies take their own keys, and say which key is wrong'
   assert.deepEqual(problems(`${HEAD}${tcp}max_connections = 0\n`), [
     'proxies[0] ("t").max_connections: must be at least 1',
   ]);
-  const quick = loadClientConfig(undefined, { server: 'ws://x', token: 't', udp: ['5353:127.0.0.1:53'] });
+  const quick = loadClientConfig(undefined, {
+    server: 'ws://127.0.0.1',
+    token: 't',
+    udp: ['5353:127.0.0.1:53'],
+  });
   assert.deepEqual(quick.proxies[0], {
     name: 'udp-5353',
     type: 'udp',
@@ -202,16 +208,16 @@ test('udp, http and tls proxies take their own keys, and say which key is wrong'
 test('a token other users can read is warned about, under the key that holds it', () => {
   const shared = join(dir, 'shared-token');
   writeFileSync(shared, `${TOKEN}\n`, { mode: 0o644 });
-  const viaFile = loadClientConfig(write(`server = "ws://x"\ntoken_file = "shared-token"\n`));
+  const viaFile = loadClientConfig(write(`server = "ws://127.0.0.1"\ntoken_file = "shared-token"\n`));
   assert.deepEqual(viaFile.warnings, [
     `token_file: ${shared} is open to other users (mode 644); chmod 600 it`,
   ]);
-  const inline = write(`server = "ws://x"\ntoken = "${TOKEN}"\n`);
+  const inline = write(`server = "ws://127.0.0.1"\ntoken = "${TOKEN}"\n`);
   chmodSync(inline, 0o640);
   assert.deepEqual(loadClientConfig(inline).warnings, [
     `token: ${inline} is open to other users (mode 640); chmod 600 it`,
   ]);
-  const closed = write(`server = "ws://x"\ntoken = "${TOKEN}"\n`);
+  const closed = write(`server = "ws://127.0.0.1"\ntoken = "${TOKEN}"\n`);
   chmodSync(closed, 0o600);
   assert.deepEqual(loadClientConfig(closed).warnings, []);
 });
@@ -225,7 +231,7 @@ test('a token the server will refuse, or end soon, is warned about before the di
     return loadClientConfig(file).warnings;
   };
   const withToken = (token: string, proxies = '') =>
-    warningsOf(`server = "ws://x"\ntoken = "${token}"\n${proxies}`);
+    warningsOf(`server = "ws://127.0.0.1"\ntoken = "${token}"\n${proxies}`);
 
   const notJwt = withToken('paste-the-token-here');
   assert.equal(notJwt.length, 1);
@@ -269,6 +275,26 @@ test('a token the server will refuse, or end soon, is warned about before the di
   assert.deepEqual(withToken(TOKEN, proxies), []);
 });
 
+test('ws:// to anything but loopback is warned about: the token crosses the network in clear', () => {
+  const warningsFor = (server: string) => {
+    const file = write(`server = "${server}"\ntoken = "${TOKEN}"\n`);
+    chmodSync(file, 0o600);
+    return loadClientConfig(file).warnings;
+  };
+  assert.deepEqual(warningsFor('ws://vps.example.com:7000/_porthole'), [
+    'server: ws:// carries the token and every tunnelled byte in clear across the network; use wss:// (a [tls] table on the server, or nginx/Caddy in front of it)',
+  ]);
+  for (const quiet of [
+    'wss://vps.example.com/_porthole',
+    'ws://127.0.0.1:7000/_porthole',
+    'ws://[::1]:7000/_porthole',
+    'ws://localhost:7000/_porthole',
+  ])
+    assert.deepEqual(warningsFor(quiet), [], quiet);
+  const flagged = loadClientConfig(undefined, { server: 'ws://192.168.1.10:7000/_porthole', token: TOKEN });
+  assert.match(flagged.warnings[0]!, /^--server: ws:\/\/ carries the token/);
+});
+
 test('passwords written inline in a config file others can read are warned about, each under its key', () => {
   const proxies =
     '[[proxies]]\nname = "web"\ntype = "http"\nlocal = "127.0.0.1:80"\nhosts = ["app.example.com"]\n' +
@@ -276,7 +302,7 @@ test('passwords written inline in a config file others can read are warned about
     '[[proxies]]\nname = "socks"\ntype = "tcp"\nlocal = "socks5"\nremote_port = 1080\n' +
     'socks_user = "lab"\nsocks_password = "inline-socks"\n';
   chmodSync(join(dir, 'token'), 0o600);
-  const open = write(`server = "ws://x"\ntoken_file = "token"\n${proxies}`);
+  const open = write(`server = "ws://127.0.0.1"\ntoken_file = "token"\n${proxies}`);
   chmodSync(open, 0o644);
   const warnings = loadClientConfig(open).warnings;
   assert.deepEqual(warnings, [
