@@ -3,8 +3,9 @@
 // streams, WebSocket upgrades, and the 404/502 pages.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { once } from 'node:events';
 import { readFile } from 'node:fs/promises';
-import { Agent, request } from 'node:http';
+import { Agent, createServer, request } from 'node:http';
 import net from 'node:net';
 import { test } from 'node:test';
 import { WebSocket } from 'ws';
@@ -689,6 +690,62 @@ test(
         assert.ok(r.stdout.includes(`"url":${JSON.stringify(path)}`), r.stdout);
       }
       assert.equal(server.proc.logsWithMsg('http request').filter((l) => l.reason !== 'done').length, 0);
+    }),
+);
+
+test(
+  'a visitor that closes while its answer is awaited: the service learns of it at once, as it would directly, and its stream is not reused',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      // A service that answers /slow after 4 s, and says when each response closed and whether it was sent.
+      const closes: { url: string; finished: boolean; at: number }[] = [];
+      const service = createServer((req, res) => {
+        res.on('close', () =>
+          closes.push({ url: req.url ?? '', finished: res.writableFinished, at: Date.now() }),
+        );
+        const answer = () => res.end(`answer to ${req.url}\n`);
+        if (req.url === '/slow') setTimeout(answer, 4000).unref();
+        else answer();
+      });
+      await new Promise<void>((resolve) => service.listen(0, '127.0.0.1', resolve));
+      h.onCleanup(() => new Promise((resolve) => service.close(() => resolve(undefined))));
+      service.on('connection', (socket) => h.onCleanup(() => socket.destroy()));
+      const { server } = await startAppTunnel(h, (service.address() as net.AddressInfo).port, {
+        client: 'gaveup',
+      });
+      const port = server.httpPort!;
+      // As curl --max-time or a closed browser tab leaves: the request, then the socket closed (a FIN).
+      const visitor = net.connect({ host: '127.0.0.1', port });
+      visitor.on('error', () => {});
+      await once(visitor, 'connect');
+      visitor.write('GET /slow HTTP/1.1\r\nHost: app.test\r\n\r\n');
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      const gaveUpAt = Date.now();
+      visitor.end();
+      const closed = await eventually(
+        'the service to see the response close',
+        async () => closes.find((c) => c.url === '/slow'),
+        10_000,
+        20,
+      );
+      t.diagnostic(
+        `the service saw the visitor go after ${closed.at - gaveUpAt} ms, finished: ${closed.finished}`,
+      );
+      assert.equal(closed.finished, false, 'the service did not answer a visitor that had gone');
+      assert.ok(closed.at - gaveUpAt < 2000, `${closed.at - gaveUpAt} ms after the visitor's FIN`);
+      const line = await server.proc.waitForMsg('http request', 5000, { fields: { path: '/slow' } });
+      assert.equal(line.reason, 'visitor closed early');
+      assert.equal(line.status, undefined);
+      assert.equal(
+        server.proc.logsWithMsg('http forward failed').length,
+        0,
+        'a visitor that left is not a failure',
+      );
+      // The site serves on, on a fresh stream.
+      const next = await curl(['-H', 'Host: app.test'], `http://127.0.0.1:${port}/next`);
+      assert.equal(next.status, 200, next.body);
+      assert.equal(next.body, 'answer to /next\n');
     }),
 );
 

@@ -92,6 +92,8 @@ export class UpstreamConnection {
   private body: RequestBody | undefined;
   private chunkedBody = false;
   private requestDone = true;
+  /** The visitor half-closed during this exchange: its FIN goes on once the request is written. */
+  private visitorFin = false;
   private retireTimer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -138,6 +140,18 @@ export class UpstreamConnection {
   /** The visitor caught up: let the response flow again. */
   resume(): void {
     if (this.state === State.Body) this.stream.resume();
+  }
+
+  /**
+   * The visitor half-closed its connection (FIN) during this exchange: the FIN goes on to the service once
+   * the request is all written, as it would reach the service directly. The service decides: most give
+   * up on the request (so a long-poll or a stream nobody reads any more ends), some answer all the same.
+   * The stream carries no further request.
+   */
+  visitorEnded(): void {
+    if (this.state !== State.Head && this.state !== State.Body) return;
+    this.visitorFin = true;
+    if (this.requestDone && !this.stream.writableEnded) this.stream.end();
   }
 
   /** The visitor went away mid-exchange: the stream cannot be trusted with another request. */
@@ -193,6 +207,7 @@ export class UpstreamConnection {
     if (this.chunkedBody) this.stream.write(lastChunk(this.body?.rawTrailers ?? NO_TRAILERS));
     this.requestDone = true;
     this.detachBody();
+    if (this.visitorFin && !this.stream.writableEnded) this.stream.end();
   };
 
   private detachBody(): void {
@@ -320,7 +335,8 @@ export class UpstreamConnection {
   private complete(clean: boolean): void {
     const sink = this.sink;
     const trailers = this.chunked?.trailers ?? NO_TRAILERS;
-    const reusable = clean && this.keepAlive && this.requestDone && !this.stream.readableEnded;
+    const reusable =
+      clean && this.keepAlive && this.requestDone && !this.visitorFin && !this.stream.readableEnded;
     this.state = State.Idle;
     this.sink = undefined;
     this.counts = undefined;

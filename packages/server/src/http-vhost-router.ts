@@ -246,6 +246,8 @@ export class HttpVhostRouter {
    * the open connections for good.
    */
   private readonly socketClose = new CloseHooks();
+  /** Visitors that half-close (FIN) while their requests are under way. */
+  private readonly socketEnd = new CloseHooks('end');
   /** Requests that request_timeout ended, for their log line. */
   private readonly timedOut = new WeakSet<ServerResponse>();
   private readonly pipelined: PipelinedRequests;
@@ -421,6 +423,7 @@ export class HttpVhostRouter {
     let cancelWait: (() => void) | undefined;
     let retriesLeft = 1;
     let bodyPending = hasBody && !req.complete;
+    let visitorHalfClosed = false;
     const counts = this.opts.traffic.begin(target.client, target.proxy, null, remoteAddr);
     // response_timeout: one timer per request, armed once the request is in (not per attempt).
     let noAnswerTimer: NodeJS.Timeout | undefined;
@@ -465,6 +468,12 @@ export class HttpVhostRouter {
           cutShort(res);
           return;
         }
+        // The visitor half-closed, and the service, told so, gave up: nobody waits for an answer.
+        if (visitorHalfClosed) {
+          clearTimeout(noAnswerTimer);
+          res.destroy();
+          return;
+        }
         if (retryable && retriesLeft > 0 && !hasBody && RETRYABLE.has(method)) {
           retriesLeft -= 1;
           attempt();
@@ -485,6 +494,7 @@ export class HttpVhostRouter {
         // The upload's own time does not count towards response_timeout: the timer restarts at its end.
         if (bodyPending) clearTimeout(noAnswerTimer);
         conn.send(method, head, hasBody ? req : undefined, chunkedBody, sink, counts);
+        if (visitorHalfClosed) conn.visitorEnded();
       });
     };
     const timeout = this.opts.responseTimeout;
@@ -517,6 +527,7 @@ export class HttpVhostRouter {
       over = true;
       this.requestDone(socket);
       forgetSocketClose();
+      forgetSocketEnd();
       clearTimeout(noAnswerTimer);
       // A visitor that left, or an answer of our own (408 for request_timeout) while the service still had it.
       if (!res.writableFinished || !responded) {
@@ -551,6 +562,12 @@ export class HttpVhostRouter {
     };
     res.on('close', finish);
     const forgetSocketClose = this.socketClose.add(socket, finish);
+    // A FIN from the visitor goes on to the service (which a tcp proxy, or the service reached directly,
+    // would show it too); before, the service never learnt that a visitor gave up.
+    const forgetSocketEnd = this.socketEnd.add(socket, () => {
+      visitorHalfClosed = true;
+      current?.visitorEnded();
+    });
   }
 
   /**

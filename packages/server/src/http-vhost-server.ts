@@ -129,7 +129,8 @@ export class HttpVhostServer {
     // A visitor may half-close once its request is sent (`nc`, `socat`, HTTP/1.0 tools): Node's default
     // then aborts the requests under way and ends the socket, so an answer that has to come through the
     // tunnel would be lost after the service acted on the request. With this, the answers are written and
-    // the connection ends after the last one. (Node's own switch since 0.x, set by its tests; not typed.)
+    // the connection ends after the last one; the router passes the FIN on to the service, which decides,
+    // as it would reached directly. (Node's own switch since 0.x, set by its tests; not typed.)
     (server as { httpAllowHalfOpen?: boolean }).httpAllowHalfOpen = true;
     // Closed after idle_timeout without a byte moved: a connection with no request in progress, one
     // whose response has begun (a visitor that stopped reading, or a service stalled mid-body, would
