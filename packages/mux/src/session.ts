@@ -121,6 +121,8 @@ export class Session extends EventEmitter {
   private minRtt: number | undefined;
   private keepAliveTimer: NodeJS.Timeout | undefined;
   private keepAliveInFlight = false;
+  /** Frames received so far: any of them shows the peer alive while a ping's answer is on its way. */
+  private framesReceived = 0;
   /** When a keepalive ping was last answered (the session's start before the first). */
   private keepAliveAnsweredAt = performance.now();
 
@@ -224,6 +226,7 @@ export class Session extends EventEmitter {
 
   private onHeader(header: FrameHeader): void {
     this.bodyTarget = undefined;
+    this.framesReceived += 1;
     if (header.version !== PROTOCOL_VERSION) {
       this.protocolError(`unsupported version ${header.version} (${describeHeader(header)})`);
       return;
@@ -364,14 +367,28 @@ export class Session extends EventEmitter {
   private keepAlive(): void {
     if (this.keepAliveInFlight || this.isClosed) return;
     this.keepAliveInFlight = true;
-    const timer = setTimeout(() => {
+    const timeout = this.options.keepAliveTimeout;
+    let framesSeen = this.framesReceived;
+    const check = (): void => {
+      // Frames that came meanwhile are signs of life too: on a slow uplink full of data the answer queues
+      // behind them (8 downloads over 512 kbit/s held it back 30 s, and both ends dropped a busy session).
+      if (this.framesReceived !== framesSeen) {
+        framesSeen = this.framesReceived;
+        timer = setTimeout(check, timeout);
+        timer.unref();
+        return;
+      }
       // The silence since the last answer, not this ping's wait alone: the programs set the timeout to
       // heartbeat_timeout minus the interval, and the user knows the former.
       const silent = Math.round(performance.now() - this.keepAliveAnsweredAt);
       this.terminate(
-        new MuxError('ERR_KEEPALIVE_TIMEOUT', `keepalive ping unanswered: no ping answered for ${silent} ms`),
+        new MuxError(
+          'ERR_KEEPALIVE_TIMEOUT',
+          `keepalive ping unanswered: no ping answered for ${silent} ms, and nothing else received for ${timeout} ms`,
+        ),
       );
-    }, this.options.keepAliveTimeout);
+    };
+    let timer = setTimeout(check, timeout);
     timer.unref();
     this.ping().then(
       () => {

@@ -441,6 +441,24 @@ describe('limits and timeouts', () => {
     assert.ok(Number(silence[1]) >= 400, reason?.message);
   });
 
+  test('keepalive: frames arriving while a ping waits for its answer keep the session alive (a busy slow uplink)', async () => {
+    const raw = await rawPeer(false);
+    const session = new Session(raw.conn, { client: true, keepAliveInterval: 100, keepAliveTimeout: 300 });
+    session.on('error', () => {});
+    cleanup.push(() => session.close());
+    // No ping is ever answered, but the peer keeps sending (its own pings here, 10 a second) for 1.2 s.
+    let id = 0;
+    const talking = setInterval(() => raw.peer.write(encodeFrame(T.Ping, F.SYN, 0, ++id)), 100);
+    await sleep(1200);
+    clearInterval(talking);
+    assert.equal(session.closed, false, 'a peer that keeps sending is alive');
+    // Then silence: the session ends within the timeout (and a check's slack).
+    const closed = new Promise<CodedError | undefined>((resolve) => session.once('close', resolve));
+    const reason = await withTimeout(closed, 3000, "the session's 'close'");
+    assert.equal(reason?.code, 'ERR_KEEPALIVE_TIMEOUT');
+    assert.match(reason?.message ?? '', /and nothing else received for 300 ms$/);
+  });
+
   test('keepalive: answered pings keep the session alive (raw peer and session pair)', async () => {
     const raw = await rawPeer(true);
     // A generous timeout: this machine is shared, and a late answer must not look like a dead peer here.
