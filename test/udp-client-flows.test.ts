@@ -387,3 +387,32 @@ test(
       await waitFor('the echo once descriptors are back', () => late.replies.length === 1, 5000);
     }),
 );
+
+test(
+  "SIGTERM's 'shutting down' line counts the udp flows open on either end, beside the connections",
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startUdpEcho('game');
+      h.onCleanup(() => echo.close());
+      const { server, client, remotePort } = await startUdpTunnel(h, {
+        client: 'udp-drain',
+        proxy: { name: 'game', local: `127.0.0.1:${echo.port}` },
+      });
+      const players = await Promise.all([udpClient(), udpClient()]);
+      h.onCleanup(() => {
+        for (const p of players) p.socket.close();
+      });
+      for (const [i, p] of players.entries()) p.socket.send(`hello ${i}`, remotePort, '127.0.0.1');
+      await waitFor('both replies', () => players.every((p) => p.replies.length > 0), 10_000);
+      // Both at once: each says what it holds when the signal comes, before the other's drain ends anything.
+      client.proc.kill('SIGTERM');
+      server.proc.kill('SIGTERM');
+      const clientLine = await client.proc.waitForMsg('shutting down', 5000);
+      const serverLine = await server.proc.waitForMsg('shutting down', 5000);
+      t.diagnostic(`client: ${JSON.stringify(clientLine)}; server: ${JSON.stringify(serverLine)}`);
+      assert.equal(clientLine.open_udp_flows, 2);
+      assert.equal(clientLine.open_connections, 0);
+      assert.equal(serverLine.open_udp_flows, 2);
+    }),
+);

@@ -275,8 +275,8 @@ export class PortholeClient {
   }
 
   /** What a drain waits for, as log fields. */
-  openWork(): { open_connections: number } {
-    return { open_connections: this.tracker.size };
+  openWork(): { open_connections: number; open_udp_flows: number } {
+    return { open_connections: this.tracker.size, open_udp_flows: this.udpFlows.size };
   }
 
   /**

@@ -173,8 +173,14 @@ export class PortholeServer {
   }
 
   /** What a drain waits for, as log fields. */
-  openWork(): { open_connections: number; open_http_requests: number } {
-    return { open_connections: this.ctx.tracker.size, open_http_requests: this.ctx.traffic.openHttpRequests };
+  openWork(): { open_connections: number; open_http_requests: number; open_udp_flows: number } {
+    const { tracker, traffic } = this.ctx;
+    return {
+      open_connections: tracker.size,
+      open_http_requests: traffic.openHttpRequests,
+      // The traffic's open exchanges are its http requests and its udp flows.
+      open_udp_flows: traffic.openExchangeCount - traffic.openHttpRequests,
+    };
   }
 
   /**
