@@ -210,6 +210,10 @@ test(
         await proc.stop();
         await assertGoodWorks(`after the ${c.name} client`);
       }
+      // The server's line names the client whose revoked token that was (its signature checked out).
+      const revokedLine = server.proc.logsWithMsg('auth failed').find((l) => l.reason === 'token revoked');
+      assert.equal(revokedLine?.client, 'revoked', JSON.stringify(revokedLine));
+      assert.equal(revokedLine?.jti, revokedJti);
 
       // Expired: wait until the 1 s token is past its exp, then it must be refused as expired, with retries.
       await sleep(Math.max(0, expiresAt - Date.now() + 1200));

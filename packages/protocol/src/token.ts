@@ -49,6 +49,23 @@ export function hostGrantRefusal(grant: readonly string[] | undefined, host: str
 /** A token was refused; `message` is the short reason sent to the client and logged ("token expired"). */
 export class TokenError extends Error {
   override readonly name = 'TokenError';
+
+  /**
+   * `whose`: the client name and token id of a token whose signature checked out (expired, revoked, not
+   * yet valid), for the operator's log; never for one that could be anybody's forgery.
+   */
+  constructor(
+    message: string,
+    readonly whose?: { client: string; jti: string },
+  ) {
+    super(message);
+  }
+}
+
+/** The name and id a verified payload carries, when it carries both as strings. */
+function whoseOf(payload: Record<string, unknown>): { client: string; jti: string } | undefined {
+  const { sub, jti } = payload;
+  return typeof sub === 'string' && typeof jti === 'string' ? { client: sub, jti } : undefined;
 }
 
 function keyOf(secret: string): Uint8Array {
@@ -135,13 +152,14 @@ export async function verifyToken(
     });
     payload = verified.payload;
   } catch (err) {
-    if (err instanceof errors.JWTExpired) throw new TokenError('token expired');
+    // A claim check comes after the signature's: its payload is the signer's.
+    if (err instanceof errors.JWTExpired) throw new TokenError('token expired', whoseOf(err.payload));
     if (err instanceof errors.JWSSignatureVerificationFailed) throw new TokenError('bad signature');
     // Tokens signed elsewhere with the secret (a script, another JWT library) may carry nbf or another alg:
     // "malformed" would send their user to the token's format instead of a clock or the signing call.
     // Fixed texts only: the reason is a metrics label, so nothing from the token goes into it.
     if (err instanceof errors.JWTClaimValidationFailed && err.claim === 'nbf')
-      throw new TokenError('token not yet valid');
+      throw new TokenError('token not yet valid', whoseOf(err.payload));
     if (err instanceof errors.JOSEAlgNotAllowed)
       throw new TokenError('token algorithm not accepted (HS256 only)');
     throw new TokenError('malformed token');
@@ -160,7 +178,7 @@ export async function verifyToken(
   }
   if (hosts !== undefined && !isStringArray(hosts)) throw new TokenError('malformed token');
   if (visit !== undefined && !isStringArray(visit)) throw new TokenError('malformed token');
-  if (opts.revoked?.has(jti)) throw new TokenError('token revoked');
+  if (opts.revoked?.has(jti)) throw new TokenError('token revoked', { client: sub, jti });
   const claims: TokenClaims = { sub, jti, iat };
   if (exp !== undefined) claims.exp = exp;
   if (ports !== undefined) claims.ports = ports;

@@ -20,6 +20,8 @@ export interface RefusedAttempt {
   reason: string;
   /** False for a source already over its failure_limit, whose first 429 had the line that says so. */
   ownLine: boolean;
+  /** A token whose signature checked out: its client name and id. */
+  whose?: { client: string; jti: string } | undefined;
 }
 
 /** Why the attempts of one summary went unlogged. */
@@ -45,7 +47,16 @@ export class AuthFailureLines {
 
   record(attempt: RefusedAttempt): void {
     if (attempt.ownLine && this.budget.useLine()) {
-      this.logger.warn({ remote_addr: attempt.remoteAddr, reason: attempt.reason }, 'auth failed');
+      // Spelled out (undefined fields are left out of the JSON): which client, when the token says so truly.
+      this.logger.warn(
+        {
+          remote_addr: attempt.remoteAddr,
+          client: attempt.whose?.client,
+          jti: attempt.whose?.jti,
+          reason: attempt.reason,
+        },
+        'auth failed',
+      );
       return;
     }
     if (attempt.ownLine) this.tally.overLineBudget += 1;

@@ -21,6 +21,8 @@ export type AuthOutcome =
       log: boolean;
       /** A 429's Retry-After: whole seconds until this source's window ends and it may try again. */
       retryAfterSeconds?: number;
+      /** A token whose signature checked out (expired, revoked): whose it is, for the log. */
+      whose: { client: string; jti: string } | undefined;
     };
 
 /** How many source addresses we remember; beyond it the oldest are forgotten (memory stays bounded). */
@@ -121,14 +123,17 @@ export class UpgradeAuthenticator {
       });
       // Verification is asynchronous: a reload may have revoked the token meanwhile, after its sessions
       // were checked, so the current list is asked again.
-      if (this.settings.revoked.has(claims.jti)) throw new TokenError('token revoked');
+      if (this.settings.revoked.has(claims.jti))
+        throw new TokenError('token revoked', { client: claims.sub, jti: claims.jti });
       return { ok: true, claims };
     } catch (err) {
       const reason = err instanceof TokenError ? err.message : 'malformed token';
+      const whose = err instanceof TokenError ? err.whose : undefined;
       this.failures.set(reason, (this.failures.get(reason) ?? 0) + 1);
-      if (this.limiter.fail(source)) return { ok: false, status: 401, reason, source, log: true };
+      if (this.limiter.fail(source)) return { ok: false, status: 401, reason, source, log: true, whose };
       return {
         ok: false,
+        whose,
         status: 429,
         reason: `${reason} (too many failed attempts from ${source}, slow down)`,
         source,

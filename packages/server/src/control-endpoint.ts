@@ -160,6 +160,7 @@ export class ControlEndpoint {
             source: outcome.source,
             reason: outcome.reason,
             ownLine: outcome.log,
+            whose: outcome.whose,
           });
           refuseUpgrade(socket, outcome.status, outcome.reason, refusalFields(req, outcome));
           return;

@@ -40,6 +40,13 @@ test('every bad token gets 401 with its reason before any upgrade; logged as aut
   assert.equal(await attempt(url, `Bearer ${await token('a')}`), 'open');
   const line = await logs.waitFor('auth failed', { reason: 'token expired' });
   assert.match(String(line.remote_addr), /^127\.0\.0\.1:\d+$/);
+  // Whose token expired, for the operator (its signature checked out); a forgery names nobody.
+  const { jti } = JSON.parse(Buffer.from(expired.split('.')[1]!, 'base64url').toString()) as { jti: string };
+  assert.equal(line.client, 'a');
+  assert.equal(line.jti, jti);
+  const forged = await logs.waitFor('auth failed', { reason: 'bad signature' });
+  assert.equal(forged.client, undefined);
+  assert.equal(forged.jti, undefined);
   assert.ok(!JSON.stringify(logs.lines).includes(expired), 'tokens never reach the log');
   const wrongPath = url.replace(config.path, '/elsewhere');
   assert.equal(await attempt(wrongPath, `Bearer ${await token('a')}`), '404: not found');
@@ -58,7 +65,9 @@ test('a correctly signed token that is not valid yet gets 401 saying so, not "ma
     .setNotBefore(now + 3600)
     .sign(new TextEncoder().encode(SECRET));
   assert.equal(await attempt(url, `Bearer ${early}`), '401: token not yet valid');
-  await logs.waitFor('auth failed', { reason: 'token not yet valid' });
+  const line = await logs.waitFor('auth failed', { reason: 'token not yet valid' });
+  assert.equal(line.client, 'early');
+  assert.equal(line.jti, 'early-1');
 });
 
 test('a source over its failure limit gets 429, logged once; a valid token from it still gets in', async (t) => {
