@@ -347,7 +347,7 @@ test(
       assert.equal(lines.length, 2, check.stderr);
       assert.match(
         lines[0]!,
-        /^warning: token_file: the token expires at \S+Z, in 24 hours, and the server ends the session then: issue a new one/,
+        /^warning: token_file: the token expires at \S+Z, in (23h 59m|24h 0m), and the server ends the session then: issue a new one/,
       );
       assert.equal(
         lines[1],

@@ -92,6 +92,12 @@ test(
       assert.equal(clients.length, 1);
       assert.equal(clients[0].name, 'homelab');
       assert.match(clients[0].remote_addr, /^127\.0\.0\.1:\d+$/);
+      // When the session ends for the token's expiry (issued without --expires: 365 days), beside the
+      // same on the 'client connected' line.
+      const daysLeft = (Date.parse(clients[0].token_expires_at) - Date.now()) / 86_400_000;
+      assert.ok(daysLeft > 364 && daysLeft <= 365, `token_expires_at ${clients[0].token_expires_at}`);
+      const connected = server.proc.logsWithMsg('client connected')[0];
+      assert.equal(connected?.token_expires_at, clients[0].token_expires_at);
       assert.deepEqual(
         clients[0].proxies.map((p: Record<string, unknown>) => [
           p.name,
@@ -172,6 +178,7 @@ test(
       const status = await run(clientBin, ['status', '--config', client.configPath], { timeoutMs: 15_000 });
       assert.equal(status.code, 0, status.stderr);
       assert.match(status.stdout, /session: +established as "homelab" \(session [0-9a-f]{8}\)/);
+      assert.match(status.stdout, /^token: +expires \S+Z, in 36[45]d \d+h$/m);
       assert.match(
         status.stdout,
         new RegExp(

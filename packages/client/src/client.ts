@@ -13,6 +13,7 @@ import {
   type ProxySpec,
   parseControlMessage,
   RepeatedReasons,
+  readUnverifiedClaims,
   writeMessage,
 } from '@porthole/protocol';
 import type { ClientConfig, ProxyConfig } from './config.js';
@@ -87,7 +88,15 @@ export class PortholeClient {
 
   /** Session state and proxies, for the admin endpoint and `porthole-client status`. */
   status(): ClientStatus {
-    return this.sessionStatus.view(this.proxies, this.tracker, this.udpFlows, this.session?.streamCount ?? 0);
+    const status = this.sessionStatus.view(
+      this.proxies,
+      this.tracker,
+      this.udpFlows,
+      this.session?.streamCount ?? 0,
+    );
+    const expires = readUnverifiedClaims(this.config.token)?.exp;
+    if (expires !== undefined) status.token_expires_at = new Date(expires * 1000).toISOString();
+    return status;
   }
 
   /**

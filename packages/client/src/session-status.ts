@@ -25,6 +25,8 @@ export interface ClientStatus {
   last_error?: string;
   /** ISO time of the next dial while reconnecting. */
   retry_at?: string;
+  /** When the client's token expires (the server then ends the session); absent for one that never does. */
+  token_expires_at?: string;
   open_connections: number;
   /** Mux streams open on the current session (the control stream included). */
   streams: number;

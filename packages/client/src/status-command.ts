@@ -1,5 +1,12 @@
 import { get } from 'node:http';
-import { formatHostPort, type HostPort, hostPortField, loadTomlConfig, UsageError } from '@porthole/protocol';
+import {
+  formatHostPort,
+  type HostPort,
+  hostPortField,
+  humanAge,
+  loadTomlConfig,
+  UsageError,
+} from '@porthole/protocol';
 import { z } from 'zod';
 import type { ClientStatus } from './session-status.js';
 
@@ -68,17 +75,6 @@ export function fetchStatus(admin: HostPort): Promise<ClientStatus> {
   });
 }
 
-/** "45s", "2m 5s", "3h 2m", "4d 1h". */
-export function humanAge(ms: number): string {
-  const s = Math.max(0, Math.floor(ms / 1000));
-  if (s < 60) return `${s}s`;
-  const m = Math.floor(s / 60);
-  if (m < 60) return `${m}m ${s % 60}s`;
-  const h = Math.floor(m / 60);
-  if (h < 48) return `${h}h ${m % 60}m`;
-  return `${Math.floor(h / 24)}d ${h % 24}h`;
-}
-
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   return rows
@@ -112,6 +108,14 @@ export function formatStatus(status: ClientStatus, now = Date.now()): string {
           : ', connecting now';
     lines.push(`session:  ${status.state} for ${age}${retry}`);
     if (status.last_error) lines.push(`last error: ${status.last_error}`);
+  }
+  if (status.token_expires_at !== undefined) {
+    const left = Date.parse(status.token_expires_at) - now;
+    lines.push(
+      left > 0
+        ? `token:    expires ${status.token_expires_at}, in ${humanAge(left)}`
+        : `token:    expired ${status.token_expires_at}, ${humanAge(-left)} ago`,
+    );
   }
   lines.push(`open connections: ${status.open_connections}`, '');
   if (status.proxies.length === 0) {

@@ -3,6 +3,7 @@
 import {
   elementLabel,
   hostGrantRefusal,
+  humanAge,
   PortRanges,
   parseHostPattern,
   portGrantRefusal,
@@ -16,16 +17,6 @@ export const TOKEN_EXPIRY_WARNING_MS = 7 * 86_400_000;
 
 const REISSUE = 'issue a new one with "porthole-server token issue"';
 
-/** "3 days", "5 hours", "12 minutes", "under a minute": how far off a moment is, roughly, for a person to read. */
-function roughly(ms: number): string {
-  if (ms < 60_000) return 'under a minute';
-  const minutes = Math.round(ms / 60_000);
-  if (minutes < 120) return `${minutes} minute${minutes === 1 ? '' : 's'}`;
-  const hours = Math.round(minutes / 60);
-  if (hours < 48) return `${hours} hours`;
-  return `${Math.round(hours / 24)} days`;
-}
-
 /** What `token` says of itself, or why the server will refuse it whatever it holds. */
 function readToken(token: string, now: number): { claims: Partial<TokenClaims> } | { refusal: string } {
   const claims = readUnverifiedClaims(token);
@@ -35,7 +26,7 @@ function readToken(token: string, now: number): { claims: Partial<TokenClaims> }
     };
   }
   if (claims.exp !== undefined && claims.exp * 1000 <= now) {
-    const ago = roughly(now - claims.exp * 1000);
+    const ago = humanAge(now - claims.exp * 1000);
     return {
       refusal: `expired at ${new Date(claims.exp * 1000).toISOString()}, ${ago} ago; the server will refuse it: ${REISSUE}`,
     };
@@ -67,7 +58,7 @@ export function tokenWarnings(
   if (claims.exp !== undefined && claims.exp * 1000 - now <= TOKEN_EXPIRY_WARNING_MS) {
     const when = new Date(claims.exp * 1000).toISOString();
     warnings.push(
-      `${tokenKey}: the token expires at ${when}, in ${roughly(claims.exp * 1000 - now)}, and the server ends the session then: ${REISSUE}`,
+      `${tokenKey}: the token expires at ${when}, in ${humanAge(claims.exp * 1000 - now)}, and the server ends the session then: ${REISSUE}`,
     );
   }
   let portGrant: PortRanges | undefined;

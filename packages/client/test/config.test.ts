@@ -245,13 +245,13 @@ test('a token the server will refuse, or end soon, is warned about before the di
   assert.deepEqual(
     withToken(expired).map((w) => w.replace(/at \S+Z/, 'at T')),
     [
-      'token: the token expired at T, 2 days ago; the server will refuse it: issue a new one with "porthole-server token issue"',
+      'token: the token expired at T, 2d 0h ago; the server will refuse it: issue a new one with "porthole-server token issue"',
     ],
   );
   const soon = await issueToken(secret, { name: 'lab', expiresInMs: 5 * 3_600_000 });
   assert.match(
     withToken(soon)[0]!,
-    /^token: the token expires at \S+Z, in 5 hours, and the server ends the session then/,
+    /^token: the token expires at \S+Z, in (4h 59m|5h 0m), and the server ends the session then/,
   );
   assert.deepEqual(withToken(await issueToken(secret, { name: 'lab', expiresInMs: 30 * day })), []);
 

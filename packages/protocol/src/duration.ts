@@ -19,3 +19,14 @@ export function formatDuration(ms: number): string {
   }
   return `${ms}ms`;
 }
+
+/** A span for a person to read, to the second at most, two units at most: "45s", "2m 5s", "3h 2m", "4d 1h". */
+export function humanAge(ms: number): string {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  if (s < 60) return `${s}s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m ${s % 60}s`;
+  const h = Math.floor(m / 60);
+  if (h < 48) return `${h}h ${m % 60}m`;
+  return `${Math.floor(h / 24)}d ${h % 24}h`;
+}

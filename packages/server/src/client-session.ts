@@ -87,6 +87,8 @@ export class ClientSession {
   private draining = false;
   private readonly helloTimer: NodeJS.Timeout;
   private expiryTimer: NodeJS.Timeout | undefined;
+  /** When its token expires (ms since the epoch) and the session ends; undefined for a token that never does. */
+  tokenExpiresAt: number | undefined;
 
   constructor(
     private readonly ctx: ServerContext,
@@ -117,7 +119,10 @@ export class ClientSession {
       HELLO_TIMEOUT_MS,
     );
     this.helloTimer.unref();
-    if (claims.exp !== undefined) this.endAtExpiry(claims.exp * 1000);
+    if (claims.exp !== undefined) {
+      this.tokenExpiresAt = claims.exp * 1000;
+      this.endAtExpiry(this.tokenExpiresAt);
+    }
   }
 
   /** A token is checked when the session opens; one that expires while it is up ends it then. */
@@ -419,7 +424,13 @@ export class ClientSession {
       server_version: this.ctx.serverVersion,
     });
     this.logger.info(
-      { remote_addr: this.remoteAddr, instance_id: hello.instance_id, client_version: hello.client_version },
+      {
+        remote_addr: this.remoteAddr,
+        instance_id: hello.instance_id,
+        client_version: hello.client_version,
+        token_expires_at:
+          this.tokenExpiresAt === undefined ? undefined : new Date(this.tokenExpiresAt).toISOString(),
+      },
       'client connected',
     );
   }

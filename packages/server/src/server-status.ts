@@ -31,6 +31,8 @@ export interface ClientView {
   client_version: string;
   remote_addr: string;
   connected_at: string;
+  /** When the client's token expires and its session ends; null for a token that never expires. */
+  token_expires_at: string | null;
   proxies: ProxyView[];
 }
 
@@ -90,6 +92,8 @@ export class ServerStatus {
         client_version: session.peer.clientVersion,
         remote_addr: session.remoteAddr,
         connected_at: new Date(session.connectedAt).toISOString(),
+        token_expires_at:
+          session.tokenExpiresAt === undefined ? null : new Date(session.tokenExpiresAt).toISOString(),
         proxies: session
           .listProxies()
           .sort((a, b) => a.name.localeCompare(b.name))
