@@ -29,11 +29,17 @@ export const BURST_PER_SOURCE_FACTOR = 4;
 /** A connection past its source's cap is reset if it is still pending this long after it came. */
 export const BURST_DEADLINE_MS = 3_000;
 
+/** One time a connection counts as pending: its source, and the socket to reset if it is refused. */
+interface Counting {
+  source: string;
+  socket: Duplex;
+}
+
 /** Counts the pending connections of every public port of a server, by source. */
 export class PendingConnections {
   private readonly bySource = new Map<string, number>();
-  /** Each pending connection's source, and the socket to reset when it is refused. */
-  private readonly countedOf = new WeakMap<object, { source: string; socket: Duplex }>();
+  /** Each pending connection's counting. */
+  private readonly countedOf = new WeakMap<object, Counting>();
   /** Kept-alive connections between requests (the TCP socket under a TLS one). */
   private readonly betweenRequests = new WeakSet<object>();
   /** The sockets (a TLS one's, not its TCP socket's) watched for the bytes of a next head. */
@@ -46,9 +52,14 @@ export class PendingConnections {
   private readonly warning: LimitWarning;
   // One listener for every connection, not a closure each: an emitter calls it with itself as `this`.
   private readonly onClose: (this: Duplex) => void;
-  private readonly expireBurst = (connection: Duplex): void => {
-    const counted = this.countedOf.get(connection);
-    if (counted !== undefined) this.refuse(counted.source, counted.socket);
+  /**
+   * A connection let in past its source's cap is still pending: reset. Only the counting that set the timer:
+   * a connection settled since and counted again (its next head) has a timer of its own, or none.
+   */
+  private readonly expireBurst = (connection: Duplex, counting: Counting): void => {
+    if (this.countedOf.get(connection) !== counting) return;
+    this.settle(connection);
+    this.refuse(counting.source, counting.socket);
   };
   private readonly onNextHeadBytes: (this: Duplex) => void;
 
@@ -138,9 +149,10 @@ export class PendingConnections {
     }
     this.bySource.set(source, count + 1);
     this.pending += 1;
-    this.countedOf.set(connection, { source, socket });
+    const counting: Counting = { source, socket };
+    this.countedOf.set(connection, counting);
     this.watch(connection);
-    if (overSourceCap) setTimeout(this.expireBurst, BURST_DEADLINE_MS, connection).unref();
+    if (overSourceCap) setTimeout(this.expireBurst, BURST_DEADLINE_MS, connection, counting).unref();
     return true;
   }
 
