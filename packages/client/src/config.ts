@@ -18,6 +18,7 @@ import {
   parseRule,
   readConfigFile,
   readSecretFile,
+  requestHostIsLoopback,
   secretFileExposure,
   UNIX_SOCKET_PATH_MAX_BYTES,
   validateConfig,
@@ -254,8 +255,8 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
   };
   config.proxies = raw.proxies.map((proxy, i) => fileProxy(source, proxy, i, config.warnings));
   const serverUrl = new URL(raw.server);
-  // The URL's hostname keeps an IPv6 address's brackets.
-  if (serverUrl.protocol === 'ws:' && !isLoopback(serverUrl.hostname.replace(/^\[(.*)\]$/, '$1'))) {
+  // A URL's host is a Host field's value: host[:port], an IPv6 address in brackets.
+  if (serverUrl.protocol === 'ws:' && !requestHostIsLoopback(serverUrl.host)) {
     config.warnings.push(
       `${originOf('server').key}: ws:// carries the token and every tunnelled byte in clear across the network; use wss:// (a [tls] table on the server, or nginx/Caddy in front of it)`,
     );
