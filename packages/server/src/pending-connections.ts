@@ -40,9 +40,10 @@ export class PendingConnections {
   private readonly bySource = new Map<string, number>();
   /** Each pending connection's counting. */
   private readonly countedOf = new WeakMap<object, Counting>();
-  /** Kept-alive connections between requests (the TCP socket under a TLS one). */
-  private readonly betweenRequests = new WeakSet<object>();
-  /** The sockets (a TLS one's, not its TCP socket's) watched for the bytes of a next head. */
+  /**
+   * Kept-alive connections between requests: the sockets (a TLS one's, not its TCP socket's) whose 'data'
+   * listener waits for the bytes of a next head.
+   */
   private readonly watchedForNextHead = new WeakSet<object>();
   /** Connections whose close is listened for (once each, for its lifetime). */
   private readonly watched = new WeakSet<object>();
@@ -91,10 +92,10 @@ export class PendingConnections {
       pending.settle(this);
     };
     this.onNextHeadBytes = function (this: Duplex) {
-      const connection = connectionOf(this);
-      if (!pending.betweenRequests.has(connection)) return;
-      pending.betweenRequests.delete(connection);
-      pending.enter(connection, this);
+      // Still called for the chunk that held a whole request, which settle() has taken off the watch.
+      if (!pending.watchedForNextHead.delete(this)) return;
+      this.off('data', pending.onNextHeadBytes);
+      pending.enter(connectionOf(this), this);
     };
   }
 
@@ -126,10 +127,9 @@ export class PendingConnections {
   rest(socket: Duplex): void {
     const connection = connectionOf(socket);
     if (!socket.writable || connection.destroyed || this.countedOf.has(connection)) return;
-    this.betweenRequests.add(connection);
-    this.watch(connection);
     if (this.watchedForNextHead.has(socket)) return;
     this.watchedForNextHead.add(socket);
+    this.watch(connection);
     // After Node's own 'data' listener, which parses each chunk first: a chunk that holds the whole next
     // request has settled it by the time this one runs. (A 'data' listener makes Node parse a plain socket's
     // bytes in JavaScript from then on, as it does a TLS socket's: ~2 us per request.)
@@ -175,7 +175,6 @@ export class PendingConnections {
    */
   settle(socket: Duplex): void {
     const connection = connectionOf(socket);
-    this.betweenRequests.delete(connection);
     if (this.watchedForNextHead.delete(socket)) socket.off('data', this.onNextHeadBytes);
     const counted = this.countedOf.get(connection);
     if (counted === undefined) return;
