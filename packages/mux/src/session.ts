@@ -14,6 +14,7 @@ import {
   writeHeader,
 } from './frame.js';
 import { FrameDecoder } from './frame-decoder.js';
+import { SendOrder } from './send-order.js';
 import { Stream, type StreamHost } from './stream.js';
 
 export interface SessionOptions {
@@ -71,6 +72,11 @@ const defaults = {
   openTimeout: 30_000,
 };
 
+/** A connection that says how much more data it takes before that would wait behind a slow link (WebSocketStream). */
+interface PacedConnection {
+  readonly writableRoom?: number;
+}
+
 interface PendingPing {
   started: bigint;
   resolve: (rttMs: number) => void;
@@ -110,7 +116,12 @@ export class Session extends EventEmitter {
   private headers = Buffer.allocUnsafe(HEADER_BATCH_SIZE);
   private headersFrom = 0;
   private headersTo = 0;
-  private drainWaiters: (() => void)[] = [];
+  /**
+   * Streams whose data waits for room in the connection. Frames without a body (window updates, pings,
+   * opens, closes) never wait here: they go ahead of all queued data, so a new stream's ACK or a ping's
+   * answer waits only for what the connection already holds, not for every busy stream's window.
+   */
+  private readonly sendOrder = new SendOrder<Stream>();
   /** Sum of the open streams' grownWindow, at most options.maxSessionWindow. */
   private grownWindow = 0;
   /** Released streams whose growth still counts in grownWindow: their data is not read yet. */
@@ -140,7 +151,8 @@ export class Session extends EventEmitter {
       windowGrowthPeriod: () => this.windowGrowthPeriod(),
       claimWindowGrowth: (wanted, force) => this.claimWindowGrowth(wanted, force),
       writeFrame: (type, flags, id, length, body) => this.writeFrame(type, flags, id, length, body),
-      whenWritable: (callback) => this.whenWritable(callback),
+      roomForData: () => (this.sendOrder.size === 0 ? this.connRoom() : 0),
+      queueData: (stream) => this.sendOrder.add(stream),
       releaseStream: (stream) => this.releaseStream(stream),
     };
     this.decoder = new FrameDecoder({
@@ -429,7 +441,7 @@ export class Session extends EventEmitter {
     this.streams.clear();
     this.grownWindow = 0;
     this.releasedUnread.clear();
-    this.flushDrainWaiters();
+    this.sendOrder.clear();
     this.uncork();
     this.closeConn(err);
     if (err && this.listenerCount('error') > 0) this.emit('error', err);
@@ -477,7 +489,24 @@ export class Session extends EventEmitter {
       this.pausedForAnswers = false;
       this.conn.resume();
     }
-    this.flushDrainWaiters();
+    this.writeQueuedData();
+  }
+
+  /** Bytes of data the connection takes before more would only wait there, behind what it holds. */
+  private connRoom(): number {
+    if (this.conn.writableNeedDrain) return 0;
+    return (this.conn as PacedConnection).writableRoom ?? Number.POSITIVE_INFINITY;
+  }
+
+  /** Gives waiting streams their turns, a frame each, until the connection is full again. */
+  private writeQueuedData(): void {
+    for (let room = this.connRoom(); room > 0 && !this.isClosed; room = this.connRoom()) {
+      const stream = this.sendOrder.next();
+      if (!stream) return;
+      const length = stream.queuedFrameLength(room);
+      this.sendOrder.charge(stream, length);
+      if (stream.writeQueuedFrame(length)) this.sendOrder.add(stream);
+    }
   }
 
   private writeFrame(type: FrameType, flags: number, streamId: number, length: number, body?: Buffer): void {
@@ -521,17 +550,6 @@ export class Session extends EventEmitter {
     if (!this.conn.writableEnded && !this.conn.destroyed) this.writeHeaders();
     else this.headersFrom = this.headersTo;
     this.conn.uncork();
-  }
-
-  private whenWritable(callback: () => void): void {
-    if (this.isClosed || !this.conn.writableNeedDrain) callback();
-    else this.drainWaiters.push(callback);
-  }
-
-  private flushDrainWaiters(): void {
-    const waiters = this.drainWaiters;
-    this.drainWaiters = [];
-    for (const waiter of waiters) waiter();
   }
 
   private windowGrowthPeriod(): number {

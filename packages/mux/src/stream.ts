@@ -2,6 +2,7 @@ import { Duplex } from 'node:stream';
 import { MuxError } from './errors.js';
 import { Flag, FrameType, INITIAL_WINDOW, MAX_WINDOW } from './frame.js';
 import { countGatheredAsUnread, PieceGatherer } from './piece-gatherer.js';
+import type { SendTurn } from './send-order.js';
 import type { Session } from './session.js';
 
 /** What a stream needs from its session; kept narrow so the stream cannot reach into session state. */
@@ -15,12 +16,20 @@ export interface StreamHost {
    */
   claimWindowGrowth(wanted: number, force?: boolean): number;
   writeFrame(type: FrameType, flags: number, streamId: number, length: number, body?: Buffer): void;
-  whenWritable(callback: () => void): void;
+  /**
+   * Bytes of data the connection takes now; 0 while it is full or other streams' data waits for a turn,
+   * and then this stream's data waits too.
+   */
+  roomForData(): number;
+  /** Queues the stream for a turn to write a frame (queuedFrameLength and writeQueuedFrame, then). */
+  queueData(stream: Stream): void;
   releaseStream(stream: Stream): void;
 }
 
 /** Big frames keep header overhead negligible; the cap keeps one stream from monopolising a turn. */
 const MAX_DATA_FRAME = 128 * 1024;
+/** A frame may overshoot the connection's room by this much rather than be cut into slivers. */
+const MIN_DATA_FRAME = 4 * 1024;
 /** How long data that arrived before the session ended stays readable before the stream fails anyway. */
 const ABORT_DRAIN_MS = 2000;
 const EMPTY = Buffer.alloc(0);
@@ -37,8 +46,16 @@ interface BlockedWrite {
  * starts at yamux's 256 KiB and grows only while the reader keeps up with a fast sender, up to
  * maxStreamWindow and as far as the session's shared allowance lets it.
  */
-export class Stream extends Duplex {
+export class Stream extends Duplex implements SendTurn {
   readonly id: number;
+  /** @internal */
+  sendStart = 0;
+  /** @internal */
+  sendFinish = 0;
+  /** @internal */
+  sendIndex = -1;
+  /** @internal */
+  sendSeq = 0;
   readonly session: Session;
   private readonly host: StreamHost;
   /** Bytes the peer still lets us send. */
@@ -55,7 +72,10 @@ export class Stream extends Duplex {
   private remoteFin = false;
   /** An RST was sent or received, or the stream never made it onto the wire. */
   private reset = false;
+  /** A write waiting for the peer to grant window. */
   private blocked: BlockedWrite | undefined;
+  /** A write waiting for its turn to use the connection (see SendOrder). */
+  private queued: BlockedWrite | undefined;
   private openTimer: NodeJS.Timeout | undefined;
   /** When our SYN left, until the peer's ACK arrives. */
   private synSentAt: number | undefined;
@@ -261,10 +281,12 @@ export class Stream extends Duplex {
     if (this.openTimer) clearTimeout(this.openTimer);
     if (this.drainTimer) clearTimeout(this.drainTimer);
     this.gatherer.drop();
-    // A write waiting for window fails now: Node errors the writes queued behind it only once it has.
-    const blocked = this.blocked;
+    // A write waiting for window or for its turn fails now: Node errors the writes queued behind it only
+    // once it has. The session skips a destroyed stream when its turn comes.
+    const waiting = this.blocked ?? this.queued;
     this.blocked = undefined;
-    blocked?.callback(err ?? new MuxError('ERR_STREAM_RESET', `stream ${this.id} was destroyed`));
+    this.queued = undefined;
+    waiting?.callback(err ?? new MuxError('ERR_STREAM_RESET', `stream ${this.id} was destroyed`));
     if (!this.reset && !(this.localFin && this.remoteFin)) {
       this.reset = true;
       this.host.writeFrame(FrameType.WindowUpdate, Flag.RST, this.id, 0);
@@ -290,12 +312,61 @@ export class Stream extends Duplex {
         this.blocked = { rest, callback };
         return;
       }
-      const n = Math.min(rest.length, this.sendWindow, MAX_DATA_FRAME);
-      this.host.writeFrame(FrameType.Data, 0, this.id, n, n === rest.length ? rest : rest.subarray(0, n));
-      this.sendWindow -= n;
-      rest = rest.subarray(n);
+      const room = this.host.roomForData();
+      if (room <= 0) {
+        this.queued = { rest, callback };
+        this.host.queueData(this);
+        return;
+      }
+      rest = this.writeDataFrame(rest, room);
     }
-    this.host.whenWritable(callback);
+    // Handed to the connection: the caller may write more, which waits its turn if the connection is full.
+    callback();
+  }
+
+  /** @internal The length of the frame this stream writes in its turn, with `room` left in the connection. */
+  queuedFrameLength(room: number): number {
+    const queued = this.queued;
+    if (!queued || this.reset || this.failAfterDrain || this.sendWindow === 0) return 0;
+    return Math.min(this.nextFrameLength(queued.rest), Math.max(room, MIN_DATA_FRAME));
+  }
+
+  /**
+   * @internal This stream's turn: writes a frame of `length` bytes (queuedFrameLength) of the data waiting
+   * for it; true when more waits for another turn.
+   */
+  writeQueuedFrame(length: number): boolean {
+    const queued = this.queued;
+    if (!queued) return false;
+    this.queued = undefined;
+    if (length === 0) {
+      // Reset, or the session is gone: the write fails (or waits for the stream's end) as any would.
+      this.sendChunk(queued.rest, queued.callback);
+      return false;
+    }
+    const rest = this.writeDataFrame(queued.rest, length);
+    if (rest.length === 0) {
+      queued.callback();
+      return false;
+    }
+    if (this.sendWindow === 0) {
+      this.blocked = { rest, callback: queued.callback };
+      return false;
+    }
+    this.queued = { rest, callback: queued.callback };
+    return true;
+  }
+
+  private nextFrameLength(rest: Buffer): number {
+    return Math.min(rest.length, this.sendWindow, MAX_DATA_FRAME);
+  }
+
+  /** Writes a frame of `rest` as long as the window and about `room` allow; returns what is left. */
+  private writeDataFrame(rest: Buffer, room: number): Buffer {
+    const n = Math.min(this.nextFrameLength(rest), Math.max(room, MIN_DATA_FRAME));
+    this.host.writeFrame(FrameType.Data, 0, this.id, n, n === rest.length ? rest : rest.subarray(0, n));
+    this.sendWindow -= n;
+    return rest.subarray(n);
   }
 
   /**

@@ -11,6 +11,7 @@ import {
   writeFrameHeader,
 } from './websocket-frame.js';
 import { WebSocketFrameParser } from './websocket-frame-parser.js';
+import { WriteAllowance } from './write-allowance.js';
 
 export interface WebSocketStreamOptions {
   /** 'client' masks what it sends and accepts only unmasked frames; 'server' the reverse (RFC 6455 §5.1). */
@@ -20,6 +21,12 @@ export interface WebSocketStreamOptions {
   /** Bytes buffered for writing before write() reports backpressure (default 4 MiB). */
   highWaterMark?: number;
 }
+
+/**
+ * The least a writer may queue (see WriteAllowance): a quarter of a second at 512 kbit/s, still more than
+ * a 10 Mbit/s link sends while the event loop turns to refill it.
+ */
+const MIN_WRITE_ALLOWANCE = 16 * 1024;
 
 /** Frames carry at most this much, for peers that assemble whole messages before handing them on. */
 export const MAX_FRAME_PAYLOAD = 1024 * 1024;
@@ -69,6 +76,12 @@ export class WebSocketStream extends Duplex {
   private closeTimer: NodeJS.Timeout | undefined;
   /** A write callback held until the socket drains. */
   private heldCallback: Callback | undefined;
+  /** What a writer may queue here before it is told to hold back (writableRoom). */
+  private readonly allowance: WriteAllowance;
+  /** Payload bytes handed to the socket so far (its writableLength of them it has not taken yet). */
+  private sentToSocket = 0;
+  /** writableRoom said there is none: 'drain' is due when the socket catches up. */
+  private congestionReported = false;
   /** The latest ping's payload, answered once the socket drains (pings while it is full are not queued). */
   private pendingPong: Buffer | undefined;
   /** When this turn's first read came (performance.now()), or -1 outside a turn with reads. */
@@ -87,6 +100,7 @@ export class WebSocketStream extends Duplex {
   constructor(socket: Duplex, options: WebSocketStreamOptions) {
     const limit = options.highWaterMark ?? 4 * 1024 * 1024;
     super({ allowHalfOpen: false, writableHighWaterMark: limit, readableHighWaterMark: limit });
+    this.allowance = new WriteAllowance(Math.min(MIN_WRITE_ALLOWANCE, limit), limit);
     this.socket = socket;
     this.masking = options.role === 'client';
     this.parser = new WebSocketFrameParser(options.role === 'server', {
@@ -103,11 +117,40 @@ export class WebSocketStream extends Duplex {
     socket.on('close', () => this.onSocketClose());
     socket.on('error', (err: Error) => this.destroy(err));
     socket.on('drain', () => {
+      this.allowance.socketTook(this.sentToSocket);
       this.sendPendingPong();
       this.releaseHeld();
+      this.reportRoom();
     });
     if (options.head && options.head.length > 0) this.parser.push(options.head);
   }
+
+  /**
+   * Bytes a writer may add before what waits here (counted until the socket has taken it) is more than the
+   * link drains in a few milliseconds (see WriteAllowance); at 0 or below it should hold its data back and
+   * write again at the next 'drain'. A mux session does, so that what it writes next (a window update, a
+   * ping's answer, a small stream's few bytes) goes ahead of its bulk streams' data instead of behind up to
+   * highWaterMark of it: seconds on a slow uplink. On a fast link the allowance grows to highWaterMark.
+   */
+  get writableRoom(): number {
+    const room = this.allowance.bytes - this.writableLength;
+    if (room <= 0) {
+      this.congestionReported = true;
+      this.allowance.holdingBack();
+    }
+    return room;
+  }
+
+  private congested(): boolean {
+    return this.writableLength >= this.allowance.bytes;
+  }
+
+  /** A writer told of congestion hears 'drain' once it is over (Node's own 'drain' needs highWaterMark). */
+  private readonly reportRoom = (): void => {
+    if (!this.congestionReported || this.writableNeedDrain || this.congested()) return;
+    this.congestionReported = false;
+    this.emit('drain');
+  };
 
   /** Starts the close handshake: no data is sent after it; the stream ends when the peer answers. */
   close(code: number = CloseCode.Normal, reason = ''): void {
@@ -181,8 +224,14 @@ export class WebSocketStream extends Duplex {
       return;
     }
     if (total > 0) this.sendFrames(Opcode.Binary, chunks, total);
-    if (this.socket.writableNeedDrain) this.heldCallback = callback;
-    else callback();
+    this.sentToSocket += total;
+    this.allowance.socketTook(this.sentToSocket - this.socket.writableLength);
+    if (this.socket.writableNeedDrain) {
+      this.heldCallback = callback;
+      return;
+    }
+    callback();
+    if (this.congestionReported) process.nextTick(this.reportRoom);
   }
 
   /**

@@ -1,0 +1,217 @@
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import net from 'node:net';
+import { afterEach, describe, test } from 'node:test';
+import { Session, type Stream } from '../src/index.js';
+import { SendOrder, type SendTurn } from '../src/send-order.js';
+import { waitFor, withTimeout } from './timeouts.js';
+import { encodeFrame, F, type Frame, FrameParser, INITIAL_WINDOW, T } from './wire.js';
+
+/**
+ * Data waits for room in the connection and takes turns (SendOrder); frames without a body, and streams
+ * that send little, go ahead of the bulk streams' queued data. On a slow uplink this is what keeps a new
+ * stream's ACK, a ping's answer or a game's datagram from waiting behind every busy stream's window.
+ */
+
+let cleanup: (() => void)[] = [];
+afterEach(() => {
+  for (const fn of cleanup) fn();
+  cleanup = [];
+});
+
+class Sender implements SendTurn {
+  sendStart = 0;
+  sendFinish = 0;
+  sendIndex = -1;
+  sendSeq = 0;
+  /** The lengths of the frames it has to send, in order. */
+  constructor(
+    readonly name: string,
+    readonly frames: number[],
+  ) {}
+}
+
+/** Serves `order` until it is empty, each sender charged with its next frame; the names in serving order. */
+function serveAll(order: SendOrder<Sender>): string[] {
+  const served: string[] = [];
+  for (let sender = order.next(); sender; sender = order.next()) {
+    served.push(sender.name);
+    order.charge(sender, sender.frames.shift() ?? 0);
+    if (sender.frames.length > 0) order.add(sender);
+  }
+  return served;
+}
+
+describe('SendOrder', () => {
+  test('backlogged senders with equal frames take turns', () => {
+    const order = new SendOrder<Sender>();
+    for (const name of ['a', 'b', 'c']) order.add(new Sender(name, [100, 100, 100]));
+    assert.deepEqual(serveAll(order), ['a', 'b', 'c', 'a', 'b', 'c', 'a', 'b', 'c']);
+  });
+
+  test("a sender that sends little goes ahead of the bulk senders' next frames", () => {
+    const order = new SendOrder<Sender>();
+    const x = new Sender('x', [128 * 1024, 128 * 1024, 128 * 1024]);
+    const y = new Sender('y', [128 * 1024, 128 * 1024, 128 * 1024]);
+    order.add(x);
+    order.add(y);
+    assert.equal(order.next(), x);
+    order.charge(x, x.frames.shift()!);
+    order.add(x);
+    order.add(new Sender('dns', [60]));
+    // y's first frame was due as early as x's first; then the datagram, before any second frame.
+    assert.deepEqual(serveAll(order), ['y', 'dns', 'x', 'y', 'x', 'y']);
+  });
+
+  test('sending in small pieces gains nothing: bytes, not frames, are shared', () => {
+    const order = new SendOrder<Sender>();
+    const big = new Sender('big', Array(4).fill(64 * 1024));
+    const pieces = new Sender('pieces', Array(1000).fill(1024));
+    order.add(big);
+    order.add(pieces);
+    const served = serveAll(order);
+    // 1 KiB pieces against 64 KiB frames: about 64 pieces per big frame, not one each.
+    const piecesBeforeLastBig = served
+      .slice(0, served.lastIndexOf('big'))
+      .filter((n) => n === 'pieces').length;
+    assert.ok(
+      Math.abs(piecesBeforeLastBig * 1024 - 3 * 64 * 1024) <= 64 * 1024,
+      `${piecesBeforeLastBig} pieces of 1 KiB went before the fourth 64 KiB frame`,
+    );
+  });
+
+  test('a sender already waiting keeps its place when added again; clear() empties the order', () => {
+    const order = new SendOrder<Sender>();
+    const [a, b] = [new Sender('a', [10]), new Sender('b', [10])];
+    order.add(a);
+    order.add(b);
+    order.add(a);
+    assert.equal(order.size, 2);
+    assert.equal(order.next(), a);
+    order.clear();
+    assert.equal(order.size, 0);
+    assert.equal(b.sendIndex, -1);
+    assert.equal(order.next(), undefined);
+  });
+});
+
+/**
+ * A raw yamux peer on a real TCP connection that reads nothing until told to; it never grants window,
+ * so each stream of ours can send its first 256 KiB and no more.
+ */
+async function stalledPeer() {
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const accepted = once(server, 'connection') as Promise<[net.Socket]>;
+  const conn = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+  const [[peer]] = await Promise.all([accepted, once(conn, 'connect')]);
+  server.close();
+  peer.pause();
+  const parser = new FrameParser();
+  const arrived: Frame[] = [];
+  peer.on('data', (chunk: Buffer) => {
+    for (const f of parser.push(chunk)) {
+      arrived.push(f);
+      if (f.type === T.Ping && f.flags & F.SYN) peer.write(encodeFrame(T.Ping, F.ACK, 0, f.length));
+    }
+  });
+  peer.on('error', () => {});
+  cleanup.push(() => {
+    peer.destroy();
+    conn.destroy();
+  });
+  return { conn, peer, arrived, resume: () => peer.resume() };
+}
+
+/** Bulk data bytes (of streams other than `except`) that arrived before frame `index`. */
+function bulkBefore(frames: Frame[], index: number, except: number): number {
+  let bytes = 0;
+  for (const f of frames.slice(0, index))
+    if (f.type === T.Data && f.streamId !== except) bytes += f.body?.length ?? 0;
+  return bytes;
+}
+
+describe('session: data takes turns for room in the connection', () => {
+  test("a ping, a new stream's SYN and a small stream's data go ahead of queued bulk data", async () => {
+    const raw = await stalledPeer();
+    const session = new Session(raw.conn, { client: true, keepAliveInterval: 0 });
+    session.on('error', () => {});
+    cleanup.push(() => session.close());
+    const bulk: Stream[] = [];
+    for (let i = 0; i < 4; i++) {
+      const s = session.open();
+      s.on('error', () => {});
+      s.write(Buffer.alloc(INITIAL_WINDOW, i + 1));
+      bulk.push(s);
+    }
+    // 1 MiB of bulk data written; the peer reads nothing, so most of it waits on our side.
+    await waitFor(() => raw.conn.writableNeedDrain, 5000, 'the connection to fill');
+    const small = session.open();
+    small.on('error', () => {});
+    small.write('hello');
+    const rtt = session.ping();
+    raw.resume();
+    await withTimeout(rtt, 5000, 'the ping answered');
+    await waitFor(
+      () =>
+        raw.arrived.filter((f) => f.type === T.Data).reduce((n, f) => n + (f.body?.length ?? 0), 0) >=
+        4 * INITIAL_WINDOW + 5,
+      10_000,
+      'all data at the peer',
+    );
+
+    const pingAt = raw.arrived.findIndex((f) => f.type === T.Ping && f.flags & F.SYN);
+    const synAt = raw.arrived.findIndex((f) => f.streamId === small.id && f.flags & F.SYN);
+    const dataAt = raw.arrived.findIndex((f) => f.streamId === small.id && f.type === T.Data);
+    const total = 4 * INITIAL_WINDOW;
+    // What the kernel's buffers and the socket had taken before the peer stalled is ahead of them; the
+    // rest of the 1 MiB is not. (Before the session queued data, all of it was.)
+    for (const [what, at] of [
+      ['the ping', pingAt],
+      ["the new stream's SYN", synAt],
+      ["the new stream's data", dataAt],
+    ] as const) {
+      assert.ok(at >= 0, `${what} arrived`);
+      const before = bulkBefore(raw.arrived, at, small.id);
+      assert.ok(before < total - 256 * 1024, `${what} came after ${before} of ${total} bulk bytes`);
+    }
+  });
+
+  test('bulk streams waiting for room share it: their data arrives interleaved, not one stream after another', async () => {
+    const raw = await stalledPeer();
+    const session = new Session(raw.conn, { client: true, keepAliveInterval: 0 });
+    session.on('error', () => {});
+    cleanup.push(() => session.close());
+    const bulk: Stream[] = [];
+    const each = 1024 * 1024;
+    for (let i = 0; i < 4; i++) {
+      const s = session.open();
+      s.on('error', () => {});
+      bulk.push(s);
+      raw.peer.write(encodeFrame(T.WindowUpdate, 0, s.id, each - INITIAL_WINDOW));
+    }
+    await waitFor(() => raw.conn.bytesRead >= 4 * 12, 5000, 'the window updates read');
+    // Each stream's 1 MiB written at once, one stream after the other.
+    for (const s of bulk) s.write(Buffer.alloc(each, 7));
+    raw.resume();
+    await waitFor(
+      () =>
+        raw.arrived.filter((f) => f.type === T.Data).reduce((n, f) => n + (f.body?.length ?? 0), 0) >=
+        4 * each,
+      10_000,
+      'all data at the peer',
+    );
+    // When the first stream has all its data through, each of the others has at least half of its own.
+    const received = new Map<number, number>();
+    for (const f of raw.arrived) {
+      if (f.type !== T.Data) continue;
+      received.set(f.streamId, (received.get(f.streamId) ?? 0) + (f.body?.length ?? 0));
+      if (received.get(f.streamId) === each) break;
+    }
+    for (const s of bulk) {
+      const got = received.get(s.id) ?? 0;
+      assert.ok(got >= each / 2, `stream ${s.id} had ${got} bytes through when the first had all`);
+    }
+  });
+});
