@@ -6,6 +6,13 @@
 //   udp-echo-server --host H --port P                  serve a UDP echo; prints {"msg":"listening"}
 //   udp-send --bind B --host H --port P --count N [--interval MS] [--timeout MS]   send N datagrams (MS
 //                      apart) from an ephemeral port of B, then wait MS for replies; prints {sent, replies}
+//   source-server --host H --port P                   sends endless data on every connection, as fast as it is read
+//   sink --host H --port P --seconds S                 reads from one connection for S s; prints {bytes, seconds}
+//   rtt --proto tcp|udp --host H --port P --count N --interval MS [--timeout MS]   N small probes MS apart
+//                      through an echo service, each answered or given up MS after the last; prints
+//                      {sent, answered, max_ms, median_ms, first_ms} (first_ms: tcp connect + first echo)
+import { createSocket } from 'node:dgram';
+import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { startUdpEcho, udpClient } from './http-backend.js';
@@ -24,6 +31,8 @@ const { positionals, values } = parseArgs({
     bind: { type: 'string', default: '127.0.0.1' },
     count: { type: 'string', default: '1' },
     interval: { type: 'string', default: '0' },
+    seconds: { type: 'string', default: '10' },
+    proto: { type: 'string', default: 'tcp' },
   },
 });
 
@@ -64,7 +73,88 @@ if (mode === 'echo-server') {
   const from = socket.address();
   socket.close();
   print({ sent: count, replies: replies.length, from: `${from.address}:${from.port}` });
+} else if (mode === 'source-server') {
+  const chunk = Buffer.alloc(64 * 1024, 'x');
+  const server = net.createServer((sock) => {
+    sock.on('error', () => {});
+    const pump = () => {
+      while (!sock.destroyed && sock.write(chunk));
+    };
+    sock.on('drain', pump);
+    pump();
+  });
+  server.listen(port, host, () => print({ msg: 'listening', addr: `${host}:${port}` }));
+  process.on('SIGTERM', () => process.exit(0));
+} else if (mode === 'sink') {
+  const seconds = Number(values.seconds);
+  const sock = net.connect(port, host);
+  let bytes = 0;
+  sock.on('data', (d: Buffer) => {
+    bytes += d.length;
+  });
+  sock.on('error', () => {});
+  await sleep(seconds * 1000);
+  sock.destroy();
+  print({ bytes, seconds });
+} else if (mode === 'rtt') {
+  print(
+    await probeRtt(values.proto === 'udp' ? 'udp' : 'tcp', Number(values.count), Number(values.interval)),
+  );
 } else {
   process.stderr.write(`netprobe: unknown mode ${mode}\n`);
   process.exit(2);
+}
+
+/** Probes carry their number; an echo service sends them back (the udp one with a prefix). */
+async function probeRtt(proto: 'tcp' | 'udp', count: number, intervalMs: number) {
+  const sentAt = new Map<number, number>();
+  const rtts: number[] = [];
+  const answer = (text: string) => {
+    for (const m of text.matchAll(/<(\d+)>/g)) {
+      const at = sentAt.get(Number(m[1]));
+      if (at === undefined) continue;
+      sentAt.delete(Number(m[1]));
+      rtts.push(performance.now() - at);
+    }
+  };
+  let send: (probe: string) => void;
+  let close: () => void;
+  let firstMs: number | undefined;
+  if (proto === 'udp') {
+    const socket = createSocket('udp4');
+    socket.on('message', (msg) => answer(msg.toString()));
+    send = (probe) => socket.send(probe, port, host);
+    close = () => socket.close();
+  } else {
+    const started = performance.now();
+    const sock = net.connect(port, host);
+    sock.setNoDelay(true);
+    sock.on('error', () => {});
+    let pending = '';
+    sock.on('data', (d: Buffer) => {
+      if (firstMs === undefined) firstMs = performance.now() - started;
+      pending += d.toString();
+      answer(pending);
+      pending = pending.slice(pending.lastIndexOf('>') + 1);
+    });
+    send = (probe) => sock.write(probe);
+    close = () => sock.destroy();
+  }
+  for (let i = 0; i < count; i++) {
+    if (i > 0) await sleep(intervalMs);
+    sentAt.set(i, performance.now());
+    send(`<${i}>`);
+  }
+  const deadline = performance.now() + timeoutMs;
+  while (sentAt.size > 0 && performance.now() < deadline) await sleep(20);
+  close();
+  const sorted = [...rtts].sort((a, b) => a - b);
+  const round = (n: number | undefined) => (n === undefined ? null : Math.round(n));
+  return {
+    sent: count,
+    answered: rtts.length,
+    max_ms: round(sorted.at(-1)),
+    median_ms: round(sorted[Math.floor(sorted.length / 2)]),
+    first_ms: round(firstMs),
+  };
 }

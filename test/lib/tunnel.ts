@@ -185,6 +185,8 @@ export async function startServer(
 
 export interface ProxySpec {
   name: string;
+  /** tcp unless said otherwise */
+  type?: 'tcp' | 'udp';
   /** host:port of the local service */
   local: string;
   remotePort: number;
@@ -231,7 +233,7 @@ export async function clientConfigText(h: Harness, options: ClientOptions): Prom
     parts.push(
       '',
       '[[proxies]]',
-      toml({ name: p.name, type: 'tcp', local: p.local, remote_port: p.remotePort }),
+      toml({ name: p.name, type: p.type ?? 'tcp', local: p.local, remote_port: p.remotePort }),
     );
   }
   parts.push('');
