@@ -1,10 +1,9 @@
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
-import net from 'node:net';
 import { afterEach, describe, test } from 'node:test';
 import { Session, type Stream } from '../src/index.js';
 import { SendOrder, type SendTurn } from '../src/send-order.js';
 import { waitFor, withTimeout } from './timeouts.js';
+import { tcpPair } from './transports.js';
 import { encodeFrame, F, type Frame, FrameParser, INITIAL_WINDOW, T } from './wire.js';
 
 /**
@@ -100,13 +99,7 @@ describe('SendOrder', () => {
  * so each stream of ours can send its first 256 KiB and no more.
  */
 async function stalledPeer() {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const accepted = once(server, 'connection') as Promise<[net.Socket]>;
-  const conn = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
-  const [[peer]] = await Promise.all([accepted, once(conn, 'connect')]);
-  server.close();
+  const [conn, peer] = await tcpPair();
   peer.pause();
   const parser = new FrameParser();
   const arrived: Frame[] = [];
