@@ -222,6 +222,7 @@ export class Session extends EventEmitter {
   /** Ends the session: GoAway, then the connection is closed once written; every open stream is destroyed. */
   close(err?: Error): void {
     if (this.isClosed) return;
+    this.writeWaitingData();
     this.goAway(err ? GoAwayCode.InternalError : GoAwayCode.Normal);
     this.closedLocally = true;
     this.terminate(err);
@@ -496,6 +497,19 @@ export class Session extends EventEmitter {
   private connRoom(): number {
     if (this.conn.writableNeedDrain) return 0;
     return (this.conn as PacedConnection).writableRoom ?? Number.POSITIVE_INFINITY;
+  }
+
+  /**
+   * The session is closing: data written before the close and still waiting for its turn goes into the
+   * connection now, whatever its room, ahead of the GoAway (which an error's code makes the peer act on at
+   * once), as it did when streams wrote straight into the connection. A last message before a close (the
+   * server's notice of why it ends the session, "taken_over" or "token expired") is otherwise lost whenever
+   * the link is busy. Only the writes waiting now: what their callbacks write next is cut by the close.
+   */
+  private writeWaitingData(): void {
+    const waiting: Stream[] = [];
+    for (let stream = this.sendOrder.next(); stream; stream = this.sendOrder.next()) waiting.push(stream);
+    for (const stream of waiting) stream.writeQueuedNow();
   }
 
   /** Gives waiting streams their turns, a frame each, until the connection is full again. */

@@ -357,6 +357,20 @@ export class Stream extends Duplex implements SendTurn {
     return true;
   }
 
+  /**
+   * @internal The session is closing (Session.writeWaitingData): the write waiting for its turn goes into
+   * the connection now, as far as the window lets it; what the window holds back fails with the stream.
+   */
+  writeQueuedNow(): void {
+    const queued = this.queued;
+    if (!queued || this.reset || this.failAfterDrain) return;
+    this.queued = undefined;
+    let rest = queued.rest;
+    while (rest.length > 0 && this.sendWindow > 0) rest = this.writeDataFrame(rest, MAX_DATA_FRAME);
+    if (rest.length === 0) queued.callback();
+    else this.blocked = { rest, callback: queued.callback };
+  }
+
   private nextFrameLength(rest: Buffer): number {
     return Math.min(rest.length, this.sendWindow, MAX_DATA_FRAME);
   }

@@ -207,4 +207,29 @@ describe('session: data takes turns for room in the connection', () => {
       assert.ok(got >= each / 2, `stream ${s.id} had ${got} bytes through when the first had all`);
     }
   });
+
+  for (const err of [undefined, new Error('shutting down')]) {
+    test(`a message written just before close(${err ? 'err' : ''}) reaches the peer while bulk data waits`, async () => {
+      const raw = await stalledPeer();
+      const ended = once(raw.peer, 'end');
+      const session = new Session(raw.conn, { client: true, keepAliveInterval: 0 });
+      session.on('error', () => {});
+      const control = session.open();
+      control.on('error', () => {});
+      const bulk = session.open();
+      bulk.on('error', () => {});
+      bulk.write(Buffer.alloc(INITIAL_WINDOW, 1));
+      await waitFor(() => raw.conn.writableNeedDrain, 5000, 'the connection to fill');
+      // The server's way to end a session: a notice saying why, then close() in the same turn.
+      control.write('notice: token expired');
+      session.close(err);
+      raw.resume();
+      await withTimeout(ended, 5000, 'the connection to end');
+      const noticeAt = raw.arrived.findIndex((f) => f.type === T.Data && f.streamId === control.id);
+      assert.equal(raw.arrived[noticeAt]?.body?.toString(), 'notice: token expired');
+      // A GoAway with an error's code ends the peer's session at once: the data must come before it.
+      const goAwayAt = raw.arrived.findIndex((f) => f.type === T.GoAway);
+      assert.ok(goAwayAt > noticeAt, `GoAway at ${goAwayAt}, the notice at ${noticeAt}`);
+    });
+  }
 });
