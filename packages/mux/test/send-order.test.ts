@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { afterEach, describe, test } from 'node:test';
 import { Session, type Stream } from '../src/index.js';
 import { SendOrder, type SendTurn } from '../src/send-order.js';
 import { waitFor, withTimeout } from './timeouts.js';
 import { tcpPair } from './transports.js';
-import { encodeFrame, F, type Frame, FrameParser, INITIAL_WINDOW, T } from './wire.js';
+import { encodeFrame, F, type Frame, FrameParser, HEADER, INITIAL_WINDOW, T } from './wire.js';
 
 /**
  * Data waits for room in the connection and takes turns (SendOrder); frames without a body, and streams
@@ -232,4 +233,42 @@ describe('session: data takes turns for room in the connection', () => {
       assert.ok(goAwayAt > noticeAt, `GoAway at ${goAwayAt}, the notice at ${noticeAt}`);
     });
   }
+
+  test('a stream writing 1-byte pieces takes no more of the connection than a bulk stream', async () => {
+    const raw = await stalledPeer();
+    const session = new Session(raw.conn, { client: true, keepAliveInterval: 0 });
+    session.on('error', () => {});
+    cleanup.push(() => session.close());
+    const bulk = session.open();
+    const tiny = session.open();
+    for (const s of [bulk, tiny]) {
+      s.on('error', () => {});
+      raw.peer.write(encodeFrame(T.WindowUpdate, 0, s.id, 256 * 1024 * 1024));
+    }
+    await waitFor(() => raw.conn.bytesRead >= 2 * 12, 5000, 'the window updates read');
+    let writing = true;
+    const writeUntilStopped = async (s: Stream, chunk: Buffer) => {
+      while (writing && !s.destroyed)
+        if (!s.write(chunk)) await new Promise((resolve) => s.once('drain', resolve));
+    };
+    void writeUntilStopped(bulk, Buffer.alloc(64 * 1024, 1));
+    void writeUntilStopped(tiny, Buffer.alloc(1, 2));
+    // A reader that takes the data in bursts: the connection is full most of the time, and the streams
+    // take turns for its room.
+    const bursts = setInterval(() => (raw.peer.isPaused() ? raw.peer.resume() : raw.peer.pause()), 5);
+    cleanup.push(() => clearInterval(bursts));
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    writing = false;
+    clearInterval(bursts);
+    // What each stream took of the link: its frames, headers included.
+    const wire = new Map<number, number>();
+    for (const f of raw.arrived)
+      if (f.type === T.Data) wire.set(f.streamId, (wire.get(f.streamId) ?? 0) + HEADER + f.length);
+    const [bulkWire, tinyWire] = [wire.get(bulk.id) ?? 0, wire.get(tiny.id) ?? 0];
+    assert.ok(bulkWire > 0 && tinyWire > 0, `bulk ${bulkWire}, 1-byte ${tinyWire} bytes`);
+    assert.ok(
+      tinyWire < 2 * bulkWire,
+      `the 1-byte stream took ${tinyWire} bytes of the link, the bulk one ${bulkWire}`,
+    );
+  });
 });
