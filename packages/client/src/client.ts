@@ -153,7 +153,8 @@ export class PortholeClient {
       return;
     }
     if (!this.established) return;
-    const unregister = [...diff.removed, ...diff.changed];
+    // A tcp proxy changed on its own port is replaced by the register alone (see ProxyDiff.samePort).
+    const unregister = [...diff.removed, ...diff.changed.filter((name) => !diff.samePort.includes(name))];
     if (unregister.length > 0) this.sendControl({ type: 'unregister', proxies: unregister });
     // Proxies the server refused or closed (a reload of its own narrowed allow_ports) are asked for again:
     // a reload is how a user says "try now", and the server's rules may have changed back.

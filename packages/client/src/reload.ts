@@ -14,6 +14,12 @@ export interface ProxyDiff {
   changed: string[];
   /** Only the local address changed: nothing to tell the server, new connections go to the new address. */
   localChanged: string[];
+  /**
+   * Of `changed`: tcp proxies that keep their remote_port. Registered again without an unregister first,
+   * so the server keeps their listener and takes the new spec on it: closing the port and binding it again
+   * refused (or reset) the visitors that came in between.
+   */
+  samePort: string[];
 }
 
 function sameSpec(a: ProxySpec, b: ProxySpec): boolean {
@@ -26,14 +32,17 @@ export function diffProxies(
   next: readonly ProxyConfig[],
   specOf: (proxy: ProxyConfig) => ProxySpec,
 ): ProxyDiff {
-  const diff: ProxyDiff = { added: [], removed: [], changed: [], localChanged: [] };
+  const diff: ProxyDiff = { added: [], removed: [], changed: [], localChanged: [], samePort: [] };
   const nextNames = new Set(next.map((p) => p.name));
   for (const name of running.keys()) if (!nextNames.has(name)) diff.removed.push(name);
   for (const proxy of next) {
     const old = running.get(proxy.name);
     if (!old) diff.added.push(proxy.name);
-    else if (!sameSpec(specOf(old), specOf(proxy))) diff.changed.push(proxy.name);
-    else if (JSON.stringify(old.local) !== JSON.stringify(proxy.local))
+    else if (!sameSpec(specOf(old), specOf(proxy))) {
+      diff.changed.push(proxy.name);
+      if (old.type === 'tcp' && proxy.type === 'tcp' && old.remotePort === proxy.remotePort)
+        diff.samePort.push(proxy.name);
+    } else if (JSON.stringify(old.local) !== JSON.stringify(proxy.local))
       (proxy.type === 'http' ? diff.changed : diff.localChanged).push(proxy.name);
   }
   return diff;

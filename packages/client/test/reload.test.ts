@@ -26,6 +26,7 @@ test('diffProxies: added, removed, changed for the server, changed only locally'
     removed: ['gone'],
     changed: ['moved'],
     localChanged: ['relocal'],
+    samePort: [],
   });
 });
 
@@ -33,7 +34,26 @@ test("diffProxies: an http proxy's new local is registered anew (the server keep
   const web = (port: number) =>
     ({ name: 'web', type: 'http', local: { host: '127.0.0.1', port }, hosts: ['app.test'] }) as ProxyConfig;
   const diff = diffProxies(new Map([['web', web(3000)]]), [web(3001)], proxySpecOf);
-  assert.deepEqual(diff, { added: [], removed: [], changed: ['web'], localChanged: [] });
+  assert.deepEqual(diff, { added: [], removed: [], changed: ['web'], localChanged: [], samePort: [] });
+});
+
+test('diffProxies: a tcp proxy changed on its own port is marked samePort (the server keeps its listener)', () => {
+  const limited = { ...tcp('limited', 2000), maxConnections: 8 } as ProxyConfig;
+  const diff = diffProxies(
+    new Map([
+      ['limited', tcp('limited', 2000)],
+      ['moved', tcp('moved', 2001)],
+    ]),
+    [limited, { ...tcp('moved', 2101), maxConnections: 8 } as ProxyConfig],
+    proxySpecOf,
+  );
+  assert.deepEqual(diff, {
+    added: [],
+    removed: [],
+    changed: ['limited', 'moved'],
+    localChanged: [],
+    samePort: ['limited'],
+  });
 });
 
 test('needsReconnect: server, token or CA', () => {

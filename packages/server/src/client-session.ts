@@ -536,6 +536,22 @@ export class ClientSession {
     const routes = this.routesOf(spec);
     const reason = this.refusal(spec) ?? this.overLimit(existing, routes);
     if (reason) return this.refused(spec.name, reason);
+    // A tcp proxy changed on the port it has (max_connections, proxy_protocol...) keeps its listener:
+    // closing and binding the port again refused the visitors that came in between, and reset those
+    // already waiting in the closed listener's backlog.
+    if (
+      existing?.listener instanceof TcpProxyListener &&
+      spec.type === 'tcp' &&
+      spec.remote_port === existing.port
+    ) {
+      existing.listener.respec(spec, connectionLimitFor(this.ctx, this.owner, spec));
+      existing.spec = spec;
+      this.logger.info(
+        { proxy: spec.name, type: spec.type, remote_addr: existing.listener.address },
+        'proxy changed',
+      );
+      return this.registered(spec.name, existing.listener);
+    }
     // The new spec's routes replace the old ones; names it no longer claims are let go, not kept offline.
     if (existing) this.closeProxies([spec.name], 'replaced by a new registration', { forgetRoutes: true });
     let listener: BoundProxy;

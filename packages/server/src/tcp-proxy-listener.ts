@@ -37,7 +37,7 @@ export class TcpProxyListener {
   readonly address: string;
   private readonly server: Server;
 
-  constructor(private readonly opts: TcpProxyListenerOptions) {
+  constructor(private opts: TcpProxyListenerOptions) {
     this.address = formatHostPort(opts.bindHost, opts.proxy.remote_port);
     this.server = createServer({ allowHalfOpen: true }, (socket) => this.onConnection(socket));
   }
@@ -64,6 +64,16 @@ export class TcpProxyListener {
   /** The port actually bound (differs from the spec only in tests that bind port 0). */
   get boundPort(): number {
     return (this.server.address() as AddressInfo | null)?.port ?? this.opts.proxy.remote_port;
+  }
+
+  /**
+   * The proxy registered again with a changed spec on this same port: connections from now on get the new
+   * spec and limit, on the listener already bound (open ones carry on, counted by the limit they took).
+   */
+  respec(proxy: ProxySpec, limit: ConnectionLimit): void {
+    // The refusals the old limit has not logged yet (a kept limit is the same object).
+    if (limit !== this.opts.limit) this.opts.limit.close();
+    this.opts = { ...this.opts, proxy: { ...proxy, remote_port: this.opts.proxy.remote_port }, limit };
   }
 
   /** Stops accepting at once (the port is free when this returns); open connections carry on. */
