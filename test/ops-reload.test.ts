@@ -29,6 +29,7 @@ import {
   makeCert,
   type RoutedClientOptions,
   type RoutedProxy,
+  rewriteRoutedClientProxies,
   startRoutedClient,
   startRoutedServer,
 } from './lib/routing.js';
@@ -883,5 +884,84 @@ test(
       );
       assert.ok(tookMs < 3000, `registered ${tookMs} ms after the reload`);
       assert.ok((await echoRoundTrip('127.0.0.1', remotePort!, 1000)).ok);
+    }),
+);
+
+/**
+ * Short echo round trips through `port` from `concurrency` visitors, one after another each, until stop()
+ * or `max` connects in all; stop() resolves with how many ended each way ("ok", "ECONNREFUSED"...).
+ */
+function visitorLoop(port: number, concurrency: number, max: number) {
+  let stopped = false;
+  let made = 0;
+  const outcomes: Record<string, number> = {};
+  const visitor = async (): Promise<void> => {
+    while (!stopped && made < max) {
+      made += 1;
+      const trip = await echoRoundTrip('127.0.0.1', port, 64, { timeoutMs: 5000 });
+      const outcome = trip.ok ? 'ok' : (trip.error ?? 'failed');
+      outcomes[outcome] = (outcomes[outcome] ?? 0) + 1;
+    }
+  };
+  const done = Promise.all(Array.from({ length: concurrency }, visitor));
+  return {
+    stop: async () => {
+      stopped = true;
+      await done;
+      return outcomes;
+    },
+  };
+}
+
+test(
+  'client and server SIGHUPs under a stream of visitors: a tcp proxy changed on its own port (max_connections) keeps its listener, as does an unchanged one while another comes and goes; no visitor is refused or reset',
+  { timeout: 90_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startEchoServer('127.0.0.1', 0);
+      h.onCleanup(() => echo.close());
+      const [portA, portK, portB] = await freePorts(3);
+      const ports = [portA!, portK!, portB!].map(String);
+      const server = await startRoutedServer(h, { http: false, allowPorts: ports });
+      const token = await issueRoutedToken(server, { name: 'homelab', ports: ports.join(',') });
+      const local = `127.0.0.1:${echo.port}`;
+      const proxyA = (max: number): RoutedProxy => ({
+        name: 'A',
+        type: 'tcp',
+        local,
+        remote_port: portA!,
+        max_connections: max,
+      });
+      const kept: RoutedProxy = { name: 'K', type: 'tcp', local, remote_port: portK! };
+      const added: RoutedProxy = { name: 'B', type: 'tcp', local, remote_port: portB! };
+      const client = await startRoutedClient(h, { server: server.url, token, proxies: [proxyA(1000), kept] });
+      // A connection open on A all along, and visitors arriving on A and K throughout.
+      const pinger = await EchoPinger.connect('127.0.0.1', portA!);
+      h.onCleanup(() => pinger.close());
+      const loops = [visitorLoop(portA!, 4, 20_000), visitorLoop(portK!, 4, 20_000)];
+      for (let i = 0; i < 8; i += 1) {
+        // A's max_connections toggles (a change the server is told of); B is added, then removed again.
+        const proxies = [proxyA(i % 2 === 0 ? 2000 : 1000), kept, ...(i % 2 === 0 ? [added] : [])];
+        await rewriteRoutedClientProxies(client.configPath, proxies);
+        const mark = client.proc.mark();
+        client.proc.kill('SIGHUP');
+        await client.proc.waitForMsg('proxy registered', 10_000, { from: mark, fields: { proxy: 'A' } });
+        const serverMark = server.proc.mark();
+        server.proc.kill('SIGHUP');
+        await server.proc.waitForMsg('config reloaded', 10_000, { from: serverMark });
+        assert.ok(await pinger.ping(), `reload ${i + 1}: ${pinger.failures.join('; ')}`);
+        await sleep(100);
+      }
+      const [onA, onK] = await Promise.all(loops.map((loop) => loop.stop()));
+      t.diagnostic(`visitors on A: ${JSON.stringify(onA)}; on K: ${JSON.stringify(onK)}`);
+      assert.deepEqual(Object.keys(onA!), ['ok'], `visitors on A: ${JSON.stringify(onA)}`);
+      assert.deepEqual(Object.keys(onK!), ['ok'], `visitors on K: ${JSON.stringify(onK)}`);
+      assert.deepEqual(pinger.failures, []);
+      // Each public port was bound once; only B's came and went.
+      const listening = await server.proc.settledLogsWithMsg('proxy listening');
+      const bound = (name: string) => listening.filter((line) => line.proxy === name).length;
+      assert.deepEqual([bound('A'), bound('K'), bound('B')], [1, 1, 4]);
+      const closed = server.proc.logsWithMsg('proxy closed').map((line) => line.proxy);
+      assert.deepEqual(closed, ['B', 'B', 'B', 'B']);
     }),
 );
