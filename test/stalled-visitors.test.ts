@@ -14,6 +14,7 @@ import {
   withTimeout,
 } from './lib/processes.js';
 import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
+import { startEndlessDownload } from './lib/services.js';
 import { startTunnel, type Tunnel } from './lib/tunnel.js';
 
 const MiB = 1024 * 1024;
@@ -24,26 +25,6 @@ const VISITORS = 100;
  * window per stream would let these visitors take it past 1.5 GiB.
  */
 const SERVER_GROWTH_LIMIT = 2 * (DEFAULT_MAX_SESSION_WINDOW + VISITORS * INITIAL_WINDOW) + 128 * MiB;
-
-/** A download that never ends: writes while the socket takes it, counting what it handed over. */
-function startEndlessDownload() {
-  const chunk = Buffer.alloc(64 * 1024, 0x61);
-  const stats = { written: 0, connections: 0 };
-  const server = net.createServer((sock) => {
-    stats.connections += 1;
-    sock.on('error', () => {});
-    const pump = () => {
-      while (!sock.destroyed) {
-        const more = sock.write(chunk);
-        stats.written += chunk.length;
-        if (!more) return;
-      }
-    };
-    sock.on('drain', pump);
-    pump();
-  });
-  return { server, stats };
-}
 
 /** Listens `service` on loopback and tunnels a tcp proxy "download" to it. */
 async function tunnelTo(h: Harness, service: net.Server): Promise<Tunnel> {

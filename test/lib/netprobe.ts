@@ -16,7 +16,7 @@ import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { startUdpEcho, udpClient } from './http-backend.js';
-import { echoRoundTrip, startEchoServer, tryConnect } from './services.js';
+import { echoRoundTrip, startEchoServer, startEndlessDownload, tryConnect } from './services.js';
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
@@ -74,15 +74,7 @@ if (mode === 'echo-server') {
   socket.close();
   print({ sent: count, replies: replies.length, from: `${from.address}:${from.port}` });
 } else if (mode === 'source-server') {
-  const chunk = Buffer.alloc(64 * 1024, 'x');
-  const server = net.createServer((sock) => {
-    sock.on('error', () => {});
-    const pump = () => {
-      while (!sock.destroyed && sock.write(chunk));
-    };
-    sock.on('drain', pump);
-    pump();
-  });
+  const { server } = startEndlessDownload();
   server.listen(port, host, () => print({ msg: 'listening', addr: `${host}:${port}` }));
   process.on('SIGTERM', () => process.exit(0));
 } else if (mode === 'sink') {

@@ -218,3 +218,23 @@ export async function waitUntilAccepting(
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
+
+/** A download that never ends: writes while the socket takes it, counting what it handed over. */
+export function startEndlessDownload() {
+  const chunk = Buffer.alloc(64 * 1024, 0x61);
+  const stats = { written: 0, connections: 0 };
+  const server = net.createServer((sock) => {
+    stats.connections += 1;
+    sock.on('error', () => {});
+    const pump = () => {
+      while (!sock.destroyed) {
+        const more = sock.write(chunk);
+        stats.written += chunk.length;
+        if (!more) return;
+      }
+    };
+    sock.on('drain', pump);
+    pump();
+  });
+  return { server, stats };
+}
