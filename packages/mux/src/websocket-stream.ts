@@ -133,7 +133,7 @@ export class WebSocketStream extends Duplex {
    * highWaterMark of it: seconds on a slow uplink. On a fast link the allowance grows to highWaterMark.
    */
   get writableRoom(): number {
-    const room = this.allowance.bytes - this.writableLength;
+    const room = this.roomLeft();
     if (room <= 0) {
       this.congestionReported = true;
       this.allowance.holdingBack();
@@ -141,13 +141,14 @@ export class WebSocketStream extends Duplex {
     return room;
   }
 
-  private congested(): boolean {
-    return this.writableLength >= this.allowance.bytes;
+  /** writableRoom without telling anyone: for the checks of our own. */
+  private roomLeft(): number {
+    return this.allowance.bytes - this.writableLength;
   }
 
   /** A writer told of congestion hears 'drain' once it is over (Node's own 'drain' needs highWaterMark). */
   private readonly reportRoom = (): void => {
-    if (!this.congestionReported || this.writableNeedDrain || this.congested()) return;
+    if (!this.congestionReported || this.writableNeedDrain || this.roomLeft() <= 0) return;
     this.congestionReported = false;
     this.emit('drain');
   };
