@@ -4,20 +4,24 @@ export interface SendTurn {
   sendStart: number;
   /** Where its last frame served finished. */
   sendFinish: number;
+  /** Where its waiting frame is expected to finish: the order serves the earliest first. */
+  sendDue: number;
   /** Its place in the heap, or -1 while it is not waiting. */
   sendIndex: number;
-  /** Ties on sendStart go to the one that waited first. */
+  /** Ties on sendDue go to the one that waited first. */
   sendSeq: number;
 }
 
 /**
- * The order in which senders waiting for room in a shared connection get to write: start-time fair
- * queueing (Goyal, Vin and Cheng, 1996). A waiting sender's next frame starts where its previous frame
- * finished, or at the virtual clock if it has been idle since; the earliest start is served next, the clock
- * moves to it, and the frame finishes that many bytes later. A sender that sends little (a datagram, a
- * keystroke, a request) starts at the clock and goes ahead of the bulk senders' next frames; one sending in
- * small pieces gains nothing, since its starts advance by every byte it sent. A min-heap: O(log n) in the
- * senders waiting.
+ * The order in which senders waiting for room in a shared connection get to write: fair queueing on a
+ * virtual clock of bytes. A waiting sender's next frame starts where its previous frame finished, or at the
+ * clock if it has been idle since, and is due its expected length later; the frame due first is served, and
+ * the clock moves on to that frame's start (start-time fair queueing's clock, Goyal, Vin and Cheng, 1996).
+ * A sender that sends little (a datagram, a keystroke, a request) starts at the clock and is due a few bytes
+ * later, ahead of every bulk sender's next frame; served by start alone it tied with the bulk senders of the
+ * round under way and waited for all of them (with 200 downloads on a 2 Mbit/s uplink, 5-14 s an echo).
+ * One sending in small pieces gains nothing, since its starts advance by every byte it sent. A min-heap:
+ * O(log n) in the senders waiting.
  */
 export class SendOrder<T extends SendTurn> {
   private readonly heap: T[] = [];
@@ -28,10 +32,11 @@ export class SendOrder<T extends SendTurn> {
     return this.heap.length;
   }
 
-  /** Queues `sender`'s next frame; a sender already waiting keeps its place. */
-  add(sender: T): void {
+  /** Queues `sender`'s next frame, expected to be `bytes` long; a sender already waiting keeps its place. */
+  add(sender: T, bytes: number): void {
     if (sender.sendIndex >= 0) return;
     sender.sendStart = Math.max(this.clock, sender.sendFinish);
+    sender.sendDue = sender.sendStart + bytes;
     sender.sendSeq = this.seq++;
     sender.sendIndex = this.heap.length;
     this.heap.push(sender);
@@ -50,7 +55,8 @@ export class SendOrder<T extends SendTurn> {
       this.siftDown(0);
     }
     first.sendIndex = -1;
-    this.clock = first.sendStart;
+    // Served by due, a frame may start before one served earlier: the clock never goes back.
+    this.clock = Math.max(this.clock, first.sendStart);
     return first;
   }
 
@@ -65,7 +71,7 @@ export class SendOrder<T extends SendTurn> {
   }
 
   private before(a: T, b: T): boolean {
-    return a.sendStart < b.sendStart || (a.sendStart === b.sendStart && a.sendSeq < b.sendSeq);
+    return a.sendDue < b.sendDue || (a.sendDue === b.sendDue && a.sendSeq < b.sendSeq);
   }
 
   private siftUp(index: number): void {

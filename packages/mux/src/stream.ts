@@ -53,6 +53,8 @@ export class Stream extends Duplex implements SendTurn {
   /** @internal */
   sendFinish = 0;
   /** @internal */
+  sendDue = 0;
+  /** @internal */
   sendIndex = -1;
   /** @internal */
   sendSeq = 0;

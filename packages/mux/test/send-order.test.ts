@@ -22,6 +22,7 @@ afterEach(() => {
 class Sender implements SendTurn {
   sendStart = 0;
   sendFinish = 0;
+  sendDue = 0;
   sendIndex = -1;
   sendSeq = 0;
   /** The lengths of the frames it has to send, in order. */
@@ -31,13 +32,18 @@ class Sender implements SendTurn {
   ) {}
 }
 
+/** Queues `sender` for its next frame. */
+function queue(order: SendOrder<Sender>, sender: Sender): void {
+  order.add(sender, sender.frames[0] ?? 0);
+}
+
 /** Serves `order` until it is empty, each sender charged with its next frame; the names in serving order. */
 function serveAll(order: SendOrder<Sender>): string[] {
   const served: string[] = [];
   for (let sender = order.next(); sender; sender = order.next()) {
     served.push(sender.name);
     order.charge(sender, sender.frames.shift() ?? 0);
-    if (sender.frames.length > 0) order.add(sender);
+    if (sender.frames.length > 0) queue(order, sender);
   }
   return served;
 }
@@ -45,7 +51,7 @@ function serveAll(order: SendOrder<Sender>): string[] {
 describe('SendOrder', () => {
   test('backlogged senders with equal frames take turns', () => {
     const order = new SendOrder<Sender>();
-    for (const name of ['a', 'b', 'c']) order.add(new Sender(name, [100, 100, 100]));
+    for (const name of ['a', 'b', 'c']) queue(order, new Sender(name, [100, 100, 100]));
     assert.deepEqual(serveAll(order), ['a', 'b', 'c', 'a', 'b', 'c', 'a', 'b', 'c']);
   });
 
@@ -53,22 +59,36 @@ describe('SendOrder', () => {
     const order = new SendOrder<Sender>();
     const x = new Sender('x', [128 * 1024, 128 * 1024, 128 * 1024]);
     const y = new Sender('y', [128 * 1024, 128 * 1024, 128 * 1024]);
-    order.add(x);
-    order.add(y);
+    queue(order, x);
+    queue(order, y);
     assert.equal(order.next(), x);
     order.charge(x, x.frames.shift()!);
-    order.add(x);
-    order.add(new Sender('dns', [60]));
-    // y's first frame was due as early as x's first; then the datagram, before any second frame.
-    assert.deepEqual(serveAll(order), ['y', 'dns', 'x', 'y', 'x', 'y']);
+    queue(order, x);
+    queue(order, new Sender('dns', [60]));
+    // The datagram is due long before y's first frame (which started as early as x's first).
+    assert.deepEqual(serveAll(order), ['dns', 'y', 'x', 'y', 'x', 'y']);
+  });
+
+  test('a sender that sends little does not wait for the rest of a round of equal bulk frames', () => {
+    const order = new SendOrder<Sender>();
+    const bulk = Array.from({ length: 100 }, (_, i) => new Sender(`bulk${i}`, [16 * 1024, 16 * 1024]));
+    for (const sender of bulk) queue(order, sender);
+    for (let i = 0; i < 10; i++) {
+      const sender = order.next()!;
+      order.charge(sender, sender.frames.shift()!);
+      queue(order, sender);
+    }
+    // Ten of the hundred served; the other ninety frames of this round all start where the echo does.
+    queue(order, new Sender('echo', [40]));
+    assert.equal(order.next()?.name, 'echo');
   });
 
   test('sending in small pieces gains nothing: bytes, not frames, are shared', () => {
     const order = new SendOrder<Sender>();
     const big = new Sender('big', Array(4).fill(64 * 1024));
     const pieces = new Sender('pieces', Array(1000).fill(1024));
-    order.add(big);
-    order.add(pieces);
+    queue(order, big);
+    queue(order, pieces);
     const served = serveAll(order);
     // 1 KiB pieces against 64 KiB frames: about 64 pieces per big frame, not one each.
     const piecesBeforeLastBig = served
@@ -83,9 +103,9 @@ describe('SendOrder', () => {
   test('a sender already waiting keeps its place when added again; clear() empties the order', () => {
     const order = new SendOrder<Sender>();
     const [a, b] = [new Sender('a', [10]), new Sender('b', [10])];
-    order.add(a);
-    order.add(b);
-    order.add(a);
+    queue(order, a);
+    queue(order, b);
+    queue(order, a);
     assert.equal(order.size, 2);
     assert.equal(order.next(), a);
     order.clear();
