@@ -7,7 +7,8 @@
 //   udp-send --bind B --host H --port P --count N [--interval MS] [--timeout MS]   send N datagrams (MS
 //                      apart) from an ephemeral port of B, then wait MS for replies; prints {sent, replies}
 //   source-server --host H --port P                   sends endless data on every connection, as fast as it is read
-//   sink --host H --port P --seconds S                 reads from one connection for S s; prints {bytes, seconds}
+//   sink --host H --port P --seconds S [--count N]     reads from N connections (1) for S s; prints
+//                      {bytes, seconds, least} (least: the fewest bytes one connection got)
 //   rtt --proto tcp|udp --host H --port P --count N --interval MS [--timeout MS]   N small probes MS apart
 //                      through an echo service, each answered or given up MS after the last; prints
 //                      {sent, answered, max_ms, median_ms, first_ms} (first_ms: tcp connect + first echo)
@@ -79,15 +80,18 @@ if (mode === 'echo-server') {
   process.on('SIGTERM', () => process.exit(0));
 } else if (mode === 'sink') {
   const seconds = Number(values.seconds);
-  const sock = net.connect(port, host);
-  let bytes = 0;
-  sock.on('data', (d: Buffer) => {
-    bytes += d.length;
+  const received = Array.from({ length: Number(values.count) }, () => 0);
+  const socks = received.map((_, i) => {
+    const sock = net.connect(port, host);
+    sock.on('data', (d: Buffer) => {
+      received[i]! += d.length;
+    });
+    sock.on('error', () => {});
+    return sock;
   });
-  sock.on('error', () => {});
   await sleep(seconds * 1000);
-  sock.destroy();
-  print({ bytes, seconds });
+  for (const sock of socks) sock.destroy();
+  print({ bytes: received.reduce((a, b) => a + b, 0), seconds, least: Math.min(...received) });
 } else if (mode === 'rtt') {
   print(
     await probeRtt(values.proto === 'udp' ? 'udp' : 'tcp', Number(values.count), Number(values.interval)),
