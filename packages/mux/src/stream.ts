@@ -93,7 +93,7 @@ export class Stream extends Duplex implements SendTurn {
 
   /** @internal Streams are made by Session.open() and arrive via Session's 'stream' event. */
   constructor(session: Session, host: StreamHost, id: number) {
-    super({ allowHalfOpen: true, readableHighWaterMark: 256 * 1024, writableHighWaterMark: 256 * 1024 });
+    super({ allowHalfOpen: true, readableHighWaterMark: 256 * 1024, writableHighWaterMark: 64 * 1024 });
     this.session = session;
     this.host = host;
     this.id = id;

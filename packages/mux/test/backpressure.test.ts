@@ -154,13 +154,20 @@ for (const transport of ['tcp', 'ws'] as const) {
           return chunk;
         };
 
-        // Phase 1: write until backpressure (bounded: a writer that never sees false fails here).
+        // Phase 1: write until backpressure that lasts (bounded: a writer that never sees it fails here). A
+        // write waiting for its turn in the connection returns false too, and its 'drain' comes at once.
         const limit = 4 * window + 8 * MiB;
         let refused = false;
         while (written < limit) {
           if (!writer.write(next())) {
-            refused = true;
-            break;
+            const drained = await Promise.race([
+              once(writer, 'drain').then(() => true),
+              sleep(300).then(() => false),
+            ]);
+            if (!drained) {
+              refused = true;
+              break;
+            }
           }
           await sleep(0);
         }
