@@ -13,6 +13,13 @@ export const PROXY_NAME_RULE =
 export const proxyNameSchema = z.string().regex(PROXY_NAME, `must be ${PROXY_NAME_RULE} characters`);
 const port = z.number().int().min(1).max(65535);
 
+/**
+ * A tcp or udp proxy's `remote_port` of 0: the server picks a port the client may hold and says which in the
+ * register_result (`remote_port`). A server older than this reads it as a port out of range and refuses that
+ * entry alone ("remote_port: Too small: ..."), so no new protocol version is needed.
+ */
+export const PICKED_PORT = 0;
+
 /** A udp flow's idle timeout, on either end: what a register may ask for, and what a config may set. */
 export const UDP_IDLE_TIMEOUT_MIN_MS = 100;
 export const UDP_IDLE_TIMEOUT_MAX_MS = 86_400_000;
@@ -32,7 +39,14 @@ export const proxySpecSchema = z.object({
     // A newer client's new type reaches an older server: say what this one knows.
     error: () => `not a proxy type this server knows (${PROXY_TYPES.join(', ')})`,
   }),
-  remote_port: port.optional(),
+  /** tcp/udp: the public port; PICKED_PORT (0): one the server picks. */
+  remote_port: z.number().int().min(PICKED_PORT).max(65535).optional(),
+  /**
+   * tcp/udp with remote_port 0: the port the server gave this proxy before (an earlier session, or this one
+   * before a reload); the server gives it again if the proxy may hold it and it is free. Not part of what the
+   * proxy is: a register that differs only here changes nothing.
+   */
+  previous_port: port.optional(),
   /** http/tls: hostnames, exact or "*.suffix". */
   hosts: z.array(z.string().max(255)).max(64).optional(),
   /** http/tls: a name in front of the server's subdomain_host. */
@@ -77,6 +91,8 @@ const proxyResult = z.object({
   proxy: z.string(),
   ok: z.boolean(),
   remote_addr: z.string().optional(),
+  /** tcp/udp: the port bound, the one the server picked for remote_port 0 (an older server leaves it out). */
+  remote_port: port.optional(),
   /** http/tls: where visitors reach the proxy, e.g. "http://app.example.com:8080/api". */
   urls: z.array(z.string()).max(1024).optional(),
   reason: z.string().optional(),

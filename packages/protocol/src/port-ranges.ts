@@ -33,6 +33,50 @@ export class PortRanges {
     return this.ranges.some(([low, high]) => port >= low && port <= high);
   }
 
+  /** The ports in both sets. */
+  intersect(other: PortRanges): PortRanges {
+    const both: Array<[number, number]> = [];
+    for (const [low, high] of this.ranges)
+      for (const [otherLow, otherHigh] of other.ranges) {
+        const from = Math.max(low, otherLow);
+        const to = Math.min(high, otherHigh);
+        if (from <= to) both.push([from, to]);
+      }
+    return PortRanges.of(both);
+  }
+
+  /** How many distinct ports the set holds. */
+  get size(): number {
+    return PortRanges.merged(this.ranges).reduce((sum, [low, high]) => sum + high - low + 1, 0);
+  }
+
+  /** The `index`th port of the set in ascending order (0 <= index < size). */
+  at(index: number): number {
+    let left = index;
+    for (const [low, high] of PortRanges.merged(this.ranges)) {
+      if (left <= high - low) return low + left;
+      left -= high - low + 1;
+    }
+    throw new RangeError(`port index ${index} is outside a set of ${this.size} ports`);
+  }
+
+  /** Sorted, overlapping and adjacent ranges joined. */
+  private static merged(ranges: ReadonlyArray<readonly [number, number]>): Array<[number, number]> {
+    const out: Array<[number, number]> = [];
+    for (const [low, high] of [...ranges].sort((a, b) => a[0] - b[0])) {
+      const last = out.at(-1);
+      if (last && low <= last[1] + 1) last[1] = Math.max(last[1], high);
+      else out.push([low, high]);
+    }
+    return out;
+  }
+
+  /** A set of these ranges in canonical form. */
+  private static of(ranges: ReadonlyArray<readonly [number, number]>): PortRanges {
+    const merged = PortRanges.merged(ranges);
+    return new PortRanges(merged, merged.map(([l, h]) => (l === h ? `${l}` : `${l}-${h}`)).join(','));
+  }
+
   /** The ports of this set that `other` does not have, as canonical text ("" when there are none). */
   outside(other: PortRanges): string {
     const cuts = [...other.ranges].sort((a, b) => a[0] - b[0]);

@@ -14,12 +14,13 @@ export function isPortProxyType(type: string): type is PortProxyType {
 
 export interface ProxyRule {
   type: PortProxyType;
+  /** 0: the server picks the port. */
   remotePort: number;
   local: LocalAddress;
 }
 
 /**
- * Parses a quick-flag rule: "2222:127.0.0.1:22", "tcp:2222:127.0.0.1:22", "udp:5353:127.0.0.1:53",
+ * Parses a quick-flag rule: "2222:127.0.0.1:22", "0:127.0.0.1:22" (remote port 0: the server picks one), "tcp:2222:127.0.0.1:22", "udp:5353:127.0.0.1:53",
  * "2222:[::1]:22", "8080:unix:/run/app.sock". The remote port comes first (the port opened on the server), then
  * the local address.
  */
@@ -51,7 +52,7 @@ export function parseRule(text: string, defaultType: PortProxyType = 'tcp'): Pro
   try {
     return {
       type,
-      remotePort: parsePort(rest.slice(0, colon)),
+      remotePort: parsePort(rest.slice(0, colon), true),
       local: parseLocalAddress(rest.slice(colon + 1)),
     };
   } catch (err) {

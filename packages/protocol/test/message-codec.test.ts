@@ -90,6 +90,12 @@ test("control messages are validated with a reason naming the field; a type not 
     proxies: ['ssh'],
   });
   assert.throws(() => parseControlMessage({ type: 'unregister', proxies: 'ssh' }), /at proxies: /);
+  // A result carries the port bound (the picked one for remote_port 0); an older server's leaves it out.
+  const result = { proxy: 'ssh', ok: true, remote_addr: '0.0.0.0:40007' };
+  for (const extra of [{ remote_port: 40007 }, {}]) {
+    const message = { type: 'register_result', results: [{ ...result, ...extra }] };
+    assert.deepEqual(parseControlMessage(message), message);
+  }
   assert.throws(() => parseControlMessage({ type: 'register', proxies: {} }), /at proxies: /);
   assert.throws(
     () => parseControlMessage({ type: 'register', proxies: Array(1025).fill({}) }),
@@ -114,9 +120,21 @@ test('register entries are validated one by one: unknown fields dropped, a refus
     assert.equal(entry.ok, false, JSON.stringify(raw));
     return entry.ok ? undefined : { proxy: entry.proxy, reason: entry.reason };
   };
-  assert.deepEqual(refused({ name: 'ssh', type: 'tcp', remote_port: 0 }), {
+  assert.deepEqual(refused({ name: 'ssh', type: 'tcp', remote_port: -1 }), {
     proxy: 'ssh',
-    reason: 'remote_port: Too small: expected number to be >=1',
+    reason: 'remote_port: Too small: expected number to be >=0',
+  });
+  // Port 0 asks the server to pick, naming the one it had before; a previous port must be a real one.
+  assert.deepEqual(
+    parseRegisterEntry({ name: 'ssh', type: 'tcp', remote_port: 0, previous_port: 40001 }, 0),
+    {
+      ok: true,
+      spec: { name: 'ssh', type: 'tcp', remote_port: 0, previous_port: 40001 },
+    },
+  );
+  assert.deepEqual(refused({ name: 'ssh', type: 'tcp', remote_port: 0, previous_port: 0 }), {
+    proxy: 'ssh',
+    reason: 'previous_port: Too small: expected number to be >=1',
   });
   assert.deepEqual(refused({ name: 'q', type: 'quic', remote_port: 443 }), {
     proxy: 'q',

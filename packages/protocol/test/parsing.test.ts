@@ -53,6 +53,22 @@ test('the ports of one set outside another, in canonical text', () => {
   assert.equal(PortRanges.parse('1-100').outside(PortRanges.parse('50-60,10-20')), '1-9,21-49,61-100');
 });
 
+test('port sets intersect, count and index their ports in ascending order', () => {
+  const grant = PortRanges.parse('8090-8110,2222,2220-2223');
+  const allowed = PortRanges.parse('2000-2999,8100-8199');
+  const both = grant.intersect(allowed);
+  assert.equal(both.toString(), '2220-2223,8100-8110');
+  assert.equal(both.size, 15);
+  assert.deepEqual(
+    [0, 3, 4, 14].map((i) => both.at(i)),
+    [2220, 2223, 8100, 8110],
+  );
+  assert.throws(() => both.at(15), RangeError);
+  assert.equal(grant.size, 25, 'a port listed twice counts once');
+  assert.equal(PortRanges.parse('80').intersect(PortRanges.parse('81')).size, 0);
+  assert.equal(PortRanges.all().intersect(PortRanges.all()).size, 65535);
+});
+
 test('host:port accepts names, IPv4 and bracketed IPv6', () => {
   assert.deepEqual(parseHostPort('127.0.0.1:22'), { host: '127.0.0.1', port: 22 });
   assert.deepEqual(parseHostPort('localhost:8080'), { host: 'localhost', port: 8080 });
@@ -97,7 +113,10 @@ test('rules accept the plain and the typed form', () => {
   assert.throws(() => parseRule('2222'), /invalid rule "2222"/);
   assert.throws(() => parseRule('x:127.0.0.1:22'), /unsupported proxy type "x"/);
   assert.throws(() => parseRule('2222:127.0.0.1'), /invalid rule "2222:127.0.0.1": invalid address/);
-  assert.throws(() => parseRule('0:127.0.0.1:22'), /port 0 is outside/);
+  // Remote port 0: the server picks one (ssh -R 0:...); the local service needs a real one.
+  assert.deepEqual(parseRule('0:127.0.0.1:22'), { ...expected, remotePort: 0 });
+  assert.throws(() => parseRule('2222:127.0.0.1:0'), /port 0 is outside/);
+  assert.throws(() => parseRule('70000:127.0.0.1:22'), /port 70000 is outside 0-65535/);
 });
 
 test('a rule with an address before its remote port says the remote side is a port alone', () => {
