@@ -6,6 +6,7 @@ import {
   FirstSightings,
   type Logger,
   MessageReader,
+  PICKED_PORT,
   PortRanges,
   PROTOCOL_VERSION,
   ProtocolError,
@@ -21,6 +22,7 @@ import {
 } from '@porthole/protocol';
 import { ConnectionLimit, ConnectionLimits } from './connection-limit.js';
 import type { HostClaim } from './host-routes.js';
+import { type PickedPort, pickablePorts, pickPort } from './port-picker.js';
 import {
   type BoundProxy,
   bindRoutedProxy,
@@ -60,10 +62,7 @@ export class ClientSession {
   readonly name: string;
   private readonly logger: Logger;
   private readonly grant: PortRanges | undefined;
-  private readonly proxies = new Map<
-    string,
-    { listener: BoundProxy; port: number | undefined; spec: ProxySpec; routes: number }
-  >();
+  private readonly proxies = new Map<string, RegisteredProxy>();
   /** Host routes (name x location) the proxies above claim together, against MAX_ROUTES_PER_CLIENT. */
   private routes = 0;
   /** Hostnames the token lets this client claim (undefined: any). */
@@ -347,7 +346,7 @@ export class ClientSession {
     );
     this.send({
       type: 'register_result',
-      results: moves.map((m) => this.registered(m.proxy, this.proxies.get(m.proxy)!.listener)),
+      results: moves.map((m) => this.registered(this.proxies.get(m.proxy)!)),
     });
   }
 
@@ -527,12 +526,34 @@ export class ClientSession {
     };
   }
 
-  private async registerOne(spec: ProxySpec): Promise<ProxyResult> {
-    const existing = this.proxies.get(spec.name);
+  private async registerOne(asked: ProxySpec): Promise<ProxyResult> {
+    // Where a picked port was before is a wish for this registration, not part of what the proxy is.
+    const { previous_port: previousPort, ...requested } = asked;
+    const existing = this.proxies.get(requested.name);
     // Nothing to change: a reload keeps each proxy's routes what its spec would get now (enforceRules).
-    if (existing && JSON.stringify(existing.spec) === JSON.stringify(spec)) {
-      return this.registered(spec.name, existing.listener);
+    if (existing && JSON.stringify(existing.requested) === JSON.stringify(requested)) {
+      return this.registered(existing);
     }
+    if (!picksPort(requested)) return this.registerAs(requested, requested, existing);
+    // Changed in other ways (max_connections...), a proxy keeps the port it was given, as one that names
+    // its port does, while it may still hold it.
+    const kept =
+      existing && picksPort(existing.requested) && existing.spec.type === requested.type
+        ? existing.spec.remote_port
+        : undefined;
+    if (kept !== undefined) {
+      const spec = { ...requested, remote_port: kept };
+      if (!this.refusal(spec)) return this.registerAs(requested, spec, existing);
+    }
+    return this.registerPicked(requested, existing, previousPort ?? kept);
+  }
+
+  /** Registers `spec`: `requested` with the port it will have (the same, unless the server picks it). */
+  private async registerAs(
+    requested: ProxySpec,
+    spec: ProxySpec,
+    existing: RegisteredProxy | undefined,
+  ): Promise<ProxyResult> {
     const routes = this.routesOf(spec);
     const reason = this.refusal(spec) ?? this.overLimit(existing, routes);
     if (reason) return this.refused(spec.name, reason);
@@ -546,33 +567,78 @@ export class ClientSession {
     ) {
       existing.listener.respec(spec, connectionLimitFor(this.ctx, this.owner, spec));
       existing.spec = spec;
+      existing.requested = requested;
       this.logger.info(
         { proxy: spec.name, type: spec.type, remote_addr: existing.listener.address },
         'proxy changed',
       );
-      return this.registered(spec.name, existing.listener);
+      return this.registered(existing);
     }
     // The new spec's routes replace the old ones; names it no longer claims are let go, not kept offline.
     if (existing) this.closeProxies([spec.name], 'replaced by a new registration', { forgetRoutes: true });
-    let listener: BoundProxy;
-    let port: number | undefined;
+    let bound: { listener: BoundProxy; port: number | undefined };
     try {
-      if (spec.type === 'tcp') {
-        port = spec.remote_port!;
-        listener = await this.bindTcp(spec, port);
-      } else {
-        listener = await bindRoutedProxy(this.ctx, this.owner, spec);
-      }
+      bound = await this.bind(spec);
     } catch (err) {
       return this.refused(spec.name, (err as Error).message);
     }
+    return this.adopt({ ...bound, requested, spec, routes });
+  }
+
+  /** A tcp or udp proxy with remote_port 0: binds a port it may hold (`preferred` first, if it may). */
+  private async registerPicked(
+    requested: ProxySpec,
+    existing: RegisteredProxy | undefined,
+    preferred: number | undefined,
+  ): Promise<ProxyResult> {
+    const reason = this.overLimit(existing, 0);
+    if (reason) return this.refused(requested.name, reason);
+    if (existing)
+      this.closeProxies([requested.name], 'replaced by a new registration', { forgetRoutes: true });
+    const held = requested.type === 'tcp' ? this.ctx.ports : this.ctx.routing.udpPorts;
+    let picked: PickedPort<{ listener: BoundProxy; port: number | undefined }>;
+    try {
+      picked = await pickPort({
+        from: pickablePorts(this.grant, this.ctx.config.allowPorts),
+        preferred,
+        held: (port) => held.has(port),
+        bind: (port) => this.bind({ ...requested, remote_port: port }),
+      });
+    } catch (err) {
+      return this.refused(requested.name, (err as Error).message);
+    }
+    if (picked.preferredRefusal !== undefined)
+      this.logger.info(
+        {
+          proxy: requested.name,
+          previous_port: preferred,
+          remote_port: picked.port,
+          reason: picked.preferredRefusal,
+        },
+        'proxy given another port than before',
+      );
+    const spec = { ...requested, remote_port: picked.port };
+    return this.adopt({ ...picked.bound, requested, spec, routes: 0 });
+  }
+
+  /** Binds a proxy's public side: a tcp proxy's port (held in ctx.ports), or a routed proxy. */
+  private async bind(spec: ProxySpec): Promise<{ listener: BoundProxy; port: number | undefined }> {
+    if (spec.type !== 'tcp')
+      return { listener: await bindRoutedProxy(this.ctx, this.owner, spec), port: undefined };
+    const port = spec.remote_port!;
+    return { listener: await this.bindTcp(spec, port), port };
+  }
+
+  /** Takes a proxy just bound into this session, unless the session, a drain or a reload got in the way. */
+  private adopt(entry: RegisteredProxy): ProxyResult {
+    const { spec, listener, port } = entry;
     if (this.closed) {
       listener.close();
       if (port !== undefined && this.ctx.ports.get(port)?.owner === this) this.ctx.ports.delete(port);
       return { proxy: spec.name, ok: false, reason: 'session closed' };
     }
-    this.proxies.set(spec.name, { listener, port, spec, routes });
-    this.routes += routes;
+    this.proxies.set(spec.name, entry);
+    this.routes += entry.routes;
     // A drain or a reload may have come while the bind was under way; both only saw the proxies already here.
     const lateRefusal = this.draining ? 'the server is shutting down' : this.refusal(spec);
     if (lateRefusal) {
@@ -581,10 +647,16 @@ export class ClientSession {
       return this.refused(spec.name, lateRefusal);
     }
     this.logger.info(
-      { proxy: spec.name, type: spec.type, remote_addr: listener.address, urls: listener.urls },
+      {
+        proxy: spec.name,
+        type: spec.type,
+        remote_addr: listener.address,
+        urls: listener.urls,
+        ...(picksPort(entry.requested) ? { remote_port: spec.remote_port, picked: true } : {}),
+      },
       'proxy listening',
     );
-    return this.registered(spec.name, listener);
+    return this.registered(entry);
   }
 
   private refused(proxy: string, reason: string): ProxyResult {
@@ -592,12 +664,16 @@ export class ClientSession {
     return { proxy, ok: false, reason };
   }
 
-  private registered(proxy: string, listener: BoundProxy): ProxyResult {
-    this.refusals.forget(proxy);
+  private registered({ spec, listener }: { spec: ProxySpec; listener: BoundProxy }): ProxyResult {
+    this.refusals.forget(spec.name);
     return {
-      proxy,
+      proxy: spec.name,
       ok: true,
       remote_addr: listener.address,
+      // The port bound; an http or tls proxy's remote_port (which the server ignores) is not one.
+      ...((spec.type === 'tcp' || spec.type === 'udp') && spec.remote_port !== undefined
+        ? { remote_port: spec.remote_port }
+        : {}),
       ...(listener.urls === undefined ? {} : { urls: listener.urls }),
     };
   }
@@ -645,6 +721,24 @@ export class ClientSession {
       this.logger.info({ proxy: name, reason }, 'proxy closed');
     }
   }
+}
+
+/** A proxy this session serves. */
+interface RegisteredProxy {
+  listener: BoundProxy;
+  /** A tcp proxy's port, held in ServerContext.ports. */
+  port: number | undefined;
+  /** As it is served: remote_port is the port bound, also when the server picked it. */
+  spec: ProxySpec;
+  /** As the client asked for it (remote_port 0 when the server picked), to tell a change from a repeat. */
+  requested: ProxySpec;
+  /** Host routes it claims. */
+  routes: number;
+}
+
+/** A tcp or udp proxy that asks the server to pick its port. */
+function picksPort(spec: ProxySpec): boolean {
+  return (spec.type === 'tcp' || spec.type === 'udp') && spec.remote_port === PICKED_PORT;
 }
 
 /** A proxy whose routes a reload moved: the names it answered to, and those it answers to now. */

@@ -42,11 +42,12 @@ export class TcpProxyListener {
     this.server = createServer({ allowHalfOpen: true }, (socket) => this.onConnection(socket));
   }
 
-  /** Binds the port; rejects with an Error whose message is the reason to send to the client. */
+  /** Binds the port; rejects with an Error whose message is the reason to send to the client (and the errno `code`). */
   listen(): Promise<void> {
     return new Promise((resolve, reject) => {
+      // The code stays for a caller that tries another port (port-picker.ts).
       const onError = (err: NodeJS.ErrnoException) =>
-        reject(new Error(describeListenError(err, this.address)));
+        reject(Object.assign(new Error(describeListenError(err, this.address)), { code: err.code }));
       this.server.once('error', onError);
       this.server.listen({ port: this.opts.proxy.remote_port, host: this.opts.bindHost }, () => {
         this.server.off('error', onError);

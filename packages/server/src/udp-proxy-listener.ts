@@ -155,13 +155,14 @@ export class UdpProxyListener {
     return this.flows.size;
   }
 
-  /** Binds the port; rejects with an Error whose message is the reason to send to the client. */
+  /** Binds the port; rejects with an Error whose message is the reason to send to the client (and the errno `code`). */
   listen(): Promise<void> {
     return new Promise((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException) => {
         this.closed = true;
         this.socket.close();
-        reject(new Error(describeBindError(err, this.address)));
+        // The code stays for a caller that tries another port (port-picker.ts).
+        reject(Object.assign(new Error(describeBindError(err, this.address)), { code: err.code }));
       };
       this.socket.once('error', onError);
       this.socket.bind({ port: this.opts.proxy.remote_port, address: this.opts.bindHost }, () => {

@@ -20,7 +20,7 @@ test('hello, register, and a public connection arrives as a stream with its head
   assert.equal(hello?.type === 'hello_ok' && hello.client, 'homelab');
   assert.deepEqual(await client.register([{ name: 'web', port }]), {
     type: 'register_result',
-    results: [{ proxy: 'web', ok: true, remote_addr: `127.0.0.1:${port}` }],
+    results: [{ proxy: 'web', ok: true, remote_addr: `127.0.0.1:${port}`, remote_port: port }],
   });
   client.session.on('stream', async (stream: Stream) => {
     const header = await readStreamHeader(stream);
@@ -50,7 +50,7 @@ test('refusals name the proxy and the reason; the other proxies still register',
   assert.deepEqual(result, {
     type: 'register_result',
     results: [
-      { proxy: 'ok', ok: true, remote_addr: `127.0.0.1:${inGrant}` },
+      { proxy: 'ok', ok: true, remote_addr: `127.0.0.1:${inGrant}`, remote_port: inGrant },
       {
         proxy: 'grant',
         ok: false,
@@ -103,7 +103,7 @@ test("a register entry the server cannot take (a newer client's type, a range pa
   assert.deepEqual(await client.next(), {
     type: 'register_result',
     results: [
-      { proxy: 'web', ok: true, remote_addr: `127.0.0.1:${port}` },
+      { proxy: 'web', ok: true, remote_addr: `127.0.0.1:${port}`, remote_port: port },
       { proxy: 'quic', ok: false, reason: 'type: not a proxy type this server knows (tcp, udp, http, tls)' },
       { proxy: 'dns', ok: false, reason: 'udp_idle_timeout_ms: Too big: expected number to be <=86400000' },
       {
@@ -121,7 +121,7 @@ test("a register entry the server cannot take (a newer client's type, a range pa
   assert.equal(logs.lines.filter((l) => l.msg === 'client disconnected').length, 0);
   assert.deepEqual(await client.register([{ name: 'ssh', port: other }]), {
     type: 'register_result',
-    results: [{ proxy: 'ssh', ok: true, remote_addr: `127.0.0.1:${other}` }],
+    results: [{ proxy: 'ssh', ok: true, remote_addr: `127.0.0.1:${other}`, remote_port: other }],
   });
   client.session.close();
 });
@@ -142,7 +142,7 @@ test('a message type the server does not know is ignored with one warn line per 
   });
   assert.deepEqual(await client.next(), {
     type: 'register_result',
-    results: [{ proxy: 'web', ok: true, remote_addr: `127.0.0.1:${port}` }],
+    results: [{ proxy: 'web', ok: true, remote_addr: `127.0.0.1:${port}`, remote_port: port }],
   });
   const ignored = logs.lines.filter((l) => l.msg === 'unknown control message ignored');
   assert.deepEqual(
@@ -184,7 +184,7 @@ test('a client that connects again takes over at once: old session closed, its p
   await oldClosed;
   assert.deepEqual(await fresh.register([{ name: 'ssh', port }]), {
     type: 'register_result',
-    results: [{ proxy: 'ssh', ok: true, remote_addr: `127.0.0.1:${port}` }],
+    results: [{ proxy: 'ssh', ok: true, remote_addr: `127.0.0.1:${port}`, remote_port: port }],
   });
   await logs.waitFor('client replaced', { client: 'homelab' });
   fresh.session.close();
