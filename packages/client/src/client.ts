@@ -10,6 +10,7 @@ import {
   PROTOCOL_VERSION,
   PROXY_NAME,
   ProtocolError,
+  type ProxyResult,
   type ProxySpec,
   parseControlMessage,
   RepeatedReasons,
@@ -20,7 +21,7 @@ import type { ClientConfig, ProxyConfig } from './config.js';
 import { DialError, dial, urlWithoutUserinfo } from './dialer.js';
 import { PendingLocalConnects, serveStream } from './local-connector.js';
 import { LocalFailureLog } from './local-failure-log.js';
-import { describeLocal, proxySpecFields } from './proxy-config.js';
+import { describeLocal, picksPort, proxySpecFields } from './proxy-config.js';
 import { Backoff } from './reconnect.js';
 import { diffProxies, needsReconnect } from './reload.js';
 import { type ClientStatus, type ProxyState, SessionStatus } from './session-status.js';
@@ -36,6 +37,15 @@ const STABLE_SESSION_MS = 10_000;
 const CLOSE_FLUSH_MS = 1000;
 
 export type RunOutcome = 'stopped' | 'auth failed';
+
+/**
+ * A server older than remote_port = 0 refuses the 0 as a port out of range ("remote_port: Too small: ..."):
+ * said so, since that reason alone reads as a mistake in the config.
+ */
+function refusalReason(proxy: ProxyConfig, reason: string | undefined): string | undefined {
+  if (!picksPort(proxy) || reason === undefined || !reason.startsWith('remote_port: ')) return reason;
+  return `${reason} (this server is older than remote_port = 0: it cannot pick a port, so give the proxy one)`;
+}
 
 /** What the server is told about a proxy; a change here means re-registering it. */
 export function proxySpecOf(proxy: ProxyConfig): ProxySpec {
@@ -69,6 +79,12 @@ export class PortholeClient {
   private serverDraining = false;
   /** Each proxy's refusal last logged at warn: the periodic retry's same refusal goes to debug. */
   private readonly refusals = new RepeatedReasons();
+  /**
+   * The port the server gave each proxy whose port it picks (remote_port = 0), asked for again at each
+   * registration (a new session, a reload, a retry) so that visitors keep finding it there. Kept across
+   * sessions, not across restarts of the client.
+   */
+  private readonly pickedPorts = new Map<string, { type: string; port: number }>();
 
   constructor(
     private config: ClientConfig,
@@ -123,8 +139,13 @@ export class PortholeClient {
       this.proxies.delete(name);
       this.sessionStatus.forget(name);
       this.refusals.forget(name);
+      this.pickedPorts.delete(name);
     }
-    for (const proxy of next.proxies) this.proxies.set(proxy.name, proxy);
+    for (const proxy of next.proxies) {
+      this.proxies.set(proxy.name, proxy);
+      if (this.pickedPorts.get(proxy.name)?.type !== proxy.type || !picksPort(proxy))
+        this.pickedPorts.delete(proxy.name);
+    }
     // A flow's socket is connected to the local it started with, and a sender that keeps talking (a
     // WireGuard keepalive, a game) never lets it go idle: ended, its next datagram opens a flow to the new one.
     for (const name of diff.localChanged)
@@ -186,7 +207,7 @@ export class PortholeClient {
     for (const name of names) this.sessionStatus.set(name, { state: 'pending' });
     this.sendControl({
       type: 'register',
-      proxies: names.map((name) => proxySpecOf(this.proxies.get(name)!)),
+      proxies: names.map((name) => this.registration(this.proxies.get(name)!)),
     });
   }
 
@@ -479,18 +500,21 @@ export class PortholeClient {
     this.refusals.clear();
     if (this.proxies.size === 0) return;
     for (const name of this.proxies.keys()) this.sessionStatus.set(name, { state: 'pending' });
-    this.sendControl({ type: 'register', proxies: [...this.proxies.values()].map(proxySpecOf) });
+    this.sendControl({
+      type: 'register',
+      proxies: [...this.proxies.values()].map((proxy) => this.registration(proxy)),
+    });
   }
 
-  private logResults(
-    results: ReadonlyArray<{
-      proxy: string;
-      ok: boolean;
-      remote_addr?: string;
-      urls?: string[];
-      reason?: string;
-    }>,
-  ) {
+  /** What a register says of `proxy`: its spec, and for a port the server picks, the one it had. */
+  private registration(proxy: ProxyConfig): ProxySpec {
+    const spec = proxySpecOf(proxy);
+    const had = this.pickedPorts.get(proxy.name);
+    if (picksPort(proxy) && had?.type === proxy.type) spec.previous_port = had.port;
+    return spec;
+  }
+
+  private logResults(results: readonly ProxyResult[]) {
     for (const result of results) {
       const proxy = this.proxies.get(result.proxy);
       // An entry the server could not read has a name no proxy can have ("register entry 2 (...)").
@@ -504,22 +528,44 @@ export class PortholeClient {
         continue;
       }
       const local = describeLocal(proxy.local);
+      // An older server does not say the port; it bound the one the proxy names.
+      const remotePort = result.remote_port ?? (picksPort(proxy) ? undefined : proxy.remotePort);
+      const reason = result.ok ? undefined : refusalReason(proxy, result.reason);
       const state: ProxyState = result.ok
         ? {
             state: 'registered',
             ...(result.remote_addr ? { remoteAddr: result.remote_addr } : {}),
+            ...(remotePort === undefined ? {} : { remotePort }),
             ...(result.urls?.length ? { urls: result.urls } : {}),
           }
-        : { state: 'refused', reason: result.reason ?? 'refused' };
+        : { state: 'refused', reason: reason ?? 'refused' };
       this.sessionStatus.set(result.proxy, state);
       if (result.ok) {
         this.logger.info(
-          { proxy: result.proxy, remote_addr: result.remote_addr, urls: result.urls, local },
+          {
+            proxy: result.proxy,
+            remote_addr: result.remote_addr,
+            remote_port: remotePort,
+            urls: result.urls,
+            local,
+          },
           'proxy registered',
         );
         this.refusals.forget(result.proxy);
-      } else this.logRefused(result.proxy, result.reason);
+        if (picksPort(proxy) && remotePort !== undefined) this.notePickedPort(proxy, remotePort);
+      } else this.logRefused(result.proxy, reason);
     }
+  }
+
+  /** Remembers the port the server picked; one other than before is worth a warn: visitors must be told. */
+  private notePickedPort(proxy: ProxyConfig, port: number): void {
+    const had = this.pickedPorts.get(proxy.name);
+    if (had?.type === proxy.type && had.port !== port)
+      this.logger.warn(
+        { proxy: proxy.name, previous_port: had.port, remote_port: port },
+        'proxy given another port than before',
+      );
+    this.pickedPorts.set(proxy.name, { type: proxy.type, port });
   }
 
   /** A refusal at warn, or at debug when it is the one this proxy last had (the retries' answers). */

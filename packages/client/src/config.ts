@@ -15,6 +15,7 @@ import {
   type LogLevel,
   loadTomlConfig,
   logLevelField,
+  PICKED_PORT,
   parseRule,
   readConfigFile,
   readSecretFile,
@@ -330,14 +331,19 @@ function withRuleProxies(
       local = { path: resolveSocketPath({ source: COMMAND_LINE, key: `--${type}` }, local.path) };
     }
     const proxy = {
-      name: `${parsed.type}-${parsed.remotePort}`,
+      name: ruleProxyName(parsed.type, parsed.remotePort, proxies),
       type: parsed.type,
       local: formatLocalAddress(local),
       remote_port: parsed.remotePort,
     };
-    // The same port space, as portKey has it (the file's tables are not validated yet).
+    // The same port space, as portKey has it (the file's tables are not validated yet); the server gives
+    // each proxy with port 0 a port of its own.
     const samePort = proxies.findIndex(
-      (other) => isRecord(other) && other.type === proxy.type && other.remote_port === proxy.remote_port,
+      (other) =>
+        isRecord(other) &&
+        other.type === proxy.type &&
+        other.remote_port === proxy.remote_port &&
+        proxy.remote_port !== PICKED_PORT,
     );
     if (samePort !== -1)
       throw ConfigError.at(
@@ -377,6 +383,19 @@ function flagValues(flags: ClientFlags): Partial<Record<FlagKey, string>> {
     asFlags,
   );
   return given;
+}
+
+/**
+ * A rule's proxy name: tcp-2222, udp-5353. Rules with port 0 (the server picks) are tcp-0, then tcp-0-2,
+ * tcp-0-3..., as `ssh -R 0:...` may be given more than once.
+ */
+function ruleProxyName(type: 'tcp' | 'udp', remotePort: number, taken: readonly unknown[]): string {
+  const name = `${type}-${remotePort}`;
+  if (remotePort !== PICKED_PORT) return name;
+  const names = new Set(taken.map((other) => (isRecord(other) ? other.name : undefined)));
+  let n = 1;
+  while (names.has(n === 1 ? name : `${name}-${n}`)) n++;
+  return n === 1 ? name : `${name}-${n}`;
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

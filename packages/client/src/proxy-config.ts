@@ -9,6 +9,7 @@ import {
   isUnixSocketAddress,
   type LocalAddress,
   NetworkList,
+  PICKED_PORT,
   type PortRanges,
   PROXY_TYPES,
   type ProxySpec,
@@ -86,10 +87,11 @@ const localField = z
     }
   });
 
-const portField = z
-  .number({ error: expected('a port number') })
+/** A tcp or udp proxy's public port; 0 (PICKED_PORT) asks the server to pick one, as `ssh -R 0:...` does. */
+const remotePortField = z
+  .number({ error: expected('a port number (0: one the server picks)') })
   .int()
-  .min(1)
+  .min(PICKED_PORT)
   .max(65535);
 
 /** Keys only some types take: [type that may use it, ...]. */
@@ -136,7 +138,7 @@ export const proxySchema = z
       error: expected(`one of ${PROXY_TYPES.join(', ')}`),
     }),
     local: localField,
-    remote_port: portField.optional(),
+    remote_port: remotePortField.optional(),
     hosts: z
       .array(hostField, { error: expected('a list of hostnames') })
       .max(64)
@@ -319,7 +321,7 @@ export interface ProxyConfig {
   type: ProxyType;
   /** A Unix socket's path is absolute here (tcp, http and tls proxies only); "socks5" for tcp only. */
   local: ProxyLocal;
-  /** tcp, udp: the public port on the server. */
+  /** tcp, udp: the public port on the server; 0 (PICKED_PORT): one the server picks. */
   remotePort?: number;
   /** http, tls: hostnames (exact or "*.suffix") and/or a subdomain of the server's subdomain_host. */
   hosts?: string[];
@@ -396,7 +398,17 @@ export function proxySpecFields(proxy: ProxyConfig): ProxySpec {
   return spec;
 }
 
-/** The key a proxy's public port is unique under: tcp and udp ports are separate spaces. */
+/**
+ * The key a proxy's public port is unique under: tcp and udp ports are separate spaces. Proxies whose port
+ * the server picks have none: it gives each its own.
+ */
 export function portKey(proxy: { type: ProxyType; remote_port?: number | undefined }): string | undefined {
-  return proxy.remote_port === undefined ? undefined : `${proxy.type}/${proxy.remote_port}`;
+  return proxy.remote_port === undefined || proxy.remote_port === PICKED_PORT
+    ? undefined
+    : `${proxy.type}/${proxy.remote_port}`;
+}
+
+/** A tcp or udp proxy whose public port the server picks (remote_port = 0). */
+export function picksPort(proxy: ProxyConfig): boolean {
+  return proxy.remotePort === PICKED_PORT;
 }

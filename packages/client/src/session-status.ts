@@ -6,7 +6,8 @@ import type { OpenUdpFlows } from './udp-forwarder.js';
 
 export type ProxyState =
   | { state: 'pending' }
-  | { state: 'registered'; remoteAddr?: string; urls?: string[] }
+  /** remotePort: a tcp or udp proxy's port on the server (the one it picked for remote_port 0). */
+  | { state: 'registered'; remoteAddr?: string; remotePort?: number; urls?: string[] }
   | { state: 'refused'; reason: string }
   | { state: 'closed'; reason: string };
 
@@ -36,6 +37,7 @@ export interface ClientStatus {
     name: string;
     type: string;
     local: string;
+    /** The port on the server once registered; before, as configured (0: the server will pick one). */
     remote_port: number | undefined;
     state: ProxyState['state'];
     remote_addr?: string;
@@ -132,7 +134,7 @@ export class SessionStatus {
           name: proxy.name,
           type: proxy.type,
           local: describeLocal(proxy.local),
-          remote_port: proxy.remotePort,
+          remote_port: ('remotePort' in state ? state.remotePort : undefined) ?? proxy.remotePort,
           state: state.state,
           ...('remoteAddr' in state && state.remoteAddr ? { remote_addr: state.remoteAddr } : {}),
           ...('urls' in state && state.urls ? { urls: state.urls } : {}),

@@ -92,6 +92,12 @@ function registeredDetail(p: ClientStatus['proxies'][number]): string {
   return p.urls?.length ? p.urls.join(' ') : `public ${p.remote_addr ?? '?'}`;
 }
 
+/** http and tls proxies have names, not ports; 0 is a port the server has not picked yet. */
+function remotePortCell(port: number | undefined): string {
+  if (port === undefined) return '-';
+  return port === 0 ? 'any (server picks)' : String(port);
+}
+
 /** The human form of a status: the session line, then one row per proxy. */
 export function formatStatus(status: ClientStatus, now = Date.now()): string {
   const age = humanAge(now - Date.parse(status.since));
@@ -127,7 +133,7 @@ export function formatStatus(status: ClientStatus, now = Date.now()): string {
         p.name,
         p.type,
         p.local,
-        p.remote_port === undefined ? '-' : String(p.remote_port), // http and tls proxies have names, not ports
+        remotePortCell(p.remote_port),
         p.state,
         String(p.open_connections),
         p.state === 'registered' ? registeredDetail(p) : (p.reason ?? ''),

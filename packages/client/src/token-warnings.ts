@@ -4,6 +4,7 @@ import {
   elementLabel,
   hostGrantRefusal,
   humanAge,
+  PICKED_PORT,
   PortRanges,
   parseHostPattern,
   portGrantRefusal,
@@ -69,8 +70,11 @@ export function tokenWarnings(
   }
   for (const [index, proxy] of proxies.entries()) {
     const label = `proxies${elementLabel(index, proxy)}`;
+    // A port the server picks (0) is one the grant allows, or the server says there is none.
     const portRefused =
-      proxy.remotePort === undefined ? undefined : portGrantRefusal(portGrant, proxy.remotePort);
+      proxy.remotePort === undefined || proxy.remotePort === PICKED_PORT
+        ? undefined
+        : portGrantRefusal(portGrant, proxy.remotePort);
     if (portRefused) warnings.push(`${label}.remote_port: ${portRefused}; the server will refuse this proxy`);
     for (const host of proxy.hosts ?? []) {
       let name: string;

@@ -140,6 +140,31 @@ test('a problem names its proxy by name; a --tcp/--udp rule whose port or name i
   ]);
 });
 
+test('remote_port = 0 (the server picks) for any number of tcp and udp proxies, in a file and as rules', () => {
+  const picked = (name: string, type: string) =>
+    `[[proxies]]\nname = "${name}"\ntype = "${type}"\nlocal = "127.0.0.1:1"\nremote_port = 0\n`;
+  const file = write(`${HEAD}${picked('a', 'tcp')}${picked('b', 'tcp')}${picked('c', 'udp')}`);
+  const config = loadClientConfig(file, {
+    tcp: ['0:127.0.0.1:80', '0:127.0.0.1:81'],
+    udp: ['0:127.0.0.1:53'],
+  });
+  assert.deepEqual(
+    config.proxies.map((p) => [p.name, p.type, p.remotePort]),
+    [
+      ['a', 'tcp', 0],
+      ['b', 'tcp', 0],
+      ['c', 'udp', 0],
+      ['tcp-0', 'tcp', 0],
+      ['tcp-0-2', 'tcp', 0],
+      ['udp-0', 'udp', 0],
+    ],
+  );
+  assert.equal(proxySpecFields(config.proxies[0]!).remote_port, 0, 'the server is told to pick');
+  assert.deepEqual(problems(`${HEAD}${picked('a', 'tcp').replace('= 0', '= -1')}`), [
+    'proxies[0] ("a").remote_port: must be at least 0',
+  ]);
+});
+
 test('udp, http and tls proxies take their own keys, and say which key is wrong', () => {
   const file = write(
     `${HEAD}[[proxies]]\nname = "dns"\ntype = "udp"\nlocal = "127.0.0.1:53"\nremote_port = 5353\nudp_idle_timeout = "30s"\nmax_flows = 10\n` +
