@@ -161,3 +161,101 @@ test(
       );
     }),
 );
+
+test(
+  'remote_port = 0 against an older server: its out-of-range refusal says the server cannot pick; against a newer one, the port it gave is asked for again in the next session',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const server = await startRawServer();
+      h.onCleanup(() => server.close());
+      const echo = await startEchoServer();
+      h.onCleanup(() => echo.close());
+      const { proc } = await startClient(
+        h,
+        {
+          server: server.url,
+          token: 'not.checked.here',
+          proxies: [
+            { name: 'ssh', local: `127.0.0.1:${echo.port}`, remotePort: 2222 },
+            { name: 'any', local: `127.0.0.1:${echo.port}`, remotePort: 0 },
+          ],
+          reconnectInitial: '100ms',
+          reconnectMax: '200ms',
+        },
+        { waitFor: 'none' },
+      );
+      const session = async (index: number) => {
+        await waitFor(
+          `the client's control stream #${index + 1}`,
+          () => server.controls.length > index,
+          10_000,
+        );
+        const control = server.controls[index]!;
+        assert.equal((await next(control, 'hello')).type, 'hello');
+        writeMessage(control.stream, {
+          type: 'hello_ok',
+          client: 'skew',
+          session_id: `s${index}`,
+          server_version: '0.1.0',
+        });
+        const register = await next(control, 'register');
+        return { control, proxies: register.proxies as Record<string, unknown>[] };
+      };
+
+      // An older server: its register schema has remote_port from 1, its results no remote_port.
+      const older = await session(0);
+      assert.deepEqual(older.proxies, [
+        { name: 'ssh', type: 'tcp', remote_port: 2222 },
+        { name: 'any', type: 'tcp', remote_port: 0 },
+      ]);
+      writeMessage(older.control.stream, {
+        type: 'register_result',
+        results: [
+          { proxy: 'ssh', ok: true, remote_addr: '127.0.0.1:2222' },
+          { proxy: 'any', ok: false, reason: 'remote_port: Too small: expected number to be >=1' },
+        ],
+      });
+      const registered = await proc.waitForMsg('proxy registered', 5000, { fields: { proxy: 'ssh' } });
+      assert.equal(registered.remote_port, 2222, 'the port it named, which an older server does not repeat');
+      const refused = await proc.waitForMsg('proxy refused', 5000, { fields: { proxy: 'any' } });
+      assert.equal(
+        refused.reason,
+        'remote_port: Too small: expected number to be >=1 (this server is older than remote_port = 0: it cannot pick a port, so give the proxy one)',
+      );
+
+      // A server that picks: 40123. The session ends (a server restart); the next register asks for 40123 again.
+      older.control.session.close();
+      const newer = await session(1);
+      assert.deepEqual(newer.proxies, [
+        { name: 'ssh', type: 'tcp', remote_port: 2222 },
+        { name: 'any', type: 'tcp', remote_port: 0 },
+      ]);
+      writeMessage(newer.control.stream, {
+        type: 'register_result',
+        results: [
+          { proxy: 'ssh', ok: true, remote_addr: '127.0.0.1:2222', remote_port: 2222 },
+          { proxy: 'any', ok: true, remote_addr: '127.0.0.1:40123', remote_port: 40123 },
+        ],
+      });
+      const picked = await proc.waitForMsg('proxy registered', 5000, {
+        fields: { proxy: 'any', remote_port: 40123 },
+      });
+      assert.equal(picked.remote_addr, '127.0.0.1:40123');
+      assert.equal(await visitThrough(newer.control.session, 'any', 40123, 'picked'), 'picked');
+      newer.control.session.close();
+      const third = await session(2);
+      assert.deepEqual(third.proxies, [
+        { name: 'ssh', type: 'tcp', remote_port: 2222 },
+        { name: 'any', type: 'tcp', remote_port: 0, previous_port: 40123 },
+      ]);
+      // Given another this time: said at warn, since its visitors must be told.
+      writeMessage(third.control.stream, {
+        type: 'register_result',
+        results: [{ proxy: 'any', ok: true, remote_addr: '127.0.0.1:40124', remote_port: 40124 }],
+      });
+      const moved = await proc.waitForMsg('proxy given another port than before', 5000);
+      assert.deepEqual([moved.level, moved.previous_port, moved.remote_port], ['warn', 40123, 40124]);
+      t.diagnostic(`older server's refusal as the client logs it: ${refused.reason}`);
+    }),
+);
