@@ -31,6 +31,7 @@ function guideCommands(readme: string): string[][] {
 interface Visit {
   proxy: string;
   kind: 'http' | 'udp';
+  /** 0: the one the server picks. */
   port: number;
   expect: string;
 }
@@ -73,7 +74,8 @@ function localized(
       if (!rule || !(unix || hostPort)) {
         args.push(word, value);
       } else {
-        const port = local.ports.shift()!;
+        // Remote port 0 stays 0: the server picks the port, and the client's log line says which.
+        const port = rule[2] === '0' ? 0 : local.ports.shift()!;
         const localTarget = unix
           ? `unix:${local.services.socketPath}`
           : `${hostPort![1]}:${udp ? local.services.udpPort : local.services.tcpPort}`;
@@ -113,7 +115,9 @@ test(
       const services = { tcpPort: (tcp.address() as { port: number }).port, socketPath, udpPort: udp.port };
 
       const ports = await freePorts(commands.length * 2);
-      const server = await startServer(h, { allowPorts: ports.map(String) });
+      // Taken one by one by the named ports below; a port the server picks is one of those it allows.
+      const allowed = [...ports];
+      const server = await startServer(h, { allowPorts: allowed.map(String) });
       const tokenFile = await h.file('token', `${await issueToken(server.config, { name: 'guide' })}\n`);
 
       const kinds = new Set<string>();
@@ -125,10 +129,14 @@ test(
         await client.waitForMsg('session established', 15_000);
         assert.ok(visits.length > 0, `${line}: exposes a service`);
         for (const visit of visits) {
-          await client.waitForMsg('proxy registered', 15_000, { fields: { proxy: visit.proxy } });
+          const registered = await client.waitForMsg('proxy registered', 15_000, {
+            fields: { proxy: visit.proxy },
+          });
+          const port = visit.port || Number(registered.remote_port);
+          assert.ok(allowed.includes(port), `${line}: port ${port} is one the server allows`);
           kinds.add(visit.expect);
           if (visit.kind === 'http') {
-            const r = await curl([], `http://127.0.0.1:${visit.port}/`);
+            const r = await curl([], `http://127.0.0.1:${port}/`);
             assert.equal(r.status, 200, `${line}: curl through it: ${r.stderr}`);
             assert.equal(r.body, visit.expect, line);
           } else {
@@ -136,7 +144,7 @@ test(
             await eventually(
               `${line}: socat's datagram echoed through it`,
               async () => {
-                const r = await run('socat', ['-T', '1', '-', `UDP:127.0.0.1:${visit.port}`], {
+                const r = await run('socat', ['-T', '1', '-', `UDP:127.0.0.1:${port}`], {
                   input: 'ping\n',
                   timeoutMs: 5000,
                 });

@@ -39,12 +39,13 @@ Options (they override the config file's keys; --tcp and --udp add proxies):
   --ca-file FILE             CA certificate(s) for a server with a private CA
   --tcp [tcp:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT
                              expose a local TCP service on the server's REMOTE_PORT (repeatable);
-                             the proxy is named tcp-REMOTE_PORT
+                             the proxy is named tcp-REMOTE_PORT; REMOTE_PORT 0: the server picks one
+                             (logged in "proxy registered", remote_port)
   --tcp [tcp:]REMOTE_PORT:unix:PATH
                              the same for a service listening on a Unix socket at PATH
   --udp REMOTE_PORT:LOCAL_HOST:LOCAL_PORT
                              expose a local UDP service on the server's UDP REMOTE_PORT (repeatable);
-                             the proxy is named udp-REMOTE_PORT
+                             the proxy is named udp-REMOTE_PORT; 0: the server picks one
   --exit-on-auth-failure     exit with status 4 when the server refuses the token, instead of retrying
   --log-level LEVEL          trace, debug, info, warn, error, fatal or silent
   --admin HOST:PORT          status: the client's admin address (default: [admin] listen of --config)
