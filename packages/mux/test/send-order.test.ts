@@ -291,4 +291,27 @@ describe('session: data takes turns for room in the connection', () => {
       `the 1-byte stream took ${tinyWire} bytes of the link, the bulk one ${bulkWire}`,
     );
   });
+
+  test('a stream waiting for its turn takes one 64 KiB read before write() says wait', async () => {
+    const raw = await stalledPeer();
+    const session = new Session(raw.conn, { client: true, keepAliveInterval: 0 });
+    session.on('error', () => {});
+    cleanup.push(() => session.close());
+    for (let i = 0; i < 4; i++) {
+      const s = session.open();
+      s.on('error', () => {});
+      s.write(Buffer.alloc(INITIAL_WINDOW, i + 1));
+    }
+    await waitFor(() => raw.conn.writableNeedDrain, 5000, 'the connection to fill');
+    // What a source piped into it hands over before it is paused: with thousands of streams congested on
+    // a slow uplink, this per stream is the client's memory (256 KiB took 2,000 downloads to 712 MB).
+    const waiting = session.open();
+    waiting.on('error', () => {});
+    let accepted = 0;
+    while (accepted < INITIAL_WINDOW) {
+      accepted += 64 * 1024;
+      if (!waiting.write(Buffer.alloc(64 * 1024, 9))) break;
+    }
+    assert.equal(accepted, 64 * 1024, `write() took ${accepted} bytes before it said wait`);
+  });
 });
