@@ -12,18 +12,30 @@ export interface ProxyDiff {
    * registration lets those to the old service go.
    */
   changed: string[];
-  /** Only the local address changed: nothing to tell the server, new connections go to the new address. */
+  /**
+   * The local address changed on a proxy whose listener the server keeps (nothing else changed, or
+   * `samePort`): new connections go to the new address; a udp proxy's open flows end.
+   */
   localChanged: string[];
   /**
-   * Of `changed`: tcp proxies that keep their remote_port. Registered again without an unregister first,
-   * so the server keeps their listener and takes the new spec on it: closing the port and binding it again
-   * refused (or reset) the visitors that came in between.
+   * Of `changed`: tcp and udp proxies that keep their remote_port. Registered again without an unregister
+   * first, so the server keeps their listener and takes the new spec on it: closing the port and binding it
+   * again refused (or reset) the visitors that came in between, and lost a udp proxy's datagrams.
    */
   samePort: string[];
 }
 
 function sameSpec(a: ProxySpec, b: ProxySpec): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/** A tcp or udp proxy on the same remote_port: the server can give it a new spec on the listener it has. */
+function keepsPort(old: ProxyConfig, next: ProxyConfig): boolean {
+  return (
+    old.type === next.type &&
+    (next.type === 'tcp' || next.type === 'udp') &&
+    old.remotePort === next.remotePort
+  );
 }
 
 /** Compares the running proxies with a new config's, by name. */
@@ -40,8 +52,10 @@ export function diffProxies(
     if (!old) diff.added.push(proxy.name);
     else if (!sameSpec(specOf(old), specOf(proxy))) {
       diff.changed.push(proxy.name);
-      if (old.type === 'tcp' && proxy.type === 'tcp' && old.remotePort === proxy.remotePort)
+      if (keepsPort(old, proxy)) {
         diff.samePort.push(proxy.name);
+        if (JSON.stringify(old.local) !== JSON.stringify(proxy.local)) diff.localChanged.push(proxy.name);
+      }
     } else if (JSON.stringify(old.local) !== JSON.stringify(proxy.local))
       (proxy.type === 'http' ? diff.changed : diff.localChanged).push(proxy.name);
   }

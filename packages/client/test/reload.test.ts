@@ -56,6 +56,33 @@ test('diffProxies: a tcp proxy changed on its own port is marked samePort (the s
   });
 });
 
+test('diffProxies: a udp proxy changed on its own port is samePort too; with a new local as well, its flows end (localChanged)', () => {
+  const udp = (name: string, remotePort: number, maxFlows: number, localPort = 53) =>
+    ({
+      name,
+      type: 'udp',
+      local: { host: '127.0.0.1', port: localPort },
+      remotePort,
+      maxFlows,
+    }) as ProxyConfig;
+  const diff = diffProxies(
+    new Map([
+      ['dns', udp('dns', 5300, 64)],
+      ['game', udp('game', 5301, 64)],
+      ['moved', udp('moved', 5302, 64)],
+    ]),
+    [udp('dns', 5300, 8), udp('game', 5301, 8, 7777), udp('moved', 5402, 8)],
+    proxySpecOf,
+  );
+  assert.deepEqual(diff, {
+    added: [],
+    removed: [],
+    changed: ['dns', 'game', 'moved'],
+    localChanged: ['game'],
+    samePort: ['dns', 'game'],
+  });
+});
+
 test('needsReconnect: server, token or CA', () => {
   const base = { server: 'ws://a/_porthole', token: 't1' } as ClientConfig;
   assert.equal(needsReconnect(base, { ...base }), false);

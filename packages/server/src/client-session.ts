@@ -557,15 +557,10 @@ export class ClientSession {
     const routes = this.routesOf(spec);
     const reason = this.refusal(spec) ?? this.overLimit(existing, routes);
     if (reason) return this.refused(spec.name, reason);
-    // A tcp proxy changed on the port it has (max_connections, proxy_protocol...) keeps its listener:
-    // closing and binding the port again refused the visitors that came in between, and reset those
-    // already waiting in the closed listener's backlog.
-    if (
-      existing?.listener instanceof TcpProxyListener &&
-      spec.type === 'tcp' &&
-      spec.remote_port === existing.port
-    ) {
-      existing.listener.respec(spec, connectionLimitFor(this.ctx, this.owner, spec));
+    // A tcp or udp proxy changed on the port it has (max_connections, max_flows, proxy_protocol...) keeps its
+    // listener: closing and binding the port again refused the visitors that came in between, reset those
+    // already waiting in the closed listener's backlog, and lost a udp proxy's datagrams and flows.
+    if (existing && this.respecInPlace(existing, spec)) {
       existing.spec = spec;
       existing.requested = requested;
       this.logger.info(
@@ -657,6 +652,17 @@ export class ClientSession {
       'proxy listening',
     );
     return this.registered(entry);
+  }
+
+  /** Gives a proxy that keeps its public port its new spec on the listener it has; false if it cannot. */
+  private respecInPlace(
+    existing: { listener: BoundProxy; port: number | undefined },
+    spec: ProxySpec,
+  ): boolean {
+    if (!(existing.listener instanceof TcpProxyListener)) return existing.listener.takeSpec?.(spec) ?? false;
+    if (spec.type !== 'tcp' || spec.remote_port !== existing.port) return false;
+    existing.listener.respec(spec, connectionLimitFor(this.ctx, this.owner, spec));
+    return true;
   }
 
   private refused(proxy: string, reason: string): ProxyResult {

@@ -79,6 +79,11 @@ export interface BoundProxy {
    */
   reroute?(claims: readonly HostClaim[]): void;
   /**
+   * udp proxies: takes a new spec of the same proxy on the socket it has, if it keeps the port (true), so
+   * the flows under way carry on; false: it must be closed and bound again.
+   */
+  takeSpec?(spec: ProxySpec): boolean;
+  /**
    * Stops serving. An http or tls proxy's routes stay behind as offline routes (502, TLS closed) for a
    * client that is gone and may come back; with `forgetRoutes` (its client removed it on purpose, or the
    * server's rules no longer admit it) they go at once, so the name answers 404 or falls through to what
@@ -215,18 +220,21 @@ export async function bindRoutedProxy(
   const state = ctx.routing;
   if (spec.type === 'udp') {
     const port = spec.remote_port!;
+    // Read from the running config each time, so that a reload applies to proxies already registered.
+    const limitsOf = (udp: ProxySpec) => ({
+      idleTimeoutMs: () => udp.udp_idle_timeout_ms ?? routingOf(ctx).udpIdleTimeout,
+      maxFlows: () => {
+        const serverMax = routingOf(ctx).udpMaxFlows;
+        return Math.min(udp.max_flows ?? serverMax, serverMax);
+      },
+    });
     const listener = new UdpProxyListener({
       client: owner.name,
       proxy: { ...spec, remote_port: port },
       bindHost: ctx.config.proxyBind,
       session: owner.session,
       logger: ctx.logger,
-      // Read from the running config each time, so that a reload applies to proxies already registered.
-      idleTimeoutMs: () => spec.udp_idle_timeout_ms ?? routingOf(ctx).udpIdleTimeout,
-      maxFlows: () => {
-        const serverMax = routingOf(ctx).udpMaxFlows;
-        return Math.min(spec.max_flows ?? serverMax, serverMax);
-      },
+      ...limitsOf(spec),
       nextId: () => ctx.tracker.nextId(),
       traffic: ctx.traffic,
     });
@@ -244,6 +252,11 @@ export async function bindRoutedProxy(
     return {
       address: listener.address,
       udpStats: listener.stats,
+      takeSpec: (next: ProxySpec) => {
+        if (next.type !== 'udp' || next.remote_port !== port) return false;
+        listener.respec({ ...next, remote_port: port }, limitsOf(next));
+        return true;
+      },
       close: () => {
         listener.close();
         free();

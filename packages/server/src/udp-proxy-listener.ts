@@ -133,7 +133,7 @@ export class UdpProxyListener {
   private closed = false;
   private readonly flowLimitWarning: LimitWarning;
 
-  constructor(private readonly opts: UdpProxyListenerOptions) {
+  constructor(private opts: UdpProxyListenerOptions) {
     this.address = formatHostPort(opts.bindHost, opts.proxy.remote_port);
     this.family = isIPv6(opts.bindHost) ? 'udp6' : 'udp4';
     this.socket = createSocket({ type: this.family, reuseAddr: false, recvBufferSize: RECEIVE_BUFFER_BYTES });
@@ -142,7 +142,7 @@ export class UdpProxyListener {
         {
           client: opts.client,
           proxy: opts.proxy.name,
-          max_flows: opts.maxFlows(),
+          max_flows: this.opts.maxFlows(),
           dropped,
           dropped_total: this.stats.droppedFlowLimit,
         },
@@ -186,6 +186,27 @@ export class UdpProxyListener {
     } catch {
       return this.opts.proxy.remote_port;
     }
+  }
+
+  /**
+   * The proxy registered again with a changed spec on this same port (max_flows, udp_idle_timeout...): the
+   * socket stays bound and the flows carry on. New flows get the new idle timeout (an open flow keeps the one
+   * its header told the client); a lowered max_flows ends the flows past it at once, the least recently
+   * active first: those are the ones most likely done, and a sender that speaks again gets a new flow if
+   * there is room then.
+   */
+  respec(
+    proxy: ProxySpec & { remote_port: number },
+    limits: Pick<UdpProxyListenerOptions, 'idleTimeoutMs' | 'maxFlows'>,
+  ): void {
+    this.opts = { ...this.opts, ...limits, proxy };
+    const excess = this.flows.size - this.opts.maxFlows();
+    if (excess <= 0) return;
+    const quietest = [...this.flows.values()]
+      .sort((a, b) => a.lastActivity - b.lastActivity)
+      .slice(0, excess);
+    for (const flow of quietest)
+      this.endFlow(flow, `max_flows lowered to ${this.opts.maxFlows()} by a new registration`);
   }
 
   /** Frees the port at once and ends every flow. */

@@ -401,6 +401,74 @@ test('udp listener: a datagram from source port 0 (spoofed; no one could be answ
   }
 });
 
+test('udp listener: a new spec on its port keeps the socket and the flows; a lowered max_flows ends the least recently active', async () => {
+  const pair = await sessionPair();
+  const logs = captureLogs();
+  const listener = udpListener(pair.server, logs.logger, 3);
+  await listener.listen();
+  const port = listener.boundPort;
+  // The tunnel's end of each flow, by the sender's port; each ends its side when the server ends the flow.
+  const flows = new Map<number, { stream: Stream; data: Buffer[] }>();
+  pair.client.on('stream', async (stream: Stream) => {
+    const header = await readStreamHeader(stream);
+    const flow = { stream, data: [] as Buffer[] };
+    flows.set(header.remote_port, flow);
+    stream.on('data', (c: Buffer) => flow.data.push(c));
+    stream.on('end', () => stream.end());
+  });
+  const senders = await Promise.all(
+    ['a', 'b', 'c'].map(async (name) => {
+      const socket = createSocket('udp4');
+      await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+      return { name, socket, port: socket.address().port };
+    }),
+  );
+  const [a, b, c] = senders as [(typeof senders)[0], (typeof senders)[0], (typeof senders)[0]];
+  const bytesOf = (sender: typeof a) => Buffer.concat(flows.get(sender.port)?.data ?? []).length;
+  const waitUntil = async (what: string, done: () => boolean) => {
+    const deadline = Date.now() + 5000;
+    while (!done()) {
+      assert.ok(Date.now() < deadline, `timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  };
+  try {
+    // a is the oldest flow but, speaking again last, the most recently active.
+    for (const sender of [a, b, c, a]) {
+      const before = bytesOf(sender);
+      sender.socket.send(sender.name, port, '127.0.0.1');
+      await waitUntil(`${sender.name}'s datagram`, () => bytesOf(sender) > before);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.equal(listener.activeFlows, 3);
+    listener.respec(
+      { name: 'dns', type: 'udp', remote_port: port, max_flows: 1 },
+      {
+        idleTimeoutMs: () => 60_000,
+        maxFlows: () => 1,
+      },
+    );
+    await logs.waitFor('udp flow closed', { remote_addr: `127.0.0.1:${c.port}` });
+    await logs.waitFor('udp flow closed', { remote_addr: `127.0.0.1:${b.port}` });
+    const closed = logs.lines.filter((l) => l.msg === 'udp flow closed');
+    assert.deepEqual(
+      closed.map((l) => [l.remote_addr, l.reason]).sort(),
+      [b, c].map((s) => [`127.0.0.1:${s.port}`, 'max_flows lowered to 1 by a new registration']).sort(),
+    );
+    assert.equal(listener.activeFlows, 1);
+    // a's flow is the one it had, on the socket bound before: its next datagram arrives on the same stream.
+    const before = bytesOf(a);
+    a.socket.send('again', port, '127.0.0.1');
+    await waitUntil("a's datagram after the new spec", () => bytesOf(a) > before);
+    assert.equal(flows.size, 3, 'no new flow was opened');
+    assert.equal(listener.boundPort, port);
+  } finally {
+    for (const sender of senders) sender.socket.close();
+    listener.close();
+    pair.close();
+  }
+});
+
 test('server.toml: routing keys parse with defaults, and mistakes name their key', () => {
   writeFileSync(join(dir, 'secret'), `${'f'.repeat(64)}\n`);
   const edge = selfSigned('cfg', ['vps.example.test']);
