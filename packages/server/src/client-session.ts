@@ -666,6 +666,10 @@ export class ClientSession {
   }
 
   private refused(proxy: string, reason: string): ProxyResult {
+    // A proxy this session serves, registered again with a spec refused now (one a newer client wrote that
+    // this server cannot read): the client is told it failed, so it no longer serves under the old spec
+    // either. Before a changed proxy kept its port in place, the client's unregister had closed it.
+    this.closeProxies([proxy], `its new registration was refused: ${reason}`, { forgetRoutes: true });
     this.logger[this.refusals.repeats(proxy, reason) ? 'debug' : 'warn']({ proxy, reason }, 'proxy refused');
     return { proxy, ok: false, reason };
   }

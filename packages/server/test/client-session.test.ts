@@ -126,6 +126,43 @@ test("a register entry the server cannot take (a newer client's type, a range pa
   client.session.close();
 });
 
+test("a proxy registered again on its port with a spec the server refuses (a newer client's limit past this one's) is closed, not left serving the old spec", async (t) => {
+  const { server, url, logs } = await startServer();
+  t.after(() => server.shutdown());
+  const port = await freePort();
+  const client = await RawClient.connect(url, await token('skewed'));
+  assert.equal((await client.hello())?.type, 'hello_ok');
+  assert.deepEqual(await client.register([{ name: 'web', port }]), {
+    type: 'register_result',
+    results: [{ proxy: 'web', ok: true, remote_addr: `127.0.0.1:${port}` }],
+  });
+  echoStreams(client);
+  assert.deepEqual(await visit(port, 'ping'), { data: 'echo:ping' });
+  // A changed proxy on its own port comes as a register alone (no unregister first), as a reload sends it.
+  client.sendRaw({
+    type: 'register',
+    proxies: [{ name: 'web', type: 'tcp', remote_port: port, max_connections: 2_000_000 }],
+  });
+  const reason = 'max_connections: Too big: expected number to be <=1000000';
+  assert.deepEqual(await client.next(), {
+    type: 'register_result',
+    results: [{ proxy: 'web', ok: false, reason }],
+  });
+  await logs.waitFor('proxy closed', { proxy: 'web' });
+  assert.equal(
+    logs.lines.find((l) => l.msg === 'proxy closed')?.reason,
+    `its new registration was refused: ${reason}`,
+  );
+  assert.equal((await visit(port, 'x')).error, 'ECONNREFUSED', 'the old spec no longer serves');
+  // The session is the one it was, and the port is free for the proxy's next registration.
+  assert.deepEqual(await client.register([{ name: 'web', port }]), {
+    type: 'register_result',
+    results: [{ proxy: 'web', ok: true, remote_addr: `127.0.0.1:${port}` }],
+  });
+  assert.deepEqual(await visit(port, 'pong'), { data: 'echo:pong' });
+  client.session.close();
+});
+
 test('a message type the server does not know is ignored with one warn line per type and a notice; a malformed known one ends the session with a notice saying why', async (t) => {
   const { server, url, logs } = await startServer();
   t.after(() => server.shutdown());
