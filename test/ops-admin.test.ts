@@ -7,8 +7,14 @@ import { WebSocket } from 'ws';
 import { curl } from './lib/curl.js';
 import { startHttpBackend, startUdpEcho, udpClient } from './lib/http-backend.js';
 import { clientBin, eventually, freePort, run, serverBin, waitFor, withHarness } from './lib/processes.js';
-import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
-import { EchoPinger, startEchoServer } from './lib/services.js';
+import {
+  issueRoutedToken,
+  type RoutedProxy,
+  rewriteRoutedClientProxies,
+  startRoutedClient,
+  startRoutedServer,
+} from './lib/routing.js';
+import { EchoPinger, echoRoundTrip, startEchoServer } from './lib/services.js';
 import { startTunnel } from './lib/tunnel.js';
 
 const ADMIN_TOKEN = 'admin-token-for-e2e-0123456789abcdef';
@@ -543,5 +549,113 @@ test(
       const status = await run(clientBin, ['status', '--config', anyPort]);
       assert.equal(status.code, 2);
       assert.match(status.stderr, /c0\.toml: admin\.listen: port 0 is outside 1-65535/);
+    }),
+);
+
+/** One /metrics scrape with curl: its sample lines (the exposition checked on the way). */
+async function scrapeMetrics(adminUrl: string): Promise<string[]> {
+  const r = await curl(['-H', `Authorization: Bearer ${ADMIN_TOKEN}`], `${adminUrl}/metrics`);
+  assert.equal(r.status, 200, r.stderr);
+  parseExposition(r.body);
+  return r.body.split('\n').filter((line) => line !== '' && !line.startsWith('#'));
+}
+
+/** The per-proxy sample lines of `proxy` in a scrape. */
+function seriesOf(lines: readonly string[], proxy: string): string[] {
+  return lines.filter((line) => line.includes(`proxy="${proxy}"`));
+}
+
+test(
+  "/metrics: a proxy removed by a client reload loses its per-proxy series at once, even with a connection still open on it; 30 names added and removed keep the series count where it was; the server's totals stay",
+  { timeout: 90_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startEchoServer('127.0.0.1', 0);
+      h.onCleanup(() => echo.close());
+      const [keptPort, churnPort] = [await freePort(), await freePort()];
+      const server = await startRoutedServer(h, { http: false, admin: { token: ADMIN_TOKEN } });
+      const adminUrl = server.adminUrl!;
+      const token = await issueRoutedToken(server, { name: 'homelab', ports: `${keptPort},${churnPort}` });
+      const local = `127.0.0.1:${echo.port}`;
+      const kept: RoutedProxy = { name: 'kept', type: 'tcp', local, remote_port: keptPort };
+      const churn = (name: string): RoutedProxy => ({ name, type: 'tcp', local, remote_port: churnPort });
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [kept, churn('gone')],
+      });
+      const reload = async (
+        proxies: RoutedProxy[],
+        closed: string | undefined,
+        registered: string | undefined,
+      ) => {
+        await rewriteRoutedClientProxies(client.configPath, proxies);
+        const [mark, serverMark] = [client.proc.mark(), server.proc.mark()];
+        client.proc.kill('SIGHUP');
+        await client.proc.waitForMsg('config reloaded', 10_000, { from: mark });
+        if (closed)
+          await server.proc.waitForMsg('proxy closed', 10_000, {
+            from: serverMark,
+            fields: { proxy: closed },
+          });
+        if (registered)
+          await client.proc.waitForMsg('proxy registered', 10_000, {
+            from: mark,
+            fields: { proxy: registered },
+          });
+      };
+      // Traffic on both, and a connection left open on "gone".
+      for (const port of [keptPort, churnPort]) assert.ok((await echoRoundTrip('127.0.0.1', port, 100)).ok);
+      const open = await EchoPinger.connect('127.0.0.1', churnPort);
+      h.onCleanup(() => open.close());
+      assert.ok(await open.ping());
+      const before = await scrapeMetrics(adminUrl);
+      assert.ok(
+        before.includes('porthole_proxy_connections_total{client="homelab",proxy="gone"} 2'),
+        before.join('\n'),
+      );
+      const keptSeries = seriesOf(before, 'kept');
+      assert.ok(keptSeries.length >= 5, keptSeries.join('\n'));
+
+      await reload([kept], 'gone', undefined);
+      const after = await scrapeMetrics(adminUrl);
+      assert.deepEqual(seriesOf(after, 'gone'), []);
+      assert.deepEqual(seriesOf(after, 'kept'), keptSeries, "the kept proxy's series are as they were");
+      assert.ok(
+        after.includes('porthole_open_connections 1'),
+        'the connection still open is counted server-wide',
+      );
+      assert.ok(await open.ping(), 'the open connection carries on');
+      open.close();
+      await eventually(
+        'the open connection to close',
+        async () => (await scrapeMetrics(adminUrl)).includes('porthole_open_connections 0'),
+        10_000,
+      );
+      assert.deepEqual(
+        seriesOf(await scrapeMetrics(adminUrl), 'gone'),
+        [],
+        'its closing does not bring the series back',
+      );
+
+      // Names that come and go: each one's series leave with it.
+      const counts: number[] = [];
+      for (let i = 0; i < 30; i += 1) {
+        await reload([kept, churn(`churn-${i}`)], i === 0 ? undefined : `churn-${i - 1}`, `churn-${i}`);
+        assert.ok((await echoRoundTrip('127.0.0.1', churnPort, 100)).ok);
+        const lines = await scrapeMetrics(adminUrl);
+        counts.push(lines.filter((line) => line.includes('proxy="')).length);
+        assert.deepEqual(seriesOf(lines, `churn-${i - 1}`), []);
+      }
+      t.diagnostic(`per-proxy series after each cycle: ${counts.join(' ')}`);
+      assert.deepEqual(new Set(counts).size, 1, `per-proxy series: ${counts.join(' ')}`);
+      // Coming back, a name counts from 0 (a new series, as Prometheus expects of a counter that went away).
+      await reload([kept, churn('gone')], 'churn-29', 'gone');
+      const back = await scrapeMetrics(adminUrl);
+      assert.ok(
+        back.includes('porthole_proxy_connections_total{client="homelab",proxy="gone"} 0'),
+        seriesOf(back, 'gone').join('\n'),
+      );
+      assert.ok(back.includes('porthole_proxies{type="tcp"} 2'));
     }),
 );

@@ -633,6 +633,7 @@ export class ClientSession {
       return { proxy: spec.name, ok: false, reason: 'session closed' };
     }
     this.proxies.set(spec.name, entry);
+    this.ctx.traffic.registered(this.name, spec.name);
     this.routes += entry.routes;
     // A drain or a reload may have come while the bind was under way; both only saw the proxies already here.
     const lateRefusal = this.draining ? 'the server is shutting down' : this.refusal(spec);
@@ -728,6 +729,9 @@ export class ClientSession {
       entry.listener.close(opts);
       if (entry.port !== undefined && this.ctx.ports.get(entry.port)?.owner === this)
         this.ctx.ports.delete(entry.port);
+      // Its /metrics series go with a proxy removed for good; a client that went away may come back to them.
+      if (opts.forgetRoutes) this.ctx.traffic.remove(this.name, name);
+      else this.ctx.traffic.left(this.name, name);
       this.logger.info({ proxy: name, reason }, 'proxy closed');
     }
   }

@@ -67,11 +67,18 @@ function namesOf(connection: TrackedConnection): { client: string; proxy: string
 /**
  * Per-proxy traffic counters for the admin API and /metrics. Closed connections (tcp and tls connections,
  * http upgrades, and the http requests and udp flows counted as Exchanges) are folded into totals as they
- * end, open ones are added live, so every number only grows while its proxy exists (a Prometheus counter). Totals survive a client's reconnect; a proxy inactive for 10 minutes is forgotten, so memory
- * stays bounded however many names come and go.
+ * end, open ones are added live, so every number only grows while its proxy exists (a Prometheus counter).
+ * A proxy removed on purpose (remove()) is forgotten at once; one whose client went away keeps its totals
+ * for a reconnect, and is forgotten after 10 minutes inactive, so memory and the /metrics series stay
+ * bounded however many names come and go.
  */
 export class ProxyTraffic {
   private readonly closed = new Map<string, ClosedTotals>();
+  /**
+   * Proxies removed on purpose whose connections may still be open: those are counted in the server-wide
+   * figures only, so that the proxy's series do not come back when they close. Emptied by snapshot().
+   */
+  private readonly removed = new Set<string>();
   private readonly exchanges = new Set<Exchange>();
   /** Open http requests (the exchanges without a conn id): a draining server waits for them. */
   private httpRequests = 0;
@@ -129,7 +136,46 @@ export class ProxyTraffic {
     return this.httpIdle.wait(this.httpRequests === 0, timeoutMs);
   }
 
+  /**
+   * `proxy` is no longer registered because its client removed it (a reload, or the client stopping) or the
+   * server's rules no longer admit it: its totals and /metrics series go now, and a registration of the
+   * name again counts from 0. Its connections still open are counted in the server-wide figures
+   * (porthole_open_connections, /api/connections) until they close, no longer per proxy.
+   */
+  remove(client: string, proxy: string): void {
+    const key = keyOf(client, proxy);
+    this.closed.delete(key);
+    this.removed.add(key);
+    // Without an admin API nobody calls snapshot(), which empties the set.
+    if (this.removed.size > MAX_REMEMBERED_PROXIES) this.forgetClosedRemovals();
+  }
+
+  /** `proxy` registered (again): counted as any other from now on. */
+  registered(client: string, proxy: string): void {
+    this.removed.delete(keyOf(client, proxy));
+  }
+
+  /**
+   * `proxy`'s client went away without removing it (a dropped connection, a takeover): its totals are kept
+   * for it to come back, RETAIN_INACTIVE_MS from now.
+   */
+  left(client: string, proxy: string): void {
+    if (!this.removed.has(keyOf(client, proxy))) this.active(client, proxy);
+  }
+
+  /** Removed proxies with no connection open any more: nothing can count for them again. */
+  private forgetClosedRemovals(): void {
+    const open = new Set<string>();
+    for (const connection of this.tracker.connections()) {
+      const { client, proxy } = namesOf(connection);
+      open.add(keyOf(client, proxy));
+    }
+    for (const x of this.exchanges) open.add(keyOf(x.client, x.proxy));
+    for (const key of this.removed) if (!open.has(key)) this.removed.delete(key);
+  }
+
   private fold(client: string, proxy: string, bytesIn: number, bytesOut: number): void {
+    if (this.removed.has(keyOf(client, proxy))) return;
     const totals = this.active(client, proxy);
     totals.connections += 1;
     totals.bytesIn += bytesIn;
@@ -147,6 +193,7 @@ export class ProxyTraffic {
 
   /** One visitor of `proxy` turned away by its connection limit. */
   countRefused(client: string, proxy: string): void {
+    if (this.removed.has(keyOf(client, proxy))) return;
     this.active(client, proxy).refused += 1;
   }
 
@@ -187,9 +234,10 @@ export class ProxyTraffic {
 
   /**
    * Totals for every registered proxy (listed in `registered`, zeros if it has carried nothing) and every
-   * proxy with open connections or recent history.
+   * proxy with open connections or recent history, but for those removed (remove()).
    */
   snapshot(registered: Iterable<{ client: string; proxy: string }>): Map<string, ProxyTotals> {
+    this.forgetClosedRemovals();
     const now = Date.now();
     const out = new Map<string, ProxyTotals>();
     const row = (client: string, proxy: string): ProxyTotals => {
@@ -207,6 +255,7 @@ export class ProxyTraffic {
       this.entry(client, proxy).lastActive = now;
     }
     const addOpen = (client: string, proxy: string, bytesIn: number, bytesOut: number): void => {
+      if (this.removed.has(keyOf(client, proxy))) return;
       const totals = row(client, proxy);
       totals.open += 1;
       totals.connections += 1;

@@ -58,3 +58,23 @@ test('per-proxy totals stay bounded when nothing reads them, and the busiest nam
   assert.equal(totals.get(proxyKey('c', 'p24999'))?.refused, 1, 'the newest name is there');
   assert.equal(totals.get(proxyKey('c', 'kept'))?.refused, 26, 'a name in use keeps its count');
 });
+
+test("a removed proxy's totals go at once and its open exchanges no longer count for it; one whose client left keeps them; a name back counts from 0", () => {
+  const traffic = new ProxyTraffic(new ConnectionTracker());
+  const flow = traffic.begin('c', 'gone', 1, '127.0.0.1:5000');
+  flow.bytesIn = 10;
+  traffic.end(traffic.begin('c', 'gone', 2, '127.0.0.1:5001'));
+  traffic.end(traffic.begin('c', 'away', 3, '127.0.0.1:5002'));
+  traffic.countRefused('c', 'gone');
+  traffic.remove('c', 'gone');
+  traffic.left('c', 'away');
+  const names = () => [...traffic.snapshot([]).values()].map((t) => t.proxy);
+  assert.deepEqual(names(), ['away'], 'the removed one is gone though a flow of it is open');
+  traffic.end(flow);
+  traffic.countRefused('c', 'gone');
+  assert.deepEqual(names(), ['away'], 'what it did after its removal does not bring it back');
+  assert.equal((traffic as unknown as { removed: Set<string> }).removed.size, 0, 'nothing of it is kept');
+  traffic.registered('c', 'gone');
+  traffic.end(traffic.begin('c', 'gone', 4, '127.0.0.1:5003'));
+  assert.equal(traffic.snapshot([{ client: 'c', proxy: 'gone' }]).get(proxyKey('c', 'gone'))?.connections, 1);
+});
