@@ -134,7 +134,7 @@ test("a proxy registered again on its port with a spec the server refuses (a new
   assert.equal((await client.hello())?.type, 'hello_ok');
   assert.deepEqual(await client.register([{ name: 'web', port }]), {
     type: 'register_result',
-    results: [{ proxy: 'web', ok: true, remote_addr: `127.0.0.1:${port}` }],
+    results: [{ proxy: 'web', ok: true, remote_addr: `127.0.0.1:${port}`, remote_port: port }],
   });
   echoStreams(client);
   assert.deepEqual(await visit(port, 'ping'), { data: 'echo:ping' });
@@ -157,7 +157,7 @@ test("a proxy registered again on its port with a spec the server refuses (a new
   // The session is the one it was, and the port is free for the proxy's next registration.
   assert.deepEqual(await client.register([{ name: 'web', port }]), {
     type: 'register_result',
-    results: [{ proxy: 'web', ok: true, remote_addr: `127.0.0.1:${port}` }],
+    results: [{ proxy: 'web', ok: true, remote_addr: `127.0.0.1:${port}`, remote_port: port }],
   });
   assert.deepEqual(await visit(port, 'pong'), { data: 'echo:pong' });
   client.session.close();
