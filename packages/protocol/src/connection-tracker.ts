@@ -1,7 +1,13 @@
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { IdleWaiters } from './idle-waiters.js';
-import { type PipeProgress, type PipeResult, pipeBidirectional } from './pipe-bidirectional.js';
+import {
+  type PipeLimits,
+  type PipeOptions,
+  type PipeProgress,
+  type PipeResult,
+  pipeBidirectional,
+} from './pipe-bidirectional.js';
 
 export interface CarryOptions {
   /** Names of `a` and `b` in close reasons, e.g. ["visitor", "tunnel"]. */
@@ -11,6 +17,8 @@ export interface CarryOptions {
   fields: Record<string, unknown>;
   /** Bytes the caller passed between `a` and `b` itself before carrying began (see PipeOptions). */
   alreadyMoved?: PipeProgress;
+  /** Budgets per direction (see PipeOptions). */
+  limits?: PipeLimits;
 }
 
 /** A connection being carried: what the admin API lists and the metrics count while it is open. */
@@ -61,9 +69,9 @@ export class ConnectionTracker {
   carry(a: Duplex, b: Duplex, opts: CarryOptions): TrackedConnection {
     const startedAt = Date.now();
     let connection: TrackedConnection | undefined;
-    const pipeOptions = opts.alreadyMoved
-      ? { labels: opts.labels, alreadyMoved: opts.alreadyMoved }
-      : { labels: opts.labels };
+    const pipeOptions: PipeOptions = { labels: opts.labels };
+    if (opts.alreadyMoved) pipeOptions.alreadyMoved = opts.alreadyMoved;
+    if (opts.limits) pipeOptions.limits = opts.limits;
     const progress = pipeBidirectional(a, b, pipeOptions, (result) => {
       // The pipe may finish in a later tick only, so `connection` is always set here.
       if (connection) this.live.delete(connection);

@@ -25,6 +25,7 @@ export * from './reset-connection.js';
 export * from './rules.js';
 export * from './stream-header.js';
 export * from './token.js';
+export * from './token-bucket.js';
 export * from './turn-gathered-writes.js';
 export * from './udp-datagram-codec.js';
 export * from './version.js';

@@ -2,6 +2,7 @@ import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { whenEndIsFin } from './end-is-fin.js';
 import { resetConnection } from './reset-connection.js';
+import type { TokenBucket } from './token-bucket.js';
 import { TurnGatheredWrites } from './turn-gathered-writes.js';
 import { passOnUnreadAfterFailedWrite } from './unread-after-failed-write.js';
 
@@ -30,6 +31,13 @@ export interface PipeOptions {
    * after an upgrade's handshake): counted as if piped.
    */
   alreadyMoved?: PipeProgress;
+  /** Budgets the directions keep to (a proxy's bandwidth_limit, shared by its connections); none: unlimited. */
+  limits?: PipeLimits;
+}
+
+export interface PipeLimits {
+  aToB?: TokenBucket;
+  bToA?: TokenBucket;
 }
 
 /**
@@ -159,12 +167,15 @@ export function pipeBidirectional(
   // A peer's last bytes before its reset reach the other side even when the reset fails a write to it.
   if (a instanceof Socket) passOnUnreadAfterFailedWrite(a);
   if (b instanceof Socket) passOnUnreadAfterFailedWrite(b);
-  const stopAtoB = pump(a, b, (n) => {
+  const countAtoB = (n: number) => {
     progress.bytesAtoB += n;
-  });
-  const stopBtoA = pump(b, a, (n) => {
+  };
+  const countBtoA = (n: number) => {
     progress.bytesBtoA += n;
-  });
+  };
+  const { aToB, bToA } = opts.limits ?? {};
+  const stopAtoB = aToB ? limitedPump(a, b, countAtoB, aToB) : pump(a, b, countAtoB);
+  const stopBtoA = bToA ? limitedPump(b, a, countBtoA, bToA) : pump(b, a, countBtoA);
   stopPumps = () => {
     stopAtoB();
     stopBtoA();
@@ -193,6 +204,59 @@ function pump(src: Duplex, dest: Duplex, count: (bytes: number) => void): () => 
     src.pause();
     dest.once('drain', resume);
   };
+  const stopFlow = flow(src, dest, onData);
+  return () => {
+    stopFlow();
+    dest.off('drain', resume);
+  };
+}
+
+/**
+ * pump() within a budget: the source also pauses while `budget` is overdrawn, until it refills. Apart from
+ * pump() so that a connection without a limit runs the same code as before limits existed.
+ */
+function limitedPump(
+  src: Duplex,
+  dest: Duplex,
+  count: (bytes: number) => void,
+  budget: TokenBucket,
+): () => void {
+  const out = dest instanceof Socket ? new TurnGatheredWrites(dest) : dest;
+  let draining = false;
+  let overdrawn = false;
+  const resumeUnlessHeld = () => {
+    if (!draining && !overdrawn) src.resume();
+  };
+  const onDrain = () => {
+    draining = false;
+    resumeUnlessHeld();
+  };
+  const onRefill = () => {
+    overdrawn = false;
+    resumeUnlessHeld();
+  };
+  const onData = (chunk: Buffer) => {
+    count(chunk.length);
+    if (!out.write(chunk) && !draining) {
+      draining = true;
+      dest.once('drain', onDrain);
+    }
+    if (!budget.spend(chunk.length) && !overdrawn) {
+      overdrawn = true;
+      budget.whenRefilled(onRefill);
+    }
+    if (draining || overdrawn) src.pause();
+  };
+  const stopFlow = flow(src, dest, onData);
+  return () => {
+    stopFlow();
+    dest.off('drain', onDrain);
+    budget.cancel(onRefill);
+  };
+}
+
+/** Starts `src` flowing into `onData`, its end ending `dest`. Returns what removes its listeners. */
+function flow(src: Duplex, dest: Duplex, onData: (chunk: Buffer) => void): () => void {
   const endDest = () => dest.end();
   // A socket's end is passed on only once it is known to be a FIN: libuv may report a reset as an end.
   const onEnd = () => whenEndIsFin(src, endDest);
@@ -205,6 +269,5 @@ function pump(src: Duplex, dest: Duplex, count: (bytes: number) => void): () => 
   return () => {
     src.off('data', onData);
     src.off('end', onEnd);
-    dest.off('drain', resume);
   };
 }
