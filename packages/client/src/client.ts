@@ -17,6 +17,7 @@ import {
   readUnverifiedClaims,
   writeMessage,
 } from '@porthole/protocol';
+import { ProxyBandwidth } from './bandwidth-limit.js';
 import type { ClientConfig, ProxyConfig } from './config.js';
 import { DialError, dial, urlWithoutUserinfo } from './dialer.js';
 import { PendingLocalConnects, serveStream } from './local-connector.js';
@@ -63,6 +64,7 @@ export class PortholeClient {
   private readonly localFailures: LocalFailureLog;
   private readonly pendingConnects = new PendingLocalConnects();
   private readonly udpFlows = new OpenUdpFlows();
+  private readonly bandwidth = new ProxyBandwidth();
   /** Mutated in place by reload(): the stream handler reads it for every new connection. */
   private readonly proxies: Map<string, ProxyConfig>;
   private session: Session | undefined;
@@ -141,11 +143,17 @@ export class PortholeClient {
       this.refusals.forget(name);
       this.pickedPorts.delete(name);
     }
+    const limitChanged = next.proxies
+      .filter((proxy) => this.proxies.has(proxy.name))
+      .filter((proxy) => this.proxies.get(proxy.name)?.bandwidthLimit?.text !== proxy.bandwidthLimit?.text)
+      .map((proxy) => proxy.name);
     for (const proxy of next.proxies) {
       this.proxies.set(proxy.name, proxy);
       if (this.pickedPorts.get(proxy.name)?.type !== proxy.type || !picksPort(proxy))
         this.pickedPorts.delete(proxy.name);
     }
+    // Nothing for the server: the open connections' budgets take the new limit where they are.
+    this.bandwidth.apply(this.proxies);
     // A flow's socket is connected to the local it started with, and a sender that keeps talking (a
     // WireGuard keepalive, a game) never lets it go idle: ended, its next datagram opens a flow to the new one.
     for (const name of diff.localChanged)
@@ -157,6 +165,7 @@ export class PortholeClient {
         removed: diff.removed,
         changed: diff.changed,
         local_changed: diff.localChanged,
+        bandwidth_limit_changed: limitChanged,
         reconnect: redial,
       },
       'config reloaded',
@@ -382,6 +391,7 @@ export class PortholeClient {
         this.localFailures,
         this.pendingConnects,
         this.udpFlows,
+        this.bandwidth,
       ).catch((err: Error) => {
         this.logger.error({ stream: stream.id, reason: err.message }, 'stream failed');
         stream.destroy();
@@ -541,6 +551,8 @@ export class PortholeClient {
         : { state: 'refused', reason: reason ?? 'refused' };
       this.sessionStatus.set(result.proxy, state);
       if (result.ok) {
+        const limit =
+          proxy.bandwidthLimit === undefined ? {} : { bandwidth_limit: proxy.bandwidthLimit.text };
         this.logger.info(
           {
             proxy: result.proxy,
@@ -548,6 +560,7 @@ export class PortholeClient {
             remote_port: remotePort,
             urls: result.urls,
             local,
+            ...limit,
           },
           'proxy registered',
         );

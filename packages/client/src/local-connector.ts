@@ -10,6 +10,7 @@ import {
   readStreamHeader,
   type StreamHeader,
 } from '@porthole/protocol';
+import { type ProxyBandwidth, tunnelToLocalLimits } from './bandwidth-limit.js';
 import type { ProxyConfig } from './config.js';
 import { connectLocal, LOCAL_CONNECT_TIMEOUT_MS, StreamGone, withTimeout } from './local-connect.js';
 import type { LocalFailureLog } from './local-failure-log.js';
@@ -107,6 +108,7 @@ export async function serveStream(
   failures: LocalFailureLog,
   pending: PendingLocalConnects,
   udpFlows: OpenUdpFlows,
+  bandwidth: ProxyBandwidth,
 ): Promise<void> {
   // Until the pipe owns the stream, an RST or session loss must not become an uncaught error.
   const swallow = () => {};
@@ -131,7 +133,7 @@ export async function serveStream(
   const local = describeLocal(proxy.local);
   if (proxy.type === 'udp') {
     stream.off('error', swallow);
-    await serveUdpFlow(stream, header, proxy, logger, failures, udpFlows);
+    await serveUdpFlow(stream, header, proxy, logger, failures, udpFlows, bandwidth.budgets(proxy));
     return;
   }
   // A SOCKS visitor's handshake is its own to stall, under the handshake's own timeouts: no burst places.
@@ -184,9 +186,12 @@ export async function serveStream(
     // The visitor's real address, for services that read PROXY headers (nginx, HAProxy, Postfix...).
     socket.write(encodeProxyHeader(proxy.proxyProtocol, proxyEndpoints(header)));
   }
+  // Looked up now, not before the connect: a reload meanwhile may have changed the limit.
+  const budgets = bandwidth.budgets(proxies.get(proxy.name) ?? proxy);
   tracker.carry(stream, socket, {
     labels: ['tunnel', 'local'],
     logger,
     fields: { ...fields, local, ...destination },
+    ...(budgets ? { limits: tunnelToLocalLimits(budgets) } : {}),
   });
 }

@@ -26,6 +26,7 @@ import {
   type UnixSocketAddress,
 } from '@porthole/protocol';
 import { z } from 'zod';
+import { type BandwidthLimit, bandwidthLimitField } from './bandwidth-limit.js';
 import type { SocksCredentials } from './socks5.js';
 
 const hostField = z.string({ error: expected('a hostname') }).transform((text, ctx) => {
@@ -188,6 +189,7 @@ export const proxySchema = z
     max_connections: positiveIntField('a number of connections').max(1_000_000).optional(),
     udp_idle_timeout: durationField.optional(),
     max_flows: positiveIntField('a number of flows').max(1_000_000).optional(),
+    bandwidth_limit: bandwidthLimitField.optional(),
     socks_user: socksCredentialField.optional(),
     socks_password: socksCredentialField.optional(),
     socks_password_file: z.string({ error: expected('a file path') }).optional(),
@@ -342,6 +344,8 @@ export interface ProxyConfig {
   /** udp: ms without datagrams before a flow ends (the server's setting when absent). */
   udpIdleTimeout?: number;
   maxFlows?: number;
+  /** Bytes per second each way, for all its connections (or flows) together; applied here, not by the server. */
+  bandwidthLimit?: BandwidthLimit;
   /** local = "socks5": who may use it and where to. */
   socks?: SocksSettings;
 }
@@ -368,6 +372,7 @@ export function toProxyConfig(raw: RawProxy): ProxyConfig {
   if (raw.max_connections !== undefined) proxy.maxConnections = raw.max_connections;
   if (raw.udp_idle_timeout !== undefined) proxy.udpIdleTimeout = raw.udp_idle_timeout;
   if (raw.max_flows !== undefined) proxy.maxFlows = raw.max_flows;
+  if (raw.bandwidth_limit !== undefined) proxy.bandwidthLimit = raw.bandwidth_limit;
   if (isSocks5Local(raw.local)) {
     const socks: SocksSettings = {};
     // socks_password_file is read by the config loader, which knows where the file is.

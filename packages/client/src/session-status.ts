@@ -45,6 +45,8 @@ export interface ClientStatus {
     urls?: string[];
     reason?: string;
     open_connections: number;
+    /** Its bandwidth_limit as written ("1MB"), each way; absent: none. */
+    bandwidth_limit?: string;
   }[];
 }
 
@@ -140,6 +142,7 @@ export class SessionStatus {
           ...('urls' in state && state.urls ? { urls: state.urls } : {}),
           ...('reason' in state ? { reason: state.reason } : {}),
           open_connections: (open.get(proxy.name) ?? 0) + udpFlows.count(proxy.name),
+          ...(proxy.bandwidthLimit ? { bandwidth_limit: proxy.bandwidthLimit.text } : {}),
         };
       }),
     };

@@ -127,7 +127,11 @@ export function formatStatus(status: ClientStatus, now = Date.now()): string {
   if (status.proxies.length === 0) {
     lines.push('no proxies configured');
   } else {
-    const rows = [['PROXY', 'TYPE', 'LOCAL', 'REMOTE PORT', 'STATE', 'OPEN', 'DETAIL']];
+    // A column for limits only where some proxy has one: most configs have none.
+    const limits = status.proxies.some((p) => p.bandwidth_limit !== undefined);
+    const rows = [
+      ['PROXY', 'TYPE', 'LOCAL', 'REMOTE PORT', 'STATE', 'OPEN', ...(limits ? ['LIMIT'] : []), 'DETAIL'],
+    ];
     for (const p of status.proxies) {
       rows.push([
         p.name,
@@ -136,6 +140,7 @@ export function formatStatus(status: ClientStatus, now = Date.now()): string {
         remotePortCell(p.remote_port),
         p.state,
         String(p.open_connections),
+        ...(limits ? [p.bandwidth_limit === undefined ? '-' : `${p.bandwidth_limit}/s`] : []),
         p.state === 'registered' ? registeredDetail(p) : (p.reason ?? ''),
       ]);
     }

@@ -17,6 +17,7 @@ import {
   proxyDatagramBudget,
   type StreamHeader,
 } from '@porthole/protocol';
+import type { ProxyBudgets } from './bandwidth-limit.js';
 import type { LocalFailureLog } from './local-failure-log.js';
 import { isSocks5Local, type ProxyConfig } from './proxy-config.js';
 
@@ -97,9 +98,16 @@ export interface UdpFlowCounts {
   bytesIn: number;
   bytesOut: number;
   dropped: number;
+  /** Of `dropped`: over the proxy's bandwidth_limit. */
+  droppedOverLimit: number;
 }
 
-/** Serves one UDP flow stream (its header already read). Resolves when the flow is over. */
+/**
+ * Serves one UDP flow stream (its header already read). Resolves when the flow is over. With `budgets` (the
+ * proxy's bandwidth_limit, shared by its flows), a datagram the budget cannot pay for is dropped, as frp
+ * does: held back, it would come late to a game or a call, and a sender faster than the limit would only
+ * queue more.
+ */
 export function serveUdpFlow(
   stream: Stream,
   header: StreamHeader,
@@ -107,6 +115,7 @@ export function serveUdpFlow(
   logger: Logger,
   failures: LocalFailureLog,
   openFlows: OpenUdpFlows,
+  budgets?: ProxyBudgets,
 ): Promise<UdpFlowCounts> {
   const target = proxy.local;
   // Refused by the config's checks: a udp proxy's local is host:port.
@@ -118,7 +127,20 @@ export function serveUdpFlow(
   const idleMs = header.udp_idle_timeout_ms ?? proxy.udpIdleTimeout ?? DEFAULT_UDP_IDLE_TIMEOUT_MS;
   const socket: UdpSocket = createSocket(family);
   const decoder = new DatagramDecoder({ maxDatagramBytes: MAX_UDP_PAYLOAD[family] });
-  const counts: UdpFlowCounts = { datagramsIn: 0, datagramsOut: 0, bytesIn: 0, bytesOut: 0, dropped: 0 };
+  const counts: UdpFlowCounts = {
+    datagramsIn: 0,
+    datagramsOut: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    dropped: 0,
+    droppedOverLimit: 0,
+  };
+  const overLimit = (budget: 'in' | 'out', datagram: Buffer): boolean => {
+    if (budgets === undefined || budgets[budget].trySpend(datagram.length)) return false;
+    counts.dropped++;
+    counts.droppedOverLimit++;
+    return true;
+  };
   const started = performance.now();
   let lastActivity = started;
   let connected = false;
@@ -164,6 +186,7 @@ export function serveUdpFlow(
         counts.dropped++;
         return;
       }
+      if (overLimit('in', datagram)) return;
       counts.datagramsIn++;
       counts.bytesIn += datagram.length;
       socket.send(datagram, (err?: NodeJS.ErrnoException | null) => {
@@ -214,6 +237,7 @@ export function serveUdpFlow(
     });
     socket.on('message', (msg) => {
       lastActivity = performance.now();
+      if (overLimit('out', msg)) return;
       if (writer.write(msg) === 'sent') {
         counts.datagramsOut++;
         counts.bytesOut += msg.length;
@@ -270,6 +294,7 @@ export function serveUdpFlow(
           bytes_in: counts.bytesIn,
           bytes_out: counts.bytesOut,
           dropped: counts.dropped,
+          ...(budgets === undefined ? {} : { dropped_over_limit: counts.droppedOverLimit }),
           ms: Math.round(performance.now() - started),
           reason: reason ?? 'closed',
         },

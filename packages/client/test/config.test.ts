@@ -459,3 +459,38 @@ test('a socks5 proxy reads socks_password_file next to the config file, warns wh
     /--tcp: "1080:socks5": a socks5 proxy is written in a config file/,
   );
 });
+
+test('bandwidth_limit: frp\'s "KB" and "MB" (1024 and 1048576 bytes per second), for every proxy type', () => {
+  const limitOf = (value: string, type = 'tcp') => {
+    const keys = type === 'http' ? 'subdomain = "app"' : `remote_port = ${type === 'udp' ? 5353 : 2222}`;
+    const config = loadClientConfig(
+      write(
+        `${HEAD}[[proxies]]\nname = "p"\ntype = "${type}"\nlocal = "127.0.0.1:22"\n${keys}\nbandwidth_limit = ${JSON.stringify(value)}\n`,
+      ),
+    );
+    return config.proxies[0]?.bandwidthLimit;
+  };
+  assert.deepEqual(limitOf('1MB'), { text: '1MB', bytesPerSecond: 1_048_576 });
+  assert.deepEqual(limitOf('500KB', 'udp'), { text: '500KB', bytesPerSecond: 512_000 });
+  assert.deepEqual(limitOf(' 0.5MB ', 'http'), { text: '0.5MB', bytesPerSecond: 524_288 });
+  assert.deepEqual(limitOf('1.5KB'), { text: '1.5KB', bytesPerSecond: 1536 });
+  const proxy = (value: string) =>
+    `${HEAD}[[proxies]]\nname = "p"\ntype = "tcp"\nlocal = "127.0.0.1:22"\nremote_port = 2222\nbandwidth_limit = ${value}\n`;
+  const wrongRate = (text: string) =>
+    `proxies[0] ("p").bandwidth_limit: "${text}" is not a rate like "1MB" or "500KB" (bytes per second, "KB" or "MB" in capitals: 1MB = 1024KB = 1048576 bytes)`;
+  assert.deepEqual(problems(proxy('"1mb"')), [wrongRate('1mb')]);
+  assert.deepEqual(problems(proxy('"10Mbit"')), [wrongRate('10Mbit')]);
+  assert.deepEqual(problems(proxy('"1GB"')), [wrongRate('1GB')]);
+  assert.deepEqual(problems(proxy('"-1MB"')), [wrongRate('-1MB')]);
+  assert.deepEqual(problems(proxy('"0MB"')), [
+    'proxies[0] ("p").bandwidth_limit: must be at least 1KB (leave the key out for no limit)',
+  ]);
+  assert.deepEqual(problems(proxy('1048576')), [
+    'proxies[0] ("p").bandwidth_limit: expected a rate like "1MB" or "500KB"',
+  ]);
+  // The server is not told: a changed limit is no reason to register the proxy again.
+  assert.equal(
+    'bandwidth_limit' in proxySpecFields(loadClientConfig(write(proxy('"1MB"'))).proxies[0]!),
+    false,
+  );
+});

@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Session, type Stream } from '@porthole/mux';
 import { ConnectionTracker, captureLogs, nextClose, writeStreamHeader } from '@porthole/protocol';
+import { ProxyBandwidth } from '../src/bandwidth-limit.js';
 import type { ProxyConfig } from '../src/config.js';
 import { connectLocal, LOCAL_CONNECT_TIMEOUT_MS } from '../src/local-connect.js';
 import {
@@ -37,7 +38,17 @@ async function sessionPair(proxies: ProxyConfig[]) {
   const udpFlows = new OpenUdpFlows();
   client.on(
     'stream',
-    (stream: Stream) => void serveStream(stream, byName, tracker, logs.logger, failures, pending, udpFlows),
+    (stream: Stream) =>
+      void serveStream(
+        stream,
+        byName,
+        tracker,
+        logs.logger,
+        failures,
+        pending,
+        udpFlows,
+        new ProxyBandwidth(),
+      ),
   );
   return { server, client, logs, tracker };
 }

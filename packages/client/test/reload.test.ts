@@ -154,3 +154,26 @@ test('formatStatus: the session line and one row per proxy', () => {
   assert.match(during, /^session: {2}reconnecting for 2s, connecting now$/m);
   assert.match(during, /^last error: refused$/m);
 });
+
+test('formatStatus: a LIMIT column once some proxy has a bandwidth_limit', () => {
+  const row = { type: 'tcp', local: '127.0.0.1:22', state: 'registered', open_connections: 0 };
+  const status = {
+    state: 'established',
+    server: 'wss://vps.example.com/_porthole',
+    client: 'homelab',
+    session_id: 'abcd1234',
+    since: '2026-01-01T12:00:00Z',
+    open_connections: 0,
+    streams: 1,
+    process: { rss: 1, heapUsed: 1, openFds: 1, resources: {} },
+    proxies: [
+      { ...row, name: 'ssh', remote_port: 2222, remote_addr: '0.0.0.0:2222' },
+      { ...row, name: 'media', remote_port: 8096, remote_addr: '0.0.0.0:8096', bandwidth_limit: '2.5MB' },
+    ],
+  } as ClientStatus;
+  assert.deepEqual(formatStatus(status, Date.parse('2026-01-01T12:00:00Z')).split('\n').slice(4, 7), [
+    'PROXY  TYPE  LOCAL         REMOTE PORT  STATE       OPEN  LIMIT    DETAIL',
+    'ssh    tcp   127.0.0.1:22  2222         registered  0     -        public 0.0.0.0:2222',
+    'media  tcp   127.0.0.1:22  8096         registered  0     2.5MB/s  public 0.0.0.0:8096',
+  ]);
+});
