@@ -46,7 +46,7 @@ test('TokenBucket: a cancelled waiter is not called; setRate(Infinity) lets the 
   assert.equal(cancelledCalled, false);
 });
 
-test('pipeBidirectional with limits: the limited direction keeps to its budget, byte-exact; the other does not wait', async () => {
+test('pipeBidirectional with limits: the limited direction keeps to its budget; both ways byte-exact', async () => {
   const SIZE = 384 * 1024;
   const payload = Buffer.alloc(SIZE, 0x5a);
   // The service sends SIZE bytes (limited: 128 KiB of burst, then 256 KiB at 256 KiB/s) and takes SIZE.
