@@ -225,7 +225,8 @@ function limitedPump(
   let draining = false;
   let overdrawn = false;
   const resumeUnlessHeld = () => {
-    if (!draining && !overdrawn) src.resume();
+    // A refill may come after the other side failed and abort() paused this one to let it flush.
+    if (!draining && !overdrawn && !dest.destroyed) src.resume();
   };
   const onDrain = () => {
     draining = false;
