@@ -11,7 +11,10 @@ export interface BandwidthLimit {
 
 /** frp's units: binary, so "1MB" moves the same in porthole as in frp. */
 const UNIT_BYTES = { KB: 1024, MB: 1024 * 1024 } as const;
-/** A rate below this would hold a connection for a minute per read of a socket (64 KiB). */
+/**
+ * Below this, one read of a socket (up to 64 KiB) is paid for with more than a minute of silence: of no use
+ * to anyone, so more likely a slip of the unit.
+ */
 const MIN_BYTES_PER_SECOND = 1024;
 /**
  * Capitals only, as frp: "mb" or "Mb" reads as megabits to many, and 8 times the intended rate is a
