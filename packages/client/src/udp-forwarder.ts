@@ -104,8 +104,8 @@ export interface UdpFlowCounts {
 
 /**
  * Serves one UDP flow stream (its header already read). Resolves when the flow is over. With `budgets` (the
- * proxy's bandwidth_limit, shared by its flows), a datagram the budget cannot pay for is dropped, as frp
- * does: held back, it would come late to a game or a call, and a sender faster than the limit would only
+ * proxy's bandwidth_limit, shared by its flows), a datagram the budget cannot pay for is dropped, not
+ * delayed: held back, it would come late to a game or a call, and a sender faster than the limit would only
  * queue more.
  */
 export function serveUdpFlow(
