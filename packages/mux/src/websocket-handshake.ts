@@ -1,8 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { type ClientRequest, request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import { isIP } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { connect as tlsConnect } from 'node:tls';
 import { WebSocketStream } from './websocket-stream.js';
 
 /** RFC 6455 §1.3: the server proves it read the key by hashing it with this GUID. */
@@ -63,6 +64,11 @@ export interface OpenWebSocketOptions {
   /** Time allowed for TCP + TLS + the HTTP upgrade. */
   timeoutMs: number;
   highWaterMark?: number;
+  /**
+   * A connection already open to the URL's host and port (a proxy's tunnel to it): the handshake (TLS first,
+   * for wss://) runs over it instead of a new one. Destroyed with the request on failure.
+   */
+  socket?: Socket;
 }
 
 /**
@@ -87,12 +93,23 @@ export function openWebSocket(url: string, options: OpenWebSocketOptions): Promi
     }
     const host = target.hostname.replace(/^\[(.*)\]$/, '$1');
     const key = randomBytes(16).toString('base64');
+    const tunnel = options.socket;
+    const servername = secure && !isIP(host) ? { servername: host } : {};
     const req: ClientRequest = (secure ? httpsRequest : httpRequest)({
       host,
       port: target.port || (secure ? 443 : 80),
       path: `${target.pathname}${target.search}`,
       method: 'GET',
-      agent: false,
+      // Without an agent, http takes the connection createConnection gives it (TLS done here, as https's
+      // agent would: the same CA and server name).
+      ...(tunnel
+        ? {
+            createConnection: () =>
+              secure
+                ? tlsConnect({ socket: tunnel, ...servername, ...(options.ca ? { ca: options.ca } : {}) })
+                : tunnel,
+          }
+        : { agent: false }),
       headers: {
         ...options.headers,
         Connection: 'Upgrade',
@@ -101,7 +118,7 @@ export function openWebSocket(url: string, options: OpenWebSocketOptions): Promi
         'Sec-WebSocket-Version': '13',
       },
       ...(secure && options.ca ? { ca: options.ca } : {}),
-      ...(secure && !isIP(host) ? { servername: host } : {}),
+      ...servername,
     });
     let settled = false;
     const fail = (err: Error) => {
@@ -109,6 +126,8 @@ export function openWebSocket(url: string, options: OpenWebSocketOptions): Promi
       settled = true;
       clearTimeout(timer);
       req.destroy();
+      // Whether or not the request has taken it over yet.
+      tunnel?.destroy();
       reject(err);
     };
     const timer = setTimeout(
