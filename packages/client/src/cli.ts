@@ -37,6 +37,9 @@ Options (they override the config file's keys; --tcp and --udp add proxies):
   --token JWT                the client token (prefer --token-file: arguments show up in ps)
   --token-file FILE          file holding the client token
   --ca-file FILE             CA certificate(s) for a server with a private CA
+  --proxy URL                dial the server through an HTTP CONNECT or SOCKS5 proxy
+                             (http://[user:password@]host:port, socks5://...); "none" ignores
+                             https_proxy/http_proxy/all_proxy, which are used otherwise
   --tcp [tcp:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT
                              expose a local TCP service on the server's REMOTE_PORT (repeatable);
                              the proxy is named tcp-REMOTE_PORT; REMOTE_PORT 0: the server picks one
@@ -46,7 +49,8 @@ Options (they override the config file's keys; --tcp and --udp add proxies):
   --udp REMOTE_PORT:LOCAL_HOST:LOCAL_PORT
                              expose a local UDP service on the server's UDP REMOTE_PORT (repeatable);
                              the proxy is named udp-REMOTE_PORT; 0: the server picks one
-  --exit-on-auth-failure     exit with status 4 when the server refuses the token, instead of retrying
+  --exit-on-auth-failure     exit with status 4 when the server refuses the token (or the proxy its
+                             credentials), instead of retrying
   --log-level LEVEL          trace, debug, info, warn, error, fatal or silent
   --admin HOST:PORT          status: the client's admin address (default: [admin] listen of --config)
   --json                     status: print the JSON the client answered
@@ -60,6 +64,7 @@ const RUN_OPTIONS = [
   'token',
   'token-file',
   'ca-file',
+  'proxy',
   'tcp',
   'udp',
   'exit-on-auth-failure',
@@ -93,6 +98,7 @@ async function main(): Promise<number | undefined> {
   if (values.token !== undefined) flags.token = values.token;
   if (values['token-file'] !== undefined) flags.tokenFile = values['token-file'];
   if (values['ca-file'] !== undefined) flags.caFile = values['ca-file'];
+  if (values.proxy !== undefined) flags.proxy = values.proxy;
   if (values.tcp !== undefined) flags.tcp = values.tcp;
   if (values.udp !== undefined) flags.udp = values.udp;
   if (values['exit-on-auth-failure']) flags.exitOnAuthFailure = true;
@@ -233,6 +239,7 @@ function parse() {
       token: { type: 'string' },
       'token-file': { type: 'string' },
       'ca-file': { type: 'string' },
+      proxy: { type: 'string' },
       tcp: { type: 'string', multiple: true },
       udp: { type: 'string', multiple: true },
       'exit-on-auth-failure': { type: 'boolean' },

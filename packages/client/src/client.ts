@@ -19,6 +19,7 @@ import {
 } from '@porthole/protocol';
 import { ProxyBandwidth } from './bandwidth-limit.js';
 import type { ClientConfig, ProxyConfig } from './config.js';
+import { describeDialProxy } from './dial-proxy.js';
 import { DialError, dial, urlWithoutUserinfo } from './dialer.js';
 import { PendingLocalConnects, serveStream } from './local-connector.js';
 import { LocalFailureLog } from './local-failure-log.js';
@@ -220,8 +221,23 @@ export class PortholeClient {
     });
   }
 
+  /**
+   * How the server is reached, for the start line: `via` the proxy (scheme, host and port: never its
+   * credentials) or "direct", `via_from` where that was decided ("config", "--proxy", "env HTTPS_PROXY",
+   * "env NO_PROXY"); no `via_from` when nothing named a proxy.
+   */
+  private viaFields(): { via: string; via_from?: string } {
+    const { dialProxy, directBecause } = this.config;
+    if (dialProxy) return { via: describeDialProxy(dialProxy.proxy), via_from: dialProxy.from };
+    return { via: 'direct', ...(directBecause ? { via_from: directBecause } : {}) };
+  }
+
   /** Runs until shutdown() (resolves "stopped") or an auth failure with exit_on_auth_failure. */
   async run(): Promise<RunOutcome> {
+    this.logger.info(
+      { server: this.serverForLogs, ...this.viaFields(), version: this.clientVersion },
+      'client starting',
+    );
     if (this.proxies.size === 0) this.logger.warn({}, 'no proxies configured');
     while (!this.stopping) {
       let ws: Awaited<ReturnType<typeof dial>>;
@@ -234,6 +250,7 @@ export class PortholeClient {
           token: this.config.token,
           timeoutMs: DIAL_TIMEOUT_MS,
           ...(this.config.ca ? { ca: this.config.ca } : {}),
+          ...(this.config.dialProxy ? { proxy: this.config.dialProxy.proxy } : {}),
         });
       } catch (err) {
         if (this.stopping) break;

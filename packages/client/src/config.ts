@@ -26,6 +26,14 @@ import {
 } from '@porthole/protocol';
 import { z } from 'zod';
 import {
+  type ChosenProxy,
+  checkSocksCredentials,
+  NO_DIAL_PROXY,
+  PROXY_URL_EXAMPLE,
+  parseProxyUrl,
+  proxyFromEnvironment,
+} from './dial-proxy.js';
+import {
   isUnixSocketLocal,
   type ProxyConfig,
   portKey,
@@ -65,6 +73,18 @@ const clientShape = {
   token: z.string({ error: expected('a string') }).optional(),
   token_file: z.string({ error: expected('a file path') }).optional(),
   ca_file: z.string({ error: expected('a file path') }).optional(),
+  proxy: z
+    .string({ error: expected(`a URL like ${PROXY_URL_EXAMPLE}, or "${NO_DIAL_PROXY}"`) })
+    .superRefine((text, ctx) => {
+      if (text === NO_DIAL_PROXY) return;
+      try {
+        checkSocksCredentials(parseProxyUrl(text));
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      }
+    })
+    .optional(),
+  proxy_password_file: z.string({ error: expected('a file path') }).optional(),
   heartbeat_interval: durationAtLeast(100, '100ms').prefault('10s'),
   heartbeat_timeout: durationField.prefault('30s'),
   reconnect_initial: durationAtLeast(100, '100ms').prefault('500ms'),
@@ -91,6 +111,21 @@ const clientShape = {
 const clientSchema = z.strictObject(clientShape).superRefine((config, ctx) => {
   if ((config.token === undefined) === (config.token_file === undefined)) {
     ctx.addIssue({ code: 'custom', path: ['token'], message: 'set exactly one of token or token_file' });
+  }
+  if (config.proxy_password_file !== undefined) {
+    const proxy =
+      config.proxy === undefined || config.proxy === NO_DIAL_PROXY || !URL.canParse(config.proxy)
+        ? undefined
+        : new URL(config.proxy);
+    const problem =
+      proxy === undefined
+        ? 'is the password of the proxy set in `proxy`, and there is none'
+        : proxy.username === ''
+          ? `needs the user in proxy's URL ("http://user@proxy.corp:3128")`
+          : proxy.password !== ''
+            ? "set the password in proxy's URL or in proxy_password_file, not both"
+            : undefined;
+    if (problem) ctx.addIssue({ code: 'custom', path: ['proxy_password_file'], message: problem });
   }
   if (config.heartbeat_timeout <= config.heartbeat_interval) {
     ctx.addIssue({
@@ -151,6 +186,10 @@ export interface ClientConfig {
   warnings: string[];
   /** Where `porthole-client status` finds this client: a loopback HTTP listener. */
   admin?: { listen: HostPort };
+  /** The HTTP or SOCKS5 proxy the server is dialled through, and where it was set. */
+  dialProxy?: ChosenProxy;
+  /** Why the server is dialled directly though the environment names a proxy: "config", "env NO_PROXY". */
+  directBecause?: string;
 }
 
 /**
@@ -219,6 +258,7 @@ const FLAG_OF_KEY = {
   token: '--token',
   token_file: '--token-file',
   ca_file: '--ca-file',
+  proxy: '--proxy',
   log_level: '--log-level',
 } as const;
 type FlagKey = keyof typeof FLAG_OF_KEY;
@@ -265,6 +305,7 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
   const tokenKey = raw.token === undefined ? tokenAt.key : originOf('token').key;
   config.warnings.push(...tokenWarnings(tokenKey, token, config.proxies));
   if (raw.admin) config.admin = { listen: raw.admin.listen };
+  chooseDialProxy(config, raw, originOf('proxy'));
   if (raw.ca_file !== undefined) {
     const caAt = originOf('ca_file');
     const caPath = resolvePath(caAt, raw.ca_file);
@@ -280,6 +321,56 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
   return config;
 }
 
+/**
+ * The proxy to dial through: `proxy` (its password from the URL or proxy_password_file), else the
+ * environment's for the server's scheme; "none" (or no_proxy) dials directly.
+ */
+function chooseDialProxy(
+  config: ClientConfig,
+  raw: { proxy?: string | undefined; proxy_password_file?: string | undefined },
+  at: KeyOrigin,
+): void {
+  const from = at.source === COMMAND_LINE ? at.key : 'config';
+  if (raw.proxy === NO_DIAL_PROXY) {
+    if (proxyFromEnvironmentOrError(config.server)) config.directBecause = from;
+    return;
+  }
+  if (raw.proxy === undefined) {
+    const found = proxyFromEnvironmentOrError(config.server);
+    if (found && 'proxy' in found) config.dialProxy = { proxy: found.proxy, from: found.from };
+    else if (found) config.directBecause = `env ${found.excludedBy}`;
+    return;
+  }
+  const proxy = parseProxyUrl(raw.proxy);
+  if (proxy.credentials?.password) {
+    // Inline in the config file, like a token written there: the file's mode is the password's.
+    const exposed = at.source === COMMAND_LINE ? undefined : secretFileExposure(at.source);
+    if (exposed) config.warnings.push(`proxy: ${exposed}`);
+  }
+  if (raw.proxy_password_file !== undefined && proxy.credentials) {
+    const key = 'proxy_password_file';
+    const path = resolvePath({ source: config.source, key }, raw.proxy_password_file);
+    proxy.credentials.password = readSecretFile(config.source, key, path);
+    try {
+      checkSocksCredentials(proxy);
+    } catch (err) {
+      throw ConfigError.at(config.source, key, `${path}: ${(err as Error).message}`);
+    }
+    const exposed = secretFileExposure(path);
+    if (exposed) config.warnings.push(`${key}: ${exposed}`);
+  }
+  config.dialProxy = { proxy, from };
+}
+
+/** proxyFromEnvironment, its complaint a ConfigError ("environment: HTTPS_PROXY: must be a URL ..."). */
+function proxyFromEnvironmentOrError(server: string): ReturnType<typeof proxyFromEnvironment> {
+  try {
+    return proxyFromEnvironment(server);
+  } catch (err) {
+    throw new ConfigError([`environment: ${(err as Error).message}`]);
+  }
+}
+
 export const COMMAND_LINE = 'command line';
 
 /** Quick flags; any set here overrides the config file (and `tcp` rules add proxies). */
@@ -288,6 +379,8 @@ export interface ClientFlags {
   token?: string;
   tokenFile?: string;
   caFile?: string;
+  /** `--proxy URL` or `--proxy none`. */
+  proxy?: string;
   tcp?: string[];
   /** `--udp 5353:127.0.0.1:53` rules (udp proxies named udp-REMOTE_PORT). */
   udp?: string[];
@@ -374,6 +467,7 @@ function flagValues(flags: ClientFlags): Partial<Record<FlagKey, string>> {
   if (flags.token !== undefined) given.token = flags.token;
   if (flags.tokenFile !== undefined) given.token_file = flags.tokenFile;
   if (flags.caFile !== undefined) given.ca_file = flags.caFile;
+  if (flags.proxy !== undefined) given.proxy = flags.proxy;
   if (flags.logLevel !== undefined) given.log_level = flags.logLevel;
   const keys = Object.keys(given) as FlagKey[];
   const asFlags = z.strictObject(Object.fromEntries(keys.map((key) => [FLAG_OF_KEY[key], clientShape[key]])));
@@ -414,6 +508,8 @@ export function loadClientConfig(file: string | undefined, flags: ClientFlags = 
     delete raw.token;
     delete raw.token_file;
   }
+  // --proxy replaces the file's proxy whole, the file's password for it too.
+  if (given.proxy !== undefined) delete raw.proxy_password_file;
   Object.assign(raw, given);
   if (flags.exitOnAuthFailure) raw.exit_on_auth_failure = true;
   const rules = [

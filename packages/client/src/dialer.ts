@@ -1,13 +1,17 @@
 import { openWebSocket, type WebSocketStream, WebSocketUpgradeError } from '@porthole/mux';
 import { DEFAULT_CONTROL_PATH } from '@porthole/protocol';
 import { describeConnectError } from './connect-error.js';
+import type { DialProxy } from './dial-proxy.js';
+import { openProxyTunnel, ProxyTunnelError } from './proxy-tunnel.js';
 import { retryAfterMs } from './reconnect.js';
 
 export interface DialOptions {
   server: string;
   token: string;
   ca?: Buffer;
-  /** Time allowed for TCP + TLS + the HTTP upgrade. */
+  /** An HTTP CONNECT or SOCKS5 proxy to reach the server through. */
+  proxy?: DialProxy;
+  /** Time allowed for TCP + the proxy's tunnel + TLS + the HTTP upgrade. */
   timeoutMs: number;
 }
 
@@ -20,16 +24,19 @@ export class DialError extends Error {
     readonly status?: number,
     /** How long the server asked us to wait before the next attempt (its Retry-After), in ms. */
     readonly retryAfterMs?: number,
+    /** The proxy on the way refused our credentials for it, or wants some (HTTP 407, SOCKS5's refusal). */
+    readonly proxyCredentialsRefused = false,
   ) {
     super(message);
   }
 
   /**
    * The server refused our token (as opposed to being unreachable or busy). 429 too: the server limits only
-   * sources whose tokens fail (a valid one is never refused by it), and its body says why ours did.
+   * sources whose tokens fail (a valid one is never refused by it), and its body says why ours did. And the
+   * proxy refusing our credentials for it: as with a token, retrying the same ones cannot succeed.
    */
   get isAuthFailure(): boolean {
-    return this.status === 401 || this.status === 429;
+    return this.status === 401 || this.status === 429 || this.proxyCredentialsRefused;
   }
 }
 
@@ -107,16 +114,36 @@ function certificateHint(code: string | undefined, caFileSet: boolean): string {
   return '';
 }
 
+/** A connection to the server's host and port through `proxy`; its refusal as a DialError. */
+async function tunnelThrough(proxy: DialProxy, server: string, timeoutMs: number) {
+  const url = new URL(server);
+  const target = {
+    host: url.hostname.replace(/^\[(.*)\]$/, '$1'),
+    port: Number(url.port) || (url.protocol === 'wss:' ? 443 : 80),
+  };
+  try {
+    return await openProxyTunnel(proxy, target, timeoutMs);
+  } catch (err) {
+    if (err instanceof ProxyTunnelError)
+      throw new DialError(err.message, undefined, undefined, err.credentialsRefused);
+    throw err;
+  }
+}
+
 /**
- * Opens the WebSocket to the server with the token in `Authorization: Bearer`. Resolves when the
- * upgrade succeeded; rejects with a DialError carrying the server's status and reason otherwise.
+ * Opens the WebSocket to the server with the token in `Authorization: Bearer`, through `proxy` if set.
+ * Resolves when the upgrade succeeded; rejects with a DialError carrying the server's status and reason otherwise.
  */
 export async function dial(opts: DialOptions): Promise<WebSocketStream> {
+  const deadline = Date.now() + opts.timeoutMs;
+  const tunnel = opts.proxy ? await tunnelThrough(opts.proxy, opts.server, opts.timeoutMs) : undefined;
   try {
     return await openWebSocket(opts.server, {
       headers: { Authorization: `Bearer ${opts.token}` },
-      timeoutMs: opts.timeoutMs,
+      // The proxy's part came out of the same allowance.
+      timeoutMs: Math.max(1, deadline - Date.now()),
       ...(opts.ca ? { ca: opts.ca } : {}),
+      ...(tunnel ? { socket: tunnel } : {}),
     });
   } catch (err) {
     if (err instanceof WebSocketUpgradeError) {

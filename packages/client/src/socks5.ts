@@ -6,15 +6,16 @@ import { isIP } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { formatIp, parseIp, readExactly } from '@porthole/protocol';
 
-const VERSION = 0x05;
-const AUTH_VERSION = 0x01;
-const METHOD_NO_AUTH = 0x00;
-const METHOD_USER_PASSWORD = 0x02;
-const METHOD_NONE_ACCEPTABLE = 0xff;
-const CMD_CONNECT = 0x01;
-const ATYP_IPV4 = 0x01;
-const ATYP_DOMAIN = 0x03;
-const ATYP_IPV6 = 0x04;
+// Exported for the client side of the same handshake (proxy-tunnel.ts: a dial through a SOCKS5 proxy).
+export const VERSION = 0x05;
+export const AUTH_VERSION = 0x01;
+export const METHOD_NO_AUTH = 0x00;
+export const METHOD_USER_PASSWORD = 0x02;
+export const METHOD_NONE_ACCEPTABLE = 0xff;
+export const CMD_CONNECT = 0x01;
+export const ATYP_IPV4 = 0x01;
+export const ATYP_DOMAIN = 0x03;
+export const ATYP_IPV6 = 0x04;
 
 /** RFC 1928 6: the REP field of a reply. */
 export const SocksReply = {
@@ -28,6 +29,21 @@ export const SocksReply = {
   commandNotSupported: 0x07,
   addressTypeNotSupported: 0x08,
 } as const;
+
+/** A REP in words, as a proxy's refusal is logged: "connection refused (5)". */
+export function socksReplyName(reply: number): string {
+  const names: Record<number, string> = {
+    [SocksReply.generalFailure]: 'general failure',
+    [SocksReply.notAllowed]: 'connection not allowed by ruleset',
+    [SocksReply.networkUnreachable]: 'network unreachable',
+    [SocksReply.hostUnreachable]: 'host unreachable',
+    [SocksReply.connectionRefused]: 'connection refused',
+    [SocksReply.ttlExpired]: 'TTL expired',
+    [SocksReply.commandNotSupported]: 'command not supported',
+    [SocksReply.addressTypeNotSupported]: 'address type not supported',
+  };
+  return `${names[reply] ?? 'unknown reply'} (${reply})`;
+}
 
 export interface SocksCredentials {
   user: string;

@@ -339,6 +339,57 @@ test('passwords written inline in a config file others can read are warned about
   assert.deepEqual(loadClientConfig(open).warnings, []);
 });
 
+test('proxy: a URL (its password inline warned about like a token, or in proxy_password_file), "none", or --proxy', () => {
+  chmodSync(join(dir, 'token'), 0o600);
+  const inline = write(`${HEAD}proxy = "http://me:inline-proxy@proxy.corp:3128"\n`);
+  chmodSync(inline, 0o644);
+  const config = loadClientConfig(inline);
+  assert.deepEqual(config.dialProxy, {
+    proxy: {
+      kind: 'http',
+      host: 'proxy.corp',
+      port: 3128,
+      credentials: { user: 'me', password: 'inline-proxy' },
+    },
+    from: 'config',
+  });
+  assert.deepEqual(config.warnings, [`proxy: ${inline} is open to other users (mode 644); chmod 600 it`]);
+
+  writeFileSync(join(dir, 'proxy-password'), 'from-file\n', { mode: 0o600 });
+  const fromFile = loadClientConfig(
+    write(`${HEAD}proxy = "socks5://me@proxy.corp"\nproxy_password_file = "proxy-password"\n`),
+  );
+  assert.deepEqual(fromFile.dialProxy?.proxy.credentials, { user: 'me', password: 'from-file' });
+  // --proxy replaces the file's proxy, and the file's password for it.
+  const flagged = loadClientConfig(
+    write(`${HEAD}proxy = "socks5://me@proxy.corp"\nproxy_password_file = "proxy-password"\n`),
+    {
+      proxy: 'none',
+    },
+  );
+  assert.equal(flagged.dialProxy, undefined);
+
+  assert.deepEqual(problems(`${HEAD}proxy = "http://me:pw@p:1"\nproxy_password_file = "proxy-password"\n`), [
+    "proxy_password_file: set the password in proxy's URL or in proxy_password_file, not both",
+  ]);
+  assert.deepEqual(problems(`${HEAD}proxy = "http://p:1"\nproxy_password_file = "proxy-password"\n`), [
+    `proxy_password_file: needs the user in proxy's URL ("http://user@proxy.corp:3128")`,
+  ]);
+  assert.deepEqual(problems(`${HEAD}proxy = "ftp://u:secret-pw@p:1"\n`), [
+    'proxy: ftp:// is not a proxy scheme porthole speaks: "http://proxy.corp:3128" or "socks5://proxy.corp:1080"',
+  ]);
+  assert.deepEqual(
+    problems(undefined, {
+      server: 'ws://127.0.0.1:7000/_porthole',
+      tokenFile: join(dir, 'token'),
+      proxy: 'https://p:1',
+    }),
+    [
+      'command line: --proxy: an https:// proxy (TLS to the proxy itself) is not supported: use http:// (a wss:// server stays encrypted end to end through the CONNECT)',
+    ],
+  );
+});
+
 test('intervals that would spin or switch themselves off, and waits no timer can take, are refused', () => {
   assert.deepEqual(problems(`${HEAD}reconnect_initial = "0s"\n`), [
     'reconnect_initial: must be at least 100ms',
