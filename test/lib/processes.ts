@@ -282,6 +282,14 @@ export function waitForLog(
   return proc.waitForLog(predicate, timeoutMs, from);
 }
 
+/**
+ * The client dials through the proxy the environment names (https_proxy, http_proxy, all_proxy), as curl does:
+ * one set where the tests run must not send every tunnel of the suite to it. A test sets its own in `env`.
+ */
+function withoutProxyVariables(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(env).filter(([name]) => !/^(https?|all|no)_proxy$/i.test(name)));
+}
+
 export interface SpawnOptions {
   /** run inside this network namespace (via `ip netns exec`, which execs in place: same pid) */
   netns?: string;
@@ -328,7 +336,7 @@ export class Harness {
       : [command, args];
     const child = spawn(cmd, argv, {
       cwd: opts.cwd ?? this.dir,
-      env: { ...process.env, NO_COLOR: '1', ...opts.env },
+      env: { ...withoutProxyVariables(process.env), NO_COLOR: '1', ...opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const proc = new Proc(name, child, [cmd, ...argv].join(' '));

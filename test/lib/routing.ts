@@ -230,6 +230,10 @@ export interface RoutedClientOptions {
   waitFor?: string[];
   /** Run inside this network namespace. */
   netns?: string;
+  /** More top-level keys (proxy, exit_on_auth_failure...). */
+  keys?: Record<string, TomlValue | undefined>;
+  /** Environment variables of the client process (https_proxy...). */
+  env?: Record<string, string>;
 }
 
 export interface RoutedClient {
@@ -249,13 +253,17 @@ export async function startRoutedClient(h: Harness, opts: RoutedClientOptions): 
       reconnect_initial: '200ms',
       reconnect_max: '2s',
       log_level: opts.logLevel ?? 'info',
+      ...opts.keys,
     }),
   ];
   if (opts.adminListen !== undefined) parts.push('', '[admin]', tomlLines({ listen: opts.adminListen }));
   for (const proxy of opts.proxies) parts.push('', '[[proxies]]', tomlLines(proxy));
   parts.push('');
   const configPath = await h.file(`${unique('client')}.toml`, parts.join('\n'));
-  const proc = h.spawn(opts.name ?? 'client', clientBin, ['--config', configPath], { netns: opts.netns });
+  const proc = h.spawn(opts.name ?? 'client', clientBin, ['--config', configPath], {
+    netns: opts.netns,
+    ...(opts.env ? { env: opts.env } : {}),
+  });
   const registered = new Map<string, LogLine>();
   for (const name of opts.waitFor ?? opts.proxies.map((p) => p.name)) {
     registered.set(name, await proc.waitForMsg('proxy registered', 15_000, { fields: { proxy: name } }));

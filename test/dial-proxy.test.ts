@@ -1,0 +1,288 @@
+// The client dials the server through a corporate network's proxy: real tinyproxy (HTTP CONNECT) and real
+// microsocks (SOCKS5), set by `proxy` in client.toml or by https_proxy in the client's environment. Each test
+// proves the route (the proxy's log, or its refusal) and that the tunnel carries an echo; and that a wrong
+// password, a refused CONNECT or a proxy that is down are said so, without a password in any output.
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { test } from 'node:test';
+import { freePort, type Harness, type Proc, withHarness } from './lib/processes.js';
+import {
+  issueRoutedToken,
+  makeSelfSignedCert,
+  type RoutedClientOptions,
+  type RoutedServer,
+  startRoutedClient,
+  startRoutedServer,
+} from './lib/routing.js';
+import { echoRoundTrip, startEchoServer, waitUntilAccepting } from './lib/services.js';
+import { portOf } from './lib/tunnel.js';
+
+const PROXY_USER = 'corp-user';
+const PROXY_PASSWORD = 'proxy-pass-7f3a91';
+
+interface Tinyproxy {
+  port: number;
+  /** tinyproxy's log file so far. */
+  log: () => Promise<string>;
+}
+
+/**
+ * tinyproxy on a free loopback port, in the foreground, letting CONNECT through to `connectPort` alone (and
+ * wanting PROXY_USER and PROXY_PASSWORD with `auth`).
+ */
+async function startTinyproxy(h: Harness, connectPort: number, auth = false): Promise<Tinyproxy> {
+  const port = await freePort();
+  const logFile = h.path(`tinyproxy-${port}.log`);
+  const config = await h.file(
+    `tinyproxy-${port}.conf`,
+    [
+      `Port ${port}`,
+      'Listen 127.0.0.1',
+      'Timeout 60',
+      `LogFile "${logFile}"`,
+      'LogLevel Connect',
+      'MaxClients 20',
+      `ConnectPort ${connectPort}`,
+      ...(auth ? [`BasicAuth ${PROXY_USER} ${PROXY_PASSWORD}`] : []),
+      '',
+    ].join('\n'),
+  );
+  h.spawn(`tinyproxy-${port}`, 'tinyproxy', ['-d', '-c', config]);
+  await waitUntilAccepting({ host: '127.0.0.1', port }, 'tinyproxy');
+  return { port, log: () => readFile(logFile, 'utf8').catch(() => '') };
+}
+
+/** microsocks on a free loopback port, wanting PROXY_USER and PROXY_PASSWORD with `auth`. */
+async function startMicrosocks(h: Harness, auth = false): Promise<number> {
+  const port = await freePort();
+  const credentials = auth ? ['-u', PROXY_USER, '-P', PROXY_PASSWORD] : [];
+  h.spawn(`microsocks-${port}`, 'microsocks', ['-i', '127.0.0.1', '-p', String(port), ...credentials]);
+  await waitUntilAccepting({ host: '127.0.0.1', port }, 'microsocks');
+  return port;
+}
+
+interface Served {
+  server: RoutedServer;
+  /** The control endpoint's port, which the proxy must let CONNECT through to. */
+  controlPort: number;
+  echoPort: number;
+  remotePort: number;
+  token: string;
+  caFile: string;
+  /** ws://127.0.0.1:PORT/_porthole, or wss://localhost:PORT/_porthole with `tls`. */
+  url: string;
+}
+
+/** A server (wss:// on a certificate for localhost with `tls`) and an echo service for a tcp proxy. */
+async function startServed(h: Harness, tls: boolean): Promise<Served> {
+  const cert = await makeSelfSignedCert(h, 'localhost');
+  const server = await startRoutedServer(h, { http: false, ...(tls ? { tls: cert } : {}) });
+  const controlPort = portOf(new URL(server.url).host);
+  const echo = await startEchoServer();
+  h.onCleanup(() => echo.close());
+  const remotePort = await freePort();
+  const token = await issueRoutedToken(server, { name: 'corp', ports: String(remotePort) });
+  const url = tls ? `wss://localhost:${controlPort}/_porthole` : server.url;
+  return { server, controlPort, echoPort: echo.port, remotePort, token, caFile: cert.cert, url };
+}
+
+/** A client of `served` with one tcp proxy to its echo service, its config's other keys and env given. */
+function startClientOf(
+  h: Harness,
+  served: Served,
+  more: Pick<RoutedClientOptions, 'keys' | 'env' | 'waitFor' | 'name'>,
+) {
+  return startRoutedClient(h, {
+    server: served.url,
+    token: served.token,
+    caFile: served.caFile,
+    proxies: [
+      { name: 'echo', type: 'tcp', local: `127.0.0.1:${served.echoPort}`, remote_port: served.remotePort },
+    ],
+    ...more,
+  });
+}
+
+async function assertEchoes(port: number): Promise<void> {
+  const result = await echoRoundTrip('127.0.0.1', port, 256 * 1024, { timeoutMs: 15_000 });
+  assert.ok(result.ok, `echo through the tunnel: ${JSON.stringify(result)}`);
+}
+
+/** No process of the test printed `secret` anywhere. */
+function assertNowhere(h: Harness, secret: string): void {
+  for (const proc of h.procs)
+    assert.equal(proc.outputContains(secret), false, `${proc.name} printed the password:\n${proc.tail(40)}`);
+}
+
+/** The `connect failed` line whose reason matches `reason`. */
+function connectFailed(client: Proc, reason: RegExp) {
+  return client.waitForLog(
+    (line) => line.msg === 'connect failed' && reason.test(String(line.reason)),
+    15_000,
+    0,
+    `connect failed with a reason matching ${reason}`,
+  );
+}
+
+test('ws:// and wss:// through tinyproxy (CONNECT): the tunnel echoes, and tinyproxy logged the CONNECT', async (t) => {
+  await withHarness(t, async (h) => {
+    // ws://, no credentials.
+    const plain = await startServed(h, false);
+    const open = await startTinyproxy(h, plain.controlPort);
+    const first = await startClientOf(h, plain, {
+      keys: { proxy: `http://127.0.0.1:${open.port}` },
+      name: 'client-ws',
+    });
+    await assertEchoes(plain.remotePort);
+    const starting = await first.proc.waitForMsg('client starting', 5000);
+    assert.equal(starting.via, `http://127.0.0.1:${open.port}`);
+    assert.equal(starting.via_from, 'config');
+    assert.match(await open.log(), new RegExp(`CONNECT .*127\\.0\\.0\\.1:${plain.controlPort}`));
+
+    // wss:// on a name (TLS over the CONNECT, checked against localhost's certificate), credentials with
+    // the password in proxy_password_file.
+    const secure = await startServed(h, true);
+    const guarded = await startTinyproxy(h, secure.controlPort, true);
+    const passwordFile = await h.file('proxy-password', `${PROXY_PASSWORD}\n`, 0o600);
+    await startClientOf(h, secure, {
+      keys: {
+        proxy: `http://${PROXY_USER}@127.0.0.1:${guarded.port}`,
+        proxy_password_file: passwordFile,
+      },
+      name: 'client-wss',
+    });
+    await assertEchoes(secure.remotePort);
+    assert.match(await guarded.log(), new RegExp(`CONNECT .*localhost:${secure.controlPort}`));
+    assertNowhere(h, PROXY_PASSWORD);
+  });
+});
+
+test('socks5:// through microsocks, without and with a password; the name is resolved by the proxy', async (t) => {
+  await withHarness(t, async (h) => {
+    const plain = await startServed(h, false);
+    const open = await startMicrosocks(h);
+    const first = await startClientOf(h, plain, {
+      keys: { proxy: `socks5://127.0.0.1:${open}` },
+      name: 'c1',
+    });
+    await assertEchoes(plain.remotePort);
+    assert.equal((await first.proc.waitForMsg('client starting', 5000)).via, `socks5://127.0.0.1:${open}`);
+    // Only microsocks can have carried it: stopped, the client's next dial has nowhere to go.
+    const microsocks = h.procs.find((p) => p.name === `microsocks-${open}`)!;
+    await microsocks.stop();
+    plain.server.proc.kill('SIGTERM');
+    await connectFailed(first.proc, new RegExp(`ECONNREFUSED proxy 127\\.0\\.0\\.1:${open}`));
+
+    // wss://localhost: socks5h-style, the name goes to microsocks (the password inline in client.toml).
+    const secure = await startServed(h, true);
+    const guarded = await startMicrosocks(h, true);
+    await startClientOf(h, secure, {
+      keys: { proxy: `socks5h://${PROXY_USER}:${PROXY_PASSWORD}@127.0.0.1:${guarded}` },
+      name: 'c2',
+    });
+    await assertEchoes(secure.remotePort);
+    assertNowhere(h, PROXY_PASSWORD);
+  });
+});
+
+test('a wrong proxy password is said so, no password in any output; exit_on_auth_failure stops on it', async (t) => {
+  await withHarness(t, async (h) => {
+    const served = await startServed(h, false);
+    const http = await startTinyproxy(h, served.controlPort, true);
+    const wrong = 'not-the-proxy-password-52c1';
+    const retrying = await startClientOf(h, served, {
+      keys: { proxy: `http://${PROXY_USER}:${wrong}@127.0.0.1:${http.port}` },
+      waitFor: [],
+      name: 'http-wrong',
+    });
+    const refusal = await connectFailed(
+      retrying.proc,
+      // tinyproxy answers a wrong password with 401, none with 407.
+      /proxy http:\/\/127\.0\.0\.1:\d+ refused the credentials \(401 Unauthorized\)/,
+    );
+    // Retried with backoff, like any refusal, when exit_on_auth_failure is not set.
+    await retrying.proc.waitForMsg('connect failed', 15_000, {
+      from: retrying.proc.logs.indexOf(refusal) + 1,
+    });
+    const none = await startClientOf(h, served, {
+      keys: { proxy: `http://127.0.0.1:${http.port}` },
+      waitFor: [],
+      name: 'http-none',
+    });
+    await connectFailed(none.proc, /wants credentials \(407/);
+
+    const socks = await startMicrosocks(h, true);
+    const stopping = await startClientOf(h, served, {
+      keys: { proxy: `socks5://${PROXY_USER}:${wrong}@127.0.0.1:${socks}`, exit_on_auth_failure: true },
+      waitFor: [],
+      name: 'socks-wrong',
+    });
+    const { code } = await stopping.proc.exited;
+    assert.equal(code, 4, stopping.proc.tail(20));
+    assert.match(
+      String(stopping.proc.logsWithMsg('connect failed: giving up (exit_on_auth_failure)')[0]?.reason),
+      new RegExp(`proxy socks5://127\\.0\\.0\\.1:${socks} refused the credentials`),
+    );
+    assertNowhere(h, wrong);
+    assertNowhere(h, PROXY_PASSWORD);
+  });
+});
+
+test('https_proxy in the environment carries a wss:// dial; no_proxy and proxy = "none" dial directly', async (t) => {
+  await withHarness(t, async (h) => {
+    const served = await startServed(h, true);
+    const tinyproxy = await startTinyproxy(h, served.controlPort);
+    const https_proxy = `http://127.0.0.1:${tinyproxy.port}`;
+    // http_proxy names a proxy that is down: a wss:// server takes https_proxy's.
+    const env = { https_proxy, http_proxy: `http://127.0.0.1:${await freePort()}` };
+    const proxied = await startClientOf(h, served, { env, name: 'env' });
+    const starting = await proxied.proc.waitForMsg('client starting', 5000);
+    assert.deepEqual([starting.via, starting.via_from], [https_proxy, 'env https_proxy']);
+    await assertEchoes(served.remotePort);
+    assert.match(await tinyproxy.log(), new RegExp(`CONNECT .*localhost:${served.controlPort}`));
+    await proxied.proc.stop();
+
+    // tinyproxy stopped: a dial that went to it would fail. no_proxy and proxy = "none" go straight there.
+    await h.procs.find((p) => p.name === `tinyproxy-${tinyproxy.port}`)!.stop();
+    const excluded = await startClientOf(h, served, {
+      env: { ...env, no_proxy: 'example.com,localhost' },
+      name: 'no',
+    });
+    const direct = await excluded.proc.waitForMsg('client starting', 5000);
+    assert.deepEqual([direct.via, direct.via_from], ['direct', 'env no_proxy']);
+    await assertEchoes(served.remotePort);
+    await excluded.proc.stop();
+
+    const off = await startClientOf(h, served, { env, keys: { proxy: 'none' }, name: 'none' });
+    const none = await off.proc.waitForMsg('client starting', 5000);
+    assert.deepEqual([none.via, none.via_from], ['direct', 'config']);
+    await assertEchoes(served.remotePort);
+  });
+});
+
+test('a proxy that is down, and one that refuses the CONNECT, are named in connect failed', async (t) => {
+  await withHarness(t, async (h) => {
+    const served = await startServed(h, false);
+    const down = await freePort();
+    const client = await startClientOf(h, served, {
+      keys: { proxy: `http://127.0.0.1:${down}` },
+      waitFor: [],
+      name: 'down',
+    });
+    await connectFailed(client.proc, new RegExp(`^ECONNREFUSED proxy 127\\.0\\.0\\.1:${down}$`));
+
+    // tinyproxy lets CONNECT through to another port only.
+    const elsewhere = await startTinyproxy(h, await freePort());
+    const refused = await startClientOf(h, served, {
+      keys: { proxy: `http://127.0.0.1:${elsewhere.port}` },
+      waitFor: [],
+      name: 'refused',
+    });
+    await connectFailed(
+      refused.proc,
+      new RegExp(
+        `proxy http://127\\.0\\.0\\.1:${elsewhere.port} answered 403 .* to CONNECT 127\\.0\\.0\\.1:${served.controlPort}`,
+      ),
+    );
+  });
+});
