@@ -283,8 +283,9 @@ export function waitForLog(
 }
 
 /**
- * The client dials through the proxy the environment names (https_proxy, http_proxy, all_proxy), as curl does:
- * one set where the tests run must not send every tunnel of the suite to it. A test sets its own in `env`.
+ * The client dials through the proxy the environment names (https_proxy, http_proxy, all_proxy), as curl does
+ * (and `check` refuses one it cannot read): one set where the tests run must not send every tunnel and curl of
+ * the suite to it. A test sets its own in `env`.
  */
 function withoutProxyVariables(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   return Object.fromEntries(Object.entries(env).filter(([name]) => !/^(https?|all|no)_proxy$/i.test(name)));
@@ -406,7 +407,7 @@ export function run(
       argv,
       {
         cwd: opts.cwd,
-        env: { ...process.env, NO_COLOR: '1', ...opts.env },
+        env: { ...withoutProxyVariables(process.env), NO_COLOR: '1', ...opts.env },
         timeout: opts.timeoutMs ?? 30_000,
         killSignal: 'SIGKILL',
         maxBuffer: 64 * 1024 * 1024,
