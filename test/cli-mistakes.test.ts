@@ -76,7 +76,11 @@ test('a mistyped option or config key is named with the one meant; exit status 2
     );
     const singularTable = await run(clientBin, ['check', '--config', singular]);
     assert.equal(singularTable.code, 2);
-    assert.match(singularTable.stderr, /singular\.toml: proxy: unknown key \(did you mean "proxies"\?\)/);
+    // `proxy` is a key of its own (the proxy to dial through), which says so.
+    assert.match(
+      singularTable.stderr,
+      /singular\.toml: proxy: a table here: tunnels are \[\[proxies\]\] tables \(did you mean "proxies"\?\)/,
+    );
     // Flags only, no token: the flag is named, not the file's key.
     const noToken = await run(clientBin, [
       '--server',

@@ -74,7 +74,13 @@ const clientShape = {
   token_file: z.string({ error: expected('a file path') }).optional(),
   ca_file: z.string({ error: expected('a file path') }).optional(),
   proxy: z
-    .string({ error: expected(`a URL like ${PROXY_URL_EXAMPLE}, or "${NO_DIAL_PROXY}"`) })
+    .string({
+      // `[[proxy]]` for `[[proxies]]` lands here: said as the mistake it is.
+      error: (issue) =>
+        typeof issue.input === 'object' && issue.input !== null
+          ? 'a table here: tunnels are [[proxies]] tables (did you mean "proxies"?); proxy is the URL of an HTTP or SOCKS5 proxy to dial the server through'
+          : expected(`a URL like ${PROXY_URL_EXAMPLE}, or "${NO_DIAL_PROXY}"`)(issue),
+    })
     .superRefine((text, ctx) => {
       if (text === NO_DIAL_PROXY) return;
       try {
