@@ -182,6 +182,8 @@ try {
       `server = "ws://${listening.addr}${listening.path}"`,
       'token_file = "token"',
       'shutdown_timeout = "2s"',
+      // The server is on this machine: a proxy from the environment (http_proxy) would not reach it.
+      'proxy = "none"',
       '[[proxies]]',
       'name = "web"',
       'type = "tcp"',
