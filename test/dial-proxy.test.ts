@@ -5,7 +5,15 @@
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { test } from 'node:test';
-import { freePort, type Harness, type Proc, withHarness } from './lib/processes.js';
+import {
+  clientBin,
+  freePort,
+  type Harness,
+  type Proc,
+  run,
+  withHarness,
+  withTimeout,
+} from './lib/processes.js';
 import {
   issueRoutedToken,
   makeSelfSignedCert,
@@ -257,6 +265,34 @@ test('https_proxy in the environment carries a wss:// dial; no_proxy and proxy =
     const none = await off.proc.waitForMsg('client starting', 5000);
     assert.deepEqual([none.via, none.via_from], ['direct', 'config']);
     await assertEchoes(served.remotePort);
+  });
+});
+
+test('proxy = "none" and --proxy none ignore an environment proxy porthole cannot read, as its error says', async (t) => {
+  await withHarness(t, async (h) => {
+    const served = await startServed(h, false);
+    // A typo and a scheme porthole does not speak: each refuses to start without "none".
+    for (const http_proxy of ['https://127.0.0.1:3128', 'http//proxy.corp:3128']) {
+      const env = { http_proxy };
+      const unread = await startClientOf(h, served, { env, waitFor: [], name: 'unread' });
+      const exit = await withTimeout(unread.proc.exited, 10_000, () => unread.proc.tail(10));
+      assert.equal(exit.code, 2, unread.proc.tail(10));
+      assert.match(
+        unread.proc.tail(10),
+        /environment: http_proxy: .*proxy = "none" in the config \(or --proxy none\) ignores it/,
+      );
+
+      const checked = await run(clientBin, ['check', '--config', unread.configPath, '--proxy', 'none'], {
+        env,
+      });
+      assert.equal(checked.code, 0, checked.stdout + checked.stderr);
+
+      const off = await startClientOf(h, served, { env, keys: { proxy: 'none' }, name: 'none' });
+      const starting = await off.proc.waitForMsg('client starting', 5000);
+      assert.deepEqual([starting.via, starting.via_from], ['direct', 'config']);
+      await assertEchoes(served.remotePort);
+      await off.proc.stop();
+    }
   });
 });
 

@@ -338,7 +338,7 @@ function chooseDialProxy(
 ): void {
   const from = at.source === COMMAND_LINE ? at.key : 'config';
   if (raw.proxy === NO_DIAL_PROXY) {
-    if (proxyFromEnvironmentOrError(config.server)) config.directBecause = from;
+    if (environmentNamesProxy(config.server)) config.directBecause = from;
     return;
   }
   if (raw.proxy === undefined) {
@@ -366,6 +366,18 @@ function chooseDialProxy(
     if (exposed) config.warnings.push(`${key}: ${exposed}`);
   }
   config.dialProxy = { proxy, from };
+}
+
+/**
+ * Whether the environment names a proxy for `server`, read or not: "none" ignores one porthole cannot read
+ * too, as the complaint about it says.
+ */
+function environmentNamesProxy(server: string): boolean {
+  try {
+    return proxyFromEnvironment(server) !== undefined;
+  } catch {
+    return true;
+  }
 }
 
 /** proxyFromEnvironment, its complaint a ConfigError ("environment: HTTPS_PROXY: must be a URL ..."). */
