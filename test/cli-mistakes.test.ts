@@ -677,3 +677,51 @@ test('--help names every option the parser takes, short forms too, and no option
     }
   }
 });
+
+test(
+  "a proxy URL's slips are named (the password never): bad percent-encoding, port 0, a scheme without its colon",
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const clientToml = await h.file(
+        'client.toml',
+        'server = "ws://127.0.0.1:1/_porthole"\ntoken = "a.b.c"\n',
+      );
+      const password = 'pw%zz-7c1e';
+      // Before: "URI malformed", "ok" (every dial then "ECONNREFUSED proxy 127.0.0.1:0"), and for the
+      // environment's "http//..." (read as http://http//...) "must not have a path or query".
+      const cases: [flags: string[], env: Record<string, string>, line: string][] = [
+        [
+          ['--proxy', `http://me:${password}@127.0.0.1:3128`],
+          {},
+          'command line: --proxy: its user or password is not valid percent-encoding: write a "%" in it as %25',
+        ],
+        [
+          ['--proxy', 'socks5://127.0.0.1:0'],
+          {},
+          'command line: --proxy: names port 0: give the port the proxy listens on ("socks5://proxy.corp:1080")',
+        ],
+        [
+          ['--proxy', 'http//127.0.0.1:3128'],
+          {},
+          'command line: --proxy: "http//" lacks its colon: write "http://"',
+        ],
+        [
+          [],
+          { http_proxy: 'http//127.0.0.1:3128' },
+          'environment: http_proxy: "http//" lacks its colon: write "http://"; proxy = "none" in the config (or --proxy none) ignores it',
+        ],
+      ];
+      for (const [flags, env, line] of cases)
+        for (const command of [['check'], []]) {
+          const r = await run(clientBin, [...command, '--config', clientToml, ...flags], {
+            env,
+            timeoutMs: 20_000,
+          });
+          const what = `${JSON.stringify(env)} ${[...command, ...flags].join(' ')}`;
+          assert.equal(r.code, 2, `${what}: exit ${r.code}\n${r.stdout}${r.stderr}`);
+          assert.equal(r.stderr, `${line}\n`, what);
+          assert.ok(!r.stderr.includes(password), what);
+        }
+    }),
+);

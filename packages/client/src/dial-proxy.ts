@@ -25,6 +25,8 @@ export const NO_DIAL_PROXY = 'none';
 const MAX_SOCKS_CREDENTIAL_BYTES = 255;
 
 const DEFAULT_PORTS = { http: 80, socks5: 1080 } as const;
+/** The ports proxies usually listen on (squid's 3128), for examples in complaints. */
+const USUAL_PORTS = { http: 3128, socks5: 1080 } as const;
 
 export const PROXY_URL_EXAMPLE = '"http://proxy.corp:3128" or "socks5://proxy.corp:1080"';
 
@@ -33,6 +35,9 @@ export const PROXY_URL_EXAMPLE = '"http://proxy.corp:3128" or "socks5://proxy.co
  * `assumeHttp`: a value without a scheme ("proxy.corp:3128") is http://, as curl takes it from the environment.
  */
 export function parseProxyUrl(text: string, assumeHttp = false): DialProxy {
+  // "http//host:port" would read as a URL-less value, or from the environment as a proxy named "http".
+  const colonless = /^(https?|socks5h?)\/\//i.exec(text);
+  if (colonless) throw new Error(`"${colonless[1]}//" lacks its colon: write "${colonless[1]}://"`);
   const withScheme = assumeHttp && !/^[a-z][a-z0-9+.-]*:\/\//i.test(text) ? `http://${text}` : text;
   if (!URL.canParse(withScheme)) throw new Error(`must be a URL like ${PROXY_URL_EXAMPLE}`);
   const url = new URL(withScheme);
@@ -51,14 +56,27 @@ export function parseProxyUrl(text: string, assumeHttp = false): DialProxy {
   if (host === '') throw new Error(`names no host: ${PROXY_URL_EXAMPLE}`);
   if ((url.pathname !== '' && url.pathname !== '/') || url.search !== '' || url.hash !== '')
     throw new Error(`must not have a path or query: ${PROXY_URL_EXAMPLE}`);
+  if (url.port === '0')
+    throw new Error(
+      `names port 0: give the port the proxy listens on ("${kind}://proxy.corp:${USUAL_PORTS[kind]}")`,
+    );
   const proxy: DialProxy = { kind, host, port: url.port === '' ? DEFAULT_PORTS[kind] : Number(url.port) };
   if (url.username !== '' || url.password !== '') {
-    const user = decodeURIComponent(url.username);
-    const password = decodeURIComponent(url.password);
+    const user = decodePercents(url.username);
+    const password = decodePercents(url.password);
     if (user === '') throw new Error('has a password without a user ("user:password@")');
     proxy.credentials = { user, password };
   }
   return proxy;
+}
+
+/** A URL's user or password as written, its "%XX" decoded; the complaint never holds it. */
+function decodePercents(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    throw new Error('its user or password is not valid percent-encoding: write a "%" in it as %25');
+  }
 }
 
 /** Refuses credentials SOCKS5 cannot carry, naming which. */
