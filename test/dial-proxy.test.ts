@@ -3,7 +3,7 @@
 // proves the route (the proxy's log, or its refusal) and that the tunnel carries an echo; and that a wrong
 // password, a refused CONNECT or a proxy that is down are said so, without a password in any output.
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { test } from 'node:test';
 import {
   clientBin,
@@ -231,6 +231,41 @@ test('a wrong proxy password is said so, no password in any output; exit_on_auth
       String(stopping.proc.logsWithMsg('connect failed: giving up (exit_on_auth_failure)')[0]?.reason),
       new RegExp(`proxy socks5://127\\.0\\.0\\.1:${socks} refused the credentials`),
     );
+    assertNowhere(h, wrong);
+    assertNowhere(h, PROXY_PASSWORD);
+  });
+});
+
+test('a reload that fixes the proxy password dials at once, not after the backoff of the refusals', async (t) => {
+  await withHarness(t, async (h) => {
+    const served = await startServed(h, false);
+    const http = await startTinyproxy(h, served.controlPort, true);
+    const wrong = 'not-the-proxy-password-9d04';
+    const client = await startClientOf(h, served, {
+      keys: {
+        proxy: `http://${PROXY_USER}:${wrong}@127.0.0.1:${http.port}`,
+        reconnect_initial: '60s',
+        reconnect_max: '120s',
+      },
+      waitFor: [],
+      name: 'fixing',
+    });
+    // A refusal whose retry is far off: attempt 0 waits up to 60 s, 1 and on up to 120 s, so one in 20 s
+    // or more comes first or soon after (each shorter one passes within 20 s).
+    await client.proc.waitForLog(
+      (line) => line.msg === 'connect failed' && Number(line.retry_ms) >= 20_000,
+      120_000,
+      0,
+      'a proxy refusal retried in 20 s or more',
+    );
+    const config = await readFile(client.configPath, 'utf8');
+    await writeFile(client.configPath, config.replace(`:${wrong}@`, `:${PROXY_PASSWORD}@`));
+    const from = client.proc.mark();
+    client.proc.kill('SIGHUP');
+    // Before, the fixed password waited out the refusal's retry_ms, as a reload keeps the backoff.
+    await client.proc.waitForMsg('session established', 8000, { from });
+    await client.proc.waitForMsg('proxy registered', 5000, { from });
+    await assertEchoes(served.remotePort);
     assertNowhere(h, wrong);
     assertNowhere(h, PROXY_PASSWORD);
   });

@@ -25,7 +25,7 @@ import { PendingLocalConnects, serveStream } from './local-connector.js';
 import { LocalFailureLog } from './local-failure-log.js';
 import { describeLocal, picksPort, proxySpecFields } from './proxy-config.js';
 import { Backoff } from './reconnect.js';
-import { diffProxies, needsReconnect } from './reload.js';
+import { dialProxyChanged, diffProxies, needsReconnect } from './reload.js';
 import { type ClientStatus, type ProxyState, SessionStatus } from './session-status.js';
 import { certainTokenRefusal } from './token-warnings.js';
 import { OpenUdpFlows } from './udp-forwarder.js';
@@ -183,7 +183,14 @@ export class PortholeClient {
       }
       return;
     }
-    if (!this.established) return;
+    if (!this.established) {
+      // A fixed proxy password (or address) is tried now, as a new token is, not after the old one's backoff.
+      if (dialProxyChanged(previous, next)) {
+        this.backoff.reset();
+        this.wakeSleeper?.();
+      }
+      return;
+    }
     // A tcp proxy changed on its own port is replaced by the register alone (see ProxyDiff.samePort).
     const unregister = [...diff.removed, ...diff.changed.filter((name) => !diff.samePort.includes(name))];
     if (unregister.length > 0) this.sendControl({ type: 'unregister', proxies: unregister });

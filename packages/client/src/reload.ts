@@ -70,3 +70,11 @@ function sameBuffer(a: Buffer | undefined, b: Buffer | undefined): boolean {
 export function needsReconnect(running: ClientConfig, next: ClientConfig): boolean {
   return running.server !== next.server || running.token !== next.token || !sameBuffer(running.ca, next.ca);
 }
+
+/**
+ * A new dial proxy (or its password, or none where there was one): while the server is not reached, the
+ * refusals' backoff was about the old one, so the new is worth a dial at once.
+ */
+export function dialProxyChanged(running: ClientConfig, next: ClientConfig): boolean {
+  return JSON.stringify(running.dialProxy?.proxy) !== JSON.stringify(next.dialProxy?.proxy);
+}
