@@ -284,3 +284,40 @@ test(
       assert.ok(Number(flow.dropped) >= dropped, 'counted among the drops');
     }),
 );
+
+test(
+  'a udp proxy capped below its datagrams\' size ("1KB", 1400-byte datagrams) still passes them at the cap\'s rate',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startUdpEcho('tunnel');
+      h.onCleanup(() => echo.close());
+      const { client, remotePort } = await startUdpTunnel(h, {
+        client: 'homelab',
+        proxy: {
+          name: 'vpn',
+          local: `127.0.0.1:${echo.port}`,
+          bandwidth_limit: '1KB',
+          udp_idle_timeout: '1s',
+        },
+      });
+      const visitor = await udpClient();
+      h.onCleanup(() => visitor.socket.close());
+      // A WireGuard-sized datagram every 100 ms for 4 s: 1 KiB/s pays for one about every 1.4 s.
+      const datagram = Buffer.alloc(1400, 0x77);
+      for (let i = 0; i < 40; i++) {
+        visitor.socket.send(datagram, remotePort, '127.0.0.1');
+        await sleep(100);
+      }
+      const flow = await client.proc.waitForMsg('udp flow closed', 15_000, { fields: { proxy: 'vpn' } });
+      t.diagnostic(
+        `sent 40, the service got ${echo.received}; dropped_over_limit ${flow.dropped_over_limit}`,
+      );
+      // Before, none: a datagram larger than a second's worth was never paid for, however long it waited.
+      assert.ok(echo.received >= 2, `the service got ${echo.received} of 40 datagrams through a 1KB cap`);
+      assert.ok(
+        echo.received <= 8,
+        `the service got ${echo.received}: more than 1 KiB/s (4 s, 1400 bytes each)`,
+      );
+    }),
+);

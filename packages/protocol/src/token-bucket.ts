@@ -49,10 +49,14 @@ export class TokenBucket {
     return this.tokens >= 0;
   }
 
-  /** Spends `bytes` if the budget holds them; false (nothing spent) if not: a datagram to drop. */
+  /**
+   * Spends `bytes` if the budget holds them; false (nothing spent) if not: a datagram to drop. A full bucket
+   * pays for a datagram larger than the burst (into debt, paid before the next passes): else one larger than
+   * a second's worth (1400 bytes under "1KB") could never pass.
+   */
   trySpend(bytes: number): boolean {
     this.refill();
-    if (this.tokens < bytes) return false;
+    if (this.tokens < bytes && this.tokens < this.burst) return false;
     this.tokens -= bytes;
     return true;
   }

@@ -12,9 +12,8 @@ function whileWaiting<T>(waited: Promise<T>): Promise<T> {
   return waited.finally(() => clearInterval(keep));
 }
 
-test('TokenBucket: a burst at once, then debt that a waiter waits out; trySpend never runs into debt', async () => {
+test('TokenBucket: a burst at once, then debt that a waiter waits out; trySpend spends only what it holds', async () => {
   const bucket = new TokenBucket(100_000, 10_000);
-  assert.equal(bucket.trySpend(10_001), false, 'more than the burst: nothing spent');
   assert.equal(bucket.spend(10_000), true, 'the burst');
   assert.equal(bucket.trySpend(5000), false);
   assert.equal(bucket.spend(5000), false, 'into debt');
@@ -23,6 +22,15 @@ test('TokenBucket: a burst at once, then debt that a waiter waits out; trySpend 
   // 5000 bytes of debt at 100000 bytes/s: 50 ms (timers may fire a millisecond early by the clock).
   assert.ok(performance.now() - started >= 45, `resumed after ${performance.now() - started} ms`);
   assert.equal(bucket.trySpend(10_000), false, 'the debt paid, not yet the burst again');
+});
+
+test('TokenBucket: a full bucket pays for a datagram over the burst, into debt the next waits out', () => {
+  const bucket = new TokenBucket(1000);
+  assert.equal(bucket.trySpend(1400), true, "a full bucket: one datagram over a second's worth passes");
+  assert.equal(bucket.trySpend(1), false, 'the debt first');
+  const partly = new TokenBucket(1000);
+  assert.equal(partly.trySpend(1), true);
+  assert.equal(partly.trySpend(1400), false, 'not full: nothing spent');
 });
 
 test('TokenBucket: a cancelled waiter is not called; setRate(Infinity) lets the waiting go at once', async () => {
