@@ -98,7 +98,7 @@ async function startServed(h: Harness, tls: boolean): Promise<Served> {
 function startClientOf(
   h: Harness,
   served: Served,
-  more: Pick<RoutedClientOptions, 'keys' | 'env' | 'waitFor' | 'name'>,
+  more: Pick<RoutedClientOptions, 'keys' | 'env' | 'waitFor' | 'name' | 'adminListen'>,
 ) {
   return startRoutedClient(h, {
     server: served.url,
@@ -278,10 +278,22 @@ test('https_proxy in the environment carries a wss:// dial; no_proxy and proxy =
     const https_proxy = `http://127.0.0.1:${tinyproxy.port}`;
     // http_proxy names a proxy that is down: a wss:// server takes https_proxy's.
     const env = { https_proxy, http_proxy: `http://127.0.0.1:${await freePort()}` };
-    const proxied = await startClientOf(h, served, { env, name: 'env' });
+    const adminListen = `127.0.0.1:${await freePort()}`;
+    const proxied = await startClientOf(h, served, { env, name: 'env', adminListen });
     const starting = await proxied.proc.waitForMsg('client starting', 5000);
     assert.deepEqual([starting.via, starting.via_from], [https_proxy, 'env https_proxy']);
     await assertEchoes(served.remotePort);
+    // status says it too: before, only the start line told that the environment's proxy carried the dial.
+    const status = await run(clientBin, ['status', '--config', proxied.configPath]);
+    assert.equal(status.code, 0, status.stdout + status.stderr);
+    assert.equal(
+      status.stdout.split('\n')[0],
+      `server:   ${served.url} (via ${https_proxy}, from env https_proxy)`,
+    );
+    const json = JSON.parse(
+      (await run(clientBin, ['status', '--config', proxied.configPath, '--json'])).stdout,
+    );
+    assert.deepEqual([json.via, json.via_from], [https_proxy, 'env https_proxy']);
     assert.match(await tinyproxy.log(), new RegExp(`CONNECT .*localhost:${served.controlPort}`));
     await proxied.proc.stop();
 

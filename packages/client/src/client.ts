@@ -97,6 +97,7 @@ export class PortholeClient {
     this.backoff = new Backoff(config.reconnectInitial, config.reconnectMax);
     this.proxies = new Map(config.proxies.map((proxy) => [proxy.name, proxy]));
     this.sessionStatus = new SessionStatus(config.server);
+    this.sessionStatus.via = this.viaFields();
     this.localFailures = new LocalFailureLog(logger);
   }
 
@@ -160,6 +161,7 @@ export class PortholeClient {
     for (const name of diff.localChanged)
       if (this.proxies.get(name)?.type === 'udp') this.udpFlows.endAll(name, 'local changed by a reload');
     this.sessionStatus.server = next.server;
+    this.sessionStatus.via = this.viaFields();
     this.logger.info(
       {
         added: diff.added,

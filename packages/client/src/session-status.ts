@@ -17,6 +17,10 @@ export type SessionState = 'connecting' | 'established' | 'reconnecting' | 'stop
 export interface ClientStatus {
   state: SessionState;
   server: string;
+  /** How the server is dialled, as the start line says: the proxy (never its credentials) or "direct". */
+  via: string;
+  /** Where `via` was decided ("config", "--proxy", "env https_proxy", "env no_proxy"); absent: nothing named a proxy. */
+  via_from?: string;
   /** The name the server knows us by (the token's subject), once established. */
   client?: string;
   session_id?: string;
@@ -59,6 +63,9 @@ export class SessionStatus {
   private lastError: string | undefined;
   private retryAt: number | undefined;
   private readonly proxyStates = new Map<string, ProxyState>();
+
+  /** How the server is dialled (the client sets it at the start and on a reload). */
+  via: { via: string; via_from?: string } = { via: 'direct' };
 
   constructor(public server: string) {}
 
@@ -126,6 +133,7 @@ export class SessionStatus {
     const status: ClientStatus = {
       state: this.state,
       server: urlWithoutUserinfo(this.server),
+      ...this.via,
       since: new Date(this.since).toISOString(),
       open_connections: tracker.size + udpFlows.size,
       streams,

@@ -101,7 +101,12 @@ function remotePortCell(port: number | undefined): string {
 /** The human form of a status: the session line, then one row per proxy. */
 export function formatStatus(status: ClientStatus, now = Date.now()): string {
   const age = humanAge(now - Date.parse(status.since));
-  const lines = [`server:   ${status.server}`];
+  // Through a proxy only: "direct" is what a user expects, and the proxy is what a failing dial may be about.
+  const via =
+    status.via === undefined || status.via === 'direct'
+      ? ''
+      : ` (via ${status.via}${status.via_from ? `, from ${status.via_from}` : ''})`;
+  const lines = [`server:   ${status.server}${via}`];
   if (status.state === 'established') {
     lines.push(`session:  established as "${status.client}" (session ${status.session_id}), for ${age}`);
   } else {
