@@ -725,3 +725,18 @@ test(
         }
     }),
 );
+
+test('a tcp proxy without remote_port is told 0 lets the server pick one', { timeout: 30_000 }, (t) =>
+  withHarness(t, async (h) => {
+    const clientToml = await h.file(
+      'client.toml',
+      'server = "ws://127.0.0.1:1/_porthole"\ntoken = "a.b.c"\n[[proxies]]\nname = "web"\ntype = "tcp"\nlocal = "127.0.0.1:80"\n',
+    );
+    // Before: "remote_port: required", with nothing of the choice remote_port = 0 gives.
+    await assertRefusedByCheckAndStart(
+      clientBin,
+      ['--config', clientToml],
+      `${clientToml}: proxies[0] ("web").remote_port: required for a tcp proxy: its port on the server, or 0 for one the server picks\n`,
+    );
+  }),
+);

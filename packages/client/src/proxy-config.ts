@@ -233,7 +233,11 @@ export const proxySchema = z
       });
     }
     if ((proxy.type === 'tcp' || proxy.type === 'udp') && proxy.remote_port === undefined) {
-      ctx.addIssue({ code: 'custom', path: ['remote_port'], message: 'required' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['remote_port'],
+        message: `required for a ${proxy.type} proxy: its port on the server, or 0 for one the server picks`,
+      });
     }
     if ((proxy.type === 'http' || proxy.type === 'tls') && !proxy.hosts?.length && !proxy.subdomain) {
       ctx.addIssue({

@@ -209,7 +209,9 @@ test('udp, http and tls proxies take their own keys, and say which key is wrong'
     'proxies[0] ("w").request_headers.Host: cannot be set here (use host_header_rewrite)',
   ]);
   const udp = '[[proxies]]\nname = "u"\ntype = "udp"\nlocal = "127.0.0.1:1"\n';
-  assert.deepEqual(problems(`${HEAD}${udp}`), ['proxies[0] ("u").remote_port: required']);
+  assert.deepEqual(problems(`${HEAD}${udp}`), [
+    'proxies[0] ("u").remote_port: required for a udp proxy: its port on the server, or 0 for one the server picks',
+  ]);
   assert.deepEqual(problems(`${HEAD}${udp}remote_port = 53\nmax_connections = 5\n`), [
     'proxies[0] ("u").max_connections: applies to tcp, tls and http proxies, not udp',
   ]);
