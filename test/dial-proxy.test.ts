@@ -343,6 +343,22 @@ test('proxy = "none" and --proxy none ignore an environment proxy porthole canno
   });
 });
 
+test('no_proxy takes address ranges as curl does (127.0.0.0/8, ::1/128): a server dialled by its address goes direct', async (t) => {
+  await withHarness(t, async (h) => {
+    const served = await startServed(h, false);
+    // A proxy that is down: a dial that went to it would fail.
+    const env = { http_proxy: `http://127.0.0.1:${await freePort()}` };
+    for (const no_proxy of ['10.0.0.0/8,127.0.0.0/8', '::1/128, 127.0.0.1/32']) {
+      const client = await startClientOf(h, served, { env: { ...env, no_proxy }, name: 'ranges' });
+      const starting = await client.proc.waitForMsg('client starting', 5000);
+      // Before, the ranges matched nothing: via the proxy, and every dial "ECONNREFUSED proxy ...".
+      assert.deepEqual([starting.via, starting.via_from], ['direct', 'env no_proxy'], no_proxy);
+      await assertEchoes(served.remotePort);
+      await client.proc.stop();
+    }
+  });
+});
+
 test('a proxy that is down, and one that refuses the CONNECT, are named in connect failed', async (t) => {
   await withHarness(t, async (h) => {
     const served = await startServed(h, false);

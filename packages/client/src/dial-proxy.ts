@@ -1,6 +1,6 @@
 // Which HTTP or SOCKS5 proxy the client dials the server through (a corporate network's way out): the
 // config's `proxy` (or --proxy), else the environment's, read as curl reads it.
-import { isIP } from 'node:net';
+import { BlockList, isIP } from 'node:net';
 
 /** An HTTP CONNECT or SOCKS5 proxy; SOCKS5 is always given the server's name, for the proxy to resolve. */
 export interface DialProxy {
@@ -110,7 +110,7 @@ function firstSet(
 /**
  * Whether no_proxy's `list` leaves `host` out: "*" for every host; an entry matches the host itself and
  * the names under it ("example.com" and ".example.com" both match vps.example.com); an IP address only
- * itself. Case does not matter; a port in an entry is ignored, as curl ignores it.
+ * itself, a range ("10.0.0.0/8") the addresses in it. Case does not matter; a port in an entry is ignored, as curl ignores it.
  */
 export function noProxyExcludes(list: string, host: string): boolean {
   const target = host
@@ -121,6 +121,7 @@ export function noProxyExcludes(list: string, host: string): boolean {
     let entry = raw.trim().toLowerCase();
     if (entry === '') continue;
     if (entry === '*') return true;
+    if (isIP(target) !== 0 && inAddressRange(entry, target)) return true;
     entry = entry.startsWith('[') ? entry.replace(/^\[(.*)\](:\d+)?$/, '$1') : entry.replace(/:\d+$/, '');
     entry = entry.replace(/^\*?\./, '').replace(/\.$/, '');
     if (isIP(target) !== 0 || isIP(entry) !== 0) {
@@ -128,6 +129,19 @@ export function noProxyExcludes(list: string, host: string): boolean {
     } else if (target === entry || target.endsWith(`.${entry}`)) return true;
   }
   return false;
+}
+
+/** Whether `entry` is an address range ("10.0.0.0/8", "fd00::/8", as curl takes them) holding the IP `target`. */
+function inAddressRange(entry: string, target: string): boolean {
+  const range = /^\[?([^\]/]+)\]?\/(\d{1,3})$/.exec(entry);
+  if (!range) return false;
+  const [, network = '', bits] = range;
+  const family = isIP(network);
+  if (family === 0 || family !== isIP(target) || Number(bits) > (family === 4 ? 32 : 128)) return false;
+  const list = new BlockList();
+  const type = family === 4 ? 'ipv4' : 'ipv6';
+  list.addSubnet(network, Number(bits), type);
+  return list.check(target, type);
 }
 
 /** What the environment says of a proxy for `server`: one to use, one no_proxy excluded, or nothing. */

@@ -44,6 +44,16 @@ test('no_proxy: "*", a name and the names under it, an exact IP address; case an
   assert.equal(noProxyExcludes('', 'vps.example.com'), false);
 });
 
+test('no_proxy: address ranges as curl takes them, for a server named by its address only', () => {
+  assert.equal(noProxyExcludes('10.0.0.0/8', '10.1.2.3'), true);
+  assert.equal(noProxyExcludes('10.0.0.0/8', '11.1.2.3'), false);
+  assert.equal(noProxyExcludes('fd00::/8', '[fd12::7]'), true);
+  assert.equal(noProxyExcludes('[fd00::]/8', 'fd12::7'), true);
+  assert.equal(noProxyExcludes('fd00::/8', '10.1.2.3'), false, 'another family');
+  assert.equal(noProxyExcludes('10.0.0.0/8', 'ten.example.com'), false, 'a name is not resolved for it');
+  assert.equal(noProxyExcludes('10.0.0.0/33', '10.1.2.3'), false, 'not a range');
+});
+
 test('the environment: https_proxy for wss://, http_proxy for ws://, then all_proxy; no_proxy excludes', () => {
   const env = {
     http_proxy: 'http://plain:3128',
