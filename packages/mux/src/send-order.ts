@@ -65,6 +65,20 @@ export class SendOrder<T extends SendTurn> {
     sender.sendFinish = sender.sendStart + bytes;
   }
 
+  /** Takes `sender` out of the order, whatever its place (it will send nothing more). */
+  remove(sender: T): void {
+    const index = sender.sendIndex;
+    if (index < 0) return;
+    sender.sendIndex = -1;
+    const heap = this.heap;
+    const last = heap.pop()!;
+    if (last === sender) return;
+    heap[index] = last;
+    last.sendIndex = index;
+    this.siftUp(index);
+    this.siftDown(last.sendIndex);
+  }
+
   clear(): void {
     for (const sender of this.heap) sender.sendIndex = -1;
     this.heap.length = 0;

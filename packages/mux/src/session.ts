@@ -153,6 +153,7 @@ export class Session extends EventEmitter {
       writeFrame: (type, flags, id, length, body) => this.writeFrame(type, flags, id, length, body),
       roomForData: () => (this.sendOrder.size === 0 ? this.connRoom() : 0),
       queueData: (stream) => this.queueForTurn(stream),
+      unqueueData: (stream) => this.sendOrder.remove(stream),
       releaseStream: (stream) => this.releaseStream(stream),
     };
     this.decoder = new FrameDecoder({

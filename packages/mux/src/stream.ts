@@ -23,6 +23,11 @@ export interface StreamHost {
   roomForData(): number;
   /** Queues the stream for a turn to write a frame (queuedFrameLength and writeQueuedFrame, then). */
   queueData(stream: Stream): void;
+  /**
+   * Takes a destroyed stream out of the order of turns: left waiting there, it kept all it held (what the
+   * peer sent and nobody read) until its turn came, for as long as the connection stayed full.
+   */
+  unqueueData(stream: Stream): void;
   releaseStream(stream: Stream): void;
 }
 
@@ -284,10 +289,11 @@ export class Stream extends Duplex implements SendTurn {
     if (this.drainTimer) clearTimeout(this.drainTimer);
     this.gatherer.drop();
     // A write waiting for window or for its turn fails now: Node errors the writes queued behind it only
-    // once it has. The session skips a destroyed stream when its turn comes.
+    // once it has. The stream leaves the order of turns now, not when its turn would have come.
     const waiting = this.blocked ?? this.queued;
     this.blocked = undefined;
     this.queued = undefined;
+    this.host.unqueueData(this);
     waiting?.callback(err ?? new MuxError('ERR_STREAM_RESET', `stream ${this.id} was destroyed`));
     if (!this.reset && !(this.localFin && this.remoteFin)) {
       this.reset = true;
