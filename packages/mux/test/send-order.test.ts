@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { afterEach, describe, test } from 'node:test';
 import { Session, type Stream } from '../src/index.js';
 import { SendOrder, type SendTurn } from '../src/send-order.js';
+import { Prng, runSeed } from './prng.js';
 import { retained } from './retained-memory.js';
 import { nextTurn, waitFor, withTimeout } from './timeouts.js';
-import { tcpPair } from './transports.js';
+import { sessionPair, tcpPair } from './transports.js';
 import { dataFrame, encodeFrame, F, type Frame, FrameParser, HEADER, INITIAL_WINDOW, T } from './wire.js';
 
 /**
@@ -373,3 +375,118 @@ describe('session: data takes turns for room in the connection', () => {
     assert.ok(kept <= 2, `${kept} of ${count} destroyed streams still held (${received} bytes each)`);
   });
 });
+
+/** Resolves with what ended `stream`'s wait for 'drain' ('drain' or 'close'), or 'stuck' after `ms`. */
+function drainOrClose(stream: Stream, ms: number): Promise<'drain' | 'close' | 'stuck'> {
+  return new Promise((resolve) => {
+    const done = (how: 'drain' | 'close' | 'stuck') => {
+      clearTimeout(timer);
+      stream.off('drain', onDrain);
+      stream.off('close', onClose);
+      resolve(how);
+    };
+    const onDrain = () => done('drain');
+    const onClose = () => done('close');
+    const timer = setTimeout(() => done('stuck'), ms);
+    stream.on('drain', onDrain);
+    stream.on('close', onClose);
+  });
+}
+
+/** Resolves 'close' when `stream` closes, or 'stuck' after `ms`. */
+function closeWithin(stream: Stream, ms: number): Promise<'close' | 'stuck'> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve('stuck'), ms);
+    stream.once('close', () => {
+      clearTimeout(timer);
+      resolve('close');
+    });
+  });
+}
+
+for (const transport of ['tcp', 'ws'] as const) {
+  test(`${transport}: 300 streams of mixed writes taking turns on a stalling link: every byte, every callback once, no writer left waiting`, async () => {
+    const seed = runSeed();
+    const rng = new Prng(seed);
+    const pair = await sessionPair(transport);
+    cleanup.push(() => pair.close());
+    // The receiving side stops reading most of the time, so data waits for its turn over and over.
+    const stall = setInterval(() => {
+      pair.serverSocket.pause();
+      setTimeout(() => pair.serverSocket.resume(), 4);
+    }, 5);
+    cleanup.push(() => clearInterval(stall));
+    const received = new Map<number, string>();
+    pair.server.on('stream', (s: Stream) => {
+      const hash = createHash('sha256');
+      let bytes = 0;
+      s.on('error', () => {});
+      s.on('data', (chunk: Buffer) => {
+        hash.update(chunk);
+        bytes += chunk.length;
+        // Every tenth stream is reset by its reader part way; some readers pause now and then.
+        if (s.id % 20 === 5 && bytes > 50_000) s.destroy();
+        else if (s.id % 3 === 0 && bytes % 7 === 0) {
+          s.pause();
+          setTimeout(() => s.resume(), 2);
+        }
+      });
+      s.on('end', () => {
+        received.set(s.id, `${bytes} ${hash.digest('hex')}`);
+        s.end();
+      });
+    });
+    const sizes = [1, 100, 4095, 4097, 16 * 1024, 64 * 1024 - 1, 64 * 1024 + 1, 128 * 1024 + 3, 300_000];
+    const sent = new Map<number, string>();
+    let writes = 0;
+    let callbacks = 0;
+    const twice: number[] = [];
+    const stuck: string[] = [];
+    const sendOne = async (i: number) => {
+      const s = pair.client.open();
+      s.on('error', () => {});
+      const hash = createHash('sha256');
+      let bytes = 0;
+      // Every tenth is destroyed with writes waiting; another tenth writes on regardless of
+      // backpressure and ends at once (its FIN waits behind its queued data).
+      const ignoresBackpressure = i % 10 === 1;
+      const count = rng.int(3, 30);
+      for (let w = 0; w < count; w++) {
+        const chunk = rng.bytes(rng.pick(sizes));
+        hash.update(chunk);
+        bytes += chunk.length;
+        writes += 1;
+        let calls = 0;
+        const more = s.write(chunk, () => {
+          calls += 1;
+          callbacks += 1;
+          if (calls > 1) twice.push(s.id);
+        });
+        if (i % 10 === 0 && w === 2) {
+          s.destroy();
+          return;
+        }
+        if (more || ignoresBackpressure) continue;
+        const how = await drainOrClose(s, 20_000);
+        if (how === 'close') return;
+        if (how === 'stuck') {
+          stuck.push(`stream ${s.id} (write ${w}, ${s.writableLength} bytes waiting)`);
+          s.destroy();
+          return;
+        }
+      }
+      if (s.id % 20 !== 5) sent.set(s.id, `${bytes} ${hash.digest('hex')}`);
+      s.end();
+      s.resume();
+      if (!s.closed && (await closeWithin(s, 30_000)) === 'stuck') stuck.push(`stream ${s.id} never closed`);
+    };
+    const all: Promise<void>[] = [];
+    for (let i = 0; i < 300; i++) all.push(sendOne(i));
+    await withTimeout(Promise.all(all), 90_000, `the streams (seed ${seed})`);
+    assert.deepEqual(stuck, [], `seed ${seed}`);
+    assert.deepEqual(twice, [], `write callbacks called twice (seed ${seed})`);
+    assert.equal(callbacks, writes, `write callbacks (seed ${seed})`);
+    assert.ok(sent.size >= 200, `${sent.size} streams finished`);
+    for (const [id, what] of sent) assert.equal(received.get(id), what, `stream ${id} (seed ${seed})`);
+  });
+}
