@@ -155,6 +155,24 @@ async function stalledPeer() {
   return { conn, peer, arrived, resume: () => peer.resume() };
 }
 
+/**
+ * A client session over a stalledPeer() whose connection is full: 4 streams wrote their first window (1 MiB),
+ * most of which waits on our side.
+ */
+async function congestedSession() {
+  const raw = await stalledPeer();
+  const session = new Session(raw.conn, { client: true, keepAliveInterval: 0 });
+  session.on('error', () => {});
+  cleanup.push(() => session.close());
+  for (let i = 0; i < 4; i++) {
+    const s = session.open();
+    s.on('error', () => {});
+    s.write(Buffer.alloc(INITIAL_WINDOW, i + 1));
+  }
+  await waitFor(() => raw.conn.writableNeedDrain, 5000, 'the connection to fill');
+  return { raw, session };
+}
+
 /** Bulk data bytes (of streams other than `except`) that arrived before frame `index`. */
 function bulkBefore(frames: Frame[], index: number, except: number): number {
   let bytes = 0;
@@ -310,16 +328,7 @@ describe('session: data takes turns for room in the connection', () => {
   });
 
   test('a stream waiting for its turn takes one 64 KiB read before write() says wait', async () => {
-    const raw = await stalledPeer();
-    const session = new Session(raw.conn, { client: true, keepAliveInterval: 0 });
-    session.on('error', () => {});
-    cleanup.push(() => session.close());
-    for (let i = 0; i < 4; i++) {
-      const s = session.open();
-      s.on('error', () => {});
-      s.write(Buffer.alloc(INITIAL_WINDOW, i + 1));
-    }
-    await waitFor(() => raw.conn.writableNeedDrain, 5000, 'the connection to fill');
+    const { session } = await congestedSession();
     // What a source piped into it hands over before it is paused: with thousands of streams congested on
     // a slow uplink, this per stream is the client's memory (256 KiB took 2,000 downloads to 712 MB).
     const waiting = session.open();
@@ -333,16 +342,7 @@ describe('session: data takes turns for room in the connection', () => {
   });
 
   test('a stream destroyed while its data waits for its turn is let go at once, with all it received', async () => {
-    const raw = await stalledPeer();
-    const session = new Session(raw.conn, { client: true, keepAliveInterval: 0 });
-    session.on('error', () => {});
-    cleanup.push(() => session.close());
-    for (let i = 0; i < 4; i++) {
-      const s = session.open();
-      s.on('error', () => {});
-      s.write(Buffer.alloc(INITIAL_WINDOW, i + 1));
-    }
-    await waitFor(() => raw.conn.writableNeedDrain, 5000, 'the connection to fill');
+    const { raw, session } = await congestedSession();
     // Visitors' streams whose replies wait behind the bulk data, each holding a response nobody read yet;
     // then the visitors go. Waiting in the order, each was kept, with what it held, until its turn came:
     // with a peer that does not read, for as long as the session lasted (2,000 of them: 378 MiB).
