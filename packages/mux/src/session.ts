@@ -32,6 +32,12 @@ export interface SessionOptions {
   keepAliveInterval?: number;
   /** Milliseconds a keepalive ping may go unanswered before the session is closed. */
   keepAliveTimeout?: number;
+  /**
+   * Milliseconds without a byte from the peer, while a keepalive ping waited for its answer, that make the
+   * session emit 'stall' (with the silence in ms) once the answer comes; 0 never does. A link that stops for
+   * less than the keepalive timeout otherwise leaves no trace, while the user saw every connection freeze.
+   */
+  stallNotice?: number;
   /** Concurrent streams in both directions; an incoming SYN beyond it is answered with RST. */
   maxStreams?: number;
   /** Milliseconds to wait for the peer's ACK of a stream we opened; 0 waits forever. */
@@ -67,6 +73,7 @@ const defaults = {
   maxSessionWindow: DEFAULT_MAX_SESSION_WINDOW,
   keepAliveInterval: 30_000,
   keepAliveTimeout: 10_000,
+  stallNotice: 0,
   // Every tunnelled connection is a stream: tens of thousands of idle connections through one tunnel must fit.
   maxStreams: 65_536,
   openTimeout: 30_000,
@@ -136,6 +143,10 @@ export class Session extends EventEmitter {
   private framesReceived = 0;
   /** When a keepalive ping was last answered (the session's start before the first). */
   private keepAliveAnsweredAt = performance.now();
+  /** When bytes last came from the peer, or the keepalive ping in flight left, whichever is later. */
+  private lastReceivedAt = performance.now();
+  /** The longest time without bytes from the peer since the keepalive ping in flight left. */
+  private longestSilence = 0;
 
   constructor(conn: Duplex, options: SessionOptions) {
     super();
@@ -162,7 +173,10 @@ export class Session extends EventEmitter {
       onDataEnd: (header) => this.onDataEnd(header),
     });
 
-    conn.on('data', (chunk: Buffer) => this.decoder.push(chunk));
+    conn.on('data', (chunk: Buffer) => {
+      this.noteReceived();
+      this.decoder.push(chunk);
+    });
     conn.on('end', () => this.onConnEnded());
     conn.on('close', () => this.onConnEnded());
     conn.on('error', (err: Error) =>
@@ -404,14 +418,27 @@ export class Session extends EventEmitter {
     };
     let timer = setTimeout(check, timeout);
     timer.unref();
+    this.lastReceivedAt = performance.now();
+    this.longestSilence = 0;
     this.ping().then(
       () => {
         clearTimeout(timer);
         this.keepAliveInFlight = false;
         this.keepAliveAnsweredAt = performance.now();
+        const { stallNotice } = this.options;
+        if (stallNotice > 0 && this.longestSilence >= stallNotice) {
+          this.emit('stall', Math.round(this.longestSilence));
+        }
       },
       () => clearTimeout(timer),
     );
+  }
+
+  private noteReceived(): void {
+    const now = performance.now();
+    const silence = now - this.lastReceivedAt;
+    if (silence > this.longestSilence) this.longestSilence = silence;
+    this.lastReceivedAt = now;
   }
 
   private protocolError(message: string): void {

@@ -78,10 +78,13 @@ async function rawPeer(answerPings = false) {
   server.close();
   const frames = new FrameParser();
   let ended = false;
+  const answered = new Set<number>();
   peer.on('data', (chunk: Buffer) => {
     for (const f of frames.push(chunk)) {
-      if (answering && f.type === T.Ping && f.flags & F.SYN)
+      if (answering && f.type === T.Ping && f.flags & F.SYN) {
+        answered.add(f.length);
         peer.write(encodeFrame(T.Ping, F.ACK, 0, f.length));
+      }
     }
   });
   peer.on('error', () => {});
@@ -99,6 +102,16 @@ async function rawPeer(answerPings = false) {
     ended: () => ended,
     stopAnswering: () => {
       answering = false;
+    },
+    /** Answers every ping seen and not answered yet, and answers again from then on. */
+    answerWaitingPings: () => {
+      for (const f of frames.frames) {
+        if (f.type === T.Ping && f.flags & F.SYN && !answered.has(f.length)) {
+          answered.add(f.length);
+          peer.write(encodeFrame(T.Ping, F.ACK, 0, f.length));
+        }
+      }
+      answering = true;
     },
   };
 }
@@ -457,6 +470,41 @@ describe('limits and timeouts', () => {
     const reason = await withTimeout(closed, 3000, "the session's 'close'");
     assert.equal(reason?.code, 'ERR_KEEPALIVE_TIMEOUT');
     assert.match(reason?.message ?? '', /and nothing else received for 300 ms$/);
+  });
+
+  test("keepalive: a peer silent for stallNotice while a ping waits, then back, makes a 'stall' with the silence", async () => {
+    const raw = await rawPeer(true);
+    const session = new Session(raw.conn, {
+      client: true,
+      keepAliveInterval: 100,
+      keepAliveTimeout: 5000,
+      stallNotice: 400,
+    });
+    session.on('error', () => {});
+    cleanup.push(() => session.close());
+    const stalls: number[] = [];
+    session.on('stall', (ms: number) => stalls.push(ms));
+    await sleep(600);
+    assert.deepEqual(stalls, [], 'pings answered at once are no stall');
+
+    // The peer keeps sending other frames while it does not answer: busy, not silent.
+    raw.stopAnswering();
+    let id = 0;
+    const talking = setInterval(() => raw.peer.write(encodeFrame(T.Ping, F.SYN, 0, ++id)), 100);
+    await sleep(700);
+    clearInterval(talking);
+    raw.answerWaitingPings();
+    await sleep(300);
+    assert.deepEqual(stalls, [], 'a peer that kept sending was not silent');
+
+    // Then nothing at all for ~800 ms: the answer that ends it reports the silence once.
+    raw.stopAnswering();
+    await sleep(800);
+    raw.answerWaitingPings();
+    await waitFor(() => stalls.length > 0, 3000, "a 'stall'");
+    assert.equal(stalls.length, 1, `stalls: ${stalls.join(', ')}`);
+    assert.ok(stalls[0]! >= 600 && stalls[0]! < 3000, `silence ${stalls[0]} ms`);
+    assert.equal(session.closed, false);
   });
 
   test('keepalive: answered pings keep the session alive (raw peer and session pair)', async () => {
