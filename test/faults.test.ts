@@ -193,6 +193,57 @@ test('link cut longer than the heartbeat timeout: the server frees the port; the
   });
 });
 
+test('link cut shorter than the heartbeat timeout: both ends log the stall, the session carries on', {
+  timeout: 90_000,
+}, async (t) => {
+  if (await skippedWithoutNetns(t)) return;
+  await withHarness(t, async (h) => {
+    // 10 s timeouts: a stall is reported past min(3 s, half of 9.5 s), and a 4.5 s cut ends no session.
+    const n = await natTunnel(h, { server: ['500ms', '10s'], client: ['500ms', '10s'] });
+    await echoFromPub(n, 'tunnel works before the cut');
+    const serverMark = n.server.proc.mark();
+    const clientMark = n.client.proc.mark();
+    await n.topo.linkDown();
+    await sleep(4500);
+    await n.topo.linkUp();
+    const clientStall = await n.client.proc.waitForMsg(
+      'session stalled: nothing from the server, then back',
+      15_000,
+      {
+        from: clientMark,
+      },
+    );
+    const serverStall = await n.server.proc.waitForMsg(
+      'session stalled: nothing from the client, then back',
+      15_000,
+      {
+        from: serverMark,
+        fields: { client: 'homelab' },
+      },
+    );
+    t.diagnostic(
+      `a 4.5 s cut: the client heard nothing for ${clientStall.ms} ms, the server for ${serverStall.ms} ms`,
+    );
+    for (const [who, line] of [
+      ['client', clientStall],
+      ['server', serverStall],
+    ] as const) {
+      assert.ok(Number(line.ms) >= 3000 && Number(line.ms) < 10_000, `${who}: ${JSON.stringify(line)}`);
+    }
+    await echoFromPub(n, 'tunnel works after the link returns');
+    assert.equal(
+      (await n.client.proc.settledLogsWithMsg('session established', clientMark)).length,
+      0,
+      'no new session',
+    );
+    assert.equal(
+      (await n.server.proc.settledLogsWithMsg('client disconnected', serverMark)).length,
+      0,
+      'no disconnect',
+    );
+  });
+});
+
 test('half-open session: the reconnecting client takes its port over at once, no "already in use"', {
   timeout: 90_000,
 }, async (t) => {

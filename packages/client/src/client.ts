@@ -4,6 +4,7 @@ import {
   ConnectionTracker,
   type ControlMessage,
   FirstSightings,
+  keepAliveOptions,
   type Logger,
   MessageReader,
   nextClose,
@@ -403,10 +404,15 @@ export class PortholeClient {
     const { heartbeatInterval, heartbeatTimeout } = this.config;
     const session = new Session(ws, {
       client: true,
-      keepAliveInterval: heartbeatInterval,
-      keepAliveTimeout: heartbeatTimeout - heartbeatInterval,
+      ...keepAliveOptions(heartbeatInterval, heartbeatTimeout),
     });
     this.session = session;
+    session.on('stall', (ms: number) =>
+      this.logger.warn(
+        { server: this.serverForLogs, ms },
+        'session stalled: nothing from the server, then back',
+      ),
+    );
     const closed = nextClose<Error>(session).then((err) => err?.message ?? 'session closed');
     session.on('stream', (stream: Stream) => {
       serveStream(

@@ -11,6 +11,7 @@ export * from './host-names.js';
 export * from './host-port.js';
 export * from './http-field-syntax.js';
 export * from './idle-waiters.js';
+export * from './keepalive-options.js';
 export * from './limit-warning.js';
 export * from './local-address.js';
 export * from './logger.js';

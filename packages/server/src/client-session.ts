@@ -113,6 +113,12 @@ export class ClientSession {
     ctx.sessions.add(this);
     session.on('stream', (stream: Stream) => this.onStream(stream));
     session.on('close', (err?: Error) => this.onSessionClose(err ? err.message : 'session closed'));
+    session.on('stall', (ms: number) =>
+      this.logger.warn(
+        { remote_addr: this.remoteAddr, ms },
+        'session stalled: nothing from the client, then back',
+      ),
+    );
     this.helloTimer = setTimeout(
       () => this.close(`no hello within ${HELLO_TIMEOUT_MS} ms`),
       HELLO_TIMEOUT_MS,

@@ -1,5 +1,12 @@
 import { CloseCode, Session, type WebSocketStream } from '@porthole/mux';
-import { ConfigError, ConnectionTracker, type Logger, nextClose, type TokenClaims } from '@porthole/protocol';
+import {
+  ConfigError,
+  ConnectionTracker,
+  keepAliveOptions,
+  type Logger,
+  nextClose,
+  type TokenClaims,
+} from '@porthole/protocol';
 import { AdminServer } from './admin-server.js';
 import { UpgradeAuthenticator } from './auth.js';
 import { ClientSession } from './client-session.js';
@@ -165,8 +172,7 @@ export class PortholeServer {
     const { heartbeatInterval, heartbeatTimeout } = this.ctx.config;
     const session = new Session(ws, {
       client: false,
-      keepAliveInterval: heartbeatInterval,
-      keepAliveTimeout: heartbeatTimeout - heartbeatInterval,
+      ...keepAliveOptions(heartbeatInterval, heartbeatTimeout),
     });
     timeStreamOpens(session, this.counters.streamOpen);
     new ClientSession(this.ctx, session, claims, remoteAddr);
