@@ -9,6 +9,9 @@
 //   source-server --host H --port P                   sends endless data on every connection, as fast as it is read
 //   sink --host H --port P --seconds S [--count N]     reads from N connections (1) for S s; prints
 //                      {bytes, seconds, least} (least: the fewest bytes one connection got)
+//   udp-stream --bind B --host H --port P --interval MS --seconds S   a datagram every MS for S s, each
+//                      carrying when it was sent, then MS*10 for late replies; prints {sent, replies: [[sentAt,
+//                      arrivedAt], ...]} (Date.now() times, comparable across namespaces of one machine)
 //   rtt --proto tcp|udp --host H --port P --count N --interval MS [--timeout MS]   N small probes MS apart
 //                      through an echo service, each answered or given up MS after the last; prints
 //                      {sent, answered, max_ms, median_ms, first_ms} (first_ms: tcp connect + first echo)
@@ -74,6 +77,23 @@ if (mode === 'echo-server') {
   const from = socket.address();
   socket.close();
   print({ sent: count, replies: replies.length, from: `${from.address}:${from.port}` });
+} else if (mode === 'udp-stream') {
+  const { socket } = await udpClient(values.bind);
+  const replies: [number, number][] = [];
+  socket.on('message', (msg) => {
+    const sentAt = Number(/(\d+)$/.exec(msg.toString())?.[1]);
+    replies.push([sentAt, Date.now()]);
+  });
+  const interval = Number(values.interval);
+  const until = Date.now() + Number(values.seconds) * 1000;
+  let sent = 0;
+  while (Date.now() < until) {
+    socket.send(`${sent++} ${Date.now()}`, port, host);
+    await sleep(interval);
+  }
+  await sleep(interval * 10);
+  socket.close();
+  print({ sent, replies });
 } else if (mode === 'source-server') {
   const { server } = startEndlessDownload();
   server.listen(port, host, () => print({ msg: 'listening', addr: `${host}:${port}` }));

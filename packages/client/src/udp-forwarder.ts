@@ -16,6 +16,7 @@ import {
   type Logger,
   proxyDatagramBudget,
   type StreamHeader,
+  udpLinkStopped,
 } from '@porthole/protocol';
 import type { ProxyBudgets } from './bandwidth-limit.js';
 import type { LocalFailureLog } from './local-failure-log.js';
@@ -172,7 +173,7 @@ export function serveUdpFlow(
     const { forget, budget } = openFlows.add(proxy.name, end);
     // The proxy's flows share what they may queue for a slow tunnel (a writer gives its share back as its
     // stream closes).
-    const writer = new DatagramWriter(stream, { budget });
+    const writer = new DatagramWriter(stream, { budget, linkStopped: udpLinkStopped(stream.session) });
     const arm = (ms: number) => {
       timer = setTimeout(() => {
         const idle = performance.now() - lastActivity;

@@ -33,9 +33,10 @@ export interface SessionOptions {
   /** Milliseconds a keepalive ping may go unanswered before the session is closed. */
   keepAliveTimeout?: number;
   /**
-   * Milliseconds without a byte from the peer, while a keepalive ping waited for its answer, that make the
-   * session emit 'stall' (with the silence in ms) once the answer comes; 0 never does. A link that stops for
-   * less than the keepalive timeout otherwise leaves no trace, while the user saw every connection freeze.
+   * Milliseconds without a byte from the peer, while a ping (keepalive or peerSilence's) waited for its
+   * answer, that make the session emit 'stall' (with the silence in ms) once the answers are in; 0 never
+   * does. A link that stops for less than the keepalive timeout otherwise leaves no trace, while the user saw
+   * every connection freeze.
    */
   stallNotice?: number;
   /** Concurrent streams in both directions; an incoming SYN beyond it is answered with RST. */
@@ -58,6 +59,8 @@ const MAX_WINDOW_GROWTH_PERIOD_MS = 200;
 /** Event-loop turns (and, on a busy machine, waits for a CPU) dominate a loopback or LAN round trip. */
 const MIN_WINDOW_GROWTH_PERIOD_MS = 20;
 const MAX_QUEUED_ANSWER_BYTES = 64 * 1024;
+/** peerSilence() sends a ping when none waits and none went for this long (ms). */
+const PROBE_INTERVAL_MS = 500;
 /**
  * Frame headers written in one turn are encoded side by side into buffers of this size and leave as one
  * chunk per run: every chunk queued on a stream costs ~100 bytes of bookkeeping, and over a WebSocket, whose
@@ -143,10 +146,14 @@ export class Session extends EventEmitter {
   private framesReceived = 0;
   /** When a keepalive ping was last answered (the session's start before the first). */
   private keepAliveAnsweredAt = performance.now();
-  /** When bytes last came from the peer, or the keepalive ping in flight left, whichever is later. */
+  /** When bytes last came from the peer. */
   private lastReceivedAt = performance.now();
-  /** The longest time without bytes from the peer since the keepalive ping in flight left. */
+  /** Since when a ping of ours has been waiting for its answer; undefined while none waits. */
+  private pingsWaitingSince: number | undefined;
+  /** The longest time without bytes from the peer while pings waited, since none did. */
   private longestSilence = 0;
+  /** When our last ping left (a probe goes only so often). */
+  private lastPingSentAt = Number.NEGATIVE_INFINITY;
 
   constructor(conn: Duplex, options: SessionOptions) {
     super();
@@ -222,9 +229,26 @@ export class Session extends EventEmitter {
     const id = this.nextPingId;
     this.nextPingId = (this.nextPingId % MAX_WINDOW) + 1;
     return new Promise((resolve, reject) => {
+      const now = performance.now();
+      if (this.pings.size === 0) this.pingsWaitingSince = now;
+      this.lastPingSentAt = now;
       this.pings.set(id, { started: process.hrtime.bigint(), resolve, reject });
       this.writeFrame(FrameType.Ping, Flag.SYN, 0, id);
     });
+  }
+
+  /**
+   * How long (ms) the peer has been silent while a ping of ours waits for its answer: 0 while none waits or
+   * the peer is heard. When none waits, one is sent (at most every PROBE_INTERVAL_MS), so that a sender asking
+   * this as it sends learns of a link that stopped within about that long, not at the next keepalive: a
+   * datagram sent into a stopped link arrives, if ever, in a burst of stale ones once the link is back.
+   */
+  peerSilence(): number {
+    const now = performance.now();
+    const since = this.pingsWaitingSince;
+    if (since !== undefined) return now - Math.max(since, this.lastReceivedAt);
+    if (!this.isClosed && now - this.lastPingSentAt >= PROBE_INTERVAL_MS) this.ping().catch(() => {});
+    return 0;
   }
 
   /** Tells the peer to open no more streams; streams already open carry on. */
@@ -380,7 +404,16 @@ export class Session extends EventEmitter {
     this.pings.delete(header.length);
     const rtt = Number(process.hrtime.bigint() - pending.started) / 1e6;
     if (this.minRtt === undefined || rtt < this.minRtt) this.minRtt = rtt;
+    if (this.pings.size === 0) this.allPingsAnswered();
     pending.resolve(rtt);
+  }
+
+  private allPingsAnswered(): void {
+    this.pingsWaitingSince = undefined;
+    const { stallNotice } = this.options;
+    if (stallNotice > 0 && this.longestSilence >= stallNotice)
+      this.emit('stall', Math.round(this.longestSilence));
+    this.longestSilence = 0;
   }
 
   private onGoAway(code: number): void {
@@ -418,17 +451,11 @@ export class Session extends EventEmitter {
     };
     let timer = setTimeout(check, timeout);
     timer.unref();
-    this.lastReceivedAt = performance.now();
-    this.longestSilence = 0;
     this.ping().then(
       () => {
         clearTimeout(timer);
         this.keepAliveInFlight = false;
         this.keepAliveAnsweredAt = performance.now();
-        const { stallNotice } = this.options;
-        if (stallNotice > 0 && this.longestSilence >= stallNotice) {
-          this.emit('stall', Math.round(this.longestSilence));
-        }
       },
       () => clearTimeout(timer),
     );
@@ -436,8 +463,11 @@ export class Session extends EventEmitter {
 
   private noteReceived(): void {
     const now = performance.now();
-    const silence = now - this.lastReceivedAt;
-    if (silence > this.longestSilence) this.longestSilence = silence;
+    const since = this.pingsWaitingSince;
+    if (since !== undefined) {
+      const silence = now - Math.max(since, this.lastReceivedAt);
+      if (silence > this.longestSilence) this.longestSilence = silence;
+    }
     this.lastReceivedAt = now;
   }
 
@@ -464,6 +494,7 @@ export class Session extends EventEmitter {
         : new MuxError('ERR_SESSION_CLOSED', err?.message ?? 'session closed', { cause: err });
     for (const pending of this.pings.values()) pending.reject(closedError);
     this.pings.clear();
+    this.pingsWaitingSince = undefined;
     // A close we asked for closes streams like sockets closed by their owner; anything else is their error.
     const streamError = err || !this.closedLocally ? closedError : undefined;
     for (const stream of [...this.streams.values()]) stream.abort(streamError);

@@ -507,6 +507,35 @@ describe('limits and timeouts', () => {
     assert.equal(session.closed, false);
   });
 
+  test('peerSilence: 0 while the peer answers; asking sends a ping (at most one per 500 ms) and then measures the silence', async () => {
+    const raw = await rawPeer(true);
+    const session = new Session(raw.conn, { client: true, keepAliveInterval: 0, stallNotice: 300 });
+    session.on('error', () => {});
+    cleanup.push(() => session.close());
+    const stalls: number[] = [];
+    session.on('stall', (ms: number) => stalls.push(ms));
+    const pingsSent = () => raw.frames.frames.filter((f) => f.type === T.Ping && f.flags & F.SYN).length;
+    assert.equal(session.peerSilence(), 0, 'no ping waits: the ask sends one');
+    for (let i = 0; i < 100; i++) assert.ok(session.peerSilence() < 100, 'a ping waits, for a moment');
+    await waitFor(() => pingsSent() === 1, 3000, 'the probe');
+    await sleep(100);
+    assert.equal(session.peerSilence(), 0, 'answered: no ping waits, and the last went < 500 ms ago');
+    assert.equal(pingsSent(), 1, 'one probe for 101 asks within 500 ms');
+
+    raw.stopAnswering();
+    await sleep(500);
+    assert.equal(session.peerSilence(), 0, 'the ask that sends the probe');
+    await waitFor(() => pingsSent() === 2, 3000, 'the second probe');
+    await sleep(700);
+    const silence = session.peerSilence();
+    assert.ok(silence >= 600 && silence < 3000, `silence ${silence} ms`);
+    assert.equal(pingsSent(), 2, 'no probe while one waits');
+    raw.answerWaitingPings();
+    await waitFor(() => session.peerSilence() === 0, 3000, 'the silence to end with the answer');
+    assert.equal(stalls.length, 1, "the probe's late answer is a 'stall' too");
+    assert.ok(stalls[0]! >= 600, `stall ${stalls[0]} ms`);
+  });
+
   test('keepalive: answered pings keep the session alive (raw peer and session pair)', async () => {
     const raw = await rawPeer(true);
     // A generous timeout: this machine is shared, and a late answer must not look like a dead peer here.

@@ -29,4 +29,5 @@ export * from './token.js';
 export * from './token-bucket.js';
 export * from './turn-gathered-writes.js';
 export * from './udp-datagram-codec.js';
+export * from './udp-link-stopped.js';
 export * from './version.js';

@@ -53,7 +53,9 @@ export type DatagramWriteResult =
   /** The writer (or the budget it shares) holds as much as it may (its reader is slow): dropped, as UDP would. */
   | 'dropped-backpressure'
   /** The stream is ended or destroyed: dropped. */
-  | 'dropped-closed';
+  | 'dropped-closed'
+  /** The tunnel's link has stopped (see DatagramWriterOptions.linkStopped): dropped rather than sent stale. */
+  | 'dropped-link-stopped';
 
 export interface DatagramWriterStats {
   sent: number;
@@ -61,6 +63,7 @@ export interface DatagramWriterStats {
   droppedOversize: number;
   droppedBackpressure: number;
   droppedClosed: number;
+  droppedLinkStopped: number;
 }
 
 export interface DatagramWriterOptions {
@@ -68,6 +71,12 @@ export interface DatagramWriterOptions {
   maxBufferedBytes?: number;
   /** Drop a datagram that would take this shared budget past its limit. */
   budget?: DatagramBudget;
+  /**
+   * Asked before each datagram: true while the tunnel's link seems stopped. Datagrams written then wait in
+   * buffers (the kernel's takes megabytes) and reach the other end as one burst of stale ones once the link
+   * is back: a game server gets seconds of old inputs at once, a resolver queries its clients gave up on.
+   */
+  linkStopped?: () => boolean;
 }
 
 /** Writes framed datagrams to a stream: header and payload in one writev where the stream supports it. */
@@ -78,9 +87,11 @@ export class DatagramWriter {
     droppedOversize: 0,
     droppedBackpressure: 0,
     droppedClosed: 0,
+    droppedLinkStopped: 0,
   };
   private readonly maxBufferedBytes: number;
   private readonly budget: DatagramBudget | undefined;
+  private readonly linkStopped: (() => boolean) | undefined;
   /** What is queued and not yet written (bytes and overhead), and each datagram's share, oldest first. */
   private queued = 0;
   private costs: number[] = [];
@@ -92,6 +103,7 @@ export class DatagramWriter {
   ) {
     this.maxBufferedBytes = options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED_DATAGRAM_BYTES;
     this.budget = options.budget;
+    this.linkStopped = options.linkStopped;
     // Writes still queued when the stream goes are released with it, callbacks or not.
     stream.once('close', this.releaseAll);
   }
@@ -126,6 +138,10 @@ export class DatagramWriter {
     if (!this.stream.writable) {
       this.stats.droppedClosed++;
       return 'dropped-closed';
+    }
+    if (this.linkStopped?.()) {
+      this.stats.droppedLinkStopped++;
+      return 'dropped-link-stopped';
     }
     const cost = DATAGRAM_HEADER_BYTES + payload.length + QUEUED_DATAGRAM_OVERHEAD;
     const budget = this.budget;

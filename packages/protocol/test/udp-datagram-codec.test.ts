@@ -96,6 +96,7 @@ describe('frameDatagram and DatagramWriter', () => {
       droppedOversize: 2,
       droppedBackpressure: 0,
       droppedClosed: 0,
+      droppedLinkStopped: 0,
     });
     const decoder = new DatagramDecoder();
     const out = decoder.push(sink.bytes);
@@ -140,6 +141,27 @@ describe('frameDatagram and DatagramWriter', () => {
     stalled.destroy();
     await new Promise((resolve) => setImmediate(resolve));
     assert.equal(budget.used, 0, 'a closed stream gives back what it held');
+  });
+
+  it('drops and counts datagrams while linkStopped says so, and sends again when it no longer does', () => {
+    const sink = new RecordingWritable();
+    let stopped = false;
+    let asked = 0;
+    const writer = new DatagramWriter(sink, {
+      linkStopped: () => {
+        asked++;
+        return stopped;
+      },
+    });
+    assert.equal(writer.write(Buffer.from('before')), 'sent');
+    stopped = true;
+    assert.equal(writer.write(Buffer.from('stale')), 'dropped-link-stopped');
+    assert.equal(writer.write(Buffer.from('stale too')), 'dropped-link-stopped');
+    stopped = false;
+    assert.equal(writer.write(Buffer.from('after')), 'sent');
+    assert.equal(asked, 4, 'asked before every datagram (each ask may send the probe that finds out)');
+    assert.equal(writer.stats.droppedLinkStopped, 2);
+    assert.deepEqual(new DatagramDecoder().push(sink.bytes).map(String), ['before', 'after']);
   });
 
   it('drops, counts and does not throw on an ended or destroyed stream', async () => {

@@ -171,6 +171,7 @@ export class ServerStatus {
         ['flow_limit', stats.droppedFlowLimit],
         ['oversize', stats.droppedOversize],
         ['backpressure', stats.droppedBackpressure],
+        ['link_stopped', stats.droppedLinkStopped],
         ['send', stats.droppedSend],
         ['truncated', stats.droppedTruncated],
       ] as const)

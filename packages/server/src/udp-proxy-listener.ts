@@ -14,6 +14,7 @@ import {
   type Logger,
   type ProxySpec,
   proxyDatagramBudget,
+  udpLinkStopped,
   writeStreamHeader,
 } from '@porthole/protocol';
 import type { Exchange, ProxyTraffic } from './proxy-traffic.js';
@@ -54,6 +55,8 @@ export interface UdpProxyStats {
   droppedOversize: number;
   /** Datagrams towards the tunnel dropped because the stream's reader is behind. */
   droppedBackpressure: number;
+  /** Datagrams towards the tunnel dropped while its link seemed stopped (they would have arrived stale). */
+  droppedLinkStopped: number;
   /** Datagrams that could not be sent (socket send queue full, send error, flow closing), or that came from source port 0 (no one to answer). */
   droppedSend: number;
   /** Streams that ended inside a datagram. */
@@ -122,6 +125,7 @@ export class UdpProxyListener {
     evictedIdle: 0,
     droppedOversize: 0,
     droppedBackpressure: 0,
+    droppedLinkStopped: 0,
     droppedSend: 0,
     droppedTruncated: 0,
   };
@@ -245,6 +249,7 @@ export class UdpProxyListener {
     } else {
       flow.dropped++;
       if (result === 'dropped-backpressure') this.stats.droppedBackpressure++;
+      else if (result === 'dropped-link-stopped') this.stats.droppedLinkStopped++;
       else this.stats.droppedSend++;
     }
   }
@@ -287,7 +292,7 @@ export class UdpProxyListener {
       address: rinfo.address,
       port: rinfo.port,
       stream,
-      writer: new DatagramWriter(stream, { budget: this.queueBudget }),
+      writer: new DatagramWriter(stream, { budget: this.queueBudget, linkStopped: udpLinkStopped(session) }),
       decoder: new DatagramDecoder({ maxDatagramBytes: MAX_UDP_PAYLOAD[this.family] }),
       startedAt: now,
       idleMs,
