@@ -47,6 +47,13 @@ export const proxySpecSchema = z.object({
    * proxy is: a register that differs only here changes nothing.
    */
   previous_port: port.optional(),
+  /**
+   * tcp/udp: the address to bind remote_port on instead of the server's proxy_bind (ssh -R's
+   * bind_address), one of the server's allow_bind. A server older than this drops the field and binds
+   * proxy_bind: the client sees that in the register_result's remote_addr and in each stream's public_addr,
+   * and serves none of it (see the client's logResults).
+   */
+  remote_bind: z.string().max(64).optional(),
   /** http/tls: hostnames, exact or "*.suffix". */
   hosts: z.array(z.string().max(255)).max(64).optional(),
   /** http/tls: a name in front of the server's subdomain_host. */

@@ -1,3 +1,4 @@
+import { parseBindAddress } from './bind-address.js';
 import { parsePort } from './host-port.js';
 import { type LocalAddress, parseLocalAddress } from './local-address.js';
 
@@ -14,21 +15,26 @@ export function isPortProxyType(type: string): type is PortProxyType {
 
 export interface ProxyRule {
   type: PortProxyType;
+  /** The address the server binds the port on (ssh -R's bind_address); absent: the server's proxy_bind. */
+  remoteBind?: string;
   /** 0: the server picks the port. */
   remotePort: number;
   local: LocalAddress;
 }
 
 /**
- * Parses a quick-flag rule: "2222:127.0.0.1:22", "0:127.0.0.1:22" (remote port 0: the server picks one), "tcp:2222:127.0.0.1:22", "udp:5353:127.0.0.1:53",
- * "2222:[::1]:22", "8080:unix:/run/app.sock". The remote port comes first (the port opened on the server), then
- * the local address.
+ * Parses a quick-flag rule, ssh -R's `[bind_address:]port:host:hostport` with an optional type in front:
+ * "2222:127.0.0.1:22", "0:127.0.0.1:22" (remote port 0: the server picks one), "tcp:2222:127.0.0.1:22",
+ * "udp:5353:127.0.0.1:53", "2222:[::1]:22", "8080:unix:/run/app.sock", and with the address the server
+ * binds: "127.0.0.1:8080:localhost:80", "[::1]:5353:localhost:53". The remote side comes first (the port
+ * opened on the server), then the local address.
  */
 export function parseRule(text: string, defaultType: PortProxyType = 'tcp'): ProxyRule {
   let rest = text.trim();
   let type: PortProxyType = defaultType;
   const typed = /^([a-z]+):/.exec(rest);
   if (typed) {
+    if (typed[1] === 'localhost') throw new Error(`invalid rule "${text}": ${bindRefusal('localhost')}`);
     if (!isPortProxyType(typed[1]!)) {
       throw new Error(
         `unsupported proxy type "${typed[1]}" in rule "${text}" (supported: ${PORT_PROXY_TYPES.join(', ')})`,
@@ -37,25 +43,47 @@ export function parseRule(text: string, defaultType: PortProxyType = 'tcp'): Pro
     type = typed[1];
     rest = rest.slice(typed[0].length);
   }
-  const colon = rest.indexOf(':');
-  if (colon < 0) {
-    const socket = type === 'tcp' ? ' or [tcp:]REMOTE_PORT:unix:PATH' : '';
-    throw new Error(`invalid rule "${text}" (expected [${type}:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT${socket})`);
+  const usage = () => {
+    const socket = type === 'tcp' ? ' or [tcp:][BIND_ADDRESS:]REMOTE_PORT:unix:PATH' : '';
+    return `invalid rule "${text}" (expected [${type}:][BIND_ADDRESS:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT${socket})`;
+  };
+  // The remote side is a port, or an address and a port: an address is the first field when that is not
+  // all digits (a port never is anything else), in brackets for IPv6, as ssh -R writes it.
+  let remoteBind: string | undefined;
+  const first = rest.startsWith('[') ? /^\[[^\]]*\]/.exec(rest)?.[0] : rest.slice(0, rest.indexOf(':'));
+  if (first === undefined || rest[first.length] !== ':') throw new Error(usage());
+  if (!/^\d+$/.test(first)) {
+    try {
+      remoteBind = parseBindAddress(first);
+    } catch {
+      throw new Error(`invalid rule "${text}": ${bindRefusal(first, rest)}`);
+    }
+    rest = rest.slice(first.length + 1);
   }
-  // An address before the port, as ssh -R's [bind_address:]port takes ("[::]:2222:...", "0.0.0.0:2222:..."),
-  // would otherwise read as 'invalid port "["': the server picks that address itself.
-  const remote = rest.startsWith('[') ? rest.slice(0, rest.indexOf(']') + 1) || rest : rest.slice(0, colon);
-  if (!/^\d+$/.test(remote))
-    throw new Error(
-      `invalid rule "${text}": "${remote}" is not a port; a rule starts with the remote port alone (the server binds it on its proxy_bind address), e.g. ${type}:2222:[::1]:22`,
-    );
+  const colon = rest.indexOf(':');
+  if (colon < 0) throw new Error(usage());
   try {
     return {
       type,
+      ...(remoteBind === undefined ? {} : { remoteBind }),
       remotePort: parsePort(rest.slice(0, colon), true),
       local: parseLocalAddress(rest.slice(colon + 1)),
     };
   } catch (err) {
     throw new Error(`invalid rule "${text}": ${(err as Error).message}`);
   }
+}
+
+/** Why `remote` cannot start a rule: neither a port nor an address for the server to bind. */
+function bindRefusal(remote: string, rest = ''): string {
+  let why: string;
+  if (remote === '' && rest.startsWith('::')) why = 'an IPv6 address is written in brackets, e.g. [::1]';
+  else
+    try {
+      parseBindAddress(remote);
+      why = 'not an address';
+    } catch (err) {
+      why = (err as Error).message;
+    }
+  return `"${remote}" is neither a port nor an address to bind (${why}); a rule starts with the remote port, or with the address the server binds it on and then the port, e.g. 2222:[::1]:22 or 127.0.0.1:2222:[::1]:22`;
 }

@@ -119,23 +119,95 @@ test('rules accept the plain and the typed form', () => {
   assert.throws(() => parseRule('70000:127.0.0.1:22'), /port 70000 is outside 0-65535/);
 });
 
-test('a rule with an address before its remote port says the remote side is a port alone', () => {
-  const alone = 'a rule starts with the remote port alone (the server binds it on its proxy_bind address)';
-  for (const [rule, remote] of [
-    ['tcp:[::1]:2222:22', '[::1]'],
-    ['[::]:2222:127.0.0.1:22', '[::]'],
-    ['udp:0.0.0.0:5353:127.0.0.1:53', '0.0.0.0'],
-    ['[::1:2222:22', '[::1:2222:22'],
+test('a rule may start with the address the server binds its port on, as ssh -R [bind_address:]port does', () => {
+  const local = { host: 'localhost', port: 80 };
+  assert.deepEqual(parseRule('127.0.0.1:8080:localhost:80'), {
+    type: 'tcp',
+    remoteBind: '127.0.0.1',
+    remotePort: 8080,
+    local,
+  });
+  assert.deepEqual(parseRule('[::1]:5353:localhost:53', 'udp'), {
+    type: 'udp',
+    remoteBind: '::1',
+    remotePort: 5353,
+    local: { host: 'localhost', port: 53 },
+  });
+  // The one spelling the server compares: "0:0:0:0:0:0:0:1" asks for "::1".
+  assert.equal(parseRule('tcp:[0:0:0:0:0:0:0:1]:2222:[::1]:22').remoteBind, '::1');
+  assert.deepEqual(parseRule('udp:0.0.0.0:5353:127.0.0.1:53'), {
+    type: 'udp',
+    remoteBind: '0.0.0.0',
+    remotePort: 5353,
+    local: { host: '127.0.0.1', port: 53 },
+  });
+  assert.deepEqual(parseRule('127.0.0.1:0:localhost:80'), {
+    type: 'tcp',
+    remoteBind: '127.0.0.1',
+    remotePort: 0,
+    local,
+  });
+  assert.deepEqual(parseRule('127.0.0.1:8080:unix:/run/app.sock'), {
+    type: 'tcp',
+    remoteBind: '127.0.0.1',
+    remotePort: 8080,
+    local: { path: '/run/app.sock' },
+  });
+  // Three fields are still port, host, port: no address is read into a local host.
+  assert.deepEqual(parseRule('8080:[::1]:80'), {
+    type: 'tcp',
+    remotePort: 8080,
+    local: { host: '::1', port: 80 },
+  });
+  assert.equal(parseRule('8080:127.0.0.1:80').remoteBind, undefined);
+});
+
+test('a rule whose first field is neither a port nor an address says how to write one', () => {
+  const how =
+    'a rule starts with the remote port, or with the address the server binds it on and then the port, e.g. 2222:[::1]:22 or 127.0.0.1:2222:[::1]:22';
+  for (const [rule, remote, why] of [
+    ['localhost:8080:localhost:80', 'localhost', 'write the loopback address itself: "127.0.0.1" or "::1"'],
+    [
+      'tcp:localhost:8080:localhost:80',
+      'localhost',
+      'write the loopback address itself: "127.0.0.1" or "::1"',
+    ],
+    ['*:8080:localhost:80', '*', 'write the address for every interface: "0.0.0.0" (IPv4) or "::" (IPv6)'],
+    [
+      'vps.example.com:8080:localhost:80',
+      'vps.example.com',
+      'must be an IP address such as "127.0.0.1", "::1" or "0.0.0.0"',
+    ],
+    ['::1:8080:localhost:80', '', 'an IPv6 address is written in brackets, e.g. [::1]'],
+    [
+      '[fe80::1%eth0]:8080:localhost:80',
+      '[fe80::1%eth0]',
+      'must be an IP address such as "127.0.0.1", "::1" or "0.0.0.0"',
+    ],
   ] as const) {
-    const type = rule.startsWith('udp') ? 'udp' : 'tcp';
     assert.throws(
       () => parseRule(rule),
-      (err: Error) =>
-        err.message ===
-        `invalid rule "${rule}": "${remote}" is not a port; ${alone}, e.g. ${type}:2222:[::1]:22`,
+      (err: Error) => {
+        const bind = `bind address "${remote}": `;
+        const said = why.startsWith('an IPv6') ? why : `${bind}${why}`;
+        return (
+          err.message ===
+          `invalid rule "${rule}": "${remote}" is neither a port nor an address to bind (${said}); ${how}`
+        );
+      },
       rule,
     );
   }
+  assert.throws(
+    () => parseRule('[::1:2222:22'),
+    /invalid rule "\[::1:2222:22" \(expected \[tcp:\]\[BIND_ADDRESS:\]REMOTE_PORT/,
+  );
+  assert.throws(() => parseRule('127.0.0.1:8080'), /invalid rule "127.0.0.1:8080" \(expected/);
+  assert.throws(
+    () => parseRule('127.0.0.1:8080:localhost'),
+    /invalid rule "127.0.0.1:8080:localhost": invalid address "localhost"/,
+  );
+  assert.throws(() => parseRule('[::1]:70000:localhost:80'), /port 70000 is outside 0-65535/);
 });
 
 test('a local address is host:port or unix:PATH, and a bare path is told how to write it', () => {
