@@ -23,6 +23,7 @@ import {
 import { ConnectionLimit, ConnectionLimits } from './connection-limit.js';
 import type { HostClaim } from './host-routes.js';
 import { type PickedPort, pickablePorts, pickPort } from './port-picker.js';
+import { bindAddressOf, customBindOf, remoteBindRefusal } from './proxy-bind.js';
 import {
   type BoundProxy,
   bindRoutedProxy,
@@ -265,6 +266,8 @@ export class ClientSession {
     name: string;
     type: string;
     remotePort: number | undefined;
+    /** The address it asked to be bound on, when that is not proxy_bind. */
+    remoteBind: string | undefined;
     publicAddr: string;
     udpStats: Readonly<UdpProxyStats> | undefined;
   }[] {
@@ -272,6 +275,7 @@ export class ClientSession {
       name: spec.name,
       type: spec.type,
       remotePort: spec.remote_port,
+      remoteBind: customBindOf(this.ctx.config, spec),
       publicAddr: listener.address,
       udpStats: listener.udpStats,
     }));
@@ -504,6 +508,8 @@ export class ClientSession {
   }
 
   private refusal(spec: ProxySpec): string | undefined {
+    const notHere = remoteBindRefusal(this.ctx.config, spec);
+    if (notHere) return notHere;
     if (spec.type !== 'tcp') return routedRefusal(this.ctx, this.owner, spec);
     const port = spec.remote_port;
     if (port === undefined) return 'a tcp proxy needs remote_port';
@@ -668,6 +674,8 @@ export class ClientSession {
   ): boolean {
     if (!(existing.listener instanceof TcpProxyListener)) return existing.listener.takeSpec?.(spec) ?? false;
     if (spec.type !== 'tcp' || spec.remote_port !== existing.port) return false;
+    // Another address (a reload changed remote_bind) is another listener: the port moves there.
+    if (bindAddressOf(this.ctx.config, spec) !== existing.listener.bindHost) return false;
     existing.listener.respec(spec, connectionLimitFor(this.ctx, this.owner, spec));
     return true;
   }
@@ -700,7 +708,7 @@ export class ClientSession {
     const listener = new TcpProxyListener({
       client: this.name,
       proxy: { ...spec, remote_port: port },
-      bindHost: this.ctx.config.proxyBind,
+      bindHost: bindAddressOf(this.ctx.config, spec),
       session: this.session,
       logger: this.ctx.logger,
       tracker: this.ctx.tracker,

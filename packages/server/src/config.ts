@@ -14,6 +14,7 @@ import {
   logLevelField,
   MIN_SECRET_LENGTH,
   PortRanges,
+  parseBindAddress,
   parseHostPort,
   portRangesField,
   positiveIntField,
@@ -95,6 +96,20 @@ const serverSchema = z
       .default(DEFAULT_CONTROL_PATH),
     proxy_bind: bindHostField.default('0.0.0.0'),
     allow_ports: portRangesField.optional(),
+    allow_bind: z
+      .array(
+        z.string({ error: expected('an IP address like "127.0.0.1"') }).transform((text, ctx) => {
+          try {
+            return parseBindAddress(text);
+          } catch (err) {
+            ctx.addIssue({ code: 'custom', message: (err as Error).message });
+            return z.NEVER;
+          }
+        }),
+        { error: expected('a list of addresses like ["127.0.0.1", "::1", "0.0.0.0"]') },
+      )
+      .max(256)
+      .optional(),
     proxy_max_connections: positiveIntField('a number of connections')
       .max(1_000_000)
       .default(DEFAULT_PROXY_MAX_CONNECTIONS),
@@ -170,6 +185,11 @@ export interface ServerConfig {
   listen: HostPort;
   path: string;
   proxyBind: string;
+  /**
+   * The addresses a tcp or udp proxy may ask to be bound on (remote_bind) besides proxy_bind, which is always
+   * allowed; empty unless allow_bind is set.
+   */
+  allowBind: readonly string[];
   allowPorts: PortRanges;
   /** Visitor connections a tcp or tls proxy may have open at once; a client's max_connections can only lower it. */
   proxyMaxConnections: number;
@@ -252,6 +272,7 @@ export function loadServerConfig(file: string): ServerConfig {
     listen: raw.listen,
     path: raw.path,
     proxyBind: raw.proxy_bind,
+    allowBind: [...new Set(raw.allow_bind ?? [])],
     allowPorts: raw.allow_ports ?? PortRanges.all(),
     proxyMaxConnections: raw.proxy_max_connections,
     maxProxiesPerClient: raw.max_proxies_per_client,

@@ -18,6 +18,7 @@ import type { ConnectionLimit, ConnectionLimits } from './connection-limit.js';
 import { type HostClaim, HostRoutes } from './host-routes.js';
 import { UpstreamPool, type Visitor } from './http-upstream-pool.js';
 import type { HttpTarget } from './http-vhost-router.js';
+import { bindAddressOf } from './proxy-bind.js';
 import { routingPath } from './request-path.js';
 import { defaultRoutingConfig, type RoutingConfig } from './routing-config.js';
 import type { ServerContext } from './server-context.js';
@@ -220,6 +221,7 @@ export async function bindRoutedProxy(
   const state = ctx.routing;
   if (spec.type === 'udp') {
     const port = spec.remote_port!;
+    const bindHost = bindAddressOf(ctx.config, spec);
     // Read from the running config each time, so that a reload applies to proxies already registered.
     const limitsOf = (udp: ProxySpec) => ({
       idleTimeoutMs: () => udp.udp_idle_timeout_ms ?? routingOf(ctx).udpIdleTimeout,
@@ -231,7 +233,7 @@ export async function bindRoutedProxy(
     const listener = new UdpProxyListener({
       client: owner.name,
       proxy: { ...spec, remote_port: port },
-      bindHost: ctx.config.proxyBind,
+      bindHost,
       session: owner.session,
       logger: ctx.logger,
       ...limitsOf(spec),
@@ -253,7 +255,9 @@ export async function bindRoutedProxy(
       address: listener.address,
       udpStats: listener.stats,
       takeSpec: (next: ProxySpec) => {
-        if (next.type !== 'udp' || next.remote_port !== port) return false;
+        // Another address (a reload changed remote_bind) needs another socket: the port moves there.
+        if (next.type !== 'udp' || next.remote_port !== port || bindAddressOf(ctx.config, next) !== bindHost)
+          return false;
         listener.respec({ ...next, remote_port: port }, limitsOf(next));
         return true;
       },

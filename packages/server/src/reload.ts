@@ -95,7 +95,7 @@ function certificateChanges(
 }
 
 /**
- * SIGHUP on the server: re-read the config file. Revocations, allow_ports, auth limits, udp limits,
+ * SIGHUP on the server: re-read the config file. Revocations, allow_ports, allow_bind, auth limits, udp limits,
  * proxy_max_connections, max_streams_per_proxy, max_pending_per_source, max_pending_connections, subdomain_host, trusted_proxies, shutdown_timeout,
  * log_level and the admin token apply at once: a client whose token is now revoked is told so and
  * disconnected, and its routes, offline ones of earlier sessions too, forgotten; a proxy the new rules refuse is closed and its client told which and why; an http or tls

@@ -10,6 +10,8 @@ export interface ProxyView {
   type: string;
   /** tcp/udp: the public port; null for proxies reached by hostname. */
   remote_port: number | null;
+  /** tcp/udp: the address its client asked to bind (remote_bind), when it is not proxy_bind. */
+  remote_bind?: string;
   /** Where visitors connect, e.g. "0.0.0.0:2222". */
   public_addr: string;
   /** Open now: connections, and for http proxies requests in flight, for udp proxies flows. */
@@ -104,6 +106,7 @@ export class ServerStatus {
               name: p.name,
               type: p.type,
               remote_port: p.remotePort ?? null,
+              ...(p.remoteBind === undefined ? {} : { remote_bind: p.remoteBind }),
               public_addr: p.publicAddr,
               open_connections: t?.open ?? 0,
               connections_total: t?.connections ?? 0,

@@ -30,7 +30,7 @@ function describeListenError(err: NodeJS.ErrnoException, address: string): strin
 }
 
 /**
- * The public side of one tcp proxy: a listener on proxy_bind:remote_port whose every accepted
+ * The public side of one tcp proxy: a listener on proxy_bind:remote_port (or remote_bind:remote_port) whose every accepted
  * connection becomes a server-opened stream (header first, then raw bytes both ways).
  */
 export class TcpProxyListener {
@@ -60,6 +60,11 @@ export class TcpProxyListener {
         resolve();
       });
     });
+  }
+
+  /** The address the port is bound on. */
+  get bindHost(): string {
+    return this.opts.bindHost;
   }
 
   /** The port actually bound (differs from the spec only in tests that bind port 0). */

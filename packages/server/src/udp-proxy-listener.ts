@@ -1,6 +1,6 @@
-// The public side of a udp proxy: one UDP socket on proxy_bind:remote_port. Each remote address:port is a
-// flow carried on its own tunnel stream (header first, then u16-framed datagrams both ways); replies from
-// the stream go back to that flow's sender. Lossy like UDP: what cannot be carried is dropped and counted.
+// The public side of a udp proxy: one UDP socket on proxy_bind:remote_port (or the client's remote_bind).
+// Each remote address:port is a flow carried on its own tunnel stream (header first, then u16-framed
+// datagrams both ways); replies from the stream go back to that flow's sender. Lossy like UDP: what cannot be carried is dropped and counted.
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv6 } from 'node:net';
 import type { Session, Stream } from '@porthole/mux';

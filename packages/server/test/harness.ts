@@ -27,6 +27,7 @@ export async function startServer(overrides: Partial<ServerConfig> = {}) {
     listen: { host: '127.0.0.1', port: 0 },
     path: '/_porthole',
     proxyBind: '127.0.0.1',
+    allowBind: [],
     allowPorts: PortRanges.all(),
     proxyMaxConnections: DEFAULT_PROXY_MAX_CONNECTIONS,
     maxProxiesPerClient: DEFAULT_MAX_PROXIES_PER_CLIENT,
