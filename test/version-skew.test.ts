@@ -9,6 +9,7 @@ import { test } from 'node:test';
 import { acceptWebSocket, checkUpgradeRequest, Session, type Stream } from '@porthole/mux';
 import { MessageReader, writeMessage, writeStreamHeader } from '@porthole/protocol';
 import { waitFor, withHarness, withTimeout } from './lib/processes.js';
+import { startRoutedClient } from './lib/routing.js';
 import { startEchoServer } from './lib/services.js';
 import { startClient } from './lib/tunnel.js';
 
@@ -257,5 +258,79 @@ test(
       const moved = await proc.waitForMsg('proxy given another port than before', 5000);
       assert.deepEqual([moved.level, moved.previous_port, moved.remote_port], ['warn', 40123, 40124]);
       t.diagnostic(`older server's refusal as the client logs it: ${refused.reason}`);
+    }),
+);
+
+test(
+  'remote_bind against a server older than it (which binds its proxy_bind instead): the client gives the proxy back, says why, and serves none of its visitors',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const server = await startRawServer();
+      h.onCleanup(() => server.close());
+      const echo = await startEchoServer();
+      h.onCleanup(() => echo.close());
+      const { proc } = await startRoutedClient(h, {
+        server: server.url,
+        token: 'not.checked.here',
+        proxies: [
+          {
+            name: 'web',
+            type: 'tcp',
+            local: `127.0.0.1:${echo.port}`,
+            remote_port: 8080,
+            remote_bind: '127.0.0.1',
+          },
+        ],
+        waitFor: [],
+      });
+      await waitFor("the client's control stream", () => server.controls.length > 0, 10_000);
+      const control = server.controls[0]!;
+      assert.equal((await next(control, 'hello')).type, 'hello');
+      writeMessage(control.stream, {
+        type: 'hello_ok',
+        client: 'skew',
+        session_id: 's1',
+        server_version: '0.1.0',
+      });
+      const register = await next(control, 'register');
+      assert.deepEqual(register.proxies, [
+        { name: 'web', type: 'tcp', remote_port: 8080, remote_bind: '127.0.0.1' },
+      ]);
+      // What an older server does: drops the field it does not know and binds its proxy_bind.
+      writeMessage(control.stream, {
+        type: 'register_result',
+        results: [{ proxy: 'web', ok: true, remote_addr: '0.0.0.0:8080' }],
+      });
+      // A visitor that came in on that address before the client read the result.
+      const stream = control.session.open();
+      writeStreamHeader(stream, {
+        proxy: 'web',
+        conn: 1,
+        remote_addr: '192.0.2.7',
+        remote_port: 40000,
+        public_addr: '0.0.0.0:8080',
+      });
+      stream.end('ping');
+      const chunks: Buffer[] = [];
+      stream.on('data', (c: Buffer) => chunks.push(c));
+      await withTimeout(
+        new Promise<void>((resolve) => {
+          stream.on('close', () => resolve());
+          stream.on('error', () => resolve());
+        }),
+        5000,
+        () => 'the stream of a visitor on the wrong address still open',
+      );
+      assert.equal(Buffer.concat(chunks).length, 0, 'nothing came back from the local service');
+      const reason =
+        'the server bound it on 0.0.0.0:8080, not on remote_bind 127.0.0.1: it is older than remote_bind and binds its proxy_bind only, so this proxy is not served there';
+      assert.deepEqual(await next(control, 'unregister'), { type: 'unregister', proxies: ['web'] });
+      const refused = await proc.waitForMsg('proxy refused', 5000, { fields: { proxy: 'web' } });
+      assert.equal(refused.reason, reason);
+      const turnedAway = await proc.waitForMsg('visitor refused', 5000, { fields: { proxy: 'web' } });
+      assert.equal(turnedAway.reason, reason);
+      assert.equal(echo.accepted, 0, 'the local service never saw the visitor');
+      assert.equal(proc.logsWithMsg('proxy registered').length, 0);
     }),
 );

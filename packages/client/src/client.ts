@@ -27,6 +27,7 @@ import { LocalFailureLog } from './local-failure-log.js';
 import { describeLocal, picksPort, proxySpecFields } from './proxy-config.js';
 import { Backoff } from './reconnect.js';
 import { dialProxyChanged, diffProxies, needsReconnect } from './reload.js';
+import { boundElsewhere } from './remote-bind-check.js';
 import { type ClientStatus, type ProxyState, SessionStatus } from './session-status.js';
 import { certainTokenRefusal } from './token-warnings.js';
 import { OpenUdpFlows } from './udp-forwarder.js';
@@ -557,8 +558,13 @@ export class PortholeClient {
   }
 
   private logResults(results: readonly ProxyResult[]) {
-    for (const result of results) {
-      const proxy = this.proxies.get(result.proxy);
+    for (const answer of results) {
+      const proxy = this.proxies.get(answer.proxy);
+      const elsewhere = answer.ok && proxy ? boundElsewhere(proxy, answer.remote_addr) : undefined;
+      // Registered where it was not asked to be (a server older than remote_bind): given back at once, and
+      // shown as the refusal it is; its visitors meanwhile are turned away (serveStream).
+      if (elsewhere) this.sendControl({ type: 'unregister', proxies: [answer.proxy] });
+      const result: ProxyResult = elsewhere ? { proxy: answer.proxy, ok: false, reason: elsewhere } : answer;
       // An entry the server could not read has a name no proxy can have ("register entry 2 (...)").
       if (!proxy && !result.ok && !PROXY_NAME.test(result.proxy)) {
         this.logRefused(result.proxy, result.reason);

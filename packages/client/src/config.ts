@@ -446,6 +446,7 @@ function withRuleProxies(
       type: parsed.type,
       local: formatLocalAddress(local),
       remote_port: parsed.remotePort,
+      ...(parsed.remoteBind === undefined ? {} : { remote_bind: parsed.remoteBind }),
     };
     // The same port space, as portKey has it (the file's tables are not validated yet); the server gives
     // each proxy with port 0 a port of its own.

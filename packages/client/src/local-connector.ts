@@ -15,6 +15,7 @@ import type { ProxyConfig } from './config.js';
 import { connectLocal, LOCAL_CONNECT_TIMEOUT_MS, StreamGone, withTimeout } from './local-connect.js';
 import type { LocalFailureLog } from './local-failure-log.js';
 import { describeLocal, isSocks5Local } from './proxy-config.js';
+import { boundElsewhere } from './remote-bind-check.js';
 import { openSocksDestination, SocksRequestFailed } from './socks-connector.js';
 import { type OpenUdpFlows, serveUdpFlow } from './udp-forwarder.js';
 
@@ -127,6 +128,12 @@ export async function serveStream(
   const proxy = proxies.get(header.proxy);
   if (!proxy) {
     failures.failed({ ...fields, reason: 'no such proxy on this client' }, false);
+    stream.destroy();
+    return;
+  }
+  const elsewhere = boundElsewhere(proxy, header.public_addr);
+  if (elsewhere) {
+    failures.failed({ ...fields, reason: elsewhere }, true, 'visitor refused');
     stream.destroy();
     return;
   }

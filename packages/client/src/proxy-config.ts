@@ -14,6 +14,7 @@ import {
   PROXY_TYPES,
   type ProxySpec,
   type ProxyType,
+  parseBindAddress,
   parseHostPattern,
   parseLocalAddress,
   parseSubdomain,
@@ -95,9 +96,22 @@ const remotePortField = z
   .min(PICKED_PORT)
   .max(65535);
 
+/** A tcp or udp proxy's address on the server (ssh -R's bind_address), in the spelling the server compares. */
+const remoteBindField = z
+  .string({ error: expected('an IP address like "127.0.0.1"') })
+  .transform((text, ctx) => {
+    try {
+      return parseBindAddress(text);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      return z.NEVER;
+    }
+  });
+
 /** Keys only some types take: [type that may use it, ...]. */
 const KEY_TYPES: Record<string, readonly ProxyType[]> = {
   remote_port: ['tcp', 'udp'],
+  remote_bind: ['tcp', 'udp'],
   hosts: ['http', 'tls'],
   subdomain: ['http', 'tls'],
   locations: ['http'],
@@ -140,6 +154,7 @@ export const proxySchema = z
     }),
     local: localField,
     remote_port: remotePortField.optional(),
+    remote_bind: remoteBindField.optional(),
     hosts: z
       .array(hostField, { error: expected('a list of hostnames') })
       .max(64)
@@ -329,6 +344,8 @@ export interface ProxyConfig {
   local: ProxyLocal;
   /** tcp, udp: the public port on the server; 0 (PICKED_PORT): one the server picks. */
   remotePort?: number;
+  /** tcp, udp: the address the server binds remotePort on; absent: its proxy_bind. */
+  remoteBind?: string;
   /** http, tls: hostnames (exact or "*.suffix") and/or a subdomain of the server's subdomain_host. */
   hosts?: string[];
   subdomain?: string;
@@ -365,6 +382,7 @@ export interface SocksSettings {
 export function toProxyConfig(raw: RawProxy): ProxyConfig {
   const proxy: ProxyConfig = { name: raw.name, type: raw.type, local: raw.local };
   if (raw.remote_port !== undefined) proxy.remotePort = raw.remote_port;
+  if (raw.remote_bind !== undefined) proxy.remoteBind = raw.remote_bind;
   if (raw.hosts !== undefined) proxy.hosts = raw.hosts;
   if (raw.subdomain !== undefined) proxy.subdomain = raw.subdomain;
   if (raw.locations !== undefined) proxy.locations = raw.locations;
@@ -393,6 +411,7 @@ export function toProxyConfig(raw: RawProxy): ProxyConfig {
 export function proxySpecFields(proxy: ProxyConfig): ProxySpec {
   const spec: ProxySpec = { name: proxy.name, type: proxy.type };
   if (proxy.remotePort !== undefined) spec.remote_port = proxy.remotePort;
+  if (proxy.remoteBind !== undefined) spec.remote_bind = proxy.remoteBind;
   if (proxy.hosts !== undefined) spec.hosts = proxy.hosts;
   if (proxy.subdomain !== undefined) spec.subdomain = proxy.subdomain;
   if (proxy.locations !== undefined) spec.locations = proxy.locations;

@@ -29,12 +29,16 @@ function sameSpec(a: ProxySpec, b: ProxySpec): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
 }
 
-/** A tcp or udp proxy on the same remote_port: the server can give it a new spec on the listener it has. */
+/**
+ * A tcp or udp proxy on the same remote_port and address: the server can give it a new spec on the listener
+ * it has. One whose remote_bind changed is bound again on the new address.
+ */
 function keepsPort(old: ProxyConfig, next: ProxyConfig): boolean {
   return (
     old.type === next.type &&
     (next.type === 'tcp' || next.type === 'udp') &&
-    old.remotePort === next.remotePort
+    old.remotePort === next.remotePort &&
+    old.remoteBind === next.remoteBind
   );
 }
 

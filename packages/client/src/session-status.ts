@@ -43,6 +43,8 @@ export interface ClientStatus {
     local: string;
     /** The port on the server once registered; before, as configured (0: the server will pick one). */
     remote_port: number | undefined;
+    /** tcp/udp: the address it asked the server to bind (remote_bind); absent: the server's proxy_bind. */
+    remote_bind?: string;
     state: ProxyState['state'];
     remote_addr?: string;
     /** Where visitors reach an http or tls proxy (its names on the vhost ports). */
@@ -145,6 +147,7 @@ export class SessionStatus {
           type: proxy.type,
           local: describeLocal(proxy.local),
           remote_port: ('remotePort' in state ? state.remotePort : undefined) ?? proxy.remotePort,
+          ...(proxy.remoteBind === undefined ? {} : { remote_bind: proxy.remoteBind }),
           state: state.state,
           ...('remoteAddr' in state && state.remoteAddr ? { remote_addr: state.remoteAddr } : {}),
           ...('urls' in state && state.urls ? { urls: state.urls } : {}),

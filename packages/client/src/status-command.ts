@@ -92,10 +92,15 @@ function registeredDetail(p: ClientStatus['proxies'][number]): string {
   return p.urls?.length ? p.urls.join(' ') : `public ${p.remote_addr ?? '?'}`;
 }
 
-/** http and tls proxies have names, not ports; 0 is a port the server has not picked yet. */
-function remotePortCell(port: number | undefined): string {
+/**
+ * http and tls proxies have names, not ports; 0 is a port the server has not picked yet. A proxy bound on an
+ * address of its own (remote_bind) shows it: "127.0.0.1:8080" is not reached from outside.
+ */
+function remotePortCell(port: number | undefined, bind: string | undefined): string {
   if (port === undefined) return '-';
-  return port === 0 ? 'any (server picks)' : String(port);
+  const cell = port === 0 ? 'any (server picks)' : String(port);
+  if (bind === undefined) return cell;
+  return port === 0 ? `${cell} on ${bind}` : formatHostPort(bind, port);
 }
 
 /** The human form of a status: the session line, then one row per proxy. */
@@ -142,7 +147,7 @@ export function formatStatus(status: ClientStatus, now = Date.now()): string {
         p.name,
         p.type,
         p.local,
-        remotePortCell(p.remote_port),
+        remotePortCell(p.remote_port, p.remote_bind),
         p.state,
         String(p.open_connections),
         ...(limits ? [p.bandwidth_limit === undefined ? '-' : `${p.bandwidth_limit}/s`] : []),
