@@ -43,6 +43,8 @@ export interface ServerOptions {
   listen?: string;
   path?: string;
   proxyBind?: string;
+  /** allow_bind: the addresses a proxy's remote_bind may name besides proxy_bind. */
+  allowBind?: string[];
   allowPorts: string[];
   heartbeatInterval?: string;
   heartbeatTimeout?: string;
@@ -91,6 +93,7 @@ export async function serverConfigText(
       listen: options.listen ?? '127.0.0.1:0',
       path: options.path,
       proxy_bind: options.proxyBind ?? '127.0.0.1',
+      allow_bind: options.allowBind,
       allow_ports: options.allowPorts,
       heartbeat_interval: options.heartbeatInterval,
       heartbeat_timeout: options.heartbeatTimeout,
