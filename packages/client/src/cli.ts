@@ -40,13 +40,14 @@ Options (they override the config file's keys; --tcp and --udp add proxies):
   --proxy URL                dial the server through an HTTP CONNECT or SOCKS5 proxy
                              (http://[user:password@]host:port, socks5://...); "none" ignores
                              https_proxy/http_proxy/all_proxy, which are used otherwise
-  --tcp [tcp:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT
+  --tcp [tcp:][BIND_ADDRESS:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT
                              expose a local TCP service on the server's REMOTE_PORT (repeatable);
                              the proxy is named tcp-REMOTE_PORT; REMOTE_PORT 0: the server picks one
-                             (logged in "proxy registered", remote_port)
-  --tcp [tcp:]REMOTE_PORT:unix:PATH
+                             (logged in "proxy registered", remote_port); BIND_ADDRESS (127.0.0.1,
+                             [::1]): the address the server binds it on, if its allow_bind lets it
+  --tcp [tcp:][BIND_ADDRESS:]REMOTE_PORT:unix:PATH
                              the same for a service listening on a Unix socket at PATH
-  --udp REMOTE_PORT:LOCAL_HOST:LOCAL_PORT
+  --udp [BIND_ADDRESS:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT
                              expose a local UDP service on the server's UDP REMOTE_PORT (repeatable);
                              the proxy is named udp-REMOTE_PORT; 0: the server picks one
   --exit-on-auth-failure     exit with status 4 when the server refuses the token (or the proxy its

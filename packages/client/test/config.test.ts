@@ -107,7 +107,7 @@ test('every mistake is reported as source: key: reason', () => {
     'reconnect_max: must not be shorter than reconnect_initial',
   ]);
   assert.deepEqual(problems(undefined, { server: 'ws://127.0.0.1', token: 't', tcp: ['22'] }), [
-    'command line: --tcp: invalid rule "22" (expected [tcp:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT or [tcp:]REMOTE_PORT:unix:PATH)',
+    'command line: --tcp: invalid rule "22" (expected [tcp:][BIND_ADDRESS:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT or [tcp:][BIND_ADDRESS:]REMOTE_PORT:unix:PATH)',
   ]);
   assert.match(
     problems(`server = "ws://127.0.0.1"\ntoken_file = "nope"\n`)[0]!,
@@ -162,6 +162,40 @@ test('remote_port = 0 (the server picks) for any number of tcp and udp proxies, 
   assert.equal(proxySpecFields(config.proxies[0]!).remote_port, 0, 'the server is told to pick');
   assert.deepEqual(problems(`${HEAD}${picked('a', 'tcp').replace('= 0', '= -1')}`), [
     'proxies[0] ("a").remote_port: must be at least 0',
+  ]);
+});
+
+test("remote_bind: an IP address for tcp and udp proxies, in a file and before a rule's port, sent to the server in one spelling", () => {
+  const proxy = (type: string, bind: string, more = 'remote_port = 8080\n') =>
+    `[[proxies]]\nname = "p"\ntype = "${type}"\nlocal = "127.0.0.1:1"\n${more}remote_bind = "${bind}"\n`;
+  const config = loadClientConfig(write(`${HEAD}${proxy('udp', '0:0:0:0:0:0:0:1')}`), {
+    tcp: ['127.0.0.1:8080:localhost:80', '[::1]:0:unix:/run/app.sock', '8081:127.0.0.1:80'],
+    udp: ['0.0.0.0:5353:127.0.0.1:53'],
+  });
+  assert.deepEqual(
+    config.proxies.map((p) => [p.name, p.type, p.remoteBind, p.remotePort]),
+    [
+      ['p', 'udp', '::1', 8080],
+      ['tcp-8080', 'tcp', '127.0.0.1', 8080],
+      ['tcp-0', 'tcp', '::1', 0],
+      ['tcp-8081', 'tcp', undefined, 8081],
+      ['udp-5353', 'udp', '0.0.0.0', 5353],
+    ],
+  );
+  assert.equal(proxySpecFields(config.proxies[0]!).remote_bind, '::1');
+  assert.equal(
+    proxySpecFields(config.proxies[3]!).remote_bind,
+    undefined,
+    "none asked: the server's proxy_bind",
+  );
+  assert.deepEqual(problems(`${HEAD}${proxy('tcp', 'localhost')}`), [
+    'proxies[0] ("p").remote_bind: bind address "localhost": write the loopback address itself: "127.0.0.1" or "::1"',
+  ]);
+  assert.deepEqual(problems(`${HEAD}${proxy('tcp', '127.0.0.1:8080')}`), [
+    'proxies[0] ("p").remote_bind: bind address "127.0.0.1:8080": must be an IP address such as "127.0.0.1", "::1" or "0.0.0.0"',
+  ]);
+  assert.deepEqual(problems(`${HEAD}${proxy('http', '127.0.0.1', 'subdomain = "app"\n')}`), [
+    'proxies[0] ("p").remote_bind: applies to tcp and udp proxies, not http',
   ]);
 });
 

@@ -127,6 +127,21 @@ test('"0s" where it would switch off what the key is for, unasked, is refused wi
   assert.equal(config.routing?.httpLimits.responseTimeout, 0);
 });
 
+test('allow_bind: IP addresses a proxy may ask to be bound on, each in one spelling; none by default', () => {
+  const load = (line: string) =>
+    loadServerConfig(write('allow-bind.toml', `${line}\n[auth]\nsecret_file = "secret"\n`));
+  assert.deepEqual(load('').allowBind, []);
+  assert.deepEqual(load('allow_bind = ["127.0.0.1", "0:0:0:0:0:0:0:1", "::1", "0.0.0.0"]').allowBind, [
+    '127.0.0.1',
+    '::1',
+    '0.0.0.0',
+  ]);
+  assert.deepEqual(problems('allow_bind = ["localhost", "127.0.0.1:80"]\n[auth]\nsecret_file = "secret"\n'), [
+    'allow_bind[0]: bind address "localhost": write the loopback address itself: "127.0.0.1" or "::1"',
+    'allow_bind[1]: bind address "127.0.0.1:80": must be an IP address such as "127.0.0.1", "::1" or "0.0.0.0"',
+  ]);
+});
+
 test('proxy_bind is an IPv4 or IPv6 address or a host name, never with a port', () => {
   const proxyBind = (value: string) =>
     loadServerConfig(write('bind.toml', `proxy_bind = "${value}"\n[auth]\nsecret_file = "secret"\n`))
