@@ -66,8 +66,9 @@ function localized(
       i++;
     } else if ((word === '--tcp' || word === '--udp') && value !== undefined) {
       // A rule this does not read is passed on as written, for the client to judge.
-      const rule = /^(tcp:)?(\d+):(.+)$/.exec(value);
-      const target = rule?.[3] ?? '';
+      // [tcp:][BIND_ADDRESS:]REMOTE_PORT:TARGET; the address stays as written (the test's server allows it).
+      const rule = /^(tcp:)?((?:\[[^\]]+\]|\d+\.\d+\.\d+\.\d+):)?(\d+):(.+)$/.exec(value);
+      const target = rule?.[4] ?? '';
       const hostPort = /^(.+):(\d+)$/.exec(target);
       const unix = target.startsWith('unix:');
       const udp = word === '--udp';
@@ -75,11 +76,11 @@ function localized(
         args.push(word, value);
       } else {
         // Remote port 0 stays 0: the server picks the port, and the client's log line says which.
-        const port = rule[2] === '0' ? 0 : local.ports.shift()!;
+        const port = rule[3] === '0' ? 0 : local.ports.shift()!;
         const localTarget = unix
           ? `unix:${local.services.socketPath}`
           : `${hostPort![1]}:${udp ? local.services.udpPort : local.services.tcpPort}`;
-        args.push(word, `${rule[1] ?? ''}${port}:${localTarget}`);
+        args.push(word, `${rule[1] ?? ''}${rule[2] ?? ''}${port}:${localTarget}`);
         visits.push({
           proxy: `${udp ? 'udp' : 'tcp'}-${port}`,
           kind: udp ? 'udp' : 'http',
