@@ -14,6 +14,7 @@ export function bindAddressOf(config: BindPolicy, spec: ProxySpec): string {
 
 /** The proxy's remote_bind when it is another address than proxy_bind, for status and the admin API. */
 export function customBindOf(config: BindPolicy, spec: ProxySpec): string | undefined {
+  if (spec.remote_bind === undefined) return undefined;
   const address = bindAddressOf(config, spec);
   return address === sameSpelling(config.proxyBind) ? undefined : address;
 }
@@ -33,7 +34,7 @@ export function remoteBindRefusal(config: BindPolicy, spec: ProxySpec): string |
   if (allowed.includes(address)) return undefined;
   const others = config.allowBind.filter((a) => a !== allowed[0]);
   return others.length === 0
-    ? `remote_bind ${address} is not allowed: this server binds proxies on its proxy_bind (${config.proxyBind}) only (allow_bind is not set)`
+    ? `remote_bind ${address} is not allowed: this server binds proxies on its proxy_bind (${config.proxyBind}) only (its allow_bind names no other address)`
     : `remote_bind ${address} is not allowed: this server binds proxies on ${[config.proxyBind, ...others].join(', ')} (proxy_bind and allow_bind)`;
 }
 

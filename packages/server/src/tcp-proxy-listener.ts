@@ -30,8 +30,8 @@ function describeListenError(err: NodeJS.ErrnoException, address: string): strin
 }
 
 /**
- * The public side of one tcp proxy: a listener on proxy_bind:remote_port (or remote_bind:remote_port) whose every accepted
- * connection becomes a server-opened stream (header first, then raw bytes both ways).
+ * The public side of one tcp proxy: a listener on proxy_bind:remote_port (or the client's remote_bind) whose
+ * every accepted connection becomes a server-opened stream (header first, then raw bytes both ways).
  */
 export class TcpProxyListener {
   readonly address: string;
