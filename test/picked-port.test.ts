@@ -182,8 +182,9 @@ test(
         );
       assert.equal(await again('web'), webPort, 'web: the tcp port it had, from a server that forgot it');
       assert.equal(await again('dns'), dnsPort, 'dns: the udp port it had');
-      const restarted = second.proc.logsWithMsg('proxy listening').find((l) => l.proxy === 'web');
-      assert.equal(restarted?.remote_port, webPort);
+      // The server's lines leave in batches: its 'proxy listening' may come after the client's 'proxy registered'.
+      const restarted = await second.proc.waitForMsg('proxy listening', 5000, { fields: { proxy: 'web' } });
+      assert.equal(restarted.remote_port, webPort);
       assert.ok((await echoRoundTrip('127.0.0.1', webPort, 1000)).ok, 'an echo after the restart');
       await udpEchoes(h, dnsPort, 'after restart', 'dns');
 
