@@ -22,6 +22,7 @@ import { ProxyBandwidth } from './bandwidth-limit.js';
 import type { ClientConfig, ProxyConfig } from './config.js';
 import { describeDialProxy } from './dial-proxy.js';
 import { DialError, dial, urlWithoutUserinfo } from './dialer.js';
+import { DirectoryServer } from './directory-server.js';
 import { PendingLocalConnects, serveStream } from './local-connector.js';
 import { LocalFailureLog } from './local-failure-log.js';
 import { describeLocal, picksPort, proxySpecFields } from './proxy-config.js';
@@ -65,6 +66,8 @@ export class PortholeClient {
   private readonly backoff: Backoff;
   private readonly tracker = new ConnectionTracker();
   private readonly localFailures: LocalFailureLog;
+  /** Answers the streams of proxies with local = "dir:PATH". */
+  private readonly directories: DirectoryServer;
   private readonly pendingConnects = new PendingLocalConnects();
   private readonly udpFlows = new OpenUdpFlows();
   private readonly bandwidth = new ProxyBandwidth();
@@ -101,6 +104,7 @@ export class PortholeClient {
     this.sessionStatus = new SessionStatus(config.server);
     this.sessionStatus.via = this.viaFields();
     this.localFailures = new LocalFailureLog(logger);
+    this.directories = new DirectoryServer(this.proxies, logger);
   }
 
   /** The `server` of log lines. */
@@ -425,6 +429,7 @@ export class PortholeClient {
         this.pendingConnects,
         this.udpFlows,
         this.bandwidth,
+        this.directories,
       ).catch((err: Error) => {
         this.logger.error({ stream: stream.id, reason: err.message }, 'stream failed');
         stream.destroy();

@@ -34,6 +34,7 @@ import {
   proxyFromEnvironment,
 } from './dial-proxy.js';
 import {
+  isDirectoryLocal,
   isUnixSocketLocal,
   type ProxyConfig,
   portKey,
@@ -226,7 +227,7 @@ function resolveSocketPath(at: KeyOrigin, path: string): string {
 const INLINE_PASSWORD_KEYS = ['http_password', 'socks_password'] as const;
 
 /**
- * A validated [[proxies]] table of `source`, its socket path (if any) resolved next to the file and its
+ * A validated [[proxies]] table of `source`, its socket or directory path (if any) resolved next to the file and its
  * socks_password_file read; a password file (or a config file holding one inline) that others can read
  * goes to `warnings`.
  */
@@ -254,6 +255,11 @@ function fileProxy(source: string, raw: RawProxy, index: number, warnings: strin
   if (isUnixSocketLocal(proxy.local)) {
     const at = { source, key: `proxies${elementLabel(index, raw)}.local` };
     proxy.local = { path: resolveSocketPath(at, proxy.local.path) };
+  }
+  if (isDirectoryLocal(proxy.local)) {
+    // Not checked for being there: a disk mounted later, or a directory made after the client starts, is fine.
+    const at = { source, key: `proxies${elementLabel(index, raw)}.local` };
+    proxy.local = { dir: resolvePath(at, proxy.local.dir) };
   }
   return proxy;
 }

@@ -12,9 +12,11 @@ import {
 } from '@porthole/protocol';
 import { type ProxyBandwidth, tunnelToLocalLimits } from './bandwidth-limit.js';
 import type { ProxyConfig } from './config.js';
+import type { DirectoryServer } from './directory-server.js';
+import { PairEnd } from './duplex-pair.js';
 import { connectLocal, LOCAL_CONNECT_TIMEOUT_MS, StreamGone, withTimeout } from './local-connect.js';
 import type { LocalFailureLog } from './local-failure-log.js';
-import { describeLocal, isSocks5Local } from './proxy-config.js';
+import { describeLocal, isDirectoryLocal, isSocks5Local } from './proxy-config.js';
 import { boundElsewhere } from './remote-bind-check.js';
 import { openSocksDestination, SocksRequestFailed } from './socks-connector.js';
 import { type OpenUdpFlows, serveUdpFlow } from './udp-forwarder.js';
@@ -98,8 +100,8 @@ function endAfterReply(stream: Stream): void {
 const HEADER_TIMEOUT_MS = 10_000;
 
 /**
- * Serves one server-opened stream: reads its header, connects to the proxy's local service and carries
- * bytes both ways. A failed local connect resets the stream at once, so the public connection closes.
+ * Serves one server-opened stream: reads its header, connects to the proxy's local service (or hands it to
+ * the directory server) and carries bytes both ways. A failed local connect resets the stream at once, so the public connection closes.
  */
 export async function serveStream(
   stream: Stream,
@@ -110,6 +112,7 @@ export async function serveStream(
   pending: PendingLocalConnects,
   udpFlows: OpenUdpFlows,
   bandwidth: ProxyBandwidth,
+  directories: DirectoryServer,
 ): Promise<void> {
   // Until the pipe owns the stream, an RST or session loss must not become an uncaught error.
   const swallow = () => {};
@@ -141,6 +144,21 @@ export async function serveStream(
   if (proxy.type === 'udp') {
     stream.off('error', swallow);
     await serveUdpFlow(stream, header, proxy, logger, failures, udpFlows, bandwidth.budgets(proxy));
+    return;
+  }
+  if (isDirectoryLocal(proxy.local)) {
+    stream.off('error', swallow);
+    // Carried as a local service's socket is (counted, drained, listed, held to bandwidth_limit), to the HTTP
+    // server in this process.
+    const [tunnelEnd, serverEnd] = PairEnd.pair();
+    const budgets = bandwidth.budgets(proxy);
+    tracker.carry(stream, tunnelEnd, {
+      labels: ['tunnel', 'local'],
+      logger,
+      fields: { ...fields, local },
+      ...(budgets ? { limits: tunnelToLocalLimits(budgets) } : {}),
+    });
+    directories.serve(serverEnd, { proxy: proxy.name, conn: header.conn, remoteAddr });
     return;
   }
   // A SOCKS visitor's handshake is its own to stall, under the handshake's own timeouts: no burst places.

@@ -59,8 +59,24 @@ const RESERVED_HEADERS = new Set([
  */
 export const SOCKS5_LOCAL = 'socks5';
 
-/** A proxy's `local`: one service, or SOCKS5 (the visitor's choice of destination). */
-export type ProxyLocal = LocalAddress | typeof SOCKS5_LOCAL;
+/**
+ * `local = "dir:/srv/share"`: the client itself answers HTTP/1.1 with the files under that directory (frp's
+ * static_file plugin), for http proxies and tcp ones. No local port: each tunnel stream goes to Node's HTTP
+ * server machinery in this process.
+ */
+export const DIR_PREFIX = 'dir:';
+
+export interface DirectoryLocal {
+  /** The directory served; relative until the client config resolves it. */
+  dir: string;
+}
+
+/** A proxy's `local`: one service, SOCKS5 (the visitor's choice of destination), or a directory served here. */
+export type ProxyLocal = LocalAddress | typeof SOCKS5_LOCAL | DirectoryLocal;
+
+export function isDirectoryLocal(local: ProxyLocal): local is DirectoryLocal {
+  return typeof local === 'object' && 'dir' in local;
+}
 
 export function isSocks5Local(local: ProxyLocal): local is typeof SOCKS5_LOCAL {
   return local === SOCKS5_LOCAL;
@@ -68,19 +84,35 @@ export function isSocks5Local(local: ProxyLocal): local is typeof SOCKS5_LOCAL {
 
 /** A Unix socket's path as the one local service (not SOCKS5's visitor-chosen ones, not host:port). */
 export function isUnixSocketLocal(local: ProxyLocal): local is UnixSocketAddress {
-  return !isSocks5Local(local) && isUnixSocketAddress(local);
+  return !isSocks5Local(local) && !isDirectoryLocal(local) && isUnixSocketAddress(local);
 }
 
-/** The `local` of log lines and status: "127.0.0.1:22", "unix:/run/app.sock", "socks5". */
+/** The `local` of log lines and status: "127.0.0.1:22", "unix:/run/app.sock", "socks5", "dir:/srv/share". */
 export function describeLocal(local: ProxyLocal): string {
-  return isSocks5Local(local) ? SOCKS5_LOCAL : formatLocalAddress(local);
+  if (isSocks5Local(local)) return SOCKS5_LOCAL;
+  return isDirectoryLocal(local) ? `${DIR_PREFIX}${local.dir}` : formatLocalAddress(local);
 }
 
-/** "host:port", "unix:PATH" (a relative PATH is resolved later, where the config file is known) or "socks5". */
+/**
+ * "host:port", "unix:PATH", "dir:PATH" (a relative PATH is resolved later, where the config file is known)
+ * or "socks5".
+ */
 const localField = z
-  .string({ error: expected('"host:port", "unix:/path/to.sock" or "socks5"') })
+  .string({ error: expected('"host:port", "unix:/path/to.sock", "dir:/path/to/share" or "socks5"') })
   .transform((text, ctx): ProxyLocal => {
     if (text === SOCKS5_LOCAL) return SOCKS5_LOCAL;
+    if (text.startsWith(DIR_PREFIX)) {
+      const dir = text.slice(DIR_PREFIX.length);
+      const problem =
+        dir === ''
+          ? `"${text}" names no directory (expected dir:PATH, e.g. dir:/srv/share)`
+          : dir.includes('\0')
+            ? `"${text}": a directory path cannot hold a NUL byte`
+            : undefined;
+      if (problem === undefined) return { dir };
+      ctx.addIssue({ code: 'custom', message: problem });
+      return z.NEVER;
+    }
     try {
       return parseLocalAddress(text);
     } catch (err) {
@@ -140,6 +172,31 @@ const SOCKS_KEYS = [
   'socks_allow',
   'socks_allow_ports',
 ] as const;
+
+/** Keys only a `local = "dir:PATH"` proxy takes. */
+const DIR_KEYS = ['strip_prefix', 'serve_dotfiles', 'follow_outside_symlinks'] as const;
+
+/**
+ * strip_prefix: the leading path segments visitors' URLs carry and the directory does not, written "static",
+ * "/static" or "/static/" as frp's stripPrefix is ("static"); kept as "/static".
+ */
+const stripPrefixField = z
+  .string({ error: expected('a path like "static" or "/files/public"') })
+  .transform((text, ctx) => {
+    const segments = text.split('/').filter((segment) => segment !== '');
+    const bad = segments.find((s) => s === '.' || s === '..' || /[\s?#%\\\0]/.test(s));
+    if (segments.length === 0 || bad !== undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        message:
+          bad === undefined
+            ? 'names no path segment (leave strip_prefix out to serve the directory at "/")'
+            : `"${bad}" cannot be a segment here: no ".", "..", spaces, "?", "#", "%" or backslashes`,
+      });
+      return z.NEVER;
+    }
+    return `/${segments.join('/')}`;
+  });
 
 /** "tcp", "tcp and tls", "tcp, tls and http". */
 function listed(words: readonly string[]): string {
@@ -228,6 +285,9 @@ export const proxySchema = z
       .max(1024)
       .optional(),
     socks_allow_ports: portRangesField.optional(),
+    strip_prefix: stripPrefixField.optional(),
+    serve_dotfiles: z.boolean({ error: expected('true or false') }).optional(),
+    follow_outside_symlinks: z.boolean({ error: expected('true or false') }).optional(),
   })
   .superRefine((proxy, ctx) => {
     for (const [key, types] of Object.entries(KEY_TYPES)) {
@@ -240,6 +300,7 @@ export const proxySchema = z
       }
     }
     checkSocks(proxy, ctx);
+    checkDirectory(proxy, ctx);
     if (proxy.type === 'udp' && isUnixSocketLocal(proxy.local)) {
       ctx.addIssue({
         code: 'custom',
@@ -337,10 +398,35 @@ function checkSocks(
   }
 }
 
+/** A directory proxy's keys: dir: is for http and tcp proxies, and its own keys for it alone. */
+function checkDirectory(
+  proxy: Record<string, unknown> & { type: ProxyType; local: ProxyLocal },
+  ctx: z.RefinementCtx,
+): void {
+  const issue = (key: string, message: string) => ctx.addIssue({ code: 'custom', path: [key], message });
+  if (!isDirectoryLocal(proxy.local)) {
+    for (const key of DIR_KEYS)
+      if (proxy[key] !== undefined) issue(key, 'applies to proxies with local = "dir:PATH" only');
+    return;
+  }
+  if (proxy.type !== 'http' && proxy.type !== 'tcp') {
+    issue('local', `"dir:" is for http and tcp proxies (the client answers HTTP), not ${proxy.type}`);
+    return;
+  }
+  if (proxy.proxy_protocol !== undefined)
+    issue(
+      'proxy_protocol',
+      'a directory served by the client has no local service to send a PROXY header to',
+    );
+}
+
 export interface ProxyConfig {
   name: string;
   type: ProxyType;
-  /** A Unix socket's path is absolute here (tcp, http and tls proxies only); "socks5" for tcp only. */
+  /**
+   * A Unix socket's path is absolute here (tcp, http and tls proxies only); "socks5" for tcp only; a
+   * directory's path absolute too (http and tcp only).
+   */
   local: ProxyLocal;
   /** tcp, udp: the public port on the server; 0 (PICKED_PORT): one the server picks. */
   remotePort?: number;
@@ -369,6 +455,17 @@ export interface ProxyConfig {
   bandwidthLimit?: BandwidthLimit;
   /** local = "socks5": who may use it and where to. */
   socks?: SocksSettings;
+  /** local = "dir:PATH": how its files are served. */
+  directory?: DirectorySettings;
+}
+
+export interface DirectorySettings {
+  /** "/static": URLs under it are served, the prefix taken off; others are 404. */
+  stripPrefix?: string;
+  /** Names starting with "." are listed and served (otherwise hidden: 404, left out of listings). */
+  serveDotfiles: boolean;
+  /** Symlinks leading out of the directory are followed (otherwise 404, left out of listings). */
+  followOutsideSymlinks: boolean;
 }
 
 export interface SocksSettings {
@@ -403,6 +500,13 @@ export function toProxyConfig(raw: RawProxy): ProxyConfig {
     if (raw.socks_allow !== undefined) socks.allow = new NetworkList(raw.socks_allow);
     if (raw.socks_allow_ports !== undefined) socks.allowPorts = raw.socks_allow_ports;
     proxy.socks = socks;
+  }
+  if (isDirectoryLocal(raw.local)) {
+    proxy.directory = {
+      serveDotfiles: raw.serve_dotfiles ?? false,
+      followOutsideSymlinks: raw.follow_outside_symlinks ?? false,
+      ...(raw.strip_prefix === undefined ? {} : { stripPrefix: raw.strip_prefix }),
+    };
   }
   return proxy;
 }

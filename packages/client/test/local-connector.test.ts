@@ -8,6 +8,7 @@ import { Session, type Stream } from '@porthole/mux';
 import { ConnectionTracker, captureLogs, nextClose, writeStreamHeader } from '@porthole/protocol';
 import { ProxyBandwidth } from '../src/bandwidth-limit.js';
 import type { ProxyConfig } from '../src/config.js';
+import { DirectoryServer } from '../src/directory-server.js';
 import { connectLocal, LOCAL_CONNECT_TIMEOUT_MS } from '../src/local-connect.js';
 import {
   BURST_CONNECT_TIMEOUT_MS,
@@ -48,6 +49,7 @@ async function sessionPair(proxies: ProxyConfig[]) {
         pending,
         udpFlows,
         new ProxyBandwidth(),
+        new DirectoryServer(byName, logs.logger),
       ),
   );
   return { server, client, logs, tracker };
