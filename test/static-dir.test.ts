@@ -20,7 +20,13 @@ import {
   waitFor,
   withHarness,
 } from './lib/processes.js';
-import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
+import {
+  issueRoutedToken,
+  type RoutedProxy,
+  rewriteRoutedClientProxies,
+  startRoutedClient,
+  startRoutedServer,
+} from './lib/routing.js';
 import { sha256Hex } from './lib/sha-stream.js';
 
 const SPARSE_BYTES = 100 * 1024 * 1024;
@@ -284,26 +290,25 @@ test(
       const [plainPort, openPort] = [await freePort(), await freePort()];
       const server = await startRoutedServer(h, { http: false });
       const token = await issueRoutedToken(server, { name: 'files', ports: `${plainPort},${openPort}` });
-      await startRoutedClient(h, {
+      const plainProxy: RoutedProxy = {
+        name: 'plain',
+        type: 'tcp',
+        local: `dir:${share.dir}`,
+        remote_port: plainPort,
+        strip_prefix: 'static',
+      };
+      const openProxy: RoutedProxy = {
+        name: 'open',
+        type: 'tcp',
+        local: `dir:${share.dir}`,
+        remote_port: openPort,
+        serve_dotfiles: true,
+        follow_outside_symlinks: true,
+      };
+      const client = await startRoutedClient(h, {
         server: server.url,
         token,
-        proxies: [
-          {
-            name: 'plain',
-            type: 'tcp',
-            local: `dir:${share.dir}`,
-            remote_port: plainPort,
-            strip_prefix: 'static',
-          },
-          {
-            name: 'open',
-            type: 'tcp',
-            local: `dir:${share.dir}`,
-            remote_port: openPort,
-            serve_dotfiles: true,
-            follow_outside_symlinks: true,
-          },
-        ],
+        proxies: [plainProxy, openProxy],
       });
       const plain = `http://127.0.0.1:${plainPort}`;
       assert.equal((await curl([], `${plain}/static/docs/readme.txt`)).body, share.readme);
@@ -335,6 +340,30 @@ test(
       assert.equal((await curl(['--path-as-is'], `${open}/../etc/passwd`)).status, 400);
       const wget = await run('wget', ['-q', '-O', '-', `${open}/docs/readme.txt`], { timeoutMs: 20_000 });
       assert.equal(wget.stdout, share.readme);
+
+      // A reload: a new strip_prefix applies to the next request, and a bandwidth_limit holds a served file
+      // to its rate as it does any proxy's bytes (3 MiB at "1MB": about 2 s, the first second's worth at once).
+      await rewriteRoutedClientProxies(client.configPath, [
+        { ...plainProxy, strip_prefix: '/files/' },
+        { ...openProxy, bandwidth_limit: '1MB' },
+      ]);
+      const mark = client.proc.mark();
+      client.proc.kill('SIGHUP');
+      await client.proc.waitForMsg('config reloaded', 10_000, { from: mark });
+      assert.equal((await curl([], `${plain}/files/docs/readme.txt`)).body, share.readme);
+      assert.equal((await curl([], `${plain}/static/docs/readme.txt`)).status, 404);
+      const started = performance.now();
+      const limited = await run(
+        'curl',
+        ['-sS', '-o', '/dev/null', '-w', '%{size_download}', `${open}/docs/sub/blob.bin`],
+        {
+          timeoutMs: 30_000,
+        },
+      );
+      const ms = performance.now() - started;
+      assert.equal(limited.stdout, String(share.blob.length), limited.stderr);
+      t.diagnostic(`${share.blob.length} bytes at bandwidth_limit = "1MB" in ${Math.round(ms)} ms`);
+      assert.ok(ms >= 1000, `held to 1 MiB/s: ${Math.round(ms)} ms`);
     }),
 );
 
