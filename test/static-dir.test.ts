@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, symlink, truncate, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
 import path from 'node:path';
 import { test } from 'node:test';
 import { curl, parseCurlHeads } from './lib/curl.js';
@@ -331,6 +332,24 @@ test(
       assert.ok(twice.stdout.startsWith(share.readme), twice.stdout);
       assert.match(twice.stdout, />sub\/<\/a>/);
       assert.match(twice.stderr, /Re-using existing connection/);
+
+      // Not HTTP at all (a port scanner, a mistaken ssh): a 400 reaches the visitor, then the end.
+      const junk = await new Promise<string>((resolve, reject) => {
+        const socket = connect({ host: '127.0.0.1', port: plainPort });
+        let got = '';
+        const timer = setTimeout(() => socket.destroy(new Error('no close within 10 s')), 10_000);
+        socket.on('connect', () => socket.write('SSH-2.0-OpenSSH_9.2\r\n\r\n'));
+        socket.on('data', (chunk: Buffer) => {
+          got += chunk.toString();
+        });
+        socket.on('error', reject);
+        socket.on('end', () => {
+          clearTimeout(timer);
+          socket.end();
+          resolve(got);
+        });
+      });
+      assert.match(junk, /^HTTP\/1\.1 400 Bad Request\r\n/);
 
       const open = `http://127.0.0.1:${openPort}`;
       assert.equal((await curl([], `${open}/.secret`)).body, 'hidden\n');

@@ -44,6 +44,12 @@ class Refusal extends Error {
   }
 }
 
+/** What a request's line counts: body bytes sent, and why an answer under way was cut short. */
+interface Tally {
+  sent(bytes: number): void;
+  failed(reason: string): void;
+}
+
 /** A file or directory found for a request, by its real path. */
 interface Found {
   real: string;
@@ -64,6 +70,15 @@ export class DirectoryServer {
     (this.http as Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
     this.http.timeout = IDLE_TIMEOUT_MS;
     this.http.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
+    // Node's own answer destroys the connection right after writing it, which here would cut the answer off.
+    this.http.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+      const visit = this.visits.get(socket);
+      this.logger.debug({ proxy: visit?.proxy, conn: visit?.conn, reason: err.message }, 'bad http request');
+      const status =
+        err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request';
+      if (socket.writable) socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+      else socket.destroy();
+    });
   }
 
   /** Answers the HTTP requests that arrive on `end` (one end of an in-process connection to a tunnel stream). */
@@ -95,8 +110,13 @@ export class DirectoryServer {
         'file request',
       );
     });
-    const sent = (n: number) => {
-      bytes += n;
+    const tally: Tally = {
+      sent: (n) => {
+        bytes += n;
+      },
+      failed: (why) => {
+        reason ??= why;
+      },
     };
     try {
       if (!proxy?.directory || !isDirectoryLocal(proxy.local))
@@ -109,7 +129,7 @@ export class DirectoryServer {
       }
       const asked = requestedPath(req.url ?? '', proxy.directory);
       if ('status' in asked) throw new Refusal(asked.status, asked.reason);
-      await this.serveFound(req, res, proxy.local.dir, proxy.directory, asked, sent);
+      await this.serveFound(req, res, proxy.local.dir, proxy.directory, asked, tally);
     } catch (err) {
       const refusal =
         err instanceof Refusal
@@ -117,7 +137,7 @@ export class DirectoryServer {
           : new Refusal(500, `${(err as Error).message} (${errnoOf(err) ?? 'error'})`);
       reason = refusal.message;
       if (res.headersSent) res.destroy();
-      else answerText(req, res, refusal.status, sent);
+      else answerText(req, res, refusal.status, tally);
     }
   }
 
@@ -127,20 +147,20 @@ export class DirectoryServer {
     root: string,
     settings: DirectorySettings,
     asked: RequestedPath,
-    sent: (n: number) => void,
+    tally: Tally,
   ): Promise<void> {
     const realRoot = await realpath(root).catch((err: unknown) => {
       throw new Refusal(404, `the directory ${root} cannot be read (${errnoOf(err)})`);
     });
     const found = await locate(realRoot, asked.segments, settings);
-    if (!found.stats.isDirectory()) return serveFile(req, res, found, sent);
+    if (!found.stats.isDirectory()) return serveFile(req, res, found, tally);
     if (!asked.trailingSlash) {
       // Relative links in a listing (and in an index.html) need the directory's URL to end in "/".
       res.setHeader('Location', directoryUrl(asked.segments, settings.stripPrefix));
       throw new Refusal(301, 'a directory, asked without its "/"');
     }
     const index = await locate(realRoot, [...asked.segments, 'index.html'], settings).catch(() => undefined);
-    if (index?.stats.isFile()) return serveFile(req, res, index, sent);
+    if (index?.stats.isFile()) return serveFile(req, res, index, tally);
     const entries = await listed(realRoot, found.real, settings);
     const body = Buffer.from(
       listingHtml(
@@ -155,7 +175,7 @@ export class DirectoryServer {
     res.setHeader('Content-Length', body.length);
     if (req.method === 'HEAD') res.end();
     else {
-      sent(body.length);
+      tally.sent(body.length);
       res.end(body);
     }
   }
@@ -228,7 +248,7 @@ async function serveFile(
   req: IncomingMessage,
   res: ServerResponse,
   found: Found,
-  sent: (n: number) => void,
+  tally: Tally,
 ): Promise<void> {
   let handle: FileHandle;
   try {
@@ -277,25 +297,22 @@ async function serveFile(
     return;
   }
   const file = createReadStream('', { fd: handle, start, end });
-  file.on('data', (chunk: string | Buffer) => sent(chunk.length));
+  file.on('data', (chunk: string | Buffer) => tally.sent(chunk.length));
+  // Before the pipeline cuts the answer short: the line says why.
+  file.once('error', (err) => tally.failed(`reading ${found.real} failed: ${err.message}`));
   // A visitor that leaves ends the pipeline, which closes the file.
   pipeline(file, res, () => {});
 }
 
 /** A short text answer of our own (404, 405...); no body to HEAD and 304. */
-function answerText(
-  req: IncomingMessage,
-  res: ServerResponse,
-  status: number,
-  sent: (n: number) => void,
-): void {
+function answerText(req: IncomingMessage, res: ServerResponse, status: number, tally: Tally): void {
   res.statusCode = status;
   const body = Buffer.from(`${status} ${res.statusMessage}\n`);
   res.setHeader('Content-Type', 'text/plain; charset=utf-8');
   res.setHeader('Content-Length', body.length);
   if (req.method === 'HEAD') res.end();
   else {
-    sent(body.length);
+    tally.sent(body.length);
     res.end(body);
   }
 }
