@@ -99,7 +99,7 @@ export class DirectoryServer {
         {
           proxy: visit?.proxy,
           conn: visit?.conn,
-          remote_addr: visit && proxy ? visitorOf(req, proxy, visit) : undefined,
+          remote_addr: visit && visitorOf(req, proxy, visit),
           method: req.method,
           path,
           status: res.headersSent ? res.statusCode : undefined,
@@ -322,8 +322,8 @@ function answerText(req: IncomingMessage, res: ServerResponse, status: number, t
  * the server names each in the last X-Forwarded-For entry, which it sets itself. A tcp proxy's visitor is the
  * stream's own.
  */
-function visitorOf(req: IncomingMessage, proxy: ProxyConfig, visit: DirectoryVisit): string {
-  if (proxy.type !== 'http') return visit.remoteAddr;
+function visitorOf(req: IncomingMessage, proxy: ProxyConfig | undefined, visit: DirectoryVisit): string {
+  if (proxy?.type !== 'http') return visit.remoteAddr;
   const forwarded = req.headers['x-forwarded-for'];
   const last = (Array.isArray(forwarded) ? forwarded.join(',') : (forwarded ?? '')).split(',').at(-1)?.trim();
   return last || visit.remoteAddr;
