@@ -77,6 +77,12 @@ export const proxySpecSchema = z.object({
   udp_idle_timeout_ms: z.number().int().min(UDP_IDLE_TIMEOUT_MIN_MS).max(UDP_IDLE_TIMEOUT_MAX_MS).optional(),
   /** udp: concurrent flows (remote address:port) this proxy accepts; capped by the server. */
   max_flows: z.number().int().min(1).max(1_000_000).optional(),
+  /**
+   * A load-balancing group: proxies of one type and group asking for the same port (tcp) or names (http,
+   * tls) share it, from one client or several, and take new connections in turn. A server older than this
+   * drops the key, and refuses the second proxy as it refuses any port or name in use.
+   */
+  group: proxyNameSchema.optional(),
 });
 export type ProxySpec = z.infer<typeof proxySpecSchema>;
 

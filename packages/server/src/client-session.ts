@@ -23,6 +23,7 @@ import {
 import { ConnectionLimit, ConnectionLimits } from './connection-limit.js';
 import type { HostClaim } from './host-routes.js';
 import { type PickedPort, pickablePorts, pickPort } from './port-picker.js';
+import { bindTcpGroupMember, type GroupMember, groupRefusal, onlyMemberIs } from './proxy-groups.js';
 import { bindAddressOf, customBindOf, remoteBindRefusal } from './proxy-bind.js';
 import {
   type BoundProxy,
@@ -270,6 +271,8 @@ export class ClientSession {
     remoteBind: string | undefined;
     publicAddr: string;
     udpStats: Readonly<UdpProxyStats> | undefined;
+    group: string | undefined;
+    groupMembers: GroupMember[];
   }[] {
     return [...this.proxies.values()].map(({ spec, listener }) => ({
       name: spec.name,
@@ -278,6 +281,8 @@ export class ClientSession {
       remoteBind: customBindOf(this.ctx.config, spec),
       publicAddr: listener.address,
       udpStats: listener.udpStats,
+      group: spec.group,
+      groupMembers: listener.groupMembers?.() ?? [],
     }));
   }
 
@@ -519,10 +524,15 @@ export class ClientSession {
       return `port ${port} is outside the server's allow_ports (${this.ctx.config.allowPorts})`;
     }
     const holder = this.ctx.ports.get(port);
-    if (holder && holder.owner !== this) return `port ${port} is in use by another client`;
-    if (holder && holder.proxy !== spec.name)
-      return `port ${port} is already used by proxy "${holder.proxy}"`;
-    return undefined;
+    if (!holder) return undefined;
+    // This very proxy registered again (into a group, out of one): it replaces itself.
+    if (holder.owner === this && holder.proxy === spec.name) return undefined;
+    if (onlyMemberIs(holder.owner, this.session, spec.name)) return undefined;
+    const group = groupRefusal(`port ${port}`, { group: holder.group, type: 'tcp' }, spec);
+    if (group) return group;
+    if (holder.group !== undefined) return undefined;
+    if (holder.owner !== this) return `port ${port} is in use by another client`;
+    return `port ${port} is already used by proxy "${holder.proxy}"`;
   }
 
   /** This session as the routed proxies (udp, http, tls) see it. */
@@ -546,6 +556,9 @@ export class ClientSession {
     if (existing && JSON.stringify(existing.requested) === JSON.stringify(requested)) {
       return this.registered(existing);
     }
+    // Members of a group meet on the port they name; one the server picks would be a port of their own.
+    if (requested.group !== undefined && picksPort(requested))
+      return this.refused(requested.name, 'a proxy in a group needs a remote_port, not 0');
     if (!picksPort(requested)) return this.registerAs(requested, requested, existing);
     // Changed in other ways (max_connections...), a proxy keeps the port it was given, as one that names
     // its port does, while it may still hold it.
@@ -633,6 +646,11 @@ export class ClientSession {
     if (spec.type !== 'tcp')
       return { listener: await bindRoutedProxy(this.ctx, this.owner, spec), port: undefined };
     const port = spec.remote_port!;
+    // A group's port is held by its listener, not by this session (port: undefined): it goes with the last member.
+    if (spec.group !== undefined) {
+      const grouped = { ...spec, group: spec.group, remote_port: port };
+      return { listener: await bindTcpGroupMember(this.ctx, this.owner, grouped), port: undefined };
+    }
     return { listener: await this.bindTcp(spec, port), port };
   }
 
@@ -660,6 +678,7 @@ export class ClientSession {
         type: spec.type,
         remote_addr: listener.address,
         urls: listener.urls,
+        ...(spec.group === undefined ? {} : { group: spec.group }),
         ...(picksPort(entry.requested) ? { remote_port: spec.remote_port, picked: true } : {}),
       },
       'proxy listening',
@@ -673,7 +692,7 @@ export class ClientSession {
     spec: ProxySpec,
   ): boolean {
     if (!(existing.listener instanceof TcpProxyListener)) return existing.listener.takeSpec?.(spec) ?? false;
-    if (spec.type !== 'tcp' || spec.remote_port !== existing.port) return false;
+    if (spec.type !== 'tcp' || spec.remote_port !== existing.port || spec.group !== undefined) return false;
     // Another address (a reload changed remote_bind) is another listener: the port moves there.
     if (bindAddressOf(this.ctx.config, spec) !== existing.listener.bindHost) return false;
     existing.listener.respec(spec, connectionLimitFor(this.ctx, this.owner, spec));

@@ -47,6 +47,11 @@ export class ConnectionLimit {
     return this.open;
   }
 
+  /** True while one more connection would be admitted. */
+  hasRoom(): boolean {
+    return this.open < this.maxNow();
+  }
+
   /** The proxy registered again with a new spec: its cap from now on, over the connections still open. */
   capAt(max: () => number): void {
     this.maxNow = max;

@@ -2,6 +2,8 @@
 // port. Lookup order: exact names, then wildcards (the most specific first), then subdomains of
 // subdomain_host; within a name, the longest matching location prefix wins, whatever the case of its letters.
 import { hostMatchesPattern } from '@porthole/protocol';
+import { groupRefusal } from './group-refusal.js';
+import { pickInTurn } from './round-robin.js';
 
 export type RouteTier = 'exact' | 'wildcard' | 'subdomain';
 
@@ -19,6 +21,11 @@ export interface RouteEntry<T> extends HostClaim {
   proxy: string;
   /** The token (jti) its client signed in with, so a reload that revokes it can forget the route. */
   token: string | undefined;
+  /**
+   * Its load-balancing group: the proxies of one group may claim the same name and location, from one
+   * client or several, and lookups take them in turn.
+   */
+  group: string | undefined;
   /** Where requests go; undefined once the proxy's client went away (visitors then get 502, not 404). */
   target: T | undefined;
   offlineSince: number;
@@ -58,6 +65,8 @@ export class HostRoutes<T> {
   /** Target -> the patterns it claims, so that releasing a proxy touches its own names only. */
   private readonly hostsOf = new Map<T, Set<string>>();
   private offlineCount = 0;
+  /** Per name, where the next lookup starts among a group's entries of one location. */
+  private readonly turns = new Map<string, number>();
   /** When the oldest offline entry expires; sweeping before then (and under the cap) finds nothing. */
   private nextExpiry = Number.POSITIVE_INFINITY;
 
@@ -67,10 +76,28 @@ export class HostRoutes<T> {
    * Why `client`'s proxy cannot claim these names, or undefined. A name held (online) by another client
    * is refused; one (name, location) pair belongs to one proxy. Offline routes never block a claim.
    */
-  conflict(client: string, proxy: string, claims: readonly HostClaim[]): string | undefined {
+  conflict(
+    client: string,
+    proxy: string,
+    claims: readonly HostClaim[],
+    group?: string,
+    /** The table's proxy type, for the reason: "http", "tls". */
+    type = 'http',
+  ): string | undefined {
     for (const claim of claims) {
       for (const entry of this.byHost.get(claim.host) ?? []) {
         if (entry.target === undefined) continue;
+        // This proxy's own routes, which its new ones replace.
+        if (entry.client === client && entry.proxy === proxy) continue;
+        if (entry.group !== undefined || group !== undefined) {
+          const refused = groupRefusal(
+            `hostname ${claim.host}`,
+            { group: entry.group, type },
+            { group, type },
+          );
+          if (refused) return refused;
+          continue;
+        }
         if (entry.client !== client) return `hostname ${claim.host} is in use by another client`;
         if (entry.proxy !== proxy && sameLocation(entry.location, claim.location)) {
           return `hostname ${claim.host}${claim.location === '/' ? '' : ` location ${claim.location}`} is already used by proxy "${entry.proxy}"`;
@@ -105,7 +132,12 @@ export class HostRoutes<T> {
 
   /** True when another client holds `host` (online) in this table. */
   heldByOther(client: string, host: string): boolean {
-    return (this.byHost.get(host) ?? []).some((e) => e.target !== undefined && e.client !== client);
+    return this.holderOther(client, host) !== undefined;
+  }
+
+  /** An online entry of `host` that another client holds, if any (for its group, in a refusal). */
+  holderOther(client: string, host: string): RouteEntry<T> | undefined {
+    return (this.byHost.get(host) ?? []).find((e) => e.target !== undefined && e.client !== client);
   }
 
   /**
@@ -113,16 +145,24 @@ export class HostRoutes<T> {
    * so do the offline entries of other clients that would still answer before these claims and that their
    * clients could not take back while the claims stand (see forgetShadowingOffline).
    */
-  add(client: string, proxy: string, claims: readonly HostClaim[], target: T, token?: string): void {
+  add(
+    client: string,
+    proxy: string,
+    claims: readonly HostClaim[],
+    target: T,
+    token?: string,
+    group?: string,
+  ): void {
     for (const claim of claims) {
       this.forgetShadowingOffline(client, claim);
       const list = (this.byHost.get(claim.host) ?? []).filter((e) => {
         const replaced =
-          sameLocation(e.location, claim.location) && (e.target === undefined || e.proxy === proxy);
+          sameLocation(e.location, claim.location) &&
+          (e.target === undefined || (e.proxy === proxy && e.client === client));
         if (replaced && e.target === undefined) this.offlineCount--;
         return !replaced;
       });
-      list.push({ ...claim, client, proxy, token, target, offlineSince: 0 });
+      list.push({ ...claim, client, proxy, token, group, target, offlineSince: 0 });
       this.byHost.set(claim.host, list);
       const hosts = this.hostsOf.get(target);
       if (hosts) hosts.add(claim.host);
@@ -155,8 +195,26 @@ export class HostRoutes<T> {
     const kept = list.filter((e) => !match(e));
     if (kept.length === list.length) return;
     this.offlineCount -= list.length - kept.length;
-    if (kept.length === 0) this.byHost.delete(host);
+    if (kept.length === 0) this.deleteHost(host);
     else this.byHost.set(host, kept);
+  }
+
+  private deleteHost(host: string): void {
+    this.byHost.delete(host);
+    this.turns.delete(host);
+  }
+
+  /** True when another online entry of `entry`'s group serves its location. */
+  private othersServe(list: readonly RouteEntry<T>[], entry: RouteEntry<T>): boolean {
+    if (entry.group === undefined) return false;
+    return list.some(
+      (e) =>
+        e !== entry &&
+        e.target !== undefined &&
+        e.target !== entry.target &&
+        e.group === entry.group &&
+        sameLocation(e.location, entry.location),
+    );
   }
 
   /**
@@ -173,13 +231,14 @@ export class HostRoutes<T> {
       const kept: RouteEntry<T>[] = [];
       for (const entry of list) {
         if (entry.target !== target) kept.push(entry);
-        else if (!opts.forget) {
+        // A group member that leaves while another serves its location: visitors go to the others.
+        else if (!opts.forget && !this.othersServe(list, entry)) {
           kept.push({ ...entry, target: undefined, offlineSince: now });
           this.offlineCount++;
           this.nextExpiry = Math.min(this.nextExpiry, now + OFFLINE_ROUTE_TTL_MS);
         }
       }
-      if (kept.length === 0) this.byHost.delete(host);
+      if (kept.length === 0) this.deleteHost(host);
       else this.byHost.set(host, kept);
     }
     if (this.offlineCount > MAX_OFFLINE_ROUTES || now >= this.nextExpiry) this.sweep(now);
@@ -199,12 +258,15 @@ export class HostRoutes<T> {
 
   /** The route for a request to `host` (normalized) and `path`, online or offline; undefined: no such name. */
   lookup(host: string, path = '/'): RouteEntry<T> | undefined {
-    return this.find(host, path);
+    return this.find(host, path, undefined);
   }
 
-  /** The route the most specific name for `host` leads to, whatever its locations (the TLS port sees no path). */
-  lookupName(host: string): RouteEntry<T> | undefined {
-    return this.find(host, undefined);
+  /**
+   * The route the most specific name for `host` leads to, whatever its locations (the TLS port sees no
+   * path). Among a group's members, the next in turn that `accepts` takes it, if one does.
+   */
+  lookupName(host: string, accepts?: (target: T) => boolean): RouteEntry<T> | undefined {
+    return this.find(host, undefined, accepts);
   }
 
   /** Every entry, for the admin API and tests. */
@@ -213,16 +275,21 @@ export class HostRoutes<T> {
   }
 
   /** `path` undefined: any location. */
-  private find(host: string, path: string | undefined): RouteEntry<T> | undefined {
+  private find(
+    host: string,
+    path: string | undefined,
+    accepts: ((target: T) => boolean) | undefined,
+  ): RouteEntry<T> | undefined {
     const exact = this.byHost.get(host);
-    const found = this.best(exact, 'exact', path);
+    const found = this.best(exact, 'exact', path, accepts);
     if (found) return this.fresh(found);
     const labels = host.split('.');
     for (let i = 1; i < labels.length; i++) {
-      const wildcard = this.best(this.byHost.get(`*.${labels.slice(i).join('.')}`), 'wildcard', path);
+      const wildcardList = this.byHost.get(`*.${labels.slice(i).join('.')}`);
+      const wildcard = this.best(wildcardList, 'wildcard', path, accepts);
       if (wildcard) return this.fresh(wildcard);
     }
-    const sub = this.best(exact, 'subdomain', path);
+    const sub = this.best(exact, 'subdomain', path, accepts);
     return sub ? this.fresh(sub) : undefined;
   }
 
@@ -230,13 +297,29 @@ export class HostRoutes<T> {
     list: RouteEntry<T>[] | undefined,
     tier: RouteTier,
     path: string | undefined,
+    accepts: ((target: T) => boolean) | undefined,
   ): RouteEntry<T> | undefined {
-    let best: RouteEntry<T> | undefined;
+    let best: RouteEntry<T>[] = [];
     for (const entry of list ?? []) {
       if (entry.tier !== tier || (path !== undefined && !locationMatches(path, entry.location))) continue;
-      if (!best || entry.location.length > best.location.length) best = entry;
+      const first = best[0];
+      if (!first || entry.location.length > first.location.length) best = [entry];
+      else if (
+        entry.target !== undefined &&
+        first.target !== undefined &&
+        sameLocation(entry.location, first.location)
+      )
+        best.push(entry);
     }
-    return best;
+    if (best.length < 2) return best[0];
+    // A group's members on one location (only online entries share one): each in turn, passing over one
+    // that `accepts` turns down while another takes it.
+    const host = best[0]!.host;
+    const advance = (next: number) => this.turns.set(host, next);
+    const turn = this.turns.get(host) ?? 0;
+    const online = (e: RouteEntry<T>) => e.target !== undefined;
+    const taking = (e: RouteEntry<T>) => online(e) && (accepts === undefined || accepts(e.target!));
+    return pickInTurn(best, turn, taking, advance) ?? pickInTurn(best, turn, online, advance) ?? best[0];
   }
 
   /** An offline entry past its TTL is forgotten on the way out. */

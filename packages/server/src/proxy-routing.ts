@@ -15,6 +15,7 @@ import {
   writeStreamHeader,
 } from '@porthole/protocol';
 import type { ConnectionLimit, ConnectionLimits } from './connection-limit.js';
+import { groupRefusal } from './group-refusal.js';
 import { type HostClaim, HostRoutes } from './host-routes.js';
 import { UpstreamPool, type Visitor } from './http-upstream-pool.js';
 import type { HttpTarget } from './http-vhost-router.js';
@@ -71,6 +72,9 @@ export interface BoundProxy {
   readonly urls?: string[];
   /** udp proxies: live counters (flows, datagrams, drops by cause) for the admin API and metrics. */
   readonly udpStats?: Readonly<UdpProxyStats>;
+  /** A load-balancing group's member: its group, and every member now (this one included). */
+  readonly group?: string;
+  groupMembers?(): { client: string; proxy: string }[];
   /** http and tls proxies: the names (and locations) it is routed by, as claimsOf gave them. */
   readonly claims?: readonly HostClaim[];
   /**
@@ -172,6 +176,7 @@ export function routedRefusal(ctx: ServerContext, owner: ProxyOwner, spec: Proxy
   if (spec.type === 'udp') {
     const port = spec.remote_port;
     if (port === undefined) return 'a udp proxy needs remote_port';
+    if (spec.group !== undefined) return 'groups apply to tcp, http and tls proxies, not udp (yet)';
     const refused = portGrantRefusal(owner.portGrant, port);
     if (refused) return refused;
     if (!ctx.config.allowPorts.contains(port))
@@ -196,14 +201,19 @@ export function routedRefusal(ctx: ServerContext, owner: ProxyOwner, spec: Proxy
   if (typeof claims === 'string') return claims;
   const own = spec.type === 'http' ? state.httpRoutes : state.tlsRoutes;
   const other = spec.type === 'http' ? state.tlsRoutes : state.httpRoutes;
-  const conflict = own.conflict(owner.name, spec.name, claims);
+  const conflict = own.conflict(owner.name, spec.name, claims, spec.group, spec.type);
   if (conflict) return conflict;
   for (const claim of claims) {
     const shadow = own.subdomainShadow(owner.name, claim);
     if (shadow) return shadow;
   }
   for (const { host } of claims) {
-    if (other.heldByOther(owner.name, host)) return `hostname ${host} is in use by another client`;
+    const holder = other.holderOther(owner.name, host);
+    if (holder) {
+      const otherType = spec.type === 'http' ? 'tls' : 'http';
+      const group = groupRefusal(`hostname ${host}`, { group: holder.group, type: otherType }, spec);
+      return group ?? `hostname ${host} is in use by another client`;
+    }
     if (spec.type === 'tls' && routing.https?.certs.hasExact(host)) {
       return `hostname ${host} is served by the server itself (https.certs)`;
     }
@@ -375,14 +385,23 @@ function bindHostRoutes<T>(opts: {
   const { table, owner, spec, target } = opts;
   // A name given twice (in hosts, and again as subdomain) is one URL.
   const urlsOf = (claims: readonly HostClaim[]) => [...new Set(opts.urlsOf(claims))];
-  table.add(owner.name, spec.name, opts.claims, target, owner.tokenId);
+  table.add(owner.name, spec.name, opts.claims, target, owner.tokenId, spec.group);
+  const groupMembers = () => {
+    const hosts = new Set(bound.claims.map((c) => c.host));
+    const members = new Map<string, { client: string; proxy: string }>();
+    for (const e of table.entries())
+      if (e.group === spec.group && e.target !== undefined && hosts.has(e.host))
+        members.set(`${e.client}\u0000${e.proxy}`, { client: e.client, proxy: e.proxy });
+    return [...members.values()];
+  };
   const bound = {
     address: opts.address,
+    ...(spec.group === undefined ? {} : { group: spec.group, groupMembers }),
     claims: opts.claims,
     urls: urlsOf(opts.claims),
     reroute: (claims: readonly HostClaim[]) => {
       table.release(target, { forget: true });
-      table.add(owner.name, spec.name, claims, target, owner.tokenId);
+      table.add(owner.name, spec.name, claims, target, owner.tokenId, spec.group);
       bound.claims = claims;
       bound.urls = urlsOf(claims);
     },

@@ -3,6 +3,7 @@ import type { ClientSession } from './client-session.js';
 import type { ServerConfig } from './config.js';
 import type { RoutingState } from './proxy-routing.js';
 import type { ProxyTraffic } from './proxy-traffic.js';
+import type { TcpProxyListener } from './tcp-proxy-listener.js';
 
 /** What every client session shares: settings, the registry of clients and ports, the connection count. */
 export interface ServerContext {
@@ -17,8 +18,14 @@ export interface ServerContext {
   readonly clients: Map<string, ClientSession>;
   /** Every live session, including those that have not said hello yet. */
   readonly sessions: Set<ClientSession>;
-  /** Public port -> the session and proxy that hold it. */
-  readonly ports: Map<number, { owner: ClientSession; proxy: string }>;
+  /**
+   * Public tcp port -> the session and proxy that hold it; for a load-balancing group's port, its listener
+   * (the members are on it), the first member's name and the group (proxy-groups.ts).
+   */
+  readonly ports: Map<
+    number,
+    { owner: ClientSession | TcpProxyListener; proxy: string; group?: string; ready?: Promise<void> }
+  >;
   /** UDP ports, hostname routes and the vhost ports' addresses (udp, http and tls proxies). */
   readonly routing: RoutingState;
 }

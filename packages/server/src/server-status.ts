@@ -24,6 +24,10 @@ export interface ProxyView {
   bytes_out: number;
   /** Visitors turned away because max_connections were open (tcp and tls proxies). */
   refused_connections: number;
+  /** Its load-balancing group, or null. */
+  group: string | null;
+  /** The group's members now, this proxy included, each as "client/proxy" ([] for no group). */
+  group_members: string[];
 }
 
 export interface ClientView {
@@ -113,6 +117,8 @@ export class ServerStatus {
               bytes_in: t?.bytesIn ?? 0,
               bytes_out: t?.bytesOut ?? 0,
               refused_connections: t?.refused ?? 0,
+              group: p.group ?? null,
+              group_members: p.groupMembers.map((m) => `${m.client}/${m.proxy}`).sort(),
             };
           }),
       }));

@@ -243,7 +243,7 @@ export const STATUS_PAGE_JS = `'use strict';
       var tr = document.createElement('tr');
       tr.dataset.proxy = key;
       cell(tr, p.client);
-      cell(tr, p.name, 'name');
+      cell(tr, p.group ? p.name + ' (group ' + p.group + ')' : p.name, 'name');
       cell(tr, p.type);
       cell(tr, p.public_addr, 'addr');
       cell(tr, String(p.open_connections), 'num open');

@@ -9,6 +9,16 @@ import {
 } from '@porthole/protocol';
 import type { ConnectionLimit } from './connection-limit.js';
 import { peerAddress } from './peer-address.js';
+import { RoundRobin } from './round-robin.js';
+
+/** Where a tcp proxy's visitors go: one proxy of one client (a member, when the port is a group's). */
+export interface TcpTarget {
+  client: string;
+  proxy: ProxySpec;
+  session: Session;
+  /** This proxy's max_connections: a visitor over it is reset before a stream is opened. */
+  limit: ConnectionLimit;
+}
 
 export interface TcpProxyListenerOptions {
   client: string;
@@ -19,6 +29,8 @@ export interface TcpProxyListenerOptions {
   tracker: ConnectionTracker;
   /** This proxy's max_connections: a visitor over it is reset before a stream is opened. */
   limit: ConnectionLimit;
+  /** The first target as an object of the caller's (a group member leaves by it); else made of the above. */
+  target?: TcpTarget;
 }
 
 /** Why a listen failed, in words a client user can act on. */
@@ -31,15 +43,42 @@ function describeListenError(err: NodeJS.ErrnoException, address: string): strin
 
 /**
  * The public side of one tcp proxy: a listener on proxy_bind:remote_port (or the client's remote_bind) whose
- * every accepted connection becomes a server-opened stream (header first, then raw bytes both ways).
+ * every accepted connection becomes a server-opened stream (header first, then raw bytes both ways). A group's port has
+ * several proxies (targets), which take the connections in turn.
  */
 export class TcpProxyListener {
   readonly address: string;
   private readonly server: Server;
+  private readonly targets = new RoundRobin<TcpTarget>();
+  /** The target made of the options, the one respec() changes (a group's members change their own). */
+  private readonly own: TcpTarget;
 
-  constructor(private opts: TcpProxyListenerOptions) {
+  constructor(private readonly opts: TcpProxyListenerOptions) {
     this.address = formatHostPort(opts.bindHost, opts.proxy.remote_port);
     this.server = createServer({ allowHalfOpen: true }, (socket) => this.onConnection(socket));
+    this.own = opts.target ?? {
+      client: opts.client,
+      proxy: opts.proxy,
+      session: opts.session,
+      limit: opts.limit,
+    };
+    this.targets.add(this.own);
+  }
+
+  /** Another proxy of the group takes its turns from now on. */
+  join(target: TcpTarget): void {
+    this.targets.add(target);
+  }
+
+  /** A proxy leaves the group (its open connections carry on); true when none is left. */
+  leave(target: TcpTarget): boolean {
+    target.limit.close();
+    return this.targets.remove(target);
+  }
+
+  /** The targets taking turns, for status. */
+  get members(): readonly TcpTarget[] {
+    return this.targets.list();
   }
 
   /** Binds the port; rejects with an Error whose message is the reason to send to the client (and the errno `code`). */
@@ -77,19 +116,25 @@ export class TcpProxyListener {
    * spec and limit, on the listener already bound (open ones carry on, counted by the limit they took).
    */
   respec(proxy: ProxySpec, limit: ConnectionLimit): void {
-    // The refusals the old limit has not logged yet (a kept limit is the same object).
-    if (limit !== this.opts.limit) this.opts.limit.close();
-    this.opts = { ...this.opts, proxy: { ...proxy, remote_port: this.opts.proxy.remote_port }, limit };
+    respecTarget(this.own, proxy, limit);
   }
 
   /** Stops accepting at once (the port is free when this returns); open connections carry on. */
   close(): void {
     if (this.server.listening) this.server.close();
-    this.opts.limit.close();
+    for (const target of this.targets.list()) target.limit.close();
   }
 
   private onConnection(socket: Socket): void {
-    const { client, proxy, session, tracker, logger, limit } = this.opts;
+    const { tracker, logger } = this.opts;
+    // A member whose max_connections is full is passed over while another has room; when none has, the
+    // next in turn refuses (and counts) the visitor.
+    const target = this.targets.pick((t) => t.limit.hasRoom()) ?? this.targets.pick();
+    if (!target) {
+      socket.resetAndDestroy();
+      return;
+    }
+    const { client, proxy, session, limit } = target;
     if (!limit.admit(socket)) return;
     const conn = tracker.nextId();
     const remoteHost = socket.remoteAddress ?? '';
@@ -112,4 +157,12 @@ export class TcpProxyListener {
       fields: { client, proxy: proxy.name, conn, remote_addr: peerAddress(socket) },
     });
   }
+}
+
+/** A target registered again with a changed spec on the same port: its next connections get these. */
+export function respecTarget(target: TcpTarget, proxy: ProxySpec, limit: ConnectionLimit): void {
+  // The refusals the old limit has not logged yet (a kept limit is the same object).
+  if (limit !== target.limit) target.limit.close();
+  target.proxy = { ...proxy, remote_port: target.proxy.remote_port };
+  target.limit = limit;
 }

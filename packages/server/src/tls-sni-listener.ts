@@ -110,7 +110,8 @@ export class TlsSniListener {
       const sni = serverName === undefined ? 'no SNI' : 'an IP address as SNI';
       return { action: 'close', reason: `${sni} and no default_host` };
     }
-    const route = this.opts.routes.lookup(name);
+    // A group member whose max_connections is full is passed over while another has room.
+    const route = this.opts.routes.lookupName(name, (target) => target.limit.hasRoom());
     const certs = this.opts.certs();
     const terminates = this.opts.vhost.terminates && certs !== undefined;
     if (route && terminates && certs.covers(name)) {
