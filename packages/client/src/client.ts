@@ -23,6 +23,7 @@ import type { ClientConfig, ProxyConfig } from './config.js';
 import { describeDialProxy } from './dial-proxy.js';
 import { DialError, dial, urlWithoutUserinfo } from './dialer.js';
 import { DirectoryServer } from './directory-server.js';
+import { ProxyHealthChecks } from './health-check.js';
 import { PendingLocalConnects, serveStream } from './local-connector.js';
 import { LocalFailureLog } from './local-failure-log.js';
 import { describeLocal, picksPort, proxySpecFields } from './proxy-config.js';
@@ -93,6 +94,8 @@ export class PortholeClient {
    * sessions, not across restarts of the client.
    */
   private readonly pickedPorts = new Map<string, { type: string; port: number }>();
+  /** Proxies with a health_check: one found unhealthy is withdrawn from the server until a check passes. */
+  private readonly health: ProxyHealthChecks;
 
   constructor(
     private config: ClientConfig,
@@ -105,6 +108,14 @@ export class PortholeClient {
     this.sessionStatus.via = this.viaFields();
     this.localFailures = new LocalFailureLog(logger);
     this.directories = new DirectoryServer(this.proxies, logger);
+    this.health = new ProxyHealthChecks(logger, (name, healthy) => this.healthChanged(name, healthy));
+  }
+
+  /** Withdraws a proxy whose service failed its checks, or registers it again once one passes. */
+  private healthChanged(name: string, healthy: boolean): void {
+    if (!this.established || this.stopping || !this.proxies.has(name)) return;
+    if (healthy) this.registerAgain([name]);
+    else this.sendControl({ type: 'unregister', proxies: [name] });
   }
 
   /** The `server` of log lines. */
@@ -119,6 +130,7 @@ export class PortholeClient {
       this.tracker,
       this.udpFlows,
       this.session?.streamCount ?? 0,
+      this.health,
     );
     const expires = readUnverifiedClaims(this.config.token)?.exp;
     if (expires !== undefined) status.token_expires_at = new Date(expires * 1000).toISOString();
@@ -162,6 +174,9 @@ export class PortholeClient {
     }
     // Nothing for the server: the open connections' budgets take the new limit where they are.
     this.bandwidth.apply(this.proxies);
+    // A changed check (or local) starts over, healthy until it says otherwise: registered below if changed.
+    const withdrawnBefore = [...this.proxies.keys()].filter((name) => this.health.withdrawnReason(name));
+    this.health.apply(this.proxies);
     // A flow's socket is connected to the local it started with, and a sender that keeps talking (a
     // WireGuard keepalive, a game) never lets it go idle: ended, its next datagram opens a flow to the new one.
     for (const name of diff.localChanged)
@@ -208,7 +223,11 @@ export class PortholeClient {
     const retry = this.sessionStatus.notServed().filter((name) => this.proxies.has(name) && !asked.has(name));
     if (retry.length > 0)
       this.logger.info({ proxies: retry }, 'asking again for proxies the server is not serving');
-    const register = [...diff.changed, ...diff.added, ...retry];
+    // A proxy whose check started over is served again until the new check finds it unhealthy.
+    const checkedAfresh = withdrawnBefore.filter(
+      (name) => !this.health.withdrawnReason(name) && !asked.has(name) && !retry.includes(name),
+    );
+    const register = [...diff.changed, ...diff.added, ...retry, ...checkedAfresh];
     // Asked for by the user: the answer is worth a warn line again, even if it is the same refusal.
     for (const name of register) this.refusals.forget(name);
     this.registerAgain(register);
@@ -227,7 +246,9 @@ export class PortholeClient {
     this.registerAgain(retry);
   }
 
-  private registerAgain(names: string[]): void {
+  private registerAgain(all: string[]): void {
+    // A withdrawn proxy comes back when its health check passes, not before.
+    const names = all.filter((name) => !this.health.withdrawnReason(name));
     if (names.length === 0) return;
     for (const name of names) this.sessionStatus.set(name, { state: 'pending' });
     this.sendControl({
@@ -254,6 +275,7 @@ export class PortholeClient {
       'client starting',
     );
     if (this.proxies.size === 0) this.logger.warn({}, 'no proxies configured');
+    this.health.apply(this.proxies);
     while (!this.stopping) {
       let ws: Awaited<ReturnType<typeof dial>>;
       this.sessionStatus.connecting();
@@ -358,6 +380,7 @@ export class PortholeClient {
   async shutdown(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    this.health.stopAll();
     this.sessionStatus.stopping();
     this.wakeSleeper?.();
     const session = this.session;
@@ -546,12 +569,10 @@ export class PortholeClient {
   private register(): void {
     // A new session: each proxy's result is worth its line again.
     this.refusals.clear();
-    if (this.proxies.size === 0) return;
-    for (const name of this.proxies.keys()) this.sessionStatus.set(name, { state: 'pending' });
-    this.sendControl({
-      type: 'register',
-      proxies: [...this.proxies.values()].map((proxy) => this.registration(proxy)),
-    });
+    const proxies = [...this.proxies.values()].filter((proxy) => !this.health.withdrawnReason(proxy.name));
+    if (proxies.length === 0) return;
+    for (const { name } of proxies) this.sessionStatus.set(name, { state: 'pending' });
+    this.sendControl({ type: 'register', proxies: proxies.map((proxy) => this.registration(proxy)) });
   }
 
   /** What a register says of `proxy`: its spec, and for a port the server picks, the one it had. */
@@ -602,6 +623,7 @@ export class PortholeClient {
             remote_addr: result.remote_addr,
             remote_port: remotePort,
             urls: result.urls,
+            ...(proxy.group === undefined ? {} : { group: proxy.group }),
             local,
             ...limit,
           },

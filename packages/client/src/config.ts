@@ -161,11 +161,17 @@ const clientSchema = z.strictObject(clientShape).superRefine((config, ctx) => {
     // tcp and udp ports are separate spaces (iperf3 -u, DNS and others use both on one port number).
     const port = portKey(proxy);
     const holder = port === undefined ? undefined : ports.get(port);
-    if (holder !== undefined) {
+    const holderGroup = holder === undefined ? undefined : config.proxies[holder]?.group;
+    // Proxies of one group share their port: two local replicas behind one public port is the point.
+    if (holder !== undefined && (proxy.group === undefined || holderGroup !== proxy.group)) {
+      const groups =
+        holderGroup === undefined && proxy.group === undefined
+          ? ''
+          : ` (${holderGroup === undefined ? 'in no group' : `in group "${holderGroup}"`}; only proxies of one group share a port)`;
       ctx.addIssue({
         code: 'custom',
         path: ['proxies', i, 'remote_port'],
-        message: `${proxy.remote_port} is already the remote_port of proxies${elementLabel(holder, config.proxies[holder])}`,
+        message: `${proxy.remote_port} is already the remote_port of proxies${elementLabel(holder, config.proxies[holder])}${groups}`,
       });
     }
     names.set(proxy.name, i);

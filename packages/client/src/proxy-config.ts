@@ -1,6 +1,8 @@
 // One [[proxies]] table of client.toml: the keys each proxy type takes, their checks, and what the
 // server is told at registration.
 import {
+  durationAboveZero,
+  durationAtLeast,
   durationField,
   expected,
   formatDuration,
@@ -28,6 +30,7 @@ import {
 } from '@porthole/protocol';
 import { z } from 'zod';
 import { type BandwidthLimit, bandwidthLimitField } from './bandwidth-limit.js';
+import type { HealthCheckConfig } from './health-check.js';
 import type { SocksCredentials } from './socks5.js';
 
 const hostField = z.string({ error: expected('a hostname') }).transform((text, ctx) => {
@@ -155,7 +158,38 @@ const KEY_TYPES: Record<string, readonly ProxyType[]> = {
   max_connections: ['tcp', 'tls', 'http'],
   udp_idle_timeout: ['udp'],
   max_flows: ['udp'],
+  group: ['tcp', 'http', 'tls'],
+  health_check: ['tcp', 'http', 'tls'],
 };
+
+/** frp's healthCheck defaults: a check every 10 s, 3 s to answer, 3 failures in a row. */
+const HEALTH_CHECK_DEFAULTS = { interval: 10_000, timeout: 3_000, max_failed: 3 };
+
+/** `health_check = { type = "tcp"|"http", interval, timeout, max_failed, path }`. */
+const healthCheckField = z
+  .strictObject(
+    {
+      type: z.enum(['tcp', 'http'], { error: expected('"tcp" or "http"') }),
+      interval: durationAtLeast(100, '100ms').optional(),
+      timeout: durationAboveZero('never let a check pass').optional(),
+      max_failed: positiveIntField('a number of failed checks').max(1000).optional(),
+      path: z
+        .string({ error: expected('a path like "/healthz"') })
+        .regex(/^\/[^\s#]*$/, 'must start with "/" and contain no spaces or "#"')
+        .optional(),
+    },
+    { error: expected('a table like { type = "tcp", interval = "10s", timeout = "3s", max_failed = 3 }') },
+  )
+  .superRefine((check, ctx) => {
+    if (check.type === 'http' && check.path === undefined)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['path'],
+        message: 'required for an http check, e.g. "/healthz"',
+      });
+    if (check.type === 'tcp' && check.path !== undefined)
+      ctx.addIssue({ code: 'custom', path: ['path'], message: 'applies to http checks only' });
+  });
 
 /** A SOCKS user name or password: RFC 1929 carries each in at most 255 bytes. */
 const socksCredentialField = z
@@ -262,6 +296,8 @@ export const proxySchema = z
     udp_idle_timeout: durationField.optional(),
     max_flows: positiveIntField('a number of flows').max(1_000_000).optional(),
     bandwidth_limit: bandwidthLimitField.optional(),
+    group: proxyNameSchema.optional(),
+    health_check: healthCheckField.optional(),
     socks_user: socksCredentialField.optional(),
     socks_password: socksCredentialField.optional(),
     socks_password_file: z.string({ error: expected('a file path') }).optional(),
@@ -301,6 +337,27 @@ export const proxySchema = z
     }
     checkSocks(proxy, ctx);
     checkDirectory(proxy, ctx);
+    if (proxy.group !== undefined && proxy.remote_port === PICKED_PORT) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['remote_port'],
+        message: 'a proxy in a group shares the port it names with the others: 0 would be a port of its own',
+      });
+    }
+    if (proxy.health_check !== undefined && isSocks5Local(proxy.local)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['health_check'],
+        message: 'a socks5 proxy has no one local service to check',
+      });
+    }
+    if (proxy.health_check !== undefined && isDirectoryLocal(proxy.local)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['health_check'],
+        message: 'a directory proxy is served by the client itself: there is no local service to check',
+      });
+    }
     if (proxy.type === 'udp' && isUnixSocketLocal(proxy.local)) {
       ctx.addIssue({
         code: 'custom',
@@ -457,6 +514,10 @@ export interface ProxyConfig {
   socks?: SocksSettings;
   /** local = "dir:PATH": how its files are served. */
   directory?: DirectorySettings;
+  /** tcp, http, tls: its load-balancing group (proxies sharing one port or name). */
+  group?: string;
+  /** tcp, http, tls: the local service is checked; unhealthy, the proxy is withdrawn from the server. */
+  healthCheck?: HealthCheckConfig;
 }
 
 export interface DirectorySettings {
@@ -492,6 +553,17 @@ export function toProxyConfig(raw: RawProxy): ProxyConfig {
   if (raw.udp_idle_timeout !== undefined) proxy.udpIdleTimeout = raw.udp_idle_timeout;
   if (raw.max_flows !== undefined) proxy.maxFlows = raw.max_flows;
   if (raw.bandwidth_limit !== undefined) proxy.bandwidthLimit = raw.bandwidth_limit;
+  if (raw.group !== undefined) proxy.group = raw.group;
+  if (raw.health_check !== undefined) {
+    const check = raw.health_check;
+    proxy.healthCheck = {
+      type: check.type,
+      intervalMs: check.interval ?? HEALTH_CHECK_DEFAULTS.interval,
+      timeoutMs: check.timeout ?? HEALTH_CHECK_DEFAULTS.timeout,
+      maxFailed: check.max_failed ?? HEALTH_CHECK_DEFAULTS.max_failed,
+      ...(check.path === undefined ? {} : { path: check.path }),
+    };
+  }
   if (isSocks5Local(raw.local)) {
     const socks: SocksSettings = {};
     // socks_password_file is read by the config loader, which knows where the file is.
@@ -527,6 +599,7 @@ export function proxySpecFields(proxy: ProxyConfig): ProxySpec {
   if (proxy.maxConnections !== undefined) spec.max_connections = proxy.maxConnections;
   if (proxy.udpIdleTimeout !== undefined) spec.udp_idle_timeout_ms = proxy.udpIdleTimeout;
   if (proxy.maxFlows !== undefined) spec.max_flows = proxy.maxFlows;
+  if (proxy.group !== undefined) spec.group = proxy.group;
   return spec;
 }
 

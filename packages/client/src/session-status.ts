@@ -9,7 +9,9 @@ export type ProxyState =
   /** remotePort: a tcp or udp proxy's port on the server (the one it picked for remote_port 0). */
   | { state: 'registered'; remoteAddr?: string; remotePort?: number; urls?: string[] }
   | { state: 'refused'; reason: string }
-  | { state: 'closed'; reason: string };
+  | { state: 'closed'; reason: string }
+  /** Its health check failed: the client unregistered it, and registers it again after a check passes. */
+  | { state: 'withdrawn'; reason: string };
 
 export type SessionState = 'connecting' | 'established' | 'reconnecting' | 'stopping';
 
@@ -53,6 +55,10 @@ export interface ClientStatus {
     open_connections: number;
     /** Its bandwidth_limit as written ("1MB"), each way; absent: none. */
     bandwidth_limit?: string;
+    /** Its load-balancing group; absent: none. */
+    group?: string;
+    /** With a health_check: what the last checks say ("unhealthy": withdrawn from the server). */
+    health?: 'healthy' | 'unhealthy';
   }[];
 }
 
@@ -126,6 +132,10 @@ export class SessionStatus {
     tracker: ConnectionTracker,
     udpFlows: OpenUdpFlows,
     streams: number,
+    health?: {
+      withdrawnReason(proxy: string): string | undefined;
+      health(proxy: string): 'healthy' | 'unhealthy' | undefined;
+    },
   ): ClientStatus {
     const open = new Map<string, number>();
     for (const c of tracker.connections()) {
@@ -141,7 +151,13 @@ export class SessionStatus {
       streams,
       process: processResources(),
       proxies: [...proxies.values()].map((proxy) => {
-        const state = this.proxyStates.get(proxy.name) ?? { state: 'pending' as const };
+        const withdrawn = health?.withdrawnReason(proxy.name);
+        // Withdrawn by its health check: not served whatever the server last said of it.
+        const state: ProxyState =
+          withdrawn === undefined
+            ? (this.proxyStates.get(proxy.name) ?? { state: 'pending' })
+            : { state: 'withdrawn', reason: withdrawn };
+        const checked = health?.health(proxy.name);
         return {
           name: proxy.name,
           type: proxy.type,
@@ -154,6 +170,8 @@ export class SessionStatus {
           ...('reason' in state ? { reason: state.reason } : {}),
           open_connections: (open.get(proxy.name) ?? 0) + udpFlows.count(proxy.name),
           ...(proxy.bandwidthLimit ? { bandwidth_limit: proxy.bandwidthLimit.text } : {}),
+          ...(proxy.group === undefined ? {} : { group: proxy.group }),
+          ...(checked === undefined ? {} : { health: checked }),
         };
       }),
     };

@@ -27,7 +27,9 @@ export const STATUS_EXIT = {
  */
 export function statusExitCode(status: ClientStatus): number {
   if (status.state !== 'established') return STATUS_EXIT.notEstablished;
-  const unserved = status.proxies.some((p) => p.state === 'refused' || p.state === 'closed');
+  const unserved = status.proxies.some(
+    (p) => p.state === 'refused' || p.state === 'closed' || p.state === 'withdrawn',
+  );
   return unserved ? STATUS_EXIT.proxiesNotServed : STATUS_EXIT.established;
 }
 
@@ -139,8 +141,19 @@ export function formatStatus(status: ClientStatus, now = Date.now()): string {
   } else {
     // A column for limits only where some proxy has one: most configs have none.
     const limits = status.proxies.some((p) => p.bandwidth_limit !== undefined);
+    const groups = status.proxies.some((p) => p.group !== undefined);
     const rows = [
-      ['PROXY', 'TYPE', 'LOCAL', 'REMOTE PORT', 'STATE', 'OPEN', ...(limits ? ['LIMIT'] : []), 'DETAIL'],
+      [
+        'PROXY',
+        'TYPE',
+        'LOCAL',
+        'REMOTE PORT',
+        ...(groups ? ['GROUP'] : []),
+        'STATE',
+        'OPEN',
+        ...(limits ? ['LIMIT'] : []),
+        'DETAIL',
+      ],
     ];
     for (const p of status.proxies) {
       rows.push([
@@ -148,7 +161,8 @@ export function formatStatus(status: ClientStatus, now = Date.now()): string {
         p.type,
         p.local,
         remotePortCell(p.remote_port, p.remote_bind),
-        p.state,
+        ...(groups ? [p.group ?? '-'] : []),
+        p.health === undefined ? p.state : `${p.state} (${p.health})`,
         String(p.open_connections),
         ...(limits ? [p.bandwidth_limit === undefined ? '-' : `${p.bandwidth_limit}/s`] : []),
         p.state === 'registered' ? registeredDetail(p) : (p.reason ?? ''),
