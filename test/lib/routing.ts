@@ -14,7 +14,8 @@ import {
 } from './tunnel.js';
 
 export type TomlScalar = string | number | boolean | string[];
-export type TomlValue = TomlScalar | Record<string, string>;
+/** An object is an inline table (`health_check = { type = "tcp", max_failed = 3 }`). */
+export type TomlValue = TomlScalar | Record<string, string | number>;
 
 let serial = 0;
 function unique(prefix: string): string {
