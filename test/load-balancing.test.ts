@@ -1,11 +1,11 @@
 // Load-balancing groups (frp's loadBalancer.group) and health checks (frp's healthCheck), end to end: real
-// servers and clients from TOML files, tcp visitors on real sockets, http visitors with curl.
+// servers and clients from TOML files, tcp and udp visitors on real sockets, http visitors with curl.
 import assert from 'node:assert/strict';
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
-import { startTaggedHttp } from './lib/http-backend.js';
-import { clientBin, freePort, type Harness, run, withHarness } from './lib/processes.js';
+import { startTaggedHttp, startUdpEcho, udpClient } from './lib/http-backend.js';
+import { clientBin, freePort, type Harness, run, sleep, withHarness } from './lib/processes.js';
 import {
   issueRoutedToken,
   type RoutedProxy,
@@ -339,5 +339,76 @@ test(
       await client.proc.waitForMsg('proxy registered', 15_000, { from: mark, fields: { proxy: 'a' } });
       const back = await spread(publicPort, 20);
       assert.deepEqual([...back.keys()].sort(), ['A', 'B'], `A is back: ${[...back]}`);
+    }),
+);
+
+/** One new sender (a new flow): sends until the first reply comes (bounded), and returns its tag. */
+async function udpAsk(port: number): Promise<string> {
+  const { socket, replies } = await udpClient();
+  try {
+    for (let i = 0; i < 50 && replies.length === 0; i++) {
+      socket.send('hi', port, '127.0.0.1');
+      await sleep(200);
+    }
+    assert.ok(replies.length > 0, `no reply on udp port ${port} within 10 s`);
+    return String(replies[0]).split('|')[0]!;
+  } finally {
+    socket.close();
+  }
+}
+
+test(
+  'udp group: two clients share one udp port, new senders (flows) spread over both; a lone udp proxy there is refused by group',
+  { timeout: 120_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echoA = await startUdpEcho('A');
+      const echoB = await startUdpEcho('B');
+      h.onCleanup(() => Promise.all([echoA.close(), echoB.close()]));
+      const publicPort = await freePort();
+      const server = await startRoutedServer(h, { admin: { token: ADMIN_TOKEN } });
+      const member = (local: number, keys: RoutedProxyKeys = { group: 'dns' }): RoutedProxy => ({
+        name: 'dns',
+        type: 'udp',
+        local: `127.0.0.1:${local}`,
+        remote_port: publicPort,
+        ...keys,
+      });
+      for (const [name, echo] of [
+        ['alpha', echoA],
+        ['beta', echoB],
+      ] as const) {
+        const token = await issueRoutedToken(server, { name, ports: String(publicPort) });
+        await startRoutedClient(h, { server: server.url, token, name, proxies: [member(echo.port)] });
+      }
+      const seen = new Map<string, number>();
+      for (let i = 0; i < 10; i++) {
+        const tag = await udpAsk(publicPort);
+        seen.set(tag, (seen.get(tag) ?? 0) + 1);
+      }
+      assert.deepEqual([...seen.keys()].sort(), ['A', 'B'], `both members serve: ${[...seen]}`);
+      for (const [tag, count] of seen) assert.ok(count >= 2, `member ${tag} got only ${count} of 10 flows`);
+      const dns = (await adminProxies(server.adminUrl!)).filter((p) => p.name === 'dns');
+      assert.deepEqual(
+        dns.map((p) => p.group_members),
+        [
+          ['alpha/dns', 'beta/dns'],
+          ['alpha/dns', 'beta/dns'],
+        ],
+      );
+
+      const token = await issueRoutedToken(server, { name: 'gamma', ports: String(publicPort) });
+      const gamma = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        name: 'gamma',
+        waitFor: [],
+        proxies: [member(echoA.port, {})],
+      });
+      const refused = await gamma.proc.waitForMsg('proxy refused', 15_000, { fields: { proxy: 'dns' } });
+      assert.equal(
+        refused.reason,
+        `udp port ${publicPort} is used by udp proxies in group "dns"; this udp proxy is in no group`,
+      );
     }),
 );

@@ -158,7 +158,7 @@ const KEY_TYPES: Record<string, readonly ProxyType[]> = {
   max_connections: ['tcp', 'tls', 'http'],
   udp_idle_timeout: ['udp'],
   max_flows: ['udp'],
-  group: ['tcp', 'http', 'tls'],
+  group: ['tcp', 'udp', 'http', 'tls'],
   health_check: ['tcp', 'http', 'tls'],
 };
 
@@ -514,7 +514,7 @@ export interface ProxyConfig {
   socks?: SocksSettings;
   /** local = "dir:PATH": how its files are served. */
   directory?: DirectorySettings;
-  /** tcp, http, tls: its load-balancing group (proxies sharing one port or name). */
+  /** Its load-balancing group (proxies sharing one port or name). */
   group?: string;
   /** tcp, http, tls: the local service is checked; unhealthy, the proxy is withdrawn from the server. */
   healthCheck?: HealthCheckConfig;

@@ -23,8 +23,8 @@ import {
 import { ConnectionLimit, ConnectionLimits } from './connection-limit.js';
 import type { HostClaim } from './host-routes.js';
 import { type PickedPort, pickablePorts, pickPort } from './port-picker.js';
-import { bindTcpGroupMember, type GroupMember, groupRefusal, onlyMemberIs } from './proxy-groups.js';
 import { bindAddressOf, customBindOf, remoteBindRefusal } from './proxy-bind.js';
+import { bindTcpGroupMember, type GroupMember, portHolderRefusal } from './proxy-groups.js';
 import {
   type BoundProxy,
   bindRoutedProxy,
@@ -523,16 +523,7 @@ export class ClientSession {
     if (!this.ctx.config.allowPorts.contains(port)) {
       return `port ${port} is outside the server's allow_ports (${this.ctx.config.allowPorts})`;
     }
-    const holder = this.ctx.ports.get(port);
-    if (!holder) return undefined;
-    // This very proxy registered again (into a group, out of one): it replaces itself.
-    if (holder.owner === this && holder.proxy === spec.name) return undefined;
-    if (onlyMemberIs(holder.owner, this.session, spec.name)) return undefined;
-    const group = groupRefusal(`port ${port}`, { group: holder.group, type: 'tcp' }, spec);
-    if (group) return group;
-    if (holder.group !== undefined) return undefined;
-    if (holder.owner !== this) return `port ${port} is in use by another client`;
-    return `port ${port} is already used by proxy "${holder.proxy}"`;
+    return portHolderRefusal(`port ${port}`, this.ctx.ports.get(port), this.owner, spec);
   }
 
   /** This session as the routed proxies (udp, http, tls) see it. */

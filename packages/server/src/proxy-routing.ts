@@ -20,11 +20,12 @@ import { type HostClaim, HostRoutes } from './host-routes.js';
 import { UpstreamPool, type Visitor } from './http-upstream-pool.js';
 import type { HttpTarget } from './http-vhost-router.js';
 import { bindAddressOf } from './proxy-bind.js';
+import { bindUdpGroupMember, type PortHolder, portHolderRefusal } from './proxy-groups.js';
 import { routingPath } from './request-path.js';
 import { defaultRoutingConfig, type RoutingConfig } from './routing-config.js';
 import type { ServerContext } from './server-context.js';
 import type { TlsTarget } from './tls-sni-listener.js';
-import { UdpProxyListener, type UdpProxyStats } from './udp-proxy-listener.js';
+import { UdpProxyListener, type UdpProxyStats, type UdpTarget } from './udp-proxy-listener.js';
 
 const FORWARDED_HEADERS = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
 /** Routes (name x location pairs) one proxy may add: the route table is server memory a client grows. */
@@ -32,8 +33,8 @@ const MAX_CLAIMS_PER_PROXY = 256;
 
 /** Shared state of the routed proxies: UDP ports, the host tables, where the vhost ports listen. */
 export interface RoutingState {
-  /** UDP port -> the client and proxy that hold it (TCP ports are in ServerContext.ports). */
-  readonly udpPorts: Map<number, { owner: object; proxy: string }>;
+  /** UDP port -> the client and proxy (or the group) that hold it (TCP ports are in ServerContext.ports). */
+  readonly udpPorts: Map<number, PortHolder>;
   readonly httpRoutes: HostRoutes<HttpTarget>;
   readonly tlsRoutes: HostRoutes<TlsTarget>;
   /** Bound addresses, once listening ("0.0.0.0:80"); undefined when the port is not configured. */
@@ -176,16 +177,11 @@ export function routedRefusal(ctx: ServerContext, owner: ProxyOwner, spec: Proxy
   if (spec.type === 'udp') {
     const port = spec.remote_port;
     if (port === undefined) return 'a udp proxy needs remote_port';
-    if (spec.group !== undefined) return 'groups apply to tcp, http and tls proxies, not udp (yet)';
     const refused = portGrantRefusal(owner.portGrant, port);
     if (refused) return refused;
     if (!ctx.config.allowPorts.contains(port))
       return `port ${port} is outside the server's allow_ports (${ctx.config.allowPorts})`;
-    const holder = state.udpPorts.get(port);
-    if (holder && holder.owner !== owner.self) return `udp port ${port} is in use by another client`;
-    if (holder && holder.proxy !== spec.name)
-      return `udp port ${port} is already used by proxy "${holder.proxy}"`;
-    return undefined;
+    return portHolderRefusal(`udp port ${port}`, state.udpPorts.get(port), owner, spec);
   }
   if (spec.type !== 'http' && spec.type !== 'tls') return `proxy type "${spec.type}" is not routed here`;
   if (spec.type === 'http' && routing.httpListen === undefined && routing.https === undefined) {
@@ -240,16 +236,23 @@ export async function bindRoutedProxy(
         return Math.min(udp.max_flows ?? serverMax, serverMax);
       },
     });
-    const listener = new UdpProxyListener({
-      client: owner.name,
-      proxy: { ...spec, remote_port: port },
-      bindHost,
-      session: owner.session,
-      logger: ctx.logger,
-      ...limitsOf(spec),
-      nextId: () => ctx.tracker.nextId(),
-      traffic: ctx.traffic,
-    });
+    const listenerFor = (target?: UdpTarget) =>
+      new UdpProxyListener({
+        client: owner.name,
+        proxy: { ...spec, remote_port: port },
+        bindHost,
+        session: owner.session,
+        logger: ctx.logger,
+        ...limitsOf(spec),
+        nextId: () => ctx.tracker.nextId(),
+        traffic: ctx.traffic,
+        ...(target === undefined ? {} : { target }),
+      });
+    if (spec.group !== undefined) {
+      const grouped = { ...spec, group: spec.group, remote_port: port };
+      return bindUdpGroupMember(ctx, owner, grouped, limitsOf, listenerFor);
+    }
+    const listener = listenerFor();
     // Hold the port before the asynchronous bind, so two registrations cannot race for it.
     state.udpPorts.set(port, { owner: owner.self, proxy: spec.name });
     const free = () => {
@@ -265,8 +268,14 @@ export async function bindRoutedProxy(
       address: listener.address,
       udpStats: listener.stats,
       takeSpec: (next: ProxySpec) => {
-        // Another address (a reload changed remote_bind) needs another socket: the port moves there.
-        if (next.type !== 'udp' || next.remote_port !== port || bindAddressOf(ctx.config, next) !== bindHost)
+        // Another address (a reload changed remote_bind) needs another socket: the port moves there; into a
+        // group, it joins the group's listener instead.
+        if (
+          next.type !== 'udp' ||
+          next.remote_port !== port ||
+          next.group !== undefined ||
+          bindAddressOf(ctx.config, next) !== bindHost
+        )
           return false;
         listener.respec({ ...next, remote_port: port }, limitsOf(next));
         return true;

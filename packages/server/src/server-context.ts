@@ -1,9 +1,9 @@
 import type { ConnectionTracker, Logger } from '@porthole/protocol';
 import type { ClientSession } from './client-session.js';
 import type { ServerConfig } from './config.js';
+import type { PortHolder } from './proxy-groups.js';
 import type { RoutingState } from './proxy-routing.js';
 import type { ProxyTraffic } from './proxy-traffic.js';
-import type { TcpProxyListener } from './tcp-proxy-listener.js';
 
 /** What every client session shares: settings, the registry of clients and ports, the connection count. */
 export interface ServerContext {
@@ -22,10 +22,7 @@ export interface ServerContext {
    * Public tcp port -> the session and proxy that hold it; for a load-balancing group's port, its listener
    * (the members are on it), the first member's name and the group (proxy-groups.ts).
    */
-  readonly ports: Map<
-    number,
-    { owner: ClientSession | TcpProxyListener; proxy: string; group?: string; ready?: Promise<void> }
-  >;
+  readonly ports: Map<number, PortHolder>;
   /** UDP ports, hostname routes and the vhost ports' addresses (udp, http and tls proxies). */
   readonly routing: RoutingState;
 }

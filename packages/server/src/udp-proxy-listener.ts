@@ -18,6 +18,7 @@ import {
   writeStreamHeader,
 } from '@porthole/protocol';
 import type { Exchange, ProxyTraffic } from './proxy-traffic.js';
+import { RoundRobin } from './round-robin.js';
 
 /** Largest UDP payload per family (what a datagram from the tunnel may be and still be sent). */
 const MAX_UDP_PAYLOAD = { udp4: 65_507, udp6: 65_527 } as const;
@@ -77,10 +78,25 @@ export interface UdpProxyListenerOptions {
   nextId: () => number;
   /** Counts each flow with the proxy's traffic, as a connection. */
   traffic: ProxyTraffic;
+  /** The first target as an object of the caller's (a group member leaves by it); else made of the above. */
+  target?: UdpTarget;
+}
+
+/** Where a udp proxy's flows go: one proxy of one client (a member, when the port is a group's). */
+export interface UdpTarget {
+  client: string;
+  proxy: ProxySpec & { remote_port: number };
+  session: Session;
+  idleTimeoutMs: () => number;
+  maxFlows: () => number;
+  /** Its flows open now, against maxFlows. */
+  flows: number;
 }
 
 interface Flow {
   key: string;
+  /** The proxy (of a group, the member) whose stream carries it. */
+  target: UdpTarget;
   conn: number;
   address: string;
   port: number;
@@ -136,8 +152,20 @@ export class UdpProxyListener {
   private readonly queueBudget: DatagramBudget = proxyDatagramBudget();
   private closed = false;
   private readonly flowLimitWarning: LimitWarning;
+  private readonly targets = new RoundRobin<UdpTarget>();
+  /** The target made of the options, the one respec() changes (a group's members change their own). */
+  private readonly own: UdpTarget;
 
-  constructor(private opts: UdpProxyListenerOptions) {
+  constructor(private readonly opts: UdpProxyListenerOptions) {
+    this.own = opts.target ?? {
+      client: opts.client,
+      proxy: opts.proxy,
+      session: opts.session,
+      idleTimeoutMs: opts.idleTimeoutMs,
+      maxFlows: opts.maxFlows,
+      flows: 0,
+    };
+    this.targets.add(this.own);
     this.address = formatHostPort(opts.bindHost, opts.proxy.remote_port);
     this.family = isIPv6(opts.bindHost) ? 'udp6' : 'udp4';
     this.socket = createSocket({ type: this.family, reuseAddr: false, recvBufferSize: RECEIVE_BUFFER_BYTES });
@@ -146,7 +174,7 @@ export class UdpProxyListener {
         {
           client: opts.client,
           proxy: opts.proxy.name,
-          max_flows: this.opts.maxFlows(),
+          max_flows: this.targets.list().reduce((sum, t) => sum + t.maxFlows(), 0),
           dropped,
           dropped_total: this.stats.droppedFlowLimit,
         },
@@ -202,15 +230,34 @@ export class UdpProxyListener {
   respec(
     proxy: ProxySpec & { remote_port: number },
     limits: Pick<UdpProxyListenerOptions, 'idleTimeoutMs' | 'maxFlows'>,
+    target: UdpTarget = this.own,
   ): void {
-    this.opts = { ...this.opts, ...limits, proxy };
-    const excess = this.flows.size - this.opts.maxFlows();
+    target.proxy = proxy;
+    target.idleTimeoutMs = limits.idleTimeoutMs;
+    target.maxFlows = limits.maxFlows;
+    const excess = target.flows - target.maxFlows();
     if (excess <= 0) return;
     const quietest = [...this.flows.values()]
+      .filter((flow) => flow.target === target)
       .sort((a, b) => a.lastActivity - b.lastActivity)
       .slice(0, excess);
     for (const flow of quietest)
-      this.endFlow(flow, `max_flows lowered to ${this.opts.maxFlows()} by a new registration`);
+      this.endFlow(flow, `max_flows lowered to ${target.maxFlows()} by a new registration`);
+  }
+
+  /** Another proxy of the group takes its turns from now on. */
+  join(target: UdpTarget): void {
+    this.targets.add(target);
+  }
+
+  /** A proxy leaves the group (its open flows carry on); true when none is left. */
+  leave(target: UdpTarget): boolean {
+    return this.targets.remove(target);
+  }
+
+  /** The targets taking turns, for status. */
+  get members(): readonly UdpTarget[] {
+    return this.targets.list();
   }
 
   /** Frees the port at once and ends every flow. */
@@ -233,12 +280,17 @@ export class UdpProxyListener {
     const key = formatPeerAddress(rinfo.address, rinfo.port);
     let flow = this.flows.get(key);
     if (!flow) {
-      if (this.flows.size >= this.opts.maxFlows() && !this.evictIdleFlow()) {
+      // The next member in turn with room under its max_flows; at the limit, one flow silent enough gives
+      // way (see evictIdleFlow), and its member takes the new sender.
+      const hasRoom = (t: UdpTarget) => t.flows < t.maxFlows();
+      const target =
+        this.targets.pick(hasRoom) ?? (this.evictIdleFlow() ? this.targets.pick(hasRoom) : undefined);
+      if (!target) {
         this.stats.droppedFlowLimit++;
         this.flowLimitWarning.count();
         return;
       }
-      flow = this.openFlow(key, rinfo);
+      flow = this.openFlow(key, rinfo, target);
     }
     flow.lastActivity = performance.now();
     const result = flow.writer.write(msg);
@@ -280,14 +332,15 @@ export class UdpProxyListener {
     return false;
   }
 
-  private openFlow(key: string, rinfo: RemoteInfo): Flow {
-    const { session, proxy } = this.opts;
+  private openFlow(key: string, rinfo: RemoteInfo, target: UdpTarget): Flow {
+    const { session, proxy } = target;
     const conn = this.opts.nextId();
     const stream = session.open();
     const now = performance.now();
-    const idleMs = this.opts.idleTimeoutMs();
+    const idleMs = target.idleTimeoutMs();
     const flow: Flow = {
       key,
+      target,
       conn,
       address: rinfo.address,
       port: rinfo.port,
@@ -300,11 +353,12 @@ export class UdpProxyListener {
       timer: undefined,
       datagramsIn: 0,
       datagramsOut: 0,
-      counts: this.opts.traffic.begin(this.opts.client, proxy.name, conn, key),
+      counts: this.opts.traffic.begin(target.client, proxy.name, conn, key),
       dropped: 0,
       reason: undefined,
     };
     this.flows.set(key, flow);
+    target.flows++;
     writeStreamHeader(stream, {
       proxy: proxy.name,
       conn,
@@ -376,10 +430,8 @@ export class UdpProxyListener {
 
   /** Ends a flow: FIN on its stream (the client closes its side), a reset if the peer lingers. */
   private endFlow(flow: Flow, reason: string): void {
-    if (this.flows.get(flow.key) !== flow) return;
-    this.flows.delete(flow.key);
+    if (!this.forget(flow)) return;
     flow.reason ??= reason;
-    clearTimeout(flow.timer);
     if (!flow.stream.destroyed) {
       flow.stream.end();
       const grace = setTimeout(() => flow.stream.destroy(), FLOW_CLOSE_GRACE_MS);
@@ -388,11 +440,17 @@ export class UdpProxyListener {
     }
   }
 
+  /** Takes `flow` out of the table (its place is free for a new sender); false if it was not there. */
+  private forget(flow: Flow): boolean {
+    if (this.flows.get(flow.key) !== flow) return false;
+    this.flows.delete(flow.key);
+    flow.target.flows--;
+    clearTimeout(flow.timer);
+    return true;
+  }
+
   private onFlowClosed(flow: Flow): void {
-    if (this.flows.get(flow.key) === flow) {
-      this.flows.delete(flow.key);
-      clearTimeout(flow.timer);
-    }
+    this.forget(flow);
     if (!flow.decoder.end()) {
       flow.dropped++;
       this.stats.droppedTruncated++;
@@ -400,8 +458,8 @@ export class UdpProxyListener {
     this.opts.traffic.end(flow.counts);
     this.opts.logger.info(
       {
-        client: this.opts.client,
-        proxy: this.opts.proxy.name,
+        client: flow.target.client,
+        proxy: flow.target.proxy.name,
         conn: flow.conn,
         remote_addr: flow.key,
         datagrams_in: flow.datagramsIn,
