@@ -581,3 +581,39 @@ test('bandwidth_limit: frp\'s "KB" and "MB" (1024 and 1048576 bytes per second),
     false,
   );
 });
+
+test('group and health_check: members of one group share a remote_port; checks get defaults and are checked', () => {
+  const member = (name: string, port: number, extra = '') =>
+    `[[proxies]]\nname = "${name}"\ntype = "tcp"\nlocal = "127.0.0.1:${port}"\nremote_port = 8080\n${extra}`;
+  const config = loadClientConfig(
+    write(
+      `${HEAD}${member('a', 1, 'group = "web"\nhealth_check = { type = "tcp" }\n')}${member('b', 2, 'group = "web"\n')}`,
+    ),
+  );
+  assert.deepEqual(
+    config.proxies.map((p) => [p.name, p.group, p.healthCheck]),
+    [
+      ['a', 'web', { type: 'tcp', intervalMs: 10_000, timeoutMs: 3_000, maxFailed: 3 }],
+      ['b', 'web', undefined],
+    ],
+  );
+  assert.equal(proxySpecFields(config.proxies[0]!).group, 'web');
+  assert.deepEqual(problems(`${HEAD}${member('a', 1, 'group = "web"\n')}${member('b', 2)}`), [
+    'proxies[1] ("b").remote_port: 8080 is already the remote_port of proxies[0] ("a") (in group "web"; only proxies of one group share a port)',
+  ]);
+  assert.deepEqual(
+    problems(
+      `${HEAD}${member('a', 1, 'health_check = { type = "http", interval = "10ms", max_failed = 0 }\n')}`,
+    ),
+    [
+      'proxies[0] ("a").health_check.interval: must be at least 100ms',
+      'proxies[0] ("a").health_check.max_failed: must be at least 1',
+      'proxies[0] ("a").health_check.path: required for an http check, e.g. "/healthz"',
+    ],
+  );
+  const picked =
+    '[[proxies]]\nname = "a"\ntype = "tcp"\nlocal = "127.0.0.1:1"\nremote_port = 0\ngroup = "g"\n';
+  assert.deepEqual(problems(`${HEAD}${picked}`), [
+    'proxies[0] ("a").remote_port: a proxy in a group shares the port it names with the others: 0 would be a port of its own',
+  ]);
+});

@@ -109,6 +109,45 @@ test('routes: past the cap of offline routes the oldest are forgotten, with room
   assert.equal(offlineCount(), afterSweep + 100);
 });
 
+test('routes: a group shares a name and location, lookups take its members in turn, the last to leave leaves it offline', () => {
+  const routes = new HostRoutes<string>();
+  const claim = [{ host: 'app.test', tier: 'exact' as const, location: '/' }];
+  routes.add('alpha', 'web', claim, 'alpha-web', undefined, 'site');
+  assert.equal(routes.conflict('beta', 'web', claim, 'site', 'http'), undefined, 'same group: shared');
+  assert.equal(
+    routes.conflict('beta', 'web', claim, undefined, 'http'),
+    'hostname app.test is used by http proxies in group "site"; this http proxy is in no group',
+  );
+  assert.equal(
+    routes.conflict('beta', 'web', claim, 'other', 'http'),
+    'hostname app.test is used by http proxies in group "site"; this http proxy is in group "other"',
+  );
+  // alpha's own proxy of the same name may leave the group: its own routes are replaced, not met.
+  assert.equal(routes.conflict('alpha', 'web', claim, undefined, 'http'), undefined);
+  routes.add('beta', 'web', claim, 'beta-web', undefined, 'site');
+  routes.add('gamma', 'web', claim, 'gamma-web', undefined, 'site');
+  const turns = Array.from({ length: 6 }, () => routes.lookup('app.test')?.target);
+  assert.deepEqual(turns, ['alpha-web', 'beta-web', 'gamma-web', 'alpha-web', 'beta-web', 'gamma-web']);
+  // A member whose limit is full is passed over while another takes it; when none does, the next in turn.
+  const notBeta = (t: string) => t !== 'beta-web';
+  const skipping = Array.from({ length: 4 }, () => routes.lookupName('app.test', notBeta)?.target);
+  assert.ok(!skipping.includes('beta-web'), `${skipping}`);
+  assert.ok(routes.lookupName('app.test', () => false)?.target !== undefined);
+
+  routes.release('beta-web');
+  routes.release('gamma-web');
+  assert.equal(routes.entries().length, 1, 'members that leave while another serves are not kept offline');
+  assert.deepEqual(
+    Array.from({ length: 3 }, () => routes.lookup('app.test')?.target),
+    ['alpha-web', 'alpha-web', 'alpha-web'],
+  );
+  routes.release('alpha-web');
+  const offline = routes.lookup('app.test');
+  assert.ok(offline && offline.target === undefined, 'the last member leaves the name offline (502)');
+  routes.add('beta', 'web', claim, 'beta-web', undefined, 'site');
+  assert.equal(routes.entries().length, 1, 'a member coming back replaces the offline entry');
+});
+
 test('routes: conflicts are by client and by (name, location); offline routes answer until claimed or expired', () => {
   let now = 1_000;
   const routes = new HostRoutes<string>(() => now);
