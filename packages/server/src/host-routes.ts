@@ -31,6 +31,13 @@ export interface RouteEntry<T> extends HostClaim {
   offlineSince: number;
 }
 
+/** How a lookup treats a group's members: whether it takes a turn, and which members may take it. */
+interface Turn<T> {
+  advance: boolean;
+  /** A member this turns down (its connection limit is full) is passed over while another takes it. */
+  accepts?: (target: T) => boolean;
+}
+
 /** How long a route whose client left keeps answering 502 before its name is forgotten (404). */
 export const OFFLINE_ROUTE_TTL_MS = 24 * 3600_000;
 /** At most this many offline routes are remembered (the oldest are forgotten first). */
@@ -258,7 +265,7 @@ export class HostRoutes<T> {
 
   /** The route for a request to `host` (normalized) and `path`, online or offline; undefined: no such name. */
   lookup(host: string, path = '/'): RouteEntry<T> | undefined {
-    return this.find(host, path, undefined);
+    return this.find(host, path, { advance: true });
   }
 
   /**
@@ -266,7 +273,12 @@ export class HostRoutes<T> {
    * path). Among a group's members, the next in turn that `accepts` takes it, if one does.
    */
   lookupName(host: string, accepts?: (target: T) => boolean): RouteEntry<T> | undefined {
-    return this.find(host, undefined, accepts);
+    return this.find(host, undefined, { advance: true, ...(accepts ? { accepts } : {}) });
+  }
+
+  /** lookupName without taking a group's turn: for a decision about the name, not a connection. */
+  peekName(host: string): RouteEntry<T> | undefined {
+    return this.find(host, undefined, { advance: false });
   }
 
   /** Every entry, for the admin API and tests. */
@@ -275,21 +287,17 @@ export class HostRoutes<T> {
   }
 
   /** `path` undefined: any location. */
-  private find(
-    host: string,
-    path: string | undefined,
-    accepts: ((target: T) => boolean) | undefined,
-  ): RouteEntry<T> | undefined {
+  private find(host: string, path: string | undefined, turn: Turn<T>): RouteEntry<T> | undefined {
     const exact = this.byHost.get(host);
-    const found = this.best(exact, 'exact', path, accepts);
+    const found = this.best(exact, 'exact', path, turn);
     if (found) return this.fresh(found);
     const labels = host.split('.');
     for (let i = 1; i < labels.length; i++) {
       const wildcardList = this.byHost.get(`*.${labels.slice(i).join('.')}`);
-      const wildcard = this.best(wildcardList, 'wildcard', path, accepts);
+      const wildcard = this.best(wildcardList, 'wildcard', path, turn);
       if (wildcard) return this.fresh(wildcard);
     }
-    const sub = this.best(exact, 'subdomain', path, accepts);
+    const sub = this.best(exact, 'subdomain', path, turn);
     return sub ? this.fresh(sub) : undefined;
   }
 
@@ -297,7 +305,7 @@ export class HostRoutes<T> {
     list: RouteEntry<T>[] | undefined,
     tier: RouteTier,
     path: string | undefined,
-    accepts: ((target: T) => boolean) | undefined,
+    turn: Turn<T>,
   ): RouteEntry<T> | undefined {
     let best: RouteEntry<T>[] = [];
     for (const entry of list ?? []) {
@@ -315,11 +323,14 @@ export class HostRoutes<T> {
     // A group's members on one location (only online entries share one): each in turn, passing over one
     // that `accepts` turns down while another takes it.
     const host = best[0]!.host;
-    const advance = (next: number) => this.turns.set(host, next);
-    const turn = this.turns.get(host) ?? 0;
+    const advance = (next: number) => {
+      if (turn.advance) this.turns.set(host, next);
+    };
+    const at = this.turns.get(host) ?? 0;
+    const { accepts } = turn;
     const online = (e: RouteEntry<T>) => e.target !== undefined;
     const taking = (e: RouteEntry<T>) => online(e) && (accepts === undefined || accepts(e.target!));
-    return pickInTurn(best, turn, taking, advance) ?? pickInTurn(best, turn, online, advance) ?? best[0];
+    return pickInTurn(best, at, taking, advance) ?? pickInTurn(best, at, online, advance) ?? best[0];
   }
 
   /** An offline entry past its TTL is forgotten on the way out. */

@@ -115,7 +115,7 @@ export class TlsSniListener {
     const certs = this.opts.certs();
     const terminates = this.opts.vhost.terminates && certs !== undefined;
     if (route && terminates && certs.covers(name)) {
-      const http = this.opts.httpRoutes.lookupName(name);
+      const http = this.opts.httpRoutes.peekName(name);
       if (http && httpGoesFirst(http, route)) return { action: 'terminate' };
     }
     const pass = (): SniDecision =>
