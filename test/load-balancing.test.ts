@@ -1,13 +1,19 @@
 // Load-balancing groups (frp's loadBalancer.group) and health checks (frp's healthCheck), end to end: real
-// servers and clients from TOML files, tcp and udp visitors on real sockets, http visitors with curl.
+// servers and clients from TOML files, tcp and udp visitors on real sockets, http visitors with curl, tls
+// ones with openssl s_client.
 import assert from 'node:assert/strict';
-import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
+import { readFile } from 'node:fs/promises';
+import { type AddressInfo, createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 import { test } from 'node:test';
+import tls from 'node:tls';
 import { curl } from './lib/curl.js';
 import { startTaggedHttp, startUdpEcho, udpClient } from './lib/http-backend.js';
 import { clientBin, freePort, type Harness, run, sleep, withHarness } from './lib/processes.js';
 import {
+  type CertFiles,
   issueRoutedToken,
+  makeCa,
+  makeCert,
   type RoutedProxy,
   rewriteRoutedClientProxies,
   startRoutedClient,
@@ -410,5 +416,72 @@ test(
         refused.reason,
         `udp port ${publicPort} is used by udp proxies in group "dns"; this udp proxy is in no group`,
       );
+    }),
+);
+
+/** A local TLS service with its own certificate (the visitor tells the members apart by its subject). */
+async function startTlsService(h: Harness, pair: CertFiles): Promise<number> {
+  const service = tls.createServer(
+    { cert: await readFile(pair.cert), key: await readFile(pair.key) },
+    (socket) => {
+      socket.on('error', () => {});
+      socket.end('hello\n');
+    },
+  );
+  await new Promise<void>((resolve) => service.listen(0, '127.0.0.1', resolve));
+  h.onCleanup(() => new Promise((resolve) => service.close(resolve)));
+  return (service.address() as AddressInfo).port;
+}
+
+test(
+  'tls group by SNI: openssl s_client connections pass through to both clients in turn',
+  { timeout: 120_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const ca = await makeCa(h);
+      const edge = await makeCert(h, ca, 'porthole edge', ['vps.edge.test']);
+      const ports = [
+        await startTlsService(h, await makeCert(h, ca, 'vault-a', ['vault.test'])),
+        await startTlsService(h, await makeCert(h, ca, 'vault-b', ['vault.test'])),
+      ];
+      const server = await startRoutedServer(h, { https: { certs: [edge] } });
+      for (const [i, name] of ['alpha', 'beta'].entries()) {
+        const token = await issueRoutedToken(server, { name, hosts: ['vault.test'] });
+        await startRoutedClient(h, {
+          server: server.url,
+          token,
+          name,
+          proxies: [
+            {
+              name: 'vault',
+              type: 'tls',
+              local: `127.0.0.1:${ports[i]}`,
+              hosts: ['vault.test'],
+              group: 'vault',
+            },
+          ],
+        });
+      }
+      const seen = new Map<string, number>();
+      for (let i = 0; i < 10; i++) {
+        const r = await run(
+          'openssl',
+          [
+            's_client',
+            '-connect',
+            `127.0.0.1:${server.httpsPort}`,
+            '-servername',
+            'vault.test',
+            '-CAfile',
+            ca.cert,
+          ],
+          { timeoutMs: 15_000, input: 'Q\n' },
+        );
+        const subject = /subject=CN\s?=\s?(vault-[ab])/.exec(`${r.stdout}\n${r.stderr}`)?.[1];
+        assert.ok(subject, `connection ${i}: ${r.stdout}\n${r.stderr}`);
+        seen.set(subject, (seen.get(subject) ?? 0) + 1);
+      }
+      assert.deepEqual([...seen.keys()].sort(), ['vault-a', 'vault-b'], `both members serve: ${[...seen]}`);
+      for (const [who, count] of seen) assert.ok(count >= 2, `${who} got only ${count} of 10`);
     }),
 );
