@@ -485,3 +485,42 @@ test(
       for (const [who, count] of seen) assert.ok(count >= 2, `${who} got only ${count} of 10`);
     }),
 );
+
+test(
+  'tcp group: a member whose max_connections is full is passed over while another has room',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const a = await startIdService(h, 'A');
+      const b = await startIdService(h, 'B');
+      const publicPort = await freePort();
+      const server = await startRoutedServer(h, {});
+      const token = await issueRoutedToken(server, { name: 'alpha', ports: String(publicPort) });
+      const proxy = (name: string, port: number, keys: RoutedProxyKeys = {}): RoutedProxy => ({
+        name,
+        type: 'tcp',
+        local: `127.0.0.1:${port}`,
+        remote_port: publicPort,
+        group: 'g',
+        ...keys,
+      });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [proxy('a', a.port, { max_connections: 1 }), proxy('b', b.port)],
+      });
+      // Visitors until one holds A's only connection.
+      let held: Socket | undefined;
+      for (let i = 0; i < 4 && !held; i++) {
+        const v = await visit(publicPort, true);
+        if (v.id === 'A') held = v.socket;
+        else v.socket.destroy();
+      }
+      assert.ok(held, 'a visitor reached A');
+      h.onCleanup(() => held?.destroy());
+      assert.deepEqual([...(await spread(publicPort, 8))], [['B', 8]], 'A is full: B takes every turn');
+      held.destroy();
+      const free = await spread(publicPort, 8);
+      assert.deepEqual([...free.keys()].sort(), ['A', 'B'], `A takes turns again: ${[...free]}`);
+    }),
+);
