@@ -105,7 +105,10 @@ test(
       const a = await startIdService(h, 'A');
       const b = await startIdService(h, 'B');
       const publicPort = await freePort();
-      const server = await startRoutedServer(h, { admin: { token: ADMIN_TOKEN } });
+      const server = await startRoutedServer(h, {
+        admin: { token: ADMIN_TOKEN },
+        top: { allow_bind: ['127.0.0.2'] },
+      });
       const tokenOf = (name: string) => issueRoutedToken(server, { name, ports: String(publicPort) });
       const member = (name: string, port: number, keys: RoutedProxyKeys = { group: 'web' }): RoutedProxy => ({
         name,
@@ -163,6 +166,21 @@ test(
       assert.equal(
         other.reason,
         `port ${publicPort} is used by tcp proxies in group "web"; this tcp proxy is in group "other"`,
+      );
+      // Of the group, but asking for another address than the group's port is bound on.
+      const epsilon = await startRoutedClient(h, {
+        server: server.url,
+        token: await tokenOf('epsilon'),
+        name: 'epsilon',
+        waitFor: [],
+        proxies: [member('elsewhere', a.port, { group: 'web', remote_bind: '127.0.0.2' })],
+      });
+      const elsewhere = await epsilon.proc.waitForMsg('proxy refused', 15_000, {
+        fields: { proxy: 'elsewhere' },
+      });
+      assert.equal(
+        elsewhere.reason,
+        `group "web" has port ${publicPort} bound on 127.0.0.1, and every member asks for that address; this proxy asks for 127.0.0.2 (remote_bind)`,
       );
 
       // A reload of alpha adds a second member (its own second replica) without disturbing beta's visitor.

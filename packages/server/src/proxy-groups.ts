@@ -9,6 +9,7 @@
 // operator's say on who may serve it.
 import type { ProxySpec } from '@porthole/protocol';
 import { groupRefusal } from './group-refusal.js';
+import { bindAddressOf } from './proxy-bind.js';
 import { type BoundProxy, connectionLimitFor, type ProxyOwner } from './proxy-routing.js';
 import type { ServerContext } from './server-context.js';
 import { respecTarget, TcpProxyListener, type TcpTarget } from './tcp-proxy-listener.js';
@@ -30,6 +31,8 @@ export interface PortHolder {
   group?: string;
   /** A group's: settles once the first member's bind is done; a member that joins meanwhile shares its outcome. */
   ready?: Promise<void>;
+  /** A group's: the address its listener is bound on, which every member must ask for (remote_bind). */
+  bindHost?: string;
 }
 
 /** A tcp or udp listener that group members take turns on. */
@@ -86,12 +89,17 @@ async function joinOrBind<T, L extends GroupListener<T>>(
   held: Map<number, PortHolder>,
   port: number,
   spec: ProxySpec & { group: string },
+  bindHost: string,
   target: T,
   isKind: (owner: object) => owner is L,
   create: () => L,
 ): Promise<L> {
   const holder = held.get(port);
   if (holder && isKind(holder.owner) && holder.group === spec.group) {
+    if (holder.bindHost !== bindHost)
+      throw new Error(
+        `group "${spec.group}" has port ${port} bound on ${holder.bindHost}, and every member asks for that address; this proxy asks for ${bindHost} (remote_bind)`,
+      );
     const listener = holder.owner;
     await holder.ready;
     // Its last member may have left while the bind was under way.
@@ -103,7 +111,7 @@ async function joinOrBind<T, L extends GroupListener<T>>(
   // Held before the asynchronous bind, so that two registrations cannot race for the port; a second member
   // that comes meanwhile joins this listener once it is bound.
   const ready = listener.listen();
-  held.set(port, { owner: listener, proxy: spec.name, group: spec.group, ready });
+  held.set(port, { owner: listener, proxy: spec.name, group: spec.group, ready, bindHost });
   try {
     await ready;
   } catch (err) {
@@ -149,19 +157,13 @@ export async function bindTcpGroupMember(
     limit: connectionLimitFor(ctx, owner, spec),
   };
   const isTcp = (o: object): o is TcpProxyListener => o instanceof TcpProxyListener;
-  const listener = await joinOrBind(ctx.ports, port, spec, target, isTcp, () => {
+  const bindHost = bindAddressOf(ctx.config, spec);
+  const listener = await joinOrBind(ctx.ports, port, spec, bindHost, target, isTcp, () => {
     const { logger, tracker } = ctx;
-    return new TcpProxyListener({
-      ...target,
-      target,
-      proxy: spec,
-      bindHost: ctx.config.proxyBind,
-      logger,
-      tracker,
-    });
+    return new TcpProxyListener({ ...target, target, proxy: spec, bindHost, logger, tracker });
   });
   return memberOf(ctx.ports, port, spec.group, listener, target, (next) => {
-    if (next.type !== 'tcp' || next.remote_port !== port || next.group !== spec.group) return false;
+    if (!sameMembership(ctx, next, 'tcp', port, spec.group, bindHost)) return false;
     respecTarget(target, next, connectionLimitFor(ctx, owner, next));
     return true;
   });
@@ -173,6 +175,7 @@ export async function bindUdpGroupMember(
   owner: ProxyOwner,
   spec: ProxySpec & { group: string; remote_port: number },
   limitsOf: (spec: ProxySpec) => Pick<UdpTarget, 'idleTimeoutMs' | 'maxFlows'>,
+  bindHost: string,
   create: (target: UdpTarget) => UdpProxyListener,
 ): Promise<BoundProxy> {
   const port = spec.remote_port;
@@ -185,14 +188,31 @@ export async function bindUdpGroupMember(
   };
   const isUdp = (o: object): o is UdpProxyListener => o instanceof UdpProxyListener;
   const held = ctx.routing.udpPorts;
-  const listener = await joinOrBind(held, port, spec, target, isUdp, () => create(target));
+  const listener = await joinOrBind(held, port, spec, bindHost, target, isUdp, () => create(target));
   return {
     ...memberOf(held, port, spec.group, listener, target, (next) => {
-      if (next.type !== 'udp' || next.remote_port !== port || next.group !== spec.group) return false;
+      if (!sameMembership(ctx, next, 'udp', port, spec.group, bindHost)) return false;
       listener.respec({ ...next, remote_port: port }, limitsOf(next), target);
       return true;
     }),
     // The port's counts, all members' together.
     udpStats: listener.stats,
   };
+}
+
+/** Whether `next` (a reload's spec) is still a member of the same group's listener: otherwise it registers anew. */
+function sameMembership(
+  ctx: ServerContext,
+  next: ProxySpec,
+  type: 'tcp' | 'udp',
+  port: number,
+  group: string,
+  bindHost: string,
+): boolean {
+  return (
+    next.type === type &&
+    next.remote_port === port &&
+    next.group === group &&
+    bindAddressOf(ctx.config, next) === bindHost
+  );
 }

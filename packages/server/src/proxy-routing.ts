@@ -250,7 +250,7 @@ export async function bindRoutedProxy(
       });
     if (spec.group !== undefined) {
       const grouped = { ...spec, group: spec.group, remote_port: port };
-      return bindUdpGroupMember(ctx, owner, grouped, limitsOf, listenerFor);
+      return bindUdpGroupMember(ctx, owner, grouped, limitsOf, bindHost, listenerFor);
     }
     const listener = listenerFor();
     // Hold the port before the asynchronous bind, so two registrations cannot race for it.
