@@ -17,6 +17,12 @@ const UNIT_BYTES = { KB: 1024, MB: 1024 * 1024 } as const;
  */
 const MIN_BYTES_PER_SECOND = 1024;
 /**
+ * 100 GiB/s, past anything one client's socket reads do: more is a slip of the unit or of a finger
+ * ("99999999MB"), and far enough past it the rate stops being a number the token bucket can count in (the
+ * spent bytes vanish in the rounding of a double; a long enough number of digits reads as Infinity).
+ */
+const MAX_BYTES_PER_SECOND = 102_400 * UNIT_BYTES.MB;
+/**
  * Capitals only, as frp: "mb" or "Mb" reads as megabits to many, and 8 times the intended rate is a
  * mistake worth an error rather than a guess.
  */
@@ -37,6 +43,13 @@ export const bandwidthLimitField = z
     const bytesPerSecond = Math.floor(Number(match[1]) * UNIT_BYTES[match[2] as keyof typeof UNIT_BYTES]);
     if (bytesPerSecond < MIN_BYTES_PER_SECOND) {
       ctx.addIssue({ code: 'custom', message: 'must be at least 1KB (leave the key out for no limit)' });
+      return z.NEVER;
+    }
+    if (!(bytesPerSecond <= MAX_BYTES_PER_SECOND)) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `"${text}" is more than 102400MB (100 GiB/s), the most a limit may be (leave the key out for no limit)`,
+      });
       return z.NEVER;
     }
     return { text, bytesPerSecond };

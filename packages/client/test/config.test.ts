@@ -572,6 +572,13 @@ test('bandwidth_limit: frp\'s "KB" and "MB" (1024 and 1048576 bytes per second),
   assert.deepEqual(problems(proxy('"0MB"')), [
     'proxies[0] ("p").bandwidth_limit: must be at least 1KB (leave the key out for no limit)',
   ]);
+  // The ceiling: 100 GiB/s. Past it, a slip ("99999999MB" is 95 TiB/s), and a rate the bucket cannot count in.
+  assert.deepEqual(limitOf('102400MB'), { text: '102400MB', bytesPerSecond: 107_374_182_400 });
+  for (const text of ['102401MB', '99999999MB', '200000000KB', `${'9'.repeat(400)}MB`]) {
+    assert.deepEqual(problems(proxy(`"${text}"`)), [
+      `proxies[0] ("p").bandwidth_limit: "${text}" is more than 102400MB (100 GiB/s), the most a limit may be (leave the key out for no limit)`,
+    ]);
+  }
   assert.deepEqual(problems(proxy('1048576')), [
     'proxies[0] ("p").bandwidth_limit: expected a rate like "1MB" or "500KB"',
   ]);
