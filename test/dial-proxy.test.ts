@@ -385,3 +385,48 @@ test('a proxy that is down, and one that refuses the CONNECT, are named in conne
     );
   });
 });
+
+test('check shows the dial proxy as the start line and status do: which one, from where, or direct because of what; never its password', async (t) => {
+  await withHarness(t, async (h) => {
+    await h.file('token', 'a.b.c\n');
+    const server = 'wss://vps.example.com/_porthole';
+    const config = await h.file('check.toml', `server = "${server}"\ntoken_file = "token"\n`);
+    const withProxy = await h.file(
+      'check-proxy.toml',
+      `server = "${server}"\ntoken_file = "token"\nproxy = "http://${PROXY_USER}:${PROXY_PASSWORD}@127.0.0.1:3128"\n`,
+    );
+    const envProxy = `http://${PROXY_USER}:${PROXY_PASSWORD}@127.0.0.1:3129`;
+    const cases = [
+      { args: ['--config', config], env: {}, route: undefined },
+      { args: ['--config', withProxy], env: {}, route: '(via http://127.0.0.1:3128, from config)' },
+      {
+        args: ['--config', config, '--proxy', 'socks5://[::1]:1080'],
+        env: { https_proxy: envProxy },
+        route: '(via socks5://[::1]:1080, from --proxy)',
+      },
+      {
+        args: ['--config', config],
+        env: { https_proxy: envProxy },
+        route: '(via http://127.0.0.1:3129, from env https_proxy)',
+      },
+      {
+        args: ['--config', config],
+        env: { https_proxy: envProxy, no_proxy: 'example.com' },
+        route: '(direct, from env no_proxy)',
+      },
+      {
+        args: ['--config', config, '--proxy', 'none'],
+        env: { https_proxy: envProxy },
+        route: '(direct, from --proxy)',
+      },
+    ];
+    for (const { args, env, route } of cases) {
+      const r = await run(clientBin, ['check', ...args], { env, cwd: h.dir });
+      t.diagnostic(r.stdout.trim());
+      assert.equal(r.code, 0, r.stderr);
+      const file = args[1]!;
+      assert.equal(r.stdout, `${file}: ok (0 proxies)\n${route ? `server:   ${server} ${route}\n` : ''}`);
+      assert.ok(!`${r.stdout}${r.stderr}`.includes(PROXY_PASSWORD), 'the password is not printed');
+    }
+  });
+});

@@ -13,9 +13,17 @@ import {
 } from '@porthole/protocol';
 import { PortholeClient } from './client.js';
 import { ClientAdmin } from './client-admin.js';
-import { type ClientFlags, loadClientConfig } from './config.js';
+import { type ClientFlags, dialRoute, loadClientConfig } from './config.js';
 import { describeConnectError } from './connect-error.js';
-import { adminAddressOf, fetchStatus, formatStatus, STATUS_EXIT, statusExitCode } from './status-command.js';
+import { urlWithoutUserinfo } from './dialer.js';
+import {
+  adminAddressOf,
+  describeRoute,
+  fetchStatus,
+  formatStatus,
+  STATUS_EXIT,
+  statusExitCode,
+} from './status-command.js';
 
 const PROGRAM = 'porthole-client';
 const VERSION = packageVersion(import.meta.url);
@@ -109,6 +117,11 @@ async function main(): Promise<number | undefined> {
     for (const warning of config.warnings) process.stderr.write(`warning: ${warning}\n`);
     const count = config.proxies.length;
     process.stdout.write(`${config.source}: ok (${count} ${count === 1 ? 'proxy' : 'proxies'})\n`);
+    // As the start line and `status` will say it, once a proxy is in play (named, or set aside): which one
+    // the environment's variables picked is what a user checking the config cannot see anywhere else.
+    const route = dialRoute(config);
+    if (route.via_from !== undefined)
+      process.stdout.write(`server:   ${urlWithoutUserinfo(config.server)} ${describeRoute(route)}\n`);
     return 0;
   }
 

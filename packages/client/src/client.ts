@@ -19,8 +19,7 @@ import {
   writeMessage,
 } from '@porthole/protocol';
 import { ProxyBandwidth } from './bandwidth-limit.js';
-import type { ClientConfig, ProxyConfig } from './config.js';
-import { describeDialProxy } from './dial-proxy.js';
+import { type ClientConfig, dialRoute, type ProxyConfig } from './config.js';
 import { DialError, dial, urlWithoutUserinfo } from './dialer.js';
 import { DirectoryServer } from './directory-server.js';
 import { ProxyHealthChecks } from './health-check.js';
@@ -105,7 +104,7 @@ export class PortholeClient {
     this.backoff = new Backoff(config.reconnectInitial, config.reconnectMax);
     this.proxies = new Map(config.proxies.map((proxy) => [proxy.name, proxy]));
     this.sessionStatus = new SessionStatus(config.server);
-    this.sessionStatus.via = this.viaFields();
+    this.sessionStatus.via = dialRoute(this.config);
     this.localFailures = new LocalFailureLog(logger);
     this.directories = new DirectoryServer(this.proxies, logger);
     this.health = new ProxyHealthChecks(logger, (name, healthy) => this.healthChanged(name, healthy));
@@ -182,7 +181,7 @@ export class PortholeClient {
     for (const name of diff.localChanged)
       if (this.proxies.get(name)?.type === 'udp') this.udpFlows.endAll(name, 'local changed by a reload');
     this.sessionStatus.server = next.server;
-    this.sessionStatus.via = this.viaFields();
+    this.sessionStatus.via = dialRoute(this.config);
     this.logger.info(
       {
         added: diff.added,
@@ -257,21 +256,10 @@ export class PortholeClient {
     });
   }
 
-  /**
-   * How the server is reached, for the start line: `via` the proxy (scheme, host and port: never its
-   * credentials) or "direct", `via_from` where that was decided ("config", "--proxy", "env HTTPS_PROXY",
-   * "env NO_PROXY"); no `via_from` when nothing named a proxy.
-   */
-  private viaFields(): { via: string; via_from?: string } {
-    const { dialProxy, directBecause } = this.config;
-    if (dialProxy) return { via: describeDialProxy(dialProxy.proxy), via_from: dialProxy.from };
-    return { via: 'direct', ...(directBecause ? { via_from: directBecause } : {}) };
-  }
-
   /** Runs until shutdown() (resolves "stopped") or an auth failure with exit_on_auth_failure. */
   async run(): Promise<RunOutcome> {
     this.logger.info(
-      { server: this.serverForLogs, ...this.viaFields(), version: this.clientVersion },
+      { server: this.serverForLogs, ...dialRoute(this.config), version: this.clientVersion },
       'client starting',
     );
     if (this.proxies.size === 0) this.logger.warn({}, 'no proxies configured');

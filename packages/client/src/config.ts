@@ -28,6 +28,7 @@ import { z } from 'zod';
 import {
   type ChosenProxy,
   checkSocksCredentials,
+  describeDialProxy,
   NO_DIAL_PROXY,
   PROXY_URL_EXAMPLE,
   parseProxyUrl,
@@ -378,6 +379,22 @@ function chooseDialProxy(
     if (exposed) config.warnings.push(`${key}: ${exposed}`);
   }
   config.dialProxy = { proxy, from };
+}
+
+/**
+ * How the server is reached, for the start line, `status` and `check`: `via` the proxy (scheme, host and
+ * port: never its credentials) or "direct", `via_from` where that was decided ("config", "--proxy",
+ * "env HTTPS_PROXY", "env NO_PROXY"); no `via_from` when nothing named a proxy.
+ */
+export function dialRoute(config: Pick<ClientConfig, 'dialProxy' | 'directBecause'>): DialRoute {
+  const { dialProxy, directBecause } = config;
+  if (dialProxy) return { via: describeDialProxy(dialProxy.proxy), via_from: dialProxy.from };
+  return { via: 'direct', ...(directBecause ? { via_from: directBecause } : {}) };
+}
+
+export interface DialRoute {
+  via: string;
+  via_from?: string;
 }
 
 /**

@@ -105,14 +105,17 @@ function remotePortCell(port: number | undefined, bind: string | undefined): str
   return port === 0 ? `${cell} on ${bind}` : formatHostPort(bind, port);
 }
 
+/** "(via http://proxy.corp:3128, from env HTTPS_PROXY)", "(direct, from env NO_PROXY)": `status` and `check`. */
+export function describeRoute(route: { via?: string; via_from?: string }): string {
+  const from = route.via_from ? `, from ${route.via_from}` : '';
+  return route.via === undefined || route.via === 'direct' ? `(direct${from})` : `(via ${route.via}${from})`;
+}
+
 /** The human form of a status: the session line, then one row per proxy. */
 export function formatStatus(status: ClientStatus, now = Date.now()): string {
   const age = humanAge(now - Date.parse(status.since));
   // Through a proxy only: "direct" is what a user expects, and the proxy is what a failing dial may be about.
-  const via =
-    status.via === undefined || status.via === 'direct'
-      ? ''
-      : ` (via ${status.via}${status.via_from ? `, from ${status.via_from}` : ''})`;
+  const via = status.via === undefined || status.via === 'direct' ? '' : ` ${describeRoute(status)}`;
   const lines = [`server:   ${status.server}${via}`];
   if (status.state === 'established') {
     lines.push(`session:  established as "${status.client}" (session ${status.session_id}), for ${age}`);
