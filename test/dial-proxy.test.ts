@@ -4,6 +4,7 @@
 // password, a refused CONNECT or a proxy that is down are said so, without a password in any output.
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
+import { type AddressInfo, createServer } from 'node:net';
 import { test } from 'node:test';
 import {
   clientBin,
@@ -383,6 +384,40 @@ test('a proxy that is down, and one that refuses the CONNECT, are named in conne
         `proxy http://127\\.0\\.0\\.1:${elsewhere.port} answered 403 .* to CONNECT 127\\.0\\.0\\.1:${served.controlPort}`,
       ),
     );
+  });
+});
+
+test('a proxy that answers the CONNECT with 200 and then closes is named as the one that closed, not the server', async (t) => {
+  await withHarness(t, async (h) => {
+    // What a proxy does whose upstream connection fails after it said yes (or a filtering box in front).
+    const yesThenGone = createServer((socket) => {
+      socket.once('data', () => socket.end('HTTP/1.1 200 Connection established\r\n\r\n'));
+      socket.on('error', () => {});
+    });
+    await new Promise<void>((resolve) => yesThenGone.listen(0, '127.0.0.1', resolve));
+    h.onCleanup(() => yesThenGone.close());
+    const proxyPort = (yesThenGone.address() as AddressInfo).port;
+    for (const tls of [false, true]) {
+      const served = await startServed(h, tls);
+      const client = await startClientOf(h, served, {
+        keys: { proxy: `http://127.0.0.1:${proxyPort}` },
+        waitFor: [],
+        name: tls ? 'wss' : 'ws',
+      });
+      const line = await connectFailed(
+        client.proc,
+        new RegExp(
+          `^the proxy http://127\\.0\\.0\\.1:${proxyPort} answered 200 to CONNECT (127\\.0\\.0\\.1|localhost):${served.controlPort}, then closed the tunnel before the server answered`,
+        ),
+      );
+      t.diagnostic(String(line.reason));
+      assert.doesNotMatch(
+        String(line.reason),
+        /wss:\/\/ here|TLS handshake|\[https\]/,
+        'no hint about the server',
+      );
+      await client.proc.stop();
+    }
   });
 });
 

@@ -16,6 +16,20 @@ export function describeConnectError(err: NodeJS.ErrnoException): string {
 }
 
 /**
+ * A dial whose proxy said yes to the CONNECT and then closed the tunnel before the server sent a byte. The
+ * server is not what closed it (read alone, "socket hang up" or a cut TLS handshake points at the server's
+ * port or scheme): the proxy's own connection to the server failed or was cut, or its rules end such
+ * tunnels; its log says which.
+ */
+export function describeTunnelClosedUnanswered(
+  proxy: string,
+  tunnel: { answer: string; target: string },
+  err: NodeJS.ErrnoException,
+): string {
+  return `the proxy ${proxy} answered ${tunnel.answer} to CONNECT ${tunnel.target}, then closed the tunnel before the server answered (${describeConnectError(err)}): its connection to the server failed or was cut, or its rules end such tunnels; the proxy's log says which`;
+}
+
+/**
  * Why a connect to a proxy's local service failed, for its `local connect failed` line. A TCP service's code
  * says enough (the line's `local` names the address); a Unix socket's failures each have a usual cause a
  * user switching from `ssh -R` would not guess (a stale socket file, its permissions, a systemd unit's

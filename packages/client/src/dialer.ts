@@ -1,7 +1,7 @@
 import { openWebSocket, type WebSocketStream, WebSocketUpgradeError } from '@porthole/mux';
 import { DEFAULT_CONTROL_PATH } from '@porthole/protocol';
-import { describeConnectError } from './connect-error.js';
-import type { DialProxy } from './dial-proxy.js';
+import { describeConnectError, describeTunnelClosedUnanswered } from './connect-error.js';
+import { type DialProxy, describeDialProxy } from './dial-proxy.js';
 import { openProxyTunnel, ProxyTunnelError } from './proxy-tunnel.js';
 import { retryAfterMs } from './reconnect.js';
 
@@ -143,7 +143,7 @@ export async function dial(opts: DialOptions): Promise<WebSocketStream> {
       // The proxy's part came out of the same allowance.
       timeoutMs: Math.max(1, deadline - Date.now()),
       ...(opts.ca ? { ca: opts.ca } : {}),
-      ...(tunnel ? { socket: tunnel } : {}),
+      ...(tunnel ? { socket: tunnel.socket } : {}),
     });
   } catch (err) {
     if (err instanceof WebSocketUpgradeError) {
@@ -155,6 +155,9 @@ export async function dial(opts: DialOptions): Promise<WebSocketStream> {
       );
     }
     const error = err as NodeJS.ErrnoException;
+    // Not a byte from the server, and not for want of time: the proxy ended what it had opened.
+    if (opts.proxy && tunnel && tunnel.socket.bytesRead === tunnel.answerBytes && Date.now() < deadline)
+      throw new DialError(describeTunnelClosedUnanswered(describeDialProxy(opts.proxy), tunnel, error));
     const message = withoutToken(describeConnectError(error), opts.token);
     const hint = hintFor(opts.server, message) || certificateHint(error.code, opts.ca !== undefined);
     throw new DialError(`${message}${hint}`);

@@ -44,6 +44,17 @@ function hostPort(target: TunnelTarget): string {
   return isIP(target.host) === 6 ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`;
 }
 
+/** A tunnel the proxy opened: `socket`'s next bytes are the server's. */
+export interface ProxyTunnel {
+  socket: Socket;
+  /** How the proxy said yes, for a reason: "200" (HTTP), "succeeded" (SOCKS5). */
+  answer: string;
+  /** What the proxy itself sent (its answer): socket.bytesRead past it came from the server. */
+  answerBytes: number;
+  /** "127.0.0.1:443", as the CONNECT named it. */
+  target: string;
+}
+
 /**
  * Connects to `proxy` and has it open a tunnel to `target`, within `timeoutMs`. Resolves with the socket, its
  * next bytes the server's (any the proxy sent after its answer are still in it, unread); rejects with a
@@ -53,7 +64,7 @@ export async function openProxyTunnel(
   proxy: DialProxy,
   target: TunnelTarget,
   timeoutMs: number,
-): Promise<Socket> {
+): Promise<ProxyTunnel> {
   const socket = connect({ host: proxy.host, port: proxy.port });
   let timedOut = false;
   const timer = setTimeout(() => {
@@ -73,9 +84,13 @@ export async function openProxyTunnel(
       const reason = err.code ?? describeConnectError(err);
       throw new ProxyTunnelError(`${reason} proxy ${hostPort(proxy)}`);
     });
-    if (proxy.kind === 'http') await httpConnect(socket, proxy, target);
-    else await socksConnect(socket, proxy, target);
-    return socket;
+    const answer =
+      proxy.kind === 'http'
+        ? await httpConnect(socket, proxy, target)
+        : await socksConnect(socket, proxy, target);
+    // What was read but put back (bytes after the answer) is the server's.
+    const answerBytes = socket.bytesRead - socket.readableLength;
+    return { socket, answer, answerBytes, target: hostPort(target) };
   } catch (err) {
     socket.destroy();
     if (timedOut)
@@ -89,7 +104,8 @@ export async function openProxyTunnel(
   }
 }
 
-async function httpConnect(socket: Socket, proxy: DialProxy, target: TunnelTarget): Promise<void> {
+/** Resolves with the status the proxy said yes with. */
+async function httpConnect(socket: Socket, proxy: DialProxy, target: TunnelTarget): Promise<string> {
   const authority = hostPort(target);
   const credentials = proxy.credentials;
   const authorization = credentials
@@ -105,7 +121,7 @@ async function httpConnect(socket: Socket, proxy: DialProxy, target: TunnelTarge
     );
   const status = Number(match[1]);
   const answer = `${status}${match[2] ? ` ${printable(match[2])}` : ''}`;
-  if (status >= 200 && status < 300) return;
+  if (status >= 200 && status < 300) return String(status);
   // 407 is the proxy's "who are you"; a 401 to a CONNECT can only be the proxy's too (no server has been
   // reached), and is what tinyproxy answers to a wrong password.
   if (status === 407 || status === 401)
@@ -192,7 +208,7 @@ async function take(socket: Socket, n: number, proxy: DialProxy): Promise<Buffer
   return bytes;
 }
 
-async function socksConnect(socket: Socket, proxy: DialProxy, target: TunnelTarget): Promise<void> {
+async function socksConnect(socket: Socket, proxy: DialProxy, target: TunnelTarget): Promise<string> {
   const name = describeDialProxy(proxy);
   const credentials = proxy.credentials;
   const methods = credentials ? [METHOD_NO_AUTH, METHOD_USER_PASSWORD] : [METHOD_NO_AUTH];
@@ -248,6 +264,7 @@ async function socksConnect(socket: Socket, proxy: DialProxy, target: TunnelTarg
   if (addressLength === undefined)
     throw new ProxyTunnelError(`the proxy ${name} answered with SOCKS5 address type ${addressType}`);
   await take(socket, addressLength + 2, proxy);
+  return socksReplyName(SocksReply.succeeded);
 }
 
 /** ATYP, address and port of a SOCKS5 request: an IP as its bytes, a name for the proxy to resolve. */

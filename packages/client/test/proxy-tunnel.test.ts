@@ -29,8 +29,9 @@ test('HTTP CONNECT: credentials as Basic; the bytes after the 200 head stay in t
     setTimeout(() => socket.write('\n\r\nserver-bytes'), 20);
   });
   const proxy = { kind: 'http' as const, host: '127.0.0.1', port, credentials: { user: 'u', password: 'p' } };
-  const socket = await openProxyTunnel(proxy, { host: '::1', port: 7000 }, 2000);
+  const { socket, answer, target } = await openProxyTunnel(proxy, { host: '::1', port: 7000 }, 2000);
   t.after(() => socket.destroy());
+  assert.deepEqual([answer, target], ['200', '[::1]:7000']);
   assert.equal(
     request,
     `CONNECT [::1]:7000 HTTP/1.1\r\nHost: [::1]:7000\r\nProxy-Authorization: Basic ${Buffer.from('u:p').toString('base64')}\r\n\r\n`,
