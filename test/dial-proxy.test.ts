@@ -431,8 +431,8 @@ test('check shows the dial proxy as the start line and status do: which one, fro
       `server = "${server}"\ntoken_file = "token"\nproxy = "http://${PROXY_USER}:${PROXY_PASSWORD}@127.0.0.1:3128"\n`,
     );
     const envProxy = `http://${PROXY_USER}:${PROXY_PASSWORD}@127.0.0.1:3129`;
-    const cases = [
-      { args: ['--config', config], env: {}, route: undefined },
+    const cases: { args: string[]; env: Record<string, string>; route?: string }[] = [
+      { args: ['--config', config], env: {} },
       { args: ['--config', withProxy], env: {}, route: '(via http://127.0.0.1:3128, from config)' },
       {
         args: ['--config', config, '--proxy', 'socks5://[::1]:1080'],
