@@ -272,6 +272,68 @@ test('a reload that fixes the proxy password dials at once, not after the backof
   });
 });
 
+test('config reloaded names a changed proxy or proxy_password_file, and the new route, never a password', async (t) => {
+  await withHarness(t, async (h) => {
+    const served = await startServed(h, false);
+    const client = await startClientOf(h, served, { name: 'reloading' });
+    const original = await readFile(client.configPath, 'utf8');
+    const passwordFile = await h.file('proxy-password', `${PROXY_PASSWORD}\n`, 0o600);
+    const port = await freePort();
+    const passwords = [
+      PROXY_PASSWORD,
+      'second-password-4c1e',
+      'inline-password-77ab',
+      'inline-password-88cd',
+    ];
+    // Each step's top-level keys (before the [[proxies]]), and what the line must say. Not dialled: the
+    // running session is kept, a new proxy is for the next dial.
+    const steps: { keys: string; changed: string[]; via?: string; password?: string }[] = [
+      { keys: `proxy = "http://127.0.0.1:${port}"`, changed: ['proxy'], via: `http://127.0.0.1:${port}` },
+      {
+        keys: `proxy = "http://${PROXY_USER}@127.0.0.1:${port}"\nproxy_password_file = "${passwordFile}"`,
+        changed: ['proxy', 'proxy_password_file'],
+        via: `http://127.0.0.1:${port}`,
+      },
+      {
+        keys: `proxy = "http://${PROXY_USER}@127.0.0.1:${port}"\nproxy_password_file = "${passwordFile}"`,
+        password: passwords[1],
+        changed: ['proxy_password_file'],
+        via: `http://127.0.0.1:${port}`,
+      },
+      {
+        keys: `proxy = "http://${PROXY_USER}@127.0.0.1:${port}"\nproxy_password_file = "${passwordFile}"`,
+        changed: [],
+      },
+      {
+        keys: `proxy = "http://${PROXY_USER}:${passwords[2]}@127.0.0.1:${port}"`,
+        changed: ['proxy', 'proxy_password_file'],
+        via: `http://127.0.0.1:${port}`,
+      },
+      {
+        keys: `proxy = "http://${PROXY_USER}:${passwords[3]}@127.0.0.1:${port}"`,
+        changed: ['proxy'],
+        via: `http://127.0.0.1:${port}`,
+      },
+      { keys: 'proxy = "none"', changed: ['proxy'], via: 'direct' },
+    ];
+    for (const step of steps) {
+      if (step.password) await writeFile(passwordFile, `${step.password}\n`);
+      await writeFile(client.configPath, `${step.keys}\n${original}`);
+      const from = client.proc.mark();
+      client.proc.kill('SIGHUP');
+      const line = await client.proc.waitForMsg('config reloaded', 10_000, { from });
+      t.diagnostic(JSON.stringify(line));
+      assert.deepEqual(line.dial_proxy_changed, step.changed, step.keys);
+      assert.equal(line.via, step.via, step.keys);
+      // "none" with no proxy in the environment: nothing was set aside, so no via_from.
+      assert.equal(line.via_from, step.via?.startsWith('http:') ? 'config' : undefined);
+      assert.equal(line.reconnect, false);
+    }
+    assert.equal(client.proc.logsWithMsg('session established').length, 1, 'the session was kept');
+    for (const password of passwords) assertNowhere(h, password);
+  });
+});
+
 test('https_proxy in the environment carries a wss:// dial; no_proxy and proxy = "none" dial directly', async (t) => {
   await withHarness(t, async (h) => {
     const served = await startServed(h, true);

@@ -27,7 +27,7 @@ import { PendingLocalConnects, serveStream } from './local-connector.js';
 import { LocalFailureLog } from './local-failure-log.js';
 import { describeLocal, picksPort, proxySpecFields } from './proxy-config.js';
 import { Backoff } from './reconnect.js';
-import { dialProxyChanged, diffProxies, needsReconnect } from './reload.js';
+import { changedDialProxyKeys, dialProxyChanged, diffProxies, needsReconnect } from './reload.js';
 import { boundElsewhere } from './remote-bind-check.js';
 import { type ClientStatus, type ProxyState, SessionStatus } from './session-status.js';
 import { certainTokenRefusal } from './token-warnings.js';
@@ -182,6 +182,7 @@ export class PortholeClient {
       if (this.proxies.get(name)?.type === 'udp') this.udpFlows.endAll(name, 'local changed by a reload');
     this.sessionStatus.server = next.server;
     this.sessionStatus.via = dialRoute(this.config);
+    const dialProxyKeys = changedDialProxyKeys(previous, next);
     this.logger.info(
       {
         added: diff.added,
@@ -189,6 +190,9 @@ export class PortholeClient {
         changed: diff.changed,
         local_changed: diff.localChanged,
         bandwidth_limit_changed: limitChanged,
+        // Used from the next dial; the route it will take, as the start line says it (never a password).
+        dial_proxy_changed: dialProxyKeys,
+        ...(dialProxyKeys.length > 0 ? dialRoute(next) : {}),
         reconnect: redial,
       },
       'config reloaded',

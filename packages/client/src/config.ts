@@ -377,6 +377,8 @@ function chooseDialProxy(
     }
     const exposed = secretFileExposure(path);
     if (exposed) config.warnings.push(`${key}: ${exposed}`);
+    config.dialProxy = { proxy, from, passwordFile: path };
+    return;
   }
   config.dialProxy = { proxy, from };
 }

@@ -16,6 +16,8 @@ export interface DialProxy {
 export interface ChosenProxy {
   proxy: DialProxy;
   from: string;
+  /** proxy_password_file, resolved, when the password came from it: a reload names the key that changed. */
+  passwordFile?: string;
 }
 
 /** The value of `proxy` (and --proxy) that turns off the environment's proxy. */

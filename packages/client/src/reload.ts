@@ -82,3 +82,27 @@ export function needsReconnect(running: ClientConfig, next: ClientConfig): boole
 export function dialProxyChanged(running: ClientConfig, next: ClientConfig): boolean {
   return JSON.stringify(running.dialProxy?.proxy) !== JSON.stringify(next.dialProxy?.proxy);
 }
+
+/**
+ * Which of the dial proxy's keys a reload changed, for the `config reloaded` line: "proxy" (another proxy,
+ * user or inline password, or none: the environment's or a direct dial), "proxy_password_file" (another
+ * file, or a new password in it). Compared whole, the passwords are never shown.
+ */
+export function changedDialProxyKeys(running: ClientConfig, next: ClientConfig): string[] {
+  const route = (config: ClientConfig) => {
+    const chosen = config.dialProxy;
+    if (!chosen) return JSON.stringify({ direct: config.directBecause ?? '' });
+    const { credentials, ...where } = chosen.proxy;
+    return JSON.stringify({ ...where, user: credentials?.user, from: chosen.from });
+  };
+  const password = (config: ClientConfig) => config.dialProxy?.proxy.credentials?.password;
+  // The password written in `proxy` itself; one read from proxy_password_file is that key's.
+  const inline = (config: ClientConfig) => (config.dialProxy?.passwordFile ? undefined : password(config));
+  const before = running.dialProxy?.passwordFile;
+  const after = next.dialProxy?.passwordFile;
+  const keys: string[] = [];
+  if (route(running) !== route(next) || inline(running) !== inline(next)) keys.push('proxy');
+  if (before !== after || (before !== undefined && password(running) !== password(next)))
+    keys.push('proxy_password_file');
+  return keys;
+}
