@@ -334,6 +334,72 @@ test('config reloaded names a changed proxy or proxy_password_file, and the new 
   });
 });
 
+test('--proxy-password-file carries the password of the user in --proxy; a password in --proxy itself is warned about, never printed', async (t) => {
+  await withHarness(t, async (h) => {
+    const served = await startServed(h, false);
+    const http = await startTinyproxy(h, served.controlPort, true);
+    const tokenFile = await h.file('token', `${served.token}\n`);
+    const passwordFile = await h.file('proxy-password', `${PROXY_PASSWORD}\n`);
+    const quick = (proxyArgs: string[]) => [
+      '--server',
+      served.url,
+      '--token-file',
+      tokenFile,
+      '--tcp',
+      `${served.remotePort}:127.0.0.1:${served.echoPort}`,
+      ...proxyArgs,
+    ];
+    const viaFile = h.spawn('from-file', clientBin, [
+      ...quick([
+        '--proxy',
+        `http://${PROXY_USER}@127.0.0.1:${http.port}`,
+        '--proxy-password-file',
+        passwordFile,
+      ]),
+    ]);
+    await viaFile.waitForMsg('proxy registered', 15_000);
+    await assertEchoes(served.remotePort);
+    assert.equal(viaFile.logsWithMsg('config warning').length, 0, viaFile.tail(20));
+    assert.match(await http.log(), /CONNECT/);
+    await viaFile.stop();
+
+    const inline = h.spawn('inline', clientBin, [
+      ...quick(['--proxy', `http://${PROXY_USER}:${PROXY_PASSWORD}@127.0.0.1:${http.port}`]),
+    ]);
+    const warning = await inline.waitForMsg('config warning', 10_000);
+    assert.match(
+      String(warning.reason),
+      /^--proxy: its password shows in ps to every user of this machine; put it in a file for --proxy-password-file/,
+    );
+    await inline.waitForMsg('proxy registered', 15_000);
+    await inline.stop();
+
+    // check says the same, and names the flag when it cannot go with --proxy.
+    const checked = await run(clientBin, [
+      'check',
+      ...quick(['--proxy', `http://${PROXY_USER}:${PROXY_PASSWORD}@127.0.0.1:${http.port}`]),
+    ]);
+    assert.equal(checked.code, 0, checked.stderr);
+    assert.match(checked.stderr, /^warning: --proxy: its password shows in ps/m);
+    const both = await run(clientBin, [
+      'check',
+      ...quick([
+        '--proxy',
+        `http://${PROXY_USER}:x@127.0.0.1:${http.port}`,
+        '--proxy-password-file',
+        passwordFile,
+      ]),
+    ]);
+    assert.equal(both.code, 2);
+    assert.equal(
+      both.stderr,
+      "command line: --proxy-password-file: set the password in --proxy's URL or in --proxy-password-file, not both\n",
+    );
+    assertNowhere(h, PROXY_PASSWORD);
+    for (const r of [checked, both]) assert.ok(!`${r.stdout}${r.stderr}`.includes(PROXY_PASSWORD));
+  });
+});
+
 test('https_proxy in the environment carries a wss:// dial; no_proxy and proxy = "none" dial directly', async (t) => {
   await withHarness(t, async (h) => {
     const served = await startServed(h, true);

@@ -48,6 +48,8 @@ Options (they override the config file's keys; --tcp and --udp add proxies):
   --proxy URL                dial the server through an HTTP CONNECT or SOCKS5 proxy
                              (http://[user:password@]host:port, socks5://...); "none" ignores
                              https_proxy/http_proxy/all_proxy, which are used otherwise
+  --proxy-password-file FILE file holding the password of the user in --proxy's URL
+                             (http://user@host:port; a password in the URL shows up in ps)
   --tcp [tcp:][BIND_ADDRESS:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT
                              expose a local TCP service on the server's REMOTE_PORT (repeatable);
                              the proxy is named tcp-REMOTE_PORT; REMOTE_PORT 0: the server picks one
@@ -74,6 +76,7 @@ const RUN_OPTIONS = [
   'token-file',
   'ca-file',
   'proxy',
+  'proxy-password-file',
   'tcp',
   'udp',
   'exit-on-auth-failure',
@@ -108,6 +111,7 @@ async function main(): Promise<number | undefined> {
   if (values['token-file'] !== undefined) flags.tokenFile = values['token-file'];
   if (values['ca-file'] !== undefined) flags.caFile = values['ca-file'];
   if (values.proxy !== undefined) flags.proxy = values.proxy;
+  if (values['proxy-password-file'] !== undefined) flags.proxyPasswordFile = values['proxy-password-file'];
   if (values.tcp !== undefined) flags.tcp = values.tcp;
   if (values.udp !== undefined) flags.udp = values.udp;
   if (values['exit-on-auth-failure']) flags.exitOnAuthFailure = true;
@@ -254,6 +258,7 @@ function parse() {
       'token-file': { type: 'string' },
       'ca-file': { type: 'string' },
       proxy: { type: 'string' },
+      'proxy-password-file': { type: 'string' },
       tcp: { type: 'string', multiple: true },
       udp: { type: 'string', multiple: true },
       'exit-on-auth-failure': { type: 'boolean' },

@@ -116,23 +116,25 @@ const clientShape = {
     .optional(),
 };
 
+/** Why a proxy password file cannot go with `proxy` (the URL, or none), in the words of the keys or flags used. */
+function passwordFileProblem(
+  proxy: string | undefined,
+  names: { proxy: string; file: string },
+): string | undefined {
+  const url =
+    proxy === undefined || proxy === NO_DIAL_PROXY || !URL.canParse(proxy) ? undefined : new URL(proxy);
+  if (url === undefined) return `is the password of the proxy set in \`${names.proxy}\`, and there is none`;
+  if (url.username === '') return `needs the user in ${names.proxy}'s URL ("http://user@proxy.corp:3128")`;
+  if (url.password !== '') return `set the password in ${names.proxy}'s URL or in ${names.file}, not both`;
+  return undefined;
+}
+
 const clientSchema = z.strictObject(clientShape).superRefine((config, ctx) => {
   if ((config.token === undefined) === (config.token_file === undefined)) {
     ctx.addIssue({ code: 'custom', path: ['token'], message: 'set exactly one of token or token_file' });
   }
   if (config.proxy_password_file !== undefined) {
-    const proxy =
-      config.proxy === undefined || config.proxy === NO_DIAL_PROXY || !URL.canParse(config.proxy)
-        ? undefined
-        : new URL(config.proxy);
-    const problem =
-      proxy === undefined
-        ? 'is the password of the proxy set in `proxy`, and there is none'
-        : proxy.username === ''
-          ? `needs the user in proxy's URL ("http://user@proxy.corp:3128")`
-          : proxy.password !== ''
-            ? "set the password in proxy's URL or in proxy_password_file, not both"
-            : undefined;
+    const problem = passwordFileProblem(config.proxy, { proxy: 'proxy', file: 'proxy_password_file' });
     if (problem) ctx.addIssue({ code: 'custom', path: ['proxy_password_file'], message: problem });
   }
   if (config.heartbeat_timeout <= config.heartbeat_interval) {
@@ -278,6 +280,7 @@ const FLAG_OF_KEY = {
   token_file: '--token-file',
   ca_file: '--ca-file',
   proxy: '--proxy',
+  proxy_password_file: '--proxy-password-file',
   log_level: '--log-level',
 } as const;
 type FlagKey = keyof typeof FLAG_OF_KEY;
@@ -324,7 +327,7 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
   const tokenKey = raw.token === undefined ? tokenAt.key : originOf('token').key;
   config.warnings.push(...tokenWarnings(tokenKey, token, config.proxies));
   if (raw.admin) config.admin = { listen: raw.admin.listen };
-  chooseDialProxy(config, raw, originOf('proxy'));
+  chooseDialProxy(config, raw, originOf('proxy'), originOf('proxy_password_file'));
   if (raw.ca_file !== undefined) {
     const caAt = originOf('ca_file');
     const caPath = resolvePath(caAt, raw.ca_file);
@@ -348,6 +351,7 @@ function chooseDialProxy(
   config: ClientConfig,
   raw: { proxy?: string | undefined; proxy_password_file?: string | undefined },
   at: KeyOrigin,
+  passwordAt: KeyOrigin,
 ): void {
   const from = at.source === COMMAND_LINE ? at.key : 'config';
   if (raw.proxy === NO_DIAL_PROXY) {
@@ -362,18 +366,25 @@ function chooseDialProxy(
   }
   const proxy = parseProxyUrl(raw.proxy);
   if (proxy.credentials?.password) {
-    // Inline in the config file, like a token written there: the file's mode is the password's.
-    const exposed = at.source === COMMAND_LINE ? undefined : secretFileExposure(at.source);
-    if (exposed) config.warnings.push(`proxy: ${exposed}`);
+    if (at.source === COMMAND_LINE) {
+      // An argument is in every user's `ps` and /proc/PID/cmdline, for as long as the client runs.
+      config.warnings.push(
+        `${at.key}: its password shows in ps to every user of this machine; put it in a file for ${FLAG_OF_KEY.proxy_password_file} (only the user in the URL: "http://user@host:port")`,
+      );
+    } else {
+      // Inline in the config file, like a token written there: the file's mode is the password's.
+      const exposed = secretFileExposure(at.source);
+      if (exposed) config.warnings.push(`proxy: ${exposed}`);
+    }
   }
   if (raw.proxy_password_file !== undefined && proxy.credentials) {
-    const key = 'proxy_password_file';
-    const path = resolvePath({ source: config.source, key }, raw.proxy_password_file);
-    proxy.credentials.password = readSecretFile(config.source, key, path);
+    const key = passwordAt.key;
+    const path = resolvePath(passwordAt, raw.proxy_password_file);
+    proxy.credentials.password = readSecretFile(passwordAt.source, key, path);
     try {
       checkSocksCredentials(proxy);
     } catch (err) {
-      throw ConfigError.at(config.source, key, `${path}: ${(err as Error).message}`);
+      throw ConfigError.at(passwordAt.source, key, `${path}: ${(err as Error).message}`);
     }
     const exposed = secretFileExposure(path);
     if (exposed) config.warnings.push(`${key}: ${exposed}`);
@@ -430,6 +441,8 @@ export interface ClientFlags {
   caFile?: string;
   /** `--proxy URL` or `--proxy none`. */
   proxy?: string;
+  /** `--proxy-password-file FILE`: the password of the user named in the proxy's URL. */
+  proxyPasswordFile?: string;
   tcp?: string[];
   /** `--udp 5353:127.0.0.1:53` rules (udp proxies named udp-REMOTE_PORT). */
   udp?: string[];
@@ -518,6 +531,7 @@ function flagValues(flags: ClientFlags): Partial<Record<FlagKey, string>> {
   if (flags.tokenFile !== undefined) given.token_file = flags.tokenFile;
   if (flags.caFile !== undefined) given.ca_file = flags.caFile;
   if (flags.proxy !== undefined) given.proxy = flags.proxy;
+  if (flags.proxyPasswordFile !== undefined) given.proxy_password_file = flags.proxyPasswordFile;
   if (flags.logLevel !== undefined) given.log_level = flags.logLevel;
   const keys = Object.keys(given) as FlagKey[];
   const asFlags = z.strictObject(Object.fromEntries(keys.map((key) => [FLAG_OF_KEY[key], clientShape[key]])));
@@ -558,8 +572,16 @@ export function loadClientConfig(file: string | undefined, flags: ClientFlags = 
     delete raw.token;
     delete raw.token_file;
   }
-  // --proxy replaces the file's proxy whole, the file's password for it too.
+  // --proxy replaces the file's proxy whole, the file's password for it too (unless given with it).
   if (given.proxy !== undefined) delete raw.proxy_password_file;
+  if (given.proxy_password_file !== undefined) {
+    // Named as the flags the user typed, not as keys of a file that may not have them.
+    const proxy = given.proxy ?? (typeof raw.proxy === 'string' ? raw.proxy : undefined);
+    const fromFile = given.proxy === undefined && raw.proxy !== undefined;
+    const names = { proxy: fromFile ? 'proxy' : '--proxy', file: '--proxy-password-file' };
+    const problem = passwordFileProblem(proxy, names);
+    if (problem) throw ConfigError.at(COMMAND_LINE, '--proxy-password-file', problem);
+  }
   Object.assign(raw, given);
   if (flags.exitOnAuthFailure) raw.exit_on_auth_failure = true;
   const rules = [
