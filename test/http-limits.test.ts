@@ -158,6 +158,95 @@ test('a request head over max_header_size gets 431 and the port keeps serving', 
   }),
 );
 
+/**
+ * A local service that takes request heads up to 2 MiB (Node's own 16 KiB would answer 431 itself) and
+ * answers with the length of the Cookie it got; with `?set-cookie=N`, it sets a cookie of N bytes.
+ */
+async function startBigHeadService(h: Parameters<Parameters<typeof withHarness>[1]>[0]) {
+  const service = createServer({ maxHeaderSize: 2 * 1024 * 1024 }, (req, res) => {
+    const setCookie = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('set-cookie') ?? 0);
+    if (setCookie > 0) res.setHeader('Set-Cookie', `sso=${'c'.repeat(setCookie)}`);
+    res.end(`cookie ${req.headers.cookie?.length ?? 0}\n`);
+  });
+  service.listen(0, '127.0.0.1');
+  await once(service, 'listening');
+  h.onCleanup(() => service.close());
+  return (service.address() as net.AddressInfo).port;
+}
+
+test(
+  'a 40 KiB cookie passes at the default max_header_size (64 KiB) over http and https; past a lower one it gets 431 and a warn line; at 1 MiB a 500 KiB cookie and a 90 KiB Set-Cookie pass',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const servicePort = await startBigHeadService(h);
+      const ca = await makeCa(h);
+      const edge = await makeCert(h, ca, 'porthole edge', ['app.test']);
+      // From a file: one argument may hold at most 128 KiB (Linux's MAX_ARG_STRLEN).
+      const cookie = async (bytes: number) => [
+        '-H',
+        `@${await h.file(`cookie-${bytes}`, `Cookie: session=${'s'.repeat(bytes - 'session='.length)}\n`)}`,
+      ];
+      const get = (port: number, args: string[], scheme = 'http', path = '/') =>
+        curl(
+          ['--cacert', ca.cert, '--resolve', `app.test:${port}:127.0.0.1`, ...args],
+          `${scheme}://app.test:${port}${path}`,
+        );
+
+      // Before: Node's 16 KiB, and a big session cookie or SSO token got 431 on every page.
+      const byDefault = await startAppTunnel(h, servicePort, {
+        client: 'defaults',
+        server: { https: { certs: [edge], keys: {} } },
+      });
+      const http = byDefault.server.httpPort!;
+      const https = byDefault.server.httpsPort!;
+      for (const [scheme, port] of [
+        ['http', http],
+        ['https', https],
+      ] as const) {
+        const r = await get(port, await cookie(40 * 1024), scheme);
+        assert.equal(r.status, 200, `${scheme}: ${r.stderr} ${r.body}`);
+        assert.equal(r.body, `cookie ${40 * 1024}\n`);
+      }
+      const over = await get(http, await cookie(70 * 1024));
+      assert.equal(over.status, 431, `${over.stderr} ${over.body}`);
+
+      const lower = await startAppTunnel(h, servicePort, {
+        client: 'lower',
+        server: { http: { max_header_size: 32768 }, https: { certs: [edge], keys: {} } },
+      });
+      for (const [scheme, port] of [
+        ['http', lower.server.httpPort!],
+        ['https', lower.server.httpsPort!],
+      ] as const) {
+        const r = await get(port, await cookie(40 * 1024), scheme);
+        assert.equal(r.status, 431, `${scheme}: ${r.stderr} ${r.body}`);
+      }
+      // The operator hears of it (a line per 10 s at most), with the key to raise.
+      const line = await lower.server.proc.waitForMsg(
+        'http request heads over max_header_size refused (431)',
+        5000,
+      );
+      assert.equal(line.max_header_size, 32768);
+      assert.match(String(line.remote_addr), /^127\.0\.0\.1:\d+$/);
+      assert.ok(Number(line.refused) >= 1);
+      assert.equal((await get(lower.server.httpPort!, await cookie(20 * 1024))).status, 200);
+
+      // The most it may be; the service's answer may have as large a head (it was 64 KiB at most: 502).
+      // 90 KiB: curl itself takes no response field over 100 KiB.
+      const highest = await startAppTunnel(h, servicePort, {
+        client: 'highest',
+        server: { http: { max_header_size: 1024 * 1024 } },
+      });
+      const big = await get(highest.server.httpPort!, await cookie(500 * 1024));
+      assert.equal(big.status, 200, `${big.stderr} ${big.body}`);
+      assert.equal(big.body, `cookie ${500 * 1024}\n`);
+      const setCookie = await get(highest.server.httpPort!, [], 'http', '/?set-cookie=92160');
+      assert.equal(setCookie.status, 200, `${setCookie.stderr} ${setCookie.body.slice(0, 200)}`);
+      assert.equal(setCookie.headers['set-cookie']?.length, 'sso='.length + 92160);
+    }),
+);
+
 test(
   'a request with more than a thousand header fields, within max_header_size, reaches the service with every one; past 2,048 it gets 431',
   { timeout: 30_000 },
@@ -169,7 +258,7 @@ test(
       backend.server.maxHeadersCount = 0;
       const { server } = await startAppTunnel(h, backend.port, { client: 'fields' });
       const url = `http://127.0.0.1:${server.httpPort}/many-fields`;
-      // 1,200 short fields (11 KB, under the default 16 KiB), the last one after them.
+      // 1,200 short fields (11 KB, under the default 64 KiB), the last one after them.
       const lines = Array.from({ length: 1200 }, (_, i) => `f${i}:v`);
       const file = await h.file('fields.txt', `${[...lines, 'X-Last: here'].join('\n')}\n`);
       const r = await curl(['-H', 'Host: app.test', '-H', `@${file}`], url);

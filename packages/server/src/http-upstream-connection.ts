@@ -12,8 +12,17 @@ import {
   UpstreamProtocolError,
 } from './http-response-head.js';
 
-/** Largest response head (status line and fields) taken from a local service. */
+/** Largest response head (status line and fields) taken from a local service at the least. */
 export const MAX_RESPONSE_HEAD = 64 * 1024;
+
+/**
+ * The largest response head taken from a local service: as large as a request's may be ([http]
+ * max_header_size: a service that sets a big cookie is what big request heads come from), and never under
+ * 64 KiB (the service is the user's own, not a stranger; past this its answer is a 502).
+ */
+export function maxResponseHead(maxHeaderSize: number): number {
+  return Math.max(MAX_RESPONSE_HEAD, maxHeaderSize);
+}
 /** A retired stream whose far side never finishes is reset after this long. */
 const RETIRE_GRACE_MS = 15_000;
 
@@ -99,6 +108,7 @@ export class UpstreamConnection {
   constructor(
     readonly stream: Duplex,
     private readonly owner: ConnectionOwner,
+    private readonly maxHead = MAX_RESPONSE_HEAD,
   ) {
     stream.on('data', this.onData);
     stream.on('end', this.onEnd);
@@ -243,10 +253,10 @@ export class UpstreamConnection {
   private readHead(chunk: Buffer): Buffer {
     const prior = this.headLen;
     let buf = chunk;
-    if (prior > 0) buf = this.gatherHead(chunk.subarray(0, MAX_RESPONSE_HEAD + 1 - prior));
+    if (prior > 0) buf = this.gatherHead(chunk.subarray(0, this.maxHead + 1 - prior));
     const end = headEnd(buf, Math.max(0, prior - 2));
-    if (end > MAX_RESPONSE_HEAD || (end < 0 && buf.length > MAX_RESPONSE_HEAD))
-      throw new UpstreamProtocolError(`response head larger than ${MAX_RESPONSE_HEAD} bytes`);
+    if (end > this.maxHead || (end < 0 && buf.length > this.maxHead))
+      throw new UpstreamProtocolError(`response head larger than ${this.maxHead} bytes`);
     if (end < 0) {
       if (prior === 0) this.gatherHead(chunk);
       return EMPTY;

@@ -49,6 +49,8 @@ export interface UpstreamPoolOptions {
   maxHeld: () => number;
   /** A request has to wait for a stream (every one busy, and held ones at `maxHeld` or too young). */
   onWait?: () => void;
+  /** Largest response head taken from the service (maxResponseHead); default 64 KiB. */
+  maxResponseHead?: number;
 }
 
 /** Called with a connection to send one request on, or with why there will be none. */
@@ -205,7 +207,7 @@ export class UpstreamPool implements ConnectionOwner {
   }
 
   private open(visitor: Visitor): UpstreamConnection {
-    const conn = new UpstreamConnection(this.opts.openStream(visitor), this);
+    const conn = new UpstreamConnection(this.opts.openStream(visitor), this, this.opts.maxResponseHead);
     this.all.add(conn);
     return conn;
   }

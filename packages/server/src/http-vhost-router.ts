@@ -66,6 +66,8 @@ export interface HttpVhostRouterOptions {
   idleTimeout: number;
   /** A request with more header fields gets 431 (the server keeps one more than this: maxHeaderFields). */
   maxHeaderFields: number;
+  /** Largest response head taken from a service (maxResponseHead of max_header_size). */
+  maxResponseHead: number;
 }
 
 const FORWARDED = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
@@ -604,7 +606,7 @@ export class HttpVhostRouter {
     const visitor = this.visitorOf(req);
     const remoteAddr = formatPeerAddress(visitor.address, visitor.port);
     const { stream, conn } = target.openStream(visitor);
-    const upstream = new UpstreamConnection(stream, ONE_EXCHANGE);
+    const upstream = new UpstreamConnection(stream, ONE_EXCHANGE, this.opts.maxResponseHead);
     // Until a 101 the upgrade is an http request like any other: counted, waited for by a draining server,
     // and given an access line when it ends. Upgraded, it is a connection, which the tracker counts and logs.
     const counts = this.opts.traffic.begin(target.client, target.proxy, null, remoteAddr);

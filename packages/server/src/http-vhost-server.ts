@@ -11,7 +11,13 @@ import {
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { formatHostPort, type HostPort, type Logger, resetConnection } from '@porthole/protocol';
+import {
+  formatHostPort,
+  type HostPort,
+  LimitWarning,
+  type Logger,
+  resetConnection,
+} from '@porthole/protocol';
 import type { HttpVhostRouter } from './http-vhost-router.js';
 import { peerAddress, peersOnArrival } from './peer-address.js';
 import type { PendingConnections } from './pending-connections.js';
@@ -62,22 +68,38 @@ export interface HttpVhostServerOptions {
 
 type HttpSocket = Socket & { _httpMessage?: ServerResponse | null };
 
+/** Past this many fields a request gets 431, however large max_header_size is (Node's own default is 2,000). */
+const MAX_HEADER_FIELDS = 2048;
+
 /**
- * The most header fields a request may have: one per 8 bytes of max_header_size (2,048 at the default).
- * Node counts a field's name and value towards maxHeaderSize, not its ": " and CRLF, so 16,000 empty
- * fields fit in 16 KiB; each costs the parser's arrays ~24 bytes while the head is held, and 1,000 such
- * heads from a few addresses took the server from 75 to 459 MB. Past this many the request gets 431.
+ * The most header fields a request may have: one per 8 bytes of max_header_size, at most 2,048 (the most
+ * from 16 KiB up). Node counts a field's name and value towards maxHeaderSize, not its ": " and CRLF, so
+ * 16,000 empty fields fit in 16 KiB; each costs the parser's arrays ~24 bytes while the head is held, and
+ * 1,000 such heads from a few addresses took the server from 75 to 459 MB. Past this many the request gets
+ * 431. Big heads are a few big fields (a cookie, an SSO token), not many small ones.
  */
 export function maxHeaderFields(maxHeaderSize: number): number {
-  return Math.floor(maxHeaderSize / 8);
+  return Math.min(MAX_HEADER_FIELDS, Math.floor(maxHeaderSize / 8));
 }
 
 export class HttpVhostServer {
   private readonly httpServer: Server | undefined;
   private readonly httpsServer: HttpsServer | undefined;
+  /**
+   * Heads over max_header_size, answered 431: mostly real visitors with a big cookie or SSO token, whom
+   * the operator helps by raising the key, so they are said at warn (a line per 10 s at most).
+   */
+  private readonly oversizeHeads: LimitWarning;
+  private lastOversizeFrom: string | undefined;
 
   constructor(private readonly opts: HttpVhostServerOptions) {
     const { limits } = opts;
+    this.oversizeHeads = new LimitWarning((refused) =>
+      opts.logger.warn(
+        { refused, remote_addr: this.lastOversizeFrom, max_header_size: limits.maxHeaderSize },
+        'http request heads over max_header_size refused (431)',
+      ),
+    );
     const common = {
       maxHeaderSize: limits.maxHeaderSize,
       headersTimeout: limits.headersTimeout,
@@ -164,6 +186,10 @@ export class HttpVhostServer {
         { remote_addr: peerAddress(socket), reason: err.code ?? err.message, status },
         'http client error',
       );
+      if (status === 431) {
+        this.lastOversizeFrom = peerAddress(socket);
+        this.oversizeHeads.count();
+      }
       const pendingAnswer = socket._httpMessage;
       if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' && pendingAnswer && socket.writable) {
         router.requestTimedOut(pendingAnswer);

@@ -17,6 +17,7 @@ import {
 import type { ConnectionLimit, ConnectionLimits } from './connection-limit.js';
 import { groupRefusal } from './group-refusal.js';
 import { type HostClaim, HostRoutes } from './host-routes.js';
+import { MAX_RESPONSE_HEAD } from './http-upstream-connection.js';
 import { UpstreamPool, type Visitor } from './http-upstream-pool.js';
 import type { HttpTarget } from './http-vhost-router.js';
 import { bindAddressOf } from './proxy-bind.js';
@@ -40,6 +41,11 @@ export interface RoutingState {
   /** Bound addresses, once listening ("0.0.0.0:80"); undefined when the port is not configured. */
   httpAddress: string | undefined;
   httpsAddress: string | undefined;
+  /**
+   * Largest response head taken from a service: set from max_header_size by the vhost ports when they
+   * start (like the other [http] limits, a reload's new value waits for a restart).
+   */
+  maxResponseHead: number;
 }
 
 export function createRoutingState(): RoutingState {
@@ -49,6 +55,7 @@ export function createRoutingState(): RoutingState {
     tlsRoutes: new HostRoutes(),
     httpAddress: undefined,
     httpsAddress: undefined,
+    maxResponseHead: MAX_RESPONSE_HEAD,
   };
 }
 
@@ -346,6 +353,7 @@ export async function bindRoutedProxy(
     maxStreams: () => routingOf(ctx).maxStreamsPerProxy,
     maxHeld: upgrades.max,
     onWait: () => waits.count(),
+    maxResponseHead: state.maxResponseHead,
   });
   const target: HttpTarget = {
     client: owner.name,

@@ -19,6 +19,12 @@ import { loadCertFiles, type PemPair } from './tls-cert-files.js';
 import { type CertPair, TlsCertStore } from './tls-cert-store.js';
 import { TrustedProxies } from './trusted-proxies.js';
 
+/**
+ * [http] max_header_size unless set: 64 KiB. Node's own 16 KiB refused (431) real requests that carry a big
+ * session cookie or an SSO token; Go's net/http, and so frp, take 1 MiB. A held head may be this large.
+ */
+export const DEFAULT_MAX_HEADER_SIZE = 64 * 1024;
+
 const hostnameField = z.string({ error: expected('a hostname') }).transform((text, ctx) => {
   try {
     const host = parseHostPattern(text);
@@ -71,7 +77,7 @@ export const routingConfigShape = {
         max_header_size: positiveIntField('a number of bytes')
           .min(1024)
           .max(1024 * 1024)
-          .default(16 * 1024),
+          .default(DEFAULT_MAX_HEADER_SIZE),
         max_streams_per_proxy: positiveIntField('a number of streams').max(65_536).default(256),
       },
       { error: expected('an [http] table') },
@@ -142,7 +148,7 @@ export function defaultRoutingConfig(): RoutingConfig {
       responseTimeout: 60_000,
       keepAliveTimeout: 5_000,
       idleTimeout: 60_000,
-      maxHeaderSize: 16 * 1024,
+      maxHeaderSize: DEFAULT_MAX_HEADER_SIZE,
     },
     maxStreamsPerProxy: 256,
     https: undefined,

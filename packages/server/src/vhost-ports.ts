@@ -2,6 +2,7 @@
 // or termination). Wires the route tables, the HTTP router and the two listeners together.
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { maxResponseHead } from './http-upstream-connection.js';
 import { HttpVhostRouter } from './http-vhost-router.js';
 import { HttpVhostServer, maxHeaderFields } from './http-vhost-server.js';
 import type { PendingConnections } from './pending-connections.js';
@@ -22,6 +23,7 @@ export class VhostPorts {
     trusted: () => TrustedProxies,
   ) {
     const routing = ctx.config.routing ?? defaultRoutingConfig();
+    ctx.routing.maxResponseHead = maxResponseHead(routing.httpLimits.maxHeaderSize);
     const router = new HttpVhostRouter({
       routes: ctx.routing.httpRoutes,
       trusted,
@@ -35,6 +37,7 @@ export class VhostPorts {
       responseTimeout: routing.httpLimits.responseTimeout,
       idleTimeout: routing.httpLimits.idleTimeout,
       maxHeaderFields: maxHeaderFields(routing.httpLimits.maxHeaderSize),
+      maxResponseHead: ctx.routing.maxResponseHead,
     });
     this.vhost = new HttpVhostServer({
       router,
