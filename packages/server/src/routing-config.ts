@@ -20,10 +20,11 @@ import { type CertPair, TlsCertStore } from './tls-cert-store.js';
 import { TrustedProxies } from './trusted-proxies.js';
 
 /**
- * [http] max_header_size unless set: 64 KiB. Node's own 16 KiB refused (431) real requests that carry a big
- * session cookie or an SSO token; Go's net/http, and so frp, take 1 MiB. A held head may be this large.
+ * [http] max_header_size unless set: 32 KiB. Node's own 16 KiB refused (431) real requests that carry a big
+ * session cookie or an SSO token; Go's net/http, and so frp, take 1 MiB. A held head may be this large, and
+ * max_pending_connections' 4096 of them cost ~180 MiB at 32 KiB, twice that at 64 KiB: raised where needed.
  */
-export const DEFAULT_MAX_HEADER_SIZE = 64 * 1024;
+export const DEFAULT_MAX_HEADER_SIZE = 32 * 1024;
 
 const hostnameField = z.string({ error: expected('a hostname') }).transform((text, ctx) => {
   try {
