@@ -83,6 +83,11 @@ export const proxySpecSchema = z.object({
    * drops the key, and refuses the second proxy as it refuses any port or name in use.
    */
   group: proxyNameSchema.optional(),
+  /**
+   * tcp: no public port; reached only by visitors (clients whose token's `visit` grants "owner/name"). An
+   * older server drops the field and refuses the entry for its missing remote_port, so it never goes public.
+   */
+  private: z.boolean().optional(),
 });
 export type ProxySpec = z.infer<typeof proxySpecSchema>;
 
@@ -108,6 +113,8 @@ const proxyResult = z.object({
   remote_port: port.optional(),
   /** http/tls: where visitors reach the proxy, e.g. "http://app.example.com:8080/api". */
   urls: z.array(z.string()).max(1024).optional(),
+  /** A private proxy: the name visitors ask for it by, "owner/proxy". */
+  service: z.string().optional(),
   reason: z.string().optional(),
 });
 export type ProxyResult = z.infer<typeof proxyResult>;

@@ -32,3 +32,4 @@ export * from './turn-gathered-writes.js';
 export * from './udp-datagram-codec.js';
 export * from './udp-link-stopped.js';
 export * from './version.js';
+export * from './visit.js';

@@ -20,6 +20,8 @@ export const streamHeaderSchema = z.object({
   dest_port: z.number().int().min(0).max(65535).optional(),
   /** udp flows: the idle time after which the flow ends, so both ends use the server's value. */
   udp_idle_timeout_ms: z.number().int().positive().optional(),
+  /** A private proxy's connection: the visiting client's name (remote_addr is that client's address). */
+  visitor: z.string().max(64).optional(),
 });
 export type StreamHeader = z.infer<typeof streamHeaderSchema>;
 
