@@ -13,6 +13,7 @@ import {
   startCli,
   takeHeldReload,
   UsageError,
+  visitGrantRefusal,
 } from '@porthole/protocol';
 import { loadServerConfig } from './config.js';
 import { PortholeServer } from './server.js';
@@ -34,8 +35,8 @@ Options:
   --ports SPEC        token: ports the client may open (default: any the server's allow_ports permits)
   --hosts LIST        token: hostnames the client may claim ("*.home.example.com" covers the names below
                       it); default: any name
-  --visit LIST        token: private services the client may visit (recorded in the token for a later
-                      version; this one has no private services)
+  --visit LIST        token: private services the client may visit, as OWNER/PROXY (the owning client's
+                      name and its private proxy's), or OWNER/* for all of one client's (default: none)
   --expires DURATION  token: lifetime, e.g. 90d, 12h, or "never" (default 365d)
 
 Signals: SIGHUP reloads the config file (allow_ports, revoked_tokens, limits); SIGTERM drains and exits 0.
@@ -81,7 +82,7 @@ async function main(): Promise<number | undefined> {
         expiresInMs,
         ...(values.ports === undefined ? {} : { ports: values.ports }),
         ...(values.hosts === undefined ? {} : { hosts: hostGrant(values.hosts) }),
-        ...(values.visit === undefined ? {} : { visit: splitList(values.visit) }),
+        ...(values.visit === undefined ? {} : { visit: visitGrant(values.visit) }),
       });
       process.stdout.write(`${jwt}\n`);
       // What revoking it takes, and when it ends, said where a redirect of the token to a file leaves it.
@@ -141,6 +142,16 @@ function parse() {
 runCli(PROGRAM, main);
 
 /** --hosts as the server will compare it: each pattern valid and normalized, at least one. */
+function visitGrant(list: string): string[] {
+  const services = splitList(list);
+  if (services.length === 0) throw new Error('--visit needs at least one service (leave it out for none)');
+  for (const service of services) {
+    const refusal = visitGrantRefusal(service);
+    if (refusal) throw new Error(`--visit: ${refusal}`);
+  }
+  return services;
+}
+
 function hostGrant(list: string): string[] {
   const hosts = splitList(list).map(parseHostPattern);
   if (hosts.length === 0) throw new Error('--hosts needs at least one name (leave it out to allow any name)');

@@ -23,6 +23,13 @@ import {
 import { ConnectionLimit, ConnectionLimits } from './connection-limit.js';
 import type { HostClaim } from './host-routes.js';
 import { type PickedPort, pickablePorts, pickPort } from './port-picker.js';
+import {
+  bindPrivateService,
+  type PrivateTarget,
+  privateRefusal,
+  serveVisit,
+  serviceName,
+} from './private-service.js';
 import { bindAddressOf, customBindOf, remoteBindRefusal } from './proxy-bind.js';
 import { bindTcpGroupMember, type GroupMember, portHolderRefusal } from './proxy-groups.js';
 import {
@@ -69,6 +76,8 @@ export class ClientSession {
   private routes = 0;
   /** Hostnames the token lets this client claim (undefined: any). */
   private readonly hostGrant: readonly string[] | undefined;
+  /** Private services the token lets this client visit (undefined: none). */
+  private readonly visitGrant: readonly string[] | undefined;
   private readonly connectionLimits: ConnectionLimits;
   /** Each proxy's refusal last logged at warn: the same answer to a client asking again goes to debug. */
   private readonly refusals = new RepeatedReasons();
@@ -101,6 +110,7 @@ export class ClientSession {
     this.tokenId = claims.jti;
     this.grant = claims.ports === undefined ? undefined : PortRanges.parse(claims.ports);
     this.hostGrant = claims.hosts;
+    this.visitGrant = claims.visit;
     this.connectionLimits = new ConnectionLimits(
       (proxy, max) =>
         new ConnectionLimit({
@@ -168,8 +178,12 @@ export class ClientSession {
 
   private onStream(stream: Stream): void {
     if (this.control) {
-      // Only the control stream is client-opened in this protocol version.
-      stream.destroy();
+      // After the control stream, a client opens streams only to visit private services (after hello).
+      if (!this.established) {
+        stream.destroy();
+        return;
+      }
+      void serveVisit(this.ctx, this.asVisitor, stream);
       return;
     }
     this.control = stream;
@@ -270,6 +284,8 @@ export class ClientSession {
     /** The address it asked to be bound on, when that is not proxy_bind. */
     remoteBind: string | undefined;
     publicAddr: string;
+    /** A private proxy's name for visitors, "owner/proxy". */
+    service: string | undefined;
     udpStats: Readonly<UdpProxyStats> | undefined;
     group: string | undefined;
     groupMembers: GroupMember[];
@@ -280,10 +296,30 @@ export class ClientSession {
       remotePort: spec.remote_port,
       remoteBind: customBindOf(this.ctx.config, spec),
       publicAddr: listener.address,
+      service: listener.service ? serviceName(this.name, spec.name) : undefined,
       udpStats: listener.udpStats,
       group: spec.group,
       groupMembers: listener.groupMembers?.() ?? [],
     }));
+  }
+
+  /** A private proxy this session serves, for a visit. */
+  privateTarget(proxy: string): PrivateTarget | undefined {
+    return this.established ? this.proxies.get(proxy)?.listener.service : undefined;
+  }
+
+  /** This session as the visits it opens see it. */
+  private get asVisitor() {
+    return {
+      name: this.name,
+      grant: this.visitGrant,
+      remoteAddr: this.remoteAddr,
+      findTarget: (owner: string, proxy: string) => {
+        const session = this.ctx.clients.get(owner);
+        if (!session?.established) return 'offline' as const;
+        return session.privateTarget(proxy) ?? ('none' as const);
+      },
+    };
   }
 
   /**
@@ -513,6 +549,7 @@ export class ClientSession {
   }
 
   private refusal(spec: ProxySpec): string | undefined {
+    if (spec.private) return privateRefusal(spec);
     const notHere = remoteBindRefusal(this.ctx.config, spec);
     if (notHere) return notHere;
     if (spec.type !== 'tcp') return routedRefusal(this.ctx, this.owner, spec);
@@ -634,6 +671,7 @@ export class ClientSession {
 
   /** Binds a proxy's public side: a tcp proxy's port (held in ctx.ports), or a routed proxy. */
   private async bind(spec: ProxySpec): Promise<{ listener: BoundProxy; port: number | undefined }> {
+    if (spec.private) return { listener: bindPrivateService(this.ctx, this.owner, spec), port: undefined };
     if (spec.type !== 'tcp')
       return { listener: await bindRoutedProxy(this.ctx, this.owner, spec), port: undefined };
     const port = spec.remote_port!;
@@ -662,6 +700,13 @@ export class ClientSession {
       // Refused, never reported registered: nobody was told these names route here.
       this.closeProxies([spec.name], lateRefusal, { forgetRoutes: true });
       return this.refused(spec.name, lateRefusal);
+    }
+    if (listener.service) {
+      this.logger.info(
+        { proxy: spec.name, type: spec.type, service: serviceName(this.name, spec.name) },
+        'private service registered',
+      );
+      return this.registered(entry);
     }
     this.logger.info(
       {
@@ -701,6 +746,8 @@ export class ClientSession {
 
   private registered({ spec, listener }: { spec: ProxySpec; listener: BoundProxy }): ProxyResult {
     this.refusals.forget(spec.name);
+    // Nothing listens for a private proxy: visitors ask for it by name.
+    if (listener.service) return { proxy: spec.name, ok: true, service: serviceName(this.name, spec.name) };
     return {
       proxy: spec.name,
       ok: true,

@@ -20,6 +20,7 @@ import { type HostClaim, HostRoutes } from './host-routes.js';
 import { MAX_RESPONSE_HEAD } from './http-upstream-connection.js';
 import { UpstreamPool, type Visitor } from './http-upstream-pool.js';
 import type { HttpTarget } from './http-vhost-router.js';
+import type { PrivateTarget } from './private-service.js';
 import { bindAddressOf } from './proxy-bind.js';
 import { bindUdpGroupMember, type PortHolder, portHolderRefusal } from './proxy-groups.js';
 import { routingPath } from './request-path.js';
@@ -83,6 +84,8 @@ export interface BoundProxy {
   /** A load-balancing group's member: its group, and every member now (this one included). */
   readonly group?: string;
   groupMembers?(): { client: string; proxy: string }[];
+  /** A private proxy: what visits to it need (the owner's session, its spec and connection limit). */
+  readonly service?: PrivateTarget;
   /** http and tls proxies: the names (and locations) it is routed by, as claimsOf gave them. */
   readonly claims?: readonly HostClaim[];
   /**

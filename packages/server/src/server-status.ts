@@ -12,8 +12,10 @@ export interface ProxyView {
   remote_port: number | null;
   /** tcp/udp: the address its client asked to bind (remote_bind), when it is not proxy_bind. */
   remote_bind?: string;
-  /** Where visitors connect, e.g. "0.0.0.0:2222". */
+  /** Where visitors connect, e.g. "0.0.0.0:2222"; "private owner/proxy" for a private proxy. */
   public_addr: string;
+  /** A private proxy's name for visiting clients ("homelab/ssh"); absent for a public one. */
+  service?: string;
   /** Open now: connections, and for http proxies requests in flight, for udp proxies flows. */
   open_connections: number;
   /** Since the proxy first registered (kept across reconnects), counted as open_connections are. */
@@ -112,6 +114,7 @@ export class ServerStatus {
               remote_port: p.remotePort ?? null,
               ...(p.remoteBind === undefined ? {} : { remote_bind: p.remoteBind }),
               public_addr: p.publicAddr,
+              ...(p.service === undefined ? {} : { service: p.service }),
               open_connections: t?.open ?? 0,
               connections_total: t?.connections ?? 0,
               bytes_in: t?.bytesIn ?? 0,
