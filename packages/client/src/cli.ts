@@ -39,7 +39,7 @@ const USAGE = `Usage:
                                               5 established but a proxy refused or closed; --json: raw answer
   ${PROGRAM} -h, --help | -V, --version
 
-Options (they override the config file's keys; --tcp and --udp add proxies):
+Options (they override the config file's keys; --tcp and --udp add proxies, --visit visitors):
   -c, --config FILE          client config (TOML); see examples/client.toml
   -s, --server URL           ws:// or wss:// URL of the server's control endpoint
   --token JWT                the client token (prefer --token-file: arguments show up in ps)
@@ -60,6 +60,10 @@ Options (they override the config file's keys; --tcp and --udp add proxies):
   --udp [BIND_ADDRESS:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT
                              expose a local UDP service on the server's UDP REMOTE_PORT (repeatable);
                              the proxy is named udp-REMOTE_PORT; 0: the server picks one
+  --visit [BIND_HOST:]PORT:OWNER/PROXY
+                             listen on BIND_HOST:PORT (default 127.0.0.1) and take each connection to
+                             client OWNER's private proxy PROXY (repeatable; the token's --visit must
+                             grant it); the visitor is named visit-PORT
   --exit-on-auth-failure     exit with status 4 when the server refuses the token (or the proxy its
                              credentials), instead of retrying
   --log-level LEVEL          trace, debug, info, warn, error, fatal or silent
@@ -79,6 +83,7 @@ const RUN_OPTIONS = [
   'proxy-password-file',
   'tcp',
   'udp',
+  'visit',
   'exit-on-auth-failure',
   'log-level',
 ] as const;
@@ -114,13 +119,18 @@ async function main(): Promise<number | undefined> {
   if (values['proxy-password-file'] !== undefined) flags.proxyPasswordFile = values['proxy-password-file'];
   if (values.tcp !== undefined) flags.tcp = values.tcp;
   if (values.udp !== undefined) flags.udp = values.udp;
+  if (values.visit !== undefined) flags.visit = values.visit;
   if (values['exit-on-auth-failure']) flags.exitOnAuthFailure = true;
   if (values['log-level'] !== undefined) flags.logLevel = values['log-level'];
   const config = loadClientConfig(values.config, flags);
   if (command === 'check') {
     for (const warning of config.warnings) process.stderr.write(`warning: ${warning}\n`);
     const count = config.proxies.length;
-    process.stdout.write(`${config.source}: ok (${count} ${count === 1 ? 'proxy' : 'proxies'})\n`);
+    const visitors = config.visitors.length;
+    const andVisitors = visitors === 0 ? '' : `, ${visitors} ${visitors === 1 ? 'visitor' : 'visitors'}`;
+    process.stdout.write(
+      `${config.source}: ok (${count} ${count === 1 ? 'proxy' : 'proxies'}${andVisitors})\n`,
+    );
     // As the start line and `status` will say it, once a proxy is in play (named, or set aside): which one
     // the environment's variables picked is what a user checking the config cannot see anywhere else.
     const route = dialRoute(config);
@@ -261,6 +271,7 @@ function parse() {
       'proxy-password-file': { type: 'string' },
       tcp: { type: 'string', multiple: true },
       udp: { type: 'string', multiple: true },
+      visit: { type: 'string', multiple: true },
       'exit-on-auth-failure': { type: 'boolean' },
       'log-level': { type: 'string' },
       admin: { type: 'string' },

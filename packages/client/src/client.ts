@@ -32,6 +32,8 @@ import { boundElsewhere } from './remote-bind-check.js';
 import { type ClientStatus, type ProxyState, SessionStatus } from './session-status.js';
 import { certainTokenRefusal } from './token-warnings.js';
 import { OpenUdpFlows } from './udp-forwarder.js';
+import type { VisitorConfig } from './visitor-config.js';
+import { VisitorListener } from './visitor-listener.js';
 
 /** Time for TCP + TLS + upgrade, and for the server's hello_ok. */
 const DIAL_TIMEOUT_MS = 10_000;
@@ -48,6 +50,9 @@ export type RunOutcome = 'stopped' | 'auth failed';
  * said so, since that reason alone reads as a mistake in the config.
  */
 function refusalReason(proxy: ProxyConfig, reason: string | undefined): string | undefined {
+  // An older server drops `private` and asks for the port a public tcp proxy needs: it opened nothing.
+  if (proxy.private && reason === 'a tcp proxy needs remote_port')
+    return 'this server is older than private proxies: it has none (nothing was opened for this proxy)';
   if (!picksPort(proxy) || reason === undefined || !reason.startsWith('remote_port: ')) return reason;
   return `${reason} (this server is older than remote_port = 0: it cannot pick a port, so give the proxy one)`;
 }
@@ -95,6 +100,8 @@ export class PortholeClient {
   private readonly pickedPorts = new Map<string, { type: string; port: number }>();
   /** Proxies with a health_check: one found unhealthy is withdrawn from the server until a check passes. */
   private readonly health: ProxyHealthChecks;
+  /** Local listeners whose connections visit other clients' private services, by name. */
+  private readonly visitors = new Map<string, VisitorListener>();
 
   constructor(
     private config: ClientConfig,
@@ -108,6 +115,7 @@ export class PortholeClient {
     this.localFailures = new LocalFailureLog(logger);
     this.directories = new DirectoryServer(this.proxies, logger);
     this.health = new ProxyHealthChecks(logger, (name, healthy) => this.healthChanged(name, healthy));
+    for (const visitor of config.visitors) this.visitors.set(visitor.name, this.newVisitor(visitor));
   }
 
   /** Withdraws a proxy whose service failed its checks, or registers it again once one passes. */
@@ -115,6 +123,50 @@ export class PortholeClient {
     if (!this.established || this.stopping || !this.proxies.has(name)) return;
     if (healthy) this.registerAgain([name]);
     else this.sendControl({ type: 'unregister', proxies: [name] });
+  }
+
+  private newVisitor(config: VisitorConfig): VisitorListener {
+    return new VisitorListener(config, {
+      tracker: this.tracker,
+      logger: this.logger,
+      session: () =>
+        this.session && this.established && !this.session.closed
+          ? this.session
+          : `not connected to the server (${this.sessionStatus.current})`,
+    });
+  }
+
+  /** SIGHUP: visitors added, removed, or moved to another bind listen anew; the others keep listening. */
+  private reloadVisitors(next: readonly VisitorConfig[]): {
+    added: string[];
+    removed: string[];
+    changed: string[];
+  } {
+    const diff = { added: [] as string[], removed: [] as string[], changed: [] as string[] };
+    const names = new Set(next.map((v) => v.name));
+    for (const [name, listener] of this.visitors) {
+      if (names.has(name)) continue;
+      diff.removed.push(name);
+      this.visitors.delete(name);
+      void listener.close();
+    }
+    for (const visitor of next) {
+      const running = this.visitors.get(visitor.name);
+      if (running && JSON.stringify(running.current) === JSON.stringify(visitor)) continue;
+      if (running && JSON.stringify(running.current.bind) === JSON.stringify(visitor.bind)) {
+        running.retarget(visitor);
+        diff.changed.push(visitor.name);
+        continue;
+      }
+      (running ? diff.changed : diff.added).push(visitor.name);
+      const listener = this.newVisitor(visitor);
+      this.visitors.set(visitor.name, listener);
+      // The old port is let go before the new one is taken, so a visitor may move to a port and back.
+      void (running ? running.close() : Promise.resolve()).then(() =>
+        this.stopping || this.visitors.get(visitor.name) !== listener ? undefined : listener.listen(),
+      );
+    }
+    return diff;
   }
 
   /** The `server` of log lines. */
@@ -130,6 +182,7 @@ export class PortholeClient {
       this.udpFlows,
       this.session?.streamCount ?? 0,
       this.health,
+      this.visitors,
     );
     const expires = readUnverifiedClaims(this.config.token)?.exp;
     if (expires !== undefined) status.token_expires_at = new Date(expires * 1000).toISOString();
@@ -183,8 +236,12 @@ export class PortholeClient {
     this.sessionStatus.server = next.server;
     this.sessionStatus.via = dialRoute(this.config);
     const dialProxyKeys = changedDialProxyKeys(previous, next);
+    const visitors = this.reloadVisitors(next.visitors);
     this.logger.info(
       {
+        visitors_added: visitors.added,
+        visitors_removed: visitors.removed,
+        visitors_changed: visitors.changed,
         added: diff.added,
         removed: diff.removed,
         changed: diff.changed,
@@ -266,7 +323,8 @@ export class PortholeClient {
       { server: this.serverForLogs, ...dialRoute(this.config), version: this.clientVersion },
       'client starting',
     );
-    if (this.proxies.size === 0) this.logger.warn({}, 'no proxies configured');
+    await Promise.all([...this.visitors.values()].map((visitor) => visitor.listen()));
+    if (this.proxies.size === 0 && this.visitors.size === 0) this.logger.warn({}, 'no proxies configured');
     this.health.apply(this.proxies);
     while (!this.stopping) {
       let ws: Awaited<ReturnType<typeof dial>>;
@@ -375,6 +433,8 @@ export class PortholeClient {
     this.health.stopAll();
     this.sessionStatus.stopping();
     this.wakeSleeper?.();
+    // No new visits; those under way drain with the other connections.
+    await Promise.all([...this.visitors.values()].map((visitor) => visitor.close()));
     const session = this.session;
     if (session && !session.closed) {
       this.logger.info(this.openWork(), 'shutting down');
@@ -603,6 +663,7 @@ export class PortholeClient {
             ...(result.remote_addr ? { remoteAddr: result.remote_addr } : {}),
             ...(remotePort === undefined ? {} : { remotePort }),
             ...(result.urls?.length ? { urls: result.urls } : {}),
+            ...(result.service ? { service: result.service } : {}),
           }
         : { state: 'refused', reason: reason ?? 'refused' };
       this.sessionStatus.set(result.proxy, state);
@@ -616,6 +677,7 @@ export class PortholeClient {
             remote_port: remotePort,
             urls: result.urls,
             ...(proxy.group === undefined ? {} : { group: proxy.group }),
+            ...(result.service ? { service: result.service } : {}),
             local,
             ...limit,
           },

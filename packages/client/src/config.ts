@@ -44,8 +44,10 @@ import {
   toProxyConfig,
 } from './proxy-config.js';
 import { tokenWarnings } from './token-warnings.js';
+import { toVisitorConfig, type VisitorConfig, visitorSchema, visitRule } from './visitor-config.js';
 
 export type { ProxyConfig } from './proxy-config.js';
+export type { VisitorConfig } from './visitor-config.js';
 
 /**
  * A user or password in the server URL ("ws://u:secret@host/..."): never sent (the token is what signs in),
@@ -102,6 +104,7 @@ const clientShape = {
   exit_on_auth_failure: z.boolean({ error: expected('true or false') }).default(false),
   log_level: logLevelField.default('info'),
   proxies: z.array(proxySchema, { error: expected('[[proxies]] tables') }).default([]),
+  visitors: z.array(visitorSchema, { error: expected('[[visitors]] tables') }).default([]),
   admin: z
     .strictObject(
       {
@@ -180,6 +183,27 @@ const clientSchema = z.strictObject(clientShape).superRefine((config, ctx) => {
     names.set(proxy.name, i);
     if (port !== undefined) ports.set(port, i);
   });
+  const visitorNames = new Map<string, number>();
+  const binds = new Map<string, number>();
+  config.visitors.forEach((visitor, i) => {
+    const named = visitorNames.get(visitor.name);
+    if (named !== undefined)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['visitors', i, 'name'],
+        message: `"${visitor.name}" is already the name of visitors[${named}]`,
+      });
+    const bind = `${visitor.bind.host}/${visitor.bind.port}`;
+    const bound = binds.get(bind);
+    if (bound !== undefined)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['visitors', i, 'bind'],
+        message: `is already the bind of visitors${elementLabel(bound, config.visitors[bound])}`,
+      });
+    visitorNames.set(visitor.name, i);
+    binds.set(bind, i);
+  });
 });
 
 export interface ClientConfig {
@@ -198,6 +222,8 @@ export interface ClientConfig {
   exitOnAuthFailure: boolean;
   logLevel: LogLevel;
   proxies: ProxyConfig[];
+  /** Local ports whose connections go to other clients' private services. */
+  visitors: VisitorConfig[];
   /** Worth saying but not refusing (a token file others can read), for the log. */
   warnings: string[];
   /** Where `porthole-client status` finds this client: a loopback HTTP listener. */
@@ -314,6 +340,7 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
     exitOnAuthFailure: raw.exit_on_auth_failure,
     logLevel: raw.log_level,
     proxies: [],
+    visitors: raw.visitors.map(toVisitorConfig),
     warnings: exposed ? [`${tokenFile === undefined ? 'token' : 'token_file'}: ${exposed}`] : [],
   };
   config.proxies = raw.proxies.map((proxy, i) => fileProxy(source, proxy, i, config.warnings));
@@ -446,6 +473,8 @@ export interface ClientFlags {
   tcp?: string[];
   /** `--udp 5353:127.0.0.1:53` rules (udp proxies named udp-REMOTE_PORT). */
   udp?: string[];
+  /** `--visit 2222:homelab/ssh` rules (visitors named visit-PORT). */
+  visit?: string[];
   exitOnAuthFailure?: boolean;
   logLevel?: string;
 }
@@ -590,6 +619,17 @@ export function loadClientConfig(file: string | undefined, flags: ClientFlags = 
   ];
   if (rules.length > 0)
     raw.proxies = withRuleProxies(Array.isArray(raw.proxies) ? raw.proxies : [], file, rules);
+  if (flags.visit?.length)
+    raw.visitors = [
+      ...(Array.isArray(raw.visitors) ? raw.visitors : []),
+      ...flags.visit.map((rule) => {
+        try {
+          return visitRule(rule);
+        } catch (err) {
+          throw ConfigError.at(COMMAND_LINE, '--visit', (err as Error).message);
+        }
+      }),
+    ];
   // Without a file the keys are flags: name the flag, not the file's key.
   if (file === undefined && raw.token === undefined && raw.token_file === undefined)
     throw ConfigError.at(

@@ -127,7 +127,13 @@ export async function serveStream(
   }
   // As the server's lines write this visitor (an IPv4 one of a dual-stack listener as IPv4, not ::ffff:).
   const remoteAddr = formatPeerAddress(header.remote_addr, header.remote_port);
-  const fields = { proxy: header.proxy, conn: header.conn, remote_addr: remoteAddr };
+  const fields = {
+    proxy: header.proxy,
+    conn: header.conn,
+    remote_addr: remoteAddr,
+    // A private proxy's connection: the client that visits it.
+    ...(header.visitor === undefined ? {} : { visitor: header.visitor }),
+  };
   const proxy = proxies.get(header.proxy);
   if (!proxy) {
     failures.failed({ ...fields, reason: 'no such proxy on this client' }, false);

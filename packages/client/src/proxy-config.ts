@@ -160,6 +160,7 @@ const KEY_TYPES: Record<string, readonly ProxyType[]> = {
   max_flows: ['udp'],
   group: ['tcp', 'udp', 'http', 'tls'],
   health_check: ['tcp', 'http', 'tls'],
+  private: ['tcp'],
 };
 
 /** frp's healthCheck defaults: a check every 10 s, 3 s to answer, 3 failures in a row. */
@@ -324,6 +325,7 @@ export const proxySchema = z
     strip_prefix: stripPrefixField.optional(),
     serve_dotfiles: z.boolean({ error: expected('true or false') }).optional(),
     follow_outside_symlinks: z.boolean({ error: expected('true or false') }).optional(),
+    private: z.boolean({ error: expected('true or false') }).optional(),
   })
   .superRefine((proxy, ctx) => {
     for (const [key, types] of Object.entries(KEY_TYPES)) {
@@ -331,7 +333,7 @@ export const proxySchema = z
         ctx.addIssue({
           code: 'custom',
           path: [key],
-          message: `applies to ${listed(types)} proxies, not ${proxy.type}`,
+          message: `applies to ${listed(types)} proxies, not ${proxy.type}${key === 'private' && proxy.type === 'udp' ? ' (porthole has no private udp services, as frp has sudp: use a tcp proxy, or a public udp port)' : ''}`,
         });
       }
     }
@@ -365,11 +367,23 @@ export const proxySchema = z
         message: 'a udp proxy cannot reach a Unix socket: give its service as "host:port"',
       });
     }
-    if ((proxy.type === 'tcp' || proxy.type === 'udp') && proxy.remote_port === undefined) {
+    if (proxy.private === true && proxy.remote_port !== undefined) {
       ctx.addIssue({
         code: 'custom',
         path: ['remote_port'],
-        message: `required for a ${proxy.type} proxy: its port on the server, or 0 for one the server picks`,
+        message:
+          'a private proxy has no port on the server: visitors reach it by name ([[visitors]] service = "CLIENT/NAME")',
+      });
+    }
+    if (
+      (proxy.type === 'tcp' || proxy.type === 'udp') &&
+      proxy.remote_port === undefined &&
+      proxy.private !== true
+    ) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['remote_port'],
+        message: `required for a ${proxy.type} proxy: its port on the server, or 0 for one the server picks${proxy.type === 'tcp' ? ' (or private = true for one only visitors reach)' : ''}`,
       });
     }
     if ((proxy.type === 'http' || proxy.type === 'tls') && !proxy.hosts?.length && !proxy.subdomain) {
@@ -518,6 +532,8 @@ export interface ProxyConfig {
   group?: string;
   /** tcp, http, tls: the local service is checked; unhealthy, the proxy is withdrawn from the server. */
   healthCheck?: HealthCheckConfig;
+  /** tcp: no public port; reached only by other clients' [[visitors]] as "CLIENT/NAME". */
+  private?: boolean;
 }
 
 export interface DirectorySettings {
@@ -564,6 +580,7 @@ export function toProxyConfig(raw: RawProxy): ProxyConfig {
       ...(check.path === undefined ? {} : { path: check.path }),
     };
   }
+  if (raw.private === true) proxy.private = true;
   if (isSocks5Local(raw.local)) {
     const socks: SocksSettings = {};
     // socks_password_file is read by the config loader, which knows where the file is.
@@ -600,6 +617,7 @@ export function proxySpecFields(proxy: ProxyConfig): ProxySpec {
   if (proxy.udpIdleTimeout !== undefined) spec.udp_idle_timeout_ms = proxy.udpIdleTimeout;
   if (proxy.maxFlows !== undefined) spec.max_flows = proxy.maxFlows;
   if (proxy.group !== undefined) spec.group = proxy.group;
+  if (proxy.private) spec.private = true;
   return spec;
 }
 

@@ -3,11 +3,13 @@ import type { ProxyConfig } from './config.js';
 import { urlWithoutUserinfo } from './dialer.js';
 import { describeLocal } from './proxy-config.js';
 import type { OpenUdpFlows } from './udp-forwarder.js';
+import { describeBind } from './visitor-config.js';
+import type { VisitorListener } from './visitor-listener.js';
 
 export type ProxyState =
   | { state: 'pending' }
   /** remotePort: a tcp or udp proxy's port on the server (the one it picked for remote_port 0). */
-  | { state: 'registered'; remoteAddr?: string; remotePort?: number; urls?: string[] }
+  | { state: 'registered'; remoteAddr?: string; remotePort?: number; urls?: string[]; service?: string }
   | { state: 'refused'; reason: string }
   | { state: 'closed'; reason: string }
   /** Its health check failed: the client unregistered it, and registers it again after a check passes. */
@@ -59,6 +61,19 @@ export interface ClientStatus {
     group?: string;
     /** With a health_check: what the last checks say ("unhealthy": withdrawn from the server). */
     health?: 'healthy' | 'unhealthy';
+    /** A private proxy: true, and once registered the name visitors ask for ("homelab/ssh"). */
+    private?: boolean;
+    service?: string;
+  }[];
+  /** Local ports whose connections visit other clients' private services. */
+  visitors: {
+    name: string;
+    service: string;
+    bind: string;
+    listening: boolean;
+    open_connections: number;
+    /** Why it does not listen, or why its last visit was refused (cleared by one that is not). */
+    reason?: string;
   }[];
 }
 
@@ -71,6 +86,11 @@ export class SessionStatus {
   private lastError: string | undefined;
   private retryAt: number | undefined;
   private readonly proxyStates = new Map<string, ProxyState>();
+
+  /** The session's state now (a visit refused for want of a session says it). */
+  get current(): SessionState {
+    return this.state;
+  }
 
   /** How the server is dialled (the client sets it at the start and on a reload). */
   via: { via: string; via_from?: string } = { via: 'direct' };
@@ -136,9 +156,16 @@ export class SessionStatus {
       withdrawnReason(proxy: string): string | undefined;
       health(proxy: string): 'healthy' | 'unhealthy' | undefined;
     },
+    visitors: ReadonlyMap<string, VisitorListener> = new Map(),
   ): ClientStatus {
     const open = new Map<string, number>();
+    const visiting = new Map<string, number>();
     for (const c of tracker.connections()) {
+      if (c.fields.visitor !== undefined && c.fields.proxy === undefined) {
+        const name = String(c.fields.visitor);
+        visiting.set(name, (visiting.get(name) ?? 0) + 1);
+        continue;
+      }
       const name = String(c.fields.proxy ?? '');
       open.set(name, (open.get(name) ?? 0) + 1);
     }
@@ -172,6 +199,20 @@ export class SessionStatus {
           ...(proxy.bandwidthLimit ? { bandwidth_limit: proxy.bandwidthLimit.text } : {}),
           ...(proxy.group === undefined ? {} : { group: proxy.group }),
           ...(checked === undefined ? {} : { health: checked }),
+          ...(proxy.private ? { private: true } : {}),
+          ...('service' in state && state.service ? { service: state.service } : {}),
+        };
+      }),
+      visitors: [...visitors.values()].map((visitor) => {
+        const { listening, error, lastRefusal } = visitor.state();
+        const reason = error ?? lastRefusal;
+        return {
+          name: visitor.name,
+          service: visitor.current.service,
+          bind: describeBind(visitor.current),
+          listening,
+          open_connections: visiting.get(visitor.name) ?? 0,
+          ...(reason === undefined ? {} : { reason }),
         };
       }),
     };

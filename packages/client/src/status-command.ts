@@ -91,6 +91,7 @@ function table(rows: string[][]): string {
 
 /** Where visitors reach a registered proxy: an http or tls proxy's URLs, else its public address. */
 function registeredDetail(p: ClientStatus['proxies'][number]): string {
+  if (p.service !== undefined) return `visitors ask for ${p.service}`;
   return p.urls?.length ? p.urls.join(' ') : `public ${p.remote_addr ?? '?'}`;
 }
 
@@ -163,7 +164,7 @@ export function formatStatus(status: ClientStatus, now = Date.now()): string {
         p.name,
         p.type,
         p.local,
-        remotePortCell(p.remote_port, p.remote_bind),
+        p.private ? 'private' : remotePortCell(p.remote_port, p.remote_bind),
         ...(groups ? [p.group ?? '-'] : []),
         p.health === undefined ? p.state : `${p.state} (${p.health})`,
         String(p.open_connections),
@@ -172,6 +173,20 @@ export function formatStatus(status: ClientStatus, now = Date.now()): string {
       ]);
     }
     lines.push(table(rows));
+  }
+  // Older clients' answers have no visitors.
+  if (status.visitors?.length) {
+    const rows = [['VISITOR', 'SERVICE', 'BIND', 'STATE', 'OPEN', 'DETAIL']];
+    for (const v of status.visitors)
+      rows.push([
+        v.name,
+        v.service,
+        v.bind,
+        v.listening ? 'listening' : 'not listening',
+        String(v.open_connections),
+        v.reason ?? '',
+      ]);
+    lines.push('', table(rows));
   }
   return `${lines.join('\n')}\n`;
 }

@@ -1,0 +1,158 @@
+// A [[visitors]] table at work: a local listener whose every connection becomes a stream this client opens,
+// asking the server for another client's private service, then carrying bytes both ways.
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Session } from '@porthole/mux';
+import {
+  type ConnectionTracker,
+  formatPeerAddress,
+  type Logger,
+  readVisitAnswer,
+  resetConnection,
+  writeVisitRequest,
+} from '@porthole/protocol';
+import { withTimeout } from './local-connect.js';
+import { describeBind, type VisitorConfig } from './visitor-config.js';
+
+/** The server answers a visit once it has opened the owner's stream; one that does not by then is gone. */
+const VISIT_ANSWER_TIMEOUT_MS = 10_000;
+
+/**
+ * A server older than private services resets every stream a client opens after its control stream: a
+ * visit ended without an answer reads as that.
+ */
+const NO_ANSWER =
+  'the server ended the visit without an answer (a server older than private services does so: it has no visitors)';
+
+export interface VisitorHost {
+  /** The live session to open visits on, or why there is none. */
+  session(): Session | string;
+  readonly tracker: ConnectionTracker;
+  readonly logger: Logger;
+}
+
+/** What `status` shows of a visitor. */
+export interface VisitorState {
+  listening: boolean;
+  /** Why it does not listen (a bind failure), or why its last visit was refused. */
+  error?: string;
+  lastRefusal?: string;
+}
+
+export class VisitorListener {
+  private readonly server: Server;
+  private listening = false;
+  private bindError: string | undefined;
+  private lastRefusal: string | undefined;
+
+  constructor(
+    private config: VisitorConfig,
+    private readonly host: VisitorHost,
+  ) {
+    this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => {
+      void this.onConnection(socket);
+    });
+    this.server.on('error', (err) =>
+      host.logger.error({ visitor: config.name, reason: err.message }, 'visitor listener error'),
+    );
+  }
+
+  get name(): string {
+    return this.config.name;
+  }
+
+  get current(): VisitorConfig {
+    return this.config;
+  }
+
+  /** A reload that changes only the service: the next connections ask for the new one. */
+  retarget(config: VisitorConfig): void {
+    this.config = config;
+    this.lastRefusal = undefined;
+  }
+
+  /** Binds `bind`; a failure is logged and kept for `status`, not thrown: the client's other work goes on. */
+  listen(): Promise<void> {
+    const { host, port } = this.config.bind;
+    return new Promise((resolve) => {
+      const onError = (err: NodeJS.ErrnoException) => {
+        this.bindError = `cannot listen on ${describeBind(this.config)}: ${err.code ?? err.message}`;
+        this.host.logger.error(
+          { visitor: this.config.name, bind: describeBind(this.config), reason: this.bindError },
+          'visitor listen failed',
+        );
+        resolve();
+      };
+      this.server.once('error', onError);
+      this.server.listen({ host, port }, () => {
+        this.server.off('error', onError);
+        this.listening = true;
+        this.host.logger.info(
+          { visitor: this.config.name, service: this.config.service, bind: describeBind(this.config) },
+          'visitor listening',
+        );
+        resolve();
+      });
+    });
+  }
+
+  /** Stops accepting (the port is free when the close completes); connections under way carry on. */
+  close(): Promise<void> {
+    this.listening = false;
+    return new Promise((resolve) => {
+      if (!this.server.listening) resolve();
+      else this.server.close(() => resolve());
+    });
+  }
+
+  state(): VisitorState {
+    return {
+      listening: this.listening,
+      ...(this.bindError === undefined ? {} : { error: this.bindError }),
+      ...(this.lastRefusal === undefined ? {} : { lastRefusal: this.lastRefusal }),
+    };
+  }
+
+  private async onConnection(socket: Socket): Promise<void> {
+    socket.on('error', () => {});
+    socket.setNoDelay(true);
+    const { name, service } = this.config;
+    const remoteAddr = formatPeerAddress(socket.remoteAddress ?? '', socket.remotePort ?? 0);
+    const session = this.host.session();
+    if (typeof session === 'string') return this.refuse(socket, remoteAddr, session);
+    const stream = session.open();
+    stream.on('error', () => {});
+    writeVisitRequest(stream, { visit: service });
+    let answer: Awaited<ReturnType<typeof readVisitAnswer>>;
+    try {
+      answer = await withTimeout(readVisitAnswer(stream), VISIT_ANSWER_TIMEOUT_MS, 'the visit answer');
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      const reason = code === 'ERR_STREAM_RESET' ? NO_ANSWER : `the visit failed: ${(err as Error).message}`;
+      stream.destroy();
+      return this.refuse(socket, remoteAddr, reason);
+    }
+    if (answer === null || !answer.ok) {
+      stream.destroy();
+      return this.refuse(socket, remoteAddr, answer?.reason ?? NO_ANSWER);
+    }
+    if (socket.destroyed) {
+      stream.destroy();
+      return;
+    }
+    this.lastRefusal = undefined;
+    this.host.tracker.carry(socket, stream, {
+      labels: ['local', 'tunnel'],
+      logger: this.host.logger,
+      fields: { visitor: name, service, conn: answer.conn, remote_addr: remoteAddr },
+    });
+  }
+
+  private refuse(socket: Socket, remoteAddr: string, reason: string): void {
+    this.lastRefusal = reason;
+    this.host.logger.warn(
+      { visitor: this.config.name, service: this.config.service, remote_addr: remoteAddr, reason },
+      'visit refused',
+    );
+    resetConnection(socket);
+  }
+}
