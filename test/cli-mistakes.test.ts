@@ -736,7 +736,7 @@ test('a tcp proxy without remote_port is told 0 lets the server pick one', { tim
     await assertRefusedByCheckAndStart(
       clientBin,
       ['--config', clientToml],
-      `${clientToml}: proxies[0] ("web").remote_port: required for a tcp proxy: its port on the server, or 0 for one the server picks\n`,
+      `${clientToml}: proxies[0] ("web").remote_port: required for a tcp proxy: its port on the server, or 0 for one the server picks (or private = true for one only visitors reach)\n`,
     );
   }),
 );
