@@ -657,3 +657,42 @@ test(
       assert.equal(sessions.filter((s) => !s.closed).length, 1, 'the session stays up');
     }),
 );
+
+test(
+  "check warns of a visitor outside the token's visit grant; a visitor whose port is taken is said in its log, and status exits 5",
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const server = await startPrivateServer(h);
+      const taken = net.createServer();
+      await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+      h.onCleanup(() => taken.close());
+      const takenPort = (taken.address() as AddressInfo).port;
+      const admin = await freePort();
+      const tables = {
+        visitors: [{ name: 'home', service: 'homelab/ssh', bind: `127.0.0.1:${takenPort}` }],
+        admin,
+      };
+      const configPath = await h.file(
+        'laptop.toml',
+        await clientToml(h, server, await issue(server, 'laptop'), tables),
+      );
+      const check = await run(clientBin, ['check', '--config', configPath]);
+      assert.equal(check.code, 0, check.stderr);
+      assert.match(check.stdout, /: ok \(0 proxies, 1 visitor\)/);
+      assert.match(
+        check.stderr,
+        /warning: visitors\[0\] \("home"\)\.service: homelab\/ssh is outside the token's visit grant \(no services: issue it with --visit\); the server will refuse its visits/,
+      );
+
+      const client = h.spawn('laptop', clientBin, ['--config', configPath]);
+      const failed = await client.waitForMsg('visitor listen failed', 10_000, {
+        fields: { visitor: 'home' },
+      });
+      assert.equal(failed.reason, `cannot listen on 127.0.0.1:${takenPort}: EADDRINUSE`);
+      await client.waitForMsg('session established', 10_000);
+      const status = await run(clientBin, ['status', '--admin', `127.0.0.1:${admin}`]);
+      assert.equal(status.code, 5, status.stdout + status.stderr);
+      assert.match(status.stdout, /home +homelab\/ssh .* not listening +0 +cannot listen on .*EADDRINUSE/);
+    }),
+);

@@ -352,7 +352,7 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
     );
   }
   const tokenKey = raw.token === undefined ? tokenAt.key : originOf('token').key;
-  config.warnings.push(...tokenWarnings(tokenKey, token, config.proxies));
+  config.warnings.push(...tokenWarnings(tokenKey, token, config.proxies, config.visitors));
   if (raw.admin) config.admin = { listen: raw.admin.listen };
   chooseDialProxy(config, raw, originOf('proxy'), originOf('proxy_password_file'));
   if (raw.ca_file !== undefined) {

@@ -21,15 +21,15 @@ export const STATUS_EXIT = {
 } as const;
 
 /**
- * 0 only when the session is up and no proxy is refused or closed: a monitoring check that runs `status`
- * must notice a proxy the server will not serve (a port taken, outside the token's grant), not just a
- * session that is down.
+ * 0 only when the session is up, no proxy is refused or closed and every visitor listens: a monitoring check
+ * that runs `status` must notice a proxy the server will not serve (a port taken, outside the token's grant),
+ * or a visitor whose local port was taken, not just a session that is down.
  */
 export function statusExitCode(status: ClientStatus): number {
   if (status.state !== 'established') return STATUS_EXIT.notEstablished;
-  const unserved = status.proxies.some(
-    (p) => p.state === 'refused' || p.state === 'closed' || p.state === 'withdrawn',
-  );
+  const unserved =
+    status.proxies.some((p) => p.state === 'refused' || p.state === 'closed' || p.state === 'withdrawn') ||
+    (status.visitors ?? []).some((v) => !v.listening);
   return unserved ? STATUS_EXIT.proxiesNotServed : STATUS_EXIT.established;
 }
 

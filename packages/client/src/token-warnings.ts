@@ -10,8 +10,10 @@ import {
   portGrantRefusal,
   readUnverifiedClaims,
   type TokenClaims,
+  visitGrantAllows,
 } from '@porthole/protocol';
 import type { ProxyConfig } from './proxy-config.js';
+import type { VisitorConfig } from './visitor-config.js';
 
 /** A token this close to its expiry is worth a warning: the server ends the session when it expires. */
 export const TOKEN_EXPIRY_WARNING_MS = 7 * 86_400_000;
@@ -50,6 +52,7 @@ export function tokenWarnings(
   tokenKey: string,
   token: string,
   proxies: readonly ProxyConfig[],
+  visitors: readonly VisitorConfig[] = [],
   now = Date.now(),
 ): string[] {
   const read = readToken(token, now);
@@ -86,6 +89,13 @@ export function tokenWarnings(
       const refused = hostGrantRefusal(claims.hosts, name);
       if (refused) warnings.push(`${label}.hosts: ${refused}; the server will refuse this proxy`);
     }
+  }
+  for (const [index, visitor] of visitors.entries()) {
+    if (visitGrantAllows(claims.visit, visitor.service)) continue;
+    const granted = claims.visit?.length ? claims.visit.join(',') : 'no services: issue it with --visit';
+    warnings.push(
+      `visitors${elementLabel(index, visitor)}.service: ${visitor.service} is outside the token's visit grant (${granted}); the server will refuse its visits`,
+    );
   }
   return warnings;
 }

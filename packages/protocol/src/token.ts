@@ -129,6 +129,7 @@ export function readUnverifiedClaims(jwt: string): Partial<TokenClaims> | undefi
   if (typeof payload.exp === 'number') claims.exp = payload.exp;
   if (typeof payload.ports === 'string') claims.ports = payload.ports;
   if (isStringArray(payload.hosts)) claims.hosts = payload.hosts;
+  if (isStringArray(payload.visit)) claims.visit = payload.visit;
   return claims;
 }
 

@@ -314,6 +314,7 @@ export class ClientSession {
       name: this.name,
       grant: this.visitGrant,
       remoteAddr: this.remoteAddr,
+      draining: this.draining,
       findTarget: (owner: string, proxy: string) => {
         const session = this.ctx.clients.get(owner);
         if (!session?.established) return 'offline' as const;

@@ -66,6 +66,8 @@ export interface Visitor {
   readonly grant: readonly string[] | undefined;
   /** Where its session comes from ("203.0.113.5:41234"). */
   readonly remoteAddr: string;
+  /** The server is draining (SIGTERM): no new visits. */
+  readonly draining: boolean;
   /** The owner's live session serving `proxy` privately, if any. */
   findTarget(owner: string, proxy: string): PrivateTarget | 'offline' | 'none';
 }
@@ -89,6 +91,7 @@ export async function serveVisit(ctx: ServerContext, visitor: Visitor, stream: S
   const owner = service.slice(0, slash);
   const proxy = service.slice(slash + 1);
   const refuse = (reason: string) => refuseVisit(logger, stream, { visitor, service, reason });
+  if (visitor.draining) return refuse('the server is shutting down');
   if (!visitGrantAllows(visitor.grant, service)) {
     const granted = visitor.grant?.length ? visitor.grant.join(',') : 'no services';
     return refuse(
