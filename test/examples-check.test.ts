@@ -13,7 +13,7 @@ import { makeCa, makeCert } from './lib/routing.js';
 const EXAMPLES = path.join(repoRoot, 'examples');
 
 /**
- * /etc/porthole as the README fills it (secret, admin-token, token, socks-password, certificates for
+ * /etc/porthole as the README fills it (secret, admin-token, token, laptop-token, socks-password, certificates for
  * example.com), in the
  * harness dir, each file 0600. Returns the directory.
  */
@@ -26,6 +26,13 @@ async function etcPorthole(h: Harness): Promise<string> {
     ['secret', { text: `${'s'.repeat(64)}\n` }],
     ['admin-token', { text: `${'a'.repeat(48)}\n` }],
     ['token', { text: `${await issueToken('s'.repeat(64), { name: 'homelab', expiresInMs: null })}\n` }],
+    // The laptop's, in "Private services and visitors" and the switching guide: it visits homelab's services.
+    [
+      'laptop-token',
+      {
+        text: `${await issueToken('s'.repeat(64), { name: 'laptop', visit: ['homelab/ssh', 'homelab/secret-ssh'], expiresInMs: null })}\n`,
+      },
+    ],
     ['socks-password', { text: 'a long random password\n' }],
     ['fullchain.pem', pair.cert],
     ['privkey.pem', pair.key],

@@ -36,7 +36,8 @@ const USAGE = `Usage:
   ${PROGRAM} status --config client.toml      show the running client's session and proxies (from its
                                               [admin] listen; or --admin HOST:PORT); exit 0 established,
                                               1 unreachable, 2 usage (no [admin] table), 3 not established,
-                                              5 established but a proxy refused or closed; --json: raw answer
+                                              5 established but a proxy refused or closed or a
+                                              visitor not listening; --json: raw answer
   ${PROGRAM} -h, --help | -V, --version
 
 Options (they override the config file's keys; --tcp and --udp add proxies, --visit visitors):
