@@ -624,3 +624,62 @@ test('group and health_check: members of one group share a remote_port; checks g
     'proxies[0] ("a").remote_port: a proxy in a group shares the port it names with the others: 0 would be a port of its own',
   ]);
 });
+
+test('private = true: a tcp proxy without remote_port, told to the server as private; never with a port or on udp', () => {
+  const config = loadClientConfig(
+    write(`${HEAD}[[proxies]]\nname = "ssh"\ntype = "tcp"\nlocal = "127.0.0.1:22"\nprivate = true\n`),
+  );
+  assert.deepEqual(proxySpecFields(config.proxies[0]!), { name: 'ssh', type: 'tcp', private: true });
+  assert.deepEqual(
+    problems(
+      `${HEAD}[[proxies]]\nname = "ssh"\ntype = "tcp"\nlocal = "127.0.0.1:22"\nprivate = true\nremote_port = 2222\n`,
+    ),
+    [
+      'proxies[0] ("ssh").remote_port: a private proxy has no port on the server: visitors reach it by name ([[visitors]] service = "CLIENT/NAME")',
+    ],
+  );
+  assert.deepEqual(
+    problems(`${HEAD}[[proxies]]\nname = "dns"\ntype = "udp"\nlocal = "127.0.0.1:53"\nprivate = true\n`),
+    [
+      'proxies[0] ("dns").private: applies to tcp proxies, not udp (porthole has no private udp services, as frp has sudp: use a tcp proxy, or a public udp port)',
+    ],
+  );
+});
+
+test('[[visitors]] and --visit rules: a service "owner/proxy", a bind; names and binds unique', () => {
+  const config = loadClientConfig(
+    write(`${HEAD}[[visitors]]\nname = "home-ssh"\nservice = "homelab/ssh"\nbind = "127.0.0.1:2222"\n`),
+    { visit: ['2223:homelab/db', '[::1]:2224:nas/web'] },
+  );
+  assert.deepEqual(
+    config.visitors.map((v) => [v.name, v.service, v.bind.host, v.bind.port]),
+    [
+      ['home-ssh', 'homelab/ssh', '127.0.0.1', 2222],
+      ['visit-2223', 'homelab/db', '127.0.0.1', 2223],
+      ['visit-2224', 'nas/web', '::1', 2224],
+    ],
+  );
+  assert.deepEqual(
+    problems(undefined, {
+      server: 'ws://127.0.0.1:7000/_porthole',
+      tokenFile: join(dir, 'token'),
+      visit: ['2222:homelab'],
+    }),
+    ['command line: --visit: "2222:homelab": expected [BIND_HOST:]PORT:OWNER/PROXY, e.g. 2222:homelab/ssh'],
+  );
+  assert.deepEqual(
+    problems(`${HEAD}[[visitors]]\nname = "a"\nservice = "homelab"\nbind = "127.0.0.1:2222"\n`),
+    [
+      'visitors[0] ("a").service: must be "owner/proxy": the owning client\'s name and its proxy\'s, each letters, digits, ".", "_" or "-", starting with a letter or digit, at most 64 characters',
+    ],
+  );
+  assert.deepEqual(
+    problems(
+      `${HEAD}[[visitors]]\nname = "a"\nservice = "homelab/ssh"\nbind = "127.0.0.1:2222"\n[[visitors]]\nname = "a"\nservice = "homelab/db"\nbind = "127.0.0.1:2222"\n`,
+    ),
+    [
+      'visitors[1] ("a").name: "a" is already the name of visitors[0]',
+      'visitors[1] ("a").bind: is already the bind of visitors[0] ("a")',
+    ],
+  );
+});
