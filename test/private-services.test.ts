@@ -71,6 +71,8 @@ async function startPrivateClient(
     await proc.waitForMsg('proxy registered', 15_000, { fields: { proxy: p.name } });
   for (const v of tables.visitors ?? [])
     await proc.waitForMsg('visitor listening', 15_000, { fields: { visitor: v.name } });
+  // A visitor listens before the session is up, and refuses what comes meanwhile ("not connected").
+  await proc.waitForMsg('session established', 15_000);
   return { proc, configPath };
 }
 
