@@ -579,6 +579,15 @@ test(
       held.write('still here\n');
       await waitFor('the held visit echo', () => heldText === 'one\nstill here\n', 10_000);
       assert.equal(one.accepted, 1);
+
+      // SIGTERM with the visit still open: the client stops listening at once and drains.
+      visitor.proc.kill('SIGTERM');
+      await visitor.proc.waitForMsg('shutting down', 5000);
+      await waitFor(
+        "the visitor's port to close on SIGTERM",
+        () => !listeningPorts(visitor.proc.pid!).includes(oneBind),
+        5000,
+      );
     }),
 );
 

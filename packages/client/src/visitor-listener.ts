@@ -95,13 +95,16 @@ export class VisitorListener {
     });
   }
 
-  /** Stops accepting (the port is free when the close completes); connections under way carry on. */
+  /**
+   * Stops accepting; connections under way carry on. Resolves once the port is let go, not when those
+   * connections end (server.close's callback): a SIGTERM, or a reload moving the visitor to another port and
+   * back, would wait on an ssh session for as long as it stays open.
+   */
   close(): Promise<void> {
     this.listening = false;
-    return new Promise((resolve) => {
-      if (!this.server.listening) resolve();
-      else this.server.close(() => resolve());
-    });
+    if (this.server.listening) this.server.close();
+    // The listening handle closes at once; its release completes in the loop's next turn.
+    return new Promise((resolve) => setImmediate(resolve));
   }
 
   state(): VisitorState {
