@@ -375,6 +375,15 @@ export const proxySchema = z
           'a private proxy has no port on the server: visitors reach it by name ([[visitors]] service = "CLIENT/NAME")',
       });
     }
+    // Both share a public port; a private proxy has none.
+    for (const key of ['remote_bind', 'group'] as const) {
+      if (proxy.private === true && proxy[key] !== undefined)
+        ctx.addIssue({
+          code: 'custom',
+          path: [key],
+          message: `a private proxy has no public port for ${key === 'group' ? 'a group to share' : 'the server to bind'}: visitors reach it by name`,
+        });
+    }
     if (
       (proxy.type === 'tcp' || proxy.type === 'udp') &&
       proxy.remote_port === undefined &&

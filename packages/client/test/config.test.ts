@@ -639,6 +639,15 @@ test('private = true: a tcp proxy without remote_port, told to the server as pri
     ],
   );
   assert.deepEqual(
+    problems(
+      `${HEAD}[[proxies]]\nname = "ssh"\ntype = "tcp"\nlocal = "127.0.0.1:22"\nprivate = true\nremote_bind = "127.0.0.1"\ngroup = "g"\n`,
+    ),
+    [
+      'proxies[0] ("ssh").remote_bind: a private proxy has no public port for the server to bind: visitors reach it by name',
+      'proxies[0] ("ssh").group: a private proxy has no public port for a group to share: visitors reach it by name',
+    ],
+  );
+  assert.deepEqual(
     problems(`${HEAD}[[proxies]]\nname = "dns"\ntype = "udp"\nlocal = "127.0.0.1:53"\nprivate = true\n`),
     [
       'proxies[0] ("dns").private: applies to tcp proxies, not udp (porthole has no private udp services, as frp has sudp: use a tcp proxy, or a public udp port)',
