@@ -536,6 +536,32 @@ describe('limits and timeouts', () => {
     assert.ok(stalls[0]! >= 600, `stall ${stalls[0]} ms`);
   });
 
+  test('peerSilence: counted from when the answer is due, as late as recent answers came (a long round trip is no silence)', async () => {
+    const raw = await rawPeer(false);
+    const session = new Session(raw.conn, { client: true, keepAliveInterval: 0 });
+    session.on('error', () => {});
+    cleanup.push(() => session.close());
+    const pingsSent = () => raw.frames.frames.filter((f) => f.type === T.Ping && f.flags & F.SYN).length;
+    // A peer on a link with a 400 ms round trip: each answer comes 400 ms after the ping.
+    const answerLate = async () => {
+      await sleep(400);
+      raw.answerWaitingPings();
+      raw.stopAnswering();
+    };
+    assert.equal(session.peerSilence(), 0, 'the ask that sends the first probe');
+    await answerLate();
+    await waitFor(
+      () => session.peerSilence() === 0 && pingsSent() === 2,
+      3000,
+      'the first answer, the next probe',
+    );
+    await sleep(300);
+    assert.equal(session.peerSilence(), 0, 'the answer is not due yet: no silence');
+    await sleep(500);
+    const silence = session.peerSilence();
+    assert.ok(silence > 200 && silence < 700, `silence ${silence} ms, since the answer was due`);
+  });
+
   test('keepalive: answered pings keep the session alive (raw peer and session pair)', async () => {
     const raw = await rawPeer(true);
     // A generous timeout: this machine is shared, and a late answer must not look like a dead peer here.
