@@ -101,6 +101,8 @@ export interface UdpFlowCounts {
   dropped: number;
   /** Of `dropped`: over the proxy's bandwidth_limit. */
   droppedOverLimit: number;
+  /** Of `dropped`: towards the server while the tunnel's link seemed stopped (DatagramWriter's linkStopped). */
+  droppedLinkStopped: number;
 }
 
 /**
@@ -135,6 +137,7 @@ export function serveUdpFlow(
     bytesOut: 0,
     dropped: 0,
     droppedOverLimit: 0,
+    droppedLinkStopped: 0,
   };
   const overLimit = (budget: 'in' | 'out', datagram: Buffer): boolean => {
     if (budgets === undefined || budgets[budget].trySpend(datagram.length)) return false;
@@ -239,10 +242,14 @@ export function serveUdpFlow(
     socket.on('message', (msg) => {
       lastActivity = performance.now();
       if (overLimit('out', msg)) return;
-      if (writer.write(msg) === 'sent') {
+      const result = writer.write(msg);
+      if (result === 'sent') {
         counts.datagramsOut++;
         counts.bytesOut += msg.length;
-      } else counts.dropped++;
+        return;
+      }
+      counts.dropped++;
+      if (result === 'dropped-link-stopped') counts.droppedLinkStopped++;
     });
     // With a callback, a failed connect (the name does not resolve, the address is refused) comes here,
     // not as 'error'.
@@ -296,6 +303,7 @@ export function serveUdpFlow(
           bytes_out: counts.bytesOut,
           dropped: counts.dropped,
           ...(budgets === undefined ? {} : { dropped_over_limit: counts.droppedOverLimit }),
+          dropped_link_stopped: counts.droppedLinkStopped,
           ms: Math.round(performance.now() - started),
           reason: reason ?? 'closed',
         },
