@@ -12,6 +12,8 @@
 //   udp-stream --bind B --host H --port P --interval MS --seconds S   a datagram every MS for S s, each
 //                      carrying when it was sent, then MS*10 for late replies; prints {sent, replies: [[sentAt,
 //                      arrivedAt], ...]} (Date.now() times, comparable across namespaces of one machine)
+//   udp-talker --host H --port P --count N --interval MS   to each sender of a datagram: N datagrams MS apart
+//                      and nothing else (a metrics stream); prints {"msg":"listening"}
 //   rtt --proto tcp|udp --host H --port P --count N --interval MS [--timeout MS]   N small probes MS apart
 //                      through an echo service, each answered or given up MS after the last; prints
 //                      {sent, answered, max_ms, median_ms, first_ms} (first_ms: tcp connect + first echo)
@@ -94,6 +96,21 @@ if (mode === 'echo-server') {
   await sleep(interval * 10);
   socket.close();
   print({ sent, replies });
+} else if (mode === 'udp-talker') {
+  const socket = createSocket('udp4');
+  const talkingTo = new Set<string>();
+  socket.on('message', async (_msg, from) => {
+    const key = `${from.address}:${from.port}`;
+    if (talkingTo.has(key)) return;
+    talkingTo.add(key);
+    for (let i = 0; i < Number(values.count); i++) {
+      socket.send(`sample ${i}`, from.port, from.address);
+      await sleep(Number(values.interval));
+    }
+  });
+  await new Promise<void>((resolve) => socket.bind(port, host, resolve));
+  print({ msg: 'listening', addr: `${host}:${socket.address().port}` });
+  process.on('SIGTERM', () => process.exit(0));
 } else if (mode === 'source-server') {
   const { server } = startEndlessDownload();
   server.listen(port, host, () => print({ msg: 'listening', addr: `${host}:${port}` }));

@@ -193,6 +193,8 @@ export interface ProxySpec {
   /** host:port of the local service */
   local: string;
   remotePort: number;
+  /** udp_idle_timeout of a udp proxy (the client's default when omitted). */
+  udpIdleTimeout?: string;
 }
 
 export interface ClientOptions {
@@ -236,7 +238,13 @@ export async function clientConfigText(h: Harness, options: ClientOptions): Prom
     parts.push(
       '',
       '[[proxies]]',
-      toml({ name: p.name, type: p.type ?? 'tcp', local: p.local, remote_port: p.remotePort }),
+      toml({
+        name: p.name,
+        type: p.type ?? 'tcp',
+        local: p.local,
+        remote_port: p.remotePort,
+        udp_idle_timeout: p.udpIdleTimeout,
+      }),
     );
   }
   parts.push('');
