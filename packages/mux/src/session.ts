@@ -66,8 +66,17 @@ const PROBE_INTERVAL_MS = 500;
  * hop with full queues), replaced by the first answer's.
  */
 const UNMEASURED_RTT_MS = 1000;
-/** Each answer lets the expected round trip shrink by this share towards its own (a larger one sets it). */
+/** Each answer lets the expected round trip shrink by this share towards its own. */
 const EXPECTED_RTT_DECAY = 1 / 8;
+/**
+ * An answer later than expected, after the peer was silent this long (ms) past the expectation while pings
+ * waited, waited out a stopped link and is no round trip (as TCP takes no sample from a segment it sent
+ * again): it raises the expectation by at most this much, or by as much as it was, if more. Taken whole, a
+ * 5 s cut made the next cut's first 5 s pass for a slow answer, and every datagram sent into it went stale.
+ * A late answer after which the peer was heard meanwhile is a slow link (our uplink's queue full of
+ * downloads), and is taken whole.
+ */
+const STOPPED_ANSWER_MARGIN_MS = 1000;
 /**
  * Frame headers written in one turn are encoded side by side into buffers of this size and leave as one
  * chunk per run: every chunk queued on a stream costs ~100 bytes of bookkeeping, and over a WebSocket, whose
@@ -422,10 +431,16 @@ export class Session extends EventEmitter {
     this.pings.delete(header.length);
     const rtt = Number(process.hrtime.bigint() - pending.started) / 1e6;
     if (this.minRtt === undefined || rtt < this.minRtt) this.minRtt = rtt;
-    const expected = this.expectedRtt ?? rtt;
-    this.expectedRtt = Math.max(rtt, expected - (expected - rtt) * EXPECTED_RTT_DECAY);
+    this.expectedRtt = this.nextExpectedRtt(rtt);
     if (this.pings.size === 0) this.allPingsAnswered();
     pending.resolve(rtt);
+  }
+
+  private nextExpectedRtt(rtt: number): number {
+    const expected = this.expectedRtt ?? rtt;
+    if (rtt <= expected) return expected - (expected - rtt) * EXPECTED_RTT_DECAY;
+    if (this.longestSilence < expected + STOPPED_ANSWER_MARGIN_MS) return rtt;
+    return Math.min(rtt, expected + Math.max(expected, STOPPED_ANSWER_MARGIN_MS));
   }
 
   private allPingsAnswered(): void {

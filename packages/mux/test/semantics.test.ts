@@ -562,6 +562,32 @@ describe('limits and timeouts', () => {
     assert.ok(silence > 200 && silence < 700, `silence ${silence} ms, since the answer was due`);
   });
 
+  test('peerSilence: an answer that waited out a stopped link does not make the next stop look like a slow answer', async () => {
+    const raw = await rawPeer(true);
+    const session = new Session(raw.conn, { client: true, keepAliveInterval: 0 });
+    session.on('error', () => {});
+    cleanup.push(() => session.close());
+    const pingsSent = () => raw.frames.frames.filter((f) => f.type === T.Ping && f.flags & F.SYN).length;
+    assert.equal(session.peerSilence(), 0, 'the first probe, answered at once');
+    await waitFor(() => pingsSent() === 1, 3000, 'the first probe');
+    await sleep(600);
+    // The link stops for 3 s while the second probe waits, then comes back: its answer took 3 s.
+    raw.stopAnswering();
+    assert.equal(session.peerSilence(), 0, 'the second probe');
+    await sleep(3000);
+    raw.answerWaitingPings();
+    raw.stopAnswering();
+    await waitFor(
+      () => session.peerSilence() === 0 && pingsSent() === 3,
+      3000,
+      'the answer, the third probe',
+    );
+    // And stops again: the third probe's answer was due within about 1 s, not 3 s.
+    await sleep(2000);
+    const silence = session.peerSilence();
+    assert.ok(silence >= 500, `silence ${silence} ms 2 s into the second stop`);
+  });
+
   test('keepalive: answered pings keep the session alive (raw peer and session pair)', async () => {
     const raw = await rawPeer(true);
     // A generous timeout: this machine is shared, and a late answer must not look like a dead peer here.
