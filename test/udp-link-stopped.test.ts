@@ -64,18 +64,21 @@ for (const [delayMs, jitterMs] of [
       const metrics = await (
         await fetch(`${server.adminUrl}/metrics`, { headers: { Authorization: `Bearer ${ADMIN_TOKEN}` } })
       ).text();
-      const linkStopped = /porthole_udp_datagrams_dropped_total\{[^}]*cause="link_stopped"[^}]*\} (\d+)/.exec(
-        metrics,
-      )?.[1];
+      const drops = [
+        ...metrics.matchAll(/porthole_udp_datagrams_dropped_total\{[^}]*cause="(\w+)"[^}]*\} (\d+)/g),
+      ];
+      const dropped = Object.fromEntries(drops.map(([, cause, n]) => [cause, Number(n)]));
       t.diagnostic(
-        `${received} of ${DATAGRAMS} datagrams reached the collector; the server dropped ${linkStopped} as link_stopped`,
+        `${received} of ${DATAGRAMS} datagrams reached the collector; the server dropped ${JSON.stringify(dropped)}`,
       );
       assert.equal(
         (await client.proc.settledLogsWithMsg('session established', 0)).length,
         1,
         'one session throughout',
       );
-      assert.equal(received, DATAGRAMS, 'every datagram of the flow reached the collector');
+      assert.equal(dropped.link_stopped, 0, 'nothing dropped as link_stopped');
+      // Loopback UDP may lose one now and then on a busy machine; link_stopped took 46-63 of them.
+      assert.ok(received >= DATAGRAMS - 5, `${received} of ${DATAGRAMS} reached the collector`);
     });
   });
 }
@@ -99,8 +102,8 @@ test('one-way udp flow from the homelab beside 8 downloads on a 2 Mbit/s uplink:
       return;
     }
     // The kernel setting the README recommends for such a link: without it the kernel queues seconds of the
-    // downloads ahead of the client's pings, and 11 of 400 datagrams (45 before the round trip counted) went
-    // as link_stopped (measured once each).
+    // downloads ahead of the client's pings, and 10 to 66 of the 400 datagrams went as link_stopped (8 runs,
+    // before and after the round trip counted in peerSilence).
     await topo.exec(topo.lan, 'sh', ['-c', 'echo 16384 > /proc/sys/net/ipv4/tcp_notsent_lowat']);
     const services = [
       ['udp-talker', '9001', '--count', String(DATAGRAMS), '--interval', String(INTERVAL_MS)],
