@@ -618,6 +618,14 @@ test('group and health_check: members of one group share a remote_port; checks g
       'proxies[0] ("a").health_check.path: required for an http check, e.g. "/healthz"',
     ],
   );
+  assert.deepEqual(
+    problems(
+      `${HEAD}[[proxies]]\nname = "files"\ntype = "tcp"\nlocal = "dir:/srv"\nremote_port = 8080\nhealth_check = { type = "tcp" }\n`,
+    ),
+    [
+      'proxies[0] ("files").health_check: a directory proxy is served by the client itself: there is no local service to check',
+    ],
+  );
   const picked =
     '[[proxies]]\nname = "a"\ntype = "tcp"\nlocal = "127.0.0.1:1"\nremote_port = 0\ngroup = "g"\n';
   assert.deepEqual(problems(`${HEAD}${picked}`), [
