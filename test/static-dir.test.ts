@@ -386,6 +386,44 @@ test(
     }),
 );
 
+test(
+  "a big cookie that the server's max_header_size lets through is served from the directory too, over http and tcp",
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const share = await makeShare(h);
+      const tcpPort = await freePort();
+      const server = await startRoutedServer(h);
+      const token = await issueRoutedToken(server, {
+        name: 'files',
+        hosts: ['files.test'],
+        ports: `${tcpPort}`,
+      });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          { name: 'files', type: 'http', local: `dir:${share.dir}`, hosts: ['files.test'] },
+          { name: 'plain', type: 'tcp', local: `dir:${share.dir}`, remote_port: tcpPort },
+        ],
+      });
+      // An SSO cookie of 24 KiB: under the server's 32 KiB default, over Node's own 16 KiB.
+      const cookie = ['-H', `Cookie: sso=${'a'.repeat(24 * 1024)}`];
+      const viaHttp = await curl(
+        ['-H', 'Host: files.test', ...cookie],
+        `http://127.0.0.1:${server.httpPort}/docs/readme.txt`,
+      );
+      assert.equal(viaHttp.status, 200, `http proxy: ${viaHttp.status} ${viaHttp.stderr}`);
+      assert.equal(viaHttp.body, share.readme);
+      const viaTcp = await curl(cookie, `http://127.0.0.1:${tcpPort}/docs/readme.txt`);
+      assert.equal(viaTcp.status, 200, `tcp proxy: ${viaTcp.status} ${viaTcp.stderr}`);
+      assert.equal(viaTcp.body, share.readme);
+      // Past 32 KiB: the server refuses it on the http port, the client on the tcp proxy, as the server would.
+      const huge = ['-H', `Cookie: sso=${'a'.repeat(40 * 1024)}`];
+      assert.equal((await curl(huge, `http://127.0.0.1:${tcpPort}/docs/readme.txt`)).status, 431);
+    }),
+);
+
 test('check refuses dir: where it cannot work and its keys on other proxies', { timeout: 30_000 }, (t) =>
   withHarness(t, async (h) => {
     const token = await h.file('token', 'x.y.z\n');

@@ -25,6 +25,18 @@ const IDLE_TIMEOUT_MS = 60_000;
 const KEEP_ALIVE_TIMEOUT_MS = 30_000;
 /** The longest request path a log line carries. */
 const LOGGED_PATH_CHARS = 1024;
+/**
+ * Largest request head an `http` proxy's requests may bring: the server's [http] max_header_size has already
+ * held them to its limit (at most 1 MiB), so ours must not be the smaller one, plus room for the fields the
+ * server adds (X-Forwarded-*, request_headers). Node's 16 KiB default refused 24 KiB of cookie with 431
+ * that the server's 32 KiB default had let through.
+ */
+const HTTP_PROXY_MAX_HEADER_SIZE = 1024 * 1024 + 64 * 1024;
+/**
+ * Largest request head on a `tcp` proxy, where nothing stands in front: the server's own default for its
+ * [http] port, so a head that passes there passes here, and one held unfinished costs no more.
+ */
+const TCP_PROXY_MAX_HEADER_SIZE = 32 * 1024;
 
 /** Whose connection a served stream is: the fields of its request lines. */
 export interface DirectoryVisit {
@@ -57,7 +69,8 @@ interface Found {
 }
 
 export class DirectoryServer {
-  private readonly http: Server;
+  /** By proxy type: only the head size they take differs (see HTTP_PROXY_MAX_HEADER_SIZE). */
+  private readonly servers: Record<'http' | 'tcp', Server>;
   private readonly visits = new WeakMap<Duplex, DirectoryVisit>();
 
   constructor(
@@ -65,13 +78,20 @@ export class DirectoryServer {
     private readonly proxies: ReadonlyMap<string, ProxyConfig>,
     private readonly logger: Logger,
   ) {
-    this.http = createServer((req, res) => void this.answer(req, res));
+    this.servers = {
+      http: this.createHttpServer(HTTP_PROXY_MAX_HEADER_SIZE),
+      tcp: this.createHttpServer(TCP_PROXY_MAX_HEADER_SIZE),
+    };
+  }
+
+  private createHttpServer(maxHeaderSize: number): Server {
+    const http = createServer({ maxHeaderSize }, (req, res) => void this.answer(req, res));
     // A visitor's FIN after its request (`printf 'GET / ...' | nc`) still gets the answer.
-    (this.http as Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
-    this.http.timeout = IDLE_TIMEOUT_MS;
-    this.http.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
+    (http as Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
+    http.timeout = IDLE_TIMEOUT_MS;
+    http.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
     // Node's own answer destroys the connection right after writing it, which here would cut the answer off.
-    this.http.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    http.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
       const visit = this.visits.get(socket);
       this.logger.debug({ proxy: visit?.proxy, conn: visit?.conn, reason: err.message }, 'bad http request');
       const status =
@@ -79,12 +99,14 @@ export class DirectoryServer {
       if (socket.writable) socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
       else socket.destroy();
     });
+    return http;
   }
 
   /** Answers the HTTP requests that arrive on `end` (one end of an in-process connection to a tunnel stream). */
   serve(end: Duplex, visit: DirectoryVisit): void {
     this.visits.set(end, visit);
-    this.http.emit('connection', end);
+    const type = this.proxies.get(visit.proxy)?.type === 'http' ? 'http' : 'tcp';
+    this.servers[type].emit('connection', end);
   }
 
   private async answer(req: IncomingMessage, res: ServerResponse): Promise<void> {
