@@ -41,7 +41,8 @@ async function issue(server: RunningServer, name: string, visit?: string): Promi
 }
 
 interface ClientTables {
-  proxies?: { name: string; local: string; max_connections?: number }[];
+  /** Private, unless given a remote_port: then a public proxy beside them. */
+  proxies?: { name: string; local: string; max_connections?: number; remote_port?: number }[];
   visitors?: { name: string; service: string; bind: string }[];
   admin?: number;
 }
@@ -53,7 +54,11 @@ async function clientToml(h: Harness, server: RunningServer, token: string, tabl
     toml({ server: server.url, token_file: tokenFile, reconnect_initial: '200ms', reconnect_max: '1s' }),
   ];
   if (tables.admin !== undefined) parts.push('[admin]', toml({ listen: `127.0.0.1:${tables.admin}` }));
-  for (const p of tables.proxies ?? []) parts.push('[[proxies]]', toml({ ...p, type: 'tcp', private: true }));
+  for (const p of tables.proxies ?? [])
+    parts.push(
+      '[[proxies]]',
+      toml({ ...p, type: 'tcp', ...(p.remote_port === undefined ? { private: true } : {}) }),
+    );
   for (const v of tables.visitors ?? []) parts.push('[[visitors]]', toml(v));
   return `${parts.join('\n')}\n`;
 }
@@ -320,15 +325,23 @@ test(
     withHarness(t, async (h) => {
       const echo = await startEchoServer('127.0.0.1', 0, 'homelab-echo');
       h.onCleanup(() => echo.close());
-      const server = await startPrivateServer(h);
-      const owner = await startPrivateClient(h, 'homelab', server, await issue(server, 'homelab'), {
-        proxies: [{ name: 'echo', local: `127.0.0.1:${echo.port}`, max_connections: 1 }],
+      const publicPort = await freePort();
+      const server = await startServer(h, {
+        allowPorts: [String(publicPort)],
+        admin: { token: ADMIN_TOKEN },
       });
-      const binds = [await freePort(), await freePort(), await freePort()];
+      const owner = await startPrivateClient(h, 'homelab', server, await issue(server, 'homelab'), {
+        proxies: [
+          { name: 'echo', local: `127.0.0.1:${echo.port}`, max_connections: 1 },
+          { name: 'web', local: `127.0.0.1:${echo.port}`, remote_port: publicPort },
+        ],
+      });
+      const binds = [await freePort(), await freePort(), await freePort(), await freePort()];
       const visitors = [
         { name: 'v0', service: 'homelab/echo', bind: `127.0.0.1:${binds[0]}` },
         { name: 'v1', service: 'homelab/nope', bind: `127.0.0.1:${binds[1]}` },
         { name: 'v2', service: 'other/echo', bind: `127.0.0.1:${binds[2]}` },
+        { name: 'v3', service: 'homelab/web', bind: `127.0.0.1:${binds[3]}` },
       ];
       // No visit claim at all.
       const ungranted = await startPrivateClient(h, 'stranger', server, await issue(server, 'stranger'), {
@@ -364,6 +377,13 @@ test(
       assert.equal(none.reason, 'client "homelab" has no private service "nope"');
       await exchange(binds[2]!, Buffer.from('x'));
       await granted.proc.waitForMsg('visit refused', 5000, { fields: { visitor: 'v2' } });
+      // A public proxy of the owner is named as such, not as missing: the visitor has the right name.
+      await exchange(binds[3]!, Buffer.from('x'));
+      const publicOne = await granted.proc.waitForMsg('visit refused', 5000, { fields: { visitor: 'v3' } });
+      assert.equal(
+        publicOne.reason,
+        'client "homelab" has proxy "web" public, not private: visitors reach only its private = true proxies',
+      );
       assert.equal(echo.accepted, 0, 'no refused visit reached the service');
       assert.equal(owner.proc.logs.filter((l) => l.msg === 'connection closed').length, 0);
       await granted.proc.stop();

@@ -318,7 +318,9 @@ export class ClientSession {
       findTarget: (owner: string, proxy: string) => {
         const session = this.ctx.clients.get(owner);
         if (!session?.established) return 'offline' as const;
-        return session.privateTarget(proxy) ?? ('none' as const);
+        const target = session.privateTarget(proxy);
+        if (target) return target;
+        return session.proxies.has(proxy) ? ('public' as const) : ('none' as const);
       },
     };
   }

@@ -69,7 +69,7 @@ export interface Visitor {
   /** The server is draining (SIGTERM): no new visits. */
   readonly draining: boolean;
   /** The owner's live session serving `proxy` privately, if any. */
-  findTarget(owner: string, proxy: string): PrivateTarget | 'offline' | 'none';
+  findTarget(owner: string, proxy: string): PrivateTarget | 'offline' | 'public' | 'none';
 }
 
 /**
@@ -101,6 +101,11 @@ export async function serveVisit(ctx: ServerContext, visitor: Visitor, stream: S
   const target = visitor.findTarget(owner, proxy);
   if (target === 'offline') return refuse(`client "${owner}" is not connected`);
   if (target === 'none') return refuse(`client "${owner}" has no private service "${proxy}"`);
+  // A visitor set up for a proxy that is public (or was, before a reload) has the right name: say what it is.
+  if (target === 'public')
+    return refuse(
+      `client "${owner}" has proxy "${proxy}" public, not private: visitors reach only its private = true proxies`,
+    );
   if (stream.destroyed) return;
   if (!target.limit.take(stream))
     return refuse(`${service} has its max_connections (${target.limit.max()}) open`);
