@@ -228,6 +228,22 @@ test(
         assert.equal(r.code, 2, `${keys}: ${r.stdout}${r.stderr}`);
         assert.match(r.stderr, problem);
       }
+      // A private one has no port on the server: its refusals say who does reach it, not "the internet".
+      const privateBase = base.replace('remote_port = 1080\n', 'private = true\n');
+      const privateCases: [string, RegExp][] = [
+        ['local = "socks5"\n', /this private one is reached by every client whose token may visit it/],
+        [
+          'local = "socks5"\nsocks_no_auth = true\n',
+          /socks_allow: required with socks_no_auth = true: .*every client whose token may visit it/,
+        ],
+      ];
+      for (const [keys, problem] of privateCases) {
+        const file = await h.file('client.toml', privateBase + keys);
+        const r = await run(clientBin, ['check', '--config', file], { timeoutMs: 15_000 });
+        assert.equal(r.code, 2, `private ${keys}: ${r.stdout}${r.stderr}`);
+        assert.match(r.stderr, problem);
+        assert.doesNotMatch(r.stderr, /server's port|from the internet/);
+      }
       const ok = await h.file(
         'client.toml',
         `${base}local = "socks5"\nsocks_no_auth = true\nsocks_allow = ["192.168.1.0/24"]\n`,

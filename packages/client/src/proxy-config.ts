@@ -462,18 +462,27 @@ function checkSocks(
   if (passwords.length > 1) issue('socks_password', 'set socks_password or socks_password_file, not both');
   if ((proxy.socks_user === undefined) !== (passwords.length === 0))
     issue('socks_user', 'socks_user and socks_password (or socks_password_file) go together');
+  // A private one has no port on the server: who reaches it is whoever its visitors let in.
+  const reachedBy =
+    proxy.private === true
+      ? "every client whose token may visit it, and anyone who can connect to their visitors' ports"
+      : undefined;
   if (proxy.socks_no_auth === true) {
     if (proxy.socks_user !== undefined)
       issue('socks_no_auth', 'set socks_user or socks_no_auth = true, not both');
     if (proxy.socks_allow === undefined)
       issue(
         'socks_allow',
-        "required with socks_no_auth = true: without a password, list the networks visitors may reach, or anyone who finds the server's port could use your network as an open proxy",
+        reachedBy
+          ? `required with socks_no_auth = true: without a password, list the networks visitors may reach, or ${reachedBy} could use your whole network`
+          : "required with socks_no_auth = true: without a password, list the networks visitors may reach, or anyone who finds the server's port could use your network as an open proxy",
       );
   } else if (proxy.socks_user === undefined) {
     issue(
       'socks_user',
-      'a socks5 proxy needs socks_user and socks_password_file: its port on the server can be reached from the internet (or set socks_no_auth = true with socks_allow, e.g. on a server whose proxy_bind is 127.0.0.1)',
+      reachedBy
+        ? `a socks5 proxy needs socks_user and socks_password_file: this private one is reached by ${reachedBy} (or set socks_no_auth = true with socks_allow)`
+        : 'a socks5 proxy needs socks_user and socks_password_file: its port on the server can be reached from the internet (or set socks_no_auth = true with socks_allow, e.g. on a server whose proxy_bind is 127.0.0.1)',
     );
   }
 }
