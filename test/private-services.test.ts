@@ -725,5 +725,11 @@ test(
       const status = await run(clientBin, ['status', '--admin', `127.0.0.1:${admin}`]);
       assert.equal(status.code, 5, status.stdout + status.stderr);
       assert.match(status.stdout, /home +homelab\/ssh .* not listening +0 +cannot listen on .*EADDRINUSE/);
+      // One line says it: not a second, "visitor listener error", for the same failed bind.
+      const errors = client.logs.filter((l) => l.level === 'error');
+      assert.deepEqual(
+        errors.map((l) => l.msg),
+        ['visitor listen failed'],
+      );
     }),
 );

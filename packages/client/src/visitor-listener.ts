@@ -51,9 +51,11 @@ export class VisitorListener {
     this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => {
       void this.onConnection(socket);
     });
-    this.server.on('error', (err) =>
-      host.logger.error({ visitor: config.name, reason: err.message }, 'visitor listener error'),
-    );
+    // A bind's failure is listen()'s to log ("visitor listen failed", once); this is for the errors after.
+    this.server.on('error', (err) => {
+      if (this.listening)
+        host.logger.error({ visitor: this.config.name, reason: err.message }, 'visitor listener error');
+    });
   }
 
   get name(): string {
