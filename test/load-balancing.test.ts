@@ -311,6 +311,62 @@ test(
 );
 
 test(
+  'http group: a member without the password the others ask for is refused, so no request gets in without it',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const portA = await freePort();
+      const portB = await freePort();
+      await startTaggedHttp(h, 'A', portA);
+      await startTaggedHttp(h, 'B', portB);
+      const server = await startRoutedServer(h, {});
+      const member = (port: number, keys: RoutedProxyKeys): RoutedProxy => ({
+        name: 'site',
+        type: 'http',
+        local: `127.0.0.1:${port}`,
+        hosts: ['app.test'],
+        group: 'site',
+        ...keys,
+      });
+      const auth = { http_user: 'family', http_password: 'a long passphrase' };
+      const start = async (name: string, proxy: RoutedProxy, waitFor?: string[]) =>
+        startRoutedClient(h, {
+          server: server.url,
+          token: await issueRoutedToken(server, { name, hosts: ['app.test'] }),
+          name,
+          proxies: [proxy],
+          ...(waitFor ? { waitFor } : {}),
+        });
+      await start('alpha', member(portA, auth));
+      const beta = await start('beta', member(portB, {}), []);
+      const refused = await beta.proc.waitForMsg('proxy refused', 15_000, { fields: { proxy: 'site' } });
+      assert.equal(
+        refused.reason,
+        'group "site" at app.test takes requests in turn, and its members ask visitors for a password (http_user, http_password): every member must ask for the same; this proxy asks for none',
+      );
+      assert.ok(!JSON.stringify(refused).includes('passphrase'), 'no password in the reason');
+      // Another password is refused too; the same one joins.
+      const gamma = await start('gamma', member(portB, { ...auth, http_password: 'another' }), []);
+      const other = await gamma.proc.waitForMsg('proxy refused', 15_000, { fields: { proxy: 'site' } });
+      assert.match(String(other.reason), /this proxy asks for another http_user or http_password$/);
+      await start('delta', member(portB, auth));
+
+      const url = `http://127.0.0.1:${server.httpPort}/page`;
+      for (let i = 0; i < 6; i++) {
+        const anonymous = await curl(['-H', 'Host: app.test'], url);
+        assert.equal(anonymous.status, 401, `request ${i} without a password: ${anonymous.body}`);
+      }
+      const seen = new Set<string>();
+      for (let i = 0; i < 6; i++) {
+        const r = await curl(['-H', 'Host: app.test', '-u', 'family:a long passphrase'], url);
+        assert.equal(r.status, 200, `request ${i}: ${r.body}`);
+        seen.add(r.body.split(' ')[0]!);
+      }
+      assert.deepEqual([...seen].sort(), ['A', 'B'], 'both members with the password take turns');
+    }),
+);
+
+test(
   'tcp health check: a stopped backend is withdrawn within a bounded time, all new connections go to the healthy member, and it comes back; status shows group and health',
   { timeout: 120_000 },
   (t) =>

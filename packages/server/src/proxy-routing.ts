@@ -209,6 +209,10 @@ export function routedRefusal(ctx: ServerContext, owner: ProxyOwner, spec: Proxy
   const other = spec.type === 'http' ? state.tlsRoutes : state.httpRoutes;
   const conflict = own.conflict(owner.name, spec.name, claims, spec.group, spec.type);
   if (conflict) return conflict;
+  if (spec.type === 'http' && spec.group !== undefined) {
+    const auth = groupAuthRefusal(state.httpRoutes, owner.name, spec, claims);
+    if (auth) return auth;
+  }
   for (const claim of claims) {
     const shadow = own.subdomainShadow(owner.name, claim);
     if (shadow) return shadow;
@@ -223,6 +227,41 @@ export function routedRefusal(ctx: ServerContext, owner: ProxyOwner, spec: Proxy
     if (spec.type === 'tls' && routing.https?.certs.hasExact(host)) {
       return `hostname ${host} is served by the server itself (https.certs)`;
     }
+  }
+  return undefined;
+}
+
+/**
+ * Why an http group member may not join the members already on its names: they take the requests in turn,
+ * so one without the others' http_user/http_password would let every other request in without a password.
+ * Said without the user or password; undefined when they match, or it is the first.
+ */
+function groupAuthRefusal(
+  routes: HostRoutes<HttpTarget>,
+  client: string,
+  spec: ProxySpec,
+  claims: readonly HostClaim[],
+): string | undefined {
+  const hosts = new Set(claims.map((c) => c.host));
+  const asks = spec.http_user !== undefined;
+  for (const entry of routes.entries()) {
+    if (entry.target === undefined || entry.group !== spec.group || !hosts.has(entry.host)) continue;
+    if (entry.client === client && entry.proxy === spec.name) continue;
+    const theirs = entry.target.auth;
+    const same =
+      theirs === undefined
+        ? !asks
+        : asks &&
+          theirs.user.equals(Buffer.from(spec.http_user ?? '')) &&
+          theirs.password.equals(Buffer.from(spec.http_password ?? ''));
+    if (same) continue;
+    const them = theirs === undefined ? 'let visitors in without a password' : 'ask visitors for a password';
+    const mine = asks
+      ? theirs === undefined
+        ? 'asks for one'
+        : 'asks for another http_user or http_password'
+      : 'asks for none';
+    return `group "${spec.group}" at ${entry.host} takes requests in turn, and its members ${them} (http_user, http_password): every member must ask for the same; this proxy ${mine}`;
   }
   return undefined;
 }
