@@ -138,6 +138,23 @@ async function natTunnel(
   return { topo, server, client, publicPort: client.ports.get('web')! };
 }
 
+/**
+ * A game's player in pub: a datagram every 20 ms for `seconds`, each echoed by the udp service in lan; when
+ * each echoed one was sent and when it came back (Date.now(), comparable across the namespaces).
+ */
+async function udpPlayer(
+  n: NatTunnel,
+  seconds: number,
+): Promise<{ sent: number; replies: [number, number][] }> {
+  const args = ['--bind', PUB_ADDR, '--host', PUB_ADDR, '--port', String(PUBLIC_PORT), '--interval', '20'];
+  const result = await n.topo.probe(
+    n.topo.pub,
+    ['udp-stream', ...args, '--seconds', String(seconds)],
+    40_000,
+  );
+  return result as { sent: number; replies: [number, number][] };
+}
+
 async function echoFromPub(n: NatTunnel, what: string): Promise<void> {
   const r = await n.topo.probe(n.topo.pub, [
     'echo',
@@ -269,30 +286,14 @@ test('link cut shorter than the heartbeat timeout: a udp flow drops what it woul
     const n = await natTunnel(h, { server: ['10s', '30s'], client: ['10s', '30s'] }, { udp: true });
     // A game's player in pub: a datagram every 20 ms for 16 s, echoed by the service in lan. The link is
     // cut from 3 s to 8 s; TCP under the tunnel may take seconds more to send again after it returns.
-    const player = n.topo.probe(
-      n.topo.pub,
-      [
-        'udp-stream',
-        '--bind',
-        PUB_ADDR,
-        '--host',
-        PUB_ADDR,
-        '--port',
-        String(PUBLIC_PORT),
-        '--interval',
-        '20',
-        '--seconds',
-        '16',
-      ],
-      40_000,
-    );
+    const player = udpPlayer(n, 16);
     await sleep(3000);
     const downAt = Date.now();
     await n.topo.linkDown();
     await sleep(5000);
     await n.topo.linkUp();
     const upAt = Date.now();
-    const { sent, replies } = (await player) as { sent: number; replies: [number, number][] };
+    const { sent, replies } = await player;
     const sentInCut = replies.filter(([sentAt]) => sentAt >= downAt && sentAt < upAt);
     const stale = sentInCut.filter(([, arrivedAt]) => arrivedAt >= upAt);
     const before = replies.filter(([sentAt]) => sentAt < downAt - 500);
@@ -323,23 +324,7 @@ test("two link cuts 8 s apart: the second cut's datagrams are dropped too, not t
     const n = await natTunnel(h, { server: ['10s', '30s'], client: ['10s', '30s'] }, { udp: true });
     // A datagram every 20 ms for 25 s, echoed in lan; the link is cut for 5 s, back for 8 s (TCP under the
     // tunnel takes up to 3 s of them to send again), cut for 3 s.
-    const player = n.topo.probe(
-      n.topo.pub,
-      [
-        'udp-stream',
-        '--bind',
-        PUB_ADDR,
-        '--host',
-        PUB_ADDR,
-        '--port',
-        String(PUBLIC_PORT),
-        '--interval',
-        '20',
-        '--seconds',
-        '25',
-      ],
-      40_000,
-    );
+    const player = udpPlayer(n, 25);
     await sleep(3000);
     await n.topo.linkDown();
     await sleep(5000);
@@ -350,7 +335,7 @@ test("two link cuts 8 s apart: the second cut's datagrams are dropped too, not t
     await sleep(3000);
     await n.topo.linkUp();
     const upAt = Date.now();
-    const { sent, replies } = (await player) as { sent: number; replies: [number, number][] };
+    const { sent, replies } = await player;
     const stale = replies.filter(
       ([sentAt, arrivedAt]) => sentAt >= downAt && sentAt < upAt && arrivedAt >= upAt,
     );
