@@ -14,14 +14,6 @@ import { describeLocalConnectError } from './connect-error.js';
 /** A local service that does not accept within this time counts as a failed connect. */
 export const LOCAL_CONNECT_TIMEOUT_MS = 10_000;
 
-export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
 /** The stream went away (visitor left, session lost) before the local service answered. */
 export class StreamGone extends Error {}
 

@@ -9,12 +9,13 @@ import {
   parseHostPort,
   readStreamHeader,
   type StreamHeader,
+  withTimeout,
 } from '@porthole/protocol';
 import { type ProxyBandwidth, tunnelToLocalLimits } from './bandwidth-limit.js';
 import type { ProxyConfig } from './config.js';
 import type { DirectoryServer } from './directory-server.js';
 import { PairEnd } from './duplex-pair.js';
-import { connectLocal, LOCAL_CONNECT_TIMEOUT_MS, StreamGone, withTimeout } from './local-connect.js';
+import { connectLocal, LOCAL_CONNECT_TIMEOUT_MS, StreamGone } from './local-connect.js';
 import type { LocalFailureLog } from './local-failure-log.js';
 import { describeLocal, isDirectoryLocal, isSocks5Local } from './proxy-config.js';
 import { boundElsewhere } from './remote-bind-check.js';

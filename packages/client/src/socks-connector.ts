@@ -4,8 +4,8 @@
 import { lookup } from 'node:dns/promises';
 import type { Socket } from 'node:net';
 import type { Stream } from '@porthole/mux';
-import { formatHostPort } from '@porthole/protocol';
-import { connectLocal, LocalConnectError, withTimeout } from './local-connect.js';
+import { formatHostPort, withTimeout } from '@porthole/protocol';
+import { connectLocal, LocalConnectError } from './local-connect.js';
 import type { SocksSettings } from './proxy-config.js';
 import { readSocksRequest, replyForError, SocksReply, socksReply } from './socks5.js';
 

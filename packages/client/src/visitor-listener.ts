@@ -8,9 +8,9 @@ import {
   type Logger,
   readVisitAnswer,
   resetConnection,
+  withTimeout,
   writeVisitRequest,
 } from '@porthole/protocol';
-import { withTimeout } from './local-connect.js';
 import { describeBind, type VisitorConfig } from './visitor-config.js';
 
 /** The server answers a visit once it has opened the owner's stream; one that does not by then is gone. */

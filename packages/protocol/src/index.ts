@@ -33,3 +33,4 @@ export * from './udp-datagram-codec.js';
 export * from './udp-link-stopped.js';
 export * from './version.js';
 export * from './visit.js';
+export * from './with-timeout.js';

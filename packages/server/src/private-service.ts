@@ -7,6 +7,7 @@ import {
   parseHostPort,
   readVisitRequest,
   visitGrantAllows,
+  withTimeout,
   writeStreamHeader,
   writeVisitAnswer,
 } from '@porthole/protocol';
@@ -81,7 +82,8 @@ export async function serveVisit(ctx: ServerContext, visitor: Visitor, stream: S
   const logger = ctx.logger;
   let service: string;
   try {
-    service = (await withTimeout(readVisitRequest(stream), VISIT_REQUEST_TIMEOUT_MS)).visit;
+    service = (await withTimeout(readVisitRequest(stream), VISIT_REQUEST_TIMEOUT_MS, 'the visit request'))
+      .visit;
   } catch (err) {
     logger.warn({ visitor: visitor.name, reason: (err as Error).message }, 'bad visit stream');
     stream.destroy();
@@ -145,12 +147,4 @@ function refuseVisit(
   stream.resume();
   stream.end();
   setTimeout(() => stream.destroy(), REFUSED_VISIT_LINGER_MS).unref();
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no visit request within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
