@@ -36,6 +36,12 @@ export function parseRule(text: string, defaultType: PortProxyType = 'tcp'): Pro
   if (typed) {
     if (typed[1] === 'localhost') throw new Error(`invalid rule "${text}": ${bindRefusal('localhost')}`);
     if (!isPortProxyType(typed[1]!)) {
+      // "myhost:8080:..." is a host name where ssh -R takes a bind address, not a type: say what it is not.
+      const portFollows = /^\d+:/.test(rest.slice(typed[0].length));
+      if (portFollows && !(PROXY_TYPES as readonly string[]).includes(typed[1]!)) {
+        const what = `a proxy type (${PORT_PROXY_TYPES.join(', ')})`;
+        throw new Error(`invalid rule "${text}": ${bindRefusal(typed[1]!, '', what)}`);
+      }
       throw new Error(
         `unsupported proxy type "${typed[1]}" in rule "${text}" (supported: ${PORT_PROXY_TYPES.join(', ')})`,
       );
@@ -74,8 +80,8 @@ export function parseRule(text: string, defaultType: PortProxyType = 'tcp'): Pro
   }
 }
 
-/** Why `remote` cannot start a rule: neither a port nor an address for the server to bind. */
-function bindRefusal(remote: string, rest = ''): string {
+/** Why `remote` cannot start a rule: neither a port (or whatever `isNot` names) nor an address to bind. */
+function bindRefusal(remote: string, rest = '', isNot = 'a port'): string {
   let why: string;
   if (remote === '' && rest.startsWith('::')) why = 'an IPv6 address is written in brackets, e.g. [::1]';
   else
@@ -85,5 +91,5 @@ function bindRefusal(remote: string, rest = ''): string {
     } catch (err) {
       why = (err as Error).message;
     }
-  return `"${remote}" is neither a port nor an address to bind (${why}); a rule starts with the remote port, or with the address the server binds it on and then the port, e.g. 2222:[::1]:22 or 127.0.0.1:2222:[::1]:22`;
+  return `"${remote}" is neither ${isNot} nor an address to bind (${why}); a rule starts with the remote port, or with the address the server binds it on and then the port, e.g. 2222:[::1]:22 or 127.0.0.1:2222:[::1]:22`;
 }

@@ -112,6 +112,11 @@ test('rules accept the plain and the typed form', () => {
   assert.throws(() => parseRule('http:80:127.0.0.1:3000'), /unsupported proxy type "http"/);
   assert.throws(() => parseRule('2222'), /invalid rule "2222"/);
   assert.throws(() => parseRule('x:127.0.0.1:22'), /unsupported proxy type "x"/);
+  // A host name where ssh -R takes a bind address: not read as a type.
+  assert.throws(
+    () => parseRule('myhost:8080:127.0.0.1:80'),
+    /"myhost" is neither a proxy type \(tcp, udp\) nor an address to bind \(bind address "myhost": must be an IP address/,
+  );
   assert.throws(() => parseRule('2222:127.0.0.1'), /invalid rule "2222:127.0.0.1": invalid address/);
   // Remote port 0: the server picks one (ssh -R 0:...); the local service needs a real one.
   assert.deepEqual(parseRule('0:127.0.0.1:22'), { ...expected, remotePort: 0 });
