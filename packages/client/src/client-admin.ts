@@ -1,6 +1,11 @@
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { formatHostPort, type HostPort, type Logger, screenAdminRequest } from '@porthole/protocol';
+import {
+  formatHostPort,
+  type HostPort,
+  type Logger,
+  listenServer,
+  screenAdminRequest,
+} from '@porthole/protocol';
 import type { ClientStatus } from './session-status.js';
 
 /**
@@ -14,7 +19,7 @@ export class ClientAdmin {
   constructor(
     private readonly listenOn: HostPort,
     status: () => ClientStatus,
-    logger: Logger,
+    private readonly logger: Logger,
   ) {
     this.server = createServer((req, res) => {
       const reply = (code: number, value: unknown, headers: Record<string, string> = {}) => {
@@ -44,18 +49,13 @@ export class ClientAdmin {
     });
     this.server.headersTimeout = 10_000;
     this.server.requestTimeout = 15_000;
-    this.server.on('error', (err) => logger.error({ reason: err.message }, 'admin listener error'));
   }
 
-  listen(): Promise<string> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(this.listenOn.port, this.listenOn.host, () => {
-        this.server.off('error', reject);
-        const address = this.server.address() as AddressInfo;
-        resolve(formatHostPort(address.address, address.port));
-      });
-    });
+  async listen(): Promise<string> {
+    const address = await listenServer(this.server, this.listenOn, (err) =>
+      this.logger.error({ reason: err.message }, 'admin listener error'),
+    );
+    return formatHostPort(address.address, address.port);
   }
 
   close(): void {

@@ -14,6 +14,7 @@ export * from './http-field-syntax.js';
 export * from './idle-waiters.js';
 export * from './keepalive-options.js';
 export * from './limit-warning.js';
+export * from './listen-server.js';
 export * from './local-address.js';
 export * from './logger.js';
 export * from './message-codec.js';

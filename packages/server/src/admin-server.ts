@@ -1,11 +1,11 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import {
   formatHostPort,
   type HostPort,
   isLoopback,
   type Logger,
+  listenServer,
   plainAddress,
   screenAdminRequest,
 } from '@porthole/protocol';
@@ -83,19 +83,12 @@ export class AdminServer {
   }
 
   /** Starts listening; resolves with the bound address. */
-  listen(): Promise<string> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(this.opts.listen.port, this.opts.listen.host, () => {
-        this.server.off('error', reject);
-        this.server.on('error', (err) =>
-          this.opts.logger.error({ reason: err.message }, 'admin listener error'),
-        );
-        const address = this.server.address() as AddressInfo;
-        this.loopbackOnly = isLoopback(plainAddress(address.address));
-        resolve(formatHostPort(address.address, address.port));
-      });
-    });
+  async listen(): Promise<string> {
+    const address = await listenServer(this.server, this.opts.listen, (err) =>
+      this.opts.logger.error({ reason: err.message }, 'admin listener error'),
+    );
+    this.loopbackOnly = isLoopback(plainAddress(address.address));
+    return formatHostPort(address.address, address.port);
   }
 
   close(): void {

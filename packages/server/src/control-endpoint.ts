@@ -1,9 +1,15 @@
 import { createServer as createHttpServer, type IncomingMessage, type Server, STATUS_CODES } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
-import type { AddressInfo, Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { acceptWebSocket, checkUpgradeRequest, type WebSocketStream } from '@porthole/mux';
-import { formatHostPort, type HostPort, type Logger, type TokenClaims } from '@porthole/protocol';
+import {
+  formatHostPort,
+  type HostPort,
+  type Logger,
+  listenServer,
+  type TokenClaims,
+} from '@porthole/protocol';
 import { answerAndClose } from './answer-and-close.js';
 import { bearerToken, type UpgradeAuthenticator } from './auth.js';
 import { AuthFailureLines } from './auth-failure-lines.js';
@@ -107,19 +113,11 @@ export class ControlEndpoint {
   }
 
   /** Starts listening; resolves with the bound address ("127.0.0.1:40123"). */
-  listen(): Promise<string> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(this.opts.listen.port, this.opts.listen.host, () => {
-        this.server.off('error', reject);
-        // A failed accept (EMFILE) is emitted here: without a listener it would end the process.
-        this.server.on('error', (err) =>
-          this.opts.logger.error({ reason: err.message }, 'control listener error'),
-        );
-        const address = this.server.address() as AddressInfo;
-        resolve(formatHostPort(address.address, address.port));
-      });
-    });
+  async listen(): Promise<string> {
+    const address = await listenServer(this.server, this.opts.listen, (err) =>
+      this.opts.logger.error({ reason: err.message }, 'control listener error'),
+    );
+    return formatHostPort(address.address, address.port);
   }
 
   /** A renewed [tls] pair: new handshakes get it, connections already open keep theirs. */

@@ -9,13 +9,14 @@ import {
   STATUS_CODES,
 } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
-import type { AddressInfo, Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
   formatHostPort,
   type HostPort,
   LimitWarning,
   type Logger,
+  listenServer,
   resetConnection,
 } from '@porthole/protocol';
 import type { HttpVhostRouter } from './http-vhost-router.js';
@@ -211,19 +212,14 @@ export class HttpVhostServer {
   }
 
   /** Starts the plain HTTP port (if configured); resolves with its bound address. */
-  listenHttp(): Promise<string | undefined> {
+  async listenHttp(): Promise<string | undefined> {
     const server = this.httpServer;
     const listen = this.opts.httpListen;
-    if (!server || !listen) return Promise.resolve(undefined);
-    return new Promise((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(listen.port, listen.host, () => {
-        server.off('error', reject);
-        server.on('error', (err) => this.opts.logger.error({ reason: err.message }, 'http listener error'));
-        const address = server.address() as AddressInfo;
-        resolve(formatHostPort(address.address, address.port));
-      });
-    });
+    if (!server || !listen) return undefined;
+    const address = await listenServer(server, listen, (err) =>
+      this.opts.logger.error({ reason: err.message }, 'http listener error'),
+    );
+    return formatHostPort(address.address, address.port);
   }
 
   /** Certificates renewed by a reload: the fallback (no SNI) follows them; the SNI callback reads them itself. */

@@ -2,7 +2,7 @@
 // passed through to its client untouched (the visitor talks TLS with the local service). A name the
 // server holds a certificate for: terminated here and served like the http port (http proxies over https,
 // and the control endpoint for wss:// clients). Anything else is closed.
-import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import type { Session } from '@porthole/mux';
 import {
   type ConnectionTracker,
@@ -10,6 +10,7 @@ import {
   type HostPort,
   isIpAddressSni,
   type Logger,
+  listenServer,
   normalizeRequestHost,
   writeStreamHeader,
 } from '@porthole/protocol';
@@ -75,18 +76,13 @@ export class TlsSniListener {
     this.server = createServer({ allowHalfOpen: true }, (socket) => this.onConnection(socket));
   }
 
-  listen(): Promise<string> {
+  async listen(): Promise<string> {
     const { listen, logger } = this.opts;
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(listen.port, listen.host, () => {
-        this.server.off('error', reject);
-        this.server.on('error', (err) => logger.error({ reason: err.message }, 'https listener error'));
-        const address = this.server.address() as AddressInfo;
-        this.address = formatHostPort(address.address, address.port);
-        resolve(this.address);
-      });
-    });
+    const address = await listenServer(this.server, listen, (err) =>
+      logger.error({ reason: err.message }, 'https listener error'),
+    );
+    this.address = formatHostPort(address.address, address.port);
+    return this.address;
   }
 
   stopAccepting(): void {
