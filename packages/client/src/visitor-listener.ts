@@ -6,6 +6,7 @@ import {
   type ConnectionTracker,
   formatPeerAddress,
   type Logger,
+  listenServer,
   readVisitAnswer,
   resetConnection,
   withTimeout,
@@ -73,28 +74,24 @@ export class VisitorListener {
   }
 
   /** Binds `bind`; a failure is logged and kept for `status`, not thrown: the client's other work goes on. */
-  listen(): Promise<void> {
-    const { host, port } = this.config.bind;
-    return new Promise((resolve) => {
-      const onError = (err: NodeJS.ErrnoException) => {
-        this.bindError = `cannot listen on ${describeBind(this.config)}: ${err.code ?? err.message}`;
-        this.host.logger.error(
-          { visitor: this.config.name, bind: describeBind(this.config), reason: this.bindError },
-          'visitor listen failed',
-        );
-        resolve();
-      };
-      this.server.once('error', onError);
-      this.server.listen({ host, port }, () => {
-        this.server.off('error', onError);
-        this.listening = true;
-        this.host.logger.info(
-          { visitor: this.config.name, service: this.config.service, bind: describeBind(this.config) },
-          'visitor listening',
-        );
-        resolve();
-      });
-    });
+  async listen(): Promise<void> {
+    const visitor = this.config.name;
+    try {
+      await listenServer(this.server, this.config.bind, (err) =>
+        this.host.logger.error({ visitor, reason: err.message }, 'visitor listener error'),
+      );
+    } catch (err) {
+      const { code, message } = err as NodeJS.ErrnoException;
+      this.bindError = `cannot listen on ${describeBind(this.config)}: ${code ?? message}`;
+      const bind = describeBind(this.config);
+      this.host.logger.error({ visitor, bind, reason: this.bindError }, 'visitor listen failed');
+      return;
+    }
+    this.listening = true;
+    this.host.logger.info(
+      { visitor, service: this.config.service, bind: describeBind(this.config) },
+      'visitor listening',
+    );
   }
 
   /**

@@ -4,6 +4,7 @@ import {
   type ConnectionTracker,
   formatHostPort,
   type Logger,
+  listenServer,
   type ProxySpec,
   writeStreamHeader,
 } from '@porthole/protocol';
@@ -82,23 +83,17 @@ export class TcpProxyListener {
   }
 
   /** Binds the port; rejects with an Error whose message is the reason to send to the client (and the errno `code`). */
-  listen(): Promise<void> {
-    return new Promise((resolve, reject) => {
+  async listen(): Promise<void> {
+    const { proxy, bindHost, logger } = this.opts;
+    try {
+      await listenServer(this.server, { port: proxy.remote_port, host: bindHost }, (err) =>
+        logger.error({ proxy: proxy.name, reason: err.message }, 'proxy listener error'),
+      );
+    } catch (err) {
       // The code stays for a caller that tries another port (port-picker.ts).
-      const onError = (err: NodeJS.ErrnoException) =>
-        reject(Object.assign(new Error(describeListenError(err, this.address)), { code: err.code }));
-      this.server.once('error', onError);
-      this.server.listen({ port: this.opts.proxy.remote_port, host: this.opts.bindHost }, () => {
-        this.server.off('error', onError);
-        this.server.on('error', (err) =>
-          this.opts.logger.error(
-            { proxy: this.opts.proxy.name, reason: err.message },
-            'proxy listener error',
-          ),
-        );
-        resolve();
-      });
-    });
+      const failed = err as NodeJS.ErrnoException;
+      throw Object.assign(new Error(describeListenError(failed, this.address)), { code: failed.code });
+    }
   }
 
   /** The address the port is bound on. */
