@@ -346,9 +346,11 @@ test("two link cuts 8 s apart: the second cut's datagrams are dropped too, not t
     );
     assert.ok(last.length >= 50, 'the flow works again after the second cut');
     // The answers that waited out the first cut took 5 s and more: taken as the round trip to expect, they
-    // made the second cut pass for a slow answer throughout (148 of ~150 came back stale; now ~80, those
-    // sent before the silence reached the limit, as in a single cut).
-    assert.ok(stale.length <= 100, `${stale.length} stale datagrams came back after the second cut`);
+    // made the second cut pass for a slow answer throughout (148 of ~150 came back stale; now 74-81 on a
+    // quiet machine, those sent before the silence reached the limit, as in a single cut). The expectation
+    // the first cut left decays with each probe answered in the 8 s between; a busy machine answers fewer
+    // (104 once, while other builds ran): the bound sits between that and the failure.
+    assert.ok(stale.length <= 125, `${stale.length} stale datagrams came back after the second cut`);
   });
 });
 
