@@ -9,9 +9,10 @@ import {
   parseHostPort,
   readStreamHeader,
   type StreamHeader,
+  towardsServiceLimits,
   withTimeout,
 } from '@porthole/protocol';
-import { type ProxyBandwidth, tunnelToLocalLimits } from './bandwidth-limit.js';
+import type { ProxyBandwidth } from './bandwidth-limit.js';
 import type { ProxyConfig } from './config.js';
 import type { DirectoryServer } from './directory-server.js';
 import { PairEnd } from './duplex-pair.js';
@@ -163,7 +164,7 @@ export async function serveStream(
       labels: ['tunnel', 'local'],
       logger,
       fields: { ...fields, local },
-      ...(budgets ? { limits: tunnelToLocalLimits(budgets) } : {}),
+      ...(budgets ? { limits: towardsServiceLimits(budgets) } : {}),
     });
     directories.serve(serverEnd, { proxy: proxy.name, conn: header.conn, remoteAddr });
     return;
@@ -224,6 +225,6 @@ export async function serveStream(
     labels: ['tunnel', 'local'],
     logger,
     fields: { ...fields, local, ...destination },
-    ...(budgets ? { limits: tunnelToLocalLimits(budgets) } : {}),
+    ...(budgets ? { limits: towardsServiceLimits(budgets) } : {}),
   });
 }

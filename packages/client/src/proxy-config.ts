@@ -1,6 +1,8 @@
 // One [[proxies]] table of client.toml: the keys each proxy type takes, their checks, and what the
 // server is told at registration.
 import {
+  type BandwidthLimit,
+  bandwidthLimitField,
   durationAboveZero,
   durationAtLeast,
   durationField,
@@ -29,7 +31,6 @@ import {
   type UnixSocketAddress,
 } from '@porthole/protocol';
 import { z } from 'zod';
-import { type BandwidthLimit, bandwidthLimitField } from './bandwidth-limit.js';
 import type { HealthCheckConfig } from './health-check.js';
 import type { SocksCredentials } from './socks5.js';
 

@@ -7,6 +7,7 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv6 } from 'node:net';
 import type { Stream } from '@porthole/mux';
 import {
+  type BandwidthBudgets,
   type DatagramBudget,
   DatagramDecoder,
   DatagramWriter,
@@ -18,7 +19,6 @@ import {
   type StreamHeader,
   udpLinkStopped,
 } from '@porthole/protocol';
-import type { ProxyBudgets } from './bandwidth-limit.js';
 import type { LocalFailureLog } from './local-failure-log.js';
 import { isDirectoryLocal, isSocks5Local, type ProxyConfig } from './proxy-config.js';
 
@@ -118,7 +118,7 @@ export function serveUdpFlow(
   logger: Logger,
   failures: LocalFailureLog,
   openFlows: OpenUdpFlows,
-  budgets?: ProxyBudgets,
+  budgets?: BandwidthBudgets,
 ): Promise<UdpFlowCounts> {
   const target = proxy.local;
   // Refused by the config's checks: a udp proxy's local is host:port.

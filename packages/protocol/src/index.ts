@@ -1,4 +1,5 @@
 export * from './admin-requests.js';
+export * from './bandwidth-limit.js';
 export * from './bind-address.js';
 export * from './cli-support.js';
 export * from './close-event.js';
