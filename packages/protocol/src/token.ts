@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { decodeJwt, errors, jwtVerify, SignJWT } from 'jose';
+import { parseBandwidthLimit } from './bandwidth-limit.js';
 import { PROXY_NAME, PROXY_NAME_RULE } from './control-messages.js';
 import { hostGrantAllows } from './host-names.js';
 import { PortRanges } from './port-ranges.js';
@@ -15,6 +16,11 @@ export interface TokenGrants {
   hosts?: string[];
   /** Private services the client may visit. */
   visit?: string[];
+  /**
+   * The server's cap on all of the client's public proxies together, each direction, as written ("10MB");
+   * absent: the server's client_bandwidth_limit, if any. A server older than this ignores the claim.
+   */
+  bandwidth_limit?: string;
 }
 
 export interface TokenClaims extends TokenGrants {
@@ -87,6 +93,11 @@ export async function issueToken(secret: string, opts: IssueOptions): Promise<st
   if (opts.ports !== undefined) grants.ports = PortRanges.parse(opts.ports).toString();
   if (opts.hosts !== undefined) grants.hosts = opts.hosts;
   if (opts.visit !== undefined) grants.visit = opts.visit;
+  if (opts.bandwidth_limit !== undefined) {
+    const limit = parseBandwidthLimit(opts.bandwidth_limit);
+    if ('problem' in limit) throw new Error(`--bandwidth-limit ${limit.problem}`);
+    grants.bandwidth_limit = limit.text;
+  }
   const jwt = new SignJWT({ ...grants })
     .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
     .setSubject(opts.name)
@@ -130,6 +141,7 @@ export function readUnverifiedClaims(jwt: string): Partial<TokenClaims> | undefi
   if (typeof payload.ports === 'string') claims.ports = payload.ports;
   if (isStringArray(payload.hosts)) claims.hosts = payload.hosts;
   if (isStringArray(payload.visit)) claims.visit = payload.visit;
+  if (typeof payload.bandwidth_limit === 'string') claims.bandwidth_limit = payload.bandwidth_limit;
   return claims;
 }
 
@@ -165,7 +177,7 @@ export async function verifyToken(
       throw new TokenError('token algorithm not accepted (HS256 only)');
     throw new TokenError('malformed token');
   }
-  const { sub, jti, iat, exp, ports, hosts, visit } = payload;
+  const { sub, jti, iat, exp, ports, hosts, visit, bandwidth_limit } = payload;
   if (typeof sub !== 'string' || !CLIENT_NAME.test(sub)) throw new TokenError('malformed token');
   if (typeof jti !== 'string' || typeof iat !== 'number') throw new TokenError('malformed token');
   if (exp !== undefined && typeof exp !== 'number') throw new TokenError('malformed token');
@@ -179,11 +191,17 @@ export async function verifyToken(
   }
   if (hosts !== undefined && !isStringArray(hosts)) throw new TokenError('malformed token');
   if (visit !== undefined && !isStringArray(visit)) throw new TokenError('malformed token');
+  if (
+    bandwidth_limit !== undefined &&
+    (typeof bandwidth_limit !== 'string' || 'problem' in parseBandwidthLimit(bandwidth_limit))
+  )
+    throw new TokenError('malformed token');
   if (opts.revoked?.has(jti)) throw new TokenError('token revoked', { client: sub, jti });
   const claims: TokenClaims = { sub, jti, iat };
   if (exp !== undefined) claims.exp = exp;
   if (ports !== undefined) claims.ports = ports;
   if (hosts !== undefined) claims.hosts = hosts;
   if (visit !== undefined) claims.visit = visit;
+  if (bandwidth_limit !== undefined) claims.bandwidth_limit = bandwidth_limit as string;
   return claims;
 }

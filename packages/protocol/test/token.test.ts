@@ -91,3 +91,31 @@ test('issuing checks the name, the ports and the secret', async () => {
   await assert.rejects(issueToken(SECRET, { name: 'a', ports: '9-1', expiresInMs: null }), /reversed/);
   await assert.rejects(issueToken('short', { name: 'a', expiresInMs: null }), /at least 32/);
 });
+
+test('a bandwidth limit is issued as written, checked as the client key is, and a forged one is malformed', async () => {
+  const capped = await issueToken(SECRET, { name: 'a', bandwidth_limit: ' 10MB ', expiresInMs: null });
+  assert.equal((await verifyToken(SECRET, capped)).bandwidth_limit, '10MB');
+  const uncapped = await issueToken(SECRET, { name: 'a', expiresInMs: null });
+  assert.equal((await verifyToken(SECRET, uncapped)).bandwidth_limit, undefined);
+  await assert.rejects(
+    issueToken(SECRET, { name: 'a', bandwidth_limit: '10mb', expiresInMs: null }),
+    /--bandwidth-limit "10mb" is not a rate like "1MB"/,
+  );
+  await assert.rejects(
+    issueToken(SECRET, { name: 'a', bandwidth_limit: '0.5KB', expiresInMs: null }),
+    /at least 1KB/,
+  );
+  // Signed with the secret by other means (a script): a limit the server cannot read is not a token it takes.
+  const now = Math.floor(Date.now() / 1000);
+  const key = new TextEncoder().encode(SECRET);
+  const signed = (limit: unknown) =>
+    new SignJWT({ bandwidth_limit: limit })
+      .setProtectedHeader({ alg: 'HS256' })
+      .setSubject('a')
+      .setJti('j')
+      .setIssuedAt(now)
+      .sign(key);
+  for (const limit of ['lots', 5, '1000GB'])
+    await assert.rejects(verifyToken(SECRET, await signed(limit)), /malformed token/, String(limit));
+  assert.equal((await verifyToken(SECRET, await signed('500KB'))).bandwidth_limit, '500KB');
+});

@@ -26,6 +26,7 @@ const USAGE = `Usage:
   ${PROGRAM} check --config server.toml        validate the config (exit 0 valid, 2 invalid)
   ${PROGRAM} token issue --config server.toml --name NAME [--ports 2222,8000-8099]
         [--hosts 'app.example.com,*.home.example.com'] [--visit svc1,svc2] [--expires 90d|never]
+        [--bandwidth-limit 10MB]
                                                 print a client token (JWT) on stdout
   ${PROGRAM} -h, --help | -V, --version
 
@@ -38,12 +39,15 @@ Options:
   --visit LIST        token: private services the client may visit, as OWNER/PROXY (the owning client's
                       name and its private proxy's), or OWNER/* for all of one client's (default: none)
   --expires DURATION  token: lifetime, e.g. 90d, 12h, or "never" (default 365d)
+  --bandwidth-limit RATE
+                      token: the most the client's public proxies move together, each way, e.g. 10MB
+                      or 500KB per second (default: the server's client_bandwidth_limit, if set)
 
 Signals: SIGHUP reloads the config file (allow_ports, revoked_tokens, limits); SIGTERM drains and exits 0.
 Admin: an [admin] table serves /api/*, /metrics, /healthz and a status page (see examples/server.toml).
 `;
 
-const TOKEN_OPTIONS = ['name', 'ports', 'hosts', 'visit', 'expires'] as const;
+const TOKEN_OPTIONS = ['name', 'ports', 'hosts', 'visit', 'expires', 'bandwidth-limit'] as const;
 const DEFAULT_TOKEN_LIFETIME = '365d';
 
 async function main(): Promise<number | undefined> {
@@ -83,14 +87,17 @@ async function main(): Promise<number | undefined> {
         ...(values.ports === undefined ? {} : { ports: values.ports }),
         ...(values.hosts === undefined ? {} : { hosts: hostGrant(values.hosts) }),
         ...(values.visit === undefined ? {} : { visit: visitGrant(values.visit) }),
+        ...(values['bandwidth-limit'] === undefined ? {} : { bandwidth_limit: values['bandwidth-limit'] }),
       });
       process.stdout.write(`${jwt}\n`);
       // What revoking it takes, and when it ends, said where a redirect of the token to a file leaves it.
       const issued = readUnverifiedClaims(jwt);
       const until =
         issued?.exp === undefined ? 'never expires' : `expires ${new Date(issued.exp * 1000).toISOString()}`;
+      const cap =
+        issued?.bandwidth_limit === undefined ? '' : `, bandwidth limit ${issued.bandwidth_limit}/s each way`;
       process.stderr.write(
-        `token for "${values.name}": id ${issued?.jti} (what [auth] revoked_tokens lists to revoke it), ${until}\n`,
+        `token for "${values.name}": id ${issued?.jti} (what [auth] revoked_tokens lists to revoke it), ${until}${cap}\n`,
       );
       // Issued all the same: allow_ports may be widened later, and a reload applies it to this token.
       const refused =
@@ -135,6 +142,7 @@ function parse() {
       hosts: { type: 'string' },
       visit: { type: 'string' },
       expires: { type: 'string' },
+      'bandwidth-limit': { type: 'string' },
     },
   });
 }
