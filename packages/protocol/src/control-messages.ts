@@ -102,6 +102,11 @@ const helloOk = z.object({
   client: z.string(),
   session_id: z.string(),
   server_version: z.string(),
+  /**
+   * The operator's cap on this client's public proxies together, each direction, as written ("10MB"),
+   * enforced by the server. An older client drops the field; an older server leaves it out.
+   */
+  bandwidth_limit: z.string().max(64).optional(),
 });
 /** The entries are checked one by one by parseRegisterEntry, so that one bad entry costs only itself. */
 const register = z.object({ type: z.literal('register'), proxies: z.array(z.unknown()).max(1024) });

@@ -20,6 +20,7 @@ import {
   type UnknownControlMessage,
   writeMessage,
 } from '@porthole/protocol';
+import { ClientBandwidth } from './client-bandwidth.js';
 import { ConnectionLimit, ConnectionLimits } from './connection-limit.js';
 import type { HostClaim } from './host-routes.js';
 import { type PickedPort, pickablePorts, pickPort } from './port-picker.js';
@@ -79,6 +80,8 @@ export class ClientSession {
   /** Private services the token lets this client visit (undefined: none). */
   private readonly visitGrant: readonly string[] | undefined;
   private readonly connectionLimits: ConnectionLimits;
+  /** The operator's cap on all of this client's public proxies together (token, else server default). */
+  readonly bandwidth: ClientBandwidth;
   /** Each proxy's refusal last logged at warn: the same answer to a client asking again goes to debug. */
   private readonly refusals = new RepeatedReasons();
   /** Message types from a newer client that this server ignored: each is said once. */
@@ -111,6 +114,7 @@ export class ClientSession {
     this.grant = claims.ports === undefined ? undefined : PortRanges.parse(claims.ports);
     this.hostGrant = claims.hosts;
     this.visitGrant = claims.visit;
+    this.bandwidth = new ClientBandwidth(claims.bandwidth_limit, () => ctx.config.clientBandwidthLimit);
     this.connectionLimits = new ConnectionLimits(
       (proxy, max) =>
         new ConnectionLimit({
@@ -470,11 +474,13 @@ export class ClientSession {
     }
     this.ctx.clients.set(this.name, this);
     this.helloDone = true;
+    const bandwidthLimit = this.bandwidth.limit;
     this.send({
       type: 'hello_ok',
       client: this.name,
       session_id: this.sessionId,
       server_version: this.ctx.serverVersion,
+      ...(bandwidthLimit === undefined ? {} : { bandwidth_limit: bandwidthLimit.text }),
     });
     this.logger.info(
       {
@@ -483,6 +489,8 @@ export class ClientSession {
         client_version: hello.client_version,
         token_expires_at:
           this.tokenExpiresAt === undefined ? undefined : new Date(this.tokenExpiresAt).toISOString(),
+        bandwidth_limit: bandwidthLimit?.text,
+        bandwidth_limit_source: bandwidthLimit?.source,
       },
       'client connected',
     );
@@ -576,6 +584,7 @@ export class ClientSession {
       portGrant: this.grant,
       hostGrant: this.hostGrant,
       limits: this.connectionLimits,
+      bandwidth: this.bandwidth,
     };
   }
 
@@ -773,6 +782,7 @@ export class ClientSession {
       logger: this.ctx.logger,
       tracker: this.ctx.tracker,
       limit: connectionLimitFor(this.ctx, this.owner, spec),
+      bandwidth: this.bandwidth,
     });
     // Hold the port before the asynchronous bind, so two registrations cannot race for it.
     this.ctx.ports.set(port, { owner: this, proxy: spec.name });

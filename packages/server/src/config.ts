@@ -1,5 +1,7 @@
 import { isIPv4, isIPv6 } from 'node:net';
 import {
+  type BandwidthLimit,
+  bandwidthLimitField,
   ConfigError,
   DEFAULT_CONTROL_PATH,
   durationAboveZero,
@@ -116,6 +118,7 @@ const serverSchema = z
     max_proxies_per_client: positiveIntField('a number of proxies')
       .max(100_000)
       .default(DEFAULT_MAX_PROXIES_PER_CLIENT),
+    client_bandwidth_limit: bandwidthLimitField.optional(),
     max_pending_per_source: positiveIntField('a number of connections')
       .max(1_000_000)
       .default(DEFAULT_MAX_PENDING_PER_SOURCE),
@@ -195,6 +198,11 @@ export interface ServerConfig {
   proxyMaxConnections: number;
   /** Proxies one client may have registered at once (each costs listeners, routes and table work). */
   maxProxiesPerClient: number;
+  /**
+   * The cap on one client's public proxies together, each direction, for tokens that carry none of their
+   * own (a token's bandwidth limit wins); undefined: none.
+   */
+  clientBandwidthLimit?: BandwidthLimit;
   /**
    * Connections not signed in (control endpoint) or routed (vhost ports) yet, per source and in all; over
    * either, a new one is reset at once.
@@ -276,6 +284,7 @@ export function loadServerConfig(file: string): ServerConfig {
     allowPorts: raw.allow_ports ?? PortRanges.all(),
     proxyMaxConnections: raw.proxy_max_connections,
     maxProxiesPerClient: raw.max_proxies_per_client,
+    clientBandwidthLimit: raw.client_bandwidth_limit,
     pending: { perSource: raw.max_pending_per_source, total: raw.max_pending_connections },
     heartbeatInterval: raw.heartbeat_interval,
     heartbeatTimeout: raw.heartbeat_timeout,

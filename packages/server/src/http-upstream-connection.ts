@@ -2,6 +2,7 @@
 // time and reads the response (head, then a body framed by length, chunks or close), handing it on as it
 // arrives. Between requests it sits in the pool; whether it may go back there is decided here.
 import type { Duplex, Readable } from 'node:stream';
+import type { TokenBucket } from '@porthole/protocol';
 import { ChunkedDecoder } from './http-chunked-decoder.js';
 import { forwardableTrailers } from './http-fields.js';
 import {
@@ -100,6 +101,11 @@ export class UpstreamConnection {
   private headLen = 0;
   private body: RequestBody | undefined;
   private chunkedBody = false;
+  /** The client's cap on what visitors send (its token's or the server's), while the body is read. */
+  private bodyBudget: TokenBucket | undefined;
+  /** The body is paused until the stream drains, or until the budget has refilled; it resumes after both. */
+  private bodyDraining = false;
+  private bodyOverdrawn = false;
   private requestDone = true;
   /** The visitor half-closed during this exchange: its FIN goes on once the request is written. */
   private visitorFin = false;
@@ -128,6 +134,7 @@ export class UpstreamConnection {
     chunkedBody: boolean,
     sink: ResponseSink,
     counts?: ExchangeBytes,
+    bodyBudget?: TokenBucket,
   ): void {
     if (this.state !== State.Idle) throw new Error('an upstream connection carries one request at a time');
     this.state = State.Head;
@@ -141,6 +148,7 @@ export class UpstreamConnection {
     if (body) {
       this.body = body;
       this.chunkedBody = chunkedBody;
+      this.bodyBudget = bodyBudget;
       body.on('data', this.onBodyData);
       body.on('end', this.onBodyEnd);
     }
@@ -203,14 +211,25 @@ export class UpstreamConnection {
     } else {
       ok = stream.write(data);
     }
-    if (!ok) {
-      this.body?.pause();
+    if (!ok && !this.bodyDraining) {
+      this.bodyDraining = true;
       stream.once('drain', this.resumeBody);
     }
+    if (this.bodyBudget && !this.bodyBudget.spend(data.length) && !this.bodyOverdrawn) {
+      this.bodyOverdrawn = true;
+      this.bodyBudget.whenRefilled(this.refilledBody);
+    }
+    if (this.bodyDraining || this.bodyOverdrawn) this.body?.pause();
   };
 
   private readonly resumeBody = (): void => {
-    this.body?.resume();
+    this.bodyDraining = false;
+    if (!this.bodyOverdrawn) this.body?.resume();
+  };
+
+  private readonly refilledBody = (): void => {
+    this.bodyOverdrawn = false;
+    if (!this.bodyDraining) this.body?.resume();
   };
 
   private readonly onBodyEnd = (): void => {
@@ -227,6 +246,10 @@ export class UpstreamConnection {
     body.off('data', this.onBodyData);
     body.off('end', this.onBodyEnd);
     this.stream.off('drain', this.resumeBody);
+    this.bodyBudget?.cancel(this.refilledBody);
+    this.bodyBudget = undefined;
+    this.bodyDraining = false;
+    this.bodyOverdrawn = false;
     // A body left half-read (the answer came first) must not stay paused: the visitor's connection
     // would stall. Node's server reads and drops what is left of it.
     body.resume();

@@ -16,6 +16,7 @@ import {
   TurnGatheredWrites,
 } from '@porthole/protocol';
 import { answerAndClose } from './answer-and-close.js';
+import type { ClientBandwidth } from './client-bandwidth.js';
 import type { ConnectionLimit } from './connection-limit.js';
 import type { HostRoutes, RouteEntry } from './host-routes.js';
 import { forwardableTrailers, HOP_BY_HOP } from './http-fields.js';
@@ -40,6 +41,8 @@ export interface HttpTarget {
   openStream(visitor: Visitor): { stream: Duplex; conn: number };
   /** Upgraded connections (WebSockets) open at once, against max_connections. */
   upgrades: ConnectionLimit;
+  /** Its client's cap, shared with the client's other connections. */
+  bandwidth: ClientBandwidth;
   /** Basic auth visitors must present. */
   auth: { user: Buffer; password: Buffer } | undefined;
   hostHeaderRewrite: string | undefined;
@@ -441,9 +444,17 @@ export class HttpVhostRouter {
     };
     let awaitingDrain = false;
     const body = new TurnGatheredWrites(res);
+    // The client's cap: the answer waits in the stream (the mux window holds the client back) while it is
+    // overdrawn, as it waits there while the visitor is slow; the upload waits in the visitor's socket.
+    const budgets = target.bandwidth.budgets();
+    let overdrawn = false;
     const resumeUpstream = (): void => {
       awaitingDrain = false;
-      current?.resume();
+      if (!overdrawn) current?.resume();
+    };
+    const refilled = (): void => {
+      overdrawn = false;
+      if (!awaitingDrain) current?.resume();
     };
     const sink: ResponseSink = {
       onHead: (upstream: ResponseHead) => {
@@ -452,12 +463,16 @@ export class HttpVhostRouter {
         res.writeHead(upstream.statusCode, upstream.statusMessage, responseHeaders(upstream));
       },
       onBody: (data) => {
-        if (body.write(data)) return true;
-        if (!awaitingDrain) {
+        const written = body.write(data);
+        if (!written && !awaitingDrain) {
           awaitingDrain = true;
           res.once('drain', resumeUpstream);
         }
-        return false;
+        if (budgets && !budgets.out.spend(data.length) && !overdrawn) {
+          overdrawn = true;
+          budgets.out.whenRefilled(refilled);
+        }
+        return written && !overdrawn;
       },
       onEnd: (trailers) => {
         current = undefined;
@@ -495,7 +510,7 @@ export class HttpVhostRouter {
         current = conn;
         // The upload's own time does not count towards response_timeout: the timer restarts at its end.
         if (bodyPending) clearTimeout(noAnswerTimer);
-        conn.send(method, head, hasBody ? req : undefined, chunkedBody, sink, counts);
+        conn.send(method, head, hasBody ? req : undefined, chunkedBody, sink, counts, budgets?.in);
         if (visitorHalfClosed) conn.visitorEnded();
       });
     };
@@ -527,6 +542,7 @@ export class HttpVhostRouter {
     const finish = (): void => {
       if (over) return;
       over = true;
+      budgets?.out.cancel(refilled);
       this.requestDone(socket);
       forgetSocketClose();
       forgetSocketEnd();
@@ -663,8 +679,10 @@ export class HttpVhostRouter {
         const netSocket = socket as Socket;
         netSocket.setTimeout?.(0);
         netSocket.setNoDelay?.(true);
+        const limits = target.bandwidth.limits();
         this.opts.tracker.carry(socket, stream, {
           labels: ['visitor', 'tunnel'],
+          ...(limits === undefined ? {} : { limits }),
           // The handshake (request and 101) and what followed it on either side, passed on above.
           alreadyMoved: {
             bytesAtoB: requestLine.length + head.length,

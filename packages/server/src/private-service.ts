@@ -128,9 +128,12 @@ export async function serveVisit(ctx: ServerContext, visitor: Visitor, stream: S
     visitor: visitor.name,
   });
   writeVisitAnswer(stream, { ok: true, conn });
+  // Counted against the owner's cap: its service is the one whose bytes move.
+  const limits = target.owner.bandwidth.limits();
   ctx.tracker.carry(stream, toOwner, {
     labels: ['visitor', 'owner'],
     logger,
+    ...(limits === undefined ? {} : { limits }),
     fields: { client: owner, proxy, conn, visitor: visitor.name, remote_addr: visitor.remoteAddr },
   });
 }

@@ -155,6 +155,7 @@ export async function bindTcpGroupMember(
     proxy: spec,
     session: owner.session,
     limit: connectionLimitFor(ctx, owner, spec),
+    bandwidth: owner.bandwidth,
   };
   const isTcp = (o: object): o is TcpProxyListener => o instanceof TcpProxyListener;
   const bindHost = bindAddressOf(ctx.config, spec);
@@ -185,6 +186,7 @@ export async function bindUdpGroupMember(
     session: owner.session,
     ...limitsOf(spec),
     flows: 0,
+    bandwidth: owner.bandwidth,
   };
   const isUdp = (o: object): o is UdpProxyListener => o instanceof UdpProxyListener;
   const held = ctx.routing.udpPorts;

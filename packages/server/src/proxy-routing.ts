@@ -14,6 +14,7 @@ import {
   tlsNameRefusal,
   writeStreamHeader,
 } from '@porthole/protocol';
+import type { ClientBandwidth } from './client-bandwidth.js';
 import type { ConnectionLimit, ConnectionLimits } from './connection-limit.js';
 import { groupRefusal } from './group-refusal.js';
 import { type HostClaim, HostRoutes } from './host-routes.js';
@@ -72,6 +73,8 @@ export interface ProxyOwner {
   readonly hostGrant: readonly string[] | undefined;
   /** Its proxies' connection limits, kept across a proxy's registrations. */
   readonly limits: ConnectionLimits;
+  /** The operator's cap its public connections share. */
+  readonly bandwidth: ClientBandwidth;
 }
 
 /** A registered proxy's public side. */
@@ -295,6 +298,7 @@ export async function bindRoutedProxy(
         ...limitsOf(spec),
         nextId: () => ctx.tracker.nextId(),
         traffic: ctx.traffic,
+        bandwidth: owner.bandwidth,
         ...(target === undefined ? {} : { target }),
       });
     if (spec.group !== undefined) {
@@ -359,6 +363,7 @@ export async function bindRoutedProxy(
       proxy: spec.name,
       session: owner.session,
       limit: connectionLimitFor(ctx, owner, spec),
+      bandwidth: owner.bandwidth,
     };
     const httpsPort = portOf(state.httpsAddress);
     return bindHostRoutes({
@@ -403,6 +408,7 @@ export async function bindRoutedProxy(
     pool,
     openStream: (visitor) => header(visitor, publicAddr),
     upgrades,
+    bandwidth: owner.bandwidth,
     auth:
       spec.http_user === undefined || spec.http_password === undefined
         ? undefined

@@ -1,4 +1,5 @@
 import { PROTOCOL_VERSION } from '@porthole/protocol';
+import type { ClientBandwidth } from './client-bandwidth.js';
 import { Exposition, type Histogram, writeProcessMetrics } from './metrics.js';
 import { type ProxyTotals, proxyKey } from './proxy-traffic.js';
 import type { ServerContext } from './server-context.js';
@@ -41,6 +42,11 @@ export interface ClientView {
   connected_at: string;
   /** When the client's token expires and its session ends; null for a token that never expires. */
   token_expires_at: string | null;
+  /**
+   * The operator's cap on all its public proxies together, each direction, as written ("10MB", bytes per
+   * second) and where it comes from (its token's, else the server's client_bandwidth_limit); null: none.
+   */
+  bandwidth_limit: { rate: string; bytes_per_second: number; source: 'token' | 'server' } | null;
   proxies: ProxyView[];
 }
 
@@ -55,6 +61,12 @@ export interface ConnectionView {
   age_ms: number;
   bytes_in: number;
   bytes_out: number;
+}
+
+function bandwidthLimitView(limit: ClientBandwidth['limit']): ClientView['bandwidth_limit'] {
+  return limit === undefined
+    ? null
+    : { rate: limit.text, bytes_per_second: limit.bytesPerSecond, source: limit.source };
 }
 
 /** Counters the server keeps for /metrics beside what the sessions and the tracker know. */
@@ -102,6 +114,7 @@ export class ServerStatus {
         connected_at: new Date(session.connectedAt).toISOString(),
         token_expires_at:
           session.tokenExpiresAt === undefined ? null : new Date(session.tokenExpiresAt).toISOString(),
+        bandwidth_limit: bandwidthLimitView(session.bandwidth.limit),
         proxies: session
           .listProxies()
           .sort((a, b) => a.name.localeCompare(b.name))
@@ -186,6 +199,7 @@ export class ServerStatus {
         ['link_stopped', stats.droppedLinkStopped],
         ['send', stats.droppedSend],
         ['truncated', stats.droppedTruncated],
+        ['over_limit', stats.droppedOverLimit],
       ] as const)
         out.sample('porthole_udp_datagrams_dropped_total', count, { client, proxy, cause });
     out.family(
@@ -220,6 +234,16 @@ export class ServerStatus {
       'Tunnelled connections open right now, all proxies (http requests and udp flows count as connections).',
       this.ctx.tracker.size + this.ctx.traffic.openExchangeCount,
     );
+    out.family(
+      'porthole_client_bandwidth_limit_bytes',
+      'gauge',
+      "The cap on a client's public proxies together, bytes per second each direction (token's or client_bandwidth_limit); clients without one are left out.",
+    );
+    for (const client of clients)
+      if (client.bandwidth_limit)
+        out.sample('porthole_client_bandwidth_limit_bytes', client.bandwidth_limit.bytes_per_second, {
+          client: client.name,
+        });
     let streams = 0;
     for (const session of this.ctx.sessions) streams += session.streamCount;
     out.single('porthole_session_streams', 'gauge', 'Mux streams open across all client sessions.', streams);

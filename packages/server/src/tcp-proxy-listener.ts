@@ -8,6 +8,7 @@ import {
   type ProxySpec,
   writeStreamHeader,
 } from '@porthole/protocol';
+import type { ClientBandwidth } from './client-bandwidth.js';
 import type { ConnectionLimit } from './connection-limit.js';
 import { peerAddress } from './peer-address.js';
 import { RoundRobin } from './round-robin.js';
@@ -19,6 +20,8 @@ export interface TcpTarget {
   session: Session;
   /** This proxy's max_connections: a visitor over it is reset before a stream is opened. */
   limit: ConnectionLimit;
+  /** Its client's cap, shared with the client's other connections. */
+  bandwidth: ClientBandwidth;
 }
 
 export interface TcpProxyListenerOptions {
@@ -30,6 +33,7 @@ export interface TcpProxyListenerOptions {
   tracker: ConnectionTracker;
   /** This proxy's max_connections: a visitor over it is reset before a stream is opened. */
   limit: ConnectionLimit;
+  bandwidth: ClientBandwidth;
   /** The first target as an object of the caller's (a group member leaves by it); else made of the above. */
   target?: TcpTarget;
 }
@@ -62,6 +66,7 @@ export class TcpProxyListener {
       proxy: opts.proxy,
       session: opts.session,
       limit: opts.limit,
+      bandwidth: opts.bandwidth,
     };
     this.targets.add(this.own);
   }
@@ -129,7 +134,7 @@ export class TcpProxyListener {
       socket.resetAndDestroy();
       return;
     }
-    const { client, proxy, session, limit } = target;
+    const { client, proxy, session, limit, bandwidth } = target;
     if (!limit.admit(socket)) return;
     const conn = tracker.nextId();
     const remoteHost = socket.remoteAddress ?? '';
@@ -146,10 +151,12 @@ export class TcpProxyListener {
         ? {}
         : { dest_addr: socket.localAddress, dest_port: socket.localPort ?? 0 }),
     });
+    const limits = bandwidth.limits();
     tracker.carry(socket, stream, {
       labels: ['visitor', 'tunnel'],
       logger,
       fields: { client, proxy: proxy.name, conn, remote_addr: peerAddress(socket) },
+      ...(limits === undefined ? {} : { limits }),
     });
   }
 }

@@ -14,6 +14,7 @@ import {
   normalizeRequestHost,
   writeStreamHeader,
 } from '@porthole/protocol';
+import type { ClientBandwidth } from './client-bandwidth.js';
 import type { ConnectionLimit } from './connection-limit.js';
 import type { HostRoutes, RouteEntry } from './host-routes.js';
 import type { HttpVhostServer } from './http-vhost-server.js';
@@ -29,6 +30,8 @@ export interface TlsTarget {
   session: Session;
   /** The proxy's max_connections: a visitor over it is reset before a stream is opened. */
   limit: ConnectionLimit;
+  /** Its client's cap, shared with the client's other connections; none: uncapped. */
+  bandwidth?: ClientBandwidth;
 }
 
 export interface TlsSniListenerOptions {
@@ -175,9 +178,13 @@ export class TlsSniListener {
       stream.write(chunk);
       helloBytes += chunk.length;
     }
+    const limits = target.bandwidth?.limits();
+    // The ClientHello is paid for too, so that a stream of short connections keeps to the cap.
+    limits?.aToB?.spend(helloBytes);
     tracker.carry(socket, stream, {
       labels: ['visitor', 'tunnel'],
       alreadyMoved: { bytesAtoB: helloBytes, bytesBtoA: 0 },
+      ...(limits === undefined ? {} : { limits }),
       logger,
       fields: {
         client: target.client,

@@ -17,6 +17,7 @@ import {
   udpLinkStopped,
   writeStreamHeader,
 } from '@porthole/protocol';
+import type { ClientBandwidth } from './client-bandwidth.js';
 import type { Exchange, ProxyTraffic } from './proxy-traffic.js';
 import { RoundRobin } from './round-robin.js';
 
@@ -62,6 +63,8 @@ export interface UdpProxyStats {
   droppedSend: number;
   /** Streams that ended inside a datagram. */
   droppedTruncated: number;
+  /** Either way, over the client's bandwidth limit (its token's, or the server's client_bandwidth_limit). */
+  droppedOverLimit: number;
 }
 
 export interface UdpProxyListenerOptions {
@@ -78,6 +81,8 @@ export interface UdpProxyListenerOptions {
   nextId: () => number;
   /** Counts each flow with the proxy's traffic, as a connection. */
   traffic: ProxyTraffic;
+  /** The client's cap, which its flows share with its other connections. */
+  bandwidth?: ClientBandwidth;
   /** The first target as an object of the caller's (a group member leaves by it); else made of the above. */
   target?: UdpTarget;
 }
@@ -91,6 +96,8 @@ export interface UdpTarget {
   maxFlows: () => number;
   /** Its flows open now, against maxFlows. */
   flows: number;
+  /** Its client's cap: a datagram it cannot pay for is dropped, not delayed (it would come late). */
+  bandwidth?: ClientBandwidth;
 }
 
 interface Flow {
@@ -144,6 +151,7 @@ export class UdpProxyListener {
     droppedLinkStopped: 0,
     droppedSend: 0,
     droppedTruncated: 0,
+    droppedOverLimit: 0,
   };
   private readonly socket: UdpSocket;
   private readonly family: 'udp4' | 'udp6';
@@ -164,6 +172,7 @@ export class UdpProxyListener {
       idleTimeoutMs: opts.idleTimeoutMs,
       maxFlows: opts.maxFlows,
       flows: 0,
+      ...(opts.bandwidth === undefined ? {} : { bandwidth: opts.bandwidth }),
     };
     this.targets.add(this.own);
     this.address = formatHostPort(opts.bindHost, opts.proxy.remote_port);
@@ -293,6 +302,7 @@ export class UdpProxyListener {
       flow = this.openFlow(key, rinfo, target);
     }
     flow.lastActivity = performance.now();
+    if (this.overLimit(flow, 'in', msg.length)) return;
     const result = flow.writer.write(msg);
     if (result === 'sent') {
       flow.datagramsIn++;
@@ -393,6 +403,7 @@ export class UdpProxyListener {
         this.stats.droppedSend++;
         continue;
       }
+      if (this.overLimit(flow, 'out', datagram.length)) continue;
       flow.datagramsOut++;
       flow.counts.bytesOut += datagram.length;
       this.stats.datagramsOut++;
@@ -411,6 +422,15 @@ export class UdpProxyListener {
         this.stats.droppedSend++;
       }
     }
+  }
+
+  /** True (and counted as dropped) when the client's cap cannot pay for a datagram going `direction`. */
+  private overLimit(flow: Flow, direction: 'in' | 'out', bytes: number): boolean {
+    const budgets = flow.target.bandwidth?.budgets();
+    if (budgets === undefined || budgets[direction].trySpend(bytes)) return false;
+    flow.dropped++;
+    this.stats.droppedOverLimit++;
+    return true;
   }
 
   private uncountOut(flow: Flow, bytes: number): void {
