@@ -577,13 +577,14 @@ export class PortholeClient {
           clearTimeout(helloTimer);
           onEstablished();
           this.established = true;
-          this.sessionStatus.established(message.client, message.session_id);
+          this.sessionStatus.established(message.client, message.session_id, message.bandwidth_limit);
           this.logger.info(
             {
               server: this.serverForLogs,
               client: message.client,
               session_id: message.session_id,
               server_version: message.server_version,
+              server_bandwidth_limit: message.bandwidth_limit,
             },
             'session established',
           );

@@ -36,6 +36,11 @@ export interface ClientStatus {
   retry_at?: string;
   /** When the client's token expires (the server then ends the session); absent for one that never does. */
   token_expires_at?: string;
+  /**
+   * The server operator's cap on this client's proxies together, each way, as the server said it at sign-in
+   * ("10MB"); absent: none (or a server older than the cap).
+   */
+  server_bandwidth_limit?: string;
   open_connections: number;
   /** Mux streams open on the current session (the control stream included). */
   streams: number;
@@ -83,6 +88,7 @@ export class SessionStatus {
   private since = Date.now();
   private client: string | undefined;
   private sessionId: string | undefined;
+  private serverBandwidthLimit: string | undefined;
   private lastError: string | undefined;
   private retryAt: number | undefined;
   private readonly proxyStates = new Map<string, ProxyState>();
@@ -117,10 +123,11 @@ export class SessionStatus {
     this.proxyStates.clear();
   }
 
-  established(client: string, sessionId: string): void {
+  established(client: string, sessionId: string, serverBandwidthLimit?: string): void {
     this.enter('established');
     this.client = client;
     this.sessionId = sessionId;
+    this.serverBandwidthLimit = serverBandwidthLimit;
     this.retryAt = undefined;
     // An error from before the session is history: a monitor reading the JSON must not see it as current.
     this.lastError = undefined;
@@ -218,6 +225,7 @@ export class SessionStatus {
     };
     if (this.client !== undefined) status.client = this.client;
     if (this.sessionId !== undefined) status.session_id = this.sessionId;
+    if (this.serverBandwidthLimit !== undefined) status.server_bandwidth_limit = this.serverBandwidthLimit;
     if (this.lastError !== undefined) status.last_error = this.lastError;
     if (this.retryAt !== undefined) status.retry_at = new Date(this.retryAt).toISOString();
     return status;

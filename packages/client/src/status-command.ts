@@ -139,6 +139,10 @@ export function formatStatus(status: ClientStatus, now = Date.now()): string {
         : `token:    expired ${status.token_expires_at}, ${humanAge(-left)} ago`,
     );
   }
+  if (status.server_bandwidth_limit !== undefined)
+    lines.push(
+      `limit:    ${status.server_bandwidth_limit}/s each way, all proxies together (set by the server)`,
+    );
   lines.push(`open connections: ${status.open_connections}`, '');
   if (status.proxies.length === 0) {
     lines.push('no proxies configured');
