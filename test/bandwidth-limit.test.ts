@@ -5,7 +5,6 @@
 // on the capped transfers' times (a slow machine can only make them slower); the upper bounds are many
 // times what the fast case needs.
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { test } from 'node:test';
 import { startUdpEcho, udpClient } from './lib/http-backend.js';
 import { clientBin, freePorts, type Harness, run, sleep, withHarness, withTimeout } from './lib/processes.js';
@@ -17,94 +16,8 @@ import {
   startRoutedServer,
   startUdpTunnel,
 } from './lib/routing.js';
-import { HashSink, PatternSource, patternBytes, sha256Hex } from './lib/sha-stream.js';
+import { download, MIB, startTransferService, upload } from './lib/transfers.js';
 import { portOf } from './lib/tunnel.js';
-
-const MIB = 1024 * 1024;
-
-/**
- * The service behind the proxies. The first line says what a connection is for: "up\n", then bytes until the
- * visitor's FIN, answered with their sha256 in hex; or "down BYTES SEED\n", answered with BYTES pattern bytes.
- */
-async function startTransferService(h: Harness): Promise<number> {
-  const server = net.createServer({ allowHalfOpen: true }, (sock) => {
-    sock.on('error', () => {});
-    let head = Buffer.alloc(0);
-    const onHead = (chunk: Buffer) => {
-      head = Buffer.concat([head, chunk]);
-      const newline = head.indexOf('\n');
-      if (newline < 0) return;
-      sock.off('data', onHead);
-      const [command, bytes, seed] = head.subarray(0, newline).toString().split(' ');
-      const rest = head.subarray(newline + 1);
-      if (command === 'up') {
-        const sink = new HashSink();
-        sink.write(rest);
-        sock.pipe(sink);
-        sink.on('finish', () => sock.end(`${sink.digest()}\n`));
-      } else {
-        sock.resume();
-        new PatternSource(Number(bytes), seed ?? '').pipe(sock);
-      }
-    };
-    sock.on('data', onHead);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  h.onCleanup(() => server.close());
-  return (server.address() as net.AddressInfo).port;
-}
-
-interface Transfer {
-  ms: number;
-  /** sha256 of the bytes sent and of what arrived at the other end */
-  sent: string;
-  received: string;
-}
-
-function connected(port: number): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const sock = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true }, () => resolve(sock));
-    sock.once('error', reject);
-  });
-}
-
-/** `bytes` to the service through the public `port`, timed from the connect to the service's digest. */
-async function upload(port: number, bytes: number, seed: string): Promise<Transfer> {
-  const started = performance.now();
-  const sock = await connected(port);
-  sock.write('up\n');
-  const source = new PatternSource(bytes, seed);
-  source.pipe(sock);
-  let reply = '';
-  sock.setEncoding('utf8');
-  sock.on('data', (text: string) => {
-    reply += text;
-  });
-  await new Promise<void>((resolve, reject) => {
-    sock.on('end', resolve);
-    sock.on('error', reject);
-  });
-  sock.destroy();
-  return { ms: performance.now() - started, sent: source.digest(), received: reply.trim() };
-}
-
-/** `bytes` from the service through the public `port`, timed from the connect to the service's FIN. */
-async function download(port: number, bytes: number, seed: string): Promise<Transfer> {
-  const started = performance.now();
-  const sock = await connected(port);
-  sock.end(`down ${bytes} ${seed}\n`);
-  const sink = new HashSink();
-  sock.pipe(sink);
-  await new Promise<void>((resolve, reject) => {
-    sink.on('finish', resolve);
-    sock.on('error', reject);
-  });
-  return {
-    ms: performance.now() - started,
-    sent: sha256Hex(patternBytes(bytes, seed)),
-    received: sink.digest(),
-  };
-}
 
 /** A routed server and a client with these tcp proxies, each on a free public port of its own. */
 async function startTcpTunnel(

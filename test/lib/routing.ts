@@ -204,11 +204,12 @@ export async function startRoutedServer(h: Harness, opts: RoutedServerOptions = 
 /** `porthole-server token issue` with port and host grants. */
 export async function issueRoutedToken(
   server: RunningServer,
-  token: { name: string; ports?: string; hosts?: string[] },
+  token: { name: string; ports?: string; hosts?: string[]; bandwidthLimit?: string },
 ): Promise<string> {
   const args = ['token', 'issue', '--config', server.config.configPath, '--name', token.name];
   if (token.ports !== undefined) args.push('--ports', token.ports);
   if (token.hosts !== undefined) args.push('--hosts', token.hosts.join(','));
+  if (token.bandwidthLimit !== undefined) args.push('--bandwidth-limit', token.bandwidthLimit);
   return (await runOk(serverBin, args, { timeoutMs: 20_000 })).trim();
 }
 
