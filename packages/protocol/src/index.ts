@@ -32,6 +32,7 @@ export * from './token.js';
 export * from './token-bucket.js';
 export * from './turn-gathered-writes.js';
 export * from './udp-datagram-codec.js';
+export * from './udp-flow-table.js';
 export * from './udp-link-stopped.js';
 export * from './version.js';
 export * from './visit.js';

@@ -426,7 +426,7 @@ test('udp listener: a datagram from source port 0 (spoofed; no one could be answ
   });
   try {
     // A kernel hands such a packet over as it came; a socket cannot send one, so it is handed in the same way.
-    const socket = (listener as unknown as { socket: import('node:dgram').Socket }).socket;
+    const socket = (listener as unknown as { table: { socket: import('node:dgram').Socket } }).table.socket;
     socket.emit('message', Buffer.from('spoofed'), {
       address: '127.0.0.1',
       family: 'IPv4',
