@@ -136,3 +136,46 @@ export class FirstSightings {
     return true;
   }
 }
+
+/**
+ * Lines that repeat (a visitor in a retry loop refused for the same reason each time): the first of a key is
+ * written at once, the same key again within the interval is only counted, and once the interval is over
+ * one line says the last of them with `suppressed`, how many were left out (a line without it stands
+ * for itself alone). A flood of one key costs one
+ * line per interval; keys are independent. Past `maxKeys` keys (they come from peers) the quiet ones are
+ * forgotten, their counts said first.
+ */
+export class CoalescedLines {
+  private readonly lines = new Map<string, { warning: LimitWarning; fields: Record<string, unknown> }>();
+
+  constructor(
+    private readonly write: (fields: Record<string, unknown>) => void,
+    private readonly intervalMs = LIMIT_WARNING_INTERVAL_MS,
+    private readonly maxKeys = 1024,
+  ) {}
+
+  /** Writes `fields` as a line, or counts it towards the next line of `key`. */
+  say(key: string, fields: Record<string, unknown>): void {
+    let line = this.lines.get(key);
+    if (!line) {
+      if (this.lines.size >= this.maxKeys) this.forgetAll();
+      const entry = {
+        fields,
+        warning: new LimitWarning(
+          (count) => this.write(count > 1 ? { ...entry.fields, suppressed: count - 1 } : entry.fields),
+          this.intervalMs,
+        ),
+      };
+      line = entry;
+      this.lines.set(key, line);
+    }
+    line.fields = fields;
+    line.warning.count();
+  }
+
+  /** Says what is counted and not yet written, and forgets every key (the owner is closing, or full). */
+  forgetAll(): void {
+    for (const { warning } of this.lines.values()) warning.flush();
+    this.lines.clear();
+  }
+}

@@ -1,6 +1,12 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { FirstSightings, LimitWarning, LineBudget, RepeatedReasons } from '../src/limit-warning.js';
+import {
+  CoalescedLines,
+  FirstSightings,
+  LimitWarning,
+  LineBudget,
+  RepeatedReasons,
+} from '../src/limit-warning.js';
 
 test('a limit warning: the first refusal at once, a burst after it in one line when the interval ends', async () => {
   const lines: number[] = [];
@@ -64,4 +70,44 @@ test('first sightings: each key is first once; past maxKeys no new key is (a pee
   assert.equal(sightings.first('b'), true);
   assert.equal(sightings.first('c'), false);
   assert.equal(sightings.first('a'), false);
+});
+
+test("coalesced lines: a key's first line at once, its repeats in one line with suppressed, keys apart", () => {
+  const lines: Record<string, unknown>[] = [];
+  const coalesced = new CoalescedLines((fields) => lines.push(fields), 60_000, 2);
+  coalesced.say('laptop|no grant', { visitor: 'laptop', n: 1 });
+  coalesced.say('laptop|no grant', { visitor: 'laptop', n: 2 });
+  coalesced.say('laptop|no grant', { visitor: 'laptop', n: 3 });
+  coalesced.say('phone|no grant', { visitor: 'phone', n: 1 });
+  assert.deepEqual(lines, [
+    { visitor: 'laptop', n: 1 },
+    { visitor: 'phone', n: 1 },
+  ]);
+  // A third key, past maxKeys: the others' counts are said, and they are forgotten.
+  coalesced.say('tablet|no grant', { visitor: 'tablet', n: 1 });
+  assert.deepEqual(lines.slice(2), [
+    { visitor: 'laptop', n: 3, suppressed: 1 },
+    { visitor: 'tablet', n: 1 },
+  ]);
+  coalesced.say('laptop|no grant', { visitor: 'laptop', n: 4 });
+  assert.deepEqual(lines.at(-1), { visitor: 'laptop', n: 4 }, 'a forgotten key starts anew');
+  coalesced.forgetAll();
+});
+
+test('coalesced lines: a burst is one line once the interval is over, even when nothing follows it', async () => {
+  const lines: Record<string, unknown>[] = [];
+  let tail: (() => void) | undefined;
+  const coalesced = new CoalescedLines((fields) => {
+    lines.push(fields);
+    if (lines.length === 2) tail?.();
+  }, 200);
+  const burstSaid = new Promise<void>((resolve) => {
+    tail = resolve;
+  });
+  for (let i = 1; i <= 50; i++) coalesced.say('k', { i });
+  assert.deepEqual(lines, [{ i: 1 }]);
+  const keepAlive = setTimeout(() => {}, 10_000);
+  await burstSaid;
+  clearTimeout(keepAlive);
+  assert.deepEqual(lines, [{ i: 1 }, { i: 50, suppressed: 48 }]);
 });
