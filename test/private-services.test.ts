@@ -2,7 +2,6 @@
 // proxy has no public port; another client's [[visitors]] (or --visit) listens locally and reaches it by
 // "owner/proxy" through the server, which checks the visiting token's `visit` grant.
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
@@ -10,76 +9,20 @@ import { test } from 'node:test';
 import { acceptWebSocket, checkUpgradeRequest, Session, type Stream } from '@porthole/mux';
 import { MessageReader, writeMessage } from '@porthole/protocol';
 import {
-  clientBin,
-  freePort,
-  type Harness,
-  type Proc,
-  run,
-  runOk,
-  serverBin,
-  waitFor,
-  withHarness,
-  withTimeout,
-} from './lib/processes.js';
+  ADMIN_TOKEN,
+  adminApi,
+  adminText,
+  clientToml,
+  issue,
+  listeningPorts,
+  startPrivateClient,
+  startPrivateServer,
+} from './lib/private.js';
+import { clientBin, freePort, run, runOk, waitFor, withHarness, withTimeout } from './lib/processes.js';
 import { startEchoServer } from './lib/services.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
 import { sshRun, startSshd } from './lib/sshd.js';
-import { type RunningServer, startServer, toml } from './lib/tunnel.js';
-
-const ADMIN_TOKEN = 'private-services-admin-token-0123456789';
-
-/** A server with an admin API; its allow_ports hold one port nobody uses (private proxies need none). */
-async function startPrivateServer(h: Harness): Promise<RunningServer> {
-  return startServer(h, { allowPorts: [String(await freePort())], admin: { token: ADMIN_TOKEN } });
-}
-
-/** `porthole-server token issue --name NAME [--visit LIST]`. */
-async function issue(server: RunningServer, name: string, visit?: string): Promise<string> {
-  const args = ['token', 'issue', '--config', server.config.configPath, '--name', name];
-  if (visit !== undefined) args.push('--visit', visit);
-  return (await runOk(serverBin, args, { timeoutMs: 20_000 })).trim();
-}
-
-interface ClientTables {
-  /** Private, unless given a remote_port: then a public proxy beside them. */
-  proxies?: { name: string; local: string; max_connections?: number; remote_port?: number }[];
-  visitors?: { name: string; service: string; bind: string }[];
-  admin?: number;
-}
-
-/** client.toml with private tcp proxies and visitors. */
-async function clientToml(h: Harness, server: RunningServer, token: string, tables: ClientTables) {
-  const tokenFile = await h.file(`token-${Math.random().toString(36).slice(2)}`, `${token}\n`);
-  const parts = [
-    toml({ server: server.url, token_file: tokenFile, reconnect_initial: '200ms', reconnect_max: '1s' }),
-  ];
-  if (tables.admin !== undefined) parts.push('[admin]', toml({ listen: `127.0.0.1:${tables.admin}` }));
-  for (const p of tables.proxies ?? [])
-    parts.push(
-      '[[proxies]]',
-      toml({ ...p, type: 'tcp', ...(p.remote_port === undefined ? { private: true } : {}) }),
-    );
-  for (const v of tables.visitors ?? []) parts.push('[[visitors]]', toml(v));
-  return `${parts.join('\n')}\n`;
-}
-
-async function startPrivateClient(
-  h: Harness,
-  name: string,
-  server: RunningServer,
-  token: string,
-  tables: ClientTables,
-): Promise<{ proc: Proc; configPath: string }> {
-  const configPath = await h.file(`${name}.toml`, await clientToml(h, server, token, tables));
-  const proc = h.spawn(name, clientBin, ['--config', configPath]);
-  for (const p of tables.proxies ?? [])
-    await proc.waitForMsg('proxy registered', 15_000, { fields: { proxy: p.name } });
-  for (const v of tables.visitors ?? [])
-    await proc.waitForMsg('visitor listening', 15_000, { fields: { visitor: v.name } });
-  // A visitor listens before the session is up, and refuses what comes meanwhile ("not connected").
-  await proc.waitForMsg('session established', 15_000);
-  return { proc, configPath };
-}
+import { startServer, toml } from './lib/tunnel.js';
 
 interface Exchange {
   reply: Buffer;
@@ -128,41 +71,6 @@ async function bannerAt(port: number): Promise<string> {
   } finally {
     socket.destroy();
   }
-}
-
-async function adminApi(server: RunningServer, path: string): Promise<Record<string, unknown>> {
-  const res = await fetch(`${server.adminUrl}${path}`, {
-    headers: { Authorization: `Bearer ${ADMIN_TOKEN}` },
-  });
-  assert.equal(res.status, 200, `${path}: HTTP ${res.status}`);
-  return (await res.json()) as Record<string, unknown>;
-}
-
-async function adminText(server: RunningServer, path: string): Promise<string> {
-  const res = await fetch(`${server.adminUrl}${path}`, {
-    headers: { Authorization: `Bearer ${ADMIN_TOKEN}` },
-  });
-  return res.text();
-}
-
-/** The TCP ports a process listens on: its socket descriptors matched with the kernel's LISTEN table. */
-function listeningPorts(pid: number): number[] {
-  const inodes = new Set<string>();
-  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
-    try {
-      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
-      if (m) inodes.add(m[1]!);
-    } catch {}
-  }
-  const ports: number[] = [];
-  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    for (const line of readFileSync(table, 'utf8').trim().split('\n').slice(1)) {
-      const cols = line.trim().split(/\s+/);
-      // st 0A is LISTEN; column 9 is the inode.
-      if (cols[3] === '0A' && inodes.has(cols[9]!)) ports.push(Number.parseInt(cols[1]!.split(':')[1]!, 16));
-    }
-  }
-  return ports.sort((a, b) => a - b);
 }
 
 test(

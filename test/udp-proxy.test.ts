@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { test } from 'node:test';
+import { dig, startDnsmasq } from './lib/dnsmasq.js';
 import { startUdpEcho, udpClient } from './lib/http-backend.js';
 import { startIperfServer } from './lib/iperf3.js';
 import {
@@ -12,54 +13,10 @@ import {
   spawnProbe,
   UNREACHABLE_LOOPBACK_ADDR,
 } from './lib/netns.js';
-import { freePort, type Harness, type LogLine, run, sleep, waitFor, withHarness } from './lib/processes.js';
+import { freePort, type LogLine, run, sleep, waitFor, withHarness } from './lib/processes.js';
 import { issueRoutedToken, startRoutedClient, startRoutedServer, startUdpTunnel } from './lib/routing.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
 import { portOf } from './lib/tunnel.js';
-
-/** One try of `dig` for `name` at 127.0.0.1:`port`; `+short` unless asked for the whole answer. */
-function dig(port: number, name: string, opts: { timeSeconds: number; short?: boolean }) {
-  const short = opts.short ?? true;
-  return run('dig', [
-    '@127.0.0.1',
-    '-p',
-    String(port),
-    ...(short ? ['+short'] : []),
-    '+tries=1',
-    `+time=${opts.timeSeconds}`,
-    name,
-  ]);
-}
-
-async function startDnsmasq(h: Harness): Promise<number> {
-  let lastError = '';
-  for (let attempt = 0; attempt < 5; attempt++) {
-    const port = await freePort();
-    const proc = h.spawn(`dnsmasq#${attempt}`, 'dnsmasq', [
-      '--no-daemon',
-      `--port=${port}`,
-      '--listen-address=127.0.0.1',
-      '--bind-interfaces',
-      '--no-resolv',
-      '--no-hosts',
-      '--address=/test.example/10.1.2.3',
-      '--conf-file=/dev/null',
-      `--pid-file=${h.path(`dnsmasq-${attempt}.pid`)}`,
-      '--log-queries',
-    ]);
-    try {
-      await proc.waitForOutput(/started, version/, 10_000);
-      // Ask it directly once, so a failure later is the tunnel's.
-      const direct = await dig(port, 'ok.test.example', { timeSeconds: 2 });
-      if (direct.stdout.trim() === '10.1.2.3') return port;
-      lastError = `direct dig answered ${JSON.stringify(direct.stdout)} ${direct.stderr}`;
-    } catch (err) {
-      lastError = (err as Error).message;
-    }
-    await proc.stop(1000);
-  }
-  throw new Error(`dnsmasq did not start: ${lastError}`);
-}
 
 test(
   "dig through a udp proxy gets dnsmasq's answers; each query is a flow that ends when idle",
