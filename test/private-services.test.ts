@@ -2,7 +2,7 @@
 // proxy has no public port; another client's [[visitors]] (or --visit) listens locally and reaches it by
 // "owner/proxy" through the server, which checks the visiting token's `visit` grant.
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import { test } from 'node:test';
@@ -448,6 +448,13 @@ test(
         heldText += c.toString();
       });
       await waitFor('the held visit banner', () => heldText === 'one\n', 10_000);
+      // The server's admin API lists it with the client visiting.
+      const open = (await adminApi(server, '/api/connections')).connections as Record<string, unknown>[];
+      assert.deepEqual(
+        open.filter((c) => c.proxy === 'one').map((c) => [c.client, c.visitor]),
+        [['homelab', 'laptop']],
+      );
+
 
       await writeFile(
         owner.configPath,
@@ -639,5 +646,31 @@ test(
         errors.map((l) => l.msg),
         ['visitor listen failed'],
       );
+    }),
+);
+
+test(
+  'a private directory share (local = "dir:...") through a visitor: its file request lines name the visitor',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const share = h.path('share');
+      await mkdir(share);
+      await writeFile(`${share}/hello.txt`, 'hello from the share\n');
+      const server = await startPrivateServer(h);
+      const owner = await startPrivateClient(h, 'homelab', server, await issue(server, 'homelab'), {
+        proxies: [{ name: 'files', local: `dir:${share}` }],
+      });
+      const bind = await freePort();
+      await startPrivateClient(h, 'laptop', server, await issue(server, 'laptop', 'homelab/files'), {
+        visitors: [{ name: 'home-files', service: 'homelab/files', bind: `127.0.0.1:${bind}` }],
+      });
+      const res = await fetch(`http://127.0.0.1:${bind}/hello.txt`);
+      assert.equal(res.status, 200);
+      assert.equal(await res.text(), 'hello from the share\n');
+      const line = await owner.proc.waitForMsg('file request', 5000, { fields: { path: '/hello.txt' } });
+      assert.equal(line.proxy, 'files');
+      assert.equal(line.visitor, 'laptop', 'a visit names its visiting client');
+      assert.equal(line.status, 200);
     }),
 );

@@ -44,6 +44,8 @@ export interface DirectoryVisit {
   conn: number | undefined;
   /** The visitor of the stream (an http proxy's stream carries many visitors' requests: see visitorOf). */
   remoteAddr: string;
+  /** A private proxy's stream: the client that visits it. */
+  visitor?: string;
 }
 
 /** An answer of our own, not a file: the status, and why (for the log line). */
@@ -122,6 +124,7 @@ export class DirectoryServer {
           proxy: visit?.proxy,
           conn: visit?.conn,
           remote_addr: visit && visitorOf(req, proxy, visit),
+          ...(visit?.visitor === undefined ? {} : { visitor: visit.visitor }),
           method: req.method,
           path,
           status: res.headersSent ? res.statusCode : undefined,

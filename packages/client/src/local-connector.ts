@@ -166,7 +166,12 @@ export async function serveStream(
       fields: { ...fields, local },
       ...(budgets ? { limits: towardsServiceLimits(budgets) } : {}),
     });
-    directories.serve(serverEnd, { proxy: proxy.name, conn: header.conn, remoteAddr });
+    directories.serve(serverEnd, {
+      proxy: proxy.name,
+      conn: header.conn,
+      remoteAddr,
+      ...(header.visitor === undefined ? {} : { visitor: header.visitor }),
+    });
     return;
   }
   // A SOCKS visitor's handshake is its own to stall, under the handshake's own timeouts: no burst places.

@@ -57,6 +57,8 @@ export interface ConnectionView {
   /** null for an http request: pooled tunnel streams carry many. */
   conn: number | null;
   remote_addr: string;
+  /** A visit to a private service: the visiting client. */
+  visitor?: string;
   started_at: string;
   age_ms: number;
   bytes_in: number;
@@ -153,6 +155,7 @@ export class ServerStatus {
         proxy: String(c.fields.proxy ?? ''),
         conn: typeof c.fields.conn === 'number' ? c.fields.conn : null,
         remote_addr: String(c.fields.remote_addr ?? ''),
+        ...(typeof c.fields.visitor === 'string' ? { visitor: c.fields.visitor } : {}),
         started_at: new Date(c.startedAt).toISOString(),
         age_ms: now - c.startedAt,
         bytes_in: c.progress.bytesAtoB,
