@@ -181,6 +181,7 @@ test(
       assert.deepEqual(visitorStatus.visitors, [
         {
           name: 'home-ssh',
+          type: 'tcp',
           service: 'homelab/ssh',
           bind: `127.0.0.1:${bind}`,
           listening: true,
@@ -189,7 +190,7 @@ test(
       ]);
       assert.deepEqual(visitorStatus.proxies, []);
       const visitorText = await runOk(clientBin, ['status', '--admin', `127.0.0.1:${visitorAdmin}`]);
-      assert.match(visitorText, new RegExp(`home-ssh +homelab/ssh +127\\.0\\.0\\.1:${bind} +listening`));
+      assert.match(visitorText, new RegExp(`home-ssh +tcp +homelab/ssh +127\\.0\\.0\\.1:${bind} +listening`));
     }),
 );
 
@@ -367,17 +368,14 @@ test(
       const check = await run(clientBin, ['check', '--config', config]);
       assert.equal(check.code, 2, check.stdout + check.stderr);
       assert.match(check.stderr, /proxies\[0\] \("homelab\/ssh"\)\.name: must be letters/);
-      // Nor is udp private.
-      const udp = await h.file(
-        'udp.toml',
-        `${toml({ server: server.url, token: 'x.y.z' })}\n[[proxies]]\n${toml({ name: 'dns', type: 'udp', local: '127.0.0.1:53', private: true })}\n`,
+      // Nor is an http proxy private (tcp and udp ones may be).
+      const httpPrivate = await h.file(
+        'http.toml',
+        `${toml({ server: server.url, token: 'x.y.z' })}\n[[proxies]]\n${toml({ name: 'web', type: 'http', local: '127.0.0.1:80', hosts: ['a.example.com'], private: true })}\n`,
       );
-      const udpCheck = await run(clientBin, ['check', '--config', udp]);
-      assert.equal(udpCheck.code, 2);
-      assert.match(
-        udpCheck.stderr,
-        /private: applies to tcp proxies, not udp \(porthole has no private udp services/,
-      );
+      const httpCheck = await run(clientBin, ['check', '--config', httpPrivate]);
+      assert.equal(httpCheck.code, 2);
+      assert.match(httpCheck.stderr, /private: applies to tcp and udp proxies, not http/);
     }),
 );
 
@@ -454,7 +452,6 @@ test(
         open.filter((c) => c.proxy === 'one').map((c) => [c.client, c.visitor]),
         [['homelab', 'laptop']],
       );
-
 
       await writeFile(
         owner.configPath,
@@ -639,7 +636,10 @@ test(
       await client.waitForMsg('session established', 10_000);
       const status = await run(clientBin, ['status', '--admin', `127.0.0.1:${admin}`]);
       assert.equal(status.code, 5, status.stdout + status.stderr);
-      assert.match(status.stdout, /home +homelab\/ssh .* not listening +0 +cannot listen on .*EADDRINUSE/);
+      assert.match(
+        status.stdout,
+        /home +tcp +homelab\/ssh .* not listening +0 +cannot listen on .*EADDRINUSE/,
+      );
       // One line says it: not a second, "visitor listener error", for the same failed bind.
       const errors = client.logs.filter((l) => l.level === 'error');
       assert.deepEqual(

@@ -61,10 +61,11 @@ Options (they override the config file's keys; --tcp and --udp add proxies, --vi
   --udp [BIND_ADDRESS:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT
                              expose a local UDP service on the server's UDP REMOTE_PORT (repeatable);
                              the proxy is named udp-REMOTE_PORT; 0: the server picks one
-  --visit [BIND_HOST:]PORT:OWNER/PROXY
-                             listen on BIND_HOST:PORT (default 127.0.0.1) and take each connection to
-                             client OWNER's private proxy PROXY (repeatable; the token's --visit must
-                             grant it); the visitor is named visit-PORT
+  --visit [udp:][BIND_HOST:]PORT:OWNER/PROXY
+                             listen on BIND_HOST:PORT (default 127.0.0.1) and take each connection
+                             (udp: each sender) to client OWNER's private proxy PROXY (repeatable; the
+                             token's --visit must grant it); the visitor is named visit-PORT (udp:
+                             visit-udp-PORT)
   --exit-on-auth-failure     exit with status 4 when the server refuses the token (or the proxy its
                              credentials), instead of retrying
   --log-level LEVEL          trace, debug, info, warn, error, fatal or silent

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { CloseCode, Session, type Stream } from '@porthole/mux';
 import {
+  CoalescedLines,
   ConnectionTracker,
   type ControlMessage,
   FirstSightings,
@@ -32,8 +33,9 @@ import { boundElsewhere } from './remote-bind-check.js';
 import { type ClientStatus, type ProxyState, SessionStatus } from './session-status.js';
 import { certainTokenRefusal } from './token-warnings.js';
 import { OpenUdpFlows } from './udp-forwarder.js';
+import { UdpVisitor } from './udp-visitor.js';
 import type { VisitorConfig } from './visitor-config.js';
-import { VisitorListener } from './visitor-listener.js';
+import { TcpVisitor, type Visitor } from './visitor-listener.js';
 
 /** Time for TCP + TLS + upgrade, and for the server's hello_ok. */
 const DIAL_TIMEOUT_MS = 10_000;
@@ -50,8 +52,8 @@ export type RunOutcome = 'stopped' | 'auth failed';
  * said so, since that reason alone reads as a mistake in the config.
  */
 function refusalReason(proxy: ProxyConfig, reason: string | undefined): string | undefined {
-  // An older server drops `private` and asks for the port a public tcp proxy needs: it opened nothing.
-  if (proxy.private && reason === 'a tcp proxy needs remote_port')
+  // An older server drops `private` and asks for the port a public proxy needs: it opened nothing.
+  if (proxy.private && reason === `a ${proxy.type} proxy needs remote_port`)
     return 'this server is older than private proxies: it has none (nothing was opened for this proxy)';
   if (!picksPort(proxy) || reason === undefined || !reason.startsWith('remote_port: ')) return reason;
   return `${reason} (this server is older than remote_port = 0: it cannot pick a port, so give the proxy one)`;
@@ -101,7 +103,9 @@ export class PortholeClient {
   /** Proxies with a health_check: one found unhealthy is withdrawn from the server until a check passes. */
   private readonly health: ProxyHealthChecks;
   /** Local listeners whose connections visit other clients' private services, by name. */
-  private readonly visitors = new Map<string, VisitorListener>();
+  private readonly visitors = new Map<string, Visitor>();
+  /** 'visit refused' lines, one per visitor and reason per 10 s (a sender retrying in a loop). */
+  private readonly visitRefusals: CoalescedLines;
 
   constructor(
     private config: ClientConfig,
@@ -113,6 +117,7 @@ export class PortholeClient {
     this.sessionStatus = new SessionStatus(config.server);
     this.sessionStatus.via = dialRoute(this.config);
     this.localFailures = new LocalFailureLog(logger);
+    this.visitRefusals = new CoalescedLines((fields) => logger.warn(fields, 'visit refused'));
     this.directories = new DirectoryServer(this.proxies, logger);
     this.health = new ProxyHealthChecks(logger, (name, healthy) => this.healthChanged(name, healthy));
     for (const visitor of config.visitors) this.visitors.set(visitor.name, this.newVisitor(visitor));
@@ -125,10 +130,11 @@ export class PortholeClient {
     else this.sendControl({ type: 'unregister', proxies: [name] });
   }
 
-  private newVisitor(config: VisitorConfig): VisitorListener {
-    return new VisitorListener(config, {
+  private newVisitor(config: VisitorConfig): Visitor {
+    return new (config.type === 'udp' ? UdpVisitor : TcpVisitor)(config, {
       tracker: this.tracker,
       logger: this.logger,
+      refusals: this.visitRefusals,
       session: () =>
         this.session && this.established && !this.session.closed
           ? this.session
@@ -153,7 +159,11 @@ export class PortholeClient {
     for (const visitor of next) {
       const running = this.visitors.get(visitor.name);
       if (running && JSON.stringify(running.current) === JSON.stringify(visitor)) continue;
-      if (running && JSON.stringify(running.current.bind) === JSON.stringify(visitor.bind)) {
+      if (
+        running &&
+        running.current.type === visitor.type &&
+        JSON.stringify(running.current.bind) === JSON.stringify(visitor.bind)
+      ) {
         running.retarget(visitor);
         diff.changed.push(visitor.name);
         continue;
@@ -435,6 +445,7 @@ export class PortholeClient {
     this.wakeSleeper?.();
     // No new visits; those under way drain with the other connections.
     await Promise.all([...this.visitors.values()].map((visitor) => visitor.close()));
+    this.visitRefusals.forgetAll();
     const session = this.session;
     if (session && !session.closed) {
       this.logger.info(this.openWork(), 'shutting down');

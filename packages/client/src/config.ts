@@ -193,7 +193,8 @@ const clientSchema = z.strictObject(clientShape).superRefine((config, ctx) => {
         path: ['visitors', i, 'name'],
         message: `"${visitor.name}" is already the name of visitors[${named}]`,
       });
-    const bind = `${visitor.bind.host}/${visitor.bind.port}`;
+    // A tcp and a udp visitor may share an address and port, as a tcp and a udp service do.
+    const bind = `${visitor.type}/${visitor.bind.host}/${visitor.bind.port}`;
     const bound = binds.get(bind);
     if (bound !== undefined)
       ctx.addIssue({

@@ -161,7 +161,7 @@ const KEY_TYPES: Record<string, readonly ProxyType[]> = {
   max_flows: ['udp'],
   group: ['tcp', 'udp', 'http', 'tls'],
   health_check: ['tcp', 'http', 'tls'],
-  private: ['tcp'],
+  private: ['tcp', 'udp'],
 };
 
 /** frp's healthCheck defaults: a check every 10 s, 3 s to answer, 3 failures in a row. */
@@ -334,7 +334,7 @@ export const proxySchema = z
         ctx.addIssue({
           code: 'custom',
           path: [key],
-          message: `applies to ${listed(types)} proxies, not ${proxy.type}${key === 'private' && proxy.type === 'udp' ? ' (porthole has no private udp services, as frp has sudp: use a tcp proxy, or a public udp port)' : ''}`,
+          message: `applies to ${listed(types)} proxies, not ${proxy.type}`,
         });
       }
     }
@@ -393,7 +393,7 @@ export const proxySchema = z
       ctx.addIssue({
         code: 'custom',
         path: ['remote_port'],
-        message: `required for a ${proxy.type} proxy: its port on the server, or 0 for one the server picks${proxy.type === 'tcp' ? ' (or private = true for one only visitors reach)' : ''}`,
+        message: `required for a ${proxy.type} proxy: its port on the server, or 0 for one the server picks (or private = true for one only visitors reach)`,
       });
     }
     if ((proxy.type === 'http' || proxy.type === 'tls') && !proxy.hosts?.length && !proxy.subdomain) {

@@ -4,7 +4,7 @@ import { urlWithoutUserinfo } from './dialer.js';
 import { describeLocal } from './proxy-config.js';
 import type { OpenUdpFlows } from './udp-forwarder.js';
 import { describeBind } from './visitor-config.js';
-import type { VisitorListener } from './visitor-listener.js';
+import type { Visitor } from './visitor-listener.js';
 
 export type ProxyState =
   | { state: 'pending' }
@@ -73,6 +73,8 @@ export interface ClientStatus {
   /** Local ports whose connections visit other clients' private services. */
   visitors: {
     name: string;
+    /** Absent in older clients' answers: tcp. */
+    type?: 'tcp' | 'udp';
     service: string;
     bind: string;
     listening: boolean;
@@ -163,7 +165,7 @@ export class SessionStatus {
       withdrawnReason(proxy: string): string | undefined;
       health(proxy: string): 'healthy' | 'unhealthy' | undefined;
     },
-    visitors: ReadonlyMap<string, VisitorListener> = new Map(),
+    visitors: ReadonlyMap<string, Visitor> = new Map(),
   ): ClientStatus {
     const open = new Map<string, number>();
     const visiting = new Map<string, number>();
@@ -176,12 +178,14 @@ export class SessionStatus {
       const name = String(c.fields.proxy ?? '');
       open.set(name, (open.get(name) ?? 0) + 1);
     }
+    let visitorFlows = 0;
+    for (const visitor of visitors.values()) visitorFlows += visitor.state().openFlows ?? 0;
     const status: ClientStatus = {
       state: this.state,
       server: urlWithoutUserinfo(this.server),
       ...this.via,
       since: new Date(this.since).toISOString(),
-      open_connections: tracker.size + udpFlows.size,
+      open_connections: tracker.size + udpFlows.size + visitorFlows,
       streams,
       process: processResources(),
       proxies: [...proxies.values()].map((proxy) => {
@@ -211,14 +215,16 @@ export class SessionStatus {
         };
       }),
       visitors: [...visitors.values()].map((visitor) => {
-        const { listening, error, lastRefusal } = visitor.state();
+        const { listening, error, lastRefusal, openFlows } = visitor.state();
         const reason = error ?? lastRefusal;
         return {
           name: visitor.name,
+          type: visitor.current.type,
           service: visitor.current.service,
           bind: describeBind(visitor.current),
           listening,
-          open_connections: visiting.get(visitor.name) ?? 0,
+          // A udp visitor's flows, counted as a udp proxy's are.
+          open_connections: (visiting.get(visitor.name) ?? 0) + (openFlows ?? 0),
           ...(reason === undefined ? {} : { reason }),
         };
       }),

@@ -180,10 +180,11 @@ export function formatStatus(status: ClientStatus, now = Date.now()): string {
   }
   // Older clients' answers have no visitors.
   if (status.visitors?.length) {
-    const rows = [['VISITOR', 'SERVICE', 'BIND', 'STATE', 'OPEN', 'DETAIL']];
+    const rows = [['VISITOR', 'TYPE', 'SERVICE', 'BIND', 'STATE', 'OPEN', 'DETAIL']];
     for (const v of status.visitors)
       rows.push([
         v.name,
+        v.type ?? 'tcp',
         v.service,
         v.bind,
         v.listening ? 'listening' : 'not listening',

@@ -296,6 +296,8 @@ export function serveUdpFlow(
           proxy: proxy.name,
           conn: header.conn,
           remote_addr: remoteAddr,
+          // A private proxy's flow: the client that visits it.
+          ...(header.visitor === undefined ? {} : { visitor: header.visitor }),
           local,
           datagrams_in: counts.datagramsIn,
           datagrams_out: counts.datagramsOut,

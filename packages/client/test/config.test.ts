@@ -244,7 +244,7 @@ test('udp, http and tls proxies take their own keys, and say which key is wrong'
   ]);
   const udp = '[[proxies]]\nname = "u"\ntype = "udp"\nlocal = "127.0.0.1:1"\n';
   assert.deepEqual(problems(`${HEAD}${udp}`), [
-    'proxies[0] ("u").remote_port: required for a udp proxy: its port on the server, or 0 for one the server picks',
+    'proxies[0] ("u").remote_port: required for a udp proxy: its port on the server, or 0 for one the server picks (or private = true for one only visitors reach)',
   ]);
   assert.deepEqual(problems(`${HEAD}${udp}remote_port = 53\nmax_connections = 5\n`), [
     'proxies[0] ("u").max_connections: applies to tcp, tls and http proxies, not udp',
@@ -655,11 +655,26 @@ test('private = true: a tcp proxy without remote_port, told to the server as pri
       'proxies[0] ("ssh").group: a private proxy has no public port for a group to share: visitors reach it by name',
     ],
   );
+  // A udp proxy may be private (frp's sudp), on the same terms as a tcp one.
+  const dns = loadClientConfig(
+    write(`${HEAD}[[proxies]]\nname = "dns"\ntype = "udp"\nlocal = "127.0.0.1:53"\nprivate = true\n`),
+  ).proxies[0]!;
+  assert.deepEqual([dns.type, dns.private, proxySpecFields(dns).private], ['udp', true, true]);
   assert.deepEqual(
-    problems(`${HEAD}[[proxies]]\nname = "dns"\ntype = "udp"\nlocal = "127.0.0.1:53"\nprivate = true\n`),
+    problems(
+      `${HEAD}[[proxies]]\nname = "dns"\ntype = "udp"\nlocal = "127.0.0.1:53"\nprivate = true\nremote_port = 5353\nremote_bind = "127.0.0.1"\ngroup = "g"\n`,
+    ),
     [
-      'proxies[0] ("dns").private: applies to tcp proxies, not udp (porthole has no private udp services, as frp has sudp: use a tcp proxy, or a public udp port)',
+      'proxies[0] ("dns").remote_port: a private proxy has no port on the server: visitors reach it by name ([[visitors]] service = "CLIENT/NAME")',
+      'proxies[0] ("dns").remote_bind: a private proxy has no public port for the server to bind: visitors reach it by name',
+      'proxies[0] ("dns").group: a private proxy has no public port for a group to share: visitors reach it by name',
     ],
+  );
+  assert.deepEqual(
+    problems(
+      `${HEAD}[[proxies]]\nname = "web"\ntype = "http"\nlocal = "127.0.0.1:80"\nhosts = ["a.example.com"]\nprivate = true\n`,
+    ),
+    ['proxies[0] ("web").private: applies to tcp and udp proxies, not http'],
   );
 });
 
@@ -682,7 +697,9 @@ test('[[visitors]] and --visit rules: a service "owner/proxy", a bind; names and
       tokenFile: join(dir, 'token'),
       visit: ['2222:homelab'],
     }),
-    ['command line: --visit: "2222:homelab": expected [BIND_HOST:]PORT:OWNER/PROXY, e.g. 2222:homelab/ssh'],
+    [
+      'command line: --visit: "2222:homelab": expected [udp:][BIND_HOST:]PORT:OWNER/PROXY, e.g. 2222:homelab/ssh or udp:5353:homelab/dns',
+    ],
   );
   assert.deepEqual(
     problems(`${HEAD}[[visitors]]\nname = "a"\nservice = "homelab"\nbind = "127.0.0.1:2222"\n`),
@@ -697,6 +714,50 @@ test('[[visitors]] and --visit rules: a service "owner/proxy", a bind; names and
     [
       'visitors[1] ("a").name: "a" is already the name of visitors[0]',
       'visitors[1] ("a").bind: is already the bind of visitors[0] ("a")',
+    ],
+  );
+});
+
+test('udp visitors: type = "udp" (tcp by default), max_flows for udp only, --visit udp:..., a bind per type', () => {
+  const config = loadClientConfig(
+    write(
+      `${HEAD}[[visitors]]\nname = "dns"\ntype = "udp"\nservice = "homelab/dns"\nbind = "127.0.0.1:5353"\nmax_flows = 16\n[[visitors]]\nname = "ssh"\nservice = "homelab/ssh"\nbind = "127.0.0.1:5353"\n`,
+    ),
+    { visit: ['udp:5354:homelab/dns', 'tcp:5355:homelab/ssh', 'udp:[::1]:5356:nas/game'] },
+  );
+  assert.deepEqual(
+    config.visitors.map((v) => [v.name, v.type, v.service, v.bind.host, v.bind.port, v.maxFlows]),
+    [
+      ['dns', 'udp', 'homelab/dns', '127.0.0.1', 5353, 16],
+      ['ssh', 'tcp', 'homelab/ssh', '127.0.0.1', 5353, undefined],
+      ['visit-udp-5354', 'udp', 'homelab/dns', '127.0.0.1', 5354, undefined],
+      ['visit-5355', 'tcp', 'homelab/ssh', '127.0.0.1', 5355, undefined],
+      ['visit-udp-5356', 'udp', 'nas/game', '::1', 5356, undefined],
+    ],
+  );
+  assert.deepEqual(
+    problems(
+      `${HEAD}[[visitors]]\nname = "a"\ntype = "sudp"\nservice = "homelab/dns"\nbind = "127.0.0.1:5353"\n`,
+    ),
+    ['visitors[0] ("a").type: expected "tcp" or "udp"'],
+  );
+  assert.deepEqual(
+    problems(
+      `${HEAD}[[visitors]]\nname = "b"\nservice = "homelab/ssh"\nbind = "127.0.0.1:2222"\nmax_flows = 4\n[[visitors]]\nname = "c"\ntype = "udp"\nservice = "homelab/dns"\nbind = "127.0.0.1:5354"\n[[visitors]]\nname = "d"\ntype = "udp"\nservice = "homelab/dns"\nbind = "127.0.0.1:5354"\n`,
+    ),
+    [
+      'visitors[0] ("b").max_flows: applies to udp visitors, not tcp (set type = "udp")',
+      'visitors[2] ("d").bind: is already the bind of visitors[1] ("c")',
+    ],
+  );
+  assert.deepEqual(
+    problems(undefined, {
+      server: 'ws://127.0.0.1:7000/_porthole',
+      tokenFile: join(dir, 'token'),
+      visit: ['udp:homelab/dns'],
+    }),
+    [
+      'command line: --visit: "udp:homelab/dns": expected [udp:][BIND_HOST:]PORT:OWNER/PROXY, e.g. 2222:homelab/ssh or udp:5353:homelab/dns',
     ],
   );
 });

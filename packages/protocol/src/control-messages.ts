@@ -84,7 +84,7 @@ export const proxySpecSchema = z.object({
    */
   group: proxyNameSchema.optional(),
   /**
-   * tcp: no public port; reached only by visitors (clients whose token's `visit` grants "owner/name"). An
+   * tcp, udp: no public port; reached only by visitors (clients whose token's `visit` grants "owner/name"). An
    * older server drops the field and refuses the entry for its missing remote_port, so it never goes public.
    */
   private: z.boolean().optional(),

@@ -34,9 +34,15 @@ export function visitGrantAllows(grant: readonly string[] | undefined, service: 
   return grant.some((entry) => entry === service || entry === `${owner}/*`);
 }
 
+/** What a visitor carries: a tcp connection's bytes, or a udp flow's u16-framed datagrams. */
+export const VISIT_TYPES = ['tcp', 'udp'] as const;
+export type VisitType = (typeof VISIT_TYPES)[number];
+
 const visitRequestSchema = z.object({
   /** The service asked for, "owner/proxy". */
   visit: z.string().regex(SERVICE_NAME, `must be ${SERVICE_NAME_RULE}`),
+  /** Absent: tcp (what visitors older than udp ones ask for). */
+  type: z.enum(VISIT_TYPES).optional(),
 });
 export type VisitRequest = z.infer<typeof visitRequestSchema>;
 
@@ -46,6 +52,8 @@ const visitAnswerSchema = z.object({
   reason: z.string().max(1024).optional(),
   /** The owner's connection id, so the three logs can be matched. */
   conn: z.number().int().nonnegative().optional(),
+  /** A udp visit: the flow's idle timeout, the service's, which the owner's end keeps too. */
+  udp_idle_timeout_ms: z.number().int().positive().optional(),
 });
 export type VisitAnswer = z.infer<typeof visitAnswerSchema>;
 

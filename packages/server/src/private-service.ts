@@ -1,18 +1,20 @@
-// Private services (a `private = true` tcp proxy): no public port or hostname; a visiting client opens a
-// stream asking for "owner/proxy", and the server bridges it to a stream it opens to the owner.
+// Private services (a `private = true` tcp or udp proxy): no public port or hostname; a visiting client opens
+// a stream asking for "owner/proxy", and the server bridges it to a stream it opens to the owner. A udp visit
+// is one flow of the visitor's (one sender on its bind): its stream carries u16-framed datagrams both ways,
+// which the server passes on unread, as it does a tcp visit's bytes.
 import type { Stream } from '@porthole/mux';
 import {
-  type Logger,
   type ProxySpec,
   parseHostPort,
   readVisitRequest,
+  type VisitType,
   visitGrantAllows,
   withTimeout,
   writeStreamHeader,
   writeVisitAnswer,
 } from '@porthole/protocol';
 import type { ConnectionLimit } from './connection-limit.js';
-import { type BoundProxy, connectionLimitFor, type ProxyOwner } from './proxy-routing.js';
+import { type BoundProxy, connectionLimitFor, type ProxyOwner, udpFlowLimitsOf } from './proxy-routing.js';
 import type { ServerContext } from './server-context.js';
 
 /** A visiting client that has not said which service it wants by then is cut off. */
@@ -24,8 +26,18 @@ const REFUSED_VISIT_LINGER_MS = 5_000;
 export interface PrivateTarget {
   readonly owner: ProxyOwner;
   spec: ProxySpec;
-  /** Its max_connections (capped by proxy_max_connections): visits over it are refused. */
+  /**
+   * Its max_connections (capped by proxy_max_connections), a udp one's max_flows (capped by
+   * udp_max_flows): visits over it are refused.
+   */
   limit: ConnectionLimit;
+}
+
+/** A udp service's flows as visits count them: its max_flows, as its public flows would be. */
+function visitLimitFor(ctx: ServerContext, owner: ProxyOwner, spec: ProxySpec): ConnectionLimit {
+  if (spec.type !== 'udp') return connectionLimitFor(ctx, owner, spec);
+  const { maxFlows } = udpFlowLimitsOf(ctx, spec);
+  return owner.limits.for(spec.name, maxFlows);
 }
 
 /** "owner/proxy": how visitors name a private proxy. */
@@ -36,7 +48,8 @@ export function serviceName(owner: string, proxy: string): string {
 /** Why a spec cannot be a private proxy, or undefined (a spec without `private` is not one). */
 export function privateRefusal(spec: ProxySpec): string | undefined {
   if (!spec.private) return undefined;
-  if (spec.type !== 'tcp') return `a ${spec.type} proxy cannot be private (private proxies are tcp only)`;
+  if (spec.type !== 'tcp' && spec.type !== 'udp')
+    return `a ${spec.type} proxy cannot be private (private proxies are tcp or udp)`;
   if (spec.remote_port !== undefined) return 'a private proxy has no remote_port: visitors reach it by name';
   if (spec.remote_bind !== undefined) return 'a private proxy has no public port to bind (remote_bind)';
   if (spec.group !== undefined)
@@ -46,14 +59,15 @@ export function privateRefusal(spec: ProxySpec): string | undefined {
 
 /** Registers a private proxy: nothing is bound; the session's lookup (ClientSession.privateTarget) finds it. */
 export function bindPrivateService(ctx: ServerContext, owner: ProxyOwner, spec: ProxySpec): BoundProxy {
-  const target: PrivateTarget = { owner, spec, limit: connectionLimitFor(ctx, owner, spec) };
+  const target: PrivateTarget = { owner, spec, limit: visitLimitFor(ctx, owner, spec) };
   return {
     address: `private ${serviceName(owner.name, spec.name)}`,
     service: target,
     takeSpec: (next) => {
-      if (!next.private || next.type !== 'tcp') return false;
+      // Visits under way carry one type's bytes: another type is another proxy.
+      if (!next.private || next.type !== target.spec.type) return false;
       target.spec = next;
-      target.limit = connectionLimitFor(ctx, owner, next);
+      target.limit = visitLimitFor(ctx, owner, next);
       return true;
     },
     close: () => target.limit.close(),
@@ -81,9 +95,15 @@ export async function serveVisit(ctx: ServerContext, visitor: Visitor, stream: S
   stream.on('error', () => {});
   const logger = ctx.logger;
   let service: string;
+  let type: VisitType;
   try {
-    service = (await withTimeout(readVisitRequest(stream), VISIT_REQUEST_TIMEOUT_MS, 'the visit request'))
-      .visit;
+    const request = await withTimeout(
+      readVisitRequest(stream),
+      VISIT_REQUEST_TIMEOUT_MS,
+      'the visit request',
+    );
+    service = request.visit;
+    type = request.type ?? 'tcp';
   } catch (err) {
     logger.warn({ visitor: visitor.name, reason: (err as Error).message }, 'bad visit stream');
     stream.destroy();
@@ -92,7 +112,7 @@ export async function serveVisit(ctx: ServerContext, visitor: Visitor, stream: S
   const slash = service.indexOf('/');
   const owner = service.slice(0, slash);
   const proxy = service.slice(slash + 1);
-  const refuse = (reason: string) => refuseVisit(logger, stream, { visitor, service, reason });
+  const refuse = (reason: string) => refuseVisit(ctx, stream, { visitor, service, type, reason });
   if (visitor.draining) return refuse('the server is shutting down');
   if (!visitGrantAllows(visitor.grant, service)) {
     const granted = visitor.grant?.length ? visitor.grant.join(',') : 'no services';
@@ -108,9 +128,15 @@ export async function serveVisit(ctx: ServerContext, visitor: Visitor, stream: S
     return refuse(
       `client "${owner}" has proxy "${proxy}" public, not private: visitors reach only its private = true proxies`,
     );
+  if (target.spec.type !== type)
+    return refuse(
+      `${service} is a ${target.spec.type} service and this visitor is ${type}: set the visitor's type = "${target.spec.type}"`,
+    );
   if (stream.destroyed) return;
   if (!target.limit.take(stream))
-    return refuse(`${service} has its max_connections (${target.limit.max()}) open`);
+    return refuse(
+      `${service} has its ${type === 'udp' ? 'max_flows' : 'max_connections'} (${target.limit.max()}) open`,
+    );
   const conn = ctx.tracker.nextId();
   let remote: { host: string; port: number };
   try {
@@ -118,6 +144,9 @@ export async function serveVisit(ctx: ServerContext, visitor: Visitor, stream: S
   } catch {
     remote = { host: visitor.remoteAddr, port: 0 };
   }
+  // Both ends of a udp visit end its flow after the same silence: the service's, as its public flows would.
+  const idle =
+    type === 'udp' ? { udp_idle_timeout_ms: udpFlowLimitsOf(ctx, target.spec).idleTimeoutMs() } : {};
   const toOwner = target.owner.session.open();
   writeStreamHeader(toOwner, {
     proxy,
@@ -126,8 +155,9 @@ export async function serveVisit(ctx: ServerContext, visitor: Visitor, stream: S
     remote_port: remote.port,
     public_addr: service,
     visitor: visitor.name,
+    ...idle,
   });
-  writeVisitAnswer(stream, { ok: true, conn });
+  writeVisitAnswer(stream, { ok: true, conn, ...idle });
   // Counted against the owner's cap: its service is the one whose bytes move.
   const limits = target.owner.bandwidth.limits();
   ctx.tracker.carry(stream, toOwner, {
@@ -139,11 +169,17 @@ export async function serveVisit(ctx: ServerContext, visitor: Visitor, stream: S
 }
 
 function refuseVisit(
-  logger: Logger,
+  ctx: ServerContext,
   stream: Stream,
-  { visitor, service, reason }: { visitor: Visitor; service: string; reason: string },
+  { visitor, service, type, reason }: { visitor: Visitor; service: string; type: VisitType; reason: string },
 ): void {
-  logger.warn({ visitor: visitor.name, service, reason }, 'visit refused');
+  // The same visitor refused the same way again (a retry loop) is one line per 10 s, with a count.
+  ctx.visitRefusals.say(`${visitor.name}\u0000${service}\u0000${reason}`, {
+    visitor: visitor.name,
+    service,
+    type,
+    reason,
+  });
   if (stream.destroyed) return;
   writeVisitAnswer(stream, { ok: false, reason });
   // What the visitor sent meanwhile is dropped: unread, it would hold the stream's end back.

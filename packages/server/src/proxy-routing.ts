@@ -122,6 +122,23 @@ export function connectionLimitFor(ctx: ServerContext, owner: ProxyOwner, spec: 
   );
 }
 
+/**
+ * A udp proxy's flow limits: its udp_idle_timeout and max_flows, or the server's (the server's max_flows
+ * caps its own). Read from the running config each time, so that a reload applies to proxies registered.
+ */
+export function udpFlowLimitsOf(
+  ctx: ServerContext,
+  spec: ProxySpec,
+): { idleTimeoutMs: () => number; maxFlows: () => number } {
+  return {
+    idleTimeoutMs: () => spec.udp_idle_timeout_ms ?? routingOf(ctx).udpIdleTimeout,
+    maxFlows: () => {
+      const serverMax = routingOf(ctx).udpMaxFlows;
+      return Math.min(spec.max_flows ?? serverMax, serverMax);
+    },
+  };
+}
+
 export function routingOf(ctx: ServerContext): RoutingConfig {
   return ctx.config.routing ?? defaultRoutingConfig();
 }
@@ -280,14 +297,7 @@ export async function bindRoutedProxy(
   if (spec.type === 'udp') {
     const port = spec.remote_port!;
     const bindHost = bindAddressOf(ctx.config, spec);
-    // Read from the running config each time, so that a reload applies to proxies already registered.
-    const limitsOf = (udp: ProxySpec) => ({
-      idleTimeoutMs: () => udp.udp_idle_timeout_ms ?? routingOf(ctx).udpIdleTimeout,
-      maxFlows: () => {
-        const serverMax = routingOf(ctx).udpMaxFlows;
-        return Math.min(udp.max_flows ?? serverMax, serverMax);
-      },
-    });
+    const limitsOf = (udp: ProxySpec) => udpFlowLimitsOf(ctx, udp);
     const listenerFor = (target?: UdpTarget) =>
       new UdpProxyListener({
         client: owner.name,

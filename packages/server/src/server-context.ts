@@ -1,4 +1,4 @@
-import type { ConnectionTracker, Logger } from '@porthole/protocol';
+import type { CoalescedLines, ConnectionTracker, Logger } from '@porthole/protocol';
 import type { ClientSession } from './client-session.js';
 import type { ServerConfig } from './config.js';
 import type { PortHolder } from './proxy-groups.js';
@@ -25,4 +25,6 @@ export interface ServerContext {
   readonly ports: Map<number, PortHolder>;
   /** UDP ports, hostname routes and the vhost ports' addresses (udp, http and tls proxies). */
   readonly routing: RoutingState;
+  /** 'visit refused' lines, one per visitor and reason per 10 s (a visitor retrying in a loop). */
+  readonly visitRefusals: CoalescedLines;
 }

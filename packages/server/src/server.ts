@@ -1,5 +1,6 @@
 import { CloseCode, Session, type WebSocketStream } from '@porthole/mux';
 import {
+  CoalescedLines,
   ConfigError,
   ConnectionTracker,
   keepAliveOptions,
@@ -54,6 +55,7 @@ export class PortholeServer {
       sessions: new Set(),
       ports: new Map(),
       routing: createRoutingState(),
+      visitRefusals: new CoalescedLines((fields) => logger.warn(fields, 'visit refused')),
     };
     this.authenticator = new UpgradeAuthenticator(config.auth);
     const trusted = currentTrustedProxies(() => this.ctx.config.routing?.trustedProxies);
@@ -201,6 +203,7 @@ export class PortholeServer {
     this.endpoint.stopAccepting();
     this.vhostPorts.stopAccepting();
     this.pending.flush();
+    this.ctx.visitRefusals.forgetAll();
     for (const session of this.ctx.sessions) session.drain('server shutting down');
     const deadline = performance.now() + config.shutdownTimeout;
     const drained =
