@@ -30,7 +30,7 @@ async function etcPorthole(h: Harness): Promise<string> {
     [
       'laptop-token',
       {
-        text: `${await issueToken('s'.repeat(64), { name: 'laptop', visit: ['homelab/ssh', 'homelab/secret-ssh'], expiresInMs: null })}\n`,
+        text: `${await issueToken('s'.repeat(64), { name: 'laptop', visit: ['homelab/*'], expiresInMs: null })}\n`,
       },
     ],
     ['socks-password', { text: 'a long random password\n' }],
