@@ -3,6 +3,7 @@
 // (one visit each), and the server bridges it to the owner, which serves it as any udp flow.
 import assert from 'node:assert/strict';
 import type { Socket as UdpSocket } from 'node:dgram';
+import { writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { test } from 'node:test';
 import { dig, startDnsmasq } from './lib/dnsmasq.js';
@@ -10,6 +11,7 @@ import { startUdpEcho, udpClient } from './lib/http-backend.js';
 import {
   adminApi,
   adminText,
+  clientToml,
   issue,
   listeningPorts,
   startPrivateClient,
@@ -353,5 +355,80 @@ test(
       );
       assert.equal(reasons.dns, noGrantReason);
       assert.equal(reasons['tcp-echo'], tcpToUdpReason);
+    }),
+);
+
+test(
+  'SIGHUP on the visiting client: a lowered max_flows ends the quietest flows, a moved udp visitor listens on its new port, an added one at once',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startUdpEcho('echo');
+      h.onCleanup(() => echo.close());
+      const server = await startPrivateServer(h);
+      await startPrivateClient(h, 'homelab', server, await issue(server, 'homelab'), {
+        proxies: [{ name: 'echo', type: 'udp', local: `127.0.0.1:${echo.port}` }],
+      });
+      const [first, moved, added] = [await freePort(), await freePort(), await freePort()];
+      const token = await issue(server, 'laptop', 'homelab/echo');
+      const table = (bind: number, maxFlows: number) => ({
+        name: 'echo',
+        type: 'udp' as const,
+        service: 'homelab/echo',
+        bind: `127.0.0.1:${bind}`,
+        max_flows: maxFlows,
+      });
+      const visitor = await startPrivateClient(h, 'laptop', server, token, { visitors: [table(first, 4)] });
+      const senders = [await udpClient(), await udpClient(), await udpClient()];
+      for (const s of senders) h.onCleanup(() => s.socket.close());
+      for (const [i, s] of senders.entries()) {
+        await send(s.socket, first, Buffer.from(`hello ${i}`));
+        await waitFor(`sender ${i} answered`, () => s.replies.length === 1, 10_000);
+      }
+      const reload = async (tables: Parameters<typeof clientToml>[3]) => {
+        const from = visitor.proc.logs.length;
+        await writeFile(visitor.configPath, await clientToml(h, server, token, tables));
+        visitor.proc.kill('SIGHUP');
+        return visitor.proc.waitForMsg('config reloaded', 10_000, { from });
+      };
+
+      // max_flows 4 -> 1: the two flows least recently active end, the last sender's stays.
+      const lowered = await reload({ visitors: [table(first, 1)] });
+      assert.deepEqual(lowered.visitors_changed, ['echo']);
+      await waitFor(
+        'two flows ended by the lowered max_flows',
+        () =>
+          visitor.proc.logs.filter(
+            (l) => l.msg === 'udp flow closed' && l.reason === 'max_flows lowered to 1 by a reload',
+          ).length === 2,
+        10_000,
+      );
+      await send(senders[2]!.socket, first, Buffer.from('still here'));
+      await waitFor('the kept flow answered', () => senders[2]!.replies.length === 2, 10_000);
+
+      // Moved to another port, and a second visitor added: both listen, and carry datagrams.
+      const movedAt = await reload({
+        visitors: [table(moved, 1), { ...table(added, 8), name: 'echo-2' }],
+      });
+      assert.deepEqual(movedAt.visitors_changed, ['echo']);
+      assert.deepEqual(movedAt.visitors_added, ['echo-2']);
+      await visitor.proc.waitForMsg('visitor listening', 10_000, {
+        fields: { visitor: 'echo', bind: `127.0.0.1:${moved}` },
+      });
+      await visitor.proc.waitForMsg('visitor listening', 10_000, { fields: { visitor: 'echo-2' } });
+      await waitFor(
+        'the old port let go',
+        () => !listeningPorts(visitor.proc.pid!, 'udp').includes(first),
+        5000,
+      );
+      await send(senders[0]!.socket, moved, Buffer.from('after the move'));
+      await send(senders[1]!.socket, added, Buffer.from('to the new one'));
+      await waitFor(
+        'both answered',
+        () => senders[0]!.replies.length === 2 && senders[1]!.replies.length === 2,
+        10_000,
+      );
+      assert.equal(senders[0]!.replies[1]!.toString(), 'echo|after the move');
+      assert.equal(senders[1]!.replies[1]!.toString(), 'echo|to the new one');
     }),
 );
