@@ -3,7 +3,7 @@
 // to the owner's private udp proxy, whose end serves it as any udp flow (udp-forwarder.ts).
 import { isIPv6 } from 'node:net';
 import type { Stream } from '@porthole/mux';
-import { type UdpFlow, type UdpFlowStart, UdpFlowTable } from '@porthole/protocol';
+import { type UdpFlow, type UdpFlowStart, UdpFlowTable, udpFlowClosedFields } from '@porthole/protocol';
 import { DEFAULT_UDP_IDLE_TIMEOUT_MS } from './udp-forwarder.js';
 import { DEFAULT_VISITOR_MAX_FLOWS, describeBind, type VisitorConfig } from './visitor-config.js';
 import { Visitor, type VisitorHost, type VisitorState } from './visitor-listener.js';
@@ -106,16 +106,8 @@ export class UdpVisitor extends Visitor {
       {
         visitor: this.config.name,
         service: this.config.service,
-        conn: flow.conn,
-        remote_addr: flow.key,
         bind: describeBind(this.config),
-        datagrams_in: flow.datagramsIn,
-        datagrams_out: flow.datagramsOut,
-        bytes_in: flow.counts.bytesIn,
-        bytes_out: flow.counts.bytesOut,
-        dropped: flow.dropped,
-        ms: Math.round(performance.now() - flow.startedAt),
-        reason: flow.reason ?? 'closed',
+        ...udpFlowClosedFields(flow),
       },
       'udp flow closed',
     );

@@ -110,6 +110,21 @@ export interface UdpFlow<T, C extends UdpFlowCounts = UdpFlowCounts> {
   reason: string | undefined;
 }
 
+/** What a flow's `udp flow closed` line says of it, alike on both ends of a tunnel. */
+export function udpFlowClosedFields(flow: UdpFlow<unknown>): Record<string, unknown> {
+  return {
+    conn: flow.conn,
+    remote_addr: flow.key,
+    datagrams_in: flow.datagramsIn,
+    datagrams_out: flow.datagramsOut,
+    bytes_in: flow.counts.bytesIn,
+    bytes_out: flow.counts.bytesOut,
+    dropped: flow.dropped,
+    ms: Math.round(performance.now() - flow.startedAt),
+    reason: flow.reason ?? 'closed',
+  };
+}
+
 /** How a new sender's flow starts: its stream (its header or request already written) and what it counts. */
 export interface UdpFlowStart<C extends UdpFlowCounts = UdpFlowCounts> {
   stream: Stream;

@@ -13,6 +13,7 @@ import {
   type UdpFlowStart,
   type UdpFlowStats,
   UdpFlowTable,
+  udpFlowClosedFields,
   writeStreamHeader,
 } from '@porthole/protocol';
 import type { ClientBandwidth } from './client-bandwidth.js';
@@ -199,21 +200,7 @@ export class UdpProxyListener {
 
   private onFlowClosed(flow: UdpFlow<UdpTarget, Exchange>): void {
     this.opts.traffic.end(flow.counts);
-    this.opts.logger.info(
-      {
-        client: flow.target.client,
-        proxy: flow.target.proxy.name,
-        conn: flow.conn,
-        remote_addr: flow.key,
-        datagrams_in: flow.datagramsIn,
-        datagrams_out: flow.datagramsOut,
-        bytes_in: flow.counts.bytesIn,
-        bytes_out: flow.counts.bytesOut,
-        dropped: flow.dropped,
-        ms: Math.round(performance.now() - flow.startedAt),
-        reason: flow.reason ?? 'closed',
-      },
-      'udp flow closed',
-    );
+    const { client, proxy } = flow.target;
+    this.opts.logger.info({ client, proxy: proxy.name, ...udpFlowClosedFields(flow) }, 'udp flow closed');
   }
 }
