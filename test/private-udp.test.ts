@@ -344,6 +344,15 @@ test(
       await visitor.proc.waitForMsg('visit refused', 10_000, {
         fields: { visitor: 'echo', reason: 'homelab/echo has its max_flows (1) open' },
       });
+      // The server's warning names the key the limit comes from.
+      const limitLine = await server.proc.waitForMsg(
+        'connection limit reached: new visitors refused',
+        10_000,
+        {
+          fields: { client: 'homelab', proxy: 'echo', max_flows: 1 },
+        },
+      );
+      assert.equal(limitLine.max_connections, undefined, JSON.stringify(limitLine));
       assert.equal(udpEcho.received, 1, 'only the first sender reached the service');
       assert.equal(sender.replies.length, 0);
       // status: the last refusal of each visitor in DETAIL.

@@ -116,11 +116,12 @@ export class ClientSession {
     this.visitGrant = claims.visit;
     this.bandwidth = new ClientBandwidth(claims.bandwidth_limit, () => ctx.config.clientBandwidthLimit);
     this.connectionLimits = new ConnectionLimits(
-      (proxy, max) =>
+      (proxy, max, key) =>
         new ConnectionLimit({
           client: this.name,
           proxy,
           max,
+          key,
           logger: ctx.logger,
           onRefused: () => ctx.traffic.countRefused(this.name, proxy),
         }),

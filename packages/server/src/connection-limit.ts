@@ -2,11 +2,15 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { LimitWarning, type Logger } from '@porthole/protocol';
 
+/** The config key a limit comes from, as its warning names it: a private udp service's visits count flows. */
+export type LimitKey = 'max_connections' | 'max_flows';
+
 export interface ConnectionLimitOptions {
   client: string;
   proxy: string;
   /** Read at each new connection, so that a reload's new cap applies at once. */
   max: () => number;
+  key: LimitKey;
   logger: Logger;
   /** Counts one refusal where the admin API and /metrics read it. */
   onRefused: () => void;
@@ -21,16 +25,18 @@ export interface ConnectionLimitOptions {
 export class ConnectionLimit {
   private open = 0;
   private maxNow: () => number;
+  private key: LimitKey;
   private readonly warning: LimitWarning;
 
   constructor(private readonly opts: ConnectionLimitOptions) {
     this.maxNow = opts.max;
+    this.key = opts.key;
     this.warning = new LimitWarning((refused) =>
       opts.logger.warn(
         {
           client: opts.client,
           proxy: opts.proxy,
-          max_connections: this.maxNow(),
+          [this.key]: this.maxNow(),
           open: this.open,
           refused,
         },
@@ -53,8 +59,9 @@ export class ConnectionLimit {
   }
 
   /** The proxy registered again with a new spec: its cap from now on, over the connections still open. */
-  capAt(max: () => number): void {
+  capAt(max: () => number, key: LimitKey): void {
     this.maxNow = max;
+    this.key = key;
   }
 
   /** Counts `socket` until it closes and returns true; or resets it (RST) and returns false. */
@@ -95,18 +102,20 @@ export class ConnectionLimit {
 export class ConnectionLimits {
   private readonly byProxy = new Map<string, ConnectionLimit>();
 
-  constructor(private readonly create: (proxy: string, max: () => number) => ConnectionLimit) {}
+  constructor(
+    private readonly create: (proxy: string, max: () => number, key: LimitKey) => ConnectionLimit,
+  ) {}
 
-  /** The limit of `proxy`, capped at `max` from now on. */
-  for(proxy: string, max: () => number): ConnectionLimit {
+  /** The limit of `proxy`, capped at `max` (its config `key`) from now on. */
+  for(proxy: string, max: () => number, key: LimitKey = 'max_connections'): ConnectionLimit {
     // A limit with nothing open holds nothing worth carrying over: the map keeps only those that do.
     for (const [name, limit] of this.byProxy) if (limit.openConnections === 0) this.byProxy.delete(name);
     const kept = this.byProxy.get(proxy);
     if (kept) {
-      kept.capAt(max);
+      kept.capAt(max, key);
       return kept;
     }
-    const limit = this.create(proxy, max);
+    const limit = this.create(proxy, max, key);
     this.byProxy.set(proxy, limit);
     return limit;
   }

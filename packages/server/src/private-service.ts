@@ -37,7 +37,7 @@ export interface PrivateTarget {
 function visitLimitFor(ctx: ServerContext, owner: ProxyOwner, spec: ProxySpec): ConnectionLimit {
   if (spec.type !== 'udp') return connectionLimitFor(ctx, owner, spec);
   const { maxFlows } = udpFlowLimitsOf(ctx, spec);
-  return owner.limits.for(spec.name, maxFlows);
+  return owner.limits.for(spec.name, maxFlows, 'max_flows');
 }
 
 /** "owner/proxy": how visitors name a private proxy. */

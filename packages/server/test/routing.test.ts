@@ -261,6 +261,7 @@ test('SNI decisions: tls proxies by exact name, then exact certificates, then wi
       client: 'c',
       proxy,
       max: () => 1,
+      key: 'max_connections',
       logger: captureLogs().logger,
       onRefused: () => {},
     }),
