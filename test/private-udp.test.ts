@@ -355,6 +355,30 @@ test(
       assert.equal(limitLine.max_connections, undefined, JSON.stringify(limitLine));
       assert.equal(udpEcho.received, 1, 'only the first sender reached the service');
       assert.equal(sender.replies.length, 0);
+      // A refused sender that goes on sending: for a second its datagrams are dropped by the visitor, not each
+      // a visit for the server to open and refuse; after it, the next one asks again.
+      const refusedVisits = async () => {
+        const { proxies } = (await adminApi(server, '/api/proxies')) as {
+          proxies: { client: string; name: string; refused_connections: number }[];
+        };
+        return proxies.find((p) => p.client === 'homelab' && p.name === 'echo')?.refused_connections;
+      };
+      const refusedAtFirst = await refusedVisits();
+      assert.equal(refusedAtFirst, 1);
+      for (let i = 0; i < 5; i++) {
+        await send(sender.socket, echoBind, Buffer.from(`again ${i}`));
+        await sleep(50);
+      }
+      await sleep(200);
+      assert.equal(await refusedVisits(), 1, 'datagrams within a second of the refusal asked nothing');
+      await sleep(1000);
+      await send(sender.socket, echoBind, Buffer.from('once more'));
+      const deadline = Date.now() + 10_000;
+      while ((await refusedVisits()) !== 2) {
+        assert.ok(Date.now() < deadline, 'the next datagram after the hold asked again');
+        await sleep(100);
+      }
+      assert.equal(udpEcho.received, 1);
       // status: the last refusal of each visitor in DETAIL.
       const status = JSON.parse(
         await runOk(clientBin, ['status', '--admin', `127.0.0.1:${admin}`, '--json']),

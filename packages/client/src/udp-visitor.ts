@@ -12,10 +12,19 @@ import { Visitor, type VisitorHost, type VisitorState } from './visitor-listener
 const OLDER_SERVER =
   'the server is older than udp visitors: it took the visit for a tcp one (its first datagrams may have reached the service as bytes)';
 
+/**
+ * After a refusal, datagrams from senders without a flow are dropped for this long instead of each asking
+ * again: every reason to refuse (no grant, the other type, the service's max_flows, no session) holds for
+ * the visitor, not for one sender, and a game sending 60 datagrams a second would have the server open and
+ * refuse 60 visits a second.
+ */
+const REFUSED_HOLD_MS = 1000;
+
 export class UdpVisitor extends Visitor {
   private readonly table: UdpFlowTable<UdpVisitor>;
   /** The streams of flows the server let through; the others' refusals are their 'visit refused' lines. */
   private readonly answered = new WeakSet<Stream>();
+  private refusedUntil = 0;
 
   constructor(config: VisitorConfig, host: VisitorHost) {
     super(config, host);
@@ -49,6 +58,7 @@ export class UdpVisitor extends Visitor {
   /** A lowered max_flows ends the flows past it, the least recently active first (as the server does). */
   override retarget(config: VisitorConfig): void {
     super.retarget(config);
+    this.refusedUntil = 0;
     const quietest = this.table.list().sort((a, b) => a.lastActivity - b.lastActivity);
     for (const flow of quietest.slice(0, Math.max(0, quietest.length - this.maxFlows)))
       this.table.end(flow, `max_flows lowered to ${this.maxFlows} by a reload`);
@@ -74,6 +84,7 @@ export class UdpVisitor extends Visitor {
    * them on once it has let the visit through, or drops them), carried back once the answer is read.
    */
   private startFlow(key: string): UdpFlowStart | undefined {
+    if (performance.now() < this.refusedUntil) return undefined;
     let opened: Stream | undefined;
     const visit = this.visit(key, (stream) => {
       opened = stream;
@@ -97,6 +108,11 @@ export class UdpVisitor extends Visitor {
         return { idleMs, ...(conn === undefined ? {} : { conn }) };
       }),
     };
+  }
+
+  protected override refused(remoteAddr: string, reason: string): string {
+    this.refusedUntil = performance.now() + REFUSED_HOLD_MS;
+    return super.refused(remoteAddr, reason);
   }
 
   private onFlowClosed(flow: UdpFlow<UdpVisitor>): void {
