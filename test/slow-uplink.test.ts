@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict';
 import type { TestContext } from 'node:test';
 import { test } from 'node:test';
-import { createNatTopology, LAN_ADDR, PUB_ADDR, skippedWithoutNetns } from './lib/netns.js';
-import { run, sleep, withHarness } from './lib/processes.js';
+import { createNatTopology, LAN_ADDR, PUB_ADDR, skippedWithoutNetns, slowLanUplink } from './lib/netns.js';
+import { sleep, withHarness } from './lib/processes.js';
 import { issueToken, startClient, startServer } from './lib/tunnel.js';
 
 const RATE_BYTES_PER_S = 2_000_000 / 8;
@@ -42,16 +42,7 @@ function underDownloads(t: TestContext, downloads: keyof typeof LIMIT_MS): Promi
   return withHarness(t, async (h) => {
     if (await skippedWithoutNetns(t)) return;
     const topo = await createNatTopology(h);
-    const tbf = await run(
-      'tc',
-      ['qdisc', 'add', 'dev', 'eth0', 'root', 'tbf', 'rate', '2mbit', 'burst', '16kb', 'latency', '200ms'],
-      { netns: topo.lan, timeoutMs: 10_000 },
-    );
-    if (tbf.code !== 0) {
-      t.skip(`tc cannot add a tbf qdisc here: ${tbf.stderr.trim()}`);
-      return;
-    }
-    await topo.exec(topo.lan, 'sh', ['-c', 'echo 16384 > /proc/sys/net/ipv4/tcp_notsent_lowat']);
+    if (!(await slowLanUplink(t, topo))) return;
 
     const services = [
       ['echo-server', '9000'],

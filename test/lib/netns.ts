@@ -157,6 +157,25 @@ export class NatTopology {
 }
 
 /**
+ * Holds the lan's uplink to 2 Mbit/s (a tbf qdisc on its eth0, as a home DSL or LTE upload), with the
+ * tcp_notsent_lowat the README recommends for such a link. Skips the test, returning false, where tc cannot
+ * add the qdisc.
+ */
+export async function slowLanUplink(t: TestContext, topo: NatTopology): Promise<boolean> {
+  const tbf = await run(
+    'tc',
+    ['qdisc', 'add', 'dev', 'eth0', 'root', 'tbf', 'rate', '2mbit', 'burst', '16kb', 'latency', '200ms'],
+    { netns: topo.lan, timeoutMs: 10_000 },
+  );
+  if (tbf.code !== 0) {
+    t.skip(`tc cannot add a tbf qdisc here: ${tbf.stderr.trim()}`);
+    return false;
+  }
+  await topo.exec(topo.lan, 'sh', ['-c', 'echo 16384 > /proc/sys/net/ipv4/tcp_notsent_lowat']);
+  return true;
+}
+
+/**
  * Create pub / rtr / lan with veth pairs, routes and the NAT rules. Destroyed by the harness's cleanup
  * (after its processes are stopped) and, failing that, when the test process exits.
  */
