@@ -176,13 +176,9 @@ export class TcpVisitor extends Visitor {
     this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => {
       void this.onConnection(socket);
     });
-    // A bind's failure is listen()'s to log ("visitor listen failed", once); this is for the errors after.
-    this.server.on('error', (err) => {
-      if (this.listening)
-        host.logger.error({ visitor: this.config.name, reason: err.message }, 'visitor listener error');
-    });
   }
 
+  /** A bind's failure is listen()'s to log ("visitor listen failed"); the errors after it are logged here. */
   protected async bind(): Promise<void> {
     const visitor = this.config.name;
     await listenServer(this.server, this.config.bind, (err) =>
