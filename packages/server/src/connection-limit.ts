@@ -48,6 +48,11 @@ export class ConnectionLimit {
   /** The limit now (a reload may change it). */
   readonly max = (): number => this.maxNow();
 
+  /** The config key it comes from, for messages that name it. */
+  get limitKey(): LimitKey {
+    return this.key;
+  }
+
   /** Connections open now. */
   get openConnections(): number {
     return this.open;

@@ -134,9 +134,7 @@ export async function serveVisit(ctx: ServerContext, visitor: Visitor, stream: S
     );
   if (stream.destroyed) return;
   if (!target.limit.take(stream))
-    return refuse(
-      `${service} has its ${type === 'udp' ? 'max_flows' : 'max_connections'} (${target.limit.max()}) open`,
-    );
+    return refuse(`${service} has its ${target.limit.limitKey} (${target.limit.max()}) open`);
   const conn = ctx.tracker.nextId();
   let remote: { host: string; port: number };
   try {
