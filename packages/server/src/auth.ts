@@ -94,6 +94,26 @@ export function bearerToken(req: IncomingMessage): string | undefined {
   return match ? match[1] : header;
 }
 
+/**
+ * Whether the server accepts `jwt` under the settings `current()` returns: its claims, or a TokenError whose
+ * message is the reason the server gives ("token expired"), the one both a sign-in and `token show` report.
+ */
+export async function acceptToken(
+  jwt: string | undefined,
+  current: () => Pick<AuthSettings, 'secret' | 'revoked'>,
+): Promise<TokenClaims> {
+  try {
+    const claims = await verifyToken(current().secret, jwt, { revoked: current().revoked });
+    // Verification is asynchronous: a reload may have revoked the token meanwhile, after its sessions
+    // were checked, so the current list is asked again.
+    if (current().revoked.has(claims.jti))
+      throw new TokenError('token revoked', { client: claims.sub, jti: claims.jti });
+    return claims;
+  } catch (err) {
+    throw err instanceof TokenError ? err : new TokenError('malformed token');
+  }
+}
+
 /** Verifies the Bearer token of an upgrade request before the WebSocket is accepted. */
 export class UpgradeAuthenticator {
   private settings: AuthSettings;
@@ -118,17 +138,10 @@ export class UpgradeAuthenticator {
   async authenticate(req: IncomingMessage): Promise<AuthOutcome> {
     const source = failureSource(req.socket.remoteAddress ?? 'unknown');
     try {
-      const claims = await verifyToken(this.settings.secret, bearerToken(req), {
-        revoked: this.settings.revoked,
-      });
-      // Verification is asynchronous: a reload may have revoked the token meanwhile, after its sessions
-      // were checked, so the current list is asked again.
-      if (this.settings.revoked.has(claims.jti))
-        throw new TokenError('token revoked', { client: claims.sub, jti: claims.jti });
-      return { ok: true, claims };
+      return { ok: true, claims: await acceptToken(bearerToken(req), () => this.settings) };
     } catch (err) {
-      const reason = err instanceof TokenError ? err.message : 'malformed token';
-      const whose = err instanceof TokenError ? err.whose : undefined;
+      const refusal = err instanceof TokenError ? err : new TokenError('malformed token');
+      const { message: reason, whose } = refusal;
       this.failures.set(reason, (this.failures.get(reason) ?? 0) + 1);
       if (this.limiter.fail(source)) return { ok: false, status: 401, reason, source, log: true, whose };
       return {
