@@ -128,7 +128,7 @@ test('a mistyped option or config key is named with the one meant; exit status 2
       [
         serverBin,
         ['token', '--config', serverToml, '--name', 'x'],
-        /^porthole-server: "token" needs a subcommand: "token issue"$/m,
+        /^porthole-server: "token" needs a subcommand: "token issue", "token show"$/m,
       ],
       // parseArgs kept the last: a token for 8080 alone was issued without a word.
       [

@@ -137,6 +137,7 @@ export function readUnverifiedClaims(jwt: string): Partial<TokenClaims> | undefi
   const claims: Partial<TokenClaims> = {};
   if (typeof payload.sub === 'string') claims.sub = payload.sub;
   if (typeof payload.jti === 'string') claims.jti = payload.jti;
+  if (typeof payload.iat === 'number') claims.iat = payload.iat;
   if (typeof payload.exp === 'number') claims.exp = payload.exp;
   if (typeof payload.ports === 'string') claims.ports = payload.ports;
   if (isStringArray(payload.hosts)) claims.hosts = payload.hosts;

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import {
   createLogger,
@@ -17,6 +18,7 @@ import {
 } from '@porthole/protocol';
 import { loadServerConfig } from './config.js';
 import { PortholeServer } from './server.js';
+import { formatTokenReport, showToken } from './token-show.js';
 
 const PROGRAM = 'porthole-server';
 const VERSION = packageVersion(import.meta.url);
@@ -28,6 +30,9 @@ const USAGE = `Usage:
         [--hosts 'app.example.com,*.home.example.com'] [--visit svc1,svc2] [--expires 90d|never]
         [--bandwidth-limit 10MB]
                                                 print a client token (JWT) on stdout
+  ${PROGRAM} token show --config server.toml (--token-file FILE | --token-file - | --token JWT) [--json]
+                                                what a token grants, and whether this server would
+                                                accept it (exit 0) or not (exit 1, with the reason)
   ${PROGRAM} -h, --help | -V, --version
 
 Options:
@@ -42,12 +47,23 @@ Options:
   --bandwidth-limit RATE
                       token: the most the client's public proxies move together, each way, e.g. 10MB
                       or 500KB per second (default: the server's client_bandwidth_limit, if set)
+  --token-file FILE   token show: the file holding the token; "-" reads it from stdin
+  --token JWT         token show: the token itself (prefer --token-file: arguments show up in ps)
+  --json              token show: print the verdict and claims as JSON, for scripts
+
+token show checks the token as the server's sign-in does (signature, algorithm, not-before, expiry,
+[auth] revoked_tokens) against the config file as it is now; the token and the secret are never printed,
+nor the claims of a token whose signature does not check out.
 
 Signals: SIGHUP reloads the config file (allow_ports, revoked_tokens, limits); SIGTERM drains and exits 0.
 Admin: an [admin] table serves /api/*, /metrics, /healthz and a status page (see examples/server.toml).
 `;
 
-const TOKEN_OPTIONS = ['name', 'ports', 'hosts', 'visit', 'expires', 'bandwidth-limit'] as const;
+/** Options that belong to one command only, and that command. */
+const COMMAND_OPTIONS = {
+  'token issue': ['name', 'ports', 'hosts', 'visit', 'expires', 'bandwidth-limit'],
+  'token show': ['token', 'token-file', 'json'],
+} as const;
 const DEFAULT_TOKEN_LIFETIME = '365d';
 
 async function main(): Promise<number | undefined> {
@@ -55,18 +71,25 @@ async function main(): Promise<number | undefined> {
     program: PROGRAM,
     version: VERSION,
     usage: USAGE,
-    commands: ['run', 'check', 'token issue'],
+    commands: ['run', 'check', 'token issue', 'token show'],
     parse,
   });
   if (!started) return 0;
   const { values } = started.parsed;
   const command = started.command;
-  if (command !== 'token issue') {
-    const stray = TOKEN_OPTIONS.find((option) => values[option] !== undefined);
-    if (stray) throw new UsageError(`--${stray} is only for "token issue"`);
+  for (const [owner, options] of Object.entries(COMMAND_OPTIONS)) {
+    if (command === owner) continue;
+    const stray = options.find((option) => values[option] !== undefined);
+    if (stray) throw new UsageError(`--${stray} is only for "${owner}"`);
   }
   if (!values.config) throw new UsageError('--config FILE is required');
   const config = loadServerConfig(values.config);
+
+  if (command === 'token show') {
+    const report = await showToken(config, await tokenToShow(values));
+    process.stdout.write(values.json ? `${JSON.stringify(report, null, 2)}\n` : formatTokenReport(report));
+    return report.accepted ? 0 : 1;
+  }
 
   if (command === 'check') {
     for (const warning of config.warnings) process.stderr.write(`warning: ${warning}\n`);
@@ -127,7 +150,7 @@ async function main(): Promise<number | undefined> {
 }
 
 function parse() {
-  return parseArgs({
+  const parsed = parseArgs({
     args: process.argv.slice(2),
     allowPositionals: true,
     strict: true,
@@ -143,8 +166,37 @@ function parse() {
       visit: { type: 'string' },
       expires: { type: 'string' },
       'bandwidth-limit': { type: 'string' },
+      token: { type: 'string' },
+      'token-file': { type: 'string' },
+      json: { type: 'boolean' },
     },
   });
+  // startCli reads every word as the command's: a token given as one would be echoed in "unknown command".
+  if (parsed.positionals[0] === 'token' && parsed.positionals[1] === 'show' && parsed.positionals.length > 2)
+    throw new Error(TOKEN_SHOW_INPUT);
+  return parsed;
+}
+
+const TOKEN_SHOW_INPUT =
+  'token show: give the token with --token-file FILE, --token-file - (stdin) or --token JWT';
+
+/** The token `token show` was given: from a file, stdin ("-") or the command line. */
+async function tokenToShow(values: { token?: string; 'token-file'?: string }): Promise<string> {
+  const file = values['token-file'];
+  if (values.token !== undefined && file !== undefined)
+    throw new UsageError('token show: give --token or --token-file, not both');
+  if (values.token !== undefined) return values.token;
+  if (file === undefined) throw new UsageError(TOKEN_SHOW_INPUT);
+  if (file === '-') {
+    const chunks: Buffer[] = [];
+    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks).toString('utf8');
+  }
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new UsageError(`token show: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+  }
 }
 
 runCli(PROGRAM, main);
