@@ -353,3 +353,80 @@ test(
       );
     }),
 );
+
+test(
+  'a reload that changes client_bandwidth_limit tells the connected clients it covers: one info line and the new limit in status, then none once the key is gone; a client whose token has its own limit is not told',
+  { timeout: 90_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const server = await startRoutedServer(h, { http: false, top: { client_bandwidth_limit: '1MB' } });
+      const [coveredAdmin, ownAdmin] = (await freePorts(2)).map((port) => `127.0.0.1:${port}`);
+      const covered = await startTcpClient(h, server, 'covered', ['files'], {}, coveredAdmin);
+      const own = await startTcpClient(h, server, 'own', ['files'], { bandwidthLimit: '2MB' }, ownAdmin);
+      const limitLine = async (admin: string | undefined) => {
+        const status = await run(clientBin, ['status', '--admin', admin!], { timeoutMs: 15_000 });
+        assert.equal(status.code, 0, status.stderr);
+        return /^limit: .*$/m.exec(status.stdout)?.[0];
+      };
+      const statusJson = async (admin: string | undefined) => {
+        const status = await run(clientBin, ['status', '--admin', admin!, '--json'], { timeoutMs: 15_000 });
+        assert.equal(status.code, 0, status.stderr);
+        return JSON.parse(status.stdout) as { server_bandwidth_limit?: string };
+      };
+      const byServer = (rate: string) =>
+        `limit:    ${rate}/s each way, all proxies together (set by the server)`;
+      assert.equal(await limitLine(coveredAdmin), byServer('1MB'));
+      assert.equal(await limitLine(ownAdmin), byServer('2MB'));
+
+      const reload = async (text: (old: string) => string) => {
+        const configPath = server.config.configPath;
+        await writeFile(configPath, text(await readFile(configPath, 'utf8')));
+        const from = server.proc.mark();
+        server.proc.child.kill('SIGHUP');
+        await server.proc.waitForMsg('config reloaded', 15_000, { from });
+      };
+
+      let coveredFrom = covered.client.proc.mark();
+      const ownFrom = own.client.proc.mark();
+      const serverFrom = server.proc.mark();
+      await reload((text) =>
+        text.replace('client_bandwidth_limit = "1MB"', 'client_bandwidth_limit = "5MB"'),
+      );
+      const told = await covered.client.proc.waitForMsg('server bandwidth limit changed', 15_000, {
+        from: coveredFrom,
+      });
+      assert.equal(told.level, 'info');
+      assert.equal(told.server_bandwidth_limit, '5MB');
+      assert.equal(told.previous_server_bandwidth_limit, '1MB');
+      assert.equal(await limitLine(coveredAdmin), byServer('5MB'));
+      assert.equal((await statusJson(coveredAdmin)).server_bandwidth_limit, '5MB');
+      // One line, not the notice's too.
+      assert.deepEqual(await covered.client.proc.settledLogsWithMsg('server notice', coveredFrom), []);
+      // The token's own limit wins over the server's: nothing changed for it, so nothing is said.
+      const serverLines = await server.proc.settledLogsWithMsg('client bandwidth limit changed', serverFrom);
+      assert.deepEqual(
+        serverLines.map((l) => [l.client, l.bandwidth_limit, l.previous_bandwidth_limit]),
+        [['covered', '5MB', '1MB']],
+      );
+      assert.deepEqual(
+        await own.client.proc.settledLogsWithMsg('server bandwidth limit changed', ownFrom),
+        [],
+      );
+      assert.deepEqual(await own.client.proc.settledLogsWithMsg('server notice', ownFrom), []);
+      assert.equal(await limitLine(ownAdmin), byServer('2MB'));
+
+      // The key removed: no cap any more, and status says none.
+      coveredFrom = covered.client.proc.mark();
+      await reload((text) => text.replace('client_bandwidth_limit = "5MB"\n', ''));
+      const freed = await covered.client.proc.waitForMsg('server bandwidth limit changed', 15_000, {
+        from: coveredFrom,
+      });
+      assert.equal(freed.server_bandwidth_limit, null);
+      assert.equal(freed.previous_server_bandwidth_limit, '5MB');
+      assert.equal(await limitLine(coveredAdmin), undefined);
+      assert.equal((await statusJson(coveredAdmin)).server_bandwidth_limit, undefined);
+      assert.equal(await limitLine(ownAdmin), byServer('2MB'));
+      // Told, not reconnected.
+      assert.equal(server.proc.logsWithMsg('client connected').length, 2, 'one session each throughout');
+    }),
+);

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { CloseCode, Session, type Stream } from '@porthole/mux';
 import {
+  BANDWIDTH_LIMIT_NOTICE,
   CoalescedLines,
   ConnectionTracker,
   type ControlMessage,
@@ -565,7 +566,17 @@ export class PortholeClient {
         }
         const message = this.readServerMessage(raw, unreadable);
         if (message === undefined) continue;
-        if (message.type === 'notice') {
+        if (message.type === 'notice' && message.code === BANDWIDTH_LIMIT_NOTICE) {
+          const previous = this.sessionStatus.serverBandwidthLimitChanged(message.bandwidth_limit);
+          // null: no cap (the JSON says so, where a left-out field would read as "not said").
+          this.logger.info(
+            {
+              server_bandwidth_limit: message.bandwidth_limit ?? null,
+              previous_server_bandwidth_limit: previous ?? null,
+            },
+            'server bandwidth limit changed',
+          );
+        } else if (message.type === 'notice') {
           const fields = {
             reason: message.message,
             ...(message.code === undefined ? {} : { code: message.code }),

@@ -38,7 +38,7 @@ export interface ClientStatus {
   token_expires_at?: string;
   /**
    * The server operator's cap on this client's proxies together, each way, as the server said it at sign-in
-   * ("10MB"); absent: none (or a server older than the cap).
+   * or since, after a reload of its config ("10MB"); absent: none (or a server older than the cap).
    */
   server_bandwidth_limit?: string;
   open_connections: number;
@@ -133,6 +133,13 @@ export class SessionStatus {
     this.retryAt = undefined;
     // An error from before the session is history: a monitor reading the JSON must not see it as current.
     this.lastError = undefined;
+  }
+
+  /** The server's cap on this client changed (a reload of its config); returns the one it replaces. */
+  serverBandwidthLimitChanged(limit: string | undefined): string | undefined {
+    const previous = this.serverBandwidthLimit;
+    this.serverBandwidthLimit = limit;
+    return previous;
   }
 
   stopping(): void {

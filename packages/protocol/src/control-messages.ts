@@ -123,6 +123,8 @@ const proxyResult = z.object({
   reason: z.string().optional(),
 });
 export type ProxyResult = z.infer<typeof proxyResult>;
+/** The notice code that tells a client the operator's cap on it changed (see the notice's bandwidth_limit). */
+export const BANDWIDTH_LIMIT_NOTICE = 'bandwidth_limit';
 const registerResult = z.object({ type: z.literal('register_result'), results: z.array(proxyResult) });
 const unregister = z.object({ type: z.literal('unregister'), proxies: z.array(z.string()).max(1024) });
 const notice = z.object({
@@ -136,6 +138,12 @@ const notice = z.object({
    * "proxies_moved" it routes them by new names (a register_result with their urls follows).
    */
   proxies: z.array(z.string()).max(1024).optional(),
+  /**
+   * With code BANDWIDTH_LIMIT_NOTICE: the operator's cap on this client now (a reload changed the server's
+   * client_bandwidth_limit), as hello_ok's bandwidth_limit; absent: no cap any more. An older client drops
+   * the field and logs the notice's message as it logs any notice of a code it does not know.
+   */
+  bandwidth_limit: z.string().max(64).optional(),
 });
 
 export const controlMessageSchema = z.discriminatedUnion('type', [

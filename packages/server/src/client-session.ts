@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Session, Stream } from '@porthole/mux';
 import {
+  BANDWIDTH_LIMIT_NOTICE,
   type ControlMessage,
   type ControlMessageOf,
   FirstSightings,
@@ -82,6 +83,8 @@ export class ClientSession {
   private readonly connectionLimits: ConnectionLimits;
   /** The operator's cap on all of this client's public proxies together (token, else server default). */
   readonly bandwidth: ClientBandwidth;
+  /** The cap this client was last told of (hello_ok, or a reload's notice), as written; undefined: none. */
+  private toldBandwidthLimit: string | undefined;
   /** Each proxy's refusal last logged at warn: the same answer to a client asking again goes to debug. */
   private readonly refusals = new RepeatedReasons();
   /** Message types from a newer client that this server ignored: each is said once. */
@@ -256,6 +259,7 @@ export class ClientSession {
     message: string,
     code?: string,
     proxies?: readonly string[],
+    bandwidthLimit?: string,
   ): void {
     this.send({
       type: 'notice',
@@ -263,6 +267,7 @@ export class ClientSession {
       message,
       ...(code === undefined ? {} : { code }),
       ...(proxies === undefined ? {} : { proxies: [...proxies] }),
+      ...(bandwidthLimit === undefined ? {} : { bandwidth_limit: bandwidthLimit }),
     });
   }
 
@@ -409,6 +414,34 @@ export class ClientSession {
     });
   }
 
+  /**
+   * After a reload: the open connections keep to the cap now in force, and a client whose cap changed (a
+   * token's own limit does not) hears the new one, so its status stops showing the one it signed in with.
+   */
+  applyBandwidthLimit(): void {
+    this.bandwidth.apply();
+    // Before hello_ok, which will say the cap in force then.
+    if (!this.helloDone) return;
+    const limit = this.bandwidth.limit;
+    const was = this.toldBandwidthLimit;
+    if (limit?.text === was) return;
+    this.toldBandwidthLimit = limit?.text;
+    const before = was === undefined ? 'none' : `${was}/s`;
+    this.notice(
+      'info',
+      limit === undefined
+        ? `the server no longer caps this client's bandwidth (was ${before})`
+        : `the server caps this client's proxies together at ${limit.text}/s each way now (was ${before})`,
+      BANDWIDTH_LIMIT_NOTICE,
+      undefined,
+      limit?.text,
+    );
+    this.logger.info(
+      { bandwidth_limit: limit?.text ?? null, previous_bandwidth_limit: was ?? null },
+      'client bandwidth limit changed',
+    );
+  }
+
   /** Tells the client why (a notice with `code`), then ends the session. */
   disconnect(reason: string, code: string): void {
     this.notice('error', reason, code);
@@ -476,6 +509,7 @@ export class ClientSession {
     this.ctx.clients.set(this.name, this);
     this.helloDone = true;
     const bandwidthLimit = this.bandwidth.limit;
+    this.toldBandwidthLimit = bandwidthLimit?.text;
     this.send({
       type: 'hello_ok',
       client: this.name,
