@@ -258,17 +258,9 @@ export class ClientSession {
     level: 'info' | 'warn' | 'error',
     message: string,
     code?: string,
-    proxies?: readonly string[],
-    bandwidthLimit?: string,
+    about: Pick<ControlMessageOf<'notice'>, 'proxies' | 'bandwidth_limit'> = {},
   ): void {
-    this.send({
-      type: 'notice',
-      level,
-      message,
-      ...(code === undefined ? {} : { code }),
-      ...(proxies === undefined ? {} : { proxies: [...proxies] }),
-      ...(bandwidthLimit === undefined ? {} : { bandwidth_limit: bandwidthLimit }),
-    });
+    this.send({ type: 'notice', level, message, ...(code === undefined ? {} : { code }), ...about });
   }
 
   /** The client said hello and was accepted. */
@@ -377,7 +369,7 @@ export class ClientSession {
       'warn',
       `the server's configuration changed; closed ${closed.map((c) => `"${c.proxy}" (${c.reason})`).join(', ')}`,
       'proxies_closed',
-      closed.map((c) => c.proxy),
+      { proxies: closed.map((c) => c.proxy) },
     );
   }
 
@@ -406,7 +398,7 @@ export class ClientSession {
       'info',
       `the server's configuration changed; moved ${described.join(', ')}`,
       'proxies_moved',
-      moves.map((m) => m.proxy),
+      { proxies: moves.map((m) => m.proxy) },
     );
     this.send({
       type: 'register_result',
@@ -433,8 +425,7 @@ export class ClientSession {
         ? `the server no longer caps this client's bandwidth (was ${before})`
         : `the server caps this client's proxies together at ${limit.text}/s each way now (was ${before})`,
       BANDWIDTH_LIMIT_NOTICE,
-      undefined,
-      limit?.text,
+      limit === undefined ? {} : { bandwidth_limit: limit.text },
     );
     this.logger.info(
       { bandwidth_limit: limit?.text ?? null, previous_bandwidth_limit: was ?? null },
