@@ -130,6 +130,13 @@ test('a mistyped option or config key is named with the one meant; exit status 2
         ['token', '--config', serverToml, '--name', 'x'],
         /^porthole-server: "token" needs a subcommand: "token issue", "token show"$/m,
       ],
+      // A secret given in the wrong place is not echoed back: the mistyped command word is.
+      [
+        serverBin,
+        ['tokn', 'show', 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl', '--config', serverToml],
+        /^porthole-server: unknown command "tokn show <a word of 49 characters>"$/m,
+      ],
+      [clientBin, ['stauts'], /^porthole-client: unknown command "stauts"$/m],
       // parseArgs kept the last: a token for 8080 alone was issued without a word.
       [
         serverBin,

@@ -159,7 +159,17 @@ export function startCli<
     const longer = spec.commands.filter((c) => c.startsWith(`${command} `));
     if (longer.length > 0)
       throw new UsageError(`"${command}" needs a subcommand: ${longer.map((c) => `"${c}"`).join(', ')}`);
-    throw new UsageError(`unknown command "${command}"`);
+    throw new UsageError(`unknown command "${parsed.positionals.map(wordToEcho).join(' ')}"`);
   }
   return { parsed, command };
+}
+
+const COMMAND_WORD = /^[a-z][a-z0-9-]{0,31}$/;
+
+/**
+ * A stray word is echoed only if it could be a mistyped command: `porthole-server tokn show eyJ...` must
+ * not print the token on a terminal, in a shell history of errors or in a CI log.
+ */
+function wordToEcho(word: string): string {
+  return COMMAND_WORD.test(word) ? word : `<a word of ${word.length} characters>`;
 }
