@@ -37,16 +37,18 @@ const USAGE = `Usage:
 
 Options:
   -c, --config FILE   server config (TOML); see examples/server.toml
-  --name NAME         token: the client's name
-  --ports SPEC        token: ports the client may open (default: any the server's allow_ports permits)
-  --hosts LIST        token: hostnames the client may claim ("*.home.example.com" covers the names below
-                      it); default: any name
-  --visit LIST        token: private services the client may visit, as OWNER/PROXY (the owning client's
-                      name and its private proxy's), or OWNER/* for all of one client's (default: none)
-  --expires DURATION  token: lifetime, e.g. 90d, 12h, or "never" (default 365d)
+  --name NAME         token issue: the client's name
+  --ports SPEC        token issue: ports the client may open (default: any the server's allow_ports
+                      permits)
+  --hosts LIST        token issue: hostnames the client may claim ("*.home.example.com" covers the names
+                      below it); default: any name
+  --visit LIST        token issue: private services the client may visit, as OWNER/PROXY (the owning
+                      client's name and its private proxy's), or OWNER/* for all of one client's (default:
+                      none)
+  --expires DURATION  token issue: lifetime, e.g. 90d, 12h, or "never" (default 365d)
   --bandwidth-limit RATE
-                      token: the most the client's public proxies move together, each way, e.g. 10MB
-                      or 500KB per second (default: the server's client_bandwidth_limit, if set)
+                      token issue: the most the client's public proxies move together, each way, e.g.
+                      10MB or 500KB per second (default: the server's client_bandwidth_limit, if set)
   --token-file FILE   token show: the file holding the token; "-" reads it from stdin
   --token JWT         token show: the token itself (prefer --token-file: arguments show up in ps)
   --json              token show: print the verdict and claims as JSON, for scripts
