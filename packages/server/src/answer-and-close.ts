@@ -1,3 +1,4 @@
+import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 
 /** How long a peer has to read a last answer and close, once it is all written, before the socket goes. */
@@ -22,4 +23,21 @@ export function answerAndClose(socket: Duplex, answer?: string): void {
   };
   if (socket.writableFinished) letGo();
   else socket.once('finish', letGo);
+}
+
+/**
+ * Answers a request read off a raw socket (an upgrade, a tcpmux CONNECT) with a plain HTTP error, `fields`
+ * ("Name: value" lines) and `body` as its text, and closes the connection.
+ */
+export function refuseAndClose(socket: Duplex, status: number, body: string, fields: string[] = []): void {
+  const text = `${body}\n`;
+  answerAndClose(
+    socket,
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n` +
+      fields.map((field) => `${field}\r\n`).join('') +
+      'Content-Type: text/plain; charset=utf-8\r\n' +
+      `Content-Length: ${Buffer.byteLength(text)}\r\n` +
+      'Connection: close\r\n\r\n' +
+      text,
+  );
 }

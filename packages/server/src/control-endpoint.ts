@@ -1,4 +1,4 @@
-import { createServer as createHttpServer, type IncomingMessage, type Server, STATUS_CODES } from 'node:http';
+import { createServer as createHttpServer, type IncomingMessage, type Server } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -10,7 +10,7 @@ import {
   listenServer,
   type TokenClaims,
 } from '@porthole/protocol';
-import { answerAndClose } from './answer-and-close.js';
+import { refuseAndClose } from './answer-and-close.js';
 import { bearerToken, type UpgradeAuthenticator } from './auth.js';
 import { AuthFailureLines } from './auth-failure-lines.js';
 import { peerAddress, peersOnArrival } from './peer-address.js';
@@ -27,20 +27,6 @@ export interface ControlEndpointOptions {
   logger: Logger;
   /** Called with each authenticated WebSocket. */
   onClient(ws: WebSocketStream, claims: TokenClaims, remoteAddr: string): void;
-}
-
-/** Answers an upgrade request with a plain HTTP error (and `fields`, "Name: value" lines) and closes the connection. */
-function refuseUpgrade(socket: Duplex, status: number, body: string, fields: string[] = []): void {
-  const text = `${body}\n`;
-  answerAndClose(
-    socket,
-    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n` +
-      fields.map((field) => `${field}\r\n`).join('') +
-      'Content-Type: text/plain; charset=utf-8\r\n' +
-      `Content-Length: ${Buffer.byteLength(text)}\r\n` +
-      'Connection: close\r\n\r\n' +
-      text,
-  );
 }
 
 /**
@@ -142,12 +128,12 @@ export class ControlEndpoint {
     socket.on('error', () => socket.destroy());
     const remoteAddr = peerAddress(socket);
     if (!isControlPath(req.url, this.opts.path)) {
-      refuseUpgrade(socket, 404, 'not found');
+      refuseAndClose(socket, 404, 'not found');
       return;
     }
     const handshake = checkUpgradeRequest(req);
     if (!handshake.ok) {
-      refuseUpgrade(socket, handshake.status, handshake.reason);
+      refuseAndClose(socket, handshake.status, handshake.reason);
       return;
     }
     this.opts.authenticator.authenticate(req).then(
@@ -160,7 +146,7 @@ export class ControlEndpoint {
             ownLine: outcome.log,
             whose: outcome.whose,
           });
-          refuseUpgrade(socket, outcome.status, outcome.reason, refusalFields(req, outcome));
+          refuseAndClose(socket, outcome.status, outcome.reason, refusalFields(req, outcome));
           return;
         }
         if (socket.destroyed) return;
@@ -169,7 +155,7 @@ export class ControlEndpoint {
       },
       (err: Error) => {
         this.opts.logger.error({ remote_addr: remoteAddr, reason: err.message }, 'auth error');
-        refuseUpgrade(socket, 500, 'internal error');
+        refuseAndClose(socket, 500, 'internal error');
       },
     );
   }

@@ -1,7 +1,6 @@
 // Requests on the http vhost port (and on the TLS port once terminated): routed by Host and path to the
 // http proxy that claimed them, forwarded over tunnel streams with X-Forwarded-* headers. WebSocket (and
 // other) upgrades get a stream of their own, passed through raw once the service accepts them.
-import { timingSafeEqual } from 'node:crypto';
 import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -16,6 +15,7 @@ import {
   TurnGatheredWrites,
 } from '@porthole/protocol';
 import { answerAndClose } from './answer-and-close.js';
+import { type BasicCredentials, basicCredentialsMatch } from './basic-credentials.js';
 import type { ClientBandwidth } from './client-bandwidth.js';
 import type { ConnectionLimit } from './connection-limit.js';
 import type { HostRoutes, RouteEntry } from './host-routes.js';
@@ -44,7 +44,7 @@ export interface HttpTarget {
   /** Its client's cap, shared with the client's other connections. */
   bandwidth: ClientBandwidth;
   /** Basic auth visitors must present. */
-  auth: { user: Buffer; password: Buffer } | undefined;
+  auth: BasicCredentials | undefined;
   hostHeaderRewrite: string | undefined;
   /** Set on every forwarded request (names lowercased). */
   requestHeaders: ReadonlyArray<readonly [string, string]>;
@@ -187,24 +187,6 @@ function isEncrypted(socket: Socket): boolean {
   return (socket as TLSSocket).encrypted === true;
 }
 
-function sameSecret(given: Buffer, expected: Buffer): boolean {
-  return given.length === expected.length && timingSafeEqual(given, expected);
-}
-
-/** True when the request carries the target's basic-auth credentials. */
-function authorized(req: IncomingMessage, auth: NonNullable<HttpTarget['auth']>): boolean {
-  const header = req.headers.authorization;
-  const match = header === undefined ? null : /^Basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(header);
-  if (!match) return false;
-  const decoded = Buffer.from(match[1]!, 'base64');
-  const colon = decoded.indexOf(0x3a);
-  if (colon < 0) return false;
-  // Both compared in full, so the time taken does not say which one was wrong.
-  const userOk = sameSecret(decoded.subarray(0, colon), auth.user);
-  const passwordOk = sameSecret(decoded.subarray(colon + 1), auth.password);
-  return userOk && passwordOk;
-}
-
 /** Request line and fields as the local service receives them, blank line included. */
 function requestHead(method: string, url: string, headers: readonly string[], version = '1.1'): string {
   let head = `${method} ${url} HTTP/${version}\r\n`;
@@ -293,7 +275,7 @@ export class HttpVhostRouter {
     const entry = asked.name === undefined ? undefined : this.opts.routes.lookup(asked.name, path);
     if (!entry) return { status: 404, text: NOT_FOUND };
     if (!entry.target) return { status: 502, text: OFFLINE };
-    if (entry.target.auth && !authorized(req, entry.target.auth)) {
+    if (entry.target.auth && !basicCredentialsMatch(req.headers.authorization, entry.target.auth)) {
       return {
         status: 401,
         text: AUTH_REQUIRED,
