@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import type { Stream } from '@porthole/mux';
 import {
+  CONNECTED_BYTE,
   type ConnectionTracker,
   encodeProxyHeader,
   formatPeerAddress,
@@ -224,6 +225,8 @@ export async function serveStream(
     // The visitor's real address, for services that read PROXY headers (nginx, HAProxy, Postfix...).
     socket.write(encodeProxyHeader(proxy.proxyProtocol, proxyEndpoints(header)));
   }
+  // A tcpmux visitor is waiting for the server's answer to its CONNECT: the service took the connection.
+  if (header.confirm_connect) stream.write(Buffer.of(CONNECTED_BYTE));
   // Looked up now, not before the connect: a reload meanwhile may have changed the limit.
   const budgets = bandwidth.budgets(proxies.get(proxy.name) ?? proxy);
   tracker.carry(stream, socket, {

@@ -148,21 +148,28 @@ const remoteBindField = z
 const KEY_TYPES: Record<string, readonly ProxyType[]> = {
   remote_port: ['tcp', 'udp'],
   remote_bind: ['tcp', 'udp'],
-  hosts: ['http', 'tls'],
-  subdomain: ['http', 'tls'],
+  hosts: ['http', 'tls', 'tcpmux'],
+  subdomain: ['http', 'tls', 'tcpmux'],
   locations: ['http'],
-  http_user: ['http'],
-  http_password: ['http'],
+  http_user: ['http', 'tcpmux'],
+  http_password: ['http', 'tcpmux'],
   host_header_rewrite: ['http'],
   request_headers: ['http'],
-  proxy_protocol: ['tcp', 'tls'],
-  max_connections: ['tcp', 'tls', 'http'],
+  proxy_protocol: ['tcp', 'tls', 'tcpmux'],
+  max_connections: ['tcp', 'tls', 'http', 'tcpmux'],
   udp_idle_timeout: ['udp'],
   max_flows: ['udp'],
-  group: ['tcp', 'udp', 'http', 'tls'],
-  health_check: ['tcp', 'http', 'tls'],
+  group: ['tcp', 'udp', 'http', 'tls', 'tcpmux'],
+  health_check: ['tcp', 'http', 'tls', 'tcpmux'],
   private: ['tcp', 'udp'],
+  multiplexer: ['tcpmux'],
 };
+
+/**
+ * frp's tcpmux proxies name how visitors choose them; "httpconnect" (an HTTP CONNECT request) is the one
+ * way, here as there, so a proxy copied from frpc.toml keeps its line.
+ */
+export const TCPMUX_MULTIPLEXERS = ['httpconnect'] as const;
 
 /** frp's healthCheck defaults: a check every 10 s, 3 s to answer, 3 failures in a row. */
 const HEALTH_CHECK_DEFAULTS = { interval: 10_000, timeout: 3_000, max_failed: 3 };
@@ -327,6 +334,7 @@ export const proxySchema = z
     serve_dotfiles: z.boolean({ error: expected('true or false') }).optional(),
     follow_outside_symlinks: z.boolean({ error: expected('true or false') }).optional(),
     private: z.boolean({ error: expected('true or false') }).optional(),
+    multiplexer: z.enum(TCPMUX_MULTIPLEXERS, { error: expected('"httpconnect"') }).optional(),
   })
   .superRefine((proxy, ctx) => {
     for (const [key, types] of Object.entries(KEY_TYPES)) {
@@ -396,7 +404,11 @@ export const proxySchema = z
         message: `required for a ${proxy.type} proxy: its port on the server, or 0 for one the server picks (or private = true for one only visitors reach)`,
       });
     }
-    if ((proxy.type === 'http' || proxy.type === 'tls') && !proxy.hosts?.length && !proxy.subdomain) {
+    if (
+      (proxy.type === 'http' || proxy.type === 'tls' || proxy.type === 'tcpmux') &&
+      !proxy.hosts?.length &&
+      !proxy.subdomain
+    ) {
       ctx.addIssue({
         code: 'custom',
         path: ['hosts'],
@@ -522,19 +534,20 @@ export interface ProxyConfig {
   remotePort?: number;
   /** tcp, udp: the address the server binds remotePort on; absent: its proxy_bind. */
   remoteBind?: string;
-  /** http, tls: hostnames (exact or "*.suffix") and/or a subdomain of the server's subdomain_host. */
+  /** http, tls, tcpmux: hostnames (exact or "*.suffix") and/or a subdomain of the server's subdomain_host. */
   hosts?: string[];
   subdomain?: string;
   /** http: path prefixes served (longest wins at the server). */
   locations?: string[];
+  /** http: basic auth; tcpmux: Proxy-Authorization on the CONNECT. Asked for by the server. */
   httpUser?: string;
   httpPassword?: string;
   hostHeaderRewrite?: string;
   requestHeaders?: Record<string, string>;
-  /** tcp, tls: write a PROXY protocol header to the local service before the visitor's bytes. */
+  /** tcp, tls, tcpmux: write a PROXY protocol header to the local service before the visitor's bytes. */
   proxyProtocol?: 'v1' | 'v2';
   /**
-   * tcp, tls: visitor connections open at once; http: upgraded (WebSocket) connections open at once. The
+   * tcp, tls, tcpmux: visitor connections open at once; http: upgraded (WebSocket) connections open at once. The
    * server caps it with proxy_max_connections.
    */
   maxConnections?: number;

@@ -101,7 +101,7 @@ test('every mistake is reported as source: key: reason', () => {
   ]);
   assert.deepEqual(
     problems(`${HEAD}[[proxies]]\nname = "u"\ntype = "ftp"\nlocal = "127.0.0.1:1"\nremote_port = 5\n`),
-    ['proxies[0] ("u").type: expected one of tcp, udp, http, tls'],
+    ['proxies[0] ("u").type: expected one of tcp, udp, http, tls, tcpmux'],
   );
   assert.deepEqual(problems(`${HEAD}reconnect_initial = "1m"\nreconnect_max = "1s"\n`), [
     'reconnect_max: must not be shorter than reconnect_initial',
@@ -199,7 +199,7 @@ test("remote_bind: an IP address for tcp and udp proxies, in a file and before a
   ]);
 });
 
-test('udp, http and tls proxies take their own keys, and say which key is wrong', () => {
+test('udp, http, tls and tcpmux proxies take their own keys, and say which key is wrong', () => {
   const file = write(
     `${HEAD}[[proxies]]\nname = "dns"\ntype = "udp"\nlocal = "127.0.0.1:53"\nremote_port = 5353\nudp_idle_timeout = "30s"\nmax_flows = 10\n` +
       `[[proxies]]\nname = "dns-tcp"\ntype = "tcp"\nlocal = "127.0.0.1:53"\nremote_port = 5353\nproxy_protocol = "v2"\nmax_connections = 64\n` +
@@ -230,7 +230,7 @@ test('udp, http and tls proxies take their own keys, and say which key is wrong'
   ]);
   assert.deepEqual(problems(`${HEAD}${http}hosts = ["a.test"]\nremote_port = 80\nproxy_protocol = "v1"\n`), [
     'proxies[0] ("w").remote_port: applies to tcp and udp proxies, not http',
-    'proxies[0] ("w").proxy_protocol: applies to tcp and tls proxies, not http',
+    'proxies[0] ("w").proxy_protocol: applies to tcp, tls and tcpmux proxies, not http',
   ]);
   assert.deepEqual(problems(`${HEAD}${http}hosts = ["bad host"]\n`), [
     'proxies[0] ("w").hosts[0]: invalid hostname "bad host" (labels are letters, digits and "-", not starting or ending with "-")',
@@ -242,12 +242,34 @@ test('udp, http and tls proxies take their own keys, and say which key is wrong'
   assert.deepEqual(problems(`${HEAD}${http}hosts = ["a.test"]\nrequest_headers = { Host = "x" }\n`), [
     'proxies[0] ("w").request_headers.Host: cannot be set here (use host_header_rewrite)',
   ]);
+  const tcpmux = '[[proxies]]\nname = "m"\ntype = "tcpmux"\nlocal = "unix:/run/sshd.sock"\n';
+  assert.deepEqual(problems(`${HEAD}${tcpmux}`), [
+    'proxies[0] ("m").hosts: a tcpmux proxy needs hosts or subdomain',
+  ]);
+  assert.deepEqual(problems(`${HEAD}${tcpmux}hosts = ["nas.test"]\nmultiplexer = "sni"\n`), [
+    'proxies[0] ("m").multiplexer: expected "httpconnect"',
+  ]);
+  assert.deepEqual(problems(`${HEAD}${tcpmux}hosts = ["nas.test"]\nlocations = ["/"]\n`), [
+    'proxies[0] ("m").locations: applies to http proxies, not tcpmux',
+  ]);
+  const mux = loadClientConfig(
+    write(
+      `${HEAD}${tcpmux}hosts = ["NAS.test"]\nmultiplexer = "httpconnect"\nhttp_user = "u"\nhttp_password = "p"\n`,
+    ),
+  ).proxies[0]!;
+  assert.deepEqual(proxySpecFields(mux), {
+    name: 'm',
+    type: 'tcpmux',
+    hosts: ['nas.test'],
+    http_user: 'u',
+    http_password: 'p',
+  });
   const udp = '[[proxies]]\nname = "u"\ntype = "udp"\nlocal = "127.0.0.1:1"\n';
   assert.deepEqual(problems(`${HEAD}${udp}`), [
     'proxies[0] ("u").remote_port: required for a udp proxy: its port on the server, or 0 for one the server picks (or private = true for one only visitors reach)',
   ]);
   assert.deepEqual(problems(`${HEAD}${udp}remote_port = 53\nmax_connections = 5\n`), [
-    'proxies[0] ("u").max_connections: applies to tcp, tls and http proxies, not udp',
+    'proxies[0] ("u").max_connections: applies to tcp, tls, http and tcpmux proxies, not udp',
   ]);
   const tcp = '[[proxies]]\nname = "t"\ntype = "tcp"\nlocal = "127.0.0.1:1"\nremote_port = 2222\n';
   assert.deepEqual(problems(`${HEAD}${tcp}max_connections = 0\n`), [

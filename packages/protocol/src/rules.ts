@@ -2,9 +2,12 @@ import { parseBindAddress } from './bind-address.js';
 import { parsePort } from './host-port.js';
 import { type LocalAddress, parseLocalAddress } from './local-address.js';
 
-/** tcp and udp proxies own a public port; http and tls proxies are reached by hostname on shared ports. */
-export type ProxyType = 'tcp' | 'udp' | 'http' | 'tls';
-export const PROXY_TYPES: readonly ProxyType[] = ['tcp', 'udp', 'http', 'tls'];
+/**
+ * tcp and udp proxies own a public port; http, tls and tcpmux proxies are reached by hostname on shared
+ * ports (tcpmux: a TCP service chosen by an HTTP CONNECT request on the server's [tcpmux] port).
+ */
+export type ProxyType = 'tcp' | 'udp' | 'http' | 'tls' | 'tcpmux';
+export const PROXY_TYPES: readonly ProxyType[] = ['tcp', 'udp', 'http', 'tls', 'tcpmux'];
 /** The types a quick-flag rule (REMOTE_PORT:LOCAL) can express. */
 export type PortProxyType = 'tcp' | 'udp';
 export const PORT_PROXY_TYPES: readonly PortProxyType[] = ['tcp', 'udp'];

@@ -22,8 +22,17 @@ export const streamHeaderSchema = z.object({
   udp_idle_timeout_ms: z.number().int().positive().optional(),
   /** A private proxy's connection: the visiting client's name (remote_addr is that client's address). */
   visitor: z.string().max(64).optional(),
+  /**
+   * tcpmux: the server answers the visitor's CONNECT only once the local service took the connection, so
+   * the client writes CONNECTED_BYTE first (before any of the service's bytes) when it has; a failed connect
+   * resets the stream as for any proxy. Only tcpmux proxies get it, which only clients that know it register.
+   */
+  confirm_connect: z.literal(true).optional(),
 });
 export type StreamHeader = z.infer<typeof streamHeaderSchema>;
+
+/** What the client writes on a `confirm_connect` stream once its local connect succeeded. */
+export const CONNECTED_BYTE = 0x01;
 
 /** Writes the header that precedes the raw bytes on a server-opened stream. */
 export function writeStreamHeader(stream: Writable, header: StreamHeader): boolean {

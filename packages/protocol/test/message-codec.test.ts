@@ -138,7 +138,7 @@ test('register entries are validated one by one: unknown fields dropped, a refus
   });
   assert.deepEqual(refused({ name: 'q', type: 'quic', remote_port: 443 }), {
     proxy: 'q',
-    reason: 'type: not a proxy type this server knows (tcp, udp, http, tls)',
+    reason: 'type: not a proxy type this server knows (tcp, udp, http, tls, tcpmux)',
   });
   assert.deepEqual(refused({ name: 'dns', type: 'udp', remote_port: 53, udp_idle_timeout_ms: 172_800_000 }), {
     proxy: 'dns',

@@ -104,7 +104,11 @@ test("a register entry the server cannot take (a newer client's type, a range pa
     type: 'register_result',
     results: [
       { proxy: 'web', ok: true, remote_addr: `127.0.0.1:${port}`, remote_port: port },
-      { proxy: 'quic', ok: false, reason: 'type: not a proxy type this server knows (tcp, udp, http, tls)' },
+      {
+        proxy: 'quic',
+        ok: false,
+        reason: 'type: not a proxy type this server knows (tcp, udp, http, tls, tcpmux)',
+      },
       { proxy: 'dns', ok: false, reason: 'udp_idle_timeout_ms: Too big: expected number to be <=86400000' },
       {
         proxy: 'register entry 4 (without a valid name)',
