@@ -286,6 +286,8 @@ export class ClientSession {
     /** The address it asked to be bound on, when that is not proxy_bind. */
     remoteBind: string | undefined;
     publicAddr: string;
+    /** The names it is routed by (http, tls, tcpmux), each once. */
+    hosts: string[];
     /** A private proxy's name for visitors, "owner/proxy". */
     service: string | undefined;
     udpStats: Readonly<UdpProxyStats> | undefined;
@@ -298,6 +300,7 @@ export class ClientSession {
       remotePort: spec.remote_port,
       remoteBind: customBindOf(this.ctx.config, spec),
       publicAddr: listener.address,
+      hosts: [...new Set((listener.claims ?? []).map((c) => c.host))],
       service: listener.service ? serviceName(this.name, spec.name) : undefined,
       udpStats: listener.udpStats,
       group: spec.group,
@@ -567,9 +570,9 @@ export class ClientSession {
     this.send({ type: 'register_result', results });
   }
 
-  /** The host routes an http or tls proxy would add (refusal() has checked that its claims are valid). */
+  /** The host routes an http, tls or tcpmux proxy would add (refusal() has checked that its claims are valid). */
   private routesOf(spec: ProxySpec): number {
-    if (spec.type !== 'http' && spec.type !== 'tls') return 0;
+    if (spec.type !== 'http' && spec.type !== 'tls' && spec.type !== 'tcpmux') return 0;
     const claims = claimsOf(spec, routingOf(this.ctx), this.hostGrant);
     return typeof claims === 'string' ? 0 : claims.length;
   }

@@ -219,7 +219,7 @@ export interface ServerConfig {
     failureWindow: number;
   };
   tls?: { cert: Buffer; key: Buffer };
-  /** subdomain_host, trusted_proxies, udp_*, [http], [https]; absent: defaults (no vhost ports). */
+  /** subdomain_host, trusted_proxies, udp_*, [http], [https], [tcpmux]; absent: defaults (no vhost ports). */
   routing?: RoutingConfig;
   /** The admin listener (JSON API, /metrics, status page); absent when there is no [admin] table. */
   admin?: { listen: HostPort; token: string };
@@ -335,6 +335,7 @@ function checkListenersApart(file: string, config: ServerConfig): void {
     ['listen', config.listen],
     ['http.listen', config.routing?.httpListen],
     ['https.listen', config.routing?.https?.listen],
+    ['tcpmux.listen', config.routing?.tcpmux?.listen],
     ['admin.listen', config.admin?.listen],
   ];
   for (let i = 0; i < listeners.length; i++) {

@@ -1,4 +1,4 @@
-// Registering udp, http and tls proxies: what a client may claim (ports, hostnames, locations) and the
+// Registering udp, http, tls and tcpmux proxies: what a client may claim (ports, hostnames, locations) and the
 // listeners and routes each one gets. tcp proxies are bound by ClientSession itself.
 import type { Session } from '@porthole/mux';
 import {
@@ -14,6 +14,7 @@ import {
   tlsNameRefusal,
   writeStreamHeader,
 } from '@porthole/protocol';
+import { basicCredentialsOf } from './basic-credentials.js';
 import type { ClientBandwidth } from './client-bandwidth.js';
 import type { ConnectionLimit, ConnectionLimits } from './connection-limit.js';
 import { groupRefusal } from './group-refusal.js';
@@ -27,6 +28,7 @@ import { bindUdpGroupMember, type PortHolder, portHolderRefusal } from './proxy-
 import { routingPath } from './request-path.js';
 import { defaultRoutingConfig, type RoutingConfig } from './routing-config.js';
 import type { ServerContext } from './server-context.js';
+import type { TcpmuxTarget } from './tcpmux-listener.js';
 import type { TlsTarget } from './tls-sni-listener.js';
 import { UdpProxyListener, type UdpProxyStats, type UdpTarget } from './udp-proxy-listener.js';
 
@@ -40,9 +42,12 @@ export interface RoutingState {
   readonly udpPorts: Map<number, PortHolder>;
   readonly httpRoutes: HostRoutes<HttpTarget>;
   readonly tlsRoutes: HostRoutes<TlsTarget>;
+  /** tcpmux names are a space of their own (as in frp): one name may be an http proxy's and a tcpmux one's. */
+  readonly tcpmuxRoutes: HostRoutes<TcpmuxTarget>;
   /** Bound addresses, once listening ("0.0.0.0:80"); undefined when the port is not configured. */
   httpAddress: string | undefined;
   httpsAddress: string | undefined;
+  tcpmuxAddress: string | undefined;
   /**
    * Largest response head taken from a service: set from max_header_size by the vhost ports when they
    * start (like the other [http] limits, a reload's new value waits for a restart).
@@ -55,8 +60,10 @@ export function createRoutingState(): RoutingState {
     udpPorts: new Map(),
     httpRoutes: new HostRoutes(),
     tlsRoutes: new HostRoutes(),
+    tcpmuxRoutes: new HostRoutes(),
     httpAddress: undefined,
     httpsAddress: undefined,
+    tcpmuxAddress: undefined,
     maxResponseHead: MAX_RESPONSE_HEAD,
   };
 }
@@ -148,7 +155,7 @@ function portOf(address: string | undefined): number | undefined {
   return Number(address.slice(address.lastIndexOf(':') + 1));
 }
 
-/** The names (and locations) an http or tls spec claims, or the reason it cannot claim them. */
+/** The names (and locations) an http, tls or tcpmux spec claims, or the reason it cannot claim them. */
 export function claimsOf(
   spec: ProxySpec,
   routing: RoutingConfig,
@@ -183,7 +190,7 @@ export function claimsOf(
     const refused = hostGrantRefusal(hostGrant, host);
     if (refused) return refused;
   }
-  if (spec.type === 'tls' && spec.locations !== undefined) return 'locations apply to http proxies only';
+  if (spec.type !== 'http' && spec.locations !== undefined) return 'locations apply to http proxies only';
   const locations = spec.type === 'http' ? (spec.locations ?? ['/']) : ['/'];
   for (const location of locations) {
     if (!/^\/[^\s?#]*$/.test(location)) {
@@ -200,7 +207,7 @@ export function claimsOf(
   return names.flatMap(({ host, tier }) => unique.map((location) => ({ host, tier, location })));
 }
 
-/** Why this udp, http or tls proxy cannot be registered for `owner`, or undefined. */
+/** Why this udp, http, tls or tcpmux proxy cannot be registered for `owner`, or undefined. */
 export function routedRefusal(ctx: ServerContext, owner: ProxyOwner, spec: ProxySpec): string | undefined {
   const routing = routingOf(ctx);
   const state = ctx.routing;
@@ -213,6 +220,7 @@ export function routedRefusal(ctx: ServerContext, owner: ProxyOwner, spec: Proxy
       return `port ${port} is outside the server's allow_ports (${ctx.config.allowPorts})`;
     return portHolderRefusal(`udp port ${port}`, state.udpPorts.get(port), owner, spec);
   }
+  if (spec.type === 'tcpmux') return tcpmuxRefusal(ctx, owner, spec);
   if (spec.type !== 'http' && spec.type !== 'tls') return `proxy type "${spec.type}" is not routed here`;
   if (spec.type === 'http' && routing.httpListen === undefined && routing.https === undefined) {
     return 'this server has no [http] or [https] listener for http proxies';
@@ -252,12 +260,38 @@ export function routedRefusal(ctx: ServerContext, owner: ProxyOwner, spec: Proxy
 }
 
 /**
+ * Why a tcpmux proxy cannot be registered. Its names are claimed as an http proxy's are (the token's hosts
+ * grant, wildcards, subdomains, other clients' names), in a table of their own.
+ */
+function tcpmuxRefusal(ctx: ServerContext, owner: ProxyOwner, spec: ProxySpec): string | undefined {
+  const routing = routingOf(ctx);
+  if (routing.tcpmux === undefined) return 'this server has no [tcpmux] port for tcpmux proxies';
+  if ((spec.http_user === undefined) !== (spec.http_password === undefined)) {
+    return 'http_user and http_password go together';
+  }
+  const claims = claimsOf(spec, routing, owner.hostGrant);
+  if (typeof claims === 'string') return claims;
+  const table = ctx.routing.tcpmuxRoutes;
+  const conflict = table.conflict(owner.name, spec.name, claims, spec.group, spec.type);
+  if (conflict) return conflict;
+  if (spec.group !== undefined) {
+    const auth = groupAuthRefusal(table, owner.name, spec, claims);
+    if (auth) return auth;
+  }
+  for (const claim of claims) {
+    const shadow = table.subdomainShadow(owner.name, claim);
+    if (shadow) return shadow;
+  }
+  return undefined;
+}
+
+/**
  * Why an http group member may not join the members already on its names: they take the requests in turn,
  * so one without the others' http_user/http_password would let every other request in without a password.
  * Said without the user or password; undefined when they match, or it is the first.
  */
 function groupAuthRefusal(
-  routes: HostRoutes<HttpTarget>,
+  routes: HostRoutes<{ auth: HttpTarget['auth'] }>,
   client: string,
   spec: ProxySpec,
   claims: readonly HostClaim[],
@@ -286,7 +320,7 @@ function groupAuthRefusal(
   return undefined;
 }
 
-/** Binds a udp, http or tls proxy (check routedRefusal first); rejects with the reason for the client. */
+/** Binds a udp, http, tls or tcpmux proxy (check routedRefusal first); rejects with the reason for the client. */
 export async function bindRoutedProxy(
   ctx: ServerContext,
   owner: ProxyOwner,
@@ -389,6 +423,29 @@ export async function bindRoutedProxy(
     });
   }
 
+  if (spec.type === 'tcpmux') {
+    const target: TcpmuxTarget = {
+      client: owner.name,
+      proxy: spec.name,
+      session: owner.session,
+      limit: connectionLimitFor(ctx, owner, spec),
+      bandwidth: owner.bandwidth,
+      auth: basicCredentialsOf(spec),
+    };
+    const tcpmuxPort = portOf(state.tcpmuxAddress);
+    return bindHostRoutes({
+      table: state.tcpmuxRoutes,
+      owner,
+      spec,
+      target,
+      claims,
+      address: state.tcpmuxAddress ?? '',
+      // Not a URL a browser opens: the name to CONNECT to, and the port of the server that takes it.
+      urlsOf: (routed) => routed.map((c) => `tcpmux://${c.host}${tcpmuxPort ? `:${tcpmuxPort}` : ''}`),
+      free: () => target.limit.close(),
+    });
+  }
+
   const publicAddr = state.httpAddress ?? state.httpsAddress;
   const upgrades = connectionLimitFor(ctx, owner, spec);
   // Requests that had to wait are worth an operator's look (raise max_streams_per_proxy, or the proxy's
@@ -419,10 +476,7 @@ export async function bindRoutedProxy(
     openStream: (visitor) => header(visitor, publicAddr),
     upgrades,
     bandwidth: owner.bandwidth,
-    auth:
-      spec.http_user === undefined || spec.http_password === undefined
-        ? undefined
-        : { user: Buffer.from(spec.http_user), password: Buffer.from(spec.http_password) },
+    auth: basicCredentialsOf(spec),
     hostHeaderRewrite: spec.host_header_rewrite,
     // The X-Forwarded-* headers are the server's to set: a client cannot forge them for its visitors.
     requestHeaders: Object.entries(spec.request_headers ?? {})

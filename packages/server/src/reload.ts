@@ -47,6 +47,9 @@ function restartOnlyChanges(running: ServerConfig, next: ServerConfig): string[]
   const httpsOf = (h: NonNullable<ServerConfig['routing']>['https']) =>
     h ? JSON.stringify([listenOf(h.listen), h.defaultHost, h.handshakeTimeout, h.maxClientHelloSize]) : '';
   if (httpsOf(r?.https) !== httpsOf(n?.https)) changed.push('https');
+  const tcpmuxOf = (t: NonNullable<ServerConfig['routing']>['tcpmux']) =>
+    t ? JSON.stringify([listenOf(t.listen), t.handshakeTimeout]) : '';
+  if (tcpmuxOf(r?.tcpmux) !== tcpmuxOf(n?.tcpmux)) changed.push('tcpmux');
   return changed;
 }
 
@@ -132,6 +135,7 @@ export function reloadServer(
       ...loaded.routing,
       httpListen: running.routing.httpListen,
       httpLimits: running.routing.httpLimits,
+      tcpmux: running.routing.tcpmux,
       https:
         renewing && running.routing.https && loaded.routing.https
           ? { ...running.routing.https, certs: loaded.routing.https.certs }
@@ -180,5 +184,6 @@ export function reloadServer(
     (e.token !== undefined && next.auth.revoked.has(e.token)) || (subdomainMoved && e.tier === 'subdomain');
   ctx.routing.httpRoutes.forgetOffline(unclaimable);
   ctx.routing.tlsRoutes.forgetOffline(unclaimable);
+  ctx.routing.tcpmuxRoutes.forgetOffline(unclaimable);
   return summary;
 }

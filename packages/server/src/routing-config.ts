@@ -1,5 +1,5 @@
-// The server.toml keys of hostname routing and UDP: subdomain_host, trusted_proxies, udp_*, [http] and
-// [https]. Kept apart from config.ts so that file only spreads these in.
+// The server.toml keys of hostname routing and UDP: subdomain_host, trusted_proxies, udp_*, [http],
+// [https] and [tcpmux]. Kept apart from config.ts so that file only spreads these in.
 import {
   ConfigError,
   durationAboveZero,
@@ -110,6 +110,17 @@ export const routingConfigShape = {
       { error: expected('an [https] table with listen') },
     )
     .optional(),
+  tcpmux: z
+    .strictObject(
+      {
+        listen: hostPortField({ allowZero: true }),
+        handshake_timeout: durationAboveZero(
+          'close every connection whose CONNECT request is not there within 1 ms',
+        ).prefault('10s'),
+      },
+      { error: expected('a [tcpmux] table with listen') },
+    )
+    .optional(),
 };
 
 type RawRouting = z.output<z.ZodObject<typeof routingConfigShape>>;
@@ -134,6 +145,8 @@ export interface RoutingConfig {
         certs: TlsCertStore;
       }
     | undefined;
+  /** The HTTP CONNECT port of tcpmux proxies; absent: none (tcpmux proxies are refused). */
+  tcpmux: { listen: HostPort; handshakeTimeout: number } | undefined;
 }
 
 export function defaultRoutingConfig(): RoutingConfig {
@@ -153,6 +166,7 @@ export function defaultRoutingConfig(): RoutingConfig {
     },
     maxStreamsPerProxy: 256,
     https: undefined,
+    tcpmux: undefined,
   };
 }
 
@@ -208,6 +222,9 @@ export function loadRoutingConfig(
       maxClientHelloSize: raw.https.max_client_hello_size,
       certs,
     };
+  }
+  if (raw.tcpmux) {
+    config.tcpmux = { listen: raw.tcpmux.listen, handshakeTimeout: raw.tcpmux.handshake_timeout };
   }
   return config;
 }

@@ -15,6 +15,8 @@ export interface ProxyView {
   remote_bind?: string;
   /** Where visitors connect, e.g. "0.0.0.0:2222"; "private owner/proxy" for a private proxy. */
   public_addr: string;
+  /** http, tls and tcpmux proxies: the names visitors ask for on public_addr; [] for the others. */
+  hosts: string[];
   /** A private proxy's name for visiting clients ("homelab/ssh"); absent for a public one. */
   service?: string;
   /** Open now: connections, and for http proxies requests in flight, for udp proxies flows. */
@@ -129,6 +131,7 @@ export class ServerStatus {
               remote_port: p.remotePort ?? null,
               ...(p.remoteBind === undefined ? {} : { remote_bind: p.remoteBind }),
               public_addr: p.publicAddr,
+              hosts: p.hosts,
               ...(p.service === undefined ? {} : { service: p.service }),
               open_connections: t?.open ?? 0,
               connections_total: t?.connections ?? 0,

@@ -245,7 +245,8 @@ export const STATUS_PAGE_JS = `'use strict';
       cell(tr, p.client);
       cell(tr, p.group ? p.name + ' (group ' + p.group + ')' : p.name, 'name');
       cell(tr, p.type);
-      cell(tr, p.public_addr, 'addr');
+      // A routed proxy's names, then the port they are asked for on.
+      cell(tr, p.hosts && p.hosts.length ? p.hosts.join(', ') + ' via ' + p.public_addr : p.public_addr, 'addr');
       cell(tr, String(p.open_connections), 'num open');
       cell(tr, String(p.connections_total), 'num total');
       cell(tr, formatBytes(p.bytes_in), 'num bytes-in').title = p.bytes_in + ' bytes';

@@ -1,5 +1,6 @@
-// The shared public ports of a server: [http] listen (virtual hosts) and [https] listen (SNI passthrough
-// or termination). Wires the route tables, the HTTP router and the two listeners together.
+// The shared public ports of a server: [http] listen (virtual hosts), [https] listen (SNI passthrough
+// or termination) and [tcpmux] listen (HTTP CONNECT). Wires the route tables, the HTTP router and the
+// listeners together.
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { maxResponseHead } from './http-upstream-connection.js';
@@ -8,6 +9,7 @@ import { HttpVhostServer, maxHeaderFields } from './http-vhost-server.js';
 import type { PendingConnections } from './pending-connections.js';
 import { defaultRoutingConfig } from './routing-config.js';
 import type { ServerContext } from './server-context.js';
+import { TcpmuxListener } from './tcpmux-listener.js';
 import type { TlsCertStore } from './tls-cert-store.js';
 import { TlsSniListener } from './tls-sni-listener.js';
 import type { TrustedProxies } from './trusted-proxies.js';
@@ -15,6 +17,7 @@ import type { TrustedProxies } from './trusted-proxies.js';
 export class VhostPorts {
   private readonly vhost: HttpVhostServer;
   private readonly sni: TlsSniListener | undefined;
+  private readonly tcpmux: TcpmuxListener | undefined;
 
   constructor(
     private readonly ctx: ServerContext,
@@ -64,9 +67,19 @@ export class VhostPorts {
         pending,
       });
     }
+    if (routing.tcpmux) {
+      this.tcpmux = new TcpmuxListener({
+        listen: routing.tcpmux.listen,
+        routes: ctx.routing.tcpmuxRoutes,
+        logger: ctx.logger,
+        tracker: ctx.tracker,
+        handshakeTimeoutMs: routing.tcpmux.handshakeTimeout,
+        pending,
+      });
+    }
   }
 
-  /** Opens the configured ports (logging "http listening" / "https listening" with the bound address). */
+  /** Opens the configured ports (logging "http listening", "https listening", "tcpmux listening" with the bound address). */
   async start(): Promise<void> {
     const { logger } = this.ctx;
     const httpAddress = await this.vhost.listenHttp();
@@ -79,6 +92,11 @@ export class VhostPorts {
       this.ctx.routing.httpsAddress = httpsAddress;
       const certs = this.ctx.config.routing?.https?.certs.names ?? [];
       logger.info({ addr: httpsAddress, certs }, 'https listening');
+    }
+    if (this.tcpmux) {
+      const tcpmuxAddress = await this.tcpmux.listen();
+      this.ctx.routing.tcpmuxAddress = tcpmuxAddress;
+      logger.info({ addr: tcpmuxAddress }, 'tcpmux listening');
     }
   }
 
@@ -94,6 +112,7 @@ export class VhostPorts {
 
   stopAccepting(): void {
     this.sni?.stopAccepting();
+    this.tcpmux?.stopAccepting();
     this.vhost.stopAccepting();
   }
 
