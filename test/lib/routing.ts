@@ -143,6 +143,8 @@ export interface RoutedServerOptions {
   http?: Record<string, TomlValue | undefined> | false;
   /** The [https] table (listen defaults to 127.0.0.1:0) and its [[https.certs]]. */
   https?: { certs: CertFiles[]; keys?: Record<string, TomlValue | undefined> };
+  /** The [tcpmux] table (listen defaults to 127.0.0.1:0). */
+  tcpmux?: Record<string, TomlValue | undefined>;
   /** The control endpoint's own [tls] certificate. */
   tls?: CertFiles;
   /** An [admin] table (JSON API and /metrics); the server's `adminUrl` says where. */
@@ -156,6 +158,7 @@ export interface RoutedServerOptions {
 export interface RoutedServer extends RunningServer {
   httpPort: number | undefined;
   httpsPort: number | undefined;
+  tcpmuxPort: number | undefined;
 }
 
 export async function startRoutedServer(h: Harness, opts: RoutedServerOptions = {}): Promise<RoutedServer> {
@@ -179,6 +182,7 @@ export async function startRoutedServer(h: Harness, opts: RoutedServerOptions = 
       parts.push('[[https.certs]]', tomlLines({ cert_file: pair.cert, key_file: pair.key }));
     }
   }
+  if (opts.tcpmux) parts.push('[tcpmux]', tomlLines({ listen: '127.0.0.1:0', ...opts.tcpmux }));
   if (opts.tls) parts.push('[tls]', tomlLines({ cert_file: opts.tls.cert, key_file: opts.tls.key }));
   parts.push(...(await adminTableLines(h, opts.admin)), '');
   const configPath = await h.file(`${unique('server')}.toml`, parts.join('\n'));
@@ -194,10 +198,12 @@ export async function startRoutedServer(h: Harness, opts: RoutedServerOptions = 
   const running = await startServer(h, config, opts.name ?? 'server');
   const httpLine = running.proc.logsWithMsg('http listening')[0];
   const httpsLine = running.proc.logsWithMsg('https listening')[0];
+  const tcpmuxLine = running.proc.logsWithMsg('tcpmux listening')[0];
   return {
     ...running,
     httpPort: httpLine ? portOf(httpLine.addr) : undefined,
     httpsPort: httpsLine ? portOf(httpsLine.addr) : undefined,
+    tcpmuxPort: tcpmuxLine ? portOf(tcpmuxLine.addr) : undefined,
   };
 }
 
@@ -214,10 +220,11 @@ export async function issueRoutedToken(
 }
 
 /** One [[proxies]] table: name, type, local and any other keys. */
-export type RoutedProxy = { name: string; type: 'tcp' | 'udp' | 'http' | 'tls'; local: string } & Record<
-  string,
-  TomlValue
->;
+export type RoutedProxy = {
+  name: string;
+  type: 'tcp' | 'udp' | 'http' | 'tls' | 'tcpmux';
+  local: string;
+} & Record<string, TomlValue>;
 
 export interface RoutedClientOptions {
   server: string;

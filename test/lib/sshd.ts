@@ -60,26 +60,41 @@ export function sshRun(
   input?: Buffer,
   timeoutMs = 30_000,
 ): Promise<RunResult> {
-  return run(
-    'ssh',
-    [
-      '-i',
-      sshd.keyPath,
-      '-p',
-      String(port),
-      '-o',
-      'StrictHostKeyChecking=no',
-      '-o',
-      'UserKnownHostsFile=/dev/null',
-      '-o',
-      'BatchMode=yes',
-      '-o',
-      'ConnectTimeout=10',
-      '-o',
-      'LogLevel=ERROR',
-      'root@127.0.0.1',
-      command,
-    ],
-    { timeoutMs, input },
-  );
+  return run('ssh', [...sshOptions(sshd), '-p', String(port), 'root@127.0.0.1', command], {
+    timeoutMs,
+    input,
+  });
+}
+
+/**
+ * Log in as root at `host` (a name, not resolved: the ProxyCommand carries it), reached through
+ * `proxyCommand` (ssh's %h and %p in it), and run `command`.
+ */
+export function sshRunVia(
+  sshd: Sshd,
+  host: string,
+  proxyCommand: string,
+  command: string,
+  input?: Buffer,
+  timeoutMs = 30_000,
+): Promise<RunResult> {
+  const args = [...sshOptions(sshd), '-o', `ProxyCommand=${proxyCommand}`, '-p', String(sshd.port)];
+  return run('ssh', [...args, `root@${host}`, command], { timeoutMs, input });
+}
+
+function sshOptions(sshd: Sshd): string[] {
+  return [
+    '-i',
+    sshd.keyPath,
+    '-o',
+    'StrictHostKeyChecking=no',
+    '-o',
+    'UserKnownHostsFile=/dev/null',
+    '-o',
+    'BatchMode=yes',
+    '-o',
+    'ConnectTimeout=10',
+    '-o',
+    'LogLevel=ERROR',
+  ];
 }
