@@ -240,17 +240,26 @@ test('tcpmux: http_user/http_password ask for Proxy-Authorization (407 without o
   });
 });
 
-test('tcpmux: unknown names get 404, other methods 405, malformed requests 400', async (t) => {
+test('tcpmux: unknown names get 404, other methods 405, malformed requests 400, a service down 502', async (t) => {
   await withHarness(t, async (h) => {
     const echo = await startEchoService(h);
+    const nobodyListens = await freePort();
     const server = await startTcpmuxServer(h);
-    const token = await issueRoutedToken(server, { name: 'homelab', hosts: ['echo.test'] });
+    const token = await issueRoutedToken(server, { name: 'homelab', hosts: ['echo.test', 'down.test'] });
     await startRoutedClient(h, {
       server: server.url,
       token,
-      proxies: [{ name: 'echo', type: 'tcpmux', local: `127.0.0.1:${echo}`, hosts: ['echo.test'] }],
+      proxies: [
+        { name: 'echo', type: 'tcpmux', local: `127.0.0.1:${echo}`, hosts: ['echo.test'] },
+        { name: 'down', type: 'tcpmux', local: `127.0.0.1:${nobodyListens}`, hosts: ['down.test'] },
+      ],
     });
     const port = server.tcpmuxPort;
+    // Never a 200 for a tunnel that did not open: the client's local connect was refused.
+    assert.match(
+      await exchange(port, 'CONNECT down.test:22 HTTP/1.1\r\n\r\n'),
+      /^HTTP\/1\.1 502 Bad Gateway\r\n/,
+    );
     assert.match(
       await exchange(port, 'CONNECT nobody.test:22 HTTP/1.1\r\n\r\n'),
       /^HTTP\/1\.1 404 Not Found\r\n/,
