@@ -27,7 +27,7 @@ import { DirectoryServer } from './directory-server.js';
 import { ProxyHealthChecks } from './health-check.js';
 import { PendingLocalConnects, serveStream } from './local-connector.js';
 import { LocalFailureLog } from './local-failure-log.js';
-import { describeLocal, picksPort, proxySpecFields } from './proxy-config.js';
+import { describeProxyLocal, picksPort, proxySpecFields } from './proxy-config.js';
 import { Backoff } from './reconnect.js';
 import { changedDialProxyKeys, dialProxyChanged, diffProxies, needsReconnect } from './reload.js';
 import { boundElsewhere } from './remote-bind-check.js';
@@ -676,7 +676,7 @@ export class PortholeClient {
         this.logger.debug({ proxy: result.proxy, ok: result.ok }, 'result for a proxy no longer configured');
         continue;
       }
-      const local = describeLocal(proxy.local);
+      const local = describeProxyLocal(proxy);
       // An older server does not say the port; it bound the one the proxy names.
       const remotePort = result.remote_port ?? (picksPort(proxy) ? undefined : proxy.remotePort);
       const reason = result.ok ? undefined : refusalReason(proxy, result.reason);

@@ -34,6 +34,7 @@ import {
   parseProxyUrl,
   proxyFromEnvironment,
 } from './dial-proxy.js';
+import type { LocalTls } from './local-tls.js';
 import {
   isDirectoryLocal,
   isUnixSocketLocal,
@@ -292,12 +293,37 @@ function fileProxy(source: string, raw: RawProxy, index: number, warnings: strin
     const at = { source, key: `proxies${elementLabel(index, raw)}.local` };
     proxy.local = { path: resolveSocketPath(at, proxy.local.path) };
   }
+  if (proxy.localTls)
+    readLocalTlsFiles(source, `proxies${elementLabel(index, raw)}.local_tls`, proxy.localTls, warnings);
   if (isDirectoryLocal(proxy.local)) {
     // Not checked for being there: a disk mounted later, or a directory made after the client starts, is fine.
     const at = { source, key: `proxies${elementLabel(index, raw)}.local` };
     proxy.local = { dir: resolvePath(at, proxy.local.dir) };
   }
   return proxy;
+}
+
+/**
+ * A proxy's local_tls: its ca_file read (resolved next to the config file) and checked for a certificate;
+ * insecure_skip_verify said as the warning it is, at start and on each reload.
+ */
+function readLocalTlsFiles(source: string, key: string, tls: LocalTls, warnings: string[]): void {
+  if (tls.insecureSkipVerify)
+    warnings.push(
+      `${key}.insecure_skip_verify: the local service's certificate is not checked, so whoever can reach the network between this client and the service can pose as it; pin it with fingerprint or trust it with ca_file instead`,
+    );
+  if (tls.caFile === undefined) return;
+  const at = { source, key: `${key}.ca_file` };
+  const path = resolvePath(at, tls.caFile);
+  tls.caFile = path;
+  tls.ca = readConfigFile(source, at.key, path);
+  // Given to TLS unchecked, any other file failed each connect as "not signed by the CA in ca_file".
+  if (!firstPemCertificate(tls.ca))
+    throw ConfigError.at(
+      source,
+      at.key,
+      `${path} is not a PEM certificate${heldInsteadHint(tls.ca, 'PRIVATE KEY', "ca_file is the service's certificate (or its CA's), not its key")}`,
+    );
 }
 
 /** The flag that sets each key a flag can set. */

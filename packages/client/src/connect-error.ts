@@ -3,6 +3,17 @@
 import { isUnixSocketAddress, type LocalAddress } from '@porthole/protocol';
 
 /**
+ * Node's codes for a certificate that no CA the client trusts has signed (the server's, or a local service's
+ * behind local_tls), and how each comes about with a private CA or none.
+ */
+export const UNTRUSTED_CERTIFICATE = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE', // "unable to verify the first certificate": the server sent its own alone
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', // it sent an intermediate too, but the root is not trusted here
+  'SELF_SIGNED_CERT_IN_CHAIN', // it sent the private CA's certificate along
+  'DEPTH_ZERO_SELF_SIGNED_CERT', // its certificate is self-signed
+]);
+
+/**
  * Node's own message, "connect ECONNREFUSED 127.0.0.1:7000", which names the address. A name with several
  * addresses (a VPS with AAAA and A records, `localhost` as ::1 and 127.0.0.1) is tried address by address
  * (Node 20's autoSelectFamily), and when every one fails the error is an AggregateError with an empty message

@@ -1,6 +1,10 @@
 import { openWebSocket, type WebSocketStream, WebSocketUpgradeError } from '@porthole/mux';
 import { DEFAULT_CONTROL_PATH } from '@porthole/protocol';
-import { describeConnectError, describeTunnelClosedUnanswered } from './connect-error.js';
+import {
+  describeConnectError,
+  describeTunnelClosedUnanswered,
+  UNTRUSTED_CERTIFICATE,
+} from './connect-error.js';
 import { type DialProxy, describeDialProxy } from './dial-proxy.js';
 import { openProxyTunnel, ProxyTunnelError } from './proxy-tunnel.js';
 import { retryAfterMs } from './reconnect.js';
@@ -88,17 +92,6 @@ function hintFor(server: string, message: string, status?: number): string {
   }
   return '';
 }
-
-/**
- * Node's codes for a server certificate that no CA the client trusts has signed, and how each comes about
- * with a private CA or none.
- */
-const UNTRUSTED_CERTIFICATE = new Set([
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE', // "unable to verify the first certificate": the server sent its own alone
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', // it sent an intermediate too, but the root is not trusted here
-  'SELF_SIGNED_CERT_IN_CHAIN', // it sent the private CA's certificate along
-  'DEPTH_ZERO_SELF_SIGNED_CERT', // its certificate is self-signed
-]);
 
 /**
  * What to check when the server's certificate was refused, said next to Node's terse reason: the CA (ca_file,

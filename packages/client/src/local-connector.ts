@@ -19,7 +19,7 @@ import type { DirectoryServer } from './directory-server.js';
 import { PairEnd } from './duplex-pair.js';
 import { connectLocal, LOCAL_CONNECT_TIMEOUT_MS, StreamGone } from './local-connect.js';
 import type { LocalFailureLog } from './local-failure-log.js';
-import { describeLocal, isDirectoryLocal, isSocks5Local } from './proxy-config.js';
+import { describeProxyLocal, isDirectoryLocal, isSocks5Local } from './proxy-config.js';
 import { boundElsewhere } from './remote-bind-check.js';
 import { openSocksDestination, SocksRequestFailed } from './socks-connector.js';
 import { type OpenUdpFlows, serveUdpFlow } from './udp-forwarder.js';
@@ -149,7 +149,7 @@ export async function serveStream(
     stream.destroy();
     return;
   }
-  const local = describeLocal(proxy.local);
+  const local = describeProxyLocal(proxy);
   if (proxy.type === 'udp') {
     stream.off('error', swallow);
     await serveUdpFlow(stream, header, proxy, logger, failures, udpFlows, bandwidth.budgets(proxy));
@@ -200,7 +200,16 @@ export async function serveStream(
         timeoutMs === LOCAL_CONNECT_TIMEOUT_MS
           ? ''
           : ` (a connect past ${MAX_PENDING_LOCAL_CONNECTS} pending ones, as in a burst of visitors)`;
-      socket = await connectLocal(proxy.local, stream, timeoutMs, why);
+      // The visitor's real address, for services that read PROXY headers (nginx, HAProxy, Postfix...): in
+      // clear, before local_tls's handshake, as they expect it.
+      const preface =
+        proxy.proxyProtocol !== undefined && proxy.type !== 'http'
+          ? encodeProxyHeader(proxy.proxyProtocol, proxyEndpoints(header))
+          : undefined;
+      socket = await connectLocal(proxy.local, stream, timeoutMs, why, {
+        ...(preface ? { preface } : {}),
+        ...(proxy.localTls ? { tls: proxy.localTls } : {}),
+      });
     }
   } catch (err) {
     if (err instanceof SocksRequestFailed) {
@@ -220,10 +229,6 @@ export async function serveStream(
   if (stream.destroyed) {
     socket.destroy();
     return;
-  }
-  if (proxy.proxyProtocol !== undefined && proxy.type !== 'http') {
-    // The visitor's real address, for services that read PROXY headers (nginx, HAProxy, Postfix...).
-    socket.write(encodeProxyHeader(proxy.proxyProtocol, proxyEndpoints(header)));
   }
   // A tcpmux visitor is waiting for the server's answer to its CONNECT: the service took the connection.
   if (header.confirm_connect) stream.write(Buffer.of(CONNECTED_BYTE));

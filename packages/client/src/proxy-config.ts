@@ -32,6 +32,7 @@ import {
 } from '@porthole/protocol';
 import { z } from 'zod';
 import type { HealthCheckConfig } from './health-check.js';
+import { type LocalTls, localTlsField, toLocalTls } from './local-tls.js';
 import type { SocksCredentials } from './socks5.js';
 
 const hostField = z.string({ error: expected('a hostname') }).transform((text, ctx) => {
@@ -95,6 +96,12 @@ export function isUnixSocketLocal(local: ProxyLocal): local is UnixSocketAddress
 export function describeLocal(local: ProxyLocal): string {
   if (isSocks5Local(local)) return SOCKS5_LOCAL;
   return isDirectoryLocal(local) ? `${DIR_PREFIX}${local.dir}` : formatLocalAddress(local);
+}
+
+/** A proxy's `local` as log lines and status show it: describeLocal's, "127.0.0.1:8006 (tls)" with local_tls. */
+export function describeProxyLocal(proxy: Pick<ProxyConfig, 'local' | 'localTls'>): string {
+  const local = describeLocal(proxy.local);
+  return proxy.localTls ? `${local} (tls)` : local;
 }
 
 /**
@@ -335,6 +342,7 @@ export const proxySchema = z
     follow_outside_symlinks: z.boolean({ error: expected('true or false') }).optional(),
     private: z.boolean({ error: expected('true or false') }).optional(),
     multiplexer: z.enum(TCPMUX_MULTIPLEXERS, { error: expected('"httpconnect"') }).optional(),
+    local_tls: localTlsField.optional(),
   })
   .superRefine((proxy, ctx) => {
     for (const [key, types] of Object.entries(KEY_TYPES)) {
@@ -348,6 +356,7 @@ export const proxySchema = z
     }
     checkSocks(proxy, ctx);
     checkDirectory(proxy, ctx);
+    checkLocalTls(proxy, ctx);
     if (proxy.group !== undefined && proxy.remote_port === PICKED_PORT) {
       ctx.addIssue({
         code: 'custom',
@@ -522,6 +531,34 @@ function checkDirectory(
     );
 }
 
+/**
+ * local_tls: TLS from the client to one service at host:port, for tcp and http proxies. A tls proxy passes
+ * the visitor's own TLS through, end to end, so a second layer would be refused by the service.
+ */
+function checkLocalTls(
+  proxy: { type: ProxyType; local: ProxyLocal; local_tls?: unknown },
+  ctx: z.RefinementCtx,
+): void {
+  if (proxy.local_tls === undefined || proxy.local_tls === false) return;
+  const issue = (message: string) => ctx.addIssue({ code: 'custom', path: ['local_tls'], message });
+  if (proxy.type === 'tls') {
+    issue(
+      "a tls proxy passes the visitor's TLS through to the service untouched, so the service already speaks TLS with the visitor: leave local_tls out (or use an http proxy, whose server ends the visitor's TLS)",
+    );
+    return;
+  }
+  if (proxy.type !== 'tcp' && proxy.type !== 'http') {
+    issue(`applies to tcp and http proxies, not ${proxy.type}`);
+    return;
+  }
+  if (isSocks5Local(proxy.local))
+    issue('a socks5 proxy has no one local service to speak TLS to: its visitors choose where they go');
+  else if (isDirectoryLocal(proxy.local))
+    issue('a directory is served by the client itself: there is no local service to speak TLS to');
+  else if (isUnixSocketAddress(proxy.local))
+    issue('applies to a local service at "host:port", not a Unix socket');
+}
+
 export interface ProxyConfig {
   name: string;
   type: ProxyType;
@@ -566,6 +603,8 @@ export interface ProxyConfig {
   healthCheck?: HealthCheckConfig;
   /** tcp: no public port; reached only by other clients' [[visitors]] as "CLIENT/NAME". */
   private?: boolean;
+  /** tcp, http with a host:port local: the client speaks TLS to the local service. */
+  localTls?: LocalTls;
 }
 
 export interface DirectorySettings {
@@ -613,6 +652,8 @@ export function toProxyConfig(raw: RawProxy): ProxyConfig {
     };
   }
   if (raw.private === true) proxy.private = true;
+  const localTls = toLocalTls(raw.local_tls);
+  if (localTls) proxy.localTls = localTls;
   if (isSocks5Local(raw.local)) {
     const socks: SocksSettings = {};
     // socks_password_file is read by the config loader, which knows where the file is.

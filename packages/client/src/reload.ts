@@ -8,13 +8,13 @@ export interface ProxyDiff {
   removed: string[];
   /**
    * What the server sees changed (type, remote_port...): unregister, then register again. Also an http
-   * proxy's local address: the server keeps its tunnel streams alive between requests, and only a new
-   * registration lets those to the old service go.
+   * proxy's local address or local_tls: the server keeps its tunnel streams alive between requests, and only
+   * a new registration lets those to the old service go.
    */
   changed: string[];
   /**
-   * The local address changed on a proxy whose listener the server keeps (nothing else changed, or
-   * `samePort`): new connections go to the new address; a udp proxy's open flows end.
+   * The local address (or local_tls) changed on a proxy whose listener the server keeps (nothing else
+   * changed, or `samePort`): new connections go to the new address; a udp proxy's open flows end.
    */
   localChanged: string[];
   /**
@@ -42,6 +42,14 @@ function keepsPort(old: ProxyConfig, next: ProxyConfig): boolean {
   );
 }
 
+/**
+ * Where and how a proxy reaches its local service: the address, and local_tls's settings (a new ca_file's
+ * contents too), which apply from the next connection as a new address does.
+ */
+function localKey(proxy: ProxyConfig): string {
+  return JSON.stringify([proxy.local, proxy.localTls]);
+}
+
 /** Compares the running proxies with a new config's, by name. */
 export function diffProxies(
   running: ReadonlyMap<string, ProxyConfig>,
@@ -58,9 +66,9 @@ export function diffProxies(
       diff.changed.push(proxy.name);
       if (keepsPort(old, proxy)) {
         diff.samePort.push(proxy.name);
-        if (JSON.stringify(old.local) !== JSON.stringify(proxy.local)) diff.localChanged.push(proxy.name);
+        if (localKey(old) !== localKey(proxy)) diff.localChanged.push(proxy.name);
       }
-    } else if (JSON.stringify(old.local) !== JSON.stringify(proxy.local))
+    } else if (localKey(old) !== localKey(proxy))
       (proxy.type === 'http' ? diff.changed : diff.localChanged).push(proxy.name);
   }
   return diff;

@@ -1,7 +1,7 @@
 import { type ConnectionTracker, type ProcessResources, processResources } from '@porthole/protocol';
 import type { ProxyConfig } from './config.js';
 import { urlWithoutUserinfo } from './dialer.js';
-import { describeLocal } from './proxy-config.js';
+import { describeProxyLocal } from './proxy-config.js';
 import type { OpenUdpFlows } from './udp-forwarder.js';
 import { describeBind } from './visitor-config.js';
 import type { Visitor } from './visitor-listener.js';
@@ -206,7 +206,7 @@ export class SessionStatus {
         return {
           name: proxy.name,
           type: proxy.type,
-          local: describeLocal(proxy.local),
+          local: describeProxyLocal(proxy),
           remote_port: ('remotePort' in state ? state.remotePort : undefined) ?? proxy.remotePort,
           ...(proxy.remoteBind === undefined ? {} : { remote_bind: proxy.remoteBind }),
           state: state.state,
