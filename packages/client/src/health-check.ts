@@ -3,7 +3,7 @@
 // the server, so a group's other members take the visitors (or, alone, visitors find nothing rather than a
 // dead service); it keeps checking and registers the proxy again after one success.
 import { request } from 'node:http';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import {
   formatDuration,
   formatLocalAddress,
@@ -11,6 +11,7 @@ import {
   type LocalAddress,
   type Logger,
 } from '@porthole/protocol';
+import { type LocalTls, startLocalTls } from './local-tls.js';
 import { isDirectoryLocal, isSocks5Local, type ProxyConfig } from './proxy-config.js';
 
 export interface HealthCheckConfig {
@@ -49,6 +50,8 @@ export class HealthCheck {
     private readonly onChange: (change: HealthChange) => void,
     /** Each failed check's reason, for a debug line. */
     private readonly onFailure: (reason: string, failures: number) => void = () => {},
+    /** The proxy's local_tls: each check makes the handshake its visitors' connections make. */
+    private readonly tls?: LocalTls,
   ) {}
 
   /** The first check runs at once: a service down when the client starts is withdrawn after max_failed. */
@@ -97,17 +100,15 @@ export class HealthCheck {
     this.schedule(this.config.intervalMs);
   }
 
-  /** "tcp check of 127.0.0.1:8080", "http check of http://127.0.0.1:8080/healthz". */
+  /** "tcp check of 127.0.0.1:8080", "http check of 127.0.0.1:8080/healthz", "... of 127.0.0.1:8006 (tls)". */
   private describe(): string {
-    const where = formatLocalAddress(this.local);
+    const where = `${formatLocalAddress(this.local)}${this.tls ? ' (tls)' : ''}`;
     return this.config.type === 'tcp' ? `tcp check of ${where}` : `http check of ${where}${this.config.path}`;
   }
 
   private probe(): Promise<void> {
     return new Promise((resolve, reject) => {
-      const target = isUnixSocketAddress(this.local)
-        ? { socketPath: this.local.path }
-        : { host: this.local.host, port: this.local.port };
+      const local = this.local;
       const timeout = formatDuration(this.config.timeoutMs);
       let cleanup = () => {};
       const timer = setTimeout(
@@ -124,27 +125,57 @@ export class HealthCheck {
         if (err) reject(err);
         else resolve();
       };
+      const failed = (err: Error) => done(new Error(`${this.describe()} failed: ${err.message}`));
       this.abortCheck = () => done(new Error('stopped'));
-      if (this.config.type === 'tcp') {
-        const local = this.local;
-        const socket = connect(
-          isUnixSocketAddress(local) ? { path: local.path } : { host: local.host, port: local.port },
-        );
-        cleanup = () => socket.destroy();
-        socket.once('connect', () => done());
-        socket.on('error', (err) => done(new Error(`${this.describe()} failed: ${err.message}`)));
-        return;
-      }
-      const req = request({ ...target, path: this.config.path, method: 'GET', agent: false }, (res) => {
+      const socket = connect(
+        isUnixSocketAddress(local) ? { path: local.path } : { host: local.host, port: local.port },
+      );
+      cleanup = () => socket.destroy();
+      socket.on('error', failed);
+      socket.once('connect', () => {
+        const tls = this.tls;
+        if (!tls || isUnixSocketAddress(local)) {
+          if (this.config.type === 'tcp') done();
+          else this.request(socket, done, failed, (c) => (cleanup = c));
+          return;
+        }
+        // The handshake with local_tls's settings, as a visitor's connection makes it: a certificate the
+        // proxy's visitors would be refused for fails the check too.
+        const { tlsSocket, secured } = startLocalTls(socket, local, tls);
+        cleanup = () => tlsSocket.destroy();
+        secured.then((ready) => {
+          if (this.config.type === 'tcp') done();
+          else this.request(ready, done, failed, (c) => (cleanup = c));
+        }, failed);
+      });
+    });
+  }
+
+  /** The http check's GET of `path` on a connected (and with local_tls, secured) socket. */
+  private request(
+    socket: Socket,
+    done: (err?: Error) => void,
+    failed: (err: Error) => void,
+    setCleanup: (cleanup: () => void) => void,
+  ): void {
+    const local = this.local;
+    const host = isUnixSocketAddress(local) ? { host: 'localhost' } : { host: local.host, port: local.port };
+    const req = request(
+      // No agent: an agent, even agent: false's own, opens a connection of its own and ignores this one.
+      { ...host, path: this.config.path, method: 'GET', createConnection: () => socket },
+      (res) => {
         const status = res.statusCode ?? 0;
         res.resume();
         if (status >= 200 && status < 300) done();
         else done(new Error(`${this.describe()} answered ${status}`));
-      });
-      cleanup = () => req.destroy();
-      req.on('error', (err) => done(new Error(`${this.describe()} failed: ${err.message}`)));
-      req.end();
+      },
+    );
+    setCleanup(() => {
+      req.destroy();
+      socket.destroy();
     });
+    req.on('error', failed);
+    req.end();
   }
 }
 
@@ -182,6 +213,7 @@ export class ProxyHealthChecks {
         config,
         (change) => this.changed(name, config, change),
         (reason, failures) => this.logger.debug({ proxy: name, reason, failures }, 'health check failed'),
+        proxy.localTls,
       );
       this.checks.set(name, { check, key: checkKey(proxy) });
       check.start();
@@ -219,7 +251,7 @@ export class ProxyHealthChecks {
   }
 }
 
-/** What a running check depends on: a change to either starts it over. */
+/** What a running check depends on: a change to any starts it over. */
 function checkKey(proxy: ProxyConfig): string {
-  return JSON.stringify([proxy.healthCheck, proxy.local]);
+  return JSON.stringify([proxy.healthCheck, proxy.local, proxy.localTls]);
 }
