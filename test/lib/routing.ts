@@ -15,7 +15,7 @@ import {
 
 export type TomlScalar = string | number | boolean | string[];
 /** An object is an inline table (`health_check = { type = "tcp", max_failed = 3 }`). */
-export type TomlValue = TomlScalar | Record<string, string | number>;
+export type TomlValue = TomlScalar | Record<string, string | number | boolean>;
 
 let serial = 0;
 function unique(prefix: string): string {
