@@ -14,7 +14,7 @@ const EXAMPLES = path.join(repoRoot, 'examples');
 
 /**
  * /etc/porthole as the README fills it (secret, admin-token, token, laptop-token, socks-password, certificates for
- * example.com), in the
+ * example.com, a local service's certificate), in the
  * harness dir, each file 0600. Returns the directory.
  */
 async function etcPorthole(h: Harness): Promise<string> {
@@ -38,6 +38,8 @@ async function etcPorthole(h: Harness): Promise<string> {
     ['privkey.pem', pair.key],
     ['example.com/fullchain.pem', pair.cert],
     ['example.com/privkey.pem', pair.key],
+    // "A local service that speaks only HTTPS": the service's own certificate, its local_tls.ca_file.
+    ['unifi.pem', pair.cert],
   ];
   for (const [name, from] of files) {
     const to = path.join(etc, name);
