@@ -229,6 +229,8 @@ test(
         token,
         adminListen,
         logLevel: 'debug',
+        // "bad" may be withdrawn by its first check before the session would register it.
+        waitFor: ['good'],
         proxies: [
           {
             name: 'good',
