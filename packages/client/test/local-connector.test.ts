@@ -322,6 +322,39 @@ test('a connect that times out says after how long, and why it had that long', {
   stream.destroy();
 });
 
+test('a local_tls service that accepts and never answers the ClientHello times out as a TLS handshake, its socket closed', {
+  timeout: 10_000,
+}, async (t) => {
+  const accepted: Socket[] = [];
+  // Reads (so that the client's FIN shows as 'end') and never answers.
+  const silent = createServer((socket) => accepted.push(socket.resume()));
+  silent.listen(0, '127.0.0.1');
+  await once(silent, 'listening');
+  t.after(() => silent.close());
+  const port = (silent.address() as AddressInfo).port;
+  const { server, client } = await sessionPair([]);
+  t.after(() => {
+    server.close();
+    client.close();
+  });
+  const stream = server.open();
+  stream.on('error', () => {});
+  const tls = { insecureSkipVerify: false };
+  const outcome = await connectLocal({ host: '127.0.0.1', port }, stream, 300, '', { tls }).then(
+    (socket) => {
+      socket.destroy();
+      return 'connected';
+    },
+    (err: Error) => err.message,
+  );
+  assert.equal(outcome, `TLS handshake with 127.0.0.1:${port} timed out after 300ms`);
+  // Given up, the connection is closed, not left to the service.
+  const [socket] = accepted;
+  assert.ok(socket);
+  if (!socket.readableEnded) await once(socket, 'end');
+  stream.destroy();
+});
+
 test('a connect pending when the session is lost is given up: the service never gets the request of a visitor it cannot answer', {
   timeout: 20_000,
 }, async (t) => {
