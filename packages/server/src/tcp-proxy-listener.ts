@@ -6,12 +6,12 @@ import {
   type Logger,
   listenServer,
   type ProxySpec,
-  writeStreamHeader,
 } from '@porthole/protocol';
 import type { ClientBandwidth } from './client-bandwidth.js';
 import type { ConnectionLimit } from './connection-limit.js';
 import { peerAddress } from './peer-address.js';
 import { RoundRobin } from './round-robin.js';
+import { openVisitorStream } from './visitor-stream.js';
 
 /** Where a tcp proxy's visitors go: one proxy of one client (a member, when the port is a group's). */
 export interface TcpTarget {
@@ -137,20 +137,8 @@ export class TcpProxyListener {
     const { client, proxy, session, limit, bandwidth } = target;
     if (!limit.admit(socket)) return;
     const conn = tracker.nextId();
-    const remoteHost = socket.remoteAddress ?? '';
-    const remotePort = socket.remotePort ?? 0;
     socket.setNoDelay(true);
-    const stream = session.open();
-    writeStreamHeader(stream, {
-      proxy: proxy.name,
-      conn,
-      remote_addr: remoteHost,
-      remote_port: remotePort,
-      public_addr: this.address,
-      ...(socket.localAddress === undefined
-        ? {}
-        : { dest_addr: socket.localAddress, dest_port: socket.localPort ?? 0 }),
-    });
+    const stream = openVisitorStream(session, socket, { proxy: proxy.name, conn, public_addr: this.address });
     const limits = bandwidth.limits();
     tracker.carry(socket, stream, {
       labels: ['visitor', 'tunnel'],

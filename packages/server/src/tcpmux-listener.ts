@@ -11,7 +11,6 @@ import {
   type HostPort,
   type Logger,
   listenServer,
-  writeStreamHeader,
 } from '@porthole/protocol';
 import { refuseAndClose } from './answer-and-close.js';
 import { type BasicCredentials, basicCredentialsMatch } from './basic-credentials.js';
@@ -26,6 +25,7 @@ import type { ConnectionLimit } from './connection-limit.js';
 import type { HostRoutes } from './host-routes.js';
 import { peerAddress } from './peer-address.js';
 import type { PendingConnections } from './pending-connections.js';
+import { openVisitorStream } from './visitor-stream.js';
 
 /**
  * How long the server waits for the client's word that its local service took the connection. The client
@@ -151,19 +151,13 @@ export class TcpmuxListener {
     }
     const conn = tracker.nextId();
     socket.setNoDelay(true);
-    const stream = target.session.open();
-    stream.on('error', () => {});
-    writeStreamHeader(stream, {
+    const stream = openVisitorStream(target.session, socket, {
       proxy: target.proxy,
       conn,
-      remote_addr: socket.remoteAddress ?? '',
-      remote_port: socket.remotePort ?? 0,
       public_addr: this.address,
-      ...(socket.localAddress === undefined
-        ? {}
-        : { dest_addr: socket.localAddress, dest_port: socket.localPort ?? 0 }),
       confirm_connect: true,
     });
+    stream.on('error', () => {});
     // Early data: what the visitor sent after its CONNECT head without waiting for the 200 goes first.
     const early = read.rest;
     if (early.length > 0) stream.write(early);

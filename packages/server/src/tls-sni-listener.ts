@@ -12,7 +12,6 @@ import {
   type Logger,
   listenServer,
   normalizeRequestHost,
-  writeStreamHeader,
 } from '@porthole/protocol';
 import type { ClientBandwidth } from './client-bandwidth.js';
 import type { ConnectionLimit } from './connection-limit.js';
@@ -22,6 +21,7 @@ import { peerAddress } from './peer-address.js';
 import type { PendingConnections } from './pending-connections.js';
 import type { TlsCertStore } from './tls-cert-store.js';
 import { readClientHello } from './tls-client-hello.js';
+import { openVisitorStream } from './visitor-stream.js';
 
 /** What a tls proxy's routes lead to. */
 export interface TlsTarget {
@@ -161,16 +161,10 @@ export class TlsSniListener {
     const { tracker, logger } = this.opts;
     const conn = tracker.nextId();
     socket.setNoDelay(true);
-    const stream = target.session.open();
-    writeStreamHeader(stream, {
+    const stream = openVisitorStream(target.session, socket, {
       proxy: target.proxy,
       conn,
-      remote_addr: socket.remoteAddress ?? '',
-      remote_port: socket.remotePort ?? 0,
       public_addr: this.address,
-      ...(socket.localAddress === undefined
-        ? {}
-        : { dest_addr: socket.localAddress, dest_port: socket.localPort ?? 0 }),
     });
     // The ClientHello goes first, exactly as it came; then the rest of the connection.
     let helloBytes = 0;
