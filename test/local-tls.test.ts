@@ -1,6 +1,6 @@
 // A local service that speaks only TLS (Proxmox on 8006, UniFi on 8443, a NAS), behind `local_tls`: the
-// client makes the TLS connection, so an http proxy (visitors see the server's side) and a tcp proxy can
-// front it. Real `openssl s_server` services with certificates made by `openssl req -x509`, curl as the
+// client makes the TLS connection, so an http proxy (visitors see the server's side), a tcp proxy and a
+// tcpmux one can front it. Real `openssl s_server` services with certificates made by `openssl req -x509`, curl as the
 // visitor, HAProxy (`accept-proxy ssl`) for the PROXY header that must precede the ClientHello.
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -77,6 +77,38 @@ function lineThrough(port: number, line: string): Promise<string> {
       clearTimeout(timer);
       reject(err);
     });
+  });
+}
+
+/**
+ * A CONNECT to `name` on the tcpmux `port`; after a 200, `line` and the first line that comes back. What the
+ * server answered, up to that line or the connection's end (a reset too: what came before it is the answer).
+ */
+function connectThrough(port: number, name: string, line: string): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    let got = '';
+    let head = true;
+    const done = () => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(got);
+    };
+    const timer = setTimeout(done, 15_000);
+    socket.setEncoding('latin1');
+    socket.on('connect', () => socket.write(`CONNECT ${name}:443 HTTP/1.1\r\nHost: ${name}:443\r\n\r\n`));
+    socket.on('data', (chunk: string) => {
+      got += chunk;
+      const end = got.indexOf('\r\n\r\n');
+      if (head && end >= 0) {
+        head = false;
+        if (!got.startsWith('HTTP/1.1 200 ')) return;
+        socket.write(`${line}\n`);
+      }
+      if (!head && got.slice(end + 4).includes('\n')) done();
+    });
+    socket.on('error', () => {});
+    socket.on('close', done);
   });
 }
 
@@ -210,6 +242,55 @@ test(
       });
       assert.equal(await lineThrough(remoteRev, 'hello porthole'), 'elohtrop olleh');
       t.diagnostic(`haproxy says "${await assertVisitorReported(remotePp, 'tls ')}"`);
+    }),
+);
+
+test(
+  'a tcpmux proxy speaks TLS to the service; the visitor gets 200 only once the handshake passed, 502 when it failed',
+  { timeout: 90_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const pve = await makeSelfSignedCert(h, 'pve.lan');
+      const local = `127.0.0.1:${await startSServer(h, pve, '-rev')}`;
+      const server = await startRoutedServer(h, { http: false, tcpmux: {} });
+      assert.ok(server.tcpmuxPort, 'the server logged no "tcpmux listening" line');
+      const token = await issueRoutedToken(server, {
+        name: 'homelab',
+        hosts: ['rev.test', 'untrusted.test'],
+      });
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          {
+            name: 'rev',
+            type: 'tcpmux',
+            local,
+            hosts: ['rev.test'],
+            local_tls: { server_name: 'pve.lan', ca_file: pve.cert },
+          },
+          {
+            name: 'untrusted',
+            type: 'tcpmux',
+            local,
+            hosts: ['untrusted.test'],
+            local_tls: { server_name: 'pve.lan' },
+          },
+        ],
+      });
+      const answer = await connectThrough(server.tcpmuxPort, 'rev.test', 'hello porthole');
+      assert.match(answer, /^HTTP\/1\.1 200 Connection established\r\n\r\nelohtrop olleh\n/);
+
+      const from = client.proc.mark();
+      const refused = await connectThrough(server.tcpmuxPort, 'untrusted.test', 'hello porthole');
+      assert.match(refused, /^HTTP\/1\.1 502 Bad Gateway\r\n/);
+      assert.doesNotMatch(refused, /200 Connection established/);
+      const line = await client.proc.waitForMsg('local connect failed', 10_000, {
+        from,
+        fields: { proxy: 'untrusted' },
+      });
+      assert.match(String(line.reason), /^local TLS: self-signed certificate \(set local_tls\.ca_file/);
+      assert.equal(line.local, `${local} (tls)`);
     }),
 );
 

@@ -532,8 +532,9 @@ function checkDirectory(
 }
 
 /**
- * local_tls: TLS from the client to one service at host:port, for tcp and http proxies. A tls proxy passes
- * the visitor's own TLS through, end to end, so a second layer would be refused by the service.
+ * local_tls: TLS from the client to one service at host:port, for tcp, tcpmux and http proxies (a tcpmux proxy
+ * is a tcp proxy chosen by name: its local connection is made the same way). A tls proxy passes the
+ * visitor's own TLS through, end to end, so a second layer would be refused by the service.
  */
 function checkLocalTls(
   proxy: { type: ProxyType; local: ProxyLocal; local_tls?: unknown },
@@ -547,8 +548,8 @@ function checkLocalTls(
     );
     return;
   }
-  if (proxy.type !== 'tcp' && proxy.type !== 'http') {
-    issue(`applies to tcp and http proxies, not ${proxy.type}`);
+  if (proxy.type !== 'tcp' && proxy.type !== 'tcpmux' && proxy.type !== 'http') {
+    issue(`applies to tcp, tcpmux and http proxies, not ${proxy.type}`);
     return;
   }
   if (isSocks5Local(proxy.local))
@@ -603,7 +604,7 @@ export interface ProxyConfig {
   healthCheck?: HealthCheckConfig;
   /** tcp: no public port; reached only by other clients' [[visitors]] as "CLIENT/NAME". */
   private?: boolean;
-  /** tcp, http with a host:port local: the client speaks TLS to the local service. */
+  /** tcp, tcpmux, http with a host:port local: the client speaks TLS to the local service. */
   localTls?: LocalTls;
 }
 

@@ -93,6 +93,9 @@ test('local_tls = true or a table; ca_file is read next to the config file; stat
   const pinned = loadClientConfig(write(proxy('http', '127.0.0.1:8006', `{ fingerprint = "${HEX}" }`)))
     .proxies[0]!;
   assert.equal(pinned.localTls?.fingerprint, COLONS);
+  // A tcpmux proxy is a tcp proxy chosen by name: its local connection is made the same way.
+  const named = loadClientConfig(write(proxy('tcpmux', '127.0.0.1:8006', 'true'))).proxies[0]!;
+  assert.deepEqual(named.localTls, { insecureSkipVerify: false });
   // The server is not told: it is the client's business how it reaches the service.
   assert.equal('local_tls' in proxySpecOf(table), false);
 });
@@ -110,7 +113,7 @@ test('local_tls is refused, naming the proxy and the key, where there is no one 
     `proxies[0] ("pve").local_tls: a tls proxy passes the visitor's TLS through to the service untouched, so the service already speaks TLS with the visitor: leave local_tls out (or use an http proxy, whose server ends the visitor's TLS)`,
   ]);
   assert.deepEqual(one(proxy('udp', '127.0.0.1:8006', 'true')), [
-    'proxies[0] ("pve").local_tls: applies to tcp and http proxies, not udp',
+    'proxies[0] ("pve").local_tls: applies to tcp, tcpmux and http proxies, not udp',
   ]);
   assert.deepEqual(one(proxy('http', 'unix:/run/pve.sock', 'true')), [
     'proxies[0] ("pve").local_tls: applies to a local service at "host:port", not a Unix socket',
