@@ -219,6 +219,46 @@ test(
 );
 
 test(
+  'a misspelt key inside local_tls = { ... } or health_check = { ... } is named with the one meant, and one written beside them with the table it belongs in',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      // What a user copying the README's Proxmox proxy writes: a key mistyped between the braces, and
+      // ca_file on a line of its own below local_tls (the client's own ca_file is a top-level key).
+      const clientToml = await h.file(
+        'client.toml',
+        [
+          'server = "ws://127.0.0.1:1/_porthole"',
+          'token = "x"',
+          '[[proxies]]',
+          'name = "pve"',
+          'type = "http"',
+          'local = "192.168.1.10:8006"',
+          'hosts = ["pve.example.com"]',
+          'local_tls = { server_nme = "pve.lan" }',
+          'ca_file = "pve-root-ca.pem"',
+          'health_check = { type = "tcp", intervall = "10s" }',
+          '',
+        ].join('\n'),
+      );
+      const client = await run(clientBin, ['check', '--config', clientToml]);
+      assert.equal(client.code, 2, client.stdout);
+      assert.match(
+        client.stderr,
+        /client\.toml: proxies\[0\] \("pve"\)\.local_tls\.server_nme: unknown key \(did you mean "server_name"\?\)$/m,
+      );
+      assert.match(
+        client.stderr,
+        /client\.toml: proxies\[0\] \("pve"\)\.ca_file: unknown key \(did you mean local_tls = \{ ca_file = \.\.\. \}\?\)$/m,
+      );
+      assert.match(
+        client.stderr,
+        /client\.toml: proxies\[0\] \("pve"\)\.health_check\.intervall: unknown key \(did you mean "interval"\?\)$/m,
+      );
+    }),
+);
+
+test(
   'token issue warns about --ports the server refuses, and issues the token all the same; not one that expires at once',
   { timeout: 30_000 },
   (t) =>

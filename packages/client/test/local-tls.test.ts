@@ -137,7 +137,11 @@ test('local_tls is refused, naming the proxy and the key, where there is no one 
     'proxies[0] ("pve").local_tls.ca_file: a fingerprint replaces the check against CAs: set ca_file or fingerprint, not both',
   ]);
   assert.deepEqual(one(proxy('tcp', '127.0.0.1:8006', '{ servername = "pve.lan" }')), [
-    'proxies[0] ("pve").local_tls.servername: unknown key',
+    'proxies[0] ("pve").local_tls.servername: unknown key (did you mean "server_name"?)',
+  ]);
+  // Written beside local_tls, not in it: the proxy's line, not the client's own ca_file.
+  assert.deepEqual(one(proxy('tcp', '127.0.0.1:8006', 'true', 'ca_file = "pve.pem"\n')), [
+    'proxies[0] ("pve").ca_file: unknown key (did you mean local_tls = { ca_file = ... }?)',
   ]);
   writeFileSync(join(dir, 'key.pem'), '-----BEGIN PRIVATE KEY-----\nMC4CAQA=\n-----END PRIVATE KEY-----\n');
   const [notPem] = one(proxy('tcp', '127.0.0.1:8006', '{ ca_file = "key.pem" }'));

@@ -90,20 +90,50 @@ function unwrapped(schema: z.core.$ZodType | undefined): z.core.$ZodType | undef
   return current;
 }
 
-/** The keys the table at `path` of `schema` accepts, or undefined where the schema is not that plain. */
+/**
+ * What a value of `schema` may be: a union's options (`local_tls = true` or a table), each unwrapped; the
+ * schema alone otherwise.
+ */
+function alternatives(schema: z.core.$ZodType | undefined): z.core.$ZodType[] {
+  const current = unwrapped(schema);
+  if (!current) return [];
+  if (current._zod.def.type !== 'union') return [current];
+  return (current._zod.def as z.core.$ZodUnionDef).options.flatMap((option) => alternatives(option));
+}
+
+/**
+ * The keys the table at `path` of `schema` accepts (those of every table a union there allows), or undefined
+ * where there is no table.
+ */
 function knownKeysAt(schema: z.core.$ZodType, path: ReadonlyArray<PropertyKey>): string[] | undefined {
-  let current = unwrapped(schema);
+  let current = alternatives(schema);
   for (const part of path) {
-    if (!current) return undefined;
-    const def = current._zod.def;
-    if (typeof part === 'number' && def.type === 'array')
-      current = unwrapped((def as z.core.$ZodArrayDef).element);
-    else if (typeof part === 'string' && def.type === 'object')
-      current = unwrapped((def as z.core.$ZodObjectDef).shape[part]);
-    else return undefined;
+    current = current.flatMap((option) => {
+      const def = option._zod.def;
+      if (typeof part === 'number' && def.type === 'array')
+        return alternatives((def as z.core.$ZodArrayDef).element);
+      if (typeof part === 'string' && def.type === 'object')
+        return alternatives((def as z.core.$ZodObjectDef).shape[part]);
+      return [];
+    });
   }
-  if (current?._zod.def.type !== 'object') return undefined;
-  return Object.keys((current._zod.def as z.core.$ZodObjectDef).shape);
+  const tables = current.filter((option) => option._zod.def.type === 'object');
+  if (tables.length === 0) return undefined;
+  return [...new Set(tables.flatMap((table) => Object.keys((table._zod.def as z.core.$ZodObjectDef).shape)))];
+}
+
+/**
+ * A table that is a key of a table in an array (`local_tls = { ... }`, `health_check = { ... }` in a
+ * [[proxies]]): written inline, between braces, not below a header line of its own.
+ */
+function isInlineTable(path: ReadonlyArray<PropertyKey>): boolean {
+  return path.length >= 2 && typeof path[path.length - 2] === 'number';
+}
+
+/** "[http]", "[[proxies]]", and for an inline table "[[proxies]]'s health_check = { ... }". */
+function tableName(path: ReadonlyArray<PropertyKey>): string {
+  if (!isInlineTable(path)) return tableHeader(path);
+  return `${tableHeader(path.slice(0, -1))}'s ${String(path[path.length - 1])} = { ... }`;
 }
 
 /** The header line of the table at `path`: "[http]", "[[proxies]]", "[[https.certs]]". */
@@ -116,13 +146,19 @@ function tableHeader(path: ReadonlyArray<PropertyKey>): string {
  * Why `key`, unknown in the table at `path`, is a key of a table around it. TOML reads every key below a
  * table's header line as that table's, so a top-level key added at the end of a file (`subdomain_host`
  * after `[http]`, `log_level` after the last `[[proxies]]`) lands in the last table; without this its
- * line said only "unknown key" of a key the user had spelt right.
+ * line said only "unknown key" of a key the user had spelt right. An inline table has no header line: a
+ * key of the table around it was written inside its braces.
  */
 function misplacedKeyHint(
   schema: z.core.$ZodType,
   path: ReadonlyArray<PropertyKey>,
   key: string,
 ): string | undefined {
+  if (isInlineTable(path)) {
+    const outer = path.slice(0, -1);
+    if (!knownKeysAt(schema, outer)?.includes(key)) return undefined;
+    return `a key of ${tableHeader(outer)} itself, not of ${String(path[path.length - 1])}: write it outside the braces`;
+  }
   for (let depth = path.length - 1; depth >= 0; depth--) {
     const outer = path.slice(0, depth);
     if (!knownKeysAt(schema, outer)?.includes(key)) continue;
@@ -132,6 +168,24 @@ function misplacedKeyHint(
     return `${owner}, but TOML puts every key below the ${header} line into ${header}: move it ${where}`;
   }
   return undefined;
+}
+
+/**
+ * Why `key`, unknown in a table of an array ([[proxies]]), is most likely a key of one of its inline tables
+ * written beside them: `ca_file = "pve.pem"` for `local_tls = { ca_file = "pve.pem" }`. Asked before any
+ * other hint: a top-level key of the same name (the client's own ca_file) is not what a proxy's line meant.
+ */
+function inlineTableHint(
+  schema: z.core.$ZodType,
+  path: ReadonlyArray<PropertyKey>,
+  key: string,
+): string | undefined {
+  if (typeof path[path.length - 1] !== 'number') return undefined;
+  const owners = (knownKeysAt(schema, path) ?? []).filter((field) =>
+    knownKeysAt(schema, [...path, field])?.includes(key),
+  );
+  if (owners.length === 0) return undefined;
+  return `did you mean ${owners.map((field) => `${field} = { ${key} = ... }`).join(' or ')}?`;
 }
 
 /** The paths of every table `schema` has below `path` ([auth], [[proxies]], [[https.certs]]), a few levels deep. */
@@ -159,15 +213,18 @@ function otherTableHint(
   path: ReadonlyArray<PropertyKey>,
   key: string,
 ): string | undefined {
-  const here = tableHeader(path);
+  const here = tableName(path);
   const owners = tablePaths(schema)
     .filter((table) => knownKeysAt(schema, table)?.includes(key))
-    .map(tableHeader)
-    .filter((header) => header !== here);
+    .map((table) => ({ name: tableName(table), inline: isInlineTable(table) }))
+    .filter((owner) => owner.name !== here);
   if (owners.length === 0) return undefined;
+  const names = owners.map((owner) => owner.name).join(' or ');
+  if (owners.some((owner) => owner.inline))
+    return `a key of ${names}: write it ${owners.length === 1 ? 'inside those braces' : 'in one of those'}`;
   return owners.length === 1
-    ? `a key of ${owners[0]}: write it below the ${owners[0]} line`
-    : `a key of ${owners.join(' or ')}: write it below one of those lines`;
+    ? `a key of ${names}: write it below the ${names} line`
+    : `a key of ${names}: write it below one of those lines`;
 }
 
 /**
@@ -186,10 +243,12 @@ export function formatConfigIssues(
     if (issue.code === 'unrecognized_keys') {
       const known = schema && knownKeysAt(schema, issue.path);
       for (const key of issue.keys) {
+        const inline = schema && inlineTableHint(schema, issue.path, key);
         const misplaced = schema && misplacedKeyHint(schema, issue.path, key);
         const guess = known && closestName(key, known);
         const elsewhere = schema && otherTableHint(schema, issue.path, key);
-        const hint = misplaced ?? elsewhere ?? (guess === undefined ? undefined : `did you mean "${guess}"?`);
+        const hint =
+          inline ?? misplaced ?? elsewhere ?? (guess === undefined ? undefined : `did you mean "${guess}"?`);
         lines.push(
           `${file}: ${keyPath([...issue.path, key], input)}: unknown key${hint === undefined ? '' : ` (${hint})`}`,
         );

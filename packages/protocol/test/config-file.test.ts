@@ -120,3 +120,40 @@ test('a key of another table, written outside it, is named with the table it bel
     'auth.secrt: unknown key (did you mean "secret"?)',
   ]);
 });
+
+test("keys of a table's inline tables, inside the braces or beside them, are named with the inline table", () => {
+  // Before, "tls.ca_flie: unknown key" with no guess inside a union (`tls = true` or a table), and ca_file
+  // beside `tls = { ... }` told to move above the first table, as the top-level ca_file.
+  const inline = z.strictObject({
+    ca_file: z.string().optional(),
+    list: z
+      .array(
+        z.strictObject({
+          name: z.string(),
+          port: z.number().optional(),
+          tls: z
+            .union([z.boolean(), z.strictObject({ ca_file: z.string(), server_name: z.string() })])
+            .optional(),
+          check: z.strictObject({ interval: z.string().optional() }).optional(),
+        }),
+      )
+      .optional(),
+  });
+  const said = (text: string) => problems(text, inline);
+  assert.deepEqual(
+    said('[[list]]\nname = "a"\ntls = { ca_flie = "x", ca_file = "x", server_name = "s" }\nca_file = "x"\n'),
+    [
+      'list[0] ("a").tls.ca_flie: unknown key (did you mean "ca_file"?)',
+      'list[0] ("a").ca_file: unknown key (did you mean tls = { ca_file = ... }?)',
+    ],
+  );
+  assert.deepEqual(said('[[list]]\nname = "a"\ninterval = "1s"\ncheck = { intervl = "1s", port = 1 }\n'), [
+    'list[0] ("a").check.intervl: unknown key (did you mean "interval"?)',
+    'list[0] ("a").check.port: unknown key (a key of [[list]] itself, not of check: write it outside the braces)',
+    'list[0] ("a").interval: unknown key (did you mean check = { interval = ... }?)',
+  ]);
+  // An inline table has no header line to write a key below.
+  assert.deepEqual(said('server_name = "s"\n'), [
+    "server_name: unknown key (a key of [[list]]'s tls = { ... }: write it inside those braces)",
+  ]);
+});
