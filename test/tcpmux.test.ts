@@ -8,7 +8,7 @@ import net, { type AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
-import { ADMIN_TOKEN, adminApi } from './lib/private.js';
+import { ADMIN_TOKEN, adminApi, adminText } from './lib/private.js';
 import {
   clientBin,
   eventually,
@@ -284,6 +284,59 @@ test('tcpmux: unknown names get 404, other methods 405, malformed requests 400, 
     // The name that is served still is, after all that.
     const answer = await exchange(port, 'CONNECT echo.test:7 HTTP/1.1\r\n\r\nstill', /echo:still/);
     assert.match(answer, /^HTTP\/1\.1 200 /);
+  });
+});
+
+test("tcpmux: a visitor whose local connect failed (502) is counted in /api/proxies and /metrics, as a tcp proxy's is", async (t) => {
+  await withHarness(t, async (h) => {
+    const nobodyListens = await freePort();
+    const tcpPort = await freePort();
+    const server = await startTcpmuxServer(h);
+    const token = await issueRoutedToken(server, {
+      name: 'homelab',
+      hosts: ['down.test'],
+      ports: String(tcpPort),
+    });
+    const local = `127.0.0.1:${nobodyListens}`;
+    await startRoutedClient(h, {
+      server: server.url,
+      token,
+      proxies: [
+        { name: 'down', type: 'tcpmux', local, hosts: ['down.test'] },
+        { name: 'tcp-down', type: 'tcp', local, remote_port: tcpPort },
+      ],
+    });
+    // One with early data: those bytes went towards the service, as a tcp visitor's first bytes do.
+    for (const request of [
+      'CONNECT down.test:22 HTTP/1.1\r\n\r\n',
+      'CONNECT down.test:22 HTTP/1.1\r\n\r\nhello',
+    ]) {
+      assert.match(await exchange(server.tcpmuxPort, request), /^HTTP\/1\.1 502 Bad Gateway\r\n/);
+    }
+    // The tcp proxy's visitor to the same dead service: accepted, then closed once the client's connect fails.
+    await exchange(tcpPort, 'hello');
+    const totals = async () => {
+      const { proxies } = (await adminApi(server, '/api/proxies')) as unknown as {
+        proxies: { name: string; connections_total: number; bytes_in: number }[];
+      };
+      const of = (name: string) => proxies.find((p) => p.name === name);
+      return { tcpmux: of('down'), tcp: of('tcp-down') };
+    };
+    const counted = await eventually(
+      'the failed visitors counted in /api/proxies',
+      async () => {
+        const now = await totals();
+        const seen = [now.tcpmux?.connections_total, now.tcp?.connections_total];
+        assert.deepEqual(seen, [2, 1], `connections_total of down, tcp-down: ${JSON.stringify(now)}`);
+        return now;
+      },
+      10_000,
+    );
+    assert.equal(counted.tcpmux?.bytes_in, 'hello'.length);
+    assert.match(
+      await adminText(server, '/metrics'),
+      /^porthole_proxy_connections_total\{client="homelab",proxy="down"\} 2$/m,
+    );
   });
 });
 

@@ -191,6 +191,16 @@ export class ProxyTraffic {
     return this.exchanges.size;
   }
 
+  /**
+   * A tcpmux visitor whose stream reached the client but whose tunnel never opened (the local connect failed,
+   * or the visitor left first). Counted as a connection because a tcp proxy's visitor in the same case is:
+   * its stream opens at its accept, so the failed connect closes a connection the tracker already counts.
+   * `bytesIn`: what it sent towards the service meanwhile (its early data).
+   */
+  countUnopened(client: string, proxy: string, bytesIn: number): void {
+    this.fold(client, proxy, bytesIn, 0);
+  }
+
   /** One visitor of `proxy` turned away by its connection limit. */
   countRefused(client: string, proxy: string): void {
     if (this.removed.has(keyOf(client, proxy))) return;

@@ -25,6 +25,7 @@ import type { ConnectionLimit } from './connection-limit.js';
 import type { HostRoutes } from './host-routes.js';
 import { peerAddress } from './peer-address.js';
 import type { PendingConnections } from './pending-connections.js';
+import type { ProxyTraffic } from './proxy-traffic.js';
 import { openVisitorStream } from './visitor-stream.js';
 
 /**
@@ -56,6 +57,8 @@ export interface TcpmuxListenerOptions {
   handshakeTimeoutMs: number;
   /** Caps the connections still sending their CONNECT request; one routed no longer counts. */
   pending: PendingConnections;
+  /** Counts the visitors whose stream opened but whose tunnel did not (the tracker counts the others). */
+  traffic: ProxyTraffic;
 }
 
 /** A visitor turned away before its tunnel opened: the answer, and the reason for the log. */
@@ -166,6 +169,7 @@ export class TcpmuxListener {
     const failure = await connectConfirmed(stream, socket);
     if (failure !== undefined) {
       stream.destroy();
+      this.opts.traffic.countUnopened(target.client, target.proxy, early.length);
       if (socket.destroyed) return;
       return refuse({ status: 502, reason: failure }, { ...fields, conn });
     }

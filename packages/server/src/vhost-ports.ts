@@ -75,6 +75,7 @@ export class VhostPorts {
         tracker: ctx.tracker,
         handshakeTimeoutMs: routing.tcpmux.handshakeTimeout,
         pending,
+        traffic: ctx.traffic,
       });
     }
   }
