@@ -1,10 +1,9 @@
 // The SOCKS5 server side (RFC 1928, with RFC 1929 username/password) that a `local = "socks5"` tcp proxy
 // speaks on each tunnel stream, as chisel's R:socks and `ssh -R 1080` do: the visitor names a destination and
 // the client connects to it from its own network. CONNECT only.
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { isIP } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { formatIp, parseIp, readExactly } from '@porthole/protocol';
+import { formatIp, parseIp, readExactly, sameSecret } from '@porthole/protocol';
 
 // Exported for the client side of the same handshake (proxy-tunnel.ts: a dial through a SOCKS5 proxy).
 export const VERSION = 0x05;
@@ -74,12 +73,6 @@ async function take(stream: Duplex, n: number): Promise<Buffer> {
   const bytes = n === 0 ? Buffer.alloc(0) : await readExactly(stream, n);
   if (bytes === null) throw new SocksHandshakeError('visitor ended the SOCKS handshake');
   return bytes;
-}
-
-/** Equal in a time that says nothing of where they differ (nor of the secret's length). */
-function sameSecret(given: Buffer, expected: string): boolean {
-  const digest = (bytes: Buffer | string) => createHash('sha256').update(bytes).digest();
-  return timingSafeEqual(digest(given), digest(expected));
 }
 
 /** RFC 1929: the visitor's user and password, answered with success or failure. */

@@ -1,5 +1,6 @@
 export * from './admin-requests.js';
 export * from './bandwidth-limit.js';
+export * from './basic-credentials.js';
 export * from './bind-address.js';
 export * from './cli-support.js';
 export * from './close-event.js';
@@ -11,7 +12,9 @@ export * from './duration.js';
 export * from './early-reloads.js';
 export * from './host-names.js';
 export * from './host-port.js';
+export * from './http-chunked-decoder.js';
 export * from './http-field-syntax.js';
+export * from './http-request-head.js';
 export * from './idle-waiters.js';
 export * from './keepalive-options.js';
 export * from './limit-warning.js';

@@ -33,18 +33,6 @@ const NO_BODY: BodyFraming = { kind: 'none' };
 const CHUNKED: BodyFraming = { kind: 'chunked' };
 const UNTIL_CLOSE: BodyFraming = { kind: 'close' };
 
-/** Index just past the blank line that ends a head in `buf`, searching from `from`; -1 if not there yet. */
-export function headEnd(buf: Buffer, from = 0): number {
-  let at = buf.indexOf(0x0a, from);
-  while (at >= 0) {
-    const next = buf[at + 1];
-    if (next === 0x0a) return at + 2;
-    if (next === 0x0d && buf[at + 2] === 0x0a) return at + 3;
-    at = buf.indexOf(0x0a, at + 1);
-  }
-  return -1;
-}
-
 /** A comma-separated field value as lowercased tokens, empty ones dropped. */
 export function headerTokens(value: string): string[] {
   return value

@@ -2,12 +2,10 @@
 // time and reads the response (head, then a body framed by length, chunks or close), handing it on as it
 // arrives. Between requests it sits in the pool; whether it may go back there is decided here.
 import type { Duplex, Readable } from 'node:stream';
-import type { TokenBucket } from '@porthole/protocol';
-import { ChunkedDecoder } from './http-chunked-decoder.js';
+import { ChunkedDecoder, headEnd, type TokenBucket } from '@porthole/protocol';
 import { forwardableTrailers } from './http-fields.js';
 import {
   type BodyFraming,
-  headEnd,
   parseResponseHead,
   type ResponseHead,
   UpstreamProtocolError,

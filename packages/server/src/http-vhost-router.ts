@@ -6,6 +6,8 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import {
+  type BasicCredentials,
+  basicCredentialsMatch,
   CloseHooks,
   type ConnectionTracker,
   formatPeerAddress,
@@ -15,7 +17,6 @@ import {
   TurnGatheredWrites,
 } from '@porthole/protocol';
 import { answerAndClose } from './answer-and-close.js';
-import { type BasicCredentials, basicCredentialsMatch } from './basic-credentials.js';
 import type { ClientBandwidth } from './client-bandwidth.js';
 import type { ConnectionLimit } from './connection-limit.js';
 import type { HostRoutes, RouteEntry } from './host-routes.js';

@@ -2,6 +2,7 @@
 // listeners and routes each one gets. tcp proxies are bound by ClientSession itself.
 import type { Session } from '@porthole/mux';
 import {
+  basicCredentialsOf,
   formatHostPort,
   hostGrantRefusal,
   isWildcardHost,
@@ -14,7 +15,6 @@ import {
   tlsNameRefusal,
   writeStreamHeader,
 } from '@porthole/protocol';
-import { basicCredentialsOf } from './basic-credentials.js';
 import type { ClientBandwidth } from './client-bandwidth.js';
 import type { ConnectionLimit, ConnectionLimits } from './connection-limit.js';
 import { groupRefusal } from './group-refusal.js';

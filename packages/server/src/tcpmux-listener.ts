@@ -5,22 +5,19 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Session } from '@porthole/mux';
 import {
+  type BasicCredentials,
+  basicCredentialsMatch,
   CONNECTED_BYTE,
   type ConnectionTracker,
   formatHostPort,
   type HostPort,
   type Logger,
   listenServer,
+  readRequestHead,
 } from '@porthole/protocol';
 import { refuseAndClose } from './answer-and-close.js';
-import { type BasicCredentials, basicCredentialsMatch } from './basic-credentials.js';
 import type { ClientBandwidth } from './client-bandwidth.js';
-import {
-  type ConnectRequest,
-  MAX_CONNECT_HEAD_BYTES,
-  parseConnectHead,
-  readConnectHead,
-} from './connect-request.js';
+import { type ConnectRequest, MAX_CONNECT_HEAD_BYTES, parseConnectHead } from './connect-request.js';
 import type { ConnectionLimit } from './connection-limit.js';
 import type { HostRoutes } from './host-routes.js';
 import { peerAddress } from './peer-address.js';
@@ -127,7 +124,7 @@ export class TcpmuxListener {
       );
       refuseAndClose(socket, refusal.status, refusal.reason, refusal.fields);
     };
-    const read = await readConnectHead(socket, {
+    const read = await readRequestHead(socket, {
       maxBytes: MAX_CONNECT_HEAD_BYTES,
       timeoutMs: this.opts.handshakeTimeoutMs,
     });

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
-import { parseConnectHead, readConnectHead } from '../src/connect-request.js';
+import { readRequestHead } from '@porthole/protocol';
+import { parseConnectHead } from '../src/connect-request.js';
 
 const parse = (text: string) => parseConnectHead(Buffer.from(text, 'latin1'));
 
@@ -52,7 +53,7 @@ test('anything but a strict CONNECT head is refused: 405 for another method, 400
 
 test('the head is read up to its blank line, what follows kept; past the size or the time it is refused', async () => {
   const socket = new PassThrough();
-  const reading = readConnectHead(socket, { maxBytes: 64, timeoutMs: 5_000 });
+  const reading = readRequestHead(socket, { maxBytes: 64, timeoutMs: 5_000 });
   socket.write('CONNECT a.test:22 HTTP/1.1\r\n\r');
   socket.write('\nSSH-2.0-early');
   const read = await reading;
@@ -62,7 +63,7 @@ test('the head is read up to its blank line, what follows kept; past the size or
   assert.equal(read.rest.toString(), 'SSH-2.0-early');
 
   const big = new PassThrough();
-  const tooBig = readConnectHead(big, { maxBytes: 64, timeoutMs: 5_000 });
+  const tooBig = readRequestHead(big, { maxBytes: 64, timeoutMs: 5_000 });
   big.write(`CONNECT a.test:22 HTTP/1.1\r\nX: ${'x'.repeat(64)}\r\n\r\n`);
   assert.deepEqual(await tooBig, {
     state: 'refused',
@@ -70,6 +71,6 @@ test('the head is read up to its blank line, what follows kept; past the size or
   });
 
   const slow = new PassThrough();
-  const late = await readConnectHead(slow, { maxBytes: 64, timeoutMs: 50 });
+  const late = await readRequestHead(slow, { maxBytes: 64, timeoutMs: 50 });
   assert.equal(late.state === 'refused' && late.refused.status, 408);
 });

@@ -7,9 +7,9 @@ import { createServer, type Server } from 'node:http';
 import { type AddressInfo, connect, createServer as createRawServer } from 'node:net';
 import { Duplex } from 'node:stream';
 import { type TestContext, test } from 'node:test';
-import { ChunkedDecoder } from '../src/http-chunked-decoder.js';
+import { ChunkedBodyError, ChunkedDecoder, headEnd } from '@porthole/protocol';
 import { forwardableTrailers } from '../src/http-fields.js';
-import { headEnd, parseResponseHead, UpstreamProtocolError } from '../src/http-response-head.js';
+import { parseResponseHead, UpstreamProtocolError } from '../src/http-response-head.js';
 import {
   MAX_RESPONSE_HEAD,
   type ResponseSink,
@@ -150,7 +150,7 @@ test('malformed chunked bodies are refused', () => {
   ]) {
     assert.throws(
       () => new ChunkedDecoder().push(Buffer.from(text), () => {}),
-      UpstreamProtocolError,
+      ChunkedBodyError,
       JSON.stringify(text.slice(0, 30)),
     );
   }

@@ -1,6 +1,7 @@
-// HTTP Basic credentials a visitor must present: an http proxy's in Authorization, a tcpmux proxy's in the
-// CONNECT request's Proxy-Authorization. One check for both, so both compare in constant time.
-import { timingSafeEqual } from 'node:crypto';
+// HTTP Basic credentials a visitor must present: the server's http proxy's in Authorization, a tcpmux proxy's
+// in the CONNECT request's Proxy-Authorization, the client's http-proxy local's in Proxy-Authorization. One
+// check for all, so all compare in constant time.
+import { createHash, timingSafeEqual } from 'node:crypto';
 
 /** A proxy's http_user and http_password, as bytes. */
 export interface BasicCredentials {
@@ -18,8 +19,10 @@ export function basicCredentialsOf(spec: {
     : { user: Buffer.from(spec.http_user), password: Buffer.from(spec.http_password) };
 }
 
-function sameSecret(given: Buffer, expected: Buffer): boolean {
-  return given.length === expected.length && timingSafeEqual(given, expected);
+/** Equal in a time that says nothing of where they differ (nor of the secret's length). */
+export function sameSecret(given: Buffer | string, expected: Buffer | string): boolean {
+  const digest = (bytes: Buffer | string) => createHash('sha256').update(bytes).digest();
+  return timingSafeEqual(digest(given), digest(expected));
 }
 
 /** True when `header` ("Basic dXNlcjpwYXNz") carries exactly these credentials. */

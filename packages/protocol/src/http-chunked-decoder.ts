@@ -1,7 +1,11 @@
-// A chunked response body (RFC 9112 7.1) decoded as it arrives: the data comes out as views of the
-// input, chunk extensions are read past, trailer fields are kept as received, and every line has a
-// length limit.
-import { UpstreamProtocolError } from './http-response-head.js';
+// A chunked body (RFC 9112 7.1) decoded as it arrives (a local service's response at the server, a visitor's
+// request at the client's http-proxy): the data comes out as views of the input, chunk extensions are read
+// past, trailer fields are kept as received, and every line has a length limit.
+
+/** The body broke chunked coding: the exchange it belongs to fails. */
+export class ChunkedBodyError extends Error {
+  readonly code = 'ERR_CHUNKED_BODY';
+}
 
 /** Longest chunk-size line (with extensions) or trailer line; beyond it the body is refused. */
 const MAX_LINE = 4096;
@@ -56,7 +60,7 @@ export class ChunkedDecoder {
     const lf = input.indexOf(0x0a, at);
     const end = lf < 0 ? input.length : lf;
     this.line += input.toString('latin1', at, end);
-    if (this.line.length > MAX_LINE) throw new UpstreamProtocolError('chunked body: line too long');
+    if (this.line.length > MAX_LINE) throw new ChunkedBodyError('chunked body: line too long');
     if (lf < 0) return input.length;
     const line = this.line.endsWith('\r') ? this.line.slice(0, -1) : this.line;
     this.line = '';
@@ -67,16 +71,14 @@ export class ChunkedDecoder {
   private onLine(line: string): void {
     switch (this.state) {
       case State.DataEnd:
-        if (line !== '') throw new UpstreamProtocolError('chunked body: chunk data longer than its size');
+        if (line !== '') throw new ChunkedBodyError('chunked body: chunk data longer than its size');
         this.state = State.SizeLine;
         return;
       case State.SizeLine: {
         const semicolon = line.indexOf(';');
         const size = (semicolon < 0 ? line : line.slice(0, semicolon)).trim();
         if (!HEX_SIZE.test(size))
-          throw new UpstreamProtocolError(
-            `chunked body: bad chunk size ${JSON.stringify(size.slice(0, 20))}`,
-          );
+          throw new ChunkedBodyError(`chunked body: bad chunk size ${JSON.stringify(size.slice(0, 20))}`);
         this.remaining = Number.parseInt(size, 16);
         this.state = this.remaining === 0 ? State.TrailerLine : State.Data;
         return;
@@ -87,8 +89,7 @@ export class ChunkedDecoder {
           return;
         }
         this.trailerBytes += line.length + 2;
-        if (this.trailerBytes > MAX_TRAILERS)
-          throw new UpstreamProtocolError('chunked body: trailers too large');
+        if (this.trailerBytes > MAX_TRAILERS) throw new ChunkedBodyError('chunked body: trailers too large');
         this.keepTrailer(line);
         return;
     }
