@@ -219,7 +219,7 @@ test(
         ],
         [
           'local = "127.0.0.1:22"\nsocks_user = "u"\nsocks_password = "p"\n',
-          /applies to proxies with local = "socks5" only/,
+          /applies to proxies with local = "socks5" or "http-proxy" only/,
         ],
       ];
       for (const [keys, problem] of cases) {

@@ -519,12 +519,13 @@ function withRuleProxies(
   const proxies = [...fileProxies];
   const owners = fileProxies.map((proxy, i) => `proxies${elementLabel(i, proxy)} in ${file}`);
   for (const { rule, type } of rules) {
-    // A socks5 proxy needs its password (or allow list) too, which a rule has no room for.
-    if (/:socks5$/.test(rule.trim()))
+    // A socks5 or http-proxy proxy needs its password (or allow list) too, which a rule has no room for.
+    const forwardProxy = /:(socks5|http-proxy)$/.exec(rule.trim())?.[1];
+    if (forwardProxy)
       throw ConfigError.at(
         COMMAND_LINE,
         `--${type}`,
-        `"${rule}": a socks5 proxy is written in a config file, with its socks_user and socks_password_file (see examples/client.toml)`,
+        `"${rule}": a ${forwardProxy} proxy is written in a config file, with its socks_user and socks_password_file (see examples/client.toml)`,
       );
     let parsed: ReturnType<typeof parseRule>;
     try {

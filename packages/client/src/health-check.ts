@@ -12,7 +12,7 @@ import {
   type Logger,
 } from '@porthole/protocol';
 import { type LocalTls, startLocalTls } from './local-tls.js';
-import { isDirectoryLocal, isSocks5Local, type ProxyConfig } from './proxy-config.js';
+import { isDirectoryLocal, isForwardProxyLocal, type ProxyConfig } from './proxy-config.js';
 
 export interface HealthCheckConfig {
   type: 'tcp' | 'http';
@@ -206,7 +206,8 @@ export class ProxyHealthChecks {
     for (const proxy of proxies.values()) {
       const config = proxy.healthCheck;
       const local = proxy.local;
-      if (!config || this.checks.has(proxy.name) || isSocks5Local(local) || isDirectoryLocal(local)) continue;
+      if (!config || this.checks.has(proxy.name) || isForwardProxyLocal(local) || isDirectoryLocal(local))
+        continue;
       const name = proxy.name;
       const check = new HealthCheck(
         local,

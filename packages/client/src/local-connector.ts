@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { Stream } from '@porthole/mux';
 import {
   CONNECTED_BYTE,
@@ -17,9 +18,16 @@ import type { ProxyBandwidth } from './bandwidth-limit.js';
 import type { ProxyConfig } from './config.js';
 import type { DirectoryServer } from './directory-server.js';
 import { PairEnd } from './duplex-pair.js';
+import { HttpProxyRequestFailed, openHttpProxyDestination } from './http-proxy.js';
 import { connectLocal, LOCAL_CONNECT_TIMEOUT_MS, StreamGone } from './local-connect.js';
 import type { LocalFailureLog } from './local-failure-log.js';
-import { describeProxyLocal, isDirectoryLocal, isSocks5Local } from './proxy-config.js';
+import {
+  describeProxyLocal,
+  HTTP_PROXY_LOCAL,
+  isDirectoryLocal,
+  isForwardProxyLocal,
+  SOCKS5_LOCAL,
+} from './proxy-config.js';
 import { boundElsewhere } from './remote-bind-check.js';
 import { openSocksDestination, SocksRequestFailed } from './socks-connector.js';
 import { type OpenUdpFlows, serveUdpFlow } from './udp-forwarder.js';
@@ -86,17 +94,17 @@ export class PendingLocalConnects {
   }
 }
 
-/** How long a refused SOCKS visitor has to read its reply and close, before its stream is reset. */
-const REFUSED_SOCKS_LINGER_MS = 5_000;
+/** How long a refused SOCKS or HTTP proxy visitor has to read its answer and close, before its stream is reset. */
+const REFUSED_REQUEST_LINGER_MS = 5_000;
 
 /**
- * Ends a stream whose SOCKS reply (a refusal) is on its way, so the visitor reads it before the close. What
- * the visitor sent past the handshake is read and dropped: unread, it would hold the stream's end back.
+ * Ends a stream whose SOCKS reply or HTTP answer (a refusal) is on its way, so the visitor reads it before the
+ * close. What the visitor sent past its request is read and dropped: unread, it would hold the stream's end back.
  */
 function endAfterReply(stream: Stream): void {
   stream.resume();
   stream.end();
-  setTimeout(() => stream.destroy(), REFUSED_SOCKS_LINGER_MS).unref();
+  setTimeout(() => stream.destroy(), REFUSED_REQUEST_LINGER_MS).unref();
 }
 
 /** A stream whose header has not arrived by then is dropped. */
@@ -175,25 +183,31 @@ export async function serveStream(
     });
     return;
   }
-  // A SOCKS visitor's handshake is its own to stall, under the handshake's own timeouts: no burst places.
-  const socks = isSocks5Local(proxy.local);
-  const timeoutMs = pending.begin(proxy.name, !socks);
+  // A SOCKS or HTTP proxy visitor's request is its own to stall, under its own timeouts: no burst places.
+  const forwardProxy = isForwardProxyLocal(proxy.local);
+  const timeoutMs = pending.begin(proxy.name, !forwardProxy);
   if (timeoutMs === undefined) {
-    const limit = socks ? MAX_PENDING_LOCAL_CONNECTS : MAX_BURST_LOCAL_CONNECTS;
+    const limit = forwardProxy ? MAX_PENDING_LOCAL_CONNECTS : MAX_BURST_LOCAL_CONNECTS;
     const reason = `${limit} connects to the local service already pending`;
     failures.failed({ ...fields, local, reason }, true);
     stream.destroy();
     return;
   }
   let socket: Socket;
-  // A socks5 proxy's line names where each visitor went.
+  // What is carried to the socket: the stream, or (an http-proxy's absolute-form request) its one request.
+  let visitor: Duplex = stream;
+  // A socks5 or http-proxy proxy's line names where each visitor went.
   let destination: Record<string, string> = {};
   try {
-    if (isSocks5Local(proxy.local)) {
+    if (isForwardProxyLocal(proxy.local)) {
       // Never without its settings: none would make an open proxy of it.
-      if (!proxy.socks) throw new Error('socks5 proxy without its socks settings');
-      const opened = await openSocksDestination(stream, proxy.socks);
+      if (!proxy.socks) throw new Error(`${proxy.local} proxy without its socks_* settings`);
+      const opened =
+        proxy.local === HTTP_PROXY_LOCAL
+          ? await openHttpProxyDestination(stream, proxy.socks)
+          : { visitor: stream, ...(await openSocksDestination(stream, proxy.socks)) };
       socket = opened.socket;
+      visitor = opened.visitor;
       destination = { dest: opened.dest, ...(opened.destAddr ? { dest_addr: opened.destAddr } : {}) };
     } else {
       const why =
@@ -212,9 +226,10 @@ export async function serveStream(
       });
     }
   } catch (err) {
-    if (err instanceof SocksRequestFailed) {
+    if (err instanceof SocksRequestFailed || err instanceof HttpProxyRequestFailed) {
       const dest = err.dest === undefined ? {} : { dest: err.dest };
-      failures.failed({ ...fields, local, ...dest, reason: err.message }, true, 'socks request failed');
+      const message = proxy.local === SOCKS5_LOCAL ? 'socks request failed' : 'http proxy request failed';
+      failures.failed({ ...fields, local, ...dest, reason: err.message }, true, message);
       endAfterReply(stream);
       return;
     }
@@ -234,7 +249,7 @@ export async function serveStream(
   if (header.confirm_connect) stream.write(Buffer.of(CONNECTED_BYTE));
   // Looked up now, not before the connect: a reload meanwhile may have changed the limit.
   const budgets = bandwidth.budgets(proxies.get(proxy.name) ?? proxy);
-  tracker.carry(stream, socket, {
+  tracker.carry(visitor, socket, {
     labels: ['tunnel', 'local'],
     logger,
     fields: { ...fields, local, ...destination },

@@ -63,6 +63,13 @@ const RESERVED_HEADERS = new Set([
  * tcp proxy like any other (it only carries bytes), and the other keys of a tcp proxy mean what they mean.
  */
 export const SOCKS5_LOCAL = 'socks5';
+/**
+ * `local = "http-proxy"`: the same, with HTTP proxy requests (CONNECT and absolute-form, frp's http_proxy
+ * plugin) for the programs that take only an HTTP proxy (apt, docker, pip, git, `https_proxy`).
+ */
+export const HTTP_PROXY_LOCAL = 'http-proxy';
+/** The locals whose visitors choose their destination; the socks_* keys say who may and where to. */
+export type ForwardProxyLocal = typeof SOCKS5_LOCAL | typeof HTTP_PROXY_LOCAL;
 
 /**
  * `local = "dir:/srv/share"`: the client itself answers HTTP/1.1 with the files under that directory (frp's
@@ -76,25 +83,37 @@ export interface DirectoryLocal {
   dir: string;
 }
 
-/** A proxy's `local`: one service, SOCKS5 (the visitor's choice of destination), or a directory served here. */
-export type ProxyLocal = LocalAddress | typeof SOCKS5_LOCAL | DirectoryLocal;
+/**
+ * A proxy's `local`: one service, SOCKS5 or an HTTP proxy (the visitor's choice of destination), or a directory
+ * served here.
+ */
+export type ProxyLocal = LocalAddress | ForwardProxyLocal | DirectoryLocal;
 
 export function isDirectoryLocal(local: ProxyLocal): local is DirectoryLocal {
   return typeof local === 'object' && 'dir' in local;
 }
 
-export function isSocks5Local(local: ProxyLocal): local is typeof SOCKS5_LOCAL {
-  return local === SOCKS5_LOCAL;
+/** socks5 or http-proxy: no one local service, the visitor names where it goes. */
+export function isForwardProxyLocal(local: ProxyLocal): local is ForwardProxyLocal {
+  return local === SOCKS5_LOCAL || local === HTTP_PROXY_LOCAL;
 }
 
-/** A Unix socket's path as the one local service (not SOCKS5's visitor-chosen ones, not host:port). */
+/** "a socks5 proxy", "an http-proxy proxy": how error messages name one. */
+function aProxyWith(local: ForwardProxyLocal): string {
+  return local === SOCKS5_LOCAL ? 'a socks5 proxy' : 'an http-proxy proxy';
+}
+
+/** A Unix socket's path as the one local service (not a forward proxy's visitor-chosen ones, not host:port). */
 export function isUnixSocketLocal(local: ProxyLocal): local is UnixSocketAddress {
-  return !isSocks5Local(local) && !isDirectoryLocal(local) && isUnixSocketAddress(local);
+  return !isForwardProxyLocal(local) && !isDirectoryLocal(local) && isUnixSocketAddress(local);
 }
 
-/** The `local` of log lines and status: "127.0.0.1:22", "unix:/run/app.sock", "socks5", "dir:/srv/share". */
+/**
+ * The `local` of log lines and status: "127.0.0.1:22", "unix:/run/app.sock", "socks5", "http-proxy",
+ * "dir:/srv/share".
+ */
 export function describeLocal(local: ProxyLocal): string {
-  if (isSocks5Local(local)) return SOCKS5_LOCAL;
+  if (isForwardProxyLocal(local)) return local;
   return isDirectoryLocal(local) ? `${DIR_PREFIX}${local.dir}` : formatLocalAddress(local);
 }
 
@@ -106,12 +125,14 @@ export function describeProxyLocal(proxy: Pick<ProxyConfig, 'local' | 'localTls'
 
 /**
  * "host:port", "unix:PATH", "dir:PATH" (a relative PATH is resolved later, where the config file is known)
- * or "socks5".
+ * "socks5" or "http-proxy".
  */
 const localField = z
-  .string({ error: expected('"host:port", "unix:/path/to.sock", "dir:/path/to/share" or "socks5"') })
+  .string({
+    error: expected('"host:port", "unix:/path/to.sock", "dir:/path/to/share", "socks5" or "http-proxy"'),
+  })
   .transform((text, ctx): ProxyLocal => {
-    if (text === SOCKS5_LOCAL) return SOCKS5_LOCAL;
+    if (text === SOCKS5_LOCAL || text === HTTP_PROXY_LOCAL) return text;
     if (text.startsWith(DIR_PREFIX)) {
       const dir = text.slice(DIR_PREFIX.length);
       const problem =
@@ -213,7 +234,7 @@ const socksCredentialField = z
   .min(1)
   .refine((text) => Buffer.byteLength(text) <= 255, 'must be at most 255 bytes (RFC 1929)');
 
-/** Keys only a `local = "socks5"` proxy takes. */
+/** Keys only a `local = "socks5"` or `"http-proxy"` proxy takes: one set of rules for both. */
 const SOCKS_KEYS = [
   'socks_user',
   'socks_password',
@@ -364,11 +385,11 @@ export const proxySchema = z
         message: 'a proxy in a group shares the port it names with the others: 0 would be a port of its own',
       });
     }
-    if (proxy.health_check !== undefined && isSocks5Local(proxy.local)) {
+    if (proxy.health_check !== undefined && isForwardProxyLocal(proxy.local)) {
       ctx.addIssue({
         code: 'custom',
         path: ['health_check'],
-        message: 'a socks5 proxy has no one local service to check',
+        message: `${aProxyWith(proxy.local)} has no one local service to check`,
       });
     }
     if (proxy.health_check !== undefined && isDirectoryLocal(proxy.local)) {
@@ -460,26 +481,28 @@ export const proxySchema = z
 export type RawProxy = z.output<typeof proxySchema>;
 
 /**
- * A socks5 proxy's keys. The server's public port is open to the internet (unless its proxy_bind is
- * loopback), so a SOCKS5 port without a password and without a list of destinations would be an open proxy
- * into the client's network: refused. With socks_no_auth, socks_allow must say where visitors may go.
+ * A socks5 or http-proxy proxy's keys. The server's public port is open to the internet (unless its
+ * proxy_bind is loopback), so such a port without a password and without a list of destinations would be an
+ * open proxy into the client's network: refused. With socks_no_auth, socks_allow must say where visitors may go.
  */
 function checkSocks(
   proxy: Record<string, unknown> & { type: ProxyType; local: ProxyLocal },
   ctx: z.RefinementCtx,
 ): void {
   const issue = (key: string, message: string) => ctx.addIssue({ code: 'custom', path: [key], message });
-  if (!isSocks5Local(proxy.local)) {
+  if (!isForwardProxyLocal(proxy.local)) {
     for (const key of SOCKS_KEYS)
-      if (proxy[key] !== undefined) issue(key, 'applies to proxies with local = "socks5" only');
+      if (proxy[key] !== undefined)
+        issue(key, 'applies to proxies with local = "socks5" or "http-proxy" only');
     return;
   }
+  const local = proxy.local;
   if (proxy.type !== 'tcp') {
-    issue('local', `"socks5" is for tcp proxies, not ${proxy.type}`);
+    issue('local', `"${local}" is for tcp proxies, not ${proxy.type}`);
     return;
   }
   if (proxy.proxy_protocol !== undefined)
-    issue('proxy_protocol', 'a socks5 proxy has no one local service to send a PROXY header to');
+    issue('proxy_protocol', `${aProxyWith(local)} has no one local service to send a PROXY header to`);
   const passwords = [proxy.socks_password, proxy.socks_password_file].filter((v) => v !== undefined);
   if (passwords.length > 1) issue('socks_password', 'set socks_password or socks_password_file, not both');
   if ((proxy.socks_user === undefined) !== (passwords.length === 0))
@@ -503,8 +526,8 @@ function checkSocks(
     issue(
       'socks_user',
       reachedBy
-        ? `a socks5 proxy needs socks_user and socks_password_file: this private one is reached by ${reachedBy} (or set socks_no_auth = true with socks_allow)`
-        : 'a socks5 proxy needs socks_user and socks_password_file: its port on the server can be reached from the internet (or set socks_no_auth = true with socks_allow, e.g. on a server whose proxy_bind is 127.0.0.1)',
+        ? `${aProxyWith(local)} needs socks_user and socks_password_file: this private one is reached by ${reachedBy} (or set socks_no_auth = true with socks_allow)`
+        : `${aProxyWith(local)} needs socks_user and socks_password_file: its port on the server can be reached from the internet (or set socks_no_auth = true with socks_allow, e.g. on a server whose proxy_bind is 127.0.0.1)`,
     );
   }
 }
@@ -552,8 +575,10 @@ function checkLocalTls(
     issue(`applies to tcp, tcpmux and http proxies, not ${proxy.type}`);
     return;
   }
-  if (isSocks5Local(proxy.local))
-    issue('a socks5 proxy has no one local service to speak TLS to: its visitors choose where they go');
+  if (isForwardProxyLocal(proxy.local))
+    issue(
+      `${aProxyWith(proxy.local)} has no one local service to speak TLS to: its visitors choose where they go`,
+    );
   else if (isDirectoryLocal(proxy.local))
     issue('a directory is served by the client itself: there is no local service to speak TLS to');
   else if (isUnixSocketAddress(proxy.local))
@@ -564,7 +589,7 @@ export interface ProxyConfig {
   name: string;
   type: ProxyType;
   /**
-   * A Unix socket's path is absolute here (tcp, http and tls proxies only); "socks5" for tcp only; a
+   * A Unix socket's path is absolute here (tcp, http and tls proxies only); "socks5" and "http-proxy" for tcp only; a
    * directory's path absolute too (http and tcp only).
    */
   local: ProxyLocal;
@@ -594,7 +619,7 @@ export interface ProxyConfig {
   maxFlows?: number;
   /** Bytes per second each way, for all its connections (or flows) together; applied here, not by the server. */
   bandwidthLimit?: BandwidthLimit;
-  /** local = "socks5": who may use it and where to. */
+  /** local = "socks5" or "http-proxy": who may use it and where to (the socks_* keys). */
   socks?: SocksSettings;
   /** local = "dir:PATH": how its files are served. */
   directory?: DirectorySettings;
@@ -655,7 +680,7 @@ export function toProxyConfig(raw: RawProxy): ProxyConfig {
   if (raw.private === true) proxy.private = true;
   const localTls = toLocalTls(raw.local_tls);
   if (localTls) proxy.localTls = localTls;
-  if (isSocks5Local(raw.local)) {
+  if (isForwardProxyLocal(raw.local)) {
     const socks: SocksSettings = {};
     // socks_password_file is read by the config loader, which knows where the file is.
     if (raw.socks_user !== undefined && raw.socks_password !== undefined)

@@ -20,7 +20,7 @@ import {
   udpLinkStopped,
 } from '@porthole/protocol';
 import type { LocalFailureLog } from './local-failure-log.js';
-import { isDirectoryLocal, isSocks5Local, type ProxyConfig } from './proxy-config.js';
+import { isDirectoryLocal, isForwardProxyLocal, type ProxyConfig } from './proxy-config.js';
 
 export const DEFAULT_UDP_IDLE_TIMEOUT_MS = 60_000;
 /** Datagrams (and bytes of them) held while the local socket is still connecting (a DNS lookup). */
@@ -122,7 +122,7 @@ export function serveUdpFlow(
 ): Promise<UdpFlowCounts> {
   const target = proxy.local;
   // Refused by the config's checks: a udp proxy's local is host:port.
-  if (isSocks5Local(target) || isDirectoryLocal(target) || isUnixSocketAddress(target))
+  if (isForwardProxyLocal(target) || isDirectoryLocal(target) || isUnixSocketAddress(target))
     throw new Error(`udp proxy ${proxy.name}: its local is not host:port`);
   const family = isIPv6(target.host) ? 'udp6' : 'udp4';
   const local = formatHostPort(target.host, target.port);

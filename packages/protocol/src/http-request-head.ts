@@ -2,6 +2,7 @@
 // line and fields strictly (RFC 9112 2-5): the server's tcpmux CONNECT and the client's http-proxy local both
 // act on what it names, so anything this parser is unsure of is refused rather than guessed at.
 import type { Readable } from 'node:stream';
+import { normalizeRequestHost } from './host-names.js';
 import { HTTP_FIELD_VALUE, HTTP_TOKEN } from './http-field-syntax.js';
 
 /** Index just past the blank line that ends a head in `buf`, searching from `from`; -1 if not there yet. */
@@ -129,4 +130,18 @@ export function isRefusedRequest(parsed: RequestHead | RefusedRequest): parsed i
 
 export function badRequest(reason: string): RefusedRequest {
   return { status: 400, reason };
+}
+
+/** authority-form (RFC 9112 3.2.3): host ":" port, the port required. */
+const AUTHORITY_PORT = /:([0-9]{1,5})$/;
+
+/**
+ * A CONNECT target ("nas.example.com:22", "[::1]:5432"): its host normalized (normalizeRequestHost) and its
+ * port; undefined when it is not host ":" port with a port in 1-65535.
+ */
+export function parseConnectTarget(target: string): { name: string; port: number } | undefined {
+  const port = AUTHORITY_PORT.exec(target);
+  const name = normalizeRequestHost(target);
+  if (!port || Number(port[1]) < 1 || Number(port[1]) > 65535 || name === undefined) return undefined;
+  return { name, port: Number(port[1]) };
 }

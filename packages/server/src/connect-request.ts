@@ -5,6 +5,7 @@ import {
   badRequest,
   isRefusedRequest,
   normalizeRequestHost,
+  parseConnectTarget,
   parseRequestHead,
   type RefusedRequest,
 } from '@porthole/protocol';
@@ -21,9 +22,6 @@ export interface ConnectRequest {
   proxyAuthorization: string | undefined;
 }
 
-/** authority-form (RFC 9112 3.2.3): host ":" port, the port required. */
-const AUTHORITY_PORT = /:([0-9]{1,5})$/;
-
 /**
  * The routed parts of a complete head (as readRequestHead gave it), or why it is refused: 405 for another
  * method; 400 for what parseRequestHead refuses, a target not in authority form, and two Host or
@@ -35,10 +33,8 @@ export function parseConnectHead(head: Buffer): ConnectRequest | RefusedRequest 
   if (isRefusedRequest(request)) return request;
   const { method, target } = request;
   if (method !== 'CONNECT') return { status: 405, reason: `method ${method.slice(0, 16)}, not CONNECT` };
-  const port = AUTHORITY_PORT.exec(target);
-  const name = normalizeRequestHost(target);
-  if (!port || Number(port[1]) < 1 || Number(port[1]) > 65535 || name === undefined)
-    return badRequest('the CONNECT target is not host:port');
+  const name = parseConnectTarget(target)?.name;
+  if (name === undefined) return badRequest('the CONNECT target is not host:port');
   const fields = new Map<string, string>();
   for (const { key, value } of request.fields) {
     if ((key === 'host' || key === 'proxy-authorization') && fields.has(key))
