@@ -13,7 +13,8 @@ import { makeCa, makeCert } from './lib/routing.js';
 const EXAMPLES = path.join(repoRoot, 'examples');
 
 /**
- * /etc/porthole as the README fills it (secret, admin-token, token, laptop-token, socks-password, certificates for
+ * /etc/porthole as the README fills it (secret, admin-token, token, laptop-token, socks-password,
+ * http-proxy-password, certificates for
  * example.com, a local service's certificate), in the
  * harness dir, each file 0600. Returns the directory.
  */
@@ -34,6 +35,7 @@ async function etcPorthole(h: Harness): Promise<string> {
       },
     ],
     ['socks-password', { text: 'a long random password\n' }],
+    ['http-proxy-password', { text: 'another long random password\n' }],
     ['fullchain.pem', pair.cert],
     ['privkey.pem', pair.key],
     ['example.com/fullchain.pem', pair.cert],
