@@ -160,6 +160,7 @@ test('the examples are valid configs (with their file paths pointed at real file
   writeFileSync(join(dir, 'token'), 'a.b.c\n');
   writeFileSync(join(dir, 'admin-token'), `${'a'.repeat(32)}\n`);
   writeFileSync(join(dir, 'socks-password'), 'a long random password\n', { mode: 0o600 });
+  writeFileSync(join(dir, 'http-proxy-password'), 'another long random password\n', { mode: 0o600 });
   // The [[https.certs]] pair of the example: a real self-signed certificate for example.com.
   selfSignedCert({
     certFile: join(dir, 'fullchain.pem'),
@@ -173,6 +174,7 @@ test('the examples are valid configs (with their file paths pointed at real file
       .replaceAll('/etc/porthole/token', join(dir, 'token'))
       .replaceAll('/etc/porthole/admin-token', join(dir, 'admin-token'))
       .replaceAll('/etc/porthole/socks-password', join(dir, 'socks-password'))
+      .replaceAll('/etc/porthole/http-proxy-password', join(dir, 'http-proxy-password'))
       .replaceAll('/etc/porthole/example.com/', `${dir}/`);
     writeFileSync(join(dir, name), text);
     return join(dir, name);
