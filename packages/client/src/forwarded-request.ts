@@ -35,7 +35,8 @@ export class ForwardedRequest extends Duplex {
     visitor.once('end', this.onEnd);
     visitor.once('error', (err) => this.destroy(err));
     visitor.once('close', () => {
-      if (!this.readableEnded) this.destroy(new Error('visitor closed before the end of its request'));
+      if (this.bodyDone) this.endReading();
+      else this.destroy(new Error('visitor closed before the end of its request'));
     });
     if (rest.length > 0) this.onData(rest);
     visitor.resume();
@@ -69,9 +70,18 @@ export class ForwardedRequest extends Duplex {
   };
 
   private readonly onEnd = (): void => {
-    if (this.bodyDone) this.push(null);
+    if (this.bodyDone) this.endReading();
     else this.destroy(new Error('visitor ended in the middle of its request body'));
   };
+
+  private readingEnded = false;
+
+  /** The visitor's end, passed on once: the destination has had the whole request by then. */
+  private endReading(): void {
+    if (this.readingEnded || this.destroyed) return;
+    this.readingEnded = true;
+    this.push(null);
+  }
 
   override _read(): void {
     this.visitor.resume();
