@@ -56,7 +56,6 @@ export interface HttpProxyConnection {
 const STATUS_TEXT: Record<number, string> = {
   400: 'Bad Request',
   403: 'Forbidden',
-  405: 'Method Not Allowed',
   407: 'Proxy Authentication Required',
   408: 'Request Timeout',
   431: 'Request Header Fields Too Large',

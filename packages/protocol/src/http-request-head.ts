@@ -34,12 +34,13 @@ export type ReadRequestHead =
   | { state: 'gone'; reason: string };
 
 /**
- * Reads up to the blank line that ends the request head, at most `maxBytes`, within `timeoutMs`. The stream
- * is left paused with nothing unread lost: what came after the head is in `rest`.
+ * Reads up to the blank line that ends the request head, at most `maxBytes`, within `timeoutMs` (the
+ * setting that says so, if one does, is named in the 408's reason). The stream is left paused with nothing
+ * unread lost: what came after the head is in `rest`.
  */
 export function readRequestHead(
   socket: Readable,
-  { maxBytes, timeoutMs }: { maxBytes: number; timeoutMs: number },
+  { maxBytes, timeoutMs, timeoutSetting }: { maxBytes: number; timeoutMs: number; timeoutSetting?: string },
 ): Promise<ReadRequestHead> {
   return new Promise((resolve) => {
     let received = Buffer.alloc(0);
@@ -69,7 +70,8 @@ export function readRequestHead(
         reason: `closed after ${received.length} bytes, before the end of its request`,
       });
     const timer = setTimeout(() => {
-      const reason = `no complete request within ${timeoutMs} ms (handshake_timeout)`;
+      const setting = timeoutSetting === undefined ? '' : ` (${timeoutSetting})`;
+      const reason = `no complete request within ${timeoutMs} ms${setting}`;
       finish({ state: 'refused', refused: { status: 408, reason } });
     }, timeoutMs);
     socket.on('data', onData);

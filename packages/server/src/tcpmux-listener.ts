@@ -127,6 +127,7 @@ export class TcpmuxListener {
     const read = await readRequestHead(socket, {
       maxBytes: MAX_CONNECT_HEAD_BYTES,
       timeoutMs: this.opts.handshakeTimeoutMs,
+      timeoutSetting: 'handshake_timeout',
     });
     if (read.state === 'gone') {
       logger.debug({ remote_addr: remoteAddr, reason: read.reason }, 'tcpmux connection refused');
