@@ -3,6 +3,7 @@
 // `GET http://nas.lan/x HTTP/1.1`), its destination checked and connected from the client's side as socks5's
 // is (forward-destination.ts), and then the bytes carried: after a CONNECT both ways as they come, otherwise
 // the one request (forwarded-request.ts) and its response, after which the connection closes.
+import { STATUS_CODES } from 'node:http';
 import { isIP, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Stream } from '@porthole/mux';
@@ -13,6 +14,7 @@ import {
   normalizeRequestHost,
   parseConnectTarget,
   parseRequestHead,
+  plainErrorResponse,
   type RequestHead,
   readRequestHead,
 } from '@porthole/protocol';
@@ -52,15 +54,6 @@ export interface HttpProxyConnection {
   /** The address connected to, when `dest` is a name. */
   destAddr?: string;
 }
-
-const STATUS_TEXT: Record<number, string> = {
-  400: 'Bad Request',
-  403: 'Forbidden',
-  407: 'Proxy Authentication Required',
-  408: 'Request Timeout',
-  431: 'Request Header Fields Too Large',
-  502: 'Bad Gateway',
-};
 
 /** Fields of one hop only (RFC 9110 7.6.1), and the ones addressed to this proxy: not passed on. */
 const HOP_FIELDS = new Set([
@@ -224,14 +217,8 @@ function refuse(
   reason: string,
   dest: string | undefined,
 ): HttpProxyRequestFailed {
-  const body = `${status} ${STATUS_TEXT[status] ?? ''}: ${status === 407 ? 'proxy credentials required' : reason}\n`;
-  const fields = [
-    `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? ''}`,
-    'Content-Type: text/plain; charset=utf-8',
-    `Content-Length: ${Buffer.byteLength(body)}`,
-    'Connection: close',
-    ...(status === 407 ? ['Proxy-Authenticate: Basic realm="porthole"'] : []),
-  ];
-  stream.write(`${fields.join('\r\n')}\r\n\r\n${body}`);
+  const body = `${status} ${STATUS_CODES[status] ?? ''}: ${status === 407 ? 'proxy credentials required' : reason}`;
+  const fields = status === 407 ? ['Proxy-Authenticate: Basic realm="porthole"'] : [];
+  stream.write(plainErrorResponse(status, body, fields));
   return new HttpProxyRequestFailed(`${status}: ${reason}`, dest);
 }

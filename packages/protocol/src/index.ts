@@ -25,6 +25,7 @@ export * from './message-codec.js';
 export * from './network-list.js';
 export * from './pem-certificate.js';
 export * from './pipe-bidirectional.js';
+export * from './plain-error-response.js';
 export * from './port-ranges.js';
 export * from './process-resources.js';
 export * from './proxy-protocol.js';

@@ -1,5 +1,5 @@
-import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { plainErrorResponse } from '@porthole/protocol';
 
 /** How long a peer has to read a last answer and close, once it is all written, before the socket goes. */
 const LINGER_MS = 2_000;
@@ -30,14 +30,5 @@ export function answerAndClose(socket: Duplex, answer?: string): void {
  * ("Name: value" lines) and `body` as its text, and closes the connection.
  */
 export function refuseAndClose(socket: Duplex, status: number, body: string, fields: string[] = []): void {
-  const text = `${body}\n`;
-  answerAndClose(
-    socket,
-    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n` +
-      fields.map((field) => `${field}\r\n`).join('') +
-      'Content-Type: text/plain; charset=utf-8\r\n' +
-      `Content-Length: ${Buffer.byteLength(text)}\r\n` +
-      'Connection: close\r\n\r\n' +
-      text,
-  );
+  answerAndClose(socket, plainErrorResponse(status, body, fields));
 }
