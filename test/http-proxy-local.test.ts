@@ -9,19 +9,13 @@ import { writeFile } from 'node:fs/promises';
 import { createServer as createHttpsServer } from 'node:https';
 import { type AddressInfo, connect } from 'node:net';
 import { test } from 'node:test';
+import { FORWARD_PASSWORD, FORWARD_USER, startForwardProxyTunnel } from './lib/forward-proxy.js';
 import { startHttpBackend } from './lib/http-backend.js';
 import { clientBin, freePort, freePorts, type Harness, run, withHarness } from './lib/processes.js';
-import {
-  issueRoutedToken,
-  makeCa,
-  makeCert,
-  type RoutedProxy,
-  startRoutedClient,
-  startRoutedServer,
-} from './lib/routing.js';
+import { makeCa, makeCert } from './lib/routing.js';
 
-const USER = 'homelab';
-const PASSWORD = 'correct horse battery staple';
+const USER = FORWARD_USER;
+const PASSWORD = FORWARD_PASSWORD;
 
 /** A server and a client whose http-proxy proxy (user and password from a file, `extra` keys) is on its port. */
 async function startHttpProxyTunnel(
@@ -29,27 +23,14 @@ async function startHttpProxyTunnel(
   extra: Record<string, string | string[]> = {},
   adminListen?: string,
 ) {
-  const port = await freePort();
-  const passwordFile = await h.file('proxy-password', `${PASSWORD}\n`, 0o600);
-  const server = await startRoutedServer(h, { http: false });
-  const token = await issueRoutedToken(server, { name: 'lab', ports: String(port) });
-  const proxy: RoutedProxy = {
+  const tunnel = await startForwardProxyTunnel(h, {
     name: 'web-proxy',
-    type: 'tcp',
     local: 'http-proxy',
-    remote_port: port,
-    socks_user: USER,
-    socks_password_file: passwordFile,
-    ...extra,
-  };
-  const client = await startRoutedClient(h, {
-    server: server.url,
-    token,
-    proxies: [proxy],
+    extra,
     ...(adminListen === undefined ? {} : { adminListen }),
   });
-  const proxyUrl = `http://${USER}:${encodeURIComponent(PASSWORD)}@127.0.0.1:${port}`;
-  return { port, server, client, proxyUrl };
+  const proxyUrl = `http://${USER}:${encodeURIComponent(PASSWORD)}@127.0.0.1:${tunnel.port}`;
+  return { ...tunnel, proxyUrl };
 }
 
 /** curl with these arguments: [exit code, stdout, stderr]. */

@@ -6,30 +6,16 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import { type AddressInfo, connect } from 'node:net';
 import { test } from 'node:test';
+import { FORWARD_PASSWORD, FORWARD_USER, startForwardProxyTunnel } from './lib/forward-proxy.js';
 import { startHttpBackend } from './lib/http-backend.js';
-import { clientBin, freePort, freePorts, type Harness, run, withHarness } from './lib/processes.js';
-import { issueRoutedToken, type RoutedProxy, startRoutedClient, startRoutedServer } from './lib/routing.js';
+import { clientBin, freePorts, type Harness, run, withHarness } from './lib/processes.js';
 
-const USER = 'homelab';
-const PASSWORD = 'correct horse battery staple';
+const USER = FORWARD_USER;
+const PASSWORD = FORWARD_PASSWORD;
 
 /** A server and a client whose socks5 proxy (user and password from a file, `extra` keys) is on its port. */
-async function startSocksTunnel(h: Harness, extra: Record<string, string | string[]> = {}) {
-  const port = await freePort();
-  const passwordFile = await h.file('socks-password', `${PASSWORD}\n`, 0o600);
-  const server = await startRoutedServer(h, { http: false });
-  const token = await issueRoutedToken(server, { name: 'lab', ports: String(port) });
-  const proxy: RoutedProxy = {
-    name: 'socks',
-    type: 'tcp',
-    local: 'socks5',
-    remote_port: port,
-    socks_user: USER,
-    socks_password_file: passwordFile,
-    ...extra,
-  };
-  const client = await startRoutedClient(h, { server: server.url, token, proxies: [proxy] });
-  return { port, server, client };
+function startSocksTunnel(h: Harness, extra: Record<string, string | string[]> = {}) {
+  return startForwardProxyTunnel(h, { name: 'socks', local: 'socks5', extra });
 }
 
 /** curl through the SOCKS port: [exit code, stdout, stderr]. */
