@@ -32,6 +32,7 @@ export * from './proxy-protocol.js';
 export * from './reset-connection.js';
 export * from './rules.js';
 export * from './stream-header.js';
+export * from './tls-cert-files.js';
 export * from './token.js';
 export * from './token-bucket.js';
 export * from './turn-gathered-writes.js';

@@ -12,6 +12,7 @@ import {
   type HostPort,
   hostPortField,
   type LogLevel,
+  loadCertFiles,
   loadTomlConfig,
   logLevelField,
   MIN_SECRET_LENGTH,
@@ -27,7 +28,6 @@ import {
 import { z } from 'zod';
 import type { PendingLimits } from './pending-connections.js';
 import { loadRoutingConfig, type RoutingConfig, routingConfigShape } from './routing-config.js';
-import { loadCertFiles } from './tls-cert-files.js';
 
 /** Loopback only unless the operator says otherwise: the admin API shows every client and connection. */
 export const DEFAULT_ADMIN_LISTEN = '127.0.0.1:7500';

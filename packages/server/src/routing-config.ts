@@ -9,13 +9,14 @@ import {
   formatDuration,
   type HostPort,
   hostPortField,
+  loadCertFiles,
+  type PemPair,
   parseHostPattern,
   positiveIntField,
   UDP_IDLE_TIMEOUT_MIN_MS,
 } from '@porthole/protocol';
 import { z } from 'zod';
 import type { HttpLimits } from './http-vhost-server.js';
-import { loadCertFiles, type PemPair } from './tls-cert-files.js';
 import { type CertPair, TlsCertStore } from './tls-cert-store.js';
 import { TrustedProxies } from './trusted-proxies.js';
 

@@ -1,9 +1,8 @@
 // The certificates the server terminates TLS with on its TLS port ([[https.certs]], and the control
 // endpoint's [tls] cert), chosen by SNI from the DNS names each certificate covers.
 
-import { X509Certificate } from 'node:crypto';
 import { createSecureContext, type SecureContext } from 'node:tls';
-import { isIpAddressSni, normalizeRequestHost } from '@porthole/protocol';
+import { certificateNames, isIpAddressSni, normalizeRequestHost } from '@porthole/protocol';
 
 export interface CertPair {
   cert: Buffer;
@@ -16,21 +15,6 @@ interface LoadedCert {
   pair: CertPair;
   context: SecureContext;
   names: string[];
-}
-
-/** The DNS names a certificate covers: its subjectAltName DNS entries, else its subject CN. */
-export function certificateNames(pem: Buffer): string[] {
-  const x509 = new X509Certificate(pem);
-  const names: string[] = [];
-  for (const part of (x509.subjectAltName ?? '').split(',')) {
-    const match = /^\s*DNS:(.+)$/.exec(part);
-    if (match) names.push(match[1]!.trim().toLowerCase());
-  }
-  if (names.length === 0) {
-    const cn = /(?:^|\n)CN=([^\n]+)/.exec(x509.subject);
-    if (cn) names.push(cn[1]!.trim().toLowerCase());
-  }
-  return names;
 }
 
 export class TlsCertStore {

@@ -5,9 +5,8 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { scratchDir } from '@porthole/mux/test/scratch-dir';
-import { ConfigError, issueToken } from '@porthole/protocol';
+import { ConfigError, issueToken, loadCertFiles } from '@porthole/protocol';
 import { loadServerConfig } from '../src/config.js';
-import { loadCertFiles } from '../src/tls-cert-files.js';
 import { selfSignedCert } from './self-signed-cert.js';
 
 const dir = scratchDir('porthole-server-config-');
@@ -227,7 +226,7 @@ test('a [tls] pair TLS cannot use is refused at load, naming the key at fault an
     }) as string,
   );
   assert.deepEqual(problems(withTls(a.certFile, encrypted)), [
-    `tls.key_file: ${encrypted} is encrypted (has a passphrase); the server needs the key unencrypted`,
+    `tls.key_file: ${encrypted} is encrypted (has a passphrase); TLS needs the key unencrypted`,
   ]);
   const good = loadServerConfig(write('tls.toml', withTls(a.certFile, a.keyFile)));
   assert.deepEqual(good.tls, { cert: a.cert, key: a.key });

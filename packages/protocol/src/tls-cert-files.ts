@@ -1,17 +1,13 @@
-// The certificate and key files server.toml names ([tls], [[https.certs]]), read and checked as the config
-// is loaded, so that `check` and the start refuse a pair TLS cannot use (exit 2, naming the key). Left to
+// A certificate and key pair a config names (server.toml's [tls] and [[https.certs]], a client proxy's
+// terminate_tls), read and checked as the config is loaded, so that `check`, the start and a reload refuse a
+// pair TLS cannot use (naming the key). Left to
 // createSecureContext, a bad pair is refused only where one is built, in OpenSSL's words that name no file
 // ("key values mismatch", "no start line"), and a key of another type than the certificate's (an RSA key
 // beside an EC certificate) is not refused at all: every handshake fails instead.
 import { createPrivateKey, type KeyObject, type X509Certificate } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
-import {
-  ConfigError,
-  expandConfigPath,
-  firstPemCertificate,
-  heldInsteadHint,
-  readConfigFile,
-} from '@porthole/protocol';
+import { ConfigError, expandConfigPath, readConfigFile } from './config-file.js';
+import { firstPemCertificate, heldInsteadHint } from './pem-certificate.js';
 
 export interface CertFiles {
   cert_file: string;
@@ -37,11 +33,7 @@ function certificateIn(file: string, key: string, path: string, pem: Buffer): X5
 
 function privateKeyIn(file: string, key: string, path: string, pem: Buffer): KeyObject {
   if (pem.includes('ENCRYPTED')) {
-    throw ConfigError.at(
-      file,
-      key,
-      `${path} is encrypted (has a passphrase); the server needs the key unencrypted`,
-    );
+    throw ConfigError.at(file, key, `${path} is encrypted (has a passphrase); TLS needs the key unencrypted`);
   }
   try {
     return createPrivateKey(pem);
@@ -60,10 +52,10 @@ function openSslReason(err: Error): string {
 }
 
 /**
- * Reads `prefix`.cert_file and `prefix`.key_file ("tls", "https.certs[0]") and checks that TLS can use
+ * Reads `prefix`.cert_file and `prefix`.key_file ("tls", "https.certs[0]", "proxies[web].terminate_tls") and checks that TLS can use
  * them: a PEM certificate (its chain may follow), a PEM private key, and the key the certificate's.
  * Throws ConfigError naming the key at fault. A certificate out of its dates is only a warning: a renewal
- * may be on its way, and until then the server still runs for clients told to accept it.
+ * may be on its way, and until then TLS is still served to peers told to accept it.
  */
 export function loadCertFiles(
   file: string,
