@@ -1,5 +1,6 @@
 import {
   ConfigError,
+  certificateNames,
   durationAtLeast,
   durationField,
   elementLabel,
@@ -13,8 +14,10 @@ import {
   isLoopback,
   isUnixSocketAddress,
   type LogLevel,
+  loadCertFiles,
   loadTomlConfig,
   logLevelField,
+  namesCover,
   PICKED_PORT,
   parseRule,
   readConfigFile,
@@ -44,6 +47,8 @@ import {
   type RawProxy,
   toProxyConfig,
 } from './proxy-config.js';
+import type { RawTerminateTls, TerminateTls } from './terminate-tls.js';
+import { DEFAULT_VISITOR_HANDSHAKE_TIMEOUT_MS } from './terminate-tls.js';
 import { tokenWarnings } from './token-warnings.js';
 import { toVisitorConfig, type VisitorConfig, visitorSchema, visitRule } from './visitor-config.js';
 
@@ -295,6 +300,11 @@ function fileProxy(source: string, raw: RawProxy, index: number, warnings: strin
   }
   if (proxy.localTls)
     readLocalTlsFiles(source, `proxies${elementLabel(index, raw)}.local_tls`, proxy.localTls, warnings);
+  if (raw.terminate_tls !== undefined) {
+    const key = `proxies${elementLabel(index, raw)}.terminate_tls`;
+    proxy.terminateTls = readTerminateTlsFiles(source, key, raw.terminate_tls, warnings);
+    warnUncoveredHosts(key, proxy, warnings);
+  }
   if (isDirectoryLocal(proxy.local)) {
     // Not checked for being there: a disk mounted later, or a directory made after the client starts, is fine.
     const at = { source, key: `proxies${elementLabel(index, raw)}.local` };
@@ -323,6 +333,44 @@ function readLocalTlsFiles(source: string, key: string, tls: LocalTls, warnings:
       source,
       at.key,
       `${path} is not a PEM certificate${heldInsteadHint(tls.ca, 'PRIVATE KEY', "ca_file is the service's certificate (or its CA's), not its key")}`,
+    );
+}
+
+/**
+ * A proxy's terminate_tls: its certificate and key read (resolved next to the config file) and checked to be a
+ * pair TLS can use, so a bad pair is refused at start, by `check` and by a reload (which keeps the running
+ * one); a key file others can read is warned about, as every secret file is.
+ */
+function readTerminateTlsFiles(
+  source: string,
+  key: string,
+  raw: RawTerminateTls,
+  warnings: string[],
+): TerminateTls {
+  const pair = loadCertFiles(source, key, raw, warnings);
+  const keyFile = resolvePath({ source, key: `${key}.key_file` }, raw.key_file);
+  const exposed = secretFileExposure(keyFile);
+  if (exposed) warnings.push(`${key}.key_file: ${exposed}`);
+  return {
+    certFile: resolvePath({ source, key: `${key}.cert_file` }, raw.cert_file),
+    keyFile,
+    pair,
+    handshakeTimeoutMs: raw.handshake_timeout ?? DEFAULT_VISITOR_HANDSHAKE_TIMEOUT_MS,
+  };
+}
+
+/**
+ * A tls proxy's hosts that its terminate_tls certificate does not name: its visitors would refuse it. Only
+ * warned about: a certificate on its way (a renewal with a new name) is replaced by a reload. A subdomain's
+ * full name is the server's subdomain_host's, unknown here.
+ */
+function warnUncoveredHosts(key: string, proxy: ProxyConfig, warnings: string[]): void {
+  if (!proxy.terminateTls || !proxy.hosts?.length) return;
+  const names = certificateNames(proxy.terminateTls.pair.cert);
+  const uncovered = proxy.hosts.filter((host) => !namesCover(names, host));
+  if (uncovered.length > 0)
+    warnings.push(
+      `${key}.cert_file: the certificate in ${proxy.terminateTls.certFile} names ${names.join(', ') || 'no DNS name'}, not ${uncovered.join(', ')} (visitors of those names will refuse it)`,
     );
 }
 

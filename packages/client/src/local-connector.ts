@@ -30,6 +30,7 @@ import {
 } from './proxy-config.js';
 import { boundElsewhere } from './remote-bind-check.js';
 import { openSocksDestination, SocksRequestFailed } from './socks-connector.js';
+import { endVisitorTls } from './terminate-tls.js';
 import { type OpenUdpFlows, serveUdpFlow } from './udp-forwarder.js';
 
 /** The PROXY header's endpoints: the visitor, and the server address it connected to. */
@@ -183,6 +184,18 @@ export async function serveStream(
     });
     return;
   }
+  // What is carried to the local socket: the stream, the plaintext of its TLS (terminate_tls), or (an
+  // http-proxy's absolute-form request) its one request.
+  let visitor: Duplex = stream;
+  if (proxy.terminateTls) {
+    try {
+      visitor = await endVisitorTls(stream, proxy.terminateTls);
+    } catch (err) {
+      // A scanner, a visitor refusing the certificate, one gone mid-handshake: nothing the service did.
+      logger.debug({ ...fields, local, reason: (err as Error).message }, 'visitor tls handshake failed');
+      return;
+    }
+  }
   // A SOCKS or HTTP proxy visitor's request is its own to stall, under its own timeouts: no burst places.
   const forwardProxy = isForwardProxyLocal(proxy.local);
   const timeoutMs = pending.begin(proxy.name, !forwardProxy);
@@ -194,8 +207,6 @@ export async function serveStream(
     return;
   }
   let socket: Socket;
-  // What is carried to the socket: the stream, or (an http-proxy's absolute-form request) its one request.
-  let visitor: Duplex = stream;
   // A socks5 or http-proxy proxy's line names where each visitor went.
   let destination: Record<string, string> = {};
   try {

@@ -34,6 +34,7 @@ import { z } from 'zod';
 import type { HealthCheckConfig } from './health-check.js';
 import { type LocalTls, localTlsField, toLocalTls } from './local-tls.js';
 import type { SocksCredentials } from './socks5.js';
+import { type TerminateTls, terminateTlsField } from './terminate-tls.js';
 
 const hostField = z.string({ error: expected('a hostname') }).transform((text, ctx) => {
   try {
@@ -117,10 +118,14 @@ export function describeLocal(local: ProxyLocal): string {
   return isDirectoryLocal(local) ? `${DIR_PREFIX}${local.dir}` : formatLocalAddress(local);
 }
 
-/** A proxy's `local` as log lines and status show it: describeLocal's, "127.0.0.1:8006 (tls)" with local_tls. */
-export function describeProxyLocal(proxy: Pick<ProxyConfig, 'local' | 'localTls'>): string {
+/**
+ * A proxy's `local` as log lines and status show it: describeLocal's, "127.0.0.1:8006 (tls)" with local_tls,
+ * "tls ended here -> 127.0.0.1:8080" with terminate_tls (the visitors' TLS ends on this client).
+ */
+export function describeProxyLocal(proxy: Pick<ProxyConfig, 'local' | 'localTls' | 'terminateTls'>): string {
   const local = describeLocal(proxy.local);
-  return proxy.localTls ? `${local} (tls)` : local;
+  const towardsService = proxy.localTls ? `${local} (tls)` : local;
+  return proxy.terminateTls ? `tls ended here -> ${towardsService}` : towardsService;
 }
 
 /**
@@ -191,6 +196,7 @@ const KEY_TYPES: Record<string, readonly ProxyType[]> = {
   health_check: ['tcp', 'http', 'tls', 'tcpmux'],
   private: ['tcp', 'udp'],
   multiplexer: ['tcpmux'],
+  terminate_tls: ['tcp', 'tls'],
 };
 
 /**
@@ -364,6 +370,7 @@ export const proxySchema = z
     private: z.boolean({ error: expected('true or false') }).optional(),
     multiplexer: z.enum(TCPMUX_MULTIPLEXERS, { error: expected('"httpconnect"') }).optional(),
     local_tls: localTlsField.optional(),
+    terminate_tls: terminateTlsField.optional(),
   })
   .superRefine((proxy, ctx) => {
     for (const [key, types] of Object.entries(KEY_TYPES)) {
@@ -378,6 +385,7 @@ export const proxySchema = z
     checkSocks(proxy, ctx);
     checkDirectory(proxy, ctx);
     checkLocalTls(proxy, ctx);
+    checkTerminateTls(proxy, ctx);
     if (proxy.group !== undefined && proxy.remote_port === PICKED_PORT) {
       ctx.addIssue({
         code: 'custom',
@@ -556,23 +564,24 @@ function checkDirectory(
 
 /**
  * local_tls: TLS from the client to one service at host:port, for tcp, tcpmux and http proxies (a tcpmux proxy
- * is a tcp proxy chosen by name: its local connection is made the same way). A tls proxy passes the
- * visitor's own TLS through, end to end, so a second layer would be refused by the service.
+ * is a tcp proxy chosen by name: its local connection is made the same way), and tls proxies whose
+ * terminate_tls ends the visitor's TLS here. Without it, a tls proxy passes the visitor's own TLS through, end
+ * to end, so a second layer would be refused by the service.
  */
 function checkLocalTls(
-  proxy: { type: ProxyType; local: ProxyLocal; local_tls?: unknown },
+  proxy: { type: ProxyType; local: ProxyLocal; local_tls?: unknown; terminate_tls?: unknown },
   ctx: z.RefinementCtx,
 ): void {
   if (proxy.local_tls === undefined || proxy.local_tls === false) return;
   const issue = (message: string) => ctx.addIssue({ code: 'custom', path: ['local_tls'], message });
-  if (proxy.type === 'tls') {
+  if (proxy.type === 'tls' && proxy.terminate_tls === undefined) {
     issue(
-      "a tls proxy passes the visitor's TLS through to the service untouched, so the service already speaks TLS with the visitor: leave local_tls out (or use an http proxy, whose server ends the visitor's TLS)",
+      "a tls proxy passes the visitor's TLS through to the service untouched, so the service already speaks TLS with the visitor: leave local_tls out, or set terminate_tls to end the visitor's TLS on this client and speak TLS again to the service (frp's https2https)",
     );
     return;
   }
-  if (proxy.type !== 'tcp' && proxy.type !== 'tcpmux' && proxy.type !== 'http') {
-    issue(`applies to tcp, tcpmux and http proxies, not ${proxy.type}`);
+  if (proxy.type !== 'tcp' && proxy.type !== 'tcpmux' && proxy.type !== 'http' && proxy.type !== 'tls') {
+    issue(`applies to tcp, tcpmux, http and tls (with terminate_tls) proxies, not ${proxy.type}`);
     return;
   }
   if (isForwardProxyLocal(proxy.local))
@@ -583,6 +592,24 @@ function checkLocalTls(
     issue('a directory is served by the client itself: there is no local service to speak TLS to');
   else if (isUnixSocketAddress(proxy.local))
     issue('applies to a local service at "host:port", not a Unix socket');
+}
+
+/**
+ * terminate_tls: the client ends the visitor's TLS and passes the plaintext to one local service (tcp and tls
+ * proxies; the type itself is KEY_TYPES's to check).
+ */
+function checkTerminateTls(
+  proxy: { type: ProxyType; local: ProxyLocal; terminate_tls?: unknown },
+  ctx: z.RefinementCtx,
+): void {
+  if (proxy.terminate_tls === undefined) return;
+  const issue = (message: string) => ctx.addIssue({ code: 'custom', path: ['terminate_tls'], message });
+  if (isForwardProxyLocal(proxy.local))
+    issue(
+      `${aProxyWith(proxy.local)} is not supported with terminate_tls: use a local service at "host:port"`,
+    );
+  else if (isDirectoryLocal(proxy.local))
+    issue('a directory proxy is not supported with terminate_tls: use a local service at "host:port"');
 }
 
 export interface ProxyConfig {
@@ -629,8 +656,10 @@ export interface ProxyConfig {
   healthCheck?: HealthCheckConfig;
   /** tcp: no public port; reached only by other clients' [[visitors]] as "CLIENT/NAME". */
   private?: boolean;
-  /** tcp, tcpmux, http with a host:port local: the client speaks TLS to the local service. */
+  /** tcp, tcpmux, http (and tls with terminateTls) with a host:port local: the client speaks TLS to the local service. */
   localTls?: LocalTls;
+  /** tcp, tls: the client ends the visitor's TLS with this pair (read by the config loader). */
+  terminateTls?: TerminateTls;
 }
 
 export interface DirectorySettings {

@@ -43,11 +43,12 @@ function keepsPort(old: ProxyConfig, next: ProxyConfig): boolean {
 }
 
 /**
- * Where and how a proxy reaches its local service: the address, and local_tls's settings (a new ca_file's
- * contents too), which apply from the next connection as a new address does.
+ * Where and how a proxy reaches its local service: the address, local_tls's settings (a new ca_file's
+ * contents too) and terminate_tls's (a renewed certificate or key too), which apply from the next connection
+ * as a new address does.
  */
 function localKey(proxy: ProxyConfig): string {
-  return JSON.stringify([proxy.local, proxy.localTls]);
+  return JSON.stringify([proxy.local, proxy.localTls, proxy.terminateTls]);
 }
 
 /** Compares the running proxies with a new config's, by name. */

@@ -110,10 +110,10 @@ test('insecure_skip_verify = true is taken, with a config warning naming the pro
 test('local_tls is refused, naming the proxy and the key, where there is no one TLS service to reach', () => {
   const one = (text: string) => problems(text);
   assert.deepEqual(one(proxy('tls', '127.0.0.1:8006', 'true')), [
-    `proxies[0] ("pve").local_tls: a tls proxy passes the visitor's TLS through to the service untouched, so the service already speaks TLS with the visitor: leave local_tls out (or use an http proxy, whose server ends the visitor's TLS)`,
+    `proxies[0] ("pve").local_tls: a tls proxy passes the visitor's TLS through to the service untouched, so the service already speaks TLS with the visitor: leave local_tls out, or set terminate_tls to end the visitor's TLS on this client and speak TLS again to the service (frp's https2https)`,
   ]);
   assert.deepEqual(one(proxy('udp', '127.0.0.1:8006', 'true')), [
-    'proxies[0] ("pve").local_tls: applies to tcp, tcpmux and http proxies, not udp',
+    'proxies[0] ("pve").local_tls: applies to tcp, tcpmux, http and tls (with terminate_tls) proxies, not udp',
   ]);
   assert.deepEqual(one(proxy('http', 'unix:/run/pve.sock', 'true')), [
     'proxies[0] ("pve").local_tls: applies to a local service at "host:port", not a Unix socket',
