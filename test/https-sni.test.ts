@@ -30,6 +30,7 @@ import {
   makeSelfSignedCert,
   type RoutedProxy,
   rewriteRoutedClientProxies,
+  servedCertificate,
   startRoutedClient,
   startRoutedServer,
   type TomlValue,
@@ -336,13 +337,8 @@ test(
         https: { certs: [edge], keys: { default_host: 'x.edge.test' } },
         tls: control,
       });
-      const servedSerial = async (port: number, servername: string | undefined) => {
-        const sni = servername === undefined ? ['-noservername'] : ['-servername', servername];
-        const r = await sClient(['-connect', `127.0.0.1:${port}`, ...sni, '-showcerts']);
-        const pem = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/.exec(r.out)?.[0];
-        assert.ok(pem, r.out);
-        return new X509Certificate(pem).serialNumber;
-      };
+      const servedSerial = async (port: number, servername: string | undefined) =>
+        new X509Certificate(await servedCertificate(port, servername)).serialNumber;
       const serialOf = async (files: { cert: string }) =>
         new X509Certificate(await readFile(files.cert)).serialNumber;
       const edgeSerial = () => servedSerial(server.httpsPort!, 'x.edge.test');

@@ -8,18 +8,10 @@ import { connect } from 'node:net';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
 import { assertVisitorReported, PEER_REPORT, startReportingHaproxy } from './lib/haproxy.js';
-import {
-  clientBin,
-  freePort,
-  freePorts,
-  type Harness,
-  run,
-  runOk,
-  sleep,
-  withHarness,
-} from './lib/processes.js';
+import { clientBin, freePort, freePorts, type Harness, run, sleep, withHarness } from './lib/processes.js';
 import {
   type CertFiles,
+  certificateFingerprint,
   issueRoutedToken,
   makeCa,
   makeCert,
@@ -47,12 +39,6 @@ async function startSServer(h: Harness, pair: CertFiles, mode: '-www' | '-rev'):
   ]);
   await waitUntilAccepting({ host: '127.0.0.1', port }, `openssl s_server ${mode}`);
   return port;
-}
-
-/** The certificate's SHA-256 fingerprint as `openssl x509 -fingerprint -sha256` prints it (the README's way). */
-async function fingerprintOf(cert: string): Promise<string> {
-  const out = await runOk('openssl', ['x509', '-in', cert, '-noout', '-fingerprint', '-sha256']);
-  return out.trim();
 }
 
 /** A line sent on a plain connection to the public `port`, and the first line that comes back. */
@@ -135,7 +121,7 @@ test(
       const proxies = [
         proxy('right', { server_name: 'pve.lan', ca_file: pve.cert }),
         proxy('none', { server_name: 'pve.lan' }),
-        proxy('pin', { fingerprint: await fingerprintOf(pve.cert) }),
+        proxy('pin', { fingerprint: await certificateFingerprint({ file: pve.cert }) }),
         proxy('wrongpin', { fingerprint: OTHER_FINGERPRINT }),
         proxy('skip', { insecure_skip_verify: true }),
         proxy('name', { server_name: 'nas.lan', ca_file: pve.cert }),

@@ -15,41 +15,31 @@ import {
   freePorts,
   type Harness,
   run,
-  runOk,
   withHarness,
   withTimeout,
 } from './lib/processes.js';
 import {
   type CertFiles,
+  certificateFingerprint,
   issueRoutedToken,
   makeCa,
   makeCert,
   makeSelfSignedCert,
   type RoutedProxy,
+  servedCertificate,
   startRoutedClient,
   startRoutedServer,
   tomlLines,
 } from './lib/routing.js';
 import { waitUntilAccepting } from './lib/services.js';
 
-/** What `openssl x509 -fingerprint -sha256` prints for a certificate: "sha256 Fingerprint=AB:...". */
-async function fingerprintOfFile(cert: string): Promise<string> {
-  return (await runOk('openssl', ['x509', '-in', cert, '-noout', '-fingerprint', '-sha256'])).trim();
-}
-
 /** The fingerprint of the certificate a visitor of `name` on the TLS `port` is served, as openssl sees it. */
 async function servedFingerprint(port: number, name: string): Promise<string> {
-  const hello = await run(
-    'openssl',
-    ['s_client', '-connect', `127.0.0.1:${port}`, '-servername', name, '-showcerts'],
-    { timeoutMs: 15_000, input: '' },
-  );
-  const pem = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n/.exec(hello.stdout)?.[0];
-  assert.ok(pem, `openssl s_client got no certificate for ${name}: ${hello.stderr}`);
-  const x509 = await run('openssl', ['x509', '-noout', '-fingerprint', '-sha256'], { input: pem });
-  assert.equal(x509.code, 0, x509.stderr);
-  return x509.stdout.trim();
+  return certificateFingerprint({ pem: await servedCertificate(port, name) });
 }
+
+/** A certificate file's fingerprint, to compare with servedFingerprint's. */
+const fingerprintOfFile = (file: string) => certificateFingerprint({ file });
 
 /** curl of https://`name`:`port`/ resolved to loopback, trusting only `ca`. */
 function curlHttps(port: number, name: string, ca: CertFiles, path = '/') {

@@ -2,7 +2,7 @@
 // tokens with host grants; certificates made with openssl in the test's temp dir.
 import { readFile, writeFile } from 'node:fs/promises';
 import type { Harness, LogLine, Proc } from './processes.js';
-import { clientBin, freePort, runOk, serverBin } from './processes.js';
+import { clientBin, freePort, run, runOk, serverBin } from './processes.js';
 import {
   adminTableLines,
   portOf,
@@ -70,6 +70,32 @@ async function makeSelfSigned(h: Harness, commonName: string, extensions: string
     ...extensions.flatMap((e) => ['-addext', e]),
   ]);
   return { cert, key };
+}
+
+/**
+ * The SHA-256 fingerprint of a certificate (its file, or its PEM) as `openssl x509 -noout -fingerprint -sha256`
+ * prints it, the README's way: "sha256 Fingerprint=AB:CD:...".
+ */
+export async function certificateFingerprint(cert: { file: string } | { pem: string }): Promise<string> {
+  const source = 'file' in cert ? ['-in', cert.file] : [];
+  const input = 'pem' in cert ? { input: cert.pem } : {};
+  return (await runOk('openssl', ['x509', ...source, '-noout', '-fingerprint', '-sha256'], input)).trim();
+}
+
+/**
+ * The certificate a TLS listener on 127.0.0.1:`port` serves for `servername` (undefined: a handshake without
+ * SNI), as `openssl s_client -showcerts` receives it: the first PEM certificate it printed.
+ */
+export async function servedCertificate(port: number, servername: string | undefined): Promise<string> {
+  const sni = servername === undefined ? ['-noservername'] : ['-servername', servername];
+  const r = await run('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, ...sni, '-showcerts'], {
+    timeoutMs: 15_000,
+    input: '',
+  });
+  const pem = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----\n?/.exec(r.stdout)?.[0];
+  if (!pem)
+    throw new Error(`openssl s_client got no certificate from port ${port}: ${r.stdout}\n${r.stderr}`);
+  return pem;
 }
 
 /** A private CA in the harness dir. */

@@ -1,48 +1,21 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { scratchDir } from '@porthole/mux/test/scratch-dir';
-import { ConfigError, issueToken } from '@porthole/protocol';
 import { proxySpecOf } from '../src/client.js';
 import { loadClientConfig } from '../src/config.js';
 import { parseFingerprint } from '../src/local-tls.js';
 import { describeProxyLocal } from '../src/proxy-config.js';
 import { diffProxies } from '../src/reload.js';
+import { configScratch, HEAD } from './config-scratch.js';
 
-const dir = scratchDir('porthole-client-local-tls-');
-writeFileSync(
-  join(dir, 'token'),
-  `${await issueToken('s'.repeat(32), { name: 'homelab', expiresInMs: null })}\n`,
-);
-const HEAD = 'server = "wss://vps.example.com/_porthole"\ntoken_file = "token"\n';
+const { dir, write, problems, selfSigned } = await configScratch('porthole-client-local-tls-');
 const HEX = 'AB'.repeat(32);
 const COLONS = HEX.match(/../g)!.join(':');
-
-let serial = 0;
-function write(text: string): string {
-  serial += 1;
-  const file = join(dir, `c${serial}.toml`);
-  writeFileSync(file, text);
-  return file;
-}
 
 function proxy(type: string, local: string, localTls: string, extra = ''): string {
   const where = type === 'tcp' || type === 'udp' ? 'remote_port = 8006\n' : 'hosts = ["pve.example.com"]\n';
   return `${HEAD}[[proxies]]\nname = "pve"\ntype = "${type}"\nlocal = "${local}"\n${where}local_tls = ${localTls}\n${extra}`;
-}
-
-/** The problems of a config with this text, without the file's name in front. */
-function problems(text: string): string[] {
-  const file = write(text);
-  try {
-    loadClientConfig(file);
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, String(err));
-    return err.problems.map((line) => line.replace(`${file}: `, ''));
-  }
-  assert.fail('expected a ConfigError');
 }
 
 test("fingerprints as openssl prints them, with or without colons and its label, any case, in Node's spelling", () => {
@@ -60,21 +33,7 @@ test("fingerprints as openssl prints them, with or without colons and its label,
 });
 
 test('local_tls = true or a table; ca_file is read next to the config file; status shows "(tls)"', () => {
-  const pem = execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-keyout',
-      '/dev/null',
-    ].concat(['-subj', '/CN=pve.lan', '-days', '1']),
-  );
-  writeFileSync(join(dir, 'pve.pem'), pem);
+  selfSigned('pve', 'pve.lan');
   const short = loadClientConfig(write(proxy('http', '192.168.1.10:8006', 'true'))).proxies[0]!;
   assert.deepEqual(short.localTls, { insecureSkipVerify: false });
   assert.equal(describeProxyLocal(short), '192.168.1.10:8006 (tls)');

@@ -1,49 +1,16 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { scratchDir } from '@porthole/mux/test/scratch-dir';
-import { ConfigError, issueToken } from '@porthole/protocol';
 import { proxySpecOf } from '../src/client.js';
 import { loadClientConfig } from '../src/config.js';
 import { describeProxyLocal } from '../src/proxy-config.js';
 import { diffProxies } from '../src/reload.js';
+import { configScratch, HEAD } from './config-scratch.js';
 
-const dir = scratchDir('porthole-client-terminate-tls-');
-writeFileSync(
-  join(dir, 'token'),
-  `${await issueToken('s'.repeat(32), { name: 'homelab', expiresInMs: null })}\n`,
-);
-const HEAD = 'server = "wss://vps.example.com/_porthole"\ntoken_file = "token"\n';
+const { dir, write, problems, selfSigned } = await configScratch('porthole-client-terminate-tls-');
 
-/** `name`.pem and `name`.key next to the configs: a one-day certificate for app.example.com, by openssl. */
-function makePair(name: string): void {
-  const args = [
-    'req',
-    '-x509',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:P-256',
-    '-nodes',
-    '-days',
-    '1',
-  ];
-  const files = ['-keyout', join(dir, `${name}.key`), '-out', join(dir, `${name}.pem`)];
-  const names = ['-subj', '/CN=app.example.com', '-addext', 'subjectAltName=DNS:app.example.com'];
-  execFileSync('openssl', [...args, ...files, ...names], { stdio: 'ignore' });
-}
-makePair('app');
-makePair('renewed');
-
-let serial = 0;
-function write(text: string): string {
-  serial += 1;
-  const file = join(dir, `c${serial}.toml`);
-  writeFileSync(file, text);
-  return file;
-}
+selfSigned('app', 'app.example.com');
+selfSigned('renewed', 'app.example.com');
 
 function proxy(type: string, local: string, terminate: string, extra = ''): string {
   const where = type === 'tcp' || type === 'udp' ? 'remote_port = 8443\n' : 'hosts = ["app.example.com"]\n';
@@ -51,18 +18,6 @@ function proxy(type: string, local: string, terminate: string, extra = ''): stri
 }
 
 const PAIR = '{ cert_file = "app.pem", key_file = "app.key" }';
-
-/** The problems of a config with this text, without the file's name in front. */
-function problems(text: string): string[] {
-  const file = write(text);
-  try {
-    loadClientConfig(file);
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, String(err));
-    return err.problems.map((line) => line.replace(`${file}: `, ''));
-  }
-  assert.fail('expected a ConfigError');
-}
 
 test('terminate_tls on tls and tcp proxies: the pair read next to the config file, the timeout, status and the server not told', () => {
   const tls = loadClientConfig(write(proxy('tls', '127.0.0.1:8080', PAIR))).proxies[0]!;
