@@ -548,6 +548,8 @@ export class PortholeClient {
       version: PROTOCOL_VERSION,
       instance_id: this.instanceId,
       client_version: this.clientVersion,
+      // Left out when empty: the hello of a client without metadata stays as it was.
+      ...(Object.keys(this.config.metadata).length === 0 ? {} : { metadata: this.config.metadata }),
     });
     const reader = new MessageReader(control);
     // What this client cannot read from the server (a newer one's), said once per kind in this session.

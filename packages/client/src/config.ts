@@ -1,6 +1,7 @@
 import {
   ConfigError,
   certificateNames,
+  clientMetadataSchema,
   durationAtLeast,
   durationField,
   elementLabel,
@@ -109,6 +110,13 @@ const clientShape = {
   proxy_retry_interval: durationAtLeast(1000, '1s').prefault('30s'),
   exit_on_auth_failure: z.boolean({ error: expected('true or false') }).default(false),
   log_level: logLevelField.default('info'),
+  // Not clientMetadataSchema's own messages alone: a config error should say what the key wants.
+  metadata: z
+    .record(z.string(), z.string({ error: expected('a string') }), {
+      error: expected('a table of strings like { team = "ops" }'),
+    })
+    .pipe(clientMetadataSchema)
+    .default({}),
   proxies: z.array(proxySchema, { error: expected('[[proxies]] tables') }).default([]),
   visitors: z.array(visitorSchema, { error: expected('[[visitors]] tables') }).default([]),
   admin: z
@@ -228,6 +236,8 @@ export interface ClientConfig {
   proxyRetryInterval: number;
   exitOnAuthFailure: boolean;
   logLevel: LogLevel;
+  /** Told to the server at sign-in, for its plugins (frp's metadatas); a change applies at the next sign-in. */
+  metadata: Readonly<Record<string, string>>;
   proxies: ProxyConfig[];
   /** Local ports whose connections go to other clients' private services. */
   visitors: VisitorConfig[];
@@ -414,6 +424,7 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
     proxyRetryInterval: raw.proxy_retry_interval,
     exitOnAuthFailure: raw.exit_on_auth_failure,
     logLevel: raw.log_level,
+    metadata: raw.metadata,
     proxies: [],
     visitors: raw.visitors.map(toVisitorConfig),
     warnings: exposed ? [`${tokenFile === undefined ? 'token' : 'token_file'}: ${exposed}`] : [],

@@ -783,3 +783,23 @@ test('udp visitors: type = "udp" (tcp by default), max_flows for udp only, --vis
     ],
   );
 });
+
+test('metadata: a table of strings for the server plugins (frp metadatas), bounded, each mistake named', () => {
+  assert.deepEqual(loadClientConfig(write(HEAD)).metadata, {});
+  assert.deepEqual(
+    loadClientConfig(write(`metadata = { team = "ops", site = "basement" }\n${HEAD}`)).metadata,
+    {
+      team: 'ops',
+      site: 'basement',
+    },
+  );
+  assert.deepEqual(problems(`metadata = "ops"\n${HEAD}`), [
+    'metadata: expected a table of strings like { team = "ops" }',
+  ]);
+  assert.deepEqual(problems(`metadata = { port = 22 }\n${HEAD}`), ['metadata.port: expected a string']);
+  const many = Array.from({ length: 33 }, (_, i) => `k${i} = "v"`).join(', ');
+  assert.deepEqual(problems(`metadata = { ${many} }\n${HEAD}`), ['metadata: at most 32 entries']);
+  assert.deepEqual(problems(`metadata = { team = "${'x'.repeat(1025)}" }\n${HEAD}`), [
+    'metadata.team: must have at most 1024 characters',
+  ]);
+});

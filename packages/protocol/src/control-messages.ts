@@ -91,11 +91,28 @@ export const proxySpecSchema = z.object({
 });
 export type ProxySpec = z.infer<typeof proxySpecSchema>;
 
+/** A client's `metadata` table (frp's metadatas), at most this many entries. */
+export const MAX_CLIENT_METADATA_ENTRIES = 32;
+export const MAX_CLIENT_METADATA_KEY = 64;
+export const MAX_CLIENT_METADATA_VALUE = 1024;
+/** What the server's plugins are told of a client (frp's metas), bounded: it is held for the session. */
+export const clientMetadataSchema = z
+  .record(z.string().min(1).max(MAX_CLIENT_METADATA_KEY), z.string().max(MAX_CLIENT_METADATA_VALUE))
+  .refine(
+    (metadata) => Object.keys(metadata).length <= MAX_CLIENT_METADATA_ENTRIES,
+    `at most ${MAX_CLIENT_METADATA_ENTRIES} entries`,
+  );
+
 const hello = z.object({
   type: z.literal('hello'),
   version: z.number().int(),
   instance_id: z.string().min(1).max(128),
   client_version: z.string().max(64),
+  /**
+   * The client's `metadata` table, passed to the server's plugins as frp's metas. An older server drops the
+   * field (its plugins, if any, are not porthole's); an older client leaves it out (metas are empty).
+   */
+  metadata: clientMetadataSchema.optional(),
 });
 const helloOk = z.object({
   type: z.literal('hello_ok'),
