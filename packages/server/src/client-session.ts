@@ -24,6 +24,7 @@ import {
 import { ClientBandwidth } from './client-bandwidth.js';
 import { ConnectionLimit, ConnectionLimits } from './connection-limit.js';
 import type { HostClaim } from './host-routes.js';
+import { loginContent, newProxyContent, type PluginUser } from './plugin-content.js';
 import { type PickedPort, pickablePorts, pickPort } from './port-picker.js';
 import {
   bindPrivateService,
@@ -95,6 +96,8 @@ export class ClientSession {
   private helloDone = false;
   private instanceId = '';
   private clientVersion = '';
+  /** The client as the server's plugins are told of it (frp's user, metas and run_id); metas come with hello. */
+  private pluginUser: PluginUser;
   /** The token's id (jti): a reload that revokes it ends this session. */
   readonly tokenId: string;
   readonly connectedAt = Date.now();
@@ -130,6 +133,7 @@ export class ClientSession {
         }),
     );
     this.logger = ctx.logger.child({ client: this.name, session_id: this.sessionId });
+    this.pluginUser = { user: this.name, metas: {}, run_id: this.sessionId };
     ctx.sessions.add(this);
     session.on('stream', (stream: Stream) => this.onStream(stream));
     session.on('close', (err?: Error) => this.onSessionClose(err ? err.message : 'session closed'));
@@ -481,7 +485,7 @@ export class ClientSession {
     );
   }
 
-  private onHello(hello: ControlMessageOf<'hello'>): void {
+  private async onHello(hello: ControlMessageOf<'hello'>): Promise<void> {
     if (this.helloDone) throw new ProtocolError('second hello');
     clearTimeout(this.helloTimer);
     this.instanceId = hello.instance_id;
@@ -489,6 +493,21 @@ export class ClientSession {
     if (hello.version !== PROTOCOL_VERSION) {
       const reason = `protocol version ${hello.version} is not supported (server ${this.ctx.serverVersion} speaks ${PROTOCOL_VERSION})`;
       this.notice('error', reason, 'version');
+      this.close(reason);
+      return;
+    }
+    this.pluginUser = { ...this.pluginUser, metas: hello.metadata ?? {} };
+    // Before it takes over: a session the plugins refuse leaves the one it would replace alone.
+    const refusal = await this.ctx.plugins.ask(
+      'Login',
+      () => loginContent(this.pluginUser, { version: hello.client_version, address: this.remoteAddr }),
+      { client: this.name, remote_addr: this.remoteAddr },
+    );
+    if (this.closed) return;
+    if (refusal) {
+      const reason = `sign-in refused by the server's plugin "${refusal.plugin}": ${refusal.reason}`;
+      this.logger.warn({ remote_addr: this.remoteAddr, plugin: refusal.plugin, reason }, 'client refused');
+      this.notice('error', reason, 'login_refused');
       this.close(reason);
       return;
     }
@@ -614,6 +633,7 @@ export class ClientSession {
       hostGrant: this.hostGrant,
       limits: this.connectionLimits,
       bandwidth: this.bandwidth,
+      visitorCheck: (spec) => this.ctx.plugins.visitorCheck(this.pluginUser, spec),
     };
   }
 
@@ -625,6 +645,17 @@ export class ClientSession {
     if (existing && JSON.stringify(existing.requested) === JSON.stringify(requested)) {
       return this.registered(existing);
     }
+    const pluginRefusal = await this.ctx.plugins.ask(
+      'NewProxy',
+      () => newProxyContent(this.pluginUser, requested),
+      { client: this.name, proxy: requested.name },
+    );
+    if (this.closed) return { proxy: requested.name, ok: false, reason: 'session closed' };
+    if (pluginRefusal)
+      return this.refused(
+        requested.name,
+        `refused by the server's plugin "${pluginRefusal.plugin}": ${pluginRefusal.reason}`,
+      );
     // Members of a group meet on the port they name; one the server picks would be a port of their own.
     if (requested.group !== undefined && picksPort(requested))
       return this.refused(requested.name, 'a proxy in a group needs a remote_port, not 0');
@@ -812,6 +843,7 @@ export class ClientSession {
       tracker: this.ctx.tracker,
       limit: connectionLimitFor(this.ctx, this.owner, spec),
       bandwidth: this.bandwidth,
+      visitorCheck: this.owner.visitorCheck(spec),
     });
     // Hold the port before the asynchronous bind, so two registrations cannot race for it.
     this.ctx.ports.set(port, { owner: this, proxy: spec.name });

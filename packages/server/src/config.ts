@@ -27,6 +27,7 @@ import {
 } from '@porthole/protocol';
 import { z } from 'zod';
 import type { PendingLimits } from './pending-connections.js';
+import { type PluginConfig, pluginsField } from './plugin-config.js';
 import { loadRoutingConfig, type RoutingConfig, routingConfigShape } from './routing-config.js';
 
 /** Loopback only unless the operator says otherwise: the admin API shows every client and connection. */
@@ -160,6 +161,7 @@ const serverSchema = z
         { error: expected('an [admin] table') },
       )
       .optional(),
+    plugins: pluginsField,
   })
   .superRefine((config, ctx) => {
     if (config.heartbeat_timeout <= config.heartbeat_interval) {
@@ -223,6 +225,8 @@ export interface ServerConfig {
   routing?: RoutingConfig;
   /** The admin listener (JSON API, /metrics, status page); absent when there is no [admin] table. */
   admin?: { listen: HostPort; token: string };
+  /** [[plugins]]: the operator's services asked at sign-in, registration and visitor connections; a reload applies new ones. */
+  plugins: readonly PluginConfig[];
   /** Worth saying but not refusing (a secret file others can read), for the log. */
   warnings: string[];
 }
@@ -296,6 +300,7 @@ export function loadServerConfig(file: string): ServerConfig {
       failureLimit: raw.auth.failure_limit,
       failureWindow: raw.auth.failure_window,
     },
+    plugins: raw.plugins,
     warnings,
   };
   if (raw.tls) {

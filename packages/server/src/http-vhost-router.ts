@@ -30,6 +30,7 @@ import { PipelinedRequests } from './pipelined-requests.js';
 import type { ProxyTraffic } from './proxy-traffic.js';
 import { isControlPath, routingPath } from './request-path.js';
 import { type RequestTarget, readRequestTarget } from './request-target.js';
+import { type VisitorCheck, visitorTurnedAway } from './server-plugins.js';
 import type { TrustedProxies } from './trusted-proxies.js';
 
 /** What an http proxy's routes lead to. */
@@ -46,6 +47,8 @@ export interface HttpTarget {
   bandwidth: ClientBandwidth;
   /** Basic auth visitors must present. */
   auth: BasicCredentials | undefined;
+  /** The server's plugins' say on each request (NewUserConn). */
+  visitorCheck?: VisitorCheck;
   hostHeaderRewrite: string | undefined;
   /** Set on every forwarded request (names lowercased). */
   requestHeaders: ReadonlyArray<readonly [string, string]>;
@@ -102,6 +105,7 @@ const UNREACHABLE = 'The service behind this tunnel did not answer.';
 const AUTH_REQUIRED = 'This site requires a user name and password.';
 const UPGRADE_WITH_BODY = 'An upgrade request cannot carry a body here.';
 const TOO_MANY_UPGRADES = 'This site has as many open connections as it accepts; try again later.';
+const REFUSED_BY_POLICY = "This server's policy does not let this visitor in.";
 const TOO_MANY_WAITING = 'This site has as many requests waiting as it accepts; try again later.';
 const REQUEST_TOO_SLOW =
   'The request did not arrive whole within the time this server allows (request_timeout).';
@@ -399,7 +403,30 @@ export class HttpVhostRouter {
       );
       return;
     }
-    const { target, asked, path } = resolved;
+    const check = resolved.target.visitorCheck?.(remoteAddr);
+    if (check === undefined) {
+      this.forward(req, res, resolved, started, remoteAddr);
+      return;
+    }
+    void check.then((refusal) => {
+      if (res.destroyed) {
+        this.requestDone(socket);
+      } else if (refusal) {
+        res.once('close', () => this.requestDone(socket));
+        this.answer(res, 403, REFUSED_BY_POLICY);
+      } else this.forward(req, res, resolved, started, remoteAddr);
+    });
+  }
+
+  /** A routed request goes to its proxy's service, and the answer back. */
+  private forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    { target, asked, path }: { target: HttpTarget; asked: RequestTarget; path: string },
+    started: number,
+    remoteAddr: string,
+  ): void {
+    const socket = req.socket;
     const method = req.method ?? 'GET';
     const chunkedBody = req.headers['transfer-encoding'] !== undefined;
     const hasBody =
@@ -601,8 +628,30 @@ export class HttpVhostRouter {
       this.answerRaw(socket, 503, TOO_MANY_UPGRADES);
       return;
     }
-    const method = req.method ?? 'GET';
     const visitor = this.visitorOf(req);
+    const remoteAddr = formatPeerAddress(visitor.address, visitor.port);
+    const check = target.visitorCheck?.(remoteAddr);
+    if (check === undefined) {
+      this.upgrade(req, socket, head, { target, asked, path }, started, visitor);
+      return;
+    }
+    void visitorTurnedAway(socket, check, () => this.answerRaw(socket, 403, REFUSED_BY_POLICY)).then(
+      (away) => {
+        if (!away) this.upgrade(req, socket, head, { target, asked, path }, started, visitor);
+      },
+    );
+  }
+
+  /** An upgrade request the route and the plugins let through: a tunnel stream of its own. */
+  private upgrade(
+    req: IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+    { target, asked, path }: { target: HttpTarget; asked: RequestTarget; path: string },
+    started: number,
+    visitor: Visitor,
+  ): void {
+    const method = req.method ?? 'GET';
     const remoteAddr = formatPeerAddress(visitor.address, visitor.port);
     const { stream, conn } = target.openStream(visitor);
     const upstream = new UpstreamConnection(stream, ONE_EXCHANGE, this.opts.maxResponseHead);

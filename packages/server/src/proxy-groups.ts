@@ -156,6 +156,7 @@ export async function bindTcpGroupMember(
     session: owner.session,
     limit: connectionLimitFor(ctx, owner, spec),
     bandwidth: owner.bandwidth,
+    visitorCheck: owner.visitorCheck(spec),
   };
   const isTcp = (o: object): o is TcpProxyListener => o instanceof TcpProxyListener;
   const bindHost = bindAddressOf(ctx.config, spec);

@@ -28,6 +28,7 @@ import { bindUdpGroupMember, type PortHolder, portHolderRefusal } from './proxy-
 import { routingPath } from './request-path.js';
 import { defaultRoutingConfig, type RoutingConfig } from './routing-config.js';
 import type { ServerContext } from './server-context.js';
+import type { VisitorCheck } from './server-plugins.js';
 import type { TcpmuxTarget } from './tcpmux-listener.js';
 import type { TlsTarget } from './tls-sni-listener.js';
 import { UdpProxyListener, type UdpProxyStats, type UdpTarget } from './udp-proxy-listener.js';
@@ -82,6 +83,8 @@ export interface ProxyOwner {
   readonly limits: ConnectionLimits;
   /** The operator's cap its public connections share. */
   readonly bandwidth: ClientBandwidth;
+  /** Asks the server's plugins about each visitor of `spec` (NewUserConn). */
+  visitorCheck(spec: ProxySpec): VisitorCheck;
 }
 
 /** A registered proxy's public side. */
@@ -408,6 +411,7 @@ export async function bindRoutedProxy(
       session: owner.session,
       limit: connectionLimitFor(ctx, owner, spec),
       bandwidth: owner.bandwidth,
+      visitorCheck: owner.visitorCheck(spec),
     };
     const httpsPort = portOf(state.httpsAddress);
     return bindHostRoutes({
@@ -431,6 +435,7 @@ export async function bindRoutedProxy(
       limit: connectionLimitFor(ctx, owner, spec),
       bandwidth: owner.bandwidth,
       auth: basicCredentialsOf(spec),
+      visitorCheck: owner.visitorCheck(spec),
     };
     const tcpmuxPort = portOf(state.tcpmuxAddress);
     return bindHostRoutes({
@@ -477,6 +482,7 @@ export async function bindRoutedProxy(
     upgrades,
     bandwidth: owner.bandwidth,
     auth: basicCredentialsOf(spec),
+    visitorCheck: owner.visitorCheck(spec),
     hostHeaderRewrite: spec.host_header_rewrite,
     // The X-Forwarded-* headers are the server's to set: a client cannot forge them for its visitors.
     requestHeaders: Object.entries(spec.request_headers ?? {})

@@ -4,6 +4,7 @@ import type { ServerConfig } from './config.js';
 import type { PortHolder } from './proxy-groups.js';
 import type { RoutingState } from './proxy-routing.js';
 import type { ProxyTraffic } from './proxy-traffic.js';
+import type { ServerPlugins } from './server-plugins.js';
 
 /** What every client session shares: settings, the registry of clients and ports, the connection count. */
 export interface ServerContext {
@@ -25,6 +26,8 @@ export interface ServerContext {
   readonly ports: Map<number, PortHolder>;
   /** UDP ports, hostname routes and the vhost ports' addresses (udp, http and tls proxies). */
   readonly routing: RoutingState;
+  /** The [[plugins]] of the running config, asked at sign-in, registration and visitor connections. */
+  readonly plugins: ServerPlugins;
   /** 'visit refused' lines, one per visitor and reason per 10 s (a visitor retrying in a loop). */
   readonly visitRefusals: CoalescedLines;
 }

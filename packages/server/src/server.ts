@@ -19,6 +19,7 @@ import { createRoutingState } from './proxy-routing.js';
 import { ProxyTraffic } from './proxy-traffic.js';
 import { reloadServer } from './reload.js';
 import type { ServerContext } from './server-context.js';
+import { ServerPlugins } from './server-plugins.js';
 import { type ServerCounters, ServerStatus } from './server-status.js';
 import { currentTrustedProxies } from './trusted-proxies.js';
 import { VhostPorts } from './vhost-ports.js';
@@ -55,6 +56,7 @@ export class PortholeServer {
       sessions: new Set(),
       ports: new Map(),
       routing: createRoutingState(),
+      plugins: new ServerPlugins(() => this.ctx.config.plugins, logger),
       visitRefusals: new CoalescedLines((fields) => logger.warn(fields, 'visit refused')),
     };
     this.authenticator = new UpgradeAuthenticator(config.auth);
@@ -154,6 +156,7 @@ export class PortholeServer {
           clients_revoked: summary.revoked,
           proxies_closed: summary.closed,
           proxies_moved: summary.moved,
+          plugins: this.ctx.config.plugins.map((plugin) => plugin.name),
         },
         'config reloaded',
       );
@@ -218,6 +221,7 @@ export class PortholeServer {
     // Connections cut by the close still get their "connection closed" line.
     await tracker.waitIdle(CLOSE_FLUSH_MS);
     this.admin?.close();
+    this.ctx.plugins.close();
     logger.info({}, 'server stopped');
   }
 }

@@ -11,6 +11,7 @@ import type { ClientBandwidth } from './client-bandwidth.js';
 import type { ConnectionLimit } from './connection-limit.js';
 import { peerAddress } from './peer-address.js';
 import { RoundRobin } from './round-robin.js';
+import { type PluginRefusal, type VisitorCheck, visitorTurnedAway } from './server-plugins.js';
 import { openVisitorStream } from './visitor-stream.js';
 
 /** Where a tcp proxy's visitors go: one proxy of one client (a member, when the port is a group's). */
@@ -22,6 +23,8 @@ export interface TcpTarget {
   limit: ConnectionLimit;
   /** Its client's cap, shared with the client's other connections. */
   bandwidth: ClientBandwidth;
+  /** The server's plugins' say on each visitor (NewUserConn). */
+  visitorCheck?: VisitorCheck;
 }
 
 export interface TcpProxyListenerOptions {
@@ -34,6 +37,7 @@ export interface TcpProxyListenerOptions {
   /** This proxy's max_connections: a visitor over it is reset before a stream is opened. */
   limit: ConnectionLimit;
   bandwidth: ClientBandwidth;
+  visitorCheck?: VisitorCheck;
   /** The first target as an object of the caller's (a group member leaves by it); else made of the above. */
   target?: TcpTarget;
 }
@@ -67,6 +71,7 @@ export class TcpProxyListener {
       session: opts.session,
       limit: opts.limit,
       bandwidth: opts.bandwidth,
+      ...(opts.visitorCheck === undefined ? {} : { visitorCheck: opts.visitorCheck }),
     };
     this.targets.add(this.own);
   }
@@ -126,7 +131,6 @@ export class TcpProxyListener {
   }
 
   private onConnection(socket: Socket): void {
-    const { tracker, logger } = this.opts;
     // A member whose max_connections is full is passed over while another has room; when none has, the
     // next in turn refuses (and counts) the visitor.
     const target = this.targets.pick((t) => t.limit.hasRoom()) ?? this.targets.pick();
@@ -134,8 +138,24 @@ export class TcpProxyListener {
       socket.resetAndDestroy();
       return;
     }
-    const { client, proxy, session, limit, bandwidth } = target;
-    if (!limit.admit(socket)) return;
+    if (!target.limit.admit(socket)) return;
+    const check = target.visitorCheck?.(peerAddress(socket));
+    if (check === undefined) this.tunnel(socket, target);
+    else void this.tunnelIfAllowed(socket, target, check);
+  }
+
+  /** Counted against max_connections while the plugins decide. */
+  private async tunnelIfAllowed(
+    socket: Socket,
+    target: TcpTarget,
+    check: Promise<PluginRefusal | undefined>,
+  ): Promise<void> {
+    if (!(await visitorTurnedAway(socket, check))) this.tunnel(socket, target);
+  }
+
+  private tunnel(socket: Socket, target: TcpTarget): void {
+    const { tracker, logger } = this.opts;
+    const { client, proxy, session, bandwidth } = target;
     const conn = tracker.nextId();
     socket.setNoDelay(true);
     const stream = openVisitorStream(session, socket, { proxy: proxy.name, conn, public_addr: this.address });

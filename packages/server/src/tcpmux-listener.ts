@@ -23,6 +23,7 @@ import type { HostRoutes } from './host-routes.js';
 import { peerAddress } from './peer-address.js';
 import type { PendingConnections } from './pending-connections.js';
 import type { ProxyTraffic } from './proxy-traffic.js';
+import { type VisitorCheck, visitorTurnedAway } from './server-plugins.js';
 import { openVisitorStream } from './visitor-stream.js';
 
 /**
@@ -44,6 +45,8 @@ export interface TcpmuxTarget {
   bandwidth: ClientBandwidth;
   /** http_user and http_password: the CONNECT must carry them in Proxy-Authorization. */
   auth: BasicCredentials | undefined;
+  /** The server's plugins' say on each visitor (NewUserConn). */
+  visitorCheck?: VisitorCheck;
 }
 
 export interface TcpmuxListenerOptions {
@@ -150,6 +153,14 @@ export class TcpmuxListener {
     if (!target.limit.take(socket)) {
       return refuse({ status: 503, reason: `proxy ${target.proxy} has max_connections open` }, fields);
     }
+    const check = target.visitorCheck?.(remoteAddr);
+    if (
+      check !== undefined &&
+      (await visitorTurnedAway(socket, check, (refusal) =>
+        refuse({ status: 403, reason: refusal.reason }, fields),
+      ))
+    )
+      return;
     const conn = tracker.nextId();
     socket.setNoDelay(true);
     const stream = openVisitorStream(target.session, socket, {

@@ -19,6 +19,7 @@ import type { HostRoutes, RouteEntry } from './host-routes.js';
 import type { HttpVhostServer } from './http-vhost-server.js';
 import { peerAddress } from './peer-address.js';
 import type { PendingConnections } from './pending-connections.js';
+import { type VisitorCheck, visitorTurnedAway } from './server-plugins.js';
 import type { TlsCertStore } from './tls-cert-store.js';
 import { readClientHello } from './tls-client-hello.js';
 import { openVisitorStream } from './visitor-stream.js';
@@ -32,6 +33,8 @@ export interface TlsTarget {
   limit: ConnectionLimit;
   /** Its client's cap, shared with the client's other connections; none: uncapped. */
   bandwidth?: ClientBandwidth;
+  /** The server's plugins' say on each visitor (NewUserConn). */
+  visitorCheck?: VisitorCheck;
 }
 
 export interface TlsSniListenerOptions {
@@ -158,6 +161,8 @@ export class TlsSniListener {
     const { target } = decision;
     this.opts.pending.settle(socket);
     if (!target.limit.admit(socket)) return;
+    const check = target.visitorCheck?.(remoteAddr);
+    if (check !== undefined && (await visitorTurnedAway(socket, check))) return;
     const { tracker, logger } = this.opts;
     const conn = tracker.nextId();
     socket.setNoDelay(true);

@@ -266,3 +266,57 @@ test('a [tls] certificate out of its dates is a warning naming the date, not an 
     /^tls\.cert_file: the certificate in .* is not valid until \w{3} .* GMT \(clients will refuse it until then\)$/,
   );
 });
+
+test('[[plugins]]: frp httpPlugins tables (url, or addr and path), each mistake named by its key', () => {
+  const base = '[auth]\nsecret_file = "secret"\n';
+  const config = loadServerConfig(
+    write(
+      'plugins.toml',
+      `${base}[[plugins]]\nname = "user-manager"\naddr = "127.0.0.1:9000"\npath = "/handler"\nops = ["Login"]\n` +
+        '[[plugins]]\nname = "ports"\nurl = "https://policy.example/frp"\nops = ["NewProxy", "NewUserConn"]\n' +
+        'timeout = "500ms"\nheaders = { Authorization = "Bearer s3cret" }\n',
+    ),
+  );
+  assert.deepEqual(
+    config.plugins.map((p) => [p.name, p.url.href, p.ops, p.timeoutMs, p.headers]),
+    [
+      ['user-manager', 'http://127.0.0.1:9000/handler', ['Login'], 3000, {}],
+      [
+        'ports',
+        'https://policy.example/frp',
+        ['NewProxy', 'NewUserConn'],
+        500,
+        { Authorization: 'Bearer s3cret' },
+      ],
+    ],
+  );
+  assert.deepEqual(loadServerConfig(write('none.toml', base)).plugins, []);
+  const table = (keys: string) => `${base}[[plugins]]\nname = "p"\n${keys}\n`;
+  assert.deepEqual(problems(table('url = "http://127.0.0.1:9000/h"\nops = ["Ping"]')), [
+    `plugins[0] ("p").ops[0]: frp's Ping is not sent by porthole; supported: Login, NewProxy, NewUserConn`,
+  ]);
+  assert.deepEqual(problems(table('url = "http://127.0.0.1:9000/h"\nops = ["login"]')), [
+    'plugins[0] ("p").ops[0]: "login" is not a plugin op; expected one of Login, NewProxy, NewUserConn (frp\'s names, case as written)',
+  ]);
+  assert.deepEqual(problems(table('ops = ["Login"]')), [
+    'plugins[0] ("p"): set exactly one of url, or addr (with path, as in frp)',
+  ]);
+  assert.deepEqual(problems(table('url = "ftp://x/"\nops = ["Login"]')), [
+    'plugins[0] ("p").url: url must be http:// or https://, not ftp:',
+  ]);
+  assert.deepEqual(problems(table('url = "http://127.0.0.1:9000/h"\nops = ["Login"]\ntimeout = "9s"')), [
+    'plugins[0] ("p").timeout: must be at most 8s (a client gives up its sign-in after 10s)',
+  ]);
+  assert.deepEqual(problems(table('url = "http://127.0.0.1:9000/h"\nops = []')), [
+    'plugins[0] ("p").ops: must have at least 1 entry',
+  ]);
+  assert.deepEqual(
+    problems(
+      `${table('url = "http://127.0.0.1:9000/h"\nops = ["Login"]')}[[plugins]]\nname = "p"\nurl = "http://127.0.0.1:9001/h"\nops = ["Login"]\n`,
+    ),
+    ['plugins[1] ("p").name: "p" is named twice'],
+  );
+  assert.deepEqual(problems(table('url = "http://127.0.0.1:9000/h"\nops = ["Login"]\npaht = "/x"')), [
+    'plugins[0] ("p").paht: unknown key (did you mean "path"?)',
+  ]);
+});

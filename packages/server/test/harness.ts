@@ -37,6 +37,7 @@ export async function startServer(overrides: Partial<ServerConfig> = {}) {
     shutdownTimeout: 1000,
     logLevel: 'debug',
     auth: { secret: SECRET, revoked: new Set(), failureLimit: 20, failureWindow: 60_000 },
+    plugins: [],
     warnings: [],
     ...overrides,
   };
