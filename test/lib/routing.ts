@@ -179,6 +179,8 @@ export interface RoutedServerOptions {
   name?: string;
   /** Run inside this network namespace. */
   netns?: string;
+  /** More tables, as TOML text, at the end of the file ([[plugins]]...). */
+  tables?: string[];
 }
 
 export interface RoutedServer extends RunningServer {
@@ -210,7 +212,7 @@ export async function startRoutedServer(h: Harness, opts: RoutedServerOptions = 
   }
   if (opts.tcpmux) parts.push('[tcpmux]', tomlLines({ listen: '127.0.0.1:0', ...opts.tcpmux }));
   if (opts.tls) parts.push('[tls]', tomlLines({ cert_file: opts.tls.cert, key_file: opts.tls.key }));
-  parts.push(...(await adminTableLines(h, opts.admin)), '');
+  parts.push(...(await adminTableLines(h, opts.admin)), ...(opts.tables ?? []), '');
   const configPath = await h.file(`${unique('server')}.toml`, parts.join('\n'));
   const config: ServerConfigFile = {
     configPath,

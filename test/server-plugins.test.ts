@@ -1,0 +1,394 @@
+// [[plugins]]: frp's httpPlugins protocol. A policy service on loopback (a node:http server standing for the
+// operator's own) is asked by the real porthole-server at sign-in (Login), registration (NewProxy) and per
+// visitor (NewUserConn); its rejections refuse the client, the proxy or the visitor, and what it receives
+// has frp's field names.
+import assert from 'node:assert/strict';
+import { readFile, writeFile } from 'node:fs/promises';
+import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { test } from 'node:test';
+import { curl } from './lib/curl.js';
+import { startTaggedHttp } from './lib/http-backend.js';
+import { freePort, type Harness, type LogLine, run, withHarness } from './lib/processes.js';
+import { issueRoutedToken, startRoutedClient, startRoutedServer, tomlLines } from './lib/routing.js';
+import { startEchoServer, tryConnect } from './lib/services.js';
+import { portOf } from './lib/tunnel.js';
+
+/** One request the policy service received. */
+interface PluginRequest {
+  url: string;
+  headers: IncomingHttpHeaders;
+  text: string;
+  body: { version: string; op: string; content: Record<string, unknown> };
+}
+
+/** What the service answers: a verdict, or 'hang' (never answers) or 'garbage' (not JSON). */
+type Decision = { reject: boolean; reject_reason?: string } | 'hang' | 'garbage';
+
+interface PolicyService {
+  url: string;
+  requests: PluginRequest[];
+  of(op: string): PluginRequest[];
+}
+
+const ALLOW: Decision = { reject: false };
+
+async function startPolicyService(
+  h: Harness,
+  decide: (req: PluginRequest) => Decision,
+): Promise<PolicyService> {
+  const requests: PluginRequest[] = [];
+  const held: ServerResponse[] = [];
+  const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => chunks.push(chunk));
+    req.on('end', () => {
+      const text = Buffer.concat(chunks).toString('utf8');
+      const seen: PluginRequest = { url: req.url ?? '', headers: req.headers, text, body: JSON.parse(text) };
+      requests.push(seen);
+      const decision = decide(seen);
+      if (decision === 'hang') {
+        held.push(res);
+        return;
+      }
+      res.setHeader('Content-Type', 'application/json');
+      res.end(decision === 'garbage' ? '<html>oops</html>' : JSON.stringify({ ...decision, unchange: true }));
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  h.onCleanup(() => {
+    for (const res of held) res.destroy();
+    server.closeAllConnections();
+    server.close();
+  });
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}/handler`,
+    requests,
+    of: (op) => requests.filter((r) => r.body.op === op),
+  };
+}
+
+/** A [[plugins]] table as server.toml text. */
+function pluginTable(keys: Parameters<typeof tomlLines>[0]): string {
+  return `[[plugins]]\n${tomlLines(keys)}`;
+}
+
+/** `nc` from `source`: what the echo service behind `port` sent back for "hello" (empty when cut off). */
+async function ncEcho(source: string, port: number): Promise<string> {
+  const r = await run('nc', ['-N', '-w', '3', '-s', source, '127.0.0.1', String(port)], {
+    input: 'hello\n',
+    timeoutMs: 10_000,
+  });
+  return r.stdout;
+}
+
+/** The session id a client's "session established" line names (frp's run_id). */
+function sessionIdOf(line: LogLine): string {
+  return String(line.session_id);
+}
+
+const USER_KEYS = ['metas', 'run_id', 'user'];
+const LOGIN_KEYS = [
+  'arch',
+  'client_address',
+  'hostname',
+  'metas',
+  'os',
+  'pool_count',
+  'privilege_key',
+  'run_id',
+  'timestamp',
+  'user',
+  'version',
+];
+
+test('Login: the plugin refuses one client with its reason, which the client logs; another signs in with its metadata', async (t) => {
+  await withHarness(t, async (h) => {
+    const policy = await startPolicyService(h, (req) =>
+      req.body.content.user === 'mallory'
+        ? { reject: true, reject_reason: 'user mallory is suspended' }
+        : ALLOW,
+    );
+    const server = await startRoutedServer(h, {
+      http: false,
+      tables: [
+        pluginTable({
+          name: 'user-manager',
+          addr: policy.url.replace(/^http:\/\/|\/handler$/g, ''),
+          path: '/handler',
+          ops: ['Login'],
+          headers: { Authorization: 'Bearer policy-secret' },
+        }),
+      ],
+    });
+    const echo = await startEchoServer();
+    h.onCleanup(() => echo.close());
+    const port = await freePort();
+    const aliceToken = await issueRoutedToken(server, { name: 'alice', ports: String(port) });
+    const alice = await startRoutedClient(h, {
+      server: server.url,
+      token: aliceToken,
+      name: 'alice',
+      proxies: [{ name: 'echo', type: 'tcp', local: `127.0.0.1:${echo.port}`, remote_port: port }],
+      keys: { metadata: { team: 'ops', tier: 'gold' } },
+    });
+    assert.equal(await ncEcho('127.0.0.1', port), 'hello\n');
+
+    const malloryToken = await issueRoutedToken(server, { name: 'mallory', ports: String(port) });
+    const mallory = await startRoutedClient(h, {
+      server: server.url,
+      token: malloryToken,
+      name: 'mallory',
+      proxies: [{ name: 'echo', type: 'tcp', local: `127.0.0.1:${echo.port}`, remote_port: port }],
+      waitFor: [],
+    });
+    const notice = await mallory.proc.waitForMsg('server notice', 15_000, {
+      fields: { code: 'login_refused' },
+    });
+    assert.equal(
+      notice.reason,
+      `sign-in refused by the server's plugin "user-manager": user mallory is suspended`,
+    );
+    assert.equal(notice.level, 'error', 'the refusal is logged at error');
+    await server.proc.waitForMsg('client refused', 5_000, {
+      fields: { client: 'mallory', plugin: 'user-manager' },
+    });
+    assert.equal(mallory.proc.logsWithMsg('session established').length, 0);
+    // The refused session took nothing over: alice's proxy still serves.
+    assert.equal(await ncEcho('127.0.0.1', port), 'hello\n');
+
+    const [login] = policy.of('Login').filter((r) => r.body.content.user === 'alice');
+    assert.ok(login, 'alice was asked about');
+    assert.equal(login.url, '/handler?version=0.1.0&op=Login');
+    assert.equal(login.headers.authorization, 'Bearer policy-secret');
+    assert.match(String(login.headers['content-type']), /^application\/json/);
+    assert.match(String(login.headers['x-frp-reqid']), /^[0-9a-f-]{36}$/);
+    assert.equal(login.body.version, '0.1.0');
+    assert.deepEqual(Object.keys(login.body.content).sort(), LOGIN_KEYS);
+    const established = await alice.proc.waitForMsg('session established', 1_000);
+    assert.equal(login.body.content.run_id, sessionIdOf(established));
+    assert.deepEqual(login.body.content.metas, { team: 'ops', tier: 'gold' });
+    assert.match(String(login.body.content.client_address), /^127\.0\.0\.1:\d+$/);
+    assert.equal(login.body.content.privilege_key, '');
+    assert.ok(!login.text.includes(aliceToken), 'the token never reaches the plugin');
+    // Only Login is configured: visitors and registrations cost no request.
+    assert.deepEqual(
+      [...new Set(policy.requests.map((r) => r.body.op))],
+      ['Login'],
+      'only the configured op is asked',
+    );
+  });
+});
+
+test('NewProxy: the plugin refuses one of two proxies with its reason; the other serves', async (t) => {
+  await withHarness(t, async (h) => {
+    const policy = await startPolicyService(h, (req) =>
+      req.body.content.proxy_name === 'db'
+        ? { reject: true, reject_reason: 'port reserved for the DBA team' }
+        : ALLOW,
+    );
+    const server = await startRoutedServer(h, {
+      tables: [pluginTable({ name: 'port-manager', url: policy.url, ops: ['NewProxy'] })],
+    });
+    const web = await startTaggedHttp(h, 'web', 0);
+    const webPort = (web.address() as AddressInfo).port;
+    const dbPort = await freePort();
+    const token = await issueRoutedToken(server, {
+      name: 'carol',
+      ports: String(dbPort),
+      hosts: ['app.plugins.test'],
+    });
+    const client = await startRoutedClient(h, {
+      server: server.url,
+      token,
+      proxies: [
+        {
+          name: 'web',
+          type: 'http',
+          local: `127.0.0.1:${webPort}`,
+          hosts: ['app.plugins.test'],
+          locations: ['/'],
+        },
+        { name: 'db', type: 'tcp', local: '127.0.0.1:9', remote_port: dbPort },
+      ],
+      waitFor: ['web'],
+    });
+    const refused = await client.proc.waitForMsg('proxy refused', 10_000, { fields: { proxy: 'db' } });
+    assert.equal(
+      refused.reason,
+      `refused by the server's plugin "port-manager": port reserved for the DBA team`,
+    );
+    assert.equal(await tryConnect('127.0.0.1', dbPort, 2_000), 'refused', 'the refused port is not bound');
+    const page = await curl(['-H', 'Host: app.plugins.test'], `http://127.0.0.1:${server.httpPort}/hi`);
+    assert.equal(page.status, 200);
+    assert.match(page.body, /^web GET \/hi /);
+
+    const established = await client.proc.waitForMsg('session established', 1_000);
+    const user = { user: 'carol', metas: {}, run_id: sessionIdOf(established) };
+    const [webAsk] = policy.of('NewProxy').filter((r) => r.body.content.proxy_name === 'web');
+    const [dbAsk] = policy.of('NewProxy').filter((r) => r.body.content.proxy_name === 'db');
+    assert.ok(webAsk && dbAsk);
+    assert.equal(dbAsk.url, '/handler?version=0.1.0&op=NewProxy');
+    assert.deepEqual(Object.keys(dbAsk.body.content.user as object).sort(), USER_KEYS);
+    assert.deepEqual(dbAsk.body.content.user, user);
+    assert.equal(dbAsk.body.content.proxy_type, 'tcp');
+    assert.equal(dbAsk.body.content.remote_port, dbPort);
+    assert.equal(webAsk.body.content.proxy_type, 'http');
+    assert.deepEqual(webAsk.body.content.custom_domains, ['app.plugins.test']);
+    assert.deepEqual(webAsk.body.content.locations, ['/']);
+    assert.equal(webAsk.body.content.subdomain, '');
+  });
+});
+
+test('NewUserConn: a visitor address the plugin refuses is cut off (tcp), answered 403 (http, tcpmux); others pass', async (t) => {
+  await withHarness(t, async (h) => {
+    // Loopback has all of 127/8: 127.0.0.2 is the stranger.
+    const policy = await startPolicyService(h, (req) =>
+      String(req.body.content.remote_addr).startsWith('127.0.0.2:')
+        ? { reject: true, reject_reason: 'address blocked' }
+        : ALLOW,
+    );
+    const server = await startRoutedServer(h, {
+      tcpmux: {},
+      tables: [pluginTable({ name: 'visitor-policy', url: policy.url, ops: ['NewUserConn'] })],
+    });
+    const echo = await startEchoServer();
+    h.onCleanup(() => echo.close());
+    const web = await startTaggedHttp(h, 'web', 0);
+    const webPort = (web.address() as AddressInfo).port;
+    const port = await freePort();
+    const token = await issueRoutedToken(server, {
+      name: 'erin',
+      ports: String(port),
+      hosts: ['app.plugins.test', 'mux.plugins.test'],
+    });
+    const client = await startRoutedClient(h, {
+      server: server.url,
+      token,
+      proxies: [
+        { name: 'echo', type: 'tcp', local: `127.0.0.1:${echo.port}`, remote_port: port },
+        { name: 'web', type: 'http', local: `127.0.0.1:${webPort}`, hosts: ['app.plugins.test'] },
+        { name: 'mux', type: 'tcpmux', local: `127.0.0.1:${webPort}`, hosts: ['mux.plugins.test'] },
+      ],
+    });
+
+    assert.equal(await ncEcho('127.0.0.1', port), 'hello\n');
+    const accepted = echo.accepted;
+    assert.equal(await ncEcho('127.0.0.2', port), '', 'the refused visitor gets nothing back');
+    assert.equal(echo.accepted, accepted, 'the refused visitor never reached the service');
+
+    const httpUrl = `http://127.0.0.1:${server.httpPort}/page`;
+    const allowed = await curl(['-H', 'Host: app.plugins.test'], httpUrl);
+    assert.equal(allowed.status, 200);
+    const blocked = await curl(['--interface', '127.0.0.2', '-H', 'Host: app.plugins.test'], httpUrl);
+    assert.equal(blocked.status, 403);
+    assert.doesNotMatch(blocked.body, /^web/);
+
+    const proxyArgs = ['--suppress-connect-headers', '-p', '-x', `http://127.0.0.1:${server.tcpmuxPort}`];
+    const viaMux = await curl(proxyArgs, 'http://mux.plugins.test/m');
+    assert.equal(viaMux.status, 200);
+    assert.match(viaMux.body, /^web GET \/m /);
+    const muxBlocked = await curl(['--interface', '127.0.0.2', ...proxyArgs], 'http://mux.plugins.test/m');
+    assert.notEqual(muxBlocked.code, 0);
+    assert.match(muxBlocked.stderr + muxBlocked.body, /403/);
+
+    const established = await client.proc.waitForMsg('session established', 1_000);
+    const asks = policy.of('NewUserConn');
+    assert.deepEqual(
+      asks.map((r) => [
+        r.body.content.proxy_name,
+        r.body.content.proxy_type,
+        String(r.body.content.remote_addr).split(':')[0],
+      ]),
+      [
+        ['echo', 'tcp', '127.0.0.1'],
+        ['echo', 'tcp', '127.0.0.2'],
+        ['web', 'http', '127.0.0.1'],
+        ['web', 'http', '127.0.0.2'],
+        ['mux', 'tcpmux', '127.0.0.1'],
+        ['mux', 'tcpmux', '127.0.0.2'],
+      ],
+    );
+    const [first] = asks;
+    assert.equal(first!.url, '/handler?version=0.1.0&op=NewUserConn');
+    assert.deepEqual(Object.keys(first!.body.content).sort(), [
+      'proxy_name',
+      'proxy_type',
+      'remote_addr',
+      'user',
+    ]);
+    assert.deepEqual(first!.body.content.user, { user: 'erin', metas: {}, run_id: sessionIdOf(established) });
+    assert.match(String(first!.body.content.remote_addr), /^127\.0\.0\.1:\d+$/);
+    await server.proc.waitForMsg('visitor refused by plugin', 5_000, {
+      fields: { plugin: 'visitor-policy', proxy: 'echo', reason: 'address blocked' },
+    });
+  });
+});
+
+test('a plugin that is down, slow or answers garbage refuses; a reload that removes it lets the client in', async (t) => {
+  await withHarness(t, async (h) => {
+    const policy = await startPolicyService(h, (req) => {
+      if (req.body.content.user === 'slow') return 'hang';
+      if (req.body.content.user === 'garbled') return 'garbage';
+      return ALLOW;
+    });
+    const downPort = await freePort();
+    const down = pluginTable({ name: 'down', url: `http://127.0.0.1:${downPort}/handler`, ops: ['Login'] });
+    const answering = pluginTable({ name: 'flaky', url: policy.url, ops: ['Login'], timeout: '500ms' });
+    const server = await startRoutedServer(h, { http: false, tables: [answering] });
+    const echo = await startEchoServer();
+    h.onCleanup(() => echo.close());
+    const port = await freePort();
+
+    const signIn = async (name: string, waitFor: string[]) =>
+      startRoutedClient(h, {
+        server: server.url,
+        token: await issueRoutedToken(server, { name, ports: String(port) }),
+        name,
+        proxies: [{ name: 'echo', type: 'tcp', local: `127.0.0.1:${echo.port}`, remote_port: port }],
+        waitFor,
+      });
+    for (const [name, failure] of [
+      ['slow', 'no answer within 500 ms'],
+      ['garbled', 'the answer is not JSON'],
+    ] as const) {
+      const client = await signIn(name, []);
+      const notice = await client.proc.waitForMsg('server notice', 15_000, {
+        fields: { code: 'login_refused' },
+      });
+      assert.equal(
+        notice.reason,
+        `sign-in refused by the server's plugin "flaky": the server's plugin "flaky" could not be asked`,
+      );
+      await server.proc.waitForMsg('plugin failed: refused', 5_000, {
+        fields: { plugin: 'flaky', op: 'Login', client: name, reason: failure },
+      });
+      await client.proc.stop();
+    }
+
+    // Down: nothing listens at its address.
+    const config = await readFile(server.config.configPath, 'utf8');
+    await writeFile(server.config.configPath, config.replace(answering, down));
+    let mark = server.proc.mark();
+    server.proc.kill('SIGHUP');
+    const reloaded = await server.proc.waitForMsg('config reloaded', 10_000, { from: mark });
+    assert.deepEqual(reloaded.plugins, ['down']);
+    const dave = await signIn('dave', []);
+    await dave.proc.waitForMsg('server notice', 15_000, { fields: { code: 'login_refused' } });
+    const failed = await server.proc.waitForMsg('plugin failed: refused', 5_000, {
+      fields: { plugin: 'down', op: 'Login', client: 'dave' },
+    });
+    assert.match(String(failed.reason), /ECONNREFUSED/);
+
+    mark = server.proc.mark();
+    const daveMark = dave.proc.mark();
+    await writeFile(server.config.configPath, config.replace(answering, ''));
+    server.proc.kill('SIGHUP');
+    await server.proc.waitForMsg('config reloaded', 10_000, { from: mark, fields: { plugins: '' } });
+    // The client's next attempt (backoff at most 2 s) is let in.
+    await dave.proc.waitForMsg('proxy registered', 15_000, { from: daveMark, fields: { proxy: 'echo' } });
+    assert.equal(await ncEcho('127.0.0.1', port), 'hello\n');
+    assert.equal(portOf(dave.proc.logsWithMsg('proxy registered', daveMark)[0]!.remote_addr), port);
+  });
+});
