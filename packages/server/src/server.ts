@@ -121,7 +121,15 @@ export class PortholeServer {
       throw err;
     }
     this.ctx.logger.info(
-      { addr: address, path: this.ctx.config.path, tls: !!this.ctx.config.tls },
+      {
+        addr: address,
+        path: this.ctx.config.path,
+        tls: !!this.ctx.config.tls,
+        // Which policy services sign-ins, registrations and visitors wait for; left out when none.
+        ...(this.ctx.config.plugins.length === 0
+          ? {}
+          : { plugins: this.ctx.config.plugins.map((plugin) => plugin.name) }),
+      },
       'server listening',
     );
     return address;
