@@ -5,12 +5,19 @@
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
 import { startTaggedHttp } from './lib/http-backend.js';
 import { freePort, type Harness, type LogLine, run, withHarness } from './lib/processes.js';
-import { issueRoutedToken, startRoutedClient, startRoutedServer, tomlLines } from './lib/routing.js';
+import {
+  issueRoutedToken,
+  makeSelfSignedCert,
+  startRoutedClient,
+  startRoutedServer,
+  tomlLines,
+} from './lib/routing.js';
 import { startEchoServer, tryConnect } from './lib/services.js';
 import { portOf } from './lib/tunnel.js';
 
@@ -122,6 +129,7 @@ test('Login: the plugin refuses one client with its reason, which the client log
         }),
       ],
     });
+    assert.deepEqual(server.proc.logsWithMsg('server listening')[0]?.plugins, ['user-manager']);
     const echo = await startEchoServer();
     h.onCleanup(() => echo.close());
     const port = await freePort();
@@ -241,7 +249,7 @@ test('NewProxy: the plugin refuses one of two proxies with its reason; the other
   });
 });
 
-test('NewUserConn: a visitor address the plugin refuses is cut off (tcp), answered 403 (http, tcpmux); others pass', async (t) => {
+test('NewUserConn: a visitor address the plugin refuses is cut off (tcp, tls), answered 403 (http, tcpmux); others pass', async (t) => {
   await withHarness(t, async (h) => {
     // Loopback has all of 127/8: 127.0.0.2 is the stranger.
     const policy = await startPolicyService(h, (req) =>
@@ -251,7 +259,19 @@ test('NewUserConn: a visitor address the plugin refuses is cut off (tcp), answer
     );
     const server = await startRoutedServer(h, {
       tcpmux: {},
+      https: { certs: [await makeSelfSignedCert(h, 'edge.plugins.test')] },
       tables: [pluginTable({ name: 'visitor-policy', url: policy.url, ops: ['NewUserConn'] })],
+    });
+    // The tls proxy's own service: the server passes its visitors' TLS through by SNI.
+    const vaultCert = await makeSelfSignedCert(h, 'vault.plugins.test');
+    const vault = createHttpsServer(
+      { cert: await readFile(vaultCert.cert), key: await readFile(vaultCert.key) },
+      (_req, res) => res.end('vault\n'),
+    );
+    await new Promise<void>((resolve) => vault.listen(0, '127.0.0.1', resolve));
+    h.onCleanup(() => {
+      vault.closeAllConnections();
+      vault.close();
     });
     const echo = await startEchoServer();
     h.onCleanup(() => echo.close());
@@ -261,7 +281,7 @@ test('NewUserConn: a visitor address the plugin refuses is cut off (tcp), answer
     const token = await issueRoutedToken(server, {
       name: 'erin',
       ports: String(port),
-      hosts: ['app.plugins.test', 'mux.plugins.test'],
+      hosts: ['app.plugins.test', 'mux.plugins.test', 'vault.plugins.test'],
     });
     const client = await startRoutedClient(h, {
       server: server.url,
@@ -270,6 +290,12 @@ test('NewUserConn: a visitor address the plugin refuses is cut off (tcp), answer
         { name: 'echo', type: 'tcp', local: `127.0.0.1:${echo.port}`, remote_port: port },
         { name: 'web', type: 'http', local: `127.0.0.1:${webPort}`, hosts: ['app.plugins.test'] },
         { name: 'mux', type: 'tcpmux', local: `127.0.0.1:${webPort}`, hosts: ['mux.plugins.test'] },
+        {
+          name: 'vault',
+          type: 'tls',
+          local: `127.0.0.1:${(vault.address() as AddressInfo).port}`,
+          hosts: ['vault.plugins.test'],
+        },
       ],
     });
 
@@ -293,6 +319,15 @@ test('NewUserConn: a visitor address the plugin refuses is cut off (tcp), answer
     assert.notEqual(muxBlocked.code, 0);
     assert.match(muxBlocked.stderr + muxBlocked.body, /403/);
 
+    const vaultUrl = `https://vault.plugins.test:${server.httpsPort}/`;
+    const resolveVault = ['-k', '--resolve', `vault.plugins.test:${server.httpsPort}:127.0.0.1`];
+    const viaTls = await curl(resolveVault, vaultUrl);
+    assert.equal(viaTls.status, 200);
+    assert.equal(viaTls.body, 'vault\n');
+    const tlsBlocked = await curl(['--interface', '127.0.0.2', ...resolveVault], vaultUrl);
+    assert.notEqual(tlsBlocked.code, 0, 'the refused visitor gets no TLS handshake');
+    assert.equal(tlsBlocked.status, 0);
+
     const established = await client.proc.waitForMsg('session established', 1_000);
     const asks = policy.of('NewUserConn');
     assert.deepEqual(
@@ -308,6 +343,8 @@ test('NewUserConn: a visitor address the plugin refuses is cut off (tcp), answer
         ['web', 'http', '127.0.0.2'],
         ['mux', 'tcpmux', '127.0.0.1'],
         ['mux', 'tcpmux', '127.0.0.2'],
+        ['vault', 'https', '127.0.0.1'],
+        ['vault', 'https', '127.0.0.2'],
       ],
     );
     const [first] = asks;
