@@ -139,21 +139,24 @@ export class TcpProxyListener {
       return;
     }
     if (!target.limit.admit(socket)) return;
-    const check = target.visitorCheck?.(peerAddress(socket));
-    if (check === undefined) this.tunnel(socket, target);
-    else void this.tunnelIfAllowed(socket, target, check);
+    // Taken once: the connection's log line needs it whether or not a plugin is asked.
+    const remoteAddr = peerAddress(socket);
+    const check = target.visitorCheck?.(remoteAddr);
+    if (check === undefined) this.tunnel(socket, target, remoteAddr);
+    else void this.tunnelIfAllowed(socket, target, remoteAddr, check);
   }
 
   /** Counted against max_connections while the plugins decide. */
   private async tunnelIfAllowed(
     socket: Socket,
     target: TcpTarget,
+    remoteAddr: string,
     check: Promise<PluginRefusal | undefined>,
   ): Promise<void> {
-    if (!(await visitorTurnedAway(socket, check))) this.tunnel(socket, target);
+    if (!(await visitorTurnedAway(socket, check))) this.tunnel(socket, target, remoteAddr);
   }
 
-  private tunnel(socket: Socket, target: TcpTarget): void {
+  private tunnel(socket: Socket, target: TcpTarget, remoteAddr: string): void {
     const { tracker, logger } = this.opts;
     const { client, proxy, session, bandwidth } = target;
     const conn = tracker.nextId();
@@ -163,7 +166,7 @@ export class TcpProxyListener {
     tracker.carry(socket, stream, {
       labels: ['visitor', 'tunnel'],
       logger,
-      fields: { client, proxy: proxy.name, conn, remote_addr: peerAddress(socket) },
+      fields: { client, proxy: proxy.name, conn, remote_addr: remoteAddr },
       ...(limits === undefined ? {} : { limits }),
     });
   }
