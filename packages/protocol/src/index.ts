@@ -5,6 +5,7 @@ export * from './bind-address.js';
 export * from './cli-support.js';
 export * from './close-event.js';
 export * from './close-hooks.js';
+export * from './compressed-stream.js';
 export * from './config-file.js';
 export * from './connection-tracker.js';
 export * from './control-messages.js';
