@@ -705,9 +705,16 @@ export class PortholeClient {
             ...(result.service ? { service: result.service } : {}),
             local,
             ...limit,
+            ...(result.compression ? { compression: true } : {}),
           },
           'proxy registered',
         );
+        // A server older than compression dropped the ask: it marks no stream, so none is compressed.
+        if (proxy.compression && !result.compression)
+          this.logger.warn(
+            { proxy: result.proxy, server: this.serverForLogs },
+            'proxy runs uncompressed: the server does not offer compression (older than this client)',
+          );
         this.refusals.forget(result.proxy);
         if (picksPort(proxy) && remotePort !== undefined) this.notePickedPort(proxy, remotePort);
       } else this.logRefused(result.proxy, reason);

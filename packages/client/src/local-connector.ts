@@ -3,6 +3,7 @@ import type { Duplex } from 'node:stream';
 import type { Stream } from '@porthole/mux';
 import {
   CONNECTED_BYTE,
+  CompressedStream,
   type ConnectionTracker,
   encodeProxyHeader,
   formatPeerAddress,
@@ -164,13 +165,17 @@ export async function serveStream(
     await serveUdpFlow(stream, header, proxy, logger, failures, udpFlows, bandwidth.budgets(proxy));
     return;
   }
+  // The server deflates what follows the header on this stream: it is inflated (and the reply deflated) here.
+  const tunnel: Duplex = header.compression ? new CompressedStream(stream) : stream;
+  if (tunnel !== stream) tunnel.on('error', swallow);
   if (isDirectoryLocal(proxy.local)) {
     stream.off('error', swallow);
+    tunnel.off('error', swallow);
     // Carried as a local service's socket is (counted, drained, listed, held to bandwidth_limit), to the HTTP
     // server in this process.
     const [tunnelEnd, serverEnd] = PairEnd.pair();
     const budgets = bandwidth.budgets(proxy);
-    tracker.carry(stream, tunnelEnd, {
+    tracker.carry(tunnel, tunnelEnd, {
       labels: ['tunnel', 'local'],
       logger,
       fields: { ...fields, local },
@@ -184,12 +189,12 @@ export async function serveStream(
     });
     return;
   }
-  // What is carried to the local socket: the stream, the plaintext of its TLS (terminate_tls), or (an
-  // http-proxy's absolute-form request) its one request.
-  let visitor: Duplex = stream;
+  // What is carried to the local socket: the (inflated) stream, the plaintext of its TLS (terminate_tls), or
+  // (an http-proxy's absolute-form request) its one request.
+  let visitor: Duplex = tunnel;
   if (proxy.terminateTls) {
     try {
-      visitor = await endVisitorTls(stream, proxy.terminateTls);
+      visitor = await endVisitorTls(tunnel, proxy.terminateTls);
     } catch (err) {
       // A scanner, a visitor refusing the certificate, one gone mid-handshake: nothing the service did.
       logger.debug({ ...fields, local, reason: (err as Error).message }, 'visitor tls handshake failed');
@@ -252,12 +257,13 @@ export async function serveStream(
     pending.end(proxy.name);
   }
   stream.off('error', swallow);
+  tunnel.off('error', swallow);
   if (stream.destroyed) {
     socket.destroy();
     return;
   }
   // A tcpmux visitor is waiting for the server's answer to its CONNECT: the service took the connection.
-  if (header.confirm_connect) stream.write(Buffer.of(CONNECTED_BYTE));
+  if (header.confirm_connect) tunnel.write(Buffer.of(CONNECTED_BYTE));
   // Looked up now, not before the connect: a reload meanwhile may have changed the limit.
   const budgets = bandwidth.budgets(proxies.get(proxy.name) ?? proxy);
   tracker.carry(visitor, socket, {

@@ -26,6 +26,7 @@ import {
   positiveIntField,
   proxyNameSchema,
   tlsNameRefusal,
+  UDP_COMPRESSION_REASON,
   UDP_IDLE_TIMEOUT_MAX_MS,
   UDP_IDLE_TIMEOUT_MIN_MS,
   type UnixSocketAddress,
@@ -336,6 +337,7 @@ export const proxySchema = z
       .optional(),
     proxy_protocol: z.enum(['v1', 'v2'], { error: expected('"v1" or "v2"') }).optional(),
     max_connections: positiveIntField('a number of connections').max(1_000_000).optional(),
+    compression: z.boolean({ error: expected('true or false') }).optional(),
     udp_idle_timeout: durationField.optional(),
     max_flows: positiveIntField('a number of flows').max(1_000_000).optional(),
     bandwidth_limit: bandwidthLimitField.optional(),
@@ -382,6 +384,8 @@ export const proxySchema = z
         });
       }
     }
+    if (proxy.compression && proxy.type === 'udp')
+      ctx.addIssue({ code: 'custom', path: ['compression'], message: UDP_COMPRESSION_REASON });
     checkSocks(proxy, ctx);
     checkDirectory(proxy, ctx);
     checkLocalTls(proxy, ctx);
@@ -511,6 +515,8 @@ function checkSocks(
   }
   if (proxy.proxy_protocol !== undefined)
     issue('proxy_protocol', `${aProxyWith(local)} has no one local service to send a PROXY header to`);
+  // Its handshake is read off the tunnel stream itself, before any inflater could stand in between.
+  if (proxy.compression === true) issue('compression', `${aProxyWith(local)} does not compress (yet)`);
   const passwords = [proxy.socks_password, proxy.socks_password_file].filter((v) => v !== undefined);
   if (passwords.length > 1) issue('socks_password', 'set socks_password or socks_password_file, not both');
   if ((proxy.socks_user === undefined) !== (passwords.length === 0))
@@ -641,6 +647,11 @@ export interface ProxyConfig {
    * server caps it with proxy_max_connections.
    */
   maxConnections?: number;
+  /**
+   * tcp, tls, tcpmux, http: the tunnel hop carries this proxy's bytes deflated (asked of the server, which
+   * must know it; an older one runs it uncompressed).
+   */
+  compression?: boolean;
   /** udp: ms without datagrams before a flow ends (the server's setting when absent). */
   udpIdleTimeout?: number;
   maxFlows?: number;
@@ -692,6 +703,7 @@ export function toProxyConfig(raw: RawProxy): ProxyConfig {
   if (raw.request_headers !== undefined) proxy.requestHeaders = raw.request_headers;
   if (raw.proxy_protocol !== undefined) proxy.proxyProtocol = raw.proxy_protocol;
   if (raw.max_connections !== undefined) proxy.maxConnections = raw.max_connections;
+  if (raw.compression === true) proxy.compression = true;
   if (raw.udp_idle_timeout !== undefined) proxy.udpIdleTimeout = raw.udp_idle_timeout;
   if (raw.max_flows !== undefined) proxy.maxFlows = raw.max_flows;
   if (raw.bandwidth_limit !== undefined) proxy.bandwidthLimit = raw.bandwidth_limit;
@@ -742,6 +754,7 @@ export function proxySpecFields(proxy: ProxyConfig): ProxySpec {
   if (proxy.requestHeaders !== undefined) spec.request_headers = proxy.requestHeaders;
   if (proxy.proxyProtocol !== undefined) spec.proxy_protocol = proxy.proxyProtocol;
   if (proxy.maxConnections !== undefined) spec.max_connections = proxy.maxConnections;
+  if (proxy.compression) spec.compression = true;
   if (proxy.udpIdleTimeout !== undefined) spec.udp_idle_timeout_ms = proxy.udpIdleTimeout;
   if (proxy.maxFlows !== undefined) spec.max_flows = proxy.maxFlows;
   if (proxy.group !== undefined) spec.group = proxy.group;

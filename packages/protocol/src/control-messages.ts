@@ -88,6 +88,12 @@ export const proxySpecSchema = z.object({
    * older server drops the field and refuses the entry for its missing remote_port, so it never goes public.
    */
   private: z.boolean().optional(),
+  /**
+   * tcp, tls, tcpmux, http: the client asks that this proxy's streams be compressed (CompressedStream). A
+   * server that takes it says so in the result (`compression`) and marks each stream's header; an older
+   * server drops the field, says nothing, and the client runs the proxy uncompressed.
+   */
+  compression: z.boolean().optional(),
 });
 export type ProxySpec = z.infer<typeof proxySpecSchema>;
 
@@ -102,6 +108,10 @@ export const clientMetadataSchema = z
     (metadata) => Object.keys(metadata).length <= MAX_CLIENT_METADATA_ENTRIES,
     `at most ${MAX_CLIENT_METADATA_ENTRIES} entries`,
   );
+
+/** Why a udp proxy cannot have compression: the client's config check and the server's refusal say it. */
+export const UDP_COMPRESSION_REASON =
+  'compression applies to tcp, tls, tcpmux and http proxies; udp datagrams are too small to gain from it';
 
 const hello = z.object({
   type: z.literal('hello'),
@@ -137,6 +147,8 @@ const proxyResult = z.object({
   urls: z.array(z.string()).max(1024).optional(),
   /** A private proxy: the name visitors ask for it by, "owner/proxy". */
   service: z.string().optional(),
+  /** The server compresses this proxy's streams, as the register asked (an older server leaves it out). */
+  compression: z.literal(true).optional(),
   reason: z.string().optional(),
 });
 export type ProxyResult = z.infer<typeof proxyResult>;

@@ -28,6 +28,11 @@ export const streamHeaderSchema = z.object({
    * resets the stream as for any proxy. Only tcpmux proxies get it, which only clients that know it register.
    */
   confirm_connect: z.literal(true).optional(),
+  /**
+   * Every byte after this header, both ways, is raw deflate (CompressedStream; a tcpmux's CONNECTED_BYTE
+   * too). Only streams of proxies whose register asked for compression get it.
+   */
+  compression: z.literal(true).optional(),
 });
 export type StreamHeader = z.infer<typeof streamHeaderSchema>;
 

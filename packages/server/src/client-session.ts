@@ -18,6 +18,7 @@ import {
   portGrantRefusal,
   RepeatedReasons,
   type TokenClaims,
+  UDP_COMPRESSION_REASON,
   type UnknownControlMessage,
   writeMessage,
 } from '@porthole/protocol';
@@ -46,6 +47,7 @@ import {
 } from './proxy-routing.js';
 import type { ServerContext } from './server-context.js';
 import { TcpProxyListener } from './tcp-proxy-listener.js';
+import { compressionOf } from './tunnel-stream.js';
 import type { UdpProxyStats } from './udp-proxy-listener.js';
 
 /** A client that opens a session must say hello within this time. */
@@ -608,6 +610,7 @@ export class ClientSession {
   }
 
   private refusal(spec: ProxySpec): string | undefined {
+    if (spec.compression && spec.type === 'udp') return UDP_COMPRESSION_REASON;
     if (spec.private) return privateRefusal(spec);
     const notHere = remoteBindRefusal(this.ctx.config, spec);
     if (notHere) return notHere;
@@ -819,10 +822,13 @@ export class ClientSession {
   private registered({ spec, listener }: { spec: ProxySpec; listener: BoundProxy }): ProxyResult {
     this.refusals.forget(spec.name);
     // Nothing listens for a private proxy: visitors ask for it by name.
-    if (listener.service) return { proxy: spec.name, ok: true, service: serviceName(this.name, spec.name) };
+    const compression = compressionOf(spec);
+    if (listener.service)
+      return { proxy: spec.name, ok: true, service: serviceName(this.name, spec.name), ...compression };
     return {
       proxy: spec.name,
       ok: true,
+      ...compression,
       remote_addr: listener.address,
       // The port bound; an http or tls proxy's remote_port (which the server ignores) is not one.
       ...((spec.type === 'tcp' || spec.type === 'udp') && spec.remote_port !== undefined

@@ -10,12 +10,12 @@ import {
   type VisitType,
   visitGrantAllows,
   withTimeout,
-  writeStreamHeader,
   writeVisitAnswer,
 } from '@porthole/protocol';
 import type { ConnectionLimit } from './connection-limit.js';
 import { type BoundProxy, connectionLimitFor, type ProxyOwner, udpFlowLimitsOf } from './proxy-routing.js';
 import type { ServerContext } from './server-context.js';
+import { compressionOf, openTunnelStream } from './tunnel-stream.js';
 
 /** A visiting client that has not said which service it wants by then is cut off. */
 const VISIT_REQUEST_TIMEOUT_MS = 10_000;
@@ -145,8 +145,8 @@ export async function serveVisit(ctx: ServerContext, visitor: Visitor, stream: S
   // Both ends of a udp visit end its flow after the same silence: the service's, as its public flows would.
   const idle =
     type === 'udp' ? { udp_idle_timeout_ms: udpFlowLimitsOf(ctx, target.spec).idleTimeoutMs() } : {};
-  const toOwner = target.owner.session.open();
-  writeStreamHeader(toOwner, {
+  // Compressed on the owner's hop only: the visitor's client asked for nothing.
+  const toOwner = openTunnelStream(target.owner.session, {
     proxy,
     conn,
     remote_addr: remote.host,
@@ -154,6 +154,7 @@ export async function serveVisit(ctx: ServerContext, visitor: Visitor, stream: S
     public_addr: service,
     visitor: visitor.name,
     ...idle,
+    ...compressionOf(target.spec),
   });
   writeVisitAnswer(stream, { ok: true, conn, ...idle });
   // Counted against the owner's cap: its service is the one whose bytes move.

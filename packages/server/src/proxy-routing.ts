@@ -13,7 +13,6 @@ import {
   parseSubdomain,
   portGrantRefusal,
   tlsNameRefusal,
-  writeStreamHeader,
 } from '@porthole/protocol';
 import type { ClientBandwidth } from './client-bandwidth.js';
 import type { ConnectionLimit, ConnectionLimits } from './connection-limit.js';
@@ -31,6 +30,7 @@ import type { ServerContext } from './server-context.js';
 import type { VisitorCheck } from './server-plugins.js';
 import type { TcpmuxTarget } from './tcpmux-listener.js';
 import type { TlsTarget } from './tls-sni-listener.js';
+import { compressionOf, openTunnelStream } from './tunnel-stream.js';
 import { UdpProxyListener, type UdpProxyStats, type UdpTarget } from './udp-proxy-listener.js';
 
 const FORWARDED_HEADERS = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
@@ -390,8 +390,7 @@ export async function bindRoutedProxy(
   const claims = claimsOf(spec, routing, owner.hostGrant) as HostClaim[];
   const header = (visitor: Visitor | undefined, publicAddr: string | undefined) => {
     const conn = ctx.tracker.nextId();
-    const stream = owner.session.open();
-    writeStreamHeader(stream, {
+    const stream = openTunnelStream(owner.session, {
       proxy: spec.name,
       conn,
       remote_addr: visitor?.address ?? '',
@@ -400,6 +399,7 @@ export async function bindRoutedProxy(
       ...(visitor?.destAddress === undefined
         ? {}
         : { dest_addr: visitor.destAddress, dest_port: visitor.destPort ?? 0 }),
+      ...compressionOf(spec),
     });
     return { stream, conn };
   };
@@ -412,6 +412,7 @@ export async function bindRoutedProxy(
       limit: connectionLimitFor(ctx, owner, spec),
       bandwidth: owner.bandwidth,
       visitorCheck: owner.visitorCheck(spec),
+      ...compressionOf(spec),
     };
     const httpsPort = portOf(state.httpsAddress);
     return bindHostRoutes({
@@ -436,6 +437,7 @@ export async function bindRoutedProxy(
       bandwidth: owner.bandwidth,
       auth: basicCredentialsOf(spec),
       visitorCheck: owner.visitorCheck(spec),
+      ...compressionOf(spec),
     };
     const tcpmuxPort = portOf(state.tcpmuxAddress);
     return bindHostRoutes({

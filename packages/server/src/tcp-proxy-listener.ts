@@ -12,6 +12,7 @@ import type { ConnectionLimit } from './connection-limit.js';
 import { peerAddress } from './peer-address.js';
 import { RoundRobin } from './round-robin.js';
 import { type PluginRefusal, type VisitorCheck, visitorTurnedAway } from './server-plugins.js';
+import { compressionOf } from './tunnel-stream.js';
 import { openVisitorStream } from './visitor-stream.js';
 
 /** Where a tcp proxy's visitors go: one proxy of one client (a member, when the port is a group's). */
@@ -161,7 +162,12 @@ export class TcpProxyListener {
     const { client, proxy, session, bandwidth } = target;
     const conn = tracker.nextId();
     socket.setNoDelay(true);
-    const stream = openVisitorStream(session, socket, { proxy: proxy.name, conn, public_addr: this.address });
+    const stream = openVisitorStream(session, socket, {
+      proxy: proxy.name,
+      conn,
+      public_addr: this.address,
+      ...compressionOf(proxy),
+    });
     const limits = bandwidth.limits();
     tracker.carry(socket, stream, {
       labels: ['visitor', 'tunnel'],

@@ -24,6 +24,7 @@ import { peerAddress } from './peer-address.js';
 import type { PendingConnections } from './pending-connections.js';
 import type { ProxyTraffic } from './proxy-traffic.js';
 import { type VisitorCheck, visitorTurnedAway } from './server-plugins.js';
+import { compressionOf } from './tunnel-stream.js';
 import { openVisitorStream } from './visitor-stream.js';
 
 /**
@@ -38,6 +39,8 @@ export const CONNECTION_ESTABLISHED = 'HTTP/1.1 200 Connection established\r\n\r
 export interface TcpmuxTarget {
   client: string;
   proxy: string;
+  /** The proxy asked for compression: its streams' header says so, and their bytes are deflated. */
+  compression?: true;
   session: Session;
   /** The proxy's max_connections: a visitor over it is answered 503 before a stream is opened. */
   limit: ConnectionLimit;
@@ -168,6 +171,7 @@ export class TcpmuxListener {
       conn,
       public_addr: this.address,
       confirm_connect: true,
+      ...compressionOf(target),
     });
     stream.on('error', () => {});
     // Early data: what the visitor sent after its CONNECT head without waiting for the 200 goes first.

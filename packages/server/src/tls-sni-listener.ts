@@ -22,12 +22,15 @@ import type { PendingConnections } from './pending-connections.js';
 import { type VisitorCheck, visitorTurnedAway } from './server-plugins.js';
 import type { TlsCertStore } from './tls-cert-store.js';
 import { readClientHello } from './tls-client-hello.js';
+import { compressionOf } from './tunnel-stream.js';
 import { openVisitorStream } from './visitor-stream.js';
 
 /** What a tls proxy's routes lead to. */
 export interface TlsTarget {
   client: string;
   proxy: string;
+  /** The proxy asked for compression: its streams' header says so, and their bytes are deflated. */
+  compression?: true;
   session: Session;
   /** The proxy's max_connections: a visitor over it is reset before a stream is opened. */
   limit: ConnectionLimit;
@@ -170,6 +173,7 @@ export class TlsSniListener {
       proxy: target.proxy,
       conn,
       public_addr: this.address,
+      ...compressionOf(target),
     });
     // The ClientHello goes first, exactly as it came; then the rest of the connection.
     let helloBytes = 0;
