@@ -6,19 +6,23 @@ import { constants, createDeflateRaw, createInflateRaw, type DeflateRaw, type In
 /**
  * The deflate window, as a power of two (4 KiB). Part of the wire format: an inflater must have a window at
  * least as large as its deflater's, so both ends use this one, and a larger one needs a new header field.
- * Measured on Node 20 (whose zlib is Chromium's, with a fixed 64 KiB hash for its SIMD hashing): a deflater
- * costs ~100 KiB of RSS with these settings (~220 KiB with zlib's defaults), an inflater ~20 KiB.
+ * What a stream costs (Node 20, whose zlib is Chromium's: its hash table is 64 KiB whatever memLevel says):
+ * a deflater ~110 KiB of RSS once used (~225 KiB with zlib's default window), up to ~170 KiB allocated under
+ * a bulk transfer; an inflater ~25 KiB. The deflater goes after IDLE_DEFLATER_MS without input.
  */
 export const COMPRESSION_WINDOW_BITS = 12;
-/** The deflater's hash table: 2^(memLevel + 9) bytes, 8 KiB; a smaller one only finds fewer matches. */
-const COMPRESSION_MEM_LEVEL = 4;
+/**
+ * zlib's default. It sizes the block buffer too (16K symbols): with 4 (1K) random bytes went through at half
+ * the speed (each tiny block weighed as stored or coded), for no RSS saved on Chromium's zlib.
+ */
+const COMPRESSION_MEM_LEVEL = 8;
 /** Fastest: a tunnel endpoint should not be the bottleneck the uplink was. */
 const COMPRESSION_LEVEL = 1;
 /**
- * zlib's output buffer per deflater and inflater (Node's default is 16 KiB): a smaller one costs more calls on
- * a bulk transfer, a larger one memory for every stream that ever carried data.
+ * zlib's output buffer per deflater and inflater, Node's default: each is a trip to the thread pool, so 8 KiB
+ * cost a third of the speed on text, and 64 KiB would hold 96 KiB more per connection for ~40% more.
  */
-const COMPRESSION_CHUNK_BYTES = 8 * 1024;
+const COMPRESSION_CHUNK_BYTES = 16 * 1024;
 /**
  * A deflater that had nothing to do for this long is let go, and a new one made for the next write: most of
  * a compressed connection's memory, freed while it idles (an ssh session, a keep-alive connection). Its
