@@ -29,6 +29,7 @@ export interface ClientTables {
     max_flows?: number;
     udp_idle_timeout?: string;
     remote_port?: number;
+    compression?: boolean;
   }[];
   visitors?: { name: string; type?: 'tcp' | 'udp'; service: string; bind: string; max_flows?: number }[];
   admin?: number;

@@ -1,0 +1,450 @@
+// A proxy's `compression = true` (frp's transport.useCompression) through the real CLIs: the client's
+// WebSocket to the server runs through a relay that counts its bytes, so what the tunnel hop carried is
+// measured, not assumed. Text shrinks on that hop and random bytes pass intact, both ways; the same text
+// through a proxy without compression crosses whole; a keystroke is answered without more input; http
+// bodies and WebSocket upgrades, tcpmux and private services work compressed.
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import net from 'node:net';
+import { test } from 'node:test';
+import { WebSocket } from 'ws';
+import { curl } from './lib/curl.js';
+import { startHttpBackend } from './lib/http-backend.js';
+import { issue, startPrivateClient, startPrivateServer } from './lib/private.js';
+import { clientBin, freePorts, type Harness, run, withHarness, withTimeout } from './lib/processes.js';
+import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
+import { startEchoServer } from './lib/services.js';
+import { patternBytes, sha256Hex } from './lib/sha-stream.js';
+import { sshRun, startSshd } from './lib/sshd.js';
+
+const MIB = 1024 * 1024;
+const FILE_BYTES = 20 * MIB;
+
+/** 20 MiB of text like a log or a JSON dump: lines that repeat in shape, with numbers that change. */
+function textFile(bytes: number): Buffer {
+  const lines: string[] = [];
+  let size = 0;
+  for (let i = 0; size < bytes; i++) {
+    const line = `2026-11-26T13:${String(i % 60).padStart(2, '0')}:00Z info {"conn":${i},"proxy":"web-${i % 7}","bytes_in":${(i * 7919) % 100_000},"path":"/api/items?page=${i % 113}"}\n`;
+    lines.push(line);
+    size += line.length;
+  }
+  return Buffer.from(lines.join('')).subarray(0, bytes);
+}
+
+/** A TCP relay in front of the server's control port that counts the bytes it carries, both ways together. */
+async function startCountingRelay(
+  h: Harness,
+  targetPort: number,
+): Promise<{ port: number; bytes(): number }> {
+  let bytes = 0;
+  const server = net.createServer((from) => {
+    const to = net.connect(targetPort, '127.0.0.1');
+    for (const [a, b] of [
+      [from, to],
+      [to, from],
+    ] as const) {
+      a.on('data', (chunk: Buffer) => {
+        bytes += chunk.length;
+      });
+      a.pipe(b);
+      a.on('error', () => b.destroy());
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  h.onCleanup(() => server.close());
+  return { port: (server.address() as net.AddressInfo).port, bytes: () => bytes };
+}
+
+/**
+ * The service behind the tcp proxies: a connection's first line is "down NAME", answered with that file
+ * and a FIN, or "up", answered after the visitor's FIN with the sha256 of what came.
+ */
+async function startFileService(h: Harness, files: Record<string, Buffer>): Promise<number> {
+  const server = net.createServer({ allowHalfOpen: true }, (sock) => {
+    sock.on('error', () => {});
+    let head = Buffer.alloc(0);
+    const onHead = (chunk: Buffer) => {
+      head = Buffer.concat([head, chunk]);
+      const newline = head.indexOf('\n');
+      if (newline < 0) return;
+      sock.off('data', onHead);
+      const [command, name] = head.subarray(0, newline).toString().split(' ');
+      if (command === 'down') {
+        sock.resume();
+        sock.end(files[name ?? ''] ?? Buffer.alloc(0));
+        return;
+      }
+      const hash = createHash('sha256').update(head.subarray(newline + 1));
+      sock.on('data', (more: Buffer) => hash.update(more));
+      sock.on('end', () => sock.end(`${hash.digest('hex')}\n`));
+    };
+    sock.on('data', onHead);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  h.onCleanup(() => server.close());
+  return (server.address() as net.AddressInfo).port;
+}
+
+function connected(port: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true }, () => resolve(sock));
+    sock.once('error', reject);
+  });
+}
+
+/** The sha256 of what the service sent for "down NAME". */
+async function download(port: number, name: string): Promise<string> {
+  const sock = await connected(port);
+  sock.end(`down ${name}\n`);
+  const hash = createHash('sha256');
+  sock.on('data', (chunk: Buffer) => hash.update(chunk));
+  await new Promise<void>((resolve, reject) => {
+    sock.on('end', resolve);
+    sock.on('error', reject);
+  });
+  sock.destroy();
+  return hash.digest('hex');
+}
+
+/** The sha256 the service computed of `bytes` sent to it. */
+async function upload(port: number, bytes: Buffer): Promise<string> {
+  const sock = await connected(port);
+  sock.write('up\n');
+  sock.end(bytes);
+  let reply = '';
+  sock.setEncoding('utf8');
+  sock.on('data', (text: string) => {
+    reply += text;
+  });
+  await new Promise<void>((resolve, reject) => {
+    sock.on('end', resolve);
+    sock.on('error', reject);
+  });
+  sock.destroy();
+  return reply.trim();
+}
+
+interface Measured {
+  /** sha256 matched */
+  whole: boolean;
+  /** bytes the relay carried (both ways) during the transfer */
+  wire: number;
+  ms: number;
+}
+
+async function measured(
+  relay: { bytes(): number },
+  transfer: () => Promise<string>,
+  expected: string,
+): Promise<Measured> {
+  const before = relay.bytes();
+  const started = performance.now();
+  const digest = await transfer();
+  return { whole: digest === expected, wire: relay.bytes() - before, ms: performance.now() - started };
+}
+
+test(
+  'a compressed tcp proxy carries 20 MiB of text in a fraction of the bytes and 20 MiB of random bytes intact, both ways; without compression the text crosses whole',
+  { timeout: 300_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const text = textFile(FILE_BYTES);
+      const random = patternBytes(FILE_BYTES, 'compression');
+      const sums = { text: sha256Hex(text), random: sha256Hex(random) };
+      const service = await startFileService(h, { text, random });
+      const [packedPort, plainPort] = await freePorts(2);
+      const server = await startRoutedServer(h, {
+        http: false,
+        allowPorts: [`${packedPort}`, `${plainPort}`],
+      });
+      const relay = await startCountingRelay(h, server.port);
+      const token = await issueRoutedToken(server, { name: 'homelab', ports: `${packedPort},${plainPort}` });
+      const client = await startRoutedClient(h, {
+        server: `ws://127.0.0.1:${relay.port}/_porthole`,
+        token,
+        proxies: [
+          {
+            name: 'packed',
+            type: 'tcp',
+            local: `127.0.0.1:${service}`,
+            remote_port: packedPort!,
+            compression: true,
+          },
+          { name: 'plain', type: 'tcp', local: `127.0.0.1:${service}`, remote_port: plainPort! },
+        ],
+      });
+      assert.equal(client.registered.get('packed')?.compression, true, 'the server took compression');
+      assert.equal(client.registered.get('plain')?.compression, undefined);
+
+      const results: Record<string, Measured> = {
+        'text down, compressed': await measured(relay, () => download(packedPort!, 'text'), sums.text),
+        'text up, compressed': await measured(relay, () => upload(packedPort!, text), sums.text),
+        'random down, compressed': await measured(relay, () => download(packedPort!, 'random'), sums.random),
+        'random up, compressed': await measured(relay, () => upload(packedPort!, random), sums.random),
+        'text down, plain': await measured(relay, () => download(plainPort!, 'text'), sums.text),
+        'text up, plain': await measured(relay, () => upload(plainPort!, text), sums.text),
+      };
+      for (const [what, m] of Object.entries(results))
+        t.diagnostic(`${what}: ${(m.wire / MIB).toFixed(2)} MiB on the tunnel hop, ${Math.round(m.ms)} ms`);
+      for (const [what, m] of Object.entries(results)) assert.ok(m.whole, `${what}: the sha256 differs`);
+      for (const what of ['text down, compressed', 'text up, compressed'])
+        assert.ok(
+          results[what]!.wire < FILE_BYTES / 4,
+          `${what}: ${results[what]!.wire} bytes crossed the tunnel hop for ${FILE_BYTES}`,
+        );
+      for (const what of ['text down, plain', 'text up, plain'])
+        assert.ok(results[what]!.wire >= FILE_BYTES, `${what}: only ${results[what]!.wire} bytes crossed`);
+      // The counts stay the visitor's bytes, not the deflated ones.
+      const closed = client.proc
+        .logsWithMsg('connection closed')
+        .filter((line) => line.proxy === 'packed' && line.bytes_out === FILE_BYTES);
+      assert.ok(closed.length >= 2, 'no close line counted the 20 MiB downloads as 20 MiB');
+    }),
+);
+
+test(
+  'through a compressed proxy each line typed is echoed at once, and ssh logs in and runs commands',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startEchoServer();
+      h.onCleanup(() => echo.close());
+      const sshd = await startSshd(h);
+      const [echoPort, sshPort] = await freePorts(2);
+      const server = await startRoutedServer(h, { http: false, allowPorts: [`${echoPort}`, `${sshPort}`] });
+      const token = await issueRoutedToken(server, { name: 'homelab', ports: `${echoPort},${sshPort}` });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          {
+            name: 'echo',
+            type: 'tcp',
+            local: `127.0.0.1:${echo.port}`,
+            remote_port: echoPort!,
+            compression: true,
+          },
+          {
+            name: 'ssh',
+            type: 'tcp',
+            local: `127.0.0.1:${sshd.port}`,
+            remote_port: sshPort!,
+            compression: true,
+          },
+        ],
+      });
+
+      // Nothing after each line until its echo is back: a deflater waiting for more input would hold it.
+      const sock = await connected(echoPort!);
+      let received = '';
+      sock.setEncoding('utf8');
+      sock.on('data', (text: string) => {
+        received += text;
+      });
+      for (let i = 1; i <= 5; i++) {
+        const line = `keystroke ${i}\n`;
+        const expected = received + line;
+        sock.write(line);
+        await withTimeout(
+          new Promise<void>((resolve) => {
+            const check = () => {
+              if (received === expected) {
+                sock.off('data', check);
+                resolve();
+              }
+            };
+            sock.on('data', check);
+            check();
+          }),
+          3000,
+          () => `line ${i} was not echoed within 3 s (got ${JSON.stringify(received)})`,
+        );
+      }
+      sock.destroy();
+
+      const login = await sshRun(sshd, sshPort!, 'echo "login-ok $((6*7))"');
+      assert.equal(login.code, 0, `ssh through the compressed proxy failed: ${login.stderr}`);
+      assert.equal(login.stdout.trim(), 'login-ok 42');
+    }),
+);
+
+test(
+  'a compressed http proxy: bodies both ways through curl, and a WebSocket upgrade, on fewer tunnel bytes',
+  { timeout: 120_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('web');
+      h.onCleanup(() => backend.close());
+      const server = await startRoutedServer(h);
+      const relay = await startCountingRelay(h, server.port);
+      const token = await issueRoutedToken(server, { name: 'homelab', hosts: ['app.test'] });
+      const client = await startRoutedClient(h, {
+        server: `ws://127.0.0.1:${relay.port}/_porthole`,
+        token,
+        proxies: [
+          {
+            name: 'web',
+            type: 'http',
+            local: `127.0.0.1:${backend.port}`,
+            hosts: ['app.test'],
+            compression: true,
+          },
+        ],
+      });
+      assert.equal(client.registered.get('web')?.compression, true);
+
+      const body = textFile(4 * MIB);
+      const bodyFile = await h.file('body.txt', body.toString('latin1'));
+      const before = relay.bytes();
+      const posted = await curl(
+        ['-sS', '-f', '-H', 'Host: app.test', '--data-binary', `@${bodyFile}`],
+        `http://127.0.0.1:${server.httpPort}/sha256`,
+      );
+      const wire = relay.bytes() - before;
+      assert.equal(posted.status, 200, posted.stderr);
+      const answer = JSON.parse(posted.body) as { bytes: number; sha256: string };
+      assert.deepEqual([answer.bytes, answer.sha256], [body.length, sha256Hex(body)]);
+      assert.ok(
+        wire < body.length / 4,
+        `${wire} bytes crossed the tunnel hop for a ${body.length}-byte body`,
+      );
+
+      // A download (the backend's pattern bytes, chunked) arrives whole.
+      const downloaded = h.path('stream.bin');
+      const streamed = await run('curl', [
+        '-sS',
+        '-f',
+        '-H',
+        'Host: app.test',
+        '-o',
+        downloaded,
+        `http://127.0.0.1:${server.httpPort}/stream?bytes=${2 * MIB}&chunks=4`,
+      ]);
+      assert.equal(streamed.code, 0, streamed.stderr);
+      assert.equal(sha256Hex(await readFile(downloaded)), sha256Hex(patternBytes(2 * MIB, 'stream')));
+
+      const ws = new WebSocket(`ws://127.0.0.1:${server.httpPort}/ws`, { headers: { Host: 'app.test' } });
+      const messages: string[] = [];
+      ws.on('message', (data: Buffer) => messages.push(data.toString()));
+      const received = (count: number, what: string) =>
+        withTimeout(
+          new Promise<void>((resolve, reject) => {
+            const check = () => messages.length >= count && resolve();
+            ws.on('message', check);
+            ws.once('error', reject);
+            check();
+          }),
+          5000,
+          () => `${what} (got ${JSON.stringify(messages)})`,
+        );
+      // The backend greets first, then echoes each message as it comes.
+      await received(1, 'no greeting over the WebSocket');
+      for (const message of ['one', 'two', 'three']) {
+        ws.send(message);
+        await received(messages.length + 1, `no echo of ${message}`);
+      }
+      assert.deepEqual(messages, ['hello from web xff=127.0.0.1', 'echo:one', 'echo:two', 'echo:three']);
+      ws.close();
+    }),
+);
+
+test(
+  'a compressed tcpmux proxy: curl -p -x gets its CONNECT answered and a body through it',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const backend = await startHttpBackend('mux');
+      h.onCleanup(() => backend.close());
+      const server = await startRoutedServer(h, { http: false, tcpmux: {} });
+      const token = await issueRoutedToken(server, { name: 'homelab', hosts: ['web.test'] });
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          {
+            name: 'web',
+            type: 'tcpmux',
+            local: `127.0.0.1:${backend.port}`,
+            hosts: ['web.test'],
+            compression: true,
+          },
+        ],
+      });
+      // The client's confirmation of its local connect travels deflated, ahead of the service's bytes.
+      const body = textFile(MIB);
+      const bodyFile = await h.file('mux-body.txt', body.toString('latin1'));
+      const proxy = ['-p', '-x', `http://127.0.0.1:${server.tcpmuxPort}`, '--suppress-connect-headers'];
+      const posted = await curl([...proxy, '-f', '--data-binary', `@${bodyFile}`], 'http://web.test/sha256');
+      assert.equal(posted.status, 200, posted.stderr);
+      const answer = JSON.parse(posted.body) as { bytes: number; sha256: string };
+      assert.deepEqual([answer.bytes, answer.sha256], [body.length, sha256Hex(body)]);
+    }),
+);
+
+test(
+  'a compressed private service is reached by a visitor (compressed on the owner hop only)',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startEchoServer();
+      h.onCleanup(() => echo.close());
+      const server = await startPrivateServer(h);
+      const ownerToken = await issue(server, 'nas');
+      const visitorToken = await issue(server, 'laptop', 'nas/files');
+      // The owner's session runs through the counting relay: its hop is the one compressed.
+      const relay = await startCountingRelay(h, server.port);
+      const viaRelay = { ...server, url: `ws://127.0.0.1:${relay.port}/_porthole` };
+      await startPrivateClient(h, 'nas', viaRelay, ownerToken, {
+        proxies: [{ name: 'files', local: `127.0.0.1:${echo.port}`, compression: true }],
+      });
+      const [bind] = await freePorts(1);
+      await startPrivateClient(h, 'laptop', server, visitorToken, {
+        visitors: [{ name: 'files', service: 'nas/files', bind: `127.0.0.1:${bind}` }],
+      });
+      const text = textFile(MIB);
+      const before = relay.bytes();
+      const sock = await connected(bind!);
+      const hash = createHash('sha256');
+      sock.on('data', (chunk: Buffer) => hash.update(chunk));
+      sock.end(text);
+      await withTimeout(
+        new Promise<void>((resolve, reject) => {
+          sock.on('end', resolve);
+          sock.on('error', reject);
+        }),
+        20_000,
+        () => 'the echo through the visitor did not end',
+      );
+      assert.equal(hash.digest('hex'), sha256Hex(text));
+      const wire = relay.bytes() - before;
+      assert.ok(wire < text.length / 2, `${wire} bytes on the owner's hop for ${2 * text.length} echoed`);
+    }),
+);
+
+test(
+  'porthole-client check refuses compression on a udp proxy, naming the key and why',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const config = await h.file(
+        'udp-compressed.toml',
+        [
+          'server = "wss://vps.example.com/_porthole"',
+          'token = "not.checked.here"',
+          '[[proxies]]',
+          'name = "game"',
+          'type = "udp"',
+          'local = "127.0.0.1:27015"',
+          'remote_port = 27015',
+          'compression = true',
+          '',
+        ].join('\n'),
+      );
+      const checked = await run(clientBin, ['check', '--config', config]);
+      assert.equal(checked.code, 2, checked.stdout + checked.stderr);
+      assert.match(checked.stderr, /compression/);
+      assert.match(checked.stderr, /udp datagrams are too small/);
+    }),
+);
