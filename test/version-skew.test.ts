@@ -334,3 +334,58 @@ test(
       assert.equal(proc.logsWithMsg('proxy registered').length, 0);
     }),
 );
+
+test(
+  'compression against a server older than it (which drops the ask and marks no stream): one warn line, and the proxy carries plain bytes both ways',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const server = await startRawServer();
+      h.onCleanup(() => server.close());
+      const echo = await startEchoServer();
+      h.onCleanup(() => echo.close());
+      const { proc } = await startRoutedClient(h, {
+        server: server.url,
+        token: 'not.checked.here',
+        proxies: [
+          {
+            name: 'logs',
+            type: 'tcp',
+            local: `127.0.0.1:${echo.port}`,
+            remote_port: 8080,
+            compression: true,
+          },
+        ],
+        waitFor: [],
+      });
+      await waitFor("the client's control stream", () => server.controls.length > 0, 10_000);
+      const control = server.controls[0]!;
+      assert.equal((await next(control, 'hello')).type, 'hello');
+      writeMessage(control.stream, {
+        type: 'hello_ok',
+        client: 'skew',
+        session_id: 's1',
+        server_version: '0.1.0',
+      });
+      const register = await next(control, 'register');
+      assert.deepEqual(register.proxies, [
+        { name: 'logs', type: 'tcp', remote_port: 8080, compression: true },
+      ]);
+      // What an older server answers: its schema dropped compression, so its result says nothing of it.
+      writeMessage(control.stream, {
+        type: 'register_result',
+        results: [{ proxy: 'logs', ok: true, remote_addr: '127.0.0.1:8080' }],
+      });
+      const warned = await proc.waitForMsg(
+        'proxy runs uncompressed: the server does not offer compression (older than this client)',
+        5000,
+        { fields: { proxy: 'logs' } },
+      );
+      assert.equal(warned.level, 'warn');
+      // Its streams carry no mark: what comes is plain, and what goes back is too (the echo, byte for byte).
+      const text = 'plain text that an older server reads as it is\n'.repeat(200);
+      assert.equal(await visitThrough(control.session, 'logs', 8080, text), text);
+      assert.equal(proc.logsWithMsg('proxy registered')[0]?.compression, undefined);
+      t.diagnostic(`the warn line: ${warned.msg}`);
+    }),
+);
