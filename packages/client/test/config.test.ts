@@ -803,3 +803,36 @@ test('metadata: a table of strings for the server plugins (frp metadatas), bound
     'metadata.team: must have at most 1024 characters',
   ]);
 });
+
+test('compression = true: asked of the server for tcp, tls, tcpmux and http proxies; refused on udp and on socks5/http-proxy locals, naming the key', () => {
+  const config = loadClientConfig(
+    write(
+      `${HEAD}[[proxies]]\nname = "logs"\ntype = "tcp"\nlocal = "127.0.0.1:9000"\nremote_port = 9000\ncompression = true\n` +
+        `[[proxies]]\nname = "web"\ntype = "http"\nlocal = "127.0.0.1:80"\nhosts = ["a.example.com"]\ncompression = false\n`,
+    ),
+  );
+  assert.deepEqual(
+    config.proxies.map((p) => proxySpecFields(p).compression),
+    [true, undefined],
+  );
+  assert.deepEqual(
+    problems(
+      `${HEAD}[[proxies]]\nname = "game"\ntype = "udp"\nlocal = "127.0.0.1:27015"\nremote_port = 27015\ncompression = true\n`,
+    ),
+    [
+      'proxies[0] ("game").compression: compression applies to tcp, tls, tcpmux and http proxies; udp datagrams are too small to gain from it',
+    ],
+  );
+  assert.deepEqual(
+    problems(
+      `${HEAD}[[proxies]]\nname = "lan"\ntype = "tcp"\nlocal = "socks5"\nremote_port = 1080\nsocks_no_auth = true\nsocks_allow = ["10.0.0.0/8"]\ncompression = true\n`,
+    ),
+    ['proxies[0] ("lan").compression: a socks5 proxy does not compress (yet)'],
+  );
+  assert.deepEqual(
+    problems(
+      `${HEAD}[[proxies]]\nname = "logs"\ntype = "tcp"\nlocal = "127.0.0.1:9000"\nremote_port = 9000\ncompression = "yes"\n`,
+    ),
+    ['proxies[0] ("logs").compression: expected true or false'],
+  );
+});

@@ -4,7 +4,13 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import type { Stream } from '@porthole/mux';
 import { scratchDir } from '@porthole/mux/test/scratch-dir';
-import { issueToken, PortRanges, readStreamHeader } from '@porthole/protocol';
+import {
+  CompressedStream,
+  issueToken,
+  PortRanges,
+  readStreamHeader,
+  UDP_COMPRESSION_REASON,
+} from '@porthole/protocol';
 import { defaultRoutingConfig, type RoutingConfig } from '../src/routing-config.js';
 import { TcpProxyListener } from '../src/tcp-proxy-listener.js';
 import { TlsCertStore } from '../src/tls-cert-store.js';
@@ -593,4 +599,47 @@ test('a tls proxy named by an IP address is refused (the TLS port reads such an 
       ['web', true, undefined],
     ],
   );
+});
+
+test('compression: the result says the server took it, each stream is marked and deflated both ways; udp is refused, and a proxy without it is left as it was', async (t) => {
+  const { server, url } = await startServer();
+  t.after(() => server.shutdown());
+  const [packed, plain, game] = [await freePort(), await freePort(), await freePort()];
+  const client = await RawClient.connect(url, await token('homelab'));
+  await client.hello();
+  client.sendRaw({
+    type: 'register',
+    proxies: [
+      { name: 'packed', type: 'tcp', remote_port: packed, compression: true },
+      { name: 'plain', type: 'tcp', remote_port: plain },
+      { name: 'game', type: 'udp', remote_port: game, compression: true },
+    ],
+  });
+  assert.deepEqual(await client.next(), {
+    type: 'register_result',
+    results: [
+      {
+        proxy: 'packed',
+        ok: true,
+        compression: true,
+        remote_addr: `127.0.0.1:${packed}`,
+        remote_port: packed,
+      },
+      { proxy: 'plain', ok: true, remote_addr: `127.0.0.1:${plain}`, remote_port: plain },
+      { proxy: 'game', ok: false, reason: UDP_COMPRESSION_REASON },
+    ],
+  });
+  client.session.on('stream', async (stream: Stream) => {
+    const header = await readStreamHeader(stream);
+    // What a client does: inflate what a marked stream carries, deflate the reply.
+    const tunnel = header.compression ? new CompressedStream(stream) : stream;
+    const chunks: Buffer[] = [];
+    tunnel.on('data', (c: Buffer) => chunks.push(c));
+    tunnel.on('end', () =>
+      tunnel.end(`${header.proxy} ${header.compression ?? false}:${Buffer.concat(chunks)}`),
+    );
+  });
+  assert.deepEqual(await visit(packed, 'ping'), { data: 'packed true:ping' });
+  assert.deepEqual(await visit(plain, 'ping'), { data: 'plain false:ping' });
+  client.session.close();
 });
