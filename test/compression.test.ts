@@ -358,9 +358,10 @@ test(
       const backend = await startHttpBackend('mux');
       h.onCleanup(() => backend.close());
       const server = await startRoutedServer(h, { http: false, tcpmux: {} });
+      const relay = await startCountingRelay(h, server.port);
       const token = await issueRoutedToken(server, { name: 'homelab', hosts: ['web.test'] });
       await startRoutedClient(h, {
-        server: server.url,
+        server: `ws://127.0.0.1:${relay.port}/_porthole`,
         token,
         proxies: [
           {
@@ -376,10 +377,16 @@ test(
       const body = textFile(MIB);
       const bodyFile = await h.file('mux-body.txt', body.toString('latin1'));
       const proxy = ['-p', '-x', `http://127.0.0.1:${server.tcpmuxPort}`, '--suppress-connect-headers'];
+      const before = relay.bytes();
       const posted = await curl([...proxy, '-f', '--data-binary', `@${bodyFile}`], 'http://web.test/sha256');
       assert.equal(posted.status, 200, posted.stderr);
       const answer = JSON.parse(posted.body) as { bytes: number; sha256: string };
       assert.deepEqual([answer.bytes, answer.sha256], [body.length, sha256Hex(body)]);
+      const wire = relay.bytes() - before;
+      assert.ok(
+        wire < body.length / 4,
+        `${wire} bytes crossed the tunnel hop for a ${body.length}-byte body`,
+      );
     }),
 );
 
