@@ -17,8 +17,15 @@ import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/ro
 import { startEchoServer } from './lib/services.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
 import { sshRun, startSshd } from './lib/sshd.js';
+import {
+  connected,
+  downloadFile,
+  MIB,
+  startTransferService,
+  type Transfer,
+  upload,
+} from './lib/transfers.js';
 
-const MIB = 1024 * 1024;
 const FILE_BYTES = 20 * MIB;
 
 /** 20 MiB of text like a log or a JSON dump: lines that repeat in shape, with numbers that change. */
@@ -57,75 +64,6 @@ async function startCountingRelay(
   return { port: (server.address() as net.AddressInfo).port, bytes: () => bytes };
 }
 
-/**
- * The service behind the tcp proxies: a connection's first line is "down NAME", answered with that file
- * and a FIN, or "up", answered after the visitor's FIN with the sha256 of what came.
- */
-async function startFileService(h: Harness, files: Record<string, Buffer>): Promise<number> {
-  const server = net.createServer({ allowHalfOpen: true }, (sock) => {
-    sock.on('error', () => {});
-    let head = Buffer.alloc(0);
-    const onHead = (chunk: Buffer) => {
-      head = Buffer.concat([head, chunk]);
-      const newline = head.indexOf('\n');
-      if (newline < 0) return;
-      sock.off('data', onHead);
-      const [command, name] = head.subarray(0, newline).toString().split(' ');
-      if (command === 'down') {
-        sock.resume();
-        sock.end(files[name ?? ''] ?? Buffer.alloc(0));
-        return;
-      }
-      const hash = createHash('sha256').update(head.subarray(newline + 1));
-      sock.on('data', (more: Buffer) => hash.update(more));
-      sock.on('end', () => sock.end(`${hash.digest('hex')}\n`));
-    };
-    sock.on('data', onHead);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  h.onCleanup(() => server.close());
-  return (server.address() as net.AddressInfo).port;
-}
-
-function connected(port: number): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const sock = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true }, () => resolve(sock));
-    sock.once('error', reject);
-  });
-}
-
-/** The sha256 of what the service sent for "down NAME". */
-async function download(port: number, name: string): Promise<string> {
-  const sock = await connected(port);
-  sock.end(`down ${name}\n`);
-  const hash = createHash('sha256');
-  sock.on('data', (chunk: Buffer) => hash.update(chunk));
-  await new Promise<void>((resolve, reject) => {
-    sock.on('end', resolve);
-    sock.on('error', reject);
-  });
-  sock.destroy();
-  return hash.digest('hex');
-}
-
-/** The sha256 the service computed of `bytes` sent to it. */
-async function upload(port: number, bytes: Buffer): Promise<string> {
-  const sock = await connected(port);
-  sock.write('up\n');
-  sock.end(bytes);
-  let reply = '';
-  sock.setEncoding('utf8');
-  sock.on('data', (text: string) => {
-    reply += text;
-  });
-  await new Promise<void>((resolve, reject) => {
-    sock.on('end', resolve);
-    sock.on('error', reject);
-  });
-  sock.destroy();
-  return reply.trim();
-}
-
 interface Measured {
   /** sha256 matched */
   whole: boolean;
@@ -134,15 +72,10 @@ interface Measured {
   ms: number;
 }
 
-async function measured(
-  relay: { bytes(): number },
-  transfer: () => Promise<string>,
-  expected: string,
-): Promise<Measured> {
+async function measured(relay: { bytes(): number }, transfer: () => Promise<Transfer>): Promise<Measured> {
   const before = relay.bytes();
-  const started = performance.now();
-  const digest = await transfer();
-  return { whole: digest === expected, wire: relay.bytes() - before, ms: performance.now() - started };
+  const { sent, received, ms } = await transfer();
+  return { whole: sent === received, wire: relay.bytes() - before, ms };
 }
 
 test(
@@ -153,7 +86,7 @@ test(
       const text = textFile(FILE_BYTES);
       const random = patternBytes(FILE_BYTES, 'compression');
       const sums = { text: sha256Hex(text), random: sha256Hex(random) };
-      const service = await startFileService(h, { text, random });
+      const service = await startTransferService(h, { text, random });
       const [packedPort, plainPort] = await freePorts(2);
       const server = await startRoutedServer(h, {
         http: false,
@@ -179,12 +112,14 @@ test(
       assert.equal(client.registered.get('plain')?.compression, undefined);
 
       const results: Record<string, Measured> = {
-        'text down, compressed': await measured(relay, () => download(packedPort!, 'text'), sums.text),
-        'text up, compressed': await measured(relay, () => upload(packedPort!, text), sums.text),
-        'random down, compressed': await measured(relay, () => download(packedPort!, 'random'), sums.random),
-        'random up, compressed': await measured(relay, () => upload(packedPort!, random), sums.random),
-        'text down, plain': await measured(relay, () => download(plainPort!, 'text'), sums.text),
-        'text up, plain': await measured(relay, () => upload(plainPort!, text), sums.text),
+        'text down, compressed': await measured(relay, () => downloadFile(packedPort!, 'text', sums.text)),
+        'text up, compressed': await measured(relay, () => upload(packedPort!, text)),
+        'random down, compressed': await measured(relay, () =>
+          downloadFile(packedPort!, 'random', sums.random),
+        ),
+        'random up, compressed': await measured(relay, () => upload(packedPort!, random)),
+        'text down, plain': await measured(relay, () => downloadFile(plainPort!, 'text', sums.text)),
+        'text up, plain': await measured(relay, () => upload(plainPort!, text)),
       };
       for (const [what, m] of Object.entries(results))
         t.diagnostic(`${what}: ${(m.wire / MIB).toFixed(2)} MiB on the tunnel hop, ${Math.round(m.ms)} ms`);

@@ -8,8 +8,8 @@ import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { acceptWebSocket, checkUpgradeRequest, Session, type Stream } from '@porthole/mux';
 import { MessageReader, writeMessage, writeStreamHeader } from '@porthole/protocol';
-import { waitFor, withHarness, withTimeout } from './lib/processes.js';
-import { startRoutedClient } from './lib/routing.js';
+import { type Harness, waitFor, withHarness, withTimeout } from './lib/processes.js';
+import { startRoutedClient, type TomlValue } from './lib/routing.js';
 import { startEchoServer } from './lib/services.js';
 import { startClient } from './lib/tunnel.js';
 
@@ -261,39 +261,43 @@ test(
     }),
 );
 
+/**
+ * A client whose one tcp proxy (`proxy`'s keys, an echo service as its local) has signed in to a raw server
+ * and sent its register, not yet answered.
+ */
+async function signedInWith(h: Harness, proxy: { name: string } & Record<string, TomlValue>) {
+  const server = await startRawServer();
+  h.onCleanup(() => server.close());
+  const echo = await startEchoServer();
+  h.onCleanup(() => echo.close());
+  const { proc } = await startRoutedClient(h, {
+    server: server.url,
+    token: 'not.checked.here',
+    proxies: [{ type: 'tcp', local: `127.0.0.1:${echo.port}`, ...proxy }],
+    waitFor: [],
+  });
+  await waitFor("the client's control stream", () => server.controls.length > 0, 10_000);
+  const control = server.controls[0]!;
+  assert.equal((await next(control, 'hello')).type, 'hello');
+  writeMessage(control.stream, {
+    type: 'hello_ok',
+    client: 'skew',
+    session_id: 's1',
+    server_version: '0.1.0',
+  });
+  return { proc, echo, control, register: await next(control, 'register') };
+}
+
 test(
   'remote_bind against a server older than it (which binds its proxy_bind instead): the client gives the proxy back, says why, and serves none of its visitors',
   { timeout: 30_000 },
   (t) =>
     withHarness(t, async (h) => {
-      const server = await startRawServer();
-      h.onCleanup(() => server.close());
-      const echo = await startEchoServer();
-      h.onCleanup(() => echo.close());
-      const { proc } = await startRoutedClient(h, {
-        server: server.url,
-        token: 'not.checked.here',
-        proxies: [
-          {
-            name: 'web',
-            type: 'tcp',
-            local: `127.0.0.1:${echo.port}`,
-            remote_port: 8080,
-            remote_bind: '127.0.0.1',
-          },
-        ],
-        waitFor: [],
+      const { proc, echo, control, register } = await signedInWith(h, {
+        name: 'web',
+        remote_port: 8080,
+        remote_bind: '127.0.0.1',
       });
-      await waitFor("the client's control stream", () => server.controls.length > 0, 10_000);
-      const control = server.controls[0]!;
-      assert.equal((await next(control, 'hello')).type, 'hello');
-      writeMessage(control.stream, {
-        type: 'hello_ok',
-        client: 'skew',
-        session_id: 's1',
-        server_version: '0.1.0',
-      });
-      const register = await next(control, 'register');
       assert.deepEqual(register.proxies, [
         { name: 'web', type: 'tcp', remote_port: 8080, remote_bind: '127.0.0.1' },
       ]);
@@ -340,34 +344,11 @@ test(
   { timeout: 30_000 },
   (t) =>
     withHarness(t, async (h) => {
-      const server = await startRawServer();
-      h.onCleanup(() => server.close());
-      const echo = await startEchoServer();
-      h.onCleanup(() => echo.close());
-      const { proc } = await startRoutedClient(h, {
-        server: server.url,
-        token: 'not.checked.here',
-        proxies: [
-          {
-            name: 'logs',
-            type: 'tcp',
-            local: `127.0.0.1:${echo.port}`,
-            remote_port: 8080,
-            compression: true,
-          },
-        ],
-        waitFor: [],
+      const { proc, control, register } = await signedInWith(h, {
+        name: 'logs',
+        remote_port: 8080,
+        compression: true,
       });
-      await waitFor("the client's control stream", () => server.controls.length > 0, 10_000);
-      const control = server.controls[0]!;
-      assert.equal((await next(control, 'hello')).type, 'hello');
-      writeMessage(control.stream, {
-        type: 'hello_ok',
-        client: 'skew',
-        session_id: 's1',
-        server_version: '0.1.0',
-      });
-      const register = await next(control, 'register');
       assert.deepEqual(register.proxies, [
         { name: 'logs', type: 'tcp', remote_port: 8080, compression: true },
       ]);

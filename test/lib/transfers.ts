@@ -8,9 +8,10 @@ export const MIB = 1024 * 1024;
 
 /**
  * The service behind the proxies. The first line says what a connection is for: "up\n", then bytes until the
- * visitor's FIN, answered with their sha256 in hex; or "down BYTES SEED\n", answered with BYTES pattern bytes.
+ * visitor's FIN, answered with their sha256 in hex; "down BYTES SEED\n", answered with BYTES pattern bytes;
+ * or "file NAME\n", answered with `files[NAME]` (text, say, where pattern bytes do not compress).
  */
-export async function startTransferService(h: Harness): Promise<number> {
+export async function startTransferService(h: Harness, files: Record<string, Buffer> = {}): Promise<number> {
   const server = net.createServer({ allowHalfOpen: true }, (sock) => {
     sock.on('error', () => {});
     let head = Buffer.alloc(0);
@@ -26,6 +27,9 @@ export async function startTransferService(h: Harness): Promise<number> {
         sink.write(rest);
         sock.pipe(sink);
         sink.on('finish', () => sock.end(`${sink.digest()}\n`));
+      } else if (command === 'file') {
+        sock.resume();
+        sock.end(files[bytes ?? ''] ?? Buffer.alloc(0));
       } else {
         sock.resume();
         new PatternSource(Number(bytes), seed ?? '').pipe(sock);
@@ -52,13 +56,17 @@ export function connected(port: number): Promise<net.Socket> {
   });
 }
 
-/** `bytes` to the service through the public `port`, timed from the connect to the service's digest. */
-export async function upload(port: number, bytes: number, seed: string): Promise<Transfer> {
+/**
+ * `bytes` pattern bytes of `seed` (or the bytes given) to the service through the public `port`, timed from
+ * the connect to the service's digest.
+ */
+export async function upload(port: number, bytes: number | Buffer, seed = ''): Promise<Transfer> {
   const started = performance.now();
   const sock = await connected(port);
   sock.write('up\n');
-  const source = new PatternSource(bytes, seed);
-  source.pipe(sock);
+  const source = typeof bytes === 'number' ? new PatternSource(bytes, seed) : undefined;
+  if (source) source.pipe(sock);
+  else sock.end(bytes as Buffer);
   let reply = '';
   sock.setEncoding('utf8');
   sock.on('data', (text: string) => {
@@ -69,23 +77,29 @@ export async function upload(port: number, bytes: number, seed: string): Promise
     sock.on('error', reject);
   });
   sock.destroy();
-  return { ms: performance.now() - started, sent: source.digest(), received: reply.trim() };
+  const sent = source ? source.digest() : sha256Hex(bytes as Buffer);
+  return { ms: performance.now() - started, sent, received: reply.trim() };
 }
 
 /** `bytes` from the service through the public `port`, timed from the connect to the service's FIN. */
-export async function download(port: number, bytes: number, seed: string): Promise<Transfer> {
+export function download(port: number, bytes: number, seed: string): Promise<Transfer> {
+  return fetch(port, `down ${bytes} ${seed}\n`, sha256Hex(patternBytes(bytes, seed)));
+}
+
+/** The service's file `name` (whose sha256 is `sent`) through the public `port`, timed likewise. */
+export function downloadFile(port: number, name: string, sent: string): Promise<Transfer> {
+  return fetch(port, `file ${name}\n`, sent);
+}
+
+async function fetch(port: number, request: string, sent: string): Promise<Transfer> {
   const started = performance.now();
   const sock = await connected(port);
-  sock.end(`down ${bytes} ${seed}\n`);
+  sock.end(request);
   const sink = new HashSink();
   sock.pipe(sink);
   await new Promise<void>((resolve, reject) => {
     sink.on('finish', resolve);
     sock.on('error', reject);
   });
-  return {
-    ms: performance.now() - started,
-    sent: sha256Hex(patternBytes(bytes, seed)),
-    received: sink.digest(),
-  };
+  return { ms: performance.now() - started, sent, received: sink.digest() };
 }
