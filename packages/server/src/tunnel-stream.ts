@@ -4,9 +4,15 @@ import type { Duplex } from 'node:stream';
 import type { Session } from '@porthole/mux';
 import { CompressedStream, type ProxySpec, type StreamHeader, writeStreamHeader } from '@porthole/protocol';
 
-/** The header's `compression` field for a stream of `spec`'s proxy: present only when it asked. */
+const COMPRESSED: Pick<StreamHeader, 'compression'> = Object.freeze({ compression: true });
+const UNCOMPRESSED: Pick<StreamHeader, 'compression'> = Object.freeze({});
+
+/**
+ * The header's `compression` field for a stream of `spec`'s proxy: present only when it asked. Shared
+ * objects, so a connection of a proxy without it allocates nothing more than before.
+ */
 export function compressionOf(spec: Pick<ProxySpec, 'compression'>): Pick<StreamHeader, 'compression'> {
-  return spec.compression ? { compression: true } : {};
+  return spec.compression ? COMPRESSED : UNCOMPRESSED;
 }
 
 /**
