@@ -13,7 +13,14 @@ import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
 import { issue, startPrivateClient, startPrivateServer } from './lib/private.js';
 import { clientBin, freePorts, type Harness, run, withHarness, withTimeout } from './lib/processes.js';
-import { issueRoutedToken, startRoutedClient, startRoutedServer } from './lib/routing.js';
+import {
+  issueRoutedToken,
+  makeCa,
+  makeCert,
+  startRoutedClient,
+  startRoutedServer,
+  startSServer,
+} from './lib/routing.js';
 import { startEchoServer } from './lib/services.js';
 import { patternBytes, sha256Hex } from './lib/sha-stream.js';
 import { sshRun, startSshd } from './lib/sshd.js';
@@ -322,6 +329,53 @@ test(
         wire < body.length / 4,
         `${wire} bytes crossed the tunnel hop for a ${body.length}-byte body`,
       );
+    }),
+);
+
+test(
+  'a compressed tls proxy: openssl s_client reaches openssl s_server through it by SNI, the certificate verified',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const ca = await makeCa(h);
+      const vault = await makeCert(h, ca, 'vault.test', ['vault.test']);
+      const edge = await makeCert(h, ca, 'porthole edge', ['edge.test']);
+      const servicePort = await startSServer(h, vault, '-rev');
+      const server = await startRoutedServer(h, { http: false, https: { certs: [edge] } });
+      const token = await issueRoutedToken(server, { name: 'homelab', hosts: ['vault.test'] });
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [
+          {
+            name: 'vault',
+            type: 'tls',
+            local: `127.0.0.1:${servicePort}`,
+            hosts: ['vault.test'],
+            compression: true,
+          },
+        ],
+      });
+      assert.equal(client.registered.get('vault')?.compression, true);
+      // The ClientHello the server peeked goes first, deflated like the rest; TLS itself does not shrink.
+      const visit = await run(
+        'openssl',
+        [
+          's_client',
+          '-connect',
+          `127.0.0.1:${server.httpsPort}`,
+          '-servername',
+          'vault.test',
+          '-CAfile',
+          ca.cert,
+          '-ign_eof',
+        ],
+        { timeoutMs: 15_000, input: 'compressed hop\n' },
+      );
+      const out = `${visit.stdout}\n${visit.stderr}`;
+      assert.match(out, /subject=CN\s?=\s?vault\.test/, out);
+      assert.match(out, /Verify return code: 0 \(ok\)/, out);
+      assert.match(out, /^poh desserpmoc$/m, out);
     }),
 );
 

@@ -8,9 +8,8 @@ import { connect } from 'node:net';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
 import { assertVisitorReported, PEER_REPORT, startReportingHaproxy } from './lib/haproxy.js';
-import { clientBin, freePort, freePorts, type Harness, run, sleep, withHarness } from './lib/processes.js';
+import { clientBin, freePort, freePorts, run, sleep, withHarness } from './lib/processes.js';
 import {
-  type CertFiles,
   certificateFingerprint,
   issueRoutedToken,
   makeCa,
@@ -20,26 +19,9 @@ import {
   rewriteRoutedClientProxies,
   startRoutedClient,
   startRoutedServer,
+  startSServer,
   type TomlValue,
 } from './lib/routing.js';
-import { waitUntilAccepting } from './lib/services.js';
-
-/** `openssl s_server` on 127.0.0.1:`port` with `pair`: "-www" answers any GET with 200, "-rev" reverses lines. */
-async function startSServer(h: Harness, pair: CertFiles, mode: '-www' | '-rev'): Promise<number> {
-  const port = await freePort();
-  h.spawn(`s_server${mode}`, 'openssl', [
-    's_server',
-    mode,
-    '-accept',
-    `127.0.0.1:${port}`,
-    '-cert',
-    pair.cert,
-    '-key',
-    pair.key,
-  ]);
-  await waitUntilAccepting({ host: '127.0.0.1', port }, `openssl s_server ${mode}`);
-  return port;
-}
 
 /** A line sent on a plain connection to the public `port`, and the first line that comes back. */
 function lineThrough(port: number, line: string): Promise<string> {

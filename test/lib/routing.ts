@@ -3,6 +3,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import type { Harness, LogLine, Proc } from './processes.js';
 import { clientBin, freePort, run, runOk, serverBin } from './processes.js';
+import { waitUntilAccepting } from './services.js';
 import {
   adminTableLines,
   portOf,
@@ -109,6 +110,23 @@ export function makeCa(h: Harness, name = 'porthole test CA'): Promise<CertFiles
 /** A server certificate that vouches for itself (no CA), for the DNS name `name`. */
 export function makeSelfSignedCert(h: Harness, name: string): Promise<CertFiles> {
   return makeSelfSigned(h, name, [`subjectAltName=DNS:${name}`]);
+}
+
+/** `openssl s_server` on 127.0.0.1:`port` with `pair`: "-www" answers any GET with 200, "-rev" reverses lines. */
+export async function startSServer(h: Harness, pair: CertFiles, mode: '-www' | '-rev'): Promise<number> {
+  const port = await freePort();
+  h.spawn(`s_server${mode}`, 'openssl', [
+    's_server',
+    mode,
+    '-accept',
+    `127.0.0.1:${port}`,
+    '-cert',
+    pair.cert,
+    '-key',
+    pair.key,
+  ]);
+  await waitUntilAccepting({ host: '127.0.0.1', port }, `openssl s_server ${mode}`);
+  return port;
 }
 
 /** A server certificate signed by `ca`, subject CN=`commonName`, for the DNS names `names`. */
