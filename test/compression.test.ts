@@ -17,6 +17,7 @@ import {
   issueRoutedToken,
   makeCa,
   makeCert,
+  sClient,
   startRoutedClient,
   startRoutedServer,
   startSServer,
@@ -358,10 +359,8 @@ test(
       });
       assert.equal(client.registered.get('vault')?.compression, true);
       // The ClientHello the server peeked goes first, deflated like the rest; TLS itself does not shrink.
-      const visit = await run(
-        'openssl',
+      const { out } = await sClient(
         [
-          's_client',
           '-connect',
           `127.0.0.1:${server.httpsPort}`,
           '-servername',
@@ -370,9 +369,8 @@ test(
           ca.cert,
           '-ign_eof',
         ],
-        { timeoutMs: 15_000, input: 'compressed hop\n' },
+        'compressed hop\n',
       );
-      const out = `${visit.stdout}\n${visit.stderr}`;
       assert.match(out, /subject=CN\s?=\s?vault\.test/, out);
       assert.match(out, /Verify return code: 0 \(ok\)/, out);
       assert.match(out, /^poh desserpmoc$/m, out);

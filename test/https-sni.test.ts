@@ -30,17 +30,12 @@ import {
   makeSelfSignedCert,
   type RoutedProxy,
   rewriteRoutedClientProxies,
+  sClient,
   servedCertificate,
   startRoutedClient,
   startRoutedServer,
   type TomlValue,
 } from './lib/routing.js';
-
-/** `openssl s_client` with stdin as input; returns everything it printed. */
-async function sClient(args: string[], input = ''): Promise<{ code: number | null; out: string }> {
-  const r = await run('openssl', ['s_client', ...args], { timeoutMs: 15_000, input });
-  return { code: r.code, out: `${r.stdout}\n${r.stderr}` };
-}
 
 /**
  * A local TLS service with its own certificate that answers each line with "<tag>:<line>". `rawReads`:

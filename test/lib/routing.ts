@@ -129,6 +129,12 @@ export async function startSServer(h: Harness, pair: CertFiles, mode: '-www' | '
   return port;
 }
 
+/** `openssl s_client` with stdin as input; returns everything it printed. */
+export async function sClient(args: string[], input = ''): Promise<{ code: number | null; out: string }> {
+  const r = await run('openssl', ['s_client', ...args], { timeoutMs: 15_000, input });
+  return { code: r.code, out: `${r.stdout}\n${r.stderr}` };
+}
+
 /** A server certificate signed by `ca`, subject CN=`commonName`, for the DNS names `names`. */
 export async function makeCert(
   h: Harness,
