@@ -89,13 +89,9 @@ export async function certificateFingerprint(cert: { file: string } | { pem: str
  */
 export async function servedCertificate(port: number, servername: string | undefined): Promise<string> {
   const sni = servername === undefined ? ['-noservername'] : ['-servername', servername];
-  const r = await run('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, ...sni, '-showcerts'], {
-    timeoutMs: 15_000,
-    input: '',
-  });
-  const pem = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----\n?/.exec(r.stdout)?.[0];
-  if (!pem)
-    throw new Error(`openssl s_client got no certificate from port ${port}: ${r.stdout}\n${r.stderr}`);
+  const { out } = await sClient(['-connect', `127.0.0.1:${port}`, ...sni, '-showcerts']);
+  const pem = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----\n?/.exec(out)?.[0];
+  if (!pem) throw new Error(`openssl s_client got no certificate from port ${port}: ${out}`);
   return pem;
 }
 
