@@ -217,6 +217,7 @@ test('NewProxy: the plugin refuses one of two proxies with its reason; the other
           local: `127.0.0.1:${webPort}`,
           hosts: ['app.plugins.test'],
           locations: ['/'],
+          compression: true,
         },
         { name: 'db', type: 'tcp', local: '127.0.0.1:9', remote_port: dbPort },
       ],
@@ -246,6 +247,12 @@ test('NewProxy: the plugin refuses one of two proxies with its reason; the other
     assert.deepEqual(webAsk.body.content.custom_domains, ['app.plugins.test']);
     assert.deepEqual(webAsk.body.content.locations, ['/']);
     assert.equal(webAsk.body.content.subdomain, '');
+    assert.equal(
+      webAsk.body.content.use_compression,
+      true,
+      "frp's use_compression is the proxy's compression",
+    );
+    assert.equal(dbAsk.body.content.use_compression, false);
   });
 });
 

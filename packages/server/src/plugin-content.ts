@@ -42,7 +42,7 @@ export function newProxyContent(user: PluginUser, spec: ProxySpec): Record<strin
     proxy_name: spec.name,
     proxy_type: frpProxyType(spec),
     use_encryption: false,
-    use_compression: false,
+    use_compression: spec.compression === true,
     bandwidth_limit: '',
     bandwidth_limit_mode: '',
     group: spec.group ?? '',
@@ -64,7 +64,7 @@ export function newProxyContent(user: PluginUser, spec: ProxySpec): Record<strin
   return content;
 }
 
-/** NewUserConn: a visitor's connection (an http visitor's first request for the proxy on its connection). */
+/** NewUserConn: a visitor's connection (for an http proxy, each request and each upgrade). */
 export function newUserConnContent(
   user: PluginUser,
   spec: Pick<ProxySpec, 'name' | 'type' | 'private'>,
