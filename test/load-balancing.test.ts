@@ -16,6 +16,7 @@ import {
   makeCert,
   type RoutedProxy,
   rewriteRoutedClientProxies,
+  sClient,
   startRoutedClient,
   startRoutedServer,
   type TomlValue,
@@ -538,21 +539,12 @@ test(
       }
       const seen = new Map<string, number>();
       for (let i = 0; i < 10; i++) {
-        const r = await run(
-          'openssl',
-          [
-            's_client',
-            '-connect',
-            `127.0.0.1:${server.httpsPort}`,
-            '-servername',
-            'vault.test',
-            '-CAfile',
-            ca.cert,
-          ],
-          { timeoutMs: 15_000, input: 'Q\n' },
+        const { out } = await sClient(
+          ['-connect', `127.0.0.1:${server.httpsPort}`, '-servername', 'vault.test', '-CAfile', ca.cert],
+          'Q\n',
         );
-        const subject = /subject=CN\s?=\s?(vault-[ab])/.exec(`${r.stdout}\n${r.stderr}`)?.[1];
-        assert.ok(subject, `connection ${i}: ${r.stdout}\n${r.stderr}`);
+        const subject = /subject=CN\s?=\s?(vault-[ab])/.exec(out)?.[1];
+        assert.ok(subject, `connection ${i}: ${out}`);
         seen.set(subject, (seen.get(subject) ?? 0) + 1);
       }
       assert.deepEqual([...seen.keys()].sort(), ['vault-a', 'vault-b'], `both members serve: ${[...seen]}`);
