@@ -160,13 +160,17 @@ export class NatTopology {
  * Holds the lan's uplink to 2 Mbit/s (a tbf qdisc on its eth0, as a home DSL or LTE upload), with the
  * tcp_notsent_lowat the README recommends for such a link. Skips the test, returning false, where tc cannot
  * add the qdisc.
+ *
+ * A modem sends no faster than its line rate, hence the peakrate: without it tbf lets its 16 KiB bucket out
+ * at the veth's speed after every lull, BBR (the congestion control of these machines) measured those
+ * bursts as a 0.4-1.1 Gbit/s link, sent far past 2 Mbit/s and lost 30-110 segments at a time, and
+ * everything behind their retransmissions in the tunnel's one TCP connection waited 1-2.5 s: what any
+ * single-connection tunnel would suffer there, not what the tests measure (2 failures in 17 runs beside
+ * 3 busy loops; with the peakrate, none in 12).
  */
 export async function slowLanUplink(t: TestContext, topo: NatTopology): Promise<boolean> {
-  const tbf = await run(
-    'tc',
-    ['qdisc', 'add', 'dev', 'eth0', 'root', 'tbf', 'rate', '2mbit', 'burst', '16kb', 'latency', '200ms'],
-    { netns: topo.lan, timeoutMs: 10_000 },
-  );
+  const qdisc = 'qdisc add dev eth0 root tbf rate 2mbit burst 16kb latency 200ms peakrate 2200kbit minburst 1540';
+  const tbf = await run('tc', qdisc.split(' '), { netns: topo.lan, timeoutMs: 10_000 });
   if (tbf.code !== 0) {
     t.skip(`tc cannot add a tbf qdisc here: ${tbf.stderr.trim()}`);
     return false;
