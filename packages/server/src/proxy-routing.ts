@@ -25,6 +25,7 @@ import type { PrivateTarget } from './private-service.js';
 import { bindAddressOf } from './proxy-bind.js';
 import { bindUdpGroupMember, type PortHolder, portHolderRefusal } from './proxy-groups.js';
 import { routingPath } from './request-path.js';
+import type { RoutedTarget } from './routed-target.js';
 import { defaultRoutingConfig, type RoutingConfig } from './routing-config.js';
 import type { ServerContext } from './server-context.js';
 import type { VisitorCheck } from './server-plugins.js';
@@ -130,6 +131,19 @@ export function connectionLimitFor(ctx: ServerContext, owner: ProxyOwner, spec: 
   return owner.limits.for(spec.name, () =>
     Math.min(spec.max_connections ?? Number.POSITIVE_INFINITY, ctx.config.proxyMaxConnections),
   );
+}
+
+/** The part of a tls or tcpmux proxy's route target that both share: its owner's session, caps and plugins. */
+function routedTarget(ctx: ServerContext, owner: ProxyOwner, spec: ProxySpec): RoutedTarget {
+  return {
+    client: owner.name,
+    proxy: spec.name,
+    session: owner.session,
+    limit: connectionLimitFor(ctx, owner, spec),
+    bandwidth: owner.bandwidth,
+    visitorCheck: owner.visitorCheck(spec),
+    ...compressionOf(spec),
+  };
 }
 
 /**
@@ -405,15 +419,7 @@ export async function bindRoutedProxy(
   };
 
   if (spec.type === 'tls') {
-    const target: TlsTarget = {
-      client: owner.name,
-      proxy: spec.name,
-      session: owner.session,
-      limit: connectionLimitFor(ctx, owner, spec),
-      bandwidth: owner.bandwidth,
-      visitorCheck: owner.visitorCheck(spec),
-      ...compressionOf(spec),
-    };
+    const target: TlsTarget = routedTarget(ctx, owner, spec);
     const httpsPort = portOf(state.httpsAddress);
     return bindHostRoutes({
       table: state.tlsRoutes,
@@ -429,16 +435,7 @@ export async function bindRoutedProxy(
   }
 
   if (spec.type === 'tcpmux') {
-    const target: TcpmuxTarget = {
-      client: owner.name,
-      proxy: spec.name,
-      session: owner.session,
-      limit: connectionLimitFor(ctx, owner, spec),
-      bandwidth: owner.bandwidth,
-      auth: basicCredentialsOf(spec),
-      visitorCheck: owner.visitorCheck(spec),
-      ...compressionOf(spec),
-    };
+    const target: TcpmuxTarget = { ...routedTarget(ctx, owner, spec), auth: basicCredentialsOf(spec) };
     const tcpmuxPort = portOf(state.tcpmuxAddress);
     return bindHostRoutes({
       table: state.tcpmuxRoutes,

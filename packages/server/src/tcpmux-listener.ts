@@ -3,7 +3,6 @@
 // "200 Connection established", and from then on the bytes pass both ways as a tcp proxy's do.
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { Session } from '@porthole/mux';
 import {
   type BasicCredentials,
   basicCredentialsMatch,
@@ -16,14 +15,13 @@ import {
   readRequestHead,
 } from '@porthole/protocol';
 import { refuseAndClose } from './answer-and-close.js';
-import type { ClientBandwidth } from './client-bandwidth.js';
 import { type ConnectRequest, MAX_CONNECT_HEAD_BYTES, parseConnectHead } from './connect-request.js';
-import type { ConnectionLimit } from './connection-limit.js';
 import type { HostRoutes } from './host-routes.js';
 import { peerAddress } from './peer-address.js';
 import type { PendingConnections } from './pending-connections.js';
 import type { ProxyTraffic } from './proxy-traffic.js';
-import { type VisitorCheck, visitorTurnedAway } from './server-plugins.js';
+import type { RoutedTarget } from './routed-target.js';
+import { visitorTurnedAway } from './server-plugins.js';
 import { compressionOf } from './tunnel-stream.js';
 import { openVisitorStream } from './visitor-stream.js';
 
@@ -36,20 +34,9 @@ const CONNECT_CONFIRM_TIMEOUT_MS = 30_000;
 export const CONNECTION_ESTABLISHED = 'HTTP/1.1 200 Connection established\r\n\r\n';
 
 /** What a tcpmux proxy's routes lead to. */
-export interface TcpmuxTarget {
-  client: string;
-  proxy: string;
-  /** The proxy asked for compression: its streams' header says so, and their bytes are deflated. */
-  compression?: true;
-  session: Session;
-  /** The proxy's max_connections: a visitor over it is answered 503 before a stream is opened. */
-  limit: ConnectionLimit;
-  /** Its client's cap, shared with the client's other connections. */
-  bandwidth: ClientBandwidth;
+export interface TcpmuxTarget extends RoutedTarget {
   /** http_user and http_password: the CONNECT must carry them in Proxy-Authorization. */
   auth: BasicCredentials | undefined;
-  /** The server's plugins' say on each visitor (NewUserConn). */
-  visitorCheck?: VisitorCheck;
 }
 
 export interface TcpmuxListenerOptions {

@@ -3,7 +3,6 @@
 // server holds a certificate for: terminated here and served like the http port (http proxies over https,
 // and the control endpoint for wss:// clients). Anything else is closed.
 import { createServer, type Server, type Socket } from 'node:net';
-import type { Session } from '@porthole/mux';
 import {
   type ConnectionTracker,
   formatHostPort,
@@ -13,32 +12,19 @@ import {
   listenServer,
   normalizeRequestHost,
 } from '@porthole/protocol';
-import type { ClientBandwidth } from './client-bandwidth.js';
-import type { ConnectionLimit } from './connection-limit.js';
 import type { HostRoutes, RouteEntry } from './host-routes.js';
 import type { HttpVhostServer } from './http-vhost-server.js';
 import { peerAddress } from './peer-address.js';
 import type { PendingConnections } from './pending-connections.js';
-import { type VisitorCheck, visitorTurnedAway } from './server-plugins.js';
+import type { RoutedTarget } from './routed-target.js';
+import { visitorTurnedAway } from './server-plugins.js';
 import type { TlsCertStore } from './tls-cert-store.js';
 import { readClientHello } from './tls-client-hello.js';
 import { compressionOf } from './tunnel-stream.js';
 import { openVisitorStream } from './visitor-stream.js';
 
 /** What a tls proxy's routes lead to. */
-export interface TlsTarget {
-  client: string;
-  proxy: string;
-  /** The proxy asked for compression: its streams' header says so, and their bytes are deflated. */
-  compression?: true;
-  session: Session;
-  /** The proxy's max_connections: a visitor over it is reset before a stream is opened. */
-  limit: ConnectionLimit;
-  /** Its client's cap, shared with the client's other connections; none: uncapped. */
-  bandwidth?: ClientBandwidth;
-  /** The server's plugins' say on each visitor (NewUserConn). */
-  visitorCheck?: VisitorCheck;
-}
+export type TlsTarget = RoutedTarget;
 
 export interface TlsSniListenerOptions {
   listen: HostPort;
@@ -181,7 +167,7 @@ export class TlsSniListener {
       stream.write(chunk);
       helloBytes += chunk.length;
     }
-    const limits = target.bandwidth?.limits();
+    const limits = target.bandwidth.limits();
     // The ClientHello is paid for too, so that a stream of short connections keeps to the cap.
     limits?.aToB?.spend(helloBytes);
     tracker.carry(socket, stream, {

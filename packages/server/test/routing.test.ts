@@ -7,6 +7,7 @@ import { test } from 'node:test';
 import { Session, type Stream } from '@porthole/mux';
 import { scratchDir } from '@porthole/mux/test/scratch-dir';
 import { ConfigError, ConnectionTracker, captureLogs, readStreamHeader } from '@porthole/protocol';
+import type { ClientBandwidth } from '../src/client-bandwidth.js';
 import { loadServerConfig } from '../src/config.js';
 import { ConnectionLimit } from '../src/connection-limit.js';
 import { HostRoutes, locationMatches, MAX_OFFLINE_ROUTES, OFFLINE_ROUTE_TTL_MS } from '../src/host-routes.js';
@@ -257,6 +258,7 @@ test('SNI decisions: tls proxies by exact name, then exact certificates, then wi
     client: 'c',
     proxy,
     session: {} as Session,
+    bandwidth: {} as ClientBandwidth,
     limit: new ConnectionLimit({
       client: 'c',
       proxy,
