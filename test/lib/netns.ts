@@ -169,7 +169,8 @@ export class NatTopology {
  * 3 busy loops; with the peakrate, none in 12).
  */
 export async function slowLanUplink(t: TestContext, topo: NatTopology): Promise<boolean> {
-  const qdisc = 'qdisc add dev eth0 root tbf rate 2mbit burst 16kb latency 200ms peakrate 2200kbit minburst 1540';
+  const qdisc =
+    'qdisc add dev eth0 root tbf rate 2mbit burst 16kb latency 200ms peakrate 2200kbit minburst 1540';
   const tbf = await run('tc', qdisc.split(' '), { netns: topo.lan, timeoutMs: 10_000 });
   if (tbf.code !== 0) {
     t.skip(`tc cannot add a tbf qdisc here: ${tbf.stderr.trim()}`);
