@@ -168,8 +168,6 @@ try {
       'demo',
       '--ports',
       String(publicPort),
-      '--expires',
-      '1h',
     ],
     { encoding: 'utf8' },
   );
