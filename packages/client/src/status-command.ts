@@ -44,7 +44,7 @@ export function adminAddressOf(file: string): HostPort {
   );
   if (!config.admin) {
     throw new UsageError(
-      `${file} has no [admin] table; add  [admin] listen = "127.0.0.1:7401"  and reload the client`,
+      `${file} has no [admin] table; add [admin] listen = "127.0.0.1:7401" and reload the client`,
     );
   }
   return config.admin.listen;
