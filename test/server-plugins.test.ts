@@ -10,12 +10,13 @@ import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
 import { startTaggedHttp } from './lib/http-backend.js';
-import { freePort, type Harness, type LogLine, run, withHarness } from './lib/processes.js';
+import { freePort, type Harness, type LogLine, run, withHarness, withTimeout } from './lib/processes.js';
 import {
   issueRoutedToken,
   makeSelfSignedCert,
   startRoutedClient,
   startRoutedServer,
+  type TomlValue,
   tomlLines,
 } from './lib/routing.js';
 import { startEchoServer, tryConnect } from './lib/services.js';
@@ -165,6 +166,24 @@ test('Login: the plugin refuses one client with its reason, which the client log
     assert.equal(mallory.proc.logsWithMsg('session established').length, 0);
     // The refused session took nothing over: alice's proxy still serves.
     assert.equal(await ncEcho('127.0.0.1', port), 'hello\n');
+    // With exit_on_auth_failure the refusal ends the client, as a refused token does (frp's loginFailExit).
+    await mallory.proc.stop();
+    const stopping = await startRoutedClient(h, {
+      server: server.url,
+      token: malloryToken,
+      name: 'mallory',
+      proxies: [{ name: 'echo', type: 'tcp', local: `127.0.0.1:${echo.port}`, remote_port: port }],
+      keys: { exit_on_auth_failure: true },
+      waitFor: [],
+    });
+    const exit = await withTimeout(
+      stopping.proc.exited,
+      15_000,
+      () => `mallory to exit on the refusal\n${stopping.proc.tail(5)}`,
+    );
+    assert.equal(exit.code, 4, stopping.proc.tail(5));
+    const gaveUp = stopping.proc.logsWithMsg('sign-in refused: giving up (exit_on_auth_failure)')[0];
+    assert.equal(gaveUp?.reason, notice.reason);
 
     const [login] = policy.of('Login').filter((r) => r.body.content.user === 'alice');
     assert.ok(login, 'alice was asked about');
@@ -385,13 +404,14 @@ test('a plugin that is down, slow or answers garbage refuses; a reload that remo
     h.onCleanup(() => echo.close());
     const port = await freePort();
 
-    const signIn = async (name: string, waitFor: string[]) =>
+    const signIn = async (name: string, waitFor: string[], keys: Record<string, TomlValue> = {}) =>
       startRoutedClient(h, {
         server: server.url,
         token: await issueRoutedToken(server, { name, ports: String(port) }),
         name,
         proxies: [{ name: 'echo', type: 'tcp', local: `127.0.0.1:${echo.port}`, remote_port: port }],
         waitFor,
+        keys,
       });
     for (const [name, failure] of [
       ['slow', 'no answer within 500 ms'],
@@ -399,7 +419,7 @@ test('a plugin that is down, slow or answers garbage refuses; a reload that remo
     ] as const) {
       const client = await signIn(name, []);
       const notice = await client.proc.waitForMsg('server notice', 15_000, {
-        fields: { code: 'login_refused' },
+        fields: { code: 'login_unavailable' },
       });
       assert.equal(
         notice.reason,
@@ -418,8 +438,9 @@ test('a plugin that is down, slow or answers garbage refuses; a reload that remo
     server.proc.kill('SIGHUP');
     const reloaded = await server.proc.waitForMsg('config reloaded', 10_000, { from: mark });
     assert.deepEqual(reloaded.plugins, ['down']);
-    const dave = await signIn('dave', []);
-    await dave.proc.waitForMsg('server notice', 15_000, { fields: { code: 'login_refused' } });
+    // A plugin that is down is no verdict on the client: exit_on_auth_failure waits it out.
+    const dave = await signIn('dave', [], { exit_on_auth_failure: true });
+    await dave.proc.waitForMsg('server notice', 15_000, { fields: { code: 'login_unavailable' } });
     const failed = await server.proc.waitForMsg('plugin failed: refused', 5_000, {
       fields: { plugin: 'down', op: 'Login', client: 'dave' },
     });
@@ -434,5 +455,6 @@ test('a plugin that is down, slow or answers garbage refuses; a reload that remo
     await dave.proc.waitForMsg('proxy registered', 15_000, { from: daveMark, fields: { proxy: 'echo' } });
     assert.equal(await ncEcho('127.0.0.1', port), 'hello\n');
     assert.equal(portOf(dave.proc.logsWithMsg('proxy registered', daveMark)[0]!.remote_addr), port);
+    assert.ok(dave.proc.alive, 'exit_on_auth_failure did not stop on a plugin that could not be asked');
   });
 });

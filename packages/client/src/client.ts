@@ -7,6 +7,7 @@ import {
   type ControlMessage,
   FirstSightings,
   keepAliveOptions,
+  LOGIN_REFUSED_NOTICE,
   type Logger,
   MessageReader,
   nextClose,
@@ -89,6 +90,8 @@ export class PortholeClient {
   private redialNow = false;
   /** Another instance with this token took the session over: wait reconnect_max, not the usual backoff. */
   private takenOver = false;
+  /** The server's plugins refused this sign-in (the notice's reason): the session ends without starting. */
+  private loginRefused: string | undefined;
   private wakeSleeper: (() => void) | undefined;
   private readonly sessionStatus: SessionStatus;
   /** The server said it is draining: its refusals are final for this session, not worth asking again. */
@@ -405,11 +408,21 @@ export class PortholeClient {
       }
       const { reason, establishedAt } = outcome;
       if (this.stopping) break;
+      const loginRefused = this.loginRefused;
+      this.loginRefused = undefined;
       if (this.redialNow) {
         this.redialNow = false;
         this.backoff.reset();
         this.logger.info({ server: this.serverForLogs, reason }, 'reconnecting');
         continue;
+      }
+      if (loginRefused !== undefined && this.config.exitOnAuthFailure) {
+        // The operator's policy said no, as a refused token does: restarting into it would only ask again.
+        this.logger.error(
+          { server: this.serverForLogs, reason: loginRefused },
+          'sign-in refused: giving up (exit_on_auth_failure)',
+        );
+        return 'auth failed';
       }
       let retryMs: number;
       if (this.takenOver) {
@@ -586,6 +599,7 @@ export class PortholeClient {
           };
           this.logger[message.level](fields, 'server notice');
           if (message.code === 'taken_over') this.takenOver = true;
+          if (message.code === LOGIN_REFUSED_NOTICE) this.loginRefused = message.message;
           // The server is draining: it closed every proxy before saying so (open connections go on).
           if (message.code === 'shutdown') {
             this.serverDraining = true;

@@ -154,6 +154,10 @@ const proxyResult = z.object({
 export type ProxyResult = z.infer<typeof proxyResult>;
 /** The notice code that tells a client the operator's cap on it changed (see the notice's bandwidth_limit). */
 export const BANDWIDTH_LIMIT_NOTICE = 'bandwidth_limit';
+/** The notice code of a sign-in the server's plugins refused (its session ends; exit_on_auth_failure stops on it). */
+export const LOGIN_REFUSED_NOTICE = 'login_refused';
+/** A sign-in refused because a plugin could not be asked: the session ends, and a later try may pass. */
+export const LOGIN_UNAVAILABLE_NOTICE = 'login_unavailable';
 const registerResult = z.object({ type: z.literal('register_result'), results: z.array(proxyResult) });
 const unregister = z.object({ type: z.literal('unregister'), proxies: z.array(z.string()).max(1024) });
 const notice = z.object({

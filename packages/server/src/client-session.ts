@@ -5,6 +5,8 @@ import {
   type ControlMessage,
   type ControlMessageOf,
   FirstSightings,
+  LOGIN_REFUSED_NOTICE,
+  LOGIN_UNAVAILABLE_NOTICE,
   type Logger,
   MessageReader,
   PICKED_PORT,
@@ -509,7 +511,7 @@ export class ClientSession {
     if (refusal) {
       const reason = `sign-in refused by the server's plugin "${refusal.plugin}": ${refusal.reason}`;
       this.logger.warn({ remote_addr: this.remoteAddr, plugin: refusal.plugin, reason }, 'client refused');
-      this.notice('error', reason, 'login_refused');
+      this.notice('error', reason, refusal.failed ? LOGIN_UNAVAILABLE_NOTICE : LOGIN_REFUSED_NOTICE);
       this.close(reason);
       return;
     }

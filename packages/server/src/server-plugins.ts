@@ -9,6 +9,8 @@ import { newUserConnContent, type PluginUser } from './plugin-content.js';
 export interface PluginRefusal {
   plugin: string;
   reason: string;
+  /** The plugin could not be asked (down, slow, garbled): a refusal by rule, not the plugin's decision. */
+  failed: boolean;
 }
 
 /**
@@ -86,6 +88,7 @@ export class ServerPlugins {
       return {
         plugin,
         reason: verdict.failed ? `the server's plugin "${plugin}" could not be asked` : verdict.reason,
+        failed: verdict.failed,
       };
     }
     return undefined;
