@@ -4,15 +4,31 @@
 // has frp's field names.
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
-import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import {
+  createServer,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
 import { startTaggedHttp } from './lib/http-backend.js';
-import { freePort, type Harness, type LogLine, run, withHarness, withTimeout } from './lib/processes.js';
 import {
+  freePort,
+  type Harness,
+  type LogLine,
+  run,
+  serverBin,
+  withHarness,
+  withTimeout,
+} from './lib/processes.js';
+import {
+  type CertFiles,
   issueRoutedToken,
+  makeSelfSigned,
   makeSelfSignedCert,
   startRoutedClient,
   startRoutedServer,
@@ -41,13 +57,15 @@ interface PolicyService {
 
 const ALLOW: Decision = { reject: false };
 
+/** The operator's policy service, over https with `tls` (PEM files), else http. */
 async function startPolicyService(
   h: Harness,
   decide: (req: PluginRequest) => Decision,
+  tls?: CertFiles,
 ): Promise<PolicyService> {
   const requests: PluginRequest[] = [];
   const held: ServerResponse[] = [];
-  const server: Server = createServer((req, res) => {
+  const handle = (req: IncomingMessage, res: ServerResponse) => {
     const chunks: Buffer[] = [];
     req.on('data', (chunk: Buffer) => chunks.push(chunk));
     req.on('end', () => {
@@ -62,7 +80,10 @@ async function startPolicyService(
       res.setHeader('Content-Type', 'application/json');
       res.end(decision === 'garbage' ? '<html>oops</html>' : JSON.stringify({ ...decision, unchange: true }));
     });
-  });
+  };
+  const server: Server = tls
+    ? createHttpsServer({ cert: await readFile(tls.cert), key: await readFile(tls.key) }, handle)
+    : createServer(handle);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   h.onCleanup(() => {
     for (const res of held) res.destroy();
@@ -71,7 +92,7 @@ async function startPolicyService(
   });
   const { port } = server.address() as AddressInfo;
   return {
-    url: `http://127.0.0.1:${port}/handler`,
+    url: `${tls ? 'https' : 'http'}://127.0.0.1:${port}/handler`,
     requests,
     of: (op) => requests.filter((r) => r.body.op === op),
   };
@@ -456,5 +477,61 @@ test('a plugin that is down, slow or answers garbage refuses; a reload that remo
     assert.equal(await ncEcho('127.0.0.1', port), 'hello\n');
     assert.equal(portOf(dave.proc.logsWithMsg('proxy registered', daveMark)[0]!.remote_addr), port);
     assert.ok(dave.proc.alive, 'exit_on_auth_failure did not stop on a plugin that could not be asked');
+  });
+});
+
+test('an https plugin is checked against its ca_file: without one a self-signed plugin cannot be asked; check names a ca_file that cannot serve', async (t) => {
+  await withHarness(t, async (h) => {
+    const pair = await makeSelfSigned(h, 'policy', ['subjectAltName=IP:127.0.0.1']);
+    const policy = await startPolicyService(h, () => ALLOW, pair);
+    const table = (keys: Record<string, TomlValue>) =>
+      pluginTable({ name: 'tls-policy', url: policy.url, ops: ['Login'], timeout: '2s', ...keys });
+    const unverified = table({});
+    const server = await startRoutedServer(h, { http: false, tables: [unverified] });
+    const port = await freePort();
+    const erin = await startRoutedClient(h, {
+      server: server.url,
+      token: await issueRoutedToken(server, { name: 'erin', ports: String(port) }),
+      name: 'erin',
+      proxies: [{ name: 'echo', type: 'tcp', local: '127.0.0.1:9', remote_port: port }],
+      waitFor: [],
+    });
+    await erin.proc.waitForMsg('server notice', 15_000, { fields: { code: 'login_unavailable' } });
+    const failed = await server.proc.waitForMsg('plugin failed: refused', 5_000, {
+      fields: { plugin: 'tls-policy', op: 'Login', client: 'erin' },
+    });
+    assert.match(String(failed.reason), /self[- ]signed certificate/);
+    assert.equal(policy.requests.length, 0, 'no request reached a plugin whose certificate was not trusted');
+
+    // The plugin's own certificate as its CA: asked, and erin is let in at its next try.
+    const config = await readFile(server.config.configPath, 'utf8');
+    await writeFile(server.config.configPath, config.replace(unverified, table({ ca_file: pair.cert })));
+    const mark = server.proc.mark();
+    server.proc.kill('SIGHUP');
+    await server.proc.waitForMsg('config reloaded', 10_000, { from: mark });
+    await erin.proc.waitForMsg('session established', 15_000);
+    assert.equal(policy.of('Login').length >= 1, true, 'the plugin was asked over https');
+
+    // What check says of a ca_file that cannot do its job.
+    const checkWith = async (keys: Record<string, TomlValue>) => {
+      const file = h.path(`server-ca-${Object.keys(keys).join('-')}-${policy.requests.length}.toml`);
+      await writeFile(
+        file,
+        config.replace(unverified, pluginTable({ name: 'tls-policy', ops: ['Login'], ...keys })),
+      );
+      return run(serverBin, ['check', '--config', file]);
+    };
+    const overHttp = await checkWith({ url: 'http://127.0.0.1:9/handler', ca_file: pair.cert });
+    assert.equal(overHttp.code, 2, overHttp.stderr);
+    assert.match(
+      overHttp.stderr,
+      /plugins\[0\] \("tls-policy"\)\.ca_file: checks an https:\/\/ plugin's certificate; this one is http:\/\//,
+    );
+    const keyInstead = await checkWith({ url: policy.url, ca_file: pair.key });
+    assert.equal(keyInstead.code, 2, keyInstead.stderr);
+    assert.match(
+      keyInstead.stderr,
+      /plugins\[0\] \("tls-policy"\)\.ca_file: .* is not a PEM certificate \(it holds a private key: ca_file is the plugin's certificate/,
+    );
   });
 });

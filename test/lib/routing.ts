@@ -48,7 +48,11 @@ export interface CertFiles {
 }
 
 /** A self-signed certificate (EC P-256) in the harness dir: CN=`commonName`, with these `-addext` extensions. */
-async function makeSelfSigned(h: Harness, commonName: string, extensions: string[]): Promise<CertFiles> {
+export async function makeSelfSigned(
+  h: Harness,
+  commonName: string,
+  extensions: string[],
+): Promise<CertFiles> {
   const id = unique('self-signed');
   const cert = h.path(`${id}.pem`);
   const key = h.path(`${id}.key`);

@@ -7,10 +7,8 @@ import {
   elementLabel,
   expandConfigPath,
   expected,
-  firstPemCertificate,
   formatLocalAddress,
   type HostPort,
-  heldInsteadHint,
   hostPortField,
   isLoopback,
   isUnixSocketAddress,
@@ -21,7 +19,7 @@ import {
   namesCover,
   PICKED_PORT,
   parseRule,
-  readConfigFile,
+  readCaFile,
   readSecretFile,
   requestHostIsLoopback,
   secretFileExposure,
@@ -336,14 +334,12 @@ function readLocalTlsFiles(source: string, key: string, tls: LocalTls, warnings:
   const at = { source, key: `${key}.ca_file` };
   const path = resolvePath(at, tls.caFile);
   tls.caFile = path;
-  tls.ca = readConfigFile(source, at.key, path);
-  // Given to TLS unchecked, any other file failed each connect as "not signed by the CA in ca_file".
-  if (!firstPemCertificate(tls.ca))
-    throw ConfigError.at(
-      source,
-      at.key,
-      `${path} is not a PEM certificate${heldInsteadHint(tls.ca, 'PRIVATE KEY', "ca_file is the service's certificate (or its CA's), not its key")}`,
-    );
+  tls.ca = readCaFile(
+    source,
+    at.key,
+    path,
+    "ca_file is the service's certificate (or its CA's), not its key",
+  );
 }
 
 /**
@@ -444,14 +440,12 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
   if (raw.ca_file !== undefined) {
     const caAt = originOf('ca_file');
     const caPath = resolvePath(caAt, raw.ca_file);
-    config.ca = readConfigFile(caAt.source, caAt.key, caPath);
-    // Given to TLS unchecked, any other file failed each dial as "not signed by the CA in ca_file".
-    if (!firstPemCertificate(config.ca))
-      throw ConfigError.at(
-        caAt.source,
-        caAt.key,
-        `${caPath} is not a PEM certificate${heldInsteadHint(config.ca, 'PRIVATE KEY', "ca_file is the certificate of the CA that signed the server's")}`,
-      );
+    config.ca = readCaFile(
+      caAt.source,
+      caAt.key,
+      caPath,
+      "ca_file is the certificate of the CA that signed the server's",
+    );
   }
   return config;
 }

@@ -46,6 +46,22 @@ function privateKeyIn(file: string, key: string, path: string, pem: Buffer): Key
   }
 }
 
+/**
+ * Reads a ca_file at `path` (named `key` in `file`) and checks that it holds a PEM certificate: given to TLS
+ * unchecked, any other file failed every handshake as "self-signed certificate" or "unable to get local
+ * issuer certificate", naming no file. `keyInstead` is the hint for a private key given instead.
+ */
+export function readCaFile(file: string, key: string, path: string, keyInstead: string): Buffer {
+  const pem = readConfigFile(file, key, path);
+  if (!firstPemCertificate(pem))
+    throw ConfigError.at(
+      file,
+      key,
+      `${path} is not a PEM certificate${heldInsteadHint(pem, 'PRIVATE KEY', keyInstead)}`,
+    );
+  return pem;
+}
+
 /** "error:0A00018F:SSL routines::ee key too small" -> "ee key too small". */
 function openSslReason(err: Error): string {
   return err.message.replace(/^error:[0-9A-F]+:[^:]*:[^:]*:/, '');

@@ -7,6 +7,7 @@ import {
   durationAboveZero,
   durationAtLeast,
   durationField,
+  elementLabel,
   expandConfigPath,
   expected,
   type HostPort,
@@ -21,6 +22,7 @@ import {
   parseHostPort,
   portRangesField,
   positiveIntField,
+  readCaFile,
   readSecretFile,
   readUnverifiedClaims,
   secretFileExposure,
@@ -300,7 +302,7 @@ export function loadServerConfig(file: string): ServerConfig {
       failureLimit: raw.auth.failure_limit,
       failureWindow: raw.auth.failure_window,
     },
-    plugins: raw.plugins,
+    plugins: raw.plugins.map((plugin, index) => withPluginCa(file, index, plugin)),
     warnings,
   };
   if (raw.tls) {
@@ -327,6 +329,17 @@ export function loadServerConfig(file: string): ServerConfig {
   }
   checkListenersApart(file, config);
   return config;
+}
+
+/** A [[plugins]] table with its ca_file (resolved next to the config file) read and checked. */
+function withPluginCa(file: string, index: number, plugin: PluginConfig): PluginConfig {
+  if (plugin.caFile === undefined) return plugin;
+  const key = `plugins${elementLabel(index, plugin)}.ca_file`;
+  const path = expandConfigPath(file, key, plugin.caFile);
+  return {
+    ...plugin,
+    ca: readCaFile(file, key, path, "ca_file is the plugin's certificate (or its CA's), not its key"),
+  };
 }
 
 const ANY_ADDRESS = new Set(['0.0.0.0', '::', '']);

@@ -28,8 +28,14 @@ export class PluginClient {
     readonly config: PluginConfig,
     private readonly logger: Logger,
   ) {
-    const Agent = config.url.protocol === 'https:' ? https.Agent : http.Agent;
-    this.agent = new Agent({ keepAlive: true, maxSockets: MAX_CONNECTIONS });
+    this.agent =
+      config.url.protocol === 'https:'
+        ? new https.Agent({
+            keepAlive: true,
+            maxSockets: MAX_CONNECTIONS,
+            ...(config.ca ? { ca: config.ca } : {}),
+          })
+        : new http.Agent({ keepAlive: true, maxSockets: MAX_CONNECTIONS });
   }
 
   /** Asks the plugin about `op`; never throws (a failure is a refusal). */

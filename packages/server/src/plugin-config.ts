@@ -24,6 +24,10 @@ export interface PluginConfig {
   timeoutMs: number;
   /** Sent with every request (a shared secret the service checks); never logged. */
   headers: Readonly<Record<string, string>>;
+  /** ca_file as written: an https plugin's certificate is checked against it instead of the system's CAs. */
+  caFile?: string;
+  /** caFile's certificates, read as the config loads (server config.ts). */
+  ca?: Buffer;
 }
 
 const opField = z.string({ error: expected(`one of ${PLUGIN_OPS.join(', ')}`) }).transform((op, ctx) => {
@@ -92,6 +96,7 @@ const pluginSchema = z
           { error: expected('a table like { Authorization = "Bearer ..." }') },
         )
         .default({}),
+      ca_file: z.string({ error: expected('a file path') }).optional(),
     },
     { error: expected('a [[plugins]] table with name, url (or addr and path) and ops') },
   )
@@ -118,7 +123,22 @@ const pluginSchema = z
           )
         : pluginUrl(raw.url, 'url', ctx, ['url']);
     if (url === undefined) return z.NEVER;
-    return { name: raw.name, url, ops: [...new Set(raw.ops)], timeoutMs: raw.timeout, headers: raw.headers };
+    if (raw.ca_file !== undefined && url.protocol !== 'https:') {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['ca_file'],
+        message: `checks an https:// plugin's certificate; this one is ${url.protocol}//`,
+      });
+      return z.NEVER;
+    }
+    return {
+      name: raw.name,
+      url,
+      ops: [...new Set(raw.ops)],
+      timeoutMs: raw.timeout,
+      headers: raw.headers,
+      ...(raw.ca_file === undefined ? {} : { caFile: raw.ca_file }),
+    };
   });
 
 /** server.toml's `plugins`: the tables in the order they are asked; names unique, for the logs. */

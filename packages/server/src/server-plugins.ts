@@ -101,7 +101,12 @@ export class ServerPlugins {
       const fields = { client: user.user, proxy: spec.name, remote_addr: remoteAddr };
       return this.ask('NewUserConn', () => newUserConnContent(user, spec, remoteAddr), fields).then(
         (refusal) => {
-          if (refusal) this.visitorRefusals.say(`${user.user}/${spec.name}`, { ...fields, ...refusal });
+          if (refusal)
+            this.visitorRefusals.say(`${user.user}/${spec.name}`, {
+              ...fields,
+              plugin: refusal.plugin,
+              reason: refusal.reason,
+            });
           return refusal;
         },
       );
