@@ -16,6 +16,7 @@ import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { curl } from './lib/curl.js';
 import { startTaggedHttp } from './lib/http-backend.js';
+import { issue, startPrivateClient } from './lib/private.js';
 import {
   freePort,
   type Harness,
@@ -407,6 +408,57 @@ test('NewUserConn: a visitor address the plugin refuses is cut off (tcp, tls), a
     await server.proc.waitForMsg('visitor refused by plugin', 5_000, {
       fields: { plugin: 'visitor-policy', proxy: 'echo', reason: 'address blocked' },
     });
+  });
+});
+
+test("NewUserConn for private services: each visit is asked (stcp, the visiting client's address); a refused one is told why", async (t) => {
+  await withHarness(t, async (h) => {
+    const policy = await startPolicyService(h, (req) =>
+      req.body.content.proxy_name === 'vault'
+        ? { reject: true, reject_reason: 'the vault is closed to visits' }
+        : ALLOW,
+    );
+    const server = await startRoutedServer(h, {
+      http: false,
+      tables: [pluginTable({ name: 'visits', url: policy.url, ops: ['NewUserConn'] })],
+    });
+    const echo = await startEchoServer();
+    h.onCleanup(() => echo.close());
+    const owner = await startPrivateClient(h, 'owner', server, await issue(server, 'owner'), {
+      proxies: [
+        { name: 'notes', local: `127.0.0.1:${echo.port}` },
+        { name: 'vault', local: `127.0.0.1:${echo.port}` },
+      ],
+    });
+    const [notesPort, vaultPort] = [await freePort(), await freePort()];
+    const laptop = await startPrivateClient(h, 'laptop', server, await issue(server, 'laptop', 'owner/*'), {
+      visitors: [
+        { name: 'notes', service: 'owner/notes', bind: `127.0.0.1:${notesPort}` },
+        { name: 'vault', service: 'owner/vault', bind: `127.0.0.1:${vaultPort}` },
+      ],
+    });
+
+    assert.equal(await ncEcho('127.0.0.1', notesPort), 'hello\n', 'an allowed visit echoes');
+    assert.equal(await ncEcho('127.0.0.1', vaultPort), '', 'a refused visit is cut off');
+    const told = await laptop.proc.waitForMsg('visit refused', 10_000, {
+      fields: { service: 'owner/vault' },
+    });
+    assert.equal(told.reason, `refused by the server's plugin "visits": the vault is closed to visits`);
+    await server.proc.waitForMsg('visitor refused by plugin', 5_000, {
+      fields: { client: 'owner', proxy: 'vault', plugin: 'visits' },
+    });
+    assert.equal(
+      owner.proc.logsWithMsg('connection closed').filter((l) => l.proxy === 'vault').length,
+      0,
+      'nothing of the refused visit reached the owner',
+    );
+
+    const established = await owner.proc.waitForMsg('session established', 1_000);
+    const [ask] = policy.of('NewUserConn').filter((r) => r.body.content.proxy_name === 'notes');
+    assert.ok(ask, 'the allowed visit was asked about');
+    assert.equal(ask.body.content.proxy_type, 'stcp');
+    assert.deepEqual(ask.body.content.user, { user: 'owner', metas: {}, run_id: sessionIdOf(established) });
+    assert.match(String(ask.body.content.remote_addr), /^127\.0\.0\.1:\d+$/);
   });
 });
 

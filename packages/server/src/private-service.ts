@@ -15,6 +15,7 @@ import {
 import type { ConnectionLimit } from './connection-limit.js';
 import { type BoundProxy, connectionLimitFor, type ProxyOwner, udpFlowLimitsOf } from './proxy-routing.js';
 import type { ServerContext } from './server-context.js';
+import { type VisitorCheck, visitorTurnedAway } from './server-plugins.js';
 import { compressionOf, openTunnelStream } from './tunnel-stream.js';
 
 /** A visiting client that has not said which service it wants by then is cut off. */
@@ -31,6 +32,8 @@ export interface PrivateTarget {
    * udp_max_flows): visits over it are refused.
    */
   limit: ConnectionLimit;
+  /** The server's plugins' say on each visit (NewUserConn, as frp asks it of stcp and sudp visitors). */
+  visitorCheck: VisitorCheck;
 }
 
 /** A udp service's flows as visits count them: its max_flows, as its public flows would be. */
@@ -59,7 +62,12 @@ export function privateRefusal(spec: ProxySpec): string | undefined {
 
 /** Registers a private proxy: nothing is bound; the session's lookup (ClientSession.privateTarget) finds it. */
 export function bindPrivateService(ctx: ServerContext, owner: ProxyOwner, spec: ProxySpec): BoundProxy {
-  const target: PrivateTarget = { owner, spec, limit: visitLimitFor(ctx, owner, spec) };
+  const target: PrivateTarget = {
+    owner,
+    spec,
+    limit: visitLimitFor(ctx, owner, spec),
+    visitorCheck: owner.visitorCheck(spec),
+  };
   return {
     address: `private ${serviceName(owner.name, spec.name)}`,
     service: target,
@@ -68,6 +76,7 @@ export function bindPrivateService(ctx: ServerContext, owner: ProxyOwner, spec: 
       if (!next.private || next.type !== target.spec.type) return false;
       target.spec = next;
       target.limit = visitLimitFor(ctx, owner, next);
+      target.visitorCheck = owner.visitorCheck(next);
       return true;
     },
     close: () => target.limit.close(),
@@ -135,6 +144,14 @@ export async function serveVisit(ctx: ServerContext, visitor: Visitor, stream: S
   if (stream.destroyed) return;
   if (!target.limit.take(stream))
     return refuse(`${service} has its ${target.limit.limitKey} (${target.limit.max()}) open`);
+  const check = target.visitorCheck(visitor.remoteAddr);
+  if (
+    check !== undefined &&
+    (await visitorTurnedAway(stream, check, (refusal) =>
+      refuse(`refused by the server's plugin "${refusal.plugin}": ${refusal.reason}`),
+    ))
+  )
+    return;
   const conn = ctx.tracker.nextId();
   let remote: { host: string; port: number };
   try {
