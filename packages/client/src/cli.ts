@@ -67,7 +67,7 @@ Options (they override the config file's keys; --tcp and --udp add proxies, --vi
                              token's --visit must grant it); the visitor is named visit-PORT (udp:
                              visit-udp-PORT)
   --exit-on-auth-failure     exit with status 4 when the server refuses the token (or the proxy its
-                             credentials), instead of retrying
+                             credentials, or the server's plugins the sign-in), instead of retrying
   --log-level LEVEL          trace, debug, info, warn, error, fatal or silent
   --admin HOST:PORT          status: the client's admin address (default: [admin] listen of --config)
   --json                     status: print the JSON the client answered
