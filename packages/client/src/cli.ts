@@ -12,10 +12,11 @@ import {
   UsageError,
 } from '@porthole/protocol';
 import { PortholeClient } from './client.js';
-import { ClientAdmin } from './client-admin.js';
+import { ClientAdmin, type ClientAdminHandlers, type ReloadOutcome } from './client-admin.js';
 import { type ClientFlags, dialRoute, loadClientConfig } from './config.js';
 import { describeConnectError } from './connect-error.js';
 import { urlWithoutUserinfo } from './dialer.js';
+import { requestReload } from './reload-command.js';
 import {
   adminAddressOf,
   describeRoute,
@@ -38,6 +39,10 @@ const USAGE = `Usage:
                                               1 unreachable, 2 usage (no [admin] table), 3 not established,
                                               5 established but a proxy refused or closed or a
                                               visitor not listening; --json: raw answer
+  ${PROGRAM} reload --config client.toml      make the running client reload its config file, as SIGHUP
+                                              does, and print what changed (from its [admin] listen; or
+                                              --admin HOST:PORT); exit 0 reloaded, 1 unreachable, 2 the
+                                              file is invalid (the running config is kept)
   ${PROGRAM} -h, --help | -V, --version
 
 Options (they override the config file's keys; --tcp and --udp add proxies, --visit visitors):
@@ -69,7 +74,8 @@ Options (they override the config file's keys; --tcp and --udp add proxies, --vi
   --exit-on-auth-failure     exit with status 4 when the server refuses the token (or the proxy its
                              credentials, or the server's plugins the sign-in), instead of retrying
   --log-level LEVEL          trace, debug, info, warn, error, fatal or silent
-  --admin HOST:PORT          status: the client's admin address (default: [admin] listen of --config)
+  --admin HOST:PORT          status, reload: the client's admin address (default: [admin] listen of
+                             --config)
   --json                     status: print the JSON the client answered
 
 Signals: SIGHUP reloads the config file (proxies change over the live session); SIGTERM drains and exits 0.
@@ -95,20 +101,23 @@ async function main(): Promise<number | undefined> {
     program: PROGRAM,
     version: VERSION,
     usage: USAGE,
-    commands: ['run', 'check', 'status'],
+    commands: ['run', 'check', 'status', 'reload'],
     parse,
   });
   if (!started) return 0;
   const { values } = started.parsed;
   const command = started.command;
-  if (command === 'status') {
-    // It reads only [admin] listen: a run option here would be ignored, as if it had been applied.
+  if (command === 'status' || command === 'reload') {
+    // They read only [admin] listen: a run option here would be ignored, as if it had been applied.
     const stray = RUN_OPTIONS.find((option) => values[option] !== undefined);
-    if (stray) throw new UsageError(`--${stray} is not for "status" (it asks the running client)`);
-    return status(values.config, values.admin, values.json ?? false);
+    if (stray) throw new UsageError(`--${stray} is not for "${command}" (it asks the running client)`);
+    if (command === 'status') return status(values.config, values.admin, values.json ?? false);
+    if (values.json) throw new UsageError('--json is only for "status"');
+    const { admin, where } = adminOf('reload', values.config, values.admin);
+    return requestReload(admin, where, PROGRAM);
   }
   if (values.admin !== undefined || values.json)
-    throw new UsageError('--admin and --json are only for "status"');
+    throw new UsageError('--admin is only for "status" and "reload", --json only for "status"');
   if (values.config === undefined && values.server === undefined) {
     throw new UsageError('--config FILE or --server URL is required');
   }
@@ -147,10 +156,15 @@ async function main(): Promise<number | undefined> {
   };
   warn(config);
   const client = new PortholeClient(config, logger, VERSION);
+  const handlers: ClientAdminHandlers = {
+    status: () => client.status(),
+    // Replaced below, once what a reload needs is set up (the admin endpoint starts first).
+    reload: () => ({ reloaded: false, reason: 'the client is still starting', shuttingDown: true }),
+  };
   let admin: ClientAdmin | undefined;
   let adminListen = config.admin?.listen;
   if (adminListen) {
-    admin = new ClientAdmin(adminListen, () => client.status(), logger);
+    admin = new ClientAdmin(adminListen, handlers, logger);
     try {
       logger.info({ addr: await admin.listen() }, 'admin listening');
     } catch (err) {
@@ -169,14 +183,14 @@ async function main(): Promise<number | undefined> {
     if (samePort) admin?.close();
     let started: ClientAdmin | undefined;
     if (next) {
-      started = new ClientAdmin(next, () => client.status(), logger);
+      started = new ClientAdmin(next, handlers, logger);
       try {
         logger.info({ addr: await started.listen() }, 'admin listening');
       } catch (err) {
         const reason = (err as Error).message;
         logger.error({ reason }, 'reload: cannot start the admin endpoint; keeping the running one');
         if (samePort && adminListen) {
-          admin = new ClientAdmin(adminListen, () => client.status(), logger);
+          admin = new ClientAdmin(adminListen, handlers, logger);
           await admin.listen().catch((again: Error) => {
             logger.error({ reason: again.message }, 'cannot start the admin endpoint again');
           });
@@ -204,17 +218,23 @@ async function main(): Promise<number | undefined> {
     },
     { logger, openWork: () => client.openWork() },
   );
-  const reload = (): void => {
+  /** SIGHUP and POST /api/reload (`porthole-client reload`). */
+  const reload = (): ReloadOutcome => {
     try {
       const next = loadClientConfig(values.config, flags);
       warn(next);
-      client.reload(next);
+      const summary = client.reload(next);
+      if (summary === undefined)
+        return { reloaded: false, reason: 'the client is shutting down', shuttingDown: true };
       adminChange = adminChange.then(() => reloadAdmin(next.admin?.listen));
+      return { reloaded: true, summary, warnings: next.warnings };
     } catch (err) {
       const reason = err instanceof ConfigError ? err.message : (err as Error).message;
       logger.error({ reason }, 'reload failed: keeping the running configuration');
+      return { reloaded: false, reason };
     }
   };
+  handlers.reload = reload;
   process.on('SIGHUP', reload);
   if (takeHeldReload()) reload();
   const outcome = await client.run();
@@ -230,25 +250,32 @@ async function main(): Promise<number | undefined> {
  */
 const EXIT_AUTH_FAILED = 4;
 
-async function status(configFile: string | undefined, adminFlag: string | undefined, json: boolean) {
-  let admin: HostPort;
+/** The running client's admin address for `status` and `reload`, and how to name it in a message. */
+function adminOf(
+  command: string,
+  configFile: string | undefined,
+  adminFlag: string | undefined,
+): { admin: HostPort; where: string } {
   if (adminFlag !== undefined) {
     try {
-      admin = parseHostPort(adminFlag);
+      return { admin: parseHostPort(adminFlag), where: adminFlag };
     } catch (err) {
       throw new UsageError(`--admin: ${(err as Error).message}`);
     }
-  } else if (configFile !== undefined) {
-    admin = adminAddressOf(configFile);
-  } else {
-    throw new UsageError('status: --config FILE or --admin HOST:PORT is required');
   }
+  if (configFile !== undefined)
+    return { admin: adminAddressOf(configFile), where: `[admin] listen of ${configFile}` };
+  throw new UsageError(`${command}: --config FILE or --admin HOST:PORT is required`);
+}
+
+async function status(configFile: string | undefined, adminFlag: string | undefined, json: boolean) {
+  const { admin, where } = adminOf('status', configFile, adminFlag);
   let answer: Awaited<ReturnType<typeof fetchStatus>>;
   try {
     answer = await fetchStatus(admin);
   } catch (err) {
     process.stderr.write(
-      `${PROGRAM} status: cannot reach the client at ${adminFlag ?? `[admin] listen of ${configFile}`}: ${describeConnectError(err as Error)}\n`,
+      `${PROGRAM} status: cannot reach the client at ${where}: ${describeConnectError(err as Error)}\n`,
     );
     return STATUS_EXIT.unreachable;
   }

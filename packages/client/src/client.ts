@@ -30,7 +30,13 @@ import { PendingLocalConnects, serveStream } from './local-connector.js';
 import { LocalFailureLog } from './local-failure-log.js';
 import { describeProxyLocal, picksPort, proxySpecFields } from './proxy-config.js';
 import { Backoff } from './reconnect.js';
-import { changedDialProxyKeys, dialProxyChanged, diffProxies, needsReconnect } from './reload.js';
+import {
+  changedDialProxyKeys,
+  dialProxyChanged,
+  diffProxies,
+  needsReconnect,
+  type ReloadSummary,
+} from './reload.js';
 import { boundElsewhere } from './remote-bind-check.js';
 import { type ClientStatus, type ProxyState, SessionStatus } from './session-status.js';
 import { certainTokenRefusal } from './token-warnings.js';
@@ -204,13 +210,14 @@ export class PortholeClient {
   }
 
   /**
-   * SIGHUP: apply a freshly loaded config. Proxies added, removed or changed are registered/unregistered
+   * SIGHUP or `porthole-client reload`: apply a freshly loaded config (what changed is returned; undefined
+   * while the client shuts down). Proxies added, removed or changed are registered/unregistered
    * over the live session; connections on unchanged proxies keep flowing; a changed `local` applies to
    * the next connection (a udp proxy's open flows end, so a sender's next datagram starts one). A new
    * server, token or CA redials. Other settings apply to the next session.
    */
-  reload(next: ClientConfig): void {
-    if (this.stopping) return;
+  reload(next: ClientConfig): ReloadSummary | undefined {
+    if (this.stopping) return undefined;
     const previous = this.config;
     // A new token redials at once and ends the running session: one the server is sure to refuse (a bad
     // paste during a rotation) would turn a working tunnel into an outage.
@@ -251,23 +258,20 @@ export class PortholeClient {
     this.sessionStatus.via = dialRoute(this.config);
     const dialProxyKeys = changedDialProxyKeys(previous, next);
     const visitors = this.reloadVisitors(next.visitors);
-    this.logger.info(
-      {
-        visitors_added: visitors.added,
-        visitors_removed: visitors.removed,
-        visitors_changed: visitors.changed,
-        added: diff.added,
-        removed: diff.removed,
-        changed: diff.changed,
-        local_changed: diff.localChanged,
-        bandwidth_limit_changed: limitChanged,
-        // Used from the next dial; the route it will take, as the start line says it (never a password).
-        dial_proxy_changed: dialProxyKeys,
-        ...(dialProxyKeys.length > 0 ? dialRoute(next) : {}),
-        reconnect: redial,
-      },
-      'config reloaded',
-    );
+    const summary: ReloadSummary = {
+      visitors_added: visitors.added,
+      visitors_removed: visitors.removed,
+      visitors_changed: visitors.changed,
+      added: diff.added,
+      removed: diff.removed,
+      changed: diff.changed,
+      local_changed: diff.localChanged,
+      bandwidth_limit_changed: limitChanged,
+      dial_proxy_changed: dialProxyKeys,
+      reconnect: redial,
+    };
+    // The dial proxy is used from the next dial: the route it will take, as the start line says it.
+    this.logger.info({ ...summary, ...(dialProxyKeys.length > 0 ? dialRoute(next) : {}) }, 'config reloaded');
     if (redial) {
       this.redialNow = true;
       this.backoff.reset();
@@ -278,7 +282,7 @@ export class PortholeClient {
         this.session.goAway();
         this.session.close(new Error('reconnecting: server, token or CA changed by a reload'));
       }
-      return;
+      return summary;
     }
     if (!this.established) {
       // A fixed proxy password (or address) is tried now, as a new token is, not after the old one's backoff.
@@ -286,7 +290,7 @@ export class PortholeClient {
         this.backoff.reset();
         this.wakeSleeper?.();
       }
-      return;
+      return summary;
     }
     // A tcp proxy changed on its own port is replaced by the register alone (see ProxyDiff.samePort).
     const unregister = [...diff.removed, ...diff.changed.filter((name) => !diff.samePort.includes(name))];
@@ -305,6 +309,7 @@ export class PortholeClient {
     // Asked for by the user: the answer is worth a warn line again, even if it is the same refusal.
     for (const name of register) this.refusals.forget(name);
     this.registerAgain(register);
+    return summary;
   }
 
   /**

@@ -25,6 +25,24 @@ export interface ProxyDiff {
   samePort: string[];
 }
 
+/**
+ * What a reload changed, by name: the `config reloaded` line's fields and the answer to
+ * `porthole-client reload`. dial_proxy_changed names keys ("proxy", "proxy_password_file"), never values.
+ */
+export interface ReloadSummary {
+  added: string[];
+  removed: string[];
+  changed: string[];
+  local_changed: string[];
+  visitors_added: string[];
+  visitors_removed: string[];
+  visitors_changed: string[];
+  bandwidth_limit_changed: string[];
+  dial_proxy_changed: string[];
+  /** A new server, token or CA: the session is dialled again. */
+  reconnect: boolean;
+}
+
 function sameSpec(a: ProxySpec, b: ProxySpec): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
 }

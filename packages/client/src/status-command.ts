@@ -1,4 +1,3 @@
-import { get } from 'node:http';
 import {
   formatHostPort,
   type HostPort,
@@ -8,9 +7,8 @@ import {
   UsageError,
 } from '@porthole/protocol';
 import { z } from 'zod';
+import { askClientAdmin } from './admin-request.js';
 import type { ClientStatus } from './session-status.js';
-
-const STATUS_TIMEOUT_MS = 5000;
 
 /** Exit statuses of `porthole-client status`. */
 export const STATUS_EXIT = {
@@ -51,30 +49,10 @@ export function adminAddressOf(file: string): HostPort {
 }
 
 /** GET /api/status from a running client. */
-export function fetchStatus(admin: HostPort): Promise<ClientStatus> {
-  return new Promise((resolve, reject) => {
-    const req = get(
-      { host: admin.host, port: admin.port, path: '/api/status', timeout: STATUS_TIMEOUT_MS },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (chunk: Buffer) => chunks.push(chunk));
-        res.on('end', () => {
-          if (res.statusCode !== 200) {
-            reject(new Error(`HTTP ${res.statusCode} from ${formatHostPort(admin.host, admin.port)}`));
-            return;
-          }
-          try {
-            resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as ClientStatus);
-          } catch {
-            reject(new Error('the admin endpoint answered something other than JSON'));
-          }
-        });
-        res.on('error', reject);
-      },
-    );
-    req.on('timeout', () => req.destroy(new Error(`no answer within ${STATUS_TIMEOUT_MS} ms`)));
-    req.on('error', reject);
-  });
+export async function fetchStatus(admin: HostPort): Promise<ClientStatus> {
+  const { status, body } = await askClientAdmin(admin, 'GET', '/api/status');
+  if (status !== 200) throw new Error(`HTTP ${status} from ${formatHostPort(admin.host, admin.port)}`);
+  return body as ClientStatus;
 }
 
 function table(rows: string[][]): string {
