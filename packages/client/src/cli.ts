@@ -142,6 +142,14 @@ async function main(): Promise<number | undefined> {
     process.stdout.write(
       `${config.source}: ok (${count} ${count === 1 ? 'proxy' : 'proxies'}${andVisitors})\n`,
     );
+    // A range's proxies are what registers: said so the count above adds up, and the names status will show.
+    for (const { table, proxies } of config.portRanges) {
+      const made =
+        proxies.length === 1
+          ? `1 proxy (${proxies[0]})`
+          : `${proxies.length} proxies (${proxies[0]} ... ${proxies.at(-1)})`;
+      process.stdout.write(`${table}: a port range, ${made}\n`);
+    }
     // As the start line and `status` will say it, once a proxy is in play (named, or set aside): which one
     // the environment's variables picked is what a user checking the config cannot see anywhere else.
     const route = dialRoute(config);

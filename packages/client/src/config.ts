@@ -37,6 +37,7 @@ import {
   proxyFromEnvironment,
 } from './dial-proxy.js';
 import type { LocalTls } from './local-tls.js';
+import { expandPortRange, tableMembers } from './port-range-proxies.js';
 import {
   isDirectoryLocal,
   isUnixSocketLocal,
@@ -166,34 +167,52 @@ const clientSchema = z.strictObject(clientShape).superRefine((config, ctx) => {
       message: 'must not be shorter than reconnect_initial',
     });
   }
-  const names = new Map<string, number>();
+  const names = new Map<string, string>();
   const ports = new Map<string, number>();
   config.proxies.forEach((proxy, i) => {
-    if (names.has(proxy.name)) {
+    // A range table stands for one proxy per port: each of their names and ports is checked, and the first
+    // clash said, once for the table.
+    const members = tableMembers(proxy);
+    const ranged = proxy.port_range !== undefined;
+    const clashingName = members.find((member) => names.has(member.name));
+    if (clashingName) {
+      const whose = ranged ? `, the name of its port ${clashingName.remotePort},` : '';
       ctx.addIssue({
         code: 'custom',
         path: ['proxies', i, 'name'],
-        message: `"${proxy.name}" is already the name of proxies[${names.get(proxy.name)}]`,
+        message: `"${clashingName.name}"${whose} is already the name of ${names.get(clashingName.name)}`,
       });
     }
     // tcp and udp ports are separate spaces (iperf3 -u, DNS and others use both on one port number).
-    const port = portKey(proxy);
-    const holder = port === undefined ? undefined : ports.get(port);
-    const holderGroup = holder === undefined ? undefined : config.proxies[holder]?.group;
-    // Proxies of one group share their port: two local replicas behind one public port is the point.
-    if (holder !== undefined && (proxy.group === undefined || holderGroup !== proxy.group)) {
+    const clashingPort = members.find((member) => {
+      const holder = ports.get(portKey(proxy.type, member.remotePort) ?? '');
+      // Proxies of one group share their port: two local replicas behind one public port is the point.
+      return (
+        holder !== undefined && (proxy.group === undefined || config.proxies[holder]?.group !== proxy.group)
+      );
+    });
+    if (clashingPort) {
+      const holder = ports.get(portKey(proxy.type, clashingPort.remotePort)!)!;
+      const holderGroup = config.proxies[holder]?.group;
       const groups =
         holderGroup === undefined && proxy.group === undefined
           ? ''
           : ` (${holderGroup === undefined ? 'in no group' : `in group "${holderGroup}"`}; only proxies of one group share a port)`;
+      const its = config.proxies[holder]?.port_range === undefined ? 'the remote_port' : 'in the remote_port';
       ctx.addIssue({
         code: 'custom',
         path: ['proxies', i, 'remote_port'],
-        message: `${proxy.remote_port} is already the remote_port of proxies${elementLabel(holder, config.proxies[holder])}${groups}`,
+        message: `${clashingPort.remotePort} is already ${its} of proxies${elementLabel(holder, config.proxies[holder])}${groups}`,
       });
     }
-    names.set(proxy.name, i);
-    if (port !== undefined) ports.set(port, i);
+    for (const member of members) {
+      names.set(
+        member.name,
+        ranged ? `proxies${elementLabel(i, proxy)}'s port ${member.remotePort}` : `proxies[${i}]`,
+      );
+      const port = portKey(proxy.type, member.remotePort);
+      if (port !== undefined) ports.set(port, i);
+    }
   });
   const visitorNames = new Map<string, number>();
   const binds = new Map<string, number>();
@@ -237,6 +256,8 @@ export interface ClientConfig {
   /** Told to the server at sign-in, for its plugins (frp's metadatas); a change applies at the next sign-in. */
   metadata: Readonly<Record<string, string>>;
   proxies: ProxyConfig[];
+  /** The [[proxies]] tables with port ranges ("proxies[3] (\"game\")") and the proxies each made, for `check`. */
+  portRanges: { table: string; proxies: string[] }[];
   /** Local ports whose connections go to other clients' private services. */
   visitors: VisitorConfig[];
   /** Worth saying but not refusing (a token file others can read), for the log. */
@@ -422,10 +443,19 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
     logLevel: raw.log_level,
     metadata: raw.metadata,
     proxies: [],
+    portRanges: [],
     visitors: raw.visitors.map(toVisitorConfig),
     warnings: exposed ? [`${tokenFile === undefined ? 'token' : 'token_file'}: ${exposed}`] : [],
   };
-  config.proxies = raw.proxies.map((proxy, i) => fileProxy(source, proxy, i, config.warnings));
+  // Read as tables (a range's files and warnings once), then run as proxies, one per port of a range.
+  const tables = raw.proxies.map((proxy, i) => fileProxy(source, proxy, i, config.warnings));
+  const expanded = tables.map(expandPortRange);
+  config.proxies = expanded.flat();
+  config.portRanges = tables.flatMap((table, i) =>
+    table.portRange === undefined
+      ? []
+      : [{ table: `proxies${elementLabel(i, table)}`, proxies: expanded[i]!.map((proxy) => proxy.name) }],
+  );
   const serverUrl = new URL(raw.server);
   // A URL's host is a Host field's value: host[:port], an IPv6 address in brackets.
   if (serverUrl.protocol === 'ws:' && !requestHostIsLoopback(serverUrl.host)) {
@@ -434,7 +464,7 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
     );
   }
   const tokenKey = raw.token === undefined ? tokenAt.key : originOf('token').key;
-  config.warnings.push(...tokenWarnings(tokenKey, token, config.proxies, config.visitors));
+  config.warnings.push(...tokenWarnings(tokenKey, token, tables, config.visitors));
   if (raw.admin) config.admin = { listen: raw.admin.listen };
   chooseDialProxy(config, raw, originOf('proxy'), originOf('proxy_password_file'));
   if (raw.ca_file !== undefined) {

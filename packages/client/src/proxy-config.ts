@@ -34,6 +34,15 @@ import {
 import { z } from 'zod';
 import type { HealthCheckConfig } from './health-check.js';
 import { type LocalTls, localTlsField, toLocalTls } from './local-tls.js';
+import {
+  firstLocal,
+  isLocalPortRange,
+  type LocalPortRange,
+  type PortRangePair,
+  parseLocalPortRange,
+  parseRemotePortRange,
+  readPortRange,
+} from './port-range-proxies.js';
 import type { SocksCredentials } from './socks5.js';
 import { type TerminateTls, terminateTlsField } from './terminate-tls.js';
 
@@ -131,13 +140,13 @@ export function describeProxyLocal(proxy: Pick<ProxyConfig, 'local' | 'localTls'
 
 /**
  * "host:port", "unix:PATH", "dir:PATH" (a relative PATH is resolved later, where the config file is known)
- * "socks5" or "http-proxy".
+ * "socks5" or "http-proxy"; "host:PORTS" ("127.0.0.1:27015-27030") for a range of tcp or udp proxies.
  */
 const localField = z
   .string({
     error: expected('"host:port", "unix:/path/to.sock", "dir:/path/to/share", "socks5" or "http-proxy"'),
   })
-  .transform((text, ctx): ProxyLocal => {
+  .transform((text, ctx): ProxyLocal | LocalPortRange => {
     if (text === SOCKS5_LOCAL || text === HTTP_PROXY_LOCAL) return text;
     if (text.startsWith(DIR_PREFIX)) {
       const dir = text.slice(DIR_PREFIX.length);
@@ -152,6 +161,10 @@ const localField = z
       return z.NEVER;
     }
     try {
+      if (!text.startsWith('unix:')) {
+        const range = parseLocalPortRange(text);
+        if (range) return range;
+      }
       return parseLocalAddress(text);
     } catch (err) {
       ctx.addIssue({ code: 'custom', message: (err as Error).message });
@@ -160,11 +173,31 @@ const localField = z
   });
 
 /** A tcp or udp proxy's public port; 0 (PICKED_PORT) asks the server to pick one, as `ssh -R 0:...` does. */
-const remotePortField = z
+const remotePortNumber = z
   .number({ error: expected('a port number (0: one the server picks)') })
   .int()
   .min(PICKED_PORT)
   .max(65535);
+
+/** remotePortNumber, or a range of them written as a string ("27015-27030"), which `local` pairs with. */
+const remotePortField = z
+  .union([z.number(), z.string()], {
+    error: expected('a port number (0: one the server picks) or a range like "27015-27030"'),
+  })
+  .transform((value, ctx): number | PortRanges => {
+    if (typeof value === 'number') {
+      const port = remotePortNumber.safeParse(value);
+      if (port.success) return port.data;
+      for (const issue of port.error.issues) ctx.addIssue({ ...issue });
+      return z.NEVER;
+    }
+    try {
+      return parseRemotePortRange(value);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      return z.NEVER;
+    }
+  });
 
 /** A tcp or udp proxy's address on the server (ssh -R's bind_address), in the spelling the server compares. */
 const remoteBindField = z
@@ -374,7 +407,12 @@ export const proxySchema = z
     local_tls: localTlsField.optional(),
     terminate_tls: terminateTlsField.optional(),
   })
-  .superRefine((proxy, ctx) => {
+  .superRefine((table, ctx) => {
+    // A range's checks are checkPortRange's; the others read its first port as they would a single one.
+    const proxy = { ...table, local: isLocalPortRange(table.local) ? firstLocal(table.local) : table.local };
+    const range = readPortRange(table);
+    if (range && 'message' in range)
+      ctx.addIssue({ code: 'custom', path: [range.key], message: range.message });
     for (const [key, types] of Object.entries(KEY_TYPES)) {
       if ((proxy as Record<string, unknown>)[key] !== undefined && !types.includes(proxy.type)) {
         ctx.addIssue({
@@ -488,8 +526,22 @@ export const proxySchema = z
       const most = formatDuration(UDP_IDLE_TIMEOUT_MAX_MS);
       ctx.addIssue({ code: 'custom', path: ['udp_idle_timeout'], message: `must be at most ${most}` });
     }
+  })
+  .transform(({ local, remote_port, ...table }) => {
+    // Checked above: a range here pairs. The table reads as its first port, with the pair beside it.
+    const range = readPortRange({ ...table, local, remote_port });
+    if (range === undefined || 'message' in range)
+      return {
+        ...table,
+        local: local as ProxyLocal,
+        remote_port: remote_port as number | undefined,
+        port_range: undefined as PortRangePair | undefined,
+      };
+    const first = isLocalPortRange(local) ? firstLocal(local) : (local as ProxyLocal);
+    return { ...table, local: first, remote_port: range.remote.at(0), port_range: range };
   });
 
+/** A [[proxies]] table as validated; one with port ranges reads as its first port, its ranges in port_range. */
 export type RawProxy = z.output<typeof proxySchema>;
 
 /**
@@ -630,6 +682,11 @@ export interface ProxyConfig {
   remotePort?: number;
   /** tcp, udp: the address the server binds remotePort on; absent: its proxy_bind. */
   remoteBind?: string;
+  /**
+   * tcp, udp: a table with port ranges, as read (remotePort and local are its first pair's), which
+   * expandPortRange makes one proxy per port of; the proxies that run never have it.
+   */
+  portRange?: PortRangePair;
   /** http, tls, tcpmux: hostnames (exact or "*.suffix") and/or a subdomain of the server's subdomain_host. */
   hosts?: string[];
   subdomain?: string;
@@ -694,6 +751,7 @@ export function toProxyConfig(raw: RawProxy): ProxyConfig {
   const proxy: ProxyConfig = { name: raw.name, type: raw.type, local: raw.local };
   if (raw.remote_port !== undefined) proxy.remotePort = raw.remote_port;
   if (raw.remote_bind !== undefined) proxy.remoteBind = raw.remote_bind;
+  if (raw.port_range !== undefined) proxy.portRange = raw.port_range;
   if (raw.hosts !== undefined) proxy.hosts = raw.hosts;
   if (raw.subdomain !== undefined) proxy.subdomain = raw.subdomain;
   if (raw.locations !== undefined) proxy.locations = raw.locations;
@@ -766,10 +824,8 @@ export function proxySpecFields(proxy: ProxyConfig): ProxySpec {
  * The key a proxy's public port is unique under: tcp and udp ports are separate spaces. Proxies whose port
  * the server picks have none: it gives each its own.
  */
-export function portKey(proxy: { type: ProxyType; remote_port?: number | undefined }): string | undefined {
-  return proxy.remote_port === undefined || proxy.remote_port === PICKED_PORT
-    ? undefined
-    : `${proxy.type}/${proxy.remote_port}`;
+export function portKey(type: ProxyType, remotePort: number | undefined): string | undefined {
+  return remotePort === undefined || remotePort === PICKED_PORT ? undefined : `${type}/${remotePort}`;
 }
 
 /** A tcp or udp proxy whose public port the server picks (remote_port = 0). */

@@ -43,9 +43,20 @@ export function certainTokenRefusal(token: string, now = Date.now()): string | u
   return 'refusal' in read ? read.refusal : undefined;
 }
 
+/** Why a token's grant refuses some of a range's ports, in one line however many: "ports 27020-27030 are outside ...". */
+function rangeGrantRefusal(grant: PortRanges | undefined, ports: PortRanges): string | undefined {
+  if (ports.size === 1) return portGrantRefusal(grant, ports.at(0));
+  const outside = grant === undefined ? '' : ports.outside(grant);
+  if (outside === '') return undefined;
+  if (outside === ports.toString()) return `ports ${ports} are all outside the token's grant (${grant})`;
+  const which = /^\d+$/.test(outside) ? `port ${outside} is` : `ports ${outside} are`;
+  return `${which} outside the token's grant (${grant}), of ${ports}`;
+}
+
 /**
  * Warnings about `token` (set by `tokenKey`: "token_file", "--token", ...) and what `proxies` ask of its
- * grants: not a JWT, expired or about to, a remote_port or hostname the server will refuse this token.
+ * grants: not a JWT, expired or about to, a remote_port or hostname the server will refuse this token. `proxies`
+ * are the [[proxies]] tables, a range's not yet expanded: its ports outside the grant are said in one line.
  * A subdomain is not checked: its full name depends on the server's subdomain_host.
  */
 export function tokenWarnings(
@@ -77,8 +88,11 @@ export function tokenWarnings(
     const portRefused =
       proxy.remotePort === undefined || proxy.remotePort === PICKED_PORT
         ? undefined
-        : portGrantRefusal(portGrant, proxy.remotePort);
-    if (portRefused) warnings.push(`${label}.remote_port: ${portRefused}; the server will refuse this proxy`);
+        : proxy.portRange === undefined
+          ? portGrantRefusal(portGrant, proxy.remotePort)
+          : rangeGrantRefusal(portGrant, proxy.portRange.remote);
+    const these = proxy.portRange === undefined ? 'this proxy' : 'the proxies of those ports';
+    if (portRefused) warnings.push(`${label}.remote_port: ${portRefused}; the server will refuse ${these}`);
     for (const host of proxy.hosts ?? []) {
       let name: string;
       try {
