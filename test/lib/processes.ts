@@ -468,7 +468,7 @@ export async function waitFor(what: string, check: () => boolean, timeoutMs: num
   }
 }
 
-export { freePort, freePorts } from '@porthole/mux/test/free-port';
+export { freePort, freePortRun, freePorts } from '@porthole/mux/test/free-port';
 
 /** Poll fn until it returns a truthy value or timeoutMs elapses (bounded loop). */
 export async function eventually<T>(

@@ -65,3 +65,23 @@ export async function freePorts(n: number, host = '127.0.0.1'): Promise<number[]
   for (let i = 0; i < n * 10 && ports.size < n; i++) ports.add(await freePort(host));
   return [...ports];
 }
+
+/**
+ * The first of `count` consecutive ports, each free a moment ago (a port range's public or local side), picked
+ * as freePort picks one. Bounded: gives up after 100 tries.
+ */
+export async function freePortRun(count: number, host = '127.0.0.1'): Promise<number> {
+  ephemeralRangeStart ??= readEphemeralRangeStart();
+  const span = (await ephemeralRangeStart) - LOWEST_PICKED_PORT - count;
+  for (let attempt = 0; span >= 1000 && attempt < 100; attempt++) {
+    const first = LOWEST_PICKED_PORT + Math.floor(Math.random() * span);
+    const run = Array.from({ length: count }, (_, i) => first + i);
+    if (run.some((port) => handedOut.has(port))) continue;
+    let free = true;
+    for (const port of run) if (free) free = (await bindAndRelease(port, host)) !== undefined;
+    if (!free) continue;
+    for (const port of run) handedOut.add(port);
+    return first;
+  }
+  throw new Error(`no run of ${count} free ports on ${host}`);
+}
