@@ -33,6 +33,23 @@ async function socatAsk(type: 'tcp' | 'udp', port: number, input: string): Promi
   return result.stdout;
 }
 
+/** A tcp echo server on each of `count` ports from `first`, whose banner is `name` and its index ("web0"). */
+async function startEchoRun(h: Harness, first: number, count: number, name: string): Promise<void> {
+  for (let i = 0; i < count; i++) {
+    const echo = await startEchoServer('127.0.0.1', first + i, `${name}${i}`);
+    h.onCleanup(() => echo.close());
+  }
+}
+
+/** A server allowing `ports` and a token granting them. */
+async function startRangeServer(
+  h: Harness,
+  ports: string,
+): Promise<{ server: RunningServer; token: string }> {
+  const server = await startServer(h, { allowPorts: [ports] });
+  return { server, token: await issueToken(server.config, { name: 'ranges', ports }) };
+}
+
 test(
   'a tcp and a udp range each expand into one proxy per port; every public port reaches the service on its paired local port',
   { timeout: 90_000 },
@@ -42,17 +59,12 @@ test(
       const tcpPublic = await freePortRun(4);
       const udpLocal = await freePortRun(3);
       const udpPublic = await freePortRun(3);
-      for (let i = 0; i < 4; i++) {
-        const echo = await startEchoServer('127.0.0.1', tcpLocal + i, `web${i}`);
-        h.onCleanup(() => echo.close());
-      }
+      await startEchoRun(h, tcpLocal, 4, 'web');
       for (let i = 0; i < 3; i++) {
         const echo = await startUdpEcho(`game${i}`, '127.0.0.1', udpLocal + i);
         h.onCleanup(() => echo.close());
       }
-      const ports = `${span(tcpPublic, 4)},${span(udpPublic, 3)}`;
-      const server = await startServer(h, { allowPorts: [ports] });
-      const token = await issueToken(server.config, { name: 'ranges', ports });
+      const { server, token } = await startRangeServer(h, `${span(tcpPublic, 4)},${span(udpPublic, 3)}`);
       const configPath = await h.file(
         'client.toml',
         await rangeConfigText(h, server, token, [
@@ -98,12 +110,8 @@ test(
     withHarness(t, async (h) => {
       const local = await freePortRun(4);
       const remote = await freePortRun(4);
-      for (let i = 0; i < 4; i++) {
-        const echo = await startEchoServer('127.0.0.1', local + i, `svc${i}`);
-        h.onCleanup(() => echo.close());
-      }
-      const server = await startServer(h, { allowPorts: [span(remote, 4)] });
-      const token = await issueToken(server.config, { name: 'ranges', ports: span(remote, 4) });
+      await startEchoRun(h, local, 4, 'svc');
+      const { server, token } = await startRangeServer(h, span(remote, 4));
       const table = (count: number) => ({
         name: 'svc',
         type: 'tcp',
@@ -138,7 +146,7 @@ test(
 );
 
 test(
-  'porthole-client check refuses ranges of different lengths and one past the cap, exit 2, naming the table and key',
+  'porthole-client check refuses ranges of different lengths and one past the cap, exit 2, naming the table and key (the flag for a --udp rule)',
   { timeout: 30_000 },
   (t) =>
     withHarness(t, async (h) => {
@@ -157,8 +165,20 @@ test(
       const check = await run(clientBin, ['check', '--config', config]);
       assert.equal(check.code, 2, check.stdout);
       assert.deepEqual(check.stderr.trim().split('\n'), [
-        `${config}: proxies[0] ("game").remote_port: names 27015-27029 (15 ports) and local 27015-27030 (16 ports): the two pair port by port, so they must be the same length`,
-        `${config}: proxies[1] ("rtp").remote_port: names 20000-21024 (1025 ports), more than the 1024 one table may expand to: split it over several tables`,
+        `${config}: proxies[0] ("game").remote_port: 27015-27029 is 15 ports and local's 27015-27030 is 16 ports: the two pair port by port, so they must be as many`,
+        `${config}: proxies[1] ("rtp").remote_port: 20000-21024 is 1025 ports, more than the 1024 one table may expand to: split it over several tables`,
       ]);
+      // The quick flag's form, named as the flag.
+      const server = ['--server', 'ws://127.0.0.1:7000/_porthole', '--token-file', tokenFile];
+      const rule = '27015-27018:127.0.0.1:27015-27019';
+      const flag = await run(clientBin, ['check', ...server, '--udp', rule]);
+      assert.equal(flag.code, 2, flag.stdout);
+      assert.equal(
+        flag.stderr,
+        `command line: --udp: "${rule}": 27015-27018 is 4 ports and local's 27015-27019 is 5 ports: the two pair port by port, so they must be as many\n`,
+      );
+      const ok = await run(clientBin, ['check', ...server, '--udp', '27015-27018:127.0.0.1:27015-27018']);
+      assert.equal(ok.code, 0, ok.stderr);
+      assert.match(ok.stdout, /ok \(4 proxies\)\n.*a port range, 4 proxies \(udp-27015 \.\.\. udp-27018\)\n/);
     }),
 );

@@ -66,6 +66,9 @@ Options (they override the config file's keys; --tcp and --udp add proxies, --vi
   --udp [BIND_ADDRESS:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT
                              expose a local UDP service on the server's UDP REMOTE_PORT (repeatable);
                              the proxy is named udp-REMOTE_PORT; 0: the server picks one
+  --tcp/--udp [BIND_ADDRESS:]REMOTE_PORTS:LOCAL_HOST:LOCAL_PORTS
+                             port ranges of as many ports each (27015-27030:127.0.0.1:27015-27030),
+                             paired in order: one proxy per port, named tcp-PORT or udp-PORT
   --visit [udp:][BIND_HOST:]PORT:OWNER/PROXY
                              listen on BIND_HOST:PORT (default 127.0.0.1) and take each connection
                              (udp: each sender) to client OWNER's private proxy PROXY (repeatable; the

@@ -7,6 +7,7 @@ import {
   elementLabel,
   expandConfigPath,
   expected,
+  formatHostPort,
   formatLocalAddress,
   type HostPort,
   hostPortField,
@@ -37,7 +38,7 @@ import {
   proxyFromEnvironment,
 } from './dial-proxy.js';
 import type { LocalTls } from './local-tls.js';
-import { expandPortRange, tableMembers } from './port-range-proxies.js';
+import { expandPortRange, readPortRange, tableMembers, writtenMembers } from './port-range-proxies.js';
 import {
   isDirectoryLocal,
   isUnixSocketLocal,
@@ -625,34 +626,59 @@ function withRuleProxies(
       // Relative to the working directory, as the other flags' paths are.
       local = { path: resolveSocketPath({ source: COMMAND_LINE, key: `--${type}` }, local.path) };
     }
-    const proxy = {
-      name: ruleProxyName(parsed.type, parsed.remotePort, proxies),
-      type: parsed.type,
-      local: formatLocalAddress(local),
-      remote_port: parsed.remotePort,
-      ...(parsed.remoteBind === undefined ? {} : { remote_bind: parsed.remoteBind }),
-    };
-    // The same port space, as portKey has it (the file's tables are not validated yet); the server gives
-    // each proxy with port 0 a port of its own.
-    const samePort = proxies.findIndex(
-      (other) =>
-        isRecord(other) &&
-        other.type === proxy.type &&
-        other.remote_port === proxy.remote_port &&
-        proxy.remote_port !== PICKED_PORT,
-    );
+    const { ranges } = parsed;
+    if (ranges && !isUnixSocketAddress(local)) {
+      const range = readPortRange({
+        type,
+        local: { host: local.host, ports: ranges.local },
+        remote_port: ranges.remote,
+      });
+      if (range && 'message' in range)
+        throw ConfigError.at(COMMAND_LINE, `--${type}`, `"${rule}": ${range.message}`);
+    }
+    const proxy =
+      ranges && !isUnixSocketAddress(local)
+        ? // Its proxies are named TYPE-PORT, as a single rule's is: the table is named by the type.
+          {
+            name: type,
+            type,
+            local: formatHostPort(local.host, ranges.local),
+            remote_port: `${ranges.remote}`,
+          }
+        : {
+            name: ruleProxyName(parsed.type, parsed.remotePort, proxies),
+            type,
+            local: formatLocalAddress(local),
+            remote_port: parsed.remotePort,
+          };
+    if (parsed.remoteBind !== undefined) Object.assign(proxy, { remote_bind: parsed.remoteBind });
+    // Its proxies' ports and names against every table's and rule's before it, as tableMembers has them (the
+    // file's are not validated yet); the server gives each proxy with port 0 a port of its own.
+    const mine = writtenMembers(proxy);
+    const sharedPort = (other: unknown) =>
+      isRecord(other) && other.type === type
+        ? writtenMembers(other).find(
+            (theirs) =>
+              theirs.remotePort !== PICKED_PORT && mine.some((m) => m.remotePort === theirs.remotePort),
+          )
+        : undefined;
+    const samePort = proxies.findIndex((other) => sharedPort(other) !== undefined);
     if (samePort !== -1)
       throw ConfigError.at(
         COMMAND_LINE,
         `--${type}`,
-        `"${rule}": ${type} port ${proxy.remote_port} is already taken by ${owners[samePort]}`,
+        `"${rule}": ${type} port ${sharedPort(proxies[samePort])!.remotePort} is already taken by ${owners[samePort]}`,
       );
-    const sameName = proxies.findIndex((other) => isRecord(other) && other.name === proxy.name);
+    const sharedName = (other: unknown) =>
+      isRecord(other)
+        ? writtenMembers(other).find((theirs) => mine.some((m) => m.name === theirs.name))
+        : undefined;
+    const sameName = proxies.findIndex((other) => sharedName(other) !== undefined);
     if (sameName !== -1)
       throw ConfigError.at(
         COMMAND_LINE,
         `--${type}`,
-        `"${rule}": its proxy's name, "${proxy.name}", is already that of ${owners[sameName]}`,
+        `"${rule}": its proxy's name, "${sharedName(proxies[sameName])!.name}", is already that of ${owners[sameName]}`,
       );
     proxies.push(proxy);
     owners.push(`--${type} "${rule}"`);

@@ -2,7 +2,7 @@
 // `local = "127.0.0.1:27015-27030"`): what frp users stamp out with a template and parseNumberRangePair. It
 // expands here, in the client, into one ordinary proxy per port (`game-27015` ...) before anything
 // registers, so the server, status, logs and reloads see nothing new.
-import { type HostPort, PortRanges, parseHostPort } from '@porthole/protocol';
+import { type HostPort, isPortRangeText, PortRanges, parseHostPorts } from '@porthole/protocol';
 import type { ProxyConfig } from './proxy-config.js';
 
 /**
@@ -38,13 +38,7 @@ export function isLocalPortRange(local: unknown): local is LocalPortRange {
  * for a single port (or no port at all), which `local`'s other forms read. Throws with the reason.
  */
 export function parseLocalPortRange(text: string): LocalPortRange | undefined {
-  const colon = text.lastIndexOf(':');
-  const ports = text.slice(colon + 1);
-  if (colon < 0 || !/^[\d\s,-]+$/.test(ports) || !/[-,]/.test(ports)) return undefined;
-  const range = PortRanges.parse(ports);
-  // The host is checked as a single address's is, with the range's first port standing in.
-  const { host } = parseHostPort(`${text.slice(0, colon)}:${range.at(0)}`);
-  return { host, ports: range };
+  return isPortRangeText(text.slice(text.lastIndexOf(':') + 1)) ? parseHostPorts(text) : undefined;
 }
 
 /** `remote_port = "27015-27030"` (or "8000,8002-8004"); throws with the reason. */
@@ -56,9 +50,9 @@ export function parseRemotePortRange(text: string): PortRanges {
   return PortRanges.parse(text);
 }
 
-/** "27015-27030 (16 ports)", "8080 (1 port)". */
+/** "16 ports", "1 port". */
 function counted(ports: PortRanges): string {
-  return `${ports} (${ports.size} ${ports.size === 1 ? 'port' : 'ports'})`;
+  return `${ports.size} ${ports.size === 1 ? 'port' : 'ports'}`;
 }
 
 /** A table's keys as the schema has read them, before its ranges are paired. */
@@ -96,23 +90,23 @@ export function readPortRange(table: RangeTable): PortRangePair | PortRangeProbl
     const written = typeof table.remote_port === 'number' ? ` (${table.remote_port})` : '';
     return issue(
       'remote_port',
-      `local names ${counted(local!)}, so remote_port${written} must be a range of as many, e.g. "${local}"`,
+      `local's ${local} is ${counted(local!)}, so remote_port${written} must be a range of as many, e.g. "${local}"`,
     );
   }
   if (local === undefined)
     return issue(
       'local',
-      `remote_port names ${counted(remote)}, so local must be "host:PORTS" with as many, e.g. "127.0.0.1:${remote}"`,
+      `remote_port's ${remote} is ${counted(remote)}, so local must be "host:PORTS" with as many, e.g. "127.0.0.1:${remote}"`,
     );
   if (remote.size !== local.size)
     return issue(
       'remote_port',
-      `names ${counted(remote)} and local ${counted(local)}: the two pair port by port, so they must be the same length`,
+      `${remote} is ${counted(remote)} and local's ${local} is ${counted(local)}: the two pair port by port, so they must be as many`,
     );
   if (remote.size > MAX_RANGE_PORTS)
     return issue(
       'remote_port',
-      `names ${counted(remote)}, more than the ${MAX_RANGE_PORTS} one table may expand to: split it over several tables`,
+      `${remote} is ${counted(remote)}, more than the ${MAX_RANGE_PORTS} one table may expand to: split it over several tables`,
     );
   // Per port it would multiply the cap by the range's length, which is not what a cap on a table reads as.
   if (table.bandwidth_limit !== undefined)
@@ -121,6 +115,26 @@ export function readPortRange(table: RangeTable): PortRangePair | PortRangeProbl
       `a port range expands to ${remote.size} proxies, and the limit would apply to each of them, ${remote.size} times what it says: write the ports that need a cap as tables of their own`,
     );
   return { remote, local };
+}
+
+/**
+ * tableMembers of a table as written, not validated yet (a quick flag's rule is checked against the file's
+ * tables before they are): what can be read of its name and remote_port.
+ */
+export function writtenMembers(
+  table: Record<string, unknown>,
+): { name: string; remotePort: number | undefined }[] {
+  const name = typeof table.name === 'string' ? table.name : '';
+  if (typeof table.remote_port !== 'string')
+    return tableMembers({
+      name,
+      remote_port: typeof table.remote_port === 'number' ? table.remote_port : undefined,
+    });
+  try {
+    return tableMembers({ name, port_range: { remote: parseRemotePortRange(table.remote_port) } });
+  } catch {
+    return []; // refused where the table is validated
+  }
 }
 
 /** A member's name: the table's name and its remote port, as frp's templates name them ("game-27015"). */
@@ -132,7 +146,7 @@ export function rangeMemberName(tableName: string, remotePort: number): string {
 export function tableMembers(table: {
   name: string;
   remote_port?: number | undefined;
-  port_range?: PortRangePair | undefined;
+  port_range?: Pick<PortRangePair, 'remote'> | undefined;
 }): { name: string; remotePort: number | undefined }[] {
   const range = table.port_range;
   if (range === undefined) return [{ name: table.name, remotePort: table.remote_port }];

@@ -408,7 +408,7 @@ export const proxySchema = z
     terminate_tls: terminateTlsField.optional(),
   })
   .superRefine((table, ctx) => {
-    // A range's checks are checkPortRange's; the others read its first port as they would a single one.
+    // A range's own checks are readPortRange's; the others read its first port as they would a single one.
     const proxy = { ...table, local: isLocalPortRange(table.local) ? firstLocal(table.local) : table.local };
     const range = readPortRange(table);
     if (range && 'message' in range)

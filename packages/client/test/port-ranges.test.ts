@@ -1,43 +1,30 @@
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { scratchDir } from '@porthole/mux/test/scratch-dir';
 import { ConfigError, issueToken } from '@porthole/protocol';
 import { loadClientConfig } from '../src/config.js';
 import { MAX_RANGE_PORTS } from '../src/port-range-proxies.js';
 import { describeLocal, proxySpecFields } from '../src/proxy-config.js';
 import { diffProxies } from '../src/reload.js';
+import { configScratch, HEAD } from './config-scratch.js';
 
-const dir = scratchDir('porthole-client-port-ranges-');
-const TOKEN = await issueToken('s'.repeat(32), {
-  name: 'homelab',
-  expiresInMs: null,
-  ports: '27015-27020,9000-9100',
-});
-writeFileSync(join(dir, 'token'), `${TOKEN}\n`, { mode: 0o600 });
-const HEAD = 'server = "wss://vps.example.com/_porthole"\ntoken_file = "token"\n';
+const scratch = await configScratch('porthole-client-port-ranges-');
+const dir = scratch.dir;
+// A token whose port grant the warnings are checked against, readable by its owner alone (no warning of that).
+const tokenFile = join(dir, 'token');
+writeFileSync(
+  tokenFile,
+  `${await issueToken('s'.repeat(32), { name: 'homelab', expiresInMs: null, ports: '27015-27020,9000-9100' })}\n`,
+);
+chmodSync(tokenFile, 0o600);
 
-function write(text: string): string {
-  const file = join(dir, `c${Math.random().toString(36).slice(2)}.toml`);
-  writeFileSync(file, `${HEAD}${text}`);
-  return file;
-}
+const write = (text: string): string => scratch.write(`${HEAD}${text}`);
+const problems = (text: string): string[] => scratch.problems(`${HEAD}${text}`);
 
 /** A [[proxies]] table with these lines. */
 function table(lines: string): string {
   return `[[proxies]]\n${lines.trim()}\n`;
-}
-
-function problems(text: string): string[] {
-  const file = write(text);
-  try {
-    loadClientConfig(file);
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, String(err));
-    return err.problems.map((line) => line.replace(`${file}: `, ''));
-  }
-  assert.fail('expected a ConfigError');
 }
 
 const GAME = table(`
@@ -112,13 +99,13 @@ test('ranges that cannot pair are refused naming the table, the key and why', ()
         table('name = "sock"\ntype = "tcp"\nlocal = "unix:/run/a.sock"\nremote_port = "80-81"'),
     ),
     [
-      'proxies[0] ("game").remote_port: names 27015-27029 (15 ports) and local 27015-27030 (16 ports): the two pair port by port, so they must be the same length',
-      `proxies[1] ("big").remote_port: names 10000-11024 (1025 ports), more than the ${MAX_RANGE_PORTS} one table may expand to: split it over several tables`,
+      `proxies[0] ("game").remote_port: 27015-27029 is 15 ports and local's 27015-27030 is 16 ports: the two pair port by port, so they must be as many`,
+      `proxies[1] ("big").remote_port: 10000-11024 is 1025 ports, more than the ${MAX_RANGE_PORTS} one table may expand to: split it over several tables`,
       'proxies[2] ("picked").remote_port: "0-1": 0 (a port the server picks) cannot be part of a range; the server picks one port per proxy, so write remote_port = 0 in a table of its own',
       'proxies[3] ("web").local: a port range is for tcp and udp proxies, not http',
       'proxies[4] ("capped").bandwidth_limit: a port range expands to 2 proxies, and the limit would apply to each of them, 2 times what it says: write the ports that need a cap as tables of their own',
-      'proxies[5] ("one").remote_port: local names 80-81 (2 ports), so remote_port (80) must be a range of as many, e.g. "80-81"',
-      'proxies[6] ("sock").local: remote_port names 80-81 (2 ports), so local must be "host:PORTS" with as many, e.g. "127.0.0.1:80-81"',
+      `proxies[5] ("one").remote_port: local's 80-81 is 2 ports, so remote_port (80) must be a range of as many, e.g. "80-81"`,
+      `proxies[6] ("sock").local: remote_port's 80-81 is 2 ports, so local must be "host:PORTS" with as many, e.g. "127.0.0.1:80-81"`,
     ],
   );
 });
@@ -164,4 +151,42 @@ test('a reload that widens or moves a range adds and removes exactly the ports t
   const moved = loadClientConfig(write(GAME.replace(/27015-27018/g, '27016-27019'))).proxies;
   const diff = diffProxies(running, moved, proxySpecFields);
   assert.deepEqual([diff.added, diff.removed, diff.changed], [['game-27019'], ['game-27015'], []]);
+});
+
+test('--tcp and --udp take ranges too: proxies named TYPE-PORT, checked as a table is and against the file', () => {
+  const flags = { server: 'wss://vps.example.com/_porthole', tokenFile: join(dir, 'token') };
+  const config = loadClientConfig(undefined, {
+    ...flags,
+    udp: ['27015-27017:127.0.0.1:27015-27017'],
+    tcp: ['127.0.0.1:9000,9002:[::1]:80-81'],
+  });
+  assert.deepEqual(
+    config.proxies.map((p) => [p.name, p.type, p.remoteBind, p.remotePort, describeLocal(p.local)]),
+    [
+      // --tcp rules come first, as they do for single ports.
+      ['tcp-9000', 'tcp', '127.0.0.1', 9000, '[::1]:80'],
+      ['tcp-9002', 'tcp', '127.0.0.1', 9002, '[::1]:81'],
+      ['udp-27015', 'udp', undefined, 27015, '127.0.0.1:27015'],
+      ['udp-27016', 'udp', undefined, 27016, '127.0.0.1:27016'],
+      ['udp-27017', 'udp', undefined, 27017, '127.0.0.1:27017'],
+    ],
+  );
+  const refusal = (options: Parameters<typeof loadClientConfig>[1], file?: string) => {
+    try {
+      loadClientConfig(file, { ...flags, ...options });
+    } catch (err) {
+      assert.ok(err instanceof ConfigError, String(err));
+      return err.problems.map((line) => (file ? line.replace(file, 'FILE') : line));
+    }
+    assert.fail('expected a ConfigError');
+  };
+  assert.deepEqual(refusal({ udp: ['27015-27016:127.0.0.1:27015-27017'] }), [
+    `command line: --udp: "27015-27016:127.0.0.1:27015-27017": 27015-27016 is 2 ports and local's 27015-27017 is 3 ports: the two pair port by port, so they must be as many`,
+  ]);
+  assert.deepEqual(refusal({ udp: ['27010-27016:127.0.0.1:27010-27016'] }, write(GAME)), [
+    `command line: --udp: "27010-27016:127.0.0.1:27010-27016": udp port 27015 is already taken by proxies[0] ("game") in FILE`,
+  ]);
+  assert.deepEqual(refusal({ udp: ['5000:127.0.0.1:5000', '4999-5000:127.0.0.1:4999-5000'] }), [
+    `command line: --udp: "4999-5000:127.0.0.1:4999-5000": udp port 5000 is already taken by --udp "5000:127.0.0.1:5000"`,
+  ]);
 });

@@ -1,4 +1,5 @@
 import { isIPv6 } from 'node:net';
+import { PortRanges } from './port-ranges.js';
 
 export interface HostPort {
   host: string;
@@ -30,8 +31,25 @@ export function parseHostPort(text: string, opts: { allowZeroPort?: boolean } = 
   return { host, port: parsePort(match[2]!, opts.allowZeroPort) };
 }
 
-/** Formats a host and port for humans and for `parseHostPort`, bracketing IPv6 literals. */
-export function formatHostPort(host: string, port: number): string {
+/**
+ * "127.0.0.1:27015-27030", "[::1]:8000,8002-8004" (a single port too): a host and a set of ports, for port range
+ * proxies; the host is checked as parseHostPort checks one. Throws with the reason.
+ */
+export function parseHostPorts(text: string): { host: string; ports: PortRanges } {
+  const colon = text.lastIndexOf(':');
+  if (colon < 0)
+    throw new Error(`invalid address "${text}" (expected host:ports, e.g. 127.0.0.1:27015-27030)`);
+  const ports = PortRanges.parse(text.slice(colon + 1));
+  return { host: parseHostPort(`${text.slice(0, colon)}:${ports.at(0)}`).host, ports };
+}
+
+/** "27015-27030", "8000,8002-8004": ports written as a range or a list, not one port. */
+export function isPortRangeText(text: string): boolean {
+  return /^[\d\s,-]+$/.test(text) && /[-,]/.test(text);
+}
+
+/** Formats a host and port (or ports) for humans and for `parseHostPort` (`parseHostPorts`), bracketing IPv6 literals. */
+export function formatHostPort(host: string, port: number | PortRanges): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
 

@@ -1,6 +1,7 @@
 import { parseBindAddress } from './bind-address.js';
-import { parsePort } from './host-port.js';
+import { isPortRangeText, parseHostPorts, parsePort } from './host-port.js';
 import { type LocalAddress, parseLocalAddress } from './local-address.js';
+import { PortRanges } from './port-ranges.js';
 
 /**
  * tcp and udp proxies own a public port; http, tls and tcpmux proxies are reached by hostname on shared
@@ -23,13 +24,18 @@ export interface ProxyRule {
   /** 0: the server picks the port. */
   remotePort: number;
   local: LocalAddress;
+  /**
+   * A port range rule ("27015-27030:127.0.0.1:27015-27030"): its public and local ports as written (remotePort
+   * and local are the first of each), for the client to pair and check.
+   */
+  ranges?: { remote: PortRanges; local: PortRanges };
 }
 
 /**
  * Parses a quick-flag rule, ssh -R's `[bind_address:]port:host:hostport` with an optional type in front:
  * "2222:127.0.0.1:22", "0:127.0.0.1:22" (remote port 0: the server picks one), "tcp:2222:127.0.0.1:22",
- * "udp:5353:127.0.0.1:53", "2222:[::1]:22", "8080:unix:/run/app.sock", and with the address the server
- * binds: "127.0.0.1:8080:localhost:80", "[::1]:5353:localhost:53". The remote side comes first (the port
+ * "udp:5353:127.0.0.1:53", "2222:[::1]:22", "8080:unix:/run/app.sock", with the address the server binds:
+ * "127.0.0.1:8080:localhost:80", "[::1]:5353:localhost:53", and port ranges: "27015-27030:127.0.0.1:27015-27030". The remote side comes first (the port
  * opened on the server), then the local address.
  */
 export function parseRule(text: string, defaultType: PortProxyType = 'tcp'): ProxyRule {
@@ -61,7 +67,7 @@ export function parseRule(text: string, defaultType: PortProxyType = 'tcp'): Pro
   let remoteBind: string | undefined;
   const first = rest.startsWith('[') ? /^\[[^\]]*\]/.exec(rest)?.[0] : rest.slice(0, rest.indexOf(':'));
   if (first === undefined || rest[first.length] !== ':') throw new Error(usage());
-  if (!/^\d+$/.test(first)) {
+  if (!/^\d+$/.test(first) && !isPortRangeText(first)) {
     try {
       remoteBind = parseBindAddress(first);
     } catch {
@@ -72,6 +78,19 @@ export function parseRule(text: string, defaultType: PortProxyType = 'tcp'): Pro
   const colon = rest.indexOf(':');
   if (colon < 0) throw new Error(usage());
   try {
+    const remote = rest.slice(0, colon);
+    if (isPortRangeText(remote)) {
+      const local = parseHostPorts(rest.slice(colon + 1));
+      const ranges = { remote: PortRanges.parse(remote), local: local.ports };
+      const first = { host: local.host, port: local.ports.at(0) };
+      return {
+        type,
+        ...(remoteBind === undefined ? {} : { remoteBind }),
+        remotePort: ranges.remote.at(0),
+        local: first,
+        ranges,
+      };
+    }
     return {
       type,
       ...(remoteBind === undefined ? {} : { remoteBind }),

@@ -109,6 +109,12 @@ test('rules accept the plain and the typed form', () => {
     local: { host: '127.0.0.1', port: 53 },
   });
   assert.equal(parseRule('5353:127.0.0.1:53', 'udp').type, 'udp');
+  const range = parseRule('udp:127.0.0.1:27015-27016:[::1]:8000,8002');
+  assert.deepEqual(
+    [range.remoteBind, range.remotePort, range.local, `${range.ranges?.remote}`, `${range.ranges?.local}`],
+    ['127.0.0.1', 27015, { host: '::1', port: 8000 }, '27015-27016', '8000,8002'],
+  );
+  assert.equal(parseRule('2222:127.0.0.1:22').ranges, undefined, 'a single port is no range');
   assert.throws(() => parseRule('http:80:127.0.0.1:3000'), /unsupported proxy type "http"/);
   assert.throws(() => parseRule('2222'), /invalid rule "2222"/);
   assert.throws(() => parseRule('x:127.0.0.1:22'), /unsupported proxy type "x"/);
