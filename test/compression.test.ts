@@ -11,7 +11,7 @@ import { test } from 'node:test';
 import { WebSocket } from 'ws';
 import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
-import { issue, startPrivateClient, startPrivateServer } from './lib/private.js';
+import { ADMIN_TOKEN, adminApi, issue, startPrivateClient, startPrivateServer } from './lib/private.js';
 import { clientBin, freePorts, type Harness, run, withHarness, withTimeout } from './lib/processes.js';
 import {
   issueRoutedToken,
@@ -48,11 +48,11 @@ function textFile(bytes: number): Buffer {
   return Buffer.from(lines.join('')).subarray(0, bytes);
 }
 
-/** A TCP relay in front of the server's control port that counts the bytes it carries, both ways together. */
-async function startCountingRelay(
-  h: Harness,
-  targetPort: number,
-): Promise<{ port: number; bytes(): number }> {
+/**
+ * A TCP relay in front of the server's control port that counts the bytes it carries, both ways together;
+ * `url` is the control endpoint through it, for the client whose tunnel hop is measured.
+ */
+async function startCountingRelay(h: Harness, targetPort: number): Promise<{ url: string; bytes(): number }> {
   let bytes = 0;
   const server = net.createServer((from) => {
     const to = net.connect(targetPort, '127.0.0.1');
@@ -69,7 +69,8 @@ async function startCountingRelay(
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   h.onCleanup(() => server.close());
-  return { port: (server.address() as net.AddressInfo).port, bytes: () => bytes };
+  const { port } = server.address() as net.AddressInfo;
+  return { url: `ws://127.0.0.1:${port}/_porthole`, bytes: () => bytes };
 }
 
 interface Measured {
@@ -103,7 +104,7 @@ test(
       const relay = await startCountingRelay(h, server.port);
       const token = await issueRoutedToken(server, { name: 'homelab', ports: `${packedPort},${plainPort}` });
       const client = await startRoutedClient(h, {
-        server: `ws://127.0.0.1:${relay.port}/_porthole`,
+        server: relay.url,
         token,
         proxies: [
           {
@@ -224,7 +225,7 @@ test(
       const relay = await startCountingRelay(h, server.port);
       const token = await issueRoutedToken(server, { name: 'homelab', hosts: ['app.test'] });
       const client = await startRoutedClient(h, {
-        server: `ws://127.0.0.1:${relay.port}/_porthole`,
+        server: relay.url,
         token,
         proxies: [
           {
@@ -304,7 +305,7 @@ test(
       const relay = await startCountingRelay(h, server.port);
       const token = await issueRoutedToken(server, { name: 'homelab', hosts: ['web.test'] });
       await startRoutedClient(h, {
-        server: `ws://127.0.0.1:${relay.port}/_porthole`,
+        server: relay.url,
         token,
         proxies: [
           {
@@ -389,7 +390,7 @@ test(
       const visitorToken = await issue(server, 'laptop', 'nas/files');
       // The owner's session runs through the counting relay: its hop is the one compressed.
       const relay = await startCountingRelay(h, server.port);
-      const viaRelay = { ...server, url: `ws://127.0.0.1:${relay.port}/_porthole` };
+      const viaRelay = { ...server, url: relay.url };
       await startPrivateClient(h, 'nas', viaRelay, ownerToken, {
         proxies: [{ name: 'files', local: `127.0.0.1:${echo.port}`, compression: true }],
       });
@@ -440,5 +441,65 @@ test(
       assert.equal(checked.code, 2, checked.stdout + checked.stderr);
       assert.match(checked.stderr, /compression/);
       assert.match(checked.stderr, /udp datagrams are too small/);
+    }),
+);
+
+test(
+  'compression is shown where proxies are listed: /api/proxies, /api/clients and porthole-client status say it of the compressed proxy, not of the plain one',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const echo = await startEchoServer();
+      h.onCleanup(() => echo.close());
+      const [packedPort, plainPort, adminPort] = await freePorts(3);
+      const server = await startRoutedServer(h, {
+        http: false,
+        allowPorts: [`${packedPort}`, `${plainPort}`],
+        admin: { token: ADMIN_TOKEN },
+      });
+      const token = await issueRoutedToken(server, { name: 'homelab', ports: `${packedPort},${plainPort}` });
+      const local = `127.0.0.1:${echo.port}`;
+      await startRoutedClient(h, {
+        server: server.url,
+        token,
+        adminListen: `127.0.0.1:${adminPort}`,
+        proxies: [
+          { name: 'packed', type: 'tcp', local, remote_port: packedPort!, compression: true },
+          { name: 'plain', type: 'tcp', local, remote_port: plainPort! },
+        ],
+      });
+
+      type Listed = { name: string; compression?: boolean };
+      const compressionOf = (proxies: Listed[]) => proxies.map((p) => [p.name, p.compression]);
+      const { proxies } = (await adminApi(server, '/api/proxies')) as { proxies: Listed[] };
+      assert.deepEqual(compressionOf(proxies), [
+        ['packed', true],
+        ['plain', false],
+      ]);
+      const { clients } = (await adminApi(server, '/api/clients')) as { clients: { proxies: Listed[] }[] };
+      assert.deepEqual(compressionOf(clients[0]?.proxies ?? []), [
+        ['packed', true],
+        ['plain', false],
+      ]);
+
+      const admin = ['--admin', `127.0.0.1:${adminPort}`];
+      const json = await run(clientBin, ['status', ...admin, '--json'], { timeoutMs: 15_000 });
+      assert.equal(json.code, 0, json.stdout + json.stderr);
+      const status = JSON.parse(json.stdout) as {
+        proxies: (Listed & { compression_unavailable?: string })[];
+      };
+      assert.deepEqual(
+        status.proxies.map((p) => [p.name, p.compression, p.compression_unavailable]),
+        [
+          ['packed', true, undefined],
+          ['plain', false, undefined],
+        ],
+      );
+      const text = await run(clientBin, ['status', ...admin], { timeoutMs: 15_000 });
+      assert.equal(text.code, 0, text.stdout + text.stderr);
+      assert.match(text.stdout, /^PROXY .* OPEN +COMPRESSION +DETAIL$/m, text.stdout);
+      assert.match(text.stdout, /^packed .* registered +0 +on +public /m, text.stdout);
+      assert.match(text.stdout, /^plain .* registered +0 +off +public /m, text.stdout);
+      t.diagnostic(text.stdout);
     }),
 );

@@ -1,12 +1,12 @@
 // The admin status page in a real headless browser (Debian's chromium driven by playwright-core): sign in
-// with the admin token, see the client, its proxy and public address, a live connection appear and go,
-// and its byte counts and throughput grow while data flows.
+// with the admin token, see the client, its proxy and public address (a compressed one marked so), a live
+// connection appear and go, and its byte counts and throughput grow while data flows.
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
 import { test } from 'node:test';
 import { type Browser, chromium, type Page } from 'playwright-core';
-import { eventually, freePort, withHarness } from './lib/processes.js';
+import { eventually, freePorts, withHarness } from './lib/processes.js';
 import { startEchoServer } from './lib/services.js';
 import { startTunnel } from './lib/tunnel.js';
 
@@ -50,10 +50,13 @@ test(
     withHarness(t, async (h) => {
       const echo = await startEchoServer('127.0.0.1', 0);
       h.onCleanup(() => echo.close());
-      const remotePort = await freePort();
+      const [remotePort, packedPort] = await freePorts(2);
       const { server, publicPort } = await startTunnel(
         h,
-        [{ name: 'web', local: `127.0.0.1:${echo.port}`, remotePort }],
+        [
+          { name: 'web', local: `127.0.0.1:${echo.port}`, remotePort: remotePort! },
+          { name: 'packed', local: `127.0.0.1:${echo.port}`, remotePort: packedPort!, compression: true },
+        ],
         { tokenName: 'homelab', server: { admin: { token: ADMIN_TOKEN } } },
       );
 
@@ -103,6 +106,8 @@ test(
       assert.equal(await text(page, '#clients tbody tr td.name'), 'homelab');
       const proxyRow = page.locator('#proxies tbody tr[data-proxy="homelab/web"]');
       assert.equal(await proxyRow.locator('td.name').textContent(), 'web');
+      const packedRow = page.locator('#proxies tbody tr[data-proxy="homelab/packed"]');
+      assert.equal(await packedRow.locator('td.name').textContent(), 'packed (compressed)');
       assert.equal(await proxyRow.locator('td.addr').textContent(), `127.0.0.1:${publicPort}`);
       assert.equal(await proxyRow.locator('td.open').textContent(), '0');
       assert.equal(await text(page, '#count-connections'), '0');

@@ -8,7 +8,15 @@ import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { acceptWebSocket, checkUpgradeRequest, Session, type Stream } from '@porthole/mux';
 import { MessageReader, writeMessage, writeStreamHeader } from '@porthole/protocol';
-import { type Harness, waitFor, withHarness, withTimeout } from './lib/processes.js';
+import {
+  clientBin,
+  freePort,
+  type Harness,
+  run,
+  waitFor,
+  withHarness,
+  withTimeout,
+} from './lib/processes.js';
 import { startRoutedClient, type TomlValue } from './lib/routing.js';
 import { startEchoServer } from './lib/services.js';
 import { startClient } from './lib/tunnel.js';
@@ -263,9 +271,13 @@ test(
 
 /**
  * A client whose one tcp proxy (`proxy`'s keys, an echo service as its local) has signed in to a raw server
- * and sent its register, not yet answered.
+ * and sent its register, not yet answered. `adminListen`: its [admin] listen, for `porthole-client status`.
  */
-async function signedInWith(h: Harness, proxy: { name: string } & Record<string, TomlValue>) {
+async function signedInWith(
+  h: Harness,
+  proxy: { name: string } & Record<string, TomlValue>,
+  adminListen?: string,
+) {
   const server = await startRawServer();
   h.onCleanup(() => server.close());
   const echo = await startEchoServer();
@@ -275,6 +287,7 @@ async function signedInWith(h: Harness, proxy: { name: string } & Record<string,
     token: 'not.checked.here',
     proxies: [{ type: 'tcp', local: `127.0.0.1:${echo.port}`, ...proxy }],
     waitFor: [],
+    ...(adminListen === undefined ? {} : { adminListen }),
   });
   await waitFor("the client's control stream", () => server.controls.length > 0, 10_000);
   const control = server.controls[0]!;
@@ -340,15 +353,16 @@ test(
 );
 
 test(
-  'compression against a server older than it (which drops the ask and marks no stream): one warn line, and the proxy carries plain bytes both ways',
+  'compression against a server older than it (which drops the ask and marks no stream): one warn line, status says it runs plain and why, and the proxy carries plain bytes both ways',
   { timeout: 30_000 },
   (t) =>
     withHarness(t, async (h) => {
-      const { proc, control, register } = await signedInWith(h, {
-        name: 'logs',
-        remote_port: 8080,
-        compression: true,
-      });
+      const adminPort = await freePort();
+      const { proc, control, register } = await signedInWith(
+        h,
+        { name: 'logs', remote_port: 8080, compression: true },
+        `127.0.0.1:${adminPort}`,
+      );
       assert.deepEqual(register.proxies, [
         { name: 'logs', type: 'tcp', remote_port: 8080, compression: true },
       ]);
@@ -363,6 +377,14 @@ test(
         { fields: { proxy: 'logs' } },
       );
       assert.equal(warned.level, 'warn');
+      // `status` says so too, from the same finding.
+      const admin = ['--admin', `127.0.0.1:${adminPort}`];
+      const json = await run(clientBin, ['status', ...admin, '--json'], { timeoutMs: 15_000 });
+      const [logs] = (JSON.parse(json.stdout) as { proxies: Record<string, unknown>[] }).proxies;
+      assert.equal(logs?.compression, false);
+      assert.equal(logs?.compression_unavailable, warned.msg?.replace('proxy runs uncompressed: ', ''));
+      const table = (await run(clientBin, ['status', ...admin], { timeoutMs: 15_000 })).stdout;
+      assert.match(table, /^logs .* registered +0 +off \(server older\) +public /m, table);
       // Its streams carry no mark: what comes is plain, and what goes back is too (the echo, byte for byte).
       const text = 'plain text that an older server reads as it is\n'.repeat(200);
       assert.equal(await visitThrough(control.session, 'logs', 8080, text), text);

@@ -195,6 +195,8 @@ export interface ProxySpec {
   remotePort: number;
   /** udp_idle_timeout of a udp proxy (the client's default when omitted). */
   udpIdleTimeout?: string;
+  /** compression = true: the tunnel hop carries it deflated. */
+  compression?: boolean;
 }
 
 export interface ClientOptions {
@@ -244,6 +246,7 @@ export async function clientConfigText(h: Harness, options: ClientOptions): Prom
         local: p.local,
         remote_port: p.remotePort,
         udp_idle_timeout: p.udpIdleTimeout,
+        compression: p.compression,
       }),
     );
   }

@@ -52,6 +52,8 @@ const HELLO_TIMEOUT_MS = 10_000;
 const STABLE_SESSION_MS = 10_000;
 /** How long final frames may take to leave before the process exits. */
 const CLOSE_FLUSH_MS = 1000;
+/** Why a proxy that asks for compression runs plain: its warn line and `status` say it. */
+const COMPRESSION_NOT_OFFERED = 'the server does not offer compression (older than this client)';
 
 export type RunOutcome = 'stopped' | 'auth failed';
 
@@ -701,6 +703,9 @@ export class PortholeClient {
       // An older server does not say the port; it bound the one the proxy names.
       const remotePort = result.remote_port ?? (picksPort(proxy) ? undefined : proxy.remotePort);
       const reason = result.ok ? undefined : refusalReason(proxy, result.reason);
+      // A server older than compression dropped the ask: it marks no stream, so none is compressed.
+      const compressionUnavailable =
+        result.ok && proxy.compression && !result.compression ? COMPRESSION_NOT_OFFERED : undefined;
       const state: ProxyState = result.ok
         ? {
             state: 'registered',
@@ -708,6 +713,8 @@ export class PortholeClient {
             ...(remotePort === undefined ? {} : { remotePort }),
             ...(result.urls?.length ? { urls: result.urls } : {}),
             ...(result.service ? { service: result.service } : {}),
+            ...(result.compression ? { compression: true } : {}),
+            ...(compressionUnavailable ? { compressionUnavailable } : {}),
           }
         : { state: 'refused', reason: reason ?? 'refused' };
       this.sessionStatus.set(result.proxy, state);
@@ -728,11 +735,10 @@ export class PortholeClient {
           },
           'proxy registered',
         );
-        // A server older than compression dropped the ask: it marks no stream, so none is compressed.
-        if (proxy.compression && !result.compression)
+        if (compressionUnavailable)
           this.logger.warn(
             { proxy: result.proxy, server: this.serverForLogs },
-            'proxy runs uncompressed: the server does not offer compression (older than this client)',
+            `proxy runs uncompressed: ${compressionUnavailable}`,
           );
         this.refusals.forget(result.proxy);
         if (picksPort(proxy) && remotePort !== undefined) this.notePickedPort(proxy, remotePort);

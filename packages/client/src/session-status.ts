@@ -8,8 +8,19 @@ import type { Visitor } from './visitor-listener.js';
 
 export type ProxyState =
   | { state: 'pending' }
-  /** remotePort: a tcp or udp proxy's port on the server (the one it picked for remote_port 0). */
-  | { state: 'registered'; remoteAddr?: string; remotePort?: number; urls?: string[]; service?: string }
+  /**
+   * remotePort: a tcp or udp proxy's port on the server (the one it picked for remote_port 0). compression:
+   * the server deflates its streams; compressionUnavailable: it asked for that, and why it runs plain.
+   */
+  | {
+      state: 'registered';
+      remoteAddr?: string;
+      remotePort?: number;
+      urls?: string[];
+      service?: string;
+      compression?: true;
+      compressionUnavailable?: string;
+    }
   | { state: 'refused'; reason: string }
   | { state: 'closed'; reason: string }
   /** Its health check failed: the client unregistered it, and registers it again after a check passes. */
@@ -69,6 +80,10 @@ export interface ClientStatus {
     /** A private proxy: true, and once registered the name visitors ask for ("homelab/ssh"). */
     private?: boolean;
     service?: string;
+    /** Its tunnel hop runs deflated: it asked for compression and the server took it. */
+    compression: boolean;
+    /** It asked for compression and runs plain: why (a server older than compression). */
+    compression_unavailable?: string;
   }[];
   /** Local ports whose connections visit other clients' private services. */
   visitors: {
@@ -219,6 +234,10 @@ export class SessionStatus {
           ...(checked === undefined ? {} : { health: checked }),
           ...(proxy.private ? { private: true } : {}),
           ...('service' in state && state.service ? { service: state.service } : {}),
+          compression: 'compression' in state && state.compression === true,
+          ...('compressionUnavailable' in state && state.compressionUnavailable
+            ? { compression_unavailable: state.compressionUnavailable }
+            : {}),
         };
       }),
       visitors: [...visitors.values()].map((visitor) => {

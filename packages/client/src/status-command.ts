@@ -73,6 +73,12 @@ function registeredDetail(p: ClientStatus['proxies'][number]): string {
   return p.urls?.length ? p.urls.join(' ') : `public ${p.remote_addr ?? '?'}`;
 }
 
+/** "on"; "off"; or "off (server older)" for one that asked and runs plain (its JSON says why). */
+function compressionCell(p: ClientStatus['proxies'][number]): string {
+  if (p.compression) return 'on';
+  return p.compression_unavailable === undefined ? 'off' : 'off (server older)';
+}
+
 /**
  * http and tls proxies have names, not ports; 0 is a port the server has not picked yet. A proxy bound on an
  * address of its own (remote_bind) shows it: "127.0.0.1:8080" is not reached from outside.
@@ -128,6 +134,8 @@ export function formatStatus(status: ClientStatus, now = Date.now()): string {
     // A column for limits only where some proxy has one: most configs have none.
     const limits = status.proxies.some((p) => p.bandwidth_limit !== undefined);
     const groups = status.proxies.some((p) => p.group !== undefined);
+    // Likewise compression: a column once some proxy runs compressed or asked to.
+    const compression = status.proxies.some((p) => p.compression || p.compression_unavailable);
     const rows = [
       [
         'PROXY',
@@ -138,6 +146,7 @@ export function formatStatus(status: ClientStatus, now = Date.now()): string {
         'STATE',
         'OPEN',
         ...(limits ? ['LIMIT'] : []),
+        ...(compression ? ['COMPRESSION'] : []),
         'DETAIL',
       ],
     ];
@@ -151,6 +160,7 @@ export function formatStatus(status: ClientStatus, now = Date.now()): string {
         p.health === undefined ? p.state : `${p.state} (${p.health})`,
         String(p.open_connections),
         ...(limits ? [p.bandwidth_limit === undefined ? '-' : `${p.bandwidth_limit}/s`] : []),
+        ...(compression ? [compressionCell(p)] : []),
         p.state === 'registered' ? registeredDetail(p) : (p.reason ?? ''),
       ]);
     }

@@ -301,6 +301,8 @@ export class ClientSession {
     udpStats: Readonly<UdpProxyStats> | undefined;
     group: string | undefined;
     groupMembers: GroupMember[];
+    /** Its streams are deflated (the client asked, and this server took it). */
+    compression: boolean;
   }[] {
     return [...this.proxies.values()].map(({ spec, listener }) => ({
       name: spec.name,
@@ -313,6 +315,7 @@ export class ClientSession {
       udpStats: listener.udpStats,
       group: spec.group,
       groupMembers: listener.groupMembers?.() ?? [],
+      compression: spec.compression === true,
     }));
   }
 

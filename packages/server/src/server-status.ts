@@ -33,6 +33,8 @@ export interface ProxyView {
   group: string | null;
   /** The group's members now, this proxy included, each as "client/proxy" ([] for no group). */
   group_members: string[];
+  /** Its tunnel streams are deflated: its client asked for compression and this server runs it so. */
+  compression: boolean;
 }
 
 export interface ClientView {
@@ -140,6 +142,7 @@ export class ServerStatus {
               refused_connections: t?.refused ?? 0,
               group: p.group ?? null,
               group_members: p.groupMembers.map((m) => `${m.client}/${m.proxy}`).sort(),
+              compression: p.compression,
             };
           }),
       }));

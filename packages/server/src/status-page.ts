@@ -243,7 +243,11 @@ export const STATUS_PAGE_JS = `'use strict';
       var tr = document.createElement('tr');
       tr.dataset.proxy = key;
       cell(tr, p.client);
-      cell(tr, p.group ? p.name + ' (group ' + p.group + ')' : p.name, 'name');
+      // Facts about how it is served, beside its name: few proxies have any.
+      var facts = [];
+      if (p.group) facts.push('group ' + p.group);
+      if (p.compression) facts.push('compressed');
+      cell(tr, facts.length ? p.name + ' (' + facts.join(', ') + ')' : p.name, 'name');
       cell(tr, p.type);
       // A routed proxy's names, then the port they are asked for on.
       cell(tr, p.hosts && p.hosts.length ? p.hosts.join(', ') + ' via ' + p.public_addr : p.public_addr, 'addr');
