@@ -17,6 +17,8 @@ import {
   issueRoutedToken,
   makeCa,
   makeCert,
+  type RoutedProxy,
+  rewriteRoutedClientProxies,
   sClient,
   startRoutedClient,
   startRoutedServer,
@@ -85,6 +87,42 @@ async function measured(relay: { bytes(): number }, transfer: () => Promise<Tran
   const before = relay.bytes();
   const { sent, received, ms } = await transfer();
   return { whole: sent === received, wire: relay.bytes() - before, ms };
+}
+
+/**
+ * A connection to an echo through `port` (`greeting` first: what the service wants before it echoes), whose
+ * each line must come back within 3 s, before the next is sent.
+ */
+async function echoing(port: number, greeting = '') {
+  const sock = await connected(port);
+  let received = '';
+  sock.setEncoding('utf8');
+  sock.on('data', (text: string) => {
+    received += text;
+  });
+  sock.write(greeting);
+  return {
+    sock,
+    echo: (line: string, what: string) => {
+      const expected = received + line;
+      sock.write(line);
+      return withTimeout(
+        new Promise<void>((resolve, reject) => {
+          const check = () => {
+            if (received === expected) {
+              sock.off('data', check);
+              resolve();
+            }
+          };
+          sock.on('data', check);
+          sock.once('close', () => reject(new Error(`${what}: the connection closed`)));
+          check();
+        }),
+        3000,
+        () => `${what}: ${JSON.stringify(line)} was not echoed within 3 s (got ${JSON.stringify(received)})`,
+      );
+    },
+  };
 }
 
 test(
@@ -181,32 +219,9 @@ test(
       });
 
       // Nothing after each line until its echo is back: a deflater waiting for more input would hold it.
-      const sock = await connected(echoPort!);
-      let received = '';
-      sock.setEncoding('utf8');
-      sock.on('data', (text: string) => {
-        received += text;
-      });
-      for (let i = 1; i <= 5; i++) {
-        const line = `keystroke ${i}\n`;
-        const expected = received + line;
-        sock.write(line);
-        await withTimeout(
-          new Promise<void>((resolve) => {
-            const check = () => {
-              if (received === expected) {
-                sock.off('data', check);
-                resolve();
-              }
-            };
-            sock.on('data', check);
-            check();
-          }),
-          3000,
-          () => `line ${i} was not echoed within 3 s (got ${JSON.stringify(received)})`,
-        );
-      }
-      sock.destroy();
+      const typed = await echoing(echoPort!);
+      for (let i = 1; i <= 5; i++) await typed.echo(`keystroke ${i}\n`, `line ${i}`);
+      typed.sock.destroy();
 
       const login = await sshRun(sshd, sshPort!, 'echo "login-ok $((6*7))"');
       assert.equal(login.code, 0, `ssh through the compressed proxy failed: ${login.stderr}`);
@@ -501,5 +516,70 @@ test(
       assert.match(text.stdout, /^packed .* registered +0 +on +public /m, text.stdout);
       assert.match(text.stdout, /^plain .* registered +0 +off +public /m, text.stdout);
       t.diagnostic(text.stdout);
+    }),
+);
+
+test(
+  'a reload turns compression on, then off: the proxy is registered again with it, new connections follow it, and those opened before each reload keep echoing',
+  { timeout: 120_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const text = textFile(4 * MIB);
+      const sum = sha256Hex(text);
+      const service = await startTransferService(h, { text });
+      const [port] = await freePorts(1);
+      const server = await startRoutedServer(h, { http: false, allowPorts: [`${port}`] });
+      const relay = await startCountingRelay(h, server.port);
+      const token = await issueRoutedToken(server, { name: 'homelab', ports: `${port}` });
+      const logs: RoutedProxy = {
+        name: 'logs',
+        type: 'tcp',
+        local: `127.0.0.1:${service}`,
+        remote_port: port!,
+      };
+      const client = await startRoutedClient(h, {
+        server: relay.url,
+        token,
+        proxies: [logs],
+      });
+      const reloadTo = async (proxy: RoutedProxy) => {
+        const from = client.proc.mark();
+        const serverFrom = server.proc.mark();
+        await rewriteRoutedClientProxies(client.configPath, [proxy]);
+        client.proc.kill('SIGHUP');
+        const reloaded = await client.proc.waitForMsg('config reloaded', 15_000, { from });
+        assert.deepEqual(reloaded.changed, ['logs'], 'compression is a change the server must hear of');
+        // On its own port: the server gives the listener it has the new spec, for the connections to come.
+        await server.proc.waitForMsg('proxy changed', 15_000, {
+          from: serverFrom,
+          fields: { proxy: 'logs' },
+        });
+        return client.proc.waitForMsg('proxy registered', 15_000, { from, fields: { proxy: 'logs' } });
+      };
+      const download = async (what: string) => {
+        const m = await measured(relay, () => downloadFile(port!, 'text', sum));
+        t.diagnostic(`${what}: ${m.wire} bytes on the tunnel hop for ${text.length}`);
+        assert.ok(m.whole, `${what}: the sha256 differs`);
+        return m.wire;
+      };
+
+      const plainBefore = await echoing(port!, 'echo\n');
+      await plainBefore.echo('plain\n', 'before any reload');
+      assert.ok((await download('plain')) >= text.length);
+
+      const on = await reloadTo({ ...logs, compression: true });
+      assert.equal(on.compression, true, 'registered again, compressed');
+      await plainBefore.echo('still plain\n', 'a connection from before compression was turned on');
+      assert.ok((await download('compressed')) < text.length / 4);
+      const packedBefore = await echoing(port!, 'echo\n');
+      await packedBefore.echo('packed\n', 'a compressed connection');
+
+      const off = await reloadTo(logs);
+      assert.equal(off.compression, undefined, 'registered again, plain');
+      await plainBefore.echo('plain to the end\n', 'a connection from before both reloads');
+      await packedBefore.echo('still packed\n', 'a connection from before compression was turned off');
+      assert.ok((await download('plain again')) >= text.length);
+      plainBefore.sock.destroy();
+      packedBefore.sock.destroy();
     }),
 );

@@ -31,6 +31,8 @@ import {
   issueRoutedToken,
   makeSelfSigned,
   makeSelfSignedCert,
+  type RoutedProxy,
+  rewriteRoutedClientProxies,
   startRoutedClient,
   startRoutedServer,
   type TomlValue,
@@ -294,6 +296,41 @@ test('NewProxy: the plugin refuses one of two proxies with its reason; the other
       "frp's use_compression is the proxy's compression",
     );
     assert.equal(dbAsk.body.content.use_compression, false);
+  });
+});
+
+test('NewProxy: a reload that changes only compression asks again, with use_compression as the proxy has it now, and the answer holds', async (t) => {
+  await withHarness(t, async (h) => {
+    const policy = await startPolicyService(h, (req) =>
+      req.body.content.use_compression === true
+        ? { reject: true, reject_reason: 'no compression on this server' }
+        : ALLOW,
+    );
+    const server = await startRoutedServer(h, {
+      tables: [pluginTable({ name: 'cpu-guard', url: policy.url, ops: ['NewProxy'] })],
+    });
+    const echo = await startEchoServer();
+    h.onCleanup(() => echo.close());
+    const port = await freePort();
+    const token = await issueRoutedToken(server, { name: 'carol', ports: String(port) });
+    const db: RoutedProxy = { name: 'db', type: 'tcp', local: `127.0.0.1:${echo.port}`, remote_port: port };
+    const client = await startRoutedClient(h, { server: server.url, token, proxies: [db] });
+    const reloadTo = async (proxy: RoutedProxy, answer: string) => {
+      const from = client.proc.mark();
+      await rewriteRoutedClientProxies(client.configPath, [proxy]);
+      client.proc.kill('SIGHUP');
+      return client.proc.waitForMsg(answer, 15_000, { from, fields: { proxy: 'db' } });
+    };
+
+    const refused = await reloadTo({ ...db, compression: true }, 'proxy refused');
+    assert.equal(refused.reason, `refused by the server's plugin "cpu-guard": no compression on this server`);
+    assert.equal(await tryConnect('127.0.0.1', port, 2_000), 'refused', 'its port is let go');
+    await reloadTo(db, 'proxy registered');
+    assert.equal(await ncEcho('127.0.0.1', port), 'hello\n');
+    const asks = policy.of('NewProxy').map((r) => r.body.content.use_compression);
+    // A refused proxy is asked for again every proxy_retry_interval (30 s): a slow run may add a repeat.
+    const turns = asks.filter((compressed, i) => compressed !== asks[i - 1]);
+    assert.deepEqual(turns, [false, true, false], `asked at sign-in and at each reload: ${asks}`);
   });
 });
 

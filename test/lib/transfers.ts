@@ -9,7 +9,8 @@ export const MIB = 1024 * 1024;
 /**
  * The service behind the proxies. The first line says what a connection is for: "up\n", then bytes until the
  * visitor's FIN, answered with their sha256 in hex; "down BYTES SEED\n", answered with BYTES pattern bytes;
- * or "file NAME\n", answered with `files[NAME]` (text, say, where pattern bytes do not compress).
+ * "file NAME\n", answered with `files[NAME]` (text, say, where pattern bytes do not compress); or "echo\n",
+ * answered with every byte that follows, for as long as the connection lasts.
  */
 export async function startTransferService(h: Harness, files: Record<string, Buffer> = {}): Promise<number> {
   const server = net.createServer({ allowHalfOpen: true }, (sock) => {
@@ -27,6 +28,9 @@ export async function startTransferService(h: Harness, files: Record<string, Buf
         sink.write(rest);
         sock.pipe(sink);
         sink.on('finish', () => sock.end(`${sink.digest()}\n`));
+      } else if (command === 'echo') {
+        sock.write(rest);
+        sock.pipe(sock);
       } else if (command === 'file') {
         sock.resume();
         sock.end(files[bytes ?? ''] ?? Buffer.alloc(0));

@@ -56,6 +56,41 @@ test('diffProxies: a tcp proxy changed on its own port is marked samePort (the s
   });
 });
 
+test('diffProxies: compression turned on or off is a changed spec, registered again on the same port', () => {
+  const packed = { ...tcp('packed', 2000), compression: true } as ProxyConfig;
+  const web = (compression: boolean) =>
+    ({
+      name: 'web',
+      type: 'http',
+      local: { host: '127.0.0.1', port: 3000 },
+      hosts: ['app.test'],
+      ...(compression ? { compression } : {}),
+    }) as ProxyConfig;
+  const on = diffProxies(
+    new Map([
+      ['packed', tcp('packed', 2000)],
+      ['web', web(false)],
+    ]),
+    [packed, web(true)],
+    proxySpecOf,
+  );
+  assert.deepEqual(on, {
+    added: [],
+    removed: [],
+    changed: ['packed', 'web'],
+    localChanged: [],
+    samePort: ['packed'],
+  });
+  const off = diffProxies(new Map([['packed', packed]]), [tcp('packed', 2000)], proxySpecOf);
+  assert.deepEqual(off, {
+    added: [],
+    removed: [],
+    changed: ['packed'],
+    localChanged: [],
+    samePort: ['packed'],
+  });
+});
+
 test('diffProxies: a udp proxy changed on its own port is samePort too; with a new local as well, its flows end (localChanged)', () => {
   const udp = (name: string, remotePort: number, maxFlows: number, localPort = 53) =>
     ({
