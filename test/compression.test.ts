@@ -5,14 +5,15 @@
 // bodies and WebSocket upgrades, tcpmux and private services work compressed.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import net from 'node:net';
+import path from 'node:path';
 import { test } from 'node:test';
 import { WebSocket } from 'ws';
 import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
 import { ADMIN_TOKEN, adminApi, issue, startPrivateClient, startPrivateServer } from './lib/private.js';
-import { clientBin, freePorts, type Harness, run, withHarness, withTimeout } from './lib/processes.js';
+import { clientBin, freePorts, type Harness, run, runOk, withHarness, withTimeout } from './lib/processes.js';
 import {
   issueRoutedToken,
   makeCa,
@@ -581,5 +582,75 @@ test(
       assert.ok((await download('plain again')) >= text.length);
       plainBefore.sock.destroy();
       packedBefore.sock.destroy();
+    }),
+);
+
+test(
+  'a compressed dir: proxy serves plain curl and a wget -r mirror whole, on fewer tunnel bytes',
+  { timeout: 120_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      // A small site of text: a log, and pages of it in a subdirectory (reached through the listings).
+      const share = h.path('share');
+      await mkdir(path.join(share, 'pages'), { recursive: true });
+      const files: Record<string, Buffer> = {
+        'app.log': textFile(2 * MIB),
+        'pages/one.json': textFile(256 * 1024),
+        'pages/two.json': textFile(512 * 1024),
+      };
+      for (const [name, bytes] of Object.entries(files)) await writeFile(path.join(share, name), bytes);
+      const total = Object.values(files).reduce((sum, bytes) => sum + bytes.length, 0);
+      const server = await startRoutedServer(h);
+      const relay = await startCountingRelay(h, server.port);
+      const token = await issueRoutedToken(server, { name: 'homelab', hosts: ['files.test'] });
+      const client = await startRoutedClient(h, {
+        server: relay.url,
+        token,
+        proxies: [
+          { name: 'files', type: 'http', local: `dir:${share}`, hosts: ['files.test'], compression: true },
+        ],
+      });
+      assert.equal(client.registered.get('files')?.compression, true);
+      const base = `http://127.0.0.1:${server.httpPort}`;
+
+      // Plain curl: no Accept-Encoding, so the directory server sends the file as it is and only the
+      // tunnel hop compresses.
+      let before = relay.bytes();
+      const got = await run('curl', [
+        '-sS',
+        '-f',
+        '-H',
+        'Host: files.test',
+        '-D',
+        '-',
+        '-o',
+        h.path('app.log'),
+        `${base}/app.log`,
+      ]);
+      const curlWire = relay.bytes() - before;
+      assert.equal(got.code, 0, got.stderr);
+      assert.doesNotMatch(got.stdout, /^content-encoding:/im, 'the file itself is not encoded');
+      assert.equal(sha256Hex(await readFile(h.path('app.log'))), sha256Hex(files['app.log']!));
+      t.diagnostic(`curl: ${curlWire} bytes on the tunnel hop for ${files['app.log']!.length}`);
+      assert.ok(curlWire < files['app.log']!.length / 4, `${curlWire} bytes on the tunnel hop`);
+
+      const mirror = h.path('mirror');
+      before = relay.bytes();
+      await runOk(
+        'wget',
+        ['-q', '-r', '-np', '-nH', '-P', mirror, '--header', 'Host: files.test', `${base}/`],
+        {
+          timeoutMs: 60_000,
+        },
+      );
+      const wgetWire = relay.bytes() - before;
+      for (const [name, bytes] of Object.entries(files))
+        assert.equal(
+          sha256Hex(await readFile(path.join(mirror, name))),
+          sha256Hex(bytes),
+          `${name} mirrored`,
+        );
+      t.diagnostic(`wget -r: ${wgetWire} bytes on the tunnel hop for ${total} in files`);
+      assert.ok(wgetWire < total / 4, `${wgetWire} bytes on the tunnel hop for ${total}`);
     }),
 );
