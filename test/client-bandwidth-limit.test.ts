@@ -346,9 +346,11 @@ test(
         `${(received / MIB).toFixed(1)} MiB arrived in ${seconds.toFixed(1)} s`,
       );
       // The client's service wrote as fast as it could all along: a server that read the stream regardless
-      // would hold the 56 MiB the visitor has not had yet.
+      // would hold the 56 MiB the visitor has not had yet. It grows 9-10 MiB on a quiet machine, and grew
+      // 16.3 once beside a whole other e2e suite (its heap's growth and collection land differently): 32 MiB
+      // is clear of both and of the 56.
       assert.ok(
-        peak - before < 16 * MIB,
+        peak - before < 32 * MIB,
         `the server's RSS grew by ${((peak - before) / MIB).toFixed(1)} MiB`,
       );
     }),

@@ -303,7 +303,14 @@ test('link cut shorter than the heartbeat timeout: a udp flow drops what it woul
       `${sent} sent, ${replies.length} echoed: ${before.length} before the cut, ${stale.length} of those sent during the 5 s cut ` +
         `came back after it (the latest ${worstLate} ms late), ${last.length} of those sent 6-8 s after it`,
     );
-    assert.ok(before.length >= 100, 'the flow worked before the cut');
+    // Counted from the player's first echoed datagram: a probe that starts late on a busy machine has less
+    // time before the cut, which says nothing about the flow.
+    const firstSent = replies[0]?.[0] ?? downAt;
+    const couldSend = Math.floor((downAt - 500 - firstSent) / 20);
+    assert.ok(
+      couldSend >= 25 && before.length >= 0.8 * couldSend,
+      `the flow worked before the cut: ${before.length} of the ${couldSend} sent from its first echo on came back`,
+    );
     // Sent during the cut and carried at all: at most what went before the tunnel saw the link stopped
     // (1 s of silence, and a probe at most 0.5 s before it). Every one of them (~250) came back before.
     assert.ok(stale.length <= 100, `${stale.length} stale datagrams came back after the cut`);
