@@ -67,6 +67,27 @@ async function next(control: RawControl, what: string): Promise<Record<string, u
   return message as Record<string, unknown>;
 }
 
+/**
+ * The raw server's `index`-th control stream (0: the first session) once its client said hello, answered
+ * hello_ok as a server of `serverVersion`.
+ */
+async function answerHello(
+  server: { controls: RawControl[] },
+  index: number,
+  serverVersion: string,
+): Promise<RawControl> {
+  await waitFor(`the client's control stream #${index + 1}`, () => server.controls.length > index, 10_000);
+  const control = server.controls[index]!;
+  assert.equal((await next(control, 'hello')).type, 'hello');
+  writeMessage(control.stream, {
+    type: 'hello_ok',
+    client: 'skew',
+    session_id: `s${index + 1}`,
+    server_version: serverVersion,
+  });
+  return control;
+}
+
 /** Opens a stream to the client for `proxy` as a visitor's would be, sends `payload` and FIN, returns the reply. */
 async function visitThrough(
   session: Session,
@@ -116,15 +137,7 @@ test(
         },
         { waitFor: 'none' },
       );
-      await waitFor("the client's control stream", () => server.controls.length > 0, 10_000);
-      const control = server.controls[0]!;
-      assert.equal((await next(control, 'hello')).type, 'hello');
-      writeMessage(control.stream, {
-        type: 'hello_ok',
-        client: 'skew',
-        session_id: 's1',
-        server_version: '9.0.0',
-      });
+      const control = await answerHello(server, 0, '9.0.0');
       // What a newer server might send: a message type of its own, twice, and a notice at a level of its own.
       writeMessage(control.stream, { type: 'stats', streams: 1 });
       writeMessage(control.stream, { type: 'stats', streams: 2 });
@@ -195,19 +208,7 @@ test(
         { waitFor: 'none' },
       );
       const session = async (index: number) => {
-        await waitFor(
-          `the client's control stream #${index + 1}`,
-          () => server.controls.length > index,
-          10_000,
-        );
-        const control = server.controls[index]!;
-        assert.equal((await next(control, 'hello')).type, 'hello');
-        writeMessage(control.stream, {
-          type: 'hello_ok',
-          client: 'skew',
-          session_id: `s${index}`,
-          server_version: '0.1.0',
-        });
+        const control = await answerHello(server, index, '0.1.0');
         const register = await next(control, 'register');
         return { control, proxies: register.proxies as Record<string, unknown>[] };
       };
@@ -289,15 +290,7 @@ async function signedInWith(
     waitFor: [],
     ...(adminListen === undefined ? {} : { adminListen }),
   });
-  await waitFor("the client's control stream", () => server.controls.length > 0, 10_000);
-  const control = server.controls[0]!;
-  assert.equal((await next(control, 'hello')).type, 'hello');
-  writeMessage(control.stream, {
-    type: 'hello_ok',
-    client: 'skew',
-    session_id: 's1',
-    server_version: '0.1.0',
-  });
+  const control = await answerHello(server, 0, '0.1.0');
   return { proc, echo, control, register: await next(control, 'register') };
 }
 
