@@ -170,7 +170,7 @@ async function main(): Promise<number | undefined> {
   const handlers: ClientAdminHandlers = {
     status: () => client.status(),
     // Replaced below, once what a reload needs is set up (the admin endpoint starts first).
-    reload: () => ({ reloaded: false, reason: 'the client is still starting', shuttingDown: true }),
+    reload: () => ({ reloaded: false, reason: 'the client is still starting', notNow: true }),
   };
   let admin: ClientAdmin | undefined;
   let adminListen = config.admin?.listen;
@@ -236,7 +236,7 @@ async function main(): Promise<number | undefined> {
       warn(next);
       const summary = client.reload(next);
       if (summary === undefined)
-        return { reloaded: false, reason: 'the client is shutting down', shuttingDown: true };
+        return { reloaded: false, reason: 'the client is shutting down', notNow: true };
       adminChange = adminChange.then(() => reloadAdmin(next.admin?.listen));
       return { reloaded: true, summary, warnings: next.warnings };
     } catch (err) {

@@ -9,10 +9,13 @@ import {
 import type { ReloadSummary } from './reload.js';
 import type { ClientStatus } from './session-status.js';
 
-/** A reload asked for over the admin endpoint: what changed, or why the running config is kept. */
+/**
+ * A reload asked for over the admin endpoint: what changed, or why the running config is kept; `notNow`: the
+ * client is starting or shutting down (503, ask again), not a config that is wrong (422).
+ */
 export type ReloadOutcome =
   | { reloaded: true; summary: ReloadSummary; warnings: readonly string[] }
-  | { reloaded: false; reason: string; shuttingDown?: true };
+  | { reloaded: false; reason: string; notNow?: true };
 
 /** What the endpoint serves, read at each request (a reload replaces the config they answer from). */
 export interface ClientAdminHandlers {
@@ -64,7 +67,7 @@ export class ClientAdmin {
         const outcome = handlers.reload();
         if (outcome.reloaded)
           return reply(200, { reloaded: true, ...outcome.summary, warnings: outcome.warnings });
-        return reply(outcome.shuttingDown ? 503 : 422, { reloaded: false, reason: outcome.reason });
+        return reply(outcome.notNow ? 503 : 422, { reloaded: false, reason: outcome.reason });
       }
       if (path === '/healthz') {
         const state = handlers.status().state;
