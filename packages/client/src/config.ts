@@ -11,6 +11,7 @@ import {
   formatLocalAddress,
   type HostPort,
   hostPortField,
+  inlineSecretExposure,
   isLoopback,
   isUnixSocketAddress,
   type LogLevel,
@@ -23,6 +24,7 @@ import {
   readCaFile,
   readSecretFile,
   requestHostIsLoopback,
+  resolveConfigPath,
   secretFileExposure,
   UNIX_SOCKET_PATH_MAX_BYTES,
   validateConfig,
@@ -272,11 +274,12 @@ export interface ClientConfig {
 }
 
 /**
- * Where paths (token_file, ca_file) lead: `${VAR}` expanded (e.g. `${CREDENTIALS_DIRECTORY}`), then
- * resolved next to the config file, or in the working directory for flags.
+ * Where paths (token_file, ca_file) lead: next to the config file, or in the working directory for flags,
+ * whose `${VAR}` (e.g. `${CREDENTIALS_DIRECTORY}`) is expanded here; a file's values were as it was read.
  */
 function resolvePath(at: KeyOrigin, path: string): string {
-  return expandConfigPath(at.source === COMMAND_LINE ? `${process.cwd()}/.` : at.source, at.key, path);
+  if (at.source === COMMAND_LINE) return expandConfigPath(`${process.cwd()}/.`, at.key, path);
+  return resolveConfigPath(at.source, path);
 }
 
 /**
@@ -307,7 +310,7 @@ function fileProxy(source: string, raw: RawProxy, index: number, warnings: strin
   const proxy = toProxyConfig(raw);
   for (const key of INLINE_PASSWORD_KEYS) {
     if (raw[key] === undefined) continue;
-    const exposed = secretFileExposure(source);
+    const exposed = inlineSecretExposure(source, ['proxies', index, key]);
     if (exposed) warnings.push(`proxies${elementLabel(index, raw)}.${key}: ${exposed}`);
   }
   if (raw.socks_password_file !== undefined && raw.socks_user !== undefined && proxy.socks) {
@@ -429,7 +432,8 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
   const tokenFile = raw.token === undefined ? resolvePath(tokenAt, raw.token_file!) : undefined;
   const token = raw.token ?? readSecretFile(tokenAt.source, tokenAt.key, tokenFile!);
   // The token sits in its file, or inline in the config file itself.
-  const exposed = secretFileExposure(tokenFile ?? source);
+  const exposed =
+    tokenFile === undefined ? inlineSecretExposure(source, ['token']) : secretFileExposure(tokenFile);
   const config: ClientConfig = {
     source,
     server: raw.server,
@@ -511,7 +515,7 @@ function chooseDialProxy(
       );
     } else {
       // Inline in the config file, like a token written there: the file's mode is the password's.
-      const exposed = secretFileExposure(at.source);
+      const exposed = inlineSecretExposure(at.source, ['proxy']);
       if (exposed) config.warnings.push(`proxy: ${exposed}`);
     }
   }

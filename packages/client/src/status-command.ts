@@ -1,10 +1,12 @@
 import {
+  expandEnvironmentInTree,
   formatHostPort,
   type HostPort,
   hostPortField,
   humanAge,
-  loadTomlConfig,
+  readTomlFile,
   UsageError,
+  validateConfig,
 } from '@porthole/protocol';
 import { z } from 'zod';
 import { askClientAdmin } from './admin-request.js';
@@ -36,9 +38,13 @@ export function statusExitCode(status: ClientStatus): number {
  * cannot read the token (e.g. a config that points at ${CREDENTIALS_DIRECTORY}).
  */
 export function adminAddressOf(file: string): HostPort {
-  const config = loadTomlConfig(
+  const raw = readTomlFile(file);
+  const admin = typeof raw === 'object' && raw !== null ? (raw as { admin?: unknown }).admin : undefined;
+  const config = validateConfig(
     file,
-    z.looseObject({ admin: z.looseObject({ listen: hostPortField({ allowZero: false }) }).optional() }),
+    // Only [admin] expanded: a ${CREDENTIALS_DIRECTORY} elsewhere is unset outside the service.
+    { admin: expandEnvironmentInTree(file, admin, process.env, 'admin') },
+    z.object({ admin: z.looseObject({ listen: hostPortField({ allowZero: false }) }).optional() }),
   );
   if (!config.admin) {
     throw new UsageError(

@@ -267,17 +267,16 @@ export function validateConfig<S extends z.ZodType>(file: string, raw: unknown, 
   return result.data;
 }
 
-/** Reads, parses and validates a TOML config file; every problem becomes a ConfigError line. */
-export function loadTomlConfig<S extends z.ZodType>(file: string, schema: S): z.output<S> {
+/** Reads and parses a TOML config file as written: no environment references expanded, nothing validated. */
+export function readTomlFile(file: string): unknown {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
     throw ConfigError.at(file, '(file)', `cannot read: ${(err as Error).message}`);
   }
-  let raw: unknown;
   try {
-    raw = parseToml(text);
+    return parseToml(text);
   } catch (err) {
     if (err instanceof TomlError) {
       const reason = err.message.split('\n')[0]!.replace(/^Invalid TOML document: /, '');
@@ -285,7 +284,11 @@ export function loadTomlConfig<S extends z.ZodType>(file: string, schema: S): z.
     }
     throw err;
   }
-  return validateConfig(file, raw, schema);
+}
+
+/** Reads, parses and validates a TOML config file, its `${NAME}` references expanded; every problem becomes a ConfigError line. */
+export function loadTomlConfig<S extends z.ZodType>(file: string, schema: S): z.output<S> {
+  return validateConfig(file, expandEnvironmentInTree(file, readTomlFile(file)), schema);
 }
 
 /** Resolves a path written in a config file relative to that file's directory. */
@@ -293,12 +296,77 @@ export function resolveConfigPath(configFile: string, path: string): string {
   return resolve(dirname(configFile), path);
 }
 
-const ENV_REFERENCE = /\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g;
+/** `$${` (a literal "${"), `${NAME}`, or a "${" that is neither. */
+const ENV_REFERENCE = /\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{/g;
 
 /**
- * A file path from a config key: `${NAME}` references to environment variables are expanded (so
- * `secret_file = "${CREDENTIALS_DIRECTORY}/secret"` finds what systemd's LoadCredential= provides), then
- * the result is resolved relative to the config file. An unset or empty variable is a config error.
+ * `text` with its `${NAME}` references to environment variables replaced by their values, as frp's
+ * `{{ .Envs.NAME }}` and docker compose's `${NAME}` are (`token = "${PORTHOLE_TOKEN}"`,
+ * `secret_file = "${CREDENTIALS_DIRECTORY}/secret"`); `$${` is a literal "${". An unset or empty
+ * variable, or a "${" that names none, is a config error: a value left half-expanded would fail later,
+ * further from its cause.
+ */
+export function expandEnvironment(
+  configFile: string,
+  key: string,
+  text: string,
+  env: NodeJS.ProcessEnv = process.env,
+): string {
+  return text.replace(ENV_REFERENCE, (match, name: string | undefined) => {
+    if (match === '$${') return '${';
+    if (name === undefined) {
+      throw ConfigError.at(
+        configFile,
+        key,
+        `"\${" in "${text}" starts no environment reference like \${NAME} (letters, digits and _); write "$\${" for a literal "\${"`,
+      );
+    }
+    const value = env[name];
+    if (value === undefined || value === '') {
+      const hint =
+        name === 'CREDENTIALS_DIRECTORY'
+          ? ' (systemd sets it for units with LoadCredential=; outside systemd, set it or use a plain path)'
+          : '';
+      throw ConfigError.at(configFile, key, `\${${name}} in "${text}" is not set${hint}`);
+    }
+    return value;
+  });
+}
+
+function isTable(value: unknown): value is Record<string, unknown> {
+  if (typeof value !== 'object' || value === null) return false;
+  const prototype = Object.getPrototypeOf(value);
+  return prototype === Object.prototype || prototype === null;
+}
+
+/**
+ * A parsed config file with every string value's `${NAME}` references expanded (`expandEnvironment`);
+ * table keys stay as written. `at` names `tree`'s place in the file for errors ("proxies[0] ("web").local").
+ */
+export function expandEnvironmentInTree(
+  configFile: string,
+  tree: unknown,
+  env: NodeJS.ProcessEnv = process.env,
+  at = '',
+): unknown {
+  if (typeof tree === 'string')
+    return tree.includes('${')
+      ? expandEnvironment(configFile, at === '' ? '(top level)' : at, tree, env)
+      : tree;
+  if (Array.isArray(tree))
+    return tree.map((element, index) =>
+      expandEnvironmentInTree(configFile, element, env, `${at}${elementLabel(index, element)}`),
+    );
+  if (!isTable(tree)) return tree;
+  const expanded: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(tree))
+    expanded[key] = expandEnvironmentInTree(configFile, value, env, at === '' ? key : `${at}.${key}`);
+  return expanded;
+}
+
+/**
+ * A file path from a command-line flag: `${NAME}` expanded (`expandEnvironment`; a config file's values
+ * are expanded as the file is read), then resolved relative to `configFile`'s directory.
  */
 export function expandConfigPath(
   configFile: string,
@@ -306,18 +374,7 @@ export function expandConfigPath(
   path: string,
   env: NodeJS.ProcessEnv = process.env,
 ): string {
-  const expanded = path.replace(ENV_REFERENCE, (_match, name: string) => {
-    const value = env[name];
-    if (value === undefined || value === '') {
-      const hint =
-        name === 'CREDENTIALS_DIRECTORY'
-          ? ' (systemd sets it for units with LoadCredential=; outside systemd, set it or use a plain path)'
-          : '';
-      throw ConfigError.at(configFile, key, `\${${name}} in "${path}" is not set${hint}`);
-    }
-    return value;
-  });
-  return resolveConfigPath(configFile, expanded);
+  return resolveConfigPath(configFile, expandEnvironment(configFile, key, path, env));
 }
 
 /** Reads a file that `key` names (a certificate, a CA); one that cannot be read is a ConfigError naming both. */
@@ -338,6 +395,30 @@ export function readSecretFile(configFile: string, key: string, path: string): s
   const text = readConfigFile(configFile, key, path).toString('utf8').trim();
   if (text === '') throw ConfigError.at(configFile, key, `${path} is empty`);
   return text;
+}
+
+/**
+ * secretFileExposure of a config file for the secret at `key` (["auth", "secret"]) when the file holds it
+ * as written: not when its `${NAME}` takes it from the environment, nor when a flag gave it.
+ */
+export function inlineSecretExposure(
+  configFile: string,
+  key: ReadonlyArray<string | number>,
+  env: NodeJS.ProcessEnv = process.env,
+): string | undefined {
+  let written: unknown;
+  try {
+    written = readTomlFile(configFile);
+  } catch {
+    return undefined;
+  }
+  for (const part of key)
+    written =
+      typeof written === 'object' && written !== null
+        ? (written as Record<string | number, unknown>)[part]
+        : undefined;
+  if (typeof written !== 'string' || written.includes('${')) return undefined;
+  return secretFileExposure(configFile, env);
 }
 
 /** Whether `path` is inside $CREDENTIALS_DIRECTORY (systemd's LoadCredential=, or one named by hand). */

@@ -6,7 +6,7 @@
 // beside an EC certificate) is not refused at all: every handshake fails instead.
 import { createPrivateKey, type KeyObject, type X509Certificate } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
-import { ConfigError, expandConfigPath, readConfigFile } from './config-file.js';
+import { ConfigError, readConfigFile, resolveConfigPath } from './config-file.js';
 import { firstPemCertificate, heldInsteadHint } from './pem-certificate.js';
 
 export interface CertFiles {
@@ -82,8 +82,8 @@ export function loadCertFiles(
 ): PemPair {
   const certKey = `${prefix}.cert_file`;
   const keyKey = `${prefix}.key_file`;
-  const certPath = expandConfigPath(file, certKey, files.cert_file);
-  const keyPath = expandConfigPath(file, keyKey, files.key_file);
+  const certPath = resolveConfigPath(file, files.cert_file);
+  const keyPath = resolveConfigPath(file, files.key_file);
   const pair = { cert: readConfigFile(file, certKey, certPath), key: readConfigFile(file, keyKey, keyPath) };
   const certificate = certificateIn(file, certKey, certPath, pair.cert);
   const privateKey = privateKeyIn(file, keyKey, keyPath, pair.key);

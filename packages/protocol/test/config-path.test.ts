@@ -3,7 +3,15 @@ import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { scratchDir } from '@porthole/mux/test/scratch-dir';
-import { ConfigError, expandConfigPath, secretFileExposure } from '../src/config-file.js';
+import { z } from 'zod';
+import {
+  ConfigError,
+  expandConfigPath,
+  expandEnvironmentInTree,
+  inlineSecretExposure,
+  loadTomlConfig,
+  secretFileExposure,
+} from '../src/config-file.js';
 
 /** "${NAME}", spelled so that linters do not take it for a template literal gone wrong. */
 const ref = (name: string) => `\${${name}}`;
@@ -40,6 +48,93 @@ test('expandConfigPath names file, key and variable when the variable is unset o
         ),
     );
   }
+});
+
+test('expandEnvironmentInTree expands every string value, in tables and arrays, and leaves keys and other types', () => {
+  const env = { TOKEN: 'eyJ.x.y', PORT: '8080', HOME_DIR: '/home/me' };
+  const day = new Date('2026-11-26T00:00:00Z');
+  const tree = {
+    token: ref('TOKEN'),
+    [ref('KEY')]: 'a key is never expanded',
+    heartbeat_interval: 10,
+    exit_on_auth_failure: true,
+    since: day,
+    proxies: [
+      { name: 'web', local: `127.0.0.1:${ref('PORT')}`, request_headers: { 'X-Home': ref('HOME_DIR') } },
+      { name: 'raw', local: `$${ref('PORT')} stays, $$ and $PORT too` },
+    ],
+  };
+  assert.deepEqual(expandEnvironmentInTree('/etc/porthole/client.toml', tree, env), {
+    token: 'eyJ.x.y',
+    [ref('KEY')]: 'a key is never expanded',
+    heartbeat_interval: 10,
+    exit_on_auth_failure: true,
+    since: day,
+    proxies: [
+      { name: 'web', local: '127.0.0.1:8080', request_headers: { 'X-Home': '/home/me' } },
+      { name: 'raw', local: `${ref('PORT')} stays, $$ and $PORT too` },
+    ],
+  });
+});
+
+test('expandEnvironmentInTree names the key of an unset variable and of a "${" that names none', () => {
+  const problem = (tree: unknown, env: NodeJS.ProcessEnv = {}) => {
+    try {
+      expandEnvironmentInTree('/etc/porthole/client.toml', tree, env);
+    } catch (err) {
+      assert.ok(err instanceof ConfigError);
+      return err.message;
+    }
+    assert.fail('expected a ConfigError');
+  };
+  assert.equal(
+    problem({ proxies: [{ name: 'web', request_headers: { 'X-Team': ref('TEAM') } }] }),
+    `/etc/porthole/client.toml: proxies[0] ("web").request_headers.X-Team: ${ref('TEAM')} in "${ref('TEAM')}" is not set`,
+  );
+  assert.equal(
+    problem({ token: ref('TOKEN') }, { TOKEN: '' }),
+    `/etc/porthole/client.toml: token: ${ref('TOKEN')} in "${ref('TOKEN')}" is not set`,
+  );
+  assert.match(
+    problem({ admin: { token: `ab${'$'}{ TOKEN }` } }),
+    /^\/etc\/porthole\/client\.toml: admin\.token: "\$\{" in "ab\$\{ TOKEN \}" starts no environment reference like \$\{NAME\} .*write "\$\$\{" for a literal/,
+  );
+});
+
+test('loadTomlConfig validates the values as expanded, and refuses an unset variable naming the key', () => {
+  const dir = scratchDir('porthole-env-config-');
+  const file = join(dir, 'c.toml');
+  writeFileSync(file, `server = "ws://${ref('PORTHOLE_TEST_VPS')}/_porthole"\n`);
+  process.env.PORTHOLE_TEST_VPS = '127.0.0.1:7000';
+  try {
+    assert.deepEqual(loadTomlConfig(file, z.object({ server: z.string() })), {
+      server: 'ws://127.0.0.1:7000/_porthole',
+    });
+  } finally {
+    delete process.env.PORTHOLE_TEST_VPS;
+  }
+  assert.throws(
+    () => loadTomlConfig(file, z.object({ server: z.string() })),
+    /server: \$\{PORTHOLE_TEST_VPS\} in/,
+  );
+});
+
+test('inlineSecretExposure: a secret written in a config file others can read, not one taken from the environment', () => {
+  const dir = scratchDir('porthole-inline-secret-');
+  const file = join(dir, 'server.toml');
+  const env = {};
+  writeFileSync(file, `[auth]\nsecret = "${'k'.repeat(40)}"\n[admin]\ntoken = "${ref('ADMIN_TOKEN')}"\n`, {
+    mode: 0o644,
+  });
+  chmodSync(file, 0o644);
+  assert.match(
+    inlineSecretExposure(file, ['auth', 'secret'], env) ?? '',
+    /is open to other users \(mode 644\)/,
+  );
+  assert.equal(inlineSecretExposure(file, ['admin', 'token'], env), undefined);
+  assert.equal(inlineSecretExposure(file, ['token'], env), undefined, 'not in the file: a flag gave it');
+  chmodSync(file, 0o600);
+  assert.equal(inlineSecretExposure(file, ['auth', 'secret'], env), undefined);
 });
 
 test('secretFileExposure: in $CREDENTIALS_DIRECTORY only the bits for others count, elsewhere the group bits too', () => {

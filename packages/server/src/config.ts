@@ -8,10 +8,10 @@ import {
   durationAtLeast,
   durationField,
   elementLabel,
-  expandConfigPath,
   expected,
   type HostPort,
   hostPortField,
+  inlineSecretExposure,
   type LogLevel,
   loadCertFiles,
   loadTomlConfig,
@@ -25,6 +25,7 @@ import {
   readCaFile,
   readSecretFile,
   readUnverifiedClaims,
+  resolveConfigPath,
   secretFileExposure,
 } from '@porthole/protocol';
 import { z } from 'zod';
@@ -246,9 +247,10 @@ function secretSetting(
   warnings: string[],
 ): string {
   const fileKey = `${key}_file`;
-  const secretPath = inline === undefined ? expandConfigPath(file, fileKey, path!) : file;
+  const secretPath = inline === undefined ? resolveConfigPath(file, path!) : file;
   const value = inline ?? readSecretFile(file, fileKey, secretPath);
-  const exposed = secretFileExposure(secretPath);
+  const exposed =
+    inline === undefined ? secretFileExposure(secretPath) : inlineSecretExposure(file, key.split('.'));
   if (exposed) warnings.push(`${inline === undefined ? fileKey : key}: ${exposed}`);
   if (value.length < rule.minLength) {
     throw ConfigError.at(
@@ -307,7 +309,7 @@ export function loadServerConfig(file: string): ServerConfig {
   };
   if (raw.tls) {
     config.tls = loadCertFiles(file, 'tls', raw.tls, warnings);
-    const exposed = secretFileExposure(expandConfigPath(file, 'tls.key_file', raw.tls.key_file));
+    const exposed = secretFileExposure(resolveConfigPath(file, raw.tls.key_file));
     if (exposed) warnings.push(`tls.key_file: ${exposed}`);
   }
   config.routing = loadRoutingConfig(file, raw, config.tls, warnings);
@@ -335,7 +337,7 @@ export function loadServerConfig(file: string): ServerConfig {
 function withPluginCa(file: string, index: number, plugin: PluginConfig): PluginConfig {
   if (plugin.caFile === undefined) return plugin;
   const key = `plugins${elementLabel(index, plugin)}.ca_file`;
-  const path = expandConfigPath(file, key, plugin.caFile);
+  const path = resolveConfigPath(file, plugin.caFile);
   return {
     ...plugin,
     ca: readCaFile(file, key, path, "ca_file is the plugin's certificate (or its CA's), not its key"),
