@@ -1,7 +1,7 @@
 // [[plugins]]: frp's httpPlugins protocol. A policy service on loopback (a node:http server standing for the
 // operator's own) is asked by the real porthole-server at sign-in (Login), registration (NewProxy) and per
-// visitor (NewUserConn); its rejections refuse the client, the proxy or the visitor, and what it receives
-// has frp's field names.
+// visitor (NewUserConn), and told when a proxy closes (CloseProxy); its rejections refuse the client, the
+// proxy or the visitor, and what it receives has frp's field names.
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import {
@@ -23,6 +23,7 @@ import {
   type LogLine,
   run,
   serverBin,
+  waitFor,
   withHarness,
   withTimeout,
 } from './lib/processes.js';
@@ -331,6 +332,92 @@ test('NewProxy: a reload that changes only compression asks again, with use_comp
     // A refused proxy is asked for again every proxy_retry_interval (30 s): a slow run may add a repeat.
     const turns = asks.filter((compressed, i) => compressed !== asks[i - 1]);
     assert.deepEqual(turns, [false, true, false], `asked at sign-in and at each reload: ${asks}`);
+  });
+});
+
+test('CloseProxy: told when a proxy stops being served (removed or moved by a reload, refused on its changed registration, its client gone), not when it changes in place', async (t) => {
+  await withHarness(t, async (h) => {
+    const policy = await startPolicyService(h, (req) =>
+      req.body.op === 'NewProxy' && req.body.content.use_compression === true
+        ? { reject: true, reject_reason: 'no compression on this server' }
+        : ALLOW,
+    );
+    const server = await startRoutedServer(h, {
+      tables: [pluginTable({ name: 'ledger', url: policy.url, ops: ['NewProxy', 'CloseProxy'] })],
+    });
+    const echo = await startEchoServer();
+    h.onCleanup(() => echo.close());
+    const [webPort, webMoved, dbPort, apiPort] = [
+      await freePort(),
+      await freePort(),
+      await freePort(),
+      await freePort(),
+    ];
+    const token = await issueRoutedToken(server, {
+      name: 'carol',
+      ports: [webPort, webMoved, dbPort, apiPort].join(','),
+    });
+    const tcp = (name: string, port: number, more: Partial<RoutedProxy> = {}): RoutedProxy => ({
+      name,
+      type: 'tcp',
+      local: `127.0.0.1:${echo.port}`,
+      remote_port: port,
+      ...more,
+    });
+    const client = await startRoutedClient(h, {
+      server: server.url,
+      token,
+      proxies: [tcp('web', webPort), tcp('db', dbPort), tcp('api', apiPort)],
+    });
+    const established = await client.proc.waitForMsg('session established', 1_000);
+    const user = { user: 'carol', metas: {}, run_id: sessionIdOf(established) };
+    const reloadTo = async (proxies: RoutedProxy[], answer: string, fields: Record<string, unknown>) => {
+      const from = client.proc.mark();
+      await rewriteRoutedClientProxies(client.configPath, proxies);
+      client.proc.kill('SIGHUP');
+      await client.proc.waitForMsg(answer, 15_000, { from, fields });
+    };
+    /** The plugin's requests, in the order it got them, as "Op name". */
+    const heard = () => policy.requests.map((r) => `${r.body.op} ${r.body.content.proxy_name}`).slice(3);
+    const closed = () => heard().filter((line) => line.startsWith('CloseProxy'));
+    const told = (names: string[]) => {
+      const want = names.map((name) => `CloseProxy ${name}`).join(', ');
+      return waitFor(`CloseProxy for ${want}; heard ${heard()}`, () => closed().join(', ') === want, 10_000);
+    };
+
+    await reloadTo([tcp('web', webPort), tcp('db', dbPort)], 'config reloaded', { removed: ['api'] });
+    await told(['api']);
+    const [apiClosed] = policy.of('CloseProxy');
+    assert.equal(apiClosed!.url, '/handler?version=0.1.0&op=CloseProxy');
+    assert.deepEqual(apiClosed!.body.content, { user, proxy_name: 'api' });
+
+    // Moved to another port: the client unregisters it and registers it anew, as frpc does on a reload.
+    await reloadTo([tcp('web', webMoved), tcp('db', dbPort)], 'proxy registered', { proxy: 'web' });
+    assert.equal(await ncEcho('127.0.0.1', webMoved), 'hello\n');
+    await told(['api', 'web']);
+    assert.deepEqual(heard(), ['CloseProxy api', 'CloseProxy web', 'NewProxy web']);
+
+    // Changed on its own port: asked again, still served, so not closed. With max_connections the server
+    // changes it in place; put in a group, it closes it and binds the group's listener there.
+    const dbCapped = tcp('db', dbPort, { max_connections: 5 });
+    await reloadTo([tcp('web', webMoved), dbCapped], 'proxy registered', { proxy: 'db' });
+    assert.equal(await ncEcho('127.0.0.1', dbPort), 'hello\n');
+    const dbGrouped = { ...dbCapped, group: 'dbs' };
+    await reloadTo([tcp('web', webMoved), dbGrouped], 'proxy registered', { proxy: 'db' });
+    assert.equal(await ncEcho('127.0.0.1', dbPort), 'hello\n');
+    // Changed again, and the change refused: the registration it had is gone too.
+    await reloadTo([tcp('web', webMoved), { ...dbGrouped, compression: true }], 'proxy refused', {
+      proxy: 'db',
+    });
+    await told(['api', 'web', 'db']);
+    assert.deepEqual(heard().slice(3), ['NewProxy db', 'NewProxy db', 'NewProxy db', 'CloseProxy db']);
+
+    client.proc.kill('SIGTERM');
+    await told(['api', 'web', 'db', 'web']);
+    assert.deepEqual(
+      policy.of('CloseProxy').map((r) => r.body.content.user),
+      [user, user, user, user],
+    );
   });
 });
 

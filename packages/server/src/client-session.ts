@@ -27,7 +27,7 @@ import {
 import { ClientBandwidth } from './client-bandwidth.js';
 import { ConnectionLimit, ConnectionLimits } from './connection-limit.js';
 import type { HostClaim } from './host-routes.js';
-import { loginContent, newProxyContent, type PluginUser } from './plugin-content.js';
+import { closeProxyContent, loginContent, newProxyContent, type PluginUser } from './plugin-content.js';
 import { type PickedPort, pickablePorts, pickPort } from './port-picker.js';
 import {
   bindPrivateService,
@@ -79,6 +79,11 @@ export class ClientSession {
   private readonly logger: Logger;
   private readonly grant: PortRanges | undefined;
   private readonly proxies = new Map<string, RegisteredProxy>();
+  /**
+   * Proxies closed to be registered anew (a changed spec): the plugins hear CloseProxy for one only if its
+   * new registration fails, since they already allowed it with NewProxy.
+   */
+  private readonly beingReplaced = new Set<string>();
   /** Host routes (name x location) the proxies above claim together, against MAX_ROUTES_PER_CLIENT. */
   private routes = 0;
   /** Hostnames the token lets this client claim (undefined: any). */
@@ -185,6 +190,9 @@ export class ClientSession {
     clearTimeout(this.helloTimer);
     clearTimeout(this.expiryTimer);
     this.closeProxies([...this.proxies.keys()], reason);
+    // Registrations that closed their old proxy and had not bound the new one when the session ended.
+    for (const proxy of this.beingReplaced) this.tellClosed(proxy);
+    this.beingReplaced.clear();
     this.ctx.sessions.delete(this);
     if (this.ctx.clients.get(this.name) === this) this.ctx.clients.delete(this.name);
     this.session.close();
@@ -703,7 +711,11 @@ export class ClientSession {
       return this.registered(existing);
     }
     // The new spec's routes replace the old ones; names it no longer claims are let go, not kept offline.
-    if (existing) this.closeProxies([spec.name], 'replaced by a new registration', { forgetRoutes: true });
+    if (existing)
+      this.closeProxies([spec.name], 'replaced by a new registration', {
+        forgetRoutes: true,
+        replaced: true,
+      });
     let bound: { listener: BoundProxy; port: number | undefined };
     try {
       bound = await this.bind(spec);
@@ -722,7 +734,10 @@ export class ClientSession {
     const reason = this.overLimit(existing, 0);
     if (reason) return this.refused(requested.name, reason);
     if (existing)
-      this.closeProxies([requested.name], 'replaced by a new registration', { forgetRoutes: true });
+      this.closeProxies([requested.name], 'replaced by a new registration', {
+        forgetRoutes: true,
+        replaced: true,
+      });
     const held = requested.type === 'tcp' ? this.ctx.ports : this.ctx.routing.udpPorts;
     let picked: PickedPort<{ listener: BoundProxy; port: number | undefined }>;
     try {
@@ -820,12 +835,14 @@ export class ClientSession {
     // this server cannot read): the client is told it failed, so it no longer serves under the old spec
     // either. Before a changed proxy kept its port in place, the client's unregister had closed it.
     this.closeProxies([proxy], `its new registration was refused: ${reason}`, { forgetRoutes: true });
+    if (this.beingReplaced.delete(proxy)) this.tellClosed(proxy);
     this.logger[this.refusals.repeats(proxy, reason) ? 'debug' : 'warn']({ proxy, reason }, 'proxy refused');
     return { proxy, ok: false, reason };
   }
 
   private registered({ spec, listener }: { spec: ProxySpec; listener: BoundProxy }): ProxyResult {
     this.refusals.forget(spec.name);
+    this.beingReplaced.delete(spec.name);
     // Nothing listens for a private proxy: visitors ask for it by name.
     const compression = compressionOf(spec);
     if (listener.service)
@@ -870,12 +887,12 @@ export class ClientSession {
   /**
    * `forgetRoutes`: the client removed these proxies itself, or the server's rules no longer admit them, so
    * their names are free at once (see BoundProxy.close); otherwise they answer as offline until the client
-   * comes back.
+   * comes back. `replaced`: a new registration of the same name follows (see beingReplaced).
    */
   private closeProxies(
     names: readonly string[],
     reason: string,
-    opts: { forgetRoutes?: boolean } = {},
+    opts: { forgetRoutes?: boolean; replaced?: boolean } = {},
   ): void {
     for (const name of names) {
       const entry = this.proxies.get(name);
@@ -889,7 +906,20 @@ export class ClientSession {
       if (opts.forgetRoutes) this.ctx.traffic.remove(this.name, name);
       else this.ctx.traffic.left(this.name, name);
       this.logger.info({ proxy: name, reason }, 'proxy closed');
+      if (opts.replaced) this.beingReplaced.add(name);
+      else {
+        this.beingReplaced.delete(name);
+        this.tellClosed(name);
+      }
     }
+  }
+
+  /** CloseProxy to the plugins that take it. */
+  private tellClosed(proxy: string): void {
+    this.ctx.plugins.tell('CloseProxy', () => closeProxyContent(this.pluginUser, proxy), {
+      client: this.name,
+      proxy,
+    });
   }
 }
 

@@ -1,14 +1,15 @@
 // server.toml's [[plugins]]: frp's [[httpPlugins]], HTTP services of the operator's own that are asked
-// before a client signs in, registers a proxy or lets a visitor through (server-plugins.ts).
+// before a client signs in, registers a proxy or lets a visitor through, and told when a proxy closes
+// (server-plugins.ts).
 import { durationField, expected, HTTP_FIELD_VALUE, HTTP_TOKEN } from '@porthole/protocol';
 import { z } from 'zod';
 
 /** The frp plugin operations porthole asks about; frp's others are named in FRP_OPS_LEFT_OUT. */
-export const PLUGIN_OPS = ['Login', 'NewProxy', 'NewUserConn'] as const;
+export const PLUGIN_OPS = ['Login', 'NewProxy', 'NewUserConn', 'CloseProxy'] as const;
 export type PluginOp = (typeof PLUGIN_OPS)[number];
 
 /** frp's ops that porthole does not send: a table naming one is refused rather than left silently unasked. */
-const FRP_OPS_LEFT_OUT = ['CloseProxy', 'Ping', 'NewWorkConn'];
+const FRP_OPS_LEFT_OUT = ['Ping', 'NewWorkConn'];
 
 /**
  * The longest a plugin may take. A client waits 10 s for its hello_ok, and Login is asked before that is

@@ -72,3 +72,8 @@ export function newUserConnContent(
 ): Record<string, unknown> {
   return { user, proxy_name: spec.name, proxy_type: frpProxyType(spec), remote_addr: remoteAddr };
 }
+
+/** CloseProxy: a proxy no longer served (unregistered, its client gone, closed by the server's rules). */
+export function closeProxyContent(user: PluginUser, proxyName: string): Record<string, unknown> {
+  return { user, proxy_name: proxyName };
+}

@@ -47,6 +47,10 @@ export class ServerPlugins {
   private readonly failures: CoalescedLines;
   /** Visitors a plugin refused, one line per proxy per 10 s. */
   private readonly visitorRefusals: CoalescedLines;
+  /** Plugins that could not be told (CloseProxy), one line per plugin and reason per 10 s. */
+  private readonly notTold: CoalescedLines;
+  /** Tells under way, so that a server that stops lets them finish (see settle). */
+  private readonly telling = new Set<Promise<void>>();
 
   /** `current` is read at each ask: a reload's new [[plugins]] apply from the next one. */
   constructor(
@@ -55,6 +59,7 @@ export class ServerPlugins {
   ) {
     this.failures = new CoalescedLines((fields) => logger.warn(fields, 'plugin failed: refused'));
     this.visitorRefusals = new CoalescedLines((fields) => logger.info(fields, 'visitor refused by plugin'));
+    this.notTold = new CoalescedLines((fields) => logger.warn(fields, 'plugin failed: not told'));
   }
 
   /** Whether any plugin takes `op`; cheap enough for every visitor connection. */
@@ -94,6 +99,43 @@ export class ServerPlugins {
     return undefined;
   }
 
+  /**
+   * Tells each plugin that takes `op` (CloseProxy) what happened, without waiting: frps ignores the answer,
+   * and so does this. The plugin's caps on requests bound what a burst of closes can queue.
+   */
+  tell(op: PluginOp, content: () => object, fields: Record<string, unknown>): void {
+    const clients = this.sync().get(op) ?? NO_CLIENTS;
+    if (clients.length === 0) return;
+    const told = content();
+    for (const client of clients) {
+      const telling = client.ask(op, told).then((verdict) => {
+        this.telling.delete(telling);
+        if (verdict.allowed || !verdict.failed) return;
+        const plugin = client.config.name;
+        this.notTold.say(`${plugin} ${op} ${verdict.reason}`, {
+          plugin,
+          op,
+          ...fields,
+          reason: verdict.reason,
+        });
+      });
+      this.telling.add(telling);
+    }
+  }
+
+  /** Waits up to `ms` for the tells under way: the CloseProxy of a server's last sessions, as it stops. */
+  async settle(ms: number): Promise<void> {
+    if (this.telling.size === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(this.telling),
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, ms);
+      }),
+    ]);
+    clearTimeout(timer);
+  }
+
   /** NewUserConn for the visitors of one proxy of `user`'s (see VisitorCheck). */
   visitorCheck(user: PluginUser, spec: Pick<ProxySpec, 'name' | 'type' | 'private'>): VisitorCheck {
     return (remoteAddr) => {
@@ -117,6 +159,7 @@ export class ServerPlugins {
   close(): void {
     this.failures.forgetAll();
     this.visitorRefusals.forgetAll();
+    this.notTold.forgetAll();
     for (const client of this.clients) client.close();
     this.clients = [];
     this.configs = undefined;

@@ -229,6 +229,7 @@ export class PortholeServer {
     // Connections cut by the close still get their "connection closed" line.
     await tracker.waitIdle(CLOSE_FLUSH_MS);
     this.admin?.close();
+    await this.ctx.plugins.settle(CLOSE_FLUSH_MS);
     this.ctx.plugins.close();
     logger.info({}, 'server stopped');
   }

@@ -293,10 +293,10 @@ test('[[plugins]]: frp httpPlugins tables (url, or addr and path), each mistake 
   assert.deepEqual(loadServerConfig(write('none.toml', base)).plugins, []);
   const table = (keys: string) => `${base}[[plugins]]\nname = "p"\n${keys}\n`;
   assert.deepEqual(problems(table('url = "http://127.0.0.1:9000/h"\nops = ["Ping"]')), [
-    `plugins[0] ("p").ops[0]: frp's Ping is not sent by porthole; supported: Login, NewProxy, NewUserConn`,
+    `plugins[0] ("p").ops[0]: frp's Ping is not sent by porthole; supported: Login, NewProxy, NewUserConn, CloseProxy`,
   ]);
   assert.deepEqual(problems(table('url = "http://127.0.0.1:9000/h"\nops = ["login"]')), [
-    'plugins[0] ("p").ops[0]: "login" is not a plugin op; expected one of Login, NewProxy, NewUserConn (frp\'s names, case as written)',
+    'plugins[0] ("p").ops[0]: "login" is not a plugin op; expected one of Login, NewProxy, NewUserConn, CloseProxy (frp\'s names, case as written)',
   ]);
   assert.deepEqual(problems(table('ops = ["Login"]')), [
     'plugins[0] ("p"): set exactly one of url, or addr (with path, as in frp)',
