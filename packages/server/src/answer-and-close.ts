@@ -11,7 +11,7 @@ const LINGER_MS = 2_000;
  * must be seen for the socket to close), and a peer that neither reads nor closes loses the socket
  * LINGER_MS after the last byte went out instead of holding it.
  */
-export function answerAndClose(socket: Duplex, answer?: string): void {
+export function answerAndClose(socket: Duplex, answer?: string | Uint8Array): void {
   if (socket.destroyed) return;
   if (answer === undefined) socket.end();
   else socket.end(answer);

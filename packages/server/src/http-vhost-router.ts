@@ -19,6 +19,7 @@ import {
 import { answerAndClose } from './answer-and-close.js';
 import type { ClientBandwidth } from './client-bandwidth.js';
 import type { ConnectionLimit } from './connection-limit.js';
+import { type ErrorPages, errorPageFor } from './error-pages.js';
 import type { HostRoutes, RouteEntry } from './host-routes.js';
 import { forwardableTrailers, HOP_BY_HOP } from './http-fields.js';
 import { headerTokens, type ResponseHead } from './http-response-head.js';
@@ -75,6 +76,8 @@ export interface HttpVhostRouterOptions {
   maxHeaderFields: number;
   /** Largest response head taken from a service (maxResponseHead of max_header_size). */
   maxResponseHead: number;
+  /** [http] not_found_page and unavailable_page, read at each answer of the server's own (a reload may change them). */
+  errorPages(): ErrorPages;
 }
 
 const FORWARDED = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
@@ -85,11 +88,20 @@ const BODY_FRAMING = new Set(['content-length', 'transfer-encoding']);
 /** Methods safe to send again when a pooled stream turned out to be closed. */
 const RETRYABLE = new Set(['GET', 'HEAD', 'OPTIONS']);
 
-function plainPage(status: number, text: string): { head: Record<string, string>; body: string } {
-  const body = `${status} ${STATUS_CODES[status] ?? ''}\n\n${text}\n`;
+/**
+ * An answer of the server's own: the operator's page for its status when one is set (only its body and
+ * Content-Type differ), else `text` as plain text.
+ */
+function ownPage(
+  status: number,
+  text: string,
+  pages: ErrorPages,
+): { head: Record<string, string>; body: string | Buffer } {
+  const custom = errorPageFor(pages, status);
+  const body = custom ?? `${status} ${STATUS_CODES[status] ?? ''}\n\n${text}\n`;
   return {
     head: {
-      'Content-Type': 'text/plain; charset=utf-8',
+      'Content-Type': custom ? 'text/html; charset=utf-8' : 'text/plain; charset=utf-8',
       'Content-Length': String(Buffer.byteLength(body)),
       'Cache-Control': 'no-store',
       'X-Content-Type-Options': 'nosniff',
@@ -788,17 +800,18 @@ export class HttpVhostRouter {
     text: string,
     extra: Record<string, string> = {},
   ): void {
-    const page = plainPage(status, text);
+    const page = ownPage(status, text, this.opts.errorPages());
     res.writeHead(status, { ...page.head, ...extra });
     res.end(page.body);
   }
 
   private answerRaw(socket: Duplex, status: number, text: string, extra: Record<string, string> = {}): void {
     if (socket.destroyed) return;
-    const page = plainPage(status, text);
+    const page = ownPage(status, text, this.opts.errorPages());
     let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n`;
     for (const [name, value] of Object.entries({ ...page.head, ...extra, Connection: 'close' }))
       head += `${name}: ${value}\r\n`;
-    answerAndClose(socket, `${head}\r\n${page.body}`);
+    if (typeof page.body === 'string') answerAndClose(socket, `${head}\r\n${page.body}`);
+    else answerAndClose(socket, Buffer.concat([Buffer.from(`${head}\r\n`, 'latin1'), page.body]));
   }
 }

@@ -101,7 +101,7 @@ function certificateChanges(
  * SIGHUP on the server: re-read the config file. Revocations, allow_ports, allow_bind, auth limits, udp limits,
  * client_bandwidth_limit (for the connected clients whose token has no limit of its own, open connections included; each is told the new cap),
  * proxy_max_connections, max_streams_per_proxy, max_pending_per_source, max_pending_connections, subdomain_host, trusted_proxies, shutdown_timeout,
- * log_level, [[plugins]] (read at each ask, ServerPlugins) and the admin token apply at once: a client whose token is now revoked is told so and
+ * log_level, [http] not_found_page and unavailable_page (re-read with the file), [[plugins]] (read at each ask, ServerPlugins) and the admin token apply at once: a client whose token is now revoked is told so and
  * disconnected, and its routes, offline ones of earlier sessions too, forgotten; a proxy the new rules refuse is closed and its client told which and why; an http or tls
  * proxy whose names come from a changed subdomain_host is routed by the new names, as if it registered
  * now (closed, if another client holds them), and its client told, while the offline subdomain routes of

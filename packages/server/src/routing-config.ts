@@ -16,6 +16,7 @@ import {
   UDP_IDLE_TIMEOUT_MIN_MS,
 } from '@porthole/protocol';
 import { z } from 'zod';
+import { type ErrorPages, NO_ERROR_PAGES, readErrorPage } from './error-pages.js';
 import type { HttpLimits } from './http-vhost-server.js';
 import { type CertPair, TlsCertStore } from './tls-cert-store.js';
 import { TrustedProxies } from './trusted-proxies.js';
@@ -81,6 +82,8 @@ export const routingConfigShape = {
           .max(1024 * 1024)
           .default(DEFAULT_MAX_HEADER_SIZE),
         max_streams_per_proxy: positiveIntField('a number of streams').max(65_536).default(256),
+        not_found_page: z.string({ error: expected('a file path') }).optional(),
+        unavailable_page: z.string({ error: expected('a file path') }).optional(),
       },
       { error: expected('an [http] table') },
     )
@@ -136,6 +139,8 @@ export interface RoutingConfig {
   /** Limits for the http port and for connections the TLS port terminates. */
   httpLimits: HttpLimits;
   maxStreamsPerProxy: number;
+  /** [http] not_found_page and unavailable_page, read in; a reload re-reads them. */
+  errorPages: ErrorPages;
   https:
     | {
         listen: HostPort;
@@ -166,6 +171,7 @@ export function defaultRoutingConfig(): RoutingConfig {
       maxHeaderSize: DEFAULT_MAX_HEADER_SIZE,
     },
     maxStreamsPerProxy: 256,
+    errorPages: NO_ERROR_PAGES,
     https: undefined,
     tcpmux: undefined,
   };
@@ -201,6 +207,13 @@ export function loadRoutingConfig(
       maxHeaderSize: raw.http.max_header_size,
     };
     config.maxStreamsPerProxy = raw.http.max_streams_per_proxy;
+    const pageAt = (key: 'not_found_page' | 'unavailable_page') => {
+      const path = raw.http?.[key];
+      return path === undefined ? undefined : readErrorPage(file, `http.${key}`, path);
+    };
+    const notFound = pageAt('not_found_page');
+    const unavailable = pageAt('unavailable_page');
+    if (notFound || unavailable) config.errorPages = { notFound, unavailable };
   }
   if (raw.https) {
     const pairs: CertPair[] = raw.https.certs.map((files, i) => ({

@@ -3,6 +3,7 @@
 // listeners together.
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { NO_ERROR_PAGES } from './error-pages.js';
 import { maxResponseHead } from './http-upstream-connection.js';
 import { HttpVhostRouter } from './http-vhost-router.js';
 import { HttpVhostServer, maxHeaderFields } from './http-vhost-server.js';
@@ -41,6 +42,7 @@ export class VhostPorts {
       idleTimeout: routing.httpLimits.idleTimeout,
       maxHeaderFields: maxHeaderFields(routing.httpLimits.maxHeaderSize),
       maxResponseHead: ctx.routing.maxResponseHead,
+      errorPages: () => ctx.config.routing?.errorPages ?? NO_ERROR_PAGES,
     });
     this.vhost = new HttpVhostServer({
       router,
