@@ -14,7 +14,7 @@ const EXAMPLES = path.join(repoRoot, 'examples');
 
 /**
  * /etc/porthole as the README fills it (secret, admin-token, token, laptop-token, socks-password,
- * http-proxy-password, certificates for
+ * http-proxy-password, error pages, certificates for
  * example.com, a local service's certificate), in the
  * harness dir, each file 0600. Returns the directory.
  */
@@ -42,6 +42,9 @@ async function etcPorthole(h: Harness): Promise<string> {
     ['example.com/privkey.pem', pair.key],
     // "A local service that speaks only HTTPS": the service's own certificate, its local_tls.ca_file.
     ['unifi.pem', pair.cert],
+    // The [http] error pages (not_found_page, unavailable_page).
+    ['404.html', { text: '<h1>This name is not served here</h1>\n' }],
+    ['503.html', { text: '<h1>Back soon</h1>\n' }],
   ];
   for (const [name, from] of files) {
     const to = path.join(etc, name);
