@@ -205,7 +205,7 @@ test(
 );
 
 test(
-  '`check` refuses a missing, an oversized and an empty page, naming the key and the path',
+  '`check` refuses a missing, an oversized, an empty page and a directory, naming the key and the path',
   { timeout: 30_000 },
   (t) =>
     withHarness(t, async (h) => {
@@ -235,6 +235,10 @@ test(
       const empty = await check({ not_found_page: 'empty.html' });
       assert.equal(empty.code, 2, empty.stderr);
       assert.match(empty.stderr, /http\.not_found_page: \S*empty\.html is empty/);
+      // A directory (a path cut short) is not read at all.
+      const directory = await check({ unavailable_page: '.' });
+      assert.equal(directory.code, 2, directory.stderr);
+      assert.match(directory.stderr, /http\.unavailable_page: \S+ is not a regular file/);
       // At the cap is a page; ${VAR} is expanded (systemd's $CREDENTIALS_DIRECTORY, say).
       const fits = await check(
         { listen: '127.0.0.1:0', not_found_page: `${PAGES}/fits.html`, unavailable_page: 'fits.html' },
