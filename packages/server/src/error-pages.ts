@@ -2,7 +2,7 @@
 // themselves (frps's custom404Page, and its companion for "cannot be served now"). Read with the config (start,
 // `check`, reload), held in memory: answering a request never touches the disk.
 import { type Stats, statSync } from 'node:fs';
-import { ConfigError, expandConfigPath, readConfigFile } from '@porthole/protocol';
+import { ConfigError, readConfigFile, resolveConfigPath } from '@porthole/protocol';
 
 /**
  * An error page is a page, not a site: every one is held in memory for the server's life, and larger is
@@ -35,11 +35,11 @@ function statOrUndefined(path: string): Stats | undefined {
 }
 
 /**
- * Reads the page `key` names in `file` (`${VAR}` expanded, relative to the config file). Missing, unreadable,
+ * Reads the page `key` names in `file` (relative to the config file). Missing, unreadable,
  * not a regular file, empty or over MAX_ERROR_PAGE_BYTES: a ConfigError naming the key and the path.
  */
 export function readErrorPage(file: string, key: string, path: string): Buffer {
-  const resolved = expandConfigPath(file, key, path);
+  const resolved = resolveConfigPath(file, path);
   const stat = statOrUndefined(resolved);
   // Checked before reading: a FIFO would block the reload, a huge file would be read whole to be refused.
   if (stat && !stat.isFile()) throw ConfigError.at(file, key, `${resolved} is not a regular file`);
