@@ -139,12 +139,17 @@ async function main(): Promise<number | undefined> {
   const config = loadClientConfig(values.config, flags);
   if (command === 'check') {
     for (const warning of config.warnings) process.stderr.write(`warning: ${warning}\n`);
+    // Only here, not at each start: an empty conf.d is normal, but worth a word where a typo would show.
+    for (const { key, pattern, matched } of config.includes)
+      if (matched === 0) process.stderr.write(`warning: ${key}: "${pattern}" matches no file\n`);
     const count = config.proxies.length;
     const visitors = config.visitors.length;
     const andVisitors = visitors === 0 ? '' : `, ${visitors} ${visitors === 1 ? 'visitor' : 'visitors'}`;
     process.stdout.write(
       `${config.source}: ok (${count} ${count === 1 ? 'proxy' : 'proxies'}${andVisitors})\n`,
     );
+    if (config.includes.length > 0)
+      process.stdout.write(`included: ${config.includedFiles.join(', ') || 'no file'}\n`);
     // A range's proxies are what registers: said so the count above adds up, and the names status will show.
     for (const { table, proxies } of config.portRanges) {
       const made =

@@ -7,6 +7,7 @@ import {
   elementLabel,
   expandConfigPath,
   expected,
+  formatConfigIssues,
   formatHostPort,
   formatLocalAddress,
   type HostPort,
@@ -31,6 +32,13 @@ import {
 } from '@porthole/protocol';
 import { z } from 'zod';
 import {
+  type IncludedTables,
+  type IncludeMatch,
+  includesField,
+  notInIncludedFile,
+  readIncludes,
+} from './config-includes.js';
+import {
   type ChosenProxy,
   checkSocksCredentials,
   describeDialProxy,
@@ -50,6 +58,7 @@ import {
   type RawProxy,
   toProxyConfig,
 } from './proxy-config.js';
+import { type TableKind, TablePlaces } from './table-places.js';
 import type { RawTerminateTls, TerminateTls } from './terminate-tls.js';
 import { DEFAULT_VISITOR_HANDSHAKE_TIMEOUT_MS } from './terminate-tls.js';
 import { tokenWarnings } from './token-warnings.js';
@@ -119,6 +128,8 @@ const clientShape = {
     })
     .pipe(clientMetadataSchema)
     .default({}),
+  // Read before the rest (their tables join these), and kept here for the hints of a misspelt key.
+  includes: includesField.optional(),
   proxies: z.array(proxySchema, { error: expected('[[proxies]] tables') }).default([]),
   visitors: z.array(visitorSchema, { error: expected('[[visitors]] tables') }).default([]),
   admin: z
@@ -148,98 +159,106 @@ function passwordFileProblem(
   return undefined;
 }
 
-const clientSchema = z.strictObject(clientShape).superRefine((config, ctx) => {
-  if ((config.token === undefined) === (config.token_file === undefined)) {
-    ctx.addIssue({ code: 'custom', path: ['token'], message: 'set exactly one of token or token_file' });
-  }
-  if (config.proxy_password_file !== undefined) {
-    const problem = passwordFileProblem(config.proxy, { proxy: 'proxy', file: 'proxy_password_file' });
-    if (problem) ctx.addIssue({ code: 'custom', path: ['proxy_password_file'], message: problem });
-  }
-  if (config.heartbeat_timeout <= config.heartbeat_interval) {
-    ctx.addIssue({
-      code: 'custom',
-      path: ['heartbeat_timeout'],
-      message: 'must be longer than heartbeat_interval',
-    });
-  }
-  if (config.reconnect_max < config.reconnect_initial) {
-    ctx.addIssue({
-      code: 'custom',
-      path: ['reconnect_max'],
-      message: 'must not be shorter than reconnect_initial',
-    });
-  }
-  const names = new Map<string, string>();
-  const ports = new Map<string, number>();
-  config.proxies.forEach((proxy, i) => {
-    // A range table stands for one proxy per port: each of their names and ports is checked, and the first
-    // clash said, once for the table.
-    const members = tableMembers(proxy);
-    const ranged = proxy.port_range !== undefined;
-    const clashingName = members.find((member) => names.has(member.name));
-    if (clashingName) {
-      const whose = ranged ? `, the name of its port ${clashingName.remotePort},` : '';
+const clientObject = z.strictObject(clientShape);
+
+/** client.toml's schema, its checks across tables naming each table where `places` says it was written. */
+const clientSchema = (places: TablePlaces) =>
+  clientObject.superRefine((config, ctx) => {
+    if ((config.token === undefined) === (config.token_file === undefined)) {
+      ctx.addIssue({ code: 'custom', path: ['token'], message: 'set exactly one of token or token_file' });
+    }
+    if (config.proxy_password_file !== undefined) {
+      const problem = passwordFileProblem(config.proxy, { proxy: 'proxy', file: 'proxy_password_file' });
+      if (problem) ctx.addIssue({ code: 'custom', path: ['proxy_password_file'], message: problem });
+    }
+    if (config.heartbeat_timeout <= config.heartbeat_interval) {
       ctx.addIssue({
         code: 'custom',
-        path: ['proxies', i, 'name'],
-        message: `"${clashingName.name}"${whose} is already the name of ${names.get(clashingName.name)}`,
+        path: ['heartbeat_timeout'],
+        message: 'must be longer than heartbeat_interval',
       });
     }
-    // tcp and udp ports are separate spaces (iperf3 -u, DNS and others use both on one port number).
-    const clashingPort = members.find((member) => {
-      const holder = ports.get(portKey(proxy.type, member.remotePort) ?? '');
-      // Proxies of one group share their port: two local replicas behind one public port is the point.
-      return (
-        holder !== undefined && (proxy.group === undefined || config.proxies[holder]?.group !== proxy.group)
-      );
-    });
-    if (clashingPort) {
-      const holder = ports.get(portKey(proxy.type, clashingPort.remotePort)!)!;
-      const holderGroup = config.proxies[holder]?.group;
-      const groups =
-        holderGroup === undefined && proxy.group === undefined
-          ? ''
-          : ` (${holderGroup === undefined ? 'in no group' : `in group "${holderGroup}"`}; only proxies of one group share a port)`;
-      const its = config.proxies[holder]?.port_range === undefined ? 'the remote_port' : 'in the remote_port';
+    if (config.reconnect_max < config.reconnect_initial) {
       ctx.addIssue({
         code: 'custom',
-        path: ['proxies', i, 'remote_port'],
-        message: `${clashingPort.remotePort} is already ${its} of proxies${elementLabel(holder, config.proxies[holder])}${groups}`,
+        path: ['reconnect_max'],
+        message: 'must not be shorter than reconnect_initial',
       });
     }
-    for (const member of members) {
-      names.set(
-        member.name,
-        ranged ? `proxies${elementLabel(i, proxy)}'s port ${member.remotePort}` : `proxies[${i}]`,
-      );
-      const port = portKey(proxy.type, member.remotePort);
-      if (port !== undefined) ports.set(port, i);
-    }
+    // A name's holder: its table, and the port of a range's that took it.
+    const names = new Map<string, { index: number; port?: number | undefined }>();
+    const ports = new Map<string, number>();
+    config.proxies.forEach((proxy, i) => {
+      // A range table stands for one proxy per port: each of their names and ports is checked, and the first
+      // clash said, once for the table.
+      const members = tableMembers(proxy);
+      const ranged = proxy.port_range !== undefined;
+      const clashingName = members.find((member) => names.has(member.name));
+      if (clashingName) {
+        const whose = ranged ? `, the name of its port ${clashingName.remotePort},` : '';
+        const holder = names.get(clashingName.name)!;
+        const holderLabel =
+          holder.port === undefined
+            ? places.seenFrom(i, 'proxies', holder.index)
+            : `${places.seenFrom(i, 'proxies', holder.index, config.proxies[holder.index])}'s port ${holder.port}`;
+        ctx.addIssue({
+          code: 'custom',
+          path: ['proxies', i, 'name'],
+          message: `"${clashingName.name}"${whose} is already the name of ${holderLabel}`,
+        });
+      }
+      // tcp and udp ports are separate spaces (iperf3 -u, DNS and others use both on one port number).
+      const clashingPort = members.find((member) => {
+        const holder = ports.get(portKey(proxy.type, member.remotePort) ?? '');
+        // Proxies of one group share their port: two local replicas behind one public port is the point.
+        return (
+          holder !== undefined && (proxy.group === undefined || config.proxies[holder]?.group !== proxy.group)
+        );
+      });
+      if (clashingPort) {
+        const holder = ports.get(portKey(proxy.type, clashingPort.remotePort)!)!;
+        const holderGroup = config.proxies[holder]?.group;
+        const groups =
+          holderGroup === undefined && proxy.group === undefined
+            ? ''
+            : ` (${holderGroup === undefined ? 'in no group' : `in group "${holderGroup}"`}; only proxies of one group share a port)`;
+        const its =
+          config.proxies[holder]?.port_range === undefined ? 'the remote_port' : 'in the remote_port';
+        ctx.addIssue({
+          code: 'custom',
+          path: ['proxies', i, 'remote_port'],
+          message: `${clashingPort.remotePort} is already ${its} of ${places.seenFrom(i, 'proxies', holder, config.proxies[holder])}${groups}`,
+        });
+      }
+      for (const member of members) {
+        names.set(member.name, { index: i, port: ranged ? member.remotePort : undefined });
+        const port = portKey(proxy.type, member.remotePort);
+        if (port !== undefined) ports.set(port, i);
+      }
+    });
+    const visitorNames = new Map<string, number>();
+    const binds = new Map<string, number>();
+    config.visitors.forEach((visitor, i) => {
+      const named = visitorNames.get(visitor.name);
+      if (named !== undefined)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['visitors', i, 'name'],
+          message: `"${visitor.name}" is already the name of ${places.seenFrom(i, 'visitors', named)}`,
+        });
+      // A tcp and a udp visitor may share an address and port, as a tcp and a udp service do.
+      const bind = `${visitor.type}/${visitor.bind.host}/${visitor.bind.port}`;
+      const bound = binds.get(bind);
+      if (bound !== undefined)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['visitors', i, 'bind'],
+          message: `is already the bind of ${places.seenFrom(i, 'visitors', bound, config.visitors[bound])}`,
+        });
+      visitorNames.set(visitor.name, i);
+      binds.set(bind, i);
+    });
   });
-  const visitorNames = new Map<string, number>();
-  const binds = new Map<string, number>();
-  config.visitors.forEach((visitor, i) => {
-    const named = visitorNames.get(visitor.name);
-    if (named !== undefined)
-      ctx.addIssue({
-        code: 'custom',
-        path: ['visitors', i, 'name'],
-        message: `"${visitor.name}" is already the name of visitors[${named}]`,
-      });
-    // A tcp and a udp visitor may share an address and port, as a tcp and a udp service do.
-    const bind = `${visitor.type}/${visitor.bind.host}/${visitor.bind.port}`;
-    const bound = binds.get(bind);
-    if (bound !== undefined)
-      ctx.addIssue({
-        code: 'custom',
-        path: ['visitors', i, 'bind'],
-        message: `is already the bind of visitors${elementLabel(bound, config.visitors[bound])}`,
-      });
-    visitorNames.set(visitor.name, i);
-    binds.set(bind, i);
-  });
-});
 
 export interface ClientConfig {
   /** The config file, or "command line" for quick flags. */
@@ -259,8 +278,14 @@ export interface ClientConfig {
   /** Told to the server at sign-in, for its plugins (frp's metadatas); a change applies at the next sign-in. */
   metadata: Readonly<Record<string, string>>;
   proxies: ProxyConfig[];
-  /** The [[proxies]] tables with port ranges ("proxies[3] (\"game\")") and the proxies each made, for `check`. */
+  /**
+   * The [[proxies]] tables with port ranges ("proxies[3] (\"game\")", an included file's named first) and
+   * the proxies each made, for `check`.
+   */
   portRanges: { table: string; proxies: string[] }[];
+  /** client.toml's `includes`: what each entry matched, and the files read (in order, each once), for `check`. */
+  includes: IncludeMatch[];
+  includedFiles: string[];
   /** Local ports whose connections go to other clients' private services. */
   visitors: VisitorConfig[];
   /** Worth saying but not refusing (a token file others can read), for the log. */
@@ -423,9 +448,62 @@ interface KeyOrigin {
   key: string;
 }
 
+/**
+ * validateConfig of client.toml with its included files' tables: a problem of an included table is named by
+ * that file and the table's index there, as the file alone would name it.
+ */
+function validateClientConfig(places: TablePlaces, rawInput: Record<string, unknown>) {
+  const result = clientSchema(places).safeParse(rawInput);
+  if (result.success) return result.data;
+  const problems = result.error.issues.flatMap((issue) => {
+    const [kind, index] = issue.path;
+    const place =
+      (kind === 'proxies' || kind === 'visitors') && typeof index === 'number'
+        ? { kind: kind as TableKind, ...places.of(kind, index) }
+        : undefined;
+    if (place === undefined || place.file === places.main)
+      return formatConfigIssues(places.main, new z.ZodError([issue]), clientObject, rawInput);
+    // Read along the included file's own list, so the table's name shows beside its index there.
+    const tables: unknown[] = [];
+    tables[place.index] = (rawInput[place.kind] as unknown[])[index as number];
+    const path = [place.kind, place.index, ...issue.path.slice(2)];
+    const input = { [place.kind]: tables };
+    if (issue.code !== 'unrecognized_keys' || issue.path.length !== 2)
+      return formatConfigIssues(place.file, new z.ZodError([{ ...issue, path }]), clientObject, input);
+    // A key of client.toml's own written after a table's keys: TOML put it in the table; it goes in client.toml.
+    return issue.keys.flatMap((key) =>
+      TOP_LEVEL_KEYS.has(key)
+        ? [
+            `${place.file}: ${places.local(place.kind, index as number, tables[place.index])}.${key}: ${notInIncludedFile(places.main, key)}`,
+          ]
+        : formatConfigIssues(
+            place.file,
+            new z.ZodError([{ ...issue, path, keys: [key] }]),
+            clientObject,
+            input,
+          ),
+    );
+  });
+  throw new ConfigError(problems);
+}
+
+/** What a config without `includes` includes. */
+const NO_INCLUDES: IncludedTables = {
+  matches: [],
+  files: [],
+  tables: { proxies: [], visitors: [] },
+  places: { proxies: [], visitors: [] },
+};
+
 /** Validates a raw config (from TOML or flags) and reads the files it points at. */
-function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagKey>): ClientConfig {
-  const raw = validateConfig(source, rawInput, clientSchema);
+function finish(
+  places: TablePlaces,
+  rawInput: Record<string, unknown>,
+  setByFlags: ReadonlySet<FlagKey>,
+  included: IncludedTables,
+): ClientConfig {
+  const source = places.main;
+  const raw = validateClientConfig(places, rawInput);
   const originOf = (key: FlagKey): KeyOrigin =>
     setByFlags.has(key) ? { source: COMMAND_LINE, key: FLAG_OF_KEY[key] } : { source, key };
   const tokenAt = originOf('token_file');
@@ -449,17 +527,26 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
     metadata: raw.metadata,
     proxies: [],
     portRanges: [],
+    includes: included.matches,
+    includedFiles: included.files,
     visitors: raw.visitors.map(toVisitorConfig),
     warnings: exposed ? [`${tokenFile === undefined ? 'token' : 'token_file'}: ${exposed}`] : [],
   };
   // Read as tables (a range's files and warnings once), then run as proxies, one per port of a range.
-  const tables = raw.proxies.map((proxy, i) => fileProxy(source, proxy, i, config.warnings));
+  const tables = raw.proxies.map((proxy, i) => {
+    const { file, index } = places.of('proxies', i);
+    const found: string[] = [];
+    const table = fileProxy(file, proxy, index, found);
+    // An included file's are said with its name, as its errors are; client.toml's name no file.
+    config.warnings.push(...found.map((warning) => (file === source ? warning : `${file}: ${warning}`)));
+    return table;
+  });
   const expanded = tables.map(expandPortRange);
   config.proxies = expanded.flat();
   config.portRanges = tables.flatMap((table, i) =>
     table.portRange === undefined
       ? []
-      : [{ table: `proxies${elementLabel(i, table)}`, proxies: expanded[i]!.map((proxy) => proxy.name) }],
+      : [{ table: places.label('proxies', i, table), proxies: expanded[i]!.map((proxy) => proxy.name) }],
   );
   const serverUrl = new URL(raw.server);
   // A URL's host is a Host field's value: host[:port], an IPv6 address in brackets.
@@ -469,7 +556,11 @@ function finish(source: string, rawInput: unknown, setByFlags: ReadonlySet<FlagK
     );
   }
   const tokenKey = raw.token === undefined ? tokenAt.key : originOf('token').key;
-  config.warnings.push(...tokenWarnings(tokenKey, token, tables, config.visitors));
+  config.warnings.push(
+    ...tokenWarnings(tokenKey, token, tables, config.visitors, (kind, i, table) =>
+      places.label(kind, i, table),
+    ),
+  );
   if (raw.admin) config.admin = { listen: raw.admin.listen };
   chooseDialProxy(config, raw, originOf('proxy'), originOf('proxy_password_file'));
   if (raw.ca_file !== undefined) {
@@ -575,6 +666,9 @@ function proxyFromEnvironmentOrError(server: string): ReturnType<typeof proxyFro
 
 export const COMMAND_LINE = 'command line';
 
+/** client.toml's own keys, which an included file may not hold (but for its tables). */
+const TOP_LEVEL_KEYS: ReadonlySet<string> = new Set(Object.keys(clientShape));
+
 /** Quick flags; any set here overrides the config file (and `tcp` rules add proxies). */
 export interface ClientFlags {
   server?: string;
@@ -601,11 +695,11 @@ export interface ClientFlags {
  */
 function withRuleProxies(
   fileProxies: unknown[],
-  file: string | undefined,
+  places: TablePlaces,
   rules: { rule: string; type: 'tcp' | 'udp' }[],
 ): unknown[] {
   const proxies = [...fileProxies];
-  const owners = fileProxies.map((proxy, i) => `proxies${elementLabel(i, proxy)} in ${file}`);
+  const owners = fileProxies.map((proxy, i) => places.withFile('proxies', i, proxy));
   for (const { rule, type } of rules) {
     // A socks5 or http-proxy proxy needs its password (or allow list) too, which a rule has no room for.
     const forwardProxy = /:(socks5|http-proxy)$/.exec(rule.trim())?.[1];
@@ -737,6 +831,19 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 export function loadClientConfig(file: string | undefined, flags: ClientFlags = {}): ClientConfig {
   const raw: Record<string, unknown> =
     file === undefined ? {} : { ...loadTomlConfig(file, z.record(z.string(), z.unknown())) };
+  const included =
+    file === undefined || raw.includes === undefined
+      ? NO_INCLUDES
+      : readIncludes(file, raw.includes, clientObject, TOP_LEVEL_KEYS);
+  const mainCounts = { proxies: 0, visitors: 0 };
+  for (const kind of ['proxies', 'visitors'] as const) {
+    const written = raw[kind] ?? [];
+    // Not a list (`[proxies]` for `[[proxies]]`): left for the schema to name in client.toml.
+    if (!Array.isArray(written)) continue;
+    mainCounts[kind] = written.length;
+    if (included.tables[kind].length > 0) raw[kind] = [...written, ...included.tables[kind]];
+  }
+  const places = new TablePlaces(file ?? COMMAND_LINE, mainCounts, included.places);
   const given = flagValues(flags);
   if (given.token !== undefined || given.token_file !== undefined) {
     delete raw.token;
@@ -759,7 +866,7 @@ export function loadClientConfig(file: string | undefined, flags: ClientFlags = 
     ...(flags.udp ?? []).map((rule) => ({ rule, type: 'udp' as const })),
   ];
   if (rules.length > 0)
-    raw.proxies = withRuleProxies(Array.isArray(raw.proxies) ? raw.proxies : [], file, rules);
+    raw.proxies = withRuleProxies(Array.isArray(raw.proxies) ? raw.proxies : [], places, rules);
   if (flags.visit?.length)
     raw.visitors = [
       ...(Array.isArray(raw.visitors) ? raw.visitors : []),
@@ -778,5 +885,5 @@ export function loadClientConfig(file: string | undefined, flags: ClientFlags = 
       '--token-file',
       'the client token is needed (--token-file FILE or --token JWT)',
     );
-  return finish(file ?? COMMAND_LINE, raw, new Set(Object.keys(given) as FlagKey[]));
+  return finish(places, raw, new Set(Object.keys(given) as FlagKey[]), included);
 }

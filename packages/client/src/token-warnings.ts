@@ -57,13 +57,16 @@ function rangeGrantRefusal(grant: PortRanges | undefined, ports: PortRanges): st
  * Warnings about `token` (set by `tokenKey`: "token_file", "--token", ...) and what `proxies` ask of its
  * grants: not a JWT, expired or about to, a remote_port or hostname the server will refuse this token. `proxies`
  * are the [[proxies]] tables, a range's not yet expanded: its ports outside the grant are said in one line.
- * A subdomain is not checked: its full name depends on the server's subdomain_host.
+ * A subdomain is not checked: its full name depends on the server's subdomain_host. `labelOf` names a table
+ * ("proxies[0] ("web")"; an included file's with its file).
  */
 export function tokenWarnings(
   tokenKey: string,
   token: string,
   proxies: readonly ProxyConfig[],
   visitors: readonly VisitorConfig[] = [],
+  labelOf: (kind: 'proxies' | 'visitors', index: number, table: unknown) => string = (kind, index, table) =>
+    `${kind}${elementLabel(index, table)}`,
   now = Date.now(),
 ): string[] {
   const read = readToken(token, now);
@@ -83,7 +86,7 @@ export function tokenWarnings(
     // A grant the server cannot read refuses the whole token ("malformed token"), said at the dial.
   }
   for (const [index, proxy] of proxies.entries()) {
-    const label = `proxies${elementLabel(index, proxy)}`;
+    const label = labelOf('proxies', index, proxy);
     // A port the server picks (0) is one the grant allows, or the server says there is none.
     const portRefused =
       proxy.remotePort === undefined || proxy.remotePort === PICKED_PORT
@@ -108,7 +111,7 @@ export function tokenWarnings(
     if (visitGrantAllows(claims.visit, visitor.service)) continue;
     const granted = claims.visit?.length ? claims.visit.join(',') : 'no services: issue it with --visit';
     warnings.push(
-      `visitors${elementLabel(index, visitor)}.service: ${visitor.service} is outside the token's visit grant (${granted}); the server will refuse its visits`,
+      `${labelOf('visitors', index, visitor)}.service: ${visitor.service} is outside the token's visit grant (${granted}); the server will refuse its visits`,
     );
   }
   return warnings;
