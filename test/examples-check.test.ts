@@ -96,16 +96,24 @@ function withoutKeys(text: string, other: string): string {
     .join('\n');
 }
 
+/** A block headed "# conf.d/wiki.toml": a file client.toml's `includes` reads, not a config of its own. */
+const INCLUDED_FILE_HEADER = /^# (conf\.d\/[\w-]+\.toml)$/;
+
 /**
  * The README's ```toml blocks, each as the porthole files it shows: a block whose first line names two files
  * ("# server.toml    # client.toml", or "# frpc.toml    # client.toml") holds them side by side, the second
- * one commented out.
+ * one commented out; one headed "# conf.d/NAME.toml" is a file for client.toml's `includes`.
  */
 function readmeTomlBlocks(readme: string): { file: string; text: string }[] {
   const blocks = [...readme.matchAll(/^```toml\n([\s\S]*?)^```$/gm)].map((m) => m[1]!);
   const files: { file: string; text: string }[] = [];
   for (const block of blocks) {
     const lines = block.split('\n');
+    const included = INCLUDED_FILE_HEADER.exec(lines[0]!)?.[1];
+    if (included !== undefined) {
+      files.push({ file: included, text: lines.slice(1).join('\n') });
+      continue;
+    }
     const names = [...lines[0]!.matchAll(/# ((?:rathole )?[\w-]+\.toml)/g)];
     assert.ok(names.length > 0, `a README toml block says which file it is: ${lines[0]}`);
     const columns = names.map((name) => name.index!);
@@ -172,7 +180,12 @@ test(
       };
       const blocks = readmeTomlBlocks(await readFile(path.join(repoRoot, 'README.md'), 'utf8'));
       assert.ok(blocks.length >= 2, 'the README has its toml blocks');
+      // The included files first, in /etc/porthole/conf.d, where the blocks' `includes` read them.
+      await mkdir(path.join(etc, 'conf.d'));
+      for (const { file, text } of blocks)
+        if (INCLUDED_FILE_HEADER.test(`# ${file}`)) await writeFile(path.join(etc, file), atEtc(text));
       for (const [i, { file, text }] of blocks.entries()) {
+        if (INCLUDED_FILE_HEADER.test(`# ${file}`)) continue;
         const with_ = base[file];
         assert.ok(with_, `README block ${i} is a ${file}, one of ${Object.keys(base)}`);
         // Its own top-level keys before its tables, and the base's tables after them all.
