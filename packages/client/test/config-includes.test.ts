@@ -2,9 +2,8 @@ import assert from 'node:assert/strict';
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { ConfigError } from '@porthole/protocol';
-import { type ClientFlags, loadClientConfig } from '../src/config.js';
-import { configScratch, HEAD } from './config-scratch.js';
+import { loadClientConfig } from '../src/config.js';
+import { configProblems, configScratch, HEAD } from './config-scratch.js';
 
 const scratch = await configScratch('porthole-client-includes-');
 chmodSync(join(scratch.dir, 'token'), 0o600);
@@ -22,16 +21,6 @@ function setUp(main: string, files: Record<string, string>): string {
   const file = join(dir, 'client.toml');
   writeFileSync(file, `${HEAD.replace('"token"', '"../token"')}${main}`, { mode: 0o600 });
   return file;
-}
-
-function problemsOf(file: string, flags: ClientFlags = {}): readonly string[] {
-  try {
-    loadClientConfig(file, flags);
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, String(err));
-    return err.problems;
-  }
-  assert.fail('expected a ConfigError');
 }
 
 function tcp(name: string, remotePort: number, local = '127.0.0.1:22'): string {
@@ -73,7 +62,7 @@ test('an included table is named by its own file and its index there, its unknow
     'conf.d/web.toml': `${tcp('ssh', 2001)}${tcp('web', 70000)}remote_prot = 3\n`,
   });
   const web = join(file, '..', 'conf.d', 'web.toml');
-  assert.deepEqual(problemsOf(file), [
+  assert.deepEqual(configProblems(file), [
     `${web}: proxies[1] ("web").remote_port: must be at most 65535`,
     `${web}: proxies[1] ("web").remote_prot: unknown key (did you mean "remote_port"?)`,
   ]);
@@ -84,16 +73,16 @@ test("client.toml's keys, and includes, are refused in an included file, at its 
     'conf.d/a.toml': `log_level = "debug"\nincludes = ["more/*.toml"]\n${tcp('a', 2001)}`,
   });
   const a = join(file, '..', 'conf.d', 'a.toml');
-  assert.deepEqual(problemsOf(file), [
+  assert.deepEqual(configProblems(file), [
     `${a}: log_level: only [[proxies]] and [[visitors]] belong in an included file; log_level goes in ${file}`,
     `${a}: includes: only [[proxies]] and [[visitors]] belong in an included file; includes are read from ${file} alone`,
   ]);
   writeFileSync(a, `${tcp('a', 2001)}server = "wss://other.example.com/_porthole"\n`);
-  assert.deepEqual(problemsOf(file), [
+  assert.deepEqual(configProblems(file), [
     `${a}: proxies[0] ("a").server: only [[proxies]] and [[visitors]] belong in an included file; server goes in ${file}`,
   ]);
   writeFileSync(a, 'remote_port = 2001\n');
-  assert.deepEqual(problemsOf(file), [
+  assert.deepEqual(configProblems(file), [
     `${a}: remote_port: unknown key (a key of [[proxies]]: write it below the [[proxies]] line)`,
   ]);
 });
@@ -104,7 +93,7 @@ test('a clash across files names both places: proxy names and ports, visitor nam
     'conf.d/b.toml': `${tcp('web', 2002)}${tcp('other', 2001)}[[visitors]]\nname = "v"\nservice = "homelab/web"\nbind = "127.0.0.1:2222"\n`,
   });
   const [a, b] = ['a', 'b'].map((name) => join(file, '..', 'conf.d', `${name}.toml`));
-  assert.deepEqual(problemsOf(file), [
+  assert.deepEqual(configProblems(file), [
     `${b}: proxies[0] ("web").name: "web" is already the name of proxies[0] in ${file}`,
     `${b}: proxies[1] ("other").remote_port: 2001 is already the remote_port of proxies[0] ("ssh") in ${a}`,
     `${b}: visitors[0] ("v").name: "v" is already the name of visitors[0] in ${a}`,
@@ -119,7 +108,7 @@ test("a port range in an included file expands as client.toml's, its clashes and
     'conf.d/game.toml': range,
   });
   const game = join(file, '..', 'conf.d', 'game.toml');
-  assert.deepEqual(problemsOf(file), [
+  assert.deepEqual(configProblems(file), [
     `${game}: proxies[0] ("game").name: "game-27016", the name of its port 27016, is already the name of proxies[0] in ${file}`,
   ]);
   writeFileSync(file, `${HEAD.replace('"token"', '"../token"')}includes = ["conf.d/*.toml"]\n`, {
@@ -137,11 +126,11 @@ test("a port range in an included file expands as client.toml's, its clashes and
 
 test('a missing plain path is an error naming includes[N]; a pattern may match nothing; an environment variable in it is expanded', () => {
   const file = setUp('includes = ["conf.d/*.toml", "extra/one.toml"]\n', {});
-  assert.deepEqual(problemsOf(file), [
+  assert.deepEqual(configProblems(file), [
     `${file}: includes[1]: ${join(file, '..', 'extra', 'one.toml')}: no such file`,
   ]);
   writeFileSync(file, `${HEAD.replace('"token"', '"../token"')}includes = ["*/x.toml"]\n`, { mode: 0o600 });
-  assert.deepEqual(problemsOf(file), [
+  assert.deepEqual(configProblems(file), [
     `${file}: includes[0]: "*/x.toml": * and ? may stand in the file name only, not in a directory`,
   ]);
   writeFileSync(file, `${HEAD.replace('"token"', '"../token"')}includes = ["\${PORTHOLE_CONFD}/*.toml"]\n`, {
@@ -157,7 +146,7 @@ test('a missing plain path is an error naming includes[N]; a pattern may match n
   } finally {
     delete process.env.PORTHOLE_CONFD;
   }
-  assert.match(problemsOf(file)[0]!, /: includes\[0\]: \$\{PORTHOLE_CONFD\} in .* is not set/);
+  assert.match(configProblems(file)[0]!, /: includes\[0\]: \$\{PORTHOLE_CONFD\} in .* is not set/);
   writeFileSync(file, `${HEAD.replace('"token"', '"../token"')}includes = ["none/*.toml"]\n`, {
     mode: 0o600,
   });
@@ -181,7 +170,7 @@ test('a file matched twice, or client.toml itself, is read once', () => {
 test("a --tcp rule is checked against included tables as against client.toml's, naming the file", () => {
   const file = setUp('includes = ["conf.d/*.toml"]\n', { 'conf.d/a.toml': tcp('a', 2001) });
   const a = join(file, '..', 'conf.d', 'a.toml');
-  assert.deepEqual(problemsOf(file, { tcp: ['2001:127.0.0.1:22'] }), [
+  assert.deepEqual(configProblems(file, { tcp: ['2001:127.0.0.1:22'] }), [
     `command line: --tcp: "2001:127.0.0.1:22": tcp port 2001 is already taken by proxies[0] ("a") in ${a}`,
   ]);
   const config = loadClientConfig(file, { tcp: ['2002:127.0.0.1:22'] });

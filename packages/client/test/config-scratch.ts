@@ -6,7 +6,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { scratchDir } from '@porthole/mux/test/scratch-dir';
 import { ConfigError, issueToken } from '@porthole/protocol';
-import { loadClientConfig } from '../src/config.js';
+import { type ClientFlags, loadClientConfig } from '../src/config.js';
 
 /** The top of every config written: the server and the token file next to it. */
 export const HEAD = 'server = "wss://vps.example.com/_porthole"\ntoken_file = "token"\n';
@@ -19,6 +19,17 @@ export interface ConfigScratch {
   problems(text: string): string[];
   /** `name`.pem and `name`.key in the directory: a one-day self-signed certificate for `host`, by openssl. */
   selfSigned(name: string, host: string): void;
+}
+
+/** The lines of the ConfigError that loading `file` with `flags` throws. */
+export function configProblems(file: string | undefined, flags: ClientFlags = {}): readonly string[] {
+  try {
+    loadClientConfig(file, flags);
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, String(err));
+    return err.problems;
+  }
+  assert.fail('expected a ConfigError');
 }
 
 export async function configScratch(prefix: string): Promise<ConfigScratch> {
@@ -36,13 +47,7 @@ export async function configScratch(prefix: string): Promise<ConfigScratch> {
   };
   const problems = (text: string): string[] => {
     const file = write(text);
-    try {
-      loadClientConfig(file);
-    } catch (err) {
-      assert.ok(err instanceof ConfigError, String(err));
-      return err.problems.map((line) => line.replace(`${file}: `, ''));
-    }
-    assert.fail('expected a ConfigError');
+    return configProblems(file).map((line) => line.replace(`${file}: `, ''));
   };
   const selfSigned = (name: string, host: string): void => {
     const key = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1'];

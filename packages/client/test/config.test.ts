@@ -3,9 +3,10 @@ import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { scratchDir } from '@porthole/mux/test/scratch-dir';
-import { ConfigError, issueToken } from '@porthole/protocol';
+import { issueToken } from '@porthole/protocol';
 import { type ClientFlags, loadClientConfig } from '../src/config.js';
 import { describeLocal, proxySpecFields } from '../src/proxy-config.js';
+import { configProblems } from './config-scratch.js';
 
 const dir = scratchDir('porthole-client-config-');
 /** A token as the server issues it (the client never checks its signature). */
@@ -18,21 +19,10 @@ function write(text: string): string {
   return file;
 }
 
-/** The lines of the ConfigError that loading `file` with `flags` throws. */
-function problemsOf(file: string | undefined, flags: ClientFlags): readonly string[] {
-  try {
-    loadClientConfig(file, flags);
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, String(err));
-    return err.problems;
-  }
-  assert.fail('expected a ConfigError');
-}
-
 /** The problems of a config file with this text, without the file's name in front. */
 function problems(text: string | undefined, flags: ClientFlags = {}): string[] {
   const file = text === undefined ? undefined : write(text);
-  return problemsOf(file, flags).map((line) => (file ? line.replace(`${file}: `, '') : line));
+  return configProblems(file, flags).map((line) => (file ? line.replace(`${file}: `, '') : line));
 }
 
 const HEAD = 'server = "wss://vps.example.com/_porthole"\ntoken_file = "token"\n';
@@ -127,7 +117,7 @@ test('a problem names its proxy by name; a --tcp/--udp rule whose port or name i
   const ssh = write(
     `${HEAD}[[proxies]]\nname = "ssh"\ntype = "tcp"\nlocal = "127.0.0.1:22"\nremote_port = 2222\n`,
   );
-  assert.deepEqual(problemsOf(ssh, { tcp: ['2222:127.0.0.1:23'] }), [
+  assert.deepEqual(configProblems(ssh, { tcp: ['2222:127.0.0.1:23'] }), [
     `command line: --tcp: "2222:127.0.0.1:23": tcp port 2222 is already taken by proxies[0] ("ssh") in ${ssh}`,
   ]);
   // tcp and udp ports are separate spaces.
@@ -135,7 +125,7 @@ test('a problem names its proxy by name; a --tcp/--udp rule whose port or name i
   const named = write(
     `${HEAD}[[proxies]]\nname = "tcp-2222"\ntype = "tcp"\nlocal = "127.0.0.1:22"\nremote_port = 2223\n`,
   );
-  assert.deepEqual(problemsOf(named, { tcp: ['2222:127.0.0.1:23'] }), [
+  assert.deepEqual(configProblems(named, { tcp: ['2222:127.0.0.1:23'] }), [
     `command line: --tcp: "2222:127.0.0.1:23": its proxy's name, "tcp-2222", is already that of proxies[0] ("tcp-2222") in ${named}`,
   ]);
 });
