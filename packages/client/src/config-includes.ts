@@ -44,6 +44,11 @@ const includedFileSchema = z.strictObject({
   visitors: z.array(z.unknown(), { error: expected('[[visitors]] tables') }).optional(),
 });
 
+const ONLY_TABLES = 'only [[proxies]] and [[visitors]] belong in an included file';
+
+/** The lists an included file holds, by the singular a table of them is misspelt as. */
+const SINGULAR_OF_TABLE_LIST: Readonly<Record<string, TableKind>> = { proxy: 'proxies', visitor: 'visitors' };
+
 /**
  * Why client.toml's own key `key` is refused in an included file, at its top or below a table's line (where
  * TOML puts a key written after a table's keys).
@@ -51,7 +56,7 @@ const includedFileSchema = z.strictObject({
 export function notInIncludedFile(mainFile: string, key: string): string {
   const where =
     key === 'includes' ? `includes are read from ${mainFile} alone` : `${key} goes in ${mainFile}`;
-  return `only [[proxies]] and [[visitors]] belong in an included file; ${where}`;
+  return `${ONLY_TABLES}; ${where}`;
 }
 
 /** Where a file found twice (two patterns, a link, client.toml itself) is known once. */
@@ -83,7 +88,7 @@ function filesOf(mainFile: string, key: string, written: string): string[] {
       );
     }
   }
-  let found: ReturnType<typeof statSync> | undefined;
+  let found: ReturnType<typeof statSync>;
   try {
     found = statSync(path);
   } catch (err) {
@@ -115,6 +120,9 @@ function readIncludedFile(
     if (issue.code !== 'unrecognized_keys')
       return formatConfigIssues(file, new z.ZodError([issue]), hintSchema, raw);
     return issue.keys.flatMap((key) => {
+      // `[[proxy]]`: client.toml's `proxy` is a URL, and a table of that name one of the lists misspelt.
+      const meant = typeof raw[key] === 'object' ? SINGULAR_OF_TABLE_LIST[key] : undefined;
+      if (meant !== undefined) return [`${file}: ${key}: ${ONLY_TABLES} (did you mean [[${meant}]]?)`];
       if (!topLevelKeys.has(key))
         return formatConfigIssues(file, new z.ZodError([{ ...issue, keys: [key] }]), hintSchema, raw);
       return [`${file}: ${key}: ${notInIncludedFile(mainFile, key)}`];

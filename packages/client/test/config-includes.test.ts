@@ -81,6 +81,10 @@ test("client.toml's keys, and includes, are refused in an included file, at its 
   assert.deepEqual(configProblems(file), [
     `${a}: proxies[0] ("a").server: only [[proxies]] and [[visitors]] belong in an included file; server goes in ${file}`,
   ]);
+  writeFileSync(a, '[[proxy]]\nname = "a"\n');
+  assert.deepEqual(configProblems(file), [
+    `${a}: proxy: only [[proxies]] and [[visitors]] belong in an included file (did you mean [[proxies]]?)`,
+  ]);
   writeFileSync(a, 'remote_port = 2001\n');
   assert.deepEqual(configProblems(file), [
     `${a}: remote_port: unknown key (a key of [[proxies]]: write it below the [[proxies]] line)`,
