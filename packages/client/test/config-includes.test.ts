@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { issueToken } from '@porthole/protocol';
 import { loadClientConfig } from '../src/config.js';
 import { configProblems, configScratch, HEAD } from './config-scratch.js';
 
@@ -193,5 +194,23 @@ test("an included table's warnings name its file: an inline password in a file o
   const config = loadClientConfig(file);
   assert.deepEqual(config.warnings, [
     `${included}: proxies[0] ("socks").socks_password: ${included} is open to other users (mode 644); chmod 600 it`,
+  ]);
+});
+
+test("the token's grant is checked against included tables too, each warning naming the table's file", async () => {
+  const file = setUp('includes = ["conf.d/*.toml"]\n', { 'conf.d/web.toml': tcp('web', 3000) });
+  const granted = await issueToken('s'.repeat(32), {
+    name: 'homelab',
+    expiresInMs: null,
+    ports: '2000-2001',
+  });
+  writeFileSync(join(file, '..', 'granted-token'), `${granted}\n`, { mode: 0o600 });
+  writeFileSync(
+    file,
+    `server = "wss://vps.example.com/_porthole"\ntoken_file = "granted-token"\nincludes = ["conf.d/*.toml"]\n`,
+  );
+  const web = join(file, '..', 'conf.d', 'web.toml');
+  assert.deepEqual(loadClientConfig(file).warnings, [
+    `${web}: proxies[0] ("web").remote_port: port 3000 is outside the token's grant (2000-2001); the server will refuse this proxy`,
   ]);
 });
