@@ -5,10 +5,10 @@ import { realpathSync, statSync } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import {
   ConfigError,
-  expandConfigPath,
   expected,
   formatConfigIssues,
   loadTomlConfig,
+  resolveConfigPath,
   validateConfig,
 } from '@porthole/protocol';
 import { z } from 'zod';
@@ -70,7 +70,7 @@ function identity(path: string): string {
 
 /** The files one entry of `includes` names: a pattern's matches, or the one file a plain path must be. */
 function filesOf(mainFile: string, key: string, written: string): string[] {
-  const path = expandConfigPath(mainFile, key, written);
+  const path = resolveConfigPath(mainFile, written);
   if (hasWildcard(dirname(path)))
     throw ConfigError.at(
       mainFile,
