@@ -214,3 +214,22 @@ test("the token's grant is checked against included tables too, each warning nam
     `${web}: proxies[0] ("web").remote_port: port 3000 is outside the token's grant (2000-2001); the server will refuse this proxy`,
   ]);
 });
+
+test("an included file's environment references are expanded as client.toml's are, and an unset one names that file", () => {
+  const ref = (name: string) => `$\{${name}}`;
+  const file = setUp(`includes = ["${ref('PORTHOLE_TEST_CONFD')}/*.toml"]\n`, {
+    'conf.d/app.toml': tcp('app', 2001, `127.0.0.1:${ref('PORTHOLE_TEST_APP_PORT')}`),
+  });
+  process.env.PORTHOLE_TEST_CONFD = 'conf.d';
+  try {
+    const included = join(file, '..', 'conf.d', 'app.toml');
+    assert.deepEqual(configProblems(file), [
+      `${included}: proxies[0] ("app").local: ${ref('PORTHOLE_TEST_APP_PORT')} in "127.0.0.1:${ref('PORTHOLE_TEST_APP_PORT')}" is not set`,
+    ]);
+    process.env.PORTHOLE_TEST_APP_PORT = '8080';
+    assert.deepEqual(loadClientConfig(file).proxies[0]!.local, { host: '127.0.0.1', port: 8080 });
+  } finally {
+    delete process.env.PORTHOLE_TEST_CONFD;
+    delete process.env.PORTHOLE_TEST_APP_PORT;
+  }
+});
