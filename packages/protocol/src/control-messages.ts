@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { HTTP_FIELD_VALUE, HTTP_TOKEN } from './http-field-syntax.js';
+import { responseHeaderRefusal } from './response-header-names.js';
 import { PROXY_TYPES, type ProxyType } from './rules.js';
 
 /** The HTTP path of the server's control endpoint unless its config sets another (`path`). */
@@ -26,6 +27,12 @@ export const UDP_IDLE_TIMEOUT_MAX_MS = 86_400_000;
 
 /** The server writes these into request heads itself: nothing may end a line or the head early. */
 const HOST_HEADER_VALUE = /^[\x21-\x7e]+$/;
+
+/** An http proxy's header table (request_headers, response_headers): field name = one-line value. */
+const headerFieldsSchema = z.record(
+  z.string().max(256).regex(HTTP_TOKEN),
+  z.string().max(8192).regex(HTTP_FIELD_VALUE),
+);
 
 /**
  * A proxy as the client registers it. tcp and udp proxies carry `remote_port`; http and tls proxies carry
@@ -66,8 +73,20 @@ export const proxySpecSchema = z.object({
   /** http: the Host header the local service receives. */
   host_header_rewrite: z.string().max(255).regex(HOST_HEADER_VALUE).optional(),
   /** http: headers set on every request forwarded to the local service. */
-  request_headers: z
-    .record(z.string().max(256).regex(HTTP_TOKEN), z.string().max(8192).regex(HTTP_FIELD_VALUE))
+  request_headers: headerFieldsSchema.optional(),
+  /**
+   * http: fields set on every response the service sends through the proxy (101 aside), replacing the
+   * service's own of that name. The server says it applies them (the result's `response_headers`) and marks
+   * each stream; an older server drops the field, and the client gives the proxy back rather than serve it
+   * without the headers asked for.
+   */
+  response_headers: headerFieldsSchema
+    .superRefine((fields, ctx) => {
+      for (const name of Object.keys(fields)) {
+        const refusal = responseHeaderRefusal(name);
+        if (refusal) ctx.addIssue({ code: 'custom', path: [name], message: refusal });
+      }
+    })
     .optional(),
   /** tcp/tls: the client writes a PROXY protocol header to the local service (informational here). */
   proxy_protocol: z.enum(['v1', 'v2']).optional(),
@@ -149,6 +168,8 @@ const proxyResult = z.object({
   service: z.string().optional(),
   /** The server compresses this proxy's streams, as the register asked (an older server leaves it out). */
   compression: z.literal(true).optional(),
+  /** This server sets the proxy's response_headers, as the register asked (an older server leaves it out). */
+  response_headers: z.literal(true).optional(),
   reason: z.string().optional(),
 });
 export type ProxyResult = z.infer<typeof proxyResult>;

@@ -31,6 +31,7 @@ export * from './port-ranges.js';
 export * from './process-resources.js';
 export * from './proxy-protocol.js';
 export * from './reset-connection.js';
+export * from './response-header-names.js';
 export * from './rules.js';
 export * from './stream-header.js';
 export * from './tls-cert-files.js';

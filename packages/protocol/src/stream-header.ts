@@ -33,6 +33,12 @@ export const streamHeaderSchema = z.object({
    * too). Only streams of proxies whose register asked for compression get it.
    */
   compression: z.literal(true).optional(),
+  /**
+   * http: the server sets this proxy's response_headers on what comes back on this stream. Only streams of
+   * proxies whose register asked for them get it; a client serves no such proxy's stream without it (one
+   * an older server opened before the client gave the proxy back).
+   */
+  response_headers: z.literal(true).optional(),
 });
 export type StreamHeader = z.infer<typeof streamHeaderSchema>;
 

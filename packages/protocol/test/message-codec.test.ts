@@ -164,6 +164,8 @@ test('register entries are validated one by one: unknown fields dropped, a refus
     ['request_headers', { 'X A': 'spaced name' }],
     ['host_header_rewrite', 'evil.test\r\nX-Injected: 1'],
     ['host_header_rewrite', 'two words'],
+    ['response_headers', { 'X-A': 'one\r\nX-Injected: two' }],
+    ['response_headers', { 'X A': 'spaced name' }],
   ] as const) {
     assert.match(
       refused({ ...http, [field]: value })?.reason ?? '',
@@ -178,6 +180,36 @@ test('register entries are validated one by one: unknown fields dropped, a refus
     ),
     { ok: true, spec: { ...http, request_headers: { 'X-Tab': 'a\tb' }, host_header_rewrite: 'local:8080' } },
   );
+});
+
+test('response_headers: the fields the server owns are refused by name, whatever their case', () => {
+  const http = { name: 'web', type: 'http', hosts: ['app.test'] };
+  for (const name of [
+    'Connection',
+    'keep-alive',
+    'TE',
+    'Trailer',
+    'Upgrade',
+    'Transfer-Encoding',
+    'Content-Length',
+    'Content-Encoding',
+    'Content-Range',
+    'Proxy-Authenticate',
+    'proxy-connection',
+  ]) {
+    const entry = parseRegisterEntry({ ...http, response_headers: { [name]: 'x' } }, 0);
+    assert.ok(!entry.ok, name);
+    assert.match(entry.reason, new RegExp(`^response_headers\\.${name}: cannot be set here: `), name);
+  }
+  const security = {
+    'Strict-Transport-Security': 'max-age=63072000',
+    'x-frame-options': 'DENY',
+    'Set-Cookie': 'a=b',
+  };
+  assert.deepEqual(parseRegisterEntry({ ...http, response_headers: security }, 0), {
+    ok: true,
+    spec: { ...http, response_headers: security },
+  });
 });
 
 test('stream headers round-trip and are bounded', async () => {
