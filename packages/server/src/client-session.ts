@@ -52,6 +52,13 @@ import { TcpProxyListener } from './tcp-proxy-listener.js';
 import { compressionOf } from './tunnel-stream.js';
 import type { UdpProxyStats } from './udp-proxy-listener.js';
 
+/** A register of response_headers on a tcp, udp, tls or tcpmux proxy: no response heads pass there. */
+const RESPONSE_HEADERS_TYPE_REASON = 'response_headers applies to http proxies only';
+/** The result's word that this server sets a proxy's response_headers (a client gives the proxy back without it). */
+const RESPONSE_HEADERS_APPLIED: Pick<ProxyResult, 'response_headers'> = Object.freeze({
+  response_headers: true,
+});
+
 /** A client that opens a session must say hello within this time. */
 const HELLO_TIMEOUT_MS = 10_000;
 /** The longest delay setTimeout keeps (2^31 - 1 ms); longer ones fire at once. */
@@ -624,6 +631,7 @@ export class ClientSession {
 
   private refusal(spec: ProxySpec): string | undefined {
     if (spec.compression && spec.type === 'udp') return UDP_COMPRESSION_REASON;
+    if (spec.response_headers && spec.type !== 'http') return RESPONSE_HEADERS_TYPE_REASON;
     if (spec.private) return privateRefusal(spec);
     const notHere = remoteBindRefusal(this.ctx.config, spec);
     if (notHere) return notHere;
@@ -845,12 +853,15 @@ export class ClientSession {
     this.beingReplaced.delete(spec.name);
     // Nothing listens for a private proxy: visitors ask for it by name.
     const compression = compressionOf(spec);
+    // Said only to a register that asked: an older client reads past the field anyway.
+    const headersSet = spec.response_headers ? RESPONSE_HEADERS_APPLIED : undefined;
     if (listener.service)
       return { proxy: spec.name, ok: true, service: serviceName(this.name, spec.name), ...compression };
     return {
       proxy: spec.name,
       ok: true,
       ...compression,
+      ...headersSet,
       remote_addr: listener.address,
       // The port bound; an http or tls proxy's remote_port (which the server ignores) is not one.
       ...((spec.type === 'tcp' || spec.type === 'udp') && spec.remote_port !== undefined

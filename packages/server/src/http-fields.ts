@@ -20,6 +20,26 @@ const NOT_IN_TRAILERS = new Set([...HOP_BY_HOP, 'content-length', 'host']);
 
 const NONE: readonly [string, string][] = [];
 
+/** An http proxy's response_headers as the router applies them to each of the service's response heads. */
+export interface ResponseFieldSet {
+  /** The names set, lowercased: the service's fields of these names are left out (all their values). */
+  names: ReadonlySet<string>;
+  /** [name, value, ...] as the client spelt them, appended to the head. */
+  fields: readonly string[];
+}
+
+/**
+ * `response_headers` (names checked at registration) as the router takes them; undefined when there are
+ * none, so that a proxy without them costs its responses nothing.
+ */
+export function responseFieldSetOf(
+  headers: Record<string, string> | undefined,
+): ResponseFieldSet | undefined {
+  const entries = Object.entries(headers ?? {});
+  if (entries.length === 0) return undefined;
+  return { names: new Set(entries.map(([name]) => name.toLowerCase())), fields: entries.flat() };
+}
+
 export interface Trailers {
   /** the fields to pass on, as [name, value] pairs (what res.addTrailers takes) */
   fields: readonly [string, string][];

@@ -21,7 +21,7 @@ import type { ClientBandwidth } from './client-bandwidth.js';
 import type { ConnectionLimit } from './connection-limit.js';
 import { type ErrorPages, errorPageFor } from './error-pages.js';
 import type { HostRoutes, RouteEntry } from './host-routes.js';
-import { forwardableTrailers, HOP_BY_HOP } from './http-fields.js';
+import { forwardableTrailers, HOP_BY_HOP, type ResponseFieldSet } from './http-fields.js';
 import { headerTokens, type ResponseHead } from './http-response-head.js';
 import { type ConnectionOwner, type ResponseSink, UpstreamConnection } from './http-upstream-connection.js';
 import { type UpstreamPool, type Visitor, WaitingRequestsFull } from './http-upstream-pool.js';
@@ -53,6 +53,8 @@ export interface HttpTarget {
   hostHeaderRewrite: string | undefined;
   /** Set on every forwarded request (names lowercased). */
   requestHeaders: ReadonlyArray<readonly [string, string]>;
+  /** Set on every response head of the service but a 101; undefined: none (the head is passed as it is). */
+  responseHeaders: ResponseFieldSet | undefined;
 }
 
 export interface HttpVhostRouterOptions {
@@ -214,9 +216,10 @@ function requestHead(method: string, url: string, headers: readonly string[], ve
 /**
  * The local service's response fields without the ones that describe its hop (or that it named so). A
  * Content-Length beside chunks (or before a body read until close) is dropped too: the body is passed on
- * decoded, and a length the visitor trusted would leave the rest to be read as the next response.
+ * decoded, and a length the visitor trusted would leave the rest to be read as the next response. The
+ * proxy's response_headers (`set`) replace the service's fields of their names, all their values.
  */
-function responseHeaders(head: ResponseHead): string[] {
+function responseHeaders(head: ResponseHead, set: ResponseFieldSet | undefined): string[] {
   const raw = head.rawHeaders;
   const lengthLies = head.body.kind === 'chunked' || head.body.kind === 'close';
   const out: string[] = [];
@@ -224,18 +227,21 @@ function responseHeaders(head: ResponseHead): string[] {
     const lower = raw[i]!.toLowerCase();
     if (HOP_BY_HOP.has(lower) || head.connection.includes(lower)) continue;
     if (lengthLies && lower === 'content-length') continue;
+    if (set?.names.has(lower)) continue;
     out.push(raw[i]!, raw[i + 1]!);
   }
+  if (set) for (const field of set.fields) out.push(field);
   return out;
 }
 
 /**
- * A service's answer to an upgrade it did not accept, for the visitor's raw socket: its fields, and the
- * body (passed on decoded) ending with the connection.
+ * A service's answer to an upgrade it did not accept, for the visitor's raw socket: its fields (with the
+ * proxy's response_headers, as any answer but a 101), and the body (passed on decoded) ending with the
+ * connection.
  */
-function rawResponseHead(head: ResponseHead): string {
+function rawResponseHead(head: ResponseHead, set: ResponseFieldSet | undefined): string {
   let text = `HTTP/1.1 ${head.statusCode} ${head.statusMessage}\r\n`;
-  const fields = responseHeaders(head);
+  const fields = responseHeaders(head, set);
   for (let i = 0; i + 1 < fields.length; i += 2) text += `${fields[i]}: ${fields[i + 1]}\r\n`;
   return `${text}Connection: close\r\n\r\n`;
 }
@@ -482,7 +488,11 @@ export class HttpVhostRouter {
       onHead: (upstream: ResponseHead) => {
         responded = true;
         clearTimeout(noAnswerTimer);
-        res.writeHead(upstream.statusCode, upstream.statusMessage, responseHeaders(upstream));
+        res.writeHead(
+          upstream.statusCode,
+          upstream.statusMessage,
+          responseHeaders(upstream, target.responseHeaders),
+        );
       },
       onBody: (data) => {
         const written = body.write(data);
@@ -748,7 +758,7 @@ export class HttpVhostRouter {
         // An ordinary answer after all: a visitor that stops reading it must not hold the socket and its
         // stream (no HTTP timeout watches a socket handed over for an upgrade).
         (socket as Socket).setTimeout?.(this.opts.idleTimeout, () => resetConnection(socket));
-        socket.write(rawResponseHead(responseHead), 'latin1');
+        socket.write(rawResponseHead(responseHead, target.responseHeaders), 'latin1');
       },
       onBody: (data) => {
         if (socket.write(data)) return true;

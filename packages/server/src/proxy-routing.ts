@@ -18,6 +18,7 @@ import type { ClientBandwidth } from './client-bandwidth.js';
 import type { ConnectionLimit, ConnectionLimits } from './connection-limit.js';
 import { groupRefusal } from './group-refusal.js';
 import { type HostClaim, HostRoutes } from './host-routes.js';
+import { responseFieldSetOf } from './http-fields.js';
 import { MAX_RESPONSE_HEAD } from './http-upstream-connection.js';
 import { UpstreamPool, type Visitor } from './http-upstream-pool.js';
 import type { HttpTarget } from './http-vhost-router.js';
@@ -31,7 +32,7 @@ import type { ServerContext } from './server-context.js';
 import type { VisitorCheck } from './server-plugins.js';
 import type { TcpmuxTarget } from './tcpmux-listener.js';
 import type { TlsTarget } from './tls-sni-listener.js';
-import { compressionOf, openTunnelStream } from './tunnel-stream.js';
+import { compressionOf, openTunnelStream, responseHeadersMarkOf } from './tunnel-stream.js';
 import { UdpProxyListener, type UdpProxyStats, type UdpTarget } from './udp-proxy-listener.js';
 
 const FORWARDED_HEADERS = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
@@ -402,6 +403,8 @@ export async function bindRoutedProxy(
   }
 
   const claims = claimsOf(spec, routing, owner.hostGrant) as HostClaim[];
+  // Only http proxies may have response_headers (refused on others at registration).
+  const responseHeadersMark = responseHeadersMarkOf(spec);
   const header = (visitor: Visitor | undefined, publicAddr: string | undefined) => {
     const conn = ctx.tracker.nextId();
     const stream = openTunnelStream(owner.session, {
@@ -414,6 +417,7 @@ export async function bindRoutedProxy(
         ? {}
         : { dest_addr: visitor.destAddress, dest_port: visitor.destPort ?? 0 }),
       ...compressionOf(spec),
+      ...responseHeadersMark,
     });
     return { stream, conn };
   };
@@ -487,6 +491,7 @@ export async function bindRoutedProxy(
     requestHeaders: Object.entries(spec.request_headers ?? {})
       .map(([k, v]) => [k.toLowerCase(), v] as const)
       .filter(([k]) => !FORWARDED_HEADERS.has(k) && k !== 'host'),
+    responseHeaders: responseFieldSetOf(spec.response_headers),
   };
   return bindHostRoutes({
     table: state.httpRoutes,
