@@ -38,6 +38,7 @@ import {
   type ReloadSummary,
 } from './reload.js';
 import { boundElsewhere } from './remote-bind-check.js';
+import { responseHeadersUnapplied } from './response-headers-check.js';
 import { type ClientStatus, type ProxyState, SessionStatus } from './session-status.js';
 import { certainTokenRefusal } from './token-warnings.js';
 import { OpenUdpFlows } from './udp-forwarder.js';
@@ -684,11 +685,18 @@ export class PortholeClient {
   private logResults(results: readonly ProxyResult[]) {
     for (const answer of results) {
       const proxy = this.proxies.get(answer.proxy);
-      const elsewhere = answer.ok && proxy ? boundElsewhere(proxy, answer.remote_addr) : undefined;
-      // Registered where it was not asked to be (a server older than remote_bind): given back at once, and
-      // shown as the refusal it is; its visitors meanwhile are turned away (serveStream).
-      if (elsewhere) this.sendControl({ type: 'unregister', proxies: [answer.proxy] });
-      const result: ProxyResult = elsewhere ? { proxy: answer.proxy, ok: false, reason: elsewhere } : answer;
+      const notAsAsked =
+        answer.ok && proxy
+          ? (boundElsewhere(proxy, answer.remote_addr) ??
+            responseHeadersUnapplied(proxy, answer.response_headers))
+          : undefined;
+      // Registered where it was not asked to be, or without its response_headers (a server older than
+      // remote_bind or response_headers): given back at once, and shown as the refusal it is; its visitors
+      // meanwhile are turned away (serveStream).
+      if (notAsAsked) this.sendControl({ type: 'unregister', proxies: [answer.proxy] });
+      const result: ProxyResult = notAsAsked
+        ? { proxy: answer.proxy, ok: false, reason: notAsAsked }
+        : answer;
       // An entry the server could not read has a name no proxy can have ("register entry 2 (...)").
       if (!proxy && !result.ok && !PROXY_NAME.test(result.proxy)) {
         this.logRefused(result.proxy, result.reason);

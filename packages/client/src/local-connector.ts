@@ -30,6 +30,7 @@ import {
   SOCKS5_LOCAL,
 } from './proxy-config.js';
 import { boundElsewhere } from './remote-bind-check.js';
+import { responseHeadersUnapplied } from './response-headers-check.js';
 import { openSocksDestination, SocksRequestFailed } from './socks-connector.js';
 import { endVisitorTls } from './terminate-tls.js';
 import { type OpenUdpFlows, serveUdpFlow } from './udp-forwarder.js';
@@ -153,9 +154,10 @@ export async function serveStream(
     stream.destroy();
     return;
   }
-  const elsewhere = boundElsewhere(proxy, header.public_addr);
-  if (elsewhere) {
-    failures.failed({ ...fields, reason: elsewhere }, true, 'visitor refused');
+  const notAsAsked =
+    boundElsewhere(proxy, header.public_addr) ?? responseHeadersUnapplied(proxy, header.response_headers);
+  if (notAsAsked) {
+    failures.failed({ ...fields, reason: notAsAsked }, true, 'visitor refused');
     stream.destroy();
     return;
   }

@@ -25,6 +25,7 @@ import {
   portRangesField,
   positiveIntField,
   proxyNameSchema,
+  responseHeaderRefusal,
   tlsNameRefusal,
   UDP_COMPRESSION_REASON,
   UDP_IDLE_TIMEOUT_MAX_MS,
@@ -67,6 +68,13 @@ const RESERVED_HEADERS = new Set([
   'x-forwarded-proto',
   'x-forwarded-host',
 ]);
+
+/** request_headers and response_headers: `{ "Name" = "value" }`, each field one line. */
+const headerTableField = z.record(
+  z.string().regex(HTTP_TOKEN, 'must be an HTTP header name'),
+  z.string({ error: expected('a header value') }).regex(/^[^\r\n]*$/, 'must be one line'),
+  { error: expected('a table of header = "value"') },
+);
 
 /**
  * `local = "socks5"`: a tcp proxy whose visitors name their destination with SOCKS5 and the client connects
@@ -222,6 +230,7 @@ const KEY_TYPES: Record<string, readonly ProxyType[]> = {
   http_password: ['http', 'tcpmux'],
   host_header_rewrite: ['http'],
   request_headers: ['http'],
+  response_headers: ['http'],
   proxy_protocol: ['tcp', 'tls', 'tcpmux'],
   max_connections: ['tcp', 'tls', 'http', 'tcpmux'],
   udp_idle_timeout: ['udp'],
@@ -361,13 +370,8 @@ export const proxySchema = z
     host_header_rewrite: hostField
       .refine((host) => !host.startsWith('*.'), 'must be a plain hostname')
       .optional(),
-    request_headers: z
-      .record(
-        z.string().regex(HTTP_TOKEN, 'must be an HTTP header name'),
-        z.string({ error: expected('a header value') }).regex(/^[^\r\n]*$/, 'must be one line'),
-        { error: expected('a table of header = "value"') },
-      )
-      .optional(),
+    request_headers: headerTableField.optional(),
+    response_headers: headerTableField.optional(),
     proxy_protocol: z.enum(['v1', 'v2'], { error: expected('"v1" or "v2"') }).optional(),
     max_connections: positiveIntField('a number of connections').max(1_000_000).optional(),
     compression: z.boolean({ error: expected('true or false') }).optional(),
@@ -516,6 +520,10 @@ export const proxySchema = z
           message: `cannot be set here${name.toLowerCase() === 'host' ? ' (use host_header_rewrite)' : ''}`,
         });
       }
+    }
+    for (const name of Object.keys(proxy.response_headers ?? {})) {
+      const refusal = responseHeaderRefusal(name);
+      if (refusal) ctx.addIssue({ code: 'custom', path: ['response_headers', name], message: refusal });
     }
     // The bounds of the server's register message: past them it would close the session, every proxy's.
     if (proxy.udp_idle_timeout !== undefined && proxy.udp_idle_timeout < UDP_IDLE_TIMEOUT_MIN_MS) {
@@ -697,6 +705,8 @@ export interface ProxyConfig {
   httpPassword?: string;
   hostHeaderRewrite?: string;
   requestHeaders?: Record<string, string>;
+  /** http: set on every response of the service but a 101 (by the server, which must say it does). */
+  responseHeaders?: Record<string, string>;
   /** tcp, tls, tcpmux: write a PROXY protocol header to the local service before the visitor's bytes. */
   proxyProtocol?: 'v1' | 'v2';
   /**
@@ -759,6 +769,7 @@ export function toProxyConfig(raw: RawProxy): ProxyConfig {
   if (raw.http_password !== undefined) proxy.httpPassword = raw.http_password;
   if (raw.host_header_rewrite !== undefined) proxy.hostHeaderRewrite = raw.host_header_rewrite;
   if (raw.request_headers !== undefined) proxy.requestHeaders = raw.request_headers;
+  if (raw.response_headers !== undefined) proxy.responseHeaders = raw.response_headers;
   if (raw.proxy_protocol !== undefined) proxy.proxyProtocol = raw.proxy_protocol;
   if (raw.max_connections !== undefined) proxy.maxConnections = raw.max_connections;
   if (raw.compression === true) proxy.compression = true;
@@ -810,6 +821,7 @@ export function proxySpecFields(proxy: ProxyConfig): ProxySpec {
   if (proxy.httpPassword !== undefined) spec.http_password = proxy.httpPassword;
   if (proxy.hostHeaderRewrite !== undefined) spec.host_header_rewrite = proxy.hostHeaderRewrite;
   if (proxy.requestHeaders !== undefined) spec.request_headers = proxy.requestHeaders;
+  if (proxy.responseHeaders !== undefined) spec.response_headers = proxy.responseHeaders;
   if (proxy.proxyProtocol !== undefined) spec.proxy_protocol = proxy.proxyProtocol;
   if (proxy.maxConnections !== undefined) spec.max_connections = proxy.maxConnections;
   if (proxy.compression) spec.compression = true;

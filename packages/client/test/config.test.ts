@@ -232,6 +232,25 @@ test('udp, http, tls and tcpmux proxies take their own keys, and say which key i
   assert.deepEqual(problems(`${HEAD}${http}hosts = ["a.test"]\nrequest_headers = { Host = "x" }\n`), [
     'proxies[0] ("w").request_headers.Host: cannot be set here (use host_header_rewrite)',
   ]);
+  // The fields the server owns, refused whatever their case; the others are sent as written.
+  const owned = `response_headers = { "X-Frame-Options" = "DENY", "Content-Length" = "0", "proxy-authenticate" = "x" }\n`;
+  assert.deepEqual(problems(`${HEAD}${http}hosts = ["a.test"]\n${owned}`), [
+    'proxies[0] ("w").response_headers.Content-Length: cannot be set here: it frames the body, which the server frames itself as it passes the body on',
+    `proxies[0] ("w").response_headers.proxy-authenticate: cannot be set here: a hop-by-hop field: it describes the server's own connection to the visitor, which the server manages`,
+  ]);
+  assert.deepEqual(
+    problems(`${HEAD}${http}hosts = ["a.test"]\nresponse_headers = { "X-A" = "one\\ntwo" }\n`),
+    ['proxies[0] ("w").response_headers.X-A: must be one line'],
+  );
+  const hsts = `response_headers = { "Strict-Transport-Security" = "max-age=63072000" }\n`;
+  const secured = loadClientConfig(write(`${HEAD}${http}hosts = ["a.test"]\n${hsts}`)).proxies[0]!;
+  assert.deepEqual(proxySpecFields(secured).response_headers, {
+    'Strict-Transport-Security': 'max-age=63072000',
+  });
+  const tcpProxy = '[[proxies]]\nname = "t"\ntype = "tcp"\nlocal = "127.0.0.1:1"\nremote_port = 8080\n';
+  assert.deepEqual(problems(`${HEAD}${tcpProxy}response_headers = { "X-Frame-Options" = "DENY" }\n`), [
+    'proxies[0] ("t").response_headers: applies to http proxies, not tcp',
+  ]);
   const tcpmux = '[[proxies]]\nname = "m"\ntype = "tcpmux"\nlocal = "unix:/run/sshd.sock"\n';
   assert.deepEqual(problems(`${HEAD}${tcpmux}`), [
     'proxies[0] ("m").hosts: a tcpmux proxy needs hosts or subdomain',
