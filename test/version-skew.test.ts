@@ -385,3 +385,56 @@ test(
       t.diagnostic(`the warn line: ${warned.msg}`);
     }),
 );
+
+test(
+  'response_headers against a server older than it (which drops the key and would serve the answers without them): the client gives the proxy back, says why, and serves none of its visitors',
+  { timeout: 30_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const { proc, echo, control, register } = await signedInWith(h, {
+        name: 'web',
+        type: 'http',
+        hosts: ['app.test'],
+        response_headers: { 'X-Frame-Options': 'DENY' },
+      });
+      assert.deepEqual(register.proxies, [
+        { name: 'web', type: 'http', hosts: ['app.test'], response_headers: { 'X-Frame-Options': 'DENY' } },
+      ]);
+      // What an older server does: its schema drops response_headers, it routes the proxy, and says nothing.
+      writeMessage(control.stream, {
+        type: 'register_result',
+        results: [{ proxy: 'web', ok: true, remote_addr: '127.0.0.1:80', urls: ['http://app.test/'] }],
+      });
+      // A request that reached the client before it read the result: its stream has no response_headers mark.
+      const stream = control.session.open();
+      writeStreamHeader(stream, {
+        proxy: 'web',
+        conn: 1,
+        remote_addr: '192.0.2.7',
+        remote_port: 40000,
+        public_addr: '127.0.0.1:80',
+      });
+      stream.end('GET / HTTP/1.1\r\nHost: app.test\r\n\r\n');
+      const chunks: Buffer[] = [];
+      stream.on('data', (c: Buffer) => chunks.push(c));
+      await withTimeout(
+        new Promise<void>((resolve) => {
+          stream.on('close', () => resolve());
+          stream.on('error', () => resolve());
+        }),
+        5000,
+        () => 'the stream of a request the older server forwarded still open',
+      );
+      assert.equal(Buffer.concat(chunks).length, 0, 'nothing came back from the local service');
+      const reason =
+        'the server does not set response_headers (it is older than response_headers), so this proxy is not served without them';
+      assert.deepEqual(await next(control, 'unregister'), { type: 'unregister', proxies: ['web'] });
+      const refused = await proc.waitForMsg('proxy refused', 5000, { fields: { proxy: 'web' } });
+      assert.equal(refused.reason, reason);
+      const turnedAway = await proc.waitForMsg('visitor refused', 5000, { fields: { proxy: 'web' } });
+      assert.equal(turnedAway.reason, reason);
+      assert.equal(echo.accepted, 0, 'the local service never saw the request');
+      assert.equal(proc.logsWithMsg('proxy registered').length, 0);
+      t.diagnostic(`the refusal as the client logs it: ${refused.reason}`);
+    }),
+);

@@ -33,6 +33,7 @@ export interface HttpBackend {
 /**
  * GET /anything: JSON of what arrived (SeenRequest). POST /sha256: {bytes, sha256} of the body.
  * GET /stream?bytes=N&chunks=K: N pattern bytes ("stream" seed) in K chunks, 20 ms apart, chunked.
+ * GET /fields?status=N&field=Name:value&field=...: an answer of that status (200) with those header fields.
  * Upgrade on /ws: a WebSocket echo that prefixes "echo:".
  */
 export async function startHttpBackend(name: string): Promise<HttpBackend> {
@@ -61,6 +62,18 @@ export async function startHttpBackend(name: string): Promise<HttpBackend> {
         res.writeHead(200, { 'Content-Type': 'application/json' });
         res.end(JSON.stringify({ bytes, sha256: hash.digest('hex'), backend: name }));
       });
+      return;
+    }
+    if (url.pathname === '/fields') {
+      // As many fields of one name as asked, spelt as asked: what a proxy setting fields must replace.
+      const fields = url.searchParams.getAll('field').flatMap((field) => {
+        const colon = field.indexOf(':');
+        return [field.slice(0, colon), field.slice(colon + 1)];
+      });
+      const status = Number(url.searchParams.get('status') ?? 200);
+      req.resume();
+      res.writeHead(status, [...fields, 'Content-Type', 'text/plain']);
+      res.end(status === 304 ? undefined : `fields of ${name}\n`);
       return;
     }
     if (url.pathname === '/stream') {
