@@ -643,3 +643,37 @@ test('compression: the result says the server took it, each stream is marked and
   assert.deepEqual(await visit(plain, 'ping'), { data: 'plain false:ping' });
   client.session.close();
 });
+
+test('response_headers: the result says the server sets them (http only); a name the server owns and a proxy of another type are refused with the reason', async (t) => {
+  const { server, url } = await startServer({ routing: vhostRouting() });
+  t.after(() => server.shutdown());
+  const port = await freePort();
+  const client = await RawClient.connect(url, await token('secured'));
+  t.after(() => client.session.close());
+  await client.hello();
+  client.sendRaw({
+    type: 'register',
+    proxies: [
+      { name: 'web', type: 'http', hosts: ['app.test'], response_headers: { 'X-Frame-Options': 'DENY' } },
+      { name: 'plain', type: 'http', hosts: ['plain.test'] },
+      { name: 'framed', type: 'http', hosts: ['framed.test'], response_headers: { 'content-length': '0' } },
+      { name: 'ssh', type: 'tcp', remote_port: port, response_headers: { 'X-Frame-Options': 'DENY' } },
+    ],
+  });
+  const answer = await client.next();
+  assert.ok(answer?.type === 'register_result', JSON.stringify(answer));
+  assert.deepEqual(
+    answer.results.map((r) => [r.proxy, r.ok, r.response_headers, r.reason]),
+    [
+      ['web', true, true, undefined],
+      ['plain', true, undefined, undefined],
+      [
+        'framed',
+        false,
+        undefined,
+        'response_headers.content-length: cannot be set here: it frames the body, which the server frames itself as it passes the body on',
+      ],
+      ['ssh', false, undefined, 'response_headers applies to http proxies only'],
+    ],
+  );
+});
