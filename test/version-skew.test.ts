@@ -12,6 +12,7 @@ import {
   clientBin,
   freePort,
   type Harness,
+  type LogLine,
   run,
   waitFor,
   withHarness,
@@ -294,16 +295,55 @@ async function signedInWith(
   return { proc, echo, control, register: await next(control, 'register') };
 }
 
+/**
+ * A visitor's stream for proxy "web" at `publicAddr` (`payload` its bytes) that reached the client before it
+ * read an older server's result, which the client cannot serve as asked: the stream is turned away with
+ * `reason`, the proxy given back (unregister, `proxy refused` with `reason`), and the local service never sees
+ * it. Returns the `proxy refused` line.
+ */
+async function assertGivenBack(
+  { proc, echo, control }: Awaited<ReturnType<typeof signedInWith>>,
+  publicAddr: string,
+  payload: string,
+  reason: string,
+): Promise<LogLine> {
+  const stream = control.session.open();
+  writeStreamHeader(stream, {
+    proxy: 'web',
+    conn: 1,
+    remote_addr: '192.0.2.7',
+    remote_port: 40000,
+    public_addr: publicAddr,
+  });
+  stream.end(payload);
+  const chunks: Buffer[] = [];
+  stream.on('data', (c: Buffer) => chunks.push(c));
+  await withTimeout(
+    new Promise<void>((resolve) => {
+      stream.on('close', () => resolve());
+      stream.on('error', () => resolve());
+    }),
+    5000,
+    () => 'the stream of a visitor the client may not serve still open',
+  );
+  assert.equal(Buffer.concat(chunks).length, 0, 'nothing came back from the local service');
+  assert.deepEqual(await next(control, 'unregister'), { type: 'unregister', proxies: ['web'] });
+  const refused = await proc.waitForMsg('proxy refused', 5000, { fields: { proxy: 'web' } });
+  assert.equal(refused.reason, reason);
+  const turnedAway = await proc.waitForMsg('visitor refused', 5000, { fields: { proxy: 'web' } });
+  assert.equal(turnedAway.reason, reason);
+  assert.equal(echo.accepted, 0, 'the local service never saw the visitor');
+  assert.equal(proc.logsWithMsg('proxy registered').length, 0);
+  return refused;
+}
+
 test(
   'remote_bind against a server older than it (which binds its proxy_bind instead): the client gives the proxy back, says why, and serves none of its visitors',
   { timeout: 30_000 },
   (t) =>
     withHarness(t, async (h) => {
-      const { proc, echo, control, register } = await signedInWith(h, {
-        name: 'web',
-        remote_port: 8080,
-        remote_bind: '127.0.0.1',
-      });
+      const signed = await signedInWith(h, { name: 'web', remote_port: 8080, remote_bind: '127.0.0.1' });
+      const { control, register } = signed;
       assert.deepEqual(register.proxies, [
         { name: 'web', type: 'tcp', remote_port: 8080, remote_bind: '127.0.0.1' },
       ]);
@@ -313,35 +353,12 @@ test(
         results: [{ proxy: 'web', ok: true, remote_addr: '0.0.0.0:8080' }],
       });
       // A visitor that came in on that address before the client read the result.
-      const stream = control.session.open();
-      writeStreamHeader(stream, {
-        proxy: 'web',
-        conn: 1,
-        remote_addr: '192.0.2.7',
-        remote_port: 40000,
-        public_addr: '0.0.0.0:8080',
-      });
-      stream.end('ping');
-      const chunks: Buffer[] = [];
-      stream.on('data', (c: Buffer) => chunks.push(c));
-      await withTimeout(
-        new Promise<void>((resolve) => {
-          stream.on('close', () => resolve());
-          stream.on('error', () => resolve());
-        }),
-        5000,
-        () => 'the stream of a visitor on the wrong address still open',
+      await assertGivenBack(
+        signed,
+        '0.0.0.0:8080',
+        'ping',
+        'the server bound it on 0.0.0.0:8080, not on remote_bind 127.0.0.1: it is older than remote_bind and binds its proxy_bind only, so this proxy is not served there',
       );
-      assert.equal(Buffer.concat(chunks).length, 0, 'nothing came back from the local service');
-      const reason =
-        'the server bound it on 0.0.0.0:8080, not on remote_bind 127.0.0.1: it is older than remote_bind and binds its proxy_bind only, so this proxy is not served there';
-      assert.deepEqual(await next(control, 'unregister'), { type: 'unregister', proxies: ['web'] });
-      const refused = await proc.waitForMsg('proxy refused', 5000, { fields: { proxy: 'web' } });
-      assert.equal(refused.reason, reason);
-      const turnedAway = await proc.waitForMsg('visitor refused', 5000, { fields: { proxy: 'web' } });
-      assert.equal(turnedAway.reason, reason);
-      assert.equal(echo.accepted, 0, 'the local service never saw the visitor');
-      assert.equal(proc.logsWithMsg('proxy registered').length, 0);
     }),
 );
 
@@ -391,12 +408,13 @@ test(
   { timeout: 30_000 },
   (t) =>
     withHarness(t, async (h) => {
-      const { proc, echo, control, register } = await signedInWith(h, {
+      const signed = await signedInWith(h, {
         name: 'web',
         type: 'http',
         hosts: ['app.test'],
         response_headers: { 'X-Frame-Options': 'DENY' },
       });
+      const { control, register } = signed;
       assert.deepEqual(register.proxies, [
         { name: 'web', type: 'http', hosts: ['app.test'], response_headers: { 'X-Frame-Options': 'DENY' } },
       ]);
@@ -406,35 +424,12 @@ test(
         results: [{ proxy: 'web', ok: true, remote_addr: '127.0.0.1:80', urls: ['http://app.test/'] }],
       });
       // A request that reached the client before it read the result: its stream has no response_headers mark.
-      const stream = control.session.open();
-      writeStreamHeader(stream, {
-        proxy: 'web',
-        conn: 1,
-        remote_addr: '192.0.2.7',
-        remote_port: 40000,
-        public_addr: '127.0.0.1:80',
-      });
-      stream.end('GET / HTTP/1.1\r\nHost: app.test\r\n\r\n');
-      const chunks: Buffer[] = [];
-      stream.on('data', (c: Buffer) => chunks.push(c));
-      await withTimeout(
-        new Promise<void>((resolve) => {
-          stream.on('close', () => resolve());
-          stream.on('error', () => resolve());
-        }),
-        5000,
-        () => 'the stream of a request the older server forwarded still open',
+      const refused = await assertGivenBack(
+        signed,
+        '127.0.0.1:80',
+        'GET / HTTP/1.1\r\nHost: app.test\r\n\r\n',
+        'the server does not set response_headers (it is older than response_headers), so this proxy is not served without them',
       );
-      assert.equal(Buffer.concat(chunks).length, 0, 'nothing came back from the local service');
-      const reason =
-        'the server does not set response_headers (it is older than response_headers), so this proxy is not served without them';
-      assert.deepEqual(await next(control, 'unregister'), { type: 'unregister', proxies: ['web'] });
-      const refused = await proc.waitForMsg('proxy refused', 5000, { fields: { proxy: 'web' } });
-      assert.equal(refused.reason, reason);
-      const turnedAway = await proc.waitForMsg('visitor refused', 5000, { fields: { proxy: 'web' } });
-      assert.equal(turnedAway.reason, reason);
-      assert.equal(echo.accepted, 0, 'the local service never saw the request');
-      assert.equal(proc.logsWithMsg('proxy registered').length, 0);
       t.diagnostic(`the refusal as the client logs it: ${refused.reason}`);
     }),
 );
