@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { test } from 'node:test';
 import { WebSocket } from 'ws';
+import { type CurlResult, curl } from './lib/curl.js';
 import { rawUpgradeRequest, startHttpBackend } from './lib/http-backend.js';
 import { clientBin, freePort, type Harness, run, withHarness, withTimeout } from './lib/processes.js';
 import {
@@ -18,44 +19,14 @@ import {
 
 const SECURITY = { 'X-Frame-Options': 'DENY', 'Strict-Transport-Security': 'max-age=63072000' };
 
-/** One answer as curl got it: its status and its head's fields in order, repeated ones kept. */
-interface Answer {
-  status: number;
-  fields: [string, string][];
-}
-
-/** The values of every field named `name` (any case). */
-function values(answer: Answer, name: string): string[] {
+/** The values of every field of `answer` named `name` (any case), in the order sent. */
+function values(answer: CurlResult, name: string): string[] {
   return answer.fields.filter(([n]) => n.toLowerCase() === name.toLowerCase()).map(([, v]) => v);
 }
 
-/** `curl -D -` of `path` on `host` through the vhost port (`-I`: HEAD); the head as it came. */
-async function fetchHead(port: number, host: string, path: string, extra: string[] = []): Promise<Answer> {
-  const out = await run(
-    'curl',
-    [
-      '-sS',
-      '-D',
-      '-',
-      '-o',
-      '/dev/null',
-      '--max-time',
-      '20',
-      '-H',
-      `Host: ${host}`,
-      ...extra,
-      `http://127.0.0.1:${port}${path}`,
-    ],
-    { timeoutMs: 25_000 },
-  );
-  assert.equal(out.code, 0, out.stderr);
-  const lines = out.stdout.split('\r\n');
-  const fields: [string, string][] = [];
-  for (const line of lines.slice(1)) {
-    const colon = line.indexOf(':');
-    if (colon > 0) fields.push([line.slice(0, colon), line.slice(colon + 1).trim()]);
-  }
-  return { status: Number(/^HTTP\/[\d.]+ (\d{3})/.exec(lines[0] ?? '')?.[1] ?? 0), fields };
+/** `path` on `host` through the vhost port, curl the visitor (`-I`: HEAD). */
+function fetchHead(port: number, host: string, path: string, extra: string[] = []): Promise<CurlResult> {
+  return curl(['-H', `Host: ${host}`, ...extra], `http://127.0.0.1:${port}${path}`);
 }
 
 /** The head a visitor gets back for a WebSocket upgrade of `path`, as raw text. */

@@ -5,6 +5,8 @@ export interface CurlResult {
   code: number | null;
   status: number;
   headers: Record<string, string>;
+  /** The final head's fields in order, as sent: repeated ones kept, names in their own case. */
+  fields: [string, string][];
   body: string;
   stderr: string;
 }
@@ -24,6 +26,7 @@ export async function curl(args: string[], url: string, timeoutMs = 20_000): Pro
     code: r.code,
     status: heads.status,
     headers: Object.fromEntries(heads.headers),
+    fields: heads.fields,
     body,
     stderr: r.stderr,
   };
@@ -46,8 +49,10 @@ export interface CurlHeads {
   statusLines: string[];
   /** the final (non-1xx) head's status, 0 when there is none */
   status: number;
-  /** the final head's fields, names lowercased */
+  /** the final head's fields, names lowercased (of a repeated one, its last value) */
   headers: Map<string, string>;
+  /** the final head's fields in order, repeated ones kept, names as sent */
+  fields: [string, string][];
   /** where the body starts (the length of the text when no head was found) */
   bodyStart: number;
 }
@@ -71,11 +76,12 @@ export function parseCurlHeads(text: string): CurlHeads {
       break;
     }
   }
-  const headers = new Map<string, string>();
+  const fields: [string, string][] = [];
   for (const line of final.split('\r\n').slice(1)) {
     const colon = line.indexOf(':');
-    if (colon > 0) headers.set(line.slice(0, colon).toLowerCase(), line.slice(colon + 1).trim());
+    if (colon > 0) fields.push([line.slice(0, colon), line.slice(colon + 1).trim()]);
   }
+  const headers = new Map(fields.map(([name, value]) => [name.toLowerCase(), value]));
   const status = Number(/^HTTP\/[\d.]+ (\d{3})/.exec(final)?.[1] ?? 0);
-  return { statusLines, status, headers, bodyStart: statusLines.length > 0 ? start : text.length };
+  return { statusLines, status, headers, fields, bodyStart: statusLines.length > 0 ? start : text.length };
 }
