@@ -187,14 +187,20 @@ const remotePortNumber = z
   .min(PICKED_PORT)
   .max(65535);
 
-/** remotePortNumber, or a range of them written as a string ("27015-27030"), which `local` pairs with. */
+/** A string that is one port: `remote_port = "${PORT}"`, a number from the environment. */
+const ONE_PORT_TEXT = /^\s*\d+\s*$/;
+
+/**
+ * remotePortNumber, or a range of them written as a string ("27015-27030"), which `local` pairs with. A
+ * string of one port is that port, not a range of one: the proxy keeps its name.
+ */
 const remotePortField = z
   .union([z.number(), z.string()], {
     error: expected('a port number (0: one the server picks) or a range like "27015-27030"'),
   })
   .transform((value, ctx): number | PortRanges => {
-    if (typeof value === 'number') {
-      const port = remotePortNumber.safeParse(value);
+    if (typeof value === 'number' || ONE_PORT_TEXT.test(value)) {
+      const port = remotePortNumber.safeParse(Number(value));
       if (port.success) return port.data;
       for (const issue of port.error.issues) ctx.addIssue({ ...issue });
       return z.NEVER;

@@ -845,3 +845,29 @@ test('compression = true: asked of the server for tcp, tls, tcpmux and http prox
     ['proxies[0] ("logs").compression: expected true or false'],
   );
 });
+
+test('remote_port written as a string of one port (as an environment variable gives it) is that port, not a range of one', () => {
+  process.env.PORTHOLE_TEST_SSH_PORT = '2222';
+  try {
+    const ref = '$' + '{PORTHOLE_TEST_SSH_PORT}';
+    const config = loadClientConfig(
+      write(
+        `${HEAD}[[proxies]]\nname = "ssh"\ntype = "tcp"\nlocal = "127.0.0.1:22"\nremote_port = "${ref}"\n`,
+      ),
+      {},
+    );
+    assert.deepEqual(
+      config.proxies.map((p) => [p.name, p.remotePort]),
+      [['ssh', 2222]],
+    );
+    assert.deepEqual(config.portRanges, []);
+  } finally {
+    delete process.env.PORTHOLE_TEST_SSH_PORT;
+  }
+  assert.deepEqual(
+    problems(
+      `${HEAD}[[proxies]]\nname = "ssh"\ntype = "tcp"\nlocal = "127.0.0.1:22"\nremote_port = "70000"\n`,
+    ),
+    ['proxies[0] ("ssh").remote_port: must be at most 65535'],
+  );
+});
