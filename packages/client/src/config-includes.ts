@@ -155,8 +155,9 @@ export function readIncludes(
     const matched = filesOf(mainFile, key, pattern);
     included.matches.push({ key, pattern, matched: matched.length });
     for (const file of matched) {
-      if (read.has(identity(file))) continue;
-      read.add(identity(file));
+      const known = identity(file);
+      if (read.has(known)) continue;
+      read.add(known);
       included.files.push(file);
       const tables = readIncludedFile(mainFile, file, hintSchema, topLevelKeys);
       for (const kind of TABLE_KINDS)
