@@ -18,16 +18,34 @@ export async function startDelayRelay(
   jitterMs = 0,
 ): Promise<DelayRelay> {
   const sockets = new Set<net.Socket>();
+  // One timer for the chunk at the head of a FIFO, not one per chunk: Node starts a timer's delay at the
+  // loop's cached time, so two timers for the same due moment fire in either order, and a relay with
+  // jitter reordered 84 of 400 chunks (a yamux SYN overtaken by its stream's next frame is a reset).
   const delayed = (from: net.Socket, to: net.Socket) => {
-    let due = 0;
-    from.on('data', (chunk: Buffer) => {
-      due = Math.max(due, Date.now() + delayMs + Math.random() * jitterMs);
-      setTimeout(() => to.destroyed || to.write(chunk), due - Date.now());
-    });
-    from.on('end', () => setTimeout(() => to.end(), Math.max(0, due - Date.now())));
+    const queue: { due: number; chunk: Buffer | null }[] = [];
+    let timer: NodeJS.Timeout | undefined;
+    const deliver = () => {
+      timer = undefined;
+      while (queue.length > 0 && queue[0]!.due <= Date.now()) {
+        const { chunk } = queue.shift()!;
+        if (to.destroyed) continue;
+        if (chunk === null) to.end();
+        else to.write(chunk);
+      }
+      if (queue.length > 0) timer = setTimeout(deliver, queue[0]!.due - Date.now());
+    };
+    const enqueue = (chunk: Buffer | null) => {
+      const last = queue.at(-1)?.due ?? 0;
+      queue.push({ due: Math.max(last, Date.now() + delayMs + Math.random() * jitterMs), chunk });
+      timer ??= setTimeout(deliver, queue[0]!.due - Date.now());
+    };
+    from.on('data', (chunk: Buffer) => enqueue(chunk));
+    from.on('end', () => enqueue(null));
+    from.on('close', () => clearTimeout(timer));
   };
-  const server = net.createServer((visitor) => {
-    const upstream = net.connect(targetPort, '127.0.0.1');
+  // Half-open, so a FIN waits its turn behind the chunks still held rather than closing both ends at once.
+  const server = net.createServer({ allowHalfOpen: true }, (visitor) => {
+    const upstream = net.connect({ port: targetPort, host: '127.0.0.1', allowHalfOpen: true });
     for (const s of [visitor, upstream]) {
       sockets.add(s);
       s.on('error', () => {});
