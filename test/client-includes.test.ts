@@ -15,14 +15,20 @@ function tcpProxy(name: string, local: string, remotePort: number): string {
   return `[[proxies]]\n${tomlLines({ name, type: 'tcp', local, remote_port: remotePort })}\n`;
 }
 
-/** socat answering each connection at `address` (a socat address: TCP-LISTEN:..., UNIX-LISTEN:...) with `tag`. */
+/**
+ * socat answering each connection at `address` (a socat address: TCP-LISTEN:..., UNIX-LISTEN:...) with `tag`,
+ * read from a file: with `SYSTEM:echo` the echo could exit before its socat's transfer loop began, and
+ * that socat then exited with nothing sent (a visit read '' in 6 of 12 runs on a loaded machine).
+ */
 async function startTaggedSocat(
   h: Harness,
   address: string,
   tag: string,
   target: Parameters<typeof waitUntilAccepting>[0],
 ) {
-  h.spawn(`socat ${tag}`, 'socat', [`${address},fork`, `SYSTEM:echo ${tag}`]);
+  const tagFile = h.path(`${tag}.txt`);
+  await writeFile(tagFile, `${tag}\n`);
+  h.spawn(`socat ${tag}`, 'socat', ['-U', `${address},fork`, `OPEN:${tagFile},rdonly`]);
   await waitUntilAccepting(target, `socat ${tag}`);
 }
 
