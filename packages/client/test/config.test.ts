@@ -238,10 +238,35 @@ test('udp, http, tls and tcpmux proxies take their own keys, and say which key i
     'proxies[0] ("w").response_headers.Content-Length: cannot be set here: it frames the body, which the server frames itself as it passes the body on',
     `proxies[0] ("w").response_headers.proxy-authenticate: cannot be set here: a hop-by-hop field: it describes the server's own connection to the visitor, which the server manages`,
   ]);
+  // The wire's own rules (http-field-syntax), checked here so `check` names the key rather than the server
+  // refusing the proxy: one line, no NUL, nothing Latin-1 cannot carry, a token for a name, 64 fields.
+  const oneLine = 'must be one line of text: no control characters but tab, none beyond U+00FF';
   assert.deepEqual(
-    problems(`${HEAD}${http}hosts = ["a.test"]\nresponse_headers = { "X-A" = "one\\ntwo" }\n`),
-    ['proxies[0] ("w").response_headers.X-A: must be one line'],
+    problems(
+      `${HEAD}${http}hosts = ["a.test"]\nresponse_headers = { "X-A" = "one\\ntwo", "X-B" = "a\\u0000b", "X-C" = "5 \u20ac" }\n`,
+    ),
+    [
+      `proxies[0] ("w").response_headers.X-A: ${oneLine}`,
+      `proxies[0] ("w").response_headers.X-B: ${oneLine}`,
+      `proxies[0] ("w").response_headers.X-C: ${oneLine}`,
+    ],
   );
+  assert.deepEqual(problems(`${HEAD}${http}hosts = ["a.test"]\nrequest_headers = { "X Bad" = "1" }\n`), [
+    `proxies[0] ("w").request_headers.X Bad: is not an HTTP header name (letters, digits and !#$%&'*+-.^_\`|~)`,
+  ]);
+  const fields = (n: number) => Array.from({ length: n }, (_, i) => `"X-${i}" = "v"`).join(', ');
+  assert.deepEqual(problems(`${HEAD}${http}hosts = ["a.test"]\nrequest_headers = { ${fields(65)} }\n`), [
+    'proxies[0] ("w").request_headers: has 65 fields; at most 64 are allowed',
+  ]);
+  assert.deepEqual(
+    problems(
+      `${HEAD}${http}hosts = ["a.test"]\nrequest_headers = { ${fields(64)}, "X-Latin" = "caf\u00e9" }\n`,
+    ),
+    ['proxies[0] ("w").request_headers: has 65 fields; at most 64 are allowed'],
+  );
+  const sixtyFour = `${HEAD}${http}hosts = ["a.test"]\nrequest_headers = { ${fields(63)}, "X-Latin" = "caf\u00e9" }\n`;
+  const latin = loadClientConfig(write(sixtyFour)).proxies[0]!;
+  assert.equal(latin.requestHeaders?.['X-Latin'], 'caf\u00e9');
   const hsts = `response_headers = { "Strict-Transport-Security" = "max-age=63072000" }\n`;
   const secured = loadClientConfig(write(`${HEAD}${http}hosts = ["a.test"]\n${hsts}`)).proxies[0]!;
   assert.deepEqual(proxySpecFields(secured).response_headers, {

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { HTTP_FIELD_VALUE, HTTP_TOKEN } from './http-field-syntax.js';
+import { headerTableProblems } from './http-field-syntax.js';
 import { responseHeaderRefusal } from './response-header-names.js';
 import { PROXY_TYPES, type ProxyType } from './rules.js';
 
@@ -29,10 +29,10 @@ export const UDP_IDLE_TIMEOUT_MAX_MS = 86_400_000;
 const HOST_HEADER_VALUE = /^[\x21-\x7e]+$/;
 
 /** An http proxy's header table (request_headers, response_headers): field name = one-line value. */
-const headerFieldsSchema = z.record(
-  z.string().max(256).regex(HTTP_TOKEN),
-  z.string().max(8192).regex(HTTP_FIELD_VALUE),
-);
+const headerFieldsSchema = z.record(z.string(), z.string()).superRefine((table, ctx) => {
+  for (const { field, message } of headerTableProblems(table))
+    ctx.addIssue({ code: 'custom', path: field === undefined ? [] : [field], message });
+});
 
 /**
  * A proxy as the client registers it. tcp and udp proxies carry `remote_port`; http and tls proxies carry

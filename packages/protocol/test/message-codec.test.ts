@@ -166,6 +166,8 @@ test('register entries are validated one by one: unknown fields dropped, a refus
     ['host_header_rewrite', 'two words'],
     ['response_headers', { 'X-A': 'one\r\nX-Injected: two' }],
     ['response_headers', { 'X A': 'spaced name' }],
+    ['response_headers', { 'X-Nul': 'a\0b' }],
+    ['request_headers', Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`X-${i}`, 'v']))],
   ] as const) {
     assert.match(
       refused({ ...http, [field]: value })?.reason ?? '',
