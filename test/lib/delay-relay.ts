@@ -41,7 +41,7 @@ export async function startDelayRelay(
     };
     from.on('data', (chunk: Buffer) => enqueue(chunk));
     from.on('end', () => enqueue(null));
-    from.on('close', () => clearTimeout(timer));
+    to.on('close', () => clearTimeout(timer));
   };
   // Half-open, so a FIN waits its turn behind the chunks still held rather than closing both ends at once.
   const server = net.createServer({ allowHalfOpen: true }, (visitor) => {
@@ -49,8 +49,11 @@ export async function startDelayRelay(
     for (const s of [visitor, upstream]) {
       sockets.add(s);
       s.on('error', () => {});
-      s.on('close', () => {
+      // A clean close is one side done both ways while the other may still be owed held chunks; a failed
+      // one (a reset) ends the relay.
+      s.on('close', (hadError) => {
         sockets.delete(s);
+        if (!hadError) return;
         visitor.destroy();
         upstream.destroy();
       });
