@@ -156,6 +156,18 @@ test(
         assert.equal(r.headers['content-length'], String(Buffer.byteLength(NOT_FOUND_PAGE)));
         assert.equal(r.body, '');
       }
+      // A HEAD with Upgrade is handed over raw by Node's HTTP server; its answer has no body either (socat
+      // reads until the server closes, curl -I would stop after the head whatever followed).
+      const headUpgrade = await run('socat', ['-t', '5', '-', `TCP:127.0.0.1:${server.httpPort}`], {
+        input: 'HEAD / HTTP/1.1\r\nHost: nope.edge.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n',
+        timeoutMs: 10_000,
+      });
+      assert.match(headUpgrade.stdout, /^HTTP\/1\.1 404 Not Found\r\n/);
+      assert.match(
+        headUpgrade.stdout,
+        new RegExp(`\r\nContent-Length: ${Buffer.byteLength(NOT_FOUND_PAGE)}\r\n`),
+      );
+      assert.ok(headUpgrade.stdout.endsWith('\r\n\r\n'), `a body after the head: ${headUpgrade.stdout}`);
 
       // The client is gone: its names answer 502 (as they did before there were pages), with the page.
       client.proc.kill('SIGKILL');

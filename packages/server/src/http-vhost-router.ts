@@ -636,18 +636,18 @@ export class HttpVhostRouter {
     this.opts.pending.settle(socket);
     const resolved = this.resolve(req);
     if (!('target' in resolved)) {
-      this.answerRaw(socket, resolved.status, resolved.text, resolved.extra);
+      this.answerRaw(req, socket, resolved.status, resolved.text, resolved.extra);
       return;
     }
     const { target, asked, path } = resolved;
     // A body would have to reach the service before its 101 while the visitor's later bytes must not:
     // Node hands both over unparsed, so such requests (h2c with a body, nothing a browser sends) are refused.
     if (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0) {
-      this.answerRaw(socket, 400, UPGRADE_WITH_BODY);
+      this.answerRaw(req, socket, 400, UPGRADE_WITH_BODY);
       return;
     }
     if (!target.upgrades.take(socket)) {
-      this.answerRaw(socket, 503, TOO_MANY_UPGRADES);
+      this.answerRaw(req, socket, 503, TOO_MANY_UPGRADES);
       return;
     }
     const visitor = this.visitorOf(req);
@@ -657,7 +657,7 @@ export class HttpVhostRouter {
       this.upgrade(req, socket, head, { target, asked, path }, started, visitor);
       return;
     }
-    void visitorTurnedAway(socket, check, () => this.answerRaw(socket, 403, REFUSED_BY_POLICY)).then(
+    void visitorTurnedAway(socket, check, () => this.answerRaw(req, socket, 403, REFUSED_BY_POLICY)).then(
       (away) => {
         if (!away) this.upgrade(req, socket, head, { target, asked, path }, started, visitor);
       },
@@ -695,7 +695,7 @@ export class HttpVhostRouter {
         resetConnection(socket);
       } else {
         answered = { status, reason };
-        this.answerRaw(socket, status, text);
+        this.answerRaw(req, socket, status, text);
       }
     };
     const visitorGone = (): void => {
@@ -801,7 +801,7 @@ export class HttpVhostRouter {
       { remote_addr: peerAddress(socket), target: req.url, status: 400, reason: 'CONNECT' },
       'http request refused',
     );
-    this.answerRaw(socket, 400, NO_TUNNELS);
+    this.answerRaw(req, socket, 400, NO_TUNNELS);
   }
 
   private answer(
@@ -815,13 +815,21 @@ export class HttpVhostRouter {
     res.end(page.body);
   }
 
-  private answerRaw(socket: Duplex, status: number, text: string, extra: Record<string, string> = {}): void {
+  /** The server's own answer on a connection Node handed over raw (an upgrade, CONNECT); no body for a HEAD. */
+  private answerRaw(
+    req: IncomingMessage,
+    socket: Duplex,
+    status: number,
+    text: string,
+    extra: Record<string, string> = {},
+  ): void {
     if (socket.destroyed) return;
     const page = ownPage(status, text, this.opts.errorPages());
     let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n`;
     for (const [name, value] of Object.entries({ ...page.head, ...extra, Connection: 'close' }))
       head += `${name}: ${value}\r\n`;
-    if (typeof page.body === 'string') answerAndClose(socket, `${head}\r\n${page.body}`);
+    if (req.method === 'HEAD') answerAndClose(socket, `${head}\r\n`);
+    else if (typeof page.body === 'string') answerAndClose(socket, `${head}\r\n${page.body}`);
     else answerAndClose(socket, Buffer.concat([Buffer.from(`${head}\r\n`, 'latin1'), page.body]));
   }
 }
