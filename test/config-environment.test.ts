@@ -36,10 +36,7 @@ test(
 
       const unset = await run(serverBin, ['check', '--config', serverToml], { env: { PORTHOLE_PORTS: '1' } });
       assert.equal(unset.code, 2, unset.stderr);
-      assert.match(
-        unset.stderr,
-        /server\.toml: auth\.secret: \$\{PORTHOLE_SECRET\} in "\$\{PORTHOLE_SECRET\}" is not set/,
-      );
+      assert.match(unset.stderr, /server\.toml: auth\.secret: \$\{PORTHOLE_SECRET\} is not set/);
 
       const server = h.spawn('server', serverBin, ['--config', serverToml], { env: serverEnv });
       const listening = await server.waitForMsg('server listening', 15_000);
@@ -88,10 +85,7 @@ test(
         env: { ...clientEnv, PORTHOLE_TOKEN: '' },
       });
       assert.equal(noToken.code, 2, noToken.stderr);
-      assert.match(
-        noToken.stderr,
-        /client\.toml: token: \$\{PORTHOLE_TOKEN\} in "\$\{PORTHOLE_TOKEN\}" is not set/,
-      );
+      assert.match(noToken.stderr, /client\.toml: token: \$\{PORTHOLE_TOKEN\} is not set/);
       assert.doesNotMatch(noToken.stderr, /proxies/, 'the other values expanded');
 
       const client = h.spawn('client', clientBin, ['--config', clientToml], { env: clientEnv });

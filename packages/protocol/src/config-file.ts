@@ -327,7 +327,8 @@ export function expandEnvironment(
         name === 'CREDENTIALS_DIRECTORY'
           ? ' (systemd sets it for units with LoadCredential=; outside systemd, set it or use a plain path)'
           : '';
-      throw ConfigError.at(configFile, key, `\${${name}} in "${text}" is not set${hint}`);
+      const where = match === text ? '' : ` in "${text}"`;
+      throw ConfigError.at(configFile, key, `\${${name}}${where} is not set${hint}`);
     }
     return value;
   });

@@ -89,11 +89,11 @@ test('expandEnvironmentInTree names the key of an unset variable and of a "${" t
   };
   assert.equal(
     problem({ proxies: [{ name: 'web', request_headers: { 'X-Team': ref('TEAM') } }] }),
-    `/etc/porthole/client.toml: proxies[0] ("web").request_headers.X-Team: ${ref('TEAM')} in "${ref('TEAM')}" is not set`,
+    `/etc/porthole/client.toml: proxies[0] ("web").request_headers.X-Team: ${ref('TEAM')} is not set`,
   );
   assert.equal(
     problem({ token: ref('TOKEN') }, { TOKEN: '' }),
-    `/etc/porthole/client.toml: token: ${ref('TOKEN')} in "${ref('TOKEN')}" is not set`,
+    `/etc/porthole/client.toml: token: ${ref('TOKEN')} is not set`,
   );
   assert.match(
     problem({ admin: { token: `ab${'$'}{ TOKEN }` } }),
