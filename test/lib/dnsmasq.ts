@@ -15,7 +15,11 @@ export function dig(port: number, name: string, opts: { timeSeconds: number; sho
   ]);
 }
 
-export async function startDnsmasq(h: Harness): Promise<number> {
+/**
+ * dnsmasq answering every name under `zone` with `ip` (nothing else: no upstream, no hosts file); resolves
+ * with its port once it answered `ok.<zone>` itself.
+ */
+export async function startDnsmasq(h: Harness, zone = 'test.example', ip = '10.1.2.3'): Promise<number> {
   let lastError = '';
   for (let attempt = 0; attempt < 5; attempt++) {
     const port = await freePort();
@@ -26,7 +30,7 @@ export async function startDnsmasq(h: Harness): Promise<number> {
       '--bind-interfaces',
       '--no-resolv',
       '--no-hosts',
-      '--address=/test.example/10.1.2.3',
+      `--address=/${zone}/${ip}`,
       '--conf-file=/dev/null',
       `--pid-file=${h.path(`dnsmasq-${attempt}.pid`)}`,
       '--log-queries',
@@ -34,8 +38,8 @@ export async function startDnsmasq(h: Harness): Promise<number> {
     try {
       await proc.waitForOutput(/started, version/, 10_000);
       // Ask it directly once, so a failure later is the tunnel's.
-      const direct = await dig(port, 'ok.test.example', { timeSeconds: 2 });
-      if (direct.stdout.trim() === '10.1.2.3') return port;
+      const direct = await dig(port, `ok.${zone}`, { timeSeconds: 2 });
+      if (direct.stdout.trim() === ip) return port;
       lastError = `direct dig answered ${JSON.stringify(direct.stdout)} ${direct.stderr}`;
     } catch (err) {
       lastError = (err as Error).message;

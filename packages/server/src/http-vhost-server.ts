@@ -19,6 +19,7 @@ import {
   listenServer,
   resetConnection,
 } from '@porthole/protocol';
+import type { AcmeChallenges } from './acme-challenges.js';
 import type { HttpVhostRouter } from './http-vhost-router.js';
 import { peerAddress, peersOnArrival } from './peer-address.js';
 import type { PendingConnections } from './pending-connections.js';
@@ -65,6 +66,11 @@ export interface HttpVhostServerOptions {
    * from their ClientHello on, by the TLS port).
    */
   pending: PendingConnections;
+  /**
+   * [https.acme]'s http-01 answers, served on the [http] port before routing; with them the TLS port
+   * terminates even before a first certificate is there. Absent: requests go straight to the router.
+   */
+  acmeChallenges?: AcmeChallenges;
 }
 
 type HttpSocket = Socket & { _httpMessage?: ServerResponse | null };
@@ -114,15 +120,15 @@ export class HttpVhostServer {
       this.httpServer = createHttpServer(common);
       // Before Node's own listener: one refused costs no parser.
       this.httpServer.prependListener('connection', (socket: Socket) => opts.pending.admit(socket));
-      this.setUp(this.httpServer);
+      this.setUp(this.httpServer, opts.acmeChallenges);
     }
     const certs = opts.certs;
-    if (certs && certs().size > 0) {
-      const fallback = certs().defaultPair(opts.defaultHost)!;
+    if (certs && (certs().size > 0 || opts.acmeChallenges)) {
+      // None yet when ACME has still to bring the first: a handshake without SNI then fails.
+      const fallback = certs().defaultPair(opts.defaultHost);
       this.httpsServer = createHttpsServer({
         ...common,
-        cert: fallback.cert,
-        key: fallback.key,
+        ...(fallback ? { cert: fallback.cert, key: fallback.key } : {}),
         SNICallback: (servername, callback) => certs().sniCallback(servername, callback),
         // HTTP/1.0 too: a client offering only "http/1.0" (curl --http1.0) would get a fatal
         // no_application_protocol alert.
@@ -141,7 +147,7 @@ export class HttpVhostServer {
     }
   }
 
-  private setUp(server: Server | HttpsServer): void {
+  private setUp(server: Server | HttpsServer, challenges?: AcmeChallenges): void {
     const { router, limits, logger } = this.opts;
     server.keepAliveTimeout = limits.keepAliveTimeout;
     // Node keeps the first maxHeadersCount fields and drops the rest without a word (so a request reached
@@ -169,7 +175,12 @@ export class HttpVhostServer {
       if (response?.headersSent) resetConnection(socket);
       else if (!response || uploadStalled) socket.destroy();
     });
-    server.on('request', (req, res) => router.handleRequest(req, res));
+    if (challenges) {
+      server.on('request', (req, res) => {
+        if (!challenges.answer(req, res)) router.handleRequest(req, res);
+        else this.opts.pending.settle(req.socket);
+      });
+    } else server.on('request', (req, res) => router.handleRequest(req, res));
     server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
       router.handleUpgrade(req, socket, head),
     );
@@ -222,7 +233,10 @@ export class HttpVhostServer {
     return formatHostPort(address.address, address.port);
   }
 
-  /** Certificates renewed by a reload: the fallback (no SNI) follows them; the SNI callback reads them itself. */
+  /**
+   * Certificates renewed by a reload or by ACME: the fallback (no SNI) follows them; the SNI callback reads
+   * them itself.
+   */
   useRenewedCertificates(): void {
     const fallback = this.opts.certs?.().defaultPair(this.opts.defaultHost);
     if (fallback) this.httpsServer?.setSecureContext({ cert: fallback.cert, key: fallback.key });

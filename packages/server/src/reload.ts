@@ -1,6 +1,7 @@
 import { X509Certificate } from 'node:crypto';
 import { formatHostPort } from '@porthole/protocol';
 import type { UpgradeAuthenticator } from './auth.js';
+import { sameBuffer } from './buffers-equal.js';
 import { loadServerConfig, type ServerConfig } from './config.js';
 import type { RouteEntry } from './host-routes.js';
 import type { ServerContext } from './server-context.js';
@@ -17,10 +18,6 @@ export interface ServerReloadSummary {
   needRestart: string[];
   /** Certificates renewed in place ("tls", "https.certs[0]"), with the new one's notAfter. */
   renewed: { key: string; notAfter: string }[];
-}
-
-function sameBuffer(a: Buffer | undefined, b: Buffer | undefined): boolean {
-  return a === undefined || b === undefined ? a === b : a.equals(b);
 }
 
 /**
@@ -50,7 +47,18 @@ function restartOnlyChanges(running: ServerConfig, next: ServerConfig): string[]
   const tcpmuxOf = (t: NonNullable<ServerConfig['routing']>['tcpmux']) =>
     t ? JSON.stringify([listenOf(t.listen), t.handshakeTimeout]) : '';
   if (tcpmuxOf(r?.tcpmux) !== tcpmuxOf(n?.tcpmux)) changed.push('tcpmux');
+  // The [http] port answers the CA's challenges only when it was started with ACME.
+  if (!r?.https?.acme && n?.https?.acme) changed.push('https.acme');
   return changed;
+}
+
+/**
+ * `kept` (the running [https] table, or its renewed certificates) with the new file's [https.acme], which
+ * applies in place (names added are ordered, removed ones no longer served) where ACME ran from the start.
+ */
+function withAcmeOf(loaded: HttpsConfig, kept: HttpsConfig): HttpsConfig {
+  if (!kept?.acme) return kept;
+  return { ...kept, acme: loaded?.acme };
 }
 
 type HttpsConfig = NonNullable<ServerConfig['routing']>['https'];
@@ -136,10 +144,12 @@ export function reloadServer(
       httpListen: running.routing.httpListen,
       httpLimits: running.routing.httpLimits,
       tcpmux: running.routing.tcpmux,
-      https:
+      https: withAcmeOf(
+        loaded.routing.https,
         renewing && running.routing.https && loaded.routing.https
           ? { ...running.routing.https, certs: loaded.routing.https.certs }
           : running.routing.https,
+      ),
     };
   } else if (running.routing) next.routing = running.routing;
   const tlsPair = renewing ? loaded.tls : running.tls;

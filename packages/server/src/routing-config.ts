@@ -16,6 +16,7 @@ import {
   UDP_IDLE_TIMEOUT_MIN_MS,
 } from '@porthole/protocol';
 import { z } from 'zod';
+import { type AcmeSettings, acmeTableField, loadAcmeSettings } from './acme-config.js';
 import { type ErrorPages, NO_ERROR_PAGES, readErrorPage } from './error-pages.js';
 import type { HttpLimits } from './http-vhost-server.js';
 import { type CertPair, TlsCertStore } from './tls-cert-store.js';
@@ -110,6 +111,7 @@ export const routingConfigShape = {
             { error: expected('[[https.certs]] tables with cert_file and key_file') },
           )
           .default([]),
+        acme: acmeTableField,
       },
       { error: expected('an [https] table with listen') },
     )
@@ -149,6 +151,8 @@ export interface RoutingConfig {
         maxClientHelloSize: number;
         /** [[https.certs]] (and the control endpoint's [tls] certificate). */
         certs: TlsCertStore;
+        /** [https.acme]: names whose certificates the server orders and renews itself. */
+        acme?: AcmeSettings | undefined;
       }
     | undefined;
   /** The HTTP CONNECT port of tcpmux proxies; absent: none (tcpmux proxies are refused). */
@@ -235,6 +239,10 @@ export function loadRoutingConfig(
       handshakeTimeout: raw.https.handshake_timeout,
       maxClientHelloSize: raw.https.max_client_hello_size,
       certs,
+      acme:
+        raw.https.acme === undefined
+          ? undefined
+          : loadAcmeSettings(file, raw.https.acme, raw.http?.listen !== undefined),
     };
   }
   if (raw.tcpmux) {

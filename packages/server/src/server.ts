@@ -155,6 +155,7 @@ export class PortholeServer {
         this.vhostPorts.useRenewedCertificates();
         logger.info({ certs: summary.renewed }, 'reload: certificates renewed');
       }
+      this.vhostPorts.reconfigureAcme();
       if (summary.needRestart.length > 0)
         logger.warn({ keys: summary.needRestart }, 'reload: these settings take effect after a restart');
       logger.info(

@@ -3,6 +3,7 @@
 // listeners together.
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { AcmeManager } from './acme-manager.js';
 import { NO_ERROR_PAGES } from './error-pages.js';
 import { maxResponseHead } from './http-upstream-connection.js';
 import { HttpVhostRouter } from './http-vhost-router.js';
@@ -19,6 +20,8 @@ export class VhostPorts {
   private readonly vhost: HttpVhostServer;
   private readonly sni: TlsSniListener | undefined;
   private readonly tcpmux: TcpmuxListener | undefined;
+  /** [https.acme]; absent: the TLS port serves the explicit certificates as they are. */
+  private readonly acme: AcmeManager | undefined;
 
   constructor(
     private readonly ctx: ServerContext,
@@ -28,6 +31,13 @@ export class VhostPorts {
   ) {
     const routing = ctx.config.routing ?? defaultRoutingConfig();
     ctx.routing.maxResponseHead = maxResponseHead(routing.httpLimits.maxHeaderSize);
+    if (routing.https?.acme) {
+      this.acme = new AcmeManager(routing.https.acme, {
+        logger: ctx.logger,
+        explicit: () => this.explicitCerts(),
+        onChange: () => this.useRenewedCertificates(),
+      });
+    }
     const router = new HttpVhostRouter({
       routes: ctx.routing.httpRoutes,
       trusted,
@@ -53,6 +63,7 @@ export class VhostPorts {
       ...(routing.https?.defaultHost ? { defaultHost: routing.https.defaultHost } : {}),
       handshakeTimeout: routing.https?.handshakeTimeout ?? 10_000,
       pending,
+      ...(this.acme ? { acmeChallenges: this.acme.challenges } : {}),
     });
     if (routing.https) {
       this.sni = new TlsSniListener({
@@ -96,6 +107,7 @@ export class VhostPorts {
       const certs = this.ctx.config.routing?.https?.certs.names ?? [];
       logger.info({ addr: httpsAddress, certs }, 'https listening');
     }
+    this.acme?.start();
     if (this.tcpmux) {
       const tcpmuxAddress = await this.tcpmux.listen();
       this.ctx.routing.tcpmuxAddress = tcpmuxAddress;
@@ -104,8 +116,19 @@ export class VhostPorts {
   }
 
   /** Read at use: a reload (SIGHUP) renews them in ctx.config, while the [https] table is fixed at start. */
-  private certs(): TlsCertStore {
+  private explicitCerts(): TlsCertStore {
     return this.ctx.config.routing!.https!.certs;
+  }
+
+  /** What the TLS port serves: the explicit certificates, and ACME's beside them. */
+  private certs(): TlsCertStore {
+    const explicit = this.explicitCerts();
+    return this.acme ? this.acme.storeWith(explicit) : explicit;
+  }
+
+  /** A reload's [https.acme] (undefined: the table is gone); one not there at start needs a restart. */
+  reconfigureAcme(): void {
+    this.acme?.reconfigure(this.ctx.config.routing?.https?.acme);
   }
 
   /** After a reload renewed the certificates: new handshakes get them. */
@@ -114,6 +137,7 @@ export class VhostPorts {
   }
 
   stopAccepting(): void {
+    this.acme?.stop();
     this.sni?.stopAccepting();
     this.tcpmux?.stopAccepting();
     this.vhost.stopAccepting();

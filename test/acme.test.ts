@@ -1,0 +1,172 @@
+// [https.acme] against pebble (Let's Encrypt's ACME test server) with real peers: the server orders a
+// certificate for app.test over http-01 on its own [http] port, serves it on [https] to curl and openssl,
+// loads it from storage after a restart instead of ordering again, renews it before it ends without
+// dropping connections, and keeps serving the others while an order fails and is retried.
+import assert from 'node:assert/strict';
+import { stat } from 'node:fs/promises';
+import { test } from 'node:test';
+import { curl } from './lib/curl.js';
+import { startHttpBackend } from './lib/http-backend.js';
+import { startPebble } from './lib/pebble.js';
+import { freePort, type Harness, run, serverBin, withHarness } from './lib/processes.js';
+import {
+  certificateFingerprint,
+  issueRoutedToken,
+  type RoutedServer,
+  servedCertificate,
+  startRoutedClient,
+  startRoutedServer,
+  tomlLines,
+} from './lib/routing.js';
+import { startServer } from './lib/tunnel.js';
+
+/** A routed server whose [http] port is `httpPort` (pebble's), with [https] and these [https.acme] keys. */
+function startAcmeServer(
+  h: Harness,
+  httpPort: number,
+  acme: { domains: string[]; directory: string; storage: string; ca_file: string },
+): Promise<RoutedServer> {
+  return startRoutedServer(h, {
+    http: { listen: `127.0.0.1:${httpPort}` },
+    https: { certs: [] },
+    tables: ['[https.acme]', tomlLines(acme)],
+  });
+}
+
+/** An http proxy for app.test to a test backend; resolves once it is registered. */
+async function serveApp(h: Harness, server: RoutedServer): Promise<void> {
+  const backend = await startHttpBackend('app');
+  h.onCleanup(() => backend.close());
+  const token = await issueRoutedToken(server, { name: 'edge', hosts: ['app.test'] });
+  await startRoutedClient(h, {
+    server: server.url,
+    token,
+    proxies: [{ name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
+  });
+}
+
+/** curl over https to app.test on the server's TLS port, trusting only pebble's root. */
+function curlApp(server: RoutedServer, rootFile: string) {
+  const port = server.httpsPort!;
+  return curl(
+    ['--cacert', rootFile, '--resolve', `app.test:${port}:127.0.0.1`],
+    `https://app.test:${port}/hello`,
+  );
+}
+
+test(
+  'a certificate from pebble for app.test is served on [https], and loaded from storage after a restart',
+  { timeout: 120_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const httpPort = await freePort();
+      const pebble = await startPebble(h, { httpPort });
+      const storage = h.path('acme');
+      const acme = { domains: ['app.test'], directory: pebble.directory, storage, ca_file: pebble.caFile };
+      const server = await startAcmeServer(h, httpPort, acme);
+      const issued = await server.proc.waitForMsg('acme certificate issued', 60_000, {
+        fields: { domain: 'app.test' },
+      });
+      assert.ok(Date.parse(String(issued.expires_at)) > Date.now(), JSON.stringify(issued));
+      await serveApp(h, server);
+
+      const reached = await curlApp(server, pebble.rootFile);
+      assert.equal(reached.code, 0, reached.stderr);
+      assert.equal(reached.status, 200, reached.body);
+      assert.match(reached.body, /app/);
+      const served = await servedCertificate(server.httpsPort!, 'app.test');
+      const san = await run('openssl', ['x509', '-noout', '-ext', 'subjectAltName'], { input: served });
+      assert.match(san.stdout, /DNS:app\.test\b/);
+
+      // What is kept: 0700 directory, 0600 files; the chain on disk is the one served.
+      assert.equal((await stat(storage)).mode & 0o777, 0o700);
+      for (const file of ['account.key', 'app.test.crt', 'app.test.key'])
+        assert.equal((await stat(`${storage}/${file}`)).mode & 0o777, 0o600, file);
+      const fingerprint = await certificateFingerprint({ pem: served });
+      assert.equal(await certificateFingerprint({ file: `${storage}/app.test.crt` }), fingerprint);
+
+      // A restart with the same storage: loaded, served at once, nothing ordered.
+      await server.proc.stop(5000);
+      const again = await startServer(h, server.config, 'server again');
+      const loaded = await again.proc.waitForMsg('acme certificate loaded', 15_000, {
+        fields: { domain: 'app.test' },
+      });
+      assert.equal(loaded.expires_at, issued.expires_at);
+      const httpsLine = again.proc.logsWithMsg('https listening')[0]!;
+      const httpsPort = Number(String(httpsLine.addr).split(':').pop());
+      assert.equal(
+        await certificateFingerprint({ pem: await servedCertificate(httpsPort, 'app.test') }),
+        fingerprint,
+      );
+      assert.deepEqual(again.proc.logsWithMsg('acme certificate issued'), []);
+      assert.deepEqual(again.proc.logsWithMsg('acme order failed'), []);
+    }),
+);
+
+test(
+  'check (and start) refuse [https.acme] mistakes, naming the key and the entry',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const secret = await h.file('secret', `${'s'.repeat(40)}\n`);
+      const base = `listen = "127.0.0.1:0"\n[auth]\nsecret_file = "${secret}"\n`;
+      const http = '[http]\nlisten = "127.0.0.1:0"\n';
+      const https = '[https]\nlisten = "127.0.0.1:0"\n';
+      const cases: [name: string, text: string, problem: RegExp][] = [
+        [
+          'no-http',
+          `${base}${https}[https.acme]\ndomains = ["app.example.com"]\n`,
+          /no-http\.toml: https\.acme: needs \[http\] listen: the CA checks each name over plain HTTP \(http-01\)/,
+        ],
+        [
+          'no-https',
+          `${base}${http}[https.acme]\ndomains = ["app.example.com"]\n`,
+          /no-https\.toml: https\.listen: required/,
+        ],
+        [
+          'wildcard',
+          `${base}${http}${https}[https.acme]\ndomains = ["app.example.com", "*.example.com"]\n`,
+          /wildcard\.toml: https\.acme\.domains\[1\]: "\*\.example\.com" is a wildcard, which http-01 cannot prove: use \[\[https\.certs\]\] for it/,
+        ],
+        [
+          'address',
+          `${base}${http}${https}[https.acme]\ndomains = ["192.0.2.7"]\n`,
+          /address\.toml: https\.acme\.domains\[0\]: "192\.0\.2\.7" is an IP address, which http-01 cannot prove: use \[\[https\.certs\]\]/,
+        ],
+        [
+          'twice',
+          `${base}${http}${https}[https.acme]\ndomains = ["app.example.com", "App.Example.com."]\n`,
+          /twice\.toml: https\.acme\.domains\[1\]: "app\.example\.com" is listed twice/,
+        ],
+        [
+          'bad-name',
+          `${base}${http}${https}[https.acme]\ndomains = ["app_example com"]\n`,
+          /bad-name\.toml: https\.acme\.domains\[0\]: /,
+        ],
+        [
+          'plain-directory',
+          `${base}${http}${https}[https.acme]\ndomains = ["app.example.com"]\ndirectory = "http://ca.example.com/dir"\n`,
+          /plain-directory\.toml: https\.acme\.directory: must be an https:\/\/ URL/,
+        ],
+        [
+          'typo',
+          `${base}${http}${https}[https.acme]\ndomains = ["app.example.com"]\nemial = "me@example.com"\n`,
+          /typo\.toml: https\.acme\.emial: unknown key \(did you mean "email"\?\)/,
+        ],
+      ];
+      for (const [name, text, problem] of cases) {
+        const file = await h.file(`${name}.toml`, text);
+        for (const command of [['check'], []]) {
+          const r = await run(serverBin, [...command, '--config', file], { timeoutMs: 20_000 });
+          assert.equal(r.code, 2, `${name} ${command}: exit ${r.code}\n${r.stdout}${r.stderr}`);
+          assert.match(r.stderr, problem, name);
+        }
+      }
+      const good = await h.file(
+        'good.toml',
+        `${base}${http}${https}[https.acme]\ndomains = ["app.example.com", "vault.example.com"]\nemail = "me@example.com"\n`,
+      );
+      const ok = await run(serverBin, ['check', '--config', good], { timeoutMs: 20_000 });
+      assert.equal(ok.code, 0, ok.stderr);
+    }),
+);
