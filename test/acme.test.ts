@@ -3,12 +3,22 @@
 // loads it from storage after a restart instead of ordering again, renews it before it ends without
 // dropping connections, and keeps serving the others while an order fails and is retried.
 import assert from 'node:assert/strict';
-import { stat } from 'node:fs/promises';
+import { once } from 'node:events';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { test } from 'node:test';
+import tls from 'node:tls';
 import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
 import { startPebble } from './lib/pebble.js';
-import { freePort, type Harness, run, serverBin, withHarness } from './lib/processes.js';
+import {
+  eventually,
+  freePort,
+  type Harness,
+  run,
+  serverBin,
+  withHarness,
+  withTimeout,
+} from './lib/processes.js';
 import {
   certificateFingerprint,
   issueRoutedToken,
@@ -25,9 +35,10 @@ function startAcmeServer(
   h: Harness,
   httpPort: number,
   acme: { domains: string[]; directory: string; storage: string; ca_file: string },
+  httpKeys: Record<string, string> = {},
 ): Promise<RoutedServer> {
   return startRoutedServer(h, {
-    http: { listen: `127.0.0.1:${httpPort}` },
+    http: { listen: `127.0.0.1:${httpPort}`, ...httpKeys },
     https: { certs: [] },
     tables: ['[https.acme]', tomlLines(acme)],
   });
@@ -98,8 +109,119 @@ test(
         await certificateFingerprint({ pem: await servedCertificate(httpsPort, 'app.test') }),
         fingerprint,
       );
-      assert.deepEqual(again.proc.logsWithMsg('acme certificate issued'), []);
+      assert.deepEqual(await again.proc.settledLogsWithMsg('acme certificate issued'), []);
       assert.deepEqual(again.proc.logsWithMsg('acme order failed'), []);
+    }),
+);
+
+test(
+  "a failing order is logged with the CA's reason and retried later, while the other names are served",
+  { timeout: 180_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const httpPort = await freePort();
+      const pebble = await startPebble(h, { httpPort });
+      const storage = h.path('acme');
+      // A stored chain that is garbage: said, and ordered again, not fatal.
+      await mkdir(storage, { mode: 0o700 });
+      await writeFile(`${storage}/app.test.crt`, 'not a certificate\n');
+      await writeFile(`${storage}/app.test.key`, 'not a key\n');
+      const acme = {
+        // dnsmasq answers under "test" only: pebble cannot resolve this one, and fails its challenge.
+        domains: ['nowhere.invalid', 'app.test'],
+        directory: pebble.directory,
+        storage,
+        ca_file: pebble.caFile,
+      };
+      const server = await startAcmeServer(h, httpPort, acme);
+      const unusable = await server.proc.waitForMsg(
+        'acme stored certificate unusable: ordering a new one',
+        15_000,
+      );
+      assert.equal(unusable.domain, 'app.test');
+      const failed = await server.proc.waitForMsg('acme order failed', 60_000, {
+        fields: { domain: 'nowhere.invalid' },
+      });
+      assert.equal(failed.level, 'warn');
+      assert.match(String(failed.problem_type), /^urn:ietf:params:acme:error:/, JSON.stringify(failed));
+      assert.match(String(failed.reason), /nowhere\.invalid/, JSON.stringify(failed));
+      assert.equal(failed.failures, 1);
+      assert.equal(failed.retry_in_ms, 60_000);
+      await server.proc.waitForMsg('acme certificate issued', 60_000, { fields: { domain: 'app.test' } });
+      await serveApp(h, server);
+      const reached = await curlApp(server, pebble.rootFile);
+      assert.equal(reached.status, 200, reached.stderr);
+      // Tried again a minute later, and then after twice as long.
+      const second = await server.proc.waitForMsg('acme order failed', 90_000, {
+        fields: { domain: 'nowhere.invalid', failures: 2 },
+      });
+      assert.equal(second.retry_in_ms, 120_000);
+      const gap = Date.parse(String(second.time)) - Date.parse(String(failed.time));
+      assert.ok(gap >= 59_000, `retried after ${gap} ms`);
+      // No key authorization or account key reaches the log.
+      const log = server.proc.tail(10_000);
+      assert.doesNotMatch(log, /PRIVATE KEY|keyAuthorization|"d":/);
+    }),
+);
+
+test(
+  'a certificate with a third of its lifetime left is renewed in place: new handshakes get the new one, open connections stay',
+  { timeout: 120_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const httpPort = await freePort();
+      // 30 s certificates: due for renewal 20 s after they are issued.
+      const pebble = await startPebble(h, { httpPort, validitySeconds: 30 });
+      const acme = {
+        domains: ['app.test'],
+        directory: pebble.directory,
+        storage: h.path('acme'),
+        ca_file: pebble.caFile,
+      };
+      // The connection opened before the renewal is kept alive across it (the defaults would close it idle).
+      const server = await startAcmeServer(h, httpPort, acme, {
+        keep_alive_timeout: '60s',
+        idle_timeout: '60s',
+      });
+      const first = await server.proc.waitForMsg('acme certificate issued', 60_000, {
+        fields: { domain: 'app.test' },
+      });
+      await serveApp(h, server);
+      const port = server.httpsPort!;
+      const firstPrint = await certificateFingerprint({ pem: await servedCertificate(port, 'app.test') });
+      const root = await readFile(pebble.rootFile);
+      const open = tls.connect({ host: '127.0.0.1', port, servername: 'app.test', ca: root });
+      h.onCleanup(() => open.destroy());
+      await once(open, 'secureConnect');
+      let answer = '';
+      open.setEncoding('utf8');
+      open.on('data', (d: string) => {
+        answer += d;
+      });
+      open.write('GET /before HTTP/1.1\r\nHost: app.test\r\n\r\n');
+      await eventually(
+        'the first answer on the kept-alive connection',
+        async () => /^HTTP\/1\.1 200/.test(answer),
+        10_000,
+      );
+      const renewed = await server.proc.waitForMsg('acme certificate issued', 40_000, {
+        from: server.proc.logs.indexOf(first) + 1,
+        fields: { domain: 'app.test' },
+      });
+      assert.ok(Date.parse(String(renewed.expires_at)) > Date.parse(String(first.expires_at)));
+      assert.ok(
+        Date.parse(String(renewed.time)) < Date.parse(String(first.expires_at)),
+        'renewed before the end',
+      );
+      const secondPrint = await certificateFingerprint({ pem: await servedCertificate(port, 'app.test') });
+      assert.notEqual(secondPrint, firstPrint);
+      const reached = await curlApp(server, pebble.rootFile);
+      assert.equal(reached.status, 200, reached.stderr);
+      // The connection made with the first certificate still carries requests.
+      answer = '';
+      open.write('GET /after HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n');
+      await withTimeout(once(open, 'end'), 10_000, () => `no answer on the open connection: ${answer}`);
+      assert.match(answer, /^HTTP\/1\.1 200/);
     }),
 );
 

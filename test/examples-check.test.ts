@@ -147,7 +147,7 @@ test(
       // token the README issues from it (no warning: its --ports are inside the example's allow_ports).
       const walkThrough = await h.file(
         'walk-through.toml',
-        withoutTables(serverExample, ['http', 'https', 'https.certs', 'admin']),
+        withoutTables(serverExample, ['http', 'https', 'https.certs', 'https.acme', 'admin']),
       );
       await assertChecks(serverBin, walkThrough, 'examples/server.toml without [http], [https] and [admin]');
       const issued = await run(serverBin, [
