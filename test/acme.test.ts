@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import { test } from 'node:test';
 import tls from 'node:tls';
 import { curl } from './lib/curl.js';
@@ -22,6 +23,9 @@ import {
 import {
   certificateFingerprint,
   issueRoutedToken,
+  makeCa,
+  makeCert,
+  type RoutedClient,
   type RoutedServer,
   servedCertificate,
   startRoutedClient,
@@ -45,11 +49,11 @@ function startAcmeServer(
 }
 
 /** An http proxy for app.test to a test backend; resolves once it is registered. */
-async function serveApp(h: Harness, server: RoutedServer): Promise<void> {
+async function serveApp(h: Harness, server: RoutedServer): Promise<RoutedClient> {
   const backend = await startHttpBackend('app');
   h.onCleanup(() => backend.close());
   const token = await issueRoutedToken(server, { name: 'edge', hosts: ['app.test'] });
-  await startRoutedClient(h, {
+  return startRoutedClient(h, {
     server: server.url,
     token,
     proxies: [{ name: 'app', type: 'http', local: `127.0.0.1:${backend.port}`, hosts: ['app.test'] }],
@@ -79,7 +83,11 @@ test(
         fields: { domain: 'app.test' },
       });
       assert.ok(Date.parse(String(issued.expires_at)) > Date.now(), JSON.stringify(issued));
-      await serveApp(h, server);
+      const client = await serveApp(h, server);
+      assert.ok(
+        (client.registered.get('app')?.urls as string[]).includes(`https://app.test:${server.httpsPort}/`),
+        JSON.stringify(client.registered.get('app')),
+      );
 
       const reached = await curlApp(server, pebble.rootFile);
       assert.equal(reached.code, 0, reached.stderr);
@@ -222,6 +230,121 @@ test(
       open.write('GET /after HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n');
       await withTimeout(once(open, 'end'), 10_000, () => `no answer on the open connection: ${answer}`);
       assert.match(answer, /^HTTP\/1\.1 200/);
+    }),
+);
+
+test(
+  'explicit [[https.certs]] win over [https.acme]; a reload orders names added and stops serving names removed',
+  { timeout: 120_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      const httpPort = await freePort();
+      const pebble = await startPebble(h, { httpPort });
+      const ca = await makeCa(h);
+      const vault = await makeCert(h, ca, 'vault.test', ['vault.test']);
+      const server = await startRoutedServer(h, {
+        http: { listen: `127.0.0.1:${httpPort}` },
+        https: { certs: [vault] },
+        tables: [
+          '[https.acme]',
+          tomlLines({
+            domains: ['app.test', 'vault.test'],
+            directory: pebble.directory,
+            storage: h.path('acme'),
+            ca_file: pebble.caFile,
+          }),
+        ],
+      });
+      const explicit = await server.proc.waitForMsg(
+        'acme name has a [[https.certs]] certificate: that one is served, none ordered',
+        15_000,
+      );
+      assert.equal(explicit.domain, 'vault.test');
+      await server.proc.waitForMsg('acme certificate issued', 60_000, { fields: { domain: 'app.test' } });
+      const port = server.httpsPort!;
+      assert.equal(
+        await certificateFingerprint({ pem: await servedCertificate(port, 'vault.test') }),
+        await certificateFingerprint({ file: vault.cert }),
+      );
+      // A tls proxy cannot take a name the server terminates with an ACME certificate.
+      const token = await issueRoutedToken(server, { name: 'edge', hosts: ['app.test'] });
+      const client = await startRoutedClient(h, {
+        server: server.url,
+        token,
+        proxies: [{ name: 'grab', type: 'tls', local: '127.0.0.1:9', hosts: ['app.test'] }],
+        waitFor: [],
+      });
+      await client.proc
+        .waitForMsg('proxy refused', 15_000, { fields: { proxy: 'grab' } })
+        .then((line) =>
+          assert.match(
+            String(line.reason),
+            /hostname app\.test is served by the server itself \(https\.acme\)/,
+          ),
+        );
+
+      const text = await readFile(server.config.configPath, 'utf8');
+      await writeFile(
+        server.config.configPath,
+        text.replace('domains = ["app.test", "vault.test"]', 'domains = ["other.test"]'),
+      );
+      const from = server.proc.mark();
+      server.proc.kill('SIGHUP');
+      await server.proc.waitForMsg('acme certificate issued', 60_000, {
+        from,
+        fields: { domain: 'other.test' },
+      });
+      await server.proc.waitForMsg('acme name removed: its certificate is no longer served', 5_000, {
+        from,
+        fields: { domain: 'app.test' },
+      });
+      const otherSan = await run('openssl', ['x509', '-noout', '-ext', 'subjectAltName'], {
+        input: await servedCertificate(port, 'other.test'),
+      });
+      assert.match(otherSan.stdout, /DNS:other\.test\b/);
+      await assert.rejects(servedCertificate(port, 'app.test'), /got no certificate/);
+      // The explicit certificate is served as before.
+      assert.equal(
+        await certificateFingerprint({ pem: await servedCertificate(port, 'vault.test') }),
+        await certificateFingerprint({ file: vault.cert }),
+      );
+    }),
+);
+
+test(
+  'SIGTERM during an order abandons it cleanly: exit 0, no failure logged, no unhandled rejection',
+  { timeout: 60_000 },
+  (t) =>
+    withHarness(t, async (h) => {
+      // A CA that accepts connections and never answers: the order waits on its directory.
+      const silent = net.createServer(() => {});
+      const held: net.Socket[] = [];
+      silent.on('connection', (socket) => held.push(socket));
+      silent.listen(0, '127.0.0.1');
+      await once(silent, 'listening');
+      h.onCleanup(() => {
+        for (const socket of held) socket.destroy();
+        silent.close();
+      });
+      const caPort = (silent.address() as net.AddressInfo).port;
+      const server = await startRoutedServer(h, {
+        https: { certs: [] },
+        tables: [
+          '[https.acme]',
+          tomlLines({
+            domains: ['app.test'],
+            directory: `https://127.0.0.1:${caPort}/dir`,
+            storage: h.path('acme'),
+          }),
+        ],
+      });
+      await eventually('the order reached the CA', async () => held.length > 0, 10_000);
+      server.proc.kill('SIGTERM');
+      const exit = await withTimeout(server.proc.exited, 15_000, () => 'the server did not exit');
+      assert.equal(exit.code, 0, server.proc.tail(50));
+      assert.deepEqual(server.proc.logsWithMsg('acme order failed'), []);
+      assert.equal(server.proc.logsWithMsg('server stopped').length, 1);
+      assert.doesNotMatch(server.proc.tail(200), /Unhandled|unhandled|ERR_UNHANDLED/);
     }),
 );
 

@@ -273,6 +273,9 @@ export function routedRefusal(ctx: ServerContext, owner: ProxyOwner, spec: Proxy
     if (spec.type === 'tls' && routing.https?.certs.hasExact(host)) {
       return `hostname ${host} is served by the server itself (https.certs)`;
     }
+    if (spec.type === 'tls' && routing.https?.acme?.domains.includes(host)) {
+      return `hostname ${host} is served by the server itself (https.acme)`;
+    }
   }
   return undefined;
 }
@@ -559,7 +562,8 @@ function httpUrls(claims: readonly HostClaim[], state: RoutingState, routing: Ro
   for (const { host, location } of claims) {
     if (httpPort !== undefined) urls.push(`http://${urlAuthority(host, httpPort, 80)}${location}`);
     const name = host.startsWith('*.') ? `x${host.slice(1)}` : host;
-    if (httpsPort !== undefined && routing.https?.certs.covers(name)) {
+    const terminated = routing.https?.certs.covers(name) || routing.https?.acme?.domains.includes(name);
+    if (httpsPort !== undefined && terminated) {
       urls.push(`https://${urlAuthority(host, httpsPort, 443)}${location}`);
     }
   }
