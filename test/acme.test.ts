@@ -85,7 +85,9 @@ test(
       assert.ok(Date.parse(String(issued.expires_at)) > Date.now(), JSON.stringify(issued));
       const client = await serveApp(h, server);
       assert.ok(
-        (client.registered.get('app')?.urls as string[]).includes(`https://app.test:${server.httpsPort}/`),
+        ((client.registered.get('app')?.urls ?? []) as string[]).includes(
+          `https://app.test:${server.httpsPort}/`,
+        ),
         JSON.stringify(client.registered.get('app')),
       );
 
