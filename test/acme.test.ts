@@ -11,6 +11,7 @@ import tls from 'node:tls';
 import { curl } from './lib/curl.js';
 import { startHttpBackend } from './lib/http-backend.js';
 import { startPebble } from './lib/pebble.js';
+import { ADMIN_TOKEN, adminApi, adminText } from './lib/private.js';
 import {
   eventually,
   freePort,
@@ -39,12 +40,13 @@ function startAcmeServer(
   h: Harness,
   httpPort: number,
   acme: { domains: string[]; directory: string; storage: string; ca_file: string },
-  httpKeys: Record<string, string> = {},
+  more: { httpKeys?: Record<string, string>; admin?: boolean } = {},
 ): Promise<RoutedServer> {
   return startRoutedServer(h, {
-    http: { listen: `127.0.0.1:${httpPort}`, ...httpKeys },
+    http: { listen: `127.0.0.1:${httpPort}`, ...more.httpKeys },
     https: { certs: [] },
     tables: ['[https.acme]', tomlLines(acme)],
+    ...(more.admin ? { admin: { token: ADMIN_TOKEN } } : {}),
   });
 }
 
@@ -143,7 +145,7 @@ test(
         storage,
         ca_file: pebble.caFile,
       };
-      const server = await startAcmeServer(h, httpPort, acme);
+      const server = await startAcmeServer(h, httpPort, acme, { admin: true });
       const unusable = await server.proc.waitForMsg(
         'acme stored certificate unusable: ordering a new one',
         15_000,
@@ -166,6 +168,24 @@ test(
         fields: { domain: 'nowhere.invalid', failures: 2 },
       });
       assert.equal(second.retry_in_ms, 120_000);
+      // The admin API and /metrics show each name's certificate end and its failed orders in a row.
+      const listed = (await adminApi(server, '/api/certificates')).acme as Record<string, unknown>[];
+      assert.deepEqual(
+        listed.map((c) => [c.domain, c.expires_at !== null, c.failures]),
+        [
+          ['nowhere.invalid', false, 2],
+          ['app.test', true, 0],
+        ],
+      );
+      const metrics = await adminText(server, '/metrics');
+      const expiry = /^porthole_acme_certificate_expiry_timestamp_seconds\{domain="app\.test"\} (\d+)$/m.exec(
+        metrics,
+      );
+      assert.ok(expiry, metrics);
+      const appEntry = listed.find((c) => c.domain === 'app.test')!;
+      assert.equal(Number(expiry[1]) * 1000, Date.parse(String(appEntry.expires_at)));
+      assert.doesNotMatch(metrics, /expiry_timestamp_seconds\{domain="nowhere\.invalid"\}/);
+      assert.match(metrics, /^porthole_acme_order_failures\{domain="nowhere\.invalid"\} 2$/m);
       const gap = Date.parse(String(second.time)) - Date.parse(String(failed.time));
       assert.ok(gap >= 59_000, `retried after ${gap} ms`);
       // No key authorization or account key reaches the log.
@@ -190,8 +210,7 @@ test(
       };
       // The connection opened before the renewal is kept alive across it (the defaults would close it idle).
       const server = await startAcmeServer(h, httpPort, acme, {
-        keep_alive_timeout: '60s',
-        idle_timeout: '60s',
+        httpKeys: { keep_alive_timeout: '60s', idle_timeout: '60s' },
       });
       const first = await server.proc.waitForMsg('acme certificate issued', 60_000, {
         fields: { domain: 'app.test' },

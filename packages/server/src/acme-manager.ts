@@ -21,6 +21,14 @@ interface DomainState {
   served: (StoredCertificate & { pair: CertPair }) | undefined;
 }
 
+export interface AcmeCertificateView {
+  domain: string;
+  /** null: none served yet (or the name is a [[https.certs]] one). */
+  expires_at: string | null;
+  /** Failed orders in a row (0 after a success). */
+  failures: number;
+}
+
 export interface AcmeManagerOptions {
   logger: Logger;
   /** The explicit certificates ([[https.certs]], [tls]) of the running config. */
@@ -109,11 +117,12 @@ export class AcmeManager {
     return store;
   }
 
-  /** For status: each name's certificate expiry (undefined: none yet). */
-  expiries(): { domain: string; expiresAt: string | undefined }[] {
+  /** For the admin API and /metrics: each name, its certificate's end (none yet: undefined) and failed orders in a row. */
+  certificates(): AcmeCertificateView[] {
     return [...this.domains.values()].map((state) => ({
       domain: state.domain,
-      expiresAt: state.served ? iso(state.served.notAfter) : undefined,
+      expires_at: state.served ? iso(state.served.notAfter) : null,
+      failures: state.failures,
     }));
   }
 

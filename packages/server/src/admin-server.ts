@@ -146,6 +146,8 @@ export class AdminServer {
         return (res) => sendJson(res, 200, { proxies: status.proxies() });
       case '/api/connections':
         return (res) => sendJson(res, 200, { connections: status.connections() });
+      case '/api/certificates':
+        return (res) => sendJson(res, 200, { acme: status.acmeCertificates() });
       case '/metrics':
         return (res) => send(res, 200, 'text/plain; version=0.0.4; charset=utf-8', status.metrics());
       default:

@@ -1,4 +1,5 @@
 import { PROTOCOL_VERSION } from '@porthole/protocol';
+import type { AcmeCertificateView } from './acme-manager.js';
 import type { ClientBandwidth } from './client-bandwidth.js';
 import { Exposition, type Histogram, writeProcessMetrics } from './metrics.js';
 import { type ProxyTotals, proxyKey } from './proxy-traffic.js';
@@ -86,6 +87,8 @@ export interface ServerCounters {
   /** Connections not signed in or routed yet, and those refused over their caps. */
   readonly pending: { readonly open: number; readonly refused: number };
   reloads: { ok: number; failed: number };
+  /** [https.acme]'s names and their certificates (empty without the table). */
+  acmeCertificates: () => AcmeCertificateView[];
 }
 
 /** What the admin API and /metrics report, computed from the live server state on each request. */
@@ -146,6 +149,11 @@ export class ServerStatus {
             };
           }),
       }));
+  }
+
+  /** [https.acme]'s names, each with its certificate's end and failed orders in a row. */
+  acmeCertificates(): AcmeCertificateView[] {
+    return this.counters.acmeCertificates();
   }
 
   proxies(): ProxyView[] {
@@ -325,6 +333,30 @@ export class ServerStatus {
       .family('porthole_reloads_total', 'counter', 'Configuration reloads (SIGHUP), by result.')
       .sample('porthole_reloads_total', this.counters.reloads.ok, { result: 'ok' })
       .sample('porthole_reloads_total', this.counters.reloads.failed, { result: 'failed' });
+    const acme = this.counters.acmeCertificates();
+    if (acme.length > 0) {
+      out.family(
+        'porthole_acme_certificate_expiry_timestamp_seconds',
+        'gauge',
+        'When the certificate [https.acme] serves for a name ends (Unix time); a name without one is left out.',
+      );
+      for (const cert of acme)
+        if (cert.expires_at !== null)
+          out.sample(
+            'porthole_acme_certificate_expiry_timestamp_seconds',
+            Date.parse(cert.expires_at) / 1000,
+            {
+              domain: cert.domain,
+            },
+          );
+      out.family(
+        'porthole_acme_order_failures',
+        'gauge',
+        'Failed ACME orders in a row, per name (0 after a success).',
+      );
+      for (const cert of acme)
+        out.sample('porthole_acme_order_failures', cert.failures, { domain: cert.domain });
+    }
     writeProcessMetrics(out);
     return out.toString();
   }

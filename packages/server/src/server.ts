@@ -68,6 +68,7 @@ export class PortholeServer {
       adminAuthFailures: 0,
       pending: this.pending,
       reloads: { ok: 0, failed: 0 },
+      acmeCertificates: () => this.vhostPorts.acmeCertificates(),
     };
     this.status = new ServerStatus(this.ctx, this.counters);
     this.endpoint = new ControlEndpoint({

@@ -3,7 +3,7 @@
 // listeners together.
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { AcmeManager } from './acme-manager.js';
+import { type AcmeCertificateView, AcmeManager } from './acme-manager.js';
 import { NO_ERROR_PAGES } from './error-pages.js';
 import { maxResponseHead } from './http-upstream-connection.js';
 import { HttpVhostRouter } from './http-vhost-router.js';
@@ -124,6 +124,11 @@ export class VhostPorts {
   private certs(): TlsCertStore {
     const explicit = this.explicitCerts();
     return this.acme ? this.acme.storeWith(explicit) : explicit;
+  }
+
+  /** [https.acme]'s names and their certificates; none without the table. */
+  acmeCertificates(): AcmeCertificateView[] {
+    return this.acme?.certificates() ?? [];
   }
 
   /** A reload's [https.acme] (undefined: the table is gone); one not there at start needs a restart. */
