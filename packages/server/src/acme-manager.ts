@@ -117,7 +117,7 @@ export class AcmeManager {
     return store;
   }
 
-  /** For the admin API and /metrics: each name, its certificate's end (none yet: undefined) and failed orders in a row. */
+  /** For the admin API and /metrics: each name, its certificate's end (none yet: null) and failed orders in a row. */
   certificates(): AcmeCertificateView[] {
     return [...this.domains.values()].map((state) => ({
       domain: state.domain,
