@@ -49,15 +49,11 @@ import {
 } from './proxy-routing.js';
 import type { ServerContext } from './server-context.js';
 import { TcpProxyListener } from './tcp-proxy-listener.js';
-import { compressionOf } from './tunnel-stream.js';
+import { compressionOf, responseHeadersMarkOf } from './tunnel-stream.js';
 import type { UdpProxyStats } from './udp-proxy-listener.js';
 
 /** A register of response_headers on a tcp, udp, tls or tcpmux proxy: no response heads pass there. */
 const RESPONSE_HEADERS_TYPE_REASON = 'response_headers applies to http proxies only';
-/** The result's word that this server sets a proxy's response_headers (a client gives the proxy back without it). */
-const RESPONSE_HEADERS_APPLIED: Pick<ProxyResult, 'response_headers'> = Object.freeze({
-  response_headers: true,
-});
 
 /** A client that opens a session must say hello within this time. */
 const HELLO_TIMEOUT_MS = 10_000;
@@ -853,8 +849,9 @@ export class ClientSession {
     this.beingReplaced.delete(spec.name);
     // Nothing listens for a private proxy: visitors ask for it by name.
     const compression = compressionOf(spec);
-    // Said only to a register that asked: an older client reads past the field anyway.
-    const headersSet = spec.response_headers ? RESPONSE_HEADERS_APPLIED : undefined;
+    // The result's word that this server sets the proxy's response_headers (a client gives the proxy back
+    // without it), said only to a register that asked, as each of its streams' headers say it.
+    const headersSet = responseHeadersMarkOf(spec);
     if (listener.service)
       return { proxy: spec.name, ok: true, service: serviceName(this.name, spec.name), ...compression };
     return {
